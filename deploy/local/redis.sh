@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# A real local Redis server (Debian's redis-server), append-only so windows survive a restart.
+#
+#   deploy/local/redis.sh up|down|status
+#
+# Settings (environment): REDIS_PORT (6379), EMOSTREAM_RUN_DIR (.run/ in the repo).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+port=${REDIS_PORT:-6379}
+run=${EMOSTREAM_RUN_DIR:-$repo/.run}/redis-$port
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+install() {
+  command -v redis-server >/dev/null && return 0
+  echo "redis.sh: installing Debian's redis-server" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+}
+
+up() {
+  if listening "$port"; then echo "redis.sh: something already listens on 127.0.0.1:$port, using it" >&2; return 0; fi
+  install
+  mkdir -p "$run"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync everysec \
+    --save "" --daemonize yes --pidfile "$run/redis.pid" --logfile "$run/redis.log"
+  for _ in $(seq 1 40); do listening "$port" && { echo "redis.sh: up on 127.0.0.1:$port" >&2; return 0; }; sleep 0.25; done
+  echo "redis.sh: redis did not start, see $run/redis.log" >&2; exit 1
+}
+
+down() {
+  [ -f "$run/redis.pid" ] || return 0
+  local pid; pid=$(cat "$run/redis.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  rm -f "$run/redis.pid"
+  [ "${1:-}" = "--wipe" ] && rm -rf "$run"
+  return 0
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) shift; down "${1:-}" ;;
+  status) listening "$port" && echo "redis up on $port" || { echo "redis down on $port"; exit 1; } ;;
+  install) install ;;
+  *) echo "usage: $0 up|down [--wipe]|status|install" >&2; exit 2 ;;
+esac

@@ -1,0 +1,1 @@
+"""Per-utterance feature extractors: text embeddings and audio functionals."""

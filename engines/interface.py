@@ -1,0 +1,91 @@
+"""The one interface between the stream and every engine, whatever its runtime.
+
+A batch holds B dialogue windows of W utterances each (W = the longest window in the batch;
+shorter windows are left-padded and masked). Each window ends with, or contains, the *target*
+utterance whose emotion is wanted: ``target[b]`` is its index in window b. Utterances after the
+target in the same window are future context (revised events); causal windows end at the target.
+
+Modalities are always the three of :data:`MODALITIES`, in that order; a modality that never arrived
+has zeros in its feature slot and ``present[..., m] == 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("text", "audio", "video")
+
+#: MELD's seven emotions, the label set of the shipped models (index order is the logits order).
+EMOTIONS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Per-utterance feature sizes an engine was trained on."""
+
+    text_dim: int = 384
+    audio_dim: int = 0
+    video_dim: int = 0
+
+    def dims(self) -> dict[str, int]:
+        return {"text": self.text_dim, "audio": self.audio_dim, "video": self.video_dim}
+
+
+@dataclass(frozen=True)
+class EngineBatch:
+    """Input of :meth:`Engine.predict`. Shapes in comments; all arrays are numpy."""
+
+    text: np.ndarray  # (B, W, Dt) float32
+    audio: np.ndarray  # (B, W, Da) float32 (Da may be 0)
+    video: np.ndarray  # (B, W, Dv) float32 (Dv may be 0)
+    present: np.ndarray  # (B, W, 3) float32, 1 where that modality of that utterance arrived
+    speakers: np.ndarray  # (B, W) int64, speaker index within the window (0 = first speaker seen)
+    valid: np.ndarray  # (B, W) float32, 1 for real utterances, 0 for padding
+    target: np.ndarray  # (B,) int64, index of the utterance to label in each window
+
+    def __post_init__(self) -> None:
+        b, w = self.valid.shape
+        assert self.text.shape[:2] == (b, w), self.text.shape
+        assert self.audio.shape[:2] == (b, w), self.audio.shape
+        assert self.video.shape[:2] == (b, w), self.video.shape
+        assert self.present.shape == (b, w, len(MODALITIES)), self.present.shape
+        assert self.speakers.shape == (b, w), self.speakers.shape
+        assert self.target.shape == (b,), self.target.shape
+
+    @property
+    def size(self) -> int:
+        return int(self.valid.shape[0])
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """Output of :meth:`Engine.predict`, one row per window of the batch."""
+
+    logits: np.ndarray  # (B, C) float32
+    probs: np.ndarray  # (B, C) float32, softmax of logits
+    sentiment: np.ndarray  # (B,) float32 in [-1, 1]
+    weights: np.ndarray  # (B, 3) float32, per-modality relevance weights (sum 1 over present ones)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the stream reports about the engine in every event."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...] = EMOTIONS
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    max_window: int = 12
+    runtime: str = "onnxruntime"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Anything that labels a batch of dialogue windows."""
+
+    info: EngineInfo
+
+    def predict(self, batch: EngineBatch) -> EngineOutput: ...

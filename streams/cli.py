@@ -1,0 +1,64 @@
+"""The ``emostream`` command: worker, feed, subscribe, demo, train, evaluate, schemas.
+
+Each subcommand builds the one :class:`~streams.settings.Settings` object from ``--config`` and
+the ``EMOSTREAM_*`` environment, then calls into the module that does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _settings(ns: argparse.Namespace, **overrides: Any) -> Any:
+    from streams.settings import load_settings
+
+    return load_settings(getattr(ns, "config", None), **overrides)
+
+
+def cmd_schemas(ns: argparse.Namespace) -> int:
+    from streams.schemas import json_schemas
+
+    out = Path(ns.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / f"{name}.schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {len(json_schemas())} JSON Schema files to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emostream", description=__doc__)
+    parser.add_argument("--config", help="TOML or JSON settings file (EMOSTREAM_* variables win over it)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("schemas", help="write the JSON Schema files of every message")
+    p.add_argument("--out", default="schemas")
+    p.set_defaults(func=cmd_schemas)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    """Subcommands whose modules pull in heavy dependencies are registered lazily."""
+    from streams import commands
+
+    commands.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return int(ns.func(ns) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

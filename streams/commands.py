@@ -1,0 +1,19 @@
+"""Subcommands beyond ``schemas``: each imports its heavy module only when it runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    try:
+        from engines.evaluate import add_evaluate_args, run_evaluate
+        from engines.train import add_train_args, run_train
+    except ImportError:  # engines not built yet in this checkout
+        return
+    p = sub.add_parser("train", help="train an engine and write a model artifact")
+    add_train_args(p)
+    p.set_defaults(func=run_train)
+    p = sub.add_parser("evaluate", help="evaluate a model artifact on a dataset split")
+    add_evaluate_args(p)
+    p.set_defaults(func=run_evaluate)

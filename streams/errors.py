@@ -1,0 +1,49 @@
+"""Errors of the emostream service.
+
+    EmostreamError                 root of everything the service raises on purpose
+    ├── ConfigError                settings or artifacts that cannot work (bad path, wrong model)
+    ├── ServiceUnavailable         Kafka or Redis cannot be reached in time
+    └── InvalidMessage             one input message is unusable; carries a dead-letter ``reason``
+                                   code (see :data:`REASONS`) and a human ``detail``
+
+Engine errors (``engines.errors``) are the models' own; the stream turns the ones caused by a
+message (undecodable audio) into :class:`InvalidMessage`.
+"""
+
+from __future__ import annotations
+
+#: Dead-letter reason codes, also the label values of the dead-letter metric.
+REASONS: tuple[str, ...] = (
+    "malformed_json",
+    "unknown_schema_version",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "non_finite",
+    "wrong_embedding_size",
+    "undecodable_audio",
+    "oversized",
+    "unknown_topic",
+)
+
+
+class EmostreamError(Exception):
+    """Root of the service's errors."""
+
+
+class ConfigError(EmostreamError):
+    """Settings or artifacts that cannot work."""
+
+
+class ServiceUnavailable(EmostreamError):
+    """Kafka or Redis could not be reached in time."""
+
+
+class InvalidMessage(EmostreamError):
+    """An input message that cannot be processed; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

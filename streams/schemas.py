@@ -1,0 +1,251 @@
+"""Every message emostream reads or writes, defined once, typed and versioned.
+
+Input topics (key = call id, value = JSON): :class:`TextPart`, :class:`AudioPart`,
+:class:`VideoPart` (one part of one utterance each) and :class:`CallControl` (a call started with
+its expected modalities, or ended). Output topics: :class:`EmotionEvent` and :class:`DeadLetter`.
+``emostream schemas --out schemas/`` writes the JSON Schema files client teams use; a test checks
+that the committed files match these definitions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from streams.errors import InvalidMessage
+
+SCHEMA_VERSION = 1
+Modality = Literal["text", "audio", "video"]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def _finite(values: list[float] | None, what: str) -> list[float] | None:
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{what} holds NaN or Inf")
+    return values
+
+
+class _Part(_Message):
+    call_id: Id
+    utterance_id: Id
+    seq: int = Field(ge=0, description="order of the utterance in its call (0, 1, 2, ...)")
+    speaker: Id = "unknown"
+    start_s: float | None = Field(None, ge=0, description="utterance start, seconds from call start")
+    end_s: float | None = Field(None, ge=0)
+    sent_at: float = Field(default_factory=time.time, description="unix time the producer sent it")
+
+
+class TextPart(_Part):
+    """The transcript of one utterance, as text or as a precomputed sentence embedding."""
+
+    kind: Literal["text"] = "text"
+    text: str | None = None
+    embedding: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> TextPart:
+        if (self.text is None) == (self.embedding is None):
+            raise ValueError("exactly one of 'text' and 'embedding' is required")
+        _finite(self.embedding, "embedding")
+        return self
+
+
+class AudioPart(_Part):
+    """The speech of one utterance: 16 kHz PCM (s16le) or FLAC bytes in base64, or a feature vector."""
+
+    kind: Literal["audio"] = "audio"
+    encoding: Literal["pcm_s16le", "flac", "features"]
+    sample_rate: int = Field(16000, gt=0)
+    data: str | None = Field(None, description="base64 audio bytes (pcm_s16le or flac)")
+    features: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _payload(self) -> AudioPart:
+        if self.encoding == "features":
+            if self.features is None or self.data is not None:
+                raise ValueError("encoding 'features' needs 'features' and no 'data'")
+            _finite(self.features, "features")
+        elif self.data is None or self.features is not None:
+            raise ValueError(f"encoding {self.encoding!r} needs base64 'data' and no 'features'")
+        return self
+
+    def audio_bytes(self) -> bytes:
+        assert self.data is not None
+        try:
+            return base64.b64decode(self.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidMessage("undecodable_audio", f"'data' is not base64: {exc}") from exc
+
+
+class VideoPart(_Part):
+    """Visual features of one utterance (a vector computed by the caller's face pipeline)."""
+
+    kind: Literal["video"] = "video"
+    features: list[float]
+
+    @field_validator("features")
+    @classmethod
+    def _check(cls, v: list[float]) -> list[float]:
+        _finite(v, "features")
+        return v
+
+
+class CallControl(_Message):
+    """A call's start (with the modalities to wait for) or end (releases its context)."""
+
+    kind: Literal["call"] = "call"
+    call_id: Id
+    event: Literal["started", "ended"]
+    modalities: list[Modality] | None = None
+    at: float = Field(default_factory=time.time)
+
+
+Part = TextPart | AudioPart | VideoPart
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    version: str
+    runtime: str
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    join_s: float = Field(description="first part arrived -> utterance complete (or timed out)")
+    queue_s: float = Field(description="complete -> engine batch started")
+    engine_s: float = Field(description="encoders + engine for the batch")
+    end_to_end_s: float = Field(description="last part arrived at the worker -> event produced")
+
+
+class EmotionEvent(_Message):
+    """The emotion of one utterance. Revision 0 is provisional (past context only)."""
+
+    kind: Literal["emotion"] = "emotion"
+    event_id: str = Field(description="deterministic key of (call, utterance, revision): deduplicate on it")
+    call_id: str
+    utterance_id: str
+    seq: int
+    revision: int = 0
+    speaker: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    sentiment: float = Field(ge=-1, le=1)
+    sentiment_label: Literal["negative", "neutral", "positive"]
+    weights: dict[str, float] = Field(description="relevance weight per modality (0 where absent)")
+    modalities_present: list[Modality]
+    model: ModelRef
+    context_size: int = Field(description="utterances in the window, the target included")
+    future_context: int = 0
+    timings: Timings
+    produced_at: float
+
+
+class DeadLetter(_Message):
+    """An input message that could not be used, with why and where it came from."""
+
+    kind: Literal["deadletter"] = "deadletter"
+    reason: str
+    detail: str
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    payload: str = Field(description="the original value, base64, cut to 64 KiB")
+    payload_truncated: bool = False
+    at: float = Field(default_factory=time.time)
+
+
+OUTPUT_MODELS: dict[str, type[_Message]] = {
+    "text-part": TextPart,
+    "audio-part": AudioPart,
+    "video-part": VideoPart,
+    "call-control": CallControl,
+    "emotion-event": EmotionEvent,
+    "dead-letter": DeadLetter,
+}
+
+_BY_KIND: dict[str, type[_Message]] = {
+    "text": TextPart,
+    "audio": AudioPart,
+    "video": VideoPart,
+    "control": CallControl,
+}
+
+
+def event_id(call_id: str, utterance_id: str, revision: int) -> str:
+    """Deterministic event key: the same utterance and revision always get the same id."""
+    digest = hashlib.sha1(f"{call_id}\x1f{utterance_id}\x1f{revision}".encode()).hexdigest()[:16]
+    return f"{call_id}:{utterance_id}:r{revision}:{digest}"
+
+
+def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallControl:
+    """Decode one input message of ``kind`` ('text', 'audio', 'video', 'control').
+
+    Raises :class:`InvalidMessage` with a dead-letter reason for anything unusable.
+    """
+    if kind not in _BY_KIND:
+        raise InvalidMessage("unknown_topic", f"no schema for input kind {kind!r}")
+    if raw is None or len(raw) == 0:
+        raise InvalidMessage("malformed_json", "empty message")
+    if len(raw) > max_bytes:
+        raise InvalidMessage("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage("malformed_json", str(exc)[:200]) from exc
+    if not isinstance(obj, dict):
+        raise InvalidMessage("wrong_type", f"top level is {type(obj).__name__}, not an object")
+    version = obj.get("schema_version", None)
+    if version != SCHEMA_VERSION:
+        raise InvalidMessage("unknown_schema_version", f"schema_version {version!r}, this worker reads {SCHEMA_VERSION}")
+    expected_kind = "call" if kind == "control" else kind
+    if obj.get("kind", expected_kind) != expected_kind:
+        raise InvalidMessage("wrong_type", f"kind {obj.get('kind')!r} on the {kind} topic")
+    try:
+        return _BY_KIND[kind].model_validate(obj)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise InvalidMessage(_reason(exc), _summary(exc)) from exc
+
+
+def _reason(exc: ValidationError) -> str:
+    errors = exc.errors()
+    types = {e["type"] for e in errors}
+    text = " ".join(str(e.get("msg", "")) for e in errors)
+    if "missing" in types:
+        return "missing_field"
+    if "NaN or Inf" in text or "finite_number" in types:
+        return "non_finite"
+    if any(t.endswith("_type") or t.endswith("_parsing") for t in types):
+        return "wrong_type"
+    return "invalid_value"
+
+
+def _summary(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in e["loc"]) or "(message)"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)[:500]
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """File name stem -> JSON Schema, for every published message."""
+    return {name: model.model_json_schema() for name, model in OUTPUT_MODELS.items()}

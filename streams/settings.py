@@ -1,0 +1,122 @@
+"""One frozen settings object, built once at the entry point and passed down.
+
+Environment variables use the prefix ``EMOSTREAM_`` and ``__`` between sections, e.g.
+``EMOSTREAM_KAFKA__BROKERS=127.0.0.1:9092`` or ``EMOSTREAM_ENGINE__MAX_BATCH=64``. A TOML/JSON
+file can be given with ``--config``; environment variables win over it. No other module reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicSettings(_Section):
+    text: str = "emostream.utterance.text"
+    audio: str = "emostream.utterance.audio"
+    video: str = "emostream.utterance.video"
+    control: str = "emostream.call.control"
+    emotions: str = "emostream.emotion.events"
+    deadletter: str = "emostream.deadletter"
+    partitions: int = Field(4, ge=1, description="partitions of every input topic (co-partitioned)")
+    replication: int = Field(1, ge=1)
+
+    def inputs(self) -> dict[str, str]:
+        """Input topic name -> what it carries (a modality or 'control')."""
+        return {self.text: "text", self.audio: "audio", self.video: "video", self.control: "control"}
+
+
+class KafkaSettings(_Section):
+    brokers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    group_id: str = "emostream-worker"
+    app_id: str = "emostream"
+    topics: TopicSettings = TopicSettings()
+
+
+class RedisSettings(_Section):
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = "emostream:ctx:"
+    window: int = Field(12, ge=1, description="utterances kept per call (context window)")
+    ttl_s: float = Field(3600.0, gt=0, description="sliding TTL of an idle call's window")
+
+
+class JoinSettings(_Section):
+    wait_s: float = Field(2.0, ge=0, description="max wait for missing modalities after an utterance's first part")
+    default_modalities: tuple[str, ...] = ("text", "audio")
+    max_open_utterances: int = Field(100_000, ge=1)
+
+
+class EngineSettings(_Section):
+    model: str = "default"  # 'default' = the shipped model in models/default, or a path
+    max_batch: int = Field(32, ge=1)
+    max_wait_s: float = Field(0.05, ge=0)
+    future: int = Field(0, ge=0, description="k future utterances for revised events (0: none)")
+
+
+class LimitSettings(_Section):
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_text_chars: int = Field(5000, ge=1)
+    max_audio_s: float = Field(60.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    port: int = Field(9108, ge=0, description="Prometheus /metrics port (0: pick a free one)")
+    host: str = "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EMOSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    join: JoinSettings = JoinSettings()
+    engine: EngineSettings = EngineSettings()
+    limits: LimitSettings = LimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log_level: str = "INFO"
+
+    def model_dir(self) -> Path:
+        if self.engine.model == "default":
+            return REPO_ROOT / "models" / "default"
+        return Path(self.engine.model).expanduser().resolve()
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from (lowest to highest): defaults, ``config_file``, environment, ``overrides``."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    env = Settings()  # environment + defaults
+    merged = _deep_merge(data, env.model_dump(exclude_unset=True, exclude_defaults=True))
+    merged = _deep_merge(merged, overrides)
+    return Settings(**merged)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.errors import InvalidMessage
+from streams.schemas import (
+    AudioPart,
+    CallControl,
+    TextPart,
+    VideoPart,
+    event_id,
+    json_schemas,
+    parse_input,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+ids = st.from_regex(r"[A-Za-z0-9._:-]{1,40}", fullmatch=True)
+floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+@given(call=ids, utt=ids, seq=st.integers(0, 10_000), text=st.text(max_size=200))
+def test_text_part_round_trips(call: str, utt: str, seq: int, text: str) -> None:
+    part = TextPart(call_id=call, utterance_id=utt, seq=seq, text=text)
+    assert parse_input("text", part.to_bytes(), 1 << 20) == part
+
+
+@given(call=ids, vec=st.lists(floats, min_size=1, max_size=64))
+def test_feature_parts_round_trip(call: str, vec: list[float]) -> None:
+    audio = AudioPart(call_id=call, utterance_id="u", seq=0, encoding="features", features=vec)
+    video = VideoPart(call_id=call, utterance_id="u", seq=0, features=vec)
+    assert parse_input("audio", audio.to_bytes(), 1 << 20) == audio
+    assert parse_input("video", video.to_bytes(), 1 << 20) == video
+
+
+@given(call=ids, started=st.booleans())
+def test_control_round_trips(call: str, started: bool) -> None:
+    msg = CallControl(call_id=call, event="started" if started else "ended", modalities=["text"])
+    assert parse_input("control", msg.to_bytes(), 1 << 20) == msg
+
+
+def _text(**kw: object) -> bytes:
+    base = {"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi"}
+    base.update(kw)
+    return json.dumps(base).encode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "reason"),
+    [
+        ("text", b"{not json", "malformed_json"),
+        ("text", b"\xff\xfe", "malformed_json"),
+        ("text", b"", "malformed_json"),
+        ("text", b"[1, 2]", "wrong_type"),
+        ("text", _text(schema_version=7), "unknown_schema_version"),
+        ("text", b'{"schema_version": 1, "call_id": "c"}', "missing_field"),
+        ("text", _text(seq="three"), "wrong_type"),
+        ("text", _text(seq=-1), "invalid_value"),
+        ("text", _text(call_id="bad id with spaces"), "invalid_value"),
+        ("text", _text(text=None, embedding=[1.0, float("nan")]), "non_finite"),
+        ("text", _text(embedding=[1.0]), "invalid_value"),  # both text and embedding
+        ("audio", _text(kind="audio", encoding="flac"), "invalid_value"),
+        ("text", _text(text="x" * 5000), "oversized"),
+        ("weather", _text(), "unknown_topic"),
+    ],
+)
+def test_bad_input_gets_a_reason(kind: str, raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        parse_input(kind, raw, 4096)
+    assert info.value.reason == reason
+
+
+def test_nan_literal_in_json_is_rejected() -> None:
+    raw = b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":0,"embedding":[NaN, 1.0]}'
+    with pytest.raises(InvalidMessage) as info:
+        parse_input("text", raw, 4096)
+    assert info.value.reason == "non_finite"
+
+
+def test_audio_base64_is_checked() -> None:
+    part = AudioPart(call_id="c", utterance_id="u", seq=0, encoding="flac", data="@@not-base64@@")
+    with pytest.raises(InvalidMessage) as info:
+        part.audio_bytes()
+    assert info.value.reason == "undecodable_audio"
+    ok = AudioPart(call_id="c", utterance_id="u", seq=0, encoding="flac", data=base64.b64encode(b"abc").decode())
+    assert ok.audio_bytes() == b"abc"
+
+
+def test_event_id_is_deterministic_and_distinct() -> None:
+    assert event_id("c1", "u1", 0) == event_id("c1", "u1", 0)
+    assert len({event_id("c1", "u1", 0), event_id("c1", "u1", 1), event_id("c1", "u2", 0), event_id("c2", "u1", 0)}) == 4
+    assert not math.isnan(len(event_id("c", "u", 0)))
+
+
+def test_published_json_schemas_match_the_code() -> None:
+    folder = REPO / "schemas"
+    for name, schema in json_schemas().items():
+        path = folder / f"{name}.schema.json"
+        assert path.exists(), f"{path} missing: run `make schemas`"
+        assert json.loads(path.read_text()) == schema, f"{path} is stale: run `make schemas`"
