@@ -1,0 +1,55 @@
+"""The context window against the real Redis server started by deploy/local/redis.sh."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from streams.context import ContextItem, ContextStore
+
+pytestmark = pytest.mark.integration
+
+
+def item(i: int, speaker: str = "A") -> ContextItem:
+    return ContextItem(f"u{i}", i, speaker, {"text": np.full(4, i, dtype=np.float32)})
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_window_is_bounded_ordered_deduplicated_and_released(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
+        await store.append({"c1": [item(0), item(1)], "c2": [item(0, "B")]})
+        await store.append({"c1": [item(1), item(2), item(3)]})  # u1 again: a replay, skipped
+        got = await store.fetch(["c1", "c2", "nobody"])
+        assert [i.utterance_id for i in got["c1"]] == ["u1", "u2", "u3"]
+        assert got["c2"][0].speaker == "B" and got["nobody"] == []
+        np.testing.assert_array_equal(got["c1"][2].features["text"], np.full(4, 3, dtype=np.float32))
+        ttl = await client.pttl(store.key("c1"))
+        assert 0 < ttl <= 60_000
+        await store.release(["c1"])
+        assert (await store.fetch(["c1"]))["c1"] == []
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_ttl_slides_and_expires_idle_calls(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=5, ttl_s=0.4)
+        await store.append({"c": [item(0)]})
+        for _ in range(3):  # reads keep it alive past its first TTL
+            await asyncio.sleep(0.2)
+            assert len((await store.fetch(["c"]))["c"]) == 1
+        await asyncio.sleep(0.6)
+        assert (await store.fetch(["c"]))["c"] == []
+        await client.aclose()
+
+    run(scenario())

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from streams.join import Joiner
+
+
+def ids(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return [u.utterance_id for u in result.ready]
+
+
+def test_utterance_is_ready_when_all_expected_modalities_arrived_in_any_order() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    assert ids(j.add("c", "u0", 0, "A", "audio", "a0", "h1", now=0.0)) == []
+    r = j.add("c", "u0", 0, "A", "text", "t0", "h2", now=0.1)
+    assert ids(r) == ["u0"]
+    utt = r.ready[0]
+    assert utt.modalities == ("text", "audio") and not utt.timed_out
+    assert utt.handles == ["h1", "h2"]
+
+
+def test_missing_modality_times_out_and_is_processed_with_what_it_has() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == []
+    assert ids(j.expire(now=1.9)) == []
+    assert j.next_deadline() == 2.0
+    r = j.expire(now=2.0)
+    assert ids(r) == ["u0"] and r.ready[0].timed_out and r.ready[0].modalities == ("text",)
+
+
+def test_call_started_sets_expected_modalities() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    j.call_started("c", ["text"], now=0.0)
+    assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == ["u0"]
+    # a late 'started' re-checks what is pending
+    j.add("d", "u0", 0, "A", "text", "t0", "h", now=0.0)
+    assert ids(j.call_started("d", ["text"], now=0.1)) == ["u0"]
+
+
+def test_later_utterance_waits_for_earlier_one_of_the_same_call() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)
+    j.add("c", "u1", 1, "B", "text", "t1", "h", now=0.1)
+    assert ids(j.add("c", "u1", 1, "B", "audio", "a1", "h", now=0.2)) == []  # u0 still incomplete
+    assert ids(j.add("c", "u0", 0, "A", "audio", "a0", "h", now=0.3)) == ["u0", "u1"]
+    # other calls are not held back
+    j.add("c", "u2", 2, "A", "text", "t2", "h", now=0.4)
+    assert ids(j.add("x", "v0", 0, "A", "text", "t", "h", now=0.5) ) == []
+    assert ids(j.add("x", "v0", 0, "A", "audio", "a", "h", now=0.5)) == ["v0"]
+
+
+def test_late_part_after_release_is_acked_without_new_event() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "t0", "h1", now=0.0)
+    assert ids(j.expire(now=1.0)) == ["u0"]
+    r = j.add("c", "u0", 0, "A", "audio", "a0", "h2", now=1.5)
+    assert r.ready == [] and r.ack_now == ["h2"] and r.late_parts == 1
+
+
+def test_duplicate_part_keeps_first_and_acks_with_the_utterance() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "first", "h1", now=0.0)
+    assert j.add("c", "u0", 0, "A", "text", "second", "h2", now=0.1).duplicate_parts == 1
+    r = j.add("c", "u0", 0, "A", "audio", "a", "h3", now=0.2)
+    assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h2", "h3"]
+
+
+def test_call_end_releases_pending_in_order_and_forgets_the_call() -> None:
+    j = Joiner(wait_s=5.0, default_modalities=("text", "audio"))
+    j.add("c", "u1", 1, "B", "text", "t1", "h", now=0.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)
+    r = j.call_ended("c", now=0.5)
+    assert ids(r) == ["u0", "u1"] and r.ended_calls == ["c"]
+    assert j.open_calls == 0 and j.open_utterances == 0
+
+
+def test_idle_calls_are_forgotten() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=10.0)
+    j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
+    assert j.open_calls == 1
+    j.expire(now=5.0)
+    assert j.open_calls == 1
+    j.expire(now=11.0)
+    assert j.open_calls == 0
+
+
+def test_drain_releases_everything() -> None:
+    j = Joiner(wait_s=10.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
+    j.add("d", "u0", 0, "A", "audio", "a", "h", now=0.0)
+    assert sorted(u.call_id for u in j.drain(now=0.1).ready) == ["c", "d"]
+    assert j.open_utterances == 0
