@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 
+def cmd_worker(ns: Any) -> int:
+    from streams.app import run_worker
+    from streams.settings import load_settings
+
+    return run_worker(load_settings(ns.config))
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser("worker", help="run a stream worker (settings from --config and EMOSTREAM_*)")
+    p.set_defaults(func=cmd_worker)
     try:
         from engines.evaluate import add_evaluate_args, run_evaluate
         from engines.train import add_train_args, run_train

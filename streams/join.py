@@ -30,6 +30,7 @@ class Utterance:
     last_at: float = 0.0
     ready_at: float | None = None
     timed_out: bool = False
+    expected: tuple[str, ...] = ()
     handles: list[Any] = field(default_factory=list)
 
     @property
@@ -87,7 +88,7 @@ class Joiner:
         if call is None:
             return result
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            utt.ready_at = now
+            utt.ready_at, utt.expected = now, call.expected
             utt.timed_out = set(utt.modalities) != set(call.expected)
             result.ready.append(utt)
         return result
@@ -137,7 +138,7 @@ class Joiner:
         result = JoinResult()
         for call_id, call in list(self._calls.items()):
             for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-                utt.ready_at = now
+                utt.ready_at, utt.expected = now, call.expected
                 utt.timed_out = set(utt.modalities) != set(call.expected)
                 result.ready.append(utt)
                 self._mark_done(call, utt.utterance_id)
@@ -160,7 +161,7 @@ class Joiner:
             expired = now - utt.first_at >= self.wait_s
             if not (complete or expired):
                 break  # holds back later utterances of this call, at most wait_s
-            utt.ready_at = now
+            utt.ready_at, utt.expected = now, call.expected
             utt.timed_out = not complete
             result.ready.append(utt)
             del call.pending[utt.utterance_id]

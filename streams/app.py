@@ -1,0 +1,84 @@
+"""Building and running the Faust application around :class:`streams.worker.Worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+
+log = logging.getLogger("emostream.app")
+
+
+def broker_urls(settings: Settings) -> list[str]:
+    return [f"kafka://{b.strip()}" for b in settings.kafka.brokers.split(",") if b.strip()]
+
+
+def create_app(settings: Settings, worker_factory: Any) -> Any:
+    """A Faust app with one agent over all input topics and a timer; ``worker_factory()`` is
+    called once, on start-up, to build the :class:`~streams.worker.Worker` (model, Redis)."""
+    import faust
+
+    topics = settings.kafka.topics
+    app = faust.App(
+        settings.kafka.group_id,
+        broker=broker_urls(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        topic_partitions=topics.partitions,
+        topic_replication_factor=topics.replication,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_wait_empty=True,
+        datadir=str(Path(".run") / "faust" / settings.kafka.group_id),
+    )
+    source = app.topic(*topics.inputs(), value_type=bytes, key_type=bytes, value_serializer="raw",
+                       key_serializer="raw", partitions=topics.partitions)
+    state: dict[str, Any] = {}
+    ready = asyncio.Event()
+
+    async def send(topic: str, key: bytes | None, value: bytes, event_key: str | None) -> Any:
+        headers = [("event_id", event_key.encode())] if event_key else None
+        return await app.producer.send(topic, key, value, None, None, headers)
+
+    @app.task
+    async def _start() -> None:
+        state["worker"] = await asyncio.to_thread(worker_factory, send)
+        ready.set()
+        log.info("worker ready")
+
+    @app.agent(source, concurrency=1)
+    async def ingest(stream: Any) -> None:
+        await ready.wait()
+        worker = state["worker"]
+        async for event in stream.noack().events():
+            msg = event.message
+            await worker.on_message(msg.topic, msg.partition, msg.offset, event.key, event.value, event)
+
+    @app.timer(interval=0.02)
+    async def _tick() -> None:
+        if ready.is_set():
+            await state["worker"].tick()
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(app_: Any, *, revoked: Any, **kwargs: Any) -> None:
+        if ready.is_set():
+            await state["worker"].drain()
+
+    return app
+
+
+def run_worker(settings: Settings) -> int:
+    """``emostream worker``: load the model, connect Redis, serve /metrics, consume until stopped."""
+    import faust
+
+    from streams.runtime import build_worker
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings, lambda send: build_worker(settings, send))
+    faust.Worker(app, loglevel=settings.log_level.lower(), console_port=0).execute_from_commandline()
+    return 0

@@ -1,0 +1,63 @@
+"""Turn a parsed input part into the payload the join keeps, checking it against the model.
+
+Pure functions: a part either becomes a payload or raises :class:`InvalidMessage` with its
+dead-letter reason (wrong embedding size, undecodable or oversized audio, text too long).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.errors import AudioDecodeError
+from engines.features.audio import decode_audio
+from streams.errors import InvalidMessage
+from streams.schemas import AudioPart, Part, TextPart, VideoPart
+from streams.settings import LimitSettings
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What the join keeps of one part: raw text, a waveform, or a ready feature vector."""
+
+    kind: str  # 'text' (str), 'wave' (float32 16 kHz), 'vector' (float32 features)
+    value: str | np.ndarray
+
+
+def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Payload:
+    if isinstance(part, TextPart):
+        if part.text is not None:
+            if len(part.text) > limits.max_text_chars:
+                raise InvalidMessage("oversized", f"text of {len(part.text)} chars > {limits.max_text_chars}")
+            return Payload("text", part.text)
+        return Payload("vector", _vector(part.embedding, dims["text"], "text embedding"))
+    if isinstance(part, AudioPart):
+        if part.encoding == "features":
+            return Payload("vector", _vector(part.features, dims["audio"], "audio features"))
+        raw = part.audio_bytes()
+        if len(raw) > limits.max_audio_s * 16000 * 2 + 4096:
+            raise InvalidMessage("oversized", f"audio payload of {len(raw)} bytes > {limits.max_audio_s} s")
+        try:
+            wave = decode_audio(raw, part.encoding, part.sample_rate)
+        except AudioDecodeError as exc:
+            raise InvalidMessage("undecodable_audio", str(exc)) from exc
+        if len(wave) > limits.max_audio_s * 16000:
+            raise InvalidMessage("oversized", f"audio of {len(wave) / 16000:.1f} s > {limits.max_audio_s} s")
+        return Payload("wave", wave)
+    assert isinstance(part, VideoPart), type(part)
+    if dims["video"] == 0:
+        return Payload("vector", np.zeros(0, dtype=np.float32))  # the model ignores video
+    return Payload("vector", _vector(part.features, dims["video"], "video features"))
+
+
+def _vector(values: list[float] | None, dim: int, what: str) -> np.ndarray:
+    assert values is not None
+    if dim == 0:
+        return np.zeros(0, dtype=np.float32)
+    if len(values) != dim:
+        raise InvalidMessage("wrong_embedding_size", f"{what} has {len(values)} values, the model takes {dim}")
+    vec = np.asarray(values, dtype=np.float32)
+    if not np.isfinite(vec).all():  # finite doubles can overflow float32
+        raise InvalidMessage("non_finite", f"{what} overflows float32")
+    return vec

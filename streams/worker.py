@@ -1,0 +1,156 @@
+"""The Faust worker: one agent over the co-partitioned input topics, kept thin.
+
+    input topics (text, audio, video, control; key = call id)
+        -> parse + validate (bad input -> dead-letter topic, with reason and source offset)
+        -> Joiner (hand-built join; Faust has no stream joins)
+        -> micro-batch (max_batch / max_wait) -> Processor (features, Redis window, engine)
+        -> emotion events topic -> Redis window append -> ack the source messages
+
+Delivery is at least once: the agent runs with ``concurrency=1`` on a ``noack`` stream and acks a
+message only once everything it fed is published (Faust commits offsets up to the first gap), so
+a restarted worker resumes from committed offsets and re-labels what was in flight under the same
+deterministic event keys. A failing batch is retried with backoff, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from typing import Any
+
+from streams.errors import InvalidMessage
+from streams.join import Joiner, JoinResult, Utterance
+from streams.metrics import Metrics
+from streams.pipeline import Processor
+from streams.schemas import CallControl, DeadLetter, parse_input
+from streams.settings import Settings
+from streams.validate import to_payload
+
+log = logging.getLogger("emostream.worker")
+_MAX_DLQ_PAYLOAD = 64 * 1024
+
+
+class Worker:
+    """The worker's logic, independent of how messages arrive; ``send`` publishes one record
+    and returns an awaitable that resolves once the broker has it."""
+
+    def __init__(self, settings: Settings, processor: Processor, metrics: Metrics, send: Any) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.metrics = metrics
+        self.send = send
+        self.kinds = settings.kafka.topics.inputs()
+        self.joiner = Joiner(settings.join.wait_s, settings.join.default_modalities, idle_s=settings.redis.ttl_s)
+        self.queue: list[Utterance] = []
+        self.lock = asyncio.Lock()
+        self.retry_at = 0.0
+        self.backoff = 0.5
+
+    async def on_message(self, topic: str, partition: int, offset: int, key: bytes | None,
+                         value: bytes | None, handle: Any) -> None:
+        """One input message; ``handle.ack()`` is called once its effects are published."""
+        self.metrics.messages_in.labels(topic).inc()
+        now = time.monotonic()
+        async with self.lock:
+            try:
+                msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
+                if isinstance(msg, CallControl):
+                    await self._control(msg, handle, now)
+                    return
+                payload = to_payload(msg, self.processor.dims, self.settings.limits)
+            except InvalidMessage as exc:
+                await self._dead_letter(exc, topic, partition, offset, key, value)
+                handle.ack()
+                return
+            result = self.joiner.add(msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind,
+                                     payload, handle, now)
+            self._absorb(result)
+            if len(self.queue) >= self.settings.engine.max_batch:
+                await self._flush(now)
+
+    async def tick(self) -> None:
+        """Timer: expire joins, flush a batch that waited long enough, update gauges."""
+        now = time.monotonic()
+        async with self.lock:
+            self._absorb(self.joiner.expire(now))
+            if self.queue and now >= self.retry_at:
+                oldest = min(u.ready_at or now for u in self.queue)
+                if len(self.queue) >= self.settings.engine.max_batch or now - oldest >= self.settings.engine.max_wait_s:
+                    await self._flush(now)
+            self.metrics.open_calls.set(self.joiner.open_calls)
+            self.metrics.open_utterances.set(self.joiner.open_utterances)
+
+    async def drain(self) -> None:
+        """Label everything still joined or queued (shutdown)."""
+        async with self.lock:
+            self._absorb(self.joiner.drain(time.monotonic()))
+            while self.queue:
+                if not await self._flush(time.monotonic()):
+                    break
+
+    async def _control(self, msg: CallControl, handle: Any, now: float) -> None:
+        if msg.event == "started":
+            self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now))
+            handle.ack()
+            return
+        self._absorb(self.joiner.call_ended(msg.call_id, now))
+        while any(u.call_id == msg.call_id for u in self.queue):
+            if not await self._flush(now):
+                return  # retried later; the 'ended' stays unacked, so it is replayed after a crash
+        await self.processor.store.release([msg.call_id])
+        handle.ack()
+
+    def _absorb(self, result: JoinResult) -> None:
+        for handle in result.ack_now:
+            handle.ack()
+        if result.late_parts:
+            self.metrics.late_parts.inc(result.late_parts)
+        if result.duplicate_parts:
+            self.metrics.duplicate_parts.inc(result.duplicate_parts)
+        for utt in result.ready:
+            self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
+            for m in utt.expected:
+                if m not in utt.parts:
+                    self.metrics.missing.labels(m).inc()
+        self.queue.extend(result.ready)
+
+    async def _flush(self, now: float) -> bool:
+        batch, self.queue = self.queue[: self.settings.engine.max_batch], self.queue[self.settings.engine.max_batch :]
+        try:
+            outcome = await self.processor.run(batch)
+            topic = self.settings.kafka.topics.emotions
+            pending = [await self.send(topic, ev.call_id.encode(), ev.to_bytes(), ev.event_id) for ev, _ in outcome.events]
+            await asyncio.gather(*pending)
+            await self.processor.commit(outcome)
+        except Exception:
+            log.exception("batch of %d utterances failed; retrying in %.1f s", len(batch), self.backoff)
+            self.metrics.errors.inc()
+            self.queue = batch + self.queue
+            self.retry_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, 30.0)
+            return False
+        self.backoff = 0.5
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.engine_latency.observe(outcome.engine_s)
+        for event, utt in outcome.events:
+            self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
+            self.metrics.events_out.labels(str(event.revision)).inc()
+            self.metrics.end_to_end.observe(event.timings.end_to_end_s)
+            for handle in utt.handles:
+                handle.ack()
+        return True
+
+    async def _dead_letter(self, exc: InvalidMessage, topic: str, partition: int, offset: int,
+                           key: bytes | None, value: bytes | None) -> None:
+        raw = value or b""
+        record = DeadLetter(
+            reason=exc.reason, detail=exc.detail, source_topic=topic, partition=partition, offset=offset,
+            key=key.decode("utf-8", "replace") if key else None,
+            payload=base64.b64encode(raw[:_MAX_DLQ_PAYLOAD]).decode(), payload_truncated=len(raw) > _MAX_DLQ_PAYLOAD,
+        )
+        log.warning("dead letter %s from %s[%d]@%d: %s", exc.reason, topic, partition, offset, exc.detail)
+        self.metrics.deadletters.labels(exc.reason).inc()
+        fut = await self.send(self.settings.kafka.topics.deadletter, key, record.to_bytes(), None)
+        await fut

@@ -1,0 +1,203 @@
+"""The worker's logic with fakes for transport, engine and Redis (the real ones are in
+tests/integration). Checks the join -> batch -> publish -> ack order and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import numpy as np
+
+from engines.interface import EMOTIONS, EngineBatch, EngineInfo, EngineOutput, FeatureSpec
+from streams.context import ContextItem
+from streams.metrics import Metrics
+from streams.pipeline import Processor
+from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart
+from streams.settings import Settings
+from streams.worker import Worker
+
+
+class FakeEngine:
+    info = EngineInfo(name="fake", version="0", features=FeatureSpec(text_dim=4, audio_dim=3), max_window=4)
+
+    def __init__(self) -> None:
+        self.batches: list[EngineBatch] = []
+
+    def predict(self, batch: EngineBatch) -> EngineOutput:
+        self.batches.append(batch)
+        b = batch.size
+        logits = np.zeros((b, len(EMOTIONS)), dtype=np.float32)
+        logits[:, 4] = 1.0
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        weights = batch.present[:, -1, :] / np.maximum(batch.present[:, -1, :].sum(1, keepdims=True), 1)
+        return EngineOutput(logits, probs, np.full((b,), 0.5, np.float32), weights)
+
+
+class FakeFeaturizer:
+    def text(self, texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 4), np.float32)
+
+    def audio(self, waves: list[np.ndarray]) -> np.ndarray:
+        return np.ones((len(waves), 3), np.float32)
+
+
+class FakeStore:
+    window = 8
+
+    def __init__(self) -> None:
+        self.data: dict[str, list[ContextItem]] = {}
+        self.released: list[str] = []
+
+    async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
+        return {c: list(self.data.get(c, [])) for c in calls}
+
+    async def append(self, items: dict[str, list[ContextItem]]) -> None:
+        for c, new in items.items():
+            self.data.setdefault(c, []).extend(new)
+
+    async def release(self, calls: list[str]) -> None:
+        self.released += calls
+        for c in calls:
+            self.data.pop(c, None)
+
+
+class Handle:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def ack(self) -> None:
+        self.log.append(f"ack {self.name}")
+
+
+def make(**join: Any) -> tuple[Worker, list[tuple[str, bytes]], list[str], FakeStore, FakeEngine]:
+    settings = Settings(join={"wait_s": 0.2, **join}, engine={"max_batch": 8, "max_wait_s": 0.0})
+    sent: list[tuple[str, bytes]] = []
+    log: list[str] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, event_key: str | None) -> Any:
+        sent.append((topic, value))
+        log.append(f"send {topic}")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    store, engine = FakeStore(), FakeEngine()
+    worker = Worker(settings, Processor(engine, FakeFeaturizer(), store), Metrics(), send)  # type: ignore[arg-type]
+    return worker, sent, log, store, engine
+
+
+def text(call: str, utt: str, seq: int, speaker: str = "A") -> bytes:
+    return TextPart(call_id=call, utterance_id=utt, seq=seq, speaker=speaker, text="hello").to_bytes()
+
+
+def audio(call: str, utt: str, seq: int) -> bytes:
+    return AudioPart(call_id=call, utterance_id=utt, seq=seq, encoding="features", features=[0.1, 0.2, 0.3]).to_bytes()
+
+
+def events(sent: list[tuple[str, bytes]], topic: str = "emostream.emotion.events") -> list[EmotionEvent]:
+    return [EmotionEvent.model_validate_json(v) for t, v in sent if t == topic]
+
+
+def test_joined_utterance_is_published_before_its_parts_are_acked() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        t = w.settings.kafka.topics
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"))
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.tick()
+        (ev,) = events(sent)
+        assert ev.call_id == "c" and ev.label == "joy" and ev.modalities_present == ["text", "audio"]
+        assert ev.weights == {"text": 0.5, "audio": 0.5, "video": 0.0}
+        assert log.index("send emostream.emotion.events") < log.index("ack a0")
+        assert [i.utterance_id for i in store.data["c"]] == ["u0"]
+
+    asyncio.run(scenario())
+
+
+def test_context_window_grows_within_a_batch_and_across_batches() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        for i in range(3):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, "AB"[i % 2]), Handle(log, f"t{i}"))
+        await w.tick()
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u3", 3, "B"), Handle(log, "t3"))
+        await w.tick()
+        assert [e.context_size for e in events(sent)] == [1, 2, 3, 4]
+        last = engine.batches[-1]
+        assert last.speakers.tolist() == [[0, 1, 0, 1]] and last.valid.tolist() == [[1, 1, 1, 1]]
+
+    asyncio.run(scenario())
+
+
+def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        bad_audio = AudioPart(call_id="c", utterance_id="u1", seq=1, encoding="flac",
+                              data=base64.b64encode(b"not flac at all").decode()).to_bytes()
+        wrong_size = TextPart(call_id="c", utterance_id="u2", seq=2, embedding=[1.0, 2.0]).to_bytes()
+        await w.on_message(t.text, 1, 5, b"c", b"{oops", Handle(log, "bad1"))
+        await w.on_message(t.text, 1, 6, b"c", text("c", "u0", 0), Handle(log, "good"))
+        await w.on_message(t.audio, 1, 7, b"c", bad_audio, Handle(log, "bad2"))
+        await w.on_message(t.text, 1, 8, b"c", wrong_size, Handle(log, "bad3"))
+        await w.tick()
+        dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert [(d.reason, d.offset) for d in dead] == [
+            ("malformed_json", 5), ("undecodable_audio", 7), ("wrong_embedding_size", 8)]
+        assert base64.b64decode(dead[0].payload) == b"{oops" and dead[0].source_topic == t.text
+        assert [e.utterance_id for e in events(sent)] == ["u0"]
+        assert {"ack bad1", "ack bad2", "ack bad3", "ack good"} <= set(log)
+
+    asyncio.run(scenario())
+
+
+def test_call_end_flushes_then_releases_context() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=60.0)
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        assert events(sent) == []  # audio expected, still waiting
+        await w.on_message(t.control, 0, 0, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end"))
+        (ev,) = events(sent)
+        assert ev.modalities_present == ["text"] and store.released == ["c"] and "c" not in store.data
+        assert log[-1] == "ack end"
+
+    asyncio.run(scenario())
+
+
+def test_failed_batch_is_retried_not_dropped() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        calls = {"n": 0}
+        real = engine.predict
+
+        def flaky(batch: EngineBatch) -> EngineOutput:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("engine hiccup")
+            return real(batch)
+
+        engine.predict = flaky  # type: ignore[method-assign]
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.tick()
+        assert events(sent) == [] and "ack t0" not in log
+        w.retry_at = 0.0
+        await w.tick()
+        assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack t0" in log
+
+    asyncio.run(scenario())
+
+
+def test_event_json_is_schema_valid() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        await w.on_message(w.settings.kafka.topics.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.tick()
+        obj = json.loads(sent[0][1])
+        assert obj["schema_version"] == 1 and obj["event_id"].startswith("c:u0:r0:")
+
+    asyncio.run(scenario())
