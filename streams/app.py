@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
     import faust
 
     topics = settings.kafka.topics
+    datadir = Path(tempfile.gettempdir()) / "emostream-faust" / settings.kafka.group_id  # no tables: scratch only
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.kafka.group_id,
         broker=broker_urls(settings),
@@ -34,7 +37,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         producer_acks=-1,
         broker_commit_interval=1.0,
         stream_wait_empty=True,
-        datadir=str(Path(".run") / "faust" / settings.kafka.group_id),
+        datadir=str(datadir),
     )
     source = app.topic(*topics.inputs(), value_type=bytes, key_type=bytes, value_serializer="raw",
                        key_serializer="raw", partitions=topics.partitions)
@@ -65,7 +68,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
             await state["worker"].tick()
 
     @app.on_partitions_revoked.connect
-    async def _revoked(app_: Any, *, revoked: Any, **kwargs: Any) -> None:
+    async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         if ready.is_set():
             await state["worker"].drain()
 
