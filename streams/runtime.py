@@ -24,10 +24,17 @@ class ModelFeaturizer:
         self._x = extractors
 
     def text(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self._x.text(texts), dtype=np.float32)
+        return np.asarray(self._x.text.encode(texts), dtype=np.float32)  # (N, Dt)
 
     def audio(self, waves: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(self._x.audio(waves), dtype=np.float32)
+        return np.asarray(self._x.audio.extract(waves), dtype=np.float32)  # (N, Da)
+
+    def warm_up(self) -> None:
+        """Load the encoders now rather than on the first utterance."""
+        if self._x.text is not None:
+            self._x.text.encode(["warm up"])
+        if self._x.audio is not None:
+            self._x.audio.extract([np.zeros(16000, dtype=np.float32)])
 
 
 def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
@@ -48,6 +55,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     import redis.asyncio as aioredis
 
     engine, featurizer = load_model(settings)
+    featurizer.warm_up()
     client = aioredis.from_url(settings.redis.url.get_secret_value())
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
     metrics = metrics or Metrics()

@@ -70,7 +70,7 @@ class EngineSettings(_Section):
 
 
 class LimitSettings(_Section):
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(1024 * 1024, ge=1024, description="Kafka's default message.max.bytes")
     max_text_chars: int = Field(5000, ge=1)
     max_audio_s: float = Field(60.0, gt=0)
 
