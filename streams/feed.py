@@ -1,0 +1,303 @@
+"""Replay dialogues into the input topics, as a call center's front end would.
+
+:func:`feed` sends, per call, a ``started`` :class:`~streams.schemas.CallControl` naming the
+modalities it will send, then each utterance's parts to the text/audio/video topics, then
+``ended``; keys are call ids, so a call's parts stay in one partition. In real-time mode utterances
+go out when they end in the conversation (divided by ``speed``) and calls overlap, up to
+``concurrency`` lines at a time, a new call every ``stagger_s`` seconds; otherwise everything goes
+out as fast as possible in the same order. The schedule is plain functions (:func:`send_offsets`,
+:func:`call_starts`, :func:`plan`) so it is tested without Kafka. :func:`ensure_topics` creates
+missing topics.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streams.dialogues import Dialogue, Utterance
+from streams.errors import ServiceUnavailable
+from streams.schemas import AudioPart, CallControl, TextPart, VideoPart
+from streams.settings import Settings, TopicSettings
+
+log = logging.getLogger(__name__)
+MODALITIES = ("text", "audio", "video")
+
+
+@dataclass
+class FeedReport:
+    calls: int = 0
+    utterances: int = 0
+    messages: dict[str, int] = field(default_factory=dict)  # topic -> messages sent
+    bytes_sent: int = 0
+    failed: int = 0  # messages the broker did not acknowledge
+    errors: list[str] = field(default_factory=list)  # the first few delivery errors
+    duration_s: float = 0.0
+
+    def summary(self) -> str:
+        total = sum(self.messages.values())
+        text = (
+            f"fed {self.calls} calls, {self.utterances} utterances: {total} messages, "
+            f"{self.bytes_sent / 1e6:.2f} MB in {self.duration_s:.1f} s"
+        )
+        return text + (f"; {self.failed} FAILED ({'; '.join(self.errors[:3])})" if self.failed else "")
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float  # seconds after the replay starts (wall clock: conversation time / speed)
+    call_id: str
+    kind: Literal["started", "utterance", "ended"]
+    utterance: Utterance | None = None
+
+
+def send_offsets(utterances: Sequence[Utterance], default_gap_s: float = 1.5, max_gap_s: float = 10.0) -> list[float]:
+    """When each utterance is complete, in seconds from its call's start.
+
+    An utterance is sent at its ``end_s`` (else its ``start_s`` plus ``default_gap_s``, else
+    ``default_gap_s`` after the previous one); times never go backwards and a silence longer than
+    ``max_gap_s`` (a scene cut in TV data) is shortened to it.
+    """
+    out: list[float] = []
+    prev = 0.0
+    for u in utterances:
+        if u.end_s is not None:
+            t = u.end_s
+        elif u.start_s is not None:
+            t = u.start_s + default_gap_s
+        else:
+            t = prev + default_gap_s
+        t = min(max(t, prev), prev + max_gap_s)
+        out.append(t)
+        prev = t
+    return out
+
+
+def call_starts(durations: Sequence[float], concurrency: int | None, stagger_s: float) -> list[float]:
+    """Start time of each call: one arrives every ``stagger_s`` s and waits for a free line."""
+    lines: list[float] = [0.0] * (concurrency or len(durations) or 1)
+    starts = []
+    for i, duration in enumerate(durations):
+        start = max(i * stagger_s, heapq.heappop(lines))
+        heapq.heappush(lines, start + duration)
+        starts.append(start)
+    return starts
+
+
+def plan(
+    dialogues: Sequence[Dialogue],
+    realtime: bool,
+    speed: float = 1.0,
+    concurrency: int | None = 4,
+    stagger_s: float = 2.0,
+    hangup_s: float = 1.0,
+) -> list[Step]:
+    """Every call's steps in send order. Without ``realtime`` all times are 0 (same order)."""
+    if speed <= 0:
+        raise ValueError("speed must be > 0")
+    offsets = [send_offsets(d.utterances) for d in dialogues]
+    durations = [(o[-1] if o else 0.0) + hangup_s for o in offsets]
+    starts = call_starts(durations, concurrency, stagger_s)
+    steps: list[tuple[float, int, Step]] = []
+    for d, start, offs, duration in zip(dialogues, starts, offsets, durations, strict=True):
+        steps.append((start, len(steps), Step(start, d.call_id, "started")))
+        for u, off in zip(d.utterances, offs, strict=True):
+            steps.append((start + off, len(steps), Step(start + off, d.call_id, "utterance", u)))
+        steps.append((start + duration, len(steps), Step(start + duration, d.call_id, "ended")))
+    steps.sort(key=lambda s: (s[0], s[1]))
+    return [Step(s.at / speed if realtime else 0.0, s.call_id, s.kind, s.utterance) for _, _, s in steps]
+
+
+def part_message(u: Utterance, modality: str, topics: TopicSettings) -> tuple[str, bytes] | None:
+    """(topic, JSON value) of one modality of an utterance, or None if it lacks that modality."""
+    common: dict[str, Any] = dict(
+        call_id=u.call_id, utterance_id=u.utterance_id, seq=u.seq, speaker=u.speaker, start_s=u.start_s, end_s=u.end_s
+    )
+    if modality == "text" and u.text is not None:
+        return topics.text, TextPart(text=u.text, **common).to_bytes()
+    if modality == "audio" and u.audio is not None:
+        data = base64.b64encode(u.audio).decode()
+        return topics.audio, AudioPart(encoding=u.audio_encoding or "flac", data=data, **common).to_bytes()
+    if modality == "audio" and u.audio_features is not None:
+        return topics.audio, AudioPart(encoding="features", features=list(u.audio_features), **common).to_bytes()
+    if modality == "video" and u.video_features is not None:
+        return topics.video, VideoPart(features=list(u.video_features), **common).to_bytes()
+    return None
+
+
+def kafka_config(settings: Settings) -> dict[str, Any]:
+    """Connection options for kafka-python clients, from ``settings.kafka``."""
+    k = settings.kafka
+    config: dict[str, Any] = {"bootstrap_servers": k.brokers.split(","), "security_protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        config["sasl_mechanism"] = k.sasl_mechanism
+        config["sasl_plain_username"] = k.sasl_username
+        config["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
+    return config
+
+
+def make_producer(settings: Settings) -> Any:
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaProducer(
+            **kafka_config(settings),
+            acks="all",
+            linger_ms=5,
+            max_request_size=settings.limits.max_message_bytes,
+            max_block_ms=15_000,
+        )
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+
+
+def feed(
+    dialogues: Sequence[Dialogue],
+    settings: Settings,
+    realtime: bool,
+    speed: float = 1.0,
+    modalities: Iterable[str] = MODALITIES,
+    progress: bool = True,
+    audio_delay_s: float = 0.0,
+    send_control: bool = True,
+    *,
+    concurrency: int | None = 4,
+    stagger_s: float = 2.0,
+    producer: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FeedReport:
+    """Send ``dialogues`` to the input topics and flush; see the module docstring.
+
+    ``audio_delay_s`` sends each audio part that many wall-clock seconds after its text (a slow
+    audio pipeline; not divided by ``speed``); a call's ``ended`` waits for its delayed audio.
+    ``producer`` replaces the KafkaProducer made from ``settings`` (it is then not closed).
+    """
+    wanted = [m for m in MODALITIES if m in set(modalities)]
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
+    from kafka.errors import KafkaError
+
+    topics = settings.kafka.topics
+    own = producer is None
+    producer = make_producer(settings) if own else producer
+    report = FeedReport(calls=len(dialogues))
+    declared = {d.call_id: [m for m in d.modalities() if m in wanted] for d in dialogues}
+
+    def on_error(exc: BaseException) -> None:
+        report.failed += 1
+        if len(report.errors) < 5:
+            report.errors.append(str(exc))
+
+    def send(topic: str, call_id: str, value: bytes) -> None:
+        try:
+            future = producer.send(topic, key=call_id.encode(), value=value)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"cannot send to {topic} at {settings.kafka.brokers}: {exc}") from exc
+        if hasattr(future, "add_errback"):
+            future.add_errback(on_error)
+        report.messages[topic] = report.messages.get(topic, 0) + 1
+        report.bytes_sent += len(value)
+
+    from tqdm import tqdm
+
+    total = sum(len(d.utterances) for d in dialogues)
+    bar = tqdm(total=total, unit="utt", desc="feed", file=sys.stderr, disable=not (progress and sys.stderr.isatty()))
+    queue: list[tuple[float, int, Step, str]] = [(s.at, i, s, "") for i, s in enumerate(plan(
+        dialogues, realtime, speed, concurrency, stagger_s))]  # fmt: skip
+    counter = len(queue)
+    pending: dict[str, float] = {}  # call id -> when its last delayed audio part goes out
+    active: set[str] = set()
+    t0 = clock()
+    try:
+        while queue:
+            at, _, step, modality = heapq.heappop(queue)
+            if step.kind == "ended" and pending.get(step.call_id, -1.0) > at:
+                heapq.heappush(queue, (pending[step.call_id], counter, step, ""))
+                counter += 1
+                continue
+            wait = at - (clock() - t0)
+            if wait > 0:
+                sleep(wait)
+            if step.kind == "started":
+                active.add(step.call_id)
+                if send_control:
+                    ctl = CallControl(call_id=step.call_id, event="started", modalities=declared[step.call_id])
+                    send(topics.control, step.call_id, ctl.to_bytes())
+            elif step.kind == "ended":
+                active.discard(step.call_id)
+                if send_control:
+                    send(topics.control, step.call_id, CallControl(call_id=step.call_id, event="ended").to_bytes())
+            elif modality:  # a delayed audio part
+                assert step.utterance is not None
+                message = part_message(step.utterance, modality, topics)
+                if message is not None:
+                    send(message[0], step.call_id, message[1])
+            else:
+                assert step.utterance is not None
+                for m in wanted:
+                    if m == "audio" and audio_delay_s > 0 and "audio" in step.utterance.modalities():
+                        due = clock() - t0 + audio_delay_s
+                        heapq.heappush(queue, (due, counter, step, m))
+                        counter += 1
+                        pending[step.call_id] = due
+                        continue
+                    message = part_message(step.utterance, m, topics)
+                    if message is not None:
+                        send(message[0], step.call_id, message[1])
+                report.utterances += 1
+                bar.set_postfix(calls=len(active), refresh=False)
+                bar.update(1)
+        producer.flush()
+    finally:
+        bar.close()
+        if own:
+            producer.close()
+    report.duration_s = clock() - t0
+    return report
+
+
+def ensure_topics(settings: Settings, admin: Any = None, timeout_s: float = 30.0) -> list[str]:
+    """Create the input and output topics that do not exist yet; returns the names created.
+
+    Every topic gets ``settings.kafka.topics.partitions`` partitions (inputs must be
+    co-partitioned) and ``replication`` replicas; an existing topic with another partition count is
+    logged as a warning, not changed.
+    """
+    from kafka.errors import KafkaError
+
+    t = settings.kafka.topics
+    names = [*t.inputs(), t.emotions, t.deadletter]
+    own = admin is None
+    try:
+        if own:
+            from kafka import KafkaAdminClient
+
+            admin = KafkaAdminClient(**kafka_config(settings), request_timeout_ms=int(timeout_s * 1000))
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            spec = {n: {"num_partitions": t.partitions, "replication_factor": t.replication} for n in missing}
+            result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+            for topic in result.get("topics", []):
+                if topic.get("error_code", 0) not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a race)
+                    raise ServiceUnavailable(f"cannot create topic {topic.get('name')}: {topic}")
+        for meta in admin.describe_topics([n for n in names if n in existing]):
+            count = len(meta.get("partitions") or [])
+            if count and count != t.partitions:
+                log.warning("topic %s has %d partitions, settings say %d", meta.get("topic") or meta.get("name"),
+                            count, t.partitions)  # fmt: skip
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka admin at {settings.kafka.brokers}: {exc}") from exc
+    finally:
+        if own and admin is not None:
+            admin.close()
+    return missing

@@ -1,0 +1,224 @@
+"""Watch the emotion events (and optionally dead letters) as they come out of the service.
+
+:func:`subscribe` reads ``settings.kafka.topics.emotions`` with a group-less consumer (it never
+joins or commits for the workers' group), validates every record as an
+:class:`~streams.schemas.EmotionEvent`, drops duplicates (same ``event_id``) and prints one line
+per event::
+
+    [call-7 #3 Alice] joy 0.81  sent +0.62  text .71 audio .29  (t+a, ctx 4, 120 ms)
+    ↻ r1 [call-7 #3 Alice] neutral -> joy 0.81  sent +0.10 -> +0.62  text .71 audio .29  (t+a, ctx 4+2, 95 ms)
+
+A revision (``revision > 0``, made once future context arrived) starts with ``↻ r<n>`` and says
+what changed since the line it revises. ``fmt='json'`` prints one JSON object per line instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TextIO
+
+from pydantic import ValidationError
+
+from streams.errors import ServiceUnavailable
+from streams.schemas import DeadLetter, EmotionEvent
+from streams.settings import Settings
+
+Format = Literal["pretty", "json"]
+_SHORT = {"text": "t", "audio": "a", "video": "v"}
+
+
+def _frac(x: float) -> str:
+    """0.71 -> '.71', 1.0 -> '1.00'."""
+    text = f"{x:.2f}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> str:
+    """One readable line for ``event``; ``previous`` is the line it revises, if it was seen."""
+    head = f"[{event.call_id} #{event.seq} {event.speaker}]"
+    label = f"{event.label} {event.confidence:.2f}"
+    sentiment = f"sent {event.sentiment:+.2f}"
+    if event.revision > 0:
+        head = f"↻ r{event.revision} {head}"
+        if previous is not None and previous.label != event.label:
+            label = f"{previous.label} -> {event.label} {event.confidence:.2f}"
+        elif previous is not None:
+            label = f"{event.label} {event.confidence:.2f} (kept, was {previous.confidence:.2f})"
+        if previous is not None and abs(previous.sentiment - event.sentiment) >= 0.005:
+            sentiment = f"sent {previous.sentiment:+.2f} -> {event.sentiment:+.2f}"
+    present = set(event.modalities_present)
+    weights = "  ".join(
+        f"{m} {_frac(w)}" for m, w in sorted(event.weights.items(), key=lambda kv: _order(kv[0]))
+        if m in present or w > 0
+    )  # fmt: skip
+    modalities = "+".join(_SHORT.get(m, m) for m in sorted(present, key=_order)) or "-"
+    context = f"ctx {event.context_size}" + (f"+{event.future_context}" if event.future_context else "")
+    latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"
+    parts = [f"{head} {label}", sentiment, weights, f"({modalities}, {context}, {latency})"]
+    return "  ".join(p for p in parts if p)
+
+
+def _order(modality: str) -> int:
+    return list(_SHORT).index(modality) if modality in _SHORT else len(_SHORT)
+
+
+def format_deadletter(letter: DeadLetter) -> str:
+    """One readable line for a dead letter."""
+    where = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
+    return f"✗ dead letter [{letter.key or '-'}] {letter.reason}: {letter.detail}  ({where})"
+
+
+class EventPrinter:
+    """Validates, filters, deduplicates and prints records; no Kafka in here."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        fmt: Format = "pretty",
+        call_ids: Iterable[str] | None = None,
+        deadletter_topic: str | None = None,
+        err: TextIO = sys.stderr,
+        memory: int = 100_000,
+    ) -> None:
+        if fmt not in ("pretty", "json"):
+            raise ValueError(f"fmt must be 'pretty' or 'json', not {fmt!r}")
+        self.out, self.err, self.fmt = out, err, fmt
+        self.call_ids = None if call_ids is None else set(call_ids)
+        self.deadletter_topic = deadletter_topic
+        self.memory = memory
+        self.count = 0  # lines printed
+        self.invalid = 0
+        self.duplicates = 0
+        self._latest: OrderedDict[tuple[str, str], EmotionEvent] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def handle(self, topic: str, value: bytes | None) -> bool:
+        """Print the record if it is wanted; True if a line was printed."""
+        if topic == self.deadletter_topic:
+            return self._deadletter(value)
+        try:
+            event = EmotionEvent.model_validate_json(value or b"")
+        except ValidationError as exc:
+            return self._invalid(topic, exc)
+        if self.call_ids is not None and event.call_id not in self.call_ids:
+            return False
+        if event.event_id in self._seen:
+            self.duplicates += 1
+            return False
+        self._remember(self._seen, event.event_id, None)
+        key = (event.call_id, event.utterance_id)
+        previous = self._latest.get(key)
+        if previous is None or previous.revision < event.revision:
+            self._remember(self._latest, key, event)
+        self._write(event.model_dump_json() if self.fmt == "json" else format_event(event, previous))
+        return True
+
+    def _deadletter(self, value: bytes | None) -> bool:
+        try:
+            letter = DeadLetter.model_validate_json(value or b"")
+        except ValidationError as exc:
+            return self._invalid(self.deadletter_topic or "", exc)
+        if self.call_ids is not None and letter.key not in self.call_ids:
+            return False
+        self._write(letter.model_dump_json() if self.fmt == "json" else format_deadletter(letter))
+        return True
+
+    def _invalid(self, topic: str, exc: ValidationError) -> bool:
+        self.invalid += 1
+        if self.invalid <= 5:
+            print(f"subscribe: skipped an invalid record on {topic}: {exc.errors()[0]['msg']}", file=self.err)
+        return False
+
+    def _remember(self, store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        if len(store) > self.memory:
+            store.popitem(last=False)
+
+    def _write(self, line: str) -> None:
+        try:
+            self.out.write(line + "\n")
+        except UnicodeEncodeError:  # a terminal that cannot show ↻ or ✗
+            encoding = getattr(self.out, "encoding", None) or "ascii"
+            self.out.write(line.encode(encoding, "replace").decode(encoding) + "\n")
+        self.out.flush()
+        self.count += 1
+
+
+def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
+    """A consumer assigned every partition of ``topics`` (no group), starting at the end or beginning."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    from streams.feed import kafka_config
+
+    try:
+        consumer = KafkaConsumer(
+            **kafka_config(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    partitions: list[Any] = []
+    for topic in topics:
+        noted = False
+        while not (found := consumer.partitions_for_topic(topic)):
+            if deadline is not None and time.monotonic() > deadline:
+                consumer.close()
+                raise ServiceUnavailable(f"topic {topic} does not exist at {settings.kafka.brokers}")
+            if not noted:
+                print(f"subscribe: waiting for topic {topic} to exist ...", file=sys.stderr)
+                noted = True
+            time.sleep(1.0)
+        partitions += [TopicPartition(topic, p) for p in sorted(found)]
+    consumer.assign(partitions)
+    return consumer
+
+
+def subscribe(
+    settings: Settings,
+    call_ids: Iterable[str] | None = None,
+    fmt: Format = "pretty",
+    from_beginning: bool = False,
+    max_events: int | None = None,
+    timeout_s: float | None = None,
+    out: TextIO = sys.stdout,
+    deadletters: bool = False,
+    *,
+    consumer: Any = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Print emotion events until ``max_events`` lines or ``timeout_s`` seconds in all (None: no
+    limit; Ctrl-C stops it); returns the number of lines printed."""
+    topics = settings.kafka.topics
+    names = [topics.emotions] + ([topics.deadletter] if deadletters else [])
+    printer = EventPrinter(out, fmt, call_ids, topics.deadletter if deadletters else None)
+    deadline = None if timeout_s is None else clock() + timeout_s
+    own = consumer is None
+    if own:
+        consumer = make_consumer(settings, names, from_beginning, timeout_s)
+        start = "the beginning" if from_beginning else "now"
+        print(f"subscribe: {', '.join(names)} from {start} at {settings.kafka.brokers}", file=sys.stderr)
+    try:
+        while max_events is None or printer.count < max_events:
+            left = None if deadline is None else deadline - clock()
+            if left is not None and left <= 0:
+                break
+            poll_ms = 500 if left is None else max(1, min(500, int(left * 1000)))
+            for records in consumer.poll(timeout_ms=poll_ms).values():
+                for record in records:
+                    printer.handle(record.topic, record.value)
+                    if max_events is not None and printer.count >= max_events:
+                        break
+                if max_events is not None and printer.count >= max_events:
+                    break
+    finally:
+        if own:
+            consumer.close()
+    return printer.count

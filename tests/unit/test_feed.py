@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from streams.dialogues import Dialogue, Utterance
+from streams.feed import call_starts, ensure_topics, feed, plan, send_offsets
+from streams.schemas import parse_input
+from streams.settings import Settings
+
+SETTINGS = Settings()
+TOPICS = SETTINGS.kafka.topics
+KIND = TOPICS.inputs()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@dataclass
+class FakeProducer:
+    clock: FakeClock
+    sent: list[tuple[float, str, bytes, Any]] = field(default_factory=list)
+    flushed: bool = False
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        assert not self.flushed
+        self.sent.append((self.clock.now, topic, key, parse_input(KIND[topic], value, 1 << 22)))
+
+    def flush(self) -> None:
+        self.flushed = True
+
+
+def _call(call_id: str, n: int, times: bool = False, audio: bool = False) -> Dialogue:
+    return Dialogue(call_id, tuple(
+        Utterance(call_id, f"u{i}", i, "agent" if i % 2 else "customer", text=f"line {i}",
+                  audio=b"RIFFfake" if audio else None, audio_encoding="pcm_s16le" if audio else None,
+                  start_s=2.0 * i if times else None, end_s=2.0 * i + 1.0 if times else None)
+        for i in range(n)
+    ))  # fmt: skip
+
+
+def _run(dialogues: list[Dialogue], **kwargs: Any) -> tuple[FakeProducer, Any]:
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    report = feed(dialogues, SETTINGS, progress=False, producer=producer, clock=clock, sleep=clock.sleep, **kwargs)
+    return producer, report
+
+
+def test_send_offsets_follow_end_times_default_gap_and_cap() -> None:
+    us = [
+        Utterance("c", "a", 0, end_s=3.0),
+        Utterance("c", "b", 1),  # no times: 1.5 s after the previous one
+        Utterance("c", "c", 2, start_s=4.0),  # start + 1.5
+        Utterance("c", "d", 3, start_s=1.0, end_s=2.0),  # goes backwards: clamped
+        Utterance("c", "e", 4, end_s=500.0),  # scene cut: capped at +10 s
+    ]
+    assert send_offsets(us) == [3.0, 4.5, 5.5, 5.5, 15.5]
+
+
+def test_call_starts_wait_for_a_free_line() -> None:
+    assert call_starts([10, 10, 10], concurrency=2, stagger_s=1) == [0, 1, 10]
+    assert call_starts([10, 10, 10], concurrency=None, stagger_s=1) == [0, 1, 2]
+
+
+def test_plan_interleaves_calls_and_scales_with_speed() -> None:
+    steps = plan([_call("a", 3), _call("b", 3)], realtime=True, speed=2.0, stagger_s=2.0)
+    kinds = [(s.call_id, s.kind) for s in steps]
+    assert kinds[0] == ("a", "started") and kinds[-1] == ("b", "ended")
+    assert kinds.index(("b", "started")) < kinds.index(("a", "ended"))  # calls overlap
+    assert [s.at for s in steps if s.call_id == "a"] == [0.0, 0.75, 1.5, 2.25, 2.75]  # (0, 1.5, 3, 4.5, 5.5) / 2
+    fast = plan([_call("a", 3), _call("b", 3)], realtime=False)
+    assert [(s.call_id, s.kind) for s in fast] == kinds and {s.at for s in fast} == {0.0}
+
+
+def test_feed_sends_control_parts_and_control_in_order() -> None:
+    producer, report = _run([_call("call-1", 3, audio=True), _call("call-2", 2)], realtime=False)
+    assert producer.flushed
+    by_call: dict[str, list[Any]] = {}
+    for _, topic, key, msg in producer.sent:
+        assert key == msg.call_id.encode()
+        by_call.setdefault(msg.call_id, []).append((topic, msg))
+    first, last = by_call["call-1"][0][1], by_call["call-1"][-1][1]
+    assert (first.event, first.modalities, last.event) == ("started", ["text", "audio"], "ended")
+    assert by_call["call-2"][0][1].modalities == ["text"]
+    audio = [m for t, m in by_call["call-1"] if t == TOPICS.audio]
+    assert [m.seq for m in audio] == [0, 1, 2]
+    assert audio[0].encoding == "pcm_s16le" and base64.b64decode(audio[0].data) == b"RIFFfake"
+    assert [m.text for t, m in by_call["call-2"] if t == TOPICS.text] == ["line 0", "line 1"]
+    assert report.utterances == 5 and report.calls == 2 and report.failed == 0
+    assert report.messages == {TOPICS.control: 4, TOPICS.text: 5, TOPICS.audio: 3}
+    assert report.bytes_sent > 0 and "fed 2 calls, 5 utterances: 12 messages" in report.summary()
+    assert sum(producer.clock.sleeps) == 0  # as fast as possible
+
+
+def test_feed_modalities_and_no_control() -> None:
+    producer, _ = _run([_call("c", 2, audio=True)], realtime=False, modalities=("audio",), send_control=False)
+    assert {t for _, t, _, _ in producer.sent} == {TOPICS.audio}
+    with pytest.raises(ValueError, match="unknown modalities"):
+        _run([_call("c", 1)], realtime=False, modalities=("smell",))
+
+
+def test_realtime_feed_paces_by_end_times_divided_by_speed() -> None:
+    producer, report = _run([_call("c", 3, times=True)], realtime=True, speed=4.0)
+    sent = [(round(t - 100.0, 3), m.seq) for t, topic, _, m in producer.sent if topic == TOPICS.text]
+    assert sent == [(0.25, 0), (0.75, 1), (1.25, 2)]  # end_s 1, 3, 5 at 4x speed
+    assert report.duration_s == pytest.approx(1.5)  # + 1 s hang-up / 4
+
+
+def test_audio_delay_sends_audio_later_and_ended_after_it() -> None:
+    producer, _ = _run([_call("c", 2, times=True, audio=True)], realtime=True, audio_delay_s=3.0)
+    timeline = [
+        (round(t - 100.0, 3), topic, getattr(m, "seq", m.__class__.__name__)) for t, topic, _, m in producer.sent
+    ]
+    text_at = {seq: t for t, topic, seq in timeline if topic == TOPICS.text}
+    audio_at = {seq: t for t, topic, seq in timeline if topic == TOPICS.audio}
+    assert audio_at == {seq: text_at[seq] + 3.0 for seq in text_at}
+    assert timeline[-1][1] == TOPICS.control and timeline[-1][0] >= max(audio_at.values())
+
+
+class FakeAdmin:
+    def __init__(self, existing: dict[str, int]) -> None:
+        self.existing = existing
+        self.created: dict[str, Any] = {}
+        self.closed = False
+
+    def list_topics(self) -> list[str]:
+        return list(self.existing)
+
+    def create_topics(self, spec: dict[str, Any], timeout_ms: int, raise_errors: bool) -> dict[str, Any]:
+        self.created.update(spec)
+        return {"topics": [{"name": n, "error_code": 0} for n in spec]}
+
+    def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": n, "partitions": [{}] * self.existing[n]} for n in names]
+
+
+def test_ensure_topics_creates_only_missing_ones(caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings.model_validate({"kafka": {"topics": {"partitions": 6, "replication": 1}}})
+    admin = FakeAdmin({settings.kafka.topics.text: 4})
+    created = ensure_topics(settings, admin=admin)
+    t = settings.kafka.topics
+    assert created == [t.audio, t.video, t.control, t.emotions, t.deadletter]
+    assert admin.created[t.audio] == {"num_partitions": 6, "replication_factor": 1}
+    assert "has 4 partitions, settings say 6" in caplog.text
+    assert json.dumps(admin.created)  # plain dict spec, not deprecated NewTopic objects

@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import io
+from collections import namedtuple
+from typing import Any
+
+import pytest
+
+from streams.schemas import DeadLetter, EmotionEvent, ModelRef, Timings, event_id
+from streams.settings import Settings
+from streams.subscribe import EventPrinter, format_deadletter, format_event, subscribe
+
+SETTINGS = Settings()
+TOPICS = SETTINGS.kafka.topics
+Record = namedtuple("Record", "topic value")
+
+
+def make_event(**kw: Any) -> EmotionEvent:
+    base: dict[str, Any] = dict(
+        call_id="call-7", utterance_id="u3", seq=3, revision=0, speaker="Alice", label="joy", confidence=0.81,
+        probabilities={"joy": 0.81, "neutral": 0.19}, sentiment=0.62, sentiment_label="positive",
+        weights={"text": 0.71, "audio": 0.29, "video": 0.0}, modalities_present=["text", "audio"],
+        model=ModelRef(name="m", version="1", runtime="onnxruntime"), context_size=4,
+        timings=Timings(join_s=0.01, queue_s=0.01, engine_s=0.05, end_to_end_s=0.12), produced_at=1.0,
+    )  # fmt: skip
+    base.update(kw)
+    base.setdefault("event_id", event_id(base["call_id"], base["utterance_id"], base["revision"]))
+    return EmotionEvent(**base)
+
+
+def test_format_event_first_revision() -> None:
+    line = format_event(make_event())
+    assert line == "[call-7 #3 Alice] joy 0.81  sent +0.62  text .71  audio .29  (t+a, ctx 4, 120 ms)"
+
+
+def test_format_event_negative_sentiment_all_modalities_and_future_context() -> None:
+    e = make_event(
+        label="anger", confidence=1.0, sentiment=-0.5, sentiment_label="negative", future_context=2,
+        weights={"video": 0.2, "text": 0.5, "audio": 0.3}, modalities_present=["video", "text", "audio"],
+    )  # fmt: skip
+    assert format_event(e) == (
+        "[call-7 #3 Alice] anger 1.00  sent -0.50  text .50  audio .30  video .20  (t+a+v, ctx 4+2, 120 ms)"
+    )
+
+
+def test_revision_shows_what_changed() -> None:
+    first = make_event(label="neutral", confidence=0.55, sentiment=0.10)
+    revised = make_event(revision=1, future_context=2)
+    line = format_event(revised, previous=first)
+    assert line.startswith("↻ r1 [call-7 #3 Alice] neutral -> joy 0.81  sent +0.10 -> +0.62")
+    kept = format_event(make_event(revision=2), previous=make_event(revision=1, confidence=0.66))
+    assert kept.startswith("↻ r2 [call-7 #3 Alice] joy 0.81 (kept, was 0.66)  sent +0.62  ")
+    unseen = format_event(revised)  # the line it revises was not seen (subscribed later)
+    assert unseen.startswith("↻ r1 [call-7 #3 Alice] joy 0.81  sent +0.62")
+
+
+def test_format_deadletter() -> None:
+    letter = DeadLetter(reason="malformed_json", detail="Expecting value", source_topic="in.text", partition=2,
+                        offset=41, key="call-7", payload="")  # fmt: skip
+    assert format_deadletter(letter) == "✗ dead letter [call-7] malformed_json: Expecting value  (in.text[2]@41)"
+
+
+def test_printer_filters_deduplicates_and_links_revisions() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    printer = EventPrinter(out, call_ids=["call-7"], err=err)
+    r0 = make_event(label="neutral", confidence=0.55)
+    records = [
+        r0.to_bytes(),
+        make_event(call_id="call-8").to_bytes(),  # another call: filtered out
+        r0.to_bytes(),  # redelivered: printed once
+        b'{"kind": "emotion"}',  # invalid: skipped with a note
+        make_event(revision=1).to_bytes(),
+    ]
+    printed = [printer.handle(TOPICS.emotions, value) for value in records]
+    assert printed == [True, False, False, False, True]
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[call-7 #3 Alice] neutral 0.55")
+    assert lines[1].startswith("↻ r1 [call-7 #3 Alice] neutral -> joy 0.81")
+    assert (printer.count, printer.duplicates, printer.invalid) == (2, 1, 1)
+    assert "skipped an invalid record" in err.getvalue()
+
+
+def test_printer_json_lines_round_trip() -> None:
+    out = io.StringIO()
+    event = make_event()
+    EventPrinter(out, fmt="json").handle(TOPICS.emotions, event.to_bytes())
+    assert EmotionEvent.model_validate_json(out.getvalue().strip()) == event
+
+
+def test_printer_survives_a_terminal_without_unicode() -> None:
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="ascii")
+    EventPrinter(out).handle(TOPICS.emotions, make_event(revision=1).to_bytes())
+    assert raw.getvalue().startswith(b"? r1 [call-7")
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[list[Record]]) -> None:
+        self.batches = batches
+        self.polls = 0
+
+    def poll(self, timeout_ms: int) -> dict[str, list[Record]]:
+        self.polls += 1
+        return {"tp": self.batches.pop(0)} if self.batches else {}
+
+
+def test_subscribe_stops_at_max_events_and_reads_dead_letters() -> None:
+    letter = DeadLetter(reason="oversized", detail="big", source_topic="t", partition=0, offset=1, key="call-7",
+                        payload="")  # fmt: skip
+    batches = [
+        [Record(TOPICS.emotions, make_event(utterance_id=f"u{i}", seq=i).to_bytes()) for i in range(2)],
+        [Record(TOPICS.deadletter, letter.to_bytes())],
+        [Record(TOPICS.emotions, make_event(utterance_id=f"u{i}", seq=i).to_bytes()) for i in range(2, 6)],
+    ]
+    out = io.StringIO()
+    n = subscribe(SETTINGS, max_events=4, out=out, deadletters=True, consumer=FakeConsumer(batches))
+    assert n == 4
+    lines = out.getvalue().splitlines()
+    assert [line.split("]")[0] for line in lines] == [
+        "[call-7 #0 Alice",
+        "[call-7 #1 Alice",
+        "✗ dead letter [call-7",
+        "[call-7 #2 Alice",
+    ]
+
+
+def test_subscribe_stops_at_timeout() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.4
+        return now[0]
+
+    consumer = FakeConsumer([])
+    assert subscribe(SETTINGS, timeout_s=2.0, out=io.StringIO(), consumer=consumer, clock=clock) == 0
+    assert 1 <= consumer.polls <= 5
+
+
+def test_bad_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="fmt must be"):
+        EventPrinter(io.StringIO(), fmt="yaml")  # type: ignore[arg-type]
