@@ -1,0 +1,56 @@
+"""The deployment files agree with the code: compose env -> Settings, dashboard/alert metric names
+-> the metrics the worker exports, and Prometheus' own promtool accepts the config and rules."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+
+
+def exported_metric_names() -> set[str]:
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {f.name + s for f in Metrics().registry.collect() for s in suffixes[f.type]}
+
+
+def test_compose_worker_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= set(compose["services"])
+    for key, value in compose["services"]["worker"]["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    settings = Settings()
+    assert settings.kafka.brokers == "kafka:9092" and settings.metrics.port == 9108
+    assert settings.redis.url.get_secret_value() == "redis://redis:6379/0"
+
+
+def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
+    exported = exported_metric_names()
+    texts = [(DEPLOY / "grafana" / "dashboards" / "emostream.json").read_text(),
+             (DEPLOY / "prometheus" / "rules.yml").read_text()]
+    used = {m for t in texts for m in re.findall(r"\bemostream_[a-z_]+", t)}
+    assert used, "no metrics referenced"
+    missing = used - exported
+    assert not missing, f"dashboards/alerts use metrics the worker does not export: {sorted(missing)}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make setup installs it)")
+def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
+    rules = subprocess.run(["promtool", "check", "rules", str(DEPLOY / "prometheus" / "rules.yml")],
+                           capture_output=True, text=True)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text().replace(
+        "/etc/prometheus/rules.yml", str(DEPLOY / "prometheus" / "rules.yml"))
+    (tmp_path / "prometheus.yml").write_text(config)
+    checked = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
