@@ -161,6 +161,4 @@ class TextEncoder:
                 chunks = tqdm(chunks, desc="encode text", unit="x512")
             return np.concatenate([self.encode([clean[i] for i in c]) for c in chunks])
 
-        return cache.get_or_compute([item_key(t) for t in clean], compute).reshape(
-            len(texts), self.dim
-        )
+        return cache.get_or_compute([item_key(t) for t in clean], compute).reshape(len(texts), self.dim)

@@ -1,0 +1,81 @@
+"""RAVDESS emotional speech (16 kHz FLAC): ``<data_dir>/ravdess/labels.csv`` plus clips.
+
+Splits by actor: ``train`` actors 1-16, ``dev`` 17-20, ``test`` 21-24 (not distributed here).
+RAVDESS's eight emotions map onto MELD's seven (calm and neutral both to neutral). Each clip is
+returned as a one-utterance dialogue without text (both sentences are neutral by design).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.datasets.base import Dialogue, Utterance, emotion_index
+from engines.errors import DatasetError
+
+ACTORS: dict[str, tuple[int, ...]] = {
+    "train": tuple(range(1, 17)),
+    "dev": tuple(range(17, 21)),
+    "test": tuple(range(21, 25)),
+}
+EMOTION_MAP: dict[str, str] = {
+    "neutral": "neutral",
+    "calm": "neutral",
+    "happy": "joy",
+    "sad": "sadness",
+    "angry": "anger",
+    "fearful": "fear",
+    "disgust": "disgust",
+    "surprised": "surprise",
+}
+# Sentiment of an audio-only clip, from its emotion (surprise is ambiguous: neutral).
+EMOTION_SENTIMENT: dict[str, int] = {
+    "neutral": 0, "surprise": 0, "fear": -1, "sadness": -1, "joy": 1, "disgust": -1, "anger": -1,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str
+    actor: int
+    emotion: int  # index in EMOTIONS (after mapping)
+    sentiment: int
+
+
+def load_ravdess_clips(data_dir: str | Path, split: str) -> list[Clip]:
+    """Clips of the actors of ``split``, sorted by path."""
+    if split not in ACTORS:
+        raise DatasetError(f"RAVDESS has no split {split!r}; known splits: {tuple(ACTORS)}")
+    root = Path(data_dir) / "ravdess"
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise DatasetError(f"RAVDESS labels not found: expected {labels}")
+    actors = set(ACTORS[split])
+    clips: list[Clip] = []
+    with labels.open(encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            actor = int(row["actor"])
+            if actor not in actors:
+                continue
+            name = EMOTION_MAP.get(row["emotion"].strip().lower())
+            if name is None:
+                raise DatasetError(f"{labels}: unknown emotion {row['emotion']!r}")
+            clips.append(Clip(str(root / row["path"]), actor, emotion_index(name), EMOTION_SENTIMENT[name]))
+    if not clips:
+        raise DatasetError(f"RAVDESS split {split!r} (actors {min(actors)}-{max(actors)}) has no clips under {root}")
+    missing = [c.path for c in clips if not Path(c.path).is_file()]
+    if missing:
+        raise DatasetError(f"RAVDESS split {split!r}: {len(missing)} clip files missing, e.g. {missing[0]}")
+    return sorted(clips, key=lambda c: c.path)
+
+
+def load_ravdess(data_dir: str | Path, split: str) -> list[Dialogue]:
+    """Each clip as a one-utterance, audio-only dialogue (speaker = actor)."""
+    return [
+        Dialogue(
+            id=f"ravdess-{Path(c.path).stem}",
+            utterances=[Utterance(None, f"actor{c.actor:02d}", c.emotion, c.sentiment, c.path)],
+        )
+        for c in load_ravdess_clips(data_dir, split)
+    ]

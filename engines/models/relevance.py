@@ -1,0 +1,246 @@
+"""Multimodal relevance estimation network (after arXiv 2302.01555), ONNX-exportable.
+
+Per utterance, each modality is normalised (statistics fit on train, stored as buffers) and
+projected to a shared size ``d``. A speaker-aware transformer runs over the window for each
+modality separately (modalities are folded into the batch: one set of weights, a modality
+embedding tells them apart). Keys are restricted to utterances where that modality is present,
+to real (non-padding) utterances and, when ``causal``, to positions not after the query, so the
+target never sees the future. Speakers enter as a window-local speaker embedding, a
+"same speaker as the target" embedding and a per-head attention bias for same-speaker pairs.
+
+At the target, relevance attention scores each modality's contextual vector; a softmax over the
+modalities *present at the target* gives one weight per modality (absent ones get exactly 0).
+The weighted sum feeds the emotion head (7 logits) and a tanh sentiment head. Auxiliary heads
+predict the label from each modality alone (weak supervision of relevance), and per-modality
+projections feed a category-level cross-modal contrastive loss (see ``losses.py``).
+
+Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and window axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engines.interface import EMOTIONS, MODALITIES
+
+NEG = -1e4  # additive mask value (finite: fully masked rows stay NaN-free)
+
+
+@dataclass
+class RelevanceConfig:
+    text_dim: int = 384
+    audio_dim: int = 0
+    video_dim: int = 0
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    ff_mult: int = 2
+    dropout: float = 0.2
+    max_speakers: int = 8  # window-local speaker ids at or above this share the last embedding
+    max_window: int = 12  # relative positions are clamped to +-max_window
+    causal: bool = True
+    n_classes: int = len(EMOTIONS)
+    proj_dim: int = 64  # contrastive projection size
+
+    def dims(self) -> tuple[int, int, int]:
+        return (self.text_dim, self.audio_dim, self.video_dim)
+
+    def active(self) -> list[int]:
+        """Indices (into MODALITIES) of the modalities this model has inputs for."""
+        return [i for i, d in enumerate(self.dims()) if d > 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Projector(nn.Module):
+    """Normalise with fixed train statistics, then project one modality to ``d``."""
+
+    def __init__(self, in_dim: int, d: int, dropout: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.net = nn.Sequential(nn.Linear(in_dim, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d), nn.LayerNorm(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x - self.mean) / self.std  # (B, W, D)
+        return self.net(x)  # (B, W, d)
+
+
+class SpeakerAttention(nn.Module):
+    """Multi-head self-attention with an additive mask and a same-speaker bias per head."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        assert d % n_heads == 0, (d, n_heads)
+        self.h, self.dh = n_heads, d // n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.same_speaker = nn.Parameter(torch.zeros(n_heads))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask_bias: Tensor, same: Tensor) -> Tensor:
+        n, w, d = x.shape  # (N, W, d), N = B * M
+        qkv = self.qkv(x).reshape(n, w, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)  # (3, N, H, W, dh)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = q @ k.transpose(-1, -2) / (self.dh**0.5)  # (N, H, W, W)
+        scores = scores + mask_bias[:, None] + same[:, None] * self.same_speaker[None, :, None, None]
+        attn = self.drop(torch.softmax(scores, dim=-1))
+        y = (attn @ v).transpose(1, 2).reshape(n, w, d)  # (N, W, d)
+        return self.out(y)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RelevanceConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ln1 = nn.LayerNorm(d)
+        self.attn = SpeakerAttention(d, cfg.n_heads, cfg.dropout)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(
+            nn.Linear(d, cfg.ff_mult * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ff_mult * d, d)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask_bias: Tensor, same: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask_bias, same))  # (N, W, d)
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class RelevanceNet(nn.Module):
+    """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
+
+    Inputs follow :class:`engines.interface.EngineBatch` (inputs of modalities with size 0 are
+    ignored and may be ``None``). Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights``
+    (B, 3), and for the losses ``aux_logits`` (B, M, C), ``embeddings`` (B, M, P), ``present_t``
+    (B, M) over the model's active modalities M.
+    """
+
+    def __init__(self, cfg: RelevanceConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.active = cfg.active()
+        assert self.active, "a model needs at least one modality"
+        d = cfg.d_model
+        dims = cfg.dims()
+        self.proj = nn.ModuleDict({MODALITIES[m]: Projector(dims[m], d, cfg.dropout) for m in self.active})
+        self.modality_emb = nn.Parameter(torch.zeros(len(self.active), d))
+        self.speaker_emb = nn.Embedding(cfg.max_speakers, d)
+        self.same_emb = nn.Embedding(2, d)
+        self.pos_emb = nn.Embedding(2 * cfg.max_window + 1, d)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.rel_key = nn.Linear(d, d)
+        self.rel_query = nn.Linear(d, d, bias=False)
+        self.rel_score = nn.Linear(d, 1, bias=False)
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, cfg.n_classes))
+        self.sent_head = nn.Linear(d, 1)
+        self.aux_heads = nn.ModuleList([nn.Linear(d, cfg.n_classes) for _ in self.active])
+        self.contrast = nn.ModuleList([nn.Linear(d, cfg.proj_dim) for _ in self.active])
+        nn.init.normal_(self.modality_emb, std=0.02)
+
+    def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
+        p = self.proj[modality]
+        assert mean.shape == p.mean.shape and std.shape == p.std.shape, (mean.shape, p.mean.shape)
+        p.mean.copy_(mean)
+        p.std.copy_(std.clamp(min=1e-6))
+
+    def forward(
+        self,
+        text: Tensor | None,
+        audio: Tensor | None,
+        video: Tensor | None,
+        present: Tensor,
+        speakers: Tensor,
+        valid: Tensor,
+        target: Tensor,
+    ) -> dict[str, Tensor]:
+        cfg = self.cfg
+        b, w = valid.shape
+        feats = (text, audio, video)
+        assert present.shape[-1] == len(MODALITIES), present.shape
+        valid = valid.float()
+        pos = torch.cumsum(torch.ones_like(valid), dim=1) - 1.0  # (B, W) 0..W-1
+        onehot = (pos == target[:, None].float()).float()  # (B, W) selects the target
+
+        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)  # (B, W)
+        spk_t = (onehot * speakers.float()).sum(1, keepdim=True)  # (B, 1)
+        same_t = (speakers.float() == spk_t).long()  # (B, W)
+        rel = (target[:, None].float() - pos).clamp(-cfg.max_window, cfg.max_window) + cfg.max_window
+        ctx = self.speaker_emb(spk) + self.same_emb(same_t) + self.pos_emb(rel.long())  # (B, W, d)
+
+        same_pair = (speakers[:, :, None] == speakers[:, None, :]).float()  # (B, W, W)
+        allowed_base = valid[:, None, :] * valid[:, :, None]  # (B, W, W)
+        if cfg.causal:
+            allowed_base = allowed_base * (pos[:, :, None] >= pos[:, None, :]).float()
+        eye = (pos[:, :, None] == pos[:, None, :]).float()  # (B, W, W)
+
+        hs, biases = [], []
+        for j, m in enumerate(self.active):
+            x = feats[m]
+            assert x is not None and x.shape[:2] == (b, w), (MODALITIES[m], None if x is None else x.shape)
+            pm = present[:, :, m] * valid  # (B, W)
+            h = self.proj[MODALITIES[m]](x) * pm[..., None]  # (B, W, d), absent -> 0
+            hs.append(h + ctx + self.modality_emb[j])
+            allowed = torch.clamp(allowed_base * pm[:, None, :] + eye, max=1.0)  # (B, W, W)
+            biases.append((1.0 - allowed) * NEG)
+        n_m = len(self.active)
+        h = torch.stack(hs, dim=1).reshape(b * n_m, w, cfg.d_model)  # (B*M, W, d)
+        bias = torch.stack(biases, dim=1).reshape(b * n_m, w, w)  # (B*M, W, W)
+        same = same_pair[:, None].expand(b, n_m, w, w).reshape(b * n_m, w, w)
+        for blk in self.blocks:
+            h = blk(h, bias, same)
+        h = self.ln_f(h).reshape(b, n_m, w, cfg.d_model)  # (B, M, W, d)
+        c = (h * onehot[:, None, :, None]).sum(2)  # (B, M, d) target vectors
+
+        present_t = torch.stack([(present[:, :, m] * valid * onehot).sum(1) for m in self.active], dim=1)  # (B, M)
+        query = (c * present_t[..., None]).sum(1) / present_t.sum(1, keepdim=True).clamp(min=1.0)  # (B, d)
+        score = self.rel_score(torch.tanh(self.rel_key(c) + self.rel_query(query)[:, None]))[..., 0]  # (B, M)
+        score = score + (1.0 - present_t) * NEG
+        e = torch.exp(score - score.max(dim=1, keepdim=True).values) * present_t  # (B, M)
+        weights = e / e.sum(1, keepdim=True).clamp(min=1e-12)  # (B, M), 0 where absent
+        fused = (weights[..., None] * c).sum(1)  # (B, d)
+
+        logits = self.head(fused)  # (B, C)
+        sentiment = torch.tanh(self.sent_head(fused))[:, 0]  # (B,)
+        aux = torch.stack([hd(c[:, j]) for j, hd in enumerate(self.aux_heads)], dim=1)  # (B, M, C)
+        emb = torch.stack([pr(c[:, j]) for j, pr in enumerate(self.contrast)], dim=1)  # (B, M, P)
+
+        cols = []
+        j = 0
+        for m in range(len(MODALITIES)):
+            if m in self.active:
+                cols.append(weights[:, j])
+                j += 1
+            else:
+                cols.append(torch.zeros_like(weights[:, 0]))
+        return {
+            "logits": logits,
+            "sentiment": sentiment,
+            "weights": torch.stack(cols, dim=1),  # (B, 3)
+            "weights_active": weights,  # (B, M)
+            "aux_logits": aux,
+            "embeddings": emb,
+            "present_t": present_t,
+        }
+
+
+class ExportWrapper(nn.Module):
+    """The graph that is exported: named inputs of the spec in, (logits, probs, sentiment, weights) out."""
+
+    def __init__(self, net: RelevanceNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        names = [MODALITIES[m] for m in self.net.active] + ["present", "speakers", "valid", "target"]
+        kw = dict(zip(names, inputs, strict=True))
+        out = self.net(
+            kw.get("text"), kw.get("audio"), kw.get("video"), kw["present"], kw["speakers"], kw["valid"], kw["target"]
+        )
+        logits = out["logits"]
+        return logits, torch.softmax(logits, dim=-1), out["sentiment"], out["weights"]

@@ -1,0 +1,106 @@
+"""Turn dialogues into flat per-utterance features and causal windows (train and evaluate)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.datasets.base import Dialogue
+from engines.features.audio import AudioFeatureExtractor, read_audio_file
+from engines.features.cache import FeatureCache, item_key
+from engines.features.text import TextEncoder
+from engines.interface import FeatureSpec
+from engines.windows import WindowIndex, causal_windows
+
+
+class AudioTable:
+    """Feature vectors of audio files, computed once per file content (cached on disk)."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        extractor: AudioFeatureExtractor,
+        cache_root: str | Path | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.paths = sorted(set(paths))
+        self.row = {p: i for i, p in enumerate(self.paths)}
+        blobs = [Path(p).read_bytes() for p in self.paths]
+        cache = FeatureCache(f"audio/{extractor.id}", root=cache_root)
+
+        def compute(idx: list[int]) -> np.ndarray:
+            chunks = [idx[i : i + 64] for i in range(0, len(idx), 64)]
+            if progress:
+                from tqdm import tqdm
+
+                chunks = tqdm(chunks, desc="audio features", unit="x64")
+            return np.concatenate([extractor.extract([read_audio_file(self.paths[i]) for i in c]) for c in chunks])
+
+        self.matrix = cache.get_or_compute([item_key(b) for b in blobs], compute).reshape(
+            len(self.paths), extractor.dim
+        )
+
+    def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, dim) features (zeros where no audio) and (N,) presence."""
+        out = np.zeros((len(paths), dim), dtype=np.float32)
+        has = np.zeros((len(paths),), dtype=np.float32)
+        for i, p in enumerate(paths):
+            if p is not None:
+                out[i] = self.matrix[self.row[p]]
+                has[i] = 1.0
+        return out, has
+
+
+@dataclass
+class Prepared:
+    """Flat utterances of a dialogue list, their features and causal windows."""
+
+    dialogues: list[Dialogue]
+    labels: np.ndarray  # (N,) int64
+    sentiment: np.ndarray  # (N,) float32
+    feats: dict[str, np.ndarray]  # modality -> (N, D)
+    has: dict[str, np.ndarray]  # modality -> (N,) float32
+    windows: WindowIndex
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def prepare(
+    dialogues: list[Dialogue],
+    spec: FeatureSpec,
+    text_encoder: TextEncoder | None,
+    audio_table: AudioTable | None,
+    max_window: int,
+    cache_root: str | Path | None = None,
+    progress: bool = False,
+) -> Prepared:
+    utts = [u for d in dialogues for u in d.utterances]
+    feats: dict[str, np.ndarray] = {}
+    has: dict[str, np.ndarray] = {}
+    if spec.text_dim > 0:
+        assert text_encoder is not None
+        idx = [i for i, u in enumerate(utts) if u.text]
+        text = np.zeros((len(utts), spec.text_dim), dtype=np.float32)
+        if idx:
+            text[idx] = text_encoder.encode_cached([utts[i].text or "" for i in idx], cache_root, progress)
+        feats["text"] = text
+        has["text"] = np.array([1.0 if u.text else 0.0 for u in utts], dtype=np.float32)
+    if spec.audio_dim > 0:
+        if audio_table is None:
+            feats["audio"] = np.zeros((len(utts), spec.audio_dim), dtype=np.float32)
+            has["audio"] = np.zeros((len(utts),), dtype=np.float32)
+        else:
+            feats["audio"], has["audio"] = audio_table.lookup([u.audio for u in utts], spec.audio_dim)
+    return Prepared(
+        dialogues=dialogues,
+        labels=np.array([u.emotion for u in utts], dtype=np.int64),
+        sentiment=np.array([u.sentiment for u in utts], dtype=np.float32),
+        feats=feats,
+        has=has,
+        windows=causal_windows(dialogues, max_window),
+    )

@@ -1,0 +1,70 @@
+"""Entry points for the stream: ``load_engine`` and ``load_extractors``.
+
+    engine = load_engine("default")            # or an artifact directory
+    ex = load_extractors("default")
+    text = ex.text.encode(["hi there"])        # (N, 384)
+    audio = ex.audio.extract([decode_audio(payload, "pcm_s16le", 16000)])  # (N, Da)
+    # -> engines.windows.pack_windows(...) -> engine.predict(batch)
+
+Features go to the engine raw: normalisation statistics are inside the model graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines import artifact
+from engines.errors import ArtifactError
+from engines.features.audio import AudioFeatureConfig, AudioFeatureExtractor
+from engines.features.text import TextEncoder, TextEncoderConfig
+from engines.interface import Engine, FeatureSpec
+
+RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
+
+
+def load_engine(model_dir: str | Path = "default", runtime: str = "onnxruntime") -> Engine:
+    """The engine of an artifact directory (``"default"``: the shipped ``models/default``)."""
+    if runtime == "onnxruntime":
+        from engines.runtime.onnx import OnnxEngine
+
+        return OnnxEngine(model_dir)
+    if runtime == "torch":
+        from engines.runtime.torch import TorchEngine
+
+        return TorchEngine(model_dir)
+    raise ArtifactError(f"unknown runtime {runtime!r}; known: {RUNTIMES}")
+
+
+@dataclass
+class Extractors:
+    """The feature extractors an artifact was trained with (``None`` for an unused modality)."""
+
+    spec: FeatureSpec
+    text: TextEncoder | None
+    audio: AudioFeatureExtractor | None
+
+
+def load_extractors(model_dir: str | Path = "default", device: str = "cpu") -> Extractors:
+    """Extractors matching the artifact's ``features.json`` (models load lazily on first use)."""
+    path = artifact.resolve_model_dir(model_dir)
+    meta = artifact.read_json(path, artifact.FEATURES)
+    spec = artifact.feature_spec(path)
+    text = None
+    if spec.text_dim > 0:
+        t = meta.get("text", {})
+        text = TextEncoder(
+            TextEncoderConfig(model_id=t.get("model_id", TextEncoderConfig.model_id), dim=spec.text_dim), device=device
+        )
+    audio = None
+    if spec.audio_dim > 0:
+        a = dict(meta.get("audio", {}))
+        want_id = a.pop("id", None)
+        for k in ("name", "dim"):
+            a.pop(k, None)
+        audio = AudioFeatureExtractor(AudioFeatureConfig(**a), device=device)
+        if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):
+            raise ArtifactError(
+                f"{path}: audio extractor {audio.id} (dim {audio.dim}) does not match {want_id} (dim {spec.audio_dim})"
+            )
+    return Extractors(spec, text, audio)

@@ -1,0 +1,1 @@
+"""Engine runtimes: ONNX Runtime (the service default) and PyTorch (reference, tests)."""

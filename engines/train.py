@@ -1,0 +1,298 @@
+"""``emostream train``: train an engine on a dataset and write a complete artifact directory.
+
+Seeds are fixed; dev weighted F1 (all modalities the data has) drives early stopping. The
+artifact gets the ONNX graph and, in ``metrics.json``, dev figures measured through ONNX Runtime
+with all modalities and with each modality alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
+
+ENGINES: tuple[str, ...] = ("relevance",)
+VERSION = "1.0.0"
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from engines.datasets import DATASETS
+
+    parser.add_argument("--engine", default="relevance", choices=ENGINES)
+    parser.add_argument("--dataset", default="meld-ravdess", choices=DATASETS)
+    parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
+    parser.add_argument("--out", required=True, help="artifact directory to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--max-window", type=int, default=12)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=0.25,
+        help="chance per window of hiding each modality entirely (one at most)",
+    )
+    parser.add_argument(
+        "--context-dropout", type=float, default=0.1, help="chance per context utterance and modality of hiding it"
+    )
+    parser.add_argument(
+        "--no-resample-audio",
+        action="store_true",
+        help="composite only: keep one clip assignment instead of a new one per epoch",
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _modality_dropout(kw: dict[str, Any], active: list[int], p_window: float, p_context: float, gen: Any) -> None:
+    """Hide modalities in place: whole windows (one modality at most) and context utterances."""
+    import torch
+
+    present = kw["present"]  # (B, W, 3)
+    b, w, _ = present.shape
+    onehot = torch.zeros(b, w)
+    onehot[torch.arange(b), kw["target"]] = 1.0  # (B, W) training-side only, not exported
+    if len(active) > 1:
+        r = torch.rand(b, generator=gen)
+        for j, m in enumerate(active):
+            hit = (r >= j * p_window) & (r < (j + 1) * p_window)  # (B,)
+            present[hit, :, m] = 0.0
+    ctx = (torch.rand(b, w, len(MODALITIES), generator=gen) < p_context) & (onehot[..., None] < 0.5)
+    present[ctx] = 0.0
+
+
+def run_train(ns: argparse.Namespace) -> int:
+    import torch
+
+    from engines.errors import EngineError
+
+    try:
+        return _train(ns)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(torch.get_num_threads())
+
+
+def _train(ns: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from engines import artifact
+    from engines.datasets import load_dataset
+    from engines.datasets.composite import assign_clips
+    from engines.datasets.ravdess import load_ravdess_clips
+    from engines.evaluate import evaluate_engine
+    from engines.export import export_onnx
+    from engines.features.audio import AudioFeatureExtractor
+    from engines.features.text import TextEncoder
+    from engines.models.losses import LossWeights, total_loss
+    from engines.models.relevance import RelevanceConfig, RelevanceNet
+    from engines.prepare import AudioTable, prepare
+    from engines.runtime.onnx import OnnxEngine
+    from engines.runtime.torch import TorchEngine, torch_inputs
+    from engines.windows import gather_batch
+
+    t0 = time.time()
+    torch.set_num_threads(ns.threads)
+    _seed_all(ns.seed)
+    quiet = ns.no_progress
+    out_dir = Path(ns.out)
+
+    train_d = load_dataset(ns.dataset, ns.data_dir, "train", seed=ns.seed)
+    dev_d = load_dataset(ns.dataset, ns.data_dir, "dev", seed=ns.seed)
+    has_text = any(u.text for d in train_d for u in d.utterances)
+    has_audio = any(u.audio for d in train_d for u in d.utterances)
+    text_enc = TextEncoder(device=ns.device) if has_text else None
+    audio_ex = AudioFeatureExtractor(device=ns.device) if has_audio else None
+    spec = FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
+
+    composite = ns.dataset == "meld-ravdess"
+    train_clips = load_ravdess_clips(ns.data_dir, "train") if composite else []
+    table = None
+    if audio_ex is not None:
+        paths = [c.path for c in train_clips] + [u.audio for d in (*train_d, *dev_d) for u in d.utterances if u.audio]
+        table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet)
+    train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, progress=not quiet)
+    dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, progress=not quiet)
+    print(f"data: {train.n} train / {dev.n} dev utterances, features {spec} ({time.time() - t0:.0f}s)", file=sys.stderr)
+
+    cfg = RelevanceConfig(
+        text_dim=spec.text_dim,
+        audio_dim=spec.audio_dim,
+        video_dim=spec.video_dim,
+        d_model=ns.d_model,
+        n_heads=ns.heads,
+        n_layers=ns.layers,
+        dropout=ns.dropout,
+        max_window=ns.max_window,
+        causal=True,
+    )
+    net = RelevanceNet(cfg)
+    normaliser: dict[str, dict[str, list[float]]] = {}
+    for m in ("text", "audio"):
+        if m not in train.feats:
+            continue
+        if m == "audio" and table is not None:
+            rows = [
+                table.row[p]
+                for p in sorted(
+                    {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
+                )
+            ]
+            x = table.matrix[rows]  # unique training clips
+        else:
+            x = train.feats[m][train.has[m] > 0]
+        mean, std = x.mean(0), x.std(0) + 1e-3
+        net.set_normaliser(m, torch.from_numpy(mean), torch.from_numpy(std))
+        normaliser[m] = {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
+    net.to(ns.device)
+    active = cfg.active()
+    weights = LossWeights()
+    opt = torch.optim.AdamW(net.parameters(), lr=ns.lr, weight_decay=ns.weight_decay)
+    steps_per_epoch = (train.n + ns.batch_size - 1) // ns.batch_size
+    total_steps = max(1, steps_per_epoch * ns.epochs)
+    warm = steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(ns.seed)
+    rng = np.random.default_rng(ns.seed)
+    dev_modalities = [m for m in MODALITIES if m in dev.has and dev.has[m].any()]
+    best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None}
+    history = []
+    for epoch in range(ns.epochs):
+        if composite and table is not None and not ns.no_resample_audio and epoch > 0:
+            fresh = assign_clips(train_d, train_clips, ns.seed + 1000 * epoch)
+            train.feats["audio"], train.has["audio"] = table.lookup(
+                [u.audio for d in fresh for u in d.utterances], spec.audio_dim
+            )
+        net.train()
+        order = rng.permutation(train.n)
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{ns.epochs}", disable=quiet, leave=False)
+        for step in bar:
+            rows = order[step * ns.batch_size : (step + 1) * ns.batch_size]
+            kw = torch_inputs(gather_batch(train.windows, rows, train.feats, train.has, spec), spec.dims(), "cpu")
+            _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen)
+            kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}
+            y = torch.from_numpy(train.labels[rows]).to(ns.device)
+            s = torch.from_numpy(train.sentiment[rows]).to(ns.device)
+            losses = total_loss(net(**kw), y, s, weights)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
+        dev_rep = evaluate_engine(TorchEngine(net=net, device=ns.device), dev, dev_modalities)
+        row = {
+            "epoch": epoch + 1,
+            **{k: round(v / steps_per_epoch, 4) for k, v in sums.items()},
+            "dev_weighted_f1": dev_rep["weighted_f1"],
+            "dev_accuracy": dev_rep["accuracy"],
+        }
+        history.append(row)
+        print(json.dumps(row), file=sys.stderr)
+        if dev_rep["weighted_f1"] > best["score"]:
+            best = {
+                "score": dev_rep["weighted_f1"],
+                "epoch": epoch + 1,
+                "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            }
+        elif epoch + 1 - best["epoch"] >= ns.patience:
+            print(f"early stop: no dev gain for {ns.patience} epochs", file=sys.stderr)
+            break
+
+    net.load_state_dict(best["state"])
+    net = net.cpu().eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / artifact.WEIGHTS))
+    train_args = {k: v for k, v in vars(ns).items() if isinstance(v, str | int | float | bool | type(None))}
+    artifact.write_json(
+        out_dir,
+        artifact.CONFIG,
+        {
+            "engine": ns.engine,
+            "name": f"emostream-{ns.engine}",
+            "version": VERSION,
+            "max_window": ns.max_window,
+            "model": cfg.to_dict(),
+            "loss": asdict(weights),
+            "train": train_args,
+            "dataset": ns.dataset,
+        },
+    )
+    artifact.write_json(out_dir, artifact.LABELS, list(EMOTIONS))
+    features: dict[str, Any] = {
+        "spec": {"text_dim": spec.text_dim, "audio_dim": spec.audio_dim, "video_dim": spec.video_dim}
+    }
+    if text_enc is not None:
+        features["text"] = {"model_id": text_enc.config.model_id, "dim": text_enc.dim, "normalise_text": True}
+    if audio_ex is not None:
+        features["audio"] = {**audio_ex.to_dict(), "id": audio_ex.id}
+    features["normaliser"] = normaliser
+    artifact.write_json(out_dir, artifact.FEATURES, features)
+    onnx_spec = export_onnx(net, spec, out_dir / artifact.ONNX)
+    artifact.write_json(out_dir, artifact.SPEC, onnx_spec.to_dict())
+
+    engine = OnnxEngine(out_dir)
+    metrics: dict[str, Any] = {
+        "dataset": ns.dataset,
+        "split": "dev",
+        "best_epoch": best["epoch"],
+        "runtime": "onnxruntime",
+    }
+    subsets = [dev_modalities] + ([[m] for m in dev_modalities] if len(dev_modalities) > 1 else [])
+    for sub in subsets:
+        metrics["+".join(sub)] = evaluate_engine(engine, dev, sub)
+    metrics["history"] = history
+    metrics["train_seconds"] = round(time.time() - t0, 1)
+    artifact.write_json(out_dir, artifact.METRICS, metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = add_train_args(argparse.ArgumentParser(prog="emostream train", description=__doc__))
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

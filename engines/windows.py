@@ -1,0 +1,144 @@
+"""Dialogue windows: from utterance sequences to :class:`engines.interface.EngineBatch`.
+
+Windows are causal (they end at the target) and left-padded to the longest window of the batch.
+Speaker names become window-local indices in order of first appearance (0 = first seen).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.datasets.base import Dialogue
+from engines.interface import MODALITIES, EngineBatch, FeatureSpec
+
+
+def local_speakers(names: Sequence[str]) -> list[int]:
+    """Window-local speaker indices: ``["b", "a", "b"] -> [0, 1, 0]``."""
+    seen: dict[str, int] = {}
+    return [seen.setdefault(n, len(seen)) for n in names]
+
+
+@dataclass(frozen=True)
+class UtteranceFeatures:
+    """One utterance as the stream has it: speaker plus whichever feature vectors arrived."""
+
+    speaker: str
+    text: np.ndarray | None = None  # (Dt,)
+    audio: np.ndarray | None = None  # (Da,)
+    video: np.ndarray | None = None  # (Dv,)
+
+
+def pack_windows(
+    windows: Sequence[Sequence[UtteranceFeatures]],
+    features: FeatureSpec,
+    targets: Sequence[int] | None = None,
+) -> EngineBatch:
+    """Left-pad windows into an :class:`EngineBatch`; ``targets`` default to each window's last."""
+    assert windows and all(len(w) > 0 for w in windows), "every window needs at least one utterance"
+    b, width = len(windows), max(len(w) for w in windows)
+    dims = features.dims()
+    arrays = {m: np.zeros((b, width, dims[m]), dtype=np.float32) for m in MODALITIES}
+    present = np.zeros((b, width, len(MODALITIES)), dtype=np.float32)
+    speakers = np.zeros((b, width), dtype=np.int64)
+    valid = np.zeros((b, width), dtype=np.float32)
+    target = np.zeros((b,), dtype=np.int64)
+    for i, win in enumerate(windows):
+        off = width - len(win)
+        speakers[i, off:] = local_speakers([u.speaker for u in win])
+        valid[i, off:] = 1.0
+        t = len(win) - 1 if targets is None else int(targets[i])
+        assert 0 <= t < len(win), (t, len(win))
+        target[i] = off + t
+        for j, u in enumerate(win):
+            for k, m in enumerate(MODALITIES):
+                vec = getattr(u, m)
+                if vec is not None and dims[m] > 0:
+                    assert vec.shape == (dims[m],), (m, vec.shape, dims[m])
+                    arrays[m][i, off + j] = vec
+                    present[i, off + j, k] = 1.0
+    return EngineBatch(arrays["text"], arrays["audio"], arrays["video"], present, speakers, valid, target)
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """Causal windows over a flat utterance list: one row per target utterance."""
+
+    utt: np.ndarray  # (N, W) int64 flat utterance index, -1 for left padding
+    speakers: np.ndarray  # (N, W) int64 window-local speaker index (0 on padding)
+    target: np.ndarray  # (N,) int64 column of the target (always W - 1: causal windows)
+
+
+def causal_windows(dialogues: Sequence[Dialogue], max_window: int) -> WindowIndex:
+    """Every utterance of every dialogue as the target of a window of up to ``max_window``."""
+    rows_u, rows_s = [], []
+    offset = 0
+    for d in dialogues:
+        names = [u.speaker for u in d.utterances]
+        for t in range(len(names)):
+            lo = max(0, t - max_window + 1)
+            idx = list(range(offset + lo, offset + t + 1))
+            spk = local_speakers(names[lo : t + 1])
+            pad = max_window - len(idx)
+            rows_u.append([-1] * pad + idx)
+            rows_s.append([0] * pad + spk)
+        offset += len(names)
+    n = len(rows_u)
+    return WindowIndex(
+        np.asarray(rows_u, dtype=np.int64).reshape(n, max_window),
+        np.asarray(rows_s, dtype=np.int64).reshape(n, max_window),
+        np.full((n,), max_window - 1, dtype=np.int64),
+    )
+
+
+def gather_batch(
+    win: WindowIndex,
+    rows: np.ndarray,
+    feats: dict[str, np.ndarray],
+    has: dict[str, np.ndarray],
+    features: FeatureSpec,
+) -> EngineBatch:
+    """Batch of windows ``rows`` from flat per-utterance features (trimmed to the longest)."""
+    utt = win.utt[rows]  # (B, W)
+    first = int((utt >= 0).argmax(axis=1).min())  # leading columns that are padding everywhere
+    utt = utt[:, first:]
+    valid = (utt >= 0).astype(np.float32)  # (B, W)
+    safe = np.where(utt >= 0, utt, 0)
+    dims = features.dims()
+    b, w = utt.shape
+    arrays: dict[str, np.ndarray] = {}
+    present = np.zeros((b, w, len(MODALITIES)), dtype=np.float32)
+    for k, m in enumerate(MODALITIES):
+        if dims[m] > 0 and m in feats:
+            arrays[m] = feats[m][safe] * valid[..., None]  # (B, W, D)
+            present[..., k] = has[m][safe] * valid
+        else:
+            arrays[m] = np.zeros((b, w, dims[m]), dtype=np.float32)
+    return EngineBatch(
+        arrays["text"].astype(np.float32, copy=False),
+        arrays["audio"].astype(np.float32, copy=False),
+        arrays["video"].astype(np.float32, copy=False),
+        present,
+        win.speakers[rows][:, first:].copy(),
+        valid,
+        win.target[rows] - first,
+    )
+
+
+def keep_modalities(batch: EngineBatch, keep: Sequence[str]) -> EngineBatch:
+    """``batch`` with every modality not in ``keep`` marked absent and zeroed."""
+    unknown = set(keep) - set(MODALITIES)
+    assert not unknown, unknown
+    present = batch.present.copy()
+    arrays = {}
+    for k, m in enumerate(MODALITIES):
+        arr = getattr(batch, m)
+        if m not in keep:
+            present[..., k] = 0.0
+            arr = np.zeros_like(arr)
+        arrays[m] = arr
+    return EngineBatch(
+        arrays["text"], arrays["audio"], arrays["video"], present, batch.speakers, batch.valid, batch.target
+    )
