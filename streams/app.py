@@ -67,7 +67,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         if ready.is_set():
             await state["worker"].tick()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         if ready.is_set():
             await state["worker"].drain()

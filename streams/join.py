@@ -58,6 +58,7 @@ class JoinResult:
 class _Call:
     expected: tuple[str, ...]
     last_seen: float = 0.0
+    ends_at: float | None = None  # 'ended' arrived: release everything at this time
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
     done: OrderedDict[str, None] = field(default_factory=OrderedDict)  # released ids (bounded)
 
@@ -83,15 +84,12 @@ class Joiner:
         return self._release(call_id, now)
 
     def call_ended(self, call_id: str, now: float) -> JoinResult:
-        call = self._calls.pop(call_id, None)
-        result = JoinResult(ended_calls=[call_id])
-        if call is None:
-            return result
-        for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            utt.ready_at, utt.expected = now, call.expected
-            utt.timed_out = set(utt.modalities) != set(call.expected)
-            result.ready.append(utt)
-        return result
+        """The call's end arrived. Its parts travel on other topics and may still be behind it,
+        so the call is closed ``wait_s`` later (by :meth:`expire`), not now."""
+        call = self._call(call_id)
+        call.last_seen = now
+        call.ends_at = now + self.wait_s
+        return self._release(call_id, now)
 
     def add(self, call_id: str, utterance_id: str, seq: int, speaker: str, modality: str,
             payload: Any, handle: Any, now: float) -> JoinResult:
@@ -115,6 +113,9 @@ class Joiner:
     def expire(self, now: float) -> JoinResult:
         result = JoinResult()
         for call_id, call in list(self._calls.items()):
+            if call.ends_at is not None and now >= call.ends_at:
+                result.extend(self._close(call_id, now))
+                continue
             result.extend(self._release(call_id, now))
             if not call.pending and now - call.last_seen > self.idle_s:
                 del self._calls[call_id]  # an idle call that never sent 'ended'
@@ -122,8 +123,9 @@ class Joiner:
 
     # -- queries --------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        firsts = [u.first_at for c in self._calls.values() for u in c.pending.values()]
-        return min(firsts) + self.wait_s if firsts else None
+        times = [u.first_at + self.wait_s for c in self._calls.values() for u in c.pending.values()]
+        times += [c.ends_at for c in self._calls.values() if c.ends_at is not None]
+        return min(times) if times else None
 
     @property
     def open_calls(self) -> int:
@@ -147,6 +149,15 @@ class Joiner:
         return result
 
     # -- internals ------------------------------------------------------------------------------
+    def _close(self, call_id: str, now: float) -> JoinResult:
+        call = self._calls.pop(call_id)
+        result = JoinResult(ended_calls=[call_id])
+        for utt in sorted(call.pending.values(), key=lambda u: u.seq):
+            utt.ready_at, utt.expected = now, call.expected
+            utt.timed_out = set(utt.modalities) != set(call.expected)
+            result.ready.append(utt)
+        return result
+
     def _call(self, call_id: str) -> _Call:
         call = self._calls.get(call_id)
         if call is None:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from streams.errors import InvalidMessage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 Modality = Literal["text", "audio", "video"]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
 

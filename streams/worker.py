@@ -18,6 +18,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streams.errors import InvalidMessage
@@ -36,14 +37,18 @@ class Worker:
     """The worker's logic, independent of how messages arrive; ``send`` publishes one record
     and returns an awaitable that resolves once the broker has it."""
 
-    def __init__(self, settings: Settings, processor: Processor, metrics: Metrics, send: Any) -> None:
+    def __init__(self, settings: Settings, processor: Processor, metrics: Metrics, send: Any,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
         self.processor = processor
         self.metrics = metrics
         self.send = send
         self.kinds = settings.kafka.topics.inputs()
         self.joiner = Joiner(settings.join.wait_s, settings.join.default_modalities, idle_s=settings.redis.ttl_s)
         self.queue: list[Utterance] = []
+        self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
+        self.closing: list[str] = []  # calls whose utterances are all released: free their window
         self.lock = asyncio.Lock()
         self.retry_at = 0.0
         self.backoff = 0.5
@@ -52,7 +57,7 @@ class Worker:
                          value: bytes | None, handle: Any) -> None:
         """One input message; ``handle.ack()`` is called once its effects are published."""
         self.metrics.messages_in.labels(topic).inc()
-        now = time.monotonic()
+        now = self.clock()
         async with self.lock:
             try:
                 msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
@@ -72,9 +77,10 @@ class Worker:
 
     async def tick(self) -> None:
         """Timer: expire joins, flush a batch that waited long enough, update gauges."""
-        now = time.monotonic()
+        now = self.clock()
         async with self.lock:
             self._absorb(self.joiner.expire(now))
+            await self._close_calls(now)
             if self.queue and now >= self.retry_at:
                 oldest = min(u.ready_at or now for u in self.queue)
                 if len(self.queue) >= self.settings.engine.max_batch or now - oldest >= self.settings.engine.max_wait_s:
@@ -85,9 +91,9 @@ class Worker:
     async def drain(self) -> None:
         """Label everything still joined or queued (shutdown)."""
         async with self.lock:
-            self._absorb(self.joiner.drain(time.monotonic()))
+            self._absorb(self.joiner.drain(self.clock()))
             while self.queue:
-                if not await self._flush(time.monotonic()):
+                if not await self._flush(self.clock()):
                     break
 
     async def _control(self, msg: CallControl, handle: Any, now: float) -> None:
@@ -95,12 +101,20 @@ class Worker:
             self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now))
             handle.ack()
             return
+        self.ending.setdefault(msg.call_id, []).append(handle)
         self._absorb(self.joiner.call_ended(msg.call_id, now))
-        while any(u.call_id == msg.call_id for u in self.queue):
-            if not await self._flush(now):
-                return  # retried later; the 'ended' stays unacked, so it is replayed after a crash
-        await self.processor.store.release([msg.call_id])
-        handle.ack()
+
+    async def _close_calls(self, now: float) -> None:
+        """Label what is left of the closed calls, then free their windows and ack their 'ended'."""
+        while self.closing:
+            call_id = self.closing[0]
+            while any(u.call_id == call_id for u in self.queue):
+                if not await self._flush(now):
+                    return  # retried on a later tick; the 'ended' stays unacked until then
+            await self.processor.store.release([call_id])
+            for handle in self.ending.pop(call_id, []):
+                handle.ack()
+            self.closing.pop(0)
 
     def _absorb(self, result: JoinResult) -> None:
         for handle in result.ack_now:
@@ -115,6 +129,7 @@ class Worker:
                 if m not in utt.parts:
                     self.metrics.missing.labels(m).inc()
         self.queue.extend(result.ready)
+        self.closing.extend(result.ended_calls)
 
     async def _flush(self, now: float) -> bool:
         batch, self.queue = self.queue[: self.settings.engine.max_batch], self.queue[self.settings.engine.max_batch :]

@@ -63,12 +63,16 @@ def test_duplicate_part_keeps_first_and_acks_with_the_utterance() -> None:
     assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h2", "h3"]
 
 
-def test_call_end_releases_pending_in_order_and_forgets_the_call() -> None:
+def test_call_end_closes_the_call_after_the_join_wait_releasing_pending_in_order() -> None:
     j = Joiner(wait_s=5.0, default_modalities=("text", "audio"))
     j.add("c", "u1", 1, "B", "text", "t1", "h", now=0.0)
     j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)
     r = j.call_ended("c", now=0.5)
-    assert ids(r) == ["u0", "u1"] and r.ended_calls == ["c"]
+    assert ids(r) == [] and r.ended_calls == []  # parts may still be behind the 'ended'
+    assert j.next_deadline() == 5.0
+    j.add("c", "u0", 0, "A", "audio", "a0", "h", now=1.0)  # completes u0
+    r = j.expire(now=5.5)
+    assert ids(r) == ["u1"] and r.ended_calls == ["c"]
     assert j.open_calls == 0 and j.open_utterances == 0
 
 

@@ -71,6 +71,14 @@ class Handle:
         self.log.append(f"ack {self.name}")
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make(**join: Any) -> tuple[Worker, list[tuple[str, bytes]], list[str], FakeStore, FakeEngine]:
     settings = Settings(join={"wait_s": 0.2, **join}, engine={"max_batch": 8, "max_wait_s": 0.0})
     sent: list[tuple[str, bytes]] = []
@@ -84,7 +92,8 @@ def make(**join: Any) -> tuple[Worker, list[tuple[str, bytes]], list[str], FakeS
         return fut
 
     store, engine = FakeStore(), FakeEngine()
-    worker = Worker(settings, Processor(engine, FakeFeaturizer(), store), Metrics(), send)  # type: ignore[arg-type]
+    worker = Worker(settings, Processor(engine, FakeFeaturizer(), store), Metrics(), send,  # type: ignore[arg-type]
+                    clock=Clock())
     return worker, sent, log, store, engine
 
 
@@ -154,16 +163,26 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> No
     asyncio.run(scenario())
 
 
-def test_call_end_flushes_then_releases_context() -> None:
+def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_context() -> None:
     async def scenario() -> None:
-        w, sent, log, store, engine = make(wait_s=60.0)
+        w, sent, log, store, engine = make(wait_s=5.0)
+        clock: Any = w.clock
         t = w.settings.kafka.topics
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
-        assert events(sent) == []  # audio expected, still waiting
-        await w.on_message(t.control, 0, 0, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end"))
-        (ev,) = events(sent)
-        assert ev.modalities_present == ["text"] and store.released == ["c"] and "c" not in store.data
-        assert log[-1] == "ack end"
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", end, Handle(log, "end"))
+        await w.tick()
+        assert events(sent) == [] and store.released == []  # the audio may still be on its way
+        clock.now += 1.0
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"))
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"))  # behind 'ended' too
+        await w.tick()
+        assert [e.modalities_present for e in events(sent)] == [["text", "audio"]]
+        clock.now += 4.0
+        await w.tick()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]
+        assert events(sent)[1].modalities_present == ["text"]
+        assert store.released == ["c"] and "c" not in store.data and log[-1] == "ack end"
 
     asyncio.run(scenario())
 
