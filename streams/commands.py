@@ -74,11 +74,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)
-    try:
-        from engines.evaluate import add_evaluate_args, run_evaluate
-        from engines.train import add_train_args, run_train
-    except ImportError:  # engines not built yet in this checkout
-        return
+    from engines.evaluate import add_evaluate_args, run_evaluate
+    from engines.train import add_train_args, run_train
+
     p = sub.add_parser("train", help="train an engine and write a model artifact")
     add_train_args(p)
     p.set_defaults(func=run_train)
