@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import numpy as np
+
+from streams.context import ContextItem
+from streams.join import Utterance
+from streams.pipeline import build_batch, sentiment_label, utterance_features
+from streams.validate import Payload
+
+DIMS = {"text": 2, "audio": 3, "video": 0}
+
+
+def item(i: int, speaker: str, mods: dict[str, float]) -> ContextItem:
+    return ContextItem(f"u{i}", i, speaker, {m: np.full(DIMS[m], v, np.float32) for m, v in mods.items()})
+
+
+def test_windows_are_right_aligned_with_masks_and_window_local_speakers() -> None:
+    windows = [
+        [item(0, "bob", {"text": 1}), item(1, "ann", {"text": 2, "audio": 3}), item(2, "bob", {"audio": 4})],
+        [item(0, "zed", {"text": 5})],
+    ]
+    b = build_batch(windows, DIMS)
+    assert b.text.shape == (2, 3, 2) and b.audio.shape == (2, 3, 3) and b.video.shape == (2, 3, 0)
+    assert b.valid.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b.target.tolist() == [2, 2]
+    assert b.speakers.tolist() == [[0, 1, 0], [0, 0, 0]]
+    assert b.present[0].tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]
+    assert b.present[1].tolist() == [[0, 0, 0], [0, 0, 0], [1, 0, 0]]
+    assert b.text[1, 2].tolist() == [5, 5] and b.audio[0, 2].tolist() == [4, 4, 4]
+
+
+class CountingFeaturizer:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def text(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        return np.array([[len(t), 0] for t in texts], np.float32)
+
+    def audio(self, waves: list[np.ndarray]) -> np.ndarray:
+        self.calls.append(len(waves))
+        return np.array([[w.size, 0, 0] for w in waves], np.float32)
+
+
+def utt(i: int, **parts: Payload) -> Utterance:
+    return Utterance("c", f"u{i}", i, "A", first_at=0.0, parts=dict(parts))
+
+
+def test_features_are_computed_in_one_call_per_modality_and_vectors_pass_through() -> None:
+    f = CountingFeaturizer()
+    utts = [
+        utt(0, text=Payload("text", "hello"), audio=Payload("wave", np.zeros(160, np.float32))),
+        utt(1, text=Payload("vector", np.array([7, 7], np.float32))),
+        utt(2, text=Payload("text", "hi"), video=Payload("vector", np.zeros(0, np.float32))),
+    ]
+    feats = utterance_features(utts, f, DIMS)
+    assert f.calls == [2, 1]  # one text batch of 2, one audio batch of 1
+    assert feats[0]["text"].tolist() == [5, 0] and feats[0]["audio"].tolist() == [160, 0, 0]
+    assert feats[1]["text"].tolist() == [7, 7] and "audio" not in feats[1]
+    assert set(feats[2]) == {"text"}  # the model takes no video
+
+
+def test_sentiment_label_thresholds() -> None:
+    assert [sentiment_label(x) for x in (-0.9, -0.1, 0.0, 0.3)] == ["negative", "neutral", "neutral", "positive"]
