@@ -1,0 +1,86 @@
+"""Exported graph vs PyTorch: parity on random batches of varied batch and window sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from engines import artifact  # noqa: E402
+from engines.export import FORBIDDEN_OPS, example_inputs, export_onnx  # noqa: E402
+from engines.interface import EngineBatch, FeatureSpec  # noqa: E402
+from engines.models.relevance import RelevanceConfig, RelevanceNet  # noqa: E402
+from engines.runtime.torch import TorchEngine  # noqa: E402
+from engines.spec import engine_spec  # noqa: E402
+
+pytestmark = pytest.mark.engine
+SPEC = FeatureSpec(text_dim=16, audio_dim=9)
+SHAPES = [(1, 1), (2, 3), (5, 12), (17, 7), (3, 30)]
+
+
+def random_batch(spec: FeatureSpec, b: int, w: int, seed: int) -> EngineBatch:
+    x = example_inputs(engine_spec(spec), batch=b, window=w, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    first = (x["valid"] == 0).sum(1)  # first real column per row
+    x["target"] = np.array([rng.integers(f, w) for f in first], dtype=np.int64)  # not always the last
+    return EngineBatch(
+        text=x["text"],
+        audio=x["audio"],
+        video=np.zeros((b, w, 0), np.float32),
+        present=x["present"],
+        speakers=x["speakers"],
+        valid=x["valid"],
+        target=x["target"],
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RelevanceNet]:
+    import onnx
+
+    torch.manual_seed(0)
+    net = RelevanceNet(RelevanceConfig(text_dim=SPEC.text_dim, audio_dim=SPEC.audio_dim, d_model=32)).eval()
+    net.set_normaliser("audio", torch.randn(SPEC.audio_dim), torch.rand(SPEC.audio_dim) + 0.5)
+    out = tmp_path_factory.mktemp("artifact")
+    export_onnx(net, SPEC, out / artifact.ONNX)
+    artifact.write_json(
+        out, artifact.CONFIG, {"engine": "relevance", "name": "test", "version": "0", "model": net.cfg.to_dict()}
+    )
+    artifact.write_json(out, artifact.LABELS, ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"])
+    artifact.write_json(out, artifact.FEATURES, {"spec": {"text_dim": 16, "audio_dim": 9, "video_dim": 0}})
+    ops = {n.op_type for n in onnx.load(str(out / artifact.ONNX)).graph.node}
+    assert not ops & FORBIDDEN_OPS
+    return out, net
+
+
+@pytest.mark.parametrize(("b", "w"), SHAPES)
+def test_onnxruntime_matches_pytorch(exported: tuple[Path, RelevanceNet], b: int, w: int) -> None:
+    from engines.runtime.onnx import OnnxEngine
+
+    path, net = exported
+    ort_engine, ref = OnnxEngine(path), TorchEngine(net=net)
+    batch = random_batch(SPEC, b, w, seed=10 * b + w)
+    got, want = ort_engine.predict(batch), ref.predict(batch)
+    for name in ("logits", "probs", "sentiment", "weights"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-4, rtol=0, err_msg=name)
+    assert got.logits.shape == (b, 7) and got.weights.shape == (b, 3)
+    present_t = batch.present[np.arange(b), batch.target]  # (B, 3)
+    assert np.all(got.weights[present_t == 0] == 0.0)
+
+
+def test_graph_io_follows_spec(exported: tuple[Path, RelevanceNet]) -> None:
+    from engines.runtime.onnx import OnnxEngine
+
+    engine = OnnxEngine(exported[0])
+    spec = engine_spec(SPEC)
+    assert [i.name for i in engine.session.get_inputs()] == spec.input_names
+    assert [o.name for o in engine.session.get_outputs()] == spec.output_names
+    shapes = {i.name: i.shape for i in engine.session.get_inputs()}
+    assert shapes["text"] == ["batch", "window", 16] and shapes["target"] == ["batch"]
+    with pytest.raises(ValueError, match="audio features have size 5"):
+        b = random_batch(SPEC, 2, 3, 0)
+        engine.predict(EngineBatch(b.text, b.audio[..., :5], b.video, b.present, b.speakers, b.valid, b.target))

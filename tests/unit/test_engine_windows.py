@@ -1,0 +1,52 @@
+"""Window packing: left padding, local speakers, targets, modality restriction."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engines.datasets.base import Dialogue, Utterance
+from engines.interface import FeatureSpec
+from engines.windows import (
+    UtteranceFeatures,
+    causal_windows,
+    gather_batch,
+    keep_modalities,
+    local_speakers,
+    pack_windows,
+)
+
+SPEC = FeatureSpec(text_dim=4, audio_dim=3)
+
+
+def test_local_speakers() -> None:
+    assert local_speakers(["b", "a", "b", "c"]) == [0, 1, 0, 2]
+
+
+def test_pack_windows_left_pads() -> None:
+    t = np.ones(4, dtype=np.float32)
+    a = np.full(3, 2.0, dtype=np.float32)
+    batch = pack_windows(
+        [[UtteranceFeatures("x", text=t), UtteranceFeatures("y", audio=a)], [UtteranceFeatures("z", t, a)]], SPEC
+    )
+    assert batch.valid.tolist() == [[1, 1], [0, 1]]
+    assert batch.target.tolist() == [1, 1]
+    assert batch.speakers.tolist() == [[0, 1], [0, 0]]
+    assert batch.present[0].tolist() == [[1, 0, 0], [0, 1, 0]]
+    assert batch.present[1, 1].tolist() == [1, 1, 0] and batch.present[1, 0].sum() == 0
+    assert batch.video.shape == (2, 2, 0)
+    text_only = keep_modalities(batch, ["text"])
+    assert text_only.present[..., 1].sum() == 0 and not text_only.audio.any()
+
+
+def test_causal_windows_and_gather() -> None:
+    d = Dialogue("d", [Utterance(f"u{i}", "ab"[i % 2], 0, 0) for i in range(5)])
+    win = causal_windows([d, Dialogue("e", [Utterance("v", "c", 1, 0)])], max_window=3)
+    assert win.utt.tolist()[:3] == [[-1, -1, 0], [-1, 0, 1], [0, 1, 2]]
+    assert win.utt.tolist()[5] == [-1, -1, 5]
+    assert win.speakers.tolist()[3] == [0, 1, 0]  # window (1, 2, 3): b a b
+    feats = {"text": np.arange(6, dtype=np.float32)[:, None].repeat(4, 1), "audio": np.zeros((6, 3), np.float32)}
+    has = {"text": np.ones(6, np.float32), "audio": np.zeros(6, np.float32)}
+    batch = gather_batch(win, np.array([0, 1]), feats, has, SPEC)
+    assert batch.valid.shape == (2, 2)  # trimmed to the longest window of the batch
+    assert batch.target.tolist() == [1, 1]
+    assert batch.text[1, :, 0].tolist() == [0.0, 1.0]
