@@ -31,7 +31,7 @@ class Featurizer(Protocol):
 
 @dataclass
 class BatchOutcome:
-    events: list[tuple[EmotionEvent, Utterance]] = field(default_factory=list)
+    events: list[tuple[EmotionEvent, Utterance | None]] = field(default_factory=list)  # with what caused it
     appends: dict[str, list[ContextItem]] = field(default_factory=dict)
     engine_s: float = 0.0
 
@@ -65,15 +65,18 @@ def utterance_features(utts: list[Utterance], featurizer: Featurizer, dims: dict
     return feats
 
 
-def build_batch(windows: list[list[ContextItem]], dims: dict[str, int]) -> EngineBatch:
-    """Right-aligned windows (the target is each window's last item) as one padded batch."""
+def build_batch(windows: list[list[ContextItem]], dims: dict[str, int], targets: list[int] | None = None) -> EngineBatch:
+    """Right-aligned windows as one padded batch; ``targets[i]`` is the index of the utterance to
+    label in ``windows[i]`` (default: its last item; later items are future context)."""
     b, w = len(windows), max(len(x) for x in windows)
     arrays = {m: np.zeros((b, w, dims[m]), dtype=np.float32) for m in MODALITIES}  # (B, W, D)
     present = np.zeros((b, w, len(MODALITIES)), dtype=np.float32)  # (B, W, 3)
     speakers = np.zeros((b, w), dtype=np.int64)
     valid = np.zeros((b, w), dtype=np.float32)
+    target = np.zeros((b,), dtype=np.int64)
     for row, window in enumerate(windows):
         offset = w - len(window)
+        target[row] = offset + (len(window) - 1 if targets is None else targets[row])
         names: dict[str, int] = {}
         for j, item in enumerate(window):
             col = offset + j
@@ -84,7 +87,6 @@ def build_batch(windows: list[list[ContextItem]], dims: dict[str, int]) -> Engin
                 if vec is not None and dims[m] > 0:
                     arrays[m][row, col] = vec
                     present[row, col, m_idx] = 1.0
-    target = np.full((b,), w - 1, dtype=np.int64)
     return EngineBatch(arrays["text"], arrays["audio"], arrays["video"], present, speakers, valid, target)
 
 
@@ -92,13 +94,38 @@ def sentiment_label(score: float) -> str:
     return "positive" if score > 0.2 else "negative" if score < -0.2 else "neutral"
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One engine input row: label ``window[target]``; revision 0 is the provisional event of a new
+    utterance, revision 1 its revision once ``future`` later utterances (or the call's end) came."""
+
+    call_id: str
+    window: list[ContextItem]
+    target: int
+    revision: int
+    trigger: Utterance | None  # the new utterance that caused this row (None: the call's end)
+
+    @property
+    def item(self) -> ContextItem:
+        return self.window[self.target]
+
+    @property
+    def future(self) -> int:
+        return len(self.window) - 1 - self.target
+
+
 class Processor:
-    def __init__(self, engine: Engine, featurizer: Featurizer, store: ContextStore) -> None:
+    """``future`` > 0 turns on revised events: each utterance is labelled again, with ``future``
+    later utterances of its call as context, once they have arrived (or when the call ends)."""
+
+    def __init__(self, engine: Engine, featurizer: Featurizer, store: ContextStore, future: int = 0) -> None:
         self.engine = engine
         self.featurizer = featurizer
         self.store = store
+        self.future = future
         self.dims = engine.info.features.dims()
         self.max_window = min(engine.info.max_window, store.window + 1)
+        assert self.future < self.max_window, (future, self.max_window)
         self.model_ref = ModelRef(name=engine.info.name, version=engine.info.version, runtime=engine.info.runtime)
 
     async def run(self, utts: list[Utterance]) -> BatchOutcome:
@@ -108,54 +135,83 @@ class Processor:
         history = await self.store.fetch(calls)
         return await asyncio.to_thread(self._compute, utts, history, started)
 
+    async def close(self, call_id: str) -> BatchOutcome:
+        """The call ended: the final revisions of its last utterances, with the future they have."""
+        if not self.future:
+            return BatchOutcome()
+        started = time.monotonic()
+        known = (await self.store.fetch([call_id]))[call_id]
+        rows = [self._revision(call_id, known, j, None) for j in range(max(0, len(known) - self.future), len(known))]
+        return await asyncio.to_thread(self._predict, rows, started, {})
+
     async def commit(self, outcome: BatchOutcome) -> None:
         await self.store.append(outcome.appends)
 
     def _compute(self, utts: list[Utterance], history: dict[str, list[ContextItem]], started: float) -> BatchOutcome:
         feats = utterance_features(utts, self.featurizer, self.dims)
-        windows: list[list[ContextItem]] = []
+        rows: list[_Row] = []
         appends: dict[str, list[ContextItem]] = {}
         for utt, f in zip(utts, feats, strict=True):
             known = history.setdefault(utt.call_id, [])
             past = [i for i in known if i.seq < utt.seq and i.utterance_id != utt.utterance_id]
             item = ContextItem(utt.utterance_id, utt.seq, utt.speaker, f)
-            windows.append([*past[-(self.max_window - 1):], item] if self.max_window > 1 else [item])
-            known.append(item)
+            window = [*past[max(0, len(past) - (self.max_window - 1)):], item] if self.max_window > 1 else [item]
+            rows.append(_Row(utt.call_id, window, len(window) - 1, 0, utt))
             appends.setdefault(utt.call_id, []).append(item)
-        out = self.engine.predict(build_batch(windows, self.dims))
+            if any(i.utterance_id == utt.utterance_id for i in known):
+                continue  # a replay: its revision was published with the first run
+            fresh_last = not known or known[-1].seq < utt.seq
+            known.append(item)
+            known.sort(key=lambda i: i.seq)
+            if self.future and fresh_last and len(known) > self.future:
+                rows.append(self._revision(utt.call_id, known, len(known) - 1 - self.future, utt))
+        return self._predict(rows, started, appends)
+
+    def _revision(self, call_id: str, known: list[ContextItem], j: int, trigger: Utterance | None) -> _Row:
+        future = min(self.future, len(known) - 1 - j)
+        start = max(0, j - (self.max_window - 1 - future))
+        return _Row(call_id, known[start : j + future + 1], j - start, 1, trigger)
+
+    def _predict(self, rows: list[_Row], started: float, appends: dict[str, list[ContextItem]]) -> BatchOutcome:
+        if not rows:
+            return BatchOutcome(appends=appends)
+        out = self.engine.predict(build_batch([r.window for r in rows], self.dims, [r.target for r in rows]))
         done = time.monotonic()
-        events = [
-            (self._event(utt, out, i, len(windows[i]), started, done), utt) for i, utt in enumerate(utts)
-        ]
+        events = [(self._event(r, out, i, started, done), r.trigger) for i, r in enumerate(rows)]
         return BatchOutcome(events=events, appends=appends, engine_s=done - started)
 
-    def _event(self, utt: Utterance, out: EngineOutput, i: int, context: int, started: float, done: float) -> EmotionEvent:
+    def _event(self, row: _Row, out: EngineOutput, i: int, started: float, done: float) -> EmotionEvent:
         labels = self.engine.info.labels
         probs = out.probs[i]
         best = int(np.argmax(probs))
         sentiment = float(np.clip(out.sentiment[i], -1.0, 1.0))
-        ready = utt.ready_at if utt.ready_at is not None else started
+        item, utt = row.item, row.trigger
+        if row.revision == 0 and utt is not None:
+            ready = utt.ready_at if utt.ready_at is not None else started
+            present = list(utt.modalities)
+            join_s, queue_s = ready - utt.first_at, max(0.0, started - ready)
+        else:
+            present = [m for m in MODALITIES if m in item.features]
+            join_s = queue_s = 0.0
+        end_to_end = time.monotonic() - utt.last_at if utt is not None else done - started
         return EmotionEvent(
-            event_id=event_id(utt.call_id, utt.utterance_id, 0),
-            call_id=utt.call_id,
-            utterance_id=utt.utterance_id,
-            seq=utt.seq,
-            revision=0,
-            speaker=utt.speaker,
+            event_id=event_id(row.call_id, item.utterance_id, row.revision),
+            call_id=row.call_id,
+            utterance_id=item.utterance_id,
+            seq=item.seq,
+            revision=row.revision,
+            speaker=item.speaker,
             label=labels[best],
             confidence=round(float(probs[best]), 6),
             probabilities={lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)},
             sentiment=round(sentiment, 6),
             sentiment_label=sentiment_label(sentiment),  # type: ignore[arg-type]
             weights={m: round(float(w), 6) for m, w in zip(MODALITIES, out.weights[i], strict=True)},
-            modalities_present=list(utt.modalities),  # type: ignore[arg-type]
+            modalities_present=present,  # type: ignore[arg-type]
             model=self.model_ref,
-            context_size=context,
-            timings=Timings(
-                join_s=round(ready - utt.first_at, 6),
-                queue_s=round(max(0.0, started - ready), 6),
-                engine_s=round(done - started, 6),
-                end_to_end_s=round(time.monotonic() - utt.last_at, 6),
-            ),
+            context_size=len(row.window),
+            future_context=row.future,
+            timings=Timings(join_s=round(join_s, 6), queue_s=round(queue_s, 6), engine_s=round(done - started, 6),
+                            end_to_end_s=round(end_to_end, 6)),
             produced_at=time.time(),
         )

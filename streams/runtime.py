@@ -62,4 +62,4 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     port = metrics.serve(settings.metrics.host, settings.metrics.port)
     log.info("model %s %s (%s); metrics on http://%s:%d/metrics", engine.info.name, engine.info.version,
              engine.info.runtime, settings.metrics.host, port)
-    return Worker(settings, Processor(engine, featurizer, store), metrics, send)
+    return Worker(settings, Processor(engine, featurizer, store, future=settings.engine.future), metrics, send)

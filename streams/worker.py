@@ -24,7 +24,7 @@ from typing import Any
 from streams.errors import InvalidMessage
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import Processor
+from streams.pipeline import BatchOutcome, Processor
 from streams.schemas import CallControl, DeadLetter, parse_input
 from streams.settings import Settings
 from streams.validate import to_payload
@@ -111,7 +111,16 @@ class Worker:
             while any(u.call_id == call_id for u in self.queue):
                 if not await self._flush(now):
                     return  # retried on a later tick; the 'ended' stays unacked until then
-            await self.processor.store.release([call_id])
+            try:
+                final = await self.processor.close(call_id)
+                await self._publish(final)
+                await self.processor.store.release([call_id])
+            except Exception:
+                log.exception("closing call %s failed; retrying", call_id)
+                self.metrics.errors.inc()
+                return
+            for event, _ in final.events:
+                self.metrics.events_out.labels(str(event.revision)).inc()
             for handle in self.ending.pop(call_id, []):
                 handle.ack()
             self.closing.pop(0)
@@ -135,9 +144,7 @@ class Worker:
         batch, self.queue = self.queue[: self.settings.engine.max_batch], self.queue[self.settings.engine.max_batch :]
         try:
             outcome = await self.processor.run(batch)
-            topic = self.settings.kafka.topics.emotions
-            pending = [await self.send(topic, ev.call_id.encode(), ev.to_bytes(), ev.event_id) for ev, _ in outcome.events]
-            await asyncio.gather(*pending)
+            await self._publish(outcome)
             await self.processor.commit(outcome)
         except Exception:
             log.exception("batch of %d utterances failed; retrying in %.1f s", len(batch), self.backoff)
@@ -149,13 +156,20 @@ class Worker:
         self.backoff = 0.5
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_latency.observe(outcome.engine_s)
-        for event, utt in outcome.events:
-            self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
+        for event, _ in outcome.events:
             self.metrics.events_out.labels(str(event.revision)).inc()
-            self.metrics.end_to_end.observe(event.timings.end_to_end_s)
+            if event.revision == 0:
+                self.metrics.end_to_end.observe(event.timings.end_to_end_s)
+        for utt in batch:
+            self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
             for handle in utt.handles:
                 handle.ack()
         return True
+
+    async def _publish(self, outcome: BatchOutcome) -> None:
+        topic = self.settings.kafka.topics.emotions
+        pending = [await self.send(topic, ev.call_id.encode(), ev.to_bytes(), ev.event_id) for ev, _ in outcome.events]
+        await asyncio.gather(*pending)
 
     async def _dead_letter(self, exc: InvalidMessage, topic: str, partition: int, offset: int,
                            key: bytes | None, value: bytes | None) -> None:

@@ -220,3 +220,29 @@ def test_event_json_is_schema_valid() -> None:
         assert obj["schema_version"] == 1 and obj["event_id"].startswith("c:u0:r0:")
 
     asyncio.run(scenario())
+
+
+def test_revised_events_once_k_later_utterances_or_the_end_arrived() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",), wait_s=1.0)
+        w.processor.future = 2
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        for i in range(5):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, "AB"[i % 2]), Handle(log, f"t{i}"))
+            await w.tick()
+        revs = [(e.utterance_id, e.future_context, e.context_size) for e in events(sent) if e.revision == 1]
+        assert revs == [("u0", 2, 3), ("u1", 2, 4), ("u2", 2, 4)]  # the window holds at most 4
+        # the engine labelled the right utterance: the revision of u1 targets index 1 of its window
+        rev_batch = engine.batches[3]
+        assert rev_batch.size == 2 and rev_batch.target.tolist()[1] == rev_batch.valid.shape[1] - 3
+        await w.on_message(t.control, 0, 9, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end"))
+        clock.now += 2.0
+        await w.tick()
+        revs = [(e.utterance_id, e.future_context) for e in events(sent) if e.revision == 1]
+        assert revs == [("u0", 2), ("u1", 2), ("u2", 2), ("u3", 1), ("u4", 0)]
+        ids = [e.event_id for e in events(sent)]
+        assert len(ids) == len(set(ids)) == 10
+        assert log[-1] == "ack end" and store.released == ["c"]
+
+    asyncio.run(scenario())
