@@ -43,6 +43,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--text-noise", type=float, default=0.0, help="Gaussian input noise (normalised units)")
+    parser.add_argument("--audio-noise", type=float, default=0.0, help="Gaussian input noise (normalised units)")
+    parser.add_argument("--text-mask", type=float, default=0.0, help="input feature masking rate")
+    parser.add_argument("--audio-mask", type=float, default=0.0, help="input feature masking rate")
     parser.add_argument(
         "--modality-dropout",
         type=float,
@@ -157,6 +161,8 @@ def _train(ns: argparse.Namespace) -> int:
         dropout=ns.dropout,
         max_window=ns.max_window,
         causal=True,
+        input_noise=(ns.text_noise, ns.audio_noise, 0.0),
+        input_mask=(ns.text_mask, ns.audio_mask, 0.0),
     )
     net = RelevanceNet(cfg)
     normaliser: dict[str, dict[str, list[float]]] = {}

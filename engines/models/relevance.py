@@ -45,6 +45,13 @@ class RelevanceConfig:
     causal: bool = True
     n_classes: int = len(EMOTIONS)
     proj_dim: int = 64  # contrastive projection size
+    input_noise: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per modality, training only
+    input_mask: tuple[float, float, float] = (0.0, 0.0, 0.0)  # feature masking per modality
+
+    def __post_init__(self) -> None:
+        self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
+        self.input_mask = tuple(float(v) for v in self.input_mask)
+        assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
 
     def dims(self) -> tuple[int, int, int]:
         return (self.text_dim, self.audio_dim, self.video_dim)
@@ -58,17 +65,24 @@ class RelevanceConfig:
 
 
 class Projector(nn.Module):
-    """Normalise with fixed train statistics, then project one modality to ``d``."""
+    """Normalise with fixed train statistics, then project one modality to ``d``.
 
-    def __init__(self, in_dim: int, d: int, dropout: float) -> None:
+    In training only: Gaussian noise (in normalised units) and feature masking on the input.
+    """
+
+    def __init__(self, in_dim: int, d: int, dropout: float, noise: float = 0.0, mask: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
+        self.noise = noise
+        self.mask = nn.Dropout(mask)
         self.net = nn.Sequential(nn.Linear(in_dim, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d), nn.LayerNorm(d))
 
     def forward(self, x: Tensor) -> Tensor:
         x = (x - self.mean) / self.std  # (B, W, D)
-        return self.net(x)  # (B, W, d)
+        if self.training and self.noise > 0:
+            x = x + self.noise * torch.randn_like(x)
+        return self.net(self.mask(x))  # (B, W, d)
 
 
 class SpeakerAttention(nn.Module):
@@ -127,7 +141,12 @@ class RelevanceNet(nn.Module):
         assert self.active, "a model needs at least one modality"
         d = cfg.d_model
         dims = cfg.dims()
-        self.proj = nn.ModuleDict({MODALITIES[m]: Projector(dims[m], d, cfg.dropout) for m in self.active})
+        self.proj = nn.ModuleDict(
+            {
+                MODALITIES[m]: Projector(dims[m], d, cfg.dropout, cfg.input_noise[m], cfg.input_mask[m])
+                for m in self.active
+            }
+        )
         self.modality_emb = nn.Parameter(torch.zeros(len(self.active), d))
         self.speaker_emb = nn.Embedding(cfg.max_speakers, d)
         self.same_emb = nn.Embedding(2, d)
