@@ -50,9 +50,10 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
 
     @app.task
     async def _start() -> None:
-        state["worker"] = await asyncio.to_thread(worker_factory, send)
+        worker = state["worker"] = await asyncio.to_thread(worker_factory, send)
         ready.set()
         log.info("worker ready")
+        await worker.run()  # the pump: batches through the engine, one at a time
 
     @app.agent(source, concurrency=1)
     async def ingest(stream: Any) -> None:
@@ -61,11 +62,6 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         async for event in stream.noack().events():
             msg = event.message
             await worker.on_message(msg.topic, msg.partition, msg.offset, event.key, event.value, event)
-
-    @app.timer(interval=0.02)
-    async def _tick() -> None:
-        if ready.is_set():
-            await state["worker"].tick()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:

@@ -6,6 +6,11 @@
         -> micro-batch (max_batch / max_wait) -> Processor (features, Redis window, engine)
         -> emotion events topic -> Redis window append -> ack the source messages
 
+The agent only parses, joins and queues (quick, under a lock); :meth:`Worker.pump`, run in a loop
+by one task, takes due batches off the queue and runs them through the engine *outside* the lock,
+one batch at a time, so parts keep being joined while the engine works and a call's batches stay
+in order. A queue longer than ``4 * max_batch`` makes the agent wait (backpressure to Kafka).
+
 Delivery is at least once: the agent runs with ``concurrency=1`` on a ``noack`` stream and acks a
 message only once everything it fed is published (Faust commits offsets up to the first gap), so
 a restarted worker resumes from committed offsets and re-labels what was in flight under the same
@@ -57,12 +62,14 @@ class Worker:
                          value: bytes | None, handle: Any) -> None:
         """One input message; ``handle.ack()`` is called once its effects are published."""
         self.metrics.messages_in.labels(topic).inc()
-        now = self.clock()
+        while len(self.queue) >= 4 * self.settings.engine.max_batch:
+            await asyncio.sleep(0.005)  # backpressure: the engine is behind
         async with self.lock:
+            now = self.clock()
             try:
                 msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
                 if isinstance(msg, CallControl):
-                    await self._control(msg, handle, now)
+                    self._control(msg, handle, now)
                     return
                 payload = to_payload(msg, self.processor.dims, self.settings.limits)
             except InvalidMessage as exc:
@@ -72,31 +79,61 @@ class Worker:
             result = self.joiner.add(msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind,
                                      payload, handle, now)
             self._absorb(result)
-            if len(self.queue) >= self.settings.engine.max_batch:
-                await self._flush(now)
 
     async def tick(self) -> None:
-        """Timer: expire joins, flush a batch that waited long enough, update gauges."""
-        now = self.clock()
+        """Expire joins and update gauges (quick, under the lock)."""
         async with self.lock:
-            self._absorb(self.joiner.expire(now))
-            await self._close_calls(now)
-            if self.queue and now >= self.retry_at:
-                oldest = min(u.ready_at or now for u in self.queue)
-                if len(self.queue) >= self.settings.engine.max_batch or now - oldest >= self.settings.engine.max_wait_s:
-                    await self._flush(now)
+            self._absorb(self.joiner.expire(self.clock()))
             self.metrics.open_calls.set(self.joiner.open_calls)
             self.metrics.open_utterances.set(self.joiner.open_utterances)
 
+    async def pump(self) -> None:
+        """Expire joins, then process every batch that is due and close ended calls."""
+        await self.tick()
+        while await self._step():
+            pass
+
+    async def run(self, interval: float = 0.01) -> None:
+        """The pump loop (one task per worker)."""
+        while True:
+            try:
+                await self.pump()
+            except Exception:  # never let the loop die; the failing batch stays queued
+                log.exception("pump failed")
+            await asyncio.sleep(interval)
+
     async def drain(self) -> None:
-        """Label everything still joined or queued (shutdown)."""
+        """Label everything still joined or queued (shutdown, partitions revoked)."""
         async with self.lock:
             self._absorb(self.joiner.drain(self.clock()))
-            while self.queue:
-                if not await self._flush(self.clock()):
-                    break
+        while self.queue:
+            self.retry_at = 0.0
+            if not await self._step(force=True):
+                break
 
-    async def _control(self, msg: CallControl, handle: Any, now: float) -> None:
+    async def _step(self, force: bool = False) -> bool:
+        """One unit of work: a due batch, or else one closed call. False when nothing was due."""
+        async with self.lock:
+            now = self.clock()
+            if now < self.retry_at:
+                return False
+            batch: list[Utterance] = []
+            if self.queue:
+                oldest = min(u.ready_at or now for u in self.queue)
+                closing = set(self.closing)
+                if (force or len(self.queue) >= self.settings.engine.max_batch
+                        or now - oldest >= self.settings.engine.max_wait_s
+                        or any(u.call_id in closing for u in self.queue)):
+                    batch = self.queue[: self.settings.engine.max_batch]
+                    self.queue = self.queue[len(batch):]
+            call_id = None if batch or not self.closing else self.closing[0]
+        if batch:
+            return await self._process(batch)
+        if call_id is not None:
+            return await self._close(call_id)
+        return False
+
+    def _control(self, msg: CallControl, handle: Any, now: float) -> None:
         if msg.event == "started":
             self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now))
             handle.ack()
@@ -104,26 +141,22 @@ class Worker:
         self.ending.setdefault(msg.call_id, []).append(handle)
         self._absorb(self.joiner.call_ended(msg.call_id, now))
 
-    async def _close_calls(self, now: float) -> None:
-        """Label what is left of the closed calls, then free their windows and ack their 'ended'."""
-        while self.closing:
-            call_id = self.closing[0]
-            while any(u.call_id == call_id for u in self.queue):
-                if not await self._flush(now):
-                    return  # retried on a later tick; the 'ended' stays unacked until then
-            try:
-                final = await self.processor.close(call_id)
-                await self._publish(final)
-                await self.processor.store.release([call_id])
-            except Exception:
-                log.exception("closing call %s failed; retrying", call_id)
-                self.metrics.errors.inc()
-                return
-            for event, _ in final.events:
-                self.metrics.events_out.labels(str(event.revision)).inc()
+    async def _close(self, call_id: str) -> bool:
+        """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'."""
+        try:
+            final = await self.processor.close(call_id)
+            await self._publish(final)
+            await self.processor.store.release([call_id])
+        except Exception:
+            self._failed(f"closing call {call_id}")
+            return False
+        for event, _ in final.events:
+            self.metrics.events_out.labels(str(event.revision)).inc()
+        async with self.lock:
             for handle in self.ending.pop(call_id, []):
                 handle.ack()
-            self.closing.pop(0)
+            self.closing.remove(call_id)
+        return True
 
     def _absorb(self, result: JoinResult) -> None:
         for handle in result.ack_now:
@@ -140,18 +173,21 @@ class Worker:
         self.queue.extend(result.ready)
         self.closing.extend(result.ended_calls)
 
-    async def _flush(self, now: float) -> bool:
-        batch, self.queue = self.queue[: self.settings.engine.max_batch], self.queue[self.settings.engine.max_batch :]
+    def _failed(self, what: str) -> None:
+        log.exception("%s failed; retrying in %.1f s", what, self.backoff)
+        self.metrics.errors.inc()
+        self.retry_at = self.clock() + self.backoff
+        self.backoff = min(self.backoff * 2, 30.0)
+
+    async def _process(self, batch: list[Utterance]) -> bool:
         try:
             outcome = await self.processor.run(batch)
             await self._publish(outcome)
             await self.processor.commit(outcome)
         except Exception:
-            log.exception("batch of %d utterances failed; retrying in %.1f s", len(batch), self.backoff)
-            self.metrics.errors.inc()
-            self.queue = batch + self.queue
-            self.retry_at = now + self.backoff
-            self.backoff = min(self.backoff * 2, 30.0)
+            self._failed(f"batch of {len(batch)} utterances")
+            async with self.lock:
+                self.queue = batch + self.queue
             return False
         self.backoff = 0.5
         self.metrics.batch_size.observe(len(batch))
@@ -160,10 +196,11 @@ class Worker:
             self.metrics.events_out.labels(str(event.revision)).inc()
             if event.revision == 0:
                 self.metrics.end_to_end.observe(event.timings.end_to_end_s)
-        for utt in batch:
-            self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
-            for handle in utt.handles:
-                handle.ack()
+        async with self.lock:
+            for utt in batch:
+                self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
+                for handle in utt.handles:
+                    handle.ack()
         return True
 
     async def _publish(self, outcome: BatchOutcome) -> None:

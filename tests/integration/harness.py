@@ -1,0 +1,144 @@
+"""Helpers for the integration tests: a real worker process and a real consumer of its output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from streams.schemas import DeadLetter, EmotionEvent
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_for(services: Any, unique: str, **join: Any) -> Settings:
+    topics = {k: f"t{unique}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")}
+    return Settings(
+        kafka={"brokers": services.brokers, "group_id": f"g{unique}", "topics": topics},
+        redis={"url": services.redis_url, "key_prefix": f"ctx{unique}:", "window": 8},
+        join={"wait_s": 1.5, **join},
+        engine={"max_batch": 16, "max_wait_s": 0.05},
+        metrics={"port": free_port()},
+        limits={"max_message_bytes": 512 * 1024},
+    )
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The same settings as EMOSTREAM_* variables, as a user would pass them to `emostream worker`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
+    t = settings.kafka.topics
+    env.update({
+        "EMOSTREAM_KAFKA__BROKERS": settings.kafka.brokers,
+        "EMOSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
+        **{f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k)
+           for k in ("text", "audio", "video", "control", "emotions", "deadletter")},
+        "EMOSTREAM_REDIS__URL": settings.redis.url.get_secret_value(),
+        "EMOSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+        "EMOSTREAM_REDIS__WINDOW": str(settings.redis.window),
+        "EMOSTREAM_JOIN__WAIT_S": str(settings.join.wait_s),
+        "EMOSTREAM_JOIN__DEFAULT_MODALITIES": '["' + '","'.join(settings.join.default_modalities) + '"]',
+        "EMOSTREAM_ENGINE__MAX_BATCH": str(settings.engine.max_batch),
+        "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
+        "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
+        "EMOSTREAM_LIMITS__MAX_MESSAGE_BYTES": str(settings.limits.max_message_bytes),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+class WorkerProcess:
+    """`emostream worker` in its own process, logging to a file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO,
+                                     env=env_for(self.settings), stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            if b"worker ready" in self.log_path.read_bytes() and self.metrics_up():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready in {timeout} s\n{self.tail()}")
+
+    def metrics_up(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.settings.metrics.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.metrics.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_bytes()[-n:].decode(errors="replace") if self.log_path.exists() else ""
+
+
+class Collector:
+    """Reads the emotion and dead-letter topics from the beginning."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaConsumer
+
+        t = settings.kafka.topics
+        self.topics = t
+        self.consumer = KafkaConsumer(t.emotions, t.deadletter, bootstrap_servers=settings.kafka.brokers,
+                                      auto_offset_reset="earliest", enable_auto_commit=False,
+                                      group_id=None, consumer_timeout_ms=500)
+        self.events: list[tuple[bytes | None, EmotionEvent]] = []
+        self.dead: list[DeadLetter] = []
+
+    def poll_until(self, done: Callable[[Collector], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in self.consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.topic == self.topics.emotions:
+                        self.events.append((r.key, EmotionEvent.model_validate_json(r.value)))
+                    else:
+                        self.dead.append(DeadLetter.model_validate_json(r.value))
+            if done(self):
+                return True
+        return done(self)
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,74 @@
+"""Every kind of bad input, between valid messages, on the real broker: each lands in the
+dead-letter topic with its reason and source offset; every valid utterance still gets its event."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from kafka import KafkaProducer
+
+from streams.dialogues import read_meld_csv
+from streams.feed import ensure_topics, part_message
+from streams.schemas import AudioPart, TextPart
+from tests.integration.harness import Collector, WorkerProcess, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def _text(**kw: object) -> bytes:
+    base: dict[str, object] = {"schema_version": 1, "call_id": "bad", "utterance_id": "x", "seq": 0, "text": "hi"}
+    base.update(kw)
+    return json.dumps(base).encode()
+
+
+def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(services, unique, default_modalities=("text",))
+    t = settings.kafka.topics
+    ensure_topics(settings)
+    bad: list[tuple[str, bytes, str]] = [
+        (t.text, b"{this is not json", "malformed_json"),
+        (t.text, _text(schema_version=99), "unknown_schema_version"),
+        (t.text, b'{"schema_version": 1, "call_id": "bad", "text": "no ids"}', "missing_field"),
+        (t.text, _text(seq="seven"), "wrong_type"),
+        (t.text, TextPart(call_id="bad", utterance_id="e", seq=0, embedding=[0.1] * 7).to_bytes(), "wrong_embedding_size"),
+        (t.text, b'{"schema_version":1,"call_id":"bad","utterance_id":"n","seq":0,"embedding":[NaN,1.0]}', "non_finite"),
+        (t.text, _text(text=None, embedding=[1e39] * 384), "non_finite"),
+        (t.audio, AudioPart(call_id="bad", utterance_id="a", seq=0, encoding="flac",
+                            data=base64.b64encode(b"RIFF....garbage" * 50).decode()).to_bytes(), "undecodable_audio"),
+        (t.audio, AudioPart(call_id="bad", utterance_id="b", seq=0, encoding="pcm_s16le",
+                            data=base64.b64encode(b"\x01").decode()).to_bytes(), "undecodable_audio"),
+        (t.text, _text(text="x" * (settings.limits.max_message_bytes + 10)), "oversized"),
+    ]
+    dialogues = read_meld_csv(shared_data / "meld" / "dev_sent_emo.csv", dialogue_ids=[20, 21])
+    good = [(u, m) for d in dialogues for u in d.utterances for m in ("text",)]
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers, max_request_size=16 * 1024 * 1024)
+    try:
+        worker.wait_ready()
+        sent_offsets: dict[str, tuple[str, int]] = {}
+        for i, (utt, modality) in enumerate(good):
+            topic, value = part_message(utt, modality, t)  # type: ignore[misc]
+            producer.send(topic, key=utt.call_id.encode(), value=value)
+            if i < len(bad):
+                btopic, bvalue, reason = bad[i]
+                meta = producer.send(btopic, key=b"bad", value=bvalue).get(timeout=30)
+                sent_offsets[f"{i}"] = (reason, meta.offset)
+        producer.flush()
+        want = {(u.call_id, u.utterance_id) for u, _ in good}
+        ok = collector.poll_until(
+            lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want and len(c.dead) >= len(bad), 90)
+        assert ok, worker.tail()
+        assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)
+        for letter in collector.dead:
+            assert letter.detail and letter.source_topic in (t.text, t.audio) and letter.offset >= 0
+            assert letter.key == "bad"
+        assert worker.proc is not None and worker.proc.poll() is None, "the worker survived"
+        metrics = worker.metrics()
+        assert 'emostream_deadletters_total{reason="malformed_json"} 1.0' in metrics
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()

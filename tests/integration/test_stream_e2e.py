@@ -1,0 +1,116 @@
+"""The whole stream on the real broker, real Redis and the shipped engine: MELD dev dialogues in
+(text, plus real RAVDESS speech on some calls), emotion events out."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from streams.dialogues import Dialogue, attach_ravdess, read_meld_csv
+from streams.feed import ensure_topics, feed
+from tests.integration.harness import Collector, WorkerProcess, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def meld_dev(shared: Path, ids: list[int]) -> list[Dialogue]:
+    return read_meld_csv(shared / "meld" / "dev_sent_emo.csv", dialogue_ids=ids)
+
+
+def expected_keys(dialogues: list[Dialogue]) -> set[tuple[str, str]]:
+    return {(u.call_id, u.utterance_id) for d in dialogues for u in d.utterances}
+
+
+def by_utterance(collector: Collector) -> dict[tuple[str, str], list[Any]]:
+    out: dict[tuple[str, str], list[Any]] = defaultdict(list)
+    for key, ev in collector.events:
+        out[(ev.call_id, ev.utterance_id)].append((key, ev))
+    return out
+
+
+def test_meld_dialogues_stream_to_one_ordered_event_per_utterance(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(services, unique)
+    ensure_topics(settings)
+    with_audio = attach_ravdess(meld_dev(shared_data, [0, 1, 2]), shared_data / "ravdess", seed=7,
+                                actors=range(17, 21))
+    missing_audio = attach_ravdess(meld_dev(shared_data, [3]), shared_data / "ravdess", seed=7, actors=range(17, 21))
+    late_audio = attach_ravdess(meld_dev(shared_data, [4]), shared_data / "ravdess", seed=7, actors=range(17, 21))
+    text_only = meld_dev(shared_data, [5, 6])
+    everything = with_audio + missing_audio + late_audio + text_only
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    try:
+        worker.wait_ready()
+        feed(with_audio + text_only, settings, realtime=False, progress=False)
+        # audio expected (the default) but never sent, and no control messages: waits wait_s, then text only
+        feed(missing_audio, settings, realtime=False, progress=False, modalities=("text",), send_control=False)
+        # audio declared, but it arrives after the join gave up on it
+        feed(late_audio, settings, realtime=False, progress=False, audio_delay_s=3.0)
+        want = expected_keys(everything)
+        assert collector.poll_until(lambda c: {k for k in by_utterance(c)} >= want, timeout=120), worker.tail()
+        collector.poll_until(lambda c: False, timeout=2.0)  # anything extra would show up now
+        events = by_utterance(collector)
+        assert set(events) == want
+        assert all(len(v) == 1 for v in events.values()), "exactly one provisional event per utterance"
+        for (call_id, _), [(key, ev)] in events.items():
+            assert key == call_id.encode() and ev.revision == 0
+            assert ev.event_id.startswith(f"{call_id}:{ev.utterance_id}:r0:")
+            assert abs(sum(ev.probabilities.values()) - 1) < 1e-3 and ev.label in ev.probabilities
+        # order per call: the topic's order of a call's events follows seq
+        seqs: dict[str, list[int]] = defaultdict(list)
+        for _, ev in collector.events:
+            seqs[ev.call_id].append(ev.seq)
+        assert all(s == sorted(s) for s in seqs.values()), seqs
+        present = {(ev.call_id, ev.utterance_id): ev for [(_, ev)] in events.values()}
+        for d in with_audio:
+            for u in d.utterances:
+                ev = present[(u.call_id, u.utterance_id)]
+                assert ev.modalities_present == (["text", "audio"] if u.audio else ["text"])
+                if u.audio:
+                    assert ev.weights["audio"] > 0 and ev.weights["text"] > 0
+        for d in missing_audio + late_audio + text_only:
+            for u in d.utterances:
+                ev = present[(u.call_id, u.utterance_id)]
+                assert ev.modalities_present == ["text"] and ev.weights["audio"] == 0.0
+        assert any(ev.context_size > 1 for ev in present.values())
+        assert all(ev.timings.join_s >= 1.4 for d in missing_audio for u in d.utterances
+                   for ev in [present[(u.call_id, u.utterance_id)]])
+        metrics = worker.metrics()
+        assert "emostream_late_parts_total" in metrics and 'emostream_missing_modality_total{modality="audio"}' in metrics
+        late = [line for line in metrics.splitlines() if line.startswith("emostream_late_parts_total ")]
+        assert late and float(late[0].split()[1]) >= 1
+        # call-ended released the Redis windows of the calls that sent it; the others keep theirs
+        r = redis.Redis.from_url(services.redis_url)
+        for d in with_audio + text_only + late_audio:
+            assert not r.exists(f"{settings.redis.key_prefix}{d.call_id}")
+        assert r.exists(f"{settings.redis.key_prefix}{missing_audio[0].call_id}")
+    finally:
+        collector.close()
+        worker.stop()
+
+
+def test_context_store_is_used_by_the_worker(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two feeds of one call, the worker restarted in between: the second half still sees the first
+    half's utterances as context, because the window lives in Redis, not in the worker."""
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    (dialogue,) = meld_dev(shared_data, [10])
+    first = Dialogue(dialogue.call_id, dialogue.utterances[:4], dialogue.source)
+    second = Dialogue(dialogue.call_id, dialogue.utterances[4:8], dialogue.source)
+    collector = Collector(settings)
+    try:
+        for part in (first, second):
+            worker = WorkerProcess(settings, tmp_path).start()
+            worker.wait_ready()
+            feed([part], settings, realtime=False, progress=False, send_control=False)
+            n = len(first.utterances) + (len(second.utterances) if part is second else 0)
+            assert collector.poll_until(lambda c, n=n: len(by_utterance(c)) >= n, timeout=60), worker.tail()
+            worker.stop()
+        sizes = {ev.seq: ev.context_size for _, ev in collector.events}
+        assert sizes[4] == 5 and sizes[7] == 8
+    finally:
+        collector.close()
