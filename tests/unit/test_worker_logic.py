@@ -115,7 +115,7 @@ def test_joined_utterance_is_published_before_its_parts_are_acked() -> None:
         t = w.settings.kafka.topics
         await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"))
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
-        await w.tick()
+        await w.pump()
         (ev,) = events(sent)
         assert ev.call_id == "c" and ev.label == "joy" and ev.modalities_present == ["text", "audio"]
         assert ev.weights == {"text": 0.5, "audio": 0.5, "video": 0.0}
@@ -131,9 +131,9 @@ def test_context_window_grows_within_a_batch_and_across_batches() -> None:
         t = w.settings.kafka.topics
         for i in range(3):
             await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, "AB"[i % 2]), Handle(log, f"t{i}"))
-        await w.tick()
+        await w.pump()
         await w.on_message(t.text, 0, 3, b"c", text("c", "u3", 3, "B"), Handle(log, "t3"))
-        await w.tick()
+        await w.pump()
         assert [e.context_size for e in events(sent)] == [1, 2, 3, 4]
         last = engine.batches[-1]
         assert last.speakers.tolist() == [[0, 1, 0, 1]] and last.valid.tolist() == [[1, 1, 1, 1]]
@@ -152,7 +152,7 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> No
         await w.on_message(t.text, 1, 6, b"c", text("c", "u0", 0), Handle(log, "good"))
         await w.on_message(t.audio, 1, 7, b"c", bad_audio, Handle(log, "bad2"))
         await w.on_message(t.text, 1, 8, b"c", wrong_size, Handle(log, "bad3"))
-        await w.tick()
+        await w.pump()
         dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
         assert [(d.reason, d.offset) for d in dead] == [
             ("malformed_json", 5), ("undecodable_audio", 7), ("wrong_embedding_size", 8)]
@@ -171,15 +171,15 @@ def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_cont
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
         end = CallControl(call_id="c", event="ended").to_bytes()
         await w.on_message(t.control, 0, 0, b"c", end, Handle(log, "end"))
-        await w.tick()
+        await w.pump()
         assert events(sent) == [] and store.released == []  # the audio may still be on its way
         clock.now += 1.0
         await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"))
         await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"))  # behind 'ended' too
-        await w.tick()
+        await w.pump()
         assert [e.modalities_present for e in events(sent)] == [["text", "audio"]]
         clock.now += 4.0
-        await w.tick()
+        await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]
         assert events(sent)[1].modalities_present == ["text"]
         assert store.released == ["c"] and "c" not in store.data and log[-1] == "ack end"
@@ -202,10 +202,12 @@ def test_failed_batch_is_retried_not_dropped() -> None:
 
         engine.predict = flaky  # type: ignore[method-assign]
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
-        await w.tick()
+        await w.pump()
         assert events(sent) == [] and "ack t0" not in log
+        await w.pump()
+        assert events(sent) == []  # backing off
         w.retry_at = 0.0
-        await w.tick()
+        await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack t0" in log
 
     asyncio.run(scenario())
@@ -215,7 +217,7 @@ def test_event_json_is_schema_valid() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         await w.on_message(w.settings.kafka.topics.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
-        await w.tick()
+        await w.pump()
         obj = json.loads(sent[0][1])
         assert obj["schema_version"] == 1 and obj["event_id"].startswith("c:u0:r0:")
 
@@ -230,7 +232,7 @@ def test_revised_events_once_k_later_utterances_or_the_end_arrived() -> None:
         t = w.settings.kafka.topics
         for i in range(5):
             await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, "AB"[i % 2]), Handle(log, f"t{i}"))
-            await w.tick()
+            await w.pump()
         revs = [(e.utterance_id, e.future_context, e.context_size) for e in events(sent) if e.revision == 1]
         assert revs == [("u0", 2, 3), ("u1", 2, 4), ("u2", 2, 4)]  # the window holds at most 4
         # the engine labelled the right utterance: the revision of u1 targets index 1 of its window
@@ -238,7 +240,7 @@ def test_revised_events_once_k_later_utterances_or_the_end_arrived() -> None:
         assert rev_batch.size == 2 and rev_batch.target.tolist()[1] == rev_batch.valid.shape[1] - 3
         await w.on_message(t.control, 0, 9, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end"))
         clock.now += 2.0
-        await w.tick()
+        await w.pump()
         revs = [(e.utterance_id, e.future_context) for e in events(sent) if e.revision == 1]
         assert revs == [("u0", 2), ("u1", 2), ("u2", 2), ("u3", 1), ("u4", 0)]
         ids = [e.event_id for e in events(sent)]
