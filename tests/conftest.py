@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+SHARED_DATA = Path(os.environ.get("EMOSTREAM_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
 KAFKA_PORT = 19092
 REDIS_PORT = 16379
 
@@ -66,6 +66,11 @@ def unique() -> str:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The real datasets (../shared/data beside the repo, or EMOSTREAM_DATA_DIR). CI always has
+    them, so there a missing folder is a failure, not a skip."""
     if not (SHARED_DATA / "meld").is_dir():
-        pytest.skip(f"shared datasets not found at {SHARED_DATA}")
+        message = f"shared datasets not found at {SHARED_DATA} (set EMOSTREAM_DATA_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED_DATA
