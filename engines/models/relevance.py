@@ -20,7 +20,7 @@ Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -45,8 +45,8 @@ class RelevanceConfig:
     causal: bool = True
     n_classes: int = len(EMOTIONS)
     proj_dim: int = 64  # contrastive projection size
-    input_noise: tuple[float, float, float] = (0.0, 0.0, 0.0)  # per modality, training only
-    input_mask: tuple[float, float, float] = (0.0, 0.0, 0.0)  # feature masking per modality
+    input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
+    input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
 
     def __post_init__(self) -> None:
         self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
@@ -69,6 +69,9 @@ class Projector(nn.Module):
 
     In training only: Gaussian noise (in normalised units) and feature masking on the input.
     """
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, in_dim: int, d: int, dropout: float, noise: float = 0.0, mask: float = 0.0) -> None:
         super().__init__()
@@ -163,7 +166,7 @@ class RelevanceNet(nn.Module):
         nn.init.normal_(self.modality_emb, std=0.02)
 
     def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
-        p = self.proj[modality]
+        p = cast(Projector, self.proj[modality])
         assert mean.shape == p.mean.shape and std.shape == p.std.shape, (mean.shape, p.mean.shape)
         p.mean.copy_(mean)
         p.std.copy_(std.clamp(min=1e-6))
