@@ -2,8 +2,10 @@
 
 Layout: ``<root>/<namespace>/shard-<digest>.npz``; each shard holds ``keys`` (sha256 hex of the
 item, shape (N,)) and ``values`` (N, D) float32. A namespace names the producer (model id plus
-its configuration), so a changed model or extractor never reads stale vectors. Shards are written
-atomically (temp file + rename) and never modified, so concurrent readers are safe.
+its configuration, e.g. ``embeddings/sentence-transformers_all-MiniLM-L6-v2`` or
+``audio/emostream-functionals-v1-<config hash>``), so a changed model or extractor never reads
+stale vectors. Shards are written atomically (temp file + rename) and never modified, so
+concurrent readers are safe.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ def item_key(item: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def safe_namespace(name: str) -> str:
-    """A file-system-safe directory name for a producer id."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def safe_namespace(name: str) -> Path:
+    """A relative directory for a producer id: ``/`` separates levels, other odd characters become ``_``."""
+    parts = ["".join(c if c.isalnum() or c in "-_." else "_" for c in p) for p in name.split("/")]
+    parts = [p for p in parts if p not in ("", ".", "..")]
+    assert parts, name
+    return Path(*parts)
 
 
 class FeatureCache:

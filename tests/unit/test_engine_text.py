@@ -38,6 +38,7 @@ def test_cache_computes_each_item_once(tmp_path: Path) -> None:
 
     first = FeatureCache("m/x", root=tmp_path).get_or_compute(keys, compute)
     assert calls == [[0, 1, 3]]  # the repeated "a" is computed once
+    assert len(list((tmp_path / "m" / "x").glob("shard-*.npz"))) == 1
     np.testing.assert_array_equal(first[0], first[2])
     again = FeatureCache("m/x", root=tmp_path).get_or_compute(keys, lambda idx: pytest.fail("recomputed"))
     np.testing.assert_array_equal(again, first)

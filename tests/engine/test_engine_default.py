@@ -1,0 +1,110 @@
+"""The shipped default artifact: loads, runs through ONNX Runtime, and keeps its dev figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from engines import artifact  # noqa: E402
+from engines.interface import EMOTIONS, Engine  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+# Measured with the command in models/default/README.md; floors sit a little below the measured
+# values so a regression fails the test.
+MELD_DEV_TEXT_ONLY_WF1_FLOOR = 0.52  # measured 0.5353
+COMPOSITE_DEV_WF1_FLOOR = 0.72  # measured 0.7477
+DEFAULT = artifact.DEFAULT_DIR
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    from engines.registry import load_engine
+
+    return load_engine("default")
+
+
+def test_artifact_is_complete_and_small() -> None:
+    names = [artifact.CONFIG, artifact.WEIGHTS, artifact.LABELS, artifact.FEATURES, artifact.SPEC, artifact.ONNX]
+    for name in [*names, artifact.METRICS, "README.md"]:
+        assert (DEFAULT / name).is_file(), name
+    assert sum(p.stat().st_size for p in DEFAULT.iterdir()) < 5 * 2**20
+    assert tuple(artifact.read_json(DEFAULT, artifact.LABELS)) == EMOTIONS
+
+
+def test_default_engine_info(engine: Engine) -> None:
+    from engines.registry import load_extractors
+
+    assert engine.info.runtime == "onnxruntime" and engine.info.max_window == 12
+    ex = load_extractors("default")
+    assert ex.text is not None and ex.audio is not None
+    assert engine.info.features.text_dim == ex.text.dim == 384
+    assert engine.info.features.audio_dim == ex.audio.dim
+
+
+def test_default_onnx_matches_pytorch(engine: Engine) -> None:
+    from engines.registry import load_engine
+    from tests.engine.test_engine_onnx import random_batch
+
+    ref = load_engine("default", runtime="torch")
+    for b, w in [(1, 1), (4, 12), (9, 5), (2, 20)]:
+        batch = random_batch(engine.info.features, b, w, seed=b + w)
+        got, want = engine.predict(batch), ref.predict(batch)
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got.weights, want.weights, atol=1e-4, rtol=0)
+
+
+def test_raw_input_to_prediction(engine: Engine, shared_data: Path) -> None:
+    from engines.features.audio import decode_audio
+    from engines.registry import load_extractors
+    from engines.windows import UtteranceFeatures, pack_windows
+
+    ex = load_extractors("default")
+    assert ex.text is not None and ex.audio is not None
+    clip = sorted((shared_data / "ravdess" / "Actor_17").glob("*.flac"))[0]
+    wave = decode_audio(clip.read_bytes(), "flac", 16_000)
+    texts = ["I can't believe you did that!", "What do you mean?"]
+    t = ex.text.encode(texts)
+    a = ex.audio.extract([wave])
+    window = [UtteranceFeatures("ross", text=t[0]), UtteranceFeatures("rachel", text=t[1], audio=a[0])]
+    out = engine.predict(pack_windows([window, window[:1]], engine.info.features))
+    np.testing.assert_allclose(out.probs.sum(1), 1.0, atol=1e-5)
+    assert out.weights[0, 0] > 0 and out.weights[0, 1] > 0 and out.weights[0, 2] == 0
+    assert out.weights[1].tolist() == [1.0, 0.0, 0.0]  # second window: text only at the target
+
+
+def _dev(name: str, shared_data: Path, engine: Engine) -> object:
+    from engines.datasets import load_dataset
+    from engines.prepare import AudioTable, prepare
+    from engines.registry import load_extractors
+
+    ex = load_extractors("default")
+    dialogues = load_dataset(name, shared_data, "dev")
+    paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
+    table = AudioTable(paths, ex.audio) if paths and ex.audio else None
+    return prepare(dialogues, ex.spec, ex.text, table, engine.info.max_window)
+
+
+def test_meld_dev_text_only_weighted_f1(engine: Engine, shared_data: Path) -> None:
+    from engines.evaluate import evaluate_engine
+
+    report = evaluate_engine(engine, _dev("meld", shared_data, engine), ["text"])  # type: ignore[arg-type]
+    assert report["n"] == 1109
+    assert report["weighted_f1"] >= MELD_DEV_TEXT_ONLY_WF1_FLOOR, report
+    assert report["mean_weights"]["text"] == pytest.approx(1.0)
+
+
+def test_composite_dev_uses_both_modalities(engine: Engine, shared_data: Path) -> None:
+    from engines.evaluate import evaluate_engine
+
+    data = _dev("meld-ravdess", shared_data, engine)
+    both = evaluate_engine(engine, data, ["text", "audio"])  # type: ignore[arg-type]
+    text = evaluate_engine(engine, data, ["text"])  # type: ignore[arg-type]
+    assert both["weighted_f1"] >= COMPOSITE_DEV_WF1_FLOOR, both
+    assert both["weighted_f1"] > text["weighted_f1"] + 0.05
+    assert 0.1 < both["mean_weights"]["audio"] < 0.9
