@@ -1,9 +1,10 @@
 """The one interface between the stream and every engine, whatever its runtime.
 
 A batch holds B dialogue windows of W utterances each (W = the longest window in the batch;
-shorter windows are padded (the stream pads on the left) and masked by ``valid``). Each window ends with, or contains, the *target*
-utterance whose emotion is wanted: ``target[b]`` is its index in window b. Utterances after the
-target in the same window are future context (revised events); causal windows end at the target.
+shorter windows are padded (the stream pads on the left) and masked by ``valid``). Each window
+ends with, or contains, the *target* utterance whose emotion is wanted: ``target[b]`` is its index
+in window b. Utterances after the target in the same window are future context (revised events);
+causal windows end at the target.
 
 Modalities are always the three of :data:`MODALITIES`, in that order; a modality that never arrived
 has zeros in its feature slot and ``present[..., m] == 0``.

@@ -102,8 +102,7 @@ def _modality_dropout(kw: dict[str, Any], active: list[int], p_window: float, p_
 
 
 def run_train(ns: argparse.Namespace) -> int:
-    import torch
-
+    """Train and write the artifact; 0 on success, 2 on a data or artifact error (message on stderr)."""
     from engines.errors import EngineError
 
     try:
@@ -111,8 +110,6 @@ def run_train(ns: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        torch.set_num_threads(torch.get_num_threads())
 
 
 def _train(ns: argparse.Namespace) -> int:

@@ -147,3 +147,15 @@ def test_text_only_model() -> None:
     x["audio"] = None
     out = net(**x)
     assert torch.all(out["weights"][:, 0] == 1.0) and torch.all(out["weights"][:, 1:] == 0.0)
+
+
+def test_three_modalities() -> None:
+    torch.manual_seed(0)
+    net = RelevanceNet(RelevanceConfig(text_dim=DT, audio_dim=DA, video_dim=5, d_model=32)).eval()
+    x = make_inputs()
+    x["video"] = torch.randn(4, 6, 5)
+    x["present"][..., 2] = 1.0
+    x["present"][0, -1, 0] = 0.0
+    w = net(**x)["weights"].detach()
+    torch.testing.assert_close(w.sum(1), torch.ones(4))
+    assert w[0, 0] == 0.0 and torch.all(w[1:] > 0.0)
