@@ -14,7 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput
+from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
+from engines.windows import UtteranceFeatures, pack_windows
 from streams.context import ContextItem, ContextStore
 from streams.join import Utterance
 from streams.schemas import EmotionEvent, ModelRef, Timings, event_id
@@ -65,29 +66,16 @@ def utterance_features(utts: list[Utterance], featurizer: Featurizer, dims: dict
     return feats
 
 
-def build_batch(windows: list[list[ContextItem]], dims: dict[str, int], targets: list[int] | None = None) -> EngineBatch:
-    """Right-aligned windows as one padded batch; ``targets[i]`` is the index of the utterance to
-    label in ``windows[i]`` (default: its last item; later items are future context)."""
-    b, w = len(windows), max(len(x) for x in windows)
-    arrays = {m: np.zeros((b, w, dims[m]), dtype=np.float32) for m in MODALITIES}  # (B, W, D)
-    present = np.zeros((b, w, len(MODALITIES)), dtype=np.float32)  # (B, W, 3)
-    speakers = np.zeros((b, w), dtype=np.int64)
-    valid = np.zeros((b, w), dtype=np.float32)
-    target = np.zeros((b,), dtype=np.int64)
-    for row, window in enumerate(windows):
-        offset = w - len(window)
-        target[row] = offset + (len(window) - 1 if targets is None else targets[row])
-        names: dict[str, int] = {}
-        for j, item in enumerate(window):
-            col = offset + j
-            valid[row, col] = 1.0
-            speakers[row, col] = names.setdefault(item.speaker, len(names))
-            for m_idx, m in enumerate(MODALITIES):
-                vec = item.features.get(m)
-                if vec is not None and dims[m] > 0:
-                    arrays[m][row, col] = vec
-                    present[row, col, m_idx] = 1.0
-    return EngineBatch(arrays["text"], arrays["audio"], arrays["video"], present, speakers, valid, target)
+def build_batch(windows: list[list[ContextItem]], spec: FeatureSpec, targets: list[int] | None = None) -> EngineBatch:
+    """Context windows as one padded batch; ``targets[i]`` indexes the utterance to label in
+    ``windows[i]`` (default: its last item; later items are future context)."""
+    rows = [[UtteranceFeatures(i.speaker, **_used(i.features, spec)) for i in w] for w in windows]
+    return pack_windows(rows, spec, targets)
+
+
+def _used(features: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    dims = spec.dims()
+    return {m: v for m, v in features.items() if dims[m] > 0}
 
 
 def sentiment_label(score: float) -> str:
@@ -175,7 +163,7 @@ class Processor:
     def _predict(self, rows: list[_Row], started: float, appends: dict[str, list[ContextItem]]) -> BatchOutcome:
         if not rows:
             return BatchOutcome(appends=appends)
-        out = self.engine.predict(build_batch([r.window for r in rows], self.dims, [r.target for r in rows]))
+        out = self.engine.predict(build_batch([r.window for r in rows], self.engine.info.features, [r.target for r in rows]))
         done = time.monotonic()
         events = [(self._event(r, out, i, started, done), r.trigger) for i, r in enumerate(rows)]
         return BatchOutcome(events=events, appends=appends, engine_s=done - started)
