@@ -39,8 +39,14 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         stream_wait_empty=True,
         datadir=str(datadir),
     )
-    source = app.topic(*topics.inputs(), value_type=bytes, key_type=bytes, value_serializer="raw",
-                       key_serializer="raw", partitions=topics.partitions)
+    source = app.topic(
+        *topics.inputs(),
+        value_type=bytes,
+        key_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=topics.partitions,
+    )
     state: dict[str, Any] = {}
     ready = asyncio.Event()
 

@@ -31,8 +31,14 @@ def cmd_feed(ns: Any) -> int:
     else:
         dialogues = read_jsonl(ns.file)[: ns.limit]
     ensure_topics(settings)
-    report = feed(dialogues, settings, realtime=not ns.fast, speed=ns.speed,
-                  modalities=tuple(ns.modalities.split(",")), progress=not ns.no_progress)
+    report = feed(
+        dialogues,
+        settings,
+        realtime=not ns.fast,
+        speed=ns.speed,
+        modalities=tuple(ns.modalities.split(",")),
+        progress=not ns.no_progress,
+    )
     print(report.summary())
     return 1 if report.failed else 0
 
@@ -42,9 +48,15 @@ def cmd_subscribe(ns: Any) -> int:
     from streams.subscribe import subscribe
 
     settings = load_settings(ns.config)
-    subscribe(settings, call_ids=ns.call or None, fmt="json" if ns.json else "pretty",
-              from_beginning=ns.from_beginning, max_events=ns.max_events, timeout_s=ns.timeout,
-              deadletters=ns.deadletters)
+    subscribe(
+        settings,
+        call_ids=ns.call or None,
+        fmt="json" if ns.json else "pretty",
+        from_beginning=ns.from_beginning,
+        max_events=ns.max_events,
+        timeout_s=ns.timeout,
+        deadletters=ns.deadletters,
+    )
     return 0
 
 

@@ -94,15 +94,21 @@ def _dialogues(ns: argparse.Namespace, workdir: Path) -> list[Any]:
 
 def run_demo(ns: argparse.Namespace) -> int:
     from streams.feed import ensure_topics, feed
-    from streams.subscribe import subscribe
 
     run_id = uuid.uuid4().hex[:6]
     base = load_settings(ns.config)
-    topics = {k: f"emostream.demo.{run_id}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")}
-    settings = load_settings(ns.config, kafka={**base.kafka.model_dump(), "topics": topics,
-                                               "group_id": f"emostream-demo-{run_id}"},
-                             redis={**base.redis.model_dump(), "url": base.redis.url.get_secret_value(),
-                                    "key_prefix": f"emostream:demo:{run_id}:"})
+    topics = {
+        k: f"emostream.demo.{run_id}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")
+    }
+    settings = load_settings(
+        ns.config,
+        kafka={**base.kafka.model_dump(), "topics": topics, "group_id": f"emostream-demo-{run_id}"},
+        redis={
+            **base.redis.model_dump(),
+            "url": base.redis.url.get_secret_value(),
+            "key_prefix": f"emostream:demo:{run_id}:",
+        },
+    )
     services = Services(settings)
     worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
@@ -115,8 +121,10 @@ def run_demo(ns: argparse.Namespace) -> int:
             n_utts = sum(len(d.utterances) for d in dialogues)
             ensure_topics(settings)
             worker = _start_worker(settings, workdir)
-            print(f"demo: {len(dialogues)} calls, {n_utts} utterances; worker log {workdir / 'worker.log'}",
-                  file=sys.stderr)
+            print(
+                f"demo: {len(dialogues)} calls, {n_utts} utterances; worker log {workdir / 'worker.log'}",
+                file=sys.stderr,
+            )
             _wait_ready(worker, workdir / "worker.log")
             summary = Summary(dialogues, settings)
             watcher = threading.Thread(target=summary.watch, args=(stop, ns.timeout), daemon=True)
@@ -144,15 +152,19 @@ def run_demo(ns: argparse.Namespace) -> int:
 def _start_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
     flat = {
-        "KAFKA__BROKERS": settings.kafka.brokers, "KAFKA__GROUP_ID": settings.kafka.group_id,
-        "REDIS__URL": settings.redis.url.get_secret_value(), "REDIS__KEY_PREFIX": settings.redis.key_prefix,
-        "ENGINE__MODEL": settings.engine.model, "METRICS__PORT": str(settings.metrics.port),
+        "KAFKA__BROKERS": settings.kafka.brokers,
+        "KAFKA__GROUP_ID": settings.kafka.group_id,
+        "REDIS__URL": settings.redis.url.get_secret_value(),
+        "REDIS__KEY_PREFIX": settings.redis.key_prefix,
+        "ENGINE__MODEL": settings.engine.model,
+        "METRICS__PORT": str(settings.metrics.port),
         **{f"KAFKA__TOPICS__{k.upper()}": v for k, v in settings.kafka.topics.model_dump().items()},
     }
     env.update({f"EMOSTREAM_{k}": str(v) for k, v in flat.items()})
     log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+    )
 
 
 def _wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:

@@ -66,8 +66,9 @@ class _Call:
 class Joiner:
     """Keeps partial utterances of many calls; see the module docstring."""
 
-    def __init__(self, wait_s: float, default_modalities: tuple[str, ...], idle_s: float = 3600.0,
-                 max_done_per_call: int = 4096) -> None:
+    def __init__(
+        self, wait_s: float, default_modalities: tuple[str, ...], idle_s: float = 3600.0, max_done_per_call: int = 4096
+    ) -> None:
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         self.wait_s = wait_s
         self.idle_s = idle_s
@@ -91,8 +92,17 @@ class Joiner:
         call.ends_at = now + self.wait_s
         return self._release(call_id, now)
 
-    def add(self, call_id: str, utterance_id: str, seq: int, speaker: str, modality: str,
-            payload: Any, handle: Any, now: float) -> JoinResult:
+    def add(
+        self,
+        call_id: str,
+        utterance_id: str,
+        seq: int,
+        speaker: str,
+        modality: str,
+        payload: Any,
+        handle: Any,
+        now: float,
+    ) -> JoinResult:
         assert modality in MODALITIES, modality
         call = self._call(call_id)
         call.last_seen = now

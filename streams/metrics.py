@@ -19,21 +19,37 @@ class Metrics:
             "emostream_utterances_processed_total", "Utterances labelled", ["modalities"], registry=r
         )
         self.events_out = Counter("emostream_events_out_total", "Emotion events produced", ["revision"], registry=r)
-        self.deadletters = Counter("emostream_deadletters_total", "Messages sent to the dead-letter topic",
-                                   ["reason"], registry=r)
-        self.missing = Counter("emostream_missing_modality_total",
-                               "Utterances processed without an expected modality", ["modality"], registry=r)
-        self.late_parts = Counter("emostream_late_parts_total", "Parts that arrived after their utterance was labelled",
-                                  registry=r)
+        self.deadletters = Counter(
+            "emostream_deadletters_total", "Messages sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.missing = Counter(
+            "emostream_missing_modality_total",
+            "Utterances processed without an expected modality",
+            ["modality"],
+            registry=r,
+        )
+        self.late_parts = Counter(
+            "emostream_late_parts_total", "Parts that arrived after their utterance was labelled", registry=r
+        )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
-        self.batch_size = Histogram("emostream_batch_size", "Utterances per engine batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.engine_latency = Histogram("emostream_engine_latency_seconds", "Encoders + engine time per batch",
-                                        buckets=_LATENCY, registry=r)
-        self.end_to_end = Histogram("emostream_end_to_end_latency_seconds",
-                                    "Last part of an utterance in -> its event produced", buckets=_LATENCY, registry=r)
-        self.join_wait = Histogram("emostream_join_wait_seconds", "First part -> utterance ready",
-                                   buckets=_LATENCY, registry=r)
+        self.batch_size = Histogram(
+            "emostream_batch_size",
+            "Utterances per engine batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.engine_latency = Histogram(
+            "emostream_engine_latency_seconds", "Encoders + engine time per batch", buckets=_LATENCY, registry=r
+        )
+        self.end_to_end = Histogram(
+            "emostream_end_to_end_latency_seconds",
+            "Last part of an utterance in -> its event produced",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.join_wait = Histogram(
+            "emostream_join_wait_seconds", "First part -> utterance ready", buckets=_LATENCY, registry=r
+        )
         self.open_calls = Gauge("emostream_open_calls", "Calls with join state in this worker", registry=r)
         self.open_utterances = Gauge("emostream_open_utterances", "Utterances waiting for parts", registry=r)
         self.errors = Counter("emostream_batch_errors_total", "Batches that failed and were retried", registry=r)

@@ -37,7 +37,9 @@ class BatchOutcome:
     engine_s: float = 0.0
 
 
-def utterance_features(utts: list[Utterance], featurizer: Featurizer, dims: dict[str, int]) -> list[dict[str, np.ndarray]]:
+def utterance_features(
+    utts: list[Utterance], featurizer: Featurizer, dims: dict[str, int]
+) -> list[dict[str, np.ndarray]]:
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses."""
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
@@ -143,7 +145,7 @@ class Processor:
             known = history.setdefault(utt.call_id, [])
             past = [i for i in known if i.seq < utt.seq and i.utterance_id != utt.utterance_id]
             item = ContextItem(utt.utterance_id, utt.seq, utt.speaker, f)
-            window = [*past[max(0, len(past) - (self.max_window - 1)):], item] if self.max_window > 1 else [item]
+            window = [*past[max(0, len(past) - (self.max_window - 1)) :], item] if self.max_window > 1 else [item]
             rows.append(_Row(utt.call_id, window, len(window) - 1, 0, utt))
             appends.setdefault(utt.call_id, []).append(item)
             if any(i.utterance_id == utt.utterance_id for i in known):
@@ -163,7 +165,9 @@ class Processor:
     def _predict(self, rows: list[_Row], started: float, appends: dict[str, list[ContextItem]]) -> BatchOutcome:
         if not rows:
             return BatchOutcome(appends=appends)
-        out = self.engine.predict(build_batch([r.window for r in rows], self.engine.info.features, [r.target for r in rows]))
+        out = self.engine.predict(
+            build_batch([r.window for r in rows], self.engine.info.features, [r.target for r in rows])
+        )
         done = time.monotonic()
         events = [(self._event(r, out, i, started, done), r.trigger) for i, r in enumerate(rows)]
         return BatchOutcome(events=events, appends=appends, engine_s=done - started)
@@ -199,7 +203,11 @@ class Processor:
             model=self.model_ref,
             context_size=len(row.window),
             future_context=row.future,
-            timings=Timings(join_s=round(join_s, 6), queue_s=round(queue_s, 6), engine_s=round(done - started, 6),
-                            end_to_end_s=round(end_to_end, 6)),
+            timings=Timings(
+                join_s=round(join_s, 6),
+                queue_s=round(queue_s, 6),
+                engine_s=round(done - started, 6),
+                end_to_end_s=round(end_to_end, 6),
+            ),
             produced_at=time.time(),
         )

@@ -38,9 +38,8 @@ class ModelFeaturizer:
 
 
 def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
-    from engines.registry import load_engine, load_extractors
-
     from engines.errors import EngineError
+    from engines.registry import load_engine, load_extractors
 
     model_dir = settings.model_dir()
     try:
@@ -60,6 +59,12 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
     metrics = metrics or Metrics()
     port = metrics.serve(settings.metrics.host, settings.metrics.port)
-    log.info("model %s %s (%s); metrics on http://%s:%d/metrics", engine.info.name, engine.info.version,
-             engine.info.runtime, settings.metrics.host, port)
+    log.info(
+        "model %s %s (%s); metrics on http://%s:%d/metrics",
+        engine.info.name,
+        engine.info.version,
+        engine.info.runtime,
+        settings.metrics.host,
+        port,
+    )
     return Worker(settings, Processor(engine, featurizer, store, future=settings.engine.future), metrics, send)

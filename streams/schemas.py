@@ -215,7 +215,9 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
         raise InvalidMessage("wrong_type", f"top level is {type(obj).__name__}, not an object")
     version = obj.get("schema_version", None)
     if version != SCHEMA_VERSION:
-        raise InvalidMessage("unknown_schema_version", f"schema_version {version!r}, this worker reads {SCHEMA_VERSION}")
+        raise InvalidMessage(
+            "unknown_schema_version", f"schema_version {version!r}, this worker reads {SCHEMA_VERSION}"
+        )
     expected_kind = "call" if kind == "control" else kind
     if obj.get("kind", expected_kind) != expected_kind:
         raise InvalidMessage("wrong_type", f"kind {obj.get('kind')!r} on the {kind} topic")

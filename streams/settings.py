@@ -9,10 +9,10 @@ file can be given with ``--config``; environment variables win over it. No other
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -81,9 +81,7 @@ class MetricsSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EMOSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="EMOSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid")
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()

@@ -42,8 +42,14 @@ class Worker:
     """The worker's logic, independent of how messages arrive; ``send`` publishes one record
     and returns an awaitable that resolves once the broker has it."""
 
-    def __init__(self, settings: Settings, processor: Processor, metrics: Metrics, send: Any,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        metrics: Metrics,
+        send: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.processor = processor
@@ -58,8 +64,9 @@ class Worker:
         self.retry_at = 0.0
         self.backoff = 0.5
 
-    async def on_message(self, topic: str, partition: int, offset: int, key: bytes | None,
-                         value: bytes | None, handle: Any) -> None:
+    async def on_message(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, handle: Any
+    ) -> None:
         """One input message; ``handle.ack()`` is called once its effects are published."""
         self.metrics.messages_in.labels(topic).inc()
         while len(self.queue) >= 4 * self.settings.engine.max_batch:
@@ -76,8 +83,9 @@ class Worker:
                 await self._dead_letter(exc, topic, partition, offset, key, value)
                 handle.ack()
                 return
-            result = self.joiner.add(msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind,
-                                     payload, handle, now)
+            result = self.joiner.add(
+                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, handle, now
+            )
             self._absorb(result)
 
     async def tick(self) -> None:
@@ -121,11 +129,14 @@ class Worker:
             if self.queue:
                 oldest = min(u.ready_at or now for u in self.queue)
                 closing = set(self.closing)
-                if (force or len(self.queue) >= self.settings.engine.max_batch
-                        or now - oldest >= self.settings.engine.max_wait_s
-                        or any(u.call_id in closing for u in self.queue)):
+                if (
+                    force
+                    or len(self.queue) >= self.settings.engine.max_batch
+                    or now - oldest >= self.settings.engine.max_wait_s
+                    or any(u.call_id in closing for u in self.queue)
+                ):
                     batch = self.queue[: self.settings.engine.max_batch]
-                    self.queue = self.queue[len(batch):]
+                    self.queue = self.queue[len(batch) :]
             call_id = None if batch or not self.closing else self.closing[0]
         if batch:
             return await self._process(batch)
@@ -208,13 +219,19 @@ class Worker:
         pending = [await self.send(topic, ev.call_id.encode(), ev.to_bytes(), ev.event_id) for ev, _ in outcome.events]
         await asyncio.gather(*pending)
 
-    async def _dead_letter(self, exc: InvalidMessage, topic: str, partition: int, offset: int,
-                           key: bytes | None, value: bytes | None) -> None:
+    async def _dead_letter(
+        self, exc: InvalidMessage, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
         raw = value or b""
         record = DeadLetter(
-            reason=exc.reason, detail=exc.detail, source_topic=topic, partition=partition, offset=offset,
+            reason=exc.reason,
+            detail=exc.detail,
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
             key=key.decode("utf-8", "replace") if key else None,
-            payload=base64.b64encode(raw[:_MAX_DLQ_PAYLOAD]).decode(), payload_truncated=len(raw) > _MAX_DLQ_PAYLOAD,
+            payload=base64.b64encode(raw[:_MAX_DLQ_PAYLOAD]).decode(),
+            payload_truncated=len(raw) > _MAX_DLQ_PAYLOAD,
         )
         log.warning("dead letter %s from %s[%d]@%d: %s", exc.reason, topic, partition, offset, exc.detail)
         self.metrics.deadletters.labels(exc.reason).inc()

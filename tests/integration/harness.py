@@ -40,22 +40,26 @@ def env_for(settings: Settings) -> dict[str, str]:
     """The same settings as EMOSTREAM_* variables, as a user would pass them to `emostream worker`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
     t = settings.kafka.topics
-    env.update({
-        "EMOSTREAM_KAFKA__BROKERS": settings.kafka.brokers,
-        "EMOSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
-        **{f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k)
-           for k in ("text", "audio", "video", "control", "emotions", "deadletter")},
-        "EMOSTREAM_REDIS__URL": settings.redis.url.get_secret_value(),
-        "EMOSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
-        "EMOSTREAM_REDIS__WINDOW": str(settings.redis.window),
-        "EMOSTREAM_JOIN__WAIT_S": str(settings.join.wait_s),
-        "EMOSTREAM_JOIN__DEFAULT_MODALITIES": '["' + '","'.join(settings.join.default_modalities) + '"]',
-        "EMOSTREAM_ENGINE__MAX_BATCH": str(settings.engine.max_batch),
-        "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
-        "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
-        "EMOSTREAM_LIMITS__MAX_MESSAGE_BYTES": str(settings.limits.max_message_bytes),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "EMOSTREAM_KAFKA__BROKERS": settings.kafka.brokers,
+            "EMOSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
+            **{
+                f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k)
+                for k in ("text", "audio", "video", "control", "emotions", "deadletter")
+            },
+            "EMOSTREAM_REDIS__URL": settings.redis.url.get_secret_value(),
+            "EMOSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+            "EMOSTREAM_REDIS__WINDOW": str(settings.redis.window),
+            "EMOSTREAM_JOIN__WAIT_S": str(settings.join.wait_s),
+            "EMOSTREAM_JOIN__DEFAULT_MODALITIES": '["' + '","'.join(settings.join.default_modalities) + '"]',
+            "EMOSTREAM_ENGINE__MAX_BATCH": str(settings.engine.max_batch),
+            "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
+            "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
+            "EMOSTREAM_LIMITS__MAX_MESSAGE_BYTES": str(settings.limits.max_message_bytes),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -69,8 +73,13 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], cwd=REPO,
-                                     env=env_for(self.settings), stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            cwd=REPO,
+            env=env_for(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -121,9 +130,15 @@ class Collector:
 
         t = settings.kafka.topics
         self.topics = t
-        self.consumer = KafkaConsumer(t.emotions, t.deadletter, bootstrap_servers=settings.kafka.brokers,
-                                      auto_offset_reset="earliest", enable_auto_commit=False,
-                                      group_id=None, consumer_timeout_ms=500)
+        self.consumer = KafkaConsumer(
+            t.emotions,
+            t.deadletter,
+            bootstrap_servers=settings.kafka.brokers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=500,
+        )
         self.events: list[tuple[bytes | None, EmotionEvent]] = []
         self.dead: list[DeadLetter] = []
 

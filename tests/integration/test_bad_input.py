@@ -32,13 +32,35 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         (t.text, _text(schema_version=99), "unknown_schema_version"),
         (t.text, b'{"schema_version": 1, "call_id": "bad", "text": "no ids"}', "missing_field"),
         (t.text, _text(seq="seven"), "wrong_type"),
-        (t.text, TextPart(call_id="bad", utterance_id="e", seq=0, embedding=[0.1] * 7).to_bytes(), "wrong_embedding_size"),
-        (t.text, b'{"schema_version":1,"call_id":"bad","utterance_id":"n","seq":0,"embedding":[NaN,1.0]}', "non_finite"),
+        (
+            t.text,
+            TextPart(call_id="bad", utterance_id="e", seq=0, embedding=[0.1] * 7).to_bytes(),
+            "wrong_embedding_size",
+        ),
+        (
+            t.text,
+            b'{"schema_version":1,"call_id":"bad","utterance_id":"n","seq":0,"embedding":[NaN,1.0]}',
+            "non_finite",
+        ),
         (t.text, _text(text=None, embedding=[1e39] * 384), "non_finite"),
-        (t.audio, AudioPart(call_id="bad", utterance_id="a", seq=0, encoding="flac",
-                            data=base64.b64encode(b"RIFF....garbage" * 50).decode()).to_bytes(), "undecodable_audio"),
-        (t.audio, AudioPart(call_id="bad", utterance_id="b", seq=0, encoding="pcm_s16le",
-                            data=base64.b64encode(b"\x01").decode()).to_bytes(), "undecodable_audio"),
+        (
+            t.audio,
+            AudioPart(
+                call_id="bad",
+                utterance_id="a",
+                seq=0,
+                encoding="flac",
+                data=base64.b64encode(b"RIFF....garbage" * 50).decode(),
+            ).to_bytes(),
+            "undecodable_audio",
+        ),
+        (
+            t.audio,
+            AudioPart(
+                call_id="bad", utterance_id="b", seq=0, encoding="pcm_s16le", data=base64.b64encode(b"\x01").decode()
+            ).to_bytes(),
+            "undecodable_audio",
+        ),
         (t.text, _text(text="x" * (settings.limits.max_message_bytes + 10)), "oversized"),
     ]
     dialogues = read_meld_csv(shared_data / "meld" / "dev_sent_emo.csv", dialogue_ids=[20, 21])
@@ -59,7 +81,8 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         producer.flush()
         want = {(u.call_id, u.utterance_id) for u, _ in good}
         ok = collector.poll_until(
-            lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want and len(c.dead) >= len(bad), 90)
+            lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want and len(c.dead) >= len(bad), 90
+        )
         assert ok, worker.tail()
         assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)
         for letter in collector.dead:

@@ -24,9 +24,12 @@ def test_worker_killed_mid_stream_resumes_from_committed_offsets(services, uniqu
     first = WorkerProcess(settings, tmp_path, "first").start()
     try:
         first.wait_ready()
-        feeder = threading.Thread(target=feed, args=(dialogues, settings), daemon=True,
-                                  kwargs={"realtime": True, "speed": 8.0, "progress": False, "concurrency": 8,
-                                          "stagger_s": 0.2})
+        feeder = threading.Thread(
+            target=feed,
+            args=(dialogues, settings),
+            daemon=True,
+            kwargs={"realtime": True, "speed": 8.0, "progress": False, "concurrency": 8, "stagger_s": 0.2},
+        )
         feeder.start()
         assert collector.poll_until(lambda c: len(c.events) >= 10, timeout=60), first.tail()
         first.kill9()

@@ -35,8 +35,7 @@ def by_utterance(collector: Collector) -> dict[tuple[str, str], list[Any]]:
 def test_meld_dialogues_stream_to_one_ordered_event_per_utterance(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(services, unique)
     ensure_topics(settings)
-    with_audio = attach_ravdess(meld_dev(shared_data, [0, 1, 2]), shared_data / "ravdess", seed=7,
-                                actors=range(17, 21))
+    with_audio = attach_ravdess(meld_dev(shared_data, [0, 1, 2]), shared_data / "ravdess", seed=7, actors=range(17, 21))
     missing_audio = attach_ravdess(meld_dev(shared_data, [3]), shared_data / "ravdess", seed=7, actors=range(17, 21))
     late_audio = attach_ravdess(meld_dev(shared_data, [4]), shared_data / "ravdess", seed=7, actors=range(17, 21))
     text_only = meld_dev(shared_data, [5, 6])
@@ -77,10 +76,16 @@ def test_meld_dialogues_stream_to_one_ordered_event_per_utterance(services, uniq
                 ev = present[(u.call_id, u.utterance_id)]
                 assert ev.modalities_present == ["text"] and ev.weights["audio"] == 0.0
         assert any(ev.context_size > 1 for ev in present.values())
-        assert all(ev.timings.join_s >= 1.4 for d in missing_audio for u in d.utterances
-                   for ev in [present[(u.call_id, u.utterance_id)]])
+        assert all(
+            ev.timings.join_s >= 1.4
+            for d in missing_audio
+            for u in d.utterances
+            for ev in [present[(u.call_id, u.utterance_id)]]
+        )
         metrics = worker.metrics()
-        assert "emostream_late_parts_total" in metrics and 'emostream_missing_modality_total{modality="audio"}' in metrics
+        assert (
+            "emostream_late_parts_total" in metrics and 'emostream_missing_modality_total{modality="audio"}' in metrics
+        )
         late = [line for line in metrics.splitlines() if line.startswith("emostream_late_parts_total ")]
         assert late and float(late[0].split()[1]) >= 1
         # call-ended released the Redis windows of the calls that sent it; the others keep theirs

@@ -35,8 +35,10 @@ def test_compose_worker_environment_is_valid_settings(monkeypatch: pytest.Monkey
 
 def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
     exported = exported_metric_names()
-    texts = [(DEPLOY / "grafana" / "dashboards" / "emostream.json").read_text(),
-             (DEPLOY / "prometheus" / "rules.yml").read_text()]
+    texts = [
+        (DEPLOY / "grafana" / "dashboards" / "emostream.json").read_text(),
+        (DEPLOY / "prometheus" / "rules.yml").read_text(),
+    ]
     used = {m for t in texts for m in re.findall(r"\bemostream_[a-z_]+", t)}
     assert used, "no metrics referenced"
     missing = used - exported
@@ -45,12 +47,17 @@ def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make setup installs it)")
 def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
-    rules = subprocess.run(["promtool", "check", "rules", str(DEPLOY / "prometheus" / "rules.yml")],
-                           capture_output=True, text=True)
+    rules = subprocess.run(
+        ["promtool", "check", "rules", str(DEPLOY / "prometheus" / "rules.yml")], capture_output=True, text=True
+    )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    config = (DEPLOY / "prometheus" / "prometheus.yml").read_text().replace(
-        "/etc/prometheus/rules.yml", str(DEPLOY / "prometheus" / "rules.yml"))
+    config = (
+        (DEPLOY / "prometheus" / "prometheus.yml")
+        .read_text()
+        .replace("/etc/prometheus/rules.yml", str(DEPLOY / "prometheus" / "rules.yml"))
+    )
     (tmp_path / "prometheus.yml").write_text(config)
-    checked = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
-                             capture_output=True, text=True)
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -43,7 +43,7 @@ def test_later_utterance_waits_for_earlier_one_of_the_same_call() -> None:
     assert ids(j.add("c", "u0", 0, "A", "audio", "a0", "h", now=0.3)) == ["u0", "u1"]
     # other calls are not held back
     j.add("c", "u2", 2, "A", "text", "t2", "h", now=0.4)
-    assert ids(j.add("x", "v0", 0, "A", "text", "t", "h", now=0.5) ) == []
+    assert ids(j.add("x", "v0", 0, "A", "text", "t", "h", now=0.5)) == []
     assert ids(j.add("x", "v0", 0, "A", "audio", "a", "h", now=0.5)) == ["v0"]
 
 

@@ -94,7 +94,9 @@ def test_audio_base64_is_checked() -> None:
 
 def test_event_id_is_deterministic_and_distinct() -> None:
     assert event_id("c1", "u1", 0) == event_id("c1", "u1", 0)
-    assert len({event_id("c1", "u1", 0), event_id("c1", "u1", 1), event_id("c1", "u2", 0), event_id("c2", "u1", 0)}) == 4
+    assert (
+        len({event_id("c1", "u1", 0), event_id("c1", "u1", 1), event_id("c1", "u2", 0), event_id("c2", "u1", 0)}) == 4
+    )
     assert not math.isnan(len(event_id("c", "u", 0)))
 
 

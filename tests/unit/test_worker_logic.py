@@ -92,8 +92,13 @@ def make(**join: Any) -> tuple[Worker, list[tuple[str, bytes]], list[str], FakeS
         return fut
 
     store, engine = FakeStore(), FakeEngine()
-    worker = Worker(settings, Processor(engine, FakeFeaturizer(), store), Metrics(), send,  # type: ignore[arg-type]
-                    clock=Clock())
+    worker = Worker(
+        settings,
+        Processor(engine, FakeFeaturizer(), store),
+        Metrics(),
+        send,  # type: ignore[arg-type]
+        clock=Clock(),
+    )
     return worker, sent, log, store, engine
 
 
@@ -145,8 +150,9 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> No
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         t = w.settings.kafka.topics
-        bad_audio = AudioPart(call_id="c", utterance_id="u1", seq=1, encoding="flac",
-                              data=base64.b64encode(b"not flac at all").decode()).to_bytes()
+        bad_audio = AudioPart(
+            call_id="c", utterance_id="u1", seq=1, encoding="flac", data=base64.b64encode(b"not flac at all").decode()
+        ).to_bytes()
         wrong_size = TextPart(call_id="c", utterance_id="u2", seq=2, embedding=[1.0, 2.0]).to_bytes()
         await w.on_message(t.text, 1, 5, b"c", b"{oops", Handle(log, "bad1"))
         await w.on_message(t.text, 1, 6, b"c", text("c", "u0", 0), Handle(log, "good"))
@@ -155,7 +161,10 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> No
         await w.pump()
         dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
         assert [(d.reason, d.offset) for d in dead] == [
-            ("malformed_json", 5), ("undecodable_audio", 7), ("wrong_embedding_size", 8)]
+            ("malformed_json", 5),
+            ("undecodable_audio", 7),
+            ("wrong_embedding_size", 8),
+        ]
         assert base64.b64decode(dead[0].payload) == b"{oops" and dead[0].source_topic == t.text
         assert [e.utterance_id for e in events(sent)] == ["u0"]
         assert {"ack bad1", "ack bad2", "ack bad3", "ack good"} <= set(log)
@@ -238,7 +247,9 @@ def test_revised_events_once_k_later_utterances_or_the_end_arrived() -> None:
         # the engine labelled the right utterance: the revision of u1 targets index 1 of its window
         rev_batch = engine.batches[3]
         assert rev_batch.size == 2 and rev_batch.target.tolist()[1] == rev_batch.valid.shape[1] - 3
-        await w.on_message(t.control, 0, 9, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end"))
+        await w.on_message(
+            t.control, 0, 9, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end")
+        )
         clock.now += 2.0
         await w.pump()
         revs = [(e.utterance_id, e.future_context) for e in events(sent) if e.revision == 1]
