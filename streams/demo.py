@@ -138,15 +138,20 @@ def run_demo(ns: argparse.Namespace) -> int:
             print("\ndemo: interrupted, stopping", file=sys.stderr)
             return 130
         finally:
+            # cleanup must finish even if Ctrl-C is pressed again meanwhile
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            print("demo: stopping what it started ...", file=sys.stderr)
             stop.set()
             if worker is not None and worker.poll() is None:
                 worker.terminate()
                 try:
-                    worker.wait(20)
+                    worker.wait(15)
                 except subprocess.TimeoutExpired:
                     worker.kill()
+                    worker.wait(5)
             services.down()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _start_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
