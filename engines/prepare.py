@@ -1,4 +1,9 @@
-"""Turn dialogues into flat per-utterance features and causal windows (train and evaluate)."""
+"""Turn dialogues into flat per-utterance features and windows (train and evaluate).
+
+Features come from the extractors (text encoder, audio table), or, for dialogues that carry
+precomputed vectors (``Dialogue.features``, the feature pickles), straight from the dialogues.
+Windows are causal unless ``future = K`` (up to K later utterances of the dialogue as context).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.datasets.base import Dialogue
+from engines.datasets.base import Dialogue, label_set
+from engines.errors import DatasetError
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
 from engines.features.text import TextEncoder
-from engines.interface import FeatureSpec
-from engines.windows import WindowIndex, causal_windows
+from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
+from engines.windows import WindowIndex, dialogue_windows
 
 
 class AudioTable:
@@ -56,18 +62,36 @@ class AudioTable:
 
 @dataclass
 class Prepared:
-    """Flat utterances of a dialogue list, their features and causal windows."""
+    """Flat utterances of a dialogue list, their features and windows."""
 
     dialogues: list[Dialogue]
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64, indexes label_names
     sentiment: np.ndarray  # (N,) float32
     feats: dict[str, np.ndarray]  # modality -> (N, D)
     has: dict[str, np.ndarray]  # modality -> (N,) float32
     windows: WindowIndex
+    label_names: tuple[str, ...] = EMOTIONS  # the dialogues' label set, in logits order
+    future: int = 0  # later utterances a window may hold (0 = causal)
 
     @property
     def n(self) -> int:
         return int(self.labels.shape[0])
+
+
+def _precomputed(dialogues: list[Dialogue], spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """modality -> (N, D) stacked from ``Dialogue.features`` (modalities every dialogue carries)."""
+    carried = [set((d.features or {}).keys()) for d in dialogues]
+    common = set.intersection(*carried) if carried else set()
+    dims = spec.dims()
+    out: dict[str, np.ndarray] = {}
+    for m in MODALITIES:
+        if m not in common or dims[m] == 0:
+            continue
+        arr = np.concatenate([np.asarray((d.features or {})[m], dtype=np.float32) for d in dialogues])
+        if arr.shape[1] != dims[m]:
+            raise DatasetError(f"the data's {m} vectors are {arr.shape[1]}-d but the model expects {dims[m]}-d")
+        out[m] = arr
+    return out
 
 
 def prepare(
@@ -78,11 +102,14 @@ def prepare(
     max_window: int,
     cache_root: str | Path | None = None,
     progress: bool = False,
+    *,
+    future: int = 0,
 ) -> Prepared:
+    """Features and windows of ``dialogues``; ``future = K`` lets windows hold K later utterances."""
     utts = [u for d in dialogues for u in d.utterances]
-    feats: dict[str, np.ndarray] = {}
-    has: dict[str, np.ndarray] = {}
-    if spec.text_dim > 0:
+    feats: dict[str, np.ndarray] = _precomputed(dialogues, spec)
+    has: dict[str, np.ndarray] = {m: np.ones((len(utts),), dtype=np.float32) for m in feats}
+    if spec.text_dim > 0 and "text" not in feats:
         assert text_encoder is not None
         idx = [i for i, u in enumerate(utts) if u.text]
         text = np.zeros((len(utts), spec.text_dim), dtype=np.float32)
@@ -90,7 +117,7 @@ def prepare(
             text[idx] = text_encoder.encode_cached([utts[i].text or "" for i in idx], cache_root, progress)
         feats["text"] = text
         has["text"] = np.array([1.0 if u.text else 0.0 for u in utts], dtype=np.float32)
-    if spec.audio_dim > 0:
+    if spec.audio_dim > 0 and "audio" not in feats:
         if audio_table is None:
             feats["audio"] = np.zeros((len(utts), spec.audio_dim), dtype=np.float32)
             has["audio"] = np.zeros((len(utts),), dtype=np.float32)
@@ -102,5 +129,7 @@ def prepare(
         sentiment=np.array([u.sentiment for u in utts], dtype=np.float32),
         feats=feats,
         has=has,
-        windows=causal_windows(dialogues, max_window),
+        windows=dialogue_windows(dialogues, max_window, future=future),
+        label_names=label_set(dialogues),
+        future=future,
     )

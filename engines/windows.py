@@ -1,7 +1,9 @@
 """Dialogue windows: from utterance sequences to :class:`engines.interface.EngineBatch`.
 
-Windows are causal (they end at the target) and left-padded to the longest window of the batch.
-Speaker names become window-local indices in order of first appearance (0 = first seen).
+Windows are left-padded to the longest window of the batch. Causal windows end at the target;
+with ``future = K`` a window also holds up to K later utterances of the dialogue, so the target
+is not necessarily last (``target`` says where it is). Speaker names become window-local indices
+in order of first appearance (0 = first seen).
 """
 
 from __future__ import annotations
@@ -64,33 +66,45 @@ def pack_windows(
 
 @dataclass(frozen=True)
 class WindowIndex:
-    """Causal windows over a flat utterance list: one row per target utterance."""
+    """Windows over a flat utterance list: one row per target utterance."""
 
     utt: np.ndarray  # (N, W) int64 flat utterance index, -1 for left padding
     speakers: np.ndarray  # (N, W) int64 window-local speaker index (0 on padding)
-    target: np.ndarray  # (N,) int64 column of the target (always W - 1: causal windows)
+    target: np.ndarray  # (N,) int64 column of the target (W - 1 for causal windows)
 
 
-def causal_windows(dialogues: Sequence[Dialogue], max_window: int) -> WindowIndex:
-    """Every utterance of every dialogue as the target of a window of up to ``max_window``."""
-    rows_u, rows_s = [], []
+def dialogue_windows(dialogues: Sequence[Dialogue], max_window: int, future: int = 0) -> WindowIndex:
+    """Every utterance of every dialogue as the target of a window of up to ``max_window``.
+
+    A window holds the target, up to ``future`` later utterances of its dialogue (fewer at the
+    dialogue's end, and at most ``max_window - 1``) and as many earlier ones as still fit.
+    ``future = 0`` gives causal windows ending at the target.
+    """
+    assert max_window >= 1 and future >= 0, (max_window, future)
+    rows_u, rows_s, rows_t = [], [], []
     offset = 0
     for d in dialogues:
         names = [u.speaker for u in d.utterances]
         for t in range(len(names)):
-            lo = max(0, t - max_window + 1)
-            idx = list(range(offset + lo, offset + t + 1))
-            spk = local_speakers(names[lo : t + 1])
+            hi = t + min(future, len(names) - 1 - t, max_window - 1)  # last utterance in the window
+            lo = max(0, hi - max_window + 1)
+            idx = list(range(offset + lo, offset + hi + 1))
             pad = max_window - len(idx)
             rows_u.append([-1] * pad + idx)
-            rows_s.append([0] * pad + spk)
+            rows_s.append([0] * pad + local_speakers(names[lo : hi + 1]))
+            rows_t.append(pad + t - lo)
         offset += len(names)
     n = len(rows_u)
     return WindowIndex(
         np.asarray(rows_u, dtype=np.int64).reshape(n, max_window),
         np.asarray(rows_s, dtype=np.int64).reshape(n, max_window),
-        np.full((n,), max_window - 1, dtype=np.int64),
+        np.asarray(rows_t, dtype=np.int64).reshape(n),
     )
+
+
+def causal_windows(dialogues: Sequence[Dialogue], max_window: int) -> WindowIndex:
+    """Causal windows (ending at their target): ``dialogue_windows(..., future=0)``."""
+    return dialogue_windows(dialogues, max_window, future=0)
 
 
 def gather_batch(

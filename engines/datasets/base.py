@@ -1,8 +1,18 @@
-"""Dialogue records shared by every dataset loader."""
+"""Dialogue records shared by every dataset loader.
+
+Each dialogue names its label set (``Dialogue.labels``, in logits order); ``Utterance.emotion``
+indexes it. MELD-derived datasets use :data:`engines.interface.EMOTIONS`; others their own names
+(``engines.datasets.dataset_labels``). A dialogue may carry precomputed per-utterance feature
+vectors (``Dialogue.features``: modality -> (len, D) float32), as the field's feature pickles do;
+:func:`engines.prepare.prepare` then uses them instead of running the extractors.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from engines.interface import EMOTIONS
 
@@ -11,7 +21,7 @@ SENTIMENTS: dict[str, int] = {"negative": -1, "neutral": 0, "positive": 1}
 
 @dataclass(frozen=True)
 class Utterance:
-    """One turn. ``emotion`` indexes :data:`engines.interface.EMOTIONS`."""
+    """One turn. ``emotion`` indexes the label set of its dialogue (``Dialogue.labels``)."""
 
     text: str | None
     speaker: str
@@ -20,7 +30,7 @@ class Utterance:
     audio: str | None = None  # path of a 16 kHz audio file, when the utterance has speech
 
     def __post_init__(self) -> None:
-        assert 0 <= self.emotion < len(EMOTIONS), self.emotion
+        assert self.emotion >= 0, self.emotion
         assert self.sentiment in (-1, 0, 1), self.sentiment
 
 
@@ -28,14 +38,28 @@ class Utterance:
 class Dialogue:
     id: str
     utterances: list[Utterance] = field(default_factory=list)
+    labels: tuple[str, ...] = EMOTIONS  # the names ``Utterance.emotion`` indexes
+    features: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        assert all(u.emotion < len(self.labels) for u in self.utterances), (self.id, self.labels)
+        for m, arr in (self.features or {}).items():
+            assert arr.ndim == 2 and arr.shape[0] == len(self.utterances), (self.id, m, arr.shape)
 
     def __len__(self) -> int:
         return len(self.utterances)
 
 
-def emotion_index(name: str) -> int:
-    return EMOTIONS.index(name)
+def emotion_index(name: str, labels: tuple[str, ...] = EMOTIONS) -> int:
+    return labels.index(name)
 
 
 def count_utterances(dialogues: list[Dialogue]) -> int:
     return sum(len(d) for d in dialogues)
+
+
+def label_set(dialogues: list[Dialogue]) -> tuple[str, ...]:
+    """The one label set of ``dialogues`` (EMOTIONS for none); mixed label sets are a bug."""
+    sets = {d.labels for d in dialogues}
+    assert len(sets) <= 1, f"dialogues mix label sets: {sets}"
+    return next(iter(sets)) if sets else EMOTIONS

@@ -50,3 +50,17 @@ def test_causal_windows_and_gather() -> None:
     assert batch.valid.shape == (2, 2)  # trimmed to the longest window of the batch
     assert batch.target.tolist() == [1, 1]
     assert batch.text[1, :, 0].tolist() == [0.0, 1.0]
+
+
+def test_future_windows_hold_later_utterances() -> None:
+    from engines.windows import dialogue_windows
+
+    d = Dialogue("d", [Utterance(f"u{i}", "ab"[i % 2], 0, 0) for i in range(5)])
+    win = dialogue_windows([d], max_window=3, future=1)
+    assert win.utt.tolist() == [[-1, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [2, 3, 4]]
+    assert win.target.tolist() == [1, 1, 1, 1, 2]  # the last utterance has no future: it ends its window
+    assert win.speakers.tolist()[0] == [0, 0, 1]
+    # future is capped at max_window - 1 so the target always stays inside the window
+    capped = dialogue_windows([d], max_window=2, future=5)
+    assert capped.utt.tolist()[0] == [0, 1] and capped.target.tolist()[0] == 0
+    assert (dialogue_windows([d], 3, future=0).utt == causal_windows([d], 3).utt).all()
