@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.errors import ArtifactError
-from engines.interface import EMOTIONS, EngineInfo, FeatureSpec
+from engines.interface import EngineInfo, FeatureSpec
 
 CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
@@ -63,8 +63,8 @@ def feature_spec(model_dir: Path) -> FeatureSpec:
 def engine_info(model_dir: Path, runtime: str) -> EngineInfo:
     cfg = read_json(model_dir, CONFIG)
     labels = tuple(read_json(model_dir, LABELS))
-    if labels != EMOTIONS:
-        raise ArtifactError(f"{model_dir}: labels {labels} differ from EMOTIONS {EMOTIONS}")
+    if not labels or not all(isinstance(x, str) for x in labels):
+        raise ArtifactError(f"{model_dir / LABELS}: expected a list of class names")
     return EngineInfo(
         name=str(cfg.get("name", cfg.get("engine", "unknown"))),
         version=str(cfg.get("version", "0")),
@@ -76,16 +76,14 @@ def engine_info(model_dir: Path, runtime: str) -> EngineInfo:
 
 
 def load_torch_model(model_dir: str | Path) -> Any:
-    """The :class:`RelevanceNet` of an artifact, in eval mode (needs torch + safetensors)."""
+    """The PyTorch model of an artifact (any engine of :mod:`engines.models`), in eval mode."""
     from safetensors.torch import load_file
 
-    from engines.models.relevance import RelevanceConfig, RelevanceNet
+    from engines.models import build_model
 
     path = resolve_model_dir(model_dir)
     cfg = read_json(path, CONFIG)
-    if cfg.get("engine") != "relevance":
-        raise ArtifactError(f"{path}: unknown engine {cfg.get('engine')!r}")
-    net = RelevanceNet(RelevanceConfig(**cfg["model"]))
+    net = build_model(str(cfg.get("engine")), cfg["model"])
     if not (path / WEIGHTS).is_file():
         raise ArtifactError(f"artifact {path} lacks {WEIGHTS}")
     state = load_file(str(path / WEIGHTS))

@@ -59,7 +59,14 @@ def evaluate_engine(engine: Engine, data: Prepared, modalities: Sequence[str], b
     from engines.metrics import classification_report
 
     probs, sent, weights = predict_prepared(engine, data, modalities, batch_size)
-    report = classification_report(data.labels, probs.argmax(1), weights)
+    if tuple(engine.info.labels) != tuple(data.label_names):
+        from engines.errors import DatasetError
+
+        raise DatasetError(
+            f"the model's labels {engine.info.labels} are not the dataset's {data.label_names}: "
+            "evaluate a model on a dataset with its label set"
+        )
+    report = classification_report(data.labels, probs.argmax(1), weights, data.label_names)
     report["sentiment_mae"] = round(float(np.abs(sent - data.sentiment).mean()), 4)
     return report
 
@@ -89,7 +96,11 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     if bad:
         print(f"error: unknown modalities {bad}; known: {MODALITIES}", file=sys.stderr)
         return 2
-    report = evaluate_engine(engine, data, wanted, ns.batch_size)
+    try:
+        report = evaluate_engine(engine, data, wanted, ns.batch_size)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     report = {
         "model": str(ns.model),
         "engine": engine.info.name,

@@ -1,4 +1,4 @@
-"""Export a :class:`RelevanceNet` to ONNX following :mod:`engines.spec`."""
+"""Export any engine model (:mod:`engines.models`) to ONNX following :mod:`engines.spec`."""
 
 from __future__ import annotations
 
@@ -32,15 +32,34 @@ def example_inputs(spec: EngineSpec, batch: int = 2, window: int = 3, seed: int 
     return out
 
 
+def _wrapper(net: Any) -> Any:
+    """The exported graph: the spec's named inputs in, (logits, probs, sentiment, weights) out."""
+    import torch
+    from torch import nn
+
+    class ExportWrapper(nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, *inputs: Any) -> tuple[Any, Any, Any, Any]:
+            names = [MODALITIES[m] for m in self.net.active] + ["present", "speakers", "valid", "target"]
+            kw = dict(zip(names, inputs, strict=True))
+            feats = (kw.get("text"), kw.get("audio"), kw.get("video"))
+            out = self.net(*feats, kw["present"], kw["speakers"], kw["valid"], kw["target"])
+            logits = out["logits"]
+            return logits, torch.softmax(logits, dim=-1), out["sentiment"], out["weights"]
+
+    return ExportWrapper(net)
+
+
 def export_onnx(net: Any, features: FeatureSpec, path: str | Path) -> EngineSpec:
     """Write ``net`` (eval mode) to ``path`` as ONNX with dynamic batch and window axes."""
     import onnx
     import torch
 
-    from engines.models.relevance import ExportWrapper
-
     spec = engine_spec(features, n_classes=net.cfg.n_classes)
-    wrapper = ExportWrapper(net.eval()).eval()
+    wrapper = _wrapper(net.eval()).eval()
     args = tuple(torch.from_numpy(v) for v in example_inputs(spec).values())
     names = list(example_inputs(spec).keys())
     assert names == spec.input_names, (names, spec.input_names)

@@ -9,11 +9,16 @@ import numpy as np
 from engines.interface import EMOTIONS, MODALITIES
 
 
-def classification_report(y: np.ndarray, pred: np.ndarray, weights: np.ndarray | None = None) -> dict[str, Any]:
-    """weighted_f1, accuracy, macro_f1, n, per_class_f1 and mean per-modality weight."""
+def classification_report(
+    y: np.ndarray,
+    pred: np.ndarray,
+    weights: np.ndarray | None = None,
+    names: tuple[str, ...] = EMOTIONS,
+) -> dict[str, Any]:
+    """weighted_f1, accuracy, macro_f1, n, per_class_f1 (by class ``names``) and mean weights."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    labels = list(range(len(EMOTIONS)))
+    labels = list(range(len(names)))
     per = f1_score(y, pred, labels=labels, average=None, zero_division=0)
     present_labels = sorted(set(y.tolist()))
     out: dict[str, Any] = {
@@ -21,7 +26,7 @@ def classification_report(y: np.ndarray, pred: np.ndarray, weights: np.ndarray |
         "accuracy": round(float(accuracy_score(y, pred)), 4),
         "macro_f1": round(float(np.mean([per[i] for i in present_labels])), 4) if present_labels else 0.0,
         "n": int(y.shape[0]),
-        "per_class_f1": {EMOTIONS[i]: round(float(per[i]), 4) for i in labels},
+        "per_class_f1": {names[i]: round(float(per[i]), 4) for i in labels},
     }
     if weights is not None:
         out["mean_weights"] = {m: round(float(weights[:, k].mean()), 4) for k, m in enumerate(MODALITIES)}

@@ -14,22 +14,21 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
+from engines.interface import MODALITIES, FeatureSpec
+from engines.models import ENGINES
 
-ENGINES: tuple[str, ...] = ("relevance",)
 VERSION = "1.0.0"
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from engines.datasets import DATASETS
 
-    parser.add_argument("--engine", default="relevance", choices=ENGINES)
+    parser.add_argument("--engine", default="relevance", choices=tuple(ENGINES))
     parser.add_argument("--dataset", default="meld-ravdess", choices=DATASETS)
     parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
     parser.add_argument("--out", required=True, help="artifact directory to write")
@@ -47,6 +46,20 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--max-window", type=int, default=12)
+    parser.add_argument(
+        "--future",
+        type=int,
+        default=0,
+        help="K later utterances of context per window (0: causal, the provisional event; "
+        "K > 0 trains a non-causal model for revised events)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an engine hyper-parameter (a field of its model Config, value as JSON), repeatable",
+    )
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
@@ -74,6 +87,45 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    from engines.errors import ArtifactError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ArtifactError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def model_config(ns: argparse.Namespace, spec: FeatureSpec, n_classes: int) -> dict[str, Any]:
+    """The engine's Config values: shared options from the command line, then ``--set``."""
+    from engines.models import config_fields
+
+    fields = config_fields(ns.engine)
+    shared = {
+        "text_dim": spec.text_dim,
+        "audio_dim": spec.audio_dim,
+        "video_dim": spec.video_dim,
+        "d_model": ns.d_model,
+        "n_heads": ns.heads,
+        "n_layers": ns.layers,
+        "dropout": ns.dropout,
+        "max_window": ns.max_window,
+        "causal": ns.future == 0,
+        "n_classes": n_classes,
+        "input_noise": (ns.text_noise, ns.audio_noise, 0.0),
+        "input_mask": (ns.text_mask, ns.audio_mask, 0.0),
+    }
+    values = {k: v for k, v in shared.items() if k in fields}
+    values.update(_parse_sets(ns.set))
+    return values
 
 
 def _seed_all(seed: int) -> None:
@@ -118,15 +170,15 @@ def _train(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engines import artifact
-    from engines.datasets import load_dataset
+    from engines.datasets import label_set, load_dataset
     from engines.datasets.composite import assign_clips
+    from engines.datasets.pickles import precomputed_spec
     from engines.datasets.ravdess import load_ravdess_clips
     from engines.evaluate import evaluate_engine
     from engines.export import export_onnx
     from engines.features.audio import AudioFeatureExtractor
     from engines.features.text import TextEncoder
-    from engines.models.losses import LossWeights, total_loss
-    from engines.models.relevance import RelevanceConfig, RelevanceNet
+    from engines.models import build_model
     from engines.prepare import AudioTable, prepare
     from engines.runtime.onnx import OnnxEngine
     from engines.runtime.torch import TorchEngine, torch_inputs
@@ -140,11 +192,13 @@ def _train(ns: argparse.Namespace) -> int:
 
     train_d = load_dataset(ns.dataset, ns.data_dir, "train", seed=ns.seed)
     dev_d = load_dataset(ns.dataset, ns.data_dir, "dev", seed=ns.seed)
-    has_text = any(u.text for d in train_d for u in d.utterances)
-    has_audio = any(u.audio for d in train_d for u in d.utterances)
+    label_names = label_set(train_d)
+    pre = precomputed_spec(train_d)  # feature pickles carry their vectors
+    has_text = pre is None and any(u.text for d in train_d for u in d.utterances)
+    has_audio = pre is None and any(u.audio for d in train_d for u in d.utterances)
     text_enc = TextEncoder(device=ns.device) if has_text else None
     audio_ex = AudioFeatureExtractor(device=ns.device) if has_audio else None
-    spec = FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
+    spec = pre or FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
 
     composite = ns.dataset == "meld-ravdess"
     train_clips = load_ravdess_clips(ns.data_dir, "train") if composite else []
@@ -152,27 +206,15 @@ def _train(ns: argparse.Namespace) -> int:
     if audio_ex is not None:
         paths = [c.path for c in train_clips] + [u.audio for d in (*train_d, *dev_d) for u in d.utterances if u.audio]
         table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet)
-    train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, progress=not quiet)
-    dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, progress=not quiet)
+    train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
+    dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     print(f"data: {train.n} train / {dev.n} dev utterances, features {spec} ({time.time() - t0:.0f}s)", file=sys.stderr)
 
-    cfg = RelevanceConfig(
-        text_dim=spec.text_dim,
-        audio_dim=spec.audio_dim,
-        video_dim=spec.video_dim,
-        d_model=ns.d_model,
-        n_heads=ns.heads,
-        n_layers=ns.layers,
-        dropout=ns.dropout,
-        max_window=ns.max_window,
-        causal=True,
-        input_noise=(ns.text_noise, ns.audio_noise, 0.0),
-        input_mask=(ns.text_mask, ns.audio_mask, 0.0),
-    )
-    net = RelevanceNet(cfg)
+    net = build_model(ns.engine, model_config(ns, spec, len(label_names)))
+    cfg = net.cfg
     normaliser: dict[str, dict[str, list[float]]] = {}
-    for m in ("text", "audio"):
-        if m not in train.feats:
+    for m in MODALITIES:
+        if m not in train.feats or spec.dims()[m] == 0:
             continue
         if m == "audio" and table is not None:
             clip_rows = [
@@ -189,7 +231,6 @@ def _train(ns: argparse.Namespace) -> int:
         normaliser[m] = {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
     net.to(ns.device)
     active = cfg.active()
-    weights = LossWeights()
     opt = torch.optim.AdamW(net.parameters(), lr=ns.lr, weight_decay=ns.weight_decay)
     steps_per_epoch = (train.n + ns.batch_size - 1) // ns.batch_size
     total_steps = max(1, steps_per_epoch * ns.epochs)
@@ -227,7 +268,7 @@ def _train(ns: argparse.Namespace) -> int:
             kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}
             y = torch.from_numpy(train.labels[rows]).to(ns.device)
             s = torch.from_numpy(train.sentiment[rows]).to(ns.device)
-            losses = total_loss(net(**kw), y, s, weights)
+            losses = net.training_loss(kw, y, s)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -241,7 +282,7 @@ def _train(ns: argparse.Namespace) -> int:
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{sums['loss'] / (step + 1):.3f}")
         judged = ema_net if ema_net is not None else net
-        ref = TorchEngine(net=judged, device=ns.device)
+        ref = TorchEngine(net=judged, device=ns.device, labels=label_names)
         dev_f1 = {"+".join(sub): evaluate_engine(ref, dev, sub)["weighted_f1"] for sub in subsets}
         score = float(np.mean(list(dev_f1.values())))
         row = {
@@ -275,13 +316,13 @@ def _train(ns: argparse.Namespace) -> int:
             "name": f"emostream-{ns.engine}",
             "version": VERSION,
             "max_window": ns.max_window,
+            "future": ns.future,
             "model": cfg.to_dict(),
-            "loss": asdict(weights),
             "train": train_args,
             "dataset": ns.dataset,
         },
     )
-    artifact.write_json(out_dir, artifact.LABELS, list(EMOTIONS))
+    artifact.write_json(out_dir, artifact.LABELS, list(label_names))
     features: dict[str, Any] = {
         "spec": {"text_dim": spec.text_dim, "audio_dim": spec.audio_dim, "video_dim": spec.video_dim}
     }
@@ -289,6 +330,8 @@ def _train(ns: argparse.Namespace) -> int:
         features["text"] = {"model_id": text_enc.config.model_id, "dim": text_enc.dim, "normalise_text": True}
     if audio_ex is not None:
         features["audio"] = {**audio_ex.to_dict(), "id": audio_ex.id}
+    if pre is not None:
+        features["precomputed"] = {"dataset": ns.dataset, "note": "features come with the data (feature pickle)"}
     features["normaliser"] = normaliser
     artifact.write_json(out_dir, artifact.FEATURES, features)
     onnx_spec = export_onnx(net, spec, out_dir / artifact.ONNX)

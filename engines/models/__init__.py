@@ -1,1 +1,76 @@
-"""PyTorch engine models (training and export only; the service runs the exported graph)."""
+"""The engines' PyTorch models, by engine name.
+
+Every model module (``engines/models/<module>.py``) provides the same two names:
+
+- ``Config``: a dataclass with at least the fields ``text_dim, audio_dim, video_dim, d_model,
+  n_heads, n_layers, dropout, max_window, causal, n_classes, input_noise, input_mask`` (the last
+  two: one float per modality), methods ``to_dict()`` and ``active()`` (indices into MODALITIES of
+  the modalities with inputs), and its own hyper-parameters with defaults.
+- ``Net(cfg)``: an ``nn.Module`` with attributes ``cfg`` and ``active``, and methods
+
+  - ``forward(text, audio, video, present, speakers, valid, target) -> dict`` following
+    :class:`engines.interface.EngineBatch` (a modality of size 0 comes as ``None``), with at
+    least ``logits`` (B, C), ``sentiment`` (B,) in [-1, 1] and ``weights`` (B, 3) (per-modality
+    weights, 0 for modalities absent at the target, summing to 1 over the present ones);
+  - ``training_loss(inputs, labels, sentiment) -> dict`` of loss terms with their weighted sum
+    under ``"loss"`` (``inputs``: the forward keyword arguments; a model with augmented views
+    runs forward as often as it needs);
+  - ``set_normaliser(modality, mean, std)``: train-set feature statistics kept as buffers.
+
+With ``causal`` a target never attends to later utterances of its window, whatever the window
+holds; otherwise it uses the future utterances the window gives it (revised events).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from types import ModuleType
+from typing import Any
+
+from engines.errors import ArtifactError
+
+#: engine name (command line, config.json) -> model module
+ENGINES: dict[str, str] = {
+    "relevance": "engines.models.relevance",
+    "joyful": "engines.models.joyful",
+    "unimse": "engines.models.unimse",
+    "foal-net": "engines.models.foalnet",
+}
+
+
+def model_module(engine: str) -> ModuleType:
+    if engine not in ENGINES:
+        raise ArtifactError(f"unknown engine {engine!r}; known: {tuple(ENGINES)}")
+    return importlib.import_module(ENGINES[engine])
+
+
+def available_engines() -> tuple[str, ...]:
+    """Engines whose model module exists in this checkout."""
+    out = []
+    for name, mod in ENGINES.items():
+        if importlib.util.find_spec(mod) is not None:
+            out.append(name)
+    return tuple(out)
+
+
+def make_config(engine: str, values: dict[str, Any]) -> Any:
+    """The engine's ``Config`` from ``values``; keys it does not know are an error."""
+    cls = model_module(engine).Config
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ArtifactError(f"engine {engine!r} has no settings {unknown}; it has {sorted(known)}")
+    return cls(**values)
+
+
+def config_fields(engine: str) -> dict[str, Any]:
+    """Field name -> default of the engine's ``Config``."""
+    cls = model_module(engine).Config
+    return {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def build_model(engine: str, config: dict[str, Any]) -> Any:
+    """A fresh ``Net`` of ``engine`` (train mode) for a config dict as stored in config.json."""
+    return model_module(engine).Net(make_config(engine, config))

@@ -19,7 +19,7 @@ Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 import torch
@@ -47,6 +47,7 @@ class RelevanceConfig:
     proj_dim: int = 64  # contrastive projection size
     input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
     input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
+    loss: dict[str, float] = field(default_factory=dict)  # LossWeights overrides
 
     def __post_init__(self) -> None:
         self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
@@ -165,6 +166,11 @@ class RelevanceNet(nn.Module):
         self.contrast = nn.ModuleList([nn.Linear(d, cfg.proj_dim) for _ in self.active])
         nn.init.normal_(self.modality_emb, std=0.02)
 
+    def training_loss(self, inputs: dict[str, Any], labels: Tensor, sentiment: Tensor) -> dict[str, Tensor]:
+        from engines.models.losses import LossWeights, total_loss
+
+        return total_loss(self(**inputs), labels, sentiment, LossWeights(**self.cfg.loss))
+
     def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
         p = cast(Projector, self.proj[modality])
         assert mean.shape == p.mean.shape and std.shape == p.std.shape, (mean.shape, p.mean.shape)
@@ -251,18 +257,6 @@ class RelevanceNet(nn.Module):
         }
 
 
-class ExportWrapper(nn.Module):
-    """The graph that is exported: named inputs of the spec in, (logits, probs, sentiment, weights) out."""
-
-    def __init__(self, net: RelevanceNet) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        names = [MODALITIES[m] for m in self.net.active] + ["present", "speakers", "valid", "target"]
-        kw = dict(zip(names, inputs, strict=True))
-        out = self.net(
-            kw.get("text"), kw.get("audio"), kw.get("video"), kw["present"], kw["speakers"], kw["valid"], kw["target"]
-        )
-        logits = out["logits"]
-        return logits, torch.softmax(logits, dim=-1), out["sentiment"], out["weights"]
+# the names every model module provides (engines.models)
+Config = RelevanceConfig
+Net = RelevanceNet

@@ -12,7 +12,7 @@ from engines.interface import MODALITIES, EngineBatch, EngineInfo, EngineOutput
 
 
 def torch_inputs(batch: EngineBatch, dims: dict[str, int], device: str = "cpu") -> dict[str, Any]:
-    """EngineBatch -> keyword tensors for :meth:`RelevanceNet.forward`."""
+    """EngineBatch -> keyword tensors for a model's ``forward`` (:mod:`engines.models`)."""
     import torch
 
     def f32(a: np.ndarray) -> Any:
@@ -31,7 +31,9 @@ def torch_inputs(batch: EngineBatch, dims: dict[str, int], device: str = "cpu") 
 class TorchEngine:
     """Implements :class:`engines.interface.Engine` with the PyTorch model (CPU or CUDA)."""
 
-    def __init__(self, model_dir: str | Path | None = None, net: Any = None, device: str = "cpu") -> None:
+    def __init__(
+        self, model_dir: str | Path | None = None, net: Any = None, device: str = "cpu", labels: Any = None
+    ) -> None:
         if net is None:
             assert model_dir is not None, "give model_dir or net"
             self.model_dir = artifact.resolve_model_dir(model_dir)
@@ -42,8 +44,9 @@ class TorchEngine:
 
             c = net.cfg
             self.info = EngineInfo(
-                "relevance",
+                type(net).__module__.rsplit(".", 1)[-1],
                 "dev",
+                labels=tuple(labels) if labels else tuple(f"class{i}" for i in range(c.n_classes)),
                 features=FeatureSpec(c.text_dim, c.audio_dim, c.video_dim),
                 max_window=c.max_window,
                 runtime="torch",

@@ -1,0 +1,175 @@
+"""Building blocks shared by the engines other than ``relevance`` (which keeps its own copy).
+
+Everything here is dense (matmuls, masks, one-hot selection): no scatter, no data-dependent
+control flow, so graphs export to ONNX with dynamic batch (B) and window (W) axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engines.interface import MODALITIES
+from engines.models.relevance import NEG, Projector
+
+__all__ = [
+    "NEG",
+    "Block",
+    "MaskedAttention",
+    "Projector",
+    "WindowContext",
+    "active_modalities",
+    "expand_weights",
+    "info_nce",
+    "masked_softmax",
+    "sentiment_mse",
+    "set_normaliser",
+    "supcon",
+    "window_context",
+]
+
+
+def active_modalities(dims: tuple[int, int, int]) -> list[int]:
+    """Indices (into MODALITIES) of the modalities with a non-empty input."""
+    return [i for i, d in enumerate(dims) if d > 0]
+
+
+def set_normaliser(proj: nn.ModuleDict, modality: str, mean: Tensor, std: Tensor) -> None:
+    """Copy train-set statistics into a modality's :class:`Projector` buffers."""
+    p = cast(Projector, proj[modality])
+    assert mean.shape == p.mean.shape and std.shape == p.std.shape, (mean.shape, p.mean.shape)
+    p.mean.copy_(mean)
+    p.std.copy_(std.clamp(min=1e-6))
+
+
+class WindowContext:
+    """Positions, target selection and pair masks of a batch of windows (all float tensors)."""
+
+    def __init__(self, valid: Tensor, speakers: Tensor, target: Tensor, causal: bool) -> None:
+        valid = valid.float()  # (B, W)
+        self.valid = valid
+        self.pos = torch.cumsum(torch.ones_like(valid), dim=1) - 1.0  # (B, W) 0..W-1
+        self.onehot = (self.pos == target[:, None].float()).float()  # (B, W) selects the target
+        self.rel = target[:, None].float() - self.pos  # (B, W) > 0 before the target
+        pi, pj = self.pos[:, :, None], self.pos[:, None, :]
+        self.past = (pj < pi).float()  # (B, W, W) key strictly before query
+        self.future = (pj > pi).float()  # (B, W, W)
+        self.eye = (pj == pi).float()  # (B, W, W)
+        self.same = (speakers[:, :, None] == speakers[:, None, :]).float()  # (B, W, W)
+        pair = valid[:, :, None] * valid[:, None, :]  # (B, W, W)
+        self.allowed = pair * (1.0 - self.future) if causal else pair  # (B, W, W) query i may see key j
+        spk_t = (self.onehot * speakers.float()).sum(1, keepdim=True)  # (B, 1)
+        self.same_t = (speakers.float() == spk_t).long()  # (B, W) same speaker as the target
+
+    def at_target(self, x: Tensor) -> Tensor:
+        """(B, W, ...) -> (B, ...) the target's row."""
+        shape = self.onehot.shape + (1,) * (x.dim() - 2)
+        return (x * self.onehot.reshape(shape)).sum(1)
+
+
+def window_context(valid: Tensor, speakers: Tensor, target: Tensor, causal: bool) -> WindowContext:
+    return WindowContext(valid, speakers, target, causal)
+
+
+def masked_softmax(scores: Tensor, keep: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over ``dim`` restricted to ``keep`` (0/1); rows with nothing kept give all zeros."""
+    scores = scores + (1.0 - keep) * NEG
+    e = torch.exp(scores - scores.max(dim=dim, keepdim=True).values) * keep
+    return e / e.sum(dim, keepdim=True).clamp(min=1e-12)
+
+
+def expand_weights(w_active: Tensor, active: list[int]) -> Tensor:
+    """(B, M) weights over the active modalities -> (B, 3) in MODALITIES order, 0 elsewhere."""
+    zero = torch.zeros_like(w_active[:, 0])
+    cols = [w_active[:, active.index(m)] if m in active else zero for m in range(len(MODALITIES))]
+    return torch.stack(cols, dim=1)
+
+
+class MaskedAttention(nn.Module):
+    """Multi-head attention, queries from ``x``, keys/values from ``kv``, additive 0/1 mask."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        assert d % n_heads == 0, (d, n_heads)
+        self.h, self.dh = n_heads, d // n_heads
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, kv: Tensor, allowed: Tensor, bias: Tensor | None = None) -> Tensor:
+        n, wq, d = x.shape  # (N, Wq, d)
+        wk = kv.shape[1]
+        q = self.q(x).reshape(n, wq, self.h, self.dh).transpose(1, 2)  # (N, H, Wq, dh)
+        k, v = self.kv(kv).reshape(n, wk, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)  # (N, H, Wk, dh) each
+        scores = q @ k.transpose(-1, -2) / (self.dh**0.5)  # (N, H, Wq, Wk)
+        if bias is not None:
+            scores = scores + bias
+        scores = scores + (1.0 - allowed[:, None]) * NEG
+        attn = self.drop(torch.softmax(scores, dim=-1) * allowed[:, None].amax(-1, keepdim=True))
+        y = (attn @ v).transpose(1, 2).reshape(n, wq, d)  # (N, Wq, d)
+        return self.out(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``kv`` (cross-attention) defaults to ``x`` (self-attention)."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float, ff_mult: int = 2) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d)
+        self.ln_kv = nn.LayerNorm(d)
+        self.attn = MaskedAttention(d, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff_mult * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * d, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, allowed: Tensor, kv: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        q = self.ln1(x)
+        k = q if kv is None else self.ln_kv(kv)
+        x = x + self.drop(self.attn(q, k, allowed, bias))  # (N, W, d)
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+def info_nce(a: Tensor, b: Tensor, keep: Tensor, temp: float) -> Tensor:
+    """Symmetric InfoNCE between rows of ``a`` and ``b`` (N, P): row i of each is the positive
+    pair, the other kept rows are negatives. ``keep`` (N,) 0/1; 0 when fewer than two rows."""
+    if int(keep.sum()) < 2:
+        return a.sum() * 0.0
+    za, zb = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    sim = za @ zb.T / temp  # (N, N)
+    sim = sim + (1.0 - keep[None, :]) * NEG
+    eye = torch.eye(a.shape[0], device=a.device)
+    l1 = -(torch.log_softmax(sim, dim=1) * eye).sum(1)  # (N,)
+    l2 = -(torch.log_softmax(sim.T + (1.0 - keep[None, :]) * NEG, dim=1) * eye).sum(1)
+    return ((l1 + l2) * 0.5 * keep).sum() / keep.sum()
+
+
+def supcon(z: Tensor, y: Tensor, keep: Tensor, temp: float, group: Tensor | None = None) -> Tensor:
+    """Supervised contrastive loss (Khosla et al.) over rows of ``z`` (N, P) with labels ``y`` (N,).
+
+    Positives of an anchor: other kept rows with the same label. With ``group`` (N,) set, only
+    rows of a *different* group (e.g. another modality) count as positives and negatives, which
+    makes it a cross-modal alignment loss.
+    """
+    n = z.shape[0]
+    zz = F.normalize(z, dim=-1)
+    sim = zz @ zz.T / temp  # (N, N)
+    eye = torch.eye(n, device=z.device)
+    cand = keep[None, :] * keep[:, None] * (1.0 - eye)  # (N, N)
+    if group is not None:
+        cand = cand * (group[:, None] != group[None, :]).float()
+    pos = cand * (y[:, None] == y[None, :]).float()
+    n_pos = pos.sum(1)
+    ok = (n_pos > 0).float() * keep
+    if float(ok.sum()) < 1:
+        return z.sum() * 0.0
+    logprob = sim - torch.logsumexp(sim + (1.0 - cand) * NEG, dim=1, keepdim=True)  # (N, N)
+    per = -(logprob * pos).sum(1) / n_pos.clamp(min=1.0)  # (N,)
+    return (per * ok).sum() / ok.sum()
+
+
+def sentiment_mse(out: dict[str, Any], sentiment: Tensor) -> Tensor:
+    return F.mse_loss(out["sentiment"], sentiment.float())
