@@ -27,12 +27,14 @@ SPEC = "spec.json"
 METRICS = "metrics.json"
 ONNX = "model.onnx"
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_DIR = MODELS_DIR / "default"
+SHIPPED: tuple[str, ...] = ("default", "revised")  # names of the artifacts under models/
 
 
 def resolve_model_dir(model_dir: str | Path) -> Path:
-    """``"default"`` -> the shipped ``models/default``; otherwise the path, which must exist."""
-    path = DEFAULT_DIR if str(model_dir) == "default" else Path(model_dir)
+    """``"default"`` / ``"revised"`` -> the shipped ``models/<name>``; otherwise the path, which must exist."""
+    path = MODELS_DIR / str(model_dir) if str(model_dir) in SHIPPED else Path(model_dir)
     if not (path / CONFIG).is_file():
         raise ArtifactError(f"not a model artifact (no {CONFIG}): {path}")
     return path
@@ -72,6 +74,7 @@ def engine_info(model_dir: Path, runtime: str) -> EngineInfo:
         features=feature_spec(model_dir),
         max_window=int(cfg.get("max_window", cfg.get("model", {}).get("max_window", 12))),
         runtime=runtime,
+        future=int(cfg.get("future", 0)),
     )
 
 

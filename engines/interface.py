@@ -81,6 +81,7 @@ class EngineInfo:
     features: FeatureSpec = field(default_factory=FeatureSpec)
     max_window: int = 12
     runtime: str = "onnxruntime"
+    future: int = 0  # later utterances the model was trained to use (0: causal)
 
 
 @runtime_checkable

@@ -84,6 +84,10 @@ def sentiment_label(score: float) -> str:
     return "positive" if score > 0.2 else "negative" if score < -0.2 else "neutral"
 
 
+def _model_ref(engine: Engine) -> ModelRef:
+    return ModelRef(name=engine.info.name, version=engine.info.version, runtime=engine.info.runtime)
+
+
 @dataclass(frozen=True)
 class _Row:
     """One engine input row: label ``window[target]``; revision 0 is the provisional event of a new
@@ -108,15 +112,26 @@ class Processor:
     """``future`` > 0 turns on revised events: each utterance is labelled again, with ``future``
     later utterances of its call as context, once they have arrived (or when the call ends)."""
 
-    def __init__(self, engine: Engine, featurizer: Featurizer, store: ContextStore, future: int = 0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        featurizer: Featurizer,
+        store: ContextStore,
+        future: int = 0,
+        revision_engine: Engine | None = None,
+    ) -> None:
         self.engine = engine
+        self.revision_engine = revision_engine or engine  # labels revisions (trained with future context)
+        assert tuple(self.revision_engine.info.labels) == tuple(engine.info.labels)
+        assert self.revision_engine.info.features == engine.info.features
         self.featurizer = featurizer
         self.store = store
         self.future = future
         self.dims = engine.info.features.dims()
-        self.max_window = min(engine.info.max_window, store.window + 1)
+        self.max_window = min(engine.info.max_window, self.revision_engine.info.max_window, store.window + 1)
         assert self.future < self.max_window, (future, self.max_window)
-        self.model_ref = ModelRef(name=engine.info.name, version=engine.info.version, runtime=engine.info.runtime)
+        self.model_ref = _model_ref(engine)
+        self.revision_model_ref = _model_ref(self.revision_engine)
 
     async def run(self, utts: list[Utterance]) -> BatchOutcome:
         """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet."""
@@ -165,11 +180,20 @@ class Processor:
     def _predict(self, rows: list[_Row], started: float, appends: dict[str, list[ContextItem]]) -> BatchOutcome:
         if not rows:
             return BatchOutcome(appends=appends)
-        out = self.engine.predict(
-            build_batch([r.window for r in rows], self.engine.info.features, [r.target for r in rows])
-        )
+        # provisional rows and revisions go to their engines (the same one unless a revision model is set)
+        groups = [[i for i, r in enumerate(rows) if r.revision == 0], [i for i, r in enumerate(rows) if r.revision > 0]]
+        if self.revision_engine is self.engine:
+            groups = [list(range(len(rows)))]
+        outs: dict[int, tuple[EngineOutput, int]] = {}
+        for idx in groups:
+            if not idx:
+                continue
+            engine = self.engine if rows[idx[0]].revision == 0 else self.revision_engine
+            batch = build_batch([rows[i].window for i in idx], engine.info.features, [rows[i].target for i in idx])
+            out = engine.predict(batch)
+            outs.update({i: (out, k) for k, i in enumerate(idx)})
         done = time.monotonic()
-        events = [(self._event(r, out, i, started, done), r.trigger) for i, r in enumerate(rows)]
+        events = [(self._event(r, *outs[i], started, done), r.trigger) for i, r in enumerate(rows)]
         return BatchOutcome(events=events, appends=appends, engine_s=done - started)
 
     def _event(self, row: _Row, out: EngineOutput, i: int, started: float, done: float) -> EmotionEvent:
@@ -200,7 +224,7 @@ class Processor:
             sentiment_label=sentiment_label(sentiment),  # type: ignore[arg-type]
             weights={m: round(float(w), 6) for m, w in zip(MODALITIES, out.weights[i], strict=True)},
             modalities_present=present,  # type: ignore[arg-type]
-            model=self.model_ref,
+            model=self.revision_model_ref if row.revision > 0 else self.model_ref,
             context_size=len(row.window),
             future_context=row.future,
             timings=Timings(

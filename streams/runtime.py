@@ -50,10 +50,37 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     return engine, ModelFeaturizer(extractors)
 
 
+def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
+    """(engine for revised events, k future utterances) from settings; (None, k) without a revision model."""
+    from engines import artifact
+    from engines.errors import EngineError
+    from engines.registry import load_engine
+
+    path = settings.revision_model_dir()
+    if path is None:
+        return None, settings.engine.future
+    try:
+        revision = load_engine(path)
+        same = artifact.read_json(path, artifact.FEATURES) == artifact.read_json(
+            settings.model_dir(), artifact.FEATURES
+        )
+    except (EngineError, FileNotFoundError) as exc:
+        raise ConfigError(f"cannot load revision model from {path}: {exc}") from exc
+    if not same or tuple(revision.info.labels) != tuple(engine.info.labels):
+        raise ConfigError(
+            f"revision model {path} does not use the same features and labels as the model {settings.model_dir()}"
+        )
+    future = settings.engine.future or revision.info.future
+    if future == 0:
+        raise ConfigError(f"revision model {path} was trained causal (future 0): set engine.future to use it")
+    return revision, future
+
+
 def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) -> Worker:
     import redis.asyncio as aioredis
 
     engine, featurizer = load_model(settings)
+    revision, future = load_revision_model(settings, engine)
     featurizer.warm_up()
     client = aioredis.from_url(settings.redis.url.get_secret_value())
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
@@ -67,4 +94,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
         settings.metrics.host,
         port,
     )
-    return Worker(settings, Processor(engine, featurizer, store, future=settings.engine.future), metrics, send)
+    if revision is not None:
+        log.info("revised events after %d later utterances by %s %s", future, revision.info.name, revision.info.version)
+    processor = Processor(engine, featurizer, store, future=future, revision_engine=revision)
+    return Worker(settings, processor, metrics, send)

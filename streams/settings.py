@@ -66,7 +66,16 @@ class EngineSettings(_Section):
     model: str = "default"  # 'default' = the shipped model in models/default, or a path
     max_batch: int = Field(32, ge=1)
     max_wait_s: float = Field(0.05, ge=0)
-    future: int = Field(0, ge=0, description="k future utterances for revised events (0: none)")
+    future: int = Field(
+        0,
+        ge=0,
+        description="k future utterances for revised events (0: none, or the revision model's own k when it is set)",
+    )
+    revision_model: str | None = Field(
+        None,
+        description="artifact trained with --future k that labels revised events ('revised' = the shipped one); "
+        "unset: the main model labels them too",
+    )
 
 
 class LimitSettings(_Section):
@@ -92,9 +101,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     def model_dir(self) -> Path:
-        if self.engine.model == "default":
-            return REPO_ROOT / "models" / "default"
-        return Path(self.engine.model).expanduser().resolve()
+        return _model_path(self.engine.model)
+
+    def revision_model_dir(self) -> Path | None:
+        return None if self.engine.revision_model is None else _model_path(self.engine.revision_model)
+
+
+def _model_path(name: str) -> Path:
+    """'default' / 'revised': the shipped artifacts under models/; anything else is a path."""
+    if name in ("default", "revised"):
+        return REPO_ROOT / "models" / name
+    return Path(name).expanduser().resolve()
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

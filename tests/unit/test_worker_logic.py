@@ -259,3 +259,48 @@ def test_revised_events_once_k_later_utterances_or_the_end_arrived() -> None:
         assert log[-1] == "ack end" and store.released == ["c"]
 
     asyncio.run(scenario())
+
+
+def test_a_revision_model_labels_the_revisions() -> None:
+    """With a revision engine (trained with future context) the provisional events come from the
+    main engine and the revisions from the revision engine, each batch holding only its rows."""
+
+    class RevisionEngine(FakeEngine):
+        info = EngineInfo(
+            name="fake-revised", version="1", features=FeatureSpec(text_dim=4, audio_dim=3), max_window=4, future=1
+        )
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",), wait_s=1.0)
+        revised = RevisionEngine()
+        w.processor = Processor(engine, FakeFeaturizer(), store, future=1, revision_engine=revised)
+        t = w.settings.kafka.topics
+        for i in range(3):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, "AB"[i % 2]), Handle(log, f"t{i}"))
+            await w.pump()
+        got = [(e.utterance_id, e.revision, e.model.name) for e in events(sent)]
+        assert got == [
+            ("u0", 0, "fake"), ("u1", 0, "fake"), ("u0", 1, "fake-revised"),
+            ("u2", 0, "fake"), ("u1", 1, "fake-revised"),
+        ]  # fmt: skip
+        assert len(engine.batches) == 3 and len(revised.batches) == 2
+        assert [b.target.tolist() for b in revised.batches] == [[0], [1]]  # u1's window: u0 u1 u2
+
+    asyncio.run(scenario())
+
+
+def test_revision_model_settings(tmp_path: Any) -> None:
+    import pytest
+
+    from engines.registry import load_engine
+    from streams.errors import ConfigError
+    from streams.runtime import load_revision_model
+
+    main = load_engine("default")
+    assert load_revision_model(Settings(), main) == (None, 0)
+    with pytest.raises(ConfigError, match="trained causal"):
+        load_revision_model(Settings(engine={"revision_model": "default"}), main)
+    engine, k = load_revision_model(Settings(engine={"revision_model": "default", "future": 2}), main)
+    assert k == 2 and engine.info.labels == main.info.labels
+    with pytest.raises(ConfigError, match="cannot load revision model"):
+        load_revision_model(Settings(engine={"revision_model": str(tmp_path)}), main)
