@@ -16,8 +16,9 @@ from pathlib import Path
 
 from engines import artifact
 from engines.errors import ArtifactError
-from engines.features.audio import AudioFeatureConfig, AudioFeatureExtractor
-from engines.features.text import TextEncoder, TextEncoderConfig
+from engines.features.audio import AudioFeatureExtractor
+from engines.features.factory import audio_extractor_from_dict, text_encoder_from_dict
+from engines.features.text import TextEncoder
 from engines.interface import Engine, FeatureSpec
 
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
@@ -38,7 +39,12 @@ def load_engine(model_dir: str | Path = "default", runtime: str = "onnxruntime")
 
 @dataclass
 class Extractors:
-    """The feature extractors an artifact was trained with (``None`` for an unused modality)."""
+    """The feature extractors an artifact was trained with (``None`` for an unused modality).
+
+    ``text`` is a :class:`TextEncoder` (MiniLM, or its subclass for multilingual-e5-small) and
+    ``audio`` an :class:`AudioFeatureExtractor` (torch functionals, or openSMILE eGeMAPS), as the
+    artifact's ``features.json`` names them by "kind" (see :mod:`engines.features.factory`).
+    """
 
     spec: FeatureSpec
     text: TextEncoder | None
@@ -46,23 +52,22 @@ class Extractors:
 
 
 def load_extractors(model_dir: str | Path = "default", device: str = "cpu") -> Extractors:
-    """Extractors matching the artifact's ``features.json`` (models load lazily on first use)."""
+    """Extractors matching the artifact's ``features.json`` (models load lazily on first use).
+
+    Raises :class:`ArtifactError` for a description that does not match what can be built, and
+    :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
+    """
     path = artifact.resolve_model_dir(model_dir)
     meta = artifact.read_json(path, artifact.FEATURES)
     spec = artifact.feature_spec(path)
     text = None
     if spec.text_dim > 0:
-        t = meta.get("text", {})
-        text = TextEncoder(
-            TextEncoderConfig(model_id=t.get("model_id", TextEncoderConfig.model_id), dim=spec.text_dim), device=device
-        )
+        text = text_encoder_from_dict(meta.get("text", {}), dim=spec.text_dim, device=device)
     audio = None
     if spec.audio_dim > 0:
-        a = dict(meta.get("audio", {}))
-        want_id = a.pop("id", None)
-        for k in ("name", "dim"):
-            a.pop(k, None)
-        audio = AudioFeatureExtractor(AudioFeatureConfig(**a), device=device)
+        a = meta.get("audio", {})
+        audio = audio_extractor_from_dict(a, device=device)
+        want_id = a.get("id")
         if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):
             raise ArtifactError(
                 f"{path}: audio extractor {audio.id} (dim {audio.dim}) does not match {want_id} (dim {spec.audio_dim})"

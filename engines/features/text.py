@@ -98,6 +98,8 @@ class TextEncoderConfig:
 class TextEncoder:
     """``encode(texts) -> (N, 384) float32``; the model is loaded on first use."""
 
+    kind = "minilm"  # its name for engines.features.make_text_encoder and features.json "text.kind"
+
     def __init__(
         self,
         config: TextEncoderConfig | None = None,
@@ -109,6 +111,10 @@ class TextEncoder:
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self._device = device
         self._model: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The description ``features.json`` keeps under "text" (rebuilt by ``text_encoder_from_dict``)."""
+        return {"kind": self.kind, "model_id": self.config.model_id, "dim": self.dim, "normalise_text": True}
 
     def _load(self) -> Any:
         if self._model is None:
