@@ -1,7 +1,18 @@
 """``emostream evaluate``: figures of an artifact (run by ONNX Runtime) on a dataset split.
 
 Prints one JSON object: weighted_f1, accuracy, macro_f1, n, per_class_f1, mean_weights (mean
-relevance weight per modality), plus what was evaluated.
+relevance weight per modality), sentiment_mae, plus what was evaluated (model, dataset, split,
+modalities, future, seed) and ``corrupt`` (null unless asked for).
+
+- ``--future K``: windows hold up to K later utterances of the dialogue (``prepare(future=K)``).
+  The past a window keeps is the model's own: a model trained with ``future = F`` (config.json;
+  0 for a causal one) keeps ``max_window - 1 - min(F, k)`` earlier utterances, k being the later
+  ones the window got. So a model evaluated with its own K sees exactly its training (and the
+  stream's) windows, and a causal model keeps its whole causal past: its figures do not depend on K.
+- ``--corrupt audio=0.5``: that fraction of utterances gets the audio of another emotion
+  (:mod:`engines.corrupt`); ``corrupt`` then reports the figures and mean modality weights of the
+  corrupted and of the clean utterances apart (a clean utterance may have corrupted context).
+- ``--plot FILE.png``: the confusion matrix, counts and row-normalised (:mod:`engines.plot`).
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import numpy as np
 
 from engines.interface import MODALITIES, Engine
 from engines.prepare import Prepared
+from engines.windows import WindowIndex
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -30,7 +42,18 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "--modalities", default=None, help="comma-separated subset to feed (e.g. 'text'); default: all the data has"
     )
     parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
-    parser.add_argument("--seed", type=int, default=0, help="composite clip assignment seed")
+    parser.add_argument("--seed", type=int, default=0, help="composite clip assignment and --corrupt seed")
+    parser.add_argument(
+        "--future", type=int, default=0, help="K later utterances of context per window (0: causal windows)"
+    )
+    parser.add_argument(
+        "--corrupt",
+        default=None,
+        metavar="MODALITY=FRACTION",
+        help="give that fraction of utterances the input of another emotion (audio: a RAVDESS clip of the "
+        "same split, same actor when possible; text: another utterance's text), e.g. audio=0.5",
+    )
+    parser.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix there")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
@@ -55,10 +78,12 @@ def predict_prepared(
     return np.concatenate(probs), np.concatenate(sent), np.concatenate(weights)
 
 
-def evaluate_engine(engine: Engine, data: Prepared, modalities: Sequence[str], batch_size: int = 256) -> dict[str, Any]:
+def score_engine(
+    engine: Engine, data: Prepared, modalities: Sequence[str], batch_size: int = 256
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """(report, predicted class (N,), weights (N, 3)) of ``engine`` on every window of ``data``."""
     from engines.metrics import classification_report
 
-    probs, sent, weights = predict_prepared(engine, data, modalities, batch_size)
     if tuple(engine.info.labels) != tuple(data.label_names):
         from engines.errors import DatasetError
 
@@ -66,42 +91,98 @@ def evaluate_engine(engine: Engine, data: Prepared, modalities: Sequence[str], b
             f"the model's labels {engine.info.labels} are not the dataset's {data.label_names}: "
             "evaluate a model on a dataset with its label set"
         )
-    report = classification_report(data.labels, probs.argmax(1), weights, data.label_names)
+    probs, sent, weights = predict_prepared(engine, data, modalities, batch_size)
+    pred = probs.argmax(1)
+    report = classification_report(data.labels, pred, weights, data.label_names)
     report["sentiment_mae"] = round(float(np.abs(sent - data.sentiment).mean()), 4)
-    return report
+    return report, pred, weights
 
 
-def run_evaluate(ns: argparse.Namespace) -> int:
+def evaluate_engine(engine: Engine, data: Prepared, modalities: Sequence[str], batch_size: int = 256) -> dict[str, Any]:
+    """The figures of ``engine`` on ``data`` fed ``modalities`` (see :func:`score_engine`)."""
+    return score_engine(engine, data, modalities, batch_size)[0]
+
+
+def model_future(model: str) -> int | None:
+    """Later utterances the artifact was trained with (config.json ``future``; 0 for a causal model
+    without it; None for a non-causal one that does not say)."""
+    from engines import artifact
+
+    cfg = artifact.read_json(artifact.resolve_model_dir(model), artifact.CONFIG)
+    if cfg.get("future") is not None:
+        return int(cfg["future"])
+    return 0 if cfg.get("model", {}).get("causal", True) else None
+
+
+def context_windows(windows: WindowIndex, speakers: Sequence[str], max_window: int, trained_future: int) -> WindowIndex:
+    """Windows of ``dialogue_windows(..., max_window + K, future=K)`` cut to the past a model trained
+    with ``trained_future`` keeps: ``max_window - 1 - min(trained_future, k)`` earlier utterances
+    for a window holding k later ones. ``speakers``: the flat utterances' speaker names."""
+    from engines.windows import local_speakers
+
+    n, width = windows.utt.shape
+    utt = np.full((n, width), -1, dtype=np.int64)
+    spk = np.zeros((n, width), dtype=np.int64)
+    target = np.zeros((n,), dtype=np.int64)
+    for r in range(n):
+        row, t = windows.utt[r], int(windows.target[r])
+        first = int((row >= 0).argmax())  # windows are left-padded
+        later = width - 1 - t
+        keep = min(t - first, max(0, max_window - 1 - min(trained_future, later)))
+        idx = row[t - keep :]
+        pad = width - idx.shape[0]
+        utt[r, pad:] = idx
+        spk[r, pad:] = local_speakers([speakers[i] for i in idx.tolist()])
+        target[r] = pad + keep
+    return WindowIndex(utt, spk, target)
+
+
+def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
+    """The JSON report of ``emostream evaluate``; data and artifact problems raise ``EngineError``."""
     import torch
 
+    from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
-    from engines.errors import EngineError
+    from engines.errors import DatasetError
+    from engines.metrics import subset_report
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_engine, load_extractors
 
     torch.set_num_threads(ns.threads)
-    try:
-        engine = load_engine(ns.model, runtime=ns.runtime)
-        ex = load_extractors(ns.model)
-        dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
-        paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
-        table = AudioTable(paths, ex.audio, ns.cache_dir, progress=not ns.json) if (ex.audio and paths) else None
-        data = prepare(dialogues, ex.spec, ex.text, table, engine.info.max_window, ns.cache_dir, progress=not ns.json)
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    available = [m for m in MODALITIES if m in data.has and data.has[m].any()]
-    wanted = available if ns.modalities is None else [m.strip() for m in ns.modalities.split(",") if m.strip()]
-    bad = [m for m in wanted if m not in MODALITIES]
+    if ns.future < 0:
+        raise DatasetError(f"--future must be >= 0, got {ns.future}")
+    corrupt = parse_corrupt(ns.corrupt) if ns.corrupt is not None else None
+    asked = None if ns.modalities is None else [m.strip() for m in ns.modalities.split(",") if m.strip()]
+    bad = [m for m in asked or [] if m not in MODALITIES]
     if bad:
-        print(f"error: unknown modalities {bad}; known: {MODALITIES}", file=sys.stderr)
-        return 2
-    try:
-        report = evaluate_engine(engine, data, wanted, ns.batch_size)
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report = {
+        raise DatasetError(f"unknown modalities {bad}; known: {MODALITIES}")
+    if corrupt is not None and asked is not None and corrupt.modality not in asked:
+        raise DatasetError(f"--corrupt {corrupt.modality} needs {corrupt.modality} among --modalities {asked}")
+    engine = load_engine(ns.model, runtime=ns.runtime)
+    ex = load_extractors(ns.model)
+    trained_future = model_future(ns.model)
+    dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
+    corrupted: Corrupted | None = None
+    if corrupt is not None:
+        if getattr(ex, corrupt.modality) is None:
+            raise DatasetError(f"--corrupt {corrupt.modality}: the model has no {corrupt.modality} input")
+        clips = audio_pool(ns.dataset, ns.data_dir, ns.split) if corrupt.modality == "audio" else None
+        corrupted = corrupt_dialogues(dialogues, corrupt, ns.seed, clips)
+        dialogues = corrupted.dialogues
+    paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
+    table = AudioTable(paths, ex.audio, ns.cache_dir, progress=not ns.json) if (ex.audio and paths) else None
+    max_window = engine.info.max_window
+    data = prepare(
+        dialogues, ex.spec, ex.text, table, max_window + ns.future, ns.cache_dir, not ns.json, future=ns.future
+    )
+    if ns.future > 0:
+        names = [u.speaker for d in dialogues for u in d.utterances]
+        f = ns.future if trained_future is None else trained_future
+        data.windows = context_windows(data.windows, names, max_window, f)
+    available = [m for m in MODALITIES if m in data.has and data.has[m].any()]
+    wanted = available if asked is None else asked
+    report, pred, weights = score_engine(engine, data, wanted, ns.batch_size)
+    out: dict[str, Any] = {
         "model": str(ns.model),
         "engine": engine.info.name,
         "version": engine.info.version,
@@ -109,8 +190,50 @@ def run_evaluate(ns: argparse.Namespace) -> int:
         "dataset": ns.dataset,
         "split": ns.split,
         "modalities": wanted,
+        "future": ns.future,
+        "seed": ns.seed,
         **report,
+        "corrupt": None,
     }
+    if corrupted is not None and corrupt is not None:
+        m = corrupt.modality
+        bad_rows, good_rows = corrupted.mask, ~corrupted.mask
+        worse = subset_report(data.labels, pred, weights, bad_rows, data.label_names)
+        clean = subset_report(data.labels, pred, weights, good_rows, data.label_names)
+        w_bad, w_good = worse["mean_weights"][m], clean["mean_weights"][m]
+        out["corrupt"] = {
+            "modality": m,
+            "fraction": corrupt.fraction,
+            "seed": ns.seed,
+            "n_corrupted": worse["n"],
+            "n_clean": clean["n"],
+            "mean_weights_corrupted": worse["mean_weights"],
+            "mean_weights_clean": clean["mean_weights"],
+            f"{m}_weight_ratio": round(w_bad / w_good, 4) if w_bad is not None and w_good else None,
+            "weighted_f1_corrupted": worse["weighted_f1"],
+            "weighted_f1_clean": clean["weighted_f1"],
+            "accuracy_corrupted": worse["accuracy"],
+            "accuracy_clean": clean["accuracy"],
+        }
+    if ns.plot:
+        from engines.metrics import confusion_counts
+        from engines.plot import plot_confusion
+
+        cm = confusion_counts(data.labels, pred, len(data.label_names))
+        title = f"{engine.info.name} on {ns.dataset} {ns.split} ({'+'.join(wanted)}): W-F1 {report['weighted_f1']}"
+        out["plot"] = str(plot_confusion(cm, data.label_names, ns.plot, title))
+    return out
+
+
+def run_evaluate(ns: argparse.Namespace) -> int:
+    """Print the report; 0 on success, 2 on a data or artifact error (message on stderr)."""
+    from engines.errors import EngineError
+
+    try:
+        report = evaluate_model(ns)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(report) if ns.json else json.dumps(report, indent=2))
     return 0
 

@@ -31,3 +31,20 @@ def classification_report(
     if weights is not None:
         out["mean_weights"] = {m: round(float(weights[:, k].mean()), 4) for k, m in enumerate(MODALITIES)}
     return out
+
+
+def confusion_counts(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) int64 counts: row = true class, column = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y.astype(np.int64), pred.astype(np.int64)), 1)
+    return cm
+
+
+def subset_report(
+    y: np.ndarray, pred: np.ndarray, weights: np.ndarray, mask: np.ndarray, names: tuple[str, ...]
+) -> dict[str, Any]:
+    """weighted_f1, accuracy, n and mean weights of the utterances where ``mask`` holds."""
+    if not mask.any():
+        return {"weighted_f1": None, "accuracy": None, "n": 0, "mean_weights": dict.fromkeys(MODALITIES)}
+    rep = classification_report(y[mask], pred[mask], weights[mask], names)
+    return {k: rep[k] for k in ("weighted_f1", "accuracy", "n", "mean_weights")}

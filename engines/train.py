@@ -82,6 +82,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="composite only: keep one clip assignment instead of a new one per epoch",
     )
+    parser.add_argument(
+        "--corrupt-train",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="composite only: that fraction of training utterances (a new draw each epoch) gets the audio of "
+        "a clip of another emotion by the same actor, so the relevance loss teaches the model to "
+        "down-weight audio that contradicts the text (windows keep the target's text then)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
@@ -136,11 +145,17 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _modality_dropout(kw: dict[str, Any], active: list[int], p_window: float, p_context: float, gen: Any) -> None:
-    """Hide modalities in place: whole windows (one modality at most) and context utterances."""
+def _modality_dropout(
+    kw: dict[str, Any], active: list[int], p_window: float, p_context: float, gen: Any, keep_text: Any = None
+) -> None:
+    """Hide modalities in place: whole windows (one modality at most) and context utterances.
+
+    ``keep_text`` (B,) bool: windows whose target keeps its text (its audio contradicts it).
+    """
     import torch
 
     present = kw["present"]  # (B, W, 3)
+    text_t = present[..., 0].clone()  # (B, W)
     b, w, _ = present.shape
     onehot = torch.zeros(b, w)
     onehot[torch.arange(b), kw["target"]] = 1.0  # (B, W) training-side only, not exported
@@ -151,6 +166,9 @@ def _modality_dropout(kw: dict[str, Any], active: list[int], p_window: float, p_
             present[hit, :, m] = 0.0
     ctx = (torch.rand(b, w, len(MODALITIES), generator=gen) < p_context) & (onehot[..., None] < 0.5)
     present[ctx] = 0.0
+    if keep_text is not None and bool(keep_text.any()):
+        back = torch.maximum(present[..., 0], text_t * onehot)  # (B, W) the target's text restored
+        present[..., 0] = torch.where(keep_text[:, None], back, present[..., 0])
 
 
 def run_train(ns: argparse.Namespace) -> int:
@@ -170,10 +188,12 @@ def _train(ns: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engines import artifact
+    from engines.corrupt import CorruptSpec, corrupt_dialogues
     from engines.datasets import label_set, load_dataset
     from engines.datasets.composite import assign_clips
     from engines.datasets.pickles import precomputed_spec
     from engines.datasets.ravdess import load_ravdess_clips
+    from engines.errors import DatasetError
     from engines.evaluate import evaluate_engine
     from engines.export import export_onnx
     from engines.features.audio import AudioFeatureExtractor
@@ -184,6 +204,10 @@ def _train(ns: argparse.Namespace) -> int:
     from engines.runtime.torch import TorchEngine, torch_inputs
     from engines.windows import gather_batch
 
+    if not 0.0 <= ns.corrupt_train <= 1.0:
+        raise DatasetError(f"--corrupt-train must be in [0, 1], got {ns.corrupt_train}")
+    if ns.corrupt_train > 0 and ns.dataset != "meld-ravdess":
+        raise DatasetError("--corrupt-train needs the meld-ravdess composite (text with RAVDESS audio)")
     t0 = time.time()
     torch.set_num_threads(ns.threads)
     _seed_all(ns.seed)
@@ -251,9 +275,17 @@ def _train(ns: argparse.Namespace) -> int:
     subsets = [dev_modalities] + ([[m] for m in dev_modalities] if len(dev_modalities) > 1 else [])
     best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None}
     history = []
+    corrupted = np.zeros((train.n,), dtype=bool)  # (N,) training utterances with contradicting audio
     for epoch in range(ns.epochs):
-        if composite and table is not None and not ns.no_resample_audio and epoch > 0:
-            fresh = assign_clips(train_d, train_clips, ns.seed + 1000 * epoch)
+        resample = composite and table is not None and not ns.no_resample_audio and epoch > 0
+        if resample or ns.corrupt_train > 0:
+            assert table is not None
+            fresh = assign_clips(train_d, train_clips, ns.seed + 1000 * epoch) if resample else train_d
+            if ns.corrupt_train > 0:
+                swap = corrupt_dialogues(
+                    fresh, CorruptSpec("audio", ns.corrupt_train), ns.seed + 1000 * epoch + 1, train_clips
+                )
+                fresh, corrupted = swap.dialogues, swap.mask
             train.feats["audio"], train.has["audio"] = table.lookup(
                 [u.audio for d in fresh for u in d.utterances], spec.audio_dim
             )
@@ -264,7 +296,8 @@ def _train(ns: argparse.Namespace) -> int:
         for step in bar:
             rows = order[step * ns.batch_size : (step + 1) * ns.batch_size]
             kw = torch_inputs(gather_batch(train.windows, rows, train.feats, train.has, spec), spec.dims(), "cpu")
-            _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen)
+            keep_text = torch.from_numpy(corrupted[rows]) if ns.corrupt_train > 0 else None
+            _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen, keep_text)
             kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}
             y = torch.from_numpy(train.labels[rows]).to(ns.device)
             s = torch.from_numpy(train.sentiment[rows]).to(ns.device)

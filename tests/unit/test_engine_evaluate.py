@@ -1,0 +1,272 @@
+"""``emostream evaluate`` on real data with small real artifacts: JSON figures, --future, --corrupt,
+--plot and the errors of bad requests; ``train --corrupt-train`` checks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from engines.corrupt import CorruptSpec, audio_pool, corrupt_dialogues, parse_corrupt  # noqa: E402
+from engines.errors import DatasetError  # noqa: E402
+from engines.interface import EMOTIONS, MODALITIES, FeatureSpec  # noqa: E402
+
+MAX_WINDOW = 6
+CLEAN = ("weighted_f1", "accuracy", "macro_f1", "n", "per_class_f1", "sentiment_mae")
+
+
+def make_artifact(out: Path, causal: bool, future: int) -> Path:
+    """A small relevance artifact (text + audio, random weights) written as training writes one."""
+    from safetensors.torch import save_file
+
+    from engines import artifact
+    from engines.export import export_onnx
+    from engines.features.audio import AudioFeatureExtractor
+    from engines.features.text import TextEncoderConfig
+    from engines.models import build_model
+
+    audio = AudioFeatureExtractor()
+    spec = FeatureSpec(text_dim=384, audio_dim=audio.dim)
+    torch.manual_seed(1)
+    cfg = {"text_dim": 384, "audio_dim": audio.dim, "d_model": 32, "n_heads": 2, "n_layers": 1}
+    net = build_model("relevance", {**cfg, "max_window": MAX_WINDOW, "causal": causal, "dropout": 0.0}).eval()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / artifact.WEIGHTS))
+    config = {"engine": "relevance", "name": "emostream-relevance", "version": "test", "max_window": MAX_WINDOW}
+    artifact.write_json(out, artifact.CONFIG, {**config, "future": future, "model": net.cfg.to_dict()})
+    artifact.write_json(out, artifact.LABELS, list(EMOTIONS))
+    features = {
+        "spec": {"text_dim": 384, "audio_dim": audio.dim, "video_dim": 0},
+        "text": {"model_id": TextEncoderConfig.model_id, "dim": 384, "normalise_text": True},
+        "audio": {**audio.to_dict(), "id": audio.id},
+    }
+    artifact.write_json(out, artifact.FEATURES, features)
+    artifact.write_json(out, artifact.SPEC, export_onnx(net, spec, out / artifact.ONNX).to_dict())
+    return out
+
+
+@pytest.fixture(scope="module")
+def causal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_artifact(tmp_path_factory.mktemp("causal"), causal=True, future=0)
+
+
+@pytest.fixture(scope="module")
+def future_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_artifact(tmp_path_factory.mktemp("future2"), causal=False, future=2)
+
+
+def evaluate(capsys: pytest.CaptureFixture[str], model: Path, data: Path, *extra: str) -> dict[str, Any]:
+    from engines.evaluate import main
+
+    argv = ["--model", str(model), "--data-dir", str(data), "--threads", "1", "--json"]
+    if "--dataset" not in extra:
+        argv += ["--dataset", "meld-ravdess"]
+    code = main([*argv, *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+def evaluate_error(capsys: pytest.CaptureFixture[str], model: Path, data: Path, *extra: str) -> str:
+    from engines.evaluate import main
+
+    code = main(["--model", str(model), "--data-dir", str(data), "--threads", "1", "--json", *extra])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out, (code, out)
+    return err
+
+
+def test_json_report_and_plot(
+    causal_model: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "figs" / "cm.png"
+    rep = evaluate(capsys, causal_model, shared_data, "--plot", str(png))
+    assert rep["n"] == 1109 and rep["future"] == 0 and rep["corrupt"] is None
+    assert rep["modalities"] == ["text", "audio"]
+    assert set(rep["per_class_f1"]) == set(EMOTIONS)
+    assert all(0.0 <= rep[k] <= 1.0 for k in ("weighted_f1", "accuracy", "macro_f1"))
+    w = rep["mean_weights"]
+    assert set(w) == set(MODALITIES) and w["video"] == 0.0 and w["text"] > 0 and w["audio"] > 0
+    assert abs(w["text"] + w["audio"] - 1.0) < 1e-3  # every utterance has both
+    assert rep["plot"] == str(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    text_only = evaluate(capsys, causal_model, shared_data, "--modalities", "text")
+    assert text_only["mean_weights"] == {"text": 1.0, "audio": 0.0, "video": 0.0}
+
+
+def test_plot_confusion_counts(tmp_path: Path) -> None:
+    from engines.metrics import confusion_counts
+    from engines.plot import plot_confusion
+
+    cm = confusion_counts(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    path = plot_confusion(cm, ("a", "b", "c"), tmp_path / "cm.png", title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_causal_model_ignores_future(
+    causal_model: Path, future_model: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = evaluate(capsys, causal_model, shared_data)
+    for k in (1, 3, 8):
+        rep = evaluate(capsys, causal_model, shared_data, "--future", str(k))
+        assert rep["future"] == k
+        assert {x: rep[x] for x in CLEAN} == {x: base[x] for x in CLEAN}, k
+        for m in MODALITIES:
+            assert abs(rep["mean_weights"][m] - base["mean_weights"][m]) <= 1e-4
+    # The future does reach a non-causal model (so the invariance above is the causal mask's doing).
+    blind = evaluate(capsys, future_model, shared_data)
+    seeing = evaluate(capsys, future_model, shared_data, "--future", "2")
+    assert (blind["sentiment_mae"], blind["mean_weights"]) != (seeing["sentiment_mae"], seeing["mean_weights"])
+
+
+def test_context_windows_keep_the_models_past(shared_data: Path) -> None:
+    from engines.datasets import load_dataset
+    from engines.evaluate import context_windows
+    from engines.windows import dialogue_windows
+
+    dialogues = load_dataset("meld", shared_data, "dev")[:20]
+    names = [u.speaker for d in dialogues for u in d.utterances]
+    for k in (1, 2, 4):
+        wide = dialogue_windows(dialogues, MAX_WINDOW + k, future=k)
+        own = context_windows(wide, names, MAX_WINDOW, trained_future=k)  # a model trained with k
+        want = dialogue_windows(dialogues, MAX_WINDOW, future=k)  # = its training windows
+        trim = own.utt.shape[1] - MAX_WINDOW
+        assert (own.utt[:, :trim] == -1).all()
+        np.testing.assert_array_equal(own.utt[:, trim:], want.utt)
+        np.testing.assert_array_equal(own.speakers[:, trim:], want.speakers)
+        np.testing.assert_array_equal(own.target - trim, want.target)
+        causal = context_windows(wide, names, MAX_WINDOW, trained_future=0)
+        plain = dialogue_windows(dialogues, MAX_WINDOW, future=0)
+        for r in range(plain.utt.shape[0]):  # the causal past, then up to k later utterances
+            past = plain.utt[r][plain.utt[r] >= 0]
+            row = causal.utt[r][causal.utt[r] >= 0]
+            t = int(causal.target[r]) - int((causal.utt[r] < 0).sum())
+            np.testing.assert_array_equal(row[: t + 1], past)
+            assert len(row) - t - 1 == min(k, len(row) - t - 1) and row[t] == past[-1]
+
+
+def test_corrupt_report(causal_model: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rep = evaluate(capsys, causal_model, shared_data, "--corrupt", "audio=0.5", "--seed", "0")
+    again = evaluate(capsys, causal_model, shared_data, "--corrupt", "audio=0.5", "--seed", "0")
+    assert rep == again
+    c = rep["corrupt"]
+    assert c["modality"] == "audio" and c["fraction"] == 0.5 and c["seed"] == 0
+    assert c["n_corrupted"] + c["n_clean"] == rep["n"] == 1109 and c["n_corrupted"] == round(0.5 * 1109)
+    for key in ("mean_weights_corrupted", "mean_weights_clean"):
+        assert abs(c[key]["text"] + c[key]["audio"] - 1.0) < 1e-3
+    assert c["audio_weight_ratio"] == pytest.approx(
+        c["mean_weights_corrupted"]["audio"] / c["mean_weights_clean"]["audio"], abs=1e-3
+    )
+    assert 0.0 <= c["weighted_f1_corrupted"] <= 1.0 and 0.0 <= c["weighted_f1_clean"] <= 1.0
+    clean = evaluate(capsys, causal_model, shared_data)
+    corrupted_out = (rep["sentiment_mae"], rep["mean_weights"])
+    assert corrupted_out != (clean["sentiment_mae"], clean["mean_weights"])  # the swapped clips reach the model
+
+
+def test_corrupted_utterances_carry_another_emotion(shared_data: Path) -> None:
+    from engines.datasets import load_dataset
+    from engines.datasets.ravdess import load_ravdess_clips
+
+    dialogues = load_dataset("meld-ravdess", shared_data, "dev")
+    pool = audio_pool("meld-ravdess", shared_data, "dev")
+    assert {c.actor for c in pool} == {17, 18, 19, 20}
+    clips = {c.path: c for c in load_ravdess_clips(shared_data, "dev")}
+    a = corrupt_dialogues(dialogues, CorruptSpec("audio", 0.3), seed=5, clips=pool)
+    b = corrupt_dialogues(dialogues, CorruptSpec("audio", 0.3), seed=5, clips=pool)
+    other = corrupt_dialogues(dialogues, CorruptSpec("audio", 0.3), seed=6, clips=pool)
+    assert a.dialogues == b.dialogues and (a.mask == b.mask).all()
+    assert a.dialogues != other.dialogues and (a.mask != other.mask).any()
+    before = [u for d in dialogues for u in d.utterances]
+    after = [u for d in a.dialogues for u in d.utterances]
+    assert len(after) == len(before) == a.mask.shape[0] == 1109
+    assert a.n_corrupted == round(0.3 * 1109)
+    for i, (u, v) in enumerate(zip(before, after, strict=True)):
+        assert (u.text, u.speaker, u.emotion) == (v.text, v.speaker, v.emotion)
+        if a.mask[i]:
+            swapped, own = clips[str(v.audio)], clips[str(u.audio)]
+            assert swapped.emotion != u.emotion == own.emotion  # another emotion
+            assert swapped.actor == own.actor  # the speaker's own actor (each has every emotion)
+            assert a.donor_emotion[i] == swapped.emotion
+        else:
+            assert v.audio == u.audio and a.donor_emotion[i] == -1
+    swapped_to = Counter(EMOTIONS[int(e)] for e in a.donor_emotion[a.mask])
+    assert len(swapped_to) == len(EMOTIONS)  # donors of every emotion, not one fixed clip
+
+    text = corrupt_dialogues(dialogues, CorruptSpec("text", 0.5), seed=0)
+    new = [x for d in text.dialogues for x in d.utterances]
+    changed = [(u, v) for u, v, hit in zip(before, new, text.mask, strict=True) if hit]
+    assert len(changed) == round(0.5 * 1109)
+    assert all(v.audio == u.audio and v.emotion == u.emotion for u, v in changed)
+    emotion_of = {}
+    for u in before:
+        emotion_of.setdefault(u.text, set()).add(u.emotion)
+    assert all(any(e != u.emotion for e in emotion_of[v.text]) for u, v in changed)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("audio", "MODALITY=FRACTION"),
+        ("audio=", "MODALITY=FRACTION"),
+        ("=0.5", "MODALITY=FRACTION"),
+        ("speech=0.5", "unknown modality"),
+        ("video=0.5", "cannot be corrupted"),
+        ("audio=half", "must be a number"),
+        ("audio=1.5", r"in \[0, 1\]"),
+        ("audio=-0.1", r"in \[0, 1\]"),
+    ],
+)
+def test_bad_corrupt_specs(spec: str, match: str) -> None:
+    with pytest.raises(DatasetError, match=match):
+        parse_corrupt(spec)
+
+
+def test_corrupt_errors_on_the_command_line(
+    causal_model: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld", "--corrupt", "audio=0.5")
+    assert "needs a dataset with audio" in err
+    err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld-ravdess", "--corrupt", "audio:0.5")
+    assert "MODALITY=FRACTION" in err
+    err = evaluate_error(
+        capsys, causal_model, shared_data, "--dataset", "meld-ravdess", "--modalities", "text", "--corrupt", "audio=0.5"
+    )
+    assert "among --modalities" in err
+    err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld-ravdess", "--future", "-1")
+    assert "--future" in err
+
+
+def test_corrupt_train_needs_the_composite(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines.train import main
+
+    for dataset, rate, match in (("iemocap-text", "0.3", "meld-ravdess composite"), ("meld-ravdess", "1.5", "[0, 1]")):
+        argv = ["--dataset", dataset, "--data-dir", str(shared_data), "--out", str(tmp_path / "x")]
+        assert main([*argv, "--corrupt-train", rate, "--threads", "1", "--no-progress"]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_train_keeps_the_targets_text() -> None:
+    from engines.train import _modality_dropout
+
+    b, w = 6, 4
+    present = torch.ones(b, w, 3)
+    present[..., 2] = 0.0
+    kw = {"present": present, "target": torch.full((b,), w - 1)}
+    keep = torch.tensor([True, True, True, False, False, False])
+    gen = torch.Generator().manual_seed(0)
+    _modality_dropout(kw, [0, 1], p_window=1.0, p_context=0.0, gen=gen, keep_text=keep)  # every window loses text
+    text = kw["present"][:, :, 0]
+    assert (text[3:] == 0).all()
+    assert (text[:3, w - 1] == 1).all() and (text[:3, : w - 1] == 0).all()  # contradicted targets keep their text
+    assert (kw["present"][:, :, 1] == 1).all()
