@@ -27,6 +27,7 @@ VERSION = "1.0.0"
 
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from engines.datasets import DATASETS
+    from engines.features.factory import AUDIO_EXTRACTORS, TEXT_ENCODERS
 
     parser.add_argument("--engine", default="relevance", choices=tuple(ENGINES))
     parser.add_argument("--dataset", default="meld-ravdess", choices=DATASETS)
@@ -93,6 +94,19 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--text-encoder",
+        default="minilm",
+        choices=TEXT_ENCODERS,
+        help="minilm: all-MiniLM-L6-v2 (English); e5-multilingual: multilingual-e5-small (pip extra 'multilingual')",
+    )
+    parser.add_argument(
+        "--audio-extractor",
+        default="functionals",
+        choices=AUDIO_EXTRACTORS,
+        help="functionals: emostream's torch functionals; egemaps: openSMILE eGeMAPS (extra 'opensmile', "
+        "non-commercial licence)",
+    )
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -196,8 +210,7 @@ def _train(ns: argparse.Namespace) -> int:
     from engines.errors import DatasetError
     from engines.evaluate import evaluate_engine
     from engines.export import export_onnx
-    from engines.features.audio import AudioFeatureExtractor
-    from engines.features.text import TextEncoder
+    from engines.features import make_audio_extractor, make_text_encoder
     from engines.models import build_model
     from engines.prepare import AudioTable, prepare
     from engines.runtime.onnx import OnnxEngine
@@ -220,8 +233,8 @@ def _train(ns: argparse.Namespace) -> int:
     pre = precomputed_spec(train_d)  # feature pickles carry their vectors
     has_text = pre is None and any(u.text for d in train_d for u in d.utterances)
     has_audio = pre is None and any(u.audio for d in train_d for u in d.utterances)
-    text_enc = TextEncoder(device=ns.device) if has_text else None
-    audio_ex = AudioFeatureExtractor(device=ns.device) if has_audio else None
+    text_enc = make_text_encoder(ns.text_encoder, device=ns.device, threads=ns.threads) if has_text else None
+    audio_ex = make_audio_extractor(ns.audio_extractor, device=ns.device) if has_audio else None
     spec = pre or FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
 
     composite = ns.dataset == "meld-ravdess"
@@ -360,7 +373,7 @@ def _train(ns: argparse.Namespace) -> int:
         "spec": {"text_dim": spec.text_dim, "audio_dim": spec.audio_dim, "video_dim": spec.video_dim}
     }
     if text_enc is not None:
-        features["text"] = {"model_id": text_enc.config.model_id, "dim": text_enc.dim, "normalise_text": True}
+        features["text"] = text_enc.to_dict()
     if audio_ex is not None:
         features["audio"] = {**audio_ex.to_dict(), "id": audio_ex.id}
     if pre is not None:
