@@ -18,9 +18,10 @@ Architecture, per window of utterances (B windows, W utterances, M = the model's
 4. **Speaker-relational graph** (COGMEN style) whose nodes are the fused utterance vectors
    (global + specific). Dense masked adjacency per relation: same/other speaker x past/future
    (future relations only when not causal), degree-normalised; one relational GCN layer (root
-   weight plus one weight per relation) followed by a graph transformer layer (masked multi-head
-   attention over the union of the edges and self-loops, with a learned per-head bias per
-   relation).
+   weight plus one weight per relation) over every node, followed by a graph transformer layer
+   (masked multi-head attention over the union of the edges and a self-loop, with a learned
+   per-head bias per relation) read at the target node: only the target's graph vector feeds the
+   heads, so that layer runs with the target as its single query.
 5. **Heads** on the target's [fused vector, graph vector]: emotion logits and a tanh sentiment.
 
 ``weights`` (B, 3): the fusion gate at the target, i.e. each modality's share of the
@@ -43,8 +44,10 @@ Adapted from the paper, and why:
 - Contrastive anchors are the target nodes only: the same utterance occurs in many overlapping
   windows of a batch with different context, so contrasting every node would push identical
   utterances apart as negatives.
-- Small frozen features (e.g. 384-d MiniLM sentence vectors): one GCN and one graph transformer
-  layer, ``d_model`` 128, and the paper's loss weights (0.06 fusion, 0.3 contrastive).
+- Small frozen features (e.g. 384-d MiniLM sentence vectors) and a 2-core CPU budget: one GCN
+  and one graph transformer layer (queried at the target only), ``d_model`` 128, the two views
+  run through the graph as one batch, and the paper's loss weights (0.06 fusion, 0.3
+  contrastive). A small sentiment MSE term trains the contract's sentiment output.
 - Dense masked adjacency instead of edge lists, so the graph is pure matmul and exports to ONNX
   with dynamic batch and window axes (no Scatter/Loop/If).
 - The gate over present modalities is added so the engine reports per-modality weights and works
