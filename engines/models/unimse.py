@@ -14,7 +14,10 @@ Architecture, per window of B dialogues x W utterances:
    bottleneck adapter: ``h += g_m * present_m * up(GELU(down([LN(h); a_m])))`` with a scalar gate
    ``g_m = sigmoid(w_m . [LN(h); a_m])`` per utterance, where ``a_m`` is that utterance's
    projected audio/video feature. Where an utterance has no text, its backbone token is the
-   "no text" vector plus context, so the adapters' input is what carries its signal.
+   "no text" vector plus context, so the adapters' input is what carries its signal. Audio/video
+   of *earlier* utterances reach the target only through a block after an adapter, so the
+   default ``adapter_layers = 2`` (every block of the default 2-layer backbone; the last two of a
+   deeper one) beat ``1`` on the meld-ravdess composite (dev fused W-F1 0.729 vs 0.714, one seed).
 4. **Universal heads.** From the target's final state: emotion logits and a tanh sentiment
    intensity in [-1, 1], trained jointly (MELD carries both labels; the other datasets derive
    sentiment from the emotion).
@@ -86,7 +89,7 @@ class UniMSEConfig:
     max_window: int = 12  # relative positions are clamped to +-max_window
     causal: bool = True
     n_classes: int = len(EMOTIONS)
-    adapter_layers: int = 1  # the last blocks followed by audio/video adapters (clamped to n_layers)
+    adapter_layers: int = 2  # the last blocks followed by audio/video adapters (clamped to n_layers)
     adapter_dim: int = 32  # adapter bottleneck width
     proj_dim: int = 64  # contrastive projection size
     input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
