@@ -50,6 +50,15 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     return engine, ModelFeaturizer(extractors)
 
 
+def _feature_key(meta: dict[str, Any]) -> tuple[Any, ...]:
+    """What two artifacts must share to run on the same feature vectors: sizes and extractors
+    (an absent text ``kind`` is MiniLM, as in ``engines.features.text_encoder_from_dict``)."""
+    text = dict(meta.get("text") or {})
+    text.setdefault("kind", "minilm")
+    audio = meta.get("audio") or {}
+    return (meta.get("spec"), text.get("kind"), text.get("model_id"), text.get("dim"), audio.get("id"))
+
+
 def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
     """(engine for revised events, k future utterances) from settings; (None, k) without a revision model."""
     from engines import artifact
@@ -61,8 +70,8 @@ def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
         return None, settings.engine.future
     try:
         revision = load_engine(path)
-        same = artifact.read_json(path, artifact.FEATURES) == artifact.read_json(
-            settings.model_dir(), artifact.FEATURES
+        same = _feature_key(artifact.read_json(path, artifact.FEATURES)) == _feature_key(
+            artifact.read_json(settings.model_dir(), artifact.FEATURES)
         )
     except (EngineError, FileNotFoundError) as exc:
         raise ConfigError(f"cannot load revision model from {path}: {exc}") from exc

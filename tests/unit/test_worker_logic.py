@@ -304,3 +304,27 @@ def test_revision_model_settings(tmp_path: Any) -> None:
     assert k == 2 and engine.info.labels == main.info.labels
     with pytest.raises(ConfigError, match="cannot load revision model"):
         load_revision_model(Settings(engine={"revision_model": str(tmp_path)}), main)
+
+
+def test_revision_model_must_share_the_features(tmp_path: Any) -> None:
+    import shutil
+
+    import pytest
+
+    from engines import artifact
+    from engines.registry import load_engine
+    from streams.errors import ConfigError
+    from streams.runtime import load_revision_model
+
+    main = load_engine("default")
+    other = tmp_path / "other"
+    shutil.copytree(artifact.DEFAULT_DIR, other)
+    meta = artifact.read_json(other, artifact.FEATURES)
+    meta.setdefault("text", {})["kind"] = "minilm"  # explicit default kind: still the same features
+    artifact.write_json(other, artifact.FEATURES, meta)
+    engine, _ = load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
+    assert engine.info.features == main.info.features
+    meta["text"]["model_id"] = "some-other-encoder"
+    artifact.write_json(other, artifact.FEATURES, meta)
+    with pytest.raises(ConfigError, match="same features"):
+        load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
