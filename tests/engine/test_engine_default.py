@@ -108,3 +108,28 @@ def test_composite_dev_uses_both_modalities(engine: Engine, shared_data: Path) -
     assert both["weighted_f1"] >= COMPOSITE_DEV_WF1_FLOOR, both
     assert both["weighted_f1"] > text["weighted_f1"] + 0.05
     assert 0.1 < both["mean_weights"]["audio"] < 0.9
+
+
+REVISED_COMPOSITE_DEV_WF1_FLOOR = 0.72  # measured 0.7502 with --future 2 (models/revised/README.md)
+
+
+def test_revised_artifact_serves_revisions_with_the_default(engine: Engine, shared_data: Path) -> None:
+    """models/revised: trained with 2 future utterances, same features and labels as the default,
+    accepted by the stream as its revision model, and keeps its dev figure with future context."""
+    from engines.datasets import load_dataset
+    from engines.evaluate import evaluate_engine
+    from engines.prepare import AudioTable, prepare
+    from engines.registry import load_engine, load_extractors
+    from streams.runtime import load_revision_model
+    from streams.settings import Settings
+
+    revised = load_engine("revised")
+    assert revised.info.future == 2 and engine.info.future == 0
+    loaded, k = load_revision_model(Settings(engine={"revision_model": "revised"}), engine)
+    assert k == 2 and loaded.info.labels == engine.info.labels
+    ex = load_extractors("revised")
+    dialogues = load_dataset("meld-ravdess", shared_data, "dev")
+    table = AudioTable([u.audio for d in dialogues for u in d.utterances if u.audio], ex.audio)
+    data = prepare(dialogues, ex.spec, ex.text, table, revised.info.max_window, future=2)
+    report = evaluate_engine(revised, data, ["text", "audio"])
+    assert report["weighted_f1"] >= REVISED_COMPOSITE_DEV_WF1_FLOOR, report
