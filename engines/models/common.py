@@ -21,7 +21,6 @@ __all__ = [
     "MaskedAttention",
     "Projector",
     "WindowContext",
-    "active_modalities",
     "expand_weights",
     "info_nce",
     "masked_softmax",
@@ -30,11 +29,6 @@ __all__ = [
     "supcon",
     "window_context",
 ]
-
-
-def active_modalities(dims: tuple[int, int, int]) -> list[int]:
-    """Indices (into MODALITIES) of the modalities with a non-empty input."""
-    return [i for i, d in enumerate(dims) if d > 0]
 
 
 def set_normaliser(proj: nn.ModuleDict, modality: str, mean: Tensor, std: Tensor) -> None:

@@ -57,7 +57,7 @@ mining lives in ``training_loss`` and is never exported.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -75,10 +75,11 @@ from engines.models.common import (
     set_normaliser,
     supcon,
 )
+from engines.models.config import ModelConfig
 
 
 @dataclass
-class FoalNetConfig:
+class FoalNetConfig(ModelConfig):
     text_dim: int = 384
     audio_dim: int = 0
     video_dim: int = 0
@@ -104,21 +105,6 @@ class FoalNetConfig:
     aux_weight: float = 0.3
     align_temperature: float = 0.1
     label_smoothing: float = 0.05
-
-    def __post_init__(self) -> None:
-        self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
-        self.input_mask = tuple(float(v) for v in self.input_mask)
-        assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
-
-    def dims(self) -> tuple[int, int, int]:
-        return (self.text_dim, self.audio_dim, self.video_dim)
-
-    def active(self) -> list[int]:
-        """Indices (into MODALITIES) of the modalities this model has inputs for."""
-        return [i for i, d in enumerate(self.dims()) if d > 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class FoalNet(nn.Module):

@@ -56,7 +56,7 @@ Adapted from the paper, and why:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,12 +73,13 @@ from engines.models.common import (
     masked_softmax,
     set_normaliser,
 )
+from engines.models.config import ModelConfig
 
 N_RELATIONS = 4  # (same, other speaker) x (past, future)
 
 
 @dataclass
-class JoyfulConfig:
+class JoyfulConfig(ModelConfig):
     text_dim: int = 384
     audio_dim: int = 0
     video_dim: int = 0
@@ -102,21 +103,6 @@ class JoyfulConfig:
     w_contrastive: float = 0.3
     w_sentiment: float = 0.1
     label_smoothing: float = 0.05
-
-    def __post_init__(self) -> None:
-        self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
-        self.input_mask = tuple(float(v) for v in self.input_mask)
-        assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
-
-    def dims(self) -> tuple[int, int, int]:
-        return (self.text_dim, self.audio_dim, self.video_dim)
-
-    def active(self) -> list[int]:
-        """Indices (into MODALITIES) of the modalities this model has inputs for."""
-        return [i for i, d in enumerate(self.dims()) if d > 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def relations(ctx: WindowContext) -> Tensor:

@@ -19,19 +19,20 @@ Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from engines.interface import EMOTIONS, MODALITIES
+from engines.models.config import ModelConfig
 
 NEG = -1e4  # additive mask value (finite: fully masked rows stay NaN-free)
 
 
 @dataclass
-class RelevanceConfig:
+class RelevanceConfig(ModelConfig):
     text_dim: int = 384
     audio_dim: int = 0
     video_dim: int = 0
@@ -48,21 +49,6 @@ class RelevanceConfig:
     input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
     input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights overrides
-
-    def __post_init__(self) -> None:
-        self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
-        self.input_mask = tuple(float(v) for v in self.input_mask)
-        assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
-
-    def dims(self) -> tuple[int, int, int]:
-        return (self.text_dim, self.audio_dim, self.video_dim)
-
-    def active(self) -> list[int]:
-        """Indices (into MODALITIES) of the modalities this model has inputs for."""
-        return [i for i, d in enumerate(self.dims()) if d > 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Projector(nn.Module):

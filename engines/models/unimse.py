@@ -55,7 +55,7 @@ dynamic batch and window axes export to ONNX.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -71,12 +71,13 @@ from engines.models.common import (
     info_nce,
     set_normaliser,
 )
+from engines.models.config import ModelConfig
 
 TEXT = 0
 
 
 @dataclass
-class UniMSEConfig:
+class UniMSEConfig(ModelConfig):
     text_dim: int = 384
     audio_dim: int = 0
     video_dim: int = 0
@@ -103,20 +104,8 @@ class UniMSEConfig:
     rdrop: float = 0.0  # weight of the R-Drop symmetric KL between two dropout views (0 = one view)
 
     def __post_init__(self) -> None:
-        self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
-        self.input_mask = tuple(float(v) for v in self.input_mask)
-        assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
+        super().__post_init__()
         assert self.adapter_layers >= 0 and self.n_layers >= 1, (self.adapter_layers, self.n_layers)
-
-    def dims(self) -> tuple[int, int, int]:
-        return (self.text_dim, self.audio_dim, self.video_dim)
-
-    def active(self) -> list[int]:
-        """Indices (into MODALITIES) of the modalities this model has inputs for."""
-        return [i for i, d in enumerate(self.dims()) if d > 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class GatedAdapter(nn.Module):
