@@ -1,4 +1,4 @@
-"""Building blocks shared by the engines other than ``relevance`` (which keeps its own copy).
+"""Building blocks shared by the engines (normalising projector, masks, attention, contrastive losses).
 
 Everything here is dense (matmuls, masks, one-hot selection): no scatter, no data-dependent
 control flow, so graphs export to ONNX with dynamic batch (B) and window (W) axes.
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.interface import MODALITIES
-from engines.models.relevance import NEG, Projector
+
+NEG = -1e4  # additive mask value (finite: fully masked rows stay NaN-free)
 
 __all__ = [
     "NEG",
@@ -29,6 +30,30 @@ __all__ = [
     "supcon",
     "window_context",
 ]
+
+
+class Projector(nn.Module):
+    """Normalise with fixed train statistics, then project one modality to ``d``.
+
+    In training only: Gaussian noise (in normalised units) and feature masking on the input.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, in_dim: int, d: int, dropout: float, noise: float = 0.0, mask: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+        self.noise = noise
+        self.mask = nn.Dropout(mask)
+        self.net = nn.Sequential(nn.Linear(in_dim, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d), nn.LayerNorm(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x - self.mean) / self.std  # (B, W, D)
+        if self.training and self.noise > 0:
+            x = x + self.noise * torch.randn_like(x)
+        return self.net(self.mask(x))  # (B, W, d)
 
 
 def set_normaliser(proj: nn.ModuleDict, modality: str, mean: Tensor, std: Tensor) -> None:

@@ -20,15 +20,14 @@ Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from engines.interface import EMOTIONS, MODALITIES
+from engines.models.common import NEG, Projector, set_normaliser
 from engines.models.config import ModelConfig
-
-NEG = -1e4  # additive mask value (finite: fully masked rows stay NaN-free)
 
 
 @dataclass
@@ -49,30 +48,6 @@ class RelevanceConfig(ModelConfig):
     input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
     input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights overrides
-
-
-class Projector(nn.Module):
-    """Normalise with fixed train statistics, then project one modality to ``d``.
-
-    In training only: Gaussian noise (in normalised units) and feature masking on the input.
-    """
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, in_dim: int, d: int, dropout: float, noise: float = 0.0, mask: float = 0.0) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.register_buffer("std", torch.ones(in_dim))
-        self.noise = noise
-        self.mask = nn.Dropout(mask)
-        self.net = nn.Sequential(nn.Linear(in_dim, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d), nn.LayerNorm(d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = (x - self.mean) / self.std  # (B, W, D)
-        if self.training and self.noise > 0:
-            x = x + self.noise * torch.randn_like(x)
-        return self.net(self.mask(x))  # (B, W, d)
 
 
 class SpeakerAttention(nn.Module):
@@ -158,10 +133,7 @@ class RelevanceNet(nn.Module):
         return total_loss(self(**inputs), labels, sentiment, LossWeights(**self.cfg.loss))
 
     def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
-        p = cast(Projector, self.proj[modality])
-        assert mean.shape == p.mean.shape and std.shape == p.std.shape, (mean.shape, p.mean.shape)
-        p.mean.copy_(mean)
-        p.std.copy_(std.clamp(min=1e-6))
+        set_normaliser(self.proj, modality, mean, std)
 
     def forward(
         self,
