@@ -76,6 +76,7 @@ from engines.models.common import (
     supcon,
 )
 from engines.models.config import ModelConfig
+from engines.models.losses import modality_ce
 
 
 @dataclass
@@ -278,15 +279,7 @@ def foal_loss(net: FoalNet, out: dict[str, Tensor], y: Tensor, sentiment: Tensor
     ce = F.cross_entropy(out["logits"], y, label_smoothing=cfg.label_smoothing)
     sent = F.mse_loss(out["sentiment"], sentiment.float())
     present = out["present_t"]  # (B, M)
-    aux_logits = out["aux_logits"]  # (B, M, C)
-    n_m = aux_logits.shape[1]
-    aux_ce = F.cross_entropy(
-        aux_logits.reshape(-1, aux_logits.shape[-1]),
-        y.repeat_interleave(n_m),
-        reduction="none",
-        label_smoothing=cfg.label_smoothing,
-    ).reshape(-1, n_m)  # (B, M)
-    aux = (aux_ce * present).sum() / present.sum().clamp(min=1.0)
+    aux = modality_ce(out["aux_logits"], y, present, cfg.label_smoothing)
     z = out["aligned"]
     align = align_loss(z, present, y, cfg.align_temperature) if cfg.align_weight > 0 else ce * 0.0
     match = match_loss(net, z, present, y) if cfg.match_weight > 0 else ce * 0.0

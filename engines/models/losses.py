@@ -72,6 +72,19 @@ def cross_modal_contrastive(emb: Tensor, present: Tensor, y: Tensor, temp: float
     return torch.stack(losses).mean()
 
 
+def modality_ce(aux_logits: Tensor, y: Tensor, present: Tensor, label_smoothing: float) -> Tensor:
+    """Mean cross-entropy of each modality's own head over the modalities present at the target.
+    aux_logits (B, M, C), y (B,), present (B, M)."""
+    n_m = aux_logits.shape[1]
+    aux_ce = F.cross_entropy(
+        aux_logits.reshape(-1, aux_logits.shape[-1]),
+        y.repeat_interleave(n_m),
+        reduction="none",
+        label_smoothing=label_smoothing,
+    ).reshape(-1, n_m)  # (B, M)
+    return (aux_ce * present).sum() / present.sum().clamp(min=1.0)
+
+
 def total_loss(out: dict[str, Tensor], y: Tensor, sentiment: Tensor, w: LossWeights) -> dict[str, Tensor]:
     """All loss terms and their weighted sum under ``"loss"``."""
     ce = F.cross_entropy(out["logits"], y, label_smoothing=w.label_smoothing)
@@ -79,13 +92,7 @@ def total_loss(out: dict[str, Tensor], y: Tensor, sentiment: Tensor, w: LossWeig
     present = out["present_t"]  # (B, M)
     aux_logits = out["aux_logits"]  # (B, M, C)
     n_m = aux_logits.shape[1]
-    aux_ce = F.cross_entropy(
-        aux_logits.reshape(-1, aux_logits.shape[-1]),
-        y.repeat_interleave(n_m),
-        reduction="none",
-        label_smoothing=w.label_smoothing,
-    ).reshape(-1, n_m)  # (B, M)
-    aux = (aux_ce * present).sum() / present.sum().clamp(min=1.0)
+    aux = modality_ce(aux_logits, y, present, w.label_smoothing)
     # Predicted weights over the model's active modalities, in the same order as present_t.
     active_w = out["weights_active"]
     rel = relevance_loss(aux_logits, active_w, present, y, w.relevance_temperature)
