@@ -8,29 +8,13 @@ torch = pytest.importorskip("torch")
 
 from engines.models.losses import LossWeights, total_loss  # noqa: E402
 from engines.models.relevance import RelevanceConfig, RelevanceNet  # noqa: E402
-
-DT, DA = 12, 10
+from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
 
 
 def make_net(seed: int = 0, causal: bool = True) -> RelevanceNet:
     torch.manual_seed(seed)
     cfg = RelevanceConfig(text_dim=DT, audio_dim=DA, d_model=32, n_heads=4, n_layers=2, causal=causal)
     return RelevanceNet(cfg).eval()
-
-
-def make_inputs(b: int = 4, w: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    present = torch.ones(b, w, 3)
-    present[..., 2] = 0.0
-    return {
-        "text": torch.randn(b, w, DT, generator=g),
-        "audio": torch.randn(b, w, DA, generator=g),
-        "video": None,
-        "present": present,
-        "speakers": torch.randint(0, 3, (b, w), generator=g),
-        "valid": torch.ones(b, w),
-        "target": torch.full((b,), w - 1, dtype=torch.long),
-    }
 
 
 def test_output_shapes_and_weights_sum_to_one() -> None:

@@ -13,29 +13,13 @@ from engines.models.foalnet import (  # noqa: E402
     hard_pairs,
     match_loss,
 )
-
-DT, DA = 12, 10
+from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
 
 
 def make_net(seed: int = 0, causal: bool = True, audio: bool = True, **kw: float) -> FoalNet:
     torch.manual_seed(seed)
     cfg = FoalNetConfig(text_dim=DT, audio_dim=DA if audio else 0, d_model=32, n_heads=4, causal=causal, **kw)
     return FoalNet(cfg).eval()
-
-
-def make_inputs(b: int = 4, w: int = 6, seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    present = torch.ones(b, w, 3)
-    present[..., 2] = 0.0
-    return {
-        "text": torch.randn(b, w, DT, generator=g),
-        "audio": torch.randn(b, w, DA, generator=g),
-        "video": None,
-        "present": present,
-        "speakers": torch.randint(0, 3, (b, w), generator=g),
-        "valid": torch.ones(b, w),
-        "target": torch.full((b,), w - 1, dtype=torch.long),
-    }
 
 
 def test_text_only_model_has_no_fusion_and_full_text_weight() -> None:

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from engines.models.common import WindowContext  # noqa: E402
 from engines.models.joyful import JoyfulConfig, JoyfulNet, grace_loss, relations  # noqa: E402
-
-DT, DA = 12, 10
+from tests.unit.model_inputs import DA, DT  # noqa: E402
+from tests.unit.model_inputs import make_inputs as model_inputs  # noqa: E402
 
 
 def make_net(seed: int = 0, causal: bool = True, **kw: object) -> JoyfulNet:
@@ -21,18 +21,7 @@ def make_net(seed: int = 0, causal: bool = True, **kw: object) -> JoyfulNet:
 
 
 def make_inputs(b: int = 8, w: int = 6, seed: int = 1) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
-    present = torch.ones(b, w, 3)
-    present[..., 2] = 0.0
-    return {
-        "text": torch.randn(b, w, DT, generator=g),
-        "audio": torch.randn(b, w, DA, generator=g),
-        "video": None,
-        "present": present,
-        "speakers": torch.randint(0, 3, (b, w), generator=g),
-        "valid": torch.ones(b, w),
-        "target": torch.full((b,), w - 1, dtype=torch.long),
-    }
+    return model_inputs(b, w, seed)
 
 
 def test_relations_split_speakers_and_time_and_respect_causality() -> None:
