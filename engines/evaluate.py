@@ -103,17 +103,6 @@ def evaluate_engine(engine: Engine, data: Prepared, modalities: Sequence[str], b
     return score_engine(engine, data, modalities, batch_size)[0]
 
 
-def model_future(model: str) -> int | None:
-    """Later utterances the artifact was trained with (config.json ``future``; 0 for a causal model
-    without it; None for a non-causal one that does not say)."""
-    from engines import artifact
-
-    cfg = artifact.read_json(artifact.resolve_model_dir(model), artifact.CONFIG)
-    if cfg.get("future") is not None:
-        return int(cfg["future"])
-    return 0 if cfg.get("model", {}).get("causal", True) else None
-
-
 def context_windows(windows: WindowIndex, speakers: Sequence[str], max_window: int, trained_future: int) -> WindowIndex:
     """Windows of ``dialogue_windows(..., max_window + K, future=K)`` cut to the past a model trained
     with ``trained_future`` keeps: ``max_window - 1 - min(trained_future, k)`` earlier utterances
@@ -160,7 +149,6 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         raise DatasetError(f"--corrupt {corrupt.modality} needs {corrupt.modality} among --modalities {asked}")
     engine = load_engine(ns.model, runtime=ns.runtime)
     ex = load_extractors(ns.model)
-    trained_future = model_future(ns.model)
     dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
     corrupted: Corrupted | None = None
     if corrupt is not None:
@@ -177,8 +165,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     )
     if ns.future > 0:
         names = [u.speaker for d in dialogues for u in d.utterances]
-        f = ns.future if trained_future is None else trained_future
-        data.windows = context_windows(data.windows, names, max_window, f)
+        data.windows = context_windows(data.windows, names, max_window, engine.info.future)
     available = [m for m in MODALITIES if m in data.has and data.has[m].any()]
     wanted = available if asked is None else asked
     report, pred, weights = score_engine(engine, data, wanted, ns.batch_size)
