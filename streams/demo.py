@@ -2,9 +2,13 @@
 
 Starts a local Kafka broker and Redis server (deploy/local) unless the settings point at ones
 that answer, creates this run's topics, starts a worker process on the configured model (the
-shipped default unless told otherwise), replays sample calls (the project's own dialogues with
-espeak-ng speech, or ``--data`` MELD/RAVDESS files the user has), prints every emotion event as it
-arrives, then a summary, and stops everything it started. Ctrl-C stops it cleanly at any time.
+shipped default unless told otherwise) with revised events on (the shipped ``models/revised``
+unless the settings name another revision model; ``--no-revisions`` turns them off), replays sample
+calls (the project's own dialogues with espeak-ng speech, or ``--data`` MELD/RAVDESS files the user
+has), prints every emotion event as it arrives (revisions as ``↻ r1`` lines), waits until every
+utterance has its provisional event and, with revisions, its revised one (the last k utterances of
+a call are revised when the feed sends the call's ``ended``), prints a summary, and stops
+everything it started. Ctrl-C stops it cleanly at any time.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from streams.settings import REPO_ROOT, Settings, load_settings
 
 DEMO_CALLS = REPO_ROOT / "demo" / "calls.jsonl"
+_SHOW_CHANGES = 12  # changed labels listed in the summary
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +39,12 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=4.0, help="replay speed, x real time (default 4)")
     p.add_argument("--no-audio", action="store_true", help="text only")
     p.add_argument("--timeout", type=float, default=300.0, help="give up waiting for events after this many s")
+    p.add_argument(
+        "--no-revisions",
+        action="store_true",
+        help="provisional events only (default: also revised events, by the shipped 'revised' model unless "
+        "engine.revision_model names another)",
+    )
 
 
 def _listening(hostport: str) -> bool:
@@ -100,6 +111,7 @@ def run_demo(ns: argparse.Namespace) -> int:
     topics = {
         k: f"emostream.demo.{run_id}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")
     }
+    revision_model = None if ns.no_revisions else (base.engine.revision_model or "revised")
     settings = load_settings(
         ns.config,
         kafka={**base.kafka.model_dump(), "topics": topics, "group_id": f"emostream-demo-{run_id}"},
@@ -108,7 +120,13 @@ def run_demo(ns: argparse.Namespace) -> int:
             "url": base.redis.url.get_secret_value(),
             "key_prefix": f"emostream:demo:{run_id}:",
         },
+        engine={
+            **base.engine.model_dump(),
+            "revision_model": revision_model,
+            "future": 0 if ns.no_revisions else base.engine.future,
+        },
     )
+    future = revision_future(settings)
     services = Services(settings)
     worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
@@ -125,15 +143,26 @@ def run_demo(ns: argparse.Namespace) -> int:
                 f"demo: {len(dialogues)} calls, {n_utts} utterances; worker log {workdir / 'worker.log'}",
                 file=sys.stderr,
             )
+            if future:
+                print(
+                    f"demo: revised events on: each utterance is labelled again by "
+                    f"{_shown(settings.revision_model_dir())} once {future} later utterances of its call (or the "
+                    "call's end) arrived (--no-revisions: off)",
+                    file=sys.stderr,
+                )
             _wait_ready(worker, workdir / "worker.log")
-            summary = Summary(dialogues, settings)
+            summary = Summary(dialogues, settings, future)
             watcher = threading.Thread(target=summary.watch, args=(stop, ns.timeout), daemon=True)
             watcher.start()
             report = feed(dialogues, settings, realtime=True, speed=ns.speed)
-            print(f"demo: {report.summary()}", file=sys.stderr)
+            print(f"demo: {report.summary()}; waiting for the {summary.waiting_for()}", file=sys.stderr)
             watcher.join(ns.timeout)
             print(summary.render(), file=sys.stderr)
-            return 0 if summary.complete() else 1
+            if summary.complete():
+                print(f"demo: done, every utterance got its {summary.waiting_for()}", file=sys.stderr)
+                return 0
+            print(f"demo: gave up after {ns.timeout:.0f} s (--timeout): {summary.missing()}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("\ndemo: interrupted, stopping", file=sys.stderr)
             return 130
@@ -154,6 +183,21 @@ def run_demo(ns: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous_int)
 
 
+def revision_future(settings: Settings) -> int:
+    """k of the revised events the worker will make with these settings (0: none), as
+    :func:`streams.runtime.load_revision_model` decides it, without loading the model."""
+    from engines import artifact
+
+    path = settings.revision_model_dir()
+    if settings.engine.future or path is None:
+        return settings.engine.future
+    try:
+        return int(artifact.read_json(path, artifact.CONFIG).get("future", 0))
+    except Exception as exc:  # the worker will say what is wrong with it
+        print(f"demo: cannot read the revision model {path}: {exc}", file=sys.stderr)
+        return 0
+
+
 def _start_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
     flat = {
@@ -162,9 +206,12 @@ def _start_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
         "REDIS__URL": settings.redis.url.get_secret_value(),
         "REDIS__KEY_PREFIX": settings.redis.key_prefix,
         "ENGINE__MODEL": settings.engine.model,
+        "ENGINE__FUTURE": str(settings.engine.future),
         "METRICS__PORT": str(settings.metrics.port),
         **{f"KAFKA__TOPICS__{k.upper()}": v for k, v in settings.kafka.topics.model_dump().items()},
     }
+    if settings.engine.revision_model is not None:
+        flat["ENGINE__REVISION_MODEL"] = settings.engine.revision_model
     env.update({f"EMOSTREAM_{k}": str(v) for k, v in flat.items()})
     log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
     return subprocess.Popen(
@@ -184,16 +231,38 @@ def _wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout: float = 180
 
 
 class Summary:
-    """Prints events as they arrive (one line each) and summarises them at the end."""
+    """Prints events as they arrive (one line each) and summarises them at the end: provisional
+    events (revision 0) and, when ``future`` > 0, the revised ones (revision 1, made once ``future``
+    later utterances or the call's end arrived) of every utterance."""
 
-    def __init__(self, dialogues: list[Any], settings: Settings) -> None:
+    def __init__(self, dialogues: list[Any], settings: Settings, future: int = 0) -> None:
         self.labels = {(u.call_id, u.utterance_id): u.label for d in dialogues for u in d.utterances}
         self.settings = settings
-        self.events: dict[tuple[str, str], Any] = {}
+        self.future = future
+        self.revisions = future > 0
+        self.events: dict[tuple[str, str], Any] = {}  # provisional events
+        self.revised: dict[tuple[str, str], Any] = {}  # revision 1
         self.dead = 0
 
     def complete(self) -> bool:
-        return set(self.events) >= set(self.labels)
+        return set(self.events) >= set(self.labels) and (not self.revisions or set(self.revised) >= set(self.labels))
+
+    def waiting_for(self) -> str:
+        return "provisional and revised events" if self.revisions else "events"
+
+    def missing(self) -> str:
+        no_event = len(set(self.labels) - set(self.events))
+        text = f"{no_event} utterances without their provisional event"
+        if self.revisions:
+            text += f", {len(set(self.labels) - set(self.revised))} without their revised event"
+        return text
+
+    def add(self, event: Any) -> None:
+        key = (event.call_id, event.utterance_id)
+        if event.revision == 0:
+            self.events[key] = event
+        elif event.revision == 1:
+            self.revised[key] = event
 
     def watch(self, stop: threading.Event, timeout: float) -> None:
         from streams.schemas import EmotionEvent
@@ -211,28 +280,76 @@ class Summary:
                         if r.topic == t.deadletter:
                             self.dead += 1
                             continue
-                        ev = EmotionEvent.model_validate_json(r.value)
-                        self.events[(ev.call_id, ev.utterance_id)] = ev
+                        self.add(EmotionEvent.model_validate_json(r.value))
                 sys.stdout.flush()
         finally:
             consumer.close()
 
+    def _agreement(self, events: list[Any]) -> tuple[float, int]:
+        scored = [(e.label, g) for e in events if (g := self.labels.get((e.call_id, e.utterance_id)))]
+        return (sum(p == g for p, g in scored) / len(scored) if scored else float("nan")), len(scored)
+
     def render(self) -> str:
         evs = list(self.events.values())
-        if not evs:
+        if not evs and not self.revised:
             return "demo: no emotion events arrived"
-        lat = sorted(e.timings.end_to_end_s for e in evs)
-        labelled = [(e.label, self.labels.get((e.call_id, e.utterance_id))) for e in evs]
-        scored = [(p, g) for p, g in labelled if g]
-        acc = sum(p == g for p, g in scored) / len(scored) if scored else float("nan")
-        mean = {m: sum(e.weights[m] for e in evs) / len(evs) for m in ("text", "audio", "video")}
-        lines = [
-            "",
-            f"demo summary: {len(evs)}/{len(self.labels)} utterances labelled, {self.dead} dead letters",
-            f"  end-to-end latency: p50 {lat[len(lat) // 2] * 1000:.0f} ms, p95 "
-            f"{lat[min(len(lat) - 1, int(len(lat) * 0.95))] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms",
-            f"  agreement with the script's labels: {acc:.0%} of {len(scored)} (a sanity check, not a benchmark)",
-            "  mean modality weights: " + ", ".join(f"{m} {w:.2f}" for m, w in mean.items()),
-            f"  model: {evs[0].model.name} {evs[0].model.version} ({evs[0].model.runtime})",
-        ]
+        n = len(self.labels)
+        head = f"demo summary: {len(evs)}/{n} utterances got their provisional event"
+        if self.revisions:
+            head += f", {len(self.revised)}/{n} their revised event"
+        lines = ["", f"{head}, {self.dead} dead letters"]
+        if evs:
+            lat = sorted(e.timings.end_to_end_s for e in evs)
+            acc, scored = self._agreement(evs)
+            mean = {m: sum(e.weights[m] for e in evs) / len(evs) for m in ("text", "audio", "video")}
+            lines += [
+                f"  end-to-end latency (provisional): p50 {lat[len(lat) // 2] * 1000:.0f} ms, p95 "
+                f"{_pct(lat, 0.95) * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms",
+                f"  agreement with the script's labels: {acc:.0%} of {scored} (a sanity check, not a benchmark)",
+                "  mean modality weights: " + ", ".join(f"{m} {w:.2f}" for m, w in mean.items()),
+                f"  model: {evs[0].model.name} {evs[0].model.version} ({evs[0].model.runtime})",
+            ]
+        if self.revisions and self.revised:
+            lines += self._render_revisions()
         return "\n".join(lines)
+
+    def _render_revisions(self) -> list[str]:
+        revs = list(self.revised.values())
+        pairs = [(self.events[k], r) for k, r in self.revised.items() if k in self.events]
+        changed = [(p, r) for p, r in pairs if p.label != r.label]
+        acc, scored = self._agreement(revs)
+        at_end = sum(r.future_context < self.future for r in revs)
+        lag = sorted(max(0.0, r.produced_at - p.produced_at) for p, r in pairs)
+        lines = [
+            f"  revisions: {len(changed)} of {len(pairs)} labels changed from provisional to revised; "
+            f"agreement with the script's labels {acc:.0%} of {scored} revised",
+            f"    {len(revs) - at_end} revised once {self.future} later utterances arrived, "
+            f"{at_end} at their call's end with fewer",
+        ]
+        if lag:
+            lines.append(
+                f"    revised events came p50 {lag[len(lag) // 2]:.1f} s, max {lag[-1]:.1f} s after the provisional"
+            )
+        shown = sorted(changed, key=lambda pr: (pr[1].call_id, pr[1].seq))
+        for p, r in shown[:_SHOW_CHANGES]:
+            truth = self.labels.get((r.call_id, r.utterance_id))
+            lines.append(
+                f"    ↻ [{r.call_id} #{r.seq}] {p.label} {p.confidence:.2f} -> {r.label} {r.confidence:.2f}"
+                + (f"  (script: {truth})" if truth else "")
+            )
+        if len(shown) > _SHOW_CHANGES:
+            lines.append(f"    ... and {len(shown) - _SHOW_CHANGES} more (the ↻ lines above)")
+        r0 = revs[0].model
+        lines.append(f"  revision model: {r0.name} {r0.version} ({r0.runtime})")
+        return lines
+
+
+def _shown(path: Path | None) -> str:
+    """models/revised rather than its absolute path."""
+    if path is None:
+        return "-"
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _pct(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]

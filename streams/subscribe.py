@@ -5,11 +5,15 @@ joins or commits for the workers' group), validates every record as an
 :class:`~streams.schemas.EmotionEvent`, drops duplicates (same ``event_id``) and prints one line
 per event::
 
-    [call-7 #3 Alice] joy 0.81  sent +0.62  text .71 audio .29  (t+a, ctx 4, 120 ms)
-    ↻ r1 [call-7 #3 Alice] neutral -> joy 0.81  sent +0.10 -> +0.62  text .71 audio .29  (t+a, ctx 4+2, 95 ms)
+    [call-7 #3 Ann] neutral 0.55  sent +0.10  text .71  audio .29  (t+a, ctx 4, 120 ms)
+    ↻ r1 [call-7 #3 Ann] joy 0.81 (was neutral 0.55)  sent +0.62 (was +0.10)  text .71  audio .29  (t+a, ctx 4+2, 95 ms)
+    ↻ r1 [call-7 #4 Bob] neutral 0.70 (kept, was 0.64)  sent +0.05  text .80  audio .20  (t+a, ctx 5+2, 90 ms)
 
-A revision (``revision > 0``, made once future context arrived) starts with ``↻ r<n>`` and says
-what changed since the line it revises. ``fmt='json'`` prints one JSON object per line instead.
+The first line of an utterance is its provisional event (revision 0, past context only). A
+revision (``revision > 0``, made once future context arrived: ``ctx 4+2`` is the utterance and 3
+before it, plus 2 after it) starts with ``↻ r<n>`` and says what it changed since the line it revises: the
+old label (``was neutral``) or ``kept``, and the old sentiment when it moved. ``fmt='json'``
+prints one JSON object per line instead.
 """
 
 from __future__ import annotations
@@ -44,18 +48,20 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
     if event.revision > 0:
         head = f"↻ r{event.revision} {head}"
         if previous is not None and previous.label != event.label:
-            label = f"{previous.label} -> {event.label} {event.confidence:.2f}"
+            label += f" (was {previous.label} {previous.confidence:.2f})"
         elif previous is not None:
-            label = f"{event.label} {event.confidence:.2f} (kept, was {previous.confidence:.2f})"
+            label += f" (kept, was {previous.confidence:.2f})"
         if previous is not None and abs(previous.sentiment - event.sentiment) >= 0.005:
-            sentiment = f"sent {previous.sentiment:+.2f} -> {event.sentiment:+.2f}"
+            sentiment += f" (was {previous.sentiment:+.2f})"
     present = set(event.modalities_present)
     weights = "  ".join(
         f"{m} {_frac(w)}" for m, w in sorted(event.weights.items(), key=lambda kv: _order(kv[0]))
         if m in present or w > 0
     )  # fmt: skip
     modalities = "+".join(_SHORT.get(m, m) for m in sorted(present, key=_order)) or "-"
-    context = f"ctx {event.context_size}" + (f"+{event.future_context}" if event.future_context else "")
+    past = event.context_size - event.future_context  # the utterance and those before it
+    revised = event.revision > 0 or event.future_context > 0  # a revision says its future, even none (call ended)
+    context = f"ctx {past}+{event.future_context}" if revised else f"ctx {event.context_size}"
     latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"
     parts = [f"{head} {label}", sentiment, weights, f"({modalities}, {context}, {latency})"]
     return "  ".join(p for p in parts if p)

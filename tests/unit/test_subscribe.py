@@ -39,7 +39,7 @@ def test_format_event_negative_sentiment_all_modalities_and_future_context() -> 
         weights={"video": 0.2, "text": 0.5, "audio": 0.3}, modalities_present=["video", "text", "audio"],
     )  # fmt: skip
     assert format_event(e) == (
-        "[call-7 #3 Alice] anger 1.00  sent -0.50  text .50  audio .30  video .20  (t+a+v, ctx 4+2, 120 ms)"
+        "[call-7 #3 Alice] anger 1.00  sent -0.50  text .50  audio .30  video .20  (t+a+v, ctx 2+2, 120 ms)"
     )
 
 
@@ -47,11 +47,28 @@ def test_revision_shows_what_changed() -> None:
     first = make_event(label="neutral", confidence=0.55, sentiment=0.10)
     revised = make_event(revision=1, future_context=2)
     line = format_event(revised, previous=first)
-    assert line.startswith("↻ r1 [call-7 #3 Alice] neutral -> joy 0.81  sent +0.10 -> +0.62")
+    assert line == (
+        "↻ r1 [call-7 #3 Alice] joy 0.81 (was neutral 0.55)  sent +0.62 (was +0.10)  text .71  audio .29"
+        "  (t+a, ctx 2+2, 120 ms)"
+    )
     kept = format_event(make_event(revision=2), previous=make_event(revision=1, confidence=0.66))
     assert kept.startswith("↻ r2 [call-7 #3 Alice] joy 0.81 (kept, was 0.66)  sent +0.62  ")
     unseen = format_event(revised)  # the line it revises was not seen (subscribed later)
     assert unseen.startswith("↻ r1 [call-7 #3 Alice] joy 0.81  sent +0.62")
+
+
+def test_provisional_and_revised_lines_are_told_apart() -> None:
+    """A provisional line never carries the revision mark; a revised one always does, changed or not,
+    and says how much of its context came after the utterance."""
+    provisional = format_event(make_event(label="sadness"))
+    assert not provisional.startswith("↻") and "(was" not in provisional and "ctx 4," in provisional
+    for previous in (make_event(label="neutral"), make_event(label="joy"), None):
+        line = format_event(make_event(revision=1, future_context=1, context_size=3), previous=previous)
+        assert line.startswith("↻ r1 [call-7 #3 Alice] joy 0.81") and "ctx 2+1," in line
+    changed = format_event(make_event(revision=1, label="sadness"), previous=make_event(label="neutral"))
+    assert changed.startswith("↻ r1 [call-7 #3 Alice] sadness 0.81 (was neutral 0.81)")
+    last = format_event(make_event(revision=1, context_size=8, future_context=0))  # revised at the call's end
+    assert "(t+a, ctx 8+0, 120 ms)" in last
 
 
 def test_format_deadletter() -> None:
@@ -75,9 +92,39 @@ def test_printer_filters_deduplicates_and_links_revisions() -> None:
     assert printed == [True, False, False, False, True]
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("[call-7 #3 Alice] neutral 0.55")
-    assert lines[1].startswith("↻ r1 [call-7 #3 Alice] neutral -> joy 0.81")
+    assert lines[1].startswith("↻ r1 [call-7 #3 Alice] joy 0.81 (was neutral 0.55)")
     assert (printer.count, printer.duplicates, printer.invalid) == (2, 1, 1)
     assert "skipped an invalid record" in err.getvalue()
+
+
+def test_printer_links_each_revision_to_its_own_utterance_across_interleaved_calls() -> None:
+    """As on the topic: provisional events of later utterances (and of other calls) come between an
+    utterance's provisional event and its revision; each revision compares with its own utterance."""
+    out = io.StringIO()
+    printer = EventPrinter(out)
+    stream = [
+        make_event(utterance_id="u0", seq=0, label="neutral", confidence=0.60),
+        make_event(call_id="call-8", utterance_id="u0", seq=0, label="anger", confidence=0.70),
+        make_event(utterance_id="u1", seq=1, label="joy", confidence=0.50),
+        make_event(utterance_id="u2", seq=2, label="neutral", confidence=0.40),
+        make_event(utterance_id="u0", seq=0, revision=1, label="sadness", confidence=0.65),  # u2 came: u0 revised
+        make_event(call_id="call-8", utterance_id="u0", seq=0, revision=1, label="anger", confidence=0.90),
+        make_event(utterance_id="u0", seq=0, revision=1, label="sadness", confidence=0.65),  # redelivered
+        make_event(utterance_id="u1", seq=1, revision=1, label="joy", confidence=0.55),  # the call ended
+    ]
+    for event in stream:
+        printer.handle(TOPICS.emotions, event.to_bytes())
+    lines = out.getvalue().splitlines()
+    assert [line.split("  sent")[0] for line in lines] == [
+        "[call-7 #0 Alice] neutral 0.60",
+        "[call-8 #0 Alice] anger 0.70",
+        "[call-7 #1 Alice] joy 0.50",
+        "[call-7 #2 Alice] neutral 0.40",
+        "↻ r1 [call-7 #0 Alice] sadness 0.65 (was neutral 0.60)",
+        "↻ r1 [call-8 #0 Alice] anger 0.90 (kept, was 0.70)",
+        "↻ r1 [call-7 #1 Alice] joy 0.55 (kept, was 0.50)",
+    ]
+    assert printer.duplicates == 1
 
 
 def test_printer_json_lines_round_trip() -> None:
@@ -139,3 +186,33 @@ def test_subscribe_stops_at_timeout() -> None:
 def test_bad_format_is_refused() -> None:
     with pytest.raises(ValueError, match="fmt must be"):
         EventPrinter(io.StringIO(), fmt="yaml")  # type: ignore[arg-type]
+
+
+def test_demo_summary_waits_for_revisions_and_counts_changed_labels() -> None:
+    """`emostream demo` with revisions: not done until every utterance has its revised event too
+    (the last ones come at the call's end); the summary says how many labels the revisions changed."""
+    from types import SimpleNamespace
+
+    from streams.demo import Summary
+
+    utts = [SimpleNamespace(call_id="call-7", utterance_id=f"u{i}", label="joy") for i in range(3)]
+    summary = Summary([SimpleNamespace(utterances=utts)], SETTINGS, future=2)
+    for i, label in enumerate(["neutral", "joy", "anger"]):
+        summary.add(make_event(utterance_id=f"u{i}", seq=i, label=label, produced_at=10.0 + i))
+    assert not summary.complete() and summary.missing().endswith("3 without their revised event")
+    summary.add(make_event(utterance_id="u0", seq=0, revision=1, future_context=2, produced_at=12.0))  # u2 came
+    assert not summary.complete()
+    for i in (1, 2):  # the call ended: u1 and u2 are revised with the future they have
+        summary.add(make_event(utterance_id=f"u{i}", seq=i, revision=1, future_context=2 - i, produced_at=15.0))
+    assert summary.complete()
+    text = summary.render()
+    assert "3/3 utterances got their provisional event, 3/3 their revised event" in text
+    assert "revisions: 2 of 3 labels changed from provisional to revised" in text
+    assert "1 revised once 2 later utterances arrived, 2 at their call's end with fewer" in text
+    assert "↻ [call-7 #0] neutral 0.81 -> joy 0.81  (script: joy)" in text
+    assert "↻ [call-7 #2] anger 0.81 -> joy 0.81  (script: joy)" in text
+    assert "agreement with the script's labels 100% of 3 revised" in text
+    plain = Summary([SimpleNamespace(utterances=utts)], SETTINGS)  # --no-revisions: provisional events suffice
+    for i in range(3):
+        plain.add(make_event(utterance_id=f"u{i}", seq=i))
+    assert plain.complete() and "revised" not in plain.render()

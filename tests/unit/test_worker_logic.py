@@ -328,3 +328,21 @@ def test_revision_model_must_share_the_features(tmp_path: Any) -> None:
     artifact.write_json(other, artifact.FEATURES, meta)
     with pytest.raises(ConfigError, match="same features"):
         load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
+
+
+def test_revision_model_ref_names_the_revision_model_even_when_artifacts_share_a_name() -> None:
+    """models/default and models/revised are both 'emostream-relevance 1.0.0': the revised events
+    must still say that another model labelled them."""
+
+    class SameNameRevision(FakeEngine):
+        info = EngineInfo(
+            name="fake", version="0", features=FeatureSpec(text_dim=4, audio_dim=3), max_window=4, future=2
+        )
+
+    engine, store = FakeEngine(), FakeStore()
+    processor = Processor(engine, FakeFeaturizer(), store, future=2, revision_engine=SameNameRevision())
+    assert processor.model_ref.name == "fake"
+    assert processor.revision_model_ref.name == "fake-future2"
+    assert processor.revision_model_ref.version == "0"
+    alone = Processor(engine, FakeFeaturizer(), store, future=2)  # the main model labels its revisions too
+    assert alone.revision_model_ref == alone.model_ref
