@@ -62,7 +62,7 @@ def load_extractors(model_dir: str | Path = "default", device: str = "cpu") -> E
     spec = artifact.feature_spec(path)
     text = None
     if spec.text_dim > 0:
-        text = text_encoder_from_dict(meta.get("text", {}), dim=spec.text_dim, device=device)
+        text = text_encoder_from_dict(meta.get("text", {}), dim=spec.text_dim, device=device, base_dir=path)
     audio = None
     if spec.audio_dim > 0:
         a = meta.get("audio", {})

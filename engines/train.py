@@ -61,10 +61,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an engine hyper-parameter (a field of its model Config, value as JSON), repeatable",
     )
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--dropout", type=float, default=0.2)
+    # Shared model sizes: unset, each engine's own Config default applies (all four use 128 / 2 / 4 / 0.2).
+    parser.add_argument("--d-model", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=None)
+    parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--dropout", type=float, default=None)
     parser.add_argument("--text-noise", type=float, default=0.0, help="Gaussian input noise (normalised units)")
     parser.add_argument("--audio-noise", type=float, default=0.8, help="Gaussian input noise (normalised units)")
     parser.add_argument("--text-mask", type=float, default=0.1, help="input feature masking rate")
@@ -107,6 +108,22 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="functionals: emostream's torch functionals; egemaps: openSMILE eGeMAPS (extra 'opensmile', "
         "non-commercial licence)",
     )
+    parser.add_argument(
+        "--tune-text",
+        type=int,
+        default=0,
+        metavar="LAYERS",
+        help="minilm only: fine-tune its top LAYERS transformer layers on the train split's utterance emotions "
+        "first (early stopping on dev; the artifact keeps them in text_encoder.safetensors); 0 = frozen",
+    )
+    parser.add_argument("--tune-epochs", type=int, default=4, help="epochs of --tune-text")
+    parser.add_argument(
+        "--text-weights",
+        default=None,
+        metavar="MODEL",
+        help="reuse the tuned text layers of another artifact (e.g. the causal model's, so a revision model "
+        "runs on the same text features) instead of tuning",
+    )
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -146,9 +163,37 @@ def model_config(ns: argparse.Namespace, spec: FeatureSpec, n_classes: int) -> d
         "input_noise": (ns.text_noise, ns.audio_noise, 0.0),
         "input_mask": (ns.text_mask, ns.audio_mask, 0.0),
     }
-    values = {k: v for k, v in shared.items() if k in fields}
+    values = {k: v for k, v in shared.items() if k in fields and v is not None}
     values.update(_parse_sets(ns.set))
     return values
+
+
+def _tuned_text(
+    ns: argparse.Namespace, base: Any, train_d: list[Any], dev_d: list[Any], n_classes: int, out_dir: Path
+) -> tuple[Any, dict[str, Any] | None]:
+    """The text encoder with tuned top layers (``--tune-text``) or another artifact's (``--text-weights``)."""
+    import shutil
+
+    from engines import artifact
+    from engines.errors import ArtifactError
+    from engines.features.tuning import TUNED_FILE, TuneConfig, TunedTextEncoder, tune_text_encoder
+
+    target = out_dir / TUNED_FILE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if ns.text_weights:
+        src = artifact.resolve_model_dir(ns.text_weights) / TUNED_FILE
+        if not src.is_file():
+            raise ArtifactError(f"{ns.text_weights} has no tuned text layers ({TUNED_FILE})")
+        if src.resolve() != target.resolve():
+            shutil.copyfile(src, target)
+        return TunedTextEncoder(target, config=base.config, device=ns.device), None
+
+    def flat(ds: list[Any]) -> tuple[list[str], np.ndarray]:
+        utts = [u for d in ds for u in d.utterances if u.text]
+        return [u.text for u in utts], np.array([u.emotion for u in utts], dtype=np.int64)
+
+    cfg = TuneConfig(layers=ns.tune_text, epochs=ns.tune_epochs, seed=ns.seed)
+    return tune_text_encoder(base, flat(train_d), flat(dev_d), n_classes, target, cfg)
 
 
 def _seed_all(seed: int) -> None:
@@ -234,6 +279,10 @@ def _train(ns: argparse.Namespace) -> int:
     has_text = pre is None and any(u.text for d in train_d for u in d.utterances)
     has_audio = pre is None and any(u.audio for d in train_d for u in d.utterances)
     text_enc = make_text_encoder(ns.text_encoder, device=ns.device, threads=ns.threads) if has_text else None
+    tuning = None
+    if text_enc is not None and (ns.tune_text > 0 or ns.text_weights):
+        text_enc, tuning = _tuned_text(ns, text_enc, train_d, dev_d, len(label_names), out_dir)
+        _seed_all(ns.seed)  # the engine's training starts from the same seeds with or without tuning
     audio_ex = make_audio_extractor(ns.audio_extractor, device=ns.device) if has_audio else None
     spec = pre or FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
 
@@ -393,6 +442,8 @@ def _train(ns: argparse.Namespace) -> int:
     for sub in subsets:
         metrics["+".join(sub)] = evaluate_engine(engine, dev, sub)
     metrics["history"] = history
+    if tuning is not None:
+        metrics["text_tuning"] = tuning
     metrics["train_seconds"] = round(time.time() - t0, 1)
     artifact.write_json(out_dir, artifact.METRICS, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))

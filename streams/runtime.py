@@ -56,7 +56,8 @@ def _feature_key(meta: dict[str, Any]) -> tuple[Any, ...]:
     text = dict(meta.get("text") or {})
     text.setdefault("kind", "minilm")
     audio = meta.get("audio") or {}
-    return (meta.get("spec"), text.get("kind"), text.get("model_id"), text.get("dim"), audio.get("id"))
+    tuned = text.get("sha256")  # a fine-tuned MiniLM's layers (engines.features.tuning)
+    return (meta.get("spec"), text.get("kind"), text.get("model_id"), text.get("dim"), tuned, audio.get("id"))
 
 
 def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:

@@ -17,6 +17,7 @@ are MiniLM and the torch functionals.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from engines.errors import ArtifactError, FeatureError
@@ -48,13 +49,26 @@ def make_audio_extractor(name: str = "functionals", device: str = "cpu") -> Audi
 
 
 def text_encoder_from_dict(
-    meta: Mapping[str, Any], dim: int | None = None, device: str = "cpu", threads: int = 0
+    meta: Mapping[str, Any],
+    dim: int | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+    base_dir: str | Path | None = None,
 ) -> TextEncoder:
-    """The encoder a ``features.json`` "text" entry describes; ``dim`` (the artifact's text_dim) wins."""
+    """The encoder a ``features.json`` "text" entry describes; ``dim`` (the artifact's text_dim) wins.
+
+    ``base_dir`` is the artifact directory, where a ``minilm-tuned`` encoder's layer file lies.
+    """
     kind = meta.get("kind", "minilm")
-    if kind == "minilm":
+    if kind in ("minilm", "minilm-tuned"):
         cfg = TextEncoderConfig(model_id=meta.get("model_id", MODEL_ID), dim=dim or int(meta.get("dim", TEXT_DIM)))
-        return TextEncoder(cfg, device=device)
+        if kind == "minilm":
+            return TextEncoder(cfg, device=device)
+        from engines.features.tuning import TunedTextEncoder
+
+        if base_dir is None or "weights" not in meta:
+            raise ArtifactError("a minilm-tuned text encoder needs its artifact directory and weights file")
+        return TunedTextEncoder(Path(base_dir) / meta["weights"], meta.get("sha256"), cfg, device=device)
     if kind == "e5-multilingual":
         got = (meta.get("model_id", E5_MODEL_ID), meta.get("prefix", E5_PREFIX))
         if got != (E5_MODEL_ID, E5_PREFIX):

@@ -112,6 +112,11 @@ class TextEncoder:
         self._device = device
         self._model: Any = None
 
+    @property
+    def cache_namespace(self) -> str:
+        """Where :meth:`encode_cached` keeps vectors: one namespace per distinct model."""
+        return f"embeddings/{self.config.model_id}"
+
     def to_dict(self) -> dict[str, Any]:
         """The description ``features.json`` keeps under "text" (rebuilt by ``text_encoder_from_dict``)."""
         return {"kind": self.kind, "model_id": self.config.model_id, "dim": self.dim, "normalise_text": True}
@@ -157,7 +162,7 @@ class TextEncoder:
     ) -> np.ndarray:
         """:meth:`encode` through the on-disk cache (keyed by model id + normalised text)."""
         clean = [normalise_text(t) for t in texts]
-        cache = FeatureCache(f"embeddings/{self.config.model_id}", root=cache_root)
+        cache = FeatureCache(self.cache_namespace, root=cache_root)
 
         def compute(idx: list[int]) -> np.ndarray:
             chunks = [idx[i : i + 512] for i in range(0, len(idx), 512)]

@@ -1,0 +1,29 @@
+"""``emostream train`` options -> an engine's Config (engines.train.model_config)."""
+
+from __future__ import annotations
+
+import argparse
+
+from engines.interface import FeatureSpec
+from engines.models import make_config
+from engines.train import add_train_args, model_config
+
+SPEC = FeatureSpec(text_dim=384, audio_dim=0)
+
+
+def _ns(*args: str) -> argparse.Namespace:
+    return add_train_args(argparse.ArgumentParser()).parse_args(["--data-dir", "d", "--out", "o", *args])
+
+
+def test_unset_shared_sizes_leave_the_engine_defaults() -> None:
+    values = model_config(_ns("--engine", "joyful"), SPEC, 7)
+    assert not {"d_model", "n_layers", "n_heads", "dropout"} & set(values)
+    cfg = make_config("joyful", values)
+    assert (cfg.d_model, cfg.n_classes, cfg.text_dim, cfg.causal) == (128, 7, 384, True)
+
+
+def test_command_line_sizes_then_set_override() -> None:
+    values = model_config(_ns("--engine", "unimse", "--d-model", "64", "--future", "2"), SPEC, 6)
+    assert values["d_model"] == 64 and values["causal"] is False
+    values = model_config(_ns("--d-model", "64", "--set", "d_model=32", "--set", "dropout=0.1"), SPEC, 6)
+    assert (values["d_model"], values["dropout"]) == (32, 0.1)
