@@ -84,6 +84,11 @@ def sentiment_label(score: float) -> str:
     return "positive" if score > 0.2 else "negative" if score < -0.2 else "neutral"
 
 
+def _by_seq(items: list[ContextItem]) -> list[ContextItem]:
+    """A call's window in conversation order (Redis keeps arrival order; a late utterance is behind)."""
+    return sorted(items, key=lambda i: i.seq)
+
+
 def _model_ref(engine: Engine) -> ModelRef:
     return ModelRef(name=engine.info.name, version=engine.info.version, runtime=engine.info.runtime)
 
@@ -142,7 +147,7 @@ class Processor:
         """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet."""
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
-        history = await self.store.fetch(calls)
+        history = {c: _by_seq(items) for c, items in (await self.store.fetch(calls)).items()}
         return await asyncio.to_thread(self._compute, utts, history, started)
 
     async def close(self, call_id: str) -> BatchOutcome:
@@ -150,7 +155,7 @@ class Processor:
         if not self.future:
             return BatchOutcome()
         started = time.monotonic()
-        known = (await self.store.fetch([call_id]))[call_id]
+        known = _by_seq((await self.store.fetch([call_id]))[call_id])
         rows = [self._revision(call_id, known, j, None) for j in range(max(0, len(known) - self.future), len(known))]
         return await asyncio.to_thread(self._predict, rows, started, {})
 
@@ -170,12 +175,21 @@ class Processor:
             appends.setdefault(utt.call_id, []).append(item)
             if any(i.utterance_id == utt.utterance_id for i in known):
                 continue  # a replay: its revision was published with the first run
-            fresh_last = not known or known[-1].seq < utt.seq
             known.append(item)
             known.sort(key=lambda i: i.seq)
-            if self.future and fresh_last and len(known) > self.future:
-                rows.append(self._revision(utt.call_id, known, len(known) - 1 - self.future, utt))
+            if self.future:
+                rows += self._due(utt.call_id, known, known.index(item), utt)
         return self._predict(rows, started, appends)
+
+    def _due(self, call_id: str, known: list[ContextItem], p: int, trigger: Utterance) -> list[_Row]:
+        """The revisions that the utterance just put at ``known[p]`` completes: the one that now
+        has exactly ``future`` later utterances, if the new one is among them; or, when the new one
+        came late (after ``future`` or more later ones), the new one itself. So every utterance is
+        revised once as soon as it has ``future`` later ones, whatever order they came in."""
+        q = len(known) - 1 - self.future  # the utterance with exactly `future` later ones
+        if q < 0:
+            return []
+        return [self._revision(call_id, known, q if q < p else p, trigger)]
 
     def _revision(self, call_id: str, known: list[ContextItem], j: int, trigger: Utterance | None) -> _Row:
         future = min(self.future, len(known) - 1 - j)

@@ -346,3 +346,38 @@ def test_revision_model_ref_names_the_revision_model_even_when_artifacts_share_a
     assert processor.revision_model_ref.version == "0"
     alone = Processor(engine, FakeFeaturizer(), store, future=2)  # the main model labels its revisions too
     assert alone.revision_model_ref == alone.model_ref
+
+
+def test_an_utterance_released_late_still_gets_exactly_one_revision() -> None:
+    """u2's only part arrives after u3 was labelled (the join does not wait for an utterance it has
+    not heard of): u1 is revised when u2 completes its two later utterances, u2 itself once it has
+    two later ones, and nothing is revised twice or left out."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",), wait_s=1.0)
+        w.processor.future = 2
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        revised: list[list[tuple[str, int]]] = []
+        for i in (0, 1, 3, 2, 4):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, "AB"[i % 2]), Handle(log, f"t{i}"))
+            await w.pump()
+            revised.append([(e.utterance_id, e.future_context) for e in events(sent) if e.revision == 1])
+        assert revised == [
+            [],
+            [],
+            [("u0", 2)],  # u1, u3 came after u0 (u2 not yet)
+            [("u0", 2), ("u1", 2)],  # the late u2 completes u1's two later ones (u2, u3)
+            [("u0", 2), ("u1", 2), ("u2", 2)],  # u4: u2 has u3, u4
+        ]
+        await w.on_message(
+            t.control, 0, 9, b"c", CallControl(call_id="c", event="ended").to_bytes(), Handle(log, "end")
+        )
+        clock.now += 2.0
+        await w.pump()
+        revs = sorted((e.utterance_id, e.future_context) for e in events(sent) if e.revision == 1)
+        assert revs == [("u0", 2), ("u1", 2), ("u2", 2), ("u3", 1), ("u4", 0)]
+        late = next(e for e in events(sent) if e.revision == 1 and e.utterance_id == "u1")
+        assert late.context_size == 4  # u0, u1 and its two later ones, in seq order
+
+    asyncio.run(scenario())
