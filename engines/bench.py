@@ -1,6 +1,7 @@
 """Benchmarks that print figures (not tests): ``python -m engines.bench {text,audio,engine,audio-probe}``.
 
-text         utterances/s of TextEncoder.encode on MELD dev (cold model load excluded)
+text         utterances/s on MELD dev, torch eager vs ONNX Runtime (plain and optimised graph), batched
+             and one utterance per call, with ratios (cold model load and export excluded)
 audio        decode + extract speed on RAVDESS dev clips, as a multiple of real time
 engine       OnnxEngine.predict latency per batch for windows of 12 utterances
 audio-probe  RAVDESS by actor (train 1-16, dev 17-20), 8 classes: extractor features +
@@ -12,23 +13,78 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 
-def bench_text(data_dir: Path, n: int) -> dict[str, float]:
+def _rate(encode: Callable[[list[str]], np.ndarray], texts: list[str], one_by_one: bool = False) -> tuple[float, float]:
+    """Utterances per wall second and per CPU second (this process) of one pass over ``texts``."""
+    t, c = time.perf_counter(), time.process_time()
+    if one_by_one:
+        for x in texts:
+            encode([x])
+    else:
+        encode(texts)
+    return len(texts) / (time.perf_counter() - t), len(texts) / (time.process_time() - c)
+
+
+def bench_text(data_dir: Path, n: int, threads: int, repeats: int = 3, single: int = 100) -> dict[str, Any]:
+    """TextEncoder (torch eager) and OnnxTextEncoder on the same texts: plain and optimised graph
+    (texts bucketed by token count), and the optimised graph bucketed by character count as
+    TextEncoder does (``onnx_opt_charsort``: what token-count bucketing alone is worth).
+
+    Rounds alternate the runtimes so load from other processes falls on all of them alike; the
+    figures are medians over ``repeats`` rounds. ``batched``: the ``n`` texts in one ``encode``
+    call (length buckets of 32); ``single``: the first ``single`` texts one call each (a stream
+    that does not batch). ``per_s``: wall clock; ``per_cpu_s``: this process's CPU time, steadier
+    on a shared machine (spinning worker threads count too when threads > 1). Ratios are against
+    torch eager. Model load and ONNX export excluded
+    (``onnx_setup_s``: export/optimise when not yet cached, else hashing and session start).
+    """
     from engines.datasets import load_dataset
     from engines.features.text import TextEncoder
+    from engines.features.text_onnx import OnnxTextEncoder
 
     texts = [u.text or "" for d in load_dataset("meld", data_dir, "dev") for u in d.utterances][:n]
-    enc = TextEncoder()
-    enc.encode(texts[:8])  # load the model
-    t = time.perf_counter()
-    enc.encode(texts)
-    dt = time.perf_counter() - t
-    return {"utterances": len(texts), "seconds": round(dt, 2), "utterances_per_s": round(len(texts) / dt, 1)}
+    base = TextEncoder()
+    base.encode(texts[:8])  # load the torch model
+    encoders: dict[str, Any] = {"torch": base}
+    setup: dict[str, float] = {}
+    variants: tuple[tuple[str, bool, Literal["tokens", "chars"]], ...] = (
+        ("onnx", False, "tokens"),
+        ("onnx_opt", True, "tokens"),
+        ("onnx_opt_charsort", True, "chars"),
+    )
+    for name, optimize, sort_by in variants:
+        enc = OnnxTextEncoder(
+            base, optimize=optimize, intra_op_threads=threads, providers=["CPUExecutionProvider"], sort_by=sort_by
+        )
+        t = time.perf_counter()
+        enc.session()
+        setup[name] = round(time.perf_counter() - t, 2)
+        encoders[name] = enc
+    for enc in encoders.values():
+        enc.encode(texts[:8])  # load, first-call allocations
+    rates: dict[str, dict[str, list[tuple[float, float]]]] = {k: {"batched": [], "single": []} for k in encoders}
+    for _ in range(repeats):
+        for name, enc in encoders.items():
+            rates[name]["batched"].append(_rate(enc.encode, texts))
+            if name != "onnx_opt_charsort":  # one text per call: no buckets, same as onnx_opt
+                rates[name]["single"].append(_rate(enc.encode, texts[:single], one_by_one=True))
+    res: dict[str, Any] = {"utterances": len(texts), "single_utterances": min(single, len(texts)), "threads": threads}
+    res["repeats"] = repeats
+    for mode in ("batched", "single"):
+        for col, unit in ((0, "s"), (1, "cpu_s")):
+            med = {k: float(np.median([r[col] for r in v[mode]])) for k, v in rates.items() if v[mode]}
+            res[f"{mode}_utterances_per_{unit}"] = {k: round(v, 1) for k, v in med.items()}
+            res[f"{mode}_ratio_vs_torch_per_{unit}"] = {
+                k: round(v / med["torch"], 2) for k, v in med.items() if k != "torch"
+            }
+    res["onnx_setup_s"] = setup
+    return res
 
 
 def bench_audio(data_dir: Path, n: int) -> dict[str, float]:
@@ -115,13 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="text: alternating rounds, medians reported")
     ns = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(ns.threads)
     data_dir = Path(ns.data_dir)
     if ns.what == "text":
-        res = bench_text(data_dir, ns.n)
+        res = bench_text(data_dir, ns.n, ns.threads, ns.repeats)
     elif ns.what == "audio":
         res = bench_audio(data_dir, ns.n)
     elif ns.what == "engine":

@@ -1,0 +1,324 @@
+"""The sentence encoder of a :class:`~engines.features.text.TextEncoder` run by ONNX Runtime.
+
+    enc = OnnxTextEncoder(TextEncoder(), optimize=True, intra_op_threads=2)
+    enc.encode(["you did what?"])  # (N, 384) float32, unit norm: the torch encoder's vectors
+
+What it runs: the SentenceTransformer that ``TextEncoder._load()`` returns, exported as one graph
+(``BertModel`` + attention-mask mean pooling + L2 normalisation; inputs ``input_ids``,
+``attention_mask``, ``token_type_ids`` int64 (batch, seq); output ``embedding`` float32
+(batch, dim); both axes dynamic; opset :data:`OPSET`). The model's own tokenizer, the same text
+normalisation (:func:`~engines.features.text.normalise_text`) and the bucket size of
+``TextEncoder.encode`` feed it (texts sorted by token count by default, which pads less than
+TextEncoder's character count), so the vectors match the torch encoder (cosine >= 0.9999) and
+share its feature cache namespace (:meth:`encode_cached` is the inherited one).
+
+Export cache: ``<cache root>/onnx/text/<key>/model.onnx``, where ``key`` hashes the whole state
+dict, the transformer config and this module's export recipe, so a fine-tuned or otherwise changed
+model gets its own export and never reads a stale graph. ``model.opt-ort<version>.onnx`` beside it
+is the same graph after ``onnxruntime.transformers.optimizer`` (model type "bert": fused
+EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNormalization). Files are written to a
+temporary name and renamed, and each new graph is checked against the torch encoder on a few
+probe sentences before it is kept (:class:`~engines.errors.FeatureError` if they differ).
+
+The torch model is still loaded once per process (its state dict names the export); after that
+every ``encode`` runs in ONNX Runtime only. Providers: CPU, with CUDA listed first when
+onnxruntime-gpu offers it, unless ``providers`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engines.errors import FeatureError
+from engines.features.cache import DEFAULT_ROOT
+from engines.features.text import TextEncoder, normalise_text
+
+OPSET = 17
+RECIPE = "minilm-meanpool-l2-v1"  # change when the exported graph changes; part of the cache key
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "embedding"
+PROBE = ["Oh my God, you did what?!", "Okay.", "I don't know, maybe we should just go home and forget it."]
+PROBE_MIN_COSINE = 0.9999
+
+
+def state_key(model: Any) -> str:
+    """sha256 hex of a SentenceTransformer's weights, transformer config and the export recipe."""
+    import torch
+
+    h = hashlib.sha256(f"{RECIPE}/opset{OPSET}".encode())
+    h.update(model[0].auto_model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_layout(model: Any) -> None:
+    """The graph recipe assumes Transformer -> mean Pooling -> Normalize; refuse anything else."""
+    from sentence_transformers import SentenceTransformer
+
+    if not isinstance(model, SentenceTransformer):
+        raise FeatureError(f"cannot export {type(model).__name__}: OnnxTextEncoder needs a SentenceTransformer")
+    names = [type(m).__name__ for m in model]
+    if names != ["Transformer", "Pooling", "Normalize"]:
+        raise FeatureError(
+            f"cannot export sentence encoder with modules {names}; expected Transformer, Pooling, Normalize"
+        )
+    pooling = model[1]
+    mode = getattr(pooling, "pooling_mode", None) or (
+        "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else None
+    )
+    if mode != "mean":
+        raise FeatureError(f"cannot export sentence encoder with pooling {mode!r}; expected mean")
+
+
+def _pooled_module(bert: Any) -> Any:
+    """``BertModel`` + attention-mask mean pooling + L2 normalisation as one module."""
+    import torch
+    from torch import nn
+
+    class MeanPooledEncoder(nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            h = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state  # (B, T, D)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, D)
+            return torch.nn.functional.normalize(v, p=2.0, dim=1)  # (B, D), unit norm
+
+    return MeanPooledEncoder(bert)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_text_onnx(model: Any, path: str | Path) -> None:
+    """Write the SentenceTransformer ``model`` (mean pooling, L2) to ``path`` as one ONNX graph."""
+    import onnx
+    import torch
+
+    _check_layout(model)
+    bert = copy.deepcopy(model[0].auto_model).to("cpu").float().eval()  # the caller's model is untouched
+    if hasattr(bert, "set_attn_implementation"):
+        bert.set_attn_implementation("eager")  # the attention pattern the ORT optimizer fuses (sdpa is not)
+    net = _pooled_module(bert).eval()
+    tok = model.tokenizer(PROBE[:2], padding=True, return_tensors="pt")  # two lengths: padding is traced
+    args = tuple(tok[n] if n in tok else torch.zeros_like(tok["input_ids"]) for n in INPUT_NAMES)
+    axes = {n: {0: "batch", 1: "seq"} for n in INPUT_NAMES}
+    axes[OUTPUT_NAME] = {0: "batch"}
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notes
+            torch.onnx.export(
+                net,
+                args,
+                str(tmp),
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+        onnx.checker.check_model(str(tmp))
+
+    _atomic_write(Path(path), write)
+
+
+def optimize_text_onnx(src: str | Path, dst: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """``onnxruntime.transformers.optimizer`` (bert fusions) from ``src`` to ``dst``; the fused op counts."""
+    from onnxruntime.transformers import optimizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = optimizer.optimize_model(
+            str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+        )
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+    if stats.get("Attention", 0) == 0:
+        raise FeatureError(f"onnxruntime optimizer fused no attention in {src}: {stats}")
+    _atomic_write(Path(dst), lambda tmp: opt.save_model_to_file(str(tmp)))
+    return stats
+
+
+def default_providers() -> list[str]:
+    """CUDA first when onnxruntime-gpu offers it, then CPU."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
+
+
+class OnnxTextEncoder(TextEncoder):
+    """``encode(texts) -> (N, dim) float32`` of ``encoder`` through ONNX Runtime; loaded on first use.
+
+    A :class:`TextEncoder` (``kind``, ``dim``, ``config``, ``to_dict()`` and the cache namespace are
+    the wrapped encoder's: the vectors are the same features). ``optimize`` runs the graph after
+    the transformer optimizer's fusions; ``intra_op_threads`` caps ONNX Runtime's threads (None:
+    its default, all cores); ``providers`` overrides :func:`default_providers`; ``cache_dir`` is
+    the root of the export cache (default ``~/.cache/emostream``); ``sort_by`` is the length
+    that orders texts into buckets (see :meth:`encode`).
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder | None = None,
+        *,
+        optimize: bool = True,
+        intra_op_threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        cache_dir: str | Path | None = None,
+        sort_by: Literal["tokens", "chars"] = "tokens",
+    ) -> None:
+        if sort_by not in ("tokens", "chars"):
+            raise ValueError(f"sort_by must be 'tokens' or 'chars', not {sort_by!r}")
+        self.encoder = encoder if encoder is not None else TextEncoder()
+        super().__init__(self.encoder.config)
+        self.kind = self.encoder.kind
+        self.dim = self.encoder.dim
+        self.sort_by = sort_by
+        self.optimize = optimize
+        self.intra_op_threads = intra_op_threads
+        self.providers = list(providers) if providers is not None else None
+        self.cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_ROOT
+        self._session: Any = None
+        self.onnx_path: Path | None = None  # the graph the session runs, once loaded
+
+    @property
+    def cache_namespace(self) -> str:
+        return self.encoder.cache_namespace
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.encoder.to_dict()
+
+    def _load(self) -> Any:
+        """The wrapped encoder's torch model (a SentenceTransformer)."""
+        if self._model is None:
+            self._model = self.encoder._load()
+        return self._model
+
+    def export_paths(self) -> tuple[Path, Path]:
+        """(plain, optimised) graph paths for the current weights (nothing is written)."""
+        import onnxruntime as ort
+
+        folder = self.cache_root / "onnx" / "text" / state_key(self._load())[:24]
+        return folder / "model.onnx", folder / f"model.opt-ort{ort.__version__}.onnx"
+
+    def session(self) -> Any:
+        """The ONNX Runtime session, exporting (and optimising) the graph on first use."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            model = self._load()
+            _check_layout(model)
+            plain, optimised = self.export_paths()
+            new = False
+            if not plain.is_file():
+                export_text_onnx(model, plain)
+                new = True
+            path = plain
+            if self.optimize:
+                if not optimised.is_file():
+                    cfg = model[0].auto_model.config
+                    stats = optimize_text_onnx(plain, optimised, cfg.num_attention_heads, cfg.hidden_size)
+                    (optimised.parent / (optimised.stem + ".json")).write_text(json.dumps(stats) + "\n")
+                    new = True
+                path = optimised
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.inter_op_num_threads = 1
+            if self.intra_op_threads is not None:
+                opts.intra_op_num_threads = self.intra_op_threads
+            providers = self.providers if self.providers is not None else default_providers()
+            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            self.onnx_path = path
+            if new:
+                self._check_probe(path)
+        return self._session
+
+    def _check_probe(self, path: Path) -> None:
+        """A freshly written graph must reproduce the torch encoder on the probe sentences."""
+        got, want = self.encode(PROBE), self.encoder.encode(PROBE)
+        cos = float((got * want).sum(1).min())
+        if not cos >= PROBE_MIN_COSINE:
+            path.unlink(missing_ok=True)
+            self._session = None
+            raise FeatureError(f"{path}: ONNX embeddings differ from torch (min cosine {cos:.6f}); graph removed")
+
+    def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """Token ids (and token type ids, when the tokenizer gives them) per text, unpadded."""
+        model = self._load()
+        if getattr(model[0], "do_lower_case", False):
+            texts = [t.lower() for t in texts]
+        tok = model.tokenizer(texts, padding=False, truncation="longest_first", max_length=model.max_seq_length)
+        return list(tok["input_ids"]), (list(tok["token_type_ids"]) if "token_type_ids" in tok else None)
+
+    def _pad(self, ids: list[list[int]], types: list[list[int]] | None) -> dict[str, np.ndarray]:
+        """One bucket as graph inputs (n, T) int64, padded as the tokenizer pads."""
+        tokenizer = self._load().tokenizer
+        width = max(len(x) for x in ids)
+        left = getattr(tokenizer, "padding_side", "right") == "left"
+        feeds = {
+            "input_ids": np.full((len(ids), width), tokenizer.pad_token_id or 0, dtype=np.int64),
+            "attention_mask": np.zeros((len(ids), width), dtype=np.int64),
+            "token_type_ids": np.zeros((len(ids), width), dtype=np.int64),
+        }
+        for r, x in enumerate(ids):
+            cols = slice(width - len(x), width) if left else slice(0, len(x))
+            feeds["input_ids"][r, cols] = x
+            feeds["attention_mask"][r, cols] = 1
+            if types is not None:
+                feeds["token_type_ids"][r, cols] = types[r]
+        return feeds
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings (N, dim) float32, unit norm, in the order of ``texts``.
+
+        Texts are normalised like ``TextEncoder.encode``, tokenized once, sorted by length and run
+        in buckets of ``config.bucket_size``; length is counted in tokens (``sort_by="tokens"``,
+        less padding than sorting by characters) or characters as TextEncoder does (``"chars"``).
+        Padding is masked out, so a vector does not depend on its bucket.
+        """
+        assert isinstance(texts, list), type(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        session = self.session()
+        names = [i.name for i in session.get_inputs()]
+        clean = [normalise_text(t) for t in texts]
+        ids, types = self._tokenize(clean)
+        lengths = [len(x) for x in ids] if self.sort_by == "tokens" else [len(t) for t in clean]
+        order = sorted(range(len(clean)), key=lambda i: lengths[i])
+        size = self.config.bucket_size
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
+            (emb,) = session.run([OUTPUT_NAME], {n: feeds[n] for n in names})
+            out[idx] = emb  # (n, dim)
+        return out

@@ -1,0 +1,140 @@
+"""OnnxTextEncoder vs the torch TextEncoder on real MELD sentences (real model, real ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from engines.datasets import load_dataset  # noqa: E402
+from engines.errors import FeatureError  # noqa: E402
+from engines.features import text_onnx  # noqa: E402
+from engines.features.text import TextEncoder  # noqa: E402
+from engines.features.text_onnx import OnnxTextEncoder, state_key  # noqa: E402
+
+pytestmark = pytest.mark.engine
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    if not (DATA / "meld").is_dir():
+        pytest.skip(f"MELD not found under {DATA}")
+    dev = [u.text or "" for d in load_dataset("meld", DATA, "dev") for u in d.utterances]
+    longest = sorted(dev, key=len)[-4:]  # the longest dev utterances, padding-heavy buckets
+    odd = ["", "don\x92t", "Wait\x85 what?", " ".join(["really"] * 200)]  # empty, mojibake, > max_seq_length
+    return dev[::20] + longest + odd  # 64 utterances in 2 buckets
+
+
+@pytest.fixture(scope="module")
+def torch_encoder() -> TextEncoder:
+    torch.set_num_threads(1)
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def reference(torch_encoder: TextEncoder, texts: list[str]) -> np.ndarray:
+    return torch_encoder.encode(texts)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def optimised(torch_encoder: TextEncoder, cache_dir: Path) -> OnnxTextEncoder:
+    enc = OnnxTextEncoder(
+        torch_encoder, optimize=True, intra_op_threads=1, providers=["CPUExecutionProvider"], cache_dir=cache_dir
+    )
+    enc.session()  # exports model.onnx, optimises it, checks the probe sentences
+    return enc
+
+
+def assert_parity(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.9999, cos.min()
+    assert np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
+
+
+def test_optimised_graph_matches_torch(optimised: OnnxTextEncoder, texts: list[str], reference: np.ndarray) -> None:
+    assert optimised.onnx_path is not None and optimised.onnx_path.name.startswith("model.opt-ort")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(optimised.onnx_path)).graph.node}
+    assert {"Attention", "SkipLayerNormalization"} <= ops  # the fusions that make it worth having
+    assert_parity(optimised.encode(texts), reference)
+
+
+def test_plain_graph_is_reused_and_matches_torch_with_char_buckets(
+    optimised: OnnxTextEncoder,
+    torch_encoder: TextEncoder,
+    cache_dir: Path,
+    texts: list[str],
+    reference: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_export(*args: object) -> None:
+        pytest.fail("the cached export was not reused")
+
+    monkeypatch.setattr(text_onnx, "export_text_onnx", no_export)
+    plain = OnnxTextEncoder(torch_encoder, optimize=False, intra_op_threads=1, cache_dir=cache_dir, sort_by="chars")
+    got = plain.encode(texts)
+    assert plain.onnx_path == optimised.export_paths()[0]
+    assert_parity(got, reference)
+
+
+def test_same_api_and_batch_independent(
+    optimised: OnnxTextEncoder, torch_encoder: TextEncoder, texts: list[str], reference: np.ndarray
+) -> None:
+    assert isinstance(optimised, TextEncoder)
+    assert (optimised.kind, optimised.dim, optimised.to_dict()) == (
+        torch_encoder.kind,
+        torch_encoder.dim,
+        torch_encoder.to_dict(),
+    )
+    assert optimised.cache_namespace == torch_encoder.cache_namespace  # same vectors, one feature cache
+    assert optimised.encode([]).shape == (0, 384)
+    one = optimised.encode([texts[5]])  # a stream call: one utterance, no padding
+    np.testing.assert_allclose(one[0], reference[5], atol=1e-4)
+
+
+def test_changed_weights_get_their_own_export(
+    optimised: OnnxTextEncoder, torch_encoder: TextEncoder, cache_dir: Path, texts: list[str], reference: np.ndarray
+) -> None:
+    """A fine-tuned top layer (the lead's ``minilm-tuned``) must never run the base model's graph."""
+    model = torch_encoder._load()
+    before = state_key(model)
+    weight = model[0].auto_model.encoder.layer[-1].output.dense.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(1.5)
+        assert state_key(model) != before
+        tuned = OnnxTextEncoder(torch_encoder, optimize=False, intra_op_threads=1, cache_dir=cache_dir)
+        got = tuned.encode(texts[:16])
+        assert tuned.onnx_path is not None and optimised.onnx_path is not None
+        assert tuned.onnx_path.parent != optimised.onnx_path.parent
+        assert np.abs(got - reference[:16]).max() > 1e-3  # the changed layer is in use
+        assert_parity(got, torch_encoder.encode(texts[:16]))
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert state_key(model) == before
+
+
+def test_refuses_a_model_it_cannot_export(tmp_path: Path) -> None:
+    class NotSentenceTransformer(TextEncoder):
+        def _load(self) -> object:
+            return object()
+
+    enc = OnnxTextEncoder(NotSentenceTransformer(), cache_dir=tmp_path)
+    with pytest.raises(FeatureError, match="SentenceTransformer"):
+        enc.encode(["hi"])
+    assert not any(tmp_path.iterdir())
