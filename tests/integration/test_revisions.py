@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -52,12 +53,30 @@ def revising(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     plain = settings_for(services, uuid.uuid4().hex[:10], default_modalities=("text",))
     settings = plain.model_copy(update={"engine": plain.engine.model_copy(update={"revision_model": "revised"})})
     ensure_topics(settings)
+    wait_for_topics(settings)
     worker = RevisingWorker(settings, tmp_path_factory.mktemp("revisions")).start()
     try:
         worker.wait_ready()
         yield settings, worker
     finally:
         worker.stop()
+
+
+def wait_for_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Until the broker's metadata lists every topic: a worker that joins before that (a fresh
+    broker on a busy machine) is given no partitions and never sees its input."""
+    from kafka import KafkaConsumer
+
+    t = settings.kafka.topics
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.brokers, group_id=None)
+    deadline = time.monotonic() + timeout
+    try:
+        for topic in (*t.inputs(), t.emotions, t.deadletter):
+            while len(consumer.partitions_for_topic(topic) or ()) < t.partitions:
+                assert time.monotonic() < deadline, f"topic {topic} not in the broker's metadata"
+                time.sleep(0.2)
+    finally:
+        consumer.close()
 
 
 def meld_dev(shared: Path, ids: list[int]) -> list[Dialogue]:
@@ -192,6 +211,7 @@ def test_revised_probabilities_come_from_the_revision_model(revising, shared_dat
     producer = make_producer(settings)
     calls = {d.call_id for d in dialogues}
     n_utts = sum(len(d.utterances) for d in dialogues)
+    sent: list[Any] = []
     try:
         for d in dialogues:
             started = CallControl(call_id=d.call_id, event="started", modalities=["text"])
@@ -202,10 +222,13 @@ def test_revised_probabilities_come_from_the_revision_model(revising, shared_dat
                 messages.append((topics.text, part))
             messages.append((topics.control, CallControl(call_id=d.call_id, event="ended")))
             for topic, message in messages:
-                producer.send(topic, key=d.call_id.encode(), value=message.to_bytes())
+                sent.append(producer.send(topic, key=d.call_id.encode(), value=message.to_bytes()))
         producer.flush()
+        for future in sent:
+            future.get(timeout=30)  # raises if the broker did not take it
         done = collector.poll_until(lambda c: sum(len(v) for v in by_revision(c, calls)[1].values()) >= n_utts, 60)
-        assert done, worker.tail()
+        got = [len(by_revision(collector, calls)[r]) for r in (0, 1)]
+        assert done, f"{n_utts} utterances, {got[0]} with a provisional, {got[1]} with a revised event\n{worker.tail()}"
         collector.poll_until(lambda c: False, 1.5)  # duplicates or extra revisions would show up now
         pairs = check_one_of_each(collector, dialogues)
     finally:
