@@ -51,8 +51,15 @@ class Extractors:
     audio: AudioFeatureExtractor | None
 
 
-def load_extractors(model_dir: str | Path = "default", device: str = "cpu") -> Extractors:
+TEXT_RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
+
+
+def load_extractors(model_dir: str | Path = "default", device: str = "cpu", text_runtime: str = "torch") -> Extractors:
     """Extractors matching the artifact's ``features.json`` (models load lazily on first use).
+
+    ``text_runtime="onnxruntime"`` runs a MiniLM text encoder (tuned or not) as an ONNX graph
+    (:class:`engines.features.text_onnx.OnnxTextEncoder`: the same vectors, faster on CPU);
+    other encoders keep their own runtime.
 
     Raises :class:`ArtifactError` for a description that does not match what can be built, and
     :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
@@ -63,6 +70,12 @@ def load_extractors(model_dir: str | Path = "default", device: str = "cpu") -> E
     text = None
     if spec.text_dim > 0:
         text = text_encoder_from_dict(meta.get("text", {}), dim=spec.text_dim, device=device, base_dir=path)
+        if text_runtime not in TEXT_RUNTIMES:
+            raise ArtifactError(f"unknown text runtime {text_runtime!r}; known: {TEXT_RUNTIMES}")
+        if text_runtime == "onnxruntime" and text.kind in ("minilm", "minilm-tuned"):
+            from engines.features.text_onnx import OnnxTextEncoder
+
+            text = OnnxTextEncoder(text)
     audio = None
     if spec.audio_dim > 0:
         a = meta.get("audio", {})

@@ -44,7 +44,7 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     model_dir = settings.model_dir()
     try:
         engine = load_engine(model_dir)
-        extractors = load_extractors(model_dir)
+        extractors = load_extractors(model_dir, text_runtime=settings.engine.text_runtime)
     except (EngineError, FileNotFoundError) as exc:
         raise ConfigError(f"cannot load model from {model_dir}: {exc}") from exc
     return engine, ModelFeaturizer(extractors)
