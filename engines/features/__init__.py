@@ -1,7 +1,7 @@
 """Per-utterance feature extractors: text embeddings and audio functionals.
 
 ``make_text_encoder(name)`` ("minilm", "e5-multilingual") and ``make_audio_extractor(name)``
-("functionals", "egemaps") build them by name; :mod:`engines.features.factory` also rebuilds them
+("whisper-tiny", "functionals", "egemaps") build them by name; :mod:`engines.features.factory` also rebuilds them
 from an artifact's ``features.json``. The non-default ones need optional extras.
 """
 

@@ -1,7 +1,7 @@
 """Extractors by name, and rebuilt from the description an artifact's ``features.json`` keeps.
 
     enc = make_text_encoder("e5-multilingual")   # or "minilm" (default)
-    ex = make_audio_extractor("egemaps")         # or "functionals" (default), "whisper-tiny"
+    ex = make_audio_extractor("egemaps")         # or "whisper-tiny" (default), "functionals"
     meta = {"text": enc.to_dict(), "audio": {**ex.to_dict(), "id": ex.id}}   # features.json
     text_encoder_from_dict(meta["text"]); audio_extractor_from_dict(meta["audio"])
 
@@ -29,7 +29,7 @@ from engines.features.multilingual import E5_DIM, E5_MODEL_ID, E5_PREFIX, E5Conf
 from engines.features.text import MODEL_ID, TEXT_DIM, TextEncoder, TextEncoderConfig
 
 TEXT_ENCODERS: tuple[str, ...] = ("minilm", "e5-multilingual")  # first: the default
-AUDIO_EXTRACTORS: tuple[str, ...] = ("functionals", "egemaps", "whisper-tiny")  # first: the default
+AUDIO_EXTRACTORS: tuple[str, ...] = ("whisper-tiny", "functionals", "egemaps")  # first: the default
 
 
 def make_text_encoder(name: str = "minilm", device: str = "cpu", threads: int = 0) -> TextEncoder:
@@ -41,7 +41,7 @@ def make_text_encoder(name: str = "minilm", device: str = "cpu", threads: int = 
     raise FeatureError(f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")
 
 
-def make_audio_extractor(name: str = "functionals", device: str = "cpu") -> AudioFeatureExtractor:
+def make_audio_extractor(name: str = "whisper-tiny", device: str = "cpu") -> AudioFeatureExtractor:
     """An audio extractor by name (see :data:`AUDIO_EXTRACTORS`)."""
     if name == "functionals":
         return AudioFeatureExtractor(device=device)

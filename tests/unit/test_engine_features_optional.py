@@ -44,13 +44,15 @@ def harmonic(f0: float, seconds: float = 1.0) -> np.ndarray:
 
 def test_factory_names_defaults_and_unknown_names() -> None:
     assert TEXT_ENCODERS == ("minilm", "e5-multilingual")
-    assert AUDIO_EXTRACTORS == ("functionals", "egemaps", "whisper-tiny")
+    assert AUDIO_EXTRACTORS == ("whisper-tiny", "functionals", "egemaps")
     enc = make_text_encoder("minilm")
     assert type(enc) is TextEncoder and enc.dim == 384 and enc.config.model_id == MODEL_ID
     assert type(make_audio_extractor("functionals")) is AudioFeatureExtractor
     with pytest.raises(FeatureError, match="unknown text encoder 'labse'; known: minilm, e5-multilingual"):
         make_text_encoder("labse")
-    with pytest.raises(FeatureError, match="unknown audio extractor 'compare'; known: functionals, egemaps, whisper-tiny"):
+    with pytest.raises(
+        FeatureError, match="unknown audio extractor 'compare'; known: whisper-tiny, functionals, egemaps"
+    ):
         make_audio_extractor("compare")
 
 

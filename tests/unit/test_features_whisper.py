@@ -144,7 +144,7 @@ def test_log_mel_is_whispers_front_end_on_the_clips_own_frames() -> None:
 
 
 def test_shapes_id_and_factory_round_trip() -> None:
-    assert AUDIO_EXTRACTORS[0] == "functionals" and "whisper-tiny" in AUDIO_EXTRACTORS
+    assert AUDIO_EXTRACTORS[0] == "whisper-tiny" and "functionals" in AUDIO_EXTRACTORS
     ex = make_audio_extractor("whisper-tiny")
     assert isinstance(ex, WhisperExtractor) and ex.dim == 768
     feats = ex.extract([voice(1.0), voice(2.5, seed=3)])
