@@ -91,7 +91,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="RATE",
         help="composite only: that fraction of training utterances (a new draw each epoch) gets the audio of "
         "a clip of another emotion by the same actor, so the relevance loss teaches the model to "
-        "down-weight audio that contradicts the text (windows keep the target's text then)",
+        "down-weight audio that contradicts the text (windows keep the target's text then); the relevance engine's "
+        "audio head learns the swapped clip's emotion (what it hears), not the utterance's",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -339,6 +340,9 @@ def _train(ns: argparse.Namespace) -> int:
     best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None}
     history = []
     corrupted = np.zeros((train.n,), dtype=bool)  # (N,) training utterances with contradicting audio
+    clip_emotion = train.labels  # (N,) the emotion each utterance's clip shows (another one where corrupted)
+    # An engine that says so gets the clips' emotions (training only) so its audio head learns what it hears.
+    audio_labels = ns.corrupt_train > 0 and getattr(net, "accepts_audio_label", False)
     for epoch in range(ns.epochs):
         resample = composite and table is not None and not ns.no_resample_audio and epoch > 0
         if resample or ns.corrupt_train > 0:
@@ -349,6 +353,7 @@ def _train(ns: argparse.Namespace) -> int:
                     fresh, CorruptSpec("audio", ns.corrupt_train), ns.seed + 1000 * epoch + 1, train_clips
                 )
                 fresh, corrupted = swap.dialogues, swap.mask
+                clip_emotion = np.where(swap.donor_emotion >= 0, swap.donor_emotion, train.labels)
             train.feats["audio"], train.has["audio"] = table.lookup(
                 [u.audio for d in fresh for u in d.utterances], spec.audio_dim
             )
@@ -361,6 +366,8 @@ def _train(ns: argparse.Namespace) -> int:
             kw = torch_inputs(gather_batch(train.windows, rows, train.feats, train.has, spec), spec.dims(), "cpu")
             keep_text = torch.from_numpy(corrupted[rows]) if ns.corrupt_train > 0 else None
             _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen, keep_text)
+            if audio_labels:
+                kw["audio_label"] = torch.from_numpy(np.asarray(clip_emotion[rows], dtype=np.int64))
             kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}
             y = torch.from_numpy(train.labels[rows]).to(ns.device)
             s = torch.from_numpy(train.sentiment[rows]).to(ns.device)

@@ -74,27 +74,36 @@ def cross_modal_contrastive(emb: Tensor, present: Tensor, y: Tensor, temp: float
 
 def modality_ce(aux_logits: Tensor, y: Tensor, present: Tensor, label_smoothing: float) -> Tensor:
     """Mean cross-entropy of each modality's own head over the modalities present at the target.
-    aux_logits (B, M, C), y (B,), present (B, M)."""
+    aux_logits (B, M, C), y (B,) or (B, M) (a label per modality), present (B, M)."""
     n_m = aux_logits.shape[1]
+    y_m = y.reshape(-1) if y.dim() == 2 else y.repeat_interleave(n_m)  # (B * M,)
     aux_ce = F.cross_entropy(
         aux_logits.reshape(-1, aux_logits.shape[-1]),
-        y.repeat_interleave(n_m),
+        y_m,
         reduction="none",
         label_smoothing=label_smoothing,
     ).reshape(-1, n_m)  # (B, M)
     return (aux_ce * present).sum() / present.sum().clamp(min=1.0)
 
 
-def total_loss(out: dict[str, Tensor], y: Tensor, sentiment: Tensor, w: LossWeights) -> dict[str, Tensor]:
-    """All loss terms and their weighted sum under ``"loss"``."""
+def total_loss(
+    out: dict[str, Tensor], y: Tensor, sentiment: Tensor, w: LossWeights, y_heads: Tensor | None = None
+) -> dict[str, Tensor]:
+    """All loss terms and their weighted sum under ``"loss"``.
+
+    ``y_heads`` (B, M): what each modality's own input shows, where it differs from the label
+    (``--corrupt-train`` swaps in a clip of another emotion: the audio head learns that clip's
+    emotion, not the utterance's). The relevance target still scores each head on ``y``.
+    """
     ce = F.cross_entropy(out["logits"], y, label_smoothing=w.label_smoothing)
     sent = F.mse_loss(out["sentiment"], sentiment.float())
     present = out["present_t"]  # (B, M)
     aux_logits = out["aux_logits"]  # (B, M, C)
     n_m = aux_logits.shape[1]
-    aux = modality_ce(aux_logits, y, present, w.label_smoothing)
-    # Predicted weights over the model's active modalities, in the same order as present_t.
-    active_w = out["weights_active"]
+    aux = modality_ce(aux_logits, y if y_heads is None else y_heads, present, w.label_smoothing)
+    # Predicted relevance over the model's active modalities, in the same order as present_t (the
+    # fusion weights unless the model sharpens them; the loss fits the unsharpened estimate).
+    active_w = out.get("relevance_active", out["weights_active"])
     rel = relevance_loss(aux_logits, active_w, present, y, w.relevance_temperature)
     con = cross_modal_contrastive(out["embeddings"], present, y, w.temperature) if n_m > 1 else ce * 0.0
     loss = ce + w.sentiment * sent + w.aux * aux + w.relevance * rel + w.contrastive * con

@@ -14,6 +14,18 @@ The weighted sum feeds the emotion head (7 logits) and a tanh sentiment head. Au
 predict the label from each modality alone (weak supervision of relevance), and per-modality
 projections feed a category-level cross-modal contrastive loss (see ``losses.py``).
 
+With ``agreement`` (off by default; artifacts trained before it load and behave as before) the
+scorer of modality m also sees whether m agrees with the others: its own head's predicted
+distribution p_m, the mean q_m of the other present modalities' distributions, p_m * q_m and
+sum_c p_m q_m (the chance the two name the same emotion), all detached so the per-modality heads
+stay honest single-modality predictors. Each head reads its modality's contextual vector, so the
+agreement is with the words *and* the dialogue context. A score computed from m's own features
+alone cannot tell a clip of another emotion from a clean one (both are real, confident speech);
+the agreement terms can, once ``emostream train --corrupt-train RATE`` has shown it such clips.
+``sharpness`` k (default 1) makes the fusion weights softmax(k * score) while the relevance loss
+still fits softmax(score) to its target: the estimate stays calibrated, fusion commits harder to
+the modality it believes (a calibrated posterior of "this clip contradicts" is too timid a weight).
+
 Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and window axes.
 """
 
@@ -48,6 +60,8 @@ class RelevanceConfig(ModelConfig):
     input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
     input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights overrides
+    agreement: bool = False  # relevance scorer also sees cross-modal agreement of the heads' predictions
+    sharpness: float = 1.0  # fusion weights = softmax(sharpness * relevance score); 1 = the estimate itself
 
 
 class SpeakerAttention(nn.Module):
@@ -126,11 +140,24 @@ class RelevanceNet(nn.Module):
         self.aux_heads = nn.ModuleList([nn.Linear(d, cfg.n_classes) for _ in self.active])
         self.contrast = nn.ModuleList([nn.Linear(d, cfg.proj_dim) for _ in self.active])
         nn.init.normal_(self.modality_emb, std=0.02)
+        self.agree: nn.Module | None = None
+        if cfg.agreement:
+            n_c = cfg.n_classes
+            self.agree = nn.Sequential(nn.Linear(3 * n_c + 2, d), nn.GELU(), nn.Linear(d, d))
+
+    #: training_loss reads ``inputs["audio_label"]`` (B,): the emotion of the target's clip
+    accepts_audio_label = True
 
     def training_loss(self, inputs: dict[str, Any], labels: Tensor, sentiment: Tensor) -> dict[str, Tensor]:
         from engines.models.losses import LossWeights, total_loss
 
-        return total_loss(self(**inputs), labels, sentiment, LossWeights(**self.cfg.loss))
+        inputs = dict(inputs)
+        audio_label = inputs.pop("audio_label", None)  # training-only: set by --corrupt-train
+        y_heads = None
+        if audio_label is not None and 1 in self.active:
+            y_heads = labels[:, None].repeat(1, len(self.active))  # (B, M)
+            y_heads[:, self.active.index(1)] = audio_label
+        return total_loss(self(**inputs), labels, sentiment, LossWeights(**self.cfg.loss), y_heads)
 
     def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
         set_normaliser(self.proj, modality, mean, std)
@@ -185,15 +212,18 @@ class RelevanceNet(nn.Module):
 
         present_t = torch.stack([(present[:, :, m] * valid * onehot).sum(1) for m in self.active], dim=1)  # (B, M)
         query = (c * present_t[..., None]).sum(1) / present_t.sum(1, keepdim=True).clamp(min=1.0)  # (B, d)
-        score = self.rel_score(torch.tanh(self.rel_key(c) + self.rel_query(query)[:, None]))[..., 0]  # (B, M)
+        aux = torch.stack([hd(c[:, j]) for j, hd in enumerate(self.aux_heads)], dim=1)  # (B, M, C)
+        key = self.rel_key(c) + self.rel_query(query)[:, None]  # (B, M, d)
+        if self.agree is not None:
+            key = key + self.agree(agreement_features(aux, present_t))
+        score = self.rel_score(torch.tanh(key))[..., 0]  # (B, M)
         score = score + (1.0 - present_t) * NEG
-        e = torch.exp(score - score.max(dim=1, keepdim=True).values) * present_t  # (B, M)
-        weights = e / e.sum(1, keepdim=True).clamp(min=1e-12)  # (B, M), 0 where absent
+        relevance = _present_softmax(score, present_t)  # (B, M) the relevance estimate, 0 where absent
+        weights = relevance if cfg.sharpness == 1.0 else _present_softmax(cfg.sharpness * score, present_t)
         fused = (weights[..., None] * c).sum(1)  # (B, d)
 
         logits = self.head(fused)  # (B, C)
         sentiment = torch.tanh(self.sent_head(fused))[:, 0]  # (B,)
-        aux = torch.stack([hd(c[:, j]) for j, hd in enumerate(self.aux_heads)], dim=1)  # (B, M, C)
         emb = torch.stack([pr(c[:, j]) for j, pr in enumerate(self.contrast)], dim=1)  # (B, M, P)
 
         cols = []
@@ -209,10 +239,34 @@ class RelevanceNet(nn.Module):
             "sentiment": sentiment,
             "weights": torch.stack(cols, dim=1),  # (B, 3)
             "weights_active": weights,  # (B, M)
+            "relevance_active": relevance,  # (B, M) what the relevance loss trains (= weights unless sharpened)
             "aux_logits": aux,
             "embeddings": emb,
             "present_t": present_t,
         }
+
+
+def _present_softmax(score: Tensor, present: Tensor) -> Tensor:
+    """Softmax of (B, M) scores over the present modalities (score already has NEG where absent)."""
+    e = torch.exp(score - score.max(dim=1, keepdim=True).values) * present  # (B, M)
+    return e / e.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def agreement_features(aux_logits: Tensor, present: Tensor) -> Tensor:
+    """Per modality, how its head's prediction relates to the other present modalities' ones.
+
+    aux_logits (B, M, C), present (B, M) 0/1 -> (B, M, 3C + 2): p_m, q_m (mean of the others'
+    distributions), p_m * q_m, sum_c p_m q_m, and 1 if any other modality is present (all zero
+    without one). Detached: the scorer reads the heads, it does not train them.
+    """
+    p = torch.softmax(aux_logits.detach(), dim=-1) * present[..., None]  # (B, M, C), 0 where absent
+    n_other = present.sum(1, keepdim=True) - present  # (B, M) other present modalities
+    has_other = (n_other > 0.5).float()  # (B, M)
+    q = (p.sum(1, keepdim=True) - p) / n_other.clamp(min=1.0)[..., None]  # (B, M, C)
+    q = q * (present * has_other)[..., None]
+    both = p * q  # (B, M, C)
+    agree = both.sum(-1, keepdim=True)  # (B, M, 1)
+    return torch.cat([p, q, both, agree, (present * has_other)[..., None]], dim=-1)
 
 
 # the names every model module provides (engines.models)

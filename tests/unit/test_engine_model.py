@@ -143,3 +143,167 @@ def test_three_modalities() -> None:
     w = net(**x)["weights"].detach()
     torch.testing.assert_close(w.sum(1), torch.ones(4))
     assert w[0, 0] == 0.0 and torch.all(w[1:] > 0.0)
+
+
+# --- agreement: the relevance scorer sees whether a modality agrees with the others ---------------
+
+
+def make_agree_net(seed: int = 0, causal: bool = True, sharpness: float = 1.0) -> RelevanceNet:
+    torch.manual_seed(seed)
+    cfg = RelevanceConfig(
+        text_dim=DT, audio_dim=DA, d_model=32, n_heads=4, n_layers=2, causal=causal, agreement=True, sharpness=sharpness
+    )
+    return RelevanceNet(cfg).eval()
+
+
+def test_agreement_is_off_by_default_and_old_artifacts_load_unchanged() -> None:
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    assert RelevanceConfig().agreement is False and RelevanceConfig().sharpness == 1.0
+    assert not any(k.startswith("agree") for k in make_net().state_dict())
+    root = Path(__file__).resolve().parents[2] / "models"
+    artifacts = [p for p in (root / "default", root / "revised") if (p / "weights.safetensors").exists()]
+    if not artifacts:
+        pytest.skip("no shipped models in this checkout")
+    for path in artifacts:
+        cfg = RelevanceConfig(**json.loads((path / "config.json").read_text())["model"])
+        assert cfg.agreement is False and cfg.sharpness == 1.0
+        RelevanceNet(cfg).load_state_dict(load_file(str(path / "weights.safetensors")), strict=True)
+
+
+def test_agreement_features() -> None:
+    from engines.models.relevance import agreement_features
+
+    big = 20.0
+    aux = torch.full((3, 2, 7), -big)
+    aux[:, 0, 4] = big  # text says joy everywhere
+    aux[0, 1, 4] = big  # window 0: audio agrees
+    aux[1, 1, 6] = big  # window 1: audio says anger
+    aux[2, 1, 6] = big  # window 2: audio says anger, but text is absent
+    present = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    f = agreement_features(aux, present)  # (B, M, 3C + 2)
+    assert f.shape == (3, 2, 23)
+    agree, has_other = f[..., 21], f[..., 22]
+    torch.testing.assert_close(agree[0], torch.ones(2))  # same emotion: agreement 1 for both
+    torch.testing.assert_close(agree[1], torch.zeros(2))  # joy vs anger: 0
+    torch.testing.assert_close(has_other, torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+    assert torch.all(f[2, 0] == 0.0)  # text absent: all zero
+    assert torch.all(f[2, 1, 7:] == 0.0)  # audio alone: its own distribution, nothing to agree with
+    torch.testing.assert_close(f[2, 1, :7].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(f[1, 1, 7:14], f[1, 0, :7])  # audio's "others" is text's distribution
+
+
+def test_agreement_weights_keep_the_contract() -> None:
+    net = make_agree_net()
+    x = make_inputs(w=7)
+    x["target"] = torch.tensor([3, 4, 6, 6])
+    x["present"][3, 6, 1] = 0.0  # window 3: no audio at the target
+    out = net(**x)
+    w = out["weights"].detach()
+    torch.testing.assert_close(w.sum(1), torch.ones(4))
+    assert w[3, 1] == 0.0 and w[3, 0] == pytest.approx(1.0)
+    assert torch.all(w[:3, :2] > 0.0)
+    y = {k: (v.clone() if v is not None else None) for k, v in x.items()}
+    y["text"][:, 5:] = torch.randn(4, 2, DT) * 3
+    y["audio"][:, 5:] = torch.randn(4, 2, DA) * 3
+    after = net(**y)
+    torch.testing.assert_close(after["weights"][:2], out["weights"][:2])  # causal: targets 3, 4 blind to 5, 6
+    torch.testing.assert_close(after["logits"][:2], out["logits"][:2])
+
+
+def test_audio_weight_depends_on_what_the_text_head_predicts() -> None:
+    """With agreement the audio weight moves when the text head changes its mind; without it the
+    weights never read the heads' predictions."""
+    x = make_inputs()
+    for net, moves in ((make_agree_net(), True), (make_net(), False)):
+        before = net(**x)["weights"].detach()
+        with torch.no_grad():
+            net.aux_heads[0].weight.mul_(-3.0)  # the text head now predicts something else
+            net.aux_heads[0].bias.add_(torch.linspace(-2.0, 2.0, 7))
+        after = net(**x)["weights"].detach()
+        assert (not torch.allclose(after, before)) == moves
+
+
+def test_agreement_trains_the_scorer_not_the_heads() -> None:
+    net = make_agree_net().train()
+    x = make_inputs(b=8)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
+    losses = total_loss(net(**x), y, torch.zeros(8), LossWeights())
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert net.agree is not None and net.agree[0].weight.grad is not None
+    assert float(net.agree[0].weight.grad.abs().sum()) > 0
+    net.zero_grad()
+    net(**x)["weights_active"][:, 1].sum().backward()  # the weights alone: no gradient into the heads
+    grad = net.aux_heads[0].weight.grad
+    assert grad is None or float(grad.abs().sum()) == 0.0
+
+
+def test_sharpness_commits_harder_and_the_loss_fits_the_estimate() -> None:
+    x = make_inputs(b=8)
+    x["present"][0, -1, 1] = 0.0  # window 0: no audio at the target
+    soft, sharp = make_agree_net()(**x), make_agree_net(sharpness=3.0)(**x)
+    torch.testing.assert_close(sharp["relevance_active"], soft["weights_active"])  # same scorer, same estimate
+    torch.testing.assert_close(sharp["weights"].sum(1), torch.ones(8))
+    assert sharp["weights"][0, 1] == 0.0
+    w_soft, w_sharp = soft["weights"][1:, 1], sharp["weights"][1:, 1]
+    assert torch.all((w_sharp - 0.5).abs() > (w_soft - 0.5).abs())  # further from even, same side
+    assert torch.all((w_sharp > 0.5) == (w_soft > 0.5))
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
+    from engines.models.losses import relevance_loss
+
+    got = total_loss(sharp, y, torch.zeros(8), LossWeights())["relevance"]
+    want = relevance_loss(sharp["aux_logits"], sharp["relevance_active"], sharp["present_t"], y, 1.0)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("causal,sharpness", [(True, 1.0), (False, 1.0), (True, 3.0)])
+def test_agreement_exports_to_onnx(causal: bool, sharpness: float, tmp_path: object) -> None:
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from engines.export import FORBIDDEN_OPS, example_inputs, export_onnx
+    from engines.interface import FeatureSpec
+    from engines.spec import engine_spec
+
+    spec = FeatureSpec(text_dim=DT, audio_dim=DA, video_dim=0)
+    net = make_agree_net(causal=causal, sharpness=sharpness)
+    path = tmp_path / "model.onnx"  # type: ignore[operator]
+    export_onnx(net, spec, path)
+    assert not {n.op_type for n in onnx.load(str(path)).graph.node} & FORBIDDEN_OPS
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    for b, w in [(1, 1), (3, 5), (6, 12)]:
+        feed = example_inputs(engine_spec(spec), batch=b, window=w, seed=b + w)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: feed[k] for k in names}), strict=True))
+        kw = {k: torch.from_numpy(np.asarray(feed[k])) for k in names}
+        with torch.no_grad():
+            ref = net(**{"text": None, "audio": None, "video": None, **kw})
+        np.testing.assert_allclose(got["weights"], ref["weights"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-4, rtol=0)
+
+
+def test_audio_label_trains_the_audio_head_on_what_the_clip_shows() -> None:
+    """--corrupt-train gives the target's clip emotion: only the audio head's loss changes, and the
+    caller's inputs are left as they were."""
+    from engines.models.losses import modality_ce
+
+    net = make_agree_net().train()
+    net.apply(lambda m: setattr(m, "p", 0.0) if isinstance(m, torch.nn.Dropout) else None)
+    x = make_inputs()
+    y = torch.tensor([0, 1, 2, 3])
+    plain = net.training_loss(x, y, torch.zeros(4))
+    same = net.training_loss({**x, "audio_label": y.clone()}, y, torch.zeros(4))
+    torch.testing.assert_close(same["loss"], plain["loss"])
+    swapped = {**x, "audio_label": torch.tensor([6, 6, 6, 6])}
+    got = net.training_loss(swapped, y, torch.zeros(4))
+    assert "audio_label" in swapped
+    out = net(**x)
+    want = modality_ce(out["aux_logits"], torch.tensor([[0, 6], [1, 6], [2, 6], [3, 6]]), out["present_t"], 0.05)
+    torch.testing.assert_close(got["aux"], want)
+    torch.testing.assert_close(got["relevance"], plain["relevance"])  # the relevance target still scores y
