@@ -1,4 +1,4 @@
-"""Benchmarks that print figures (not tests): ``python -m engines.bench {text,audio,engine,audio-probe}``.
+"""Benchmarks that print figures (not tests): ``python -m engines.bench {text,audio,engine,audio-probe,fusion}``.
 
 text         utterances/s on MELD dev, torch eager vs ONNX Runtime (plain and optimised graph), batched
              and one utterance per call, with ratios (cold model load and export excluded)
@@ -6,6 +6,10 @@ audio        decode + extract speed on RAVDESS dev clips, as a multiple of real 
 engine       OnnxEngine.predict latency per batch for windows of 12 utterances
 audio-probe  RAVDESS by actor (train 1-16, dev 17-20), 8 classes: extractor features +
              logistic regression, dev accuracy (the field-notes floor is 0.49)
+fusion       composite dev: the model fused, each modality alone, and the Bayes combination of its
+             text-alone and audio-alone posteriors, p(y|t) p(y|a) / p(y) with the train prior: the
+             best late fusion of those two predictors when text and audio are independent given the
+             emotion, which the composite makes them by construction (a clip is drawn by label only)
 """
 
 from __future__ import annotations
@@ -162,11 +166,55 @@ def audio_probe(data_dir: Path) -> dict[str, float]:
     }
 
 
+def independent_experts(posteriors: Sequence[np.ndarray], prior: np.ndarray) -> np.ndarray:
+    """p(y | x_1..x_M) from each p(y | x_m) when the x_m are independent given y: the product of the
+    posteriors divided by prior^(M-1), renormalised; rows of (N, C) arrays in, (N, C) out."""
+    log = sum(np.log(np.clip(p, 1e-12, None)) for p in posteriors) - (len(posteriors) - 1) * np.log(prior)
+    log = log - log.max(axis=1, keepdims=True)
+    out = np.exp(log)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fusion_ceiling(model: str, data_dir: Path) -> dict[str, Any]:
+    from engines.datasets import load_dataset
+    from engines.evaluate import predict_prepared
+    from engines.metrics import classification_report
+    from engines.prepare import AudioTable, prepare
+    from engines.registry import load_engine, load_extractors
+
+    engine, ex = load_engine(model), load_extractors(model)
+    if ex.text is None or ex.audio is None:
+        raise SystemExit(f"{model}: fusion needs a model with text and audio")
+    dev = load_dataset("meld-ravdess", data_dir, "dev")
+    table = AudioTable([u.audio for d in dev for u in d.utterances if u.audio], ex.audio)
+    data = prepare(dev, ex.spec, ex.text, table, engine.info.max_window)
+    counts = np.bincount(
+        [u.emotion for d in load_dataset("meld-ravdess", data_dir, "train") for u in d.utterances],
+        minlength=len(data.label_names),
+    )
+    prior = (counts + 1.0) / (counts + 1.0).sum()
+    probs = {m: predict_prepared(engine, data, m)[0] for m in (("text", "audio"), ("text",), ("audio",))}
+
+    def wf1(p: np.ndarray) -> float:
+        rep = classification_report(data.labels, p.argmax(1), None, tuple(data.label_names))
+        return float(rep["weighted_f1"])
+
+    both = independent_experts([probs[("text",)], probs[("audio",)]], prior)
+    return {
+        "model": model,
+        "n": int(data.n),
+        "fused_wf1": wf1(probs[("text", "audio")]),
+        "text_wf1": wf1(probs[("text",)]),
+        "audio_wf1": wf1(probs[("audio",)]),
+        "independent_experts_wf1": wf1(both),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["text", "audio", "engine", "audio-probe"])
+    p.add_argument("what", choices=["text", "audio", "engine", "audio-probe", "fusion"])
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--model", default="default")
     p.add_argument("--n", type=int, default=400)
@@ -183,6 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = bench_audio(data_dir, ns.n)
     elif ns.what == "engine":
         res = bench_engine(ns.model, [1, 16, 64])
+    elif ns.what == "fusion":
+        res = fusion_ceiling(ns.model, data_dir)
     else:
         res = audio_probe(data_dir)
     print(json.dumps({"bench": ns.what, **res}))

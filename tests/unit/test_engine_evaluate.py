@@ -270,3 +270,17 @@ def test_corrupt_train_keeps_the_targets_text() -> None:
     assert (text[3:] == 0).all()
     assert (text[:3, w - 1] == 1).all() and (text[:3, : w - 1] == 0).all()  # contradicted targets keep their text
     assert (kw["present"][:, :, 1] == 1).all()
+
+
+def test_independent_experts_is_bayes_combination() -> None:
+    """Two posteriors from label-independent evidence combine to p(y|a,b) = p(y|a) p(y|b) / p(y)."""
+    from engines.bench import independent_experts
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.5, 0.3, 0.2])
+    lik_a, lik_b = rng.random((4, 3)), rng.random((4, 3))  # p(x | y) per row
+    post = lambda lik: lik * prior / (lik * prior).sum(1, keepdims=True)  # noqa: E731
+    want = lik_a * lik_b * prior
+    want /= want.sum(1, keepdims=True)
+    np.testing.assert_allclose(independent_experts([post(lik_a), post(lik_b)], prior), want, atol=1e-9)
+    np.testing.assert_allclose(independent_experts([post(lik_a)], prior), post(lik_a), atol=1e-9)
