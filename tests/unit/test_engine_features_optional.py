@@ -73,7 +73,17 @@ def test_missing_optional_package_names_the_extra(monkeypatch: pytest.MonkeyPatc
 
 
 def test_features_json_without_kind_rebuilds_minilm_and_functionals(tmp_path: Path) -> None:
-    ex = load_extractors("default")  # the shipped artifact predates "kind"
+    # artifacts written before "kind" existed (the first shipped default's features.json, verbatim)
+    functionals = AudioFeatureExtractor()
+    old = write_artifact(
+        tmp_path / "old",
+        {
+            "spec": {"text_dim": 384, "audio_dim": functionals.dim, "video_dim": 0},
+            "text": {"model_id": MODEL_ID, "dim": 384, "normalise_text": True},
+            "audio": {k: v for k, v in {**functionals.to_dict(), "id": functionals.id}.items() if k != "kind"},
+        },
+    )
+    ex = load_extractors(old)
     assert type(ex.text) is TextEncoder and ex.text.config.model_id == MODEL_ID and ex.text.dim == 384
     assert type(ex.audio) is AudioFeatureExtractor and ex.audio.dim == ex.spec.audio_dim
     # what the factories describe is what load_extractors rebuilds

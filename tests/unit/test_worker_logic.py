@@ -319,15 +319,14 @@ def test_revision_model_must_share_the_features(tmp_path: Any) -> None:
     main = load_engine("default")
     other = tmp_path / "other"
     shutil.copytree(artifact.DEFAULT_DIR, other)
-    meta = artifact.read_json(other, artifact.FEATURES)
-    meta.setdefault("text", {})["kind"] = "minilm"  # explicit default kind: still the same features
-    artifact.write_json(other, artifact.FEATURES, meta)
     engine, _ = load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
     assert engine.info.features == main.info.features
-    meta["text"]["model_id"] = "some-other-encoder"
-    artifact.write_json(other, artifact.FEATURES, meta)
-    with pytest.raises(ConfigError, match="same features"):
-        load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
+    meta = artifact.read_json(other, artifact.FEATURES)
+    for key, value in [("model_id", "some-other-encoder"), ("sha256", "0" * 64)]:  # another encoder, other tuned layers
+        changed = {**meta, "text": {**meta["text"], key: value}}
+        artifact.write_json(other, artifact.FEATURES, changed)
+        with pytest.raises(ConfigError, match="same features"):
+            load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
 
 
 def test_revision_model_ref_names_the_revision_model_even_when_artifacts_share_a_name() -> None:
@@ -381,3 +380,12 @@ def test_an_utterance_released_late_still_gets_exactly_one_revision() -> None:
         assert late.context_size == 4  # u0, u1 and its two later ones, in seq order
 
     asyncio.run(scenario())
+
+
+def test_feature_key_reads_a_missing_text_kind_as_minilm() -> None:
+    from streams.runtime import _feature_key
+
+    old = {"spec": {"text_dim": 384}, "text": {"model_id": "m", "dim": 384}, "audio": {"id": "a"}}
+    explicit = {**old, "text": {**old["text"], "kind": "minilm"}}
+    assert _feature_key(old) == _feature_key(explicit)
+    assert _feature_key(old) != _feature_key({**old, "text": {**old["text"], "kind": "e5-multilingual"}})
