@@ -64,14 +64,14 @@ def load_extractors(model_dir: str | Path = "default", device: str = "cpu", text
     Raises :class:`ArtifactError` for a description that does not match what can be built, and
     :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
     """
+    if text_runtime not in TEXT_RUNTIMES:
+        raise ArtifactError(f"unknown text runtime {text_runtime!r}; known: {TEXT_RUNTIMES}")
     path = artifact.resolve_model_dir(model_dir)
     meta = artifact.read_json(path, artifact.FEATURES)
     spec = artifact.feature_spec(path)
     text = None
     if spec.text_dim > 0:
         text = text_encoder_from_dict(meta.get("text", {}), dim=spec.text_dim, device=device, base_dir=path)
-        if text_runtime not in TEXT_RUNTIMES:
-            raise ArtifactError(f"unknown text runtime {text_runtime!r}; known: {TEXT_RUNTIMES}")
         if text_runtime == "onnxruntime" and text.kind in ("minilm", "minilm-tuned"):
             from engines.features.text_onnx import OnnxTextEncoder
 

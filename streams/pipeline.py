@@ -138,8 +138,8 @@ class Processor:
         self.model_ref = _model_ref(engine)
         self.revision_model_ref = _model_ref(self.revision_engine)
         if self.revision_engine is not engine and self.revision_model_ref == self.model_ref:
-            # two artifacts under one name and version (training names a model by its engine only,
-            # e.g. models/default and models/revised): the revisions' reference must still tell them apart
+            # two artifacts under one name and version (artifacts trained before `train --future k`
+            # named them `-future<k>`): the revisions' reference must still tell them apart
             k = self.revision_engine.info.future or future
             self.revision_model_ref = self.model_ref.model_copy(update={"name": f"{self.model_ref.name}-future{k}"})
 

@@ -121,6 +121,13 @@ def dct_matrix(n_in: int, n_out: int) -> np.ndarray:
     return basis.astype(np.float32)
 
 
+def extractor_id(prefix: str, version: int, description: dict[str, Any]) -> str:
+    """``<prefix>-v<version>-<12 hex of the description's sha256>``: an extractor's stable id (the
+    feature cache namespace and the artifact check), shared by every audio extractor."""
+    blob = json.dumps(description, sort_keys=True).encode()
+    return f"{prefix}-v{version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
 class AudioFeatureExtractor:
     """``extract(waves) -> (N, dim) float32`` utterance-level functionals."""
 
@@ -134,8 +141,7 @@ class AudioFeatureExtractor:
     @property
     def id(self) -> str:
         """Stable id of this extractor and its configuration (cache namespace, artifact check)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return f"emostream-functionals-v{self.config.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return extractor_id("emostream-functionals", self.config.version, self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self.config)

