@@ -1,0 +1,46 @@
+"""IEMOCAP text, causal: an engine trained here, from the train split, reaches the issue's 0.60.
+
+The full command of the README's IEMOCAP row (relevance on multilingual-e5 embeddings with its
+regularisation), seed 0, trained through the real CLI and scored on the dev split (which training
+never fits; it picks the epoch) by ``emostream evaluate`` through ONNX Runtime. Measured at
+0.643 for seed 0 and 0.629-0.643 over seeds 0-3 on the 2-core machine; the floor is the target.
+About two minutes (plus encoding the 5,810 utterances once into the feature cache).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+# a whole training run: longer than the suite's per-test limit on a slow or fresh (uncached) machine
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
+
+IEMOCAP_TEXT_CAUSAL_TARGET = 0.60  # the engines issue's floor (dev weighted F1)
+RECIPE = [
+    "--engine", "relevance", "--dataset", "iemocap-text", "--text-encoder", "e5-multilingual",
+    "--dropout", "0.3", "--text-noise", "1.0", "--context-dropout", "0.3", "--seed", "0",
+]  # fmt: skip
+
+
+def test_iemocap_text_causal_reaches_the_target(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engines.evaluate import main as evaluate
+    from engines.train import main as train
+
+    out = tmp_path / "iemocap"
+    data = ["--data-dir", str(shared_data)]
+    assert train([*RECIPE, *data, "--out", str(out), "--threads", "2", "--no-progress"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["text"]["n"] == 647
+
+    assert evaluate(["--model", str(out), "--dataset", "iemocap-text", *data, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n"] == 647 and report["split"] == "dev"
+    assert report["weighted_f1"] == pytest.approx(trained["text"]["weighted_f1"], abs=1e-4)
+    assert report["weighted_f1"] >= IEMOCAP_TEXT_CAUSAL_TARGET, report
