@@ -10,10 +10,11 @@ A few minutes (plus extracting the RAVDESS functionals once into the feature cac
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+
+from tests.engine.cli import evaluate, train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -22,25 +23,18 @@ pytest.importorskip("torch")
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1500)]
 
 FUSION_MARGIN = 0.05  # the engines issue's target (dev weighted F1 over the best single modality)
-RECIPE = ["--engine", "relevance", "--dataset", "meld-ravdess", "--audio-extractor", "functionals", "--seed", "0"]
+RECIPE = ["--engine", "relevance", "--audio-extractor", "functionals", "--seed", "0"]
 
 
 def test_composite_fusion_beats_the_best_single_modality(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engines.evaluate import main as evaluate
-    from engines.train import main as train
-
-    out = tmp_path / "composite"
-    data = ["--data-dir", str(shared_data)]
-    assert train([*RECIPE, *data, "--out", str(out), "--threads", "2", "--no-progress"]) == 0
-    capsys.readouterr()
+    data = ["--dataset", "meld-ravdess", "--data-dir", str(shared_data)]
+    train([*RECIPE, *data], tmp_path / "composite", capsys)
 
     scores = {}
     for modalities in ("text,audio", "text", "audio"):
-        args = ["--model", str(out), "--dataset", "meld-ravdess", *data, "--modalities", modalities, "--json"]
-        assert evaluate(args) == 0
-        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        report = evaluate(["--model", str(tmp_path / "composite"), *data, "--modalities", modalities], capsys)
         assert report["split"] == "dev" and report["n"] == 1109
         scores[modalities] = report["weighted_f1"]
     best_single = max(scores["text"], scores["audio"])

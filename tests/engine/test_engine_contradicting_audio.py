@@ -11,10 +11,11 @@ About three minutes on the 2-core machine, plus Whisper features of the RAVDESS 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+
+from tests.engine.cli import evaluate, train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -29,8 +30,6 @@ def test_contradicting_audio_loses_weight_and_fusion_stays_above_text(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from engines import artifact
-    from engines.evaluate import main as evaluate
-    from engines.train import main as train
 
     out = tmp_path / "robust"
     data = ["--dataset", "meld-ravdess", "--data-dir", str(shared_data)]
@@ -40,15 +39,10 @@ def test_contradicting_audio_loses_weight_and_fusion_stays_above_text(
         "--set", 'loss={"relevance": 1.0, "relevance_temperature": 0.3}',
         "--epochs", "10", "--patience", "4", "--seed", "0",
     ]  # fmt: skip
-    assert train([*recipe, *data, "--out", str(out), "--threads", "2", "--no-progress"]) == 0
-    capsys.readouterr()
+    train([*recipe, *data], out, capsys)
 
-    def report(*extra: str) -> dict:
-        assert evaluate(["--model", str(out), *data, "--json", *extra]) == 0
-        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-    corrupted = report("--corrupt", "audio=0.5")
-    text_alone = report("--modalities", "text")
+    corrupted = evaluate(["--model", str(out), *data, "--corrupt", "audio=0.5"], capsys)
+    text_alone = evaluate(["--model", str(out), *data, "--modalities", "text"], capsys)
     c = corrupted["corrupt"]
     assert c["n_corrupted"] > 500 and c["n_clean"] > 500, c
     ratio = c["mean_weights_corrupted"]["audio"] / c["mean_weights_clean"]["audio"]

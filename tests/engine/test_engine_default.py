@@ -103,12 +103,9 @@ def test_meld_dev_text_only_weighted_f1(engine: Engine, shared_data: Path) -> No
 
 def test_ravdess_dev_audio_only_accuracy(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Speaker-independent speech emotion: ``emostream evaluate --model default --dataset ravdess``."""
-    import json
+    from tests.engine.cli import evaluate
 
-    from engines.evaluate import main as evaluate
-
-    assert evaluate(["--model", "default", "--dataset", "ravdess", "--data-dir", str(shared_data), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = evaluate(["--model", "default", "--dataset", "ravdess", "--data-dir", str(shared_data)], capsys)
     assert report["n"] == 240 and report["modalities"] == ["audio"], report
     assert report["accuracy"] >= RAVDESS_DEV_AUDIO_ONLY_ACC_FLOOR, report
 

@@ -9,10 +9,11 @@ About two minutes (plus encoding the 5,810 utterances once into the feature cach
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+
+from tests.engine.cli import evaluate, train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -30,17 +31,11 @@ RECIPE = [
 def test_iemocap_text_causal_reaches_the_target(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engines.evaluate import main as evaluate
-    from engines.train import main as train
-
-    out = tmp_path / "iemocap"
     data = ["--data-dir", str(shared_data)]
-    assert train([*RECIPE, *data, "--out", str(out), "--threads", "2", "--no-progress"]) == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = train([*RECIPE, *data], tmp_path / "iemocap", capsys)
     assert trained["text"]["n"] == 647
 
-    assert evaluate(["--model", str(out), "--dataset", "iemocap-text", *data, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = evaluate(["--model", str(tmp_path / "iemocap"), "--dataset", "iemocap-text", *data], capsys)
     assert report["n"] == 647 and report["split"] == "dev"
     assert report["weighted_f1"] == pytest.approx(trained["text"]["weighted_f1"], abs=1e-4)
     assert report["weighted_f1"] >= IEMOCAP_TEXT_CAUSAL_TARGET, report
