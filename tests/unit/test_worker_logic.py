@@ -330,8 +330,8 @@ def test_revision_model_must_share_the_features(tmp_path: Any) -> None:
 
 
 def test_revision_model_ref_names_the_revision_model_even_when_artifacts_share_a_name() -> None:
-    """models/default and models/revised are both 'emostream-relevance 1.0.0': the revised events
-    must still say that another model labelled them."""
+    """A revision model trained before ``--future k`` named it ``-future<k>`` shares the main
+    model's name and version: the revised events must still say that another model labelled them."""
 
     class SameNameRevision(FakeEngine):
         info = EngineInfo(
