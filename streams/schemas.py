@@ -149,7 +149,10 @@ class EmotionEvent(_Message):
     probabilities: dict[str, float]
     sentiment: float = Field(ge=-1, le=1)
     sentiment_label: Literal["negative", "neutral", "positive"]
-    weights: dict[str, float] = Field(description="relevance weight per modality (0 where absent)")
+    weights: dict[str, float] = Field(
+        description="weight per modality, summing to 1 over the modalities present (0 where absent); what "
+        "it measures depends on the engine (relevance weights, unimse's adapter gates: the model's README)"
+    )
     modalities_present: list[Modality]
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")
