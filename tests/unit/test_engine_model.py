@@ -157,24 +157,17 @@ def make_agree_net(seed: int = 0, causal: bool = True, sharpness: float = 1.0) -
 
 
 def test_agreement_is_off_by_default_and_old_artifacts_load_unchanged() -> None:
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
+    from engines import artifact
 
     assert RelevanceConfig().agreement is False and RelevanceConfig().sharpness == 1.0
     assert not any(k.startswith("agree") for k in make_net().state_dict())
-    root = Path(__file__).resolve().parents[2] / "models"
-    artifacts = [p for p in (root / "default", root / "revised") if (p / "weights.safetensors").exists()]
-    if not artifacts:
+    shipped = [artifact.MODELS_DIR / n for n in artifact.SHIPPED]
+    shipped = [p for p in shipped if (p / artifact.WEIGHTS).exists()]
+    if not shipped:
         pytest.skip("no shipped models in this checkout")
-    from engines.models import build_model
-
-    for path in artifacts:  # every shipped artifact loads strictly into its engine's network
-        config = json.loads((path / "config.json").read_text())
-        build_model(config["engine"], config["model"]).load_state_dict(
-            load_file(str(path / "weights.safetensors")), strict=True
-        )
+    for path in shipped:
+        artifact.load_torch_model(path)  # raises unless the weights match the engine's network exactly
+        config = artifact.read_json(path, artifact.CONFIG)
         if config["engine"] == "relevance":  # one trained before the option existed keeps it off
             cfg = RelevanceConfig(**config["model"])
             assert cfg.agreement is False and cfg.sharpness == 1.0
