@@ -1,9 +1,16 @@
-"""Building and running the Faust application around :class:`streams.worker.Worker`."""
+"""Building and running the Faust application around :class:`streams.worker.Worker`.
+
+Before Faust starts, :func:`run_worker` makes sure the topics exist and are co-partitioned
+(:func:`streams.kafka.wait_for_topics`): a worker subscribed to topics that do not exist yet would
+get no partition until its next metadata refresh, minutes later. Settings that cannot work end the
+command with a one-line message and exit code 2, not a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,21 +20,19 @@ from streams.settings import Settings
 log = logging.getLogger("emostream.app")
 
 
-def broker_urls(settings: Settings) -> list[str]:
-    return [f"kafka://{b.strip()}" for b in settings.kafka.brokers.split(",") if b.strip()]
-
-
 def create_app(settings: Settings, worker_factory: Any) -> Any:
     """A Faust app with one agent over all input topics and a timer; ``worker_factory()`` is
     called once, on start-up, to build the :class:`~streams.worker.Worker` (model, Redis)."""
     import faust
+
+    from streams.kafka import faust_options
 
     topics = settings.kafka.topics
     datadir = Path(tempfile.gettempdir()) / "emostream-faust" / settings.kafka.group_id  # no tables: scratch only
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.kafka.group_id,
-        broker=broker_urls(settings),
+        **faust_options(settings),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
@@ -67,7 +72,12 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         worker = state["worker"]
         async for event in stream.noack().events():
             msg = event.message
-            await worker.on_message(msg.topic, msg.partition, msg.offset, event.key, event.value, event)
+            try:
+                await worker.on_message(msg.topic, msg.partition, msg.offset, event.key, event.value, event)
+            except Exception:  # on_message dead-letters what it cannot use; this is the last guard
+                log.exception("message %s[%d]@%d failed; acked to keep the stream going", msg.topic, msg.partition,
+                              msg.offset)  # fmt: skip
+                event.ack()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -81,9 +91,18 @@ def run_worker(settings: Settings) -> int:
     """``emostream worker``: load the model, connect Redis, serve /metrics, consume until stopped."""
     import faust
 
+    from streams.errors import EmostreamError
+    from streams.kafka import wait_for_topics
     from streams.runtime import build_worker
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings, lambda send: build_worker(settings, send))
+    try:
+        created = wait_for_topics(settings)
+        app = create_app(settings, lambda send: build_worker(settings, send))
+    except EmostreamError as exc:
+        print(f"emostream worker: {exc}", file=sys.stderr)
+        return 2
+    if created:
+        log.info("created missing topics: %s", ", ".join(created))
     faust.Worker(app, loglevel=settings.log_level.lower(), console_port=0).execute_from_commandline()
     return 0

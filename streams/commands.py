@@ -20,7 +20,8 @@ def cmd_demo(ns: Any) -> int:
 
 def cmd_feed(ns: Any) -> int:
     from streams.dialogues import attach_ravdess, read_jsonl, read_meld_csv
-    from streams.feed import ensure_topics, feed
+    from streams.feed import feed
+    from streams.kafka import ensure_topics
     from streams.settings import load_settings
 
     settings = load_settings(ns.config)

@@ -104,7 +104,8 @@ def _dialogues(ns: argparse.Namespace, workdir: Path) -> list[Any]:
 
 
 def run_demo(ns: argparse.Namespace) -> int:
-    from streams.feed import ensure_topics, feed
+    from streams.feed import feed
+    from streams.kafka import ensure_topics
 
     run_id = uuid.uuid4().hex[:6]
     base = load_settings(ns.config)

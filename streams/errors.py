@@ -2,6 +2,8 @@
 
     EmostreamError                 root of everything the service raises on purpose
     ├── ConfigError                settings or artifacts that cannot work (bad path, wrong model)
+    │   └── TopologyError          the topics exist but cannot be consumed together (not
+    │                              co-partitioned): the worker refuses to start
     ├── ServiceUnavailable         Kafka or Redis cannot be reached in time
     └── InvalidMessage             one input message is unusable; carries a dead-letter ``reason``
                                    code (see :data:`REASONS`) and a human ``detail``
@@ -24,6 +26,7 @@ REASONS: tuple[str, ...] = (
     "undecodable_audio",
     "oversized",
     "unknown_topic",
+    "processing_failed",  # valid on its own, but the encoders, the engine or the event build failed on it
 )
 
 
@@ -37,6 +40,10 @@ class ConfigError(EmostreamError):
 
 class ServiceUnavailable(EmostreamError):
     """Kafka or Redis could not be reached in time."""
+
+
+class TopologyError(ConfigError):
+    """Existing topics that the worker cannot join (different partition counts)."""
 
 
 class InvalidMessage(EmostreamError):

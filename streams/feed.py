@@ -6,8 +6,8 @@ modalities it will send, then each utterance's parts to the text/audio/video top
 go out when they end in the conversation (divided by ``speed``) and calls overlap, up to
 ``concurrency`` lines at a time, a new call every ``stagger_s`` seconds; otherwise everything goes
 out as fast as possible in the same order. The schedule is plain functions (:func:`send_offsets`,
-:func:`call_starts`, :func:`plan`) so it is tested without Kafka. :func:`ensure_topics` creates
-missing topics.
+:func:`call_starts`, :func:`plan`) so it is tested without Kafka; connection options come from
+:mod:`streams.kafka`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from streams.dialogues import Dialogue, Utterance
 from streams.errors import ServiceUnavailable
+from streams.kafka import kafka_python_options
 from streams.schemas import AudioPart, CallControl, TextPart, VideoPart
 from streams.settings import Settings, TopicSettings
 
@@ -131,24 +132,13 @@ def part_message(u: Utterance, modality: str, topics: TopicSettings) -> tuple[st
     return None
 
 
-def kafka_config(settings: Settings) -> dict[str, Any]:
-    """Connection options for kafka-python clients, from ``settings.kafka``."""
-    k = settings.kafka
-    config: dict[str, Any] = {"bootstrap_servers": k.brokers.split(","), "security_protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        config["sasl_mechanism"] = k.sasl_mechanism
-        config["sasl_plain_username"] = k.sasl_username
-        config["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
-    return config
-
-
 def make_producer(settings: Settings) -> Any:
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     try:
         return KafkaProducer(
-            **kafka_config(settings),
+            **kafka_python_options(settings),
             acks="all",
             linger_ms=5,
             max_request_size=settings.limits.max_message_bytes,
@@ -263,41 +253,3 @@ def feed(
             producer.close()
     report.duration_s = clock() - t0
     return report
-
-
-def ensure_topics(settings: Settings, admin: Any = None, timeout_s: float = 30.0) -> list[str]:
-    """Create the input and output topics that do not exist yet; returns the names created.
-
-    Every topic gets ``settings.kafka.topics.partitions`` partitions (inputs must be
-    co-partitioned) and ``replication`` replicas; an existing topic with another partition count is
-    logged as a warning, not changed.
-    """
-    from kafka.errors import KafkaError
-
-    t = settings.kafka.topics
-    names = [*t.inputs(), t.emotions, t.deadletter]
-    own = admin is None
-    try:
-        if own:
-            from kafka import KafkaAdminClient
-
-            admin = KafkaAdminClient(**kafka_config(settings), request_timeout_ms=int(timeout_s * 1000))
-        existing = set(admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        if missing:
-            spec = {n: {"num_partitions": t.partitions, "replication_factor": t.replication} for n in missing}
-            result = admin.create_topics(spec, timeout_ms=int(timeout_s * 1000), raise_errors=False)
-            for topic in result.get("topics", []):
-                if topic.get("error_code", 0) not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS (a race)
-                    raise ServiceUnavailable(f"cannot create topic {topic.get('name')}: {topic}")
-        for meta in admin.describe_topics([n for n in names if n in existing]):
-            count = len(meta.get("partitions") or [])
-            if count and count != t.partitions:
-                log.warning("topic %s has %d partitions, settings say %d", meta.get("topic") or meta.get("name"),
-                            count, t.partitions)  # fmt: skip
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka admin at {settings.kafka.brokers}: {exc}") from exc
-    finally:
-        if own and admin is not None:
-            admin.close()
-    return missing

@@ -39,11 +39,21 @@ class TopicSettings(_Section):
 
 
 class KafkaSettings(_Section):
+    """How every Kafka client of emostream connects (``streams.kafka`` turns this into each
+    client library's options): PLAINTEXT, SSL (CA, optional client certificate) or SASL_SSL."""
+
     brokers: str = "127.0.0.1:9092"
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = Field(None, description="PEM file of the CA that signed the brokers' certificates")
+    ssl_certfile: str | None = Field(None, description="PEM client certificate (mutual TLS)")
+    ssl_keyfile: str | None = Field(None, description="PEM private key of the client certificate")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    request_timeout_s: float = Field(30.0, gt=0, description="admin and metadata requests")
+    create_topics: bool = Field(True, description="the worker creates missing topics at start")
     group_id: str = "emostream-worker"
     app_id: str = "emostream"
     topics: TopicSettings = TopicSettings()
@@ -59,7 +69,17 @@ class RedisSettings(_Section):
 class JoinSettings(_Section):
     wait_s: float = Field(2.0, ge=0, description="max wait for missing modalities after an utterance's first part")
     default_modalities: tuple[str, ...] = ("text", "audio")
-    max_open_utterances: int = Field(100_000, ge=1)
+    max_open_utterances: int = Field(
+        100_000,
+        ge=1,
+        description="utterances waiting for parts; at the cap the worker stops reading until some are due",
+    )
+    max_open_calls: int = Field(
+        50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
+    )
+    max_finished_ids: int = Field(
+        200_000, ge=1, description="labelled (call, utterance) ids remembered to recognise late parts"
+    )
 
 
 class EngineSettings(_Section):
@@ -86,6 +106,11 @@ class LimitSettings(_Section):
     max_message_bytes: int = Field(1024 * 1024, ge=1024, description="Kafka's default message.max.bytes")
     max_text_chars: int = Field(5000, ge=1)
     max_audio_s: float = Field(60.0, gt=0)
+    deadletter_payload: Literal["full", "truncated", "none"] = Field(
+        "truncated",
+        description="how much of a bad message the dead-letter record copies (transcripts and audio are personal data)",
+    )
+    deadletter_payload_bytes: int = Field(4096, ge=0, description="what 'truncated' keeps")
 
 
 class MetricsSettings(_Section):

@@ -159,11 +159,11 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
-    from streams.feed import kafka_config
+    from streams.kafka import kafka_python_options
 
     try:
         consumer = KafkaConsumer(
-            **kafka_config(settings),
+            **kafka_python_options(settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if from_beginning else "latest",

@@ -10,7 +10,8 @@ import pytest
 from kafka import KafkaProducer
 
 from streams.dialogues import read_meld_csv
-from streams.feed import ensure_topics, part_message
+from streams.feed import part_message
+from streams.kafka import ensure_topics
 from streams.schemas import AudioPart, TextPart
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 

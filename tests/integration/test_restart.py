@@ -9,7 +9,8 @@ import time
 import pytest
 
 from streams.dialogues import read_meld_csv
-from streams.feed import ensure_topics, feed
+from streams.feed import feed
+from streams.kafka import ensure_topics
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ import pytest
 from engines import artifact
 from streams.context import ContextItem
 from streams.dialogues import Dialogue, read_meld_csv
-from streams.feed import ensure_topics, make_producer, part_message
+from streams.feed import make_producer, part_message
+from streams.kafka import ensure_topics
 from streams.pipeline import build_batch
 from streams.schemas import CallControl, EmotionEvent, TextPart, event_id
 from streams.settings import Settings

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from streams.dialogues import Dialogue, attach_ravdess, read_meld_csv
-from streams.feed import ensure_topics, feed
+from streams.feed import feed
+from streams.kafka import ensure_topics
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 
 pytestmark = pytest.mark.integration

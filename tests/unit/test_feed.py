@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from streams.dialogues import Dialogue, Utterance
-from streams.feed import call_starts, ensure_topics, feed, plan, send_offsets
+from streams.feed import call_starts, feed, plan, send_offsets
 from streams.schemas import parse_input
 from streams.settings import Settings
 
@@ -129,31 +128,3 @@ def test_audio_delay_sends_audio_later_and_ended_after_it() -> None:
     audio_at = {seq: t for t, topic, seq in timeline if topic == TOPICS.audio}
     assert audio_at == {seq: text_at[seq] + 3.0 for seq in text_at}
     assert timeline[-1][1] == TOPICS.control and timeline[-1][0] >= max(audio_at.values())
-
-
-class FakeAdmin:
-    def __init__(self, existing: dict[str, int]) -> None:
-        self.existing = existing
-        self.created: dict[str, Any] = {}
-        self.closed = False
-
-    def list_topics(self) -> list[str]:
-        return list(self.existing)
-
-    def create_topics(self, spec: dict[str, Any], timeout_ms: int, raise_errors: bool) -> dict[str, Any]:
-        self.created.update(spec)
-        return {"topics": [{"name": n, "error_code": 0} for n in spec]}
-
-    def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
-        return [{"topic": n, "partitions": [{}] * self.existing[n]} for n in names]
-
-
-def test_ensure_topics_creates_only_missing_ones(caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings.model_validate({"kafka": {"topics": {"partitions": 6, "replication": 1}}})
-    admin = FakeAdmin({settings.kafka.topics.text: 4})
-    created = ensure_topics(settings, admin=admin)
-    t = settings.kafka.topics
-    assert created == [t.audio, t.video, t.control, t.emotions, t.deadletter]
-    assert admin.created[t.audio] == {"num_partitions": 6, "replication_factor": 1}
-    assert "has 4 partitions, settings say 6" in caplog.text
-    assert json.dumps(admin.created)  # plain dict spec, not deprecated NewTopic objects

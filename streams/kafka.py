@@ -1,0 +1,197 @@
+"""One place that turns ``settings.kafka`` into every Kafka client's connection options, and
+makes sure the topics the worker needs exist and can be joined.
+
+    kafka_python_options(settings)   kwargs for kafka-python's KafkaProducer, KafkaConsumer and
+                                     KafkaAdminClient (feed, subscribe, demo, chaos tools, tests)
+    faust_options(settings)          kwargs for ``faust.App``: broker URLs and ``broker_credentials``
+    ssl_context(settings)            the ``ssl.SSLContext`` the Faust worker uses (CA, client cert)
+    ensure_topics(settings)          create missing topics; refuse input topics that are not
+                                     co-partitioned (:class:`~streams.errors.TopologyError`)
+
+Security protocols: PLAINTEXT, SSL (server CA, optional client certificate for mutual TLS),
+SASL_PLAINTEXT and SASL_SSL with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. A setting that cannot
+work (SASL without a mechanism or password, a client key without its certificate) raises
+:class:`~streams.errors.ConfigError` before any connection is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import Any
+
+from streams.errors import ConfigError, ServiceUnavailable, TopologyError
+from streams.settings import KafkaSettings, Settings
+
+log = logging.getLogger("emostream.kafka")
+
+_TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS (another client created it first)
+
+
+def _check(k: KafkaSettings) -> None:
+    sasl = k.security_protocol.startswith("SASL")
+    if sasl and not (k.sasl_mechanism and k.sasl_username and k.sasl_password):
+        raise ConfigError(
+            f"kafka.security_protocol {k.security_protocol} needs kafka.sasl_mechanism, sasl_username and sasl_password"
+        )
+    if not sasl and k.sasl_mechanism:
+        raise ConfigError(f"kafka.sasl_mechanism is set but kafka.security_protocol is {k.security_protocol}")
+    if bool(k.ssl_certfile) != bool(k.ssl_keyfile):
+        raise ConfigError("kafka.ssl_certfile and kafka.ssl_keyfile go together (mutual TLS)")
+    uses_tls = k.security_protocol in ("SSL", "SASL_SSL")
+    if not uses_tls and (k.ssl_cafile or k.ssl_certfile):
+        raise ConfigError(f"kafka.ssl_* files are set but kafka.security_protocol is {k.security_protocol}")
+
+
+def brokers(settings: Settings) -> list[str]:
+    return [b.strip() for b in settings.kafka.brokers.split(",") if b.strip()]
+
+
+def kafka_python_options(settings: Settings) -> dict[str, Any]:
+    """Connection options for kafka-python clients."""
+    k = settings.kafka
+    _check(k)
+    options: dict[str, Any] = {"bootstrap_servers": brokers(settings), "security_protocol": k.security_protocol}
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        options.update(
+            ssl_check_hostname=k.ssl_check_hostname,
+            ssl_cafile=k.ssl_cafile,
+            ssl_certfile=k.ssl_certfile,
+            ssl_keyfile=k.ssl_keyfile,
+            ssl_password=k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
+        )
+    if k.sasl_mechanism:
+        options.update(
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username,
+            sasl_plain_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+        )
+    return options
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for SSL and SASL_SSL (None for the plaintext protocols)."""
+    k = settings.kafka
+    _check(k)
+    if k.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=k.ssl_cafile)
+        if k.ssl_certfile:
+            password = k.ssl_key_password.get_secret_value() if k.ssl_key_password else None
+            ctx.load_cert_chain(k.ssl_certfile, k.ssl_keyfile, password=password)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"Kafka TLS files: {exc}") from exc
+    ctx.check_hostname = k.ssl_check_hostname
+    return ctx
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    """``broker`` and ``broker_credentials`` for ``faust.App`` (its consumer and producer alike)."""
+    import faust
+
+    k = settings.kafka
+    _check(k)
+    options: dict[str, Any] = {"broker": [f"kafka://{b}" for b in brokers(settings)]}
+    ctx = ssl_context(settings)
+    if k.sasl_mechanism:
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=k.sasl_username,
+            password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+            ssl_context=ctx,
+            mechanism=k.sasl_mechanism,
+        )
+    elif ctx is not None:
+        options["broker_credentials"] = faust.SSLCredentials(ctx)
+    return options
+
+
+def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) -> list[str]:
+    """Create the input and output topics that are missing (``settings.kafka.topics.partitions``
+    partitions, ``replication`` replicas); returns the names created.
+
+    The input topics are joined by call id, so they must all have the same partition count: if
+    they do not, :class:`TopologyError` says which differ. An existing topic whose count differs
+    from the settings but matches the other inputs is only logged.
+    """
+    from kafka.errors import KafkaError
+
+    t = settings.kafka.topics
+    inputs = list(t.inputs())
+    names = [*inputs, t.emotions, t.deadletter]
+    timeout_ms = int(settings.kafka.request_timeout_s * 1000)
+    own = admin is None
+    missing: list[str] = []
+    try:
+        if own:
+            from kafka import KafkaAdminClient
+
+            admin = KafkaAdminClient(**kafka_python_options(settings), request_timeout_ms=timeout_ms)
+        existing = set(admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing and not create:
+            raise TopologyError(f"topics missing at {settings.kafka.brokers}: {', '.join(missing)}")
+        if missing:
+            spec = {n: {"num_partitions": t.partitions, "replication_factor": t.replication} for n in missing}
+            result = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False)
+            for topic in result.get("topics", []):
+                if topic.get("error_code", 0) not in (0, _TOPIC_EXISTS):
+                    raise ServiceUnavailable(f"cannot create topic {topic.get('name')}: {topic}")
+            log.info("created topics %s (%d partitions, replication %d)", missing, t.partitions, t.replication)
+        counts = partition_counts(admin, inputs)
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka admin at {settings.kafka.brokers}: {exc}") from exc
+    finally:
+        if own and admin is not None:
+            admin.close()
+    check_copartitioned(counts, t.partitions)
+    return missing
+
+
+def partition_counts(admin: Any, topics: list[str], wait_s: float = 30.0) -> dict[str, int]:
+    """Topic -> partition count, once the broker reports every partition of each with a leader
+    (a topic just created takes a moment)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        counts: dict[str, int] = {}
+        ready = True
+        for meta in admin.describe_topics(topics):
+            name = meta.get("topic") or meta.get("name")
+            parts = meta.get("partitions") or []
+            counts[str(name)] = len(parts)
+            ready = ready and bool(parts) and all(p.get("leader", -1) >= 0 for p in parts)
+        if ready and set(counts) >= set(topics):
+            return counts
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"topics {topics} have no leader after {wait_s:.0f} s: {counts}")
+        time.sleep(0.2)
+
+
+def check_copartitioned(counts: dict[str, int], configured: int) -> None:
+    """Raise :class:`TopologyError` unless every input topic has the same partition count."""
+    if len(set(counts.values())) > 1:
+        listing = ", ".join(f"{n}: {c}" for n, c in sorted(counts.items()))
+        raise TopologyError(
+            "the input topics are not co-partitioned (the join needs one partition count for all, "
+            f"keyed by call id): {listing}. Recreate them with kafka.topics.partitions={configured}, "
+            "or add partitions until they match (existing calls move partition when you do)."
+        )
+    for name, count in counts.items():
+        if count != configured:
+            log.warning("topic %s has %d partitions, settings say %d (kept)", name, count, configured)
+
+
+def wait_for_topics(settings: Settings, timeout_s: float = 120.0) -> list[str]:
+    """:func:`ensure_topics` at start-up, retried with backoff while the broker cannot be reached."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            return ensure_topics(settings, create=settings.kafka.create_topics)
+        except ServiceUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(f"{exc} (gave up after {timeout_s:.0f} s)") from exc
+            log.warning("Kafka not ready (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -1,0 +1,130 @@
+"""The one place that builds Kafka connection options, and the topic check at start-up."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.errors import ConfigError, TopologyError
+from streams.kafka import ensure_topics, faust_options, kafka_python_options, ssl_context
+from streams.settings import Settings
+
+
+class FakeAdmin:
+    def __init__(self, existing: dict[str, int]) -> None:
+        self.existing = dict(existing)
+        self.created: dict[str, Any] = {}
+
+    def list_topics(self) -> list[str]:
+        return list(self.existing)
+
+    def create_topics(self, spec: dict[str, Any], timeout_ms: int, raise_errors: bool) -> dict[str, Any]:
+        self.created.update(spec)
+        self.existing.update({n: s["num_partitions"] for n, s in spec.items()})
+        return {"topics": [{"name": n, "error_code": 0} for n in spec]}
+
+    def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": n, "partitions": [{"leader": 1}] * self.existing[n]} for n in names]
+
+
+def _settings(**kafka: Any) -> Settings:
+    return Settings.model_validate({"kafka": kafka})
+
+
+def test_ensure_topics_creates_only_missing_ones(caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings(topics={"partitions": 6, "replication": 1})
+    t = settings.kafka.topics
+    admin = FakeAdmin({t.emotions: 2})
+    created = ensure_topics(settings, admin=admin)
+    assert created == [t.text, t.audio, t.video, t.control, t.deadletter]
+    assert admin.created[t.audio] == {"num_partitions": 6, "replication_factor": 1}
+    assert json.dumps(admin.created)  # plain dict spec, not deprecated NewTopic objects
+
+
+def test_input_topics_with_other_counts_than_settings_but_equal_are_kept(caplog: pytest.LogCaptureFixture) -> None:
+    settings = _settings(topics={"partitions": 6})
+    t = settings.kafka.topics
+    admin = FakeAdmin({name: 3 for name in t.inputs()})
+    ensure_topics(settings, admin=admin)
+    assert "has 3 partitions, settings say 6" in caplog.text
+
+
+def test_not_copartitioned_input_topics_are_refused_with_a_clear_message() -> None:
+    settings = _settings(topics={"partitions": 4})
+    t = settings.kafka.topics
+    admin = FakeAdmin({t.text: 4, t.audio: 8})
+    with pytest.raises(TopologyError, match=r"not co-partitioned.*emostream.utterance.audio: 8"):
+        ensure_topics(settings, admin=admin)
+
+
+def test_missing_topics_are_refused_when_creation_is_off() -> None:
+    settings = _settings(create_topics=False)
+    with pytest.raises(TopologyError, match="topics missing"):
+        ensure_topics(settings, admin=FakeAdmin({}), create=False)
+
+
+def test_plaintext_options() -> None:
+    opts = kafka_python_options(_settings(brokers="a:1, b:2"))
+    assert opts == {"bootstrap_servers": ["a:1", "b:2"], "security_protocol": "PLAINTEXT"}
+    assert faust_options(_settings(brokers="a:1,b:2")) == {"broker": ["kafka://a:1", "kafka://b:2"]}
+
+
+def test_sasl_ssl_scram_reaches_every_client(tmp_path: Path) -> None:
+    ca = _self_signed(tmp_path)
+    settings = _settings(
+        security_protocol="SASL_SSL",
+        ssl_cafile=str(ca),
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="emostream",
+        sasl_password="s3cret",
+    )
+    opts = kafka_python_options(settings)
+    assert opts["security_protocol"] == "SASL_SSL" and opts["ssl_cafile"] == str(ca)
+    assert opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (opts["sasl_plain_username"], opts["sasl_plain_password"]) == ("emostream", "s3cret")
+    creds = faust_options(settings)["broker_credentials"]
+    assert type(creds).__name__ == "SASLCredentials"
+    assert creds.mechanism.value == "SCRAM-SHA-512" and creds.protocol.value == "SASL_SSL"
+    assert isinstance(creds.ssl_context, ssl.SSLContext)
+    assert "s3cret" not in repr(settings)  # secrets stay secret in logs
+
+
+def test_ssl_with_client_certificate(tmp_path: Path) -> None:
+    ca = _self_signed(tmp_path)
+    settings = _settings(
+        security_protocol="SSL", ssl_cafile=str(ca), ssl_certfile=str(ca), ssl_keyfile=str(tmp_path / "key.pem")
+    )
+    ctx = ssl_context(settings)
+    assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert type(faust_options(settings)["broker_credentials"]).__name__ == "SSLCredentials"
+    assert kafka_python_options(settings)["ssl_certfile"] == str(ca)
+
+
+@pytest.mark.parametrize(
+    "kafka, message",
+    [
+        ({"security_protocol": "SASL_SSL"}, "needs kafka.sasl_mechanism"),
+        ({"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"}, "security_protocol is PLAINTEXT"),
+        ({"security_protocol": "SSL", "ssl_certfile": "c.pem"}, "go together"),
+        ({"ssl_cafile": "ca.pem"}, "ssl_\\* files are set"),
+        ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "Kafka TLS files"),
+    ],
+)
+def test_settings_that_cannot_work_fail_before_connecting(kafka: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        faust_options(_settings(**kafka))
+
+
+def _self_signed(tmp_path: Path) -> Path:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert
