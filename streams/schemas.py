@@ -23,11 +23,12 @@ from streams.errors import InvalidMessage
 
 SCHEMA_VERSION: Literal[1] = 1
 Modality = Literal["text", "audio", "video"]
+MAX_SEQ = 2**63 - 1  # a Kafka-sized integer: anything larger is a forged or broken producer
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
 
 
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -44,7 +45,7 @@ def _finite(values: list[float] | None, what: str) -> list[float] | None:
 class _Part(_Message):
     call_id: Id
     utterance_id: Id
-    seq: int = Field(ge=0, description="order of the utterance in its call (0, 1, 2, ...)")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
     speaker: Id = "unknown"
     start_s: float | None = Field(None, ge=0, description="utterance start, seconds from call start")
     end_s: float | None = Field(None, ge=0)
@@ -64,6 +65,17 @@ class TextPart(_Part):
             raise ValueError("exactly one of 'text' and 'embedding' is required")
         _finite(self.embedding, "embedding")
         return self
+
+    @field_validator("text")
+    @classmethod
+    def _utf8(cls, v: str | None) -> str | None:
+        # JSON allows lone surrogates ("\ud800"); tokenizers raise on them: refuse them here
+        if v is not None:
+            try:
+                v.encode("utf-8", "strict")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"text is not valid Unicode: {exc.reason} at position {exc.start}") from None
+        return v
 
 
 class AudioPart(_Part):
@@ -161,8 +173,21 @@ class EmotionEvent(_Message):
     produced_at: float
 
 
+class SourceRef(BaseModel):
+    """Where one input message was read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic: str
+    partition: int
+    offset: int
+
+
 class DeadLetter(_Message):
-    """An input message that could not be used, with why and where it came from."""
+    """An input message (or a joined utterance) that could not be used, with why and where it came from.
+
+    Reasons up to ``oversized`` are about one message; ``processing_failed`` is an utterance that
+    was valid but failed in the encoders, the engine or the event build: ``parts`` lists all its
+    input messages and ``payload`` is empty."""
 
     kind: Literal["deadletter"] = "deadletter"
     reason: str
@@ -170,9 +195,15 @@ class DeadLetter(_Message):
     source_topic: str
     partition: int
     offset: int
-    key: str | None = None
-    payload: str = Field(description="the original value, base64, cut to 64 KiB")
+    key: str | None = Field(None, description="the original key, decoded as UTF-8, cut to 256 characters")
+    call_id: str | None = None
+    utterance_id: str | None = None
+    parts: list[SourceRef] = Field(default_factory=list, description="every input message of a failed utterance")
+    payload: str = Field(
+        "", description="the original value, base64: whole, cut or left out, as limits.deadletter_payload says"
+    )
     payload_truncated: bool = False
+    payload_bytes: int = Field(0, description="size of the original value")
     at: float = Field(default_factory=time.time)
 
 
@@ -214,6 +245,10 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidMessage("malformed_json", str(exc)[:200]) from exc
+    except RecursionError:
+        raise InvalidMessage("malformed_json", "JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+        raise InvalidMessage("invalid_value", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise InvalidMessage("wrong_type", f"top level is {type(obj).__name__}, not an object")
     version = obj.get("schema_version", None)
@@ -228,6 +263,8 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
         return _BY_KIND[kind].model_validate(obj)  # type: ignore[return-value]
     except ValidationError as exc:
         raise InvalidMessage(_reason(exc), _summary(exc)) from exc
+    except RecursionError:
+        raise InvalidMessage("invalid_value", "a field is nested too deeply") from None
 
 
 def _reason(exc: ValidationError) -> str:

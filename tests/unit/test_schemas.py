@@ -76,6 +76,58 @@ def test_bad_input_gets_a_reason(kind: str, raw: bytes, reason: str) -> None:
     assert info.value.reason == reason
 
 
+HOSTILE = [
+    (b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":0,"text":"hello \\ud800 there"}', "invalid_value"),
+    (b"[" * 1100 + b"]" * 1100, "malformed_json"),
+    (b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":' + b"9" * 4400 + b',"text":"x"}', "invalid_value"),
+    (_text(seq=2**63), "invalid_value"),
+    (b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":0,"text":"x","sent_at":Infinity}', "non_finite"),
+    (b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":0,"text":"x","start_s":-Infinity}', "non_finite"),
+    (b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":0,"text":"x","speaker":' + b"[" * 900
+     + b"]" * 900 + b"}", "wrong_type"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "reason"), HOSTILE)
+def test_hostile_json_is_a_dead_letter_reason_not_an_exception(raw: bytes, reason: str) -> None:
+    """Lone surrogates (tokenizers raise on them), deep nesting (RecursionError), 4,400-digit
+    integers (ValueError) and infinities all become an InvalidMessage with a reason."""
+    with pytest.raises(InvalidMessage) as info:
+        parse_input("text", raw, 1 << 20)
+    assert info.value.reason == reason, info.value.detail
+
+
+@given(raw=st.binary(max_size=300))
+def test_any_bytes_parse_or_give_a_reason(raw: bytes) -> None:
+    try:
+        parse_input("text", raw, 1 << 20)
+    except InvalidMessage:
+        pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["schema_version", "call_id", "utterance_id", "seq", "text", "embedding", "speaker", "kind",
+                         "sent_at", "encoding", "data", "features", "event", "modalities"]),
+        json_values,
+    ),
+    kind=st.sampled_from(["text", "audio", "video", "control"]),
+)  # fmt: skip
+def test_any_json_object_parses_or_gives_a_reason(fields: dict[str, object], kind: str) -> None:
+    fields.setdefault("schema_version", 1)
+    try:
+        parse_input(kind, json.dumps(fields).encode(), 1 << 20)
+    except InvalidMessage:
+        pass
+
+
 def test_nan_literal_in_json_is_rejected() -> None:
     raw = b'{"schema_version":1,"call_id":"c","utterance_id":"u","seq":0,"embedding":[NaN, 1.0]}'
     with pytest.raises(InvalidMessage) as info:
