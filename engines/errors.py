@@ -4,7 +4,8 @@ One root, a short tree::
 
     EngineError                  root of everything engines/ raises on purpose
     ├── AudioDecodeError         audio bytes that cannot become a 16 kHz mono waveform
-    │                            (unknown encoding, garbage, empty, too short, wrong rate)
+    │   │                        (unknown encoding, garbage, empty, too short, wrong rate)
+    │   └── AudioTooLong         longer than the caller allows (found from the header, before decoding)
     ├── DatasetError             a dataset or split that cannot be loaded (missing files, bad
     │                            columns, unknown labels)
     ├── ArtifactError            a model artifact directory that is missing, incomplete or
@@ -25,6 +26,10 @@ class EngineError(Exception):
 
 class AudioDecodeError(EngineError, ValueError):
     """Audio bytes that cannot be decoded to a usable 16 kHz mono waveform."""
+
+
+class AudioTooLong(AudioDecodeError):
+    """Audio longer than the caller's limit (checked before it is decoded)."""
 
 
 class DatasetError(EngineError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.errors import AudioDecodeError
+from engines.errors import AudioDecodeError, AudioTooLong
 from engines.features.audio import decode_audio
 from streams.errors import InvalidMessage
 from streams.schemas import AudioPart, Part, TextPart, VideoPart
@@ -38,12 +38,12 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
         raw = part.audio_bytes()
         if len(raw) > limits.max_audio_s * 16000 * 2 + 4096:
             raise InvalidMessage("oversized", f"audio payload of {len(raw)} bytes > {limits.max_audio_s} s")
-        try:
-            wave = decode_audio(raw, part.encoding, part.sample_rate)
+        try:  # the length is checked from the header before anything is decoded
+            wave = decode_audio(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
+        except AudioTooLong as exc:
+            raise InvalidMessage("oversized", str(exc)) from exc
         except AudioDecodeError as exc:
             raise InvalidMessage("undecodable_audio", str(exc)) from exc
-        if len(wave) > limits.max_audio_s * 16000:
-            raise InvalidMessage("oversized", f"audio of {len(wave) / 16000:.1f} s > {limits.max_audio_s} s")
         return Payload("wave", wave)
     assert isinstance(part, VideoPart), type(part)
     if dims["video"] == 0:

@@ -105,3 +105,52 @@ def test_loud_and_quiet_copies_differ_only_in_level_features() -> None:
     mfcc_std = slice(2 * c.n_mels + c.n_mfcc, 2 * c.n_mels + 2 * c.n_mfcc)
     np.testing.assert_allclose(a[mfcc_std], b[mfcc_std], rtol=1e-3, atol=1e-3)
     assert not np.allclose(a[: c.n_mels], b[: c.n_mels])  # log-mel means move with level
+
+
+def _flac(seconds: float) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(seconds * 16000), dtype=np.int16), 16000, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_a_flac_bomb_is_refused_from_its_header_before_decoding() -> None:
+    """38 KB of FLAC that says 600 s: refused without decoding (no 38 MB array)."""
+    import tracemalloc
+
+    from engines.errors import AudioTooLong
+
+    data = _flac(600.0)
+    assert len(data) < 64 * 1024
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioTooLong, match="600.0 s > 60 s"):
+            decode_audio(data, "flac", 16000, max_seconds=60.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+
+
+def test_a_flac_whose_header_hides_its_length_is_decoded_no_further_than_the_limit() -> None:
+    from engines.errors import AudioTooLong
+
+    data = bytearray(_flac(90.0))
+    assert data[:4] == b"fLaC"
+    data[21] &= 0xF0  # STREAMINFO total samples (36 bits from byte 21's low nibble): 0 = unknown
+    data[22:26] = b"\0\0\0\0"
+    with pytest.raises(AudioTooLong):
+        decode_audio(bytes(data), "flac", 16000, max_seconds=60.0)
+    # no limit: all of it (a live encoder's stream of unknown length; libsndfile drops the last partial block)
+    assert 90 * 16000 - 1024 < decode_audio(bytes(data), "flac", 16000).shape[0] <= 90 * 16000
+
+
+def test_pcm_longer_than_the_limit_is_refused_by_its_size() -> None:
+    from engines.errors import AudioTooLong
+
+    with pytest.raises(AudioTooLong):
+        decode_audio(b"\0\0" * (16000 * 3), "pcm_s16le", 16000, max_seconds=2.0)
+    assert decode_audio(b"\0\0" * (16000 * 2), "pcm_s16le", 16000, max_seconds=2.0).shape == (32000,)
