@@ -10,6 +10,8 @@ everything it still has. Pure and synchronous: the caller passes the clock and o
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,26 +62,44 @@ class _Call:
     last_seen: float = 0.0
     ends_at: float | None = None  # 'ended' arrived: release everything at this time
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
-    done: OrderedDict[str, None] = field(default_factory=OrderedDict)  # released ids (bounded)
 
 
 class Joiner:
-    """Keeps partial utterances of many calls; see the module docstring."""
+    """Keeps partial utterances of many calls; see the module docstring.
+
+    Memory is bounded: at most ``max_calls`` calls are kept (past that, the least recently active
+    call with nothing pending is forgotten: its declared modalities fall back to the default) and
+    at most ``max_finished`` labelled (call, utterance) ids are remembered to recognise late parts.
+    Open utterances are bounded by the caller, which stops reading at its cap (see
+    :attr:`open_utterances`): they leave within ``wait_s`` on their own. Deadlines live in a heap,
+    so :meth:`expire` touches only what is due.
+    """
 
     def __init__(
-        self, wait_s: float, default_modalities: tuple[str, ...], idle_s: float = 3600.0, max_done_per_call: int = 4096
+        self,
+        wait_s: float,
+        default_modalities: tuple[str, ...],
+        idle_s: float = 3600.0,
+        max_calls: int = 50_000,
+        max_finished: int = 200_000,
     ) -> None:
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
+        assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
         self.idle_s = idle_s
         self.default = tuple(m for m in MODALITIES if m in default_modalities)
-        self.max_done = max_done_per_call
-        self._calls: dict[str, _Call] = {}
+        self.max_calls = max_calls
+        self.max_finished = max_finished
+        self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
+        self._done: OrderedDict[tuple[str, str], None] = OrderedDict()  # labelled ids, oldest first
+        self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
+        self._tie = itertools.count()
+        self._open = 0
+        self.evicted_calls = 0  # calls forgotten at the cap (a metric)
 
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float) -> JoinResult:
-        call = self._call(call_id)
-        call.last_seen = now
+        call = self._touch(call_id, now)
         if modalities:
             call.expected = tuple(m for m in MODALITIES if m in modalities)
         return self._release(call_id, now)
@@ -87,9 +107,9 @@ class Joiner:
     def call_ended(self, call_id: str, now: float) -> JoinResult:
         """The call's end arrived. Its parts travel on other topics and may still be behind it,
         so the call is closed ``wait_s`` later (by :meth:`expire`), not now."""
-        call = self._call(call_id)
-        call.last_seen = now
+        call = self._touch(call_id, now)
         call.ends_at = now + self.wait_s
+        self._push(call.ends_at, call_id, "")
         return self._release(call_id, now)
 
     def add(
@@ -104,13 +124,15 @@ class Joiner:
         now: float,
     ) -> JoinResult:
         assert modality in MODALITIES, modality
-        call = self._call(call_id)
-        call.last_seen = now
-        if utterance_id in call.done:
+        if (call_id, utterance_id) in self._done:
+            self._done.move_to_end((call_id, utterance_id))
             return JoinResult(ack_now=[handle], late_parts=1)
+        call = self._touch(call_id, now)
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = call.pending[utterance_id] = Utterance(call_id, utterance_id, seq, speaker, first_at=now)
+            self._open += 1
+            self._push(now + self.wait_s, call_id, utterance_id)
         utt.handles.append(handle)
         if modality in utt.parts:
             return JoinResult(duplicate_parts=1)
@@ -121,21 +143,29 @@ class Joiner:
         return self._release(call_id, now)
 
     def expire(self, now: float) -> JoinResult:
+        """Release what is due (from the deadline heap) and forget calls idle for ``idle_s``."""
         result = JoinResult()
-        for call_id, call in list(self._calls.items()):
-            if call.ends_at is not None and now >= call.ends_at:
-                result.extend(self._close(call_id, now))
-                continue
-            result.extend(self._release(call_id, now))
-            if not call.pending and now - call.last_seen > self.idle_s:
-                del self._calls[call_id]  # an idle call that never sent 'ended'
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, call_id, utterance_id = heapq.heappop(self._heap)
+            call = self._calls.get(call_id)
+            if call is None:
+                continue  # closed or forgotten since
+            if not utterance_id:
+                if call.ends_at == deadline:
+                    result.extend(self._close(call_id, now))
+            elif utterance_id in call.pending:
+                result.extend(self._release(call_id, now))
+        while self._calls:
+            call_id, call = next(iter(self._calls.items()))
+            if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
+                break
+            del self._calls[call_id]  # an idle call that never sent 'ended'
         return result
 
     # -- queries --------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
-        times = [u.first_at + self.wait_s for c in self._calls.values() for u in c.pending.values()]
-        times += [c.ends_at for c in self._calls.values() if c.ends_at is not None]
-        return min(times) if times else None
+        """The earliest time something may become due (stale heap entries make it early, never late)."""
+        return self._heap[0][0] if self._heap else None
 
     @property
     def open_calls(self) -> int:
@@ -143,7 +173,11 @@ class Joiner:
 
     @property
     def open_utterances(self) -> int:
-        return sum(len(c.pending) for c in self._calls.values())
+        return self._open
+
+    @property
+    def finished_ids(self) -> int:
+        return len(self._done)
 
     def drain(self, now: float) -> JoinResult:
         """Release every pending utterance now (shutdown, partitions revoked)."""
@@ -153,12 +187,17 @@ class Joiner:
                 utt.ready_at, utt.expected = now, call.expected
                 utt.timed_out = set(utt.modalities) != set(call.expected)
                 result.ready.append(utt)
-                self._mark_done(call, utt.utterance_id)
+                self._mark_done(call_id, utt.utterance_id)
+            self._open -= len(call.pending)
             call.pending.clear()
             del self._calls[call_id]
+        self._heap.clear()
         return result
 
     # -- internals ------------------------------------------------------------------------------
+    def _push(self, deadline: float, call_id: str, utterance_id: str) -> None:
+        heapq.heappush(self._heap, (deadline, next(self._tie), call_id, utterance_id))
+
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
         result = JoinResult(ended_calls=[call_id])
@@ -166,13 +205,32 @@ class Joiner:
             utt.ready_at, utt.expected = now, call.expected
             utt.timed_out = set(utt.modalities) != set(call.expected)
             result.ready.append(utt)
+            self._mark_done(call_id, utt.utterance_id)
+        self._open -= len(call.pending)
         return result
 
-    def _call(self, call_id: str) -> _Call:
+    def _touch(self, call_id: str, now: float) -> _Call:
+        """The call's state (created if new), marked as the most recently active."""
         call = self._calls.get(call_id)
         if call is None:
+            self._make_room()
             call = self._calls[call_id] = _Call(expected=self.default)
+        else:
+            self._calls.move_to_end(call_id)
+        call.last_seen = now
         return call
+
+    def _make_room(self, scan: int = 64) -> None:
+        """At the cap, forget the least recently active calls that have nothing pending and no end
+        scheduled (scanning a few from the old end: calls that are busy stay)."""
+        if len(self._calls) < self.max_calls:
+            return
+        idle = [
+            c for c, call in itertools.islice(self._calls.items(), scan) if not call.pending and call.ends_at is None
+        ]
+        for call_id in idle[: len(self._calls) - self.max_calls + 1]:
+            del self._calls[call_id]
+            self.evicted_calls += 1
 
     def _release(self, call_id: str, now: float) -> JoinResult:
         call = self._calls[call_id]
@@ -186,10 +244,11 @@ class Joiner:
             utt.timed_out = not complete
             result.ready.append(utt)
             del call.pending[utt.utterance_id]
-            self._mark_done(call, utt.utterance_id)
+            self._open -= 1
+            self._mark_done(call_id, utt.utterance_id)
         return result
 
-    def _mark_done(self, call: _Call, utterance_id: str) -> None:
-        call.done[utterance_id] = None
-        while len(call.done) > self.max_done:
-            call.done.popitem(last=False)
+    def _mark_done(self, call_id: str, utterance_id: str) -> None:
+        self._done[(call_id, utterance_id)] = None
+        while len(self._done) > self.max_finished:
+            self._done.popitem(last=False)

@@ -53,6 +53,27 @@ class Metrics:
         self.open_calls = Gauge("emostream_open_calls", "Calls with join state in this worker", registry=r)
         self.open_utterances = Gauge("emostream_open_utterances", "Utterances waiting for parts", registry=r)
         self.errors = Counter("emostream_batch_errors_total", "Batches that failed and were retried", registry=r)
+        self.stage_errors = Counter(
+            "emostream_service_errors_total",
+            "Failures of a service call that is retried with backoff (redis, publish, close, deadletter)",
+            ["stage"],
+            registry=r,
+        )
+        self.processing_failed = Counter(
+            "emostream_processing_failed_total",
+            "Utterances split out of their batch because the encoders, engine or event build failed on them",
+            registry=r,
+        )
+        self.finished_ids = Gauge(
+            "emostream_finished_ids", "Labelled utterance ids remembered to recognise late parts", registry=r
+        )
+        self.queued = Gauge("emostream_queued_utterances", "Joined utterances waiting for the engine", registry=r)
+        self.evicted_calls = Gauge(
+            "emostream_evicted_calls", "Idle calls forgotten because join.max_open_calls was reached", registry=r
+        )
+        self.limits = Gauge(
+            "emostream_limit", "Configured caps (open_utterances, open_calls, finished_ids)", ["what"], registry=r
+        )
 
     def serve(self, host: str, port: int) -> int:
         """Start the ``/metrics`` HTTP endpoint; returns the bound port."""

@@ -3,11 +3,17 @@
 :class:`Processor` is transport-free: the worker hands it a batch of joined utterances and gets
 back the events to publish and the context items to append to Redis *after* the events are out
 (so a crash in between replays the batch; the window append skips what it already has).
+
+A batch in which the encoders, the engine or the event build raise is split in halves (in order,
+each half seeing the context the one before it added) until the utterances that fail alone are
+found; those come back in :attr:`BatchOutcome.failed` with what failed, the rest get their events.
+Redis failures are not split: they raise, and the worker retries the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,6 +26,8 @@ from streams.context import ContextItem, ContextStore
 from streams.join import Utterance
 from streams.schemas import EmotionEvent, ModelRef, Timings, event_id
 from streams.validate import Payload
+
+log = logging.getLogger("emostream.pipeline")
 
 
 class Featurizer(Protocol):
@@ -35,6 +43,15 @@ class BatchOutcome:
     events: list[tuple[EmotionEvent, Utterance | None]] = field(default_factory=list)  # with what caused it
     appends: dict[str, list[ContextItem]] = field(default_factory=dict)
     engine_s: float = 0.0
+    failed: list[tuple[Utterance, str]] = field(default_factory=list)  # utterances that could not be labelled, why
+
+    def merge(self, later: BatchOutcome) -> BatchOutcome:
+        appends = {c: list(items) for c, items in self.appends.items()}
+        for call_id, items in later.appends.items():
+            appends.setdefault(call_id, []).extend(items)
+        return BatchOutcome(
+            self.events + later.events, appends, max(self.engine_s, later.engine_s), self.failed + later.failed
+        )
 
 
 def utterance_features(
@@ -148,7 +165,7 @@ class Processor:
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
         history = {c: _by_seq(items) for c, items in (await self.store.fetch(calls)).items()}
-        return await asyncio.to_thread(self._compute, utts, history, started)
+        return await asyncio.to_thread(self._isolated, utts, history, started)
 
     async def close(self, call_id: str) -> BatchOutcome:
         """The call ended: the final revisions of its last utterances, with the future they have."""
@@ -157,10 +174,38 @@ class Processor:
         started = time.monotonic()
         known = _by_seq((await self.store.fetch([call_id]))[call_id])
         rows = [self._revision(call_id, known, j, None) for j in range(max(0, len(known) - self.future), len(known))]
-        return await asyncio.to_thread(self._predict, rows, started, {})
+        try:
+            return await asyncio.to_thread(self._predict, rows, started, {})
+        except Exception:  # the engine failing on a finished call's window must not hold up the stream
+            log.exception("final revisions of call %s failed; the call closes without them", call_id)
+            return BatchOutcome()
 
     async def commit(self, outcome: BatchOutcome) -> None:
         await self.store.append(outcome.appends)
+
+    def _isolated(
+        self, utts: list[Utterance], history: dict[str, list[ContextItem]], started: float, retried: bool = False
+    ) -> BatchOutcome:
+        """:meth:`_compute`, splitting the batch around the utterances it fails on (see the module doc)."""
+        try:
+            return self._compute(utts, {c: list(items) for c, items in history.items()}, started)
+        except Exception as exc:
+            if len(utts) > 1:
+                mid = len(utts) // 2
+                log.warning("batch of %d failed (%s: %s); splitting it", len(utts), type(exc).__name__, exc)
+                first = self._isolated(utts[:mid], history, started)
+                after = {c: list(items) for c, items in history.items()}
+                for call_id, items in first.appends.items():
+                    known = after.setdefault(call_id, [])
+                    ids = {i.utterance_id for i in known}
+                    known.extend(i for i in items if i.utterance_id not in ids)
+                    known.sort(key=lambda i: i.seq)
+                return first.merge(self._isolated(utts[mid:], after, started))
+            if not retried:  # alone, once more: a passing fault is not the utterance's
+                return self._isolated(utts, history, started, retried=True)
+            utt = utts[0]
+            log.exception("utterance %s of call %s cannot be processed", utt.utterance_id, utt.call_id)
+            return BatchOutcome(failed=[(utt, f"{type(exc).__name__}: {exc}"[:500])])
 
     def _compute(self, utts: list[Utterance], history: dict[str, list[ContextItem]], started: float) -> BatchOutcome:
         feats = utterance_features(utts, self.featurizer, self.dims)

@@ -6,15 +6,24 @@
         -> micro-batch (max_batch / max_wait) -> Processor (features, Redis window, engine)
         -> emotion events topic -> Redis window append -> ack the source messages
 
-The agent only parses, joins and queues (quick, under a lock); :meth:`Worker.pump`, run in a loop
-by one task, takes due batches off the queue and runs them through the engine *outside* the lock,
-one batch at a time, so parts keep being joined while the engine works and a call's batches stay
-in order. A queue longer than ``4 * max_batch`` makes the agent wait (backpressure to Kafka).
+The agent parses and validates outside the lock (audio is decoded in a thread, never on the event
+loop), then joins and queues under it (quick). :meth:`Worker.pump`, run in a loop by one task,
+takes due batches off the queue and runs them through the engine *outside* the lock, one batch at a
+time, so parts keep being joined while the engine works and a call's batches stay in order. A
+queue longer than ``4 * max_batch``, or ``join.max_open_utterances`` utterances waiting for parts,
+makes the agent wait (backpressure to Kafka: lag grows, memory does not).
+
+Failures are of two kinds. A message or utterance that cannot be processed is dead-lettered and
+acked, never retried: parse and validation errors per message; an utterance on which the encoders,
+the engine or the event build fail is found by splitting its batch (:class:`Processor` does that)
+and dead-lettered with reason ``processing_failed``, while the rest of the batch gets its events.
+A service that fails (Redis, the Kafka producer) fails the whole batch, which is retried with
+backoff until it goes through: nothing is dropped. Exceptions never escape :meth:`on_message`.
 
 Delivery is at least once: the agent runs with ``concurrency=1`` on a ``noack`` stream and acks a
 message only once everything it fed is published (Faust commits offsets up to the first gap), so
 a restarted worker resumes from committed offsets and re-labels what was in flight under the same
-deterministic event keys. A failing batch is retried with backoff, never dropped.
+deterministic event keys.
 """
 
 from __future__ import annotations
@@ -24,18 +33,36 @@ import base64
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from streams.errors import InvalidMessage
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
 from streams.pipeline import BatchOutcome, Processor
-from streams.schemas import CallControl, DeadLetter, parse_input
-from streams.settings import Settings
+from streams.schemas import AudioPart, CallControl, DeadLetter, SourceRef, parse_input
+from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
 
 log = logging.getLogger("emostream.worker")
-_MAX_DLQ_PAYLOAD = 64 * 1024
+_MAX_KEY_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One input message the worker holds: where it came from, and the transport's handle to ack."""
+
+    topic: str
+    partition: int
+    offset: int
+    handle: Any
+
+    def ack(self) -> None:
+        self.handle.ack()
+
+    @property
+    def source(self) -> SourceRef:
+        return SourceRef(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
 class Worker:
@@ -56,37 +83,63 @@ class Worker:
         self.metrics = metrics
         self.send = send
         self.kinds = settings.kafka.topics.inputs()
-        self.joiner = Joiner(settings.join.wait_s, settings.join.default_modalities, idle_s=settings.redis.ttl_s)
+        j = settings.join
+        self.joiner = Joiner(
+            j.wait_s,
+            j.default_modalities,
+            idle_s=settings.redis.ttl_s,
+            max_calls=j.max_open_calls,
+            max_finished=j.max_finished_ids,
+        )
         self.queue: list[Utterance] = []
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
         self.lock = asyncio.Lock()
         self.retry_at = 0.0
         self.backoff = 0.5
+        metrics.limits.labels("open_utterances").set(j.max_open_utterances)
+        metrics.limits.labels("open_calls").set(j.max_open_calls)
+        metrics.limits.labels("finished_ids").set(j.max_finished_ids)
 
     async def on_message(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, handle: Any
     ) -> None:
-        """One input message; ``handle.ack()`` is called once its effects are published."""
+        """One input message; ``handle.ack()`` is called once its effects are published. Never
+        raises (but for cancellation): a message it cannot use is dead-lettered and acked."""
         self.metrics.messages_in.labels(topic).inc()
-        while len(self.queue) >= 4 * self.settings.engine.max_batch:
-            await asyncio.sleep(0.005)  # backpressure: the engine is behind
+        receipt = Receipt(topic, partition, offset, handle)
+        await self._backpressure()
+        try:
+            msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
+            payload = None
+            if not isinstance(msg, CallControl):
+                if isinstance(msg, AudioPart) and msg.encoding != "features":  # decoding takes time: off the loop
+                    payload = await asyncio.to_thread(to_payload, msg, self.processor.dims, self.settings.limits)
+                else:
+                    payload = to_payload(msg, self.processor.dims, self.settings.limits)
+        except InvalidMessage as exc:
+            await self._reject(exc, receipt, key, value)
+            return
+        except Exception as exc:  # a parser or validator bug must not stop the stream
+            log.exception("parsing %s[%d]@%d failed", topic, partition, offset)
+            await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value)
+            return
         async with self.lock:
             now = self.clock()
-            try:
-                msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
-                if isinstance(msg, CallControl):
-                    self._control(msg, handle, now)
-                    return
-                payload = to_payload(msg, self.processor.dims, self.settings.limits)
-            except InvalidMessage as exc:
-                await self._dead_letter(exc, topic, partition, offset, key, value)
-                handle.ack()
+            if isinstance(msg, CallControl):
+                self._control(msg, receipt, now)
                 return
             result = self.joiner.add(
-                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, handle, now
+                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now
             )
             self._absorb(result)
+
+    async def _backpressure(self) -> None:
+        """Wait while the engine is behind or too many utterances wait for their parts."""
+        max_queue = 4 * self.settings.engine.max_batch
+        cap = self.settings.join.max_open_utterances
+        while len(self.queue) >= max_queue or self.joiner.open_utterances >= cap:
+            await asyncio.sleep(0.005)
 
     async def tick(self) -> None:
         """Expire joins and update gauges (quick, under the lock)."""
@@ -94,6 +147,9 @@ class Worker:
             self._absorb(self.joiner.expire(self.clock()))
             self.metrics.open_calls.set(self.joiner.open_calls)
             self.metrics.open_utterances.set(self.joiner.open_utterances)
+            self.metrics.finished_ids.set(self.joiner.finished_ids)
+            self.metrics.queued.set(len(self.queue))
+            self.metrics.evicted_calls.set(self.joiner.evicted_calls)
 
     async def pump(self) -> None:
         """Expire joins, then process every batch that is due and close ended calls."""
@@ -144,12 +200,12 @@ class Worker:
             return await self._close(call_id)
         return False
 
-    def _control(self, msg: CallControl, handle: Any, now: float) -> None:
+    def _control(self, msg: CallControl, receipt: Receipt, now: float) -> None:
         if msg.event == "started":
             self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now))
-            handle.ack()
+            receipt.ack()
             return
-        self.ending.setdefault(msg.call_id, []).append(handle)
+        self.ending.setdefault(msg.call_id, []).append(receipt)
         self._absorb(self.joiner.call_ended(msg.call_id, now))
 
     async def _close(self, call_id: str) -> bool:
@@ -159,19 +215,19 @@ class Worker:
             await self._publish(final)
             await self.processor.store.release([call_id])
         except Exception:
-            self._failed(f"closing call {call_id}")
+            self._failed(f"closing call {call_id}", "close")
             return False
         for event, _ in final.events:
             self.metrics.events_out.labels(str(event.revision)).inc()
         async with self.lock:
-            for handle in self.ending.pop(call_id, []):
-                handle.ack()
+            for receipt in self.ending.pop(call_id, []):
+                receipt.ack()
             self.closing.remove(call_id)
         return True
 
     def _absorb(self, result: JoinResult) -> None:
-        for handle in result.ack_now:
-            handle.ack()
+        for receipt in result.ack_now:
+            receipt.ack()
         if result.late_parts:
             self.metrics.late_parts.inc(result.late_parts)
         if result.duplicate_parts:
@@ -184,19 +240,27 @@ class Worker:
         self.queue.extend(result.ready)
         self.closing.extend(result.ended_calls)
 
-    def _failed(self, what: str) -> None:
+    def _failed(self, what: str, stage: str) -> None:
         log.exception("%s failed; retrying in %.1f s", what, self.backoff)
         self.metrics.errors.inc()
+        self.metrics.stage_errors.labels(stage).inc()
         self.retry_at = self.clock() + self.backoff
         self.backoff = min(self.backoff * 2, 30.0)
 
     async def _process(self, batch: list[Utterance]) -> bool:
+        stage = "redis"
         try:
-            outcome = await self.processor.run(batch)
+            outcome = await self.processor.run(batch)  # splits out utterances that fail to compute
+            stage = "publish"
             await self._publish(outcome)
+            stage = "redis"
             await self.processor.commit(outcome)
+            stage = "deadletter"
+            for utt, why in outcome.failed:
+                self.metrics.processing_failed.inc()
+                await self._dead_letter_utterance(utt, why)
         except Exception:
-            self._failed(f"batch of {len(batch)} utterances")
+            self._failed(f"batch of {len(batch)} utterances ({stage})", stage)
             async with self.lock:
                 self.queue = batch + self.queue
             return False
@@ -210,8 +274,8 @@ class Worker:
         async with self.lock:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
-                for handle in utt.handles:
-                    handle.ack()
+                for receipt in utt.handles:
+                    receipt.ack()
         return True
 
     async def _publish(self, outcome: BatchOutcome) -> None:
@@ -219,21 +283,89 @@ class Worker:
         pending = [await self.send(topic, ev.call_id.encode(), ev.to_bytes(), ev.event_id) for ev, _ in outcome.events]
         await asyncio.gather(*pending)
 
-    async def _dead_letter(
-        self, exc: InvalidMessage, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
+    # -- dead letters ---------------------------------------------------------------------------
+    async def _reject(self, exc: InvalidMessage, receipt: Receipt, key: bytes | None, value: bytes | None) -> None:
+        """Dead-letter one input message and ack it."""
         raw = value or b""
+        payload, truncated = payload_copy(raw, self.settings.limits)
         record = DeadLetter(
             reason=exc.reason,
             detail=exc.detail,
-            source_topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key.decode("utf-8", "replace") if key else None,
-            payload=base64.b64encode(raw[:_MAX_DLQ_PAYLOAD]).decode(),
-            payload_truncated=len(raw) > _MAX_DLQ_PAYLOAD,
+            source_topic=receipt.topic,
+            partition=receipt.partition,
+            offset=receipt.offset,
+            key=_key_text(key),
+            payload=payload,
+            payload_truncated=truncated,
+            payload_bytes=len(raw),
         )
-        log.warning("dead letter %s from %s[%d]@%d: %s", exc.reason, topic, partition, offset, exc.detail)
-        self.metrics.deadletters.labels(exc.reason).inc()
-        fut = await self.send(self.settings.kafka.topics.deadletter, key, record.to_bytes(), None)
-        await fut
+        log.warning(
+            "dead letter %s from %s[%d]@%d: %s",
+            exc.reason,
+            receipt.topic,
+            receipt.partition,
+            receipt.offset,
+            exc.detail,
+        )
+        await self._send_dead_letter(record, key)
+        receipt.ack()
+
+    async def _dead_letter_utterance(self, utt: Utterance, why: str) -> None:
+        """An utterance the encoders or the engine failed on (its parts are acked with the batch)."""
+        sources = [r.source for r in utt.handles if isinstance(r, Receipt)]
+        first = sources[0] if sources else SourceRef(topic="", partition=-1, offset=-1)
+        record = DeadLetter(
+            reason="processing_failed",
+            detail=why,
+            source_topic=first.topic,
+            partition=first.partition,
+            offset=first.offset,
+            key=utt.call_id,
+            call_id=utt.call_id,
+            utterance_id=utt.utterance_id,
+            parts=sources,
+        )
+        log.warning(
+            "dead letter processing_failed: call %s utterance %s (%s[%d]@%d): %s",
+            utt.call_id, utt.utterance_id, first.topic, first.partition, first.offset, why,
+        )  # fmt: skip
+        await self._send_dead_letter(record, utt.call_id.encode())
+
+    async def _send_dead_letter(self, record: DeadLetter, key: bytes | None, max_backoff: float = 30.0) -> None:
+        """Send until the broker has it: a dead letter is never dropped. After a failure the copy
+        of the payload is left out (a broker that refuses the record's size refuses it every time)."""
+        topic = self.settings.kafka.topics.deadletter
+        delay = 0.5
+        while True:
+            try:
+                fut = await self.send(topic, key[:1024] if key else key, record.to_bytes(), None)
+                await fut
+                break
+            except Exception as exc:
+                log.warning("dead letter to %s failed (%s); retrying in %.1f s", topic, _describe(exc), delay)
+                self.metrics.stage_errors.labels("deadletter").inc()
+                if record.payload:
+                    record = record.model_copy(update={"payload": "", "payload_truncated": True})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff)
+        self.metrics.deadletters.labels(record.reason).inc()
+
+
+def payload_copy(raw: bytes, limits: LimitSettings) -> tuple[str, bool]:
+    """The base64 copy of a bad message a dead letter carries, and whether it was cut.
+
+    ``full`` still stays under the broker's message size (the record must be accepted)."""
+    if limits.deadletter_payload == "none":
+        return "", bool(raw)
+    keep = limits.deadletter_payload_bytes
+    if limits.deadletter_payload == "full":
+        keep = max(0, (limits.max_message_bytes - 8192) * 3 // 4)
+    return base64.b64encode(raw[:keep]).decode(), len(raw) > keep
+
+
+def _key_text(key: bytes | None) -> str | None:
+    return key.decode("utf-8", "replace")[:_MAX_KEY_CHARS] if key else None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

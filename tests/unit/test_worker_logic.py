@@ -196,7 +196,7 @@ def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_cont
     asyncio.run(scenario())
 
 
-def test_failed_batch_is_retried_not_dropped() -> None:
+def test_a_passing_engine_fault_costs_no_utterance() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         t = w.settings.kafka.topics
@@ -212,14 +212,122 @@ def test_failed_batch_is_retried_not_dropped() -> None:
         engine.predict = flaky  # type: ignore[method-assign]
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
         await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack t0" in log
+        assert not [v for tp, v in sent if tp == t.deadletter]
+
+    asyncio.run(scenario())
+
+
+def test_a_redis_failure_is_retried_with_backoff_not_dropped() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        real = store.fetch
+        calls = {"n": 0}
+
+        async def down_once(calls_: list[str]) -> dict[str, list[ContextItem]]:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise ConnectionError("redis down")
+            return await real(calls_)
+
+        store.fetch = down_once  # type: ignore[method-assign]
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.pump()
         assert events(sent) == [] and "ack t0" not in log
         await w.pump()
         assert events(sent) == []  # backing off
         w.retry_at = 0.0
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack t0" in log
+        assert not [v for tp, v in sent if tp == t.deadletter]
+        assert 'emostream_service_errors_total{stage="redis"} 1.0' in _metrics(w)
 
     asyncio.run(scenario())
+
+
+class PoisonFeaturizer(FakeFeaturizer):
+    """Raises on one text, as the tokenizer did on a lone surrogate before validation caught it."""
+
+    def text(self, texts: list[str]) -> np.ndarray:
+        if "poison" in texts:
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        return super().text(texts)
+
+
+def test_an_utterance_the_encoder_fails_on_is_dead_lettered_and_its_batch_still_gets_events() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        w.processor.featurizer = PoisonFeaturizer()
+        t = w.settings.kafka.topics
+        for i in range(7):
+            value = TextPart(call_id="c", utterance_id=f"u{i}", seq=i, text="poison" if i == 3 else "hi").to_bytes()
+            await w.on_message(t.text, 2, 10 + i, b"c", value, Handle(log, f"t{i}"))
+            await w.on_message(t.text, 1, 20 + i, b"d", text("d", f"v{i}", i), Handle(log, f"d{i}"))
+        await w.pump()
+        got = sorted((e.call_id, e.utterance_id) for e in events(sent))
+        assert got == sorted([("c", f"u{i}") for i in range(7) if i != 3] + [("d", f"v{i}") for i in range(7)])
+        (dead,) = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert dead.reason == "processing_failed" and "TypeError" in dead.detail
+        assert (dead.call_id, dead.utterance_id, dead.partition, dead.offset) == ("c", "u3", 2, 13)
+        assert [(p.topic, p.offset) for p in dead.parts] == [(t.text, 13)]
+        assert all(f"ack t{i}" in log and f"ack d{i}" in log for i in range(7))
+        # the utterances after the poison one still saw the context before it (u4's window: u0-u2, u4)
+        u4 = next(e for e in events(sent) if e.utterance_id == "u4")
+        assert u4.context_size == 4 and [i.utterance_id for i in store.data["c"]] == [
+            "u0",
+            "u1",
+            "u2",
+            "u4",
+            "u5",
+            "u6",
+        ]
+        assert "emostream_processing_failed_total 1.0" in _metrics(w)
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_letter_the_broker_refuses_is_retried_without_its_payload() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        real, tries = w.send, {"n": 0}
+
+        async def refuse_first(topic: str, key: bytes | None, value: bytes, event_key: str | None) -> Any:
+            if topic == t.deadletter:
+                tries["n"] += 1
+                if tries["n"] == 1:
+                    raise RuntimeError("MessageSizeTooLargeError")
+            return await real(topic, key, value, event_key)
+
+        w.send = refuse_first
+        await w.on_message(t.text, 0, 3, b"k" * 5000, b"{not json", Handle(log, "bad"))
+        (dead,) = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert tries["n"] == 2 and dead.payload == "" and dead.payload_truncated and dead.payload_bytes == 9
+        assert dead.key is not None and len(dead.key) == 256 and "ack bad" in log
+
+    asyncio.run(scenario())
+
+
+def test_dead_letter_payload_policy() -> None:
+    from streams.settings import LimitSettings
+    from streams.worker import payload_copy
+
+    raw = b"caller said: my card number is 4111" * 10
+    assert payload_copy(raw, LimitSettings(deadletter_payload="none")) == ("", True)
+    cut, truncated = payload_copy(raw, LimitSettings(deadletter_payload="truncated", deadletter_payload_bytes=12))
+    assert base64.b64decode(cut) == raw[:12] and truncated
+    whole, truncated = payload_copy(raw, LimitSettings(deadletter_payload="full"))
+    assert base64.b64decode(whole) == raw and not truncated
+    big = b"x" * (2 * 1024 * 1024)
+    kept, truncated = payload_copy(big, LimitSettings(deadletter_payload="full"))
+    assert truncated and len(kept) < 1024 * 1024  # still a record the broker accepts
+
+
+def _metrics(w: Worker) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(w.metrics.registry).decode()
 
 
 def test_event_json_is_schema_valid() -> None:
