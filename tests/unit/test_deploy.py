@@ -27,10 +27,29 @@ def test_compose_worker_environment_is_valid_settings(monkeypatch: pytest.Monkey
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= set(compose["services"])
     for key, value in compose["services"]["worker"]["environment"].items():
-        monkeypatch.setenv(key, str(value))
+        monkeypatch.setenv(key, re.sub(r"\$\{REDIS_PASSWORD:\?[^}]*\}", "pw", str(value)))
     settings = Settings()
     assert settings.kafka.brokers == "kafka:9092" and settings.metrics.port == 9108
-    assert settings.redis.url.get_secret_value() == "redis://redis:6379/0"
+    assert settings.redis.url.get_secret_value() == "redis://:pw@redis:6379/0"
+
+
+def test_compose_publishes_only_on_loopback_and_has_no_default_passwords() -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    grafana = compose["services"]["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")  # required, no default
+    assert "--requirepass" in compose["services"]["redis"]["command"]
+    assert "admin/admin" not in text
+
+
+def test_worker_image_runs_as_a_non_root_user() -> None:
+    lines = (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
 
 
 def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
