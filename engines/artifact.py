@@ -8,11 +8,19 @@ features.json        feature spec, text encoder and audio extractor configuratio
 spec.json            the engine I/O spec (engines.spec) the graph was exported with
 metrics.json         dev figures at the end of training
 model.onnx           the exported graph (run by engines.runtime.onnx.OnnxEngine)
+checksums.json       SHA-256 of every file above that is loaded (and of text_encoder.safetensors):
+                     written last by training (:func:`seal`); the stream refuses an artifact whose
+                     files do not match it (:func:`verify`). ``python -m engines.artifact seal DIR``
+                     seals an artifact you edited by hand and trust.
+
+Weights are only ever read from safetensors and ONNX files (no pickles).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +34,8 @@ FEATURES = "features.json"
 SPEC = "spec.json"
 METRICS = "metrics.json"
 ONNX = "model.onnx"
+CHECKSUMS = "checksums.json"
+SEALED: tuple[str, ...] = (CONFIG, WEIGHTS, LABELS, FEATURES, SPEC, ONNX)  # and every *.safetensors
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_DIR = MODELS_DIR / "default"
@@ -94,3 +104,69 @@ def load_torch_model(model_dir: str | Path) -> Any:
     if missing or unexpected:
         raise ArtifactError(f"{path}: weights do not match config (missing {missing}, unexpected {unexpected})")
     return net.eval()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sealed_files(model_dir: Path) -> list[str]:
+    names = {n for n in SEALED if (model_dir / n).is_file()}
+    names |= {p.name for p in model_dir.glob("*.safetensors")}
+    return sorted(names)
+
+
+def seal(model_dir: str | Path) -> dict[str, str]:
+    """Record the SHA-256 of the artifact's files in ``checksums.json``; returns them."""
+    path = Path(model_dir)
+    sums = {name: _sha256(path / name) for name in _sealed_files(path)}
+    write_json(path, CHECKSUMS, {"sha256": sums})
+    return sums
+
+
+def verify(model_dir: str | Path) -> Path:
+    """Raise :class:`ArtifactError` unless every file the service loads is listed in
+    ``checksums.json`` with its SHA-256; returns the resolved directory."""
+    path = resolve_model_dir(model_dir)
+    if not (path / CHECKSUMS).is_file():
+        raise ArtifactError(
+            f"artifact {path} has no {CHECKSUMS}: the stream loads only sealed artifacts "
+            f"(training writes it; `python -m engines.artifact seal {path}` seals one you trust)"
+        )
+    recorded = read_json(path, CHECKSUMS).get("sha256", {})
+    for name in _sealed_files(path):
+        if name not in recorded:
+            raise ArtifactError(f"artifact {path}: {name} is not in {CHECKSUMS}")
+        if _sha256(path / name) != recorded[name]:
+            raise ArtifactError(
+                f"artifact {path}: {name} does not match its SHA-256 in {CHECKSUMS} (changed or corrupt)"
+            )
+    for name in recorded:
+        if not (path / name).is_file():
+            raise ArtifactError(f"artifact {path} lacks {name}, listed in {CHECKSUMS}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engines.artifact seal|verify DIR``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("seal", "verify"):
+        print("usage: python -m engines.artifact seal|verify MODEL_DIR", file=sys.stderr)
+        return 2
+    try:
+        if args[0] == "seal":
+            print(json.dumps(seal(args[1]), indent=2))
+        else:
+            print(f"{verify(args[1])}: every file matches {CHECKSUMS}")
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -439,6 +439,7 @@ def _train(ns: argparse.Namespace) -> int:
     artifact.write_json(out_dir, artifact.FEATURES, features)
     onnx_spec = export_onnx(net, spec, out_dir / artifact.ONNX)
     artifact.write_json(out_dir, artifact.SPEC, onnx_spec.to_dict())
+    artifact.seal(out_dir)  # the stream loads only artifacts whose files match these sums
 
     engine = OnnxEngine(out_dir)
     metrics: dict[str, Any] = {

@@ -38,11 +38,13 @@ class ModelFeaturizer:
 
 
 def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
+    from engines import artifact
     from engines.errors import EngineError
     from engines.registry import load_engine, load_extractors
 
     model_dir = settings.model_dir()
     try:
+        artifact.verify(model_dir)
         engine = load_engine(model_dir)
         extractors = load_extractors(model_dir, text_runtime=settings.engine.text_runtime)
     except (EngineError, FileNotFoundError) as exc:
@@ -70,6 +72,7 @@ def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
     if path is None:
         return None, settings.engine.future
     try:
+        artifact.verify(path)
         revision = load_engine(path)
         same = _feature_key(artifact.read_json(path, artifact.FEATURES)) == _feature_key(
             artifact.read_json(settings.model_dir(), artifact.FEATURES)

@@ -433,6 +433,7 @@ def test_revision_model_must_share_the_features(tmp_path: Any) -> None:
     for key, value in [("model_id", "some-other-encoder"), ("sha256", "0" * 64)]:  # another encoder, other tuned layers
         changed = {**meta, "text": {**meta["text"], key: value}}
         artifact.write_json(other, artifact.FEATURES, changed)
+        artifact.seal(other)
         with pytest.raises(ConfigError, match="same features"):
             load_revision_model(Settings(engine={"revision_model": str(other), "future": 1}), main)
 
@@ -497,3 +498,30 @@ def test_feature_key_reads_a_missing_text_kind_as_minilm() -> None:
     explicit = {**old, "text": {**old["text"], "kind": "minilm"}}
     assert _feature_key(old) == _feature_key(explicit)
     assert _feature_key(old) != _feature_key({**old, "text": {**old["text"], "kind": "e5-multilingual"}})
+
+
+def test_the_stream_loads_only_sealed_artifacts(tmp_path: Any) -> None:
+    """A model file changed after training (or an artifact without checksums) is refused at start."""
+    import shutil
+
+    import pytest
+
+    from engines import artifact
+    from streams.errors import ConfigError
+    from streams.runtime import load_model
+
+    model = tmp_path / "model"
+    shutil.copytree(artifact.DEFAULT_DIR, model)
+    artifact.verify(model)  # the shipped artifact is sealed
+    onnx = model / artifact.ONNX
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ConfigError, match="model.onnx does not match its SHA-256"):
+        load_model(Settings(engine={"model": str(model)}))
+    (model / artifact.CHECKSUMS).unlink()
+    with pytest.raises(ConfigError, match="no checksums.json"):
+        load_model(Settings(engine={"model": str(model)}))
+    (model / "extra.safetensors").write_bytes(b"x")
+    artifact.seal(model)
+    (model / "extra.safetensors").write_bytes(b"y")
+    with pytest.raises(ConfigError, match="extra.safetensors does not match"):
+        load_model(Settings(engine={"model": str(model)}))
