@@ -160,7 +160,7 @@ def partition_counts(admin: Any, topics: list[str], wait_s: float = 30.0) -> dic
             name = meta.get("topic") or meta.get("name")
             parts = meta.get("partitions") or []
             counts[str(name)] = len(parts)
-            ready = ready and bool(parts) and all(p.get("leader", -1) >= 0 for p in parts)
+            ready = ready and bool(parts) and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in parts)
         if ready and set(counts) >= set(topics):
             return counts
         if time.monotonic() > deadline:

@@ -29,7 +29,10 @@ class FakeAdmin:
         return {"topics": [{"name": n, "error_code": 0} for n in spec]}
 
     def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
-        return [{"topic": n, "partitions": [{"leader": 1}] * self.existing[n]} for n in names]
+        return [
+            {"topic": n, "partitions": [{"partition_index": 0, "leader_id": 1, "error_code": 0}] * self.existing[n]}
+            for n in names
+        ]
 
 
 def _settings(**kafka: Any) -> Settings:
