@@ -91,6 +91,7 @@ def run_worker(settings: Settings) -> int:
     """``emostream worker``: load the model, connect Redis, serve /metrics, consume until stopped."""
     import faust
 
+    from streams.context import wait_for_redis
     from streams.errors import EmostreamError
     from streams.kafka import wait_for_topics
     from streams.runtime import build_worker
@@ -98,6 +99,7 @@ def run_worker(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         created = wait_for_topics(settings)
+        wait_for_redis(settings.redis, settings.kafka.startup_timeout_s)
         app = create_app(settings, lambda send: build_worker(settings, send))
     except EmostreamError as exc:
         print(f"emostream worker: {exc}", file=sys.stderr)

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from streams.errors import ConfigError, ServiceUnavailable
+from streams.settings import RedisSettings
+
+log = logging.getLogger("emostream.context")
 
 _APPEND = """
 local key = KEYS[1]
@@ -90,3 +97,50 @@ class ContextStore:
     async def release(self, call_ids: list[str]) -> None:
         if call_ids:
             await self.client.delete(*(self.key(c) for c in call_ids))
+
+
+def _options(settings: RedisSettings) -> dict[str, Any]:
+    url = settings.url.get_secret_value()
+    options: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+    }
+    if url.startswith("rediss://"):
+        options.update(
+            ssl_ca_certs=settings.tls_ca_file, ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file
+        )
+    elif settings.tls_ca_file or settings.tls_cert_file:
+        raise ConfigError("redis.tls_* files are set but redis.url is not rediss://")
+    return options
+
+
+def connect(settings: RedisSettings) -> Any:
+    """The worker's ``redis.asyncio.Redis`` client (TLS and ACL credentials from the settings)."""
+    import redis.asyncio as aioredis
+
+    return aioredis.from_url(settings.url.get_secret_value(), **_options(settings))
+
+
+def wait_for_redis(settings: RedisSettings, timeout_s: float) -> None:
+    """Ping Redis at start-up: retried while it cannot be reached; refused credentials or TLS
+    settings that cannot work raise :class:`ConfigError` at once."""
+    import redis
+
+    client = redis.Redis.from_url(settings.url.get_secret_value(), **_options(settings))
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.AuthenticationError, redis.exceptions.NoPermissionError, redis.ResponseError) as exc:
+                raise ConfigError(f"Redis refused the worker: {exc} (check redis.url's user and password)") from exc
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailable(f"Redis not reachable after {timeout_s:.0f} s: {exc}") from exc
+                log.warning("Redis not ready (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    finally:
+        client.close()

@@ -127,7 +127,9 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
         if own:
             from kafka import KafkaAdminClient
 
-            admin = KafkaAdminClient(**kafka_python_options(settings), request_timeout_ms=timeout_ms)
+            admin = KafkaAdminClient(
+                **kafka_python_options(settings), request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms
+            )
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing and not create:
@@ -182,8 +184,11 @@ def check_copartitioned(counts: dict[str, int], configured: int) -> None:
             log.warning("topic %s has %d partitions, settings say %d (kept)", name, count, configured)
 
 
-def wait_for_topics(settings: Settings, timeout_s: float = 120.0) -> list[str]:
-    """:func:`ensure_topics` at start-up, retried with backoff while the broker cannot be reached."""
+def wait_for_topics(settings: Settings, timeout_s: float | None = None) -> list[str]:
+    """:func:`ensure_topics` at start-up, retried with backoff while the broker cannot be reached
+    (``kafka.startup_timeout_s``). A broker that refuses the credentials looks the same from here:
+    the client's log lines above the final error say which it was."""
+    timeout_s = settings.kafka.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     delay = 0.5
     while True:
@@ -191,7 +196,10 @@ def wait_for_topics(settings: Settings, timeout_s: float = 120.0) -> list[str]:
             return ensure_topics(settings, create=settings.kafka.create_topics)
         except ServiceUnavailable as exc:
             if time.monotonic() + delay > deadline:
-                raise ServiceUnavailable(f"{exc} (gave up after {timeout_s:.0f} s)") from exc
+                raise ServiceUnavailable(
+                    f"{exc} (gave up after {timeout_s:.0f} s; if the broker is up, check kafka.security_protocol, "
+                    "the TLS files and the SASL credentials)"
+                ) from exc
             log.warning("Kafka not ready (%s); retrying in %.1f s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.context import ContextStore
+from streams.context import ContextStore, connect
 from streams.errors import ConfigError
 from streams.metrics import Metrics
 from streams.pipeline import Processor
@@ -90,12 +90,10 @@ def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
 
 
 def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) -> Worker:
-    import redis.asyncio as aioredis
-
     engine, featurizer = load_model(settings)
     revision, future = load_revision_model(settings, engine)
     featurizer.warm_up()
-    client = aioredis.from_url(settings.redis.url.get_secret_value())
+    client = connect(settings.redis)
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
     metrics = metrics or Metrics()
     port = metrics.serve(settings.metrics.host, settings.metrics.port)

@@ -52,7 +52,8 @@ class KafkaSettings(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    request_timeout_s: float = Field(30.0, gt=0, description="admin and metadata requests")
+    request_timeout_s: float = Field(30.0, gt=0, description="admin and metadata requests, and reaching a broker")
+    startup_timeout_s: float = Field(120.0, gt=0, description="how long the worker waits for Kafka and Redis at start")
     create_topics: bool = Field(True, description="the worker creates missing topics at start")
     group_id: str = "emostream-worker"
     app_id: str = "emostream"
@@ -60,7 +61,13 @@ class KafkaSettings(_Section):
 
 
 class RedisSettings(_Section):
+    """``url`` may carry an ACL user and password (``rediss://user:password@host:port/0`` for TLS)."""
+
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    tls_ca_file: str | None = Field(None, description="PEM CA that signed the server's certificate (rediss://)")
+    tls_cert_file: str | None = Field(None, description="PEM client certificate, when the server asks for one")
+    tls_key_file: str | None = None
+    socket_timeout_s: float = Field(5.0, gt=0, description="a Redis call that takes longer fails and is retried")
     key_prefix: str = "emostream:ctx:"
     window: int = Field(12, ge=1, description="utterances kept per call (context window)")
     ttl_s: float = Field(3600.0, gt=0, description="sliding TTL of an idle call's window")

@@ -6,12 +6,20 @@
 # Settings (environment): KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 # EMOSTREAM_RUN_DIR (.run/ in the repo: data, logs, pid), EMOSTREAM_CACHE (~/.cache/emostream: jars).
 # Idempotent: `up` fetches the jars once, formats storage once, and does nothing if the broker runs.
+#
+# Secured broker: KAFKA_SECURITY=sasl_ssl (default: plaintext) with KAFKA_SCRAM_USER and
+# KAFKA_SCRAM_PASSWORD (no defaults) and KAFKA_TLS_DIR (certificates from deploy/local/certs.sh,
+# made there if missing). Clients then reach SASL_SSL + SCRAM-SHA-512 on KAFKA_PORT and SSL with a
+# required client certificate on KAFKA_SSL_PORT (KAFKA_PORT+2); no plaintext client listener. The
+# SCRAM user is created when the storage is formatted (the first `up`).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 KAFKA_VERSION=3.9.2
 port=${KAFKA_PORT:-9092}
 cport=${KAFKA_CONTROLLER_PORT:-$((port + 1))}
+security=${KAFKA_SECURITY:-plaintext}
+sslport=${KAFKA_SSL_PORT:-$((port + 2))}
 run=${EMOSTREAM_RUN_DIR:-$repo/.run}/kafka-$port
 cache=${EMOSTREAM_CACHE:-$HOME/.cache/emostream}
 lib=$cache/kafka-$KAFKA_VERSION/lib
@@ -30,17 +38,46 @@ fetch_jars() {
 
 up() {
   if listening "$port"; then echo "kafka.sh: something already listens on 127.0.0.1:$port, using it" >&2; return 0; fi
+  case "$security" in plaintext|sasl_ssl) ;; *) echo "kafka.sh: KAFKA_SECURITY is plaintext or sasl_ssl" >&2; exit 2 ;; esac
   fetch_jars
   mkdir -p "$run/data"
+  local listeners
+  if [ "$security" = sasl_ssl ]; then
+    : "${KAFKA_SCRAM_USER:?KAFKA_SECURITY=sasl_ssl needs KAFKA_SCRAM_USER}"
+    : "${KAFKA_SCRAM_PASSWORD:?KAFKA_SECURITY=sasl_ssl needs KAFKA_SCRAM_PASSWORD}"
+    local tls=${KAFKA_TLS_DIR:?KAFKA_SECURITY=sasl_ssl needs KAFKA_TLS_DIR}
+    "$here/certs.sh" "$tls"
+    listeners=$(cat <<PROPS
+listeners=SASL_SSL://127.0.0.1:$port,SSL://127.0.0.1:$sslport,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=SASL_SSL://127.0.0.1:$port,SSL://127.0.0.1:$sslport
+listener.security.protocol.map=SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_SCRAM_USER" password="$KAFKA_SCRAM_PASSWORD";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.pem
+listener.name.ssl.ssl.client.auth=required
+PROPS
+)
+  else
+    listeners=$(cat <<PROPS
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+PROPS
+)
+  fi
+  touch "$run/server.properties" && chmod 600 "$run/server.properties"  # may hold the SCRAM password
   cat > "$run/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
+$listeners
 log.dirs=$run/data
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -64,8 +101,10 @@ PROPS
   local java_opts=(-Xmx512m -Xms256m -XX:+UseG1GC -Dlog4j.configuration="file:$run/log4j.properties")
   if [ ! -f "$run/data/meta.properties" ]; then
     local cid; cid=$(java "${java_opts[@]}" -cp "$lib/*" kafka.tools.StorageTool random-uuid 2>/dev/null)
+    local scram=()
+    [ "$security" = sasl_ssl ] && scram=(--add-scram "SCRAM-SHA-512=[name=$KAFKA_SCRAM_USER,password=$KAFKA_SCRAM_PASSWORD]")
     java "${java_opts[@]}" -cp "$lib/*" kafka.tools.StorageTool format -t "$cid" \
-         -c "$run/server.properties" --ignore-formatted >"$run/format.log" 2>&1
+         -c "$run/server.properties" --ignore-formatted "${scram[@]}" >"$run/format.log" 2>&1
   fi
   setsid nohup java "${java_opts[@]}" -cp "$lib/*" kafka.Kafka "$run/server.properties" \
         >"$run/stdout.log" 2>&1 < /dev/null &

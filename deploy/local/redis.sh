@@ -4,6 +4,10 @@
 #   deploy/local/redis.sh up|down|status
 #
 # Settings (environment): REDIS_PORT (6379), EMOSTREAM_RUN_DIR (.run/ in the repo).
+#
+# Secured server: REDIS_TLS_DIR (certificates from deploy/local/certs.sh, made there if missing),
+# REDIS_USER and REDIS_PASSWORD (no defaults). REDIS_PORT then takes TLS only (rediss://), the
+# default user is off and the ACL user may use every command and key.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -23,7 +27,24 @@ up() {
   if listening "$port"; then echo "redis.sh: something already listens on 127.0.0.1:$port, using it" >&2; return 0; fi
   install
   mkdir -p "$run"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync everysec \
+  local listen=(--port "$port")
+  if [ -n "${REDIS_TLS_DIR:-}" ]; then
+    : "${REDIS_USER:?REDIS_TLS_DIR needs REDIS_USER}" "${REDIS_PASSWORD:?REDIS_TLS_DIR needs REDIS_PASSWORD}"
+    "$here/certs.sh" "$REDIS_TLS_DIR"
+    (umask 077; cat > "$run/secure.conf" <<CONF
+port 0
+tls-port $port
+tls-cert-file $REDIS_TLS_DIR/server.pem
+tls-key-file $REDIS_TLS_DIR/server.key
+tls-ca-cert-file $REDIS_TLS_DIR/ca.pem
+tls-auth-clients no
+user default off
+user $REDIS_USER on >$REDIS_PASSWORD ~* &* +@all
+CONF
+)  # the password stays out of the process list
+    listen=("$run/secure.conf")
+  fi
+  redis-server "${listen[@]}" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync everysec \
     --save "" --daemonize yes --pidfile "$run/redis.pid" --logfile "$run/redis.log"
   for _ in $(seq 1 40); do listening "$port" && { echo "redis.sh: up on 127.0.0.1:$port" >&2; return 0; }; sleep 0.25; done
   echo "redis.sh: redis did not start, see $run/redis.log" >&2; exit 1

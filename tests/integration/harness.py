@@ -60,6 +60,21 @@ def env_for(settings: Settings) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    k, r = settings.kafka, settings.redis  # security settings, where set
+    for section, name, value in [
+        ("KAFKA", "SECURITY_PROTOCOL", k.security_protocol),
+        ("KAFKA", "SSL_CAFILE", k.ssl_cafile),
+        ("KAFKA", "SSL_CERTFILE", k.ssl_certfile),
+        ("KAFKA", "SSL_KEYFILE", k.ssl_keyfile),
+        ("KAFKA", "SASL_MECHANISM", k.sasl_mechanism),
+        ("KAFKA", "SASL_USERNAME", k.sasl_username),
+        ("KAFKA", "SASL_PASSWORD", k.sasl_password.get_secret_value() if k.sasl_password else None),
+        ("KAFKA", "STARTUP_TIMEOUT_S", str(k.startup_timeout_s)),
+        ("KAFKA", "REQUEST_TIMEOUT_S", str(k.request_timeout_s)),
+        ("REDIS", "TLS_CA_FILE", r.tls_ca_file),
+    ]:
+        if value is not None:
+            env[f"EMOSTREAM_{section}__{name}"] = value
     return env
 
 
@@ -128,12 +143,14 @@ class Collector:
     def __init__(self, settings: Settings) -> None:
         from kafka import KafkaConsumer
 
+        from streams.kafka import kafka_python_options
+
         t = settings.kafka.topics
         self.topics = t
         self.consumer = KafkaConsumer(
             t.emotions,
             t.deadletter,
-            bootstrap_servers=settings.kafka.brokers,
+            **kafka_python_options(settings),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,
