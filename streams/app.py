@@ -41,7 +41,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
-        stream_wait_empty=True,
+        stream_wait_empty=False,  # revoked partitions are let go unacked (Worker.revoke), not waited for
         datadir=str(datadir),
     )
     source = app.topic(
@@ -82,7 +82,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         if ready.is_set():
-            await state["worker"].drain()
+            await state["worker"].revoke({tp.partition for tp in revoked if tp.topic in topics.inputs()})
 
     return app
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class Utterance:
     timed_out: bool = False
     expected: tuple[str, ...] = ()
     handles: list[Any] = field(default_factory=list)
+    partition: int = -1  # the input partition of its call (all its parts share it)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -59,6 +61,7 @@ class JoinResult:
 @dataclass
 class _Call:
     expected: tuple[str, ...]
+    partition: int = -1
     last_seen: float = 0.0
     ends_at: float | None = None  # 'ended' arrived: release everything at this time
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
@@ -91,23 +94,23 @@ class Joiner:
         self.max_calls = max_calls
         self.max_finished = max_finished
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
-        self._done: OrderedDict[tuple[str, str], None] = OrderedDict()  # labelled ids, oldest first
+        self._done: OrderedDict[tuple[str, str], int] = OrderedDict()  # labelled ids -> partition, oldest first
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
         self.evicted_calls = 0  # calls forgotten at the cap (a metric)
 
     # -- inputs ---------------------------------------------------------------------------------
-    def call_started(self, call_id: str, modalities: list[str] | None, now: float) -> JoinResult:
-        call = self._touch(call_id, now)
+    def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
+        call = self._touch(call_id, now, partition)
         if modalities:
             call.expected = tuple(m for m in MODALITIES if m in modalities)
         return self._release(call_id, now)
 
-    def call_ended(self, call_id: str, now: float) -> JoinResult:
+    def call_ended(self, call_id: str, now: float, partition: int = -1) -> JoinResult:
         """The call's end arrived. Its parts travel on other topics and may still be behind it,
         so the call is closed ``wait_s`` later (by :meth:`expire`), not now."""
-        call = self._touch(call_id, now)
+        call = self._touch(call_id, now, partition)
         call.ends_at = now + self.wait_s
         self._push(call.ends_at, call_id, "")
         return self._release(call_id, now)
@@ -122,15 +125,17 @@ class Joiner:
         payload: Any,
         handle: Any,
         now: float,
+        partition: int = -1,
     ) -> JoinResult:
         assert modality in MODALITIES, modality
         if (call_id, utterance_id) in self._done:
             self._done.move_to_end((call_id, utterance_id))
             return JoinResult(ack_now=[handle], late_parts=1)
-        call = self._touch(call_id, now)
+        call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
-            utt = call.pending[utterance_id] = Utterance(call_id, utterance_id, seq, speaker, first_at=now)
+            utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition)
+            call.pending[utterance_id] = utt
             self._open += 1
             self._push(now + self.wait_s, call_id, utterance_id)
         utt.handles.append(handle)
@@ -179,20 +184,24 @@ class Joiner:
     def finished_ids(self) -> int:
         return len(self._done)
 
-    def drain(self, now: float) -> JoinResult:
-        """Release every pending utterance now (shutdown, partitions revoked)."""
-        result = JoinResult()
-        for call_id, call in list(self._calls.items()):
-            for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-                utt.ready_at, utt.expected = now, call.expected
-                utt.timed_out = set(utt.modalities) != set(call.expected)
-                result.ready.append(utt)
-                self._mark_done(call_id, utt.utterance_id)
+    def knows(self, call_id: str) -> bool:
+        return call_id in self._calls
+
+    def forget(self, partitions: set[int], labelled: Sequence[Utterance] = ()) -> int:
+        """Drop every call of ``partitions`` (partitions revoked): pending utterances go unreleased,
+        and labelled ids of those partitions are forgotten, so that what the partition's next owner
+        (maybe this worker again) replays is joined afresh. ``labelled`` are utterances released
+        but not yet published, also forgotten. Returns how many pending utterances were dropped."""
+        dropped = 0
+        for call_id in [c for c, call in self._calls.items() if call.partition in partitions]:
+            call = self._calls.pop(call_id)
+            dropped += len(call.pending)
             self._open -= len(call.pending)
-            call.pending.clear()
-            del self._calls[call_id]
-        self._heap.clear()
-        return result
+        for key in [k for k, p in self._done.items() if p in partitions]:
+            del self._done[key]
+        for utt in labelled:
+            self._done.pop((utt.call_id, utt.utterance_id), None)
+        return dropped
 
     # -- internals ------------------------------------------------------------------------------
     def _push(self, deadline: float, call_id: str, utterance_id: str) -> None:
@@ -205,16 +214,16 @@ class Joiner:
             utt.ready_at, utt.expected = now, call.expected
             utt.timed_out = set(utt.modalities) != set(call.expected)
             result.ready.append(utt)
-            self._mark_done(call_id, utt.utterance_id)
+            self._mark_done(call_id, utt.utterance_id, call.partition)
         self._open -= len(call.pending)
         return result
 
-    def _touch(self, call_id: str, now: float) -> _Call:
+    def _touch(self, call_id: str, now: float, partition: int = -1) -> _Call:
         """The call's state (created if new), marked as the most recently active."""
         call = self._calls.get(call_id)
         if call is None:
             self._make_room()
-            call = self._calls[call_id] = _Call(expected=self.default)
+            call = self._calls[call_id] = _Call(expected=self.default, partition=partition)
         else:
             self._calls.move_to_end(call_id)
         call.last_seen = now
@@ -245,10 +254,10 @@ class Joiner:
             result.ready.append(utt)
             del call.pending[utt.utterance_id]
             self._open -= 1
-            self._mark_done(call_id, utt.utterance_id)
+            self._mark_done(call_id, utt.utterance_id, call.partition)
         return result
 
-    def _mark_done(self, call_id: str, utterance_id: str) -> None:
-        self._done[(call_id, utterance_id)] = None
+    def _mark_done(self, call_id: str, utterance_id: str, partition: int) -> None:
+        self._done[(call_id, utterance_id)] = partition
         while len(self._done) > self.max_finished:
             self._done.popitem(last=False)

@@ -71,6 +71,11 @@ class Metrics:
         self.evicted_calls = Gauge(
             "emostream_evicted_calls", "Idle calls forgotten because join.max_open_calls was reached", registry=r
         )
+        self.revoked_dropped = Counter(
+            "emostream_revoked_utterances_total",
+            "Half-joined or queued utterances left unacked to the next owner when their partition was revoked",
+            registry=r,
+        )
         self.limits = Gauge(
             "emostream_limit", "Configured caps (open_utterances, open_calls, finished_ids)", ["what"], registry=r
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +45,21 @@ class BatchOutcome:
     appends: dict[str, list[ContextItem]] = field(default_factory=dict)
     engine_s: float = 0.0
     failed: list[tuple[Utterance, str]] = field(default_factory=list)  # utterances that could not be labelled, why
+
+    def only(self, keep: Callable[[Utterance], bool]) -> BatchOutcome:
+        """The part of the outcome caused by utterances ``keep`` accepts (events of a call's end stay)."""
+        dropped = {u.call_id for u in self._utterances() if not keep(u)}
+        if not dropped:
+            return self
+        return BatchOutcome(
+            [(e, u) for e, u in self.events if u is None or keep(u)],
+            {c: items for c, items in self.appends.items() if c not in dropped},
+            self.engine_s,
+            [(u, why) for u, why in self.failed if keep(u)],
+        )
+
+    def _utterances(self) -> list[Utterance]:
+        return [u for _, u in self.events if u is not None] + [u for u, _ in self.failed]
 
     def merge(self, later: BatchOutcome) -> BatchOutcome:
         appends = {c: list(items) for c, items in self.appends.items()}

@@ -24,6 +24,12 @@ Delivery is at least once: the agent runs with ``concurrency=1`` on a ``noack`` 
 message only once everything it fed is published (Faust commits offsets up to the first gap), so
 a restarted worker resumes from committed offsets and re-labels what was in flight under the same
 deterministic event keys.
+
+Partitions revoked (a rebalance) are let go, not finished: :meth:`Worker.revoke` drops their
+half-joined and queued utterances without acking them and forgets which of their utterances were
+labelled, and nothing of theirs is published or acked after that. The partition's next owner
+(maybe this worker again) replays them from the committed offset with all their parts, so an
+utterance never gets two different events under one ``event_id`` because a rebalance cut its join.
 """
 
 from __future__ import annotations
@@ -48,17 +54,28 @@ log = logging.getLogger("emostream.worker")
 _MAX_KEY_CHARS = 256
 
 
+@dataclass
+class Lease:
+    """This worker's hold on one input partition; it ends when the partition is revoked."""
+
+    valid: bool = True
+
+
 @dataclass(frozen=True)
 class Receipt:
-    """One input message the worker holds: where it came from, and the transport's handle to ack."""
+    """One input message the worker holds: where it came from, and the transport's handle to ack.
+
+    Acking a message of a partition this worker lost does nothing: its next owner replays it."""
 
     topic: str
     partition: int
     offset: int
     handle: Any
+    lease: Lease
 
     def ack(self) -> None:
-        self.handle.ack()
+        if self.lease.valid:
+            self.handle.ack()
 
     @property
     def source(self) -> SourceRef:
@@ -97,6 +114,7 @@ class Worker:
         self.lock = asyncio.Lock()
         self.retry_at = 0.0
         self.backoff = 0.5
+        self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
         metrics.limits.labels("open_calls").set(j.max_open_calls)
         metrics.limits.labels("finished_ids").set(j.max_finished_ids)
@@ -107,7 +125,7 @@ class Worker:
         """One input message; ``handle.ack()`` is called once its effects are published. Never
         raises (but for cancellation): a message it cannot use is dead-lettered and acked."""
         self.metrics.messages_in.labels(topic).inc()
-        receipt = Receipt(topic, partition, offset, handle)
+        receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
         await self._backpressure()
         try:
             msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
@@ -125,12 +143,14 @@ class Worker:
             await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value)
             return
         async with self.lock:
+            if not receipt.lease.valid:
+                return  # its partition was revoked meanwhile: the next owner reads it again
             now = self.clock()
             if isinstance(msg, CallControl):
                 self._control(msg, receipt, now)
                 return
             result = self.joiner.add(
-                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now
+                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition
             )
             self._absorb(result)
 
@@ -166,14 +186,25 @@ class Worker:
                 log.exception("pump failed")
             await asyncio.sleep(interval)
 
-    async def drain(self) -> None:
-        """Label everything still joined or queued (shutdown, partitions revoked)."""
+    async def revoke(self, partitions: set[int]) -> None:
+        """Let go of ``partitions`` (see the module doc): drop their pending work unacked."""
         async with self.lock:
-            self._absorb(self.joiner.drain(self.clock()))
-        while self.queue:
-            self.retry_at = 0.0
-            if not await self._step(force=True):
-                break
+            for p in partitions:
+                lease = self.leases.pop(p, None)
+                if lease is not None:
+                    lease.valid = False
+            queued = [u for u in self.queue if u.partition in partitions]
+            self.queue = [u for u in self.queue if u.partition not in partitions]
+            pending = self.joiner.forget(partitions, queued)
+            gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
+            self.closing = [c for c in self.closing if c not in gone]
+            for call_id in gone:
+                del self.ending[call_id]
+        self.metrics.revoked_dropped.inc(pending + len(queued))
+        log.info(
+            "partitions %s revoked: %d half-joined and %d queued utterances left to their next owner",
+            sorted(partitions), pending, len(queued),
+        )  # fmt: skip
 
     async def _step(self, force: bool = False) -> bool:
         """One unit of work: a due batch, or else one closed call. False when nothing was due."""
@@ -202,16 +233,18 @@ class Worker:
 
     def _control(self, msg: CallControl, receipt: Receipt, now: float) -> None:
         if msg.event == "started":
-            self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now))
+            self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now, receipt.partition))
             receipt.ack()
             return
         self.ending.setdefault(msg.call_id, []).append(receipt)
-        self._absorb(self.joiner.call_ended(msg.call_id, now))
+        self._absorb(self.joiner.call_ended(msg.call_id, now, receipt.partition))
 
     async def _close(self, call_id: str) -> bool:
         """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'."""
         try:
             final = await self.processor.close(call_id)
+            if not all(r.lease.valid for r in self.ending.get(call_id, [])):
+                final = BatchOutcome()  # revoked meanwhile: its next owner closes it
             await self._publish(final)
             await self.processor.store.release([call_id])
         except Exception:
@@ -251,6 +284,7 @@ class Worker:
         stage = "redis"
         try:
             outcome = await self.processor.run(batch)  # splits out utterances that fail to compute
+            outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
             stage = "publish"
             await self._publish(outcome)
             stage = "redis"
@@ -277,6 +311,11 @@ class Worker:
                 for receipt in utt.handles:
                     receipt.ack()
         return True
+
+    @staticmethod
+    def _owned(utt: Utterance) -> bool:
+        """Whether this worker still holds the partition the utterance was read from."""
+        return all(r.lease.valid for r in utt.handles if isinstance(r, Receipt))
 
     async def _publish(self, outcome: BatchOutcome) -> None:
         topic = self.settings.kafka.topics.emotions

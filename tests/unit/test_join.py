@@ -86,9 +86,50 @@ def test_idle_calls_are_forgotten() -> None:
     assert j.open_calls == 0
 
 
-def test_drain_releases_everything() -> None:
-    j = Joiner(wait_s=10.0, default_modalities=("text", "audio"))
-    j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
-    j.add("d", "u0", 0, "A", "audio", "a", "h", now=0.0)
-    assert sorted(u.call_id for u in j.drain(now=0.1).ready) == ["c", "d"]
-    assert j.open_utterances == 0
+def test_forget_drops_a_revoked_partitions_calls_and_labelled_ids() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0, partition=1)
+    j.add("d", "v0", 0, "A", "text", "t", "h", now=0.0, partition=2)
+    assert ids(j.add("c", "u0", 0, "A", "audio", "a", "h", now=0.1, partition=1)) == ["u0"]
+    j.add("c", "u1", 1, "A", "text", "t", "h", now=0.2, partition=1)
+    assert j.forget({1}) == 1  # u1 was half-joined
+    assert j.open_utterances == 1 and not j.knows("c") and j.knows("d")
+    # the next owner's replay of u0 is joined afresh, not taken for a late part
+    r = j.add("c", "u0", 0, "A", "text", "t", "h", now=1.0, partition=1)
+    assert r.late_parts == 0 and ids(j.add("c", "u0", 0, "A", "audio", "a", "h", now=1.1, partition=1)) == ["u0"]
+    assert ids(j.expire(now=5.0)) == ["v0"]
+
+
+def test_calls_past_the_cap_forget_the_least_recently_active_idle_one() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text",), max_calls=3)
+    for i, call in enumerate("abc"):
+        j.call_started(call, ["text"], now=float(i))
+    j.add("b", "u", 0, "A", "text", "t", "h", now=3.0)  # b active again, its utterance released
+    j.call_started("d", ["text"], now=4.0)
+    assert j.open_calls == 3 and not j.knows("a") and j.knows("b") and j.evicted_calls == 1
+
+
+def test_a_busy_call_is_never_evicted_for_room() -> None:
+    j = Joiner(wait_s=10.0, default_modalities=("text", "audio"), max_calls=2)
+    j.add("a", "u", 0, "A", "text", "t", "h", now=0.0)  # waits for audio
+    j.add("b", "u", 0, "A", "text", "t", "h", now=0.0)
+    j.add("c", "u", 0, "A", "text", "t", "h", now=0.0)
+    assert j.open_calls == 3 and j.open_utterances == 3  # over the cap rather than losing a part
+
+
+def test_finished_ids_are_bounded_and_a_remembered_one_makes_a_late_part() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text",), max_finished=3)
+    for i in range(5):
+        j.add("c", f"u{i}", i, "A", "text", "t", "h", now=0.0)
+    assert j.finished_ids == 3
+    assert j.add("c", "u4", 4, "A", "audio", "a", "h", now=0.5).late_parts == 1
+    assert ids(j.add("c", "u0", 0, "A", "text", "t", "h", now=0.5)) == ["u0"]  # forgotten: joined again
+
+
+def test_expire_touches_only_what_is_due() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    for i in range(2000):
+        j.add(f"c{i}", "u", 0, "A", "text", "t", "h", now=float(i) / 1000)
+    assert len(j._heap) == 2000
+    assert len(j.expire(now=2.0005).ready) == 1 and len(j._heap) == 1999  # one popped, the rest untouched
+    assert len(j.expire(now=10.0).ready) == 1999 and j.open_utterances == 0

@@ -525,3 +525,53 @@ def test_the_stream_loads_only_sealed_artifacts(tmp_path: Any) -> None:
     (model / "extra.safetensors").write_bytes(b"y")
     with pytest.raises(ConfigError, match="extra.safetensors does not match"):
         load_model(Settings(engine={"model": str(model)}))
+
+
+def test_a_revoked_partition_is_let_go_unacked_and_its_replay_gets_one_complete_event() -> None:
+    """A rebalance cuts a join (text in, audio not yet): the worker drops it unacked instead of
+    labelling it with what it has, and when the partition's parts are replayed (here, to the same
+    worker) the utterance gets a single event with both parts."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 3, 10, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.on_message(t.text, 1, 5, b"d", text("d", "v0", 0), Handle(log, "d0"))
+        await w.revoke({3})
+        clock: Any = w.clock
+        clock.now += 5.0  # well past wait_s: nothing of partition 3 is released
+        await w.pump()
+        assert [e.call_id for e in events(sent)] == ["d"] and events(sent)[0].modalities_present == ["text"]
+        assert "ack t0" not in log and "ack d0" in log
+        assert "emostream_revoked_utterances_total 1.0" in _metrics(w)
+        await w.on_message(t.text, 3, 10, b"c", text("c", "u0", 0), Handle(log, "t0 again"))
+        await w.on_message(t.audio, 3, 4, b"c", audio("c", "u0", 0), Handle(log, "a0"))
+        await w.pump()
+        (ev,) = [e for e in events(sent) if e.call_id == "c"]
+        assert ev.modalities_present == ["text", "audio"] and {"ack t0 again", "ack a0"} <= set(log)
+
+    asyncio.run(scenario())
+
+
+def test_an_in_flight_batch_of_a_revoked_partition_publishes_and_acks_nothing() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        real = store.fetch
+
+        async def revoked_meanwhile(calls: list[str]) -> dict[str, list[ContextItem]]:
+            await w.revoke({2})  # the rebalance lands while the batch is in the engine
+            return await real(calls)
+
+        store.fetch = revoked_meanwhile  # type: ignore[method-assign]
+        await w.on_message(t.text, 2, 7, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.on_message(t.text, 0, 7, b"d", text("d", "v0", 0), Handle(log, "d0"))
+        await w.pump()
+        assert [e.call_id for e in events(sent)] == ["d"] and "ack t0" not in log and "ack d0" in log
+        assert "c" not in store.data  # nor is its window written
+        store.fetch = real  # type: ignore[method-assign]
+        await w.on_message(t.text, 2, 7, b"c", text("c", "u0", 0), Handle(log, "t0 again"))
+        await w.pump()
+        assert [e.call_id for e in events(sent)] == ["d", "c"] and "ack t0 again" in log
+
+    asyncio.run(scenario())
