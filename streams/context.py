@@ -5,6 +5,10 @@ encoded features included, oldest first. Appending is one Lua script: skip utter
 the window (a replay after a restart), RPUSH, LTRIM to the window, PEXPIRE (RPUSH alone does not
 refresh a TTL), so an idle call's window expires ``ttl_s`` after its last utterance. Reads refresh
 the TTL too. Many calls are read or appended in one pipeline per batch. A call's end deletes it.
+
+The modalities a call's ``started`` message declared are kept beside its window
+(``{prefix}declared#{call_id}``, same TTL), so the worker that owns the call after a rebalance or
+restart waits for the same parts as the one that read the declaration.
 """
 
 from __future__ import annotations
@@ -94,9 +98,20 @@ class ContextStore:
                     await self._append(keys=[self.key(call_id)], args=args, client=pipe)
             await pipe.execute()
 
+    def declaration_key(self, call_id: str) -> str:
+        return f"{self.prefix}declared#{call_id}"  # '#' is not allowed in call ids: no clash with windows
+
+    async def declare(self, call_id: str, modalities: list[str]) -> None:
+        """Remember what a call's 'started' said it will send, for whichever worker owns it next."""
+        await self.client.set(self.declaration_key(call_id), json.dumps(modalities), px=self.ttl_ms)
+
+    async def declared(self, call_id: str) -> list[str] | None:
+        raw = await self.client.get(self.declaration_key(call_id))
+        return None if raw is None else [str(m) for m in json.loads(raw)]
+
     async def release(self, call_ids: list[str]) -> None:
         if call_ids:
-            await self.client.delete(*(self.key(c) for c in call_ids))
+            await self.client.delete(*(self.key(c) for c in call_ids), *(self.declaration_key(c) for c in call_ids))
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:

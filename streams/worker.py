@@ -142,6 +142,7 @@ class Worker:
             log.exception("parsing %s[%d]@%d failed", topic, partition, offset)
             await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value)
             return
+        declared = await self._declaration(msg)
         async with self.lock:
             if not receipt.lease.valid:
                 return  # its partition was revoked meanwhile: the next owner reads it again
@@ -149,10 +150,36 @@ class Worker:
             if isinstance(msg, CallControl):
                 self._control(msg, receipt, now)
                 return
+            if declared and not self.joiner.knows(msg.call_id):  # declared to another worker, or forgotten
+                self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
                 msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition
             )
             self._absorb(result)
+
+    async def _declaration(self, msg: Any) -> list[str] | None:
+        """Store a call's declared modalities ('started'), or read them for a call this worker has
+        not seen; a Redis failure is retried with backoff (the agent waits: nothing is dropped)."""
+        store = self.processor.store
+        if isinstance(msg, CallControl):
+            if msg.event == "started" and msg.modalities:
+                await self._retry(lambda: store.declare(msg.call_id, list(msg.modalities or [])), "declare")
+            return None
+        if self.joiner.knows(msg.call_id):
+            return None
+        result: list[str] | None = await self._retry(lambda: store.declared(msg.call_id), "declared")
+        return result
+
+    async def _retry(self, call: Callable[[], Any], what: str, max_backoff: float = 10.0) -> Any:
+        delay = 0.25
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                log.warning("Redis %s failed (%s); retrying in %.2f s", what, _describe(exc), delay)
+                self.metrics.stage_errors.labels("redis").inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff)
 
     async def _backpressure(self) -> None:
         """Wait while the engine is behind or too many utterances wait for their parts."""

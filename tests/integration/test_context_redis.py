@@ -53,3 +53,21 @@ def test_ttl_slides_and_expires_idle_calls(services, unique) -> None:  # type: i
         await client.aclose()
 
     run(scenario())
+
+
+def test_a_calls_declaration_is_shared_through_redis_and_released_with_it(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
+        other = ContextStore(aioredis.from_url(services.redis_url), f"test:{unique}:", window=3, ttl_s=60)
+        assert await other.declared("c") is None
+        await store.declare("c", ["text", "video"])
+        assert await other.declared("c") == ["text", "video"]  # another worker sees it
+        assert 0 < await client.pttl(store.declaration_key("c")) <= 60_000
+        await store.append({"c": [item(0)]})
+        await store.release(["c"])
+        assert await other.declared("c") is None and (await other.fetch(["c"]))["c"] == []
+        await other.client.aclose()
+        await client.aclose()
+
+    run(scenario())

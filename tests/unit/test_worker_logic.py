@@ -49,6 +49,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.data: dict[str, list[ContextItem]] = {}
         self.released: list[str] = []
+        self.declarations: dict[str, list[str]] = {}
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -61,6 +62,13 @@ class FakeStore:
         self.released += calls
         for c in calls:
             self.data.pop(c, None)
+            self.declarations.pop(c, None)
+
+    async def declare(self, call: str, modalities: list[str]) -> None:
+        self.declarations[call] = modalities
+
+    async def declared(self, call: str) -> list[str] | None:
+        return self.declarations.get(call)
 
 
 class Handle:
@@ -573,5 +581,25 @@ def test_an_in_flight_batch_of_a_revoked_partition_publishes_and_acks_nothing() 
         await w.on_message(t.text, 2, 7, b"c", text("c", "u0", 0), Handle(log, "t0 again"))
         await w.pump()
         assert [e.call_id for e in events(sent)] == ["d", "c"] and "ack t0 again" in log
+
+    asyncio.run(scenario())
+
+
+def test_a_calls_declaration_reaches_the_worker_that_owns_it_next() -> None:
+    """'started' said text only; after a rebalance another worker gets the call's parts: it reads
+    the declaration from the store and labels the text at once instead of waiting for audio."""
+
+    async def scenario() -> None:
+        w1, sent1, log, store, engine = make(wait_s=5.0)
+        t = w1.settings.kafka.topics
+        started = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        await w1.on_message(t.control, 0, 0, b"c", started, Handle(log, "start"))
+        assert store.declarations == {"c": ["text"]} and "ack start" in log
+        w2, sent2, _, _, _ = make(wait_s=5.0)
+        w2.processor.store = store  # the same Redis
+        await w2.on_message(t.text, 0, 1, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w2.pump()
+        (ev,) = events(sent2)
+        assert ev.modalities_present == ["text"] and ev.timings.join_s == 0.0
 
     asyncio.run(scenario())
