@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -136,6 +137,7 @@ class _Row:
     target: int
     revision: int
     trigger: Utterance | None  # the new utterance that caused this row (None: the call's end)
+    context_reset: bool = False  # the call's window lost items this worker had written
 
     @property
     def item(self) -> ContextItem:
@@ -170,6 +172,8 @@ class Processor:
         assert self.future < self.max_window, (future, self.max_window)
         self.model_ref = _model_ref(engine)
         self.revision_model_ref = _model_ref(self.revision_engine)
+        self._written: OrderedDict[str, int] = OrderedDict()  # call -> highest seq this worker appended
+        self.max_remembered = 100_000
         if self.revision_engine is not engine and self.revision_model_ref == self.model_ref:
             # two artifacts under one name and version (artifacts trained before `train --future k`
             # named them `-future<k>`): the revisions' reference must still tell them apart
@@ -181,7 +185,15 @@ class Processor:
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
         history = {c: _by_seq(items) for c, items in (await self.store.fetch(calls)).items()}
-        return await asyncio.to_thread(self._isolated, utts, history, started)
+        reset = frozenset(c for c in calls if self._lost(c, history[c]))
+        if reset:
+            log.warning("context of %d calls was lost (Redis data loss or expiry): %s", len(reset), sorted(reset)[:5])
+        return await asyncio.to_thread(self._isolated, utts, history, started, reset)
+
+    def _lost(self, call_id: str, window: list[ContextItem]) -> bool:
+        """Whether Redis no longer has what this worker appended for the call."""
+        written = self._written.get(call_id)
+        return written is not None and (not window or window[-1].seq < written)
 
     async def close(self, call_id: str) -> BatchOutcome:
         """The call ended: the final revisions of its last utterances, with the future they have."""
@@ -198,32 +210,54 @@ class Processor:
 
     async def commit(self, outcome: BatchOutcome) -> None:
         await self.store.append(outcome.appends)
+        for call_id, items in outcome.appends.items():
+            if items:
+                self._written[call_id] = max(self._written.pop(call_id, -1), max(i.seq for i in items))
+        while len(self._written) > self.max_remembered:
+            self._written.popitem(last=False)
+
+    async def release(self, call_ids: list[str]) -> None:
+        """The calls ended: free their windows (and declarations)."""
+        await self.store.release(call_ids)
+        for call_id in call_ids:
+            self._written.pop(call_id, None)
 
     def _isolated(
-        self, utts: list[Utterance], history: dict[str, list[ContextItem]], started: float, retried: bool = False
+        self,
+        utts: list[Utterance],
+        history: dict[str, list[ContextItem]],
+        started: float,
+        reset: frozenset[str] = frozenset(),
+        retried: bool = False,
     ) -> BatchOutcome:
         """:meth:`_compute`, splitting the batch around the utterances it fails on (see the module doc)."""
         try:
-            return self._compute(utts, {c: list(items) for c, items in history.items()}, started)
+            return self._compute(utts, {c: list(items) for c, items in history.items()}, started, reset)
         except Exception as exc:
             if len(utts) > 1:
                 mid = len(utts) // 2
                 log.warning("batch of %d failed (%s: %s); splitting it", len(utts), type(exc).__name__, exc)
-                first = self._isolated(utts[:mid], history, started)
+                first = self._isolated(utts[:mid], history, started, reset)
                 after = {c: list(items) for c, items in history.items()}
                 for call_id, items in first.appends.items():
                     known = after.setdefault(call_id, [])
                     ids = {i.utterance_id for i in known}
                     known.extend(i for i in items if i.utterance_id not in ids)
                     known.sort(key=lambda i: i.seq)
-                return first.merge(self._isolated(utts[mid:], after, started))
+                return first.merge(self._isolated(utts[mid:], after, started, reset))
             if not retried:  # alone, once more: a passing fault is not the utterance's
-                return self._isolated(utts, history, started, retried=True)
+                return self._isolated(utts, history, started, reset, retried=True)
             utt = utts[0]
             log.exception("utterance %s of call %s cannot be processed", utt.utterance_id, utt.call_id)
             return BatchOutcome(failed=[(utt, f"{type(exc).__name__}: {exc}"[:500])])
 
-    def _compute(self, utts: list[Utterance], history: dict[str, list[ContextItem]], started: float) -> BatchOutcome:
+    def _compute(
+        self,
+        utts: list[Utterance],
+        history: dict[str, list[ContextItem]],
+        started: float,
+        reset: frozenset[str] = frozenset(),
+    ) -> BatchOutcome:
         feats = utterance_features(utts, self.featurizer, self.dims)
         rows: list[_Row] = []
         appends: dict[str, list[ContextItem]] = {}
@@ -232,7 +266,7 @@ class Processor:
             past = [i for i in known if i.seq < utt.seq and i.utterance_id != utt.utterance_id]
             item = ContextItem(utt.utterance_id, utt.seq, utt.speaker, f)
             window = [*past[max(0, len(past) - (self.max_window - 1)) :], item] if self.max_window > 1 else [item]
-            rows.append(_Row(utt.call_id, window, len(window) - 1, 0, utt))
+            rows.append(_Row(utt.call_id, window, len(window) - 1, 0, utt, utt.call_id in reset))
             appends.setdefault(utt.call_id, []).append(item)
             if any(i.utterance_id == utt.utterance_id for i in known):
                 continue  # a replay: its revision was published with the first run
@@ -306,6 +340,7 @@ class Processor:
             modalities_present=present,  # type: ignore[arg-type]
             model=self.revision_model_ref if row.revision > 0 else self.model_ref,
             context_size=len(row.window),
+            context_reset=row.context_reset,
             future_context=row.future,
             timings=Timings(
                 join_s=round(join_s, 6),

@@ -168,6 +168,11 @@ class EmotionEvent(_Message):
     modalities_present: list[Modality]
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")
+    context_reset: bool = Field(
+        False,
+        description="the call's earlier context was lost (Redis lost data, or the window expired): "
+        "the window holds only what came after",
+    )
     future_context: int = 0
     timings: Timings
     produced_at: float

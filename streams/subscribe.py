@@ -62,6 +62,8 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
     past = event.context_size - event.future_context  # the utterance and those before it
     revised = event.revision > 0 or event.future_context > 0  # a revision says its future, even none (call ended)
     context = f"ctx {past}+{event.future_context}" if revised else f"ctx {event.context_size}"
+    if event.context_reset:
+        context += " after a context reset"
     latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"
     parts = [f"{head} {label}", sentiment, weights, f"({modalities}, {context}, {latency})"]
     return "  ".join(p for p in parts if p)

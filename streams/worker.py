@@ -273,7 +273,7 @@ class Worker:
             if not all(r.lease.valid for r in self.ending.get(call_id, [])):
                 final = BatchOutcome()  # revoked meanwhile: its next owner closes it
             await self._publish(final)
-            await self.processor.store.release([call_id])
+            await self.processor.release([call_id])
         except Exception:
             self._failed(f"closing call {call_id}", "close")
             return False
@@ -305,7 +305,7 @@ class Worker:
         self.metrics.errors.inc()
         self.metrics.stage_errors.labels(stage).inc()
         self.retry_at = self.clock() + self.backoff
-        self.backoff = min(self.backoff * 2, 30.0)
+        self.backoff = min(self.backoff * 2, 5.0)  # a service back up is used within seconds
 
     async def _process(self, batch: list[Utterance]) -> bool:
         stage = "redis"

@@ -603,3 +603,24 @@ def test_a_calls_declaration_reaches_the_worker_that_owns_it_next() -> None:
         assert ev.modalities_present == ["text"] and ev.timings.join_s == 0.0
 
     asyncio.run(scenario())
+
+
+def test_an_event_says_its_context_was_reset_when_redis_lost_the_window() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        for i in range(3):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i), Handle(log, f"t{i}"))
+            await w.pump()
+        store.data["c"] = store.data["c"][:1]  # Redis restarted and lost the last writes (or all: TTL)
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u3", 3), Handle(log, "t3"))
+        await w.pump()
+        await w.on_message(t.text, 0, 4, b"c", text("c", "u4", 4), Handle(log, "t4"))
+        await w.pump()
+        got = [(e.utterance_id, e.context_size, e.context_reset) for e in events(sent)]
+        assert got == [("u0", 1, False), ("u1", 2, False), ("u2", 3, False), ("u3", 2, True), ("u4", 3, False)]
+        from streams.subscribe import format_event
+
+        assert "ctx 2 after a context reset" in format_event(events(sent)[3])
+
+    asyncio.run(scenario())
