@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/local/system-packages.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-unit test-integration lint services-up services-down schemas clean
+.PHONY: setup demo test test-unit test-integration chaos lint services-up services-down schemas clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,11 @@ test-unit: setup
 test-integration: setup
 	$(BIN)/python -m pytest tests/integration $(ARGS)
 
+chaos: setup
+	$(BIN)/emostream chaos --full $(ARGS)
+
 lint: setup
-	$(BIN)/ruff check streams engines tests
+	$(BIN)/ruff check streams engines chaos tests
 	$(BIN)/mypy
 
 schemas: setup

@@ -41,6 +41,9 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.kafka.session_timeout_s,
+        broker_heartbeat_interval=settings.kafka.session_timeout_s / 10,
+        broker_rebalance_timeout=settings.kafka.session_timeout_s,
         stream_wait_empty=False,  # revoked partitions are let go unacked (Worker.revoke), not waited for
         datadir=str(datadir),
     )

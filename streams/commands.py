@@ -87,6 +87,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)
+    from chaos.cli import add_chaos_args, run_chaos
+
+    p = sub.add_parser("chaos", help="fault scenarios against real processes, one table (make chaos)")
+    add_chaos_args(p)
+    p.set_defaults(func=run_chaos)
     from engines.evaluate import add_evaluate_args, run_evaluate
     from engines.train import add_train_args, run_train
 

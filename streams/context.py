@@ -6,6 +6,11 @@ the window (a replay after a restart), RPUSH, LTRIM to the window, PEXPIRE (RPUS
 refresh a TTL), so an idle call's window expires ``ttl_s`` after its last utterance. Reads refresh
 the TTL too. Many calls are read or appended in one pipeline per batch. A call's end deletes it.
 
+Beside the window, a set per call (``{prefix}labelled#{call_id}``) holds the ids of every
+utterance appended: the worker appends only after its events are published, so an utterance in
+that set is one whose event is out, and a replay of it (after a crash or a rebalance) is acked
+without a second, possibly different, event (its window may have moved on since).
+
 The modalities a call's ``started`` message declared are kept beside its window
 (``{prefix}declared#{call_id}``, same TTL), so the worker that owns the call after a rebalance or
 restart waits for the same parts as the one that read the declaration.
@@ -28,16 +33,19 @@ from streams.settings import RedisSettings
 log = logging.getLogger("emostream.context")
 
 _APPEND = """
-local key = KEYS[1]
+local key, labelled = KEYS[1], KEYS[2]
 local existing = redis.call('LRANGE', key, 0, -1)
 local seen = {}
 for _, item in ipairs(existing) do seen[cjson.decode(item)['u']] = true end
 for i = 3, #ARGV do
   local id = cjson.decode(ARGV[i])['u']
-  if not seen[id] then redis.call('RPUSH', key, ARGV[i]); seen[id] = true end
+  if not seen[id] and redis.call('SISMEMBER', labelled, id) == 0 then redis.call('RPUSH', key, ARGV[i]) end
+  seen[id] = true
+  redis.call('SADD', labelled, id)
 end
 redis.call('LTRIM', key, -tonumber(ARGV[1]), -1)
 redis.call('PEXPIRE', key, ARGV[2])
+redis.call('PEXPIRE', labelled, ARGV[2])
 return redis.call('LLEN', key)
 """
 
@@ -95,8 +103,24 @@ class ContextStore:
             for call_id, new in items.items():
                 if new:
                     args = [self.window, self.ttl_ms, *(i.to_json() for i in new)]
-                    await self._append(keys=[self.key(call_id)], args=args, client=pipe)
+                    await self._append(keys=[self.key(call_id), self.labelled_key(call_id)], args=args, client=pipe)
             await pipe.execute()
+
+    def labelled_key(self, call_id: str) -> str:
+        return f"{self.prefix}labelled#{call_id}"
+
+    async def labelled(self, call_ids: list[str]) -> dict[str, set[str]]:
+        """Each call's utterance ids whose events are out (appended after publishing, never trimmed)."""
+        if not call_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.smembers(self.labelled_key(call_id))
+            replies = await pipe.execute()
+        return {
+            c: {m.decode() if isinstance(m, bytes) else str(m) for m in r}
+            for c, r in zip(call_ids, replies, strict=True)
+        }
 
     def declaration_key(self, call_id: str) -> str:
         return f"{self.prefix}declared#{call_id}"  # '#' is not allowed in call ids: no clash with windows
@@ -111,7 +135,8 @@ class ContextStore:
 
     async def release(self, call_ids: list[str]) -> None:
         if call_ids:
-            await self.client.delete(*(self.key(c) for c in call_ids), *(self.declaration_key(c) for c in call_ids))
+            keys = [k for c in call_ids for k in (self.key(c), self.labelled_key(c), self.declaration_key(c))]
+            await self.client.delete(*keys)
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:

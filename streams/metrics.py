@@ -71,6 +71,11 @@ class Metrics:
         self.evicted_calls = Gauge(
             "emostream_evicted_calls", "Idle calls forgotten because join.max_open_calls was reached", registry=r
         )
+        self.replays = Counter(
+            "emostream_replays_skipped_total",
+            "Replayed utterances (after a crash or rebalance) whose events were already out: acked, not relabelled",
+            registry=r,
+        )
         self.revoked_dropped = Counter(
             "emostream_revoked_utterances_total",
             "Half-joined or queued utterances left unacked to the next owner when their partition was revoked",

@@ -2,7 +2,9 @@
 
 :class:`Processor` is transport-free: the worker hands it a batch of joined utterances and gets
 back the events to publish and the context items to append to Redis *after* the events are out
-(so a crash in between replays the batch; the window append skips what it already has).
+(so a crash in between replays the batch with the same windows). An utterance already in its
+call's labelled set (:meth:`ContextStore.labelled`) had its event published before: a replay of it
+is acked without labelling it again, so its ``event_id`` never carries a second content.
 
 A batch in which the encoders, the engine or the event build raise is split in halves (in order,
 each half seeing the context the one before it added) until the utterances that fail alone are
@@ -46,6 +48,7 @@ class BatchOutcome:
     appends: dict[str, list[ContextItem]] = field(default_factory=dict)
     engine_s: float = 0.0
     failed: list[tuple[Utterance, str]] = field(default_factory=list)  # utterances that could not be labelled, why
+    replayed: int = 0  # utterances whose events were already out (a replay): acked, not labelled again
 
     def only(self, keep: Callable[[Utterance], bool]) -> BatchOutcome:
         """The part of the outcome caused by utterances ``keep`` accepts (events of a call's end stay)."""
@@ -57,6 +60,7 @@ class BatchOutcome:
             {c: items for c, items in self.appends.items() if c not in dropped},
             self.engine_s,
             [(u, why) for u, why in self.failed if keep(u)],
+            self.replayed,
         )
 
     def _utterances(self) -> list[Utterance]:
@@ -67,7 +71,11 @@ class BatchOutcome:
         for call_id, items in later.appends.items():
             appends.setdefault(call_id, []).extend(items)
         return BatchOutcome(
-            self.events + later.events, appends, max(self.engine_s, later.engine_s), self.failed + later.failed
+            self.events + later.events,
+            appends,
+            max(self.engine_s, later.engine_s),
+            self.failed + later.failed,
+            self.replayed + later.replayed,
         )
 
 
@@ -185,10 +193,17 @@ class Processor:
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
         history = {c: _by_seq(items) for c, items in (await self.store.fetch(calls)).items()}
+        published = await self.store.labelled(calls)
+        fresh = [u for u in utts if u.utterance_id not in published.get(u.call_id, ())]
+        replayed = len(utts) - len(fresh)
         reset = frozenset(c for c in calls if self._lost(c, history[c]))
         if reset:
             log.warning("context of %d calls was lost (Redis data loss or expiry): %s", len(reset), sorted(reset)[:5])
-        return await asyncio.to_thread(self._isolated, utts, history, started, reset)
+        if not fresh:
+            return BatchOutcome(replayed=replayed)
+        outcome = await asyncio.to_thread(self._isolated, fresh, history, started, reset)
+        outcome.replayed = replayed
+        return outcome
 
     def _lost(self, call_id: str, window: list[ContextItem]) -> bool:
         """Whether Redis no longer has what this worker appended for the call."""

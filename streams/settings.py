@@ -55,6 +55,9 @@ class KafkaSettings(_Section):
     request_timeout_s: float = Field(30.0, gt=0, description="admin and metadata requests, and reaching a broker")
     startup_timeout_s: float = Field(120.0, gt=0, description="how long the worker waits for Kafka and Redis at start")
     create_topics: bool = Field(True, description="the worker creates missing topics at start")
+    session_timeout_s: float = Field(
+        30.0, ge=6, le=90, description="a worker silent this long (crashed) loses its partitions to the others"
+    )
     group_id: str = "emostream-worker"
     app_id: str = "emostream"
     topics: TopicSettings = TopicSettings()

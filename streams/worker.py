@@ -326,6 +326,7 @@ class Worker:
                 self.queue = batch + self.queue
             return False
         self.backoff = 0.5
+        self.metrics.replays.inc(outcome.replayed)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_latency.observe(outcome.engine_s)
         for event, _ in outcome.events:

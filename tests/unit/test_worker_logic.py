@@ -50,6 +50,7 @@ class FakeStore:
         self.data: dict[str, list[ContextItem]] = {}
         self.released: list[str] = []
         self.declarations: dict[str, list[str]] = {}
+        self.trimmed: dict[str, set[str]] = {}  # ids appended but no longer in the window
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -63,6 +64,9 @@ class FakeStore:
         for c in calls:
             self.data.pop(c, None)
             self.declarations.pop(c, None)
+
+    async def labelled(self, calls: list[str]) -> dict[str, set[str]]:
+        return {c: {i.utterance_id for i in self.data.get(c, [])} | self.trimmed.get(c, set()) for c in calls}
 
     async def declare(self, call: str, modalities: list[str]) -> None:
         self.declarations[call] = modalities
@@ -622,5 +626,29 @@ def test_an_event_says_its_context_was_reset_when_redis_lost_the_window() -> Non
         from streams.subscribe import format_event
 
         assert "ctx 2 after a context reset" in format_event(events(sent)[3])
+
+    asyncio.run(scenario())
+
+
+def test_a_replayed_utterance_whose_event_is_out_is_acked_without_a_second_event() -> None:
+    """After a crash, a worker replays from the committed offset: utterances whose events were
+    published (and appended) before are acked, not relabelled against a window that moved on."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        for i in range(6):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i), Handle(log, f"t{i}"))
+            await w.pump()
+        store.trimmed["c"] = {"u0", "u1"}  # the window kept only the newest
+        store.data["c"] = store.data["c"][2:]
+        fresh, sent2, log2, _, _ = make(default_modalities=("text",))  # the replacement worker
+        fresh.processor.store = store
+        for i in range(1, 7):  # replay from u1 (uncommitted), then the new u6
+            await fresh.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i), Handle(log2, f"t{i}"))
+            await fresh.pump()
+        assert [e.utterance_id for e in events(sent2)] == ["u6"]
+        assert all(f"ack t{i}" in log2 for i in range(1, 7))
+        assert "emostream_replays_skipped_total 5.0" in _metrics(fresh)
 
     asyncio.run(scenario())

@@ -1,0 +1,260 @@
+"""Real processes for fault scenarios and integration tests: the local services on ports of their
+own, a worker process (`emostream worker`), and a consumer of the emotion and dead-letter topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams.schemas import DeadLetter, EmotionEvent
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_for(services: Any, unique: str, session_timeout_s: float = 10.0, **join: Any) -> Settings:
+    """Settings for one scenario or test: its own topics, group and Redis keys; a crashed worker's
+    partitions move on after ``session_timeout_s``."""
+    topics = {k: f"t{unique}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")}
+    return Settings(
+        kafka={
+            "brokers": services.brokers,
+            "group_id": f"g{unique}",
+            "topics": topics,
+            "session_timeout_s": session_timeout_s,
+        },
+        redis={"url": services.redis_url, "key_prefix": f"ctx{unique}:", "window": 8},
+        join={"wait_s": 1.5, **join},
+        engine={"max_batch": 16, "max_wait_s": 0.05},
+        metrics={"port": free_port()},
+        limits={"max_message_bytes": 512 * 1024},
+    )
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """The same settings as EMOSTREAM_* variables, as a user would pass them to `emostream worker`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
+    t = settings.kafka.topics
+    env.update(
+        {
+            "EMOSTREAM_KAFKA__BROKERS": settings.kafka.brokers,
+            "EMOSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
+            **{
+                f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k)
+                for k in ("text", "audio", "video", "control", "emotions", "deadletter")
+            },
+            "EMOSTREAM_REDIS__URL": settings.redis.url.get_secret_value(),
+            "EMOSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+            "EMOSTREAM_REDIS__WINDOW": str(settings.redis.window),
+            "EMOSTREAM_JOIN__WAIT_S": str(settings.join.wait_s),
+            "EMOSTREAM_JOIN__DEFAULT_MODALITIES": '["' + '","'.join(settings.join.default_modalities) + '"]',
+            "EMOSTREAM_ENGINE__MAX_BATCH": str(settings.engine.max_batch),
+            "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
+            "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
+            "EMOSTREAM_KAFKA__SESSION_TIMEOUT_S": str(settings.kafka.session_timeout_s),
+            "EMOSTREAM_LIMITS__MAX_MESSAGE_BYTES": str(settings.limits.max_message_bytes),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    k, r = settings.kafka, settings.redis  # security settings, where set
+    for section, name, value in [
+        ("KAFKA", "SECURITY_PROTOCOL", k.security_protocol),
+        ("KAFKA", "SSL_CAFILE", k.ssl_cafile),
+        ("KAFKA", "SSL_CERTFILE", k.ssl_certfile),
+        ("KAFKA", "SSL_KEYFILE", k.ssl_keyfile),
+        ("KAFKA", "SASL_MECHANISM", k.sasl_mechanism),
+        ("KAFKA", "SASL_USERNAME", k.sasl_username),
+        ("KAFKA", "SASL_PASSWORD", k.sasl_password.get_secret_value() if k.sasl_password else None),
+        ("KAFKA", "STARTUP_TIMEOUT_S", str(k.startup_timeout_s)),
+        ("KAFKA", "REQUEST_TIMEOUT_S", str(k.request_timeout_s)),
+        ("REDIS", "TLS_CA_FILE", r.tls_ca_file),
+    ]:
+        if value is not None:
+            env[f"EMOSTREAM_{section}__{name}"] = value
+    return env
+
+
+class WorkerProcess:
+    """`emostream worker` in its own process, logging to a file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            cwd=REPO,
+            env=env_for(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.tail()
+            if b"worker ready" in self.log_path.read_bytes() and self.metrics_up():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"worker not ready in {timeout} s\n{self.tail()}")
+
+    def metrics_up(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.settings.metrics.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.metrics.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the worker process (0 once it is gone)."""
+        if self.proc is None:
+            return 0
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log_path.read_bytes()[-n:].decode(errors="replace") if self.log_path.exists() else ""
+
+
+class Collector:
+    """Reads the emotion and dead-letter topics from the beginning."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaConsumer
+
+        from streams.kafka import kafka_python_options
+
+        t = settings.kafka.topics
+        self.topics = t
+        self.consumer = KafkaConsumer(
+            t.emotions,
+            t.deadletter,
+            **kafka_python_options(settings),
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=500,
+        )
+        self.events: list[tuple[bytes | None, EmotionEvent]] = []
+        self.dead: list[DeadLetter] = []
+
+    def poll_until(self, done: Callable[[Collector], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in self.consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    if r.topic == self.topics.emotions:
+                        self.events.append((r.key, EmotionEvent.model_validate_json(r.value)))
+                    else:
+                        self.dead.append(DeadLetter.model_validate_json(r.value))
+            if done(self):
+                return True
+        return done(self)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@dataclass(frozen=True)
+class LocalServices:
+    """A Kafka broker and a Redis server started by deploy/local/*.sh on the given ports, with
+    their data under ``run_dir``; they can be stopped, killed and started again mid-scenario."""
+
+    run_dir: Path
+    kafka_port: int = 29492
+    redis_port: int = 26690
+
+    @property
+    def brokers(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "EMOSTREAM_RUN_DIR": str(self.run_dir),
+            "KAFKA_PORT": str(self.kafka_port),
+            "REDIS_PORT": str(self.redis_port),
+        }
+
+    def script(self, name: str, action: str) -> None:
+        subprocess.run([str(REPO / "deploy" / "local" / name), action], check=True, env=self._env())
+
+    def up(self) -> LocalServices:
+        self.script("kafka.sh", "up")
+        self.script("redis.sh", "up")
+        return self
+
+    def down(self) -> None:
+        self.script("kafka.sh", "down")
+        self.script("redis.sh", "down")
+
+    def kill9_redis(self) -> None:
+        pid = int((self.run_dir / f"redis-{self.redis_port}" / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+
+    def stop_kafka(self) -> None:
+        self.script("kafka.sh", "down")
+
+    def start_kafka(self) -> None:
+        self.script("kafka.sh", "up")
+
+    def start_redis(self) -> None:
+        self.script("redis.sh", "up")
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)

@@ -1,0 +1,311 @@
+"""The fault scenarios. Each takes the services, a :class:`Size` and a scratch folder, runs real
+worker processes against a stream of calls, and returns a :class:`~chaos.verdict.Verdict`.
+
+The calls are synthetic: the shipped demo dialogues' lines (demo/calls.jsonl) cycled into as many
+calls and utterances as the size asks, each utterance with its text and an audio feature vector,
+so a scenario needs no dataset. Recovery is the longest time, over the faults of a run, from a
+fault to the next event produced.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_port, settings_for
+from chaos.verdict import Verdict, judge
+from streams.dialogues import Dialogue, Utterance, read_jsonl
+from streams.feed import feed, make_producer
+from streams.kafka import ensure_topics
+
+
+@dataclass(frozen=True)
+class Size:
+    calls: int
+    per_call: int
+    faults: int  # kills, restarts, ...
+    fuzz: int  # fuzzed messages (fuzz scenario)
+    speed: float  # real-time speed-up of the feed
+    outage_s: float
+
+    @property
+    def utterances(self) -> int:
+        return self.calls * self.per_call
+
+
+SHORT = Size(calls=12, per_call=20, faults=2, fuzz=600, speed=4.0, outage_s=8.0)
+FULL = Size(calls=50, per_call=100, faults=10, fuzz=100_000, speed=4.0, outage_s=20.0)
+
+
+def make_calls(size: Size, audio_dim: int = 768, seed: int = 0) -> list[Dialogue]:
+    lines = [u for d in read_jsonl(REPO / "demo" / "calls.jsonl") for u in d.utterances if u.text]
+    rng = np.random.default_rng(seed)
+    run = uuid.uuid4().hex[:6]
+    calls = []
+    for c in range(size.calls):
+        utts = []
+        for i in range(size.per_call):
+            line = lines[(c * 7 + i) % len(lines)]
+            utts.append(
+                Utterance(
+                    call_id=f"chaos-{run}-{c}",
+                    utterance_id=f"u{i}",
+                    seq=i,
+                    speaker=line.speaker,
+                    text=line.text,
+                    audio_features=tuple(float(x) for x in rng.normal(0, 0.5, audio_dim)),
+                    start_s=i * 1.6,
+                    end_s=i * 1.6 + 1.2,
+                )
+            )
+        calls.append(Dialogue(call_id=f"chaos-{run}-{c}", utterances=tuple(utts)))
+    return calls
+
+
+class Run:
+    """One scenario's stream: settings, calls, the feed thread, the collector, the workers."""
+
+    def __init__(self, services: LocalServices, size: Size, workdir: Path, **join: Any) -> None:
+        self.unique = uuid.uuid4().hex[:10]
+        self.settings = settings_for(services, self.unique, default_modalities=("text", "audio"), **join)
+        ensure_topics(self.settings)
+        self.calls = make_calls(size)
+        self.want = {(u.call_id, u.utterance_id) for d in self.calls for u in d.utterances}
+        self.size = size
+        self.workdir = workdir
+        self.collector = Collector(self.settings)
+        self.workers: list[WorkerProcess] = []
+        self.faults: list[float] = []  # wall-clock times of the faults
+        self.feeder: threading.Thread | None = None
+
+    def worker(self, name: str) -> WorkerProcess:
+        settings = self.settings.model_copy(
+            update={"metrics": self.settings.metrics.model_copy(update={"port": free_port()})}
+        )
+        w = WorkerProcess(settings, self.workdir, name).start()
+        self.workers.append(w)
+        return w
+
+    def start_feed(self) -> None:
+        self.feeder = threading.Thread(
+            target=feed,
+            args=(self.calls, self.settings),
+            daemon=True,
+            kwargs={
+                "realtime": True, "speed": self.size.speed, "progress": False, "concurrency": self.size.calls,
+                "stagger_s": 0.3, "audio_delay_s": 0.3, "modalities": ("text", "audio"),
+            },
+        )  # fmt: skip
+        self.feeder.start()
+
+    def events_at_least(self, n: int, timeout: float) -> bool:
+        return self.collector.poll_until(lambda c: len(c.events) >= n, timeout)
+
+    def fault(self) -> None:
+        self.faults.append(time.time())
+
+    def finish(self, name: str, timeout: float, note: str = "") -> Verdict:
+        if self.feeder is not None:
+            self.feeder.join(timeout)
+        self.collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= self.want, timeout)
+        events = [e for _, e in self.collector.events]
+        produced = sorted(e.produced_at for e in events)
+        recovery = max((next((p for p in produced if p > f), float("nan")) - f for f in self.faults), default=None)
+        return judge(name, self.want, events, recovery, note)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.collector.close()
+
+
+def _scenario(fn: Callable[[Run], str], name: str, services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = Run(services, size, workdir)
+    try:
+        note = fn(run)
+        return run.finish(name, timeout=300 + 6 * size.utterances / 10, note=note)
+    finally:
+        run.close()
+
+
+def kill9(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """A worker killed with -9 ``size.faults`` times at random moments, a new one started each time."""
+
+    def body(run: Run) -> str:
+        rnd = random.Random(1)
+        w = run.worker("w0")
+        w.wait_ready()
+        run.start_feed()
+        per = max(1, size.utterances // (size.faults + 1))
+        for k in range(size.faults):
+            run.events_at_least(int(per * (k + 0.5 + rnd.random() * 0.5)), 300)
+            w.kill9()
+            run.fault()
+            w = run.worker(f"w{k + 1}")
+            w.wait_ready()
+        return f"{size.faults} kills"
+
+    return _scenario(body, "worker kill -9", services, size, workdir)
+
+
+def scale(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """1 -> 2 -> 1 workers mid-stream (two rebalances)."""
+
+    def body(run: Run) -> str:
+        first = run.worker("first")
+        first.wait_ready()
+        run.start_feed()
+        run.events_at_least(size.utterances // 5, 300)
+        second = run.worker("second")
+        run.fault()
+        second.wait_ready()
+        run.events_at_least(size.utterances // 2, 300)
+        second.stop()
+        run.fault()
+        return "1 -> 2 -> 1 workers"
+
+    return _scenario(body, "scale out and back", services, size, workdir)
+
+
+def broker_stop(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """The broker stopped for ``size.outage_s`` and started again; the feed's producer retries."""
+
+    def body(run: Run) -> str:
+        w = run.worker("w0")
+        w.wait_ready()
+        feed(run.calls[: size.calls // 2], run.settings, realtime=False, progress=False)
+        run.events_at_least(5, 120)
+        services.stop_kafka()
+        run.fault()
+        time.sleep(size.outage_s)
+        services.start_kafka()
+        feed(run.calls[size.calls // 2 :], run.settings, realtime=False, progress=False)
+        assert w.proc is not None and w.proc.poll() is None, "the worker died with the broker"
+        return f"broker down {size.outage_s:.0f} s"
+
+    return _scenario(body, "broker stopped", services, size, workdir)
+
+
+def redis_kill(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """Redis killed with -9 mid-stream, started again (append-only file) after ``size.outage_s / 2``."""
+
+    def body(run: Run) -> str:
+        w = run.worker("w0")
+        w.wait_ready()
+        run.start_feed()
+        run.events_at_least(size.utterances // 4, 300)
+        services.kill9_redis()
+        run.fault()
+        time.sleep(size.outage_s / 2)
+        services.start_redis()
+        assert w.proc is not None and w.proc.poll() is None, "the worker died with Redis"
+        return f"Redis down {size.outage_s / 2:.0f} s"
+
+    return _scenario(body, "Redis kill -9", services, size, workdir)
+
+
+def fuzz(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """``size.fuzz`` hostile messages interleaved with the valid calls."""
+
+    def body(run: Run) -> str:
+        w = run.worker("w0")
+        w.wait_ready()
+        run.start_feed()
+        producer = make_producer(run.settings)
+        t = run.settings.kafka.topics
+        topics = [t.text, t.audio, t.video, t.control]
+        rnd = random.Random(7)
+        for i in range(size.fuzz):
+            producer.send(rnd.choice(topics), key=f"fuzz-{i % 97}".encode(), value=hostile(rnd, i))
+            if i % 200 == 0:
+                producer.flush()
+                time.sleep(0.05)
+        producer.flush()
+        producer.close()
+        assert w.proc is not None and w.proc.poll() is None, "the worker died of a fuzzed message"
+        return f"{size.fuzz} fuzzed messages"
+
+    return _scenario(body, "fuzzed messages", services, size, workdir)
+
+
+SCENARIOS: dict[str, Callable[[LocalServices, Size, Path], Verdict]] = {
+    "kill9": kill9,
+    "scale": scale,
+    "broker": broker_stop,
+    "redis": redis_kill,
+    "fuzz": fuzz,
+}
+
+
+def hostile(rnd: random.Random, i: int) -> bytes:
+    """One fuzzed message: random bytes, deep JSON, huge numbers, odd Unicode, wrong types and
+    sizes, NaN/Inf, forged versions, audio bombs, noise and silence. Never a valid utterance of a
+    chaos call (the call ids are ``fuzz-*``)."""
+    base: dict[str, Any] = {"schema_version": 1, "call_id": f"fuzz-{i % 97}", "utterance_id": f"f{i}", "seq": i}
+    kind = i % 12
+    if kind == 0:
+        return rnd.randbytes(rnd.randint(0, 300))
+    if kind == 1:
+        depth = rnd.randint(500, 3000)
+        return b"[" * depth + b"]" * depth
+    if kind == 2:
+        return (
+            json.dumps({**base, "text": "x"}).replace(f'"seq": {i}', '"seq": ' + "9" * rnd.randint(20, 5000)).encode()
+        )
+    if kind == 3:
+        odd = rnd.choice(["\ud800", "\udfff", "\u202e", "\x00", "\ufeff", "\U0001f600" * 50, "\u0301" * 300])
+        return json.dumps({**base, "text": f"hello {odd} there"}).encode()
+    if kind == 4:
+        return json.dumps(
+            {**base, rnd.choice(["seq", "text", "call_id", "speaker"]): rnd.choice([[], {}, 1.5, None, True])}
+        ).encode()
+    if kind == 5:
+        return json.dumps({**base, "embedding": [rnd.random()] * rnd.choice([0, 1, 383, 385, 5000])}).encode()
+    if kind == 6:
+        return (json.dumps({**base, "text": None})[:-1] + ', "embedding": [NaN, Infinity, -Infinity]}').encode()
+    if kind == 7:
+        return json.dumps({**base, "schema_version": rnd.choice([0, 2, 99, "1", None]), "text": "x"}).encode()
+    if kind == 8:
+        import io
+
+        import soundfile as sf
+
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(16000 * rnd.choice([61, 300, 600]), dtype=np.int16), 16000, format="FLAC")
+        data = base64.b64encode(buf.getvalue()).decode()
+        return json.dumps({**base, "kind": "audio", "encoding": "flac", "data": data}).encode()
+    if kind == 9:
+        audio = rnd.choice(
+            [np.zeros(16000, np.int16), (np.random.default_rng(i).normal(0, 8000, 16000)).astype(np.int16)]
+        )
+        data = base64.b64encode(audio.tobytes()).decode()  # valid silence or noise: labelled, must not crash
+        return json.dumps({**base, "kind": "audio", "encoding": "pcm_s16le", "data": data}).encode()
+    if kind == 10:
+        return json.dumps(
+            {**base, "kind": "audio", "encoding": "pcm_s16le", "data": "!!" + "A" * rnd.randint(0, 50)}
+        ).encode()
+    return json.dumps(
+        {**base, "kind": "call", "event": rnd.choice(["started", "exploded"]), "modalities": ["smell"]}
+    ).encode()
+
+
+def run_scenarios(names: list[str], size: Size, workdir: Path, services: LocalServices | None = None) -> list[Verdict]:
+    """Run ``names`` in order on one set of services (started here unless given)."""
+    own = services is None
+    services = services or LocalServices(workdir / "services").up()
+    try:
+        return [SCENARIOS[name](services, size, workdir / name) for name in names]
+    finally:
+        if own:
+            services.down()

@@ -1,0 +1,21 @@
+"""The chaos scenarios at their short size, on the suite's broker and Redis: each must lose
+nothing and never give one event_id two contents. (``make chaos`` runs every scenario at full
+size on services of its own; the broker and Redis outages have their own tests in
+test_outages.py, the rebalance in test_rebalance.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.scenarios import SCENARIOS, SHORT
+from chaos.verdict import table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("name", ["kill9", "fuzz"])
+def test_short_scenario_holds(services, tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
+    verdict = SCENARIOS[name](services, SHORT, tmp_path)
+    print("\n" + table([verdict]))
+    assert verdict.lost == 0 and verdict.conflicting == 0, (table([verdict]), verdict.examples)
+    assert verdict.events >= verdict.utterances

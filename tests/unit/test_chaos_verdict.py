@@ -1,0 +1,58 @@
+"""The chaos verdict: lost, conflicting and duplicate events counted right."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from chaos.scenarios import SHORT, hostile, make_calls
+from chaos.verdict import conflicts, judge
+from streams.errors import InvalidMessage
+from streams.schemas import EmotionEvent, parse_input
+
+
+def _event(utt: str, **kw: Any) -> EmotionEvent:
+    base: dict[str, Any] = dict(
+        call_id="c", utterance_id=utt, seq=0, speaker="A", label="joy", confidence=0.5,
+        probabilities={"joy": 0.5, "anger": 0.5}, sentiment=0.0, sentiment_label="neutral",
+        weights={"text": 1.0, "audio": 0.0, "video": 0.0}, model={"name": "m", "version": "1", "runtime": "x"},
+        context_size=1, timings={"join_s": 0, "queue_s": 0, "engine_s": 0, "end_to_end_s": 0},
+        produced_at=time.time(), event_id=f"c:{utt}:r0:x", modalities_present=["text"],
+    )  # fmt: skip
+    return EmotionEvent.model_validate({**base, **kw})
+
+
+def test_a_cut_join_is_a_conflict_a_replay_is_a_duplicate() -> None:
+    text_only, audio_only = _event("u"), _event("u", modalities_present=["audio"])
+    assert conflicts([text_only, text_only]) == []
+    assert len(conflicts([text_only, audio_only])) == 1
+    assert conflicts([text_only, _event("u", probabilities={"joy": 0.5004, "anger": 0.4996})]) == []
+    assert len(conflicts([text_only, _event("u", context_size=4)])) == 1
+
+
+def test_judge_counts_lost_duplicates_and_ignores_other_calls() -> None:
+    want = {("c", "u0"), ("c", "u1"), ("c", "u2")}
+    events = [_event("u0"), _event("u0"), _event("u1"), _event("x", call_id="fuzz-1", event_id="f")]
+    v = judge("s", want, events, 1.5)
+    assert (v.utterances, v.events, v.lost, v.conflicting, v.duplicates) == (3, 3, 1, 0, 1)
+    assert not v.ok and "| s | 3 | 3 | 1 | 0 | 1 | 1.5 |" in v.row()
+
+
+def test_fuzzed_messages_are_never_valid_chaos_utterances() -> None:
+    rnd = random.Random(0)
+    for i in range(240):
+        raw = hostile(rnd, i)
+        for kind in ("text", "audio", "video", "control"):
+            try:
+                msg = parse_input(kind, raw, 1 << 20)
+            except InvalidMessage:
+                continue
+            assert msg.call_id.startswith("fuzz-")  # valid ones (silence, noise) belong to fuzz calls
+
+
+def test_synthetic_calls_have_the_asked_size_and_both_modalities() -> None:
+    calls = make_calls(SHORT, audio_dim=8)
+    assert len(calls) == SHORT.calls and all(len(c.utterances) == SHORT.per_call for c in calls)
+    u = calls[0].utterances[3]
+    assert u.text and u.audio_features is not None and len(u.audio_features) == 8 and u.seq == 3
