@@ -114,13 +114,22 @@ class Run:
     def fault(self) -> None:
         self.faults.append(time.time())
 
-    def finish(self, name: str, timeout: float, note: str = "") -> Verdict:
+    def finish(self, name: str, timeout: float, note: str = "", quiet_s: float = 8.0) -> Verdict:
+        """Wait for the feed and for an event of every utterance, then until nothing new has come for
+        ``quiet_s`` (replays after a fault come late: they are what may conflict)."""
         if self.feeder is not None:
             self.feeder.join(timeout)
         self.collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= self.want, timeout)
+        seen = -1
+        while len(self.collector.events) != seen:
+            seen = len(self.collector.events)
+            self.collector.poll_until(lambda c: False, quiet_s)
         events = [e for _, e in self.collector.events]
         produced = sorted(e.produced_at for e in events)
-        recovery = max((next((p for p in produced if p > f), float("nan")) - f for f in self.faults), default=None)
+        gaps = [next((p for p in produced if p > f), None) for f in self.faults]
+        if any(g is None for g in gaps):
+            return judge(name, self.want, events, None, note + "; no event after a fault")
+        recovery = max((g - f for g, f in zip(gaps, self.faults, strict=True) if g is not None), default=None)
         return judge(name, self.want, events, recovery, note)
 
     def close(self) -> None:

@@ -17,14 +17,15 @@ def conflicts(events: Iterable[EmotionEvent], tolerance: float = 1e-3) -> list[s
     """``event_id``s that carry two different contents. A replay of the same input may differ in
     the last digits of its probabilities (a batch of another size): ``tolerance`` allows that."""
     first: dict[str, EmotionEvent] = {}
-    found = []
+    found: dict[str, str] = {}  # one entry per event_id, however many copies differ
     for e in events:
         seen = first.setdefault(e.event_id, e)
-        if content(seen) != content(e) or any(
-            abs(seen.probabilities.get(k, -1.0) - p) > tolerance for k, p in e.probabilities.items()
+        if e.event_id not in found and (
+            content(seen) != content(e)
+            or any(abs(seen.probabilities.get(k, -1.0) - p) > tolerance for k, p in e.probabilities.items())
         ):
-            found.append(f"{e.event_id}: {content(seen)} vs {content(e)}")
-    return found
+            found[e.event_id] = f"{e.event_id}: {content(seen)} vs {content(e)}"
+    return list(found.values())
 
 
 @dataclass

@@ -92,8 +92,9 @@ class ContextStore:
             for call_id in call_ids:
                 pipe.lrange(self.key(call_id), 0, -1)
                 pipe.pexpire(self.key(call_id), self.ttl_ms)
+                pipe.pexpire(self.declaration_key(call_id), self.ttl_ms)  # lives as long as the call is active
             replies = await pipe.execute()
-        return {c: [ContextItem.from_json(r) for r in replies[2 * i]] for i, c in enumerate(call_ids)}
+        return {c: [ContextItem.from_json(r) for r in replies[3 * i]] for i, c in enumerate(call_ids)}
 
     async def append(self, items: dict[str, list[ContextItem]]) -> None:
         """Append each call's new utterances (in order), trim, refresh the TTL, in one pipeline."""
@@ -135,8 +136,11 @@ class ContextStore:
 
     async def release(self, call_ids: list[str]) -> None:
         if call_ids:
-            keys = [k for c in call_ids for k in (self.key(c), self.labelled_key(c), self.declaration_key(c))]
-            await self.client.delete(*keys)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(*(k for c in call_ids for k in (self.key(c), self.declaration_key(c))))
+                for c in call_ids:  # kept until its TTL: a replay of the call's last parts is still skipped
+                    pipe.pexpire(self.labelled_key(c), self.ttl_ms)
+                await pipe.execute()
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:

@@ -52,12 +52,12 @@ class BatchOutcome:
 
     def only(self, keep: Callable[[Utterance], bool]) -> BatchOutcome:
         """The part of the outcome caused by utterances ``keep`` accepts (events of a call's end stay)."""
-        dropped = {u.call_id for u in self._utterances() if not keep(u)}
+        dropped = {(u.call_id, u.utterance_id) for u in self._utterances() if not keep(u)}
         if not dropped:
             return self
         return BatchOutcome(
             [(e, u) for e, u in self.events if u is None or keep(u)],
-            {c: items for c, items in self.appends.items() if c not in dropped},
+            {c: [i for i in items if (c, i.utterance_id) not in dropped] for c, items in self.appends.items()},
             self.engine_s,
             [(u, why) for u, why in self.failed if keep(u)],
             self.replayed,

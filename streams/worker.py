@@ -111,7 +111,8 @@ class Worker:
         self.queue: list[Utterance] = []
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
+        self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
         self.backoff = 0.5
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
@@ -214,8 +215,9 @@ class Worker:
             await asyncio.sleep(interval)
 
     async def revoke(self, partitions: set[int]) -> None:
-        """Let go of ``partitions`` (see the module doc): drop their pending work unacked."""
-        async with self.lock:
+        """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
+        the batch in the engine, if any (seconds), so nothing of theirs is published afterwards."""
+        async with self.busy, self.lock:
             for p in partitions:
                 lease = self.leases.pop(p, None)
                 if lease is not None:
@@ -252,10 +254,11 @@ class Worker:
                     batch = self.queue[: self.settings.engine.max_batch]
                     self.queue = self.queue[len(batch) :]
             call_id = None if batch or not self.closing else self.closing[0]
-        if batch:
-            return await self._process(batch)
-        if call_id is not None:
-            return await self._close(call_id)
+        async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
+            if batch:
+                return await self._process(batch)
+            if call_id is not None:
+                return await self._close(call_id)
         return False
 
     def _control(self, msg: CallControl, receipt: Receipt, now: float) -> None:
@@ -268,10 +271,14 @@ class Worker:
 
     async def _close(self, call_id: str) -> bool:
         """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'."""
+        receipts = list(self.ending.get(call_id, []))
+        if not receipts or not all(r.lease.valid for r in receipts):
+            async with self.lock:  # revoked: its next owner closes it
+                if call_id in self.closing:
+                    self.closing.remove(call_id)
+            return True
         try:
             final = await self.processor.close(call_id)
-            if not all(r.lease.valid for r in self.ending.get(call_id, [])):
-                final = BatchOutcome()  # revoked meanwhile: its next owner closes it
             await self._publish(final)
             await self.processor.release([call_id])
         except Exception:
@@ -282,7 +289,8 @@ class Worker:
         async with self.lock:
             for receipt in self.ending.pop(call_id, []):
                 receipt.ack()
-            self.closing.remove(call_id)
+            if call_id in self.closing:
+                self.closing.remove(call_id)
         return True
 
     def _absorb(self, result: JoinResult) -> None:
@@ -323,7 +331,7 @@ class Worker:
         except Exception:
             self._failed(f"batch of {len(batch)} utterances ({stage})", stage)
             async with self.lock:
-                self.queue = batch + self.queue
+                self.queue = [u for u in batch if self._owned(u)] + self.queue  # revoked ones: the next owner's
             return False
         self.backoff = 0.5
         self.metrics.replays.inc(outcome.replayed)
