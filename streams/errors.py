@@ -26,6 +26,7 @@ REASONS: tuple[str, ...] = (
     "undecodable_audio",
     "oversized",
     "unknown_topic",
+    "wrong_key",  # the Kafka key is not the message's call id: the call's parts would not meet in one partition
     "processing_failed",  # valid on its own, but the encoders, the engine or the event build failed on it
 )
 

@@ -130,6 +130,8 @@ class Worker:
         await self._backpressure()
         try:
             msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
+            if key != msg.call_id.encode():  # the join and the rebalance guarantees need key = call id
+                raise InvalidMessage("wrong_key", f"key {_key_text(key)!r} is not the call id {msg.call_id!r}")
             payload = None
             if not isinstance(msg, CallControl):
                 if isinstance(msg, AudioPart) and msg.encoding != "features":  # decoding takes time: off the loop

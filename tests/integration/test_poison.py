@@ -68,7 +68,8 @@ def test_hostile_messages_are_dead_lettered_and_ten_calls_keep_getting_events(  
         for i, utt in enumerate(good):
             if i % 10 == 0 and hostile:
                 topic, value, _ = hostile[i // 10]
-                producer.send(topic, key=b"hostile", value=value).get(timeout=30)
+                key = b"poison" if b'"poison"' in value else b"hostile"
+                producer.send(topic, key=key, value=value).get(timeout=30)
             topic, value = part_message(utt, "text", t)  # type: ignore[misc]
             producer.send(topic, key=utt.call_id.encode(), value=value)
         producer.flush()

@@ -659,3 +659,17 @@ def test_a_replayed_utterance_whose_event_is_out_is_acked_without_a_second_event
         assert "emostream_replays_skipped_total 5.0" in _metrics(fresh)
 
     asyncio.run(scenario())
+
+
+def test_a_part_keyed_by_something_else_than_its_call_is_dead_lettered() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 1, b"other", text("c", "u0", 0), Handle(log, "wrong"))
+        await w.on_message(t.text, 0, 2, None, text("c", "u1", 1), Handle(log, "none"))
+        await w.pump()
+        dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert [d.reason for d in dead] == ["wrong_key", "wrong_key"] and events(sent) == []
+        assert {"ack wrong", "ack none"} <= set(log)
+
+    asyncio.run(scenario())
