@@ -188,7 +188,7 @@ def scale(services: LocalServices, size: Size, workdir: Path) -> Verdict:
 
 
 def broker_stop(services: LocalServices, size: Size, workdir: Path) -> Verdict:
-    """The broker stopped for ``size.outage_s`` and started again; the feed's producer retries."""
+    """The broker stopped for ``size.outage_s`` with half the calls in the topics, then the other half."""
 
     def body(run: Run) -> str:
         w = run.worker("w0")
