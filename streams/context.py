@@ -110,6 +110,29 @@ class ContextStore:
     def labelled_key(self, call_id: str) -> str:
         return f"{self.prefix}labelled#{call_id}"
 
+    def joined_key(self, call_id: str) -> str:
+        return f"{self.prefix}joined#{call_id}"
+
+    async def record_joins(self, joins: dict[str, dict[str, str]]) -> None:
+        """Remember which parts each utterance was labelled with (call -> utterance -> 'text+audio'),
+        before its event goes out, so that a replay joins the same parts."""
+        if not joins:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call_id, mapping in joins.items():
+                pipe.hset(self.joined_key(call_id), mapping=mapping)
+                pipe.pexpire(self.joined_key(call_id), self.ttl_ms)
+            await pipe.execute()
+
+    async def joins(self, call_ids: list[str]) -> dict[str, dict[str, str]]:
+        if not call_ids:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                pipe.hgetall(self.joined_key(call_id))
+            replies = await pipe.execute()
+        return {c: {_text(k): _text(v) for k, v in r.items()} for c, r in zip(call_ids, replies, strict=True)}
+
     async def labelled(self, call_ids: list[str]) -> dict[str, set[str]]:
         """Each call's utterance ids whose events are out (appended after publishing, never trimmed)."""
         if not call_ids:
@@ -140,6 +163,7 @@ class ContextStore:
                 pipe.delete(*(k for c in call_ids for k in (self.key(c), self.declaration_key(c))))
                 for c in call_ids:  # kept until its TTL: a replay of the call's last parts is still skipped
                     pipe.pexpire(self.labelled_key(c), self.ttl_ms)
+                    pipe.pexpire(self.joined_key(c), self.ttl_ms)
                 await pipe.execute()
 
 
@@ -188,3 +212,7 @@ def wait_for_redis(settings: RedisSettings, timeout_s: float) -> None:
                 delay = min(delay * 2, 10.0)
     finally:
         client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -49,6 +49,7 @@ class BatchOutcome:
     engine_s: float = 0.0
     failed: list[tuple[Utterance, str]] = field(default_factory=list)  # utterances that could not be labelled, why
     replayed: int = 0  # utterances whose events were already out (a replay): acked, not labelled again
+    joins: dict[str, dict[str, str]] = field(default_factory=dict)  # call -> utterance -> parts labelled
 
     def only(self, keep: Callable[[Utterance], bool]) -> BatchOutcome:
         """The part of the outcome caused by utterances ``keep`` accepts (events of a call's end stay)."""
@@ -61,6 +62,7 @@ class BatchOutcome:
             self.engine_s,
             [(u, why) for u, why in self.failed if keep(u)],
             self.replayed,
+            {c: {u: m for u, m in js.items() if (c, u) not in dropped} for c, js in self.joins.items()},
         )
 
     def _utterances(self) -> list[Utterance]:
@@ -76,6 +78,7 @@ class BatchOutcome:
             max(self.engine_s, later.engine_s),
             self.failed + later.failed,
             self.replayed + later.replayed,
+            {c: {**self.joins.get(c, {}), **later.joins.get(c, {})} for c in {*self.joins, *later.joins}},
         )
 
 
@@ -201,9 +204,20 @@ class Processor:
             log.warning("context of %d calls was lost (Redis data loss or expiry): %s", len(reset), sorted(reset)[:5])
         if not fresh:
             return BatchOutcome(replayed=replayed)
+        decided = await self.store.joins(calls)
+        for utt in fresh:  # a replay of an utterance labelled before (its event maybe out): the same parts
+            parts = decided.get(utt.call_id, {}).get(utt.utterance_id)
+            if parts is not None and set(parts.split("+")) & set(utt.parts):
+                utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
         outcome = await asyncio.to_thread(self._isolated, fresh, history, started, reset)
         outcome.replayed = replayed
+        for utt in fresh:
+            outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities)
         return outcome
+
+    async def record(self, outcome: BatchOutcome) -> None:
+        """Before publishing: which parts each utterance was labelled with (see :meth:`run`)."""
+        await self.store.record_joins(outcome.joins)
 
     def _lost(self, call_id: str, window: list[ContextItem]) -> bool:
         """Whether Redis no longer has what this worker appended for the call."""

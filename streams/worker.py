@@ -322,6 +322,7 @@ class Worker:
         try:
             outcome = await self.processor.run(batch)  # splits out utterances that fail to compute
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
+            await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             stage = "publish"
             await self._publish(outcome)
             stage = "redis"

@@ -51,6 +51,7 @@ class FakeStore:
         self.released: list[str] = []
         self.declarations: dict[str, list[str]] = {}
         self.trimmed: dict[str, set[str]] = {}  # ids appended but no longer in the window
+        self.joined: dict[str, dict[str, str]] = {}
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -64,6 +65,13 @@ class FakeStore:
         for c in calls:
             self.data.pop(c, None)
             self.declarations.pop(c, None)
+
+    async def record_joins(self, joins: dict[str, dict[str, str]]) -> None:
+        for call, mapping in joins.items():
+            self.joined.setdefault(call, {}).update(mapping)
+
+    async def joins(self, calls: list[str]) -> dict[str, dict[str, str]]:
+        return {c: dict(self.joined.get(c, {})) for c in calls}
 
     async def labelled(self, calls: list[str]) -> dict[str, set[str]]:
         return {c: {i.utterance_id for i in self.data.get(c, [])} | self.trimmed.get(c, set()) for c in calls}
@@ -671,5 +679,38 @@ def test_a_part_keyed_by_something_else_than_its_call_is_dead_lettered() -> None
         dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
         assert [d.reason for d in dead] == ["wrong_key", "wrong_key"] and events(sent) == []
         assert {"ack wrong", "ack none"} <= set(log)
+
+    asyncio.run(scenario())
+
+
+def test_a_replay_joins_the_same_parts_as_the_first_labelling() -> None:
+    """u0's audio lagged past wait_s: it was labelled on its text, published, and the worker was
+    killed before the window append. The replay finds text and audio in Kafka but labels it with
+    the text alone, as recorded before publishing: the event_id keeps one content."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        clock.now += 1.0  # past wait_s 0.2
+        real_append = store.append
+
+        async def killed(items: dict[str, list[ContextItem]]) -> None:
+            raise ConnectionError("kill -9 before the append")
+
+        store.append = killed  # type: ignore[method-assign]
+        await w.pump()
+        (first,) = events(sent)
+        assert first.modalities_present == ["text"] and store.joined == {"c": {"u0": "text"}}
+        store.append = real_append  # type: ignore[method-assign]
+        fresh, sent2, log2, _, _ = make()  # the replacement replays both parts
+        fresh.processor.store = store
+        await fresh.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log2, "t0"))
+        await fresh.on_message(t.audio, 0, 1, b"c", audio("c", "u0", 0), Handle(log2, "a0"))
+        await fresh.pump()
+        (again,) = events(sent2)
+        assert again.event_id == first.event_id and again.modalities_present == ["text"]
+        assert {"ack t0", "ack a0"} <= set(log2)
 
     asyncio.run(scenario())
