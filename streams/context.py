@@ -70,6 +70,16 @@ class ContextItem:
         return cls(utterance_id=obj["u"], seq=int(obj["q"]), speaker=obj["s"], features=feats)
 
 
+@dataclass
+class CallState:
+    """What a batch needs to know of one call: its window (oldest first), the ids of utterances whose
+    events are out, and the parts each labelled utterance was joined with ('text+audio')."""
+
+    window: list[ContextItem]
+    labelled: set[str]
+    joins: dict[str, str]
+
+
 class ContextStore:
     """Async access to the windows; ``client`` is a ``redis.asyncio.Redis``."""
 
@@ -124,27 +134,28 @@ class ContextStore:
                 pipe.pexpire(self.joined_key(call_id), self.ttl_ms)
             await pipe.execute()
 
-    async def joins(self, call_ids: list[str]) -> dict[str, dict[str, str]]:
+    async def state(self, call_ids: list[str]) -> dict[str, CallState]:
+        """Each call's window, labelled ids and recorded joins, in one round trip (refreshing the
+        window's and the declaration's TTL, as :meth:`fetch` does)."""
         if not call_ids:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for call_id in call_ids:
-                pipe.hgetall(self.joined_key(call_id))
-            replies = await pipe.execute()
-        return {c: {_text(k): _text(v) for k, v in r.items()} for c, r in zip(call_ids, replies, strict=True)}
-
-    async def labelled(self, call_ids: list[str]) -> dict[str, set[str]]:
-        """Each call's utterance ids whose events are out (appended after publishing, never trimmed)."""
-        if not call_ids:
-            return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for call_id in call_ids:
+                pipe.lrange(self.key(call_id), 0, -1)
                 pipe.smembers(self.labelled_key(call_id))
+                pipe.hgetall(self.joined_key(call_id))
+                pipe.pexpire(self.key(call_id), self.ttl_ms)
+                pipe.pexpire(self.declaration_key(call_id), self.ttl_ms)
             replies = await pipe.execute()
-        return {
-            c: {m.decode() if isinstance(m, bytes) else str(m) for m in r}
-            for c, r in zip(call_ids, replies, strict=True)
-        }
+        out = {}
+        for i, c in enumerate(call_ids):
+            window, labelled, joins = replies[5 * i : 5 * i + 3]
+            out[c] = CallState(
+                window=[ContextItem.from_json(r) for r in window],
+                labelled={_text(m) for m in labelled},
+                joins={_text(k): _text(v) for k, v in joins.items()},
+            )
+        return out
 
     def declaration_key(self, call_id: str) -> str:
         return f"{self.prefix}declared#{call_id}"  # '#' is not allowed in call ids: no clash with windows

@@ -195,18 +195,17 @@ class Processor:
         """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet."""
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
-        history = {c: _by_seq(items) for c, items in (await self.store.fetch(calls)).items()}
-        published = await self.store.labelled(calls)
-        fresh = [u for u in utts if u.utterance_id not in published.get(u.call_id, ())]
+        state = await self.store.state(calls)
+        history = {c: _by_seq(s.window) for c, s in state.items()}
+        fresh = [u for u in utts if u.utterance_id not in state[u.call_id].labelled]
         replayed = len(utts) - len(fresh)
         reset = frozenset(c for c in calls if self._lost(c, history[c]))
         if reset:
             log.warning("context of %d calls was lost (Redis data loss or expiry): %s", len(reset), sorted(reset)[:5])
         if not fresh:
             return BatchOutcome(replayed=replayed)
-        decided = await self.store.joins(calls)
         for utt in fresh:  # a replay of an utterance labelled before (its event maybe out): the same parts
-            parts = decided.get(utt.call_id, {}).get(utt.utterance_id)
+            parts = state[utt.call_id].joins.get(utt.utterance_id)
             if parts is not None and set(parts.split("+")) & set(utt.parts):
                 utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
         outcome = await asyncio.to_thread(self._isolated, fresh, history, started, reset)

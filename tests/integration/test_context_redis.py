@@ -71,3 +71,22 @@ def test_a_calls_declaration_is_shared_through_redis_and_released_with_it(servic
         await client.aclose()
 
     run(scenario())
+
+
+def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=2, ttl_s=60)
+        await store.append({"c": [item(0), item(1), item(2)]})  # u0 trimmed from the window, still labelled
+        await store.record_joins({"c": {"u2": "text+audio", "u3": "text"}})
+        await store.declare("c", ["text", "audio"])
+        await client.pexpire(store.declaration_key("c"), 5_000)
+        got = await store.state(["c", "nobody"])
+        assert [i.utterance_id for i in got["c"].window] == ["u1", "u2"]
+        assert got["c"].labelled == {"u0", "u1", "u2"}
+        assert got["c"].joins == {"u2": "text+audio", "u3": "text"}
+        assert got["nobody"].window == [] and got["nobody"].labelled == set() and got["nobody"].joins == {}
+        assert await client.pttl(store.declaration_key("c")) > 5_000  # read refreshes the call's TTL
+        await client.aclose()
+
+    run(scenario())

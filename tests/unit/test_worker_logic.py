@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from engines.interface import EMOTIONS, EngineBatch, EngineInfo, EngineOutput, FeatureSpec
-from streams.context import ContextItem
+from streams.context import CallState, ContextItem
 from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart
@@ -70,11 +70,16 @@ class FakeStore:
         for call, mapping in joins.items():
             self.joined.setdefault(call, {}).update(mapping)
 
-    async def joins(self, calls: list[str]) -> dict[str, dict[str, str]]:
-        return {c: dict(self.joined.get(c, {})) for c in calls}
-
-    async def labelled(self, calls: list[str]) -> dict[str, set[str]]:
-        return {c: {i.utterance_id for i in self.data.get(c, [])} | self.trimmed.get(c, set()) for c in calls}
+    async def state(self, calls: list[str]) -> dict[str, CallState]:
+        windows = await self.fetch(calls)  # tests replace fetch to fail or to race
+        return {
+            c: CallState(
+                window=windows[c],
+                labelled={i.utterance_id for i in self.data.get(c, [])} | self.trimmed.get(c, set()),
+                joins=dict(self.joined.get(c, {})),
+            )
+            for c in calls
+        }
 
     async def declare(self, call: str, modalities: list[str]) -> None:
         self.declarations[call] = modalities
