@@ -29,7 +29,10 @@ def free_port() -> int:
 def settings_for(services: Any, unique: str, session_timeout_s: float = 10.0, **join: Any) -> Settings:
     """Settings for one scenario or test: its own topics, group and Redis keys; a crashed worker's
     partitions move on after ``session_timeout_s``."""
-    topics = {k: f"t{unique}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")}
+    topics: dict[str, Any] = {
+        k: f"t{unique}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")
+    }
+    topics["replication"] = getattr(services, "replication", 1)
     return Settings(
         kafka={
             "brokers": services.brokers,
@@ -66,6 +69,7 @@ def env_for(settings: Settings) -> dict[str, str]:
             "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
             "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
             "EMOSTREAM_KAFKA__SESSION_TIMEOUT_S": str(settings.kafka.session_timeout_s),
+            "EMOSTREAM_KAFKA__TOPICS__REPLICATION": str(t.replication),
             "EMOSTREAM_LIMITS__MAX_MESSAGE_BYTES": str(settings.limits.max_message_bytes),
             "PYTHONUNBUFFERED": "1",
         }
@@ -200,16 +204,25 @@ class Collector:
 
 @dataclass(frozen=True)
 class LocalServices:
-    """A Kafka broker and a Redis server started by deploy/local/*.sh on the given ports, with
-    their data under ``run_dir``; they can be stopped, killed and started again mid-scenario."""
+    """A Kafka broker (or a KRaft cluster of ``kafka_nodes``) and a Redis server started by
+    deploy/local/*.sh on the given ports, with their data under ``run_dir``; they can be stopped,
+    killed and started again mid-scenario. Node ``i`` of a cluster listens on kafka_port + 10 (i - 1)."""
 
     run_dir: Path
     kafka_port: int = 29492
     redis_port: int = 26690
+    kafka_nodes: int = 1
+
+    def node_port(self, node: int) -> int:
+        return self.kafka_port + 10 * (node - 1)
 
     @property
     def brokers(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return ",".join(f"127.0.0.1:{self.node_port(i)}" for i in range(1, self.kafka_nodes + 1))
+
+    @property
+    def replication(self) -> int:
+        return 3 if self.kafka_nodes >= 3 else 1
 
     @property
     def redis_url(self) -> str:
@@ -220,11 +233,12 @@ class LocalServices:
             **os.environ,
             "EMOSTREAM_RUN_DIR": str(self.run_dir),
             "KAFKA_PORT": str(self.kafka_port),
+            "KAFKA_NODES": str(self.kafka_nodes),
             "REDIS_PORT": str(self.redis_port),
         }
 
-    def script(self, name: str, action: str) -> None:
-        subprocess.run([str(REPO / "deploy" / "local" / name), action], check=True, env=self._env())
+    def script(self, name: str, *args: str, **env: str) -> None:
+        subprocess.run([str(REPO / "deploy" / "local" / name), *args], check=True, env={**self._env(), **env})
 
     def up(self) -> LocalServices:
         self.script("kafka.sh", "up")
@@ -248,6 +262,27 @@ class LocalServices:
 
     def start_redis(self) -> None:
         self.script("redis.sh", "up")
+
+    def kill9_kafka_node(self, node: int) -> None:
+        pid = int((self.run_dir / f"kafka-{self.node_port(node)}" / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+
+    def start_kafka_node(self, node: int) -> None:
+        self.script("kafka.sh", "up", KAFKA_NODE=str(node))
+
+    def leader_of(self, topics: list[str]) -> int:
+        """The broker that leads most partitions of ``topics``."""
+        from collections import Counter
+
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.brokers)
+        try:
+            leaders = Counter(p["leader_id"] for t in admin.describe_topics(topics) for p in t["partitions"])
+        finally:
+            admin.close()
+        return int(leaders.most_common(1)[0][0])
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

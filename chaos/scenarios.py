@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_port, settings_for
 from chaos.verdict import Verdict, judge
 from streams.dialogues import Dialogue, Utterance, read_jsonl
-from streams.feed import feed, make_producer
+from streams.feed import feed, make_producer, part_message
 from streams.kafka import ensure_topics
 
 
@@ -36,15 +36,19 @@ class Size:
     faults: int  # kills, restarts, ...
     fuzz: int  # fuzzed messages (fuzz scenario)
     speed: float  # real-time speed-up of the feed
-    outage_s: float
+    kafka_outage_s: float  # the broker stopped (scenario broker), a cluster node down (cluster)
+    redis_outage_s: float
+    overload_s: float  # three times capacity for this long (scenario overload)
 
     @property
     def utterances(self) -> int:
         return self.calls * self.per_call
 
 
-SHORT = Size(calls=12, per_call=20, faults=2, fuzz=600, speed=4.0, outage_s=8.0)
-FULL = Size(calls=50, per_call=100, faults=10, fuzz=100_000, speed=4.0, outage_s=20.0)
+SHORT = Size(calls=12, per_call=20, faults=2, fuzz=600, speed=4.0, kafka_outage_s=8.0, redis_outage_s=4.0,
+             overload_s=10.0)  # fmt: skip
+FULL = Size(calls=50, per_call=100, faults=10, fuzz=100_000, speed=4.0, kafka_outage_s=60.0, redis_outage_s=20.0,
+            overload_s=60.0)  # fmt: skip
 
 
 def make_calls(size: Size, audio_dim: int = 768, seed: int = 0) -> list[Dialogue]:
@@ -86,6 +90,7 @@ class Run:
         self.collector = Collector(self.settings)
         self.workers: list[WorkerProcess] = []
         self.faults: list[float] = []  # wall-clock times of the faults
+        self.failures: list[str] = []  # a scenario's own checks that failed
         self.feeder: threading.Thread | None = None
 
     def worker(self, name: str) -> WorkerProcess:
@@ -96,13 +101,13 @@ class Run:
         self.workers.append(w)
         return w
 
-    def start_feed(self) -> None:
+    def start_feed(self, slower: float = 1.0) -> None:
         self.feeder = threading.Thread(
             target=feed,
             args=(self.calls, self.settings),
             daemon=True,
             kwargs={
-                "realtime": True, "speed": self.size.speed, "progress": False, "concurrency": self.size.calls,
+                "realtime": True, "speed": self.size.speed / slower, "progress": False, "concurrency": self.size.calls,
                 "stagger_s": 0.3, "audio_delay_s": 0.3, "modalities": ("text", "audio"),
             },
         )  # fmt: skip
@@ -130,7 +135,9 @@ class Run:
         if any(g is None for g in gaps):
             return judge(name, self.want, events, None, note + "; no event after a fault")
         recovery = max((g - f for g, f in zip(gaps, self.faults, strict=True) if g is not None), default=None)
-        return judge(name, self.want, events, recovery, note)
+        verdict = judge(name, self.want, events, recovery, note)
+        verdict.failures = self.failures
+        return verdict
 
     def close(self) -> None:
         for w in self.workers:
@@ -174,7 +181,7 @@ def scale(services: LocalServices, size: Size, workdir: Path) -> Verdict:
     def body(run: Run) -> str:
         first = run.worker("first")
         first.wait_ready()
-        run.start_feed()
+        run.start_feed(slower=4.0)  # the stream lasts past the second rebalance
         run.events_at_least(size.utterances // 5, 300)
         second = run.worker("second")
         run.fault()
@@ -188,7 +195,7 @@ def scale(services: LocalServices, size: Size, workdir: Path) -> Verdict:
 
 
 def broker_stop(services: LocalServices, size: Size, workdir: Path) -> Verdict:
-    """The broker stopped for ``size.outage_s`` with half the calls in the topics, then the other half."""
+    """The broker stopped for ``size.kafka_outage_s`` with half the calls in the topics, then the other half."""
 
     def body(run: Run) -> str:
         w = run.worker("w0")
@@ -197,17 +204,17 @@ def broker_stop(services: LocalServices, size: Size, workdir: Path) -> Verdict:
         run.events_at_least(5, 120)
         services.stop_kafka()
         run.fault()
-        time.sleep(size.outage_s)
+        time.sleep(size.kafka_outage_s)
         services.start_kafka()
         feed(run.calls[size.calls // 2 :], run.settings, realtime=False, progress=False)
         assert w.proc is not None and w.proc.poll() is None, "the worker died with the broker"
-        return f"broker down {size.outage_s:.0f} s"
+        return f"broker down {size.kafka_outage_s:.0f} s"
 
     return _scenario(body, "broker stopped", services, size, workdir)
 
 
 def redis_kill(services: LocalServices, size: Size, workdir: Path) -> Verdict:
-    """Redis killed with -9 mid-stream, started again (append-only file) after ``size.outage_s / 2``."""
+    """Redis killed with -9 mid-stream, started again (append-only file) after ``size.redis_outage_s``."""
 
     def body(run: Run) -> str:
         w = run.worker("w0")
@@ -216,10 +223,10 @@ def redis_kill(services: LocalServices, size: Size, workdir: Path) -> Verdict:
         run.events_at_least(size.utterances // 4, 300)
         services.kill9_redis()
         run.fault()
-        time.sleep(size.outage_s / 2)
+        time.sleep(size.redis_outage_s)
         services.start_redis()
         assert w.proc is not None and w.proc.poll() is None, "the worker died with Redis"
-        return f"Redis down {size.outage_s / 2:.0f} s"
+        return f"Redis down {size.redis_outage_s:.0f} s"
 
     return _scenario(body, "Redis kill -9", services, size, workdir)
 
@@ -248,11 +255,145 @@ def fuzz(services: LocalServices, size: Size, workdir: Path) -> Verdict:
     return _scenario(body, "fuzzed messages", services, size, workdir)
 
 
+CLUSTER_PORT = 29592  # nodes on 29592, 29602, 29612 (controllers on each + 1)
+
+
+def cluster_leader(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """A three-broker KRaft cluster (replication 3, min.insync.replicas 2) of its own, beside the
+    given Redis: the broker leading most input partitions killed with -9 mid-stream, started again
+    after ``size.kafka_outage_s``."""
+    cluster = LocalServices(workdir / "cluster", kafka_port=CLUSTER_PORT, redis_port=services.redis_port, kafka_nodes=3)
+    cluster.start_kafka()
+
+    def body(run: Run) -> str:
+        w = run.worker("w0")
+        w.wait_ready()
+        run.start_feed()
+        run.events_at_least(size.utterances // 4, 300)
+        leader = cluster.leader_of(list(run.settings.kafka.topics.inputs()))
+        cluster.kill9_kafka_node(leader)
+        run.fault()
+        time.sleep(size.kafka_outage_s)
+        cluster.start_kafka_node(leader)
+        assert w.proc is not None and w.proc.poll() is None, "the worker died with the leader"
+        return f"3 brokers: leader (node {leader}) kill -9, back after {size.kafka_outage_s:.0f} s"
+
+    try:
+        return _scenario(body, "cluster leader kill -9", cluster, size, workdir)
+    finally:
+        cluster.script("kafka.sh", "down", "--wipe")
+
+
+def overload(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """Three times the worker's capacity for ``size.overload_s``, then half its capacity for as
+    long, then nothing until the lag has drained; the worker's memory (RSS) and lag are sampled
+    every second into ``overload.csv`` in ``workdir``.
+
+    Capacity is measured first, on this machine: a burst of utterances sent at once, divided by
+    the time until all are processed. Memory must stay flat: its peak under overload may exceed
+    its level when the overload began by at most ``MEMORY_SLACK``.
+    """
+
+    def body(run: Run) -> str:
+        w = run.worker("w0")
+        w.wait_ready()
+        producer = make_producer(run.settings)
+        topics = run.settings.kafka.topics
+        stream = _endless(size.calls)
+        run.want = set()
+        sent = 0
+
+        def send(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
+                u = next(stream)
+                for m in ("text", "audio"):
+                    message = part_message(u, m, topics)
+                    assert message is not None
+                    producer.send(message[0], key=u.call_id.encode(), value=message[1])
+                run.want.add((u.call_id, u.utterance_id))
+            sent += n
+
+        def processed() -> float:
+            return _metric(w.metrics(), "emostream_utterances_processed_total")
+
+        burst = max(100, size.calls * 10)
+        started = time.monotonic()
+        send(burst)
+        producer.flush()
+        while processed() < burst and time.monotonic() - started < 300:
+            time.sleep(0.2)
+        capacity = burst / (time.monotonic() - started)
+        samples: list[tuple[float, int, int, float]] = []  # seconds since the overload began, rss, sent, processed
+        t0 = time.monotonic()
+        run.fault()
+        rss_at_start = w.rss_bytes()
+        peak = rss_at_start
+        for name, rate in [("overload", 3 * capacity), ("normal", capacity / 2)]:
+            begin, base = time.monotonic(), sent
+            next_sample = begin
+            while (now := time.monotonic()) - begin < size.overload_s:
+                send(base + int(rate * (now - begin)) - sent)
+                producer.flush()
+                if now >= next_sample:
+                    samples.append((now - t0, w.rss_bytes(), sent, processed()))
+                    next_sample += 1.0
+                time.sleep(0.05)
+            if name == "overload":
+                peak = max(r for _, r, _, _ in samples)
+        producer.close()
+        while processed() < sent and time.monotonic() - t0 < 900:  # the lag drains
+            samples.append((time.monotonic() - t0, w.rss_bytes(), sent, processed()))
+            time.sleep(1.0)
+        samples.append((time.monotonic() - t0, w.rss_bytes(), sent, processed()))
+        with open(workdir / "overload.csv", "w") as f:
+            f.write("t_s,rss_mib,sent,processed,lag\n")
+            f.writelines(f"{t:.1f},{r / 2**20:.1f},{n},{q:.0f},{n - q:.0f}\n" for t, r, n, q in samples)
+        lag = max(n - q for _, _, n, q in samples)
+        growth = peak - rss_at_start
+        if growth > MEMORY_SLACK * rss_at_start:
+            run.failures.append(f"memory grew {growth / 2**20:.0f} MiB under overload")
+        return (
+            f"capacity {capacity:.0f} utt/s, then 3x for {size.overload_s:.0f} s: RSS {rss_at_start / 2**20:.0f} MiB"
+            f" -> peak {peak / 2**20:.0f} MiB, lag peak {lag:.0f} utt, drained {samples[-1][0]:.0f} s after it began"
+        )
+
+    return _scenario(body, "3x capacity", services, size, workdir)
+
+
+def _endless(calls: int, seed: int = 0) -> Iterator[Utterance]:
+    """Utterances of ``calls`` calls round-robin, each call in seq order, as many as are taken
+    (a pool of 64 audio vectors reused: the scenario measures load, not labels)."""
+    lines = [u for d in read_jsonl(REPO / "demo" / "calls.jsonl") for u in d.utterances if u.text]
+    rng = np.random.default_rng(seed)
+    pool = [tuple(float(x) for x in rng.normal(0, 0.5, 768)) for _ in range(64)]
+    run = uuid.uuid4().hex[:6]
+    k = 0
+    while True:
+        c, i = k % calls, k // calls
+        line = lines[(c * 7 + i) % len(lines)]
+        yield Utterance(
+            call_id=f"load-{run}-{c}", utterance_id=f"u{i}", seq=i, speaker=line.speaker, text=line.text,
+            audio_features=pool[k % len(pool)], start_s=i * 1.6, end_s=i * 1.6 + 1.2,
+        )  # fmt: skip
+        k += 1
+
+
+MEMORY_SLACK = 0.15  # the overload scenario's bound on memory growth, relative to the RSS at its start
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))  # fmt: skip
+
+
 SCENARIOS: dict[str, Callable[[LocalServices, Size, Path], Verdict]] = {
     "kill9": kill9,
     "scale": scale,
     "broker": broker_stop,
+    "cluster": cluster_leader,
     "redis": redis_kill,
+    "overload": overload,
     "fuzz": fuzz,
 }
 

@@ -39,16 +39,17 @@ class Verdict:
     recovery_s: float | None
     note: str = ""
     examples: list[str] = field(default_factory=list)  # a few conflicting event ids, for the log
+    failures: list[str] = field(default_factory=list)  # a scenario's own checks that failed (memory, ...)
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.conflicting == 0
+        return self.lost == 0 and self.conflicting == 0 and not self.failures
 
     def row(self) -> str:
         rec = "-" if self.recovery_s is None else f"{self.recovery_s:.1f}"
         return (
             f"| {self.scenario} | {self.utterances} | {self.events} | {self.lost} | {self.conflicting} | "
-            f"{self.duplicates} | {rec} | {self.note} |"
+            f"{self.duplicates} | {rec} | {'; '.join([self.note, *('FAILED: ' + f for f in self.failures)])} |"
         )
 
 

@@ -1,7 +1,9 @@
 """The chaos scenarios at their short size, on the suite's broker and Redis: each must lose
 nothing and never give one event_id two contents. (``make chaos`` runs every scenario at full
 size on services of its own; the broker and Redis outages have their own tests in
-test_outages.py, the rebalance in test_rebalance.py.)"""
+test_outages.py, the rebalance in test_rebalance.py.) The cluster scenario starts a three-broker
+KRaft cluster of its own beside the suite's Redis; the overload scenario fails if the worker's
+memory grows by more than chaos.scenarios.MEMORY_SLACK under three times its capacity."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from chaos.verdict import table
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("name", ["kill9", "fuzz"])
+@pytest.mark.parametrize("name", ["kill9", "fuzz", "cluster", "overload"])
 def test_short_scenario_holds(services, tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
     verdict = SCENARIOS[name](services, SHORT, tmp_path)
     print("\n" + table([verdict]))
