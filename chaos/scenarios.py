@@ -4,7 +4,8 @@ worker processes against a stream of calls, and returns a :class:`~chaos.verdict
 The calls are synthetic: the shipped demo dialogues' lines (demo/calls.jsonl) cycled into as many
 calls and utterances as the size asks, each utterance with its text and an audio feature vector,
 so a scenario needs no dataset. Recovery is the longest time, over the faults of a run, from a
-fault to the next event produced.
+fault to the next event produced; the note adds the longest pause between two consecutive events
+(a rebalance stops every partition of the group for that long: aiokafka's protocol is eager).
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ class Run:
         if any(g is None for g in gaps):
             return judge(name, self.want, events, None, note + "; no event after a fault")
         recovery = max((g - f for g, f in zip(gaps, self.faults, strict=True) if g is not None), default=None)
-        verdict = judge(name, self.want, events, recovery, note)
+        pause = max((b - a for a, b in zip(produced, produced[1:], strict=False)), default=0.0)
+        verdict = judge(name, self.want, events, recovery, f"{note}; longest pause between events {pause:.1f} s")
         verdict.failures = self.failures
         return verdict
 
