@@ -93,7 +93,8 @@ def bench_text(data_dir: Path, n: int, threads: int, repeats: int = 3, single: i
 
 def bench_audio(data_dir: Path, n: int) -> dict[str, float]:
     from engines.datasets.ravdess import load_ravdess_clips
-    from engines.features.audio import AudioFeatureExtractor, decode_audio
+    from engines.features.audio import AudioFeatureExtractor
+    from engines.features.codecs import decode_audio
 
     blobs = [Path(c.path).read_bytes() for c in load_ravdess_clips(data_dir, "dev")[:n]]
     ex = AudioFeatureExtractor()

@@ -79,12 +79,22 @@ class TextPart(_Part):
 
 
 class AudioPart(_Part):
-    """The speech of one utterance: 16 kHz PCM (s16le) or FLAC bytes in base64, or a feature vector."""
+    """The speech of one utterance, as base64 bytes of one of the audio encodings (telephone G.711
+    at 8 kHz, PCM at 8-48 kHz, FLAC, WAV: resampled to 16 kHz by the worker), or a feature vector."""
 
     kind: Literal["audio"] = "audio"
-    encoding: Literal["pcm_s16le", "flac", "features"]
-    sample_rate: int = Field(16000, gt=0)
-    data: str | None = Field(None, description="base64 audio bytes (pcm_s16le or flac)")
+    encoding: Literal["pcm_s16le", "pcm_mulaw", "pcm_alaw", "flac", "wav", "features"] = Field(
+        description="pcm_s16le: raw little-endian int16 mono at sample_rate; pcm_mulaw/pcm_alaw: G.711 "
+        "at 8 kHz (Amazon Connect, Twilio, SIPREC); flac/wav: a file, its header gives the rate; "
+        "features: a vector in 'features' computed by the model's own audio extractor"
+    )
+    sample_rate: int | None = Field(
+        None,
+        gt=0,
+        description="Hz; pcm_s16le: 8000, 11025, 16000, 22050, 24000, 32000, 44100 or 48000 (16000 if "
+        "absent); G.711 is 8000; flac/wav: if given, must match the header",
+    )
+    data: str | None = Field(None, description="base64 audio bytes (every encoding but 'features')")
     features: list[float] | None = None
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.errors import AudioDecodeError, AudioTooLong
-from engines.features.audio import decode_audio
+from engines.features.codecs import decode_audio
 from streams.errors import InvalidMessage
 from streams.schemas import AudioPart, Part, TextPart, VideoPart
 from streams.settings import LimitSettings
@@ -36,8 +36,6 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
         if part.encoding == "features":
             return Payload("vector", _vector(part.features, dims["audio"], "audio features"))
         raw = part.audio_bytes()
-        if len(raw) > limits.max_audio_s * 16000 * 2 + 4096:
-            raise InvalidMessage("oversized", f"audio payload of {len(raw)} bytes > {limits.max_audio_s} s")
         try:  # the length is checked from the header before anything is decoded
             wave = decode_audio(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
         except AudioTooLong as exc:

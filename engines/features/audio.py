@@ -1,6 +1,7 @@
-"""Audio decoding and a fast handcrafted extractor computed in torch (batched, CPU or GPU).
+"""A fast handcrafted audio extractor computed in torch (batched, CPU or GPU).
 
-:func:`decode_audio` turns the bytes of an audio message into a float32 mono 16 kHz waveform.
+:mod:`engines.features.codecs` turns the bytes of an audio message into a float32 mono 16 kHz
+waveform (:func:`~engines.features.codecs.decode_audio`).
 :class:`AudioFeatureExtractor` turns waveforms into one fixed-size vector per utterance:
 frame-level log-mel (64 bands), MFCC, log energy, zero-crossing rate, spectral centroid, roll-off
 and flatness, an autocorrelation pitch proxy with its voicing strength, summarised over the
@@ -13,97 +14,21 @@ fit on the training set and live in the model artifact.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from engines.errors import AudioDecodeError, AudioTooLong
-
-SAMPLE_RATE = 16_000
-ENCODINGS: tuple[str, ...] = ("pcm_s16le", "flac")
-MIN_SECONDS = 0.1
-
-
-def decode_audio(data: bytes, encoding: str, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
-    """Decode ``data`` to float32 mono at 16 kHz, shape (N,); raise :class:`AudioDecodeError`.
-
-    ``encoding`` is ``"pcm_s16le"`` (raw little-endian int16, interleaved channels not supported)
-    or ``"flac"``. ``sample_rate`` is the rate the producer declared; only 16 kHz is accepted
-    (this service does not resample), and a FLAC stream must agree with the declared rate.
-    With ``max_seconds``, audio longer than that raises :class:`AudioTooLong` *before* it is
-    decoded (from the byte count, or the FLAC header), and a FLAC stream whose header lies is
-    decoded no further than the limit: a small compressed message never becomes a huge array.
-    """
-    if encoding not in ENCODINGS:
-        raise AudioDecodeError(f"unsupported audio encoding {encoding!r}; expected {ENCODINGS}")
-    if sample_rate != SAMPLE_RATE:
-        raise AudioDecodeError(f"sample rate {sample_rate} Hz, expected {SAMPLE_RATE} Hz")
-    if not data:
-        raise AudioDecodeError("empty audio payload")
-    max_frames = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
-    if encoding == "pcm_s16le":
-        if len(data) % 2:
-            raise AudioDecodeError(f"pcm_s16le payload of odd length {len(data)} bytes")
-        if max_frames is not None and len(data) // 2 > max_frames:
-            raise AudioTooLong(f"audio of {len(data) / 2 / SAMPLE_RATE:.1f} s > {max_seconds:g} s")
-        wave = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    else:
-        wave = _decode_flac(data, sample_rate, max_frames)
-    if wave.shape[0] < int(MIN_SECONDS * SAMPLE_RATE):
-        raise AudioDecodeError(f"audio too short: {wave.shape[0]} samples, need {int(MIN_SECONDS * SAMPLE_RATE)}")
-    if not np.isfinite(wave).all():
-        raise AudioDecodeError("audio contains non-finite samples")
-    return np.ascontiguousarray(wave, dtype=np.float32)
-
-
-_UNKNOWN_LENGTH = 2**62  # libsndfile reports a FLAC header without a sample count as about 2**63
-
-
-def _decode_flac(data: bytes, sample_rate: int, max_frames: int | None, block: int = 1 << 16) -> np.ndarray:
-    import soundfile as sf
-
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.samplerate != sample_rate:
-                raise AudioDecodeError(f"flac stream is {f.samplerate} Hz but message says {sample_rate} Hz")
-            if f.channels > 8:
-                raise AudioDecodeError(f"flac stream has {f.channels} channels")
-            known = 0 < f.frames < _UNKNOWN_LENGTH
-            if max_frames is not None and known and f.frames > max_frames:  # the header's sample count
-                raise AudioTooLong(f"audio of {f.frames / f.samplerate:.1f} s > {max_frames / SAMPLE_RATE:g} s")
-            if not known:  # libsndfile fails on the read that crosses such a stream's end, losing that block
-                block = min(block, 1024)
-            blocks: list[np.ndarray] = []
-            n = 0
-            while True:
-                try:
-                    chunk = f.read(frames=block, dtype="float32", always_2d=True)  # (n, C)
-                except RuntimeError:  # LibsndfileError: a live encoder's stream of unknown length ends so
-                    if known or not blocks:
-                        raise
-                    break
-                if not chunk.shape[0]:
-                    break
-                blocks.append(chunk)
-                n += chunk.shape[0]
-                if max_frames is not None and n > max_frames:  # a header that hid the length
-                    raise AudioTooLong(f"audio longer than {max_frames / SAMPLE_RATE:g} s")
-    except AudioDecodeError:
-        raise
-    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise AudioDecodeError(f"undecodable flac payload: {exc}") from exc
-    if not blocks:
-        return np.zeros(0, dtype=np.float32)
-    return np.concatenate(blocks).mean(axis=1, dtype=np.float32)  # (N,) mono
+from engines.features.codecs import SAMPLE_RATE, decode_audio
 
 
 def read_audio_file(path: str) -> np.ndarray:
-    """A 16 kHz audio file (FLAC/WAV) as float32 mono; raise :class:`AudioDecodeError`."""
+    """An audio file (FLAC/WAV, any rate of :data:`~engines.features.codecs.RATES`) as float32
+    mono at 16 kHz; raise :class:`AudioDecodeError`."""
+    encoding = "wav" if path.lower().endswith(".wav") else "flac"
     with open(path, "rb") as f:
-        return decode_audio(f.read(), "flac", SAMPLE_RATE)
+        return decode_audio(f.read(), encoding)
 
 
 @dataclass(frozen=True)

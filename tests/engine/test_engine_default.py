@@ -64,7 +64,7 @@ def test_default_onnx_matches_pytorch(engine: Engine) -> None:
 
 
 def test_raw_input_to_prediction(engine: Engine, shared_data: Path) -> None:
-    from engines.features.audio import decode_audio
+    from engines.features.codecs import decode_audio
     from engines.registry import load_extractors
     from engines.windows import UtteranceFeatures, pack_windows
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from engines.errors import AudioDecodeError, EngineError
-from engines.features.audio import AudioFeatureExtractor, decode_audio
+from engines.features.audio import AudioFeatureExtractor
+from engines.features.codecs import decode_audio
 
 SR = 16_000
 
@@ -50,7 +51,8 @@ def test_flac_roundtrip_and_stereo_to_mono() -> None:
         (b"", "flac", SR),
         (b"\x01\x02\x03", "pcm_s16le", SR),  # odd length
         (b"\x00\x01" * 100, "pcm_s16le", SR),  # 100 samples: too short
-        (b"\x00\x01" * 16000, "pcm_s16le", 8000),  # wrong rate
+        (b"\x00\x01" * 16000, "pcm_s16le", 12345),  # unsupported rate
+        (b"\x00" * 16000, "pcm_mulaw", SR),  # G.711 is 8 kHz
         (b"\x00\x01" * 16000, "mp3", SR),  # unsupported encoding
     ],
 )

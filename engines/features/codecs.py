@@ -1,0 +1,212 @@
+"""Audio on the wire <-> the one waveform the models hear: float32 mono at 16 kHz.
+
+Encodings an audio message may carry (``AudioPart.encoding``):
+
+==============  ==========================================  ===============================
+encoding        bytes                                       sample rate
+==============  ==========================================  ===============================
+``pcm_s16le``   raw little-endian int16, mono               declared; any of :data:`RATES`
+``pcm_mulaw``   G.711 mu-law, one byte a sample, mono       8 kHz (G.711's rate)
+``pcm_alaw``    G.711 A-law, one byte a sample, mono        8 kHz
+``flac``        a FLAC stream (channels averaged)           its header's; any of :data:`RATES`
+``wav``         a RIFF/WAVE file (PCM, float, mu/A-law)     its header's; any of :data:`RATES`
+==============  ==========================================  ===============================
+
+Contact-center audio is usually 8 kHz G.711 (Amazon Connect, Twilio Media Streams, SIPREC
+recorders); it is resampled once, here, with scipy's polyphase FIR resampler
+(:func:`resample`), so the extractors only ever see 16 kHz.
+
+A message's length is checked *before* it is decoded (from its byte count, or a container's
+header), and a container whose header hides its length is decoded no further than the limit: a
+small compressed message never becomes a huge array. :func:`encode_audio` is the inverse, used by
+``emostream feed`` to send any encoding and by the telephone-channel simulation.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from math import gcd
+
+import numpy as np
+
+from engines.errors import AudioDecodeError, AudioTooLong
+
+SAMPLE_RATE = 16_000  # what every extractor hears
+G711_RATE = 8_000
+RATES: tuple[int, ...] = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
+ENCODINGS: tuple[str, ...] = ("pcm_s16le", "pcm_mulaw", "pcm_alaw", "flac", "wav")
+CONTAINERS = {"flac": "FLAC", "wav": "WAV"}
+MIN_SECONDS = 0.1
+
+
+def decode_audio(
+    data: bytes, encoding: str, sample_rate: int | None = None, max_seconds: float | None = None
+) -> np.ndarray:
+    """Decode ``data`` to float32 mono at 16 kHz, shape (N,); raise :class:`AudioDecodeError`.
+
+    ``sample_rate`` is the rate the producer declared: needed for ``pcm_s16le`` (16 kHz if None),
+    and if given for the others it must agree with G.711's 8 kHz or the container's header.
+    ``max_seconds`` bounds the audio's length (:class:`AudioTooLong`), checked before decoding.
+    """
+    if encoding not in ENCODINGS:
+        raise AudioDecodeError(f"unsupported audio encoding {encoding!r}; expected one of {ENCODINGS}")
+    if not data:
+        raise AudioDecodeError("empty audio payload")
+    if encoding in CONTAINERS:
+        wave, rate = _decode_container(data, encoding, sample_rate, max_seconds)
+    else:
+        rate = _declared_rate(encoding, sample_rate)
+        width = 2 if encoding == "pcm_s16le" else 1
+        if len(data) % width:
+            raise AudioDecodeError(f"{encoding} payload of odd length {len(data)} bytes")
+        seconds = len(data) / width / rate
+        if max_seconds is not None and seconds > max_seconds:
+            raise AudioTooLong(f"audio of {seconds:.1f} s > {max_seconds:g} s")
+        if encoding == "pcm_s16le":
+            wave = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        else:
+            table = _mulaw_table() if encoding == "pcm_mulaw" else _alaw_table()
+            wave = table[np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0
+    if wave.shape[0] < int(MIN_SECONDS * rate):
+        raise AudioDecodeError(f"audio too short: {wave.shape[0] / rate:.3f} s, need {MIN_SECONDS} s")
+    if not np.isfinite(wave).all():
+        raise AudioDecodeError("audio contains non-finite samples")
+    return np.ascontiguousarray(resample(wave, rate, SAMPLE_RATE), dtype=np.float32)
+
+
+def _declared_rate(encoding: str, sample_rate: int | None) -> int:
+    if encoding in ("pcm_mulaw", "pcm_alaw"):
+        if sample_rate not in (None, G711_RATE):
+            raise AudioDecodeError(f"{encoding} is {G711_RATE} Hz (G.711), message says {sample_rate} Hz")
+        return G711_RATE
+    rate = SAMPLE_RATE if sample_rate is None else sample_rate
+    if rate not in RATES:
+        raise AudioDecodeError(f"sample rate {rate} Hz not supported; use one of {RATES}")
+    return rate
+
+
+_UNKNOWN_LENGTH = 2**62  # libsndfile reports a header without a sample count as about 2**63
+
+
+def _decode_container(
+    data: bytes, encoding: str, sample_rate: int | None, max_seconds: float | None, block: int = 1 << 16
+) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    blocks: list[np.ndarray] = []
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.format != CONTAINERS[encoding]:
+                raise AudioDecodeError(f"payload is {f.format}, message says {encoding}")
+            rate = int(f.samplerate)
+            if sample_rate is not None and rate != sample_rate:
+                raise AudioDecodeError(f"{encoding} stream is {rate} Hz but message says {sample_rate} Hz")
+            if rate not in RATES:
+                raise AudioDecodeError(f"sample rate {rate} Hz not supported; use one of {RATES}")
+            if f.channels > 8:
+                raise AudioDecodeError(f"{encoding} stream has {f.channels} channels")
+            max_frames = None if max_seconds is None else int(max_seconds * rate)
+            known = 0 < f.frames < _UNKNOWN_LENGTH
+            if max_frames is not None and known and f.frames > max_frames:  # the header's sample count
+                raise AudioTooLong(f"audio of {f.frames / rate:.1f} s > {max_seconds:g} s")
+            if not known:  # libsndfile fails on the read that crosses such a stream's end, losing that block
+                block = min(block, 1024)
+            n = 0
+            while True:
+                try:
+                    chunk = f.read(frames=block, dtype="float32", always_2d=True)  # (n, C)
+                except RuntimeError:  # LibsndfileError: a live encoder's stream of unknown length ends so
+                    if known or not blocks:
+                        raise
+                    break
+                if not chunk.shape[0]:
+                    break
+                blocks.append(chunk)
+                n += chunk.shape[0]
+                if max_frames is not None and n > max_frames:  # a header that hid the length
+                    raise AudioTooLong(f"audio longer than {max_seconds:g} s")
+    except AudioDecodeError:
+        raise
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
+        raise AudioDecodeError(f"undecodable {encoding} payload: {exc}") from exc
+    if not blocks:
+        return np.zeros(0, dtype=np.float32), rate
+    return np.concatenate(blocks).mean(axis=1, dtype=np.float32), rate  # (N,) mono
+
+
+def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Polyphase FIR resampling (scipy, Kaiser-windowed anti-aliasing filter) of a mono signal."""
+    if rate_in == rate_out or wave.shape[0] == 0:
+        return wave
+    from scipy.signal import resample_poly
+
+    g = gcd(rate_in, rate_out)
+    return np.asarray(resample_poly(wave, rate_out // g, rate_in // g), dtype=wave.dtype)
+
+
+def encode_audio(wave: np.ndarray, rate_in: int, encoding: str, rate_out: int | None = None) -> bytes:
+    """Float samples in [-1, 1] (mono, or (N, C) averaged) at ``rate_in`` -> bytes of ``encoding``
+    at ``rate_out`` (8 kHz for G.711; 16 kHz if None otherwise)."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unsupported audio encoding {encoding!r}; expected one of {ENCODINGS}")
+    x = np.asarray(wave, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    rate = _declared_rate(encoding, rate_out) if encoding not in CONTAINERS else (rate_out or SAMPLE_RATE)
+    x = np.clip(resample(x, rate_in, rate), -1.0, 1.0)
+    pcm = np.round(x * 32767).astype("<i2")
+    if encoding == "pcm_s16le":
+        return pcm.tobytes()
+    if encoding in ("pcm_mulaw", "pcm_alaw"):
+        return g711_encode(pcm, encoding).tobytes()
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, pcm, rate, format=CONTAINERS[encoding], subtype="PCM_16")
+    return buf.getvalue()
+
+
+# --- G.711 (ITU-T G.711, 1988): 8-bit companded codes <-> 16-bit linear -------------------------
+
+
+@lru_cache(maxsize=1)
+def _mulaw_table() -> np.ndarray:
+    """The 256 mu-law codes as int16 linear values (the standard's decoder, as in audioop/sox)."""
+    u = ~np.arange(256, dtype=np.int32) & 0xFF
+    exponent, mantissa = (u >> 4) & 0x07, u & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(u & 0x80, -magnitude, magnitude).astype(np.int16)
+
+
+@lru_cache(maxsize=1)
+def _alaw_table() -> np.ndarray:
+    """The 256 A-law codes as int16 linear values (even bits inverted; sign bit set = positive)."""
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    exponent, mantissa = (a >> 4) & 0x07, a & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    return np.where(a & 0x80, magnitude, -magnitude).astype(np.int16)
+
+
+@lru_cache(maxsize=2)
+def _encoder(encoding: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted decoded levels and their codes, for nearest-level quantization."""
+    table = _mulaw_table() if encoding == "pcm_mulaw" else _alaw_table()
+    order = np.argsort(table, kind="stable")
+    return table[order].astype(np.int32), order.astype(np.uint8)
+
+
+def g711_encode(pcm: np.ndarray, encoding: str) -> np.ndarray:
+    """int16 linear samples -> G.711 codes (uint8): each sample to the nearest level of the law."""
+    levels, codes = _encoder(encoding)
+    x = np.asarray(pcm, dtype=np.int32)
+    hi = np.clip(np.searchsorted(levels, x), 1, len(levels) - 1)
+    lo = hi - 1
+    nearest = np.where(x - levels[lo] <= levels[hi] - x, lo, hi)
+    return codes[nearest]
+
+
+def g711_decode(codes: np.ndarray, encoding: str) -> np.ndarray:
+    """G.711 codes (uint8) -> int16 linear samples."""
+    table = _mulaw_table() if encoding == "pcm_mulaw" else _alaw_table()
+    return table[np.asarray(codes, dtype=np.uint8)]

@@ -1,0 +1,131 @@
+"""Telephone and other audio encodings in, one 16 kHz waveform out (engines/features/codecs.py)."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engines.errors import AudioDecodeError, AudioTooLong
+from engines.features import codecs
+from engines.features.codecs import decode_audio, encode_audio
+from streams.schemas import AudioPart
+
+
+def tone(freq: float, rate: int, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return amp * np.sin(2 * np.pi * freq * t)
+
+
+def g711_wav(codes: bytes, fmt: int) -> bytes:
+    """A WAVE file holding G.711 codes as they are (format 7 mu-law, 6 A-law), 8 kHz mono."""
+    fmt_chunk = struct.pack("<HHIIHHH", fmt, 1, 8000, 8000, 1, 8, 0)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk
+    body += b"fact" + struct.pack("<II", 4, len(codes)) + b"data" + struct.pack("<I", len(codes)) + codes
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def peak_hz(wave: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize(("encoding", "fmt"), [("pcm_mulaw", 7), ("pcm_alaw", 6)])
+def test_g711_tables_agree_with_libsndfile_for_every_code(encoding: str, fmt: int) -> None:
+    codes = bytes(range(256))
+    theirs, rate = sf.read(io.BytesIO(g711_wav(codes, fmt)), dtype="int16")
+    assert rate == 8000
+    np.testing.assert_array_equal(codecs.g711_decode(np.frombuffer(codes, np.uint8), encoding), theirs)
+
+
+@pytest.mark.parametrize("encoding", ["pcm_mulaw", "pcm_alaw"])
+def test_g711_encoder_inverts_the_decoder(encoding: str) -> None:
+    codes = np.arange(256, dtype=np.uint8)
+    back = codecs.g711_encode(codecs.g711_decode(codes, encoding), encoding)
+    same_level = codecs.g711_decode(back, encoding) == codecs.g711_decode(codes, encoding)
+    assert same_level.all()  # mu-law has two codes for 0: either is right
+    assert (back == codes).mean() >= 255 / 256
+
+
+@pytest.mark.parametrize("encoding", ["pcm_mulaw", "pcm_alaw"])
+def test_a_telephone_tone_comes_out_at_16_khz_with_its_pitch_and_level(encoding: str) -> None:
+    wave8k = tone(440.0, 8000)
+    data = codecs.g711_encode(np.round(wave8k * 32767).astype(np.int16), encoding).tobytes()
+    out = decode_audio(data, encoding)
+    assert out.dtype == np.float32 and out.shape == (16000,)
+    assert abs(peak_hz(out, 16000) - 440.0) < 2.0
+    ideal = tone(440.0, 16000)
+    core = slice(400, -400)  # the resampler's filter edges aside
+    noise = out[core] - ideal[core]
+    snr_db = 10 * np.log10(np.mean(ideal[core] ** 2) / np.mean(noise**2))
+    assert snr_db > 30, snr_db  # G.711 is about 38 dB on a loud tone
+
+
+def test_downsampling_filters_what_16_khz_cannot_hold() -> None:
+    """A 10 kHz tone at 48 kHz is above 16 kHz's Nyquist: it must vanish, not alias to 6 kHz."""
+    loud = tone(1000.0, 48000)
+    high = tone(10_000.0, 48000)
+    pcm = lambda w: np.round(w * 32767).astype("<i2").tobytes()  # noqa: E731
+    kept = decode_audio(pcm(loud), "pcm_s16le", 48000)
+    gone = decode_audio(pcm(high), "pcm_s16le", 48000)
+    assert kept.shape == gone.shape == (16000,)
+    assert abs(peak_hz(kept, 16000) - 1000.0) < 2.0
+    assert 20 * np.log10(np.std(gone) / np.std(kept)) < -40
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate"),
+    [("pcm_s16le", 8000), ("pcm_s16le", 16000), ("pcm_s16le", 44100), ("pcm_mulaw", 8000), ("pcm_alaw", 8000),
+     ("flac", 8000), ("flac", 48000), ("wav", 8000), ("wav", 22050)],
+)  # fmt: skip
+def test_every_encoding_round_trips_at_16_khz(encoding: str, rate: int) -> None:
+    wave = tone(300.0, 16000, seconds=0.8) + tone(1200.0, 16000, seconds=0.8, amp=0.2)
+    data = encode_audio(wave, 16000, encoding, rate)
+    out = decode_audio(data, encoding, rate)
+    assert abs(out.shape[0] - 12800) <= 2
+    n = min(out.shape[0], 12800)
+    assert np.corrcoef(out[200 : n - 200], wave[200 : n - 200])[0, 1] > 0.99
+
+
+def test_a_wav_with_channels_at_its_own_rate_needs_no_declared_rate() -> None:
+    stereo = np.stack([tone(500.0, 44100), tone(500.0, 44100)], axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, stereo, 44100, format="WAV", subtype="PCM_16")
+    out = decode_audio(buf.getvalue(), "wav")
+    assert out.shape == (16000,) and abs(peak_hz(out, 16000) - 500.0) < 2.0
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding", "rate", "message"),
+    [
+        (b"\xff" * 8000, "pcm_mulaw", 16000, "8000 Hz"),
+        (b"\x00\x01" * 8000, "pcm_s16le", 12345, "not supported"),
+        (b"\xff" * 500, "pcm_alaw", None, "too short"),
+        (encode_audio(tone(300.0, 16000), 16000, "flac"), "wav", None, "message says wav"),
+        (encode_audio(tone(300.0, 16000), 16000, "wav", 8000), "wav", 16000, "8000 Hz"),
+    ],
+)
+def test_what_cannot_be_decoded_says_why(data: bytes, encoding: str, rate: int | None, message: str) -> None:
+    with pytest.raises(AudioDecodeError, match=message):
+        decode_audio(data, encoding, rate)
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding", "rate"),
+    [
+        (b"\xff" * 8000 * 61, "pcm_mulaw", None),  # 61 s at one byte a sample
+        (b"\x00\x00" * 8000 * 61, "pcm_s16le", 8000),
+        (encode_audio(np.zeros(8000 * 61), 8000, "wav", 8000), "wav", None),  # from the header
+    ],
+)
+def test_length_is_checked_before_decoding(data: bytes, encoding: str, rate: int | None) -> None:
+    with pytest.raises(AudioTooLong, match="61.0 s > 60 s"):
+        decode_audio(data, encoding, rate, max_seconds=60)
+
+
+def test_the_message_schema_offers_exactly_the_codecs_encodings() -> None:
+    offered = AudioPart.model_json_schema()["properties"]["encoding"]["enum"]
+    assert sorted(offered) == sorted([*codecs.ENCODINGS, "features"])
