@@ -39,6 +39,7 @@ def cmd_feed(ns: Any) -> int:
         speed=ns.speed,
         modalities=tuple(ns.modalities.split(",")),
         progress=not ns.no_progress,
+        audio_as=(ns.audio_encoding, ns.audio_rate) if ns.audio_encoding else None,
     )
     print(report.summary())
     return 1 if report.failed else 0
@@ -74,6 +75,12 @@ def register(sub: Any) -> None:
     p.add_argument("--fast", action="store_true", help="as fast as possible instead of in real time")
     p.add_argument("--speed", type=float, default=1.0, help="real-time speed-up factor")
     p.add_argument("--modalities", default="text,audio,video", help="which parts to send")
+    p.add_argument(
+        "--audio-encoding",
+        choices=["pcm_mulaw", "pcm_alaw", "pcm_s16le", "flac", "wav"],
+        help="send audio in this encoding (pcm_mulaw/pcm_alaw: an 8 kHz G.711 telephone line; default: as read)",
+    )
+    p.add_argument("--audio-rate", type=int, help="sample rate for pcm_s16le/flac/wav (default 16000)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_feed)
     p = sub.add_parser("subscribe", help="print emotion events as they arrive")

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engines.features.codecs import transcode
 from streams.dialogues import Dialogue, Utterance
 from streams.errors import ServiceUnavailable
 from streams.kafka import kafka_python_options
@@ -115,16 +116,24 @@ def plan(
     return [Step(s.at / speed if realtime else 0.0, s.call_id, s.kind, s.utterance) for _, _, s in steps]
 
 
-def part_message(u: Utterance, modality: str, topics: TopicSettings) -> tuple[str, bytes] | None:
-    """(topic, JSON value) of one modality of an utterance, or None if it lacks that modality."""
+def part_message(
+    u: Utterance, modality: str, topics: TopicSettings, audio_as: tuple[str, int | None] | None = None
+) -> tuple[str, bytes] | None:
+    """(topic, JSON value) of one modality of an utterance, or None if it lacks that modality.
+    ``audio_as``: (encoding, sample rate or None) to send audio bytes in, e.g. ('pcm_mulaw', 8000)
+    for a telephone line; by default as they are."""
     common: dict[str, Any] = dict(
         call_id=u.call_id, utterance_id=u.utterance_id, seq=u.seq, speaker=u.speaker, start_s=u.start_s, end_s=u.end_s
     )
     if modality == "text" and u.text is not None:
         return topics.text, TextPart(text=u.text, **common).to_bytes()
     if modality == "audio" and u.audio is not None:
-        data = base64.b64encode(u.audio).decode()
-        return topics.audio, AudioPart(encoding=u.audio_encoding or "flac", data=data, **common).to_bytes()
+        audio, encoding, rate = u.audio, str(u.audio_encoding or "flac"), None
+        if audio_as is not None:
+            audio, rate = transcode(audio, encoding, *audio_as)
+            encoding = audio_as[0]
+        data = base64.b64encode(audio).decode()
+        return topics.audio, AudioPart(encoding=encoding, sample_rate=rate, data=data, **common).to_bytes()
     if modality == "audio" and u.audio_features is not None:
         return topics.audio, AudioPart(encoding="features", features=list(u.audio_features), **common).to_bytes()
     if modality == "video" and u.video_features is not None:
@@ -158,6 +167,7 @@ def feed(
     audio_delay_s: float = 0.0,
     send_control: bool = True,
     *,
+    audio_as: tuple[str, int | None] | None = None,
     concurrency: int | None = 4,
     stagger_s: float = 2.0,
     producer: Any = None,
@@ -169,6 +179,7 @@ def feed(
     ``audio_delay_s`` sends each audio part that many wall-clock seconds after its text (a slow
     audio pipeline; not divided by ``speed``); a call's ``ended`` waits for its delayed audio.
     ``producer`` replaces the KafkaProducer made from ``settings`` (it is then not closed).
+    ``audio_as`` sends audio bytes in another encoding and rate (see :func:`part_message`).
     """
     wanted = [m for m in MODALITIES if m in set(modalities)]
     unknown = set(modalities) - set(MODALITIES)
@@ -228,11 +239,12 @@ def feed(
                     send(topics.control, step.call_id, CallControl(call_id=step.call_id, event="ended").to_bytes())
             elif modality:  # a delayed audio part
                 assert step.utterance is not None
-                message = part_message(step.utterance, modality, topics)
+                message = part_message(step.utterance, modality, topics, audio_as)
                 if message is not None:
                     send(message[0], step.call_id, message[1])
             else:
                 assert step.utterance is not None
+                messages = []  # all built before any is sent: parts of one utterance leave together
                 for m in wanted:
                     if m == "audio" and audio_delay_s > 0 and "audio" in step.utterance.modalities():
                         due = clock() - t0 + audio_delay_s
@@ -240,7 +252,8 @@ def feed(
                         counter += 1
                         pending[step.call_id] = due
                         continue
-                    message = part_message(step.utterance, m, topics)
+                    messages.append(part_message(step.utterance, m, topics, audio_as))
+                for message in messages:
                     if message is not None:
                         send(message[0], step.call_id, message[1])
                 report.utterances += 1

@@ -35,6 +35,9 @@ class ModelFeaturizer:
             self._x.text.encode(["warm up"])
         if self._x.audio is not None:
             self._x.audio.extract([np.zeros(16000, dtype=np.float32)])
+            from engines.features.codecs import warm_up
+
+            warm_up()  # the resampler's import, not on a telephone call's first part
 
 
 def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:

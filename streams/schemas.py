@@ -211,8 +211,8 @@ class DeadLetter(_Message):
     partition: int
     offset: int
     key: str | None = Field(None, description="the original key, decoded as UTF-8, cut to 256 characters")
-    call_id: str | None = None
-    utterance_id: str | None = None
+    call_id: str | None = Field(None, description="the message's call, when it parsed (its content was refused)")
+    utterance_id: str | None = Field(None, description="the message's utterance, when it parsed")
     parts: list[SourceRef] = Field(default_factory=list, description="every input message of a failed utterance")
     payload: str = Field(
         "", description="the original value, base64: whole, cut or left out, as limits.deadletter_payload says"

@@ -128,6 +128,7 @@ class Worker:
         self.metrics.messages_in.labels(topic).inc()
         receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
         await self._backpressure()
+        msg: Any = None
         try:
             msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
             if key != msg.call_id.encode():  # the join and the rebalance guarantees need key = call id
@@ -139,11 +140,11 @@ class Worker:
                 else:
                     payload = to_payload(msg, self.processor.dims, self.settings.limits)
         except InvalidMessage as exc:
-            await self._reject(exc, receipt, key, value)
+            await self._reject(exc, receipt, key, value, msg)
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
             log.exception("parsing %s[%d]@%d failed", topic, partition, offset)
-            await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value)
+            await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value, msg)
             return
         declared = await self._declaration(msg)
         async with self.lock:
@@ -362,11 +363,15 @@ class Worker:
         await asyncio.gather(*pending)
 
     # -- dead letters ---------------------------------------------------------------------------
-    async def _reject(self, exc: InvalidMessage, receipt: Receipt, key: bytes | None, value: bytes | None) -> None:
-        """Dead-letter one input message and ack it."""
+    async def _reject(
+        self, exc: InvalidMessage, receipt: Receipt, key: bytes | None, value: bytes | None, msg: Any = None
+    ) -> None:
+        """Dead-letter one input message and ack it (naming its call and utterance if it parsed)."""
         raw = value or b""
         payload, truncated = payload_copy(raw, self.settings.limits)
         record = DeadLetter(
+            call_id=getattr(msg, "call_id", None),
+            utterance_id=getattr(msg, "utterance_id", None),
             reason=exc.reason,
             detail=exc.detail,
             source_topic=receipt.topic,

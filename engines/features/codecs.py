@@ -145,6 +145,11 @@ def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.asarray(resample_poly(wave, rate_out // g, rate_in // g), dtype=wave.dtype)
 
 
+def warm_up() -> None:
+    """Import the resampler now (about a second), rather than on the first audio that needs it."""
+    resample(np.zeros(800, dtype=np.float32), G711_RATE, SAMPLE_RATE)
+
+
 def encode_audio(wave: np.ndarray, rate_in: int, encoding: str, rate_out: int | None = None) -> bytes:
     """Float samples in [-1, 1] (mono, or (N, C) averaged) at ``rate_in`` -> bytes of ``encoding``
     at ``rate_out`` (8 kHz for G.711; 16 kHz if None otherwise)."""
@@ -165,6 +170,16 @@ def encode_audio(wave: np.ndarray, rate_in: int, encoding: str, rate_out: int | 
     buf = io.BytesIO()
     sf.write(buf, pcm, rate, format=CONTAINERS[encoding], subtype="PCM_16")
     return buf.getvalue()
+
+
+def transcode(data: bytes, encoding: str, to_encoding: str, to_rate: int | None = None) -> tuple[bytes, int | None]:
+    """Audio bytes in one encoding -> (bytes, the rate a message must declare) in another, through
+    16 kHz: G.711 is 8 kHz, pcm_s16le at ``to_rate`` (16 kHz if None), containers carry their rate
+    (``to_rate``, 16 kHz if None) in their header and declare None."""
+    out = encode_audio(decode_audio(data, encoding), SAMPLE_RATE, to_encoding, to_rate)
+    if to_encoding in CONTAINERS:
+        return out, None
+    return out, _declared_rate(to_encoding, to_rate)
 
 
 # --- G.711 (ITU-T G.711, 1988): 8-bit companded codes <-> 16-bit linear -------------------------

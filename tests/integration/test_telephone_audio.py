@@ -1,0 +1,58 @@
+"""Telephone audio on the real broker: calls whose speech arrives as 8 kHz G.711 (mu-law and
+A-law) or 8 kHz PCM are labelled with their audio, like FLAC calls; a G.711 part that claims
+another rate is dead-lettered with the reason, and the other calls go on."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.dialogues import attach_ravdess, read_meld_csv
+from streams.feed import feed, make_producer
+from streams.kafka import ensure_topics
+from streams.schemas import AudioPart, TextPart
+from tests.integration.harness import Collector, WorkerProcess, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(services, unique)
+    ensure_topics(settings)
+    meld = read_meld_csv(shared_data / "meld" / "dev_sent_emo.csv", dialogue_ids=[0, 1, 2])
+    calls = attach_ravdess(meld, shared_data / "ravdess", seed=3, actors=range(17, 21))
+    lines = {"pcm_mulaw": (calls[0], None), "pcm_alaw": (calls[1], None), "pcm_s16le": (calls[2], 8000)}
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    try:
+        worker.wait_ready()
+        for encoding, (call, rate) in lines.items():
+            feed([call], settings, realtime=False, progress=False, modalities=("text", "audio"),
+                 audio_as=(encoding, rate))  # fmt: skip
+        bad = AudioPart(call_id="liar", utterance_id="u0", seq=0, encoding="pcm_mulaw", sample_rate=16000,
+                        data="/" * 10_000)  # fmt: skip
+        producer = make_producer(settings)
+        t = settings.kafka.topics
+        producer.send(t.audio, key=b"liar", value=bad.to_bytes())
+        producer.send(
+            t.text, key=b"liar", value=TextPart(call_id="liar", utterance_id="u0", seq=0, text="hi").to_bytes()
+        )
+        producer.flush()
+        producer.close()
+        want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances} | {("liar", "u0")}
+        assert collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want, 120), (
+            worker.tail()
+        )
+        assert collector.poll_until(lambda c: len(c.dead) >= 1, 10)
+        [dead] = collector.dead
+        assert dead.reason == "undecodable_audio" and "8000 Hz" in dead.detail and dead.call_id == "liar"
+        events = {(e.call_id, e.utterance_id): e for _, e in collector.events if e.revision == 0}
+        for _, (call, _) in lines.items():
+            for u in call.utterances:
+                ev = events[(u.call_id, u.utterance_id)]
+                assert ev.modalities_present == (["text", "audio"] if u.audio else ["text"]), ev
+                if u.audio:
+                    assert ev.weights["audio"] > 0
+        assert events[("liar", "u0")].modalities_present == ["text"]  # its audio refused, its text labelled
+    finally:
+        collector.close()
+        worker.stop()
