@@ -53,6 +53,13 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="give that fraction of utterances the input of another emotion (audio: a RAVDESS clip of the "
         "same split, same actor when possible; text: another utterance's text), e.g. audio=0.5",
     )
+    parser.add_argument(
+        "--channel",
+        default="clean",
+        choices=["clean", "telephone"],
+        help="telephone: every clip through a seeded simulated phone line (8 kHz, 300-3400 Hz, G.711, noise at "
+        "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed",
+    )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix there")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
@@ -133,6 +140,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
     from engines.errors import DatasetError
+    from engines.features.channel import make_channel
     from engines.metrics import subset_report
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_engine, load_extractors
@@ -158,7 +166,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         corrupted = corrupt_dialogues(dialogues, corrupt, ns.seed, clips)
         dialogues = corrupted.dialogues
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
-    table = AudioTable(paths, ex.audio, ns.cache_dir, progress=not ns.json) if (ex.audio and paths) else None
+    channel = make_channel(ns.channel, ns.seed)
+    table = AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel) if (ex.audio and paths) else None
     max_window = engine.info.max_window
     data = prepare(
         dialogues, ex.spec, ex.text, table, max_window + ns.future, ns.cache_dir, not ns.json, future=ns.future
@@ -179,6 +188,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "modalities": wanted,
         "future": ns.future,
         "seed": ns.seed,
+        "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
         **report,
         "corrupt": None,
     }

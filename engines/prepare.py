@@ -17,13 +17,16 @@ from engines.datasets.base import Dialogue, label_set
 from engines.errors import DatasetError
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
+from engines.features.channel import TelephoneChannel
 from engines.features.text import TextEncoder
 from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
 from engines.windows import WindowIndex, dialogue_windows
 
 
 class AudioTable:
-    """Feature vectors of audio files, computed once per file content (cached on disk)."""
+    """Feature vectors of audio files, computed once per file content (cached on disk); with a
+    ``channel`` (a :class:`~engines.features.channel.TelephoneChannel`), of each file as heard
+    through that line (seeded by the file's content, cached apart from the clean features)."""
 
     def __init__(
         self,
@@ -31,11 +34,18 @@ class AudioTable:
         extractor: AudioFeatureExtractor,
         cache_root: str | Path | None = None,
         progress: bool = False,
+        channel: TelephoneChannel | None = None,
     ) -> None:
         self.paths = sorted(set(paths))
         self.row = {p: i for i, p in enumerate(self.paths)}
         blobs = [Path(p).read_bytes() for p in self.paths]
-        cache = FeatureCache(f"audio/{extractor.id}", root=cache_root)
+        keys = [item_key(b) for b in blobs]
+        namespace = f"audio/{extractor.id}" + (f"/{channel.id}" if channel is not None else "")
+        cache = FeatureCache(namespace, root=cache_root)
+
+        def wave(i: int) -> np.ndarray:
+            clean = read_audio_file(self.paths[i])
+            return clean if channel is None else channel(clean, keys[i])
 
         def compute(idx: list[int]) -> np.ndarray:
             chunks = [idx[i : i + 64] for i in range(0, len(idx), 64)]
@@ -43,11 +53,9 @@ class AudioTable:
                 from tqdm import tqdm
 
                 chunks = tqdm(chunks, desc="audio features", unit="x64")
-            return np.concatenate([extractor.extract([read_audio_file(self.paths[i]) for i in c]) for c in chunks])
+            return np.concatenate([extractor.extract([wave(i) for i in c]) for c in chunks])
 
-        self.matrix = cache.get_or_compute([item_key(b) for b in blobs], compute).reshape(
-            len(self.paths), extractor.dim
-        )
+        self.matrix = cache.get_or_compute(keys, compute).reshape(len(self.paths), extractor.dim)
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, dim) features (zeros where no audio) and (N,) presence."""

@@ -1,0 +1,81 @@
+"""A simulated telephone line, to hear studio speech as a contact center does.
+
+:class:`TelephoneChannel` turns a clean 16 kHz waveform into what arrives from a narrowband call,
+in the order a real line degrades it::
+
+    gain (talker level, +-gain_db) -> noise at an SNR drawn from snr_db (room, line)
+    -> 8 kHz -> band-pass low_hz..high_hz (4th-order Butterworth, the handset and the network)
+    -> G.711 mu-law or A-law (codec) -> lost 20 ms packets, silent (no concealment) -> 16 kHz
+
+Every random choice (gain, SNR, codec, which packets) comes from ``seed`` and the clip's key, so a
+clip always meets the same line: ``emostream evaluate --channel telephone`` is reproducible, and
+training can draw a fresh line per epoch by changing the seed. ``id`` names the channel and its
+parameters (feature caches keep telephone and clean features apart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from engines.features.codecs import G711_RATE, SAMPLE_RATE, g711_decode, g711_encode, resample
+
+PACKET_S = 0.02  # RTP carries 20 ms of G.711 per packet
+
+
+@dataclass(frozen=True)
+class TelephoneChannel:
+    seed: int = 0
+    low_hz: float = 300.0
+    high_hz: float = 3400.0
+    snr_db: tuple[float, ...] = (10.0, 20.0, 30.0)  # one drawn per clip
+    gain_db: float = 6.0  # uniform in [-gain_db, +gain_db]
+    packet_loss: float = 0.02
+    codecs: tuple[str, ...] = ("pcm_mulaw", "pcm_alaw")  # one drawn per clip
+    version: int = 1
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return f"telephone-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def rng(self, key: str) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.seed}\x1f{key}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
+        """``wave``: float mono at 16 kHz -> the same speech after the line, float32 at 16 kHz."""
+        from scipy.signal import butter, sosfilt
+
+        rng = self.rng(key)
+        x = np.asarray(wave, dtype=np.float64) * 10 ** (rng.uniform(-self.gain_db, self.gain_db) / 20)
+        power = float(np.mean(x**2)) if x.size else 0.0
+        if power > 0:
+            snr = float(rng.choice(self.snr_db))
+            x = x + rng.normal(0.0, np.sqrt(power / 10 ** (snr / 10)), x.shape)
+        x = resample(x, SAMPLE_RATE, G711_RATE)
+        sos = butter(4, [self.low_hz, self.high_hz], btype="bandpass", fs=G711_RATE, output="sos")
+        x = sosfilt(sos, x)
+        codec = str(rng.choice(self.codecs))
+        pcm = np.round(np.clip(x, -1.0, 1.0) * 32767).astype(np.int16)
+        x = g711_decode(g711_encode(pcm, codec), codec).astype(np.float64) / 32768.0
+        packet = int(PACKET_S * G711_RATE)
+        lost = rng.random(-(-x.shape[0] // packet)) < self.packet_loss
+        for i in np.flatnonzero(lost):
+            x[i * packet : (i + 1) * packet] = 0.0
+        return resample(x, G711_RATE, SAMPLE_RATE).astype(np.float32)
+
+
+CHANNELS = ("clean", "telephone")
+
+
+def make_channel(name: str, seed: int = 0) -> TelephoneChannel | None:
+    """The channel ``emostream evaluate --channel`` names: None for clean."""
+    if name == "clean":
+        return None
+    if name == "telephone":
+        return TelephoneChannel(seed=seed)
+    raise ValueError(f"unknown channel {name!r}; choose from {CHANNELS}")
