@@ -94,6 +94,17 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "down-weight audio that contradicts the text (windows keep the target's text then); the relevance engine's "
         "audio head learns the swapped clip's emotion (what it hears), not the utterance's",
     )
+    parser.add_argument(
+        "--telephone",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="that fraction of training utterances (a new draw each epoch) hears its audio through a simulated "
+        "telephone line (engines/features/channel.py: 8 kHz, 300-3400 Hz, G.711, noise, gain, lost packets)",
+    )
+    parser.add_argument(
+        "--telephone-lines", type=int, default=2, help="how many seeded lines each clip is heard through (variety)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -258,6 +269,7 @@ def _train(ns: argparse.Namespace) -> int:
     from engines.evaluate import evaluate_engine
     from engines.export import export_onnx
     from engines.features import make_audio_extractor, make_text_encoder
+    from engines.features.channel import TelephoneChannel
     from engines.models import build_model
     from engines.prepare import AudioTable, prepare
     from engines.runtime.onnx import OnnxEngine
@@ -266,6 +278,10 @@ def _train(ns: argparse.Namespace) -> int:
 
     if not 0.0 <= ns.corrupt_train <= 1.0:
         raise DatasetError(f"--corrupt-train must be in [0, 1], got {ns.corrupt_train}")
+    if not 0.0 <= ns.telephone <= 1.0 or ns.telephone_lines < 1:
+        raise DatasetError(
+            f"--telephone must be in [0, 1] and --telephone-lines >= 1, got {ns.telephone}, {ns.telephone_lines}"
+        )
     if ns.corrupt_train > 0 and ns.dataset != "meld-ravdess":
         raise DatasetError("--corrupt-train needs the meld-ravdess composite (text with RAVDESS audio)")
     t0 = time.time()
@@ -294,6 +310,14 @@ def _train(ns: argparse.Namespace) -> int:
     if audio_ex is not None:
         paths = [c.path for c in train_clips] + [u.audio for d in (*train_d, *dev_d) for u in d.utterances if u.audio]
         table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet)
+    lines: list[AudioTable] = []  # the training clips heard through telephone lines (--telephone)
+    if ns.telephone > 0:
+        if table is None or audio_ex is None:
+            raise DatasetError("--telephone needs audio in the training data")
+        clip_paths = sorted({c.path for c in train_clips} | {u.audio for d in train_d for u in d.utterances if u.audio})
+        for k in range(ns.telephone_lines):
+            line = TelephoneChannel(seed=ns.seed * 1000 + 100 + k)
+            lines.append(AudioTable(clip_paths, audio_ex, ns.cache_dir, not quiet, channel=line))
     train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     print(f"data: {train.n} train / {dev.n} dev utterances, features {spec} ({time.time() - t0:.0f}s)", file=sys.stderr)
@@ -345,7 +369,7 @@ def _train(ns: argparse.Namespace) -> int:
     audio_labels = ns.corrupt_train > 0 and getattr(net, "accepts_audio_label", False)
     for epoch in range(ns.epochs):
         resample = composite and table is not None and not ns.no_resample_audio and epoch > 0
-        if resample or ns.corrupt_train > 0:
+        if resample or ns.corrupt_train > 0 or lines:
             assert table is not None
             fresh = assign_clips(train_d, train_clips, ns.seed + 1000 * epoch) if resample else train_d
             if ns.corrupt_train > 0:
@@ -354,9 +378,18 @@ def _train(ns: argparse.Namespace) -> int:
                 )
                 fresh, corrupted = swap.dialogues, swap.mask
                 clip_emotion = np.where(swap.donor_emotion >= 0, swap.donor_emotion, train.labels)
-            train.feats["audio"], train.has["audio"] = table.lookup(
-                [u.audio for d in fresh for u in d.utterances], spec.audio_dim
-            )
+            clips = [u.audio for d in fresh for u in d.utterances]
+            train.feats["audio"], train.has["audio"] = table.lookup(clips, spec.audio_dim)
+            if lines:  # a new draw of who is on the phone, and on which line, each epoch
+                phone = np.flatnonzero(
+                    np.random.default_rng(ns.seed + 1000 * epoch + 2).random(len(clips)) < ns.telephone
+                )
+                which = np.random.default_rng(ns.seed + 1000 * epoch + 3).integers(0, len(lines), len(phone))
+                for k, heard in enumerate(lines):
+                    rows = phone[which == k]
+                    feats, _ = heard.lookup([clips[i] for i in rows], spec.audio_dim)
+                    keep = train.has["audio"][rows] > 0
+                    train.feats["audio"][rows[keep]] = feats[keep]
         net.train()
         order = rng.permutation(train.n)
         sums: dict[str, float] = {}
