@@ -65,6 +65,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
     @app.task
     async def _start() -> None:
         worker = state["worker"] = await asyncio.to_thread(worker_factory, send)
+        worker.highwater = lambda topic, partition: _highwater(app, topic, partition)
         ready.set()
         log.info("worker ready")
         await worker.run()  # the pump: batches through the engine, one at a time
@@ -76,7 +77,9 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         async for event in stream.noack().events():
             msg = event.message
             try:
-                await worker.on_message(msg.topic, msg.partition, msg.offset, event.key, event.value, event)
+                await worker.on_message(
+                    msg.topic, msg.partition, msg.offset, event.key, event.value, event, msg.timestamp
+                )
             except Exception:  # on_message dead-letters what it cannot use; this is the last guard
                 log.exception("message %s[%d]@%d failed; acked to keep the stream going", msg.topic, msg.partition,
                               msg.offset)  # fmt: skip
@@ -88,6 +91,17 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
             await state["worker"].revoke({tp.partition for tp in revoked if tp.topic in topics.inputs()})
 
     return app
+
+
+def _highwater(app: Any, topic: str, partition: int) -> int | None:
+    """The end offset of a partition as the consumer last saw it (None if unknown)."""
+    from faust.types import TP
+
+    try:
+        end = app.consumer.highwater(TP(topic, partition))
+    except Exception:  # not assigned (any more), or the consumer is not started
+        return None
+    return None if end is None else int(end)
 
 
 def run_worker(settings: Settings) -> int:

@@ -3,8 +3,18 @@
 Parts are joined by (call id, utterance id) in whatever order they arrive. An utterance is
 *ready* when every modality its call expects has arrived, or when ``wait_s`` has passed since its
 first part; a call's ready utterances are released in ``seq`` order (an earlier utterance that is
-still waiting holds back later ones of the same call, at most ``wait_s``). A call's end releases
-everything it still has. Pure and synchronous: the caller passes the clock and opaque ``handle``s
+still waiting holds back later ones of the same call). A call's end releases everything it still
+has.
+
+When the worker is behind, the wall clock is not the parts' clock: after an outage or under overload the worker
+reads a backlog, and it reads a topic of small messages (text) far ahead of one of large messages
+(audio): a part that was sent on time is read late. So with a ``behind(modality, partition, t)``
+predicate (the worker's: has it read that modality's partition up to record time ``t``, or to its
+end?) an utterance past ``wait_s`` keeps waiting while a missing part's topic has not yet been
+read up to the utterance's record time + ``wait_s`` and still has messages to read, for at most
+``max_hold_s``. Without record times or the predicate, the wall clock alone decides.
+
+Pure and synchronous: the caller passes the clock and opaque ``handle``s
 (the Kafka events to ack once the utterance's event is out).
 """
 
@@ -13,7 +23,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +46,8 @@ class Utterance:
     expected: tuple[str, ...] = ()
     handles: list[Any] = field(default_factory=list)
     partition: int = -1  # the input partition of its call (all its parts share it)
+    first_ts: float | None = None  # the record time (producer clock, s) of its first part
+    held: bool = False  # waited past wait_s for a part of a topic read behind
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -64,6 +76,8 @@ class _Call:
     partition: int = -1
     last_seen: float = 0.0
     ends_at: float | None = None  # 'ended' arrived: release everything at this time
+    ended_at: float = 0.0  # when 'ended' arrived (wall clock)
+    ended_ts: float | None = None  # its record time
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
 
 
@@ -85,6 +99,8 @@ class Joiner:
         idle_s: float = 3600.0,
         max_calls: int = 50_000,
         max_finished: int = 200_000,
+        behind: Callable[[str, int, float], bool] | None = None,
+        max_hold_s: float = 120.0,
     ) -> None:
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         assert max_calls >= 1 and max_finished >= 1
@@ -93,6 +109,9 @@ class Joiner:
         self.default = tuple(m for m in MODALITIES if m in default_modalities)
         self.max_calls = max_calls
         self.max_finished = max_finished
+        self.behind = behind
+        self.max_hold_s = max_hold_s
+        self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._done: OrderedDict[tuple[str, str], int] = OrderedDict()  # labelled ids -> partition, oldest first
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
@@ -107,11 +126,12 @@ class Joiner:
             call.expected = tuple(m for m in MODALITIES if m in modalities)
         return self._release(call_id, now)
 
-    def call_ended(self, call_id: str, now: float, partition: int = -1) -> JoinResult:
+    def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:
         """The call's end arrived. Its parts travel on other topics and may still be behind it,
-        so the call is closed ``wait_s`` later (by :meth:`expire`), not now."""
+        so the call is closed ``wait_s`` later (by :meth:`expire`), not now; later still while
+        those topics are read behind the end's record time ``ts``."""
         call = self._touch(call_id, now, partition)
-        call.ends_at = now + self.wait_s
+        call.ends_at, call.ended_at, call.ended_ts = now + self.wait_s, now, ts
         self._push(call.ends_at, call_id, "")
         return self._release(call_id, now)
 
@@ -126,7 +146,9 @@ class Joiner:
         handle: Any,
         now: float,
         partition: int = -1,
+        ts: float | None = None,
     ) -> JoinResult:
+        """One part; ``ts`` is its record time (for waits behind, see the module doc)."""
         assert modality in MODALITIES, modality
         if (call_id, utterance_id) in self._done:
             self._done.move_to_end((call_id, utterance_id))
@@ -134,7 +156,7 @@ class Joiner:
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
-            utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition)
+            utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
             call.pending[utterance_id] = utt
             self._open += 1
             self._push(now + self.wait_s, call_id, utterance_id)
@@ -156,10 +178,15 @@ class Joiner:
             if call is None:
                 continue  # closed or forgotten since
             if not utterance_id:
-                if call.ends_at == deadline:
+                if call.ends_at == deadline and self._hold_end(call, now):
+                    call.ends_at = now + min(0.25, self.wait_s)
+                    self._push(call.ends_at, call_id, "")
+                elif call.ends_at == deadline:
                     result.extend(self._close(call_id, now))
             elif utterance_id in call.pending:
                 result.extend(self._release(call_id, now))
+                if utterance_id in call.pending and call.pending[utterance_id].held:
+                    self._push(now + min(0.25, self.wait_s), call_id, utterance_id)  # look again soon
         while self._calls:
             call_id, call = next(iter(self._calls.items()))
             if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
@@ -246,9 +273,9 @@ class Joiner:
         result = JoinResult()
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
             complete = all(m in utt.parts for m in call.expected)
-            expired = now - utt.first_at >= self.wait_s
+            expired = now - utt.first_at >= self.wait_s and not self._hold(utt, call.expected, now)
             if not (complete or expired):
-                break  # holds back later utterances of this call, at most wait_s
+                break  # holds back later utterances of this call
             utt.ready_at, utt.expected = now, call.expected
             utt.timed_out = not complete
             result.ready.append(utt)
@@ -256,6 +283,28 @@ class Joiner:
             self._open -= 1
             self._mark_done(call_id, utt.utterance_id, call.partition)
         return result
+
+    def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float) -> bool:
+        """Whether an utterance past ``wait_s`` should wait on for a part of a topic read behind."""
+        if self.behind is None or utt.first_ts is None or now - utt.first_at >= self.max_hold_s:
+            return False
+        until = utt.first_ts + self.wait_s
+        if any(self.behind(m, utt.partition, until) for m in expected if m not in utt.parts):
+            if not utt.held:
+                utt.held = True
+                self.held_utterances += 1
+            return True
+        return False
+
+    def _hold_end(self, call: _Call, now: float) -> bool:
+        """Whether a call's close should wait for its parts on topics read behind its end."""
+        if self.behind is None or call.ended_ts is None or now - call.ended_at >= self.max_hold_s:
+            return False
+        until = call.ended_ts + self.wait_s
+        if any(self.behind(m, call.partition, until) for m in call.expected):
+            return True
+        incomplete = [u for u in call.pending.values() if any(m not in u.parts for m in call.expected)]
+        return any(self._hold(u, call.expected, now) for u in incomplete)
 
     def _mark_done(self, call_id: str, utterance_id: str, partition: int) -> None:
         self._done[(call_id, utterance_id)] = partition

@@ -107,7 +107,13 @@ class Worker:
             idle_s=settings.redis.ttl_s,
             max_calls=j.max_open_calls,
             max_finished=j.max_finished_ids,
+            behind=self.behind,
+            max_hold_s=j.wait_s + j.max_hold_s,
         )
+        self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
+        self.read: dict[tuple[str, int], tuple[float, int]] = {}  # (topic, partition) -> (max record time, offset)
+        #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
+        self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
@@ -121,11 +127,22 @@ class Worker:
         metrics.limits.labels("finished_ids").set(j.max_finished_ids)
 
     async def on_message(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, handle: Any
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        handle: Any,
+        timestamp: float | None = None,
     ) -> None:
-        """One input message; ``handle.ack()`` is called once its effects are published. Never
-        raises (but for cancellation): a message it cannot use is dead-lettered and acked."""
+        """One input message (``timestamp``: its record time, s); ``handle.ack()`` is called once its
+        effects are published. Never raises (but for cancellation): a message it cannot use is
+        dead-lettered and acked."""
         self.metrics.messages_in.labels(topic).inc()
+        if timestamp is not None:
+            seen = self.read.get((topic, partition), (float("-inf"), -1))
+            self.read[(topic, partition)] = (max(seen[0], timestamp), max(seen[1], offset))
         receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
         await self._backpressure()
         msg: Any = None
@@ -152,13 +169,14 @@ class Worker:
                 return  # its partition was revoked meanwhile: the next owner reads it again
             now = self.clock()
             if isinstance(msg, CallControl):
-                self._control(msg, receipt, now)
+                self._control(msg, receipt, now, timestamp)
                 return
             if declared and not self.joiner.knows(msg.call_id):  # declared to another worker, or forgotten
                 self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
-                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition
-            )
+                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition,
+                timestamp,
+            )  # fmt: skip
             self._absorb(result)
 
     async def _declaration(self, msg: Any) -> list[str] | None:
@@ -217,6 +235,18 @@ class Worker:
                 log.exception("pump failed")
             await asyncio.sleep(interval)
 
+    def behind(self, modality: str, partition: int, until: float) -> bool:
+        """Whether ``modality``'s input partition has been read only up to before record time
+        ``until`` and still has messages to read (a backlog: its part may be among them)."""
+        topic = self.topic_of.get(modality)
+        if topic is None:
+            return False
+        ts, offset = self.read.get((topic, partition), (float("-inf"), -1))
+        if ts >= until:
+            return False
+        end = self.highwater(topic, partition)
+        return end is not None and offset + 1 < end
+
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
         the batch in the engine, if any (seconds), so nothing of theirs is published afterwards."""
@@ -228,6 +258,7 @@ class Worker:
             queued = [u for u in self.queue if u.partition in partitions]
             self.queue = [u for u in self.queue if u.partition not in partitions]
             pending = self.joiner.forget(partitions, queued)
+            self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:
@@ -264,13 +295,13 @@ class Worker:
                 return await self._close(call_id)
         return False
 
-    def _control(self, msg: CallControl, receipt: Receipt, now: float) -> None:
+    def _control(self, msg: CallControl, receipt: Receipt, now: float, timestamp: float | None = None) -> None:
         if msg.event == "started":
             self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now, receipt.partition))
             receipt.ack()
             return
         self.ending.setdefault(msg.call_id, []).append(receipt)
-        self._absorb(self.joiner.call_ended(msg.call_id, now, receipt.partition))
+        self._absorb(self.joiner.call_ended(msg.call_id, now, receipt.partition, timestamp))
 
     async def _close(self, call_id: str) -> bool:
         """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'."""

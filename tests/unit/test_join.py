@@ -133,3 +133,65 @@ def test_expire_touches_only_what_is_due() -> None:
     assert len(j._heap) == 2000
     assert len(j.expire(now=2.0005).ready) == 1 and len(j._heap) == 1999  # one popped, the rest untouched
     assert len(j.expire(now=10.0).ready) == 1999 and j.open_utterances == 0
+
+
+class Reader:
+    """What the worker has read of each (modality, partition): record time up to which it has
+    read, and whether messages remain (a backlog)."""
+
+    def __init__(self) -> None:
+        self.read_to: dict[tuple[str, int], float] = {}
+        self.backlog: set[tuple[str, int]] = set()
+
+    def behind(self, modality: str, partition: int, until: float) -> bool:
+        return (modality, partition) in self.backlog and self.read_to.get((modality, partition), -1.0) < until
+
+
+def test_a_part_on_a_topic_read_behind_is_waited_for_past_wait_s() -> None:
+    """After an outage the text of u0 (sent at 100.0) is read at once; its audio, sent with it,
+    sits behind megabytes of other audio: the join waits for it instead of labelling text alone."""
+    reader = Reader()
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
+    reader.backlog.add(("audio", 0))
+    reader.read_to[("audio", 0)] = 90.0
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    assert ids(j.expire(now=2.0)) == [] and ids(j.expire(now=20.0)) == []  # still behind: held
+    assert j.held_utterances == 1 and j.next_deadline() is not None and j.next_deadline() <= 20.25
+    reader.read_to[("audio", 0)] = 101.0  # the reader is near, not yet past 100 + wait_s
+    r = j.add("c", "u0", 0, "A", "audio", "a0", "h2", now=25.0, partition=0, ts=100.1)
+    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "audio") and not r.ready[0].timed_out
+
+
+def test_the_wait_ends_once_the_topic_is_read_past_the_utterance_or_has_no_backlog() -> None:
+    reader = Reader()
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
+    reader.backlog |= {("audio", 0), ("audio", 1)}
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    j.add("d", "v0", 0, "A", "text", "t0", "h", now=0.0, partition=1, ts=100.0)
+    assert ids(j.expire(now=5.0)) == []
+    reader.read_to[("audio", 0)] = 102.5  # read past 100 + 2 s: u0's audio would have come
+    reader.backlog.discard(("audio", 1))  # caught up: v0's audio is not coming
+    r = j.expire(now=5.3)
+    assert sorted(ids(r)) == ["u0", "v0"] and all(u.timed_out for u in r.ready)
+
+
+def test_a_held_utterance_waits_at_most_max_hold_s_and_without_record_times_not_at_all() -> None:
+    reader = Reader()
+    reader.backlog.add(("audio", 0))
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=10.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    j.add("c", "u1", 1, "A", "text", "t1", "h", now=0.0, partition=0)  # no record time: the wall clock
+    assert ids(j.expire(now=9.9)) == []  # u1 is held back behind u0 (seq order)
+    assert ids(j.expire(now=10.2)) == ["u0", "u1"]  # looked at again every 0.25 s
+
+
+def test_a_calls_end_waits_for_its_parts_on_topics_read_behind() -> None:
+    reader = Reader()
+    reader.backlog.add(("text", 0))
+    j = Joiner(wait_s=2.0, default_modalities=("text",), behind=reader.behind, max_hold_s=60.0)
+    j.call_ended("c", now=0.0, partition=0, ts=200.0)  # 'ended' read before the call's last text
+    assert j.expire(now=5.0).ended_calls == []
+    r = j.add("c", "u9", 9, "A", "text", "t9", "h", now=6.0, partition=0, ts=199.0)
+    assert ids(r) == ["u9"]
+    reader.read_to[("text", 0)] = 203.0
+    assert j.expire(now=6.5).ended_calls == ["c"]

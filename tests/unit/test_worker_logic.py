@@ -719,3 +719,31 @@ def test_a_replay_joins_the_same_parts_as_the_first_labelling() -> None:
         assert {"ack t0", "ack a0"} <= set(log2)
 
     asyncio.run(scenario())
+
+
+def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
+    """The worker reads u0's text (sent at t=1000) while its audio topic still has 50 unread
+    messages: past wait_s it waits; once it reads the audio, u0 is labelled with both."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: 50 if topic == t.audio else 1
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "older", 0), Handle(log, "a-old"), timestamp=990.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 1), Handle(log, "t0"), timestamp=1000.0)
+        assert w.behind("audio", 0, 1000.2) and not w.behind("text", 0, 1000.2)
+        clock.now += 5.0  # far past wait_s
+        await w.tick()
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["older"]  # u0 held, not labelled on text alone
+        await w.on_message(t.audio, 0, 1, b"c", audio("c", "u0", 1), Handle(log, "a0"), timestamp=1000.1)
+        await w.tick()
+        await w.pump()
+        got = {e.utterance_id: e for e in events(sent)}
+        assert got["u0"].modalities_present == ["text", "audio"]
+        w.highwater = lambda topic, partition: None  # end offsets unknown: the wall clock alone decides
+        assert not w.behind("audio", 0, 5000.0)
+
+    asyncio.run(scenario())
