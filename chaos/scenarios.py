@@ -137,12 +137,16 @@ class Run:
             return judge(name, self.want, events, None, note + "; no event after a fault")
         recovery = max((g - f for g, f in zip(gaps, self.faults, strict=True) if g is not None), default=None)
         pause = max((b - a for a, b in zip(produced, produced[1:], strict=False)), default=0.0)
-        first: dict[tuple[str, str], Any] = {}  # every utterance sent has text and audio: how many were labelled on both
+        first: dict[
+            tuple[str, str], Any
+        ] = {}  # every utterance sent has text and audio: how many were labelled on both
         for e in events:
             if e.revision == 0 and (e.call_id, e.utterance_id) in self.want:
                 first.setdefault((e.call_id, e.utterance_id), e)
         both = sum(1 for e in first.values() if "audio" in e.modalities_present) / max(1, len(first))
         note = f"{note}; longest pause between events {pause:.1f} s; labelled with their audio {both:.0%}"
+        if both < MIN_WITH_AUDIO:  # a backlog must not cost the utterances their audio
+            self.failures.append(f"only {both:.0%} of utterances labelled with their audio")
         verdict = judge(name, self.want, events, recovery, note)
         verdict.failures = self.failures
         return verdict
@@ -403,6 +407,7 @@ class _Load:
         return _metric(w.metrics(), "emostream_utterances_processed_total")
 
 
+MIN_WITH_AUDIO = 0.95  # every scenario's utterances carry text and audio: this share at least is labelled on both
 MEMORY_SLACK = 0.15  # the overload scenario's bound on memory growth, relative to the RSS at its start
 
 
