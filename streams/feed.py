@@ -149,6 +149,7 @@ def make_producer(settings: Settings) -> Any:
         return KafkaProducer(
             **kafka_python_options(settings),
             acks="all",
+            enable_idempotence=True,  # a retry after a lost response does not write twice (chaos.producer)
             linger_ms=5,
             max_request_size=settings.limits.max_message_bytes,
             max_block_ms=15_000,
