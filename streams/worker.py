@@ -219,6 +219,7 @@ class Worker:
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))
             self.metrics.evicted_calls.set(self.joiner.evicted_calls)
+            self.metrics.held_utterances.set(self.joiner.held_utterances)
 
     async def pump(self) -> None:
         """Expire joins, then process every batch that is due and close ended calls."""
