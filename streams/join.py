@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES = ("text", "audio", "video")
+RECHECK_S = 0.25  # how often a held utterance or call end is looked at again
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Utterance:
     partition: int = -1  # the input partition of its call (all its parts share it)
     first_ts: float | None = None  # the record time (producer clock, s) of its first part
     held: bool = False  # waited past wait_s for a part of a topic read behind
+    recheck_at: float | None = None  # while held: when the heap looks at it again
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -179,14 +181,12 @@ class Joiner:
                 continue  # closed or forgotten since
             if not utterance_id:
                 if call.ends_at == deadline and self._hold_end(call, now):
-                    call.ends_at = now + min(0.25, self.wait_s)
+                    call.ends_at = now + RECHECK_S  # never 'now': the loop above would spin
                     self._push(call.ends_at, call_id, "")
                 elif call.ends_at == deadline:
                     result.extend(self._close(call_id, now))
             elif utterance_id in call.pending:
                 result.extend(self._release(call_id, now))
-                if utterance_id in call.pending and call.pending[utterance_id].held:
-                    self._push(now + min(0.25, self.wait_s), call_id, utterance_id)  # look again soon
         while self._calls:
             call_id, call = next(iter(self._calls.items()))
             if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
@@ -293,6 +293,9 @@ class Joiner:
             if not utt.held:
                 utt.held = True
                 self.held_utterances += 1
+            if utt.recheck_at is None or utt.recheck_at <= now:  # whichever path held it, look again
+                utt.recheck_at = now + RECHECK_S
+                self._push(utt.recheck_at, utt.call_id, utt.utterance_id)
             return True
         return False
 

@@ -52,6 +52,7 @@ from streams.validate import to_payload
 
 log = logging.getLogger("emostream.worker")
 _MAX_KEY_CHARS = 256
+NOTHING_READ_GRACE_S = 5.0  # see Worker.behind
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Worker:
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         self.read: dict[tuple[str, int], tuple[float, int]] = {}  # (topic, partition) -> (max record time, offset)
+        self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -140,9 +142,7 @@ class Worker:
         effects are published. Never raises (but for cancellation): a message it cannot use is
         dead-lettered and acked."""
         self.metrics.messages_in.labels(topic).inc()
-        if timestamp is not None:
-            seen = self.read.get((topic, partition), (float("-inf"), -1))
-            self.read[(topic, partition)] = (max(seen[0], timestamp), max(seen[1], offset))
+        self.assigned_at.setdefault(partition, self.clock())
         receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
         await self._backpressure()
         msg: Any = None
@@ -158,16 +158,19 @@ class Worker:
                     payload = to_payload(msg, self.processor.dims, self.settings.limits)
         except InvalidMessage as exc:
             await self._reject(exc, receipt, key, value, msg)
+            self._mark_read(topic, partition, offset, timestamp)
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
             log.exception("parsing %s[%d]@%d failed", topic, partition, offset)
             await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value, msg)
+            self._mark_read(topic, partition, offset, timestamp)
             return
         declared = await self._declaration(msg)
         async with self.lock:
             if not receipt.lease.valid:
                 return  # its partition was revoked meanwhile: the next owner reads it again
             now = self.clock()
+            self._mark_read(topic, partition, offset, timestamp)  # joined (or controlling) from now on
             if isinstance(msg, CallControl):
                 self._control(msg, receipt, now, timestamp)
                 return
@@ -236,13 +239,28 @@ class Worker:
                 log.exception("pump failed")
             await asyncio.sleep(interval)
 
+    def _mark_read(self, topic: str, partition: int, offset: int, timestamp: float | None) -> None:
+        """A message is done with (joined, controlling or dead-lettered): the partition is read past it."""
+        if timestamp is not None:
+            seen = self.read.get((topic, partition), (float("-inf"), -1))
+            self.read[(topic, partition)] = (max(seen[0], timestamp), max(seen[1], offset))
+
     def behind(self, modality: str, partition: int, until: float) -> bool:
         """Whether ``modality``'s input partition has been read only up to before record time
-        ``until`` and still has messages to read (a backlog: its part may be among them)."""
+        ``until`` and still has messages to read (a backlog: its part may be among them).
+
+        A partition nothing has been read from since this worker got it counts as behind only for
+        ``NOTHING_READ_GRACE_S`` (the consumer fetches every partition it has, so a backlog shows
+        within that; past it, its messages are older ones, already committed). Near the
+        open-utterance cap nothing is behind: holding more would stop the reading (backpressure)
+        that could bring the parts."""
         topic = self.topic_of.get(modality)
-        if topic is None:
+        if topic is None or self.joiner.open_utterances >= 0.8 * self.settings.join.max_open_utterances:
             return False
-        ts, offset = self.read.get((topic, partition), (float("-inf"), -1))
+        seen = self.read.get((topic, partition))
+        if seen is None:
+            return self.clock() - self.assigned_at.get(partition, self.clock()) < NOTHING_READ_GRACE_S
+        ts, offset = seen
         if ts >= until:
             return False
         end = self.highwater(topic, partition)
@@ -260,6 +278,7 @@ class Worker:
             self.queue = [u for u in self.queue if u.partition not in partitions]
             pending = self.joiner.forget(partitions, queued)
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
+            self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:

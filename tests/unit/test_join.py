@@ -195,3 +195,30 @@ def test_a_calls_end_waits_for_its_parts_on_topics_read_behind() -> None:
     assert ids(r) == ["u9"]
     reader.read_to[("text", 0)] = 203.0
     assert j.expire(now=6.5).ended_calls == ["c"]
+
+
+def test_a_later_utterance_held_after_an_earlier_one_left_is_looked_at_again() -> None:
+    """u0 and u1 both wait for audio read behind; u0's audio comes and releases it; u1, whose own
+    deadline passed while u0 held it back, is held with a re-check of its own, not forgotten."""
+    reader = Reader()
+    reader.backlog.add(("audio", 0))
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    j.add("c", "u1", 1, "A", "text", "t1", "h", now=0.0, partition=0, ts=100.5)
+    assert ids(j.expire(now=2.0)) == []
+    assert ids(j.add("c", "u0", 0, "A", "audio", "a0", "h", now=3.0, partition=0, ts=100.1)) == ["u0"]
+    assert j.next_deadline() is not None  # u1 has a re-check
+    reader.backlog.clear()  # caught up: u1's audio is not coming
+    assert ids(j.expire(now=3.5)) == ["u1"] and j.open_utterances == 0
+
+
+def test_holding_with_wait_s_zero_does_not_spin() -> None:
+    reader = Reader()
+    reader.backlog.add(("audio", 0))
+    j = Joiner(wait_s=0.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    j.call_ended("c", now=0.0, partition=0, ts=100.0)
+    assert ids(j.expire(now=1.0)) == []  # returns: re-checks are due later, never 'now'
+    reader.backlog.clear()
+    r = j.expire(now=1.3)
+    assert ids(r) == ["u0"] and r.ended_calls == ["c"]

@@ -748,3 +748,22 @@ def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
         assert not w.behind("audio", 0, 5000.0)
 
     asyncio.run(scenario())
+
+
+def test_a_partition_never_read_is_behind_only_briefly_and_nothing_is_behind_near_the_cap() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_open_utterances=2)
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: 500  # older, committed messages: nothing new to read
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
+        assert w.behind("audio", 0, 1002.0)  # nothing read yet: a backlog may still show
+        clock.now += 6.0
+        assert not w.behind("audio", 0, 1002.0)  # none showed: not behind
+        w.assigned_at.clear()
+        assert w.behind("audio", 1, 1002.0)
+        await w.on_message(t.text, 1, 0, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=1000.0)
+        assert w.joiner.open_utterances == 2 and not w.behind("audio", 1, 1002.0)  # at the cap: no holding
+
+    asyncio.run(scenario())
