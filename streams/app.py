@@ -19,8 +19,6 @@ from streams.settings import Settings
 
 log = logging.getLogger("emostream.app")
 
-ALIGN_INTERVAL_S = 0.5  # how often partitions read ahead are paused or resumed
-
 
 def create_app(settings: Settings, worker_factory: Any) -> Any:
     """A Faust app with one agent over all input topics and a timer; ``worker_factory()`` is
@@ -73,13 +71,6 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         log.info("worker ready")
         await worker.run()  # the pump: batches through the engine, one at a time
 
-    paused: set[Any] = set()
-
-    @app.timer(ALIGN_INTERVAL_S)
-    async def _align() -> None:
-        if ready.is_set():
-            _pause_ahead(app, state["worker"], paused)
-
     @app.agent(source, concurrency=1)
     async def ingest(stream: Any) -> None:
         await ready.wait()
@@ -114,25 +105,6 @@ def _idempotent_producer(app: Any) -> None:
             return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
     app.transport.Producer = IdempotentProducer  # per app: the transport makes the producer from it
-
-
-def _pause_ahead(app: Any, worker: Any, paused: set[Any]) -> None:
-    """Pause the input partitions read too far ahead of a backlogged one (:meth:`Worker.ahead`)
-    and resume those that are not any more; ``paused`` is what this function paused before."""
-    from faust.types import TP
-
-    assigned = app.consumer.assignment()
-    want = {TP(topic, partition) for topic, partition in worker.ahead()} & assigned
-    paused &= assigned  # a rebalance took the others (Faust forgets their pause itself)
-    if want - paused:
-        app.consumer.pause_partitions(want - paused)
-        log.info("paused %s: read ahead of a backlog", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in want - paused))
-    if paused - want:
-        app.consumer.resume_partitions(paused - want)
-        log.info("resumed %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in paused - want))
-    paused.clear()
-    paused.update(want)
-    worker.metrics.paused_partitions.set(len(want))
 
 
 def _highwater(app: Any, topic: str, partition: int) -> int | None:

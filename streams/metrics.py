@@ -73,11 +73,6 @@ class Metrics:
             "Utterances (since start) that waited past join.wait_s for a part of a topic read behind (a backlog)",
             registry=r,
         )
-        self.paused_partitions = Gauge(
-            "emostream_paused_partitions",
-            "Input partitions paused because they were read more than join.max_skew_s ahead of a backlogged one",
-            registry=r,
-        )
         self.evicted_calls = Gauge(
             "emostream_evicted_calls", "Idle calls forgotten because join.max_open_calls was reached", registry=r
         )

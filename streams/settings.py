@@ -90,12 +90,6 @@ class JoinSettings(_Section):
         description="while the topic of a missing part is read behind the utterance's record time (a backlog), "
         "wait for that part up to this long past wait_s",
     )
-    max_skew_s: float = Field(
-        10.0,
-        ge=0,
-        description="an input partition read this far (record time) ahead of a partition of the same number on "
-        "another input topic that still has a backlog is paused until that one catches up; 0: never paused",
-    )
     max_open_calls: int = Field(
         50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
     )

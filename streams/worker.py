@@ -266,36 +266,6 @@ class Worker:
         end = self.highwater(topic, partition)
         return end is not None and offset + 1 < end
 
-    def ahead(self) -> set[tuple[str, int]]:
-        """The input partitions (topic, partition) to pause now: read more than ``join.max_skew_s``
-        (record time) ahead of a partition of the same number on another input topic that still has
-        messages to read.
-
-        The consumer reads topics of small messages (text) far faster than topics of large ones
-        (audio): after an outage, under overload or among a flood of bad messages, the text of an
-        utterance would be read minutes before its audio, and holding the join (:meth:`behind`) for
-        that long costs memory or, past ``join.max_hold_s``, the audio. Pausing the partitions ahead
-        lets the one behind catch up (the way Kafka Streams picks the record with the oldest
-        time). The partition furthest behind is never paused, so reading always goes on."""
-        skew = self.settings.join.max_skew_s
-        if skew <= 0:
-            return set()
-        by_partition: dict[int, dict[str, float]] = {}
-        for (topic, partition), (ts, _) in self.read.items():
-            by_partition.setdefault(partition, {})[topic] = ts
-        paused: set[tuple[str, int]] = set()
-        for partition, times in by_partition.items():
-            backlog = [ts for topic, ts in times.items() if self._has_backlog(topic, partition)]
-            if backlog:
-                floor = min(backlog)
-                paused.update((topic, partition) for topic, ts in times.items() if ts > floor + skew)
-        return paused
-
-    def _has_backlog(self, topic: str, partition: int) -> bool:
-        seen = self.read.get((topic, partition))
-        end = self.highwater(topic, partition)
-        return seen is not None and end is not None and seen[1] + 1 < end
-
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
         the batch in the engine, if any (seconds), so nothing of theirs is published afterwards."""

@@ -767,35 +767,3 @@ def test_a_partition_never_read_is_behind_only_briefly_and_nothing_is_behind_nea
         assert w.joiner.open_utterances == 2 and not w.behind("audio", 1, 1002.0)  # at the cap: no holding
 
     asyncio.run(scenario())
-
-
-def test_a_partition_read_ahead_of_a_backlog_is_paused_until_the_backlog_catches_up() -> None:
-    """Text read 30 s (record time) past an audio partition that still has messages: the text
-    partition is paused, the audio one (furthest behind) never; caught up, nothing is paused."""
-
-    async def scenario(max_skew_s: float) -> tuple[Worker, Any, dict[str, int], list[str]]:
-        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_skew_s=max_skew_s)
-        t = w.settings.kafka.topics
-        ends = {t.audio: 50, t.text: 2}
-        w.highwater = lambda topic, partition: ends.get(topic)
-        await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"), timestamp=1000.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
-        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=1030.0)
-        await w.on_message(t.text, 1, 0, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=1030.0)
-        return w, t, ends, log
-
-    async def catching_up(w: Worker, t: Any, ends: dict[str, int], log: list[str]) -> None:
-        await w.on_message(t.audio, 0, 1, b"c", audio("c", "u1", 1), Handle(log, "a1"), timestamp=1025.0)
-        assert w.ahead() == set()  # 5 s apart now
-        await w.on_message(t.audio, 0, 2, b"c", audio("c", "u2", 2), Handle(log, "a2"), timestamp=1100.0)
-        assert w.ahead() == set()  # audio ahead of text, but text has no backlog: nothing to wait for
-        ends[t.text] = 10
-        assert w.ahead() == {(t.audio, 0)}  # now text has one: audio waits for it
-
-    w, t, ends, log = asyncio.run(scenario(10.0))
-    assert w.ahead() == {(t.text, 0)}  # partition 1 has read no audio: no backlog known, not paused
-    asyncio.run(catching_up(w, t, ends, log))
-    w, t, ends, log = asyncio.run(scenario(60.0))
-    assert w.ahead() == set()  # within the allowed skew
-    w, t, ends, log = asyncio.run(scenario(0.0))
-    assert w.ahead() == set()  # 0: never paused
