@@ -254,15 +254,24 @@ def fuzz(services: LocalServices, size: Size, workdir: Path) -> Verdict:
         t = run.settings.kafka.topics
         topics = [t.text, t.audio, t.video, t.control]
         rnd = random.Random(7)
-        for i in range(size.fuzz):
-            producer.send(rnd.choice(topics), key=f"fuzz-{i % 97}".encode(), value=hostile(rnd, i))
-            if i % 200 == 0:
+        sent = 0
+
+        def send(value: bytes) -> None:
+            nonlocal sent
+            producer.send(rnd.choice(topics), key=f"fuzz-{sent % 97}".encode(), value=value)
+            sent += 1
+            if sent % 200 == 0:
                 producer.flush()
                 time.sleep(0.05)
+
+        crafted = size.fuzz // 2
+        for i in range(crafted):
+            send(hostile(rnd, i))
+        drawn = drawn_messages(size.fuzz - crafted, send)
         producer.flush()
         producer.close()
         assert w.proc is not None and w.proc.poll() is None, "the worker died of a fuzzed message"
-        return f"{size.fuzz} fuzzed messages"
+        return f"{sent} fuzzed messages ({crafted} crafted, {drawn} drawn by hypothesis)"
 
     return _scenario(body, "fuzzed messages", services, size, workdir)
 
@@ -425,6 +434,49 @@ SCENARIOS: dict[str, Callable[[LocalServices, Size, Path], Verdict]] = {
     "overload": overload,
     "fuzz": fuzz,
 }
+
+
+def drawn_messages(n: int, send: Callable[[bytes], None]) -> int:
+    """Property-based fuzzing: ``n`` messages drawn by hypothesis (a fixed seed), each passed to
+    ``send``: arbitrary bytes, arbitrary JSON, and JSON objects over the input schemas' field
+    names with arbitrary values (nested JSON, any Unicode, huge and non-finite numbers). The call
+    id is always a ``fuzz-*`` one, so no draw is a part of a chaos call. Returns how many were sent."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+
+    leaves = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(min_value=-(10**60), max_value=10**60)
+        | st.floats()
+        | st.text(max_size=40)
+        | st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode())
+    )
+    values = st.recursive(
+        leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=12,
+    )  # fmt: skip
+    fields = st.sampled_from(["schema_version", "utterance_id", "seq", "text", "embedding", "speaker", "kind",
+                              "sent_at", "encoding", "sample_rate", "data", "features", "event",
+                              "modalities"])  # fmt: skip
+    objects = st.dictionaries(fields, values, max_size=8).map(
+        lambda d: json.dumps({"schema_version": 1, **d, "call_id": f"fuzz-{len(d)}"}, allow_nan=True).encode()
+    )
+    messages = st.one_of(st.binary(max_size=400), values.map(lambda v: json.dumps(v).encode()), objects, objects)
+    count = 0
+
+    @settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(messages)
+    def draw(value: bytes) -> None:
+        nonlocal count
+        if count < n:
+            send(value)
+            count += 1
+
+    draw()
+    return count
 
 
 def hostile(rnd: random.Random, i: int) -> bytes:

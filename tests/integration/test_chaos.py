@@ -3,7 +3,10 @@ nothing and never give one event_id two contents. (``make chaos`` runs every sce
 size on services of its own; the broker and Redis outages have their own tests in
 test_outages.py, the rebalance in test_rebalance.py.) The cluster scenario starts a three-broker
 KRaft cluster of its own beside the suite's Redis; the overload scenario fails if the worker's
-memory grows by more than chaos.scenarios.MEMORY_SLACK under three times its capacity."""
+memory grows by more than chaos.scenarios.MEMORY_SLACK under three times its capacity. Every
+scenario fails when fewer than chaos.scenarios.MIN_WITH_AUDIO (95 %) of its utterances are
+labelled with their audio (a backlog read text-first must not cost the audio). Half the fuzzed
+messages are drawn by hypothesis."""
 
 from __future__ import annotations
 
@@ -21,3 +24,4 @@ def test_short_scenario_holds(services, tmp_path, name: str) -> None:  # type: i
     print("\n" + table([verdict]))
     assert verdict.lost == 0 and verdict.conflicting == 0, (table([verdict]), verdict.examples)
     assert verdict.events >= verdict.utterances
+    assert verdict.ok, table([verdict])  # the scenario's own checks: audio share, memory, load reached

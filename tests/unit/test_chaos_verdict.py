@@ -6,7 +6,7 @@ import random
 import time
 from typing import Any
 
-from chaos.scenarios import SHORT, hostile, make_calls
+from chaos.scenarios import SHORT, drawn_messages, hostile, make_calls
 from chaos.verdict import conflicts, judge
 from streams.errors import InvalidMessage
 from streams.schemas import EmotionEvent, parse_input
@@ -49,6 +49,22 @@ def test_fuzzed_messages_are_never_valid_chaos_utterances() -> None:
             except InvalidMessage:
                 continue
             assert msg.call_id.startswith("fuzz-")  # valid ones (silence, noise) belong to fuzz calls
+
+
+def test_drawn_messages_are_as_many_as_asked_and_never_valid_chaos_utterances() -> None:
+    drawn: list[bytes] = []
+    assert drawn_messages(150, drawn.append) == 150 and len(drawn) == 150
+    again: list[bytes] = []
+    drawn_messages(150, again.append)
+    assert again == drawn  # a fixed seed: a failing run can be replayed
+    assert len(set(drawn)) > 100  # distinct draws, not one message repeated
+    for raw in drawn:
+        for kind in ("text", "audio", "video", "control"):
+            try:
+                msg = parse_input(kind, raw, 1 << 20)
+            except InvalidMessage:
+                continue
+            assert msg.call_id.startswith("fuzz-")
 
 
 def test_synthetic_calls_have_the_asked_size_and_both_modalities() -> None:
