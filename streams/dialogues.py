@@ -13,8 +13,10 @@ JSONL format (one utterance per line; blank lines and lines starting with ``#`` 
 Required: ``call_id``, ``utterance_id`` (ids: letters, digits and ``._:@/-``), ``seq`` (int >= 0,
 unique within its call) and ``speaker`` (same characters as ids). Optional: ``text``;
 ``audio_path`` (relative to the JSONL file's folder, ``.flac`` or ``.wav``; converted to 16 kHz
-mono, WAV to FLAC or PCM as asked) or ``audio_b64`` with ``audio_encoding`` (``flac`` or
-``pcm_s16le``, 16 kHz mono); ``audio_features`` and ``video_features`` (lists of numbers);
+mono, WAV to FLAC or PCM as asked) or ``audio_b64`` with ``audio_encoding`` (``flac``, ``wav``,
+``pcm_s16le``, or G.711 ``pcm_mulaw``/``pcm_alaw``; sent as it is) and, for ``pcm_s16le`` other
+than 16 kHz, ``audio_sample_rate`` (8-48 kHz; G.711 is 8 kHz; FLAC and WAV carry their own);
+``audio_features`` and ``video_features`` (lists of numbers);
 ``start_s``/``end_s`` (seconds from the call's start); ``label`` (an emotion, for scoring). Each
 line needs at least one of text, audio, audio_features or video_features. Calls keep the order in
 which they first appear; utterances are sorted by ``seq``. A bad line raises
@@ -43,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from streams.errors import ConfigError
 from streams.schemas import Id, Modality
 
-AudioEncoding = Literal["flac", "pcm_s16le"]
+AudioEncoding = Literal["flac", "pcm_s16le"]  # what audio files are converted to
+InlineEncoding = Literal["flac", "wav", "pcm_s16le", "pcm_mulaw", "pcm_alaw"]  # what audio_b64 may carry
 SAMPLE_RATE = 16000
 _MODALITIES: tuple[Modality, ...] = ("text", "audio", "video")
 EMOTIONS = ("neutral", "joy", "anger", "fear", "sadness", "surprise", "disgust")
@@ -75,13 +78,14 @@ class Utterance:
     speaker: str = "unknown"
     text: str | None = None
     audio: bytes | None = None
-    audio_encoding: AudioEncoding | None = None
+    audio_encoding: InlineEncoding | None = None
     audio_features: tuple[float, ...] | None = None
     video_features: tuple[float, ...] | None = None
     start_s: float | None = None
     end_s: float | None = None
     label: str | None = None
     audio_source: str | None = None  # where the audio came from, e.g. "ravdess:Actor_03/...flac"
+    audio_rate: int | None = None  # pcm_s16le's sample rate when not 16 kHz (None: the encoding's default)
 
     def modalities(self) -> list[Modality]:
         present: dict[Modality, bool] = {"text": self.text is not None, "video": self.video_features is not None}
@@ -205,7 +209,8 @@ class _Line(BaseModel):
     text: str | None = None
     audio_path: str | None = None
     audio_b64: str | None = None
-    audio_encoding: AudioEncoding | None = None
+    audio_encoding: InlineEncoding | None = None
+    audio_sample_rate: int | None = None
     audio_features: list[float] | None = None
     video_features: list[float] | None = None
     start_s: float | None = Field(None, ge=0)
@@ -217,7 +222,18 @@ class _Line(BaseModel):
         if self.audio_path is not None and self.audio_b64 is not None:
             raise ValueError("give 'audio_path' or 'audio_b64', not both")
         if self.audio_b64 is not None and self.audio_encoding is None:
-            raise ValueError("'audio_b64' needs 'audio_encoding' ('flac' or 'pcm_s16le')")
+            raise ValueError("'audio_b64' needs 'audio_encoding' (flac, wav, pcm_s16le, pcm_mulaw or pcm_alaw)")
+        if self.audio_sample_rate is not None:
+            from engines.features.codecs import RATES
+
+            if self.audio_b64 is None or self.audio_encoding in ("flac", "wav"):
+                raise ValueError(
+                    "'audio_sample_rate' is for audio_b64 in pcm_s16le or G.711 (FLAC and WAV carry theirs)"
+                )
+            if self.audio_encoding in ("pcm_mulaw", "pcm_alaw") and self.audio_sample_rate != 8000:
+                raise ValueError(f"{self.audio_encoding} is 8000 Hz (G.711), not {self.audio_sample_rate}")
+            if self.audio_sample_rate not in RATES:
+                raise ValueError(f"audio_sample_rate {self.audio_sample_rate} Hz not supported; use one of {RATES}")
         if self.text is None and self.audio_path is None and self.audio_b64 is None:
             if self.audio_features is None and self.video_features is None:
                 raise ValueError("needs at least one of text, audio_path, audio_b64, audio/video_features")
@@ -263,7 +279,7 @@ def _summary(exc: ValidationError) -> str:
 
 def _utterance(line: _Line, folder: Path, wav_encoding: AudioEncoding) -> Utterance:
     audio: bytes | None = None
-    encoding: AudioEncoding | None = None
+    encoding: InlineEncoding | None = None
     if line.audio_path is not None:
         audio, encoding = load_audio_file(folder / line.audio_path, wav_encoding)
     elif line.audio_b64 is not None:
@@ -278,7 +294,7 @@ def _utterance(line: _Line, folder: Path, wav_encoding: AudioEncoding) -> Uttera
         audio_features=None if line.audio_features is None else tuple(line.audio_features),
         video_features=None if line.video_features is None else tuple(line.video_features),
         start_s=line.start_s, end_s=line.end_s, label=line.label,
-        audio_source=line.audio_path,
+        audio_source=line.audio_path, audio_rate=line.audio_sample_rate,
     )  # fmt: skip
 
 
@@ -290,7 +306,7 @@ def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> None:
                 obj = {
                     "call_id": u.call_id, "utterance_id": u.utterance_id, "seq": u.seq,
                     "speaker": u.speaker, "text": u.text, "start_s": u.start_s, "end_s": u.end_s,
-                    "label": u.label, "audio_encoding": u.audio_encoding,
+                    "label": u.label, "audio_encoding": u.audio_encoding, "audio_sample_rate": u.audio_rate,
                     "audio_b64": None if u.audio is None else base64.b64encode(u.audio).decode(),
                     "audio_features": None if u.audio_features is None else list(u.audio_features),
                     "video_features": None if u.video_features is None else list(u.video_features),

@@ -128,9 +128,9 @@ def part_message(
     if modality == "text" and u.text is not None:
         return topics.text, TextPart(text=u.text, **common).to_bytes()
     if modality == "audio" and u.audio is not None:
-        audio, encoding, rate = u.audio, str(u.audio_encoding or "flac"), None
+        audio, encoding, rate = u.audio, str(u.audio_encoding or "flac"), u.audio_rate
         if audio_as is not None:
-            audio, rate = transcode(audio, encoding, *audio_as)
+            audio, rate = transcode(audio, encoding, *audio_as, rate=rate)
             encoding = audio_as[0]
         data = base64.b64encode(audio).decode()
         return topics.audio, AudioPart(encoding=encoding, sample_rate=rate, data=data, **common).to_bytes()

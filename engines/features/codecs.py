@@ -172,11 +172,14 @@ def encode_audio(wave: np.ndarray, rate_in: int, encoding: str, rate_out: int | 
     return buf.getvalue()
 
 
-def transcode(data: bytes, encoding: str, to_encoding: str, to_rate: int | None = None) -> tuple[bytes, int | None]:
-    """Audio bytes in one encoding -> (bytes, the rate a message must declare) in another, through
-    16 kHz: G.711 is 8 kHz, pcm_s16le at ``to_rate`` (16 kHz if None), containers carry their rate
-    (``to_rate``, 16 kHz if None) in their header and declare None."""
-    out = encode_audio(decode_audio(data, encoding), SAMPLE_RATE, to_encoding, to_rate)
+def transcode(
+    data: bytes, encoding: str, to_encoding: str, to_rate: int | None = None, rate: int | None = None
+) -> tuple[bytes, int | None]:
+    """Audio bytes in one encoding (pcm_s16le at ``rate``, 16 kHz if None) -> (bytes, the rate a
+    message must declare) in another, through 16 kHz: G.711 is 8 kHz, pcm_s16le at ``to_rate``
+    (16 kHz if None), containers carry their rate (``to_rate``, 16 kHz if None) in their header
+    and declare None."""
+    out = encode_audio(decode_audio(data, encoding, rate), SAMPLE_RATE, to_encoding, to_rate)
     if to_encoding in CONTAINERS:
         return out, None
     return out, _declared_rate(to_encoding, to_rate)

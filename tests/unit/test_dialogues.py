@@ -148,6 +148,14 @@ def test_jsonl_groups_calls_sorts_by_seq_and_loads_wav(tmp_path: Path) -> None:
         ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "audio_b64": "AAAA"}, "audio_encoding"),
         ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "audio_b64": "!!",
           "audio_encoding": "flac"}, "not base64"),
+        ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "audio_b64": "AAAA",
+          "audio_encoding": "pcm_mulaw", "audio_sample_rate": 16000}, "8000 Hz (G.711)"),
+        ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "audio_b64": "AAAA",
+          "audio_encoding": "pcm_s16le", "audio_sample_rate": 12345}, "not supported"),
+        ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "audio_b64": "AAAA",
+          "audio_encoding": "flac", "audio_sample_rate": 8000}, "carry theirs"),
+        ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "text": "x",
+          "audio_sample_rate": 8000}, "audio_sample_rate"),
         ({"call_id": "c", "utterance_id": "u9", "seq": 0, "speaker": "a", "text": "dup"}, "seq 0 appears twice"),
         ({"call_id": "c", "utterance_id": "u", "seq": 5, "speaker": "a", "text": "dup"}, "utterance_id 'u' repeats"),
     ],
@@ -258,3 +266,35 @@ def test_synthesize_audio_gives_each_utterance_16k_flac_and_times(tmp_path: Path
         assert (tmp_path / call.call_id / f"{u.utterance_id}.flac").read_bytes() == u.audio
     assert ends == sorted(ends)
     assert base64.b64encode(out.utterances[0].audio or b"")  # sendable
+
+
+def test_jsonl_carries_telephone_audio_inline_and_feed_sends_it_as_it_is(tmp_path: Path) -> None:
+    """G.711 and 8 kHz PCM given inline reach the audio part unchanged, with the rate the worker
+    needs to decode them; written back, the JSONL keeps the rate."""
+    from engines.features.codecs import decode_audio, encode_audio
+    from streams.feed import part_message
+    from streams.schemas import parse_input
+    from streams.settings import Settings
+
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
+    mulaw, pcm8 = encode_audio(tone, 8000, "pcm_mulaw"), encode_audio(tone, 8000, "pcm_s16le", 8000)
+    path = _lines(
+        tmp_path / "calls.jsonl",
+        {"call_id": "c", "utterance_id": "u0", "seq": 0, "speaker": "a", "audio_encoding": "pcm_mulaw",
+         "audio_b64": base64.b64encode(mulaw).decode()},
+        {"call_id": "c", "utterance_id": "u1", "seq": 1, "speaker": "a", "audio_encoding": "pcm_s16le",
+         "audio_sample_rate": 8000, "audio_b64": base64.b64encode(pcm8).decode()},
+    )  # fmt: skip
+    (call,) = read_jsonl(path)
+    topics = Settings().kafka.topics
+    for u, encoding, rate in zip(call.utterances, ("pcm_mulaw", "pcm_s16le"), (None, 8000), strict=True):
+        message = part_message(u, "audio", topics)
+        assert message is not None
+        part = parse_input("audio", message[1], 1 << 22)
+        assert (part.encoding, part.sample_rate, base64.b64decode(part.data)) == (encoding, rate, u.audio)
+        wave = decode_audio(base64.b64decode(part.data), part.encoding, part.sample_rate)
+        assert len(wave) == 16000  # one second, resampled to 16 kHz
+        flac = part_message(u, "audio", topics, audio_as=("flac", None))  # --audio-encoding flac
+        assert flac is not None and parse_input("audio", flac[1], 1 << 22).encoding == "flac"
+    write_jsonl([call], tmp_path / "back.jsonl")
+    assert read_jsonl(tmp_path / "back.jsonl")[0].utterances[1].audio_rate == 8000
