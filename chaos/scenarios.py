@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -283,7 +284,8 @@ def cluster_leader(services: LocalServices, size: Size, workdir: Path) -> Verdic
     """A three-broker KRaft cluster (replication 3, min.insync.replicas 2) of its own, beside the
     given Redis: the broker leading most input partitions killed with -9 mid-stream, started again
     after ``size.kafka_outage_s``."""
-    cluster = LocalServices(workdir / "cluster", kafka_port=CLUSTER_PORT, redis_port=services.redis_port, kafka_nodes=3)
+    redis_port = urlparse(services.redis_url).port or 6379  # LocalServices, or the test suite's services
+    cluster = LocalServices(workdir / "cluster", kafka_port=CLUSTER_PORT, redis_port=redis_port, kafka_nodes=3)
     cluster.start_kafka()
 
     def body(run: Run) -> str:

@@ -12,7 +12,9 @@ reads a backlog, and it reads a topic of small messages (text) far ahead of one 
 predicate (the worker's: has it read that modality's partition up to record time ``t``, or to its
 end?) an utterance past ``wait_s`` keeps waiting while a missing part's topic has not yet been
 read up to the utterance's record time + ``wait_s`` and still has messages to read, for at most
-``max_hold_s``. Without record times or the predicate, the wall clock alone decides.
+``max_hold_s``. A held utterance takes only parts sent in time: one whose record time is more than
+``wait_s`` after the utterance's first part is late (acked, counted) and ends the wait, as it
+would have without the hold. Without record times or the predicate, the wall clock alone decides.
 
 Pure and synchronous: the caller passes the clock and opaque ``handle``s
 (the Kafka events to ack once the utterance's event is out).
@@ -50,6 +52,7 @@ class Utterance:
     first_ts: float | None = None  # the record time (producer clock, s) of its first part
     held: bool = False  # waited past wait_s for a part of a topic read behind
     recheck_at: float | None = None  # while held: when the heap looks at it again
+    held_out: bool = False  # a part sent after the wait reached it while held: wait no more
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -162,6 +165,12 @@ class Joiner:
             call.pending[utterance_id] = utt
             self._open += 1
             self._push(now + self.wait_s, call_id, utterance_id)
+        elif utt.held and ts is not None and utt.first_ts is not None and ts > utt.first_ts + self.wait_s:
+            # held for parts sent in time but read late; this one was sent after the wait: late
+            utt.held_out = True
+            result = JoinResult(ack_now=[handle], late_parts=1)
+            result.extend(self._release(call_id, now))
+            return result
         utt.handles.append(handle)
         if modality in utt.parts:
             return JoinResult(duplicate_parts=1)
@@ -286,7 +295,7 @@ class Joiner:
 
     def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float) -> bool:
         """Whether an utterance past ``wait_s`` should wait on for a part of a topic read behind."""
-        if self.behind is None or utt.first_ts is None or now - utt.first_at >= self.max_hold_s:
+        if self.behind is None or utt.first_ts is None or utt.held_out or now - utt.first_at >= self.max_hold_s:
             return False
         until = utt.first_ts + self.wait_s
         if any(self.behind(m, utt.partition, until) for m in expected if m not in utt.parts):

@@ -162,6 +162,22 @@ def test_a_part_on_a_topic_read_behind_is_waited_for_past_wait_s() -> None:
     assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "audio") and not r.ready[0].timed_out
 
 
+def test_a_held_utterance_takes_no_part_sent_after_its_wait() -> None:
+    """Held for audio read behind, u0 gets audio that was sent 3 s after its text (record time):
+    late, as it would have been without the hold; the utterance goes out on its text alone."""
+    reader = Reader()
+    j = Joiner(wait_s=1.5, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
+    reader.backlog.add(("audio", 0))
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    j.add("c", "u1", 1, "A", "text", "t1", "h", now=0.0, partition=0, ts=100.0)
+    assert ids(j.expire(now=2.0)) == []  # held
+    r = j.add("c", "u0", 0, "A", "audio", "a0", "late", now=2.5, partition=0, ts=103.0)
+    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text",) and r.ready[0].timed_out
+    assert r.late_parts == 1 and r.ack_now == ["late"]
+    r = j.add("c", "u1", 1, "A", "audio", "a1", "on time", now=2.6, partition=0, ts=101.0)
+    assert ids(r) == ["u1"] and r.ready[0].modalities == ("text", "audio")  # sent in time: joined
+
+
 def test_the_wait_ends_once_the_topic_is_read_past_the_utterance_or_has_no_backlog() -> None:
     reader = Reader()
     j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
