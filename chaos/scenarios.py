@@ -257,9 +257,9 @@ def fuzz(services: LocalServices, size: Size, workdir: Path) -> Verdict:
         rnd = random.Random(7)
         sent = 0
 
-        def send(value: bytes) -> None:
-            nonlocal sent
-            producer.send(rnd.choice(topics), key=f"fuzz-{sent % 97}".encode(), value=value)
+        def send(value: bytes, call_id: str | None = None) -> None:
+            nonlocal sent  # the key is the message's call id where it has one (else: dead-lettered as wrong_key)
+            producer.send(rnd.choice(topics), key=(call_id or f"fuzz-{sent % 97}").encode(), value=value)
             sent += 1
             if sent % 200 == 0:
                 producer.flush()
@@ -438,11 +438,13 @@ SCENARIOS: dict[str, Callable[[LocalServices, Size, Path], Verdict]] = {
 }
 
 
-def drawn_messages(n: int, send: Callable[[bytes], None]) -> int:
+def drawn_messages(n: int, send: Callable[[bytes, str], None]) -> int:
     """Property-based fuzzing: ``n`` messages drawn by hypothesis (a fixed seed), each passed to
     ``send``: arbitrary bytes, arbitrary JSON, and JSON objects over the input schemas' field
     names with arbitrary values (nested JSON, any Unicode, huge and non-finite numbers). The call
-    id is always a ``fuzz-*`` one, so no draw is a part of a chaos call. Returns how many were sent."""
+    id is always a ``fuzz-*`` one, so no draw is a part of a chaos call; ``send`` gets it too, for
+    the message key (objects keyed otherwise would stop at the key check, before decoding and the
+    join). Returns how many were sent."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import strategies as st
 
@@ -462,19 +464,20 @@ def drawn_messages(n: int, send: Callable[[bytes], None]) -> int:
     fields = st.sampled_from(["schema_version", "utterance_id", "seq", "text", "embedding", "speaker", "kind",
                               "sent_at", "encoding", "sample_rate", "data", "features", "event",
                               "modalities"])  # fmt: skip
-    objects = st.dictionaries(fields, values, max_size=8).map(
-        lambda d: json.dumps({"schema_version": 1, **d, "call_id": f"fuzz-{len(d)}"}, allow_nan=True).encode()
-    )
+    objects = st.dictionaries(fields, values, max_size=8).map(lambda d: {"schema_version": 1, **d})
     messages = st.one_of(st.binary(max_size=400), values.map(lambda v: json.dumps(v).encode()), objects, objects)
     count = 0
 
     @settings(max_examples=n, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(messages)
-    def draw(value: bytes) -> None:
+    def draw(value: bytes | dict[str, Any]) -> None:
         nonlocal count
         if count < n:
-            send(value)
+            call_id = f"fuzz-{count % 97}"
+            if isinstance(value, dict):
+                value = json.dumps({**value, "call_id": call_id}, allow_nan=True).encode()
+            send(value, call_id)
             count += 1
 
     draw()

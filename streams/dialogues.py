@@ -3,7 +3,8 @@
 A :class:`Dialogue` is one call: its id and its :class:`Utterance` objects in ``seq`` order.
 Readers: :func:`read_meld_csv` (MELD's CSV, one call per Dialogue_ID), :func:`read_jsonl` (our own
 format, below); :func:`attach_ravdess` gives utterances real emotional speech from RAVDESS and
-:func:`synthesize_audio` speaks them with espeak-ng. All audio is 16 kHz mono, FLAC or PCM s16le.
+:func:`synthesize_audio` speaks them with espeak-ng. Audio from files and
+readers is 16 kHz mono FLAC (or PCM s16le); inline JSONL audio may also be WAV, G.711 or 8-48 kHz PCM.
 
 JSONL format (one utterance per line; blank lines and lines starting with ``#`` are skipped)::
 
@@ -403,7 +404,9 @@ def attach_ravdess(
             used.add(rel)
             if rel not in cache:
                 cache[rel] = (root / rel).read_bytes()
-            utterances.append(replace(u, audio=cache[rel], audio_encoding="flac", audio_source=f"ravdess:{rel}"))
+            utterances.append(
+                replace(u, audio=cache[rel], audio_encoding="flac", audio_rate=None, audio_source=f"ravdess:{rel}")
+            )
         out.append(replace(d, utterances=tuple(utterances)))
     return out
 
@@ -468,7 +471,15 @@ def synthesize_audio(
                     clock = end_s + gap_s
                 audio = flac.read_bytes()
                 utterances.append(
-                    replace(u, audio=audio, audio_encoding="flac", audio_source=str(flac), start_s=start_s, end_s=end_s)
+                    replace(
+                        u,
+                        audio=audio,
+                        audio_encoding="flac",
+                        audio_rate=None,
+                        audio_source=str(flac),
+                        start_s=start_s,
+                        end_s=end_s,
+                    )
                 )
             out.append(replace(d, utterances=tuple(utterances)))
     return out

@@ -12,9 +12,10 @@ reads a backlog, and it reads a topic of small messages (text) far ahead of one 
 predicate (the worker's: has it read that modality's partition up to record time ``t``, or to its
 end?) an utterance past ``wait_s`` keeps waiting while a missing part's topic has not yet been
 read up to the utterance's record time + ``wait_s`` and still has messages to read, for at most
-``max_hold_s``. A held utterance takes only parts sent in time: one whose record time is more than
-``wait_s`` after the utterance's first part is late (acked, counted) and ends the wait, as it
-would have without the hold. Without record times or the predicate, the wall clock alone decides.
+``max_hold_s``. An utterance past its wait takes only parts sent in time: one whose record time is
+more than ``wait_s`` after the utterance's first part is late (acked, counted), as it would have
+been had nothing held the utterance (the caller marks its topic read, which ends the hold).
+Without record times or the predicate, the wall clock alone decides.
 
 Pure and synchronous: the caller passes the clock and opaque ``handle``s
 (the Kafka events to ack once the utterance's event is out).
@@ -52,7 +53,6 @@ class Utterance:
     first_ts: float | None = None  # the record time (producer clock, s) of its first part
     held: bool = False  # waited past wait_s for a part of a topic read behind
     recheck_at: float | None = None  # while held: when the heap looks at it again
-    held_out: bool = False  # a part sent after the wait reached it while held: wait no more
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -62,7 +62,7 @@ class Utterance:
 @dataclass
 class JoinResult:
     ready: list[Utterance] = field(default_factory=list)
-    ack_now: list[Any] = field(default_factory=list)  # handles of parts that need no event (late duplicates)
+    ack_now: list[Any] = field(default_factory=list)  # handles of parts that need no event (late ones)
     late_parts: int = 0
     duplicate_parts: int = 0
     ended_calls: list[str] = field(default_factory=list)  # calls whose context can be released
@@ -165,9 +165,7 @@ class Joiner:
             call.pending[utterance_id] = utt
             self._open += 1
             self._push(now + self.wait_s, call_id, utterance_id)
-        elif utt.held and ts is not None and utt.first_ts is not None and ts > utt.first_ts + self.wait_s:
-            # held for parts sent in time but read late; this one was sent after the wait: late
-            utt.held_out = True
+        elif modality not in utt.parts and self._sent_late(utt, now, ts):
             result = JoinResult(ack_now=[handle], late_parts=1)
             result.extend(self._release(call_id, now))
             return result
@@ -179,6 +177,13 @@ class Joiner:
         if speaker != "unknown":
             utt.speaker = speaker
         return self._release(call_id, now)
+
+    def _sent_late(self, utt: Utterance, now: float, ts: float | None) -> bool:
+        """Whether a part reaching ``utt`` past its wait (held, or queued behind a held one) was
+        sent after that wait too: late, as it would have been had nothing held the utterance."""
+        if ts is None or utt.first_ts is None or now - utt.first_at < self.wait_s:
+            return False
+        return ts > utt.first_ts + self.wait_s
 
     def expire(self, now: float) -> JoinResult:
         """Release what is due (from the deadline heap) and forget calls idle for ``idle_s``."""
@@ -295,7 +300,7 @@ class Joiner:
 
     def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float) -> bool:
         """Whether an utterance past ``wait_s`` should wait on for a part of a topic read behind."""
-        if self.behind is None or utt.first_ts is None or utt.held_out or now - utt.first_at >= self.max_hold_s:
+        if self.behind is None or utt.first_ts is None or now - utt.first_at >= self.max_hold_s:
             return False
         until = utt.first_ts + self.wait_s
         if any(self.behind(m, utt.partition, until) for m in expected if m not in utt.parts):

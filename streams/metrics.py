@@ -29,7 +29,9 @@ class Metrics:
             registry=r,
         )
         self.late_parts = Counter(
-            "emostream_late_parts_total", "Parts that arrived after their utterance was labelled", registry=r
+            "emostream_late_parts_total",
+            "Parts that arrived after their utterance was labelled, or past its wait and sent after it (record time)",
+            registry=r,
         )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
         self.batch_size = Histogram(

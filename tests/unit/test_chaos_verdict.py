@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Any
@@ -51,20 +52,30 @@ def test_fuzzed_messages_are_never_valid_chaos_utterances() -> None:
             assert msg.call_id.startswith("fuzz-")  # valid ones (silence, noise) belong to fuzz calls
 
 
-def test_drawn_messages_are_as_many_as_asked_and_never_valid_chaos_utterances() -> None:
-    drawn: list[bytes] = []
-    assert drawn_messages(150, drawn.append) == 150 and len(drawn) == 150
-    again: list[bytes] = []
-    drawn_messages(150, again.append)
+def test_drawn_messages_are_as_many_as_asked_keyed_by_their_call_and_never_valid_chaos_utterances() -> None:
+    drawn: list[tuple[bytes, str]] = []
+    assert drawn_messages(150, lambda value, key: drawn.append((value, key))) == 150 and len(drawn) == 150
+    again: list[tuple[bytes, str]] = []
+    drawn_messages(150, lambda value, key: again.append((value, key)))
     assert again == drawn  # a fixed seed: a failing run can be replayed
-    assert len(set(drawn)) > 100  # distinct draws, not one message repeated
-    for raw in drawn:
+    assert len({value for value, _ in drawn}) > 100  # distinct draws, not one message repeated
+    keyed = 0
+    for raw, key in drawn:
+        assert key.startswith("fuzz-")
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "call_id" in obj:
+            assert obj["call_id"] == key  # objects get past the key check, to decoding and the join
+            keyed += 1
         for kind in ("text", "audio", "video", "control"):
             try:
                 msg = parse_input(kind, raw, 1 << 20)
             except InvalidMessage:
                 continue
             assert msg.call_id.startswith("fuzz-")
+    assert keyed > 30
 
 
 def test_synthetic_calls_have_the_asked_size_and_both_modalities() -> None:

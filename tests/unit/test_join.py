@@ -162,20 +162,32 @@ def test_a_part_on_a_topic_read_behind_is_waited_for_past_wait_s() -> None:
     assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "audio") and not r.ready[0].timed_out
 
 
-def test_a_held_utterance_takes_no_part_sent_after_its_wait() -> None:
-    """Held for audio read behind, u0 gets audio that was sent 3 s after its text (record time):
-    late, as it would have been without the hold; the utterance goes out on its text alone."""
+def test_an_utterance_past_its_wait_takes_no_part_sent_after_it() -> None:
+    """u0 (text, audio and video expected) is held for audio and video read behind; a video part
+    sent 3 s after its text is late (as it would have been without the hold) but does not end the
+    wait for the audio, which was sent in time. u1, queued behind u0 and past its own wait, refuses
+    audio sent 10 s late too; a re-sent part is a duplicate, not late."""
     reader = Reader()
-    j = Joiner(wait_s=1.5, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=60.0)
-    reader.backlog.add(("audio", 0))
+    j = Joiner(wait_s=1.5, default_modalities=("text", "audio", "video"), behind=reader.behind, max_hold_s=60.0)
+    reader.backlog |= {("audio", 0), ("video", 0)}
     j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
     j.add("c", "u1", 1, "A", "text", "t1", "h", now=0.0, partition=0, ts=100.0)
     assert ids(j.expire(now=2.0)) == []  # held
-    r = j.add("c", "u0", 0, "A", "audio", "a0", "late", now=2.5, partition=0, ts=103.0)
-    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text",) and r.ready[0].timed_out
-    assert r.late_parts == 1 and r.ack_now == ["late"]
-    r = j.add("c", "u1", 1, "A", "audio", "a1", "on time", now=2.6, partition=0, ts=101.0)
-    assert ids(r) == ["u1"] and r.ready[0].modalities == ("text", "audio")  # sent in time: joined
+    reader.read_to[("video", 0)] = 103.0  # the worker marks a topic read before it joins the part
+    r = j.add("c", "u0", 0, "A", "video", "v0", "late video", now=2.5, partition=0, ts=103.0)
+    assert ids(r) == [] and r.late_parts == 1 and r.ack_now == ["late video"]  # still held for audio
+    r = j.add("c", "u1", 1, "A", "audio", "a1", "late audio", now=2.6, partition=0, ts=110.0)
+    assert ids(r) == [] and r.late_parts == 1
+    assert j.add("c", "u1", 1, "A", "text", "t1", "again", now=2.7, partition=0, ts=111.0).duplicate_parts == 1
+    reader.read_to[("audio", 0)] = 100.2
+    r = j.add("c", "u0", 0, "A", "audio", "a0", "on time", now=3.0, partition=0, ts=100.2)
+    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "audio") and r.ready[0].timed_out
+    reader.backlog.clear()
+    r = j.expire(now=3.5)
+    assert ids(r) == ["u1"] and r.ready[0].modalities == ("text",)
+    r = j.add("c", "u2", 2, "A", "text", "t2", "h", now=4.0, partition=0, ts=100.0)
+    r = j.add("c", "u2", 2, "A", "audio", "a2", "h", now=4.1, partition=0, ts=104.0)
+    assert r.late_parts == 0 and r.duplicate_parts == 0  # within its wait (wall clock): joined, whatever the times
 
 
 def test_the_wait_ends_once_the_topic_is_read_past_the_utterance_or_has_no_backlog() -> None:
