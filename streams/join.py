@@ -11,10 +11,11 @@ reads a backlog, and it reads a topic of small messages (text) far ahead of one 
 (audio): a part that was sent on time is read late. So with a ``behind(modality, partition, t)``
 predicate (the worker's: has it read that modality's partition up to record time ``t``, or to its
 end?) an utterance past ``wait_s`` keeps waiting while a missing part's topic has not yet been
-read up to the utterance's record time + ``wait_s`` and still has messages to read, for at most
-``max_hold_s``. An utterance past its wait takes only parts sent in time: one whose record time is
-more than ``wait_s`` after the utterance's first part is late (acked, counted), as it would have
-been had nothing held the utterance (the caller marks its topic read, which ends the hold).
+read up to the utterance's record time + ``wait_s`` and still has messages to read (the predicate
+decides for how long: the worker's gives up on a partition that stops being read further). An
+utterance past its wait takes only parts sent in time: one whose record time is more than
+``wait_s`` after the utterance's first part is late (acked, counted), as it would have been had
+nothing held the utterance (the caller marks its topic read, which ends the hold).
 Without record times or the predicate, the wall clock alone decides.
 
 Pure and synchronous: the caller passes the clock and opaque ``handle``s
@@ -105,7 +106,6 @@ class Joiner:
         max_calls: int = 50_000,
         max_finished: int = 200_000,
         behind: Callable[[str, int, float], bool] | None = None,
-        max_hold_s: float = 120.0,
     ) -> None:
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         assert max_calls >= 1 and max_finished >= 1
@@ -115,7 +115,6 @@ class Joiner:
         self.max_calls = max_calls
         self.max_finished = max_finished
         self.behind = behind
-        self.max_hold_s = max_hold_s
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._done: OrderedDict[tuple[str, str], int] = OrderedDict()  # labelled ids -> partition, oldest first
@@ -300,7 +299,7 @@ class Joiner:
 
     def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float) -> bool:
         """Whether an utterance past ``wait_s`` should wait on for a part of a topic read behind."""
-        if self.behind is None or utt.first_ts is None or now - utt.first_at >= self.max_hold_s:
+        if self.behind is None or utt.first_ts is None:
             return False
         until = utt.first_ts + self.wait_s
         if any(self.behind(m, utt.partition, until) for m in expected if m not in utt.parts):
@@ -315,7 +314,7 @@ class Joiner:
 
     def _hold_end(self, call: _Call, now: float) -> bool:
         """Whether a call's close should wait for its parts on topics read behind its end."""
-        if self.behind is None or call.ended_ts is None or now - call.ended_at >= self.max_hold_s:
+        if self.behind is None or call.ended_ts is None:
             return False
         until = call.ended_ts + self.wait_s
         if any(self.behind(m, call.partition, until) for m in call.expected):

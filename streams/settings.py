@@ -84,11 +84,12 @@ class JoinSettings(_Section):
         ge=1,
         description="utterances waiting for parts; at the cap the worker stops reading until some are due",
     )
-    max_hold_s: float = Field(
+    max_stall_s: float = Field(
         120.0,
         ge=0,
         description="while the topic of a missing part is read behind the utterance's record time (a backlog), "
-        "wait for that part up to this long past wait_s",
+        "wait for that part past wait_s for as long as that topic's partition is read further; give up once it "
+        "has not advanced for this long",
     )
     max_open_calls: int = Field(
         50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"

@@ -109,11 +109,11 @@ class Worker:
             max_calls=j.max_open_calls,
             max_finished=j.max_finished_ids,
             behind=self.behind,
-            max_hold_s=j.wait_s + j.max_hold_s,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         self.read: dict[tuple[str, int], tuple[float, int]] = {}  # (topic, partition) -> (max record time, offset)
         self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
+        self.advanced_at: dict[tuple[str, int], float] = {}  # (topic, partition) -> when its offset last grew
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -244,6 +244,8 @@ class Worker:
         if timestamp is not None:
             seen = self.read.get((topic, partition), (float("-inf"), -1))
             self.read[(topic, partition)] = (max(seen[0], timestamp), max(seen[1], offset))
+            if offset > seen[1]:
+                self.advanced_at[(topic, partition)] = self.clock()
 
     def behind(self, modality: str, partition: int, until: float) -> bool:
         """Whether ``modality``'s input partition has been read only up to before record time
@@ -251,9 +253,11 @@ class Worker:
 
         A partition nothing has been read from since this worker got it counts as behind only for
         ``NOTHING_READ_GRACE_S`` (the consumer fetches every partition it has, so a backlog shows
-        within that; past it, its messages are older ones, already committed). Near the
-        open-utterance cap nothing is behind: holding more would stop the reading (backpressure)
-        that could bring the parts."""
+        within that; past it, its messages are older ones, already committed). A partition whose
+        read offset has not grown for ``join.max_stall_s`` is not behind either (stuck, or its end
+        offset counts records that never come): however long a backlog takes to read (overload),
+        the hold lasts while it is being read. Near the open-utterance cap nothing is behind:
+        holding more would stop the reading (backpressure) that could bring the parts."""
         topic = self.topic_of.get(modality)
         if topic is None or self.joiner.open_utterances >= 0.8 * self.settings.join.max_open_utterances:
             return False
@@ -262,6 +266,8 @@ class Worker:
             return self.clock() - self.assigned_at.get(partition, self.clock()) < NOTHING_READ_GRACE_S
         ts, offset = seen
         if ts >= until:
+            return False
+        if self.clock() - self.advanced_at.get((topic, partition), float("-inf")) >= self.settings.join.max_stall_s:
             return False
         end = self.highwater(topic, partition)
         return end is not None and offset + 1 < end
@@ -279,6 +285,7 @@ class Worker:
             pending = self.joiner.forget(partitions, queued)
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
+            self.advanced_at = {tp: t for tp, t in self.advanced_at.items() if tp[1] not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:

@@ -767,3 +767,34 @@ def test_a_partition_never_read_is_behind_only_briefly_and_nothing_is_behind_nea
         assert w.joiner.open_utterances == 2 and not w.behind("audio", 1, 1002.0)  # at the cap: no holding
 
     asyncio.run(scenario())
+
+
+def test_a_hold_lasts_while_the_audio_partition_is_read_further_and_ends_when_it_stalls() -> None:
+    """Overload: u0's text (t=1000) is read minutes before its audio, because the audio topic's
+    backlog is read slowly, but it is read: the hold outlasts join.max_stall_s. Once the audio
+    partition stops advancing for join.max_stall_s (its end offset counts records that never come),
+    the hold ends and u0 is labelled on its text."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_stall_s=30.0)
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: 10_000 if topic == t.audio else 1
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
+        for i in range(20):  # 200 s of a slowly read audio backlog, older than u0
+            await w.on_message(t.audio, 0, i, b"o", audio("o", f"x{i}", i), Handle(log, f"a{i}"), timestamp=900.0 + i)
+            clock.now += 10.0
+            await w.tick()
+            await w.pump()
+        assert "u0" not in [e.utterance_id for e in events(sent)] and w.behind("audio", 0, 1002.0)
+        clock.now += 19.0  # 29 s since the last audio read
+        assert w.behind("audio", 0, 1002.0)
+        clock.now += 2.0  # the audio partition has not advanced for 30 s
+        assert not w.behind("audio", 0, 1002.0)
+        await w.tick()
+        await w.pump()
+        (u0,) = [e for e in events(sent) if e.utterance_id == "u0"]
+        assert u0.modalities_present == ["text"]
+
+    asyncio.run(scenario())
