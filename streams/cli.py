@@ -53,6 +53,7 @@ def _add_optional_commands(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that read their words again (train)
     try:
         return int(ns.func(ns) or 0)
     except KeyboardInterrupt:

@@ -1,0 +1,112 @@
+"""Training recipes: one TOML file per shipped model or results row, instead of a dozen flags.
+
+A recipe (``recipes/*.toml``) holds what ``emostream train`` needs to reproduce a model::
+
+    description = "what it is and where its figures are"
+    [train]                  # train options, named like the flags (--text-weights -> text_weights)
+    engine = "unimse"
+    dataset = "meld-ravdess"
+    data_dir = "../shared/data"
+    out = "models/default"
+    telephone = 0.3
+    text_weights = "@meld-tuned"   # '@NAME': the artifact of recipes/NAME.toml (trained first if missing)
+    [model]                  # engine Config fields (what --set FIELD=VALUE sets)
+    sharpness = 2
+
+``emostream train --recipe recipes/default.toml`` trains it; flags given on the command line win
+over the recipe (``--seed 1 --out runs/seed1``) and ``--set`` over its ``[model]`` table. Paths are
+relative to the directory the command runs in (the repository root). The artifact's
+``config.json`` records the recipe (file, SHA-256, tables) and the command line, sealed with the
+other files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from engines.errors import ArtifactError
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES_DIR = REPO / "recipes"
+_TOP_KEYS = {"description", "train", "model"}
+_NOT_RECIPE = {"recipe", "set", "func", "command", "config"}  # flags that make no sense inside a recipe
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    description: str
+    train: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def needs(self) -> list[Path]:
+        """The recipes whose artifacts this one uses ('@NAME' values)."""
+        return [recipe_path(v[1:]) for v in self.train.values() if isinstance(v, str) and v.startswith("@")]
+
+    def record(self) -> dict[str, Any]:
+        """What the artifact keeps of it."""
+        path = self.path.resolve()
+        file = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+        return {"file": file, "sha256": self.sha256, "train": self.train, "model": self.model}
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """``default`` -> the repository's ``recipes/default.toml``; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and len(path.parts) == 1:
+        path = RECIPES_DIR / f"{name_or_path}.toml"
+    return path
+
+
+def load_recipe(name_or_path: str, parser: argparse.ArgumentParser) -> Recipe:
+    """Read and check a recipe against ``parser``'s train options (unknown keys are errors)."""
+    path = recipe_path(name_or_path)
+    try:
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"recipe {path} not found (the shipped ones: {RECIPES_DIR}/*.toml)") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ArtifactError(f"recipe {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ArtifactError(f"recipe {path}: unknown top-level keys {sorted(unknown)} (allowed: {sorted(_TOP_KEYS)})")
+    train, model = data.get("train", {}), data.get("model", {})
+    if not isinstance(train, dict) or not isinstance(model, dict):
+        raise ArtifactError(f"recipe {path}: [train] and [model] must be tables")
+    options = {a.dest: a for a in parser._actions if a.dest not in _NOT_RECIPE and a.option_strings}
+    options.pop("help", None)
+    bad = sorted(set(train) - set(options))
+    if bad:
+        raise ArtifactError(f"recipe {path}: unknown [train] keys {bad}; known: {', '.join(sorted(options))}")
+    for key, value in train.items():
+        action = options[key]
+        if action.choices is not None and value not in action.choices:
+            raise ArtifactError(f"recipe {path}: {key} = {value!r} is not one of {list(action.choices)}")
+        if isinstance(value, dict | list):
+            raise ArtifactError(f"recipe {path}: {key} must be a single value, got {value!r}")
+    return Recipe(path, str(data.get("description", "")), dict(train), dict(model), hashlib.sha256(raw).hexdigest())
+
+
+def resolve_needs(train: dict[str, Any]) -> dict[str, Any]:
+    """'@NAME' values -> the ``out`` directory of recipes/NAME.toml."""
+    out = dict(train)
+    for key, value in train.items():
+        if isinstance(value, str) and value.startswith("@"):
+            data = tomllib.loads(recipe_path(value[1:]).read_text("utf-8"))
+            target = data.get("train", {}).get("out")
+            if not target:
+                raise ArtifactError(f"{key} = {value!r}: recipe {recipe_path(value[1:])} has no [train] out")
+            out[key] = target
+    return out

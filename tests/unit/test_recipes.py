@@ -1,0 +1,105 @@
+"""Training recipes (engines/recipes.py, ``emostream train --recipe``): parsing, precedence, records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engines.errors import ArtifactError
+from engines.interface import FeatureSpec
+from engines.recipes import RECIPES_DIR
+from engines.train import _subcommand_words, model_config, parse_train_args
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_recipe_sets_the_defaults_and_flags_given_win(tmp_path: Path) -> None:
+    ns = parse_train_args(["--recipe", "default"])
+    assert (ns.engine, ns.dataset, ns.telephone, ns.out, ns.seed) == (
+        "unimse",
+        "meld-ravdess",
+        0.3,
+        "models/default",
+        0,
+    )
+    assert ns.text_weights == "runs/meld-tuned"  # '@meld-tuned': that recipe's artifact
+    assert ns.recipe_needs == [RECIPES_DIR / "meld-tuned.toml"]
+    ns = parse_train_args(["--seed", "3", "--recipe", "default", "--out", str(tmp_path), "--telephone", "0"])
+    assert (ns.seed, ns.out, ns.telephone, ns.engine) == (3, str(tmp_path), 0.0, "unimse")
+    record = ns.recipe_record
+    assert record["file"] == "recipes/default.toml" and len(record["sha256"]) == 64
+    assert record["command"][:4] == ["emostream", "train", "--seed", "3"]
+
+
+def test_the_model_table_is_under_set(tmp_path: Path) -> None:
+    spec = FeatureSpec(text_dim=384, audio_dim=768)
+    ns = parse_train_args(["--recipe", "relevance-agreement"])
+    values = model_config(ns, spec, 7)
+    assert values["agreement"] is True and values["sharpness"] == 2
+    assert values["loss"] == {"relevance": 1.0, "relevance_temperature": 0.3}
+    ns = parse_train_args(["--recipe", "relevance-agreement", "--set", "sharpness=3"])
+    assert model_config(ns, spec, 7)["sharpness"] == 3
+
+
+def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[train]\nengine = "unimse"\ntelephon = 0.3\n')
+    with pytest.raises(ArtifactError, match=r"unknown \[train\] keys \['telephon'\]"):
+        parse_train_args(["--recipe", str(bad)])
+    bad.write_text('[train]\nengine = "bert"\n')
+    with pytest.raises(ArtifactError, match="engine = 'bert' is not one of"):
+        parse_train_args(["--recipe", str(bad)])
+    bad.write_text("[train\n")
+    with pytest.raises(ArtifactError, match="not valid TOML"):
+        parse_train_args(["--recipe", str(bad)])
+    with pytest.raises(ArtifactError, match="not found"):
+        parse_train_args(["--recipe", "no-such-recipe"])
+    with pytest.raises(ArtifactError, match="--data-dir and --out are required"):
+        parse_train_args(["--engine", "unimse"])
+
+
+@pytest.mark.parametrize("name", ["default", "revised"])
+def test_the_shipped_models_recipes_match_how_they_were_trained(name: str) -> None:
+    """Every option the recipe sets is what the shipped artifact's config.json records (its text
+    layers came from meld-tuned's artifact, copied; the paths and thread count were the run's)."""
+    ns = parse_train_args(["--recipe", name])
+    recorded = json.loads((REPO / "models" / name / "config.json").read_text())["train"]
+    ignored = {"out", "text_weights", "threads", "data_dir", "recipe", "no_progress", "cache_dir", "config", "command"}
+    for key, value in vars(ns).items():
+        if key in recorded and key not in ignored:
+            assert recorded[key] == value, (name, key, recorded[key], value)
+
+
+def test_every_shipped_recipe_parses() -> None:
+    recipes = sorted(RECIPES_DIR.glob("*.toml"))
+    assert {p.stem for p in recipes} >= {"default", "meld-tuned", "revised"}
+    for path in recipes:
+        ns = parse_train_args(["--recipe", str(path)])
+        assert ns.out and ns.data_dir
+
+
+def test_the_words_of_the_train_subcommand_are_found() -> None:
+    assert _subcommand_words(["--config", "train", "train", "--recipe", "x"], "train") == ["--recipe", "x"]
+    assert _subcommand_words(["train"], "train") == []
+
+
+def test_a_needed_recipe_is_trained_first_only_when_its_artifact_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engines.train as train
+
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(f'[train]\nengine = "foal-net"\ndataset = "meld"\ntune_text = 2\nout = "{tmp_path / "t"}"\n')
+    main = tmp_path / "main.toml"
+    main.write_text(f'[train]\nengine = "unimse"\ntext_weights = "@{tuned}"\nout = "{tmp_path / "m"}"\n')
+    trained: list[tuple[str, str]] = []
+    monkeypatch.setattr(train, "_train", lambda ns: trained.append((ns.engine, ns.out)) or 0)
+    assert train.main(["--recipe", str(main), "--data-dir", "d"]) == 0
+    assert trained == [("foal-net", str(tmp_path / "t")), ("unimse", str(tmp_path / "m"))]
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "checksums.json").write_text("{}")
+    trained.clear()
+    assert train.main(["--recipe", str(main), "--data-dir", "d"]) == 0
+    assert trained == [("unimse", str(tmp_path / "m"))]
