@@ -23,15 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from engines.datasets.base import Dialogue
-from engines.datasets.ravdess import Clip
+from engines.datasets.composite import SPLIT_MAP
+from engines.datasets.ravdess import ACTORS, Clip
 from engines.errors import DatasetError
 from engines.interface import EMOTIONS, MODALITIES
 
 CORRUPTIBLE: tuple[str, ...] = ("text", "audio")
 #: datasets whose utterances carry RAVDESS clips, and the RAVDESS split each split draws from
 AUDIO_DATASETS: dict[str, dict[str, str]] = {
-    "meld-ravdess": {"train": "train", "dev": "dev", "test": "test"},
-    "ravdess": {"train": "train", "dev": "dev", "test": "test"},
+    "meld-ravdess": {split: ravdess for split, (_, ravdess) in SPLIT_MAP.items()},
+    "ravdess": {split: split for split in ACTORS},
 }
 
 

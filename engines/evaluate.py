@@ -39,6 +39,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
     parser.add_argument("--split", default="dev")
     parser.add_argument(
+        "--fold", type=int, default=None, metavar="K", help="RAVDESS-based datasets: --split of actor fold K (0-4)"
+    )
+    parser.add_argument(
         "--modalities", default=None, help="comma-separated subset to feed (e.g. 'text'); default: all the data has"
     )
     parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
@@ -139,6 +142,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
 
     from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
+    from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
     from engines.features.channel import make_channel
     from engines.metrics import subset_report
@@ -157,6 +161,10 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         raise DatasetError(f"--corrupt {corrupt.modality} needs {corrupt.modality} among --modalities {asked}")
     engine = load_engine(ns.model, runtime=ns.runtime)
     ex = load_extractors(ns.model)
+    if ns.fold is not None:
+        if ns.dataset not in ("ravdess", "meld-ravdess"):
+            raise DatasetError(f"--fold needs a RAVDESS-based dataset (ravdess, meld-ravdess), not {ns.dataset}")
+        ns.split = fold_split(ns.split, ns.fold)
     dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
     corrupted: Corrupted | None = None
     if corrupt is not None:

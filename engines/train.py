@@ -45,6 +45,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="artifact directory to write (required, here or in the recipe)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="RAVDESS-based datasets: train on actor fold K's train actors and stop early on its four held-out "
+        "actors (0-4; 4 = the plain split; `emostream cv` runs every fold)",
+    )
+    g.add_argument(
         "--future",
         type=int,
         default=0,
@@ -331,9 +339,9 @@ def _train(ns: argparse.Namespace) -> int:
     from engines import artifact
     from engines.corrupt import CorruptSpec, corrupt_dialogues
     from engines.datasets import label_set, load_dataset
-    from engines.datasets.composite import assign_clips
+    from engines.datasets.composite import SPLIT_MAP, assign_clips
     from engines.datasets.pickles import precomputed_spec
-    from engines.datasets.ravdess import load_ravdess_clips
+    from engines.datasets.ravdess import fold_split, load_ravdess_clips
     from engines.errors import DatasetError
     from engines.evaluate import evaluate_engine
     from engines.export import export_onnx
@@ -359,8 +367,11 @@ def _train(ns: argparse.Namespace) -> int:
     quiet = ns.no_progress
     out_dir = Path(ns.out)
 
-    train_d = load_dataset(ns.dataset, ns.data_dir, "train", seed=ns.seed)
-    dev_d = load_dataset(ns.dataset, ns.data_dir, "dev", seed=ns.seed)
+    if ns.fold is not None and ns.dataset not in ("ravdess", "meld-ravdess"):
+        raise DatasetError(f"--fold needs a RAVDESS-based dataset (ravdess, meld-ravdess), not {ns.dataset}")
+    train_split, dev_split = fold_split("train", ns.fold), fold_split("dev", ns.fold)
+    train_d = load_dataset(ns.dataset, ns.data_dir, train_split, seed=ns.seed)
+    dev_d = load_dataset(ns.dataset, ns.data_dir, dev_split, seed=ns.seed)
     label_names = label_set(train_d)
     pre = precomputed_spec(train_d)  # feature pickles carry their vectors
     has_text = pre is None and any(u.text for d in train_d for u in d.utterances)
@@ -374,7 +385,7 @@ def _train(ns: argparse.Namespace) -> int:
     spec = pre or FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
 
     composite = ns.dataset == "meld-ravdess"
-    train_clips = load_ravdess_clips(ns.data_dir, "train") if composite else []
+    train_clips = load_ravdess_clips(ns.data_dir, SPLIT_MAP[train_split][1]) if composite else []
     table = None
     if audio_ex is not None:
         paths = [c.path for c in train_clips] + [u.audio for d in (*train_d, *dev_d) for u in d.utterances if u.audio]
@@ -547,7 +558,7 @@ def _train(ns: argparse.Namespace) -> int:
     engine = OnnxEngine(out_dir)
     metrics: dict[str, Any] = {
         "dataset": ns.dataset,
-        "split": "dev",
+        "split": dev_split,
         "best_epoch": best["epoch"],
         "runtime": "onnxruntime",
     }

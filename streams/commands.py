@@ -108,3 +108,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model artifact on a dataset split")
     add_evaluate_args(p)
     p.set_defaults(func=run_evaluate)
+    from engines.crossval import add_cv_args, run_cv
+
+    p = sub.add_parser("cv", help="train a recipe on every RAVDESS actor fold; figures as mean and spread")
+    add_cv_args(p)
+    p.set_defaults(func=run_cv)

@@ -19,18 +19,25 @@ import numpy as np
 
 from engines.datasets.base import Dialogue, Utterance
 from engines.datasets.meld import load_meld
-from engines.datasets.ravdess import Clip, load_ravdess_clips
+from engines.datasets.ravdess import FOLDS, Clip, load_ravdess_clips
 from engines.errors import DatasetError
 
-SPLIT_MAP: dict[str, str] = {"train": "train", "dev": "dev", "test": "test"}
+#: composite split -> (MELD split, RAVDESS split); the actor folds keep MELD's train and dev
+SPLIT_MAP: dict[str, tuple[str, str]] = {
+    "train": ("train", "train"),
+    "dev": ("dev", "dev"),
+    "test": ("test", "test"),
+    **{f"{s}-fold{k}": (s, f"{s}-fold{k}") for k in range(FOLDS) for s in ("train", "dev")},
+}
 
 
 def load_meld_ravdess(data_dir: str | Path, split: str, seed: int = 0) -> list[Dialogue]:
     """MELD ``split`` with a RAVDESS clip path on every utterance."""
     if split not in SPLIT_MAP:
         raise DatasetError(f"meld-ravdess has no split {split!r}; known: {tuple(SPLIT_MAP)}")
-    dialogues = load_meld(data_dir, split)
-    clips = load_ravdess_clips(data_dir, SPLIT_MAP[split])
+    meld_split, ravdess_split = SPLIT_MAP[split]
+    dialogues = load_meld(data_dir, meld_split)
+    clips = load_ravdess_clips(data_dir, ravdess_split)
     return assign_clips(dialogues, clips, seed)
 
 

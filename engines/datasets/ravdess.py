@@ -1,6 +1,9 @@
 """RAVDESS emotional speech (16 kHz FLAC): ``<data_dir>/ravdess/labels.csv`` plus clips.
 
 Splits by actor: ``train`` actors 1-16, ``dev`` 17-20, ``test`` 21-24 (not distributed here).
+For choices that must hold for voices never heard, ``train-fold{k}`` / ``dev-fold{k}`` (k < 5)
+cross-validate over the 20 distributed actors, four held out per fold: fold k holds out actors
+4k+1..4k+4, so fold 4 is ``train`` / ``dev``.
 RAVDESS's eight emotions map onto MELD's seven (calm and neutral both to neutral). Each clip is
 returned as a one-utterance dialogue without text (both sentences are neutral by design).
 """
@@ -19,6 +22,22 @@ ACTORS: dict[str, tuple[int, ...]] = {
     "dev": tuple(range(17, 21)),
     "test": tuple(range(21, 25)),
 }
+FOLDS = 5  #: actor folds over actors 1-20 (four each)
+for _k in range(FOLDS):
+    _held = tuple(range(4 * _k + 1, 4 * _k + 5))
+    ACTORS[f"train-fold{_k}"] = tuple(a for a in range(1, 21) if a not in _held)
+    ACTORS[f"dev-fold{_k}"] = _held
+
+
+def fold_split(split: str, fold: int | None) -> str:
+    """``train``/``dev`` of actor fold ``fold`` (None: the plain split)."""
+    if fold is None:
+        return split
+    if split not in ("train", "dev") or not 0 <= fold < FOLDS:
+        raise DatasetError(f"actor folds have train and dev splits and folds 0-{FOLDS - 1}; got {split!r}, {fold}")
+    return f"{split}-fold{fold}"
+
+
 EMOTION_MAP: dict[str, str] = {
     "neutral": "neutral",
     "calm": "neutral",
