@@ -50,9 +50,9 @@ class Recipe:
     def name(self) -> str:
         return self.path.stem
 
-    def needs(self) -> list[Path]:
-        """The recipes whose artifacts this one uses ('@NAME' values)."""
-        return [recipe_path(v[1:]) for v in self.train.values() if isinstance(v, str) and v.startswith("@")]
+    def needs(self) -> dict[str, Path]:
+        """Train option -> the recipe whose artifact it uses ('@NAME' values)."""
+        return {k: recipe_path(v[1:]) for k, v in self.train.items() if isinstance(v, str) and v.startswith("@")}
 
     def record(self) -> dict[str, Any]:
         """What the artifact keeps of it."""

@@ -279,11 +279,13 @@ def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
     ns = parser.parse_args(argv)
     if ns.recipe:
         recipe = load_recipe(ns.recipe, parser)
-        parser.set_defaults(**resolve_needs(recipe.train))
+        resolved = resolve_needs(recipe.train)
+        parser.set_defaults(**resolved)
         ns = parser.parse_args(argv)
         ns.recipe_model = recipe.model
         ns.recipe_record = {**recipe.record(), "command": ["emostream", "train", *argv]}
-        ns.recipe_needs = recipe.needs()
+        # an '@NAME' artifact is needed unless a flag replaced it
+        ns.recipe_needs = [path for key, path in recipe.needs().items() if getattr(ns, key) == resolved[key]]
     if ns.data_dir is None or ns.out is None:
         raise ArtifactError("--data-dir and --out are required (on the command line or in a recipe's [train] table)")
     return ns

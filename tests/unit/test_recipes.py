@@ -103,3 +103,8 @@ def test_a_needed_recipe_is_trained_first_only_when_its_artifact_is_missing(
     trained.clear()
     assert train.main(["--recipe", str(main), "--data-dir", "d"]) == 0
     assert trained == [("unimse", str(tmp_path / "m"))]
+
+
+def test_a_flag_that_replaces_a_needed_artifact_drops_the_need() -> None:
+    ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default"])
+    assert ns.text_weights == "models/default" and ns.recipe_needs == []
