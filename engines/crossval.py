@@ -1,13 +1,13 @@
 """``emostream cv``: a recipe trained on every RAVDESS actor fold, its figures as mean and spread.
 
-Four dev actors are too few to choose a model on: a choice that holds for voices never heard
-must hold across folds. Fold k trains on 16 of the 20 distributed actors and stops early on the
-other four (``train-fold{k}`` / ``dev-fold{k}``, :mod:`engines.datasets.ravdess`); each fold's
-artifact lands in ``ROOT/NAME/fold{k}`` (a fold whose artifact is there is not trained again, so
-an interrupted run resumes) and its dev figures, measured through ONNX Runtime by training, are
-gathered into one report: per fold and per modality subset, then mean, standard deviation
-(n - 1) and range. MELD's text is the same in every fold (its own train and dev splits); only
-the voices change.
+Four dev actors are too few to choose a model on: a choice that holds for voices never heard must
+hold across folds. Fold k trains on 16 of the 20 distributed actors and stops early on the other
+four (``train-fold{k}`` / ``dev-fold{k}``, :mod:`engines.datasets.ravdess`); each fold's artifact
+lands in ``ROOT/NAME/fold{k}`` (a fold whose artifact is there, trained by the same command, is not
+trained again, so an interrupted run resumes) and its dev figures, measured through ONNX Runtime by
+training, are gathered into one report: per fold and per modality subset, then mean, standard
+deviation (n - 1) and range. MELD's text is the same in every fold (its own train and dev splits);
+only the voices change.
 """
 
 from __future__ import annotations
@@ -74,9 +74,18 @@ def run_cv(ns: argparse.Namespace) -> int:
     per_fold: dict[int, dict[str, Any]] = {}
     for k in folds:
         out = Path(ns.root) / name / f"fold{k}"
-        if not (out / artifact.CHECKSUMS).is_file():
+        words = ["--recipe", ns.recipe, *extra, "--fold", str(k), "--out", str(out)]
+        if (out / artifact.CHECKSUMS).is_file():  # trained before: only if by the same command
+            recorded = artifact.read_json(out, artifact.CONFIG).get("recipe", {}).get("command")
+            if recorded != ["emostream", "train", *words]:
+                print(
+                    f"error: {out} was trained by {recorded}, not by these options; remove it or pick another --root",
+                    file=sys.stderr,
+                )
+                return 2
+        else:
             print(f"cv: {name} fold {k} (held-out actors {4 * k + 1}-{4 * k + 4}) -> {out}", file=sys.stderr)
-            code = train_main(["--recipe", ns.recipe, *extra, "--fold", str(k), "--out", str(out)])
+            code = train_main(words)
             if code != 0:
                 return code
         try:

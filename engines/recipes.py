@@ -35,7 +35,14 @@ from engines.errors import ArtifactError
 REPO = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO / "recipes"
 _TOP_KEYS = {"description", "train", "model"}
-_NOT_RECIPE = {"recipe", "set", "func", "command", "config"}  # flags that make no sense inside a recipe
+_NOT_RECIPE = {"recipe", "set", "func", "command", "config", "no_progress"}  # flags that make no sense in a recipe
+#: engine fields that train flags set: a recipe sets them with the flag's key in [train], not in [model]
+_MODEL_FROM_FLAGS = {
+    "d_model": "d_model", "n_heads": "heads", "n_layers": "layers", "dropout": "dropout", "max_window": "max_window",
+    "causal": "future", "input_noise": "text_noise/audio_noise", "input_mask": "text_mask/audio_mask",
+    "text_dim": "(the features)", "audio_dim": "(the features)", "video_dim": "(the features)",
+    "n_classes": "(the data)",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -90,13 +97,32 @@ def load_recipe(name_or_path: str, parser: argparse.ArgumentParser) -> Recipe:
     bad = sorted(set(train) - set(options))
     if bad:
         raise ArtifactError(f"recipe {path}: unknown [train] keys {bad}; known: {', '.join(sorted(options))}")
-    for key, value in train.items():
-        action = options[key]
-        if action.choices is not None and value not in action.choices:
-            raise ArtifactError(f"recipe {path}: {key} = {value!r} is not one of {list(action.choices)}")
-        if isinstance(value, dict | list):
-            raise ArtifactError(f"recipe {path}: {key} must be a single value, got {value!r}")
-    return Recipe(path, str(data.get("description", "")), dict(train), dict(model), hashlib.sha256(raw).hexdigest())
+    train = {key: _typed(path, key, value, options[key]) for key, value in train.items()}
+    covered = sorted(set(model) & set(_MODEL_FROM_FLAGS))
+    if covered:
+        where = ", ".join(f"{k} -> [train] {_MODEL_FROM_FLAGS[k]}" for k in covered)
+        raise ArtifactError(f"recipe {path}: [model] keys set by train options: {where}")
+    return Recipe(path, str(data.get("description", "")), train, dict(model), hashlib.sha256(raw).hexdigest())
+
+
+def _typed(path: Path, key: str, value: Any, action: argparse.Action) -> Any:
+    """A [train] value checked against its flag: a choice, a number of the flag's type, a boolean for a switch."""
+    if isinstance(value, dict | list):
+        raise ArtifactError(f"recipe {path}: {key} must be a single value, got {value!r}")
+    if action.nargs == 0:  # a switch (store_true)
+        if not isinstance(value, bool):
+            raise ArtifactError(f"recipe {path}: {key} is a switch: true or false, got {value!r}")
+        return value
+    if action.choices is not None and value not in action.choices:
+        raise ArtifactError(f"recipe {path}: {key} = {value!r} is not one of {list(action.choices)}")
+    if action.type in (int, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or (action.type is int and value != int(value)):
+            raise ArtifactError(f"recipe {path}: {key} must be {'an integer' if action.type is int else 'a number'}")
+        return action.type(value)
+    if not isinstance(value, str):
+        raise ArtifactError(f"recipe {path}: {key} must be a string, got {value!r}")
+    return value
 
 
 def resolve_needs(train: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +130,13 @@ def resolve_needs(train: dict[str, Any]) -> dict[str, Any]:
     out = dict(train)
     for key, value in train.items():
         if isinstance(value, str) and value.startswith("@"):
-            data = tomllib.loads(recipe_path(value[1:]).read_text("utf-8"))
+            needed = recipe_path(value[1:])
+            try:
+                data = tomllib.loads(needed.read_text("utf-8"))
+            except FileNotFoundError:
+                raise ArtifactError(f"{key} = {value!r}: recipe {needed} not found") from None
+            except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ArtifactError(f"{key} = {value!r}: recipe {needed} is not valid TOML: {exc}") from None
             target = data.get("train", {}).get("out")
             if not target:
                 raise ArtifactError(f"{key} = {value!r}: recipe {recipe_path(value[1:])} has no [train] out")

@@ -299,20 +299,28 @@ def _subcommand_words(argv: Sequence[str], command: str) -> list[str]:
     return list(argv[i + 1 :])
 
 
-def _train_needs(ns: argparse.Namespace) -> None:
+def _train_needs(ns: argparse.Namespace, seen: frozenset[Path] = frozenset()) -> None:
     """Train each recipe this one names with '@NAME' whose artifact is not there yet."""
     from engines import artifact
+    from engines.errors import ArtifactError
 
     for path in getattr(ns, "recipe_needs", []):
+        if path.resolve() in seen:
+            raise ArtifactError(f"recipe {path} needs itself ('@' values form a cycle)")
         words = ["--recipe", str(path), "--data-dir", ns.data_dir, "--threads", str(ns.threads), "--device", ns.device]
         words += ["--cache-dir", ns.cache_dir] if ns.cache_dir else []
         words += ["--no-progress"] if ns.no_progress else []
         need = parse_train_args(words)
+        if ns.fold is not None and need.dataset in ("ravdess", "meld-ravdess"):
+            raise ArtifactError(
+                f"--fold {ns.fold}: recipe {path} trains on RAVDESS voices for every fold alike, so it would have "
+                "heard the held-out actors; give its artifact another way (a flag) or train it per fold"
+            )
         if (Path(need.out) / artifact.CHECKSUMS).is_file():
             print(f"recipe {path}: using the artifact in {need.out}", file=sys.stderr)
             continue
         print(f"recipe {path}: no artifact in {need.out}; training it first", file=sys.stderr)
-        _train_needs(need)
+        _train_needs(need, seen | {path.resolve()})
         _train(need)
 
 
@@ -326,7 +334,9 @@ def run_train(ns: argparse.Namespace) -> int:
             if words is None:  # called as `emostream [--config FILE] train ...`
                 words = _subcommand_words(getattr(ns, "argv", None) or sys.argv[1:], "train")
             ns = parse_train_args(words)
-        _train_needs(ns)
+        from engines.recipes import recipe_path
+
+        _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
         return _train(ns)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ reads a backlog, and it reads a topic of small messages (text) far ahead of one 
 predicate (the worker's: has it read that modality's partition up to record time ``t``, or to its
 end?) an utterance past ``wait_s`` keeps waiting while a missing part's topic has not yet been
 read up to the utterance's record time + ``wait_s`` and still has messages to read (the predicate
-decides for how long: the worker's gives up on a partition that stops being read further). An
+decides for how long: the worker's gives up on a partition that stops being read further), and
+never longer than ``max_hold_s`` after its first part, if given (a backstop). An
 utterance past its wait takes only parts sent in time: one whose record time is more than
 ``wait_s`` after the utterance's first part is late (acked, counted), as it would have been had
 nothing held the utterance (the caller marks its topic read, which ends the hold).
@@ -106,6 +107,7 @@ class Joiner:
         max_calls: int = 50_000,
         max_finished: int = 200_000,
         behind: Callable[[str, int, float], bool] | None = None,
+        max_hold_s: float | None = None,
     ) -> None:
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         assert max_calls >= 1 and max_finished >= 1
@@ -115,6 +117,7 @@ class Joiner:
         self.max_calls = max_calls
         self.max_finished = max_finished
         self.behind = behind
+        self.max_hold_s = max_hold_s
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._done: OrderedDict[tuple[str, str], int] = OrderedDict()  # labelled ids -> partition, oldest first
@@ -297,9 +300,12 @@ class Joiner:
             self._mark_done(call_id, utt.utterance_id, call.partition)
         return result
 
+    def _past_backstop(self, since: float, now: float) -> bool:
+        return self.max_hold_s is not None and now - since >= self.max_hold_s
+
     def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float) -> bool:
         """Whether an utterance past ``wait_s`` should wait on for a part of a topic read behind."""
-        if self.behind is None or utt.first_ts is None:
+        if self.behind is None or utt.first_ts is None or self._past_backstop(utt.first_at, now):
             return False
         until = utt.first_ts + self.wait_s
         if any(self.behind(m, utt.partition, until) for m in expected if m not in utt.parts):
@@ -314,7 +320,7 @@ class Joiner:
 
     def _hold_end(self, call: _Call, now: float) -> bool:
         """Whether a call's close should wait for its parts on topics read behind its end."""
-        if self.behind is None or call.ended_ts is None:
+        if self.behind is None or call.ended_ts is None or self._past_backstop(call.ended_at, now):
             return False
         until = call.ended_ts + self.wait_s
         if any(self.behind(m, call.partition, until) for m in call.expected):

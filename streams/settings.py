@@ -91,6 +91,12 @@ class JoinSettings(_Section):
         "wait for that part past wait_s for as long as that topic's partition is read further; give up once it "
         "has not advanced for this long",
     )
+    max_hold_s: float = Field(
+        900.0,
+        ge=0,
+        description="a backstop: however the reading goes (a part whose record time is far ahead, skewed clocks), "
+        "no utterance waits longer than this past wait_s",
+    )
     max_open_calls: int = Field(
         50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
     )

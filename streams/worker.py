@@ -109,6 +109,7 @@ class Worker:
             max_calls=j.max_open_calls,
             max_finished=j.max_finished_ids,
             behind=self.behind,
+            max_hold_s=j.wait_s + j.max_hold_s,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         self.read: dict[tuple[str, int], tuple[float, int]] = {}  # (topic, partition) -> (max record time, offset)

@@ -214,6 +214,15 @@ def test_a_held_utterance_waits_while_the_predicate_says_behind_and_without_reco
     assert ids(j.expire(now=500.3)) == ["u0", "u1"]  # looked at again every 0.25 s
 
 
+def test_a_backstop_ends_any_hold() -> None:
+    reader = Reader()
+    reader.backlog.add(("audio", 0))
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=reader.behind, max_hold_s=600.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=1e12)  # a clock far ahead
+    assert ids(j.expire(now=599.0)) == []
+    assert ids(j.expire(now=600.3)) == ["u0"]
+
+
 def test_a_calls_end_waits_for_its_parts_on_topics_read_behind() -> None:
     reader = Reader()
     reader.backlog.add(("text", 0))

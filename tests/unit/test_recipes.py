@@ -108,3 +108,59 @@ def test_a_needed_recipe_is_trained_first_only_when_its_artifact_is_missing(
 def test_a_flag_that_replaces_a_needed_artifact_drops_the_need() -> None:
     ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default"])
     assert ns.text_weights == "models/default" and ns.recipe_needs == []
+
+
+def test_recipe_values_are_typed_model_keys_of_flags_refused_and_cycles_caught(tmp_path: Path) -> None:
+    r = tmp_path / "r.toml"
+    r.write_text('[train]\nengine = "unimse"\nepochs = 2.5\nout = "o"\ndata_dir = "d"\n')
+    with pytest.raises(ArtifactError, match="epochs must be an integer"):
+        parse_train_args(["--recipe", str(r)])
+    r.write_text('[train]\nno_resample_audio = "false"\nout = "o"\ndata_dir = "d"\n')
+    with pytest.raises(ArtifactError, match="switch"):
+        parse_train_args(["--recipe", str(r)])
+    r.write_text('[train]\nlr = 1\nout = "o"\ndata_dir = "d"\n[model]\ndropout = 0.5\n')
+    with pytest.raises(ArtifactError, match=r"dropout -> \[train\] dropout"):
+        parse_train_args(["--recipe", str(r)])
+    r.write_text('[train]\ntext_weights = "@nowhere"\nout = "o"\ndata_dir = "d"\n')
+    with pytest.raises(ArtifactError, match="not found"):
+        parse_train_args(["--recipe", str(r)])
+    r.write_text(f'[train]\ntext_weights = "@{r}"\nout = "{tmp_path / "o"}"\ndata_dir = "d"\n')
+    import engines.train as train
+
+    assert train.main(["--recipe", str(r)]) == 2  # needs itself: refused, not a RecursionError
+    ns = parse_train_args(["--recipe", "default", "--text-weights", "x", "--fold", "1"])
+    assert isinstance(ns.fold, int) and parse_train_args(["--recipe", "default"]).lr == 1e-3
+
+
+def test_a_fold_refuses_a_needed_recipe_that_heard_every_voice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.train as train
+
+    audio = tmp_path / "audio.toml"
+    audio.write_text(f'[train]\ndataset = "ravdess"\nout = "{tmp_path / "a"}"\n')
+    main = tmp_path / "main.toml"
+    main.write_text(f'[train]\ntext_weights = "@{audio}"\nout = "{tmp_path / "m"}"\ndataset = "meld-ravdess"\n')
+    monkeypatch.setattr(train, "_train", lambda ns: 0)
+    assert train.main(["--recipe", str(main), "--data-dir", "d"]) == 0
+    assert train.main(["--recipe", str(main), "--data-dir", "d", "--fold", "0"]) == 2
+
+
+def test_cv_resumes_only_a_fold_trained_by_the_same_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    import engines.train as train
+    from engines.crossval import add_cv_args, run_cv
+
+    def fake_main(words: list[str]) -> int:
+        out = Path(words[words.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "checksums.json").write_text("{}")
+        (out / "config.json").write_text(json.dumps({"recipe": {"command": ["emostream", "train", *words]}}))
+        (out / "metrics.json").write_text(json.dumps({"audio": {"weighted_f1": 0.5, "accuracy": 0.5, "n": 1}}))
+        return 0
+
+    monkeypatch.setattr(train, "main", fake_main)
+    parser = add_cv_args(argparse.ArgumentParser())
+    root = str(tmp_path / "cv")
+    assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", root])) == 0
+    assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", root])) == 0  # resumed
+    assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0", "--root", root, "--", "--seed", "1"])) == 2
