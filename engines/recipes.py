@@ -71,7 +71,7 @@ class Recipe:
 def recipe_path(name_or_path: str) -> Path:
     """``default`` -> the repository's ``recipes/default.toml``; a path is taken as it is."""
     path = Path(name_or_path)
-    if path.suffix != ".toml" and len(path.parts) == 1:
+    if path.suffix != ".toml":  # a name, maybe in a subfolder: engines/joyful-meld
         path = RECIPES_DIR / f"{name_or_path}.toml"
     return path
 

@@ -73,11 +73,13 @@ def test_the_shipped_models_recipes_match_how_they_were_trained(name: str) -> No
 
 
 def test_every_shipped_recipe_parses() -> None:
-    recipes = sorted(RECIPES_DIR.glob("*.toml"))
-    assert {p.stem for p in recipes} >= {"default", "meld-tuned", "revised"}
+    recipes = sorted(RECIPES_DIR.rglob("*.toml"))
+    assert {p.stem for p in recipes} >= {"default", "meld-tuned", "revised", "joyful-meld"} and len(recipes) >= 30
     for path in recipes:
         ns = parse_train_args(["--recipe", str(path)])
         assert ns.out and ns.data_dir
+        name = str(path.relative_to(RECIPES_DIR).with_suffix(""))
+        assert parse_train_args(["--recipe", name]).out == ns.out  # by name, subfolders too
 
 
 def test_the_words_of_the_train_subcommand_are_found() -> None:
