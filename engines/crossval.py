@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engines.datasets.ravdess import FOLDS
+from engines.datasets.ravdess import ACTORS, FOLDS
 
 
 def add_cv_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -35,6 +35,11 @@ def add_cv_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="after '--': more `emostream train` flags for every fold (e.g. -- --seed 1 --epochs 8)",
     )
     return parser
+
+
+def _held(fold: int) -> str:
+    actors = ACTORS[f"dev-fold{fold}"]
+    return f"{min(actors)}-{max(actors)}"
 
 
 def summarise(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -84,7 +89,7 @@ def run_cv(ns: argparse.Namespace) -> int:
                 )
                 return 2
         else:
-            print(f"cv: {name} fold {k} (held-out actors {4 * k + 1}-{4 * k + 4}) -> {out}", file=sys.stderr)
+            print(f"cv: {name} fold {k} (held-out actors {_held(k)}) -> {out}", file=sys.stderr)
             code = train_main(words)
             if code != 0:
                 return code
@@ -105,7 +110,7 @@ def run_cv(ns: argparse.Namespace) -> int:
     print("|---|---|" + "---|" * len(subsets))
     for k, m in figures.items():
         cells = [f"{m[s]['weighted_f1']:.3f} / {m[s]['accuracy']:.3f}" if s in m else "-" for s in subsets]
-        print(f"| {k} | {4 * k + 1}-{4 * k + 4} | " + " | ".join(cells) + " |")
+        print(f"| {k} | {_held(k)} | " + " | ".join(cells) + " |")
     cells = []
     for s in subsets:
         w, a = summary[s]["weighted_f1"], summary[s]["accuracy"]

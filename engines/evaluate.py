@@ -161,10 +161,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         raise DatasetError(f"--corrupt {corrupt.modality} needs {corrupt.modality} among --modalities {asked}")
     engine = load_engine(ns.model, runtime=ns.runtime)
     ex = load_extractors(ns.model)
-    if ns.fold is not None:
-        if ns.dataset not in ("ravdess", "meld-ravdess"):
-            raise DatasetError(f"--fold needs a RAVDESS-based dataset (ravdess, meld-ravdess), not {ns.dataset}")
-        ns.split = fold_split(ns.split, ns.fold)
+    ns.split = fold_split(ns.split, ns.fold, ns.dataset)
     dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
     corrupted: Corrupted | None = None
     if corrupt is not None:

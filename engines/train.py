@@ -302,6 +302,7 @@ def _subcommand_words(argv: Sequence[str], command: str) -> list[str]:
 def _train_needs(ns: argparse.Namespace, seen: frozenset[Path] = frozenset()) -> None:
     """Train each recipe this one names with '@NAME' whose artifact is not there yet."""
     from engines import artifact
+    from engines.datasets.ravdess import RAVDESS_BASED
     from engines.errors import ArtifactError
 
     for path in getattr(ns, "recipe_needs", []):
@@ -311,7 +312,7 @@ def _train_needs(ns: argparse.Namespace, seen: frozenset[Path] = frozenset()) ->
         words += ["--cache-dir", ns.cache_dir] if ns.cache_dir else []
         words += ["--no-progress"] if ns.no_progress else []
         need = parse_train_args(words)
-        if ns.fold is not None and need.dataset in ("ravdess", "meld-ravdess"):
+        if ns.fold is not None and need.dataset in RAVDESS_BASED:
             raise ArtifactError(
                 f"--fold {ns.fold}: recipe {path} trains on RAVDESS voices for every fold alike, so it would have "
                 "heard the held-out actors; give its artifact another way (a flag) or train it per fold"
@@ -379,9 +380,7 @@ def _train(ns: argparse.Namespace) -> int:
     quiet = ns.no_progress
     out_dir = Path(ns.out)
 
-    if ns.fold is not None and ns.dataset not in ("ravdess", "meld-ravdess"):
-        raise DatasetError(f"--fold needs a RAVDESS-based dataset (ravdess, meld-ravdess), not {ns.dataset}")
-    train_split, dev_split = fold_split("train", ns.fold), fold_split("dev", ns.fold)
+    train_split, dev_split = fold_split("train", ns.fold, ns.dataset), fold_split("dev", ns.fold, ns.dataset)
     train_d = load_dataset(ns.dataset, ns.data_dir, train_split, seed=ns.seed)
     dev_d = load_dataset(ns.dataset, ns.data_dir, dev_split, seed=ns.seed)
     label_names = label_set(train_d)

@@ -112,9 +112,9 @@ class Worker:
             max_hold_s=j.wait_s + j.max_hold_s,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
-        self.read: dict[tuple[str, int], tuple[float, int]] = {}  # (topic, partition) -> (max record time, offset)
+        #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
+        self.read: dict[tuple[str, int], tuple[float, int, float]] = {}
         self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
-        self.advanced_at: dict[tuple[str, int], float] = {}  # (topic, partition) -> when its offset last grew
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -243,10 +243,10 @@ class Worker:
     def _mark_read(self, topic: str, partition: int, offset: int, timestamp: float | None) -> None:
         """A message is done with (joined, controlling or dead-lettered): the partition is read past it."""
         if timestamp is not None:
-            seen = self.read.get((topic, partition), (float("-inf"), -1))
-            self.read[(topic, partition)] = (max(seen[0], timestamp), max(seen[1], offset))
-            if offset > seen[1]:
-                self.advanced_at[(topic, partition)] = self.clock()
+            ts, last, advanced_at = self.read.get((topic, partition), (float("-inf"), -1, float("-inf")))
+            if offset > last:
+                last, advanced_at = offset, self.clock()
+            self.read[(topic, partition)] = (max(ts, timestamp), last, advanced_at)
 
     def behind(self, modality: str, partition: int, until: float) -> bool:
         """Whether ``modality``'s input partition has been read only up to before record time
@@ -265,10 +265,8 @@ class Worker:
         seen = self.read.get((topic, partition))
         if seen is None:
             return self.clock() - self.assigned_at.get(partition, self.clock()) < NOTHING_READ_GRACE_S
-        ts, offset = seen
-        if ts >= until:
-            return False
-        if self.clock() - self.advanced_at.get((topic, partition), float("-inf")) >= self.settings.join.max_stall_s:
+        ts, offset, advanced_at = seen
+        if ts >= until or self.clock() - advanced_at >= self.settings.join.max_stall_s:
             return False
         end = self.highwater(topic, partition)
         return end is not None and offset + 1 < end
@@ -286,7 +284,6 @@ class Worker:
             pending = self.joiner.forget(partitions, queued)
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
-            self.advanced_at = {tp: t for tp, t in self.advanced_at.items() if tp[1] not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:

@@ -29,10 +29,16 @@ for _k in range(FOLDS):
     ACTORS[f"dev-fold{_k}"] = _held
 
 
-def fold_split(split: str, fold: int | None) -> str:
-    """``train``/``dev`` of actor fold ``fold`` (None: the plain split)."""
+#: the datasets whose audio is RAVDESS's, so whose splits have actor folds
+RAVDESS_BASED: tuple[str, ...] = ("ravdess", "meld-ravdess")
+
+
+def fold_split(split: str, fold: int | None, dataset: str = "ravdess") -> str:
+    """``train``/``dev`` of actor fold ``fold`` of ``dataset`` (None: the plain split)."""
     if fold is None:
         return split
+    if dataset not in RAVDESS_BASED:
+        raise DatasetError(f"--fold needs a RAVDESS-based dataset ({', '.join(RAVDESS_BASED)}), not {dataset}")
     if split not in ("train", "dev") or not 0 <= fold < FOLDS:
         raise DatasetError(f"actor folds have train and dev splits and folds 0-{FOLDS - 1}; got {split!r}, {fold}")
     return f"{split}-fold{fold}"

@@ -43,17 +43,26 @@ def test_the_model_table_is_under_set(tmp_path: Path) -> None:
     assert model_config(ns, spec, 7)["sharpness"] == 3
 
 
-def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('[train]\nengine = "unimse"\ntelephon = 0.3\n', r"unknown \[train\] keys \['telephon'\]"),
+        ('[train]\nengine = "bert"\n', "engine = 'bert' is not one of"),
+        ("[train\n", "not valid TOML"),
+        ('[train]\nengine = "unimse"\nepochs = 2.5\nout = "o"\ndata_dir = "d"\n', "epochs must be an integer"),
+        ('[train]\nno_resample_audio = "false"\nout = "o"\ndata_dir = "d"\n', "switch"),
+        ('[train]\nlr = 1\nout = "o"\ndata_dir = "d"\n[model]\ndropout = 0.5\n', r"dropout -> \[train\] dropout"),
+        ('[train]\ntext_weights = "@nowhere"\nout = "o"\ndata_dir = "d"\n', "not found"),
+    ],
+)
+def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path, text: str, reason: str) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[train]\nengine = "unimse"\ntelephon = 0.3\n')
-    with pytest.raises(ArtifactError, match=r"unknown \[train\] keys \['telephon'\]"):
+    bad.write_text(text)
+    with pytest.raises(ArtifactError, match=reason):
         parse_train_args(["--recipe", str(bad)])
-    bad.write_text('[train]\nengine = "bert"\n')
-    with pytest.raises(ArtifactError, match="engine = 'bert' is not one of"):
-        parse_train_args(["--recipe", str(bad)])
-    bad.write_text("[train\n")
-    with pytest.raises(ArtifactError, match="not valid TOML"):
-        parse_train_args(["--recipe", str(bad)])
+
+
+def test_a_missing_recipe_or_output_is_refused() -> None:
     with pytest.raises(ArtifactError, match="not found"):
         parse_train_args(["--recipe", "no-such-recipe"])
     with pytest.raises(ArtifactError, match="--data-dir and --out are required"):
@@ -112,20 +121,8 @@ def test_a_flag_that_replaces_a_needed_artifact_drops_the_need() -> None:
     assert ns.text_weights == "models/default" and ns.recipe_needs == []
 
 
-def test_recipe_values_are_typed_model_keys_of_flags_refused_and_cycles_caught(tmp_path: Path) -> None:
+def test_recipe_values_are_typed_and_cycles_caught(tmp_path: Path) -> None:
     r = tmp_path / "r.toml"
-    r.write_text('[train]\nengine = "unimse"\nepochs = 2.5\nout = "o"\ndata_dir = "d"\n')
-    with pytest.raises(ArtifactError, match="epochs must be an integer"):
-        parse_train_args(["--recipe", str(r)])
-    r.write_text('[train]\nno_resample_audio = "false"\nout = "o"\ndata_dir = "d"\n')
-    with pytest.raises(ArtifactError, match="switch"):
-        parse_train_args(["--recipe", str(r)])
-    r.write_text('[train]\nlr = 1\nout = "o"\ndata_dir = "d"\n[model]\ndropout = 0.5\n')
-    with pytest.raises(ArtifactError, match=r"dropout -> \[train\] dropout"):
-        parse_train_args(["--recipe", str(r)])
-    r.write_text('[train]\ntext_weights = "@nowhere"\nout = "o"\ndata_dir = "d"\n')
-    with pytest.raises(ArtifactError, match="not found"):
-        parse_train_args(["--recipe", str(r)])
     r.write_text(f'[train]\ntext_weights = "@{r}"\nout = "{tmp_path / "o"}"\ndata_dir = "d"\n')
     import engines.train as train
 
