@@ -12,10 +12,14 @@ import asyncio
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.worker import PartitionEnd
 
 log = logging.getLogger("emostream.app")
 
@@ -107,15 +111,22 @@ def _idempotent_producer(app: Any) -> None:
     app.transport.Producer = IdempotentProducer  # per app: the transport makes the producer from it
 
 
-def _highwater(app: Any, topic: str, partition: int) -> int | None:
-    """The end offset of a partition as the consumer last saw it (None if unknown)."""
+def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
+    """The end offset of a partition as the consumer last saw it, and how long ago a fetch
+    response said so (aiokafka's ``last_poll_timestamp``, wall-clock ms); None if unknown."""
     from faust.types import TP
 
+    from streams.worker import PartitionEnd  # noqa: F811  (the runtime import; the module loads lazily)
+
+    tp = TP(topic, partition)
     try:
-        end = app.consumer.highwater(TP(topic, partition))
+        end = app.consumer.highwater(tp)
+        polled_ms = app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
     except Exception:  # not assigned (any more), or the consumer is not started
         return None
-    return None if end is None else int(end)
+    if end is None or polled_ms is None:
+        return None
+    return PartitionEnd(int(end), max(0.0, time.time() - polled_ms / 1000.0))
 
 
 def run_worker(settings: Settings) -> int:

@@ -53,6 +53,15 @@ from streams.validate import to_payload
 log = logging.getLogger("emostream.worker")
 _MAX_KEY_CHARS = 256
 NOTHING_READ_GRACE_S = 5.0  # see Worker.behind
+UNANSWERED_S = 5.0  # see Worker.behind: > 3x the consumer's fetch wait (1.5 s), a caught-up partition's longest quiet
+
+
+@dataclass(frozen=True)
+class PartitionEnd:
+    """A partition's end offset as the consumer last saw it, and how long ago the broker said so."""
+
+    offset: int
+    age_s: float
 
 
 @dataclass
@@ -116,7 +125,7 @@ class Worker:
         self.read: dict[tuple[str, int], tuple[float, int, float]] = {}
         self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
-        self.highwater: Callable[[str, int], int | None] = lambda topic, partition: None
+        self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
@@ -257,8 +266,11 @@ class Worker:
         within that; past it, its messages are older ones, already committed). A partition whose
         read offset has not grown for ``join.max_stall_s`` is not behind either (stuck, or its end
         offset counts records that never come): however long a backlog takes to read (overload),
-        the hold lasts while it is being read. Near the open-utterance cap nothing is behind:
-        holding more would stop the reading (backpressure) that could bring the parts."""
+        the hold lasts while it is being read. A partition whose broker has not answered a fetch
+        for ``UNANSWERED_S`` (its leader killed, leadership moving) is behind: its end offset is
+        stale and its part may be past it (the stall rule bounds this too). Near the
+        open-utterance cap nothing is behind: holding more would stop the reading (backpressure)
+        that could bring the parts."""
         topic = self.topic_of.get(modality)
         if topic is None or self.joiner.open_utterances >= 0.8 * self.settings.join.max_open_utterances:
             return False
@@ -269,7 +281,9 @@ class Worker:
         if ts >= until or self.clock() - advanced_at >= self.settings.join.max_stall_s:
             return False
         end = self.highwater(topic, partition)
-        return end is not None and offset + 1 < end
+        if end is None:
+            return False
+        return end.age_s >= UNANSWERED_S or offset + 1 < end.offset
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for

@@ -16,7 +16,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart
 from streams.settings import Settings
-from streams.worker import Worker
+from streams.worker import UNANSWERED_S, PartitionEnd, Worker
 
 
 class FakeEngine:
@@ -730,7 +730,7 @@ def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
         clock = Clock()
         w.clock = clock
         t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: 50 if topic == t.audio else 1
+        w.highwater = lambda topic, partition: PartitionEnd(50 if topic == t.audio else 1, 0.5)
         await w.on_message(t.audio, 0, 0, b"c", audio("c", "older", 0), Handle(log, "a-old"), timestamp=990.0)
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 1), Handle(log, "t0"), timestamp=1000.0)
         assert w.behind("audio", 0, 1000.2) and not w.behind("text", 0, 1000.2)
@@ -750,13 +750,52 @@ def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
     asyncio.run(scenario())
 
 
+def test_a_caught_up_audio_partition_whose_broker_stopped_answering_holds_the_join() -> None:
+    """A cluster's audio partition leader is killed: the worker has read that partition to its last
+    known end, but the broker has not answered a fetch since, so new audio may sit past that end
+    (on the new leader). u0's text holds past wait_s until the partition answers again; with a
+    fresh answer and nothing past the end, a later u1 is labelled on its text alone."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_stall_s=60.0)
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        audio_end = PartitionEnd(1, 0.5)
+        w.highwater = lambda topic, partition: audio_end if topic == t.audio else PartitionEnd(9, 0.5)
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "older", 0), Handle(log, "a-old"), timestamp=990.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 1), Handle(log, "t0"), timestamp=1000.0)
+        assert not w.behind("audio", 0, 1000.2)  # caught up and answered lately: nothing more to wait for
+        audio_end = PartitionEnd(1, UNANSWERED_S + 1.0)  # the leader is gone: no fetch answered since
+        assert w.behind("audio", 0, 1000.2)
+        clock.now += 5.0
+        await w.tick()
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["older"]  # u0 held
+        audio_end = PartitionEnd(2, 0.2)  # the new leader answers: one more audio record
+        await w.on_message(t.audio, 0, 1, b"c", audio("c", "u0", 1), Handle(log, "a0"), timestamp=1000.1)
+        await w.tick()
+        await w.pump()
+        assert {e.utterance_id: e.modalities_present for e in events(sent)}["u0"] == ["text", "audio"]
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 2), Handle(log, "t1"), timestamp=1010.0)
+        clock.now += 5.0
+        await w.tick()
+        await w.pump()
+        assert {e.utterance_id: e.modalities_present for e in events(sent)}["u1"] == ["text"]
+        audio_end = PartitionEnd(2, 1000.0)  # silent for longer than join.max_stall_s: the stall rule ends holds
+        clock.now += 61.0
+        assert not w.behind("audio", 0, 1012.0)
+
+    asyncio.run(scenario())
+
+
 def test_a_partition_never_read_is_behind_only_briefly_and_nothing_is_behind_near_the_cap() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_open_utterances=2)
         clock = Clock()
         w.clock = clock
         t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: 500  # older, committed messages: nothing new to read
+        w.highwater = lambda topic, partition: PartitionEnd(500, 0.5)  # older, committed messages: nothing new to read
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
         assert w.behind("audio", 0, 1002.0)  # nothing read yet: a backlog may still show
         clock.now += 6.0
@@ -780,7 +819,7 @@ def test_a_hold_lasts_while_the_audio_partition_is_read_further_and_ends_when_it
         clock = Clock()
         w.clock = clock
         t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: 10_000 if topic == t.audio else 1
+        w.highwater = lambda topic, partition: PartitionEnd(10_000 if topic == t.audio else 1, 0.5)
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
         for i in range(20):  # 200 s of a slowly read audio backlog, older than u0
             await w.on_message(t.audio, 0, i, b"o", audio("o", f"x{i}", i), Handle(log, f"a{i}"), timestamp=900.0 + i)
