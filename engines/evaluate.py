@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +53,10 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument(
         "--corrupt",
         default=None,
-        metavar="MODALITY=FRACTION",
+        metavar="MODALITY[:KIND]=FRACTION",
         help="give that fraction of utterances the input of another emotion (audio: a RAVDESS clip of the "
-        "same split, same actor when possible; text: another utterance's text), e.g. audio=0.5",
+        "same split, same actor when possible; text: another utterance's text), e.g. audio=0.5; or audio "
+        "without a voice: audio:noise=1.0, audio:silence=1.0 (engines/corrupt.py)",
     )
     parser.add_argument(
         "--channel",
@@ -167,8 +169,10 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     if corrupt is not None:
         if getattr(ex, corrupt.modality) is None:
             raise DatasetError(f"--corrupt {corrupt.modality}: the model has no {corrupt.modality} input")
-        clips = audio_pool(ns.dataset, ns.data_dir, ns.split) if corrupt.modality == "audio" else None
-        corrupted = corrupt_dialogues(dialogues, corrupt, ns.seed, clips)
+        swap_audio = corrupt.modality == "audio" and corrupt.kind == "swap"
+        clips = audio_pool(ns.dataset, ns.data_dir, ns.split) if swap_audio else None
+        probes = None if ns.cache_dir is None else Path(ns.cache_dir) / "probes"
+        corrupted = corrupt_dialogues(dialogues, corrupt, ns.seed, clips, probes)
         dialogues = corrupted.dialogues
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     channel = make_channel(ns.channel, ns.seed)
@@ -205,6 +209,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         w_bad, w_good = worse["mean_weights"][m], clean["mean_weights"][m]
         out["corrupt"] = {
             "modality": m,
+            "kind": corrupt.kind,
             "fraction": corrupt.fraction,
             "seed": ns.seed,
             "n_corrupted": worse["n"],

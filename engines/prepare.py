@@ -18,6 +18,7 @@ from engines.errors import DatasetError
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
 from engines.features.channel import TelephoneChannel
+from engines.features.speech import MIN_SPEECH_S, SpeechDetector
 from engines.features.text import TextEncoder
 from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
 from engines.windows import WindowIndex, dialogue_windows
@@ -26,7 +27,11 @@ from engines.windows import WindowIndex, dialogue_windows
 class AudioTable:
     """Feature vectors of audio files, computed once per file content (cached on disk); with a
     ``channel`` (a :class:`~engines.features.channel.TelephoneChannel`), of each file as heard
-    through that line (seeded by the file's content, cached apart from the clean features)."""
+    through that line (seeded by the file's content, cached apart from the clean features).
+
+    ``speech`` holds each file's seconds of speech (:mod:`engines.features.speech`, cached too);
+    :meth:`lookup` counts a file with less than ``min_speech_s`` as no audio, as the stream does
+    (None: every file counts)."""
 
     def __init__(
         self,
@@ -35,8 +40,10 @@ class AudioTable:
         cache_root: str | Path | None = None,
         progress: bool = False,
         channel: TelephoneChannel | None = None,
+        min_speech_s: float | None = MIN_SPEECH_S,
     ) -> None:
         self.paths = sorted(set(paths))
+        self.min_speech_s = min_speech_s
         self.row = {p: i for i, p in enumerate(self.paths)}
         blobs = [Path(p).read_bytes() for p in self.paths]
         keys = [item_key(b) for b in blobs]
@@ -56,13 +63,21 @@ class AudioTable:
             return np.concatenate([extractor.extract([wave(i) for i in c]) for c in chunks])
 
         self.matrix = cache.get_or_compute(keys, compute).reshape(len(self.paths), extractor.dim)
+        self.speech = np.ones((len(self.paths),), dtype=np.float32) * np.inf
+        if min_speech_s is not None:
+            detector = SpeechDetector()
+            speech_cache = FeatureCache(
+                f"speech/{detector.id}" + (f"/{channel.id}" if channel is not None else ""), root=cache_root
+            )
+            seconds = speech_cache.get_or_compute(keys, lambda idx: detector.seconds([wave(i) for i in idx])[:, None])
+            self.speech = seconds.reshape(len(self.paths))
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(N, dim) features (zeros where no audio) and (N,) presence."""
+        """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence."""
         out = np.zeros((len(paths), dim), dtype=np.float32)
         has = np.zeros((len(paths),), dtype=np.float32)
         for i, p in enumerate(paths):
-            if p is not None:
+            if p is not None and (self.min_speech_s is None or self.speech[self.row[p]] >= self.min_speech_s):
                 out[i] = self.matrix[self.row[p]]
                 has[i] = 1.0
         return out, has

@@ -55,6 +55,7 @@ class Utterance:
     first_ts: float | None = None  # the record time (producer clock, s) of its first part
     held: bool = False  # waited past wait_s for a part of a topic read behind
     recheck_at: float | None = None  # while held: when the heap looks at it again
+    ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -33,6 +33,12 @@ class Metrics:
             "Parts that arrived after their utterance was labelled, or past its wait and sent after it (record time)",
             registry=r,
         )
+        self.ignored_parts = Counter(
+            "emostream_ignored_parts_total",
+            "Parts that arrived but were not used (audio without speech: silence, line noise, hold music)",
+            ["modality"],
+            registry=r,
+        )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
         self.batch_size = Histogram(
             "emostream_batch_size",

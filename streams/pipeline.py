@@ -41,6 +41,8 @@ class Featurizer(Protocol):
 
     def audio(self, waves: list[np.ndarray]) -> np.ndarray: ...  # (N, Da) float32
 
+    def speech(self, waves: list[np.ndarray]) -> np.ndarray: ...  # (N,) float32, seconds of speech
+
 
 @dataclass
 class BatchOutcome:
@@ -83,9 +85,12 @@ class BatchOutcome:
 
 
 def utterance_features(
-    utts: list[Utterance], featurizer: Featurizer, dims: dict[str, int]
+    utts: list[Utterance], featurizer: Featurizer, dims: dict[str, int], min_speech_s: float = 0.0
 ) -> list[dict[str, np.ndarray]]:
-    """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses."""
+    """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
+
+    A waveform with less than ``min_speech_s`` of speech (silence, line noise, hold music) is not
+    used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why."""
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
@@ -106,6 +111,12 @@ def utterance_features(
         emb = featurizer.text([t for _, t in texts])  # (n, Dt)
         for (i, _), vec in zip(texts, emb, strict=True):
             feats[i]["text"] = vec
+    if waves and min_speech_s > 0:
+        seconds = featurizer.speech([w for _, w in waves])  # (n,)
+        for (i, _), s in zip(waves, seconds, strict=True):
+            if s < min_speech_s:
+                utts[i].ignored["audio"] = f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s"
+        waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
     if waves:
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
         for (i, _), vec in zip(waves, aud, strict=True):
@@ -170,8 +181,10 @@ class Processor:
         store: ContextStore,
         future: int = 0,
         revision_engine: Engine | None = None,
+        min_speech_s: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.min_speech_s = min_speech_s  # audio with less speech is not used (0: all audio is)
         self.revision_engine = revision_engine or engine  # labels revisions (trained with future context)
         assert tuple(self.revision_engine.info.labels) == tuple(engine.info.labels)
         assert self.revision_engine.info.features == engine.info.features
@@ -286,7 +299,7 @@ class Processor:
         started: float,
         reset: frozenset[str] = frozenset(),
     ) -> BatchOutcome:
-        feats = utterance_features(utts, self.featurizer, self.dims)
+        feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
         rows: list[_Row] = []
         appends: dict[str, list[ContextItem]] = {}
         for utt, f in zip(utts, feats, strict=True):
@@ -366,6 +379,7 @@ class Processor:
             sentiment_label=sentiment_label(sentiment),  # type: ignore[arg-type]
             weights={m: round(float(w), 6) for m, w in zip(MODALITIES, out.weights[i], strict=True)},
             modalities_present=present,  # type: ignore[arg-type]
+            ignored=dict(utt.ignored) if row.revision == 0 and utt is not None else {},  # type: ignore[arg-type]
             model=self.revision_model_ref if row.revision > 0 else self.model_ref,
             context_size=len(row.window),
             context_reset=row.context_reset,

@@ -22,6 +22,7 @@ class ModelFeaturizer:
 
     def __init__(self, extractors: Any) -> None:
         self._x = extractors
+        self._speech: Any = None
 
     def text(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self._x.text.encode(texts), dtype=np.float32)  # (N, Dt)
@@ -29,12 +30,20 @@ class ModelFeaturizer:
     def audio(self, waves: list[np.ndarray]) -> np.ndarray:
         return np.asarray(self._x.audio.extract(waves), dtype=np.float32)  # (N, Da)
 
+    def speech(self, waves: list[np.ndarray]) -> np.ndarray:
+        if self._speech is None:
+            from engines.features.speech import SpeechDetector
+
+            self._speech = SpeechDetector()
+        return self._speech.seconds(waves)  # (N,)
+
     def warm_up(self) -> None:
         """Load the encoders now rather than on the first utterance."""
         if self._x.text is not None:
             self._x.text.encode(["warm up"])
         if self._x.audio is not None:
             self._x.audio.extract([np.zeros(16000, dtype=np.float32)])
+            self.speech([np.zeros(16000, dtype=np.float32)])
             from engines.features.codecs import warm_up
 
             warm_up()  # the resampler's import, not on a telephone call's first part
@@ -110,5 +119,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     )
     if revision is not None:
         log.info("revised events after %d later utterances by %s %s", future, revision.info.name, revision.info.version)
-    processor = Processor(engine, featurizer, store, future=future, revision_engine=revision)
+    processor = Processor(
+        engine, featurizer, store, future=future, revision_engine=revision, min_speech_s=settings.engine.min_speech_s
+    )
     return Worker(settings, processor, metrics, send)

@@ -176,6 +176,12 @@ class EmotionEvent(_Message):
         "it measures depends on the engine (relevance weights, unimse's adapter gates: the model's README)"
     )
     modalities_present: list[Modality]
+    ignored: dict[Modality, str] = Field(
+        default_factory=dict,
+        description="parts that arrived but were not used, with why: audio with less than engine.min_speech_s of "
+        "speech (silence, line noise, hold music) is not used, so its weight is 0 and the label is the other "
+        "modalities' (provisional events)",
+    )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")
     context_reset: bool = Field(

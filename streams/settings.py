@@ -16,6 +16,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engines.features.speech import MIN_SPEECH_S
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -117,6 +119,12 @@ class EngineSettings(_Section):
     text_runtime: Literal["onnxruntime", "torch"] = Field(
         "onnxruntime",
         description="runs the MiniLM text encoder: an ONNX Runtime graph (same vectors, faster on CPU) or PyTorch",
+    )
+    min_speech_s: float = Field(
+        MIN_SPEECH_S,
+        ge=0,
+        description="audio with less speech than this (seconds, by Silero VAD) is not used: silence, line noise and "
+        "hold music get weight 0 and the event says so in 'ignored' (0: use all audio)",
     )
     revision_model: str | None = Field(
         None,

@@ -418,6 +418,8 @@ class Worker:
         async with self.lock:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
+                for modality in utt.ignored:
+                    self.metrics.ignored_parts.labels(modality).inc()
                 for receipt in utt.handles:
                     receipt.ack()
         return True

@@ -148,3 +148,19 @@ def test_revised_artifact_serves_revisions_with_the_default(engine: Engine, shar
     data = prepare(dialogues, ex.spec, ex.text, table, revised.info.max_window, future=2)
     report = evaluate_engine(revised, data, ["text", "audio"])
     assert report["weighted_f1"] >= REVISED_COMPOSITE_DEV_WF1_FLOOR, report
+
+
+@pytest.mark.parametrize("line", ["noise", "silence"])
+def test_a_line_without_a_voice_gets_no_weight_and_the_text_decides(
+    line: str, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13's target: audio that is noise or silence gets an audio weight of at most 0.2, here
+    exactly 0 (engines/features/speech.py), and the composite's W-F1 is then its text alone's."""
+    from tests.engine.cli import evaluate
+
+    data = ["--model", "default", "--dataset", "meld-ravdess", "--data-dir", str(shared_data)]
+    report = evaluate([*data, "--corrupt", f"audio:{line}=1.0"], capsys)
+    text = evaluate([*data, "--modalities", "text"], capsys)
+    assert report["corrupt"]["n_corrupted"] == report["n"] == 1109, report["corrupt"]
+    assert report["mean_weights"]["audio"] <= 0.2, report
+    assert report["weighted_f1"] >= text["weighted_f1"], (report, text)

@@ -1,11 +1,16 @@
 """Telephone audio on the real broker: calls whose speech arrives as 8 kHz G.711 (mu-law and
 A-law) or 8 kHz PCM are labelled with their audio, like FLAC calls; a G.711 part that claims
-another rate is dead-lettered with the reason, and the other calls go on."""
+another rate is dead-lettered with the reason, and the other calls go on. A line that carries
+no voice (a held call's hiss, as mu-law) is not used: weight 0, and the event says why."""
 
 from __future__ import annotations
 
+import base64
+
+import numpy as np
 import pytest
 
+from engines.features.codecs import encode_audio
 from streams.dialogues import attach_ravdess, read_meld_csv
 from streams.feed import feed, make_producer
 from streams.kafka import ensure_topics
@@ -36,9 +41,18 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         producer.send(
             t.text, key=b"liar", value=TextPart(call_id="liar", utterance_id="u0", seq=0, text="hi").to_bytes()
         )
+        hiss = np.random.default_rng(0).standard_normal(3 * 8000) * 0.03  # 3 s of a held line, no voice
+        held = AudioPart(call_id="held", utterance_id="u0", seq=0, encoding="pcm_mulaw", sample_rate=8000,
+                         data=base64.b64encode(encode_audio(hiss, 8000, "pcm_mulaw")).decode())  # fmt: skip
+        producer.send(t.audio, key=b"held", value=held.to_bytes())
+        producer.send(
+            t.text,
+            key=b"held",
+            value=TextPart(call_id="held", utterance_id="u0", seq=0, text="I'm so angry!").to_bytes(),
+        )
         producer.flush()
         producer.close()
-        want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances} | {("liar", "u0")}
+        want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances} | {("liar", "u0"), ("held", "u0")}
         assert collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want, 120), (
             worker.tail()
         )
@@ -51,8 +65,11 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
                 ev = events[(u.call_id, u.utterance_id)]
                 assert ev.modalities_present == (["text", "audio"] if u.audio else ["text"]), ev
                 if u.audio:
-                    assert ev.weights["audio"] > 0
+                    assert ev.weights["audio"] > 0 and ev.ignored == {}, ev
         assert events[("liar", "u0")].modalities_present == ["text"]  # its audio refused, its text labelled
+        held_ev = events[("held", "u0")]
+        assert held_ev.modalities_present == ["text", "audio"] and held_ev.weights["audio"] == 0, held_ev
+        assert held_ev.ignored["audio"].startswith("no speech"), held_ev
     finally:
         collector.close()
         worker.stop()

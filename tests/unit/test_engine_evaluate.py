@@ -214,9 +214,11 @@ def test_corrupted_utterances_carry_another_emotion(shared_data: Path) -> None:
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ("audio", "MODALITY=FRACTION"),
-        ("audio=", "MODALITY=FRACTION"),
-        ("=0.5", "MODALITY=FRACTION"),
+        ("audio", r"MODALITY\[:KIND\]=FRACTION"),
+        ("audio=", r"MODALITY\[:KIND\]=FRACTION"),
+        ("=0.5", r"MODALITY\[:KIND\]=FRACTION"),
+        ("audio:hum=1", "no kind 'hum'"),
+        ("text:noise=1", "no kind 'noise'"),
         ("speech=0.5", "unknown modality"),
         ("video=0.5", "cannot be corrupted"),
         ("audio=half", "must be a number"),
@@ -235,7 +237,7 @@ def test_corrupt_errors_on_the_command_line(
     err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld", "--corrupt", "audio=0.5")
     assert "needs a dataset with audio" in err
     err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld-ravdess", "--corrupt", "audio:0.5")
-    assert "MODALITY=FRACTION" in err
+    assert "MODALITY[:KIND]=FRACTION" in err
     err = evaluate_error(
         capsys, causal_model, shared_data, "--dataset", "meld-ravdess", "--modalities", "text", "--corrupt", "audio=0.5"
     )
@@ -284,3 +286,19 @@ def test_independent_experts_is_bayes_combination() -> None:
     want /= want.sum(1, keepdims=True)
     np.testing.assert_allclose(independent_experts([post(lik_a), post(lik_b)], prior), want, atol=1e-9)
     np.testing.assert_allclose(independent_experts([post(lik_a)], prior), post(lik_a), atol=1e-9)
+
+
+def test_voiceless_kinds_replace_the_chosen_clips_with_seeded_probes(tmp_path: Path) -> None:
+    from engines.datasets.base import Dialogue, Utterance
+
+    assert parse_corrupt("audio:noise=1") == CorruptSpec("audio", 1.0, "noise")
+    assert str(parse_corrupt(" Audio:Silence = 0.5")) == "audio:silence=0.5"
+    dialogues = [
+        Dialogue("d", [Utterance("hi", "A", 0, 0, f"/clip{i}.flac") for i in range(10)] + [Utterance("x", "B", 1, 0)])
+    ]
+    got = corrupt_dialogues(dialogues, CorruptSpec("audio", 0.5, "noise"), seed=3, probe_dir=tmp_path)
+    again = corrupt_dialogues(dialogues, CorruptSpec("audio", 0.5, "noise"), seed=3, probe_dir=tmp_path)
+    swapped = [u.audio for u in got.dialogues[0].utterances if u.audio and u.audio.startswith(str(tmp_path))]
+    assert got.n_corrupted == len(swapped) == 5 and (got.donor_emotion == -1).all()
+    assert [u.audio for u in again.dialogues[0].utterances] == [u.audio for u in got.dialogues[0].utterances]
+    assert all(Path(p).is_file() for p in swapped)

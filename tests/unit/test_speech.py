@@ -1,0 +1,76 @@
+"""Is there a voice at all: the Silero VAD gate on real clips and on lines without a voice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.corrupt import probe_clips
+from engines.features.audio import read_audio_file
+from engines.features.channel import make_channel
+from engines.features.speech import MIN_SPEECH_S, SpeechDetector, is_speech
+from streams.join import Utterance
+from streams.pipeline import utterance_features
+from streams.validate import Payload
+
+#: acted strong anger that Silero scores low (at its default 0.5 both had < 0.05 s of speech)
+SHOUTED = ["Actor_18/03-01-05-02-01-02-18.flac", "Actor_18/03-01-05-02-02-01-18.flac"]
+
+
+@pytest.fixture(scope="module")
+def detector() -> SpeechDetector:
+    return SpeechDetector()
+
+
+def test_voices_pass_and_lines_without_one_do_not(detector: SpeechDetector, shared_data: Path, tmp_path: Path) -> None:
+    actor = sorted((shared_data / "ravdess" / "Actor_17").glob("*.flac"))[::6]
+    voiced = [read_audio_file(str(p)) for p in actor] + [
+        read_audio_file(str(shared_data / "ravdess" / s)) for s in SHOUTED
+    ]
+    phone = make_channel("telephone", 0)
+    on_the_phone = [phone(w, str(i)) for i, w in enumerate(voiced)]
+    none = [read_audio_file(p) for kind in ("noise", "silence") for p in probe_clips(kind, 0, tmp_path)]
+    none += [np.zeros(8000, np.float32), np.zeros(0, np.float32)]  # digital silence, an empty part
+    assert is_speech(detector.seconds(voiced)).all()
+    assert is_speech(detector.seconds(on_the_phone)).all()
+    seconds = detector.seconds(none)
+    assert not is_speech(seconds).any(), seconds.max()
+    assert detector.seconds([voiced[0]])[0] > 5 * MIN_SPEECH_S
+
+
+class Featurizer:
+    def __init__(self, seconds: dict[int, float]) -> None:
+        self.seconds, self.audio_sizes = seconds, []  # wave size -> its seconds of speech
+
+    def text(self, texts: list[str]) -> np.ndarray:
+        return np.zeros((len(texts), 2), np.float32)
+
+    def audio(self, waves: list[np.ndarray]) -> np.ndarray:
+        self.audio_sizes += [w.size for w in waves]
+        return np.ones((len(waves), 3), np.float32)
+
+    def speech(self, waves: list[np.ndarray]) -> np.ndarray:
+        return np.array([self.seconds[w.size] for w in waves], np.float32)
+
+
+def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
+    f = Featurizer({100: 1.2, 200: 0.05})
+    utts = [
+        Utterance(
+            "c",
+            f"u{i}",
+            i,
+            "A",
+            0.0,
+            parts={"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(n, np.float32))},
+        )
+        for i, n in enumerate((100, 200))
+    ]
+    feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
+    assert set(feats[0]) == {"text", "audio"} and set(feats[1]) == {"text"}
+    assert f.audio_sizes == [100]  # no audio features computed for the silent one
+    assert utts[0].ignored == {} and utts[1].ignored["audio"].startswith("no speech: 0.05 s")
+    again = [Utterance("c", "u", 0, "A", 0.0, parts={"audio": Payload("wave", np.zeros(200, np.float32))})]
+    assert set(utterance_features(again, f, {"text": 2, "audio": 3, "video": 0})[0]) == {"audio"}  # 0: no gate
