@@ -103,6 +103,12 @@ def load_torch_model(model_dir: str | Path) -> Any:
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{path}: weights do not match config (missing {missing}, unexpected {unexpected})")
+    if cfg.get("trust") is not None:  # the voice gate and Shapley weights around it (engines/trust.py)
+        from engines.trust import TRUST_WEIGHTS, TrustConfig, load_trust, wrap
+
+        if not (path / TRUST_WEIGHTS).is_file():
+            raise ArtifactError(f"artifact {path} has a trust config but lacks {TRUST_WEIGHTS}")
+        return wrap(net.eval(), load_trust(path), TrustConfig(**cfg["trust"]))
     return net.eval()
 
 

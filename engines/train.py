@@ -156,6 +156,26 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="reuse the tuned text layers of another artifact, or that artifact's text_encoder.safetensors "
         "(e.g. the causal model's, so a revision model runs on the same text features), instead of tuning",
     )
+    g = parser.add_argument_group("trust (engines/trust.py: the voice gate and the weights, in the exported graph)")
+    g.add_argument(
+        "--trust-prior",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="prior that a familiar voice contradicts the words: the gate's output is w * fused + (1 - w) * "
+        "without the audio, w its posterior that the voice agrees",
+    )
+    g.add_argument(
+        "--trust-prior-unfamiliar",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="the same prior for a voice unlike the training clips (familiarity fit on them, clean and as heard "
+        "through the --telephone lines)",
+    )
+    g.add_argument(
+        "--no-trust", action="store_true", help="export the network alone (engine-specific weights, no voice gate)"
+    )
     g = parser.add_argument_group("runtime")
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--device", default="cpu")
@@ -364,6 +384,8 @@ def _train(ns: argparse.Namespace) -> int:
     from engines.prepare import AudioTable, prepare
     from engines.runtime.onnx import OnnxEngine
     from engines.runtime.torch import TorchEngine, torch_inputs
+    from engines.trust import TrustConfig, fit_trust, save_trust
+    from engines.trust import wrap as wrap_trust
     from engines.windows import gather_batch
 
     if not 0.0 <= ns.corrupt_train <= 1.0:
@@ -534,6 +556,20 @@ def _train(ns: argparse.Namespace) -> int:
     net = net.cpu().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / artifact.WEIGHTS))
+    served, trust_record = net, None
+    if not ns.no_trust and len(cfg.active()) > 1:
+        voices: np.ndarray | None = None
+        if table is not None and cfg.audio_dim > 0:
+            voice_paths = sorted(
+                {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
+            )
+            voices = np.concatenate([tab.matrix[[tab.row[p] for p in voice_paths]] for tab in [table, *lines]])
+        tensors, trust_cfg = fit_trust(
+            train.labels, len(label_names), voices, TrustConfig(ns.trust_prior, ns.trust_prior_unfamiliar)
+        )
+        save_trust(out_dir, tensors)
+        trust_record = trust_cfg.to_dict()
+        served = wrap_trust(net, tensors, trust_cfg)
     train_args = {k: v for k, v in vars(ns).items() if isinstance(v, str | int | float | bool | type(None))}
     artifact.write_json(
         out_dir,
@@ -547,6 +583,7 @@ def _train(ns: argparse.Namespace) -> int:
             "model": cfg.to_dict(),
             "train": train_args,
             "dataset": ns.dataset,
+            **({"trust": trust_record} if trust_record is not None else {}),
             **({"recipe": ns.recipe_record} if getattr(ns, "recipe_record", None) else {}),
         },
     )
@@ -562,7 +599,7 @@ def _train(ns: argparse.Namespace) -> int:
         features["precomputed"] = {"dataset": ns.dataset, "note": "features come with the data (feature pickle)"}
     features["normaliser"] = normaliser
     artifact.write_json(out_dir, artifact.FEATURES, features)
-    onnx_spec = export_onnx(net, spec, out_dir / artifact.ONNX)
+    onnx_spec = export_onnx(served, spec, out_dir / artifact.ONNX)
     artifact.write_json(out_dir, artifact.SPEC, onnx_spec.to_dict())
     artifact.seal(out_dir)  # the stream loads only artifacts whose files match these sums
 

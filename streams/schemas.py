@@ -172,8 +172,10 @@ class EmotionEvent(_Message):
     sentiment: float = Field(ge=-1, le=1)
     sentiment_label: Literal["negative", "neutral", "positive"]
     weights: dict[str, float] = Field(
-        description="weight per modality, summing to 1 over the modalities present (0 where absent); what "
-        "it measures depends on the engine (relevance weights, unimse's adapter gates: the model's README)"
+        description="the share of the decision each modality carried, summing to 1 over the modalities present "
+        "(0 where absent or ignored): its Shapley value in the log-probability of the label over the subsets of "
+        "modalities (negative counted as 0), the same for every engine trained with the trust gate "
+        "(engines/trust.py; artifacts with --no-trust report their engine's own weights, see its README)"
     )
     modalities_present: list[Modality]
     ignored: dict[Modality, str] = Field(

@@ -164,3 +164,93 @@ def test_a_line_without_a_voice_gets_no_weight_and_the_text_decides(
     assert report["corrupt"]["n_corrupted"] == report["n"] == 1109, report["corrupt"]
     assert report["mean_weights"]["audio"] <= 0.2, report
     assert report["weighted_f1"] >= text["weighted_f1"], (report, text)
+
+
+CLEAN_COST_MAX = 0.01  # issue 13: at most 0.01 composite W-F1 below the default before the gate (0.8445)
+DEFAULT_BEFORE_GATE_WF1 = 0.8445
+
+
+def _untrusted(model: str) -> Engine:
+    """The artifact's network without the trust gate around it (the same weights)."""
+    from safetensors.torch import load_file
+
+    from engines.models import build_model
+    from engines.runtime.torch import TorchEngine
+
+    path = artifact.resolve_model_dir(model)
+    cfg = artifact.read_json(path, artifact.CONFIG)
+    net = build_model(cfg["engine"], cfg["model"])
+    net.load_state_dict(load_file(str(path / artifact.WEIGHTS)))
+    return TorchEngine(net=net.eval(), labels=EMOTIONS)
+
+
+def test_the_voice_gate_costs_little_clean_and_gains_on_contradicting_voices(engine: Engine, shared_data: Path) -> None:
+    """On the composite's dev split with half the clips swapped for another emotion's, the gated
+    default beats its own network without the gate; on clean dev it loses at most 0.01 against
+    the pre-gate default. (The issue's stricter targets, at or above text alone under swaps and an
+    audio weight ratio of 2/3, are not met: models/default/README.md has the trade-off.)"""
+    from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
+    from engines.datasets import load_dataset
+    from engines.evaluate import evaluate_engine
+    from engines.prepare import AudioTable, prepare
+    from engines.registry import load_extractors
+
+    assert artifact.read_json(DEFAULT, artifact.CONFIG).get("trust"), "the default ships with its voice gate"
+    ex = load_extractors("default")
+    dialogues = load_dataset("meld-ravdess", shared_data, "dev")
+    swapped = corrupt_dialogues(
+        dialogues, parse_corrupt("audio=0.5"), 0, audio_pool("meld-ravdess", shared_data, "dev")
+    )
+    figures = {}
+    for name, ds in (("clean", dialogues), ("swapped", swapped.dialogues)):
+        table = AudioTable([u.audio for d in ds for u in d.utterances if u.audio], ex.audio)
+        data = prepare(ds, ex.spec, ex.text, table, engine.info.max_window)
+        figures[name] = {
+            "gated": evaluate_engine(engine, data, ["text", "audio"])["weighted_f1"],
+            "network": evaluate_engine(_untrusted("default"), data, ["text", "audio"])["weighted_f1"],
+        }
+    assert figures["clean"]["gated"] >= DEFAULT_BEFORE_GATE_WF1 - CLEAN_COST_MAX, figures
+    assert figures["swapped"]["gated"] >= figures["swapped"]["network"] + 0.02, figures
+
+
+def test_the_demo_voices_do_not_pull_the_labels_below_the_text(engine: Engine) -> None:
+    """Issue 13, point 5, without the services: the demo's calls spoken by espeak-ng (voices unlike
+    any the model learned from) are labelled with their audio at least as often in agreement with
+    the script as by the same model on the text alone."""
+    import shutil
+    import tempfile
+
+    from engines.registry import load_extractors
+    from engines.windows import UtteranceFeatures, pack_windows
+    from streams.demo import DEMO_CALLS
+    from streams.dialogues import read_jsonl, synthesize_audio
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it)")
+    from engines.features.codecs import decode_audio
+
+    ex = load_extractors("default")
+    assert ex.text is not None and ex.audio is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        calls = synthesize_audio(read_jsonl(DEMO_CALLS), tmp)
+    agree = {"text": 0, "text+audio": 0}
+    scored = 0
+    for call in calls:
+        utts = [u for u in call.utterances if u.text and u.label]
+        t = ex.text.encode([str(u.text) for u in utts])
+        a = ex.audio.extract([decode_audio(u.audio, "flac", 16_000) for u in utts])
+        for name in agree:
+            items = [
+                UtteranceFeatures(u.speaker, text=t[i], audio=a[i] if name == "text+audio" else None)
+                for i, u in enumerate(utts)
+            ]
+            w = engine.info.max_window
+            out = engine.predict(
+                pack_windows([items[max(0, i + 1 - w) : i + 1] for i in range(len(items))], engine.info.features)
+            )
+            agree[name] += sum(
+                engine.info.labels[int(k)] == u.label for k, u in zip(out.probs.argmax(1), utts, strict=True)
+            )
+        scored += len(utts)
+    assert scored >= 30
+    assert agree["text+audio"] >= agree["text"], (agree, scored)

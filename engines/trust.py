@@ -1,0 +1,271 @@
+"""Trust a voice only when it should be trusted, and weights that mean one thing for every engine.
+
+:class:`TrustedNet` wraps any engine's network (:mod:`engines.models`) in the exported graph. For
+each window it runs the network once on a batch of ``2**M`` copies, one for each subset of the
+``M`` modalities the network has, with the others marked absent *at the target utterance* (its
+context is untouched). From those:
+
+**The voice gate** (networks with audio). With ``p_t`` the prediction without the target's audio
+and ``p_a`` the prediction from its audio alone, how likely is it that the voice belongs to these
+words, against it having another emotion than the utterance (a contradiction, with prior ``pi``)?
+By Bayes, with ``r = p_a / prior`` (``prior``: the training labels' frequencies)::
+
+    agree = sum_y p_t(y) r(y)        other = sum_y p_t(y) mean_{y' != y} r(y')
+    w = (1 - pi) agree / ((1 - pi) agree + pi other)
+
+and the output is ``w * p_all + (1 - w) * p_t`` (sentiment likewise). ``pi`` depends on how
+familiar the voice is: ``prior`` for voices like those the model learned from, ``prior_unfamiliar``
+for others (the espeak-ng speech of the demo, say). Familiarity is a distance of the target's raw
+audio vector from the training clips (clean and through the telephone channel): per dimension,
+the mean of its squared whitened coordinates in their top ``k`` principal components and of its
+squared residual outside them over the residual variance, ``s = (inside + outside) / 2``; then
+``f = sigmoid((tau - s) / (0.1 tau))`` with ``tau`` twice the 99th percentile of ``s`` over the
+training clips, and ``pi = f prior + (1 - f) prior_unfamiliar``.
+
+**The weights.** Each modality's share of the fused decision: the Shapley value of the modality in
+the log-probability of the predicted label, over the subsets above (the full set gated), negative
+values counted as 0, normalised to sum 1 over the modalities present at the target (an absent
+modality changes nothing, so it gets exactly 0). A modality whose removal would not change the
+label's probability carried none of the decision; text and audio that agree share it.
+
+What it costs and buys, on the composite's dev split (``emostream evaluate``, the shipped default
+with ``prior`` 0.05): see ``models/default/README.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from engines.interface import MODALITIES
+
+AUDIO = MODALITIES.index("audio")
+TRUST_WEIGHTS = "trust.safetensors"
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    prior: float = 0.05  # contradiction prior for familiar voices
+    prior_unfamiliar: float = 0.5  # and for voices unlike the training ones
+    k: int = 32  # principal components of the familiarity distance
+    tau: float = 0.0  # familiarity threshold (fit)
+    residual_var: float = 1.0  # mean variance outside the k components (fit)
+    n_fit: int = 0  # audio vectors the familiarity was fit on
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_trust(
+    labels: np.ndarray, n_classes: int, audio: np.ndarray | None, cfg: TrustConfig
+) -> tuple[dict[str, np.ndarray], TrustConfig]:
+    """The gate's tensors from the training labels and raw training audio vectors (N, Da) (None:
+    a model without audio; only the class prior is kept)."""
+    prior = np.bincount(labels.astype(np.int64), minlength=n_classes).astype(np.float64)
+    tensors = {"class_prior": ((prior + 1.0) / (prior.sum() + n_classes)).astype(np.float32)}
+    if audio is None or len(audio) == 0:
+        return tensors, cfg
+    x = np.asarray(audio, dtype=np.float64)
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    var = s**2 / max(1, len(x) - 1)
+    k = min(cfg.k, len(var) - 1)
+    residual_var = float(max(var[k:].sum() / max(1, x.shape[1] - k), 1e-12))
+    tensors.update(
+        audio_mean=mean.astype(np.float32),
+        audio_components=vt[:k].astype(np.float32),
+        audio_scale=(1.0 / np.sqrt(np.maximum(var[:k], 1e-12))).astype(np.float32),
+    )
+    fitted = TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, 0.0, residual_var, len(x))
+    score = unfamiliarity(x, tensors, fitted)
+    return tensors, TrustConfig(
+        cfg.prior, cfg.prior_unfamiliar, k, float(2.0 * np.percentile(score, 99)), residual_var, len(x)
+    )
+
+
+def unfamiliarity(x: np.ndarray, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> np.ndarray:
+    """(N,) the familiarity distance ``s`` of raw audio vectors (numpy twin of the graph's)."""
+    z = np.asarray(x, dtype=np.float64) - tensors["audio_mean"]
+    proj = z @ tensors["audio_components"].T.astype(np.float64)  # (N, k)
+    inside = ((proj * tensors["audio_scale"]) ** 2).mean(1)
+    outside = np.maximum((z**2).sum(1) - (proj**2).sum(1), 0.0) / (z.shape[1] - cfg.k) / cfg.residual_var
+    return np.asarray(0.5 * (inside + outside))
+
+
+def save_trust(model_dir: str | Path, tensors: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(Path(model_dir) / TRUST_WEIGHTS))
+
+
+def load_trust(model_dir: str | Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(Path(model_dir) / TRUST_WEIGHTS)))
+
+
+def _subsets(active: list[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``active`` (the modalities kept at the target), the full one first."""
+    out = [tuple(c) for r in range(len(active), -1, -1) for c in itertools.combinations(active, r)]
+    return out
+
+
+def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
+    """``net`` inside a :class:`TrustedNet` (a torch module with the same forward signature)."""
+    import torch
+    from torch import nn
+
+    class TrustedNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.cfg = net.cfg
+            self.active = list(net.active)
+            self.trust = cfg
+            self.subsets = _subsets(self.active)
+            for name, value in tensors.items():
+                self.register_buffer(name, torch.from_numpy(np.asarray(value, dtype=np.float32)))
+            self.gated = AUDIO in self.active and "audio_mean" in tensors
+
+        def forward(
+            self, text: Any, audio: Any, video: Any, present: Any, speakers: Any, valid: Any, target: Any
+        ) -> dict[str, Any]:
+            b, w = valid.shape
+            n = len(self.subsets)
+            at = (torch.arange(w, device=valid.device)[None, :] == target[:, None]).to(present.dtype)  # (B, W)
+            presents = []
+            for kept in self.subsets:
+                drop = torch.tensor([0.0 if m in kept else 1.0 for m in range(len(MODALITIES))], dtype=present.dtype)
+                presents.append(present * (1.0 - at[..., None] * drop))
+            rep = [None if x is None else torch.cat([x] * n, dim=0) for x in (text, audio, video)]
+            out = self.net(*rep, torch.cat(presents, 0), *(torch.cat([x] * n, 0) for x in (speakers, valid, target)))
+            logp = torch.log_softmax(out["logits"], dim=-1).reshape(n, b, -1)  # (S, B, C)
+            sent = out["sentiment"].reshape(n, b)
+            value = {kept: logp[i] for i, kept in enumerate(self.subsets)}
+            full = self.subsets[0]
+            final, final_sent = logp[0], sent[0]
+            if self.gated:
+                without = tuple(m for m in full if m != AUDIO)
+                i_t, i_a = self.subsets.index(without), self.subsets.index((AUDIO,))
+                p_all, p_t, p_a = logp[0].exp(), logp[i_t].exp(), logp[i_a].exp()
+                r = p_a / cast(Any, self.class_prior)  # (B, C)
+                c = r.shape[-1]
+                agree = (p_t * r).sum(-1)
+                other = (p_t * (r.sum(-1, keepdim=True) - r) / (c - 1)).sum(-1)
+                x = (audio * at[..., None]).sum(1) - self.audio_mean  # (B, Da) the target's raw audio
+                proj = x @ self.audio_components.T  # (B, k)
+                inside = ((proj * self.audio_scale) ** 2).mean(-1)
+                outside = (x.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp(min=0.0) / (x.shape[-1] - self.trust.k)
+                s = 0.5 * (inside + outside / self.trust.residual_var)
+                familiar = torch.sigmoid((self.trust.tau - s) / (0.1 * self.trust.tau))
+                pi = familiar * self.trust.prior + (1.0 - familiar) * self.trust.prior_unfamiliar
+                gate = (1.0 - pi) * agree / ((1.0 - pi) * agree + pi * other).clamp(min=1e-12)  # (B,)
+                gate = gate[:, None]
+                final = torch.log((gate * p_all + (1.0 - gate) * p_t).clamp(min=1e-12))
+                final_sent = gate[:, 0] * sent[0] + (1.0 - gate[:, 0]) * sent[i_t]
+                value[full] = final
+            best = final.argmax(-1, keepdim=True)  # (B, 1)
+            v = {kept: lp.gather(-1, best)[:, 0] for kept, lp in value.items()}  # (B,) each
+            m_all = len(self.active)
+            phi = []
+            for m in range(len(MODALITIES)):
+                if m not in self.active:
+                    phi.append(torch.zeros_like(v[full]))
+                    continue
+                total = torch.zeros_like(v[full])
+                for kept in self.subsets:
+                    if m in kept:
+                        continue
+                    with_m = tuple(sorted((*kept, m)))
+                    size = len(kept)
+                    coef = math.factorial(size) * math.factorial(m_all - size - 1) / math.factorial(m_all)
+                    total = total + coef * (v[with_m] - v[kept])
+                phi.append(total)
+            share = torch.stack(phi, dim=-1).clamp(min=0.0)  # (B, 3)
+            present_t = (present * at[..., None]).sum(1).clamp(max=1.0)  # (B, 3)
+            share = share * present_t
+            norm = share.sum(-1, keepdim=True)
+            even = present_t / present_t.sum(-1, keepdim=True).clamp(min=1.0)
+            weights = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), even)
+            return {"logits": final, "sentiment": final_sent, "weights": weights}
+
+    return TrustedNet().eval()
+
+
+def sweep(model: str, data_dir: str, priors: list[float], seed: int = 0) -> list[dict[str, Any]]:
+    """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
+    set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
+    audio=0.5``) and the mean audio weight on the swapped and the genuine clips."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from engines import artifact
+    from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
+    from engines.datasets import load_dataset
+    from engines.evaluate import predict_prepared
+    from engines.metrics import classification_report
+    from engines.models import build_model
+    from engines.prepare import AudioTable, prepare
+    from engines.registry import load_extractors
+    from engines.runtime.torch import TorchEngine
+
+    path = artifact.resolve_model_dir(model)
+    cfg = artifact.read_json(path, artifact.CONFIG)
+    if not cfg.get("trust"):
+        raise SystemExit(f"{path} has no trust gate (trained with --no-trust, or before 1.2.0)")
+    net = build_model(str(cfg["engine"]), cfg["model"])
+    net.load_state_dict(load_file(str(path / artifact.WEIGHTS)))
+    tensors, base = load_trust(path), TrustConfig(**cfg["trust"])
+    labels = tuple(artifact.read_json(path, artifact.LABELS))
+    ex = load_extractors(path)
+    assert ex.audio is not None, "a gated model has audio"
+    clean = load_dataset("meld-ravdess", data_dir, "dev", seed=seed)
+    swapped = corrupt_dialogues(clean, parse_corrupt("audio=0.5"), seed, audio_pool("meld-ravdess", data_dir, "dev"))
+    data = {}
+    for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
+        table = AudioTable([u.audio for d in ds for u in d.utterances if u.audio], ex.audio)
+        data[name] = prepare(ds, ex.spec, ex.text, table, int(cfg["max_window"]))
+    bad = swapped.mask
+    rows = []
+    with torch.inference_mode():
+        for prior in priors:
+            engine = TorchEngine(net=wrap(net.eval(), tensors, dataclasses.replace(base, prior=prior)), labels=labels)
+            row: dict[str, Any] = {"prior": prior}
+            for name, d in data.items():
+                probs, _, weights = predict_prepared(engine, d, ["text", "audio"])
+                row[f"{name}_wf1"] = classification_report(d.labels, probs.argmax(1), weights, labels)["weighted_f1"]
+                if name == "swapped":
+                    w_bad, w_good = float(weights[bad, AUDIO].mean()), float(weights[~bad, AUDIO].mean())
+                    row.update(audio_weight_swapped=round(w_bad, 4), audio_weight_genuine=round(w_good, 4))
+                    row["ratio"] = round(w_bad / w_good, 4)
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engines.trust sweep --model default --data-dir DIR [--priors 0,0.05,...]``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m engines.trust", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sweep", help="dev figures of a gated model's network for several contradiction priors")
+    s.add_argument("--model", default="default")
+    s.add_argument("--data-dir", required=True)
+    s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1")
+    s.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(argv)
+    for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed):
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

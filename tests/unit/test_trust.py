@@ -1,0 +1,142 @@
+"""The voice gate and the Shapley weights (engines/trust.py) on small random networks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engines.models import build_model  # noqa: E402
+from engines.trust import TrustConfig, fit_trust, unfamiliarity, wrap  # noqa: E402
+from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
+
+
+def small(engine: str = "unimse", seed: int = 0) -> object:
+    torch.manual_seed(seed)
+    return build_model(engine, {"text_dim": DT, "audio_dim": DA, "d_model": 32, "n_heads": 4}).eval()
+
+
+def fitted(prior: float, unfamiliar: float = 0.5, seed: int = 0) -> tuple[dict[str, np.ndarray], TrustConfig]:
+    rng = np.random.default_rng(seed)
+    voices = rng.standard_normal((400, DA)) * np.linspace(0.5, 2.0, DA)
+    labels = rng.integers(0, 7, 400)
+    return fit_trust(labels, 7, voices, TrustConfig(prior=prior, prior_unfamiliar=unfamiliar, k=4))
+
+
+def test_familiarity_is_fit_on_the_training_voices() -> None:
+    tensors, cfg = fitted(0.05)
+    assert cfg.n_fit == 400 and cfg.k == 4 and cfg.tau > 0
+    assert tensors["class_prior"].shape == (7,) and abs(float(tensors["class_prior"].sum()) - 1) < 1e-6
+    rng = np.random.default_rng(9)
+    like = rng.standard_normal((200, DA)) * np.linspace(0.5, 2.0, DA)  # new draws of the same voices
+    assert (unfamiliarity(like, tensors, cfg) < cfg.tau).mean() > 0.97
+    far = like * 4 + 3  # another kind of voice
+    assert (unfamiliarity(far, tensors, cfg) > cfg.tau).all()
+
+
+def _probs(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.softmax(out["logits"], -1)
+
+
+@pytest.mark.parametrize("engine", ["unimse", "relevance", "joyful", "foal-net"])
+def test_weights_are_shapley_shares_summing_to_one_over_what_is_present(engine: str) -> None:
+    net = small(engine)
+    tensors, cfg = fitted(0.05)
+    trusted = wrap(net, tensors, cfg)
+    x = make_inputs()
+    x["present"][0, -1, 1] = 0.0  # window 0: no audio at the target
+    x["present"][1, -1, 0] = 0.0  # window 1: no text at the target
+    with torch.no_grad():
+        out = trusted(**x)
+        raw = net(**x)
+    w = out["weights"]
+    torch.testing.assert_close(w.sum(1), torch.ones(4))
+    assert w[0].tolist() == [1.0, 0.0, 0.0] and w[1].tolist() == [0.0, 1.0, 0.0]
+    assert torch.all(w[:, 2] == 0)
+    # window 0 has no audio at the target: the gate has nothing to weigh, the output is the network's
+    torch.testing.assert_close(_probs(out)[0], _probs(raw)[0], atol=1e-5, rtol=0)
+
+    # the Shapley value by hand for window 2 (text and audio present)
+    def logp(keep: tuple[int, ...]) -> torch.Tensor:
+        y = dict(x)
+        y["present"] = x["present"].clone()
+        for m in (0, 1):
+            if m not in keep:
+                y["present"][:, -1, m] = 0.0
+        with torch.no_grad():
+            return torch.log_softmax(net(**y)["logits"], -1)
+
+    best = int(out["logits"][2].argmax())
+    v = {k: float(logp(k)[2, best]) for k in [(), (0,), (1,)]}
+    v[(0, 1)] = float(out["logits"][2, best])  # the gated decision
+    phi_t = 0.5 * ((v[(0,)] - v[()]) + (v[(0, 1)] - v[(1,)]))
+    phi_a = 0.5 * ((v[(1,)] - v[()]) + (v[(0, 1)] - v[(0,)]))
+    shares = np.maximum([phi_t, phi_a], 0)
+    assert shares.sum() > 0
+    np.testing.assert_allclose(w[2, :2].numpy(), shares / shares.sum(), atol=1e-5)
+
+
+def test_the_gate_follows_its_prior_between_the_fused_output_and_the_text() -> None:
+    net = small()
+    x = make_inputs()
+    without_audio = dict(x)
+    without_audio["present"] = x["present"].clone()
+    without_audio["present"][:, -1, 1] = 0.0
+    with torch.no_grad():
+        fused, text = _probs(net(**x)), _probs(net(**without_audio))
+        never = _probs(wrap(net, *fitted(0.0, 0.0))(**x))  # no voice ever contradicts: the fused output
+        always = _probs(wrap(net, *fitted(1.0, 1.0))(**x))  # every voice contradicts: the text's
+        some = wrap(net, *fitted(0.3, 0.3))(**x)
+    torch.testing.assert_close(never, fused, atol=1e-5, rtol=0)
+    torch.testing.assert_close(always, text, atol=1e-5, rtol=0)
+    p = _probs(some)
+    lo, hi = torch.minimum(fused, text) - 1e-5, torch.maximum(fused, text) + 1e-5
+    assert torch.all((p >= lo) & (p <= hi))  # a mixture of the two
+    assert torch.all(some["sentiment"].abs() <= 1)
+
+
+def test_an_unfamiliar_voice_is_trusted_less_than_a_familiar_one() -> None:
+    net = small()
+    tensors, cfg = fitted(0.0, 1.0)  # familiar: always trusted; unfamiliar: never
+    trusted = wrap(net, tensors, cfg)
+    x = make_inputs()
+    x["audio"][:, -1] = torch.from_numpy(np.random.default_rng(3).standard_normal((4, DA)) * np.linspace(0.5, 2, DA))
+    odd = dict(x)
+    odd["audio"] = x["audio"].clone()
+    odd["audio"][:, -1] = odd["audio"][:, -1] * 4 + 3
+    no_audio = dict(odd)
+    no_audio["present"] = x["present"].clone()
+    no_audio["present"][:, -1, 1] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(_probs(trusted(**x)), _probs(net(**x)), atol=1e-4, rtol=0)
+        torch.testing.assert_close(_probs(trusted(**odd)), _probs(net(**no_audio)), atol=1e-4, rtol=0)
+        assert torch.all(trusted(**odd)["weights"][:, 1] < 0.05)  # it carried (next to) none of the decision
+
+
+def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from engines.export import example_inputs, export_onnx
+    from engines.interface import FeatureSpec
+    from engines.spec import engine_spec
+
+    spec = FeatureSpec(text_dim=DT, audio_dim=DA, video_dim=0)
+    trusted = wrap(small(), *fitted(0.05))
+    export_onnx(trusted, spec, tmp_path / "model.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    for b, w in [(1, 1), (3, 5), (6, 12)]:
+        feed = example_inputs(engine_spec(spec), batch=b, window=w, seed=b + w)
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: feed[k] for k in names}), strict=True))
+        with torch.no_grad():
+            ref = trusted(
+                **{"text": None, "audio": None, "video": None, **{k: torch.from_numpy(feed[k]) for k in names}}
+            )
+        np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got["weights"], ref["weights"].numpy(), atol=1e-4, rtol=0)
+        assert math.isfinite(float(got["sentiment"].sum()))
