@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.features.speech import MIN_SPEECH_S
 from engines.interface import MODALITIES, Engine
 from engines.prepare import Prepared
 from engines.windows import WindowIndex
@@ -64,6 +65,13 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         choices=["clean", "telephone"],
         help="telephone: every clip through a seeded simulated phone line (8 kHz, 300-3400 Hz, G.711, noise at "
         "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed",
+    )
+    parser.add_argument(
+        "--min-speech-s",
+        type=float,
+        default=MIN_SPEECH_S,
+        metavar="S",
+        help="clips with less speech (Silero VAD) count as no audio, as in the stream (0: every clip counts)",
     )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix there")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -176,7 +184,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         dialogues = corrupted.dialogues
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     channel = make_channel(ns.channel, ns.seed)
-    table = AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel) if (ex.audio and paths) else None
+    gate = ns.min_speech_s if ns.min_speech_s > 0 else None
+    table = AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate) if (ex.audio and paths) else None
     max_window = engine.info.max_window
     data = prepare(
         dialogues, ex.spec, ex.text, table, max_window + ns.future, ns.cache_dir, not ns.json, future=ns.future
