@@ -240,6 +240,12 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
     from engines.registry import load_engine, load_extractors
     from engines.windows import UtteranceFeatures, pack_windows
 
+    try:  # the summary, not a progress bar of the text encoder's weights
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     engine = load_engine(settings.model_dir())
     extractors = load_extractors(settings.model_dir(), text_runtime=settings.engine.text_runtime)
     assert extractors.text is not None

@@ -33,6 +33,13 @@ def test_format_event_first_revision() -> None:
     assert line == "[call-7 #3 Alice] joy 0.81  sent +0.62  text .71  audio .29  (t+a, ctx 4, 120 ms)"
 
 
+def test_format_event_says_which_part_was_not_used() -> None:
+    e = make_event(weights={"text": 1.0, "audio": 0.0, "video": 0.0}, ignored={"audio": "no speech: 0.00 s of speech"})
+    assert format_event(e) == (
+        "[call-7 #3 Alice] joy 0.81  sent +0.62  text 1.00  audio .00  (t+a, ctx 4, audio not used: no speech, 120 ms)"
+    )
+
+
 def test_format_event_negative_sentiment_all_modalities_and_future_context() -> None:
     e = make_event(
         label="anger", confidence=1.0, sentiment=-0.5, sentiment_label="negative", future_context=2,
