@@ -69,7 +69,13 @@ class AudioTable:
             speech_cache = FeatureCache(
                 f"speech/{detector.id}" + (f"/{channel.id}" if channel is not None else ""), root=cache_root
             )
-            seconds = speech_cache.get_or_compute(keys, lambda idx: detector.seconds([wave(i) for i in idx])[:, None])
+
+            def speech(idx: list[int]) -> np.ndarray:  # in chunks: decoded clips are not all held at once
+                return np.concatenate(
+                    [detector.seconds([wave(i) for i in idx[j : j + 64]]) for j in range(0, len(idx), 64)]
+                )
+
+            seconds = speech_cache.get_or_compute(keys, lambda idx: speech(idx)[:, None])
             self.speech = seconds.reshape(len(self.paths))
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -500,9 +500,10 @@ def _train(ns: argparse.Namespace) -> int:
                 which = np.random.default_rng(ns.seed + 1000 * epoch + 3).integers(0, len(lines), len(phone))
                 for k, heard in enumerate(lines):
                     rows = phone[which == k]
-                    feats, _ = heard.lookup([clips[i] for i in rows], spec.audio_dim)
+                    feats, has_line = heard.lookup([clips[i] for i in rows], spec.audio_dim)
                     keep = train.has["audio"][rows] > 0
                     train.feats["audio"][rows[keep]] = feats[keep]
+                    train.has["audio"][rows] *= has_line  # no speech left on the line: no audio, as in the stream
         net.train()
         order = rng.permutation(train.n)
         sums: dict[str, float] = {}

@@ -6,7 +6,8 @@ each window it runs the network once on a batch of ``2**M`` copies, one for each
 context is untouched). From those:
 
 **The voice gate** (networks with audio). With ``p_t`` the prediction without the target's audio
-and ``p_a`` the prediction from its audio alone, how likely is it that the voice belongs to these
+and ``p_a`` the prediction from its audio alone (the context of the window kept in both: an
+approximation that counts the context twice), how likely is it that the voice belongs to these
 words, against it having another emotion than the utterance (a contradiction, with prior ``pi``)?
 By Bayes, with ``r = p_a / prior`` (``prior``: the training labels' frequencies)::
 
@@ -71,10 +72,14 @@ def fit_trust(
     if audio is None or len(audio) == 0:
         return tensors, cfg
     x = np.asarray(audio, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("the voice gate's training audio vectors must be finite")
+    if len(x) < 3:  # too few voices to tell familiar from not: no gate, the Shapley weights only
+        return tensors, cfg
     mean = x.mean(0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     var = s**2 / max(1, len(x) - 1)
-    k = min(cfg.k, len(var) - 1)
+    k = max(1, min(cfg.k, len(x) - 2, x.shape[1] - 1))
     residual_var = float(max(var[k:].sum() / max(1, x.shape[1] - k), 1e-12))
     tensors.update(
         audio_mean=mean.astype(np.float32),
@@ -83,9 +88,8 @@ def fit_trust(
     )
     fitted = TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, 0.0, residual_var, len(x))
     score = unfamiliarity(x, tensors, fitted)
-    return tensors, TrustConfig(
-        cfg.prior, cfg.prior_unfamiliar, k, float(2.0 * np.percentile(score, 99)), residual_var, len(x)
-    )
+    tau = max(float(2.0 * np.percentile(score, 99)), 1e-6)  # identical vectors: 0, and the graph divides by tau
+    return tensors, TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, tau, residual_var, len(x))
 
 
 def unfamiliarity(x: np.ndarray, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> np.ndarray:
@@ -93,7 +97,7 @@ def unfamiliarity(x: np.ndarray, tensors: dict[str, np.ndarray], cfg: TrustConfi
     z = np.asarray(x, dtype=np.float64) - tensors["audio_mean"]
     proj = z @ tensors["audio_components"].T.astype(np.float64)  # (N, k)
     inside = ((proj * tensors["audio_scale"]) ** 2).mean(1)
-    outside = np.maximum((z**2).sum(1) - (proj**2).sum(1), 0.0) / (z.shape[1] - cfg.k) / cfg.residual_var
+    outside = np.maximum((z**2).sum(1) - (proj**2).sum(1), 0.0) / max(1, z.shape[1] - cfg.k) / cfg.residual_var
     return np.asarray(0.5 * (inside + outside))
 
 
@@ -140,7 +144,11 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             at = (torch.arange(w, device=valid.device)[None, :] == target[:, None]).to(present.dtype)  # (B, W)
             presents = []
             for kept in self.subsets:
-                drop = torch.tensor([0.0 if m in kept else 1.0 for m in range(len(MODALITIES))], dtype=present.dtype)
+                drop = torch.tensor(
+                    [0.0 if m in kept else 1.0 for m in range(len(MODALITIES))],
+                    dtype=present.dtype,
+                    device=present.device,
+                )
                 presents.append(present * (1.0 - at[..., None] * drop))
             rep = [None if x is None else torch.cat([x] * n, dim=0) for x in (text, audio, video)]
             out = self.net(*rep, torch.cat(presents, 0), *(torch.cat([x] * n, 0) for x in (speakers, valid, target)))
@@ -160,7 +168,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 x = (audio * at[..., None]).sum(1) - self.audio_mean  # (B, Da) the target's raw audio
                 proj = x @ self.audio_components.T  # (B, k)
                 inside = ((proj * self.audio_scale) ** 2).mean(-1)
-                outside = (x.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp(min=0.0) / (x.shape[-1] - self.trust.k)
+                outside = (x.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp(min=0.0) / max(1, x.shape[-1] - self.trust.k)
                 s = 0.5 * (inside + outside / self.trust.residual_var)
                 familiar = torch.sigmoid((self.trust.tau - s) / (0.1 * self.trust.tau))
                 pi = familiar * self.trust.prior + (1.0 - familiar) * self.trust.prior_unfamiliar

@@ -121,12 +121,16 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
     tp = TP(topic, partition)
     try:
         end = app.consumer.highwater(tp)
-        polled_ms = app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
     except Exception:  # not assigned (any more), or the consumer is not started
         return None
-    if end is None or polled_ms is None:
+    if end is None:
         return None
-    return PartitionEnd(int(end), max(0.0, time.time() - polled_ms / 1000.0))
+    try:  # faust's consumer thread holds the aiokafka consumer; a private path, so it may fail
+        polled_ms = app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
+    except Exception:
+        polled_ms = None
+    age = 0.0 if polled_ms is None else max(0.0, time.time() - polled_ms / 1000.0)
+    return PartitionEnd(int(end), age)
 
 
 def run_worker(settings: Settings) -> int:

@@ -248,8 +248,9 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         pass
     engine = load_engine(settings.model_dir())
     extractors = load_extractors(settings.model_dir(), text_runtime=settings.engine.text_runtime)
-    assert extractors.text is not None
     right = scored = 0
+    if extractors.text is None:  # an audio-only model has no text-alone figure
+        return float("nan"), 0
     for d in dialogues:
         utts = [u for u in d.utterances if u.text]
         if not utts:
@@ -343,7 +344,11 @@ class Summary:
                 f"  end-to-end latency (provisional): p50 {lat[len(lat) // 2] * 1000:.0f} ms, p95 "
                 f"{_pct(lat, 0.95) * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms",
                 f"  agreement with the script's labels: {acc:.0%} of {scored} (a sanity check, not a benchmark)"
-                + ("" if self.text_alone is None else f"; the same model on the text alone: {self.text_alone[0]:.0%}"),
+                + (
+                    f"; the same model on the text alone: {self.text_alone[0]:.0%}"
+                    if self.text_alone and self.text_alone[1]
+                    else ""
+                ),
                 "  mean modality weights: " + ", ".join(f"{m} {w:.2f}" for m, w in mean.items()),
                 f"  model: {evs[0].model.name} {evs[0].model.version} ({evs[0].model.runtime})",
             ]

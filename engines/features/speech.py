@@ -54,21 +54,24 @@ def model_path() -> Path:
 class SpeechDetector:
     """``seconds(waves)``: seconds of speech in each 16 kHz mono float32 waveform."""
 
-    id = DETECTOR_ID
-
     def __init__(self, threads: int = 1) -> None:
+        import hashlib
+
         import onnxruntime as ort
 
+        path = model_path()
+        #: names the cached seconds: another threshold or another model file gives other seconds
+        self.id = f"{DETECTOR_ID}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        self._session: Any = ort.InferenceSession(str(model_path()), opts, providers=["CPUExecutionProvider"])
+        self._session: Any = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def frame_probs(self, wave: np.ndarray) -> np.ndarray:
         """(frames,) speech probability of each 32 ms frame (the last one zero-padded)."""
         x = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
         n = (x.size + FRAME - 1) // FRAME
-        if n == 0:
+        if n == 0 or not np.isfinite(x).all():  # decode_audio refuses non-finite samples; direct callers: no speech
             return np.zeros((0,), dtype=np.float32)
         frames = np.zeros((n, FRAME), dtype=np.float32)
         frames.reshape(-1)[: x.size] = x

@@ -837,3 +837,25 @@ def test_a_hold_lasts_while_the_audio_partition_is_read_further_and_ends_when_it
         assert u0.modalities_present == ["text"]
 
     asyncio.run(scenario())
+
+
+def test_the_partition_end_reads_the_fetch_age_and_survives_its_private_path_failing() -> None:
+    import time as _time
+    from types import SimpleNamespace
+
+    from streams.app import _highwater
+
+    def app(polled_ms: object) -> object:
+        def last_poll_timestamp(tp: object) -> object:
+            if isinstance(polled_ms, Exception):
+                raise polled_ms
+            return polled_ms
+
+        inner = SimpleNamespace(last_poll_timestamp=last_poll_timestamp)
+        thread = SimpleNamespace(_ensure_consumer=lambda: inner)
+        return SimpleNamespace(consumer=SimpleNamespace(highwater=lambda tp: 10, _thread=thread))
+
+    end = _highwater(app(_time.time() * 1000 - 7000), "t", 0)
+    assert end is not None and end.offset == 10 and 6.5 < end.age_s < 8
+    assert _highwater(app(AttributeError("no such consumer")), "t", 0) == PartitionEnd(10, 0.0)
+    assert _highwater(app(None), "t", 0) == PartitionEnd(10, 0.0)  # nothing fetched yet: the offsets rule alone
