@@ -112,8 +112,11 @@ def _idempotent_producer(app: Any) -> None:
 
 
 def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
-    """The end offset of a partition as the consumer last saw it, and how long ago a fetch
-    response said so (aiokafka's ``last_poll_timestamp``, wall-clock ms); None if unknown."""
+    """The end offset of a partition as the consumer last saw it, how long ago a fetch response
+    said so (aiokafka's ``last_poll_timestamp``, wall-clock ms), and whether its leader is known
+    and connected (a killed leader's partition is not: the fetch age alone would tell only
+    ``UNANSWERED_S`` later, after utterances past ``wait_s`` went without their part); None if
+    the end is unknown."""
     from faust.types import TP
 
     from streams.worker import PartitionEnd  # noqa: F811  (the runtime import; the module loads lazily)
@@ -125,12 +128,18 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
         return None
     if end is None:
         return None
-    try:  # faust's consumer thread holds the aiokafka consumer; a private path, so it may fail
-        polled_ms = app.consumer._thread._ensure_consumer().last_poll_timestamp(tp)
+    polled_ms, reachable = None, True
+    try:  # faust's consumer thread holds the aiokafka consumer; private paths, so they may fail
+        consumer = app.consumer._thread._ensure_consumer()
+        polled_ms = consumer.last_poll_timestamp(tp)
+        client = consumer._client
+        leader = client.cluster.leader_for_partition(tp)  # None: unknown, -1: no leader now
+        conn = client._conns.get((leader, 0))  # aiokafka's ConnectionGroup.DEFAULT, which fetches use
+        reachable = leader is not None and leader >= 0 and conn is not None and bool(conn.connected())
     except Exception:
-        polled_ms = None
+        pass
     age = 0.0 if polled_ms is None else max(0.0, time.time() - polled_ms / 1000.0)
-    return PartitionEnd(int(end), age)
+    return PartitionEnd(int(end), age, reachable)
 
 
 def run_worker(settings: Settings) -> int:

@@ -54,6 +54,10 @@ log = logging.getLogger("emostream.worker")
 _MAX_KEY_CHARS = 256
 NOTHING_READ_GRACE_S = 5.0  # see Worker.behind
 UNANSWERED_S = 5.0  # see Worker.behind: > 3x the consumer's fetch wait (1.5 s), a caught-up partition's longest quiet
+#: see Worker.behind: a partition seen unreachable stays behind this long after it is back: the
+#: producers' buffered writes reach it only once they reconnect (kafka-python backs off up to 30 s
+#: by default; the Java client 1 s)
+RECOVERED_GRACE_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class PartitionEnd:
 
     offset: int
     age_s: float
+    reachable: bool = True  # its leader is known and this consumer is connected to it
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Worker:
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
         self.read: dict[tuple[str, int], tuple[float, int, float]] = {}
         self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
+        self.unreachable_at: dict[tuple[str, int], float] = {}  # (topic, partition) -> last seen without its leader
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -267,8 +273,10 @@ class Worker:
         read offset has not grown for ``join.max_stall_s`` is not behind either (stuck, or its end
         offset counts records that never come): however long a backlog takes to read (overload),
         the hold lasts while it is being read. A partition whose broker has not answered a fetch
-        for ``UNANSWERED_S`` (its leader killed, leadership moving) is behind: its end offset is
-        stale and its part may be past it (the stall rule bounds this too). Near the
+        for ``UNANSWERED_S``, or whose leader is unknown or not connected (killed, leadership
+        moving), is behind: its end offset is stale and its part may be past it (the stall rule
+        bounds this too); so is one seen so for ``RECOVERED_GRACE_S`` after it is back (the
+        producers' retried writes reach the new leader after this consumer does). Near the
         open-utterance cap nothing is behind: holding more would stop the reading (backpressure)
         that could bring the parts."""
         topic = self.topic_of.get(modality)
@@ -283,7 +291,13 @@ class Worker:
         end = self.highwater(topic, partition)
         if end is None:
             return False
-        return end.age_s >= UNANSWERED_S or offset + 1 < end.offset
+        now = self.clock()
+        if not end.reachable or end.age_s >= UNANSWERED_S:
+            self.unreachable_at[(topic, partition)] = now
+            return True
+        if now - self.unreachable_at.get((topic, partition), float("-inf")) < RECOVERED_GRACE_S:
+            return True
+        return offset + 1 < end.offset
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
@@ -298,6 +312,7 @@ class Worker:
             pending = self.joiner.forget(partitions, queued)
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
+            self.unreachable_at = {tp: t for tp, t in self.unreachable_at.items() if tp[1] not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:

@@ -66,12 +66,16 @@ def test_meld_dialogues_stream_to_one_ordered_event_per_utterance(services, uniq
             seqs[ev.call_id].append(ev.seq)
         assert all(s == sorted(s) for s in seqs.values()), seqs
         present = {(ev.call_id, ev.utterance_id): ev for [(_, ev)] in events.values()}
+        voiced = []
         for d in with_audio:
             for u in d.utterances:
                 ev = present[(u.call_id, u.utterance_id)]
                 assert ev.modalities_present == (["text", "audio"] if u.audio else ["text"])
                 if u.audio:
-                    assert ev.weights["audio"] > 0 and ev.weights["text"] > 0
+                    assert abs(ev.weights["audio"] + ev.weights["text"] - 1) < 1e-3 and not ev.ignored, ev
+                    voiced.append(ev.weights["audio"])
+        # Shapley shares: a voice arguing against the label carries none of it, but voices do carry labels
+        assert voiced and sum(w > 0 for w in voiced) >= len(voiced) / 2, voiced
         for d in missing_audio + late_audio + text_only:
             for u in d.utterances:
                 ev = present[(u.call_id, u.utterance_id)]

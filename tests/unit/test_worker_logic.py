@@ -16,7 +16,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart
 from streams.settings import Settings
-from streams.worker import UNANSWERED_S, PartitionEnd, Worker
+from streams.worker import RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
 
 
 class FakeEngine:
@@ -766,19 +766,23 @@ def test_a_caught_up_audio_partition_whose_broker_stopped_answering_holds_the_jo
         await w.on_message(t.audio, 0, 0, b"c", audio("c", "older", 0), Handle(log, "a-old"), timestamp=990.0)
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 1), Handle(log, "t0"), timestamp=1000.0)
         assert not w.behind("audio", 0, 1000.2)  # caught up and answered lately: nothing more to wait for
-        audio_end = PartitionEnd(1, UNANSWERED_S + 1.0)  # the leader is gone: no fetch answered since
+        audio_end = PartitionEnd(1, 0.5, reachable=False)  # the leader killed: its connection is gone at once
+        assert w.behind("audio", 0, 1000.2)
+        audio_end = PartitionEnd(1, UNANSWERED_S + 1.0)  # or no fetch answered for long
         assert w.behind("audio", 0, 1000.2)
         clock.now += 5.0
         await w.tick()
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["older"]  # u0 held
-        audio_end = PartitionEnd(2, 0.2)  # the new leader answers: one more audio record
+        audio_end = PartitionEnd(1, 0.2)  # the new leader answers, before the producer's retried write lands
+        assert w.behind("audio", 0, 1000.2)  # back for under RECOVERED_GRACE_S: still behind
+        audio_end = PartitionEnd(2, 0.2)  # one more audio record
         await w.on_message(t.audio, 0, 1, b"c", audio("c", "u0", 1), Handle(log, "a0"), timestamp=1000.1)
         await w.tick()
         await w.pump()
         assert {e.utterance_id: e.modalities_present for e in events(sent)}["u0"] == ["text", "audio"]
         await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 2), Handle(log, "t1"), timestamp=1010.0)
-        clock.now += 5.0
+        clock.now += RECOVERED_GRACE_S + 1.0  # past wait_s, and past the grace after the leader came back
         await w.tick()
         await w.pump()
         assert {e.utterance_id: e.modalities_present for e in events(sent)}["u1"] == ["text"]
@@ -845,13 +849,16 @@ def test_the_partition_end_reads_the_fetch_age_and_survives_its_private_path_fai
 
     from streams.app import _highwater
 
-    def app(polled_ms: object) -> object:
+    def app(polled_ms: object, leader: int | None = 1, connected: bool = True) -> object:
         def last_poll_timestamp(tp: object) -> object:
             if isinstance(polled_ms, Exception):
                 raise polled_ms
             return polled_ms
 
-        inner = SimpleNamespace(last_poll_timestamp=last_poll_timestamp)
+        conn = SimpleNamespace(connected=lambda: connected)
+        cluster = SimpleNamespace(leader_for_partition=lambda tp: leader)
+        client = SimpleNamespace(cluster=cluster, _conns={(1, 0): conn})
+        inner = SimpleNamespace(last_poll_timestamp=last_poll_timestamp, _client=client)
         thread = SimpleNamespace(_ensure_consumer=lambda: inner)
         return SimpleNamespace(consumer=SimpleNamespace(highwater=lambda tp: 10, _thread=thread))
 
@@ -859,3 +866,6 @@ def test_the_partition_end_reads_the_fetch_age_and_survives_its_private_path_fai
     assert end is not None and end.offset == 10 and 6.5 < end.age_s < 8
     assert _highwater(app(AttributeError("no such consumer")), "t", 0) == PartitionEnd(10, 0.0)
     assert _highwater(app(None), "t", 0) == PartitionEnd(10, 0.0)  # nothing fetched yet: the offsets rule alone
+    assert _highwater(app(None, connected=False), "t", 0) == PartitionEnd(10, 0.0, reachable=False)
+    assert _highwater(app(None, leader=-1), "t", 0) == PartitionEnd(10, 0.0, reachable=False)  # no leader now
+    assert _highwater(app(None, leader=2), "t", 0) == PartitionEnd(10, 0.0, reachable=False)  # not connected to it
