@@ -88,8 +88,9 @@ def engine_info(model_dir: Path, runtime: str) -> EngineInfo:
     )
 
 
-def load_torch_model(model_dir: str | Path) -> Any:
-    """The PyTorch model of an artifact (any engine of :mod:`engines.models`), in eval mode."""
+def load_torch_model(model_dir: str | Path, trusted: bool = True) -> Any:
+    """The PyTorch model of an artifact (any engine of :mod:`engines.models`), in eval mode; with
+    ``trusted=False``, its network without the voice gate of ``engines.trust`` around it."""
     from safetensors.torch import load_file
 
     from engines.models import build_model
@@ -103,7 +104,7 @@ def load_torch_model(model_dir: str | Path) -> Any:
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ArtifactError(f"{path}: weights do not match config (missing {missing}, unexpected {unexpected})")
-    if cfg.get("trust") is not None:  # the voice gate and Shapley weights around it (engines/trust.py)
+    if trusted and cfg.get("trust") is not None:  # the voice gate and Shapley weights around it (engines/trust.py)
         from engines.trust import TRUST_WEIGHTS, TrustConfig, load_trust, wrap
 
         if not (path / TRUST_WEIGHTS).is_file():

@@ -212,14 +212,12 @@ def sweep(model: str, data_dir: str, priors: list[float], seed: int = 0) -> list
     import dataclasses
 
     import torch
-    from safetensors.torch import load_file
 
     from engines import artifact
     from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
     from engines.evaluate import predict_prepared
     from engines.metrics import classification_report
-    from engines.models import build_model
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_extractors
     from engines.runtime.torch import TorchEngine
@@ -228,8 +226,7 @@ def sweep(model: str, data_dir: str, priors: list[float], seed: int = 0) -> list
     cfg = artifact.read_json(path, artifact.CONFIG)
     if not cfg.get("trust"):
         raise SystemExit(f"{path} has no trust gate (trained with --no-trust, or before 1.2.0)")
-    net = build_model(str(cfg["engine"]), cfg["model"])
-    net.load_state_dict(load_file(str(path / artifact.WEIGHTS)))
+    net = artifact.load_torch_model(path, trusted=False)
     tensors, base = load_trust(path), TrustConfig(**cfg["trust"])
     labels = tuple(artifact.read_json(path, artifact.LABELS))
     ex = load_extractors(path)

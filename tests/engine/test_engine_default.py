@@ -172,16 +172,9 @@ DEFAULT_BEFORE_GATE_WF1 = 0.8445
 
 def _untrusted(model: str) -> Engine:
     """The artifact's network without the trust gate around it (the same weights)."""
-    from safetensors.torch import load_file
-
-    from engines.models import build_model
     from engines.runtime.torch import TorchEngine
 
-    path = artifact.resolve_model_dir(model)
-    cfg = artifact.read_json(path, artifact.CONFIG)
-    net = build_model(cfg["engine"], cfg["model"])
-    net.load_state_dict(load_file(str(path / artifact.WEIGHTS)))
-    return TorchEngine(net=net.eval(), labels=EMOTIONS)
+    return TorchEngine(net=artifact.load_torch_model(model, trusted=False), labels=EMOTIONS)
 
 
 def test_the_voice_gate_costs_little_clean_and_gains_on_contradicting_voices(engine: Engine, shared_data: Path) -> None:
