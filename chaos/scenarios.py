@@ -146,6 +146,9 @@ class Run:
                 first.setdefault((e.call_id, e.utterance_id), e)
         both = sum(1 for e in first.values() if "audio" in e.modalities_present) / max(1, len(first))
         note = f"{note}; longest pause between events {pause:.1f} s; labelled with their audio {both:.0%}"
+        if both < 1.0 and self.faults:  # when, relative to the first fault, those without audio were labelled
+            late = sorted(e.produced_at - self.faults[0] for e in first.values() if "audio" not in e.modalities_present)
+            note += f" (without: labelled {late[0]:+.1f} s to {late[-1]:+.1f} s from the first fault)"
         if both < MIN_WITH_AUDIO:  # a backlog must not cost the utterances their audio
             self.failures.append(f"only {both:.0%} of utterances labelled with their audio")
         verdict = judge(name, self.want, events, recovery, note)

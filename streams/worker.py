@@ -54,10 +54,11 @@ log = logging.getLogger("emostream.worker")
 _MAX_KEY_CHARS = 256
 NOTHING_READ_GRACE_S = 5.0  # see Worker.behind
 UNANSWERED_S = 5.0  # see Worker.behind: > 3x the consumer's fetch wait (1.5 s), a caught-up partition's longest quiet
-#: see Worker.behind: a partition seen unreachable stays behind this long after it is back: the
-#: producers' buffered writes reach it only once they reconnect (kafka-python backs off up to 30 s
-#: by default; the Java client 1 s)
+#: see Worker.behind: after an input partition was seen unreachable, partitions stay behind this
+#: long: the producers' buffered writes reach the new or restarted leader only once they reconnect
+#: (kafka-python backs off up to 30 s by default; the Java client 1 s)
 RECOVERED_GRACE_S = 15.0
+WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,8 @@ class Worker:
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
         self.read: dict[tuple[str, int], tuple[float, int, float]] = {}
         self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
-        self.unreachable_at: dict[tuple[str, int], float] = {}  # (topic, partition) -> last seen without its leader
+        self.disturbed_at = float("-inf")  # when an input partition was last seen without its leader (Worker.watch)
+        self.watched_at = float("-inf")
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -229,8 +231,25 @@ class Worker:
         while len(self.queue) >= max_queue or self.joiner.open_utterances >= cap:
             await asyncio.sleep(0.005)
 
+    def watch(self, now: float) -> None:
+        """Every ``WATCH_S``: note whether any input partition is without a reachable leader (a
+        broker killed, leadership moving). Looked at all the time, not only when a join asks
+        (:meth:`behind`): while the cluster is down, often no utterance waits at all (no part gets
+        through), and when the text comes back first, its audio's partition may already answer again,
+        caught up to an end offset that the producers' retried writes have not reached yet."""
+        if now - self.watched_at < WATCH_S:
+            return
+        self.watched_at = now
+        for topic in self.topic_of.values():
+            for partition in range(self.settings.kafka.topics.partitions):
+                end = self.highwater(topic, partition)
+                if end is not None and not end.reachable:
+                    self.disturbed_at = now
+                    return
+
     async def tick(self) -> None:
         """Expire joins and update gauges (quick, under the lock)."""
+        self.watch(self.clock())
         async with self.lock:
             self._absorb(self.joiner.expire(self.clock()))
             self.metrics.open_calls.set(self.joiner.open_calls)
@@ -275,29 +294,29 @@ class Worker:
         the hold lasts while it is being read. A partition whose broker has not answered a fetch
         for ``UNANSWERED_S``, or whose leader is unknown or not connected (killed, leadership
         moving), is behind: its end offset is stale and its part may be past it (the stall rule
-        bounds this too); so is one seen so for ``RECOVERED_GRACE_S`` after it is back (the
-        producers' retried writes reach the new leader after this consumer does). Near the
-        open-utterance cap nothing is behind: holding more would stop the reading (backpressure)
-        that could bring the parts."""
+        bounds this too). After any input partition was seen so (here or by :meth:`watch`), every
+        partition not read past ``until`` is behind for ``RECOVERED_GRACE_S``: the producers'
+        retried writes reach the new or restarted leader after this consumer does, and a rebalance
+        the outage caused leaves partitions not read yet. Near the open-utterance cap nothing is
+        behind: holding more would stop the reading (backpressure) that could bring the parts."""
         topic = self.topic_of.get(modality)
         if topic is None or self.joiner.open_utterances >= 0.8 * self.settings.join.max_open_utterances:
             return False
+        now = self.clock()
+        disturbed = now - self.disturbed_at < RECOVERED_GRACE_S
         seen = self.read.get((topic, partition))
         if seen is None:
-            return self.clock() - self.assigned_at.get(partition, self.clock()) < NOTHING_READ_GRACE_S
+            return disturbed or now - self.assigned_at.get(partition, now) < NOTHING_READ_GRACE_S
         ts, offset, advanced_at = seen
-        if ts >= until or self.clock() - advanced_at >= self.settings.join.max_stall_s:
+        if ts >= until or now - advanced_at >= self.settings.join.max_stall_s:
             return False
         end = self.highwater(topic, partition)
-        if end is None:
-            return False
-        now = self.clock()
-        if not end.reachable or end.age_s >= UNANSWERED_S:
-            self.unreachable_at[(topic, partition)] = now
+        if end is not None and (not end.reachable or end.age_s >= UNANSWERED_S):
+            self.disturbed_at = now
             return True
-        if now - self.unreachable_at.get((topic, partition), float("-inf")) < RECOVERED_GRACE_S:
+        if disturbed:
             return True
-        return offset + 1 < end.offset
+        return end is not None and offset + 1 < end.offset
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
@@ -312,7 +331,6 @@ class Worker:
             pending = self.joiner.forget(partitions, queued)
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
-            self.unreachable_at = {tp: t for tp, t in self.unreachable_at.items() if tp[1] not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:

@@ -793,6 +793,47 @@ def test_a_caught_up_audio_partition_whose_broker_stopped_answering_holds_the_jo
     asyncio.run(scenario())
 
 
+def test_a_leader_lost_while_nothing_waits_still_holds_the_joins_after_it_is_back() -> None:
+    """The CI's cluster scenario at 48% with audio: while the killed broker was down no text got
+    through either, so no join asked whether audio was behind; when the text came back, the audio
+    partition answered again from its new leader, caught up to an end that the feed's retried writes
+    had not reached. The worker watches its partitions' leaders on every tick, so the join holds."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_stall_s=60.0)
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        ends = {t.audio: PartitionEnd(1, 0.2), t.text: PartitionEnd(1, 0.2)}
+        w.highwater = lambda topic, partition: ends.get(topic) if partition == 0 else None
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"), timestamp=990.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=990.1)
+        await w.tick()
+        await w.pump()
+        assert w.disturbed_at == float("-inf")  # all reachable: nothing noted
+        ends[t.audio] = PartitionEnd(1, 0.2, reachable=False)  # the audio leader killed; nothing waits
+        clock.now += 1.0
+        await w.tick()
+        ends[t.audio] = PartitionEnd(1, 0.2)  # the new leader answers; the feed's write not there yet
+        clock.now += 8.0
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=1000.0)
+        await w.on_message(t.text, 1, 0, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=1000.0)
+        clock.now += 3.0  # past wait_s
+        await w.tick()
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0"]  # u1 held; so is v0 (partition 1 not read yet)
+        await w.on_message(t.audio, 0, 1, b"c", audio("c", "u1", 1), Handle(log, "a1"), timestamp=1000.05)
+        await w.tick()
+        await w.pump()
+        assert {e.utterance_id: e.modalities_present for e in events(sent)}["u1"] == ["text", "audio"]
+        clock.now += RECOVERED_GRACE_S  # the grace is over: v0 goes on its text
+        await w.tick()
+        await w.pump()
+        assert {e.utterance_id: e.modalities_present for e in events(sent)}["v0"] == ["text"]
+
+    asyncio.run(scenario())
+
+
 def test_a_partition_never_read_is_behind_only_briefly_and_nothing_is_behind_near_the_cap() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_open_utterances=2)
