@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.schemas import DeadLetter, EmotionEvent
-from streams.settings import Settings
+from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
+from streams.settings import TOPIC_KEYS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +29,7 @@ def free_port() -> int:
 def settings_for(services: Any, unique: str, session_timeout_s: float = 10.0, **join: Any) -> Settings:
     """Settings for one scenario or test: its own topics, group and Redis keys; a crashed worker's
     partitions move on after ``session_timeout_s``."""
-    topics: dict[str, Any] = {
-        k: f"t{unique}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")
-    }
+    topics: dict[str, Any] = {k: f"t{unique}.{k}" for k in TOPIC_KEYS}
     topics["replication"] = getattr(services, "replication", 1)
     return Settings(
         kafka={
@@ -56,10 +54,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         {
             "EMOSTREAM_KAFKA__BROKERS": settings.kafka.brokers,
             "EMOSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
-            **{
-                f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k)
-                for k in ("text", "audio", "video", "control", "emotions", "deadletter")
-            },
+            **{f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k) for k in TOPIC_KEYS},
             "EMOSTREAM_REDIS__URL": settings.redis.url.get_secret_value(),
             "EMOSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
             "EMOSTREAM_REDIS__WINDOW": str(settings.redis.window),
@@ -176,6 +171,8 @@ class Collector:
         self.consumer = KafkaConsumer(
             t.emotions,
             t.deadletter,
+            t.alerts,
+            t.calls,
             **kafka_python_options(settings),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -184,6 +181,8 @@ class Collector:
         )
         self.events: list[tuple[bytes | None, EmotionEvent]] = []
         self.dead: list[DeadLetter] = []
+        self.alerts: list[AlertEvent] = []
+        self.reports: list[CallReport] = []
 
     def poll_until(self, done: Callable[[Collector], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -192,6 +191,10 @@ class Collector:
                 for r in records:
                     if r.topic == self.topics.emotions:
                         self.events.append((r.key, EmotionEvent.model_validate_json(r.value)))
+                    elif r.topic == self.topics.alerts:
+                        self.alerts.append(AlertEvent.model_validate_json(r.value))
+                    elif r.topic == self.topics.calls:
+                        self.reports.append(CallReport.model_validate_json(r.value))
                     else:
                         self.dead.append(DeadLetter.model_validate_json(r.value))
             if done(self):

@@ -149,10 +149,13 @@ def run_worker(settings: Settings) -> int:
     from streams.context import wait_for_redis
     from streams.errors import EmostreamError
     from streams.kafka import wait_for_topics
+    from streams.rules import load_rules
     from streams.runtime import build_worker
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        if settings.analytics.enabled:
+            load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka
         created = wait_for_topics(settings)
         wait_for_redis(settings.redis, settings.kafka.startup_timeout_s)
         app = create_app(settings, lambda send: build_worker(settings, send))

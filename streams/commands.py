@@ -58,6 +58,7 @@ def cmd_subscribe(ns: Any) -> int:
         max_events=ns.max_events,
         timeout_s=ns.timeout,
         deadletters=ns.deadletters,
+        alerts=ns.alerts,
     )
     return 0
 
@@ -88,6 +89,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--deadletters", action="store_true", help="also print dead letters")
+    p.add_argument("--alerts", action="store_true", help="also print escalation alerts and call summaries")
     p.add_argument("--max-events", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_subscribe)

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streams.settings import REPO_ROOT, Settings, load_settings
+from streams.settings import REPO_ROOT, TOPIC_KEYS, Settings, load_settings
 
 DEMO_CALLS = REPO_ROOT / "demo" / "calls.jsonl"
 _SHOW_CHANGES = 12  # changed labels listed in the summary
@@ -109,9 +109,7 @@ def run_demo(ns: argparse.Namespace) -> int:
 
     run_id = uuid.uuid4().hex[:6]
     base = load_settings(ns.config)
-    topics = {
-        k: f"emostream.demo.{run_id}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")
-    }
+    topics = {k: f"emostream.demo.{run_id}.{k}" for k in TOPIC_KEYS}
     revision_model = None if ns.no_revisions else (base.engine.revision_model or "revised")
     settings = load_settings(
         ns.config,
@@ -280,6 +278,7 @@ class Summary:
         self.events: dict[tuple[str, str], Any] = {}  # provisional events
         self.revised: dict[tuple[str, str], Any] = {}  # revision 1
         self.dead = 0
+        self.alerts: dict[str, tuple[str, str]] = {}  # alert id -> (call, rule), of the alerts raised
         self.text_alone: tuple[float, int] | None = None  # the same model's agreement on the text alone
 
     def complete(self) -> bool:
@@ -303,12 +302,14 @@ class Summary:
             self.revised[key] = event
 
     def watch(self, stop: threading.Event, timeout: float) -> None:
-        from streams.schemas import EmotionEvent
+        from streams.schemas import AlertEvent, EmotionEvent
         from streams.subscribe import EventPrinter, make_consumer
 
         t = self.settings.kafka.topics
-        printer = EventPrinter(sys.stdout, "pretty", {c for c, _ in self.labels}, t.deadletter)
-        consumer = make_consumer(self.settings, [t.emotions, t.deadletter], True, timeout)
+        printer = EventPrinter(
+            sys.stdout, "pretty", {c for c, _ in self.labels}, t.deadletter, alerts_topic=t.alerts, calls_topic=t.calls
+        )
+        consumer = make_consumer(self.settings, [t.emotions, t.deadletter, t.alerts, t.calls], True, timeout)
         deadline = time.monotonic() + timeout
         try:
             while not stop.is_set() and not self.complete() and time.monotonic() < deadline:
@@ -317,6 +318,13 @@ class Summary:
                         printer.handle(r.topic, r.value)
                         if r.topic == t.deadletter:
                             self.dead += 1
+                            continue
+                        if r.topic == t.alerts:
+                            alert = AlertEvent.model_validate_json(r.value)
+                            if alert.state == "raised":
+                                self.alerts[alert.alert_id] = (alert.call_id, alert.rule)
+                            continue
+                        if r.topic == t.calls:
                             continue
                         self.add(EmotionEvent.model_validate_json(r.value))
                 sys.stdout.flush()
@@ -336,6 +344,14 @@ class Summary:
         if self.revisions:
             head += f", {len(self.revised)}/{n} their revised event"
         lines = ["", f"{head}, {self.dead} dead letters"]
+        calls = {c for c, _ in self.alerts.values()}
+        rules = [r for _, r in self.alerts.values()]
+        counts = ", ".join(f"{r} {rules.count(r)}" for r in sorted(set(rules)))
+        total = len({c for c, _ in self.labels})
+        lines.append(
+            f"  escalation alerts raised: {len(self.alerts)} on {len(calls)} of {total} calls"
+            + (f" ({counts})" if counts else "")
+        )
         if evs:
             lat = sorted(e.timings.end_to_end_s for e in evs)
             acc, scored = self._agreement(evs)

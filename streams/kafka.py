@@ -119,7 +119,7 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
 
     t = settings.kafka.topics
     inputs = list(t.inputs())
-    names = [*inputs, t.emotions, t.deadletter]
+    names = [*inputs, t.emotions, t.deadletter, t.alerts, t.calls]
     timeout_ms = int(settings.kafka.request_timeout_s * 1000)
     own = admin is None
     missing: list[str] = []

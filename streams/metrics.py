@@ -40,6 +40,12 @@ class Metrics:
             registry=r,
         )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
+        self.alerts = Counter(
+            "emostream_alerts_total",
+            "Escalation alert changes published (streams/rules.py), by rule, severity and state",
+            ["rule", "severity", "state"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "emostream_batch_size",
             "Utterances per engine batch",

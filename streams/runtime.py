@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from streams.analytics import CallAnalytics
 from streams.context import ContextStore, connect
 from streams.errors import ConfigError
 from streams.metrics import Metrics
 from streams.pipeline import Processor
+from streams.rules import DEFAULT_RULES, load_rules
 from streams.settings import Settings
 from streams.worker import Worker
 
@@ -122,4 +124,18 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     processor = Processor(
         engine, featurizer, store, future=future, revision_engine=revision, min_speech_s=settings.engine.min_speech_s
     )
-    return Worker(settings, processor, metrics, send)
+    analytics = None
+    if settings.analytics.enabled:
+        book = load_rules(settings.analytics.rules)
+        log.info(
+            "call analytics: %d escalation rules from %s", len(book.rule), settings.analytics.rules or DEFAULT_RULES
+        )
+        analytics = CallAnalytics(
+            client,
+            settings.redis.key_prefix,
+            settings.redis.ttl_s,
+            book,
+            recent_turns=settings.analytics.recent_turns,
+            max_turns=settings.analytics.max_turns,
+        )
+    return Worker(settings, processor, metrics, send, analytics=analytics)

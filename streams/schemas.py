@@ -230,6 +230,64 @@ class DeadLetter(_Message):
     at: float = Field(default_factory=time.time)
 
 
+class Evidence(BaseModel):
+    """One utterance an alert rests on, as it was labelled (its latest revision)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    utterance_id: str
+    seq: int
+    speaker: str
+    role: str
+    label: str
+    sentiment: float
+
+
+class AlertEvent(_Message):
+    """An escalation alert of one call (streams/rules.py), on the alerts topic keyed by call id.
+    One alert (``alert_id``) is raised, updated while its evidence changes, and cleared."""
+
+    kind: Literal["alert"] = "alert"
+    event_id: str = Field(description="deterministic key of (alert, state, latest evidence): deduplicate on it")
+    alert_id: str = Field(description="call id, rule and the first turn of the evidence when it was raised")
+    call_id: str
+    rule: str
+    severity: Literal["info", "warning", "critical"]
+    message: str
+    state: Literal["raised", "updated", "cleared"]
+    reason: str | None = Field(None, description="why it cleared: 'recovered' or 'call ended'")
+    evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
+    produced_at: float
+
+
+class SpeakerTrajectory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    speaker: str
+    role: str
+    turns: int
+    talk_share: float = Field(description="this speaker's share of the call's turns")
+    recent: dict[str, float] = Field(description="mean emotion probabilities over the speaker's recent turns")
+    negative_share: float = Field(description="share of the recent turns with a negative sentiment label")
+    sentiment: float = Field(description="mean sentiment of the recent turns (-1..1)")
+    sentiment_trend: float = Field(
+        description="mean sentiment of the recent turns minus that of the turns before them (0 without earlier turns)"
+    )
+
+
+class CallReport(_Message):
+    """A call's running trajectory, on the calls topic keyed by call id: one after each batch that
+    labelled some of its utterances, and a final one (``final``: the call summary) when it ends."""
+
+    kind: Literal["call_report"] = "call_report"
+    event_id: str = Field(description="deterministic key of (call, turns and revisions seen, final)")
+    call_id: str
+    final: bool = False
+    turns: int
+    speakers: list[SpeakerTrajectory]
+    open_alerts: list[str] = Field(description="alert ids open now (none once final)")
+    alerts_raised: list[str] = Field(description="rules that raised an alert during the call so far")
+    produced_at: float
+
+
 OUTPUT_MODELS: dict[str, type[_Message]] = {
     "text-part": TextPart,
     "audio-part": AudioPart,
@@ -237,6 +295,8 @@ OUTPUT_MODELS: dict[str, type[_Message]] = {
     "call-control": CallControl,
     "emotion-event": EmotionEvent,
     "dead-letter": DeadLetter,
+    "alert-event": AlertEvent,
+    "call-report": CallReport,
 }
 
 _BY_KIND: dict[str, type[_Message]] = {

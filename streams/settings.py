@@ -32,12 +32,18 @@ class TopicSettings(_Section):
     control: str = "emostream.call.control"
     emotions: str = "emostream.emotion.events"
     deadletter: str = "emostream.deadletter"
+    alerts: str = "emostream.call.alerts"
+    calls: str = "emostream.call.reports"
     partitions: int = Field(4, ge=1, description="partitions of every input topic (co-partitioned)")
     replication: int = Field(1, ge=1)
 
     def inputs(self) -> dict[str, str]:
         """Input topic name -> what it carries (a modality or 'control')."""
         return {self.text: "text", self.audio: "audio", self.video: "video", self.control: "control"}
+
+
+#: every topic emostream reads or writes (TopicSettings fields)
+TOPIC_KEYS = ("text", "audio", "video", "control", "emotions", "deadletter", "alerts", "calls")
 
 
 class KafkaSettings(_Section):
@@ -144,6 +150,13 @@ class LimitSettings(_Section):
     deadletter_payload_bytes: int = Field(4096, ge=0, description="what 'truncated' keeps")
 
 
+class AnalyticsSettings(_Section):
+    enabled: bool = Field(True, description="call trajectories and escalation alerts (streams/analytics.py)")
+    rules: str | None = Field(None, description="rules file (TOML, grammar in streams/rules.py); None: the default")
+    recent_turns: int = Field(5, ge=1, le=100, description="a speaker's turns the trajectory's 'recent' covers")
+    max_turns: int = Field(500, ge=10, description="turns kept per call (older ones drop out of the summary)")
+
+
 class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, description="Prometheus /metrics port (0: pick a free one)")
     host: str = "127.0.0.1"
@@ -157,6 +170,7 @@ class Settings(BaseSettings):
     join: JoinSettings = JoinSettings()
     engine: EngineSettings = EngineSettings()
     limits: LimitSettings = LimitSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     metrics: MetricsSettings = MetricsSettings()
     log_level: str = "INFO"
 

@@ -13,7 +13,12 @@ The first line of an utterance is its provisional event (revision 0, past contex
 revision (``revision > 0``, made once future context arrived: ``ctx 4+2`` is the utterance and 3
 before it, plus 2 after it) starts with ``↻ r<n>`` and says what it changed since the line it revises: the
 old label (``was neutral``) or ``kept``, and the old sentiment when it moved. ``fmt='json'``
-prints one JSON object per line instead.
+prints one JSON object per line instead. With ``alerts``, the alerts topic's changes and each
+call's final report are printed too::
+
+    ⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.50, ...)
+    ✓ cleared [call-7] customer-anger-rising (call ended)
+    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, sent +0.02 (+0.00), negative 0%; customer ...; alerts: ...
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Literal, TextIO
 from pydantic import ValidationError
 
 from streams.errors import ServiceUnavailable
-from streams.schemas import DeadLetter, EmotionEvent
+from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
 from streams.settings import Settings
 
 Format = Literal["pretty", "json"]
@@ -75,6 +80,26 @@ def _order(modality: str) -> int:
     return list(_SHORT).index(modality) if modality in _SHORT else len(_SHORT)
 
 
+def format_alert(alert: AlertEvent) -> str:
+    """One readable line for an alert change."""
+    head = f"[{alert.call_id}] {alert.rule}"
+    if alert.state == "cleared":
+        return f"✓ cleared {head} ({alert.reason})"
+    turns = ", ".join(f"#{e.seq} {e.speaker} {e.label} {e.sentiment:+.2f}" for e in alert.evidence)
+    return f"⚠ {alert.state} {alert.severity} {head}: {alert.message}  ({turns})"
+
+
+def format_report(report: CallReport) -> str:
+    """One readable line for a call's final report (its summary)."""
+    who = "; ".join(
+        f"{s.speaker} ({s.role}) {s.turns} turns, sent {s.sentiment:+.2f} ({s.sentiment_trend:+.2f}), "
+        f"negative {s.negative_share:.0%}"
+        for s in report.speakers
+    )
+    alerts = ", ".join(report.alerts_raised) or "none"
+    return f"■ call ended [{report.call_id}] {report.turns} turns: {who}; alerts: {alerts}"
+
+
 def format_deadletter(letter: DeadLetter) -> str:
     """One readable line for a dead letter."""
     where = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
@@ -92,12 +117,15 @@ class EventPrinter:
         deadletter_topic: str | None = None,
         err: TextIO = sys.stderr,
         memory: int = 100_000,
+        alerts_topic: str | None = None,
+        calls_topic: str | None = None,
     ) -> None:
         if fmt not in ("pretty", "json"):
             raise ValueError(f"fmt must be 'pretty' or 'json', not {fmt!r}")
         self.out, self.err, self.fmt = out, err, fmt
         self.call_ids = None if call_ids is None else set(call_ids)
         self.deadletter_topic = deadletter_topic
+        self.alerts_topic, self.calls_topic = alerts_topic, calls_topic
         self.memory = memory
         self.count = 0  # lines printed
         self.invalid = 0
@@ -109,6 +137,8 @@ class EventPrinter:
         """Print the record if it is wanted; True if a line was printed."""
         if topic == self.deadletter_topic:
             return self._deadletter(value)
+        if topic in (self.alerts_topic, self.calls_topic):
+            return self._analytics(topic, value)
         try:
             event = EmotionEvent.model_validate_json(value or b"")
         except ValidationError as exc:
@@ -134,6 +164,22 @@ class EventPrinter:
         if self.call_ids is not None and letter.key not in self.call_ids:
             return False
         self._write(letter.model_dump_json() if self.fmt == "json" else format_deadletter(letter))
+        return True
+
+    def _analytics(self, topic: str, value: bytes | None) -> bool:
+        """An alert change, or a call's final report (the running ones are for dashboards)."""
+        model = AlertEvent if topic == self.alerts_topic else CallReport
+        try:
+            msg = model.model_validate_json(value or b"")
+        except ValidationError as exc:
+            return self._invalid(topic, exc)
+        if (self.call_ids is not None and msg.call_id not in self.call_ids) or msg.event_id in self._seen:
+            return False
+        self._remember(self._seen, msg.event_id, None)
+        if isinstance(msg, CallReport) and not msg.final:
+            return False
+        pretty = format_alert(msg) if isinstance(msg, AlertEvent) else format_report(msg)
+        self._write(msg.model_dump_json() if self.fmt == "json" else pretty)
         return True
 
     def _invalid(self, topic: str, exc: ValidationError) -> bool:
@@ -201,6 +247,7 @@ def subscribe(
     out: TextIO = sys.stdout,
     deadletters: bool = False,
     *,
+    alerts: bool = False,
     consumer: Any = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
@@ -208,7 +255,15 @@ def subscribe(
     limit; Ctrl-C stops it); returns the number of lines printed."""
     topics = settings.kafka.topics
     names = [topics.emotions] + ([topics.deadletter] if deadletters else [])
-    printer = EventPrinter(out, fmt, call_ids, topics.deadletter if deadletters else None)
+    names += [topics.alerts, topics.calls] if alerts else []
+    printer = EventPrinter(
+        out,
+        fmt,
+        call_ids,
+        topics.deadletter if deadletters else None,
+        alerts_topic=topics.alerts if alerts else None,
+        calls_topic=topics.calls if alerts else None,
+    )
     deadline = None if timeout_s is None else clock() + timeout_s
     own = consumer is None
     if own:

@@ -4,7 +4,8 @@
         -> parse + validate (bad input -> dead-letter topic, with reason and source offset)
         -> Joiner (hand-built join; Faust has no stream joins)
         -> micro-batch (max_batch / max_wait) -> Processor (features, Redis window, engine)
-        -> emotion events topic -> Redis window append -> ack the source messages
+        -> emotion events topic -> call analytics (alerts and call reports topics, its state in Redis)
+        -> Redis window append -> ack the source messages
 
 The agent parses and validates outside the lock (audio is decoded in a thread, never on the event
 loop), then joins and queues under it (quick). :meth:`Worker.pump`, run in a loop by one task,
@@ -42,11 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streams.analytics import CallAnalytics, Outgoing
 from streams.errors import InvalidMessage
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
 from streams.pipeline import BatchOutcome, Processor
-from streams.schemas import AudioPart, CallControl, DeadLetter, SourceRef, parse_input
+from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
 
@@ -109,8 +111,10 @@ class Worker:
         metrics: Metrics,
         send: Any,
         clock: Callable[[], float] = time.monotonic,
+        analytics: CallAnalytics | None = None,
     ) -> None:
         self.settings = settings
+        self.analytics = analytics  # call trajectories and escalation alerts, after the events
         self.clock = clock
         self.processor = processor
         self.metrics = metrics
@@ -386,7 +390,11 @@ class Worker:
         try:
             final = await self.processor.close(call_id)
             await self._publish(final)
+            if self.analytics is not None:  # the summary, and the call's open alerts cleared
+                await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
             await self.processor.release([call_id])
+            if self.analytics is not None:
+                await self.analytics.forget(call_id)
         except Exception:
             self._failed(f"closing call {call_id}", "close")
             return False
@@ -429,6 +437,11 @@ class Worker:
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             stage = "publish"
             await self._publish(outcome)
+            if self.analytics is not None:  # published, then stored: a failure in between publishes it all again
+                stage = "analytics"
+                update = await self.analytics.observe([e for e, _ in outcome.events])
+                await self._send_all(update.out)
+                await self.analytics.commit(update)
             stage = "redis"
             await self.processor.commit(outcome)
             stage = "deadletter"
@@ -466,6 +479,15 @@ class Worker:
         topic = self.settings.kafka.topics.emotions
         pending = [await self.send(topic, ev.call_id.encode(), ev.to_bytes(), ev.event_id) for ev, _ in outcome.events]
         await asyncio.gather(*pending)
+
+    async def _send_all(self, out: list[Outgoing]) -> None:
+        """Publish the analytics stage's alerts and call reports (each keyed by its call)."""
+        topics = self.settings.kafka.topics
+        pending = [await self.send(getattr(topics, o.topic), o.key, o.value, o.event_id) for o in out]
+        await asyncio.gather(*pending)
+        for o in out:
+            if isinstance(o.message, AlertEvent):
+                self.metrics.alerts.labels(o.message.rule, o.message.severity, o.message.state).inc()
 
     # -- dead letters ---------------------------------------------------------------------------
     async def _reject(

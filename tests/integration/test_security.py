@@ -22,7 +22,7 @@ from streams.errors import ServiceUnavailable
 from streams.feed import make_producer
 from streams.kafka import ensure_topics
 from streams.schemas import TextPart
-from streams.settings import Settings
+from streams.settings import TOPIC_KEYS, Settings
 from tests.integration.harness import REPO, Collector, WorkerProcess, env_for, free_port
 
 pytestmark = pytest.mark.integration
@@ -69,7 +69,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
 
 
 def _settings(s: Secure, unique: str, kafka_password: str | None = None, **kafka: Any) -> Settings:
-    topics = {k: f"s{unique}.{k}" for k in ("text", "audio", "video", "control", "emotions", "deadletter")}
+    topics = {k: f"s{unique}.{k}" for k in TOPIC_KEYS}
     return Settings(
         kafka={
             "brokers": f"127.0.0.1:{KAFKA_PORT}",

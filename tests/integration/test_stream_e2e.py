@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from streams.dialogues import Dialogue, attach_ravdess, read_meld_csv
+from streams.dialogues import Dialogue, Utterance, attach_ravdess, read_meld_csv
 from streams.feed import feed
 from streams.kafka import ensure_topics
 from tests.integration.harness import Collector, WorkerProcess, settings_for
@@ -124,3 +124,71 @@ def test_context_store_is_used_by_the_worker(services, unique, shared_data, tmp_
         assert sizes[4] == 5 and sizes[7] == 8
     finally:
         collector.close()
+
+
+def test_an_escalating_call_raises_alerts_that_clear_when_it_ends(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The analytics stage on the real broker and the shipped model: a customer who gets angrier
+    raises an alert on the alerts topic with the turns it rests on; the call's end clears it and
+    publishes a final report; a pleasant call raises nothing. A worker restart mid-call keeps the
+    call's turns (Redis): the summary counts every utterance once."""
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    lines = [
+        ("agent", "Thank you for calling, how can I help you today?"),
+        ("customer", "Hi, I was charged twice for my subscription this month."),
+        ("agent", "Let me check that for you."),
+        ("customer", "This is the third time this has happened. I am really annoyed."),
+        ("agent", "I understand, one moment please."),
+        ("customer", "No, this is outrageous! I am furious, you people keep stealing my money!"),
+        ("customer", "I am sick and tired of this garbage! Cancel everything right now, I am so angry!"),
+    ]
+    pleasant = [
+        ("agent", "Good morning, how can I help?"),
+        ("customer", "Hi! I just wanted to say the new plan is great, thank you so much!"),
+        ("agent", "That is wonderful to hear, thank you!"),
+        ("customer", "Have a lovely day!"),
+    ]
+    run = unique[:6]
+
+    def call(name: str, script: list[tuple[str, str]]) -> Dialogue:
+        utts = tuple(
+            Utterance(call_id=f"{name}-{run}", utterance_id=f"u{i}", seq=i, speaker=s, text=t, start_s=2.0 * i)
+            for i, (s, t) in enumerate(script)
+        )
+        return Dialogue(call_id=f"{name}-{run}", utterances=utts)
+
+    angry, happy = call("angry", lines), call("happy", pleasant)
+    collector = Collector(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        worker.wait_ready()
+        first = Dialogue(angry.call_id, angry.utterances[:4])
+        feed([first], settings, realtime=False, progress=False, send_control=False)
+        assert collector.poll_until(lambda c: len(c.events) >= 4, timeout=60), worker.tail()
+        worker.stop()
+        worker = WorkerProcess(settings, tmp_path).start()  # restarted mid-call
+        worker.wait_ready()
+        rest = Dialogue(angry.call_id, angry.utterances[4:])
+        feed([rest, happy], settings, realtime=False, progress=False)
+        assert collector.poll_until(
+            lambda c: {r.call_id for r in c.reports if r.final} >= {angry.call_id, happy.call_id}, timeout=90
+        ), worker.tail()
+        collector.poll_until(lambda c: False, timeout=2.0)
+        mine = [a for a in collector.alerts if a.call_id == angry.call_id]
+        assert [a for a in collector.alerts if a.call_id == happy.call_id] == []
+        raised = [a for a in mine if a.state == "raised"]
+        assert raised, [(e.speaker, e.label) for _, e in collector.events]
+        for a in raised:
+            assert a.evidence
+            assert {e.role for e in a.evidence} <= {"customer", "agent"}
+            assert any(x.alert_id == a.alert_id and x.state == "cleared" for x in mine), mine  # cleared by the end
+        summary = next(r for r in collector.reports if r.final and r.call_id == angry.call_id)
+        assert summary.turns == len(lines) and summary.open_alerts == []
+        assert set(summary.alerts_raised) == {a.rule for a in raised}
+        assert abs(sum(s.talk_share for s in summary.speakers) - 1) < 1e-3
+        customer = next(s for s in summary.speakers if s.speaker == "customer")
+        assert customer.sentiment < 0 and customer.negative_share > 0.5
+        assert 'emostream_alerts_total{rule="' in worker.metrics()
+    finally:
+        collector.close()
+        worker.stop()

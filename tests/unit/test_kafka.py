@@ -44,7 +44,7 @@ def test_ensure_topics_creates_only_missing_ones(caplog: pytest.LogCaptureFixtur
     t = settings.kafka.topics
     admin = FakeAdmin({t.emotions: 2})
     created = ensure_topics(settings, admin=admin)
-    assert created == [t.text, t.audio, t.video, t.control, t.deadletter]
+    assert created == [t.text, t.audio, t.video, t.control, t.deadletter, t.alerts, t.calls]
     assert admin.created[t.audio] == {"num_partitions": 6, "replication_factor": 1}
     assert json.dumps(admin.created)  # plain dict spec, not deprecated NewTopic objects
 

@@ -219,7 +219,42 @@ def test_demo_summary_waits_for_revisions_and_counts_changed_labels() -> None:
     assert "↻ [call-7 #0] neutral 0.81 -> joy 0.81  (script: joy)" in text
     assert "↻ [call-7 #2] anger 0.81 -> joy 0.81  (script: joy)" in text
     assert "agreement with the script's labels 100% of 3 revised" in text
+    assert "escalation alerts raised: 0 on 0 of 1 calls\n" in text
+    summary.alerts = {"a1": ("call-7", "customer-anger-rising"), "a2": ("call-7", "customer-negative-streak")}
+    assert "escalation alerts raised: 2 on 1 of 1 calls (customer-anger-rising 1, customer-negative-streak 1)" in (
+        summary.render()
+    )
     plain = Summary([SimpleNamespace(utterances=utts)], SETTINGS)  # --no-revisions: provisional events suffice
     for i in range(3):
         plain.add(make_event(utterance_id=f"u{i}", seq=i))
     assert plain.complete() and "revised" not in plain.render()
+
+
+def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
+    from streams.schemas import AlertEvent, CallReport, Evidence, SpeakerTrajectory
+
+    ev = Evidence(utterance_id="u2", seq=2, speaker="customer", role="customer", label="anger", sentiment=-0.7)
+    raised = AlertEvent(
+        event_id="a:raised:u2", alert_id="a", call_id="call-7", rule="customer-anger-rising", severity="critical",
+        message="The customer's anger is rising", state="raised", evidence=[ev], produced_at=1.0,
+    )  # fmt: skip
+    cleared = raised.model_copy(update={"event_id": "a:cleared:u2", "state": "cleared", "reason": "call ended",
+                                        "evidence": []})  # fmt: skip
+    who = SpeakerTrajectory(speaker="customer", role="customer", turns=3, talk_share=0.5, recent={"anger": 0.7},
+                            negative_share=1.0, sentiment=-0.7, sentiment_trend=-0.4)  # fmt: skip
+    running = CallReport(event_id="r:1", call_id="call-7", turns=6, speakers=[who], open_alerts=["a"],
+                         alerts_raised=["customer-anger-rising"], produced_at=1.0)  # fmt: skip
+    final = running.model_copy(update={"event_id": "r:1:final", "final": True, "open_alerts": []})
+    out = io.StringIO()
+    printer = EventPrinter(out, alerts_topic=TOPICS.alerts, calls_topic=TOPICS.calls)
+    for topic, msg in [(TOPICS.alerts, raised), (TOPICS.alerts, raised), (TOPICS.calls, running),
+                       (TOPICS.alerts, cleared), (TOPICS.calls, final)]:  # fmt: skip
+        printer.handle(topic, msg.to_bytes())
+    lines = out.getvalue().splitlines()
+    assert lines == [
+        "⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.70)",
+        "✓ cleared [call-7] customer-anger-rising (call ended)",
+        "■ call ended [call-7] 6 turns: customer (customer) 3 turns, sent -0.70 (-0.40), negative 100%;"
+        " alerts: customer-anger-rising",
+    ]
+    assert EventPrinter(io.StringIO()).handle(TOPICS.alerts, raised.to_bytes()) is False  # not asked for: invalid event

@@ -1,0 +1,310 @@
+"""Call-level analytics: a stage of the worker after the emotion events of a batch are published.
+
+For every call a batch touched, the stage keeps the call's turns in Redis (the latest revision of
+each utterance, so a revised event replaces its provisional one instead of counting twice),
+judges the escalation rules (:mod:`streams.rules`) on them, and returns what to publish:
+
+- :class:`~streams.schemas.AlertEvent` on ``kafka.topics.alerts``: an alert is *raised* when a
+  rule starts to hold, *updated* while its evidence changes, *cleared* when it stops holding
+  (``reason: recovered``) or when the call ends (``reason: call ended``);
+- :class:`~streams.schemas.CallReport` on ``kafka.topics.calls``: the call's running trajectory
+  per speaker, and a final one, the call summary, when the call ends.
+
+Everything lives under deterministic Redis keys (``{key_prefix}turns#{call}``, ``alerts#``,
+``raised#``) with the windows' TTL, stored only after the batch's messages are published, and
+every message has a deterministic ``event_id``: a worker that restarts, or retries a batch whose
+publishing failed, finds the call's state as it was before the batch and publishes the same
+messages again under the same ``event_id`` (consumers deduplicate on it). A call whose state
+expired (no event for ``redis.ttl_s``) starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from streams.rules import RuleBook, Turn
+from streams.schemas import AlertEvent, CallReport, EmotionEvent, Evidence, SpeakerTrajectory
+
+log = logging.getLogger("emostream.analytics")
+
+
+@dataclass
+class Outgoing:
+    """A message for an output topic: ``topic`` is 'alerts' or 'calls' (a TopicSettings field)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    event_id: str
+    message: AlertEvent | CallReport
+
+
+@dataclass
+class _State:
+    """One call's analytics state, as stored in Redis."""
+
+    turns: dict[str, Turn] = field(default_factory=dict)  # utterance id -> its latest revision
+    alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule -> {alert_id, evidence}
+    raised: dict[str, int] = field(default_factory=dict)  # rule -> alerts it raised in this call
+    changed: dict[str, Turn] = field(default_factory=dict)  # turns to write
+    dropped: list[str] = field(default_factory=list)  # turns to delete (past max_turns)
+
+
+@dataclass
+class Update:
+    """What a batch caused: publish ``out``, then :meth:`CallAnalytics.commit` the state, so that
+    a failed publish (the batch is retried) finds the state as it was and publishes it all again."""
+
+    out: list[Outgoing] = field(default_factory=list)
+    states: dict[str, _State] = field(default_factory=dict)
+
+
+class CallAnalytics:
+    """``client`` is a ``redis.asyncio.Redis`` (the context store's)."""
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        ttl_s: float,
+        book: RuleBook,
+        recent_turns: int = 5,
+        max_turns: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_s * 1000)
+        self.book = book
+        self.recent_turns = recent_turns
+        self.max_turns = max_turns
+        self.clock = clock
+
+    def _keys(self, call_id: str) -> tuple[str, str, str]:
+        return (f"{self.prefix}turns#{call_id}", f"{self.prefix}alerts#{call_id}", f"{self.prefix}raised#{call_id}")
+
+    async def observe(self, events: Sequence[EmotionEvent]) -> Update:
+        """Take a batch's published events: the alerts and reports they cause (nothing is stored
+        until :meth:`commit`)."""
+        by_call: dict[str, list[EmotionEvent]] = defaultdict(list)
+        for e in events:
+            by_call[e.call_id].append(e)
+        update = Update()
+        if not by_call:
+            return update
+        update.states = await self._load(list(by_call))
+        for call_id, new in by_call.items():
+            update.out += self._apply(call_id, update.states[call_id], new)
+        return update
+
+    async def commit(self, update: Update) -> None:
+        """Store the state an :class:`Update` led to (after its messages are published)."""
+        if update.states:
+            await self._store(update.states)
+
+    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = ()) -> Update:
+        """The call ended (its final revisions are ``final_events``): its open alerts cleared and
+        its summary; publish them, then :meth:`forget` the call (nothing to commit). A call with no
+        state (already forgotten: an 'ended' replayed after its summary went out) gives nothing."""
+        state = (await self._load([call_id]))[call_id]
+        out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
+        if not state.turns:
+            return Update()
+        ordered = sorted(state.turns.values(), key=lambda t: t.seq)
+        messages, _ = self._alerts(call_id, ordered, state, final=True)
+        out += [self._outgoing("alerts", m) for m in messages]
+        out.append(self._outgoing("calls", self._report(call_id, ordered, {}, state.raised, final=True)))
+        return Update(out)
+
+    async def forget(self, call_id: str) -> None:
+        """Delete the call's state (after its summary is published)."""
+        await self.client.delete(*self._keys(call_id))
+
+    # -- judging ---------------------------------------------------------------------------------
+
+    def _apply(self, call_id: str, state: _State, new: Sequence[EmotionEvent]) -> list[Outgoing]:
+        for e in new:
+            old = state.turns.get(e.utterance_id)
+            if old is None or e.revision >= old.revision:
+                state.turns[e.utterance_id] = state.changed[e.utterance_id] = self._turn(e)
+        ordered = sorted(state.turns.values(), key=lambda t: t.seq)
+        for t in ordered[: max(0, len(ordered) - self.max_turns)]:
+            state.dropped.append(t.utterance_id)
+            state.changed.pop(t.utterance_id, None)
+            del state.turns[t.utterance_id]
+        ordered = ordered[-self.max_turns :]
+        messages, state.alerts = self._alerts(call_id, ordered, state, final=False)
+        out = [self._outgoing("alerts", m) for m in messages]
+        if state.changed or messages:
+            out.append(self._outgoing("calls", self._report(call_id, ordered, state.alerts, state.raised, False)))
+        return out
+
+    def _alerts(
+        self, call_id: str, turns: list[Turn], state: _State, final: bool
+    ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
+        holding = {} if final else self.book.judge(turns)
+        now = self.clock()
+        messages: list[AlertEvent] = []
+        still: dict[str, dict[str, Any]] = {}
+        for name, evidence in holding.items():
+            ids = [f"{t.utterance_id}@{t.revision}" for t in evidence]  # a revision changes the evidence
+            was = state.alerts.get(name)
+            if was is None:
+                state.raised[name] = n = state.raised.get(name, 0) + 1
+                alert_id = f"{call_id}:{name}:{n}"  # the rule's n-th alert in this call
+                messages.append(self._alert(alert_id, call_id, name, "raised", evidence, ids, now))
+            else:
+                alert_id = was["alert_id"]
+                if ids != was["evidence"]:
+                    messages.append(self._alert(alert_id, call_id, name, "updated", evidence, ids, now))
+            still[name] = {"alert_id": alert_id, "evidence": ids}
+        for name, was in state.alerts.items():
+            if name not in holding:
+                why = "call ended" if final else "recovered"
+                messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
+        return messages, still
+
+    def _alert(
+        self,
+        alert_id: str,
+        call_id: str,
+        name: str,
+        state: str,
+        evidence: list[Turn],
+        ids: list[str],
+        now: float,
+        reason: str | None = None,
+    ) -> AlertEvent:
+        rule = self.book.by_name(name)
+        return AlertEvent(
+            event_id=f"{alert_id}:{state}:{(ids or ['-'])[-1] if state == 'cleared' else ','.join(ids)}",
+            alert_id=alert_id,
+            call_id=call_id,
+            rule=name,
+            severity=rule.severity if rule else "warning",
+            message=rule.describe() if rule else name,
+            state=state,  # type: ignore[arg-type]
+            reason=reason,
+            evidence=[
+                Evidence(
+                    utterance_id=t.utterance_id,
+                    seq=t.seq,
+                    speaker=t.speaker,
+                    role=t.role,
+                    label=t.label,
+                    sentiment=t.sentiment,
+                )
+                for t in evidence
+            ],  # fmt: skip
+            produced_at=now,
+        )
+
+    def _report(
+        self, call_id: str, turns: list[Turn], alerts: dict[str, dict[str, Any]], raised: dict[str, int], final: bool
+    ) -> CallReport:
+        by_speaker: dict[str, list[Turn]] = defaultdict(list)
+        for t in turns:
+            by_speaker[t.speaker].append(t)
+        speakers = []
+        for speaker, mine in by_speaker.items():
+            recent, before = mine[-self.recent_turns :], mine[-2 * self.recent_turns : -self.recent_turns]
+            labels = sorted({k for t in recent for k in t.probabilities})
+            sentiment = _mean([t.sentiment for t in recent])
+            speakers.append(
+                SpeakerTrajectory(
+                    speaker=speaker,
+                    role=mine[-1].role,
+                    turns=len(mine),
+                    talk_share=round(len(mine) / len(turns), 4),
+                    recent={k: round(_mean([t.probabilities.get(k, 0.0) for t in recent]), 4) for k in labels},
+                    negative_share=round(_mean([float(t.sentiment_label == "negative") for t in recent]), 4),
+                    sentiment=round(sentiment, 4),
+                    sentiment_trend=round(sentiment - _mean([t.sentiment for t in before]), 4) if before else 0.0,
+                )
+            )
+        seen = ",".join(sorted(f"{t.utterance_id}@{t.revision}" for t in turns))  # the turns and revisions it covers
+        version = hashlib.sha1(seen.encode()).hexdigest()[:12]
+        return CallReport(
+            event_id=f"{call_id}:report:final" if final else f"{call_id}:report:{len(turns)}:{version}",
+            call_id=call_id,
+            final=final,
+            turns=len(turns),
+            speakers=speakers,
+            open_alerts=sorted(a["alert_id"] for a in alerts.values()),
+            alerts_raised=sorted(raised),
+            produced_at=self.clock(),
+        )
+
+    def _turn(self, e: EmotionEvent) -> Turn:
+        return Turn(
+            utterance_id=e.utterance_id,
+            seq=e.seq,
+            speaker=e.speaker,
+            role=self.book.role_of(e.speaker),
+            label=e.label,
+            probabilities=dict(e.probabilities),
+            sentiment=e.sentiment,
+            sentiment_label=e.sentiment_label,
+            revision=e.revision,
+            confidence=e.confidence,
+        )
+
+    @staticmethod
+    def _outgoing(topic: str, message: AlertEvent | CallReport) -> Outgoing:
+        return Outgoing(topic, message.call_id.encode(), message.to_bytes(), message.event_id, message)
+
+    # -- Redis -------------------------------------------------------------------------------------
+
+    async def _load(self, call_ids: list[str]) -> dict[str, _State]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for call_id in call_ids:
+                turns, alerts, raised = self._keys(call_id)
+                pipe.hgetall(turns)
+                pipe.hgetall(alerts)
+                pipe.hgetall(raised)
+            replies = await pipe.execute()
+        states = {}
+        for i, call_id in enumerate(call_ids):
+            turns, alerts, raised = replies[3 * i : 3 * i + 3]
+            try:
+                states[call_id] = _State(
+                    {_s(k): Turn(**json.loads(v)) for k, v in turns.items()},
+                    {_s(k): json.loads(v) for k, v in alerts.items()},
+                    {_s(k): int(v) for k, v in raised.items()},
+                )
+            except (ValueError, TypeError) as exc:  # unreadable (another version's format): start the call afresh
+                log.warning("call %s: analytics state unreadable (%s); starting it afresh", call_id, exc)
+                states[call_id] = _State(dropped=[_s(k) for k in turns])
+        return states
+
+    async def _store(self, states: dict[str, _State]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:  # a call's alerts are replaced at once
+            for call_id, state in states.items():
+                turns_key, alerts_key, raised_key = self._keys(call_id)
+                if state.dropped:
+                    pipe.hdel(turns_key, *state.dropped)
+                if state.changed:
+                    pipe.hset(turns_key, mapping={k: json.dumps(asdict(t)) for k, t in state.changed.items()})
+                pipe.delete(alerts_key, raised_key)
+                if state.alerts:
+                    pipe.hset(alerts_key, mapping={k: json.dumps(v) for k, v in state.alerts.items()})
+                if state.raised:
+                    pipe.hset(raised_key, mapping=dict(state.raised))
+                for key in (turns_key, alerts_key, raised_key):
+                    pipe.pexpire(key, self.ttl_ms)
+            await pipe.execute()
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,217 @@
+"""Escalation rules: which state of a call a supervisor should be alerted to.
+
+A rules file is TOML (the shipped default is ``streams/escalation.toml``; set
+``analytics.rules`` to use your own). Its grammar:
+
+```toml
+[roles]                      # speaker id -> role: the first role with a matching glob wins
+agent = ["agent*"]
+customer = ["*"]
+
+[[rule]]
+name = "customer-anger-rising"   # lower case, digits, '-' or '_'; unique
+kind = "rising"                  # rising | streak | below | reply (fields per kind below)
+role = "customer"                # whose turns the rule looks at
+emotions = ["anger", "disgust"]  # labels summed (a label the model lacks counts 0)
+turns = 3                        # the role's last `turns` turns
+min_share = 0.5                  # (rising) the last turn's share of `emotions` at least this
+severity = "critical"            # info | warning | critical
+message = "The customer is getting angrier"   # optional: shown to the supervisor
+```
+
+Kinds, each judged on the call's turns so far (the latest revision of each utterance):
+
+- ``rising``: the probability of ``emotions`` rises at every step over the role's last ``turns``
+  turns and reaches ``min_share`` on the last one.
+- ``streak``: each of the role's last ``turns`` turns is labelled with one of ``emotions`` (or, with
+  ``sentiment = "negative"``, has a negative sentiment label), with a label probability of at
+  least ``min_confidence`` (default 0).
+- ``below``: the mean sentiment (-1..1) of the role's last ``turns`` turns is below ``threshold``.
+- ``reply``: within the call's last ``within`` turns, a turn of ``role`` with a negative sentiment
+  label comes right after a turn of ``after`` with one, both labelled with a probability of at
+  least ``min_confidence`` (default 0).
+
+A rule holds or not after every turn: an alert opens when it starts to hold, is updated while its
+evidence changes, and clears when it stops holding (the call recovered) or the call ends.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from streams.errors import ConfigError
+
+DEFAULT_RULES = Path(__file__).with_name("escalation.toml")
+Severity = Literal["info", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One labelled utterance of a call, as the rules see it."""
+
+    utterance_id: str
+    seq: int
+    speaker: str
+    role: str
+    label: str
+    probabilities: dict[str, float]
+    sentiment: float
+    sentiment_label: str
+    revision: int = 0
+    confidence: float = 1.0  # the label's probability
+
+    def share(self, emotions: Sequence[str]) -> float:
+        return sum(self.probabilities.get(e, 0.0) for e in emotions)
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    role: str = "customer"
+    severity: Severity = "warning"
+    message: str | None = None
+
+    def describe(self) -> str:
+        return self.message or self.name.replace("-", " ").replace("_", " ")
+
+    def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
+        """The turns that make the rule hold now, or None if it does not."""
+        raise NotImplementedError
+
+    def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
+        mine = [t for t in turns if t.role == self.role]
+        return mine[-n:] if len(mine) >= n else None
+
+
+class Rising(_Rule):
+    kind: Literal["rising"]
+    emotions: list[str] = Field(min_length=1)
+    turns: int = Field(3, ge=2, le=50)
+    min_share: float = Field(0.5, ge=0, le=1)
+
+    def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
+        last = self._last(turns, self.turns)
+        if last is None:
+            return None
+        shares = [t.share(self.emotions) for t in last]
+        rising = all(b > a for a, b in zip(shares, shares[1:], strict=False))
+        return last if rising and shares[-1] >= self.min_share else None
+
+
+class Streak(_Rule):
+    kind: Literal["streak"]
+    emotions: list[str] | None = None
+    sentiment: Literal["negative"] | None = None
+    turns: int = Field(3, ge=1, le=50)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Streak:
+        if (self.emotions is None) == (self.sentiment is None):
+            raise ValueError("a streak rule names either emotions or sentiment = 'negative'")
+        return self
+
+    def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
+        last = self._last(turns, self.turns)
+        if last is None:
+            return None
+        if self.emotions is not None:
+            ok = all(t.label in self.emotions for t in last)
+        else:
+            ok = all(t.sentiment_label == self.sentiment for t in last)
+        return last if ok and all(t.confidence >= self.min_confidence for t in last) else None
+
+
+class Below(_Rule):
+    kind: Literal["below"]
+    threshold: float = Field(ge=-1, le=1)
+    turns: int = Field(3, ge=1, le=50)
+
+    def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
+        last = self._last(turns, self.turns)
+        if last is None:
+            return None
+        return last if sum(t.sentiment for t in last) / len(last) < self.threshold else None
+
+
+class Reply(_Rule):
+    kind: Literal["reply"]
+    role: str = "agent"
+    after: str = "customer"
+    within: int = Field(4, ge=2, le=50)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+
+    def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
+        recent = list(turns[-self.within :])
+        for a, b in reversed(list(zip(recent, recent[1:], strict=False))):
+            if (a.role, b.role) == (self.after, self.role) and a.sentiment_label == b.sentiment_label == "negative":
+                if min(a.confidence, b.confidence) >= self.min_confidence:
+                    return [a, b]
+        return None
+
+
+Rule = Annotated[Rising | Streak | Below | Reply, Field(discriminator="kind")]
+
+
+class RuleBook(BaseModel):
+    """A rules file: speaker roles and the rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roles: dict[str, list[str]] = Field(default_factory=lambda: {"agent": ["agent*"], "customer": ["*"]})
+    rule: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RuleBook:
+        names = [r.name for r in self.rule]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"rule names must be unique: {', '.join(twice)}")
+        known = {*self.roles, "other"}
+        for r in self.rule:
+            for role in (r.role, getattr(r, "after", r.role)):
+                if role not in known:
+                    raise ValueError(f"rule {r.name}: role {role!r} is not in [roles] ({', '.join(sorted(known))})")
+        return self
+
+    def role_of(self, speaker: str) -> str:
+        for role, globs in self.roles.items():
+            if any(fnmatch.fnmatchcase(speaker.lower(), g.lower()) for g in globs):
+                return role
+        return "other"
+
+    def judge(self, turns: Sequence[Turn]) -> dict[str, list[Turn]]:
+        """Rule name -> its evidence, for every rule that holds on ``turns`` (in seq order)."""
+        found = {}
+        for rule in self.rule:
+            evidence = rule.evidence(turns)
+            if evidence:
+                found[rule.name] = evidence
+        return found
+
+    def by_name(self, name: str) -> Rising | Streak | Below | Reply | None:
+        return next((r for r in self.rule if r.name == name), None)
+
+
+def load_rules(path: str | Path | None = None) -> RuleBook:
+    """Read and check a rules file (None: the shipped default); a clear error names what is wrong."""
+    path = Path(path) if path else DEFAULT_RULES
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"rules file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"rules file {path} is not valid TOML: {exc}") from exc
+    try:
+        return RuleBook.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ConfigError(f"rules file {path}: {problems}") from exc

@@ -1,0 +1,162 @@
+"""Call-level analytics (streams/analytics.py) on the real Redis server: alerts raised, updated and
+cleared, revised events replacing provisional ones, replays and restarts changing nothing, and a
+summary when the call ends. The worker's publishing of it on the real broker is in test_stream_e2e."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from streams.analytics import CallAnalytics
+from streams.rules import load_rules
+from streams.schemas import AlertEvent, CallReport, EmotionEvent, ModelRef, Timings
+
+pytestmark = pytest.mark.integration
+LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+
+def event(call: str, seq: int, speaker: str, label: str, p: float, revision: int = 0) -> EmotionEvent:
+    probs = {k: (p if k == label else (1 - p) / (len(LABELS) - 1)) for k in LABELS}
+    s = -p if label in ("anger", "disgust", "fear", "sadness") else (p if label == "joy" else 0.0)
+    return EmotionEvent(
+        event_id=f"{call}:u{seq}:r{revision}:x",
+        call_id=call,
+        utterance_id=f"u{seq}",
+        seq=seq,
+        revision=revision,
+        speaker=speaker,
+        label=label,
+        confidence=p,
+        probabilities=probs,
+        sentiment=s,
+        sentiment_label="negative" if s < -0.1 else ("positive" if s > 0.1 else "neutral"),
+        weights={"text": 1.0, "audio": 0.0, "video": 0.0},
+        modalities_present=["text"],
+        model=ModelRef(name="m", version="1", runtime="onnxruntime"),
+        context_size=1,
+        timings=Timings(join_s=0, queue_s=0, engine_s=0, end_to_end_s=0),
+        produced_at=0.0,
+    )
+
+
+async def step(a: CallAnalytics, events: list[EmotionEvent]) -> list:  # type: ignore[type-arg]
+    """What the worker does: observe, publish (here: return), then commit."""
+    update = await a.observe(events)
+    await a.commit(update)
+    return update.out
+
+
+def alerts(out: list) -> list[AlertEvent]:  # type: ignore[type-arg]
+    return [o.message for o in out if isinstance(o.message, AlertEvent)]
+
+
+def reports(out: list) -> list[CallReport]:  # type: ignore[type-arg]
+    return [o.message for o in out if isinstance(o.message, CallReport)]
+
+
+def test_an_escalating_call_raises_updates_clears_and_summarises(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        prefix = f"test:{unique}:"
+        make = lambda: CallAnalytics(client, prefix, ttl_s=60, book=load_rules(), recent_turns=3)  # noqa: E731
+        a = make()
+        calm = [event("c", 0, "agent", "neutral", 0.9), event("c", 1, "customer", "neutral", 0.7)]
+        out = await step(a, calm)
+        assert alerts(out) == [] and reports(out)[0].turns == 2 and reports(out)[0].open_alerts == []
+        angry = [event("c", 2, "customer", "anger", 0.5), event("c", 3, "agent", "neutral", 0.8),
+                 event("c", 4, "customer", "anger", 0.7), event("c", 5, "customer", "anger", 0.9)]  # fmt: skip
+        out = await step(a, angry)
+        raised = {x.rule: x for x in alerts(out)}
+        assert set(raised) == {"customer-anger-rising", "customer-negative-streak", "customer-sentiment-low"}
+        rising = raised["customer-anger-rising"]
+        assert rising.state == "raised" and rising.severity == "critical"
+        assert [e.utterance_id for e in rising.evidence] == ["u2", "u4", "u5"]
+        assert rising.alert_id == "c:customer-anger-rising:1"
+        report = reports(out)[0]
+        assert report.open_alerts == sorted(x.alert_id for x in raised.values())
+        customer = next(s for s in report.speakers if s.role == "customer")
+        assert customer.turns == 4 and customer.talk_share == pytest.approx(4 / 6, abs=1e-3)
+        assert customer.recent["anger"] == pytest.approx((0.5 + 0.7 + 0.9) / 3, abs=1e-3)
+
+        # a replay of the same events (a worker restarted before acking them) changes nothing
+        b = make()  # a new worker: the state is in Redis
+        assert alerts(await step(b, angry)) == []
+
+        # a revised event replaces its provisional one: u5 is calmer, the rise is broken
+        out = await step(b, [event("c", 5, "customer", "anger", 0.6, revision=1)])
+        cleared = {x.rule: x for x in alerts(out)}
+        assert cleared["customer-anger-rising"].state == "cleared"
+        assert cleared["customer-anger-rising"].reason == "recovered"
+        assert cleared["customer-anger-rising"].alert_id == rising.alert_id
+        assert reports(out)[0].turns == 6  # replaced, not counted twice
+        assert alerts(await step(b, [event("c", 5, "customer", "anger", 0.9, revision=0)])) == []  # an older revision
+
+        # the streak goes on: its evidence moves, the same alert is updated
+        out = await step(b, [event("c", 6, "customer", "disgust", 0.8)])
+        updated = {x.rule: x for x in alerts(out)}
+        assert updated["customer-negative-streak"].state == "updated"
+        assert updated["customer-negative-streak"].alert_id == raised["customer-negative-streak"].alert_id
+        assert [e.utterance_id for e in updated["customer-negative-streak"].evidence] == ["u4", "u5", "u6"]
+
+        # the call ends: what is open clears, the summary is final, the state is forgotten
+        out = (await b.end("c")).out
+        ends = alerts(out)
+        assert ends and all(x.state == "cleared" and x.reason == "call ended" for x in ends)
+        summary = reports(out)[-1]
+        assert summary.final and summary.turns == 7 and summary.open_alerts == []
+        assert set(summary.alerts_raised) == set(raised)
+        assert len({x.event_id for x in alerts(out)}) == len(ends)
+        await b.forget("c")
+        assert not await client.keys(f"{prefix}*")
+        assert (await b.end("c")).out == []  # an 'ended' replayed after the summary went out: nothing again
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_calls_are_kept_apart_and_bounded(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        a = CallAnalytics(client, f"test:{unique}:", ttl_s=60, book=load_rules(), max_turns=10)
+        out = await step(a, [event("x", i, "customer", "anger", 0.9) for i in range(3)]
+                              + [event("y", i, "customer", "joy", 0.9) for i in range(12)])  # fmt: skip
+        assert {x.call_id for x in alerts(out)} == {"x"}
+        by_call = {r.call_id: r for r in reports(out)}
+        assert by_call["y"].turns == 10 and by_call["x"].turns == 3  # y's oldest dropped
+        assert 0 < await client.pttl(f"test:{unique}:turns#x") <= 60_000
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_publish_sends_the_same_messages_again_and_a_re_raised_alert_is_a_new_one(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        a = CallAnalytics(client, f"test:{unique}:", ttl_s=60, book=load_rules(), max_turns=12)
+        angry = [event("c", i, "customer", "anger", 0.5 + 0.1 * i) for i in range(3)]
+        first = await a.observe(angry)  # published... and the publish failed: no commit, the batch is retried
+        again = await a.observe(angry)
+        assert [o.event_id for o in first.out] == [o.event_id for o in again.out] and alerts(first.out)
+        await a.commit(again)
+        rising = next(x for x in alerts(again.out) if x.rule == "customer-anger-rising")
+        # a revision changes the evidence's label: the alert is updated, with the revised turn
+        out = await step(a, [event("c", 2, "customer", "anger", 0.75, revision=1)])
+        updated = next(x for x in alerts(out) if x.rule == "customer-anger-rising")
+        assert updated.state == "updated" and updated.evidence[-1].sentiment == pytest.approx(-0.75)
+        cleared = await step(a, [event("c", 3, "customer", "joy", 0.9), event("c", 4, "customer", "joy", 0.9),
+                                 event("c", 5, "customer", "joy", 0.9)])  # fmt: skip
+        assert {x.rule for x in alerts(cleared) if x.state == "cleared"} >= {"customer-anger-rising"}
+        out = await step(a, [event("c", 6 + i, "customer", "anger", 0.6 + 0.1 * i) for i in range(3)])
+        again_rising = next(x for x in alerts(out) if x.rule == "customer-anger-rising")
+        assert again_rising.state == "raised" and again_rising.alert_id == "c:customer-anger-rising:2"
+        assert again_rising.alert_id != rising.alert_id
+        # past max_turns, every report is still a new event_id
+        ids = []
+        for i in range(9, 20):
+            ids += [r.event_id for r in reports(await step(a, [event("c", i, "customer", "neutral", 0.9)]))]
+        assert len(ids) == len(set(ids)) == 11
+        await client.aclose()
+
+    asyncio.run(scenario())

@@ -1,0 +1,127 @@
+"""The escalation rules (streams/rules.py): each kind, the roles, and what a bad rules file says."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from streams.errors import ConfigError
+from streams.rules import DEFAULT_RULES, RuleBook, Turn, load_rules
+
+LABELS = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+
+def turn(seq: int, speaker: str, label: str, p: float = 0.8, sentiment: float | None = None) -> Turn:
+    """A turn labelled ``label`` with probability ``p`` (the rest spread over the other labels)."""
+    probs = {k: (p if k == label else (1 - p) / (len(LABELS) - 1)) for k in LABELS}
+    negative = label in ("anger", "disgust", "fear", "sadness")
+    s = sentiment if sentiment is not None else (-p if negative else (p if label == "joy" else 0.0))
+    kind = "negative" if s < -0.1 else ("positive" if s > 0.1 else "neutral")
+    role = "agent" if speaker.startswith("agent") else "customer"
+    return Turn(f"u{seq}", seq, speaker, role, label, probs, s, kind)
+
+
+def book(*rules: dict) -> RuleBook:  # type: ignore[type-arg]
+    return RuleBook.model_validate({"rule": list(rules)})
+
+
+def test_rising_holds_only_while_the_share_climbs_every_turn_and_ends_high() -> None:
+    b = book({"name": "rise", "kind": "rising", "emotions": ["anger", "disgust"], "turns": 3, "min_share": 0.5})
+    calm = [turn(0, "cust", "neutral"), turn(1, "agent", "neutral")]
+    rising = [*calm, turn(2, "cust", "anger", 0.3), turn(3, "agent", "neutral"), turn(4, "cust", "anger", 0.5),
+              turn(5, "cust", "anger", 0.7)]  # fmt: skip
+    assert b.judge(calm) == {}
+    found = b.judge(rising)
+    assert [t.utterance_id for t in found["rise"]] == ["u2", "u4", "u5"]  # the customer's turns only
+    assert b.judge([*rising, turn(6, "cust", "anger", 0.6)]) == {}  # fell back: recovered
+    assert b.judge(rising[:-1] + [turn(5, "cust", "anger", 0.45)]) == {}  # rises, but stays below min_share
+
+
+def test_streak_by_label_or_by_sentiment() -> None:
+    labels = book({"name": "s", "kind": "streak", "emotions": ["anger"], "turns": 2, "role": "customer"})
+    negative = book({"name": "n", "kind": "streak", "sentiment": "negative", "turns": 3})
+    turns = [turn(0, "cust", "anger"), turn(1, "agent", "joy"), turn(2, "cust", "anger"), turn(3, "cust", "sadness")]
+    assert labels.judge(turns[:3])["s"][-1].utterance_id == "u2"
+    assert labels.judge(turns) == {}  # the last customer turn is sadness, not anger
+    assert [t.utterance_id for t in negative.judge(turns)["n"]] == ["u0", "u2", "u3"]
+    assert negative.judge(turns[:3]) == {}  # two customer turns: too few
+    with pytest.raises(ValueError, match="either emotions or sentiment"):
+        book({"name": "x", "kind": "streak", "turns": 2})
+
+
+def test_below_uses_the_mean_sentiment_of_the_last_turns() -> None:
+    b = book({"name": "low", "kind": "below", "threshold": -0.5, "turns": 2})
+    assert b.judge([turn(0, "c", "anger", sentiment=-0.9), turn(1, "c", "neutral", sentiment=0.0)]) == {}  # -0.45
+    assert "low" in b.judge([turn(0, "c", "anger", sentiment=-0.9), turn(1, "c", "neutral", sentiment=-0.2)])
+    assert b.judge([turn(0, "c", "anger", sentiment=-0.9)]) == {}  # one turn is not enough
+
+
+def test_reply_is_an_agent_negative_turn_right_after_a_customer_negative_one_within_the_last_turns() -> None:
+    b = book({"name": "r", "kind": "reply", "within": 3})
+    turns = [turn(0, "cust", "anger"), turn(1, "agent", "disgust")]
+    assert [t.utterance_id for t in b.judge(turns)["r"]] == ["u0", "u1"]
+    assert b.judge([turn(0, "cust", "joy"), turn(1, "agent", "disgust")]) == {}  # the customer was not negative
+    assert b.judge([turn(0, "agent", "anger"), turn(1, "cust", "anger")]) == {}  # the other way round
+    later = [*turns, turn(2, "cust", "neutral"), turn(3, "agent", "neutral")]
+    assert b.judge(later) == {}  # fell out of the last 3 turns
+
+
+def test_roles_come_from_the_first_matching_glob() -> None:
+    b = RuleBook.model_validate({"roles": {"agent": ["agent*", "AG-*"], "customer": ["*"]}})
+    assert [b.role_of(s) for s in ("agent", "Agent-7", "ag-12", "caller", "")] == [
+        "agent", "agent", "agent", "customer", "customer",
+    ]  # fmt: skip
+    assert RuleBook.model_validate({"roles": {"agent": ["agent"]}}).role_of("caller") == "other"
+
+
+def test_the_shipped_rules_load_and_raise_on_an_escalating_customer() -> None:
+    b = load_rules()
+    assert load_rules(DEFAULT_RULES) == b and {r.kind for r in b.rule} == {"rising", "streak", "below", "reply"}
+    turns = [turn(0, "agent", "neutral"), turn(1, "customer", "anger", 0.5), turn(2, "agent", "neutral"),
+             turn(3, "customer", "anger", 0.7), turn(4, "agent", "anger", 0.6),
+             turn(5, "customer", "anger", 0.9)]  # fmt: skip
+    assert set(b.judge(turns)) == {
+        "customer-anger-rising", "customer-negative-streak", "customer-sentiment-low", "agent-negative-reply",
+    }  # fmt: skip
+    assert b.judge(turns[:4]) == {}  # two angry customer turns, the agent neutral: nothing yet
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[[rule]\nname = 'x'", "not valid TOML"),
+        ("[[rule]]\nname = 'x'\nkind = 'spike'", "rule.0"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'", "threshold"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = -0.2\nturnz = 3", "turnz"),
+        ("[[rule]]\nname = 'a'\nkind = 'below'\nthreshold = 0\n[[rule]]\nname = 'a'\nkind = 'below'\nthreshold = 0",
+         "unique: a"),
+        ("[[rule]]\nname = 'Bad Name'\nkind = 'below'\nthreshold = 0", "name"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = -3", "threshold"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nrole = 'custmer'", "role 'custmer' is not in"),
+    ],
+)  # fmt: skip
+def test_a_bad_rules_file_says_what_is_wrong(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=says) as err:
+        load_rules(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_missing_rules_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="No such file"):
+        load_rules(tmp_path / "nope.toml")
+
+
+def test_min_confidence_keeps_unsure_labels_out_of_streaks_and_replies() -> None:
+    streak = book({"name": "s", "kind": "streak", "sentiment": "negative", "turns": 2, "min_confidence": 0.5})
+    reply = book({"name": "r", "kind": "reply", "min_confidence": 0.6})
+    sure = [turn(0, "cust", "anger", 0.8), turn(1, "agent", "sadness", 0.7), turn(2, "cust", "anger", 0.9)]
+    unsure = [turn(0, "cust", "anger", 0.8), turn(1, "agent", "sadness", 0.43), turn(2, "cust", "anger", 0.45)]
+    sure, unsure = (
+        [dataclasses.replace(t, confidence=max(t.probabilities.values())) for t in ts] for ts in (sure, unsure)
+    )
+    assert "s" in streak.judge(sure) and "r" in reply.judge(sure)
+    assert streak.judge(unsure) == {} and reply.judge(unsure) == {}
