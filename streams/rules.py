@@ -27,9 +27,10 @@ Kinds, each judged on the call's turns so far (the latest revision of each utter
   ``sentiment = "negative"``, has a negative sentiment label), with a label probability of at
   least ``min_confidence`` (default 0).
 - ``below``: the mean sentiment (-1..1) of the role's last ``turns`` turns is below ``threshold``.
-- ``reply``: within the call's last ``within`` turns, a turn of ``role`` with a negative sentiment
-  label comes right after a turn of ``after`` with one, both labelled with a probability of at
-  least ``min_confidence`` (default 0).
+- ``reply``: within the call's last ``within`` turns, a turn of ``role`` labelled with one of
+  ``emotions`` comes right after a turn of ``after`` labelled with one of ``after_emotions``
+  (either list left out: a negative sentiment label), both with a label probability of at least
+  ``min_confidence`` (default 0).
 
 A rule holds or not after every turn: an alert opens when it starts to hold, is updated while its
 evidence changes, and clears when it stops holding (the call recovered) or the call ends.
@@ -146,16 +147,23 @@ class Reply(_Rule):
     kind: Literal["reply"]
     role: str = "agent"
     after: str = "customer"
+    emotions: list[str] | None = None  # the reply's labels that count (None: a negative sentiment label)
+    after_emotions: list[str] | None = None  # the same for the turn it answers
     within: int = Field(4, ge=2, le=50)
     min_confidence: float = Field(0.0, ge=0, le=1)
 
     def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
         recent = list(turns[-self.within :])
         for a, b in reversed(list(zip(recent, recent[1:], strict=False))):
-            if (a.role, b.role) == (self.after, self.role) and a.sentiment_label == b.sentiment_label == "negative":
-                if min(a.confidence, b.confidence) >= self.min_confidence:
-                    return [a, b]
+            if (a.role, b.role) != (self.after, self.role) or min(a.confidence, b.confidence) < self.min_confidence:
+                continue
+            if _negative(a, self.after_emotions) and _negative(b, self.emotions):
+                return [a, b]
         return None
+
+
+def _negative(turn: Turn, emotions: list[str] | None) -> bool:
+    return turn.label in emotions if emotions is not None else turn.sentiment_label == "negative"
 
 
 Rule = Annotated[Rising | Streak | Below | Reply, Field(discriminator="kind")]

@@ -68,6 +68,13 @@ def test_reply_is_an_agent_negative_turn_right_after_a_customer_negative_one_wit
     assert b.judge(later) == {}  # fell out of the last 3 turns
 
 
+def test_reply_by_emotions_tells_sympathy_from_hostility() -> None:
+    b = book({"name": "r", "kind": "reply", "emotions": ["anger", "disgust"], "after_emotions": ["sadness", "anger"]})
+    assert b.judge([turn(0, "cust", "sadness"), turn(1, "agent", "sadness")]) == {}  # sympathy with a grieving caller
+    assert "r" in b.judge([turn(0, "cust", "sadness"), turn(1, "agent", "disgust")])
+    assert b.judge([turn(0, "cust", "neutral", sentiment=-0.5), turn(1, "agent", "anger")]) == {}  # not upset
+
+
 def test_roles_come_from_the_first_matching_glob() -> None:
     b = RuleBook.model_validate({"roles": {"agent": ["agent*", "AG-*"], "customer": ["*"]}})
     assert [b.role_of(s) for s in ("agent", "Agent-7", "ag-12", "caller", "")] == [
@@ -83,7 +90,7 @@ def test_the_shipped_rules_load_and_raise_on_an_escalating_customer() -> None:
              turn(3, "customer", "anger", 0.7), turn(4, "agent", "anger", 0.6),
              turn(5, "customer", "anger", 0.9)]  # fmt: skip
     assert set(b.judge(turns)) == {
-        "customer-anger-rising", "customer-negative-streak", "customer-sentiment-low", "agent-negative-reply",
+        "customer-anger-rising", "customer-negative-streak", "customer-sentiment-low", "agent-hostile-reply",
     }  # fmt: skip
     assert b.judge(turns[:4]) == {}  # two angry customer turns, the agent neutral: nothing yet
 
