@@ -40,6 +40,16 @@ class Metrics:
             registry=r,
         )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
+        self.emotions = Counter(
+            "emostream_emotions_total", "Provisional emotion events by label (the calls' emotion mix)", ["label"],
+            registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "emostream_consumer_lag",
+            "Messages of an input partition this worker has not read yet (its end offset minus its read position)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.alerts = Counter(
             "emostream_alerts_total",
             "Escalation alert changes published (streams/rules.py), by rule, severity and state",

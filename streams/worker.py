@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -247,9 +248,13 @@ class Worker:
         for topic in self.topic_of.values():
             for partition in range(self.settings.kafka.topics.partitions):
                 end = self.highwater(topic, partition)
-                if end is not None and not end.reachable:
+                if end is None:
+                    continue
+                if not end.reachable:
                     self.disturbed_at = now
-                    return
+                seen = self.read.get((topic, partition))
+                if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
+                    self.metrics.lag.labels(topic, str(partition)).set(max(0, end.offset - seen[1] - 1))
 
     async def tick(self) -> None:
         """Expire joins and update gauges (quick, under the lock)."""
@@ -333,6 +338,9 @@ class Worker:
             queued = [u for u in self.queue if u.partition in partitions]
             self.queue = [u for u in self.queue if u.partition not in partitions]
             pending = self.joiner.forget(partitions, queued)
+            for topic, partition in [tp for tp in self.read if tp[1] in partitions]:
+                with contextlib.suppress(KeyError):  # no longer this worker's lag to report
+                    self.metrics.lag.remove(topic, str(partition))
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
@@ -461,6 +469,7 @@ class Worker:
             self.metrics.events_out.labels(str(event.revision)).inc()
             if event.revision == 0:
                 self.metrics.end_to_end.observe(event.timings.end_to_end_s)
+                self.metrics.emotions.labels(event.label).inc()
         async with self.lock:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()

@@ -910,3 +910,23 @@ def test_the_partition_end_reads_the_fetch_age_and_survives_its_private_path_fai
     assert _highwater(app(None, connected=False), "t", 0) == PartitionEnd(10, 0.0, reachable=False)
     assert _highwater(app(None, leader=-1), "t", 0) == PartitionEnd(10, 0.0, reachable=False)  # no leader now
     assert _highwater(app(None, leader=2), "t", 0) == PartitionEnd(10, 0.0, reachable=False)  # not connected to it
+
+
+def test_the_worker_reports_its_consumer_lag_and_the_emotions_it_labels() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(10, 0.2) if (topic, partition) == (t.text, 0) else None
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
+        clock.now += 1.0
+        await w.pump()
+        sample = w.metrics.registry.get_sample_value
+        assert sample("emostream_consumer_lag", {"topic": t.text, "partition": "0"}) == 6  # offsets 4..9 unread
+        label = events(sent)[0].label
+        assert sample("emostream_emotions_total", {"label": label}) == 1
+        await w.revoke({0})
+        assert sample("emostream_consumer_lag", {"topic": t.text, "partition": "0"}) is None  # not ours any more
+
+    asyncio.run(scenario())

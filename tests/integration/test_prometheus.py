@@ -1,0 +1,100 @@
+"""A real Prometheus (the Debian package `make setup` installs) scrapes a real worker, and the
+shipped alert rules (deploy/prometheus/rules.yml) fire on a provoked condition: a burst of
+malformed messages raises EmostreamDeadLetters. The rules' `for:` durations are set to 0 so the
+test does not wait minutes; their expressions are the shipped ones."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streams.feed import make_producer
+from streams.kafka import ensure_topics
+from tests.integration.harness import REPO, WorkerProcess, free_port, settings_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (make setup installs it)"),
+]
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _until(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as exc:  # Prometheus not listening yet
+            last = exc
+        time.sleep(1.0)
+    raise AssertionError(f"{what} within {timeout:.0f} s (last: {last})")
+
+
+def test_prometheus_scrapes_a_worker_and_the_dead_letter_alert_fires(services, unique, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    rules = re.sub(r"\bfor: \d+[smh]\b", "for: 0s", (REPO / "deploy" / "prometheus" / "rules.yml").read_text())
+    (tmp_path / "rules.yml").write_text(rules)
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yml")],
+        "scrape_configs": [
+            {"job_name": "emostream", "static_configs": [{"targets": [f"127.0.0.1:{settings.metrics.port}"]}]}
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    api = f"http://127.0.0.1:{free_port()}"
+    worker = WorkerProcess(settings, tmp_path).start()
+    log = (tmp_path / "prometheus.log").open("wb")
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address={api.removeprefix('http://')}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        worker.wait_ready()
+
+        def query(q: str) -> list[Any]:
+            return list(_get(f"{api}/api/v1/query?query={urllib.parse.quote(q)}")["data"]["result"])
+
+        _until(lambda: query('up{job="emostream"} == 1'), 60, "Prometheus scraping the worker")
+        assert not [a for a in _get(f"{api}/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
+        producer = make_producer(settings)
+        for i in range(1500):  # well over the rule's one dead letter a second, averaged over its 5 minutes
+            producer.send(settings.kafka.topics.text, key=b"call-x", value=b"{not json %d" % i)
+        producer.flush()
+        producer.close()
+
+        def firing() -> list[Any]:
+            alerts = _get(f"{api}/api/v1/alerts")["data"]["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "EmostreamDeadLetters" and a["state"] == "firing"]
+
+        (alert,) = _until(firing, 120, "EmostreamDeadLetters firing")
+        assert alert["labels"]["severity"] == "warning" and "dead letter" in alert["annotations"]["summary"]
+        # the alert fires within seconds, while the worker is still dead-lettering: every one is counted
+        _until(lambda: query('sum(emostream_deadletters_total{reason="malformed_json"}) == 1500'), 90,
+               "all 1500 dead letters counted")  # fmt: skip
+        others = [a["labels"]["alertname"] for a in _get(f"{api}/api/v1/alerts")["data"]["alerts"]]
+        assert others == ["EmostreamDeadLetters"], others  # nothing else fires on a healthy worker
+    finally:
+        prometheus.terminate()
+        prometheus.wait(10)
+        log.close()
+        worker.stop()
