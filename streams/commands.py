@@ -63,6 +63,13 @@ def cmd_subscribe(ns: Any) -> int:
     return 0
 
 
+def cmd_ui(ns: Any) -> int:
+    from streams.settings import load_settings
+    from streams.ui.server import run_ui
+
+    return run_ui(load_settings(ns.config), ns.host, ns.port, ns.since * 60)
+
+
 def register(sub: Any) -> None:
     from streams.demo import add_demo_args
 
@@ -93,6 +100,13 @@ def register(sub: Any) -> None:
     p.add_argument("--max-events", type=int, default=None)
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_subscribe)
+    p = sub.add_parser("ui", help="serve the live supervisor page (calls, emotion timelines, alerts)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="bind address (the page shows what callers feel: keep it private)"
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--since", type=float, default=60.0, help="show calls from this many minutes ago on")
+    p.set_defaults(func=cmd_ui)
     p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)

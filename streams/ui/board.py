@@ -1,0 +1,198 @@
+"""What the supervisor page shows, built from the output topics: every call seen lately with its
+speakers' emotion timelines, its open alerts, and (for the drill-down) its utterances. No Kafka
+here: :meth:`Board.add` takes one record; the server feeds it from a consumer thread.
+
+Records are validated (an invalid one is counted and skipped) and deduplicated by ``event_id``;
+an utterance keeps its latest revision. The board is bounded: at most ``max_calls`` calls (the
+least recently updated ended call goes first, then the least recently updated one), at most
+``max_utterances`` utterances per call, and an ended call is dropped ``keep_ended_s`` after its end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from streams.schemas import AlertEvent, CallReport, EmotionEvent
+
+SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+TIMELINE = 40  # utterances per speaker timeline in the list
+
+
+@dataclass
+class CallView:
+    call_id: str
+    updated_at: float
+    ended_at: float | None = None
+    report: CallReport | None = None
+    alerts: dict[str, AlertEvent] = field(default_factory=dict)  # open, by alert id
+    history: list[AlertEvent] = field(default_factory=list)  # the latest alert changes
+    utterances: OrderedDict[str, EmotionEvent] = field(default_factory=OrderedDict)
+
+
+class Board:
+    def __init__(
+        self,
+        max_calls: int = 2000,
+        max_utterances: int = 300,
+        keep_ended_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.max_calls = max_calls
+        self.max_utterances = max_utterances
+        self.keep_ended_s = keep_ended_s
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.calls: OrderedDict[str, CallView] = OrderedDict()  # least recently updated first
+        self.version = 0
+        self.changed: dict[str, int] = {}  # call id -> version of its last change (removed ones too)
+        self.removed: set[str] = set()
+        self.invalid = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def add(self, kind: str, value: bytes | None) -> bool:
+        """One record of the emotions ('emotion'), alerts ('alert') or calls ('report') topic; True
+        if the board changed."""
+        models: dict[str, type[EmotionEvent | AlertEvent | CallReport]] = {
+            "emotion": EmotionEvent, "alert": AlertEvent, "report": CallReport,
+        }  # fmt: skip
+        model = models[kind]
+        try:
+            msg: Any = model.model_validate_json(value or b"")
+        except ValidationError:
+            self.invalid += 1
+            return False
+        with self.lock:
+            if msg.event_id in self._seen:
+                return False
+            self._seen[msg.event_id] = None
+            while len(self._seen) > 50 * self.max_calls:
+                self._seen.popitem(last=False)
+            now = self.clock()
+            call = self.calls.get(msg.call_id)
+            if call is None:
+                call = self.calls[msg.call_id] = CallView(msg.call_id, now)
+            call.updated_at = now
+            self.calls.move_to_end(msg.call_id)
+            if isinstance(msg, EmotionEvent):
+                old = call.utterances.get(msg.utterance_id)
+                if old is None or old.revision <= msg.revision:
+                    call.utterances[msg.utterance_id] = msg
+                while len(call.utterances) > self.max_utterances:
+                    call.utterances.popitem(last=False)
+            elif isinstance(msg, AlertEvent):
+                if msg.state == "cleared":
+                    call.alerts.pop(msg.alert_id, None)
+                else:
+                    call.alerts[msg.alert_id] = msg
+                call.history = [*call.history, msg][-20:]
+            else:
+                call.report = msg
+                if msg.final:
+                    call.ended_at = now
+            self._touch(msg.call_id)
+            if len(self.calls) > self.max_calls:
+                self._trim(now)
+            return True
+
+    def _touch(self, call_id: str) -> None:
+        self.version += 1
+        self.changed[call_id] = self.version
+        self.removed.discard(call_id)
+
+    def _trim(self, now: float) -> None:
+        gone = [c for c, v in self.calls.items() if v.ended_at is not None and now - v.ended_at > self.keep_ended_s]
+        while len(self.calls) - len(gone) > self.max_calls:
+            ended = next((c for c, v in self.calls.items() if v.ended_at is not None and c not in gone), None)
+            gone.append(ended if ended is not None else next(c for c in self.calls if c not in gone))
+        for c in gone:
+            del self.calls[c]
+            self.version += 1
+            self.changed[c] = self.version
+            self.removed.add(c)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """Drop ended calls past ``keep_ended_s`` (the server calls it a few times a second)."""
+        with self.lock:
+            self._trim(self.clock())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every call's summary, in the page's order, with the board's version."""
+        with self.lock:
+            calls = [self._summary(c) for c in self.calls.values()]
+            return {"version": self.version, "calls": sorted(calls, key=_order), "removed": []}
+
+    def since(self, version: int) -> dict[str, Any]:
+        """The summaries of the calls changed after ``version``, and the ids of those removed."""
+        with self.lock:
+            ids = [c for c, v in self.changed.items() if v > version]
+            calls = [self._summary(self.calls[c]) for c in ids if c in self.calls]
+            removed = [c for c in ids if c not in self.calls]
+            if len(self.changed) > 4 * self.max_calls:  # forget old change marks (a client that far behind reloads)
+                self.changed = {c: v for c, v in self.changed.items() if c in self.calls or v > version}
+            return {"version": self.version, "calls": calls, "removed": removed}
+
+    def detail(self, call_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            call = self.calls.get(call_id)
+            if call is None:
+                return None
+            out = self._summary(call)
+            out["utterances"] = [
+                {
+                    "utterance_id": e.utterance_id, "seq": e.seq, "speaker": e.speaker, "label": e.label,
+                    "confidence": round(e.confidence, 3), "sentiment": round(e.sentiment, 3), "revision": e.revision,
+                    "weights": {m: round(w, 3) for m, w in e.weights.items() if m in e.modalities_present},
+                    "ignored": dict(e.ignored),
+                }
+                for e in sorted(call.utterances.values(), key=lambda e: e.seq)
+            ]  # fmt: skip
+            out["history"] = [_alert(a) for a in call.history]
+            return out
+
+    def _summary(self, call: CallView) -> dict[str, Any]:
+        utts = sorted(call.utterances.values(), key=lambda e: e.seq)
+        speakers: dict[str, dict[str, Any]] = {}
+        for e in utts:
+            s = speakers.setdefault(e.speaker, {"speaker": e.speaker, "role": None, "timeline": []})
+            s["timeline"].append({"seq": e.seq, "label": e.label, "sentiment": round(e.sentiment, 2)})
+        for t in call.report.speakers if call.report else []:
+            s = speakers.setdefault(t.speaker, {"speaker": t.speaker, "timeline": []})
+            s.update(role=t.role, sentiment=t.sentiment, trend=t.sentiment_trend, negative_share=t.negative_share,
+                     talk_share=t.talk_share)  # fmt: skip
+        for s in speakers.values():
+            s["timeline"] = s["timeline"][-TIMELINE:]
+        alerts = sorted(call.alerts.values(), key=lambda a: (SEVERITY[a.severity], a.produced_at))
+        return {
+            "call_id": call.call_id,
+            "ended": call.ended_at is not None,
+            "updated_at": call.updated_at,
+            "turns": len(utts),
+            "speakers": sorted(speakers.values(), key=lambda s: (s.get("role") != "customer", s["speaker"])),
+            "alerts": [_alert(a) for a in alerts],
+            "raised": list(call.report.alerts_raised) if call.report else [],
+        }
+
+
+def _alert(a: AlertEvent) -> dict[str, Any]:
+    return {
+        "alert_id": a.alert_id, "rule": a.rule, "severity": a.severity, "message": a.message, "state": a.state,
+        "reason": a.reason, "at": a.produced_at,
+        "evidence": [{"seq": e.seq, "speaker": e.speaker, "label": e.label} for e in a.evidence],
+    }  # fmt: skip
+
+
+def _order(summary: dict[str, Any]) -> tuple[Any, ...]:
+    """Open alerts first (most severe first), then calls going on, then ended; recent first."""
+    worst = min((SEVERITY[a["severity"]] for a in summary["alerts"]), default=len(SEVERITY))
+    return (summary["ended"], worst, -summary["updated_at"])

@@ -1,0 +1,147 @@
+"""``emostream ui``: the live supervisor page.
+
+A consumer thread (group-less, every partition) reads the emotion events, the alerts and the call
+reports from ``since_s`` ago on, into a :class:`~streams.ui.board.Board`; an aiohttp server serves
+
+- ``/``: the page (``static/``): active calls with their speakers' emotion timelines, open alerts
+  first; a click opens a call with its utterances, labels, confidence and weights;
+- ``/api/calls`` (every call's summary) and ``/api/calls/{id}`` (one call with its utterances);
+- ``/events``: server-sent events, ``snapshot`` once then ``update`` (the calls changed, those
+  removed) at most every ``push_s``, so hundreds of busy calls cost the browser a few renders a
+  second, not one per event;
+- ``/healthz``: 200 once the consumer has its partitions.
+
+It binds to 127.0.0.1 by default: the page shows what callers feel; put it behind your own
+authentication before you open it to a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
+from streams.ui.board import Board
+
+log = logging.getLogger("emostream.ui")
+STATIC = Path(__file__).with_name("static")
+
+
+class Feed:
+    """The consumer thread that fills the board."""
+
+    def __init__(self, settings: Settings, board: Board, since_s: float) -> None:
+        self.settings, self.board, self.since_s = settings, board, since_s
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._run, name="ui-feed", daemon=True)
+
+    def start(self) -> Feed:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        from streams.subscribe import make_consumer
+
+        t = self.settings.kafka.topics
+        kinds = {t.emotions: "emotion", t.alerts: "alert", t.calls: "report"}
+        try:
+            consumer = make_consumer(self.settings, list(kinds), True, self.settings.kafka.startup_timeout_s)
+        except Exception as exc:  # reported by /healthz and the log; the page says it has no data
+            self.error = str(exc)
+            log.error("ui: cannot read the output topics: %s", exc)
+            return
+        try:
+            self._seek(consumer)
+            self.ready.set()
+            while not self.stop.is_set():
+                for records in consumer.poll(timeout_ms=300).values():
+                    for r in records:
+                        self.board.add(kinds[r.topic], r.value)
+                self.board.expire()
+        finally:
+            consumer.close()
+
+    def _seek(self, consumer: Any) -> None:
+        """Start ``since_s`` ago (calls that began earlier show from there on)."""
+        parts = list(consumer.assignment())
+        at = int((time.time() - self.since_s) * 1000)
+        for tp, found in consumer.offsets_for_times({tp: at for tp in parts}).items():
+            if found is None:
+                consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, found.offset)
+
+
+def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any:
+    from aiohttp import web
+
+    async def index(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def calls(request: web.Request) -> web.Response:
+        return web.json_response(board.snapshot())
+
+    async def call(request: web.Request) -> web.Response:
+        found = board.detail(request.match_info["call_id"])
+        if found is None:
+            raise web.HTTPNotFound(text="no such call on the board")
+        return web.json_response(found)
+
+    async def health(request: web.Request) -> web.Response:
+        if feed is not None and not feed.ready.is_set():
+            return web.json_response({"ok": False, "error": feed.error or "starting"}, status=503)
+        return web.json_response({"ok": True, "calls": len(board.calls), "invalid_records": board.invalid})
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        snap = board.snapshot()
+        version = snap["version"]
+        await resp.write(f"event: snapshot\ndata: {json.dumps(snap)}\n\n".encode())
+        try:
+            while True:
+                await asyncio.sleep(push_s)
+                if board.version == version:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                change = board.since(version)
+                version = change["version"]
+                await resp.write(f"event: update\ndata: {json.dumps(change)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/", index),
+            web.get("/api/calls", calls),
+            web.get("/api/calls/{call_id}", call),
+            web.get("/events", events),
+            web.get("/healthz", health),
+            web.static("/static", STATIC),
+        ]
+    )
+    return app
+
+
+def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
+    """``emostream ui``: serve the page until stopped."""
+    from aiohttp import web
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    board = Board()
+    feed = Feed(settings, board, since_s).start()
+    print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
+    try:
+        web.run_app(make_app(board, feed), host=host, port=port, print=None, handle_signals=True)
+    finally:
+        feed.stop.set()
+    return 0

@@ -1,0 +1,115 @@
+// emostream's supervisor page: keeps every call's summary from /events and redraws at most once
+// per animation frame, however many updates arrive.
+"use strict";
+
+const COLORS = {
+  anger: "#c62828", disgust: "#7b3f98", fear: "#e06c00", frustration: "#a83232", joy: "#2e9d4f",
+  neutral: "#b8bec9", sadness: "#2f6db5", surprise: "#e2b100",
+};
+const SEVERITY = { critical: 0, warning: 1, info: 2 };
+const calls = new Map();
+let selected = null;
+let drawPending = false;
+
+const $ = (id) => document.getElementById(id);
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const color = (label) => COLORS[label] || "#7d8597";
+const signed = (x) => (x >= 0 ? "+" : "") + x.toFixed(2);
+
+function worst(call) {
+  return call.alerts.reduce((w, a) => Math.min(w, SEVERITY[a.severity]), 3);
+}
+
+function order(a, b) {
+  if (a.ended !== b.ended) return a.ended ? 1 : -1;
+  const w = worst(a) - worst(b);
+  return w !== 0 ? w : b.updated_at - a.updated_at;
+}
+
+function speakerRow(s) {
+  const cells = s.timeline.map((u) =>
+    `<span class="cell" style="background:${color(u.label)}" title="#${u.seq} ${esc(u.label)} ${signed(u.sentiment)}"></span>`).join("");
+  let sent = "";
+  if (s.sentiment !== undefined) {
+    const arrow = s.trend > 0.05 ? "↑" : s.trend < -0.05 ? "↓" : "";
+    sent = `<span class="sent ${s.sentiment < -0.1 ? "neg" : s.sentiment > 0.1 ? "pos" : ""}">${signed(s.sentiment)}${arrow}</span>`;
+  }
+  const who = !s.role || s.role === s.speaker ? `<b>${esc(s.speaker)}</b>` : `<b>${esc(s.role)}</b> ${esc(s.speaker)}`;
+  return `<div class="speaker"><span class="who" title="${esc(s.speaker)}">${who}</span>` +
+    `<span class="timeline">${cells}</span>${sent}</div>`;
+}
+
+function card(c) {
+  const sev = c.alerts.length ? c.alerts[0].severity : "";
+  const alerts = c.alerts.map((a) =>
+    `<div class="alert ${a.severity}" data-rule="${esc(a.rule)}">⚠ ${esc(a.message)}</div>`).join("");
+  const state = c.ended ? "ended" : "live";
+  return `<article class="call ${sev} ${c.ended ? "ended" : ""}" data-call="${esc(c.call_id)}">` +
+    `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${c.turns} turns · ${state}</span></div>` +
+    alerts + c.speakers.map(speakerRow).join("") + `</article>`;
+}
+
+function draw() {
+  drawPending = false;
+  const list = [...calls.values()].sort(order);
+  $("list").innerHTML = list.length ? list.map(card).join("") : `<div class="empty">No calls yet: waiting for emotion events.</div>`;
+  $("n-active").textContent = list.filter((c) => !c.ended).length;
+  $("n-ended").textContent = list.filter((c) => c.ended).length;
+  $("n-alerts").textContent = list.reduce((n, c) => n + c.alerts.length, 0);
+}
+
+function schedule() {
+  if (!drawPending) {
+    drawPending = true;
+    requestAnimationFrame(draw);
+  }
+}
+
+async function showDetail(callId) {
+  selected = callId;
+  const resp = await fetch(`/api/calls/${encodeURIComponent(callId)}`);
+  if (!resp.ok) { $("detail").hidden = true; return; }
+  const c = await resp.json();
+  if (selected !== callId) return;
+  const rows = c.utterances.map((u) => {
+    const weights = Object.entries(u.weights).map(([m, w]) => `${m} ${w.toFixed(2)}`).join(" · ");
+    const notUsed = Object.keys(u.ignored).length ? ` (${Object.keys(u.ignored).join(", ")} not used)` : "";
+    return `<tr><td class="num">${u.seq}</td><td>${esc(u.speaker)}</td>` +
+      `<td><span class="chip" style="background:${color(u.label)}">${esc(u.label)}</span>${u.revision ? " ↻" : ""}</td>` +
+      `<td class="num">${u.confidence.toFixed(2)}</td><td class="num">${signed(u.sentiment)}</td><td>${esc(weights)}${esc(notUsed)}</td></tr>`;
+  }).join("");
+  const history = c.history.map((a) =>
+    `<li>${a.state === "cleared" ? "✓ cleared" : "⚠ " + a.state} ${esc(a.rule)}${a.reason ? " (" + esc(a.reason) + ")" : ""}` +
+    `${a.evidence.length ? ": turns " + a.evidence.map((e) => "#" + e.seq).join(", ") : ""}</li>`).join("");
+  $("detail-body").innerHTML = `<h2>${esc(c.call_id)}</h2>` +
+    `<div class="meta">${c.turns} turns · ${c.ended ? "ended" : "live"}</div>` +
+    c.alerts.map((a) => `<div class="alert ${a.severity}">⚠ ${esc(a.message)}</div>`).join("") +
+    (history ? `<ul class="history">${history}</ul>` : "") +
+    `<table><thead><tr><th>#</th><th>speaker</th><th>label</th><th>conf.</th><th>sent.</th><th>weights</th></tr></thead>` +
+    `<tbody>${rows}</tbody></table>`;
+  $("detail").hidden = false;
+}
+
+function apply(change, replace) {
+  if (replace) calls.clear();
+  for (const c of change.calls) calls.set(c.call_id, c);
+  for (const id of change.removed) calls.delete(id);
+  schedule();
+  if (selected && change.calls.some((c) => c.call_id === selected)) showDetail(selected);
+}
+
+function connect() {
+  const source = new EventSource("/events");
+  source.addEventListener("snapshot", (e) => { $("status").className = "status live"; $("status").textContent = "live"; apply(JSON.parse(e.data), true); });
+  source.addEventListener("update", (e) => apply(JSON.parse(e.data), false));
+  source.onerror = () => { $("status").className = "status lost"; $("status").textContent = "reconnecting…"; };
+}
+
+$("list").addEventListener("click", (e) => {
+  const el = e.target.closest(".call");
+  if (el) showDetail(el.dataset.call);
+});
+$("close").addEventListener("click", () => { selected = null; $("detail").hidden = true; });
+$("legend").innerHTML = Object.entries(COLORS).map(([k, v]) => `<span class="cell" style="background:${v}"></span>${k}`).join("");
+draw();
+connect();

@@ -1,0 +1,139 @@
+"""The supervisor page in a real headless Chromium (Debian's `chromium`, driven by Playwright),
+served by `emostream ui` against the real broker while a real worker labels a replayed call
+center: two dozen calls (the demo's dialogues) and one customer who gets angry and then calms
+down. The angry call's alert must appear on its card, its drill-down must list its utterances,
+and the alert must clear. Screenshots go to the test's folder (and to $EMOSTREAM_SCREENSHOTS if
+set)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streams.dialogues import Dialogue, Utterance, read_jsonl
+from streams.feed import feed
+from streams.kafka import ensure_topics
+from tests.integration.harness import REPO, WorkerProcess, env_for, free_port, settings_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make setup installs it)"),
+]
+
+ANGRY = [
+    ("agent", "Thank you for calling, how can I help you today?"),
+    ("customer", "Hi, I was charged twice for my subscription this month."),
+    ("agent", "Let me check that for you."),
+    ("customer", "This is the third time this has happened. I am really annoyed."),
+    ("agent", "I understand, one moment please."),
+    ("customer", "No, this is outrageous! I am furious, you people keep stealing my money!"),
+    ("customer", "I am sick and tired of this garbage! Cancel everything right now, I am so angry!"),
+    ("agent", "I have refunded both charges and added a month for free."),
+    ("customer", "Oh. Okay, thank you, that is fine."),
+    ("agent", "Is there anything else I can do for you?"),
+    ("customer", "No, that is all, thanks. Have a good day."),
+]
+
+
+def call_center(run: str) -> tuple[list[Dialogue], str]:
+    demo = read_jsonl(REPO / "demo" / "calls.jsonl")
+    calls = []
+    for k in range(5):
+        for d in demo:
+            cid = f"{d.call_id}-{k}-{run}"
+            utts = tuple(dataclasses.replace(u, call_id=cid, start_s=1.5 * i, end_s=None, label=None)
+                         for i, u in enumerate(d.utterances))  # fmt: skip
+            calls.append(Dialogue(call_id=cid, utterances=utts))
+    angry_id = f"angry-{run}"
+    angry = tuple(Utterance(call_id=angry_id, utterance_id=f"u{i}", seq=i, speaker=s, text=t, start_s=1.5 * i)
+                  for i, (s, t) in enumerate(ANGRY))  # fmt: skip
+    return [Dialogue(call_id=angry_id, utterances=angry), *calls], angry_id
+
+
+def test_a_supervisor_sees_an_escalation_raised_and_cleared(services, unique, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    calls, angry = call_center(unique[:6])
+    port = free_port()
+    worker = WorkerProcess(settings, tmp_path).start()
+    ui_log = (tmp_path / "ui.log").open("wb")
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "ui", "--port", str(port), "--since", "5"],
+        env=env_for(settings), cwd=REPO, stdout=ui_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    shots = [tmp_path]
+    if os.environ.get("EMOSTREAM_SCREENSHOTS"):
+        shots.append(Path(os.environ["EMOSTREAM_SCREENSHOTS"]))
+        shots[-1].mkdir(parents=True, exist_ok=True)
+
+    def screenshot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+        page.screenshot(path=str(tmp_path / name), full_page=True)
+        for folder in shots[1:]:
+            shutil.copy(tmp_path / name, folder / name)
+
+    errors: list[str] = []
+    try:
+        worker.wait_ready()
+        _wait_healthy(f"http://127.0.0.1:{port}/healthz", ui, tmp_path / "ui.log")
+        feeder = threading.Thread(
+            target=feed, args=(calls, settings), daemon=True,
+            kwargs={"realtime": True, "speed": 1.0, "progress": False, "concurrency": len(calls), "stagger_s": 0.2},
+        )  # fmt: skip
+        feeder.start()
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{port}/")
+            card = page.locator(f'article[data-call="{angry}"]')
+            card.locator(".alert").first.wait_for(timeout=90_000)  # raised while the call goes on
+            assert "live" in card.inner_text() and int(page.inner_text("#n-alerts")) >= 1
+            assert card.get_attribute("class") is not None and "critical" in (card.get_attribute("class") or "")
+            assert page.locator("article.call").count() >= 20  # a busy board
+            assert page.locator("#list article").first.get_attribute("data-call") is not None
+            first_sev = page.locator("#list article").first.get_attribute("class") or ""
+            assert "critical" in first_sev or "warning" in first_sev  # alerts on top
+            screenshot(page, "supervisor-alert.png")
+            card.click()
+            page.locator("#detail table tbody tr").nth(4).wait_for(timeout=10_000)
+            detail = page.inner_text("#detail")
+            assert angry in detail and "anger" in detail and "text 1.00" in detail
+            card.locator(".alert").first.wait_for(state="detached", timeout=90_000)  # cleared: recovered or ended
+            page.wait_for_timeout(1000)
+            assert "cleared" in page.inner_text("#detail .history")
+            screenshot(page, "supervisor-cleared.png")
+            browser.close()
+        feeder.join(120)
+        assert not errors, errors
+    finally:
+        ui.terminate()
+        ui.wait(10)
+        ui_log.close()
+        worker.stop()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:  # type: ignore[type-arg]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"emostream ui not healthy within {timeout:.0f} s: {log.read_text()[-2000:]}")

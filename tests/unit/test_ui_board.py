@@ -1,0 +1,143 @@
+"""The supervisor page's board (streams/ui/board.py) and its HTTP endpoints, without Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from streams.schemas import AlertEvent, CallReport, Evidence, SpeakerTrajectory
+from streams.ui.board import Board
+from tests.unit.test_subscribe import make_event
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def alert(call: str, rule: str, state: str = "raised", severity: str = "critical", n: int = 1) -> AlertEvent:
+    ev = [Evidence(utterance_id="u1", seq=1, speaker="customer", role="customer", label="anger", sentiment=-0.8)]
+    return AlertEvent(
+        event_id=f"{call}:{rule}:{n}:{state}", alert_id=f"{call}:{rule}:{n}", call_id=call, rule=rule,
+        severity=severity, message=f"{rule} message", state=state, reason="recovered" if state == "cleared" else None,
+        evidence=[] if state == "cleared" else ev, produced_at=1.0,
+    )  # fmt: skip
+
+
+def report(call: str, final: bool = False, turns: int = 2) -> CallReport:
+    who = SpeakerTrajectory(speaker="customer", role="customer", turns=1, talk_share=0.5, recent={"anger": 0.8},
+                            negative_share=1.0, sentiment=-0.8, sentiment_trend=0.0)  # fmt: skip
+    return CallReport(event_id=f"{call}:report:{turns}:{final}", call_id=call, final=final, turns=turns,
+                      speakers=[who], open_alerts=[], alerts_raised=[], produced_at=1.0)  # fmt: skip
+
+
+def test_calls_with_open_alerts_come_first_and_an_alert_clears() -> None:
+    clock = Clock()
+    board = Board(clock=clock)
+    for call, seq, speaker, label in [("a", 0, "agent", "neutral"), ("b", 0, "agent", "joy"),
+                                      ("b", 1, "customer", "anger")]:  # fmt: skip
+        clock.now += 1
+        assert board.add("emotion", make_event(call_id=call, utterance_id=f"u{seq}", seq=seq, speaker=speaker,
+                                               label=label).to_bytes())  # fmt: skip
+    assert [c["call_id"] for c in board.snapshot()["calls"]] == ["b", "a"]  # the most recent first
+    clock.now += 1
+    assert board.add("emotion", make_event(call_id="a", utterance_id="u1", seq=1, label="joy").to_bytes())
+    assert [c["call_id"] for c in board.snapshot()["calls"]] == ["a", "b"]
+    board.add("alert", alert("b", "customer-anger-rising").to_bytes())
+    board.add("alert", alert("b", "customer-negative-streak", severity="warning").to_bytes())
+    snap = board.snapshot()
+    assert [c["call_id"] for c in snap["calls"]] == ["b", "a"]  # an open alert outranks recency
+    b = snap["calls"][0]
+    assert [a["rule"] for a in b["alerts"]] == ["customer-anger-rising", "customer-negative-streak"]  # critical first
+    assert b["turns"] == 2 and [s["speaker"] for s in b["speakers"]] == ["agent", "customer"]
+    assert b["speakers"][1]["timeline"] == [{"seq": 1, "label": "anger", "sentiment": 0.62}]
+    board.add("alert", alert("b", "customer-anger-rising", state="cleared").to_bytes())
+    assert [a["rule"] for a in board.snapshot()["calls"][0]["alerts"]] == ["customer-negative-streak"]
+    assert [h["state"] for h in board.detail("b")["history"]] == ["raised", "raised", "cleared"]  # type: ignore[index]
+
+
+def test_duplicates_revisions_invalid_records_and_versions() -> None:
+    board = Board()
+    e0 = make_event(call_id="c", utterance_id="u0", seq=0, label="joy")
+    assert board.add("emotion", e0.to_bytes()) and not board.add("emotion", e0.to_bytes())  # same event_id
+    v = board.version
+    board.add("emotion", make_event(call_id="c", utterance_id="u0", seq=0, revision=1, label="anger").to_bytes())
+    detail = board.detail("c")
+    assert detail is not None and [(u["label"], u["revision"]) for u in detail["utterances"]] == [("anger", 1)]
+    assert detail["utterances"][0]["weights"] == {"text": 0.71, "audio": 0.29}
+    board.add("emotion", make_event(call_id="c", utterance_id="u0", seq=0, revision=0, label="joy",
+                                    event_id="late-r0").to_bytes())  # fmt: skip
+    assert board.detail("c")["utterances"][0]["label"] == "anger"  # type: ignore[index]  # an older revision
+    assert not board.add("emotion", b"{not json") and board.invalid == 1
+    change = board.since(v)
+    assert [c["call_id"] for c in change["calls"]] == ["c"] and change["removed"] == []
+    assert board.since(board.version)["calls"] == [] and board.detail("nobody") is None
+
+
+def test_ended_calls_go_after_keep_ended_s_and_the_board_is_bounded() -> None:
+    clock = Clock()
+    board = Board(max_calls=3, max_utterances=2, keep_ended_s=60, clock=clock)
+    for i in range(3):
+        board.add("emotion", make_event(call_id="long", utterance_id=f"u{i}", seq=i).to_bytes())
+    assert [u["seq"] for u in board.detail("long")["utterances"]] == [1, 2]  # type: ignore[index]
+    board.add("report", report("done", final=True).to_bytes())
+    v = board.version
+    snap = board.snapshot()["calls"]
+    assert [(c["call_id"], c["ended"]) for c in snap] == [("long", False), ("done", True)]  # ended calls last
+    for c in ("x", "y"):  # a fourth call: the ended one goes first
+        clock.now += 1
+        board.add("emotion", make_event(call_id=c).to_bytes())
+    assert {c["call_id"] for c in board.snapshot()["calls"]} == {"long", "x", "y"}
+    assert "done" in board.since(v)["removed"]
+    board.add("report", report("x", final=True).to_bytes())
+    clock.now += 61
+    board.expire()
+    assert {c["call_id"] for c in board.snapshot()["calls"]} == {"long", "y"}
+
+
+def test_the_server_sends_a_snapshot_then_only_what_changed() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streams.ui.server import make_app
+
+    async def scenario() -> None:
+        board = Board()
+        board.add("emotion", make_event(call_id="a").to_bytes())
+        client = TestClient(TestServer(make_app(board, push_s=0.05)))
+        await client.start_server()
+        try:
+            page = await client.get("/")
+            assert page.status == 200 and "emostream" in await page.text()
+            assert (await client.get("/static/app.js")).status == 200
+            assert [c["call_id"] for c in (await (await client.get("/api/calls")).json())["calls"]] == ["a"]
+            assert (await client.get("/api/calls/nobody")).status == 404
+            assert (await (await client.get("/healthz")).json())["ok"] is True
+            resp = await client.get("/events")
+            first = await _sse(resp)
+            assert first[0] == "snapshot" and [c["call_id"] for c in first[1]["calls"]] == ["a"]
+            board.add("alert", alert("b", "customer-anger-rising").to_bytes())
+            kind, data = await _sse(resp)
+            assert kind == "update" and [c["call_id"] for c in data["calls"]] == ["b"]
+            assert data["calls"][0]["alerts"][0]["severity"] == "critical"
+            resp.close()
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+async def _sse(resp: Any) -> tuple[str, Any]:
+    """The next event (not a keep-alive) of a server-sent event stream."""
+    kind, data = "", ""
+    while True:
+        line = (await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n")
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "" and kind:
+            return kind, json.loads(data)
