@@ -25,12 +25,53 @@ def exported_metric_names() -> set[str]:
 
 def test_compose_worker_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert {"kafka", "redis", "worker", "prometheus", "grafana"} <= set(compose["services"])
+    assert {"kafka", "redis", "worker", "ui", "feeder", "prometheus", "grafana"} <= set(compose["services"])
     for key, value in compose["services"]["worker"]["environment"].items():
         monkeypatch.setenv(key, re.sub(r"\$\{REDIS_PASSWORD:\?[^}]*\}", "pw", str(value)))
     settings = Settings()
     assert settings.kafka.brokers == "kafka:9092" and settings.metrics.port == 9108
     assert settings.redis.url.get_secret_value() == "redis://:pw@redis:6379/0"
+
+
+def test_compose_file_follows_the_compose_specification_and_pins_every_image() -> None:
+    import json
+
+    import jsonschema
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    schema = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)  # its $schema: draft-07
+    validator.validate(compose)
+    with pytest.raises(jsonschema.ValidationError):  # the schema does catch a typo
+        validator.validate({"services": {"w": {"imagee": "x"}}})
+    ours = {name for name, s in compose["services"].items() if "build" in s or s.get("image") == "emostream:local"}
+    assert ours == {"worker", "ui", "feeder"}
+    pinned = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+[\w.-]*$")  # a full version, never latest or a major alone
+    for name, service in compose["services"].items():
+        if name not in ours:
+            assert pinned.match(service["image"]), f"{name}: image {service['image']} is not pinned to a version"
+    base = [
+        line.split()[1]
+        for line in (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
+        if line.startswith("FROM ")
+    ]
+    assert base and all(pinned.match(b) for b in base), base
+
+
+def test_compose_commands_and_environments_are_what_emostream_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.cli import build_parser
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    for name in ("ui", "feeder"):
+        service = compose["services"][name]
+        assert service["command"][0] == "emostream"
+        ns = build_parser().parse_args(service["command"][1:])  # exits (SystemExit) on an unknown flag
+        assert ns.func is not None
+        for key, value in service["environment"].items():
+            monkeypatch.setenv(key, str(value))
+        Settings()  # raises on an unknown or invalid EMOSTREAM_ variable
+    feeder = compose["services"]["feeder"]["command"]
+    assert (REPO / feeder[2]).exists(), "the feeder's file ships in the image (Dockerfile: COPY demo demo)"
 
 
 def test_compose_publishes_only_on_loopback_and_has_no_default_passwords() -> None:
