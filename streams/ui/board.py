@@ -51,8 +51,9 @@ class Board:
         self.lock = threading.Lock()
         self.calls: OrderedDict[str, CallView] = OrderedDict()  # least recently updated first
         self.version = 0
-        self.changed: dict[str, int] = {}  # call id -> version of its last change (removed ones too)
-        self.removed: set[str] = set()
+        self.changed: dict[str, int] = {}  # call on the board -> version of its last change
+        self.removals: OrderedDict[str, int] = OrderedDict()  # call removed -> version of its removal
+        self.floor = 0  # removals up to this version are forgotten: a client older than it reloads
         self.invalid = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
 
@@ -106,7 +107,7 @@ class Board:
     def _touch(self, call_id: str) -> None:
         self.version += 1
         self.changed[call_id] = self.version
-        self.removed.discard(call_id)
+        self.removals.pop(call_id, None)
 
     def _trim(self, now: float) -> None:
         gone = [c for c, v in self.calls.items() if v.ended_at is not None and now - v.ended_at > self.keep_ended_s]
@@ -116,8 +117,10 @@ class Board:
         for c in gone:
             del self.calls[c]
             self.version += 1
-            self.changed[c] = self.version
-            self.removed.add(c)
+            self.changed.pop(c, None)
+            self.removals[c] = self.version
+        while len(self.removals) > 4 * self.max_calls:
+            _, self.floor = self.removals.popitem(last=False)
 
     # -- output --------------------------------------------------------------------------------
 
@@ -130,17 +133,17 @@ class Board:
         """Every call's summary, in the page's order, with the board's version."""
         with self.lock:
             calls = [self._summary(c) for c in self.calls.values()]
-            return {"version": self.version, "calls": sorted(calls, key=_order), "removed": []}
+            return {"version": self.version, "calls": sorted(calls, key=_order), "removed": [], "reset": True}
 
     def since(self, version: int) -> dict[str, Any]:
-        """The summaries of the calls changed after ``version``, and the ids of those removed."""
+        """The summaries of the calls changed after ``version``, and the ids of those removed; the
+        whole board (``reset``) for a client so far behind that removals it missed are forgotten."""
+        if version < self.floor:
+            return self.snapshot()
         with self.lock:
-            ids = [c for c, v in self.changed.items() if v > version]
-            calls = [self._summary(self.calls[c]) for c in ids if c in self.calls]
-            removed = [c for c in ids if c not in self.calls]
-            if len(self.changed) > 4 * self.max_calls:  # forget old change marks (a client that far behind reloads)
-                self.changed = {c: v for c, v in self.changed.items() if c in self.calls or v > version}
-            return {"version": self.version, "calls": calls, "removed": removed}
+            calls = [self._summary(self.calls[c]) for c, v in self.changed.items() if v > version]
+            removed = [c for c, v in self.removals.items() if v > version]
+            return {"version": self.version, "calls": calls, "removed": removed, "reset": False}
 
     def detail(self, call_id: str) -> dict[str, Any] | None:
         with self.lock:

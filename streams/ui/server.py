@@ -47,18 +47,29 @@ class Feed:
         return self
 
     def _run(self) -> None:
+        """Read until stopped; on any failure (Kafka away, topics missing) say so on /healthz and
+        in the log, and start again after a backoff (from ``since_s`` ago: the board deduplicates)."""
+        backoff = 1.0
+        while not self.stop.is_set():
+            try:
+                self._read()
+                return
+            except Exception as exc:
+                self.ready.clear()
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.error("ui: reading the output topics failed (%s); again in %.0f s", self.error, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _read(self) -> None:
         from streams.subscribe import make_consumer
 
         t = self.settings.kafka.topics
         kinds = {t.emotions: "emotion", t.alerts: "alert", t.calls: "report"}
-        try:
-            consumer = make_consumer(self.settings, list(kinds), True, self.settings.kafka.startup_timeout_s)
-        except Exception as exc:  # reported by /healthz and the log; the page says it has no data
-            self.error = str(exc)
-            log.error("ui: cannot read the output topics: %s", exc)
-            return
+        consumer = make_consumer(self.settings, list(kinds), True, self.settings.kafka.startup_timeout_s)
         try:
             self._seek(consumer)
+            self.error = None
             self.ready.set()
             while not self.stop.is_set():
                 for records in consumer.poll(timeout_ms=300).values():
@@ -82,6 +93,8 @@ class Feed:
 def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any:
     from aiohttp import web
 
+    stopping = asyncio.Event()  # set on shutdown: the event streams end, the server stops at once
+
     async def index(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -95,30 +108,39 @@ def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any
         return web.json_response(found)
 
     async def health(request: web.Request) -> web.Response:
-        if feed is not None and not feed.ready.is_set():
+        if feed is not None and not (feed.ready.is_set() and feed.thread.is_alive()):
             return web.json_response({"ok": False, "error": feed.error or "starting"}, status=503)
         return web.json_response({"ok": True, "calls": len(board.calls), "invalid_records": board.invalid})
 
     async def events(request: web.Request) -> web.StreamResponse:
+        """Until the browser goes or the server stops (``on_shutdown`` sets ``stopping``)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        snap = board.snapshot()
-        version = snap["version"]
-        await resp.write(f"event: snapshot\ndata: {json.dumps(snap)}\n\n".encode())
         try:
-            while True:
-                await asyncio.sleep(push_s)
+            snap = board.snapshot()
+            version = snap["version"]
+            await resp.write(f"event: snapshot\ndata: {json.dumps(snap)}\n\n".encode())
+            while not stopping.is_set():
+                try:
+                    await asyncio.wait_for(stopping.wait(), push_s)
+                    break
+                except asyncio.TimeoutError:
+                    pass
                 if board.version == version:
                     await resp.write(b": keep-alive\n\n")
                     continue
                 change = board.since(version)
                 version = change["version"]
                 await resp.write(f"event: update\ndata: {json.dumps(change)}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the browser went away
             pass
         return resp
 
+    async def shutdown(app: web.Application) -> None:
+        stopping.set()
+
     app = web.Application()
+    app.on_shutdown.append(shutdown)
     app.add_routes(
         [
             web.get("/", index),
@@ -141,7 +163,7 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     feed = Feed(settings, board, since_s).start()
     print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
     try:
-        web.run_app(make_app(board, feed), host=host, port=port, print=None, handle_signals=True)
+        web.run_app(make_app(board, feed), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=3)
     finally:
         feed.stop.set()
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from streams.schemas import AlertEvent, CallReport, Evidence, SpeakerTrajectory
@@ -123,9 +124,10 @@ def test_the_server_sends_a_snapshot_then_only_what_changed() -> None:
             kind, data = await _sse(resp)
             assert kind == "update" and [c["call_id"] for c in data["calls"]] == ["b"]
             assert data["calls"][0]["alerts"][0]["severity"] == "critical"
-            resp.close()
         finally:
-            await client.close()
+            started = time.monotonic()
+            await client.close()  # with the event stream still open: shutdown ends it at once
+            assert time.monotonic() - started < 5
 
     asyncio.run(scenario())
 
@@ -141,3 +143,19 @@ async def _sse(resp: Any) -> tuple[str, Any]:
             data = line[6:]
         elif line == "" and kind:
             return kind, json.loads(data)
+
+
+def test_change_marks_stay_bounded_and_a_client_too_far_behind_gets_the_whole_board() -> None:
+    clock = Clock()
+    board = Board(max_calls=3, clock=clock)
+    v0 = board.version
+    for i in range(50):
+        clock.now += 1
+        board.add("emotion", make_event(call_id=f"c{i}").to_bytes())
+    assert len(board.calls) == 3 and len(board.changed) == 3 and len(board.removals) <= 12
+    stale = board.since(v0)  # removals it never saw were forgotten: it gets everything, to replace what it has
+    assert stale["reset"] and {c["call_id"] for c in stale["calls"]} == {"c47", "c48", "c49"}
+    v = board.version
+    board.add("emotion", make_event(call_id="c50").to_bytes())
+    recent = board.since(v)
+    assert not recent["reset"] and recent["removed"] == ["c47"] and [c["call_id"] for c in recent["calls"]] == ["c50"]

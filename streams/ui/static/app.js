@@ -101,7 +101,7 @@ function apply(change, replace) {
 function connect() {
   const source = new EventSource("/events");
   source.addEventListener("snapshot", (e) => { $("status").className = "status live"; $("status").textContent = "live"; apply(JSON.parse(e.data), true); });
-  source.addEventListener("update", (e) => apply(JSON.parse(e.data), false));
+  source.addEventListener("update", (e) => { const change = JSON.parse(e.data); apply(change, change.reset); });
   source.onerror = () => { $("status").className = "status lost"; $("status").textContent = "reconnecting…"; };
 }
 
