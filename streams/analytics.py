@@ -154,7 +154,9 @@ class CallAnalytics:
         messages: list[AlertEvent] = []
         still: dict[str, dict[str, Any]] = {}
         for name, evidence in holding.items():
-            ids = [f"{t.utterance_id}@{t.revision}" for t in evidence]  # a revision changes the evidence
+            # the evidence changes with its turns or their labels (a revision that only moves a
+            # probability a little is no news to a supervisor)
+            ids = [f"{t.utterance_id}@{t.label}" for t in evidence]
             was = state.alerts.get(name)
             if was is None:
                 state.raised[name] = n = state.raised.get(name, 0) + 1
