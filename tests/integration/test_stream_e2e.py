@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from streams.dialogues import Dialogue, Utterance, attach_ravdess, read_meld_csv
+from streams.dialogues import Dialogue, attach_ravdess, read_meld_csv
 from streams.feed import feed
 from streams.kafka import ensure_topics
+from tests.integration.calls import ANGRY_PART, ESCALATING, PLEASANT, scripted
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 
 pytestmark = pytest.mark.integration
@@ -133,31 +134,9 @@ def test_an_escalating_call_raises_alerts_that_clear_when_it_ends(services, uniq
     call's turns (Redis): the summary counts every utterance once."""
     settings = settings_for(services, unique, default_modalities=("text",))
     ensure_topics(settings)
-    lines = [
-        ("agent", "Thank you for calling, how can I help you today?"),
-        ("customer", "Hi, I was charged twice for my subscription this month."),
-        ("agent", "Let me check that for you."),
-        ("customer", "This is the third time this has happened. I am really annoyed."),
-        ("agent", "I understand, one moment please."),
-        ("customer", "No, this is outrageous! I am furious, you people keep stealing my money!"),
-        ("customer", "I am sick and tired of this garbage! Cancel everything right now, I am so angry!"),
-    ]
-    pleasant = [
-        ("agent", "Good morning, how can I help?"),
-        ("customer", "Hi! I just wanted to say the new plan is great, thank you so much!"),
-        ("agent", "That is wonderful to hear, thank you!"),
-        ("customer", "Have a lovely day!"),
-    ]
+    lines = ESCALATING[:ANGRY_PART]
     run = unique[:6]
-
-    def call(name: str, script: list[tuple[str, str]]) -> Dialogue:
-        utts = tuple(
-            Utterance(call_id=f"{name}-{run}", utterance_id=f"u{i}", seq=i, speaker=s, text=t, start_s=2.0 * i)
-            for i, (s, t) in enumerate(script)
-        )
-        return Dialogue(call_id=f"{name}-{run}", utterances=utts)
-
-    angry, happy = call("angry", lines), call("happy", pleasant)
+    angry, happy = scripted(f"angry-{run}", lines, 2.0), scripted(f"happy-{run}", PLEASANT, 2.0)
     collector = Collector(settings)
     worker = WorkerProcess(settings, tmp_path).start()
     try:

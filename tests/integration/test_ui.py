@@ -18,29 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from streams.dialogues import Dialogue, Utterance, read_jsonl
+from streams.dialogues import Dialogue, read_jsonl
 from streams.feed import feed
 from streams.kafka import ensure_topics
+from tests.integration.calls import ESCALATING, scripted
 from tests.integration.harness import REPO, WorkerProcess, env_for, free_port, settings_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make setup installs it)"),
-]
-
-ANGRY = [
-    ("agent", "Thank you for calling, how can I help you today?"),
-    ("customer", "Hi, I was charged twice for my subscription this month."),
-    ("agent", "Let me check that for you."),
-    ("customer", "This is the third time this has happened. I am really annoyed."),
-    ("agent", "I understand, one moment please."),
-    ("customer", "No, this is outrageous! I am furious, you people keep stealing my money!"),
-    ("customer", "I am sick and tired of this garbage! Cancel everything right now, I am so angry!"),
-    ("agent", "I have refunded both charges and added a month for free."),
-    ("customer", "Oh. Okay, thank you, that is fine."),
-    ("agent", "Is there anything else I can do for you?"),
-    ("customer", "No, that is all, thanks. Have a good day."),
 ]
 
 
@@ -53,10 +40,8 @@ def call_center(run: str) -> tuple[list[Dialogue], str]:
             utts = tuple(dataclasses.replace(u, call_id=cid, start_s=1.5 * i, end_s=None, label=None)
                          for i, u in enumerate(d.utterances))  # fmt: skip
             calls.append(Dialogue(call_id=cid, utterances=utts))
-    angry_id = f"angry-{run}"
-    angry = tuple(Utterance(call_id=angry_id, utterance_id=f"u{i}", seq=i, speaker=s, text=t, start_s=1.5 * i)
-                  for i, (s, t) in enumerate(ANGRY))  # fmt: skip
-    return [Dialogue(call_id=angry_id, utterances=angry), *calls], angry_id
+    angry = scripted(f"angry-{run}", ESCALATING, 1.5)
+    return [angry, *calls], angry.call_id
 
 
 def test_a_supervisor_sees_an_escalation_raised_and_cleared(services, unique, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
