@@ -930,3 +930,25 @@ def test_the_worker_reports_its_consumer_lag_and_the_emotions_it_labels() -> Non
         assert sample("emostream_consumer_lag", {"topic": t.text, "partition": "0"}) is None  # not ours any more
 
     asyncio.run(scenario())
+
+
+def test_the_partition_watch_goes_on_while_the_pump_waits_on_a_publish() -> None:
+    """At 7be09c1 the CI's cluster scenario labelled utterances without their audio: the pump was
+    stuck publishing to a partition whose leader was down, so nothing looked at the leaders."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(1, 0.2, reachable=False) if topic == t.audio else None
+        stuck = asyncio.Event()
+
+        async def pump() -> None:  # a publish that does not come back
+            await stuck.wait()
+
+        w.pump = pump  # type: ignore[method-assign]
+        runner = asyncio.create_task(w.run())
+        await asyncio.sleep(0.1)
+        assert w.disturbed_at > float("-inf")  # seen, although the pump never got to a tick
+        runner.cancel()
+
+    asyncio.run(scenario())
