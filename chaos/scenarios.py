@@ -28,7 +28,7 @@ from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_po
 from chaos.verdict import Verdict, judge
 from streams.dialogues import Dialogue, Utterance, read_jsonl
 from streams.feed import feed, make_producer, part_message
-from streams.kafka import ensure_topics
+from streams.kafka import wait_for_topics
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Run:
     def __init__(self, services: LocalServices, size: Size, workdir: Path, **join: Any) -> None:
         self.unique = uuid.uuid4().hex[:10]
         self.settings = settings_for(services, self.unique, default_modalities=("text", "audio"), **join)
-        ensure_topics(self.settings)
+        wait_for_topics(self.settings, timeout_s=60)  # a cluster just up may not know its controller yet
         self.calls = make_calls(size)
         self.want = {(u.call_id, u.utterance_id) for d in self.calls for u in d.utterances}
         self.size = size
@@ -93,6 +93,7 @@ class Run:
         self.workers: list[WorkerProcess] = []
         self.faults: list[float] = []  # wall-clock times of the faults
         self.failures: list[str] = []  # a scenario's own checks that failed
+        self.details = ""  # what explains a failure (the workers' log lines)
         self.feeder: threading.Thread | None = None
 
     def worker(self, name: str) -> WorkerProcess:
@@ -151,9 +152,23 @@ class Run:
             note += f" (without: labelled {late[0]:+.1f} s to {late[-1]:+.1f} s from the first fault)"
         if both < MIN_WITH_AUDIO:  # a backlog must not cost the utterances their audio
             self.failures.append(f"only {both:.0%} of utterances labelled with their audio")
+            self.details = "the workers said:\n" + self.worker_lines(
+                ("goes without", "leader is unreachable", "answers again", "revoked")
+            )
         verdict = judge(name, self.want, events, recovery, note)
-        verdict.failures = self.failures
+        verdict.failures, verdict.details = self.failures, self.details
         return verdict
+
+    def worker_lines(self, marks: tuple[str, ...], most: int = 12) -> str:
+        """The first lines of the workers' logs that contain any of ``marks`` (why a check failed)."""
+        lines = [
+            f"{w.log_path.stem}: {line}"
+            for w in self.workers
+            if w.log_path.exists()
+            for line in w.log_path.read_text(errors="replace").splitlines()
+            if any(m in line for m in marks)
+        ]
+        return "\n".join(lines[:most] + ([f"... {len(lines) - most} more"] if len(lines) > most else []))
 
     def close(self) -> None:
         for w in self.workers:
@@ -237,8 +252,8 @@ def redis_kill(services: LocalServices, size: Size, workdir: Path) -> Verdict:
         w.wait_ready()
         run.start_feed()
         run.events_at_least(size.utterances // 4, 300)
-        services.kill9_redis()
         run.fault()
+        services.kill9_redis()
         time.sleep(size.redis_outage_s)
         services.start_redis()
         assert w.proc is not None and w.proc.poll() is None, "the worker died with Redis"
@@ -297,8 +312,8 @@ def cluster_leader(services: LocalServices, size: Size, workdir: Path) -> Verdic
         run.start_feed()
         run.events_at_least(size.utterances // 4, 300)
         leader = cluster.leader_of(list(run.settings.kafka.topics.inputs()))
+        run.fault()  # the kill is immediate; waiting for the process to be gone is not part of it
         cluster.kill9_kafka_node(leader)
-        run.fault()
         time.sleep(size.kafka_outage_s)
         cluster.start_kafka_node(leader)
         assert w.proc is not None and w.proc.poll() is None, "the worker died with the leader"

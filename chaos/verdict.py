@@ -40,6 +40,7 @@ class Verdict:
     note: str = ""
     examples: list[str] = field(default_factory=list)  # a few conflicting event ids, for the log
     failures: list[str] = field(default_factory=list)  # a scenario's own checks that failed (memory, ...)
+    details: str = ""  # what explains a failure, printed below the table
 
     @property
     def ok(self) -> bool:

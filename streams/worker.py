@@ -64,6 +64,10 @@ RECOVERED_GRACE_S = 15.0
 WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
 
 
+def _partitions(tps: set[tuple[str, int]]) -> str:
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
+
+
 @dataclass(frozen=True)
 class PartitionEnd:
     """A partition's end offset as the consumer last saw it, and how long ago the broker said so."""
@@ -137,6 +141,8 @@ class Worker:
         self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
         self.disturbed_at = float("-inf")  # when an input partition was last seen without its leader (Worker.watch)
         self.watched_at = float("-inf")
+        self.unreachable: set[tuple[str, int]] = set()  # input partitions the last watch found without their leader
+        self.missing_logged = 0  # utterances logged as released without an expected part
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -245,16 +251,28 @@ class Worker:
         if now - self.watched_at < WATCH_S:
             return
         self.watched_at = now
+        unreachable = set()
         for topic in self.topic_of.values():
             for partition in range(self.settings.kafka.topics.partitions):
                 end = self.highwater(topic, partition)
                 if end is None:
                     continue
-                if not end.reachable:
+                if not end.reachable or end.age_s >= UNANSWERED_S:
                     self.disturbed_at = now
+                    unreachable.add((topic, partition))
                 seen = self.read.get((topic, partition))
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
                     self.metrics.lag.labels(topic, str(partition)).set(max(0, end.offset - seen[1] - 1))
+        if unreachable != self.unreachable:
+            if unreachable:
+                log.warning(
+                    "input partitions whose leader is unreachable or not answering: %s; utterances missing a "
+                    "part wait for it until %.0f s after they all answer again",
+                    _partitions(unreachable), RECOVERED_GRACE_S,
+                )  # fmt: skip
+            else:
+                log.warning("every input partition's leader answers again")
+            self.unreachable = unreachable
 
     async def tick(self) -> None:
         """Expire joins and update gauges (quick, under the lock)."""
@@ -344,6 +362,23 @@ class Worker:
         if disturbed:
             return True
         return end is not None and offset + 1 < end.offset
+
+    def reading(self, modality: str, utt: Utterance) -> str:
+        """How far ``modality``'s partition of ``utt`` is read, for a log line (why nothing was held)."""
+        topic = self.topic_of.get(modality)
+        if topic is None:
+            return f"no input topic for {modality}"
+        now = self.clock()
+        ts, offset, advanced_at = self.read.get((topic, utt.partition), (float("-inf"), -1, float("-inf")))
+        end = self.highwater(topic, utt.partition)
+        until = (utt.first_ts or 0.0) + self.settings.join.wait_s
+        parts = [
+            f"{topic}[{utt.partition}] read to record time {ts - until:+.1f} s from its first part's + wait_s",
+            f"offset {offset}" + ("" if end is None else f" of end {end.offset} (answered {end.age_s:.1f} s ago"
+                                  f"{'' if end.reachable else ', leader unreachable'})"),
+            f"advanced {now - advanced_at:.1f} s ago", f"last disturbance {now - self.disturbed_at:.1f} s ago",
+        ]  # fmt: skip
+        return ", ".join(parts)
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
@@ -442,9 +477,13 @@ class Worker:
             self.metrics.duplicate_parts.inc(result.duplicate_parts)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
-            for m in utt.expected:
-                if m not in utt.parts:
-                    self.metrics.missing.labels(m).inc()
+            missing = [m for m in utt.expected if m not in utt.parts]
+            for m in missing:
+                self.metrics.missing.labels(m).inc()
+            if missing and (self.missing_logged < 20 or self.missing_logged % 100 == 0):
+                log.info("%s/%s goes without %s after %.1f s: %s", utt.call_id, utt.utterance_id, "+".join(missing),
+                         (utt.ready_at or utt.first_at) - utt.first_at, self.reading(missing[0], utt))  # fmt: skip
+            self.missing_logged += bool(missing)
         self.queue.extend(result.ready)
         self.closing.extend(result.ended_calls)
 

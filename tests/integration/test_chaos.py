@@ -24,4 +24,6 @@ def test_short_scenario_holds(services, tmp_path, name: str) -> None:  # type: i
     print("\n" + table([verdict]))
     assert verdict.lost == 0 and verdict.conflicting == 0, (table([verdict]), verdict.examples)
     assert verdict.events >= verdict.utterances
-    assert verdict.ok, table([verdict])  # the scenario's own checks: audio share, memory, load reached
+    assert verdict.ok, (
+        table([verdict]) + "\n" + verdict.details
+    )  # the scenario's own checks: audio share, memory, load reached

@@ -83,3 +83,31 @@ def test_synthetic_calls_have_the_asked_size_and_both_modalities() -> None:
     assert len(calls) == SHORT.calls and all(len(c.utterances) == SHORT.per_call for c in calls)
     u = calls[0].utterances[3]
     assert u.text and u.audio_features is not None and len(u.audio_features) == 8 and u.seq == 3
+
+
+def test_a_zombie_counts_as_gone() -> None:
+    """The scripts' daemons are orphans; where init does not reap them, a killed one stays a zombie
+    and ``kill(pid, 0)`` still succeeds: the scenario must not wait on it (and date its fault late)."""
+    import subprocess
+
+    from chaos.harness import _alive
+
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _read_state(dead.pid) != "Z":
+            time.sleep(0.02)
+        assert _read_state(dead.pid) == "Z"  # not waited for: a zombie
+        assert _alive(live.pid) and not _alive(dead.pid)
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
+    assert not _alive(dead.pid)
+
+
+def _read_state(pid: int) -> str:
+    from pathlib import Path
+
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

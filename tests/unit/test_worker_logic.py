@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from typing import Any
 
 import numpy as np
+import pytest
 
 from engines.interface import EMOTIONS, EngineBatch, EngineInfo, EngineOutput, FeatureSpec
 from streams.context import CallState, ContextItem
@@ -952,3 +954,42 @@ def test_the_partition_watch_goes_on_while_the_pump_waits_on_a_publish() -> None
         runner.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_partition_whose_broker_stops_answering_is_a_disturbance_and_the_log_says_why_parts_went_missing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A leader still connected but silent past UNANSWERED_S (a broker hung, or killed and not yet
+    noticed) disturbs like an unreachable one; the watch logs the change both ways, and an utterance
+    released without its audio is logged with how far that audio partition was read."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_stall_s=60.0)
+        clock = Clock()
+        w.clock = clock
+        t = w.settings.kafka.topics
+        ends = {t.audio: PartitionEnd(1, 0.2), t.text: PartitionEnd(1, 0.2)}
+        w.highwater = lambda topic, partition: ends.get(topic) if partition == 0 else None
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "x", 0), Handle(log, "a0"), timestamp=999.0)
+        await w.tick()
+        assert w.disturbed_at == float("-inf")
+        ends[t.audio] = PartitionEnd(1, UNANSWERED_S + 0.5)  # connected, but no fetch answered
+        clock.now += 1.0
+        await w.tick()
+        assert w.disturbed_at == clock.now
+        ends[t.audio] = PartitionEnd(1, 0.2)
+        clock.now += 1.0
+        await w.tick()
+        clock.now += RECOVERED_GRACE_S + 3.0
+        await w.tick()
+        await w.pump()
+        assert {e.utterance_id: e.modalities_present for e in events(sent)}["u0"] == ["text"]
+
+    with caplog.at_level(logging.INFO, logger="emostream.worker"):
+        asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records]
+    assert any("leader is unreachable or not answering" in m and "[0]" in m for m in said), said
+    assert any("answers again" in m for m in said), said
+    gone = [m for m in said if "goes without audio" in m]
+    assert gone and gone[0].startswith("c/u0 ") and "last disturbance" in gone[0] and "offset 0 of end 1" in gone[0]
