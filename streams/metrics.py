@@ -2,17 +2,35 @@
 
 Names follow Prometheus conventions: base units, ``_total`` for counters. Each worker owns its
 registry, so several workers (tests) can live in one process.
+
+The same HTTP server answers the probes of an orchestrator (Kubernetes, compose healthchecks):
+``/healthz`` is 200 while the worker's event loop goes round (its partition watch beats every
+quarter second; a loop stuck for ``LIVE_S`` is 503, restart it), and also while it starts (the
+model loads: give the probe an initial delay or a startup probe); ``/readyz`` is 200 once the
+worker consumes (model loaded, Kafka and Redis reached) and its loop goes round. A Kafka or Redis
+outage fails neither: the worker rides it out (issue 11), a restart would not help.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+LIVE_S = 30.0  # /healthz: the event loop's heartbeat may be this old at most
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.beat_at: float | None = None  # the worker's event loop last went round (None: starting)
+        self.ready = False  # the worker consumes
         r = self.registry = CollectorRegistry()
         self.messages_in = Counter("emostream_messages_in_total", "Input messages read", ["topic"], registry=r)
         self.utterances = Counter(
@@ -114,7 +132,38 @@ class Metrics:
             "emostream_limit", "Configured caps (open_utterances, open_calls, finished_ids)", ["what"], registry=r
         )
 
+    def beat(self) -> None:
+        """The event loop went round (called by the worker's partition watch)."""
+        self.beat_at = self.clock()
+
+    def probe(self, path: str) -> tuple[int, str]:
+        """(HTTP status, body) of ``/healthz`` or ``/readyz`` (see the module doc)."""
+        stale = self.beat_at is not None and self.clock() - self.beat_at > LIVE_S
+        why = f"event loop stuck for {self.clock() - (self.beat_at or 0.0):.0f} s" if stale else ""
+        if path == "/healthz":
+            return (503, why) if stale else (200, "starting" if self.beat_at is None else "ok")
+        if not self.ready:
+            return 503, "starting: loading the model or reaching Kafka and Redis"
+        return (503, why) if stale else (200, "ready")
+
     def serve(self, host: str, port: int) -> int:
-        """Start the ``/metrics`` HTTP endpoint; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Start ``/metrics``, ``/healthz`` and ``/readyz`` in a daemon thread; returns the bound port."""
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path in ("/healthz", "/readyz"):
+                status, body = self.probe(path)
+                start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+                               [("Content-Type", "text/plain; charset=utf-8")])  # fmt: skip
+                return [body.encode() + b"\n"]
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True, name="metrics-http").start()
         return int(server.server_port)
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Probes every few seconds: not worth a log line each."""

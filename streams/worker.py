@@ -297,6 +297,7 @@ class Worker:
         partition whose leader is gone (the CI's cluster scenario at 7be09c1: the outage went
         unnoticed while the pump was stuck, and the held joins went out without their audio)."""
         while True:
+            self.metrics.beat()
             try:
                 self.watch(self.clock())
             except Exception:  # a private path of the consumer failing must not end the watch
@@ -306,9 +307,11 @@ class Worker:
     async def run(self, interval: float = 0.01) -> None:
         """The pump loop (one task per worker), with :meth:`watching` beside it."""
         watcher = asyncio.create_task(self.watching())
+        self.metrics.ready = True
         try:
             await self._pump_loop(interval)
         finally:
+            self.metrics.ready = False
             watcher.cancel()
 
     async def _pump_loop(self, interval: float) -> None:

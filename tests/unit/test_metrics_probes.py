@@ -1,0 +1,45 @@
+"""The worker's HTTP endpoint: /metrics for Prometheus, /healthz and /readyz for an orchestrator."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from streams.metrics import LIVE_S, Metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_probes_follow_the_start_the_event_loop_and_a_stuck_loop() -> None:
+    clock = Clock()
+    m = Metrics(clock)
+    port = m.serve("127.0.0.1", 0)
+    assert _get(port, "/healthz") == (200, "starting\n")  # the model loads: alive, not ready
+    status, body = _get(port, "/readyz")
+    assert status == 503 and body.startswith("starting")
+    m.beat()
+    m.ready = True
+    assert _get(port, "/healthz") == (200, "ok\n")
+    assert _get(port, "/readyz") == (200, "ready\n")
+    clock.now += LIVE_S + 1  # the loop has not gone round since: restart it
+    assert _get(port, "/healthz")[0] == 503
+    status, body = _get(port, "/readyz")
+    assert status == 503 and "stuck" in body
+    m.beat()
+    assert _get(port, "/healthz")[0] == 200
+    status, body = _get(port, "/metrics")
+    assert status == 200 and "emostream_messages_in_total" in body
