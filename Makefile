@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/local/system-packages.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-unit test-integration chaos lint services-up services-down schemas clean
+.PHONY: setup demo test test-unit test-integration chaos lint services-up services-down schemas kubernetes clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml deploy/local/system-packages.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
 	deploy/local/kafka.sh fetch
+	deploy/kubernetes/kustomize.sh fetch
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: setup
@@ -36,6 +37,9 @@ chaos: setup
 lint: setup
 	$(BIN)/ruff check streams engines chaos tests
 	$(BIN)/mypy
+
+kubernetes: setup  ## render the Kubernetes deployment (OVERLAY=cpu): `make -s kubernetes | kubectl apply -f -`
+	deploy/kubernetes/kustomize.sh build deploy/kubernetes/overlays/$(or $(OVERLAY),cpu)
 
 schemas: setup
 	$(BIN)/emostream schemas --out schemas
