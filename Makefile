@@ -35,7 +35,7 @@ chaos: setup
 	$(BIN)/emostream chaos --full $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check streams engines chaos tests
+	$(BIN)/ruff check streams engines chaos client tools tests
 	$(BIN)/mypy
 
 kubernetes: setup  ## render the Kubernetes deployment (OVERLAY=cpu): `make -s kubernetes | kubectl apply -f -`

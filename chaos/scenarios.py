@@ -26,9 +26,10 @@ import numpy as np
 
 from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_port, settings_for
 from chaos.verdict import Verdict, judge
-from streams.dialogues import Dialogue, Utterance, read_jsonl
-from streams.feed import feed, make_producer, part_message
+from client.publisher import make_producer
 from streams.kafka import wait_for_topics
+from tools.dialogues import Dialogue, Utterance, read_jsonl
+from tools.feed import feed, part_message
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The ``emostream`` command: worker, feed, subscribe, demo, train, evaluate, schemas.
+"""The ``emostream`` command: worker, ui, chaos, train, evaluate, cv, schemas (the service's, in
+:mod:`streams.commands`) and feed, subscribe, demo (the tools', in :mod:`tools.commands`).
 
 Each subcommand builds the one :class:`~streams.settings.Settings` object from ``--config`` and
 the ``EMOSTREAM_*`` environment, then calls into the module that does the work.
@@ -46,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: Any) -> None:
     """Subcommands whose modules pull in heavy dependencies are registered lazily."""
     from streams import commands
+    from tools import commands as tool_commands
 
     commands.register(sub)
+    tool_commands.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Subcommands beyond ``schemas``: each imports its heavy module only when it runs."""
+"""The service's subcommands beyond ``schemas`` (worker, ui, chaos, train, evaluate, cv); the tools'
+(feed, subscribe, demo) are :mod:`tools.commands`. Each imports its heavy module only when it runs."""
 
 from __future__ import annotations
 
@@ -12,57 +13,6 @@ def cmd_worker(ns: Any) -> int:
     return run_worker(load_settings(ns.config))
 
 
-def cmd_demo(ns: Any) -> int:
-    from streams.demo import run_demo
-
-    return run_demo(ns)
-
-
-def cmd_feed(ns: Any) -> int:
-    from streams.dialogues import attach_ravdess, read_jsonl, read_meld_csv
-    from streams.feed import feed
-    from streams.kafka import ensure_topics
-    from streams.settings import load_settings
-
-    settings = load_settings(ns.config)
-    if ns.file.endswith(".csv"):
-        dialogues = read_meld_csv(ns.file, limit_dialogues=ns.limit)
-        if ns.audio_dir:
-            dialogues = attach_ravdess(dialogues, ns.audio_dir, seed=ns.seed)
-    else:
-        dialogues = read_jsonl(ns.file)[: ns.limit]
-    ensure_topics(settings)
-    report = feed(
-        dialogues,
-        settings,
-        realtime=not ns.fast,
-        speed=ns.speed,
-        modalities=tuple(ns.modalities.split(",")),
-        progress=not ns.no_progress,
-        audio_as=(ns.audio_encoding, ns.audio_rate) if ns.audio_encoding else None,
-    )
-    print(report.summary())
-    return 1 if report.failed else 0
-
-
-def cmd_subscribe(ns: Any) -> int:
-    from streams.settings import load_settings
-    from streams.subscribe import subscribe
-
-    settings = load_settings(ns.config)
-    subscribe(
-        settings,
-        call_ids=ns.call or None,
-        fmt="json" if ns.json else "pretty",
-        from_beginning=ns.from_beginning,
-        max_events=ns.max_events,
-        timeout_s=ns.timeout,
-        deadletters=ns.deadletters,
-        alerts=ns.alerts,
-    )
-    return 0
-
-
 def cmd_ui(ns: Any) -> int:
     from streams.settings import load_settings
     from streams.ui.server import run_ui
@@ -71,35 +21,9 @@ def cmd_ui(ns: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    from streams.demo import add_demo_args
 
     p = sub.add_parser("worker", help="run a stream worker (settings from --config and EMOSTREAM_*)")
     p.set_defaults(func=cmd_worker)
-    p = sub.add_parser("feed", help="replay dialogues (MELD CSV or our JSONL) into the input topics")
-    p.add_argument("file", help="a MELD CSV ({split}_sent_emo.csv) or a JSONL file (format: demo/README.md)")
-    p.add_argument("--audio-dir", help="RAVDESS folder: attach real speech of each utterance's emotion (MELD)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="at most this many calls")
-    p.add_argument("--fast", action="store_true", help="as fast as possible instead of in real time")
-    p.add_argument("--speed", type=float, default=1.0, help="real-time speed-up factor")
-    p.add_argument("--modalities", default="text,audio,video", help="which parts to send")
-    p.add_argument(
-        "--audio-encoding",
-        choices=["pcm_mulaw", "pcm_alaw", "pcm_s16le", "flac", "wav"],
-        help="send audio in this encoding (pcm_mulaw/pcm_alaw: an 8 kHz G.711 telephone line; default: as read)",
-    )
-    p.add_argument("--audio-rate", type=int, help="sample rate for pcm_s16le/flac/wav (default 16000)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_feed)
-    p = sub.add_parser("subscribe", help="print emotion events as they arrive")
-    p.add_argument("--call", action="append", help="only this call id (repeatable)")
-    p.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
-    p.add_argument("--from-beginning", action="store_true")
-    p.add_argument("--deadletters", action="store_true", help="also print dead letters")
-    p.add_argument("--alerts", action="store_true", help="also print escalation alerts and call summaries")
-    p.add_argument("--max-events", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
-    p.set_defaults(func=cmd_subscribe)
     p = sub.add_parser("ui", help="serve the live supervisor page (calls, emotion timelines, alerts)")
     p.add_argument(
         "--host", default="127.0.0.1", help="bind address (the page shows what callers feel: keep it private)"
@@ -107,9 +31,6 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--since", type=float, default=60.0, help="show calls from this many minutes ago on")
     p.set_defaults(func=cmd_ui)
-    p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
-    add_demo_args(p)
-    p.set_defaults(func=cmd_demo)
     from chaos.cli import add_chaos_args, run_chaos
 
     p = sub.add_parser("chaos", help="fault scenarios against real processes, one table (make chaos)")

@@ -62,7 +62,7 @@ class Feed:
                 backoff = min(backoff * 2, 30.0)
 
     def _read(self) -> None:
-        from streams.subscribe import make_consumer
+        from client.subscriber import make_consumer
 
         t = self.settings.kafka.topics
         kinds = {t.emotions: "emotion", t.alerts: "alert", t.calls: "report"}

@@ -215,8 +215,8 @@ def test_the_demo_voices_do_not_pull_the_labels_below_the_text(engine: Engine) -
 
     from engines.registry import load_extractors
     from engines.windows import UtteranceFeatures, pack_windows
-    from streams.demo import DEMO_CALLS
-    from streams.dialogues import read_jsonl, synthesize_audio
+    from tools.demo import DEMO_CALLS
+    from tools.dialogues import read_jsonl, synthesize_audio
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.dialogues import Dialogue, Utterance
+from tools.dialogues import Dialogue, Utterance
 
 #: a customer who gets angry (turns 0-6: the anger rule and its friends raise by turn 6), then
 #: calms down once the agent refunds (turns 7-10)

@@ -9,11 +9,11 @@ import json
 import pytest
 from kafka import KafkaProducer
 
-from streams.dialogues import read_meld_csv
-from streams.feed import part_message
 from streams.kafka import ensure_topics
 from streams.schemas import AudioPart, TextPart
 from tests.integration.harness import Collector, WorkerProcess, settings_for
+from tools.dialogues import read_meld_csv
+from tools.feed import part_message
 
 pytestmark = pytest.mark.integration
 

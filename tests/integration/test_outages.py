@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.dialogues import read_meld_csv
-from streams.feed import feed
 from streams.kafka import ensure_topics
 from tests.integration.harness import REPO, Collector, WorkerProcess, settings_for
+from tools.dialogues import read_meld_csv
+from tools.feed import feed
 
 pytestmark = pytest.mark.integration
 

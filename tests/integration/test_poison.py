@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 from kafka import KafkaAdminClient, KafkaProducer
 
-from streams.dialogues import read_meld_csv
-from streams.feed import part_message
 from streams.schemas import AudioPart
 from tests.integration.harness import REPO, Collector, WorkerProcess, env_for, settings_for
+from tools.dialogues import read_meld_csv
+from tools.feed import part_message
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.feed import make_producer
+from client.publisher import make_producer
 from streams.kafka import ensure_topics
 from tests.integration.harness import REPO, WorkerProcess, free_port, settings_for
 

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from streams.dialogues import Dialogue, read_meld_csv
-from streams.feed import feed
 from streams.kafka import ensure_topics
 from streams.schemas import EmotionEvent
 from tests.integration.harness import Collector, WorkerProcess, free_port, settings_for
+from tools.dialogues import Dialogue, read_meld_csv
+from tools.feed import feed
 
 pytestmark = pytest.mark.integration
 

@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from client.publisher import make_producer
 from engines import artifact
 from streams.context import ContextItem
-from streams.dialogues import Dialogue, read_meld_csv
-from streams.feed import make_producer, part_message
 from streams.kafka import ensure_topics
 from streams.pipeline import build_batch
 from streams.schemas import CallControl, EmotionEvent, TextPart, event_id
 from streams.settings import Settings
 from tests.integration.harness import REPO, Collector, WorkerProcess, env_for, settings_for
+from tools.dialogues import Dialogue, read_meld_csv
+from tools.feed import part_message
 
 pytestmark = pytest.mark.integration
 

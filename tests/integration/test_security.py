@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from client.publisher import make_producer
 from streams.errors import ServiceUnavailable
-from streams.feed import make_producer
 from streams.kafka import ensure_topics
 from streams.schemas import TextPart
 from streams.settings import TOPIC_KEYS, Settings

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import redis
 
-from streams.dialogues import Dialogue, attach_ravdess, read_meld_csv
-from streams.feed import feed
 from streams.kafka import ensure_topics
 from tests.integration.calls import ANGRY_PART, ESCALATING, PLEASANT, scripted
 from tests.integration.harness import Collector, WorkerProcess, settings_for
+from tools.dialogues import Dialogue, attach_ravdess, read_meld_csv
+from tools.feed import feed
 
 pytestmark = pytest.mark.integration
 

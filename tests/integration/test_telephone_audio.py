@@ -10,12 +10,13 @@ import base64
 import numpy as np
 import pytest
 
+from client.publisher import make_producer
 from engines.features.codecs import encode_audio
-from streams.dialogues import attach_ravdess, read_meld_csv
-from streams.feed import feed, make_producer
 from streams.kafka import ensure_topics
 from streams.schemas import AudioPart, TextPart
 from tests.integration.harness import Collector, WorkerProcess, settings_for
+from tools.dialogues import attach_ravdess, read_meld_csv
+from tools.feed import feed
 
 pytestmark = pytest.mark.integration
 

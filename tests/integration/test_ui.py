@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from streams.dialogues import Dialogue, read_jsonl
-from streams.feed import feed
 from streams.kafka import ensure_topics
 from tests.integration.calls import ESCALATING, scripted
 from tests.integration.harness import REPO, WorkerProcess, env_for, free_port, settings_for
+from tools.dialogues import Dialogue, read_jsonl
+from tools.feed import feed
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

@@ -121,3 +121,14 @@ def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
         ["promtool", "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_worker_image_holds_every_package_the_command_imports() -> None:
+    """The image had no chaos/ while `emostream` registers `chaos` at start: every command, the
+    worker's too, would have failed to import. Every package pyproject installs is copied in."""
+    import tomllib
+
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}  # fmt: skip
+    assert {p.rstrip("*") for p in packages} <= copied, copied

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from streams.dialogues import (
+from streams.schemas import TextPart
+from tools.dialogues import (
     EMOTIONS,
     Dialogue,
     DialogueFormatError,
@@ -26,7 +27,6 @@ from streams.dialogues import (
     synthesize_audio,
     write_jsonl,
 )
-from streams.schemas import TextPart
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "demo" / "calls.jsonl"
@@ -272,9 +272,9 @@ def test_jsonl_carries_telephone_audio_inline_and_feed_sends_it_as_it_is(tmp_pat
     """G.711 and 8 kHz PCM given inline reach the audio part unchanged, with the rate the worker
     needs to decode them; written back, the JSONL keeps the rate."""
     from engines.features.codecs import decode_audio, encode_audio
-    from streams.feed import part_message
     from streams.schemas import parse_input
     from streams.settings import Settings
+    from tools.feed import part_message
 
     tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000).astype(np.float32)
     mulaw, pcm8 = encode_audio(tone, 8000, "pcm_mulaw"), encode_audio(tone, 8000, "pcm_s16le", 8000)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from streams.dialogues import Dialogue, Utterance
-from streams.feed import call_starts, feed, plan, send_offsets
 from streams.schemas import parse_input
 from streams.settings import Settings
+from tools.dialogues import Dialogue, Utterance
+from tools.feed import call_starts, feed, plan, send_offsets
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.kafka.topics

@@ -8,7 +8,7 @@ import pytest
 
 from streams.schemas import DeadLetter, EmotionEvent, ModelRef, Timings, event_id
 from streams.settings import Settings
-from streams.subscribe import EventPrinter, format_deadletter, format_event, subscribe
+from tools.subscribe import EventPrinter, format_deadletter, format_event, subscribe
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.kafka.topics
@@ -200,7 +200,7 @@ def test_demo_summary_waits_for_revisions_and_counts_changed_labels() -> None:
     (the last ones come at the call's end); the summary says how many labels the revisions changed."""
     from types import SimpleNamespace
 
-    from streams.demo import Summary
+    from tools.demo import Summary
 
     utts = [SimpleNamespace(call_id="call-7", utterance_id=f"u{i}", label="joy") for i in range(3)]
     summary = Summary([SimpleNamespace(utterances=utts)], SETTINGS, future=2)

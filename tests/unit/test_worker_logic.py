@@ -645,7 +645,7 @@ def test_an_event_says_its_context_was_reset_when_redis_lost_the_window() -> Non
         await w.pump()
         got = [(e.utterance_id, e.context_size, e.context_reset) for e in events(sent)]
         assert got == [("u0", 1, False), ("u1", 2, False), ("u2", 3, False), ("u3", 2, True), ("u4", 3, False)]
-        from streams.subscribe import format_event
+        from tools.subscribe import format_event
 
         assert "ctx 2 after a context reset" in format_event(events(sent)[3])
 

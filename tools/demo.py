@@ -89,7 +89,7 @@ class Services:
 
 
 def _dialogues(ns: argparse.Namespace, workdir: Path) -> list[Any]:
-    from streams.dialogues import attach_ravdess, read_jsonl, read_meld_csv, synthesize_audio
+    from tools.dialogues import attach_ravdess, read_jsonl, read_meld_csv, synthesize_audio
 
     if ns.data and ns.data.endswith(".csv"):
         dialogues = read_meld_csv(ns.data, limit_dialogues=ns.calls)
@@ -104,8 +104,8 @@ def _dialogues(ns: argparse.Namespace, workdir: Path) -> list[Any]:
 
 
 def run_demo(ns: argparse.Namespace) -> int:
-    from streams.feed import feed
     from streams.kafka import ensure_topics
+    from tools.feed import feed
 
     run_id = uuid.uuid4().hex[:6]
     base = load_settings(ns.config)
@@ -302,8 +302,9 @@ class Summary:
             self.revised[key] = event
 
     def watch(self, stop: threading.Event, timeout: float) -> None:
+        from client.subscriber import make_consumer
         from streams.schemas import AlertEvent, EmotionEvent
-        from streams.subscribe import EventPrinter, make_consumer
+        from tools.subscribe import EventPrinter
 
         t = self.settings.kafka.topics
         printer = EventPrinter(

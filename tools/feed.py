@@ -6,8 +6,8 @@ modalities it will send, then each utterance's parts to the text/audio/video top
 go out when they end in the conversation (divided by ``speed``) and calls overlap, up to
 ``concurrency`` lines at a time, a new call every ``stagger_s`` seconds; otherwise everything goes
 out as fast as possible in the same order. The schedule is plain functions (:func:`send_offsets`,
-:func:`call_starts`, :func:`plan`) so it is tested without Kafka; connection options come from
-:mod:`streams.kafka`.
+:func:`call_starts`, :func:`plan`) so it is tested without Kafka; the messages go out through
+:class:`client.Publisher`.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from client.publisher import Publisher
 from engines.features.codecs import transcode
-from streams.dialogues import Dialogue, Utterance
-from streams.errors import ServiceUnavailable
-from streams.kafka import kafka_python_options
-from streams.schemas import AudioPart, CallControl, TextPart, VideoPart
+from streams.schemas import AudioPart, Part, TextPart, VideoPart
 from streams.settings import Settings, TopicSettings
+from tools.dialogues import Dialogue, Utterance
 
 log = logging.getLogger(__name__)
 MODALITIES = ("text", "audio", "video")
@@ -116,47 +115,37 @@ def plan(
     return [Step(s.at / speed if realtime else 0.0, s.call_id, s.kind, s.utterance) for _, _, s in steps]
 
 
-def part_message(
-    u: Utterance, modality: str, topics: TopicSettings, audio_as: tuple[str, int | None] | None = None
-) -> tuple[str, bytes] | None:
-    """(topic, JSON value) of one modality of an utterance, or None if it lacks that modality.
+def part_of(u: Utterance, modality: str, audio_as: tuple[str, int | None] | None = None) -> Part | None:
+    """One modality of an utterance as its message, or None if it lacks that modality.
     ``audio_as``: (encoding, sample rate or None) to send audio bytes in, e.g. ('pcm_mulaw', 8000)
     for a telephone line; by default as they are."""
     common: dict[str, Any] = dict(
         call_id=u.call_id, utterance_id=u.utterance_id, seq=u.seq, speaker=u.speaker, start_s=u.start_s, end_s=u.end_s
     )
     if modality == "text" and u.text is not None:
-        return topics.text, TextPart(text=u.text, **common).to_bytes()
+        return TextPart(text=u.text, **common)
     if modality == "audio" and u.audio is not None:
         audio, encoding, rate = u.audio, str(u.audio_encoding or "flac"), u.audio_rate
         if audio_as is not None:
             audio, rate = transcode(audio, encoding, *audio_as, rate=rate)
             encoding = audio_as[0]
         data = base64.b64encode(audio).decode()
-        return topics.audio, AudioPart(encoding=encoding, sample_rate=rate, data=data, **common).to_bytes()
+        return AudioPart(encoding=encoding, sample_rate=rate, data=data, **common)  # type: ignore[arg-type]
     if modality == "audio" and u.audio_features is not None:
-        return topics.audio, AudioPart(encoding="features", features=list(u.audio_features), **common).to_bytes()
+        return AudioPart(encoding="features", features=list(u.audio_features), **common)
     if modality == "video" and u.video_features is not None:
-        return topics.video, VideoPart(features=list(u.video_features), **common).to_bytes()
+        return VideoPart(features=list(u.video_features), **common)
     return None
 
 
-def make_producer(settings: Settings) -> Any:
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-
-    try:
-        return KafkaProducer(
-            **kafka_python_options(settings),
-            acks="all",
-            enable_idempotence=True,  # a retry after a lost response does not write twice (chaos.producer)
-            linger_ms=5,
-            max_request_size=settings.limits.max_message_bytes,
-            max_block_ms=15_000,
-            reconnect_backoff_max_ms=1_000,  # a broker back from a restart gets the buffered parts within 1 s, not 30
-        )
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+def part_message(
+    u: Utterance, modality: str, topics: TopicSettings, audio_as: tuple[str, int | None] | None = None
+) -> tuple[str, bytes] | None:
+    """(topic, JSON value) of :func:`part_of` (for tests and tools that send bytes themselves)."""
+    part = part_of(u, modality, audio_as)
+    if part is None:
+        return None
+    return {"text": topics.text, "audio": topics.audio, "video": topics.video}[part.kind], part.to_bytes()
 
 
 def feed(
@@ -187,28 +176,9 @@ def feed(
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
-    from kafka.errors import KafkaError
-
-    topics = settings.kafka.topics
-    own = producer is None
-    producer = make_producer(settings) if own else producer
+    publisher = Publisher(settings, producer)
     report = FeedReport(calls=len(dialogues))
     declared = {d.call_id: [m for m in d.modalities() if m in wanted] for d in dialogues}
-
-    def on_error(exc: BaseException) -> None:
-        report.failed += 1
-        if len(report.errors) < 5:
-            report.errors.append(str(exc))
-
-    def send(topic: str, call_id: str, value: bytes) -> None:
-        try:
-            future = producer.send(topic, key=call_id.encode(), value=value)
-        except KafkaError as exc:
-            raise ServiceUnavailable(f"cannot send to {topic} at {settings.kafka.brokers}: {exc}") from exc
-        if hasattr(future, "add_errback"):
-            future.add_errback(on_error)
-        report.messages[topic] = report.messages.get(topic, 0) + 1
-        report.bytes_sent += len(value)
 
     from tqdm import tqdm
 
@@ -233,17 +203,16 @@ def feed(
             if step.kind == "started":
                 active.add(step.call_id)
                 if send_control:
-                    ctl = CallControl(call_id=step.call_id, event="started", modalities=declared[step.call_id])
-                    send(topics.control, step.call_id, ctl.to_bytes())
+                    publisher.start_call(step.call_id, declared[step.call_id])
             elif step.kind == "ended":
                 active.discard(step.call_id)
                 if send_control:
-                    send(topics.control, step.call_id, CallControl(call_id=step.call_id, event="ended").to_bytes())
+                    publisher.end_call(step.call_id)
             elif modality:  # a delayed audio part
                 assert step.utterance is not None
-                message = part_message(step.utterance, modality, topics, audio_as)
-                if message is not None:
-                    send(message[0], step.call_id, message[1])
+                part = part_of(step.utterance, modality, audio_as)
+                if part is not None:
+                    publisher.send(part)
             else:
                 assert step.utterance is not None
                 messages = []  # all built before any is sent: parts of one utterance leave together
@@ -254,17 +223,23 @@ def feed(
                         counter += 1
                         pending[step.call_id] = due
                         continue
-                    messages.append(part_message(step.utterance, m, topics, audio_as))
+                    messages.append(part_of(step.utterance, m, audio_as))
                 for message in messages:
                     if message is not None:
-                        send(message[0], step.call_id, message[1])
+                        publisher.send(message)
                 report.utterances += 1
                 bar.set_postfix(calls=len(active), refresh=False)
                 bar.update(1)
-        producer.flush()
+        publisher.flush()
     finally:
         bar.close()
-        if own:
-            producer.close()
+        publisher.close()  # flushes; closes the producer only if it made it
+    stats = publisher.stats
+    report.messages, report.bytes_sent, report.failed, report.errors = (
+        stats.messages,
+        stats.bytes_sent,
+        stats.failed,
+        stats.errors,
+    )
     report.duration_s = clock() - t0
     return report

@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, TextIO
 
-from pydantic import ValidationError
-
-from streams.errors import ServiceUnavailable
+from client.subscriber import Kind, Tracker, make_consumer
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
 from streams.settings import Settings
 
@@ -107,7 +104,9 @@ def format_deadletter(letter: DeadLetter) -> str:
 
 
 class EventPrinter:
-    """Validates, filters, deduplicates and prints records; no Kafka in here."""
+    """Prints what a :class:`client.Tracker` accepts (validated, filtered, deduplicated, each
+    revision with the line it revises); no Kafka in here. Records of topics other than the
+    dead-letter, alerts and calls ones are read as emotion events."""
 
     def __init__(
         self,
@@ -123,76 +122,43 @@ class EventPrinter:
         if fmt not in ("pretty", "json"):
             raise ValueError(f"fmt must be 'pretty' or 'json', not {fmt!r}")
         self.out, self.err, self.fmt = out, err, fmt
-        self.call_ids = None if call_ids is None else set(call_ids)
-        self.deadletter_topic = deadletter_topic
-        self.alerts_topic, self.calls_topic = alerts_topic, calls_topic
-        self.memory = memory
+        kinds: dict[str, Kind] = {}
+        for topic, kind in ((deadletter_topic, "deadletters"), (alerts_topic, "alerts"), (calls_topic, "reports")):
+            if topic is not None:
+                kinds[topic] = kind  # type: ignore[assignment]
+        self.tracker = Tracker(kinds, call_ids, memory, default="events")
         self.count = 0  # lines printed
-        self.invalid = 0
-        self.duplicates = 0
-        self._latest: OrderedDict[tuple[str, str], EmotionEvent] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def invalid(self) -> int:
+        return self.tracker.invalid
+
+    @property
+    def duplicates(self) -> int:
+        return self.tracker.duplicates
 
     def handle(self, topic: str, value: bytes | None) -> bool:
         """Print the record if it is wanted; True if a line was printed."""
-        if topic == self.deadletter_topic:
-            return self._deadletter(value)
-        if topic in (self.alerts_topic, self.calls_topic):
-            return self._analytics(topic, value)
-        try:
-            event = EmotionEvent.model_validate_json(value or b"")
-        except ValidationError as exc:
-            return self._invalid(topic, exc)
-        if self.call_ids is not None and event.call_id not in self.call_ids:
+        invalid = self.tracker.invalid
+        got = self.tracker.accept(topic, value)
+        if self.tracker.invalid > invalid and self.tracker.invalid <= 5:
+            print(f"subscribe: skipped an invalid record on {self.tracker.errors[-1]}", file=self.err)
+        if got is None:
             return False
-        if event.event_id in self._seen:
-            self.duplicates += 1
-            return False
-        self._remember(self._seen, event.event_id, None)
-        key = (event.call_id, event.utterance_id)
-        previous = self._latest.get(key)
-        if previous is None or previous.revision < event.revision:
-            self._remember(self._latest, key, event)
-        self._write(event.model_dump_json() if self.fmt == "json" else format_event(event, previous))
+        record = got.record
+        if isinstance(record, CallReport) and not record.final:
+            return False  # the running reports are for dashboards
+        if self.fmt == "json":
+            self._write(record.model_dump_json())
+        elif isinstance(record, EmotionEvent):
+            self._write(format_event(record, got.previous))
+        elif isinstance(record, AlertEvent):
+            self._write(format_alert(record))
+        elif isinstance(record, CallReport):
+            self._write(format_report(record))
+        else:
+            self._write(format_deadletter(record))
         return True
-
-    def _deadletter(self, value: bytes | None) -> bool:
-        try:
-            letter = DeadLetter.model_validate_json(value or b"")
-        except ValidationError as exc:
-            return self._invalid(self.deadletter_topic or "", exc)
-        if self.call_ids is not None and letter.key not in self.call_ids:
-            return False
-        self._write(letter.model_dump_json() if self.fmt == "json" else format_deadletter(letter))
-        return True
-
-    def _analytics(self, topic: str, value: bytes | None) -> bool:
-        """An alert change, or a call's final report (the running ones are for dashboards)."""
-        model = AlertEvent if topic == self.alerts_topic else CallReport
-        try:
-            msg = model.model_validate_json(value or b"")
-        except ValidationError as exc:
-            return self._invalid(topic, exc)
-        if (self.call_ids is not None and msg.call_id not in self.call_ids) or msg.event_id in self._seen:
-            return False
-        self._remember(self._seen, msg.event_id, None)
-        if isinstance(msg, CallReport) and not msg.final:
-            return False
-        pretty = format_alert(msg) if isinstance(msg, AlertEvent) else format_report(msg)
-        self._write(msg.model_dump_json() if self.fmt == "json" else pretty)
-        return True
-
-    def _invalid(self, topic: str, exc: ValidationError) -> bool:
-        self.invalid += 1
-        if self.invalid <= 5:
-            print(f"subscribe: skipped an invalid record on {topic}: {exc.errors()[0]['msg']}", file=self.err)
-        return False
-
-    def _remember(self, store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-        store[key] = value
-        store.move_to_end(key)
-        if len(store) > self.memory:
-            store.popitem(last=False)
 
     def _write(self, line: str) -> None:
         try:
@@ -202,39 +168,6 @@ class EventPrinter:
             self.out.write(line.encode(encoding, "replace").decode(encoding) + "\n")
         self.out.flush()
         self.count += 1
-
-
-def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
-    """A consumer assigned every partition of ``topics`` (no group), starting at the end or beginning."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    from streams.kafka import kafka_python_options
-
-    try:
-        consumer = KafkaConsumer(
-            **kafka_python_options(settings),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest" if from_beginning else "latest",
-        )
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
-    deadline = None if wait_s is None else time.monotonic() + wait_s
-    partitions: list[Any] = []
-    for topic in topics:
-        noted = False
-        while not (found := consumer.partitions_for_topic(topic)):
-            if deadline is not None and time.monotonic() > deadline:
-                consumer.close()
-                raise ServiceUnavailable(f"topic {topic} does not exist at {settings.kafka.brokers}")
-            if not noted:
-                print(f"subscribe: waiting for topic {topic} to exist ...", file=sys.stderr)
-                noted = True
-            time.sleep(1.0)
-        partitions += [TopicPartition(topic, p) for p in sorted(found)]
-    consumer.assign(partitions)
-    return consumer
 
 
 def subscribe(

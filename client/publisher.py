@@ -1,0 +1,208 @@
+"""Publish a call's control messages and its utterances' parts to emostream's input topics.
+
+Every message is keyed by its call id (a call's parts stay on one partition, where one worker
+joins them) and validated by its schema before it leaves (:mod:`streams.schemas`: a wrong field
+raises ``pydantic.ValidationError`` here rather than becoming a dead letter there). The producer
+is idempotent with ``acks=all``: a retry after a lost acknowledgement never writes a part twice.
+Sends are asynchronous; :meth:`Publisher.flush` waits for the broker's acknowledgements, and
+:attr:`Publisher.stats` counts what was sent and what the broker refused (the first few errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.errors import ServiceUnavailable
+from streams.kafka import kafka_python_options
+from streams.schemas import AudioPart, CallControl, Part, TextPart, VideoPart
+from streams.settings import Settings
+
+Message = Part | CallControl
+
+
+@dataclass
+class PublishStats:
+    messages: dict[str, int] = field(default_factory=dict)  # topic -> messages sent
+    bytes_sent: int = 0
+    failed: int = 0  # messages the broker did not acknowledge
+    errors: list[str] = field(default_factory=list)  # the first few delivery errors
+
+
+def make_producer(settings: Settings) -> Any:
+    """The kafka-python producer every publisher uses (connection options from :mod:`streams.kafka`)."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        return KafkaProducer(
+            **kafka_python_options(settings),
+            acks="all",
+            enable_idempotence=True,  # a retry after a lost response does not write twice (chaos.producer)
+            linger_ms=5,
+            max_request_size=settings.limits.max_message_bytes,
+            max_block_ms=15_000,
+            reconnect_backoff_max_ms=1_000,  # a broker back from a restart gets the buffered parts within 1 s, not 30
+        )
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+
+
+class Publisher:
+    """Sends parts and call control; ``producer`` replaces the one made from ``settings`` (it is
+    then not closed by :meth:`close`)."""
+
+    def __init__(self, settings: Settings, producer: Any = None) -> None:
+        self.settings = settings
+        self.topics = settings.kafka.topics
+        self._own = producer is None
+        self.producer = make_producer(settings) if producer is None else producer
+        self.stats = PublishStats()
+
+    # -- the messages -------------------------------------------------------------------------
+    def start_call(self, call_id: str, modalities: Iterable[str] | None = None) -> Any:
+        """A call begins; ``modalities`` are the parts its utterances will carry (the worker waits
+        for those, and no others); None: the worker's ``join.default_modalities``."""
+        listed = None if modalities is None else list(modalities)
+        return self.send(CallControl(call_id=call_id, event="started", modalities=listed))  # type: ignore[arg-type]
+
+    def end_call(self, call_id: str) -> Any:
+        """The call is over: its last utterances are labelled with what came, its context is freed."""
+        return self.send(CallControl(call_id=call_id, event="ended"))
+
+    def text(self, call_id: str, utterance_id: str, seq: int, speaker: str, text: str, **times: float | None) -> Any:
+        """An utterance's transcript (``start_s``/``end_s`` in seconds from the call's start, optional)."""
+        return self.send(TextPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker, text=text,
+                                  **times))  # type: ignore[arg-type]  # fmt: skip
+
+    def audio(
+        self,
+        call_id: str,
+        utterance_id: str,
+        seq: int,
+        speaker: str,
+        data: bytes,
+        encoding: str,
+        sample_rate: int | None = None,
+        **times: float | None,
+    ) -> Any:
+        """An utterance's speech: ``data`` in ``encoding`` (``pcm_mulaw``/``pcm_alaw`` at 8 kHz for a
+        telephone line, ``pcm_s16le`` at ``sample_rate``, ``flac``, ``wav``)."""
+        part = AudioPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
+                         encoding=encoding, sample_rate=sample_rate, data=base64.b64encode(data).decode(),
+                         **times)  # type: ignore[arg-type]  # fmt: skip
+        return self.send(part)
+
+    def audio_features(
+        self, call_id: str, utterance_id: str, seq: int, speaker: str, features: Sequence[float], **times: float | None
+    ) -> Any:
+        """An utterance's audio as a vector from the model's own audio extractor."""
+        return self.send(AudioPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
+                                   encoding="features", features=list(features), **times))  # type: ignore[arg-type]  # fmt: skip
+
+    def video(
+        self, call_id: str, utterance_id: str, seq: int, speaker: str, features: Sequence[float], **times: float | None
+    ) -> Any:
+        """An utterance's visual features (from the caller's face pipeline)."""
+        return self.send(VideoPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
+                                   features=list(features), **times))  # type: ignore[arg-type]  # fmt: skip
+
+    def send(self, message: Message) -> Any:
+        """Any part or control message, to its topic; returns the producer's future."""
+        return self.send_raw(self.topic_of(message), message.call_id, message.to_bytes())
+
+    def send_raw(self, topic: str, call_id: str, value: bytes) -> Any:
+        """Bytes already encoded (a replay, or a test's malformed message), keyed by ``call_id``."""
+        from kafka.errors import KafkaError
+
+        try:
+            future = self.producer.send(topic, key=call_id.encode(), value=value)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"cannot send to {topic} at {self.settings.kafka.brokers}: {exc}") from exc
+        if hasattr(future, "add_errback"):
+            future.add_errback(self._failed)
+        self.stats.messages[topic] = self.stats.messages.get(topic, 0) + 1
+        self.stats.bytes_sent += len(value)
+        return future
+
+    def topic_of(self, message: Message) -> str:
+        kinds = {"text": self.topics.text, "audio": self.topics.audio, "video": self.topics.video}
+        return self.topics.control if isinstance(message, CallControl) else kinds[message.kind]
+
+    # -- delivery -----------------------------------------------------------------------------
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until the broker has acknowledged (or refused: :attr:`stats`) everything sent."""
+        if timeout_s is None:
+            self.producer.flush()
+        else:
+            self.producer.flush(timeout=timeout_s)
+
+    def close(self) -> None:
+        """Flush, and close the producer if this publisher made it."""
+        self.flush()
+        if self._own:
+            self.producer.close()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.stats.failed += 1
+        if len(self.stats.errors) < 5:
+            self.stats.errors.append(str(exc))
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncPublisher:
+    """:class:`Publisher` for asyncio code: each call runs in a thread (kafka-python blocks while
+    it waits for metadata or buffer space), so the event loop never does."""
+
+    def __init__(self, settings: Settings, producer: Any = None) -> None:
+        self._sync = Publisher(settings, producer)
+
+    @property
+    def stats(self) -> PublishStats:
+        return self._sync.stats
+
+    async def start_call(self, call_id: str, modalities: Iterable[str] | None = None) -> Any:
+        return await asyncio.to_thread(self._sync.start_call, call_id, modalities)
+
+    async def end_call(self, call_id: str) -> Any:
+        return await asyncio.to_thread(self._sync.end_call, call_id)
+
+    async def text(
+        self, call_id: str, utterance_id: str, seq: int, speaker: str, text: str, **times: float | None
+    ) -> Any:
+        return await asyncio.to_thread(self._sync.text, call_id, utterance_id, seq, speaker, text, **times)
+
+    async def audio(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Publisher.audio`."""
+        return await asyncio.to_thread(self._sync.audio, *args, **kwargs)
+
+    async def audio_features(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Publisher.audio_features`."""
+        return await asyncio.to_thread(self._sync.audio_features, *args, **kwargs)
+
+    async def video(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Publisher.video`."""
+        return await asyncio.to_thread(self._sync.video, *args, **kwargs)
+
+    async def send(self, message: Message) -> Any:
+        return await asyncio.to_thread(self._sync.send, message)
+
+    async def flush(self, timeout_s: float | None = None) -> None:
+        await asyncio.to_thread(self._sync.flush, timeout_s)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._sync.close)
+
+    async def __aenter__(self) -> AsyncPublisher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

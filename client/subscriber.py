@@ -1,0 +1,248 @@
+"""Read what emostream publishes, as typed objects, without the duplicates.
+
+Kinds of record and their topics (``kafka.topics``): ``events`` (:class:`EmotionEvent`, one per
+utterance and revision), ``alerts`` (:class:`AlertEvent`: an escalation alert raised, updated or
+cleared), ``reports`` (:class:`CallReport`: a call's running and final summary), ``deadletters``
+(:class:`DeadLetter`: an input the workers could not use, and why).
+
+Delivery is at least once: after a worker restart or a rebalance the same record can come again,
+under the same ``event_id``; :class:`Tracker` drops it. An utterance's provisional event
+(revision 0) is later replaced by its revision (``revision`` 1, labelled with the utterances after
+it too): each :class:`Received` event carries ``previous``, the revision it replaces if that was
+seen, and ``stale`` is set on a revision older than one already seen (the subscriber skips those
+unless ``keep_stale``). :meth:`Tracker.latest` gives an utterance's newest revision.
+
+:class:`Subscriber` reads without a consumer group (it never commits and never joins the
+workers' group): every subscriber sees every record, from now or from the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from streams.errors import ServiceUnavailable
+from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
+from streams.settings import Settings, TopicSettings
+
+Kind = Literal["events", "alerts", "reports", "deadletters"]
+Record = EmotionEvent | AlertEvent | CallReport | DeadLetter
+KINDS: tuple[Kind, ...] = ("events", "alerts", "reports", "deadletters")
+_MODELS: dict[Kind, type[BaseModel]] = {
+    "events": EmotionEvent, "alerts": AlertEvent, "reports": CallReport, "deadletters": DeadLetter,
+}  # fmt: skip
+
+
+def topic_of(topics: TopicSettings, kind: Kind) -> str:
+    return {"events": topics.emotions, "alerts": topics.alerts, "reports": topics.calls,
+            "deadletters": topics.deadletter}[kind]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Received:
+    kind: Kind
+    record: Record
+    previous: EmotionEvent | None = None  # an event's revision that this one replaces, if seen
+    stale: bool = False  # an event older than a revision already seen
+
+    @property
+    def call_id(self) -> str | None:
+        return self.record.key if isinstance(self.record, DeadLetter) else self.record.call_id
+
+
+class Tracker:
+    """Parses, filters by call, deduplicates and relates revisions; no Kafka in here.
+    ``memory`` bounds the event ids and utterances remembered (oldest forgotten first)."""
+
+    def __init__(
+        self,
+        topics: TopicSettings | Mapping[str, Kind],
+        call_ids: Iterable[str] | None = None,
+        memory: int = 100_000,
+        default: Kind | None = None,
+    ) -> None:
+        """``topics``: the settings' topic names, or a topic -> kind mapping; ``default``: the kind
+        of any other topic (None: records of other topics are not ours)."""
+        self.kinds = dict(topics) if isinstance(topics, Mapping) else {topic_of(topics, k): k for k in KINDS}
+        self.default = default
+        self.call_ids = None if call_ids is None else set(call_ids)
+        self.memory = memory
+        self.invalid = 0  # records that failed their schema (skipped)
+        self.duplicates = 0
+        self.errors: list[str] = []  # the first few schema errors, with their topic
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._latest: OrderedDict[tuple[str, str], EmotionEvent] = OrderedDict()
+
+    def accept(self, topic: str, value: bytes | None) -> Received | None:
+        """The record as a :class:`Received`, or None: not one of ours, another call's, invalid
+        (counted in :attr:`invalid`) or a duplicate (counted in :attr:`duplicates`)."""
+        kind = self.kinds.get(topic, self.default)
+        if kind is None:
+            return None
+        try:
+            record: Any = _MODELS[kind].model_validate_json(value or b"")
+        except ValidationError as exc:
+            self.invalid += 1
+            if len(self.errors) < 5:
+                self.errors.append(f"{topic}: {exc.errors()[0]['msg']}")
+            return None
+        got = Received(kind, record)
+        if self.call_ids is not None and got.call_id not in self.call_ids:
+            return None
+        if isinstance(record, DeadLetter):
+            return got  # no event id: a dead letter is a fact about one input message
+        if record.event_id in self._seen:
+            self.duplicates += 1
+            return None
+        self._remember(self._seen, record.event_id, None)
+        if not isinstance(record, EmotionEvent):
+            return got
+        key = (record.call_id, record.utterance_id)
+        previous = self._latest.get(key)
+        if previous is not None and previous.revision > record.revision:
+            return Received(kind, record, previous, stale=True)
+        self._remember(self._latest, key, record)
+        return Received(kind, record, previous)
+
+    def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
+        """The newest revision seen of an utterance's event."""
+        return self._latest.get((call_id, utterance_id))
+
+    def _remember(self, store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        if len(store) > self.memory:
+            store.popitem(last=False)
+
+
+def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
+    """A consumer assigned every partition of ``topics`` (no group), starting at the end or
+    beginning; waits ``wait_s`` (None: for ever, saying so) for topics that do not exist yet."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    from streams.kafka import kafka_python_options
+
+    try:
+        consumer = KafkaConsumer(
+            **kafka_python_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
+    except KafkaError as exc:
+        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    partitions: list[Any] = []
+    for topic in topics:
+        noted = False
+        while not (found := consumer.partitions_for_topic(topic)):
+            if deadline is not None and time.monotonic() > deadline:
+                consumer.close()
+                raise ServiceUnavailable(f"topic {topic} does not exist at {settings.kafka.brokers}")
+            if not noted:
+                print(f"subscribe: waiting for topic {topic} to exist ...", file=sys.stderr)
+                noted = True
+            time.sleep(1.0)
+        partitions += [TopicPartition(topic, p) for p in sorted(found)]
+    consumer.assign(partitions)
+    return consumer
+
+
+class Subscriber:
+    """Typed records of ``kinds`` (all calls, or ``call_ids``), from now or ``from_beginning``.
+
+    Iterate it (for ever, or until :meth:`close`), or :meth:`poll` for what came within a time.
+    ``consumer`` replaces the Kafka consumer made from ``settings`` (then not closed here);
+    ``wait_s`` bounds the wait for topics that do not exist yet (None: wait)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kinds: Iterable[Kind] = ("events",),
+        call_ids: Iterable[str] | None = None,
+        from_beginning: bool = False,
+        *,
+        keep_stale: bool = False,
+        wait_s: float | None = None,
+        consumer: Any = None,
+        memory: int = 100_000,
+    ) -> None:
+        self.kinds = [k for k in KINDS if k in set(kinds)]
+        unknown = set(kinds) - set(KINDS)
+        if unknown or not self.kinds:
+            raise ValueError(f"kinds must be some of {KINDS}, not {sorted(unknown) or 'none'}")
+        self.topics = [topic_of(settings.kafka.topics, k) for k in self.kinds]
+        self.tracker = Tracker(settings.kafka.topics, call_ids, memory)
+        self.keep_stale = keep_stale
+        self._own = consumer is None
+        self.consumer = make_consumer(settings, self.topics, from_beginning, wait_s) if consumer is None else consumer
+
+    def poll(self, timeout_s: float = 0.5) -> list[Received]:
+        """What arrived within ``timeout_s`` (maybe nothing), in partition order."""
+        out: list[Received] = []
+        batches = self.consumer.poll(timeout_ms=max(1, int(timeout_s * 1000)))
+        for records in batches.values():
+            for record in records:
+                got = self.tracker.accept(record.topic, record.value)
+                if got is not None and (self.keep_stale or not got.stale):
+                    out.append(got)
+        return out
+
+    def __iter__(self) -> Iterator[Received]:
+        while True:
+            yield from self.poll()
+
+    def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
+        return self.tracker.latest(call_id, utterance_id)
+
+    def close(self) -> None:
+        if self._own:
+            self.consumer.close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncSubscriber:
+    """:class:`Subscriber` for asyncio code: ``async for got in sub``; polls run in a thread."""
+
+    def __init__(self, settings: Settings, *args: Any, **kwargs: Any) -> None:
+        self._settings, self._args, self._kwargs = settings, args, kwargs
+        self._sync: Subscriber | None = None
+
+    async def start(self) -> AsyncSubscriber:
+        """Connect (and wait for the topics) off the event loop."""
+        if self._sync is None:
+            self._sync = await asyncio.to_thread(Subscriber, self._settings, *self._args, **self._kwargs)
+        return self
+
+    async def poll(self, timeout_s: float = 0.5) -> list[Received]:
+        await self.start()
+        assert self._sync is not None
+        return await asyncio.to_thread(self._sync.poll, timeout_s)
+
+    async def __aiter__(self) -> AsyncIterator[Received]:
+        while True:
+            for got in await self.poll():
+                yield got
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            await asyncio.to_thread(self._sync.close)
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

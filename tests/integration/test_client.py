@@ -1,0 +1,71 @@
+"""The client package against the real broker, Redis and a real worker: a call published with
+:class:`client.Publisher` comes back through :class:`client.AsyncSubscriber` as typed events, the
+escalation alert and the call's final report; a second subscriber from the beginning sees each
+event once although the records are read twice (the duplicates of at-least-once delivery)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from client import AlertEvent, AsyncSubscriber, CallReport, EmotionEvent, Publisher, Received, Subscriber
+from streams.kafka import ensure_topics
+from tests.integration.calls import ESCALATING
+from tests.integration.harness import WorkerProcess, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_call_published_with_the_client_comes_back_typed(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        worker.wait_ready()
+
+        async def scenario() -> list[Received]:
+            got: list[Received] = []
+            async with AsyncSubscriber(settings, ("events", "alerts", "reports"), ["call-c"], True, wait_s=30) as sub:
+                with Publisher(settings) as pub:
+                    pub.start_call("call-c", ["text"])
+                    for i, (speaker, line) in enumerate(ESCALATING):
+                        pub.text("call-c", f"u{i}", i, speaker, line, start_s=2.0 * i)
+                    pub.end_call("call-c")
+                    pub.flush(30)
+                    assert pub.stats.failed == 0 and sum(pub.stats.messages.values()) == len(ESCALATING) + 2
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    got += await sub.poll(0.5)
+                    if any(isinstance(g.record, CallReport) and g.record.final for g in got):
+                        break
+            return got
+
+        got = asyncio.run(scenario())
+    finally:
+        worker.stop()
+    assert all(g.call_id == "call-c" for g in got)
+    events = [g for g in got if isinstance(g.record, EmotionEvent)]
+    assert {g.record.utterance_id for g in events} == {f"u{i}" for i in range(len(ESCALATING))}, worker.tail()
+    for g in events:  # a revision comes with the event it replaces
+        assert (g.previous is None) == (g.record.revision == 0), g
+    alerts = [g.record for g in got if isinstance(g.record, AlertEvent)]
+    assert any(a.state == "raised" for a in alerts), alerts
+    (final,) = [g.record for g in got if isinstance(g.record, CallReport) and g.record.final]
+    assert final.turns == len(ESCALATING) and final.alerts_raised
+
+    # a second subscriber reads everything again from the beginning, twice over: each once
+    with Subscriber(settings, ("events",), from_beginning=True, wait_s=30) as again:
+        seen: list[Received] = []
+        deadline = time.monotonic() + 30
+        while len(seen) < len(events) and time.monotonic() < deadline:
+            seen += again.poll(0.5)
+        again.consumer.seek_to_beginning()  # the same records once more, as after a consumer restart
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            seen += again.poll(0.5)
+        assert sorted(g.record.event_id for g in seen) == sorted(g.record.event_id for g in events)
+        assert again.tracker.duplicates == len(events)
+        last = max(events, key=lambda g: g.record.revision).record
+        assert again.latest("call-c", last.utterance_id) == last
