@@ -43,6 +43,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from engines.datasets.ravdess import EMOTION_MAP
+from engines.features.text import normalise_text
 from streams.errors import ConfigError
 from streams.schemas import Id, Modality
 
@@ -52,10 +54,7 @@ SAMPLE_RATE = 16000
 _MODALITIES: tuple[Modality, ...] = ("text", "audio", "video")
 EMOTIONS = ("neutral", "joy", "anger", "fear", "sadness", "surprise", "disgust")
 #: RAVDESS emotion -> MELD/emostream emotion.
-RAVDESS_TO_EMOTION = {
-    "neutral": "neutral", "calm": "neutral", "happy": "joy", "angry": "anger",
-    "fearful": "fear", "sad": "sadness", "surprised": "surprise", "disgust": "disgust",
-}  # fmt: skip
+RAVDESS_TO_EMOTION = EMOTION_MAP  # the engines' mapping of RAVDESS' acted emotions to ours: one for the project
 _ID_BAD = re.compile(r"[^A-Za-z0-9._:@/-]+")
 _TIME = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})\s*$")
 
@@ -115,28 +114,6 @@ def speaker_id(name: str) -> str:
     return _ID_BAD.sub("_", name.strip())[:128] or "unknown"
 
 
-def fix_text(text: str) -> str:
-    """Repair MELD's mojibake: cp1252 bytes read as latin-1 (``\\x92`` -> ``’``, ``\\x85`` -> ``…``)
-    and UTF-8 read as cp1252 (``â€™`` -> ``’``); other text is returned unchanged."""
-    if any(ch in text for ch in ("â€", "Ã", "Â")):
-        try:
-            text = text.encode("cp1252").decode("utf-8")
-        except UnicodeError:
-            pass
-    if any("\x80" <= ch <= "\x9f" for ch in text):
-        text = "".join(_c1(ch) for ch in text)
-    return text.replace("\u00a0", " ").strip()
-
-
-def _c1(ch: str) -> str:
-    if "\x80" <= ch <= "\x9f":
-        try:
-            return ch.encode("latin-1").decode("cp1252")
-        except UnicodeDecodeError:
-            return ""
-    return ch
-
-
 def parse_timestamp(value: str) -> float | None:
     """``00:16:16,059`` -> 976.059 seconds; None for an empty or malformed value."""
     m = _TIME.match(value or "")
@@ -191,8 +168,8 @@ def _meld_dialogue(call_id: str, rows: list[dict[str, str]], source: str) -> Dia
                 call_id=call_id,
                 utterance_id=f"u{int(row['Utterance_ID'])}",
                 seq=seq,
-                speaker=speaker_id(fix_text(row.get("Speaker", ""))),
-                text=fix_text(row.get("Utterance", "")),
+                speaker=speaker_id(normalise_text(row.get("Speaker", ""))),
+                text=normalise_text(row.get("Utterance", "")),
                 start_s=start_s,
                 end_s=end_s,
                 label=(row.get("Emotion") or "").strip().lower() or None,
