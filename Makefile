@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/ruff check streams engines chaos client tools tests
 	$(BIN)/mypy
 
-kubernetes: setup  ## render the Kubernetes deployment (OVERLAY=cpu): `make -s kubernetes | kubectl apply -f -`
+kubernetes:  ## render the Kubernetes deployment (OVERLAY=cpu): `make -s kubernetes | kubectl apply -f -`
 	deploy/kubernetes/kustomize.sh build deploy/kubernetes/overlays/$(or $(OVERLAY),cpu)
 
 schemas: setup

@@ -307,5 +307,7 @@ def _alive(pid: int) -> bool:
         return False
     try:  # state is the field after the parenthesised command name
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc (not Linux): kill(pid, 0) said it lives
     except (OSError, IndexError):
-        return False
+        return True

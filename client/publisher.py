@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ class Publisher:
         self._own = producer is None
         self.producer = make_producer(settings) if producer is None else producer
         self.stats = PublishStats()
+        self._lock = threading.Lock()  # stats change on callers' threads and the producer's sender thread
 
     # -- the messages -------------------------------------------------------------------------
     def start_call(self, call_id: str, modalities: Iterable[str] | None = None) -> Any:
@@ -115,17 +117,26 @@ class Publisher:
         return self.send_raw(self.topic_of(message), message.call_id, message.to_bytes())
 
     def send_raw(self, topic: str, call_id: str, value: bytes) -> Any:
-        """Bytes already encoded (a replay, or a test's malformed message), keyed by ``call_id``."""
-        from kafka.errors import KafkaError
+        """Bytes already encoded (a replay, or a test's malformed message), keyed by ``call_id``.
 
+        Raises ``ValueError`` for a message over ``limits.max_message_bytes`` (the broker and the
+        workers refuse it: retrying cannot help; send long audio as several utterances or as
+        features), :class:`~streams.errors.ServiceUnavailable` when the broker cannot be reached in
+        time (retry later), and kafka-python's other errors as they are."""
+        from kafka.errors import RetriableError
+
+        limit = self.settings.limits.max_message_bytes
+        if len(value) > limit:
+            raise ValueError(f"a {len(value)}-byte message to {topic} is over limits.max_message_bytes ({limit})")
         try:
             future = self.producer.send(topic, key=call_id.encode(), value=value)
-        except KafkaError as exc:
+        except RetriableError as exc:  # timeouts, connections: the broker may come back
             raise ServiceUnavailable(f"cannot send to {topic} at {self.settings.kafka.brokers}: {exc}") from exc
         if hasattr(future, "add_errback"):
             future.add_errback(self._failed)
-        self.stats.messages[topic] = self.stats.messages.get(topic, 0) + 1
-        self.stats.bytes_sent += len(value)
+        with self._lock:
+            self.stats.messages[topic] = self.stats.messages.get(topic, 0) + 1
+            self.stats.bytes_sent += len(value)
         return future
 
     def topic_of(self, message: Message) -> str:
@@ -146,10 +157,11 @@ class Publisher:
         if self._own:
             self.producer.close()
 
-    def _failed(self, exc: BaseException) -> None:
-        self.stats.failed += 1
-        if len(self.stats.errors) < 5:
-            self.stats.errors.append(str(exc))
+    def _failed(self, exc: BaseException) -> None:  # on kafka-python's sender thread
+        with self._lock:
+            self.stats.failed += 1
+            if len(self.stats.errors) < 5:
+                self.stats.errors.append(str(exc))
 
     def __enter__(self) -> Publisher:
         return self
@@ -159,11 +171,24 @@ class Publisher:
 
 
 class AsyncPublisher:
-    """:class:`Publisher` for asyncio code: each call runs in a thread (kafka-python blocks while
-    it waits for metadata or buffer space), so the event loop never does."""
+    """:class:`Publisher` for asyncio code: connecting and each call run in a thread (kafka-python
+    blocks while it connects, waits for metadata or buffer space), so the event loop never does.
+    ``async with AsyncPublisher(settings) as pub`` (or ``await pub.start()``)."""
 
     def __init__(self, settings: Settings, producer: Any = None) -> None:
-        self._sync = Publisher(settings, producer)
+        self._settings, self._producer = settings, producer
+        self._publisher: Publisher | None = None
+
+    async def start(self) -> AsyncPublisher:
+        if self._publisher is None:
+            self._publisher = await asyncio.to_thread(Publisher, self._settings, self._producer)
+        return self
+
+    @property
+    def _sync(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("AsyncPublisher not started: use 'async with' or 'await pub.start()'")
+        return self._publisher
 
     @property
     def stats(self) -> PublishStats:
@@ -199,10 +224,11 @@ class AsyncPublisher:
         await asyncio.to_thread(self._sync.flush, timeout_s)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._sync.close)
+        if self._publisher is not None:
+            await asyncio.to_thread(self._publisher.close)
 
     async def __aenter__(self) -> AsyncPublisher:
-        return self
+        return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()

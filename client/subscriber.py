@@ -54,7 +54,9 @@ class Received:
 
     @property
     def call_id(self) -> str | None:
-        return self.record.key if isinstance(self.record, DeadLetter) else self.record.call_id
+        if isinstance(self.record, DeadLetter):  # its call when it parsed, else its Kafka key
+            return self.record.call_id or self.record.key
+        return self.record.call_id
 
 
 class Tracker:
@@ -153,6 +155,12 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
             time.sleep(1.0)
         partitions += [TopicPartition(topic, p) for p in sorted(found)]
     consumer.assign(partitions)
+    if from_beginning:  # resolved now, not at the first poll: what is published from here on is read
+        consumer.seek_to_beginning(*partitions)
+    else:
+        consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        consumer.position(tp)
     return consumer
 
 
@@ -175,13 +183,15 @@ class Subscriber:
         consumer: Any = None,
         memory: int = 100_000,
     ) -> None:
-        self.kinds = [k for k in KINDS if k in set(kinds)]
-        unknown = set(kinds) - set(KINDS)
+        wanted = set(kinds)
+        self.kinds = [k for k in KINDS if k in wanted]
+        unknown = wanted - set(KINDS)
         if unknown or not self.kinds:
             raise ValueError(f"kinds must be some of {KINDS}, not {sorted(unknown) or 'none'}")
         self.topics = [topic_of(settings.kafka.topics, k) for k in self.kinds]
         self.tracker = Tracker(settings.kafka.topics, call_ids, memory)
         self.keep_stale = keep_stale
+        self.closed = False
         self._own = consumer is None
         self.consumer = make_consumer(settings, self.topics, from_beginning, wait_s) if consumer is None else consumer
 
@@ -197,15 +207,17 @@ class Subscriber:
         return out
 
     def __iter__(self) -> Iterator[Received]:
-        while True:
+        """Every record from here on, until :meth:`close`."""
+        while not self.closed:
             yield from self.poll()
 
     def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
         return self.tracker.latest(call_id, utterance_id)
 
     def close(self) -> None:
-        if self._own:
+        if not self.closed and self._own:
             self.consumer.close()
+        self.closed = True
 
     def __enter__(self) -> Subscriber:
         return self
@@ -215,11 +227,16 @@ class Subscriber:
 
 
 class AsyncSubscriber:
-    """:class:`Subscriber` for asyncio code: ``async for got in sub``; polls run in a thread."""
+    """:class:`Subscriber` for asyncio code: ``async for got in sub``. Connecting and polling run in
+    a thread; a poll whose await is cancelled (a timeout around it) still finishes there, and its
+    records come with the next :meth:`poll`, so none is lost. Topics that do not exist yet are
+    waited for ``wait_s`` (default ``kafka.startup_timeout_s``: a thread cannot be cancelled)."""
 
     def __init__(self, settings: Settings, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("wait_s", settings.kafka.startup_timeout_s)
         self._settings, self._args, self._kwargs = settings, args, kwargs
         self._sync: Subscriber | None = None
+        self._polling: asyncio.Future[list[Received]] | None = None
 
     async def start(self) -> AsyncSubscriber:
         """Connect (and wait for the topics) off the event loop."""
@@ -229,15 +246,26 @@ class AsyncSubscriber:
 
     async def poll(self, timeout_s: float = 0.5) -> list[Received]:
         await self.start()
-        assert self._sync is not None
-        return await asyncio.to_thread(self._sync.poll, timeout_s)
+        sync = self._sync
+        assert sync is not None
+        if self._polling is None:
+            self._polling = asyncio.ensure_future(asyncio.to_thread(sync.poll, timeout_s))
+        got = await asyncio.shield(self._polling)  # cancelled here: the poll goes on, kept for next time
+        self._polling = None
+        return got
+
+    def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
+        return None if self._sync is None else self._sync.latest(call_id, utterance_id)
 
     async def __aiter__(self) -> AsyncIterator[Received]:
-        while True:
+        while self._sync is None or not self._sync.closed:
             for got in await self.poll():
                 yield got
 
     async def close(self) -> None:
+        if self._polling is not None:  # the consumer is not thread-safe: let the poll end first
+            await asyncio.gather(self._polling, return_exceptions=True)
+            self._polling = None
         if self._sync is not None:
             await asyncio.to_thread(self._sync.close)
 

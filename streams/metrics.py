@@ -3,16 +3,18 @@
 Names follow Prometheus conventions: base units, ``_total`` for counters. Each worker owns its
 registry, so several workers (tests) can live in one process.
 
-The same HTTP server answers the probes of an orchestrator (Kubernetes, compose healthchecks):
-``/healthz`` is 200 while the worker's event loop goes round (its partition watch beats every
-quarter second; a loop stuck for ``LIVE_S`` is 503, restart it), and also while it starts (the
-model loads: give the probe an initial delay or a startup probe); ``/readyz`` is 200 once the
-worker consumes (model loaded, Kafka and Redis reached) and its loop goes round. A Kafka or Redis
-outage fails neither: the worker rides it out (issue 11), a restart would not help.
+The same HTTP server answers the probes of an orchestrator (Kubernetes, compose healthchecks).
+It comes up once the model is loaded and Redis answers (connections are refused before: give the
+probes a startup probe or an initial delay). ``/healthz`` is 200 while the worker's event loop goes
+round (its partition watch beats every quarter second, and stops beating while a batch has been in
+the engine for ``ENGINE_STUCK_S``): 503 after ``LIVE_S`` without a beat, restart it.
+``/readyz`` is 200 once the worker consumes, and while it stays alive. A Kafka or Redis outage
+fails neither: the worker rides it out (issue 11), a restart would not help.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -159,7 +161,10 @@ class Metrics:
                 return [body.encode() + b"\n"]
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
 
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+        class Server(ThreadingWSGIServer):
+            address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # '::' binds IPv6
+
+        server = make_server(host, port, app, Server, handler_class=_Quiet)
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics-http").start()
         return int(server.server_port)
 

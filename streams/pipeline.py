@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -184,6 +184,7 @@ class Processor:
         min_speech_s: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.computing_since: float | None = None  # monotonic start of the batch in the engine (liveness)
         self.min_speech_s = min_speech_s  # audio with less speech is not used (0: all audio is)
         self.revision_engine = revision_engine or engine  # labels revisions (trained with future context)
         assert tuple(self.revision_engine.info.labels) == tuple(engine.info.labels)
@@ -221,11 +222,19 @@ class Processor:
             parts = state[utt.call_id].joins.get(utt.utterance_id)
             if parts is not None and set(parts.split("+")) & set(utt.parts):
                 utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
-        outcome = await asyncio.to_thread(self._isolated, fresh, history, started, reset)
+        outcome = await self._computing(self._isolated, fresh, history, started, reset)
         outcome.replayed = replayed
         for utt in fresh:
             outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities)
         return outcome
+
+    async def _computing(self, fn: Callable[..., BatchOutcome], *args: Any) -> BatchOutcome:
+        """``fn`` (encoders and engine) in a thread, marked in :attr:`computing_since` meanwhile."""
+        self.computing_since = time.monotonic()
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self.computing_since = None
 
     async def record(self, outcome: BatchOutcome) -> None:
         """Before publishing: which parts each utterance was labelled with (see :meth:`run`)."""
@@ -244,7 +253,7 @@ class Processor:
         known = _by_seq((await self.store.fetch([call_id]))[call_id])
         rows = [self._revision(call_id, known, j, None) for j in range(max(0, len(known) - self.future), len(known))]
         try:
-            return await asyncio.to_thread(self._predict, rows, started, {})
+            return await self._computing(self._predict, rows, started, {})
         except Exception:  # the engine failing on a finished call's window must not hold up the stream
             log.exception("final revisions of call %s failed; the call closes without them", call_id)
             return BatchOutcome()

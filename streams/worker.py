@@ -61,6 +61,7 @@ UNANSWERED_S = 5.0  # see Worker.behind: > 3x the consumer's fetch wait (1.5 s),
 #: long: the producers' buffered writes reach the new or restarted leader only once they reconnect
 #: (kafka-python backs off up to 30 s by default; the Java client 1 s)
 RECOVERED_GRACE_S = 15.0
+ENGINE_STUCK_S = 120.0  # a batch this long in the encoders and engine is wedged (they take well under a second)
 WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
 
 
@@ -257,10 +258,13 @@ class Worker:
                 end = self.highwater(topic, partition)
                 if end is None:
                     continue
-                if not end.reachable or end.age_s >= UNANSWERED_S:
+                seen = self.read.get((topic, partition))
+                # a fetch unanswered for long means a silent broker only when this worker has read all
+                # it was given: with records still buffered the consumer does not fetch that partition
+                caught_up = seen is not None and seen[1] + 1 >= end.offset
+                if not end.reachable or (caught_up and end.age_s >= UNANSWERED_S):
                     self.disturbed_at = now
                     unreachable.add((topic, partition))
-                seen = self.read.get((topic, partition))
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
                     self.metrics.lag.labels(topic, str(partition)).set(max(0, end.offset - seen[1] - 1))
         if unreachable != self.unreachable:
@@ -297,7 +301,9 @@ class Worker:
         partition whose leader is gone (the CI's cluster scenario at 7be09c1: the outage went
         unnoticed while the pump was stuck, and the held joins went out without their audio)."""
         while True:
-            self.metrics.beat()
+            since = getattr(self.processor, "computing_since", None)
+            if since is None or time.monotonic() - since < ENGINE_STUCK_S:
+                self.metrics.beat()  # a batch wedged in the engine stops the heartbeat: /healthz fails
             try:
                 self.watch(self.clock())
             except Exception:  # a private path of the consumer failing must not end the watch

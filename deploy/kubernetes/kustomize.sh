@@ -13,6 +13,9 @@ tools="$root/.tools"
 bin="$tools/bin/kustomize-$KUSTOMIZE_VERSION"
 proxy=${GOPROXY:-https://proxy.golang.org}
 proxy=${proxy%%,*}
+case "$proxy" in http*) ;; *) proxy=https://proxy.golang.org ;; esac  # GOPROXY=direct/off: the public proxy
+os=$(uname -s | tr '[:upper:]' '[:lower:]')
+arch=$(uname -m); case "$arch" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
 
 go_ok() {  # a go command of at least 1.$GO_MIN_MINOR
   command -v "$1" >/dev/null 2>&1 || return 1
@@ -28,9 +31,9 @@ if [ ! -x "$bin" ]; then
     if ! go_ok "$go"; then
       echo "kustomize.sh: no Go >= 1.$GO_MIN_MINOR here; taking $GO_TOOLCHAIN from $proxy" >&2
       mkdir -p "$tools" && rm -rf "$tools/go" "$tools/toolchain"
-      curl -fsSL "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip" -o "$tools/toolchain.zip"
+      curl -fsSL "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.$os-$arch.zip" -o "$tools/toolchain.zip"
       python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$tools/toolchain.zip" "$tools/toolchain"
-      mv "$tools/toolchain/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-amd64" "$tools/go"
+      mv "$tools/toolchain/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.$os-$arch" "$tools/go"
       chmod -R u+x "$tools/go/bin" "$tools/go/pkg/tool"
       rm -rf "$tools/toolchain" "$tools/toolchain.zip"
     fi

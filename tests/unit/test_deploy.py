@@ -132,3 +132,27 @@ def test_the_worker_image_holds_every_package_the_command_imports() -> None:
     copied = {line.split()[1] for line in (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
               if line.startswith("COPY ")}  # fmt: skip
     assert {p.rstrip("*") for p in packages} <= copied, copied
+
+
+def image_env() -> dict[str, str]:
+    """The worker image's ENV (deploy/docker/Dockerfile), which a container's environment overrides."""
+    env: dict[str, str] = {}
+    for line in (DEPLOY / "docker" / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            env.update(kv.split("=", 1) for kv in line.split()[1:])
+    return env
+
+
+def assert_model_in_image(env: dict[str, str]) -> None:
+    """'default' resolves beside the installed package (site-packages), where the image has no
+    models: the image points EMOSTREAM_ENGINE__MODEL at its copy, and nothing may undo that."""
+    model = {**image_env(), **env}["EMOSTREAM_ENGINE__MODEL"]
+    assert model.startswith("/app/models/"), f"EMOSTREAM_ENGINE__MODEL={model}: not a model the image holds"
+    assert (REPO / "models" / model.removeprefix("/app/models/")).is_dir()
+
+
+def test_compose_workers_load_the_model_the_image_holds() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert_model_in_image({k: str(v) for k, v in compose["services"]["worker"]["environment"].items()})
+    with pytest.raises(AssertionError):
+        assert_model_in_image({"EMOSTREAM_ENGINE__MODEL": "default"})  # what compose said before

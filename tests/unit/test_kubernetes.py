@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import urllib.error
+import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import yaml
 
 from streams.metrics import Metrics
 from streams.settings import Settings
+from tests.unit.test_deploy import assert_model_in_image
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
@@ -74,9 +77,13 @@ def by_kind(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str,
     return doc
 
 
-def settings_of(docs: tuple[dict[str, Any], ...], monkeypatch: pytest.MonkeyPatch) -> Settings:
+def config_of(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
     (config,) = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("emostream-settings")]
-    for key, value in config["data"].items():
+    return dict(config["data"])
+
+
+def settings_of(docs: tuple[dict[str, Any], ...], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in config_of(docs).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("EMOSTREAM_REDIS__URL", "rediss://emostream:pw@redis:6380/0")  # the Secret's, documented
     return Settings()  # raises on an unknown or invalid EMOSTREAM_ variable
@@ -124,10 +131,17 @@ def test_the_deployment_agrees_with_the_code(overlay: str, monkeypatch: pytest.M
     assert container["args"] == ["emostream", "worker"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.metrics.port and settings.metrics.host == "0.0.0.0"
-    served = {path: Metrics().probe(path)[0] for path in ("/healthz", "/readyz")}  # paths the worker answers
+    assert "replicas" not in worker["spec"]  # KEDA's HPA owns it
+    assert_model_in_image(config_of(docs))
+    port = Metrics().serve("127.0.0.1", 0)  # the probes' paths, asked of a real endpoint: 200, or 503 while starting
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         path = container[probe]["httpGet"]["path"]
-        assert path in served and container[probe]["httpGet"]["port"] == "metrics", (probe, path)
+        assert container[probe]["httpGet"]["port"] == "metrics", probe
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode()
+        assert body.startswith("starting"), (probe, path, body[:80])  # a probe's answer, not the metrics page
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"  # an outage must not restart it
     assert pod["terminationGracePeriodSeconds"] >= 30
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -149,6 +163,7 @@ def test_the_deployment_agrees_with_the_code(overlay: str, monkeypatch: pytest.M
     service = by_kind(docs, "Service", "emostream-worker-metrics")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert {p["name"] for p in service["spec"]["ports"]} >= {monitor["spec"]["endpoints"][0]["port"]}
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
     from streams.cli import build_parser
 

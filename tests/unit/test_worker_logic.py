@@ -993,3 +993,27 @@ def test_a_partition_whose_broker_stops_answering_is_a_disturbance_and_the_log_s
     assert any("answers again" in m for m in said), said
     gone = [m for m in said if "goes without audio" in m]
     assert gone and gone[0].startswith("c/u0 ") and "last disturbance" in gone[0] and "offset 0 of end 1" in gone[0]
+
+
+def test_a_batch_wedged_in_the_engine_stops_the_heartbeat() -> None:
+    """/healthz follows the heartbeat: an engine call that never returns must make it fail, while a
+    worker merely waiting on Kafka or Redis (its loop going round) stays alive."""
+    import time
+
+    from streams.worker import ENGINE_STUCK_S, WATCH_S
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        task = asyncio.create_task(w.watching())
+        await asyncio.sleep(0.05)
+        assert w.metrics.beat_at is not None
+        w.metrics.beat_at = None
+        w.processor.computing_since = time.monotonic() - ENGINE_STUCK_S - 1
+        await asyncio.sleep(WATCH_S * 1.5)
+        assert w.metrics.beat_at is None
+        w.processor.computing_since = time.monotonic()  # a batch in the engine now: fine
+        await asyncio.sleep(WATCH_S * 1.5)
+        assert w.metrics.beat_at is not None
+        task.cancel()
+
+    asyncio.run(scenario())
