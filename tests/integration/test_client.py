@@ -27,7 +27,8 @@ def test_a_call_published_with_the_client_comes_back_typed(services, unique, tmp
 
         async def scenario() -> list[Received]:
             got: list[Received] = []
-            async with AsyncSubscriber(settings, ("events", "alerts", "reports"), ["call-c"], True, wait_s=30) as sub:
+            # from now: started before the call is published, it must see all of it
+            async with AsyncSubscriber(settings, ("events", "alerts", "reports"), ["call-c"], wait_s=30) as sub:
                 with Publisher(settings) as pub:
                     pub.start_call("call-c", ["text"])
                     for i, (speaker, line) in enumerate(ESCALATING):
