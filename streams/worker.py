@@ -351,8 +351,14 @@ class Worker:
         bounds this too). After any input partition was seen so (here or by :meth:`watch`), every
         partition not read past ``until`` is behind for ``RECOVERED_GRACE_S``: the producers'
         retried writes reach the new or restarted leader after this consumer does, and a rebalance
-        the outage caused leaves partitions not read yet. Near the open-utterance cap nothing is
-        behind: holding more would stop the reading (backpressure) that could bring the parts."""
+        the outage caused leaves partitions not read yet. A partition read to its end but only up to
+        before ``until``, and read further within the last ``wait_s``, is behind too: it is flowing,
+        and its part is most likely in flight, produced but not yet readable (the CI's cluster
+        scenario before any fault: a replica set slow to acknowledge kept one audio partition 1.5-2 s
+        behind the text, and its utterances went without their audio). A partition that stops
+        flowing ends this within ``wait_s``; producers' clocks skewed by S hold an utterance whose
+        part never comes up to S longer. Near the open-utterance cap nothing is behind: holding more
+        would stop the reading (backpressure) that could bring the parts."""
         topic = self.topic_of.get(modality)
         if topic is None or self.joiner.open_utterances >= 0.8 * self.settings.join.max_open_utterances:
             return False
@@ -370,6 +376,8 @@ class Worker:
             return True
         if disturbed:
             return True
+        if end is not None and now - advanced_at < self.settings.join.wait_s:
+            return True  # still flowing, not yet up to this utterance's time: its part is most likely in flight
         return end is not None and offset + 1 < end.offset
 
     def reading(self, modality: str, utt: Utterance) -> str:
