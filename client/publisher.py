@@ -20,9 +20,14 @@ from typing import Any
 from streams.errors import ServiceUnavailable
 from streams.kafka import kafka_python_options
 from streams.schemas import AudioPart, CallControl, Part, TextPart, VideoPart
-from streams.settings import Settings
+from streams.settings import Settings, TopicSettings
 
 Message = Part | CallControl
+
+
+def input_topic(topics: TopicSettings, message: Message) -> str:
+    """The input topic a part or control message goes to."""
+    return topics.control if isinstance(message, CallControl) else getattr(topics, message.kind)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -140,8 +145,7 @@ class Publisher:
         return future
 
     def topic_of(self, message: Message) -> str:
-        kinds = {"text": self.topics.text, "audio": self.topics.audio, "video": self.topics.video}
-        return self.topics.control if isinstance(message, CallControl) else kinds[message.kind]
+        return input_topic(self.topics, message)
 
     # -- delivery -----------------------------------------------------------------------------
     def flush(self, timeout_s: float | None = None) -> None:

@@ -65,6 +65,14 @@ ENGINE_STUCK_S = 120.0  # a batch this long in the encoders and engine is wedged
 WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
 
 
+def _silent(end: PartitionEnd, read_offset: int | None) -> bool:
+    """Whether a partition's leader is unreachable, or has not answered a fetch for ``UNANSWERED_S``
+    although this worker has read all it was given (with records still buffered the consumer does
+    not fetch that partition, so its answers stop without the broker being silent)."""
+    caught_up = read_offset is not None and read_offset + 1 >= end.offset
+    return not end.reachable or (caught_up and end.age_s >= UNANSWERED_S)
+
+
 def _partitions(tps: set[tuple[str, int]]) -> str:
     return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
 
@@ -259,10 +267,7 @@ class Worker:
                 if end is None:
                     continue
                 seen = self.read.get((topic, partition))
-                # a fetch unanswered for long means a silent broker only when this worker has read all
-                # it was given: with records still buffered the consumer does not fetch that partition
-                caught_up = seen is not None and seen[1] + 1 >= end.offset
-                if not end.reachable or (caught_up and end.age_s >= UNANSWERED_S):
+                if _silent(end, None if seen is None else seen[1]):
                     self.disturbed_at = now
                     unreachable.add((topic, partition))
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
@@ -301,7 +306,7 @@ class Worker:
         partition whose leader is gone (the CI's cluster scenario at 7be09c1: the outage went
         unnoticed while the pump was stuck, and the held joins went out without their audio)."""
         while True:
-            since = getattr(self.processor, "computing_since", None)
+            since = self.processor.computing_since
             if since is None or time.monotonic() - since < ENGINE_STUCK_S:
                 self.metrics.beat()  # a batch wedged in the engine stops the heartbeat: /healthz fails
             try:
@@ -371,7 +376,7 @@ class Worker:
         if ts >= until or now - advanced_at >= self.settings.join.max_stall_s:
             return False
         end = self.highwater(topic, partition)
-        if end is not None and (not end.reachable or end.age_s >= UNANSWERED_S):
+        if end is not None and _silent(end, offset):
             self.disturbed_at = now
             return True
         if disturbed:

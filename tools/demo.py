@@ -320,14 +320,11 @@ class Summary:
                         if r.topic == t.deadletter:
                             self.dead += 1
                             continue
-                        if r.topic == t.alerts:
-                            alert = AlertEvent.model_validate_json(r.value)
-                            if alert.state == "raised":
-                                self.alerts[alert.alert_id] = (alert.call_id, alert.rule)
-                            continue
-                        if r.topic == t.calls:
-                            continue
-                        self.add(EmotionEvent.model_validate_json(r.value))
+                        record = None if printer.received is None else printer.received.record  # parsed once
+                        if isinstance(record, AlertEvent) and record.state == "raised":
+                            self.alerts[record.alert_id] = (record.call_id, record.rule)
+                        elif isinstance(record, EmotionEvent):
+                            self.add(record)
                 sys.stdout.flush()
         finally:
             consumer.close()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from client.publisher import Publisher
+from client.publisher import Publisher, input_topic
 from engines.features.codecs import transcode
 from streams.schemas import AudioPart, Part, TextPart, VideoPart
 from streams.settings import Settings, TopicSettings
@@ -145,7 +145,7 @@ def part_message(
     part = part_of(u, modality, audio_as)
     if part is None:
         return None
-    return {"text": topics.text, "audio": topics.audio, "video": topics.video}[part.kind], part.to_bytes()
+    return input_topic(topics, part), part.to_bytes()
 
 
 def feed(

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, TextIO
 
-from client.subscriber import Kind, Tracker, make_consumer
+from client.subscriber import Kind, Received, Tracker, make_consumer
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
 from streams.settings import Settings
 
@@ -127,6 +127,7 @@ class EventPrinter:
             if topic is not None:
                 kinds[topic] = kind  # type: ignore[assignment]
         self.tracker = Tracker(kinds, call_ids, memory, default="events")
+        self.received: Received | None = None  # the record the last handle() accepted (parsed once, for callers)
         self.count = 0  # lines printed
 
     @property
@@ -140,7 +141,7 @@ class EventPrinter:
     def handle(self, topic: str, value: bytes | None) -> bool:
         """Print the record if it is wanted; True if a line was printed."""
         invalid = self.tracker.invalid
-        got = self.tracker.accept(topic, value)
+        got = self.received = self.tracker.accept(topic, value)
         if self.tracker.invalid > invalid and self.tracker.invalid <= 5:
             print(f"subscribe: skipped an invalid record on {self.tracker.errors[-1]}", file=self.err)
         if got is None:
