@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/local/system-packages.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-unit test-integration chaos lint services-up services-down schemas kubernetes clean
+.PHONY: setup demo test test-unit test-integration chaos lint services-up services-down schemas kubernetes gpu-check gpu-pack clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,16 @@ lint: setup
 
 kubernetes:  ## render the Kubernetes deployment (OVERLAY=cpu): `make -s kubernetes | kubectl apply -f -`
 	deploy/kubernetes/kustomize.sh build deploy/kubernetes/overlays/$(or $(OVERLAY),cpu)
+
+# The GPU runtime's parity and speed (engines/gpucheck.py): one run, under 8 minutes, on a CUDA
+# machine where the project is installed: `make gpu-check OUT=dir`. On a bare GPU machine with
+# torch and transformers but not this project's packages (the lent H200): `make gpu-pack` here,
+# bring .gpu/ along, and run `python3 -m engines.gpucheck OUT --assets .gpu/minilm` there.
+gpu-check: setup
+	$(BIN)/python -m engines.gpucheck $(or $(OUT),gpu-check) $(ARGS)
+
+gpu-pack: setup
+	$(BIN)/python -m engines.gpucheck --pack .gpu/minilm
 
 schemas: setup
 	$(BIN)/emostream schemas --out schemas

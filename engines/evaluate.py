@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     from engines.metrics import subset_report
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_engine, load_extractors
+    from engines.runtime.select import resolve_runtime
 
     torch.set_num_threads(ns.threads)
     if ns.future < 0:
@@ -169,8 +171,16 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         raise DatasetError(f"unknown modalities {bad}; known: {MODALITIES}")
     if corrupt is not None and asked is not None and corrupt.modality not in asked:
         raise DatasetError(f"--corrupt {corrupt.modality} needs {corrupt.modality} among --modalities {asked}")
-    engine = load_engine(ns.model, runtime=ns.runtime)
-    ex = load_extractors(ns.model)
+    rt = resolve_runtime(ns.runtime)
+    engine = load_engine(ns.model, runtime=rt)
+    ex = load_extractors(ns.model, runtime=rt)
+    if rt.autocast is not None:
+        # cached vectors are the fp32 encoders': a reduced-precision runtime computes its own, kept
+        # in a scratch cache for this run only
+        scratch = tempfile.TemporaryDirectory(prefix="emostream-evaluate-")
+        ns.cache_dir = scratch.name
+        if not ns.json:
+            print(f"runtime {rt.name}: features computed afresh in {rt.autocast} (the fp32 feature cache is not read)")
     ns.split = fold_split(ns.split, ns.fold, ns.dataset)
     dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
     corrupted: Corrupted | None = None
@@ -200,7 +210,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "model": str(ns.model),
         "engine": engine.info.name,
         "version": engine.info.version,
-        "runtime": ns.runtime,
+        "runtime": rt.name,
         "dataset": ns.dataset,
         "split": ns.split,
         "modalities": wanted,

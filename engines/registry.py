@@ -20,21 +20,26 @@ from engines.features.audio import AudioFeatureExtractor
 from engines.features.factory import audio_extractor_from_dict, text_encoder_from_dict
 from engines.features.text import TextEncoder
 from engines.interface import Engine, FeatureSpec
+from engines.runtime.select import RUNTIMES, Runtime, resolve_runtime
 
-RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
+__all__ = ["RUNTIMES", "TEXT_RUNTIMES", "Extractors", "load_engine", "load_extractors"]
 
 
-def load_engine(model_dir: str | Path = "default", runtime: str = "onnxruntime") -> Engine:
-    """The engine of an artifact directory (``"default"``: the shipped ``models/default``)."""
-    if runtime == "onnxruntime":
+def load_engine(model_dir: str | Path = "default", runtime: str | Runtime = "onnxruntime") -> Engine:
+    """The engine of an artifact directory (``"default"``: the shipped ``models/default``) on a
+    runtime of :data:`RUNTIMES` (``"auto"`` picks one, see :mod:`engines.runtime.select`)."""
+    rt = runtime if isinstance(runtime, Runtime) else resolve_runtime(runtime)
+    if rt.engine == "onnxruntime":
         from engines.runtime.onnx import OnnxEngine
 
         return OnnxEngine(model_dir)
-    if runtime == "torch":
-        from engines.runtime.torch import TorchEngine
+    if rt.engine == "tensorrt":
+        from engines.runtime.tensorrt import TensorRTEngine
 
-        return TorchEngine(model_dir)
-    raise ArtifactError(f"unknown runtime {runtime!r}; known: {RUNTIMES}")
+        return TensorRTEngine(model_dir)
+    from engines.runtime.torch import TorchEngine
+
+    return TorchEngine(model_dir, device=rt.device, autocast=rt.autocast, buckets=rt.gpu, runtime=rt.name)
 
 
 @dataclass
@@ -54,16 +59,27 @@ class Extractors:
 TEXT_RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
 
 
-def load_extractors(model_dir: str | Path = "default", device: str = "cpu", text_runtime: str = "torch") -> Extractors:
+def load_extractors(
+    model_dir: str | Path = "default",
+    device: str = "cpu",
+    text_runtime: str = "torch",
+    runtime: str | Runtime | None = None,
+) -> Extractors:
     """Extractors matching the artifact's ``features.json`` (models load lazily on first use).
 
     ``text_runtime="onnxruntime"`` runs a MiniLM text encoder (tuned or not) as an ONNX graph
     (:class:`engines.features.text_onnx.OnnxTextEncoder`: the same vectors, faster on CPU);
-    other encoders keep their own runtime.
+    other encoders keep their own runtime. ``runtime`` (a name of :data:`RUNTIMES` or a resolved
+    :class:`Runtime`) sets the device, the text runtime and the autocast of both encoders
+    together and overrides ``device`` and ``text_runtime``.
 
     Raises :class:`ArtifactError` for a description that does not match what can be built, and
     :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
     """
+    autocast = None
+    if runtime is not None:
+        rt = runtime if isinstance(runtime, Runtime) else resolve_runtime(runtime)
+        device, text_runtime, autocast = rt.device, rt.text, rt.autocast
     if text_runtime not in TEXT_RUNTIMES:
         raise ArtifactError(f"unknown text runtime {text_runtime!r}; known: {TEXT_RUNTIMES}")
     path = artifact.resolve_model_dir(model_dir)
@@ -76,10 +92,14 @@ def load_extractors(model_dir: str | Path = "default", device: str = "cpu", text
             from engines.features.text_onnx import OnnxTextEncoder
 
             text = OnnxTextEncoder(text)
+        else:
+            text.autocast = autocast
     audio = None
     if spec.audio_dim > 0:
         a = meta.get("audio", {})
         audio = audio_extractor_from_dict(a, device=device)
+        if hasattr(audio, "autocast"):  # whisper-tiny; the functionals and eGeMAPS stay fp32
+            audio.autocast = autocast
         want_id = a.get("id")
         if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):
             raise ArtifactError(

@@ -130,9 +130,20 @@ class Metrics:
             "Half-joined or queued utterances left unacked to the next owner when their partition was revoked",
             registry=r,
         )
+        self.model_info = Gauge(
+            "emostream_model_info",
+            "1 for the model this worker runs: its name, version and runtime (engine.runtime resolved)",
+            ["name", "version", "runtime"],
+            registry=r,
+        )
         self.limits = Gauge(
             "emostream_limit", "Configured caps (open_utterances, open_calls, finished_ids)", ["what"], registry=r
         )
+
+    def model(self, name: str, version: str, runtime: str) -> None:
+        """Label the model this worker runs (``emostream_model_info``; one series per worker)."""
+        self.model_info.clear()
+        self.model_info.labels(name, version, runtime).set(1)
 
     def beat(self) -> None:
         """The event loop went round (called by the worker's partition watch)."""

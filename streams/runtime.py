@@ -55,12 +55,18 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     from engines import artifact
     from engines.errors import EngineError
     from engines.registry import load_engine, load_extractors
+    from engines.runtime.select import RuntimeUnavailable, resolve_runtime
 
     model_dir = settings.model_dir()
     try:
+        runtime = resolve_runtime(settings.engine.runtime)
+    except RuntimeUnavailable as exc:
+        raise ConfigError(f"engine.runtime: {exc}") from exc
+    log.info("runtime %s on %s (%s)", runtime.name, runtime.device, runtime.why)
+    try:
         artifact.verify(model_dir)
-        engine = load_engine(model_dir)
-        extractors = load_extractors(model_dir, text_runtime=settings.engine.text_runtime)
+        engine = load_engine(model_dir, runtime=runtime)
+        extractors = load_extractors(model_dir, runtime=runtime)
     except (EngineError, FileNotFoundError) as exc:
         raise ConfigError(f"cannot load model from {model_dir}: {exc}") from exc
     return engine, ModelFeaturizer(extractors)
@@ -87,7 +93,7 @@ def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
         return None, settings.engine.future
     try:
         artifact.verify(path)
-        revision = load_engine(path)
+        revision = load_engine(path, runtime=settings.engine.runtime)
         same = _feature_key(artifact.read_json(path, artifact.FEATURES)) == _feature_key(
             artifact.read_json(settings.model_dir(), artifact.FEATURES)
         )
@@ -111,6 +117,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
     metrics = metrics or Metrics()
     port = metrics.serve(settings.metrics.host, settings.metrics.port)
+    metrics.model(engine.info.name, engine.info.version, engine.info.runtime)
     log.info(
         "model %s %s (%s); metrics on http://%s:%d/metrics",
         engine.info.name,

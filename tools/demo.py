@@ -244,8 +244,8 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    engine = load_engine(settings.model_dir())
-    extractors = load_extractors(settings.model_dir(), text_runtime=settings.engine.text_runtime)
+    engine = load_engine(settings.model_dir(), runtime=settings.engine.runtime)
+    extractors = load_extractors(settings.model_dir(), runtime=settings.engine.runtime)
     right = scored = 0
     if extractors.text is None:  # an audio-only model has no text-alone figure
         return float("nan"), 0

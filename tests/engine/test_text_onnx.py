@@ -141,13 +141,15 @@ def test_refuses_a_model_it_cannot_export(tmp_path: Path) -> None:
 
 
 def test_stream_extractors_run_the_shipped_text_encoder_in_onnxruntime() -> None:
-    """``load_extractors(..., text_runtime="onnxruntime")`` (the stream's default) gives the torch vectors."""
+    """The stream's default on a CPU (runtime auto -> onnxruntime) runs MiniLM in ONNX Runtime with the
+    torch encoder's vectors."""
     from engines.registry import load_extractors
+    from engines.runtime.select import resolve_runtime
     from streams.settings import Settings
 
-    assert Settings().engine.text_runtime == "onnxruntime"
-    onnx = load_extractors("default", text_runtime="onnxruntime").text
-    torch_enc = load_extractors("default", text_runtime="torch").text
+    assert resolve_runtime(Settings().engine.runtime, cuda=False).name == "onnxruntime"
+    onnx = load_extractors("default", runtime=resolve_runtime("auto", cuda=False)).text
+    torch_enc = load_extractors("default", runtime="torch").text
     assert isinstance(onnx, OnnxTextEncoder) and not isinstance(torch_enc, OnnxTextEncoder)
     texts = ["Oh my God!", "I told you already, the package never arrived.", "okay"]
     np.testing.assert_allclose(onnx.encode(texts), torch_enc.encode(texts), atol=1e-4)

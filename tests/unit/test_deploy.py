@@ -23,14 +23,37 @@ def exported_metric_names() -> set[str]:
     return {f.name + s for f in Metrics().registry.collect() for s in suffixes[f.type]}
 
 
-def test_compose_worker_environment_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("service", "runtime"), [("worker", "auto"), ("worker-gpu", "torch-cuda")])
+def test_compose_worker_environment_is_valid_settings(
+    monkeypatch: pytest.MonkeyPatch, service: str, runtime: str
+) -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert {"kafka", "redis", "worker", "ui", "feeder", "prometheus", "grafana"} <= set(compose["services"])
-    for key, value in compose["services"]["worker"]["environment"].items():
+    assert {"kafka", "redis", "worker", "worker-gpu", "ui", "feeder", "prometheus", "grafana"} <= set(
+        compose["services"]
+    )
+    for key, value in compose["services"][service]["environment"].items():
         monkeypatch.setenv(key, re.sub(r"\$\{REDIS_PASSWORD:\?[^}]*\}", "pw", str(value)))
     settings = Settings()
     assert settings.kafka.brokers == "kafka:9092" and settings.metrics.port == 9108
     assert settings.redis.url.get_secret_value() == "redis://:pw@redis:6379/0"
+    assert settings.engine.runtime == runtime
+
+
+def test_the_compose_gpu_worker_gets_a_gpu_and_the_cuda_image() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    gpu = compose["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]  # not started by a plain `docker compose up`
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    ]
+    assert "/whl/cu" in gpu["build"]["args"]["TORCH_INDEX"]
+    assert gpu["image"] != compose["services"]["worker"]["image"]  # the two variants never share a tag
+    cpu_index = re.search(r"ARG TORCH_INDEX=(\S+)", (DEPLOY / "docker" / "Dockerfile").read_text())
+    assert cpu_index and cpu_index.group(1).endswith("/whl/cpu")
+    assert gpu["healthcheck"] == compose["services"]["worker"]["healthcheck"]
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "emostream-worker"]
+    assert job["dns_sd_configs"][0]["names"] == ["worker", "worker-gpu"]  # both variants are scraped
 
 
 def test_compose_file_follows_the_compose_specification_and_pins_every_image() -> None:
@@ -44,8 +67,8 @@ def test_compose_file_follows_the_compose_specification_and_pins_every_image() -
     validator.validate(compose)
     with pytest.raises(jsonschema.ValidationError):  # the schema does catch a typo
         validator.validate({"services": {"w": {"imagee": "x"}}})
-    ours = {name for name, s in compose["services"].items() if "build" in s or s.get("image") == "emostream:local"}
-    assert ours == {"worker", "ui", "feeder"}
+    ours = {name for name, s in compose["services"].items() if "build" in s or s["image"].startswith("emostream:")}
+    assert ours == {"worker", "worker-gpu", "ui", "feeder"}
     pinned = re.compile(r"^[\w./-]+:v?\d+\.\d+\.\d+[\w.-]*$")  # a full version, never latest or a major alone
     for name, service in compose["services"].items():
         if name not in ours:
@@ -153,6 +176,7 @@ def assert_model_in_image(env: dict[str, str]) -> None:
 
 def test_compose_workers_load_the_model_the_image_holds() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert_model_in_image({k: str(v) for k, v in compose["services"]["worker"]["environment"].items()})
+    for service in ("worker", "worker-gpu"):
+        assert_model_in_image({k: str(v) for k, v in compose["services"][service]["environment"].items()})
     with pytest.raises(AssertionError):
         assert_model_in_image({"EMOSTREAM_ENGINE__MODEL": "default"})  # what compose said before

@@ -170,5 +170,23 @@ def test_the_deployment_agrees_with_the_code(overlay: str, monkeypatch: pytest.M
     ui = by_kind(docs, "Deployment", "emostream-ui")["spec"]["template"]["spec"]["containers"][0]
     assert build_parser().parse_args(ui["args"][1:]).func is not None  # flags emostream ui accepts
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-    for image in (container["image"], ui["image"]):
-        assert image.rsplit(":", 1)[1] == version, f"{image}: not the project's version"
+    variant = {"cpu": "", "gpu": "-gpu"}[overlay]  # an overlay this test does not know fails here
+    assert container["image"].rsplit(":", 1)[1] == version + variant, f"{container['image']}: not {version}{variant}"
+    assert ui["image"].rsplit(":", 1)[1] == version, f"{ui['image']}: the page runs on the CPU image"
+    gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+    assert (settings.engine.runtime, gpus) == {"cpu": ("auto", None), "gpu": ("torch-cuda", 1)}[overlay]
+
+
+def test_the_gpu_overlay_puts_one_gpu_worker_on_a_gpu_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = render("gpu")
+    settings = settings_of(docs, monkeypatch)
+    worker = by_kind(docs, "Deployment", "emostream-worker")["spec"]["template"]["spec"]
+    (container,) = worker["containers"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in worker["tolerations"]
+    assert "nvidia.com/gpu" not in container["resources"]["requests"]  # an extended resource: limits alone
+    assert settings.engine.max_batch == 256 and settings.engine.runtime == "torch-cuda"
+    cpu = by_kind(render("cpu"), "ScaledObject", "emostream-worker")["spec"]["triggers"][0]["metadata"]
+    gpu = by_kind(docs, "ScaledObject", "emostream-worker")["spec"]["triggers"][0]["metadata"]
+    assert int(gpu["lagThreshold"]) > int(cpu["lagThreshold"])
+    ui = by_kind(docs, "Deployment", "emostream-ui")["spec"]["template"]["spec"]
+    assert "tolerations" not in ui and "nvidia.com/gpu" not in str(ui)

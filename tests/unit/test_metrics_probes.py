@@ -43,3 +43,14 @@ def test_probes_follow_the_start_the_event_loop_and_a_stuck_loop() -> None:
     assert _get(port, "/healthz")[0] == 200
     status, body = _get(port, "/metrics")
     assert status == 200 and "emostream_messages_in_total" in body
+
+
+def test_the_model_and_its_runtime_are_a_metric_with_one_series() -> None:
+    from prometheus_client import generate_latest
+
+    m = Metrics(Clock())
+    m.model("emostream-unimse", "1.2.0", "onnxruntime")
+    m.model("emostream-unimse", "1.2.0", "torch-cuda")  # relabelled: the old series goes
+    text = generate_latest(m.registry).decode()
+    lines = [x for x in text.splitlines() if x.startswith("emostream_model_info{")]
+    assert lines == ['emostream_model_info{name="emostream-unimse",runtime="torch-cuda",version="1.2.0"} 1.0']

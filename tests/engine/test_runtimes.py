@@ -1,0 +1,159 @@
+"""Every runtime against PyTorch fp32 on the same batch (engines/runtime/select.py).
+
+On the CPU: ONNX Runtime, the torch-cuda path's numerics (bf16 autocast, power-of-two batches) run
+on the CPU, and the float16 graph TensorRT builds from, run by ONNX Runtime. Tests marked ``gpu``
+run torch-cuda and TensorRT themselves and skip without CUDA (and without ``tensorrt``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engines.export import example_inputs  # noqa: E402
+from engines.interface import EngineBatch, EngineOutput  # noqa: E402
+from engines.registry import load_engine, load_extractors  # noqa: E402
+from engines.runtime.select import Runtime, tensorrt_available  # noqa: E402
+from engines.runtime.torch import TorchEngine, bucket, pad_batch  # noqa: E402
+
+pytestmark = pytest.mark.engine
+RAVDESS = Path(__file__).resolve().parents[3] / "shared" / "data" / "ravdess"
+PROBS_ATOL = 0.01  # bf16 / fp16 against fp32: the largest probability difference allowed
+TEXTS = [
+    "Oh my God, you did what?!",
+    "Okay.",
+    "I told you already, the package never arrived and nobody calls me back.",
+    "Thank you so much, that's wonderful news!",
+]
+BF16_CPU = Runtime("torch-bf16-cpu", "torch", "torch", "cpu", "bfloat16", "the torch-cuda numerics on the CPU")
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def windows(b: int, w: int = 12, seed: int = 0) -> EngineBatch:
+    spec = load_engine("default").spec  # type: ignore[attr-defined]
+    x = example_inputs(spec, batch=b, window=w, seed=seed)
+    return EngineBatch(
+        text=x["text"],
+        audio=x["audio"],
+        video=np.zeros((b, w, 0), np.float32),
+        present=x["present"],
+        speakers=x["speakers"],
+        valid=x["valid"],
+        target=x["target"],
+    )
+
+
+def close(got: EngineOutput, ref: EngineOutput, atol: float) -> None:
+    assert got.probs.shape == ref.probs.shape
+    np.testing.assert_allclose(got.probs, ref.probs, atol=atol)
+    np.testing.assert_allclose(got.weights, ref.weights, atol=atol)
+    np.testing.assert_allclose(got.sentiment, ref.sentiment, atol=atol)
+    assert (got.probs.argmax(1) == ref.probs.argmax(1)).mean() >= 0.95
+
+
+def clips(n: int = 6) -> list[np.ndarray]:
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    paths = sorted(RAVDESS.glob("Actor_*/*.flac"))[::97][:n]
+    if not paths:
+        pytest.skip(f"no RAVDESS clips under {RAVDESS}")
+    out = []
+    for p in paths:
+        x, sr = sf.read(p, dtype="float32")
+        out.append(resample_poly(x if x.ndim == 1 else x.mean(1), 16000, sr).astype(np.float32))
+    return out
+
+
+def test_onnxruntime_gives_the_fp32_probabilities() -> None:
+    b = windows(37)
+    close(load_engine("default", runtime="onnxruntime").predict(b), load_engine("default", "torch").predict(b), 1e-4)
+
+
+def test_bf16_autocast_engine_stays_within_tolerance_of_fp32() -> None:
+    b = windows(37)
+    ref = load_engine("default", runtime="torch").predict(b)
+    got = TorchEngine("default", autocast="bfloat16").predict(b)
+    close(got, ref, PROBS_ATOL)
+    assert np.abs(got.probs - ref.probs).max() > 0  # it did run in bf16
+
+
+@pytest.mark.parametrize(("n", "want"), [(1, 1), (3, 4), (32, 32), (33, 64), (256, 256), (1500, 1500)])
+def test_batches_pad_to_power_of_two_buckets(n: int, want: int) -> None:
+    assert bucket(n) == want
+
+
+def test_padding_a_batch_to_its_bucket_changes_no_output() -> None:
+    b = windows(5)
+    padded = pad_batch(b, 8)
+    assert padded.size == 8 and np.array_equal(padded.text[5:], np.repeat(b.text[-1:], 3, axis=0))
+    plain = TorchEngine("default").predict(b)
+    bucketed = TorchEngine("default", buckets=True).predict(b)
+    assert bucketed.probs.shape == (5, 7)
+    close(bucketed, plain, 1e-5)
+
+
+def test_the_encoders_under_bf16_autocast_give_the_fp32_vectors() -> None:
+    ref, got = load_extractors("default", runtime="torch"), load_extractors("default", runtime=BF16_CPU)
+    assert got.text is not None and ref.text is not None and got.text.autocast == "bfloat16"
+    cos = (ref.text.encode(TEXTS) * got.text.encode(TEXTS)).sum(1)  # unit vectors
+    assert cos.min() > 0.9995, cos
+    waves = clips()
+    assert got.audio is not None and ref.audio is not None
+    a, b = ref.audio.extract(waves), got.audio.extract(waves)
+    rel = np.abs(a - b).max(1) / np.abs(a).max(1)
+    assert rel.max() < 0.01, rel
+
+
+def test_the_float16_graph_tensorrt_builds_from_gives_the_fp32_probabilities(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from engines.runtime.tensorrt import half_graph, profile
+
+    half_graph("models/default/model.onnx", tmp_path / "half.onnx")
+    graph = onnx.load(str(tmp_path / "half.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
+    fp32 = load_engine("default", runtime="onnxruntime")
+    session = ort.InferenceSession(str(tmp_path / "half.onnx"), providers=["CPUExecutionProvider"])
+    b = windows(16)
+    logits, probs, sentiment, weights = session.run(fp32.spec.output_names, fp32.feeds(b))  # type: ignore[attr-defined]
+    close(EngineOutput(logits, probs, sentiment, weights), fp32.predict(b), PROBS_ATOL)
+    shapes = profile(fp32.spec, max_window=12)  # type: ignore[attr-defined]
+    assert shapes["text"] == ((1, 1, 384), (32, 12, 384), (256, 12, 384))
+    assert shapes["target"] == ((1,), (32,), (256,))
+
+
+@pytest.mark.gpu
+@CUDA
+def test_torch_cuda_gives_the_cpu_fp32_results() -> None:
+    b = windows(64)
+    ref = load_engine("default", runtime="torch").predict(b)
+    engine = load_engine("default", runtime="torch-cuda")
+    assert engine.info.runtime == "torch-cuda"
+    close(engine.predict(b), ref, PROBS_ATOL)
+    cpu, gpu = load_extractors("default", runtime="torch"), load_extractors("default", runtime="torch-cuda")
+    assert cpu.text is not None and gpu.text is not None and cpu.audio is not None and gpu.audio is not None
+    assert (cpu.text.encode(TEXTS) * gpu.text.encode(TEXTS)).sum(1).min() > 0.999
+    waves = clips()
+    a, g = cpu.audio.extract(waves), gpu.audio.extract(waves)
+    assert (np.abs(a - g).max(1) / np.abs(a).max(1)).max() < 0.02
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.skipif(not tensorrt_available(), reason="needs the tensorrt package")
+def test_tensorrt_gives_the_cpu_fp32_results(tmp_path: Path) -> None:
+    from engines.runtime.tensorrt import TensorRTEngine
+
+    engine = TensorRTEngine("default", cache_root=tmp_path)
+    ref = load_engine("default", runtime="torch")
+    for n in (1, 7, 64, 300):  # 300: past the profile's 256, run in slices
+        b = windows(n, seed=n)
+        close(engine.predict(b), ref.predict(b), PROBS_ATOL)
+    again = TensorRTEngine("default", cache_root=tmp_path)  # the cached plan
+    assert again.plan_dir == engine.plan_dir

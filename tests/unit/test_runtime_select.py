@@ -1,0 +1,70 @@
+"""Runtime choice (engines/runtime/select.py) and the worker's refusal of a runtime it cannot run."""
+
+from __future__ import annotations
+
+import pytest
+
+from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, resolve_runtime
+
+
+@pytest.mark.parametrize(
+    ("cuda", "tensorrt", "want"),
+    [
+        (False, False, "onnxruntime"),
+        (False, True, "onnxruntime"),
+        (True, False, "torch-cuda"),
+        (True, True, "tensorrt"),
+    ],
+)
+def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bool, want: str) -> None:
+    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt)
+    assert rt.name == want
+    assert rt.why.startswith("auto: ")
+    assert rt.gpu == (want != "onnxruntime")
+
+
+def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None:
+    table = {name: resolve_runtime(name, cuda=True, tensorrt=True) for name in CONCRETE}
+    assert {n: (r.engine, r.text, r.device, r.autocast) for n, r in table.items()} == {
+        "onnxruntime": ("onnxruntime", "onnxruntime", "cpu", None),
+        "torch": ("torch", "torch", "cpu", None),
+        "torch-cuda": ("torch", "torch", "cuda", "bfloat16"),
+        "tensorrt": ("tensorrt", "torch", "cuda", "bfloat16"),
+    }
+    assert set(RUNTIMES) == {"auto", *CONCRETE}
+
+
+@pytest.mark.parametrize("name", ["torch-cuda", "tensorrt"])
+def test_a_gpu_runtime_named_without_a_gpu_fails_instead_of_falling_back(name: str) -> None:
+    with pytest.raises(RuntimeUnavailable, match="needs a CUDA GPU"):
+        resolve_runtime(name, cuda=False, tensorrt=True)
+
+
+def test_tensorrt_named_without_the_package_says_what_to_install() -> None:
+    with pytest.raises(RuntimeUnavailable, match=r"emostream\[gpu\]"):
+        resolve_runtime("tensorrt", cuda=True, tensorrt=False)
+    with pytest.raises(RuntimeUnavailable, match="unknown runtime 'tpu'"):
+        resolve_runtime("tpu")
+
+
+def test_the_worker_refuses_a_gpu_runtime_on_a_machine_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from streams.errors import ConfigError
+    from streams.runtime import load_model
+    from streams.settings import load_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="engine.runtime: runtime 'torch-cuda' needs a CUDA GPU"):
+        load_model(load_settings(engine={"runtime": "torch-cuda"}))
+
+
+def test_the_settings_take_only_known_runtimes() -> None:
+    from pydantic import ValidationError
+
+    from streams.settings import load_settings
+
+    assert load_settings().engine.runtime == "auto"
+    assert load_settings(engine={"runtime": "torch-cuda"}).engine.runtime == "torch-cuda"
+    with pytest.raises(ValidationError):
+        load_settings(engine={"runtime": "cuda"})
