@@ -4,6 +4,8 @@ text         utterances/s on MELD dev, torch eager vs ONNX Runtime (plain and op
              and one utterance per call, with ratios (cold model load and export excluded)
 audio        decode + extract speed on RAVDESS dev clips, as a multiple of real time
 engine       OnnxEngine.predict latency per batch for windows of 12 utterances
+runtimes     text encoder, audio encoder and engine on every runtime this machine has, side by
+             side (engines/runtime/select.py), with ratios against torch fp32
 audio-probe  RAVDESS by actor (train 1-16, dev 17-20), 8 classes: extractor features +
              logistic regression, dev accuracy (the field-notes floor is 0.49)
 fusion       composite dev: the model fused, each modality alone, and the Bayes combination of its
@@ -140,6 +142,94 @@ def bench_engine(model: str, batches: Sequence[int]) -> dict[str, float]:
     return out
 
 
+def bench_runtimes(
+    model: str,
+    data_dir: Path,
+    n_texts: int,
+    n_clips: int,
+    repeats: int = 3,
+    batches: Sequence[int] = (1, 16, 64, 256),
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The text encoder, the audio encoder and the engine on every runtime this machine has
+    (:mod:`engines.runtime.select`), side by side on the same inputs: MELD dev transcripts (one
+    ``encode`` call, buckets of 32), RAVDESS dev clips decoded once (one ``extract`` call), and
+    windows of 12 at each batch size. Rounds alternate the runtimes so that load from other
+    processes falls on all of them alike; figures are medians over ``repeats`` rounds; ratios are
+    against ``torch`` (fp32 eager). Model loading, ONNX export and quantization are excluded."""
+    from engines.datasets import load_dataset
+    from engines.datasets.ravdess import load_ravdess_clips
+    from engines.export import example_inputs
+    from engines.features.codecs import decode_audio
+    from engines.interface import EngineBatch
+    from engines.registry import load_engine, load_extractors
+    from engines.runtime.select import CONCRETE, RuntimeUnavailable, resolve_runtime
+
+    texts = [u.text or "" for d in load_dataset("meld", data_dir, "dev") for u in d.utterances][:n_texts]
+    waves = [decode_audio(Path(c.path).read_bytes(), "flac", 16000) for c in load_ravdess_clips(data_dir, "dev")]
+    waves = waves[:n_clips]
+    audio_s = sum(len(w) for w in waves) / 16000
+    parts: dict[str, tuple[Any, Any]] = {}
+    skipped: dict[str, str] = {}
+    for name in names or CONCRETE:
+        try:
+            rt = resolve_runtime(name)
+        except RuntimeUnavailable as exc:
+            skipped[name] = str(exc)
+            continue
+        engine, ex = load_engine(model, runtime=rt), load_extractors(model, runtime=rt)
+        if ex.text is None or ex.audio is None:
+            raise SystemExit(f"bench runtimes needs a text + audio model; {model} lacks one")
+        ex.text.encode(texts[:8])
+        ex.audio.extract(waves[:2])
+        parts[name] = (engine, ex)
+    if not parts:
+        raise SystemExit(f"no runtime runs here: {skipped}")
+    spec = next(iter(parts.values()))[0].spec
+    windows: dict[int, EngineBatch] = {}
+    for b in batches:
+        x = example_inputs(spec, batch=b, window=12)
+        windows[b] = EngineBatch(
+            text=x["text"],
+            audio=x["audio"],
+            video=np.zeros((b, 12, 0), np.float32),
+            present=x["present"],
+            speakers=x["speakers"],
+            valid=x["valid"],
+            target=x["target"],
+        )
+    rows: dict[str, dict[str, list[float]]] = {name: {} for name in parts}
+    for _ in range(repeats):
+        for name, (engine, ex) in parts.items():
+            t = time.perf_counter()
+            ex.text.encode(texts)
+            rows[name].setdefault("texts_per_s", []).append(len(texts) / (time.perf_counter() - t))
+            t = time.perf_counter()
+            ex.audio.extract(waves)
+            rows[name].setdefault("audio_s_per_s", []).append(audio_s / (time.perf_counter() - t))
+            for b, batch in windows.items():
+                engine.predict(batch)
+                t, reps = time.perf_counter(), max(3, 64 // b)
+                for _ in range(reps):
+                    engine.predict(batch)
+                rows[name].setdefault(f"engine_b{b}_windows_per_s", []).append(b * reps / (time.perf_counter() - t))
+    med = {name: {k: round(float(np.median(v)), 1) for k, v in r.items()} for name, r in rows.items()}
+    ratios = {
+        name: {k: round(v / med["torch"][k], 2) for k, v in r.items()}
+        for name, r in med.items()
+        if name != "torch" and "torch" in med
+    }
+    return {
+        "texts": len(texts),
+        "clips": len(waves),
+        "audio_seconds": round(audio_s, 1),
+        "repeats": repeats,
+        "per_runtime": med,
+        "ratio_vs_torch": ratios,
+        "skipped": skipped,
+    }
+
+
 def audio_probe(data_dir: Path) -> dict[str, float]:
     import csv
 
@@ -215,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["text", "audio", "engine", "audio-probe", "fusion"])
+    p.add_argument("what", choices=["text", "audio", "engine", "runtimes", "audio-probe", "fusion"])
     p.add_argument("--data-dir", default="../shared/data")
     p.add_argument("--model", default="default")
     p.add_argument("--n", type=int, default=400)
@@ -230,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = bench_text(data_dir, ns.n, ns.threads, ns.repeats)
     elif ns.what == "audio":
         res = bench_audio(data_dir, ns.n)
+    elif ns.what == "runtimes":
+        res = bench_runtimes(ns.model, data_dir, ns.n, max(8, ns.n // 8), ns.repeats)
     elif ns.what == "engine":
         res = bench_engine(ns.model, [1, 16, 64])
     elif ns.what == "fusion":

@@ -174,13 +174,13 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     rt = resolve_runtime(ns.runtime)
     engine = load_engine(ns.model, runtime=rt)
     ex = load_extractors(ns.model, runtime=rt)
-    if rt.autocast is not None:
+    if not rt.exact:
         # cached vectors are the fp32 encoders': a reduced-precision runtime computes its own, kept
         # in a scratch cache for this run only
         scratch = tempfile.TemporaryDirectory(prefix="emostream-evaluate-")
         ns.cache_dir = scratch.name
         if not ns.json:
-            print(f"runtime {rt.name}: features computed afresh in {rt.autocast} (the fp32 feature cache is not read)")
+            print(f"runtime {rt.name}: features computed afresh (the fp32 feature cache is not read)")
     ns.split = fold_split(ns.split, ns.fold, ns.dataset)
     dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
     corrupted: Corrupted | None = None

@@ -32,7 +32,7 @@ def load_engine(model_dir: str | Path = "default", runtime: str | Runtime = "onn
     if rt.engine == "onnxruntime":
         from engines.runtime.onnx import OnnxEngine
 
-        return OnnxEngine(model_dir)
+        return OnnxEngine(model_dir, runtime=rt.name)
     if rt.engine == "tensorrt":
         from engines.runtime.tensorrt import TensorRTEngine
 
@@ -76,10 +76,10 @@ def load_extractors(
     Raises :class:`ArtifactError` for a description that does not match what can be built, and
     :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
     """
-    autocast = None
+    autocast, int8 = None, False
     if runtime is not None:
         rt = runtime if isinstance(runtime, Runtime) else resolve_runtime(runtime)
-        device, text_runtime, autocast = rt.device, rt.text, rt.autocast
+        device, text_runtime, autocast, int8 = rt.device, rt.text, rt.autocast, rt.int8
     if text_runtime not in TEXT_RUNTIMES:
         raise ArtifactError(f"unknown text runtime {text_runtime!r}; known: {TEXT_RUNTIMES}")
     path = artifact.resolve_model_dir(model_dir)
@@ -91,14 +91,16 @@ def load_extractors(
         if text_runtime == "onnxruntime" and text.kind in ("minilm", "minilm-tuned"):
             from engines.features.text_onnx import OnnxTextEncoder
 
-            text = OnnxTextEncoder(text)
+            text = OnnxTextEncoder(text, quantize=int8)
         else:
             text.autocast = autocast
     audio = None
     if spec.audio_dim > 0:
         a = meta.get("audio", {})
         audio = audio_extractor_from_dict(a, device=device)
-        if hasattr(audio, "autocast"):  # whisper-tiny; the functionals and eGeMAPS stay fp32
+        from engines.features.whisper import WhisperExtractor
+
+        if isinstance(audio, WhisperExtractor):  # the functionals and eGeMAPS stay fp32
             audio.autocast = autocast
         want_id = a.get("id")
         if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):

@@ -67,8 +67,8 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         artifact.verify(model_dir)
         engine = load_engine(model_dir, runtime=runtime)
         extractors = load_extractors(model_dir, runtime=runtime)
-    except (EngineError, FileNotFoundError) as exc:
-        raise ConfigError(f"cannot load model from {model_dir}: {exc}") from exc
+    except (EngineError, OSError, ImportError) as exc:  # OSError: a missing file, an unwritable cache, a CUDA library
+        raise ConfigError(f"cannot load model from {model_dir} on runtime {runtime.name}: {exc}") from exc
     return engine, ModelFeaturizer(extractors)
 
 

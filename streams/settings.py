@@ -122,11 +122,12 @@ class EngineSettings(_Section):
         ge=0,
         description="k future utterances for revised events (0: none, or the revision model's own k when it is set)",
     )
-    runtime: Literal["auto", "onnxruntime", "torch", "torch-cuda", "tensorrt"] = Field(
+    runtime: Literal["auto", "onnxruntime", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"] = Field(
         "auto",
         description="runs the engine and both encoders (engines/runtime/select.py): auto = tensorrt where it "
-        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else onnxruntime (CPU); torch = fp32 "
-        "PyTorch on the CPU; a GPU runtime named explicitly fails at start without a GPU",
+        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else onnxruntime (CPU); onnxruntime-int8 = "
+        "the encoders' weights in int8 on the CPU; torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
+        "fails at start without a GPU",
     )
     min_speech_s: float = Field(
         MIN_SPEECH_S,

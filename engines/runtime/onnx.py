@@ -22,11 +22,12 @@ class OnnxEngine:
         model_dir: str | Path,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int | None = None,
+        runtime: str = "onnxruntime",
     ) -> None:
         import onnxruntime as ort
 
         self.model_dir = artifact.resolve_model_dir(model_dir)
-        self.info: EngineInfo = artifact.engine_info(self.model_dir, runtime="onnxruntime")
+        self.info: EngineInfo = artifact.engine_info(self.model_dir, runtime=runtime)  # the name events carry
         self.spec: EngineSpec = engine_spec(self.info.features, n_classes=len(self.info.labels))
         path = self.model_dir / artifact.ONNX
         if not path.is_file():

@@ -7,10 +7,15 @@
 name            device  what runs
 ==============  ======  ==========================================================================
 onnxruntime     CPU     engine graph and MiniLM graph in ONNX Runtime, Whisper in PyTorch (fp32)
+onnxruntime-    CPU     as onnxruntime, but MiniLM's graph with int8 weights (ONNX Runtime dynamic
+int8                    quantization, per channel): texts 1.4x faster, MELD dev W-F1 0.010 lower
+                        (README, Runtimes), so never chosen by auto. Whisper stays fp32: PyTorch's
+                        dynamic int8 gave it no steady gain; the engine stays fp32 (it is small)
 torch           CPU     all three in PyTorch eager, fp32: the reference every runtime is compared with
 torch-cuda      GPU     all three in PyTorch on CUDA under bf16 autocast (weights stay fp32; softmax,
-                        norms and reductions in fp32 as autocast keeps them); engine batches padded to
-                        power-of-two sizes so the GPU sees few shapes
+                        norms and reductions in fp32 as autocast keeps them; fp16 on GPUs before
+                        Ampere, which only emulate bf16); engine batches padded to power-of-two sizes
+                        so the GPU sees few shapes
 tensorrt        GPU     the engine as a TensorRT plan (:mod:`engines.runtime.tensorrt`); encoders as
                         in torch-cuda
 auto            either  tensorrt when it imports and a GPU is there, else torch-cuda with a GPU, else
@@ -31,8 +36,8 @@ from typing import Literal
 
 from engines.errors import EngineError
 
-RuntimeName = Literal["auto", "onnxruntime", "torch", "torch-cuda", "tensorrt"]
-RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "torch", "torch-cuda", "tensorrt")
+RuntimeName = Literal["auto", "onnxruntime", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"]
+RUNTIMES: tuple[str, ...] = ("auto", "onnxruntime", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt")
 CONCRETE: tuple[str, ...] = RUNTIMES[1:]
 
 
@@ -46,12 +51,18 @@ class Runtime:
     engine: Literal["onnxruntime", "torch", "tensorrt"]  # what runs the engine graph
     text: Literal["onnxruntime", "torch"]  # what runs a MiniLM text encoder
     device: Literal["cpu", "cuda"]
-    autocast: Literal["bfloat16"] | None  # the torch parts' autocast dtype (None: fp32)
+    autocast: Literal["bfloat16", "float16"] | None  # the torch parts' autocast dtype (None: fp32)
     why: str  # how it was chosen, for the start-up log
+    int8: bool = False  # the text encoder's weights in int8 (dynamic quantization)
 
     @property
     def gpu(self) -> bool:
         return self.device == "cuda"
+
+    @property
+    def exact(self) -> bool:
+        """Whether its features are the fp32 encoders' (to 1e-4): what a feature cache may hold."""
+        return self.autocast is None and not self.int8
 
 
 def cuda_available() -> bool:
@@ -61,32 +72,53 @@ def cuda_available() -> bool:
 
 
 def tensorrt_available() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+    """Whether ``tensorrt`` imports (an installed package whose libraries fail to load does not)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, OSError of a missing libnvinfer, ...
+        return False
+    return True
 
 
-def _make(name: str, why: str) -> Runtime:
+def native_bf16() -> bool:
+    """Whether the CUDA GPU computes bf16 natively (Ampere, sm80, and later)."""
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def _make(name: str, why: str, bf16: bool = True) -> Runtime:
+    half: Literal["bfloat16", "float16"] = "bfloat16" if bf16 else "float16"
     if name == "onnxruntime":
         return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why)
+    if name == "onnxruntime-int8":
+        return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why, int8=True)
     if name == "torch":
         return Runtime(name, "torch", "torch", "cpu", None, why)
     if name == "torch-cuda":
-        return Runtime(name, "torch", "torch", "cuda", "bfloat16", why)
+        return Runtime(name, "torch", "torch", "cuda", half, why)
     if name == "tensorrt":
-        return Runtime(name, "tensorrt", "torch", "cuda", "bfloat16", why)
+        return Runtime(name, "tensorrt", "torch", "cuda", half, why)
     raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
 
 
-def resolve_runtime(name: str = "auto", *, cuda: bool | None = None, tensorrt: bool | None = None) -> Runtime:
-    """The :class:`Runtime` for a setting (``cuda``/``tensorrt`` override the probes, for tests)."""
+def resolve_runtime(
+    name: str = "auto", *, cuda: bool | None = None, tensorrt: bool | None = None, bf16: bool | None = None
+) -> Runtime:
+    """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16`` override the probes, for tests)."""
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
     has_cuda = cuda_available() if cuda is None else cuda
-    has_trt = (tensorrt_available() if tensorrt is None else tensorrt) and has_cuda
+    has_trt = has_cuda and (tensorrt_available() if tensorrt is None else tensorrt)
+    has_bf16 = (native_bf16() if has_cuda else True) if bf16 is None else bf16
+    note = "" if has_bf16 else " (fp16: this GPU only emulates bf16)"
     if name == "auto":
         if has_trt:
-            return _make("tensorrt", "auto: tensorrt imports and a CUDA GPU is present")
+            return _make("tensorrt", "auto: tensorrt imports and a CUDA GPU is present" + note, has_bf16)
         if has_cuda:
-            return _make("torch-cuda", "auto: a CUDA GPU is present, tensorrt does not import")
+            return _make("torch-cuda", "auto: a CUDA GPU is present, tensorrt does not import" + note, has_bf16)
         return _make("onnxruntime", "auto: no CUDA GPU, so the CPU path")
     if name in ("torch-cuda", "tensorrt") and not has_cuda:
         raise RuntimeUnavailable(
@@ -97,4 +129,4 @@ def resolve_runtime(name: str = "auto", *, cuda: bool | None = None, tensorrt: b
         raise RuntimeUnavailable(
             "runtime 'tensorrt' needs the tensorrt package (pip install 'emostream[gpu]'); torch-cuda runs without it"
         )
-    return _make(name, "as set")
+    return _make(name, "as set" + (note if name in ("torch-cuda", "tensorrt") else ""), has_bf16)

@@ -6,10 +6,14 @@ machines can take them (the README says so); ``tests/engine/test_runtimes.py`` r
 
 1. **The graph.** The artifact's own ``model.onnx`` (the ONNX Runtime path's graph, fp32) converted
    to float16 inside with fp32 inputs and outputs (:func:`half_graph`, ONNX Runtime's
-   ``convert_float_to_float16`` with ``keep_io_types``). TensorRT 11 networks are strongly typed and
-   have no FP16 builder flag: the precision is the graph's. The half graph runs in ONNX Runtime on
-   the CPU, where its parity with the fp32 graph is tested.
-2. **The shape profile.** One optimization profile over batch and window (:data:`PROFILE`): min 1,
+   ``convert_float_to_float16`` with ``keep_io_types``): the matrix products and element-wise ops
+   in fp16, the numerically delicate ops (:data:`FP32_OPS`: normalisations, softmax, reductions,
+   powers, exp/log, and clamps whose tiny bounds fp16 cannot hold) kept in fp32. TensorRT 11
+   networks are strongly typed and have no FP16 builder flag: the precision is the graph's. The
+   half graph runs in ONNX Runtime on the CPU, where its parity with the fp32 graph is tested
+   (ONNX Runtime may run some fp16 ops in fp32 there: that test checks the conversion, TensorRT's
+   own test its arithmetic).
+2. **The shape profile.** One optimization profile over batch and window (:func:`profile`): min 1,
    opt the worker's usual batch, max :data:`MAX_BATCH` windows of the model's ``max_window``.
 3. **The cache.** Plans are kept under ``<cache root>/tensorrt/<key>/engine.plan``, ``key`` hashing
    the ONNX graph, the TensorRT version, the GPU's name and compute capability and the profile
@@ -40,15 +44,30 @@ from engines.spec import EngineSpec, engine_spec
 
 MAX_BATCH = 256
 OPT_BATCH = 32  # the worker's default engine.max_batch
-HALF_RECIPE = "ort-float16-keep-io-v1"  # change when half_graph changes; part of the plan key
+HALF_RECIPE = "ort-float16-keep-io-fp32ops-v2"  # change when half_graph changes; part of the plan key
+FP32_OPS = (
+    "LayerNormalization",
+    "Softmax",
+    "LogSoftmax",
+    "ReduceSum",
+    "ReduceMean",
+    "ReduceMax",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Clip",
+    "CumSum",
+)
 
 
 def half_graph(src: str | Path, dst: str | Path) -> None:
     """``src`` (an fp32 engine graph) as float16 inside, fp32 inputs and outputs, written to ``dst``."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    blocked = [*DEFAULT_OP_BLOCK_LIST, *FP32_OPS]
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=blocked)
     _topological(model.graph)  # the converter appends its casts; TensorRT's parser reads nodes in order
     onnx.checker.check_model(model)
     _atomic(Path(dst), onnx.save, model)
@@ -182,7 +201,10 @@ class TensorRTEngine:
         for name in self.spec.input_names:
             t = torch.from_numpy(np.ascontiguousarray(getattr(batch, name))).to(self.device, self._dtypes[name])
             keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise ValueError(
+                    f"{name} of shape {tuple(t.shape)} is outside the plan's profile (window <= max_window)"
+                )
             self.context.set_tensor_address(name, t.data_ptr())
         outs: dict[str, Any] = {}
         for name in self.spec.output_names:

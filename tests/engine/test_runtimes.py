@@ -23,6 +23,8 @@ from engines.runtime.torch import TorchEngine, bucket, pad_batch  # noqa: E402
 pytestmark = pytest.mark.engine
 RAVDESS = Path(__file__).resolve().parents[3] / "shared" / "data" / "ravdess"
 PROBS_ATOL = 0.01  # bf16 / fp16 against fp32: the largest probability difference allowed
+INT8_MIN_COSINE = 0.98  # int8 MiniLM vectors against fp32 (0.987 on these)
+INT8_PROBS_ATOL = 0.1  # the int8 runtime's probabilities against fp32 (lossy: MELD dev W-F1 -0.010)
 TEXTS = [
     "Oh my God, you did what?!",
     "Okay.",
@@ -49,6 +51,7 @@ def windows(b: int, w: int = 12, seed: int = 0) -> EngineBatch:
 
 def close(got: EngineOutput, ref: EngineOutput, atol: float) -> None:
     assert got.probs.shape == ref.probs.shape
+    np.testing.assert_allclose(got.logits, ref.logits, atol=10 * atol)
     np.testing.assert_allclose(got.probs, ref.probs, atol=atol)
     np.testing.assert_allclose(got.weights, ref.weights, atol=atol)
     np.testing.assert_allclose(got.sentiment, ref.sentiment, atol=atol)
@@ -67,6 +70,27 @@ def clips(n: int = 6) -> list[np.ndarray]:
         x, sr = sf.read(p, dtype="float32")
         out.append(resample_poly(x if x.ndim == 1 else x.mean(1), 16000, sr).astype(np.float32))
     return out
+
+
+def real_windows(text: np.ndarray, audio: np.ndarray) -> EngineBatch:
+    """Every prefix of one conversation of real utterances (text i with clip i) as a window."""
+    from engines.windows import UtteranceFeatures, pack_windows
+
+    utts = [UtteranceFeatures(f"s{i % 2}", text[i], audio[i]) for i in range(len(audio))]
+    return pack_windows([utts[: i + 1] for i in range(len(utts))], load_engine("default").info.features)
+
+
+def through_the_engine(
+    text: np.ndarray, audio: np.ndarray, ref_text: np.ndarray, ref_audio: np.ndarray, atol: float = 2 * PROBS_ATOL
+) -> float:
+    """Features from a runtime against the fp32 ones, judged where it matters: the fp32 engine's
+    output on windows of them (the engine normalises features by their training spread, so a
+    small absolute difference in a feature with a tiny spread moves the label). Returns the
+    largest probability difference."""
+    engine = load_engine("default", runtime="torch")
+    got, ref = engine.predict(real_windows(text, audio)), engine.predict(real_windows(ref_text, ref_audio))
+    close(got, ref, atol)
+    return float(np.abs(got.probs - ref.probs).max())
 
 
 def test_onnxruntime_gives_the_fp32_probabilities() -> None:
@@ -107,6 +131,24 @@ def test_the_encoders_under_bf16_autocast_give_the_fp32_vectors() -> None:
     a, b = ref.audio.extract(waves), got.audio.extract(waves)
     rel = np.abs(a - b).max(1) / np.abs(a).max(1)
     assert rel.max() < 0.01, rel
+    texts = (TEXTS * 2)[: len(waves)]
+    through_the_engine(got.text.encode(texts), b, ref.text.encode(texts), a)
+
+
+def test_the_int8_runtime_quantizes_the_text_encoder_and_stays_close() -> None:
+    from engines.features.text_onnx import OnnxTextEncoder
+
+    ref, got = load_extractors("default", runtime="torch"), load_extractors("default", runtime="onnxruntime-int8")
+    assert isinstance(got.text, OnnxTextEncoder) and got.text.quantize and ref.text is not None
+    texts = (TEXTS * 2)[:6]
+    t_got, t_ref = got.text.encode(texts), ref.text.encode(texts)
+    assert got.text.onnx_path is not None and ".int8-" in got.text.onnx_path.name
+    assert INT8_MIN_COSINE < (t_got * t_ref).sum(1).min() < 0.99999  # quantized, and close
+    assert got.audio is not None
+    a = got.audio.extract(clips())
+    # lossy by design: its W-F1 cost is measured by evaluate (README, Runtimes); here, the labels hold
+    assert through_the_engine(got.text.encode(texts), a, t_ref, a, atol=INT8_PROBS_ATOL) > 1e-3
+    assert load_engine("default", runtime="onnxruntime-int8").info.runtime == "onnxruntime-int8"
 
 
 def test_the_float16_graph_tensorrt_builds_from_gives_the_fp32_probabilities(tmp_path: Path) -> None:

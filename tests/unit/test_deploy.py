@@ -43,14 +43,15 @@ def test_the_compose_gpu_worker_gets_a_gpu_and_the_cuda_image() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     gpu = compose["services"]["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]  # not started by a plain `docker compose up`
+    # one GPU by id: a `count` reservation gives every replica the same first GPU
     assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
-        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+        {"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}
     ]
+    assert gpu["deploy"]["replicas"] == 1
     assert "/whl/cu" in gpu["build"]["args"]["TORCH_INDEX"]
     assert gpu["image"] != compose["services"]["worker"]["image"]  # the two variants never share a tag
     cpu_index = re.search(r"ARG TORCH_INDEX=(\S+)", (DEPLOY / "docker" / "Dockerfile").read_text())
     assert cpu_index and cpu_index.group(1).endswith("/whl/cpu")
-    assert gpu["healthcheck"] == compose["services"]["worker"]["healthcheck"]
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "emostream-worker"]
     assert job["dns_sd_configs"][0]["names"] == ["worker", "worker-gpu"]  # both variants are scraped
@@ -110,10 +111,19 @@ def test_compose_publishes_only_on_loopback_and_has_no_default_passwords() -> No
     assert "admin/admin" not in text
 
 
-def test_worker_image_runs_as_a_non_root_user() -> None:
-    lines = (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
+def test_worker_image_runs_as_a_non_root_user_with_a_home_it_can_write() -> None:
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    lines = text.splitlines()
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1].split(":")[0] not in ("root", "0")
+    # the worker writes its ONNX export (and TensorRT plans) under ~/.cache at first start: the
+    # image once had a user without a home, so that write would have failed
+    useradd = re.search(r"useradd ([^&]*?)emostream\n", text.replace("\\\n", ""))
+    assert useradd and "--create-home" in useradd.group(1) and "--home-dir /home/emostream" in useradd.group(1)
+    assert image_env()["HOME"] == "/home/emostream"
+    assert (
+        "NVIDIA_VISIBLE_DEVICES" not in image_env()
+    )  # set by the toolkit where a GPU is asked for, never by the image
 
 
 def test_dashboard_and_alerts_only_use_exported_metrics() -> None:

@@ -24,13 +24,15 @@ def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bo
 
 
 def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None:
-    table = {name: resolve_runtime(name, cuda=True, tensorrt=True) for name in CONCRETE}
-    assert {n: (r.engine, r.text, r.device, r.autocast) for n, r in table.items()} == {
-        "onnxruntime": ("onnxruntime", "onnxruntime", "cpu", None),
-        "torch": ("torch", "torch", "cpu", None),
-        "torch-cuda": ("torch", "torch", "cuda", "bfloat16"),
-        "tensorrt": ("tensorrt", "torch", "cuda", "bfloat16"),
+    table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True) for name in CONCRETE}
+    assert {n: (r.engine, r.text, r.device, r.autocast, r.int8) for n, r in table.items()} == {
+        "onnxruntime": ("onnxruntime", "onnxruntime", "cpu", None, False),
+        "onnxruntime-int8": ("onnxruntime", "onnxruntime", "cpu", None, True),
+        "torch": ("torch", "torch", "cpu", None, False),
+        "torch-cuda": ("torch", "torch", "cuda", "bfloat16", False),
+        "tensorrt": ("tensorrt", "torch", "cuda", "bfloat16", False),
     }
+    assert [n for n, r in table.items() if r.exact] == ["onnxruntime", "torch"]  # what may read fp32 caches
     assert set(RUNTIMES) == {"auto", *CONCRETE}
 
 
@@ -38,6 +40,13 @@ def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None
 def test_a_gpu_runtime_named_without_a_gpu_fails_instead_of_falling_back(name: str) -> None:
     with pytest.raises(RuntimeUnavailable, match="needs a CUDA GPU"):
         resolve_runtime(name, cuda=False, tensorrt=True)
+
+
+def test_gpus_that_only_emulate_bf16_get_fp16() -> None:
+    old = resolve_runtime("auto", cuda=True, tensorrt=False, bf16=False)
+    assert (old.name, old.autocast) == ("torch-cuda", "float16") and "emulates bf16" in old.why
+    assert resolve_runtime("torch-cuda", cuda=True, bf16=True).autocast == "bfloat16"
+    assert resolve_runtime("onnxruntime", cuda=True, bf16=False).autocast is None
 
 
 def test_tensorrt_named_without_the_package_says_what_to_install() -> None:
