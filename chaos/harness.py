@@ -90,15 +90,16 @@ def env_for(settings: Settings) -> dict[str, str]:
 class WorkerProcess:
     """`emostream worker` in its own process, logging to a file."""
 
-    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker", args: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.log_path = log_dir / f"{name}.log"
+        self.args = args  # after `emostream worker`, e.g. ("--processes", "2")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "streams.cli", "worker", *self.args],
             cwd=REPO,
             env=env_for(self.settings),
             stdout=log,

@@ -10,7 +10,12 @@ def cmd_worker(ns: Any) -> int:
     from streams.app import run_worker
     from streams.settings import load_settings
 
-    return run_worker(load_settings(ns.config))
+    settings = load_settings(ns.config)
+    if ns.processes > 1:
+        from streams.processes import run_processes
+
+        return run_processes(ns.processes, ns.config, settings.metrics.port)
+    return run_worker(settings)
 
 
 def cmd_ui(ns: Any) -> int:
@@ -23,6 +28,14 @@ def cmd_ui(ns: Any) -> int:
 def register(sub: Any) -> None:
 
     p = sub.add_parser("worker", help="run a stream worker (settings from --config and EMOSTREAM_*)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N worker processes in the one consumer group, supervised (metrics on port, port+1, ...); "
+        "one per core of a many-core machine (streams/processes.py)",
+    )
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("ui", help="serve the live supervisor page (calls, emotion timelines, alerts)")
     p.add_argument(

@@ -1,0 +1,93 @@
+"""``emostream worker --processes 2`` on the real broker and Redis: two members of the one group
+share the partitions, every utterance gets its event, a child killed with SIGKILL is started again
+and the group carries on, and SIGTERM stops the parent and both children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import urllib.request
+
+import pytest
+
+from streams.kafka import ensure_topics
+from tests.integration.harness import Collector, WorkerProcess, free_port, settings_for
+from tools.dialogues import read_meld_csv
+from tools.feed import feed
+
+pytestmark = pytest.mark.integration
+
+
+def _two_free_ports() -> int:
+    for _ in range(50):
+        port = free_port()
+        try:
+            import socket
+
+            socket.create_server(("127.0.0.1", port + 1)).close()
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports")
+
+
+def _counter(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm(  # type: ignore[no-untyped-def]
+    services, unique, shared_data, tmp_path
+) -> None:
+    base = settings_for(services, unique, default_modalities=("text",))
+    settings = base.model_copy(update={"metrics": base.metrics.model_copy(update={"port": _two_free_ports()})})
+    ensure_topics(settings)
+    port = settings.metrics.port
+    dialogues = [d for d in read_meld_csv(shared_data / "meld" / "dev_sent_emo.csv", dialogue_ids=range(0, 40))][:16]
+    want = {(u.call_id, u.utterance_id) for d in dialogues for u in d.utterances}
+    collector = Collector(settings)
+    worker = WorkerProcess(settings, tmp_path, "supervisor", args=("--processes", "2")).start()
+    try:
+        worker.wait_ready()  # the first child's port answers and a child logged "worker ready"
+        assert worker.proc is not None
+        collector.poll_until(lambda c: worker.tail(200_000).count("worker ready") >= 2, 120)
+        assert worker.tail(200_000).count("worker ready") >= 2, worker.tail()
+        kids = _children(worker.proc.pid)
+        assert len(kids) == 2, kids
+        feeder = threading.Thread(
+            target=feed, args=(dialogues, settings), daemon=True,
+            kwargs={"realtime": False, "progress": False, "modalities": ("text",)},
+        )  # fmt: skip
+        feeder.start()
+        feeder.join(120)
+        got = lambda c: {(e.call_id, e.utterance_id) for _, e in c.events}  # noqa: E731
+        assert collector.poll_until(lambda c: got(c) >= want, 120), f"{len(want - got(collector))} missing"
+        shares = [_counter(port + i, "emostream_utterances_processed_total") for i in range(2)]
+        assert all(s > 0 for s in shares) and sum(shares) >= len(want), shares  # both members labelled calls
+
+        os.kill(kids[0], signal.SIGKILL)  # a child dies: the supervisor starts another
+        assert collector.poll_until(lambda c: "starting it again" in worker.tail(200_000), 30), worker.tail()
+        assert collector.poll_until(lambda c: worker.tail(200_000).count("worker ready") >= 3, 180), worker.tail()
+        assert len(_children(worker.proc.pid)) == 2
+
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(90) == 0, worker.tail()
+        assert _children(worker.proc.pid) == []
+    finally:
+        collector.close()
+        worker.stop()
