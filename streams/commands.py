@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 
@@ -10,7 +11,8 @@ def cmd_worker(ns: Any) -> int:
     from streams.app import run_worker
     from streams.settings import load_settings
 
-    settings = load_settings(ns.config)
+    overrides = {} if ns.metrics_port is None else {"metrics": {"port": ns.metrics_port}}
+    settings = load_settings(ns.config, **overrides)
     if ns.processes > 1:
         from streams.processes import run_processes
 
@@ -25,17 +27,25 @@ def cmd_ui(ns: Any) -> int:
     return run_ui(load_settings(ns.config), ns.host, ns.port, ns.since * 60)
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def register(sub: Any) -> None:
 
     p = sub.add_parser("worker", help="run a stream worker (settings from --config and EMOSTREAM_*)")
     p.add_argument(
         "--processes",
-        type=int,
+        type=_positive,
         default=1,
         metavar="N",
         help="N worker processes in the one consumer group, supervised (metrics on port, port+1, ...); "
         "one per core of a many-core machine (streams/processes.py)",
     )
+    p.add_argument("--metrics-port", type=int, default=None, help=argparse.SUPPRESS)  # a supervised child's
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("ui", help="serve the live supervisor page (calls, emotion timelines, alerts)")
     p.add_argument(

@@ -4,19 +4,21 @@ One worker process keeps about one core busy (the encoders and the engine hold t
 their native calls), so a many-core machine runs several; they share the input partitions as any
 members of the group do (more processes than partitions idle). This parent only supervises:
 
-- each child is ``emostream worker`` with the same settings, its metrics on ``metrics.port + i``
-  (``0`` stays "any free port"), its output on the parent's (lines prefixed by the process index);
-- SIGTERM or SIGINT is passed to every child, which finishes its batch and gives its partitions
-  back; the parent exits 0 once all have exited;
+- each child is ``emostream worker`` with the same settings and its metrics on ``metrics.port + i``
+  (``0`` stays "any free port"), given as an explicit override so no config file can undo it; its
+  output goes to the parent's, each line prefixed ``[i]``;
+- SIGTERM, SIGINT or SIGHUP is passed to every child as SIGTERM (each finishes its batch and gives
+  its partitions back); a child still running :data:`STOP_GRACE_S` later is killed; the parent
+  exits 0, or the code below;
 - a child that dies unexpectedly is started again after a backoff (1 s, doubling to 30 s, reset
-  after a child ran for 60 s); one that exits with code 2 (a configuration error, or Kafka and
-  Redis unreachable past ``kafka.startup_timeout_s``: every child would fail the same way, and a
-  single worker exits 2 then too) stops them all and the parent exits 2;
-- the children run in their own sessions (a terminal's Ctrl-C reaches the parent, which stops
-  them in order): stop the parent with SIGTERM or SIGINT, since SIGKILL leaves them running.
+  once a child has run for 60 s). A child that exits with code 2 (a configuration error, or Kafka
+  and Redis unreachable past ``kafka.startup_timeout_s``, as a single worker exits) stops them all
+  and the parent exits 2; :data:`MAX_QUICK_FAILURES` exits in a row of children that ran less than
+  60 s (a model that does not load, a port taken) stop them all with exit code 1;
+- a parent killed with SIGKILL cannot pass anything on: its children run on until stopped.
 
 On Kubernetes run one process per pod instead (``deploy/kubernetes``): the orchestrator then
-restarts and scales each one.
+restarts and scales each one. ``--processes 1`` (the default) is a plain worker, no supervisor.
 """
 
 from __future__ import annotations
@@ -28,26 +30,31 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 log = logging.getLogger("emostream.processes")
 
 CONFIG_ERROR = 2
+GAVE_UP = 1
 BACKOFF_S = (1.0, 30.0)  # first and largest restart delay
-STABLE_S = 60.0  # a child that ran this long resets the backoff
+STABLE_S = 60.0  # a child that ran this long resets the backoff and the quick-failure count
+MAX_QUICK_FAILURES = 5
+STOP_GRACE_S = 90.0  # the workers' own SIGTERM grace is 60 s (batch, flush, partitions back)
 
 
-def child_env(env: dict[str, str], port: int, index: int) -> dict[str, str]:
-    """The environment of child ``index``: the parent's, its metrics on ``port + index``."""
-    out = dict(env)
-    out["EMOSTREAM_METRICS__PORT"] = str(port + index if port else 0)
-    return out
+def child_port(port: int, index: int) -> int:
+    """Child ``index``'s metrics port: ``port + index``, or 0 (any free port) when ``port`` is 0."""
+    return port + index if port else 0
 
 
 def next_backoff(current: float) -> float:
     return min(BACKOFF_S[1], max(BACKOFF_S[0], current * 2))
+
+
+def _why(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
 
 @dataclass
@@ -56,74 +63,106 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff: float = 0.0  # the delay before the next restart
-    due: float = 0.0  # when to start again after a crash (0: running or not due)
+    due: float = 0.0  # when to start again after a crash
     restarts: int = 0
+    term_sent: bool = False
     pump: threading.Thread | None = field(default=None, repr=False)
 
 
 class Supervisor:
-    def __init__(self, n: int, command: Sequence[str], env: dict[str, str], port: int, out: IO[str] | None = None):
+    def __init__(
+        self,
+        n: int,
+        command: Callable[[int], Sequence[str]],
+        env: dict[str, str],
+        out: IO[bytes] | None = None,
+    ) -> None:
         if n < 1:
             raise ValueError(f"--processes must be at least 1, got {n}")
         self.children = [Child(i) for i in range(n)]
-        self.command = list(command)
-        self.env = env
-        self.port = port
-        self.out = out or sys.stdout
+        self.command = command
+        self.env = {**env, "PYTHONUNBUFFERED": "1"}  # children's prints reach the pipe as they happen
+        self.out = out if out is not None else sys.stdout.buffer
         self.stopping = False
+        self.stop_deadline = 0.0
         self.exit_code = 0
+        self.quick_failures = 0
         self._lock = threading.Lock()
 
     def _pump(self, child: Child, stream: IO[bytes]) -> None:
+        """Copy a child's output, prefixed; never stop reading (a child blocked on a full pipe stalls)."""
+        prefix = b"[%d] " % child.index
+        broken = False
         for raw in iter(stream.readline, b""):
-            with self._lock:
-                self.out.write(f"[{child.index}] {raw.decode(errors='replace')}")
-                self.out.flush()
+            if broken:
+                continue
+            try:
+                with self._lock:
+                    self.out.write(prefix + raw)
+                    self.out.flush()
+            except Exception:  # noqa: BLE001 - a closed or broken stdout: keep draining the pipe
+                broken = True
 
     def start(self, child: Child) -> None:
+        if self.stopping:
+            return
         child.proc = subprocess.Popen(
-            self.command,
-            env=child_env(self.env, self.port, child.index),
+            list(self.command(child.index)),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a terminal's Ctrl-C reaches the parent only; it passes SIGTERM on
         )
-        child.started, child.due = time.monotonic(), 0.0
+        child.started, child.term_sent = time.monotonic(), False
         assert child.proc.stdout is not None
         child.pump = threading.Thread(target=self._pump, args=(child, child.proc.stdout), daemon=True)
         child.pump.start()
         log.info("process %d started (pid %d)", child.index, child.proc.pid)
 
     def stop(self, *_: Any) -> None:
-        """Pass SIGTERM to every running child; the loop ends once all have exited."""
-        self.stopping = True
-        for c in self.children:
-            if c.proc is not None and c.proc.poll() is None:
-                c.proc.send_signal(signal.SIGTERM)
+        """Ask every child to stop (the signal handler: it only sets a flag; :meth:`step` signals)."""
+        if not self.stopping:
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + STOP_GRACE_S
+
+    def _give_up(self, code: int, why: str) -> None:
+        log.error("%s: stopping every process", why)
+        self.exit_code = code
+        self.stop()
 
     def step(self, now: float) -> bool:
-        """One look at the children: reap, restart what is due; False once all are done."""
+        """One look at the children: reap, pass on a stop, restart what is due; False once all are done."""
         running = False
         for c in self.children:
-            if c.proc is not None:
-                code = c.proc.poll()
+            proc = c.proc
+            if proc is not None:
+                code = proc.poll()
                 if code is None:
                     running = True
+                    if self.stopping and not c.term_sent:
+                        proc.send_signal(signal.SIGTERM)
+                        c.term_sent = True
+                    elif self.stopping and now >= self.stop_deadline:
+                        log.warning("process %d still runs %.0f s after SIGTERM: killing it", c.index, STOP_GRACE_S)
+                        proc.kill()
                     continue
                 if c.pump is not None:
-                    c.pump.join(5)
+                    c.pump.join(1)
                 c.proc = None
                 if self.stopping:
                     continue
+                ran = now - c.started
                 if code == CONFIG_ERROR:
-                    log.error("process %d exited with a configuration error: stopping every process", c.index)
-                    self.exit_code = CONFIG_ERROR
-                    self.stop()
+                    self._give_up(CONFIG_ERROR, f"process {c.index} exited with code 2 (configuration or services)")
                     continue
-                c.backoff = BACKOFF_S[0] if now - c.started >= STABLE_S else next_backoff(c.backoff)
+                self.quick_failures = self.quick_failures + 1 if ran < STABLE_S else 0
+                if self.quick_failures >= MAX_QUICK_FAILURES:
+                    self._give_up(GAVE_UP, f"{self.quick_failures} processes in a row failed within {STABLE_S:.0f} s")
+                    continue
+                c.backoff = BACKOFF_S[0] if ran >= STABLE_S else next_backoff(c.backoff)
                 c.due = now + c.backoff
-                log.warning("process %d exited with code %s: starting it again in %.0f s", c.index, code, c.backoff)
-            if not self.stopping and c.proc is None:
+                log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code), c.backoff)
+            if not self.stopping:
                 running = True
                 if now >= c.due:
                     c.restarts += 1
@@ -131,20 +170,34 @@ class Supervisor:
         return running
 
     def run(self, poll_s: float = 0.5) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.stop)
-        for c in self.children:
-            self.start(c)
-        while self.step(time.monotonic()):
-            time.sleep(poll_s)
+        try:
+            for c in self.children:
+                self.start(c)
+            while self.step(time.monotonic()):
+                time.sleep(poll_s)
+        finally:
+            for c in self.children:  # an exception above: no child outlives the parent
+                if c.proc is not None and c.proc.poll() is None:
+                    c.proc.kill()
+                    c.proc.wait(10)
         return self.exit_code
+
+
+def worker_command(config: str | None, port: int) -> Callable[[int], list[str]]:
+    """Child ``i``'s command line: ``emostream [--config FILE] worker --metrics-port PORT+i``."""
+
+    def command(index: int) -> list[str]:
+        cfg = ["--config", config] if config else []
+        return [sys.executable, "-m", "streams.cli", *cfg, "worker", "--metrics-port", str(child_port(port, index))]
+
+    return command
 
 
 def run_processes(n: int, config: str | None, port: int) -> int:
     """``emostream worker --processes n``: supervise ``n`` single-process workers."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    command = [sys.executable, "-m", "streams.cli", *(["--config", config] if config else []), "worker"]
-    log.info(
-        "supervising %d worker processes (metrics on %s)", n, f"ports {port}-{port + n - 1}" if port else "any port"
-    )
-    return Supervisor(n, command, dict(os.environ), port).run()
+    ports = f"ports {port}-{port + n - 1}" if port else "any free ports"
+    log.info("supervising %d worker processes (metrics on %s)", n, ports)
+    return Supervisor(n, worker_command(config, port), dict(os.environ)).run()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 import time
+from collections.abc import Callable
 
-from streams.processes import BACKOFF_S, Supervisor, child_env, next_backoff
+import pytest
+
+from streams.processes import BACKOFF_S, MAX_QUICK_FAILURES, Supervisor, child_port, next_backoff, worker_command
 
 SLEEPER = (
     "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
@@ -14,19 +18,24 @@ SLEEPER = (
 )
 
 
-def run_until(sup: Supervisor, done: object, timeout: float = 20.0) -> None:
+def python(code: str) -> Callable[[int], list[str]]:
+    return lambda index: [sys.executable, "-c", code]
+
+
+def run_until(sup: Supervisor, done: Callable[[], bool] | None, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not sup.step(time.monotonic()) or (callable(done) and done()):
+        if not sup.step(time.monotonic()) or (done is not None and done()):
             return
         time.sleep(0.05)
     raise AssertionError("supervisor did not get there in time")
 
 
-def test_each_child_gets_its_own_metrics_port() -> None:
-    assert [child_env({"A": "1"}, 9108, i)["EMOSTREAM_METRICS__PORT"] for i in range(3)] == ["9108", "9109", "9110"]
-    assert child_env({}, 0, 2)["EMOSTREAM_METRICS__PORT"] == "0"  # any free port stays any free port
-    assert child_env({"A": "1"}, 9108, 1)["A"] == "1"
+def test_each_child_gets_its_own_metrics_port_on_its_command_line() -> None:
+    assert [child_port(9108, i) for i in range(3)] == [9108, 9109, 9110]
+    assert child_port(0, 2) == 0  # any free port stays any free port
+    cmd = worker_command("my.toml", 9105)(2)
+    assert cmd[-5:] == ["--config", "my.toml", "worker", "--metrics-port", "9107"]  # an override: no file undoes it
 
 
 def test_the_restart_backoff_doubles_up_to_its_cap() -> None:
@@ -36,30 +45,60 @@ def test_the_restart_backoff_doubles_up_to_its_cap() -> None:
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0] and max(delays) == BACKOFF_S[1]
 
 
-def test_sigterm_reaches_every_child_and_the_parent_exits_zero() -> None:
-    out = io.StringIO()
-    sup = Supervisor(2, [sys.executable, "-c", SLEEPER], {}, 0, out)
+def test_a_stop_reaches_every_child_even_one_started_after_it() -> None:
+    out = io.BytesIO()
+    sup = Supervisor(2, python(SLEEPER), dict(os.environ), out)
+    sup.start(sup.children[0])  # the start loop, interrupted by a signal after its first child
+    sup.stop()  # the handler only sets the flag
+    sup.start(sup.children[1])  # refused: the parent is stopping
+    assert sup.children[1].proc is None
+    run_until(sup, None)  # step() passes SIGTERM on to the child that runs
+    assert all(c.proc is None for c in sup.children) and sup.exit_code == 0
+
+    sup = Supervisor(2, python(SLEEPER), dict(os.environ), out)
     for c in sup.children:
         sup.start(c)
-    run_until(sup, lambda: out.getvalue().count("up") == 2)
-    assert sorted(line.split()[0] for line in out.getvalue().splitlines()) == ["[0]", "[1]"]  # prefixed lines
+    run_until(sup, lambda: out.getvalue().count(b"] up") == 2)
+    assert sorted(out.getvalue().split()) == [b"[0]", b"[1]", b"up", b"up"]  # each line prefixed with its child
     sup.stop()
     run_until(sup, None)
-    assert all(c.proc is None for c in sup.children) and sup.exit_code == 0
+    assert sup.exit_code == 0
 
 
 def test_a_crashed_child_is_started_again_and_a_config_error_stops_all() -> None:
-    crash = "import sys; sys.exit(1)"
-    sup = Supervisor(1, [sys.executable, "-c", crash], {}, 0, io.StringIO())
+    sup = Supervisor(1, python("import sys; sys.exit(1)"), dict(os.environ), io.BytesIO())
     sup.start(sup.children[0])
     child = sup.children[0]
     run_until(sup, lambda: child.restarts >= 2, timeout=30)  # 1 s, then 2 s of backoff
     assert child.backoff == 2.0
     sup.stop()
     run_until(sup, None)
+    assert sup.exit_code == 0
 
-    sup = Supervisor(2, [sys.executable, "-c", "import sys; sys.exit(2)"], {}, 0, io.StringIO())
+    sup = Supervisor(2, python("import sys; sys.exit(2)"), dict(os.environ), io.BytesIO())
     for c in sup.children:
         sup.start(c)
     run_until(sup, None)
     assert sup.exit_code == 2 and all(c.restarts == 0 for c in sup.children)
+
+
+def test_children_that_keep_failing_at_once_make_the_parent_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streams.processes.BACKOFF_S", (0.0, 0.0))
+    sup = Supervisor(1, python("import sys; sys.exit(1)"), dict(os.environ), io.BytesIO())
+    sup.start(sup.children[0])
+    run_until(sup, None, timeout=30)
+    assert sup.exit_code == 1 and sup.children[0].restarts == MAX_QUICK_FAILURES - 1
+
+
+def test_a_broken_stdout_does_not_stop_the_pipe_from_draining() -> None:
+    class Broken(io.BytesIO):
+        def write(self, b: object) -> int:
+            raise BrokenPipeError
+
+    flood = "import sys; [print('x' * 1000) for _ in range(300)]; sys.exit(0)"  # 300 KB: over a pipe's buffer
+    sup = Supervisor(1, python(flood), dict(os.environ), Broken())
+    sup.start(sup.children[0])
+    proc = sup.children[0].proc
+    assert proc is not None and proc.wait(20) == 0  # it did not block on a full pipe
+    sup.stop()
+    run_until(sup, None)
