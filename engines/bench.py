@@ -117,22 +117,13 @@ def bench_audio(data_dir: Path, n: int) -> dict[str, float]:
 
 
 def bench_engine(model: str, batches: Sequence[int]) -> dict[str, float]:
-    from engines.export import example_inputs
-    from engines.interface import EngineBatch
+    from engines.export import example_batch
     from engines.registry import load_engine
 
     engine = load_engine(model)
     out: dict[str, float] = {}
     for b in batches:
-        x = example_inputs(engine.spec, batch=b, window=12)  # type: ignore[attr-defined]
-        dims = engine.info.features.dims()
-        batch = EngineBatch(
-            **{m: x.get(m, np.zeros((b, 12, dims[m]), np.float32)) for m in ("text", "audio", "video")},
-            present=x["present"],
-            speakers=x["speakers"],
-            valid=x["valid"],
-            target=x["target"],
-        )
+        batch = example_batch(engine.spec, batch=b, window=12)  # type: ignore[attr-defined]
         engine.predict(batch)
         t = time.perf_counter()
         reps = 20
@@ -159,7 +150,7 @@ def bench_runtimes(
     against ``torch`` (fp32 eager). Model loading, ONNX export and quantization are excluded."""
     from engines.datasets import load_dataset
     from engines.datasets.ravdess import load_ravdess_clips
-    from engines.export import example_inputs
+    from engines.export import example_batch
     from engines.features.codecs import decode_audio
     from engines.interface import EngineBatch
     from engines.registry import load_engine, load_extractors
@@ -186,18 +177,7 @@ def bench_runtimes(
     if not parts:
         raise SystemExit(f"no runtime runs here: {skipped}")
     spec = next(iter(parts.values()))[0].spec
-    windows: dict[int, EngineBatch] = {}
-    for b in batches:
-        x = example_inputs(spec, batch=b, window=12)
-        windows[b] = EngineBatch(
-            text=x["text"],
-            audio=x["audio"],
-            video=np.zeros((b, 12, 0), np.float32),
-            present=x["present"],
-            speakers=x["speakers"],
-            valid=x["valid"],
-            target=x["target"],
-        )
+    windows: dict[int, EngineBatch] = {b: example_batch(spec, batch=b, window=12) for b in batches}
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in parts}
     for _ in range(repeats):
         for name, (engine, ex) in parts.items():

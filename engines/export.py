@@ -32,6 +32,19 @@ def example_inputs(spec: EngineSpec, batch: int = 2, window: int = 3, seed: int 
     return out
 
 
+def example_batch(spec: EngineSpec, batch: int = 2, window: int = 3, seed: int = 0) -> Any:
+    """:func:`example_inputs` as an :class:`~engines.interface.EngineBatch` (a modality the spec
+    lacks gets features of size 0)."""
+    import numpy as np
+
+    from engines.interface import EngineBatch
+
+    x = example_inputs(spec, batch, window, seed)
+    empty = np.zeros((batch, window, 0), np.float32)
+    feats = {m: x.get(m, empty) for m in MODALITIES}
+    return EngineBatch(**feats, present=x["present"], speakers=x["speakers"], valid=x["valid"], target=x["target"])
+
+
 def _wrapper(net: Any) -> Any:
     """The exported graph: the spec's named inputs in, (logits, probs, sentiment, weights) out."""
     import torch

@@ -29,6 +29,7 @@ is no GPU (``tests/engine/test_gpucheck.py`` runs it at tiny sizes).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import shutil
@@ -221,8 +222,6 @@ def run(
     ref_engine = load_engine("default", runtime="torch")
     engine = TorchEngine("default", device=rt.device, autocast=dtype, buckets=True, runtime=rt.name)
     net_cpu, tokenizer, text_weights = text_module(weights, assets)
-    import copy
-
     net = copy.deepcopy(net_cpu).to(rt.device)
     audio_cpu, audio_weights = audio_extractor(weights, "cpu")
     audio = audio_extractor_same(audio_cpu, rt.device)
@@ -308,8 +307,6 @@ def run(
 
 def audio_extractor_same(cpu: Any, device: str) -> Any:
     """The CPU extractor's twin on ``device`` with the same weights."""
-    import copy
-
     from engines.features.whisper import WhisperExtractor
 
     return WhisperExtractor(cpu.settings, device=device, encoder=copy.deepcopy(cpu.encoder()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
 from engines import artifact  # noqa: E402
-from engines.export import FORBIDDEN_OPS, example_inputs, export_onnx  # noqa: E402
+from engines.export import FORBIDDEN_OPS, example_batch, export_onnx  # noqa: E402
 from engines.interface import EngineBatch, FeatureSpec  # noqa: E402
 from engines.models.relevance import RelevanceConfig, RelevanceNet  # noqa: E402
 from engines.runtime.torch import TorchEngine  # noqa: E402
@@ -23,19 +24,11 @@ SHAPES = [(1, 1), (2, 3), (5, 12), (17, 7), (3, 30)]
 
 
 def random_batch(spec: FeatureSpec, b: int, w: int, seed: int) -> EngineBatch:
-    x = example_inputs(engine_spec(spec), batch=b, window=w, seed=seed)
+    batch = example_batch(engine_spec(spec), batch=b, window=w, seed=seed)
     rng = np.random.default_rng(seed + 1)
-    first = (x["valid"] == 0).sum(1)  # first real column per row
-    x["target"] = np.array([rng.integers(f, w) for f in first], dtype=np.int64)  # not always the last
-    return EngineBatch(
-        text=x["text"],
-        audio=x["audio"],
-        video=np.zeros((b, w, 0), np.float32),
-        present=x["present"],
-        speakers=x["speakers"],
-        valid=x["valid"],
-        target=x["target"],
-    )
+    first = (batch.valid == 0).sum(1)  # first real column per row
+    target = np.array([rng.integers(f, w) for f in first], dtype=np.int64)  # not always the last
+    return dataclasses.replace(batch, target=target)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.export import example_inputs  # noqa: E402
+from engines.export import example_batch  # noqa: E402
 from engines.interface import EngineBatch, EngineOutput  # noqa: E402
 from engines.registry import load_engine, load_extractors  # noqa: E402
 from engines.runtime.select import Runtime, tensorrt_available  # noqa: E402
@@ -36,17 +36,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def windows(b: int, w: int = 12, seed: int = 0) -> EngineBatch:
-    spec = load_engine("default").spec  # type: ignore[attr-defined]
-    x = example_inputs(spec, batch=b, window=w, seed=seed)
-    return EngineBatch(
-        text=x["text"],
-        audio=x["audio"],
-        video=np.zeros((b, w, 0), np.float32),
-        present=x["present"],
-        speakers=x["speakers"],
-        valid=x["valid"],
-        target=x["target"],
-    )
+    return example_batch(load_engine("default").spec, batch=b, window=w, seed=seed)  # type: ignore[attr-defined]
 
 
 def close(got: EngineOutput, ref: EngineOutput, atol: float) -> None:
