@@ -56,7 +56,14 @@ def cmd_subscribe(ns: Any) -> int:
     return 0
 
 
+def cmd_bench(ns: Any) -> int:
+    from tools.bench import cmd_bench as run
+
+    return run(ns)
+
+
 def register(sub: Any) -> None:
+    from tools.bench import add_bench_args
     from tools.demo import add_demo_args
 
     p = sub.add_parser("feed", help="replay dialogues (MELD CSV or our JSONL) into the input topics")
@@ -87,3 +94,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "bench", help="throughput and latency of the pipeline on local Kafka + Redis, beside two references"
+    )
+    add_bench_args(p)
+    p.set_defaults(func=cmd_bench)
