@@ -49,6 +49,7 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "embedding"
 PROBE = ["Oh my God, you did what?!", "Okay.", "I don't know, maybe we should just go home and forget it."]
 PROBE_MIN_COSINE = 0.9999
+CALL_COST_TOKENS = 24  # what one ONNX Runtime call costs on a CPU, in padded tokens (measured: tools/bench, issue 12)
 PROBE_MIN_COSINE_INT8 = 0.98  # int8 weights: 0.987 on the probes with the shipped tuned MiniLM
 INT8_RECIPE = "dyn-qint8-perchannel-v1"  # change when quantize_text_onnx changes; part of the file name
 
@@ -338,9 +339,11 @@ class OnnxTextEncoder(TextEncoder):
         """Embeddings (N, dim) float32, unit norm, in the order of ``texts``.
 
         Texts are normalised like ``TextEncoder.encode``, tokenized once, sorted by length and run
-        in buckets of ``config.bucket_size``; length is counted in tokens (``sort_by="tokens"``,
+        in buckets of at most ``config.bucket_size``; length is counted in tokens (``sort_by="tokens"``,
         less padding than sorting by characters) or characters as TextEncoder does (``"chars"``).
-        Padding is masked out, so a vector does not depend on its bucket.
+        With tokens, the buckets are cut where padding would cost more than another call
+        (:func:`length_buckets`): a batch of 32 stream utterances runs about twice as fast as one
+        bucket padded to its longest. Padding is masked out, so a vector does not depend on its bucket.
         """
         assert isinstance(texts, list), type(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -353,9 +356,34 @@ class OnnxTextEncoder(TextEncoder):
         lengths = [len(x) for x in ids] if self.sort_by == "tokens" else [len(t) for t in clean]
         order = sorted(range(len(clean)), key=lambda i: lengths[i])
         size = self.config.bucket_size
-        for start in range(0, len(order), size):
-            idx = order[start : start + size]
+        if self.sort_by == "tokens":
+            buckets = length_buckets([lengths[i] for i in order], CALL_COST_TOKENS, size)
+        else:
+            buckets = [(s, min(s + size, len(order))) for s in range(0, len(order), size)]
+        for start, stop in buckets:
+            idx = order[start:stop]
             feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
             (emb,) = session.run([OUTPUT_NAME], {n: feeds[n] for n in names})
             out[idx] = emb  # (n, dim)
         return out
+
+
+def length_buckets(lengths: Sequence[int], call_cost: float, max_size: int) -> list[tuple[int, int]]:
+    """Cut ascending ``lengths`` into runs [start, stop) of at most ``max_size`` that minimise the
+    padded tokens (each run is padded to its last, longest item) plus ``call_cost`` per run: a
+    dynamic programme over the cut points, exact for sorted lengths."""
+    n = len(lengths)
+    assert all(a <= b for a, b in zip(lengths, lengths[1:], strict=False)), "lengths must be sorted"
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - max_size), j):
+            cost = best[i] + lengths[j - 1] * (j - i) + call_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    runs = []
+    j = n
+    while j > 0:
+        runs.append((cut[j], j))
+        j = cut[j]
+    return runs[::-1]
