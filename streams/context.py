@@ -22,6 +22,7 @@ import base64
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +84,30 @@ class CallState:
 class ContextStore:
     """Async access to the windows; ``client`` is a ``redis.asyncio.Redis``."""
 
-    def __init__(self, client: Any, prefix: str, window: int, ttl_s: float) -> None:
+    def __init__(self, client: Any, prefix: str, window: int, ttl_s: float, max_decoded: int = 8192) -> None:
         assert window >= 1 and ttl_s > 0
         self.client = client
         self.prefix = prefix
         self.window = window
         self.ttl_ms = int(ttl_s * 1000)
         self._append = client.register_script(_APPEND)
+        # a call's window is read back with every batch of the call: the items decoded last time, by
+        # their stored bytes (the same bytes are the same item), so each is decoded about once
+        self._decoded: OrderedDict[bytes, ContextItem] = OrderedDict()
+        self.max_decoded = max_decoded
+
+    def _item(self, raw: bytes | str) -> ContextItem:
+        key = raw.encode() if isinstance(raw, str) else raw
+        item = self._decoded.get(key)
+        if item is None:
+            item = self._decoded[key] = ContextItem.from_json(key)
+            for v in item.features.values():
+                v.flags.writeable = False  # shared by every batch that reads it: nobody may change it
+            if len(self._decoded) > self.max_decoded:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(key)
+        return item
 
     def key(self, call_id: str) -> str:
         return f"{self.prefix}{call_id}"
@@ -104,7 +122,7 @@ class ContextStore:
                 pipe.pexpire(self.key(call_id), self.ttl_ms)
                 pipe.pexpire(self.declaration_key(call_id), self.ttl_ms)  # lives as long as the call is active
             replies = await pipe.execute()
-        return {c: [ContextItem.from_json(r) for r in replies[3 * i]] for i, c in enumerate(call_ids)}
+        return {c: [self._item(r) for r in replies[3 * i]] for i, c in enumerate(call_ids)}
 
     async def append(self, items: dict[str, list[ContextItem]]) -> None:
         """Append each call's new utterances (in order), trim, refresh the TTL, in one pipeline."""
@@ -151,7 +169,7 @@ class ContextStore:
         for i, c in enumerate(call_ids):
             window, labelled, joins = replies[5 * i : 5 * i + 3]
             out[c] = CallState(
-                window=[ContextItem.from_json(r) for r in window],
+                window=[self._item(r) for r in window],
                 labelled={_text(m) for m in labelled},
                 joins={_text(k): _text(v) for k, v in joins.items()},
             )

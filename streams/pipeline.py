@@ -170,6 +170,18 @@ class _Row:
         return len(self.window) - 1 - self.target
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """Features encoded ahead of their batch, and which part payloads they came from."""
+
+    parts: tuple[tuple[str, int], ...]
+    features: dict[str, np.ndarray]
+
+
+def _parts_id(utt: Utterance) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((m, id(p)) for m, p in utt.parts.items()))
+
+
 class Processor:
     """``future`` > 0 turns on revised events: each utterance is labelled again, with ``future``
     later utterances of its call as context, once they have arrived (or when the call ends)."""
@@ -196,6 +208,7 @@ class Processor:
         self.max_window = min(engine.info.max_window, self.revision_engine.info.max_window, store.window + 1)
         assert self.future < self.max_window, (future, self.max_window)
         self.model_ref = _model_ref(engine)
+        self._prefetch: asyncio.Future[dict[tuple[str, str], _Ready]] | None = None
         self.revision_model_ref = _model_ref(self.revision_engine)
         self._written: OrderedDict[str, int] = OrderedDict()  # call -> highest seq this worker appended
         self.max_remembered = 100_000
@@ -222,11 +235,35 @@ class Processor:
             parts = state[utt.call_id].joins.get(utt.utterance_id)
             if parts is not None and set(parts.split("+")) & set(utt.parts):
                 utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
-        outcome = await self._computing(self._isolated, fresh, history, started, reset)
+        ready = await self._prefetched()
+        outcome = await self._computing(self._isolated, fresh, history, started, reset, False, ready)
         outcome.replayed = replayed
         for utt in fresh:
             outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities)
         return outcome
+
+    def prefetch(self, utts: list[Utterance]) -> None:
+        """Start the encoders on utterances that a later batch will hold (the worker calls this
+        while it publishes the current batch): their features do not depend on any context, so
+        the encoders overlap the batch's Kafka and Redis work instead of waiting for it. A batch
+        uses what is ready for its utterances (the same parts) and encodes the rest itself."""
+        if not utts or (self._prefetch is not None and not self._prefetch.done()):
+            return
+        self._prefetch = asyncio.ensure_future(asyncio.to_thread(self._encode, list(utts)))
+
+    def _encode(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
+        feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
+        return {(u.call_id, u.utterance_id): _Ready(_parts_id(u), f) for u, f in zip(utts, feats, strict=True)}
+
+    async def _prefetched(self) -> dict[tuple[str, str], _Ready]:
+        task, self._prefetch = self._prefetch, None
+        if task is None:
+            return {}
+        try:
+            return await task
+        except Exception:  # encoded again with the batch, where a failure is isolated to its utterance
+            log.debug("prefetched encoding failed; the batch encodes its utterances itself", exc_info=True)
+            return {}
 
     async def _computing(self, fn: Callable[..., BatchOutcome], *args: Any) -> BatchOutcome:
         """``fn`` (encoders and engine) in a thread, marked in :attr:`computing_since` meanwhile."""
@@ -279,10 +316,11 @@ class Processor:
         started: float,
         reset: frozenset[str] = frozenset(),
         retried: bool = False,
+        ready: dict[tuple[str, str], _Ready] | None = None,
     ) -> BatchOutcome:
         """:meth:`_compute`, splitting the batch around the utterances it fails on (see the module doc)."""
         try:
-            return self._compute(utts, {c: list(items) for c, items in history.items()}, started, reset)
+            return self._compute(utts, {c: list(items) for c, items in history.items()}, started, reset, ready)
         except Exception as exc:
             if len(utts) > 1:
                 mid = len(utts) // 2
@@ -307,8 +345,9 @@ class Processor:
         history: dict[str, list[ContextItem]],
         started: float,
         reset: frozenset[str] = frozenset(),
+        ready: dict[tuple[str, str], _Ready] | None = None,
     ) -> BatchOutcome:
-        feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
+        feats = self._features(utts, ready or {})
         rows: list[_Row] = []
         appends: dict[str, list[ContextItem]] = {}
         for utt, f in zip(utts, feats, strict=True):
@@ -325,6 +364,19 @@ class Processor:
             if self.future:
                 rows += self._due(utt.call_id, known, known.index(item), utt)
         return self._predict(rows, started, appends)
+
+    def _features(self, utts: list[Utterance], ready: dict[tuple[str, str], _Ready]) -> list[dict[str, np.ndarray]]:
+        """Each utterance's features: prefetched where they were for the same parts, else encoded now."""
+        got: list[dict[str, np.ndarray] | None] = []
+        for u in utts:
+            r = ready.get((u.call_id, u.utterance_id))
+            got.append(r.features if r is not None and r.parts == _parts_id(u) else None)
+        todo = [i for i, f in enumerate(got) if f is None]
+        if todo:
+            fresh = utterance_features([utts[i] for i in todo], self.featurizer, self.dims, self.min_speech_s)
+            for i, f in zip(todo, fresh, strict=True):
+                got[i] = f
+        return [f if f is not None else {} for f in got]
 
     def _due(self, call_id: str, known: list[ContextItem], p: int, trigger: Utterance) -> list[_Row]:
         """The revisions that the utterance just put at ``known[p]`` completes: the one that now

@@ -521,6 +521,7 @@ class Worker:
         try:
             outcome = await self.processor.run(batch)  # splits out utterances that fail to compute
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
+            self.processor.prefetch(self.queue[: self.settings.engine.max_batch])  # encoded while this publishes
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             stage = "publish"
             await self._publish(outcome)

@@ -162,3 +162,35 @@ def test_a_failed_publish_sends_the_same_messages_again_and_a_re_raised_alert_is
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_worker_reads_a_call_back_only_when_another_stored_it_or_it_expired(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        prefix = f"test:{unique}:"
+        a = CallAnalytics(client, prefix, ttl_s=60, book=load_rules())
+        b = CallAnalytics(client, prefix, ttl_s=60, book=load_rules())  # another worker of the group
+        await step(a, [event("m", 0, "customer", "neutral", 0.9)])
+        await step(a, [event("m", 1, "customer", "neutral", 0.9)])
+        assert a.reads == 1  # the first batch of the call: one read (nothing there yet)
+        assert reports(await step(a, [event("m", 2, "customer", "neutral", 0.9)]))[0].turns == 3
+        assert a.reads == 1  # its own stores: nothing read back
+        # the call moves to b (a rebalance), which adds two turns, and back to a
+        assert reports(await step(b, [event("m", 3, "customer", "anger", 0.9)]))[0].turns == 4
+        assert reports(await step(b, [event("m", 4, "customer", "anger", 0.9)]))[0].turns == 5
+        out = await step(a, [event("m", 5, "customer", "anger", 0.95)])
+        assert a.reads == 2 and reports(out)[0].turns == 6  # b's turns are there
+        assert "u3" in {e.utterance_id for x in alerts(out) for e in x.evidence}  # judged on b's turns too
+        # the state expired (or was lost): a starts the call afresh instead of using its memory
+        await client.delete(*a._keys("m"), a._token_key("m"))
+        assert reports(await step(a, [event("m", 6, "customer", "joy", 0.9)]))[0].turns == 1
+        # a failed publish (no commit) leaves a's memory as stored: the retry publishes the same
+        first = await a.observe([event("m", 7, "customer", "joy", 0.9)])
+        again = await a.observe([event("m", 7, "customer", "joy", 0.9)])
+        assert [o.event_id for o in first.out] == [o.event_id for o in again.out]
+        assert reports(again.out)[0].turns == 2
+        await a.forget("m")
+        assert "m" not in a.cache and not await client.exists(a._token_key("m"))
+        await client.aclose()
+
+    asyncio.run(scenario())

@@ -90,3 +90,25 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         await client.aclose()
 
     run(scenario())
+
+
+def test_a_window_read_again_is_decoded_once_and_cannot_be_changed(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60, max_decoded=4)
+        await store.append({"c": [item(0), item(1)]})
+        first = (await store.state(["c"]))["c"].window
+        again = (await store.state(["c"]))["c"].window
+        assert [a is b for a, b in zip(first, again, strict=True)] == [True, True] and len(store._decoded) == 2
+        with pytest.raises(ValueError):
+            again[0].features["text"][0] = 9.0  # shared with the next batch's read
+        await store.append({"c": [item(2), item(3)]})  # the window moves on: u0 drops out
+        moved = (await store.fetch(["c"]))["c"]
+        assert [i.utterance_id for i in moved] == ["u1", "u2", "u3"] and moved[0] is first[1]
+        np.testing.assert_array_equal(moved[2].features["text"], np.full(4, 3, dtype=np.float32))
+        await store.append({"d": [item(5), item(6), item(7)]})
+        await store.fetch(["d"])
+        assert len(store._decoded) == 4  # bounded
+        await client.aclose()
+
+    run(scenario())

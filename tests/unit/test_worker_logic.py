@@ -1053,3 +1053,60 @@ def test_a_flowing_partition_behind_in_record_time_holds_the_join() -> None:
         assert {e.utterance_id: e.modalities_present for e in events(sent)}["u1"] == ["text"]
 
     asyncio.run(scenario())
+
+
+class CountingFeaturizer(FakeFeaturizer):
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def text(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.array([[len(t), 1, 0, 0] for t in texts], np.float32)
+
+
+def test_the_next_batch_is_encoded_while_this_one_publishes_and_each_text_once() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        counting = CountingFeaturizer()
+        w.processor.featurizer = counting
+        prefetch = w.processor.prefetch
+
+        def spy(utts: list[Any]) -> None:
+            log.append(f"prefetch {len(utts)}")
+            prefetch(utts)
+
+        w.processor.prefetch = spy  # type: ignore[method-assign]
+        t = w.settings.kafka.topics
+        for i in range(20):
+            part = TextPart(call_id=f"c{i}", utterance_id="u0", seq=0, text="x" * (i + 1)).to_bytes()
+            await w.on_message(t.text, 0, i, f"c{i}".encode(), part, Handle(log, f"t{i}"))
+        await w.pump()
+        assert [len(c) for c in counting.calls] == [8, 8, 4]  # batch 1, then batches 2 and 3 ahead of time
+        assert sorted(x for c in counting.calls for x in c) == sorted("x" * (i + 1) for i in range(20))
+        assert len(events(sent)) == 20 and len(engine.batches) == 3
+        assert log.index("prefetch 8") < log.index("send emostream.emotion.events")  # before batch 1 publishes
+        assert log.count("prefetch 8") == 1 and log.count("prefetch 4") == 1
+        # each utterance's own features reached the engine
+        assert sorted(float(b.text[j, -1, 0]) for b in engine.batches for j in range(b.size)) == list(range(1, 21))
+
+    asyncio.run(scenario())
+
+
+def test_prefetched_features_of_other_parts_are_not_used() -> None:
+    async def scenario() -> None:
+        from streams.join import Utterance
+        from streams.validate import Payload
+
+        counting = CountingFeaturizer()
+        store, engine = FakeStore(), FakeEngine()
+        p = Processor(engine, counting, store)
+        utt = Utterance("c", "u0", 0, "A", first_at=0.0, parts={"text": Payload("text", "old words")})
+        p.prefetch([utt])
+        await asyncio.sleep(0.05)
+        utt.parts = {"text": Payload("text", "new words, longer")}  # e.g. a replay restored other parts
+        out = await p.run([utt])
+        assert counting.calls == [["old words"], ["new words, longer"]]
+        assert float(engine.batches[-1].text[0, -1, 0]) == len("new words, longer")
+        assert len(out.events) == 1
+
+    asyncio.run(scenario())
