@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/local/system-packages.txt 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test test-unit test-integration chaos lint services-up services-down schemas kubernetes gpu-check gpu-pack clean
+.PHONY: setup demo test test-unit test-integration chaos bench lint services-up services-down schemas kubernetes gpu-check gpu-pack clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ test-integration: setup
 
 chaos: setup
 	$(BIN)/emostream chaos --full $(ARGS)
+
+# Throughput and latency of the whole pipeline on a broker and Redis of its own, beside a bare
+# passthrough and a naive worker (tools/bench.py; about 20 minutes): README "Performance".
+bench: setup
+	$(BIN)/emostream bench --json runs/bench/bench.json --plot runs/bench/bench.png $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check streams engines chaos client tools tests

@@ -131,6 +131,7 @@ class Level:
     peak_rss_mib: float = 0.0
     unfinished: int = 0  # sent but no event by the end of the wait
     inside: dict[str, float] = field(default_factory=dict)  # the worker's own metrics, cumulative
+    prefix: str = ""  # the level's call ids start with it
 
     def row(self) -> str:
         return (
@@ -170,7 +171,13 @@ class Results:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for records in self.consumer.poll(timeout_ms=100).values():
+            try:
+                polled = self.consumer.poll(timeout_ms=100)
+            except Exception as exc:  # a client error while the broker settles (kafka-python): poll again
+                log.warning("results consumer: %s: %s; polling again", type(exc).__name__, exc)
+                time.sleep(0.2)
+                continue
+            for records in polled.values():
                 with self.lock:
                     for r in records:
                         obj = json.loads(r.value)
@@ -300,7 +307,9 @@ def measure(
     with results.lock:
         got = {key: t for key, t in results.first.items() if key[0].startswith(prefix + "-")}
     lat = np.array([(got[key] - s) * 1000.0 for key, s in sent_at.items() if key in got])
-    level = Level(workload.name, subject, processes, "max" if offered is None else f"{offered:g}", sent=k)
+    level = Level(
+        workload.name, subject, processes, "max" if offered is None else f"{offered:g}", sent=k, prefix=prefix
+    )
     level.completed = len(got)
     level.unfinished = k - len(got)
     level.duration_s = round(send_end - t0, 2)
@@ -315,6 +324,16 @@ def measure(
     if sampler is not None:
         level.peak_rss_mib = round(sampler.take(), 1)
     return level
+
+
+def settle(results: Results, level: Level, timeout: float) -> None:
+    """Until the level's stragglers are through (untimed; the level's figures are final)."""
+    deadline = time.time() + timeout
+    while results.count(level.prefix) < level.sent and time.time() < deadline:
+        time.sleep(0.5)
+    left = level.sent - results.count(level.prefix)
+    if left:
+        print(f"  ({left} utterances of that level still not through after {timeout:.0f} s more)", flush=True)
 
 
 def warm_up(workload: Workload, settings: Any, results: Results, producer: Any, calls: int, n: int = 64) -> None:
@@ -484,7 +503,7 @@ class Reference:
 class Plan:
     workloads: tuple[str, ...] = ("text", "audio", "features")
     loads: dict[str, tuple[float, ...]] = field(
-        default_factory=lambda: {"text": (100, 300), "audio": (20, 50, 100), "features": (300, 1000)}
+        default_factory=lambda: {"text": (50, 100), "audio": (20, 50), "features": (100, 300)}
     )
     duration_s: float = 15.0
     drain_s: float = 20.0
@@ -492,78 +511,85 @@ class Plan:
     references: tuple[str, ...] = ("passthrough", "naive")
     processes: tuple[int, ...] = (1, 2)
     naive_duration_s: float = 10.0
+    settle_s: float = 300.0  # after an overloaded level, wait this long at most for its backlog
 
 
 def run_bench(plan: Plan, data_dir: Path, run_dir: Path, kafka_port: int, redis_port: int) -> list[Level]:
-    from chaos.harness import LocalServices, WorkerProcess, free_port, settings_for
-    from client.publisher import make_producer
-    from streams.kafka import ensure_topics
-    from streams.settings import Settings
+    """The plan on a broker and Redis of its own, started here and stopped after."""
+    from chaos.harness import LocalServices
 
     run_dir = run_dir.resolve()  # the scripts run elsewhere
     run_dir.mkdir(parents=True, exist_ok=True)
     services = LocalServices(run_dir, kafka_port=kafka_port, redis_port=redis_port)
     try:
         services.up()
-    except BaseException:
+        return run_plan(plan, data_dir, run_dir, services)
+    finally:
         services.down()
-        raise
+
+
+def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[Level]:
+    """Every subject of the plan on ``services`` (``brokers``, ``redis_url``), each on topics of its own."""
+    from chaos.harness import WorkerProcess, free_port, settings_for
+    from client.publisher import make_producer
+    from streams.kafka import ensure_topics
+    from streams.settings import Settings
+
     levels: list[Level] = []
     model_dir = Settings().model_dir()
     print(HEADER, flush=True)
-    try:
-        for name in plan.workloads:
-            workload = build_workload(name, data_dir, model_dir)
-            parts = len(workload.modalities)
-            print(f"{name}: {len(workload.templates)} utterances, parts {'+'.join(workload.modalities)}", flush=True)
-            subjects: list[tuple[str, int]] = [("worker", p) for p in plan.processes]
-            subjects += [(r, 1) for r in plan.references]
-            for subject, processes in subjects:
-                unique = uuid.uuid4().hex[:8]
-                settings = settings_for(services, unique)
-                settings = settings.model_copy(
-                    update={
-                        "join": settings.join.model_copy(update={"default_modalities": workload.modalities}),
-                        "engine": settings.engine.model_copy(update={"max_batch": 32, "max_wait_s": 0.05}),
-                        "limits": settings.limits.model_copy(update={"max_message_bytes": 4 * 2**20}),
-                        "metrics": settings.metrics.model_copy(update={"port": free_port()}),
-                    }
-                )
-                ensure_topics(settings)
-                log_path = run_dir / f"{name}-{subject}-{processes}.log"
-                if subject == "worker":
-                    args = ("--processes", str(processes))
-                    proc: Any = WorkerProcess(settings, run_dir, f"{name}-worker-{processes}", args)
-                    proc.start().wait_ready(300)
-                    pid = proc.proc.pid
+    for name in plan.workloads:
+        workload = build_workload(name, data_dir, model_dir)
+        parts = len(workload.modalities)
+        print(f"{name}: {len(workload.templates)} utterances, parts {'+'.join(workload.modalities)}", flush=True)
+        subjects: list[tuple[str, int]] = [("worker", p) for p in plan.processes]
+        subjects += [(r, 1) for r in plan.references]
+        for subject, processes in subjects:
+            unique = uuid.uuid4().hex[:8]
+            settings = settings_for(services, unique)
+            settings = settings.model_copy(
+                update={
+                    "join": settings.join.model_copy(update={"default_modalities": workload.modalities}),
+                    "engine": settings.engine.model_copy(update={"max_batch": 32, "max_wait_s": 0.05}),
+                    "limits": settings.limits.model_copy(update={"max_message_bytes": 4 * 2**20}),
+                    "metrics": settings.metrics.model_copy(update={"port": free_port()}),
+                }
+            )
+            ensure_topics(settings)
+            log_path = run_dir / f"{name}-{subject}-{processes}.log"
+            if subject == "worker":
+                args = ("--processes", str(processes))
+                proc: Any = WorkerProcess(settings, run_dir, f"{name}-worker-{processes}", args)
+                proc.start().wait_ready(300)
+                pid = proc.proc.pid
+            else:
+                proc = Reference(subject, settings, parts, log_path)
+                pid = proc.pid
+            results = Results(settings)
+            sampler = Sampler(pid)
+            producer = make_producer(settings)
+            try:
+                warm_up(workload, settings, results, producer, plan.calls)
+                loads: Sequence[float | None]
+                if subject == "worker" and processes == 1:
+                    loads = [*plan.loads.get(name, ()), None]
                 else:
-                    proc = Reference(subject, settings, parts, log_path)
-                    pid = proc.pid
-                results = Results(settings)
-                sampler = Sampler(pid)
-                producer = make_producer(settings)
-                try:
-                    warm_up(workload, settings, results, producer, plan.calls)
-                    loads: Sequence[float | None]
-                    if subject == "worker" and processes == 1:
-                        loads = [*plan.loads.get(name, ()), None]
-                    else:
-                        loads = [None]
-                    for offered in loads:
-                        duration = plan.naive_duration_s if subject == "naive" else plan.duration_s
-                        level = measure(workload, settings, results, sampler, offered, duration, plan.calls,
-                                        plan.drain_s, subject, processes, producer)  # fmt: skip
-                        if subject == "worker":
-                            level.inside = inside(proc.metrics())
-                        print(level.row(), flush=True)
-                        levels.append(level)
-                finally:
-                    producer.close()
-                    sampler.close()
-                    results.close()
-                    proc.stop()
-    finally:
-        services.down()
+                    loads = [None]
+                for offered in loads:
+                    duration = plan.naive_duration_s if subject == "naive" else plan.duration_s
+                    level = measure(workload, settings, results, sampler, offered, duration, plan.calls,
+                                    plan.drain_s, subject, processes, producer)  # fmt: skip
+                    if subject == "worker":
+                        level.inside = inside(proc.metrics())
+                    print(level.row(), flush=True)
+                    levels.append(level)
+                    if level.unfinished:  # an overload's backlog must not count against the next level
+                        settle(results, level, plan.settle_s)
+            finally:
+                producer.close()
+                sampler.close()
+                results.close()
+                proc.stop()
     return levels
 
 
@@ -587,24 +613,25 @@ def ratios(levels: Sequence[Level]) -> list[str]:
 
 
 def plot(levels: Sequence[Level], path: Path) -> Path:
-    """p50 and p99 against the sustained load, one line per workload and subject."""
+    """p50 and p99 against the offered load, one panel per workload, one line per subject."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(WORKLOADS), figsize=(5 * len(WORKLOADS), 4), constrained_layout=True)
-    for ax, name in zip(axes, WORKLOADS, strict=True):
+    names = [w for w in WORKLOADS if any(lv.workload == w for lv in levels)]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), constrained_layout=True, squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
         for subject in SUBJECTS:
             mine = [lv for lv in levels if (lv.workload, lv.subject, lv.processes) == (name, subject, 1)]
-            pts = sorted((lv.sustained, lv.p50_ms, lv.p99_ms) for lv in mine if lv.completed)
+            pts = sorted((lv.sent_per_s, lv.p50_ms, lv.p99_ms) for lv in mine if lv.completed)
             if not pts:
                 continue
             x = [p[0] for p in pts]
             (line,) = ax.plot(x, [p[1] for p in pts], marker="o", label=f"{subject} p50")
             ax.plot(x, [p[2] for p in pts], marker="^", linestyle="--", color=line.get_color(), label=f"{subject} p99")
         ax.set_title(name)
-        ax.set_xlabel("sustained utterances/s")
+        ax.set_xlabel("offered utterances/s (flat out: what the closed loop sent)")
         ax.set_ylabel("end-to-end latency, ms")
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
@@ -619,7 +646,7 @@ def cmd_bench(ns: Any) -> int:
     if ns.what == "engine":
         from engines.bench import main as engine_bench
 
-        return engine_bench(["runtimes", *ns.rest])
+        return engine_bench(["runtimes", "--data-dir", ns.data_dir, "--n", "512"])
     loads: dict[str, tuple[float, ...]] = dict(Plan().loads)
     for spec in ns.load or []:
         name, _, values = spec.partition("=")
@@ -670,9 +697,9 @@ def add_bench_args(p: Any) -> None:
         nargs="?",
         default="pipeline",
         choices=["pipeline", "engine"],
-        help="pipeline (default): Kafka + Redis + worker and references; engine: engines.bench runtimes",
+        help="pipeline (default): Kafka + Redis + worker and references; engine: the encoders and the engine on "
+        "every runtime this machine has (python -m engines.bench runtimes)",
     )
-    p.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--workloads", default="text,audio,features", help="comma-separated: text, audio, features")
     p.add_argument("--load", action="append", metavar="WORKLOAD=R1,R2",
                    help="fixed offered loads in utterances/s (besides max), e.g. text=100,300")  # fmt: skip
