@@ -87,7 +87,7 @@ class CallAnalytics:
         recent_turns: int = 5,
         max_turns: int = 500,
         clock: Callable[[], float] = time.time,
-        max_cached: int = 20_000,
+        max_cached_turns: int = 100_000,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -96,8 +96,11 @@ class CallAnalytics:
         self.recent_turns = recent_turns
         self.max_turns = max_turns
         self.clock = clock
-        self.cache: OrderedDict[str, tuple[str, _State]] = OrderedDict()  # call -> (token, state as stored)
-        self.max_cached = max_cached
+        # call -> (token, state as stored, monotonic time stored), least recently stored first; bounded
+        # by the turns it holds (about 1 KB each), and an entry older than the TTL is never used
+        self.cache: OrderedDict[str, tuple[str, _State, float]] = OrderedDict()
+        self.cached_turns = 0
+        self.max_cached_turns = max_cached_turns
         self.reads = 0  # states read back from Redis (cache misses), for tests
 
     def _keys(self, call_id: str) -> tuple[str, str, str]:
@@ -141,7 +144,7 @@ class CallAnalytics:
 
     async def forget(self, call_id: str) -> None:
         """Delete the call's state (after its summary is published)."""
-        self.cache.pop(call_id, None)
+        self._uncache(call_id)
         await self.client.delete(*self._keys(call_id), self._token_key(call_id))
 
     # -- judging ---------------------------------------------------------------------------------
@@ -286,7 +289,8 @@ class CallAnalytics:
         states = {}
         for call_id, token in zip(call_ids, tokens, strict=True):
             cached = self.cache.get(call_id)
-            if cached is not None and token is not None and cached[0] == _s(token):
+            fresh = cached is not None and time.monotonic() - cached[2] < self.ttl_ms / 1000
+            if cached is not None and fresh and token is not None and cached[0] == _s(token):
                 states[call_id] = _State(
                     dict(cached[1].turns), copy.deepcopy(cached[1].alerts), dict(cached[1].raised)
                 )  # turns are replaced, never changed in place
@@ -334,10 +338,16 @@ class CallAnalytics:
             await pipe.execute()
         for call_id, state in states.items():  # what Redis now holds, under the token just written
             stored = _State(dict(state.turns), copy.deepcopy(state.alerts), dict(state.raised))
-            self.cache[call_id] = (tokens[call_id], stored)
-            self.cache.move_to_end(call_id)
-        while len(self.cache) > self.max_cached:
-            self.cache.popitem(last=False)
+            self._uncache(call_id)
+            self.cache[call_id] = (tokens[call_id], stored, time.monotonic())
+            self.cached_turns += len(stored.turns)
+        while self.cached_turns > self.max_cached_turns and self.cache:
+            self._uncache(next(iter(self.cache)))
+
+    def _uncache(self, call_id: str) -> None:
+        entry = self.cache.pop(call_id, None)
+        if entry is not None:
+            self.cached_turns -= len(entry[1].turns)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -15,6 +15,7 @@ Redis failures are not split: they raise, and the worker retries the batch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -172,14 +173,15 @@ class _Row:
 
 @dataclass(frozen=True)
 class _Ready:
-    """Features encoded ahead of their batch, and which part payloads they came from."""
+    """Features encoded ahead of their batch, the part payloads they came from (held, so compared
+    by identity) and what the encoding ignored (no speech)."""
 
-    parts: tuple[tuple[str, int], ...]
+    parts: dict[str, Any]
     features: dict[str, np.ndarray]
+    ignored: dict[str, str]
 
-
-def _parts_id(utt: Utterance) -> tuple[tuple[str, int], ...]:
-    return tuple(sorted((m, id(p)) for m, p in utt.parts.items()))
+    def fits(self, utt: Utterance) -> bool:
+        return self.parts.keys() == utt.parts.keys() and all(self.parts[m] is utt.parts[m] for m in self.parts)
 
 
 class Processor:
@@ -209,6 +211,7 @@ class Processor:
         assert self.future < self.max_window, (future, self.max_window)
         self.model_ref = _model_ref(engine)
         self._prefetch: asyncio.Future[dict[tuple[str, str], _Ready]] | None = None
+        self._prefetch_since: float | None = None  # monotonic start of the prefetch (liveness, as computing_since)
         self.revision_model_ref = _model_ref(self.revision_engine)
         self._written: OrderedDict[str, int] = OrderedDict()  # call -> highest seq this worker appended
         self.max_remembered = 100_000
@@ -249,21 +252,30 @@ class Processor:
         uses what is ready for its utterances (the same parts) and encodes the rest itself."""
         if not utts or (self._prefetch is not None and not self._prefetch.done()):
             return
-        self._prefetch = asyncio.ensure_future(asyncio.to_thread(self._encode, list(utts)))
+        # copies, taken here on the event loop: the thread neither sees a replay's parts change
+        # under it nor marks the queued utterance (what it ignored is carried over only when used)
+        copies = [dataclasses.replace(u, parts=dict(u.parts), ignored={}) for u in utts]
+        self._prefetch_since = time.monotonic()
+        task = asyncio.ensure_future(asyncio.to_thread(self._encode, copies))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a result never awaited: no warning
+        self._prefetch = task
 
     def _encode(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
         feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
-        return {(u.call_id, u.utterance_id): _Ready(_parts_id(u), f) for u, f in zip(utts, feats, strict=True)}
+        return {(u.call_id, u.utterance_id): _Ready(u.parts, f, u.ignored) for u, f in zip(utts, feats, strict=True)}
 
     async def _prefetched(self) -> dict[tuple[str, str], _Ready]:
         task, self._prefetch = self._prefetch, None
         if task is None:
             return {}
+        self.computing_since = self._prefetch_since  # a wedged encoder stops the heartbeat here too
         try:
             return await task
         except Exception:  # encoded again with the batch, where a failure is isolated to its utterance
             log.debug("prefetched encoding failed; the batch encodes its utterances itself", exc_info=True)
             return {}
+        finally:
+            self.computing_since = None
 
     async def _computing(self, fn: Callable[..., BatchOutcome], *args: Any) -> BatchOutcome:
         """``fn`` (encoders and engine) in a thread, marked in :attr:`computing_since` meanwhile."""
@@ -370,7 +382,11 @@ class Processor:
         got: list[dict[str, np.ndarray] | None] = []
         for u in utts:
             r = ready.get((u.call_id, u.utterance_id))
-            got.append(r.features if r is not None and r.parts == _parts_id(u) else None)
+            if r is not None and r.fits(u):
+                u.ignored.update(r.ignored)
+                got.append(r.features)
+            else:
+                got.append(None)
         todo = [i for i, f in enumerate(got) if f is None]
         if todo:
             fresh = utterance_features([utts[i] for i in todo], self.featurizer, self.dims, self.min_speech_s)

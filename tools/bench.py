@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -164,6 +165,7 @@ class Results:
             fetch_max_wait_ms=20,
         )
         self.first: dict[tuple[str, str], float] = {}
+        self.counts: dict[str, int] = {}  # call-id prefix (a level's) -> utterances with an event
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -180,14 +182,20 @@ class Results:
             for records in polled.values():
                 with self.lock:
                     for r in records:
-                        obj = json.loads(r.value)
-                        key = (obj["call_id"], obj["utterance_id"])
+                        try:
+                            obj = json.loads(r.value)
+                            key = (str(obj["call_id"]), str(obj["utterance_id"]))
+                        except (ValueError, KeyError, TypeError):
+                            log.warning("results consumer: not an event at offset %d: %r", r.offset, r.value[:100])
+                            continue
                         if key not in self.first:
                             self.first[key] = r.timestamp / 1000.0
+                            prefix = key[0].rsplit("-", 1)[0]
+                            self.counts[prefix] = self.counts.get(prefix, 0) + 1
 
     def count(self, prefix: str) -> int:
         with self.lock:
-            return sum(1 for c, _ in self.first if c.startswith(prefix + "-"))
+            return self.counts.get(prefix, 0)
 
     def close(self) -> None:
         self.stop.set()
@@ -201,18 +209,22 @@ class Sampler:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak = 0
+        self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max([self.peak, *(rss(p) for p in tree(self.pid))])
+            now = max((rss(p) for p in tree(self.pid)), default=0)
+            with self.lock:
+                self.peak = max(self.peak, now)
             self.stop.wait(0.25)
 
     def take(self) -> float:
         """Peak MiB since the last take."""
-        peak, self.peak = self.peak, 0
+        with self.lock:
+            peak, self.peak = self.peak, 0
         return peak / 2**20
 
     def close(self) -> None:
@@ -473,13 +485,15 @@ class Reference:
         from chaos.harness import REPO, env_for
 
         self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.bench", kind, "--parts", str(parts)],
-            cwd=REPO, env=env_for(settings), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-        )  # fmt: skip
+        with open(log_path, "wb") as log_file:  # a fresh log: an earlier run's "ready" must not count
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tools.bench", kind, "--parts", str(parts)],
+                cwd=REPO, env=env_for(settings), stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + 180
         while b"ready" not in log_path.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError(f"{kind} did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
 
@@ -557,18 +571,24 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
             )
             ensure_topics(settings)
             log_path = run_dir / f"{name}-{subject}-{processes}.log"
-            if subject == "worker":
-                args = ("--processes", str(processes))
-                proc: Any = WorkerProcess(settings, run_dir, f"{name}-worker-{processes}", args)
-                proc.start().wait_ready(300)
-                pid = proc.proc.pid
-            else:
-                proc = Reference(subject, settings, parts, log_path)
-                pid = proc.pid
-            results = Results(settings)
-            sampler = Sampler(pid)
-            producer = make_producer(settings)
-            try:
+            with contextlib.ExitStack() as stack:  # whatever fails, every process and thread started is stopped
+                if subject == "worker":
+                    log_path.unlink(missing_ok=True)  # WorkerProcess appends: an earlier run's "ready" must not count
+                    args = ("--processes", str(processes))
+                    proc: Any = WorkerProcess(settings, run_dir, log_path.stem, args)
+                    stack.callback(proc.stop)
+                    proc.start().wait_ready(300)
+                    pid = proc.proc.pid
+                else:
+                    proc = Reference(subject, settings, parts, log_path)
+                    stack.callback(proc.stop)
+                    pid = proc.pid
+                results = Results(settings)
+                stack.callback(results.close)
+                sampler = Sampler(pid)
+                stack.callback(sampler.close)
+                producer = make_producer(settings)
+                stack.callback(producer.close)
                 warm_up(workload, settings, results, producer, plan.calls)
                 loads: Sequence[float | None]
                 if subject == "worker" and processes == 1:
@@ -585,11 +605,6 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
                     levels.append(level)
                     if level.unfinished:  # an overload's backlog must not count against the next level
                         settle(results, level, plan.settle_s)
-            finally:
-                producer.close()
-                sampler.close()
-                results.close()
-                proc.stop()
     return levels
 
 

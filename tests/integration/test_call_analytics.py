@@ -191,6 +191,13 @@ def test_a_worker_reads_a_call_back_only_when_another_stored_it_or_it_expired(se
         assert reports(again.out)[0].turns == 2
         await a.forget("m")
         assert "m" not in a.cache and not await client.exists(a._token_key("m"))
+        # the memory is bounded by the turns it holds, least recently stored calls out first
+        small = CallAnalytics(client, prefix, ttl_s=60, book=load_rules(), max_cached_turns=5)
+        for call in ("p", "q", "r"):
+            await step(small, [event(call, i, "customer", "neutral", 0.9) for i in range(2)])
+        assert list(small.cache) == ["q", "r"] and small.cached_turns == 4
+        await step(small, [event("q", 2, "customer", "neutral", 0.9)])  # q: 3 turns, r: 2
+        assert list(small.cache) == ["r", "q"] and small.cached_turns == 5
         await client.aclose()
 
     asyncio.run(scenario())
