@@ -343,7 +343,9 @@ class OnnxTextEncoder(TextEncoder):
         less padding than sorting by characters) or characters as TextEncoder does (``"chars"``).
         With tokens, the buckets are cut where padding would cost more than another call
         (:func:`length_buckets`): a batch of 32 stream utterances runs about twice as fast as one
-        bucket padded to its longest. Padding is masked out, so a vector does not depend on its bucket.
+        bucket padded to its longest. Padding is masked out, so a vector does not depend on its bucket,
+        except with int8 weights (``quantize``): their activations are quantized with one scale per
+        call, so those graphs keep the fixed buckets they were measured with.
         """
         assert isinstance(texts, list), type(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -356,7 +358,7 @@ class OnnxTextEncoder(TextEncoder):
         lengths = [len(x) for x in ids] if self.sort_by == "tokens" else [len(t) for t in clean]
         order = sorted(range(len(clean)), key=lambda i: lengths[i])
         size = self.config.bucket_size
-        if self.sort_by == "tokens":
+        if self.sort_by == "tokens" and not self.quantize:  # int8: activations are scaled per call, keep them together
             buckets = length_buckets([lengths[i] for i in order], CALL_COST_TOKENS, size)
         else:
             buckets = [(s, min(s + size, len(order))) for s in range(0, len(order), size)]
