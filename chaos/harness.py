@@ -136,15 +136,7 @@ class WorkerProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the worker process (0 once it is gone)."""
-        if self.proc is None:
-            return 0
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        return 0 if self.proc is None else rss(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -287,6 +279,23 @@ class LocalServices:
         finally:
             admin.close()
         return int(leaders.most_common(1)[0][0])
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes (0 once it is gone, or without /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def metric_sum(text: str, name: str) -> float:
+    """The sum of every sample of metric ``name`` (all label sets) in a Prometheus text page."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))  # fmt: skip
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_port, settings_for
+from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_port, metric_sum, settings_for
 from chaos.verdict import Verdict, judge
 from client.publisher import make_producer
 from streams.kafka import wait_for_topics
@@ -434,16 +434,11 @@ class _Load:
 
     @staticmethod
     def processed(w: WorkerProcess) -> float:
-        return _metric(w.metrics(), "emostream_utterances_processed_total")
+        return metric_sum(w.metrics(), "emostream_utterances_processed_total")
 
 
 MIN_WITH_AUDIO = 0.95  # every scenario's utterances carry text and audio: this share at least is labelled on both
 MEMORY_SLACK = 0.15  # the overload scenario's bound on memory growth, relative to the RSS at its start
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))  # fmt: skip
 
 
 SCENARIOS: dict[str, Callable[[LocalServices, Size, Path], Verdict]] = {

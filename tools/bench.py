@@ -215,6 +215,8 @@ class Sampler:
         self.thread.start()
 
     def _run(self) -> None:
+        from chaos.harness import rss
+
         while not self.stop.is_set():
             now = max((rss(p) for p in tree(self.pid)), default=0)
             with self.lock:
@@ -235,10 +237,10 @@ class Sampler:
 def inside(metrics: str) -> dict[str, float]:
     """Where the worker's time went, from its /metrics: batches, their mean size, the mean
     seconds a batch spends in the encoders and the engine, the mean join wait."""
+    from chaos.harness import metric_sum
 
     def total(name: str) -> float:
-        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith(name + " ") or line.startswith(name + "{"))  # fmt: skip
+        return metric_sum(metrics, name)
 
     batches = total("emostream_batch_size_count")
     engine = total("emostream_engine_latency_seconds_count")
@@ -268,16 +270,6 @@ def tree(pid: int) -> list[int]:
         except OSError:
             pass
     return out
-
-
-def rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def measure(
