@@ -19,7 +19,7 @@ from typing import Any
 
 from streams.errors import ServiceUnavailable
 from streams.kafka import kafka_python_options
-from streams.schemas import AudioPart, CallControl, Part, TextPart, VideoPart
+from streams.schemas import AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
 from streams.settings import Settings, TopicSettings
 
 Message = Part | CallControl
@@ -85,6 +85,14 @@ class Publisher:
         return self.send(TextPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker, text=text,
                                   **times))  # type: ignore[arg-type]  # fmt: skip
 
+    def text_embedding(
+        self, call_id: str, utterance_id: str, seq: int, speaker: str, embedding: Sequence[float], **times: float | None
+    ) -> Any:
+        """An utterance's transcript as a sentence embedding from the model's own text encoder
+        (sent as ``embedding_f32``: base64 of little-endian float32)."""
+        return self.send(TextPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
+                                  embedding_f32=encode_f32(embedding), **times))  # type: ignore[arg-type]  # fmt: skip
+
     def audio(
         self,
         call_id: str,
@@ -108,14 +116,14 @@ class Publisher:
     ) -> Any:
         """An utterance's audio as a vector from the model's own audio extractor."""
         return self.send(AudioPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
-                                   encoding="features", features=list(features), **times))  # type: ignore[arg-type]  # fmt: skip
+                                   encoding="features", features_f32=encode_f32(features), **times))  # type: ignore[arg-type]  # fmt: skip
 
     def video(
         self, call_id: str, utterance_id: str, seq: int, speaker: str, features: Sequence[float], **times: float | None
     ) -> Any:
         """An utterance's visual features (from the caller's face pipeline)."""
         return self.send(VideoPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
-                                   features=list(features), **times))  # type: ignore[arg-type]  # fmt: skip
+                                   features_f32=encode_f32(features), **times))  # type: ignore[arg-type]  # fmt: skip
 
     def send(self, message: Message) -> Any:
         """Any part or control message, to its topic; returns the producer's future."""
@@ -212,6 +220,10 @@ class AsyncPublisher:
     async def audio(self, *args: Any, **kwargs: Any) -> Any:
         """As :meth:`Publisher.audio`."""
         return await asyncio.to_thread(self._sync.audio, *args, **kwargs)
+
+    async def text_embedding(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Publisher.text_embedding`."""
+        return await asyncio.to_thread(self._sync.text_embedding, *args, **kwargs)
 
     async def audio_features(self, *args: Any, **kwargs: Any) -> Any:
         """As :meth:`Publisher.audio_features`."""

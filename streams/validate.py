@@ -31,10 +31,10 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
             if len(part.text) > limits.max_text_chars:
                 raise InvalidMessage("oversized", f"text of {len(part.text)} chars > {limits.max_text_chars}")
             return Payload("text", part.text)
-        return Payload("vector", _vector(part.embedding, dims["text"], "text embedding"))
+        return Payload("vector", _vector(part.vector(), dims["text"], "text embedding"))
     if isinstance(part, AudioPart):
         if part.encoding == "features":
-            return Payload("vector", _vector(part.features, dims["audio"], "audio features"))
+            return Payload("vector", _vector(part.vector(), dims["audio"], "audio features"))
         raw = part.audio_bytes()
         try:  # the length is checked from the header before anything is decoded
             wave = decode_audio(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
@@ -46,11 +46,10 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
     assert isinstance(part, VideoPart), type(part)
     if dims["video"] == 0:
         return Payload("vector", np.zeros(0, dtype=np.float32))  # the model ignores video
-    return Payload("vector", _vector(part.features, dims["video"], "video features"))
+    return Payload("vector", _vector(part.vector(), dims["video"], "video features"))
 
 
-def _vector(values: list[float] | None, dim: int, what: str) -> np.ndarray:
-    assert values is not None
+def _vector(values: list[float] | np.ndarray, dim: int, what: str) -> np.ndarray:
     if dim == 0:
         return np.zeros(0, dtype=np.float32)
     if len(values) != dim:

@@ -74,6 +74,7 @@ def build_workload(name: str, data_dir: Path, model_dir: Path, n: int = 256, see
     """``n`` utterances of MELD dev (with RAVDESS clips for ``audio``; random vectors of the
     model's sizes for ``features``)."""
     from engines import artifact
+    from streams.schemas import encode_f32
     from tools.dialogues import Utterance, attach_ravdess, read_meld_csv
     from tools.feed import part_of
 
@@ -92,10 +93,9 @@ def build_workload(name: str, data_dir: Path, model_dir: Path, n: int = 256, see
             emb = rng.normal(0, 1, spec["text_dim"]).astype(np.float32)
             text = part_of(u, "text")
             assert text is not None
-            unit = [round(float(x), 5) for x in emb / np.linalg.norm(emb)]
-            body = text.model_copy(update={"text": None, "embedding": unit})
+            body = text.model_copy(update={"text": None, "embedding_f32": encode_f32(emb / np.linalg.norm(emb))})
             parts.append(("text", body.to_bytes()))
-            feats = tuple(round(float(x), 4) for x in rng.normal(0, 0.5, spec["audio_dim"]))
+            feats = tuple(float(x) for x in rng.normal(0, 0.5, spec["audio_dim"]))
             audio = part_of(replace(u, audio=None, audio_features=feats), "audio")
             assert audio is not None
             parts.append(("audio", audio.to_bytes()))

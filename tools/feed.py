@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from client.publisher import Publisher, input_topic
 from engines.features.codecs import transcode
-from streams.schemas import AudioPart, Part, TextPart, VideoPart
+from streams.schemas import AudioPart, Part, TextPart, VideoPart, encode_f32
 from streams.settings import Settings, TopicSettings
 from tools.dialogues import Dialogue, Utterance
 
@@ -132,9 +132,9 @@ def part_of(u: Utterance, modality: str, audio_as: tuple[str, int | None] | None
         data = base64.b64encode(audio).decode()
         return AudioPart(encoding=encoding, sample_rate=rate, data=data, **common)  # type: ignore[arg-type]
     if modality == "audio" and u.audio_features is not None:
-        return AudioPart(encoding="features", features=list(u.audio_features), **common)
+        return AudioPart(encoding="features", features_f32=encode_f32(u.audio_features), **common)
     if modality == "video" and u.video_features is not None:
-        return VideoPart(features=list(u.video_features), **common)
+        return VideoPart(features_f32=encode_f32(u.video_features), **common)
     return None
 
 

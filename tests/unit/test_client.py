@@ -67,8 +67,8 @@ def test_the_publisher_sends_each_message_to_its_topic_keyed_by_call() -> None:
     assert (text.text, text.speaker, text.end_s) == ("hello", "customer", 1.2)
     audio = AudioPart.model_validate_json(values[2])
     assert audio.encoding == "pcm_mulaw" and base64.b64decode(audio.data or "") == b"\xff\x7f" * 80
-    assert AudioPart.model_validate_json(values[3]).features == [0.1, 0.2]
-    assert VideoPart.model_validate_json(values[4]).features == [0.3]
+    assert AudioPart.model_validate_json(values[3]).vector().tolist() == pytest.approx([0.1, 0.2])  # float32
+    assert VideoPart.model_validate_json(values[4]).vector().tolist() == pytest.approx([0.3])
     assert CallControl.model_validate_json(values[5]).event == "ended"
     assert producer.flushed >= 1 and not producer.closed  # not its producer: not closed
     assert pub.stats.messages[TOPICS.audio] == 2 and pub.stats.bytes_sent == sum(len(v) for v in values)

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,10 +16,13 @@ from streams.schemas import (
     CallControl,
     TextPart,
     VideoPart,
+    encode_f32,
     event_id,
     json_schemas,
     parse_input,
 )
+from streams.settings import LimitSettings
+from streams.validate import to_payload
 
 REPO = Path(__file__).resolve().parents[2]
 ids = st.from_regex(r"[A-Za-z0-9._:-]{1,40}", fullmatch=True)
@@ -37,6 +41,61 @@ def test_feature_parts_round_trip(call: str, vec: list[float]) -> None:
     video = VideoPart(call_id=call, utterance_id="u", seq=0, features=vec)
     assert parse_input("audio", audio.to_bytes(), 1 << 20) == audio
     assert parse_input("video", video.to_bytes(), 1 << 20) == video
+
+
+@given(vec=st.lists(floats, min_size=1, max_size=64))
+def test_f32_vectors_carry_the_same_values_as_json_arrays(vec: list[float]) -> None:
+    dims = {"text": len(vec), "audio": len(vec), "video": len(vec)}
+    packed = encode_f32(vec)
+    pairs = [
+        ("text", TextPart(call_id="c", utterance_id="u", seq=0, embedding=vec),
+         TextPart(call_id="c", utterance_id="u", seq=0, embedding_f32=packed)),
+        ("audio", AudioPart(call_id="c", utterance_id="u", seq=0, encoding="features", features=vec),
+         AudioPart(call_id="c", utterance_id="u", seq=0, encoding="features", features_f32=packed)),
+        ("video", VideoPart(call_id="c", utterance_id="u", seq=0, features=vec),
+         VideoPart(call_id="c", utterance_id="u", seq=0, features_f32=packed)),
+    ]  # fmt: skip
+    for kind, plain, compact in pairs:
+        parsed = parse_input(kind, compact.to_bytes(), 1 << 20)
+        assert parsed == compact
+        a = to_payload(plain, dims, LimitSettings()).value
+        b = to_payload(parsed, dims, LimitSettings()).value
+        assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and b.dtype == np.float32
+        assert np.array_equal(a, b)
+
+
+def _f32(field: str, value: str, kind: str = "text", **kw: object) -> bytes:
+    base: dict[str, object] = {"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, field: value}
+    if kind == "audio":
+        base["encoding"] = "features"
+    base.update(kw)
+    return json.dumps(base).encode()
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "reason"),
+    [
+        ("text", _f32("embedding_f32", "@@@@"), "invalid_value"),  # not base64
+        ("text", _f32("embedding_f32", base64.b64encode(b"abcdef").decode()), "invalid_value"),  # 6 bytes
+        ("text", _f32("embedding_f32", encode_f32([1.0, float("nan")])), "non_finite"),
+        ("audio", _f32("features_f32", encode_f32([float("inf")]), "audio"), "non_finite"),
+        ("video", _f32("features_f32", encode_f32([1.0]), "video", features=[1.0]), "invalid_value"),  # both forms
+        ("text", _f32("embedding_f32", encode_f32([1.0]), text="hi"), "invalid_value"),  # text and a vector
+        ("audio", _f32("features_f32", encode_f32([1.0]), "audio", encoding="flac"), "invalid_value"),
+        ("video", b'{"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0}', "missing_field"),
+    ],
+)
+def test_bad_f32_vectors_get_a_reason(kind: str, raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        parse_input(kind, raw, 4096)
+    assert info.value.reason == reason, info.value.detail
+
+
+def test_an_f32_vector_of_the_wrong_length_is_refused() -> None:
+    part = parse_input("text", _f32("embedding_f32", encode_f32([0.5] * 3)), 4096)
+    with pytest.raises(InvalidMessage) as info:
+        to_payload(part, {"text": 4, "audio": 0, "video": 0}, LimitSettings())  # type: ignore[arg-type]
+    assert info.value.reason == "wrong_embedding_size"
 
 
 @given(call=ids, started=st.booleans())
