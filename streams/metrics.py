@@ -85,6 +85,14 @@ class Metrics:
         self.engine_latency = Histogram(
             "emostream_engine_latency_seconds", "Encoders + engine time per batch", buckets=_LATENCY, registry=r
         )
+        self.batch_stage = Histogram(
+            "emostream_batch_stage_seconds",
+            "Wall time of one batch per stage: read (windows from Redis), compute (encoders + engine, in a "
+            "thread), record, publish (events to Kafka, acknowledged), analytics, commit (windows to Redis)",
+            ["stage"],
+            buckets=_LATENCY,
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "emostream_end_to_end_latency_seconds",
             "Last part of an utterance in -> its event produced",

@@ -53,6 +53,7 @@ class BatchOutcome:
     failed: list[tuple[Utterance, str]] = field(default_factory=list)  # utterances that could not be labelled, why
     replayed: int = 0  # utterances whose events were already out (a replay): acked, not labelled again
     joins: dict[str, dict[str, str]] = field(default_factory=dict)  # call -> utterance -> parts labelled
+    read_s: float = 0.0  # of the batch's time, reading its calls' windows from Redis
 
     def only(self, keep: Callable[[Utterance], bool]) -> BatchOutcome:
         """The part of the outcome caused by utterances ``keep`` accepts (events of a call's end stay)."""
@@ -66,6 +67,7 @@ class BatchOutcome:
             [(u, why) for u, why in self.failed if keep(u)],
             self.replayed,
             {c: {u: m for u, m in js.items() if (c, u) not in dropped} for c, js in self.joins.items()},
+            self.read_s,
         )
 
     def _utterances(self) -> list[Utterance]:
@@ -226,6 +228,7 @@ class Processor:
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
         state = await self.store.state(calls)
+        read_s = time.monotonic() - started
         history = {c: _by_seq(s.window) for c, s in state.items()}
         fresh = [u for u in utts if u.utterance_id not in state[u.call_id].labelled]
         replayed = len(utts) - len(fresh)
@@ -233,7 +236,7 @@ class Processor:
         if reset:
             log.warning("context of %d calls was lost (Redis data loss or expiry): %s", len(reset), sorted(reset)[:5])
         if not fresh:
-            return BatchOutcome(replayed=replayed)
+            return BatchOutcome(replayed=replayed, read_s=read_s)
         for utt in fresh:  # a replay of an utterance labelled before (its event maybe out): the same parts
             parts = state[utt.call_id].joins.get(utt.utterance_id)
             if parts is not None and set(parts.split("+")) & set(utt.parts):
@@ -241,6 +244,7 @@ class Processor:
         ready = await self._prefetched()
         outcome = await self._computing(self._isolated, fresh, history, started, reset, False, ready)
         outcome.replayed = replayed
+        outcome.read_s = read_s
         for utt in fresh:
             outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities)
         return outcome

@@ -63,6 +63,7 @@ UNANSWERED_S = 5.0  # see Worker.behind: > 3x the consumer's fetch wait (1.5 s),
 RECOVERED_GRACE_S = 15.0
 ENGINE_STUCK_S = 120.0  # a batch this long in the encoders and engine is wedged (they take well under a second)
 WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
+TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set while batches keep coming
 
 
 def _silent(end: PartitionEnd, read_offset: int | None) -> bool:
@@ -296,10 +297,15 @@ class Worker:
             self.metrics.held_utterances.set(self.joiner.held_utterances)
 
     async def pump(self) -> None:
-        """Expire joins, then process every batch that is due and close ended calls."""
+        """Expire joins, then process every batch that is due and close ended calls, expiring joins
+        again every ``TICK_S`` meanwhile (under a steady load the queue never empties: before, an
+        utterance waiting for a part that never came waited for the load to stop)."""
         await self.tick()
+        ticked = self.clock()
         while await self._step():
-            pass
+            if self.clock() - ticked >= TICK_S:
+                await self.tick()
+                ticked = self.clock()
 
     async def watching(self) -> None:
         """:meth:`watch` in a task of its own: the pump may wait for seconds on a publish to a
@@ -518,20 +524,36 @@ class Worker:
 
     async def _process(self, batch: list[Utterance]) -> bool:
         stage = "redis"
+        laps: dict[str, float] = {}
+        mark = time.monotonic()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            laps[name] = now - mark
+            mark = now
+
         try:
             outcome = await self.processor.run(batch)  # splits out utterances that fail to compute
+            lap("compute")
+            laps["read"] = outcome.read_s
+            laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
             self.processor.prefetch(self.queue[: self.settings.engine.max_batch])  # encoded while this publishes
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
+            lap("record")
             stage = "publish"
             await self._publish(outcome)
+            lap("publish")
             if self.analytics is not None:  # published, then stored: a failure in between publishes it all again
                 stage = "analytics"
                 update = await self.analytics.observe([e for e, _ in outcome.events])
                 await self._send_all(update.out)
                 await self.analytics.commit(update)
+                lap("analytics")
             stage = "redis"
             await self.processor.commit(outcome)
+            lap("commit")
             stage = "deadletter"
             for utt, why in outcome.failed:
                 self.metrics.processing_failed.inc()
@@ -542,6 +564,8 @@ class Worker:
                 self.queue = [u for u in batch if self._owned(u)] + self.queue  # revoked ones: the next owner's
             return False
         self.backoff = 0.5
+        for name, seconds in laps.items():
+            self.metrics.batch_stage.labels(name).observe(seconds)
         self.metrics.replays.inc(outcome.replayed)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_latency.observe(outcome.engine_s)

@@ -236,7 +236,7 @@ class Sampler:
 
 def inside(metrics: str) -> dict[str, float]:
     """Where the worker's time went, from its /metrics: batches, their mean size, the mean
-    seconds a batch spends in the encoders and the engine, the mean join wait."""
+    milliseconds a batch spends in each stage and in the encoders and the engine, the mean join wait."""
     from chaos.harness import metric_sum
 
     def total(name: str) -> float:
@@ -245,7 +245,13 @@ def inside(metrics: str) -> dict[str, float]:
     batches = total("emostream_batch_size_count")
     engine = total("emostream_engine_latency_seconds_count")
     joins = total("emostream_join_wait_seconds_count")
+    stages = {}
+    for line in metrics.splitlines():  # emostream_batch_stage_seconds_sum{stage="publish"} 1.23
+        if line.startswith("emostream_batch_stage_seconds_sum{"):
+            stage = line.split('stage="', 1)[1].split('"', 1)[0]
+            stages[f"{stage}_ms_per_batch"] = round(1000 * float(line.rsplit(" ", 1)[1]) / max(batches, 1), 1)
     return {
+        **stages,
         "batches": batches,
         "mean_batch": round(total("emostream_batch_size_sum") / max(batches, 1), 1),
         "engine_ms_per_batch": round(1000 * total("emostream_engine_latency_seconds_sum") / max(engine, 1), 1),

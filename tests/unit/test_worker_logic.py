@@ -157,6 +157,35 @@ def test_joined_utterance_is_published_before_its_parts_are_acked() -> None:
     asyncio.run(scenario())
 
 
+def test_joins_expire_while_batches_keep_coming() -> None:
+    """Under a steady load the pump never runs out of batches: an utterance whose audio never
+    comes must still go out after wait_s, not once the load stops (found in the bench: the gauges
+    stood still for minutes at full load)."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        clock: Any = w.clock
+        send = w.send
+
+        async def slow_send(*args: Any) -> Any:
+            clock.now += 0.05  # 8 events a batch: 0.4 s
+            return await send(*args)
+
+        w.send = slow_send
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"x", text("x", "u0", 0), Handle(log, "x0"))  # its audio never comes
+        for k in range(24):  # three full batches
+            await w.on_message(t.audio, 0, k, b"c%d" % k, audio(f"c{k}", "u0", 0), Handle(log, f"a{k}"))
+            await w.on_message(t.text, 0, k + 1, b"c%d" % k, text(f"c{k}", "u0", 0), Handle(log, f"t{k}"))
+        await w.pump()
+        assert len(events(sent)) == 25 and [e.modalities_present for e in events(sent) if e.call_id == "x"] == [
+            ["text"]
+        ]
+        assert w.metrics.open_utterances._value.get() == 0  # the gauges follow too
+
+    asyncio.run(scenario())
+
+
 def test_context_window_grows_within_a_batch_and_across_batches() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
