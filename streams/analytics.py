@@ -35,7 +35,7 @@ import os
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from streams.rules import RuleBook, Turn
@@ -327,7 +327,9 @@ class CallAnalytics:
                 if state.dropped:
                     pipe.hdel(turns_key, *state.dropped)
                 if state.changed:
-                    pipe.hset(turns_key, mapping={k: json.dumps(asdict(t)) for k, t in state.changed.items()})
+                    pipe.hset(
+                        turns_key, mapping={k: json.dumps(vars(t)) for k, t in state.changed.items()}
+                    )  # flat: no asdict
                 pipe.delete(alerts_key, raised_key)
                 if state.alerts:
                     pipe.hset(alerts_key, mapping={k: json.dumps(v) for k, v in state.alerts.items()})

@@ -152,27 +152,49 @@ class ContextStore:
                 pipe.pexpire(self.joined_key(call_id), self.ttl_ms)
             await pipe.execute()
 
-    async def state(self, call_ids: list[str]) -> dict[str, CallState]:
+    async def state(self, call_ids: list[str], asking: dict[str, list[str]] | None = None) -> dict[str, CallState]:
         """Each call's window, labelled ids and recorded joins, in one round trip (refreshing the
-        window's and the declaration's TTL, as :meth:`fetch` does)."""
+        window's and the declaration's TTL, as :meth:`fetch` does). With ``asking`` (call ->
+        utterance ids), the labelled ids and joins are only those of the utterances asked about: a
+        batch needs no more, and a long call's sets grow with every turn."""
         if not call_ids:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for call_id in call_ids:
                 pipe.lrange(self.key(call_id), 0, -1)
-                pipe.smembers(self.labelled_key(call_id))
-                pipe.hgetall(self.joined_key(call_id))
+                ids = None if asking is None else asking.get(call_id, [])
+                if ids is None:
+                    pipe.smembers(self.labelled_key(call_id))
+                    pipe.hgetall(self.joined_key(call_id))
+                elif ids:
+                    pipe.smismember(self.labelled_key(call_id), ids)
+                    pipe.hmget(self.joined_key(call_id), ids)
                 pipe.pexpire(self.key(call_id), self.ttl_ms)
                 pipe.pexpire(self.declaration_key(call_id), self.ttl_ms)
             replies = await pipe.execute()
         out = {}
-        for i, c in enumerate(call_ids):
-            window, labelled, joins = replies[5 * i : 5 * i + 3]
-            out[c] = CallState(
-                window=[self._item(r) for r in window],
-                labelled={_text(m) for m in labelled},
-                joins={_text(k): _text(v) for k, v in joins.items()},
-            )
+        at = 0
+        for c in call_ids:
+            ids = None if asking is None else asking.get(c, [])
+            if ids is None:
+                window, labelled, joins = replies[at : at + 3]
+                out[c] = CallState(
+                    window=[self._item(r) for r in window],
+                    labelled={_text(m) for m in labelled},
+                    joins={_text(k): _text(v) for k, v in joins.items()},
+                )
+                at += 5
+            elif ids:
+                window, member, joined = replies[at : at + 3]
+                out[c] = CallState(
+                    window=[self._item(r) for r in window],
+                    labelled={u for u, m in zip(ids, member, strict=True) if m},
+                    joins={u: _text(v) for u, v in zip(ids, joined, strict=True) if v is not None},
+                )
+                at += 5
+            else:
+                out[c] = CallState(window=[self._item(r) for r in replies[at]], labelled=set(), joins={})
+                at += 3
         return out
 
     def declaration_key(self, call_id: str) -> str:

@@ -227,7 +227,10 @@ class Processor:
         """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet."""
         started = time.monotonic()
         calls = list(dict.fromkeys(u.call_id for u in utts))
-        state = await self.store.state(calls)
+        asking: dict[str, list[str]] = {}
+        for u in utts:
+            asking.setdefault(u.call_id, []).append(u.utterance_id)
+        state = await self.store.state(calls, asking)
         read_s = time.monotonic() - started
         history = {c: _by_seq(s.window) for c, s in state.items()}
         fresh = [u for u in utts if u.utterance_id not in state[u.call_id].labelled]

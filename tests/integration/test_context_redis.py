@@ -87,6 +87,12 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         assert got["c"].joins == {"u2": "text+audio", "u3": "text"}
         assert got["nobody"].window == [] and got["nobody"].labelled == set() and got["nobody"].joins == {}
         assert await client.pttl(store.declaration_key("c")) > 5_000  # read refreshes the call's TTL
+        # a batch asks only about its own utterances: a long call's sets are not read whole
+        asked = await store.state(["c", "nobody", "quiet"], {"c": ["u0", "u3", "u9"], "nobody": ["u1"]})
+        assert [i.utterance_id for i in asked["c"].window] == ["u1", "u2"]
+        assert asked["c"].labelled == {"u0"} and asked["c"].joins == {"u3": "text"}
+        assert asked["nobody"].labelled == set() and asked["nobody"].joins == {}
+        assert asked["quiet"] == got["nobody"]  # nothing asked: the window only
         await client.aclose()
 
     run(scenario())

@@ -72,7 +72,7 @@ class FakeStore:
         for call, mapping in joins.items():
             self.joined.setdefault(call, {}).update(mapping)
 
-    async def state(self, calls: list[str]) -> dict[str, CallState]:
+    async def state(self, calls: list[str], asking: Any = None) -> dict[str, CallState]:
         windows = await self.fetch(calls)  # tests replace fetch to fail or to race
         return {
             c: CallState(
