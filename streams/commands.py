@@ -16,7 +16,7 @@ def cmd_worker(ns: Any) -> int:
     if ns.processes > 1:
         from streams.processes import run_processes
 
-        return run_processes(ns.processes, ns.config, settings.metrics.port)
+        return run_processes(ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads)
     return run_worker(settings)
 
 

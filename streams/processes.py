@@ -195,9 +195,21 @@ def worker_command(config: str | None, port: int) -> Callable[[int], list[str]]:
     return command
 
 
-def run_processes(n: int, config: str | None, port: int) -> int:
+def child_env(n: int, cpu_threads: int | None, env: dict[str, str]) -> dict[str, str]:
+    """The children's environment: unless ``engine.cpu_threads`` is set, each of the ``n``
+    processes gets its share of the cores for its model runtimes (engines/runtime/threads.py)."""
+    from engines.runtime.threads import share_of_cores
+
+    if cpu_threads is not None or n <= 1:
+        return dict(env)
+    return {**env, "EMOSTREAM_ENGINE__CPU_THREADS": str(share_of_cores(n))}
+
+
+def run_processes(n: int, config: str | None, port: int, cpu_threads: int | None = None) -> int:
     """``emostream worker --processes n``: supervise ``n`` single-process workers."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ports = f"ports {port}-{port + n - 1}" if port else "any free ports"
-    log.info("supervising %d worker processes (metrics on %s)", n, ports)
-    return Supervisor(n, worker_command(config, port), dict(os.environ)).run()
+    env = child_env(n, cpu_threads, dict(os.environ))
+    threads = env.get("EMOSTREAM_ENGINE__CPU_THREADS", "as configured" if cpu_threads else "every core")
+    log.info("supervising %d worker processes (metrics on %s; model runtime threads each: %s)", n, ports, threads)
+    return Supervisor(n, worker_command(config, port), env).run()

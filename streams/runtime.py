@@ -56,7 +56,9 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     from engines.errors import EngineError
     from engines.registry import load_engine, load_extractors
     from engines.runtime.select import RuntimeUnavailable, resolve_runtime
+    from engines.runtime.threads import set_cpu_threads
 
+    set_cpu_threads(settings.engine.cpu_threads)
     model_dir = settings.model_dir()
     try:
         runtime = resolve_runtime(settings.engine.runtime)

@@ -117,6 +117,12 @@ class EngineSettings(_Section):
     model: str = "default"  # 'default' = the shipped model in models/default, or a path
     max_batch: int = Field(32, ge=1)
     max_wait_s: float = Field(0.05, ge=0)
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of this process's ONNX Runtime and torch pools (engines/runtime/threads.py); None: "
+        "every core for one process, cores // N for each of `emostream worker --processes N`",
+    )
     future: int = Field(
         0,
         ge=0,

@@ -42,6 +42,7 @@ import numpy as np
 from engines.errors import FeatureError
 from engines.features.cache import DEFAULT_ROOT
 from engines.features.text import TextEncoder, normalise_text
+from engines.runtime.threads import cpu_threads
 
 OPSET = 17
 RECIPE = "minilm-meanpool-l2-v1"  # change when the exported graph changes; part of the cache key
@@ -291,8 +292,9 @@ class OnnxTextEncoder(TextEncoder):
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.inter_op_num_threads = 1
-            if self.intra_op_threads is not None:
-                opts.intra_op_num_threads = self.intra_op_threads
+            threads = self.intra_op_threads if self.intra_op_threads is not None else cpu_threads()
+            if threads is not None:
+                opts.intra_op_num_threads = threads
             providers = self.providers if self.providers is not None else default_providers()
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             self.onnx_path = path

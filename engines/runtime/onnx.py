@@ -11,6 +11,7 @@ import numpy as np
 from engines import artifact
 from engines.errors import ArtifactError
 from engines.interface import MODALITIES, EngineBatch, EngineInfo, EngineOutput
+from engines.runtime.threads import cpu_threads
 from engines.spec import EngineSpec, engine_spec
 
 
@@ -34,8 +35,9 @@ class OnnxEngine:
             raise ArtifactError(f"artifact {self.model_dir} lacks {artifact.ONNX}")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads is not None:
-            opts.intra_op_num_threads = intra_op_threads
+        threads = intra_op_threads if intra_op_threads is not None else cpu_threads()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
         self.session: Any = ort.InferenceSession(str(path), sess_options=opts, providers=list(providers))
         got = [i.name for i in self.session.get_inputs()]
         if got != self.spec.input_names:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,23 @@ def test_graph_io_follows_spec(exported: tuple[Path, RelevanceNet]) -> None:
     with pytest.raises(ValueError, match="audio features have size 5"):
         b = random_batch(SPEC, 2, 3, 0)
         engine.predict(EngineBatch(b.text, b.audio[..., :5], b.video, b.present, b.speakers, b.valid, b.target))
+
+
+def test_the_process_thread_setting_reaches_the_session(exported: tuple[Path, RelevanceNet]) -> None:
+    """engine.cpu_threads (and --processes N's share of the cores) caps ONNX Runtime's pool."""
+    from engines.runtime.onnx import OnnxEngine
+    from engines.runtime.threads import cpu_threads, set_cpu_threads
+
+    before = cpu_threads()
+    try:
+        set_cpu_threads(1)
+        one = OnnxEngine(exported[0])
+        assert int(one.session.get_session_options().intra_op_num_threads) == 1
+        assert torch.get_num_threads() == 1
+        batch = random_batch(SPEC, 3, 4, seed=1)
+        np.testing.assert_allclose(
+            one.predict(batch).probs, OnnxEngine(exported[0], intra_op_threads=2).predict(batch).probs, atol=1e-5
+        )
+    finally:
+        set_cpu_threads(before)
+        torch.set_num_threads(os.cpu_count() or 1)

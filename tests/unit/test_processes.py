@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import pytest
 
-from streams.processes import BACKOFF_S, MAX_QUICK_FAILURES, Supervisor, child_port, next_backoff, worker_command
+from streams.processes import (
+    BACKOFF_S,
+    MAX_QUICK_FAILURES,
+    Supervisor,
+    child_env,
+    child_port,
+    next_backoff,
+    worker_command,
+)
 
 SLEEPER = (
     "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
@@ -102,3 +110,12 @@ def test_a_broken_stdout_does_not_stop_the_pipe_from_draining() -> None:
     assert proc is not None and proc.wait(20) == 0  # it did not block on a full pipe
     sup.stop()
     run_until(sup, None)
+
+
+def test_each_process_gets_its_share_of_the_cores_unless_threads_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    env = {"PATH": "/bin"}
+    assert child_env(4, None, env) == {"PATH": "/bin", "EMOSTREAM_ENGINE__CPU_THREADS": "4"}
+    assert child_env(32, None, env)["EMOSTREAM_ENGINE__CPU_THREADS"] == "1"  # never none
+    assert child_env(4, 2, env) == env  # engine.cpu_threads set: the children read it from the same settings
+    assert child_env(1, None, env) == env
