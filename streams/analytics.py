@@ -10,9 +10,10 @@ judges the escalation rules (:mod:`streams.rules`) on them, and returns what to 
 - :class:`~streams.schemas.CallReport` on ``kafka.topics.calls``: the call's running trajectory
   per speaker, and a final one, the call summary, when the call ends.
 
-Everything lives under deterministic Redis keys (``{key_prefix}turns#{call}``, ``alerts#``,
-``raised#``, and ``aver#``, a random token that changes with every store) with the windows' TTL,
-stored only after the batch's messages are published, and
+Everything lives under two deterministic Redis keys per call with the windows' TTL: the turns
+(``{key_prefix}turns#{call}``, a hash) and the rest (``acall#``: the open alerts, how many each
+rule raised, and a random token that changes with every store, as one JSON string), stored in one
+transaction of three or four commands only after the batch's messages are published, and
 every message has a deterministic ``event_id``: a worker that restarts, or retries a batch whose
 publishing failed, finds the call's state as it was before the batch and publishes the same
 messages again under the same ``event_id`` (consumers deduplicate on it). A call whose state
@@ -103,11 +104,9 @@ class CallAnalytics:
         self.max_cached_turns = max_cached_turns
         self.reads = 0  # states read back from Redis (cache misses), for tests
 
-    def _keys(self, call_id: str) -> tuple[str, str, str]:
-        return (f"{self.prefix}turns#{call_id}", f"{self.prefix}alerts#{call_id}", f"{self.prefix}raised#{call_id}")
-
-    def _token_key(self, call_id: str) -> str:
-        return f"{self.prefix}aver#{call_id}"
+    def _keys(self, call_id: str) -> tuple[str, str]:
+        """The call's turns (a hash) and its alerts, rule counts and token (a JSON string)."""
+        return f"{self.prefix}turns#{call_id}", f"{self.prefix}acall#{call_id}"
 
     async def observe(self, events: Sequence[EmotionEvent]) -> Update:
         """Take a batch's published events: the alerts and reports they cause (nothing is stored
@@ -145,7 +144,7 @@ class CallAnalytics:
     async def forget(self, call_id: str) -> None:
         """Delete the call's state (after its summary is published)."""
         self._uncache(call_id)
-        await self.client.delete(*self._keys(call_id), self._token_key(call_id))
+        await self.client.delete(*self._keys(call_id))
 
     # -- judging ---------------------------------------------------------------------------------
 
@@ -285,58 +284,48 @@ class CallAnalytics:
     # -- Redis -------------------------------------------------------------------------------------
 
     async def _load(self, call_ids: list[str]) -> dict[str, _State]:
-        tokens = await self.client.mget([self._token_key(c) for c in call_ids])
+        raws = await self.client.mget([self._keys(c)[1] for c in call_ids])
+        metas = [_meta(c, raw) for c, raw in zip(call_ids, raws, strict=True)]
         states = {}
-        for call_id, token in zip(call_ids, tokens, strict=True):
+        for call_id, meta in zip(call_ids, metas, strict=True):
             cached = self.cache.get(call_id)
             fresh = cached is not None and time.monotonic() - cached[2] < self.ttl_ms / 1000
-            if cached is not None and fresh and token is not None and cached[0] == _s(token):
+            if cached is not None and fresh and cached[0] == meta.get("token"):
                 states[call_id] = _State(
                     dict(cached[1].turns), copy.deepcopy(cached[1].alerts), dict(cached[1].raised)
                 )  # turns are replaced, never changed in place
-        missing = [c for c in call_ids if c not in states]
+        missing = [(c, m) for c, m in zip(call_ids, metas, strict=True) if c not in states]
         if not missing:
             return states
         self.reads += len(missing)
         async with self.client.pipeline(transaction=False) as pipe:
-            for call_id in missing:
-                turns, alerts, raised = self._keys(call_id)
-                pipe.hgetall(turns)
-                pipe.hgetall(alerts)
-                pipe.hgetall(raised)
+            for call_id, _ in missing:
+                pipe.hgetall(self._keys(call_id)[0])
             replies = await pipe.execute()
-        for i, call_id in enumerate(missing):
-            turns, alerts, raised = replies[3 * i : 3 * i + 3]
+        for (call_id, meta), turns in zip(missing, replies, strict=True):
             try:
                 states[call_id] = _State(
                     {_s(k): Turn(**json.loads(v)) for k, v in turns.items()},
-                    {_s(k): json.loads(v) for k, v in alerts.items()},
-                    {_s(k): int(v) for k, v in raised.items()},
+                    {str(k): dict(v) for k, v in meta.get("alerts", {}).items()},
+                    {str(k): int(v) for k, v in meta.get("raised", {}).items()},
                 )
-            except (ValueError, TypeError) as exc:  # unreadable (another version's format): start the call afresh
+            except (ValueError, TypeError, AttributeError) as exc:  # another version's format: start afresh
                 log.warning("call %s: analytics state unreadable (%s); starting it afresh", call_id, exc)
                 states[call_id] = _State(dropped=[_s(k) for k in turns])
         return states
 
     async def _store(self, states: dict[str, _State]) -> None:
         tokens = {c: os.urandom(8).hex() for c in states}
-        async with self.client.pipeline(transaction=True) as pipe:  # a call's alerts are replaced at once
+        async with self.client.pipeline(transaction=True) as pipe:  # a call's turns and alerts change at once
             for call_id, state in states.items():
-                pipe.set(self._token_key(call_id), tokens[call_id], px=self.ttl_ms)
-                turns_key, alerts_key, raised_key = self._keys(call_id)
+                turns_key, meta_key = self._keys(call_id)
+                meta = {"token": tokens[call_id], "alerts": state.alerts, "raised": state.raised}
+                pipe.set(meta_key, json.dumps(meta), px=self.ttl_ms)
                 if state.dropped:
                     pipe.hdel(turns_key, *state.dropped)
-                if state.changed:
-                    pipe.hset(
-                        turns_key, mapping={k: json.dumps(vars(t)) for k, t in state.changed.items()}
-                    )  # flat: no asdict
-                pipe.delete(alerts_key, raised_key)
-                if state.alerts:
-                    pipe.hset(alerts_key, mapping={k: json.dumps(v) for k, v in state.alerts.items()})
-                if state.raised:
-                    pipe.hset(raised_key, mapping=dict(state.raised))
-                for key in (turns_key, alerts_key, raised_key):
-                    pipe.pexpire(key, self.ttl_ms)
+                if state.changed:  # Turn is flat: vars(), not dataclasses.asdict (a deep copy)
+                    pipe.hset(turns_key, mapping={k: json.dumps(vars(t)) for k, t in state.changed.items()})
+                pipe.pexpire(turns_key, self.ttl_ms)
             await pipe.execute()
         for call_id, state in states.items():  # what Redis now holds, under the token just written
             stored = _State(dict(state.turns), copy.deepcopy(state.alerts), dict(state.raised))
@@ -354,6 +343,20 @@ class CallAnalytics:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def _meta(call_id: str, raw: bytes | str | None) -> dict[str, Any]:
+    """A call's stored alerts, rule counts and token ({} when there is none or it is unreadable)."""
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+        if isinstance(meta, dict):
+            return meta
+    except ValueError:
+        pass
+    log.warning("call %s: stored alerts unreadable; the call's alerts start afresh", call_id)
+    return {}
 
 
 def _s(value: bytes | str) -> str:

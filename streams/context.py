@@ -19,6 +19,7 @@ restart waits for the same parts as the one that read the declaration.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from redis.exceptions import NoScriptError
 
 from streams.errors import ConfigError, ServiceUnavailable
 from streams.settings import RedisSettings
@@ -49,6 +51,8 @@ redis.call('PEXPIRE', key, ARGV[2])
 redis.call('PEXPIRE', labelled, ARGV[2])
 return redis.call('LLEN', key)
 """
+
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,6 @@ class ContextStore:
         self.prefix = prefix
         self.window = window
         self.ttl_ms = int(ttl_s * 1000)
-        self._append = client.register_script(_APPEND)
         # a call's window is read back with every batch of the call: the items decoded last time, by
         # their stored bytes (the same bytes are the same item), so each is decoded about once
         self._decoded: OrderedDict[bytes, ContextItem] = OrderedDict()
@@ -128,12 +131,18 @@ class ContextStore:
         """Append each call's new utterances (in order), trim, refresh the TTL, in one pipeline."""
         if not items:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for call_id, new in items.items():
-                if new:
-                    args = [self.window, self.ttl_ms, *(i.to_json() for i in new)]
-                    await self._append(keys=[self.key(call_id), self.labelled_key(call_id)], args=args, client=pipe)
-            await pipe.execute()
+        rows = [(c, [self.window, self.ttl_ms, *(i.to_json() for i in new)]) for c, new in items.items() if new]
+        for attempt in (1, 2):  # EVALSHA: a registered script would ask SCRIPT EXISTS before every pipeline
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for call_id, args in rows:
+                        pipe.evalsha(_APPEND_SHA, 2, self.key(call_id), self.labelled_key(call_id), *args)
+                    await pipe.execute()
+                return
+            except NoScriptError:  # a Redis new or restarted (or SCRIPT FLUSH): no append ran; load it, once
+                if attempt == 2:
+                    raise
+                await self.client.script_load(_APPEND)
 
     def labelled_key(self, call_id: str) -> str:
         return f"{self.prefix}labelled#{call_id}"

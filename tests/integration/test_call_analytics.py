@@ -182,7 +182,7 @@ def test_a_worker_reads_a_call_back_only_when_another_stored_it_or_it_expired(se
         assert a.reads == 2 and reports(out)[0].turns == 6  # b's turns are there
         assert "u3" in {e.utterance_id for x in alerts(out) for e in x.evidence}  # judged on b's turns too
         # the state expired (or was lost): a starts the call afresh instead of using its memory
-        await client.delete(*a._keys("m"), a._token_key("m"))
+        await client.delete(*a._keys("m"))
         assert reports(await step(a, [event("m", 6, "customer", "joy", 0.9)]))[0].turns == 1
         # a failed publish (no commit) leaves a's memory as stored: the retry publishes the same
         first = await a.observe([event("m", 7, "customer", "joy", 0.9)])
@@ -190,7 +190,7 @@ def test_a_worker_reads_a_call_back_only_when_another_stored_it_or_it_expired(se
         assert [o.event_id for o in first.out] == [o.event_id for o in again.out]
         assert reports(again.out)[0].turns == 2
         await a.forget("m")
-        assert "m" not in a.cache and not await client.exists(a._token_key("m"))
+        assert "m" not in a.cache and not await client.exists(*a._keys("m"))
         # the memory is bounded by the turns it holds, least recently stored calls out first
         small = CallAnalytics(client, prefix, ttl_s=60, book=load_rules(), max_cached_turns=5)
         for call in ("p", "q", "r"):

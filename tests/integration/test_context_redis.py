@@ -118,3 +118,17 @@ def test_a_window_read_again_is_decoded_once_and_cannot_be_changed(services, uni
         await client.aclose()
 
     run(scenario())
+
+
+def test_appends_load_their_script_again_after_redis_forgot_it(services, unique) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
+        await store.append({"c": [item(0)]})
+        await client.script_flush()  # as a restarted Redis: EVALSHA answers NOSCRIPT
+        await store.append({"c": [item(1)], "d": [item(2)]})
+        got = await store.fetch(["c", "d"])
+        assert [i.utterance_id for i in got["c"]] == ["u0", "u1"] and [i.utterance_id for i in got["d"]] == ["u2"]
+        await client.aclose()
+
+    run(scenario())
