@@ -477,7 +477,7 @@ def drawn_messages(n: int, send: Callable[[bytes, str], None]) -> int:
     )  # fmt: skip
     fields = st.sampled_from(["schema_version", "utterance_id", "seq", "text", "embedding", "speaker", "kind",
                               "sent_at", "encoding", "sample_rate", "data", "features", "event",
-                              "modalities"])  # fmt: skip
+                              "modalities", "embedding_f32", "features_f32"])  # fmt: skip
     objects = st.dictionaries(fields, values, max_size=8).map(lambda d: {"schema_version": 1, **d})
     messages = st.one_of(st.binary(max_size=400), values, objects, objects)
     count = 0

@@ -65,6 +65,7 @@ class _State:
     raised: dict[str, int] = field(default_factory=dict)  # rule -> alerts it raised in this call
     changed: dict[str, Turn] = field(default_factory=dict)  # turns to write
     dropped: list[str] = field(default_factory=list)  # turns to delete (past max_turns)
+    legacy: bool = False  # read from the previous version's keys (alerts#, raised#, aver#): delete them
 
 
 @dataclass
@@ -299,15 +300,28 @@ class CallAnalytics:
             return states
         self.reads += len(missing)
         async with self.client.pipeline(transaction=False) as pipe:
-            for call_id, _ in missing:
+            for call_id, meta in missing:
                 pipe.hgetall(self._keys(call_id)[0])
-            replies = await pipe.execute()
-        for (call_id, meta), turns in zip(missing, replies, strict=True):
+                if not meta:  # none stored, or by the version before acall#: its alerts and rule counts
+                    pipe.hgetall(f"{self.prefix}alerts#{call_id}")
+                    pipe.hgetall(f"{self.prefix}raised#{call_id}")
+            replies = iter(await pipe.execute())
+        for call_id, meta in missing:
+            turns = next(replies)
+            legacy = False
             try:
+                if not meta:
+                    alerts, raised = next(replies), next(replies)
+                    legacy = bool(alerts or raised)
+                    meta = {
+                        "alerts": {_s(k): json.loads(v) for k, v in alerts.items()},
+                        "raised": {_s(k): int(v) for k, v in raised.items()},
+                    }
                 states[call_id] = _State(
                     {_s(k): Turn(**json.loads(v)) for k, v in turns.items()},
                     {str(k): dict(v) for k, v in meta.get("alerts", {}).items()},
                     {str(k): int(v) for k, v in meta.get("raised", {}).items()},
+                    legacy=legacy,
                 )
             except (ValueError, TypeError, AttributeError) as exc:  # another version's format: start afresh
                 log.warning("call %s: analytics state unreadable (%s); starting it afresh", call_id, exc)
@@ -326,6 +340,8 @@ class CallAnalytics:
                 if state.changed:  # Turn is flat: vars(), not dataclasses.asdict (a deep copy)
                     pipe.hset(turns_key, mapping={k: json.dumps(vars(t)) for k, t in state.changed.items()})
                 pipe.pexpire(turns_key, self.ttl_ms)
+                if state.legacy:
+                    pipe.delete(*(f"{self.prefix}{k}#{call_id}" for k in ("alerts", "raised", "aver")))
             await pipe.execute()
         for call_id, state in states.items():  # what Redis now holds, under the token just written
             stored = _State(dict(state.turns), copy.deepcopy(state.alerts), dict(state.raised))

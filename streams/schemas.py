@@ -171,6 +171,8 @@ class AudioPart(_Part):
 class VideoPart(_Part):
     """Visual features of one utterance (a vector computed by the caller's face pipeline)."""
 
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["features"]}, {"required": ["features_f32"]}]})
+
     kind: Literal["video"] = "video"
     features: list[float] | None = None
     features_f32: str | None = Field(None, description=F32_DESCRIPTION.replace("vector", "vector as 'features'"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +84,7 @@ def test_the_process_thread_setting_reaches_the_session(exported: tuple[Path, Re
     from engines.runtime.onnx import OnnxEngine
     from engines.runtime.threads import cpu_threads, set_cpu_threads
 
-    before = cpu_threads()
+    before, torch_before = cpu_threads(), torch.get_num_threads()
     try:
         set_cpu_threads(1)
         one = OnnxEngine(exported[0])
@@ -97,4 +96,4 @@ def test_the_process_thread_setting_reaches_the_session(exported: tuple[Path, Re
         )
     finally:
         set_cpu_threads(before)
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(torch_before)

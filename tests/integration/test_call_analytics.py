@@ -5,6 +5,7 @@ summary when the call ends. The worker's publishing of it on the real broker is 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import redis.asyncio as aioredis
@@ -198,6 +199,30 @@ def test_a_worker_reads_a_call_back_only_when_another_stored_it_or_it_expired(se
         assert list(small.cache) == ["q", "r"] and small.cached_turns == 4
         await step(small, [event("q", 2, "customer", "neutral", 0.9)])  # q: 3 turns, r: 2
         assert list(small.cache) == ["r", "q"] and small.cached_turns == 5
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_stored_by_the_previous_version_carries_its_alerts_over(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """Before acall#, a call's open alerts and rule counts were hashes of their own: a call open
+    across the upgrade keeps them (its alert is cleared under its id, its count goes on), and the
+    old keys go with the first store."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        prefix = f"test:{unique}:"
+        old = {"alert_id": "v:customer-anger-rising:1", "evidence": ["u0@anger", "u1@anger", "u2@anger"]}
+        await client.hset(f"{prefix}alerts#v", mapping={"customer-anger-rising": json.dumps(old)})
+        await client.hset(f"{prefix}raised#v", mapping={"customer-anger-rising": 1})
+        await client.set(f"{prefix}aver#v", "0123456789abcdef")
+        a = CallAnalytics(client, prefix, ttl_s=60, book=load_rules())
+        out = await step(a, [event("v", 3, "customer", "joy", 0.9)])
+        cleared = [x for x in alerts(out) if x.state == "cleared"]
+        assert [x.alert_id for x in cleared] == ["v:customer-anger-rising:1"]
+        assert not await client.exists(f"{prefix}alerts#v", f"{prefix}raised#v", f"{prefix}aver#v")
+        again = await step(a, [event("v", 4 + i, "customer", "anger", 0.6 + 0.1 * i) for i in range(3)])
+        assert "v:customer-anger-rising:2" in {x.alert_id for x in alerts(again)}  # the count went on
         await client.aclose()
 
     asyncio.run(scenario())

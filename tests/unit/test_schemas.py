@@ -76,6 +76,9 @@ def _f32(field: str, value: str, kind: str = "text", **kw: object) -> bytes:
     ("kind", "raw", "reason"),
     [
         ("text", _f32("embedding_f32", "@@@@"), "invalid_value"),  # not base64
+        ("text", _f32("embedding_f32", base64.encodebytes(b"\0" * 80).decode()), "invalid_value"),  # line breaks
+        ("text", _f32("embedding_f32", base64.urlsafe_b64encode(b"\xfb\xff\xff\xbf").decode()), "invalid_value"),
+        ("text", _f32("embedding_f32", base64.b64encode(b"\0" * 8).decode().rstrip("=")), "invalid_value"),  # unpadded
         ("text", _f32("embedding_f32", base64.b64encode(b"abcdef").decode()), "invalid_value"),  # 6 bytes
         ("text", _f32("embedding_f32", encode_f32([1.0, float("nan")])), "non_finite"),
         ("audio", _f32("features_f32", encode_f32([float("inf")]), "audio"), "non_finite"),
