@@ -88,8 +88,15 @@ class _Rule(BaseModel):
         raise NotImplementedError
 
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
-        mine = [t for t in turns if t.role == self.role]
-        return mine[-n:] if len(mine) >= n else None
+        """The role's last ``n`` turns, oldest first (None: fewer), read from the end: a rule is
+        judged after every batch of a call, and a long call has hundreds of turns."""
+        mine: list[Turn] = []
+        for t in reversed(turns):
+            if t.role == self.role:
+                mine.append(t)
+                if len(mine) == n:
+                    return mine[::-1]
+        return None
 
 
 class Rising(_Rule):

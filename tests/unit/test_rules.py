@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.errors import ConfigError
 from streams.rules import DEFAULT_RULES, RuleBook, Turn, load_rules
@@ -132,3 +134,11 @@ def test_min_confidence_keeps_unsure_labels_out_of_streaks_and_replies() -> None
     )
     assert "s" in streak.judge(sure) and "r" in reply.judge(sure)
     assert streak.judge(unsure) == {} and reply.judge(unsure) == {}
+
+
+@given(roles=st.lists(st.sampled_from(["agent", "customer"]), max_size=30), n=st.integers(1, 6))
+def test_a_rule_reads_the_roles_last_turns_as_a_filter_of_all_of_them_would(roles: list[str], n: int) -> None:
+    turns = [dataclasses.replace(turn(i, r, "anger"), role=r) for i, r in enumerate(roles)]
+    rule = book({"name": "s", "kind": "streak", "role": "customer", "emotions": ["anger"], "turns": n}).rule[0]
+    mine = [t for t in turns if t.role == "customer"]
+    assert rule._last(turns, n) == (mine[-n:] if len(mine) >= n else None)
