@@ -37,11 +37,16 @@ log = logging.getLogger("emostream.context")
 
 _APPEND = """
 local key, labelled = KEYS[1], KEYS[2]
+-- an item's utterance id, read from the front of its JSON (ContextItem.to_json writes it first),
+-- not by decoding the whole item: a window of 12 is some 70 KB of JSON, decoded with every append
+local function id_of(item)
+  return string.match(item, '^{"u": "([%w%._:@/%-]+)", ') or cjson.decode(item)['u']
+end
 local existing = redis.call('LRANGE', key, 0, -1)
 local seen = {}
-for _, item in ipairs(existing) do seen[cjson.decode(item)['u']] = true end
+for _, item in ipairs(existing) do seen[id_of(item)] = true end
 for i = 3, #ARGV do
-  local id = cjson.decode(ARGV[i])['u']
+  local id = id_of(ARGV[i])
   if not seen[id] and redis.call('SISMEMBER', labelled, id) == 0 then redis.call('RPUSH', key, ARGV[i]) end
   seen[id] = true
   redis.call('SADD', labelled, id)

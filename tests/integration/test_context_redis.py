@@ -132,3 +132,23 @@ def test_appends_load_their_script_again_after_redis_forgot_it(services, unique)
         await client.aclose()
 
     run(scenario())
+
+
+def test_the_append_script_reads_ids_of_every_allowed_character_and_of_items_it_cannot_parse_fast(
+    services, unique
+) -> None:  # type: ignore[no-untyped-def]
+    """The script takes an item's id from the front of its JSON (not decoding the whole item);
+    an item written another way (an older format) still counts by its decoded id."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=5, ttl_s=60)
+        odd = ContextItem("Az09._:@/-x", 0, "A", {"text": np.zeros(4, dtype=np.float32)})
+        await client.rpush(store.key("c"), '{"q": 1, "u": "other", "s": "A", "f": {}}')  # id not first
+        await store.append({"c": [odd, item(2)]})
+        await store.append({"c": [odd, ContextItem("other", 1, "A", {}), item(2), item(3)]})  # all but u3 seen
+        got = await store.fetch(["c"])
+        assert [i.utterance_id for i in got["c"]] == ["other", "Az09._:@/-x", "u2", "u3"]
+        await client.aclose()
+
+    run(scenario())
