@@ -17,6 +17,9 @@ def cmd_worker(ns: Any) -> int:
         from streams.processes import run_processes
 
         return run_processes(ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads)
+    from engines.runtime.threads import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the model's threads start
     return run_worker(settings)
 
 

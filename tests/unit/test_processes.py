@@ -119,3 +119,12 @@ def test_each_process_gets_its_share_of_the_cores_unless_threads_are_set(monkeyp
     assert child_env(32, None, env)["EMOSTREAM_ENGINE__CPU_THREADS"] == "1"  # never none
     assert child_env(4, 2, env) == env  # engine.cpu_threads set: the children read it from the same settings
     assert child_env(1, None, env) == env
+
+
+def test_the_worker_caps_malloc_arenas_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.runtime.threads import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the operator's own setting stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas(8) is (sys.platform == "linux")  # glibc took it (8 arenas: harmless in the test process)
