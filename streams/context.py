@@ -31,6 +31,7 @@ import numpy as np
 from redis.exceptions import NoScriptError
 
 from streams.errors import ConfigError, ServiceUnavailable
+from streams.schemas import encode_f32
 from streams.settings import RedisSettings
 
 log = logging.getLogger("emostream.context")
@@ -70,7 +71,7 @@ class ContextItem:
     features: dict[str, np.ndarray]  # modality -> (D,) float32, only the modalities present
 
     def to_json(self) -> str:
-        feats = {m: base64.b64encode(v.astype("<f4").tobytes()).decode() for m, v in self.features.items()}
+        feats = {m: encode_f32(v) for m, v in self.features.items()}  # the parts' compact vector form
         return json.dumps({"u": self.utterance_id, "q": self.seq, "s": self.speaker, "f": feats})
 
     @classmethod

@@ -226,10 +226,10 @@ class Processor:
     async def run(self, utts: list[Utterance]) -> BatchOutcome:
         """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet."""
         started = time.monotonic()
-        calls = list(dict.fromkeys(u.call_id for u in utts))
-        asking: dict[str, list[str]] = {}
+        asking: dict[str, list[str]] = {}  # call -> its utterances in the batch (calls in batch order)
         for u in utts:
             asking.setdefault(u.call_id, []).append(u.utterance_id)
+        calls = list(asking)
         state = await self.store.state(calls, asking)
         read_s = time.monotonic() - started
         history = {c: _by_seq(s.window) for c, s in state.items()}
