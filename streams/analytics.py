@@ -23,21 +23,25 @@ Each worker keeps the states it stored last in memory with their token, and read
 back from Redis only when the token there differs (another worker stored the call since, or it
 expired): a batch then costs one small read per call instead of decoding every turn of every
 call it touched, which grew with the length of the calls (issue 12's profile: a third of the
-worker's main thread at 30 turns a call).
+worker's main thread at 30 turns a call). A batch takes a call's state out of that memory and
+changes it in place; its commit puts it back, and a batch that fails before its commit leaves the
+call to be read back from Redis as it was. A state keeps its turns indexed by seq, overall and
+per speaker, so judging the rules and building the report cost the turns a batch brings and the
+last few of each speaker, not every turn of the call.
 """
 
 from __future__ import annotations
 
-import copy
+import bisect
 import hashlib
 import json
 import logging
 import os
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from streams.rules import RuleBook, Turn
 from streams.schemas import AlertEvent, CallReport, EmotionEvent, Evidence, SpeakerTrajectory
@@ -58,7 +62,8 @@ class Outgoing:
 
 @dataclass
 class _State:
-    """One call's analytics state, as stored in Redis."""
+    """One call's analytics state, as stored in Redis, with indexes kept up to date turn by turn so
+    that a batch costs the turns it brings, not the length of the call (a long call has hundreds)."""
 
     turns: dict[str, Turn] = field(default_factory=dict)  # utterance id -> its latest revision
     alerts: dict[str, dict[str, Any]] = field(default_factory=dict)  # rule -> {alert_id, evidence}
@@ -66,6 +71,92 @@ class _State:
     changed: dict[str, Turn] = field(default_factory=dict)  # turns to write
     dropped: list[str] = field(default_factory=list)  # turns to delete (past max_turns)
     legacy: bool = False  # read from the previous version's keys (alerts#, raised#, aver#): delete them
+    order: list[tuple[int, str]] = field(default_factory=list)  # (seq, utterance id) of every turn, ascending
+    speakers: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # the same, per speaker
+    version: int = 0  # a digest of the turns and their revisions (sum of each one's, mod 2**64)
+
+    @classmethod
+    def of(cls, turns: dict[str, Turn], **kw: Any) -> _State:
+        """A state read back from Redis: its indexes built once."""
+        state = cls(**kw)
+        for t in sorted(turns.values(), key=lambda t: (t.seq, t.utterance_id)):
+            state.put(t)
+        state.changed = {}
+        return state
+
+    def put(self, t: Turn) -> None:
+        """Add a turn, or replace the revision stored under its utterance id."""
+        old = self.turns.get(t.utterance_id)
+        if old is not None:
+            self._unindex(old)
+        self.turns[t.utterance_id] = self.changed[t.utterance_id] = t
+        key = (t.seq, t.utterance_id)
+        if not self.order or self.order[-1] < key:  # the common case: the call's next turn
+            self.order.append(key)
+        else:
+            bisect.insort(self.order, key)
+        mine = self.speakers.setdefault(t.speaker, [])
+        if not mine or mine[-1] < key:
+            mine.append(key)
+        else:
+            bisect.insort(mine, key)
+        self.version = (self.version + _digest(t)) % 2**64
+
+    def drop_oldest(self, keep: int) -> None:
+        """Forget the oldest turns past ``keep`` (deleted from Redis at the next store)."""
+        while len(self.order) > keep:
+            t = self.turns.pop(self.order[0][1])
+            self._unindex(t)
+            self.changed.pop(t.utterance_id, None)
+            self.dropped.append(t.utterance_id)
+
+    def _unindex(self, t: Turn) -> None:
+        key = (t.seq, t.utterance_id)
+        del self.order[bisect.bisect_left(self.order, key)]
+        mine = self.speakers[t.speaker]
+        del mine[bisect.bisect_left(mine, key)]
+        if not mine:
+            del self.speakers[t.speaker]
+        self.version = (self.version - _digest(t)) % 2**64
+
+    def ordered(self) -> _Turns:
+        """The turns in seq order (a view: the rules read it from the end)."""
+        return _Turns(self.order, self.turns)
+
+    def by_speaker(self) -> list[tuple[str, _Turns]]:
+        """Each speaker's turns in seq order, speakers in the order of their first turn."""
+        ranked = sorted(self.speakers.items(), key=lambda kv: kv[1][0])
+        return [(speaker, _Turns(keys, self.turns)) for speaker, keys in ranked]
+
+
+class _Turns(Sequence[Turn]):
+    """Turns in seq order, read through an index of (seq, utterance id) without copying it."""
+
+    def __init__(self, keys: list[tuple[int, str]], turns: dict[str, Turn]) -> None:
+        self.keys, self.turns = keys, turns
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> Turn: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Turn]: ...
+    def __getitem__(self, i: int | slice) -> Turn | list[Turn]:
+        if isinstance(i, slice):
+            return [self.turns[k[1]] for k in self.keys[i]]
+        return self.turns[self.keys[i][1]]
+
+    def __iter__(self) -> Iterator[Turn]:
+        return (self.turns[k[1]] for k in self.keys)
+
+    def __reversed__(self) -> Iterator[Turn]:
+        return (self.turns[k[1]] for k in reversed(self.keys))
+
+
+def _digest(t: Turn) -> int:
+    """A turn's part of its call's version: 64 bits of a hash of its id and revision."""
+    return int.from_bytes(hashlib.blake2b(f"{t.utterance_id}@{t.revision}".encode(), digest_size=8).digest(), "big")
 
 
 @dataclass
@@ -136,10 +227,9 @@ class CallAnalytics:
         out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
         if not state.turns:
             return Update()
-        ordered = sorted(state.turns.values(), key=lambda t: t.seq)
-        messages, _ = self._alerts(call_id, ordered, state, final=True)
+        messages, _ = self._alerts(call_id, state, final=True)
         out += [self._outgoing("alerts", m) for m in messages]
-        out.append(self._outgoing("calls", self._report(call_id, ordered, {}, state.raised, final=True)))
+        out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))
         return Update(out)
 
     async def forget(self, call_id: str) -> None:
@@ -153,23 +243,16 @@ class CallAnalytics:
         for e in new:
             old = state.turns.get(e.utterance_id)
             if old is None or e.revision >= old.revision:
-                state.turns[e.utterance_id] = state.changed[e.utterance_id] = self._turn(e)
-        ordered = sorted(state.turns.values(), key=lambda t: t.seq)
-        for t in ordered[: max(0, len(ordered) - self.max_turns)]:
-            state.dropped.append(t.utterance_id)
-            state.changed.pop(t.utterance_id, None)
-            del state.turns[t.utterance_id]
-        ordered = ordered[-self.max_turns :]
-        messages, state.alerts = self._alerts(call_id, ordered, state, final=False)
+                state.put(self._turn(e))
+        state.drop_oldest(self.max_turns)
+        messages, state.alerts = self._alerts(call_id, state, final=False)
         out = [self._outgoing("alerts", m) for m in messages]
         if state.changed or messages:
-            out.append(self._outgoing("calls", self._report(call_id, ordered, state.alerts, state.raised, False)))
+            out.append(self._outgoing("calls", self._report(call_id, state, state.alerts, False)))
         return out
 
-    def _alerts(
-        self, call_id: str, turns: list[Turn], state: _State, final: bool
-    ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
-        holding = {} if final else self.book.judge(turns)
+    def _alerts(self, call_id: str, state: _State, final: bool) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
+        holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
         still: dict[str, dict[str, Any]] = {}
@@ -228,14 +311,10 @@ class CallAnalytics:
             produced_at=now,
         )
 
-    def _report(
-        self, call_id: str, turns: list[Turn], alerts: dict[str, dict[str, Any]], raised: dict[str, int], final: bool
-    ) -> CallReport:
-        by_speaker: dict[str, list[Turn]] = defaultdict(list)
-        for t in turns:
-            by_speaker[t.speaker].append(t)
+    def _report(self, call_id: str, state: _State, alerts: dict[str, dict[str, Any]], final: bool) -> CallReport:
+        total = len(state.order)
         speakers = []
-        for speaker, mine in by_speaker.items():
+        for speaker, mine in state.by_speaker():
             recent, before = mine[-self.recent_turns :], mine[-2 * self.recent_turns : -self.recent_turns]
             labels = sorted({k for t in recent for k in t.probabilities})
             sentiment = _mean([t.sentiment for t in recent])
@@ -244,23 +323,22 @@ class CallAnalytics:
                     speaker=speaker,
                     role=mine[-1].role,
                     turns=len(mine),
-                    talk_share=round(len(mine) / len(turns), 4),
+                    talk_share=round(len(mine) / total, 4),
                     recent={k: round(_mean([t.probabilities.get(k, 0.0) for t in recent]), 4) for k in labels},
                     negative_share=round(_mean([float(t.sentiment_label == "negative") for t in recent]), 4),
                     sentiment=round(sentiment, 4),
                     sentiment_trend=round(sentiment - _mean([t.sentiment for t in before]), 4) if before else 0.0,
                 )
             )
-        seen = ",".join(sorted(f"{t.utterance_id}@{t.revision}" for t in turns))  # the turns and revisions it covers
-        version = hashlib.sha1(seen.encode()).hexdigest()[:12]
+        version = f"{state.version:016x}"[:12]  # the turns and revisions it covers
         return CallReport(
-            event_id=f"{call_id}:report:final" if final else f"{call_id}:report:{len(turns)}:{version}",
+            event_id=f"{call_id}:report:final" if final else f"{call_id}:report:{total}:{version}",
             call_id=call_id,
             final=final,
-            turns=len(turns),
+            turns=total,
             speakers=speakers,
             open_alerts=sorted(a["alert_id"] for a in alerts.values()),
-            alerts_raised=sorted(raised),
+            alerts_raised=sorted(state.raised),
             produced_at=self.clock(),
         )
 
@@ -289,12 +367,10 @@ class CallAnalytics:
         metas = [_meta(c, raw) for c, raw in zip(call_ids, raws, strict=True)]
         states = {}
         for call_id, meta in zip(call_ids, metas, strict=True):
-            cached = self.cache.get(call_id)
+            cached = self._uncache(call_id)  # the batch owns it now; its commit puts it back
             fresh = cached is not None and time.monotonic() - cached[2] < self.ttl_ms / 1000
             if cached is not None and fresh and cached[0] == meta.get("token"):
-                states[call_id] = _State(
-                    dict(cached[1].turns), copy.deepcopy(cached[1].alerts), dict(cached[1].raised)
-                )  # turns are replaced, never changed in place
+                states[call_id] = cached[1]
         missing = [(c, m) for c, m in zip(call_ids, metas, strict=True) if c not in states]
         if not missing:
             return states
@@ -317,10 +393,10 @@ class CallAnalytics:
                         "alerts": {_s(k): json.loads(v) for k, v in alerts.items()},
                         "raised": {_s(k): int(v) for k, v in raised.items()},
                     }
-                states[call_id] = _State(
+                states[call_id] = _State.of(
                     {_s(k): Turn(**json.loads(v)) for k, v in turns.items()},
-                    {str(k): dict(v) for k, v in meta.get("alerts", {}).items()},
-                    {str(k): int(v) for k, v in meta.get("raised", {}).items()},
+                    alerts={str(k): dict(v) for k, v in meta.get("alerts", {}).items()},
+                    raised={str(k): int(v) for k, v in meta.get("raised", {}).items()},
                     legacy=legacy,
                 )
             except (ValueError, TypeError, AttributeError) as exc:  # another version's format: start afresh
@@ -344,17 +420,18 @@ class CallAnalytics:
                     pipe.delete(*(f"{self.prefix}{k}#{call_id}" for k in ("alerts", "raised", "aver")))
             await pipe.execute()
         for call_id, state in states.items():  # what Redis now holds, under the token just written
-            stored = _State(dict(state.turns), copy.deepcopy(state.alerts), dict(state.raised))
+            state.changed, state.dropped, state.legacy = {}, [], False
             self._uncache(call_id)
-            self.cache[call_id] = (tokens[call_id], stored, time.monotonic())
-            self.cached_turns += len(stored.turns)
+            self.cache[call_id] = (tokens[call_id], state, time.monotonic())
+            self.cached_turns += len(state.turns)
         while self.cached_turns > self.max_cached_turns and self.cache:
             self._uncache(next(iter(self.cache)))
 
-    def _uncache(self, call_id: str) -> None:
+    def _uncache(self, call_id: str) -> tuple[str, _State, float] | None:
         entry = self.cache.pop(call_id, None)
         if entry is not None:
             self.cached_turns -= len(entry[1].turns)
+        return entry
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -660,6 +660,10 @@ def cmd_bench(ns: Any) -> int:
         from engines.bench import main as engine_bench
 
         return engine_bench(["runtimes", "--data-dir", ns.data_dir, "--n", "512"])
+    if ns.what == "analytics":
+        from tools.bench_analytics import cmd
+
+        return cmd(ns)
     loads: dict[str, tuple[float, ...]] = dict(Plan().loads)
     for spec in ns.load or []:
         name, _, values = spec.partition("=")
@@ -709,9 +713,10 @@ def add_bench_args(p: Any) -> None:
         "what",
         nargs="?",
         default="pipeline",
-        choices=["pipeline", "engine"],
+        choices=["pipeline", "engine", "analytics"],
         help="pipeline (default): Kafka + Redis + worker and references; engine: the encoders and the engine on "
-        "every runtime this machine has (python -m engines.bench runtimes)",
+        "every runtime this machine has (python -m engines.bench runtimes); analytics: the call analytics stage "
+        "alone on a Redis of its own, by call length (--turns, --calls, --batch, --batches)",
     )
     p.add_argument("--workloads", default="text,audio,features", help="comma-separated: text, audio, features")
     p.add_argument("--load", action="append", metavar="WORKLOAD=R1,R2",
@@ -726,6 +731,9 @@ def add_bench_args(p: Any) -> None:
     p.add_argument("--run-dir", default="runs/bench")
     p.add_argument("--kafka-port", type=int, default=29592)
     p.add_argument("--redis-port", type=int, default=26790)
+    p.add_argument("--turns", default="10,100,400", help="(analytics) turns every call has, comma-separated")
+    p.add_argument("--batch", type=int, default=20, help="(analytics) events per batch, one call each")
+    p.add_argument("--batches", type=int, default=100, help="(analytics) timed batches per call length")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--plot", help="write latency percentiles against load to this PNG")
 

@@ -16,6 +16,15 @@ run=${EMOSTREAM_RUN_DIR:-$repo/.run}/redis-$port
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# PONG, not LOADING: a server restarted on a large append-only file listens before it can serve
+ready() {
+  local args=(-h 127.0.0.1 -p "$port")
+  if [ -n "${REDIS_TLS_DIR:-}" ]; then
+    args+=(--tls --cacert "$REDIS_TLS_DIR/ca.pem" --user "$REDIS_USER" --no-auth-warning)
+  fi
+  [ "$(REDISCLI_AUTH="${REDIS_PASSWORD:-}" redis-cli "${args[@]}" ping 2>/dev/null)" = "PONG" ]
+}
+
 install() {
   command -v redis-server >/dev/null && return 0
   echo "redis.sh: installing Debian's redis-server" >&2
@@ -46,8 +55,11 @@ CONF
   fi
   redis-server "${listen[@]}" --bind 127.0.0.1 --dir "$run" --appendonly yes --appendfsync everysec \
     --save "" --daemonize yes --pidfile "$run/redis.pid" --logfile "$run/redis.log"
-  for _ in $(seq 1 40); do listening "$port" && { echo "redis.sh: up on 127.0.0.1:$port" >&2; return 0; }; sleep 0.25; done
-  echo "redis.sh: redis did not start, see $run/redis.log" >&2; exit 1
+  for _ in $(seq 1 40); do listening "$port" && break; sleep 0.25; done
+  listening "$port" || { echo "redis.sh: redis did not start, see $run/redis.log" >&2; exit 1; }
+  for _ in $(seq 1 480); do ready && { echo "redis.sh: up on 127.0.0.1:$port" >&2; return 0; }; sleep 0.25; done
+  echo "redis.sh: redis listens on $port but does not answer PING (still loading its data?), see $run/redis.log" >&2
+  exit 1
 }
 
 down() {

@@ -42,3 +42,20 @@ def test_every_subject_gets_every_utterance_through_and_is_measured(
     assert any(line.startswith("text: worker / passthrough = ") for line in lines)
     assert any(line.startswith("text: worker / naive = ") for line in lines)
     assert plot(levels, tmp_path / "bench.png").stat().st_size > 10_000
+
+
+def test_the_analytics_bench_measures_each_call_length_and_cleans_up(services) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    import redis
+
+    from tools.bench_analytics import _measure, report
+
+    rows = [asyncio.run(_measure(services.redis_url, n, calls=6, batch=3, batches=5, seed=n)) for n in (2, 12)]
+    assert [r["turns"] for r in rows] == [2, 12]
+    for r in rows:
+        assert 0 < r["ms_per_batch_median"] <= r["ms_per_batch_p90"] and r["ms_per_event"] > 0, r
+    assert "| 12 |" in report(rows)
+    db = redis.Redis.from_url(services.redis_url)
+    assert not list(db.scan_iter(match="bench-analytics:*"))  # its keys deleted
+    db.close()

@@ -1,0 +1,95 @@
+"""A call's analytics state (streams/analytics.py) kept turn by turn: its indexes, its version and
+the report built from them agree with the same things computed from all of the call's turns."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.analytics import CallAnalytics, _digest, _State
+from streams.rules import Turn, load_rules
+
+LABELS = ("anger", "joy", "neutral")
+
+
+def turn(uid: int, seq: int, speaker: str, revision: int, label: str) -> Turn:
+    probs = {k: (0.8 if k == label else 0.1) for k in LABELS}
+    return Turn(f"u{uid}", seq, speaker, speaker, label, probs, -0.8 if label == "anger" else 0.2,
+                "negative" if label == "anger" else "neutral", revision, 0.8)  # fmt: skip
+
+
+# steps: put a turn (utterance id, seq, speaker, revision, label), or drop the oldest past a size
+steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("put"),
+            st.integers(0, 12),
+            st.integers(0, 15),
+            st.sampled_from(["agent", "cust", "x"]),
+            st.integers(0, 3),
+            st.sampled_from(LABELS),
+        ),  # fmt: skip
+        st.tuples(st.just("drop"), st.integers(0, 10)),
+    ),
+    max_size=60,
+)
+
+
+def replay(ops: list[tuple]) -> tuple[_State, dict[str, Turn]]:  # type: ignore[type-arg]
+    """The state after ``ops``, and the turns a plain dict holds after the same ops."""
+    state, plain = _State(), {}
+    for op in ops:
+        if op[0] == "put":
+            _, uid, seq, speaker, revision, label = op
+            t = turn(uid, seq, speaker, revision, label)
+            state.put(t)
+            plain[t.utterance_id] = t
+        else:
+            state.drop_oldest(op[1])
+            for t in sorted(plain.values(), key=lambda t: (t.seq, t.utterance_id))[: max(0, len(plain) - op[1])]:
+                del plain[t.utterance_id]
+    return state, plain
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=steps)
+def test_the_indexes_and_version_follow_every_put_replace_and_drop(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    state, plain = replay(ops)
+    ordered = sorted(plain.values(), key=lambda t: (t.seq, t.utterance_id))
+    assert state.turns == plain
+    assert list(state.ordered()) == ordered and list(reversed(state.ordered())) == ordered[::-1]
+    assert state.ordered()[-3:] == ordered[-3:] and (not ordered or state.ordered()[0] == ordered[0])
+    grouped: dict[str, list[Turn]] = defaultdict(list)
+    for t in ordered:
+        grouped[t.speaker].append(t)
+    assert [(s, list(v)) for s, v in state.by_speaker()] == list(grouped.items())  # first speaker first
+    assert state.version == sum(_digest(t) for t in plain.values()) % 2**64
+    again = _State.of(dict(plain))  # read back from Redis: the same indexes and version
+    assert again.order == state.order and again.speakers == state.speakers and again.version == state.version
+    assert not again.changed
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=steps)
+def test_the_report_is_the_one_built_from_all_of_the_calls_turns(ops: list[tuple]) -> None:  # type: ignore[type-arg]
+    state, plain = replay([op for op in ops if op[0] == "put"])
+    if not plain:
+        return
+    a = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=2, clock=lambda: 0.0)
+    report = a._report("c", state, {}, final=False)
+    ordered = sorted(plain.values(), key=lambda t: (t.seq, t.utterance_id))
+    assert report.turns == len(ordered)
+    speakers = list(dict.fromkeys(t.speaker for t in ordered))
+    assert [s.speaker for s in report.speakers] == speakers
+    for s in report.speakers:
+        mine = [t for t in ordered if t.speaker == s.speaker]
+        recent = mine[-2:]
+        assert s.turns == len(mine) and s.talk_share == round(len(mine) / len(ordered), 4)
+        assert s.recent["anger"] == round(sum(t.probabilities["anger"] for t in recent) / len(recent), 4)
+        assert s.sentiment == round(sum(t.sentiment for t in recent) / len(recent), 4)
+    # the event id names the turns and revisions it covers: another revision of one turn, another id
+    last = ordered[-1]
+    state.put(turn(int(last.utterance_id[1:]), last.seq, last.speaker, last.revision + 1, last.label))
+    assert a._report("c", state, {}, final=False).event_id != report.event_id
