@@ -18,7 +18,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from streams.errors import InvalidMessage
@@ -69,16 +69,18 @@ def encode_f32(values: Any) -> str:
     return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode()
 
 
-def _one_vector(values: list[float] | None, packed: str | None, what: str) -> None:
+def _one_vector(part: _Part, values: list[float] | None, packed: str | None, what: str) -> None:
     if values is not None and packed is not None:
         raise ValueError(f"'{what}' and '{what}_f32' are two forms of one vector: send one")
     _finite(values, what)
-    if packed is not None:
-        f32_vector(packed, f"{what}_f32")
+    if packed is not None:  # decoded once: the bytes kept with the string they came from, for vector()
+        part._decoded = (packed, f32_vector(packed, f"{what}_f32").tobytes())
 
 
-def _vector_of(values: list[float] | None, packed: str | None, what: str) -> np.ndarray | list[float]:
+def _vector_of(part: _Part, values: list[float] | None, packed: str | None, what: str) -> np.ndarray | list[float]:
     if packed is not None:
+        if part._decoded is not None and part._decoded[0] is packed:  # not a copy made with another vector
+            return np.frombuffer(part._decoded[1], dtype="<f4")
         return f32_vector(packed, f"{what}_f32")
     assert values is not None, what
     return values
@@ -92,6 +94,7 @@ class _Part(_Message):
     start_s: float | None = Field(None, ge=0, description="utterance start, seconds from call start")
     end_s: float | None = Field(None, ge=0)
     sent_at: float = Field(default_factory=time.time, description="unix time the producer sent it")
+    _decoded: tuple[str, bytes] | None = PrivateAttr(None)  # the *_f32 vector's bytes, as validated
 
 
 class TextPart(_Part):
@@ -106,12 +109,12 @@ class TextPart(_Part):
     def _one_of(self) -> TextPart:
         if (self.text is None) == (self.embedding is None and self.embedding_f32 is None):
             raise ValueError("exactly one of 'text' and 'embedding' (or 'embedding_f32') is required")
-        _one_vector(self.embedding, self.embedding_f32, "embedding")
+        _one_vector(self, self.embedding, self.embedding_f32, "embedding")
         return self
 
     def vector(self) -> np.ndarray | list[float]:
         """The embedding, from whichever form it came in."""
-        return _vector_of(self.embedding, self.embedding_f32, "embedding")
+        return _vector_of(self, self.embedding, self.embedding_f32, "embedding")
 
     @field_validator("text")
     @classmethod
@@ -151,14 +154,14 @@ class AudioPart(_Part):
         if self.encoding == "features":
             if not vector or self.data is not None:
                 raise ValueError("encoding 'features' needs 'features' (or 'features_f32') and no 'data'")
-            _one_vector(self.features, self.features_f32, "features")
+            _one_vector(self, self.features, self.features_f32, "features")
         elif self.data is None or vector:
             raise ValueError(f"encoding {self.encoding!r} needs base64 'data' and no 'features'")
         return self
 
     def vector(self) -> np.ndarray | list[float]:
         """The feature vector (encoding 'features'), from whichever form it came in."""
-        return _vector_of(self.features, self.features_f32, "features")
+        return _vector_of(self, self.features, self.features_f32, "features")
 
     def audio_bytes(self) -> bytes:
         assert self.data is not None
@@ -181,12 +184,12 @@ class VideoPart(_Part):
     def _check(self) -> VideoPart:
         if self.features is None and self.features_f32 is None:
             raise PydanticCustomError("missing", "'features' (or 'features_f32') is required")
-        _one_vector(self.features, self.features_f32, "features")
+        _one_vector(self, self.features, self.features_f32, "features")
         return self
 
     def vector(self) -> np.ndarray | list[float]:
         """The feature vector, from whichever form it came in."""
-        return _vector_of(self.features, self.features_f32, "features")
+        return _vector_of(self, self.features, self.features_f32, "features")
 
 
 class CallControl(_Message):

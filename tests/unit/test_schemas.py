@@ -94,6 +94,18 @@ def test_bad_f32_vectors_get_a_reason(kind: str, raw: bytes, reason: str) -> Non
     assert info.value.reason == reason, info.value.detail
 
 
+def test_an_f32_vector_is_decoded_once_and_a_copy_with_another_vector_reads_its_own(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import streams.schemas as schemas
+
+    part = parse_input("audio", AudioPart(call_id="c", utterance_id="u", seq=0, encoding="features",
+                                          features_f32=encode_f32([1.0, 2.0])).to_bytes(), 1 << 20)  # fmt: skip
+    decoded = []
+    monkeypatch.setattr(schemas, "f32_vector", lambda *a: decoded.append(a) or np.zeros(2, np.float32))
+    assert part.vector().tolist() == [1.0, 2.0] and not decoded  # the validator's decoding, kept
+    other = part.model_copy(update={"features_f32": encode_f32([3.0, 4.0])})  # no validation: not its bytes
+    assert other.vector().tolist() == [0.0, 0.0] and len(decoded) == 1  # decoded afresh (here: the stand-in)
+
+
 def test_an_f32_vector_of_the_wrong_length_is_refused() -> None:
     part = parse_input("text", _f32("embedding_f32", encode_f32([0.5] * 3)), 4096)
     with pytest.raises(InvalidMessage) as info:
