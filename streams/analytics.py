@@ -232,6 +232,12 @@ class CallAnalytics:
         out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))
         return Update(out)
 
+    def forget_cached(self) -> None:
+        """Drop every state held in memory (the worker's partitions changed: a call may have been
+        stored meanwhile by a worker of an older version, which writes no token)."""
+        self.cache.clear()
+        self.cached_turns = 0
+
     async def forget(self, call_id: str) -> None:
         """Delete the call's state (after its summary is published)."""
         self._uncache(call_id)

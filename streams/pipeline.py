@@ -322,6 +322,10 @@ class Processor:
         while len(self._written) > self.max_remembered:
             self._written.popitem(last=False)
 
+    def forget_cached(self) -> None:
+        """Drop the windows held in memory (the worker's partitions changed)."""
+        self.store.forget_cached()
+
     async def release(self, call_ids: list[str]) -> None:
         """The calls ended: free their windows (and declarations)."""
         await self.store.release(call_ids)

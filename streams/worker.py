@@ -428,6 +428,10 @@ class Worker:
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:
                 del self.ending[call_id]
+            # the calls this worker held may be another's now and come back changed: read them afresh
+            self.processor.forget_cached()
+            if self.analytics is not None:
+                self.analytics.forget_cached()
         self.metrics.revoked_dropped.inc(pending + len(queued))
         log.info(
             "partitions %s revoked: %d half-joined and %d queued utterances left to their next owner",

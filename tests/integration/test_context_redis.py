@@ -152,3 +152,70 @@ def test_the_append_script_reads_ids_of_every_allowed_character_and_of_items_it_
         await client.aclose()
 
     run(scenario())
+
+
+def test_a_window_held_in_memory_is_what_redis_holds_whoever_appends(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """Two workers (stores) append to the same calls at random, with replays and trimming; every
+    state() read equals what Redis holds, and a store reads a window back only when it has to."""
+    import random
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        prefix = f"test:{unique}:"
+        a = ContextStore(client, prefix, window=4, ttl_s=60)
+        b = ContextStore(aioredis.from_url(services.redis_url), prefix, window=4, ttl_s=60)
+        rng = random.Random(7)
+        seqs = {"c": 0, "d": 0}
+        for _ in range(80):
+            store = a if rng.random() < 0.8 else b
+            calls = rng.sample(["c", "d"], rng.randint(1, 2))
+            await store.state(calls, {c: [] for c in calls})
+            new: dict[str, list[ContextItem]] = {}
+            for c in calls:
+                n = rng.randint(1, 3)
+                new[c] = [item(seqs[c] + k) for k in range(n)]
+                if seqs[c] and rng.random() < 0.3:  # a replay of the last one appended: skipped
+                    new[c].insert(0, item(seqs[c] - 1))
+                seqs[c] += n
+            await store.append(new)
+            truth = await a.fetch(["c", "d"])
+            for s in (a, b):
+                got = await s.state(["c", "d"], {"c": [], "d": []})
+                assert {c: [i.utterance_id for i in v.window] for c, v in got.items()} == {
+                    c: [i.utterance_id for i in v] for c, v in truth.items()
+                }
+        assert 0 < a.window_reads < 80  # read back after b's appends, not before every batch
+        # alone, a store appending and reading does not read its windows back
+        before = a.window_reads
+        for k in range(5):
+            await a.state(["c"], {"c": []})
+            await a.append({"c": [item(1000 + k)]})
+        assert a.window_reads == before
+        # the window lost in Redis (expired, data loss): read back, empty
+        await client.delete(a.key("c"), a.token_key("c"))
+        assert (await a.state(["c"], {"c": []}))["c"].window == [] and a.window_reads == before + 1
+        # another worker appends between this one's read and its append (a rebalance race): the
+        # append tells, and the window is read back rather than held as this worker would have it
+        await a.state(["d"], {"d": []})
+        await b.state(["d"], {"d": []})
+        await b.append({"d": [item(2000)]})
+        await a.append({"d": [item(2001)]})
+        assert [i.utterance_id for i in (await a.state(["d"], {"d": []}))["d"].window][-2:] == ["u2000", "u2001"]
+        before = a.window_reads - 1
+        # a rebalance: everything held is forgotten and read again
+        a.forget_cached()
+        assert [i.utterance_id for i in (await a.state(["d"], {"d": []}))["d"].window] == [
+            i.utterance_id for i in (await a.fetch(["d"]))["d"]
+        ] and a.window_reads == before + 2
+        # a window an older version wrote (no token): read, appended, and held from then on
+        await client.rpush(a.key("e"), item(0).to_json())
+        assert [i.utterance_id for i in (await a.state(["e"], {"e": []}))["e"].window] == ["u0"]
+        await a.append({"e": [item(1)]})
+        assert [i.utterance_id for i in (await a.state(["e"], {"e": []}))["e"].window] == ["u0", "u1"]
+        assert a.window_reads == before + 3
+        await a.release(["e"])
+        assert not await client.exists(a.token_key("e")) and (await a.state(["e"], {"e": []}))["e"].window == []
+        await b.client.aclose()
+        await client.aclose()
+
+    run(scenario())

@@ -58,6 +58,9 @@ class FakeStore:
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
 
+    def forget_cached(self) -> None:
+        self.forgotten = getattr(self, "forgotten", 0) + 1
+
     async def append(self, items: dict[str, list[ContextItem]]) -> None:
         for c, new in items.items():
             self.data.setdefault(c, []).extend(new)
@@ -594,6 +597,7 @@ def test_a_revoked_partition_is_let_go_unacked_and_its_replay_gets_one_complete_
         await w.on_message(t.text, 3, 10, b"c", text("c", "u0", 0), Handle(log, "t0"))
         await w.on_message(t.text, 1, 5, b"d", text("d", "v0", 0), Handle(log, "d0"))
         await w.revoke({3})
+        assert store.forgotten == 1  # the windows held in memory: read afresh after a rebalance
         clock: Any = w.clock
         clock.now += 5.0  # well past wait_s: nothing of partition 3 is released
         await w.pump()
