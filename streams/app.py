@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from streams import heap
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
     async def _start() -> None:
         worker = state["worker"] = await asyncio.to_thread(worker_factory, send)
         worker.highwater = lambda topic, partition: _highwater(app, topic, partition)
+        log.info("%d objects of the loaded worker frozen out of garbage collection", heap.settle())
+        heap.watch(worker.metrics.gc_pause)
         ready.set()
         log.info("worker ready")
         await worker.run()  # the pump: batches through the engine, one at a time

@@ -138,6 +138,13 @@ class Metrics:
             "Half-joined or queued utterances left unacked to the next owner when their partition was revoked",
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "emostream_gc_pause_seconds",
+            "Python garbage collections of this worker process by generation (the event loop stops meanwhile)",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
         self.model_info = Gauge(
             "emostream_model_info",
             "1 for the model this worker runs: its name, version and runtime (engine.runtime resolved)",

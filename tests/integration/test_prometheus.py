@@ -98,6 +98,14 @@ def test_prometheus_scrapes_a_worker_and_the_dead_letter_alert_fires(services, u
 
         chosen = resolve_runtime("auto").name
         assert query(f'emostream_model_info{{name="emostream-unimse",runtime="{chosen}"}} == 1')
+        # garbage collections are timed; the loaded model was frozen out of them, so none takes the
+        # quarter second a full collection over it took (python -m streams.heap's figures in the README)
+        assert query("sum(emostream_gc_pause_seconds_count) > 0")
+        frozen = re.search(rb"(\d+) objects of the loaded worker frozen", worker.log_path.read_bytes())
+        assert frozen and int(frozen.group(1)) > 100_000, frozen  # the model's half a million
+        assert not query(
+            'emostream_gc_pause_seconds_count - ignoring(le) emostream_gc_pause_seconds_bucket{le="0.1"} > 0'
+        )
     finally:
         prometheus.terminate()
         prometheus.wait(10)
