@@ -4,7 +4,9 @@ One Redis list per call (``{prefix}{call_id}``) holds the call's last ``window``
 encoded features included, oldest first. Appending is one Lua script: skip utterances already in
 the window (a replay after a restart), RPUSH, LTRIM to the window, PEXPIRE (RPUSH alone does not
 refresh a TTL), so an idle call's window expires ``ttl_s`` after its last utterance. Reads refresh
-the TTL too. Many calls are read or appended in one pipeline per batch. A call's end deletes it.
+the TTL too. A batch reads its calls with one script and appends to them with another (one command
+each, however many calls: a pipeline of several commands a call cost the worker more to pack and
+parse than Redis to answer). A call's end deletes it.
 
 Beside the window, a set per call (``{prefix}labelled#{call_id}``) holds the ids of every
 utterance appended: the worker appends only after its events are published, so an utterance in
@@ -47,37 +49,77 @@ from streams.settings import RedisSettings
 log = logging.getLogger("emostream.context")
 
 _APPEND = """
--- KEYS: window, labelled set, window token; ARGV: window size, TTL ms, new token, expected token, items...
--- returns {1 if the token replaced was the expected one ('' for none) else 0, the window's length,
--- then the positions (1-based) of the items pushed}
-local key, labelled, token = KEYS[1], KEYS[2], KEYS[3]
+-- A batch's appends, as one command.
+-- KEYS: three per call: its window, labelled set, window token
+-- ARGV: window size, TTL ms, then per call: its new token, the token expected ('' for none), how
+-- many items follow, the items
+-- returns per call {1 if the token replaced was the expected one else 0, the window's length, then
+-- the positions (1-based) of the items pushed}
 -- an item's utterance id, read from the front of its JSON (ContextItem.to_json writes it first),
 -- not by decoding the whole item: a window of 12 is some 70 KB of JSON, decoded with every append
 local function id_of(item)
   return string.match(item, '^{"u": "([%w%._:@/%-]+)", ') or cjson.decode(item)['u']
 end
-local expected = (redis.call('GET', token) or '') == ARGV[4] and 1 or 0
-local existing = redis.call('LRANGE', key, 0, -1)
-local seen = {}
-for _, item in ipairs(existing) do seen[id_of(item)] = true end
-local pushed = {}
-for i = 5, #ARGV do
-  local id = id_of(ARGV[i])
-  if not seen[id] and redis.call('SISMEMBER', labelled, id) == 0 then
-    redis.call('RPUSH', key, ARGV[i])
-    pushed[#pushed + 1] = i - 4
+local size, ttl, at, out = tonumber(ARGV[1]), ARGV[2], 3, {}
+for c = 0, #KEYS / 3 - 1 do
+  local key, labelled, token = KEYS[3 * c + 1], KEYS[3 * c + 2], KEYS[3 * c + 3]
+  local fresh, wanted, n = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  at = at + 3
+  local expected = (redis.call('GET', token) or '') == wanted and 1 or 0
+  local seen = {}
+  for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do seen[id_of(item)] = true end
+  local reply = {expected, 0}
+  for i = at, at + n - 1 do
+    local id = id_of(ARGV[i])
+    if not seen[id] and redis.call('SISMEMBER', labelled, id) == 0 then
+      redis.call('RPUSH', key, ARGV[i])
+      reply[#reply + 1] = i - at + 1
+    end
+    seen[id] = true
+    redis.call('SADD', labelled, id)
   end
-  seen[id] = true
-  redis.call('SADD', labelled, id)
+  at = at + n
+  redis.call('LTRIM', key, -size, -1)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', labelled, ttl)
+  redis.call('SET', token, fresh, 'PX', ttl)
+  reply[2] = redis.call('LLEN', key)
+  out[c + 1] = reply
 end
-redis.call('LTRIM', key, -tonumber(ARGV[1]), -1)
-redis.call('PEXPIRE', key, ARGV[2])
-redis.call('PEXPIRE', labelled, ARGV[2])
-redis.call('SET', token, ARGV[3], 'PX', ARGV[2])
-return {expected, redis.call('LLEN', key), unpack(pushed)}
+return out
 """
 
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
+
+_STATE = """
+-- What a batch reads of its calls, as one command: a pipeline of six per call cost the worker more
+-- to pack and parse than Redis to answer.
+-- KEYS: five per call: its window token, labelled set, joins hash, window, declaration
+-- ARGV: TTL ms, then per call: how many utterance ids follow (-1: the whole sets), the ids
+-- returns per call {token or nil, labelled: 1 or 0 per id (or every member), joins: one per id
+-- (or field, value, ...)}; refreshes the TTL of the window, its token and the declaration
+local ttl, at, out = ARGV[1], 2, {}
+for c = 0, #KEYS / 5 - 1 do
+  local token, labelled, joined = KEYS[5 * c + 1], KEYS[5 * c + 2], KEYS[5 * c + 3]
+  local n = tonumber(ARGV[at])
+  at = at + 1
+  local member, joins = {}, {}
+  if n < 0 then
+    member, joins = redis.call('SMEMBERS', labelled), redis.call('HGETALL', joined)
+  elseif n > 0 then
+    member = redis.call('SMISMEMBER', labelled, unpack(ARGV, at, at + n - 1))
+    joins = redis.call('HMGET', joined, unpack(ARGV, at, at + n - 1))
+    at = at + n
+  end
+  redis.call('PEXPIRE', token, ttl)
+  redis.call('PEXPIRE', KEYS[5 * c + 4], ttl)
+  redis.call('PEXPIRE', KEYS[5 * c + 5], ttl)
+  out[c + 1] = {redis.call('GET', token), member, joins}
+end
+return out
+"""
+
+_STATE_SHA = hashlib.sha1(_STATE.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -209,27 +251,20 @@ class ContextStore:
         return {c: [self._item(r) for r in replies[4 * i]] for i, c in enumerate(call_ids)}
 
     async def append(self, items: dict[str, list[ContextItem]]) -> None:
-        """Append each call's new utterances (in order), trim, refresh the TTL, in one pipeline."""
-        if not items:
-            return
+        """Append each call's new utterances (in order), trim, refresh the TTL: one script for them all."""
         rows = []
+        keys: list[str] = []
+        args: list[Any] = [self.window, self.ttl_ms]
         for call_id, new in items.items():
             if new:
                 held = self._uncache(call_id)  # put back below if the append leaves it exact
-                rows.append((call_id, new, held, os.urandom(8).hex()))
-        for attempt in (1, 2):  # EVALSHA: a registered script would ask SCRIPT EXISTS before every pipeline
-            try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for call_id, new, held, token in rows:
-                        keys = (self.key(call_id), self.labelled_key(call_id), self.token_key(call_id))
-                        args = (self.window, self.ttl_ms, token, held[0] if held else "", *(i.to_json() for i in new))
-                        pipe.evalsha(_APPEND_SHA, 3, *keys, *args)
-                    replies = await pipe.execute()
-                break
-            except NoScriptError:  # a Redis new or restarted (or SCRIPT FLUSH): no append ran; load it, once
-                if attempt == 2:
-                    raise
-                await self.client.script_load(_APPEND)
+                token = os.urandom(8).hex()
+                rows.append((call_id, new, held, token))
+                keys += [self.key(call_id), self.labelled_key(call_id), self.token_key(call_id)]
+                args += [token, held[0] if held else "", len(new), *(i.to_json() for i in new)]
+        if not rows:
+            return
+        replies = await self._run(_APPEND, _APPEND_SHA, keys, args)
         for (call_id, new, held, token), reply in zip(rows, replies, strict=True):
             expected, length, *pushed = (int(x) for x in reply)
             if held is None or not expected:
@@ -237,6 +272,15 @@ class ContextStore:
             window = [*held[1], *(new[i - 1] for i in pushed)][-self.window :]
             if len(window) == length:
                 self._cache(call_id, token, window)
+
+    async def _run(self, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """One script by its SHA (EVALSHA), loaded first if Redis does not have it (new, restarted,
+        SCRIPT FLUSH)."""
+        try:  # not a registered script: that asks SCRIPT EXISTS before every call
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
+        except NoScriptError:  # nothing ran: load it, once
+            await self.client.script_load(script)
+            return await self.client.evalsha(sha, len(keys), *keys, *args)
 
     def labelled_key(self, call_id: str) -> str:
         return f"{self.prefix}labelled#{call_id}"
@@ -263,41 +307,27 @@ class ContextStore:
         batch needs no more, and a long call's sets grow with every turn."""
         if not call_ids:
             return {}
-        async with self.client.pipeline(transaction=False) as pipe:
-            for call_id in call_ids:
-                pipe.get(self.token_key(call_id))
-                pipe.pexpire(self.token_key(call_id), self.ttl_ms)
-                ids = None if asking is None else asking.get(call_id, [])
-                if ids is None:
-                    pipe.smembers(self.labelled_key(call_id))
-                    pipe.hgetall(self.joined_key(call_id))
-                elif ids:
-                    pipe.smismember(self.labelled_key(call_id), ids)
-                    pipe.hmget(self.joined_key(call_id), ids)
-                pipe.pexpire(self.key(call_id), self.ttl_ms)
-                pipe.pexpire(self.declaration_key(call_id), self.ttl_ms)
-            replies = await pipe.execute()
-        out = {}
-        at = 0
-        windows: dict[str, list[ContextItem] | None] = {}
+        keys: list[str] = []
+        args: list[Any] = [self.ttl_ms]
         for c in call_ids:
-            windows[c] = self._cached(c, replies[at])
+            keys += [self.token_key(c), self.labelled_key(c), self.joined_key(c), self.key(c), self.declaration_key(c)]
+            ids = None if asking is None else asking.get(c, [])
+            args += [-1] if ids is None else [len(ids), *ids]
+        replies = await self._run(_STATE, _STATE_SHA, keys, args)
+        out = {}
+        windows: dict[str, list[ContextItem] | None] = {}
+        for c, (token, member, joined) in zip(call_ids, replies, strict=True):
+            windows[c] = self._cached(c, token)
             ids = None if asking is None else asking.get(c, [])
             if ids is None:
-                labelled, joins = replies[at + 2 : at + 4]
-                out[c] = CallState([], {_text(m) for m in labelled}, {_text(k): _text(v) for k, v in joins.items()})
-                at += 6
-            elif ids:
-                member, joined = replies[at + 2 : at + 4]
+                joins = {_text(k): _text(v) for k, v in zip(joined[::2], joined[1::2], strict=True)}  # HGETALL's pairs
+                out[c] = CallState([], {_text(m) for m in member}, joins)
+            else:
                 out[c] = CallState(
                     [],
                     {u for u, m in zip(ids, member, strict=True) if m},
                     {u: _text(v) for u, v in zip(ids, joined, strict=True) if v is not None},
                 )
-                at += 6
-            else:
-                out[c] = CallState([], set(), {})
-                at += 4
         read = await self._read_windows([c for c, w in windows.items() if w is None])
         for c, state in out.items():
             held = windows[c]

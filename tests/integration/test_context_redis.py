@@ -129,6 +129,9 @@ def test_appends_load_their_script_again_after_redis_forgot_it(services, unique)
         await store.append({"c": [item(1)], "d": [item(2)]})
         got = await store.fetch(["c", "d"])
         assert [i.utterance_id for i in got["c"]] == ["u0", "u1"] and [i.utterance_id for i in got["d"]] == ["u2"]
+        await client.script_flush()  # the batch's read is a script too
+        state = await store.state(["c", "d"], {"c": ["u1", "u7"]})
+        assert state["c"].labelled == {"u1"} and [i.utterance_id for i in state["d"].window] == ["u2"]
         await client.aclose()
 
     run(scenario())
