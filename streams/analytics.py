@@ -12,8 +12,9 @@ judges the escalation rules (:mod:`streams.rules`) on them, and returns what to 
 
 Everything lives under two deterministic Redis keys per call with the windows' TTL: the turns
 (``{key_prefix}turns#{call}``, a hash) and the rest (``acall#``: the open alerts, how many each
-rule raised, and a random token that changes with every store, as one JSON string), stored in one
-transaction of three or four commands only after the batch's messages are published, and
+rule raised, and a random token that changes with every store, as one JSON string), stored by one
+Lua script for all of a batch's calls (atomic, as a transaction) only after the batch's messages
+are published, and
 every message has a deterministic ``event_id``: a worker that restarts, or retries a batch whose
 publishing failed, finds the call's state as it was before the batch and publishes the same
 messages again under the same ``event_id`` (consumers deduplicate on it). A call whose state
@@ -43,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
+from streams.context import run_script
 from streams.rules import RuleBook, Turn
 from streams.schemas import AlertEvent, CallReport, EmotionEvent, Evidence, SpeakerTrajectory
 
@@ -412,19 +414,18 @@ class CallAnalytics:
 
     async def _store(self, states: dict[str, _State]) -> None:
         tokens = {c: os.urandom(8).hex() for c in states}
-        async with self.client.pipeline(transaction=True) as pipe:  # a call's turns and alerts change at once
-            for call_id, state in states.items():
-                turns_key, meta_key = self._keys(call_id)
-                meta = {"token": tokens[call_id], "alerts": state.alerts, "raised": state.raised}
-                pipe.set(meta_key, json.dumps(meta), px=self.ttl_ms)
-                if state.dropped:
-                    pipe.hdel(turns_key, *state.dropped)
-                if state.changed:  # Turn is flat: vars(), not dataclasses.asdict (a deep copy)
-                    pipe.hset(turns_key, mapping={k: json.dumps(vars(t)) for k, t in state.changed.items()})
-                pipe.pexpire(turns_key, self.ttl_ms)
-                if state.legacy:
-                    pipe.delete(*(f"{self.prefix}{k}#{call_id}" for k in ("alerts", "raised", "aver")))
-            await pipe.execute()
+        keys: list[str] = []
+        args: list[Any] = [self.ttl_ms]
+        for call_id, state in states.items():
+            keys += self._keys(call_id)
+            meta = {"token": tokens[call_id], "alerts": state.alerts, "raised": state.raised}
+            args += [json.dumps(meta), len(state.dropped), *state.dropped, len(state.changed)]
+            for k, t in state.changed.items():  # Turn is flat: vars(), not dataclasses.asdict (a deep copy)
+                args += [k, json.dumps(vars(t))]
+        await run_script(self.client, _STORE, keys, args)  # atomic: a call's turns and alerts change at once
+        legacy = [f"{self.prefix}{k}#{c}" for c, s in states.items() if s.legacy for k in ("alerts", "raised", "aver")]
+        if legacy:  # the previous version's keys, read into acall# (left over, they would expire with the TTL)
+            await self.client.delete(*legacy)
         for call_id, state in states.items():  # what Redis now holds, under the token just written
             state.changed, state.dropped, state.legacy = {}, [], False
             self._uncache(call_id)
@@ -438,6 +439,30 @@ class CallAnalytics:
         if entry is not None:
             self.cached_turns -= len(entry[1].turns)
         return entry
+
+
+_STORE = """
+-- A batch's call states, as one command (atomic, as a script is).
+-- KEYS: two per call: its turns hash, its state string
+-- ARGV: TTL ms, then per call: the state's JSON, how many turns to delete and their ids, how many
+-- turns to write and their (utterance id, JSON) pairs
+local ttl, at = ARGV[1], 2
+local function chunked(cmd, key, first, last)  -- unpack() of thousands of values overflows Lua's stack
+  for i = first, last, 1000 do redis.call(cmd, key, unpack(ARGV, i, math.min(i + 999, last))) end
+end
+for c = 0, #KEYS / 2 - 1 do
+  local turns, meta = KEYS[2 * c + 1], KEYS[2 * c + 2]
+  redis.call('SET', meta, ARGV[at], 'PX', ttl)
+  local dropped = tonumber(ARGV[at + 1])
+  chunked('HDEL', turns, at + 2, at + 1 + dropped)
+  at = at + 2 + dropped
+  local changed = tonumber(ARGV[at])
+  chunked('HSET', turns, at + 1, at + 2 * changed)
+  at = at + 1 + 2 * changed
+  redis.call('PEXPIRE', turns, ttl)
+end
+return #KEYS / 2
+"""
 
 
 def _mean(values: Sequence[float]) -> float:

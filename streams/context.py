@@ -89,8 +89,6 @@ end
 return out
 """
 
-_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
-
 _STATE = """
 -- What a batch reads of its calls, as one command: a pipeline of six per call cost the worker more
 -- to pack and parse than Redis to answer.
@@ -119,7 +117,32 @@ end
 return out
 """
 
-_STATE_SHA = hashlib.sha1(_STATE.encode()).hexdigest()
+_JOINS = """
+-- KEYS: each call's joins hash; ARGV: TTL ms, then per call: how many pairs follow, the pairs
+-- (utterance id, parts)
+local ttl, at = ARGV[1], 2
+for c = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  if n > 0 then redis.call('HSET', KEYS[c], unpack(ARGV, at + 1, at + 2 * n)) end
+  redis.call('PEXPIRE', KEYS[c], ttl)
+  at = at + 1 + 2 * n
+end
+return #KEYS
+"""
+
+
+async def run_script(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
+    """One Lua script by its SHA (EVALSHA; a registered script would ask SCRIPT EXISTS before every
+    call), loaded first where Redis does not have it (new, restarted, SCRIPT FLUSH: nothing ran)."""
+    sha = _SHAS.get(script) or _SHAS.setdefault(script, hashlib.sha1(script.encode()).hexdigest())
+    try:
+        return await client.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(script)
+        return await client.evalsha(sha, len(keys), *keys, *args)
+
+
+_SHAS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -264,7 +287,7 @@ class ContextStore:
                 args += [token, held[0] if held else "", len(new), *(i.to_json() for i in new)]
         if not rows:
             return
-        replies = await self._run(_APPEND, _APPEND_SHA, keys, args)
+        replies = await run_script(self.client, _APPEND, keys, args)
         for (call_id, new, held, token), reply in zip(rows, replies, strict=True):
             expected, length, *pushed = (int(x) for x in reply)
             if held is None or not expected:
@@ -272,15 +295,6 @@ class ContextStore:
             window = [*held[1], *(new[i - 1] for i in pushed)][-self.window :]
             if len(window) == length:
                 self._cache(call_id, token, window)
-
-    async def _run(self, script: str, sha: str, keys: list[str], args: list[Any]) -> Any:
-        """One script by its SHA (EVALSHA), loaded first if Redis does not have it (new, restarted,
-        SCRIPT FLUSH)."""
-        try:  # not a registered script: that asks SCRIPT EXISTS before every call
-            return await self.client.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:  # nothing ran: load it, once
-            await self.client.script_load(script)
-            return await self.client.evalsha(sha, len(keys), *keys, *args)
 
     def labelled_key(self, call_id: str) -> str:
         return f"{self.prefix}labelled#{call_id}"
@@ -291,13 +305,13 @@ class ContextStore:
     async def record_joins(self, joins: dict[str, dict[str, str]]) -> None:
         """Remember which parts each utterance was labelled with (call -> utterance -> 'text+audio'),
         before its event goes out, so that a replay joins the same parts."""
+        joins = {c: m for c, m in joins.items() if m}
         if not joins:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for call_id, mapping in joins.items():
-                pipe.hset(self.joined_key(call_id), mapping=mapping)
-                pipe.pexpire(self.joined_key(call_id), self.ttl_ms)
-            await pipe.execute()
+        args: list[Any] = [self.ttl_ms]
+        for mapping in joins.values():
+            args += [len(mapping), *(x for pair in mapping.items() for x in pair)]
+        await run_script(self.client, _JOINS, [self.joined_key(c) for c in joins], args)
 
     async def state(self, call_ids: list[str], asking: dict[str, list[str]] | None = None) -> dict[str, CallState]:
         """Each call's window, labelled ids and recorded joins, in one round trip (refreshing the
@@ -313,7 +327,7 @@ class ContextStore:
             keys += [self.token_key(c), self.labelled_key(c), self.joined_key(c), self.key(c), self.declaration_key(c)]
             ids = None if asking is None else asking.get(c, [])
             args += [-1] if ids is None else [len(ids), *ids]
-        replies = await self._run(_STATE, _STATE_SHA, keys, args)
+        replies = await run_script(self.client, _STATE, keys, args)
         out = {}
         windows: dict[str, list[ContextItem] | None] = {}
         for c, (token, member, joined) in zip(call_ids, replies, strict=True):

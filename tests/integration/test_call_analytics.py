@@ -226,3 +226,24 @@ def test_a_call_stored_by_the_previous_version_carries_its_alerts_over(services,
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_batch_of_thousands_of_turns_is_stored_and_trimmed_in_one_script(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """The store script writes and deletes turns in chunks (Lua's unpack() overflows past some
+    thousands of values): a batch of 4,500 turns (9,000 values) is written whole, then trimmed to max_turns."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        prefix = f"test:{unique}:"
+        a = CallAnalytics(client, prefix, ttl_s=60, book=load_rules(), max_turns=5000)
+        await step(a, [event("long", i, "customer", "neutral", 0.9) for i in range(4500)])
+        turns_key, meta_key = a._keys("long")
+        assert await client.hlen(turns_key) == 4500 and 0 < await client.pttl(turns_key) <= 60_000
+        assert json.loads(await client.get(meta_key))["token"] == a.cache["long"][0]
+        b = CallAnalytics(client, prefix, ttl_s=60, book=load_rules(), max_turns=100)  # read back, then trimmed
+        out = await step(b, [event("long", 4500, "customer", "neutral", 0.9)])
+        assert reports(out)[0].turns == 100 and await client.hlen(turns_key) == 100
+        assert b.reads == 1
+        await client.aclose()
+
+    asyncio.run(scenario())
