@@ -73,7 +73,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         worker = state["worker"] = await asyncio.to_thread(worker_factory, send)
         worker.highwater = lambda topic, partition: _highwater(app, topic, partition)
         log.info("%d objects of the loaded worker frozen out of garbage collection", heap.settle())
-        heap.watch(worker.metrics.gc_pause)
+        heap.watch()
         ready.set()
         log.info("worker ready")
         await worker.run()  # the pump: batches through the engine, one at a time

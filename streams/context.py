@@ -255,8 +255,12 @@ class ContextStore:
         out = {}
         for i, call_id in enumerate(call_ids):
             window, token = [self._item(r) for r in replies[2 * i]], replies[2 * i + 1]
-            # no token: nothing there yet, or an older version's window ('' until this worker appends)
-            self._cache(call_id, _text(token) if token is not None else "", window)
+            if token is not None:
+                self._cache(call_id, _text(token), window)
+            elif not window:  # nothing there yet: held as '' until this worker's append sets a token
+                self._cache(call_id, "", window)
+            else:  # an older version's window: not held (a worker of that version may still append)
+                self._uncache(call_id)
             out[call_id] = window
         return out
 
@@ -345,7 +349,7 @@ class ContextStore:
         read = await self._read_windows([c for c, w in windows.items() if w is None])
         for c, state in out.items():
             held = windows[c]
-            state.window = list(held) if held is not None else read[c]  # a batch may not change the one held
+            state.window = list(held if held is not None else read[c])  # a batch may not change the one held
         return out
 
     def declaration_key(self, call_id: str) -> str:

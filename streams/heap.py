@@ -2,23 +2,78 @@
 
 A loaded worker holds about half a million objects that live as long as it does (the model, the
 encoders, torch's and ONNX Runtime's Python side, the libraries), and a full collection traverses
-every one of them: about 280 ms on this project's 2-core machine, the event loop and the engine
+every one of them: about 300 ms on this project's 2-core machine, the event loop and the engine
 thread stopped meanwhile, whenever the objects that survived since the last one reach a quarter of
 them. :func:`settle` collects once and freezes what is there (``gc.freeze``: those objects leave
 the collector's generations for good), so a full collection traverses only what serving itself
-keeps (windows, analytics states, queued utterances). :func:`watch` times every collection into
-``emostream_gc_pause_seconds{generation}``, so a pause is seen on the dashboard instead of guessed at.
+keeps (windows, analytics states, queued utterances). :func:`watch` times every collection, and
+:class:`PauseCollector` exports the times as ``emostream_gc_pause_seconds{generation}``, so a pause
+is seen on the dashboard instead of guessed at.
+
+The timing callback takes no lock: a collection can start inside any allocation, a /metrics scrape
+holding a metric's lock included, and a callback waiting for that lock would wait for ever
+(prometheus/client_python#363). It adds to plain per-process tallies that the collector reads.
 """
 
 from __future__ import annotations
 
 import atexit
+import bisect
 import gc
 import time
-import weakref
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+NAME = "emostream_gc_pause_seconds"
+HELP = "Python garbage collections of this worker process by generation (the event loop stops meanwhile)"
+
+# generation -> [collections in each bucket (the last: above every bound)], and the seconds summed
+_counts: dict[int, list[int]] = {g: [0] * (len(BUCKETS) + 1) for g in range(3)}
+_sums: dict[int, float] = dict.fromkeys(range(3), 0.0)
+_started: list[float] = [0.0]
+_watching: list[bool] = [False]
+
+
+def _callback(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[0] = time.perf_counter()
+        return
+    seconds = time.perf_counter() - _started[0]
+    generation = int(info.get("generation", 2))
+    if generation in _counts:
+        _counts[generation][bisect.bisect_left(BUCKETS, seconds)] += 1
+        _sums[generation] += seconds
+
+
+def watch() -> None:
+    """Time every collection of this process from now on (once per process)."""
+    if not _watching[0]:
+        gc.callbacks.append(_callback)
+        _watching[0] = True
+
+
+class PauseCollector(Collector):
+    """``emostream_gc_pause_seconds{generation}``: a histogram of the collections :func:`watch` timed."""
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(NAME, HELP, labels=["generation"])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(NAME, HELP, labels=["generation"])
+        for generation, counts in _counts.items():
+            counts = list(counts)
+            if not sum(counts):
+                continue
+            running, buckets = 0, []
+            for bound, n in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
+                running += n
+                buckets.append((bound, running))
+            family.add_metric([str(generation)], buckets, _sums[generation])
+        yield family
 
 
 def settle() -> int:
@@ -30,27 +85,6 @@ def settle() -> int:
     # reports frozen objects of its bindings as leaked otherwise)
     atexit.register(gc.unfreeze)
     return gc.get_freeze_count()
-
-
-def watch(histogram: Histogram) -> None:
-    """Observe every collection's duration into ``histogram`` (labelled by generation) for as
-    long as it lives (the callback holds it weakly and removes itself after)."""
-    ref = weakref.ref(histogram)
-    started: list[float] = []
-
-    def callback(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-            return
-        target = ref()
-        if target is None:
-            gc.callbacks.remove(callback)
-            return
-        if started:
-            target.labels(str(info.get("generation", "?"))).observe(time.perf_counter() - started[0])
-            started.clear()
-
-    gc.callbacks.append(callback)
 
 
 def main() -> int:

@@ -24,6 +24,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from streams import heap
+
 LIVE_S = 30.0  # /healthz: the event loop's heartbeat may be this old at most
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -138,13 +140,7 @@ class Metrics:
             "Half-joined or queued utterances left unacked to the next owner when their partition was revoked",
             registry=r,
         )
-        self.gc_pause = Histogram(
-            "emostream_gc_pause_seconds",
-            "Python garbage collections of this worker process by generation (the event loop stops meanwhile)",
-            ["generation"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-            registry=r,
-        )
+        r.register(heap.PauseCollector())  # emostream_gc_pause_seconds{generation}, once heap.watch() runs
         self.model_info = Gauge(
             "emostream_model_info",
             "1 for the model this worker runs: its name, version and runtime (engine.runtime resolved)",

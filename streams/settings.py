@@ -115,7 +115,7 @@ class JoinSettings(_Section):
 
 class EngineSettings(_Section):
     model: str = "default"  # 'default' = the shipped model in models/default, or a path
-    max_batch: int = Field(32, ge=1)
+    max_batch: int = Field(32, ge=1, le=1024)  # the Redis scripts unpack() a batch's ids: Lua caps that near 8000
     max_wait_s: float = Field(0.05, ge=0)
     cpu_threads: int | None = Field(
         None,

@@ -33,7 +33,11 @@ install() {
 }
 
 up() {
-  if listening "$port"; then echo "redis.sh: something already listens on 127.0.0.1:$port, using it" >&2; return 0; fi
+  if listening "$port"; then
+    echo "redis.sh: something already listens on 127.0.0.1:$port, using it" >&2
+    for _ in $(seq 1 480); do ready && return 0; sleep 0.25; done  # a Redis of ours still loading its data
+    echo "redis.sh: it does not answer PING as this Redis would" >&2; return 0
+  fi
   install
   mkdir -p "$run"
   local listen=(--port "$port")
