@@ -30,6 +30,7 @@ afresh even from a worker of an older version that writes no token.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -134,7 +135,7 @@ return #KEYS
 async def run_script(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
     """One Lua script by its SHA (EVALSHA; a registered script would ask SCRIPT EXISTS before every
     call), loaded first where Redis does not have it (new, restarted, SCRIPT FLUSH: nothing ran)."""
-    sha = _SHAS.get(script) or _SHAS.setdefault(script, hashlib.sha1(script.encode()).hexdigest())
+    sha = _sha(script)
     try:
         return await client.evalsha(sha, len(keys), *keys, *args)
     except NoScriptError:
@@ -142,7 +143,9 @@ async def run_script(client: Any, script: str, keys: list[str], args: list[Any])
         return await client.evalsha(sha, len(keys), *keys, *args)
 
 
-_SHAS: dict[str, str] = {}
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
