@@ -42,7 +42,8 @@ class Featurizer(Protocol):
 
     def audio(self, waves: list[np.ndarray]) -> np.ndarray: ...  # (N, Da) float32
 
-    def speech(self, waves: list[np.ndarray]) -> np.ndarray: ...  # (N,) float32, seconds of speech
+    # (N,) float32 seconds of speech; with ``enough``, a clip stops being run once it has that much
+    def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -115,7 +116,7 @@ def utterance_features(
         for (i, _), vec in zip(texts, emb, strict=True):
             feats[i]["text"] = vec
     if waves and min_speech_s > 0:
-        seconds = featurizer.speech([w for _, w in waves])  # (n,)
+        seconds = featurizer.speech([w for _, w in waves], min_speech_s)  # (n,), exact below min_speech_s
         for (i, _), s in zip(waves, seconds, strict=True):
             if s < min_speech_s:
                 utts[i].ignored["audio"] = f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s"

@@ -32,12 +32,12 @@ class ModelFeaturizer:
     def audio(self, waves: list[np.ndarray]) -> np.ndarray:
         return np.asarray(self._x.audio.extract(waves), dtype=np.float32)  # (N, Da)
 
-    def speech(self, waves: list[np.ndarray]) -> np.ndarray:
+    def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
         if self._speech is None:
             from engines.features.speech import SpeechDetector
 
             self._speech = SpeechDetector()
-        return self._speech.seconds(waves)  # (N,)
+        return self._speech.seconds(waves, enough)  # (N,)
 
     def warm_up(self) -> None:
         """Load the encoders now rather than on the first utterance."""

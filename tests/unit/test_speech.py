@@ -40,6 +40,31 @@ def test_voices_pass_and_lines_without_one_do_not(detector: SpeechDetector, shar
     assert detector.seconds([voiced[0]])[0] > 5 * MIN_SPEECH_S
 
 
+def test_stopping_at_enough_speech_decides_as_the_whole_clip(
+    detector: SpeechDetector, shared_data: Path, tmp_path: Path
+) -> None:
+    """The stream runs a clip only until it has enough speech: the same verdict on every clip,
+    the exact figure below the threshold, the same probabilities for the frames it ran, and
+    fewer frames run on a voice."""
+    voiced = [read_audio_file(str(p)) for p in sorted((shared_data / "ravdess" / "Actor_19").glob("*.flac"))[::5]]
+    phone = make_channel("telephone", 1)
+    clips = voiced + [phone(w, str(i)) for i, w in enumerate(voiced)]
+    clips += [read_audio_file(p) for kind in ("noise", "silence") for p in probe_clips(kind, 0, tmp_path)]
+    clips += [np.zeros(0, np.float32), np.concatenate([np.zeros(48000, np.float32), voiced[0]])]
+    for enough in (MIN_SPEECH_S, 0.16, 1.0):  # 0.16 s is exactly 5 frames of 32 ms
+        whole, early = detector.seconds(clips), detector.seconds(clips, enough)
+        np.testing.assert_array_equal(is_speech(whole, enough), is_speech(early, enough))
+        below = whole < enough
+        assert below.any() and not below.all()
+        np.testing.assert_array_equal(early[below], whole[below])
+        assert (early[~below] >= enough).all() and (early[~below] <= whole[~below]).all()
+    ran = [detector.frame_probs(w, 5) for w in voiced]
+    full = [detector.frame_probs(w) for w in voiced]
+    for r, f in zip(ran, full, strict=True):
+        np.testing.assert_array_equal(r, f[: r.size])
+    assert sum(r.size for r in ran) < 0.6 * sum(f.size for f in full)
+
+
 class Featurizer:
     def __init__(self, seconds: dict[int, float]) -> None:
         self.seconds, self.audio_sizes = seconds, []  # wave size -> its seconds of speech
@@ -51,7 +76,8 @@ class Featurizer:
         self.audio_sizes += [w.size for w in waves]
         return np.ones((len(waves), 3), np.float32)
 
-    def speech(self, waves: list[np.ndarray]) -> np.ndarray:
+    def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
+        self.enough = enough
         return np.array([self.seconds[w.size] for w in waves], np.float32)
 
 
@@ -71,6 +97,7 @@ def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
     feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert set(feats[0]) == {"text", "audio"} and set(feats[1]) == {"text"}
     assert f.audio_sizes == [100]  # no audio features computed for the silent one
+    assert f.enough == 0.15  # the detector may stop a clip once it has that much speech
     assert utts[0].ignored == {} and utts[1].ignored["audio"].startswith("no speech: 0.05 s")
     again = [Utterance("c", "u", 0, "A", 0.0, parts={"audio": Payload("wave", np.zeros(200, np.float32))})]
     assert set(utterance_features(again, f, {"text": 2, "audio": 3, "video": 0})[0]) == {"audio"}  # 0: no gate
