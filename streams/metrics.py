@@ -81,7 +81,13 @@ class Metrics:
         self.batch_size = Histogram(
             "emostream_batch_size",
             "Utterances per engine batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.batch_limit = Gauge(
+            "emostream_batch_limit",
+            "Utterances the next engine batch may take: engine.max_batch, or fewer to stay within "
+            "engine.batch_budget_s of compute (streams/batching.py)",
             registry=r,
         )
         self.engine_latency = Histogram(

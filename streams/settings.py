@@ -115,8 +115,17 @@ class JoinSettings(_Section):
 
 class EngineSettings(_Section):
     model: str = "default"  # 'default' = the shipped model in models/default, or a path
-    max_batch: int = Field(32, ge=1, le=1024)  # the Redis scripts unpack() a batch's ids: Lua caps that near 8000
-    max_wait_s: float = Field(0.05, ge=0)
+    # the Redis scripts unpack() a batch's ids: Lua caps that near 8000
+    max_batch: int = Field(256, ge=1, le=1024, description="utterances an engine batch takes at most")
+    max_wait_s: float = Field(
+        0.05, ge=0, description="a batch goes to the engine when its oldest utterance has waited this long"
+    )
+    batch_budget_s: float = Field(
+        0.5,
+        gt=0,
+        description="compute time one batch may take: under load, batches grow to what the encoders and the "
+        "engine have lately done in this time (streams/batching.py), and at most max_batch",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.analytics import CallAnalytics, Outgoing
+from streams.batching import BatchSizer
 from streams.errors import InvalidMessage
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
@@ -156,6 +157,7 @@ class Worker:
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
+        self.sizer = BatchSizer(settings.engine.max_batch, settings.engine.batch_budget_s)
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
@@ -247,7 +249,7 @@ class Worker:
 
     async def _backpressure(self) -> None:
         """Wait while the engine is behind or too many utterances wait for their parts."""
-        max_queue = 4 * self.settings.engine.max_batch
+        max_queue = 4 * self.sizer.limit()
         cap = self.settings.join.max_open_utterances
         while len(self.queue) >= max_queue or self.joiner.open_utterances >= cap:
             await asyncio.sleep(0.005)
@@ -450,11 +452,11 @@ class Worker:
                 closing = set(self.closing)
                 if (
                     force
-                    or len(self.queue) >= self.settings.engine.max_batch
+                    or len(self.queue) >= self.sizer.limit()
                     or now - oldest >= self.settings.engine.max_wait_s
                     or any(u.call_id in closing for u in self.queue)
                 ):
-                    batch = self.queue[: self.settings.engine.max_batch]
+                    batch = self.queue[: self.sizer.limit()]
                     self.queue = self.queue[len(batch) :]
             call_id = None if batch or not self.closing else self.closing[0]
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
@@ -543,7 +545,9 @@ class Worker:
             laps["read"] = outcome.read_s
             laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
-            self.processor.prefetch(self.queue[: self.settings.engine.max_batch])  # encoded while this publishes
+            self.sizer.observe(len(batch), laps["compute"])
+            self.metrics.batch_limit.set(self.sizer.limit())
+            self.processor.prefetch(self.queue[: self.sizer.limit()])  # encoded while this publishes
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             lap("record")
             stage = "publish"
