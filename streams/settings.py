@@ -137,11 +137,14 @@ class EngineSettings(_Section):
         ge=0,
         description="k future utterances for revised events (0: none, or the revision model's own k when it is set)",
     )
-    runtime: Literal["auto", "onnxruntime", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"] = Field(
+    runtime: Literal[
+        "auto", "onnxruntime", "onnxruntime-bf16", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"
+    ] = Field(
         "auto",
         description="runs the engine and both encoders (engines/runtime/select.py): auto = tensorrt where it "
-        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else onnxruntime (CPU); onnxruntime-int8 = "
-        "the encoders' weights in int8 on the CPU; torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
+        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else onnxruntime-bf16 on a CPU with AMX "
+        "(Whisper in bf16), else onnxruntime (CPU); onnxruntime-int8 = the text encoder's weights in int8 on the CPU; "
+        "torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
         "fails at start without a GPU",
     )
     min_speech_s: float = Field(

@@ -125,6 +125,25 @@ def test_the_encoders_under_bf16_autocast_give_the_fp32_vectors() -> None:
     through_the_engine(got.text.encode(texts), b, ref.text.encode(texts), a)
 
 
+def test_the_bf16_cpu_runtime_runs_whisper_in_bf16_and_the_rest_as_onnxruntime() -> None:
+    """onnxruntime-bf16 (auto's pick on a CPU with AMX): the engine graph and MiniLM's as
+    onnxruntime (the same vectors), Whisper under bf16 autocast within 1 % of fp32."""
+    from engines.features.text_onnx import OnnxTextEncoder
+
+    ref, got = load_extractors("default", runtime="onnxruntime"), load_extractors("default", runtime="onnxruntime-bf16")
+    assert isinstance(got.text, OnnxTextEncoder) and not got.text.quantize and ref.text is not None
+    np.testing.assert_allclose(got.text.encode(TEXTS), ref.text.encode(TEXTS), atol=1e-6)
+    assert got.audio is not None and ref.audio is not None
+    assert (got.audio.autocast, ref.audio.autocast) == ("bfloat16", None)
+    waves = clips()
+    a, b = ref.audio.extract(waves), got.audio.extract(waves)
+    rel = np.abs(a - b).max(1) / np.abs(a).max(1)
+    assert 0 < rel.max() < 0.01, rel  # reduced precision, and close
+    texts = (TEXTS * 2)[: len(waves)]
+    through_the_engine(got.text.encode(texts), b, ref.text.encode(texts), a)
+    assert load_engine("default", runtime="onnxruntime-bf16").info.runtime == "onnxruntime-bf16"
+
+
 def test_the_int8_runtime_quantizes_the_text_encoder_and_stays_close() -> None:
     from engines.features.text_onnx import OnnxTextEncoder
 

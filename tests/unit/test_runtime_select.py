@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, resolve_runtime
+from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, cpu_amx_bf16, resolve_runtime
 
 
 @pytest.mark.parametrize(
-    ("cuda", "tensorrt", "want"),
+    ("cuda", "tensorrt", "amx", "want"),
     [
-        (False, False, "onnxruntime"),
-        (False, True, "onnxruntime"),
-        (True, False, "torch-cuda"),
-        (True, True, "tensorrt"),
+        (False, False, False, "onnxruntime"),
+        (False, True, False, "onnxruntime"),
+        (False, False, True, "onnxruntime-bf16"),
+        (True, False, True, "torch-cuda"),
+        (True, True, False, "tensorrt"),
     ],
 )
-def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bool, want: str) -> None:
-    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt)
+def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bool, amx: bool, want: str) -> None:
+    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx)
     assert rt.name == want
     assert rt.why.startswith("auto: ")
-    assert rt.gpu == (want != "onnxruntime")
+    assert rt.gpu == cuda
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile amx_int8\n")
+    assert not cpu_amx_bf16(str(info))  # bf16 on AVX-512 alone is not the tile unit
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_amx_bf16(str(info))
+    assert not cpu_amx_bf16(str(tmp_path / "absent"))  # not Linux: no AMX assumed
 
 
 def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None:
     table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True) for name in CONCRETE}
     assert {n: (r.engine, r.text, r.device, r.autocast, r.int8) for n, r in table.items()} == {
         "onnxruntime": ("onnxruntime", "onnxruntime", "cpu", None, False),
+        "onnxruntime-bf16": ("onnxruntime", "onnxruntime", "cpu", "bfloat16", False),
         "onnxruntime-int8": ("onnxruntime", "onnxruntime", "cpu", None, True),
         "torch": ("torch", "torch", "cpu", None, False),
         "torch-cuda": ("torch", "torch", "cuda", "bfloat16", False),
