@@ -86,8 +86,8 @@ class Metrics:
         )
         self.batch_limit = Gauge(
             "emostream_batch_limit",
-            "Utterances the next engine batch may take: engine.max_batch, or fewer to stay within "
-            "engine.batch_budget_s of compute (streams/batching.py)",
+            "Work units the next engine batch may take (an utterance 1, plus 1 a second of audio): what the "
+            "encoders and engine lately computed in engine.batch_budget_s (streams/batching.py)",
             registry=r,
         )
         self.engine_latency = Histogram(

@@ -123,6 +123,7 @@ class EngineSettings(_Section):
     batch_budget_s: float = Field(
         0.5,
         gt=0,
+        le=60,
         description="compute time one batch may take: under load, batches grow to what the encoders and the "
         "engine have lately done in this time (streams/batching.py), and at most max_batch",
     )
@@ -150,6 +151,7 @@ class EngineSettings(_Section):
     min_speech_s: float = Field(
         MIN_SPEECH_S,
         ge=0,
+        allow_inf_nan=False,
         description="audio with less speech than this (seconds, by Silero VAD) is not used: silence, line noise and "
         "hold music get weight 0 and the event says so in 'ignored' (0: use all audio)",
     )

@@ -3,7 +3,8 @@
     input topics (text, audio, video, control; key = call id)
         -> parse + validate (bad input -> dead-letter topic, with reason and source offset)
         -> Joiner (hand-built join; Faust has no stream joins)
-        -> micro-batch (max_batch / max_wait) -> Processor (features, Redis window, engine)
+        -> micro-batch (max_wait_s, max_batch, batch_budget_s: streams/batching.py) -> Processor (features,
+           Redis window, engine)
         -> emotion events topic -> call analytics (alerts and call reports topics, its state in Redis)
         -> Redis window append -> ack the source messages
 
@@ -11,8 +12,9 @@ The agent parses and validates outside the lock (audio is decoded in a thread, n
 loop), then joins and queues under it (quick). :meth:`Worker.pump`, run in a loop by one task,
 takes due batches off the queue and runs them through the engine *outside* the lock, one batch at a
 time, so parts keep being joined while the engine works and a call's batches stay in order. A
-queue longer than ``4 * max_batch``, or ``join.max_open_utterances`` utterances waiting for parts,
-makes the agent wait (backpressure to Kafka: lag grows, memory does not).
+queue of ``4 * max_batch`` utterances or four batches' worth of work units (audio counted by its
+seconds), or ``join.max_open_utterances`` utterances waiting for parts, makes the agent wait
+(backpressure to Kafka: lag grows, memory does not).
 
 Failures are of two kinds. A message or utterance that cannot be processed is dead-lettered and
 acked, never retried: parse and validation errors per message; an utterance on which the encoders,
@@ -45,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streams.analytics import CallAnalytics, Outgoing
-from streams.batching import BatchSizer
+from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
@@ -158,6 +160,8 @@ class Worker:
         self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
         self.sizer = BatchSizer(settings.engine.max_batch, settings.engine.batch_budget_s)
+        self.queued_units = 0.0  # the queue's work units (streams/batching.py), kept as it changes
+        metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
@@ -249,9 +253,13 @@ class Worker:
 
     async def _backpressure(self) -> None:
         """Wait while the engine is behind or too many utterances wait for their parts."""
-        max_queue = 4 * self.sizer.limit()
+        max_queue = 4 * self.settings.engine.max_batch
         cap = self.settings.join.max_open_utterances
-        while len(self.queue) >= max_queue or self.joiner.open_utterances >= cap:
+        while (
+            len(self.queue) >= max_queue
+            or self.queued_units >= 4 * self.sizer.allowance()
+            or self.joiner.open_utterances >= cap
+        ):
             await asyncio.sleep(0.005)
 
     def watch(self, now: float) -> None:
@@ -420,6 +428,7 @@ class Worker:
                     lease.valid = False
             queued = [u for u in self.queue if u.partition in partitions]
             self.queue = [u for u in self.queue if u.partition not in partitions]
+            self._count_queue()
             pending = self.joiner.forget(partitions, queued)
             for topic, partition in [tp for tp in self.read if tp[1] in partitions]:
                 with contextlib.suppress(KeyError):  # no longer this worker's lag to report
@@ -452,12 +461,13 @@ class Worker:
                 closing = set(self.closing)
                 if (
                     force
-                    or len(self.queue) >= self.sizer.limit()
+                    or self.sizer.full(self.queue, self.queued_units)
                     or now - oldest >= self.settings.engine.max_wait_s
                     or any(u.call_id in closing for u in self.queue)
                 ):
-                    batch = self.queue[: self.sizer.limit()]
+                    batch = self.queue[: self.sizer.take(self.queue)]
                     self.queue = self.queue[len(batch) :]
+                    self._count_queue()
             call_id = None if batch or not self.closing else self.closing[0]
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
             if batch:
@@ -502,6 +512,9 @@ class Worker:
                 self.closing.remove(call_id)
         return True
 
+    def _count_queue(self) -> None:
+        self.queued_units = sum(units(u) for u in self.queue)
+
     def _absorb(self, result: JoinResult) -> None:
         for receipt in result.ack_now:
             receipt.ack()
@@ -519,6 +532,7 @@ class Worker:
                          (utt.ready_at or utt.first_at) - utt.first_at, self.reading(missing[0], utt))  # fmt: skip
             self.missing_logged += bool(missing)
         self.queue.extend(result.ready)
+        self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
 
     def _failed(self, what: str, stage: str) -> None:
@@ -545,9 +559,11 @@ class Worker:
             laps["read"] = outcome.read_s
             laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
-            self.sizer.observe(len(batch), laps["compute"])
-            self.metrics.batch_limit.set(self.sizer.limit())
-            self.processor.prefetch(self.queue[: self.sizer.limit()])  # encoded while this publishes
+            if len(batch) > outcome.replayed:  # replays are acked, not computed: their time says nothing
+                computed = sum(units(u) for u in batch) * (len(batch) - outcome.replayed) / len(batch)
+                self.sizer.observe(computed, laps["compute"])
+                self.metrics.batch_limit.set(self.sizer.allowance())
+            self.processor.prefetch(self.queue[: self.sizer.take(self.queue)])  # encoded while this publishes
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             lap("record")
             stage = "publish"
@@ -570,6 +586,7 @@ class Worker:
             self._failed(f"batch of {len(batch)} utterances ({stage})", stage)
             async with self.lock:
                 self.queue = [u for u in batch if self._owned(u)] + self.queue  # revoked ones: the next owner's
+                self._count_queue()
             return False
         self.backoff = 0.5
         for name, seconds in laps.items():

@@ -36,7 +36,7 @@ MIN_SPEECH_S = 0.15
 FRAME_THRESHOLD = 0.05
 FRAME = 512  # samples per frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous frame each frame carries
-CHUNK = 16  # frames per call when a clip may stop early (``frame_probs(enough=...)``)
+CHUNK = 16  # frames of the first call when a clip may stop early (``frame_probs(enough=...)``), doubling
 MODEL_FILE = "silero_vad_16k_sequence.onnx"
 DETECTOR_ID = f"silero-vad-6-seq-p{FRAME_THRESHOLD:g}"  # names the cached seconds: the threshold changes them
 
@@ -75,7 +75,8 @@ class SpeechDetector:
         ``enough``: stop once that many frames count as speech (:data:`FRAME_THRESHOLD`) and return
         the probabilities of the frames run so far. The frames run in chunks of :data:`CHUNK` with
         the recurrent state carried from one chunk to the next, so each probability is the one the
-        whole clip in one call gives (exactly: the same operations in the same order)."""
+        whole clip in one call gives (exactly: the same operations in the same order). Each chunk is
+        twice the one before, so a long clip without speech costs a few calls."""
         x = np.ascontiguousarray(wave, dtype=np.float32).reshape(-1)
         n = (x.size + FRAME - 1) // FRAME
         if n == 0 or not np.isfinite(x).all():  # decode_audio refuses non-finite samples; direct callers: no speech
@@ -87,8 +88,8 @@ class SpeechDetector:
         inputs = np.concatenate([context, frames], axis=1)  # (n, CONTEXT + FRAME)
         h = c = np.zeros((1, 1, 128), dtype=np.float32)
         step = n if enough is None else CHUNK
-        out, voiced = [], 0
-        for start in range(0, n, step):
+        out, voiced, start = [], 0, 0
+        while start < n:
             probs, h, c = self._session.run(
                 ["speech_probs", "hn", "cn"], {"input": inputs[start : start + step], "h": h, "c": c}
             )
@@ -96,6 +97,8 @@ class SpeechDetector:
             voiced += int((out[-1] > FRAME_THRESHOLD).sum())
             if enough is not None and voiced >= enough:
                 break
+            start += step
+            step *= 2  # a long clip without speech takes a few calls, not one per chunk
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def seconds(self, waves: Sequence[np.ndarray], enough: float | None = None) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Which runtime runs a model: the engine, the text encoder and the audio encoder, chosen together.
 
-    rt = resolve_runtime("auto")   # Runtime(name="onnxruntime", device="cpu", ...) on a CPU machine
+    rt = resolve_runtime("auto")   # Runtime(name="onnxruntime", device="cpu", ...) on a CPU without AMX
     engine = load_engine("default", runtime=rt.name); ex = load_extractors("default", runtime=rt.name)
 
 ==============  ======  ==========================================================================
@@ -99,7 +99,7 @@ def cpu_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX with bf16 tiles (Linux: the ``amx_bf16`` flag; elsewhere False)."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
     except OSError:
         return False
 

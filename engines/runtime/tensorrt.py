@@ -43,7 +43,7 @@ from engines.interface import MODALITIES, EngineBatch, EngineInfo, EngineOutput
 from engines.spec import EngineSpec, engine_spec
 
 MAX_BATCH = 256
-OPT_BATCH = 32  # the worker's default engine.max_batch
+OPT_BATCH = 32  # a typical batch: engine.max_batch is 256, but batches fill only under load
 HALF_RECIPE = "ort-float16-keep-io-fp32ops-v2"  # change when half_graph changes; part of the plan key
 FP32_OPS = (
     "LayerNormalization",
