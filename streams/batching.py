@@ -23,7 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+from engines.features.codecs import SAMPLE_RATE  # waveforms in the queue are decoded to it
+
+if TYPE_CHECKING:
+    from streams.join import Utterance
 
 #: the weight of the newest batch in the average of seconds per unit
 SMOOTHING = 0.2
@@ -31,16 +36,12 @@ SMOOTHING = 0.2
 FIRST_UNITS = 32.0
 #: units a second of audio that the worker decodes and encodes itself adds to its utterance
 UNITS_PER_AUDIO_S = 1.0
-SAMPLE_RATE = 16_000  # waveforms in the queue are decoded to 16 kHz
 
 
-def units(utt: Any) -> float:
+def units(utt: Utterance) -> float:
     """The work units of one joined utterance: 1, plus 1 a second of waveform it carries."""
-    extra = 0.0
-    for payload in utt.parts.values():
-        if getattr(payload, "kind", None) == "wave":
-            extra += UNITS_PER_AUDIO_S * len(payload.value) / SAMPLE_RATE
-    return 1.0 + extra
+    samples = sum(len(p.value) for p in utt.parts.values() if p.kind == "wave")
+    return 1.0 + UNITS_PER_AUDIO_S * samples / SAMPLE_RATE
 
 
 class BatchSizer:
@@ -59,7 +60,7 @@ class BatchSizer:
             return FIRST_UNITS
         return self.budget_s / max(self.per_unit_s, 1e-9)
 
-    def take(self, queue: Sequence[Any]) -> int:
+    def take(self, queue: Sequence[Utterance]) -> int:
         """How many utterances from the head of ``queue`` the next batch takes (1 at least, if any)."""
         room, n = self.allowance(), 0
         for utt in queue[: self.max_batch]:
@@ -69,7 +70,7 @@ class BatchSizer:
             n += 1
         return n
 
-    def full(self, queue: Sequence[Any], queued_units: float) -> bool:
+    def full(self, queue: Sequence[Utterance], queued_units: float) -> bool:
         """Whether ``queue`` (holding ``queued_units``) already holds more than one batch takes."""
         return len(queue) >= self.max_batch or queued_units >= self.allowance()
 
