@@ -25,6 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from streams import heap
+from streams.errors import REASONS
+from streams.join import MODALITIES
 
 LIVE_S = 30.0  # /healthz: the event loop's heartbeat may be this old at most
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -156,6 +158,16 @@ class Metrics:
         self.limits = Gauge(
             "emostream_limit", "Configured caps (open_utterances, open_calls, finished_ids)", ["what"], registry=r
         )
+        # Every label value the alert rules take a rate of is exported at 0 from the start: a series
+        # that first appears already at 1500 (a burst within one scrape) has no increase to rate()
+        # and the alert never fires
+        for reason in REASONS:
+            self.deadletters.labels(reason)
+        for modality in MODALITIES:
+            self.missing.labels(modality)
+            self.ignored_parts.labels(modality)
+        for stage in ("redis", "publish", "close", "deadletter"):
+            self.stage_errors.labels(stage)
 
     def model(self, name: str, version: str, runtime: str) -> None:
         """Label the model this worker runs (``emostream_model_info``; one series per worker)."""

@@ -54,3 +54,23 @@ def test_the_model_and_its_runtime_are_a_metric_with_one_series() -> None:
     text = generate_latest(m.registry).decode()
     lines = [x for x in text.splitlines() if x.startswith("emostream_model_info{")]
     assert lines == ['emostream_model_info{name="emostream-unimse",runtime="torch-cuda",version="1.2.0"} 1.0']
+
+
+def test_the_series_the_alert_rules_rate_exist_at_zero_before_the_first_increment() -> None:
+    """A labelled counter first seen already at 1500 (a burst inside one scrape) has no increase
+    for rate() to see: EmostreamDeadLetters stayed silent in CI. Each is exported at 0 from the start."""
+    import re
+
+    from prometheus_client import generate_latest
+
+    from streams.errors import REASONS
+    from tests.integration.harness import REPO
+
+    exposed = generate_latest(Metrics().registry).decode()
+    for reason in REASONS:
+        assert f'emostream_deadletters_total{{reason="{reason}"}} 0.0' in exposed, reason
+    rules = (REPO / "deploy" / "prometheus" / "rules.yml").read_text()
+    counters = set(re.findall(r"(?:rate|increase)\((emostream_\w+_total)", rules))
+    assert "emostream_deadletters_total" in counters
+    for name in counters - {"emostream_utterances_processed_total"}:  # by modality set: appears with its first
+        assert re.search(rf"^{name}(\{{[^}}]*\}})? 0\.0$", exposed, re.M), name
