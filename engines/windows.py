@@ -8,8 +8,9 @@ in order of first appearance (0 = first seen).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,20 +34,34 @@ class UtteranceFeatures:
     video: np.ndarray | None = None  # (Dv,)
 
 
+def _attributes(u: UtteranceFeatures) -> Mapping[str, np.ndarray | None]:
+    return {"text": u.text, "audio": u.audio, "video": u.video}
+
+
 def pack_windows(
-    windows: Sequence[Sequence[UtteranceFeatures]],
+    windows: Sequence[Sequence[Any]],
     features: FeatureSpec,
     targets: Sequence[int] | None = None,
+    vectors: Callable[[Any], Mapping[str, np.ndarray | None]] = _attributes,
 ) -> EngineBatch:
-    """Left-pad windows into an :class:`EngineBatch`; ``targets`` default to each window's last."""
+    """Left-pad windows into an :class:`EngineBatch`; ``targets`` default to each window's last.
+
+    An item has a ``speaker`` and ``vectors(item)`` maps a modality to its (D,) vector or None
+    (default: the attributes of :class:`UtteranceFeatures`; the stream passes its context items'
+    dicts). An item shared by several windows (consecutive windows of a call share all but one) is
+    read and stacked once, then scattered to every slot it fills.
+    """
     assert windows and all(len(w) > 0 for w in windows), "every window needs at least one utterance"
     b, width = len(windows), max(len(w) for w in windows)
     dims = features.dims()
-    arrays = {m: np.zeros((b, width, dims[m]), dtype=np.float32) for m in MODALITIES}
+    arrays = {m: np.zeros((b, width, dims[m]), dtype=np.float32) for m in MODALITIES}  # absent: zeros
     present = np.zeros((b, width, len(MODALITIES)), dtype=np.float32)
     speakers = np.zeros((b, width), dtype=np.int64)
     valid = np.zeros((b, width), dtype=np.float32)
     target = np.zeros((b,), dtype=np.int64)
+    slot = np.full((b, width), -1, dtype=np.int64)  # index into `unique` of the item in each slot
+    index: dict[int, int] = {}  # id(item) -> its index in `unique` (which keeps it alive)
+    unique: list[Any] = []
     for i, win in enumerate(windows):
         off = width - len(win)
         speakers[i, off:] = local_speakers([u.speaker for u in win])
@@ -54,13 +69,30 @@ def pack_windows(
         t = len(win) - 1 if targets is None else int(targets[i])
         assert 0 <= t < len(win), (t, len(win))
         target[i] = off + t
-        for j, u in enumerate(win):
-            for k, m in enumerate(MODALITIES):
-                vec = getattr(u, m)
-                if vec is not None and dims[m] > 0:
-                    assert vec.shape == (dims[m],), (m, vec.shape, dims[m])
-                    arrays[m][i, off + j] = vec
-                    present[i, off + j, k] = 1.0
+        row = []
+        for u in win:
+            k = index.get(id(u))
+            if k is None:
+                k = index[id(u)] = len(unique)
+                unique.append(u)
+            row.append(k)
+        slot[i, off:] = row
+    maps = [vectors(u) for u in unique]
+    for k, m in enumerate(MODALITIES):
+        if dims[m] == 0:
+            continue
+        vecs = [v.get(m) for v in maps]
+        has = np.zeros(len(unique) + 1, dtype=np.float32)  # the last row stands for padding (slot -1)
+        has[:-1] = [v is not None for v in vecs]
+        if not has.any():
+            continue
+        given = [v for v in vecs if v is not None]
+        for v in given:
+            assert v.shape == (dims[m],), (m, v.shape, dims[m])
+        stacked = np.zeros((len(unique) + 1, dims[m]), dtype=np.float32)
+        stacked[has > 0] = np.stack(given)
+        arrays[m] = np.take(stacked, slot, axis=0)  # (B, W, D): one gather, padding and absent rows 0
+        present[..., k] = has[slot]
     return EngineBatch(arrays["text"], arrays["audio"], arrays["video"], present, speakers, valid, target)
 
 

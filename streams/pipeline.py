@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
-from engines.windows import UtteranceFeatures, pack_windows
+from engines.windows import pack_windows
 from streams.context import ContextItem, ContextStore
 from streams.join import Utterance
 from streams.schemas import EmotionEvent, ModelRef, Timings, event_id
@@ -131,13 +131,11 @@ def utterance_features(
 def build_batch(windows: list[list[ContextItem]], spec: FeatureSpec, targets: list[int] | None = None) -> EngineBatch:
     """Context windows as one padded batch; ``targets[i]`` indexes the utterance to label in
     ``windows[i]`` (default: its last item; later items are future context)."""
-    rows = [[UtteranceFeatures(i.speaker, **_used(i.features, spec)) for i in w] for w in windows]
-    return pack_windows(rows, spec, targets)
+    return pack_windows(windows, spec, targets, vectors=_features)
 
 
-def _used(features: dict[str, np.ndarray], spec: FeatureSpec) -> dict[str, np.ndarray]:
-    dims = spec.dims()
-    return {m: v for m, v in features.items() if dims[m] > 0}
+def _features(item: ContextItem) -> dict[str, np.ndarray]:
+    return item.features
 
 
 def sentiment_label(score: float) -> str:

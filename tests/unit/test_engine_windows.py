@@ -64,3 +64,44 @@ def test_future_windows_hold_later_utterances() -> None:
     capped = dialogue_windows([d], max_window=2, future=5)
     assert capped.utt.tolist()[0] == [0, 1] and capped.target.tolist()[0] == 0
     assert (dialogue_windows([d], 3, future=0).utt == causal_windows([d], 3).utt).all()
+
+
+def test_pack_windows_scatters_shared_items_as_a_slot_by_slot_copy_would() -> None:
+    """Consecutive windows of a call share items: each is stacked once and gathered into every
+    slot it fills; the result is the slot-by-slot copy's, absent modalities and padding zero."""
+    import pytest
+
+    rng = np.random.default_rng(3)
+    items = [
+        UtteranceFeatures(
+            "ab"[i % 2],
+            text=rng.standard_normal(4).astype(np.float32) if i % 3 else None,
+            audio=rng.standard_normal(3).astype(np.float32) if i % 2 else None,
+        )
+        for i in range(9)
+    ]
+    windows = [items[max(0, i - 3) : i + 1] for i in range(9)] + [items[2:6]]
+    targets = [len(w) - 1 for w in windows[:-1]] + [1]
+    batch = pack_windows(windows, SPEC, targets)
+    width = 4
+    for i, win in enumerate(windows):
+        off = width - len(win)
+        for j in range(width):
+            u = win[j - off] if j >= off else None
+            for k, (m, dim) in enumerate((("text", 4), ("audio", 3))):
+                vec = None if u is None else getattr(u, m)
+                got = getattr(batch, m)[i, j]
+                assert np.array_equal(got, vec if vec is not None else np.zeros(dim, np.float32)), (i, j, m)
+                assert batch.present[i, j, k] == (vec is not None)
+    assert batch.target.tolist()[-1] == 1
+    # the stream's context items hold a dict of the modalities present
+    from streams.context import ContextItem
+
+    ctx = []
+    for i, u in enumerate(items):
+        feats = {m: v for m in ("text", "audio") if (v := getattr(u, m)) is not None}
+        ctx.append(ContextItem(str(i), i, u.speaker, feats))
+    by_dict = pack_windows([ctx[max(0, i - 3) : i + 1] for i in range(9)], SPEC, vectors=lambda c: c.features)
+    assert np.array_equal(by_dict.text, batch.text[:9]) and np.array_equal(by_dict.present, batch.present[:9])
+    with pytest.raises(AssertionError):
+        pack_windows([[UtteranceFeatures("x", text=np.ones(5, np.float32))]], SPEC)
