@@ -158,15 +158,47 @@ def verify(model_dir: str | Path) -> Path:
     return path
 
 
+def reexport(model_dir: str | Path, tolerance: float = 1e-4) -> dict[str, float]:
+    """Export a sealed artifact's PyTorch model to its ``model.onnx`` again (after a change to how
+    a model computes, not to what: the weights are untouched), check the new graph against the old
+    one on a batch of random windows, then seal. Returns the largest difference per output."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from engines.export import example_inputs, export_onnx
+
+    path = verify(model_dir)
+    spec = feature_spec(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        new = Path(tmp) / ONNX
+        onnx_spec = export_onnx(load_torch_model(path), spec, new)
+        if onnx_spec.to_dict() != read_json(path, SPEC):
+            raise ArtifactError(f"{path}: the export's graph spec differs from {SPEC}; retrain instead")
+        feeds = example_inputs(onnx_spec, batch=64, window=12, seed=7)
+        old_out = ort.InferenceSession(str(path / ONNX)).run(None, feeds)
+        new_out = ort.InferenceSession(str(new)).run(None, feeds)
+        diff = {n: float(np.abs(a - b).max()) for n, a, b in zip(onnx_spec.output_names, old_out, new_out, strict=True)}
+        if max(diff.values()) > tolerance:
+            raise ArtifactError(f"{path}: the new graph computes something else ({diff}); not replaced")
+        shutil.copyfile(new, path / ONNX)
+    seal(path)
+    return diff
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.artifact seal|verify DIR``."""
+    """``python -m engines.artifact seal|verify|export DIR``."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in ("seal", "verify"):
-        print("usage: python -m engines.artifact seal|verify MODEL_DIR", file=sys.stderr)
+    if len(args) != 2 or args[0] not in ("seal", "verify", "export"):
+        print("usage: python -m engines.artifact seal|verify|export MODEL_DIR", file=sys.stderr)
         return 2
     try:
         if args[0] == "seal":
             print(json.dumps(seal(args[1]), indent=2))
+        elif args[0] == "export":
+            print(json.dumps({"max_abs_difference": reexport(args[1])}))
         else:
             print(f"{verify(args[1])}: every file matches {CHECKSUMS}")
     except ArtifactError as exc:

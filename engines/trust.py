@@ -150,8 +150,13 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                     device=present.device,
                 )
                 presents.append(present * (1.0 - at[..., None] * drop))
-            rep = [None if x is None else torch.cat([x] * n, dim=0) for x in (text, audio, video)]
-            out = self.net(*rep, torch.cat(presents, 0), *(torch.cat([x] * n, 0) for x in (speakers, valid, target)))
+            rest = (torch.cat(presents, 0), *(torch.cat([x] * n, 0) for x in (speakers, valid, target)))
+            if hasattr(self.net, "project"):  # project each position once, not once per variant
+                z = {m: torch.cat([v] * n, 0) for m, v in self.net.project(text, audio, video).items()}
+                out = self.net(None, None, None, *rest, projected=z)
+            else:
+                rep = [None if x is None else torch.cat([x] * n, dim=0) for x in (text, audio, video)]
+                out = self.net(*rep, *rest)
             logp = torch.log_softmax(out["logits"], dim=-1).reshape(n, b, -1)  # (S, B, C)
             sent = out["sentiment"].reshape(n, b)
             value = {kept: logp[i] for i, kept in enumerate(self.subsets)}

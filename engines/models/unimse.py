@@ -174,6 +174,17 @@ class UniMSENet(nn.Module):
     def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
         set_normaliser(self.proj, modality, mean, std)
 
+    def project(self, text: Tensor | None, audio: Tensor | None, video: Tensor | None) -> dict[int, Tensor]:
+        """Each active modality's features, normalised and projected: modality -> (B, W, d). Per
+        position, so windows (or copies of them) can share it; presence is applied in ``forward``."""
+        feats = (text, audio, video)
+        out: dict[int, Tensor] = {}
+        for m in self.active:
+            x = feats[m]
+            assert x is not None, MODALITIES[m]
+            out[m] = self.proj[MODALITIES[m]](x)
+        return out
+
     def forward(
         self,
         text: Tensor | None,
@@ -183,10 +194,14 @@ class UniMSENet(nn.Module):
         speakers: Tensor,
         valid: Tensor,
         target: Tensor,
+        projected: dict[int, Tensor] | None = None,
     ) -> dict[str, Tensor]:
+        """``projected``: :meth:`project`'s output for these inputs, when the caller has it already
+        (the trust wrapper projects once for its four presence variants; the raw inputs are then
+        not read)."""
         cfg = self.cfg
         b, w = valid.shape
-        feats = (text, audio, video)
+        z = self.project(text, audio, video) if projected is None else projected
         assert present.shape == (b, w, len(MODALITIES)), present.shape
         ctx = WindowContext(valid, speakers, target, cfg.causal)
         pres = present.float() * ctx.valid[..., None]  # (B, W, 3)
@@ -196,19 +211,19 @@ class UniMSENet(nn.Module):
         context = self.speaker_emb(spk) + self.same_emb(ctx.same_t) + self.pos_emb(rel.long())  # (B, W, d)
 
         if TEXT in self.active:
-            x = feats[TEXT]
-            assert x is not None and x.shape[:2] == (b, w), None if x is None else x.shape
+            x = z[TEXT]
+            assert x.shape[:2] == (b, w), x.shape
             pt = pres[..., TEXT]  # (B, W)
-            tok = self.proj["text"](x) * pt[..., None] + (1.0 - pt[..., None]) * self.no_text  # (B, W, d)
+            tok = x * pt[..., None] + (1.0 - pt[..., None]) * self.no_text  # (B, W, d)
         else:
             tok = self.no_text.expand(b, w, -1)  # (B, W, d)
         h = tok + context  # (B, W, d)
 
         side: dict[int, Tensor] = {}
         for m in self.side:
-            x = feats[m]
-            assert x is not None and x.shape[:2] == (b, w), (MODALITIES[m], None if x is None else x.shape)
-            side[m] = self.proj[MODALITIES[m]](x) * pres[..., m, None]  # (B, W, d), absent -> 0
+            x = z[m]
+            assert x.shape[:2] == (b, w), (MODALITIES[m], x.shape)
+            side[m] = x * pres[..., m, None]  # (B, W, d), absent -> 0
 
         first_adapter = cfg.n_layers - self.n_adapt
         text_state = h

@@ -97,3 +97,27 @@ def test_the_process_thread_setting_reaches_the_session(exported: tuple[Path, Re
     finally:
         set_cpu_threads(before)
         torch.set_num_threads(torch_before)
+
+
+def test_an_artifact_is_exported_again_only_when_the_new_graph_computes_the_same(tmp_path: Path) -> None:
+    """``python -m engines.artifact export DIR``: the shipped model (trust gate and all) exported
+    again matches its graph and is sealed; weights changed behind the graph's back are refused."""
+    import shutil
+
+    from engines.errors import ArtifactError
+
+    model = tmp_path / "default"
+    shutil.copytree(artifact.resolve_model_dir("default"), model)
+    diff = artifact.reexport(model)
+    assert set(diff) == {"logits", "probs", "sentiment", "weights"} and max(diff.values()) < 1e-4, diff
+    artifact.verify(model)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(model / artifact.WEIGHTS))
+    state = {k: v * 1.5 if v.dtype.is_floating_point else v for k, v in state.items()}
+    save_file(state, str(model / artifact.WEIGHTS))
+    artifact.seal(model)  # someone trusted the changed weights; the graph still holds the old ones
+    before = (model / artifact.ONNX).read_bytes()
+    with pytest.raises(ArtifactError, match="computes something else"):
+        artifact.reexport(model)
+    assert (model / artifact.ONNX).read_bytes() == before
