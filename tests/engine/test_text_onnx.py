@@ -153,3 +153,48 @@ def test_stream_extractors_run_the_shipped_text_encoder_in_onnxruntime() -> None
     assert isinstance(onnx, OnnxTextEncoder) and not isinstance(torch_enc, OnnxTextEncoder)
     texts = ["Oh my God!", "I told you already, the package never arrived.", "okay"]
     np.testing.assert_allclose(onnx.encode(texts), torch_enc.encode(texts), atol=1e-4)
+
+
+def test_the_lean_tokenizer_gives_the_sentence_transformer_ids(torch_encoder: TextEncoder, texts: list[str]) -> None:
+    """The worker tokenizes with tokenizer.json through `tokenizers` alone (no sentence-transformers
+    import): the ids, type ids, padding token and side must be the SentenceTransformer's."""
+    from engines.features.text import normalise_text
+    from engines.features.text_onnx import LeanTokenizer
+
+    model = torch_encoder._load()
+    more = [
+        "Ça va? Très bien!",
+        "日本語のテキスト",
+        "emoji 😀🎉 ok",
+        "tab\tand\nnewline",
+        "ALL CAPS SHOUTING!!!",
+        "a" * 600,
+    ]
+    clean = [normalise_text(t) for t in texts + more]
+    lean = LeanTokenizer(OnnxTextEncoder(torch_encoder).model_dir(), torch_encoder.config.max_seq_length)
+    ids, types = lean.encode(clean)
+    want = model.tokenizer(clean, padding=False, truncation="longest_first", max_length=model.max_seq_length)
+    assert ids == list(want["input_ids"]) and types == list(want["token_type_ids"])
+    assert max(len(x) for x in ids) == torch_encoder.config.max_seq_length  # the long ones are truncated
+    assert lean.pad_token_id == model.tokenizer.pad_token_id and lean.padding_side == model.tokenizer.padding_side
+
+
+def test_a_process_with_the_export_recorded_never_loads_the_torch_model(
+    optimised: OnnxTextEncoder, cache_dir: Path, texts: list[str], reference: np.ndarray, tmp_path: Path
+) -> None:
+    """The first export records which graph these source files give; a fresh encoder (a worker's
+    start) runs that graph without loading MiniLM in torch. Other files, another record."""
+    fresh = OnnxTextEncoder(TextEncoder(), optimize=True, intra_op_threads=1, cache_dir=cache_dir)
+    got = fresh.encode(texts)
+    assert fresh._model is None and fresh.encoder._model is None  # nothing loaded in torch
+    assert fresh.onnx_path == optimised.onnx_path
+    assert_parity(got, reference)
+    # a copy of the model directory with one file changed has another source key: no record for it
+    import shutil
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(fresh.model_dir(), copy)
+    (copy / "README.md").write_text("changed\n")
+    other = OnnxTextEncoder(TextEncoder(model_dir=copy), optimize=True, intra_op_threads=1, cache_dir=cache_dir)
+    assert other.source_key() != fresh.source_key()
+    assert other._recorded_graph() is None
