@@ -21,12 +21,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
+from streams import heap
 from streams.context import ContextItem, ContextStore
 from streams.join import Utterance
 from streams.schemas import EmotionEvent, ModelRef, Timings, event_id
@@ -126,6 +127,17 @@ def utterance_features(
         for (i, _), vec in zip(waves, aud, strict=True):
             feats[i]["audio"] = vec
     return feats
+
+
+_T = TypeVar("_T")
+
+
+def _then_trim(fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)``, then the heap trimmed if the encoders left it grown (:func:`streams.heap.trim`)."""
+    try:
+        return fn(*args)
+    finally:
+        heap.trim()
 
 
 def build_batch(windows: list[list[ContextItem]], spec: FeatureSpec, targets: list[int] | None = None) -> EngineBatch:
@@ -262,7 +274,7 @@ class Processor:
         # under it nor marks the queued utterance (what it ignored is carried over only when used)
         copies = [dataclasses.replace(u, parts=dict(u.parts), ignored={}) for u in utts]
         self._prefetch_since = time.monotonic()
-        task = asyncio.ensure_future(asyncio.to_thread(self._encode, copies))
+        task = asyncio.ensure_future(asyncio.to_thread(_then_trim, self._encode, copies))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a result never awaited: no warning
         self._prefetch = task
 
@@ -287,7 +299,7 @@ class Processor:
         """``fn`` (encoders and engine) in a thread, marked in :attr:`computing_since` meanwhile."""
         self.computing_since = time.monotonic()
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await asyncio.to_thread(_then_trim, fn, *args)
         finally:
             self.computing_since = None
 
