@@ -11,7 +11,9 @@ model.onnx           the exported graph (run by engines.runtime.onnx.OnnxEngine)
 checksums.json       SHA-256 of every file above that is loaded (and of text_encoder.safetensors):
                      written last by training (:func:`seal`); the stream refuses an artifact whose
                      files do not match it (:func:`verify`). ``python -m engines.artifact seal DIR``
-                     seals an artifact you edited by hand and trust.
+                     seals an artifact you edited by hand and trust; ``... export DIR`` writes
+                     its model.onnx again from its weights (after a change to how a model
+                     computes, not what), refusing a graph whose outputs differ from the old one's.
 
 Weights are only ever read from safetensors and ONNX files (no pickles).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,12 +181,17 @@ def reexport(model_dir: str | Path, tolerance: float = 1e-4) -> dict[str, float]
         if onnx_spec.to_dict() != read_json(path, SPEC):
             raise ArtifactError(f"{path}: the export's graph spec differs from {SPEC}; retrain instead")
         feeds = example_inputs(onnx_spec, batch=64, window=12, seed=7)
+        rng = np.random.default_rng(7)  # targets anywhere in each window (a revision model's are not last)
+        first = (feeds["valid"] == 0).sum(1)
+        feeds["target"] = np.array([rng.integers(f, feeds["valid"].shape[1]) for f in first], dtype=np.int64)
         old_out = ort.InferenceSession(str(path / ONNX)).run(None, feeds)
         new_out = ort.InferenceSession(str(new)).run(None, feeds)
         diff = {n: float(np.abs(a - b).max()) for n, a, b in zip(onnx_spec.output_names, old_out, new_out, strict=True)}
         if max(diff.values()) > tolerance:
             raise ArtifactError(f"{path}: the new graph computes something else ({diff}); not replaced")
-        shutil.copyfile(new, path / ONNX)
+        staged = path / f".{ONNX}.new"  # beside it, then renamed: a worker starting meanwhile reads either graph whole
+        shutil.copyfile(new, staged)
+        os.replace(staged, path / ONNX)
     seal(path)
     return diff
 

@@ -28,6 +28,8 @@ from streams import heap
 from streams.errors import REASONS
 from streams.join import MODALITIES
 
+#: the ``stage`` label values of ``emostream_service_errors_total`` (streams/worker.py)
+SERVICE_STAGES = ("redis", "publish", "analytics", "close", "deadletter")
 LIVE_S = 30.0  # /healthz: the event loop's heartbeat may be this old at most
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -166,7 +168,7 @@ class Metrics:
         for modality in MODALITIES:
             self.missing.labels(modality)
             self.ignored_parts.labels(modality)
-        for stage in ("redis", "publish", "close", "deadletter"):
+        for stage in SERVICE_STAGES:
             self.stage_errors.labels(stage)
 
     def model(self, name: str, version: str, runtime: str) -> None:

@@ -13,8 +13,8 @@ TextEncoder's character count), so the vectors match the torch encoder (cosine >
 share its feature cache namespace (:meth:`encode_cached` is the inherited one).
 
 Export cache: ``<cache root>/onnx/text/<key>/model.onnx``, where ``key`` hashes the whole state
-dict, the transformer config and this module's export recipe, so a fine-tuned or otherwise changed
-model gets its own export and never reads a stale graph. ``model.opt-ort<version>.onnx`` beside it
+dict, the transformer config (the transformers version in it) and this module's export recipe, so
+a fine-tuned or otherwise changed model gets its own export. ``model.opt-ort<version>.onnx`` beside it
 is the same graph after ``onnxruntime.transformers.optimizer`` (model type "bert": fused
 EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNormalization). Files are written to a
 temporary name and renamed, and each new graph is checked against the torch encoder on a few
@@ -23,7 +23,8 @@ probe sentences before it is kept (:class:`~engines.errors.FeatureError` if they
 The torch model is loaded only to export (its state dict names the export) and to check a new
 graph. The export also records, under ``<cache root>/onnx/text/sources/``, which export the
 encoder's source files give (:meth:`OnnxTextEncoder.source_key`: the export recipe, the encoder's
-settings and the sha256 of every file of its MiniLM directory and tuned weights); a process that
+settings, the versions of the packages that export and tokenize, and the sha256 of every file of
+its MiniLM directory and tuned weights); a process that
 finds its record runs the cached graph with the model's own ``tokenizer.json`` through the
 ``tokenizers`` package, and never imports sentence-transformers nor holds the torch weights
 (about 350 MB of a worker's resident memory, issue 12). Providers: CPU, with CUDA listed first
@@ -36,6 +37,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -50,6 +52,7 @@ from engines.features.cache import DEFAULT_ROOT
 from engines.features.text import TextEncoder, normalise_text
 from engines.runtime.threads import cpu_threads
 
+log = logging.getLogger(__name__)
 OPSET = 17
 RECIPE = "minilm-meanpool-l2-v1"  # change when the exported graph changes; part of the cache key
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -58,6 +61,7 @@ PROBE = ["Oh my God, you did what?!", "Okay.", "I don't know, maybe we should ju
 PROBE_MIN_COSINE = 0.9999
 CALL_COST_TOKENS = 24  # what one ONNX Runtime call costs on a CPU, in padded tokens (measured: tools/bench, issue 12)
 PROBE_MIN_COSINE_INT8 = 0.98  # int8 weights: 0.987 on the probes with the shipped tuned MiniLM
+EXPORTED_BY = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnx", "onnxruntime")
 INT8_RECIPE = "dyn-qint8-perchannel-v1"  # change when quantize_text_onnx changes; part of the file name
 
 
@@ -120,6 +124,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -213,11 +220,22 @@ class LeanTokenizer:
     def __init__(self, model_dir: Path, max_seq_length: int) -> None:
         from tokenizers import Tokenizer
 
+        if not (model_dir / "tokenizer.json").is_file():
+            raise FeatureError(f"{model_dir} has no tokenizer.json")
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tok.no_padding()
         self.tok.enable_truncation(max_length=max_seq_length, strategy="longest_first")
         settings = _read_json(model_dir / "tokenizer_config.json")
         st = _read_json(model_dir / "sentence_bert_config.json")
+        # HF's BertTokenizerFast rebuilds the normaliser when its config disagrees with the file's:
+        # refuse such a model rather than tokenize otherwise
+        norm = dict(_read_json(model_dir / "tokenizer.json").get("normalizer") or {})
+        for key, field in (("do_lower_case", "lowercase"), ("strip_accents", "strip_accents"),
+                           ("tokenize_chinese_chars", "handle_chinese_chars")):  # fmt: skip
+            if key in settings and field in norm and settings[key] != norm[field]:
+                raise FeatureError(
+                    f"{model_dir}: tokenizer_config {key}={settings[key]!r} but tokenizer.json {field}={norm[field]!r}"
+                )
         self.lower = bool(st.get("do_lower_case", False))  # sentence-transformers' own lowercasing
         self.padding_side = str(settings.get("padding_side", "right"))
         pad = settings.get("pad_token", "[PAD]")
@@ -229,6 +247,22 @@ class LeanTokenizer:
             texts = [t.lower() for t in texts]
         out = self.tok.encode_batch(texts)
         return [e.ids for e in out], [e.type_ids for e in out]
+
+
+class _ModelTokenizer:
+    """A SentenceTransformer's own tokenizer, in :class:`LeanTokenizer`'s interface."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.padding_side = str(getattr(model.tokenizer, "padding_side", "right"))
+        self.pad_token_id = int(model.tokenizer.pad_token_id or 0)
+
+    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
+        model = self.model
+        if getattr(model[0], "do_lower_case", False):
+            texts = [t.lower() for t in texts]
+        tok = model.tokenizer(texts, padding=False, truncation="longest_first", max_length=model.max_seq_length)
+        return list(tok["input_ids"]), (list(tok["token_type_ids"]) if "token_type_ids" in tok else None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -270,7 +304,8 @@ class OnnxTextEncoder(TextEncoder):
         self.providers = list(providers) if providers is not None else None
         self.cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_ROOT
         self._session: Any = None
-        self._tokenizer: LeanTokenizer | None = None
+        self._tokenizer: LeanTokenizer | _ModelTokenizer | None = None
+        self._source_key: str | None = None
         self.onnx_path: Path | None = None  # the graph the session runs, once loaded
 
     @property
@@ -295,17 +330,27 @@ class OnnxTextEncoder(TextEncoder):
     def source_key(self) -> str:
         """sha256 hex of what an export is made from, read without loading the model: the export
         recipe, the encoder's settings, and every file of its model directory and tuned weights."""
+        if self._source_key is not None:
+            return self._source_key
+        from importlib.metadata import PackageNotFoundError, version
+
         from engines.features.tuning import file_sha256
 
         h = hashlib.sha256(f"{RECIPE}/opset{OPSET}".encode())
         h.update(json.dumps([self.encoder.to_dict(), dataclasses.asdict(self.encoder.config)], sort_keys=True).encode())
+        for package in EXPORTED_BY:  # another version may export or tokenize otherwise: export again
+            try:
+                h.update(f"{package}={version(package)}".encode())
+            except PackageNotFoundError:
+                h.update(f"{package}=-".encode())
         base = self.model_dir()
         for f in sorted(p for p in base.rglob("*") if p.is_file()):
             h.update(f"{f.relative_to(base)}={file_sha256(f)}".encode())
         tuned = getattr(self.encoder, "weights", None)
         if tuned is not None:
             h.update(f"tuned={file_sha256(tuned)}".encode())
-        return h.hexdigest()
+        self._source_key = h.hexdigest()
+        return self._source_key
 
     def _source_record(self) -> Path:
         return self.cache_root / "onnx" / "text" / "sources" / f"{self.source_key()[:32]}.json"
@@ -369,7 +414,10 @@ class OnnxTextEncoder(TextEncoder):
                 def write(tmp: Path) -> None:
                     tmp.write_text(record)
 
-                _atomic_write(self._source_record(), write)
+                try:
+                    _atomic_write(self._source_record(), write)
+                except OSError as exc:  # a read-only cache: each start loads the model, as before
+                    log.warning("could not record the text graph for the next start (%s): %s", path, exc)
         return self._session
 
     def _export(self) -> tuple[Path, bool]:
@@ -406,9 +454,14 @@ class OnnxTextEncoder(TextEncoder):
             self._session = None
             raise FeatureError(f"{path}: ONNX embeddings differ from torch (min cosine {cos:.6f}); graph removed")
 
-    def tokenizer(self) -> LeanTokenizer:
+    def tokenizer(self) -> LeanTokenizer | _ModelTokenizer:
+        """The lean tokenizer; the loaded model's own where its files do not allow one."""
         if self._tokenizer is None:
-            self._tokenizer = LeanTokenizer(self.model_dir(), self.config.max_seq_length)
+            try:
+                self._tokenizer = LeanTokenizer(self.model_dir(), self.config.max_seq_length)
+            except FeatureError as exc:
+                log.info("tokenizing with the torch model's tokenizer: %s", exc)
+                self._tokenizer = _ModelTokenizer(self._load())
         return self._tokenizer
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:

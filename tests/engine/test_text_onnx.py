@@ -180,21 +180,44 @@ def test_the_lean_tokenizer_gives_the_sentence_transformer_ids(torch_encoder: Te
 
 
 def test_a_process_with_the_export_recorded_never_loads_the_torch_model(
-    optimised: OnnxTextEncoder, cache_dir: Path, texts: list[str], reference: np.ndarray, tmp_path: Path
+    texts: list[str], reference: np.ndarray, tmp_path: Path
 ) -> None:
-    """The first export records which graph these source files give; a fresh encoder (a worker's
-    start) runs that graph without loading MiniLM in torch. Other files, another record."""
-    fresh = OnnxTextEncoder(TextEncoder(), optimize=True, intra_op_threads=1, cache_dir=cache_dir)
+    """The first export from the files records which graph they give; a fresh encoder (a worker's
+    start) runs that graph without loading MiniLM in torch. Other files, another source key."""
+    cache = tmp_path / "cache"
+    first = OnnxTextEncoder(TextEncoder(), optimize=True, intra_op_threads=1, cache_dir=cache)
+    assert first._recorded_graph() is None
+    first.session()  # loads the model from its files, exports, checks the probes, records
+    assert first.encoder._model is not None and first._recorded_graph() == first.onnx_path
+    fresh = OnnxTextEncoder(TextEncoder(), optimize=True, intra_op_threads=1, cache_dir=cache)
     got = fresh.encode(texts)
     assert fresh._model is None and fresh.encoder._model is None  # nothing loaded in torch
-    assert fresh.onnx_path == optimised.onnx_path
+    assert fresh.onnx_path == first.onnx_path
     assert_parity(got, reference)
-    # a copy of the model directory with one file changed has another source key: no record for it
+    # a copy of the model directory with one file changed has another source key
     import shutil
 
     copy = tmp_path / "minilm"
     shutil.copytree(fresh.model_dir(), copy)
     (copy / "README.md").write_text("changed\n")
-    other = OnnxTextEncoder(TextEncoder(model_dir=copy), optimize=True, intra_op_threads=1, cache_dir=cache_dir)
-    assert other.source_key() != fresh.source_key()
-    assert other._recorded_graph() is None
+    other = OnnxTextEncoder(TextEncoder(model_dir=copy), optimize=True, intra_op_threads=1, cache_dir=cache)
+    assert other.source_key() != fresh.source_key() and other._recorded_graph() is None
+
+
+def test_a_tokenizer_config_that_disagrees_with_tokenizer_json_is_not_tokenized_lean(tmp_path: Path) -> None:
+    """HF's fast tokenizer rebuilds the normaliser when tokenizer_config.json disagrees with
+    tokenizer.json; the lean one refuses such files (the encoder then uses the model's own)."""
+    import json
+    import shutil
+
+    from engines.features.text import default_model_dir
+    from engines.features.text_onnx import LeanTokenizer
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(default_model_dir(), copy)
+    cfg = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**cfg, "do_lower_case": False}))
+    with pytest.raises(FeatureError, match="do_lower_case"):
+        LeanTokenizer(copy, 128)
+    enc = OnnxTextEncoder(TextEncoder(model_dir=copy), optimize=False, cache_dir=tmp_path / "cache")
+    assert type(enc.tokenizer()).__name__ == "_ModelTokenizer"

@@ -74,3 +74,8 @@ def test_the_series_the_alert_rules_rate_exist_at_zero_before_the_first_incremen
     assert "emostream_deadletters_total" in counters
     for name in counters - {"emostream_utterances_processed_total"}:  # by modality set: appears with its first
         assert re.search(rf"^{name}(\{{[^}}]*\}})? 0\.0$", exposed, re.M), name
+    for name, labels in re.findall(r"(emostream_\w+_total)\{([^}]*)\}", rules):  # the very series a rule selects
+        if name != "emostream_utterances_processed_total":
+            assert f"{name}{{{labels}}} 0.0" in exposed, (name, labels)
+    for stage in ("redis", "publish", "analytics", "close", "deadletter"):  # every stage the worker counts
+        assert f'emostream_service_errors_total{{stage="{stage}"}} 0.0' in exposed, stage
