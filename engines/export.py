@@ -23,6 +23,9 @@ def example_inputs(spec: EngineSpec, batch: int = 2, window: int = 3, seed: int 
         if t.name in MODALITIES:
             out[t.name] = rng.standard_normal((batch, window, int(t.shape[2]))).astype(np.float32)
     out["present"] = (rng.random((batch, window, len(MODALITIES))) > 0.3).astype(np.float32)
+    for m, name in enumerate(MODALITIES):
+        if name not in out:  # a modality the model has no features of is never present (as the stream packs)
+            out["present"][..., m] = 0.0
     out["speakers"] = rng.integers(0, 3, size=(batch, window)).astype(np.int64)
     valid = np.ones((batch, window), dtype=np.float32)
     for i in range(batch):

@@ -1,9 +1,12 @@
 """Trust a voice only when it should be trusted, and weights that mean one thing for every engine.
 
 :class:`TrustedNet` wraps any engine's network (:mod:`engines.models`) in the exported graph. For
-each window it runs the network once on a batch of ``2**M`` copies, one for each subset of the
-``M`` modalities the network has, with the others marked absent *at the target utterance* (its
-context is untouched). From those:
+each window it runs the network on ``2**M`` copies, one for each subset of the ``M`` modalities
+the network has, with the others marked absent *at the target utterance* (its context is
+untouched); a network with ``project`` (UniMSE) projects each position once for all copies. Only
+windows whose target holds a voice or two modalities need the copies: the others (a text-only
+call, a voice without speech) run once, their output the network's and their weight all on the
+one modality present, which is what the copies would give them. From those:
 
 **The voice gate** (networks with audio). With ``p_t`` the prediction without the target's audio
 and ``p_a`` the prediction from its audio alone (the context of the window kept in both: an
@@ -136,29 +139,62 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 self.register_buffer(name, torch.from_numpy(np.asarray(value, dtype=np.float32)))
             self.gated = AUDIO in self.active and "audio_mean" in tensors
 
+        def _run(self, feats: Any, projected: Any, rows: tuple[Any, ...], n: int) -> dict[str, Any]:
+            """The network on ``n`` copies of the windows (``rows``: present per copy, concatenated,
+            then speakers, valid and target), from projected positions when it takes them."""
+            rest = (rows[0], *(torch.cat([x] * n, 0) for x in rows[1:]))
+            if projected is not None:  # each position projected once, not once per copy
+                return self.net(
+                    None, None, None, *rest, projected={m: torch.cat([v] * n, 0) for m, v in projected.items()}
+                )
+            return self.net(*[None if x is None else torch.cat([x] * n, dim=0) for x in feats], *rest)
+
         def forward(
             self, text: Any, audio: Any, video: Any, present: Any, speakers: Any, valid: Any, target: Any
         ) -> dict[str, Any]:
             b, w = valid.shape
-            n = len(self.subsets)
             at = (torch.arange(w, device=valid.device)[None, :] == target[:, None]).to(present.dtype)  # (B, W)
+            present_t = (present * at[..., None]).sum(1).clamp(max=1.0)  # (B, 3)
+            feats = (text, audio, video)
+            projected = self.net.project(text, audio, video) if hasattr(self.net, "project") else None
+            # every window with all it has at the target
+            out = self._run(feats, projected, (present, speakers, valid, target), 1)
+            logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
+            sent_full = out["sentiment"]  # (B,)
+            even = present_t / present_t.sum(-1, keepdim=True).clamp(min=1.0)  # (B, 3)
+            mine = torch.tensor(
+                [1.0 if m in self.active else 0.0 for m in range(len(MODALITIES))], device=present.device
+            )
+            only = present_t * mine / (present_t * mine).sum(-1, keepdim=True).clamp(min=1.0)  # (B, 3) the one present
+            # The other subsets change the result only where the target holds two modalities or
+            # more (the weights' Shapley values) or a voice (the gate): elsewhere every subset
+            # computes the full one or nothing, the weights are the present modality's, and those
+            # windows (a text-only call, a voice without speech) skip them
+            need = present_t[:, self.active].sum(-1) >= 2.0
+            if self.gated:
+                need = need | (present_t[:, AUDIO] > 0.0)
+            # those rows and one more (row 0, whatever it holds): never an empty batch, and the
+            # result of the extra row is where the rows that skipped point (see `back`)
+            idx = torch.cat([torch.nonzero(need).reshape(-1), torch.zeros_like(target[:1])])  # (G + 1,)
+            g = idx.shape[0]
+            at_g, present_g = at.index_select(0, idx), present.index_select(0, idx)
             presents = []
-            for kept in self.subsets:
+            for kept in self.subsets[1:]:
                 drop = torch.tensor(
                     [0.0 if m in kept else 1.0 for m in range(len(MODALITIES))],
                     dtype=present.dtype,
                     device=present.device,
                 )
-                presents.append(present * (1.0 - at[..., None] * drop))
-            rest = (torch.cat(presents, 0), *(torch.cat([x] * n, 0) for x in (speakers, valid, target)))
-            if hasattr(self.net, "project"):  # project each position once, not once per variant
-                z = {m: torch.cat([v] * n, 0) for m, v in self.net.project(text, audio, video).items()}
-                out = self.net(None, None, None, *rest, projected=z)
-            else:
-                rep = [None if x is None else torch.cat([x] * n, dim=0) for x in (text, audio, video)]
-                out = self.net(*rep, *rest)
-            logp = torch.log_softmax(out["logits"], dim=-1).reshape(n, b, -1)  # (S, B, C)
-            sent = out["sentiment"].reshape(n, b)
+                presents.append(present_g * (1.0 - at_g[..., None] * drop))
+            n = len(self.subsets) - 1
+            feats_g = tuple(None if x is None else x.index_select(0, idx) for x in feats)
+            projected_g = None if projected is None else {m: v.index_select(0, idx) for m, v in projected.items()}
+            rows_g = (torch.cat(presents, 0), *(x.index_select(0, idx) for x in (speakers, valid, target)))
+            out_g = self._run(feats_g, projected_g, rows_g, n)
+            logp = torch.cat(
+                [logp_full.index_select(0, idx)[None], torch.log_softmax(out_g["logits"], dim=-1).reshape(n, g, -1)], 0
+            )  # (S, G, C)
+            sent = torch.cat([sent_full.index_select(0, idx)[None], out_g["sentiment"].reshape(n, g)], 0)  # (S, G)
             value = {kept: logp[i] for i, kept in enumerate(self.subsets)}
             full = self.subsets[0]
             final, final_sent = logp[0], sent[0]
@@ -166,24 +202,24 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 without = tuple(m for m in full if m != AUDIO)
                 i_t, i_a = self.subsets.index(without), self.subsets.index((AUDIO,))
                 p_all, p_t, p_a = logp[0].exp(), logp[i_t].exp(), logp[i_a].exp()
-                r = p_a / cast(Any, self.class_prior)  # (B, C)
+                r = p_a / cast(Any, self.class_prior)  # (G, C)
                 c = r.shape[-1]
                 agree = (p_t * r).sum(-1)
                 other = (p_t * (r.sum(-1, keepdim=True) - r) / (c - 1)).sum(-1)
-                x = (audio * at[..., None]).sum(1) - self.audio_mean  # (B, Da) the target's raw audio
-                proj = x @ self.audio_components.T  # (B, k)
+                x = (feats_g[AUDIO] * at_g[..., None]).sum(1) - self.audio_mean  # (G, Da) the target's raw audio
+                proj = x @ self.audio_components.T  # (G, k)
                 inside = ((proj * self.audio_scale) ** 2).mean(-1)
                 outside = (x.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp(min=0.0) / max(1, x.shape[-1] - self.trust.k)
                 s = 0.5 * (inside + outside / self.trust.residual_var)
                 familiar = torch.sigmoid((self.trust.tau - s) / (0.1 * self.trust.tau))
                 pi = familiar * self.trust.prior + (1.0 - familiar) * self.trust.prior_unfamiliar
-                gate = (1.0 - pi) * agree / ((1.0 - pi) * agree + pi * other).clamp(min=1e-12)  # (B,)
+                gate = (1.0 - pi) * agree / ((1.0 - pi) * agree + pi * other).clamp(min=1e-12)  # (G,)
                 gate = gate[:, None]
                 final = torch.log((gate * p_all + (1.0 - gate) * p_t).clamp(min=1e-12))
                 final_sent = gate[:, 0] * sent[0] + (1.0 - gate[:, 0]) * sent[i_t]
                 value[full] = final
-            best = final.argmax(-1, keepdim=True)  # (B, 1)
-            v = {kept: lp.gather(-1, best)[:, 0] for kept, lp in value.items()}  # (B,) each
+            best = final.argmax(-1, keepdim=True)  # (G, 1)
+            v = {kept: lp.gather(-1, best)[:, 0] for kept, lp in value.items()}  # (G,) each
             m_all = len(self.active)
             phi = []
             for m in range(len(MODALITIES)):
@@ -199,13 +235,23 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                     coef = math.factorial(size) * math.factorial(m_all - size - 1) / math.factorial(m_all)
                     total = total + coef * (v[with_m] - v[kept])
                 phi.append(total)
-            share = torch.stack(phi, dim=-1).clamp(min=0.0)  # (B, 3)
-            present_t = (present * at[..., None]).sum(1).clamp(max=1.0)  # (B, 3)
-            share = share * present_t
+            share = torch.stack(phi, dim=-1).clamp(min=0.0)  # (G, 3)
+            share = share * present_t.index_select(0, idx)
             norm = share.sum(-1, keepdim=True)
-            even = present_t / present_t.sum(-1, keepdim=True).clamp(min=1.0)
-            weights = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), even)
-            return {"logits": final, "sentiment": final_sent, "weights": weights}
+            weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), even.index_select(0, idx))
+            # back to every row, densely (no scatter in the graph): row i takes result pos[i] of the
+            # rows that needed the subsets, the others the extra last one, which `where` ignores
+            pos = torch.where(need, torch.cumsum(need.long(), 0) - 1, torch.zeros_like(target) + (g - 1))  # (B,)
+
+            def back(x_g: Any, x_all: Any) -> Any:
+                mask = need.reshape((b,) + (1,) * (x_all.dim() - 1))
+                return torch.where(mask, x_g.index_select(0, pos), x_all)
+
+            return {
+                "logits": back(final, logp_full),
+                "sentiment": back(final_sent, sent_full),
+                "weights": back(weights_g, only),
+            }
 
     return TrustedNet().eval()
 

@@ -130,8 +130,20 @@ def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path)
     export_onnx(trusted, spec, tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    for b, w in [(1, 1), (3, 5), (6, 12)]:
+    cases = [
+        (1, 1, "random"),
+        (3, 5, "random"),
+        (6, 12, "random"),
+        (5, 4, "no voice"),
+        (4, 6, "voices"),
+        (1, 3, "no voice"),
+    ]
+    for b, w, presence in cases:
         feed = example_inputs(engine_spec(spec), batch=b, window=w, seed=b + w)
+        if presence == "no voice":  # no window needs the subsets: the graph runs them on its spare row alone
+            feed["present"][..., 1] = 0.0
+        elif presence == "voices":
+            feed["present"][np.arange(b), feed["target"], 1] = 1.0
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: feed[k] for k in names}), strict=True))
         with torch.no_grad():
             ref = trusted(
@@ -140,3 +152,24 @@ def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path)
         np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["weights"], ref["weights"].numpy(), atol=1e-4, rtol=0)
         assert math.isfinite(float(got["sentiment"].sum()))
+
+
+def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as_if_alone() -> None:
+    """Only windows whose target holds a voice (or two modalities) run the other subsets; the rest
+    take the network's output as it is. No window's result depends on which others share its batch."""
+    net = small()
+    trusted = wrap(net, *fitted(0.05))
+    x = make_inputs()
+    x["present"][0, -1, 1] = 0.0  # windows 0 and 3: no audio at the target
+    x["present"][3, -1, 1] = 0.0
+    with torch.no_grad():
+        together = trusted(**x)
+        raw = net(**x)
+        for i in range(4):
+            alone = trusted(**{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()})
+            for key in ("logits", "sentiment", "weights"):
+                torch.testing.assert_close(alone[key][0], together[key][i], atol=1e-5, rtol=0)
+    for i in (0, 3):
+        torch.testing.assert_close(_probs(together)[i], _probs(raw)[i], atol=1e-5, rtol=0)
+        torch.testing.assert_close(together["sentiment"][i], raw["sentiment"][i], atol=1e-5, rtol=0)
+        assert together["weights"][i].tolist() == [1.0, 0.0, 0.0]
