@@ -161,7 +161,6 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             out = self._run(feats, projected, (present, speakers, valid, target), 1)
             logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
             sent_full = out["sentiment"]  # (B,)
-            even = present_t / present_t.sum(-1, keepdim=True).clamp(min=1.0)  # (B, 3)
             mine = torch.tensor(
                 [1.0 if m in self.active else 0.0 for m in range(len(MODALITIES))], device=present.device
             )
@@ -170,7 +169,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             # more (the weights' Shapley values) or a voice (the gate): elsewhere every subset
             # computes the full one or nothing, the weights are the present modality's, and those
             # windows (a text-only call, a voice without speech) skip them
-            need = present_t[:, self.active].sum(-1) >= 2.0
+            need = (present_t[:, self.active] > 0.0).sum(-1) >= 2
             if self.gated:
                 need = need | (present_t[:, AUDIO] > 0.0)
             # those rows and one more (row 0, whatever it holds): never an empty batch, and the
@@ -238,7 +237,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             share = torch.stack(phi, dim=-1).clamp(min=0.0)  # (G, 3)
             share = share * present_t.index_select(0, idx)
             norm = share.sum(-1, keepdim=True)
-            weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), even.index_select(0, idx))
+            weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), only.index_select(0, idx))
             # back to every row, densely (no scatter in the graph): row i takes result pos[i] of the
             # rows that needed the subsets, the others the extra last one, which `where` ignores
             pos = torch.where(need, torch.cumsum(need.long(), 0) - 1, torch.zeros_like(target) + (g - 1))  # (B,)

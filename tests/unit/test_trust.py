@@ -162,8 +162,19 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
     x = make_inputs()
     x["present"][0, -1, 1] = 0.0  # windows 0 and 3: no audio at the target
     x["present"][3, -1, 1] = 0.0
+    rows: list[int] = []
+    forward = net.forward
+
+    def counting(*args: object, **kw: object) -> object:
+        rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[3].shape[0]))  # type: ignore[index, attr-defined]
+        return forward(*args, **kw)
+
+    net.forward = counting  # type: ignore[method-assign]
     with torch.no_grad():
         together = trusted(**x)
+    net.forward = forward  # type: ignore[method-assign]
+    assert rows == [4, 3 * 3], rows  # all four once; the three other subsets of windows 1 and 2 and the spare row
+    with torch.no_grad():
         raw = net(**x)
         for i in range(4):
             alone = trusted(**{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()})
