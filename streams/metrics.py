@@ -14,6 +14,7 @@ fails neither: the worker rides it out (issue 11), a restart would not help.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -168,6 +169,9 @@ class Metrics:
         for modality in MODALITIES:
             self.missing.labels(modality)
             self.ignored_parts.labels(modality)
+        for size in range(len(MODALITIES) + 1):  # the parts an utterance was labelled with, as the worker names them
+            for parts in itertools.combinations(MODALITIES, size):
+                self.utterances.labels("+".join(parts) or "none")
         for stage in SERVICE_STAGES:
             self.stage_errors.labels(stage)
 
