@@ -116,9 +116,10 @@ def load_torch_model(model_dir: str | Path, trusted: bool = True) -> Any:
     return net.eval()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -133,7 +134,7 @@ def _sealed_files(model_dir: Path) -> list[str]:
 def seal(model_dir: str | Path) -> dict[str, str]:
     """Record the SHA-256 of the artifact's files in ``checksums.json``; returns them."""
     path = Path(model_dir)
-    sums = {name: _sha256(path / name) for name in _sealed_files(path)}
+    sums = {name: file_sha256(path / name) for name in _sealed_files(path)}
     write_json(path, CHECKSUMS, {"sha256": sums})
     return sums
 
@@ -151,7 +152,7 @@ def verify(model_dir: str | Path) -> Path:
     for name in _sealed_files(path):
         if name not in recorded:
             raise ArtifactError(f"artifact {path}: {name} is not in {CHECKSUMS}")
-        if _sha256(path / name) != recorded[name]:
+        if file_sha256(path / name) != recorded[name]:
             raise ArtifactError(
                 f"artifact {path}: {name} does not match its SHA-256 in {CHECKSUMS} (changed or corrupt)"
             )

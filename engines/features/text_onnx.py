@@ -265,6 +265,11 @@ class _ModelTokenizer:
         return list(tok["input_ids"]), (list(tok["token_type_ids"]) if "token_type_ids" in tok else None)
 
 
+def _int8(src: Path) -> Path:
+    """The int8 graph quantized from ``src``, beside it."""
+    return src.with_name(f"{src.stem}.int8-{INT8_RECIPE}.onnx")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
@@ -329,12 +334,13 @@ class OnnxTextEncoder(TextEncoder):
 
     def source_key(self) -> str:
         """sha256 hex of what an export is made from, read without loading the model: the export
-        recipe, the encoder's settings, and every file of its model directory and tuned weights."""
+        recipe, the encoder's settings (a tuned encoder's hold its weights' sha256), the packages'
+        versions, and every file of its model directory."""
         if self._source_key is not None:
             return self._source_key
         from importlib.metadata import PackageNotFoundError, version
 
-        from engines.features.tuning import file_sha256
+        from engines.artifact import file_sha256
 
         h = hashlib.sha256(f"{RECIPE}/opset{OPSET}".encode())
         h.update(json.dumps([self.encoder.to_dict(), dataclasses.asdict(self.encoder.config)], sort_keys=True).encode())
@@ -343,12 +349,9 @@ class OnnxTextEncoder(TextEncoder):
                 h.update(f"{package}={version(package)}".encode())
             except PackageNotFoundError:
                 h.update(f"{package}=-".encode())
-        base = self.model_dir()
+        base = self.model_dir()  # (tuned weights: their sha256 is in the encoder's to_dict above)
         for f in sorted(p for p in base.rglob("*") if p.is_file()):
             h.update(f"{f.relative_to(base)}={file_sha256(f)}".encode())
-        tuned = getattr(self.encoder, "weights", None)
-        if tuned is not None:
-            h.update(f"tuned={file_sha256(tuned)}".encode())
         self._source_key = h.hexdigest()
         return self._source_key
 
@@ -364,7 +367,7 @@ class OnnxTextEncoder(TextEncoder):
         """The graph this encoder runs from an export folder (plain, optimised or int8)."""
         plain, optimised = self._paths(folder)
         src = optimised if self.optimize else plain
-        return src.with_name(f"{src.stem}.int8-{INT8_RECIPE}.onnx") if self.quantize else src
+        return _int8(src) if self.quantize else src
 
     def export_paths(self) -> tuple[Path, Path]:
         """(plain, optimised) graph paths for the current weights (nothing is written)."""
@@ -373,8 +376,7 @@ class OnnxTextEncoder(TextEncoder):
     def int8_path(self) -> Path:
         """The int8 graph beside the graph it quantizes (optimised, or plain without ``optimize``)."""
         plain, optimised = self.export_paths()
-        src = optimised if self.optimize else plain
-        return src.with_name(f"{src.stem}.int8-{INT8_RECIPE}.onnx")
+        return _int8(optimised if self.optimize else plain)
 
     def _recorded_graph(self) -> Path | None:
         """The graph a previous export recorded for these source files, if it is still there."""

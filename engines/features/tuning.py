@@ -17,7 +17,6 @@ embeddings are the ones the engine was trained on. The head is used only for tun
 from __future__ import annotations
 
 import copy
-import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -27,19 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from engines.artifact import file_sha256
 from engines.errors import ArtifactError
 from engines.features.text import MODEL_ID, TextEncoder, TextEncoderConfig, normalise_text
 
 TUNED_FILE = "text_encoder.safetensors"
 KIND = "minilm-tuned"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _layer_key(name: str, index: int) -> str:
