@@ -56,7 +56,7 @@ class Extractors:
     audio: AudioFeatureExtractor | None
 
 
-TEXT_RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
+TEXT_RUNTIMES: tuple[str, ...] = ("onnxruntime", "bf16", "torch")
 
 
 def load_extractors(
@@ -92,6 +92,10 @@ def load_extractors(
             from engines.features.text_onnx import OnnxTextEncoder
 
             text = OnnxTextEncoder(text, quantize=int8)
+        elif text_runtime == "bf16" and text.kind in ("minilm", "minilm-tuned"):
+            from engines.features.text_bf16 import Bf16TextEncoder
+
+            text = Bf16TextEncoder(text)
         else:
             text.autocast = autocast
     audio = None

@@ -504,8 +504,7 @@ class OnnxTextEncoder(TextEncoder):
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        session = self.session()
-        names = [i.name for i in session.get_inputs()]
+        self.session()  # loaded (or exported) before the texts are tokenized
         clean = [normalise_text(t) for t in texts]
         ids, types = self._tokenize(clean)
         lengths = [len(x) for x in ids] if self.sort_by == "tokens" else [len(t) for t in clean]
@@ -518,9 +517,14 @@ class OnnxTextEncoder(TextEncoder):
         for start, stop in buckets:
             idx = order[start:stop]
             feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
-            (emb,) = session.run([OUTPUT_NAME], {n: feeds[n] for n in names})
-            out[idx] = emb  # (n, dim)
+            out[idx] = self._run_bucket(feeds)  # (n, dim)
         return out
+
+    def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, dim) vectors of one padded bucket."""
+        session = self.session()
+        (emb,) = session.run([OUTPUT_NAME], {i.name: feeds[i.name] for i in session.get_inputs()})
+        return np.asarray(emb)
 
 
 def length_buckets(lengths: Sequence[int], call_cost: float, max_size: int) -> list[tuple[int, int]]:

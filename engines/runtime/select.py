@@ -7,11 +7,12 @@
 name            device  what runs
 ==============  ======  ==========================================================================
 onnxruntime     CPU     engine graph and MiniLM graph in ONNX Runtime, Whisper in PyTorch (fp32)
-onnxruntime-    CPU     as onnxruntime, but Whisper under bf16 autocast: on a CPU with AMX (Intel
-bf16                    Sapphire Rapids and later) its matrix products run on the tile unit, 1.3-1.9x
-                        at 16-64 clips a batch; composite dev W-F1 within 0.005 of fp32 (README,
-                        Runtimes). Without AMX, bf16 is emulated and slower, so auto picks it only
-                        where /proc/cpuinfo lists amx_bf16
+onnxruntime-    CPU     as onnxruntime, but Whisper under bf16 autocast and MiniLM in plain PyTorch
+bf16                    with its weights in bf16 (:mod:`engines.features.text_bf16`): on a CPU with
+                        AMX (Intel Sapphire Rapids and later) their matrix products run on the tile
+                        unit, 1.3-1.9x at 16-64 clips a batch and 1.3-1.8x at 8-170 texts; dev W-F1
+                        within 0.005 of fp32 (README, Runtimes). Without AMX, bf16 is emulated and
+                        slower, so auto picks it only where /proc/cpuinfo lists amx_bf16
 onnxruntime-    CPU     as onnxruntime, but MiniLM's graph with int8 weights (ONNX Runtime dynamic
 int8                    quantization, per channel): texts 1.4x faster, MELD dev W-F1 0.010 lower
                         (README, Runtimes), so never chosen by auto. Whisper stays fp32: PyTorch's
@@ -62,7 +63,7 @@ class RuntimeUnavailable(EngineError):
 class Runtime:
     name: str  # one of CONCRETE
     engine: Literal["onnxruntime", "torch", "tensorrt"]  # what runs the engine graph
-    text: Literal["onnxruntime", "torch"]  # what runs a MiniLM text encoder
+    text: Literal["onnxruntime", "bf16", "torch"]  # what runs a MiniLM text encoder (bf16: engines.features.text_bf16)
     device: Literal["cpu", "cuda"]
     autocast: Literal["bfloat16", "float16"] | None  # the torch parts' autocast dtype (None: fp32)
     why: str  # how it was chosen, for the start-up log
@@ -116,7 +117,7 @@ def _make(name: str, why: str, bf16: bool = True) -> Runtime:
     if name == "onnxruntime":
         return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why)
     if name == "onnxruntime-bf16":
-        return Runtime(name, "onnxruntime", "onnxruntime", "cpu", "bfloat16", why)
+        return Runtime(name, "onnxruntime", "bf16", "cpu", "bfloat16", why)
     if name == "onnxruntime-int8":
         return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why, int8=True)
     if name == "torch":
@@ -149,7 +150,7 @@ def resolve_runtime(
         if has_cuda:
             return _make("torch-cuda", "auto: a CUDA GPU is present, tensorrt does not import" + note, has_bf16)
         if cpu_amx_bf16() if amx is None else amx:
-            return _make("onnxruntime-bf16", "auto: no CUDA GPU, and this CPU has AMX: Whisper in bf16")
+            return _make("onnxruntime-bf16", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16")
         return _make("onnxruntime", "auto: no CUDA GPU, so the CPU path")
     if name in ("torch-cuda", "tensorrt") and not has_cuda:
         raise RuntimeUnavailable(

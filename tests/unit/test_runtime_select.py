@@ -39,7 +39,7 @@ def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None
     table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True) for name in CONCRETE}
     assert {n: (r.engine, r.text, r.device, r.autocast, r.int8) for n, r in table.items()} == {
         "onnxruntime": ("onnxruntime", "onnxruntime", "cpu", None, False),
-        "onnxruntime-bf16": ("onnxruntime", "onnxruntime", "cpu", "bfloat16", False),
+        "onnxruntime-bf16": ("onnxruntime", "bf16", "cpu", "bfloat16", False),
         "onnxruntime-int8": ("onnxruntime", "onnxruntime", "cpu", None, True),
         "torch": ("torch", "torch", "cpu", None, False),
         "torch-cuda": ("torch", "torch", "cuda", "bfloat16", False),
