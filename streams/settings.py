@@ -144,7 +144,8 @@ class EngineSettings(_Section):
         "auto",
         description="runs the engine and both encoders (engines/runtime/select.py): auto = tensorrt where it "
         "imports and a CUDA GPU is present, else torch-cuda with a GPU, else onnxruntime-bf16 on a CPU with AMX "
-        "(Whisper and MiniLM in bf16), else onnxruntime (CPU); onnxruntime-int8 = the text encoder's weights in int8 on the CPU; "
+        "(Whisper and MiniLM in bf16), else onnxruntime (CPU); onnxruntime-int8 = the text encoder's weights "
+        "in int8 on the CPU; "
         "torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
         "fails at start without a GPU",
     )

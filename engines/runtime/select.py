@@ -10,7 +10,7 @@ onnxruntime     CPU     engine graph and MiniLM graph in ONNX Runtime, Whisper i
 onnxruntime-    CPU     as onnxruntime, but Whisper under bf16 autocast and MiniLM in plain PyTorch
 bf16                    with its weights in bf16 (:mod:`engines.features.text_bf16`): on a CPU with
                         AMX (Intel Sapphire Rapids and later) their matrix products run on the tile
-                        unit, 1.3-1.9x at 16-64 clips a batch and 1.3-1.8x at 8-170 texts; dev W-F1
+                        unit, 1.3-1.9x at 16-64 clips a batch and 1.2-1.7x at 8-512 texts; dev W-F1
                         within 0.005 of fp32 (README, Runtimes). Without AMX, bf16 is emulated and
                         slower, so auto picks it only where /proc/cpuinfo lists amx_bf16
 onnxruntime-    CPU     as onnxruntime, but MiniLM's graph with int8 weights (ONNX Runtime dynamic

@@ -65,3 +65,26 @@ def test_tuned_layers_that_do_not_fit_minilm_are_refused(tmp_path: Path) -> None
     enc.encoder.weights = bad  # type: ignore[attr-defined]
     with pytest.raises(FeatureError, match="do not fit MiniLM"):
         enc.encode(["hello"])
+
+
+def test_a_loaded_model_is_what_it_runs_and_its_vectors_have_a_cache_of_their_own() -> None:
+    ref = TextEncoder()
+    with torch.no_grad():  # weights changed in memory (as tuning does) are the ones that run
+        ref._load()[0].auto_model.encoder.layer[5].output.dense.weight.mul_(0.5)
+    got = Bf16TextEncoder(ref, dtype="float32")
+    np.testing.assert_allclose(got.encode(TEXTS), ref.encode(TEXTS), atol=2e-5)
+    assert got.cache_namespace.startswith(ref.cache_namespace + "/") and Bf16TextEncoder(ref).cache_namespace != (
+        got.cache_namespace
+    )
+
+
+def test_a_sentence_encoder_of_another_layout_is_refused(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"type": f"sentence_transformers.models.{t}"} for t in ("Transformer", "Pooling", "Normalize")])
+    )
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    with pytest.raises(FeatureError, match="mean pooling"):
+        Bf16TextEncoder(TextEncoder(model_dir=tmp_path)).encode(["hello"])
