@@ -19,7 +19,12 @@ tuned encoder, its layer file: neither transformers nor sentence-transformers is
 there is no export and no ONNX Runtime session (less resident memory than the graph's arena).
 Tokenization, normalisation and length buckets are :class:`OnnxTextEncoder`'s, so an utterance's
 tokens are the same whichever runtime encodes it. Padding is masked out of attention and pooling,
-so with right padding (MiniLM's) a vector does not depend on its bucket (to bf16 rounding).
+and the kernels are given shapes that do not change a token's arithmetic (:data:`PIECE`,
+:data:`SPAN`), so with right padding (MiniLM's) a vector does not depend on the texts it is
+encoded with: on this project's CPU (AMX) the same bits in any batch. That matters beyond
+tidiness: a replay after a crash encodes an utterance in another batch, and bf16 rounding turns
+the last-bit differences of fp32 kernels into 1e-3 in the vector, enough to give one event_id two
+sets of probabilities.
 """
 
 from __future__ import annotations
@@ -39,6 +44,15 @@ MATMUL_DTYPE = "bfloat16"
 #: this: each new product shape costs oneDNN a kernel and memory it keeps (about 1.5 MB a shape:
 #: 640 -> 1510 MB over 160 calls of random sizes, unpadded), so few shapes are kept
 ROWS = 64
+#: a product's inner dimension is cut into pieces of at most this many, summed in fp32: oneDNN
+#: splits a longer one (the feed-forward's 1536) differently with the row count, so a token's
+#: output would depend on how many other tokens share its call (on this CPU, every piece of 384
+#: gives a row the same bits whatever the rows around it)
+PIECE = 384
+#: attention runs on each text padded to a multiple of this, not to its bucket's longest: the
+#: kernels sum in another order for another padded length (softmax and the product with the
+#: values), so the bits of a text's vector would depend on the texts beside it
+SPAN = 16
 
 
 def check_layout(model_dir: Path) -> None:
@@ -91,9 +105,19 @@ def _minilm_class() -> Any:
         def __init__(self, weight: Any, bias: Any, dtype: Any) -> None:
             self.weight: Any = weight.to(dtype).contiguous()
             self.bias: Any = bias.to(torch.float32).contiguous()
+            k = self.weight.shape[1]  # a longer inner dimension in pieces (see PIECE)
+            self.pieces: list[tuple[int, Any]] = (
+                [(i, self.weight[:, i : i + PIECE].contiguous()) for i in range(0, k, PIECE)] if k > PIECE else []
+            )
 
         def __call__(self, x: Any) -> Any:
-            return F.linear(x.to(self.weight.dtype), self.weight).to(torch.float32).add_(self.bias)
+            x = x.to(self.weight.dtype)
+            if not self.pieces:
+                return F.linear(x, self.weight).to(torch.float32).add_(self.bias)
+            out = self.bias.expand(x.shape[0], -1).clone()
+            for i, w in self.pieces:
+                out += F.linear(x[:, i : i + w.shape[1]], w)
+            return out
 
     class Block:
         """One post-norm transformer layer's weights (q|k|v fused into one product)."""
@@ -133,28 +157,47 @@ def _minilm_class() -> Any:
             self.blocks = [Block(state, f"encoder.layer.{i}.", dtype) for i in range(int(config["num_hidden_layers"]))]
 
         def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            b, t = input_ids.shape
+            b, t0 = input_ids.shape
             d, h = self.dim, self.heads
-            keep = attention_mask.to(torch.bool)
+            dev = input_ids.device
+            lengths = attention_mask.sum(1)
+            t = max(1, -(-int(lengths.max()) // SPAN) * SPAN)  # columns: the longest text's span
+            keep = torch.arange(t, device=dev)[None, :] < lengths[:, None]  # right padding (see Bf16TextEncoder)
             where = keep.reshape(-1).nonzero().squeeze(1)  # the real tokens' places in (b * t)
             m = int(where.numel())
             rows = -(-m // ROWS) * ROWS  # the products run on the real tokens only, padded to a multiple of ROWS
-            positions = torch.arange(t, device=input_ids.device).expand(b, t).reshape(-1)[where]
-            ids, types = input_ids.reshape(-1)[where], token_type_ids.reshape(-1)[where]
-            x = torch.zeros((rows, d), dtype=torch.float32, device=input_ids.device)
+            positions = where % t
+            real = attention_mask.to(torch.bool).reshape(-1).nonzero().squeeze(1)  # the same tokens in (b * t0)
+            ids, types = input_ids.reshape(-1)[real], token_type_ids.reshape(-1)[real]
+            x = torch.zeros((rows, d), dtype=torch.float32, device=dev)
             words, places, kinds = self.embed
             x[:m] = words[ids] + places[positions] + kinds[types]
             x = F.layer_norm(x, (d,), *self.ln, self.eps)
-            bias = torch.zeros((b, 1, 1, t), dtype=torch.float32, device=x.device).masked_fill_(
+            bias = torch.zeros((b, 1, 1, t), dtype=torch.float32, device=dev).masked_fill_(
                 ~keep[:, None, None, :], torch.finfo(torch.float32).min
             )
-            grid = torch.zeros((b * t, 3 * d), dtype=torch.float32, device=x.device)
+            # each text's attention runs over its own span: texts of one span are a run of the batch
+            spans = (-(-lengths.clamp(min=1) // SPAN) * SPAN).tolist()
+            groups: list[tuple[int, slice | Any]] = []
+            for i, span in enumerate(spans):
+                if groups and groups[-1][0] == span and isinstance(groups[-1][1], slice) and groups[-1][1].stop == i:
+                    groups[-1] = (span, slice(groups[-1][1].start, i + 1))
+                else:
+                    groups.append((span, slice(i, i + 1)))
+            if len(groups) > len(set(spans)):  # not sorted by length: gathered by span instead
+                groups = [(s, torch.tensor([i for i, x in enumerate(spans) if x == s])) for s in sorted(set(spans))]
+            grid = torch.zeros((b * t, 3 * d), dtype=torch.float32, device=dev)
+            att = torch.zeros((b, t, h, d // h), dtype=torch.float32, device=dev)
             for blk in self.blocks:
                 grid[where] = blk.qkv(x)[:m]  # (b * t, 3d): padding rows stay zero
-                q, k, v = grid.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (b, h, t, d/h)
-                att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # softmax(qk^T/sqrt(d/h) + bias) v
-                ctx = torch.zeros((rows, d), dtype=torch.float32, device=x.device)
-                ctx[:m] = att.transpose(1, 2).reshape(b * t, d)[where]
+                qkv = grid.view(b, t, 3, h, d // h)
+                for span, texts in groups:
+                    q, k, v = qkv[texts, :span].permute(2, 0, 3, 1, 4)  # each (texts, h, span, d/h)
+                    # softmax(qk^T/sqrt(d/h) + bias) v
+                    o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[texts, :, :, :span])
+                    att[texts, :span] = o.transpose(1, 2)
+                ctx = torch.zeros((rows, d), dtype=torch.float32, device=dev)
+                ctx[:m] = att.view(b * t, d)[where]
                 x = F.layer_norm(x + blk.out(ctx), (d,), *blk.ln1, self.eps)
                 x = F.layer_norm(x + blk.down(F.gelu(blk.up(x))), (d,), *blk.ln2, self.eps)
             owner = where // t  # each real token's text
