@@ -225,6 +225,8 @@ class Processor:
         self.model_ref = _model_ref(engine)
         self._prefetch: asyncio.Future[dict[tuple[str, str], _Ready]] | None = None
         self._prefetch_since: float | None = None  # monotonic start of the prefetch (liveness, as computing_since)
+        self._ready: OrderedDict[tuple[str, str], _Ready] = OrderedDict()  # encoded ahead, not used yet
+        self.max_ready = 4096  # utterances held encoded ahead at most (oldest dropped: encoded again if they come)
         self.revision_model_ref = _model_ref(self.revision_engine)
         self._written: OrderedDict[str, int] = OrderedDict()  # call -> highest seq this worker appended
         self.max_remembered = 100_000
@@ -234,8 +236,11 @@ class Processor:
             k = self.revision_engine.info.future or future
             self.revision_model_ref = self.model_ref.model_copy(update={"name": f"{self.model_ref.name}-future{k}"})
 
-    async def run(self, utts: list[Utterance]) -> BatchOutcome:
-        """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet."""
+    async def run(self, utts: list[Utterance], ahead: Callable[[], list[Utterance]] | None = None) -> BatchOutcome:
+        """Label ``utts`` (ordered by seq within each call); nothing is written to Redis yet.
+
+        ``ahead``: the utterances the next batch will hold, asked once this batch's prefetched
+        features are in: their encoding starts then, beside this batch's engine and publishing."""
         started = time.monotonic()
         asking: dict[str, list[str]] = {}  # call -> its utterances in the batch (calls in batch order)
         for u in utts:
@@ -255,7 +260,9 @@ class Processor:
             parts = state[utt.call_id].joins.get(utt.utterance_id)
             if parts is not None and set(parts.split("+")) & set(utt.parts):
                 utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
-        ready = await self._prefetched()
+        ready = await self._prefetched(fresh)
+        if ahead is not None:
+            self.prefetch(ahead())
         outcome = await self._computing(self._isolated, fresh, history, started, reset, False, ready)
         outcome.replayed = replayed
         outcome.read_s = read_s
@@ -264,36 +271,59 @@ class Processor:
         return outcome
 
     def prefetch(self, utts: list[Utterance]) -> None:
-        """Start the encoders on utterances that a later batch will hold (the worker calls this
-        while it publishes the current batch): their features do not depend on any context, so
-        the encoders overlap the batch's Kafka and Redis work instead of waiting for it. A batch
-        uses what is ready for its utterances (the same parts) and encodes the rest itself."""
-        if not utts or (self._prefetch is not None and not self._prefetch.done()):
+        """Start the encoders on utterances that a later batch will hold (the worker asks for the
+        next batch's as soon as a batch has its own features, and again while it publishes): their
+        features do not depend on any context, so the encoders overlap the batch's engine and its
+        Kafka and Redis work instead of waiting for them. One encoding runs at a time; utterances
+        already encoded ahead (for the same parts) are not encoded again. A batch uses what is
+        ready for its utterances and encodes the rest itself."""
+        if self._prefetch is not None:
+            if not self._prefetch.done():
+                return
+            self._harvest()
+        todo = [u for u in utts if not self._encoded(u)]
+        if not todo:
             return
         # copies, taken here on the event loop: the thread neither sees a replay's parts change
         # under it nor marks the queued utterance (what it ignored is carried over only when used)
-        copies = [dataclasses.replace(u, parts=dict(u.parts), ignored={}) for u in utts]
+        copies = [dataclasses.replace(u, parts=dict(u.parts), ignored={}) for u in todo]
         self._prefetch_since = time.monotonic()
         task = asyncio.ensure_future(asyncio.to_thread(_then_trim, self._encode, copies))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a result never awaited: no warning
         self._prefetch = task
 
+    def _encoded(self, utt: Utterance) -> bool:
+        r = self._ready.get((utt.call_id, utt.utterance_id))
+        return r is not None and r.fits(utt)
+
+    def _harvest(self) -> None:
+        """A finished prefetch's features into :attr:`_ready` (a failed one leaves them to their batch)."""
+        task, self._prefetch = self._prefetch, None
+        if task is None or task.cancelled() or task.exception() is not None:
+            return
+        self._ready.update(task.result())
+        while len(self._ready) > self.max_ready:
+            self._ready.popitem(last=False)
+
     def _encode(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
         feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
         return {(u.call_id, u.utterance_id): _Ready(u.parts, f, u.ignored) for u, f in zip(utts, feats, strict=True)}
 
-    async def _prefetched(self) -> dict[tuple[str, str], _Ready]:
-        task, self._prefetch = self._prefetch, None
-        if task is None:
-            return {}
-        self.computing_since = self._prefetch_since  # a wedged encoder stops the heartbeat here too
-        try:
-            return await task
-        except Exception:  # encoded again with the batch, where a failure is isolated to its utterance
-            log.debug("prefetched encoding failed; the batch encodes its utterances itself", exc_info=True)
-            return {}
-        finally:
-            self.computing_since = None
+    async def _prefetched(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
+        """What was encoded ahead for ``utts`` (taken out of :attr:`_ready`), once the encoding
+        running now (the next batch's: these, mostly) has finished."""
+        task = self._prefetch
+        if task is not None:
+            self.computing_since = self._prefetch_since  # a wedged encoder stops the heartbeat here too
+            try:
+                await asyncio.shield(task)
+            except Exception:  # encoded again with the batch, where a failure is isolated to its utterance
+                log.debug("prefetched encoding failed; the batch encodes its utterances itself", exc_info=True)
+            finally:
+                self.computing_since = None
+            self._harvest()
+        keys = {(u.call_id, u.utterance_id) for u in utts}
+        return {k: self._ready.pop(k) for k in keys if k in self._ready}
 
     async def _computing(self, fn: Callable[..., BatchOutcome], *args: Any) -> BatchOutcome:
         """``fn`` (encoders and engine) in a thread, marked in :attr:`computing_since` meanwhile."""
@@ -334,8 +364,10 @@ class Processor:
             self._written.popitem(last=False)
 
     def forget_cached(self) -> None:
-        """Drop the windows held in memory (the worker's partitions changed)."""
+        """Drop the windows held in memory (the worker's partitions changed), and the features
+        encoded ahead (of utterances another worker may now own)."""
         self.store.forget_cached()
+        self._ready.clear()
 
     async def release(self, call_ids: list[str]) -> None:
         """The calls ended: free their windows (and declarations)."""

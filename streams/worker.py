@@ -554,7 +554,8 @@ class Worker:
             mark = now
 
         try:
-            outcome = await self.processor.run(batch)  # splits out utterances that fail to compute
+            # splits out utterances that fail to compute; the next batch's encoding starts beside it
+            outcome = await self.processor.run(batch, ahead=lambda: self.queue[: self.sizer.take(self.queue)])
             lap("compute")
             laps["read"] = outcome.read_s
             laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
@@ -563,7 +564,8 @@ class Worker:
                 computed = sum(units(u) for u in batch) * (len(batch) - outcome.replayed) / len(batch)
                 self.sizer.observe(computed, laps["compute"])
                 self.metrics.batch_limit.set(self.sizer.allowance())
-            self.processor.prefetch(self.queue[: self.sizer.take(self.queue)])  # encoded while this publishes
+            # and, if that one has finished, what arrived since: encoded while this publishes
+            self.processor.prefetch(self.queue[: self.sizer.take(self.queue)])
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             lap("record")
             stage = "publish"

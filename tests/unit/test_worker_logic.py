@@ -1097,18 +1097,23 @@ class CountingFeaturizer(FakeFeaturizer):
         return np.array([[len(t), 1, 0, 0] for t in texts], np.float32)
 
 
-def test_the_next_batch_is_encoded_while_this_one_publishes_and_each_text_once() -> None:
+def test_the_next_batch_is_encoded_while_this_one_computes_and_publishes_and_each_text_once() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         counting = CountingFeaturizer()
         w.processor.featurizer = counting
-        prefetch = w.processor.prefetch
+        prefetch, predict = w.processor.prefetch, engine.predict
 
         def spy(utts: list[Any]) -> None:
             log.append(f"prefetch {len(utts)}")
             prefetch(utts)
 
+        def computing(batch: EngineBatch) -> EngineOutput:
+            log.append(f"engine {batch.size}")
+            return predict(batch)
+
         w.processor.prefetch = spy  # type: ignore[method-assign]
+        engine.predict = computing  # type: ignore[method-assign]
         t = w.settings.kafka.topics
         for i in range(20):
             part = TextPart(call_id=f"c{i}", utterance_id="u0", seq=0, text="x" * (i + 1)).to_bytes()
@@ -1117,8 +1122,9 @@ def test_the_next_batch_is_encoded_while_this_one_publishes_and_each_text_once()
         assert [len(c) for c in counting.calls] == [8, 8, 4]  # batch 1, then batches 2 and 3 ahead of time
         assert sorted(x for c in counting.calls for x in c) == sorted("x" * (i + 1) for i in range(20))
         assert len(events(sent)) == 20 and len(engine.batches) == 3
-        assert log.index("prefetch 8") < log.index("send emostream.emotion.events")  # before batch 1 publishes
-        assert log.count("prefetch 8") == 1 and log.count("prefetch 4") == 1
+        # batch 2's encoding starts before batch 1's engine runs, batch 3's before batch 2's
+        assert log.index("prefetch 8") < log.index("engine 8") < log.index("send emostream.emotion.events")
+        assert log.index("prefetch 4") < [i for i, x in enumerate(log) if x == "engine 8"][1]
         # each utterance's own features reached the engine
         assert sorted(float(b.text[j, -1, 0]) for b in engine.batches for j in range(b.size)) == list(range(1, 21))
 
@@ -1141,5 +1147,32 @@ def test_prefetched_features_of_other_parts_are_not_used() -> None:
         assert counting.calls == [["old words"], ["new words, longer"]]
         assert float(engine.batches[-1].text[0, -1, 0]) == len("new words, longer")
         assert len(out.events) == 1
+
+    asyncio.run(scenario())
+
+
+def test_features_encoded_ahead_are_bounded_and_forgotten_on_a_rebalance() -> None:
+    async def scenario() -> None:
+        from streams.join import Utterance
+        from streams.validate import Payload
+
+        counting = CountingFeaturizer()
+        p = Processor(FakeEngine(), counting, FakeStore())
+        p.max_ready = 3
+        utts = [
+            Utterance("c", f"u{i}", i, "A", first_at=0.0, parts={"text": Payload("text", f"w{i}")}) for i in range(5)
+        ]
+        p.prefetch(utts)
+        assert await p._prefetched([]) == {}  # waits for the encoding; nothing of it asked for yet
+        assert counting.calls == [[f"w{i}" for i in range(5)]]
+        assert list(p._ready) == [("c", "u2"), ("c", "u3"), ("c", "u4")]  # the oldest dropped
+        p.prefetch(utts[2:4])  # already encoded: nothing runs
+        out = await p.run(utts[2:4])
+        assert len(counting.calls) == 1 and len(out.events) == 2
+        assert list(p._ready) == [("c", "u4")]  # what a batch used is no longer held
+        out = await p.run(utts[:2])  # dropped: encoded with their batch
+        assert counting.calls[1:] == [["w0", "w1"]] and len(out.events) == 2
+        p.forget_cached()
+        assert not p._ready
 
     asyncio.run(scenario())
