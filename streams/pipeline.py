@@ -86,6 +86,7 @@ class BatchOutcome:
             self.failed + later.failed,
             self.replayed + later.replayed,
             {c: {**self.joins.get(c, {}), **later.joins.get(c, {})} for c in {*self.joins, *later.joins}},
+            self.read_s + later.read_s,
         )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from streams.settings import Settings
 from streams.worker import Worker
 
 log = logging.getLogger("emostream.runtime")
+T = TypeVar("T")
 
 
 class ModelFeaturizer:
@@ -25,19 +28,35 @@ class ModelFeaturizer:
     def __init__(self, extractors: Any) -> None:
         self._x = extractors
         self._speech: Any = None
+        # two threads may encode at once (a batch's own utterances beside the next batch's, see
+        # Processor.run): the extractors load their models on first use, so each one's first
+        # call runs alone, and the second caller finds the model loaded instead of loading another
+        self._loading = threading.Lock()
+        self._loaded: set[str] = set()
+
+    def _first(self, name: str, call: Callable[[], T]) -> T:
+        if name in self._loaded:
+            return call()
+        with self._loading:
+            out = call()
+            self._loaded.add(name)
+            return out
 
     def text(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self._x.text.encode(texts), dtype=np.float32)  # (N, Dt)
+        return np.asarray(self._first("text", lambda: self._x.text.encode(texts)), dtype=np.float32)  # (N, Dt)
 
     def audio(self, waves: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(self._x.audio.extract(waves), dtype=np.float32)  # (N, Da)
+        return np.asarray(self._first("audio", lambda: self._x.audio.extract(waves)), dtype=np.float32)  # (N, Da)
 
     def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
+        return self._first("speech", lambda: self._detector().seconds(waves, enough))  # (N,)
+
+    def _detector(self) -> Any:
         if self._speech is None:
             from engines.features.speech import SpeechDetector
 
             self._speech = SpeechDetector()
-        return self._speech.seconds(waves, enough)  # (N,)
+        return self._speech
 
     def warm_up(self) -> None:
         """Load the encoders now rather than on the first utterance."""

@@ -1176,3 +1176,34 @@ def test_features_encoded_ahead_are_bounded_and_forgotten_on_a_rebalance() -> No
         assert not p._ready
 
     asyncio.run(scenario())
+
+
+def test_an_encoder_first_called_from_two_threads_loads_its_model_once() -> None:
+    """The next batch's encoding runs beside a batch's own: two first calls must not both load."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from streams.runtime import ModelFeaturizer
+
+    class LazyText:
+        def __init__(self) -> None:
+            self.model: object | None = None
+            self.loads = 0
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            if self.model is None:  # the check-then-load of every lazy encoder
+                time.sleep(0.2)
+                self.loads += 1
+                self.model = object()
+            return np.zeros((len(texts), 4), dtype=np.float32)
+
+    text = LazyText()
+    featurizer = ModelFeaturizer(SimpleNamespace(text=text, audio=None))
+    threads = [threading.Thread(target=featurizer.text, args=(["hi"],)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert text.loads == 1
+    assert featurizer.text(["a", "b"]).shape == (2, 4)
