@@ -17,6 +17,10 @@ def cmd_worker(ns: Any) -> int:
         from streams.processes import run_processes
 
         return run_processes(ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads)
+    if ns.parent_pid is not None:
+        from streams.processes import die_with_parent
+
+        die_with_parent(ns.parent_pid)
     from engines.runtime.threads import limit_malloc_arenas
 
     limit_malloc_arenas()  # before the model's threads start
@@ -49,6 +53,7 @@ def register(sub: Any) -> None:
         "one per core of a many-core machine (streams/processes.py)",
     )
     p.add_argument("--metrics-port", type=int, default=None, help=argparse.SUPPRESS)  # a supervised child's
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # its supervisor's
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("ui", help="serve the live supervisor page (calls, emotion timelines, alerts)")
     p.add_argument(

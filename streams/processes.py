@@ -15,7 +15,9 @@ members of the group do (more processes than partitions idle). This parent only 
   and Redis unreachable past ``kafka.startup_timeout_s``, as a single worker exits) stops them all
   and the parent exits 2; :data:`MAX_QUICK_FAILURES` exits in a row of children that ran less than
   60 s (a model that does not load, a port taken) stop them all with exit code 1;
-- a parent killed with SIGKILL cannot pass anything on: its children run on until stopped.
+- a parent killed with SIGKILL cannot pass anything on, so each child has asked Linux for a
+  SIGTERM when its parent dies (:func:`die_with_parent`) and stops as on the parent's SIGTERM
+  (elsewhere the children run on until stopped).
 
 On Kubernetes run one process per pod instead (``deploy/kubernetes``): the orchestrator then
 restarts and scales each one. ``--processes 1`` (the default) is a plain worker, no supervisor.
@@ -186,13 +188,41 @@ class Supervisor:
 
 
 def worker_command(config: str | None, port: int) -> Callable[[int], list[str]]:
-    """Child ``i``'s command line: ``emostream [--config FILE] worker --metrics-port PORT+i``."""
+    """Child ``i``'s command line: ``emostream [--config FILE] worker --metrics-port PORT+i --parent-pid PID``."""
 
     def command(index: int) -> list[str]:
         cfg = ["--config", config] if config else []
-        return [sys.executable, "-m", "streams.cli", *cfg, "worker", "--metrics-port", str(child_port(port, index))]
+        port_i = str(child_port(port, index))
+        return [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            *cfg,
+            "worker",
+            "--metrics-port",
+            port_i,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
 
     return command
+
+
+def die_with_parent(parent: int) -> None:
+    """In a supervised child: be sent SIGTERM (a graceful stop) when the supervisor dies, even of
+    SIGKILL, which gives it no chance to stop its children (Linux: ``PR_SET_PDEATHSIG``); exit at
+    once if it is already gone. Elsewhere nothing is set up (a child there outlives a killed parent)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # 1: PR_SET_PDEATHSIG
+        log.warning("could not ask to be stopped with the supervisor: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != parent:  # it died before the request was in place
+        log.error("the supervisor (pid %d) is gone: not starting", parent)
+        raise SystemExit(0)
 
 
 def child_env(n: int, cpu_threads: int | None, env: dict[str, str]) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -101,3 +102,46 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm( 
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_the_children_stop_when_the_supervisor_is_killed(  # type: ignore[no-untyped-def]
+    services, unique, tmp_path
+) -> None:
+    """SIGKILL gives the supervisor no chance to pass a stop on: each child asked Linux for a
+    SIGTERM when its parent dies, so no orphaned worker keeps consuming."""
+    base = settings_for(services, unique, default_modalities=("text",))
+    settings = base.model_copy(update={"metrics": base.metrics.model_copy(update={"port": _two_free_ports()})})
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path, "killed-supervisor", args=("--processes", "2")).start()
+    ready = lambda: worker.log_path.read_bytes().count(b"worker ready")  # noqa: E731
+    kids: list[int] = []
+    try:
+        worker.wait_ready()
+        assert worker.proc is not None
+        deadline = time.monotonic() + 120
+        while ready() < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        kids = _children(worker.proc.pid)
+        assert len(kids) == 2, (kids, worker.tail())
+        worker.proc.kill()
+        worker.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while [pid for pid in kids if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [pid for pid in kids if _alive(pid)], "a child outlived its killed supervisor"
+    finally:
+        worker.stop()
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan is reaped by init, but not necessarily at once)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -43,7 +43,8 @@ def test_each_child_gets_its_own_metrics_port_on_its_command_line() -> None:
     assert [child_port(9108, i) for i in range(3)] == [9108, 9109, 9110]
     assert child_port(0, 2) == 0  # any free port stays any free port
     cmd = worker_command("my.toml", 9105)(2)
-    assert cmd[-5:] == ["--config", "my.toml", "worker", "--metrics-port", "9107"]  # an override: no file undoes it
+    # an override: no file undoes it; and the supervisor's pid, whose death stops the child
+    assert cmd[-7:] == ["--config", "my.toml", "worker", "--metrics-port", "9107", "--parent-pid", str(os.getpid())]
 
 
 def test_the_restart_backoff_doubles_up_to_its_cap() -> None:
