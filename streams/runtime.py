@@ -75,9 +75,12 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     from engines.errors import EngineError
     from engines.registry import load_engine, load_extractors
     from engines.runtime.select import RuntimeUnavailable, resolve_runtime
-    from engines.runtime.threads import set_cpu_threads
+    from engines.runtime.threads import default_cpu_threads, set_cpu_threads
 
-    set_cpu_threads(settings.engine.cpu_threads)
+    threads = settings.engine.cpu_threads
+    if threads is None and (threads := default_cpu_threads()) is not None:
+        log.info("a CPU quota of %d cores (cgroup): the model runtimes use %d threads each", threads, threads)
+    set_cpu_threads(threads)
     model_dir = settings.model_dir()
     try:
         runtime = resolve_runtime(settings.engine.runtime)

@@ -131,7 +131,8 @@ class EngineSettings(_Section):
         None,
         ge=1,
         description="CPU threads of this process's ONNX Runtime and torch pools (engines/runtime/threads.py); None: "
-        "every core for one process, cores // N for each of `emostream worker --processes N`",
+        "every core for one process, cores // N for each of `emostream worker --processes N` (under a cgroup CPU "
+        "quota, its cores rounded up)",
     )
     future: int = Field(
         0,

@@ -4,10 +4,12 @@ engine and the text encoder) and torch's (Whisper, the torch runtimes).
 By default each runtime takes every core, which is right for one worker process on a machine.
 ``emostream worker --processes N`` gives each of its N processes ``cores // N`` threads, so that
 N processes do not each spin a pool over every core and fight over them
-(``engine.cpu_threads`` sets it explicitly)."""
+(``engine.cpu_threads`` sets it explicitly). Under a cgroup CPU quota (a container's CPU limit)
+"every core" means the quota's, rounded up: ONNX Runtime and torch count the host's cores."""
 
 from __future__ import annotations
 
+import math
 import os
 
 _threads: int | None = None
@@ -49,7 +51,62 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return False
 
 
-def share_of_cores(processes: int) -> int:
-    """Threads per process when ``processes`` share this machine's cores (at least 1)."""
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (a container's ``resources.limits.cpu``),
+    or None where there is none. cgroup v2 ``cpu.max`` ("200000 100000": 2 cores; "max ...": none)
+    of the process's own group and of the root as mounted; else v1 ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``. The smallest found wins."""
+    own = ""
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                if line.startswith("0::"):
+                    own = line[3:].strip().strip("/")
+    except OSError:
+        pass
+    limits: list[float] = []
+    for group in {own, ""}:
+        path = os.path.join(root, group, "cpu.max") if group else os.path.join(root, "cpu.max")
+        try:
+            with open(path) as f:
+                quota, period = (f.read().split() + ["100000"])[:2]
+        except OSError:
+            continue
+        if quota != "max" and float(period) > 0:
+            limits.append(float(quota) / float(period))
+    for v1 in (os.path.join(root, "cpu"), os.path.join(root, "cpu,cpuacct")):
+        try:
+            with open(os.path.join(v1, "cpu.cfs_quota_us")) as f:
+                quota_us = float(f.read())
+            with open(os.path.join(v1, "cpu.cfs_period_us")) as f:
+                period_us = float(f.read())
+        except (OSError, ValueError):
+            continue
+        if quota_us > 0 and period_us > 0:
+            limits.append(quota_us / period_us)
+    return min(limits) if limits else None
+
+
+def available_cores(limit: float | None = None) -> int:
+    """The cores this process may use: those it may run on, and no more than its cgroup's CPU
+    quota rounded up (``limit``: that quota, read from /sys/fs/cgroup when None)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, processes))
+    quota = cgroup_cpu_limit() if limit is None else limit
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def default_cpu_threads(limit: float | None = None) -> int | None:
+    """What a worker's runtimes use unless ``engine.cpu_threads`` says: their own default (every
+    core of the machine: None), except under a CPU quota smaller than the cores it sees, where a
+    pool over every core of the host would be throttled (a 2-core pod on a 64-core node), and
+    the quota's cores are used."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = available_cores(limit)
+    return usable if usable < cores else None
+
+
+def share_of_cores(processes: int, limit: float | None = None) -> int:
+    """Threads per process when ``processes`` share this machine's cores, or its CPU quota (at least 1)."""
+    return max(1, available_cores(limit) // max(1, processes))

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +115,10 @@ def test_a_broken_stdout_does_not_stop_the_pipe_from_draining() -> None:
 
 
 def test_each_process_gets_its_share_of_the_cores_unless_threads_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.runtime import threads
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)  # whatever quota the test machine has
     env = {"PATH": "/bin"}
     assert child_env(4, None, env) == {"PATH": "/bin", "EMOSTREAM_ENGINE__CPU_THREADS": "4"}
     assert child_env(32, None, env)["EMOSTREAM_ENGINE__CPU_THREADS"] == "1"  # never none
@@ -129,3 +133,40 @@ def test_the_worker_caps_malloc_arenas_unless_told_otherwise(monkeypatch: pytest
     assert limit_malloc_arenas() is False  # the operator's own setting stands
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert limit_malloc_arenas(8) is (sys.platform == "linux")  # glibc took it (8 arenas: harmless in the test process)
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str], own: str = "") -> tuple[str, str]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(f"0::/{own}\n")
+    return str(root), str(proc)
+
+
+def test_a_cgroup_cpu_quota_is_read_in_cores(tmp_path: Path) -> None:
+    from engines.runtime.threads import cgroup_cpu_limit
+
+    assert cgroup_cpu_limit(*_cgroup(tmp_path / "a", {"cpu.max": "max 100000\n"})) is None
+    assert cgroup_cpu_limit(*_cgroup(tmp_path / "b", {"cpu.max": "250000 100000\n"})) == 2.5
+    # the process's own group (a pod's container), tighter than the root's
+    own = {"cpu.max": "800000 100000\n", "kubepods/pod1/cpu.max": "150000 100000\n"}
+    assert cgroup_cpu_limit(*_cgroup(tmp_path / "c", own, own="kubepods/pod1")) == 1.5
+    v1 = {"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert cgroup_cpu_limit(*_cgroup(tmp_path / "d", v1)) == 2.0
+    unlimited_v1 = {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}
+    assert cgroup_cpu_limit(*_cgroup(tmp_path / "e", unlimited_v1)) is None
+    assert cgroup_cpu_limit(str(tmp_path / "nothing"), str(tmp_path / "nothing")) is None
+
+
+def test_under_a_cpu_quota_the_runtimes_get_its_cores_not_the_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.runtime import threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _pid: set(range(64)), raising=False)
+    assert threads.available_cores(limit=1.5) == 2
+    assert threads.default_cpu_threads(limit=1.5) == 2  # a 1.5-CPU pod on a 64-core node
+    assert threads.default_cpu_threads(limit=64.0) is None  # no quota below the cores: the runtimes' default
+    assert threads.default_cpu_threads(limit=0.2) == 1
+    assert threads.share_of_cores(2, limit=4.0) == 2
+    assert threads.share_of_cores(4, limit=None) >= 1
