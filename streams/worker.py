@@ -465,7 +465,7 @@ class Worker:
                     or now - oldest >= self.settings.engine.max_wait_s
                     or any(u.call_id in closing for u in self.queue)
                 ):
-                    batch = self.queue[: self.sizer.take(self.queue)]
+                    batch = self._next_batch()
                     self.queue = self.queue[len(batch) :]
                     self._count_queue()
             call_id = None if batch or not self.closing else self.closing[0]
@@ -555,7 +555,7 @@ class Worker:
 
         try:
             # splits out utterances that fail to compute; the next batch's encoding starts beside it
-            outcome = await self.processor.run(batch, ahead=lambda: self.queue[: self.sizer.take(self.queue)])
+            outcome = await self.processor.run(batch, ahead=self._next_batch)
             lap("compute")
             laps["read"] = outcome.read_s
             laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
@@ -565,7 +565,7 @@ class Worker:
                 self.sizer.observe(computed, laps["compute"])
                 self.metrics.batch_limit.set(self.sizer.allowance())
             # and, if that one has finished, what arrived since: encoded while this publishes
-            self.processor.prefetch(self.queue[: self.sizer.take(self.queue)])
+            self.processor.prefetch(self._next_batch())
             await self.processor.record(outcome)  # the parts each utterance was labelled with, for replays
             lap("record")
             stage = "publish"
@@ -609,6 +609,10 @@ class Worker:
                 for receipt in utt.handles:
                     receipt.ack()
         return True
+
+    def _next_batch(self) -> list[Utterance]:
+        """The utterances the next batch takes from the queue, as the sizer allows now."""
+        return self.queue[: self.sizer.take(self.queue)]
 
     @staticmethod
     def _owned(utt: Utterance) -> bool:

@@ -29,6 +29,7 @@ sets of probabilities.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -177,15 +178,11 @@ def _minilm_class() -> Any:
                 ~keep[:, None, None, :], torch.finfo(torch.float32).min
             )
             # each text's attention runs over its own span: texts of one span are a run of the batch
-            spans = (-(-lengths.clamp(min=1) // SPAN) * SPAN).tolist()
-            groups: list[tuple[int, slice | Any]] = []
-            for i, span in enumerate(spans):
-                if groups and groups[-1][0] == span and isinstance(groups[-1][1], slice) and groups[-1][1].stop == i:
-                    groups[-1] = (span, slice(groups[-1][1].start, i + 1))
-                else:
-                    groups.append((span, slice(i, i + 1)))
-            if len(groups) > len(set(spans)):  # not sorted by length: gathered by span instead
-                groups = [(s, torch.tensor([i for i, x in enumerate(spans) if x == s])) for s in sorted(set(spans))]
+            # (sorted by length, as encode() sorts them, one run per span; unsorted, more runs)
+            groups: list[tuple[int, slice]] = []
+            for span, run in itertools.groupby((-(-lengths.clamp(min=1) // SPAN) * SPAN).tolist()):
+                start = groups[-1][1].stop if groups else 0
+                groups.append((span, slice(start, start + len(list(run)))))
             grid = torch.zeros((b * t, 3 * d), dtype=torch.float32, device=dev)
             att = torch.zeros((b, t, h, d // h), dtype=torch.float32, device=dev)
             for blk in self.blocks:

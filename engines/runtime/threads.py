@@ -66,9 +66,8 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
         pass
     limits: list[float] = []
     for group in {own, ""}:
-        path = os.path.join(root, group, "cpu.max") if group else os.path.join(root, "cpu.max")
         try:
-            with open(path) as f:
+            with open(os.path.join(root, group, "cpu.max")) as f:
                 quota, period = (f.read().split() + ["100000"])[:2]
         except OSError:
             continue
@@ -87,10 +86,15 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
     return min(limits) if limits else None
 
 
+def _affinity_cores() -> int:
+    """The cores this process may run on (what ONNX Runtime and torch see, quota or not)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def available_cores(limit: float | None = None) -> int:
     """The cores this process may use: those it may run on, and no more than its cgroup's CPU
     quota rounded up (``limit``: that quota, read from /sys/fs/cgroup when None)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _affinity_cores()
     quota = cgroup_cpu_limit() if limit is None else limit
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
@@ -102,9 +106,8 @@ def default_cpu_threads(limit: float | None = None) -> int | None:
     core of the machine: None), except under a CPU quota smaller than the cores it sees, where a
     pool over every core of the host would be throttled (a 2-core pod on a 64-core node), and
     the quota's cores are used."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     usable = available_cores(limit)
-    return usable if usable < cores else None
+    return usable if usable < _affinity_cores() else None
 
 
 def share_of_cores(processes: int, limit: float | None = None) -> int:
