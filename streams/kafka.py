@@ -48,6 +48,11 @@ def brokers(settings: Settings) -> list[str]:
     return [b.strip() for b in settings.kafka.brokers.split(",") if b.strip()]
 
 
+def fetch_max_wait_ms(settings: Settings) -> int:
+    """``kafka.fetch_max_wait_s`` as the clients take it (whole milliseconds, at least 1)."""
+    return max(1, round(settings.kafka.fetch_max_wait_s * 1000))
+
+
 def kafka_python_options(settings: Settings) -> dict[str, Any]:
     """Connection options for kafka-python clients."""
     k = settings.kafka

@@ -79,7 +79,7 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
 
     threads = settings.engine.cpu_threads
     if threads is None and (threads := default_cpu_threads()) is not None:
-        log.info("a CPU quota of %d cores (cgroup): the model runtimes use %d threads each", threads, threads)
+        log.info("under a cgroup CPU quota: the model runtimes use %d threads each (its cores, rounded up)", threads)
     set_cpu_threads(threads)
     model_dir = settings.model_dir()
     try:

@@ -66,6 +66,14 @@ class KafkaSettings(_Section):
     session_timeout_s: float = Field(
         30.0, ge=6, le=90, description="a worker silent this long (crashed) loses its partitions to the others"
     )
+    fetch_max_wait_s: float = Field(
+        0.05,
+        ge=0.001,
+        le=1.5,
+        description="the longest the broker holds the worker's fetch for partitions with nothing new; a partition "
+        "left out of a fetch in flight (its records not yet handed to the worker) waits for it, so this bounds "
+        "how late a part may be read (Faust's own 1.5 s held parts up to that long under bursty load)",
+    )
     group_id: str = "emostream-worker"
     app_id: str = "emostream"
     topics: TopicSettings = TopicSettings()

@@ -141,3 +141,22 @@ def test_the_workers_producer_is_idempotent() -> None:
     app = create_app(Settings(), lambda send: None)
     producer = app.transport.create_producer()
     assert producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
+
+
+def test_the_workers_consumer_fetches_with_the_configured_wait() -> None:
+    """Faust builds its aiokafka consumer with a fixed 1.5 s fetch wait, which held parts that long
+    under a bursty load (see streams.app._prompt_fetches); the worker's consumer uses
+    ``kafka.fetch_max_wait_s`` instead. The real aiokafka consumer, built (not started: no broker)."""
+    import asyncio
+
+    from streams.app import create_app
+
+    assert Settings().kafka.fetch_max_wait_s == 0.05
+    # one app only: building a second app's consumer in one process trips CPython 3.11.7's AST check
+    app = create_app(Settings(kafka={"fetch_max_wait_s": 0.2}), lambda send: None)
+
+    async def build() -> int:
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        return int(consumer._fetch_max_wait_ms)  # what AIOKafkaConsumer.start() gives its Fetcher
+
+    assert asyncio.run(build()) == 200
