@@ -234,25 +234,58 @@ class Sampler:
         self.thread.join(2)
 
 
-def inside(metrics: str) -> dict[str, float]:
-    """Where the worker's time went, from its /metrics: batches, their mean size, the mean
-    milliseconds a batch spends in each stage and in the encoders and the engine, the mean join wait."""
+_SUMS = (
+    "emostream_batch_size_count",
+    "emostream_batch_size_sum",
+    "emostream_engine_latency_seconds_count",
+    "emostream_engine_latency_seconds_sum",
+    "emostream_join_wait_seconds_count",
+    "emostream_join_wait_seconds_sum",
+    "emostream_end_to_end_latency_seconds_count",
+    "emostream_end_to_end_latency_seconds_sum",
+)
+
+
+def _totals(metrics: str) -> dict[str, float]:
+    """The counters :func:`inside` reads from a /metrics page (each stage's seconds as ``stage:NAME``)."""
     from chaos.harness import metric_sum
 
+    out = {name: metric_sum(metrics, name) for name in _SUMS}
+    for line in metrics.splitlines():  # emostream_batch_stage_seconds_sum{stage="publish"} 1.23
+        if line.startswith("emostream_batch_stage_seconds_sum{"):
+            stage = line.split('stage="', 1)[1].split('"', 1)[0]
+            out[f"stage:{stage}"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def inside(metrics: str, before: str | None = None) -> dict[str, float]:
+    """Where the worker's time went, from its /metrics: batches, their mean size, the mean
+    milliseconds a batch spends in each stage and in the encoders and the engine, the mean join wait.
+    ``before``: the page at the level's start, so that the figures are the level's own, not
+    averages over the worker's life (its warm-up and earlier levels); if the counters went back
+    (the process restarted in between), the figures are the new process's and ``reset`` is 1.
+    With ``--processes N`` the page is the first child's (each child serves its own /metrics)."""
+    now = _totals(metrics)
+    then = _totals(before) if before is not None else {}
+    reset = now["emostream_batch_size_count"] < then.get("emostream_batch_size_count", 0.0)
+    if reset:
+        then = {}
+
     def total(name: str) -> float:
-        return metric_sum(metrics, name)
+        return now.get(name, 0.0) - then.get(name, 0.0)
 
     batches = total("emostream_batch_size_count")
     engine = total("emostream_engine_latency_seconds_count")
     joins = total("emostream_join_wait_seconds_count")
-    stages = {}
-    for line in metrics.splitlines():  # emostream_batch_stage_seconds_sum{stage="publish"} 1.23
-        if line.startswith("emostream_batch_stage_seconds_sum{"):
-            stage = line.split('stage="', 1)[1].split('"', 1)[0]
-            stages[f"{stage}_ms_per_batch"] = round(1000 * float(line.rsplit(" ", 1)[1]) / max(batches, 1), 1)
+    stages = {
+        f"{key.split(':', 1)[1]}_ms_per_batch": round(1000 * total(key) / max(batches, 1), 1)
+        for key in now
+        if key.startswith("stage:")
+    }
     return {
         **stages,
         "batches": batches,
+        **({"reset": 1.0} if reset else {}),
         "mean_batch": round(total("emostream_batch_size_sum") / max(batches, 1), 1),
         "engine_ms_per_batch": round(1000 * total("emostream_engine_latency_seconds_sum") / max(engine, 1), 1),
         "join_wait_ms": round(1000 * total("emostream_join_wait_seconds_sum") / max(joins, 1), 1),
@@ -370,7 +403,7 @@ def passthrough_main(parts: int) -> int:
     """The ceiling: aiokafka consumer -> parse -> count an utterance's parts -> one record out."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from streams.kafka import brokers
+    from streams.kafka import brokers, fetch_max_wait_ms
     from streams.settings import load_settings
 
     settings = load_settings(None)
@@ -380,6 +413,7 @@ def passthrough_main(parts: int) -> int:
         consumer = AIOKafkaConsumer(
             t.text, t.audio, bootstrap_servers=brokers(settings), group_id=settings.kafka.group_id,
             auto_offset_reset="earliest", enable_auto_commit=True, max_partition_fetch_bytes=8 * 2**20,
+            fetch_max_wait_ms=fetch_max_wait_ms(settings),  # as the worker's consumer
         )  # fmt: skip
         producer = AIOKafkaProducer(bootstrap_servers=brokers(settings), acks="all", linger_ms=5)
         await consumer.start()
@@ -597,10 +631,11 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
                     loads = [None]
                 for offered in loads:
                     duration = plan.naive_duration_s if subject == "naive" else plan.duration_s
+                    before = proc.metrics() if subject == "worker" else None
                     level = measure(workload, settings, results, sampler, offered, duration, plan.calls,
                                     plan.drain_s, subject, processes, producer)  # fmt: skip
                     if subject == "worker":
-                        level.inside = inside(proc.metrics())
+                        level.inside = inside(proc.metrics(), before)
                     print(level.row(), flush=True)
                     levels.append(level)
                     if level.unfinished:  # an overload's backlog must not count against the next level

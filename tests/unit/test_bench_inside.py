@@ -1,0 +1,43 @@
+"""The bench's reading of where the worker's time went (tools.bench.inside), on /metrics pages."""
+
+from __future__ import annotations
+
+from tools.bench import inside
+
+
+def page(batches: int, utterances: int, compute_s: float, publish_s: float, engine_s: float) -> str:
+    return "\n".join(
+        [
+            "# HELP emostream_batch_size utterances per batch",
+            f"emostream_batch_size_count {batches}",
+            f"emostream_batch_size_sum {utterances}",
+            f'emostream_batch_stage_seconds_sum{{stage="compute"}} {compute_s}',
+            f'emostream_batch_stage_seconds_sum{{stage="publish"}} {publish_s}',
+            f"emostream_engine_latency_seconds_count {batches}",
+            f"emostream_engine_latency_seconds_sum {engine_s}",
+            "emostream_join_wait_seconds_count 0",
+            "emostream_end_to_end_latency_seconds_count 0",
+        ]
+    )
+
+
+def test_a_levels_figures_are_its_own_not_the_workers_lifetime() -> None:
+    """A fixed-load level of small batches, then flat out with big ones: the flat-out level's mean
+    batch and stage times are its own (the bench once printed lifetime averages)."""
+    start = page(batches=2, utterances=2, compute_s=0.2, publish_s=0.02, engine_s=0.2)  # the warm-up
+    after_fixed = page(batches=102, utterances=1002, compute_s=2.2, publish_s=0.52, engine_s=2.2)
+    after_max = page(batches=152, utterances=11002, compute_s=12.2, publish_s=1.52, engine_s=12.2)
+    fixed, flat = inside(after_fixed, start), inside(after_max, after_fixed)
+    assert fixed["batches"] == 100 and fixed["mean_batch"] == 10.0 and fixed["compute_ms_per_batch"] == 20.0
+    assert flat["batches"] == 50 and flat["mean_batch"] == 200.0
+    assert flat["compute_ms_per_batch"] == 200.0 and flat["publish_ms_per_batch"] == 20.0
+    assert flat["engine_ms_per_batch"] == 200.0
+    assert inside(after_max)["mean_batch"] == round(11002 / 152, 1)  # without a start: since the worker began
+
+
+def test_a_worker_restarted_within_a_level_is_read_from_its_restart() -> None:
+    before = page(batches=500, utterances=9000, compute_s=50.0, publish_s=5.0, engine_s=50.0)
+    after = page(batches=20, utterances=400, compute_s=2.0, publish_s=0.2, engine_s=2.0)  # counters began again
+    got = inside(after, before)
+    assert got["reset"] == 1.0 and got["batches"] == 20 and got["mean_batch"] == 20.0
+    assert got["compute_ms_per_batch"] == 100.0 and "reset" not in inside(before, page(1, 1, 0.1, 0.01, 0.1))
