@@ -3,7 +3,10 @@
 :class:`TrustedNet` wraps any engine's network (:mod:`engines.models`) in the exported graph. For
 each window it runs the network on ``2**M`` copies, one for each subset of the ``M`` modalities
 the network has, with the others marked absent *at the target utterance* (its context is
-untouched); a network with ``project`` (UniMSE) projects each position once for all copies. Only
+untouched); a network with ``project`` (UniMSE) projects each position once for all copies, and
+a causal one with ``target_rows`` (the shipped default) computes only the target's row of each
+copy, from the full run's keys and values: no other row sees the target, so they are the full
+run's (about half the engine's time on windows with a voice, where every row ran 4 times). Only
 windows whose target holds a voice or two modalities need the copies: the others (a text-only
 call, a voice without speech) run once, their output the network's and their weight all on the
 one modality present, which is what the copies would give them. From those:
@@ -138,14 +141,24 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             for name, value in tensors.items():
                 self.register_buffer(name, torch.from_numpy(np.asarray(value, dtype=np.float32)))
             self.gated = AUDIO in self.active and "audio_mean" in tensors
+            # the copies differ from the full run only at the target: a causal network whose other
+            # rows never see it computes that row alone (UniMSE; the others run the copies whole)
+            self.rows_only = hasattr(net, "target_rows") and hasattr(net, "project") and bool(net.cfg.causal)
 
-        def _run(self, feats: Any, projected: Any, rows: tuple[Any, ...], n: int) -> dict[str, Any]:
+        def _run(
+            self, feats: Any, projected: Any, rows: tuple[Any, ...], n: int, states: list[Any] | None = None
+        ) -> dict[str, Any]:
             """The network on ``n`` copies of the windows (``rows``: present per copy, concatenated,
             then speakers, valid and target), from projected positions when it takes them."""
             rest = (rows[0], *(torch.cat([x] * n, 0) for x in rows[1:]))
             if projected is not None:  # each position projected once, not once per copy
                 return self.net(
-                    None, None, None, *rest, projected={m: torch.cat([v] * n, 0) for m, v in projected.items()}
+                    None,
+                    None,
+                    None,
+                    *rest,
+                    projected={m: torch.cat([v] * n, 0) for m, v in projected.items()},
+                    **({} if states is None else {"states": states}),
                 )
             return self.net(*[None if x is None else torch.cat([x] * n, dim=0) for x in feats], *rest)
 
@@ -157,8 +170,10 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             present_t = (present * at[..., None]).sum(1).clamp(max=1.0)  # (B, 3)
             feats = (text, audio, video)
             projected = self.net.project(text, audio, video) if hasattr(self.net, "project") else None
-            # every window with all it has at the target
-            out = self._run(feats, projected, (present, speakers, valid, target), 1)
+            # every window with all it has at the target; a causal network that can compute the
+            # target's row alone keeps each block's keys and values for the copies (see `target_rows`)
+            states: list[Any] | None = [] if self.rows_only else None
+            out = self._run(feats, projected, (present, speakers, valid, target), 1, states)
             logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
             sent_full = out["sentiment"]  # (B,)
             mine = torch.tensor(
@@ -189,7 +204,12 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             feats_g = tuple(None if x is None else x.index_select(0, idx) for x in feats)
             projected_g = None if projected is None else {m: v.index_select(0, idx) for m, v in projected.items()}
             rows_g = (torch.cat(presents, 0), *(x.index_select(0, idx) for x in (speakers, valid, target)))
-            out_g = self._run(feats_g, projected_g, rows_g, n)
+            if states is not None and projected_g is not None:
+                out_g = self.net.target_rows(
+                    projected_g, *rows_g, [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in states], n
+                )
+            else:
+                out_g = self._run(feats_g, projected_g, rows_g, n)
             logp = torch.cat(
                 [logp_full.index_select(0, idx)[None], torch.log_softmax(out_g["logits"], dim=-1).reshape(n, g, -1)], 0
             )  # (S, G, C)

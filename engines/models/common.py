@@ -120,10 +120,18 @@ class MaskedAttention(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, kv: Tensor, allowed: Tensor, bias: Tensor | None = None) -> Tensor:
+        return self.attend(x, *self.keys_values(kv), allowed, bias)
+
+    def keys_values(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, Wk, d) -> keys and values (N, H, Wk, dh) each."""
+        n, wk, _ = kv.shape
+        k, v = self.kv(kv).reshape(n, wk, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Queries from ``x`` (N, Wq, d) over :meth:`keys_values`' ``k``, ``v``; ``allowed`` (N, Wq, Wk)."""
         n, wq, d = x.shape  # (N, Wq, d)
-        wk = kv.shape[1]
         q = self.q(x).reshape(n, wq, self.h, self.dh).transpose(1, 2)  # (N, H, Wq, dh)
-        k, v = self.kv(kv).reshape(n, wk, 2, self.h, self.dh).permute(2, 0, 3, 1, 4)  # (N, H, Wk, dh) each
         scores = q @ k.transpose(-1, -2) / (self.dh**0.5)  # (N, H, Wq, Wk)
         if bias is not None:
             scores = scores + bias
@@ -149,6 +157,18 @@ class Block(nn.Module):
         q = self.ln1(x)
         k = q if kv is None else self.ln_kv(kv)
         x = x + self.drop(self.attn(q, k, allowed, bias))  # (N, W, d)
+        return x + self.drop(self.ff(self.ln2(x)))
+
+    def self_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The keys and values self-attention computes from ``x`` (N, W, d): (N, H, W, dh) each."""
+        return self.attn.keys_values(self.ln1(x))
+
+    def rows(self, x: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Self-attention's output for some rows ``x`` (N, Wq, d) only, the window's keys and values
+        given (:meth:`self_keys_values` of the whole window, these rows' included): the same as
+        those rows of :meth:`forward` when the other rows do not depend on them (a causal window
+        and its target)."""
+        x = x + self.drop(self.attn.attend(self.ln1(x), k, v, allowed, bias))
         return x + self.drop(self.ff(self.ln2(x)))
 
 

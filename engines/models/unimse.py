@@ -195,10 +195,11 @@ class UniMSENet(nn.Module):
         valid: Tensor,
         target: Tensor,
         projected: dict[int, Tensor] | None = None,
+        states: list[tuple[Tensor, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
         """``projected``: :meth:`project`'s output for these inputs, when the caller has it already
         (the trust wrapper projects once for its four presence variants; the raw inputs are then
-        not read)."""
+        not read). ``states``: a list that gets each block's keys and values (B, H, W, dh), for :meth:`target_rows`."""
         cfg = self.cfg
         b, w = valid.shape
         z = self.project(text, audio, video) if projected is None else projected
@@ -228,9 +229,12 @@ class UniMSENet(nn.Module):
         first_adapter = cfg.n_layers - self.n_adapt
         text_state = h
         gates: dict[int, list[Tensor]] = {m: [] for m in self.side}
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(cast(list[Block], self.blocks)):
             bias = ctx.same[:, None] * self.same_bias[i][None, :, None, None]  # (B, H, W, W)
-            h = blk(h, ctx.allowed, bias=bias)  # (B, W, d)
+            k, v = blk.self_keys_values(h)  # (B, H, W, dh) each
+            if states is not None:
+                states.append((k, v))
+            h = blk.rows(h, k, v, ctx.allowed, bias)  # (B, W, d): every row, as blk(h, ctx.allowed, bias=bias)
             if i >= first_adapter:
                 if i == first_adapter:
                     text_state = h  # the text-only state the contrastive loss aligns
@@ -265,6 +269,62 @@ class UniMSENet(nn.Module):
         if self.side:
             out["side_repr"] = torch.stack([ctx.at_target(side[m]) for m in self.side], dim=1)  # (B, S, d)
         return out
+
+    def target_rows(
+        self,
+        projected: dict[int, Tensor],
+        present: Tensor,
+        speakers: Tensor,
+        valid: Tensor,
+        target: Tensor,
+        states: list[tuple[Tensor, Tensor]],
+        n: int,
+    ) -> dict[str, Tensor]:
+        """``logits`` and ``sentiment`` of ``n`` copies of a causal model's windows that differ from
+        a run already made only in what is present *at the target* (the trust wrapper's subsets),
+        computing the target's row alone: in a causal window no other row sees the target, so
+        every other row is the run's own, and its keys and values are read from ``states`` (that
+        run's, per block). ``present`` (n * G, W, 3): the copies', concatenated; the rest are the
+        G windows' as in that run. A fraction of running the copies whole (the window's width)."""
+        cfg = self.cfg
+        assert cfg.causal, "only a causal model's other rows do not see the target"
+        g, w = valid.shape
+        ctx = WindowContext(valid, speakers, target, cfg.causal)
+
+        def rep(x: Tensor) -> Tensor:
+            return torch.cat([x] * n, dim=0)
+
+        onehot = rep(ctx.onehot)  # (N, W)
+        pres_t = (present.float() * rep(ctx.valid)[..., None] * onehot[..., None]).sum(1)  # (N, 3)
+        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)
+        rel = ctx.rel.clamp(-cfg.max_window, cfg.max_window) + cfg.max_window
+        context = ctx.at_target(self.speaker_emb(spk) + self.same_emb(ctx.same_t) + self.pos_emb(rel.long()))  # (G, d)
+        if TEXT in self.active:
+            pt = pres_t[:, TEXT : TEXT + 1]  # (N, 1)
+            tok = rep(ctx.at_target(projected[TEXT])) * pt + (1.0 - pt) * self.no_text  # (N, d)
+        else:
+            tok = self.no_text.expand(n * g, -1)
+        h = (tok + rep(context))[:, None]  # (N, 1, d) the target's row
+        side = {m: (rep(ctx.at_target(projected[m])) * pres_t[:, m : m + 1])[:, None] for m in self.side}
+        pm = {m: pres_t[:, m : m + 1] for m in self.side}  # (N, 1)
+        allowed = rep((ctx.allowed * ctx.onehot[:, :, None]).sum(1))[:, None]  # (N, 1, W) the target's query
+        same = rep(ctx.same_t.float())  # (N, W) the target's row of ctx.same
+        at = onehot[:, None, :, None]  # (N, 1, W, 1) the target's key and value
+        first_adapter = cfg.n_layers - self.n_adapt
+        for i, blk in enumerate(cast(list[Block], self.blocks)):
+            k, v = states[i]  # (G, H, W, dh) as in the run
+            k_t, v_t = blk.self_keys_values(h)  # (N, H, 1, dh) each copy's own target
+            k = rep(k) * (1.0 - at) + at * k_t
+            v = rep(v) * (1.0 - at) + at * v_t
+            bias = same[:, None, None, :] * self.same_bias[i][None, :, None, None]  # (N, H, 1, W)
+            h = blk.rows(h, k, v, allowed, bias)  # (N, 1, d)
+            if i >= first_adapter:
+                layer = cast(nn.ModuleDict, self.adapters[i - first_adapter])
+                deltas = [layer[MODALITIES[m]](h, side[m], pm[m])[0] for m in self.side]
+                for delta in deltas:
+                    h = h + delta
+        c = self.ln_f(h[:, 0])  # (N, d)
+        return {"logits": self.head(c), "sentiment": torch.tanh(self.sent_head(c))[:, 0]}
 
     def contrastive_terms(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
         """InfoNCE between the target's text state and each side modality (0 without pairs)."""

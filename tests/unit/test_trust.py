@@ -163,16 +163,20 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
     x["present"][0, -1, 1] = 0.0  # windows 0 and 3: no audio at the target
     x["present"][3, -1, 1] = 0.0
     rows: list[int] = []
-    forward = net.forward
+    forward, target_rows = net.forward, net.target_rows
 
     def counting(*args: object, **kw: object) -> object:
         rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[3].shape[0]))  # type: ignore[index, attr-defined]
         return forward(*args, **kw)
 
-    net.forward = counting  # type: ignore[method-assign]
+    def counting_rows(*args: object) -> object:
+        rows.append(int(args[1].shape[0]))  # type: ignore[attr-defined]
+        return target_rows(*args)
+
+    net.forward, net.target_rows = counting, counting_rows  # type: ignore[method-assign]
     with torch.no_grad():
         together = trusted(**x)
-    net.forward = forward  # type: ignore[method-assign]
+    net.forward, net.target_rows = forward, target_rows  # type: ignore[method-assign]
     assert rows == [4, 3 * 3], rows  # all four once; the three other subsets of windows 1 and 2 and the spare row
     with torch.no_grad():
         raw = net(**x)
@@ -184,3 +188,41 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
         torch.testing.assert_close(_probs(together)[i], _probs(raw)[i], atol=1e-5, rtol=0)
         torch.testing.assert_close(together["sentiment"][i], raw["sentiment"][i], atol=1e-5, rtol=0)
         assert together["weights"][i].tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_causal_network_computes_the_subsets_target_rows_alone_with_the_same_result(causal: bool) -> None:
+    """The subsets differ from the full run only at the target; a causal UniMSE computes that row
+    alone from the full run's keys and values (target_rows), a fraction of running the copies
+    whole, with the same outputs, targets anywhere in the window and any presence. A network that
+    is not causal (its other rows see the target) runs the copies whole."""
+    torch.manual_seed(3)
+    net = build_model(
+        "unimse", {"text_dim": DT, "audio_dim": DA, "d_model": 32, "n_heads": 4, "n_layers": 3, "causal": causal}
+    ).eval()
+    with torch.no_grad():  # away from the initialisation (zero adapters: a voice would change nothing)
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    trusted = wrap(net, *fitted(0.05))
+    assert trusted.rows_only is causal
+    rng = np.random.default_rng(5)
+    b, w = 16, 7
+    x = {
+        "text": torch.randn(b, w, DT),
+        "audio": torch.randn(b, w, DA),
+        "video": None,
+        "present": torch.from_numpy((rng.random((b, w, 3)) > 0.3).astype(np.float32)),
+        "speakers": torch.from_numpy(rng.integers(0, 3, (b, w))),
+        "valid": torch.ones(b, w),
+        "target": torch.from_numpy(rng.integers(0, w, b)),
+    }
+    x["present"][..., 2] = 0.0
+    for i in range(b):
+        x["valid"][i, : int(rng.integers(0, int(x["target"][i]) + 1))] = 0.0  # left padding, the target valid
+    with torch.no_grad():
+        fast = trusted(**x)
+        trusted.rows_only = False
+        whole = trusted(**x)
+    for key in ("logits", "sentiment", "weights"):
+        torch.testing.assert_close(fast[key], whole[key], atol=1e-5, rtol=0)
+    assert float(fast["weights"][:, 1].max()) > 0  # some windows' voices carried a share: the subsets ran
