@@ -54,14 +54,12 @@ def pack_windows(
     assert windows and all(len(w) > 0 for w in windows), "every window needs at least one utterance"
     b, width = len(windows), max(len(w) for w in windows)
     dims = features.dims()
-    arrays = {m: np.zeros((b, width, dims[m]), dtype=np.float32) for m in MODALITIES}  # absent: zeros
     present = np.zeros((b, width, len(MODALITIES)), dtype=np.float32)
     speakers = np.zeros((b, width), dtype=np.int64)
     valid = np.zeros((b, width), dtype=np.float32)
     target = np.zeros((b,), dtype=np.int64)
-    slot = np.full((b, width), -1, dtype=np.int64)  # index into `unique` of the item in each slot
-    index: dict[int, int] = {}  # id(item) -> its index in `unique` (which keeps it alive)
-    unique: list[Any] = []
+    slot = np.full((b, width), -1, dtype=np.int64)  # index into the unique items of the item in each slot
+    seen: dict[int, tuple[int, Any]] = {}  # id(item) -> its index among the unique items, and the item (kept alive)
     for i, win in enumerate(windows):
         off = width - len(win)
         speakers[i, off:] = local_speakers([u.speaker for u in win])
@@ -69,28 +67,31 @@ def pack_windows(
         t = len(win) - 1 if targets is None else int(targets[i])
         assert 0 <= t < len(win), (t, len(win))
         target[i] = off + t
-        row = []
-        for u in win:
-            k = index.get(id(u))
-            if k is None:
-                k = index[id(u)] = len(unique)
-                unique.append(u)
-            row.append(k)
-        slot[i, off:] = row
-    maps = [vectors(u) for u in unique]
+        slot[i, off:] = [seen.setdefault(id(u), (len(seen), u))[0] for u in win]
+    maps = [vectors(u) for _, u in seen.values()]  # in order of first appearance
+    n = len(maps)
+    arrays: dict[str, np.ndarray] = {}
     for k, m in enumerate(MODALITIES):
-        if dims[m] == 0:
-            continue
-        vecs = [v.get(m) for v in maps]
-        has = np.zeros(len(unique) + 1, dtype=np.float32)  # the last row stands for padding (slot -1)
-        has[:-1] = [v is not None for v in vecs]
-        if not has.any():
-            continue
+        d = dims[m]
+        vecs = [v.get(m) for v in maps] if d else []
         given = [v for v in vecs if v is not None]
+        if not given:
+            arrays[m] = np.zeros((b, width, d), dtype=np.float32)  # absent: zeros
+            continue
         for v in given:
-            assert v.shape == (dims[m],), (m, v.shape, dims[m])
-        stacked = np.zeros((len(unique) + 1, dims[m]), dtype=np.float32)
-        stacked[has > 0] = np.stack(given)
+            assert v.shape == (d,), (m, v.shape, d)
+        # one concatenation (np.stack makes a view of each vector first: three times as long, and
+        # Python-bound, so it also held the GIL from the event loop), the last row for padding (slot -1)
+        stacked = np.empty((n + 1, d), dtype=np.float32)
+        stacked[n] = 0.0
+        if len(given) == n:
+            np.concatenate(given, out=stacked[:n].reshape(-1))
+            has = np.ones(n + 1, dtype=np.float32)
+            has[n] = 0.0
+        else:
+            has = np.array([v is not None for v in vecs] + [False], dtype=np.float32)
+            stacked[:n] = 0.0
+            stacked[np.flatnonzero(has)] = np.concatenate(given).reshape(-1, d)
         arrays[m] = np.take(stacked, slot, axis=0)  # (B, W, D): one gather, padding and absent rows 0
         present[..., k] = has[slot]
     return EngineBatch(arrays["text"], arrays["audio"], arrays["video"], present, speakers, valid, target)
