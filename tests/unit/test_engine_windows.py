@@ -103,5 +103,14 @@ def test_pack_windows_scatters_shared_items_as_a_slot_by_slot_copy_would() -> No
         ctx.append(ContextItem(str(i), i, u.speaker, feats))
     by_dict = pack_windows([ctx[max(0, i - 3) : i + 1] for i in range(9)], SPEC, vectors=lambda c: c.features)
     assert np.array_equal(by_dict.text, batch.text[:9]) and np.array_equal(by_dict.present, batch.present[:9])
+    # every item with both modalities (one concatenation into the padded array)
+    vec = lambda d: rng.standard_normal(d).astype(np.float32)  # noqa: E731
+    full = [UtteranceFeatures("ab"[i % 2], vec(4), vec(3)) for i in range(5)]
+    both = pack_windows([full[: i + 1] for i in range(5)], SPEC)
+    for i in range(5):
+        assert np.array_equal(both.text[i, 4 - i :], np.stack([u.text for u in full[: i + 1]]))
+        assert np.array_equal(both.audio[i, 4 - i :], np.stack([u.audio for u in full[: i + 1]]))
+        assert not both.text[i, : 4 - i].any() and both.present[i, : 4 - i].sum() == 0
+        assert both.present[i, 4 - i :, :2].all()
     with pytest.raises(AssertionError):
         pack_windows([[UtteranceFeatures("x", text=np.ones(5, np.float32))]], SPEC)
