@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -113,12 +115,19 @@ def utterance_features(
             else:
                 assert isinstance(payload.value, np.ndarray)
                 feats[i][modality] = payload.value
+    detect: Future[np.ndarray] | _Done | None = None
+    if waves and min_speech_s > 0:  # (n,), exact below min_speech_s
+        clips = [w for _, w in waves]
+        if texts:  # beside the text encoder: the detector (ONNX Runtime, one thread) would leave a core idle
+            detect = _speech_pool().submit(featurizer.speech, clips, min_speech_s)
+        else:
+            detect = _Done(featurizer.speech(clips, min_speech_s))
     if texts:
         emb = featurizer.text([t for _, t in texts])  # (n, Dt)
         for (i, _), vec in zip(texts, emb, strict=True):
             feats[i]["text"] = vec
-    if waves and min_speech_s > 0:
-        seconds = featurizer.speech([w for _, w in waves], min_speech_s)  # (n,), exact below min_speech_s
+    if detect is not None:
+        seconds = detect.result()
         for (i, _), s in zip(waves, seconds, strict=True):
             if s < min_speech_s:
                 utts[i].ignored["audio"] = f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s"
@@ -131,6 +140,30 @@ def utterance_features(
 
 
 _T = TypeVar("_T")
+
+
+class _Done:
+    """A result at hand, read as a future's."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+_SPEECH_POOL: ThreadPoolExecutor | None = None
+_SPEECH_LOCK = threading.Lock()
+
+
+def _speech_pool() -> ThreadPoolExecutor:
+    """The threads that run the speech detector beside the text encoder: two, as two batches may
+    be encoded at once (a batch's own utterances and the next batch's, see :meth:`Processor.run`)."""
+    global _SPEECH_POOL
+    with _SPEECH_LOCK:
+        if _SPEECH_POOL is None:
+            _SPEECH_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="speech")
+        return _SPEECH_POOL
 
 
 def _then_trim(fn: Callable[..., _T], *args: Any) -> _T:

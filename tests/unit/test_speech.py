@@ -101,3 +101,36 @@ def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
     assert utts[0].ignored == {} and utts[1].ignored["audio"].startswith("no speech: 0.05 s")
     again = [Utterance("c", "u", 0, "A", 0.0, parts={"audio": Payload("wave", np.zeros(200, np.float32))})]
     assert set(utterance_features(again, f, {"text": 2, "audio": 3, "video": 0})[0]) == {"audio"}  # 0: no gate
+
+
+def test_the_speech_detector_runs_beside_the_text_encoder() -> None:
+    """The detector (ONNX Runtime, one thread) runs in a thread of its own while the text encoder
+    runs: here the text encoder waits until the detector has started, which would never happen
+    if they ran one after the other. The results are as before."""
+    import threading
+
+    started = threading.Event()
+
+    class Beside(Featurizer):
+        def text(self, texts: list[str]) -> np.ndarray:
+            assert started.wait(10), "the speech detector did not run while the text encoder did"
+            return super().text(texts)
+
+        def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
+            started.set()
+            return super().speech(waves, enough)
+
+    f = Beside({100: 1.2, 200: 0.05})
+    utts = [
+        Utterance(
+            "c",
+            f"u{i}",
+            i,
+            "A",
+            0.0,
+            parts={"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(n, np.float32))},
+        )  # fmt: skip
+        for i, n in enumerate((100, 200))
+    ]
+    feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
+    assert set(feats[0]) == {"text", "audio"} and set(feats[1]) == {"text"} and f.audio_sizes == [100]
