@@ -124,10 +124,12 @@ class WorkerProcess:
         except OSError:
             return False
 
-    def metrics(self) -> str:
+    def metrics(self, port: int | None = None) -> str:
+        """The /metrics page on ``port`` (default: the settings' port, the first child's with ``--processes N``)."""
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.metrics.port}/metrics", timeout=5) as r:
+        port = self.settings.metrics.port if port is None else port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
     def kill9(self) -> None:

@@ -254,8 +254,24 @@ def _totals(metrics: str) -> dict[str, float]:
     for line in metrics.splitlines():  # emostream_batch_stage_seconds_sum{stage="publish"} 1.23
         if line.startswith("emostream_batch_stage_seconds_sum{"):
             stage = line.split('stage="', 1)[1].split('"', 1)[0]
-            out[f"stage:{stage}"] = float(line.rsplit(" ", 1)[1])
+            key = f"stage:{stage}"
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])  # summed over the pages given
     return out
+
+
+def worker_pages(proc: Any, processes: int) -> str:
+    """Every worker child's /metrics page, one after another (each serves its own, on the metrics
+    port + its index); a child that cannot be read (restarting) is left out and named in the log."""
+    from streams.processes import child_port
+
+    base = proc.settings.metrics.port
+    pages = []
+    for i in range(processes):
+        try:
+            pages.append(proc.metrics(child_port(base, i)))
+        except OSError as exc:
+            print(f"worker child {i}'s /metrics could not be read ({exc}): its figures are left out", flush=True)
+    return "\n".join(pages)
 
 
 def inside(metrics: str, before: str | None = None) -> dict[str, float]:
@@ -264,7 +280,8 @@ def inside(metrics: str, before: str | None = None) -> dict[str, float]:
     ``before``: the page at the level's start, so that the figures are the level's own, not
     averages over the worker's life (its warm-up and earlier levels); if the counters went back
     (the process restarted in between), the figures are the new process's and ``reset`` is 1.
-    With ``--processes N`` the page is the first child's (each child serves its own /metrics)."""
+    With ``--processes N`` give every child's page, one after another (:func:`worker_pages`): the
+    counters are summed over them, so the figures are the children's together."""
     now = _totals(metrics)
     then = _totals(before) if before is not None else {}
     reset = now["emostream_batch_size_count"] < then.get("emostream_batch_size_count", 0.0)
@@ -631,11 +648,11 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
                     loads = [None]
                 for offered in loads:
                     duration = plan.naive_duration_s if subject == "naive" else plan.duration_s
-                    before = proc.metrics() if subject == "worker" else None
+                    before = worker_pages(proc, processes) if subject == "worker" else None
                     level = measure(workload, settings, results, sampler, offered, duration, plan.calls,
                                     plan.drain_s, subject, processes, producer)  # fmt: skip
                     if subject == "worker":
-                        level.inside = inside(proc.metrics(), before)
+                        level.inside = inside(worker_pages(proc, processes), before)
                     print(level.row(), flush=True)
                     levels.append(level)
                     if level.unfinished:  # an overload's backlog must not count against the next level
