@@ -75,6 +75,23 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def aiokafka_options(settings: Settings) -> dict[str, Any]:
+    """Connection options for aiokafka clients (the bench's passthrough reference)."""
+    k = settings.kafka
+    _check(k)
+    options: dict[str, Any] = {"bootstrap_servers": brokers(settings), "security_protocol": k.security_protocol}
+    ctx = ssl_context(settings)
+    if ctx is not None:
+        options["ssl_context"] = ctx
+    if k.sasl_mechanism:
+        options.update(
+            sasl_mechanism=k.sasl_mechanism,
+            sasl_plain_username=k.sasl_username,
+            sasl_plain_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
+        )
+    return options
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context for SSL and SASL_SSL (None for the plaintext protocols)."""
     k = settings.kafka

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis  # noqa: F401
 import pytest
+
+# ^ imported here, not first at the session's end by its plugin's summary: CPython 3.11.7's parser
+# raises "AST constructor recursion depth mismatch" on a module compiled after a test has built
+# Faust's aiokafka consumer (tests/unit/test_kafka.py run alone), and pytest compiles the plugin's
+# modules as it imports them
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EMOSTREAM_DATA_DIR", REPO.parent / "shared" / "data")).resolve()

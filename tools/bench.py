@@ -420,19 +420,20 @@ def passthrough_main(parts: int) -> int:
     """The ceiling: aiokafka consumer -> parse -> count an utterance's parts -> one record out."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from streams.kafka import brokers, fetch_max_wait_ms
+    from streams.kafka import aiokafka_options, fetch_max_wait_ms
     from streams.settings import load_settings
 
     settings = load_settings(None)
     t = settings.kafka.topics
+    connection = aiokafka_options(settings)  # the broker and its security, as the worker's
 
     async def run() -> None:
         consumer = AIOKafkaConsumer(
-            t.text, t.audio, bootstrap_servers=brokers(settings), group_id=settings.kafka.group_id,
+            t.text, t.audio, **connection, group_id=settings.kafka.group_id,
             auto_offset_reset="earliest", enable_auto_commit=True, max_partition_fetch_bytes=8 * 2**20,
             fetch_max_wait_ms=fetch_max_wait_ms(settings),  # as the worker's consumer
         )  # fmt: skip
-        producer = AIOKafkaProducer(bootstrap_servers=brokers(settings), acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(**connection, acks="all", linger_ms=5)
         await consumer.start()
         await producer.start()
         print("passthrough ready", flush=True)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from streams.errors import ConfigError, TopologyError
-from streams.kafka import ensure_topics, faust_options, kafka_python_options, ssl_context
+from streams.kafka import aiokafka_options, ensure_topics, faust_options, kafka_python_options, ssl_context
 from streams.settings import Settings
 
 
@@ -75,6 +75,10 @@ def test_plaintext_options() -> None:
     opts = kafka_python_options(_settings(brokers="a:1, b:2"))
     assert opts == {"bootstrap_servers": ["a:1", "b:2"], "security_protocol": "PLAINTEXT"}
     assert faust_options(_settings(brokers="a:1,b:2")) == {"broker": ["kafka://a:1", "kafka://b:2"]}
+    assert aiokafka_options(_settings(brokers="a:1")) == {
+        "bootstrap_servers": ["a:1"],
+        "security_protocol": "PLAINTEXT",
+    }
 
 
 def test_sasl_ssl_scram_reaches_every_client(tmp_path: Path) -> None:
@@ -94,6 +98,13 @@ def test_sasl_ssl_scram_reaches_every_client(tmp_path: Path) -> None:
     assert type(creds).__name__ == "SASLCredentials"
     assert creds.mechanism.value == "SCRAM-SHA-512" and creds.protocol.value == "SASL_SSL"
     assert isinstance(creds.ssl_context, ssl.SSLContext)
+    aio = aiokafka_options(settings)  # the bench's passthrough reference
+    assert aio["security_protocol"] == "SASL_SSL" and isinstance(aio["ssl_context"], ssl.SSLContext)
+    assert (aio["sasl_mechanism"], aio["sasl_plain_username"], aio["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "emostream",
+        "s3cret",
+    )
     assert "s3cret" not in repr(settings)  # secrets stay secret in logs
 
 
