@@ -54,6 +54,8 @@ def _vector(values: list[float] | np.ndarray, dim: int, what: str) -> np.ndarray
         return np.zeros(0, dtype=np.float32)
     if len(values) != dim:
         raise InvalidMessage("wrong_embedding_size", f"{what} has {len(values)} values, the model takes {dim}")
+    if isinstance(values, np.ndarray) and values.dtype == np.float32:
+        return values  # a *_f32 vector: checked finite when its message was parsed (schemas.f32_vector)
     vec = np.asarray(values, dtype=np.float32)
     if not np.isfinite(vec).all():  # finite doubles can overflow float32
         raise InvalidMessage("non_finite", f"{what} overflows float32")
