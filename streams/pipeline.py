@@ -142,6 +142,11 @@ def utterance_features(
 _T = TypeVar("_T")
 
 
+def _to_encode(utt: Utterance) -> bool:
+    """Whether an utterance holds raw text or a waveform (its vectors need no encoder)."""
+    return any(isinstance(p, Payload) and p.kind != "vector" for p in utt.parts.values())
+
+
 class _Done:
     """A result at hand, read as a future's."""
 
@@ -315,8 +320,8 @@ class Processor:
             if not self._prefetch.done():
                 return
             self._harvest()
-        todo = [u for u in utts if not self._encoded(u)]
-        if not todo:
+        todo = [u for u in utts if _to_encode(u) and not self._encoded(u)]
+        if not todo:  # nothing for an encoder (vectors only, say): the batch reads its vectors itself
             return
         # copies, taken here on the event loop: the thread neither sees a replay's parts change
         # under it nor marks the queued utterance (what it ignored is carried over only when used)

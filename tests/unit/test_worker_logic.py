@@ -1207,3 +1207,30 @@ def test_an_encoder_first_called_from_two_threads_loads_its_model_once() -> None
         t.join()
     assert text.loads == 1
     assert featurizer.text(["a", "b"]).shape == (2, 4)
+
+
+def test_utterances_of_vectors_alone_are_not_encoded_ahead() -> None:
+    """Vectors need no encoder: prefetching them starts no thread (a thread hop per batch for
+    nothing, and its GIL hand-offs with the event loop); their batch reads them as before."""
+
+    async def scenario() -> None:
+        import numpy as np
+
+        from streams.join import Utterance
+        from streams.validate import Payload
+
+        engine = FakeEngine()
+        p = Processor(engine, CountingFeaturizer(), FakeStore())
+        vec = np.arange(4, dtype=np.float32)
+        utts = [Utterance("c", f"u{i}", i, "A", 0.0, parts={"text": Payload("vector", vec + i)}) for i in range(3)]
+        p.prefetch(utts)
+        assert p._prefetch is None
+        mixed = [*utts, Utterance("c", "u3", 3, "A", first_at=0.0, parts={"text": Payload("text", "words")})]
+        p.prefetch(mixed)
+        assert p._prefetch is not None
+        await p._prefetched([])
+        assert list(p._ready) == [("c", "u3")]  # the one with raw text alone
+        out = await p.run(utts)
+        assert len(out.events) == 3 and engine.batches[-1].text.shape[0] == 3
+
+    asyncio.run(scenario())
