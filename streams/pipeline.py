@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -123,7 +123,12 @@ def utterance_features(
         else:
             detect = _Done(featurizer.speech(clips, min_speech_s))
     if texts:
-        emb = featurizer.text([t for _, t in texts])  # (n, Dt)
+        try:
+            emb = featurizer.text([t for _, t in texts])  # (n, Dt)
+        except BaseException:
+            if isinstance(detect, Future) and not detect.cancel():  # not left holding a pool thread
+                wait([detect])  # while the batch is split and retried (its failure is the text's)
+            raise
         for (i, _), vec in zip(texts, emb, strict=True):
             feats[i]["text"] = vec
     if detect is not None:

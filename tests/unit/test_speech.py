@@ -134,3 +134,30 @@ def test_the_speech_detector_runs_beside_the_text_encoder() -> None:
     ]
     feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert set(feats[0]) == {"text", "audio"} and set(feats[1]) == {"text"} and f.audio_sizes == [100]
+
+
+def test_a_text_encoder_failure_waits_for_the_detector_beside_it() -> None:
+    """The text encoder's failure is the batch's (as before), and the detection started beside it
+    has finished by then: no job left holding one of the detector's two threads while the batch
+    is split and retried."""
+    import threading
+    import time
+
+    started, finished = threading.Event(), threading.Event()
+
+    class Failing(Featurizer):
+        def text(self, texts: list[str]) -> np.ndarray:
+            assert started.wait(10)  # the detection is running (one not yet started is cancelled)
+            raise ValueError("the text encoder broke")
+
+        def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
+            started.set()
+            time.sleep(0.2)
+            finished.set()
+            return super().speech(waves, enough)
+
+    parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(100, np.float32))}
+    utts = [Utterance("c", "u0", 0, "A", 0.0, parts=parts)]
+    with pytest.raises(ValueError, match="text encoder broke"):
+        utterance_features(utts, Failing({100: 1.2}), {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
+    assert finished.is_set()
