@@ -254,55 +254,73 @@ def _totals(metrics: str) -> dict[str, float]:
     for line in metrics.splitlines():  # emostream_batch_stage_seconds_sum{stage="publish"} 1.23
         if line.startswith("emostream_batch_stage_seconds_sum{"):
             stage = line.split('stage="', 1)[1].split('"', 1)[0]
-            key = f"stage:{stage}"
-            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])  # summed over the pages given
+            out[f"stage:{stage}"] = float(line.rsplit(" ", 1)[1])
     return out
 
 
-def worker_pages(proc: Any, processes: int) -> str:
-    """Every worker child's /metrics page, one after another (each serves its own, on the metrics
-    port + its index); a child that cannot be read (restarting) is left out and named in the log."""
+def worker_pages(proc: Any, processes: int) -> list[str | None]:
+    """Each worker child's /metrics page (each serves its own, on the metrics port + its index);
+    None for a child that cannot be read (restarting), named in the log."""
+    import http.client
+
     from streams.processes import child_port
 
     base = proc.settings.metrics.port
-    pages = []
+    pages: list[str | None] = []
     for i in range(processes):
         try:
             pages.append(proc.metrics(child_port(base, i)))
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             print(f"worker child {i}'s /metrics could not be read ({exc}): its figures are left out", flush=True)
-    return "\n".join(pages)
+            pages.append(None)
+    return pages
 
 
-def inside(metrics: str, before: str | None = None) -> dict[str, float]:
+def inside(metrics: str | Sequence[str | None], before: str | Sequence[str | None] | None = None) -> dict[str, float]:
     """Where the worker's time went, from its /metrics: batches, their mean size, the mean
     milliseconds a batch spends in each stage and in the encoders and the engine, the mean join wait.
     ``before``: the page at the level's start, so that the figures are the level's own, not
     averages over the worker's life (its warm-up and earlier levels); if the counters went back
     (the process restarted in between), the figures are the new process's and ``reset`` is 1.
-    With ``--processes N`` give every child's page, one after another (:func:`worker_pages`): the
-    counters are summed over them, so the figures are the children's together."""
-    now = _totals(metrics)
-    then = _totals(before) if before is not None else {}
-    reset = now["emostream_batch_size_count"] < then.get("emostream_batch_size_count", 0.0)
-    if reset:
-        then = {}
+    With ``--processes N``, each child's page at the end and at the start (:func:`worker_pages`):
+    the difference is taken child by child (a restart too), then summed; a child that could not be
+    read at either end is left out and counted in ``children_unread``."""
+    afters = [metrics] if isinstance(metrics, str) else list(metrics)
+    if before is None:
+        befores: list[str | None] = [""] * len(afters)  # no start: since each process began
+    else:
+        befores = [before] if isinstance(before, str) else list(before)
+    assert len(befores) == len(afters), (len(befores), len(afters))
+    diff: dict[str, float] = {}
+    reset = False
+    unread = 0
+    for after_page, before_page in zip(afters, befores, strict=True):
+        if after_page is None or before_page is None:
+            unread += 1
+            continue
+        now = _totals(after_page)
+        then = _totals(before_page) if before_page else {}
+        if now["emostream_batch_size_count"] < then.get("emostream_batch_size_count", 0.0):
+            reset, then = True, {}  # this process restarted within the level: its figures since
+        for key, value in now.items():
+            diff[key] = diff.get(key, 0.0) + value - then.get(key, 0.0)
 
     def total(name: str) -> float:
-        return now.get(name, 0.0) - then.get(name, 0.0)
+        return diff.get(name, 0.0)
 
     batches = total("emostream_batch_size_count")
     engine = total("emostream_engine_latency_seconds_count")
     joins = total("emostream_join_wait_seconds_count")
     stages = {
         f"{key.split(':', 1)[1]}_ms_per_batch": round(1000 * total(key) / max(batches, 1), 1)
-        for key in now
+        for key in diff
         if key.startswith("stage:")
     }
     return {
         **stages,
         "batches": batches,
         **({"reset": 1.0} if reset else {}),
+        **({"children_unread": float(unread)} if unread else {}),
         "mean_batch": round(total("emostream_batch_size_sum") / max(batches, 1), 1),
         "engine_ms_per_batch": round(1000 * total("emostream_engine_latency_seconds_sum") / max(engine, 1), 1),
         "join_wait_ms": round(1000 * total("emostream_join_wait_seconds_sum") / max(joins, 1), 1),

@@ -43,14 +43,23 @@ def test_a_worker_restarted_within_a_level_is_read_from_its_restart() -> None:
     assert got["compute_ms_per_batch"] == 100.0 and "reset" not in inside(before, page(1, 1, 0.1, 0.01, 0.1))
 
 
-def test_the_pages_of_several_worker_processes_add_up() -> None:
-    """With --processes N the bench reads every child's page: batches, utterances and each stage's
-    seconds are summed over them (it once read the first child's only)."""
+def test_the_pages_of_several_worker_processes_add_up_child_by_child() -> None:
+    """With --processes N the bench reads every child's page: each child's level is its own
+    difference (a restart detected per child), then they are summed (it once read the first child's
+    only); a child unread at either end is left out and counted."""
     one = page(batches=10, utterances=100, compute_s=1.0, publish_s=0.1, engine_s=1.0)
     two = page(batches=30, utterances=900, compute_s=5.0, publish_s=0.3, engine_s=5.0)
-    both = inside(one + "\n" + two)
+    both = inside([one, two])
     assert both["batches"] == 40 and both["mean_batch"] == 25.0
     assert both["compute_ms_per_batch"] == 150.0 and both["publish_ms_per_batch"] == 10.0
-    assert both["engine_ms_per_batch"] == 150.0
-    then = inside(one + "\n" + two, page(5, 50, 0.5, 0.05, 0.5) + "\n" + page(10, 300, 2.0, 0.1, 2.0))
+    assert both["engine_ms_per_batch"] == 150.0 and "children_unread" not in both
+    then = inside([one, two], [page(5, 50, 0.5, 0.05, 0.5), page(10, 300, 2.0, 0.1, 2.0)])
     assert then["batches"] == 25 and then["mean_batch"] == 26.0 and then["compute_ms_per_batch"] == 140.0
+    # child 0 restarted within the level (500 batches, then 20 since); child 1 went from 10 to 610
+    start = [page(500, 5000, 50.0, 5.0, 50.0), page(10, 100, 1.0, 0.1, 1.0)]
+    end = [page(20, 200, 2.0, 0.2, 2.0), page(610, 6100, 61.0, 6.1, 61.0)]
+    got = inside(end, start)
+    assert got["reset"] == 1.0 and got["batches"] == 620 and got["mean_batch"] == 10.0
+    # child 1 unreadable at the start: its lifetime is not counted as the level's
+    got = inside(end, [start[0], None])
+    assert got["children_unread"] == 1.0 and got["batches"] == 20
