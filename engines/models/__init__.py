@@ -62,7 +62,10 @@ def make_config(engine: str, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ArtifactError(f"engine {engine!r} has no settings {unknown}; it has {sorted(known)}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a combination the engine refuses (its message says why)
+        raise ArtifactError(str(exc)) from exc
 
 
 def config_fields(engine: str) -> dict[str, Any]:

@@ -106,6 +106,12 @@ class UniMSEConfig(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         assert self.adapter_layers >= 0 and self.n_layers >= 1, (self.adapter_layers, self.n_layers)
+        side = [m for m in self.active() if MODALITIES[m] != "text"]
+        if side and self.adapter_layers == 0:  # the forward pass had no gate to weigh them by and failed
+            raise ValueError(
+                f"unimse: adapter_layers=0 leaves {'+'.join(MODALITIES[m] for m in side)} unused (they enter "
+                "the text stream through the adapters); set adapter_layers >= 1, or train on text alone"
+            )
 
 
 class GatedAdapter(nn.Module):

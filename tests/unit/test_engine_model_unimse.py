@@ -180,3 +180,16 @@ def test_rdrop_adds_a_consistency_term_between_two_dropout_views() -> None:
     losses["loss"].backward()
     assert net.proj["text"].net[0].weight.grad is not None  # type: ignore[index]
     assert "rdrop" not in make_net().train().training_loss(make_inputs(), torch.arange(8) % 7, torch.zeros(8))
+
+
+def test_audio_without_adapter_layers_is_refused_with_a_clear_error() -> None:
+    """Audio and video enter the text stream through the adapters: with none, the forward pass
+    had no gate to weigh them by and failed inside torch.stack; the config says why instead."""
+    with pytest.raises(ValueError, match="adapter_layers=0 leaves audio unused"):
+        UniMSEConfig(text_dim=8, audio_dim=4, adapter_layers=0)
+    UniMSENet(UniMSEConfig(text_dim=8, audio_dim=0, adapter_layers=0))  # text alone needs none
+    from engines.errors import ArtifactError
+    from engines.models import build_model
+
+    with pytest.raises(ArtifactError, match="adapter_layers >= 1"):  # what `train --set` prints as its error
+        build_model("unimse", {"text_dim": 8, "audio_dim": 4, "adapter_layers": 0})
