@@ -158,7 +158,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                     None,
                     *rest,
                     projected={m: torch.cat([v] * n, 0) for m, v in projected.items()},
-                    **({} if states is None else {"states": states}),
+                    states=states,
                 )
             return self.net(*[None if x is None else torch.cat([x] * n, dim=0) for x in feats], *rest)
 
@@ -204,7 +204,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             feats_g = tuple(None if x is None else x.index_select(0, idx) for x in feats)
             projected_g = None if projected is None else {m: v.index_select(0, idx) for m, v in projected.items()}
             rows_g = (torch.cat(presents, 0), *(x.index_select(0, idx) for x in (speakers, valid, target)))
-            if states is not None and projected_g is not None:
+            if states is not None:  # rows_only: a network with `project`, so projected_g is set
                 out_g = self.net.target_rows(
                     projected_g, *rows_g, [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in states], n
                 )

@@ -53,6 +53,17 @@ def fetch_max_wait_ms(settings: Settings) -> int:
     return max(1, round(settings.kafka.fetch_max_wait_s * 1000))
 
 
+def _sasl_options(k: KafkaSettings) -> dict[str, Any]:
+    """The SASL options kafka-python and aiokafka share (none without a mechanism)."""
+    if not k.sasl_mechanism:
+        return {}
+    return {
+        "sasl_mechanism": k.sasl_mechanism,
+        "sasl_plain_username": k.sasl_username,
+        "sasl_plain_password": k.sasl_password.get_secret_value() if k.sasl_password else None,
+    }
+
+
 def kafka_python_options(settings: Settings) -> dict[str, Any]:
     """Connection options for kafka-python clients."""
     k = settings.kafka
@@ -66,12 +77,7 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
             ssl_keyfile=k.ssl_keyfile,
             ssl_password=k.ssl_key_password.get_secret_value() if k.ssl_key_password else None,
         )
-    if k.sasl_mechanism:
-        options.update(
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username,
-            sasl_plain_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
-        )
+    options.update(_sasl_options(k))
     return options
 
 
@@ -83,12 +89,7 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     ctx = ssl_context(settings)
     if ctx is not None:
         options["ssl_context"] = ctx
-    if k.sasl_mechanism:
-        options.update(
-            sasl_mechanism=k.sasl_mechanism,
-            sasl_plain_username=k.sasl_username,
-            sasl_plain_password=k.sasl_password.get_secret_value() if k.sasl_password else None,
-        )
+    options.update(_sasl_options(k))
     return options
 
 

@@ -115,24 +115,22 @@ def utterance_features(
             else:
                 assert isinstance(payload.value, np.ndarray)
                 feats[i][modality] = payload.value
-    detect: Future[np.ndarray] | _Done | None = None
-    if waves and min_speech_s > 0:  # (n,), exact below min_speech_s
-        clips = [w for _, w in waves]
-        if texts:  # beside the text encoder: the detector (ONNX Runtime, one thread) would leave a core idle
-            detect = _speech_pool().submit(featurizer.speech, clips, min_speech_s)
-        else:
-            detect = _Done(featurizer.speech(clips, min_speech_s))
+    gate = bool(waves) and min_speech_s > 0
+    clips = [w for _, w in waves]
+    detect: Future[np.ndarray] | None = None
+    if gate and texts:  # beside the text encoder: the detector (ONNX Runtime, one thread) would leave a core idle
+        detect = _speech_pool().submit(featurizer.speech, clips, min_speech_s)
     if texts:
         try:
             emb = featurizer.text([t for _, t in texts])  # (n, Dt)
         except BaseException:
-            if isinstance(detect, Future) and not detect.cancel():  # not left holding a pool thread
+            if detect is not None and not detect.cancel():  # not left holding a pool thread
                 wait([detect])  # while the batch is split and retried (its failure is the text's)
             raise
         for (i, _), vec in zip(texts, emb, strict=True):
             feats[i]["text"] = vec
-    if detect is not None:
-        seconds = detect.result()
+    if gate:  # (n,), exact below min_speech_s
+        seconds = detect.result() if detect is not None else featurizer.speech(clips, min_speech_s)
         for (i, _), s in zip(waves, seconds, strict=True):
             if s < min_speech_s:
                 utts[i].ignored["audio"] = f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s"
@@ -150,16 +148,6 @@ _T = TypeVar("_T")
 def _to_encode(utt: Utterance) -> bool:
     """Whether an utterance holds raw text or a waveform (its vectors need no encoder)."""
     return any(isinstance(p, Payload) and p.kind != "vector" for p in utt.parts.values())
-
-
-class _Done:
-    """A result at hand, read as a future's."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
 
 
 _SPEECH_POOL: ThreadPoolExecutor | None = None

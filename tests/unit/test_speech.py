@@ -81,9 +81,9 @@ class Featurizer:
         return np.array([self.seconds[w.size] for w in waves], np.float32)
 
 
-def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
-    f = Featurizer({100: 1.2, 200: 0.05})
-    utts = [
+def spoken(*sizes: int) -> list[Utterance]:
+    """Utterances of text "hi" and a waveform of each size (the fake featurizers key seconds by it)."""
+    return [
         Utterance(
             "c",
             f"u{i}",
@@ -91,9 +91,14 @@ def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
             "A",
             0.0,
             parts={"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(n, np.float32))},
-        )
-        for i, n in enumerate((100, 200))
+        )  # fmt: skip
+        for i, n in enumerate(sizes)
     ]
+
+
+def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
+    f = Featurizer({100: 1.2, 200: 0.05})
+    utts = spoken(100, 200)
     feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert set(feats[0]) == {"text", "audio"} and set(feats[1]) == {"text"}
     assert f.audio_sizes == [100]  # no audio features computed for the silent one
@@ -121,17 +126,7 @@ def test_the_speech_detector_runs_beside_the_text_encoder() -> None:
             return super().speech(waves, enough)
 
     f = Beside({100: 1.2, 200: 0.05})
-    utts = [
-        Utterance(
-            "c",
-            f"u{i}",
-            i,
-            "A",
-            0.0,
-            parts={"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(n, np.float32))},
-        )  # fmt: skip
-        for i, n in enumerate((100, 200))
-    ]
+    utts = spoken(100, 200)
     feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert set(feats[0]) == {"text", "audio"} and set(feats[1]) == {"text"} and f.audio_sizes == [100]
 
@@ -156,8 +151,7 @@ def test_a_text_encoder_failure_waits_for_the_detector_beside_it() -> None:
             finished.set()
             return super().speech(waves, enough)
 
-    parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(100, np.float32))}
-    utts = [Utterance("c", "u0", 0, "A", 0.0, parts=parts)]
+    utts = spoken(100)
     with pytest.raises(ValueError, match="text encoder broke"):
         utterance_features(utts, Failing({100: 1.2}), {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert finished.is_set()
