@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streams.kafka import ensure_topics
-from streams.schemas import AudioPart, TextPart
+from streams.schemas import AudioPart, TextPart, encode_f32
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 from tools.dialogues import read_meld_csv
 from tools.feed import part_message
@@ -44,6 +44,9 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
             "non_finite",
         ),
         (t.text, _text(text=None, embedding=[1e39] * 384), "non_finite"),
+        # packed float32 (read from its bytes, streams.schemas._finite_f32): a NaN and an Inf
+        (t.text, _text(text=None, embedding_f32=encode_f32([0.5] * 383 + [float("nan")])), "non_finite"),
+        (t.text, _text(text=None, embedding_f32=encode_f32([float("-inf")] + [0.5] * 383)), "non_finite"),
         (
             t.audio,
             AudioPart(
