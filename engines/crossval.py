@@ -8,6 +8,11 @@ trained again, so an interrupted run resumes) and its dev figures, measured thro
 training, are gathered into one report: per fold and per modality subset, then mean, standard
 deviation (n - 1) and range. MELD's text is the same in every fold (its own train and dev splits);
 only the voices change.
+
+Those figures are the early-stopping actors', so slightly optimistic. ``--nested`` removes that:
+fold k trains on 12 actors, stops early on fold k+1's four (``train-nest{k}`` / ``dev-nest{k}``)
+and is measured afterwards by ``emostream evaluate`` on fold k's four (``--split dev --fold k``),
+which neither training nor the choice of epoch heard (artifacts in ``ROOT/NAME/nested{k}``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ def add_cv_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--folds", default=",".join(str(k) for k in range(FOLDS)), help="comma-separated folds to run (default all)"
     )
     parser.add_argument("--root", default="runs/cv", help="where the folds' artifacts go (ROOT/NAME/foldK)")
+    parser.add_argument(
+        "--nested",
+        action="store_true",
+        help="fold k trains on 12 actors and stops early on fold k+1's; its figures are on fold k's four, "
+        "which no choice saw (artifacts in ROOT/NAME/nestedK)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "train_words",
@@ -37,9 +48,31 @@ def add_cv_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _held(fold: int) -> str:
+def _held(fold: int, nested: bool = False) -> str:
     actors = ACTORS[f"dev-fold{fold}"]
-    return f"{min(actors)}-{max(actors)}"
+    held = f"{min(actors)}-{max(actors)}"
+    if nested:
+        stop = ACTORS[f"dev-nest{fold}"]
+        held += f" (stopped on {min(stop)}-{max(stop)})"
+    return held
+
+
+def held_out_figures(out: Path, fold: int, subsets: list[str]) -> dict[str, Any]:
+    """``emostream evaluate``'s figures of the artifact ``out`` on fold ``fold``'s actors
+    (``dev-fold{k}``: the test of a nested fold), one report per modality subset (``text+audio``, ...)."""
+    from engines import artifact
+    from engines.evaluate import add_evaluate_args, evaluate_model
+
+    train = artifact.read_json(out, artifact.CONFIG)["train"]
+    figures: dict[str, Any] = {}
+    for sub in subsets:
+        words = ["--model", str(out), "--dataset", train["dataset"], "--data-dir", train["data_dir"]]
+        words += ["--split", "dev", "--fold", str(fold), "--modalities", sub.replace("+", ","), "--json"]
+        words += ["--threads", str(train.get("threads") or 2)]
+        words += ["--cache-dir", train["cache_dir"]] if train.get("cache_dir") else []
+        report = evaluate_model(add_evaluate_args(argparse.ArgumentParser()).parse_args(words))
+        figures[sub] = {k: report[k] for k in ("n", "weighted_f1", "accuracy") if k in report}
+    return figures
 
 
 def summarise(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -78,8 +111,17 @@ def run_cv(ns: argparse.Namespace) -> int:
     name = recipe_path(ns.recipe).stem
     per_fold: dict[int, dict[str, Any]] = {}
     for k in folds:
-        out = Path(ns.root) / name / f"fold{k}"
-        words = ["--recipe", ns.recipe, *extra, "--fold", str(k), "--out", str(out)]
+        out = Path(ns.root) / name / f"{'nested' if ns.nested else 'fold'}{k}"
+        words = [
+            "--recipe",
+            ns.recipe,
+            *extra,
+            "--fold",
+            str(k),
+            *(["--nested"] if ns.nested else []),
+            "--out",
+            str(out),
+        ]
         if (out / artifact.CHECKSUMS).is_file():  # trained before: only if by the same command
             recorded = artifact.read_json(out, artifact.CONFIG).get("recipe", {}).get("command")
             if recorded != ["emostream", "train", *words]:
@@ -89,28 +131,32 @@ def run_cv(ns: argparse.Namespace) -> int:
                 )
                 return 2
         else:
-            print(f"cv: {name} fold {k} (held-out actors {_held(k)}) -> {out}", file=sys.stderr)
+            print(f"cv: {name} fold {k} (held-out actors {_held(k, ns.nested)}) -> {out}", file=sys.stderr)
             code = train_main(words)
             if code != 0:
                 return code
         try:
             per_fold[k] = artifact.read_json(out, artifact.METRICS)
+            if ns.nested:  # the early-stopping actors' figures are the choice's: test on fold k's
+                subsets = [s for s, v in per_fold[k].items() if isinstance(v, dict) and "n" in v]
+                per_fold[k] = held_out_figures(out, k, subsets)
         except EngineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     figures = {k: {s: v for s, v in m.items() if isinstance(v, dict) and "n" in v} for k, m in per_fold.items()}
     summary = summarise(per_fold)
-    report = {"recipe": name, "folds": figures, "summary": summary}
+    report = {"recipe": name, "nested": bool(ns.nested), "folds": figures, "summary": summary}
     if ns.json:
         print(json.dumps(report))
         return 0
-    print(f"{name}: dev figures over actor folds {folds} (weighted F1 / accuracy)")
+    what = "held-out figures over nested actor folds" if ns.nested else "dev figures over actor folds"
+    print(f"{name}: {what} {folds} (weighted F1 / accuracy)")
     subsets = list(summary)
     print("| fold | held-out actors | " + " | ".join(subsets) + " |")
     print("|---|---|" + "---|" * len(subsets))
     for k, m in figures.items():
         cells = [f"{m[s]['weighted_f1']:.3f} / {m[s]['accuracy']:.3f}" if s in m else "-" for s in subsets]
-        print(f"| {k} | {_held(k)} | " + " | ".join(cells) + " |")
+        print(f"| {k} | {_held(k, ns.nested)} | " + " | ".join(cells) + " |")
     cells = []
     for s in subsets:
         w, a = summary[s]["weighted_f1"], summary[s]["accuracy"]

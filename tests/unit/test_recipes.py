@@ -163,3 +163,45 @@ def test_cv_resumes_only_a_fold_trained_by_the_same_command(tmp_path: Path, monk
     assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", root])) == 0
     assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", root])) == 0  # resumed
     assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0", "--root", root, "--", "--seed", "1"])) == 2
+
+
+def test_cv_nested_trains_with_nested_folds_and_reports_the_held_out_actors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    import engines.crossval as crossval
+    import engines.train as train
+
+    trained: list[list[str]] = []
+
+    def fake_main(words: list[str]) -> int:
+        trained.append(words)
+        out = Path(words[words.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "checksums.json").write_text("{}")
+        (out / "config.json").write_text(json.dumps({"recipe": {"command": ["emostream", "train", *words]}}))
+        (out / "metrics.json").write_text(json.dumps({"audio": {"weighted_f1": 0.9, "accuracy": 0.9, "n": 1}}))
+        return 0
+
+    held: list[tuple[Path, int, list[str]]] = []
+
+    def fake_held_out(out: Path, fold: int, subsets: list[str]) -> dict[str, object]:
+        held.append((out, fold, subsets))
+        return {"audio": {"weighted_f1": 0.5 + fold / 10, "accuracy": 0.5, "n": 4}}
+
+    monkeypatch.setattr(train, "main", fake_main)
+    monkeypatch.setattr(crossval, "held_out_figures", fake_held_out)
+    parser = crossval.add_cv_args(argparse.ArgumentParser())
+    root = tmp_path / "cv"
+    assert (
+        crossval.run_cv(
+            parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", str(root), "--nested", "--json"])
+        )
+        == 0
+    )
+    assert all("--nested" in w and w[w.index("--fold") + 1] == str(k) for k, w in enumerate(trained))
+    assert [(p.name, k, s) for p, k, s in held] == [("nested0", 0, ["audio"]), ("nested1", 1, ["audio"])]
+    report = json.loads(capsys.readouterr().out)
+    assert report["nested"] is True
+    assert report["summary"]["audio"]["weighted_f1"]["mean"] == 0.55  # the held-out figures, not the stopping actors'
