@@ -1,7 +1,10 @@
 """Prometheus metrics of one worker (one process, one ``/metrics`` endpoint).
 
 Names follow Prometheus conventions: base units, ``_total`` for counters. Each worker owns its
-registry, so several workers (tests) can live in one process.
+registry, so several workers (tests) can live in one process. The registry also carries the
+client's standard ``process_*`` metrics of the worker's process (resident memory, CPU seconds,
+start time, open files): the memory and cores a dashboard shows, and how ``emostream bench`` tells
+that a worker process restarted.
 
 The same HTTP server answers the probes of an orchestrator (Kubernetes, compose healthchecks).
 It comes up once the model is loaded and Redis answers (connections are refused before: give the
@@ -22,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from streams import heap
@@ -41,6 +44,7 @@ class Metrics:
         self.beat_at: float | None = None  # the worker's event loop last went round (None: starting)
         self.ready = False  # the worker consumes
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self.messages_in = Counter("emostream_messages_in_total", "Input messages read", ["topic"], registry=r)
         self.utterances = Counter(
             "emostream_utterances_processed_total", "Utterances labelled", ["modalities"], registry=r

@@ -243,6 +243,7 @@ _SUMS = (
     "emostream_join_wait_seconds_sum",
     "emostream_end_to_end_latency_seconds_count",
     "emostream_end_to_end_latency_seconds_sum",
+    "process_cpu_seconds_total",
 )
 
 
@@ -251,6 +252,7 @@ def _totals(metrics: str) -> dict[str, float]:
     from chaos.harness import metric_sum
 
     out = {name: metric_sum(metrics, name) for name in _SUMS}
+    out["process_start_time_seconds"] = metric_sum(metrics, "process_start_time_seconds")
     for line in metrics.splitlines():  # emostream_batch_stage_seconds_sum{stage="publish"} 1.23
         if line.startswith("emostream_batch_stage_seconds_sum{"):
             stage = line.split('stage="', 1)[1].split('"', 1)[0]
@@ -281,7 +283,10 @@ def inside(metrics: str | Sequence[str | None], before: str | Sequence[str | Non
     milliseconds a batch spends in each stage and in the encoders and the engine, the mean join wait.
     ``before``: the page at the level's start, so that the figures are the level's own, not
     averages over the worker's life (its warm-up and earlier levels); if the counters went back
-    (the process restarted in between), the figures are the new process's and ``reset`` is 1.
+    or its ``process_start_time_seconds`` changed (the process restarted in between, even one that
+    passed its old counts again), the figures are the new process's and ``reset`` is 1.
+    ``worker_cpu_s``: the CPU seconds the worker processes used (the caller divides by the level's
+    duration for the cores they kept busy).
     With ``--processes N``, each child's page at the end and at the start (:func:`worker_pages`):
     the difference is taken child by child (a restart too), then summed; a child that could not be
     read at either end is left out and counted in ``children_unread``."""
@@ -300,10 +305,13 @@ def inside(metrics: str | Sequence[str | None], before: str | Sequence[str | Non
             continue
         now = _totals(after_page)
         then = _totals(before_page) if before_page else {}
-        if now["emostream_batch_size_count"] < then.get("emostream_batch_size_count", 0.0):
+        started = then.get("process_start_time_seconds", 0.0)
+        restarted = bool(started and now["process_start_time_seconds"] and now["process_start_time_seconds"] != started)
+        if restarted or now["emostream_batch_size_count"] < then.get("emostream_batch_size_count", 0.0):
             reset, then = True, {}  # this process restarted within the level: its figures since
         for key, value in now.items():
-            diff[key] = diff.get(key, 0.0) + value - then.get(key, 0.0)
+            if key != "process_start_time_seconds":
+                diff[key] = diff.get(key, 0.0) + value - then.get(key, 0.0)
 
     def total(name: str) -> float:
         return diff.get(name, 0.0)
@@ -322,6 +330,7 @@ def inside(metrics: str | Sequence[str | None], before: str | Sequence[str | Non
         **({"reset": 1.0} if reset else {}),
         **({"children_unread": float(unread)} if unread else {}),
         "mean_batch": round(total("emostream_batch_size_sum") / max(batches, 1), 1),
+        "worker_cpu_s": round(total("process_cpu_seconds_total"), 2),
         "engine_ms_per_batch": round(1000 * total("emostream_engine_latency_seconds_sum") / max(engine, 1), 1),
         "join_wait_ms": round(1000 * total("emostream_join_wait_seconds_sum") / max(joins, 1), 1),
         "e2e_ms_mean": round(
@@ -668,10 +677,14 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
                 for offered in loads:
                     duration = plan.naive_duration_s if subject == "naive" else plan.duration_s
                     before = worker_pages(proc, processes) if subject == "worker" else None
+                    started = time.monotonic()
                     level = measure(workload, settings, results, sampler, offered, duration, plan.calls,
                                     plan.drain_s, subject, processes, producer)  # fmt: skip
                     if subject == "worker":
                         level.inside = inside(worker_pages(proc, processes), before)
+                        # the cores the worker kept busy between the two reads of its pages
+                        elapsed = max(time.monotonic() - started, 1e-9)
+                        level.inside["worker_cores"] = round(level.inside["worker_cpu_s"] / elapsed, 2)
                     print(level.row(), flush=True)
                     levels.append(level)
                     if level.unfinished:  # an overload's backlog must not count against the next level

@@ -5,9 +5,20 @@ from __future__ import annotations
 from tools.bench import inside
 
 
-def page(batches: int, utterances: int, compute_s: float, publish_s: float, engine_s: float) -> str:
+def page(
+    batches: int,
+    utterances: int,
+    compute_s: float,
+    publish_s: float,
+    engine_s: float,
+    started: float | None = None,
+    cpu_s: float | None = None,
+) -> str:
+    process = [] if started is None else [f"process_start_time_seconds {started}"]
+    process += [] if cpu_s is None else [f"process_cpu_seconds_total {cpu_s}"]
     return "\n".join(
         [
+            *process,
             "# HELP emostream_batch_size utterances per batch",
             f"emostream_batch_size_count {batches}",
             f"emostream_batch_size_sum {utterances}",
@@ -63,3 +74,25 @@ def test_the_pages_of_several_worker_processes_add_up_child_by_child() -> None:
     # child 1 unreadable at the start: its lifetime is not counted as the level's
     got = inside(end, [start[0], None])
     assert got["children_unread"] == 1.0 and got["batches"] == 20
+
+
+def test_a_restart_that_passed_its_old_counts_is_told_by_the_process_start_time() -> None:
+    """A worker process that restarted early in a long level and did more batches since than its
+    predecessor had: the counts alone went up, so only its start time tells (the bench once took
+    the new process's whole count minus the old one's)."""
+    before = page(50, 500, 5.0, 0.5, 5.0, started=1000.0, cpu_s=40.0)
+    after = page(80, 800, 8.0, 0.8, 8.0, started=1060.5, cpu_s=12.0)
+    got = inside(after, before)
+    assert got["reset"] == 1.0 and got["batches"] == 80 and got["worker_cpu_s"] == 12.0
+    same = inside(page(80, 800, 8.0, 0.8, 8.0, started=1000.0, cpu_s=52.5), before)
+    assert "reset" not in same and same["batches"] == 30 and same["worker_cpu_s"] == 12.5
+
+
+def test_the_worker_registry_exports_its_process_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from streams.metrics import Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    for name in ("process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes"):
+        assert f"\n{name} " in text, name

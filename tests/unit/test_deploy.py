@@ -132,7 +132,7 @@ def test_dashboard_and_alerts_only_use_exported_metrics() -> None:
         (DEPLOY / "grafana" / "dashboards" / "emostream.json").read_text(),
         (DEPLOY / "prometheus" / "rules.yml").read_text(),
     ]
-    used = {m for t in texts for m in re.findall(r"\bemostream_[a-z_]+", t)}
+    used = {m for t in texts for m in re.findall(r"\b(?:emostream|process)_[a-z_]+", t)}
     assert used, "no metrics referenced"
     missing = used - exported
     assert not missing, f"dashboards/alerts use metrics the worker does not export: {sorted(missing)}"
