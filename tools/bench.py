@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -355,6 +356,23 @@ def tree(pid: int) -> list[int]:
     return out
 
 
+class RecentRate:
+    """Completions per second over about the last ``window_s`` seconds (the flat-out level sizes its
+    backlog from it: the average since the level began carried its slow first seconds along)."""
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self.window_s = window_s
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def update(self, now: float, done: int) -> float:
+        if not self.samples or now - self.samples[-1][0] >= 0.1:
+            self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+        then, before = self.samples[0]
+        return (done - before) / max(now - then, 1e-3)
+
+
 def measure(
     workload: Workload, settings: Any, results: Results, sampler: Sampler | None, offered: float | None,
     duration: float, calls: int, drain_s: float, subject: str, processes: int, producer: Any,
@@ -365,6 +383,7 @@ def measure(
     prefix = f"b{uuid.uuid4().hex[:8]}"
     sent_at: dict[tuple[str, str], float] = {}
     backlog = 200
+    recent = RecentRate()
     t0 = time.time()
     k = 0
     if sampler is not None:
@@ -374,7 +393,7 @@ def measure(
             due = int(offered * (now - t0)) + 1
         else:  # flat out: keep about MAX_BACKLOG_S of the measured completion rate in flight
             done = results.count(prefix)
-            rate = done / max(now - t0, 1e-3)
+            rate = recent.update(now, done)
             backlog = max(50, int(rate * MAX_BACKLOG_S)) if now - t0 > 2 else 200
             due = done + backlog
         if k >= due:

@@ -96,3 +96,16 @@ def test_the_worker_registry_exports_its_process_metrics() -> None:
     text = generate_latest(Metrics().registry).decode()
     for name in ("process_start_time_seconds", "process_cpu_seconds_total", "process_resident_memory_bytes"):
         assert f"\n{name} " in text, name
+
+
+def test_the_flat_out_backlog_follows_the_recent_rate_not_the_levels_average() -> None:
+    from tools.bench import RecentRate
+
+    rate, done = RecentRate(window_s=3.0), 0
+    for step in range(101):  # 10 s in steps of 0.1 s: 10 utterances/s for 5 s, then 100/s
+        t = step / 10
+        got = rate.update(t, done)
+        done += 1 if t < 5 else 10
+    assert abs(got - 100.0) < 5.0, got  # the level's average would say about 55
+    assert len(rate.samples) <= 32  # the window's samples only
+    assert RecentRate().update(0.0, 0) == 0.0
