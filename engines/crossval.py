@@ -9,10 +9,13 @@ training, are gathered into one report: per fold and per modality subset, then m
 deviation (n - 1) and range. MELD's text is the same in every fold (its own train and dev splits);
 only the voices change.
 
-Those figures are the early-stopping actors', so slightly optimistic. ``--nested`` removes that:
-fold k trains on 12 actors, stops early on fold k+1's four (``train-nest{k}`` / ``dev-nest{k}``)
-and is measured afterwards by ``emostream evaluate`` on fold k's four (``--split dev --fold k``),
-which neither training nor the choice of epoch heard (artifacts in ``ROOT/NAME/nested{k}``).
+Those figures are the early-stopping actors', so slightly optimistic. ``--nested`` removes that
+for the voices: fold k trains on 12 actors, stops early on fold k+1's four (``train-nest{k}`` /
+``dev-nest{k}``) and is measured afterwards by ``emostream evaluate`` (the exported graph, voice
+gate and speech detector included) on fold k's four (``--split dev --fold k``), whose voices
+neither training nor the choice of epoch heard (artifacts in ``ROOT/NAME/nested{k}``). On the
+composite the words are MELD dev's in both, so the text of the held-out figures is not held out:
+only the audio is.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def held_out_figures(out: Path, fold: int, subsets: list[str]) -> dict[str, Any]
     for sub in subsets:
         words = ["--model", str(out), "--dataset", train["dataset"], "--data-dir", train["data_dir"]]
         words += ["--split", "dev", "--fold", str(fold), "--modalities", sub.replace("+", ","), "--json"]
+        words += ["--seed", str(train.get("seed", 0)), "--future", str(train.get("future", 0))]
         words += ["--threads", str(train.get("threads") or 2)]
         words += ["--cache-dir", train["cache_dir"]] if train.get("cache_dir") else []
         report = evaluate_model(add_evaluate_args(argparse.ArgumentParser()).parse_args(words))
@@ -95,7 +99,7 @@ def summarise(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def run_cv(ns: argparse.Namespace) -> int:
     from engines import artifact
-    from engines.errors import EngineError
+    from engines.errors import ArtifactError, EngineError
     from engines.recipes import recipe_path
     from engines.train import main as train_main
 
@@ -137,6 +141,12 @@ def run_cv(ns: argparse.Namespace) -> int:
                 return code
         try:
             per_fold[k] = artifact.read_json(out, artifact.METRICS)
+            stopped_on = f"dev-{'nest' if ns.nested else 'fold'}{k}"
+            if per_fold[k].get("split") != stopped_on:  # `-- --nested`, or a recipe that sets it
+                raise ArtifactError(
+                    f"{out} stopped early on {per_fold[k].get('split')!r}, not {stopped_on!r}: "
+                    "nest folds with `emostream cv --nested`, not with a train flag or recipe key"
+                )
             if ns.nested:  # the early-stopping actors' figures are the choice's: test on fold k's
                 subsets = [s for s, v in per_fold[k].items() if isinstance(v, dict) and "n" in v]
                 per_fold[k] = held_out_figures(out, k, subsets)

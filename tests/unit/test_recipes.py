@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,7 +155,9 @@ def test_cv_resumes_only_a_fold_trained_by_the_same_command(tmp_path: Path, monk
         out.mkdir(parents=True)
         (out / "checksums.json").write_text("{}")
         (out / "config.json").write_text(json.dumps({"recipe": {"command": ["emostream", "train", *words]}}))
-        (out / "metrics.json").write_text(json.dumps({"audio": {"weighted_f1": 0.5, "accuracy": 0.5, "n": 1}}))
+        split = f"dev-{'nest' if '--nested' in words else 'fold'}{words[words.index('--fold') + 1]}"
+        metrics = {"split": split, "audio": {"weighted_f1": 0.5, "accuracy": 0.5, "n": 1}}
+        (out / "metrics.json").write_text(json.dumps(metrics))
         return 0
 
     monkeypatch.setattr(train, "main", fake_main)
@@ -163,6 +166,8 @@ def test_cv_resumes_only_a_fold_trained_by_the_same_command(tmp_path: Path, monk
     assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", root])) == 0
     assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0,1", "--root", root])) == 0  # resumed
     assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "0", "--root", root, "--", "--seed", "1"])) == 2
+    # nested by a train flag: its stopping actors' figures would pass for fold 2's held-out ones
+    assert run_cv(parser.parse_args(["--recipe", "default", "--folds", "2", "--root", root, "--", "--nested"])) == 2
 
 
 def test_cv_nested_trains_with_nested_folds_and_reports_the_held_out_actors(
@@ -181,7 +186,8 @@ def test_cv_nested_trains_with_nested_folds_and_reports_the_held_out_actors(
         out.mkdir(parents=True)
         (out / "checksums.json").write_text("{}")
         (out / "config.json").write_text(json.dumps({"recipe": {"command": ["emostream", "train", *words]}}))
-        (out / "metrics.json").write_text(json.dumps({"audio": {"weighted_f1": 0.9, "accuracy": 0.9, "n": 1}}))
+        metrics = {"split": f"dev-nest{words[words.index('--fold') + 1]}", "audio": {"weighted_f1": 0.9, "n": 1}}
+        (out / "metrics.json").write_text(json.dumps(metrics))
         return 0
 
     held: list[tuple[Path, int, list[str]]] = []
@@ -205,3 +211,27 @@ def test_cv_nested_trains_with_nested_folds_and_reports_the_held_out_actors(
     report = json.loads(capsys.readouterr().out)
     assert report["nested"] is True
     assert report["summary"]["audio"]["weighted_f1"]["mean"] == 0.55  # the held-out figures, not the stopping actors'
+
+
+def test_cv_measures_a_nested_fold_on_its_held_out_actors_with_its_training_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engines.evaluate as evaluate
+    from engines.crossval import held_out_figures
+
+    out = tmp_path / "nested3"
+    out.mkdir()
+    train_cfg = {"dataset": "meld-ravdess", "data_dir": "data", "seed": 2, "future": 0, "threads": 1}
+    (out / "config.json").write_text(json.dumps({"train": train_cfg}))
+    asked: list[Any] = []
+
+    def fake_evaluate(ns: Any) -> dict[str, Any]:
+        asked.append(ns)
+        return {"n": 7, "weighted_f1": 0.6, "accuracy": 0.7, "split": "ignored"}
+
+    monkeypatch.setattr(evaluate, "evaluate_model", fake_evaluate)
+    got = held_out_figures(out, 3, ["text+audio", "audio"])
+    assert got == {s: {"n": 7, "weighted_f1": 0.6, "accuracy": 0.7} for s in ("text+audio", "audio")}
+    for ns, modalities in zip(asked, ("text,audio", "audio"), strict=True):
+        assert (ns.model, ns.dataset, ns.data_dir) == (str(out), "meld-ravdess", "data")
+        assert (ns.split, ns.fold, ns.modalities, ns.seed, ns.future) == ("dev", 3, modalities, 2, 0)
