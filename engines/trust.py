@@ -275,7 +275,9 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
     return TrustedNet().eval()
 
 
-def sweep(model: str, data_dir: str, priors: list[float], seed: int = 0) -> list[dict[str, Any]]:
+def sweep(
+    model: str, data_dir: str, priors: list[float], seed: int = 0, fold: int | None = None
+) -> list[dict[str, Any]]:
     """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
     set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
     audio=0.5``) and the mean audio weight on the swapped and the genuine clips."""
@@ -286,6 +288,7 @@ def sweep(model: str, data_dir: str, priors: list[float], seed: int = 0) -> list
     from engines import artifact
     from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
+    from engines.datasets.ravdess import fold_split
     from engines.evaluate import predict_prepared
     from engines.metrics import classification_report
     from engines.prepare import AudioTable, prepare
@@ -301,8 +304,9 @@ def sweep(model: str, data_dir: str, priors: list[float], seed: int = 0) -> list
     labels = tuple(artifact.read_json(path, artifact.LABELS))
     ex = load_extractors(path)
     assert ex.audio is not None, "a gated model has audio"
-    clean = load_dataset("meld-ravdess", data_dir, "dev", seed=seed)
-    swapped = corrupt_dialogues(clean, parse_corrupt("audio=0.5"), seed, audio_pool("meld-ravdess", data_dir, "dev"))
+    split = fold_split("dev", fold, "meld-ravdess")  # a fold's held-out actors (a nested fold's test)
+    clean = load_dataset("meld-ravdess", data_dir, split, seed=seed)
+    swapped = corrupt_dialogues(clean, parse_corrupt("audio=0.5"), seed, audio_pool("meld-ravdess", data_dir, split))
     data = {}
     for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
         table = AudioTable([u.audio for d in ds for u in d.utterances if u.audio], ex.audio)
@@ -336,8 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--data-dir", required=True)
     s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the dev split of actor fold K (a nested fold's test actors)",
+    )
     ns = parser.parse_args(argv)
-    for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed):
+    for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed, ns.fold):
         print(json.dumps(row))
     return 0
 

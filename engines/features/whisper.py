@@ -21,10 +21,11 @@ to 6e-4 (values up to 13).
 80 Slaney mel bands, log10, dynamic range 8, (x + 4) / 4) over each clip's own frames only:
 no padding to 30 s (faster-whisper pads every clip to 30 s, which made it 5x real time on 2 cores
 here). Clips over 30 s are encoded in 30 s segments. The encoder states of the chosen layers
-(default: the output of block 1, see :class:`WhisperConfig`; blocks after the last chosen layer
-are not run) are mean- and std-pooled over the clip's valid frames. Batch padding is masked out
-(zeroed between the convolutions, excluded from attention keys and from pooling), so a clip's
-vector does not depend on the rest of its batch.
+(``emostream train``'s default: the output of block 1; the shipped default model pools block 2,
+see :class:`WhisperConfig`; blocks after the last chosen layer are not run) are mean- and
+std-pooled over the clip's valid frames. Batch padding is masked out (zeroed between the
+convolutions, excluded from attention keys and from pooling), so a clip's vector does not depend
+on the rest of its batch.
 """
 
 from __future__ import annotations
@@ -296,8 +297,10 @@ class WhisperEncoder(nn.Module):
 
 @dataclass(frozen=True)
 class WhisperConfig:
-    # 0: conv stem, i: output of block i (4: the encoder output, after the final norm). Block 1 by
-    # RAVDESS dev accuracy: as good as any layer or concatenation tried, for a quarter of the blocks.
+    # 0: conv stem, i: output of block i (4: the encoder output, after the final norm). Block 1 was
+    # chosen by RAVDESS dev accuracy (four actors) and stays the default of `emostream train`, so the
+    # older recipes reproduce; over nested actor folds block 2 holds better (the shipped default
+    # since 1.3.0 sets it: `--whisper-layers 2`, README "Voices never heard").
     layers: tuple[int, ...] = (1,)
     pooling: str = "concat"  # several layers: "concat" their mean+std, or "mean" of the states first
     chunk: int = 16  # segments per forward pass at most
