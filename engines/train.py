@@ -452,6 +452,13 @@ def _train(ns: argparse.Namespace) -> int:
     pre = precomputed_spec(train_d)  # feature pickles carry their vectors
     has_text = pre is None and any(u.text for d in train_d for u in d.utterances)
     has_audio = pre is None and any(u.audio for d in train_d for u in d.utterances)
+    if _audio_settings(ns) and not has_audio:
+        from engines.errors import FeatureError
+
+        raise FeatureError(
+            f"--whisper-layers/--whisper-pooling choose how raw audio is encoded, and {ns.dataset}'s "
+            "training split has none (no clips, or precomputed feature vectors)"
+        )
     text_enc = make_text_encoder(ns.text_encoder, device=ns.device, threads=ns.threads) if has_text else None
     tuning = None
     if text_enc is not None and (ns.tune_text > 0 or ns.text_weights):

@@ -247,3 +247,14 @@ def test_cuda_gives_the_cpu_vectors() -> None:
     waves = [voice(s, seed=i) for i, s in enumerate([0.3, 2.0, 4.5])]
     gpu = WhisperExtractor(device="cuda").extract(waves)
     np.testing.assert_allclose(gpu, extractor().extract(waves), rtol=2e-3, atol=2e-3)
+
+
+def test_whisper_settings_for_data_without_raw_audio_are_refused(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Text-only MELD has no clips to encode: the flag would be recorded and do nothing."""
+    from engines.train import main
+
+    words = ["--dataset", "meld", "--data-dir", str(shared_data), "--out", str(tmp_path / "m"), "--whisper-layers", "2"]
+    assert main(words) == 2
+    assert "has none" in capsys.readouterr().err and not (tmp_path / "m").exists()
