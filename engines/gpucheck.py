@@ -100,13 +100,14 @@ def text_module(weights: str, assets: Path | None) -> tuple[Any, Any, str]:
 def _default_whisper_config() -> Any:
     """The Whisper settings of the shipped default (the layers it pools), else the extractor's own."""
     from engines import artifact
+    from engines.features.factory import whisper_config_from_dict
     from engines.features.whisper import WhisperConfig
 
     try:
         audio = artifact.read_json(artifact.resolve_model_dir("default"), artifact.FEATURES).get("audio") or {}
+        return whisper_config_from_dict(audio)
     except Exception:  # noqa: BLE001 - no shipped model where the check runs
         return WhisperConfig()
-    return WhisperConfig(layers=tuple(audio.get("layers", (1,))), pooling=audio.get("pooling", "concat"))
 
 
 def audio_extractor(weights: str, device: str) -> tuple[Any, str]:

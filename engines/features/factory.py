@@ -95,6 +95,16 @@ def text_encoder_from_dict(
     raise ArtifactError(f"unknown text encoder kind {kind!r}; known: {', '.join(TEXT_ENCODERS)}")
 
 
+def whisper_config_from_dict(meta: Mapping[str, Any]) -> Any:
+    """The :class:`~engines.features.whisper.WhisperConfig` of a ``features.json`` "audio" entry
+    (its name, size, id and weights are the caller's to check); a field this version does not know
+    raises ``TypeError``."""
+    from engines.features.whisper import WhisperConfig
+
+    fields = {k: v for k, v in meta.items() if k not in ("name", "kind", "dim", "id", "weights")}
+    return WhisperConfig(**fields)
+
+
 def audio_extractor_from_dict(meta: Mapping[str, Any], device: str = "cpu") -> AudioFeatureExtractor:
     """The extractor a ``features.json`` "audio" entry describes (its "id" is checked by the caller)."""
     fields = dict(meta)
@@ -109,10 +119,9 @@ def audio_extractor_from_dict(meta: Mapping[str, Any], device: str = "cpu") -> A
         if kind == "egemaps":
             return EgemapsExtractor(EgemapsConfig(**fields), device=device)
         if kind == "whisper-tiny":
-            from engines.features.whisper import WhisperConfig, WhisperExtractor
+            from engines.features.whisper import WhisperExtractor
 
-            fields.pop("weights", None)  # the installed weights' name is part of the id the caller checks
-            return WhisperExtractor(WhisperConfig(**fields), device=device)
+            return WhisperExtractor(whisper_config_from_dict(fields), device=device)
     except TypeError as exc:  # a field this version does not know
         raise ArtifactError(f"audio extractor {kind!r}: {exc}") from exc
     raise ArtifactError(f"unknown audio extractor kind {kind!r}; known: {', '.join(AUDIO_EXTRACTORS)}")
