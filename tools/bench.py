@@ -279,6 +279,15 @@ def worker_pages(proc: Any, processes: int) -> list[str | None]:
     return pages
 
 
+def worker_cores(figures: dict[str, float], elapsed_s: float) -> float | None:
+    """The cores the worker processes kept busy over a level of ``elapsed_s`` seconds, from
+    :func:`inside`'s figures; None where a process restarted within it (its CPU time counts its
+    start and model loading, not the level's work)."""
+    if figures.get("reset"):
+        return None
+    return round(figures["worker_cpu_s"] / max(elapsed_s, 1e-9), 2)
+
+
 def inside(metrics: str | Sequence[str | None], before: str | Sequence[str | None] | None = None) -> dict[str, float]:
     """Where the worker's time went, from its /metrics: batches, their mean size, the mean
     milliseconds a batch spends in each stage and in the encoders and the engine, the mean join wait.
@@ -287,7 +296,8 @@ def inside(metrics: str | Sequence[str | None], before: str | Sequence[str | Non
     or its ``process_start_time_seconds`` changed (the process restarted in between, even one that
     passed its old counts again), the figures are the new process's and ``reset`` is 1.
     ``worker_cpu_s``: the CPU seconds the worker processes used (the caller divides by the level's
-    duration for the cores they kept busy).
+    duration for the cores they kept busy, :func:`worker_cores`; a restarted process's include its
+    start, loading the models, so there is no such figure for a level with ``reset``).
     With ``--processes N``, each child's page at the end and at the start (:func:`worker_pages`):
     the difference is taken child by child (a restart too), then summed; a child that could not be
     read at either end is left out and counted in ``children_unread``."""
@@ -703,7 +713,9 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
                         level.inside = inside(worker_pages(proc, processes), before)
                         # the cores the worker kept busy between the two reads of its pages
                         elapsed = max(time.monotonic() - started, 1e-9)
-                        level.inside["worker_cores"] = round(level.inside["worker_cpu_s"] / elapsed, 2)
+                        cores = worker_cores(level.inside, elapsed)
+                        if cores is not None:  # none after a restart within the level
+                            level.inside["worker_cores"] = cores
                     print(level.row(), flush=True)
                     levels.append(level)
                     if level.unfinished:  # an overload's backlog must not count against the next level

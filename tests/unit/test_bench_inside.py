@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.bench import inside
+from tools.bench import inside, worker_cores
 
 
 def page(
@@ -86,6 +86,8 @@ def test_a_restart_that_passed_its_old_counts_is_told_by_the_process_start_time(
     assert got["reset"] == 1.0 and got["batches"] == 80 and got["worker_cpu_s"] == 12.0
     same = inside(page(80, 800, 8.0, 0.8, 8.0, started=1000.0, cpu_s=52.5), before)
     assert "reset" not in same and same["batches"] == 30 and same["worker_cpu_s"] == 12.5
+    # the cores kept busy: none for the restarted process, whose CPU time counts loading its models
+    assert worker_cores(got, 10.0) is None and worker_cores(same, 10.0) == 1.25
 
 
 def test_the_worker_registry_exports_its_process_metrics() -> None:
