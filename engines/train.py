@@ -68,6 +68,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
+    g.add_argument(
+        "--keep-epoch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after epoch N of the --epochs schedule and keep its weights: the dev split then chooses "
+        "nothing (N chosen elsewhere, e.g. the median best epoch of `emostream cv --nested`)",
+    )
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument(
@@ -378,12 +386,20 @@ def run_train(ns: argparse.Namespace) -> int:
         from engines.recipes import recipe_path
 
         _audio_settings(ns)  # bad settings are refused before any work
+        _check_keep_epoch(ns)
         fold_split("train", ns.fold, ns.dataset, ns.nested)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
         return _train(ns)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_keep_epoch(ns: argparse.Namespace) -> None:
+    from engines.errors import ArtifactError
+
+    if ns.keep_epoch is not None and not 1 <= ns.keep_epoch <= ns.epochs:
+        raise ArtifactError(f"--keep-epoch {ns.keep_epoch} is outside the schedule's epochs 1-{ns.epochs}")
 
 
 def _audio_settings(ns: argparse.Namespace) -> dict[str, Any]:
@@ -593,7 +609,16 @@ def _train(ns: argparse.Namespace) -> int:
         }
         history.append(row)
         print(json.dumps(row), file=sys.stderr)
-        if score > best["score"]:
+        if ns.keep_epoch is not None:  # the epoch was chosen elsewhere: dev is only reported
+            if epoch + 1 == ns.keep_epoch:
+                best = {
+                    "score": score,
+                    "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()},
+                }
+                print(f"stop: epoch {ns.keep_epoch} kept (--keep-epoch)", file=sys.stderr)
+                break
+        elif score > best["score"]:
             best = {
                 "score": score,
                 "epoch": epoch + 1,
@@ -659,6 +684,7 @@ def _train(ns: argparse.Namespace) -> int:
         "dataset": ns.dataset,
         "split": dev_split,
         "best_epoch": best["epoch"],
+        "epoch_chosen_by": "--keep-epoch" if ns.keep_epoch is not None else f"{dev_split} (early stopping)",
         "runtime": "onnxruntime",
     }
     for sub in subsets:

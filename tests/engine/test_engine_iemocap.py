@@ -42,3 +42,17 @@ def test_iemocap_text_causal_reaches_the_target(
     assert report["n"] == 647 and report["split"] == "dev"
     assert report["weighted_f1"] == pytest.approx(trained["text"]["weighted_f1"], abs=1e-4)
     assert report["weighted_f1"] >= IEMOCAP_TEXT_CAUSAL_TARGET, report
+
+
+def test_keep_epoch_ships_that_epoch_and_lets_dev_choose_nothing(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--keep-epoch N`` (the recipes' ``keep_epoch``, an epoch chosen over nested actor folds):
+    training stops after epoch N of the schedule and ships its weights, whatever dev says."""
+    out = tmp_path / "kept"
+    trained = train([*RECIPE, "--data-dir", str(shared_data), "--epochs", "4", "--keep-epoch", "2"], out, capsys)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert trained["best_epoch"] == metrics["best_epoch"] == 2 and metrics["epoch_chosen_by"] == "--keep-epoch"
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    report = evaluate(["--model", str(out), "--dataset", "iemocap-text", "--data-dir", str(shared_data)], capsys)
+    assert report["weighted_f1"] == pytest.approx(metrics["text"]["weighted_f1"], abs=1e-4)

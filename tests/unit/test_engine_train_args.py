@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from engines.interface import FeatureSpec
 from engines.models import make_config
 from engines.train import add_train_args, model_config
@@ -27,3 +29,11 @@ def test_command_line_sizes_then_set_override() -> None:
     assert values["d_model"] == 64 and values["causal"] is False
     values = model_config(_ns("--d-model", "64", "--set", "d_model=32", "--set", "dropout=0.1"), SPEC, 6)
     assert (values["d_model"], values["dropout"]) == (32, 0.1)
+
+
+def test_keep_epoch_outside_the_schedule_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from engines.train import main
+
+    assert main(["--data-dir", "d", "--out", "o", "--epochs", "5", "--keep-epoch", "6"]) == 2
+    assert "--keep-epoch 6 is outside the schedule's epochs 1-5" in capsys.readouterr().err
+    assert main(["--data-dir", "d", "--out", "o", "--keep-epoch", "0"]) == 2
