@@ -18,7 +18,16 @@ import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from streams.errors import InvalidMessage
@@ -38,9 +47,16 @@ class _Message(BaseModel):
         return self.model_dump_json(exclude_none=True).encode()
 
 
+MAX_ABS_FEATURE = 1e6  # a feature value beyond this is no feature: 1e38 overflowed the engine's norms to NaN
+
+
 def _finite(values: list[float] | None, what: str) -> list[float] | None:
-    if values is not None and not all(math.isfinite(v) for v in values):
+    if values is None:
+        return values
+    if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{what} holds NaN or Inf")
+    if any(abs(v) > MAX_ABS_FEATURE for v in values):
+        raise ValueError(f"{what} holds a value beyond +-{MAX_ABS_FEATURE:g}")
     return values
 
 
@@ -59,23 +75,25 @@ def f32_vector(value: str, what: str) -> np.ndarray:
     if len(raw) % 4:
         raise ValueError(f"{what} holds {len(raw)} bytes, not a whole number of float32 values")
     vec = np.frombuffer(raw, dtype="<f4").astype(np.float32, copy=False)
-    if not _finite_f32(raw, vec):
-        raise ValueError(f"{what} holds NaN or Inf")
+    if _large_f32(raw):  # numpy only then (below)
+        if not np.isfinite(vec).all():
+            raise ValueError(f"{what} holds NaN or Inf")
+        if float(np.abs(vec).max()) > MAX_ABS_FEATURE:
+            raise ValueError(f"{what} holds a value beyond +-{MAX_ABS_FEATURE:g}")
     return vec
 
 
-# 1 for a float32's high byte whose seven exponent bits are all set (NaN, Inf, or |x| >= 2**127)
-_HIGH_EXPONENT = bytes(1 if b & 0x7F == 0x7F else 0 for b in range(256))
+# 1 for a float32's high byte whose seven top exponent bits are 71 or more: |x| >= 2**15, NaN or Inf
+_HIGH_EXPONENT = bytes(1 if b & 0x7F >= 71 else 0 for b in range(256))
+assert 2.0**15 < MAX_ABS_FEATURE
 
 
-def _finite_f32(raw: bytes, vec: np.ndarray) -> bool:
-    """Whether the little-endian float32 values in ``raw`` (``vec``) are all finite. Read from the
-    high bytes with ``bytes`` methods, numpy only when one could be NaN or Inf: numpy's loop lets
-    go of the GIL, and the event loop's thread (which parses every message) then waited up to the
-    switch interval for the compute thread to hand it back."""
-    if 1 not in raw[3::4].translate(_HIGH_EXPONENT):
-        return True
-    return bool(np.isfinite(vec).all())
+def _large_f32(raw: bytes) -> bool:
+    """Whether any little-endian float32 value in ``raw`` could be NaN, Inf or beyond
+    :data:`MAX_ABS_FEATURE` (``|x| >= 2**15``). Read from the high bytes with ``bytes`` methods, so
+    that numpy runs only then: numpy's loop lets go of the GIL, and the event loop's thread (which
+    parses every message) then waited up to the switch interval for the compute thread to hand it back."""
+    return 1 in raw[3::4].translate(_HIGH_EXPONENT)
 
 
 def encode_f32(values: Any) -> str:
@@ -103,7 +121,7 @@ def _vector_of(part: _Part, values: list[float] | None, packed: str | None, what
 class _Part(_Message):
     call_id: Id
     utterance_id: Id
-    seq: int = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
+    seq: StrictInt = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
     speaker: Id = "unknown"
     start_s: float | None = Field(None, ge=0, description="utterance start, seconds from call start")
     end_s: float | None = Field(None, ge=0)

@@ -43,8 +43,11 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
             b'{"schema_version":1,"call_id":"bad","utterance_id":"n","seq":0,"embedding":[NaN,1.0]}',
             "non_finite",
         ),
-        (t.text, _text(text=None, embedding=[1e39] * 384), "non_finite"),
-        # packed float32 (read from its bytes, streams.schemas._finite_f32): a NaN and an Inf
+        (t.text, _text(text=None, embedding=[1e39] * 384), "invalid_value"),
+        # finite but far beyond any feature: 1e38 overflowed the engine's norms to NaN (MAX_ABS_FEATURE)
+        (t.text, _text(text=None, embedding=[1e38] * 384), "invalid_value"),
+        (t.text, _text(text=None, embedding_f32=encode_f32([0.5] * 383 + [-3e7])), "invalid_value"),
+        # packed float32 (read from its bytes, streams.schemas._large_f32): a NaN and an Inf
         (t.text, _text(text=None, embedding_f32=encode_f32([0.5] * 383 + [float("nan")])), "non_finite"),
         (t.text, _text(text=None, embedding_f32=encode_f32([float("-inf")] + [0.5] * 383)), "non_finite"),
         (

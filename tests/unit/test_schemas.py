@@ -26,7 +26,7 @@ from streams.validate import to_payload
 
 REPO = Path(__file__).resolve().parents[2]
 ids = st.from_regex(r"[A-Za-z0-9._:-]{1,40}", fullmatch=True)
-floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
+floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False, width=32)  # MAX_ABS_FEATURE
 
 
 @given(call=ids, utt=ids, seq=st.integers(0, 10_000), text=st.text(max_size=200))
@@ -136,6 +136,9 @@ def _text(**kw: object) -> bytes:
         ("text", b'{"schema_version": 1, "call_id": "c"}', "missing_field"),
         ("text", _text(seq="three"), "wrong_type"),
         ("text", _text(seq=-1), "invalid_value"),
+        ("text", _text(seq=True), "wrong_type"),  # not taken as seq 1
+        ("text", _text(seq=2.0), "wrong_type"),
+        ("text", _text(text=None, embedding=[1.0, 1e38]), "invalid_value"),  # finite, but no feature
         ("text", _text(call_id="bad id with spaces"), "invalid_value"),
         ("text", _text(text=None, embedding=[1.0, float("nan")]), "non_finite"),
         ("text", _text(embedding=[1.0]), "invalid_value"),  # both text and embedding
@@ -234,13 +237,22 @@ def test_published_json_schemas_match_the_code() -> None:
         assert json.loads(path.read_text()) == schema, f"{path} is stale: run `make schemas`"
 
 
-def test_packed_vectors_are_checked_finite_from_their_bytes_as_numpy_would() -> None:
-    """schemas._finite_f32 reads NaN and Inf from the float32 high bytes (numpy only for the few
-    values whose exponent could be all ones): the same verdict as np.isfinite on every draw."""
-    from streams.schemas import _finite_f32
+def test_packed_vectors_are_checked_finite_and_bounded_from_their_bytes_as_numpy_would() -> None:
+    """schemas.f32_vector reads NaN, Inf and values beyond MAX_ABS_FEATURE as numpy would, with
+    numpy only where a float32 high byte says a value is 2**15 or more (schemas._large_f32)."""
+    from streams.schemas import MAX_ABS_FEATURE, _large_f32, encode_f32, f32_vector
 
     rng = np.random.default_rng(0)
     for _ in range(3000):
         v = (rng.standard_normal(16) * 10.0 ** rng.integers(-40, 39, 16)).astype("<f4")  # overflows: inf
-        v[rng.integers(0, 16)] = rng.choice([np.nan, np.inf, -np.inf, 3.3e38, -1.7e38, 1.0, 0.0]).astype("<f4")
-        assert _finite_f32(v.tobytes(), v) == bool(np.isfinite(v).all())
+        v[rng.integers(0, 16)] = rng.choice([np.nan, np.inf, -np.inf, 3.3e38, -1.7e38, 1e6, 1.1e6, 1.0, 0.0])
+        with np.errstate(invalid="ignore"):
+            large = bool((~np.isfinite(v)).any() or (np.abs(v) >= 2.0**15).any())
+            usable = bool(np.isfinite(v).all() and np.abs(v).max() <= MAX_ABS_FEATURE)
+        assert _large_f32(v.tobytes()) == large
+        try:
+            f32_vector(encode_f32(v), "x")
+            assert usable, v
+        except ValueError as exc:
+            assert not usable, v
+            assert ("NaN or Inf" in str(exc)) == bool((~np.isfinite(v)).any())
