@@ -48,6 +48,13 @@ from streams.context import run_script
 from streams.rules import RuleBook, Turn
 from streams.schemas import AlertEvent, CallReport, EmotionEvent, Evidence, SpeakerTrajectory
 
+#: The labels a report's ``negative_share`` counts: the negative emotions of the label sets the
+#: engines learn (MELD's, IEMOCAP's and EmoryNLP's). The label, not the sentiment score: a neutral
+#: agent line scored -0.38 once made an agent "negative 100%" in the demo's summary.
+NEGATIVE_EMOTIONS: frozenset[str] = frozenset(
+    {"anger", "disgust", "fear", "sadness", "frustration", "angry", "sad", "frustrated", "mad", "scared"}
+)
+
 log = logging.getLogger("emostream.analytics")
 
 
@@ -323,7 +330,9 @@ class CallAnalytics:
         total = len(state.order)
         speakers = []
         for speaker, mine in state.by_speaker():
-            recent, before = mine[-self.recent_turns :], mine[-2 * self.recent_turns : -self.recent_turns]
+            recent = mine[-self.recent_turns :]
+            half = min(self.recent_turns, len(mine) // 2)  # the trend: the latest `half` turns against those before
+            latest, before = mine[len(mine) - half :], mine[len(mine) - 2 * half : len(mine) - half]
             labels = sorted({k for t in recent for k in t.probabilities})
             sentiment = _mean([t.sentiment for t in recent])
             speakers.append(
@@ -333,9 +342,13 @@ class CallAnalytics:
                     turns=len(mine),
                     talk_share=round(len(mine) / total, 4),
                     recent={k: round(_mean([t.probabilities.get(k, 0.0) for t in recent]), 4) for k in labels},
-                    negative_share=round(_mean([float(t.sentiment_label == "negative") for t in recent]), 4),
+                    negative_share=round(_mean([float(t.label in NEGATIVE_EMOTIONS) for t in recent]), 4),
                     sentiment=round(sentiment, 4),
-                    sentiment_trend=round(sentiment - _mean([t.sentiment for t in before]), 4) if before else 0.0,
+                    sentiment_trend=round(
+                        _mean([t.sentiment for t in latest]) - _mean([t.sentiment for t in before]), 4
+                    )
+                    if half
+                    else 0.0,
                 )
             )
         version = f"{state.version:016x}"[:12]  # the turns and revisions it covers

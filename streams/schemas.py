@@ -362,10 +362,14 @@ class SpeakerTrajectory(BaseModel):
     turns: int
     talk_share: float = Field(description="this speaker's share of the call's turns")
     recent: dict[str, float] = Field(description="mean emotion probabilities over the speaker's recent turns")
-    negative_share: float = Field(description="share of the recent turns with a negative sentiment label")
+    negative_share: float = Field(
+        description="share of the recent turns labelled with a negative emotion (anger, disgust, fear, sadness, "
+        "frustration, and IEMOCAP's and EmoryNLP's names for them)"
+    )
     sentiment: float = Field(description="mean sentiment of the recent turns (-1..1)")
     sentiment_trend: float = Field(
-        description="mean sentiment of the recent turns minus that of the turns before them (0 without earlier turns)"
+        description="mean sentiment of the speaker's latest k turns minus that of the k before them, "
+        "k = min(recent turns, turns // 2) (0 with a single turn)"
     )
 
 

@@ -3,6 +3,7 @@ the report built from them agree with the same things computed from all of the c
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 
 from hypothesis import given, settings
@@ -93,3 +94,27 @@ def test_the_report_is_the_one_built_from_all_of_the_calls_turns(ops: list[tuple
     last = ordered[-1]
     state.put(turn(int(last.utterance_id[1:]), last.seq, last.speaker, last.revision + 1, last.label))
     assert a._report("c", state, {}, final=False).event_id != report.event_id
+
+
+def test_the_report_counts_negative_labels_and_shows_a_trend_from_the_second_turn() -> None:
+    """A neutral agent line whose sentiment score is negative is not a negative turn (the demo's
+    summary once said "agent ... negative 100%" of four neutral lines), and a speaker's trend shows
+    before they have twice ``recent_turns`` turns (it was +0.00 on every short call)."""
+    from streams.analytics import NEGATIVE_EMOTIONS
+
+    a = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)
+    state, _ = replay([])
+    lines = [("agent", "neutral", -0.38), ("cust", "anger", -0.6), ("agent", "neutral", -0.4),
+             ("cust", "sadness", -0.2), ("agent", "joy", 0.5), ("cust", "neutral", 0.3)]  # fmt: skip
+    for i, (who, label, sentiment) in enumerate(lines):
+        t = turn(i, i, who, 0, label)
+        state.put(dataclasses.replace(t, sentiment=sentiment, sentiment_label="negative" if sentiment < -0.2 else "x"))
+    report = {s.speaker: s for s in a._report("c", state, {}, final=False).speakers}
+    assert report["agent"].negative_share == 0.0 and report["cust"].negative_share == round(2 / 3, 4)
+    assert report["agent"].sentiment_trend == round(0.5 - -0.4, 4)  # 3 turns: the last against the one before
+    assert report["cust"].sentiment_trend == round(0.3 - -0.2, 4)
+    one = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)
+    single, _ = replay([])
+    single.put(turn(0, 0, "agent", 0, "anger"))
+    assert one._report("c", single, {}, final=False).speakers[0].sentiment_trend == 0.0
+    assert {"anger", "sadness", "frustrated", "mad"} <= NEGATIVE_EMOTIONS and "neutral" not in NEGATIVE_EMOTIONS
