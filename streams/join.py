@@ -57,6 +57,10 @@ class Utterance:
     recheck_at: float | None = None  # while held: when the heap looks at it again
     ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
 
+    def has(self, modality: str) -> bool:
+        """Whether its ``modality`` part arrived: usable, or dead-lettered (nothing more to wait for)."""
+        return modality in self.parts or modality in self.ignored
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in self.parts)
@@ -176,9 +180,39 @@ class Joiner:
         if modality in utt.parts:
             return JoinResult(duplicate_parts=1)
         utt.parts[modality] = payload
+        utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
         if speaker != "unknown":
             utt.speaker = speaker
+        return self._release(call_id, now)
+
+    def reject(
+        self,
+        call_id: str,
+        utterance_id: str,
+        seq: int,
+        speaker: str,
+        modality: str,
+        why: str,
+        now: float,
+        partition: int = -1,
+        ts: float | None = None,
+    ) -> JoinResult:
+        """A part that was dead-lettered (its ids parsed, its content did not: audio that does not
+        decode, say): its utterance waits for it no longer, and goes with what else it has
+        (``ignored[modality] = why``); an utterance with no other part gives no event."""
+        assert modality in MODALITIES, modality
+        if (call_id, utterance_id) in self._done:
+            return JoinResult()
+        call = self._touch(call_id, now, partition)
+        utt = call.pending.get(utterance_id)
+        if utt is None:
+            utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
+            call.pending[utterance_id] = utt
+            self._open += 1
+            self._push(now + self.wait_s, call_id, utterance_id)
+        if modality not in utt.parts:
+            utt.ignored[modality] = why
         return self._release(call_id, now)
 
     def _sent_late(self, utt: Utterance, now: float, ts: float | None) -> bool:
@@ -289,13 +323,14 @@ class Joiner:
         call = self._calls[call_id]
         result = JoinResult()
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            complete = all(m in utt.parts for m in call.expected)
+            complete = all(utt.has(m) for m in call.expected)
             expired = now - utt.first_at >= self.wait_s and not self._hold(utt, call.expected, now)
             if not (complete or expired):
                 break  # holds back later utterances of this call
             utt.ready_at, utt.expected = now, call.expected
             utt.timed_out = not complete
-            result.ready.append(utt)
+            if utt.parts:  # not one whose every part was dead-lettered: nothing to label
+                result.ready.append(utt)
             del call.pending[utt.utterance_id]
             self._open -= 1
             self._mark_done(call_id, utt.utterance_id, call.partition)
@@ -309,7 +344,7 @@ class Joiner:
         if self.behind is None or utt.first_ts is None or self._past_backstop(utt.first_at, now):
             return False
         until = utt.first_ts + self.wait_s
-        if any(self.behind(m, utt.partition, until) for m in expected if m not in utt.parts):
+        if any(self.behind(m, utt.partition, until) for m in expected if not utt.has(m)):
             if not utt.held:
                 utt.held = True
                 self.held_utterances += 1
@@ -326,7 +361,7 @@ class Joiner:
         until = call.ended_ts + self.wait_s
         if any(self.behind(m, call.partition, until) for m in call.expected):
             return True
-        incomplete = [u for u in call.pending.values() if any(m not in u.parts for m in call.expected)]
+        incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
         return any(self._hold(u, call.expected, now) for u in incomplete)
 
     def _mark_done(self, call_id: str, utterance_id: str, partition: int) -> None:

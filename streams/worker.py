@@ -52,7 +52,7 @@ from streams.errors import InvalidMessage
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
 from streams.pipeline import BatchOutcome, Processor
-from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, SourceRef, parse_input
+from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
 
@@ -204,6 +204,14 @@ class Worker:
         except InvalidMessage as exc:
             await self._reject(exc, receipt, key, value, msg)
             self._mark_read(topic, partition, offset, timestamp)
+            if isinstance(msg, Part) and key == msg.call_id.encode():  # its utterance waits for it no longer
+                async with self.lock:
+                    if receipt.lease.valid:
+                        why = f"dead-lettered: {exc.reason}"
+                        self._absorb(self.joiner.reject(
+                            msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
+                            partition, timestamp,
+                        ))  # fmt: skip
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
             log.exception("parsing %s[%d]@%d failed", topic, partition, offset)
@@ -524,7 +532,7 @@ class Worker:
             self.metrics.duplicate_parts.inc(result.duplicate_parts)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
-            missing = [m for m in utt.expected if m not in utt.parts]
+            missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)
             for m in missing:
                 self.metrics.missing.labels(m).inc()
             if missing and (self.missing_logged < 20 or self.missing_logged % 100 == 0):

@@ -102,3 +102,42 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         producer.close()
         collector.close()
         worker.stop()
+
+
+def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An utterance whose audio does not decode is dead-lettered for it and labelled from its text
+    at once, saying why (``ignored``), not after the join's whole wait (12 s here)."""
+    settings = settings_for(services, unique, default_modalities=("text", "audio"), wait_s=12.0)
+    t = settings.kafka.topics
+    ensure_topics(settings)
+    garbage = base64.b64encode(b"RIFF....garbage" * 50).decode()
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    try:
+        worker.wait_ready()
+        for i in range(3):
+            audio = AudioPart(call_id="mixed", utterance_id=f"m{i}", seq=i, encoding="flac", data=garbage)
+            text = TextPart(call_id="mixed", utterance_id=f"m{i}", seq=i, text="I want my money back, now.")
+            first, second = (audio, text) if i % 2 else (text, audio)
+            for part, topic in (
+                (first, t.text if first is text else t.audio),
+                (second, t.audio if first is text else t.text),
+            ):
+                producer.send(topic, key=b"mixed", value=part.to_bytes())
+            producer.flush()
+        assert collector.poll_until(lambda c: len(c.events) >= 3 and len(c.dead) >= 3, 60), worker.tail()
+        assert sorted(e.utterance_id for _, e in collector.events) == ["m0", "m1", "m2"]
+        for _, e in collector.events:
+            assert e.modalities_present == ["text"]
+            assert e.ignored == {"audio": "dead-lettered: undecodable_audio"}, e.ignored
+        assert {d.reason for d in collector.dead} == {"undecodable_audio"}
+        waits = worker.metrics()
+        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 3
+        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 3.0' in waits, [
+            line for line in waits.splitlines() if line.startswith("emostream_join_wait")
+        ]
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()

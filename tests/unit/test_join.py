@@ -260,3 +260,30 @@ def test_holding_with_wait_s_zero_does_not_spin() -> None:
     reader.backlog.clear()
     r = j.expire(now=1.3)
     assert ids(r) == ["u0"] and r.ended_calls == ["c"]
+
+
+def test_a_dead_lettered_part_is_not_waited_for() -> None:
+    """Audio that did not decode (dead-lettered with its ids known): the text goes at once, saying
+    why it has no audio, instead of after the whole wait (3.8 s in a newcomer's try)."""
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    assert ids(j.reject("c", "u0", 0, "A", "audio", "dead-lettered: undecodable_audio", now=0.0)) == []
+    r = j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.1)
+    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text",) and not r.ready[0].timed_out
+    assert r.ready[0].ignored == {"audio": "dead-lettered: undecodable_audio"}
+    # the other order; and a good copy sent after a bad one counts
+    j.add("c", "u1", 1, "A", "text", "t1", "h", now=1.0)
+    assert ids(j.reject("c", "u1", 1, "A", "audio", "dead-lettered: x", now=1.1)) == ["u1"]
+    j.reject("c", "u2", 2, "A", "audio", "dead-lettered: x", now=2.0)
+    r = j.add("c", "u2", 2, "A", "audio", "a2", "h", now=2.1)
+    assert ids(r) == [] and r.ready == []  # a good audio replaced the bad one: the text is waited for again
+    r = j.add("c", "u2", 2, "A", "text", "t2", "h", now=2.2)
+    assert ids(r) == ["u2"] and r.ready[0].modalities == ("text", "audio") and r.ready[0].ignored == {}
+
+
+def test_an_utterance_whose_only_part_was_dead_lettered_gives_no_event_and_does_not_block_its_call() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("audio",))
+    assert ids(j.reject("c", "u0", 0, "A", "audio", "dead-lettered: x", now=0.0)) == []
+    assert ids(j.add("c", "u1", 1, "A", "audio", "a1", "h", now=0.1)) == ["u1"]  # u0 gave nothing, held nothing
+    assert j.open_utterances == 0
+    late = j.add("c", "u0", 0, "A", "audio", "a0", "h0", now=0.2)  # the utterance is done: a late part
+    assert late.ready == [] and late.ack_now == ["h0"]
