@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schemas)
 
     _add_optional_commands(sub)
+    for name, command in sub.choices.items():  # `emostream worker --config f.toml` reads as `emostream --config ...`
+        if name != "train" and "--config" not in command._option_string_actions:  # train reads its own words
+            command.add_argument("--config", default=argparse.SUPPRESS, help="as `emostream --config FILE`")
     return parser
 
 
@@ -57,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     ns.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that read their words again (train)
+    from streams.errors import EmostreamError
+
     try:
         return int(ns.func(ns) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except EmostreamError as exc:  # bad settings, a dialogue file, services that cannot be reached: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engines.features.speech import MIN_SPEECH_S
+from streams.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,12 +227,25 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     data: dict[str, Any] = {}
     if config_file is not None:
         path = Path(config_file)
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    env = Settings()  # environment + defaults
-    merged = _deep_merge(data, env.model_dump(exclude_unset=True, exclude_defaults=True))
-    merged = _deep_merge(merged, overrides)
-    return Settings(**merged)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"settings file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"settings file {path}: the top level is {type(data).__name__}, not a table")
+    try:
+        env = Settings()  # environment + defaults
+        merged = _deep_merge(data, env.model_dump(exclude_unset=True, exclude_defaults=True))
+        merged = _deep_merge(merged, overrides)
+        return Settings(**merged)
+    except ValidationError as exc:
+        where = f"settings file {config_file} or EMOSTREAM_* variables" if config_file else "EMOSTREAM_* variables"
+        raise ConfigError(f"bad settings ({where}): {_summary(exc)}") from exc
+
+
+def _summary(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

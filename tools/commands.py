@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -25,15 +26,19 @@ def cmd_feed(ns: Any) -> int:
     else:
         dialogues = read_jsonl(ns.file)[: ns.limit]
     ensure_topics(settings)
-    report = feed(
-        dialogues,
-        settings,
-        realtime=not ns.fast,
-        speed=ns.speed,
-        modalities=tuple(ns.modalities.split(",")),
-        progress=not ns.no_progress,
-        audio_as=(ns.audio_encoding, ns.audio_rate) if ns.audio_encoding else None,
-    )
+    try:
+        report = feed(
+            dialogues,
+            settings,
+            realtime=not ns.fast,
+            speed=ns.speed,
+            modalities=tuple(ns.modalities.split(",")),
+            progress=not ns.no_progress,
+            audio_as=(ns.audio_encoding, ns.audio_rate) if ns.audio_encoding else None,
+        )
+    except ValueError as exc:  # bad options, or a message the broker and the workers would refuse
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(report.summary())
     return 1 if report.failed else 0
 

@@ -179,7 +179,7 @@ def _meld_dialogue(call_id: str, rows: list[dict[str, str]], source: str) -> Dia
 
 
 class _Line(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     call_id: Id
     utterance_id: Id
     seq: int = Field(ge=0)

@@ -176,6 +176,14 @@ def feed(
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
+    limit = settings.limits.max_text_chars
+    for d in dialogues:  # the worker would dead-letter them: say so before anything is sent
+        for u in d.utterances:
+            if "text" in wanted and u.text is not None and len(u.text) > limit:
+                raise ValueError(
+                    f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: text of {len(u.text)} characters, "
+                    f"over limits.max_text_chars ({limit})"
+                )
     publisher = Publisher(settings, producer)
     report = FeedReport(calls=len(dialogues))
     declared = {d.call_id: [m for m in d.modalities() if m in wanted] for d in dialogues}

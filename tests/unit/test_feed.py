@@ -128,3 +128,39 @@ def test_audio_delay_sends_audio_later_and_ended_after_it() -> None:
     audio_at = {seq: t for t, topic, seq in timeline if topic == TOPICS.audio}
     assert audio_at == {seq: text_at[seq] + 3.0 for seq in text_at}
     assert timeline[-1][1] == TOPICS.control and timeline[-1][0] >= max(audio_at.values())
+
+
+def test_a_text_over_the_workers_limit_is_refused_before_anything_is_sent() -> None:
+    """The worker dead-letters a text over limits.max_text_chars (5000): feed says so first, naming it."""
+    import dataclasses
+
+    call = _call("call-1", 2)
+    long = dataclasses.replace(
+        call, utterances=(call.utterances[0], dataclasses.replace(call.utterances[1], text="x" * 5001))
+    )
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    with pytest.raises(ValueError, match=r"call-1/u1: text of 5001 characters, over limits.max_text_chars \(5000\)"):
+        feed([long], SETTINGS, realtime=False, progress=False, producer=producer, clock=clock, sleep=clock.sleep)
+    assert producer.sent == []
+    _run([long], realtime=False, modalities=("audio",))  # not sending the text: nothing to refuse
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad settings file, a missing one after the subcommand, a dialogue file with NaN: `error:
+    <what>` and exit status 2, no traceback (a newcomer's first tries)."""
+    from streams.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("x = [")
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text('{"call_id":"c","utterance_id":"u","seq":0,"speaker":"a","text":"hi","audio_features":[NaN]}\n')
+    cases = [
+        (["--config", str(bad), "worker"], f"error: settings file {bad}: "),
+        (["worker", "--config", str(tmp_path / "none.toml")], f"error: settings file {tmp_path / 'none.toml'}: "),
+        (["feed", str(nan)], f"error: {nan}:1: audio_features.0: Input should be a finite number"),
+    ]
+    for argv, said in cases:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and "Traceback" not in err, (argv, err)
