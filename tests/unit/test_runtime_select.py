@@ -82,11 +82,10 @@ def test_the_worker_refuses_a_gpu_runtime_on_a_machine_without_one(monkeypatch: 
 
 
 def test_the_settings_take_only_known_runtimes() -> None:
-    from pydantic import ValidationError
-
+    from streams.errors import ConfigError
     from streams.settings import load_settings
 
     assert load_settings().engine.runtime == "auto"
     assert load_settings(engine={"runtime": "torch-cuda"}).engine.runtime == "torch-cuda"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError, match="engine.runtime: Input should be 'auto'"):
         load_settings(engine={"runtime": "cuda"})
