@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -108,7 +109,10 @@ def utterance_features(
             if dims[modality] == 0:
                 continue
             if payload.kind == "text":
-                texts.append((i, str(payload.value)))
+                if has_words(str(payload.value)):
+                    texts.append((i, str(payload.value)))
+                else:  # an empty transcript says nothing: the label comes from what else there is
+                    utt.ignored["text"] = "no words: the transcript is empty or only spaces and control characters"
             elif payload.kind == "wave":
                 assert isinstance(payload.value, np.ndarray)
                 waves.append((i, payload.value))
@@ -143,6 +147,12 @@ def utterance_features(
 
 
 _T = TypeVar("_T")
+
+
+def has_words(text: str) -> bool:
+    """Whether a transcript holds anything but spaces, separators and control or format characters
+    ("", "  \n", "\x00\x00" do not: encoded, they got a confident 'neutral' that no one said)."""
+    return any(not unicodedata.category(ch).startswith(("C", "Z")) for ch in text)
 
 
 def _to_encode(utt: Utterance) -> bool:

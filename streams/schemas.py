@@ -279,7 +279,8 @@ class EmotionEvent(_Message):
         description="parts that arrived but were not used, with why: audio with less than engine.min_speech_s of "
         "speech (silence, line noise, hold music) is not used, so its weight is 0 and the label is the other "
         "modalities' (provisional events); a part dead-lettered once its ids were read (audio that does not decode, "
-        "say) is 'dead-lettered: <reason>', and its utterance did not wait for it",
+        "say) is 'dead-lettered: <reason>', and its utterance did not wait for it; a transcript with no words "
+        "(empty, spaces, control characters) is 'no words: ...'",
     )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")

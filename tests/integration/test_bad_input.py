@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streams.kafka import ensure_topics
-from streams.schemas import AudioPart, TextPart, encode_f32
+from streams.schemas import AudioPart, CallControl, TextPart, encode_f32
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 from tools.dialogues import read_meld_csv
 from tools.feed import part_message
@@ -126,15 +126,27 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
             ):
                 producer.send(topic, key=b"mixed", value=part.to_bytes())
             producer.flush()
-        assert collector.poll_until(lambda c: len(c.events) >= 3 and len(c.dead) >= 3, 60), worker.tail()
-        assert sorted(e.utterance_id for _, e in collector.events) == ["m0", "m1", "m2"]
+        # and a text-only call whose transcript is blank: an event that says so, not a confident label
+        producer.send(
+            t.control, key=b"blank", value=CallControl(call_id="blank", event="started", modalities=["text"]).to_bytes()
+        )
+        producer.send(
+            t.text, key=b"blank", value=TextPart(call_id="blank", utterance_id="b0", seq=0, text=" \t").to_bytes()
+        )
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.events) >= 4 and len(c.dead) >= 3, 60), worker.tail()
+        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "m0", "m1", "m2"]
         for _, e in collector.events:
+            if e.call_id == "blank":
+                assert e.modalities_present == ["text"] and e.ignored["text"].startswith("no words"), e
+                assert e.weights["text"] == 0.0, e.weights  # arrived, not used
+                continue
             assert e.modalities_present == ["text"]
             assert e.ignored == {"audio": "dead-lettered: undecodable_audio"}, e.ignored
         assert {d.reason for d in collector.dead} == {"undecodable_audio"}
         waits = worker.metrics()
-        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 3
-        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 3.0' in waits, [
+        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 4
+        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 4.0' in waits, [
             line for line in waits.splitlines() if line.startswith("emostream_join_wait")
         ]
     finally:

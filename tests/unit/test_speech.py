@@ -155,3 +155,20 @@ def test_a_text_encoder_failure_waits_for_the_detector_beside_it() -> None:
     with pytest.raises(ValueError, match="text encoder broke"):
         utterance_features(utts, Failing({100: 1.2}), {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert finished.is_set()
+
+
+def test_an_empty_transcript_is_not_encoded_and_says_why() -> None:
+    """ "", spaces and control characters are no words: no text vector (they got a confident
+    'neutral' once), ``ignored["text"]`` says why; a word, a digit or "?" is encoded."""
+    from streams.pipeline import has_words
+
+    f = Featurizer({100: 1.2})
+    texts = ["", "   \n\t ", "\x00\x00\x00", "\u200b\ufeff", "ok", "?", "42"]
+    utts = [Utterance("c", f"u{i}", i, "A", 0.0, parts={"text": Payload("text", t)}) for i, t in enumerate(texts)]
+    feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0})
+    assert [set(x) for x in feats] == [set(), set(), set(), set(), {"text"}, {"text"}, {"text"}]
+    assert all(u.ignored["text"].startswith("no words") for u in utts[:4]) and utts[4].ignored == {}
+    assert [has_words(t) for t in texts] == [False, False, False, False, True, True, True]
+    both = spoken(100)
+    both[0].parts["text"] = Payload("text", " ")
+    assert set(utterance_features(both, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)[0]) == {"audio"}
