@@ -14,6 +14,8 @@ message (undecodable audio) into :class:`InvalidMessage`.
 
 from __future__ import annotations
 
+import re
+
 #: Dead-letter reason codes, also the label values of the dead-letter metric.
 REASONS: tuple[str, ...] = (
     "malformed_json",
@@ -47,11 +49,19 @@ class TopologyError(ConfigError):
     """Existing topics that the worker cannot join (different partition counts)."""
 
 
+def one_line(detail: str, limit: int = 500) -> str:
+    """A dead letter's ``detail`` as one line (the tools print one record a line) without the
+    memory addresses of Python objects ("<_io.BytesIO object at 0x7f...>" says nothing to a reader)."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+>", ">", detail)
+    return " | ".join(part.strip() for part in text.splitlines() if part.strip())[:limit]
+
+
 class InvalidMessage(EmostreamError):
     """An input message that cannot be processed; it goes to the dead-letter topic."""
 
     def __init__(self, reason: str, detail: str) -> None:
         assert reason in REASONS, reason
+        detail = one_line(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

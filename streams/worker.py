@@ -48,7 +48,7 @@ from typing import Any
 
 from streams.analytics import CallAnalytics, Outgoing
 from streams.batching import BatchSizer, units
-from streams.errors import InvalidMessage
+from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
 from streams.pipeline import BatchOutcome, Processor
@@ -678,7 +678,7 @@ class Worker:
         first = sources[0] if sources else SourceRef(topic="", partition=-1, offset=-1)
         record = DeadLetter(
             reason="processing_failed",
-            detail=why,
+            detail=one_line(why),
             source_topic=first.topic,
             partition=first.partition,
             offset=first.offset,

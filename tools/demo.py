@@ -29,6 +29,7 @@ from typing import Any
 from streams.settings import REPO_ROOT, TOPIC_KEYS, Settings, load_settings
 
 DEMO_CALLS = REPO_ROOT / "demo" / "calls.jsonl"
+DEMO_LOG = REPO_ROOT / ".run" / "demo-worker.log"  # kept after the demo (the rest of its files are not)
 _SHOW_CHANGES = 12  # changed labels listed in the summary
 
 
@@ -137,9 +138,10 @@ def run_demo(ns: argparse.Namespace) -> int:
             dialogues = _dialogues(ns, workdir)
             n_utts = sum(len(d.utterances) for d in dialogues)
             ensure_topics(settings)
-            worker = _start_worker(settings, workdir)
+            worker = _start_worker(settings, DEMO_LOG.parent)
             print(
-                f"demo: {len(dialogues)} calls, {n_utts} utterances; worker log {workdir / 'worker.log'}",
+                f"demo: {len(dialogues)} calls (--calls N), {n_utts} utterances; "
+                f"worker log {DEMO_LOG.relative_to(REPO_ROOT)}",
                 file=sys.stderr,
             )
             if future:
@@ -149,7 +151,7 @@ def run_demo(ns: argparse.Namespace) -> int:
                     "call's end) arrived (--no-revisions: off)",
                     file=sys.stderr,
                 )
-            _wait_ready(worker, workdir / "worker.log")
+            _wait_ready(worker, DEMO_LOG)
             summary = Summary(dialogues, settings, future)
             watcher = threading.Thread(target=summary.watch, args=(stop, ns.timeout), daemon=True)
             watcher.start()
@@ -214,7 +216,8 @@ def _start_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     if settings.engine.revision_model is not None:
         flat["ENGINE__REVISION_MODEL"] = settings.engine.revision_model
     env.update({f"EMOSTREAM_{k}": str(v) for k, v in flat.items()})
-    log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / DEMO_LOG.name, "wb")  # noqa: SIM115 - lives as long as the worker
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
     )

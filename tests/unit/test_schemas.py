@@ -256,3 +256,18 @@ def test_packed_vectors_are_checked_finite_and_bounded_from_their_bytes_as_numpy
         except ValueError as exc:
             assert not usable, v
             assert ("NaN or Inf" in str(exc)) == bool((~np.isfinite(v)).any())
+
+
+def test_a_dead_letter_detail_is_one_line_without_memory_addresses() -> None:
+    """soundfile's "Error opening <_io.BytesIO object at 0x7f5dfba2bbf0>" and pydantic's multi-line
+    errors: what `emostream subscribe --deadletters` prints one record a line."""
+    from streams.errors import one_line
+    from streams.validate import to_payload
+
+    part = AudioPart(call_id="c", utterance_id="u", seq=0, encoding="flac", data=base64.b64encode(b"x" * 64).decode())
+    with pytest.raises(InvalidMessage) as info:
+        to_payload(part, {"text": 384, "audio": 768, "video": 0}, LimitSettings())
+    assert info.value.reason == "undecodable_audio" and "0x" not in info.value.detail, info.value.detail
+    assert one_line("9 validation errors\nconfidence\n  Input should be finite") == (
+        "9 validation errors | confidence | Input should be finite"
+    )
