@@ -40,7 +40,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--model", default="default", help="artifact directory, or 'default'")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
-    parser.add_argument("--split", default="dev")
+    parser.add_argument(
+        "--split", default="dev", help="the dataset split to score (train, dev, test where the data has one)"
+    )
     parser.add_argument(
         "--fold", type=int, default=None, metavar="K", help="RAVDESS-based datasets: --split of actor fold K (0-4)"
     )

@@ -32,12 +32,16 @@ def cmd_schemas(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emostream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="emostream",
+        description="Real-time emotion recognition for call-center streams. Settings come from --config FILE "
+        "(TOML or JSON) and EMOSTREAM_* variables; README.md lists them. 'emostream COMMAND --help' for each command.",
+    )
     parser.add_argument("--config", help="TOML or JSON settings file (EMOSTREAM_* variables win over it)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("schemas", help="write the JSON Schema files of every message")
-    p.add_argument("--out", default="schemas")
+    p.add_argument("--out", default="schemas", help="the folder to write them to (default: schemas)")
     p.set_defaults(func=cmd_schemas)
 
     _add_optional_commands(sub)

@@ -74,11 +74,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("feed", help="replay dialogues (MELD CSV or our JSONL) into the input topics")
     p.add_argument("file", help="a MELD CSV ({split}_sent_emo.csv) or a JSONL file (format: demo/README.md)")
     p.add_argument("--audio-dir", help="RAVDESS folder: attach real speech of each utterance's emotion (MELD)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which RAVDESS clip each utterance gets (--audio-dir)")
     p.add_argument("--limit", type=int, default=None, help="at most this many calls")
     p.add_argument("--fast", action="store_true", help="as fast as possible instead of in real time")
     p.add_argument("--speed", type=float, default=1.0, help="real-time speed-up factor")
-    p.add_argument("--modalities", default="text,audio,video", help="which parts to send")
+    p.add_argument(
+        "--modalities",
+        default="text,audio,video",
+        help="comma-separated parts to send, of those the file has (default: all)",
+    )
     p.add_argument(
         "--audio-encoding",
         choices=["pcm_mulaw", "pcm_alaw", "pcm_s16le", "flac", "wav"],
@@ -90,10 +94,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("subscribe", help="print emotion events as they arrive")
     p.add_argument("--call", action="append", help="only this call id (repeatable)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
-    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--from-beginning", action="store_true", help="read the topic from its start, not from now")
     p.add_argument("--deadletters", action="store_true", help="also print dead letters")
     p.add_argument("--alerts", action="store_true", help="also print escalation alerts and call summaries")
-    p.add_argument("--max-events", type=int, default=None)
+    p.add_argument(
+        "--max-events", type=int, default=None, help="stop after this many records (default: run until Ctrl-C)"
+    )
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_subscribe)
     p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
