@@ -97,6 +97,10 @@ def summarise(per_fold: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _fold_dir(ns: argparse.Namespace, name: str, k: int) -> Path:
+    return Path(ns.root) / name / f"{'nested' if ns.nested else 'fold'}{k}"
+
+
 def run_cv(ns: argparse.Namespace) -> int:
     from engines import artifact
     from engines.errors import ArtifactError, EngineError
@@ -115,7 +119,7 @@ def run_cv(ns: argparse.Namespace) -> int:
     name = recipe_path(ns.recipe).stem
     per_fold: dict[int, dict[str, Any]] = {}
     for k in folds:
-        out = Path(ns.root) / name / f"{'nested' if ns.nested else 'fold'}{k}"
+        out = _fold_dir(ns, name, k)
         words = [
             "--recipe",
             ns.recipe,
@@ -155,7 +159,8 @@ def run_cv(ns: argparse.Namespace) -> int:
             return 2
     figures = {k: {s: v for s, v in m.items() if isinstance(v, dict) and "n" in v} for k, m in per_fold.items()}
     summary = summarise(per_fold)
-    report = {"recipe": name, "nested": bool(ns.nested), "folds": figures, "summary": summary}
+    epochs = {k: int(artifact.read_json(_fold_dir(ns, name, k), artifact.METRICS).get("best_epoch", 0)) for k in folds}
+    report = {"recipe": name, "nested": bool(ns.nested), "folds": figures, "summary": summary, "best_epochs": epochs}
     if ns.json:
         print(json.dumps(report))
         return 0
@@ -172,4 +177,8 @@ def run_cv(ns: argparse.Namespace) -> int:
         w, a = summary[s]["weighted_f1"], summary[s]["accuracy"]
         cells.append(f"{w['mean']:.3f} ± {w['std']:.3f} / {a['mean']:.3f} ± {a['std']:.3f}")
     print("| mean ± sd | | " + " | ".join(cells) + " |")
+    print(
+        f"epochs kept: {', '.join(str(e) for e in epochs.values())} (median {statistics.median(epochs.values()):g}); "
+        "with a recipe's keep_epoch every fold keeps that one: `-- --keep-epoch 0` lets each stop early"
+    )
     return 0

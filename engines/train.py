@@ -74,7 +74,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="stop after epoch N of the --epochs schedule and keep its weights: the dev split then chooses "
-        "nothing (N chosen elsewhere, e.g. the median best epoch of `emostream cv --nested`)",
+        "nothing (N chosen elsewhere, e.g. the median best epoch of `emostream cv --nested -- --keep-epoch 0`); "
+        "0: early stopping on the dev split (what a recipe's keep_epoch otherwise turns off)",
     )
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, default=1e-3)
@@ -398,7 +399,7 @@ def run_train(ns: argparse.Namespace) -> int:
 def _check_keep_epoch(ns: argparse.Namespace) -> None:
     from engines.errors import ArtifactError
 
-    if ns.keep_epoch is not None and not 1 <= ns.keep_epoch <= ns.epochs:
+    if ns.keep_epoch and not 1 <= ns.keep_epoch <= ns.epochs:
         raise ArtifactError(f"--keep-epoch {ns.keep_epoch} is outside the schedule's epochs 1-{ns.epochs}")
 
 
@@ -609,7 +610,7 @@ def _train(ns: argparse.Namespace) -> int:
         }
         history.append(row)
         print(json.dumps(row), file=sys.stderr)
-        if ns.keep_epoch is not None:  # the epoch was chosen elsewhere: dev is only reported
+        if ns.keep_epoch:  # the epoch was chosen elsewhere: dev is only reported
             if epoch + 1 == ns.keep_epoch:
                 best = {
                     "score": score,
@@ -684,7 +685,7 @@ def _train(ns: argparse.Namespace) -> int:
         "dataset": ns.dataset,
         "split": dev_split,
         "best_epoch": best["epoch"],
-        "epoch_chosen_by": "--keep-epoch" if ns.keep_epoch is not None else f"{dev_split} (early stopping)",
+        "epoch_chosen_by": "--keep-epoch" if ns.keep_epoch else f"{dev_split} (early stopping)",
         "runtime": "onnxruntime",
     }
     for sub in subsets:

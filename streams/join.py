@@ -290,8 +290,9 @@ class Joiner:
         result = JoinResult(ended_calls=[call_id])
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
             utt.ready_at, utt.expected = now, call.expected
-            utt.timed_out = set(utt.modalities) != set(call.expected)
-            result.ready.append(utt)
+            utt.timed_out = not all(utt.has(m) for m in call.expected)
+            if utt.parts:  # not one whose every part was dead-lettered: nothing to label
+                result.ready.append(utt)
             self._mark_done(call_id, utt.utterance_id, call.partition)
         self._open -= len(call.pending)
         return result

@@ -66,7 +66,8 @@ class Metrics:
         )
         self.ignored_parts = Counter(
             "emostream_ignored_parts_total",
-            "Parts that arrived but were not used (audio without speech: silence, line noise, hold music)",
+            "Parts that arrived but were not used (audio without speech: silence, line noise, hold music; "
+            "a transcript with no words)",
             ["modality"],
             registry=r,
         )

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import json
 import math
+import operator
 import time
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -121,12 +121,23 @@ def _vector_of(part: _Part, values: list[float] | None, packed: str | None, what
 class _Part(_Message):
     call_id: Id
     utterance_id: Id
-    seq: StrictInt = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
     speaker: Id = "unknown"
     start_s: float | None = Field(None, ge=0, description="utterance start, seconds from call start")
     end_s: float | None = Field(None, ge=0)
     sent_at: float = Field(default_factory=time.time, description="unix time the producer sent it")
     _decoded: tuple[str, bytes] | None = PrivateAttr(None)  # the *_f32 vector's bytes, as validated
+
+    @field_validator("seq", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        """An integer (numpy's too), not ``true`` (which pydantic reads as 1) nor ``2.0``."""
+        if isinstance(value, (bool, float)):
+            raise PydanticCustomError("int_type", "seq must be an integer, not a boolean or a decimal number")
+        try:
+            return operator.index(value)
+        except TypeError:
+            return value  # pydantic says what it is not
 
 
 class TextPart(_Part):

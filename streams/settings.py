@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from engines.features.speech import MIN_SPEECH_S
 from streams.errors import ConfigError
@@ -239,6 +239,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         merged = _deep_merge(data, env.model_dump(exclude_unset=True, exclude_defaults=True))
         merged = _deep_merge(merged, overrides)
         return Settings(**merged)
+    except SettingsError as exc:  # an EMOSTREAM_* variable that does not parse (JSON for a list, say)
+        raise ConfigError(f"bad settings (EMOSTREAM_* variables): {exc}") from exc
     except ValidationError as exc:
         where = f"settings file {config_file} or EMOSTREAM_* variables" if config_file else "EMOSTREAM_* variables"
         raise ConfigError(f"bad settings ({where}): {_summary(exc)}") from exc

@@ -69,6 +69,9 @@ WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are l
 TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set while batches keep coming
 
 
+DEAD_LETTERED = "dead-lettered: "  # an utterance's ignored[modality] for a part that went to the dead letters
+
+
 def _silent(end: PartitionEnd, read_offset: int | None) -> bool:
     """Whether a partition's leader is unreachable, or has not answered a fetch for ``UNANSWERED_S``
     although this worker has read all it was given (with records still buffered the consumer does
@@ -205,9 +208,12 @@ class Worker:
             await self._reject(exc, receipt, key, value, msg)
             self._mark_read(topic, partition, offset, timestamp)
             if isinstance(msg, Part) and key == msg.call_id.encode():  # its utterance waits for it no longer
+                declared = await self._declaration(msg)
                 async with self.lock:
                     if receipt.lease.valid:
-                        why = f"dead-lettered: {exc.reason}"
+                        if declared and not self.joiner.knows(msg.call_id):  # as for a usable part, below
+                            self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
+                        why = f"{DEAD_LETTERED}{exc.reason}"
                         self._absorb(self.joiner.reject(
                             msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
                             partition, timestamp,
@@ -612,8 +618,9 @@ class Worker:
         async with self.lock:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
-                for modality in utt.ignored:
-                    self.metrics.ignored_parts.labels(modality).inc()
+                for modality, why in utt.ignored.items():
+                    if not why.startswith(DEAD_LETTERED):  # those are counted as dead letters
+                        self.metrics.ignored_parts.labels(modality).inc()
                 for receipt in utt.handles:
                     receipt.ack()
         return True

@@ -41,9 +41,20 @@ def _hostile(text_topic: str, audio_topic: str) -> list[tuple[str, bytes, str]]:
             "oversized",  # 600 s in a few KB: refused from its header
         ),
         (
-            audio_topic,  # valid, finite float32, but the engine overflows to NaN on it
-            AudioPart(call_id="poison", utterance_id="p", seq=0, encoding="features", features=[3e38] * 768).to_bytes(),
-            "processing_failed",
+            audio_topic,  # finite float32 that overflowed the engine to NaN (a processing_failed) until values
+            # beyond +-1e6 were refused when read (streams.schemas.MAX_ABS_FEATURE); the isolation of a batch
+            # that fails is tests/unit/test_worker_logic.py's (no valid message makes the real engine fail now)
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "call_id": "poison",
+                    "utterance_id": "p",
+                    "seq": 0,
+                    "encoding": "features",
+                    "features": [3e38] * 768,
+                }
+            ).encode(),  # fmt: skip
+            "invalid_value",
         ),
     ]
 
@@ -80,13 +91,14 @@ def test_hostile_messages_are_dead_lettered_and_ten_calls_keep_getting_events(  
         got = {(e.call_id, e.utterance_id) for _, e in collector.events}
         assert ok, f"{len(want - got)} utterances without an event, {len(collector.dead)} dead letters\n{worker.tail()}"
         assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in hostile)
-        failed = next(d for d in collector.dead if d.reason == "processing_failed")
-        assert (failed.call_id, failed.utterance_id) == ("poison", "p") and failed.parts[0].topic == t.audio
+        poison = next(d for d in collector.dead if d.key == "poison")
+        assert (poison.reason, poison.source_topic) == ("invalid_value", t.audio), poison
+        assert "beyond" in poison.detail, poison.detail
         assert not {e.call_id for _, e in collector.events} & {"hostile", "poison"}
         assert worker.proc is not None and worker.proc.poll() is None, "the worker survived"
         assert "Crashed" not in worker.tail(100_000)
         metrics = worker.metrics()
-        assert "emostream_processing_failed_total 1.0" in metrics
+        assert "emostream_processing_failed_total 0.0" in metrics
         assert 'emostream_deadletters_total{reason="oversized"} 1.0' in metrics
     finally:
         producer.close()

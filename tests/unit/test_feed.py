@@ -164,3 +164,14 @@ def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Any, capsys: 
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2 and said in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_settings_variable_that_does_not_parse_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES", "text")  # a list wants JSON: ["text"]
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad settings (EMOSTREAM_* variables)") and "Traceback" not in err, err

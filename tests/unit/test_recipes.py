@@ -186,7 +186,8 @@ def test_cv_nested_trains_with_nested_folds_and_reports_the_held_out_actors(
         out.mkdir(parents=True)
         (out / "checksums.json").write_text("{}")
         (out / "config.json").write_text(json.dumps({"recipe": {"command": ["emostream", "train", *words]}}))
-        metrics = {"split": f"dev-nest{words[words.index('--fold') + 1]}", "audio": {"weighted_f1": 0.9, "n": 1}}
+        fold = int(words[words.index("--fold") + 1])
+        metrics = {"split": f"dev-nest{fold}", "audio": {"weighted_f1": 0.9, "n": 1}, "best_epoch": 10 + fold}
         (out / "metrics.json").write_text(json.dumps(metrics))
         return 0
 
@@ -211,6 +212,7 @@ def test_cv_nested_trains_with_nested_folds_and_reports_the_held_out_actors(
     report = json.loads(capsys.readouterr().out)
     assert report["nested"] is True
     assert report["summary"]["audio"]["weighted_f1"]["mean"] == 0.55  # the held-out figures, not the stopping actors'
+    assert report["best_epochs"] == {"0": 10, "1": 11}  # what each fold kept: the recipe's epoch is their median
 
 
 def test_cv_measures_a_nested_fold_on_its_held_out_actors_with_its_training_settings(

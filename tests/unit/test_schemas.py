@@ -271,3 +271,9 @@ def test_a_dead_letter_detail_is_one_line_without_memory_addresses() -> None:
     assert one_line("9 validation errors\nconfidence\n  Input should be finite") == (
         "9 validation errors | confidence | Input should be finite"
     )
+
+
+def test_seq_takes_numpy_integers_but_not_booleans_or_floats() -> None:
+    assert TextPart(call_id="c", utterance_id="u", seq=np.int64(3), text="x").seq == 3  # a producer's numpy ints
+    with pytest.raises(ValueError, match="seq must be an integer, not a boolean"):
+        TextPart(call_id="c", utterance_id="u", seq=True, text="x")
