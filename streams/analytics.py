@@ -255,12 +255,17 @@ class CallAnalytics:
     # -- judging ---------------------------------------------------------------------------------
 
     def _apply(self, call_id: str, state: _State, new: Sequence[EmotionEvent]) -> list[Outgoing]:
+        """The rules judged after each new turn, in the batch's order: an escalation and its
+        recovery inside one batch (a burst of a call's turns, or a busy worker's large batches) still
+        raise the alert and then clear it, as they would have turn by turn."""
+        messages: list[AlertEvent] = []
         for e in new:
             old = state.turns.get(e.utterance_id)
             if old is None or e.revision >= old.revision:
                 state.put(self._turn(e))
-        state.drop_oldest(self.max_turns)
-        messages, state.alerts = self._alerts(call_id, state, final=False)
+                state.drop_oldest(self.max_turns)
+                now, state.alerts = self._alerts(call_id, state, final=False)
+                messages += now
         out = [self._outgoing("alerts", m) for m in messages]
         if state.changed or messages:
             out.append(self._outgoing("calls", self._report(call_id, state, state.alerts, False)))
