@@ -168,10 +168,7 @@ class Joiner:
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
-            utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
-            call.pending[utterance_id] = utt
-            self._open += 1
-            self._push(now + self.wait_s, call_id, utterance_id)
+            utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
         elif modality not in utt.parts and self._sent_late(utt, now, ts):
             result = JoinResult(ack_now=[handle], late_parts=1)
             result.extend(self._release(call_id, now))
@@ -205,15 +202,20 @@ class Joiner:
         if (call_id, utterance_id) in self._done:
             return JoinResult()
         call = self._touch(call_id, now, partition)
-        utt = call.pending.get(utterance_id)
-        if utt is None:
-            utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
-            call.pending[utterance_id] = utt
-            self._open += 1
-            self._push(now + self.wait_s, call_id, utterance_id)
+        utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
         if modality not in utt.parts:
             utt.ignored[modality] = why
         return self._release(call_id, now)
+
+    def _open_utterance(
+        self, call: _Call, call_id: str, utterance_id: str, seq: int, speaker: str, now: float, ts: float | None
+    ) -> Utterance:
+        """A new pending utterance of ``call``, due ``wait_s`` from its first part (or dead letter)."""
+        utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
+        call.pending[utterance_id] = utt
+        self._open += 1
+        self._push(now + self.wait_s, call_id, utterance_id)
+        return utt
 
     def _sent_late(self, utt: Utterance, now: float, ts: float | None) -> bool:
         """Whether a part reaching ``utt`` past its wait (held, or queued behind a held one) was
