@@ -86,6 +86,25 @@ def _declared_rate(encoding: str, sample_rate: int | None) -> int:
     return rate
 
 
+def _check_wav_length(data: bytes) -> None:
+    """Refuse a RIFF/WAVE file cut short: its ``data`` chunk declares more bytes than the payload
+    holds (libsndfile would quietly decode the part that arrived). A size of 0 or 0xFFFFFFFF (a
+    live writer that did not know the length) and RF64 files are left to libsndfile."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    at = 12
+    while at + 8 <= len(data):
+        chunk, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        if chunk == b"data":
+            held = len(data) - at - 8
+            if size not in (0, 0xFFFFFFFF) and size > held:
+                raise AudioDecodeError(
+                    f"truncated wav payload: its header declares {size} bytes of samples, {held} arrived"
+                )
+            return
+        at += 8 + size + (size & 1)
+
+
 _UNKNOWN_LENGTH = 2**62  # libsndfile reports a header without a sample count as about 2**63
 
 
@@ -94,6 +113,8 @@ def _decode_container(
 ) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
+    if encoding == "wav":
+        _check_wav_length(data)
     blocks: list[np.ndarray] = []
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:

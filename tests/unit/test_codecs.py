@@ -129,3 +129,21 @@ def test_length_is_checked_before_decoding(data: bytes, encoding: str, rate: int
 def test_the_message_schema_offers_exactly_the_codecs_encodings() -> None:
     offered = AudioPart.model_json_schema()["properties"]["encoding"]["enum"]
     assert sorted(offered) == sorted([*codecs.ENCODINGS, "features"])
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT", "ULAW"])
+def test_a_wav_cut_short_is_refused_not_decoded_in_part(subtype: str) -> None:
+    buf = io.BytesIO()
+    sf.write(buf, tone(220.0, 16_000), 16_000, format="WAV", subtype=subtype)
+    whole = buf.getvalue()
+    assert decode_audio(whole, "wav").shape == (16_000,)
+    with pytest.raises(AudioDecodeError, match="truncated wav payload: its header declares"):
+        decode_audio(whole[: len(whole) // 2], "wav")
+
+
+def test_a_wav_whose_writer_did_not_know_its_length_still_decodes() -> None:
+    codes = encode_audio(tone(300.0, 8000), 8000, "pcm_mulaw")
+    data = bytearray(g711_wav(codes, 7))
+    at = data.index(b"data") + 4
+    data[at : at + 4] = struct.pack("<I", 0xFFFFFFFF)  # a live writer's placeholder
+    assert decode_audio(bytes(data), "wav").shape[0] > 0
