@@ -56,6 +56,7 @@ class Utterance:
     held: bool = False  # waited past wait_s for a part of a topic read behind
     recheck_at: float | None = None  # while held: when the heap looks at it again
     ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
+    digests: dict[str, int] = field(default_factory=dict)  # modality -> digest of the part it keeps
 
     def has(self, modality: str) -> bool:
         """Whether its ``modality`` part arrived: usable, or dead-lettered (nothing more to wait for)."""
@@ -72,6 +73,9 @@ class JoinResult:
     ack_now: list[Any] = field(default_factory=list)  # handles of parts that need no event (late ones)
     late_parts: int = 0
     duplicate_parts: int = 0
+    #: the part just added differs from the one its utterance already has (pending or labelled):
+    #: why, for a dead letter (the caller acks it then; its handle is nowhere else)
+    conflict: str | None = None
     ended_calls: list[str] = field(default_factory=list)  # calls whose context can be released
 
     def extend(self, other: JoinResult) -> None:
@@ -79,6 +83,7 @@ class JoinResult:
         self.ack_now += other.ack_now
         self.late_parts += other.late_parts
         self.duplicate_parts += other.duplicate_parts
+        self.conflict = self.conflict or other.conflict
         self.ended_calls += other.ended_calls
 
 
@@ -125,7 +130,8 @@ class Joiner:
         self.max_hold_s = max_hold_s
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
-        self._done: OrderedDict[tuple[str, str], int] = OrderedDict()  # labelled ids -> partition, oldest first
+        #: labelled ids -> (partition, digests of the parts used), oldest first
+        self._done: OrderedDict[tuple[str, str], tuple[int, tuple[int | None, ...]]] = OrderedDict()
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -162,21 +168,32 @@ class Joiner:
     ) -> JoinResult:
         """One part; ``ts`` is its record time (for waits behind, see the module doc)."""
         assert modality in MODALITIES, modality
-        if (call_id, utterance_id) in self._done:
+        digest = _digest(payload)
+        done = self._done.get((call_id, utterance_id))
+        if done is not None:
             self._done.move_to_end((call_id, utterance_id))
-            return JoinResult(ack_now=[handle], late_parts=1)
+            used = done[1][MODALITIES.index(modality)]
+            if used is None:  # a part that came after its utterance went without it
+                return JoinResult(ack_now=[handle], late_parts=1)
+            if used != digest:
+                return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "was labelled from"))
+            return JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
-        elif modality not in utt.parts and self._sent_late(utt, now, ts):
+        elif modality in utt.parts:
+            if utt.digests[modality] != digest:
+                return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
+            utt.handles.append(handle)
+            return JoinResult(duplicate_parts=1)
+        elif self._sent_late(utt, now, ts):
             result = JoinResult(ack_now=[handle], late_parts=1)
             result.extend(self._release(call_id, now))
             return result
         utt.handles.append(handle)
-        if modality in utt.parts:
-            return JoinResult(duplicate_parts=1)
         utt.parts[modality] = payload
+        utt.digests[modality] = digest
         utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
         if speaker != "unknown":
@@ -277,7 +294,7 @@ class Joiner:
             call = self._calls.pop(call_id)
             dropped += len(call.pending)
             self._open -= len(call.pending)
-        for key in [k for k, p in self._done.items() if p in partitions]:
+        for key in [k for k, (p, _) in self._done.items() if p in partitions]:
             del self._done[key]
         for utt in labelled:
             self._done.pop((utt.call_id, utt.utterance_id), None)
@@ -295,7 +312,7 @@ class Joiner:
             utt.timed_out = not all(utt.has(m) for m in call.expected)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
-            self._mark_done(call_id, utt.utterance_id, call.partition)
+            self._mark_done(call_id, utt, call.partition)
         self._open -= len(call.pending)
         return result
 
@@ -336,7 +353,7 @@ class Joiner:
                 result.ready.append(utt)
             del call.pending[utt.utterance_id]
             self._open -= 1
-            self._mark_done(call_id, utt.utterance_id, call.partition)
+            self._mark_done(call_id, utt, call.partition)
         return result
 
     def _past_backstop(self, since: float, now: float) -> bool:
@@ -367,7 +384,29 @@ class Joiner:
         incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
         return any(self._hold(u, call.expected, now) for u in incomplete)
 
-    def _mark_done(self, call_id: str, utterance_id: str, partition: int) -> None:
-        self._done[(call_id, utterance_id)] = partition
+    def _mark_done(self, call_id: str, utt: Utterance, partition: int) -> None:
+        self._done[(call_id, utt.utterance_id)] = (partition, tuple(utt.digests.get(m) for m in MODALITIES))
         while len(self._done) > self.max_finished:
             self._done.popitem(last=False)
+
+
+def _digest(payload: Any) -> int:
+    """A digest of a part's content, to tell a redelivered part from a different one under the same
+    ids: text whole; an array by its shape and 256 of its values evenly spaced (cheap for a long
+    waveform, and two different recordings agree on all of them only by design)."""
+    value = getattr(payload, "value", payload)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        flat = value.reshape(-1)
+        return hash((shape, str(value.dtype), flat[:: max(1, flat.shape[0] // 256)].tobytes()))
+    try:
+        return hash(value)
+    except TypeError:
+        return hash(repr(value))
+
+
+def _conflict(call_id: str, utterance_id: str, modality: str, what: str) -> str:
+    return (
+        f"utterance {utterance_id} of call {call_id} {what} a different {modality} part: two messages under "
+        "one utterance id (the first one counts)"
+    )

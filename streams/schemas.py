@@ -317,9 +317,10 @@ class SourceRef(BaseModel):
 class DeadLetter(_Message):
     """An input message (or a joined utterance) that could not be used, with why and where it came from.
 
-    Reasons up to ``oversized`` are about one message; ``processing_failed`` is an utterance that
-    was valid but failed in the encoders, the engine or the event build: ``parts`` lists all its
-    input messages and ``payload`` is empty."""
+    Reasons up to ``conflicting_part`` are about one message (``conflicting_part``: another,
+    different part of the same modality under ids whose utterance already has one; the first one
+    counts); ``processing_failed`` is an utterance that was valid but failed in the encoders, the
+    engine or the event build: ``parts`` lists all its input messages and ``payload`` is empty."""
 
     kind: Literal["deadletter"] = "deadletter"
     reason: str

@@ -240,6 +240,8 @@ class Worker:
                 timestamp,
             )  # fmt: skip
             self._absorb(result)
+        if result.conflict is not None:  # a second, different part under the same ids: the first one counts
+            await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)
 
     async def _declaration(self, msg: Any) -> list[str] | None:
         """Store a call's declared modalities ('started'), or read them for a call this worker has

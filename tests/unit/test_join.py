@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import numpy as np
+
 from streams.join import Joiner
 
 
@@ -58,9 +60,37 @@ def test_late_part_after_release_is_acked_without_new_event() -> None:
 def test_duplicate_part_keeps_first_and_acks_with_the_utterance() -> None:
     j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
     j.add("c", "u0", 0, "A", "text", "first", "h1", now=0.0)
-    assert j.add("c", "u0", 0, "A", "text", "second", "h2", now=0.1).duplicate_parts == 1
+    assert j.add("c", "u0", 0, "A", "text", "first", "h2", now=0.1).duplicate_parts == 1
     r = j.add("c", "u0", 0, "A", "audio", "a", "h3", now=0.2)
     assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h2", "h3"]
+
+
+def test_a_different_part_under_the_same_ids_is_a_conflict_not_a_duplicate() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "first", "h1", now=0.0)
+    r = j.add("c", "u0", 0, "A", "text", "second", "h2", now=0.1)
+    assert r.conflict is not None and "already has a different text part" in r.conflict
+    assert r.duplicate_parts == 0 and r.ack_now == [] and r.ready == []  # the caller dead-letters it
+    r = j.add("c", "u0", 0, "A", "audio", "a", "h3", now=0.2)
+    assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h3"]  # the first one counts
+    # once labelled: the same part again is a redelivery, a different one a conflict, a new
+    # modality a late part
+    again = j.add("c", "u0", 0, "A", "text", "first", "h4", now=0.3)
+    assert again.duplicate_parts == 1 and again.ack_now == ["h4"] and again.conflict is None
+    other = j.add("c", "u0", 0, "A", "audio", "b", "h5", now=0.4)
+    assert other.conflict is not None and "was labelled from a different audio part" in other.conflict
+    assert other.ack_now == [] and other.late_parts == 0
+    late = j.add("c", "u0", 0, "A", "video", "v", "h6", now=0.5)
+    assert late.late_parts == 1 and late.ack_now == ["h6"] and late.conflict is None
+
+
+def test_waveforms_are_told_apart_by_content_not_identity() -> None:
+    wave = np.sin(np.arange(16_000, dtype=np.float32) / 7.0)
+    j = Joiner(wait_s=1.0, default_modalities=("audio",))
+    assert ids(j.add("c", "u0", 0, "A", "audio", wave, "h1", now=0.0)) == ["u0"]
+    assert j.add("c", "u0", 0, "A", "audio", wave.copy(), "h2", now=0.1).duplicate_parts == 1
+    louder = wave * 1.5
+    assert j.add("c", "u0", 0, "A", "audio", louder, "h3", now=0.2).conflict is not None
 
 
 def test_call_end_closes_the_call_after_the_join_wait_releasing_pending_in_order() -> None:

@@ -723,6 +723,26 @@ def test_a_part_keyed_by_something_else_than_its_call_is_dead_lettered() -> None
     asyncio.run(scenario())
 
 
+def test_a_different_part_under_a_labelled_utterances_ids_is_dead_lettered_and_a_resend_is_not() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        other = TextPart(call_id="c", utterance_id="u0", seq=0, speaker="A", text="something else").to_bytes()
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0), Handle(log, "first"))
+        await w.pump()
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u0", 0), Handle(log, "resent"))
+        await w.on_message(t.text, 0, 3, b"c", other, Handle(log, "other"))
+        await w.pump()
+        dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert [(d.reason, d.offset, d.utterance_id) for d in dead] == [("conflicting_part", 3, "u0")]
+        assert "was labelled from a different text part" in dead[0].detail
+        assert [e.utterance_id for e in events(sent)] == ["u0"]
+        assert {"ack first", "ack resent", "ack other"} <= set(log)
+        assert 'emostream_deadletters_total{reason="conflicting_part"} 1.0' in _metrics(w)
+
+    asyncio.run(scenario())
+
+
 def test_a_replay_joins_the_same_parts_as_the_first_labelling() -> None:
     """u0's audio lagged past wait_s: it was labelled on its text, published, and the worker was
     killed before the window append. The replay finds text and audio in Kafka but labels it with
