@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 
+#: the commands that read the service's settings (--config FILE and EMOSTREAM_*); the others take
+#: their own flags (a model, a recipe, a folder) and start what they need themselves
+USES_SETTINGS = ("worker", "ui", "feed", "subscribe")
+
+
 def _settings(ns: argparse.Namespace, **overrides: Any) -> Any:
     from streams.settings import load_settings
 
@@ -46,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_optional_commands(sub)
     for name, command in sub.choices.items():  # `emostream worker --config f.toml` reads as `emostream --config ...`
-        if name != "train" and "--config" not in command._option_string_actions:  # train reads its own words
+        if name in USES_SETTINGS and "--config" not in command._option_string_actions:
             command.add_argument("--config", default=argparse.SUPPRESS, help="as `emostream --config FILE`")
     return parser
 
@@ -63,6 +68,11 @@ def _add_optional_commands(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.config is not None and ns.command not in USES_SETTINGS:  # read by nothing: say so, do not ignore it
+        parser.error(
+            f"--config does not apply to `emostream {ns.command}`: only {', '.join(USES_SETTINGS)} read settings "
+            f"(see `emostream {ns.command} --help` for its own options)"
+        )
     ns.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that read their words again (train)
     from streams.errors import EmostreamError
 

@@ -175,3 +175,18 @@ def test_a_settings_variable_that_does_not_parse_is_one_line(
     assert main(["worker"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: bad settings (EMOSTREAM_* variables)") and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["--config", "my.toml", "schemas"], ["evaluate", "--dataset", "meld", "--data-dir", "d", "--config", "my.toml"],
+                                  ["--config", "my.toml", "train", "--recipe", "default"]])  # fmt: skip
+def test_config_given_to_a_command_that_reads_no_settings_is_refused_not_ignored(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    command = next(w for w in argv if w in ("schemas", "evaluate", "train"))
+    assert f"--config does not apply to `emostream {command}`" in err or "unrecognized arguments: --config" in err, err
