@@ -16,7 +16,7 @@ from typing import Any
 
 #: the commands that read the service's settings (--config FILE and EMOSTREAM_*); the others take
 #: their own flags (a model, a recipe, a folder) and start what they need themselves
-USES_SETTINGS = ("worker", "ui", "feed", "subscribe")
+USES_SETTINGS = ("worker", "ui", "feed", "subscribe", "demo")
 
 
 def _settings(ns: argparse.Namespace, **overrides: Any) -> Any:
