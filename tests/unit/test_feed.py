@@ -177,8 +177,14 @@ def test_a_settings_variable_that_does_not_parse_is_one_line(
     assert err.startswith("error: bad settings (EMOSTREAM_* variables)") and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("argv", [["--config", "my.toml", "schemas"], ["evaluate", "--dataset", "meld", "--data-dir", "d", "--config", "my.toml"],
-                                  ["--config", "my.toml", "train", "--recipe", "default"]])  # fmt: skip
+REFUSED = [
+    ["--config", "my.toml", "schemas"],
+    ["evaluate", "--dataset", "meld", "--data-dir", "d", "--config", "my.toml"],
+    ["--config", "my.toml", "train", "--recipe", "default"],
+]
+
+
+@pytest.mark.parametrize("argv", REFUSED)
 def test_config_given_to_a_command_that_reads_no_settings_is_refused_not_ignored(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
