@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 #: the commands that read the service's settings (--config FILE and EMOSTREAM_*); the others take
 #: their own flags (a model, a recipe, a folder) and start what they need themselves
 USES_SETTINGS = ("worker", "ui", "feed", "subscribe", "demo")
