@@ -29,7 +29,22 @@ from typing import Any
 from streams.settings import REPO_ROOT, TOPIC_KEYS, Settings, load_settings
 
 DEMO_CALLS = REPO_ROOT / "demo" / "calls.jsonl"
-DEMO_LOG = REPO_ROOT / ".run" / "demo-worker.log"  # kept after the demo (the rest of its files are not)
+DEMO_LOG_NAME = "demo-worker.log"  # kept after the demo (the rest of its files are not)
+
+
+def demo_log() -> Path:
+    """Where the demo's worker logs: the local services' run folder (``EMOSTREAM_RUN_DIR``, .run/
+    in the repository by default, as deploy/local's scripts use it)."""
+    return Path(os.environ.get("EMOSTREAM_RUN_DIR") or REPO_ROOT / ".run").resolve() / DEMO_LOG_NAME
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 _SHOW_CHANGES = 12  # changed labels listed in the summary
 
 
@@ -138,10 +153,10 @@ def run_demo(ns: argparse.Namespace) -> int:
             dialogues = _dialogues(ns, workdir)
             n_utts = sum(len(d.utterances) for d in dialogues)
             ensure_topics(settings)
-            worker = _start_worker(settings, DEMO_LOG.parent)
+            log_path = demo_log()
+            worker = _start_worker(settings, log_path, workdir)
             print(
-                f"demo: {len(dialogues)} calls (--calls N), {n_utts} utterances; "
-                f"worker log {DEMO_LOG.relative_to(REPO_ROOT)}",
+                f"demo: {len(dialogues)} calls (--calls N), {n_utts} utterances; worker log {_shown_path(log_path)}",
                 file=sys.stderr,
             )
             if future:
@@ -151,7 +166,7 @@ def run_demo(ns: argparse.Namespace) -> int:
                     "call's end) arrived (--no-revisions: off)",
                     file=sys.stderr,
                 )
-            _wait_ready(worker, DEMO_LOG)
+            _wait_ready(worker, log_path)
             summary = Summary(dialogues, settings, future)
             watcher = threading.Thread(target=summary.watch, args=(stop, ns.timeout), daemon=True)
             watcher.start()
@@ -201,26 +216,38 @@ def revision_future(settings: Settings) -> int:
         return 0
 
 
-def _start_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
-    flat = {
-        "KAFKA__BROKERS": settings.kafka.brokers,
-        "KAFKA__GROUP_ID": settings.kafka.group_id,
-        "REDIS__URL": settings.redis.url.get_secret_value(),
-        "REDIS__KEY_PREFIX": settings.redis.key_prefix,
-        "ENGINE__MODEL": settings.engine.model,
-        "ENGINE__FUTURE": str(settings.engine.future),
-        "METRICS__PORT": str(settings.metrics.port),
-        **{f"KAFKA__TOPICS__{k.upper()}": v for k, v in settings.kafka.topics.model_dump().items()},
-    }
-    if settings.engine.revision_model is not None:
-        flat["ENGINE__REVISION_MODEL"] = settings.engine.revision_model
-    env.update({f"EMOSTREAM_{k}": str(v) for k, v in flat.items()})
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = open(workdir / DEMO_LOG.name, "wb")  # noqa: SIM115 - lives as long as the worker
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-    )
+def write_settings(settings: Settings, path: Path) -> Path:
+    """``settings`` as a settings file that ``--config`` reads back to the same object (secrets
+    included, so the file is private to this user)."""
+    import json
+
+    import pydantic
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, pydantic.SecretStr):
+            return x.get_secret_value()
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(json.dumps(plain(settings.model_dump(mode="python")), default=str))
+    return path
+
+
+def _start_worker(settings: Settings, log_path: Path, workdir: Path) -> subprocess.Popen[bytes]:
+    """The demo's worker, on exactly the demo's settings: the user's (``--config``, ``EMOSTREAM_*``)
+    with the demo's topics, consumer group and Redis prefix over them, handed over as a settings
+    file rather than rebuilt from a few variables (which dropped the rest of the user's)."""
+    config = write_settings(settings, workdir / "worker-settings.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}  # all in the file
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the worker
+    command = [sys.executable, "-m", "streams.cli", "--config", str(config), "worker"]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
 
 
 def _wait_ready(worker: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
