@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +163,12 @@ def verify(model_dir: str | Path) -> Path:
     return path
 
 
-def reexport(model_dir: str | Path, tolerance: float = 1e-4) -> dict[str, float]:
+def reexport(model_dir: str | Path, tolerance: float = 1e-4, changed: Sequence[str] = ()) -> dict[str, float]:
     """Export a sealed artifact's PyTorch model to its ``model.onnx`` again (after a change to how
     a model computes, not to what: the weights are untouched), check the new graph against the old
-    one on a batch of random windows, then seal. Returns the largest difference per output."""
+    one on a batch of random windows, then seal. ``changed`` names outputs meant to differ (a new
+    definition of the weights, say): the others must still match. Returns the largest difference
+    per output."""
     import shutil
     import tempfile
 
@@ -188,7 +191,10 @@ def reexport(model_dir: str | Path, tolerance: float = 1e-4) -> dict[str, float]
         old_out = ort.InferenceSession(str(path / ONNX)).run(None, feeds)
         new_out = ort.InferenceSession(str(new)).run(None, feeds)
         diff = {n: float(np.abs(a - b).max()) for n, a, b in zip(onnx_spec.output_names, old_out, new_out, strict=True)}
-        if max(diff.values()) > tolerance:
+        unknown = set(changed) - set(diff)
+        if unknown:
+            raise ArtifactError(f"{path}: no output {sorted(unknown)}; the graph's are {sorted(diff)}")
+        if max(d for n, d in diff.items() if n not in changed) > tolerance:
             raise ArtifactError(f"{path}: the new graph computes something else ({diff}); not replaced")
         staged = path / f".{ONNX}.new"  # beside it, then renamed: a worker starting meanwhile reads either graph whole
         shutil.copyfile(new, staged)
@@ -198,16 +204,20 @@ def reexport(model_dir: str | Path, tolerance: float = 1e-4) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.artifact seal|verify|export DIR``."""
+    """``python -m engines.artifact seal|verify|export DIR`` (``export DIR --changed OUTPUT,...``:
+    those outputs are meant to differ from the old graph's)."""
     args = sys.argv[1:] if argv is None else argv
+    changed: list[str] = []
+    if len(args) == 4 and args[0] == "export" and args[2] == "--changed":
+        changed, args = args[3].split(","), args[:2]
     if len(args) != 2 or args[0] not in ("seal", "verify", "export"):
-        print("usage: python -m engines.artifact seal|verify|export MODEL_DIR", file=sys.stderr)
+        print("usage: python -m engines.artifact seal|verify|export MODEL_DIR [--changed OUTPUT,...]", file=sys.stderr)
         return 2
     try:
         if args[0] == "seal":
             print(json.dumps(seal(args[1]), indent=2))
         elif args[0] == "export":
-            print(json.dumps({"max_abs_difference": reexport(args[1])}))
+            print(json.dumps({"max_abs_difference": reexport(args[1], changed=changed)}))
         else:
             print(f"{verify(args[1])}: every file matches {CHECKSUMS}")
     except ArtifactError as exc:

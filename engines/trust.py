@@ -17,10 +17,12 @@ approximation that counts the context twice), how likely is it that the voice be
 words, against it having another emotion than the utterance (a contradiction, with prior ``pi``)?
 By Bayes, with ``r = p_a / prior`` (``prior``: the training labels' frequencies)::
 
-    agree = sum_y p_t(y) r(y)        other = sum_y p_t(y) mean_{y' != y} r(y')
+    agree = sum_y q_t(y) r(y)        other = sum_y q_t(y) mean_{y' != y} r(y')
     w = (1 - pi) agree / ((1 - pi) agree + pi other)
 
-and the output is ``w * p_all + (1 - w) * p_t`` (sentiment likewise). ``pi`` depends on how
+with ``q_t = softmax(log p_t / text_temperature)`` (1 in the shipped models: ``q_t = p_t``; ``sweep
+--temperatures`` measures others), and the output is ``w * p_all + (1 - w) * p_t`` (sentiment
+likewise). ``pi`` depends on how
 familiar the voice is: ``prior`` for voices like those the model learned from, ``prior_unfamiliar``
 for others (the espeak-ng speech of the demo, say). Familiarity is a distance of the target's raw
 audio vector from the training clips (clean and through the telephone channel): per dimension,
@@ -30,10 +32,13 @@ squared residual outside them over the residual variance, ``s = (inside + outsid
 training clips, and ``pi = f prior + (1 - f) prior_unfamiliar``.
 
 **The weights.** Each modality's share of the fused decision: the Shapley value of the modality in
-the log-probability of the predicted label, over the subsets above (the full set gated), negative
-values counted as 0, normalised to sum 1 over the modalities present at the target (an absent
-modality changes nothing, so it gets exactly 0). A modality whose removal would not change the
-label's probability carried none of the decision; text and audio that agree share it.
+the log-probability of the predicted label, over the subsets above, negative values counted as 0,
+normalised to sum 1 over the modalities present at the target (an absent modality changes nothing,
+so it gets exactly 0). A modality whose removal would not change the label's probability carried
+none of the decision; text and audio that agree share it. The voice counts by the gate in every
+subset it is in (each such subset's prediction is mixed with the same subset without the voice, by
+``w``), not only in the full one: a voice the gate turned away is a null player and gets 0, where
+counting its prediction alone ungated credited it with part of a decision it did not move.
 
 What it costs and buys, on the composite's dev split (``emostream evaluate``, the shipped default
 with ``prior`` 0.05): see ``models/default/README.md``.
@@ -41,8 +46,10 @@ with ``prior`` 0.05): see ``models/default/README.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -63,6 +70,7 @@ class TrustConfig:
     tau: float = 0.0  # familiarity threshold (fit)
     residual_var: float = 1.0  # mean variance outside the k components (fit)
     n_fit: int = 0  # audio vectors the familiarity was fit on
+    text_temperature: float = 1.0  # p_t's temperature in the gate (> 1: a text less sure of itself)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,10 +100,10 @@ def fit_trust(
         audio_components=vt[:k].astype(np.float32),
         audio_scale=(1.0 / np.sqrt(np.maximum(var[:k], 1e-12))).astype(np.float32),
     )
-    fitted = TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, 0.0, residual_var, len(x))
+    fitted = TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, 0.0, residual_var, len(x), cfg.text_temperature)
     score = unfamiliarity(x, tensors, fitted)
     tau = max(float(2.0 * np.percentile(score, 99)), 1e-6)  # identical vectors: 0, and the graph divides by tau
-    return tensors, TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, tau, residual_var, len(x))
+    return tensors, dataclasses.replace(fitted, tau=tau)
 
 
 def unfamiliarity(x: np.ndarray, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> np.ndarray:
@@ -223,8 +231,13 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 p_all, p_t, p_a = logp[0].exp(), logp[i_t].exp(), logp[i_a].exp()
                 r = p_a / cast(Any, self.class_prior)  # (G, C)
                 c = r.shape[-1]
-                agree = (p_t * r).sum(-1)
-                other = (p_t * (r.sum(-1, keepdim=True) - r) / (c - 1)).sum(-1)
+                q_t = (
+                    p_t
+                    if self.trust.text_temperature == 1.0
+                    else torch.softmax(logp[i_t] / self.trust.text_temperature, -1)
+                )
+                agree = (q_t * r).sum(-1)
+                other = (q_t * (r.sum(-1, keepdim=True) - r) / (c - 1)).sum(-1)
                 x = (feats_g[AUDIO] * at_g[..., None]).sum(1) - self.audio_mean  # (G, Da) the target's raw audio
                 proj = x @ self.audio_components.T  # (G, k)
                 inside = ((proj * self.audio_scale) ** 2).mean(-1)
@@ -236,7 +249,14 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 gate = gate[:, None]
                 final = torch.log((gate * p_all + (1.0 - gate) * p_t).clamp(min=1e-12))
                 final_sent = gate[:, 0] * sent[0] + (1.0 - gate[:, 0]) * sent[i_t]
-                value[full] = final
+                # the voice counts by the gate in every coalition it joins, not only in the full one:
+                # a voice the gate turned away carried none of the decision (a null player)
+                for kept in self.subsets:
+                    if AUDIO in kept:
+                        lesser = self.subsets.index(tuple(m for m in kept if m != AUDIO))
+                        value[kept] = torch.log(
+                            (gate * value[kept].exp() + (1.0 - gate) * logp[lesser].exp()).clamp(min=1e-12)
+                        )
             best = final.argmax(-1, keepdim=True)  # (G, 1)
             v = {kept: lp.gather(-1, best)[:, 0] for kept, lp in value.items()}  # (G,) each
             m_all = len(self.active)
@@ -276,7 +296,12 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
 
 
 def sweep(
-    model: str, data_dir: str, priors: list[float], seed: int = 0, fold: int | None = None
+    model: str,
+    data_dir: str,
+    priors: list[float],
+    seed: int = 0,
+    fold: int | None = None,
+    temperatures: Sequence[float] = (1.0,),
 ) -> list[dict[str, Any]]:
     """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
     set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
@@ -314,9 +339,10 @@ def sweep(
     bad = swapped.mask
     rows = []
     with torch.inference_mode():
-        for prior in priors:
-            engine = TorchEngine(net=wrap(net.eval(), tensors, dataclasses.replace(base, prior=prior)), labels=labels)
-            row: dict[str, Any] = {"prior": prior}
+        for prior, temperature in itertools.product(priors, temperatures):
+            trust = dataclasses.replace(base, prior=prior, text_temperature=temperature)
+            engine = TorchEngine(net=wrap(net.eval(), tensors, trust), labels=labels)
+            row: dict[str, Any] = {"prior": prior, "text_temperature": temperature}
             for name, d in data.items():
                 probs, _, weights = predict_prepared(engine, d, ["text", "audio"])
                 row[f"{name}_wf1"] = classification_report(d.labels, probs.argmax(1), weights, labels)["weighted_f1"]
@@ -341,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
+        "--temperatures", default="1", help="comma-separated temperatures of the text's prediction in the gate"
+    )
+    s.add_argument(
         "--fold",
         type=int,
         default=None,
@@ -348,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the dev split of actor fold K (a nested fold's test actors)",
     )
     ns = parser.parse_args(argv)
-    for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed, ns.fold):
+    temperatures = [float(t) for t in ns.temperatures.split(",")]
+    for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed, ns.fold, temperatures):
         print(json.dumps(row))
     return 0
 

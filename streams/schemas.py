@@ -281,7 +281,8 @@ class EmotionEvent(_Message):
     weights: dict[str, float] = Field(
         description="the share of the decision each modality carried, summing to 1 over the modalities present "
         "(0 where absent or ignored): its Shapley value in the log-probability of the label over the subsets of "
-        "modalities (negative counted as 0), the same for every engine trained with the trust gate "
+        "modalities (negative counted as 0; the voice counted in each by the trust the gate gave it, so a voice "
+        "turned away gets 0), the same for every engine trained with the trust gate "
         "(engines/trust.py; artifacts with --no-trust report their engine's own weights, see its README)"
     )
     modalities_present: list[Modality]

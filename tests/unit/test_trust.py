@@ -16,8 +16,15 @@ from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
 
 
 def small(engine: str = "unimse", seed: int = 0) -> object:
+    """A small random network in which the audio counts: UniMSE's adapters, through which its
+    audio enters, start at zero (a fresh UniMSE ignores its audio), so they are drawn too."""
     torch.manual_seed(seed)
-    return build_model(engine, {"text_dim": DT, "audio_dim": DA, "d_model": 32, "n_heads": 4}).eval()
+    net = build_model(engine, {"text_dim": DT, "audio_dim": DA, "d_model": 32, "n_heads": 4}).eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".up." in name and name.startswith("adapters."):
+                p.normal_(0.0, 0.5)
+    return net
 
 
 def fitted(prior: float, unfamiliar: float = 0.5, seed: int = 0) -> tuple[dict[str, np.ndarray], TrustConfig]:
@@ -71,7 +78,15 @@ def test_weights_are_shapley_shares_summing_to_one_over_what_is_present(engine: 
             return torch.log_softmax(net(**y)["logits"], -1)
 
     best = int(out["logits"][2].argmax())
-    v = {k: float(logp(k)[2, best]) for k in [(), (0,), (1,)]}
+    p = {k: logp(k)[2].exp() for k in [(), (0,), (1,), (0, 1)]}
+    # the gate w, read off the output: final = w p_all + (1 - w) p_text
+    final = _probs(out)[2]
+    i = int((p[(0, 1)] - p[(0,)]).abs().argmax())
+    w_gate = float((final[i] - p[(0,)][i]) / (p[(0, 1)][i] - p[(0,)][i]))
+    assert 0.0 <= w_gate <= 1.0
+    # the voice counts by the gate in every coalition it joins
+    v = {(): math.log(float(p[()][best])), (0,): math.log(float(p[(0,)][best]))}
+    v[(1,)] = math.log(w_gate * float(p[(1,)][best]) + (1 - w_gate) * float(p[()][best]))
     v[(0, 1)] = float(out["logits"][2, best])  # the gated decision
     phi_t = 0.5 * ((v[(0,)] - v[()]) + (v[(0, 1)] - v[(1,)]))
     phi_a = 0.5 * ((v[(1,)] - v[()]) + (v[(0, 1)] - v[(0,)]))
@@ -97,6 +112,28 @@ def test_the_gate_follows_its_prior_between_the_fused_output_and_the_text() -> N
     lo, hi = torch.minimum(fused, text) - 1e-5, torch.maximum(fused, text) + 1e-5
     assert torch.all((p >= lo) & (p <= hi))  # a mixture of the two
     assert torch.all(some["sentiment"].abs() <= 1)
+
+
+def test_a_text_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
+    """``text_temperature``: the words' prediction in the gate is softened; at a temperature high
+    enough it is uniform, agree = other, and the gate is 1 - pi whatever the words say."""
+    import dataclasses
+
+    net = small()
+    x = make_inputs()
+    without_audio = dict(x)
+    without_audio["present"] = x["present"].clone()
+    without_audio["present"][:, -1, 1] = 0.0
+    tensors, cfg = fitted(0.3, 0.3)
+    with torch.no_grad():
+        fused, text = _probs(net(**x)), _probs(net(**without_audio))
+        flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1e6))(**x))
+        plain = _probs(wrap(net, tensors, cfg)(**x))
+        one = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1.0))(**x))
+        sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=0.01))(**x))
+    torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one, plain, atol=0, rtol=0)  # 1: the gate as shipped
+    assert not torch.allclose(sharp, flat, atol=1e-3)  # a sure text moves the gate
 
 
 def test_an_unfamiliar_voice_is_trusted_less_than_a_familiar_one() -> None:
