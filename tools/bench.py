@@ -833,7 +833,7 @@ def add_bench_args(p: Any) -> None:
         choices=["pipeline", "engine", "analytics"],
         help="pipeline (default): Kafka + Redis + worker and references; engine: the encoders and the engine on "
         "every runtime this machine has (python -m engines.bench runtimes); analytics: the call analytics stage "
-        "alone on a Redis of its own, by call length (--turns, --calls, --batch, --batches)",
+        "alone on a Redis of its own, by call length (--turns, --calls, --batch, --burst, --batches)",
     )
     p.add_argument("--workloads", default="text,audio,features", help="comma-separated: text, audio, features")
     p.add_argument("--load", action="append", metavar="WORKLOAD=R1,R2",
@@ -849,7 +849,10 @@ def add_bench_args(p: Any) -> None:
     p.add_argument("--kafka-port", type=int, default=29592)
     p.add_argument("--redis-port", type=int, default=26790)
     p.add_argument("--turns", default="10,100,400", help="(analytics) turns every call has, comma-separated")
-    p.add_argument("--batch", type=int, default=20, help="(analytics) events per batch, one call each")
+    p.add_argument("--batch", type=int, default=20, help="(analytics) events per batch")
+    p.add_argument(
+        "--burst", type=int, default=1, help="(analytics) turns of each call in a batch, judged one after another"
+    )
     p.add_argument("--batches", type=int, default=100, help="(analytics) timed batches per call length")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--plot", help="write latency percentiles against load to this PNG")

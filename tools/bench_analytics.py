@@ -49,8 +49,11 @@ def _event(call: str, seq: int, rng: random.Random) -> Any:
     )
 
 
-async def _measure(redis_url: str, turns: int, calls: int, batch: int, batches: int, seed: int) -> dict[str, Any]:
-    """ms per batch of ``batch`` events (one new turn each of ``batch`` calls) once every call has ``turns``."""
+async def _measure(
+    redis_url: str, turns: int, calls: int, batch: int, batches: int, seed: int, burst: int = 1
+) -> dict[str, Any]:
+    """ms per batch of ``batch`` events (``burst`` new turns each of ``batch / burst`` calls: the
+    rules are judged after each) once every call has ``turns``."""
     import redis.asyncio as aioredis
 
     from streams.analytics import CallAnalytics
@@ -65,9 +68,10 @@ async def _measure(redis_url: str, turns: int, calls: int, batch: int, batches: 
 
     def next_batch() -> list[Any]:
         out = []
-        for call in rng.sample(names, batch):
-            out.append(_event(call, seqs[call], rng))
-            seqs[call] += 1
+        for call in rng.sample(names, batch // burst):
+            for _ in range(burst):
+                out.append(_event(call, seqs[call], rng))
+                seqs[call] += 1
         return out
 
     try:
@@ -94,6 +98,7 @@ async def _measure(redis_url: str, turns: int, calls: int, batch: int, batches: 
         "turns": turns,
         "calls": calls,
         "batch": batch,
+        "burst": burst,
         "batches": batches,
         "ms_per_batch_median": round(statistics.median(ms), 3),
         "ms_per_batch_p90": round(ms[int(0.9 * (len(ms) - 1))], 3),
@@ -102,7 +107,7 @@ async def _measure(redis_url: str, turns: int, calls: int, batch: int, batches: 
 
 
 def run(
-    turns: Sequence[int], calls: int, batch: int, batches: int, run_dir: Path, redis_port: int
+    turns: Sequence[int], calls: int, batch: int, batches: int, run_dir: Path, redis_port: int, burst: int = 1
 ) -> list[dict[str, Any]]:
     """Each call length in turn on a Redis started here (deploy/local/redis.sh) and stopped after."""
     from chaos.harness import LocalServices
@@ -112,7 +117,7 @@ def run(
     services = LocalServices(run_dir, redis_port=redis_port)
     services.script("redis.sh", "up")
     try:
-        return [asyncio.run(_measure(services.redis_url, n, calls, batch, batches, seed=n)) for n in turns]
+        return [asyncio.run(_measure(services.redis_url, n, calls, batch, batches, n, burst)) for n in turns]
     finally:
         services.script("redis.sh", "down", "--wipe")
 
@@ -137,10 +142,18 @@ def cmd(ns: Any) -> int:
     except ValueError:
         print(f"error: --turns expects comma-separated integers, got {ns.turns!r}", file=sys.stderr)
         return 2
-    if not turns or min(turns) < 1 or ns.batch > ns.calls:
-        print("error: --turns needs positive lengths and --batch at most --calls", file=sys.stderr)
+    burst = getattr(ns, "burst", 1)
+    if not turns or min(turns) < 1 or burst < 1 or ns.batch % burst or ns.batch // burst > ns.calls:
+        print(
+            "error: --turns needs positive lengths, --burst must divide --batch, and --batch / --burst calls must "
+            "be at most --calls",
+            file=sys.stderr,
+        )
         return 2
-    print(f"call analytics: {ns.calls} calls, batches of {ns.batch} events, {ns.batches} timed batches per length")
-    rows = run(turns, ns.calls, ns.batch, ns.batches, Path(ns.run_dir), ns.redis_port)
+    print(
+        f"call analytics: {ns.calls} calls, batches of {ns.batch} events ({burst} turns of each call in a batch), "
+        f"{ns.batches} timed batches per length"
+    )
+    rows = run(turns, ns.calls, ns.batch, ns.batches, Path(ns.run_dir), ns.redis_port, burst)
     print(report(rows))
     return 0

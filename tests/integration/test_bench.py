@@ -56,6 +56,8 @@ def test_the_analytics_bench_measures_each_call_length_and_cleans_up(services) -
     for r in rows:
         assert 0 < r["ms_per_batch_median"] <= r["ms_per_batch_p90"] and r["ms_per_event"] > 0, r
     assert "| 12 |" in report(rows)
+    burst = asyncio.run(_measure(services.redis_url, 4, calls=6, batch=4, batches=5, seed=1, burst=2))
+    assert burst["burst"] == 2 and burst["ms_per_event"] > 0, burst  # two turns of each call per batch
     db = redis.Redis.from_url(services.redis_url)
     assert not list(db.scan_iter(match="bench-analytics:*"))  # its keys deleted
     db.close()
