@@ -116,6 +116,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--context-dropout", type=float, default=0.1, help="chance per context utterance and modality of hiding it"
     )
     g.add_argument(
+        "--target-dropout",
+        type=float,
+        default=0.0,
+        help="chance per window of hiding one modality of the target utterance alone (its context keeps it; "
+        "never the target's last modality)",
+    )
+    g.add_argument(
         "--no-resample-audio",
         action="store_true",
         help="composite only: keep one clip assignment instead of a new one per epoch",
@@ -290,9 +297,18 @@ def _seed_all(seed: int) -> None:
 
 
 def _modality_dropout(
-    kw: dict[str, Any], active: list[int], p_window: float, p_context: float, gen: Any, keep_text: Any = None
+    kw: dict[str, Any],
+    active: list[int],
+    p_window: float,
+    p_context: float,
+    gen: Any,
+    keep_text: Any = None,
+    p_target: float = 0.0,
 ) -> None:
-    """Hide modalities in place: whole windows (one modality at most) and context utterances.
+    """Hide modalities in place: whole windows (one modality at most), context utterances, and one
+    modality of the target alone (``p_target``, its context kept: an utterance whose audio had no
+    speech or did not decode in a call that has voices, and what the voice gate asks the network
+    without the target's voice), never the target's last one.
 
     ``keep_text`` (B,) bool: windows whose target keeps its text (its audio contradicts it).
     """
@@ -310,6 +326,15 @@ def _modality_dropout(
             present[hit, :, m] = 0.0
     ctx = (torch.rand(b, w, len(MODALITIES), generator=gen) < p_context) & (onehot[..., None] < 0.5)
     present[ctx] = 0.0
+    if p_target > 0 and len(active) > 1:  # drawn only when asked: runs without it draw as before
+        rows = torch.arange(b)
+        r = torch.rand(b, generator=gen)
+        at = present[rows, kw["target"]]  # (B, 3) the target's modalities (a copy)
+        for j, m in enumerate(active):
+            hit = (r >= j * p_target / len(active)) & (r < (j + 1) * p_target / len(active))
+            others = at[:, [k for k in active if k != m]].sum(-1) > 0  # something else stays at the target
+            drop = hit & others
+            present[rows[drop], kw["target"][drop], m] = 0.0
     if keep_text is not None and bool(keep_text.any()):
         back = torch.maximum(present[..., 0], text_t * onehot)  # (B, W) the target's text restored
         present[..., 0] = torch.where(keep_text[:, None], back, present[..., 0])
@@ -579,7 +604,7 @@ def _train(ns: argparse.Namespace) -> int:
             rows = order[step * ns.batch_size : (step + 1) * ns.batch_size]
             kw = torch_inputs(gather_batch(train.windows, rows, train.feats, train.has, spec), spec.dims(), "cpu")
             keep_text = torch.from_numpy(corrupted[rows]) if ns.corrupt_train > 0 else None
-            _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen, keep_text)
+            _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen, keep_text, ns.target_dropout)
             if audio_labels:
                 kw["audio_label"] = torch.from_numpy(np.asarray(clip_emotion[rows], dtype=np.int64))
             kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}

@@ -274,6 +274,32 @@ def test_corrupt_train_keeps_the_targets_text() -> None:
     assert (kw["present"][:, :, 1] == 1).all()
 
 
+def test_target_dropout_hides_one_modality_of_the_target_alone_and_never_its_last() -> None:
+    from engines.train import _modality_dropout
+
+    b, w = 400, 4
+    present = torch.ones(b, w, 3)
+    present[..., 2] = 0.0
+    present[:50, w - 1, 1] = 0.0  # 50 targets have no audio: their text must stay
+    target = torch.full((b,), w - 1)
+    kw = {"present": present, "target": target}
+    before = present.clone()
+    gen = torch.Generator().manual_seed(0)
+    _modality_dropout(kw, [0, 1], p_window=0.0, p_context=0.0, gen=gen, p_target=0.5)
+    after = kw["present"]
+    assert torch.equal(after[:, : w - 1], before[:, : w - 1])  # the context keeps everything
+    at = after[:, w - 1, :2]
+    assert (at.sum(-1) >= 1).all()  # never the target's last modality
+    assert (at[:50, 0] == 1).all()
+    hidden = (at == 0) & (before[:, w - 1, :2] == 1)
+    assert 120 < int(hidden[50:].sum()) < 230  # about half of the 350 with both, one modality each
+    assert 0 < int(hidden[50:, 0].sum()) and 0 < int(hidden[50:, 1].sum())  # text or audio
+    same = torch.ones(b, w, 3)
+    kw0 = {"present": same, "target": target}
+    _modality_dropout(kw0, [0, 1], p_window=0.0, p_context=0.0, gen=torch.Generator().manual_seed(0))
+    assert (kw0["present"] == 1).all()  # 0 (the default): nothing
+
+
 def test_independent_experts_is_bayes_combination() -> None:
     """Two posteriors from label-independent evidence combine to p(y|a,b) = p(y|a) p(y|b) / p(y)."""
     from engines.bench import independent_experts
