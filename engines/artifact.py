@@ -194,7 +194,10 @@ def reexport(model_dir: str | Path, tolerance: float = 1e-4, changed: Sequence[s
         unknown = set(changed) - set(diff)
         if unknown:
             raise ArtifactError(f"{path}: no output {sorted(unknown)}; the graph's are {sorted(diff)}")
-        if max(d for n, d in diff.items() if n not in changed) > tolerance:
+        if not all(np.isfinite(out).all() for out in new_out):
+            raise ArtifactError(f"{path}: the new graph gives non-finite outputs; not replaced")
+        kept = [d for n, d in diff.items() if n not in changed]
+        if any(not np.isfinite(d) or d > tolerance for d in kept):
             raise ArtifactError(f"{path}: the new graph computes something else ({diff}); not replaced")
         staged = path / f".{ONNX}.new"  # beside it, then renamed: a worker starting meanwhile reads either graph whole
         shutil.copyfile(new, staged)

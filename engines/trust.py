@@ -72,6 +72,10 @@ class TrustConfig:
     n_fit: int = 0  # audio vectors the familiarity was fit on
     text_temperature: float = 1.0  # p_t's temperature in the gate (> 1: a text less sure of itself)
 
+    def __post_init__(self) -> None:
+        if not (self.text_temperature > 0 and math.isfinite(self.text_temperature)):
+            raise ValueError(f"text_temperature must be a positive number, not {self.text_temperature}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -225,6 +229,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             value = {kept: logp[i] for i, kept in enumerate(self.subsets)}
             full = self.subsets[0]
             final, final_sent = logp[0], sent[0]
+            trust_g = None  # (G, 1) the gate, with a voice to weigh
             if self.gated:
                 without = tuple(m for m in full if m != AUDIO)
                 i_t, i_a = self.subsets.index(without), self.subsets.index((AUDIO,))
@@ -247,6 +252,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 pi = familiar * self.trust.prior + (1.0 - familiar) * self.trust.prior_unfamiliar
                 gate = (1.0 - pi) * agree / ((1.0 - pi) * agree + pi * other).clamp(min=1e-12)  # (G,)
                 gate = gate[:, None]
+                trust_g = gate
                 final = torch.log((gate * p_all + (1.0 - gate) * p_t).clamp(min=1e-12))
                 final_sent = gate[:, 0] * sent[0] + (1.0 - gate[:, 0]) * sent[i_t]
                 # the voice counts by the gate in every coalition it joins, not only in the full one:
@@ -277,7 +283,14 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             share = torch.stack(phi, dim=-1).clamp(min=0.0)  # (G, 3)
             share = share * present_t.index_select(0, idx)
             norm = share.sum(-1, keepdim=True)
-            weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), only.index_select(0, idx))
+            # no modality raised the label (every value <= 0): an even share of what is present, the
+            # voice counted by its trust, so a voice the gate turned away gets 0 here too
+            even = present_t.index_select(0, idx) * mine
+            if trust_g is not None:
+                even = even * torch.where(torch.arange(even.shape[-1], device=even.device) == AUDIO, trust_g, 1.0)
+            even_norm = even.sum(-1, keepdim=True)
+            fallback = torch.where(even_norm > 1e-6, even / even_norm.clamp(min=1e-12), only.index_select(0, idx))
+            weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), fallback)
             # back to every row, densely (no scatter in the graph): row i takes result pos[i] of the
             # rows that needed the subsets, the others the extra last one, which `where` ignores
             pos = torch.where(need, torch.cumsum(need.long(), 0) - 1, torch.zeros_like(target) + (g - 1))  # (B,)
@@ -301,7 +314,7 @@ def sweep(
     priors: list[float],
     seed: int = 0,
     fold: int | None = None,
-    temperatures: Sequence[float] = (1.0,),
+    temperatures: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
     set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
@@ -339,7 +352,7 @@ def sweep(
     bad = swapped.mask
     rows = []
     with torch.inference_mode():
-        for prior, temperature in itertools.product(priors, temperatures):
+        for prior, temperature in itertools.product(priors, temperatures or [base.text_temperature]):
             trust = dataclasses.replace(base, prior=prior, text_temperature=temperature)
             engine = TorchEngine(net=wrap(net.eval(), tensors, trust), labels=labels)
             row: dict[str, Any] = {"prior": prior, "text_temperature": temperature}
@@ -367,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
-        "--temperatures", default="1", help="comma-separated temperatures of the text's prediction in the gate"
+        "--temperatures",
+        default=None,
+        help="comma-separated temperatures of the text's prediction in the gate (default: the model's own)",
     )
     s.add_argument(
         "--fold",
@@ -377,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the dev split of actor fold K (a nested fold's test actors)",
     )
     ns = parser.parse_args(argv)
-    temperatures = [float(t) for t in ns.temperatures.split(",")]
+    temperatures = [float(t) for t in ns.temperatures.split(",")] if ns.temperatures else None
     for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed, ns.fold, temperatures):
         print(json.dumps(row))
     return 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MODALITIES = ("text", "audio", "video")
+_BITS = (1 << 30) - 1  # a part's digest
 RECHECK_S = 0.25  # how often a held utterance or call end is looked at again
 
 
@@ -70,7 +71,7 @@ class Utterance:
 @dataclass
 class JoinResult:
     ready: list[Utterance] = field(default_factory=list)
-    ack_now: list[Any] = field(default_factory=list)  # handles of parts that need no event (late ones)
+    ack_now: list[Any] = field(default_factory=list)  # handles of parts that need no event (late, redelivered)
     late_parts: int = 0
     duplicate_parts: int = 0
     #: the part just added differs from the one its utterance already has (pending or labelled):
@@ -103,7 +104,10 @@ class Joiner:
 
     Memory is bounded: at most ``max_calls`` calls are kept (past that, the least recently active
     call with nothing pending is forgotten: its declared modalities fall back to the default) and
-    at most ``max_finished`` labelled (call, utterance) ids are remembered to recognise late parts.
+    at most ``max_finished`` labelled (call, utterance) ids are remembered, with digests of the parts
+    used, to recognise late parts, redeliveries and conflicting parts (in memory: after a restart or
+    a rebalance a conflicting part is joined afresh, and the stored window decides, so the check is
+    best effort).
     Open utterances are bounded by the caller, which stops reading at its cap (see
     :attr:`open_utterances`): they leave within ``wait_s`` on their own. Deadlines live in a heap,
     so :meth:`expire` touches only what is due.
@@ -130,8 +134,8 @@ class Joiner:
         self.max_hold_s = max_hold_s
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
-        #: labelled ids -> (partition, digests of the parts used), oldest first
-        self._done: OrderedDict[tuple[str, str], tuple[int, tuple[int | None, ...]]] = OrderedDict()
+        #: labelled ids -> (partition, digest of the text, audio and video used or None), oldest first
+        self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -172,7 +176,7 @@ class Joiner:
         done = self._done.get((call_id, utterance_id))
         if done is not None:
             self._done.move_to_end((call_id, utterance_id))
-            used = done[1][MODALITIES.index(modality)]
+            used = done[1 + MODALITIES.index(modality)]
             if used is None:  # a part that came after its utterance went without it
                 return JoinResult(ack_now=[handle], late_parts=1)
             if used != digest:
@@ -294,7 +298,7 @@ class Joiner:
             call = self._calls.pop(call_id)
             dropped += len(call.pending)
             self._open -= len(call.pending)
-        for key in [k for k, (p, _) in self._done.items() if p in partitions]:
+        for key in [k for k, v in self._done.items() if v[0] in partitions]:
             del self._done[key]
         for utt in labelled:
             self._done.pop((utt.call_id, utt.utterance_id), None)
@@ -385,24 +389,25 @@ class Joiner:
         return any(self._hold(u, call.expected, now) for u in incomplete)
 
     def _mark_done(self, call_id: str, utt: Utterance, partition: int) -> None:
-        self._done[(call_id, utt.utterance_id)] = (partition, tuple(utt.digests.get(m) for m in MODALITIES))
+        self._done[(call_id, utt.utterance_id)] = (partition, *(utt.digests.get(m) for m in MODALITIES))
         while len(self._done) > self.max_finished:
             self._done.popitem(last=False)
 
 
 def _digest(payload: Any) -> int:
     """A digest of a part's content, to tell a redelivered part from a different one under the same
-    ids: text whole; an array by its shape and 256 of its values evenly spaced (cheap for a long
-    waveform, and two different recordings agree on all of them only by design)."""
+    ids: text whole; an array by its shape and 256 to 511 of its values evenly spaced (cheap for a
+    long waveform, and two different recordings agree on all of them only by design). 30 bits, so
+    the 200,000 labelled ids a worker remembers keep small ints."""
     value = getattr(payload, "value", payload)
     shape = getattr(value, "shape", None)
     if shape is not None:
         flat = value.reshape(-1)
-        return hash((shape, str(value.dtype), flat[:: max(1, flat.shape[0] // 256)].tobytes()))
+        return hash((shape, str(value.dtype), flat[:: max(1, flat.shape[0] // 256)].tobytes())) & _BITS
     try:
-        return hash(value)
+        return hash(value) & _BITS
     except TypeError:
-        return hash(repr(value))
+        return hash(repr(value)) & _BITS
 
 
 def _conflict(call_id: str, utterance_id: str, modality: str, what: str) -> str:

@@ -118,7 +118,9 @@ class JoinSettings(_Section):
         50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
     )
     max_finished_ids: int = Field(
-        200_000, ge=1, description="labelled (call, utterance) ids remembered to recognise late parts"
+        200_000,
+        ge=1,
+        description="labelled (call, utterance) ids remembered to recognise late, redelivered and conflicting parts",
     )
 
 

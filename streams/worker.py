@@ -240,7 +240,7 @@ class Worker:
                 timestamp,
             )  # fmt: skip
             self._absorb(result)
-        if result.conflict is not None:  # a second, different part under the same ids: the first one counts
+        if result.conflict is not None and receipt.lease.valid:  # a second, different part under the same ids
             await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)
 
     async def _declaration(self, msg: Any) -> list[str] | None:

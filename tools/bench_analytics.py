@@ -62,7 +62,7 @@ async def _measure(
     rng = random.Random(seed)
     client = aioredis.from_url(redis_url)
     prefix = f"bench-analytics:{turns}:{time.time_ns()}:"
-    a = CallAnalytics(client, prefix, ttl_s=600, book=load_rules(), max_turns=max(500, turns + batches))
+    a = CallAnalytics(client, prefix, ttl_s=600, book=load_rules(), max_turns=max(500, turns + batches * burst))
     names = [f"c{k}" for k in range(calls)]
     seqs = dict.fromkeys(names, 0)
 

@@ -86,10 +86,14 @@ def _declared_rate(encoding: str, sample_rate: int | None) -> int:
     return rate
 
 
+_WAV_PLACEHOLDER = 0x7FFF0000
+
+
 def _check_wav_length(data: bytes) -> None:
     """Refuse a RIFF/WAVE file cut short: its ``data`` chunk declares more bytes than the payload
-    holds (libsndfile would quietly decode the part that arrived). A size of 0 or 0xFFFFFFFF (a
-    live writer that did not know the length) and RF64 files are left to libsndfile."""
+    holds (libsndfile would quietly decode the part that arrived). A size of 0 or from 0x7FFF0000 up
+    (what live writers put there when they do not know the length yet: 0xFFFFFFFF, SoX's 0x7FFFF000;
+    no message is that large) and RF64 files are left to libsndfile."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return
     at = 12
@@ -97,7 +101,7 @@ def _check_wav_length(data: bytes) -> None:
         chunk, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
         if chunk == b"data":
             held = len(data) - at - 8
-            if size not in (0, 0xFFFFFFFF) and size > held:
+            if 0 < size < _WAV_PLACEHOLDER and size > held:
                 raise AudioDecodeError(
                     f"truncated wav payload: its header declares {size} bytes of samples, {held} arrived"
                 )

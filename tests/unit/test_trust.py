@@ -128,12 +128,27 @@ def test_a_text_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
     with torch.no_grad():
         fused, text = _probs(net(**x)), _probs(net(**without_audio))
         flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1e6))(**x))
-        plain = _probs(wrap(net, tensors, cfg)(**x))
-        one = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1.0))(**x))
         sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=0.01))(**x))
     torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
-    torch.testing.assert_close(one, plain, atol=0, rtol=0)  # 1: the gate as shipped
     assert not torch.allclose(sharp, flat, atol=1e-3)  # a sure text moves the gate
+    with pytest.raises(ValueError, match="text_temperature"):
+        dataclasses.replace(cfg, text_temperature=0.0)
+
+
+@pytest.mark.parametrize("engine", ["unimse", "relevance", "joyful", "foal-net"])
+def test_a_voice_the_gate_turns_away_carries_none_of_the_decision(engine: str) -> None:
+    """Every voice presumed to contradict (prior 1): the gate is 0, the output the text's, and the
+    voice's weight exactly 0 on every window and seed, also where no modality raised the label
+    (the even-share fallback)."""
+    tensors, cfg = fitted(1.0, 1.0)
+    for seed in range(8):
+        net = small(engine, seed=seed)
+        x = make_inputs(b=16, seed=seed)
+        x["audio"] = x["audio"] * (1 + seed)
+        with torch.no_grad():
+            w = wrap(net, tensors, cfg)(**x)["weights"]
+        assert torch.all(w[:, 1] == 0.0), (engine, seed, w)
+        torch.testing.assert_close(w[:, 0], torch.ones(w.shape[0]))
 
 
 def test_an_unfamiliar_voice_is_trusted_less_than_a_familiar_one() -> None:
