@@ -229,7 +229,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             value = {kept: logp[i] for i, kept in enumerate(self.subsets)}
             full = self.subsets[0]
             final, final_sent = logp[0], sent[0]
-            trust_g = None  # (G, 1) the gate, with a voice to weigh
+            gate: Any = None  # (G, 1) the trust in the voice, where there is one to weigh
             if self.gated:
                 without = tuple(m for m in full if m != AUDIO)
                 i_t, i_a = self.subsets.index(without), self.subsets.index((AUDIO,))
@@ -252,7 +252,6 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
                 pi = familiar * self.trust.prior + (1.0 - familiar) * self.trust.prior_unfamiliar
                 gate = (1.0 - pi) * agree / ((1.0 - pi) * agree + pi * other).clamp(min=1e-12)  # (G,)
                 gate = gate[:, None]
-                trust_g = gate
                 final = torch.log((gate * p_all + (1.0 - gate) * p_t).clamp(min=1e-12))
                 final_sent = gate[:, 0] * sent[0] + (1.0 - gate[:, 0]) * sent[i_t]
                 # the voice counts by the gate in every coalition it joins, not only in the full one:
@@ -286,8 +285,8 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig) -> Any:
             # no modality raised the label (every value <= 0): an even share of what is present, the
             # voice counted by its trust, so a voice the gate turned away gets 0 here too
             even = present_t.index_select(0, idx) * mine
-            if trust_g is not None:
-                even = even * torch.where(torch.arange(even.shape[-1], device=even.device) == AUDIO, trust_g, 1.0)
+            if gate is not None:
+                even = even * torch.where(torch.arange(even.shape[-1], device=even.device) == AUDIO, gate, 1.0)
             even_norm = even.sum(-1, keepdim=True)
             fallback = torch.where(even_norm > 1e-6, even / even_norm.clamp(min=1e-12), only.index_select(0, idx))
             weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), fallback)

@@ -57,7 +57,6 @@ class Utterance:
     held: bool = False  # waited past wait_s for a part of a topic read behind
     recheck_at: float | None = None  # while held: when the heap looks at it again
     ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
-    digests: dict[str, int] = field(default_factory=dict)  # modality -> digest of the part it keeps
 
     def has(self, modality: str) -> bool:
         """Whether its ``modality`` part arrived: usable, or dead-lettered (nothing more to wait for)."""
@@ -172,14 +171,13 @@ class Joiner:
     ) -> JoinResult:
         """One part; ``ts`` is its record time (for waits behind, see the module doc)."""
         assert modality in MODALITIES, modality
-        digest = _digest(payload)
         done = self._done.get((call_id, utterance_id))
         if done is not None:
             self._done.move_to_end((call_id, utterance_id))
             used = done[1 + MODALITIES.index(modality)]
             if used is None:  # a part that came after its utterance went without it
                 return JoinResult(ack_now=[handle], late_parts=1)
-            if used != digest:
+            if used != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "was labelled from"))
             return JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
         call = self._touch(call_id, now, partition)
@@ -187,7 +185,7 @@ class Joiner:
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
         elif modality in utt.parts:
-            if utt.digests[modality] != digest:
+            if _digest(utt.parts[modality]) != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
             utt.handles.append(handle)
             return JoinResult(duplicate_parts=1)
@@ -197,7 +195,6 @@ class Joiner:
             return result
         utt.handles.append(handle)
         utt.parts[modality] = payload
-        utt.digests[modality] = digest
         utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
         if speaker != "unknown":
@@ -316,7 +313,7 @@ class Joiner:
             utt.timed_out = not all(utt.has(m) for m in call.expected)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
-            self._mark_done(call_id, utt, call.partition)
+            self._mark_done(utt, call.partition)
         self._open -= len(call.pending)
         return result
 
@@ -357,7 +354,7 @@ class Joiner:
                 result.ready.append(utt)
             del call.pending[utt.utterance_id]
             self._open -= 1
-            self._mark_done(call_id, utt, call.partition)
+            self._mark_done(utt, call.partition)
         return result
 
     def _past_backstop(self, since: float, now: float) -> bool:
@@ -388,8 +385,10 @@ class Joiner:
         incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
         return any(self._hold(u, call.expected, now) for u in incomplete)
 
-    def _mark_done(self, call_id: str, utt: Utterance, partition: int) -> None:
-        self._done[(call_id, utt.utterance_id)] = (partition, *(utt.digests.get(m) for m in MODALITIES))
+    def _mark_done(self, utt: Utterance, partition: int) -> None:
+        """Remember a labelled utterance: its partition and a digest of each part it used."""
+        digests = (_digest(utt.parts[m]) if m in utt.parts else None for m in MODALITIES)
+        self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests)
         while len(self._done) > self.max_finished:
             self._done.popitem(last=False)
 

@@ -142,7 +142,7 @@ def cmd(ns: Any) -> int:
     except ValueError:
         print(f"error: --turns expects comma-separated integers, got {ns.turns!r}", file=sys.stderr)
         return 2
-    burst = getattr(ns, "burst", 1)
+    burst = ns.burst
     if not turns or min(turns) < 1 or burst < 1 or ns.batch % burst or ns.batch // burst > ns.calls:
         print(
             "error: --turns needs positive lengths, --burst must divide --batch, and --batch / --burst calls must "

@@ -38,13 +38,6 @@ def demo_log() -> Path:
     return Path(os.environ.get("EMOSTREAM_RUN_DIR") or REPO_ROOT / ".run").resolve() / DEMO_LOG_NAME
 
 
-def _shown_path(path: Path) -> str:
-    try:
-        return str(path.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 _SHOW_CHANGES = 12  # changed labels listed in the summary
 
 
@@ -156,7 +149,7 @@ def run_demo(ns: argparse.Namespace) -> int:
             log_path = demo_log()
             worker = _start_worker(settings, log_path, workdir)
             print(
-                f"demo: {len(dialogues)} calls (--calls N), {n_utts} utterances; worker log {_shown_path(log_path)}",
+                f"demo: {len(dialogues)} calls (--calls N), {n_utts} utterances; worker log {_shown(log_path)}",
                 file=sys.stderr,
             )
             if future:
