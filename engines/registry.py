@@ -76,10 +76,10 @@ def load_extractors(
     Raises :class:`ArtifactError` for a description that does not match what can be built, and
     :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
     """
-    autocast, int8 = None, False
+    autocast, int8, audio_runtime = None, False, "torch"
     if runtime is not None:
         rt = runtime if isinstance(runtime, Runtime) else resolve_runtime(runtime)
-        device, text_runtime, autocast, int8 = rt.device, rt.text, rt.autocast, rt.int8
+        device, text_runtime, autocast, int8, audio_runtime = rt.device, rt.text, rt.autocast, rt.int8, rt.audio
     if text_runtime not in TEXT_RUNTIMES:
         raise ArtifactError(f"unknown text runtime {text_runtime!r}; known: {TEXT_RUNTIMES}")
     path = artifact.resolve_model_dir(model_dir)
@@ -101,11 +101,9 @@ def load_extractors(
     audio = None
     if spec.audio_dim > 0:
         a = meta.get("audio", {})
-        audio = audio_extractor_from_dict(a, device=device)
-        from engines.features.whisper import WhisperExtractor
-
-        if isinstance(audio, WhisperExtractor):  # the functionals and eGeMAPS stay fp32
-            audio.autocast = autocast
+        audio = audio_extractor_from_dict(a, device=device, runtime=audio_runtime)
+        if a.get("kind") == "whisper-tiny" and audio_runtime == "torch":  # the others stay fp32
+            audio.autocast = autocast  # type: ignore[attr-defined]
         want_id = a.get("id")
         if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):
             raise ArtifactError(

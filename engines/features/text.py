@@ -132,6 +132,9 @@ class TextEncoder:
             model.max_seq_length = self.config.max_seq_length
             model.eval()
             self._model = model
+            from engines.runtime.threads import apply_to_torch
+
+            apply_to_torch()
         return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:

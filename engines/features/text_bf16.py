@@ -234,6 +234,9 @@ class Bf16TextEncoder(OnnxTextEncoder):
         """The :class:`MiniLM` module: from the wrapped encoder's files, or from its model when
         that is already loaded (its weights may have been changed in memory, as in tuning)."""
         if self._session is None:
+            from engines.runtime.threads import apply_to_torch
+
+            apply_to_torch()
             if self.encoder._model is not None:
                 import torch
 

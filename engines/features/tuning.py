@@ -95,7 +95,7 @@ def tuned_layers(path: str | Path) -> tuple[int, ...]:
     """Indexes of the transformer layers a tuned-weights file holds."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="numpy") as f:  # the keys alone: no torch import
         keys = list(f.keys())
     out = sorted({int(k.split(".")[2]) for k in keys if k.startswith("encoder.layer.")})
     if not out or len(out) != len({k.split(".")[2] for k in keys}):

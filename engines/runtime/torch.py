@@ -13,6 +13,7 @@ import numpy as np
 from engines import artifact
 from engines.interface import MODALITIES, EngineBatch, EngineInfo, EngineOutput
 from engines.runtime.precision import autocast
+from engines.runtime.threads import apply_to_torch
 
 
 def torch_inputs(batch: EngineBatch, dims: dict[str, int], device: str = "cpu") -> dict[str, Any]:
@@ -88,6 +89,7 @@ class TorchEngine:
                 runtime=runtime,
             )
         self.net = net.to(device).eval()
+        apply_to_torch()
         self.device = device
         self.autocast = autocast
         self.buckets = buckets

@@ -37,13 +37,13 @@ def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
 
 def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None:
     table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True) for name in CONCRETE}
-    assert {n: (r.engine, r.text, r.device, r.autocast, r.int8) for n, r in table.items()} == {
-        "onnxruntime": ("onnxruntime", "onnxruntime", "cpu", None, False),
-        "onnxruntime-bf16": ("onnxruntime", "bf16", "cpu", "bfloat16", False),
-        "onnxruntime-int8": ("onnxruntime", "onnxruntime", "cpu", None, True),
-        "torch": ("torch", "torch", "cpu", None, False),
-        "torch-cuda": ("torch", "torch", "cuda", "bfloat16", False),
-        "tensorrt": ("tensorrt", "torch", "cuda", "bfloat16", False),
+    assert {n: (r.engine, r.text, r.audio, r.device, r.autocast, r.int8) for n, r in table.items()} == {
+        "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", "cpu", None, False),
+        "onnxruntime-bf16": ("onnxruntime", "bf16", "torch", "cpu", "bfloat16", False),
+        "onnxruntime-int8": ("onnxruntime", "onnxruntime", "onnxruntime", "cpu", None, True),
+        "torch": ("torch", "torch", "torch", "cpu", None, False),
+        "torch-cuda": ("torch", "torch", "torch", "cuda", "bfloat16", False),
+        "tensorrt": ("tensorrt", "torch", "torch", "cuda", "bfloat16", False),
     }
     assert [n for n, r in table.items() if r.exact] == ["onnxruntime", "torch"]  # what may read fp32 caches
     assert set(RUNTIMES) == {"auto", *CONCRETE}
@@ -89,3 +89,21 @@ def test_the_settings_take_only_known_runtimes() -> None:
     assert load_settings(engine={"runtime": "torch-cuda"}).engine.runtime == "torch-cuda"
     with pytest.raises(ConfigError, match="engine.runtime: Input should be 'auto'"):
         load_settings(engine={"runtime": "cuda"})
+
+
+def test_a_cpu_runtime_named_explicitly_probes_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Looking for CUDA imports torch; a worker told to run on ONNX Runtime must not need it."""
+    import engines.runtime.select as select
+
+    def probe() -> bool:
+        raise AssertionError("probed CUDA for a CPU runtime")
+
+    monkeypatch.setattr(select, "cuda_available", probe)
+    for name in ("onnxruntime", "onnxruntime-bf16", "onnxruntime-int8", "torch"):
+        assert resolve_runtime(name).name == name
+
+
+def test_without_a_gpu_driver_cuda_is_absent_without_asking_torch(tmp_path: Path) -> None:
+    from engines.runtime.select import cuda_available
+
+    assert cuda_available(nodes=(str(tmp_path / "nvidiactl"),)) is False

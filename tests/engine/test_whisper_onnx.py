@@ -1,0 +1,137 @@
+"""Whisper in ONNX Runtime (engines/features/whisper_onnx.py): the torch extractor's features, an
+export made once and checked, and a worker on the onnxruntime runtime that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.errors import FeatureError
+from engines.features import audio_extractor_from_dict
+from engines.features.whisper_onnx import OnnxWhisperExtractor
+from engines.features.whisper_spec import WhisperConfig
+
+pytestmark = pytest.mark.engine
+ROOT = Path(__file__).resolve().parents[2]
+SR = 16_000
+MAX_REL = 1e-5  # against the torch extractor, relative to a vector's largest value (about 2e-6 measured)
+
+
+def voice(seconds: float, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    phase = 2 * np.pi * np.cumsum(f0 * (1.0 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / SR
+    x = sum((0.2 / k) * np.sin(k * phase) for k in range(1, 8)) + 0.01 * rng.standard_normal(t.size)
+    return x.astype(np.float32)
+
+
+def odd_clips() -> list[np.ndarray]:
+    """Lengths a call brings: ordinary, shorter than one STFT frame, silence, over 30 s (three
+    segments), and a 1 s tail segment."""
+    return [
+        voice(2.3, seed=1),
+        voice(0.005, seed=2),
+        np.zeros(8000, np.float32),
+        voice(0.9, f0=220.0, seed=3),
+        voice(61.0, seed=4),
+        np.concatenate([voice(31.0, seed=5), np.zeros(7, np.float32)]),
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [WhisperConfig(layers=(2,)), WhisperConfig(layers=(1, 3), pooling="mean"), WhisperConfig(layers=(0, 4))],
+    ids=["block2", "mean-of-1-3", "stem-and-output"],
+)
+def test_onnxruntime_gives_the_torch_extractors_features(config: WhisperConfig, tmp_path: Path) -> None:
+    from engines.features.whisper import WhisperExtractor
+
+    ref, got = WhisperExtractor(config), OnnxWhisperExtractor(config, cache_dir=tmp_path)
+    assert (got.id, got.dim, got.to_dict()) == (ref.id, ref.dim, ref.to_dict())  # the same features, by name
+    waves = odd_clips()
+    a, b = ref.extract(waves), got.extract(waves)
+    assert b.shape == a.shape and np.isfinite(b).all()
+    rel = np.abs(a - b).max(1) / np.maximum(np.abs(a).max(1), 1e-12)
+    assert rel.max() < MAX_REL, rel
+    assert np.abs(b[0] - b[3]).max() > 0.1  # not a constant
+
+
+def test_a_clips_vector_does_not_depend_on_its_batch(tmp_path: Path) -> None:
+    waves = [voice(s, f0=100.0 + 20 * i, seed=i) for i, s in enumerate([0.37, 3.1, 1.6, 0.9, 2.2])]
+    ex = OnnxWhisperExtractor(WhisperConfig(layers=(2,)), cache_dir=tmp_path)
+    alone = np.stack([ex.extract([w])[0] for w in waves])
+    np.testing.assert_allclose(ex.extract(waves), alone, rtol=1e-5, atol=1e-5)
+    small = OnnxWhisperExtractor(WhisperConfig(layers=(2,), chunk=2), cache_dir=tmp_path)
+    np.testing.assert_allclose(small.extract(waves[::-1])[::-1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_graph_is_exported_once_and_a_wrong_one_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.features.whisper_onnx as wo
+
+    first = OnnxWhisperExtractor(WhisperConfig(layers=(1,)), cache_dir=tmp_path)
+    want = first.extract([voice(1.0)])
+    path = first.graph_path()
+    assert first.onnx_path == path and path.is_file()
+    assert first.graph_path() != OnnxWhisperExtractor(WhisperConfig(layers=(2,)), cache_dir=tmp_path).graph_path()
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again")
+
+    with monkeypatch.context() as m:
+        m.setattr(wo, "export_whisper_onnx", no_export)
+        again = OnnxWhisperExtractor(WhisperConfig(layers=(1,)), cache_dir=tmp_path)
+        assert np.array_equal(again.extract([voice(1.0)]), want)  # the cached graph, no torch needed
+
+    monkeypatch.setattr(wo, "PROBE_MAX_REL", -1.0)  # every new graph now "differs" from torch
+    other = tmp_path / "other"
+    bad = OnnxWhisperExtractor(WhisperConfig(layers=(1,)), cache_dir=other)
+    with pytest.raises(FeatureError, match="differs from the torch encoder"):
+        bad.extract([voice(1.0)])
+    assert not bad.graph_path().exists()  # not kept for the next start
+
+
+def test_the_factory_builds_it_for_the_onnxruntime_runtime() -> None:
+    meta = {"kind": "whisper-tiny", "name": "whisper-tiny", "layers": [2], "pooling": "concat", "version": 1}
+    ex = audio_extractor_from_dict(meta, runtime="onnxruntime")
+    assert isinstance(ex, OnnxWhisperExtractor) and ex.settings.layers == (2,)
+    assert type(audio_extractor_from_dict(meta)).__name__ == "WhisperExtractor"
+
+
+WORKER_PROBE = """
+import json, sys
+import numpy as np
+import streams.worker  # noqa: F401 - what the worker imports
+from streams.runtime import load_model
+from streams.settings import load_settings
+
+engine, feat = load_model(load_settings(engine={"runtime": "onnxruntime"}))
+feat.warm_up()
+text = feat._x.text.encode(["you did what?"])
+audio = feat._x.audio.extract([np.sin(np.arange(16000) / 8).astype(np.float32)])
+print(json.dumps({"torch": "torch" in sys.modules, "runtime": engine.info.runtime,
+                  "text": text.shape[1], "audio": audio.shape[1], "finite": bool(np.isfinite(audio).all())}))
+"""
+
+
+def test_a_worker_on_the_onnxruntime_runtime_never_imports_torch() -> None:
+    """The shipped default with text and audio, as the worker loads it: once the graphs are in
+    the export cache (the first start exports them with torch), a start loads no torch at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
+
+    def start() -> dict[str, object]:
+        run = subprocess.run(
+            [sys.executable, "-c", WORKER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        out: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
+        return out
+
+    start()  # exports what the cache lacks
+    got = start()
+    assert got == {"torch": False, "runtime": "onnxruntime", "text": 384, "audio": 768, "finite": True}
