@@ -19,6 +19,7 @@ from engines.errors import ArtifactError
 from engines.features.audio import AudioFeatureExtractor
 from engines.features.factory import audio_extractor_from_dict, text_encoder_from_dict
 from engines.features.text import TextEncoder
+from engines.features.whisper_spec import WhisperFeatures
 from engines.interface import Engine, FeatureSpec
 from engines.runtime.select import RUNTIMES, Runtime, resolve_runtime
 
@@ -102,7 +103,7 @@ def load_extractors(
     if spec.audio_dim > 0:
         a = meta.get("audio", {})
         audio = audio_extractor_from_dict(a, device=device, runtime=audio_runtime)
-        if a.get("kind") == "whisper-tiny" and audio_runtime == "torch":  # the others stay fp32
+        if isinstance(audio, WhisperFeatures) and audio_runtime == "torch":  # the others stay fp32
             audio.autocast = autocast  # type: ignore[attr-defined]
         want_id = a.get("id")
         if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):

@@ -116,6 +116,10 @@ class AudioFeatureExtractor:
         if self._consts is None:
             import torch
 
+            from engines.runtime.threads import apply_to_torch
+
+            apply_to_torch()
+
             c = self.config
             self._consts = {
                 "mel": torch.from_numpy(mel_filterbank(c)).to(self.device),

@@ -234,9 +234,6 @@ class Bf16TextEncoder(OnnxTextEncoder):
         """The :class:`MiniLM` module: from the wrapped encoder's files, or from its model when
         that is already loaded (its weights may have been changed in memory, as in tuning)."""
         if self._session is None:
-            from engines.runtime.threads import apply_to_torch
-
-            apply_to_torch()
             if self.encoder._model is not None:
                 import torch
 
@@ -248,6 +245,9 @@ class Bf16TextEncoder(OnnxTextEncoder):
                 tuned = getattr(self.encoder, "weights", None)
                 self._session = build_minilm(self.model_dir(), tuned, self.dtype)
             self.onnx_path = None
+            from engines.runtime.threads import apply_to_torch
+
+            apply_to_torch()  # torch is imported by now
         return self._session
 
     def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -13,19 +13,24 @@ into passes as the torch extractor cuts them (:func:`~engines.features.whisper_s
 and padding is masked the same way, so a clip's vector does not depend on its batch.
 
 Export cache: ``<cache root>/onnx/whisper/<key>.onnx``, where ``key`` hashes this module's export
-recipe, the layers and the bytes of the weights file (``model.bin``), so another package version or
-another setting gets its own graph. The first process to need a graph imports torch to export it,
-checks it against the torch extractor on probe clips (:class:`~engines.errors.FeatureError` if
-they differ) and writes it under a temporary name then renames it; every later process, and every
-worker process after the first, runs it with ONNX Runtime alone. That is what keeps torch (about
-500 MB resident) out of a worker on the ``onnxruntime`` and ``onnxruntime-int8`` runtimes (issue 12).
+recipe, the layers, the bytes of the weights file (``model.bin``) and the source files of the
+encoder and of this module, so another package version, setting or encoder gets its own graph.
+The first process to need a graph imports torch to export it, writes it under a temporary name,
+checks it there against the torch extractor on probe clips (:class:`~engines.errors.FeatureError` if
+they differ, and the graph is not kept) and only then renames it into place; every later start runs
+it with ONNX Runtime alone. That is what keeps torch (about 500 MB resident) out of a worker on the
+``onnxruntime`` and ``onnxruntime-int8`` runtimes (issue 12) once the export cache holds its graphs:
+the start that exports them (this one, and the text encoder's, :mod:`engines.features.text_onnx`)
+loads torch for its lifetime.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +77,12 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export_whisper_onnx(model_path: Path, layers: tuple[int, ...], path: Path) -> None:
+def export_whisper_onnx(
+    model_path: Path, layers: tuple[int, ...], path: Path, check: Callable[[Path], None] | None = None
+) -> None:
     """Write the encoder states of ``layers`` (the weights of ``model_path``) to ``path`` as one
-    ONNX graph (imports torch)."""
+    ONNX graph (imports torch). ``check`` runs on the written graph before it takes its name: a
+    graph that fails it (it raises) is never found by another process."""
     import onnx
     import torch
 
@@ -120,6 +128,8 @@ def export_whisper_onnx(model_path: Path, layers: tuple[int, ...], path: Path) -
                 do_constant_folding=True,
             )
         onnx.checker.check_model(str(tmp))
+        if check is not None:
+            check(tmp)
 
     _atomic_write(path, write)
 
@@ -149,54 +159,59 @@ class OnnxWhisperExtractor(WhisperFeatures):
         self._filters = mel_filters()
 
     def graph_path(self) -> Path:
-        """Where the graph of these weights and layers lies in the export cache."""
+        """Where the graph of these weights and layers lies in the export cache: the key hashes the
+        recipe, the layers, the weights file and the source of the encoder and of its export."""
         key = hashlib.sha256(f"{RECIPE}/opset{OPSET}/layers{list(self.settings.layers)}/".encode())
         key.update(_file_sha256(self.model_path).encode())
+        for module in ("engines.features.whisper", __name__):  # found, not imported: no torch
+            spec = importlib.util.find_spec(module)
+            assert spec is not None and spec.origin is not None, module
+            key.update(_file_sha256(Path(spec.origin)).encode())
         return self.cache_root / "onnx" / "whisper" / f"{key.hexdigest()[:24]}.onnx"
+
+    def _open(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        threads = self.intra_op_threads if self.intra_op_threads is not None else cpu_threads()
+        if threads is not None:
+            opts.intra_op_num_threads = threads
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def session(self) -> Any:
         """The ONNX Runtime session, exporting (and checking) the graph on first use."""
         if self._session is None:
-            import onnxruntime as ort
-
             path = self.graph_path()
-            new = not path.exists()
-            if new:
+            if not path.exists():
                 log.info("exporting Whisper's encoder to %s (once; later starts load it)", path)
-                export_whisper_onnx(self.model_path, self.settings.layers, path)
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.inter_op_num_threads = 1
-            threads = self.intra_op_threads if self.intra_op_threads is not None else cpu_threads()
-            if threads is not None:
-                opts.intra_op_num_threads = threads
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+                export_whisper_onnx(self.model_path, self.settings.layers, path, check=self._check_probe)
+            self._session = self._open(path)
             self.onnx_path = path
-            if new:
-                self._check_probe(path)
         return self._session
 
     def _check_probe(self, path: Path) -> None:
-        """Refuse (and remove) a new graph whose probe vectors differ from the torch extractor's."""
+        """Refuse a new graph whose probe vectors differ from the torch extractor's."""
         from engines.features.whisper import WhisperExtractor
 
         waves = probe_waves()
         want = WhisperExtractor(self.settings, model_path=self.model_path).extract(waves)
-        got = self.extract(waves)
+        got = self._extract(self._open(path), waves)
         rel = float((np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)).max())
         if not rel <= PROBE_MAX_REL:
-            path.unlink(missing_ok=True)
-            self._session = None
             raise FeatureError(f"the exported Whisper graph differs from the torch encoder by {rel:.2g} (relative)")
 
     def extract(self, waves: list[np.ndarray]) -> np.ndarray:
         """Feature vectors (N, dim) float32 for float32 mono 16 kHz waveforms."""
         assert isinstance(waves, list), type(waves)
-        out = np.zeros((len(waves), self.dim), dtype=np.float32)
         if not waves:
-            return out
-        sess = self.session()
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._extract(self.session(), waves)
+
+    def _extract(self, sess: Any, waves: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(waves), self.dim), dtype=np.float32)
         s = self.settings
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # little padding per pass
         for start in range(0, len(order), s.chunk):

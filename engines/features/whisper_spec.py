@@ -1,5 +1,5 @@
 """What defines the Whisper tiny.en audio features, without torch: the weights file, the settings,
-the log-mel front end in numpy, how clips are cut into encoder passes, and how states are pooled.
+the log-mel front end in numpy, and how clips are cut into encoder passes.
 
 :mod:`engines.features.whisper` runs the encoder in PyTorch and
 :mod:`engines.features.whisper_onnx` in ONNX Runtime; both take their identity (``id``, ``dim``,

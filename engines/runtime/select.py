@@ -82,13 +82,14 @@ class Runtime:
         return self.autocast is None and not self.int8
 
 
-NVIDIA_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg")  # dxg: WSL 2
+GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")  # dxg: WSL 2; kfd: ROCm
 
 
-def cuda_available(nodes: tuple[str, ...] = NVIDIA_NODES) -> bool:
-    """Whether torch sees a CUDA GPU. Without a GPU driver's device nodes it says no without
-    importing torch, which a worker on an ONNX Runtime runtime then never loads (issue 12)."""
-    if not any(os.path.exists(n) for n in nodes):
+def cuda_available(nodes: tuple[str, ...] | None = None) -> bool:
+    """Whether torch sees a CUDA (or ROCm) GPU. With ``nodes`` (``auto`` passes :data:`GPU_NODES`),
+    a machine without any of those driver files has none, said without importing torch: a worker
+    that ``auto`` puts on ONNX Runtime then never loads it (issue 12)."""
+    if nodes is not None and not any(os.path.exists(n) for n in nodes):
         return False
     import torch
 
@@ -152,7 +153,7 @@ def resolve_runtime(
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
     if name not in ("auto", "torch-cuda", "tensorrt"):
         return _make(name, "as set")  # a CPU runtime: nothing to probe (no torch import to look for CUDA)
-    has_cuda = cuda_available() if cuda is None else cuda
+    has_cuda = cuda_available(GPU_NODES if name == "auto" else None) if cuda is None else cuda
     has_trt = has_cuda and (tensorrt_available() if tensorrt is None else tensorrt)
     has_bf16 = (native_bf16() if has_cuda else True) if bf16 is None else bf16
     note = "" if has_bf16 else " (fp16: this GPU only emulates bf16)"

@@ -94,6 +94,7 @@ def test_the_graph_is_exported_once_and_a_wrong_one_is_refused(tmp_path: Path, m
     with pytest.raises(FeatureError, match="differs from the torch encoder"):
         bad.extract([voice(1.0)])
     assert not bad.graph_path().exists()  # not kept for the next start
+    assert not list(other.rglob("*.onnx*"))  # nor left under its temporary name
 
 
 def test_the_factory_builds_it_for_the_onnxruntime_runtime() -> None:
@@ -119,10 +120,11 @@ print(json.dumps({"torch": "torch" in sys.modules, "runtime": engine.info.runtim
 """
 
 
-def test_a_worker_on_the_onnxruntime_runtime_never_imports_torch() -> None:
+def test_a_worker_on_the_onnxruntime_runtime_never_imports_torch(tmp_path: Path) -> None:
     """The shipped default with text and audio, as the worker loads it: once the graphs are in
     the export cache (the first start exports them with torch), a start loads no torch at all."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
+    env["HOME"] = str(tmp_path)  # an empty export cache, whatever this machine's holds
 
     def start() -> dict[str, object]:
         run = subprocess.run(
@@ -132,6 +134,36 @@ def test_a_worker_on_the_onnxruntime_runtime_never_imports_torch() -> None:
         out: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
         return out
 
-    start()  # exports what the cache lacks
+    first = start()  # exports what the cache lacks, with torch
+    assert first["torch"] is True and (tmp_path / ".cache" / "emostream" / "onnx" / "whisper").is_dir()
     got = start()
     assert got == {"torch": False, "runtime": "onnxruntime", "text": 384, "audio": 768, "finite": True}
+
+
+THREADS_PROBE = """
+import json, sys
+import numpy as np
+from engines.runtime.threads import set_cpu_threads
+
+set_cpu_threads(1)  # before torch is imported, as the worker does
+assert "torch" not in sys.modules
+from engines.registry import load_extractors
+
+x = load_extractors("default", runtime=sys.argv[1])
+x.text.encode(["you did what?"])
+x.audio.extract([np.sin(np.arange(16000) / 8).astype(np.float32)])
+import torch
+
+print(json.dumps(torch.get_num_threads()))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread is the default anyway")
+@pytest.mark.parametrize("runtime", ["onnxruntime-bf16", "torch"])
+def test_torch_takes_the_thread_count_set_before_it_was_imported(runtime: str) -> None:
+    """`engine.cpu_threads` (and --processes N) reach torch, which is imported after they are set."""
+    run = subprocess.run(
+        [sys.executable, "-c", THREADS_PROBE, runtime], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,14 @@ def test_a_cpu_runtime_named_explicitly_probes_no_gpu(monkeypatch: pytest.Monkey
         assert resolve_runtime(name).name == name
 
 
-def test_without_a_gpu_driver_cuda_is_absent_without_asking_torch(tmp_path: Path) -> None:
-    from engines.runtime.select import cuda_available
+def test_without_a_gpu_driver_cuda_is_absent_without_asking_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engines.runtime.select as select
 
-    assert cuda_available(nodes=(str(tmp_path / "nvidiactl"),)) is False
+    monkeypatch.setitem(sys.modules, "torch", None)  # an import of torch now fails
+    monkeypatch.setattr(select, "GPU_NODES", (str(tmp_path / "nvidiactl"),))
+    assert select.cuda_available(nodes=select.GPU_NODES) is False
+    assert resolve_runtime("auto", amx=False).name == "onnxruntime"
+    with pytest.raises(ImportError):  # a GPU runtime named explicitly asks torch itself
+        resolve_runtime("torch-cuda")
