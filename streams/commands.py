@@ -13,6 +13,8 @@ def cmd_worker(ns: Any) -> int:
 
     overrides = {} if ns.metrics_port is None else {"metrics": {"port": ns.metrics_port}}
     settings = load_settings(ns.config, **overrides)
+    if ns.prepare:
+        return prepare_model(settings)
     if ns.processes > 1:
         from streams.processes import run_processes
 
@@ -25,6 +27,25 @@ def cmd_worker(ns: Any) -> int:
 
     limit_malloc_arenas()  # before the model's threads start
     return run_worker(settings)
+
+
+def prepare_model(settings: Any) -> int:
+    """Load the model on its runtime and warm its encoders, which fills the export cache with
+    their graphs, then exit: run once where the workers' home is (an image build), so that their
+    starts find the graphs and, on the ONNX Runtime runtimes, never load torch."""
+    import sys
+
+    from engines.features.cache import DEFAULT_ROOT
+    from streams.runtime import load_model
+
+    engine, featurizer = load_model(settings)
+    featurizer.warm_up()
+    graphs = sorted(str(p.relative_to(DEFAULT_ROOT)) for p in (DEFAULT_ROOT / "onnx").rglob("*.onnx"))
+    print(f"prepared {settings.model_dir()} on runtime {engine.info.runtime}; graphs in {DEFAULT_ROOT}:")
+    for g in graphs:
+        print(f"  {g}")
+    print(f"this process loaded torch: {'yes' if 'torch' in sys.modules else 'no'}")
+    return 0
 
 
 def cmd_ui(ns: Any) -> int:
@@ -51,6 +72,11 @@ def register(sub: Any) -> None:
         metavar="N",
         help="N worker processes in the one consumer group, supervised (metrics on port, port+1, ...); "
         "one per core of a many-core machine (streams/processes.py)",
+    )
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="load the model on its runtime, export the encoders' graphs into the cache and exit (no Kafka)",
     )
     p.add_argument("--metrics-port", type=int, default=None, help=argparse.SUPPRESS)  # a supervised child's
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # its supervisor's

@@ -167,3 +167,19 @@ def test_torch_takes_the_thread_count_set_before_it_was_imported(runtime: str) -
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert json.loads(run.stdout.strip().splitlines()[-1]) == 1
+
+
+def test_worker_prepare_fills_the_export_cache_so_a_start_loads_no_torch(tmp_path: Path) -> None:
+    """`emostream worker --prepare` (the image build runs it): exports and exits, no Kafka needed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
+    env.update(HOME=str(tmp_path), EMOSTREAM_ENGINE__RUNTIME="onnxruntime")
+
+    def prepare() -> str:
+        cmd = [sys.executable, "-m", "streams.cli", "worker", "--prepare"]
+        run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout
+
+    first = prepare()
+    assert "onnx/whisper/" in first and "onnx/text/" in first and "loaded torch: yes" in first
+    assert "loaded torch: no" in prepare()

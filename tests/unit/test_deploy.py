@@ -190,3 +190,18 @@ def test_compose_workers_load_the_model_the_image_holds() -> None:
         assert_model_in_image({k: str(v) for k, v in compose["services"][service]["environment"].items()})
     with pytest.raises(AssertionError):
         assert_model_in_image({"EMOSTREAM_ENGINE__MODEL": "default"})  # what compose said before
+
+
+def test_the_image_exports_the_encoders_graphs_as_its_user() -> None:
+    """Built into the image as the worker's user, so its starts find them in its home's cache."""
+    import shlex
+
+    from streams.cli import build_parser
+
+    lines = (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
+    last_user = max(i for i, line in enumerate(lines) if line.startswith("USER "))
+    (prepare,) = [line for line in lines[last_user:] if line.startswith("RUN ") and "--prepare" in line]
+    words = shlex.split(prepare.removeprefix("RUN "))
+    assert words[0] == "EMOSTREAM_ENGINE__RUNTIME=onnxruntime" and words[1] == "emostream"
+    ns = build_parser().parse_args(words[2:])
+    assert ns.command == "worker" and ns.prepare
