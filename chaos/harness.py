@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
-from streams.settings import TOPIC_KEYS, Settings
+from streams.settings import TOPIC_KEYS, Settings, settings_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,45 +47,11 @@ def settings_for(services: Any, unique: str, session_timeout_s: float = 10.0, **
 
 
 def env_for(settings: Settings) -> dict[str, str]:
-    """The same settings as EMOSTREAM_* variables, as a user would pass them to `emostream worker`."""
+    """The same settings as EMOSTREAM_* variables, as a user would pass them to `emostream worker`:
+    every setting (:func:`streams.settings.settings_env`), none of this process's own EMOSTREAM_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
-    t = settings.kafka.topics
-    env.update(
-        {
-            "EMOSTREAM_KAFKA__BROKERS": settings.kafka.brokers,
-            "EMOSTREAM_KAFKA__GROUP_ID": settings.kafka.group_id,
-            **{f"EMOSTREAM_KAFKA__TOPICS__{k.upper()}": getattr(t, k) for k in TOPIC_KEYS},
-            "EMOSTREAM_REDIS__URL": settings.redis.url.get_secret_value(),
-            "EMOSTREAM_REDIS__KEY_PREFIX": settings.redis.key_prefix,
-            "EMOSTREAM_REDIS__WINDOW": str(settings.redis.window),
-            "EMOSTREAM_JOIN__WAIT_S": str(settings.join.wait_s),
-            "EMOSTREAM_JOIN__DEFAULT_MODALITIES": '["' + '","'.join(settings.join.default_modalities) + '"]',
-            "EMOSTREAM_ENGINE__MAX_BATCH": str(settings.engine.max_batch),
-            "EMOSTREAM_ENGINE__MAX_WAIT_S": str(settings.engine.max_wait_s),
-            "EMOSTREAM_ENGINE__BATCH_BUDGET_S": str(settings.engine.batch_budget_s),
-            "EMOSTREAM_ENGINE__RUNTIME": settings.engine.runtime,
-            "EMOSTREAM_METRICS__PORT": str(settings.metrics.port),
-            "EMOSTREAM_KAFKA__SESSION_TIMEOUT_S": str(settings.kafka.session_timeout_s),
-            "EMOSTREAM_KAFKA__TOPICS__REPLICATION": str(t.replication),
-            "EMOSTREAM_LIMITS__MAX_MESSAGE_BYTES": str(settings.limits.max_message_bytes),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    k, r = settings.kafka, settings.redis  # security settings, where set
-    for section, name, value in [
-        ("KAFKA", "SECURITY_PROTOCOL", k.security_protocol),
-        ("KAFKA", "SSL_CAFILE", k.ssl_cafile),
-        ("KAFKA", "SSL_CERTFILE", k.ssl_certfile),
-        ("KAFKA", "SSL_KEYFILE", k.ssl_keyfile),
-        ("KAFKA", "SASL_MECHANISM", k.sasl_mechanism),
-        ("KAFKA", "SASL_USERNAME", k.sasl_username),
-        ("KAFKA", "SASL_PASSWORD", k.sasl_password.get_secret_value() if k.sasl_password else None),
-        ("KAFKA", "STARTUP_TIMEOUT_S", str(k.startup_timeout_s)),
-        ("KAFKA", "REQUEST_TIMEOUT_S", str(k.request_timeout_s)),
-        ("REDIS", "TLS_CA_FILE", r.tls_ca_file),
-    ]:
-        if value is not None:
-            env[f"EMOSTREAM_{section}__{name}"] = value
+    env.update(settings_env(settings))
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -248,6 +248,33 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError(f"bad settings ({where}): {_summary(exc)}") from exc
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the ``EMOSTREAM_*`` variables that give them back (``Settings()`` in a
+    process with only these): every field, secrets in clear, lists and tables as JSON. For the
+    tools that start a worker or another process on given settings (the chaos harness, the bench)."""
+    from pydantic_core import to_jsonable_python
+
+    out: dict[str, str] = {}
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            key = f"{prefix}{name.upper()}"
+            if isinstance(value, BaseModel):
+                walk(value, key + "__")
+            elif value is None:
+                continue  # every optional setting defaults to None: absent is the same
+            elif isinstance(value, SecretStr):
+                out[key] = value.get_secret_value()
+            elif isinstance(value, str):
+                out[key] = value
+            else:
+                out[key] = json.dumps(to_jsonable_python(value))
+
+    walk(settings, "EMOSTREAM_")
+    return out
+
+
 def _summary(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
 

@@ -1,0 +1,52 @@
+"""Settings handed to a child process as EMOSTREAM_* variables come back whole (streams/settings.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.settings import Settings, load_settings, settings_env
+
+
+def unlike_the_defaults() -> Settings:
+    """Every section changed somewhere: a secret with quotes, a list, a nested table, floats, bools."""
+    return load_settings(
+        None,
+        kafka={
+            "brokers": "b1:9093,b2:9093",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "emo",
+            "sasl_password": 'p@"ss w=rd',
+            "ssl_cafile": "/etc/ca.pem",
+            "fetch_max_wait_s": 0.2,
+            "topics": {"text": "t.text", "partitions": 8},
+        },
+        redis={"url": "rediss://:secret@r:6380/3", "window": 7, "tls_ca_file": "/etc/rca.pem"},
+        join={"default_modalities": ["text"], "wait_s": 0.75},
+        engine={"runtime": "onnxruntime", "max_batch": 64, "cpu_threads": 1, "revision_model": "revised"},
+        limits={"max_message_bytes": 4 * 2**20},
+        analytics={"enabled": False},
+        metrics={"port": 19108},
+        log_level="DEBUG",
+    )
+
+
+@pytest.mark.parametrize("settings", [Settings(), unlike_the_defaults()], ids=["defaults", "changed"])
+def test_settings_env_gives_the_same_settings_back(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("EMOSTREAM_"):
+            monkeypatch.delenv(key)
+    env = settings_env(settings)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
+    assert load_settings(None) == settings
+
+
+def test_secrets_travel_in_clear_and_lists_as_json() -> None:
+    env = settings_env(unlike_the_defaults())
+    assert env["EMOSTREAM_KAFKA__SASL_PASSWORD"] == 'p@"ss w=rd'  # the child needs it, not "**********"
+    assert env["EMOSTREAM_JOIN__DEFAULT_MODALITIES"] == '["text"]'
+    assert env["EMOSTREAM_ENGINE__RUNTIME"] == "onnxruntime"  # the harness once forgot this one
