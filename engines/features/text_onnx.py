@@ -17,8 +17,9 @@ dict, the transformer config (the transformers version in it) and this module's 
 a fine-tuned or otherwise changed model gets its own export. ``model.opt-ort<version>.onnx`` beside it
 is the same graph after ``onnxruntime.transformers.optimizer`` (model type "bert": fused
 EmbedLayerNormalization, Attention, BiasGelu, SkipLayerNormalization). Files are written to a
-temporary name and renamed, and each new graph is checked against the torch encoder on a few
-probe sentences before it is kept (:class:`~engines.errors.FeatureError` if they differ).
+temporary name and renamed, and a graph is checked against the torch encoder on a few probe
+sentences before it is used unless a record (below) vouches for it: a new one, or one a crash left
+between its rename and its check (:class:`~engines.errors.FeatureError` if they differ; it is removed).
 
 The torch model is loaded only to export (its state dict names the export) and to check a new
 graph. The export also records, under ``<cache root>/onnx/text/sources/``, which export the
@@ -408,7 +409,7 @@ class OnnxTextEncoder(TextEncoder):
             providers = self.providers if self.providers is not None else default_providers()
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             self.onnx_path = path
-            if new:
+            if recorded is None:  # no record vouches for it: a new graph, or one a crash left unchecked
                 self._check_probe(path)
             if from_files and recorded is None:  # the next process finds this graph without loading the model
                 record = json.dumps({"folder": path.parent.name}) + "\n"

@@ -221,3 +221,28 @@ def test_a_tokenizer_config_that_disagrees_with_tokenizer_json_is_not_tokenized_
         LeanTokenizer(copy, 128)
     enc = OnnxTextEncoder(TextEncoder(model_dir=copy), optimize=False, cache_dir=tmp_path / "cache")
     assert type(enc.tokenizer()).__name__ == "_ModelTokenizer"
+
+
+def test_a_graph_no_record_vouches_for_is_checked_before_use(tmp_path: Path) -> None:
+    """A crash between a graph's rename and its probe check leaves a graph without its record: the
+    next start checks it (and refuses a wrong one) instead of trusting it because it exists."""
+    import onnx
+    from onnx import numpy_helper
+
+    from engines.features.text import TextEncoder
+
+    made = OnnxTextEncoder(TextEncoder(), optimize=False, cache_dir=tmp_path / "a")
+    made.encode(["warm up"])
+    graph = onnx.load(str(made.export_paths()[0]))
+    big = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # a weight matrix, changed
+    big.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(big) * 1.5, big.name))
+    fresh = OnnxTextEncoder(TextEncoder(), optimize=False, cache_dir=tmp_path / "b")
+    plain, _ = fresh.export_paths()
+    plain.parent.mkdir(parents=True)
+    onnx.save(graph, str(plain))  # where the graph goes, and no record: as a crash would leave it
+    assert fresh._recorded_graph() is None
+    with pytest.raises(FeatureError, match="differ from torch"):
+        fresh.encode(["you did what?"])
+    assert not plain.exists()  # removed: the next start exports it again
+    again = OnnxTextEncoder(TextEncoder(), optimize=False, cache_dir=tmp_path / "b")
+    assert again.encode(["you did what?"]).shape == (1, 384)
