@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
 from streams.settings import TOPIC_KEYS, Settings, settings_env
 
@@ -26,12 +28,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class _ArgumentsOnly(Settings):
+    """Settings from the arguments and the defaults alone, whatever EMOSTREAM_* this shell has."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def settings_for(services: Any, unique: str, session_timeout_s: float = 10.0, **join: Any) -> Settings:
     """Settings for one scenario or test: its own topics, group and Redis keys; a crashed worker's
-    partitions move on after ``session_timeout_s``."""
+    partitions move on after ``session_timeout_s``. The caller's EMOSTREAM_* variables do not
+    count: every setting reaches the worker (:func:`env_for`), so a shell's own would change it."""
     topics: dict[str, Any] = {k: f"t{unique}.{k}" for k in TOPIC_KEYS}
     topics["replication"] = getattr(services, "replication", 1)
-    return Settings(
+    fixed = _ArgumentsOnly(
         kafka={
             "brokers": services.brokers,
             "group_id": f"g{unique}",
@@ -44,6 +62,7 @@ def settings_for(services: Any, unique: str, session_timeout_s: float = 10.0, **
         metrics={"port": free_port()},
         limits={"max_message_bytes": 512 * 1024},
     )
+    return Settings(**fixed.model_dump())  # every field given: the environment has nothing left to set
 
 
 def env_for(settings: Settings) -> dict[str, str]:

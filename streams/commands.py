@@ -36,9 +36,10 @@ def prepare_model(settings: Any) -> int:
     import sys
 
     from engines.features.cache import DEFAULT_ROOT
-    from streams.runtime import load_model
+    from streams.runtime import load_model, load_revision_model
 
     engine, featurizer = load_model(settings)
+    load_revision_model(settings, engine)  # checked too: it shares the encoders (and so their graphs)
     featurizer.warm_up()
     graphs = sorted(str(p.relative_to(DEFAULT_ROOT)) for p in (DEFAULT_ROOT / "onnx").rglob("*.onnx"))
     print(f"prepared {settings.model_dir()} on runtime {engine.info.runtime}; graphs in {DEFAULT_ROOT}:")

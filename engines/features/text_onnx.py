@@ -449,13 +449,21 @@ class OnnxTextEncoder(TextEncoder):
         return path, new
 
     def _check_probe(self, path: Path) -> None:
-        """A freshly written graph must reproduce the torch encoder on the probe sentences."""
+        """A graph no record vouches for must reproduce the torch encoder on the probe sentences;
+        one that does not is removed with the graphs it was derived from or with (its folder), so
+        that the next start exports them all again rather than optimising a bad export anew."""
         got, want = self.encode(PROBE), self.encoder.encode(PROBE)
         cos = float((got * want).sum(1).min())
         if not cos >= (PROBE_MIN_COSINE_INT8 if self.quantize else PROBE_MIN_COSINE):
-            path.unlink(missing_ok=True)
             self._session = None
-            raise FeatureError(f"{path}: ONNX embeddings differ from torch (min cosine {cos:.6f}); graph removed")
+            import shutil
+
+            try:
+                shutil.rmtree(path.parent)
+                gone = "graphs removed"
+            except OSError as exc:  # a read-only cache: say so, the error is the probe's
+                gone = f"could not remove them: {exc}"
+            raise FeatureError(f"{path}: ONNX embeddings differ from torch (min cosine {cos:.6f}); {gone}")
 
     def tokenizer(self) -> LeanTokenizer | _ModelTokenizer:
         """The lean tokenizer; the loaded model's own where its files do not allow one."""

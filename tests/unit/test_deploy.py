@@ -193,15 +193,17 @@ def test_compose_workers_load_the_model_the_image_holds() -> None:
 
 
 def test_the_image_exports_the_encoders_graphs_as_its_user() -> None:
-    """Built into the image as the worker's user, so its starts find them in its home's cache."""
+    """Built into the CPU image as the worker's user, so its starts find them in its home's cache."""
     import shlex
 
     from streams.cli import build_parser
 
-    lines = (DEPLOY / "docker" / "Dockerfile").read_text().splitlines()
+    text = (DEPLOY / "docker" / "Dockerfile").read_text().replace("\\\n", "")
+    lines = text.splitlines()
     last_user = max(i for i, line in enumerate(lines) if line.startswith("USER "))
     (prepare,) = [line for line in lines[last_user:] if line.startswith("RUN ") and "--prepare" in line]
-    words = shlex.split(prepare.removeprefix("RUN "))
-    assert words[0] == "EMOSTREAM_ENGINE__RUNTIME=onnxruntime" and words[1] == "emostream"
-    ns = build_parser().parse_args(words[2:])
+    assert '"${TORCH_INDEX##*/}" = "cpu"' in prepare  # the CPU image only: the GPU one runs torch
+    command = re.search(r"EMOSTREAM_ENGINE__RUNTIME=onnxruntime emostream ([^&;]*)", prepare)
+    assert command, prepare
+    ns = build_parser().parse_args(shlex.split(command.group(1)))
     assert ns.command == "worker" and ns.prepare

@@ -50,3 +50,20 @@ def test_secrets_travel_in_clear_and_lists_as_json() -> None:
     assert env["EMOSTREAM_KAFKA__SASL_PASSWORD"] == 'p@"ss w=rd'  # the child needs it, not "**********"
     assert env["EMOSTREAM_JOIN__DEFAULT_MODALITIES"] == '["text"]'
     assert env["EMOSTREAM_ENGINE__RUNTIME"] == "onnxruntime"  # the harness once forgot this one
+
+
+def test_a_scenarios_settings_ignore_the_shells_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every setting reaches a harness worker, so one set in the developer's shell must not."""
+    from chaos.harness import env_for, settings_for
+
+    class Services:
+        brokers = "127.0.0.1:1"
+        redis_url = "redis://127.0.0.1:2/0"
+
+    monkeypatch.setenv("EMOSTREAM_ENGINE__CPU_THREADS", "16")
+    monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", "DEBUG")
+    settings = settings_for(Services(), "u1")
+    assert type(settings) is Settings and settings.engine.cpu_threads is None and settings.log_level == "INFO"
+    assert settings.kafka.group_id == "gu1" and settings.engine.max_batch == 16  # the scenario's own
+    env = env_for(settings)
+    assert "EMOSTREAM_ENGINE__CPU_THREADS" not in env and env["EMOSTREAM_LOG_LEVEL"] == "INFO"
