@@ -51,7 +51,7 @@ import numpy as np
 from engines.errors import FeatureError
 from engines.features.cache import DEFAULT_ROOT
 from engines.features.text import TextEncoder, normalise_text
-from engines.runtime.threads import cpu_threads
+from engines.runtime.threads import encoder_session_options
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -399,13 +399,7 @@ class OnnxTextEncoder(TextEncoder):
             from_files = self.encoder._model is None
             recorded = self._recorded_graph() if from_files else None
             path, new = (recorded, False) if recorded is not None else self._export()
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            opts.inter_op_num_threads = 1
-            threads = self.intra_op_threads if self.intra_op_threads is not None else cpu_threads()
-            if threads is not None:
-                opts.intra_op_num_threads = threads
+            opts = encoder_session_options(self.intra_op_threads)
             providers = self.providers if self.providers is not None else default_providers()
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             self.onnx_path = path

@@ -51,6 +51,7 @@ from engines.features.whisper_spec import (  # noqa: F401 - re-exported: this mo
     SEGMENT_FRAMES,
     WhisperConfig,
     WhisperFeatures,
+    centred_clips,
     default_model_path,
     mel_filters,
     plan_passes,
@@ -73,14 +74,7 @@ def log_mel(
     1e-10 floor, a dynamic range of 8 below the clip's maximum, then ``(x + 4) / 4``.
     """
     pad = N_FFT // 2
-    clips = []
-    for w in waves:
-        w = np.asarray(w, dtype=np.float32)
-        assert w.ndim == 1, w.shape
-        if w.shape[0] < N_FFT:
-            w = np.pad(w, (0, N_FFT - w.shape[0]))
-        clips.append(np.pad(w, (pad, 0), mode="reflect"))
-    n_frames = [(c.shape[0] - pad) // HOP for c in clips]
+    clips, n_frames = centred_clips(waves)
     x = torch.zeros(len(clips), max(c.shape[0] for c in clips) + pad, dtype=torch.float32)
     for i, c in enumerate(clips):
         x[i, : c.shape[0]] = torch.from_numpy(c)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.artifact import file_sha256
 from engines.errors import FeatureError
 from engines.features.cache import DEFAULT_ROOT
 from engines.features.whisper_spec import (
@@ -47,7 +48,7 @@ from engines.features.whisper_spec import (
     mel_filters,
     plan_passes,
 )
-from engines.runtime.threads import cpu_threads
+from engines.runtime.threads import encoder_session_options
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,6 @@ def probe_waves() -> list[np.ndarray]:
         x = sum((0.2 / h) * np.sin(2 * np.pi * h * f0 * t) for h in range(1, 6)) + 0.01 * rng.standard_normal(t.size)
         out.append(x.astype(np.float32))
     return out
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_whisper_onnx(
@@ -162,23 +155,17 @@ class OnnxWhisperExtractor(WhisperFeatures):
         """Where the graph of these weights and layers lies in the export cache: the key hashes the
         recipe, the layers, the weights file and the source of the encoder and of its export."""
         key = hashlib.sha256(f"{RECIPE}/opset{OPSET}/layers{list(self.settings.layers)}/".encode())
-        key.update(_file_sha256(self.model_path).encode())
+        key.update(file_sha256(self.model_path).encode())
         for module in ("engines.features.whisper", __name__):  # found, not imported: no torch
             spec = importlib.util.find_spec(module)
             assert spec is not None and spec.origin is not None, module
-            key.update(_file_sha256(Path(spec.origin)).encode())
+            key.update(file_sha256(Path(spec.origin)).encode())
         return self.cache_root / "onnx" / "whisper" / f"{key.hexdigest()[:24]}.onnx"
 
     def _open(self, path: Path) -> Any:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.inter_op_num_threads = 1
-        threads = self.intra_op_threads if self.intra_op_threads is not None else cpu_threads()
-        if threads is not None:
-            opts.intra_op_num_threads = threads
+        opts = encoder_session_options(self.intra_op_threads)
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
     def session(self) -> Any:

@@ -136,12 +136,10 @@ def mel_filters(sr: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS)
     return weights.astype(np.float32)
 
 
-def log_mel_np(waves: Sequence[np.ndarray], filters: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """:func:`engines.features.whisper.log_mel` in numpy: (B, 80, T) float32, zero beyond each clip,
-    and the frame counts. The same frames, window, floor and dynamic range; each clip is
-    transformed alone (no batch padding to compute)."""
+def centred_clips(waves: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """Each wave as Whisper's front end frames it: float32, at least one STFT window long (zeros
+    after), reflect-padded by half a window on the left; and its frame count (``len // 160``)."""
     pad = N_FFT // 2
-    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic Hann
     clips = []
     for w in waves:
         w = np.asarray(w, dtype=np.float32)
@@ -149,7 +147,16 @@ def log_mel_np(waves: Sequence[np.ndarray], filters: np.ndarray) -> tuple[np.nda
         if w.shape[0] < N_FFT:
             w = np.pad(w, (0, N_FFT - w.shape[0]))
         clips.append(np.pad(w, (pad, 0), mode="reflect"))
-    n_frames = [(c.shape[0] - pad) // HOP for c in clips]
+    return clips, [(c.shape[0] - pad) // HOP for c in clips]
+
+
+def log_mel_np(waves: Sequence[np.ndarray], filters: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """:func:`engines.features.whisper.log_mel` in numpy: (B, 80, T) float32, zero beyond each clip,
+    and the frame counts. The same frames, window, floor and dynamic range; each clip is
+    transformed alone (no batch padding to compute)."""
+    pad = N_FFT // 2
+    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)  # periodic Hann
+    clips, n_frames = centred_clips(waves)
     out = np.zeros((len(clips), N_MELS, max(n_frames)), dtype=np.float32)
     for i, c in enumerate(clips):
         x = np.pad(c, (0, pad))  # zeros on the right, as Whisper pads its audio

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from typing import Any
 
 _threads: int | None = None
 
@@ -33,6 +34,22 @@ def apply_to_torch() -> None:
 
 def cpu_threads() -> int | None:
     return _threads
+
+
+def encoder_session_options(intra_op_threads: int | None = None) -> Any:
+    """ONNX Runtime options for an encoder's graph: every graph optimisation, sequential execution
+    with one inter-op thread, and ``intra_op_threads`` (None: :func:`cpu_threads`, else ONNX
+    Runtime's default, every core) for its operators."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    threads = intra_op_threads if intra_op_threads is not None else cpu_threads()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    return opts
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter

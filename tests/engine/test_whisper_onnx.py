@@ -16,19 +16,11 @@ from engines.errors import FeatureError
 from engines.features import audio_extractor_from_dict
 from engines.features.whisper_onnx import OnnxWhisperExtractor
 from engines.features.whisper_spec import WhisperConfig
+from tests.unit.test_features_whisper import voice
 
 pytestmark = pytest.mark.engine
 ROOT = Path(__file__).resolve().parents[2]
-SR = 16_000
 MAX_REL = 1e-5  # against the torch extractor, relative to a vector's largest value (about 2e-6 measured)
-
-
-def voice(seconds: float, f0: float = 140.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    phase = 2 * np.pi * np.cumsum(f0 * (1.0 + 0.1 * np.sin(2 * np.pi * 0.7 * t))) / SR
-    x = sum((0.2 / k) * np.sin(k * phase) for k in range(1, 8)) + 0.01 * rng.standard_normal(t.size)
-    return x.astype(np.float32)
 
 
 def odd_clips() -> list[np.ndarray]:
