@@ -212,15 +212,21 @@ class Joiner:
         now: float,
         partition: int = -1,
         ts: float | None = None,
+        handle: Any = None,
     ) -> JoinResult:
         """A part that was dead-lettered (its ids parsed, its content did not: audio that does not
         decode, say): its utterance waits for it no longer, and goes with what else it has
-        (``ignored[modality] = why``); an utterance with no other part gives no event."""
+        (``ignored[modality] = why``); an utterance with no other part gives no event. ``handle``
+        (the part's own) is acked with its utterance's parts, not before: a worker that crashes
+        before the utterance's event is out reads the part again after it, so the replay knows
+        again not to wait for it and says why the event lacks it."""
         assert modality in MODALITIES, modality
         if (call_id, utterance_id) in self._done:
-            return JoinResult()
+            return JoinResult(ack_now=[handle] if handle is not None else [])
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
+        if handle is not None:
+            utt.handles.append(handle)
         if modality not in utt.parts:
             utt.ignored[modality] = why
         return self._release(call_id, now)
@@ -313,6 +319,8 @@ class Joiner:
             utt.timed_out = not all(utt.has(m) for m in call.expected)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
+            else:
+                result.ack_now.extend(utt.handles)
             self._mark_done(utt, call.partition)
         self._open -= len(call.pending)
         return result
@@ -352,6 +360,8 @@ class Joiner:
             utt.timed_out = not complete
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
+            else:
+                result.ack_now.extend(utt.handles)
             del call.pending[utt.utterance_id]
             self._open -= 1
             self._mark_done(utt, call.partition)

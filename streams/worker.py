@@ -205,18 +205,20 @@ class Worker:
                 else:
                     payload = to_payload(msg, self.processor.dims, self.settings.limits)
         except InvalidMessage as exc:
-            await self._reject(exc, receipt, key, value, msg)
+            joinable = isinstance(msg, Part) and key == msg.call_id.encode()  # its utterance waits for it no longer
+            # a part's own ack waits for its utterance (Joiner.reject): a replay after a crash meets it again
+            await self._reject(exc, receipt, key, value, msg, ack=not joinable)
             self._mark_read(topic, partition, offset, timestamp)
-            if isinstance(msg, Part) and key == msg.call_id.encode():  # its utterance waits for it no longer
+            if joinable:
                 declared = await self._declaration(msg)
                 async with self.lock:
-                    if receipt.lease.valid:
+                    if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
                         if declared and not self.joiner.knows(msg.call_id):  # as for a usable part, below
                             self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
                         why = f"{DEAD_LETTERED}{exc.reason}"
                         self._absorb(self.joiner.reject(
                             msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
-                            partition, timestamp,
+                            partition, timestamp, receipt,
                         ))  # fmt: skip
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
@@ -652,9 +654,16 @@ class Worker:
 
     # -- dead letters ---------------------------------------------------------------------------
     async def _reject(
-        self, exc: InvalidMessage, receipt: Receipt, key: bytes | None, value: bytes | None, msg: Any = None
+        self,
+        exc: InvalidMessage,
+        receipt: Receipt,
+        key: bytes | None,
+        value: bytes | None,
+        msg: Any = None,
+        ack: bool = True,
     ) -> None:
-        """Dead-letter one input message and ack it (naming its call and utterance if it parsed)."""
+        """Dead-letter one input message and ack it unless ``ack`` is False (naming its call and
+        utterance if it parsed)."""
         raw = value or b""
         payload, truncated = payload_copy(raw, self.settings.limits)
         record = DeadLetter(
@@ -679,11 +688,13 @@ class Worker:
             exc.detail,
         )
         await self._send_dead_letter(record, key)
-        receipt.ack()
+        if ack:
+            receipt.ack()
 
     async def _dead_letter_utterance(self, utt: Utterance, why: str) -> None:
         """An utterance the encoders or the engine failed on (its parts are acked with the batch)."""
-        sources = [r.source for r in utt.handles if isinstance(r, Receipt)]
+        used = {self.topic_of.get(m) for m in utt.parts}  # not a part dead-lettered on its own before
+        sources = [r.source for r in utt.handles if isinstance(r, Receipt) and r.topic in used]
         first = sources[0] if sources else SourceRef(topic="", partition=-1, offset=-1)
         record = DeadLetter(
             reason="processing_failed",

@@ -323,9 +323,10 @@ def test_a_call_that_ends_gives_no_event_for_an_utterance_whose_only_part_was_de
     """The call's end is often read before a bulky audio topic catches up (found in review)."""
     j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
     j.call_ended("c", now=0.0)
-    j.reject("c", "u0", 0, "A", "audio", "dead-lettered: x", now=0.1)
+    assert j.reject("c", "u0", 0, "A", "audio", "dead-lettered: x", now=0.1, handle="h0").ack_now == []
     j.add("c", "u1", 1, "A", "text", "t1", "h", now=0.2)
     assert ids(j.reject("c", "u1", 1, "A", "audio", "dead-lettered: x", now=0.2)) == []  # complete, behind u0
     r = j.expire(now=2.05)
     assert r.ended_calls == ["c"] and ids(r) == ["u1"] and not r.ready[0].timed_out  # u0: nothing to label
+    assert r.ack_now == ["h0"]  # the dead-lettered part is acked as its utterance goes without an event
     assert j.open_utterances == 0

@@ -226,7 +226,52 @@ def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> No
         ]
         assert base64.b64decode(dead[0].payload) == b"{oops" and dead[0].source_topic == t.text
         assert [e.utterance_id for e in events(sent)] == ["u0"]
-        assert {"ack bad1", "ack bad2", "ack bad3", "ack good"} <= set(log)
+        assert {"ack bad1", "ack good"} <= set(log)
+        clock: Any = w.clock
+        clock.now += 1.0  # u1 and u2 (their only parts dead-lettered) waited in vain: their parts are acked as they go
+        await w.pump()
+        assert {"ack bad2", "ack bad3"} <= set(log) and [e.utterance_id for e in events(sent)] == ["u0"]
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_lettered_part_is_acked_with_its_utterance_so_a_replay_meets_it_again() -> None:
+    """Audio that does not decode is dead-lettered at once, but its ack waits for its utterance's
+    event: acked at once, a crash before that event left the replay without it, waiting the whole
+    join wait for an audio part that was never read again and labelling without saying why."""
+
+    def bad(utt: str, seq: int) -> bytes:
+        return AudioPart(
+            call_id="c", utterance_id=utt, seq=seq, encoding="flac", data=base64.b64encode(b"not flac").decode()
+        ).to_bytes()
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=30.0)
+        t = w.settings.kafka.topics
+        await w.on_message(t.audio, 1, 7, b"c", bad("u0", 0), Handle(log, "bad0"))
+        assert [DeadLetter.model_validate_json(v).reason for tp, v in sent if tp == t.deadletter] == [
+            "undecodable_audio"
+        ]
+        assert "ack bad0" not in log  # dead-lettered, not yet acked: its utterance has no event yet
+        # a crash here: a new worker reads both parts again, and labels at once, saying why
+        w, sent, log, store, engine = make(wait_s=30.0)
+        await w.on_message(t.audio, 1, 7, b"c", bad("u0", 0), Handle(log, "bad0"))
+        await w.on_message(t.text, 1, 8, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.pump()
+        (ev,) = events(sent)
+        assert ev.modalities_present == ["text"] and ev.ignored == {"audio": "dead-lettered: undecodable_audio"}
+        assert log.index("send emostream.emotion.events") < log.index("ack bad0")
+        assert "ack t0" in log
+        # an utterance whose only part was dead-lettered gives no event, and its part is acked once it goes
+        await w.on_message(t.audio, 1, 9, b"c", bad("u1", 1), Handle(log, "bad1"))
+        assert "ack bad1" not in log
+        clock: Any = w.clock
+        clock.now += 31.0
+        await w.pump()
+        assert "ack bad1" in log and len(events(sent)) == 1
+        # a dead-lettered part of an utterance already labelled is acked at once
+        await w.on_message(t.audio, 1, 10, b"c", bad("u0", 0), Handle(log, "bad0 again"))
+        assert "ack bad0 again" in log
 
     asyncio.run(scenario())
 
