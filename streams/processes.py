@@ -225,14 +225,29 @@ def die_with_parent(parent: int) -> None:
         raise SystemExit(0)
 
 
+#: how many worker processes share this machine (or container), for ``auto``'s memory budget
+PROCESSES_ENV = "EMOSTREAM_SHARED_BY_PROCESSES"
+
+
 def child_env(n: int, cpu_threads: int | None, env: dict[str, str]) -> dict[str, str]:
     """The children's environment: unless ``engine.cpu_threads`` is set, each of the ``n``
-    processes gets its share of the cores for its model runtimes (engines/runtime/threads.py)."""
+    processes gets its share of the cores for its model runtimes (engines/runtime/threads.py);
+    and each knows that ``n`` share the memory (``auto`` weighs it: engines/runtime/select.py)."""
     from engines.runtime.threads import share_of_cores
 
-    if cpu_threads is not None or n <= 1:
+    if n <= 1:
         return dict(env)
-    return {**env, "EMOSTREAM_ENGINE__CPU_THREADS": str(share_of_cores(n))}
+    if cpu_threads is not None:
+        return {**env, PROCESSES_ENV: str(n)}
+    return {**env, PROCESSES_ENV: str(n), "EMOSTREAM_ENGINE__CPU_THREADS": str(share_of_cores(n))}
+
+
+def shared_by() -> int:
+    """How many worker processes share this machine's memory (1 unless a supervisor said)."""
+    try:
+        return max(1, int(os.environ.get(PROCESSES_ENV, "1")))
+    except ValueError:
+        return 1
 
 
 def run_processes(n: int, config: str | None, port: int, cpu_threads: int | None = None) -> int:

@@ -76,6 +76,7 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     from engines.registry import load_engine, load_extractors
     from engines.runtime.select import RuntimeUnavailable, resolve_runtime
     from engines.runtime.threads import default_cpu_threads, set_cpu_threads
+    from streams.processes import shared_by
 
     threads = settings.engine.cpu_threads
     if threads is None and (threads := default_cpu_threads()) is not None:
@@ -83,7 +84,7 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     set_cpu_threads(threads)
     model_dir = settings.model_dir()
     try:
-        runtime = resolve_runtime(settings.engine.runtime)
+        runtime = resolve_runtime(settings.engine.runtime, processes=shared_by())
     except RuntimeUnavailable as exc:
         raise ConfigError(f"engine.runtime: {exc}") from exc
     log.info("runtime %s on %s (%s)", runtime.name, runtime.device, runtime.why)

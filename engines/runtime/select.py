@@ -26,7 +26,9 @@ torch-cuda      GPU     all three in PyTorch on CUDA under bf16 autocast (weight
 tensorrt        GPU     the engine as a TensorRT plan (:mod:`engines.runtime.tensorrt`); encoders as
                         in torch-cuda
 auto            either  tensorrt when it imports and a GPU is there, else torch-cuda with a GPU, else
-                        onnxruntime-bf16 on a CPU with AMX, else onnxruntime
+                        onnxruntime-bf16 on a CPU with AMX and at least :data:`BF16_MIN_MEMORY` a
+                        worker process (the container's memory limit, or the machine's memory,
+                        over ``--processes``), else onnxruntime
 ==============  ======  ==========================================================================
 
 A runtime named explicitly that cannot run here (torch-cuda without a GPU, tensorrt without the
@@ -81,6 +83,11 @@ class Runtime:
         """Whether its features are the fp32 encoders' (to 1e-4): what a feature cache may hold."""
         return self.autocast is None and not self.int8
 
+
+#: the memory a worker process on onnxruntime-bf16 should have before ``auto`` picks it: with audio
+#: flat out it peaked at 1.4-1.9 GB (torch's bf16 Whisper and MiniLM), against about 0.6 GB on
+#: onnxruntime, which holds no torch (README, Performance)
+BF16_MIN_MEMORY = int(2.5 * 2**30)
 
 GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")  # dxg: WSL 2; kfd: ROCm
 
@@ -147,8 +154,12 @@ def resolve_runtime(
     tensorrt: bool | None = None,
     bf16: bool | None = None,
     amx: bool | None = None,
+    memory: int | None = None,
+    processes: int = 1,
 ) -> Runtime:
-    """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx`` override the probes, for tests)."""
+    """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx``/``memory``
+    override the probes, for tests). ``memory``: the bytes this machine or container may use
+    (:func:`~engines.runtime.threads.memory_limit` if None), shared by ``processes`` workers."""
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
     if name not in ("auto", "torch-cuda", "tensorrt"):
@@ -162,9 +173,20 @@ def resolve_runtime(
             return _make("tensorrt", "auto: tensorrt imports and a CUDA GPU is present" + note, has_bf16)
         if has_cuda:
             return _make("torch-cuda", "auto: a CUDA GPU is present, tensorrt does not import" + note, has_bf16)
-        if cpu_amx_bf16() if amx is None else amx:
-            return _make("onnxruntime-bf16", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16")
-        return _make("onnxruntime", "auto: no CUDA GPU, so the CPU path")
+        if not (cpu_amx_bf16() if amx is None else amx):
+            return _make("onnxruntime", "auto: no CUDA GPU, so the CPU path")
+        if memory is None:
+            from engines.runtime.threads import memory_limit
+
+            memory = memory_limit()
+        share = None if memory is None else memory // max(1, processes)
+        if share is not None and share < BF16_MIN_MEMORY:
+            return _make(
+                "onnxruntime",
+                f"auto: no CUDA GPU; this CPU has AMX, but {share / 2**30:.1f} GiB a process is under the "
+                f"{BF16_MIN_MEMORY / 2**30:g} GiB that onnxruntime-bf16 (torch) wants, so the CPU path without torch",
+            )
+        return _make("onnxruntime-bf16", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16")
     if name in ("torch-cuda", "tensorrt") and not has_cuda:
         raise RuntimeUnavailable(
             f"runtime {name!r} needs a CUDA GPU and torch.cuda.is_available() is False here "

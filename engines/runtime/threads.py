@@ -1,5 +1,6 @@
 """How many CPU threads this process's model runtimes use: ONNX Runtime's intra-op pool (the
-engine and the text encoder) and torch's (Whisper, the torch runtimes).
+engine and the text encoder) and torch's (Whisper, the torch runtimes); and the memory it may
+use (:func:`memory_limit`, which ``auto`` weighs, engines/runtime/select.py).
 
 By default each runtime takes every core, which is right for one worker process on a machine.
 ``emostream worker --processes N`` gives each of its N processes ``cores // N`` threads, so that
@@ -72,19 +73,26 @@ def limit_malloc_arenas(n: int = 2) -> bool:
         return False
 
 
+def _own_cgroup(proc_cgroup: str, controller: str = "") -> str:
+    """This process's cgroup path: the v2 line ("0::/path") or, with ``controller``, its v1 line."""
+    own = ""
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                _, controllers, path = (line.rstrip("\n").split(":", 2) + ["", ""])[:3]
+                if controllers == controller and (controller or line.startswith("0::")):
+                    own = path.strip("/")
+    except OSError:
+        pass
+    return own
+
+
 def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
     """The CPU quota of this process's cgroup in cores (a container's ``resources.limits.cpu``),
     or None where there is none. cgroup v2 ``cpu.max`` ("200000 100000": 2 cores; "max ...": none)
     of the process's own group and of the root as mounted; else v1 ``cpu.cfs_quota_us`` over
     ``cpu.cfs_period_us``. The smallest found wins."""
-    own = ""
-    try:
-        with open(proc_cgroup) as f:
-            for line in f:
-                if line.startswith("0::"):
-                    own = line[3:].strip().strip("/")
-    except OSError:
-        pass
+    own = _own_cgroup(proc_cgroup)
     limits: list[float] = []
     for group in {own, ""}:
         try:
@@ -104,6 +112,35 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
             continue
         if quota_us > 0 and period_us > 0:
             limits.append(quota_us / period_us)
+    return min(limits) if limits else None
+
+
+def memory_limit(
+    root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup", meminfo: str = "/proc/meminfo"
+) -> int | None:
+    """The memory this process's cgroup may use, in bytes (a container's ``resources.limits.memory``),
+    or the machine's memory where that is smaller; None where neither is known. cgroup v2
+    ``memory.max`` of the process's own group and of the root as mounted ("max": none); v1
+    ``memory.limit_in_bytes`` (its "none" is a number near 2**63). The smallest found wins."""
+    limits: list[int] = []
+    own, own_v1 = _own_cgroup(proc_cgroup), _own_cgroup(proc_cgroup, "memory")
+    files = [os.path.join(root, g, "memory.max") for g in {own, ""}]
+    files += [os.path.join(root, "memory", g, "memory.limit_in_bytes") for g in {own_v1, ""}]
+    for path in files:
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < 1 << 60:
+            limits.append(int(value))
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
     return min(limits) if limits else None
 
 

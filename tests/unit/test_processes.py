@@ -120,10 +120,23 @@ def test_each_process_gets_its_share_of_the_cores_unless_threads_are_set(monkeyp
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.setattr(threads, "cgroup_cpu_limit", lambda: None)  # whatever quota the test machine has
     env = {"PATH": "/bin"}
-    assert child_env(4, None, env) == {"PATH": "/bin", "EMOSTREAM_ENGINE__CPU_THREADS": "4"}
+    shared = {"EMOSTREAM_SHARED_BY_PROCESSES": "4"}  # auto's memory share (engines/runtime/select.py)
+    assert child_env(4, None, env) == {"PATH": "/bin", "EMOSTREAM_ENGINE__CPU_THREADS": "4", **shared}
     assert child_env(32, None, env)["EMOSTREAM_ENGINE__CPU_THREADS"] == "1"  # never none
-    assert child_env(4, 2, env) == env  # engine.cpu_threads set: the children read it from the same settings
+    # engine.cpu_threads set: the children read it from the same settings
+    assert child_env(4, 2, env) == {**env, **shared}
     assert child_env(1, None, env) == env
+
+
+def test_a_child_knows_how_many_processes_share_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.processes import PROCESSES_ENV, shared_by
+
+    monkeypatch.delenv(PROCESSES_ENV, raising=False)
+    assert shared_by() == 1
+    monkeypatch.setenv(PROCESSES_ENV, "3")
+    assert shared_by() == 3
+    monkeypatch.setenv(PROCESSES_ENV, "x")
+    assert shared_by() == 1
 
 
 def test_the_worker_caps_malloc_arenas_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:

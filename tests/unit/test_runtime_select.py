@@ -21,10 +21,55 @@ from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, cpu_a
     ],
 )
 def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bool, amx: bool, want: str) -> None:
-    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx)
+    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx, memory=64 << 30)
     assert rt.name == want
     assert rt.why.startswith("auto: ")
     assert rt.gpu == cuda
+
+
+def test_auto_leaves_torch_out_where_memory_is_short() -> None:
+    """onnxruntime-bf16 holds torch (1.4-1.9 GB a worker with audio): auto takes it on an AMX CPU
+    only with BF16_MIN_MEMORY a worker process, counting the processes that share the memory."""
+    from engines.runtime.select import BF16_MIN_MEMORY
+
+    def auto(memory: int | None, processes: int = 1) -> str:
+        return resolve_runtime("auto", cuda=False, amx=True, memory=memory, processes=processes).name
+
+    assert auto(4 << 30) == "onnxruntime-bf16"  # the Kubernetes base's 4 GiB limit
+    assert auto(2 << 30) == "onnxruntime"  # a 2 GiB container
+    assert auto(4 << 30, processes=2) == "onnxruntime"  # two workers in 4 GiB
+    assert auto(BF16_MIN_MEMORY) == "onnxruntime-bf16" and auto(BF16_MIN_MEMORY - 1) == "onnxruntime"
+    rt = resolve_runtime("auto", cuda=False, amx=True, memory=1 << 30)
+    assert "1.0 GiB a process" in rt.why and "without torch" in rt.why
+    assert resolve_runtime("onnxruntime-bf16", memory=1 << 30).name == "onnxruntime-bf16"  # named: as set
+
+
+def test_the_memory_limit_is_the_cgroups_or_the_machines(tmp_path: Path) -> None:
+    from engines.runtime.threads import memory_limit
+
+    def write(files: dict[str, str], cgroup: str = "0::/\n") -> tuple[str, str, str]:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        root.mkdir()
+        for name, text in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_text(text)
+        (root / "proc-cgroup").write_text(cgroup)
+        (root / "meminfo").write_text("MemTotal:       16000000 kB\nMemFree: 1 kB\n")
+        return str(root), str(root / "proc-cgroup"), str(root / "meminfo")
+
+    machine = 16000000 * 1024
+    assert memory_limit(*write({})) == machine  # no cgroup files: the machine's memory
+    assert memory_limit(*write({"memory.max": "max\n"})) == machine
+    assert memory_limit(*write({"memory.max": "2147483648\n"})) == 2 << 30
+    # the process's own group (a pod's container), tighter than the root's
+    own = {"memory.max": "max\n", "kubepods/pod1/memory.max": "1073741824\n"}
+    assert memory_limit(*write(own, "0::/kubepods/pod1\n")) == 1 << 30
+    v1 = {
+        "memory/docker/abc/memory.limit_in_bytes": "3221225472\n",
+        "memory/memory.limit_in_bytes": "9223372036854771712\n",
+    }
+    assert memory_limit(*write(v1, "4:memory:/docker/abc\n0::/\n")) == 3 << 30  # v1's "no limit" is ignored
+    assert memory_limit(*(str(tmp_path / "none"),) * 3) is None
 
 
 def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
