@@ -38,7 +38,7 @@ def prepare_model(settings: Any) -> int:
     from engines.features.cache import DEFAULT_ROOT
     from streams.runtime import load_model, load_revision_model
 
-    engine, featurizer = load_model(settings)
+    engine, featurizer = load_model(settings, export_in_child=False)
     load_revision_model(settings, engine)  # checked too: it shares the encoders (and so their graphs)
     featurizer.warm_up()
     graphs = sorted(str(p.relative_to(DEFAULT_ROOT)) for p in (DEFAULT_ROOT / "onnx").rglob("*.onnx"))

@@ -58,6 +58,12 @@ class ModelFeaturizer:
             self._speech = SpeechDetector()
         return self._speech
 
+    def unexported(self) -> list[str]:
+        """The encoders whose ONNX graphs the export cache lacks: their first use exports them,
+        which loads torch (those that run no graph, or whose graph is there, are not listed)."""
+        encoders = (("text", self._x.text), ("audio", self._x.audio))
+        return [name for name, x in encoders if x is not None and hasattr(x, "exported") and not x.exported()]
+
     def warm_up(self) -> None:
         """Load the encoders now rather than on the first utterance."""
         if self._x.text is not None:
@@ -70,7 +76,11 @@ class ModelFeaturizer:
             warm_up()  # the resampler's import, not on a telephone call's first part
 
 
-def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
+def load_model(settings: Settings, export_in_child: bool = True) -> tuple[Any, ModelFeaturizer]:
+    """(engine, featurizer) of the settings' model on its runtime. On a runtime that needs no
+    torch (``onnxruntime``, ``onnxruntime-int8``), graphs missing from the export cache are
+    exported by a child process (``emostream worker --prepare``) unless ``export_in_child`` is
+    False: exporting loads torch, about 500 MB that this process would otherwise hold for life."""
     from engines import artifact
     from engines.errors import EngineError
     from engines.registry import load_engine, load_extractors
@@ -94,7 +104,42 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         extractors = load_extractors(model_dir, runtime=runtime)
     except (EngineError, OSError, ImportError) as exc:  # OSError: a missing file, an unwritable cache, a CUDA library
         raise ConfigError(f"cannot load model from {model_dir} on runtime {runtime.name}: {exc}") from exc
-    return engine, ModelFeaturizer(extractors)
+    featurizer = ModelFeaturizer(extractors)
+    torch_free = runtime.text == "onnxruntime" and runtime.audio == "onnxruntime"
+    if export_in_child and torch_free and (missing := featurizer.unexported()):
+        export_graphs(settings, runtime.name, missing)
+    return engine, featurizer
+
+
+def export_graphs(settings: Settings, runtime: str, missing: list[str]) -> bool:
+    """Run ``emostream worker --prepare`` with these settings on ``runtime`` (the one this process
+    resolved) in a child process, which exports the encoders' graphs into the export cache and
+    exits (taking torch's memory with it); True if it succeeded. A failure is logged, not raised:
+    this process then exports them itself."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from streams.settings import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")} | settings_env(settings)
+    env["EMOSTREAM_ENGINE__RUNTIME"] = runtime
+    log.info("the export cache lacks the %s graph(s): exporting them in a child process (once)", "+".join(missing))
+    start = time.monotonic()
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--prepare"]
+    try:
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        log.warning("could not start the export process (%s): exporting here, with torch", exc)
+        return False
+    if run.returncode != 0:
+        tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
+        log.warning("the export process failed (exit %d): exporting here, with torch: %s", run.returncode,
+                    " | ".join(tail))  # fmt: skip
+        return False
+    log.info("graphs exported in %.0f s by a child process", time.monotonic() - start)
+    return True
 
 
 def _feature_key(meta: dict[str, Any]) -> tuple[Any, ...]:

@@ -388,6 +388,11 @@ class OnnxTextEncoder(TextEncoder):
         path = self._graph(self.cache_root / "onnx" / "text" / str(folder))
         return path if path.is_file() else None
 
+    def exported(self) -> bool:
+        """Whether a record vouches for a cached graph of these source files (the first use then
+        loads no torch); a model already in memory names its graph by its own state instead."""
+        return self.encoder._model is None and self._recorded_graph() is not None
+
     def session(self) -> Any:
         """The ONNX Runtime session: the recorded graph of these source files, or the graph
         exported (and optimised) from the loaded model on first use."""

@@ -162,6 +162,10 @@ class OnnxWhisperExtractor(WhisperFeatures):
             key.update(file_sha256(Path(spec.origin)).encode())
         return self.cache_root / "onnx" / "whisper" / f"{key.hexdigest()[:24]}.onnx"
 
+    def exported(self) -> bool:
+        """Whether the export cache holds this extractor's graph (its first use then loads no torch)."""
+        return self.graph_path().is_file()
+
     def _open(self, path: Path) -> Any:
         import onnxruntime as ort
 

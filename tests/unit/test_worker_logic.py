@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -629,6 +630,32 @@ def test_the_stream_loads_only_sealed_artifacts(tmp_path: Any) -> None:
     (model / "extra.safetensors").write_bytes(b"y")
     with pytest.raises(ConfigError, match="extra.safetensors does not match"):
         load_model(Settings(engine={"model": str(model)}))
+
+
+def test_graphs_missing_from_the_export_cache_are_exported_by_a_child_or_else_here(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker on onnxruntime asks `worker --prepare` in a child for the graphs its cache lacks
+    (tests/engine/test_whisper_onnx.py runs it for real); a child that fails is logged, and the
+    worker goes on and exports them itself."""
+    import types
+
+    from streams import runtime
+
+    class Graph:
+        def __init__(self, there: bool) -> None:
+            self.there = there
+
+        def exported(self) -> bool:
+            return self.there
+
+    x = types.SimpleNamespace(text=Graph(True), audio=Graph(False))
+    assert runtime.ModelFeaturizer(x).unexported() == ["audio"]
+    assert runtime.ModelFeaturizer(types.SimpleNamespace(text=object(), audio=None)).unexported() == []
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the child: a command that fails
+    with caplog.at_level("INFO", logger="emostream.runtime"):
+        assert runtime.export_graphs(Settings(), "onnxruntime", ["audio"]) is False
+    assert "exporting them in a child process" in caplog.text and "the export process failed (exit 1)" in caplog.text
 
 
 def test_a_revoked_partition_is_let_go_unacked_and_its_replay_gets_one_complete_event() -> None:
