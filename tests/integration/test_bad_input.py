@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 from kafka import KafkaProducer
@@ -153,3 +154,42 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         producer.close()
         collector.close()
         worker.stop()
+
+
+def test_a_dead_lettered_part_is_read_again_after_a_crash(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A worker dead-letters an utterance's audio and is killed (kill -9) before the utterance's
+    text arrives. The part is acked only with its utterance's event, so the next worker reads it
+    again: it labels the utterance as soon as the text is in, saying why it has no audio, instead
+    of waiting out the join's whole wait (30 s here) for audio that was never read again and
+    labelling it without a word (which it did while the part was acked at once)."""
+    settings = settings_for(services, unique, session_timeout_s=6.0, default_modalities=("text", "audio"), wait_s=30.0)
+    t = settings.kafka.topics
+    ensure_topics(settings)
+    garbage = base64.b64encode(b"RIFF....garbage" * 50).decode()
+    first = WorkerProcess(settings, tmp_path, name="first").start()
+    second = WorkerProcess(settings, tmp_path, name="second")
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    try:
+        first.wait_ready()
+        audio = AudioPart(call_id="crash", utterance_id="c0", seq=0, encoding="flac", data=garbage)
+        producer.send(t.audio, key=b"crash", value=audio.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), first.tail()
+        time.sleep(3.0)  # past Faust's 1 s commit interval: an acked part's offset would be committed by now
+        first.kill9()
+        second.start().wait_ready()
+        text = TextPart(call_id="crash", utterance_id="c0", seq=0, text="I want my money back, now.")
+        producer.send(t.text, key=b"crash", value=text.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.events) >= 1, 25), second.tail()  # under the 30 s wait
+        ((_, event),) = collector.events
+        assert event.modalities_present == ["text"]
+        assert event.ignored == {"audio": "dead-lettered: undecodable_audio"}, event.ignored
+        # dead letters are at least once: the replay dead-lettered the part again
+        assert [(d.reason, d.utterance_id) for d in collector.dead] == [("undecodable_audio", "c0")] * 2
+    finally:
+        producer.close()
+        collector.close()
+        first.stop()
+        second.stop()
