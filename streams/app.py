@@ -179,7 +179,7 @@ def run_worker(settings: Settings) -> int:
     from streams.errors import EmostreamError
     from streams.kafka import wait_for_topics
     from streams.rules import load_rules
-    from streams.runtime import build_worker
+    from streams.runtime import build_worker, prepare_graphs
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -187,6 +187,7 @@ def run_worker(settings: Settings) -> int:
             load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka
         created = wait_for_topics(settings)
         wait_for_redis(settings.redis, settings.kafka.startup_timeout_s)
+        prepare_graphs(settings)  # before Faust starts: a stop meanwhile ends the export child too
         app = create_app(settings, lambda send: build_worker(settings, send))
     except EmostreamError as exc:
         print(f"emostream worker: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 
@@ -13,16 +14,19 @@ def cmd_worker(ns: Any) -> int:
 
     overrides = {} if ns.metrics_port is None else {"metrics": {"port": ns.metrics_port}}
     settings = load_settings(ns.config, **overrides)
+    if ns.parent_pid is not None:  # a supervised worker, or a worker's export child: ends with its parent
+        from streams.processes import die_with_parent
+
+        die_with_parent(ns.parent_pid)
     if ns.prepare:
         return prepare_model(settings)
     if ns.processes > 1:
         from streams.processes import run_processes
+        from streams.runtime import prepare_graphs
 
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        prepare_graphs(settings, ns.processes)  # once for all of them, before they start
         return run_processes(ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads)
-    if ns.parent_pid is not None:
-        from streams.processes import die_with_parent
-
-        die_with_parent(ns.parent_pid)
     from engines.runtime.threads import limit_malloc_arenas
 
     limit_malloc_arenas()  # before the model's threads start
@@ -38,7 +42,7 @@ def prepare_model(settings: Any) -> int:
     from engines.features.cache import DEFAULT_ROOT
     from streams.runtime import load_model, load_revision_model
 
-    engine, featurizer = load_model(settings, export_in_child=False)
+    engine, featurizer = load_model(settings)
     load_revision_model(settings, engine)  # checked too: it shares the encoders (and so their graphs)
     featurizer.warm_up()
     graphs = sorted(str(p.relative_to(DEFAULT_ROOT)) for p in (DEFAULT_ROOT / "onnx").rglob("*.onnx"))

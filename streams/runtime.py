@@ -76,11 +76,9 @@ class ModelFeaturizer:
             warm_up()  # the resampler's import, not on a telephone call's first part
 
 
-def load_model(settings: Settings, export_in_child: bool = True) -> tuple[Any, ModelFeaturizer]:
-    """(engine, featurizer) of the settings' model on its runtime. On a runtime that needs no
-    torch (``onnxruntime``, ``onnxruntime-int8``), graphs missing from the export cache are
-    exported by a child process (``emostream worker --prepare``) unless ``export_in_child`` is
-    False: exporting loads torch, about 500 MB that this process would otherwise hold for life."""
+def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
+    """(engine, featurizer) of the settings' model on its runtime (:func:`prepare_graphs` first,
+    on a torch-free runtime, keeps this process free of torch on an empty export cache)."""
     from engines import artifact
     from engines.errors import EngineError
     from engines.registry import load_engine, load_extractors
@@ -104,18 +102,47 @@ def load_model(settings: Settings, export_in_child: bool = True) -> tuple[Any, M
         extractors = load_extractors(model_dir, runtime=runtime)
     except (EngineError, OSError, ImportError) as exc:  # OSError: a missing file, an unwritable cache, a CUDA library
         raise ConfigError(f"cannot load model from {model_dir} on runtime {runtime.name}: {exc}") from exc
-    featurizer = ModelFeaturizer(extractors)
-    torch_free = runtime.text == "onnxruntime" and runtime.audio == "onnxruntime"
-    if export_in_child and torch_free and (missing := featurizer.unexported()):
-        export_graphs(settings, runtime.name, missing)
-    return engine, featurizer
+    return engine, ModelFeaturizer(extractors)
 
 
-def export_graphs(settings: Settings, runtime: str, missing: list[str]) -> bool:
-    """Run ``emostream worker --prepare`` with these settings on ``runtime`` (the one this process
-    resolved) in a child process, which exports the encoders' graphs into the export cache and
-    exits (taking torch's memory with it); True if it succeeded. A failure is logged, not raised:
-    this process then exports them itself."""
+EXPORT_TIMEOUT_S = 900.0  # an export takes one to two minutes on two cores
+
+
+def prepare_graphs(settings: Settings, processes: int | None = None) -> list[str]:
+    """On a runtime that needs no torch (``onnxruntime``, ``onnxruntime-int8``), have a child
+    process export the encoders' graphs that the export cache lacks (:func:`export_graphs`):
+    exporting loads torch, about 500 MB that this process would otherwise hold for life. Run
+    before the model loads (``emostream worker``, and once by a ``--processes N`` supervisor for
+    all its workers). Returns what is still missing afterwards (then the model's first use
+    exports it here, as before); anything that keeps the model from loading is left for
+    :func:`load_model` to report."""
+    from engines.errors import EngineError
+    from engines.registry import load_extractors
+    from engines.runtime.select import RuntimeUnavailable, resolve_runtime
+    from streams.processes import shared_by
+
+    try:
+        runtime = resolve_runtime(settings.engine.runtime, processes=processes or shared_by())
+        if not (runtime.text == "onnxruntime" and runtime.audio == "onnxruntime"):
+            return []
+        featurizer = ModelFeaturizer(load_extractors(settings.model_dir(), runtime=runtime))
+        missing = featurizer.unexported()
+    except (RuntimeUnavailable, EngineError, OSError, ImportError):
+        return []
+    if missing and export_graphs(settings, runtime.name, missing):
+        missing = featurizer.unexported()
+        if missing:
+            log.warning("the export process left the %s graph(s) missing (a read-only cache?): exporting "
+                        "them here, with torch", "+".join(missing))  # fmt: skip
+    return missing
+
+
+def export_graphs(settings: Settings, runtime: str, missing: list[str], timeout: float = EXPORT_TIMEOUT_S) -> bool:
+    """Run ``emostream worker --prepare`` in a child process with these engine settings on
+    ``runtime`` (the one this process resolved; no Kafka or Redis settings, so no secrets), which
+    exports the encoders' graphs into the export cache and exits, taking torch's memory with it.
+    The child ends with this process. True if it succeeded; a failure or a child past ``timeout``
+    is logged, not raised."""
     import os
     import subprocess
     import sys
@@ -123,20 +150,23 @@ def export_graphs(settings: Settings, runtime: str, missing: list[str]) -> bool:
 
     from streams.settings import settings_env
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")} | settings_env(settings)
-    env["EMOSTREAM_ENGINE__RUNTIME"] = runtime
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
+    env |= {k: v for k, v in settings_env(settings).items() if k.startswith("EMOSTREAM_ENGINE__")}
+    env |= {"EMOSTREAM_ENGINE__RUNTIME": runtime, "EMOSTREAM_LOG_LEVEL": settings.log_level}
     log.info("the export cache lacks the %s graph(s): exporting them in a child process (once)", "+".join(missing))
     start = time.monotonic()
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--prepare"]
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--prepare", "--parent-pid", str(os.getpid())]
     try:
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("the export process did not finish within %.0f s and was stopped", timeout)
+        return False
     except OSError as exc:
-        log.warning("could not start the export process (%s): exporting here, with torch", exc)
+        log.warning("could not start the export process: %s", exc)
         return False
     if run.returncode != 0:
         tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
-        log.warning("the export process failed (exit %d): exporting here, with torch: %s", run.returncode,
-                    " | ".join(tail))  # fmt: skip
+        log.warning("the export process failed (exit %d): %s", run.returncode, " | ".join(tail))
         return False
     log.info("graphs exported in %.0f s by a child process", time.monotonic() - start)
     return True

@@ -3,7 +3,8 @@
 Environment variables use the prefix ``EMOSTREAM_`` and ``__`` between sections, e.g.
 ``EMOSTREAM_KAFKA__BROKERS=127.0.0.1:9092`` or ``EMOSTREAM_ENGINE__MAX_BATCH=64``. A TOML/JSON
 file can be given with ``--config``; environment variables win over it. No other module reads
-``os.environ``.
+``os.environ`` for settings (a ``--processes N`` supervisor tells its children how many share the
+machine in one variable of its own: ``streams.processes.PROCESSES_ENV``).
 """
 
 from __future__ import annotations

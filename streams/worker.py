@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -111,6 +112,7 @@ class Receipt:
     offset: int
     handle: Any
     lease: Lease
+    rejected: bool = False  # dead-lettered on its own (held with its utterance, not one of its used parts)
 
     def ack(self) -> None:
         if self.lease.valid:
@@ -218,7 +220,7 @@ class Worker:
                         why = f"{DEAD_LETTERED}{exc.reason}"
                         self._absorb(self.joiner.reject(
                             msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
-                            partition, timestamp, receipt,
+                            partition, timestamp, dataclasses.replace(receipt, rejected=True),
                         ))  # fmt: skip
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
@@ -693,8 +695,7 @@ class Worker:
 
     async def _dead_letter_utterance(self, utt: Utterance, why: str) -> None:
         """An utterance the encoders or the engine failed on (its parts are acked with the batch)."""
-        used = {self.topic_of.get(m) for m in utt.parts}  # not a part dead-lettered on its own before
-        sources = [r.source for r in utt.handles if isinstance(r, Receipt) and r.topic in used]
+        sources = [r.source for r in utt.handles if isinstance(r, Receipt) and not r.rejected]  # the parts it used
         first = sources[0] if sources else SourceRef(topic="", partition=-1, offset=-1)
         record = DeadLetter(
             reason="processing_failed",

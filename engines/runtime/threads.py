@@ -80,7 +80,7 @@ def _own_cgroup(proc_cgroup: str, controller: str = "") -> str:
         with open(proc_cgroup) as f:
             for line in f:
                 _, controllers, path = (line.rstrip("\n").split(":", 2) + ["", ""])[:3]
-                if controllers == controller and (controller or line.startswith("0::")):
+                if (controller in controllers.split(",")) if controller else line.startswith("0::"):
                     own = path.strip("/")
     except OSError:
         pass
@@ -120,12 +120,18 @@ def memory_limit(
 ) -> int | None:
     """The memory this process's cgroup may use, in bytes (a container's ``resources.limits.memory``),
     or the machine's memory where that is smaller; None where neither is known. cgroup v2
-    ``memory.max`` of the process's own group and of the root as mounted ("max": none); v1
-    ``memory.limit_in_bytes`` (its "none" is a number near 2**63). The smallest found wins."""
+    ``memory.max`` of the process's own group, of each group above it (a pod's limit over its
+    containers') and of the root as mounted ("max": none); v1 ``memory.limit_in_bytes`` likewise
+    (its "none" is a number near 2**63). The smallest found wins."""
+
+    def lineage(path: str) -> list[str]:  # "a/b/c" -> ["", "a", "a/b", "a/b/c"]
+        parts = [p for p in path.split("/") if p]
+        return ["/".join(parts[:i]) for i in range(len(parts) + 1)]
+
     limits: list[int] = []
     own, own_v1 = _own_cgroup(proc_cgroup), _own_cgroup(proc_cgroup, "memory")
-    files = [os.path.join(root, g, "memory.max") for g in {own, ""}]
-    files += [os.path.join(root, "memory", g, "memory.limit_in_bytes") for g in {own_v1, ""}]
+    files = [os.path.join(root, g, "memory.max") for g in lineage(own)]
+    files += [os.path.join(root, "memory", g, "memory.limit_in_bytes") for g in lineage(own_v1)]
     for path in files:
         try:
             with open(path) as f:

@@ -100,10 +100,12 @@ WORKER_PROBE = """
 import json, sys
 import numpy as np
 import streams.worker  # noqa: F401 - what the worker imports
-from streams.runtime import load_model
+from streams.runtime import load_model, prepare_graphs
 from streams.settings import load_settings
 
-engine, feat = load_model(load_settings(engine={"runtime": "onnxruntime"}))
+settings = load_settings(engine={"runtime": "onnxruntime"})
+prepare_graphs(settings)  # as `emostream worker` does before it loads the model
+engine, feat = load_model(settings)
 feat.warm_up()
 text = feat._x.text.encode(["you did what?"])
 audio = feat._x.audio.extract([np.sin(np.arange(16000) / 8).astype(np.float32)])

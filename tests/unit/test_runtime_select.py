@@ -70,6 +70,11 @@ def test_the_memory_limit_is_the_cgroups_or_the_machines(tmp_path: Path) -> None
     }
     assert memory_limit(*write(v1, "4:memory:/docker/abc\n0::/\n")) == 3 << 30  # v1's "no limit" is ignored
     assert memory_limit(*(str(tmp_path / "none"),) * 3) is None
+    # a limit on a group above the process's own (the pod's, over its containers'), and v1 co-mounted controllers
+    nested = {"kubepods/pod1/memory.max": "2147483648\n", "kubepods/pod1/c1/memory.max": "max\n"}
+    assert memory_limit(*write(nested, "0::/kubepods/pod1/c1\n")) == 2 << 30
+    comounted = {"memory/x/memory.limit_in_bytes": "1073741824\n"}
+    assert memory_limit(*write(comounted, "5:memory,hugetlb:/x\n")) == 1 << 30
 
 
 def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:

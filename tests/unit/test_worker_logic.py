@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -392,6 +393,29 @@ def test_an_utterance_the_encoder_fails_on_is_dead_lettered_and_its_batch_still_
     asyncio.run(scenario())
 
 
+def test_a_processing_failed_record_lists_the_parts_used_not_one_dead_lettered_before() -> None:
+    """An utterance whose audio was dead-lettered on its own (held with it until it goes) and whose
+    text the encoder then fails on: its processing_failed record names the text, the part it used."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        w.processor.featurizer = PoisonFeaturizer()
+        t = w.settings.kafka.topics
+        bad = AudioPart(
+            call_id="c", utterance_id="u0", seq=0, encoding="flac", data=base64.b64encode(b"not flac").decode()
+        )
+        await w.on_message(t.audio, 2, 40, b"c", bad.to_bytes(), Handle(log, "a0"))
+        poison = TextPart(call_id="c", utterance_id="u0", seq=0, text="poison").to_bytes()
+        await w.on_message(t.text, 2, 41, b"c", poison, Handle(log, "t0"))
+        await w.pump()
+        dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert [d.reason for d in dead] == ["undecodable_audio", "processing_failed"]
+        assert [(p.topic, p.offset) for p in dead[1].parts] == [(t.text, 41)]
+        assert {"ack a0", "ack t0"} <= set(log)
+
+    asyncio.run(scenario())
+
+
 def test_a_dead_letter_the_broker_refuses_is_retried_without_its_payload() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
@@ -633,7 +657,7 @@ def test_the_stream_loads_only_sealed_artifacts(tmp_path: Any) -> None:
 
 
 def test_graphs_missing_from_the_export_cache_are_exported_by_a_child_or_else_here(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """A worker on onnxruntime asks `worker --prepare` in a child for the graphs its cache lacks
     (tests/engine/test_whisper_onnx.py runs it for real); a child that fails is logged, and the
@@ -656,6 +680,22 @@ def test_graphs_missing_from_the_export_cache_are_exported_by_a_child_or_else_he
     with caplog.at_level("INFO", logger="emostream.runtime"):
         assert runtime.export_graphs(Settings(), "onnxruntime", ["audio"]) is False
     assert "exporting them in a child process" in caplog.text and "the export process failed (exit 1)" in caplog.text
+    hang = tmp_path / "hang"
+    hang.write_text("#!/bin/sh\nexec sleep 30\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(hang))  # a child that hangs is stopped
+    assert runtime.export_graphs(Settings(), "onnxruntime", ["audio"], timeout=0.5) is False
+    assert "did not finish within 0 s and was stopped" in caplog.text
+    # a child that succeeds but leaves a graph missing (a read-only cache) is not taken at its word
+    import engines.registry
+
+    monkeypatch.setattr(engines.registry, "load_extractors", lambda *a, **k: x)
+    monkeypatch.setattr(runtime, "export_graphs", lambda *a, **k: True)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="emostream.runtime"):
+        assert runtime.prepare_graphs(Settings(engine={"runtime": "onnxruntime"})) == ["audio"]
+    assert "left the audio graph(s) missing" in caplog.text
+    assert runtime.prepare_graphs(Settings(engine={"runtime": "onnxruntime-bf16"})) == []  # holds torch anyway
 
 
 def test_a_revoked_partition_is_let_go_unacked_and_its_replay_gets_one_complete_event() -> None:
