@@ -171,6 +171,28 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
     return PartitionEnd(int(end), age, reachable)
 
 
+def serve_metrics(settings: Settings) -> Any:
+    """A :class:`~streams.metrics.Metrics` serving ``/metrics`` and the probes (``/readyz`` says
+    "starting" until the worker consumes); :class:`ConfigError` if its port is taken."""
+    import errno
+
+    from streams.errors import ConfigError
+    from streams.metrics import Metrics
+
+    metrics = Metrics()
+    host, port = settings.metrics.host, settings.metrics.port
+    try:
+        metrics.serve(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"metrics.port {port} on {host} is in use (another worker on this machine?): give each worker its "
+                "own EMOSTREAM_METRICS__PORT (0: any free port), or run one `emostream worker --processes N`"
+            ) from exc
+        raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    return metrics
+
+
 def run_worker(settings: Settings) -> int:
     """``emostream worker``: load the model, connect Redis, serve /metrics, consume until stopped."""
     import faust
@@ -185,10 +207,11 @@ def run_worker(settings: Settings) -> int:
     try:
         if settings.analytics.enabled:
             load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka
+        metrics = serve_metrics(settings)  # before joining the group: a port in use stops this worker alone
         created = wait_for_topics(settings)
         wait_for_redis(settings.redis, settings.kafka.startup_timeout_s)
         prepare_graphs(settings)  # before Faust starts: a stop meanwhile ends the export child too
-        app = create_app(settings, lambda send: build_worker(settings, send))
+        app = create_app(settings, lambda send: build_worker(settings, send, metrics))
     except EmostreamError as exc:
         print(f"emostream worker: {exc}", file=sys.stderr)
         return 2

@@ -43,6 +43,7 @@ class Metrics:
         self.clock = clock
         self.beat_at: float | None = None  # the worker's event loop last went round (None: starting)
         self.ready = False  # the worker consumes
+        self.port: int | None = None  # where /metrics is served, once it is
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
         self.messages_in = Counter("emostream_messages_in_total", "Input messages read", ["topic"], registry=r)
@@ -217,7 +218,8 @@ class Metrics:
 
         server = make_server(host, port, app, Server, handler_class=_Quiet)
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics-http").start()
-        return int(server.server_port)
+        self.port = int(server.server_port)
+        return self.port
 
 
 class _Quiet(WSGIRequestHandler):

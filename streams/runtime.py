@@ -216,7 +216,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     client = connect(settings.redis)
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
     metrics = metrics or Metrics()
-    port = metrics.serve(settings.metrics.host, settings.metrics.port)
+    port = metrics.port if metrics.port is not None else metrics.serve(settings.metrics.host, settings.metrics.port)
     metrics.model(engine.info.name, engine.info.version, engine.info.runtime)
     log.info(
         "model %s %s (%s); metrics on http://%s:%d/metrics",

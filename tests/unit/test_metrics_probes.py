@@ -81,3 +81,18 @@ def test_the_series_the_alert_rules_rate_exist_at_zero_before_the_first_incremen
         assert f'emostream_utterances_processed_total{{modalities="{parts}"}} 0.0' in exposed, parts
     for stage in ("redis", "publish", "analytics", "close", "deadletter"):  # every stage the worker counts
         assert f'emostream_service_errors_total{{stage="{stage}"}} 0.0' in exposed, stage
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_before_joining_its_group() -> None:
+    """Found by a newcomer: a second worker on one machine joined the group, loaded the model, then
+    crashed with a traceback on the port, costing the first worker two rebalances."""
+    import pytest
+
+    from streams.app import serve_metrics
+    from streams.errors import ConfigError
+    from streams.settings import Settings
+
+    first = serve_metrics(Settings(metrics={"port": 0}))
+    assert first.port and _get(first.port, "/readyz")[0] == 503  # served from the start: "starting"
+    with pytest.raises(ConfigError, match=f"metrics.port {first.port} on 127.0.0.1 is in use"):
+        serve_metrics(Settings(metrics={"port": first.port}))
