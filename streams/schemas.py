@@ -449,7 +449,13 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
         raise InvalidMessage("invalid_value", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise InvalidMessage("wrong_type", f"top level is {type(obj).__name__}, not an object")
-    version = obj.get("schema_version", None)
+    if "schema_version" not in obj:
+        raise InvalidMessage("missing_field", f"schema_version: required (this worker reads {SCHEMA_VERSION})")
+    version = obj["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidMessage(
+            "wrong_type", f"schema_version: the integer {SCHEMA_VERSION}, not {version!r} ({type(version).__name__})"
+        )
     if version != SCHEMA_VERSION:
         raise InvalidMessage(
             "unknown_schema_version", f"schema_version {version!r}, this worker reads {SCHEMA_VERSION}"
@@ -487,5 +493,13 @@ def _summary(exc: ValidationError) -> str:
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """File name stem -> JSON Schema, for every published message."""
-    return {name: model.model_json_schema() for name, model in OUTPUT_MODELS.items()}
+    """File name stem -> JSON Schema, for every published message. ``schema_version`` is required
+    in each (the worker refuses a message without it, :func:`parse_input`), though the Python
+    classes fill it in."""
+    out = {}
+    for name, model in OUTPUT_MODELS.items():
+        schema = model.model_json_schema()
+        if "schema_version" in schema.get("properties", {}):
+            schema["required"] = ["schema_version", *[r for r in schema.get("required", []) if r != "schema_version"]]
+        out[name] = schema
+    return out

@@ -133,6 +133,10 @@ def _text(**kw: object) -> bytes:
         ("text", b"", "malformed_json"),
         ("text", b"[1, 2]", "wrong_type"),
         ("text", _text(schema_version=7), "unknown_schema_version"),
+        # found by a newcomer: the published schema said optional, the worker said "None, reads 1"
+        ("text", b'{"call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi"}', "missing_field"),
+        ("text", _text(schema_version="1"), "wrong_type"),  # said "'1', this worker reads 1"
+        ("text", _text(schema_version=True), "wrong_type"),
         ("text", b'{"schema_version": 1, "call_id": "c"}', "missing_field"),
         ("text", _text(seq="three"), "wrong_type"),
         ("text", _text(seq=-1), "invalid_value"),
@@ -235,6 +239,7 @@ def test_published_json_schemas_match_the_code() -> None:
         path = folder / f"{name}.schema.json"
         assert path.exists(), f"{path} missing: run `make schemas`"
         assert json.loads(path.read_text()) == schema, f"{path} is stale: run `make schemas`"
+        assert schema["required"][0] == "schema_version", name  # the worker refuses a message without it
 
 
 def test_packed_vectors_are_checked_finite_and_bounded_from_their_bytes_as_numpy_would() -> None:
