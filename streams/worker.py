@@ -422,21 +422,34 @@ class Worker:
         return end is not None and offset + 1 < end.offset
 
     def reading(self, modality: str, utt: Utterance) -> str:
-        """How far ``modality``'s partition of ``utt`` is read, for a log line (why nothing was held)."""
+        """Why nothing held ``utt`` for its ``modality`` part, for a log line: how far that part's
+        partition is read, against the record time up to which the part would have counted."""
         topic = self.topic_of.get(modality)
         if topic is None:
             return f"no input topic for {modality}"
         now = self.clock()
         ts, offset, advanced_at = self.read.get((topic, utt.partition), (float("-inf"), -1, float("-inf")))
         end = self.highwater(topic, utt.partition)
-        until = (utt.first_ts or 0.0) + self.settings.join.wait_s
-        parts = [
-            f"{topic}[{utt.partition}] read to record time {ts - until:+.1f} s from its first part's + wait_s",
-            f"offset {offset}" + ("" if end is None else f" of end {end.offset} (answered {end.age_s:.1f} s ago"
-                                  f"{'' if end.reachable else ', leader unreachable'})"),
-            f"advanced {now - advanced_at:.1f} s ago", f"last disturbance {now - self.disturbed_at:.1f} s ago",
-        ]  # fmt: skip
-        return ", ".join(parts)
+        where = f"{topic}[{utt.partition}]"
+        caught_up = False
+        if offset < 0:
+            said = f"nothing read from {where} yet"
+        else:
+            upto = f"read to offset {offset}" + ("" if end is None else f" of end {end.offset}")
+            if end is not None and offset + 1 >= end.offset:
+                upto, caught_up = upto + " (all of it)", True
+            until = (utt.first_ts or 0.0) + self.settings.join.wait_s
+            lag = until - ts  # > 0: the newest record read is older than the last moment the part counted
+            when = f"{lag:.1f} s older" if lag >= 0 else f"{-lag:.1f} s newer"
+            said = (f"{where} {upto}, its newest record read {when} than this utterance's first part + wait_s, "
+                    f"last advanced {now - advanced_at:.1f} s ago")  # fmt: skip
+        if end is not None:
+            said += f"; its end offset answered {end.age_s:.1f} s ago" + (
+                "" if end.reachable else ", leader unreachable"
+            )
+        if self.disturbed_at > float("-inf"):
+            said += f"; last disturbance {now - self.disturbed_at:.1f} s ago"
+        return said + (": the part was not sent, or not within the wait" if caught_up else "")
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
