@@ -106,7 +106,8 @@ def utterance_features(
     for i, utt in enumerate(utts):
         for modality, payload in utt.parts.items():
             assert isinstance(payload, Payload), type(payload)
-            if dims[modality] == 0:
+            if dims[modality] == 0:  # arrived, but this model has no input for it (video, mostly)
+                utt.ignored[modality] = f"this model uses no {modality}"
                 continue
             if payload.kind == "text":
                 if has_words(str(payload.value)):

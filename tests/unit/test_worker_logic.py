@@ -18,7 +18,7 @@ from engines.interface import EMOTIONS, EngineBatch, EngineInfo, EngineOutput, F
 from streams.context import CallState, ContextItem
 from streams.metrics import Metrics
 from streams.pipeline import Processor
-from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart
+from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart, VideoPart
 from streams.settings import Settings
 from streams.worker import RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
 
@@ -274,6 +274,25 @@ def test_a_dead_lettered_part_is_acked_with_its_utterance_so_a_replay_meets_it_a
         # a dead-lettered part of an utterance already labelled is acked at once
         await w.on_message(t.audio, 1, 10, b"c", bad("u0", 0), Handle(log, "bad0 again"))
         assert "ack bad0 again" in log
+
+    asyncio.run(scenario())
+
+
+def test_a_part_of_a_modality_the_model_does_not_use_is_said_to_be_ignored() -> None:
+    """Found by a newcomer: video sent to the shipped model (no video input) came back in
+    modalities_present with nothing in `ignored`, as if it had been used."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "video"))
+        t = w.settings.kafka.topics
+        video = VideoPart(call_id="c", utterance_id="u0", seq=0, features=[0.5] * 8).to_bytes()
+        await w.on_message(t.video, 0, 0, b"c", video, Handle(log, "v0"))
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.pump()
+        (ev,) = events(sent)
+        assert ev.ignored == {"video": "this model uses no video"} and ev.weights["video"] == 0.0
+        assert "ack v0" in log
+        assert 'emostream_ignored_parts_total{modality="video"} 1.0' in _metrics(w)
 
     asyncio.run(scenario())
 
