@@ -161,6 +161,7 @@ class Worker:
         self.watched_at = float("-inf")
         self.unreachable: set[tuple[str, int]] = set()  # input partitions the last watch found without their leader
         self.missing_logged = 0  # utterances logged as released without an expected part
+        self.noted: dict[str, int] = {}  # parts acked without an event (late, sent again) -> how many so far
         #: (topic, partition) -> the partition's end offset as the consumer last saw it (None: unknown)
         self.highwater: Callable[[str, int], PartitionEnd | None] = lambda topic, partition: None
         self.queue: list[Utterance] = []
@@ -244,8 +245,27 @@ class Worker:
                 timestamp,
             )  # fmt: skip
             self._absorb(result)
+        if result.late_parts or result.duplicate_parts:
+            self._note_unused(msg, "late" if result.late_parts else "again")
         if result.conflict is not None and receipt.lease.valid:  # a second, different part under the same ids
             await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)
+
+    def _note_unused(self, msg: Any, why: str) -> None:
+        """Log a part acked without an event (the first ten of each kind, then every 1000th; the
+        metrics count them all): a newcomer who feeds a file twice sees why nothing comes back."""
+        n = self.noted[why] = self.noted.get(why, 0) + 1
+        if n > 10 and n % 1000:
+            return
+        if why == "late":
+            log.info("%s/%s: its %s part came too late (after the utterance was labelled without it, or sent "
+                     "more than join.wait_s %.1f s after its first part): acked, no new event [%d so far, "
+                     "emostream_late_parts_total]", msg.call_id, msg.utterance_id, msg.kind,
+                     self.settings.join.wait_s, n)  # fmt: skip
+        else:
+            log.info("%s/%s: its %s part came again (the same content under the same ids): a redelivery, acked "
+                     "without a second event; to label a call again, send it under new call or utterance ids "
+                     "[%d so far, emostream_duplicate_parts_total]",
+                     msg.call_id, msg.utterance_id, msg.kind, n)  # fmt: skip
 
     async def _declaration(self, msg: Any) -> list[str] | None:
         """Store a call's declared modalities ('started'), or read them for a call this worker has

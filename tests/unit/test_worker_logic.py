@@ -297,6 +297,30 @@ def test_a_part_of_a_modality_the_model_does_not_use_is_said_to_be_ignored() -> 
     asyncio.run(scenario())
 
 
+def test_a_part_acked_without_an_event_says_why_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a newcomer: feeding a file twice gave no event, no dead letter and no log line
+    (only a counter moved); nor did a part that came after its utterance was labelled."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"))
+        await w.pump()
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0), Handle(log, "t0 again"))
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "t1"))
+        w.clock.now += 1.0  # type: ignore[attr-defined]
+        await w.pump()  # u1 goes without audio
+        await w.on_message(t.audio, 0, 3, b"c", audio("c", "u1", 1), Handle(log, "a1"))
+        assert len(events(sent)) == 2 and {"ack t0 again", "ack a1"} <= set(log)
+
+    with caplog.at_level(logging.INFO, logger="emostream.worker"):
+        asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("c/u0: its text part came again") and "send it under new" in m for m in said), said
+    assert any(m.startswith("c/u1: its audio part came too late (after the utterance was labelled") for m in said), said
+
+
 def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_context() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(wait_s=5.0)
