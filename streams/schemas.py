@@ -487,8 +487,9 @@ def _reason(exc: ValidationError) -> str:
 def _summary(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in e["loc"]) or "(message)"
-        parts.append(f"{loc}: {e['msg']}")
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own words
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)[:500]
 
 

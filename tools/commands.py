@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -19,12 +20,27 @@ def cmd_feed(ns: Any) -> int:
     from tools.feed import feed
 
     settings = load_settings(ns.config)
+    problem = _feed_options_problem(ns)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if ns.file.endswith(".csv"):
         dialogues = read_meld_csv(ns.file, limit_dialogues=ns.limit)
         if ns.audio_dir:
             dialogues = attach_ravdess(dialogues, ns.audio_dir, seed=ns.seed)
     else:
         dialogues = read_jsonl(ns.file)[: ns.limit]
+    if ns.call_suffix:
+        dialogues = [with_call_suffix(d, ns.call_suffix) for d in dialogues]
+    wanted = set(ns.modalities.split(","))
+    if not dialogues:
+        print(f"error: {ns.file}: no calls in it", file=sys.stderr)
+        return 2
+    have = {m for d in dialogues for m in d.modalities()}
+    if not have & wanted:
+        print(f"error: {ns.file} has {'+'.join(sorted(have)) or 'no parts'}: --modalities {ns.modalities} leaves "
+              "nothing to send", file=sys.stderr)  # fmt: skip
+        return 2
     ensure_topics(settings)
     try:
         report = feed(
@@ -41,6 +57,34 @@ def cmd_feed(ns: Any) -> int:
         return 2
     print(report.summary())
     return 1 if report.failed else 0
+
+
+def _feed_options_problem(ns: Any) -> str | None:
+    """What is wrong with `emostream feed`'s options before anything is read or sent (None: nothing)."""
+    from engines.features.codecs import G711_RATE, RATES
+
+    if ns.audio_rate is not None:
+        if not ns.audio_encoding:
+            return "--audio-rate sets the rate of --audio-encoding pcm_s16le, flac or wav: name the encoding too"
+        if ns.audio_encoding in ("pcm_mulaw", "pcm_alaw") and ns.audio_rate != G711_RATE:
+            return f"--audio-encoding {ns.audio_encoding} is G.711 at {G711_RATE} Hz, not {ns.audio_rate}"
+        if ns.audio_rate not in RATES:
+            return f"--audio-rate {ns.audio_rate} Hz: the worker takes {', '.join(map(str, RATES))}"
+    if ns.audio_dir and not ns.file.endswith(".csv"):
+        return "--audio-dir attaches RAVDESS speech to a MELD CSV; a JSONL file names its own audio (audio_path)"
+    if ns.call_suffix and not re.fullmatch(r"[A-Za-z0-9._:@/-]{1,32}", ns.call_suffix):
+        return f"--call-suffix {ns.call_suffix!r}: up to 32 of A-Z a-z 0-9 . _ : @ / - (it becomes part of call ids)"
+    return None
+
+
+def with_call_suffix(d: Any, suffix: str) -> Any:
+    """The dialogue under call id ``<call id><suffix>``: sent again, it is a new call to the worker."""
+    import dataclasses
+
+    return dataclasses.replace(
+        d, call_id=d.call_id + suffix, utterances=tuple(dataclasses.replace(u, call_id=u.call_id + suffix)
+                                                         for u in d.utterances)
+    )  # fmt: skip
 
 
 def cmd_subscribe(ns: Any) -> int:
@@ -89,6 +133,13 @@ def register(sub: Any) -> None:
         help="send audio in this encoding (pcm_mulaw/pcm_alaw: an 8 kHz G.711 telephone line; default: as read)",
     )
     p.add_argument("--audio-rate", type=int, help="sample rate for pcm_s16le/flac/wav (default 16000)")
+    p.add_argument(
+        "--call-suffix",
+        default="",
+        metavar="S",
+        help="append S to every call id: the worker labels each call and utterance id once, so a file sent again "
+        "needs new ids (e.g. --call-suffix -2)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_feed)
     p = sub.add_parser("subscribe", help="print emotion events as they arrive")

@@ -139,7 +139,7 @@ def read_meld_csv(
     wanted = None if dialogue_ids is None else {int(d) for d in dialogue_ids}
     rows: dict[int, list[dict[str, str]]] = {}
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             for line, row in enumerate(csv.DictReader(f), start=2):
                 try:
                     did = int(row["Dialogue_ID"])
@@ -148,6 +148,10 @@ def read_meld_csv(
                     raise DialogueFormatError(path, line, f"bad Dialogue_ID/Utterance_ID: {exc}") from exc
                 if wanted is None or did in wanted:
                     rows.setdefault(did, []).append(row)
+    except UnicodeDecodeError as exc:
+        raise DialogueFormatError(
+            path, None, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save it as UTF-8"
+        ) from exc
     except OSError as exc:
         raise DialogueFormatError(path, None, str(exc)) from exc
     ids = sorted(rows)[:limit_dialogues] if limit_dialogues is not None else sorted(rows)
@@ -222,8 +226,15 @@ def read_jsonl(path: str | Path, wav_encoding: AudioEncoding = "flac") -> list[D
     """Dialogues from our JSONL format (see the module docstring); WAV audio becomes ``wav_encoding``."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is no JSON
+    except UnicodeDecodeError as exc:
+        at_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DialogueFormatError(
+            path,
+            at_line,
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): save the file as UTF-8, one JSON object a line",
+        ) from exc
+    except OSError as exc:
         raise DialogueFormatError(path, None, str(exc)) from exc
     calls: dict[str, dict[int, Utterance]] = {}
     seen_ids: set[tuple[str, str]] = set()
@@ -251,7 +262,8 @@ def _summary(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors()[:3]:
         loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}" if loc else str(e["msg"]))
+        msg = str(e["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own words
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 

@@ -25,6 +25,7 @@ small compressed message never becomes a huge array. :func:`encode_audio` is the
 from __future__ import annotations
 
 import io
+import re
 from functools import lru_cache
 from math import gcd
 
@@ -154,7 +155,8 @@ def _decode_container(
     except AudioDecodeError:
         raise
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
-        raise AudioDecodeError(f"undecodable {encoding} payload: {exc}") from exc
+        why = re.sub(r"^Error opening <[^>]*>: ", "", str(exc))  # soundfile names its BytesIO, not the problem
+        raise AudioDecodeError(f"undecodable {encoding} payload: {why}") from exc
     if not blocks:
         return np.zeros(0, dtype=np.float32), rate
     return np.concatenate(blocks).mean(axis=1, dtype=np.float32), rate  # (N,) mono

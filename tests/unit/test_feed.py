@@ -166,6 +166,48 @@ def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Any, capsys: 
         assert code == 2 and said in err and "Traceback" not in err, (argv, err)
 
 
+def test_feed_refuses_options_and_files_it_would_silently_get_wrong(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a newcomer: each of these printed 'fed ...' and exit 0 while sending nothing, or
+    sending what every worker would dead-letter, or failed with a codec's message and no line."""
+    from streams.cli import main
+
+    line = '{"call_id":"c","utterance_id":"u","seq":0,"speaker":"a","text":"%s"}\n'
+    text = tmp_path / "text.jsonl"
+    text.write_text(line % "hi")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes((line % "hi").encode() + (line % "caf\xe9").replace('"u"', '"v"').encode("latin-1"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("# nothing\n")
+    cases = [
+        ([str(latin)], f"{latin}:2: not UTF-8 text (byte 0xe9): save the file as UTF-8"),
+        ([str(empty)], f"{empty}: no calls in it"),
+        ([str(text), "--modalities", "audio"], "has text: --modalities audio leaves nothing to send"),
+        ([str(text), "--audio-rate", "8000"], "--audio-rate sets the rate of --audio-encoding"),
+        ([str(text), "--audio-encoding", "flac", "--audio-rate", "96000"], "--audio-rate 96000 Hz: the worker takes"),
+        ([str(text), "--audio-encoding", "pcm_alaw", "--audio-rate", "16000"], "G.711 at 8000 Hz, not 16000"),
+        ([str(text), "--audio-dir", str(tmp_path)], "--audio-dir attaches RAVDESS speech to a MELD CSV"),
+        ([str(text), "--call-suffix", "a b"], "--call-suffix 'a b': up to 32 of"),
+    ]
+    for argv, said in cases:
+        code = main(["feed", *argv, "--fast"])
+        err = capsys.readouterr().err
+        assert code == 2 and said in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_byte_order_mark_is_read_past_and_a_call_suffix_makes_new_calls(tmp_path: Any) -> None:
+    from tools.commands import with_call_suffix
+    from tools.dialogues import read_jsonl
+
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + b'{"call_id":"c","utterance_id":"u","seq":0,"speaker":"a","text":"hi"}\n')
+    (d,) = read_jsonl(bom)  # was: "Invalid JSON: expected value at line 1 column 1"
+    again = with_call_suffix(d, "-2")
+    assert again.call_id == "c-2" and [u.call_id for u in again.utterances] == ["c-2"]
+    assert again.utterances[0].utterance_id == "u" and again.utterances[0].text == "hi"
+
+
 def test_a_settings_variable_that_does_not_parse_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -273,6 +273,7 @@ def test_a_dead_letter_detail_is_one_line_without_memory_addresses() -> None:
     with pytest.raises(InvalidMessage) as info:
         to_payload(part, {"text": 384, "audio": 768, "video": 0}, LimitSettings())
     assert info.value.reason == "undecodable_audio" and "0x" not in info.value.detail, info.value.detail
+    assert "Error opening" not in info.value.detail and "Format not recognised" in info.value.detail
     assert one_line("9 validation errors\nconfidence\n  Input should be finite") == (
         "9 validation errors | confidence | Input should be finite"
     )
