@@ -260,6 +260,8 @@ class CallAnalytics:
         raise the alert and then clear it, as they would have turn by turn."""
         messages: list[AlertEvent] = []
         for e in new:
+            if not says_something(e):
+                continue
             old = state.turns.get(e.utterance_id)
             if old is None or e.revision >= old.revision:
                 state.put(self._turn(e))
@@ -481,6 +483,13 @@ for c = 0, #KEYS / 2 - 1 do
 end
 return #KEYS / 2
 """
+
+
+def says_something(e: EmotionEvent) -> bool:
+    """Whether any part of the utterance was used: one whose every part was ignored (an empty
+    transcript, audio without speech) is labelled from the model's prior alone, which says nothing
+    about its speaker, so it is no turn of the call's trajectory and judges no rule."""
+    return any(m not in e.ignored for m in e.modalities_present)
 
 
 def _mean(values: Sequence[float]) -> float:

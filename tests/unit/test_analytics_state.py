@@ -118,3 +118,31 @@ def test_the_report_counts_negative_labels_and_shows_a_trend_from_the_second_tur
     single.put(turn(0, 0, "agent", 0, "anger"))
     assert one._report("c", single, {}, final=False).speakers[0].sentiment_trend == 0.0
     assert {"anger", "sadness", "frustrated", "mad"} <= NEGATIVE_EMOTIONS and "neutral" not in NEGATIVE_EMOTIONS
+
+
+def test_an_utterance_whose_every_part_was_ignored_is_no_turn() -> None:
+    """Found by a newcomer: a blank transcript (hold, a recognizer's empty result) was labelled
+    from the prior (neutral 0.51, every weight 0) and counted as a turn with a sentiment, diluting
+    a run of negative turns that the escalation rules look for."""
+    from streams.schemas import EmotionEvent
+
+    a = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)
+
+    def event(uid: str, seq: int, label: str, ignored: dict[str, str]) -> EmotionEvent:
+        probs = {k: (0.8 if k == label else 0.1) for k in LABELS}
+        return EmotionEvent(
+            event_id=f"c:{uid}:0", call_id="c", utterance_id=uid, seq=seq, revision=0, speaker="cust",
+            label=label, confidence=0.8, probabilities=probs, sentiment=0.0, sentiment_label="neutral",
+            weights={"text": 0.0 if ignored else 1.0, "audio": 0.0, "video": 0.0}, modalities_present=["text"],
+            ignored=ignored, model={"name": "m", "version": "1", "runtime": "x"}, context_size=1,
+            timings={"join_s": 0.0, "queue_s": 0.0, "engine_s": 0.0, "end_to_end_s": 0.0}, produced_at=0.0,
+        )  # fmt: skip
+
+    state = _State()
+    blank = {"text": "no words: the transcript is empty or only spaces and control characters"}
+    out = a._apply("c", state, [event("u0", 0, "anger", {}), event("u1", 1, "neutral", blank)])
+    assert list(state.turns) == ["u0"]  # the blank one is no turn
+    (report,) = [o.message for o in out if o.topic == "calls"]
+    assert report.turns == 1
+    state.changed = {}  # stored, as the batch's commit does
+    assert a._apply("c", state, [event("u2", 2, "neutral", blank)]) == []  # nothing new: no report either
