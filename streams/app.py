@@ -171,6 +171,13 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
     return PartitionEnd(int(end), age, reachable)
 
 
+def quiet_kafka_python(level: str) -> None:
+    """kafka-python (the start-up checks' client) logs some twenty INFO lines of its connections at
+    every start: warnings and errors only, unless the worker's own level is DEBUG."""
+    if logging.getLevelName(level) != logging.DEBUG:
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
 def serve_metrics(settings: Settings) -> Any:
     """A :class:`~streams.metrics.Metrics` serving ``/metrics`` and the probes (``/readyz`` says
     "starting" until the worker consumes); :class:`ConfigError` if its port is taken."""
@@ -204,6 +211,7 @@ def run_worker(settings: Settings) -> int:
     from streams.runtime import build_worker, prepare_graphs
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet_kafka_python(settings.log_level)
     try:
         if settings.analytics.enabled:
             load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka

@@ -53,7 +53,7 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
             label += f" (was {previous.label} {previous.confidence:.2f})"
         elif previous is not None:
             label += f" (kept, was {previous.confidence:.2f})"
-        if previous is not None and abs(previous.sentiment - event.sentiment) >= 0.005:
+        if previous is not None and f"{previous.sentiment:+.2f}" != f"{event.sentiment:+.2f}":  # as printed
             sentiment += f" (was {previous.sentiment:+.2f})"
     present = set(event.modalities_present)
     weights = "  ".join(

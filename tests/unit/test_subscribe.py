@@ -60,6 +60,9 @@ def test_revision_shows_what_changed() -> None:
     )
     kept = format_event(make_event(revision=2), previous=make_event(revision=1, confidence=0.66))
     assert kept.startswith("↻ r2 [call-7 #3 Alice] joy 0.81 (kept, was 0.66)  sent +0.62  ")
+    # found by a newcomer: "sent -0.09 (was -0.09)" for -0.094 against -0.085
+    same = format_event(make_event(revision=1, sentiment=-0.094), previous=make_event(sentiment=-0.085))
+    assert "sent -0.09  " in same and "(was -0.09)" not in same
     unseen = format_event(revised)  # the line it revises was not seen (subscribed later)
     assert unseen.startswith("↻ r1 [call-7 #3 Alice] joy 0.81  sent +0.62")
 
