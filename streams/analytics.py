@@ -94,11 +94,15 @@ class _State:
         return state
 
     def put(self, t: Turn) -> None:
-        """Add a turn, or replace the revision stored under its utterance id."""
+        """Add a turn, or replace the revision stored under its utterance id. A turn whose every part
+        was ignored (``used`` False) is stored (its call then has a summary when it ends) but not
+        indexed: no rule, trajectory, count or version sees it."""
         old = self.turns.get(t.utterance_id)
         if old is not None:
             self._unindex(old)
         self.turns[t.utterance_id] = self.changed[t.utterance_id] = t
+        if not t.used:
+            return
         key = (t.seq, t.utterance_id)
         if not self.order or self.order[-1] < key:  # the common case: the call's next turn
             self.order.append(key)
@@ -118,8 +122,16 @@ class _State:
             self._unindex(t)
             self.changed.pop(t.utterance_id, None)
             self.dropped.append(t.utterance_id)
+        unused = len(self.turns) - len(self.order)  # turns with nothing used: bounded the same way
+        if unused > keep:
+            for _, uid in sorted((t.seq, t.utterance_id) for t in self.turns.values() if not t.used)[: unused - keep]:
+                del self.turns[uid]
+                self.changed.pop(uid, None)
+                self.dropped.append(uid)
 
     def _unindex(self, t: Turn) -> None:
+        if not t.used:
+            return
         key = (t.seq, t.utterance_id)
         del self.order[bisect.bisect_left(self.order, key)]
         mine = self.speakers[t.speaker]
@@ -260,8 +272,6 @@ class CallAnalytics:
         raise the alert and then clear it, as they would have turn by turn."""
         messages: list[AlertEvent] = []
         for e in new:
-            if not says_something(e):
-                continue
             old = state.turns.get(e.utterance_id)
             if old is None or e.revision >= old.revision:
                 state.put(self._turn(e))
@@ -269,7 +279,7 @@ class CallAnalytics:
                 now, state.alerts = self._alerts(call_id, state, final=False)
                 messages += now
         out = [self._outgoing("alerts", m) for m in messages]
-        if state.changed or messages:
+        if messages or any(t.used for t in state.changed.values()):  # a blank turn changes no report
             out.append(self._outgoing("calls", self._report(call_id, state, state.alerts, False)))
         return out
 
@@ -382,6 +392,7 @@ class CallAnalytics:
             sentiment_label=e.sentiment_label,
             revision=e.revision,
             confidence=e.confidence,
+            used=says_something(e),
         )
 
     @staticmethod

@@ -193,8 +193,9 @@ def serve_metrics(settings: Settings) -> Any:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError(
-                f"metrics.port {port} on {host} is in use (another worker on this machine?): give each worker its "
-                "own EMOSTREAM_METRICS__PORT (0: any free port), or run one `emostream worker --processes N`"
+                f"metrics.port {port} on {host} is in use (another worker or program on this machine?): set "
+                "EMOSTREAM_METRICS__PORT to a free port, or 0 for any (`--processes N` uses the port and the N - 1 "
+                "after it)"
             ) from exc
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
     return metrics

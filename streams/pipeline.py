@@ -93,6 +93,9 @@ class BatchOutcome:
         )
 
 
+NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
+
+
 def utterance_features(
     utts: list[Utterance], featurizer: Featurizer, dims: dict[str, int], min_speech_s: float = 0.0
 ) -> list[dict[str, np.ndarray]]:
@@ -107,7 +110,7 @@ def utterance_features(
         for modality, payload in utt.parts.items():
             assert isinstance(payload, Payload), type(payload)
             if dims[modality] == 0:  # arrived, but this model has no input for it (video, mostly)
-                utt.ignored[modality] = f"this model uses no {modality}"
+                utt.ignored[modality] = f"{NOT_AN_INPUT}{modality}"
                 continue
             if payload.kind == "text":
                 if has_words(str(payload.value)):

@@ -11,10 +11,11 @@ members of the group do (more processes than partitions idle). This parent only 
   its partitions back); a child still running :data:`STOP_GRACE_S` later is killed; the parent
   exits 0, or the code below;
 - a child that dies unexpectedly is started again after a backoff (1 s, doubling to 30 s, reset
-  once a child has run for 60 s). A child that exits with code 2 (a configuration error, or Kafka
-  and Redis unreachable past ``kafka.startup_timeout_s``, as a single worker exits) stops them all
-  and the parent exits 2; :data:`MAX_QUICK_FAILURES` exits in a row of children that ran less than
-  60 s (a model that does not load, a port taken) stop them all with exit code 1;
+  once a child has run for 60 s). A child that exits with code 2 (a configuration error such as
+  its metrics port taken, or Kafka and Redis unreachable past ``kafka.startup_timeout_s``, as a
+  single worker exits) stops them all and the parent exits 2; :data:`MAX_QUICK_FAILURES` exits in
+  a row of children that ran less than 60 s (a model that does not load) stop them all with exit
+  code 1;
 - a parent killed with SIGKILL cannot pass anything on, so each child has asked Linux for a
   SIGTERM when its parent dies (:func:`die_with_parent`) and stops as on the parent's SIGTERM
   (elsewhere the children run on until stopped).

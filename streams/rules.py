@@ -67,6 +67,7 @@ class Turn:
     sentiment_label: str
     revision: int = 0
     confidence: float = 1.0  # the label's probability
+    used: bool = True  # False: every part was ignored (a blank transcript): stored, but no turn for the rules
 
     def share(self, emotions: Sequence[str]) -> float:
         return sum(self.probabilities.get(e, 0.0) for e in emotions)

@@ -452,7 +452,7 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     if "schema_version" not in obj:
         raise InvalidMessage("missing_field", f"schema_version: required (this worker reads {SCHEMA_VERSION})")
     version = obj["schema_version"]
-    if not isinstance(version, int) or isinstance(version, bool):
+    if isinstance(version, bool) or not isinstance(version, (int, float)):  # 1.0 is the integer 1 in JSON Schema
         raise InvalidMessage(
             "wrong_type", f"schema_version: the integer {SCHEMA_VERSION}, not {version!r} ({type(version).__name__})"
         )

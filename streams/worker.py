@@ -52,7 +52,7 @@ from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import BatchOutcome, Processor
+from streams.pipeline import NOT_AN_INPUT, BatchOutcome, Processor
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
@@ -658,7 +658,8 @@ class Worker:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
                 for modality, why in utt.ignored.items():
-                    if not why.startswith(DEAD_LETTERED):  # those are counted as dead letters
+                    # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad audio
+                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT)):
                         self.metrics.ignored_parts.labels(modality).inc()
                 for receipt in utt.handles:
                     receipt.ack()

@@ -32,9 +32,14 @@ def cmd_feed(ns: Any) -> int:
         dialogues = read_jsonl(ns.file)[: ns.limit]
     if ns.call_suffix:
         dialogues = [with_call_suffix(d, ns.call_suffix) for d in dialogues]
-    wanted = set(ns.modalities.split(","))
+        too_long = [d.call_id for d in dialogues if len(d.call_id) > 128]
+        if too_long:
+            print(f"error: --call-suffix makes call id {too_long[0]!r} longer than 128 characters", file=sys.stderr)
+            return 2
+    wanted = {m.strip() for m in ns.modalities.split(",")}
     if not dialogues:
-        print(f"error: {ns.file}: no calls in it", file=sys.stderr)
+        print(f"error: {ns.file}: no calls in it" if ns.limit != 0 else "error: --limit 0: no calls to send",
+              file=sys.stderr)  # fmt: skip
         return 2
     have = {m for d in dialogues for m in d.modalities()}
     if not have & wanted:
@@ -48,7 +53,7 @@ def cmd_feed(ns: Any) -> int:
             settings,
             realtime=not ns.fast,
             speed=ns.speed,
-            modalities=tuple(ns.modalities.split(",")),
+            modalities=tuple(sorted(wanted)),
             progress=not ns.no_progress,
             audio_as=(ns.audio_encoding, ns.audio_rate) if ns.audio_encoding else None,
         )
@@ -63,6 +68,9 @@ def _feed_options_problem(ns: Any) -> str | None:
     """What is wrong with `emostream feed`'s options before anything is read or sent (None: nothing)."""
     from engines.features.codecs import G711_RATE, RATES
 
+    unknown = {m.strip() for m in ns.modalities.split(",")} - {"text", "audio", "video"}
+    if unknown:
+        return f"--modalities {ns.modalities}: {', '.join(sorted(unknown))} is no modality (text, audio, video)"
     if ns.audio_rate is not None:
         if not ns.audio_encoding:
             return "--audio-rate sets the rate of --audio-encoding pcm_s16le, flac or wav: name the encoding too"

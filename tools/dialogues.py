@@ -228,7 +228,9 @@ def read_jsonl(path: str | Path, wav_encoding: AudioEncoding = "flac") -> list[D
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark is no JSON
     except UnicodeDecodeError as exc:
-        at_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        data = path.read_bytes()
+        body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # utf-8-sig counts from after the mark
+        at_line = body[: exc.start].count(b"\n") + 1
         raise DialogueFormatError(
             path,
             at_line,

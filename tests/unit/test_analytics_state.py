@@ -141,8 +141,20 @@ def test_an_utterance_whose_every_part_was_ignored_is_no_turn() -> None:
     state = _State()
     blank = {"text": "no words: the transcript is empty or only spaces and control characters"}
     out = a._apply("c", state, [event("u0", 0, "anger", {}), event("u1", 1, "neutral", blank)])
-    assert list(state.turns) == ["u0"]  # the blank one is no turn
+    assert [k for _, k in state.order] == ["u0"] and set(state.turns) == {"u0", "u1"}  # stored, but no turn
     (report,) = [o.message for o in out if o.topic == "calls"]
     assert report.turns == 1
+    version = state.version
     state.changed = {}  # stored, as the batch's commit does
     assert a._apply("c", state, [event("u2", 2, "neutral", blank)]) == []  # nothing new: no report either
+    assert state.version == version and state.changed.keys() == {"u2"}  # to store: the call's summary counts it
+    # a call whose every utterance said nothing still has turns stored, so its end gives a (final) summary
+    silent = _State()
+    a._apply("s", silent, [event("v0", 0, "neutral", blank)])
+    assert silent.turns and a._report("s", silent, {}, final=True).turns == 0
+    # blank turns are bounded as the others are
+    many = _State()
+    for i in range(9):
+        many.put(dataclasses.replace(turn(i, i, "cust", 0, "neutral"), used=False))
+    many.drop_oldest(4)
+    assert sorted(many.turns) == ["u5", "u6", "u7", "u8"] and many.dropped == ["u0", "u1", "u2", "u3", "u4"]

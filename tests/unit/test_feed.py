@@ -177,7 +177,9 @@ def test_feed_refuses_options_and_files_it_would_silently_get_wrong(
     text = tmp_path / "text.jsonl"
     text.write_text(line % "hi")
     latin = tmp_path / "latin.jsonl"
-    latin.write_bytes((line % "hi").encode() + (line % "caf\xe9").replace('"u"', '"v"').encode("latin-1"))
+    latin.write_bytes(
+        b"\xef\xbb\xbf" + (line % "hi").encode() + (line % "caf\xe9").replace('"u"', '"v"').encode("latin-1")
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("# nothing\n")
     cases = [
@@ -189,6 +191,8 @@ def test_feed_refuses_options_and_files_it_would_silently_get_wrong(
         ([str(text), "--audio-encoding", "pcm_alaw", "--audio-rate", "16000"], "G.711 at 8000 Hz, not 16000"),
         ([str(text), "--audio-dir", str(tmp_path)], "--audio-dir attaches RAVDESS speech to a MELD CSV"),
         ([str(text), "--call-suffix", "a b"], "--call-suffix 'a b': up to 32 of"),
+        ([str(text), "--modalities", "text,vidoe"], "--modalities text,vidoe: vidoe is no modality"),
+        ([str(text), "--limit", "0"], "--limit 0: no calls to send"),
     ]
     for argv, said in cases:
         code = main(["feed", *argv, "--fast"])

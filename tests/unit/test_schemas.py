@@ -137,6 +137,7 @@ def _text(**kw: object) -> bytes:
         ("text", b'{"call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi"}', "missing_field"),
         ("text", _text(schema_version="1"), "wrong_type"),  # said "'1', this worker reads 1"
         ("text", _text(schema_version=True), "wrong_type"),
+        ("text", _text(schema_version=1.5), "unknown_schema_version"),
         ("text", b'{"schema_version": 1, "call_id": "c"}', "missing_field"),
         ("text", _text(seq="three"), "wrong_type"),
         ("text", _text(seq=-1), "invalid_value"),
@@ -283,3 +284,8 @@ def test_seq_takes_numpy_integers_but_not_booleans_or_floats() -> None:
     assert TextPart(call_id="c", utterance_id="u", seq=np.int64(3), text="x").seq == 3  # a producer's numpy ints
     with pytest.raises(ValueError, match="seq must be an integer, not a boolean"):
         TextPart(call_id="c", utterance_id="u", seq=True, text="x")
+
+
+def test_schema_version_1_0_is_the_integer_1_as_the_published_schema_says() -> None:
+    raw = b'{"schema_version": 1.0, "call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi"}'
+    assert parse_input("text", raw, 10**6).schema_version == 1
