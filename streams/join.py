@@ -121,12 +121,18 @@ class Joiner:
         max_finished: int = 200_000,
         behind: Callable[[str, int, float], bool] | None = None,
         max_hold_s: float | None = None,
+        inputs: tuple[str, ...] = MODALITIES,
     ) -> None:
+        """``inputs``: the modalities the model takes; a part of another one is never waited for
+        (declared by a call or by default), only joined if it comes while its utterance waits."""
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
         self.idle_s = idle_s
-        self.default = tuple(m for m in MODALITIES if m in default_modalities)
+        self.inputs = inputs
+        self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs) or tuple(
+            m for m in MODALITIES if m in default_modalities
+        )
         self.max_calls = max_calls
         self.max_finished = max_finished
         self.behind = behind
@@ -143,8 +149,8 @@ class Joiner:
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
         call = self._touch(call_id, now, partition)
-        if modalities:
-            call.expected = tuple(m for m in MODALITIES if m in modalities)
+        if modalities:  # what it will send and the model takes (none: each utterance goes with its first part)
+            call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs)
         return self._release(call_id, now)
 
     def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:

@@ -330,3 +330,18 @@ def test_a_call_that_ends_gives_no_event_for_an_utterance_whose_only_part_was_de
     assert r.ended_calls == ["c"] and ids(r) == ["u1"] and not r.ready[0].timed_out  # u0: nothing to label
     assert r.ack_now == ["h0"]  # the dead-lettered part is acked as its utterance goes without an event
     assert j.open_utterances == 0
+
+
+def test_a_modality_the_model_does_not_take_is_never_waited_for() -> None:
+    """Found by a newcomer: a call declaring video to the shipped model (no video input) waited the
+    whole join wait on every utterance; so did a text-only model for the default audio."""
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), inputs=("text",))
+    assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == ["u0"]  # not held for audio
+    late = j.add("c", "u0", 0, "A", "audio", "a0", "h2", now=0.1)
+    assert late.ready == [] and late.ack_now == ["h2"]  # came after: late, as any part would be
+    v = Joiner(wait_s=2.0, default_modalities=("text", "audio"), inputs=("text", "audio"))
+    v.call_started("d", ["text", "video"], now=0.0)
+    r = v.add("d", "u0", 0, "A", "video", "v0", "h", now=0.0)  # joined while its utterance waits
+    assert ids(r) == []
+    r = v.add("d", "u0", 0, "A", "text", "t0", "h", now=0.1)
+    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "video")  # not held for more video
