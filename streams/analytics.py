@@ -34,6 +34,7 @@ last few of each speaker, not every turn of the call.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -433,7 +434,7 @@ class CallAnalytics:
                         "raised": {_s(k): int(v) for k, v in raised.items()},
                     }
                 states[call_id] = _State.of(
-                    {_s(k): Turn(**json.loads(v)) for k, v in turns.items()},
+                    {_s(k): turn_from_json(v) for k, v in turns.items()},
                     alerts={str(k): dict(v) for k, v in meta.get("alerts", {}).items()},
                     raised={str(k): int(v) for k, v in meta.get("raised", {}).items()},
                     legacy=legacy,
@@ -494,6 +495,15 @@ for c = 0, #KEYS / 2 - 1 do
 end
 return #KEYS / 2
 """
+
+
+_TURN_FIELDS = frozenset(f.name for f in dataclasses.fields(Turn))
+
+
+def turn_from_json(raw: bytes | str) -> Turn:
+    """A stored turn; fields a newer version added are left out, so that a worker rolled back (or
+    not yet upgraded) reads the turns a newer one stored instead of starting the call afresh."""
+    return Turn(**{k: v for k, v in json.loads(raw).items() if k in _TURN_FIELDS})
 
 
 def says_something(e: EmotionEvent) -> bool:

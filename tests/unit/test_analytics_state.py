@@ -158,3 +158,14 @@ def test_an_utterance_whose_every_part_was_ignored_is_no_turn() -> None:
         many.put(dataclasses.replace(turn(i, i, "cust", 0, "neutral"), used=False))
     many.drop_oldest(4)
     assert sorted(many.turns) == ["u5", "u6", "u7", "u8"] and many.dropped == ["u0", "u1", "u2", "u3", "u4"]
+
+
+def test_a_stored_turn_with_a_field_this_version_does_not_know_is_still_read() -> None:
+    """A worker rolled back after a newer one stored turns (Turn.used was such a field once)."""
+    import json
+
+    from streams.analytics import turn_from_json
+
+    t = turn(0, 0, "cust", 0, "anger")
+    stored = json.dumps({**dataclasses.asdict(t), "a_newer_field": 1})
+    assert turn_from_json(stored) == t
