@@ -60,6 +60,13 @@ def cmd_ui(ns: Any) -> int:
     return run_ui(load_settings(ns.config), ns.host, ns.port, ns.since * 60)
 
 
+def _not_negative(text: str) -> float:
+    x = float(text)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return x
+
+
 def _positive(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -91,7 +98,7 @@ def register(sub: Any) -> None:
         "--host", default="127.0.0.1", help="bind address (the page shows what callers feel: keep it private)"
     )
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--since", type=float, default=60.0, help="show calls from this many minutes ago on")
+    p.add_argument("--since", type=_not_negative, default=60.0, help="show calls from this many minutes ago on")
     p.set_defaults(func=cmd_ui)
     from chaos.cli import add_chaos_args, run_chaos
 

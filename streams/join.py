@@ -149,7 +149,9 @@ class Joiner:
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
         call = self._touch(call_id, now, partition)
-        if modalities:  # what it will send and the model takes (none: each utterance goes with its first part)
+        # what it will send and the model takes (an empty or absent list: the default); when the model
+        # takes none of them, each utterance goes with its first part
+        if modalities:
             call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs)
         return self._release(call_id, now)
 

@@ -10,6 +10,8 @@ machine in one variable of its own: ``streams.processes.PROCESSES_ENV``).
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -237,16 +239,52 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
             raise ConfigError(f"settings file {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"settings file {path}: the top level is {type(data).__name__}, not a table")
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise ConfigError(unknown)
     try:
         env = Settings()  # environment + defaults
         merged = _deep_merge(data, env.model_dump(exclude_unset=True, exclude_defaults=True))
         merged = _deep_merge(merged, overrides)
         return Settings(**merged)
     except SettingsError as exc:  # an EMOSTREAM_* variable that does not parse (JSON for a list, say)
-        raise ConfigError(f"bad settings (EMOSTREAM_* variables): {exc}") from exc
+        raise ConfigError(
+            f"bad settings (EMOSTREAM_* variables): {exc} (a list or a table is written as JSON, e.g. "
+            """EMOSTREAM_JOIN__DEFAULT_MODALITIES='["text","audio"]')"""
+        ) from exc
     except ValidationError as exc:
         where = f"settings file {config_file} or EMOSTREAM_* variables" if config_file else "EMOSTREAM_* variables"
         raise ConfigError(f"bad settings ({where}): {_summary(exc)}") from exc
+
+
+#: EMOSTREAM_* variables that are no setting: the local scripts' folders, the datasets and the
+#: tests' own, and what a --processes N supervisor tells its children (streams.processes.PROCESSES_ENV)
+NOT_SETTINGS = frozenset(
+    {"EMOSTREAM_RUN_DIR", "EMOSTREAM_CACHE", "EMOSTREAM_DATA_DIR", "EMOSTREAM_SCREENSHOTS", "EMOSTREAM_KEEP_SERVICES"}
+    | {"EMOSTREAM_SHARED_BY_PROCESSES"}
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> str | None:
+    """What is wrong with ``EMOSTREAM_*`` variables that name no setting section or field (None:
+    nothing). pydantic-settings refuses an unknown key inside a section but ignores an unknown
+    section, so ``EMOSTREAM_KAFKA_BROKERS`` (one underscore) would leave the default broker in use."""
+    fields = set(Settings.model_fields)
+    for name in sorted(environ):
+        if not name.startswith("EMOSTREAM_") or name in NOT_SETTINGS:
+            continue
+        head = name[len("EMOSTREAM_") :].lower().split("__")[0]
+        if head in fields:
+            continue
+        section = next((f for f in sorted(fields, key=len, reverse=True) if head.startswith(f + "_")), None)
+        hint = (
+            f": sections are joined to their keys by two underscores, EMOSTREAM_{section.upper()}__"
+            f"{head[len(section) + 1 :].upper()}"
+            if section
+            else f"; known: {', '.join(sorted(f.upper() for f in fields))}"
+        )
+        return f"unknown setting {name}{hint}"
+    return None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -156,14 +157,31 @@ def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any
 
 def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     """``emostream ui``: serve the page until stopped."""
+    import errno
+    import socket
+
     from aiohttp import web
 
+    from streams.app import quiet_kafka_python
+
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    quiet_kafka_python(settings.log_level)
+    try:  # bound here, before anything starts: a port in use is one line, not aiohttp's traceback
+        sock = socket.create_server((host, port), family=socket.getaddrinfo(host, port)[0][0])
+    except OSError as exc:
+        why = (
+            "is in use (another program on this machine?)"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot be bound: {exc}"
+        )
+        print(f"emostream ui: port {port} on {host} {why}: choose another with --port", file=sys.stderr)
+        return 2
     board = Board()
     feed = Feed(settings, board, since_s).start()
-    print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
+    bound = sock.getsockname()[1]
+    print(f"emostream ui: http://{host}:{bound}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
     try:
-        web.run_app(make_app(board, feed), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=3)
+        web.run_app(make_app(board, feed), sock=sock, print=None, handle_signals=True, shutdown_timeout=3)
     finally:
         feed.stop.set()
     return 0

@@ -221,6 +221,29 @@ def test_a_settings_variable_that_does_not_parse_is_one_line(
     assert main(["worker"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: bad settings (EMOSTREAM_* variables)") and "Traceback" not in err, err
+    assert "a list or a table is written as JSON" in err
+    monkeypatch.delenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES")
+    # found by a newcomer: a misspelt section was ignored (the default broker used), a misspelt key refused
+    for name, said in [
+        ("EMOSTREAM_KAFKA_BROKERS", "two underscores, EMOSTREAM_KAFKA__BROKERS"),
+        ("EMOSTREAM_REDDIS__WINDOW", "unknown setting EMOSTREAM_REDDIS__WINDOW; known: ANALYTICS, ENGINE"),
+    ]:
+        monkeypatch.setenv(name, "3")
+        assert main(["subscribe", "--timeout", "1"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err
+        monkeypatch.delenv(name)
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # found by a newcomer: aiohttp's traceback
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"emostream ui: port {port} on 127.0.0.1 is in use" in err and "Traceback" not in err, err
+    monkeypatch.setenv("EMOSTREAM_RUN_DIR", "/tmp/x")  # the local scripts' own: no setting, not refused
+    from streams.settings import unknown_variables
+
+    assert unknown_variables({"EMOSTREAM_RUN_DIR": "x", "EMOSTREAM_KAFKA__BROKERS": "h:1", "PATH": "/"}) is None
 
 
 REFUSED = [
