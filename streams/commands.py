@@ -62,8 +62,8 @@ def cmd_ui(ns: Any) -> int:
 
 def _not_negative(text: str) -> float:
     x = float(text)
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    if not 0 <= x < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more (and finite), not {text}")
     return x
 
 

@@ -130,9 +130,7 @@ class Joiner:
         self.wait_s = wait_s
         self.idle_s = idle_s
         self.inputs = inputs
-        self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs) or tuple(
-            m for m in MODALITIES if m in default_modalities
-        )
+        self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs)
         self.max_calls = max_calls
         self.max_finished = max_finished
         self.behind = behind

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -265,15 +266,23 @@ NOT_SETTINGS = frozenset(
 )
 
 
+#: what Kubernetes puts in every pod for a Service named emostream-* in its namespace (the shipped
+#: emostream-ui one among them), and Docker for a link aliased emostream: never settings
+_SERVICE_LINK = re.compile(
+    r"^EMOSTREAM_[A-Z0-9_]*?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_[A-Z]+)?)?)$"
+)
+
+
 def unknown_variables(environ: Mapping[str, str]) -> str | None:
     """What is wrong with ``EMOSTREAM_*`` variables that name no setting section or field (None:
     nothing). pydantic-settings refuses an unknown key inside a section but ignores an unknown
     section, so ``EMOSTREAM_KAFKA_BROKERS`` (one underscore) would leave the default broker in use."""
     fields = set(Settings.model_fields)
     for name in sorted(environ):
-        if not name.startswith("EMOSTREAM_") or name in NOT_SETTINGS:
+        upper = name.upper()  # pydantic-settings reads them case-insensitively
+        if not upper.startswith("EMOSTREAM_") or upper in NOT_SETTINGS or _SERVICE_LINK.match(upper):
             continue
-        head = name[len("EMOSTREAM_") :].lower().split("__")[0]
+        head = upper[len("EMOSTREAM_") :].lower().split("__")[0]
         if head in fields:
             continue
         section = next((f for f in sorted(fields, key=len, reverse=True) if head.startswith(f + "_")), None)

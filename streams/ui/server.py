@@ -166,22 +166,28 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     quiet_kafka_python(settings.log_level)
-    try:  # bound here, before anything starts: a port in use is one line, not aiohttp's traceback
-        sock = socket.create_server((host, port), family=socket.getaddrinfo(host, port)[0][0])
+    try:  # a port in use: said before the Kafka feed starts (aiohttp binds it, every address of the host)
+        with socket.create_server((host, port)):
+            pass
     except OSError as exc:
-        why = (
-            "is in use (another program on this machine?)"
-            if exc.errno == errno.EADDRINUSE
-            else f"cannot be bound: {exc}"
-        )
-        print(f"emostream ui: port {port} on {host} {why}: choose another with --port", file=sys.stderr)
-        return 2
+        if exc.errno == errno.EADDRINUSE:
+            return _port_taken(host, port)
     board = Board()
     feed = Feed(settings, board, since_s).start()
-    bound = sock.getsockname()[1]
-    print(f"emostream ui: http://{host}:{bound}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
+    print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
     try:
-        web.run_app(make_app(board, feed), sock=sock, print=None, handle_signals=True, shutdown_timeout=3)
+        web.run_app(make_app(board, feed), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=3)
+    except OSError as exc:  # one line, not aiohttp's traceback
+        if exc.errno == errno.EADDRINUSE:
+            return _port_taken(host, port)
+        print(f"emostream ui: cannot serve on {host}:{port}: {exc}", file=sys.stderr)
+        return 2
     finally:
         feed.stop.set()
     return 0
+
+
+def _port_taken(host: str, port: int) -> int:
+    print(f"emostream ui: port {port} on {host} is in use (another program on this machine?): choose another "
+          "with --port", file=sys.stderr)  # fmt: skip
+    return 2

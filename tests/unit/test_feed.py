@@ -244,6 +244,12 @@ def test_a_settings_variable_that_does_not_parse_is_one_line(
     from streams.settings import unknown_variables
 
     assert unknown_variables({"EMOSTREAM_RUN_DIR": "x", "EMOSTREAM_KAFKA__BROKERS": "h:1", "PATH": "/"}) is None
+    # what Kubernetes adds to every pod for the shipped emostream-ui Service (found in review): no setting
+    links = ["EMOSTREAM_UI_SERVICE_HOST", "EMOSTREAM_UI_SERVICE_PORT", "EMOSTREAM_UI_SERVICE_PORT_HTTP",
+             "EMOSTREAM_UI_PORT", "EMOSTREAM_UI_PORT_80_TCP", "EMOSTREAM_UI_PORT_80_TCP_PROTO",
+             "EMOSTREAM_UI_PORT_80_TCP_PORT", "EMOSTREAM_UI_PORT_80_TCP_ADDR"]  # fmt: skip
+    assert unknown_variables(dict.fromkeys(links, "1")) is None
+    assert "EMOSTREAM_KAFKA__BROKERS" in (unknown_variables({"emostream_kafka_brokers": "x"}) or "")  # any case
 
 
 REFUSED = [

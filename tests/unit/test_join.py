@@ -345,3 +345,8 @@ def test_a_modality_the_model_does_not_take_is_never_waited_for() -> None:
     assert ids(r) == []
     r = v.add("d", "u0", 0, "A", "text", "t0", "h", now=0.1)
     assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "video")  # not held for more video
+
+
+def test_a_model_that_takes_none_of_the_default_modalities_waits_for_none() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("audio",), inputs=("text",))
+    assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == ["u0"]  # not held for audio
