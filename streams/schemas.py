@@ -35,7 +35,8 @@ from streams.errors import InvalidMessage
 SCHEMA_VERSION: Literal[1] = 1
 Modality = Literal["text", "audio", "video"]
 MAX_SEQ = 2**63 - 1  # a Kafka-sized integer: anything larger is a forged or broken producer
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+ID_CHARS = r"A-Za-z0-9._:@/-"  # what a call or utterance id may hold
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=rf"^[{ID_CHARS}]+$")]
 
 
 class _Message(BaseModel):

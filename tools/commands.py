@@ -67,6 +67,7 @@ def cmd_feed(ns: Any) -> int:
 def _feed_options_problem(ns: Any) -> str | None:
     """What is wrong with `emostream feed`'s options before anything is read or sent (None: nothing)."""
     from engines.features.codecs import G711_RATE, RATES
+    from streams.schemas import ID_CHARS
 
     unknown = {m.strip() for m in ns.modalities.split(",")} - {"text", "audio", "video"}
     if unknown:
@@ -80,7 +81,7 @@ def _feed_options_problem(ns: Any) -> str | None:
             return f"--audio-rate {ns.audio_rate} Hz: the worker takes {', '.join(map(str, RATES))}"
     if ns.audio_dir and not ns.file.endswith(".csv"):
         return "--audio-dir attaches RAVDESS speech to a MELD CSV; a JSONL file names its own audio (audio_path)"
-    if ns.call_suffix and not re.fullmatch(r"[A-Za-z0-9._:@/-]{1,32}", ns.call_suffix):
+    if ns.call_suffix and not re.fullmatch(rf"[{ID_CHARS}]{{1,32}}", ns.call_suffix):
         return f"--call-suffix {ns.call_suffix!r}: up to 32 of A-Z a-z 0-9 . _ : @ / - (it becomes part of call ids)"
     return None
 
