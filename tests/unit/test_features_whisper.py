@@ -225,6 +225,21 @@ def test_long_clip_is_encoded_in_30_s_segments_and_pooled_over_all() -> None:
     np.testing.assert_allclose(mixed[1], ex.extract([odd])[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "settings", [WhisperConfig(), WhisperConfig(layers=(1, 2, 4)), WhisperConfig(layers=(1, 3), pooling="mean")]
+)
+def test_the_gpus_batched_pooling_gives_the_per_clip_vectors(settings: WhisperConfig) -> None:
+    """The GPU path (large passes, masked reductions, one copy to the host) run on the CPU."""
+    waves = [voice(s, f0=90.0 + 15 * i, seed=i) for i, s in enumerate([0.1, 3.1, 0.37, 7.9, 1.6, 2.2, 0.9, 5.0])]
+    per_clip = WhisperExtractor(settings, encoder=extractor().encoder())
+    batched = WhisperExtractor(settings, encoder=extractor().encoder())
+    batched.vectorised = True
+    assert not per_clip.vectorised
+    np.testing.assert_allclose(batched.extract(waves), per_clip.extract(waves), rtol=1e-4, atol=1e-5)
+    long = [voice(0.5), np.concatenate([voice(31.0), np.zeros(7, np.float32)])]  # a clip of two segments
+    np.testing.assert_allclose(batched.extract(long), per_clip.extract(long), rtol=1e-4, atol=1e-5)
+
+
 # --- parity with CTranslate2 (optional) --------------------------------------------------------
 
 
