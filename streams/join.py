@@ -76,6 +76,9 @@ class JoinResult:
     #: the part just added differs from the one its utterance already has (pending or labelled):
     #: why, for a dead letter (the caller acks it then; its handle is nowhere else)
     conflict: str | None = None
+    #: the part just added belongs to a call that ended and was closed: why, for a dead letter
+    #: (the caller acks it then); the call is not reopened
+    after_end: str | None = None
     ended_calls: list[str] = field(default_factory=list)  # calls whose context can be released
 
     def extend(self, other: JoinResult) -> None:
@@ -84,6 +87,7 @@ class JoinResult:
         self.late_parts += other.late_parts
         self.duplicate_parts += other.duplicate_parts
         self.conflict = self.conflict or other.conflict
+        self.after_end = self.after_end or other.after_end
         self.ended_calls += other.ended_calls
 
 
@@ -106,7 +110,8 @@ class Joiner:
     at most ``max_finished`` labelled (call, utterance) ids are remembered, with digests of the parts
     used, to recognise late parts, redeliveries and conflicting parts (in memory: after a restart or
     a rebalance a conflicting part is joined afresh, and the stored window decides, so the check is
-    best effort).
+    best effort), and the ids of the last ``max_calls`` calls closed after their 'ended' (a part of one
+    that comes later is refused, :attr:`JoinResult.after_end`, rather than reopening it).
     Open utterances are bounded by the caller, which stops reading at its cap (see
     :attr:`open_utterances`): they leave within ``wait_s`` on their own. Deadlines live in a heap,
     so :meth:`expire` touches only what is due.
@@ -139,6 +144,9 @@ class Joiner:
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         #: labelled ids -> (partition, digest of the text, audio and video used or None), oldest first
         self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
+        #: calls closed after their 'ended' -> partition, oldest first (at most ``max_calls``): a part
+        #: that comes later does not reopen them (no context, a report after the final one)
+        self._ended: OrderedDict[str, int] = OrderedDict()
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -146,6 +154,7 @@ class Joiner:
 
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
+        self._ended.pop(call_id, None)  # the id used again for a new call
         call = self._touch(call_id, now, partition)
         # what it will send and the model takes (an empty or absent list: the default); when the model
         # takes none of them, each utterance goes with its first part
@@ -186,6 +195,10 @@ class Joiner:
             if used != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "was labelled from"))
             return JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
+        if call_id in self._ended:
+            return JoinResult(after_end=f"call {call_id!r} ended and was closed before this {modality} part of "
+                              f"utterance {utterance_id!r} (seq {seq}) came; its parts must come before "
+                              f"'ended' or within join.wait_s {self.wait_s:g} s of it")  # fmt: skip
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
@@ -227,7 +240,7 @@ class Joiner:
         before the utterance's event is out reads the part again after it, so the replay knows
         again not to wait for it and says why the event lacks it."""
         assert modality in MODALITIES, modality
-        if (call_id, utterance_id) in self._done:
+        if (call_id, utterance_id) in self._done or call_id in self._ended:
             return JoinResult(ack_now=[handle] if handle is not None else [])
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
@@ -297,6 +310,10 @@ class Joiner:
     def knows(self, call_id: str) -> bool:
         return call_id in self._calls
 
+    def has_ended(self, call_id: str) -> bool:
+        """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
+        return call_id in self._ended
+
     def forget(self, partitions: set[int], labelled: Sequence[Utterance] = ()) -> int:
         """Drop every call of ``partitions`` (partitions revoked): pending utterances go unreleased,
         and labelled ids of those partitions are forgotten, so that what the partition's next owner
@@ -309,6 +326,8 @@ class Joiner:
             self._open -= len(call.pending)
         for key in [k for k, v in self._done.items() if v[0] in partitions]:
             del self._done[key]
+        for call_id in [c for c, p in self._ended.items() if p in partitions]:
+            del self._ended[call_id]
         for utt in labelled:
             self._done.pop((utt.call_id, utt.utterance_id), None)
         return dropped
@@ -319,6 +338,10 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
+        self._ended[call_id] = call.partition
+        self._ended.move_to_end(call_id)
+        while len(self._ended) > self.max_calls:
+            self._ended.popitem(last=False)
         result = JoinResult(ended_calls=[call_id])
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
             utt.ready_at, utt.expected = now, call.expected

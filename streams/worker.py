@@ -217,7 +217,7 @@ class Worker:
                 declared = await self._declaration(msg)
                 async with self.lock:
                     if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
-                        if declared and not self.joiner.knows(msg.call_id):  # as for a usable part, below
+                        if declared and not self.joiner.knows(msg.call_id) and not self.joiner.has_ended(msg.call_id):
                             self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
                         why = f"{DEAD_LETTERED}{exc.reason}"
                         self._absorb(self.joiner.reject(
@@ -239,7 +239,8 @@ class Worker:
             if isinstance(msg, CallControl):
                 self._control(msg, receipt, now, timestamp)
                 return
-            if declared and not self.joiner.knows(msg.call_id):  # declared to another worker, or forgotten
+            if declared and not self.joiner.knows(msg.call_id) and not self.joiner.has_ended(msg.call_id):
+                # declared to another worker, or forgotten (not a call closed here: that stays closed)
                 self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
                 msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition,
@@ -250,6 +251,8 @@ class Worker:
             self._note_unused(msg, "late" if result.late_parts else "again")
         if result.conflict is not None and receipt.lease.valid:  # a second, different part under the same ids
             await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)
+        if result.after_end is not None and receipt.lease.valid:  # its call was closed: it is not reopened
+            await self._reject(InvalidMessage("after_call_ended", result.after_end), receipt, key, value, msg)
 
     def _note_unused(self, msg: Any, why: str) -> None:
         """Log a part acked without an event (the first ten of each kind, then every 1000th; the

@@ -106,6 +106,36 @@ def test_call_end_closes_the_call_after_the_join_wait_releasing_pending_in_order
     assert j.open_calls == 0 and j.open_utterances == 0
 
 
+def test_a_part_after_its_calls_end_does_not_reopen_the_call_until_it_is_started_again() -> None:
+    j = Joiner(wait_s=5.0, default_modalities=("text",))
+    j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0)
+    j.call_ended("c", now=1.0, partition=0)
+    assert j.expire(now=6.5).ended_calls == ["c"] and j.has_ended("c") and not j.knows("c")
+    r = j.add("c", "u1", 1, "A", "text", "t1", "h1", now=7.0)
+    assert r.after_end is not None and "ended and was closed" in r.after_end and "'u1'" in r.after_end
+    assert ids(r) == [] and r.ack_now == [] and not j.knows("c") and j.open_utterances == 0
+    assert j.reject("c", "u2", 2, "A", "audio", "bad", now=7.0, handle="h2").ack_now == ["h2"]
+    assert not j.knows("c")
+    r = j.add("c", "u0", 0, "A", "text", "t0", "h0", now=7.0)  # a redelivery of a labelled part stays one
+    assert r.duplicate_parts == 1 and r.after_end is None
+    j.call_started("c", None, now=8.0, partition=3)  # the id used again for a new call
+    assert not j.has_ended("c")
+    r = j.add("c", "u9", 0, "A", "text", "t9", "h9", now=8.0)
+    assert r.after_end is None and ids(r) == ["u9"]
+    j.call_ended("c", now=9.0, partition=3)
+    j.expire(now=15.0)
+    j.forget({3})  # a revoked partition's closed calls are its next owner's to judge
+    assert not j.has_ended("c")
+
+
+def test_the_closed_calls_remembered_are_bounded() -> None:
+    j = Joiner(wait_s=0.0, default_modalities=("text",), max_calls=3)
+    for i in range(5):
+        j.call_ended(f"c{i}", now=float(i))
+        j.expire(now=float(i))
+    assert [c for c in (f"c{i}" for i in range(5)) if j.has_ended(c)] == ["c2", "c3", "c4"]
+
+
 def test_idle_calls_are_forgotten() -> None:
     j = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=10.0)
     j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
