@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.errors import ServiceUnavailable
-from streams.kafka import kafka_python_options
+from streams.kafka import kafka_python_options, unreachable
 from streams.schemas import AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
 from streams.settings import Settings, TopicSettings
 
@@ -54,7 +54,7 @@ def make_producer(settings: Settings) -> Any:
             reconnect_backoff_max_ms=1_000,  # a broker back from a restart gets the buffered parts within 1 s, not 30
         )
     except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+        raise unreachable(settings, exc) from exc
 
 
 class Publisher:

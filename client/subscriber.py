@@ -130,7 +130,7 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
-    from streams.kafka import kafka_python_options
+    from streams.kafka import kafka_python_options, unreachable
 
     try:
         consumer = KafkaConsumer(
@@ -140,7 +140,7 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
             auto_offset_reset="earliest" if from_beginning else "latest",
         )
     except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}") from exc
+        raise unreachable(settings, exc) from exc
     deadline = None if wait_s is None else time.monotonic() + wait_s
     partitions: list[Any] = []
     for topic in topics:

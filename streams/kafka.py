@@ -65,10 +65,15 @@ def _sasl_options(k: KafkaSettings) -> dict[str, Any]:
 
 
 def kafka_python_options(settings: Settings) -> dict[str, Any]:
-    """Connection options for kafka-python clients."""
+    """Connection options for kafka-python clients: the first connection is waited for
+    ``kafka.startup_timeout_s`` (the client's own default is 30 s)."""
     k = settings.kafka
     _check(k)
-    options: dict[str, Any] = {"bootstrap_servers": brokers(settings), "security_protocol": k.security_protocol}
+    options: dict[str, Any] = {
+        "bootstrap_servers": brokers(settings),
+        "security_protocol": k.security_protocol,
+        "bootstrap_timeout_ms": max(1, int(k.startup_timeout_s * 1000)),
+    }
     if k.security_protocol in ("SSL", "SASL_SSL"):
         options.update(
             ssl_check_hostname=k.ssl_check_hostname,
@@ -79,6 +84,19 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
         )
     options.update(_sasl_options(k))
     return options
+
+
+def unreachable(settings: Settings, exc: Exception) -> ServiceUnavailable:
+    """A kafka-python client that could not be made, as one line: a broker that did not answer
+    within ``kafka.startup_timeout_s`` says so rather than the client's "Unable to bootstrap"."""
+    from kafka.errors import KafkaTimeoutError
+
+    if isinstance(exc, KafkaTimeoutError):
+        return ServiceUnavailable(
+            f"no Kafka broker answered at {settings.kafka.brokers} within {settings.kafka.startup_timeout_s:g} s "
+            "(kafka.startup_timeout_s): is it running, and are kafka.brokers and kafka.security_protocol right?"
+        )
+    return ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}")
 
 
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
@@ -150,9 +168,12 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
         if own:
             from kafka import KafkaAdminClient
 
-            admin = KafkaAdminClient(
-                **kafka_python_options(settings), request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms
-            )
+            first = min(timeout_ms, int(settings.kafka.startup_timeout_s * 1000))
+            options = kafka_python_options(settings) | {
+                "request_timeout_ms": timeout_ms,
+                "bootstrap_timeout_ms": max(1, first),
+            }
+            admin = KafkaAdminClient(**options)
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing and not create:

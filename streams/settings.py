@@ -66,7 +66,9 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     request_timeout_s: float = Field(30.0, gt=0, description="admin and metadata requests, and reaching a broker")
-    startup_timeout_s: float = Field(120.0, gt=0, description="how long the worker waits for Kafka and Redis at start")
+    startup_timeout_s: float = Field(
+        120.0, gt=0, description="how long the worker waits for Kafka and Redis at start, and the clients for a broker"
+    )
     create_topics: bool = Field(True, description="the worker creates missing topics at start")
     session_timeout_s: float = Field(
         30.0, ge=6, le=90, description="a worker silent this long (crashed) loses its partitions to the others"

@@ -14,7 +14,7 @@ def cmd_demo(ns: Any) -> int:
 
 
 def cmd_feed(ns: Any) -> int:
-    from streams.kafka import ensure_topics
+    from streams.kafka import wait_for_topics
     from streams.settings import load_settings
     from tools.dialogues import attach_ravdess, read_jsonl, read_meld_csv
     from tools.feed import feed
@@ -46,7 +46,7 @@ def cmd_feed(ns: Any) -> int:
         print(f"error: {ns.file} has {'+'.join(sorted(have)) or 'no parts'}: --modalities {ns.modalities} leaves "
               "nothing to send", file=sys.stderr)  # fmt: skip
         return 2
-    ensure_topics(settings)
+    wait_for_topics(settings)  # a broker still starting is waited for (kafka.startup_timeout_s)
     try:
         report = feed(
             dialogues,

@@ -73,7 +73,13 @@ def test_missing_topics_are_refused_when_creation_is_off() -> None:
 
 def test_plaintext_options() -> None:
     opts = kafka_python_options(_settings(brokers="a:1, b:2"))
-    assert opts == {"bootstrap_servers": ["a:1", "b:2"], "security_protocol": "PLAINTEXT"}
+    assert opts == {
+        "bootstrap_servers": ["a:1", "b:2"],
+        "security_protocol": "PLAINTEXT",
+        "bootstrap_timeout_ms": 120_000,
+    }
+    # the first connection is waited for as long as the settings say (the client's own default is 30 s)
+    assert kafka_python_options(_settings(brokers="a:1", startup_timeout_s=2.5))["bootstrap_timeout_ms"] == 2500
     assert faust_options(_settings(brokers="a:1,b:2")) == {"broker": ["kafka://a:1", "kafka://b:2"]}
     assert aiokafka_options(_settings(brokers="a:1")) == {
         "bootstrap_servers": ["a:1"],

@@ -261,3 +261,20 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
         " alerts: customer-anger-rising",
     ]
     assert EventPrinter(io.StringIO()).handle(TOPICS.alerts, raised.to_bytes()) is False  # not asked for: invalid event
+
+
+def test_subscribe_and_the_publisher_give_up_on_a_dead_broker_within_the_startup_timeout() -> None:
+    """kafka.startup_timeout_s bounds the clients' first connection (kafka-python waits 30 s by
+    default); the error is one line that names the setting. Port 1 on localhost: refused at once."""
+    import time
+
+    from client.publisher import make_producer
+    from client.subscriber import make_consumer
+    from streams.errors import ServiceUnavailable
+
+    settings = Settings.model_validate({"kafka": {"brokers": "127.0.0.1:1", "startup_timeout_s": 1.0}})
+    for make in (lambda: make_consumer(settings, ["emotions"], False, 5.0), lambda: make_producer(settings)):
+        start = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match=r"no Kafka broker answered at 127.0.0.1:1 within 1 s"):
+            make()
+        assert time.monotonic() - start < 10.0
