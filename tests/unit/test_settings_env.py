@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from streams.settings import Settings, load_settings, settings_env
@@ -67,3 +69,26 @@ def test_a_scenarios_settings_ignore_the_shells_own(monkeypatch: pytest.MonkeyPa
     assert settings.kafka.group_id == "gu1" and settings.engine.max_batch == 16  # the scenario's own
     env = env_for(settings)
     assert "EMOSTREAM_ENGINE__CPU_THREADS" not in env and env["EMOSTREAM_LOG_LEVEL"] == "INFO"
+
+
+@pytest.mark.parametrize(
+    "text", ["kafka = 3\n", "redis = 'localhost'\n", "[join]\nwait_s = 1\n[[engine]]\nmax_batch = 2\n"]
+)
+def test_a_settings_file_section_that_is_no_table_is_refused_even_with_a_variable_of_it_set(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to be replaced silently by the variables' table when one EMOSTREAM_<SECTION>__* was set."""
+    from streams.errors import ConfigError
+
+    path = tmp_path / "emostream.toml"
+    path.write_text(text)
+    for env in (
+        {},
+        {"EMOSTREAM_KAFKA__BROKERS": "x:1", "EMOSTREAM_REDIS__URL": "redis://x:1", "EMOSTREAM_ENGINE__MAX_BATCH": "4"},
+    ):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(ConfigError, match="not a table of"):
+            load_settings(path)
+    path.write_text("[kafka]\nbrokers = 'a:1'\n")
+    assert load_settings(path).kafka.brokers == "x:1"  # a table: the variable still wins over the file
