@@ -80,7 +80,7 @@ def log_mel(
     x = torch.zeros(len(clips), max(c.shape[0] for c in clips) + pad, dtype=torch.float32, pin_memory=gpu)
     for i, c in enumerate(clips):
         x[i, : c.shape[0]] = torch.from_numpy(c)
-    x = x.to(device, non_blocking=gpu)  # (B, L)
+    x = x.to(device, non_blocking=gpu)  # (B, L); the host allocator keeps x's block until the copy is done
     t = max(n_frames)
     frames = x.unfold(1, N_FFT, HOP)[:, :t]  # (B, T, n_fft)
     window = torch.hann_window(N_FFT, periodic=True, dtype=torch.float32, device=x.device)
@@ -225,8 +225,9 @@ class WhisperExtractor(WhisperFeatures):
         self.autocast: str | None = None  # "bfloat16": the encoder blocks under torch.autocast, pooling in fp32
         self._encoder: WhisperEncoder | None = encoder.to(device).eval() if encoder is not None else None
         self._filters: torch.Tensor | None = None
-        # a GPU: large passes and batched pooling (:meth:`_whole_clips`); the CPU keeps the per-clip
-        # path, whose vectors do not depend on the clips they share a call with
+        # a GPU: passes of up to GPU_CHUNK clips and batched pooling (:meth:`_whole_clips`), one copy
+        # to the host a pass; the CPU keeps the settings' pass sizes (tuned for its caches) and pools
+        # clip by clip, where a clip's pooling costs no device synchronisation
         self.vectorised = not str(device).startswith("cpu")
 
     def encoder(self) -> WhisperEncoder:
@@ -252,8 +253,10 @@ class WhisperExtractor(WhisperFeatures):
         assert self._filters is not None
         s = self.settings
         chunk, max_frames = s.chunk, s.max_frames
-        if self.vectorised:  # a GPU: few large passes, no per-clip synchronisation
-            chunk, max_frames = max(chunk, GPU_CHUNK), max(max_frames, GPU_MAX_FRAMES)
+        if self.vectorised:  # a GPU: few large passes, unless the settings asked for other sizes
+            default = WhisperConfig()
+            chunk = GPU_CHUNK if chunk == default.chunk else chunk
+            max_frames = GPU_MAX_FRAMES if max_frames == default.max_frames else max_frames
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # little padding per pass
         with torch.inference_mode():
             for start in range(0, len(order), chunk):
@@ -286,6 +289,7 @@ class WhisperExtractor(WhisperFeatures):
     def _whole_clips(self, enc: WhisperEncoder, mel: torch.Tensor, group: list[tuple[int, int, int]]) -> np.ndarray:
         """One pass over clips of one segment each (``a == 0``): the same statistics as the per-clip
         path, as masked reductions over the batch, copied to the host once."""
+        assert all(a == 0 for _, a, _ in group), group
         s = self.settings
         rows = torch.tensor([j for j, _, _ in group], device=mel.device)
         lengths = torch.tensor([e for _, _, e in group], device=mel.device)
@@ -296,9 +300,10 @@ class WhisperExtractor(WhisperFeatures):
         h = torch.stack([st.float() for st in states])  # (L, G, T', D)
         if s.pooling == "mean":
             h = h.mean(0, keepdim=True)
-        valid = (torch.arange(h.shape[2], device=h.device)[None, :] < n_out[:, None]).float()[None, :, :, None]
+        valid = (torch.arange(h.shape[2], device=h.device)[None, :] < n_out[:, None])[None, :, :, None]  # (1, G, T', 1)
         n = n_out.float()[None, :, None]  # (1, G, 1)
-        mean = (h * valid).sum(2) / n  # (L, G, D)
-        std = ((((h - mean[:, :, None, :]) * valid) ** 2).sum(2) / n).sqrt()
+        zero = torch.zeros((), device=h.device)
+        mean = torch.where(valid, h, zero).sum(2) / n  # (L, G, D); what lies past a clip never counts
+        std = (torch.where(valid, h - mean[:, :, None, :], zero).pow(2).sum(2) / n).sqrt()
         stats = torch.cat([mean, std], dim=-1).transpose(0, 1)  # (G, L, 2D)
         return np.asarray(stats.reshape(len(group), -1).cpu().numpy(), dtype=np.float32)

@@ -226,7 +226,14 @@ def test_long_clip_is_encoded_in_30_s_segments_and_pooled_over_all() -> None:
 
 
 @pytest.mark.parametrize(
-    "settings", [WhisperConfig(), WhisperConfig(layers=(1, 2, 4)), WhisperConfig(layers=(1, 3), pooling="mean")]
+    "settings",
+    [
+        WhisperConfig(),
+        WhisperConfig(layers=(1, 2, 4)),
+        WhisperConfig(layers=(1, 3), pooling="mean"),
+        WhisperConfig(max_frames=1500),  # several passes in one chunk: a pass's rows are not the chunk's first
+        WhisperConfig(layers=(0, 2), chunk=3, max_frames=2500),  # several chunks of several passes
+    ],
 )
 def test_the_gpus_batched_pooling_gives_the_per_clip_vectors(settings: WhisperConfig) -> None:
     """The GPU path (large passes, masked reductions, one copy to the host) run on the CPU."""
