@@ -143,6 +143,19 @@ def test_log_mel_is_whispers_front_end_on_the_clips_own_frames() -> None:
 # --- extractor ---------------------------------------------------------------------------------
 
 
+def test_the_batch_is_the_centred_clips_zero_padded_to_the_bit() -> None:
+    from engines.features.whisper import centred_batch
+    from engines.features.whisper_spec import centred_clips
+
+    rng = np.random.default_rng(3)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (0, 1, 150, 200, 201, 399, 400, 401, 16_000, 48_123)]
+    clips, frames = centred_clips(waves)
+    x, n = centred_batch(waves)
+    assert n == frames and x.shape == (len(waves), max(c.shape[0] for c in clips) + 200)
+    for i, c in enumerate(clips):
+        assert np.array_equal(x[i, : c.shape[0]].numpy(), c) and not x[i, c.shape[0] :].any()
+
+
 def test_shapes_id_and_factory_round_trip() -> None:
     assert AUDIO_EXTRACTORS[0] == "whisper-tiny" and "functionals" in AUDIO_EXTRACTORS
     ex = make_audio_extractor("whisper-tiny")
