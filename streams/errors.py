@@ -29,7 +29,7 @@ REASONS: tuple[str, ...] = (
     "oversized",
     "unknown_topic",
     "wrong_key",  # the Kafka key is not the message's call id: the call's parts would not meet in one partition
-    "after_call_ended",  # a part of a call closed after its 'ended' (past join.wait_s): the call is not reopened
+    "after_call_ended",  # a part sent more than join.wait_s after its call's 'ended' (record times): not reopened
     "conflicting_part",  # another, different part of the same modality under an utterance's ids (the first counts)
     "processing_failed",  # valid on its own, but the encoders, the engine or the event build failed on it
 )

@@ -110,8 +110,11 @@ class Joiner:
     at most ``max_finished`` labelled (call, utterance) ids are remembered, with digests of the parts
     used, to recognise late parts, redeliveries and conflicting parts (in memory: after a restart or
     a rebalance a conflicting part is joined afresh, and the stored window decides, so the check is
-    best effort), and the ids of the last ``max_calls`` calls closed after their 'ended' (a part of one
-    that comes later is refused, :attr:`JoinResult.after_end`, rather than reopening it).
+    best effort), and the ids of the last ``max_calls`` calls closed after their 'ended', with its
+    record time: a part sent more than ``wait_s`` after its call's 'ended' (by record times, once the
+    control topic is read that far: a 'started' reusing the id would have come) is refused,
+    :attr:`JoinResult.after_end`, rather than reopening the call. A part that cannot be shown late
+    so (no record times, or sent in time and read late) is joined as before, reopening the call.
     Open utterances are bounded by the caller, which stops reading at its cap (see
     :attr:`open_utterances`): they leave within ``wait_s`` on their own. Deadlines live in a heap,
     so :meth:`expire` touches only what is due.
@@ -144,9 +147,10 @@ class Joiner:
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         #: labelled ids -> (partition, digest of the text, audio and video used or None), oldest first
         self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
-        #: calls closed after their 'ended' -> partition, oldest first (at most ``max_calls``): a part
-        #: that comes later does not reopen them (no context, a report after the final one)
-        self._ended: OrderedDict[str, int] = OrderedDict()
+        #: calls closed after their 'ended' -> (partition, the end's record time), oldest first (at
+        #: most ``max_calls``): a part sent after does not reopen them (no context, a report after the
+        #: final one)
+        self._ended: OrderedDict[str, tuple[int, float | None]] = OrderedDict()
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -155,12 +159,17 @@ class Joiner:
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
         self._ended.pop(call_id, None)  # the id used again for a new call
+        result = JoinResult()
+        if call_id in self._calls and self._calls[call_id].ends_at is not None:
+            result = self._close(call_id, now)  # the previous call under this id ended: closed now
+            self._ended.pop(call_id, None)
         call = self._touch(call_id, now, partition)
         # what it will send and the model takes (an empty or absent list: the default); when the model
         # takes none of them, each utterance goes with its first part
         if modalities:
             call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs)
-        return self._release(call_id, now)
+        result.extend(self._release(call_id, now))
+        return result
 
     def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:
         """The call's end arrived. Its parts travel on other topics and may still be behind it,
@@ -195,10 +204,12 @@ class Joiner:
             if used != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "was labelled from"))
             return JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
-        if call_id in self._ended:
-            return JoinResult(after_end=f"call {call_id!r} ended and was closed before this {modality} part of "
-                              f"utterance {utterance_id!r} (seq {seq}) came; its parts must come before "
-                              f"'ended' or within join.wait_s {self.wait_s:g} s of it")  # fmt: skip
+        late = self._after_end(call_id, partition, ts)
+        if late is not None and ts is not None:
+            return JoinResult(after_end=f"call {call_id!r} ended (record time {late:.3f}) and this {modality} part of "
+                              f"utterance {utterance_id!r} (seq {seq}) was sent {ts - late:.1f} s after, past "
+                              f"join.wait_s {self.wait_s:g} s; a call's parts are sent before its 'ended' or "
+                              "within join.wait_s of it, and a call id used again starts with 'started'")  # fmt: skip
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
@@ -240,7 +251,7 @@ class Joiner:
         before the utterance's event is out reads the part again after it, so the replay knows
         again not to wait for it and says why the event lacks it."""
         assert modality in MODALITIES, modality
-        if (call_id, utterance_id) in self._done or call_id in self._ended:
+        if (call_id, utterance_id) in self._done or self._after_end(call_id, partition, ts) is not None:
             return JoinResult(ack_now=[handle] if handle is not None else [])
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
@@ -326,7 +337,7 @@ class Joiner:
             self._open -= len(call.pending)
         for key in [k for k, v in self._done.items() if v[0] in partitions]:
             del self._done[key]
-        for call_id in [c for c, p in self._ended.items() if p in partitions]:
+        for call_id in [c for c, (p, _) in self._ended.items() if p in partitions]:
             del self._ended[call_id]
         for utt in labelled:
             self._done.pop((utt.call_id, utt.utterance_id), None)
@@ -338,7 +349,7 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
-        self._ended[call_id] = call.partition
+        self._ended[call_id] = (call.partition, call.ended_ts)
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
             self._ended.popitem(last=False)
@@ -423,6 +434,19 @@ class Joiner:
             return True
         incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
         return any(self._hold(u, call.expected, now) for u in incomplete)
+
+    def _after_end(self, call_id: str, partition: int, ts: float | None) -> float | None:
+        """The record time of the call's 'ended' when a part sent at ``ts`` came past it by more than
+        ``wait_s`` (and the control topic is read past ``ts``), else None."""
+        call = self._calls.get(call_id)
+        end_ts = call.ended_ts if call is not None and call.ends_at is not None else None
+        if end_ts is None and call_id in self._ended:  # closed (and maybe reopened by a part sent in time)
+            end_ts = self._ended[call_id][1]
+        if ts is None or end_ts is None or ts <= end_ts + self.wait_s:
+            return None
+        if self.behind is not None and self.behind("control", partition, ts):
+            return None  # a 'started' that uses the id again may still be on its way
+        return end_ts
 
     def _mark_done(self, utt: Utterance, partition: int) -> None:
         """Remember a labelled utterance: its partition and a digest of each part it used."""

@@ -94,7 +94,8 @@ def unreachable(settings: Settings, exc: Exception) -> ServiceUnavailable:
     if isinstance(exc, KafkaTimeoutError):
         return ServiceUnavailable(
             f"no Kafka broker answered at {settings.kafka.brokers} within {settings.kafka.startup_timeout_s:g} s "
-            "(kafka.startup_timeout_s): is it running, and are kafka.brokers and kafka.security_protocol right?"
+            "(kafka.startup_timeout_s): is it running, and are kafka.brokers, kafka.security_protocol, the TLS "
+            "files and the SASL credentials right? (a refused login looks the same from here)"
         )
     return ServiceUnavailable(f"Kafka at {settings.kafka.brokers}: {exc}")
 
@@ -168,7 +169,8 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
         if own:
             from kafka import KafkaAdminClient
 
-            first = min(timeout_ms, int(settings.kafka.startup_timeout_s * 1000))
+            # one try's wait for a first answer: short, wait_for_topics tries again (and says so)
+            first = min(10_000, timeout_ms, int(settings.kafka.startup_timeout_s * 1000))
             options = kafka_python_options(settings) | {
                 "request_timeout_ms": timeout_ms,
                 "bootstrap_timeout_ms": max(1, first),

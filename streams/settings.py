@@ -245,7 +245,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         for name, value in data.items():  # a section that is no table would be replaced by any variable of it
             annotation = Settings.model_fields[name].annotation if name in Settings.model_fields else None
             if isinstance(annotation, type) and issubclass(annotation, BaseModel) and not isinstance(value, dict):
-                raise ConfigError(f"settings file {path}: {name} is {value!r}, not a table of {name} settings")
+                raise ConfigError(
+                    f"settings file {path}: {name} is a {type(value).__name__}, not a table of {name} settings"
+                )
     unknown = unknown_variables(os.environ)
     if unknown:
         raise ConfigError(unknown)

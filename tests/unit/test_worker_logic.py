@@ -346,25 +346,30 @@ def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_cont
     asyncio.run(scenario())
 
 
-def test_a_part_after_its_call_was_closed_is_dead_lettered_and_does_not_reopen_the_call() -> None:
+def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_labelled() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
         end = CallControl(call_id="c", event="ended").to_bytes()
-        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"))
+        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
         clock.now += 1.5
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0"] and store.released == ["c"]
-        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "late"))
+        # sent in time, read after the close (a backlog): labelled, as before
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "backlog"), timestamp=101.5)
+        clock.now += 1.5
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u2", 2), Handle(log, "late"), timestamp=110.0)
         clock.now += 1.5
         await w.pump()
         dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
-        assert [(d.reason, d.offset, d.utterance_id) for d in dead] == [("after_call_ended", 2, "u1")]
-        assert "join.wait_s 1 s" in dead[0].detail
-        assert [e.utterance_id for e in events(sent)] == ["u0"]  # no event, no context started afresh
-        assert "c" not in store.data and "ack late" in log
+        assert [(d.reason, d.offset, d.utterance_id) for d in dead] == [("after_call_ended", 3, "u2")]
+        assert "was sent 9.0 s after, past join.wait_s 1 s" in dead[0].detail
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # no event for it
+        assert "ack late" in log
         assert 'emostream_deadletters_total{reason="after_call_ended"} 1.0' in _metrics(w)
 
     asyncio.run(scenario())
