@@ -102,6 +102,11 @@ class _Call:
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
 
 
+#: producers' clocks may disagree (the control topic's and the parts' come from different systems):
+#: a part is refused as sent after its call's end only past ``join.wait_s`` and this much more
+CLOCK_SKEW_S = 60.0
+
+
 class Joiner:
     """Keeps partial utterances of many calls; see the module docstring.
 
@@ -111,8 +116,9 @@ class Joiner:
     used, to recognise late parts, redeliveries and conflicting parts (in memory: after a restart or
     a rebalance a conflicting part is joined afresh, and the stored window decides, so the check is
     best effort), and the ids of the last ``max_calls`` calls closed after their 'ended', with its
-    record time: a part sent more than ``wait_s`` after its call's 'ended' (by record times, once the
-    control topic is read that far: a 'started' reusing the id would have come) is refused,
+    record time: a part sent more than ``wait_s`` and :data:`CLOCK_SKEW_S` after its call's 'ended'
+    (by record times, once the control topic is read that far: a 'started' reusing the id would
+    have come) is refused,
     :attr:`JoinResult.after_end`, rather than reopening the call. A part that cannot be shown late
     so (no record times, or sent in time and read late) is joined as before, reopening the call.
     Open utterances are bounded by the caller, which stops reading at its cap (see
@@ -208,8 +214,8 @@ class Joiner:
         if late is not None and ts is not None:
             return JoinResult(after_end=f"call {call_id!r} ended (record time {late:.3f}) and this {modality} part of "
                               f"utterance {utterance_id!r} (seq {seq}) was sent {ts - late:.1f} s after, past "
-                              f"join.wait_s {self.wait_s:g} s; a call's parts are sent before its 'ended' or "
-                              "within join.wait_s of it, and a call id used again starts with 'started'")  # fmt: skip
+                              f"join.wait_s {self.wait_s:g} s and {CLOCK_SKEW_S:g} s of clock skew; a call's "
+                              "parts come before its 'ended'; a call id used again starts with 'started'")  # fmt: skip
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
@@ -437,12 +443,12 @@ class Joiner:
 
     def _after_end(self, call_id: str, partition: int, ts: float | None) -> float | None:
         """The record time of the call's 'ended' when a part sent at ``ts`` came past it by more than
-        ``wait_s`` (and the control topic is read past ``ts``), else None."""
+        ``wait_s`` and :data:`CLOCK_SKEW_S` (and the control topic is read past ``ts``), else None."""
         call = self._calls.get(call_id)
         end_ts = call.ended_ts if call is not None and call.ends_at is not None else None
         if end_ts is None and call_id in self._ended:  # closed (and maybe reopened by a part sent in time)
             end_ts = self._ended[call_id][1]
-        if ts is None or end_ts is None or ts <= end_ts + self.wait_s:
+        if ts is None or end_ts is None or ts <= end_ts + self.wait_s + CLOCK_SKEW_S:
             return None
         if self.behind is not None and self.behind("control", partition, ts):
             return None  # a 'started' that uses the id again may still be on its way

@@ -112,23 +112,23 @@ def test_a_part_sent_after_its_calls_end_is_refused_one_sent_in_time_is_joined_h
     j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0, partition=0, ts=100.0)
     j.call_ended("c", now=1.0, partition=0, ts=101.0)
     # while the call closes, a part sent past the end's wait is refused already
-    assert j.add("c", "u8", 8, "A", "text", "t8", "h8", now=1.5, partition=0, ts=106.5).after_end is not None
+    assert j.add("c", "u8", 8, "A", "text", "t8", "h8", now=1.5, partition=0, ts=166.5).after_end is not None
     assert j.expire(now=6.5).ended_calls == ["c"] and j.has_ended("c") and not j.knows("c")
-    r = j.add("c", "u1", 1, "A", "text", "t1", "h1", now=7.0, partition=0, ts=110.0)
-    assert r.after_end is not None and "was sent 9.0 s after" in r.after_end and "'u1'" in r.after_end
+    r = j.add("c", "u1", 1, "A", "text", "t1", "h1", now=7.0, partition=0, ts=170.0)
+    assert r.after_end is not None and "was sent 69.0 s after" in r.after_end and "'u1'" in r.after_end
     assert ids(r) == [] and r.ack_now == [] and not j.knows("c") and j.open_utterances == 0
-    assert j.reject("c", "u2", 2, "A", "audio", "bad", now=7.0, partition=0, ts=110.0, handle="h2").ack_now == ["h2"]
+    assert j.reject("c", "u2", 2, "A", "audio", "bad", now=7.0, partition=0, ts=170.0, handle="h2").ack_now == ["h2"]
     assert not j.knows("c")
     r = j.add("c", "u0", 0, "A", "text", "t0", "h0", now=7.0, partition=0, ts=100.0)  # a redelivery stays one
     assert r.duplicate_parts == 1 and r.after_end is None
     behind.add("control")  # the control topic not read that far: a 'started' reusing the id may come
-    assert j.add("c", "u3", 3, "A", "text", "t3", "h3", now=7.0, partition=0, ts=110.0).after_end is None
+    assert j.add("c", "u3", 3, "A", "text", "t3", "h3", now=7.0, partition=0, ts=170.0).after_end is None
     behind.clear()
     # sent in time (a backlog read late), or without record times: joined, reopening the call, as before
-    for k, ts in ((4, 103.0), (5, None)):
+    for k, ts in ((4, 103.0), (5, None), (7, 160.0)):
         r = j.add("c", f"u{k}", k, "A", "text", f"t{k}", f"h{k}", now=8.0, partition=0, ts=ts)
         assert r.after_end is None and j.knows("c")
-    assert j.add("c", "u6", 6, "A", "text", "t6", "h6", now=8.0, partition=0, ts=120.0).after_end is not None
+    assert j.add("c", "u6", 6, "A", "text", "t6", "h6", now=8.0, partition=0, ts=170.0).after_end is not None
 
 
 def test_a_call_id_used_again_starts_afresh_with_started() -> None:
