@@ -64,9 +64,26 @@ def _add_optional_commands(sub: Any) -> None:
     tool_commands.register(sub)
 
 
+#: options whose value may start with '-' (argparse takes "--call-suffix -p2" for two options)
+DASHED_VALUES = ("--call-suffix",)
+
+
+def joined_dashed_values(argv: list[str]) -> list[str]:
+    """``--call-suffix -p2`` as ``--call-suffix=-p2``: the value is what follows the option."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word in DASHED_VALUES:
+            value = next(words, None)
+            out.append(word if value is None else f"{word}={value}")
+        else:
+            out.append(word)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(joined_dashed_values(list(sys.argv[1:] if argv is None else argv)))
     if ns.config is not None and ns.command not in USES_SETTINGS:  # read by nothing: say so, do not ignore it
         parser.error(
             f"--config does not apply to `emostream {ns.command}`: only {', '.join(USES_SETTINGS)} read settings "

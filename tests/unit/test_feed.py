@@ -191,6 +191,7 @@ def test_feed_refuses_options_and_files_it_would_silently_get_wrong(
         ([str(text), "--audio-encoding", "pcm_alaw", "--audio-rate", "16000"], "G.711 at 8000 Hz, not 16000"),
         ([str(text), "--audio-dir", str(tmp_path)], "--audio-dir attaches RAVDESS speech to a MELD CSV"),
         ([str(text), "--call-suffix", "a b"], "--call-suffix 'a b': up to 32 of"),
+        ([str(text), "--call-suffix", "-p 2"], "--call-suffix '-p 2': up to 32 of"),  # a value that starts with '-'
         ([str(text), "--modalities", "text,vidoe"], "--modalities text,vidoe: vidoe is no modality"),
         ([str(text), "--limit", "0"], "--limit 0: no calls to send"),
     ]
@@ -271,3 +272,11 @@ def test_config_given_to_a_command_that_reads_no_settings_is_refused_not_ignored
     assert exit_.value.code == 2, err
     command = next(w for w in argv if w in ("schemas", "evaluate", "train"))
     assert f"--config does not apply to `emostream {command}`" in err or "unrecognized arguments: --config" in err, err
+
+
+def test_a_call_suffix_may_start_with_a_dash() -> None:
+    from streams.cli import build_parser, joined_dashed_values
+
+    ns = build_parser().parse_args(joined_dashed_values(["feed", "f.jsonl", "--call-suffix", "-p2", "--fast"]))
+    assert ns.call_suffix == "-p2" and ns.fast
+    assert joined_dashed_values(["feed", "f.jsonl", "--call-suffix"]) == ["feed", "f.jsonl", "--call-suffix"]
