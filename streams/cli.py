@@ -69,15 +69,21 @@ DASHED_VALUES = ("--call-suffix",)
 
 
 def joined_dashed_values(argv: list[str]) -> list[str]:
-    """``--call-suffix -p2`` as ``--call-suffix=-p2``: the value is what follows the option."""
+    """``--call-suffix -p2`` as ``--call-suffix=-p2``: a value after the option that starts with one
+    '-' is its value (one that starts with '--' is the next option, as before; nothing after '--')."""
     out: list[str] = []
-    words = iter(argv)
-    for word in words:
-        if word in DASHED_VALUES:
-            value = next(words, None)
-            out.append(word if value is None else f"{word}={value}")
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return out + argv[i:]
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if word in DASHED_VALUES and value.startswith("-") and not value.startswith("--"):
+            out.append(f"{word}={value}")
+            i += 2
         else:
             out.append(word)
+            i += 1
     return out
 
 

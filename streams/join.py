@@ -117,8 +117,8 @@ class Joiner:
     a rebalance a conflicting part is joined afresh, and the stored window decides, so the check is
     best effort), and the ids of the last ``max_calls`` calls closed after their 'ended', with its
     record time: a part sent more than ``wait_s`` and :data:`CLOCK_SKEW_S` after its call's 'ended'
-    (by record times, once the control topic is read that far: a 'started' reusing the id would
-    have come) is refused,
+    (by record times, once the control topic is read past the part's time by as much again: a
+    'started' reusing the id would have come) is refused,
     :attr:`JoinResult.after_end`, rather than reopening the call. A part that cannot be shown late
     so (no record times, or sent in time and read late) is joined as before, reopening the call.
     Open utterances are bounded by the caller, which stops reading at its cap (see
@@ -134,11 +134,14 @@ class Joiner:
         max_calls: int = 50_000,
         max_finished: int = 200_000,
         behind: Callable[[str, int, float], bool] | None = None,
+        read_to: Callable[[str, int], float | None] | None = None,
         max_hold_s: float | None = None,
         inputs: tuple[str, ...] = MODALITIES,
     ) -> None:
         """``inputs``: the modalities the model takes; a part of another one is never waited for
-        (declared by a call or by default), only joined if it comes while its utterance waits."""
+        (declared by a call or by default), only joined if it comes while its utterance waits.
+        ``read_to(kind, partition)``: the highest record time read on that input partition (None:
+        nothing), which shows a part sent after its call's end (:attr:`JoinResult.after_end`)."""
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
@@ -148,6 +151,7 @@ class Joiner:
         self.max_calls = max_calls
         self.max_finished = max_finished
         self.behind = behind
+        self.read_to = read_to  # (topic kind, partition) -> the highest record time read there
         self.max_hold_s = max_hold_s
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
@@ -164,18 +168,13 @@ class Joiner:
 
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
-        self._ended.pop(call_id, None)  # the id used again for a new call
-        result = JoinResult()
-        if call_id in self._calls and self._calls[call_id].ends_at is not None:
-            result = self._close(call_id, now)  # the previous call under this id ended: closed now
-            self._ended.pop(call_id, None)
+        self._ended.pop(call_id, None)  # the id used again for a new call, once the previous one closed
         call = self._touch(call_id, now, partition)
         # what it will send and the model takes (an empty or absent list: the default); when the model
         # takes none of them, each utterance goes with its first part
         if modalities:
             call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs)
-        result.extend(self._release(call_id, now))
-        return result
+        return self._release(call_id, now)
 
     def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:
         """The call's end arrived. Its parts travel on other topics and may still be behind it,
@@ -443,15 +442,17 @@ class Joiner:
 
     def _after_end(self, call_id: str, partition: int, ts: float | None) -> float | None:
         """The record time of the call's 'ended' when a part sent at ``ts`` came past it by more than
-        ``wait_s`` and :data:`CLOCK_SKEW_S` (and the control topic is read past ``ts``), else None."""
+        ``wait_s`` and :data:`CLOCK_SKEW_S`, and the control topic was read past ``ts`` and as much
+        again (positive evidence that no 'started' using the id again is on its way), else None."""
         call = self._calls.get(call_id)
         end_ts = call.ended_ts if call is not None and call.ends_at is not None else None
         if end_ts is None and call_id in self._ended:  # closed (and maybe reopened by a part sent in time)
             end_ts = self._ended[call_id][1]
         if ts is None or end_ts is None or ts <= end_ts + self.wait_s + CLOCK_SKEW_S:
             return None
-        if self.behind is not None and self.behind("control", partition, ts):
-            return None  # a 'started' that uses the id again may still be on its way
+        control = self.read_to("control", partition) if self.read_to is not None else None
+        if control is None or control < ts + CLOCK_SKEW_S:
+            return None  # not shown that no 'started' reusing the id is on its way: joined, as before
         return end_ts
 
     def _mark_done(self, utt: Utterance, partition: int) -> None:

@@ -151,6 +151,7 @@ class Worker:
             max_calls=j.max_open_calls,
             max_finished=j.max_finished_ids,
             behind=self.behind,
+            read_to=lambda kind, p: self.read.get((self.topic_of.get(kind, ""), p), (None,))[0],
             max_hold_s=j.wait_s + j.max_hold_s,
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
         )

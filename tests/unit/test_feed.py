@@ -280,3 +280,6 @@ def test_a_call_suffix_may_start_with_a_dash() -> None:
     ns = build_parser().parse_args(joined_dashed_values(["feed", "f.jsonl", "--call-suffix", "-p2", "--fast"]))
     assert ns.call_suffix == "-p2" and ns.fast
     assert joined_dashed_values(["feed", "f.jsonl", "--call-suffix"]) == ["feed", "f.jsonl", "--call-suffix"]
+    # a next option stays an option (argparse then says the value is missing); nothing after '--' changes
+    assert joined_dashed_values(["feed", "f", "--call-suffix", "--fast"]) == ["feed", "f", "--call-suffix", "--fast"]
+    assert joined_dashed_values(["cv", "--", "--call-suffix", "-x"]) == ["cv", "--", "--call-suffix", "-x"]

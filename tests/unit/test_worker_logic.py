@@ -362,6 +362,8 @@ def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_l
         clock.now += 1.5
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]
+        other = CallControl(call_id="d", event="started").to_bytes()  # the control topic read on, past it
+        await w.on_message(t.control, 0, 4, b"d", other, Handle(log, "d"), timestamp=240.0)
         await w.on_message(t.text, 0, 3, b"c", text("c", "u2", 2), Handle(log, "late"), timestamp=170.0)
         clock.now += 1.5
         await w.pump()
