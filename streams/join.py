@@ -330,6 +330,11 @@ class Joiner:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
         return call_id in self._ended
 
+    def needs_declaration(self, call_id: str) -> bool:
+        """Whether a call's stored declaration ('started' read by another worker, or forgotten here)
+        should be read and applied: not for a call open here, nor for one closed here (it stays so)."""
+        return call_id not in self._calls and call_id not in self._ended
+
     def forget(self, partitions: set[int], labelled: Sequence[Utterance] = ()) -> int:
         """Drop every call of ``partitions`` (partitions revoked): pending utterances go unreleased,
         and labelled ids of those partitions are forgotten, so that what the partition's next owner

@@ -169,13 +169,10 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
         if own:
             from kafka import KafkaAdminClient
 
+            options = kafka_python_options(settings)
             # one try's wait for a first answer: short, wait_for_topics tries again (and says so)
-            first = min(10_000, timeout_ms, int(settings.kafka.startup_timeout_s * 1000))
-            options = kafka_python_options(settings) | {
-                "request_timeout_ms": timeout_ms,
-                "bootstrap_timeout_ms": max(1, first),
-            }
-            admin = KafkaAdminClient(**options)
+            first = min(10_000, timeout_ms, options["bootstrap_timeout_ms"])
+            admin = KafkaAdminClient(**(options | {"request_timeout_ms": timeout_ms, "bootstrap_timeout_ms": first}))
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing and not create:

@@ -218,7 +218,7 @@ class Worker:
                 declared = await self._declaration(msg)
                 async with self.lock:
                     if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
-                        if declared and not self.joiner.knows(msg.call_id) and not self.joiner.has_ended(msg.call_id):
+                        if declared and self.joiner.needs_declaration(msg.call_id):  # as for a usable part, below
                             self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
                         why = f"{DEAD_LETTERED}{exc.reason}"
                         self._absorb(self.joiner.reject(
@@ -240,8 +240,7 @@ class Worker:
             if isinstance(msg, CallControl):
                 self._control(msg, receipt, now, timestamp)
                 return
-            if declared and not self.joiner.knows(msg.call_id) and not self.joiner.has_ended(msg.call_id):
-                # declared to another worker, or forgotten (not a call closed here: that stays closed)
+            if declared and self.joiner.needs_declaration(msg.call_id):  # declared to another worker, or forgotten
                 self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
                 msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition,
@@ -280,7 +279,7 @@ class Worker:
             if msg.event == "started" and msg.modalities:
                 await self._retry(lambda: store.declare(msg.call_id, list(msg.modalities or [])), "declare")
             return None
-        if self.joiner.knows(msg.call_id):
+        if not self.joiner.needs_declaration(msg.call_id):
             return None
         result: list[str] | None = await self._retry(lambda: store.declared(msg.call_id), "declared")
         return result
