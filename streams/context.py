@@ -366,6 +366,11 @@ class ContextStore:
         raw = await self.client.get(self.declaration_key(call_id))
         return None if raw is None else [str(m) for m in json.loads(raw)]
 
+    async def forget_labelled(self, call_id: str) -> None:
+        """The call id is used again for a new call (its previous call closed): which utterances the
+        previous one labelled, and with which parts, says nothing about the new call's."""
+        await self.client.delete(self.labelled_key(call_id), self.joined_key(call_id))
+
     async def release(self, call_ids: list[str]) -> None:
         if call_ids:
             for c in call_ids:

@@ -161,6 +161,7 @@ class Joiner:
         #: most ``max_calls``): a part sent after does not reopen them (no context, a report after the
         #: final one)
         self._ended: OrderedDict[str, tuple[int, float | None]] = OrderedDict()
+        self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -168,7 +169,9 @@ class Joiner:
 
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
-        self._ended.pop(call_id, None)  # the id used again for a new call, once the previous one closed
+        if self._ended.pop(call_id, None) is not None:  # the id used again for a new call, once the previous one closed
+            for utterance_id in self._done_of.pop(call_id, set()):  # and maybe its utterance ids: not late parts
+                del self._done[(call_id, utterance_id)]
         call = self._touch(call_id, now, partition)
         # what it will send and the model takes (an empty or absent list: the default); when the model
         # takes none of them, each utterance goes with its first part
@@ -330,6 +333,16 @@ class Joiner:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
         return call_id in self._ended
 
+    def of_previous_call(self, call_id: str, utterance_id: str, ts: float | None) -> bool:
+        """While a 'started' that uses ``call_id`` again waits for the previous call's close (the
+        worker holds the new call's messages until then): whether a part is the previous call's,
+        of an utterance it has pending or sent (by record times) before its 'ended'."""
+        call = self._calls.get(call_id)
+        if call is not None and utterance_id in call.pending:
+            return True
+        end_ts = self._end_ts(call_id)
+        return ts is not None and end_ts is not None and ts <= end_ts
+
     def needs_declaration(self, call_id: str) -> bool:
         """Whether a call's stored declaration ('started' read by another worker, or forgotten here)
         should be read and applied: not for a call open here, nor for one closed here (it stays so)."""
@@ -346,11 +359,11 @@ class Joiner:
             dropped += len(call.pending)
             self._open -= len(call.pending)
         for key in [k for k, v in self._done.items() if v[0] in partitions]:
-            del self._done[key]
+            self._undo(key)
         for call_id in [c for c, (p, _) in self._ended.items() if p in partitions]:
             del self._ended[call_id]
         for utt in labelled:
-            self._done.pop((utt.call_id, utt.utterance_id), None)
+            self._undo((utt.call_id, utt.utterance_id))
         return dropped
 
     # -- internals ------------------------------------------------------------------------------
@@ -445,14 +458,19 @@ class Joiner:
         incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
         return any(self._hold(u, call.expected, now) for u in incomplete)
 
+    def _end_ts(self, call_id: str) -> float | None:
+        """The record time of the call's 'ended', if it came: closing, or closed (and maybe reopened
+        by a part sent in time)."""
+        call = self._calls.get(call_id)
+        if call is not None and call.ends_at is not None:
+            return call.ended_ts
+        return self._ended[call_id][1] if call_id in self._ended else None
+
     def _after_end(self, call_id: str, partition: int, ts: float | None) -> float | None:
         """The record time of the call's 'ended' when a part sent at ``ts`` came past it by more than
         ``wait_s`` and :data:`CLOCK_SKEW_S`, and the control topic was read past ``ts`` and as much
         again (positive evidence that no 'started' using the id again is on its way), else None."""
-        call = self._calls.get(call_id)
-        end_ts = call.ended_ts if call is not None and call.ends_at is not None else None
-        if end_ts is None and call_id in self._ended:  # closed (and maybe reopened by a part sent in time)
-            end_ts = self._ended[call_id][1]
+        end_ts = self._end_ts(call_id)
         if ts is None or end_ts is None or ts <= end_ts + self.wait_s + CLOCK_SKEW_S:
             return None
         control = self.read_to("control", partition) if self.read_to is not None else None
@@ -464,8 +482,17 @@ class Joiner:
         """Remember a labelled utterance: its partition and a digest of each part it used."""
         digests = (_digest(utt.parts[m]) if m in utt.parts else None for m in MODALITIES)
         self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests)
+        self._done_of.setdefault(utt.call_id, set()).add(utt.utterance_id)
         while len(self._done) > self.max_finished:
-            self._done.popitem(last=False)
+            self._undo(next(iter(self._done)))
+
+    def _undo(self, key: tuple[str, str]) -> None:
+        """Forget a labelled id (if remembered)."""
+        if self._done.pop(key, None) is not None:
+            ids = self._done_of[key[0]]
+            ids.discard(key[1])
+            if not ids:
+                del self._done_of[key[0]]
 
 
 def _digest(payload: Any) -> int:

@@ -123,6 +123,19 @@ class Receipt:
         return SourceRef(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
+@dataclass(frozen=True)
+class Held:
+    """A parsed input message on its way to the join (held while its call id's previous call closes)."""
+
+    msg: Any  # a Part or a CallControl
+    payload: Any
+    receipt: Receipt
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None
+    rejected: InvalidMessage | None = None  # a part dead-lettered on its own: its utterance waits for it no longer
+
+
 class Worker:
     """The worker's logic, independent of how messages arrive; ``send`` publishes one record
     and returns an awaitable that resolves once the broker has it."""
@@ -172,6 +185,7 @@ class Worker:
         metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
+        self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -214,36 +228,74 @@ class Worker:
             # a part's own ack waits for its utterance (Joiner.reject): a replay after a crash meets it again
             await self._reject(exc, receipt, key, value, msg, ack=not joinable)
             self._mark_read(topic, partition, offset, timestamp)
-            if joinable:
-                declared = await self._declaration(msg)
-                async with self.lock:
-                    if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
-                        if declared and self.joiner.needs_declaration(msg.call_id):  # as for a usable part, below
-                            self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
-                        why = f"{DEAD_LETTERED}{exc.reason}"
-                        self._absorb(self.joiner.reject(
-                            msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
-                            partition, timestamp, dataclasses.replace(receipt, rejected=True),
-                        ))  # fmt: skip
+            if joinable and not self._held_back(Held(msg, None, receipt, key, value, timestamp, exc)):
+                await self._join(Held(msg, None, receipt, key, value, timestamp, exc))
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
             log.exception("parsing %s[%d]@%d failed", topic, partition, offset)
             await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value, msg)
             self._mark_read(topic, partition, offset, timestamp)
             return
+        item = Held(msg, payload, receipt, key, value, timestamp)
+        if self._held_back(item):
+            self._mark_read(topic, partition, offset, timestamp)
+            return
+        await self._join(item)
+
+    def _held_back(self, item: Held) -> bool:
+        """Hold a message of a call id used again before its previous call's close was done (the
+        'started', then the new call's messages), to be joined after that close (:meth:`_let_go`):
+        the close frees the call's window and declaration, and would take the new call's with it.
+        A part of the previous call (:meth:`Joiner.of_previous_call`) is joined at once."""
+        msg = item.msg
+        held = self.held.get(msg.call_id)
+        if held is None:
+            if not (isinstance(msg, CallControl) and msg.event == "started" and msg.call_id in self.ending):
+                return False
+            held = self.held[msg.call_id] = []
+            log.info("call %s started again before its previous call's close was done: its messages wait for "
+                     "that close", msg.call_id)  # fmt: skip
+        elif isinstance(msg, Part) and self.joiner.of_previous_call(msg.call_id, msg.utterance_id, item.timestamp):
+            return False
+        held.append(item)
+        return True
+
+    async def _let_go(self, call_id: str) -> None:
+        """Join the messages held for ``call_id`` (:meth:`_held_back`), its previous call now closed,
+        in the order they came (and any that come meanwhile)."""
+        held = self.held.get(call_id, [])
+        while held:
+            await self._join(held.pop(0))
+        self.held.pop(call_id, None)
+
+    async def _join(self, item: Held) -> None:
+        """Join a parsed message (a part, or a part dead-lettered on its own), or apply a call control."""
+        msg, receipt, partition, timestamp = item.msg, item.receipt, item.receipt.partition, item.timestamp
         declared = await self._declaration(msg)
+        if item.rejected is not None:
+            async with self.lock:
+                if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
+                    if declared and self.joiner.needs_declaration(msg.call_id):  # as for a usable part, below
+                        self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
+                    why = f"{DEAD_LETTERED}{item.rejected.reason}"
+                    self._absorb(self.joiner.reject(
+                        msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
+                        partition, timestamp, dataclasses.replace(receipt, rejected=True),
+                    ))  # fmt: skip
+            return
+        key, value = item.key, item.value
         async with self.lock:
             if not receipt.lease.valid:
                 return  # its partition was revoked meanwhile: the next owner reads it again
             now = self.clock()
-            self._mark_read(topic, partition, offset, timestamp)  # joined (or controlling) from now on
+            self._mark_read(receipt.topic, partition, receipt.offset, timestamp)  # joined (or controlling) from now on
             if isinstance(msg, CallControl):
                 self._control(msg, receipt, now, timestamp)
                 return
             if declared and self.joiner.needs_declaration(msg.call_id):  # declared to another worker, or forgotten
                 self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
-                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, payload, receipt, now, partition,
+                msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, item.payload, receipt, now, partition,
                 timestamp,
             )  # fmt: skip
             self._absorb(result)
@@ -276,6 +328,8 @@ class Worker:
         not seen; a Redis failure is retried with backoff (the agent waits: nothing is dropped)."""
         store = self.processor.store
         if isinstance(msg, CallControl):
+            if msg.event == "started" and self.joiner.has_ended(msg.call_id):  # the id used again
+                await self._retry(lambda: store.forget_labelled(msg.call_id), "forget_labelled")
             if msg.event == "started" and msg.modalities:
                 await self._retry(lambda: store.declare(msg.call_id, list(msg.modalities or [])), "declare")
             return None
@@ -496,6 +550,7 @@ class Worker:
             self.closing = [c for c in self.closing if c not in gone]
             for call_id in gone:
                 del self.ending[call_id]
+            self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
             # the calls this worker held may be another's now and come back changed: read them afresh
             self.processor.forget_cached()
             if self.analytics is not None:
@@ -567,6 +622,7 @@ class Worker:
                 receipt.ack()
             if call_id in self.closing:
                 self.closing.remove(call_id)
+        await self._let_go(call_id)  # the call id used again meanwhile: the new call's messages
         return True
 
     def _count_queue(self) -> None:

@@ -99,6 +99,28 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         assert worker.proc is not None and worker.proc.poll() is None, "the worker survived"
         metrics = worker.metrics()
         assert 'emostream_deadletters_total{reason="malformed_json"} 1.0' in metrics
+        # a call id used again, once its previous call closed, under the same utterance ids: a new
+        # call (before, its parts were 'conflicting_part' or a replay of the old call's, no event)
+        for n, words in enumerate(("Thanks, that is all.", "I am still waiting and I am furious!"), 1):
+            for topic, message in (
+                (t.control, CallControl(call_id="line-7", event="started", modalities=["text"])),
+                (t.text, TextPart(call_id="line-7", utterance_id="u0", seq=0, speaker="C", text=words)),
+                (t.control, CallControl(call_id="line-7", event="ended")),
+            ):
+                producer.send(topic, key=b"line-7", value=message.to_bytes()).get(timeout=30)
+
+            def closed(c: Collector, n: int = n) -> bool:  # its event, and its final report
+                calls = (
+                    sum(e.call_id == "line-7" for _, e in c.events),
+                    sum(r.call_id == "line-7" and r.final for r in c.reports),
+                )
+                return min(calls) >= n
+
+            ended = collector.poll_until(closed, 60)
+            assert ended, worker.tail()
+        again = [e for _, e in collector.events if e.call_id == "line-7"]
+        assert [(e.utterance_id, e.context_size) for e in again] == [("u0", 1), ("u0", 1)], again
+        assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)  # none for line-7
     finally:
         producer.close()
         collector.close()

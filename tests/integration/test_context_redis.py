@@ -93,6 +93,12 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         assert asked["c"].labelled == {"u0"} and asked["c"].joins == {"u3": "text"}
         assert asked["nobody"].labelled == set() and asked["nobody"].joins == {}
         assert asked["quiet"] == got["nobody"]  # nothing asked: the window only
+        # the call closed and its id used again for a new call: what the old one labelled is forgotten
+        await store.release(["c"])
+        assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}  # kept for replays until its TTL
+        await store.forget_labelled("c")
+        again = await store.state(["c"])
+        assert again["c"].labelled == set() and again["c"].joins == {} and again["c"].window == []
         await client.aclose()
 
     run(scenario())

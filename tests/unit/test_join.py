@@ -143,10 +143,32 @@ def test_a_call_id_used_again_after_its_close_starts_afresh_with_started() -> No
     assert not j.has_ended("c")
     r = j.add("c", "v0", 0, "A", "text", "x0", "g0", now=7.0, partition=3, ts=300.0)
     assert r.after_end is None and ids(r) == ["v0"]
+    r = j.add("c", "u0", 1, "A", "text", "x1", "g1", now=7.0, partition=3, ts=301.0)  # its ids may be used again
+    assert r.conflict is None and ids(r) == ["u0"] and j.finished_ids == 2
     j.call_ended("c", now=8.0, partition=3, ts=310.0)
     assert j.expire(now=13.5).ended_calls == ["c"] and j.has_ended("c")
     j.forget({3})  # a revoked partition's closed calls are its next owner's to judge
     assert not j.has_ended("c")
+
+
+def test_while_a_call_closes_a_part_sent_before_its_end_or_of_an_utterance_pending_is_its_own() -> None:
+    j = Joiner(wait_s=5.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0, partition=0, ts=100.0)
+    j.call_ended("c", now=1.0, partition=0, ts=101.0)
+    assert j.of_previous_call("c", "u0", None) and j.of_previous_call("c", "u1", 100.9)
+    assert not j.of_previous_call("c", "u1", 101.5) and not j.of_previous_call("c", "u1", None)
+    assert j.expire(now=6.5).ended_calls == ["c"]
+    assert j.of_previous_call("c", "u1", 100.9) and not j.of_previous_call("c", "u1", 101.5)  # closed: by its end
+    assert not j.of_previous_call("d", "u0", 1.0)
+
+
+def test_labelled_ids_are_bounded_per_call_too() -> None:
+    j = Joiner(wait_s=0.0, default_modalities=("text",), max_finished=3)
+    for i in range(5):
+        j.add("c" if i % 2 else "d", f"u{i}", i, "A", "text", f"t{i}", f"h{i}", now=float(i))
+    assert j.finished_ids == 3 and j._done_of == {"c": {"u3"}, "d": {"u2", "u4"}}  # the oldest went
+    j.forget({-1})
+    assert j.finished_ids == 0 and j._done_of == {}
 
 
 def test_the_closed_calls_remembered_are_bounded() -> None:

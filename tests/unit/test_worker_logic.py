@@ -91,6 +91,11 @@ class FakeStore:
     async def declare(self, call: str, modalities: list[str]) -> None:
         self.declarations[call] = modalities
 
+    async def forget_labelled(self, call: str) -> None:
+        self.joined.pop(call, None)
+        self.trimmed.pop(call, None)
+        self.forgot = [*getattr(self, "forgot", []), call]
+
     async def declared(self, call: str) -> list[str] | None:
         return self.declarations.get(call)
 
@@ -134,8 +139,8 @@ def make(**join: Any) -> tuple[Worker, list[tuple[str, bytes]], list[str], FakeS
     return worker, sent, log, store, engine
 
 
-def text(call: str, utt: str, seq: int, speaker: str = "A") -> bytes:
-    return TextPart(call_id=call, utterance_id=utt, seq=seq, speaker=speaker, text="hello").to_bytes()
+def text(call: str, utt: str, seq: int, speaker: str = "A", words: str = "hello") -> bytes:
+    return TextPart(call_id=call, utterance_id=utt, seq=seq, speaker=speaker, text=words).to_bytes()
 
 
 def audio(call: str, utt: str, seq: int) -> bytes:
@@ -374,6 +379,45 @@ def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_l
         assert "ack late" in log
         assert 'emostream_deadletters_total{reason="after_call_ended"} 1.0' in _metrics(w)
 
+    asyncio.run(scenario())
+
+
+def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_close(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        await w.pump()
+        # the id used again before the previous call closed: the new call's messages are held...
+        again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=101.5)
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=102)
+        # ...but a part the previous call sent before its end joins it
+        await w.on_message(t.text, 0, 4, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=100.8)
+        await w.on_message(t.control, 0, 5, b"c", end, Handle(log, "end2"), timestamp=103.0)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"] and store.released == []
+        assert "started2" not in " ".join(log) and "ack new0" not in log
+        assert "c" not in store.declarations  # declared once the previous call's close freed its own
+        clock.now += 1.5
+        await w.pump()  # the previous call closes, then the new one starts afresh, its context empty
+        got = events(sent)
+        assert [(e.utterance_id, e.context_size) for e in got] == [("u0", 1), ("u1", 2), ("u0", 1)]
+        assert store.released == ["c"] and getattr(store, "forgot", []) == ["c"]
+        assert store.declarations == {"c": ["text"]}
+        assert not [v for tp, v in sent if tp == t.deadletter]  # not a conflict with the old u0
+        assert {"ack started2", "ack new0"} <= set(log) and "ack end2" not in log
+        clock.now += 1.5
+        await w.pump()
+        assert store.released == ["c", "c"] and log[-1] == "ack end2" and not w.held
+        assert "call c started again before its previous call's close was done" in caplog.text
+
+    caplog.set_level(logging.INFO, logger="emostream.worker")
     asyncio.run(scenario())
 
 
