@@ -157,10 +157,10 @@ class Joiner:
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         #: labelled ids -> (partition, digest of the text, audio and video used or None), oldest first
         self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
-        #: calls closed after their 'ended' -> (partition, the end's record time), oldest first (at
-        #: most ``max_calls``): a part sent after does not reopen them (no context, a report after the
-        #: final one)
-        self._ended: OrderedDict[str, tuple[int, float | None]] = OrderedDict()
+        #: calls closed after their 'ended' -> (partition, the end's record time, the modalities it
+        #: expected), oldest first (at most ``max_calls``): a part sent after does not reopen them (no
+        #: context, a report after the final one); one sent in time and read late reopens it as it was
+        self._ended: OrderedDict[str, tuple[int, float | None, tuple[str, ...]]] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
@@ -360,7 +360,7 @@ class Joiner:
             self._open -= len(call.pending)
         for key in [k for k, v in self._done.items() if v[0] in partitions]:
             self._undo(key)
-        for call_id in [c for c, (p, _) in self._ended.items() if p in partitions]:
+        for call_id in [c for c, (p, *_) in self._ended.items() if p in partitions]:
             del self._ended[call_id]
         for utt in labelled:
             self._undo((utt.call_id, utt.utterance_id))
@@ -372,7 +372,7 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
-        self._ended[call_id] = (call.partition, call.ended_ts)
+        self._ended[call_id] = (call.partition, call.ended_ts, call.expected)
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
             self._ended.popitem(last=False)
@@ -393,7 +393,10 @@ class Joiner:
         call = self._calls.get(call_id)
         if call is None:
             self._make_room()
-            call = self._calls[call_id] = _Call(expected=self.default, partition=partition)
+            closed = self._ended.get(call_id)  # reopened by a part sent in time: what it expected still holds
+            call = self._calls[call_id] = _Call(
+                expected=self.default if closed is None else closed[2], partition=partition
+            )
         else:
             self._calls.move_to_end(call_id)
         call.last_seen = now

@@ -162,6 +162,15 @@ def test_while_a_call_closes_a_part_sent_before_its_end_or_of_an_utterance_pendi
     assert not j.of_previous_call("d", "u0", 1.0)
 
 
+def test_a_closed_call_reopened_by_a_part_sent_in_time_expects_what_it_declared() -> None:
+    j = Joiner(wait_s=5.0, default_modalities=("text", "audio"))
+    j.call_started("c", ["text"], now=0.0, partition=0)
+    j.call_ended("c", now=1.0, partition=0, ts=101.0)
+    assert j.expire(now=6.5).ended_calls == ["c"]
+    r = j.add("c", "u0", 0, "A", "text", "t0", "h0", now=7.0, partition=0, ts=100.5)  # read after the close
+    assert ids(r) == ["u0"]  # not held for the default audio it never declared
+
+
 def test_labelled_ids_are_bounded_per_call_too() -> None:
     j = Joiner(wait_s=0.0, default_modalities=("text",), max_finished=3)
     for i in range(5):
