@@ -131,6 +131,20 @@ end
 return #KEYS
 """
 
+#: a call's 'started': its declaration stored (ARGV: the JSON list or '', the TTL in ms) and, if the
+#: id's previous call closed (the marker its release left), what that call labelled forgotten; KEYS:
+#: the marker, the labelled set, the joins, the declaration; returns 1 if a previous call had closed
+_STARTED = """
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
+end
+if redis.call('DEL', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
 
 async def run_script(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
     """One Lua script by its SHA (EVALSHA; a registered script would ask SCRIPT EXISTS before every
@@ -358,18 +372,23 @@ class ContextStore:
     def declaration_key(self, call_id: str) -> str:
         return f"{self.prefix}declared#{call_id}"  # '#' is not allowed in call ids: no clash with windows
 
-    async def declare(self, call_id: str, modalities: list[str]) -> None:
-        """Remember what a call's 'started' said it will send, for whichever worker owns it next."""
-        await self.client.set(self.declaration_key(call_id), json.dumps(modalities), px=self.ttl_ms)
-
     async def declared(self, call_id: str) -> list[str] | None:
         raw = await self.client.get(self.declaration_key(call_id))
         return None if raw is None else [str(m) for m in json.loads(raw)]
 
-    async def forget_labelled(self, call_id: str) -> None:
-        """The call id is used again for a new call (its previous call closed): which utterances the
-        previous one labelled, and with which parts, says nothing about the new call's."""
-        await self.client.delete(self.labelled_key(call_id), self.joined_key(call_id))
+    def closed_key(self, call_id: str) -> str:
+        return f"{self.prefix}closed#{call_id}"
+
+    async def started(self, call_id: str, modalities: list[str] | None) -> bool:
+        """A call's 'started': what it said it will send stored (if anything), for whichever worker
+        owns it next (:meth:`declared`), and True if
+        the id's previous call closed (:meth:`release`), whose labelled utterances, and the parts they
+        were labelled with, are then forgotten: they say nothing about the new call's, which may use
+        the same utterance ids. One round trip, atomic."""
+        keys = [self.closed_key(call_id), self.labelled_key(call_id), self.joined_key(call_id)]
+        keys.append(self.declaration_key(call_id))
+        declared = json.dumps(modalities) if modalities else ""
+        return bool(await run_script(self.client, _STARTED, keys, [declared, self.ttl_ms]))
 
     async def release(self, call_ids: list[str]) -> None:
         if call_ids:
@@ -380,6 +399,7 @@ class ContextStore:
                 for c in call_ids:  # kept until its TTL: a replay of the call's last parts is still skipped
                     pipe.pexpire(self.labelled_key(c), self.ttl_ms)
                     pipe.pexpire(self.joined_key(c), self.ttl_ms)
+                    pipe.set(self.closed_key(c), 1, px=self.ttl_ms)  # until a 'started' uses the id again
                 await pipe.execute()
 
 

@@ -168,8 +168,12 @@ class Joiner:
         self.evicted_calls = 0  # calls forgotten at the cap (a metric)
 
     # -- inputs ---------------------------------------------------------------------------------
-    def call_started(self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1) -> JoinResult:
-        if self._ended.pop(call_id, None) is not None:  # the id used again for a new call, once the previous one closed
+    def call_started(
+        self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1, closed_before: bool = False
+    ) -> JoinResult:
+        """A call's 'started'; ``closed_before``: its id's previous call closed (the caller knows so
+        from the context store, which outlives this worker's memory)."""
+        if self._ended.pop(call_id, None) is not None or closed_before:  # the id used again for a new call
             for utterance_id in self._done_of.pop(call_id, set()):  # and maybe its utterance ids: not late parts
                 del self._done[(call_id, utterance_id)]
         call = self._touch(call_id, now, partition)
@@ -335,13 +339,31 @@ class Joiner:
 
     def of_previous_call(self, call_id: str, utterance_id: str, ts: float | None) -> bool:
         """While a 'started' that uses ``call_id`` again waits for the previous call's close (the
-        worker holds the new call's messages until then): whether a part is the previous call's,
-        of an utterance it has pending or sent (by record times) before its 'ended'."""
-        call = self._calls.get(call_id)
-        if call is not None and utterance_id in call.pending:
-            return True
+        worker holds the new call's messages until then): whether a part is the previous call's: sent
+        (by record times) before its 'ended', or without record times, of an utterance pending there."""
         end_ts = self._end_ts(call_id)
-        return ts is not None and end_ts is not None and ts <= end_ts
+        if ts is not None and end_ts is not None:
+            return ts <= end_ts  # the new call may use the same utterance ids: the record times tell
+        call = self._calls.get(call_id)
+        return call is not None and utterance_id in call.pending
+
+    def labelled(self, call_id: str, utterance_id: str) -> bool:
+        """Whether the utterance is remembered as labelled (see the class doc)."""
+        return (call_id, utterance_id) in self._done
+
+    def sent_after_end(self, call_id: str, utterance_id: str, modality: str, ts: float | None) -> bool:
+        """Whether a part was sent (by record times) after its call's 'ended' and meets a part its
+        utterance already has here (labelled, or pending with that modality): the call id used
+        again, with the same utterance ids, whose 'started' may be read after it; or else a late
+        part or a redelivery."""
+        end_ts = self._end_ts(call_id)
+        if ts is None or end_ts is None or ts <= end_ts:
+            return False
+        if (call_id, utterance_id) in self._done:
+            return True
+        call = self._calls.get(call_id)
+        utt = call.pending.get(utterance_id) if call is not None else None
+        return utt is not None and modality in utt.parts
 
     def needs_declaration(self, call_id: str) -> bool:
         """Whether a call's stored declaration ('started' read by another worker, or forgotten here)

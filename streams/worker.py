@@ -186,6 +186,7 @@ class Worker:
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
+        self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -244,33 +245,80 @@ class Worker:
 
     def _held_back(self, item: Held) -> bool:
         """Hold a message of a call id used again before its previous call's close was done (the
-        'started', then the new call's messages), to be joined after that close (:meth:`_let_go`):
-        the close frees the call's window and declaration, and would take the new call's with it.
-        A part of the previous call (:meth:`Joiner.of_previous_call`) is joined at once."""
-        msg = item.msg
-        held = self.held.get(msg.call_id)
-        if held is None:
-            if not (isinstance(msg, CallControl) and msg.event == "started" and msg.call_id in self.ending):
-                return False
-            held = self.held[msg.call_id] = []
-            log.info("call %s started again before its previous call's close was done: its messages wait for "
-                     "that close", msg.call_id)  # fmt: skip
-        elif isinstance(msg, Part) and self.joiner.of_previous_call(msg.call_id, msg.utterance_id, item.timestamp):
+        'started', then the new call's messages; or one of its parts read before its 'started' that
+        would meet a part the previous call has: :meth:`Joiner.sent_after_end`), to be joined after
+        that close (:meth:`_let_go`), 'started' first: the close frees the call's window and
+        declaration, and would take the new call's with it.
+        A part of the previous call (:meth:`Joiner.of_previous_call`) is joined at once while that
+        call is open here, else (closed: it would reopen it under the new call) acked as late.
+        True when the message was held or acked here."""
+        msg, call_id = item.msg, item.msg.call_id
+        held = self.held.get(call_id)
+        if held is None and call_id not in self.ending:
             return False
-        held.append(item)
+        if held is not None and call_id in self.letting_go:
+            held.append(item)  # after those being joined now
+            return True
+        starts = isinstance(msg, CallControl) and msg.event == "started"
+        restarted = any(_starts(h) for h in held or ())  # a 'started' read: the new call's messages wait
+        if not (starts or restarted):
+            # before any 'started', only a part that meets one the previous call has, sent after its end
+            if not (isinstance(msg, Part) and self.joiner.sent_after_end(call_id, msg.utterance_id, msg.kind,
+                                                                        item.timestamp)):  # fmt: skip
+                return False
+        elif isinstance(msg, Part) and self.joiner.of_previous_call(call_id, msg.utterance_id, item.timestamp):
+            if self.joiner.knows(call_id) or self.joiner.labelled(call_id, msg.utterance_id):
+                return False  # joined (or a late part or a redelivery, as the join tells)
+            item.receipt.ack()
+            self.metrics.late_parts.inc()
+            self._note_unused(msg, "late")
+            return True
+        if starts and not restarted:
+            log.info("call %s started again before its previous call's close was done: its messages wait for "
+                     "that close", call_id)  # fmt: skip
+        self.held.setdefault(call_id, []).append(item)
         return True
 
     async def _let_go(self, call_id: str) -> None:
         """Join the messages held for ``call_id`` (:meth:`_held_back`), its previous call now closed,
-        in the order they came (and any that come meanwhile)."""
-        held = self.held.get(call_id, [])
-        while held:
-            await self._join(held.pop(0))
-        self.held.pop(call_id, None)
+        in the order they came (and any that come meanwhile). One that fails is logged and acked, as
+        the agent's last guard does: the others, and the call's later messages, go on."""
+        held = self.held.get(call_id)
+        if held is None:
+            return
+        starts = [i for i, h in enumerate(held) if _starts(h)]
+        if starts:  # a new call's parts may have been read before its 'started': that goes first
+            held.insert(0, held.pop(starts[0]))
+        self.letting_go.add(call_id)
+        try:
+            while held:
+                item = held.pop(0)
+                try:
+                    await self._join(item)
+                except Exception:
+                    log.exception("joining a held message of call %s failed; acked to keep the stream going", call_id)
+                    item.receipt.ack()
+        finally:
+            self.letting_go.discard(call_id)
+            if self.held.get(call_id) is held:
+                del self.held[call_id]
 
     async def _join(self, item: Held) -> None:
         """Join a parsed message (a part, or a part dead-lettered on its own), or apply a call control."""
         msg, receipt, partition, timestamp = item.msg, item.receipt, item.receipt.partition, item.timestamp
+        if not receipt.lease.valid:
+            return  # its partition was revoked (while it was held): the next owner reads it again
+        if isinstance(msg, CallControl):
+            again = False  # whether the id's previous call closed (then used again)
+            if msg.event == "started":
+                modalities: list[str] = list(msg.modalities or [])
+                store = self.processor.store
+                again = await self._retry(lambda: store.started(msg.call_id, modalities), "started")
+            async with self.lock:
+                if receipt.lease.valid:
+                    self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
+                    self._control(msg, receipt, self.clock(), timestamp, again)
+            return
         declared = await self._declaration(msg)
         if item.rejected is not None:
             async with self.lock:
@@ -288,10 +336,7 @@ class Worker:
             if not receipt.lease.valid:
                 return  # its partition was revoked meanwhile: the next owner reads it again
             now = self.clock()
-            self._mark_read(receipt.topic, partition, receipt.offset, timestamp)  # joined (or controlling) from now on
-            if isinstance(msg, CallControl):
-                self._control(msg, receipt, now, timestamp)
-                return
+            self._mark_read(receipt.topic, partition, receipt.offset, timestamp)  # joined from now on
             if declared and self.joiner.needs_declaration(msg.call_id):  # declared to another worker, or forgotten
                 self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
@@ -323,16 +368,10 @@ class Worker:
                      "[%d so far, emostream_duplicate_parts_total]",
                      msg.call_id, msg.utterance_id, msg.kind, n)  # fmt: skip
 
-    async def _declaration(self, msg: Any) -> list[str] | None:
-        """Store a call's declared modalities ('started'), or read them for a call this worker has
-        not seen; a Redis failure is retried with backoff (the agent waits: nothing is dropped)."""
+    async def _declaration(self, msg: Part) -> list[str] | None:
+        """A part's call's declared modalities, read for a call this worker has not seen (its 'started'
+        stored them); a Redis failure is retried with backoff (the agent waits: nothing is dropped)."""
         store = self.processor.store
-        if isinstance(msg, CallControl):
-            if msg.event == "started" and self.joiner.has_ended(msg.call_id):  # the id used again
-                await self._retry(lambda: store.forget_labelled(msg.call_id), "forget_labelled")
-            if msg.event == "started" and msg.modalities:
-                await self._retry(lambda: store.declare(msg.call_id, list(msg.modalities or [])), "declare")
-            return None
         if not self.joiner.needs_declaration(msg.call_id):
             return None
         result: list[str] | None = await self._retry(lambda: store.declared(msg.call_id), "declared")
@@ -584,13 +623,20 @@ class Worker:
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
             if batch:
                 return await self._process(batch)
-            if call_id is not None:
-                return await self._close(call_id)
-        return False
+            if call_id is None:
+                return False
+            closed = await self._close(call_id)
+        if call_id in self.held and call_id not in self.ending:  # the id used again meanwhile: the new call
+            await self._let_go(call_id)  # outside ``busy``: its Redis retries must not hold up a revoke
+        return closed
 
-    def _control(self, msg: CallControl, receipt: Receipt, now: float, timestamp: float | None = None) -> None:
+    def _control(
+        self, msg: CallControl, receipt: Receipt, now: float, timestamp: float | None = None, again: bool = False
+    ) -> None:
+        """A call's 'started' (``again``: its id's previous call closed) or 'ended'."""
         if msg.event == "started":
-            self._absorb(self.joiner.call_started(msg.call_id, list(msg.modalities or []), now, receipt.partition))
+            modalities: list[str] = list(msg.modalities or [])
+            self._absorb(self.joiner.call_started(msg.call_id, modalities, now, receipt.partition, closed_before=again))
             receipt.ack()
             return
         self.ending.setdefault(msg.call_id, []).append(receipt)
@@ -622,7 +668,6 @@ class Worker:
                 receipt.ack()
             if call_id in self.closing:
                 self.closing.remove(call_id)
-        await self._let_go(call_id)  # the call id used again meanwhile: the new call's messages
         return True
 
     def _count_queue(self) -> None:
@@ -838,6 +883,10 @@ def payload_copy(raw: bytes, limits: LimitSettings) -> tuple[str, bool]:
     if limits.deadletter_payload == "full":
         keep = max(0, (limits.max_message_bytes - 8192) * 3 // 4)
     return base64.b64encode(raw[:keep]).decode(), len(raw) > keep
+
+
+def _starts(item: Held) -> bool:
+    return isinstance(item.msg, CallControl) and item.msg.event == "started"
 
 
 def _key_text(key: bytes | None) -> str | None:

@@ -20,7 +20,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart, VideoPart
 from streams.settings import Settings
-from streams.worker import RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
+from streams.worker import NOTHING_READ_GRACE_S, RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
 
 
 class FakeEngine:
@@ -56,6 +56,8 @@ class FakeStore:
         self.declarations: dict[str, list[str]] = {}
         self.trimmed: dict[str, set[str]] = {}  # ids appended but no longer in the window
         self.joined: dict[str, dict[str, str]] = {}
+        self.closed: set[str] = set()  # released, until a 'started' uses the id again
+        self.forgot: list[str] = []  # ids used again: what their previous call labelled was forgotten
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -69,6 +71,7 @@ class FakeStore:
 
     async def release(self, calls: list[str]) -> None:
         self.released += calls
+        self.closed.update(calls)
         for c in calls:
             self.data.pop(c, None)
             self.declarations.pop(c, None)
@@ -88,13 +91,16 @@ class FakeStore:
             for c in calls
         }
 
-    async def declare(self, call: str, modalities: list[str]) -> None:
-        self.declarations[call] = modalities
-
-    async def forget_labelled(self, call: str) -> None:
+    async def started(self, call: str, modalities: list[str]) -> bool:
+        if modalities:
+            self.declarations[call] = modalities
+        if call not in self.closed:
+            return False
+        self.closed.discard(call)
         self.joined.pop(call, None)
         self.trimmed.pop(call, None)
-        self.forgot = [*getattr(self, "forgot", []), call]
+        self.forgot.append(call)
+        return True
 
     async def declared(self, call: str) -> list[str] | None:
         return self.declarations.get(call)
@@ -408,7 +414,7 @@ def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_clos
         await w.pump()  # the previous call closes, then the new one starts afresh, its context empty
         got = events(sent)
         assert [(e.utterance_id, e.context_size) for e in got] == [("u0", 1), ("u1", 2), ("u0", 1)]
-        assert store.released == ["c"] and getattr(store, "forgot", []) == ["c"]
+        assert store.released == ["c"] and store.forgot == ["c"]
         assert store.declarations == {"c": ["text"]}
         assert not [v for tp, v in sent if tp == t.deadletter]  # not a conflict with the old u0
         assert {"ack started2", "ack new0"} <= set(log) and "ack end2" not in log
@@ -418,6 +424,100 @@ def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_clos
         assert "call c started again before its previous call's close was done" in caplog.text
 
     caplog.set_level(logging.INFO, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
+def test_while_a_call_id_used_again_waits_record_times_tell_the_calls_apart() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text", "audio"))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.0)
+        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=101.5)
+        # the old u0 still waits for its audio: the new call's u0, sent after the end, is not joined to it
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=102)
+        await w.pump()
+        assert events(sent) == [] and not [v for tp, v in sent if tp == t.deadletter]
+        clock.now += NOTHING_READ_GRACE_S + 1  # its audio partition never read: behind only briefly
+        await w.tick()  # the old call is closed in the join; its close (window, summary) not yet done
+        assert w.closing == ["c"]
+        # a part the old call sent in time, of an utterance it never had: it would reopen it under the new call
+        await w.on_message(t.text, 0, 4, b"c", text("c", "u9", 9), Handle(log, "old9"), timestamp=100.9)
+        assert "ack old9" in log and "emostream_late_parts_total 1.0" in _metrics(w)
+        await w.pump()
+        got = [(e.utterance_id, e.modalities_present, e.context_size) for e in events(sent)]
+        assert got == [("u0", ["text"], 1), ("u0", ["text"], 1)]  # the old u0 timed out; the new one, fresh
+        assert store.released == ["c"] and not w.held and {"ack new0", "ack started2"} <= set(log)
+
+    asyncio.run(scenario())
+
+
+def test_a_call_id_used_again_whose_parts_are_read_before_its_started_is_a_new_call() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.0)
+        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        # the old call's last transcript, sent after its end (speech recognition lags): still the old call's
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "old1"), timestamp=101.3)
+        # the new call's first part, read before its 'started' (another topic), under the same ids as the old u0
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=102)
+        again = CallControl(call_id="c", event="started").to_bytes()
+        await w.on_message(t.control, 0, 4, b"c", again, Handle(log, "started2"), timestamp=101.5)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"] and list(w.held) == ["c"]
+        clock.now += 1.5
+        await w.pump()
+        got = [(e.utterance_id, e.context_size) for e in events(sent)]
+        assert got == [("u0", 1), ("u1", 2), ("u0", 1)] and not [v for tp, v in sent if tp == t.deadletter]
+        assert "ack new0" in log and not w.held
+
+    asyncio.run(scenario())
+
+
+class FailingOnce:
+    """Wraps a Joiner method to raise the first time."""
+
+    def __init__(self, method: Any) -> None:
+        self.method, self.failed = method, False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug")
+        return self.method(*args, **kwargs)
+
+
+def test_held_messages_of_a_call_id_used_again_survive_a_failure_and_a_revoke_drops_them() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        again = CallControl(call_id="c", event="started").to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", end, Handle(log, "end"), timestamp=101.0)
+        await w.on_message(t.control, 0, 1, b"c", again, Handle(log, "started2"), timestamp=101.5)
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u0", 0), Handle(log, "new0"), timestamp=102)
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u1", 1), Handle(log, "new1"), timestamp=102.5)
+        w.joiner.add = FailingOnce(w.joiner.add)  # type: ignore[method-assign]
+        clock.now += 1.5
+        await w.pump()  # u0's join fails: logged and acked; u1 still joined, and the call's later parts too
+        assert "ack new0" in log and [e.utterance_id for e in events(sent)] == ["u1"] and not w.held
+        await w.on_message(t.text, 0, 4, b"c", text("c", "u2", 2), Handle(log, "new2"), timestamp=103)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u1", "u2"]
+        # a revoke while messages are held drops them unacked (the partition's next owner reads them)
+        await w.on_message(t.control, 1, 0, b"d", CallControl(call_id="d", event="ended").to_bytes(), Handle(log, "d"))
+        await w.on_message(t.control, 1, 1, b"d", again.replace(b'"c"', b'"d"'), Handle(log, "d2"))
+        assert list(w.held) == ["d"]
+        await w.revoke({1})
+        assert not w.held and "ack d2" not in log
+
     asyncio.run(scenario())
 
 
