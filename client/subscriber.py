@@ -59,6 +59,16 @@ class Received:
         return self.record.call_id
 
 
+def _names(values: Iterable[str], what: str) -> list[str]:
+    """``values`` as a list of names; one name given as a string is that name, not its characters."""
+    if isinstance(values, str):
+        return [values]
+    out = list(values)
+    if not all(isinstance(v, str) for v in out):
+        raise TypeError(f"{what} must be names (strings), not {out!r}")
+    return out
+
+
 class Tracker:
     """Parses, filters by call, deduplicates and relates revisions; no Kafka in here.
     ``memory`` bounds the event ids and utterances remembered (oldest forgotten first)."""
@@ -74,7 +84,9 @@ class Tracker:
         of any other topic (None: records of other topics are not ours)."""
         self.kinds = dict(topics) if isinstance(topics, Mapping) else {topic_of(topics, k): k for k in KINDS}
         self.default = default
-        self.call_ids = None if call_ids is None else set(call_ids)
+        self.call_ids = None if call_ids is None else set(_names(call_ids, "call_ids"))
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 1:
+            raise ValueError(f"memory must be a count of 1 or more, not {memory!r}")
         self.memory = memory
         self.invalid = 0  # records that failed their schema (skipped)
         self.duplicates = 0
@@ -183,7 +195,9 @@ class Subscriber:
         consumer: Any = None,
         memory: int = 100_000,
     ) -> None:
-        wanted = set(kinds)
+        if not isinstance(from_beginning, bool):
+            raise TypeError(f"from_beginning must be True or False, not {from_beginning!r}")
+        wanted = set(_names(kinds, "kinds"))
         self.kinds = [k for k in KINDS if k in wanted]
         unknown = wanted - set(KINDS)
         if unknown or not self.kinds:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.argtypes import positive_int
 from engines.features.speech import MIN_SPEECH_S
 from engines.interface import MODALITIES, Engine
 from engines.prepare import Prepared
@@ -77,8 +78,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="clips with less speech (Silero VAD) count as no audio, as in the stream (0: every clip counts)",
     )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix there")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     return parser
@@ -171,6 +172,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     bad = [m for m in asked or [] if m not in MODALITIES]
     if bad:
         raise DatasetError(f"unknown modalities {bad}; known: {MODALITIES}")
+    if asked == []:
+        raise DatasetError(f"--modalities {ns.modalities!r} names none; known: {MODALITIES}")
     if corrupt is not None and asked is not None and corrupt.modality not in asked:
         raise DatasetError(f"--corrupt {corrupt.modality} needs {corrupt.modality} among --modalities {asked}")
     rt = resolve_runtime(ns.runtime)
@@ -206,6 +209,14 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         names = [u.speaker for d in dialogues for u in d.utterances]
         data.windows = context_windows(data.windows, names, max_window, engine.info.future)
     available = [m for m in MODALITIES if m in data.has and data.has[m].any()]
+    absent = [m for m in asked or [] if m not in available]
+    if absent:  # scored on nothing, the figure would look like a result
+        raise DatasetError(
+            f"--modalities {','.join(absent)}: no utterance of {ns.dataset} {ns.split} has it as an input of "
+            f"this model; it has {','.join(available) or 'none'}"
+        )
+    if ns.future > engine.info.future and not ns.json:
+        print(f"note: the model reads {engine.info.future} later utterances; --future {ns.future} gives it no more")
     wanted = available if asked is None else asked
     report, pred, weights = score_engine(engine, data, wanted, ns.batch_size)
     out: dict[str, Any] = {

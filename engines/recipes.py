@@ -115,11 +115,17 @@ def _typed(path: Path, key: str, value: Any, action: argparse.Action) -> Any:
         return value
     if action.choices is not None and value not in action.choices:
         raise ArtifactError(f"recipe {path}: {key} = {value!r} is not one of {list(action.choices)}")
-    if action.type in (int, float):
+    kind = getattr(action.type, "number", action.type)  # engines/argtypes.py's checked numbers say their kind
+    if kind in (int, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or (action.type is int and value != int(value)):
-            raise ArtifactError(f"recipe {path}: {key} must be {'an integer' if action.type is int else 'a number'}")
-        return action.type(value)
+        if not ok or (kind is int and value != int(value)):
+            raise ArtifactError(f"recipe {path}: {key} must be {'an integer' if kind is int else 'a number'}")
+        if action.type is not kind:  # its range too
+            try:
+                action.type(str(kind(value)))  # type: ignore[misc, operator]
+            except argparse.ArgumentTypeError as exc:
+                raise ArtifactError(f"recipe {path}: {key} {exc}") from None
+        return kind(value)
     if not isinstance(value, str):
         raise ArtifactError(f"recipe {path}: {key} must be a string, got {value!r}")
     return value

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.argtypes import below_one, count, non_negative, positive, positive_int, rate
 from engines.interface import MODALITIES, FeatureSpec
 from engines.models import ENGINES
 
@@ -60,35 +61,35 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--future",
-        type=int,
+        type=count,
         default=0,
         help="K later utterances of context per window (0: causal, the provisional event; "
         "K > 0 trains a non-causal model for revised events)",
     )
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--patience", type=int, default=6, help="epochs without dev improvement")
+    g.add_argument("--epochs", type=positive_int, default=20)
+    g.add_argument("--patience", type=positive_int, default=6, help="epochs without dev improvement")
     g.add_argument(
         "--keep-epoch",
-        type=int,
+        type=count,
         default=None,
         metavar="N",
         help="stop after epoch N of the --epochs schedule and keep its weights: the dev split then chooses "
         "nothing (N chosen elsewhere, e.g. the median best epoch of `emostream cv --nested -- --keep-epoch 0`); "
         "0: early stopping on the dev split (what a recipe's keep_epoch otherwise turns off)",
     )
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--batch-size", type=positive_int, default=64)
+    g.add_argument("--lr", type=positive, default=1e-3)
     g.add_argument(
         "--ema",
-        type=float,
+        type=below_one,
         default=0.998,
         help="decay of an exponential moving average of the weights "
         "(evaluated and exported instead of the raw weights); 0 = off",
     )
-    g.add_argument("--weight-decay", type=float, default=0.05)
+    g.add_argument("--weight-decay", type=non_negative, default=0.05)
     g = parser.add_argument_group("model")
-    g.add_argument("--max-window", type=int, default=12)
+    g.add_argument("--max-window", type=positive_int, default=12)
     g.add_argument(
         "--set",
         action="append",
@@ -97,27 +98,27 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="an engine hyper-parameter (a field of its model Config, value as JSON), repeatable",
     )
     # Shared model sizes: unset, each engine's own Config default applies (all four use 128 / 2 / 4 / 0.2).
-    g.add_argument("--d-model", type=int, default=None)
-    g.add_argument("--layers", type=int, default=None)
-    g.add_argument("--heads", type=int, default=None)
-    g.add_argument("--dropout", type=float, default=None)
+    g.add_argument("--d-model", type=positive_int, default=None)
+    g.add_argument("--layers", type=positive_int, default=None)
+    g.add_argument("--heads", type=positive_int, default=None)
+    g.add_argument("--dropout", type=below_one, default=None)
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--text-noise", type=float, default=0.0, help="Gaussian input noise (normalised units)")
-    g.add_argument("--audio-noise", type=float, default=0.8, help="Gaussian input noise (normalised units)")
-    g.add_argument("--text-mask", type=float, default=0.1, help="input feature masking rate")
-    g.add_argument("--audio-mask", type=float, default=0.2, help="input feature masking rate")
+    g.add_argument("--text-noise", type=non_negative, default=0.0, help="Gaussian input noise (normalised units)")
+    g.add_argument("--audio-noise", type=non_negative, default=0.8, help="Gaussian input noise (normalised units)")
+    g.add_argument("--text-mask", type=below_one, default=0.1, help="input feature masking rate")
+    g.add_argument("--audio-mask", type=below_one, default=0.2, help="input feature masking rate")
     g.add_argument(
         "--modality-dropout",
-        type=float,
+        type=rate,
         default=0.3,
         help="chance per window of hiding each modality entirely (one at most)",
     )
     g.add_argument(
-        "--context-dropout", type=float, default=0.1, help="chance per context utterance and modality of hiding it"
+        "--context-dropout", type=rate, default=0.1, help="chance per context utterance and modality of hiding it"
     )
     g.add_argument(
         "--target-dropout",
-        type=float,
+        type=rate,
         default=0.0,
         help="chance per window of hiding one modality of the target utterance alone (its context keeps it; "
         "never the target's last modality)",
@@ -129,7 +130,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--corrupt-train",
-        type=float,
+        type=rate,
         default=0.0,
         metavar="RATE",
         help="composite only: that fraction of training utterances (a new draw each epoch) gets the audio of "
@@ -139,14 +140,17 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--telephone",
-        type=float,
+        type=rate,
         default=0.0,
         metavar="RATE",
         help="that fraction of training utterances (a new draw each epoch) hears its audio through a simulated "
         "telephone line (engines/features/channel.py: 8 kHz, 300-3400 Hz, G.711, noise, gain, lost packets)",
     )
     g.add_argument(
-        "--telephone-lines", type=int, default=2, help="how many seeded lines each clip is heard through (variety)"
+        "--telephone-lines",
+        type=positive_int,
+        default=2,
+        help="how many seeded lines each clip is heard through (variety)",
     )
     g = parser.add_argument_group("features")
     g.add_argument(
@@ -177,13 +181,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--tune-text",
-        type=int,
+        type=count,
         default=0,
         metavar="LAYERS",
         help="minilm only: fine-tune its top LAYERS transformer layers on the train split's utterance emotions "
         "first (early stopping on dev; the artifact keeps them in text_encoder.safetensors); 0 = frozen",
     )
-    g.add_argument("--tune-epochs", type=int, default=4, help="epochs of --tune-text")
+    g.add_argument("--tune-epochs", type=positive_int, default=4, help="epochs of --tune-text")
     g.add_argument(
         "--text-weights",
         default=None,
@@ -194,7 +198,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("trust (engines/trust.py: the voice gate and the weights, in the exported graph)")
     g.add_argument(
         "--trust-prior",
-        type=float,
+        type=rate,
         default=0.05,
         metavar="P",
         help="prior that a familiar voice contradicts the words: the gate's output is w * fused + (1 - w) * "
@@ -202,7 +206,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--trust-prior-unfamiliar",
-        type=float,
+        type=rate,
         default=0.5,
         metavar="P",
         help="the same prior for a voice unlike the training clips (familiarity fit on them, clean and as heard "
@@ -212,7 +216,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--no-trust", action="store_true", help="export the network alone (engine-specific weights, no voice gate)"
     )
     g = parser.add_argument_group("runtime")
-    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--threads", type=positive_int, default=2)
     g.add_argument("--device", default="cpu")
     g.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     g.add_argument("--no-progress", action="store_true")
@@ -364,6 +368,23 @@ def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
     return ns
 
 
+def _check_model_values(ns: argparse.Namespace) -> None:
+    """The engine settings from the flags, the recipe and ``--set``, checked before any data work
+    (:func:`engines.models.check_values`; the feature sizes come later, from the data)."""
+    from engines.errors import ArtifactError
+    from engines.models import check_values, config_fields
+
+    fields = config_fields(ns.engine)
+    flags = {"d_model": ns.d_model, "n_heads": ns.heads, "n_layers": ns.layers, "dropout": ns.dropout}
+    values = {k: v for k, v in flags.items() if k in fields and v is not None}
+    values.update(getattr(ns, "recipe_model", {}))
+    values.update(_parse_sets(ns.set))
+    check_values(ns.engine, values)
+    d_model, n_heads = values.get("d_model", fields.get("d_model")), values.get("n_heads", fields.get("n_heads"))
+    if isinstance(d_model, int) and isinstance(n_heads, int) and d_model % n_heads:
+        raise ArtifactError(f"d_model {d_model} must be a multiple of n_heads {n_heads} (--d-model, --heads)")
+
+
 def _subcommand_words(argv: Sequence[str], command: str) -> list[str]:
     """The words after ``command`` in ``emostream [--config FILE] command ...``."""
     i = 0
@@ -412,6 +433,7 @@ def run_train(ns: argparse.Namespace) -> int:
         from engines.recipes import recipe_path
 
         _audio_settings(ns)  # bad settings are refused before any work
+        _check_model_values(ns)
         _check_keep_epoch(ns)
         fold_split("train", ns.fold, ns.dataset, ns.nested)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())

@@ -177,10 +177,11 @@ class Joiner:
             for utterance_id in self._done_of.pop(call_id, set()):  # and maybe its utterance ids: not late parts
                 del self._done[(call_id, utterance_id)]
         call = self._touch(call_id, now, partition)
-        # what it will send and the model takes (an empty or absent list: the default); when the model
-        # takes none of them, each utterance goes with its first part
+        # what it will send and the model takes (an empty or absent list, or none the model takes: the
+        # default, as a call that declares only video to a model without video may well send its words
+        # and voice too: the caller says so in its log)
         if modalities:
-            call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs)
+            call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs) or self.default
         return self._release(call_id, now)
 
     def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:

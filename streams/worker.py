@@ -636,6 +636,10 @@ class Worker:
         """A call's 'started' (``again``: its id's previous call closed) or 'ended'."""
         if msg.event == "started":
             modalities: list[str] = list(msg.modalities or [])
+            if modalities and not set(modalities) & set(self.joiner.inputs):
+                log.warning("call %s declared %s, none of which this model takes (it takes %s): its utterances "
+                            "wait for the default, join.default_modalities %s", msg.call_id, "+".join(modalities),
+                            "+".join(self.joiner.inputs), "+".join(self.joiner.default) or "none")  # fmt: skip
             self._absorb(self.joiner.call_started(msg.call_id, modalities, now, receipt.partition, closed_before=again))
             receipt.ack()
             return

@@ -6,6 +6,8 @@ import re
 import sys
 from typing import Any
 
+from engines.argtypes import positive, positive_int
+
 
 def cmd_demo(ns: Any) -> int:
     from tools.demo import run_demo
@@ -158,9 +160,9 @@ def register(sub: Any) -> None:
     p.add_argument("--deadletters", action="store_true", help="also print dead letters")
     p.add_argument("--alerts", action="store_true", help="also print escalation alerts and call summaries")
     p.add_argument(
-        "--max-events", type=int, default=None, help="stop after this many records (default: run until Ctrl-C)"
+        "--max-events", type=positive_int, default=None, help="stop after this many records (default: run until Ctrl-C)"
     )
-    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--timeout", type=positive, default=None, help="stop after this many seconds (default: never)")
     p.set_defaults(func=cmd_subscribe)
     p = sub.add_parser("demo", help="local Kafka + Redis + worker + sample calls, events printed live")
     add_demo_args(p)

@@ -98,9 +98,22 @@ def format_report(report: CallReport) -> str:
 
 
 def format_deadletter(letter: DeadLetter) -> str:
-    """One readable line for a dead letter."""
+    """One readable line for a dead letter (its key and detail quote what a producer sent: shortened)."""
     where = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
-    return f"✗ dead letter [{letter.key or '-'}] {letter.reason}: {letter.detail}  ({where})"
+    return f"✗ dead letter [{_short(letter.key or '-', 80)}] {letter.reason}: {_short(letter.detail, 500)}  ({where})"
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)]}
+
+
+def printable(line: str) -> str:
+    """``line`` with control characters escaped (\\x1b for ESC, \\x0a for a newline): a record's
+    text must not move the cursor, clear the screen or start a line of its own on a terminal."""
+    return line.translate(_UNPRINTABLE)
 
 
 class EventPrinter:
@@ -162,6 +175,7 @@ class EventPrinter:
         return True
 
     def _write(self, line: str) -> None:
+        line = printable(line)
         try:
             self.out.write(line + "\n")
         except UnicodeEncodeError:  # a terminal that cannot show ↻ or ✗

@@ -55,13 +55,59 @@ def available_engines() -> tuple[str, ...]:
     return tuple(out)
 
 
-def make_config(engine: str, values: dict[str, Any]) -> Any:
-    """The engine's ``Config`` from ``values``; keys it does not know are an error."""
+#: Config fields that must be at least 1 (the others that are integers: at least 0)
+_AT_LEAST_ONE = ("d_model", "n_heads", "n_layers", "max_window", "ff_mult", "max_speakers", "n_classes", "proj_dim")
+
+
+def check_values(engine: str, values: dict[str, Any]) -> None:
+    """Refuse ``values`` (for the engine's ``Config``) that it does not know or of the wrong kind,
+    saying which (a ``--set`` typo, ``agreement=False`` read as the string "False"), before any
+    work; the ``loss`` table's keys are the loss weights'."""
+    import math
+    import typing
+
+    from engines.models.losses import LossWeights
+
     cls = model_module(engine).Config
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ArtifactError(f"engine {engine!r} has no settings {unknown}; it has {sorted(known)}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    for key, value in values.items():
+        kind, origin = hints[key], typing.get_origin(hints[key])
+        if kind is bool:
+            ok, want = isinstance(value, bool), "true or false"
+        elif kind is int:
+            low = 1 if key in _AT_LEAST_ONE else 0
+            ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= low, f"an integer >= {low}"
+        elif kind is float:
+            ok, want = number(value) and value >= 0, "a number >= 0"
+            if key == "dropout":
+                ok, want = ok and value < 1, "a number from 0 to under 1"
+        elif origin is tuple:
+            ok, want = isinstance(value, list | tuple) and all(number(v) for v in value), "a list of numbers"
+        elif origin is dict:
+            weights = {f.name for f in dataclasses.fields(LossWeights)} if key == "loss" else None
+            ok = isinstance(value, dict) and all(number(v) for v in value.values())
+            want = "a table of numbers"
+            if ok and weights is not None and set(value) - weights:
+                ok, want = False, f"a table of some of {sorted(weights)}"
+        else:
+            ok, want = True, ""
+        if not ok:
+            raise ArtifactError(f"engine {engine!r} setting {key} must be {want}, not {value!r} (--set {key}=JSON)")
+
+
+def make_config(engine: str, values: dict[str, Any]) -> Any:
+    """The engine's ``Config`` from ``values``; keys it does not know or values of the wrong kind
+    are an error (:func:`check_values`)."""
+    cls = model_module(engine).Config
+    check_values(engine, values)
     try:
         return cls(**values)
     except ValueError as exc:  # a combination the engine refuses (its message says why)

@@ -22,6 +22,9 @@ class ModelConfig:
         self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
         self.input_mask = tuple(float(v) for v in self.input_mask)
         assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
+        d_model, n_heads = getattr(self, "d_model", None), getattr(self, "n_heads", None)
+        if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
+            raise ValueError(f"d_model {d_model} must be a multiple of n_heads {n_heads} (--d-model, --heads)")
 
     def dims(self) -> tuple[int, int, int]:
         return (self.text_dim, self.audio_dim, self.video_dim)

@@ -115,6 +115,18 @@ def test_the_tracker_filters_calls_counts_invalid_records_and_ignores_other_topi
     assert got is not None and got.kind == "deadletters" and got.call_id == "call-7"
 
 
+def test_one_call_id_or_kind_given_as_a_string_is_that_name_and_bad_arguments_are_refused() -> None:
+    """Found by a newcomer: call_ids="H-reuse" was read as its characters, and nothing came."""
+    assert Tracker(TOPICS, call_ids="call-7").call_ids == {"call-7"}
+    with pytest.raises(ValueError, match="memory"):
+        Tracker(TOPICS, memory=-1)
+    with pytest.raises(TypeError, match="call_ids must be names"):
+        Tracker(TOPICS, call_ids=[7])  # type: ignore[list-item]
+    assert Subscriber(SETTINGS, kinds="deadletters", consumer=FakeConsumer([])).kinds == ["deadletters"]
+    with pytest.raises(TypeError, match="from_beginning"):
+        Subscriber(SETTINGS, from_beginning="no", consumer=FakeConsumer([]))  # type: ignore[arg-type]
+
+
 def test_tracker_memory_is_bounded() -> None:
     tracker = Tracker(TOPICS, memory=3)
     for i in range(10):

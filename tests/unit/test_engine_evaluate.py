@@ -244,6 +244,11 @@ def test_corrupt_errors_on_the_command_line(
     assert "among --modalities" in err
     err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld-ravdess", "--future", "-1")
     assert "--future" in err
+    # found by a newcomer: scored on nothing, these gave a figure that looked like a result
+    err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld", "--modalities", "audio")
+    assert "--modalities audio: no utterance of meld dev has it as an input of this model; it has text" in err
+    err = evaluate_error(capsys, causal_model, shared_data, "--dataset", "meld", "--modalities", ",")
+    assert "names none" in err
 
 
 def test_corrupt_train_needs_the_composite(
@@ -251,10 +256,40 @@ def test_corrupt_train_needs_the_composite(
 ) -> None:
     from engines.train import main
 
-    for dataset, rate, match in (("iemocap-text", "0.3", "meld-ravdess composite"), ("meld-ravdess", "1.5", "[0, 1]")):
-        argv = ["--dataset", dataset, "--data-dir", str(shared_data), "--out", str(tmp_path / "x")]
-        assert main([*argv, "--corrupt-train", rate, "--threads", "1", "--no-progress"]) == 2
-        assert match in capsys.readouterr().err
+    argv = ["--dataset", "iemocap-text", "--data-dir", str(shared_data), "--out", str(tmp_path / "x")]
+    assert main([*argv, "--corrupt-train", "0.3", "--threads", "1", "--no-progress"]) == 2
+    assert "meld-ravdess composite" in capsys.readouterr().err
+    argv[1] = "meld-ravdess"
+    with pytest.raises(SystemExit) as out:  # a rate out of range: argparse's one line, before anything
+        main([*argv, "--corrupt-train", "1.5", "--threads", "1", "--no-progress"])
+    assert out.value.code == 2 and "--corrupt-train: must be between 0 and 1, not 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_numbers_and_engine_settings_out_of_range_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a newcomer: --epochs 0, --heads 3 or --set agreement=False ended in a traceback deep in
+    training, or (the string "False" is true) trained the wrong model."""
+    from engines.train import main
+
+    argv = ["--dataset", "meld", "--data-dir", str(tmp_path / "no-data"), "--out", str(tmp_path / "x")]
+    for flags, said in (
+        (["--epochs", "0"], "--epochs: must be at least 1, not 0"),
+        (["--dropout", "1.5"], "--dropout: must be 0 or more and under 1, not 1.5"),
+        (["--lr", "nan"], "--lr: must be finite, not nan"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*argv, *flags])
+        assert said in capsys.readouterr().err
+    for flags, said in (
+        (["--engine", "relevance", "--set", "agreement=False"], "setting agreement must be true or false, not 'False'"),
+        (["--engine", "relevance", "--set", 'loss={"bogus": 1}'], "setting loss must be a table of some of"),
+        (["--engine", "unimse", "--set", "d_model=-4"], "setting d_model must be an integer >= 1, not -4"),
+        (["--engine", "unimse", "--heads", "3"], "d_model 128 must be a multiple of n_heads 3"),
+    ):
+        assert main([*argv, *flags]) == 2  # before the data (there is none there) is looked for
+        assert said in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

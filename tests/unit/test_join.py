@@ -429,6 +429,16 @@ def test_a_modality_the_model_does_not_take_is_never_waited_for() -> None:
     assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "video")  # not held for more video
 
 
+def test_a_call_that_declares_only_what_the_model_does_not_take_waits_for_the_default() -> None:
+    """Found by a newcomer: a call that declared only video to the shipped model went with its
+    first part, its audio (sent a second later) dropped as late without a word in the event."""
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), inputs=("text", "audio"))
+    j.call_started("c", ["video"], now=0.0)
+    assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == []
+    r = j.add("c", "u0", 0, "A", "audio", "a0", "h2", now=1.0)
+    assert ids(r) == ["u0"] and r.ready[0].modalities == ("text", "audio")
+
+
 def test_a_model_that_takes_none_of_the_default_modalities_waits_for_none() -> None:
     j = Joiner(wait_s=2.0, default_modalities=("audio",), inputs=("text",))
     assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == ["u0"]  # not held for audio

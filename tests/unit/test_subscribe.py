@@ -87,6 +87,21 @@ def test_format_deadletter() -> None:
     assert format_deadletter(letter) == "✗ dead letter [call-7] malformed_json: Expecting value  (in.text[2]@41)"
 
 
+def test_what_a_producer_sent_cannot_drive_the_terminal_and_long_keys_are_cut() -> None:
+    """Found by a newcomer: a call id with escape codes, dead-lettered, cleared the screen of
+    everyone who watched `emostream subscribe --deadletters`; a newline forged a line."""
+    key = "\x1b[2J\x1b[31mFAKE\x1b]0;title\x07" + "x" * 200
+    letter = DeadLetter(reason="wrong_type", detail="bad\n■ call ended [call-7]", source_topic="in.text",
+                        partition=0, offset=1, key=key, payload="")  # fmt: skip
+    out = io.StringIO()
+    printer = EventPrinter(out, deadletter_topic=TOPICS.deadletter)
+    assert printer.handle(TOPICS.deadletter, letter.to_bytes())
+    line = out.getvalue()
+    assert line.count("\n") == 1 and "\x1b" not in line and "\x07" not in line
+    assert "[\\x1b[2J\\x1b[31mFAKE" in line and "bad\\x0a■ call ended" in line
+    assert "… (223 characters)]" in line
+
+
 def test_printer_filters_deduplicates_and_links_revisions() -> None:
     out, err = io.StringIO(), io.StringIO()
     printer = EventPrinter(out, call_ids=["call-7"], err=err)
