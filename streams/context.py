@@ -132,16 +132,19 @@ return #KEYS
 """
 
 #: a call's 'started': its declaration stored (ARGV: the JSON list or '', the TTL in ms) and, if the
-#: id's previous call closed (the marker its release left), what that call labelled forgotten; KEYS:
-#: the marker, the labelled set, the joins, the declaration; returns 1 if a previous call had closed
+#: id's previous call closed (the marker its release left: the offset of its 'ended' on the control
+#: partition) before this 'started' (ARGV[3], its offset there: a 'started' read again after a crash
+#: is older), what that call left forgotten; KEYS: the marker, the labelled set, the joins, the
+#: declaration, the window, its token; returns 1 if a previous call had closed
 _STARTED = """
 if ARGV[1] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
 end
-if redis.call('DEL', KEYS[1]) == 0 then
+local closed = redis.call('GET', KEYS[1])
+if not closed or tonumber(ARGV[3]) <= tonumber(closed) then
   return 0
 end
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 return 1
 """
 
@@ -379,18 +382,26 @@ class ContextStore:
     def closed_key(self, call_id: str) -> str:
         return f"{self.prefix}closed#{call_id}"
 
-    async def started(self, call_id: str, modalities: list[str] | None) -> bool:
-        """A call's 'started': what it said it will send stored (if anything), for whichever worker
-        owns it next (:meth:`declared`), and True if
-        the id's previous call closed (:meth:`release`), whose labelled utterances, and the parts they
-        were labelled with, are then forgotten: they say nothing about the new call's, which may use
-        the same utterance ids. One round trip, atomic."""
+    async def started(self, call_id: str, modalities: list[str] | None, offset: int) -> bool:
+        """A call's 'started', read at ``offset`` of its control partition: what it said it will send
+        stored (if anything), for whichever worker owns it next (:meth:`declared`), and True if the
+        id's previous call closed (:meth:`release`) before it, whose labelled utterances, the parts
+        they were labelled with and any window are then forgotten: they say nothing about the new
+        call's, which may use the same utterance ids (a 'started' read again after a crash, from
+        before that close, forgets nothing). One round trip, atomic."""
         keys = [self.closed_key(call_id), self.labelled_key(call_id), self.joined_key(call_id)]
-        keys.append(self.declaration_key(call_id))
+        keys += [self.declaration_key(call_id), self.key(call_id), self.token_key(call_id)]
         declared = json.dumps(modalities) if modalities else ""
-        return bool(await run_script(self.client, _STARTED, keys, [declared, self.ttl_ms]))
+        again = bool(await run_script(self.client, _STARTED, keys, [declared, self.ttl_ms, offset]))
+        if again:
+            self._uncache(call_id)
+        return again
 
-    async def release(self, call_ids: list[str]) -> None:
+    async def release(self, call_ids: list[str], ended: dict[str, int] | None = None) -> None:
+        """The calls ended: their windows and declarations deleted, their labelled ids kept for
+        replays until the TTL, and a mark that they closed: ``ended``, the offset of each one's
+        'ended' on its control partition (see :meth:`started`; -1 where not given)."""
+        ended = ended or {}
         if call_ids:
             for c in call_ids:
                 self._uncache(c)
@@ -399,7 +410,7 @@ class ContextStore:
                 for c in call_ids:  # kept until its TTL: a replay of the call's last parts is still skipped
                     pipe.pexpire(self.labelled_key(c), self.ttl_ms)
                     pipe.pexpire(self.joined_key(c), self.ttl_ms)
-                    pipe.set(self.closed_key(c), 1, px=self.ttl_ms)  # until a 'started' uses the id again
+                    pipe.set(self.closed_key(c), ended.get(c, -1), px=self.ttl_ms)  # until a 'started' uses the id
                 await pipe.execute()
 
 

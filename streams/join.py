@@ -161,7 +161,8 @@ class Joiner:
         #: expected), oldest first (at most ``max_calls``): a part sent after does not reopen them (no
         #: context, a report after the final one); one sent in time and read late reopens it as it was
         self._ended: OrderedDict[str, tuple[int, float | None, tuple[str, ...]]] = OrderedDict()
-        self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done
+        self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
+        self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -174,8 +175,10 @@ class Joiner:
         """A call's 'started'; ``closed_before``: its id's previous call closed (the caller knows so
         from the context store, which outlives this worker's memory)."""
         if self._ended.pop(call_id, None) is not None or closed_before:  # the id used again for a new call
-            for utterance_id in self._done_of.pop(call_id, set()):  # and maybe its utterance ids: not late parts
-                del self._done[(call_id, utterance_id)]
+            # and maybe its utterance ids: the previous call's labelled ones are forgotten (not those
+            # labelled since its close: the new call's, read before this 'started')
+            for utterance_id in self._closed_ids.pop(call_id, set()):
+                self._done.pop((call_id, utterance_id), None)
         call = self._touch(call_id, now, partition)
         # what it will send and the model takes (an empty or absent list, or none the model takes: the
         # default, as a call that declares only video to a model without video may well send its words
@@ -338,15 +341,19 @@ class Joiner:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
         return call_id in self._ended
 
-    def of_previous_call(self, call_id: str, utterance_id: str, ts: float | None) -> bool:
+    def of_previous_call(self, call_id: str, utterance_id: str, modality: str, ts: float | None) -> bool:
         """While a 'started' that uses ``call_id`` again waits for the previous call's close (the
-        worker holds the new call's messages until then): whether a part is the previous call's: sent
-        (by record times) before its 'ended', or without record times, of an utterance pending there."""
+        worker holds the new call's messages until then): whether a part is the previous call's:
+        sent (by record times) before its 'ended', or one its pending utterance still lacks, sent
+        within ``wait_s`` and :data:`CLOCK_SKEW_S` after it (a transcript lags the hang-up; clocks
+        differ) or without record times."""
         end_ts = self._end_ts(call_id)
-        if ts is not None and end_ts is not None:
-            return ts <= end_ts  # the new call may use the same utterance ids: the record times tell
         call = self._calls.get(call_id)
-        return call is not None and utterance_id in call.pending
+        utt = call.pending.get(utterance_id) if call is not None and call.ends_at is not None else None
+        if utt is not None and modality not in utt.parts:
+            if ts is None or end_ts is None or ts <= end_ts + self.wait_s + CLOCK_SKEW_S:
+                return True
+        return ts is not None and end_ts is not None and ts <= end_ts
 
     def labelled(self, call_id: str, utterance_id: str) -> bool:
         """Whether the utterance is remembered as labelled (see the class doc)."""
@@ -385,6 +392,7 @@ class Joiner:
             self._undo(key)
         for call_id in [c for c, (p, *_) in self._ended.items() if p in partitions]:
             del self._ended[call_id]
+            self._closed_ids.pop(call_id, None)
         for utt in labelled:
             self._undo((utt.call_id, utt.utterance_id))
         return dropped
@@ -398,7 +406,7 @@ class Joiner:
         self._ended[call_id] = (call.partition, call.ended_ts, call.expected)
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
-            self._ended.popitem(last=False)
+            self._closed_ids.pop(self._ended.popitem(last=False)[0], None)
         result = JoinResult(ended_calls=[call_id])
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
             utt.ready_at, utt.expected = now, call.expected
@@ -409,6 +417,7 @@ class Joiner:
                 result.ack_now.extend(utt.handles)
             self._mark_done(utt, call.partition)
         self._open -= len(call.pending)
+        self._closed_ids[call_id] = self._done_of.pop(call_id, set())
         return result
 
     def _touch(self, call_id: str, now: float, partition: int = -1) -> _Call:
@@ -514,11 +523,15 @@ class Joiner:
 
     def _undo(self, key: tuple[str, str]) -> None:
         """Forget a labelled id (if remembered)."""
-        if self._done.pop(key, None) is not None:
-            ids = self._done_of[key[0]]
-            ids.discard(key[1])
-            if not ids:
-                del self._done_of[key[0]]
+        if self._done.pop(key, None) is None:
+            return
+        for index in (self._done_of, self._closed_ids):
+            ids = index.get(key[0])
+            if ids is not None and key[1] in ids:
+                ids.discard(key[1])
+                if not ids:
+                    del index[key[0]]
+                return
 
 
 def _digest(payload: Any) -> int:

@@ -415,11 +415,18 @@ class Processor:
         self.store.forget_cached()
         self._ready.clear()
 
-    async def release(self, call_ids: list[str]) -> None:
-        """The calls ended: free their windows (and declarations)."""
-        await self.store.release(call_ids)
+    async def release(self, call_ids: list[str], ended: dict[str, int] | None = None) -> None:
+        """The calls ended: free their windows (and declarations); ``ended``: see :meth:`ContextStore.release`."""
+        await self.store.release(call_ids, ended)
         for call_id in call_ids:
             self._written.pop(call_id, None)
+
+    async def started(self, call_id: str, modalities: list[str], offset: int) -> bool:
+        """A call's 'started' (see :meth:`ContextStore.started`): True if its id's previous call closed."""
+        again: bool = await self.store.started(call_id, modalities, offset)
+        if again:
+            self._written.pop(call_id, None)
+        return again
 
     def _isolated(
         self,

@@ -266,7 +266,9 @@ class Worker:
             if not (isinstance(msg, Part) and self.joiner.sent_after_end(call_id, msg.utterance_id, msg.kind,
                                                                         item.timestamp)):  # fmt: skip
                 return False
-        elif isinstance(msg, Part) and self.joiner.of_previous_call(call_id, msg.utterance_id, item.timestamp):
+        elif isinstance(msg, Part) and self.joiner.of_previous_call(
+            call_id, msg.utterance_id, msg.kind, item.timestamp
+        ):
             if self.joiner.knows(call_id) or self.joiner.labelled(call_id, msg.utterance_id):
                 return False  # joined (or a late part or a redelivery, as the join tells)
             item.receipt.ack()
@@ -312,8 +314,8 @@ class Worker:
             again = False  # whether the id's previous call closed (then used again)
             if msg.event == "started":
                 modalities: list[str] = list(msg.modalities or [])
-                store = self.processor.store
-                again = await self._retry(lambda: store.started(msg.call_id, modalities), "started")
+                started = self.processor.started
+                again = await self._retry(lambda: started(msg.call_id, modalities, receipt.offset), "started")
             async with self.lock:
                 if receipt.lease.valid:
                     self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
@@ -659,7 +661,7 @@ class Worker:
             await self._publish(final)
             if self.analytics is not None:  # the summary, and the call's open alerts cleared
                 await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
-            await self.processor.release([call_id])
+            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
             if self.analytics is not None:
                 await self.analytics.forget(call_id)
         except Exception:

@@ -61,7 +61,7 @@ def test_a_calls_declaration_is_shared_through_redis_and_released_with_it(servic
         store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
         other = ContextStore(aioredis.from_url(services.redis_url), f"test:{unique}:", window=3, ttl_s=60)
         assert await other.declared("c") is None
-        assert not await store.started("c", ["text", "video"])  # no previous call of that id
+        assert not await store.started("c", ["text", "video"], offset=0)  # no previous call of that id
         assert await other.declared("c") == ["text", "video"]  # another worker sees it
         assert 0 < await client.pttl(store.declaration_key("c")) <= 60_000
         await store.append({"c": [item(0)]})
@@ -79,7 +79,7 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         store = ContextStore(client, f"test:{unique}:", window=2, ttl_s=60)
         await store.append({"c": [item(0), item(1), item(2)]})  # u0 trimmed from the window, still labelled
         await store.record_joins({"c": {"u2": "text+audio", "u3": "text"}})
-        await store.started("c", ["text", "audio"])
+        await store.started("c", ["text", "audio"], offset=0)
         await client.pexpire(store.declaration_key("c"), 5_000)
         got = await store.state(["c", "nobody"])
         assert [i.utterance_id for i in got["c"].window] == ["u1", "u2"]
@@ -94,16 +94,20 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         assert asked["nobody"].labelled == set() and asked["nobody"].joins == {}
         assert asked["quiet"] == got["nobody"]  # nothing asked: the window only
         # a 'started' of a call not closed (a redelivery) forgets nothing
-        assert not await store.started("c", [])
+        assert not await store.started("c", [], offset=1)
         assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}
-        # the call closed and its id used again for a new call: what the old one labelled is forgotten
-        await store.release(["c"])
+        # the call closed ('ended' at offset 7 of its control partition)
+        await store.release(["c"], {"c": 7})
         assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}  # kept for replays until its TTL
         assert 0 < await client.pttl(store.closed_key("c")) <= 60_000
-        assert await store.started("c", ["text"]) and await store.declared("c") == ["text"]
+        assert not await store.started("c", [], offset=3)  # its own 'started' read again (a crash): kept
+        assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}
+        await store.append({"c": [item(5)]})  # a part sent in time and read late reopened it
+        # its id used again for a new call: what the old one left is forgotten
+        assert await store.started("c", ["text"], offset=9) and await store.declared("c") == ["text"]
         again = await store.state(["c"])
         assert again["c"].labelled == set() and again["c"].joins == {} and again["c"].window == []
-        assert not await store.started("c", ["text"])  # once
+        assert not await store.started("c", ["text"], offset=12)  # once
         await client.aclose()
 
     run(scenario())

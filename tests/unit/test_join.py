@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.join import Joiner
+from streams.join import CLOCK_SKEW_S, Joiner
 
 
 def ids(result) -> list[str]:  # type: ignore[no-untyped-def]
@@ -155,11 +155,14 @@ def test_while_a_call_closes_a_part_sent_before_its_end_or_of_an_utterance_pendi
     j = Joiner(wait_s=5.0, default_modalities=("text", "audio"))
     j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0, partition=0, ts=100.0)
     j.call_ended("c", now=1.0, partition=0, ts=101.0)
-    assert j.of_previous_call("c", "u0", None) and j.of_previous_call("c", "u1", 100.9)
-    assert not j.of_previous_call("c", "u1", 101.5) and not j.of_previous_call("c", "u1", None)
+    assert j.of_previous_call("c", "u0", "audio", None) and j.of_previous_call("c", "u1", "text", 100.9)
+    assert not j.of_previous_call("c", "u1", "text", 101.5) and not j.of_previous_call("c", "u1", "text", None)
+    assert j.of_previous_call("c", "u0", "audio", 103.0)  # the part its pending utterance lacks, a little late
+    assert not j.of_previous_call("c", "u0", "text", 103.0)  # one it has: the new call's, same utterance id
+    assert not j.of_previous_call("c", "u0", "audio", 101.0 + 5.0 + CLOCK_SKEW_S + 1)
     assert j.expire(now=6.5).ended_calls == ["c"]
-    assert j.of_previous_call("c", "u1", 100.9) and not j.of_previous_call("c", "u1", 101.5)  # closed: by its end
-    assert not j.of_previous_call("d", "u0", 1.0)
+    assert j.of_previous_call("c", "u1", "text", 100.9) and not j.of_previous_call("c", "u1", "text", 101.5)
+    assert not j.of_previous_call("d", "u0", "text", 1.0)
 
 
 def test_a_closed_call_reopened_by_a_part_sent_in_time_expects_what_it_declared() -> None:
@@ -178,6 +181,18 @@ def test_labelled_ids_are_bounded_per_call_too() -> None:
     assert j.finished_ids == 3 and j._done_of == {"c": {"u3"}, "d": {"u2", "u4"}}  # the oldest went
     j.forget({-1})
     assert j.finished_ids == 0 and j._done_of == {}
+
+
+def test_a_call_id_used_again_forgets_only_what_its_previous_call_labelled() -> None:
+    j = Joiner(wait_s=5.0, default_modalities=("text",))
+    j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0, partition=0, ts=100.0)
+    j.call_ended("c", now=1.0, partition=0, ts=101.0)
+    assert j.expire(now=6.5).ended_calls == ["c"]
+    # the new call's first part, read before its 'started' (after the close): it reopens the call
+    assert ids(j.add("c", "v0", 0, "A", "text", "x0", "g0", now=7.0, partition=0, ts=110.0)) == ["v0"]
+    j.call_started("c", None, now=7.5, partition=0, closed_before=True)
+    assert not j.labelled("c", "u0") and j.labelled("c", "v0")  # v0 again is a redelivery, not a second event
+    assert j.add("c", "v0", 0, "A", "text", "x0", "g1", now=8.0, partition=0, ts=110.0).duplicate_parts == 1
 
 
 def test_the_closed_calls_remembered_are_bounded() -> None:

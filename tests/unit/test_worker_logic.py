@@ -56,7 +56,7 @@ class FakeStore:
         self.declarations: dict[str, list[str]] = {}
         self.trimmed: dict[str, set[str]] = {}  # ids appended but no longer in the window
         self.joined: dict[str, dict[str, str]] = {}
-        self.closed: set[str] = set()  # released, until a 'started' uses the id again
+        self.closed: dict[str, int] = {}  # released -> its 'ended' offset, until a later 'started' uses the id
         self.forgot: list[str] = []  # ids used again: what their previous call labelled was forgotten
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
@@ -69,9 +69,9 @@ class FakeStore:
         for c, new in items.items():
             self.data.setdefault(c, []).extend(new)
 
-    async def release(self, calls: list[str]) -> None:
+    async def release(self, calls: list[str], ended: dict[str, int] | None = None) -> None:
         self.released += calls
-        self.closed.update(calls)
+        self.closed.update({c: (ended or {}).get(c, -1) for c in calls})
         for c in calls:
             self.data.pop(c, None)
             self.declarations.pop(c, None)
@@ -91,12 +91,13 @@ class FakeStore:
             for c in calls
         }
 
-    async def started(self, call: str, modalities: list[str]) -> bool:
+    async def started(self, call: str, modalities: list[str], offset: int) -> bool:
         if modalities:
             self.declarations[call] = modalities
-        if call not in self.closed:
+        if offset <= self.closed.get(call, offset):
             return False
-        self.closed.discard(call)
+        del self.closed[call]
+        self.data.pop(call, None)
         self.joined.pop(call, None)
         self.trimmed.pop(call, None)
         self.forgot.append(call)
