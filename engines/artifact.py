@@ -50,7 +50,11 @@ def resolve_model_dir(model_dir: str | Path) -> Path:
     """``"default"`` / ``"revised"`` -> the shipped ``models/<name>``; otherwise the path, which must exist."""
     path = MODELS_DIR / str(model_dir) if str(model_dir) in SHIPPED else Path(model_dir)
     if not (path / CONFIG).is_file():
-        raise ArtifactError(f"not a model artifact (no {CONFIG}): {path}")
+        import difflib
+
+        close = difflib.get_close_matches(str(model_dir), SHIPPED, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; the shipped ones: {', '.join(SHIPPED)}"
+        raise ArtifactError(f"not a model artifact (no {CONFIG}): {path}{hint}")
     return path
 
 

@@ -73,7 +73,14 @@ def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":  # a name, maybe in a subfolder: engines/joyful-meld
         path = RECIPES_DIR / f"{name_or_path}.toml"
+    elif not path.exists() and len(path.parts) == 1 and (RECIPES_DIR / path).is_file():
+        path = RECIPES_DIR / path  # 'default.toml': the shipped one, not a file here
     return path
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the shipped recipes (``engines/joyful-meld`` for a subfolder's)."""
+    return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.toml"))
 
 
 def load_recipe(name_or_path: str, parser: argparse.ArgumentParser) -> Recipe:
@@ -83,7 +90,12 @@ def load_recipe(name_or_path: str, parser: argparse.ArgumentParser) -> Recipe:
         raw = path.read_bytes()
         data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
-        raise ArtifactError(f"recipe {path} not found (the shipped ones: {RECIPES_DIR}/*.toml)") from None
+        import difflib
+
+        names = shipped_recipes()
+        close = difflib.get_close_matches(path.stem, names, n=3)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ArtifactError(f"recipe {path} not found; {hint}the shipped ones: {', '.join(names)}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ArtifactError(f"recipe {path} is not valid TOML: {exc}") from None
     unknown = set(data) - _TOP_KEYS

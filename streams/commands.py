@@ -108,10 +108,20 @@ def register(sub: Any) -> None:
     from engines.evaluate import add_evaluate_args, run_evaluate
     from engines.train import add_train_args, run_train
 
-    p = sub.add_parser("train", help="train an engine and write a model artifact")
+    p = sub.add_parser(
+        "train",
+        help="train an engine and write a model artifact",
+        description="Train an engine and write a model artifact. `--recipe NAME` (recipes/NAME.toml) reproduces a "
+        "shipped model or a README results row; flags given win over the recipe, --set over its [model] table.",
+    )
     add_train_args(p)
     p.set_defaults(func=run_train)
-    p = sub.add_parser("evaluate", help="evaluate a model artifact on a dataset split")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model artifact on a dataset split",
+        description="Evaluate a model artifact (default, revised, or a directory) on a dataset split: weighted F1, "
+        "accuracy, per-class F1 and the mean modality weights; --json for the whole report.",
+    )
     add_evaluate_args(p)
     p.set_defaults(func=run_evaluate)
     from engines.crossval import add_cv_args, run_cv

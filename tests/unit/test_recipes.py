@@ -239,3 +239,17 @@ def test_cv_measures_a_nested_fold_on_its_held_out_actors_with_its_training_sett
     for ns, modalities in zip(asked, ("text,audio", "audio"), strict=True):
         assert (ns.model, ns.dataset, ns.data_dir) == (str(out), "meld-ravdess", "data")
         assert (ns.split, ns.fold, ns.modalities, ns.seed, ns.future) == ("dev", 3, modalities, 2, 0)
+
+
+def test_a_recipe_name_with_a_typo_gets_a_suggestion_and_a_shipped_file_name_is_found(tmp_path: Path) -> None:
+    """Found by a newcomer: 'defualt' listed no recipe, and 'default.toml' was looked for here."""
+    from engines.artifact import resolve_model_dir
+    from engines.recipes import recipe_path
+
+    with pytest.raises(ArtifactError, match=r"did you mean default\? the shipped ones: .*engines/joyful-meld"):
+        parse_train_args(["--recipe", "defualt"])
+    assert recipe_path("default.toml") == RECIPES_DIR / "default.toml"
+    mine = tmp_path / "default.toml"
+    assert recipe_path(str(mine)) == mine  # a path given is taken as it is
+    with pytest.raises(ArtifactError, match="did you mean default"):
+        resolve_model_dir("defualt")
