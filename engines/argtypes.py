@@ -11,9 +11,10 @@ from collections.abc import Callable
 def _number(kind: Callable[[str], float], text: str) -> float:
     try:
         x = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(x):
+        finite = math.isfinite(x)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"not a number that fits: {text[:40]!r}") from None
+    if not finite:
         raise argparse.ArgumentTypeError(f"must be finite, not {text}")
     return x
 

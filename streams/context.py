@@ -131,17 +131,19 @@ end
 return #KEYS
 """
 
-#: a call's 'started': its declaration stored (ARGV: the JSON list or '', the TTL in ms) and, if the
+#: a call's 'started': its declaration stored (ARGV: the JSON list or '', the TTL in ms; not for a
+#: 'started' older than its call's close, read again after a crash) and, if the
 #: id's previous call closed (the marker its release left: the offset of its 'ended' on the control
 #: partition) before this 'started' (ARGV[3], its offset there: a 'started' read again after a crash
 #: is older), what that call left forgotten; KEYS: the marker, the labelled set, the joins, the
 #: declaration, the window, its token; returns 1 if a previous call had closed
 _STARTED = """
-if ARGV[1] ~= '' then
+local closed = redis.call('GET', KEYS[1])
+local stale = closed and tonumber(ARGV[3]) <= tonumber(closed)
+if ARGV[1] ~= '' and not stale then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
 end
-local closed = redis.call('GET', KEYS[1])
-if not closed or tonumber(ARGV[3]) <= tonumber(closed) then
+if not closed or stale then
   return 0
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])

@@ -406,7 +406,7 @@ class Joiner:
         self._ended[call_id] = (call.partition, call.ended_ts, call.expected)
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
-            self._closed_ids.pop(self._ended.popitem(last=False)[0], None)
+            self._ended.popitem(last=False)  # its labelled ids stay indexed until _done lets them go (_undo)
         result = JoinResult(ended_calls=[call_id])
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
             utt.ready_at, utt.expected = now, call.expected
@@ -417,7 +417,7 @@ class Joiner:
                 result.ack_now.extend(utt.handles)
             self._mark_done(utt, call.partition)
         self._open -= len(call.pending)
-        self._closed_ids[call_id] = self._done_of.pop(call_id, set())
+        self._closed_ids.setdefault(call_id, set()).update(self._done_of.pop(call_id, set()))  # closed again: both
         return result
 
     def _touch(self, call_id: str, now: float, partition: int = -1) -> _Call:
@@ -517,7 +517,9 @@ class Joiner:
         """Remember a labelled utterance: its partition and a digest of each part it used."""
         digests = (_digest(utt.parts[m]) if m in utt.parts else None for m in MODALITIES)
         self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests)
-        self._done_of.setdefault(utt.call_id, set()).add(utt.utterance_id)
+        end_ts = self._ended[utt.call_id][1] if utt.call_id in self._ended else None
+        previous = end_ts is not None and utt.first_ts is not None and utt.first_ts <= end_ts  # a closed call reopened
+        (self._closed_ids if previous else self._done_of).setdefault(utt.call_id, set()).add(utt.utterance_id)
         while len(self._done) > self.max_finished:
             self._undo(next(iter(self._done)))
 
@@ -531,7 +533,6 @@ class Joiner:
                 ids.discard(key[1])
                 if not ids:
                     del index[key[0]]
-                return
 
 
 def _digest(payload: Any) -> int:

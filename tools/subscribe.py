@@ -108,6 +108,7 @@ def _short(text: str, limit: int) -> str:
 
 
 _UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)]}
+_UNPRINTABLE_JSON = {c: f"\\u{c:04x}" for c in range(127, 160)}
 
 
 def printable(line: str) -> str:
@@ -175,7 +176,8 @@ class EventPrinter:
         return True
 
     def _write(self, line: str) -> None:
-        line = printable(line)
+        # JSON escapes C0 itself, and \x.. is not JSON: DEL and C1 (inside its strings) as \u00..
+        line = printable(line) if self.fmt == "pretty" else line.translate(_UNPRINTABLE_JSON)
         try:
             self.out.write(line + "\n")
         except UnicodeEncodeError:  # a terminal that cannot show ↻ or ✗

@@ -76,7 +76,10 @@ def check_values(engine: str, values: dict[str, Any]) -> None:
         raise ArtifactError(f"engine {engine!r} has no settings {unknown}; it has {sorted(known)}")
 
     def number(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        try:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        except OverflowError:  # an integer too large for a float
+            return False
 
     for key, value in values.items():
         kind, origin = hints[key], typing.get_origin(hints[key])

@@ -100,7 +100,8 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         await store.release(["c"], {"c": 7})
         assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}  # kept for replays until its TTL
         assert 0 < await client.pttl(store.closed_key("c")) <= 60_000
-        assert not await store.started("c", [], offset=3)  # its own 'started' read again (a crash): kept
+        assert not await store.started("c", ["video"], offset=3)  # its own 'started' read again (a crash): kept,
+        assert await store.declared("c") is None  # and its declaration not brought back
         assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}
         await store.append({"c": [item(5)]})  # a part sent in time and read late reopened it
         # its id used again for a new call: what the old one left is forgotten

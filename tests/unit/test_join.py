@@ -195,6 +195,21 @@ def test_a_call_id_used_again_forgets_only_what_its_previous_call_labelled() -> 
     assert j.add("c", "v0", 0, "A", "text", "x0", "g1", now=8.0, partition=0, ts=110.0).duplicate_parts == 1
 
 
+def test_the_previous_calls_labelled_ids_are_known_past_the_closed_calls_bound_a_second_close_and_a_reopen() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text",), max_calls=1)
+    j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0, partition=0, ts=100.0)
+    j.call_ended("c", now=0.1, partition=0, ts=101.0)
+    j.expire(now=2.0)
+    j.add("c", "u1", 1, "A", "text", "t1", "h", now=2.5, partition=0, ts=100.5)  # sent in time, read late: reopens
+    j.call_ended("c", now=2.6, partition=0, ts=101.0)  # its 'ended' read again: closed twice
+    j.expire(now=4.0)
+    j.call_ended("d", now=4.0, partition=0, ts=102.0)
+    j.expire(now=6.0)  # another call closed: c leaves the closed calls remembered (max_calls 1)
+    assert not j.has_ended("c") and j.labelled("c", "u0") and j.labelled("c", "u1")
+    j.call_started("c", None, now=7.0, partition=0, closed_before=True)  # what Redis says
+    assert not j.labelled("c", "u0") and not j.labelled("c", "u1")
+
+
 def test_the_closed_calls_remembered_are_bounded() -> None:
     j = Joiner(wait_s=0.0, default_modalities=("text",), max_calls=3)
     for i in range(5):

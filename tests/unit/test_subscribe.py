@@ -90,7 +90,7 @@ def test_format_deadletter() -> None:
 def test_what_a_producer_sent_cannot_drive_the_terminal_and_long_keys_are_cut() -> None:
     """Found by a newcomer: a call id with escape codes, dead-lettered, cleared the screen of
     everyone who watched `emostream subscribe --deadletters`; a newline forged a line."""
-    key = "\x1b[2J\x1b[31mFAKE\x1b]0;title\x07" + "x" * 200
+    key = "\x1b[2J\x1b[31mFAKE\x1b]0;title\x07\x9b\x7f" + "x" * 198
     letter = DeadLetter(reason="wrong_type", detail="bad\n■ call ended [call-7]", source_topic="in.text",
                         partition=0, offset=1, key=key, payload="")  # fmt: skip
     out = io.StringIO()
@@ -100,6 +100,9 @@ def test_what_a_producer_sent_cannot_drive_the_terminal_and_long_keys_are_cut() 
     assert line.count("\n") == 1 and "\x1b" not in line and "\x07" not in line
     assert "[\\x1b[2J\\x1b[31mFAKE" in line and "bad\\x0a■ call ended" in line
     assert "… (223 characters)]" in line
+    out = io.StringIO()  # JSON escapes them its own way, DEL and C1 too, and stays JSON
+    EventPrinter(out, fmt="json", deadletter_topic=TOPICS.deadletter).handle(TOPICS.deadletter, letter.to_bytes())
+    assert "\x1b" not in out.getvalue() and DeadLetter.model_validate_json(out.getvalue()) == letter
 
 
 def test_printer_filters_deduplicates_and_links_revisions() -> None:
