@@ -434,7 +434,7 @@ def run_train(ns: argparse.Namespace) -> int:
 
         _audio_settings(ns)  # bad settings are refused before any work
         _check_model_values(ns)
-        _check_keep_epoch(ns)
+        _check_options(ns)
         fold_split("train", ns.fold, ns.dataset, ns.nested)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
         return _train(ns)
@@ -443,11 +443,16 @@ def run_train(ns: argparse.Namespace) -> int:
         return 2
 
 
-def _check_keep_epoch(ns: argparse.Namespace) -> None:
+def _check_options(ns: argparse.Namespace) -> None:
     from engines.errors import ArtifactError
 
     if ns.keep_epoch and not 1 <= ns.keep_epoch <= ns.epochs:
         raise ArtifactError(f"--keep-epoch {ns.keep_epoch} is outside the schedule's epochs 1-{ns.epochs}")
+    if ns.tune_text and ns.text_weights:  # the reused layers won, and the tuning asked for was dropped
+        raise ArtifactError(
+            f"--tune-text {ns.tune_text} tunes the text layers and --text-weights {ns.text_weights} reuses another "
+            "artifact's: give one (--text-weights '' replaces a recipe's)"
+        )
 
 
 def _audio_settings(ns: argparse.Namespace) -> dict[str, Any]:

@@ -287,6 +287,7 @@ def test_numbers_and_engine_settings_out_of_range_are_refused_before_any_work(
         (["--engine", "relevance", "--set", 'loss={"bogus": 1}'], "setting loss must be a table of some of"),
         (["--engine", "unimse", "--set", "d_model=-4"], "setting d_model must be an integer >= 1, not -4"),
         (["--engine", "unimse", "--heads", "3"], "d_model 128 must be a multiple of n_heads 3"),
+        (["--tune-text", "2", "--text-weights", "models/default"], "give one"),  # the tuning was dropped
     ):
         assert main([*argv, *flags]) == 2  # before the data (there is none there) is looked for
         assert said in capsys.readouterr().err

@@ -42,9 +42,9 @@ def test_keep_epoch_outside_the_schedule_is_refused(capsys: pytest.CaptureFixtur
 def test_keep_epoch_zero_turns_a_recipes_epoch_off() -> None:
     """`emostream cv --recipe default --nested -- --keep-epoch 0`: each fold stops early again, the
     way the recipe's keep_epoch was chosen (with it, every fold would keep that epoch)."""
-    from engines.train import _check_keep_epoch, parse_train_args
+    from engines.train import _check_options, parse_train_args
 
     assert parse_train_args(["--recipe", "default"]).keep_epoch == 11
     ns = parse_train_args(["--recipe", "default", "--keep-epoch", "0"])
     assert ns.keep_epoch == 0
-    _check_keep_epoch(ns)  # accepted: off
+    _check_options(ns)  # accepted: off
