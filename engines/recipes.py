@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,12 @@ def _typed(path: Path, key: str, value: Any, action: argparse.Action) -> Any:
     kind = getattr(action.type, "number", action.type)  # engines/argtypes.py's checked numbers say their kind
     if kind in (int, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or (kind is int and value != int(value)):
-            raise ArtifactError(f"recipe {path}: {key} must be {'an integer' if kind is int else 'a number'}")
+        try:
+            ok = ok and math.isfinite(value) and (kind is not int or value == int(value))
+        except OverflowError:  # an integer too large for a float
+            ok = False
+        if not ok:
+            raise ArtifactError(f"recipe {path}: {key} must be {'an integer' if kind is int else 'a finite number'}")
         if action.type is not kind:  # its range too
             try:
                 action.type(str(kind(value)))  # type: ignore[misc, operator]

@@ -406,6 +406,9 @@ def _train_needs(ns: argparse.Namespace, seen: frozenset[Path] = frozenset()) ->
         words += ["--cache-dir", ns.cache_dir] if ns.cache_dir else []
         words += ["--no-progress"] if ns.no_progress else []
         need = parse_train_args(words)
+        _audio_settings(need)  # its settings refused before any work, as the recipe's own
+        _check_model_values(need)
+        _check_options(need)
         if ns.fold is not None and need.dataset in RAVDESS_BASED:
             raise ArtifactError(
                 f"--fold {ns.fold}: recipe {path} trains on RAVDESS voices for every fold alike, so it would have "
@@ -451,7 +454,7 @@ def _check_options(ns: argparse.Namespace) -> None:
     if ns.tune_text and ns.text_weights:  # the reused layers won, and the tuning asked for was dropped
         raise ArtifactError(
             f"--tune-text {ns.tune_text} tunes the text layers and --text-weights {ns.text_weights} reuses another "
-            "artifact's: give one (--text-weights '' replaces a recipe's)"
+            "artifact's: give one (--text-weights '' or --tune-text 0 replaces a recipe's)"
         )
 
 

@@ -517,8 +517,9 @@ class Joiner:
         """Remember a labelled utterance: its partition and a digest of each part it used."""
         digests = (_digest(utt.parts[m]) if m in utt.parts else None for m in MODALITIES)
         self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests)
-        end_ts = self._ended[utt.call_id][1] if utt.call_id in self._ended else None
-        previous = end_ts is not None and utt.first_ts is not None and utt.first_ts <= end_ts  # a closed call reopened
+        # a closed call reopened by a part sent before its end (or without record times: as if so)
+        closed = self._ended.get(utt.call_id)
+        previous = closed is not None and (closed[1] is None or utt.first_ts is None or utt.first_ts <= closed[1])
         (self._closed_ids if previous else self._done_of).setdefault(utt.call_id, set()).add(utt.utterance_id)
         while len(self._done) > self.max_finished:
             self._undo(next(iter(self._done)))

@@ -52,6 +52,8 @@ def test_the_model_table_is_under_set(tmp_path: Path) -> None:
         ("[train\n", "not valid TOML"),
         ('[train]\nengine = "unimse"\nepochs = 2.5\nout = "o"\ndata_dir = "d"\n', "epochs must be an integer"),
         ('[train]\nepochs = 0\nout = "o"\ndata_dir = "d"\n', "epochs must be at least 1, not 0"),
+        ('[train]\nepochs = inf\nout = "o"\ndata_dir = "d"\n', "epochs must be an integer"),
+        ('[train]\nlr = nan\nout = "o"\ndata_dir = "d"\n', "lr must be a finite number"),
         ('[train]\ntelephone = 1.5\nout = "o"\ndata_dir = "d"\n', "telephone must be between 0 and 1, not 1.5"),
         ('[train]\nno_resample_audio = "false"\nout = "o"\ndata_dir = "d"\n', "switch"),
         ('[train]\nlr = 1\nout = "o"\ndata_dir = "d"\n[model]\ndropout = 0.5\n', r"dropout -> \[train\] dropout"),
