@@ -432,12 +432,15 @@ def run_train(ns: argparse.Namespace) -> int:
             if words is None:  # called as `emostream [--config FILE] train ...`
                 words = _subcommand_words(getattr(ns, "argv", None) or sys.argv[1:], "train")
             ns = parse_train_args(words)
+        from engines import artifact
         from engines.datasets.ravdess import fold_split
         from engines.recipes import recipe_path
 
         _audio_settings(ns)  # bad settings are refused before any work
         _check_model_values(ns)
         _check_options(ns)
+        if (Path(ns.out) / artifact.CHECKSUMS).is_file():
+            print(f"train: {ns.out} holds an artifact; it is replaced when this run ends", file=sys.stderr)
         fold_split("train", ns.fold, ns.dataset, ns.nested)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
         return _train(ns)

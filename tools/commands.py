@@ -154,7 +154,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_feed)
     p = sub.add_parser("subscribe", help="print emotion events as they arrive")
-    p.add_argument("--call", action="append", help="only this call id (repeatable)")
+    p.add_argument("--call", action="append", help="only this call id (repeatable; exact, case included)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of readable lines")
     p.add_argument("--from-beginning", action="store_true", help="read the topic from its start, not from now")
     p.add_argument("--deadletters", action="store_true", help="also print dead letters")

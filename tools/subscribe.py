@@ -219,7 +219,9 @@ def subscribe(
     if own:
         consumer = make_consumer(settings, names, from_beginning, timeout_s)
         start = "the beginning" if from_beginning else "now"
-        print(f"subscribe: {', '.join(names)} from {start} at {settings.kafka.brokers}", file=sys.stderr)
+        wanted = sorted(printer.tracker.call_ids) if printer.tracker.call_ids is not None else None
+        calls = "" if wanted is None else f", calls {', '.join(repr(c) for c in wanted)} only"
+        print(f"subscribe: {', '.join(names)} from {start} at {settings.kafka.brokers}{calls}", file=sys.stderr)
     try:
         while max_events is None or printer.count < max_events:
             left = None if deadline is None else deadline - clock()

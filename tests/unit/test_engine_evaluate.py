@@ -292,6 +292,10 @@ def test_numbers_and_engine_settings_out_of_range_are_refused_before_any_work(
         assert main([*argv, *flags]) == 2  # before the data (there is none there) is looked for
         assert said in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "checksums.json").write_text("{}")  # an artifact there: said before the work
+    assert main(argv) == 2
+    assert f"train: {tmp_path / 'x'} holds an artifact; it is replaced when this run ends" in capsys.readouterr().err
 
 
 def test_corrupt_train_keeps_the_targets_text() -> None:
