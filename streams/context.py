@@ -131,12 +131,11 @@ end
 return #KEYS
 """
 
-#: a call's 'started': its declaration stored (ARGV: the JSON list or '', the TTL in ms; not for a
-#: 'started' older than its call's close, read again after a crash) and, if the
-#: id's previous call closed (the marker its release left: the offset of its 'ended' on the control
-#: partition) before this 'started' (ARGV[3], its offset there: a 'started' read again after a crash
-#: is older), what that call left forgotten; KEYS: the marker, the labelled set, the joins, the
-#: declaration, the window, its token; returns 1 if a previous call had closed
+#: a call's 'started' (ARGV: its declaration as JSON or '', the TTL in ms, its offset on the control
+#: partition). A 'started' older than the mark its call's release left (the offset of its 'ended'),
+#: read again after a crash, changes nothing; else its declaration is stored and, past such a mark
+#: (the id's previous call closed), what that call left is forgotten. KEYS: the mark, the labelled
+#: set, the joins, the declaration, the window, its token. Returns 1 if a previous call had closed
 _STARTED = """
 local closed = redis.call('GET', KEYS[1])
 local stale = closed and tonumber(ARGV[3]) <= tonumber(closed)

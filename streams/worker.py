@@ -229,8 +229,10 @@ class Worker:
             # a part's own ack waits for its utterance (Joiner.reject): a replay after a crash meets it again
             await self._reject(exc, receipt, key, value, msg, ack=not joinable)
             self._mark_read(topic, partition, offset, timestamp)
-            if joinable and not self._held_back(Held(msg, None, receipt, key, value, timestamp, exc)):
-                await self._join(Held(msg, None, receipt, key, value, timestamp, exc))
+            if joinable:
+                item = Held(msg, None, receipt, key, value, timestamp, exc)
+                if not self._held_back(item):
+                    await self._join(item)
             return
         except Exception as exc:  # a parser or validator bug must not stop the stream
             log.exception("parsing %s[%d]@%d failed", topic, partition, offset)

@@ -358,14 +358,22 @@ def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_cont
     asyncio.run(scenario())
 
 
+async def ended_call(w: Worker, log: list[str], first: str = "t0") -> bytes:
+    """Call c's utterance u0 (text, sent at 100) and its 'ended' (sent at 101), at offsets 0 and 1 of
+    partition 0; returns the 'ended' message."""
+    t = w.settings.kafka.topics
+    await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, first), timestamp=100.0)
+    end = CallControl(call_id="c", event="ended").to_bytes()
+    await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+    return end
+
+
 def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_labelled() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
-        end = CallControl(call_id="c", event="ended").to_bytes()
-        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        await ended_call(w, log)
         clock.now += 1.5
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0"] and store.released == ["c"]
@@ -396,9 +404,7 @@ def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_clos
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
-        end = CallControl(call_id="c", event="ended").to_bytes()
-        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        end = await ended_call(w, log)
         await w.pump()
         # the id used again before the previous call closed: the new call's messages are held...
         again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
@@ -433,9 +439,7 @@ def test_while_a_call_id_used_again_waits_record_times_tell_the_calls_apart() ->
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text", "audio"))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        end = CallControl(call_id="c", event="ended").to_bytes()
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.0)
-        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        await ended_call(w, log, "old0")
         again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
         await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=101.5)
         # the old u0 still waits for its audio: the new call's u0, sent after the end, is not joined to it
@@ -461,9 +465,7 @@ def test_a_call_id_used_again_whose_parts_are_read_before_its_started_is_a_new_c
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        end = CallControl(call_id="c", event="ended").to_bytes()
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.0)
-        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        await ended_call(w, log, "old0")
         # the old call's last transcript, sent after its end (speech recognition lags): still the old call's
         await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "old1"), timestamp=101.3)
         # the new call's first part, read before its 'started' (another topic), under the same ids as the old u0
