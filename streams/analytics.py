@@ -217,6 +217,9 @@ class CallAnalytics:
         self.cached_turns = 0
         self.max_cached_turns = max_cached_turns
         self.reads = 0  # states read back from Redis (cache misses), for tests
+        # the call as its alerts' and reports' ids name it: the worker's Processor.instance, so a
+        # call id used again after its previous call closed gets other ids (streams.schemas.call_instance)
+        self.instance: Callable[[str], str] = lambda call_id: call_id
 
     def _keys(self, call_id: str) -> tuple[str, str]:
         """The call's turns (a hash) and its alerts, rule counts and token (a JSON string)."""
@@ -296,7 +299,7 @@ class CallAnalytics:
             was = state.alerts.get(name)
             if was is None:
                 state.raised[name] = n = state.raised.get(name, 0) + 1
-                alert_id = f"{call_id}:{name}:{n}"  # the rule's n-th alert in this call
+                alert_id = f"{self.instance(call_id)}:{name}:{n}"  # the rule's n-th alert in this call
                 messages.append(self._alert(alert_id, call_id, name, "raised", evidence, ids, now))
             else:
                 alert_id = was["alert_id"]
@@ -371,7 +374,7 @@ class CallAnalytics:
             )
         version = f"{state.version:016x}"[:12]  # the turns and revisions it covers
         return CallReport(
-            event_id=f"{call_id}:report:final" if final else f"{call_id}:report:{total}:{version}",
+            event_id=f"{self.instance(call_id)}:report:" + ("final" if final else f"{total}:{version}"),
             call_id=call_id,
             final=final,
             turns=total,

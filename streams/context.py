@@ -93,13 +93,14 @@ return out
 _STATE = """
 -- What a batch reads of its calls, as one command: a pipeline of six per call cost the worker more
 -- to pack and parse than Redis to answer.
--- KEYS: five per call: its window token, labelled set, joins hash, window, declaration
+-- KEYS: six per call: its window token, labelled set, joins hash, window, declaration, generation
 -- ARGV: TTL ms, then per call: how many utterance ids follow (-1: the whole sets), the ids
 -- returns per call {token or nil, labelled: 1 or 0 per id (or every member), joins: one per id
--- (or field, value, ...)}; refreshes the TTL of the window, its token and the declaration
+-- (or field, value, ...), generation or nil}; refreshes the TTL of the window, its token, the
+-- declaration and the generation
 local ttl, at, out = ARGV[1], 2, {}
-for c = 0, #KEYS / 5 - 1 do
-  local token, labelled, joined = KEYS[5 * c + 1], KEYS[5 * c + 2], KEYS[5 * c + 3]
+for c = 0, #KEYS / 6 - 1 do
+  local token, labelled, joined = KEYS[6 * c + 1], KEYS[6 * c + 2], KEYS[6 * c + 3]
   local n = tonumber(ARGV[at])
   at = at + 1
   local member, joins = {}, {}
@@ -111,9 +112,10 @@ for c = 0, #KEYS / 5 - 1 do
     at = at + n
   end
   redis.call('PEXPIRE', token, ttl)
-  redis.call('PEXPIRE', KEYS[5 * c + 4], ttl)
-  redis.call('PEXPIRE', KEYS[5 * c + 5], ttl)
-  out[c + 1] = {redis.call('GET', token), member, joins}
+  redis.call('PEXPIRE', KEYS[6 * c + 4], ttl)
+  redis.call('PEXPIRE', KEYS[6 * c + 5], ttl)
+  redis.call('PEXPIRE', KEYS[6 * c + 6], ttl)
+  out[c + 1] = {redis.call('GET', token), member, joins, redis.call('GET', KEYS[6 * c + 6])}
 end
 return out
 """
@@ -134,8 +136,10 @@ return #KEYS
 #: a call's 'started' (ARGV: its declaration as JSON or '', the TTL in ms, its offset on the control
 #: partition). A 'started' older than the mark its call's release left (the offset of its 'ended'),
 #: read again after a crash, changes nothing; else its declaration is stored and, past such a mark
-#: (the id's previous call closed), what that call left is forgotten. KEYS: the mark, the labelled
-#: set, the joins, the declaration, the window, its token. Returns 1 if a previous call had closed
+#: (the id's previous call closed), what that call left is forgotten and the call's generation is
+#: that offset (its ids then differ from the previous call's: :func:`streams.schemas.call_instance`).
+#: KEYS: the mark, the labelled set, the joins, the declaration, the window, its token, the
+#: generation. Returns 1 if a previous call had closed
 _STARTED = """
 local closed = redis.call('GET', KEYS[1])
 local stale = closed and tonumber(ARGV[3]) <= tonumber(closed)
@@ -146,6 +150,7 @@ if not closed or stale then
   return 0
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])
+redis.call('SET', KEYS[7], ARGV[3], 'PX', ARGV[2])
 return 1
 """
 
@@ -194,6 +199,7 @@ class CallState:
     window: list[ContextItem]
     labelled: set[str]
     joins: dict[str, str]
+    generation: str = ""  # '' for the first call under its id (see ContextStore.started)
 
 
 class ContextStore:
@@ -350,22 +356,24 @@ class ContextStore:
         args: list[Any] = [self.ttl_ms]
         for c in call_ids:
             keys += [self.token_key(c), self.labelled_key(c), self.joined_key(c), self.key(c), self.declaration_key(c)]
+            keys.append(self.generation_key(c))
             ids = None if asking is None else asking.get(c, [])
             args += [-1] if ids is None else [len(ids), *ids]
         replies = await run_script(self.client, _STATE, keys, args)
         out = {}
         windows: dict[str, list[ContextItem] | None] = {}
-        for c, (token, member, joined) in zip(call_ids, replies, strict=True):
+        for c, (token, member, joined, generation) in zip(call_ids, replies, strict=True):
             windows[c] = self._cached(c, token)
             ids = None if asking is None else asking.get(c, [])
             if ids is None:
                 joins = {_text(k): _text(v) for k, v in zip(joined[::2], joined[1::2], strict=True)}  # HGETALL's pairs
-                out[c] = CallState([], {_text(m) for m in member}, joins)
+                out[c] = CallState([], {_text(m) for m in member}, joins, _text(generation or b""))
             else:
                 out[c] = CallState(
                     [],
                     {u for u, m in zip(ids, member, strict=True) if m},
                     {u: _text(v) for u, v in zip(ids, joined, strict=True) if v is not None},
+                    _text(generation or b""),
                 )
         read = await self._read_windows([c for c, w in windows.items() if w is None])
         for c, state in out.items():
@@ -383,15 +391,28 @@ class ContextStore:
     def closed_key(self, call_id: str) -> str:
         return f"{self.prefix}closed#{call_id}"
 
+    def generation_key(self, call_id: str) -> str:
+        return f"{self.prefix}generation#{call_id}"
+
+    async def generations(self, call_ids: list[str]) -> dict[str, str]:
+        """Each call's generation ('' for the first call under its id; see :meth:`started`)."""
+        if not call_ids:
+            return {}
+        got = await self.client.mget([self.generation_key(c) for c in call_ids])
+        return {c: _text(g) if g is not None else "" for c, g in zip(call_ids, got, strict=True)}
+
     async def started(self, call_id: str, modalities: list[str] | None, offset: int) -> bool:
         """A call's 'started', read at ``offset`` of its control partition: what it said it will send
         stored (if anything), for whichever worker owns it next (:meth:`declared`), and True if the
         id's previous call closed (:meth:`release`) before it, whose labelled utterances, the parts
         they were labelled with and any window are then forgotten: they say nothing about the new
         call's, which may use the same utterance ids (a 'started' read again after a crash, from
-        before that close, forgets nothing). One round trip, atomic."""
+        before that close, forgets nothing), and the call's generation is ``offset``: its events',
+        alerts' and reports' ids are not its previous call's (a consumer deduplicating on them would
+        drop the new call's). One round trip, atomic."""
         keys = [self.closed_key(call_id), self.labelled_key(call_id), self.joined_key(call_id)]
         keys += [self.declaration_key(call_id), self.key(call_id), self.token_key(call_id)]
+        keys.append(self.generation_key(call_id))
         declared = json.dumps(modalities) if modalities else ""
         again = bool(await run_script(self.client, _STARTED, keys, [declared, self.ttl_ms, offset]))
         if again:
@@ -401,7 +422,8 @@ class ContextStore:
     async def release(self, call_ids: list[str], ended: dict[str, int] | None = None) -> None:
         """The calls ended: their windows and declarations deleted, their labelled ids kept for
         replays until the TTL, and a mark that they closed: ``ended``, the offset of each one's
-        'ended' on its control partition (see :meth:`started`; -1 where not given)."""
+        'ended' on its control partition (see :meth:`started`; -1 where not given). The generation
+        is kept as long as the labelled ids."""
         ended = ended or {}
         if call_ids:
             for c in call_ids:
@@ -411,6 +433,7 @@ class ContextStore:
                 for c in call_ids:  # kept until its TTL: a replay of the call's last parts is still skipped
                     pipe.pexpire(self.labelled_key(c), self.ttl_ms)
                     pipe.pexpire(self.joined_key(c), self.ttl_ms)
+                    pipe.pexpire(self.generation_key(c), self.ttl_ms)
                     pipe.set(self.closed_key(c), ended.get(c, -1), px=self.ttl_ms)  # until a 'started' uses the id
                 await pipe.execute()
 

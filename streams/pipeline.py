@@ -33,7 +33,7 @@ from engines.windows import pack_windows
 from streams import heap
 from streams.context import ContextItem, ContextStore
 from streams.join import Utterance
-from streams.schemas import EmotionEvent, ModelRef, Timings, event_id
+from streams.schemas import EmotionEvent, ModelRef, Timings, call_instance, event_id
 from streams.validate import Payload
 
 log = logging.getLogger("emostream.pipeline")
@@ -275,6 +275,9 @@ class Processor:
         self.max_ready = 4096  # utterances held encoded ahead at most (oldest dropped: encoded again if they come)
         self.revision_model_ref = _model_ref(self.revision_engine)
         self._written: OrderedDict[str, int] = OrderedDict()  # call -> highest seq this worker appended
+        # call -> its generation, for the calls whose id was used before (ContextStore.started), as
+        # the last read of the call's state found it: the ids of its events (call_instance)
+        self._generations: dict[str, str] = {}
         self.max_remembered = 100_000
         if self.revision_engine is not engine and self.revision_model_ref == self.model_ref:
             # two artifacts under one name and version (artifacts trained before `train --future k`
@@ -294,6 +297,8 @@ class Processor:
         calls = list(asking)
         state = await self.store.state(calls, asking)
         read_s = time.monotonic() - started
+        for c, s in state.items():
+            self._generation(c, s.generation)
         history = {c: _by_seq(s.window) for c, s in state.items()}
         fresh = [u for u in utts if u.utterance_id not in state[u.call_id].labelled]
         replayed = len(utts) - len(fresh)
@@ -390,6 +395,7 @@ class Processor:
 
     async def close(self, call_id: str) -> BatchOutcome:
         """The call ended: the final revisions of its last utterances, with the future they have."""
+        self._generation(call_id, (await self.store.generations([call_id]))[call_id])  # its report's id too
         if not self.future:
             return BatchOutcome()
         started = time.monotonic()
@@ -420,6 +426,18 @@ class Processor:
         await self.store.release(call_ids, ended)
         for call_id in call_ids:
             self._written.pop(call_id, None)
+            self._generations.pop(call_id, None)
+
+    def instance(self, call_id: str) -> str:
+        """The call as its messages' ids name it (:func:`~streams.schemas.call_instance`), as the
+        last read of its state found it (a batch of it, or its close)."""
+        return call_instance(call_id, self._generations.get(call_id, ""))
+
+    def _generation(self, call_id: str, generation: str) -> None:
+        if generation:
+            self._generations[call_id] = generation
+        else:
+            self._generations.pop(call_id, None)
 
     async def started(self, call_id: str, modalities: list[str], offset: int) -> bool:
         """A call's 'started' (see :meth:`ContextStore.started`): True if its id's previous call closed."""
@@ -550,7 +568,7 @@ class Processor:
             join_s = queue_s = 0.0
         end_to_end = time.monotonic() - utt.last_at if utt is not None else done - started
         return EmotionEvent(
-            event_id=event_id(row.call_id, item.utterance_id, row.revision),
+            event_id=event_id(row.call_id, item.utterance_id, row.revision, self._generations.get(row.call_id, "")),
             call_id=row.call_id,
             utterance_id=item.utterance_id,
             seq=item.seq,

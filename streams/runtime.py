@@ -248,4 +248,5 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
             recent_turns=settings.analytics.recent_turns,
             max_turns=settings.analytics.max_turns,
         )
+        analytics.instance = processor.instance  # a call id used again: its alerts' and reports' ids too
     return Worker(settings, processor, metrics, send, analytics=analytics)

@@ -268,7 +268,10 @@ class EmotionEvent(_Message):
     """The emotion of one utterance. Revision 0 is provisional (past context only)."""
 
     kind: Literal["emotion"] = "emotion"
-    event_id: str = Field(description="deterministic key of (call, utterance, revision): deduplicate on it")
+    event_id: str = Field(
+        description="deterministic key of (call, utterance, revision): deduplicate on it; a call id used again "
+        "after its previous call closed (a new 'started') names the call <call>~g<generation> in it"
+    )
     call_id: str
     utterance_id: str
     seq: int
@@ -423,10 +426,19 @@ _BY_KIND: dict[str, type[_Message]] = {
 }
 
 
-def event_id(call_id: str, utterance_id: str, revision: int) -> str:
-    """Deterministic event key: the same utterance and revision always get the same id."""
-    digest = hashlib.sha1(f"{call_id}\x1f{utterance_id}\x1f{revision}".encode()).hexdigest()[:16]
-    return f"{call_id}:{utterance_id}:r{revision}:{digest}"
+def call_instance(call_id: str, generation: str = "") -> str:
+    """The call as the ids of its messages name it: its id, or for a call id used again after its
+    previous call closed, ``<call>~g<generation>`` (the offset of the new call's 'started' on its
+    control partition). '~' is not allowed in ids, so it never names another call."""
+    return f"{call_id}~g{generation}" if generation else call_id
+
+
+def event_id(call_id: str, utterance_id: str, revision: int, generation: str = "") -> str:
+    """Deterministic event key: the same utterance and revision of the same call always get the
+    same id; a call id used again (``generation``, see :func:`call_instance`) gets other ids."""
+    call = call_instance(call_id, generation)
+    digest = hashlib.sha1(f"{call}\x1f{utterance_id}\x1f{revision}".encode()).hexdigest()[:16]
+    return f"{call}:{utterance_id}:r{revision}:{digest}"
 
 
 def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallControl:

@@ -120,6 +120,10 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
             assert ended, worker.tail()
         again = [e for _, e in collector.events if e.call_id == "line-7"]
         assert [(e.utterance_id, e.context_size) for e in again] == [("u0", 1), ("u0", 1)], again
+        # each call's ids are its own: a consumer deduplicating on event_id keeps both calls' messages
+        finals = [r for r in collector.reports if r.call_id == "line-7" and r.final]
+        assert len({e.event_id for e in again}) == 2 and len({r.event_id for r in finals}) == 2, (again, finals)
+        assert again[1].event_id.startswith("line-7~g") and finals[1].event_id.startswith("line-7~g")
         assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)  # none for line-7
     finally:
         producer.close()

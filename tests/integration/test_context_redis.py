@@ -105,10 +105,18 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}
         await store.append({"c": [item(5)]})  # a part sent in time and read late reopened it
         # its id used again for a new call: what the old one left is forgotten
+        assert got["c"].generation == "" and await store.generations(["c"]) == {"c": ""}  # its first call
         assert await store.started("c", ["text"], offset=9) and await store.declared("c") == ["text"]
         again = await store.state(["c"])
         assert again["c"].labelled == set() and again["c"].joins == {} and again["c"].window == []
+        # the new call's generation, the offset of its 'started': its messages' ids are its own
+        assert again["c"].generation == "9" and await store.generations(["c", "nobody"]) == {"c": "9", "nobody": ""}
         assert not await store.started("c", ["text"], offset=12)  # once
+        assert (await store.state(["c"]))["c"].generation == "9"  # a 'started' read again changes nothing
+        await store.release(["c"], {"c": 14})
+        assert 0 < await client.pttl(store.generation_key("c")) <= 60_000  # kept with the labelled ids
+        assert await store.started("c", [], offset=15)  # and a third call under the id
+        assert (await store.state(["c"]))["c"].generation == "15"
         await client.aclose()
 
     run(scenario())

@@ -58,6 +58,7 @@ class FakeStore:
         self.joined: dict[str, dict[str, str]] = {}
         self.closed: dict[str, int] = {}  # released -> its 'ended' offset, until a later 'started' uses the id
         self.forgot: list[str] = []  # ids used again: what their previous call labelled was forgotten
+        self.generation: dict[str, str] = {}  # ids used again: the offset of the 'started' that did
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -87,9 +88,13 @@ class FakeStore:
                 window=windows[c],
                 labelled={i.utterance_id for i in self.data.get(c, [])} | self.trimmed.get(c, set()),
                 joins=dict(self.joined.get(c, {})),
+                generation=self.generation.get(c, ""),
             )
             for c in calls
         }
+
+    async def generations(self, calls: list[str]) -> dict[str, str]:
+        return {c: self.generation.get(c, "") for c in calls}
 
     async def started(self, call: str, modalities: list[str], offset: int) -> bool:
         if modalities:
@@ -101,6 +106,7 @@ class FakeStore:
         self.joined.pop(call, None)
         self.trimmed.pop(call, None)
         self.forgot.append(call)
+        self.generation[call] = str(offset)
         return True
 
     async def declared(self, call: str) -> list[str] | None:
@@ -422,6 +428,10 @@ def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_clos
         got = events(sent)
         assert [(e.utterance_id, e.context_size) for e in got] == [("u0", 1), ("u1", 2), ("u0", 1)]
         assert store.released == ["c"] and store.forgot == ["c"]
+        # the new call's ids are its own (its 'started' at offset 2): a consumer deduplicating on
+        # event_id keeps both u0s; its events still name the call by its id
+        assert got[0].event_id.startswith("c:u0:r0:") and got[2].event_id.startswith("c~g2:u0:r0:")
+        assert got[2].call_id == "c" and w.processor.instance("c") == "c~g2"
         assert store.declarations == {"c": ["text"]}
         assert not [v for tp, v in sent if tp == t.deadletter]  # not a conflict with the old u0
         assert {"ack started2", "ack new0"} <= set(log) and "ack end2" not in log
