@@ -13,8 +13,9 @@ and ``OUT/gpu-check.png``.
    (utterances/s), once in turn and once overlapped (the next batch's decoding and tokenizing on CPU
    threads while the GPU runs the current one). The machine it is made for has no JDK or Redis, so
    there is no pipeline there. ``OUT/gpu-check.json`` is rewritten after each step.
-3. **Heap** at the largest batch: the end to end again once the process keeps its freed memory
-   (:func:`engines.runtime.threads.keep_heap`, what a worker on a GPU runtime does).
+3. **Heap** at the largest batch (``--heap-rounds``, 2 on a GPU): one process at a time running
+   the overlapped end to end with its heap as glibc keeps it and kept
+   (:func:`engines.runtime.threads.keep_heap`, what a worker on a GPU runtime does), alternating.
 4. **Processes** (``--processes 1,2,4,8``, the default on a GPU up to the cores): that many
    processes sharing the device, each with its own models and its share of the cores, running the
    overlapped end to end at the largest batch together; utterances/s of them all.
@@ -56,7 +57,7 @@ CLIP_S = 3.0
 WINDOW = 12
 # dense bf16 FLOP/s from the spec sheets, matched in order against torch's device name
 BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12, "L4": 121e12}
-PROCESS_SECONDS = 6.0  # the least each process of the processes stage runs for
+PROCESS_SECONDS = 6.0  # how long each process of the heap and processes stages runs (--process-seconds)
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # text: tokenizing, the encoder, vectors to the host; text_model: the encoder alone (its FLOP/s);
 # audio: the extractor (log-mel front end, encoder, pooling); audio_front_end: log-mel alone (with
@@ -302,6 +303,14 @@ def raw_batch(b: int) -> list[tuple[str, bytes]]:
 # --- several processes on one GPU ---------------------------------------------------------------
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, where the system tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def process_main(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
     """One of ``cfg["processes"]`` processes sharing the GPU, as ``emostream worker --processes N``
     would: its own models, CUDA context and CPU threads (its share of the cores), the overlapped end
@@ -338,6 +347,7 @@ def process_main(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
             for _ in range(2):
                 ahead()
             barrier.wait(timeout=cfg["ready_s"])
+            ahead()  # not counted: its CPU part was prepared while the others got ready
             start, n = time.monotonic(), 0
             while n < 1 or time.monotonic() - start < cfg["seconds"]:
                 ahead()
@@ -361,9 +371,10 @@ def run_processes(
     import multiprocessing as mp
     import queue
 
+    if n < 1:
+        raise ValueError(f"processes must be at least 1, got {n}")
     ctx = mp.get_context("spawn")  # CUDA does not survive a fork
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // n)
+    threads = max(1, usable_cores() // n)
     barrier, results = ctx.Barrier(n), ctx.Queue()
     ready_s = 240.0
     procs = []
@@ -384,14 +395,25 @@ def run_processes(
     for proc in procs:
         proc.start()
     rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + ready_s + seconds + 60
     try:
         while len(rows) < n:
             try:
-                rows.append(results.get(timeout=ready_s + seconds + 60))
+                rows.append(results.get(timeout=1.0))
+                continue
             except queue.Empty:
+                pass
+            dead = [p.name for p in procs if p.exitcode not in (None, 0)]
+            if dead:  # killed (out of memory, a CUDA abort) without a word: the others wait at the barrier
+                rows.append({"rank": -1, "error": f"{', '.join(dead)} died (exit codes {[p.exitcode for p in procs]})"})
+                break
+            if time.monotonic() > deadline:
                 rows.append({"rank": -1, "error": "no answer in time"})
                 break
     finally:
+        if len(rows) < n or any("error" in r for r in rows):
+            for proc in procs:
+                proc.kill()
         for proc in procs:
             proc.join(timeout=30)
             if proc.is_alive():
@@ -435,12 +457,15 @@ def run(
     parity: int = 256,
     budget: float = 420.0,
     workers: int = 0,
-    processes: list[int] | None = None,
+    processes: tuple[int, ...] = (),
+    heap_rounds: int = 0,
+    process_seconds: float = PROCESS_SECONDS,
 ) -> dict[str, Any]:
     """The check; ``OUT/gpu-check.json`` is rewritten after each step, so a run stopped early keeps
     what it measured. A batch size is skipped once ``budget`` seconds have passed. Then, at the
-    largest batch measured: the end to end again with the heap kept (:func:`keep_heap`), and with
-    each count in ``processes`` of processes sharing the device (:func:`run_processes`)."""
+    largest batch measured (:func:`run_processes`, each for ``process_seconds``): ``heap_rounds``
+    rounds of one process without and with its heap kept (:func:`keep_heap`), and each count in
+    ``processes`` of processes sharing the device."""
     import torch
 
     from engines.features.codecs import decode_audio
@@ -589,66 +614,38 @@ def run(
         print(f"batch {b}:", json.dumps({k: v[str(b)]["per_s"] for k, v in stages.items()}), flush=True)
         write(out, report, started)
     done = [b for b in batches if str(b) in stages["overlapped"]]
-    if done:
+    if done and (heap_rounds or processes):
         b = max(done)
-        report["heap"] = heap_kept(stages, b, net, tokenizer, audio, engine, rt.device, dtype, workers, seconds)
-        print("heap", json.dumps(report["heap"]), flush=True)
-        write(out, report, started)
+
+        def past_budget(what: str) -> bool:
+            if time.perf_counter() - started <= budget:
+                return False
+            report["skipped"].append(f"{what}: past the {budget:.0f} s budget")
+            print(report["skipped"][-1], flush=True)
+            return True
+
+        # one process at a time with the heap as glibc keeps it and kept (keep_heap), alternating,
+        # each measured as the processes below are
+        report["heap"] = {"batch": b, "default": [], "kept": []}
+        for r in range(heap_rounds):
+            for kept in (False, True):
+                if past_budget(f"heap round {r + 1}"):
+                    break
+                row = run_processes(1, b, device, process_seconds, weights, assets, keep_heap=kept)
+                report["heap"]["kept" if kept else "default"].append(row.get("per_s", row.get("errors")))
+                print("heap", json.dumps(row), flush=True)
+                write(out, report, started)
         report["processes"] = []
-        for n in processes or []:
-            if time.perf_counter() - started > budget:
-                report["skipped"].append(f"{n} processes: past the {budget:.0f} s budget")
-                print(report["skipped"][-1], flush=True)
+        for n in processes:
+            if past_budget(f"{n} processes"):
                 continue
-            # a few seconds at least: each process's last batch may run past the others' end
-            row = run_processes(n, b, device, max(seconds, PROCESS_SECONDS), weights, assets)
+            row = run_processes(n, b, device, process_seconds, weights, assets)
             report["processes"].append(row)
             print("processes", json.dumps(row), flush=True)
             write(out, report, started)
     write(out, report, started)
     plot(report, out / "gpu-check.png")
     return report
-
-
-def heap_kept(
-    stages: dict[str, dict[str, Any]],
-    b: int,
-    net: Any,
-    tokenizer: Any,
-    audio: Any,
-    engine: Any,
-    device: str,
-    dtype: str | None,
-    workers: int,
-    seconds: float,
-) -> dict[str, Any]:
-    """The end to end at batch ``b`` again once this process keeps its freed memory
-    (:func:`~engines.runtime.threads.keep_heap`; it stays so for the rest of the run), beside the
-    figures measured before."""
-    from engines.features.codecs import decode_audio
-    from engines.runtime.threads import keep_heap
-
-    kept = keep_heap()
-    raw = raw_batch(b)
-    spec = engine.info.features
-
-    def end_to_end() -> None:
-        w = [decode_audio(x, "pcm_s16le", SAMPLE_RATE) for _, x in raw]
-        f = {"text": encode_texts(net, tokenizer, [t for t, _ in raw], device, dtype), "audio": audio.extract(w)}
-        engine.predict(windows_for(f, spec))
-
-    row: dict[str, Any] = {"batch": b, "applied": kept}
-    row["end_to_end"] = {
-        "default": stages["end_to_end"][str(b)]["per_s"],
-        "kept": summary(timed(end_to_end, device, seconds), b)["per_s"],
-    }
-    ahead = Overlapped(raw, gpu_step_for(net, audio, engine, device, dtype), tokenizer, workers)
-    try:
-        kept_s = summary(timed(ahead, device, seconds), b)["per_s"]
-    finally:
-        ahead.close()
-    row["overlapped"] = {"default": stages["overlapped"][str(b)]["per_s"], "kept": kept_s}
-    return row
 
 
 def write(out: Path, report: dict[str, Any], started: float) -> None:
@@ -721,6 +718,15 @@ def main(argv: list[str] | None = None) -> int:
         help="counts of processes sharing the device for the last stage, e.g. 1,2,4,8 (default: those on a GPU, "
         "up to the cores; none on the CPU)",
     )
+    p.add_argument(
+        "--heap-rounds",
+        type=int,
+        default=None,
+        help="rounds of one process without and with its heap kept (default: 2 on a GPU, none on the CPU)",
+    )
+    p.add_argument(
+        "--process-seconds", type=float, default=PROCESS_SECONDS, help="how long each of those processes runs"
+    )
     p.add_argument("--assets", type=Path, default=None, help="folder written by --pack (tokenizer, config)")
     p.add_argument("--pack", type=Path, default=None, metavar="DIR", help="write the tokenizer files and exit")
     ns = p.parse_args(argv)
@@ -730,12 +736,33 @@ def main(argv: list[str] | None = None) -> int:
     if ns.out is None:
         p.error("give the output folder")
     batches = [int(b) for b in ns.batches.split(",") if b.strip()]
+    gpu = ns.device.startswith("cuda")
     if ns.processes is None:
-        cores = os.cpu_count() or 1
-        procs = [n for n in (1, 2, 4, 8) if n <= cores] if ns.device.startswith("cuda") else []
+        procs = [n for n in (1, 2, 4, 8) if n <= usable_cores()] if gpu else []
     else:
-        procs = [int(n) for n in ns.processes.split(",") if n.strip()]
-    report = run(ns.out, ns.device, batches, ns.seconds, ns.weights, ns.assets, ns.parity, ns.budget, ns.workers, procs)
+        try:
+            procs = [int(n) for n in ns.processes.split(",") if n.strip()]
+        except ValueError:
+            p.error(f"--processes: counts separated by commas, got {ns.processes!r}")
+        if any(n < 1 for n in procs):
+            p.error(f"--processes: each count at least 1, got {ns.processes!r}")
+    rounds = (2 if gpu else 0) if ns.heap_rounds is None else ns.heap_rounds
+    if rounds < 0 or ns.process_seconds <= 0:
+        p.error("--heap-rounds must be 0 or more and --process-seconds above 0")
+    report = run(
+        ns.out,
+        ns.device,
+        batches,
+        ns.seconds,
+        ns.weights,
+        ns.assets,
+        ns.parity,
+        ns.budget,
+        ns.workers,
+        tuple(procs),
+        rounds,
+        ns.process_seconds,
+    )
     print(f"gpu-check: {report['seconds']} s; wrote {ns.out / 'gpu-check.json'} and {ns.out / 'gpu-check.png'}")
     return 0
 

@@ -115,8 +115,8 @@ def keep() -> bool:
     largest batch's. True if glibc took the setting."""
     from engines.runtime.threads import keep_heap
 
-    _kept[0] = True
-    return keep_heap()
+    _kept[0] = keep_heap()  # trims stay on where glibc did not take it
+    return _kept[0]
 
 
 def trim(growth: int = TRIM_GROWTH) -> bool:

@@ -78,18 +78,20 @@ M_MMAP_THRESHOLD = -3
 KEPT_HEAP_MMAP = 32 * 2**20  # glibc's largest mmap threshold on 64-bit (HEAP_MAX_SIZE / 2)
 
 
-def keep_heap(trim_bytes: int = 2**31) -> bool:
+def keep_heap(trim_bytes: int = 2**31 - 1) -> bool:
     """Keep freed memory in this process's heap for the next allocation instead of handing it back
     to the system (glibc: every block under 32 MB from the heap, and free space at its top trimmed
     only past ``trim_bytes``). A GPU host that decodes a batch of audio writes some 100-200 MB of
     fresh arrays a batch; handed back after each, every page is faulted in and zeroed again on the
     next (issue 12: decoding 1024 clips of 3 s, 130 ms -> 35 ms on this project's CPU). The price
-    is resident memory held at the batch's peak. False where it does not apply (not glibc)."""
+    is resident memory held at the batch's peak. ``trim_bytes`` is a C int (2 GiB at most). False
+    where it does not apply (not glibc)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, KEPT_HEAP_MMAP)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_bytes))
+        trim = min(trim_bytes, 2**31 - 1)  # mallopt takes an int: more would wrap to "trim at every free"
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, KEPT_HEAP_MMAP)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim))
     except (OSError, AttributeError):
         return False
 

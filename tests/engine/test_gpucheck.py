@@ -30,6 +30,10 @@ def test_the_gpu_check_dry_run_writes_parity_throughput_and_a_plot(tmp_path: Pat
         "32",
         "--processes",
         "2",
+        "--heap-rounds",
+        "1",
+        "--process-seconds",
+        "0.5",
     ]
     assert main([*args, "--assets", str(tmp_path / "assets")]) == 0
     report = json.loads((out / "gpu-check.json").read_text())
@@ -41,10 +45,9 @@ def test_the_gpu_check_dry_run_writes_parity_throughput_and_a_plot(tmp_path: Pat
         assert set(report["throughput"][stage]) == {"1", "4"}
         assert all(row["per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] for row in report["throughput"][stage].values())
     assert (out / "gpu-check.png").stat().st_size > 10_000
-    heap = report["heap"]  # the largest batch again with the heap kept, beside the first figures
-    assert heap["batch"] == 4 and all(
-        heap[k]["kept"] > 0 and heap[k]["default"] > 0 for k in ("end_to_end", "overlapped")
-    )
+    heap = report["heap"]  # one process at the largest batch without, then with, its heap kept
+    assert heap["batch"] == 4 and len(heap["default"]) == len(heap["kept"]) == 1, heap
+    assert all(isinstance(x, float) and x > 0 for x in heap["default"] + heap["kept"]), heap
     (row,) = report["processes"]  # two processes sharing the device, both counted
     assert "errors" not in row, row
     assert row["processes"] == 2 and len(row["per_process"]) == 2 and all(r > 0 for r in row["per_process"])
