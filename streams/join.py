@@ -373,6 +373,11 @@ class Joiner:
         utt = call.pending.get(utterance_id) if call is not None else None
         return utt is not None and modality in utt.parts
 
+    def sent_after_its_end(self, call_id: str, ts: float | None) -> bool:
+        """Whether a part was sent (by record times) after its call's 'ended' (closing or closed here)."""
+        end_ts = self._end_ts(call_id)
+        return ts is not None and end_ts is not None and ts > end_ts
+
     def needs_declaration(self, call_id: str) -> bool:
         """Whether a call's stored declaration ('started' read by another worker, or forgotten here)
         should be read and applied: not for a call open here, nor for one closed here (it stays so)."""

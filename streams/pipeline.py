@@ -420,6 +420,7 @@ class Processor:
         encoded ahead (of utterances another worker may now own)."""
         self.store.forget_cached()
         self._ready.clear()
+        self._generations.clear()  # read again with each call's next state
 
     async def release(self, call_ids: list[str], ended: dict[str, int] | None = None) -> None:
         """The calls ended: free their windows (and declarations); ``ended``: see :meth:`ContextStore.release`."""
@@ -427,6 +428,18 @@ class Processor:
         for call_id in call_ids:
             self._written.pop(call_id, None)
             self._generations.pop(call_id, None)
+
+    async def superseded(self, call_id: str, ended_offset: int) -> bool:
+        """Whether a call's 'ended', at ``ended_offset`` of its control partition, came before the
+        'started' of the call now under its id (its generation, read from Redis): an earlier call's
+        'ended' read again after a crash, which must not close the new call."""
+        generation = (await self.store.generations([call_id]))[call_id]
+        self._generation(call_id, generation)
+        return bool(generation) and int(generation) > ended_offset
+
+    def generation(self, call_id: str) -> str:
+        """The call's generation as last read ('' for the first call under its id)."""
+        return self._generations.get(call_id, "")
 
     def instance(self, call_id: str) -> str:
         """The call as its messages' ids name it (:func:`~streams.schemas.call_instance`), as the

@@ -187,6 +187,8 @@ class Worker:
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
+        # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
+        self.awaiting_start: set[str] = set()
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -244,6 +246,19 @@ class Worker:
             self._mark_read(topic, partition, offset, timestamp)
             return
         await self._join(item)
+        if isinstance(msg, CallControl) and msg.event == "started" and msg.call_id in self.awaiting_start:
+            self.awaiting_start.discard(msg.call_id)  # the new call's parts read before it, now joined after it
+            await self._let_go(msg.call_id)
+
+    async def _let_go_unstarted(self) -> None:
+        """Join the parts held for a 'started' (:meth:`_held_back`) once their call's control
+        partition is read past each (no 'started' came before them): as they are."""
+        for call_id in [c for c in self.awaiting_start if c not in self.letting_go]:
+            held = self.held.get(call_id, [])
+            if any(self.behind("control", h.receipt.partition, h.timestamp or 0.0) for h in held):
+                continue
+            self.awaiting_start.discard(call_id)
+            await self._let_go(call_id)
 
     def _held_back(self, item: Held) -> bool:
         """Hold a message of a call id used again before its previous call's close was done (the
@@ -253,13 +268,35 @@ class Worker:
         declaration, and would take the new call's with it.
         A part of the previous call (:meth:`Joiner.of_previous_call`) is joined at once while that
         call is open here, else (closed: it would reopen it under the new call) acked as late.
+        Once that close is done, a part sent after the call's 'ended' (by record times), read while
+        the call's control partition is behind its record time (a 'started' of the id's next call
+        may be there, unread), is held too, with the call's later parts sent after that end, until
+        a 'started' is read (then joined after it, the new call's) or the control partition is read
+        past them (:meth:`_let_go_unstarted`: joined as they are: the closed call's late part, or a
+        redelivery, a conflict, a part after its call ended). Which call a part belongs to is then
+        what the control topic says, whichever topic is read first, and the same on a replay.
         True when the message was held or acked here."""
         msg, call_id = item.msg, item.msg.call_id
         held = self.held.get(call_id)
-        if held is None and call_id not in self.ending:
-            return False
         if held is not None and call_id in self.letting_go:
             held.append(item)  # after those being joined now
+            return True
+        if call_id not in self.ending and (held is None or call_id in self.awaiting_start):
+            if not isinstance(msg, Part):
+                return False  # a 'started' is joined at once, then what waited for it (on_message)
+            if held is not None and call_id in self.awaiting_start:
+                if not self.joiner.sent_after_its_end(call_id, item.timestamp):
+                    return False  # the previous call's, as the join tells
+            elif not (
+                self.joiner.sent_after_its_end(call_id, item.timestamp)
+                and self.behind("control", item.receipt.partition, item.timestamp or 0.0)
+            ):
+                return False
+            if held is None:
+                log.info("call %s: a part sent after the call ended, read before the control topic reached "
+                         "its time: held until a 'started' or the control topic is read past it", call_id)  # fmt: skip
+            self.awaiting_start.add(call_id)
+            self.held.setdefault(call_id, []).append(item)
             return True
         starts = isinstance(msg, CallControl) and msg.event == "started"
         restarted = any(_starts(h) for h in held or ())  # a 'started' read: the new call's messages wait
@@ -452,6 +489,8 @@ class Worker:
         again every ``TICK_S`` meanwhile (under a steady load the queue never empties: before, an
         utterance waiting for a part that never came waited for the load to stop)."""
         await self.tick()
+        if self.awaiting_start:
+            await self._let_go_unstarted()
         ticked = self.clock()
         while await self._step():
             if self.clock() - ticked >= TICK_S:
@@ -594,6 +633,7 @@ class Worker:
             for call_id in gone:
                 del self.ending[call_id]
             self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
+            self.awaiting_start &= set(self.held)
             # the calls this worker held may be another's now and come back changed: read them afresh
             self.processor.forget_cached()
             if self.analytics is not None:
@@ -658,14 +698,23 @@ class Worker:
                 if call_id in self.closing:
                     self.closing.remove(call_id)
             return True
+        ended_at = max(r.offset for r in receipts)
         try:
-            final = await self.processor.close(call_id)
-            await self._publish(final)
-            if self.analytics is not None:  # the summary, and the call's open alerts cleared
-                await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
-            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
-            if self.analytics is not None:
-                await self.analytics.forget(call_id)
+            if await self.processor.superseded(call_id, ended_at):
+                # an earlier call's 'ended', read again after a crash once the id's next call had
+                # started: closing would end that call (its window, its summary under its ids)
+                log.warning("call %s: 'ended' at offset %d is an earlier call's, read again after a restart (the call "
+                            "now under the id started at offset %s): acked, nothing closed", call_id, ended_at,
+                            self.processor.generation(call_id))  # fmt: skip
+                final = BatchOutcome()
+            else:
+                final = await self.processor.close(call_id)
+                await self._publish(final)
+                if self.analytics is not None:  # the summary, and the call's open alerts cleared
+                    await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
+                await self.processor.release([call_id], {call_id: ended_at})
+                if self.analytics is not None:
+                    await self.analytics.forget(call_id)
         except Exception:
             self._failed(f"closing call {call_id}", "close")
             return False

@@ -493,6 +493,91 @@ def test_a_call_id_used_again_whose_parts_are_read_before_its_started_is_a_new_c
     asyncio.run(scenario())
 
 
+def test_after_its_previous_call_closed_a_call_id_used_again_whose_part_comes_before_its_started_waits_for_it() -> None:
+    """The previous call closed and released here; the new call's u0, under the previous call's
+    ids, is read before its 'started' (the control partition behind): held, then joined after
+    the 'started' as the new call's (before: a conflicting_part dead letter). The same part sent
+    again with no 'started' before it is let go once the control partition is read past it: a
+    redelivery, acked without an event."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        control_end = {"offset": 2}
+        w.highwater = lambda topic, partition: PartitionEnd(control_end["offset"], 0.1) if topic == t.control else None
+        await ended_call(w, log, "old0")
+        clock.now += 1.5
+        await w.pump()
+        assert store.released == ["c"] and [e.utterance_id for e in events(sent)] == ["u0"]
+        control_end["offset"] = 3  # the new call's 'started' is on the control partition, not read yet
+        clock.now += 5.0
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=200)
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u1", 1), Handle(log, "new1"), timestamp=201)
+        await w.pump()
+        assert list(w.held) == ["c"] and w.awaiting_start == {"c"} and len(w.held["c"]) == 2
+        assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack new0" not in log
+        again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=199.5)
+        clock.now += 1.5
+        await w.pump()
+        got = events(sent)
+        assert [(e.utterance_id, e.context_size) for e in got] == [("u0", 1), ("u0", 1), ("u1", 2)], got
+        assert not [v for tp, v in sent if tp == t.deadletter] and not w.held and not w.awaiting_start
+        assert got[1].event_id.startswith("c~g2:u0:") and {"ack new0", "ack new1"} <= set(log)
+        # the new call ends and closes; its u1 sent again later, with no 'started' before it
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 3, b"c", end, Handle(log, "end2"), timestamp=202.0)
+        clock.now += 1.5
+        await w.pump()
+        assert store.released == ["c", "c"]
+        control_end["offset"] = 5
+        clock.now += 5.0
+        await w.on_message(t.text, 0, 4, b"c", text("c", "u1", 1), Handle(log, "again1"), timestamp=300)
+        await w.pump()
+        assert w.awaiting_start == {"c"} and "ack again1" not in log  # the control partition is behind it
+        later = CallControl(call_id="other", event="started").to_bytes()  # read past it: no 'started' of c
+        await w.on_message(t.control, 0, 4, b"other", later, Handle(log, "other"), timestamp=301)
+        await w.pump()
+        assert not w.awaiting_start and not w.held and "ack again1" in log
+        assert len(events(sent)) == 3 and not [v for tp, v in sent if tp == t.deadletter]  # a redelivery
+
+    asyncio.run(scenario())
+
+
+def test_an_earlier_calls_ended_read_again_after_a_restart_does_not_close_the_call_now_under_its_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        end = await ended_call(w, log)  # u0 at offset 0, 'ended' at 1
+        clock.now += 1.5
+        await w.pump()
+        again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=150.0)
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=151)
+        clock.now += 1.5
+        await w.pump()
+        assert store.generation == {"c": "2"} and [i.seq for i in store.data["c"]] == [0]
+        # a restart before the 'ended' at offset 1 was committed: the next worker reads it again
+        w2 = Worker(w.settings, Processor(engine, FakeFeaturizer(), store), Metrics(), w.send, clock=clock)
+        await w2.on_message(t.control, 0, 1, b"c", end, Handle(log, "end again"), timestamp=101.0)
+        clock.now += NOTHING_READ_GRACE_S + 1.5  # its text partition, not read yet, no longer counts as behind
+        await w2.pump()
+        assert store.released == ["c"] and [i.seq for i in store.data["c"]] == [0]  # the new call goes on
+        assert "ack end again" in log and "is an earlier call's, read again after a restart" in caplog.text
+        await w2.on_message(t.text, 0, 4, b"c", text("c", "u1", 1), Handle(log, "new1"), timestamp=152)
+        clock.now += 1.5
+        await w2.pump()
+        got = events(sent)
+        assert [(e.utterance_id, e.context_size) for e in got][-1] == ("u1", 2) and got[-1].event_id.startswith("c~g2:")
+
+    caplog.set_level(logging.INFO, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
 class FailingOnce:
     """Wraps a Joiner method to raise the first time."""
 
