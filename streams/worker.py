@@ -188,7 +188,8 @@ class Worker:
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
-        self.awaiting_start: set[str] = set()
+        self.awaiting_start: dict[str, float] = {}  # -> when the first was held (clock)
+        self.starting: set[str] = set()  # awaiting calls whose 'started' (or 'ended') is being applied
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -245,19 +246,53 @@ class Worker:
         if self._held_back(item):
             self._mark_read(topic, partition, offset, timestamp)
             return
+        if isinstance(msg, CallControl) and msg.call_id in self.awaiting_start:
+            await self._control_of_awaiting(item)
+            return
         await self._join(item)
-        if isinstance(msg, CallControl) and msg.event == "started" and msg.call_id in self.awaiting_start:
-            self.awaiting_start.discard(msg.call_id)  # the new call's parts read before it, now joined after it
-            await self._let_go(msg.call_id)
+
+    async def _control_of_awaiting(self, item: Held) -> None:
+        """A 'started' or 'ended' of a call whose parts wait for a 'started' (:meth:`_held_back`).
+        'started': the held parts sent (by record times) before it are the previous call's, late
+        (acked, as for a closed call's late part); it is applied, then the others join after it,
+        the new call's. 'ended': no new call began; the held parts join as they are, then it."""
+        msg, call_id = item.msg, item.msg.call_id
+        self.starting.add(call_id)  # the pump leaves the held parts alone meanwhile
+        try:
+            if msg.event == "started":
+                held = self.held.get(call_id, [])
+                ts = item.timestamp
+                earlier = [h for h in held if h.timestamp is not None and ts is not None and h.timestamp < ts]
+                for h in earlier:
+                    held.remove(h)
+                    h.receipt.ack()
+                    self.metrics.late_parts.inc()
+                    self._note_unused(h.msg, "late")
+                await self._join(item)
+                self.awaiting_start.pop(call_id, None)
+                await self._let_go(call_id)
+            else:
+                self.awaiting_start.pop(call_id, None)
+                await self._let_go(call_id)
+                await self._join(item)
+        finally:
+            self.starting.discard(call_id)
 
     async def _let_go_unstarted(self) -> None:
-        """Join the parts held for a 'started' (:meth:`_held_back`) once their call's control
-        partition is read past each (no 'started' came before them): as they are."""
-        for call_id in [c for c in self.awaiting_start if c not in self.letting_go]:
+        """Join, as they are, the parts held for a 'started' (:meth:`_held_back`) once their call's
+        control partition is no longer behind any of them (no 'started' came before them), or once
+        the first has waited ``join.max_hold_s``, or when held parts reach a tenth of
+        ``join.max_open_utterances`` (held parts are not counted by the backpressure)."""
+        now = self.clock()
+        crowded = sum(len(h) for h in self.held.values()) >= 0.1 * self.settings.join.max_open_utterances
+        for call_id, since in list(self.awaiting_start.items()):
+            if call_id not in self.awaiting_start or call_id in self.letting_go or call_id in self.starting:
+                continue  # let go, or being let go, meanwhile
             held = self.held.get(call_id, [])
-            if any(self.behind("control", h.receipt.partition, h.timestamp or 0.0) for h in held):
+            waiting = any(self.behind("control", h.receipt.partition, h.timestamp or 0.0) for h in held)
+            if waiting and not crowded and now - since < self.settings.join.max_hold_s:
                 continue
-            self.awaiting_start.discard(call_id)
+            self.awaiting_start.pop(call_id, None)
             await self._let_go(call_id)
 
     def _held_back(self, item: Held) -> bool:
@@ -295,7 +330,7 @@ class Worker:
             if held is None:
                 log.info("call %s: a part sent after the call ended, read before the control topic reached "
                          "its time: held until a 'started' or the control topic is read past it", call_id)  # fmt: skip
-            self.awaiting_start.add(call_id)
+            self.awaiting_start.setdefault(call_id, self.clock())
             self.held.setdefault(call_id, []).append(item)
             return True
         starts = isinstance(msg, CallControl) and msg.event == "started"
@@ -325,8 +360,8 @@ class Worker:
         in the order they came (and any that come meanwhile). One that fails is logged and acked, as
         the agent's last guard does: the others, and the call's later messages, go on."""
         held = self.held.get(call_id)
-        if held is None:
-            return
+        if held is None or call_id in self.letting_go:
+            return  # nothing held, or being joined already (what comes meanwhile joins that loop)
         starts = [i for i, h in enumerate(held) if _starts(h)]
         if starts:  # a new call's parts may have been read before its 'started': that goes first
             held.insert(0, held.pop(starts[0]))
@@ -355,6 +390,19 @@ class Worker:
                 modalities: list[str] = list(msg.modalities or [])
                 started = self.processor.started
                 again = await self._retry(lambda: started(msg.call_id, modalities, receipt.offset), "started")
+            else:
+                superseded = self.processor.superseded
+                if await self._retry(lambda: superseded(msg.call_id, receipt.offset), "ended"):
+                    # an earlier call's 'ended', read again after a crash once the id's next call had
+                    # started: applied, it would end that call (its joins, window and summary)
+                    log.warning("call %s: 'ended' at offset %d is an earlier call's, read again after a restart (the "
+                                "call now under the id started at offset %s): acked, nothing closed", msg.call_id,
+                                receipt.offset, self.processor.generation(msg.call_id))  # fmt: skip
+                    async with self.lock:
+                        if receipt.lease.valid:
+                            self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
+                            receipt.ack()
+                    return
             async with self.lock:
                 if receipt.lease.valid:
                     self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
@@ -495,6 +543,8 @@ class Worker:
         while await self._step():
             if self.clock() - ticked >= TICK_S:
                 await self.tick()
+                if self.awaiting_start:  # a steady load keeps this loop going
+                    await self._let_go_unstarted()
                 ticked = self.clock()
 
     async def watching(self) -> None:
@@ -633,7 +683,7 @@ class Worker:
             for call_id in gone:
                 del self.ending[call_id]
             self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
-            self.awaiting_start &= set(self.held)
+            self.awaiting_start = {c: t for c, t in self.awaiting_start.items() if c in self.held}
             # the calls this worker held may be another's now and come back changed: read them afresh
             self.processor.forget_cached()
             if self.analytics is not None:
@@ -698,23 +748,14 @@ class Worker:
                 if call_id in self.closing:
                     self.closing.remove(call_id)
             return True
-        ended_at = max(r.offset for r in receipts)
         try:
-            if await self.processor.superseded(call_id, ended_at):
-                # an earlier call's 'ended', read again after a crash once the id's next call had
-                # started: closing would end that call (its window, its summary under its ids)
-                log.warning("call %s: 'ended' at offset %d is an earlier call's, read again after a restart (the call "
-                            "now under the id started at offset %s): acked, nothing closed", call_id, ended_at,
-                            self.processor.generation(call_id))  # fmt: skip
-                final = BatchOutcome()
-            else:
-                final = await self.processor.close(call_id)
-                await self._publish(final)
-                if self.analytics is not None:  # the summary, and the call's open alerts cleared
-                    await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
-                await self.processor.release([call_id], {call_id: ended_at})
-                if self.analytics is not None:
-                    await self.analytics.forget(call_id)
+            final = await self.processor.close(call_id)
+            await self._publish(final)
+            if self.analytics is not None:  # the summary, and the call's open alerts cleared
+                await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
+            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
+            if self.analytics is not None:
+                await self.analytics.forget(call_id)
         except Exception:
             self._failed(f"closing call {call_id}", "close")
             return False

@@ -515,7 +515,7 @@ def test_after_its_previous_call_closed_a_call_id_used_again_whose_part_comes_be
         await w.on_message(t.text, 0, 2, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=200)
         await w.on_message(t.text, 0, 3, b"c", text("c", "u1", 1), Handle(log, "new1"), timestamp=201)
         await w.pump()
-        assert list(w.held) == ["c"] and w.awaiting_start == {"c"} and len(w.held["c"]) == 2
+        assert list(w.held) == ["c"] and set(w.awaiting_start) == {"c"} and len(w.held["c"]) == 2
         assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack new0" not in log
         again = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
         await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=199.5)
@@ -535,12 +535,60 @@ def test_after_its_previous_call_closed_a_call_id_used_again_whose_part_comes_be
         clock.now += 5.0
         await w.on_message(t.text, 0, 4, b"c", text("c", "u1", 1), Handle(log, "again1"), timestamp=300)
         await w.pump()
-        assert w.awaiting_start == {"c"} and "ack again1" not in log  # the control partition is behind it
+        assert set(w.awaiting_start) == {"c"} and "ack again1" not in log  # the control partition is behind it
         later = CallControl(call_id="other", event="started").to_bytes()  # read past it: no 'started' of c
         await w.on_message(t.control, 0, 4, b"other", later, Handle(log, "other"), timestamp=301)
         await w.pump()
         assert not w.awaiting_start and not w.held and "ack again1" in log
         assert len(events(sent)) == 3 and not [v for tp, v in sent if tp == t.deadletter]  # a redelivery
+
+    asyncio.run(scenario())
+
+
+def test_parts_waiting_for_a_started_sent_before_it_are_the_previous_calls_and_an_ended_lets_them_go() -> None:
+    """Held for a 'started' (the previous call closed here, the control partition behind them): the
+    previous call's late transcript, sent before the new 'started', is acked as late, not put in
+    the new call; an 'ended' read instead of a 'started' joins the held parts as they are, first."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == t.control else None
+        await ended_call(w, log, "old0")  # 'ended' sent at 101
+        clock.now += 1.5
+        await w.pump()
+        assert store.released == ["c"]
+        # the old call's last transcript (sent at 101.4, after its end) and the new call's u0, both read
+        # before the new 'started' (sent at 150)
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "old1"), timestamp=101.4)
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=151)
+        assert len(w.held["c"]) == 2
+        again = CallControl(call_id="c", event="started").to_bytes()
+        await w.on_message(t.control, 0, 2, b"c", again, Handle(log, "started2"), timestamp=150.0)
+        clock.now += 1.5
+        await w.pump()
+        got = events(sent)
+        assert [(e.utterance_id, e.context_size, e.event_id[:5]) for e in got] == [
+            ("u0", 1, "c:u0:"),
+            ("u0", 1, "c~g2:"),
+        ]
+        assert "ack old1" in log and "emostream_late_parts_total 1.0" in _metrics(w)
+        assert not w.held and not w.awaiting_start and not [v for tp, v in sent if tp == t.deadletter]
+        # a second call, d: closed, then a part sent after its end waits; its 'ended' is read, not a 'started'
+        await w.on_message(t.text, 0, 4, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=300)
+        end_d = CallControl(call_id="d", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 3, b"d", end_d, Handle(log, "end d"), timestamp=301)
+        clock.now += 1.5
+        await w.pump()
+        await w.on_message(t.text, 0, 5, b"d", text("d", "v1", 1), Handle(log, "d1"), timestamp=302)
+        assert set(w.awaiting_start) == {"d"}
+        await w.on_message(t.control, 0, 4, b"d", end_d, Handle(log, "end d again"), timestamp=303)
+        assert not w.awaiting_start and "d" not in w.held  # joined as it is, before that 'ended'
+        clock.now += 1.5
+        await w.pump()
+        assert [e.utterance_id for e in events(sent) if e.call_id == "d"] == ["v0", "v1"]
+        assert {"ack d1", "ack end d again"} <= set(log)
 
     asyncio.run(scenario())
 
@@ -561,13 +609,17 @@ def test_an_earlier_calls_ended_read_again_after_a_restart_does_not_close_the_ca
         clock.now += 1.5
         await w.pump()
         assert store.generation == {"c": "2"} and [i.seq for i in store.data["c"]] == [0]
-        # a restart before the 'ended' at offset 1 was committed: the next worker reads it again
+        # a restart before the 'ended' at offset 1 was committed: the next worker reads it again, and
+        # what came after it on the control partition, the new call's 'started'
         w2 = Worker(w.settings, Processor(engine, FakeFeaturizer(), store), Metrics(), w.send, clock=clock)
         await w2.on_message(t.control, 0, 1, b"c", end, Handle(log, "end again"), timestamp=101.0)
-        clock.now += NOTHING_READ_GRACE_S + 1.5  # its text partition, not read yet, no longer counts as behind
+        assert "ack end again" in log and "is an earlier call's, read again after a restart" in caplog.text
+        assert not w2.ending and not w2.closing  # not applied: the new call's joins are not ended
+        await w2.on_message(t.control, 0, 2, b"c", again, Handle(log, "started again"), timestamp=150.0)
+        clock.now += NOTHING_READ_GRACE_S + 1.5
         await w2.pump()
         assert store.released == ["c"] and [i.seq for i in store.data["c"]] == [0]  # the new call goes on
-        assert "ack end again" in log and "is an earlier call's, read again after a restart" in caplog.text
+        assert store.generation == {"c": "2"} and "ack started again" in log
         await w2.on_message(t.text, 0, 4, b"c", text("c", "u1", 1), Handle(log, "new1"), timestamp=152)
         clock.now += 1.5
         await w2.pump()
