@@ -253,21 +253,14 @@ class Worker:
 
     async def _control_of_awaiting(self, item: Held) -> None:
         """A 'started' or 'ended' of a call whose parts wait for a 'started' (:meth:`_held_back`).
-        'started': the held parts sent (by record times) before it are the previous call's, late
-        (acked, as for a closed call's late part); it is applied, then the others join after it,
-        the new call's. 'ended': no new call began; the held parts join as they are, then it."""
+        'started': applied, then the held parts join after it, the new call's, as they would had
+        the control topic been read first (a part sent after the closed call's end, read after the
+        'started', is the new call's). 'ended': no new call began; the held parts join as they are,
+        then it."""
         msg, call_id = item.msg, item.msg.call_id
         self.starting.add(call_id)  # the pump leaves the held parts alone meanwhile
         try:
             if msg.event == "started":
-                held = self.held.get(call_id, [])
-                ts = item.timestamp
-                earlier = [h for h in held if h.timestamp is not None and ts is not None and h.timestamp < ts]
-                for h in earlier:
-                    held.remove(h)
-                    h.receipt.ack()
-                    self.metrics.late_parts.inc()
-                    self._note_unused(h.msg, "late")
                 await self._join(item)
                 self.awaiting_start.pop(call_id, None)
                 await self._let_go(call_id)
@@ -308,8 +301,8 @@ class Worker:
         may be there, unread), is held too, with the call's later parts sent after that end, until
         a 'started' is read (then joined after it, the new call's) or the control partition is read
         past them (:meth:`_let_go_unstarted`: joined as they are: the closed call's late part, or a
-        redelivery, a conflict, a part after its call ended). Which call a part belongs to is then
-        what the control topic says, whichever topic is read first, and the same on a replay.
+        redelivery, a conflict, a part after its call ended): as if the control topic had been read
+        first, whichever topic is, as far as :meth:`behind` can tell.
         True when the message was held or acked here."""
         msg, call_id = item.msg, item.msg.call_id
         held = self.held.get(call_id)
