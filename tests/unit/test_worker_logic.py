@@ -599,6 +599,34 @@ def test_parts_waiting_for_a_started_join_as_if_the_control_topic_were_read_firs
     asyncio.run(scenario())
 
 
+def test_parts_waiting_for_a_started_that_never_comes_are_let_go_after_max_hold_s() -> None:
+    """The control partition stays behind (a stuck backlog that still advances): the backstop."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",), max_hold_s=30.0)
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == t.control else None
+        await ended_call(w, log)
+        clock.now += 1.5
+        await w.pump()
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "u1"), timestamp=200)
+        for _ in range(5):  # the control partition advances, still behind the part's time
+            clock.now += 5.0
+            w._mark_read(t.control, 0, w.read[(t.control, 0)][1] + 1, 150.0)
+            await w.pump()
+        assert set(w.awaiting_start) == {"c"} and "ack u1" not in log
+        clock.now += 10.0
+        w._mark_read(t.control, 0, w.read[(t.control, 0)][1] + 1, 150.0)
+        await w.pump()  # 35 s held, past max_hold_s: joined as it would have been (reopening the call)
+        assert not w.awaiting_start and not w.held
+        clock.now += 1.5
+        await w.pump()
+        assert "ack u1" in log and [e.utterance_id for e in events(sent)] == ["u0", "u1"]
+
+    asyncio.run(scenario())
+
+
 def test_an_earlier_calls_ended_read_again_after_a_restart_does_not_close_the_call_now_under_its_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
