@@ -277,7 +277,8 @@ class Worker:
         the first has waited ``join.max_hold_s``, or when held parts reach a tenth of
         ``join.max_open_utterances`` (held parts are not counted by the backpressure)."""
         now = self.clock()
-        crowded = sum(len(h) for h in self.held.values()) >= 0.1 * self.settings.join.max_open_utterances
+        held_parts = sum(len(self.held.get(c, ())) for c in self.awaiting_start)
+        crowded = held_parts >= 0.1 * self.settings.join.max_open_utterances
         for call_id, since in list(self.awaiting_start.items()):
             if call_id not in self.awaiting_start or call_id in self.letting_go or call_id in self.starting:
                 continue  # let go, or being let go, meanwhile

@@ -625,6 +625,24 @@ def test_parts_waiting_for_a_started_that_never_comes_are_let_go_after_max_hold_
         assert "ack u1" in log and [e.utterance_id for e in events(sent)] == ["u0", "u1"]
 
     asyncio.run(scenario())
+    # held parts are not counted by the backpressure: a tenth of max_open_utterances of them are let go
+
+    async def crowded() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",), max_open_utterances=20)
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == t.control else None
+        await ended_call(w, log)
+        clock.now += 1.5
+        await w.pump()
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "u1"), timestamp=200)
+        await w.pump()
+        assert set(w.awaiting_start) == {"c"}  # one held: not crowded
+        await w.on_message(t.text, 0, 3, b"c", text("c", "u2", 2), Handle(log, "u2"), timestamp=201)
+        await w.pump()
+        assert not w.awaiting_start and not w.held  # two: let go
+
+    asyncio.run(crowded())
 
 
 def test_an_earlier_calls_ended_read_again_after_a_restart_does_not_close_the_call_now_under_its_id(
