@@ -44,6 +44,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from engines.runtime.precision import autocast
+from engines.runtime.threads import available_cores
 
 SAMPLE_RATE = 16_000
 CLIP_S = 3.0
@@ -300,20 +302,59 @@ def raw_batch(b: int) -> list[tuple[str, bytes]]:
     return list(zip((SENTENCES * (b // len(SENTENCES) + 1))[:b], clips(b, seed=1), strict=True))
 
 
+def check_runtime(device: str) -> Any:
+    """The runtime the check measures: ``torch-cuda`` (bf16 autocast, fp16 on a GPU that only
+    emulates bf16) on a GPU, or the CPU dry run's torch under bf16 autocast."""
+    import torch
+
+    from engines.runtime.select import Runtime, resolve_runtime
+
+    if not device.startswith("cuda"):
+        return Runtime("torch (bf16 autocast on the CPU: a dry run)", "torch", "torch", "cpu", "bfloat16", "dry run")
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here; --device cpu runs the dry run")
+    return resolve_runtime("torch-cuda")
+
+
+@dataclass
+class Models:
+    """The parts on the runtime's device (the engine shipped, the encoders with packaged or random
+    weights) and the encoders' CPU originals they were copied from."""
+
+    engine: Any
+    net_cpu: Any
+    net: Any
+    tokenizer: Any
+    audio_cpu: Any
+    audio: Any
+    weights: dict[str, str]
+
+
+def device_models(rt: Any, weights: str, assets: Path | None) -> Models:
+    from engines.runtime.torch import TorchEngine
+
+    engine = TorchEngine("default", device=rt.device, autocast=rt.autocast, buckets=True, runtime=rt.name)
+    net_cpu, tokenizer, text_weights = text_module(weights, assets)
+    audio_cpu, audio_weights = audio_extractor(weights, "cpu")
+    audio = audio_extractor_same(audio_cpu, rt.device)
+    audio.autocast = rt.autocast
+    return Models(
+        engine,
+        net_cpu,
+        copy.deepcopy(net_cpu).to(rt.device),
+        tokenizer,
+        audio_cpu,
+        audio,
+        {"engine": "models/default", "text": text_weights, "audio": audio_weights},
+    )
+
+
 # --- several processes on one GPU ---------------------------------------------------------------
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity, where the system tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def process_main(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
-    """One of ``cfg["processes"]`` processes sharing the GPU, as ``emostream worker --processes N``
-    would: its own models, CUDA context and CPU threads (its share of the cores), the overlapped end
+    """One of ``cfg["processes"]`` processes sharing the GPU, each as a worker process would be: its
+    own models, CUDA context and CPU threads (its share of the cores); it runs the check's overlapped end
     to end at batch ``cfg["batch"]`` for ``cfg["seconds"]`` after every process is ready. Puts its
     count of batches and the monotonic times it ran between (or the error) on ``results``."""
     rank, threads = cfg["rank"], cfg["threads"]
@@ -321,28 +362,14 @@ def process_main(cfg: dict[str, Any], barrier: Any, results: Any) -> None:
     try:
         import torch
 
-        from engines.registry import load_engine  # noqa: F401 - imported before the clock, like the rest
-        from engines.runtime.select import resolve_runtime
         from engines.runtime.threads import keep_heap
-        from engines.runtime.torch import TorchEngine
 
         torch.set_num_threads(threads)
         kept = keep_heap() if cfg["keep_heap"] else False
-        device = cfg["device"]
-        if device.startswith("cuda"):
-            rt = resolve_runtime("torch-cuda")
-            device, dtype, name = rt.device, rt.autocast, rt.name
-        else:
-            dtype, name = "bfloat16", "torch"
-        engine = TorchEngine("default", device=device, autocast=dtype, buckets=True, runtime=name)
-        net_cpu, tokenizer, _ = text_module(cfg["weights"], Path(cfg["assets"]) if cfg["assets"] else None)
-        net = net_cpu.to(device)
-        audio_cpu, _ = audio_extractor(cfg["weights"], "cpu")
-        audio = audio_extractor_same(audio_cpu, device)
-        audio.autocast = dtype
-        ahead = Overlapped(
-            raw_batch(cfg["batch"]), gpu_step_for(net, audio, engine, device, dtype), tokenizer, max(1, threads // 2)
-        )
+        rt = check_runtime(cfg["device"])
+        m = device_models(rt, cfg["weights"], Path(cfg["assets"]) if cfg["assets"] else None)
+        step = gpu_step_for(m.net, m.audio, m.engine, rt.device, rt.autocast)
+        ahead = Overlapped(raw_batch(cfg["batch"]), step, m.tokenizer, max(1, threads // 2))
         try:
             for _ in range(2):
                 ahead()
@@ -374,7 +401,7 @@ def run_processes(
     if n < 1:
         raise ValueError(f"processes must be at least 1, got {n}")
     ctx = mp.get_context("spawn")  # CUDA does not survive a fork
-    threads = max(1, usable_cores() // n)
+    threads = max(1, available_cores() // n)
     barrier, results = ctx.Barrier(n), ctx.Queue()
     ready_s = 240.0
     procs = []
@@ -471,16 +498,9 @@ def run(
     from engines.features.codecs import decode_audio
     from engines.features.whisper import GPU_CHUNK, log_mel
     from engines.registry import load_engine
-    from engines.runtime.select import Runtime, resolve_runtime
-    from engines.runtime.torch import TorchEngine
 
     gpu = device.startswith("cuda")
-    if gpu and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device here; --device cpu runs the dry run")
-    if gpu:
-        rt = resolve_runtime("torch-cuda")  # bf16 autocast (fp16 on a GPU that only emulates bf16)
-    else:
-        rt = Runtime("torch (bf16 autocast on the CPU: a dry run)", "torch", "torch", "cpu", "bfloat16", "dry run")
+    rt = check_runtime(device)
     dtype = rt.autocast
     started = time.perf_counter()
     report: dict[str, Any] = {
@@ -491,13 +511,9 @@ def run(
     }
     # parts: the engine (shipped), the encoders (packaged weights or random of the same shape)
     ref_engine = load_engine("default", runtime="torch")
-    engine = TorchEngine("default", device=rt.device, autocast=dtype, buckets=True, runtime=rt.name)
-    net_cpu, tokenizer, text_weights = text_module(weights, assets)
-    net = copy.deepcopy(net_cpu).to(rt.device)
-    audio_cpu, audio_weights = audio_extractor(weights, "cpu")
-    audio = audio_extractor_same(audio_cpu, rt.device)
-    audio.autocast = dtype
-    report["weights"] = {"engine": "models/default", "text": text_weights, "audio": audio_weights}
+    m = device_models(rt, weights, assets)
+    engine, net_cpu, net, tokenizer, audio_cpu, audio = m.engine, m.net_cpu, m.net, m.tokenizer, m.audio_cpu, m.audio
+    report["weights"] = m.weights
     report["notes"] = [
         "text encoder: MiniLM's BertModel + mean pooling + L2 (the module of the ONNX export), base weights "
         "(the shipped model tunes its top two layers: the same shapes and speed), texts padded per batch",
@@ -738,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in ns.batches.split(",") if b.strip()]
     gpu = ns.device.startswith("cuda")
     if ns.processes is None:
-        procs = [n for n in (1, 2, 4, 8) if n <= usable_cores()] if gpu else []
+        procs = [n for n in (1, 2, 4, 8) if n <= available_cores()] if gpu else []
     else:
         try:
             procs = [int(n) for n in ns.processes.split(",") if n.strip()]

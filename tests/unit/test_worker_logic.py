@@ -374,6 +374,15 @@ async def ended_call(w: Worker, log: list[str], first: str = "t0") -> bytes:
     return end
 
 
+async def closed_call(w: Worker, log: list[str], first: str = "t0") -> None:
+    """:func:`ended_call`, its close done (``join.wait_s`` of 1 s past), and the control partition's
+    end offset at 9: read only to the 'ended', it is behind any later record time."""
+    w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == w.settings.kafka.topics.control else None
+    await ended_call(w, log, first)
+    w.clock.now += 1.5  # type: ignore[attr-defined]
+    await w.pump()
+
+
 def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_labelled() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
@@ -555,10 +564,7 @@ def test_parts_waiting_for_a_started_join_as_if_the_control_topic_were_read_firs
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == t.control else None
-        await ended_call(w, log, "old0")  # 'ended' sent at 101
-        clock.now += 1.5
-        await w.pump()
+        await closed_call(w, log, "old0")  # 'ended' sent at 101
         assert store.released == ["c"]
         again = CallControl(call_id="c", event="started").to_bytes()
         if control_first:
@@ -606,10 +612,7 @@ def test_parts_waiting_for_a_started_that_never_comes_are_let_go_after_max_hold_
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",), max_hold_s=30.0)
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == t.control else None
-        await ended_call(w, log)
-        clock.now += 1.5
-        await w.pump()
+        await closed_call(w, log)
         await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "u1"), timestamp=200)
         for _ in range(5):  # the control partition advances, still behind the part's time
             clock.now += 5.0
@@ -629,12 +632,8 @@ def test_parts_waiting_for_a_started_that_never_comes_are_let_go_after_max_hold_
 
     async def crowded() -> None:
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",), max_open_utterances=20)
-        clock: Any = w.clock
         t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: PartitionEnd(9, 0.1) if topic == t.control else None
-        await ended_call(w, log)
-        clock.now += 1.5
-        await w.pump()
+        await closed_call(w, log)
         await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "u1"), timestamp=200)
         await w.pump()
         assert set(w.awaiting_start) == {"c"}  # one held: not crowded
