@@ -155,6 +155,7 @@ def bench_runtimes(
     from engines.interface import EngineBatch
     from engines.registry import load_engine, load_extractors
     from engines.runtime.select import CONCRETE, RuntimeUnavailable, resolve_runtime
+    from engines.spec import engine_spec
 
     texts = [u.text or "" for d in load_dataset("meld", data_dir, "dev") for u in d.utterances][:n_texts]
     waves = [decode_audio(Path(c.path).read_bytes(), "flac", 16000) for c in load_ravdess_clips(data_dir, "dev")]
@@ -176,7 +177,8 @@ def bench_runtimes(
         parts[name] = (engine, ex)
     if not parts:
         raise SystemExit(f"no runtime runs here: {skipped}")
-    spec = next(iter(parts.values()))[0].spec
+    first = next(iter(parts.values()))[0]
+    spec = engine_spec(first.info.features, n_classes=len(first.info.labels))  # (the torch engine keeps none)
     windows: dict[int, EngineBatch] = {b: example_batch(spec, batch=b, window=12) for b in batches}
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in parts}
     for _ in range(repeats):

@@ -57,7 +57,7 @@ class Extractors:
     audio: AudioFeatureExtractor | None
 
 
-TEXT_RUNTIMES: tuple[str, ...] = ("onnxruntime", "bf16", "torch")
+TEXT_RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino", "bf16", "torch")
 
 
 def load_extractors(
@@ -93,6 +93,10 @@ def load_extractors(
             from engines.features.text_onnx import OnnxTextEncoder
 
             text = OnnxTextEncoder(text, quantize=int8)
+        elif text_runtime == "openvino" and text.kind in ("minilm", "minilm-tuned"):
+            from engines.features.openvino_cpu import OpenVinoTextEncoder
+
+            text = OpenVinoTextEncoder(text)
         elif text_runtime == "bf16" and text.kind in ("minilm", "minilm-tuned"):
             from engines.features.text_bf16 import Bf16TextEncoder
 

@@ -109,10 +109,12 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
 
 
 EXPORT_TIMEOUT_S = 900.0  # an export takes one to two minutes on two cores
+#: encoder runtimes that run exported graphs and need no torch once the export cache holds them
+TORCH_FREE = ("onnxruntime", "openvino")
 
 
 def prepare_graphs(settings: Settings, processes: int | None = None) -> list[str]:
-    """On a runtime that needs no torch (``onnxruntime``, ``onnxruntime-int8``), have a child
+    """On a runtime that needs no torch (``onnxruntime``, ``onnxruntime-int8``, ``openvino``), have a child
     process export the encoders' graphs that the export cache lacks (:func:`export_graphs`):
     exporting loads torch, about 500 MB that this process would otherwise hold for life. Run
     before the model loads (``emostream worker``, and once by a ``--processes N`` supervisor for
@@ -126,7 +128,7 @@ def prepare_graphs(settings: Settings, processes: int | None = None) -> list[str
 
     try:
         runtime = resolve_runtime(settings.engine.runtime, processes=processes or shared_by())
-        if not (runtime.text == "onnxruntime" and runtime.audio == "onnxruntime"):
+        if not (runtime.text in TORCH_FREE and runtime.audio in TORCH_FREE):
             return []
         featurizer = ModelFeaturizer(load_extractors(settings.model_dir(), runtime=runtime))
         missing = featurizer.unexported()

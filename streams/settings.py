@@ -157,13 +157,14 @@ class EngineSettings(_Section):
         description="k future utterances for revised events (0: none, or the revision model's own k when it is set)",
     )
     runtime: Literal[
-        "auto", "onnxruntime", "onnxruntime-bf16", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"
+        "auto", "onnxruntime", "openvino", "onnxruntime-bf16", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"
     ] = Field(
         "auto",
         description="runs the engine and both encoders (engines/runtime/select.py): auto = tensorrt where it "
-        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else onnxruntime-bf16 on a CPU with AMX "
-        "(Whisper and MiniLM in bf16), else onnxruntime (CPU); onnxruntime-int8 = the text encoder's weights "
-        "in int8 on the CPU; "
+        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else openvino on a CPU with AMX (Whisper "
+        "and MiniLM in bf16 by OpenVINO, without torch), else onnxruntime (CPU); onnxruntime-bf16 = the same in bf16 "
+        "by torch; onnxruntime-int8 = the text "
+        "encoder's weights in int8 on the CPU; "
         "torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
         "fails at start without a GPU",
     )

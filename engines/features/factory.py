@@ -113,7 +113,9 @@ def audio_extractor_from_dict(
 
     ``runtime="onnxruntime"``: a ``whisper-tiny`` extractor runs its encoder in ONNX Runtime on the
     CPU (:mod:`engines.features.whisper_onnx`, the same features; no torch import), ``device``
-    notwithstanding; the other extractors are the same whatever it says."""
+    notwithstanding; ``"openvino"``: the same graph compiled by OpenVINO
+    (:mod:`engines.features.openvino_cpu`, bf16 where the CPU has it); the other extractors are
+    the same whatever it says."""
     fields = dict(meta)
     kind = fields.pop("kind", None) or fields.get("name", "functionals")
     if fields.get("name", kind) != kind:
@@ -125,6 +127,10 @@ def audio_extractor_from_dict(
             return AudioFeatureExtractor(AudioFeatureConfig(**fields), device=device)
         if kind == "egemaps":
             return EgemapsExtractor(EgemapsConfig(**fields), device=device)
+        if kind == "whisper-tiny" and runtime == "openvino":
+            from engines.features.openvino_cpu import OpenVinoWhisperExtractor
+
+            return OpenVinoWhisperExtractor(whisper_config_from_dict(fields))
         if kind == "whisper-tiny" and runtime == "onnxruntime":
             from engines.features.whisper_onnx import OnnxWhisperExtractor
 

@@ -8,6 +8,11 @@ name            device  what runs
 ==============  ======  ==========================================================================
 onnxruntime     CPU     the engine, MiniLM and Whisper's encoder as graphs in ONNX Runtime, fp32
                         (:mod:`engines.features.whisper_onnx`): the process never imports torch
+openvino        CPU     as onnxruntime, but MiniLM's and Whisper's exported graphs compiled by OpenVINO
+                        (:mod:`engines.features.openvino_cpu`) in bf16 where the CPU has it natively,
+                        fp32 elsewhere: in the worker on AMX, onnxruntime-bf16's speed with audio and
+                        1.3-1.4x with text, without torch (0.80-0.97 GB against 1.41-1.48 with audio
+                        flat out; README, Performance)
 onnxruntime-    CPU     as onnxruntime, but Whisper under bf16 autocast and MiniLM in plain PyTorch
 bf16                    with its weights in bf16 (:mod:`engines.features.text_bf16`): on a CPU with
                         AMX (Intel Sapphire Rapids and later) their matrix products run on the tile
@@ -26,13 +31,15 @@ torch-cuda      GPU     all three in PyTorch on CUDA under bf16 autocast (weight
 tensorrt        GPU     the engine as a TensorRT plan (:mod:`engines.runtime.tensorrt`); encoders as
                         in torch-cuda
 auto            either  tensorrt when it imports and a GPU is there, else torch-cuda with a GPU, else
-                        onnxruntime-bf16 on a CPU with AMX and at least :data:`BF16_MIN_MEMORY` a
-                        worker process (the container's memory limit, or the machine's memory,
-                        over ``--processes``), else onnxruntime
+                        openvino on a CPU with AMX and at least :data:`OPENVINO_MIN_MEMORY` a worker
+                        process (the container's memory limit, or the machine's memory, over
+                        ``--processes``); where openvino does not import (an image without it),
+                        onnxruntime-bf16 on such a CPU with at least :data:`BF16_MIN_MEMORY`; else
+                        onnxruntime
 ==============  ======  ==========================================================================
 
-A runtime named explicitly that cannot run here (torch-cuda without a GPU, tensorrt without the
-package) raises :class:`RuntimeUnavailable` at start-up instead of falling back: a deployment that
+A runtime named explicitly that cannot run here (torch-cuda without a GPU, tensorrt or openvino
+without its package) raises :class:`RuntimeUnavailable` at start-up instead of falling back: a deployment that
 asked for the GPU should not quietly run on the CPU. ``auto`` says in :attr:`Runtime.why` what it
 found.
 """
@@ -46,10 +53,13 @@ from typing import Literal
 
 from engines.errors import EngineError
 
-RuntimeName = Literal["auto", "onnxruntime", "onnxruntime-bf16", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"]
+RuntimeName = Literal[
+    "auto", "onnxruntime", "openvino", "onnxruntime-bf16", "onnxruntime-int8", "torch", "torch-cuda", "tensorrt"
+]
 RUNTIMES: tuple[str, ...] = (
     "auto",
     "onnxruntime",
+    "openvino",
     "onnxruntime-bf16",
     "onnxruntime-int8",
     "torch",
@@ -67,12 +77,13 @@ class RuntimeUnavailable(EngineError):
 class Runtime:
     name: str  # one of CONCRETE
     engine: Literal["onnxruntime", "torch", "tensorrt"]  # what runs the engine graph
-    text: Literal["onnxruntime", "bf16", "torch"]  # what runs a MiniLM text encoder (bf16: engines.features.text_bf16)
+    # what runs a MiniLM text encoder (bf16: engines.features.text_bf16, openvino: engines.features.openvino_cpu)
+    text: Literal["onnxruntime", "openvino", "bf16", "torch"]
     device: Literal["cpu", "cuda"]
     autocast: Literal["bfloat16", "float16"] | None  # the torch parts' autocast dtype (None: fp32)
     why: str  # how it was chosen, for the start-up log
     int8: bool = False  # the text encoder's weights in int8 (dynamic quantization)
-    audio: Literal["onnxruntime", "torch"] = "torch"  # what runs a Whisper audio encoder
+    audio: Literal["onnxruntime", "openvino", "torch"] = "torch"  # what runs a Whisper audio encoder
 
     @property
     def gpu(self) -> bool:
@@ -88,6 +99,9 @@ class Runtime:
 #: flat out it peaked at 1.4-1.9 GB (torch's bf16 Whisper and MiniLM), against about 0.6 GB on
 #: onnxruntime, which holds no torch (README, Performance)
 BF16_MIN_MEMORY = int(2.5 * 2**30)
+#: the same for openvino, which holds no torch: 0.80-0.97 GB a worker with audio flat out
+#: (README, Performance), against about 0.6 GB on onnxruntime
+OPENVINO_MIN_MEMORY = int(1.5 * 2**30)
 
 GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")  # dxg: WSL 2; kfd: ROCm
 
@@ -114,6 +128,19 @@ def tensorrt_available() -> bool:
     return True
 
 
+def openvino_available() -> bool:
+    """Whether ``openvino`` imports and its CPU plugin loads (a dependency of the package; a
+    trimmed image may lack it, a broken install may lack the plugin's libraries)."""
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    try:
+        import openvino as ov
+
+        return "CPU" in ov.Core().available_devices
+    except Exception:  # noqa: BLE001 - ImportError, OSError of a missing library, RuntimeError of the plugin
+        return False
+
+
 def cpu_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX with bf16 tiles (Linux: the ``amx_bf16`` flag; elsewhere False)."""
     try:
@@ -134,6 +161,8 @@ def _make(name: str, why: str, bf16: bool = True) -> Runtime:
     half: Literal["bfloat16", "float16"] = "bfloat16" if bf16 else "float16"
     if name == "onnxruntime":
         return Runtime(name, "onnxruntime", "onnxruntime", "cpu", None, why, audio="onnxruntime")
+    if name == "openvino":
+        return Runtime(name, "onnxruntime", "openvino", "cpu", "bfloat16", why, audio="openvino")
     if name == "onnxruntime-bf16":
         return Runtime(name, "onnxruntime", "bf16", "cpu", "bfloat16", why)
     if name == "onnxruntime-int8":
@@ -154,14 +183,20 @@ def resolve_runtime(
     tensorrt: bool | None = None,
     bf16: bool | None = None,
     amx: bool | None = None,
+    openvino: bool | None = None,
     memory: int | None = None,
     processes: int = 1,
 ) -> Runtime:
-    """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx``/``memory``
+    """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx``/``openvino``/``memory``
     override the probes, for tests). ``memory``: the bytes this machine or container may use
     (:func:`~engines.runtime.threads.memory_limit` if None), shared by ``processes`` workers."""
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
+    if name == "openvino" and not (openvino_available() if openvino is None else openvino):
+        raise RuntimeUnavailable(
+            "runtime 'openvino' needs the openvino package with its CPU plugin (pip install openvino); "
+            "onnxruntime runs without it"
+        )
     if name not in ("auto", "torch-cuda", "tensorrt"):
         return _make(name, "as set")  # a CPU runtime: nothing to probe (no torch import to look for CUDA)
     has_cuda = cuda_available(GPU_NODES if name == "auto" else None) if cuda is None else cuda
@@ -180,13 +215,25 @@ def resolve_runtime(
 
             memory = memory_limit()
         share = None if memory is None else memory // max(1, processes)
+        gib = "" if share is None else f"{share / 2**30:.1f} GiB a process"
+        if openvino_available() if openvino is None else openvino:
+            if share is not None and share < OPENVINO_MIN_MEMORY:
+                return _make(
+                    "onnxruntime",
+                    f"auto: no CUDA GPU; this CPU has AMX, but {gib} is under the "
+                    f"{OPENVINO_MIN_MEMORY / 2**30:g} GiB that openvino wants, so the leanest CPU path",
+                )
+            return _make("openvino", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16 by OpenVINO")
         if share is not None and share < BF16_MIN_MEMORY:
             return _make(
                 "onnxruntime",
-                f"auto: no CUDA GPU; this CPU has AMX, but {share / 2**30:.1f} GiB a process is under the "
+                f"auto: no CUDA GPU; this CPU has AMX, but openvino does not import and {gib} is under the "
                 f"{BF16_MIN_MEMORY / 2**30:g} GiB that onnxruntime-bf16 (torch) wants, so the CPU path without torch",
             )
-        return _make("onnxruntime-bf16", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16")
+        return _make(
+            "onnxruntime-bf16",
+            "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16 by torch (openvino does not import)",
+        )
     if name in ("torch-cuda", "tensorrt") and not has_cuda:
         raise RuntimeUnavailable(
             f"runtime {name!r} needs a CUDA GPU and torch.cuda.is_available() is False here "

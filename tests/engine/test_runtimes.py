@@ -129,8 +129,9 @@ def test_the_encoders_under_bf16_autocast_give_the_fp32_vectors() -> None:
 
 
 def test_the_bf16_cpu_runtime_runs_both_encoders_in_bf16_and_the_engine_as_onnxruntime() -> None:
-    """onnxruntime-bf16 (auto's pick on a CPU with AMX): the engine graph as onnxruntime, MiniLM in
-    plain torch with bf16 weights and Whisper under bf16 autocast, each close to fp32."""
+    """onnxruntime-bf16 (auto's pick on a CPU with AMX where openvino does not import): the engine
+    graph as onnxruntime, MiniLM in plain torch with bf16 weights and Whisper under bf16 autocast,
+    each close to fp32."""
     from engines.features.text_bf16 import Bf16TextEncoder
 
     ref, got = load_extractors("default", runtime="onnxruntime"), load_extractors("default", runtime="onnxruntime-bf16")

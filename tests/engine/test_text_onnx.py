@@ -142,12 +142,16 @@ def test_refuses_a_model_it_cannot_export(tmp_path: Path) -> None:
 
 def test_stream_extractors_run_the_shipped_text_encoder_in_onnxruntime() -> None:
     """The stream's default on a CPU without AMX (runtime auto -> onnxruntime) runs MiniLM in ONNX
-    Runtime with the torch encoder's vectors (with AMX, onnxruntime-bf16: tests/engine/test_runtimes.py)."""
+    Runtime with the torch encoder's vectors (with AMX, openvino: tests/engine/test_openvino.py)."""
     from engines.registry import load_extractors
     from engines.runtime.select import resolve_runtime
     from streams.settings import Settings
 
-    assert resolve_runtime(Settings().engine.runtime, cuda=False).name in ("onnxruntime", "onnxruntime-bf16")
+    assert resolve_runtime(Settings().engine.runtime, cuda=False).name in (
+        "onnxruntime",
+        "openvino",
+        "onnxruntime-bf16",
+    )
     onnx = load_extractors("default", runtime=resolve_runtime("auto", cuda=False, amx=False)).text
     torch_enc = load_extractors("default", runtime="torch").text
     assert type(onnx) is OnnxTextEncoder and not isinstance(torch_enc, OnnxTextEncoder)

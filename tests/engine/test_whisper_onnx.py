@@ -103,7 +103,7 @@ import streams.worker  # noqa: F401 - what the worker imports
 from streams.runtime import load_model, prepare_graphs
 from streams.settings import load_settings
 
-settings = load_settings(engine={"runtime": "onnxruntime"})
+settings = load_settings(engine={"runtime": sys.argv[1]})
 prepare_graphs(settings)  # as `emostream worker` does before it loads the model
 engine, feat = load_model(settings)
 feat.warm_up()
@@ -114,21 +114,28 @@ print(json.dumps({"torch": "torch" in sys.modules, "runtime": engine.info.runtim
 """
 
 
-def test_a_worker_on_the_onnxruntime_runtime_never_imports_torch(tmp_path: Path) -> None:
-    """The shipped default with text and audio, as the worker loads it: a start loads no torch at
-    all, the first one on an empty export cache included (a child process exports the graphs)."""
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_worker_on_a_torch_free_runtime_never_imports_torch(tmp_path: Path, runtime: str) -> None:
+    """The shipped default with text and audio, as the worker loads it on onnxruntime or openvino
+    (which compiles the same graphs): a start loads no torch at all, the first one on an empty
+    export cache included (a child process exports the graphs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOSTREAM_")}
     env["HOME"] = str(tmp_path)  # an empty export cache, whatever this machine's holds
 
     def start() -> dict[str, object]:
         run = subprocess.run(
-            [sys.executable, "-c", WORKER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", WORKER_PROBE, runtime],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert run.returncode == 0, run.stderr[-3000:]
         out: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
         return out
 
-    want = {"torch": False, "runtime": "onnxruntime", "text": 384, "audio": 768, "finite": True}
+    want = {"torch": False, "runtime": runtime, "text": 384, "audio": 768, "finite": True}
     first = start()  # a child exports what the cache lacks, with torch; this process loads none
     assert first == want and (tmp_path / ".cache" / "emostream" / "onnx" / "whisper").is_dir()
     assert start() == want

@@ -15,32 +15,46 @@ from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, cpu_a
     [
         (False, False, False, "onnxruntime"),
         (False, True, False, "onnxruntime"),
-        (False, False, True, "onnxruntime-bf16"),
+        (False, False, True, "openvino"),
         (True, False, True, "torch-cuda"),
         (True, True, False, "tensorrt"),
     ],
 )
 def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bool, amx: bool, want: str) -> None:
-    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx, memory=64 << 30)
+    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx, openvino=True, memory=64 << 30)
     assert rt.name == want
     assert rt.why.startswith("auto: ")
     assert rt.gpu == cuda
 
 
-def test_auto_leaves_torch_out_where_memory_is_short() -> None:
-    """onnxruntime-bf16 holds torch (1.4-1.9 GB a worker with audio): auto takes it on an AMX CPU
-    only with BF16_MIN_MEMORY a worker process, counting the processes that share the memory."""
+def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short() -> None:
+    """On a CPU with AMX auto takes openvino (bf16 without torch, whatever the memory); where it does
+    not import, onnxruntime-bf16, which holds torch (1.4-1.9 GB a worker with audio), only with
+    BF16_MIN_MEMORY a worker process, counting the processes that share the memory."""
     from engines.runtime.select import BF16_MIN_MEMORY
 
-    def auto(memory: int | None, processes: int = 1) -> str:
-        return resolve_runtime("auto", cuda=False, amx=True, memory=memory, processes=processes).name
+    def auto(memory: int | None, processes: int = 1, openvino: bool = False) -> str:
+        return resolve_runtime("auto", cuda=False, amx=True, openvino=openvino, memory=memory, processes=processes).name
 
+    from engines.runtime.select import OPENVINO_MIN_MEMORY
+
+    assert auto(64 << 30, openvino=True) == auto(2 << 30, openvino=True) == "openvino"
+    assert auto(8 << 30, processes=4, openvino=True) == "openvino"
+    rt = resolve_runtime("auto", cuda=False, amx=True, openvino=True, memory=4 << 30)
+    assert "OpenVINO" in rt.why and rt.why.startswith("auto: ")
+    # openvino holds no torch, but 0.8-0.97 GB a worker with audio: under its floor, onnxruntime (0.6 GB)
+    assert auto(OPENVINO_MIN_MEMORY, openvino=True) == "openvino"
+    assert auto(OPENVINO_MIN_MEMORY - 1, openvino=True) == "onnxruntime"
+    assert auto(4 << 30, processes=8, openvino=True) == "onnxruntime"
+    rt = resolve_runtime("auto", cuda=False, amx=True, openvino=True, memory=1 << 30)
+    assert "1.0 GiB a process" in rt.why and "openvino wants" in rt.why
+    assert resolve_runtime("auto", cuda=False, amx=False, openvino=True, memory=64 << 30).name == "onnxruntime"
     assert auto(4 << 30) == "onnxruntime-bf16"  # the Kubernetes base's 4 GiB limit
     assert auto(2 << 30) == "onnxruntime"  # a 2 GiB container
     assert auto(4 << 30, processes=2) == "onnxruntime"  # two workers in 4 GiB
     assert auto(BF16_MIN_MEMORY) == "onnxruntime-bf16" and auto(BF16_MIN_MEMORY - 1) == "onnxruntime"
-    rt = resolve_runtime("auto", cuda=False, amx=True, memory=1 << 30)
-    assert "1.0 GiB a process" in rt.why and "without torch" in rt.why
+    rt = resolve_runtime("auto", cuda=False, amx=True, openvino=False, memory=1 << 30)
+    assert "1.0 GiB a process" in rt.why and "without torch" in rt.why and "openvino does not import" in rt.why
     assert resolve_runtime("onnxruntime-bf16", memory=1 << 30).name == "onnxruntime-bf16"  # named: as set
 
 
@@ -90,6 +104,7 @@ def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None
     table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True) for name in CONCRETE}
     assert {n: (r.engine, r.text, r.audio, r.device, r.autocast, r.int8) for n, r in table.items()} == {
         "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", "cpu", None, False),
+        "openvino": ("onnxruntime", "openvino", "openvino", "cpu", "bfloat16", False),
         "onnxruntime-bf16": ("onnxruntime", "bf16", "torch", "cpu", "bfloat16", False),
         "onnxruntime-int8": ("onnxruntime", "onnxruntime", "onnxruntime", "cpu", None, True),
         "torch": ("torch", "torch", "torch", "cpu", None, False),
@@ -111,6 +126,12 @@ def test_gpus_that_only_emulate_bf16_get_fp16() -> None:
     assert (old.name, old.autocast) == ("torch-cuda", "float16") and "emulates bf16" in old.why
     assert resolve_runtime("torch-cuda", cuda=True, bf16=True).autocast == "bfloat16"
     assert resolve_runtime("onnxruntime", cuda=True, bf16=False).autocast is None
+
+
+def test_openvino_named_without_the_package_says_what_to_install() -> None:
+    with pytest.raises(RuntimeUnavailable, match="pip install openvino"):
+        resolve_runtime("openvino", openvino=False)
+    assert resolve_runtime("openvino", openvino=True).name == "openvino"
 
 
 def test_tensorrt_named_without_the_package_says_what_to_install() -> None:
@@ -150,7 +171,7 @@ def test_a_cpu_runtime_named_explicitly_probes_no_gpu(monkeypatch: pytest.Monkey
         raise AssertionError("probed CUDA for a CPU runtime")
 
     monkeypatch.setattr(select, "cuda_available", probe)
-    for name in ("onnxruntime", "onnxruntime-bf16", "onnxruntime-int8", "torch"):
+    for name in ("onnxruntime", "openvino", "onnxruntime-bf16", "onnxruntime-int8", "torch"):
         assert resolve_runtime(name).name == name
 
 

@@ -1,0 +1,194 @@
+"""MiniLM and Whisper's encoder compiled by OpenVINO for the CPU: the encoders of the ``openvino`` runtime.
+
+    text = OpenVinoTextEncoder(TunedTextEncoder(...))        # or OpenVinoTextEncoder(TextEncoder())
+    audio = OpenVinoWhisperExtractor(WhisperConfig(layers=(2,)))
+
+Both run the graphs that the ``onnxruntime`` runtime exports (the same export cache, the same
+probe checks at export: :mod:`engines.features.text_onnx`, :mod:`engines.features.whisper_onnx`),
+compiled by OpenVINO's CPU plugin with its inference precision at bf16 where the CPU computes bf16
+natively (AMX or AVX-512 BF16: the plugin lists ``BF16`` among its capabilities), fp32 elsewhere.
+On a CPU with AMX the matrix products run on the tile unit, as the torch encoders of
+``onnxruntime-bf16`` do, but without torch in the process (about 500 MB resident) and with the
+graph's operators fused (README, Runtimes, has the measurements).
+
+A text's vector must not depend on the texts it is encoded with (a replay after a crash encodes an
+utterance in another batch and must give its event the same probabilities). OpenVINO's kernels
+give a row the same bits whatever the number of rows, but not whatever the padded width: so each
+text is padded to a multiple of :data:`SPAN` tokens and a call holds only texts of one padded width
+(:meth:`OpenVinoTextEncoder.encode`). Whisper's passes are cut as the ONNX Runtime extractor cuts
+them; in bf16 a clip's vector can move in its last bits with its pass (as with ``onnxruntime-bf16``).
+The bits were checked at one thread and at every core of this project's 2-core machine
+(``tests/engine/test_openvino.py``); the probe check at export runs ONNX Runtime in fp32, so the
+compiled graph itself is checked by that test's parity with fp32, not at each start.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.errors import FeatureError
+from engines.features.text import TextEncoder, normalise_text
+from engines.features.text_onnx import OnnxTextEncoder
+from engines.features.whisper_onnx import OnnxWhisperExtractor
+from engines.runtime.threads import cpu_threads
+
+log = logging.getLogger(__name__)
+
+#: a text is padded to a multiple of this many tokens (see the module's docstring)
+SPAN = 16
+#: compiled kernels kept per shape: the CPU plugin keeps 5000 by default, and Whisper's passes take
+#: a new shape with nearly every batch (clip lengths vary), so a process grew from 340 to 1016 MB
+#: over 240 calls of random sizes (651 at 0, 679 at 64, at the same speed; onnxruntime 481)
+RUNTIME_CACHE = 64
+
+
+@functools.cache
+def openvino_precision() -> str:
+    """``bf16`` where OpenVINO's CPU plugin computes bf16 natively, else ``f32``."""
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in caps else "f32"
+
+
+def compile_config(threads: int | None = None) -> dict[str, Any]:
+    """The CPU plugin's settings: bf16 where native, latency hint (one stream), at most
+    :data:`RUNTIME_CACHE` shapes' kernels kept, threads not pinned to cores, ``threads`` (None:
+    :func:`cpu_threads`, else every core)."""
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": openvino_precision(),
+        "PERFORMANCE_HINT": "LATENCY",
+        "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE,
+        # the plugin pins its threads to cores, the same cores in every process: two workers on two
+        # cores (emostream worker --processes 2) encoded 171 texts/s each pinned, 335 unpinned
+        "ENABLE_CPU_PINNING": False,
+    }
+    n = threads if threads is not None else cpu_threads()
+    if n is not None:
+        config["INFERENCE_NUM_THREADS"] = int(n)
+    return config
+
+
+def compile_cpu(path: Path, threads: int | None = None) -> Any:
+    """``path`` (an ONNX graph) compiled for this CPU with :func:`compile_config`."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise FeatureError("the openvino runtime needs the openvino package (pip install openvino)") from exc
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(path)), "CPU", compile_config(threads))
+
+
+class _Runner:
+    """An OpenVINO compiled model behind ONNX Runtime's ``run(None, feeds)``. One infer request,
+    one call at a time (a request is not thread-safe; an ONNX Runtime session is)."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            result = self.request.infer(feeds)
+            return [np.array(result[out]) for out in self.compiled.outputs]  # copies: the request reuses its buffers
+
+
+class OpenVinoTextEncoder(OnnxTextEncoder):
+    """A MiniLM :class:`TextEncoder` (tuned or not) run from its exported ONNX graph by OpenVINO.
+
+    ``kind``, ``to_dict()`` are the wrapped encoder's; the cache namespace is its own (vectors to
+    bf16 precision never mix with the fp32 encoder's in a feature cache)."""
+
+    def __init__(self, encoder: TextEncoder | None = None, intra_op_threads: int | None = None) -> None:
+        super().__init__(encoder, optimize=False, intra_op_threads=intra_op_threads)
+        self.precision: str | None = None  # once compiled
+
+    @property
+    def cache_namespace(self) -> str:
+        return f"{self.encoder.cache_namespace}/openvino-{openvino_precision()}"
+
+    def session(self) -> Any:
+        """The compiled graph: the export cache's (exported and checked by ONNX Runtime first if
+        it lacks one, as the onnxruntime runtime does)."""
+        if self._session is None:
+            path = self._recorded_graph() if self.encoder._model is None else None
+            if path is None:
+                OnnxTextEncoder.session(self)  # exports, checks the probe and records the graph
+                path = self.onnx_path
+                self._session = None  # the ONNX Runtime session goes; OpenVINO runs the graph
+            assert path is not None
+            self._session = _Runner(compile_cpu(path, self.intra_op_threads))
+            self.onnx_path = path
+            self.precision = openvino_precision()
+        return self._session
+
+    def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        session = self.session()
+        if not isinstance(session, _Runner):  # during the export's probe check: the ONNX Runtime session
+            return super()._run_bucket(feeds)
+        return session.run(None, feeds)[0]
+
+    def _pad(self, ids: list[list[int]], types: list[list[int]] | None) -> dict[str, np.ndarray]:
+        """The tokenizer's padding, widened to a multiple of :data:`SPAN` (on its padding side)."""
+        feeds = super()._pad(ids, types)
+        width = feeds["input_ids"].shape[1]
+        span = max(SPAN, -(-width // SPAN) * SPAN)
+        if span == width:
+            return feeds
+        tokenizer = self.tokenizer()
+        cols = (span - width, 0) if tokenizer.padding_side == "left" else (0, span - width)
+        pad = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+        return {k: np.pad(v, ((0, 0), cols), constant_values=pad[k]) for k, v in feeds.items()}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings (N, dim) float32, unit norm, in the order of ``texts``: texts grouped by their
+        length rounded up to :data:`SPAN` tokens, each group run in calls of at most
+        ``config.bucket_size``, so a text's vector is the same in any batch."""
+        assert isinstance(texts, list), type(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        self.session()
+        ids, types = self._tokenize([normalise_text(t) for t in texts])
+        width = [-(-max(1, len(x)) // SPAN) for x in ids]
+        groups: dict[int, list[int]] = {}
+        for i, w in enumerate(width):
+            groups.setdefault(w, []).append(i)
+        size = self.config.bucket_size
+        for _, members in sorted(groups.items()):
+            for start in range(0, len(members), size):
+                idx = members[start : start + size]
+                feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
+                out[idx] = self._run_bucket(feeds)
+        return out
+
+
+class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
+    """Whisper's exported encoder graph (:class:`OnnxWhisperExtractor`'s, exported and checked by
+    ONNX Runtime) run by OpenVINO; the same log-mel front end, passes and pooling."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.precision: str | None = None
+        # its ``id`` is the fp32 extractor's (the same features, to bf16 precision): evaluate keeps a
+        # reduced-precision runtime's features out of the shared cache (Runtime.exact)
+
+    def session(self) -> Any:
+        if self._session is None:
+            path = self.graph_path()
+            if not path.exists():
+                log.info("exporting Whisper's encoder to %s (once; later starts load it)", path)
+                from engines.features.whisper_onnx import export_whisper_onnx
+
+                export_whisper_onnx(self.model_path, self.settings.layers, path, check=self._check_probe)
+            self._session = _Runner(compile_cpu(path, self.intra_op_threads))
+            self.onnx_path = path
+            self.precision = openvino_precision()
+        return self._session
