@@ -107,7 +107,9 @@ def load_extractors(
     if spec.audio_dim > 0:
         a = meta.get("audio", {})
         audio = audio_extractor_from_dict(a, device=device, runtime=audio_runtime)
-        if isinstance(audio, WhisperFeatures) and audio_runtime == "torch":  # the others stay fp32
+        if (
+            isinstance(audio, WhisperFeatures) and audio_runtime == "torch"
+        ):  # onnxruntime: fp32; openvino: its own precision
             audio.autocast = autocast  # type: ignore[attr-defined]
         want_id = a.get("id")
         if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):

@@ -147,9 +147,9 @@ class EngineSettings(_Section):
     cpu_threads: int | None = Field(
         None,
         ge=1,
-        description="CPU threads of this process's ONNX Runtime and torch pools (engines/runtime/threads.py); None: "
-        "every core for one process, cores // N for each of `emostream worker --processes N` (under a cgroup CPU "
-        "quota, its cores rounded up)",
+        description="CPU threads of this process's ONNX Runtime, OpenVINO and torch pools "
+        "(engines/runtime/threads.py); None: every core for one process, cores // N for each of "
+        "`emostream worker --processes N` (under a cgroup CPU quota, its cores rounded up)",
     )
     future: int = Field(
         0,
@@ -161,9 +161,10 @@ class EngineSettings(_Section):
     ] = Field(
         "auto",
         description="runs the engine and both encoders (engines/runtime/select.py): auto = tensorrt where it "
-        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else openvino on a CPU with AMX (Whisper "
-        "and MiniLM in bf16 by OpenVINO, without torch), else onnxruntime (CPU); onnxruntime-bf16 = the same in bf16 "
-        "by torch; onnxruntime-int8 = the text "
+        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else openvino on a CPU with AMX and 1.5 GiB "
+        "a worker process (Whisper and MiniLM in bf16 by OpenVINO, without torch; onnxruntime-bf16 with 2.5 GiB where "
+        "openvino does not import), else onnxruntime (CPU); onnxruntime-bf16 = the same in bf16 by torch; "
+        "onnxruntime-int8 = the text "
         "encoder's weights in int8 on the CPU; "
         "torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
         "fails at start without a GPU",

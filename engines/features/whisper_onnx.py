@@ -19,7 +19,7 @@ The first process to need a graph imports torch to export it, writes it under a 
 checks it there against the torch extractor on probe clips (:class:`~engines.errors.FeatureError` if
 they differ, and the graph is not kept) and only then renames it into place; every later start runs
 it with ONNX Runtime alone. That is what keeps torch (about 500 MB resident) out of a worker on the
-``onnxruntime`` and ``onnxruntime-int8`` runtimes (issue 12) once the export cache holds its graphs:
+``onnxruntime``, ``onnxruntime-int8`` and ``openvino`` runtimes (issue 12) once the export cache holds its graphs:
 the start that exports them (this one, and the text encoder's, :mod:`engines.features.text_onnx`)
 loads torch for its lifetime.
 """

@@ -46,6 +46,7 @@ found.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -128,15 +129,17 @@ def tensorrt_available() -> bool:
     return True
 
 
+@functools.cache
 def openvino_available() -> bool:
     """Whether ``openvino`` imports and its CPU plugin loads (a dependency of the package; a
-    trimmed image may lack it, a broken install may lack the plugin's libraries)."""
+    trimmed image may lack it, a broken install may lack the plugin's libraries). Asked once a
+    process: it loads the CPU plugin (and no other)."""
     if importlib.util.find_spec("openvino") is None:
         return False
     try:
         import openvino as ov
 
-        return "CPU" in ov.Core().available_devices
+        return bool(ov.Core().get_property("CPU", "FULL_DEVICE_NAME"))
     except Exception:  # noqa: BLE001 - ImportError, OSError of a missing library, RuntimeError of the plugin
         return False
 
@@ -216,13 +219,13 @@ def resolve_runtime(
             memory = memory_limit()
         share = None if memory is None else memory // max(1, processes)
         gib = "" if share is None else f"{share / 2**30:.1f} GiB a process"
+        if share is not None and share < OPENVINO_MIN_MEMORY:  # (under BF16_MIN_MEMORY too): openvino not even loaded
+            return _make(
+                "onnxruntime",
+                f"auto: no CUDA GPU; this CPU has AMX, but {gib} is under the "
+                f"{OPENVINO_MIN_MEMORY / 2**30:g} GiB that openvino wants, so the leanest CPU path",
+            )
         if openvino_available() if openvino is None else openvino:
-            if share is not None and share < OPENVINO_MIN_MEMORY:
-                return _make(
-                    "onnxruntime",
-                    f"auto: no CUDA GPU; this CPU has AMX, but {gib} is under the "
-                    f"{OPENVINO_MIN_MEMORY / 2**30:g} GiB that openvino wants, so the leanest CPU path",
-                )
             return _make("openvino", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16 by OpenVINO")
         if share is not None and share < BF16_MIN_MEMORY:
             return _make(

@@ -55,8 +55,13 @@ def test_a_text_vector_has_the_same_bits_whatever_texts_share_its_call() -> None
     shipped = load_extractors("default", runtime="openvino").text
     assert isinstance(shipped, OpenVinoTextEncoder)
     texts = meld_texts() + VARIED + ["", "and then " * 80]  # nothing, and past max_seq_length (truncated)
-    for enc in (shipped, OpenVinoTextEncoder(shipped.encoder, intra_op_threads=1)):  # every core, and one
+    first = None
+    for threads in (None, 1, 4):  # every core, one, and more than this machine has
+        enc = shipped if threads is None else OpenVinoTextEncoder(shipped.encoder, intra_op_threads=threads)
         together = enc.encode(texts)
+        if first is None:
+            first = together
+        assert np.array_equal(together, first)  # a replay on a pod with another thread count
         alone = np.concatenate([enc.encode([t]) for t in texts])
         assert np.array_equal(together, alone)
         rng = np.random.default_rng(0)

@@ -27,10 +27,10 @@ def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bo
     assert rt.gpu == cuda
 
 
-def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short() -> None:
-    """On a CPU with AMX auto takes openvino (bf16 without torch, whatever the memory); where it does
-    not import, onnxruntime-bf16, which holds torch (1.4-1.9 GB a worker with audio), only with
-    BF16_MIN_MEMORY a worker process, counting the processes that share the memory."""
+def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU with AMX auto takes openvino (bf16 without torch) with OPENVINO_MIN_MEMORY a worker
+    process; where it does not import, onnxruntime-bf16, which holds torch (1.4-1.9 GB a worker with
+    audio), only with BF16_MIN_MEMORY; counting the processes that share the memory."""
     from engines.runtime.select import BF16_MIN_MEMORY
 
     def auto(memory: int | None, processes: int = 1, openvino: bool = False) -> str:
@@ -53,8 +53,16 @@ def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short()
     assert auto(2 << 30) == "onnxruntime"  # a 2 GiB container
     assert auto(4 << 30, processes=2) == "onnxruntime"  # two workers in 4 GiB
     assert auto(BF16_MIN_MEMORY) == "onnxruntime-bf16" and auto(BF16_MIN_MEMORY - 1) == "onnxruntime"
-    rt = resolve_runtime("auto", cuda=False, amx=True, openvino=False, memory=1 << 30)
-    assert "1.0 GiB a process" in rt.why and "without torch" in rt.why and "openvino does not import" in rt.why
+    rt = resolve_runtime("auto", cuda=False, amx=True, openvino=False, memory=2 << 30)
+    assert "2.0 GiB a process" in rt.why and "without torch" in rt.why and "openvino does not import" in rt.why
+    # under openvino's floor the answer is onnxruntime either way: openvino is not even probed
+    import engines.runtime.select as select
+
+    def probe() -> bool:
+        raise AssertionError("probed openvino for a process too small for it")
+
+    monkeypatch.setattr(select, "openvino_available", probe)
+    assert resolve_runtime("auto", cuda=False, amx=True, memory=1 << 30).name == "onnxruntime"
     assert resolve_runtime("onnxruntime-bf16", memory=1 << 30).name == "onnxruntime-bf16"  # named: as set
 
 
@@ -101,7 +109,7 @@ def test_amx_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
 
 
 def test_every_runtime_runs_the_engine_and_both_encoders_on_one_device() -> None:
-    table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True) for name in CONCRETE}
+    table = {name: resolve_runtime(name, cuda=True, tensorrt=True, bf16=True, openvino=True) for name in CONCRETE}
     assert {n: (r.engine, r.text, r.audio, r.device, r.autocast, r.int8) for n, r in table.items()} == {
         "onnxruntime": ("onnxruntime", "onnxruntime", "onnxruntime", "cpu", None, False),
         "openvino": ("onnxruntime", "openvino", "openvino", "cpu", "bfloat16", False),
@@ -172,7 +180,7 @@ def test_a_cpu_runtime_named_explicitly_probes_no_gpu(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(select, "cuda_available", probe)
     for name in ("onnxruntime", "openvino", "onnxruntime-bf16", "onnxruntime-int8", "torch"):
-        assert resolve_runtime(name).name == name
+        assert resolve_runtime(name, openvino=True).name == name
 
 
 def test_without_a_gpu_driver_cuda_is_absent_without_asking_torch(
