@@ -161,12 +161,11 @@ class EngineSettings(_Section):
     ] = Field(
         "auto",
         description="runs the engine and both encoders (engines/runtime/select.py): auto = tensorrt where it "
-        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else openvino on a CPU with AMX and 1.5 GiB "
-        "a worker process (Whisper and MiniLM in bf16 by OpenVINO, without torch; onnxruntime-bf16 with 2.5 GiB where "
-        "openvino does not import), else onnxruntime (CPU); onnxruntime-bf16 = the same in bf16 by torch; "
-        "onnxruntime-int8 = the text "
-        "encoder's weights in int8 on the CPU; "
-        "torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
+        "imports and a CUDA GPU is present, else torch-cuda with a GPU, else openvino where OpenVINO computes "
+        "bf16 (AMX, AVX-512 BF16) with 1.5 GiB a worker process (Whisper and MiniLM in bf16 by OpenVINO, without "
+        "torch; onnxruntime-bf16 on AMX with 2.5 GiB where openvino does not import), else onnxruntime (CPU); "
+        "onnxruntime-bf16 = the same in bf16 by torch; onnxruntime-int8 = the text encoder's weights in int8 on "
+        "the CPU; torch = fp32 PyTorch on the CPU; a GPU runtime named explicitly "
         "fails at start without a GPU",
     )
     min_speech_s: float = Field(

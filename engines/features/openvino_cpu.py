@@ -7,9 +7,10 @@ Both run the graphs that the ``onnxruntime`` runtime exports (the same export ca
 probe checks at export: :mod:`engines.features.text_onnx`, :mod:`engines.features.whisper_onnx`),
 compiled by OpenVINO's CPU plugin with its inference precision at bf16 where the CPU computes bf16
 natively (AMX or AVX-512 BF16: the plugin lists ``BF16`` among its capabilities), fp32 elsewhere.
-On a CPU with AMX the matrix products run on the tile unit, as the torch encoders of
-``onnxruntime-bf16`` do, but without torch in the process (about 500 MB resident) and with the
-graph's operators fused (README, Runtimes, has the measurements).
+There the matrix products run in bf16 (on AMX tiles, or AVX-512 BF16 dot products), as the torch
+encoders of ``onnxruntime-bf16`` do, but without torch in the process (about 500 MB resident) and
+with the graph's operators fused (README, Runtimes and Performance, has the measurements: made on
+an AMD EPYC with AVX-512 BF16, not yet on AMX).
 
 A text's vector must not depend on the texts it is encoded with (a replay after a crash encodes an
 utterance in another batch and must give its event the same probabilities). OpenVINO's kernels

@@ -10,15 +10,17 @@ onnxruntime     CPU     the engine, MiniLM and Whisper's encoder as graphs in ON
                         (:mod:`engines.features.whisper_onnx`): the process never imports torch
 openvino        CPU     as onnxruntime, but MiniLM's and Whisper's exported graphs compiled by OpenVINO
                         (:mod:`engines.features.openvino_cpu`) in bf16 where the CPU has it natively,
-                        fp32 elsewhere: in the worker on AMX, onnxruntime-bf16's speed with audio and
-                        1.3-1.4x with text, without torch (0.80-0.97 GB against 1.41-1.48 with audio
-                        flat out; README, Performance)
+                        fp32 elsewhere: in the worker on AVX-512 BF16 (AMD EPYC, no AMX),
+                        onnxruntime-bf16's speed with audio (1.75x onnxruntime) and 1.3-1.4x with
+                        text, without torch (0.80-0.97 GB against 1.41-1.48 with audio flat out;
+                        README, Performance); not yet measured on AMX
 onnxruntime-    CPU     as onnxruntime, but Whisper under bf16 autocast and MiniLM in plain PyTorch
 bf16                    with its weights in bf16 (:mod:`engines.features.text_bf16`): on a CPU with
                         AMX (Intel Sapphire Rapids and later) their matrix products run on the tile
                         unit, 1.3-1.9x at 16-64 clips a batch and 1.2-1.7x at 8-512 texts; dev W-F1
-                        within 0.005 of fp32 (README, Runtimes). Without AMX, bf16 is emulated and
-                        slower, so auto picks it only where /proc/cpuinfo lists amx_bf16
+                        within 0.005 of fp32 (README, Runtimes). Without AMX or AVX-512 BF16, bf16 is
+                        emulated and slower; auto picks it only where /proc/cpuinfo lists amx_bf16
+                        and openvino does not import
 onnxruntime-    CPU     as onnxruntime, but MiniLM's graph with int8 weights (ONNX Runtime dynamic
 int8                    quantization, per channel): texts 1.4x faster, MELD dev W-F1 0.010 lower
                         (README, Runtimes), so never chosen by auto. Whisper's graph stays fp32, as
@@ -31,11 +33,11 @@ torch-cuda      GPU     all three in PyTorch on CUDA under bf16 autocast (weight
 tensorrt        GPU     the engine as a TensorRT plan (:mod:`engines.runtime.tensorrt`); encoders as
                         in torch-cuda
 auto            either  tensorrt when it imports and a GPU is there, else torch-cuda with a GPU, else
-                        openvino on a CPU with AMX and at least :data:`OPENVINO_MIN_MEMORY` a worker
-                        process (the container's memory limit, or the machine's memory, over
-                        ``--processes``); where openvino does not import (an image without it),
-                        onnxruntime-bf16 on such a CPU with at least :data:`BF16_MIN_MEMORY`; else
-                        onnxruntime
+                        openvino where its CPU plugin computes bf16 natively (AMX or AVX-512 BF16)
+                        and a worker process has at least :data:`OPENVINO_MIN_MEMORY` (the
+                        container's memory limit, or the machine's memory, over ``--processes``);
+                        where openvino does not import, onnxruntime-bf16 on a CPU with AMX and at
+                        least :data:`BF16_MIN_MEMORY`; else onnxruntime
 ==============  ======  ==========================================================================
 
 A runtime named explicitly that cannot run here (torch-cuda without a GPU, tensorrt or openvino
@@ -144,6 +146,18 @@ def openvino_available() -> bool:
         return False
 
 
+@functools.cache
+def openvino_native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes bf16 natively here (it lists ``BF16`` among its
+    capabilities on AMX and on AVX-512 BF16, e.g. Intel Sapphire Rapids, AMD Zen 4)."""
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - as openvino_available
+        return False
+
+
 def cpu_amx_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has AMX with bf16 tiles (Linux: the ``amx_bf16`` flag; elsewhere False)."""
     try:
@@ -191,7 +205,8 @@ def resolve_runtime(
     processes: int = 1,
 ) -> Runtime:
     """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx``/``openvino``/``memory``
-    override the probes, for tests). ``memory``: the bytes this machine or container may use
+    override the probes, for tests; ``openvino``: whether OpenVINO runs here and, for ``auto``,
+    computes bf16 natively). ``memory``: the bytes this machine or container may use
     (:func:`~engines.runtime.threads.memory_limit` if None), shared by ``processes`` workers."""
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
@@ -211,8 +226,7 @@ def resolve_runtime(
             return _make("tensorrt", "auto: tensorrt imports and a CUDA GPU is present" + note, has_bf16)
         if has_cuda:
             return _make("torch-cuda", "auto: a CUDA GPU is present, tensorrt does not import" + note, has_bf16)
-        if not (cpu_amx_bf16() if amx is None else amx):
-            return _make("onnxruntime", "auto: no CUDA GPU, so the CPU path")
+        has_amx = cpu_amx_bf16() if amx is None else amx
         if memory is None:
             from engines.runtime.threads import memory_limit
 
@@ -222,11 +236,17 @@ def resolve_runtime(
         if share is not None and share < OPENVINO_MIN_MEMORY:  # (under BF16_MIN_MEMORY too): openvino not even loaded
             return _make(
                 "onnxruntime",
-                f"auto: no CUDA GPU; this CPU has AMX, but {gib} is under the "
-                f"{OPENVINO_MIN_MEMORY / 2**30:g} GiB that openvino wants, so the leanest CPU path",
+                f"auto: no CUDA GPU, and {gib} is under the {OPENVINO_MIN_MEMORY / 2**30:g} GiB that a bf16 "
+                "runtime wants, so the leanest CPU path",
             )
-        if openvino_available() if openvino is None else openvino:
-            return _make("openvino", "auto: no CUDA GPU, and this CPU has AMX: Whisper and MiniLM in bf16 by OpenVINO")
+        if (openvino_available() and openvino_native_bf16()) if openvino is None else openvino:
+            return _make(
+                "openvino",
+                "auto: no CUDA GPU, and OpenVINO computes bf16 on this CPU (AMX or AVX-512 BF16): Whisper and "
+                "MiniLM in bf16 by OpenVINO",
+            )
+        if not has_amx:
+            return _make("onnxruntime", "auto: no CUDA GPU, and no bf16 for OpenVINO on this CPU, so the CPU path")
         if share is not None and share < BF16_MIN_MEMORY:
             return _make(
                 "onnxruntime",

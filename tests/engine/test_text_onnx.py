@@ -152,7 +152,7 @@ def test_stream_extractors_run_the_shipped_text_encoder_in_onnxruntime() -> None
         "openvino",
         "onnxruntime-bf16",
     )
-    onnx = load_extractors("default", runtime=resolve_runtime("auto", cuda=False, amx=False)).text
+    onnx = load_extractors("default", runtime=resolve_runtime("auto", cuda=False, amx=False, openvino=False)).text
     torch_enc = load_extractors("default", runtime="torch").text
     assert type(onnx) is OnnxTextEncoder and not isinstance(torch_enc, OnnxTextEncoder)
     texts = ["Oh my God!", "I told you already, the package never arrived.", "okay"]

@@ -11,24 +11,28 @@ from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, cpu_a
 
 
 @pytest.mark.parametrize(
-    ("cuda", "tensorrt", "amx", "want"),
+    ("cuda", "tensorrt", "amx", "openvino", "want"),
     [
-        (False, False, False, "onnxruntime"),
-        (False, True, False, "onnxruntime"),
-        (False, False, True, "openvino"),
-        (True, False, True, "torch-cuda"),
-        (True, True, False, "tensorrt"),
+        (False, False, False, False, "onnxruntime"),
+        (False, True, False, False, "onnxruntime"),
+        (False, False, True, True, "openvino"),
+        (False, False, False, True, "openvino"),  # AVX-512 BF16 without AMX (AMD Zen 4): OpenVINO has bf16
+        (False, False, True, False, "onnxruntime-bf16"),  # AMX, openvino missing
+        (True, False, True, True, "torch-cuda"),
+        (True, True, False, True, "tensorrt"),
     ],
 )
-def test_auto_takes_the_fastest_runtime_the_machine_has(cuda: bool, tensorrt: bool, amx: bool, want: str) -> None:
-    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx, openvino=True, memory=64 << 30)
+def test_auto_takes_the_fastest_runtime_the_machine_has(
+    cuda: bool, tensorrt: bool, amx: bool, openvino: bool, want: str
+) -> None:
+    rt = resolve_runtime("auto", cuda=cuda, tensorrt=tensorrt, amx=amx, openvino=openvino, memory=64 << 30)
     assert rt.name == want
     assert rt.why.startswith("auto: ")
     assert rt.gpu == cuda
 
 
 def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a CPU with AMX auto takes openvino (bf16 without torch) with OPENVINO_MIN_MEMORY a worker
+    """Where OpenVINO computes bf16 auto takes openvino (without torch) with OPENVINO_MIN_MEMORY a worker
     process; where it does not import, onnxruntime-bf16, which holds torch (1.4-1.9 GB a worker with
     audio), only with BF16_MIN_MEMORY; counting the processes that share the memory."""
     from engines.runtime.select import BF16_MIN_MEMORY
@@ -47,8 +51,8 @@ def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short(m
     assert auto(OPENVINO_MIN_MEMORY - 1, openvino=True) == "onnxruntime"
     assert auto(4 << 30, processes=8, openvino=True) == "onnxruntime"
     rt = resolve_runtime("auto", cuda=False, amx=True, openvino=True, memory=1 << 30)
-    assert "1.0 GiB a process" in rt.why and "openvino wants" in rt.why
-    assert resolve_runtime("auto", cuda=False, amx=False, openvino=True, memory=64 << 30).name == "onnxruntime"
+    assert "1.0 GiB a process" in rt.why and "bf16 runtime wants" in rt.why
+    assert resolve_runtime("auto", cuda=False, amx=False, openvino=True, memory=64 << 30).name == "openvino"
     assert auto(4 << 30) == "onnxruntime-bf16"  # the Kubernetes base's 4 GiB limit
     assert auto(2 << 30) == "onnxruntime"  # a 2 GiB container
     assert auto(4 << 30, processes=2) == "onnxruntime"  # two workers in 4 GiB
@@ -191,6 +195,6 @@ def test_without_a_gpu_driver_cuda_is_absent_without_asking_torch(
     monkeypatch.setitem(sys.modules, "torch", None)  # an import of torch now fails
     monkeypatch.setattr(select, "GPU_NODES", (str(tmp_path / "nvidiactl"),))
     assert select.cuda_available(nodes=select.GPU_NODES) is False
-    assert resolve_runtime("auto", amx=False).name == "onnxruntime"
+    assert resolve_runtime("auto", amx=False, openvino=False).name == "onnxruntime"
     with pytest.raises(ImportError):  # a GPU runtime named explicitly asks torch itself
         resolve_runtime("torch-cuda")
