@@ -25,8 +25,6 @@ compiled graph itself is checked by that test's parity with fp32, not at each st
 
 from __future__ import annotations
 
-import functools
-import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,12 +32,11 @@ from typing import Any
 import numpy as np
 
 from engines.errors import FeatureError
-from engines.features.text import TextEncoder, normalise_text
+from engines.features.text import TextEncoder
 from engines.features.text_onnx import OnnxTextEncoder
 from engines.features.whisper_onnx import OnnxWhisperExtractor
+from engines.runtime.select import openvino_native_bf16
 from engines.runtime.threads import cpu_threads
-
-log = logging.getLogger(__name__)
 
 #: a text is padded to a multiple of this many tokens (see the module's docstring)
 SPAN = 16
@@ -49,13 +46,9 @@ SPAN = 16
 RUNTIME_CACHE = 64
 
 
-@functools.cache
 def openvino_precision() -> str:
     """``bf16`` where OpenVINO's CPU plugin computes bf16 natively, else ``f32``."""
-    import openvino as ov
-
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "bf16" if "BF16" in caps else "f32"
+    return "bf16" if openvino_native_bf16() else "f32"
 
 
 def compile_config(threads: int | None = None) -> dict[str, Any]:
@@ -151,27 +144,14 @@ class OpenVinoTextEncoder(OnnxTextEncoder):
         pad = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "token_type_ids": 0}
         return {k: np.pad(v, ((0, 0), cols), constant_values=pad[k]) for k, v in feeds.items()}
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Embeddings (N, dim) float32, unit norm, in the order of ``texts``: texts grouped by their
-        length rounded up to :data:`SPAN` tokens, each group run in calls of at most
-        ``config.bucket_size``, so a text's vector is the same in any batch."""
-        assert isinstance(texts, list), type(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
-        self.session()
-        ids, types = self._tokenize([normalise_text(t) for t in texts])
-        width = [-(-max(1, len(x)) // SPAN) for x in ids]
+    def _calls(self, clean: list[str], ids: list[list[int]]) -> list[list[int]]:
+        """Texts grouped by their length rounded up to :data:`SPAN` tokens, each group in calls of
+        at most ``config.bucket_size``, so a text's vector is the same in any batch."""
         groups: dict[int, list[int]] = {}
-        for i, w in enumerate(width):
-            groups.setdefault(w, []).append(i)
+        for i, x in enumerate(ids):
+            groups.setdefault(-(-max(1, len(x)) // SPAN), []).append(i)
         size = self.config.bucket_size
-        for _, members in sorted(groups.items()):
-            for start in range(0, len(members), size):
-                idx = members[start : start + size]
-                feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
-                out[idx] = self._run_bucket(feeds)
-        return out
+        return [members[s : s + size] for _, members in sorted(groups.items()) for s in range(0, len(members), size)]
 
 
 class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
@@ -184,15 +164,6 @@ class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
         # its ``id`` is the fp32 extractor's (the same features, to bf16 precision): evaluate keeps a
         # reduced-precision runtime's features out of the shared cache (Runtime.exact)
 
-    def session(self) -> Any:
-        if self._session is None:
-            path = self.graph_path()
-            if not path.exists():
-                log.info("exporting Whisper's encoder to %s (once; later starts load it)", path)
-                from engines.features.whisper_onnx import export_whisper_onnx
-
-                export_whisper_onnx(self.model_path, self.settings.layers, path, check=self._check_probe)
-            self._session = _Runner(compile_cpu(path, self.intra_op_threads))
-            self.onnx_path = path
-            self.precision = openvino_precision()
-        return self._session
+    def _runner(self, path: Path) -> Any:
+        self.precision = openvino_precision()
+        return _Runner(compile_cpu(path, self.intra_op_threads))

@@ -515,6 +515,13 @@ class OnnxTextEncoder(TextEncoder):
         self.session()  # loaded (or exported) before the texts are tokenized
         clean = [normalise_text(t) for t in texts]
         ids, types = self._tokenize(clean)
+        for idx in self._calls(clean, ids):
+            feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
+            out[idx] = self._run_bucket(feeds)  # (n, dim)
+        return out
+
+    def _calls(self, clean: list[str], ids: list[list[int]]) -> list[list[int]]:
+        """The texts' indexes, cut into the calls that :meth:`encode` makes (see there)."""
         lengths = [len(x) for x in ids] if self.sort_by == "tokens" else [len(t) for t in clean]
         order = sorted(range(len(clean)), key=lambda i: lengths[i])
         size = self.config.bucket_size
@@ -522,11 +529,7 @@ class OnnxTextEncoder(TextEncoder):
             buckets = length_buckets([lengths[i] for i in order], CALL_COST_TOKENS, size)
         else:
             buckets = [(s, min(s + size, len(order))) for s in range(0, len(order), size)]
-        for start, stop in buckets:
-            idx = order[start:stop]
-            feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])
-            out[idx] = self._run_bucket(feeds)  # (n, dim)
-        return out
+        return [order[start:stop] for start, stop in buckets]
 
     def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """(n, dim) vectors of one padded bucket."""

@@ -179,9 +179,13 @@ class OnnxWhisperExtractor(WhisperFeatures):
             if not path.exists():
                 log.info("exporting Whisper's encoder to %s (once; later starts load it)", path)
                 export_whisper_onnx(self.model_path, self.settings.layers, path, check=self._check_probe)
-            self._session = self._open(path)
+            self._session = self._runner(path)
             self.onnx_path = path
         return self._session
+
+    def _runner(self, path: Path) -> Any:
+        """What runs the graph (an ONNX Runtime session here; the probe check always uses one)."""
+        return self._open(path)
 
     def _check_probe(self, path: Path) -> None:
         """Refuse a new graph whose probe vectors differ from the torch extractor's."""
