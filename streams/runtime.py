@@ -215,9 +215,14 @@ def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
 
 
 def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) -> Worker:
+    from engines.errors import EngineError
+
     engine, featurizer = load_model(settings)
     revision, future = load_revision_model(settings, engine)
-    featurizer.warm_up()
+    try:
+        featurizer.warm_up()  # compiles the graphs: the openvino runtime checks them on the probes here
+    except EngineError as exc:
+        raise ConfigError(f"cannot start the encoders on runtime {engine.info.runtime}: {exc}") from exc
     client = connect(settings.redis)
     store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
     metrics = metrics or Metrics()

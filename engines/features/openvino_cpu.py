@@ -19,8 +19,15 @@ text is padded to a multiple of :data:`SPAN` tokens and a call holds only texts 
 (:meth:`OpenVinoTextEncoder.encode`). Whisper's passes are cut as the ONNX Runtime extractor cuts
 them; in bf16 a clip's vector can move in its last bits with its pass (as with ``onnxruntime-bf16``).
 The same bits were checked at one, two (every core of this project's machine) and four threads
-(``tests/engine/test_openvino.py``); the probe check at export runs ONNX Runtime in fp32, so the
-compiled graph itself is checked by that test's parity with fp32, not at each start.
+(``tests/engine/test_openvino.py``).
+
+The probe check at export runs ONNX Runtime in fp32; the compiled graph is checked at each start as
+well, against the graph it was compiled from run by ONNX Runtime in fp32, on the same probes (the
+export's probe sentences, :data:`~engines.features.text_onnx.PROBE`, and probe clips,
+:func:`~engines.features.whisper_onnx.probe_waves`): an OpenVINO release or a CPU whose kernels
+compute the graph wrongly fails at start (:class:`~engines.errors.FeatureError`, naming the other
+runtimes) rather than labelling a stream from wrong vectors. It costs an ONNX Runtime session of each
+graph for the check's duration (under a second at a start).
 """
 
 from __future__ import annotations
@@ -32,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from engines.errors import FeatureError
-from engines.features.text import TextEncoder
-from engines.features.text_onnx import OnnxTextEncoder
-from engines.features.whisper_onnx import OnnxWhisperExtractor
+from engines.features.text import TextEncoder, normalise_text
+from engines.features.text_onnx import PROBE, OnnxTextEncoder
+from engines.features.whisper_onnx import OnnxWhisperExtractor, probe_waves
 from engines.runtime.select import openvino_native_bf16
 from engines.runtime.threads import cpu_threads
 
@@ -44,6 +51,11 @@ SPAN = 16
 #: a new shape with nearly every batch (clip lengths vary), so a process grew from 340 to 1016 MB
 #: over 240 calls of random sizes (651 at 0, 679 at 64, at the same speed; onnxruntime 481)
 RUNTIME_CACHE = 64
+#: the compiled graph against ONNX Runtime fp32 at each start: the probe sentences' least cosine, and
+#: the probe clips' largest difference relative to the vector's largest value (measured on the AMD
+#: EPYC in bf16: see tests/engine/test_openvino.py, which prints them)
+START_MIN_COSINE = 0.999
+START_MAX_REL = 0.02
 
 
 def openvino_precision() -> str:
@@ -67,6 +79,23 @@ def compile_config(threads: int | None = None) -> dict[str, Any]:
     if n is not None:
         config["INFERENCE_NUM_THREADS"] = int(n)
     return config
+
+
+def reference_session(path: Path) -> Any:
+    """``path`` in ONNX Runtime, fp32, one thread: what a compiled graph is checked against."""
+    import onnxruntime as ort
+
+    from engines.runtime.threads import encoder_session_options
+
+    return ort.InferenceSession(str(path), sess_options=encoder_session_options(1), providers=["CPUExecutionProvider"])
+
+
+def _refuse(what: str, figure: str) -> FeatureError:
+    return FeatureError(
+        f"OpenVINO's compiled {what} graph differs from the same graph in ONNX Runtime fp32 on the probes "
+        f"({figure}): this OpenVINO release or this CPU computes it wrongly; run --runtime onnxruntime "
+        "(or onnxruntime-bf16) instead"
+    )
 
 
 def compile_cpu(path: Path, threads: int | None = None) -> Any:
@@ -121,10 +150,24 @@ class OpenVinoTextEncoder(OnnxTextEncoder):
                 path = self.onnx_path
                 self._session = None  # the ONNX Runtime session goes; OpenVINO runs the graph
             assert path is not None
-            self._session = _Runner(compile_cpu(path, self.intra_op_threads))
+            runner = _Runner(compile_cpu(path, self.intra_op_threads))
+            self._check_compiled(runner, path)
+            self._session = runner
             self.onnx_path = path
             self.precision = openvino_precision()
         return self._session
+
+    def _check_compiled(self, runner: _Runner, path: Path) -> None:
+        """Refuse a compiled graph whose probe vectors are not those of ONNX Runtime fp32."""
+        ids, types = self._tokenize([normalise_text(t) for t in PROBE])
+        feeds = OnnxTextEncoder._pad(self, ids, types)  # one call, the graph's own padding
+        ref = reference_session(path)
+        want = np.asarray(ref.run(None, {i.name: feeds[i.name] for i in ref.get_inputs()})[0])
+        got = runner.run(None, feeds)[0]
+        norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+        cos = float(((got * want).sum(1) / norms).min()) if np.isfinite(got).all() else float("nan")
+        if not cos >= START_MIN_COSINE:
+            raise _refuse("text", f"least cosine {cos:.6f}, at least {START_MIN_COSINE} expected")
 
     def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         session = self.session()
@@ -165,5 +208,16 @@ class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
         # reduced-precision runtime's features out of the shared cache (Runtime.exact)
 
     def _runner(self, path: Path) -> Any:
+        runner = _Runner(compile_cpu(path, self.intra_op_threads))
+        self._check_compiled(runner, path)
         self.precision = openvino_precision()
-        return _Runner(compile_cpu(path, self.intra_op_threads))
+        return runner
+
+    def _check_compiled(self, runner: _Runner, path: Path) -> None:
+        """Refuse a compiled graph whose probe vectors are not those of ONNX Runtime fp32."""
+        waves = probe_waves()
+        want = self._extract(reference_session(path), waves)
+        got = self._extract(runner, waves)
+        rel = float((np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)).max())
+        if not rel <= START_MAX_REL:
+            raise _refuse("Whisper", f"largest relative difference {rel:.3g}, at most {START_MAX_REL} expected")

@@ -105,3 +105,74 @@ def test_the_compiled_graphs_keep_few_shapes_kernels() -> None:
     assert isinstance(ex.text, OpenVinoTextEncoder) and isinstance(ex.audio, OpenVinoWhisperExtractor)
     for session in (ex.text.session(), ex.audio.session()):  # compiled with them
         assert int(session.compiled.get_property("INFERENCE_NUM_THREADS")) > 0
+
+
+def test_a_call_holds_texts_of_one_padded_width() -> None:
+    """What keeps a text's bits the same in any company is that a call never mixes widths: the bit
+    test above passes on its texts with length buckets padded to their longest rounded width too
+    (tried by hand), so the grouping is checked here directly."""
+    from engines.features.text import normalise_text
+
+    enc = load_extractors("default", runtime="openvino").text
+    assert isinstance(enc, OpenVinoTextEncoder)
+    texts = meld_texts() + VARIED + ["", "and then " * 80]
+    clean = [normalise_text(t) for t in texts]
+    ids, types = enc._tokenize(clean)
+    calls = enc._calls(clean, ids)
+    assert sorted(i for call in calls for i in call) == list(range(len(texts)))
+    widths = []
+    for call in calls:
+        assert 0 < len(call) <= enc.config.bucket_size
+        rounded = {-(-max(1, len(ids[i])) // SPAN) * SPAN for i in call}
+        assert len(rounded) == 1, [len(ids[i]) for i in call]
+        feeds = enc._pad([ids[i] for i in call], None if types is None else [types[i] for i in call])
+        assert feeds["input_ids"].shape == (len(call), rounded.pop())
+        widths.append(feeds["input_ids"].shape[1])
+    assert len(set(widths)) >= 3
+
+
+@pytest.mark.parametrize("which", ["text", "audio"])
+def test_a_compiled_graph_that_computes_wrongly_fails_at_start(which: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each start checks the compiled graph against ONNX Runtime fp32 on the export's probes; the
+    shipped graphs pass with a wide margin (printed), a graph whose outputs are off fails."""
+    from engines.errors import FeatureError
+    from engines.features import openvino_cpu
+    from engines.features.openvino_cpu import START_MAX_REL, START_MIN_COSINE
+
+    fresh = load_extractors("default", runtime="openvino")
+    enc = fresh.text if which == "text" else fresh.audio
+    assert enc is not None
+    enc.session()  # the check passed; how far inside its bound:
+    if which == "text":
+        assert isinstance(enc, OpenVinoTextEncoder)
+        ids, types = enc._tokenize([openvino_cpu.normalise_text(t) for t in openvino_cpu.PROBE])
+        feeds = openvino_cpu.OnnxTextEncoder._pad(enc, ids, types)
+        ref = openvino_cpu.reference_session(enc.onnx_path)
+        want = ref.run(None, {i.name: feeds[i.name] for i in ref.get_inputs()})[0]
+        cos = float((enc.session().run(None, feeds)[0] * want).sum(1).min())
+        print(f"text probes: least cosine {cos:.6f} (bound {START_MIN_COSINE})")
+        assert 1 - cos < (1 - START_MIN_COSINE) / 5
+    else:
+        assert isinstance(enc, OpenVinoWhisperExtractor) and enc.onnx_path is not None
+        waves = openvino_cpu.probe_waves()
+        want = enc._extract(openvino_cpu.reference_session(enc.onnx_path), waves)
+        got = enc._extract(enc.session(), waves)
+        rel = float((np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)).max())
+        print(f"audio probes: largest relative difference {rel:.4f} (bound {START_MAX_REL})")
+        assert rel < START_MAX_REL / 2
+
+    real_run = openvino_cpu._Runner.run
+
+    def off(self: object, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = real_run(self, outputs, feeds)  # type: ignore[arg-type]
+        return [o + 0.05 * np.abs(o).max() * np.sign(np.sin(np.arange(o.size))).reshape(o.shape) for o in out]
+
+    monkeypatch.setattr(openvino_cpu._Runner, "run", off)
+    again = load_extractors("default", runtime="openvino")
+    with pytest.raises(FeatureError, match="differs from the same graph in ONNX Runtime fp32"):
+        if which == "text":
+            assert again.text is not None
+            again.text.encode(["Fine."])
+        else:
+            assert again.audio is not None
+            again.audio.extract([np.zeros(16_000, dtype=np.float32)])

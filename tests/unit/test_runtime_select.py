@@ -165,6 +165,30 @@ def test_the_worker_refuses_a_gpu_runtime_on_a_machine_without_one(monkeypatch: 
         load_model(load_settings(engine={"runtime": "torch-cuda"}))
 
 
+def test_encoders_that_fail_their_start_check_stop_the_worker_with_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An encoder's graph that fails at warm-up (openvino's check of its compiled graphs) is a
+    configuration error, the exit code a supervisor does not restart on, not a traceback."""
+    from types import SimpleNamespace
+
+    import streams.runtime as runtime
+    from engines.errors import FeatureError
+    from streams.errors import ConfigError
+    from streams.settings import load_settings
+
+    class Featurizer:
+        def warm_up(self) -> None:
+            raise FeatureError("OpenVINO's compiled text graph differs from the same graph in ONNX Runtime fp32")
+
+    engine = SimpleNamespace(info=SimpleNamespace(runtime="openvino"))
+    monkeypatch.setattr(runtime, "load_model", lambda settings: (engine, Featurizer()))
+    monkeypatch.setattr(runtime, "load_revision_model", lambda settings, engine: (None, 0))
+    monkeypatch.setattr(runtime, "connect", lambda settings: pytest.fail("connected to Redis after the failure"))
+    with pytest.raises(ConfigError, match="cannot start the encoders on runtime openvino: OpenVINO's compiled text"):
+        runtime.build_worker(load_settings(), send=None)
+
+
 def test_the_settings_take_only_known_runtimes() -> None:
     from streams.errors import ConfigError
     from streams.settings import load_settings
