@@ -145,13 +145,16 @@ def bench_runtimes(
     """The text encoder, the audio encoder and the engine on every runtime this machine has
     (:mod:`engines.runtime.select`), side by side on the same inputs: MELD dev transcripts (one
     ``encode`` call, buckets of 32), RAVDESS dev clips decoded once (one ``extract`` call), and
-    windows of 12 at each batch size. Rounds alternate the runtimes so that load from other
+    windows of 12 at each batch size; and the speech detector that runs beside each audio encoder
+    (:func:`engines.features.speech.detector_for`) on the clips, until each has enough speech, as
+    the stream runs it. Rounds alternate the runtimes so that load from other
     processes falls on all of them alike; figures are medians over ``repeats`` rounds; ratios are
     against ``torch`` (fp32 eager). Model loading, ONNX export and quantization are excluded."""
     from engines.datasets import load_dataset
     from engines.datasets.ravdess import load_ravdess_clips
     from engines.export import example_batch
     from engines.features.codecs import decode_audio
+    from engines.features.speech import MIN_SPEECH_S, detector_for
     from engines.interface import EngineBatch
     from engines.registry import load_engine, load_extractors
     from engines.runtime.select import CONCRETE, RuntimeUnavailable, resolve_runtime
@@ -162,6 +165,7 @@ def bench_runtimes(
     waves = waves[:n_clips]
     audio_s = sum(len(w) for w in waves) / 16000
     parts: dict[str, tuple[Any, Any]] = {}
+    detectors: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name in names or CONCRETE:
         try:
@@ -174,6 +178,8 @@ def bench_runtimes(
             raise SystemExit(f"bench runtimes needs a text + audio model; {model} lacks one")
         ex.text.encode(texts[:8])
         ex.audio.extract(waves[:2])
+        detectors[name] = detector_for(ex.audio)  # the worker's, beside this audio encoder
+        detectors[name].seconds(waves[:2])
         parts[name] = (engine, ex)
     if not parts:
         raise SystemExit(f"no runtime runs here: {skipped}")
@@ -189,6 +195,9 @@ def bench_runtimes(
             t = time.perf_counter()
             ex.audio.extract(waves)
             rows[name].setdefault("audio_s_per_s", []).append(audio_s / (time.perf_counter() - t))
+            t = time.perf_counter()
+            detectors[name].seconds(waves, MIN_SPEECH_S)  # the stream's question: any voice at all
+            rows[name].setdefault("speech_clips_per_s", []).append(len(waves) / (time.perf_counter() - t))
             for b, batch in windows.items():
                 engine.predict(batch)
                 t, reps = time.perf_counter(), max(3, 64 // b)

@@ -54,9 +54,9 @@ class ModelFeaturizer:
 
     def _detector(self) -> Any:
         if self._speech is None:
-            from engines.features.speech import SpeechDetector
+            from engines.features.speech import detector_for
 
-            self._speech = SpeechDetector()
+            self._speech = detector_for(self._x.audio)  # OpenVINO beside OpenVINO's Whisper
         return self._speech
 
     def unexported(self) -> list[str]:

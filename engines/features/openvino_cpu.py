@@ -63,12 +63,12 @@ def openvino_precision() -> str:
     return "bf16" if openvino_native_bf16() else "f32"
 
 
-def compile_config(threads: int | None = None) -> dict[str, Any]:
-    """The CPU plugin's settings: bf16 where native, latency hint (one stream), at most
-    :data:`RUNTIME_CACHE` shapes' kernels kept, threads not pinned to cores, ``threads`` (None:
-    :func:`cpu_threads`, else every core)."""
+def compile_config(threads: int | None = None, precision: str | None = None) -> dict[str, Any]:
+    """The CPU plugin's settings: ``precision`` (None: bf16 where native, see
+    :func:`openvino_precision`), latency hint (one stream), at most :data:`RUNTIME_CACHE` shapes'
+    kernels kept, threads not pinned to cores, ``threads`` (None: :func:`cpu_threads`, else every core)."""
     config: dict[str, Any] = {
-        "INFERENCE_PRECISION_HINT": openvino_precision(),
+        "INFERENCE_PRECISION_HINT": precision or openvino_precision(),
         "PERFORMANCE_HINT": "LATENCY",
         "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE,
         # the plugin pins its threads to cores, the same cores in every process: two processes of one
@@ -98,14 +98,14 @@ def _refuse(what: str, figure: str) -> FeatureError:
     )
 
 
-def compile_cpu(path: Path, threads: int | None = None) -> Any:
+def compile_cpu(path: Path, threads: int | None = None, precision: str | None = None) -> Any:
     """``path`` (an ONNX graph) compiled for this CPU with :func:`compile_config`."""
     try:
         import openvino as ov
     except ImportError as exc:
         raise FeatureError("the openvino runtime needs the openvino package (pip install openvino)") from exc
     core = ov.Core()
-    return core.compile_model(core.read_model(str(path)), "CPU", compile_config(threads))
+    return core.compile_model(core.read_model(str(path)), "CPU", compile_config(threads, precision))
 
 
 class _Runner:

@@ -19,9 +19,18 @@ from streams.validate import Payload
 SHOUTED = ["Actor_18/03-01-05-02-01-02-18.flac", "Actor_18/03-01-05-02-02-01-18.flac"]
 
 
-@pytest.fixture(scope="module")
-def detector() -> SpeechDetector:
-    return SpeechDetector()
+def _openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+@pytest.fixture(
+    scope="module",
+    params=["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(not _openvino(), reason="no openvino"))],
+)
+def detector(request: pytest.FixtureRequest) -> SpeechDetector:
+    return SpeechDetector(runtime=request.param)
 
 
 def test_voices_pass_and_lines_without_one_do_not(detector: SpeechDetector, shared_data: Path, tmp_path: Path) -> None:
@@ -172,3 +181,55 @@ def test_an_empty_transcript_is_not_encoded_and_says_why() -> None:
     both = spoken(100)
     both[0].parts["text"] = Payload("text", " ")
     assert set(utterance_features(both, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)[0]) == {"audio"}
+
+
+@pytest.mark.skipif(not _openvino(), reason="no openvino")
+def test_openvino_gives_the_detectors_probabilities_and_two_threads_may_run_it_at_once(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """The openvino runtime's workers run Silero by OpenVINO in fp32: the same frame
+    probabilities as ONNX Runtime to 1e-5 (about 1e-7 measured) and the same seconds; two
+    threads at once each get their own infer request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ort, ov = SpeechDetector(), SpeechDetector(runtime="openvino")
+    clips = [read_audio_file(str(p)) for p in sorted((shared_data / "ravdess" / "Actor_20").glob("*.flac"))[::9]]
+    clips += [read_audio_file(p) for kind in ("noise", "silence") for p in probe_clips(kind, 0, tmp_path)]
+    for clip in clips:
+        a, b = ort.frame_probs(clip), ov.frame_probs(clip)
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-5
+    want = ort.seconds(clips)
+    np.testing.assert_array_equal(ov.seconds(clips), want)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(ov.seconds, clips, enough) for enough in (None, MIN_SPEECH_S) * 3]
+        for i, f in enumerate(runs):
+            got = f.result()
+            if i % 2 == 0:
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_array_equal(is_speech(got), is_speech(want))
+    with pytest.raises(ValueError, match="onnxruntime or openvino, not 'torch'"):
+        SpeechDetector(runtime="torch")
+
+
+def test_the_worker_runs_the_detector_on_openvino_beside_openvinos_whisper(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.features.speech as speech
+    from engines.features.openvino_cpu import OpenVinoWhisperExtractor
+    from engines.features.whisper_onnx import OnnxWhisperExtractor
+    from streams.runtime import ModelFeaturizer
+
+    made: list[str] = []
+
+    def make(runtime: str = "onnxruntime") -> str:
+        made.append(runtime)
+        return runtime
+
+    monkeypatch.setattr(speech, "SpeechDetector", make)
+    for audio, want in (
+        (object.__new__(OpenVinoWhisperExtractor), "openvino"),
+        (object.__new__(OnnxWhisperExtractor), "onnxruntime"),
+        (None, "onnxruntime"),
+    ):
+        featurizer = ModelFeaturizer(type("X", (), {"text": None, "audio": audio})())
+        assert featurizer._detector() == want
+    assert made == ["openvino", "onnxruntime", "onnxruntime"]
