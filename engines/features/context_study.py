@@ -1,0 +1,226 @@
+"""Does MiniLM read an utterance better with the utterances before it? A study, not a runtime path.
+
+``--tune-text`` tunes MiniLM's top layers on each utterance alone, and the engines model the
+dialogue over the resulting vectors. Text models of the field that reach MELD's 0.62-0.65 encode
+the target together with its preceding turns; this study asks whether the shipped encoder does
+better that way. For each ``--context K`` it tunes the top layers (the same optimiser, schedule,
+head and seed as :func:`engines.features.tuning.tune_text_encoder`) on inputs
+``[CLS] u(i-K) [SEP] ... u(i-1) [SEP] u(i) [SEP]`` (the preceding turns of the dialogue, the
+nearest kept first, within ``--budget`` tokens), mean-pooled over the target's tokens only, and
+prints the utterance head's dev weighted F1 after each epoch. ``K = 0`` is each utterance alone, as
+the shipped tuning reads it (which pools its [CLS] and [SEP] too), in the same code as the other
+rows, so they compare::
+
+    python -m engines.features.context_study --data-dir ../shared/data --context 0 3
+
+It writes no artifact: the stream encodes each utterance once, alone (a context-aware encoder would
+need the call's preceding transcripts at encoding time). Result: README, Fine-tuned text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engines.features.text import normalise_text
+from engines.features.tuning import TuneConfig, _additive_mask, _weighted_f1
+
+MAX_TARGET_TOKENS = 62  # a target's word pieces kept (MELD's are far shorter)
+
+
+@dataclass(frozen=True)
+class Item:
+    ids: list[int]  # [CLS] context [SEP] target [SEP]
+    start: int  # the target's first token
+    stop: int  # one past its last
+    label: int
+
+
+def context_inputs(
+    dialogues: Sequence[Sequence[tuple[str | None, int]]],
+    tokenize: Any,
+    cls: int,
+    sep: int,
+    context: int,
+    budget: int = 96,
+) -> list[Item]:
+    """One :class:`Item` per utterance with words: ``dialogues`` holds (text, label) per turn;
+    ``tokenize(text) -> word-piece ids`` (no special tokens); up to ``context`` preceding turns,
+    the nearest first, as long as they fit in ``budget`` tokens with their separators."""
+    items: list[Item] = []
+    for turns in dialogues:
+        pieces = [list(tokenize(normalise_text(t)))[:MAX_TARGET_TOKENS] if t else [] for t, _ in turns]
+        for i, (text, label) in enumerate(turns):
+            if not text:
+                continue
+            ctx: list[int] = []
+            for j in range(i - 1, max(-1, i - 1 - context), -1):
+                if len(ctx) + len(pieces[j]) + 1 > budget:
+                    break
+                ctx = pieces[j] + [sep] + ctx
+            start = 1 + len(ctx)
+            stop = start + len(pieces[i])
+            if stop == start:  # no word pieces at all: pool the [SEP] that ends it
+                stop = start + 1
+            items.append(Item([cls, *ctx, *pieces[i], sep], start, stop, int(label)))
+    return items
+
+
+def _states(bert: Any, items: list[Item], low: int) -> list[Any]:
+    """Token states after the first ``low`` layers, one (T_i, D) tensor per item."""
+    import torch
+
+    out: list[Any] = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+    with torch.inference_mode():
+        for s in range(0, len(order), 64):
+            idx = order[s : s + 64]
+            n = max(len(items[i].ids) for i in idx)
+            ids = torch.zeros(len(idx), n, dtype=torch.long)
+            mask = torch.zeros(len(idx), n)
+            for r, i in enumerate(idx):
+                ids[r, : len(items[i].ids)] = torch.tensor(items[i].ids)
+                mask[r, : len(items[i].ids)] = 1.0
+            h = bert.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
+            ext = _additive_mask(mask)
+            for layer in bert.encoder.layer[:low]:
+                o = layer(h, attention_mask=ext)
+                h = o[0] if isinstance(o, tuple) else o
+            for r, i in enumerate(idx):
+                out[i] = h[r, : len(items[i].ids)].clone()
+    return out
+
+
+def study(
+    encoder: Any,
+    train: Sequence[Sequence[tuple[str | None, int]]],
+    dev: Sequence[Sequence[tuple[str | None, int]]],
+    n_classes: int,
+    context: int,
+    cfg: TuneConfig,
+    budget: int = 96,
+) -> dict[str, Any]:
+    """Tune the top ``cfg.layers`` on ``context``-turn inputs; the head's dev weighted F1 per epoch."""
+    import torch
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model = encoder._load()
+    bert, tok = model[0].auto_model, model.tokenizer
+
+    def tokenize(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
+    def build(ds: Sequence[Sequence[tuple[str | None, int]]]) -> list[Item]:
+        return context_inputs(ds, tokenize, tok.cls_token_id, tok.sep_token_id, context, budget)
+
+    tr, dv = build(train), build(dev)
+    low = len(bert.encoder.layer) - cfg.layers
+    tr_x, dv_x = _states(bert, tr, low), _states(bert, dv, low)
+    tr_y = np.array([x.label for x in tr], dtype=np.int64)
+    dv_y = np.array([x.label for x in dv], dtype=np.int64)
+    top = torch.nn.ModuleList([copy.deepcopy(layer) for layer in bert.encoder.layer[low:]])
+    dim = int(bert.config.hidden_size)
+    head = torch.nn.Linear(dim, n_classes)
+
+    def logits(idx: Any, xs: list[Any], items: list[Item]) -> Any:
+        n = max(int(xs[i].shape[0]) for i in idx)
+        x, mask, pool = torch.zeros(len(idx), n, dim), torch.zeros(len(idx), n), torch.zeros(len(idx), n)
+        for r, i in enumerate(idx):
+            x[r, : xs[i].shape[0]] = xs[i]
+            mask[r, : xs[i].shape[0]] = 1.0
+            pool[r, items[i].start : items[i].stop] = 1.0
+        ext = _additive_mask(mask)
+        for layer in top:
+            o = layer(x, attention_mask=ext)
+            x = o[0] if isinstance(o, tuple) else o
+        pooled = (x * pool[..., None]).sum(1) / pool.sum(1, keepdim=True)
+        return head(torch.nn.functional.normalize(pooled, dim=-1) * cfg.scale)
+
+    opt = torch.optim.AdamW(
+        [{"params": top.parameters(), "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    per_epoch = (len(tr_x) + cfg.batch_size - 1) // cfg.batch_size
+    total = max(1, cfg.epochs * per_epoch)
+    warm = min(100, total // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total))
+    history = []
+    for epoch in range(cfg.epochs):
+        top.train()
+        perm = rng.permutation(len(tr_x))
+        loss_sum = 0.0
+        for step in range(per_epoch):
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            loss = torch.nn.functional.cross_entropy(
+                logits(idx, tr_x, tr), torch.from_numpy(tr_y[idx]), label_smoothing=cfg.label_smoothing
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach())
+        top.eval()
+        pred = np.zeros(len(dv_x), dtype=np.int64)
+        order = sorted(range(len(dv_x)), key=lambda i: int(dv_x[i].shape[0]))
+        with torch.inference_mode():
+            for s in range(0, len(order), 128):
+                rows = order[s : s + 128]
+                pred[rows] = logits(rows, dv_x, dv).argmax(-1).numpy()
+        history.append(
+            {"epoch": epoch + 1, "loss": round(loss_sum / per_epoch, 4), "dev_wf1": round(_weighted_f1(dv_y, pred), 4)}
+        )
+        print(f"context {context}: {history[-1]} ({time.time() - t0:.0f}s)", file=sys.stderr)
+    return {
+        "context": context,
+        "budget": budget,
+        "tokens_per_input_train": round(float(np.mean([len(x.ids) for x in tr])), 1),
+        "history": history,
+        "best_dev_wf1_head": max(h["dev_wf1"] for h in history),
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engines.datasets import load_dataset
+    from engines.features.text import TextEncoder
+
+    p = argparse.ArgumentParser(prog="python -m engines.features.context_study", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--dataset", default="meld")
+    p.add_argument("--context", type=int, nargs="+", default=[0, 3], help="preceding turns per input, one run each")
+    p.add_argument("--budget", type=int, default=96, help="tokens of preceding turns at most")
+    p.add_argument("--epochs", type=int, default=TuneConfig.epochs)
+    p.add_argument("--layers", type=int, default=TuneConfig.layers)
+    p.add_argument("--seed", type=int, default=0)
+    ns = p.parse_args(argv)
+    import torch
+
+    from engines.runtime.threads import available_cores
+
+    torch.set_num_threads(max(1, available_cores()))
+    train, dev = (load_dataset(ns.dataset, ns.data_dir, s) for s in ("train", "dev"))
+    n_classes = len(train[0].labels)
+
+    def turns(ds: list[Any]) -> list[list[tuple[str | None, int]]]:
+        return [[(u.text, u.emotion) for u in d.utterances] for d in ds]
+
+    cfg = TuneConfig(layers=ns.layers, epochs=ns.epochs, seed=ns.seed)
+    encoder = TextEncoder()
+    for k in ns.context:
+        print(json.dumps(study(encoder, turns(train), turns(dev), n_classes, k, cfg, ns.budget)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
