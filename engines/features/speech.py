@@ -78,8 +78,9 @@ class SpeechDetector:
     """``seconds(waves)``: seconds of speech in each 16 kHz mono float32 waveform.
 
     ``runtime``: ``onnxruntime``, or ``openvino`` (the ``openvino`` runtime's workers: fp32, the
-    same probabilities to about 1e-7, and 2-3x faster on a 2-core AMD EPYC, 0.5-3 ms against
-    1.1-9.8 ms a call of 16-120 frames: README, Performance)."""
+    same probabilities to about 1e-7; 2-3x faster on an AMD EPYC with AVX-512, 0.65-2.97 ms against
+    1.27-8.88 ms a call of 16-120 frames, and as fast on one with AVX2 only:
+    docs/performance-history.md)."""
 
     def __init__(self, threads: int = 1, runtime: str = "onnxruntime") -> None:
         import hashlib
