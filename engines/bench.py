@@ -149,7 +149,8 @@ def bench_runtimes(
     (:func:`engines.features.speech.detector_for`) on the clips, until each has enough speech, as
     the stream runs it. Rounds alternate the runtimes so that load from other
     processes falls on all of them alike; figures are medians over ``repeats`` rounds; ratios are
-    against ``torch`` (fp32 eager). Model loading, ONNX export and quantization are excluded."""
+    against ``torch`` (fp32 eager; its speech detector is ONNX Runtime's, so only ``openvino``'s
+    speech ratio compares two runtimes). Model loading, ONNX export and quantization are excluded."""
     from engines.datasets import load_dataset
     from engines.datasets.ravdess import load_ravdess_clips
     from engines.export import example_batch

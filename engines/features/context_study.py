@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from engines.features.text import normalise_text
-from engines.features.tuning import TuneConfig, _additive_mask, _weighted_f1
+from engines.features.tuning import TuneConfig, additive_mask, weighted_f1
 
 MAX_TARGET_TOKENS = 62  # a target's word pieces kept (MELD's are far shorter)
 
@@ -90,7 +90,7 @@ def _states(bert: Any, items: list[Item], low: int) -> list[Any]:
                 ids[r, : len(items[i].ids)] = torch.tensor(items[i].ids)
                 mask[r, : len(items[i].ids)] = 1.0
             h = bert.embeddings(input_ids=ids, token_type_ids=torch.zeros_like(ids))
-            ext = _additive_mask(mask)
+            ext = additive_mask(mask)
             for layer in bert.encoder.layer[:low]:
                 o = layer(h, attention_mask=ext)
                 h = o[0] if isinstance(o, tuple) else o
@@ -139,7 +139,7 @@ def study(
             x[r, : xs[i].shape[0]] = xs[i]
             mask[r, : xs[i].shape[0]] = 1.0
             pool[r, items[i].start : items[i].stop] = 1.0
-        ext = _additive_mask(mask)
+        ext = additive_mask(mask)
         for layer in top:
             o = layer(x, attention_mask=ext)
             x = o[0] if isinstance(o, tuple) else o
@@ -178,7 +178,7 @@ def study(
                 rows = order[s : s + 128]
                 pred[rows] = logits(rows, dv_x, dv).argmax(-1).numpy()
         history.append(
-            {"epoch": epoch + 1, "loss": round(loss_sum / per_epoch, 4), "dev_wf1": round(_weighted_f1(dv_y, pred), 4)}
+            {"epoch": epoch + 1, "loss": round(loss_sum / per_epoch, 4), "dev_wf1": round(weighted_f1(dv_y, pred), 4)}
         )
         print(f"context {context}: {history[-1]} ({time.time() - t0:.0f}s)", file=sys.stderr)
     return {

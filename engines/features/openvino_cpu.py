@@ -90,7 +90,7 @@ def reference_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), sess_options=encoder_session_options(1), providers=["CPUExecutionProvider"])
 
 
-def _refuse(what: str, figure: str) -> FeatureError:
+def refuse(what: str, figure: str) -> FeatureError:
     return FeatureError(
         f"OpenVINO's compiled {what} graph differs from the same graph in ONNX Runtime fp32 on the probes "
         f"({figure}): this OpenVINO release or this CPU computes it wrongly; run --runtime onnxruntime "
@@ -105,7 +105,12 @@ def compile_cpu(path: Path, threads: int | None = None, precision: str | None = 
     except ImportError as exc:
         raise FeatureError("the openvino runtime needs the openvino package (pip install openvino)") from exc
     core = ov.Core()
-    return core.compile_model(core.read_model(str(path)), "CPU", compile_config(threads, precision))
+    try:
+        return core.compile_model(core.read_model(str(path)), "CPU", compile_config(threads, precision))
+    except RuntimeError as exc:  # OpenVINO's errors: an operator it lacks, a file it cannot read
+        raise FeatureError(
+            f"OpenVINO cannot compile {path.name}: {exc}; run --runtime onnxruntime (or onnxruntime-bf16) instead"
+        ) from exc
 
 
 class _Runner:
@@ -167,7 +172,7 @@ class OpenVinoTextEncoder(OnnxTextEncoder):
         norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
         cos = float(((got * want).sum(1) / norms).min()) if np.isfinite(got).all() else float("nan")
         if not cos >= START_MIN_COSINE:
-            raise _refuse("text", f"least cosine {cos:.6f}, at least {START_MIN_COSINE} expected")
+            raise refuse("text", f"least cosine {cos:.6f}, at least {START_MIN_COSINE} expected")
 
     def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         session = self.session()
@@ -201,6 +206,9 @@ class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
     """Whisper's exported encoder graph (:class:`OnnxWhisperExtractor`'s, exported and checked by
     ONNX Runtime) run by OpenVINO; the same log-mel front end, passes and pooling."""
 
+    #: where the speech detector beside it runs (:func:`engines.features.speech.detector_for`)
+    speech_runtime = "openvino"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.precision: str | None = None
@@ -220,4 +228,4 @@ class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
         got = self._extract(runner, waves)
         rel = float((np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)).max())
         if not rel <= START_MAX_REL:
-            raise _refuse("Whisper", f"largest relative difference {rel:.3g}, at most {START_MAX_REL} expected")
+            raise refuse("Whisper", f"largest relative difference {rel:.3g}, at most {START_MAX_REL} expected")

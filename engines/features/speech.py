@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.errors import FeatureError
 from engines.features.codecs import SAMPLE_RATE
 
 #: audio whose detected speech is shorter than this is not used (seconds)
@@ -39,6 +40,8 @@ CONTEXT = 64  # samples of the previous frame each frame carries
 CHUNK = 16  # frames of the first call when a clip may stop early (``frame_probs(enough=...)``), doubling
 MODEL_FILE = "silero_vad_16k_sequence.onnx"
 DETECTOR_ID = f"silero-vad-6-seq-p{FRAME_THRESHOLD:g}"  # names the cached seconds: the threshold changes them
+START_MAX_DIFF = 1e-4  # OpenVINO's frame probabilities against ONNX Runtime's at each start (about 1e-7 measured)
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 def model_path() -> Path:
@@ -46,7 +49,7 @@ def model_path() -> Path:
     ``__init__`` imports torch)."""
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the silero-vad package is not installed (pip install silero-vad)")
+        raise FeatureError("the speech detector needs the silero-vad package (pip install silero-vad)")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / MODEL_FILE
     if not path.is_file():
         raise ImportError(f"silero-vad has no {MODEL_FILE} (expected at {path}); install silero-vad>=6.2")
@@ -78,9 +81,8 @@ class SpeechDetector:
     """``seconds(waves)``: seconds of speech in each 16 kHz mono float32 waveform.
 
     ``runtime``: ``onnxruntime``, or ``openvino`` (the ``openvino`` runtime's workers: fp32, the
-    same probabilities to about 1e-7; 2-3x faster on an AMD EPYC with AVX-512, 0.65-2.97 ms against
-    1.27-8.88 ms a call of 16-120 frames, and as fast on one with AVX2 only:
-    docs/performance-history.md)."""
+    same probabilities to about 1e-7, checked against ONNX Runtime at each start; faster a call on
+    a CPU with AVX-512, as fast on one with AVX2 only: docs/performance-history.md)."""
 
     def __init__(self, threads: int = 1, runtime: str = "onnxruntime") -> None:
         import hashlib
@@ -89,19 +91,28 @@ class SpeechDetector:
         #: names the cached seconds: another threshold or another model file gives other seconds
         #: (not the runtime: both compute the graph in fp32)
         self.id = f"{DETECTOR_ID}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+        if runtime not in RUNTIMES:
+            raise FeatureError(f"the speech detector runs on {' or '.join(RUNTIMES)}, not {runtime!r}")
         self.runtime = runtime
-        self._session: Any
+        self._session: Any = _onnx_session(path, threads)
         if runtime == "openvino":
-            self._session = _OpenVinoSequence(path, threads)
-        elif runtime == "onnxruntime":
-            import onnxruntime as ort
+            self._use_checked(_OpenVinoSequence(path, threads))
 
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        else:
-            raise ValueError(f"the speech detector runs on onnxruntime or openvino, not {runtime!r}")
+    def _use_checked(self, compiled: Any) -> None:
+        """Run on ``compiled`` from now on, once its frame probabilities on the probe clips match
+        ONNX Runtime's (the session until now): a release or a CPU that computes the graph
+        wrongly would take voices for silence."""
+        from engines.features.openvino_cpu import refuse
+        from engines.features.whisper_onnx import probe_waves
+
+        waves = probe_waves()
+        want = [self.frame_probs(w) for w in waves]
+        self._session = compiled
+        diff = max(float(np.abs(self.frame_probs(w) - p).max()) for w, p in zip(waves, want, strict=True))
+        if not diff <= START_MAX_DIFF:  # NaN fails too
+            raise refuse(
+                "speech detector", f"frame probabilities differ by up to {diff:.1e}, at most {START_MAX_DIFF:g}"
+            )
 
     def frame_probs(self, wave: np.ndarray, enough: int | None = None) -> np.ndarray:
         """(frames,) speech probability of each 32 ms frame (the last one zero-padded).
@@ -153,12 +164,20 @@ class SpeechDetector:
         )
 
 
-def detector_for(audio: Any) -> SpeechDetector:
-    """The detector that runs beside an audio extractor: on OpenVINO beside OpenVINO's Whisper (the
-    ``openvino`` runtime), else on ONNX Runtime (no OpenVINO loaded for it)."""
-    from engines.features.openvino_cpu import OpenVinoWhisperExtractor
+def _onnx_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
 
-    return SpeechDetector(runtime="openvino" if isinstance(audio, OpenVinoWhisperExtractor) else "onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def detector_for(audio: Any) -> SpeechDetector:
+    """The detector that runs beside an audio extractor: on the runtime the extractor names in its
+    ``speech_runtime`` (OpenVINO's Whisper: ``openvino``), else on ONNX Runtime (no OpenVINO
+    loaded for it)."""
+    return SpeechDetector(runtime=getattr(audio, "speech_runtime", "onnxruntime"))
 
 
 def is_speech(seconds: np.ndarray | float, min_speech_s: float = MIN_SPEECH_S) -> np.ndarray:

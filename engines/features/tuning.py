@@ -116,7 +116,7 @@ class TuneConfig:
     seed: int = 0
 
 
-def _additive_mask(mask: Any) -> Any:
+def additive_mask(mask: Any) -> Any:
     import torch
 
     return (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
@@ -138,7 +138,7 @@ class _Upper:
         for i, h in enumerate(states):
             x[i, : h.shape[0]] = h
             mask[i, : h.shape[0]] = 1.0
-        ext = _additive_mask(mask)
+        ext = additive_mask(mask)
         for layer in self.layers:
             out = layer(x, attention_mask=ext)
             x = out[0] if isinstance(out, tuple) else out
@@ -158,7 +158,7 @@ def _lower_states(bert: Any, tokenizer: Any, texts: list[str], low: int, max_len
             batch = [texts[i] for i in idx]
             b = tokenizer(batch, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             h = bert.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
-            ext = _additive_mask(b["attention_mask"])
+            ext = additive_mask(b["attention_mask"])
             for layer in bert.encoder.layer[:low]:
                 o = layer(h, attention_mask=ext)
                 h = o[0] if isinstance(o, tuple) else o
@@ -167,7 +167,7 @@ def _lower_states(bert: Any, tokenizer: Any, texts: list[str], low: int, max_len
     return out
 
 
-def _weighted_f1(y: np.ndarray, pred: np.ndarray) -> float:
+def weighted_f1(y: np.ndarray, pred: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
     return float(f1_score(y, pred, average="weighted", zero_division=0))
@@ -226,7 +226,7 @@ def tune_text_encoder(
             for start in range(0, len(order), 128):
                 idx = order[start : start + 128]
                 pred[idx] = head(upper([dv_x[i] for i in idx]) * cfg.scale).argmax(-1).numpy()
-        return _weighted_f1(dv_y, pred)
+        return weighted_f1(dv_y, pred)
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"f1": -1.0, "epoch": 0, "state": None}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engines.corrupt import probe_clips
+from engines.errors import FeatureError
 from engines.features.audio import read_audio_file
 from engines.features.channel import make_channel
 from engines.features.speech import MIN_SPEECH_S, SpeechDetector, is_speech
@@ -208,8 +209,36 @@ def test_openvino_gives_the_detectors_probabilities_and_two_threads_may_run_it_a
                 np.testing.assert_array_equal(got, want)
             else:
                 np.testing.assert_array_equal(is_speech(got), is_speech(want))
-    with pytest.raises(ValueError, match="onnxruntime or openvino, not 'torch'"):
+    with pytest.raises(FeatureError, match="onnxruntime or openvino, not 'torch'"):
         SpeechDetector(runtime="torch")
+
+
+@pytest.mark.skipif(not _openvino(), reason="no openvino")
+def test_a_compiled_detector_that_computes_wrongly_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each start compares OpenVINO's frame probabilities on the probe clips with ONNX Runtime's:
+    off by 0.01 (it would take some voices for silence) is refused with a configuration-grade
+    error naming the other runtime."""
+    import engines.features.speech as speech
+
+    run = speech._OpenVinoSequence.run
+
+    def off(self: object, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        probs, h, c = run(self, outputs, feeds)  # type: ignore[arg-type]
+        return [probs + 0.01, h, c]
+
+    monkeypatch.setattr(speech._OpenVinoSequence, "run", off)
+    with pytest.raises(FeatureError, match="speech detector graph differs .* up to 1.0e-02.*--runtime onnxruntime"):
+        SpeechDetector(runtime="openvino")
+
+
+@pytest.mark.skipif(not _openvino(), reason="no openvino")
+def test_a_graph_openvino_cannot_compile_is_a_clear_error(tmp_path: Path) -> None:
+    from engines.features.openvino_cpu import compile_cpu
+
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(FeatureError, match="(?s)OpenVINO cannot compile broken.onnx: .*--runtime onnxruntime"):
+        compile_cpu(bad, 1)
 
 
 def test_the_worker_runs_the_detector_on_openvino_beside_openvinos_whisper(monkeypatch: pytest.MonkeyPatch) -> None:
