@@ -49,7 +49,11 @@ def test_meld_dialogues_stream_to_one_ordered_event_per_utterance(services, uniq
         feed(with_audio + text_only, settings, realtime=False, progress=False)
         # audio expected (the default) but never sent, and no control messages: waits wait_s, then text only
         feed(missing_audio, settings, realtime=False, progress=False, modalities=("text",), send_control=False)
-        # audio declared, but it arrives after the join gave up on it
+        # audio declared, but it arrives after the join gave up on it. Fed once the worker has caught up:
+        # a worker still behind on the audio topic rightly waits for the part (join.max_stall_s), and on a
+        # slow machine (2 AVX2 cores, 2026-12-05) it was still behind and joined it
+        before = expected_keys(with_audio + text_only + missing_audio)
+        assert collector.poll_until(lambda c: {k for k in by_utterance(c)} >= before, timeout=120), worker.tail()
         feed(late_audio, settings, realtime=False, progress=False, audio_delay_s=3.0)
         want = expected_keys(everything)
         assert collector.poll_until(lambda c: {k for k in by_utterance(c)} >= want, timeout=120), worker.tail()
