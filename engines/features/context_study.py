@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from engines.features.text import normalise_text
-from engines.features.tuning import TuneConfig, additive_mask, weighted_f1
+from engines.features.tuning import TuneConfig, additive_mask, optimiser, predict, train_epoch, weighted_f1
 
 MAX_TARGET_TOKENS = 62  # a target's word pieces kept (MELD's are far shorter)
 
@@ -146,40 +146,13 @@ def study(
         pooled = (x * pool[..., None]).sum(1) / pool.sum(1, keepdim=True)
         return head(torch.nn.functional.normalize(pooled, dim=-1) * cfg.scale)
 
-    opt = torch.optim.AdamW(
-        [{"params": top.parameters(), "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay,
-    )
-    per_epoch = (len(tr_x) + cfg.batch_size - 1) // cfg.batch_size
-    total = max(1, cfg.epochs * per_epoch)
-    warm = min(100, total // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total))
+    steps = optimiser(top, head, cfg, len(tr_x))
+    dv_len = [int(h.shape[0]) for h in dv_x]
     history = []
     for epoch in range(cfg.epochs):
-        top.train()
-        perm = rng.permutation(len(tr_x))
-        loss_sum = 0.0
-        for step in range(per_epoch):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            loss = torch.nn.functional.cross_entropy(
-                logits(idx, tr_x, tr), torch.from_numpy(tr_y[idx]), label_smoothing=cfg.label_smoothing
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach())
-        top.eval()
-        pred = np.zeros(len(dv_x), dtype=np.int64)
-        order = sorted(range(len(dv_x)), key=lambda i: int(dv_x[i].shape[0]))
-        with torch.inference_mode():
-            for s in range(0, len(order), 128):
-                rows = order[s : s + 128]
-                pred[rows] = logits(rows, dv_x, dv).argmax(-1).numpy()
-        history.append(
-            {"epoch": epoch + 1, "loss": round(loss_sum / per_epoch, 4), "dev_wf1": round(weighted_f1(dv_y, pred), 4)}
-        )
+        loss = train_epoch(lambda idx: logits(idx, tr_x, tr), tr_y, top, steps, cfg, rng)
+        pred = predict(lambda idx: logits(idx, dv_x, dv), dv_len, top)
+        history.append({"epoch": epoch + 1, "loss": round(loss, 4), "dev_wf1": round(weighted_f1(dv_y, pred), 4)})
         print(f"context {context}: {history[-1]} ({time.time() - t0:.0f}s)", file=sys.stderr)
     return {
         "context": context,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,66 @@ def weighted_f1(y: np.ndarray, pred: np.ndarray) -> float:
     return float(f1_score(y, pred, average="weighted", zero_division=0))
 
 
+def optimiser(top: Any, head: Any, cfg: TuneConfig, n_train: int) -> tuple[Any, Any, int]:
+    """AdamW on the tuned layers and the head (their own rates), linear warm-up then decay over
+    ``cfg.epochs``: (optimiser, scheduler, steps an epoch)."""
+    import torch
+
+    opt = torch.optim.AdamW(
+        [{"params": top.parameters(), "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    per_epoch = (n_train + cfg.batch_size - 1) // cfg.batch_size
+    total = max(1, cfg.epochs * per_epoch)
+    warm = min(100, total // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total))
+    return opt, sched, per_epoch
+
+
+def train_epoch(
+    logits_of: Callable[[Any], Any],
+    labels: np.ndarray,
+    top: Any,
+    steps: tuple[Any, Any, int],
+    cfg: TuneConfig,
+    rng: np.random.Generator,
+) -> float:
+    """One epoch over ``labels``' items in a random order (``logits_of(indexes)``: their logits);
+    ``steps``: :func:`optimiser`'s. Returns the mean loss."""
+    import torch
+
+    opt, sched, per_epoch = steps
+    top.train()
+    perm = rng.permutation(len(labels))
+    loss_sum = 0.0
+    for step in range(per_epoch):
+        idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        loss = torch.nn.functional.cross_entropy(
+            logits_of(idx), torch.from_numpy(labels[idx]), label_smoothing=cfg.label_smoothing
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_sum += float(loss.detach())
+    return loss_sum / per_epoch
+
+
+def predict(logits_of: Callable[[list[int]], Any], lengths: Sequence[int], top: Any) -> np.ndarray:
+    """The predicted class of each item, in groups of 128 of similar ``lengths``."""
+    import torch
+
+    top.eval()
+    pred = np.zeros((len(lengths),), dtype=np.int64)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    with torch.inference_mode():
+        for start in range(0, len(order), 128):
+            idx = order[start : start + 128]
+            pred[idx] = logits_of(idx).argmax(-1).numpy()
+    return pred
+
+
 def tune_text_encoder(
     base: TextEncoder,
     train: tuple[Sequence[str], np.ndarray],
@@ -209,45 +269,15 @@ def tune_text_encoder(
     top = torch.nn.ModuleList([copy.deepcopy(layer) for layer in bert.encoder.layer[low:]])
     upper = _Upper(top, base.dim)
     head = torch.nn.Linear(base.dim, n_classes)
-    opt = torch.optim.AdamW(
-        [{"params": top.parameters(), "lr": cfg.lr}, {"params": head.parameters(), "lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay,
-    )
-    per_epoch = (len(tr_x) + cfg.batch_size - 1) // cfg.batch_size
-    total = max(1, cfg.epochs * per_epoch)
-    warm = min(100, total // 10 + 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1.0 - s / total))
-
-    def dev_f1() -> float:
-        top.eval()
-        pred = np.zeros((len(dv_x),), dtype=np.int64)
-        order = sorted(range(len(dv_x)), key=lambda i: int(dv_x[i].shape[0]))
-        with torch.inference_mode():
-            for start in range(0, len(order), 128):
-                idx = order[start : start + 128]
-                pred[idx] = head(upper([dv_x[i] for i in idx]) * cfg.scale).argmax(-1).numpy()
-        return weighted_f1(dv_y, pred)
+    steps = optimiser(top, head, cfg, len(tr_x))
+    dv_len = [int(h.shape[0]) for h in dv_x]
 
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"f1": -1.0, "epoch": 0, "state": None}
     for epoch in range(cfg.epochs):
-        top.train()
-        perm = rng.permutation(len(tr_x))
-        loss_sum = 0.0
-        for step in range(per_epoch):
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            logits = head(upper([tr_x[i] for i in idx]) * cfg.scale)
-            loss = torch.nn.functional.cross_entropy(
-                logits, torch.from_numpy(tr_y[idx]), label_smoothing=cfg.label_smoothing
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach())
-        f1 = dev_f1()
-        history.append({"epoch": epoch + 1, "loss": round(loss_sum / per_epoch, 4), "dev_wf1": round(f1, 4)})
+        loss = train_epoch(lambda idx: head(upper([tr_x[i] for i in idx]) * cfg.scale), tr_y, top, steps, cfg, rng)
+        f1 = weighted_f1(dv_y, predict(lambda idx: head(upper([dv_x[i] for i in idx]) * cfg.scale), dv_len, top))
+        history.append({"epoch": epoch + 1, "loss": round(loss, 4), "dev_wf1": round(f1, 4)})
         if log:
             print(f"tune text: {history[-1]} ({time.time() - t0:.0f}s)", file=sys.stderr)
         if f1 > best["f1"]:
