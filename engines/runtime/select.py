@@ -33,9 +33,10 @@ torch-cuda      GPU     all three in PyTorch on CUDA under bf16 autocast (weight
 tensorrt        GPU     the engine as a TensorRT plan (:mod:`engines.runtime.tensorrt`); encoders as
                         in torch-cuda
 auto            either  tensorrt when it imports and a GPU is there, else torch-cuda with a GPU, else
-                        openvino where its CPU plugin computes bf16 natively (AMX or AVX-512 BF16)
-                        and a worker process has at least :data:`OPENVINO_MIN_MEMORY` (the
-                        container's memory limit, or the machine's memory, over ``--processes``);
+                        openvino where its CPU plugin loads (bf16 where the CPU computes it natively,
+                        fp32 elsewhere: in the worker on AVX2, 1.45x onnxruntime with audio and the
+                        same with text) and a worker process has at least :data:`OPENVINO_MIN_MEMORY`
+                        (the container's memory limit, or the machine's memory, over ``--processes``);
                         where openvino does not import, onnxruntime-bf16 on a CPU with AMX and at
                         least :data:`BF16_MIN_MEMORY`; else onnxruntime
 ==============  ======  ==========================================================================
@@ -205,8 +206,8 @@ def resolve_runtime(
     processes: int = 1,
 ) -> Runtime:
     """The :class:`Runtime` for a setting (``cuda``/``tensorrt``/``bf16``/``amx``/``openvino``/``memory``
-    override the probes, for tests; ``openvino``: whether OpenVINO runs here and, for ``auto``,
-    computes bf16 natively). ``memory``: the bytes this machine or container may use
+    override the probes, for tests; ``openvino``: whether OpenVINO's CPU plugin loads here).
+    ``memory``: the bytes this machine or container may use
     (:func:`~engines.runtime.threads.memory_limit` if None), shared by ``processes`` workers."""
     if name not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
@@ -239,14 +240,19 @@ def resolve_runtime(
                 f"auto: no CUDA GPU, and {gib} is under the {OPENVINO_MIN_MEMORY / 2**30:g} GiB that a bf16 "
                 "runtime wants, so the leanest CPU path",
             )
-        if (openvino_available() and openvino_native_bf16()) if openvino is None else openvino:
-            return _make(
-                "openvino",
-                "auto: no CUDA GPU, and OpenVINO computes bf16 on this CPU (AMX or AVX-512 BF16): Whisper and "
-                "MiniLM in bf16 by OpenVINO",
-            )
+        if openvino_available() if openvino is None else openvino:
+            if openvino is not None:  # told, not probed (tests)
+                how = "OpenVINO runs here: Whisper and MiniLM compiled by OpenVINO"
+            elif openvino_native_bf16():
+                how = "OpenVINO computes bf16 on this CPU (AMX or AVX-512 BF16): Whisper and MiniLM in bf16 by OpenVINO"
+            else:
+                how = (
+                    "OpenVINO runs here without native bf16: Whisper and MiniLM in fp32 by OpenVINO "
+                    "(in the worker on AVX2, 1.45x onnxruntime with audio and the same with text)"
+                )
+            return _make("openvino", f"auto: no CUDA GPU, and {how}")
         if not has_amx:
-            return _make("onnxruntime", "auto: no CUDA GPU, and no bf16 for OpenVINO on this CPU, so the CPU path")
+            return _make("onnxruntime", "auto: no CUDA GPU, and openvino does not import, so the CPU path")
         if share is not None and share < BF16_MIN_MEMORY:
             return _make(
                 "onnxruntime",

@@ -16,7 +16,7 @@ from engines.runtime.select import CONCRETE, RUNTIMES, RuntimeUnavailable, cpu_a
         (False, False, False, False, "onnxruntime"),
         (False, True, False, False, "onnxruntime"),
         (False, False, True, True, "openvino"),
-        (False, False, False, True, "openvino"),  # AVX-512 BF16 without AMX (AMD Zen 4): OpenVINO has bf16
+        (False, False, False, True, "openvino"),  # no AMX: bf16 on AVX-512 BF16 (AMD Zen 4), fp32 on AVX2
         (False, False, True, False, "onnxruntime-bf16"),  # AMX, openvino missing
         (True, False, True, True, "torch-cuda"),
         (True, True, False, True, "tensorrt"),
@@ -29,6 +29,23 @@ def test_auto_takes_the_fastest_runtime_the_machine_has(
     assert rt.name == want
     assert rt.why.startswith("auto: ")
     assert rt.gpu == cuda
+
+
+def test_auto_takes_openvino_in_fp32_where_the_cpu_has_no_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On AVX2 alone OpenVINO runs fp32: in the worker 1.45x onnxruntime with audio and the same with
+    text (README, Performance), so auto takes it there too and says which precision it runs."""
+    import engines.runtime.select as select
+
+    monkeypatch.setattr(select, "openvino_available", lambda: True)
+    monkeypatch.setattr(select, "openvino_native_bf16", lambda: False)
+    rt = resolve_runtime("auto", cuda=False, amx=False, memory=8 << 30)
+    assert rt.name == "openvino" and "fp32" in rt.why and "without native bf16" in rt.why
+    monkeypatch.setattr(select, "openvino_native_bf16", lambda: True)
+    rt = resolve_runtime("auto", cuda=False, amx=False, memory=8 << 30)
+    assert rt.name == "openvino" and "computes bf16" in rt.why
+    monkeypatch.setattr(select, "openvino_available", lambda: False)
+    rt = resolve_runtime("auto", cuda=False, amx=False, memory=8 << 30)
+    assert rt.name == "onnxruntime" and "openvino does not import" in rt.why
 
 
 def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short(monkeypatch: pytest.MonkeyPatch) -> None:
