@@ -33,7 +33,11 @@ Losses (:meth:`UniMSENet.training_loss`): CE(emotion) + ``w_sentiment`` * MSE(se
 (temperature ``temperature``; the text side is the target's backbone state before the first
 adapter, the other side its projected audio/video feature; pairs are the same utterance, other
 utterances of the batch are negatives; only utterances with both modalities count). Optional
-R-Drop (``rdrop`` > 0): two dropout views, CE on both and a symmetric KL between them.
+R-Drop (``rdrop`` > 0): two dropout views, CE on both and a symmetric KL between them. Optional
+text-alone CE (``w_text_alone`` > 0): a second pass over the same windows with every audio and
+video hidden, CE on the targets that have text, so the text path stays a classifier of its own
+on every window (a call without voice, a voice the trust wrapper discounts) rather than only on
+the windows modality dropout happens to strip.
 
 Adapted from the paper, and why:
 - The paper's backbone is T5 fine-tuned end to end, generating a "universal label" string. A
@@ -102,6 +106,7 @@ class UniMSEConfig(ModelConfig):
     temperature: float = 0.1
     label_smoothing: float = 0.05
     rdrop: float = 0.0  # weight of the R-Drop symmetric KL between two dropout views (0 = one view)
+    w_text_alone: float = 0.0  # weight of CE on a second pass with audio/video hidden (0 = no second pass)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -362,6 +367,15 @@ class UniMSENet(nn.Module):
             sent2 = F.mse_loss(out2["sentiment"], sentiment.float())
             loss = 0.5 * (loss + ce2 + cfg.w_sentiment * sent2) + cfg.rdrop * kl
             terms["rdrop"] = kl
+        if cfg.w_text_alone > 0 and self.side and TEXT in self.active:
+            present = inputs["present"].clone()
+            present[..., self.side] = 0.0  # every audio and video of the window hidden
+            alone = self(**{**inputs, "present": present})
+            has_text = out["present_t"][:, TEXT]  # (B,) 0/1
+            ce_each = F.cross_entropy(alone["logits"], labels, label_smoothing=cfg.label_smoothing, reduction="none")
+            ce_text = (ce_each * has_text).sum() / has_text.sum().clamp(min=1.0)
+            loss = loss + cfg.w_text_alone * ce_text
+            terms["ce_text_alone"] = ce_text
         weights = {"audio": cfg.w_contrast_audio, "video": cfg.w_contrast_video}
         for name, value in self.contrastive_terms(out).items():
             terms[name] = value

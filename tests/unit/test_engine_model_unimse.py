@@ -182,6 +182,23 @@ def test_rdrop_adds_a_consistency_term_between_two_dropout_views() -> None:
     assert "rdrop" not in make_net().train().training_loss(make_inputs(), torch.arange(8) % 7, torch.zeros(8))
 
 
+def test_text_alone_loss_is_the_ce_of_a_pass_without_audio_on_targets_with_text() -> None:
+    net = make_net(w_text_alone=0.5)  # eval mode: both passes deterministic
+    x = make_inputs()
+    x["present"][0, -1, 0] = 0.0  # type: ignore[index]  # target 0 has no text: it does not count
+    labels = torch.arange(8) % 7
+    losses = net.training_loss(x, labels, torch.zeros(8))
+    hidden = clone(x)
+    hidden["present"][..., 1] = 0.0  # type: ignore[index]
+    logits = net(**hidden)["logits"]
+    want = torch.nn.functional.cross_entropy(logits[1:], labels[1:], label_smoothing=net.cfg.label_smoothing)
+    assert torch.allclose(losses["ce_text_alone"], want, atol=1e-6)
+    base = make_net().training_loss(x, labels, torch.zeros(8))
+    assert "ce_text_alone" not in base
+    assert torch.allclose(losses["loss"], base["loss"] + 0.5 * want, atol=1e-5)
+    assert not torch.allclose(logits, net(**x)["logits"])  # the audio did change the fused pass
+
+
 def test_audio_without_adapter_layers_is_refused_with_a_clear_error() -> None:
     """Audio and video enter the text stream through the adapters: with none, the forward pass
     had no gate to weigh them by and failed inside torch.stack; the config says why instead."""
