@@ -278,16 +278,22 @@ class CallAnalytics:
         for e in new:
             old = state.turns.get(e.utterance_id)
             if old is None or e.revision >= old.revision:
-                state.put(self._turn(e))
+                turn = self._turn(e)
+                state.put(turn)
                 state.drop_oldest(self.max_turns)
-                now, state.alerts = self._alerts(call_id, state, final=False)
+                fresh = turn.role if old is None and turn.used else None  # a new turn (not a revision) of this role
+                now, state.alerts = self._alerts(call_id, state, final=False, fresh=fresh)
                 messages += now
         out = [self._outgoing("alerts", m) for m in messages]
         if messages or any(t.used for t in state.changed.values()):  # a blank turn changes no report
             out.append(self._outgoing("calls", self._report(call_id, state, state.alerts, False)))
         return out
 
-    def _alerts(self, call_id: str, state: _State, final: bool) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
+    def _alerts(
+        self, call_id: str, state: _State, final: bool, fresh: str | None = None
+    ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
+        """``fresh``: the role of the new turn just judged (None: a revision, or the call's end); an
+        open alert whose rule no longer holds clears after its ``clear_after`` such turns of its role."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
@@ -307,9 +313,16 @@ class CallAnalytics:
                     messages.append(self._alert(alert_id, call_id, name, "updated", evidence, ids, now))
             still[name] = {"alert_id": alert_id, "evidence": ids}
         for name, was in state.alerts.items():
-            if name not in holding:
-                why = "call ended" if final else "recovered"
-                messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
+            if name in holding:
+                continue
+            rule = self.book.by_name(name)
+            wait = 1 if final or rule is None else rule.clear_after
+            misses = int(was.get("misses", 0)) + (1 if rule is not None and fresh == rule.role else 0)
+            if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
+                still[name] = {**was, "misses": misses}
+                continue
+            why = "call ended" if final else "recovered"
+            messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
         return messages, still
 
     def _alert(

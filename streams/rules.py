@@ -17,6 +17,7 @@ turns = 3                        # the role's last `turns` turns
 min_share = 0.5                  # (rising) the last turn's share of `emotions` at least this
 severity = "critical"            # info | warning | critical
 message = "The customer is getting angrier"   # optional: shown to the supervisor
+clear_after = 2                  # optional (1): new turns of `role` without the rule holding before it clears
 ```
 
 Kinds, each judged on the call's turns so far (the latest revision of each utterance):
@@ -33,7 +34,11 @@ Kinds, each judged on the call's turns so far (the latest revision of each utter
   ``min_confidence`` (default 0).
 
 A rule holds or not after every turn: an alert opens when it starts to hold, is updated while its
-evidence changes, and clears when it stops holding (the call recovered) or the call ends.
+evidence changes, and clears when it stops holding (the call recovered) or the call ends. With
+``clear_after = N`` (any kind; 1 by default) it clears only once N new turns of its role have come
+without it holding (a revision that breaks it counts no turn): a customer whose anger rises, pauses
+for one turn and rises again keeps one open alert instead of three alerts raised and cleared. If the
+rule holds again before that, the same alert goes on (updated if its evidence moved).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class _Rule(BaseModel):
     role: str = "customer"
     severity: Severity = "warning"
     message: str | None = None
+    clear_after: int = Field(1, ge=1, le=50)  # new turns of `role` without holding before the alert clears
 
     def describe(self) -> str:
         return self.message or self.name.replace("-", " ").replace("_", " ")

@@ -88,28 +88,36 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         b = make()  # a new worker: the state is in Redis
         assert alerts(await step(b, angry)) == []
 
-        # a revised event replaces its provisional one: u5 is calmer, the rise is broken
+        # a revised event replaces its provisional one: u5 is calmer, the rise is broken; the shipped
+        # rule waits for two new customer turns without a rise before it clears (clear_after = 2),
+        # and a revision is no new turn
         out = await step(b, [event("c", 5, "customer", "anger", 0.6, revision=1)])
-        cleared = {x.rule: x for x in alerts(out)}
-        assert cleared["customer-anger-rising"].state == "cleared"
-        assert cleared["customer-anger-rising"].reason == "recovered"
-        assert cleared["customer-anger-rising"].alert_id == rising.alert_id
+        assert "customer-anger-rising" not in {x.rule for x in alerts(out)}
+        assert rising.alert_id in reports(out)[0].open_alerts
         assert reports(out)[0].turns == 6  # replaced, not counted twice
         assert alerts(await step(b, [event("c", 5, "customer", "anger", 0.9, revision=0)])) == []  # an older revision
 
-        # the streak goes on: its evidence moves, the same alert is updated
+        # the streak goes on: its evidence moves, the same alert is updated; no rise (the first turn)
         out = await step(b, [event("c", 6, "customer", "disgust", 0.8)])
         updated = {x.rule: x for x in alerts(out)}
         assert updated["customer-negative-streak"].state == "updated"
         assert updated["customer-negative-streak"].alert_id == raised["customer-negative-streak"].alert_id
         assert [e.utterance_id for e in updated["customer-negative-streak"].evidence] == ["u4", "u5", "u6"]
+        assert "customer-anger-rising" not in updated and rising.alert_id in reports(out)[0].open_alerts
+
+        # a calm customer turn, the second without a rise: the rising alert clears
+        out = await step(b, [event("c", 7, "customer", "neutral", 0.9)])
+        cleared = {x.rule: x for x in alerts(out) if x.state == "cleared"}
+        assert cleared["customer-anger-rising"].reason == "recovered"
+        assert cleared["customer-anger-rising"].alert_id == rising.alert_id
+        assert "customer-negative-streak" not in cleared  # its first turn without the streak: still open
 
         # the call ends: what is open clears, the summary is final, the state is forgotten
         out = (await b.end("c")).out
         ends = alerts(out)
         assert ends and all(x.state == "cleared" and x.reason == "call ended" for x in ends)
         summary = reports(out)[-1]
-        assert summary.final and summary.turns == 7 and summary.open_alerts == []
+        assert summary.final and summary.turns == 8 and summary.open_alerts == []
         assert set(summary.alerts_raised) == set(raised)
         assert len({x.event_id for x in alerts(out)}) == len(ends)
         await b.forget("c")
@@ -220,11 +228,11 @@ def test_a_call_stored_by_the_previous_version_carries_its_alerts_over(services,
         await client.hset(f"{prefix}raised#v", mapping={"customer-anger-rising": 1})
         await client.set(f"{prefix}aver#v", "0123456789abcdef")
         a = CallAnalytics(client, prefix, ttl_s=60, book=load_rules())
-        out = await step(a, [event("v", 3, "customer", "joy", 0.9)])
-        cleared = [x for x in alerts(out) if x.state == "cleared"]
+        out = await step(a, [event("v", 3, "customer", "joy", 0.9), event("v", 4, "customer", "joy", 0.9)])
+        cleared = [x for x in alerts(out) if x.state == "cleared"]  # after two calm turns (clear_after = 2)
         assert [x.alert_id for x in cleared] == ["v:customer-anger-rising:1"]
         assert not await client.exists(f"{prefix}alerts#v", f"{prefix}raised#v", f"{prefix}aver#v")
-        again = await step(a, [event("v", 4 + i, "customer", "anger", 0.6 + 0.1 * i) for i in range(3)])
+        again = await step(a, [event("v", 5 + i, "customer", "anger", 0.6 + 0.1 * i) for i in range(3)])
         assert "v:customer-anger-rising:2" in {x.alert_id for x in alerts(again)}  # the count went on
         await client.aclose()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.analytics import CallAnalytics, _digest, _State
-from streams.rules import Turn, load_rules
+from streams.rules import RuleBook, Turn, load_rules
 
 LABELS = ("anger", "joy", "neutral")
 
@@ -169,3 +170,55 @@ def test_a_stored_turn_with_a_field_this_version_does_not_know_is_still_read() -
     t = turn(0, 0, "cust", 0, "anger")
     stored = json.dumps({**dataclasses.asdict(t), "a_newer_field": 1})
     assert turn_from_json(stored) == t
+
+
+def test_clear_after_keeps_one_alert_open_through_a_pause_and_clears_after_that_many_turns_of_its_role(
+    tmp_path: Path,
+) -> None:
+    """A rising rule stops holding at the first turn that does not rise: a customer whose anger rises,
+    pauses and rises again was three alerts raised and cleared. With ``clear_after = 2`` one alert stays
+    open through the pause; it clears after two new customer turns without the rule holding (an
+    agent's turn or a revision counts none), or when the call ends."""
+    from streams.schemas import EmotionEvent
+
+    def book(clear_after: int) -> RuleBook:
+        path = tmp_path / f"rules{clear_after}.toml"
+        path.write_text(
+            "[roles]\nagent = ['agent*']\ncustomer = ['*']\n[[rule]]\nname = 'up'\nkind = 'rising'\n"
+            f"emotions = ['anger']\nturns = 2\nmin_share = 0.5\nclear_after = {clear_after}\n"
+        )
+        return load_rules(path)
+
+    def event(seq: int, speaker: str, anger: float, revision: int = 0) -> EmotionEvent:
+        probs = {"anger": anger, "joy": 0.0, "neutral": round(1.0 - anger, 4)}
+        label = max(probs, key=lambda k: probs[k])
+        return EmotionEvent(
+            event_id=f"c:u{seq}:{revision}", call_id="c", utterance_id=f"u{seq}", seq=seq, revision=revision,
+            speaker=speaker, label=label, confidence=probs[label], probabilities=probs, sentiment=0.0,
+            sentiment_label="neutral", weights={"text": 1.0, "audio": 0.0, "video": 0.0}, modalities_present=["text"],
+            model={"name": "m", "version": "1", "runtime": "x"}, context_size=1,
+            timings={"join_s": 0.0, "queue_s": 0.0, "engine_s": 0.0, "end_to_end_s": 0.0}, produced_at=0.0,
+        )  # fmt: skip
+
+    def run(clear_after: int, events: list[EmotionEvent]) -> tuple[list[tuple[str, str, int]], _State, CallAnalytics]:
+        a = CallAnalytics(None, "t:", 60, book(clear_after), recent_turns=5, clock=lambda: 0.0)
+        state, said = _State(), []
+        for e in events:
+            for o in a._apply("c", state, [e]):
+                if o.topic == "alerts":
+                    said.append((o.message.alert_id.rsplit(":", 1)[1], o.message.state, e.seq))
+        return said, state, a
+
+    calm_pause = [event(0, "cust", 0.4), event(1, "cust", 0.6), event(2, "agent", 0.0), event(3, "cust", 0.6),
+                  event(4, "cust", 0.7), event(5, "cust", 0.5), event(6, "agent", 0.0),
+                  event(7, "cust", 0.4)]  # fmt: skip
+    said, _, _ = run(1, calm_pause)  # as before: cleared at the pause, a second alert for the same rise
+    assert said == [("1", "raised", 1), ("1", "cleared", 3), ("2", "raised", 4), ("2", "cleared", 5)]
+    said, state, a = run(2, calm_pause)
+    assert said == [("1", "raised", 1), ("1", "updated", 4), ("1", "cleared", 7)]  # u5, then u7: two customer turns
+    said, state, a = run(2, calm_pause[:5] + [event(4, "cust", 0.55, revision=1)])  # a revision breaks the rise
+    assert said == [("1", "raised", 1), ("1", "updated", 4)] and state.alerts["up"]["misses"] == 0
+    report = a._report("c", state, state.alerts, final=False)
+    assert report.open_alerts == ["c:up:1"]  # still open: the supervisor sees it until it clears
+    messages, still = a._alerts("c", state, final=True)
+    assert [(m.state, m.reason) for m in messages] == [("cleared", "call ended")] and still == {}

@@ -109,6 +109,7 @@ def test_the_shipped_rules_load_and_raise_on_an_escalating_customer() -> None:
         ("[[rule]]\nname = 'Bad Name'\nkind = 'below'\nthreshold = 0", "name"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = -3", "threshold"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nrole = 'custmer'", "role 'custmer' is not in"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nclear_after = 0", "clear_after"),
     ],
 )  # fmt: skip
 def test_a_bad_rules_file_says_what_is_wrong(tmp_path: Path, text: str, says: str) -> None:
