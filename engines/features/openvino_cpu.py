@@ -113,22 +113,33 @@ def compile_cpu(path: Path, threads: int | None = None, precision: str | None = 
         ) from exc
 
 
-class _Runner:
-    """An OpenVINO compiled model behind ONNX Runtime's ``run(None, feeds)``. One infer request,
-    one call at a time (a request is not thread-safe; an ONNX Runtime session is)."""
+class OpenVinoRunner:
+    """An OpenVINO compiled model behind ONNX Runtime's ``run(outputs, feeds)`` (``outputs``: names,
+    or None for all of them in the graph's order; ``feeds``: those of them the graph takes, as ONNX
+    Runtime is fed). An infer request takes one call at a time: by default one request behind a lock
+    (the encoders: one call's threads use the cores), with ``concurrent`` one request per calling
+    thread (the speech detector: two batches' detectors may run at once, ``streams.pipeline``)."""
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: Any, concurrent: bool = False) -> None:
         self.compiled = compiled
-        self.request = compiled.create_infer_request()
         self.inputs = [i.get_any_name() for i in compiled.inputs]
+        self.concurrent = concurrent
+        self._local = threading.local()
         self._lock = threading.Lock()
+        self._request: Any = None if concurrent else compiled.create_infer_request()
 
-    def run(self, _outputs: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The graph's outputs for ``feeds`` (those of them the graph takes, as ONNX Runtime is fed)."""
+    def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = {name: feeds[name] for name in self.inputs}
+        wanted = self.compiled.outputs if outputs is None else [self.compiled.output(n) for n in outputs]
+        if self.concurrent:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self.compiled.create_infer_request()
+            result = request.infer(feeds)
+            return [np.array(result[out]) for out in wanted]  # copies: the request reuses its buffers
         with self._lock:
-            result = self.request.infer(feeds)
-            return [np.array(result[out]) for out in self.compiled.outputs]  # copies: the request reuses its buffers
+            result = self._request.infer(feeds)
+            return [np.array(result[out]) for out in wanted]
 
 
 class OpenVinoTextEncoder(OnnxTextEncoder):
@@ -155,14 +166,14 @@ class OpenVinoTextEncoder(OnnxTextEncoder):
                 path = self.onnx_path
                 self._session = None  # the ONNX Runtime session goes; OpenVINO runs the graph
             assert path is not None
-            runner = _Runner(compile_cpu(path, self.intra_op_threads))
+            runner = OpenVinoRunner(compile_cpu(path, self.intra_op_threads))
             self._check_compiled(runner, path)
             self._session = runner
             self.onnx_path = path
             self.precision = openvino_precision()
         return self._session
 
-    def _check_compiled(self, runner: _Runner, path: Path) -> None:
+    def _check_compiled(self, runner: OpenVinoRunner, path: Path) -> None:
         """Refuse a compiled graph whose probe vectors are not those of ONNX Runtime fp32."""
         ids, types = self._tokenize([normalise_text(t) for t in PROBE])
         feeds = OnnxTextEncoder._pad(self, ids, types)  # one call, the graph's own padding
@@ -176,7 +187,7 @@ class OpenVinoTextEncoder(OnnxTextEncoder):
 
     def _run_bucket(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         session = self.session()
-        if not isinstance(session, _Runner):  # during the export's probe check: the ONNX Runtime session
+        if not isinstance(session, OpenVinoRunner):  # during the export's probe check: the ONNX Runtime session
             return super()._run_bucket(feeds)
         return session.run(None, feeds)[0]
 
@@ -216,12 +227,12 @@ class OpenVinoWhisperExtractor(OnnxWhisperExtractor):
         # reduced-precision runtime's features out of the shared cache (Runtime.exact)
 
     def _runner(self, path: Path) -> Any:
-        runner = _Runner(compile_cpu(path, self.intra_op_threads))
+        runner = OpenVinoRunner(compile_cpu(path, self.intra_op_threads))
         self._check_compiled(runner, path)
         self.precision = openvino_precision()
         return runner
 
-    def _check_compiled(self, runner: _Runner, path: Path) -> None:
+    def _check_compiled(self, runner: OpenVinoRunner, path: Path) -> None:
         """Refuse a compiled graph whose probe vectors are not those of ONNX Runtime fp32."""
         waves = probe_waves()
         want = self._extract(reference_session(path), waves)

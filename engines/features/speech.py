@@ -56,27 +56,6 @@ def model_path() -> Path:
     return path
 
 
-class _OpenVinoSequence:
-    """The sequence graph compiled by OpenVINO's CPU plugin, in fp32, behind ONNX Runtime's
-    ``run(outputs, feeds)``; one infer request per thread (two batches' detectors may run at once,
-    ``streams.pipeline``; a request takes one call at a time)."""
-
-    def __init__(self, path: Path, threads: int) -> None:
-        import threading
-
-        from engines.features.openvino_cpu import compile_cpu
-
-        self.compiled = compile_cpu(path, threads, precision="f32")
-        self._local = threading.local()
-
-    def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
-        result = request.infer(feeds)
-        return [np.array(result[self.compiled.output(name)]) for name in outputs]
-
-
 class SpeechDetector:
     """``seconds(waves)``: seconds of speech in each 16 kHz mono float32 waveform.
 
@@ -96,7 +75,9 @@ class SpeechDetector:
         self.runtime = runtime
         self._session: Any = _onnx_session(path, threads)
         if runtime == "openvino":
-            self._use_checked(_OpenVinoSequence(path, threads))
+            from engines.features.openvino_cpu import OpenVinoRunner, compile_cpu
+
+            self._use_checked(OpenVinoRunner(compile_cpu(path, threads, precision="f32"), concurrent=True))
 
     def _use_checked(self, compiled: Any) -> None:
         """Run on ``compiled`` from now on, once its frame probabilities on the probe clips match

@@ -161,13 +161,13 @@ def test_a_compiled_graph_that_computes_wrongly_fails_at_start(which: str, monke
         print(f"audio probes: largest relative difference {rel:.4f} (bound {START_MAX_REL})")
         assert rel < START_MAX_REL / 2
 
-    real_run = openvino_cpu._Runner.run
+    real_run = openvino_cpu.OpenVinoRunner.run
 
     def off(self: object, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         out = real_run(self, outputs, feeds)  # type: ignore[arg-type]
         return [o + 0.05 * np.abs(o).max() * np.sign(np.sin(np.arange(o.size))).reshape(o.shape) for o in out]
 
-    monkeypatch.setattr(openvino_cpu._Runner, "run", off)
+    monkeypatch.setattr(openvino_cpu.OpenVinoRunner, "run", off)
     again = load_extractors("default", runtime="openvino")
     with pytest.raises(FeatureError, match="differs from the same graph in ONNX Runtime fp32"):
         if which == "text":

@@ -218,15 +218,15 @@ def test_a_compiled_detector_that_computes_wrongly_fails_at_start(monkeypatch: p
     """Each start compares OpenVINO's frame probabilities on the probe clips with ONNX Runtime's:
     off by 0.01 (it would take some voices for silence) is refused with a configuration-grade
     error naming the other runtime."""
-    import engines.features.speech as speech
+    import engines.features.openvino_cpu as openvino_cpu
 
-    run = speech._OpenVinoSequence.run
+    run = openvino_cpu.OpenVinoRunner.run
 
     def off(self: object, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         probs, h, c = run(self, outputs, feeds)  # type: ignore[arg-type]
         return [probs + 0.01, h, c]
 
-    monkeypatch.setattr(speech._OpenVinoSequence, "run", off)
+    monkeypatch.setattr(openvino_cpu.OpenVinoRunner, "run", off)
     with pytest.raises(FeatureError, match="speech detector graph differs .* up to 1.0e-02.*--runtime onnxruntime"):
         SpeechDetector(runtime="openvino")
 
