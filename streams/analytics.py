@@ -6,7 +6,8 @@ judges the escalation rules (:mod:`streams.rules`) on them, and returns what to 
 
 - :class:`~streams.schemas.AlertEvent` on ``kafka.topics.alerts``: an alert is *raised* when a
   rule starts to hold, *updated* while its evidence changes, *cleared* when it stops holding
-  (``reason: recovered``) or when the call ends (``reason: call ended``);
+  (``reason: recovered``; after the rule's ``clear_after`` new turns without holding) or when the
+  call ends (``reason: call ended``);
 - :class:`~streams.schemas.CallReport` on ``kafka.topics.calls``: the call's running trajectory
   per speaker, and a final one, the call summary, when the call ends.
 
@@ -281,7 +282,9 @@ class CallAnalytics:
                 turn = self._turn(e)
                 state.put(turn)
                 state.drop_oldest(self.max_turns)
-                fresh = turn.role if old is None and turn.used else None  # a new turn (not a revision) of this role
+                # a new utterance (not a revision: a blank one made good by its revision, or one read
+                # late with an earlier seq, counts as it arrives) of this role, for clear_after
+                fresh = turn.role if old is None and turn.used else None
                 now, state.alerts = self._alerts(call_id, state, final=False, fresh=fresh)
                 messages += now
         out = [self._outgoing("alerts", m) for m in messages]
@@ -317,7 +320,7 @@ class CallAnalytics:
                 continue
             rule = self.book.by_name(name)
             wait = 1 if final or rule is None else rule.clear_after
-            misses = int(was.get("misses", 0)) + (1 if rule is not None and fresh == rule.role else 0)
+            misses = int(was.get("misses", 0)) + (1 if rule is not None and fresh and rule.counts(fresh) else 0)
             if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue

@@ -17,7 +17,7 @@ turns = 3                        # the role's last `turns` turns
 min_share = 0.5                  # (rising) the last turn's share of `emotions` at least this
 severity = "critical"            # info | warning | critical
 message = "The customer is getting angrier"   # optional: shown to the supervisor
-clear_after = 2                  # optional (1): new turns of `role` without the rule holding before it clears
+clear_after = 3                  # optional (1): new turns of `role` without the rule holding before it clears
 ```
 
 Kinds, each judged on the call's turns so far (the latest revision of each utterance):
@@ -35,10 +35,13 @@ Kinds, each judged on the call's turns so far (the latest revision of each utter
 
 A rule holds or not after every turn: an alert opens when it starts to hold, is updated while its
 evidence changes, and clears when it stops holding (the call recovered) or the call ends. With
-``clear_after = N`` (any kind; 1 by default) it clears only once N new turns of its role have come
-without it holding (a revision that breaks it counts no turn): a customer whose anger rises, pauses
-for one turn and rises again keeps one open alert instead of three alerts raised and cleared. If the
-rule holds again before that, the same alert goes on (updated if its evidence moved).
+``clear_after = N`` (any kind; 1 by default) it clears only once N new turns of its role (for
+``reply``: of ``role`` or ``after``) have come without it holding (a revision that breaks it counts
+no turn). If the rule holds again before that, the same alert goes on (updated if its evidence
+moved). N must outlast the turns the rule needs to hold again: a ``rising`` rule over 3 turns whose
+rise pauses for one turn holds again two turns later, so the shipped one takes 3 and stays one
+alert through the pause (with 2 it cleared on the turn before it held again); a ``streak`` over T
+turns holds again T turns after a break at the earliest.
 """
 
 from __future__ import annotations
@@ -93,6 +96,10 @@ class _Rule(BaseModel):
     def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
         """The turns that make the rule hold now, or None if it does not."""
         raise NotImplementedError
+
+    def counts(self, role: str) -> bool:
+        """Whether a new turn of ``role`` counts toward ``clear_after`` (the turns the rule reads)."""
+        return role == self.role
 
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
         """The role's last ``n`` turns, oldest first (None: fewer), read from the end: a rule is
@@ -165,6 +172,9 @@ class Reply(_Rule):
     after_emotions: list[str] | None = None  # the same for the turn it answers
     within: int = Field(4, ge=2, le=50)
     min_confidence: float = Field(0.0, ge=0, le=1)
+
+    def counts(self, role: str) -> bool:
+        return role in (self.role, self.after)  # either side's turns move the pair out of ``within``
 
     def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
         recent = list(turns[-self.within :])

@@ -237,8 +237,8 @@ def resolve_runtime(
         if share is not None and share < OPENVINO_MIN_MEMORY:  # (under BF16_MIN_MEMORY too): openvino not even loaded
             return _make(
                 "onnxruntime",
-                f"auto: no CUDA GPU, and {gib} is under the {OPENVINO_MIN_MEMORY / 2**30:g} GiB that a bf16 "
-                "runtime wants, so the leanest CPU path",
+                f"auto: no CUDA GPU, and {gib} is under the {OPENVINO_MIN_MEMORY / 2**30:g} GiB that openvino "
+                "or a bf16 runtime wants, so the leanest CPU path",
             )
         if openvino_available() if openvino is None else openvino:
             if openvino is not None:  # told, not probed (tests)

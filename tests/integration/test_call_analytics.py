@@ -89,7 +89,7 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         assert alerts(await step(b, angry)) == []
 
         # a revised event replaces its provisional one: u5 is calmer, the rise is broken; the shipped
-        # rule waits for two new customer turns without a rise before it clears (clear_after = 2),
+        # rule waits for three new customer turns without a rise before it clears (clear_after = 3),
         # and a revision is no new turn
         out = await step(b, [event("c", 5, "customer", "anger", 0.6, revision=1)])
         assert "customer-anger-rising" not in {x.rule for x in alerts(out)}
@@ -97,7 +97,7 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         assert reports(out)[0].turns == 6  # replaced, not counted twice
         assert alerts(await step(b, [event("c", 5, "customer", "anger", 0.9, revision=0)])) == []  # an older revision
 
-        # the streak goes on: its evidence moves, the same alert is updated; no rise (the first turn)
+        # the streak goes on: its evidence moves, the same alert is updated; no rise (one turn)
         out = await step(b, [event("c", 6, "customer", "disgust", 0.8)])
         updated = {x.rule: x for x in alerts(out)}
         assert updated["customer-negative-streak"].state == "updated"
@@ -105,19 +105,27 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         assert [e.utterance_id for e in updated["customer-negative-streak"].evidence] == ["u4", "u5", "u6"]
         assert "customer-anger-rising" not in updated and rising.alert_id in reports(out)[0].open_alerts
 
-        # a calm customer turn, the second without a rise: the rising alert clears
-        out = await step(b, [event("c", 7, "customer", "neutral", 0.9)])
+        # an unsure sad turn breaks the streak (it clears at once: clear_after 1); no rise (two turns)
+        out = await step(b, [event("c", 7, "customer", "sadness", 0.3)])
         cleared = {x.rule: x for x in alerts(out) if x.state == "cleared"}
-        assert cleared["customer-anger-rising"].reason == "recovered"
+        assert (
+            set(cleared) == {"customer-negative-streak"} and cleared["customer-negative-streak"].reason == "recovered"
+        )
+
+        # another worker (the count is in Redis): the third customer turn without a rise clears it
+        b = make()
+        out = await step(b, [event("c", 8, "customer", "fear", 0.6)])
+        cleared = {x.rule: x for x in alerts(out) if x.state == "cleared"}
+        assert set(cleared) == {"customer-anger-rising"} and cleared["customer-anger-rising"].reason == "recovered"
         assert cleared["customer-anger-rising"].alert_id == rising.alert_id
-        assert "customer-negative-streak" not in cleared  # its first turn without the streak: still open
+        assert reports(out)[0].open_alerts == [raised["customer-sentiment-low"].alert_id]  # still below -0.5
 
         # the call ends: what is open clears, the summary is final, the state is forgotten
         out = (await b.end("c")).out
         ends = alerts(out)
         assert ends and all(x.state == "cleared" and x.reason == "call ended" for x in ends)
         summary = reports(out)[-1]
-        assert summary.final and summary.turns == 8 and summary.open_alerts == []
+        assert summary.final and summary.turns == 9 and summary.open_alerts == []
         assert set(summary.alerts_raised) == set(raised)
         assert len({x.event_id for x in alerts(out)}) == len(ends)
         await b.forget("c")
@@ -228,11 +236,11 @@ def test_a_call_stored_by_the_previous_version_carries_its_alerts_over(services,
         await client.hset(f"{prefix}raised#v", mapping={"customer-anger-rising": 1})
         await client.set(f"{prefix}aver#v", "0123456789abcdef")
         a = CallAnalytics(client, prefix, ttl_s=60, book=load_rules())
-        out = await step(a, [event("v", 3, "customer", "joy", 0.9), event("v", 4, "customer", "joy", 0.9)])
-        cleared = [x for x in alerts(out) if x.state == "cleared"]  # after two calm turns (clear_after = 2)
+        out = await step(a, [event("v", 3 + i, "customer", "joy", 0.9) for i in range(3)])
+        cleared = [x for x in alerts(out) if x.state == "cleared"]  # after three calm turns (clear_after = 3)
         assert [x.alert_id for x in cleared] == ["v:customer-anger-rising:1"]
         assert not await client.exists(f"{prefix}alerts#v", f"{prefix}raised#v", f"{prefix}aver#v")
-        again = await step(a, [event("v", 5 + i, "customer", "anger", 0.6 + 0.1 * i) for i in range(3)])
+        again = await step(a, [event("v", 6 + i, "customer", "anger", 0.6 + 0.1 * i) for i in range(3)])
         assert "v:customer-anger-rising:2" in {x.alert_id for x in alerts(again)}  # the count went on
         await client.aclose()
 

@@ -222,3 +222,46 @@ def test_clear_after_keeps_one_alert_open_through_a_pause_and_clears_after_that_
     assert report.open_alerts == ["c:up:1"]  # still open: the supervisor sees it until it clears
     messages, still = a._alerts("c", state, final=True)
     assert [(m.state, m.reason) for m in messages] == [("cleared", "call ended")] and still == {}
+
+
+def test_the_shipped_rising_rule_stays_one_alert_through_a_pause() -> None:
+    """A review found the shipped clear_after (2) too short for the shipped rule over 3 turns: the
+    rise held again two turns after the pause, and the alert had cleared (on an angry turn) the turn
+    before. Its 3 keeps one alert; a customer who calms down for three turns clears it."""
+    from streams.schemas import EmotionEvent
+
+    def event(seq: int, anger: float) -> EmotionEvent:
+        probs = {"anger": anger, "neutral": round(1.0 - anger, 4)}
+        label = max(probs, key=lambda k: probs[k])
+        return EmotionEvent(
+            event_id=f"c:u{seq}:0", call_id="c", utterance_id=f"u{seq}", seq=seq, revision=0, speaker="caller",
+            label=label, confidence=probs[label], probabilities=probs, sentiment=0.0, sentiment_label="neutral",
+            weights={"text": 1.0, "audio": 0.0, "video": 0.0}, modalities_present=["text"],
+            model={"name": "m", "version": "1", "runtime": "x"}, context_size=1,
+            timings={"join_s": 0.0, "queue_s": 0.0, "engine_s": 0.0, "end_to_end_s": 0.0}, produced_at=0.0,
+        )  # fmt: skip
+
+    a = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)
+    state, said = _State(), []
+    for seq, anger in enumerate([0.5, 0.6, 0.7, 0.65, 0.75, 0.85, 0.2, 0.1, 0.1]):
+        for o in a._apply("c", state, [event(seq, anger)]):
+            if o.topic == "alerts" and o.message.rule == "customer-anger-rising":
+                said.append((o.message.alert_id, o.message.state, seq))
+    assert said == [("c:customer-anger-rising:1", "raised", 2), ("c:customer-anger-rising:1", "updated", 5),
+                    ("c:customer-anger-rising:1", "cleared", 8)]  # fmt: skip
+
+
+def test_a_reply_rule_counts_both_sides_turns_toward_clear_after(tmp_path: Path) -> None:
+    """A reply rule stops holding as either side's turns push the pair out of ``within``: counting
+    only the agent's turns kept its alert open while the customer went on talking."""
+    from streams.rules import Reply
+
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        "[roles]\nagent = ['agent*']\ncustomer = ['*']\n[[rule]]\nname = 'r'\nkind = 'reply'\nwithin = 2\n"
+        "clear_after = 2\n"
+    )
+    rule = load_rules(path).by_name("r")
+    assert isinstance(rule, Reply) and rule.counts("customer") and rule.counts("agent") and not rule.counts("other")
+    assert load_rules().by_name("customer-anger-rising").counts("customer")  # type: ignore[union-attr]
+    assert not load_rules().by_name("customer-anger-rising").counts("agent")  # type: ignore[union-attr]

@@ -68,7 +68,7 @@ def test_auto_takes_openvino_on_amx_and_leaves_torch_out_where_memory_is_short(m
     assert auto(OPENVINO_MIN_MEMORY - 1, openvino=True) == "onnxruntime"
     assert auto(4 << 30, processes=8, openvino=True) == "onnxruntime"
     rt = resolve_runtime("auto", cuda=False, amx=True, openvino=True, memory=1 << 30)
-    assert "1.0 GiB a process" in rt.why and "bf16 runtime wants" in rt.why
+    assert "1.0 GiB a process" in rt.why and "openvino or a bf16 runtime wants" in rt.why
     assert resolve_runtime("auto", cuda=False, amx=False, openvino=True, memory=64 << 30).name == "openvino"
     assert auto(4 << 30) == "onnxruntime-bf16"  # the Kubernetes base's 4 GiB limit
     assert auto(2 << 30) == "onnxruntime"  # a 2 GiB container
