@@ -32,6 +32,7 @@ graph for the check's duration (under a second at a start).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -123,23 +124,22 @@ class OpenVinoRunner:
     def __init__(self, compiled: Any, concurrent: bool = False) -> None:
         self.compiled = compiled
         self.inputs = [i.get_any_name() for i in compiled.inputs]
-        self.concurrent = concurrent
         self._local = threading.local()
-        self._lock = threading.Lock()
+        # shared: one request and a lock; concurrent: none shared, each thread's own (no lock)
         self._request: Any = None if concurrent else compiled.create_infer_request()
+        self._lock: Any = contextlib.nullcontext() if concurrent else threading.Lock()
 
     def run(self, outputs: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         feeds = {name: feeds[name] for name in self.inputs}
         wanted = self.compiled.outputs if outputs is None else [self.compiled.output(n) for n in outputs]
-        if self.concurrent:
-            request = getattr(self._local, "request", None)
+        with self._lock:
+            request = self._request
             if request is None:
-                request = self._local.request = self.compiled.create_infer_request()
+                request = getattr(self._local, "request", None)
+                if request is None:
+                    request = self._local.request = self.compiled.create_infer_request()
             result = request.infer(feeds)
             return [np.array(result[out]) for out in wanted]  # copies: the request reuses its buffers
-        with self._lock:
-            result = self._request.infer(feeds)
-            return [np.array(result[out]) for out in wanted]
 
 
 class OpenVinoTextEncoder(OnnxTextEncoder):
