@@ -105,6 +105,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("augmentation")
     g.add_argument("--text-noise", type=non_negative, default=0.0, help="Gaussian input noise (normalised units)")
     g.add_argument("--audio-noise", type=non_negative, default=0.8, help="Gaussian input noise (normalised units)")
+    g.add_argument(
+        "--text-noise-alone",
+        type=non_negative,
+        default=0.0,
+        help="Gaussian noise (normalised units) on the text of training windows whose target has no "
+        "audio (after modality dropout) only: the words-alone path is regularised, the fused one "
+        "does not learn that words are noisy",
+    )
     g.add_argument("--text-mask", type=below_one, default=0.1, help="input feature masking rate")
     g.add_argument("--audio-mask", type=below_one, default=0.2, help="input feature masking rate")
     g.add_argument(
@@ -344,6 +352,24 @@ def _modality_dropout(
         present[..., 0] = torch.where(keep_text[:, None], back, present[..., 0])
 
 
+def _noise_words_alone(kw: dict[str, Any], std: Any, sigma: float, gen: Any) -> None:
+    """Add Gaussian noise, ``sigma`` in units of each text dimension's training spread (``std``,
+    (D,)), in place to every text vector of the windows whose target has no audio left
+    (``--text-noise-alone``). Windows where the target's voice is present keep their words
+    clean, so the fused prediction does not learn to discount them."""
+    import torch
+
+    text, present = kw.get("text"), kw["present"]  # (B, W, D), (B, W, 3)
+    if text is None:
+        return
+    rows = torch.arange(present.shape[0])
+    alone = present[rows, kw["target"], MODALITIES.index("audio")] <= 0  # (B,)
+    if not bool(alone.any()):
+        return
+    noise = torch.randn(text.shape, generator=gen) * std * sigma  # (B, W, D)
+    kw["text"] = torch.where(alone[:, None, None], text + noise, text)
+
+
 def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
     """The train options of ``argv`` (the words after ``emostream train``), a recipe's applied: its
     ``[train]`` values become the flags' defaults (so flags given win) and its ``[model]`` table
@@ -580,6 +606,7 @@ def _train(ns: argparse.Namespace) -> int:
         net.set_normaliser(m, torch.from_numpy(mean), torch.from_numpy(std))
         normaliser[m] = {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
     net.to(ns.device)
+    text_std = torch.tensor(normaliser["text"]["std"], dtype=torch.float32) if "text" in normaliser else None
     active = cfg.active()
     opt = torch.optim.AdamW(net.parameters(), lr=ns.lr, weight_decay=ns.weight_decay)
     steps_per_epoch = (train.n + ns.batch_size - 1) // ns.batch_size
@@ -638,6 +665,8 @@ def _train(ns: argparse.Namespace) -> int:
             kw = torch_inputs(gather_batch(train.windows, rows, train.feats, train.has, spec), spec.dims(), "cpu")
             keep_text = torch.from_numpy(corrupted[rows]) if ns.corrupt_train > 0 else None
             _modality_dropout(kw, active, ns.modality_dropout, ns.context_dropout, gen, keep_text, ns.target_dropout)
+            if ns.text_noise_alone > 0 and text_std is not None:
+                _noise_words_alone(kw, text_std, ns.text_noise_alone, gen)
             if audio_labels:
                 kw["audio_label"] = torch.from_numpy(np.asarray(clip_emotion[rows], dtype=np.int64))
             kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}

@@ -340,6 +340,28 @@ def test_target_dropout_hides_one_modality_of_the_target_alone_and_never_its_las
     assert (kw0["present"] == 1).all()  # 0 (the default): nothing
 
 
+def test_words_alone_noise_touches_only_windows_whose_target_has_no_voice() -> None:
+    from engines.train import _noise_words_alone
+
+    b, w, d = 300, 4, 8
+    present = torch.ones(b, w, 3)
+    present[..., 2] = 0.0
+    present[:100, w - 1, 1] = 0.0  # 100 targets without audio (their context may have some)
+    present[100:200, :, 1] = 0.0  # 100 windows without audio at all
+    text = torch.randn(b, w, d)
+    std = torch.linspace(0.5, 4.0, d)  # each dimension's training spread
+    kw = {"present": present, "target": torch.full((b,), w - 1), "text": text.clone()}
+    _noise_words_alone(kw, std, 0.5, torch.Generator().manual_seed(0))
+    moved = kw["text"] - text
+    assert torch.equal(moved[200:], torch.zeros_like(moved[200:]))  # the voice is there: words untouched
+    assert (moved[:200].abs() > 0).all()  # every vector of a window whose target is words alone
+    spread = moved[:200].reshape(-1, d).std(0) / std  # in units of each dimension's spread
+    assert torch.allclose(spread, torch.full((d,), 0.5), atol=0.05), spread
+    kw0 = {"present": torch.ones(2, w, 3), "target": torch.zeros(2, dtype=torch.long), "text": None}
+    _noise_words_alone(kw0, std, 0.5, torch.Generator().manual_seed(0))  # no text: nothing to do
+    assert kw0["text"] is None
+
+
 def test_independent_experts_is_bayes_combination() -> None:
     """Two posteriors from label-independent evidence combine to p(y|a,b) = p(y|a) p(y|b) / p(y)."""
     from engines.bench import independent_experts
