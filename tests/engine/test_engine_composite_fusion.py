@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 # a whole training run: longer than the suite's per-test limit on a slow or fresh (uncached) machine
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.engine, pytest.mark.accuracy, pytest.mark.timeout(1500)]
 
 FUSION_MARGIN = 0.05  # the engines issue's target (dev weighted F1 over the best single modality)
 RECIPE = ["--engine", "relevance", "--audio-extractor", "functionals", "--seed", "0"]

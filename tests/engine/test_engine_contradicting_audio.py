@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 # a whole training run: longer than the suite's per-test limit on a slow or fresh (uncached) machine
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.engine, pytest.mark.accuracy, pytest.mark.timeout(1500)]
 
 MAX_WEIGHT_RATIO = 2 / 3  # mean audio weight, corrupted over clean utterances (the target)
 

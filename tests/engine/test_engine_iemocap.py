@@ -26,6 +26,7 @@ IEMOCAP_TEXT_CAUSAL_TARGET = 0.60  # the engines issue's floor (dev weighted F1)
 RECIPE = ["--recipe", "iemocap-e5"]
 
 
+@pytest.mark.accuracy
 def test_iemocap_text_causal_reaches_the_target(
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
