@@ -8,6 +8,8 @@ features.json        feature spec, text encoder and audio extractor configuratio
 spec.json            the engine I/O spec (engines.spec) the graph was exported with
 metrics.json         dev figures at the end of training
 model.onnx           the exported graph (run by engines.runtime.onnx.OnnxEngine)
+text_network.safetensors  (optional, gated models) the weights of a words-only network that stands in
+                     wherever the target's voice is absent (config.json's ``text_network``; engines/trust.py)
 checksums.json       SHA-256 of every file above that is loaded (and of text_encoder.safetensors):
                      written last by training (:func:`seal`); the stream refuses an artifact whose
                      files do not match it (:func:`verify`). ``python -m engines.artifact seal DIR``
@@ -39,6 +41,7 @@ SPEC = "spec.json"
 METRICS = "metrics.json"
 ONNX = "model.onnx"
 CHECKSUMS = "checksums.json"
+TEXT_NETWORK = "text_network.safetensors"
 SEALED: tuple[str, ...] = (CONFIG, WEIGHTS, LABELS, FEATURES, SPEC, ONNX)  # and every *.safetensors
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -117,8 +120,79 @@ def load_torch_model(model_dir: str | Path, trusted: bool = True) -> Any:
 
         if not (path / TRUST_WEIGHTS).is_file():
             raise ArtifactError(f"artifact {path} has a trust config but lacks {TRUST_WEIGHTS}")
-        return wrap(net.eval(), load_trust(path), TrustConfig(**cfg["trust"]))
+        tensors = load_trust(path)
+        text_net = load_text_network(path, cfg)
+        try:
+            return wrap(net.eval(), tensors, TrustConfig(**cfg["trust"]), text_net=text_net)
+        except ValueError as exc:  # a words network that cannot stand in for this one
+            raise ArtifactError(f"artifact {path}: {exc}") from None
     return net.eval()
+
+
+def load_text_network(path: Path, cfg: dict[str, Any]) -> Any:
+    """The words-only network recorded in ``cfg["text_network"]`` (weights in
+    :data:`TEXT_NETWORK`), in eval mode; None when the artifact has none."""
+    from safetensors.torch import load_file
+
+    from engines.models import build_model
+
+    record = cfg.get("text_network")
+    if record is None:
+        return None
+    if not (path / TEXT_NETWORK).is_file():
+        raise ArtifactError(f"artifact {path} names a text network but lacks {TEXT_NETWORK}")
+    net = build_model(str(record.get("engine")), record["model"])
+    missing, unexpected = net.load_state_dict(load_file(str(path / TEXT_NETWORK)), strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{path}: {TEXT_NETWORK} does not match its config (missing {missing}, unexpected {unexpected})"
+        )
+    return net.eval()
+
+
+def take_text_network(
+    source: str | Path, out_dir: Path, labels: Sequence[str], text: dict[str, Any] | None, max_window: int, future: int
+) -> tuple[Any, dict[str, Any]]:
+    """Check that the sealed artifact ``source`` is a words-only network that can stand in for the
+    one trained into ``out_dir`` (the same labels, text features, window and causality), copy its
+    weights there as :data:`TEXT_NETWORK`, and return (its network, the record for config.json)."""
+    import shutil
+
+    from engines.models import build_model
+
+    src = verify(source)
+    cfg, spec = read_json(src, CONFIG), read_json(src, FEATURES)
+    if (spec["spec"]["audio_dim"], spec["spec"]["video_dim"]) != (0, 0):
+        raise ArtifactError(f"--text-network {source}: a words-only artifact is needed; it reads {spec['spec']}")
+    if tuple(read_json(src, LABELS)) != tuple(labels):
+        raise ArtifactError(f"--text-network {source}: its labels {read_json(src, LABELS)} are not {list(labels)}")
+    if spec.get("text") != text:
+        raise ArtifactError(
+            f"--text-network {source}: its text features ({spec.get('text')}) are not this model's ({text}): "
+            "train it with the same --text-encoder and --text-weights"
+        )
+    if (int(cfg["max_window"]), int(cfg.get("future", 0))) != (max_window, future):
+        raise ArtifactError(
+            f"--text-network {source}: window {cfg['max_window']} / future {cfg.get('future', 0)}, "
+            f"this model's {max_window} / {future}"
+        )
+    net = build_model(str(cfg.get("engine")), cfg["model"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / WEIGHTS, out_dir / TEXT_NETWORK)
+    from safetensors.torch import load_file
+
+    net.load_state_dict(load_file(str(out_dir / TEXT_NETWORK)))
+    metrics = read_json(src, METRICS) if (src / METRICS).is_file() else {}
+    record = {
+        "engine": cfg.get("engine"),
+        "model": cfg["model"],
+        "from": str(source),
+        "sha256": file_sha256(out_dir / TEXT_NETWORK),
+        "recipe": cfg.get("recipe"),
+        "dev_weighted_f1": metrics.get("text", {}).get("weighted_f1"),
+        "best_epoch": metrics.get("best_epoch"),
+    }
+    return net.eval(), record
 
 
 def file_sha256(path: str | Path) -> str:

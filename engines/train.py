@@ -223,6 +223,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--no-trust", action="store_true", help="export the network alone (engine-specific weights, no voice gate)"
     )
+    g.add_argument(
+        "--text-network",
+        default=None,
+        metavar="MODEL",
+        help="a words-only artifact (same labels, text features and window) whose network stands in wherever the "
+        "target's voice is absent: the gate's text prediction, the weights' coalitions without the voice, and "
+        "calls or utterances without a voice (recipes: '@NAME')",
+    )
     g = parser.add_argument_group("runtime")
     g.add_argument("--threads", type=positive_int, default=2)
     g.add_argument("--device", default="cpu")
@@ -450,7 +458,7 @@ def _train_needs(ns: argparse.Namespace, seen: frozenset[Path] = frozenset()) ->
 
 def run_train(ns: argparse.Namespace) -> int:
     """Train and write the artifact; 0 on success, 2 on a data or artifact error (message on stderr)."""
-    from engines.errors import EngineError
+    from engines.errors import ArtifactError, EngineError
 
     try:
         if ns.recipe or ns.data_dir is None or ns.out is None:  # re-read the words with the recipe applied
@@ -469,6 +477,10 @@ def run_train(ns: argparse.Namespace) -> int:
             print(f"train: {ns.out} holds an artifact; it is replaced when this run ends", file=sys.stderr)
         fold_split("train", ns.fold, ns.dataset, ns.nested)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
+        if ns.text_network:  # refused now, not after the training
+            src = artifact.verify(ns.text_network)
+            if artifact.feature_spec(src).audio_dim or artifact.feature_spec(src).video_dim:
+                raise ArtifactError(f"--text-network {ns.text_network}: a words-only artifact is needed")
         return _train(ns)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -480,6 +492,8 @@ def _check_options(ns: argparse.Namespace) -> None:
 
     if ns.keep_epoch and not 1 <= ns.keep_epoch <= ns.epochs:
         raise ArtifactError(f"--keep-epoch {ns.keep_epoch} is outside the schedule's epochs 1-{ns.epochs}")
+    if getattr(ns, "text_network", None) and ns.no_trust:
+        raise ArtifactError("--text-network stands in inside the voice gate, which --no-trust leaves out")
     if ns.tune_text and ns.text_weights:  # the reused layers won, and the tuning asked for was dropped
         raise ArtifactError(
             f"--tune-text {ns.tune_text} tunes the text layers and --text-weights {ns.text_weights} reuses another "
@@ -518,7 +532,7 @@ def _train(ns: argparse.Namespace) -> int:
     from engines.datasets.composite import SPLIT_MAP, assign_clips
     from engines.datasets.pickles import precomputed_spec
     from engines.datasets.ravdess import fold_split, load_ravdess_clips
-    from engines.errors import DatasetError
+    from engines.errors import ArtifactError, DatasetError
     from engines.evaluate import evaluate_engine
     from engines.export import export_onnx
     from engines.features import make_audio_extractor, make_text_encoder
@@ -720,7 +734,7 @@ def _train(ns: argparse.Namespace) -> int:
     net = net.cpu().eval()
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / artifact.WEIGHTS))
-    served, trust_record = net, None
+    served, trust_record, text_net_record = net, None, None
     if not ns.no_trust and len(cfg.active()) > 1:
         voices: np.ndarray | None = None
         if table is not None and cfg.audio_dim > 0:
@@ -733,7 +747,22 @@ def _train(ns: argparse.Namespace) -> int:
         )
         save_trust(out_dir, tensors)
         trust_record = trust_cfg.to_dict()
-        served = wrap_trust(net, tensors, trust_cfg)
+        text_net = None
+        if ns.text_network:  # a words network for wherever the voice is absent (engines/trust.py)
+            text_net, text_net_record = artifact.take_text_network(
+                ns.text_network,
+                out_dir,
+                label_names,
+                text_enc.to_dict() if text_enc is not None else None,
+                ns.max_window,
+                ns.future,
+            )
+        try:
+            served = wrap_trust(net, tensors, trust_cfg, text_net=text_net)
+        except ValueError as exc:
+            raise ArtifactError(f"--text-network {ns.text_network}: {exc}") from None
+    elif ns.text_network:
+        raise ArtifactError("--text-network stands in for the voice: the model must read text and audio")
     train_args = {k: v for k, v in vars(ns).items() if isinstance(v, str | int | float | bool | type(None))}
     artifact.write_json(
         out_dir,
@@ -748,6 +777,7 @@ def _train(ns: argparse.Namespace) -> int:
             "train": train_args,
             "dataset": ns.dataset,
             **({"trust": trust_record} if trust_record is not None else {}),
+            **({"text_network": text_net_record} if text_net_record is not None else {}),
             **({"recipe": ns.recipe_record} if getattr(ns, "recipe_record", None) else {}),
         },
     )

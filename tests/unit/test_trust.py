@@ -169,7 +169,51 @@ def test_an_unfamiliar_voice_is_trusted_less_than_a_familiar_one() -> None:
         assert torch.all(trusted(**odd)["weights"][:, 1] < 0.05)  # it carried (next to) none of the decision
 
 
-def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path) -> None:
+def words(seed: int = 5, **fields: object) -> object:
+    """A small random text-only network (the words network of ``wrap(..., text_net=)``)."""
+    torch.manual_seed(seed)
+    return build_model("foal-net", {"text_dim": DT, "audio_dim": 0, "d_model": 16, "n_heads": 2, **fields}).eval()
+
+
+@pytest.mark.parametrize("engine", ["unimse", "relevance"])  # UniMSE computes the subsets' target rows alone
+def test_a_words_network_stands_in_wherever_the_target_has_no_voice(engine: str) -> None:
+    net, text_net = small(engine), words()
+    x = make_inputs()
+    x["present"][0, -1, 1] = 0.0  # window 0: no audio at the target
+    x["present"][1, -1, 0] = 0.0  # window 1: a voice without words
+    with torch.no_grad():
+        alone = _probs(text_net(**x))  # it reads the text only: the target's voice changes nothing
+        for prior, want in ((1.0, "words"), (0.0, "fused")):
+            trusted = wrap(net, *fitted(prior, prior), text_net=text_net)
+            out = trusted(**x)
+            torch.testing.assert_close(out["weights"].sum(1), torch.ones(4))
+            # no voice at the target: the words network's output, all the weight on the text
+            torch.testing.assert_close(_probs(out)[0], alone[0], atol=1e-5, rtol=0)
+            assert out["weights"][0].tolist() == [1.0, 0.0, 0.0]
+            if want == "words":  # a voice never trusted: the words alone decide, and the voice carried nothing
+                torch.testing.assert_close(_probs(out)[2:], alone[2:], atol=1e-5, rtol=0)
+                assert torch.all(out["weights"][2:, 1] < 1e-6)
+            else:  # a voice always trusted: the network's fused output, as without a words network
+                torch.testing.assert_close(_probs(out)[1:], _probs(net(**x))[1:], atol=1e-5, rtol=0)
+        # without a words network the gate's text prediction is the network's own: another output
+        shut = wrap(net, *fitted(1.0, 1.0))(**x)
+        assert not torch.allclose(_probs(shut)[2:], alone[2:], atol=1e-3)
+
+
+def test_a_words_network_that_cannot_stand_in_is_refused() -> None:
+    tensors, cfg = fitted(0.1)
+    with pytest.raises(ValueError, match="text alone"):
+        wrap(small(), tensors, cfg, text_net=small("foal-net"))  # it reads the voice too
+    with pytest.raises(ValueError, match="max_window"):
+        wrap(small(), tensors, cfg, text_net=words(max_window=6))
+    with pytest.raises(ValueError, match="causal"):
+        wrap(small(), tensors, cfg, text_net=words(causal=False))
+    with pytest.raises(ValueError, match="voice-gated"):
+        wrap(small(), {k: v for k, v in tensors.items() if k != "audio_mean"}, cfg, text_net=words())
+
+
+@pytest.mark.parametrize("with_words", [False, True])
+def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path, with_words: bool) -> None:
     pytest.importorskip("onnxruntime")
     import onnxruntime as ort
 
@@ -178,7 +222,7 @@ def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path)
     from engines.spec import engine_spec
 
     spec = FeatureSpec(text_dim=DT, audio_dim=DA, video_dim=0)
-    trusted = wrap(small(), *fitted(0.05))
+    trusted = wrap(small(), *fitted(0.05), text_net=words() if with_words else None)
     export_onnx(trusted, spec, tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
