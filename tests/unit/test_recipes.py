@@ -26,7 +26,8 @@ def test_a_recipe_sets_the_defaults_and_flags_given_win(tmp_path: Path) -> None:
         0,
     )
     assert ns.text_weights == "runs/meld-tuned"  # '@meld-tuned': that recipe's artifact
-    assert ns.recipe_needs == [RECIPES_DIR / "meld-tuned.toml"]
+    assert ns.recipe_needs == [RECIPES_DIR / "meld-tuned.toml", RECIPES_DIR / "meld-words.toml"]
+    assert ns.text_network == "runs/meld-words"  # '@meld-words': the words network inside the gate
     ns = parse_train_args(["--seed", "3", "--recipe", "default", "--out", str(tmp_path), "--telephone", "0"])
     assert (ns.seed, ns.out, ns.telephone, ns.engine) == (3, str(tmp_path), 0.0, "unimse")
     record = ns.recipe_record
@@ -81,9 +82,16 @@ def test_the_shipped_models_recipes_match_how_they_were_trained(name: str) -> No
     ns = parse_train_args(["--recipe", name])
     recorded = json.loads((REPO / "models" / name / "config.json").read_text())["train"]
     ignored = {"out", "text_weights", "threads", "data_dir", "recipe", "no_progress", "cache_dir", "config", "command"}
+    ignored |= {"text_network"}  # a path of the run, like text_weights: its record is checked below
     for key, value in vars(ns).items():
         if key in recorded and key not in ignored:
             assert recorded[key] == value, (name, key, recorded[key], value)
+    words = json.loads((REPO / "models" / name / "config.json").read_text()).get("text_network")
+    assert (words is not None) == bool(ns.text_network), name
+    if words is not None:  # the words network is the one its recipe trains
+        recipe = parse_train_args(["--recipe", ns.recipe_needs[-1].stem])
+        assert (words["engine"], words["model"]["dropout"]) == (recipe.engine, recipe.dropout), words
+        assert words["model"]["input_noise"][0] == recipe.text_noise and words["model"]["causal"]
 
 
 def test_every_shipped_recipe_parses() -> None:
@@ -123,7 +131,9 @@ def test_a_needed_recipe_is_trained_first_only_when_its_artifact_is_missing(
 
 def test_a_flag_that_replaces_a_needed_artifact_drops_the_need() -> None:
     ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default"])
-    assert ns.text_weights == "models/default" and ns.recipe_needs == []
+    assert ns.text_weights == "models/default" and ns.recipe_needs == [RECIPES_DIR / "meld-words.toml"]
+    ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default", "--text-network", "runs/w"])
+    assert ns.text_network == "runs/w" and ns.recipe_needs == []
 
 
 def test_recipe_values_are_typed_and_cycles_caught(tmp_path: Path) -> None:
