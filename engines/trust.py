@@ -220,10 +220,21 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
             sent_full = out["sentiment"]  # (B,)
             if self.text_net is not None:  # a target without a voice: the words network's
-                voiced = present_t[:, AUDIO] > 0.0
-                words = self.text_net(text, None, None, present, speakers, valid, target)
-                logp_full = torch.where(voiced[:, None], logp_full, torch.log_softmax(words["logits"], dim=-1))
-                sent_full = torch.where(voiced, sent_full, words["sentiment"])
+                silent = present_t[:, AUDIO] <= 0.0
+                # run on those windows only, and one spare row (never an empty batch), as the subsets below
+                idx_w = torch.cat([torch.nonzero(silent).reshape(-1), torch.zeros_like(target[:1])])
+                words = self.text_net(
+                    text.index_select(0, idx_w),
+                    None,
+                    None,
+                    *(x.index_select(0, idx_w) for x in (present, speakers, valid, target)),
+                )
+                pos_w = torch.where(
+                    silent, torch.cumsum(silent.long(), 0) - 1, torch.zeros_like(target) + (idx_w.shape[0] - 1)
+                )
+                logp_words = torch.log_softmax(words["logits"], dim=-1).index_select(0, pos_w)
+                logp_full = torch.where(silent[:, None], logp_words, logp_full)
+                sent_full = torch.where(silent, words["sentiment"].index_select(0, pos_w), sent_full)
             mine = torch.tensor(
                 [1.0 if m in self.active else 0.0 for m in range(len(MODALITIES))], device=present.device
             )
