@@ -3,7 +3,8 @@
 text         utterances/s on MELD dev, torch eager vs ONNX Runtime (plain and optimised graph), batched
              and one utterance per call, with ratios (cold model load and export excluded)
 audio        decode + extract speed on RAVDESS dev clips, as a multiple of real time
-engine       OnnxEngine.predict latency per batch for windows of 12 utterances
+engine       OnnxEngine.predict latency per batch for windows of 12 utterances; ``--model A,B``:
+             artifacts side by side in one process, with and without voices, with ratios
 runtimes     text encoder, audio encoder and engine on every runtime this machine has, side by
              side (engines/runtime/select.py), with ratios against torch fp32
 audio-probe  RAVDESS by actor (train 1-16, dev 17-20), 8 classes: extractor features +
@@ -114,6 +115,39 @@ def bench_audio(data_dir: Path, n: int) -> dict[str, float]:
         "total_s": round(dt, 2),
         "x_real_time": round(audio_s / dt, 1),
     }
+
+
+def compare_engines(models: Sequence[str], batches: Sequence[int], rounds: int = 7) -> list[dict[str, Any]]:
+    """Artifacts side by side in one process (ONNX Runtime): ms per call on windows of 12, every
+    target with a voice and then none, medians of ``rounds`` alternating rounds of 10 calls, and
+    each one's ratio to the first."""
+    import dataclasses
+
+    from engines.export import example_batch
+    from engines.runtime.onnx import OnnxEngine
+
+    engines = {m: OnnxEngine(m) for m in models}
+    spec = engines[models[0]].spec
+    rows: list[dict[str, Any]] = []
+    for case in ("voice", "no voice"):
+        for b in batches:
+            batch = example_batch(spec, batch=b, window=12)
+            present = batch.present.copy()
+            present[:, :, 0] = 1.0
+            present[:, :, 1] = 1.0 if case == "voice" else 0.0
+            batch = dataclasses.replace(batch, present=present)
+            times: dict[str, list[float]] = {m: [] for m in models}
+            for _ in range(rounds):
+                for m, engine in engines.items():
+                    engine.predict(batch)
+                    t = time.perf_counter()
+                    for _ in range(10):
+                        engine.predict(batch)
+                    times[m].append((time.perf_counter() - t) * 100)
+            med = {m: round(float(np.median(v)), 2) for m, v in times.items()}
+            ratios = {f"ratio {m}": round(med[m] / med[models[0]], 2) for m in models[1:]}
+            rows.append({"case": case, "batch": b, **med, **ratios})
+    return rows
 
 
 def bench_engine(model: str, batches: Sequence[int]) -> dict[str, float]:
@@ -314,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = bench_audio(data_dir, ns.n)
     elif ns.what == "runtimes":
         res = bench_runtimes(ns.model, data_dir, ns.n, max(8, ns.n // 8), ns.repeats)
+    elif ns.what == "engine" and "," in ns.model:  # --model A,B: side by side
+        for row in compare_engines(ns.model.split(","), [1, 16, 64]):
+            print(json.dumps(row))
+        return 0
     elif ns.what == "engine":
         res = bench_engine(ns.model, [1, 16, 64])
     elif ns.what == "fusion":
