@@ -141,6 +141,8 @@ def load_text_network(path: Path, cfg: dict[str, Any]) -> Any:
         return None
     if not (path / TEXT_NETWORK).is_file():
         raise ArtifactError(f"artifact {path} names a text network but lacks {TEXT_NETWORK}")
+    if record.get("sha256") not in (None, file_sha256(path / TEXT_NETWORK)):
+        raise ArtifactError(f"artifact {path}: {TEXT_NETWORK} is not the one config.json's text_network records")
     net = build_model(str(record.get("engine")), record["model"])
     missing, unexpected = net.load_state_dict(load_file(str(path / TEXT_NETWORK)), strict=False)
     if missing or unexpected:
@@ -151,12 +153,13 @@ def load_text_network(path: Path, cfg: dict[str, Any]) -> Any:
 
 
 def take_text_network(
-    source: str | Path, out_dir: Path, labels: Sequence[str], text: dict[str, Any] | None, max_window: int, future: int
+    source: str | Path, labels: Sequence[str], text: dict[str, Any] | None, max_window: int, future: int
 ) -> tuple[Any, dict[str, Any]]:
     """Check that the sealed artifact ``source`` is a words-only network that can stand in for the
-    one trained into ``out_dir`` (the same labels, text features, window and causality), copy its
-    weights there as :data:`TEXT_NETWORK`, and return (its network, the record for config.json)."""
-    import shutil
+    one being trained (the same labels, text features, window and causality); return (its network,
+    the record for config.json). Nothing is written: the caller copies ``source/weights.safetensors``
+    as :data:`TEXT_NETWORK` with the rest of the artifact."""
+    from safetensors.torch import load_file
 
     from engines.models import build_model
 
@@ -171,23 +174,22 @@ def take_text_network(
             f"--text-network {source}: its text features ({spec.get('text')}) are not this model's ({text}): "
             "train it with the same --text-encoder and --text-weights"
         )
-    if (int(cfg["max_window"]), int(cfg.get("future", 0))) != (max_window, future):
+    window = int(cfg.get("max_window", cfg["model"].get("max_window", 0)))
+    if (window, int(cfg.get("future", 0))) != (max_window, future):
         raise ArtifactError(
-            f"--text-network {source}: window {cfg['max_window']} / future {cfg.get('future', 0)}, "
+            f"--text-network {source}: window {window} / future {cfg.get('future', 0)}, "
             f"this model's {max_window} / {future}"
         )
     net = build_model(str(cfg.get("engine")), cfg["model"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / WEIGHTS, out_dir / TEXT_NETWORK)
-    from safetensors.torch import load_file
-
-    net.load_state_dict(load_file(str(out_dir / TEXT_NETWORK)))
+    missing, unexpected = net.load_state_dict(load_file(str(src / WEIGHTS)), strict=False)
+    if missing or unexpected:
+        raise ArtifactError(f"--text-network {source}: weights do not match its config")
     metrics = read_json(src, METRICS) if (src / METRICS).is_file() else {}
     record = {
         "engine": cfg.get("engine"),
         "model": cfg["model"],
         "from": str(source),
-        "sha256": file_sha256(out_dir / TEXT_NETWORK),
+        "sha256": file_sha256(src / WEIGHTS),
         "recipe": cfg.get("recipe"),
         "dev_weighted_f1": metrics.get("text", {}).get("weighted_f1"),
         "best_epoch": metrics.get("best_epoch"),

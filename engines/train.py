@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -541,7 +542,7 @@ def _train(ns: argparse.Namespace) -> int:
     from engines.prepare import AudioTable, prepare
     from engines.runtime.onnx import OnnxEngine
     from engines.runtime.torch import TorchEngine, torch_inputs
-    from engines.trust import TrustConfig, fit_trust, save_trust
+    from engines.trust import TrustConfig, check_text_net, fit_trust, save_trust
     from engines.trust import wrap as wrap_trust
     from engines.windows import gather_batch
 
@@ -732,10 +733,26 @@ def _train(ns: argparse.Namespace) -> int:
 
     net.load_state_dict(best["state"])
     net = net.cpu().eval()
+    gated = not ns.no_trust and len(cfg.active()) > 1
+    text_net, text_net_record = None, None
+    if ns.text_network:  # a words network for wherever the voice is absent, checked before anything is written
+        if not (gated and table is not None and cfg.audio_dim > 0):
+            raise ArtifactError("--text-network stands in for the voice: the model must read text and audio")
+        text_net, text_net_record = artifact.take_text_network(
+            ns.text_network, label_names, text_enc.to_dict() if text_enc is not None else None, ns.max_window, ns.future
+        )
+        try:
+            check_text_net(net, text_net, {"audio_mean": np.zeros(1)})
+        except ValueError as exc:
+            raise ArtifactError(f"--text-network {ns.text_network}: {exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if text_net is not None:
+        shutil.copyfile(artifact.resolve_model_dir(ns.text_network) / artifact.WEIGHTS, out_dir / artifact.TEXT_NETWORK)
+    else:  # not a words network of an earlier run in the same folder
+        (out_dir / artifact.TEXT_NETWORK).unlink(missing_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / artifact.WEIGHTS))
-    served, trust_record, text_net_record = net, None, None
-    if not ns.no_trust and len(cfg.active()) > 1:
+    served, trust_record = net, None
+    if gated:
         voices: np.ndarray | None = None
         if table is not None and cfg.audio_dim > 0:
             voice_paths = sorted(
@@ -747,22 +764,7 @@ def _train(ns: argparse.Namespace) -> int:
         )
         save_trust(out_dir, tensors)
         trust_record = trust_cfg.to_dict()
-        text_net = None
-        if ns.text_network:  # a words network for wherever the voice is absent (engines/trust.py)
-            text_net, text_net_record = artifact.take_text_network(
-                ns.text_network,
-                out_dir,
-                label_names,
-                text_enc.to_dict() if text_enc is not None else None,
-                ns.max_window,
-                ns.future,
-            )
-        try:
-            served = wrap_trust(net, tensors, trust_cfg, text_net=text_net)
-        except ValueError as exc:
-            raise ArtifactError(f"--text-network {ns.text_network}: {exc}") from None
-    elif ns.text_network:
-        raise ArtifactError("--text-network stands in for the voice: the model must read text and audio")
+        served = wrap_trust(net, tensors, trust_cfg, text_net=text_net)
     train_args = {k: v for k, v in vars(ns).items() if isinstance(v, str | int | float | bool | type(None))}
     artifact.write_json(
         out_dir,

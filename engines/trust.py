@@ -9,7 +9,8 @@ copy, from the full run's keys and values: no other row sees the target, so they
 run's (about half the engine's time on windows with a voice, where every row ran 4 times). Only
 windows whose target holds a voice or two modalities need the copies: the others (a text-only
 call, a voice without speech) run once, their output the network's and their weight all on the
-one modality present, which is what the copies would give them. From those:
+one modality present, which is what the copies would give them (with a words network, below, a
+window whose target has no voice gets the words network's output instead). From those:
 
 **The voice gate** (networks with audio). With ``p_t`` the prediction without the target's audio
 and ``p_a`` the prediction from its audio alone (the context of the window kept in both: an
@@ -148,7 +149,7 @@ def check_text_net(net: Any, text_net: Any, tensors: dict[str, np.ndarray]) -> N
     if list(text_net.active) != [text]:
         names = [MODALITIES[m] for m in text_net.active]
         raise ValueError(f"the words network must read the text alone, not {names}")
-    for field in ("causal", "max_window", "n_classes"):
+    for field in ("causal", "max_window", "n_classes", "text_dim"):
         mine, theirs = getattr(net.cfg, field), getattr(text_net.cfg, field)
         if mine != theirs:
             raise ValueError(f"the words network's {field} is {theirs}, the network's {mine}")

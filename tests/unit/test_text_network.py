@@ -39,21 +39,29 @@ def words_artifact(
 
 
 def take(source: Path, out: Path) -> tuple[Any, dict[str, Any]]:
-    return artifact.take_text_network(source, out, LABELS, TEXT, 12, 0)
+    """``take_text_network`` as training calls it, then the copy training makes with the artifact."""
+    import shutil
+
+    net, record = artifact.take_text_network(source, LABELS, TEXT, 12, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / artifact.WEIGHTS, out / artifact.TEXT_NETWORK)
+    return net, record
 
 
-def test_a_words_artifact_is_copied_in_and_recorded(tmp_path: Path) -> None:
+def test_a_words_artifact_is_recorded_and_loads_back_only_as_recorded(tmp_path: Path) -> None:
     src = words_artifact(tmp_path / "words")
     net, record = take(src, tmp_path / "model")
-    assert artifact.file_sha256(tmp_path / "model" / artifact.TEXT_NETWORK) == artifact.file_sha256(
-        src / artifact.WEIGHTS
-    )
     assert record["sha256"] == artifact.file_sha256(src / artifact.WEIGHTS)
     assert (record["engine"], record["dev_weighted_f1"], record["best_epoch"]) == ("foal-net", 0.5, 3)
     again = artifact.load_text_network(tmp_path / "model", {"text_network": record})
     for (k, a), (_, b) in zip(net.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     assert artifact.load_text_network(tmp_path / "model", {}) is None  # none recorded
+    changed = bytearray((src / artifact.WEIGHTS).read_bytes())
+    changed[-1] ^= 1  # one bit of one weight: another network than the one recorded
+    (tmp_path / "model" / artifact.TEXT_NETWORK).write_bytes(bytes(changed))
+    with pytest.raises(ArtifactError, match="is not the one config.json's text_network records"):
+        artifact.load_text_network(tmp_path / "model", {"text_network": record})
 
 
 @pytest.mark.parametrize(

@@ -208,6 +208,8 @@ def test_a_words_network_that_cannot_stand_in_is_refused() -> None:
         wrap(small(), tensors, cfg, text_net=words(max_window=6))
     with pytest.raises(ValueError, match="causal"):
         wrap(small(), tensors, cfg, text_net=words(causal=False))
+    with pytest.raises(ValueError, match="text_dim"):
+        wrap(small(), tensors, cfg, text_net=words(text_dim=DT + 1))
     with pytest.raises(ValueError, match="voice-gated"):
         wrap(small(), {k: v for k, v in tensors.items() if k != "audio_mean"}, cfg, text_net=words())
 
@@ -247,6 +249,7 @@ def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path,
             )
         np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["weights"], ref["weights"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(got["sentiment"], ref["sentiment"].numpy(), atol=1e-4, rtol=0)
         assert math.isfinite(float(got["sentiment"].sum()))
 
 
