@@ -764,7 +764,10 @@ def _train(ns: argparse.Namespace) -> int:
         )
         save_trust(out_dir, tensors)
         trust_record = trust_cfg.to_dict()
-        served = wrap_trust(net, tensors, trust_cfg, text_net=text_net)
+        try:
+            served = wrap_trust(net, tensors, trust_cfg, text_net=text_net)
+        except ValueError as exc:  # no voice gate was fit (too few voices) for the words network to sit in
+            raise ArtifactError(f"--text-network {ns.text_network}: {exc}") from None
     train_args = {k: v for k, v in vars(ns).items() if isinstance(v, str | int | float | bool | type(None))}
     artifact.write_json(
         out_dir,
