@@ -22,7 +22,9 @@ By Bayes, with ``r = p_a / prior`` (``prior``: the training labels' frequencies)
     w = (1 - pi) agree / ((1 - pi) agree + pi other)
 
 with ``q_t = softmax(log p_t / text_temperature)`` (1 in the shipped models: ``q_t = p_t``; ``sweep
---temperatures`` measures others), and the output is ``w * p_all + (1 - w) * p_t`` (sentiment
+--temperatures`` measures others; ``p_a`` likewise at ``audio_temperature``, ``sweep
+--audio-temperatures``: neither moved the trade-off out, README "Trusting a voice"), and the
+output is ``w * p_all + (1 - w) * p_t`` (sentiment
 likewise). ``pi`` depends on how
 familiar the voice is: ``prior`` for voices like those the model learned from, ``prior_unfamiliar``
 for others (the espeak-ng speech of the demo, say). Familiarity is a distance of the target's raw
@@ -79,10 +81,13 @@ class TrustConfig:
     residual_var: float = 1.0  # mean variance outside the k components (fit)
     n_fit: int = 0  # audio vectors the familiarity was fit on
     text_temperature: float = 1.0  # p_t's temperature in the gate (> 1: a text less sure of itself)
+    audio_temperature: float = 1.0  # and p_a's (> 1: a voice less sure of itself)
 
     def __post_init__(self) -> None:
-        if not (self.text_temperature > 0 and math.isfinite(self.text_temperature)):
-            raise ValueError(f"text_temperature must be a positive number, not {self.text_temperature}")
+        for name in ("text_temperature", "audio_temperature"):
+            t = getattr(self, name)
+            if not (t > 0 and math.isfinite(t)):
+                raise ValueError(f"{name} must be a positive number, not {t}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,7 +117,7 @@ def fit_trust(
         audio_components=vt[:k].astype(np.float32),
         audio_scale=(1.0 / np.sqrt(np.maximum(var[:k], 1e-12))).astype(np.float32),
     )
-    fitted = TrustConfig(cfg.prior, cfg.prior_unfamiliar, k, 0.0, residual_var, len(x), cfg.text_temperature)
+    fitted = dataclasses.replace(cfg, k=k, tau=0.0, residual_var=residual_var, n_fit=len(x))
     score = unfamiliarity(x, tensors, fitted)
     tau = max(float(2.0 * np.percentile(score, 99)), 1e-6)  # identical vectors: 0, and the graph divides by tau
     return tensors, dataclasses.replace(fitted, tau=tau)
@@ -303,6 +308,8 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                 without = tuple(m for m in full if m != AUDIO)
                 i_t, i_a = self.subsets.index(without), self.subsets.index((AUDIO,))
                 p_all, p_t, p_a = logp[0].exp(), logp[i_t].exp(), logp[i_a].exp()
+                if self.trust.audio_temperature != 1.0:
+                    p_a = torch.softmax(logp[i_a] / self.trust.audio_temperature, -1)
                 r = p_a / cast(Any, self.class_prior)  # (G, C)
                 c = r.shape[-1]
                 q_t = (
@@ -383,6 +390,7 @@ def sweep(
     seed: int = 0,
     fold: int | None = None,
     temperatures: Sequence[float] | None = None,
+    audio_temperatures: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
     set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
@@ -422,10 +430,19 @@ def sweep(
     rows: list[dict[str, Any]] = []
     text_alone = 0.0
     with torch.inference_mode():
-        for prior, temperature in itertools.product(priors, temperatures or [base.text_temperature]):
-            trust = dataclasses.replace(base, prior=prior, text_temperature=temperature)
+        grid = itertools.product(
+            priors, temperatures or [base.text_temperature], audio_temperatures or [base.audio_temperature]
+        )
+        for prior, temperature, audio_temperature in grid:
+            trust = dataclasses.replace(
+                base, prior=prior, text_temperature=temperature, audio_temperature=audio_temperature
+            )
             engine = TorchEngine(net=wrap(net.eval(), tensors, trust, text_net=text_net), labels=labels)
-            row: dict[str, Any] = {"prior": prior, "text_temperature": temperature}
+            row: dict[str, Any] = {
+                "prior": prior,
+                "text_temperature": temperature,
+                "audio_temperature": audio_temperature,
+            }
             if not rows:  # the text alone (the same for every prior: no voice, no gate)
                 probs, _, weights = predict_prepared(engine, data["clean"], ["text"])
                 labels_ = data["clean"].labels
@@ -460,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated temperatures of the text's prediction in the gate (default: the model's own)",
     )
     s.add_argument(
+        "--audio-temperatures",
+        default=None,
+        help="comma-separated temperatures of the voice's prediction in the gate (default: the model's own)",
+    )
+    s.add_argument(
         "--fold",
         type=int,
         default=None,
@@ -468,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ns = parser.parse_args(argv)
     temperatures = [float(t) for t in ns.temperatures.split(",")] if ns.temperatures else None
-    for row in sweep(ns.model, ns.data_dir, [float(p) for p in ns.priors.split(",")], ns.seed, ns.fold, temperatures):
+    audio_t = [float(t) for t in ns.audio_temperatures.split(",")] if ns.audio_temperatures else None
+    priors = [float(p) for p in ns.priors.split(",")]
+    for row in sweep(ns.model, ns.data_dir, priors, ns.seed, ns.fold, temperatures, audio_t):
         print(json.dumps(row))
     return 0
 

@@ -135,6 +135,28 @@ def test_a_text_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
         dataclasses.replace(cfg, text_temperature=0.0)
 
 
+def test_a_voice_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
+    """``audio_temperature``: the voice's prediction in the gate is softened; at a temperature high
+    enough it is uniform, and with a uniform class prior agree = other: the gate is 1 - pi."""
+    import dataclasses
+
+    net = small()
+    x = make_inputs()
+    without_audio = dict(x)
+    without_audio["present"] = x["present"].clone()
+    without_audio["present"][:, -1, 1] = 0.0
+    tensors, cfg = fitted(0.3, 0.3)
+    tensors = {**tensors, "class_prior": np.full(7, 1 / 7, dtype=np.float32)}
+    with torch.no_grad():
+        fused, text = _probs(net(**x)), _probs(net(**without_audio))
+        flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=1e6))(**x))
+        sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=0.01))(**x))
+    torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
+    assert not torch.allclose(sharp, flat, atol=1e-3)  # a sure voice moves the gate
+    with pytest.raises(ValueError, match="audio_temperature"):
+        dataclasses.replace(cfg, audio_temperature=float("inf"))
+
+
 @pytest.mark.parametrize("engine", ["unimse", "relevance", "joyful", "foal-net"])
 def test_a_voice_the_gate_turns_away_carries_none_of_the_decision(engine: str) -> None:
     """Every voice presumed to contradict (prior 1): the gate is 0, the output the text's, and the
