@@ -37,7 +37,8 @@ training clips, and ``pi = f prior + (1 - f) prior_unfamiliar``.
 **The words network** (optional, ``wrap(..., text_net=...)``; the shipped default's since 1.5.0):
 a network of the words alone (``config.json``'s ``text_network``) that computes every coalition
 without the target's voice (``p_t`` and the empty one) and every window whose target has no voice,
-where the network would otherwise give them with its voice dropped. A network trained for the
+where the network would otherwise give them with its voice dropped; the network then runs only on
+the windows whose target has a voice (each window runs one of the two). A network trained for the
 words alone reads them better than one trained for words and voice together (MELD dev 0.600
 against 0.573), and the gate judges a voice against that reading and falls back to it.
 
@@ -166,6 +167,15 @@ def _subsets(active: list[int]) -> list[tuple[int, ...]]:
     return out
 
 
+def _rows(mask: Any) -> Any:
+    """The indices of ``mask``'s true rows, or row 0 alone where there are none (never an empty
+    batch in the graph; that row's result is never read: see ``back`` in :func:`wrap`)."""
+    import torch
+
+    first = torch.arange(mask.shape[0], device=mask.device) == 0
+    return torch.nonzero(mask | (first & ~mask.any())).reshape(-1)
+
+
 def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: Any = None) -> Any:
     """``net`` inside a :class:`TrustedNet` (a torch module with the same forward signature).
 
@@ -218,29 +228,6 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             at = (torch.arange(w, device=valid.device)[None, :] == target[:, None]).to(present.dtype)  # (B, W)
             present_t = (present * at[..., None]).sum(1).clamp(max=1.0)  # (B, 3)
             feats = (text, audio, video)
-            projected = self.net.project(text, audio, video) if hasattr(self.net, "project") else None
-            # every window with all it has at the target; a causal network that can compute the
-            # target's row alone keeps each block's keys and values for the copies (see `target_rows`)
-            states: list[Any] | None = [] if self.rows_only else None
-            out = self._run(feats, projected, (present, speakers, valid, target), 1, states)
-            logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
-            sent_full = out["sentiment"]  # (B,)
-            if self.text_net is not None:  # a target without a voice: the words network's
-                silent = present_t[:, AUDIO] <= 0.0
-                # run on those windows only, and one spare row (never an empty batch), as the subsets below
-                idx_w = torch.cat([torch.nonzero(silent).reshape(-1), torch.zeros_like(target[:1])])
-                words = self.text_net(
-                    text.index_select(0, idx_w),
-                    None,
-                    None,
-                    *(x.index_select(0, idx_w) for x in (present, speakers, valid, target)),
-                )
-                pos_w = torch.where(
-                    silent, torch.cumsum(silent.long(), 0) - 1, torch.zeros_like(target) + (idx_w.shape[0] - 1)
-                )
-                logp_words = torch.log_softmax(words["logits"], dim=-1).index_select(0, pos_w)
-                logp_full = torch.where(silent[:, None], logp_words, logp_full)
-                sent_full = torch.where(silent, words["sentiment"].index_select(0, pos_w), sent_full)
             mine = torch.tensor(
                 [1.0 if m in self.active else 0.0 for m in range(len(MODALITIES))], device=present.device
             )
@@ -252,11 +239,47 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             need = (present_t[:, self.active] > 0.0).sum(-1) >= 2
             if self.gated:
                 need = need | (present_t[:, AUDIO] > 0.0)
-            # those rows and one more (row 0, whatever it holds): never an empty batch, and the
-            # result of the extra row is where the rows that skipped point (see `back`)
-            idx = torch.cat([torch.nonzero(need).reshape(-1), torch.zeros_like(target[:1])])  # (G + 1,)
+            silent = present_t[:, AUDIO] <= 0.0
+            if self.text_net is not None:  # the network runs only where the target has a voice
+                need = need | ~silent  # (the same rows: a words network sits in a gated text + audio net)
+            # those rows (row 0 alone, whatever it holds, where none does: never an empty batch); the
+            # rows that skipped point at the last result, which `back` ignores
+            idx = _rows(need)  # (G,)
             g = idx.shape[0]
             at_g, present_g = at.index_select(0, idx), present.index_select(0, idx)
+            feats_g = tuple(None if x is None else x.index_select(0, idx) for x in feats)
+            others_g = tuple(x.index_select(0, idx) for x in (speakers, valid, target))
+            # every window with all it has at the target; a causal network that can compute the
+            # target's row alone keeps each block's keys and values for the copies (see `target_rows`)
+            states: list[Any] | None = [] if self.rows_only else None
+            if self.text_net is None:  # every window, by the network
+                projected = self.net.project(text, audio, video) if hasattr(self.net, "project") else None
+                out = self._run(feats, projected, (present, speakers, valid, target), 1, states)
+                logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
+                sent_full = out["sentiment"]  # (B,)
+                logp_full_g, sent_full_g = logp_full.index_select(0, idx), sent_full.index_select(0, idx)
+                projected_g = None if projected is None else {m: v.index_select(0, idx) for m, v in projected.items()}
+                if states is not None:
+                    states = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in states]
+            else:
+                # a target without a voice: the words network's, run on those windows only (as
+                # `idx`: row 0 where there are none); a target with one: the network's, on those only
+                idx_w = _rows(silent)
+                words = self.text_net(
+                    text.index_select(0, idx_w),
+                    None,
+                    None,
+                    *(x.index_select(0, idx_w) for x in (present, speakers, valid, target)),
+                )
+                pos_w = torch.where(
+                    silent, torch.cumsum(silent.long(), 0) - 1, torch.zeros_like(target) + (idx_w.shape[0] - 1)
+                )
+                # every row: the rows with a voice take `final` below instead (`back`)
+                logp_full = torch.log_softmax(words["logits"], dim=-1).index_select(0, pos_w)
+                sent_full = words["sentiment"].index_select(0, pos_w)
+                projected_g = self.net.project(*feats_g) if hasattr(self.net, "project") else None
+                out = self._run(feats_g, projected_g, (present_g, *others_g), 1, states)
+                logp_full_g, sent_full_g = torch.log_softmax(out["logits"], dim=-1), out["sentiment"]
             presents = []
             for kept in self.subsets[1:]:
                 drop = torch.tensor(
@@ -269,15 +292,12 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             by_words = [self.text_net is not None and AUDIO not in kept for kept in self.subsets[1:]]
             mine_p = [p for p, w in zip(presents, by_words, strict=True) if not w]
             words_p = [p for p, w in zip(presents, by_words, strict=True) if w]
-            feats_g = tuple(None if x is None else x.index_select(0, idx) for x in feats)
-            projected_g = None if projected is None else {m: v.index_select(0, idx) for m, v in projected.items()}
-            others_g = tuple(x.index_select(0, idx) for x in (speakers, valid, target))
             rows_g = (torch.cat(mine_p, 0), *others_g)
             if states is not None:  # rows_only: a network with `project`, so projected_g is set
                 out_g = self.net.target_rows(
                     projected_g,
                     *rows_g,
-                    [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in states],
+                    states,
                     len(mine_p),
                 )
             else:
@@ -298,8 +318,8 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                 mine_l, mine_s, words_l, words_s = iter(chunks), iter(sents), iter(w_logp), iter(w_sent)
                 chunks = [next(words_l) if w else next(mine_l) for w in by_words]
                 sents = [next(words_s) if w else next(mine_s) for w in by_words]
-            logp = torch.stack([logp_full.index_select(0, idx), *chunks], 0)  # (S, G, C)
-            sent = torch.stack([sent_full.index_select(0, idx), *sents], 0)  # (S, G)
+            logp = torch.stack([logp_full_g, *chunks], 0)  # (S, G, C)
+            sent = torch.stack([sent_full_g, *sents], 0)  # (S, G)
             value = {kept: logp[i] for i, kept in enumerate(self.subsets)}
             full = self.subsets[0]
             final, final_sent = logp[0], sent[0]

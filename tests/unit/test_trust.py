@@ -298,7 +298,7 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
     with torch.no_grad():
         together = trusted(**x)
     net.forward, net.target_rows = forward, target_rows  # type: ignore[method-assign]
-    assert rows == [4, 3 * 3], rows  # all four once; the three other subsets of windows 1 and 2 and the spare row
+    assert rows == [4, 3 * 2], rows  # all four once; the three other subsets of windows 1 and 2, nothing more
     with torch.no_grad():
         raw = net(**x)
         for i in range(4):
@@ -309,6 +309,43 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
         torch.testing.assert_close(_probs(together)[i], _probs(raw)[i], atol=1e-5, rtol=0)
         torch.testing.assert_close(together["sentiment"][i], raw["sentiment"][i], atol=1e-5, rtol=0)
         assert together["weights"][i].tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("voiced", [(1, 2), (0, 1, 2, 3), ()])
+def test_with_a_words_network_each_window_runs_one_network_of_the_two(voiced: tuple[int, ...]) -> None:
+    """The fused network runs only on the windows whose target has a voice, the words network only
+    on those without; where a batch has none of one kind, that network runs on one row (never an
+    empty batch) whose result is read nowhere: the same outputs as each window alone."""
+    net, text_net = small(), words()
+    trusted = wrap(net, *fitted(0.1), text_net=text_net)
+    x = make_inputs()
+    for i in range(4):
+        x["present"][i, -1, 1] = 1.0 if i in voiced else 0.0
+    fused_rows: list[int] = []
+    words_rows: list[int] = []
+    forward, target_rows, words_forward = net.forward, net.target_rows, text_net.forward
+
+    def counting(*args: object, **kw: object) -> object:
+        fused_rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[3].shape[0]))  # type: ignore[index, attr-defined]
+        return forward(*args, **kw)
+
+    def counting_words(*args: object, **kw: object) -> object:
+        words_rows.append(int(args[3].shape[0]))  # type: ignore[attr-defined]
+        return words_forward(*args, **kw)
+
+    net.forward, text_net.forward = counting, counting_words  # type: ignore[method-assign]
+    with torch.no_grad():
+        together = trusted(**x)
+    net.forward, net.target_rows, text_net.forward = forward, target_rows, words_forward  # type: ignore[method-assign]
+    n_voiced, n_silent = len(voiced), 4 - len(voiced)
+    assert fused_rows == [max(1, n_voiced)], fused_rows  # the full run; the subsets take target_rows
+    # the windows without a voice, then the two coalitions without the voice of those with one
+    assert words_rows == [max(1, n_silent), 2 * max(1, n_voiced)], words_rows
+    with torch.no_grad():
+        for i in range(4):
+            alone = trusted(**{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()})
+            for key in ("logits", "sentiment", "weights"):
+                torch.testing.assert_close(alone[key][0], together[key][i], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("causal", [True, False])
