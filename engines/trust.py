@@ -203,6 +203,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             # the copies differ from the full run only at the target: a causal network whose other
             # rows never see it computes that row alone (UniMSE; the others run the copies whole)
             self.rows_only = hasattr(net, "target_rows") and hasattr(net, "project") and bool(net.cfg.causal)
+            self.words_constant = bool(getattr(text_net, "constant_without_target", False))
 
         def _run(
             self, feats: Any, projected: Any, rows: tuple[Any, ...], n: int, states: list[Any] | None = None
@@ -305,16 +306,20 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             chunks = list(torch.log_softmax(out_g["logits"], dim=-1).reshape(len(mine_p), g, -1).unbind(0))
             sents = list(out_g["sentiment"].reshape(len(mine_p), g).unbind(0))
             if words_p:
-                k = len(words_p)
+                # a words network whose output with nothing at the target is one constant (Foal-Net
+                # reads the window only through the target's vectors) runs that coalition on one row
+                words_kept = [kept for kept, w in zip(self.subsets[1:], by_words, strict=True) if w]
+                n_rows = [1 if self.words_constant and not kept else g for kept in words_kept]
+                text_g = text.index_select(0, idx)
                 out_w = self.text_net(
-                    torch.cat([text.index_select(0, idx)] * k, 0),
+                    torch.cat([text_g[:n] for n in n_rows], 0),
                     None,
                     None,
-                    torch.cat(words_p, 0),
-                    *(torch.cat([x] * k, 0) for x in others_g),
+                    torch.cat([p[:n] for p, n in zip(words_p, n_rows, strict=True)], 0),
+                    *(torch.cat([x[:n] for n in n_rows], 0) for x in others_g),
                 )
-                w_logp = list(torch.log_softmax(out_w["logits"], dim=-1).reshape(k, g, -1).unbind(0))
-                w_sent = list(out_w["sentiment"].reshape(k, g).unbind(0))
+                w_logp = [x.expand(g, -1) for x in torch.log_softmax(out_w["logits"], dim=-1).split(n_rows, 0)]
+                w_sent = [x.expand(g) for x in out_w["sentiment"].split(n_rows, 0)]
                 mine_l, mine_s, words_l, words_s = iter(chunks), iter(sents), iter(w_logp), iter(w_sent)
                 chunks = [next(words_l) if w else next(mine_l) for w in by_words]
                 sents = [next(words_s) if w else next(mine_s) for w in by_words]

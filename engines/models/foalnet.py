@@ -116,6 +116,12 @@ class FoalNet(nn.Module):
     (B, M) over the active modalities M.
     """
 
+    #: with no modality present at the target its output is one constant whatever the window holds:
+    #: the heads read only the target's fused vectors, weighted over the modalities present there
+    #: (none: weights 0, the heads read a zero vector). The voice gate's words network relies on it
+    #: (:func:`engines.trust.wrap` computes that coalition on one row); a test checks it.
+    constant_without_target = True
+
     def __init__(self, cfg: FoalNetConfig) -> None:
         super().__init__()
         self.cfg = cfg

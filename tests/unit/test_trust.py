@@ -311,6 +311,26 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
         assert together["weights"][i].tolist() == [1.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("fields", [{}, {"audio_dim": DA}])
+def test_foal_net_with_nothing_at_the_target_gives_one_constant_whatever_the_window(fields: dict) -> None:
+    """What ``constant_without_target`` promises (the voice gate computes that coalition on one row)."""
+    net = words(**fields)
+    assert net.constant_without_target  # type: ignore[attr-defined]
+    with torch.no_grad():  # away from the initialisation
+        for p in net.parameters():  # type: ignore[attr-defined]
+            p.add_(0.3 * torch.randn_like(p))
+    x = make_inputs()
+    x["present"][torch.arange(4), x["target"], :] = 0.0
+    with torch.no_grad():
+        out = net(**x)  # type: ignore[operator]
+    for key in ("logits", "sentiment"):
+        torch.testing.assert_close(out[key], out[key][:1].expand_as(out[key]), atol=1e-6, rtol=0)
+    x["present"][0, x["target"][0], 0] = 1.0  # the words back at one target: that row differs
+    with torch.no_grad():
+        back = net(**x)  # type: ignore[operator]
+    assert not torch.allclose(back["logits"][0], out["logits"][0], atol=1e-4)
+
+
 @pytest.mark.parametrize("voiced", [(1, 2), (0, 1, 2, 3), ()])
 def test_with_a_words_network_each_window_runs_one_network_of_the_two(voiced: tuple[int, ...]) -> None:
     """The fused network runs only on the windows whose target has a voice, the words network only
@@ -339,8 +359,9 @@ def test_with_a_words_network_each_window_runs_one_network_of_the_two(voiced: tu
     net.forward, net.target_rows, text_net.forward = forward, target_rows, words_forward  # type: ignore[method-assign]
     n_voiced, n_silent = len(voiced), 4 - len(voiced)
     assert fused_rows == [max(1, n_voiced)], fused_rows  # the full run; the subsets take target_rows
-    # the windows without a voice, then the two coalitions without the voice of those with one
-    assert words_rows == [max(1, n_silent), 2 * max(1, n_voiced)], words_rows
+    # the windows without a voice, then the coalitions without the voice of those with one: the
+    # words at the target on each, nothing at the target on one row (Foal-Net's output is then a constant)
+    assert words_rows == [max(1, n_silent), max(1, n_voiced) + 1], words_rows
     with torch.no_grad():
         for i in range(4):
             alone = trusted(**{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()})
