@@ -25,6 +25,9 @@ from engines.interface import MODALITIES, FeatureSpec
 from engines.models import ENGINES
 
 VERSION = "1.0.0"
+#: the options that name another artifact: '@NAME' there (a recipe's value or a flag's) is the
+#: ``out`` of recipes/NAME.toml, trained first when it holds no artifact yet
+ARTIFACT_OPTIONS = ("text_weights", "text_network")
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -202,7 +205,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         metavar="MODEL",
         help="reuse the tuned text layers of another artifact, or that artifact's text_encoder.safetensors "
-        "(e.g. the causal model's, so a revision model runs on the same text features), instead of tuning",
+        "(e.g. the causal model's, so a revision model runs on the same text features), instead of tuning "
+        "('@NAME': recipes/NAME.toml's artifact, trained first if missing)",
     )
     g = parser.add_argument_group("trust (engines/trust.py: the voice gate and the weights, in the exported graph)")
     g.add_argument(
@@ -230,7 +234,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="MODEL",
         help="a words-only artifact (same labels, text features and window) whose network stands in wherever the "
         "target's voice is absent: the gate's text prediction, the weights' coalitions without the voice, and "
-        "calls or utterances without a voice (recipes: '@NAME')",
+        "calls or utterances without a voice ('@NAME': recipes/NAME.toml's artifact, trained first if missing)",
     )
     g = parser.add_argument_group("runtime")
     g.add_argument("--threads", type=positive_int, default=2)
@@ -384,11 +388,12 @@ def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
     ``[train]`` values become the flags' defaults (so flags given win) and its ``[model]`` table
     goes under ``--set``."""
     from engines.errors import ArtifactError
-    from engines.recipes import load_recipe, resolve_needs
+    from engines.recipes import load_recipe, recipe_path, resolve_needs
 
     argv = list(argv)
     parser = add_train_args(argparse.ArgumentParser(prog="emostream train", description=__doc__))
     ns = parser.parse_args(argv)
+    needs: dict[str, Path] = {}  # option -> the recipe whose artifact it names, trained first if missing
     if ns.recipe:
         recipe = load_recipe(ns.recipe, parser)
         resolved = resolve_needs(recipe.train)
@@ -397,7 +402,14 @@ def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
         ns.recipe_model = recipe.model
         ns.recipe_record = {**recipe.record(), "command": ["emostream", "train", *argv]}
         # an '@NAME' artifact is needed unless a flag replaced it
-        ns.recipe_needs = [path for key, path in recipe.needs().items() if getattr(ns, key) == resolved[key]]
+        needs = {key: path for key, path in recipe.needs().items() if getattr(ns, key) == resolved[key]}
+    for key in ARTIFACT_OPTIONS:  # '@NAME' on the command line too: recipes/NAME.toml's artifact
+        value = getattr(ns, key)
+        if isinstance(value, str) and value.startswith("@"):
+            setattr(ns, key, resolve_needs({key: value})[key])
+            needs[key] = recipe_path(value[1:])
+    ns.recipe_needs = list(dict.fromkeys(needs.values()))
+    ns.needed_options = sorted(needs)
     if ns.data_dir is None or ns.out is None:
         raise ArtifactError("--data-dir and --out are required (on the command line or in a recipe's [train] table)")
     return ns
@@ -459,7 +471,7 @@ def _train_needs(ns: argparse.Namespace, seen: frozenset[Path] = frozenset()) ->
 
 def run_train(ns: argparse.Namespace) -> int:
     """Train and write the artifact; 0 on success, 2 on a data or artifact error (message on stderr)."""
-    from engines.errors import ArtifactError, EngineError
+    from engines.errors import EngineError
 
     try:
         if ns.recipe or ns.data_dir is None or ns.out is None:  # re-read the words with the recipe applied
@@ -477,15 +489,28 @@ def run_train(ns: argparse.Namespace) -> int:
         if (Path(ns.out) / artifact.CHECKSUMS).is_file():
             print(f"train: {ns.out} holds an artifact; it is replaced when this run ends", file=sys.stderr)
         fold_split("train", ns.fold, ns.dataset, ns.nested)
+        # an artifact given outright is refused before the recipes it needs are trained; one a recipe
+        # trains first ('@NAME' with no artifact yet) once that is done, and either before this training
+        pending = "text_network" in getattr(ns, "needed_options", ())
+        if ns.text_network and not pending:
+            _check_words_artifact(ns.text_network)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())
-        if ns.text_network:  # refused now, not after the training
-            src = artifact.verify(ns.text_network)
-            if artifact.feature_spec(src).audio_dim or artifact.feature_spec(src).video_dim:
-                raise ArtifactError(f"--text-network {ns.text_network}: a words-only artifact is needed")
+        if ns.text_network and pending:
+            _check_words_artifact(ns.text_network)
         return _train(ns)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _check_words_artifact(model: str) -> None:
+    """Refuse a ``--text-network`` that is not a sealed words-only artifact."""
+    from engines import artifact
+    from engines.errors import ArtifactError
+
+    src = artifact.verify(model)
+    if artifact.feature_spec(src).audio_dim or artifact.feature_spec(src).video_dim:
+        raise ArtifactError(f"--text-network {model}: a words-only artifact is needed")
 
 
 def _check_options(ns: argparse.Namespace) -> None:

@@ -136,6 +136,31 @@ def test_a_flag_that_replaces_a_needed_artifact_drops_the_need() -> None:
     assert ns.text_network == "runs/w" and ns.recipe_needs == []
 
 
+def test_at_name_on_the_command_line_is_a_recipes_artifact_trained_first_if_missing() -> None:
+    ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default", "--text-network", "@meld-words"])
+    assert ns.text_network == "runs/meld-words" and ns.recipe_needs == [RECIPES_DIR / "meld-words.toml"]
+    ns = parse_train_args(["--text-weights", "@meld-tuned", "--data-dir", "d", "--out", "o"])  # no recipe
+    assert ns.text_weights == "runs/meld-tuned" and ns.recipe_needs == [RECIPES_DIR / "meld-tuned.toml"]
+    with pytest.raises(ArtifactError, match="not found"):
+        parse_train_args(["--text-network", "@no-such-recipe", "--data-dir", "d", "--out", "o"])
+
+
+def test_a_bad_words_artifact_given_outright_is_refused_before_any_needed_recipe_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engines.train as train
+
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(f'[train]\nengine = "foal-net"\nout = "{tmp_path / "t"}"\n')
+    main = tmp_path / "main.toml"
+    main.write_text(f'[train]\nengine = "unimse"\ntext_weights = "@{tuned}"\nout = "{tmp_path / "m"}"\n')
+    trained: list[str] = []
+    monkeypatch.setattr(train, "_train", lambda ns: trained.append(ns.out) or 0)
+    words = ["--recipe", str(main), "--data-dir", "d", "--text-network", str(tmp_path / "none")]
+    assert train.main(words) == 2
+    assert trained == []  # the tuned layers were not trained for a run that could not start
+
+
 def test_recipe_values_are_typed_and_cycles_caught(tmp_path: Path) -> None:
     r = tmp_path / "r.toml"
     r.write_text(f'[train]\ntext_weights = "@{r}"\nout = "{tmp_path / "o"}"\ndata_dir = "d"\n')
