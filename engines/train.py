@@ -474,7 +474,8 @@ def run_train(ns: argparse.Namespace) -> int:
     from engines.errors import EngineError
 
     try:
-        if ns.recipe or ns.data_dir is None or ns.out is None:  # re-read the words with the recipe applied
+        at_name = any(str(getattr(ns, k, None) or "").startswith("@") for k in ARTIFACT_OPTIONS)
+        if ns.recipe or at_name or ns.data_dir is None or ns.out is None:  # re-read: recipe and '@NAME' applied
             words = getattr(ns, "words", None)
             if words is None:  # called as `emostream [--config FILE] train ...`
                 words = _subcommand_words(getattr(ns, "argv", None) or sys.argv[1:], "train")
@@ -491,7 +492,10 @@ def run_train(ns: argparse.Namespace) -> int:
         fold_split("train", ns.fold, ns.dataset, ns.nested)
         # an artifact given outright is refused before the recipes it needs are trained; one a recipe
         # trains first ('@NAME' with no artifact yet) once that is done, and either before this training
-        pending = "text_network" in getattr(ns, "needed_options", ())
+        pending = (
+            "text_network" in getattr(ns, "needed_options", ())
+            and not (Path(ns.text_network) / artifact.CHECKSUMS).is_file()
+        )
         if ns.text_network and not pending:
             _check_words_artifact(ns.text_network)
         _train_needs(ns, frozenset({recipe_path(ns.recipe).resolve()}) if ns.recipe else frozenset())

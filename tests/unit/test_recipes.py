@@ -145,6 +145,21 @@ def test_at_name_on_the_command_line_is_a_recipes_artifact_trained_first_if_miss
         parse_train_args(["--text-network", "@no-such-recipe", "--data-dir", "d", "--out", "o"])
 
 
+def test_emostream_train_with_at_name_and_no_recipe_trains_the_named_recipe_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command a user runs (``emostream train``, not only ``python -m engines.train``)."""
+    import engines.train as train
+    from streams.cli import main
+
+    seen: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(train, "_train", lambda ns: seen.append((ns.out, ns.text_weights)) or 0)
+    out = str(tmp_path / "o")
+    monkeypatch.chdir(tmp_path)  # recipes/meld-tuned.toml's out, runs/meld-tuned, holds no artifact here
+    assert main(["train", "--text-weights", "@meld-tuned", "--data-dir", "d", "--out", out]) == 0
+    assert seen == [("runs/meld-tuned", None), (out, "runs/meld-tuned")]
+
+
 def test_a_bad_words_artifact_given_outright_is_refused_before_any_needed_recipe_trains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
