@@ -77,6 +77,9 @@ def load_extractors(
     Raises :class:`ArtifactError` for a description that does not match what can be built, and
     :class:`engines.errors.FeatureError` when an optional extractor's package is not installed.
     """
+    from engines.runtime.threads import single_thread_blas
+
+    single_thread_blas()  # the encoders' runtimes own the cores (see there)
     autocast, int8, audio_runtime = None, False, "torch"
     if runtime is not None:
         rt = runtime if isinstance(runtime, Runtime) else resolve_runtime(runtime)

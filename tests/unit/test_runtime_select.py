@@ -239,3 +239,24 @@ def test_without_a_gpu_driver_cuda_is_absent_without_asking_torch(
     assert resolve_runtime("auto", amx=False, openvino=False).name == "onnxruntime"
     with pytest.raises(ImportError):  # a GPU runtime named explicitly asks torch itself
         resolve_runtime("torch-cuda")
+
+
+def test_loading_the_extractors_runs_numpys_blas_on_one_thread() -> None:
+    """numpy's OpenBLAS pool spins after each product and takes the cores from the encoders'
+    runtimes (engines/runtime/threads.py): a process that loads the extractors runs it on one
+    thread. In a subprocess: the limit is the whole process's."""
+    import os
+    import subprocess
+
+    code = (
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from engines.registry import load_extractors\n"
+        "load_extractors('default')\n"
+        "blas = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(blas)\n"
+        "assert blas and all(n == 1 for n in blas), blas\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
