@@ -176,6 +176,14 @@ def _rows(mask: Any) -> Any:
     return torch.nonzero(mask | (first & ~mask.any())).reshape(-1)
 
 
+def _positions(mask: Any, n: int) -> Any:
+    """(B,) each row's place among the ``n`` results computed on :func:`_rows` ``(mask)``: its own
+    for a true row, the last one (read nowhere) for the others."""
+    import torch
+
+    return torch.where(mask, torch.cumsum(mask.long(), 0) - 1, torch.full_like(mask, n - 1, dtype=torch.long))
+
+
 def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: Any = None) -> Any:
     """``net`` inside a :class:`TrustedNet` (a torch module with the same forward signature).
 
@@ -272,9 +280,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                     None,
                     *(x.index_select(0, idx_w) for x in (present, speakers, valid, target)),
                 )
-                pos_w = torch.where(
-                    silent, torch.cumsum(silent.long(), 0) - 1, torch.zeros_like(target) + (idx_w.shape[0] - 1)
-                )
+                pos_w = _positions(silent, idx_w.shape[0])
                 # every row: the rows with a voice take `final` below instead (`back`)
                 logp_full = torch.log_softmax(words["logits"], dim=-1).index_select(0, pos_w)
                 sent_full = words["sentiment"].index_select(0, pos_w)
@@ -393,7 +399,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             weights_g = torch.where(norm > 1e-6, share / norm.clamp(min=1e-12), fallback)
             # back to every row, densely (no scatter in the graph): row i takes result pos[i] of the
             # rows that needed the subsets, the others the extra last one, which `where` ignores
-            pos = torch.where(need, torch.cumsum(need.long(), 0) - 1, torch.zeros_like(target) + (g - 1))  # (B,)
+            pos = _positions(need, g)  # (B,)
 
             def back(x_g: Any, x_all: Any) -> Any:
                 mask = need.reshape((b,) + (1,) * (x_all.dim() - 1))

@@ -40,19 +40,18 @@ def cpu_threads() -> int | None:
 _blas: Any = None  # the limit, once set
 
 
-def single_thread_blas() -> bool:
+def single_thread_blas() -> None:
     """Run the BLAS libraries loaded so far (numpy's OpenBLAS) on one thread in this process from
-    now on; True when one is loaded. Its pool spins for a while after each call, on every core: the log-mel front
+    now on (once; later calls do nothing). Its pool spins for a while after each call, on every core: the log-mel front
     end's one matrix product, right before each Whisper pass, left OpenVINO's threads fighting it
     for the cores (a pass of 16 clips 63-92 ms after it, 37-47 with it on one thread; the OpenVINO
     Whisper extractor 647 -> 969 audio s/s on two AMX cores, docs/performance-history.md). The
     encoders and the engine have pools of their own; numpy's products here are small."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
     global _blas
     if _blas is None:  # an OpenBLAS loaded later (scipy's, say) keeps its own pool
+        from threadpoolctl import threadpool_limits
+
         _blas = threadpool_limits(limits=1, user_api="blas")
-    return any(info.get("user_api") == "blas" for info in threadpool_info())
 
 
 def encoder_session_options(intra_op_threads: int | None = None) -> Any:

@@ -109,15 +109,22 @@ def test_the_words_of_the_train_subcommand_are_found() -> None:
     assert _subcommand_words(["train"], "train") == []
 
 
+def _needing_recipe(tmp_path: Path, tuned_extra: str = "") -> Path:
+    """recipes in ``tmp_path``: main.toml (unimse, out m) whose text_weights are '@' tuned.toml's
+    artifact (foal-net, out t, plus ``tuned_extra`` lines); returns main.toml."""
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(f'[train]\nengine = "foal-net"\n{tuned_extra}out = "{tmp_path / "t"}"\n')
+    main = tmp_path / "main.toml"
+    main.write_text(f'[train]\nengine = "unimse"\ntext_weights = "@{tuned}"\nout = "{tmp_path / "m"}"\n')
+    return main
+
+
 def test_a_needed_recipe_is_trained_first_only_when_its_artifact_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import engines.train as train
 
-    tuned = tmp_path / "tuned.toml"
-    tuned.write_text(f'[train]\nengine = "foal-net"\ndataset = "meld"\ntune_text = 2\nout = "{tmp_path / "t"}"\n')
-    main = tmp_path / "main.toml"
-    main.write_text(f'[train]\nengine = "unimse"\ntext_weights = "@{tuned}"\nout = "{tmp_path / "m"}"\n')
+    main = _needing_recipe(tmp_path, 'dataset = "meld"\ntune_text = 2\n')
     trained: list[tuple[str, str]] = []
     monkeypatch.setattr(train, "_train", lambda ns: trained.append((ns.engine, ns.out)) or 0)
     assert train.main(["--recipe", str(main), "--data-dir", "d"]) == 0
@@ -165,10 +172,7 @@ def test_a_bad_words_artifact_given_outright_is_refused_before_any_needed_recipe
 ) -> None:
     import engines.train as train
 
-    tuned = tmp_path / "tuned.toml"
-    tuned.write_text(f'[train]\nengine = "foal-net"\nout = "{tmp_path / "t"}"\n')
-    main = tmp_path / "main.toml"
-    main.write_text(f'[train]\nengine = "unimse"\ntext_weights = "@{tuned}"\nout = "{tmp_path / "m"}"\n')
+    main = _needing_recipe(tmp_path)
     trained: list[str] = []
     monkeypatch.setattr(train, "_train", lambda ns: trained.append(ns.out) or 0)
     words = ["--recipe", str(main), "--data-dir", "d", "--text-network", str(tmp_path / "none")]

@@ -95,14 +95,19 @@ def test_weights_are_shapley_shares_summing_to_one_over_what_is_present(engine: 
     np.testing.assert_allclose(w[2, :2].numpy(), shares / shares.sum(), atol=1e-5)
 
 
-def test_the_gate_follows_its_prior_between_the_fused_output_and_the_text() -> None:
-    net = small()
-    x = make_inputs()
+def _fused_and_text(net: object, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's probabilities with everything, and with the targets' voices hidden."""
     without_audio = dict(x)
     without_audio["present"] = x["present"].clone()
     without_audio["present"][:, -1, 1] = 0.0
+    return _probs(net(**x)), _probs(net(**without_audio))  # type: ignore[operator]
+
+
+def test_the_gate_follows_its_prior_between_the_fused_output_and_the_text() -> None:
+    net = small()
+    x = make_inputs()
     with torch.no_grad():
-        fused, text = _probs(net(**x)), _probs(net(**without_audio))
+        fused, text = _fused_and_text(net, x)
         never = _probs(wrap(net, *fitted(0.0, 0.0))(**x))  # no voice ever contradicts: the fused output
         always = _probs(wrap(net, *fitted(1.0, 1.0))(**x))  # every voice contradicts: the text's
         some = wrap(net, *fitted(0.3, 0.3))(**x)
@@ -121,12 +126,9 @@ def test_a_text_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
 
     net = small()
     x = make_inputs()
-    without_audio = dict(x)
-    without_audio["present"] = x["present"].clone()
-    without_audio["present"][:, -1, 1] = 0.0
     tensors, cfg = fitted(0.3, 0.3)
     with torch.no_grad():
-        fused, text = _probs(net(**x)), _probs(net(**without_audio))
+        fused, text = _fused_and_text(net, x)
         flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1e6))(**x))
         sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=0.01))(**x))
     torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
@@ -142,13 +144,10 @@ def test_a_voice_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
 
     net = small()
     x = make_inputs()
-    without_audio = dict(x)
-    without_audio["present"] = x["present"].clone()
-    without_audio["present"][:, -1, 1] = 0.0
     tensors, cfg = fitted(0.3, 0.3)
     tensors = {**tensors, "class_prior": np.full(7, 1 / 7, dtype=np.float32)}
     with torch.no_grad():
-        fused, text = _probs(net(**x)), _probs(net(**without_audio))
+        fused, text = _fused_and_text(net, x)
         flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=1e6))(**x))
         sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=0.01))(**x))
     torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
