@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from engines.argtypes import positive_int
+from engines.features.channel import CHANNELS
 from engines.features.speech import MIN_SPEECH_S
 from engines.interface import MODALITIES, Engine
 from engines.prepare import Prepared
@@ -66,9 +67,18 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument(
         "--channel",
         default="clean",
-        choices=["clean", "telephone"],
+        choices=list(CHANNELS),
         help="telephone: every clip through a seeded simulated phone line (8 kHz, 300-3400 Hz, G.711, noise at "
-        "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed",
+        "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed; "
+        "8k-as-16k / 16k-as-8k: every clip as the worker decodes it when a producer declared the wrong rate "
+        "(engines/features/rate_check.py)",
+    )
+    parser.add_argument(
+        "--no-rate-check",
+        dest="rate_check",
+        action="store_false",
+        help="use every clip, also those the sample-rate check judges mis-declared (the stream's "
+        "engine.rate_check = false)",
     )
     parser.add_argument(
         "--min-speech-s",
@@ -159,6 +169,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
     from engines.features.channel import make_channel
+    from engines.features.rate_check import load_rate_check
     from engines.metrics import subset_report
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_engine, load_extractors
@@ -200,7 +211,12 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     channel = make_channel(ns.channel, ns.seed)
     gate = ns.min_speech_s if ns.min_speech_s > 0 else None
-    table = AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate) if (ex.audio and paths) else None
+    rate_check = load_rate_check(ex.audio.id) if (ex.audio is not None and ns.rate_check) else None
+    table = (
+        AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate, rate_check)
+        if (ex.audio and paths)
+        else None
+    )
     max_window = engine.info.max_window
     data = prepare(
         dialogues, ex.spec, ex.text, table, max_window + ns.future, ns.cache_dir, not ns.json, future=ns.future
@@ -232,6 +248,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "future": ns.future,
         "seed": ns.seed,
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
+        # clips not used because the rate check judged their rate mis-declared (None: no check)
+        "wrong_rate_clips": None if table is None or rate_check is None else int(table.wrong_rate.sum()),
         **report,
         "corrupt": None,
     }

@@ -18,6 +18,7 @@ from engines.errors import DatasetError
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
 from engines.features.channel import TelephoneChannel
+from engines.features.rate_check import RateCheck, WrongRate
 from engines.features.speech import MIN_SPEECH_S, SpeechDetector
 from engines.features.text import TextEncoder
 from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
@@ -31,7 +32,8 @@ class AudioTable:
 
     ``speech`` holds each file's seconds of speech (:mod:`engines.features.speech`, cached too);
     :meth:`lookup` counts a file with less than ``min_speech_s`` as no audio, as the stream does
-    (None: every file counts)."""
+    (None: every file counts), and with a ``rate_check`` (:mod:`engines.features.rate_check`) a
+    file whose rate it judges mis-declared too (``wrong_rate``)."""
 
     def __init__(
         self,
@@ -39,8 +41,9 @@ class AudioTable:
         extractor: AudioFeatureExtractor,
         cache_root: str | Path | None = None,
         progress: bool = False,
-        channel: TelephoneChannel | None = None,
+        channel: TelephoneChannel | WrongRate | None = None,
         min_speech_s: float | None = MIN_SPEECH_S,
+        rate_check: RateCheck | None = None,
     ) -> None:
         self.paths = sorted(set(paths))
         self.min_speech_s = min_speech_s
@@ -77,13 +80,19 @@ class AudioTable:
 
             seconds = speech_cache.get_or_compute(keys, lambda idx: speech(idx)[:, None])
             self.speech = seconds.reshape(len(self.paths))
+        # files whose rate the check judges mis-declared: no audio, as in the stream
+        self.wrong_rate = np.zeros((len(self.paths),), dtype=bool)
+        if rate_check is not None and len(self.paths):
+            self.wrong_rate = np.array([v is not None for v in rate_check.verdicts(self.matrix)], dtype=bool)
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence."""
         out = np.zeros((len(paths), dim), dtype=np.float32)
         has = np.zeros((len(paths),), dtype=np.float32)
         for i, p in enumerate(paths):
-            if p is not None and (self.min_speech_s is None or self.speech[self.row[p]] >= self.min_speech_s):
+            if p is None or self.wrong_rate[self.row[p]]:
+                continue
+            if self.min_speech_s is None or self.speech[self.row[p]] >= self.min_speech_s:
                 out[i] = self.matrix[self.row[p]]
                 has[i] = 1.0
         return out, has

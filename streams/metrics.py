@@ -68,7 +68,7 @@ class Metrics:
         self.ignored_parts = Counter(
             "emostream_ignored_parts_total",
             "Parts that arrived but were not used (audio without speech: silence, line noise, hold music; "
-            "a transcript with no words)",
+            "a transcript with no words; audio whose sample rate sounds declared wrongly)",
             ["modality"],
             registry=r,
         )

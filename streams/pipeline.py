@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from engines.features import rate_check
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
 from streams import heap
@@ -48,6 +49,9 @@ class Featurizer(Protocol):
 
     # (N,) float32 seconds of speech; with ``enough``, a clip stops being run once it has that much
     def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray: ...
+
+    # optional attribute ``rate_check``: an engines.features.rate_check.RateCheck of the audio
+    # vectors (None or absent: no check)
 
 
 @dataclass
@@ -93,6 +97,7 @@ class BatchOutcome:
         )
 
 
+WRONG_RATE = rate_check.WRONG_RATE  # ignored["audio"] of audio the sample-rate check judged mis-declared
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
 
 
@@ -102,7 +107,9 @@ def utterance_features(
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
 
     A waveform with less than ``min_speech_s`` of speech (silence, line noise, hold music) is not
-    used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why."""
+    used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why. Nor is one whose
+    voice the featurizer's ``rate_check`` judges played at the wrong rate (a producer that declared
+    8 kHz samples as 16 kHz, or the reverse)."""
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
@@ -145,8 +152,13 @@ def utterance_features(
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
     if waves:
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
-        for (i, _), vec in zip(waves, aud, strict=True):
-            feats[i]["audio"] = vec
+        check = getattr(featurizer, "rate_check", None)
+        verdicts = check.verdicts(aud) if check is not None else [None] * len(waves)
+        for (i, _), vec, wrong in zip(waves, aud, verdicts, strict=True):
+            if wrong is None:
+                feats[i]["audio"] = vec
+            else:
+                utts[i].ignored["audio"] = wrong
     return feats
 
 

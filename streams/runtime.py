@@ -26,9 +26,11 @@ T = TypeVar("T")
 class ModelFeaturizer:
     """The feature extractors that belong to a model artifact (see ``engines.registry``)."""
 
-    def __init__(self, extractors: Any) -> None:
+    def __init__(self, extractors: Any, rate_check: Any = None) -> None:
         self._x = extractors
         self._speech: Any = None
+        #: the sample-rate check of the audio extractor's vectors (engines/features/rate_check.py), or None
+        self.rate_check = rate_check
         # two threads may encode at once (a batch's own utterances beside the next batch's, see
         # Processor.run): the extractors load their models on first use, so each one's first
         # call runs alone, and the second caller finds the model loaded instead of loading another
@@ -105,7 +107,15 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         extractors = load_extractors(model_dir, runtime=runtime)
     except (EngineError, OSError, ImportError) as exc:  # OSError: a missing file, an unwritable cache, a CUDA library
         raise ConfigError(f"cannot load model from {model_dir} on runtime {runtime.name}: {exc}") from exc
-    return engine, ModelFeaturizer(extractors)
+    rate_check = None
+    if extractors.audio is not None and settings.engine.rate_check:
+        from engines.features.rate_check import load_rate_check
+
+        rate_check = load_rate_check(extractors.audio.id)
+        if rate_check is None:
+            log.info("no sample-rate check for the audio extractor %s: a mis-declared rate is not caught",
+                     extractors.audio.id)  # fmt: skip
+    return engine, ModelFeaturizer(extractors, rate_check)
 
 
 EXPORT_TIMEOUT_S = 900.0  # an export takes one to two minutes on two cores

@@ -175,6 +175,11 @@ class EngineSettings(_Section):
         description="audio with less speech than this (seconds, by Silero VAD) is not used: silence, line noise and "
         "hold music get weight 0 and the event says so in 'ignored' (0: use all audio)",
     )
+    rate_check: bool = Field(
+        True,
+        description="audio whose voice sounds an octave off (8 kHz samples declared as 16 kHz, or 16 kHz as 8 kHz: "
+        "engines/features/rate_check.py) is not used, and the event says so in 'ignored' (false: use it anyway)",
+    )
     revision_model: str | None = Field(
         None,
         description="artifact trained with --future k that labels revised events ('revised' = the shipped one); "

@@ -52,7 +52,7 @@ from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import NOT_AN_INPUT, BatchOutcome, Processor
+from streams.pipeline import NOT_AN_INPUT, WRONG_RATE, BatchOutcome, Processor
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
@@ -190,6 +190,7 @@ class Worker:
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
         self.awaiting_start: dict[str, float] = {}  # -> when the first was held (clock)
         self.starting: set[str] = set()  # awaiting calls whose 'started' (or 'ended') is being applied
+        self._rate_warned: set[str] = set()  # calls whose audio rate was said to be wrong (logged once a call)
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -858,6 +859,12 @@ class Worker:
                     # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad audio
                     if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT)):
                         self.metrics.ignored_parts.labels(modality).inc()
+                    if why.startswith(WRONG_RATE) and utt.call_id not in self._rate_warned:
+                        # a producer's setting, not one utterance's fault: said once per call
+                        if len(self._rate_warned) >= 10_000:
+                            self._rate_warned.clear()
+                        self._rate_warned.add(utt.call_id)
+                        log.warning("call %s: audio of utterance %s not used: %s", utt.call_id, utt.utterance_id, why)
                 for receipt in utt.handles:
                     receipt.ack()
         return True

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,13 +70,20 @@ class TelephoneChannel:
         return resample(x, G711_RATE, SAMPLE_RATE).astype(np.float32)
 
 
-CHANNELS = ("clean", "telephone")
+#: clean, the telephone line, and the two ways a producer can declare a raw audio part's rate
+#: wrongly (:class:`engines.features.rate_check.WrongRate`)
+CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k")
 
 
-def make_channel(name: str, seed: int = 0) -> TelephoneChannel | None:
-    """The channel ``emostream evaluate --channel`` names: None for clean."""
+def make_channel(name: str, seed: int = 0) -> Any:
+    """The channel ``emostream evaluate --channel`` names: None for clean; else a callable
+    ``(wave, key) -> wave`` with an ``id`` that names its features in the caches."""
     if name == "clean":
         return None
     if name == "telephone":
         return TelephoneChannel(seed=seed)
+    if name in ("8k-as-16k", "16k-as-8k"):
+        from engines.features.rate_check import WrongRate
+
+        return WrongRate(name)
     raise ValueError(f"unknown channel {name!r}; choose from {CHANNELS}")

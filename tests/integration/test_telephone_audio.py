@@ -1,17 +1,21 @@
 """Telephone audio on the real broker: calls whose speech arrives as 8 kHz G.711 (mu-law and
 A-law) or 8 kHz PCM are labelled with their audio, like FLAC calls; a G.711 part that claims
 another rate is dead-lettered with the reason, and the other calls go on. A line that carries
-no voice (a held call's hiss, as mu-law) is not used: weight 0, and the event says why."""
+no voice (a held call's hiss, as mu-law) is not used: weight 0, and the event says why. Nor is
+speech whose rate the producer declared wrongly (8 kHz PCM sent as 16 kHz, 16 kHz PCM as 8 kHz):
+its voice is an octave off, and the event names the likely mistake."""
 
 from __future__ import annotations
 
 import base64
+import time
 
 import numpy as np
 import pytest
 
 from client.publisher import make_producer
-from engines.features.codecs import encode_audio
+from engines.features.codecs import decode_audio, encode_audio
+from engines.features.rate_check import WRONG_RATE
 from streams.kafka import ensure_topics
 from streams.schemas import AudioPart, TextPart
 from tests.integration.harness import Collector, WorkerProcess, settings_for
@@ -51,9 +55,21 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
             key=b"held",
             value=TextPart(call_id="held", utterance_id="u0", seq=0, text="I'm so angry!").to_bytes(),
         )
+        # a producer that declares the wrong rate for its PCM: valid bytes at either rate
+        first = next(u for u in calls[0].utterances if u.audio)
+        wave = decode_audio(first.audio, first.audio_encoding or "flac")
+        misdeclared = {"fast": (encode_audio(wave, 16000, "pcm_s16le", 8000), 16000),  # 8 kHz samples as 16 kHz
+                       "slow": (encode_audio(wave, 16000, "pcm_s16le"), 8000)}  # fmt: skip
+        for call_id, (pcm, rate) in misdeclared.items():
+            part = AudioPart(call_id=call_id, utterance_id="u0", seq=0, encoding="pcm_s16le", sample_rate=rate,
+                             data=base64.b64encode(pcm).decode())  # fmt: skip
+            producer.send(t.audio, key=call_id.encode(), value=part.to_bytes())
+            text = TextPart(call_id=call_id, utterance_id="u0", seq=0, text="Why is nobody helping me?")
+            producer.send(t.text, key=call_id.encode(), value=text.to_bytes())
         producer.flush()
         producer.close()
-        want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances} | {("liar", "u0"), ("held", "u0")}
+        want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances}
+        want |= {("liar", "u0"), ("held", "u0"), ("fast", "u0"), ("slow", "u0")}
         assert collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want, 120), (
             worker.tail()
         )
@@ -74,6 +90,15 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         held_ev = events[("held", "u0")]
         assert held_ev.modalities_present == ["text", "audio"] and held_ev.weights["audio"] == 0, held_ev
         assert held_ev.ignored["audio"].startswith("no speech"), held_ev
+        for call_id, said in (("fast", "8 kHz audio declared as 16 kHz"), ("slow", "16 kHz audio declared as 8 kHz")):
+            ev = events[(call_id, "u0")]
+            assert ev.modalities_present == ["text", "audio"] and ev.weights["audio"] == 0, ev
+            assert ev.ignored["audio"].startswith(WRONG_RATE) and said in ev.ignored["audio"], ev
+        said = "call fast: audio of utterance u0 not used: wrong sample rate?"  # logged once the batch is acked
+        deadline = time.monotonic() + 20
+        while said not in worker.tail(10**7) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert said in worker.tail(10**7), worker.tail()
     finally:
         collector.close()
         worker.stop()

@@ -78,6 +78,7 @@ def test_stopping_at_enough_speech_decides_as_the_whole_clip(
 class Featurizer:
     def __init__(self, seconds: dict[int, float]) -> None:
         self.seconds, self.audio_sizes = seconds, []  # wave size -> its seconds of speech
+        self.rate_check: object = None
 
     def text(self, texts: list[str]) -> np.ndarray:
         return np.zeros((len(texts), 2), np.float32)
@@ -116,6 +117,26 @@ def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
     assert utts[0].ignored == {} and utts[1].ignored["audio"].startswith("no speech: 0.05 s")
     again = [Utterance("c", "u", 0, "A", 0.0, parts={"audio": Payload("wave", np.zeros(200, np.float32))})]
     assert set(utterance_features(again, f, {"text": 2, "audio": 3, "video": 0})[0]) == {"audio"}  # 0: no gate
+
+
+def test_audio_the_rate_check_flags_gets_no_vector_and_says_why() -> None:
+    """The featurizer's rate check (engines/features/rate_check.py) sees the audio vectors; one it
+    judges mis-declared is not used and the utterance says why; without a check all are used."""
+    from engines.features.rate_check import WRONG_RATE, RateCheck
+
+    f = Featurizer({100: 1.2, 200: 1.2})
+    # a probe that calls the first coordinate's sign: vectors of ones are '8k-as-16k'
+    f.rate_check = RateCheck("fake", np.zeros(3), np.ones(3), np.array([[-9.0, 0, 0], [9.0, 0, 0], [0, 0, 0]]),
+                             np.zeros(3))  # fmt: skip
+    utts = spoken(100, 200)
+    feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
+    assert [set(x) for x in feats] == [{"text"}, {"text"}]
+    for u in utts:
+        assert u.ignored["audio"].startswith(WRONG_RATE + "it sounds like 8 kHz audio declared as 16 kHz: p=1.000"), u
+    f.rate_check = None
+    assert [set(x) for x in utterance_features(spoken(100), f, {"text": 2, "audio": 3, "video": 0})] == [
+        {"text", "audio"}
+    ]
 
 
 def test_the_speech_detector_runs_beside_the_text_encoder() -> None:

@@ -1,0 +1,282 @@
+"""Was the audio's sample rate declared wrongly? A probe on the audio vector the model already has.
+
+A producer that declares ``pcm_s16le`` at 16 kHz for a telephone line's 8 kHz samples (or sends
+16 kHz samples as 8 kHz G.711 or PCM) is not refused: the bytes are valid at either rate. The
+voice then plays twice as fast and an octave high (or twice as slow and an octave low), and the
+voice model reads an emotion from that with full confidence. The raw PCM and G.711 encodings
+carry no rate of their own, so nothing in the message can tell.
+
+The voice can: a pitch an octave away and formants stretched by two are far outside what speech
+does, fast or slow. :class:`RateCheck` is a multinomial logistic regression on the clip's audio
+vector (the extractor's own output, so it costs a dot product) with three classes: ``ok``,
+``8k-as-16k`` and ``16k-as-8k``. Audio it judges mis-declared with probability at least
+:data:`THRESHOLD` is not used (like audio without speech: the label is the words'), and the
+event's ``ignored`` says so, naming the rate that was likely meant.
+
+It is trained by ``python -m engines.features.rate_check train`` on RAVDESS actors 1-16 (clean
+and through the telephone channel) and on espeak-ng speech of MELD train transcripts at 100-400
+words a minute and many pitches, so that fast or high speech at the right rate is not taken for a
+wrong rate; it is checked on RAVDESS actors 17-20 and on espeak voices it never heard (the
+figures are in ``models/rate-check/README.md`` and the README). One probe per audio extractor
+(``models/rate-check/<extractor id>.npz``); an extractor without one is not checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.features.codecs import G711_RATE, SAMPLE_RATE, resample
+
+log = logging.getLogger("emostream.rate_check")
+
+#: audio judged mis-declared with at least this probability is not used
+THRESHOLD = 0.9
+#: the classes, in the probe's order: the rate was right, or which mistake was made
+CLASSES = ("ok", "8k-as-16k", "16k-as-8k")
+#: what each mistake sounds like, for the event's ``ignored``
+MEANING = {
+    "8k-as-16k": ("8 kHz audio declared as 16 kHz", "twice as fast and an octave high"),
+    "16k-as-8k": ("16 kHz audio declared as 8 kHz", "twice as slow and an octave low"),
+}
+#: how the event's ``ignored["audio"]`` begins for audio this check did not use
+WRONG_RATE = "wrong sample rate? "
+PROBE_DIR = Path(__file__).resolve().parents[2] / "models" / "rate-check"
+
+
+@dataclass(frozen=True)
+class WrongRate:
+    """A "channel" (nothing random in it) for ``emostream evaluate --channel``: a clean 16 kHz clip as the
+    worker decodes it after a producer declared the wrong rate. ``8k-as-16k``: the line's 8 kHz
+    samples read as 16 kHz; ``16k-as-8k``: 16 kHz samples read as 8 kHz (then resampled to 16)."""
+
+    name: str
+
+    @property
+    def id(self) -> str:
+        return f"wrong-rate-v1-{self.name}"
+
+    def __call__(self, wave: np.ndarray, key: str = "") -> np.ndarray:
+        if self.name == "8k-as-16k":
+            return resample(wave, SAMPLE_RATE, G711_RATE).astype(np.float32)
+        if self.name == "16k-as-8k":
+            return resample(wave, G711_RATE, SAMPLE_RATE).astype(np.float32)
+        raise ValueError(f"unknown wrong rate {self.name!r}; choose from {CLASSES[1:]}")
+
+
+@dataclass(frozen=True)
+class RateCheck:
+    """``probs(vectors)``: (N, 3) probabilities of :data:`CLASSES`; ``verdicts(vectors)``: per
+    vector None (the rate looks right) or why the audio should not be used."""
+
+    extractor_id: str
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    coef: np.ndarray  # (3, D)
+    intercept: np.ndarray  # (3,)
+    threshold: float = THRESHOLD
+
+    def probs(self, vectors: np.ndarray) -> np.ndarray:
+        x = (np.asarray(vectors, dtype=np.float64) - self.mean) / self.scale
+        z = x @ self.coef.T + self.intercept
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def verdicts(self, vectors: np.ndarray) -> list[str | None]:
+        p = self.probs(vectors)
+        out: list[str | None] = []
+        for row in p:
+            wrong = 1.0 - float(row[0])
+            if not wrong >= self.threshold:  # a NaN vector is not judged here
+                out.append(None)
+                continue
+            kind = CLASSES[1 + int(np.argmax(row[1:]))]
+            what, how = MEANING[kind]
+            out.append(f"{WRONG_RATE}it sounds like {what}: p={wrong:.3f}, {how}; check the producer's sample_rate")
+        return out
+
+    def save(self, path: str | Path, report: dict[str, Any] | None = None) -> None:
+        np.savez(
+            path,
+            extractor_id=np.array(self.extractor_id),
+            mean=self.mean.astype(np.float32),
+            scale=self.scale.astype(np.float32),
+            coef=self.coef.astype(np.float32),
+            intercept=self.intercept.astype(np.float32),
+            report=np.array(json.dumps(report or {})),
+        )
+
+
+def probe_path(extractor_id: str, root: str | Path = PROBE_DIR) -> Path:
+    return Path(root) / f"{extractor_id}.npz"
+
+
+def load_rate_check(extractor_id: str, root: str | Path = PROBE_DIR, threshold: float = THRESHOLD) -> RateCheck | None:
+    """The probe trained on ``extractor_id``'s vectors, or None where there is none."""
+    path = probe_path(extractor_id, root)
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        if str(z["extractor_id"]) != extractor_id:
+            return None
+        return RateCheck(
+            extractor_id,
+            z["mean"].astype(np.float64),
+            z["scale"].astype(np.float64),
+            z["coef"].astype(np.float64),
+            z["intercept"].astype(np.float64),
+            threshold,
+        )
+
+
+# -- training -------------------------------------------------------------------------------------
+
+ESPEAK_VOICES = (
+    "en-us+m1", "en-us+m2", "en-gb+m3", "en-us+m4", "en+f1", "en-us+f2", "en-gb+f3", "en+f4",  # train
+    "en-us+m5", "en+m6", "en-us+f5", "en-gb+m7",  # held out
+)  # fmt: skip
+HELD_OUT_VOICES = 4
+
+
+def _variants(wave: np.ndarray) -> list[np.ndarray]:
+    """The clip at the right rate, then as each mistake decodes it (in :data:`CLASSES` order)."""
+    return [wave, *(WrongRate(name)(wave) for name in CLASSES[1:])]
+
+
+def _ravdess(data_dir: str, split: str, extractor: Any, channel: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from engines.datasets.ravdess import load_ravdess_clips
+    from engines.features.audio import read_audio_file
+
+    clips = load_ravdess_clips(data_dir, split)
+    xs, ys, lines = [], [], []
+    for i in range(0, len(clips), 16):
+        waves: list[np.ndarray] = []
+        for c in clips[i : i + 16]:
+            clean = read_audio_file(c.path)
+            for line, base in ((0, clean), (1, channel(clean, c.path))):
+                waves += _variants(base)
+                ys += [0, 1, 2]
+                lines += [line] * 3
+        xs.append(extractor.extract(waves))
+    return np.concatenate(xs), np.array(ys), np.array(lines)
+
+
+def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> tuple[np.ndarray, ...]:
+    """espeak-ng speech of MELD train transcripts, voice by voice, at random speeds and pitches;
+    every second one through the telephone channel."""
+    import csv
+    import random
+
+    import soundfile as sf
+
+    with open(Path(data_dir) / "meld" / "train_sent_emo.csv", encoding="utf-8", newline="") as f:
+        rows = [r["Utterance"] for r in csv.DictReader(f) if len(r["Utterance"].split()) >= 2]
+    texts = random.Random(seed).sample(rows, n)
+    rng = np.random.default_rng(seed)
+    xs, ys, lines, voices, speeds = [], [], [], [], []
+    waves: list[np.ndarray] = []
+    for i, text in enumerate(texts):
+        v, speed, pitch = i % len(ESPEAK_VOICES), int(rng.integers(100, 400)), int(rng.integers(15, 85))
+        cmd = ["espeak-ng", "-v", ESPEAK_VOICES[v], "-s", str(speed), "-p", str(pitch), "--stdout", text]
+        wav = subprocess.run(cmd, capture_output=True, check=True).stdout
+        data, rate = sf.read(io.BytesIO(wav), dtype="float32")
+        clean = resample(data, rate, SAMPLE_RATE).astype(np.float32)
+        line = i % 2
+        waves += _variants(channel(clean, f"espeak-{i}") if line else clean)
+        ys += [0, 1, 2]
+        lines += [line] * 3
+        voices += [v] * 3
+        speeds += [speed] * 3
+        if len(waves) >= 96:
+            xs.append(extractor.extract(waves))
+            waves = []
+    if waves:
+        xs.append(extractor.extract(waves))
+    return np.concatenate(xs), np.array(ys), np.array(lines), np.array(voices), np.array(speeds)
+
+
+def fit(x: np.ndarray, y: np.ndarray, extractor_id: str, c: float = 0.01, seed: int = 0) -> RateCheck:
+    from sklearn.linear_model import LogisticRegression
+
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit((x - mean) / scale, y)
+    return RateCheck(extractor_id, mean, scale, model.coef_.astype(np.float64), model.intercept_.astype(np.float64))
+
+
+def score(check: RateCheck, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """At :data:`THRESHOLD`: the share of right-rate clips flagged (false alarms) and of
+    mis-declared ones caught, and the share of each class named right."""
+    flagged = np.array([v is not None for v in check.verdicts(x)])
+    pred = check.probs(x).argmax(axis=1)
+    return {
+        "clips": int(len(y)),
+        "false_alarms": round(float(flagged[y == 0].mean()), 4),
+        "caught": round(float(flagged[y > 0].mean()), 4),
+        "named_right": {CLASSES[k]: round(float((pred[y == k] == k).mean()), 4) for k in range(len(CLASSES))},
+    }
+
+
+def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, seed: int = 0) -> dict[str, Any]:
+    from engines.features.channel import TelephoneChannel
+    from engines.registry import load_extractors
+
+    audio = load_extractors("default", runtime="auto").audio
+    assert audio is not None, "the default model has no audio extractor"
+    channel = TelephoneChannel(seed=seed + 7)
+    xr, yr, _ = _ravdess(data_dir, "train", audio, channel)
+    xd, yd, ld = _ravdess(data_dir, "dev", audio, channel)
+    xe, ye, le, ve, se = _espeak(data_dir, espeak, audio, channel, seed)
+    seen = ve < len(ESPEAK_VOICES) - HELD_OUT_VOICES
+    check = fit(np.concatenate([xr, xe[seen]]), np.concatenate([yr, ye[seen]]), audio.id, seed=seed)
+    right = (ye == 0) & ~seen
+    report = {
+        "extractor": audio.id,
+        "threshold": THRESHOLD,
+        "train": {"ravdess_actors": "1-16", "ravdess_clips": int(len(yr)), "espeak_clips": int(seen.sum())},
+        "ravdess_dev_actors_17_20": score(check, xd, yd),
+        "ravdess_dev_telephone": score(check, xd[ld == 1], yd[ld == 1]),
+        "espeak_held_out_voices": score(check, xe[~seen], ye[~seen]),
+        "espeak_held_out_false_alarms_by_speed": {
+            f"{lo}-{lo + 99} wpm": round(
+                float(np.mean([v is not None for v in check.verdicts(xe[right & (se // 100 * 100 == lo)])])), 4
+            )
+            for lo in (100, 200, 300)
+        },
+        "command": f"python -m engines.features.rate_check train --data-dir {data_dir} --espeak {espeak} --seed {seed}",
+    }
+    out = Path(out_root)
+    out.mkdir(parents=True, exist_ok=True)
+    check.save(probe_path(audio.id, out), report)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines.features.rate_check", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="fit the default audio extractor's probe and print its held-out figures")
+    t.add_argument("--data-dir", default="../shared/data")
+    t.add_argument("--out", default=str(PROBE_DIR))
+    t.add_argument("--espeak", type=int, default=960, help="espeak-ng utterances (a third of the voices held out)")
+    t.add_argument("--seed", type=int, default=0)
+    ns = parser.parse_args(argv)
+    report = train(ns.data_dir, ns.out, ns.espeak, ns.seed)
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

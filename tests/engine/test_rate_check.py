@@ -1,0 +1,80 @@
+"""The sample-rate check on the shipped default's audio vectors: speech at its right rate passes
+(RAVDESS actors it never trained on, clean and through the telephone line, and espeak-ng speech
+slow and fast), speech whose rate was declared wrongly is caught and the mistake named."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from engines.features.rate_check import CLASSES, WRONG_RATE, RateCheck, WrongRate, load_rate_check, probe_path
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def audio():  # type: ignore[no-untyped-def]
+    from engines.registry import load_extractors
+
+    ex = load_extractors("default", runtime="onnxruntime")
+    assert ex.audio is not None
+    return ex.audio
+
+
+@pytest.fixture(scope="module")
+def check(audio) -> RateCheck:  # type: ignore[no-untyped-def]
+    found = load_rate_check(audio.id)
+    assert found is not None, f"no probe for the default's audio extractor at {probe_path(audio.id)}"
+    return found
+
+
+def _dev_clips(shared_data, n: int = 6) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    from engines.datasets.ravdess import load_ravdess_clips
+    from engines.features.audio import read_audio_file
+
+    clips = load_ravdess_clips(shared_data, "dev")  # actors 17-20: the probe never trained on them
+    return [read_audio_file(c.path) for c in clips[:: len(clips) // n][:n]]
+
+
+def test_right_rates_pass_and_wrong_ones_are_caught_and_named(audio, check, shared_data) -> None:  # type: ignore[no-untyped-def]
+    from engines.features.channel import TelephoneChannel
+
+    line = TelephoneChannel(seed=3)
+    clean = _dev_clips(shared_data)
+    waves = clean + [line(w, str(i)) for i, w in enumerate(clean)]
+    right = check.verdicts(audio.extract(waves))
+    assert right == [None] * len(waves), right
+    for name in CLASSES[1:]:
+        verdicts = check.verdicts(audio.extract([WrongRate(name)(w) for w in waves]))
+        assert all(v is not None and v.startswith(WRONG_RATE) for v in verdicts), (name, verdicts)
+        meant = "8 kHz audio declared as 16 kHz" if name == "8k-as-16k" else "16 kHz audio declared as 8 kHz"
+        assert all(meant in v for v in verdicts if v is not None), (name, verdicts)
+
+
+def test_fast_and_slow_speech_at_the_right_rate_is_not_taken_for_a_wrong_rate(audio, check) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it)")
+    import soundfile as sf
+
+    from engines.features.codecs import resample
+
+    waves = []
+    for voice, speed, pitch in (("en-us", 90, 20), ("en-us+f3", 420, 80), ("en-gb+m2", 380, 30), ("en+f4", 120, 90)):
+        cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", "I have been waiting on "
+               "hold for forty minutes and nobody can tell me where my refund is."]  # fmt: skip
+        data, rate = sf.read(io.BytesIO(subprocess.run(cmd, capture_output=True, check=True).stdout), dtype="float32")
+        waves.append(resample(data, rate, 16000).astype(np.float32))
+    assert check.verdicts(audio.extract(waves)) == [None] * len(waves)
+
+
+def test_a_vector_that_is_not_finite_is_not_judged(check) -> None:  # type: ignore[no-untyped-def]
+    x = np.full((1, check.mean.shape[0]), np.nan, dtype=np.float32)
+    assert check.verdicts(x) == [None]
+
+
+def test_an_extractor_without_a_probe_is_not_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert load_rate_check("functionals-v1-000000000000", root=tmp_path) is None
