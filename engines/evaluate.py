@@ -211,7 +211,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     channel = make_channel(ns.channel, ns.seed)
     gate = ns.min_speech_s if ns.min_speech_s > 0 else None
-    rate_check = load_rate_check(ex.audio.id) if (ex.audio is not None and ns.rate_check) else None
+    # as in the stream: on clips with speech, so not where the speech gate is off
+    rate_check = load_rate_check(ex.audio.id) if (ex.audio is not None and ns.rate_check and gate) else None
     table = (
         AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate, rate_check)
         if (ex.audio and paths)

@@ -80,10 +80,12 @@ class AudioTable:
 
             seconds = speech_cache.get_or_compute(keys, lambda idx: speech(idx)[:, None])
             self.speech = seconds.reshape(len(self.paths))
-        # files whose rate the check judges mis-declared: no audio, as in the stream
+        # files with speech whose rate the check judges mis-declared: no audio, as in the stream
+        # (which checks only what the speech gate let through)
         self.wrong_rate = np.zeros((len(self.paths),), dtype=bool)
-        if rate_check is not None and len(self.paths):
-            self.wrong_rate = np.array([v is not None for v in rate_check.verdicts(self.matrix)], dtype=bool)
+        if rate_check is not None and min_speech_s is not None and len(self.paths):
+            judged = np.array([v is not None for v in rate_check.verdicts(self.matrix)], dtype=bool)
+            self.wrong_rate = judged & (self.speech >= min_speech_s)
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence."""

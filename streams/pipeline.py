@@ -152,7 +152,8 @@ def utterance_features(
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
     if waves:
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
-        check = getattr(featurizer, "rate_check", None)
+        # the check was taught speech only: where the speech gate is off, noise would reach it
+        check = getattr(featurizer, "rate_check", None) if min_speech_s > 0 else None
         verdicts = check.verdicts(aud) if check is not None else [None] * len(waves)
         for (i, _), vec, wrong in zip(waves, aud, verdicts, strict=True):
             if wrong is None:
@@ -245,7 +246,7 @@ class _Row:
 @dataclass(frozen=True)
 class _Ready:
     """Features encoded ahead of their batch, the part payloads they came from (held, so compared
-    by identity) and what the encoding ignored (no speech)."""
+    by identity) and what the encoding ignored (no speech, a wrong sample rate)."""
 
     parts: dict[str, Any]
     features: dict[str, np.ndarray]

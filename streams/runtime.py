@@ -111,7 +111,10 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
     if extractors.audio is not None and settings.engine.rate_check:
         from engines.features.rate_check import load_rate_check
 
-        rate_check = load_rate_check(extractors.audio.id)
+        try:
+            rate_check = load_rate_check(extractors.audio.id)
+        except ValueError as exc:
+            raise ConfigError(f"engine.rate_check: {exc} (engine.rate_check = false runs without it)") from exc
         if rate_check is None:
             log.info("no sample-rate check for the audio extractor %s: a mis-declared rate is not caught",
                      extractors.audio.id)  # fmt: skip

@@ -9,8 +9,9 @@ carry no rate of their own, so nothing in the message can tell.
 The voice can: a pitch an octave away and formants stretched by two are far outside what speech
 does, fast or slow. :class:`RateCheck` is a multinomial logistic regression on the clip's audio
 vector (the extractor's own output, so it costs a dot product) with three classes: ``ok``,
-``8k-as-16k`` and ``16k-as-8k``. Audio it judges mis-declared with probability at least
-:data:`THRESHOLD` is not used (like audio without speech: the label is the words'), and the
+``8k-as-16k`` and ``16k-as-8k``. Audio with speech (the check runs only where the speech gate
+let a clip through: it was never taught what noise is) that it judges mis-declared with
+probability at least :data:`THRESHOLD` is not used (like audio without speech: the label is the words'), and the
 event's ``ignored`` says so, naming the rate that was likely meant.
 
 It is trained by ``python -m engines.features.rate_check train`` on RAVDESS actors 1-16 (clean
@@ -45,10 +46,14 @@ THRESHOLD = 0.9
 #: the classes, in the probe's order: the rate was right, or which mistake was made
 CLASSES = ("ok", "8k-as-16k", "16k-as-8k")
 #: what each mistake sounds like, for the event's ``ignored``
+#: (before the colon: what the voice sounds like; after it: what was likely sent)
 MEANING = {
-    "8k-as-16k": ("8 kHz audio declared as 16 kHz", "twice as fast and an octave high"),
-    "16k-as-8k": ("16 kHz audio declared as 8 kHz", "twice as slow and an octave low"),
-}
+    "8k-as-16k": ("the voice sounds an octave high", "twice as fast: audio at half the declared rate or less, "
+                  "8 kHz sent as 16 kHz say"),
+    "16k-as-8k": ("the voice sounds an octave low", "twice as slow: audio at twice the declared rate or more, "
+                  "16 kHz sent as 8 kHz say"),
+}  # fmt: skip
+ADVICE = "check the rate the producer declares (G.711 is 8 kHz: resample before encoding)"
 #: how the event's ``ignored["audio"]`` begins for audio this check did not use
 WRONG_RATE = "wrong sample rate? "
 PROBE_DIR = Path(__file__).resolve().parents[2] / "models" / "rate-check"
@@ -87,7 +92,7 @@ class RateCheck:
     threshold: float = THRESHOLD
 
     def probs(self, vectors: np.ndarray) -> np.ndarray:
-        x = (np.asarray(vectors, dtype=np.float64) - self.mean) / self.scale
+        x = (np.atleast_2d(np.asarray(vectors, dtype=np.float64)) - self.mean) / self.scale
         z = x @ self.coef.T + self.intercept
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
@@ -102,8 +107,8 @@ class RateCheck:
                 out.append(None)
                 continue
             kind = CLASSES[1 + int(np.argmax(row[1:]))]
-            what, how = MEANING[kind]
-            out.append(f"{WRONG_RATE}it sounds like {what}: p={wrong:.3f}, {how}; check the producer's sample_rate")
+            sounds, likely = MEANING[kind]
+            out.append(f"{WRONG_RATE}{sounds}: p(wrong rate)={wrong:.3f}, {likely}; {ADVICE}")
         return out
 
     def save(self, path: str | Path, report: dict[str, Any] | None = None) -> None:
@@ -123,13 +128,21 @@ def probe_path(extractor_id: str, root: str | Path = PROBE_DIR) -> Path:
 
 
 def load_rate_check(extractor_id: str, root: str | Path = PROBE_DIR, threshold: float = THRESHOLD) -> RateCheck | None:
-    """The probe trained on ``extractor_id``'s vectors, or None where there is none."""
+    """The probe trained on ``extractor_id``'s vectors, or None where there is none; ValueError
+    for a file that is not one (unreadable, or another extractor's)."""
     path = probe_path(extractor_id, root)
     if not path.is_file():
         return None
-    with np.load(path) as z:
+    try:
+        z = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a sample-rate check ({exc})") from exc
+    with z:
+        missing = {"extractor_id", "mean", "scale", "coef", "intercept"} - set(z.files)
+        if missing:
+            raise ValueError(f"{path}: not a sample-rate check (no {', '.join(sorted(missing))})")
         if str(z["extractor_id"]) != extractor_id:
-            return None
+            raise ValueError(f"{path}: the check of {z['extractor_id']}, not of {extractor_id}")
         return RateCheck(
             extractor_id,
             z["mean"].astype(np.float64),
@@ -174,7 +187,7 @@ def _ravdess(data_dir: str, split: str, extractor: Any, channel: Any) -> tuple[n
 
 def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> tuple[np.ndarray, ...]:
     """espeak-ng speech of MELD train transcripts, voice by voice, at random speeds and pitches;
-    every second one through the telephone channel."""
+    every voice's every second round through the telephone channel."""
     import csv
     import random
 
@@ -192,7 +205,7 @@ def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> t
         wav = subprocess.run(cmd, capture_output=True, check=True).stdout
         data, rate = sf.read(io.BytesIO(wav), dtype="float32")
         clean = resample(data, rate, SAMPLE_RATE).astype(np.float32)
-        line = i % 2
+        line = (i // len(ESPEAK_VOICES)) % 2  # each voice both clean and on the line
         waves += _variants(channel(clean, f"espeak-{i}") if line else clean)
         ys += [0, 1, 2]
         lines += [line] * 3
@@ -222,11 +235,34 @@ def score(check: RateCheck, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     flagged = np.array([v is not None for v in check.verdicts(x)])
     pred = check.probs(x).argmax(axis=1)
     return {
-        "clips": int(len(y)),
+        "vectors": int(len(y)),  # each clip at its rate and as both mistakes decode it
         "false_alarms": round(float(flagged[y == 0].mean()), 4),
         "caught": round(float(flagged[y > 0].mean()), 4),
         "named_right": {CLASSES[k]: round(float((pred[y == k] == k).mean()), 4) for k in range(len(CLASSES))},
     }
+
+
+#: (actual rate, declared rate) pairs the training report tries besides the two it learned
+OTHER_RATES = (
+    (48000, 16000), (44100, 16000), (32000, 16000), (22050, 16000), (12000, 16000),
+    (16000, 48000), (16000, 44100), (16000, 32000), (16000, 22050), (16000, 12000), (11025, 8000),
+)  # fmt: skip
+
+
+def _other_rates(data_dir: str, extractor: Any, check: RateCheck) -> dict[str, float]:
+    """The share of 30 RAVDESS dev clips flagged when samples at one rate are declared as another
+    (a clip at ``actual`` read as ``declared``, then resampled to 16 kHz as the worker does)."""
+    from engines.datasets.ravdess import load_ravdess_clips
+    from engines.features.audio import read_audio_file
+
+    clips = load_ravdess_clips(data_dir, "dev")
+    waves = [read_audio_file(c.path) for c in clips[:: max(1, len(clips) // 30)][:30]]
+    out = {}
+    for actual, declared in OTHER_RATES:
+        sent = [resample(resample(w, SAMPLE_RATE, actual), declared, SAMPLE_RATE).astype(np.float32) for w in waves]
+        flagged = [v is not None for v in check.verdicts(extractor.extract(sent))]
+        out[f"{actual} Hz sent as {declared} Hz"] = round(float(np.mean(flagged)), 4)
+    return out
 
 
 def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, seed: int = 0) -> dict[str, Any]:
@@ -255,6 +291,7 @@ def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, se
             )
             for lo in (100, 200, 300)
         },
+        "ravdess_dev_other_rates": _other_rates(data_dir, audio, check),
         "command": f"python -m engines.features.rate_check train --data-dir {data_dir} --espeak {espeak} --seed {seed}",
     }
     out = Path(out_root)

@@ -51,7 +51,7 @@ def test_right_rates_pass_and_wrong_ones_are_caught_and_named(audio, check, shar
     for name in CLASSES[1:]:
         verdicts = check.verdicts(audio.extract([WrongRate(name)(w) for w in waves]))
         assert all(v is not None and v.startswith(WRONG_RATE) for v in verdicts), (name, verdicts)
-        meant = "8 kHz audio declared as 16 kHz" if name == "8k-as-16k" else "16 kHz audio declared as 8 kHz"
+        meant = "8 kHz sent as 16 kHz" if name == "8k-as-16k" else "16 kHz sent as 8 kHz"
         assert all(meant in v for v in verdicts if v is not None), (name, verdicts)
 
 
@@ -76,5 +76,12 @@ def test_a_vector_that_is_not_finite_is_not_judged(check) -> None:  # type: igno
     assert check.verdicts(x) == [None]
 
 
-def test_an_extractor_without_a_probe_is_not_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_extractor_without_a_probe_is_not_checked_and_a_wrong_file_is_refused(check, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert load_rate_check("functionals-v1-000000000000", root=tmp_path) is None
+    check.save(probe_path("functionals-v1-000000000000", tmp_path))  # another extractor's check under its name
+    with pytest.raises(ValueError, match="not of functionals"):
+        load_rate_check("functionals-v1-000000000000", root=tmp_path)
+    probe_path(check.extractor_id, tmp_path).write_bytes(b"not numpy")
+    with pytest.raises(ValueError, match="not a sample-rate check"):
+        load_rate_check(check.extractor_id, root=tmp_path)
+    assert load_rate_check(check.extractor_id, root=probe_path(check.extractor_id).parent) is not None

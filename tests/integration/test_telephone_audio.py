@@ -90,7 +90,7 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         held_ev = events[("held", "u0")]
         assert held_ev.modalities_present == ["text", "audio"] and held_ev.weights["audio"] == 0, held_ev
         assert held_ev.ignored["audio"].startswith("no speech"), held_ev
-        for call_id, said in (("fast", "8 kHz audio declared as 16 kHz"), ("slow", "16 kHz audio declared as 8 kHz")):
+        for call_id, said in (("fast", "the voice sounds an octave high"), ("slow", "the voice sounds an octave low")):
             ev = events[(call_id, "u0")]
             assert ev.modalities_present == ["text", "audio"] and ev.weights["audio"] == 0, ev
             assert ev.ignored["audio"].startswith(WRONG_RATE) and said in ev.ignored["audio"], ev

@@ -132,11 +132,30 @@ def test_audio_the_rate_check_flags_gets_no_vector_and_says_why() -> None:
     feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
     assert [set(x) for x in feats] == [{"text"}, {"text"}]
     for u in utts:
-        assert u.ignored["audio"].startswith(WRONG_RATE + "it sounds like 8 kHz audio declared as 16 kHz: p=1.000"), u
-    f.rate_check = None
+        assert u.ignored["audio"].startswith(WRONG_RATE + "the voice sounds an octave high: p(wrong rate)=1.000"), u
+    # the check hears speech only: with the speech gate off (min_speech_s 0) it is not asked
     assert [set(x) for x in utterance_features(spoken(100), f, {"text": 2, "audio": 3, "video": 0})] == [
         {"text", "audio"}
     ]
+    f.rate_check = None
+    assert [set(x) for x in utterance_features(spoken(100), f, {"text": 2, "audio": 3, "video": 0}, 0.15)] == [
+        {"text", "audio"}
+    ]
+
+
+def test_the_rate_check_flags_from_its_threshold_on() -> None:
+    """p(wrong rate) just above 0.9 is flagged, just below it is not (intercepts alone: p(ok) = 1 / (1 + e^b))."""
+    import math
+
+    from engines.features.rate_check import THRESHOLD, RateCheck
+
+    assert THRESHOLD == 0.9
+    zeros = np.zeros((1, 3))
+    for b, flagged in ((math.log(9) + 0.01, True), (math.log(9) - 0.01, False)):
+        check = RateCheck("fake", np.zeros(3), np.ones(3), np.zeros((3, 3)), np.array([0.0, -50.0, b]))
+        assert (check.verdicts(zeros)[0] is not None) is flagged, (b, check.probs(zeros))
+        if flagged:
+            assert "octave low" in str(check.verdicts(zeros)[0])
 
 
 def test_the_speech_detector_runs_beside_the_text_encoder() -> None:
