@@ -69,7 +69,9 @@ def decode_audio(
             raise AudioTooLong(f"audio of {seconds:.1f} s > {max_seconds:g} s")
         # one pass, into the one array kept (x / 32768 and x * 2**-15 are the same float32 bits)
         if encoding == "pcm_s16le":
-            wave = np.multiply(np.frombuffer(data, dtype="<i2"), _PCM_SCALE, dtype=np.float32)
+            samples = np.frombuffer(data, dtype="<i2")
+            _refuse_big_endian(samples)
+            wave = np.multiply(samples, _PCM_SCALE, dtype=np.float32)
         else:
             table = _mulaw_table() if encoding == "pcm_mulaw" else _alaw_table()
             wave = np.multiply(table[np.frombuffer(data, dtype=np.uint8)], _PCM_SCALE, dtype=np.float32)
@@ -78,6 +80,40 @@ def decode_audio(
     if encoding in CONTAINERS and not np.isfinite(wave).all():  # integer PCM is finite by construction
         raise AudioDecodeError("audio contains non-finite samples")
     return np.ascontiguousarray(resample(wave, rate, SAMPLE_RATE), dtype=np.float32)
+
+
+#: ``pcm_s16le`` samples whose high bytes change this many times more than their low bytes (read
+#: as the high bytes of the byte-swapped samples) are taken for big-endian ones
+BIG_ENDIAN_RATIO = 4.0
+BIG_ENDIAN_MIN_STEP = 1.0  # and whose high bytes change by at least this much a sample, on average
+
+
+def _high_byte_steps(samples: np.ndarray) -> float:
+    """The mean change of the samples' high (signed) bytes from one sample to the next."""
+    return float(np.abs(np.diff((samples >> 8).astype(np.int16))).mean())
+
+
+def _refuse_big_endian(samples: np.ndarray) -> None:
+    """Raise :class:`AudioDecodeError` for ``pcm_s16le`` bytes that are big-endian samples.
+
+    Such bytes are valid little-endian samples too, of loud noise, and a voice activity detector
+    does not reliably refuse that noise. In a sound of either order the high byte of a sample
+    moves slowly from one sample to the next and the low byte jumps; read in the wrong order, the
+    two change places. So: the high bytes as sent against those of the byte-swapped samples.
+    Measured (2026-12-05) on 1,200 RAVDESS clips as 16 kHz, 8 kHz and telephone 8 kHz PCM: the
+    ratio is at most 0.17 in the right order (so at least 5.9 byte-swapped); white noise, hum, a
+    full-scale square wave and near-silence at most 2.45. RTP's L16 payload is big-endian: a
+    producer that forwards it as it is sends exactly this."""
+    if samples.size < 2:
+        return
+    sent = _high_byte_steps(samples)
+    swapped = _high_byte_steps(samples.byteswap())
+    if sent >= BIG_ENDIAN_MIN_STEP and swapped > 0 and sent >= BIG_ENDIAN_RATIO * swapped:
+        raise AudioDecodeError(
+            f"pcm_s16le samples that look big-endian (their high bytes change {sent / swapped:.0f}x more "
+            "than their low bytes): pcm_s16le is little-endian; swap each sample's two bytes (RTP's L16 "
+            "payload is big-endian)"
+        )
 
 
 def _declared_rate(encoding: str, sample_rate: int | None) -> int:

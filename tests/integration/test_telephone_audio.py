@@ -3,7 +3,8 @@ A-law) or 8 kHz PCM are labelled with their audio, like FLAC calls; a G.711 part
 another rate is dead-lettered with the reason, and the other calls go on. A line that carries
 no voice (a held call's hiss, as mu-law) is not used: weight 0, and the event says why. Nor is
 speech whose rate the producer declared wrongly (8 kHz PCM sent as 16 kHz, 16 kHz PCM as 8 kHz):
-its voice is an octave off, and the event names the likely mistake."""
+its voice is an octave off, and the event names the likely mistake. Big-endian PCM (RTP's L16
+forwarded as it is) is dead-lettered with the reason."""
 
 from __future__ import annotations
 
@@ -66,16 +67,26 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
             producer.send(t.audio, key=call_id.encode(), value=part.to_bytes())
             text = TextPart(call_id=call_id, utterance_id="u0", seq=0, text="Why is nobody helping me?")
             producer.send(t.text, key=call_id.encode(), value=text.to_bytes())
+        # and one that forwards RTP's L16 payload (big-endian) as pcm_s16le
+        swapped = np.frombuffer(encode_audio(wave, 16000, "pcm_s16le", 8000), "<i2").byteswap().tobytes()
+        rtp = AudioPart(call_id="rtp", utterance_id="u0", seq=0, encoding="pcm_s16le", sample_rate=8000,
+                        data=base64.b64encode(swapped).decode())  # fmt: skip
+        producer.send(t.audio, key=b"rtp", value=rtp.to_bytes())
+        producer.send(
+            t.text, key=b"rtp", value=TextPart(call_id="rtp", utterance_id="u0", seq=0, text="Hello?").to_bytes()
+        )
         producer.flush()
         producer.close()
         want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances}
-        want |= {("liar", "u0"), ("held", "u0"), ("fast", "u0"), ("slow", "u0")}
+        want |= {("liar", "u0"), ("held", "u0"), ("fast", "u0"), ("slow", "u0"), ("rtp", "u0")}
         assert collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want, 120), (
             worker.tail()
         )
-        assert collector.poll_until(lambda c: len(c.dead) >= 1, 10)
-        [dead] = collector.dead
-        assert dead.reason == "undecodable_audio" and "8000 Hz" in dead.detail and dead.call_id == "liar"
+        assert collector.poll_until(lambda c: len(c.dead) >= 2, 10)
+        dead = {d.call_id: d for d in collector.dead}
+        assert len(collector.dead) == 2 and set(dead) == {"liar", "rtp"}, collector.dead
+        assert dead["liar"].reason == "undecodable_audio" and "8000 Hz" in dead["liar"].detail
+        assert dead["rtp"].reason == "undecodable_audio" and "look big-endian" in dead["rtp"].detail, dead["rtp"]
         events = {(e.call_id, e.utterance_id): e for _, e in collector.events if e.revision == 0}
         for _, (call, _) in lines.items():
             voiced = []
@@ -86,7 +97,8 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
                     assert ev.ignored == {}, ev  # G.711 speech passes the voice activity check
                     voiced.append(ev.weights["audio"])
             assert voiced and sum(w > 0 for w in voiced) >= len(voiced) / 2, voiced  # and carries labels
-        assert events[("liar", "u0")].modalities_present == ["text"]  # its audio refused, its text labelled
+        for refused in ("liar", "rtp"):
+            assert events[(refused, "u0")].modalities_present == ["text"]  # its audio refused, its text labelled
         held_ev = events[("held", "u0")]
         assert held_ev.modalities_present == ["text", "audio"] and held_ev.weights["audio"] == 0, held_ev
         assert held_ev.ignored["audio"].startswith("no speech"), held_ev

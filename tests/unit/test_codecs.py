@@ -148,3 +148,43 @@ def test_a_wav_whose_writer_did_not_know_its_length_still_decodes(placeholder: i
     at = data.index(b"data") + 4
     data[at : at + 4] = struct.pack("<I", placeholder)  # a live writer's (SoX to a pipe: 0x7FFFF000)
     assert decode_audio(bytes(data), "wav").shape[0] > 0
+
+
+def _voice_like(rate: int, seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """A quiet start, then a buzz with a moving pitch and formant-like partials, and breath noise:
+    what the high-byte test must pass in the right byte order at 8 and 16 kHz."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    f0 = 120 + 40 * np.sin(2 * np.pi * 1.5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.2 + 0.15 * np.sin(2 * np.pi * 3 * t))
+    voice[: rate // 2] = 0.0
+    return voice + rng.standard_normal(t.size) * 0.002
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_big_endian_pcm_is_refused_and_little_endian_passes(rate: int) -> None:
+    pcm = encode_audio(_voice_like(rate), rate, "pcm_s16le")
+    assert decode_audio(pcm, "pcm_s16le", rate).size > 0
+    swapped = np.frombuffer(pcm, "<i2").byteswap().tobytes()
+    with pytest.raises(AudioDecodeError, match="look big-endian.*swap each sample's two bytes"):
+        decode_audio(swapped, "pcm_s16le", rate)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["white noise", "loud white noise", "near silence", "hum", "full-scale square wave", "8-bit audio widened"],
+)
+def test_sounds_that_are_not_speech_are_not_taken_for_big_endian(name: str) -> None:
+    rng = np.random.default_rng(1)
+    t = np.arange(16000) / 16000
+    samples = {
+        "white noise": rng.standard_normal(t.size) * 3000,
+        "loud white noise": np.clip(rng.standard_normal(t.size) * 20000, -32768, 32767),
+        "near silence": rng.standard_normal(t.size) * 3,
+        "hum": 3000 * np.sin(2 * np.pi * 50 * t) + rng.standard_normal(t.size) * 30,
+        "full-scale square wave": np.sign(np.sin(2 * np.pi * 440 * t)) * 30000,
+        "8-bit audio widened": np.round(np.sin(2 * np.pi * 300 * t) * 100) * 256,  # low bytes all 0
+    }[name]
+    pcm = samples.astype("<i2").tobytes()
+    assert decode_audio(pcm, "pcm_s16le", 16000).size == t.size
