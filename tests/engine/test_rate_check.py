@@ -55,6 +55,19 @@ def test_right_rates_pass_and_wrong_ones_are_caught_and_named(audio, check, shar
         assert all(meant in v for v in verdicts if v is not None), (name, verdicts)
 
 
+def test_stereo_samples_sent_as_mono_sound_an_octave_low_and_are_caught(audio, check, shared_data) -> None:  # type: ignore[no-untyped-def]
+    """Interleaved stereo read as mono: every instant twice, so the voice plays at half speed."""
+    from engines.features.codecs import decode_audio, encode_audio
+
+    for rate in (8000, 16000):
+        waves = []
+        for w in _dev_clips(shared_data):
+            mono = np.frombuffer(encode_audio(w, 16000, "pcm_s16le", rate), "<i2")
+            waves.append(decode_audio(np.repeat(mono, 2).astype("<i2").tobytes(), "pcm_s16le", rate))
+        verdicts = check.verdicts(audio.extract(waves))
+        assert all(v is not None and "octave low" in v for v in verdicts), (rate, verdicts)
+
+
 def test_fast_and_slow_speech_at_the_right_rate_is_not_taken_for_a_wrong_rate(audio, check) -> None:  # type: ignore[no-untyped-def]
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
