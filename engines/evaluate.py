@@ -71,14 +71,14 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="telephone: every clip through a seeded simulated phone line (8 kHz, 300-3400 Hz, G.711, noise at "
         "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed; "
         "8k-as-16k / 16k-as-8k: every clip as the worker decodes it when a producer declared the wrong rate "
-        "(engines/features/rate_check.py)",
+        "(engines/features/format_check.py)",
     )
     parser.add_argument(
-        "--no-rate-check",
-        dest="rate_check",
-        action="store_false",
-        help="use every clip, also those the sample-rate check judges mis-declared (the stream's "
-        "engine.rate_check = false)",
+        "--format-check",
+        default="warn",
+        choices=["warn", "drop", "off"],
+        help="as the stream's engine.format_check: warn (default) uses the clips the format check judges "
+        "mis-declared and counts them (misdeclared_clips); drop does not use them; off does not check",
     )
     parser.add_argument(
         "--min-speech-s",
@@ -169,7 +169,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
     from engines.features.channel import make_channel
-    from engines.features.rate_check import load_rate_check
+    from engines.features.format_check import load_format_check
     from engines.metrics import subset_report
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_engine, load_extractors
@@ -212,9 +212,11 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     channel = make_channel(ns.channel, ns.seed)
     gate = ns.min_speech_s if ns.min_speech_s > 0 else None
     # as in the stream: on clips with speech, so not where the speech gate is off
-    rate_check = load_rate_check(ex.audio.id) if (ex.audio is not None and ns.rate_check and gate) else None
+    format_check = (
+        load_format_check(ex.audio.id) if (ex.audio is not None and ns.format_check != "off" and gate) else None
+    )
     table = (
-        AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate, rate_check)
+        AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate, format_check, ns.format_check == "drop")
         if (ex.audio and paths)
         else None
     )
@@ -249,8 +251,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "future": ns.future,
         "seed": ns.seed,
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
-        # clips not used because the rate check judged their rate mis-declared (None: no check)
-        "wrong_rate_clips": None if table is None or rate_check is None else int(table.wrong_rate.sum()),
+        # clips with speech the format check judged mis-declared (None: no check); not used with drop
+        "misdeclared_clips": None if table is None or format_check is None else int(table.misdeclared.sum()),
         **report,
         "corrupt": None,
     }

@@ -18,7 +18,7 @@ from engines.errors import DatasetError
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
 from engines.features.channel import TelephoneChannel
-from engines.features.rate_check import RateCheck, WrongRate
+from engines.features.format_check import FormatCheck, Misdeclared
 from engines.features.speech import MIN_SPEECH_S, SpeechDetector
 from engines.features.text import TextEncoder
 from engines.interface import EMOTIONS, MODALITIES, FeatureSpec
@@ -32,8 +32,9 @@ class AudioTable:
 
     ``speech`` holds each file's seconds of speech (:mod:`engines.features.speech`, cached too);
     :meth:`lookup` counts a file with less than ``min_speech_s`` as no audio, as the stream does
-    (None: every file counts), and with a ``rate_check`` (:mod:`engines.features.rate_check`) a
-    file whose rate it judges mis-declared too (``wrong_rate``)."""
+    (None: every file counts). With a ``format_check`` (:mod:`engines.features.format_check`),
+    ``misdeclared`` marks the files with speech it judges mis-declared, which ``drop_misdeclared``
+    counts as no audio too."""
 
     def __init__(
         self,
@@ -41,11 +42,13 @@ class AudioTable:
         extractor: AudioFeatureExtractor,
         cache_root: str | Path | None = None,
         progress: bool = False,
-        channel: TelephoneChannel | WrongRate | None = None,
+        channel: TelephoneChannel | Misdeclared | None = None,
         min_speech_s: float | None = MIN_SPEECH_S,
-        rate_check: RateCheck | None = None,
+        format_check: FormatCheck | None = None,
+        drop_misdeclared: bool = False,
     ) -> None:
         self.paths = sorted(set(paths))
+        self.drop_misdeclared = drop_misdeclared
         self.min_speech_s = min_speech_s
         self.row = {p: i for i, p in enumerate(self.paths)}
         blobs = [Path(p).read_bytes() for p in self.paths]
@@ -80,19 +83,19 @@ class AudioTable:
 
             seconds = speech_cache.get_or_compute(keys, lambda idx: speech(idx)[:, None])
             self.speech = seconds.reshape(len(self.paths))
-        # files with speech whose rate the check judges mis-declared: no audio, as in the stream
-        # (which checks only what the speech gate let through)
-        self.wrong_rate = np.zeros((len(self.paths),), dtype=bool)
-        if rate_check is not None and min_speech_s is not None and len(self.paths):
-            judged = np.array([v is not None for v in rate_check.verdicts(self.matrix)], dtype=bool)
-            self.wrong_rate = judged & (self.speech >= min_speech_s)
+        # files with speech the check judges mis-declared, as in the stream (which checks only
+        # what the speech gate let through)
+        self.misdeclared = np.zeros((len(self.paths),), dtype=bool)
+        if format_check is not None and min_speech_s is not None and len(self.paths):
+            judged = np.array([v is not None for v in format_check.verdicts(self.matrix)], dtype=bool)
+            self.misdeclared = judged & (self.speech >= min_speech_s)
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence."""
         out = np.zeros((len(paths), dim), dtype=np.float32)
         has = np.zeros((len(paths),), dtype=np.float32)
         for i, p in enumerate(paths):
-            if p is None or self.wrong_rate[self.row[p]]:
+            if p is None or (self.drop_misdeclared and self.misdeclared[self.row[p]]):
                 continue
             if self.min_speech_s is None or self.speech[self.row[p]] >= self.min_speech_s:
                 out[i] = self.matrix[self.row[p]]

@@ -57,6 +57,7 @@ class Utterance:
     held: bool = False  # waited past wait_s for a part of a topic read behind
     recheck_at: float | None = None  # while held: when the heap looks at it again
     ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
+    suspect: dict[str, str] = field(default_factory=dict)  # parts used though they look mis-declared -> why
 
     def has(self, modality: str) -> bool:
         """Whether its ``modality`` part arrived: usable, or dead-lettered (nothing more to wait for)."""

@@ -28,6 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from engines.features.format_check import MISTAKES
 from streams import heap
 from streams.errors import REASONS
 from streams.join import MODALITIES
@@ -68,8 +69,16 @@ class Metrics:
         self.ignored_parts = Counter(
             "emostream_ignored_parts_total",
             "Parts that arrived but were not used (audio without speech: silence, line noise, hold music; "
-            "a transcript with no words; audio whose sample rate sounds declared wrongly)",
+            "a transcript with no words; audio whose format sounds mis-declared, with engine.format_check = drop)",
             ["modality"],
+            registry=r,
+        )
+        self.misdeclared_audio = Counter(
+            "emostream_misdeclared_audio_total",
+            "Audio parts whose voice sounds mis-declared by their producer (engines/features/format_check.py): "
+            "sample_rate (8 kHz samples sent as 16 kHz, or the reverse), g711_law (A-law sent as mu-law, or the "
+            "reverse); used all the same unless engine.format_check = drop",
+            ["mistake"],
             registry=r,
         )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
@@ -175,6 +184,8 @@ class Metrics:
         for modality in MODALITIES:
             self.missing.labels(modality)
             self.ignored_parts.labels(modality)
+        for mistake in MISTAKES:
+            self.misdeclared_audio.labels(mistake)
         for size in range(len(MODALITIES) + 1):  # the parts an utterance was labelled with, as the worker names them
             for parts in itertools.combinations(MODALITIES, size):
                 self.utterances.labels("+".join(parts) or "none")

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from engines.features import rate_check
+from engines.features import format_check
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
 from streams import heap
@@ -50,8 +50,8 @@ class Featurizer(Protocol):
     # (N,) float32 seconds of speech; with ``enough``, a clip stops being run once it has that much
     def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray: ...
 
-    # optional attribute ``rate_check``: an engines.features.rate_check.RateCheck of the audio
-    # vectors (None or absent: no check)
+    # optional attributes ``format_check``: an engines.features.format_check.FormatCheck of the
+    # audio vectors (None or absent: no check), and ``format_action``: "warn" (default) or "drop"
 
 
 @dataclass
@@ -97,7 +97,7 @@ class BatchOutcome:
         )
 
 
-WRONG_RATE = rate_check.WRONG_RATE  # ignored["audio"] of audio the sample-rate check judged mis-declared
+MISDECLARED = format_check.PREFIXES  # how ignored["audio"] begins where the format check did not use audio
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
 
 
@@ -107,9 +107,11 @@ def utterance_features(
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
 
     A waveform with less than ``min_speech_s`` of speech (silence, line noise, hold music) is not
-    used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why. Nor is one whose
-    voice the featurizer's ``rate_check`` judges played at the wrong rate (a producer that declared
-    8 kHz samples as 16 kHz, or the reverse)."""
+    used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why. One whose
+    voice the featurizer's ``format_check`` judges mis-declared (a wrong sample rate or G.711 law,
+    :mod:`engines.features.format_check`) is used all the same and ``utt.suspect["audio"]`` says
+    why (the voice gate weighs it: on the composite that beats the words alone), or, where the
+    featurizer's ``format_action`` is ``"drop"``, not used and ``utt.ignored["audio"]`` says why."""
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
@@ -153,13 +155,16 @@ def utterance_features(
     if waves:
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
         # the check was taught speech only: where the speech gate is off, noise would reach it
-        check = getattr(featurizer, "rate_check", None) if min_speech_s > 0 else None
+        check = getattr(featurizer, "format_check", None) if min_speech_s > 0 else None
+        drop = getattr(featurizer, "format_action", "warn") == "drop"
         verdicts = check.verdicts(aud) if check is not None else [None] * len(waves)
         for (i, _), vec, wrong in zip(waves, aud, verdicts, strict=True):
-            if wrong is None:
-                feats[i]["audio"] = vec
-            else:
+            if wrong is not None and drop:
                 utts[i].ignored["audio"] = wrong
+                continue
+            feats[i]["audio"] = vec
+            if wrong is not None:  # used: the voice gate weighs it (measured better than the words alone)
+                utts[i].suspect["audio"] = wrong
     return feats
 
 
@@ -246,11 +251,13 @@ class _Row:
 @dataclass(frozen=True)
 class _Ready:
     """Features encoded ahead of their batch, the part payloads they came from (held, so compared
-    by identity) and what the encoding ignored (no speech, a wrong sample rate)."""
+    by identity), what the encoding ignored (no speech; a mis-declared format, with
+    ``engine.format_check = "drop"``) and what it used but suspects (a mis-declared format)."""
 
     parts: dict[str, Any]
     features: dict[str, np.ndarray]
     ignored: dict[str, str]
+    suspect: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def fits(self, utt: Utterance) -> bool:
         return self.parts.keys() == utt.parts.keys() and all(self.parts[m] is utt.parts[m] for m in self.parts)
@@ -350,7 +357,7 @@ class Processor:
             return
         # copies, taken here on the event loop: the thread neither sees a replay's parts change
         # under it nor marks the queued utterance (what it ignored is carried over only when used)
-        copies = [dataclasses.replace(u, parts=dict(u.parts), ignored={}) for u in todo]
+        copies = [dataclasses.replace(u, parts=dict(u.parts), ignored={}, suspect={}) for u in todo]
         self._prefetch_since = time.monotonic()
         task = asyncio.ensure_future(asyncio.to_thread(_then_trim, self._encode, copies))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a result never awaited: no warning
@@ -371,7 +378,10 @@ class Processor:
 
     def _encode(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
         feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
-        return {(u.call_id, u.utterance_id): _Ready(u.parts, f, u.ignored) for u, f in zip(utts, feats, strict=True)}
+        return {
+            (u.call_id, u.utterance_id): _Ready(u.parts, f, u.ignored, u.suspect)
+            for u, f in zip(utts, feats, strict=True)
+        }
 
     async def _prefetched(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
         """What was encoded ahead for ``utts`` (taken out of :attr:`_ready`), once the encoding
@@ -535,6 +545,7 @@ class Processor:
             r = ready.get((u.call_id, u.utterance_id))
             if r is not None and r.fits(u):
                 u.ignored.update(r.ignored)
+                u.suspect.update(r.suspect)
                 got.append(r.features)
             else:
                 got.append(None)

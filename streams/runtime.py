@@ -26,11 +26,12 @@ T = TypeVar("T")
 class ModelFeaturizer:
     """The feature extractors that belong to a model artifact (see ``engines.registry``)."""
 
-    def __init__(self, extractors: Any, rate_check: Any = None) -> None:
+    def __init__(self, extractors: Any, format_check: Any = None, format_action: str = "warn") -> None:
         self._x = extractors
         self._speech: Any = None
-        #: the sample-rate check of the audio extractor's vectors (engines/features/rate_check.py), or None
-        self.rate_check = rate_check
+        #: the format check of the audio extractor's vectors (engines/features/format_check.py), or None
+        self.format_check = format_check
+        self.format_action = format_action  # "warn": use the audio all the same; "drop": do not
         # two threads may encode at once (a batch's own utterances beside the next batch's, see
         # Processor.run): the extractors load their models on first use, so each one's first
         # call runs alone, and the second caller finds the model loaded instead of loading another
@@ -107,18 +108,18 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         extractors = load_extractors(model_dir, runtime=runtime)
     except (EngineError, OSError, ImportError) as exc:  # OSError: a missing file, an unwritable cache, a CUDA library
         raise ConfigError(f"cannot load model from {model_dir} on runtime {runtime.name}: {exc}") from exc
-    rate_check = None
-    if extractors.audio is not None and settings.engine.rate_check:
-        from engines.features.rate_check import load_rate_check
+    format_check = None
+    if extractors.audio is not None and settings.engine.format_check != "off":
+        from engines.features.format_check import load_format_check
 
         try:
-            rate_check = load_rate_check(extractors.audio.id)
+            format_check = load_format_check(extractors.audio.id)
         except ValueError as exc:
-            raise ConfigError(f"engine.rate_check: {exc} (engine.rate_check = false runs without it)") from exc
-        if rate_check is None:
-            log.info("no sample-rate check for the audio extractor %s: a mis-declared rate is not caught",
+            raise ConfigError(f"engine.format_check: {exc} (engine.format_check = 'off' runs without it)") from exc
+        if format_check is None:
+            log.info("no format check for the audio extractor %s: a mis-declared rate or G.711 law is not noticed",
                      extractors.audio.id)  # fmt: skip
-    return engine, ModelFeaturizer(extractors, rate_check)
+    return engine, ModelFeaturizer(extractors, format_check, settings.engine.format_check)
 
 
 EXPORT_TIMEOUT_S = 900.0  # an export takes one to two minutes on two cores

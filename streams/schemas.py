@@ -296,9 +296,9 @@ class EmotionEvent(_Message):
         "speech (silence, line noise, hold music) is not used, so its weight is 0 and the label is the other "
         "modalities' (provisional events); a part dead-lettered once its ids were read (audio that does not decode, "
         "say) is 'dead-lettered: <reason>', and its utterance did not wait for it; a transcript with no words "
-        "(empty, spaces, control characters) is 'no words: ...'; audio whose voice sounds an octave off, its rate "
-        "declared wrongly by the producer (engine.rate_check), is 'wrong sample rate? it sounds like 8 kHz audio "
-        "declared as 16 kHz: ...' (or the reverse)",
+        "(empty, spaces, control characters) is 'no words: ...'; with engine.format_check = drop, audio whose "
+        "voice sounds mis-declared by the producer is 'wrong sample rate? the voice sounds an octave high: ...' "
+        "(or low), or 'wrong G.711 law? ...'",
     )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")

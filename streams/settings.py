@@ -175,10 +175,12 @@ class EngineSettings(_Section):
         description="audio with less speech than this (seconds, by Silero VAD) is not used: silence, line noise and "
         "hold music get weight 0 and the event says so in 'ignored' (0: use all audio)",
     )
-    rate_check: bool = Field(
-        True,
-        description="audio whose voice sounds an octave off (8 kHz samples declared as 16 kHz, or 16 kHz as 8 kHz: "
-        "engines/features/rate_check.py) is not used, and the event says so in 'ignored' (false: use it anyway)",
+    format_check: Literal["warn", "drop", "off"] = Field(
+        "warn",
+        description="audio with speech whose voice sounds mis-declared (a wrong sample rate: 8 kHz samples sent as "
+        "16 kHz, or the reverse; or the wrong G.711 law: A-law sent as mu-law; engines/features/format_check.py): "
+        "warn = used all the same (the voice gate weighs it), counted in emostream_misdeclared_audio_total and logged "
+        "once a call; drop = also not used, and the event's 'ignored' says why; off = not checked",
     )
     revision_model: str | None = Field(
         None,

@@ -47,12 +47,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engines.features.format_check import mistake_of
 from streams.analytics import CallAnalytics, Outgoing
 from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import NOT_AN_INPUT, WRONG_RATE, BatchOutcome, Processor
+from streams.pipeline import MISDECLARED, NOT_AN_INPUT, BatchOutcome, Processor
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
@@ -190,7 +191,7 @@ class Worker:
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
         self.awaiting_start: dict[str, float] = {}  # -> when the first was held (clock)
         self.starting: set[str] = set()  # awaiting calls whose 'started' (or 'ended') is being applied
-        self._rate_warned: set[str] = set()  # calls whose audio rate was said to be wrong (logged once a call)
+        self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -859,15 +860,25 @@ class Worker:
                     # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad audio
                     if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT)):
                         self.metrics.ignored_parts.labels(modality).inc()
-                    if why.startswith(WRONG_RATE) and utt.call_id not in self._rate_warned:
-                        # a producer's setting, not one utterance's fault: said once per call
-                        if len(self._rate_warned) >= 10_000:
-                            self._rate_warned.clear()
-                        self._rate_warned.add(utt.call_id)
-                        log.warning("call %s: audio of utterance %s not used: %s", utt.call_id, utt.utterance_id, why)
+                    if why.startswith(MISDECLARED):
+                        self._misdeclared(utt, why, used=False)
+                for why in utt.suspect.values():
+                    self._misdeclared(utt, why, used=True)
                 for receipt in utt.handles:
                     receipt.ack()
         return True
+
+    def _misdeclared(self, utt: Utterance, why: str, used: bool) -> None:
+        """Count audio whose format sounds mis-declared, and say so once a call (a producer's
+        setting, not one utterance's fault)."""
+        self.metrics.misdeclared_audio.labels(mistake_of(why)).inc()
+        if utt.call_id in self._format_warned:
+            return
+        if len(self._format_warned) >= 10_000:
+            self._format_warned.clear()
+        self._format_warned.add(utt.call_id)
+        log.warning("call %s: audio of utterance %s %s: %s", utt.call_id, utt.utterance_id,
+                    "used all the same" if used else "not used", why)  # fmt: skip
 
     def _next_batch(self) -> list[Utterance]:
         """The utterances the next batch takes from the queue, as the sizer allows now."""

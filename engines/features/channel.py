@@ -71,8 +71,8 @@ class TelephoneChannel:
 
 
 #: clean, the telephone line, and the two ways a producer can declare a raw audio part's rate
-#: wrongly (:class:`engines.features.rate_check.WrongRate`)
-CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k")
+#: wrongly (:class:`engines.features.format_check.Misdeclared`)
+CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw")
 
 
 def make_channel(name: str, seed: int = 0) -> Any:
@@ -82,8 +82,8 @@ def make_channel(name: str, seed: int = 0) -> Any:
         return None
     if name == "telephone":
         return TelephoneChannel(seed=seed)
-    if name in ("8k-as-16k", "16k-as-8k"):
-        from engines.features.rate_check import WrongRate
+    if name in CHANNELS[2:]:
+        from engines.features.format_check import Misdeclared
 
-        return WrongRate(name)
+        return Misdeclared(name)
     raise ValueError(f"unknown channel {name!r}; choose from {CHANNELS}")

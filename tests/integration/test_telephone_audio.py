@@ -1,9 +1,10 @@
 """Telephone audio on the real broker: calls whose speech arrives as 8 kHz G.711 (mu-law and
 A-law) or 8 kHz PCM are labelled with their audio, like FLAC calls; a G.711 part that claims
 another rate is dead-lettered with the reason, and the other calls go on. A line that carries
-no voice (a held call's hiss, as mu-law) is not used: weight 0, and the event says why. Nor is
-speech whose rate the producer declared wrongly (8 kHz PCM sent as 16 kHz, 16 kHz PCM as 8 kHz):
-its voice is an octave off, and the event names the likely mistake. Big-endian PCM (RTP's L16
+no voice (a held call's hiss, as mu-law) is not used: weight 0, and the event says why. Speech whose
+rate the producer declared wrongly (8 kHz PCM sent as 16 kHz, 16 kHz PCM as 8 kHz: its voice is an
+octave off) or its G.711 law (A-law sent as mu-law) is used all the same (the voice gate weighs
+it), counted by mistake and logged once a call with the likely mistake. Big-endian PCM (RTP's L16
 forwarded as it is) is dead-lettered with the reason."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 from client.publisher import make_producer
 from engines.features.codecs import decode_audio, encode_audio
-from engines.features.rate_check import WRONG_RATE
+from engines.features.format_check import WRONG_LAW, WRONG_RATE
 from streams.kafka import ensure_topics
 from streams.schemas import AudioPart, TextPart
 from tests.integration.harness import Collector, WorkerProcess, settings_for
@@ -61,8 +62,10 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         wave = decode_audio(first.audio, first.audio_encoding or "flac")
         misdeclared = {"fast": (encode_audio(wave, 16000, "pcm_s16le", 8000), 16000),  # 8 kHz samples as 16 kHz
                        "slow": (encode_audio(wave, 16000, "pcm_s16le"), 8000)}  # fmt: skip
+        misdeclared["law"] = (encode_audio(wave, 16000, "pcm_alaw"), 8000)  # A-law bytes sent as mu-law
         for call_id, (pcm, rate) in misdeclared.items():
-            part = AudioPart(call_id=call_id, utterance_id="u0", seq=0, encoding="pcm_s16le", sample_rate=rate,
+            encoding = "pcm_mulaw" if call_id == "law" else "pcm_s16le"
+            part = AudioPart(call_id=call_id, utterance_id="u0", seq=0, encoding=encoding, sample_rate=rate,
                              data=base64.b64encode(pcm).decode())  # fmt: skip
             producer.send(t.audio, key=call_id.encode(), value=part.to_bytes())
             text = TextPart(call_id=call_id, utterance_id="u0", seq=0, text="Why is nobody helping me?")
@@ -78,7 +81,7 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         producer.flush()
         producer.close()
         want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances}
-        want |= {("liar", "u0"), ("held", "u0"), ("fast", "u0"), ("slow", "u0"), ("rtp", "u0")}
+        want |= {("liar", "u0"), ("held", "u0"), ("fast", "u0"), ("slow", "u0"), ("law", "u0"), ("rtp", "u0")}
         assert collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want, 120), (
             worker.tail()
         )
@@ -102,15 +105,22 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         held_ev = events[("held", "u0")]
         assert held_ev.modalities_present == ["text", "audio"] and held_ev.weights["audio"] == 0, held_ev
         assert held_ev.ignored["audio"].startswith("no speech"), held_ev
-        for call_id, said in (("fast", "the voice sounds an octave high"), ("slow", "the voice sounds an octave low")):
+        # used all the same (engine.format_check = "warn": the voice gate weighs it), counted and logged once a call
+        for call_id, said in (
+            ("fast", WRONG_RATE + "the voice sounds an octave high"),
+            ("slow", WRONG_RATE + "the voice sounds an octave low"),
+            ("law", WRONG_LAW + "the voice sounds distorted as by the other G.711 law"),
+        ):
             ev = events[(call_id, "u0")]
-            assert ev.modalities_present == ["text", "audio"] and ev.weights["audio"] == 0, ev
-            assert ev.ignored["audio"].startswith(WRONG_RATE) and said in ev.ignored["audio"], ev
-        said = "call fast: audio of utterance u0 not used: wrong sample rate?"  # logged once the batch is acked
-        deadline = time.monotonic() + 20
-        while said not in worker.tail(10**7) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert said in worker.tail(10**7), worker.tail()
+            assert ev.modalities_present == ["text", "audio"] and ev.ignored == {}, ev
+            logged = f"call {call_id}: audio of utterance u0 used all the same: {said}"
+            deadline = time.monotonic() + 20  # logged once the batch is acked, after its events went out
+            while logged not in worker.tail(10**7) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert logged in worker.tail(10**7), worker.tail()
+        page = worker.metrics()
+        assert 'emostream_misdeclared_audio_total{mistake="sample_rate"} 2.0' in page, page
+        assert 'emostream_misdeclared_audio_total{mistake="g711_law"} 1.0' in page, page
     finally:
         collector.close()
         worker.stop()

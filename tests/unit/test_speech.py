@@ -78,7 +78,8 @@ def test_stopping_at_enough_speech_decides_as_the_whole_clip(
 class Featurizer:
     def __init__(self, seconds: dict[int, float]) -> None:
         self.seconds, self.audio_sizes = seconds, []  # wave size -> its seconds of speech
-        self.rate_check: object = None
+        self.format_check: object = None
+        self.format_action = "warn"
 
     def text(self, texts: list[str]) -> np.ndarray:
         return np.zeros((len(texts), 2), np.float32)
@@ -119,40 +120,43 @@ def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
     assert set(utterance_features(again, f, {"text": 2, "audio": 3, "video": 0})[0]) == {"audio"}  # 0: no gate
 
 
-def test_audio_the_rate_check_flags_gets_no_vector_and_says_why() -> None:
-    """The featurizer's rate check (engines/features/rate_check.py) sees the audio vectors; one it
-    judges mis-declared is not used and the utterance says why; without a check all are used."""
-    from engines.features.rate_check import WRONG_RATE, RateCheck
+def test_audio_the_format_check_flags_is_used_and_suspected_or_with_drop_not_used() -> None:
+    """The featurizer's format check (engines/features/format_check.py) sees the audio vectors; one
+    it judges mis-declared is used all the same and the utterance says why in ``suspect``
+    (``format_action`` "warn", the default), or not used and said in ``ignored`` ("drop")."""
+    from engines.features.format_check import WRONG_RATE, FormatCheck
 
     f = Featurizer({100: 1.2, 200: 1.2})
     # a probe that calls the first coordinate's sign: vectors of ones are '8k-as-16k'
-    f.rate_check = RateCheck("fake", np.zeros(3), np.ones(3), np.array([[-9.0, 0, 0], [9.0, 0, 0], [0, 0, 0]]),
-                             np.zeros(3))  # fmt: skip
+    f.format_check = FormatCheck("fake", np.zeros(3), np.ones(3), np.array([[-9.0, 0, 0], [9.0, 0, 0], [0, 0, 0]]),
+                                 np.zeros(3))  # fmt: skip
+    said = WRONG_RATE + "the voice sounds an octave high: p(misdeclared)=1.000"
+    dims = {"text": 2, "audio": 3, "video": 0}
     utts = spoken(100, 200)
-    feats = utterance_features(utts, f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
-    assert [set(x) for x in feats] == [{"text"}, {"text"}]
-    for u in utts:
-        assert u.ignored["audio"].startswith(WRONG_RATE + "the voice sounds an octave high: p(wrong rate)=1.000"), u
+    assert [set(x) for x in utterance_features(utts, f, dims, min_speech_s=0.15)] == [{"text", "audio"}] * 2
+    assert all(u.suspect["audio"].startswith(said) and u.ignored == {} for u in utts), utts
+    f.format_action = "drop"
+    utts = spoken(100, 200)
+    assert [set(x) for x in utterance_features(utts, f, dims, min_speech_s=0.15)] == [{"text"}] * 2
+    assert all(u.ignored["audio"].startswith(said) and u.suspect == {} for u in utts), utts
     # the check hears speech only: with the speech gate off (min_speech_s 0) it is not asked
-    assert [set(x) for x in utterance_features(spoken(100), f, {"text": 2, "audio": 3, "video": 0})] == [
-        {"text", "audio"}
-    ]
-    f.rate_check = None
-    assert [set(x) for x in utterance_features(spoken(100), f, {"text": 2, "audio": 3, "video": 0}, 0.15)] == [
-        {"text", "audio"}
-    ]
+    utts = spoken(100)
+    assert [set(x) for x in utterance_features(utts, f, dims)] == [{"text", "audio"}] and utts[0].ignored == {}
+    f.format_check = None
+    utts = spoken(100)
+    assert [set(x) for x in utterance_features(utts, f, dims, 0.15)] == [{"text", "audio"}] and utts[0].suspect == {}
 
 
-def test_the_rate_check_flags_from_its_threshold_on() -> None:
+def test_the_format_check_flags_from_its_threshold_on() -> None:
     """p(wrong rate) just above 0.9 is flagged, just below it is not (intercepts alone: p(ok) = 1 / (1 + e^b))."""
     import math
 
-    from engines.features.rate_check import THRESHOLD, RateCheck
+    from engines.features.format_check import THRESHOLD, FormatCheck
 
     assert THRESHOLD == 0.9
     zeros = np.zeros((1, 3))
     for b, flagged in ((math.log(9) + 0.01, True), (math.log(9) - 0.01, False)):
-        check = RateCheck("fake", np.zeros(3), np.ones(3), np.zeros((3, 3)), np.array([0.0, -50.0, b]))
+        check = FormatCheck("fake", np.zeros(3), np.ones(3), np.zeros((3, 3)), np.array([0.0, -50.0, b]))
         assert (check.verdicts(zeros)[0] is not None) is flagged, (b, check.probs(zeros))
         if flagged:
             assert "octave low" in str(check.verdicts(zeros)[0])

@@ -1,6 +1,6 @@
-"""The sample-rate check on the shipped default's audio vectors: speech at its right rate passes
-(RAVDESS actors it never trained on, clean and through the telephone line, and espeak-ng speech
-slow and fast), speech whose rate was declared wrongly is caught and the mistake named."""
+"""The format check on the shipped default's audio vectors: speech sent right passes (RAVDESS
+actors it never trained on, clean and through the telephone line, and espeak-ng speech slow and
+fast); speech whose rate or G.711 law was declared wrongly is caught and the mistake named."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from engines.features.rate_check import CLASSES, WRONG_RATE, RateCheck, WrongRate, load_rate_check, probe_path
+from engines.features.format_check import (
+    CLASSES,
+    WRONG_LAW,
+    WRONG_RATE,
+    FormatCheck,
+    Misdeclared,
+    load_format_check,
+    probe_path,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -26,8 +34,8 @@ def audio():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def check(audio) -> RateCheck:  # type: ignore[no-untyped-def]
-    found = load_rate_check(audio.id)
+def check(audio) -> FormatCheck:  # type: ignore[no-untyped-def]
+    found = load_format_check(audio.id)
     assert found is not None, f"no probe for the default's audio extractor at {probe_path(audio.id)}"
     return found
 
@@ -49,10 +57,14 @@ def test_right_rates_pass_and_wrong_ones_are_caught_and_named(audio, check, shar
     right = check.verdicts(audio.extract(waves))
     assert right == [None] * len(waves), right
     for name in CLASSES[1:]:
-        verdicts = check.verdicts(audio.extract([WrongRate(name)(w) for w in waves]))
-        assert all(v is not None and v.startswith(WRONG_RATE) for v in verdicts), (name, verdicts)
-        meant = "8 kHz sent as 16 kHz" if name == "8k-as-16k" else "16 kHz sent as 8 kHz"
-        assert all(meant in v for v in verdicts if v is not None), (name, verdicts)
+        verdicts = check.verdicts(audio.extract([Misdeclared(name)(w) for w in waves]))
+        prefix, meant = {
+            "8k-as-16k": (WRONG_RATE, "8 kHz sent as 16 kHz"),
+            "16k-as-8k": (WRONG_RATE, "16 kHz sent as 8 kHz"),
+            "alaw-as-mulaw": (WRONG_LAW, "A-law bytes sent as pcm_mulaw or mu-law as pcm_alaw"),
+            "mulaw-as-alaw": (WRONG_LAW, "A-law bytes sent as pcm_mulaw or mu-law as pcm_alaw"),
+        }[name]
+        assert all(v is not None and v.startswith(prefix) and meant in v for v in verdicts), (name, verdicts)
 
 
 def test_stereo_samples_sent_as_mono_sound_an_octave_low_and_are_caught(audio, check, shared_data) -> None:  # type: ignore[no-untyped-def]
@@ -90,11 +102,11 @@ def test_a_vector_that_is_not_finite_is_not_judged(check) -> None:  # type: igno
 
 
 def test_an_extractor_without_a_probe_is_not_checked_and_a_wrong_file_is_refused(check, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    assert load_rate_check("functionals-v1-000000000000", root=tmp_path) is None
+    assert load_format_check("functionals-v1-000000000000", root=tmp_path) is None
     check.save(probe_path("functionals-v1-000000000000", tmp_path))  # another extractor's check under its name
     with pytest.raises(ValueError, match="not of functionals"):
-        load_rate_check("functionals-v1-000000000000", root=tmp_path)
+        load_format_check("functionals-v1-000000000000", root=tmp_path)
     probe_path(check.extractor_id, tmp_path).write_bytes(b"not numpy")
-    with pytest.raises(ValueError, match="not a sample-rate check"):
-        load_rate_check(check.extractor_id, root=tmp_path)
-    assert load_rate_check(check.extractor_id, root=probe_path(check.extractor_id).parent) is not None
+    with pytest.raises(ValueError, match="not a format check"):
+        load_format_check(check.extractor_id, root=tmp_path)
+    assert load_format_check(check.extractor_id, root=probe_path(check.extractor_id).parent) is not None

@@ -1,25 +1,30 @@
-"""Was the audio's sample rate declared wrongly? A probe on the audio vector the model already has.
+"""Was the audio's format declared wrongly? A probe on the audio vector the model already has.
 
-A producer that declares ``pcm_s16le`` at 16 kHz for a telephone line's 8 kHz samples (or sends
-16 kHz samples as 8 kHz G.711 or PCM) is not refused: the bytes are valid at either rate. The
-voice then plays twice as fast and an octave high (or twice as slow and an octave low), and the
-voice model reads an emotion from that with full confidence. The raw PCM and G.711 encodings
-carry no rate of their own, so nothing in the message can tell.
+Two mistakes of a producer give bytes that decode without error and a voice that is not the
+speaker's:
 
-The voice can: a pitch an octave away and formants stretched by two are far outside what speech
-does, fast or slow. :class:`RateCheck` is a multinomial logistic regression on the clip's audio
-vector (the extractor's own output, so it costs a dot product) with three classes: ``ok``,
-``8k-as-16k`` and ``16k-as-8k``. Audio with speech (the check runs only where the speech gate
-let a clip through: it was never taught what noise is) that it judges mis-declared with
-probability at least :data:`THRESHOLD` is not used (like audio without speech: the label is the words'), and the
-event's ``ignored`` says so, naming the rate that was likely meant.
+- **the sample rate**: ``pcm_s16le`` declared at 16 kHz for a telephone line's 8 kHz samples (or
+  16 kHz samples sent as 8 kHz): the voice plays twice as fast and an octave high (or twice as slow
+  and an octave low). Raw PCM and G.711 carry no rate of their own.
+- **the G.711 law**: A-law bytes sent as ``pcm_mulaw`` (or mu-law as ``pcm_alaw``; Europe's
+  networks use A-law, North America's mu-law): every sample is mapped through the wrong curve, and
+  the voice comes out distorted.
 
-It is trained by ``python -m engines.features.rate_check train`` on RAVDESS actors 1-16 (clean
+The voice model reads an emotion from either with full confidence. The voice itself tells: a pitch
+an octave away and formants stretched by two are far outside what speech does, fast or slow, and
+the wrong law's distortion is unlike a telephone line's. :class:`FormatCheck` is a multinomial
+logistic regression on the clip's audio vector (the extractor's own output, so it costs a dot
+product) with the classes of :data:`CLASSES`. Audio with speech (the check runs only where the
+speech gate let a clip through: it was never taught what noise is) that it judges mis-declared
+with probability at least :data:`THRESHOLD` is not used (like audio without speech: the label is
+the words'), and the event's ``ignored`` says so, naming the mistake it sounds like.
+
+It is trained by ``python -m engines.features.format_check train`` on RAVDESS actors 1-16 (clean
 and through the telephone channel) and on espeak-ng speech of MELD train transcripts at 100-400
 words a minute and many pitches, so that fast or high speech at the right rate is not taken for a
 wrong rate; it is checked on RAVDESS actors 17-20 and on espeak voices it never heard (the
-figures are in ``models/rate-check/README.md`` and the README). One probe per audio extractor
-(``models/rate-check/<extractor id>.npz``); an extractor without one is not checked.
+figures are in ``models/format-check/README.md`` and the README). One probe per audio extractor
+(``models/format-check/<extractor id>.npz``); an extractor without one is not checked.
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ import numpy as np
 
 from engines.features.codecs import G711_RATE, SAMPLE_RATE, resample
 
-log = logging.getLogger("emostream.rate_check")
+log = logging.getLogger("emostream.format_check")
 
 #: audio judged mis-declared with at least this probability is not used
 THRESHOLD = 0.9
-#: the classes, in the probe's order: the rate was right, or which mistake was made
-CLASSES = ("ok", "8k-as-16k", "16k-as-8k")
+#: the classes, in the probe's order: the format was right, or which mistake was made
+CLASSES = ("ok", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw")
 #: what each mistake sounds like, for the event's ``ignored``
 #: (before the colon: what the voice sounds like; after it: what was likely sent)
 MEANING = {
@@ -52,35 +57,65 @@ MEANING = {
                   "8 kHz sent as 16 kHz say"),
     "16k-as-8k": ("the voice sounds an octave low", "twice as slow: audio at twice the declared rate or more, "
                   "16 kHz sent as 8 kHz say"),
+    # which of the two: named right for 61-88 % of held-out clips, so not said
+    "alaw-as-mulaw": ("the voice sounds distorted as by the other G.711 law", "A-law bytes sent as pcm_mulaw or "
+                      "mu-law as pcm_alaw"),
+    "mulaw-as-alaw": ("the voice sounds distorted as by the other G.711 law", "A-law bytes sent as pcm_mulaw or "
+                      "mu-law as pcm_alaw"),
 }  # fmt: skip
-ADVICE = "check the rate the producer declares (G.711 is 8 kHz: resample before encoding)"
-#: how the event's ``ignored["audio"]`` begins for audio this check did not use
+#: how the event's ``ignored["audio"]`` begins for audio this check did not use, by mistake
 WRONG_RATE = "wrong sample rate? "
-PROBE_DIR = Path(__file__).resolve().parents[2] / "models" / "rate-check"
+WRONG_LAW = "wrong G.711 law? "
+PREFIXES = (WRONG_RATE, WRONG_LAW)
+#: the metric's label of each (``emostream_misdeclared_audio_total{mistake=...}``)
+MISTAKES = ("sample_rate", "g711_law")
+
+
+def mistake_of(why: str) -> str:
+    """The :data:`MISTAKES` label of a verdict."""
+    return MISTAKES[1] if why.startswith(WRONG_LAW) else MISTAKES[0]
+
+
+ADVICE = {
+    WRONG_RATE: "check the rate the producer declares (G.711 is 8 kHz: resample before encoding)",
+    WRONG_LAW: "check the encoding the producer declares (pcm_alaw or pcm_mulaw)",
+}
+PROBE_DIR = Path(__file__).resolve().parents[2] / "models" / "format-check"
+
+
+def _prefix(kind: str) -> str:
+    return WRONG_RATE if kind in ("8k-as-16k", "16k-as-8k") else WRONG_LAW
 
 
 @dataclass(frozen=True)
-class WrongRate:
-    """A "channel" (nothing random in it) for ``emostream evaluate --channel``: a clean 16 kHz clip as the
-    worker decodes it after a producer declared the wrong rate. ``8k-as-16k``: the line's 8 kHz
-    samples read as 16 kHz; ``16k-as-8k``: 16 kHz samples read as 8 kHz (then resampled to 16)."""
+class Misdeclared:
+    """A "channel" (nothing random in it) for ``emostream evaluate --channel``: a clean 16 kHz clip
+    as the worker decodes it after a producer declared the wrong format. ``8k-as-16k``: the line's
+    8 kHz samples read as 16 kHz; ``16k-as-8k``: 16 kHz samples read as 8 kHz (then resampled to
+    16); ``alaw-as-mulaw``: the clip as 8 kHz A-law, decoded as mu-law; ``mulaw-as-alaw``: the
+    reverse."""
 
     name: str
 
     @property
     def id(self) -> str:
-        return f"wrong-rate-v1-{self.name}"
+        return f"misdeclared-v1-{self.name}"
 
     def __call__(self, wave: np.ndarray, key: str = "") -> np.ndarray:
+        from engines.features.codecs import decode_audio, encode_audio
+
         if self.name == "8k-as-16k":
             return resample(wave, SAMPLE_RATE, G711_RATE).astype(np.float32)
         if self.name == "16k-as-8k":
             return resample(wave, G711_RATE, SAMPLE_RATE).astype(np.float32)
-        raise ValueError(f"unknown wrong rate {self.name!r}; choose from {CLASSES[1:]}")
+        if self.name in ("alaw-as-mulaw", "mulaw-as-alaw"):
+            sent, read = ("pcm_alaw", "pcm_mulaw") if self.name == "alaw-as-mulaw" else ("pcm_mulaw", "pcm_alaw")
+            return decode_audio(encode_audio(wave, SAMPLE_RATE, sent), read)
+        raise ValueError(f"unknown mistake {self.name!r}; choose from {CLASSES[1:]}")
 
 
 @dataclass(frozen=True)
-class RateCheck:
+class FormatCheck:
     """``probs(vectors)``: (N, 3) probabilities of :data:`CLASSES`; ``verdicts(vectors)``: per
     vector None (the rate looks right) or why the audio should not be used."""
 
@@ -108,7 +143,8 @@ class RateCheck:
                 continue
             kind = CLASSES[1 + int(np.argmax(row[1:]))]
             sounds, likely = MEANING[kind]
-            out.append(f"{WRONG_RATE}{sounds}: p(wrong rate)={wrong:.3f}, {likely}; {ADVICE}")
+            prefix = _prefix(kind)
+            out.append(f"{prefix}{sounds}: p(misdeclared)={wrong:.3f}, {likely}; {ADVICE[prefix]}")
         return out
 
     def save(self, path: str | Path, report: dict[str, Any] | None = None) -> None:
@@ -127,7 +163,9 @@ def probe_path(extractor_id: str, root: str | Path = PROBE_DIR) -> Path:
     return Path(root) / f"{extractor_id}.npz"
 
 
-def load_rate_check(extractor_id: str, root: str | Path = PROBE_DIR, threshold: float = THRESHOLD) -> RateCheck | None:
+def load_format_check(
+    extractor_id: str, root: str | Path = PROBE_DIR, threshold: float = THRESHOLD
+) -> FormatCheck | None:
     """The probe trained on ``extractor_id``'s vectors, or None where there is none; ValueError
     for a file that is not one (unreadable, or another extractor's)."""
     path = probe_path(extractor_id, root)
@@ -136,14 +174,14 @@ def load_rate_check(extractor_id: str, root: str | Path = PROBE_DIR, threshold: 
     try:
         z = np.load(path)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a sample-rate check ({exc})") from exc
+        raise ValueError(f"{path}: not a format check ({exc})") from exc
     with z:
         missing = {"extractor_id", "mean", "scale", "coef", "intercept"} - set(z.files)
         if missing:
-            raise ValueError(f"{path}: not a sample-rate check (no {', '.join(sorted(missing))})")
+            raise ValueError(f"{path}: not a format check (no {', '.join(sorted(missing))})")
         if str(z["extractor_id"]) != extractor_id:
             raise ValueError(f"{path}: the check of {z['extractor_id']}, not of {extractor_id}")
-        return RateCheck(
+        return FormatCheck(
             extractor_id,
             z["mean"].astype(np.float64),
             z["scale"].astype(np.float64),
@@ -163,8 +201,8 @@ HELD_OUT_VOICES = 4
 
 
 def _variants(wave: np.ndarray) -> list[np.ndarray]:
-    """The clip at the right rate, then as each mistake decodes it (in :data:`CLASSES` order)."""
-    return [wave, *(WrongRate(name)(wave) for name in CLASSES[1:])]
+    """The clip as sent right, then as each mistake decodes it (in :data:`CLASSES` order)."""
+    return [wave, *(Misdeclared(name)(wave) for name in CLASSES[1:])]
 
 
 def _ravdess(data_dir: str, split: str, extractor: Any, channel: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,8 +217,8 @@ def _ravdess(data_dir: str, split: str, extractor: Any, channel: Any) -> tuple[n
             clean = read_audio_file(c.path)
             for line, base in ((0, clean), (1, channel(clean, c.path))):
                 waves += _variants(base)
-                ys += [0, 1, 2]
-                lines += [line] * 3
+                ys += list(range(len(CLASSES)))
+                lines += [line] * len(CLASSES)
         xs.append(extractor.extract(waves))
     return np.concatenate(xs), np.array(ys), np.array(lines)
 
@@ -207,10 +245,10 @@ def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> t
         clean = resample(data, rate, SAMPLE_RATE).astype(np.float32)
         line = (i // len(ESPEAK_VOICES)) % 2  # each voice both clean and on the line
         waves += _variants(channel(clean, f"espeak-{i}") if line else clean)
-        ys += [0, 1, 2]
-        lines += [line] * 3
-        voices += [v] * 3
-        speeds += [speed] * 3
+        ys += list(range(len(CLASSES)))
+        lines += [line] * len(CLASSES)
+        voices += [v] * len(CLASSES)
+        speeds += [speed] * len(CLASSES)
         if len(waves) >= 96:
             xs.append(extractor.extract(waves))
             waves = []
@@ -219,17 +257,17 @@ def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> t
     return np.concatenate(xs), np.array(ys), np.array(lines), np.array(voices), np.array(speeds)
 
 
-def fit(x: np.ndarray, y: np.ndarray, extractor_id: str, c: float = 0.01, seed: int = 0) -> RateCheck:
+def fit(x: np.ndarray, y: np.ndarray, extractor_id: str, c: float = 0.01, seed: int = 0) -> FormatCheck:
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale == 0] = 1.0
     model = LogisticRegression(C=c, max_iter=5000, random_state=seed).fit((x - mean) / scale, y)
-    return RateCheck(extractor_id, mean, scale, model.coef_.astype(np.float64), model.intercept_.astype(np.float64))
+    return FormatCheck(extractor_id, mean, scale, model.coef_.astype(np.float64), model.intercept_.astype(np.float64))
 
 
-def score(check: RateCheck, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def score(check: FormatCheck, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """At :data:`THRESHOLD`: the share of right-rate clips flagged (false alarms) and of
     mis-declared ones caught, and the share of each class named right."""
     flagged = np.array([v is not None for v in check.verdicts(x)])
@@ -249,7 +287,7 @@ OTHER_RATES = (
 )  # fmt: skip
 
 
-def _other_rates(data_dir: str, extractor: Any, check: RateCheck) -> dict[str, float]:
+def _other_rates(data_dir: str, extractor: Any, check: FormatCheck) -> dict[str, float]:
     """The share of 30 RAVDESS dev clips flagged when samples at one rate are declared as another
     (a clip at ``actual`` read as ``declared``, then resampled to 16 kHz as the worker does)."""
     from engines.datasets.ravdess import load_ravdess_clips
@@ -292,7 +330,8 @@ def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, se
             for lo in (100, 200, 300)
         },
         "ravdess_dev_other_rates": _other_rates(data_dir, audio, check),
-        "command": f"python -m engines.features.rate_check train --data-dir {data_dir} --espeak {espeak} --seed {seed}",
+        "command": "python -m engines.features.format_check train "
+        f"--data-dir {data_dir} --espeak {espeak} --seed {seed}",
     }
     out = Path(out_root)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +340,9 @@ def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, se
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engines.features.rate_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m engines.features.format_check", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="fit the default audio extractor's probe and print its held-out figures")
     t.add_argument("--data-dir", default="../shared/data")
