@@ -70,8 +70,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         choices=list(CHANNELS),
         help="telephone: every clip through a seeded simulated phone line (8 kHz, 300-3400 Hz, G.711, noise at "
         "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed; "
-        "8k-as-16k / 16k-as-8k: every clip as the worker decodes it when a producer declared the wrong rate "
-        "(engines/features/format_check.py)",
+        "8k-as-16k / 16k-as-8k / alaw-as-mulaw / mulaw-as-alaw: every clip as the worker decodes it when a "
+        "producer declared the wrong rate or G.711 law (engines/features/format_check.py)",
     )
     parser.add_argument(
         "--format-check",

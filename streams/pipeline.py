@@ -116,6 +116,7 @@ def utterance_features(
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
     for i, utt in enumerate(utts):
+        forget_featurizer_notes(utt)  # an earlier attempt's (a batch split and retried): judged afresh
         for modality, payload in utt.parts.items():
             assert isinstance(payload, Payload), type(payload)
             if dims[modality] == 0:  # arrived, but this model has no input for it (video, mostly)
@@ -169,6 +170,19 @@ def utterance_features(
 
 
 _T = TypeVar("_T")
+
+
+#: how the notes :func:`utterance_features` itself writes in ``ignored`` begin (the join's, a part
+#: dead-lettered, are kept)
+FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, *MISDECLARED)
+
+
+def forget_featurizer_notes(utt: Utterance) -> None:
+    """Drop what an earlier encoding of ``utt`` noted (it is encoded again and notes afresh)."""
+    utt.suspect.clear()
+    for modality, why in list(utt.ignored.items()):
+        if why.startswith(FEATURIZER_NOTES):
+            del utt.ignored[modality]
 
 
 def has_words(text: str) -> bool:
@@ -544,6 +558,7 @@ class Processor:
         for u in utts:
             r = ready.get((u.call_id, u.utterance_id))
             if r is not None and r.fits(u):
+                forget_featurizer_notes(u)
                 u.ignored.update(r.ignored)
                 u.suspect.update(r.suspect)
                 got.append(r.features)

@@ -298,7 +298,7 @@ class EmotionEvent(_Message):
         "say) is 'dead-lettered: <reason>', and its utterance did not wait for it; a transcript with no words "
         "(empty, spaces, control characters) is 'no words: ...'; with engine.format_check = drop, audio whose "
         "voice sounds mis-declared by the producer is 'wrong sample rate? the voice sounds an octave high: ...' "
-        "(or low), or 'wrong G.711 law? ...'",
+        "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse)",
     )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")

@@ -178,7 +178,8 @@ class EngineSettings(_Section):
     format_check: Literal["warn", "drop", "off"] = Field(
         "warn",
         description="audio with speech whose voice sounds mis-declared (a wrong sample rate: 8 kHz samples sent as "
-        "16 kHz, or the reverse; or the wrong G.711 law: A-law sent as mu-law; engines/features/format_check.py): "
+        "16 kHz, or the reverse; or the wrong G.711 law: A-law sent as mu-law, or the reverse; "
+        "engines/features/format_check.py): "
         "warn = used all the same (the voice gate weighs it), counted in emostream_misdeclared_audio_total and logged "
         "once a call; drop = also not used, and the event's 'ignored' says why; off = not checked",
     )

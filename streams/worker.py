@@ -857,8 +857,9 @@ class Worker:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
                 for modality, why in utt.ignored.items():
-                    # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad audio
-                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT)):
+                    # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad
+                    # audio; mis-declared audio is counted apart (not audio without speech)
+                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT, *MISDECLARED)):
                         self.metrics.ignored_parts.labels(modality).inc()
                     if why.startswith(MISDECLARED):
                         self._misdeclared(utt, why, used=False)

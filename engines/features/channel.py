@@ -70,8 +70,8 @@ class TelephoneChannel:
         return resample(x, G711_RATE, SAMPLE_RATE).astype(np.float32)
 
 
-#: clean, the telephone line, and the two ways a producer can declare a raw audio part's rate
-#: wrongly (:class:`engines.features.format_check.Misdeclared`)
+#: clean, the telephone line, and the four ways a producer can declare an audio part's format
+#: wrongly: its rate either way, its G.711 law either way (:class:`engines.features.format_check.Misdeclared`)
 CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw")
 
 

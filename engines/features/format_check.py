@@ -16,8 +16,11 @@ the wrong law's distortion is unlike a telephone line's. :class:`FormatCheck` is
 logistic regression on the clip's audio vector (the extractor's own output, so it costs a dot
 product) with the classes of :data:`CLASSES`. Audio with speech (the check runs only where the
 speech gate let a clip through: it was never taught what noise is) that it judges mis-declared
-with probability at least :data:`THRESHOLD` is not used (like audio without speech: the label is
-the words'), and the event's ``ignored`` says so, naming the mistake it sounds like.
+with probability at least :data:`THRESHOLD` is counted and logged once a call with the mistake it
+sounds like, and used all the same (``engine.format_check = "warn"``: the voice gate weighs it, and
+on the composite the fused label is better with it than with the words alone), or not used
+(``"drop"``: like audio without speech, the label is the words', and the event's ``ignored`` says
+why).
 
 It is trained by ``python -m engines.features.format_check train`` on RAVDESS actors 1-16 (clean
 and through the telephone channel) and on espeak-ng speech of MELD train transcripts at 100-400
@@ -46,7 +49,8 @@ from engines.features.codecs import G711_RATE, SAMPLE_RATE, resample
 
 log = logging.getLogger("emostream.format_check")
 
-#: audio judged mis-declared with at least this probability is not used
+#: audio judged mis-declared with at least this probability is counted and said (and with
+#: engine.format_check = "drop" not used)
 THRESHOLD = 0.9
 #: the classes, in the probe's order: the format was right, or which mistake was made
 CLASSES = ("ok", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw")
@@ -116,14 +120,14 @@ class Misdeclared:
 
 @dataclass(frozen=True)
 class FormatCheck:
-    """``probs(vectors)``: (N, 3) probabilities of :data:`CLASSES`; ``verdicts(vectors)``: per
-    vector None (the rate looks right) or why the audio should not be used."""
+    """``probs(vectors)``: (N, len(CLASSES)) probabilities of :data:`CLASSES`; ``verdicts(vectors)``:
+    per vector None (the format looks right) or which mistake it sounds like, and why."""
 
     extractor_id: str
     mean: np.ndarray  # (D,)
     scale: np.ndarray  # (D,)
-    coef: np.ndarray  # (3, D)
-    intercept: np.ndarray  # (3,)
+    coef: np.ndarray  # (len(CLASSES), D)
+    intercept: np.ndarray  # (len(CLASSES),)
     threshold: float = THRESHOLD
 
     def probs(self, vectors: np.ndarray) -> np.ndarray:
@@ -172,23 +176,24 @@ def load_format_check(
     if not path.is_file():
         return None
     try:
-        z = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a format check ({exc})") from exc
-    with z:
-        missing = {"extractor_id", "mean", "scale", "coef", "intercept"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path}: not a format check (no {', '.join(sorted(missing))})")
-        if str(z["extractor_id"]) != extractor_id:
-            raise ValueError(f"{path}: the check of {z['extractor_id']}, not of {extractor_id}")
-        return FormatCheck(
-            extractor_id,
-            z["mean"].astype(np.float64),
-            z["scale"].astype(np.float64),
-            z["coef"].astype(np.float64),
-            z["intercept"].astype(np.float64),
-            threshold,
+        with np.load(path) as z:
+            found = {k: z[k] for k in z.files if k in ("extractor_id", "mean", "scale", "coef", "intercept")}
+    except Exception as exc:  # a file cut short or not numpy's: zipfile, pickle, OS errors
+        raise ValueError(f"{path}: not a format check ({type(exc).__name__}: {exc})") from exc
+    missing = {"extractor_id", "mean", "scale", "coef", "intercept"} - set(found)
+    if missing:
+        raise ValueError(f"{path}: not a format check (no {', '.join(sorted(missing))})")
+    if str(found["extractor_id"]) != extractor_id:
+        raise ValueError(f"{path}: the check of {found['extractor_id']}, not of {extractor_id}")
+    arrays = [np.asarray(found[k], dtype=np.float64) for k in ("mean", "scale", "coef", "intercept")]
+    mean, scale, coef, intercept = arrays
+    d = mean.shape[0] if mean.ndim == 1 else -1
+    if d < 1 or scale.shape != (d,) or coef.shape != (len(CLASSES), d) or intercept.shape != (len(CLASSES),):
+        raise ValueError(
+            f"{path}: not a format check of {len(CLASSES)} classes (mean {mean.shape}, coef {coef.shape}, "
+            f"intercept {intercept.shape})"
         )
+    return FormatCheck(extractor_id, mean, scale, coef, intercept, threshold)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -307,7 +312,7 @@ def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, se
     from engines.features.channel import TelephoneChannel
     from engines.registry import load_extractors
 
-    audio = load_extractors("default", runtime="auto").audio
+    audio = load_extractors("default", runtime="onnxruntime").audio  # fp32: the same vectors on any CPU
     assert audio is not None, "the default model has no audio extractor"
     channel = TelephoneChannel(seed=seed + 7)
     xr, yr, _ = _ravdess(data_dir, "train", audio, channel)

@@ -109,4 +109,12 @@ def test_an_extractor_without_a_probe_is_not_checked_and_a_wrong_file_is_refused
     probe_path(check.extractor_id, tmp_path).write_bytes(b"not numpy")
     with pytest.raises(ValueError, match="not a format check"):
         load_format_check(check.extractor_id, root=tmp_path)
+    shipped = probe_path(check.extractor_id).read_bytes()
+    probe_path(check.extractor_id, tmp_path).write_bytes(shipped[: len(shipped) // 2])  # cut short
+    with pytest.raises(ValueError, match="not a format check"):
+        load_format_check(check.extractor_id, root=tmp_path)
+    three = FormatCheck(check.extractor_id, check.mean, check.scale, check.coef[:3], check.intercept[:3])
+    three.save(probe_path(check.extractor_id, tmp_path))  # a check of other classes than these
+    with pytest.raises(ValueError, match=f"of {len(CLASSES)} classes"):
+        load_format_check(check.extractor_id, root=tmp_path)
     assert load_format_check(check.extractor_id, root=probe_path(check.extractor_id).parent) is not None

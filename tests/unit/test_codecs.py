@@ -173,7 +173,16 @@ def test_big_endian_pcm_is_refused_and_little_endian_passes(rate: int) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["white noise", "loud white noise", "near silence", "hum", "full-scale square wave", "8-bit audio widened"],
+    [
+        "white noise",
+        "loud white noise",
+        "near silence",
+        "hum",
+        "square wave",
+        "full-scale square wave",
+        "clipped beep",
+        "8-bit audio widened",
+    ],
 )
 def test_sounds_that_are_not_speech_are_not_taken_for_big_endian(name: str) -> None:
     rng = np.random.default_rng(1)
@@ -183,7 +192,9 @@ def test_sounds_that_are_not_speech_are_not_taken_for_big_endian(name: str) -> N
         "loud white noise": np.clip(rng.standard_normal(t.size) * 20000, -32768, 32767),
         "near silence": rng.standard_normal(t.size) * 3,
         "hum": 3000 * np.sin(2 * np.pi * 50 * t) + rng.standard_normal(t.size) * 30,
-        "full-scale square wave": np.sign(np.sin(2 * np.pi * 440 * t)) * 30000,
+        "square wave": np.sign(np.sin(2 * np.pi * 440 * t)) * 30000,
+        "full-scale square wave": np.where(np.sin(2 * np.pi * 440 * t) >= 0, 32767, -32768),
+        "clipped beep": np.clip(np.sin(2 * np.pi * 1000 * t) * 60000, -32768, 32767),
         "8-bit audio widened": np.round(np.sin(2 * np.pi * 300 * t) * 100) * 256,  # low bytes all 0
     }[name]
     pcm = samples.astype("<i2").tobytes()

@@ -148,7 +148,7 @@ def test_audio_the_format_check_flags_is_used_and_suspected_or_with_drop_not_use
 
 
 def test_the_format_check_flags_from_its_threshold_on() -> None:
-    """p(wrong rate) just above 0.9 is flagged, just below it is not (intercepts alone: p(ok) = 1 / (1 + e^b))."""
+    """p(misdeclared) just above 0.9 is flagged, just below it is not (intercepts alone: p(ok) = 1 / (1 + e^b))."""
     import math
 
     from engines.features.format_check import THRESHOLD, FormatCheck

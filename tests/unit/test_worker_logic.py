@@ -1786,3 +1786,48 @@ def test_utterances_of_vectors_alone_are_not_encoded_ahead() -> None:
         assert len(out.events) == 3 and engine.batches[-1].text.shape[0] == 3
 
     asyncio.run(scenario())
+
+
+class SuspectingFeaturizer(FakeFeaturizer):
+    """Every clip has speech, and its format check calls every audio vector (ones) '8k-as-16k'."""
+
+    format_action = "warn"
+
+    def __init__(self) -> None:
+        from engines.features.format_check import FormatCheck
+
+        self.format_check: object = FormatCheck(
+            "fake", np.zeros(3), np.ones(3), np.array([[-9.0, 0, 0], [9.0, 0, 0], [0, 0, 0]]), np.zeros(3)
+        )
+
+    def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
+        return np.ones(len(waves), np.float32)
+
+
+def test_a_format_suspicion_comes_with_features_encoded_ahead_and_a_stale_one_is_forgotten() -> None:
+    """``suspect`` travels with prefetched features as ``ignored`` does; an utterance encoded again
+    (a batch split and retried) is judged afresh, not left with an earlier attempt's notes."""
+
+    async def scenario() -> None:
+        from engines.features.format_check import WRONG_RATE
+        from streams.join import Utterance
+        from streams.validate import Payload
+
+        p = Processor(FakeEngine(), SuspectingFeaturizer(), FakeStore(), min_speech_s=0.15)
+        parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(1600, np.float32))}
+        utt = Utterance("c", "u0", 0, "A", first_at=0.0, parts=dict(parts))
+        p.prefetch([utt])
+        assert await p._prefetched([]) == {}  # waits for the encoding ahead
+        assert p._ready[("c", "u0")].suspect["audio"].startswith(WRONG_RATE)
+        assert utt.suspect == {}  # the queued utterance is not marked by the encoding ahead
+        out = await p.run([utt])
+        assert utt.suspect["audio"].startswith(WRONG_RATE) and len(out.events) == 1
+        assert out.events[0][0].ignored == {}  # warn: used, the event unmarked
+        again = Utterance("c", "u1", 1, "A", first_at=0.0, parts=dict(parts))
+        again.suspect["audio"] = "wrong sample rate? stale"
+        again.ignored["audio"] = "no speech: stale"
+        p.featurizer.format_check = None  # type: ignore[attr-defined]
+        await p.run([again])
+        assert again.suspect == {} and again.ignored == {}, (again.suspect, again.ignored)
+
+    asyncio.run(scenario())
