@@ -271,7 +271,7 @@ class _Ready:
     parts: dict[str, Any]
     features: dict[str, np.ndarray]
     ignored: dict[str, str]
-    suspect: dict[str, str] = dataclasses.field(default_factory=dict)
+    suspect: dict[str, str]
 
     def fits(self, utt: Utterance) -> bool:
         return self.parts.keys() == utt.parts.keys() and all(self.parts[m] is utt.parts[m] for m in self.parts)

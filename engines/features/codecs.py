@@ -88,10 +88,10 @@ BIG_ENDIAN_RATIO = 4.0
 BIG_ENDIAN_MIN_STEP = 1.0  # and whose high bytes change by at least this much a sample, on average
 
 
-def _high_byte_steps(samples: np.ndarray, keep: np.ndarray) -> float:
-    """The mean change of the samples' high (signed) bytes from one sample to the next, over the
+def _byte_steps(column: np.ndarray, keep: np.ndarray) -> float:
+    """The mean change of one byte of each sample (signed) from one sample to the next, over the
     pairs ``keep`` marks."""
-    steps = np.abs(np.diff((samples >> 8).astype(np.int16)))[keep]
+    steps = np.abs(np.diff(column.astype(np.int16)))[keep]
     return float(steps.mean()) if steps.size else 0.0
 
 
@@ -112,8 +112,9 @@ def _refuse_big_endian(samples: np.ndarray) -> None:
         return
     rail = (samples >= 32767) | (samples <= -32767)
     keep = ~(rail[1:] | rail[:-1])
-    sent = _high_byte_steps(samples, keep)
-    swapped = _high_byte_steps(samples.byteswap(), keep)
+    pairs = samples.view(np.int8).reshape(-1, 2)  # the bytes as sent: (low, high) of each sample
+    sent = _byte_steps(pairs[:, 1], keep)  # the high bytes; byte-swapped, the high bytes are these low ones
+    swapped = _byte_steps(pairs[:, 0], keep)
     if sent >= BIG_ENDIAN_MIN_STEP and swapped > 0 and sent >= BIG_ENDIAN_RATIO * swapped:
         raise AudioDecodeError(
             f"pcm_s16le samples that look big-endian (their high bytes change {sent / swapped:.0f}x more "

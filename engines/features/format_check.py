@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -45,15 +44,18 @@ from typing import Any
 
 import numpy as np
 
-from engines.features.codecs import G711_RATE, SAMPLE_RATE, resample
-
-log = logging.getLogger("emostream.format_check")
+from engines.features.codecs import G711_RATE, SAMPLE_RATE, decode_audio, encode_audio, resample
 
 #: audio judged mis-declared with at least this probability is counted and said (and with
 #: engine.format_check = "drop" not used)
 THRESHOLD = 0.9
 #: the classes, in the probe's order: the format was right, or which mistake was made
 CLASSES = ("ok", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw")
+# which of the two laws: named right for 61-88 % of held-out clips, so not said
+_EITHER_LAW = (
+    "the voice sounds distorted as by the other G.711 law",
+    "A-law bytes sent as pcm_mulaw or mu-law as pcm_alaw",
+)
 #: what each mistake sounds like, for the event's ``ignored``
 #: (before the colon: what the voice sounds like; after it: what was likely sent)
 MEANING = {
@@ -61,11 +63,8 @@ MEANING = {
                   "8 kHz sent as 16 kHz say"),
     "16k-as-8k": ("the voice sounds an octave low", "twice as slow: audio at twice the declared rate or more, "
                   "16 kHz sent as 8 kHz say"),
-    # which of the two: named right for 61-88 % of held-out clips, so not said
-    "alaw-as-mulaw": ("the voice sounds distorted as by the other G.711 law", "A-law bytes sent as pcm_mulaw or "
-                      "mu-law as pcm_alaw"),
-    "mulaw-as-alaw": ("the voice sounds distorted as by the other G.711 law", "A-law bytes sent as pcm_mulaw or "
-                      "mu-law as pcm_alaw"),
+    "alaw-as-mulaw": _EITHER_LAW,
+    "mulaw-as-alaw": _EITHER_LAW,
 }  # fmt: skip
 #: how the event's ``ignored["audio"]`` begins for audio this check did not use, by mistake
 WRONG_RATE = "wrong sample rate? "
@@ -106,8 +105,6 @@ class Misdeclared:
         return f"misdeclared-v1-{self.name}"
 
     def __call__(self, wave: np.ndarray, key: str = "") -> np.ndarray:
-        from engines.features.codecs import decode_audio, encode_audio
-
         if self.name == "8k-as-16k":
             return resample(wave, SAMPLE_RATE, G711_RATE).astype(np.float32)
         if self.name == "16k-as-8k":
