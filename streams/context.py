@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -179,16 +179,22 @@ class ContextItem:
     seq: int
     speaker: str
     features: dict[str, np.ndarray]  # modality -> (D,) float32, only the modalities present
+    #: modality -> why a part used here looks wrong (EmotionEvent.suspect), so the revisions say it too
+    suspect: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         feats = {m: encode_f32(v) for m, v in self.features.items()}  # the parts' compact vector form
-        return json.dumps({"u": self.utterance_id, "q": self.seq, "s": self.speaker, "f": feats})
+        obj: dict[str, Any] = {"u": self.utterance_id, "q": self.seq, "s": self.speaker, "f": feats}
+        if self.suspect:  # rare: left out otherwise (items written before it read the same)
+            obj["x"] = self.suspect
+        return json.dumps(obj)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> ContextItem:
         obj = json.loads(raw)
         feats = {m: np.frombuffer(base64.b64decode(b), dtype="<f4").copy() for m, b in obj["f"].items()}
-        return cls(utterance_id=obj["u"], seq=int(obj["q"]), speaker=obj["s"], features=feats)
+        suspect = {str(m): str(why) for m, why in obj.get("x", {}).items()}
+        return cls(utterance_id=obj["u"], seq=int(obj["q"]), speaker=obj["s"], features=feats, suspect=suspect)
 
 
 @dataclass

@@ -540,7 +540,7 @@ class Processor:
         for utt, f in zip(utts, feats, strict=True):
             known = history.setdefault(utt.call_id, [])
             past = [i for i in known if i.seq < utt.seq and i.utterance_id != utt.utterance_id]
-            item = ContextItem(utt.utterance_id, utt.seq, utt.speaker, f)
+            item = ContextItem(utt.utterance_id, utt.seq, utt.speaker, f, dict(utt.suspect))
             window = [*past[max(0, len(past) - (self.max_window - 1)) :], item] if self.max_window > 1 else [item]
             rows.append(_Row(utt.call_id, window, len(window) - 1, 0, utt, utt.call_id in reset))
             appends.setdefault(utt.call_id, []).append(item)
@@ -634,6 +634,7 @@ class Processor:
             weights={m: round(float(w), 6) for m, w in zip(MODALITIES, out.weights[i], strict=True)},
             modalities_present=present,  # type: ignore[arg-type]
             ignored=dict(utt.ignored) if row.revision == 0 and utt is not None else {},  # type: ignore[arg-type]
+            suspect=dict(item.suspect) or None,  # type: ignore[arg-type]
             model=self.revision_model_ref if row.revision > 0 else self.model_ref,
             context_size=len(row.window),
             context_reset=row.context_reset,

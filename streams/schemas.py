@@ -300,6 +300,13 @@ class EmotionEvent(_Message):
         "voice sounds mis-declared by the producer is 'wrong sample rate? the voice sounds an octave high: ...' "
         "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse)",
     )
+    suspect: dict[Modality, str] | None = Field(
+        None,
+        description="parts that were used though they look wrong, with why (absent when none): with "
+        "engine.format_check = warn (the default), audio whose voice sounds mis-declared by the producer is "
+        "'wrong sample rate? the voice sounds an octave high: ...' (or low), or 'wrong G.711 law? ...'; the label "
+        "leaned on it by its weight. Revisions of the utterance carry it too",
+    )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")
     context_reset: bool = Field(

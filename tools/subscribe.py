@@ -68,6 +68,8 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
         context += " after a context reset"
     for m, why in sorted(event.ignored.items()):
         context += f", {m} not used: {why.split(':')[0]}"
+    for m, why in sorted((event.suspect or {}).items()):
+        context += f", {m} used but suspect: {why.split(':')[0]}"
     latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"
     parts = [f"{head} {label}", sentiment, weights, f"({modalities}, {context}, {latency})"]
     return "  ".join(p for p in parts if p)

@@ -86,6 +86,8 @@ class Board:
             if isinstance(msg, EmotionEvent):
                 old = call.utterances.get(msg.utterance_id)
                 if old is None or old.revision <= msg.revision:
+                    if old is not None and old.ignored and not msg.ignored:  # revisions do not repeat it
+                        msg = msg.model_copy(update={"ignored": old.ignored})
                     call.utterances[msg.utterance_id] = msg
                 while len(call.utterances) > self.max_utterances:
                     call.utterances.popitem(last=False)
@@ -157,6 +159,7 @@ class Board:
                     "confidence": round(e.confidence, 3), "sentiment": round(e.sentiment, 3), "revision": e.revision,
                     "weights": {m: round(w, 3) for m, w in e.weights.items() if m in e.modalities_present},
                     "ignored": dict(e.ignored),
+                    "suspect": dict(e.suspect or {}),
                 }
                 for e in sorted(call.utterances.values(), key=lambda e: e.seq)
             ]  # fmt: skip

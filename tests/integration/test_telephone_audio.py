@@ -98,6 +98,7 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
                 assert ev.modalities_present == (["text", "audio"] if u.audio else ["text"]), ev
                 if u.audio:
                     assert ev.ignored == {}, ev  # G.711 speech passes the voice activity check
+                    assert ev.suspect is None, ev  # and the format check
                     voiced.append(ev.weights["audio"])
             assert voiced and sum(w > 0 for w in voiced) >= len(voiced) / 2, voiced  # and carries labels
         for refused in ("liar", "rtp"):
@@ -105,7 +106,8 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         held_ev = events[("held", "u0")]
         assert held_ev.modalities_present == ["text", "audio"] and held_ev.weights["audio"] == 0, held_ev
         assert held_ev.ignored["audio"].startswith("no speech"), held_ev
-        # used all the same (engine.format_check = "warn": the voice gate weighs it), counted and logged once a call
+        # used all the same (engine.format_check = "warn": the voice gate weighs it), said by the event, counted and
+        # logged once a call
         for call_id, said in (
             ("fast", WRONG_RATE + "the voice sounds an octave high"),
             ("slow", WRONG_RATE + "the voice sounds an octave low"),
@@ -113,6 +115,7 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         ):
             ev = events[(call_id, "u0")]
             assert ev.modalities_present == ["text", "audio"] and ev.ignored == {}, ev
+            assert set(ev.suspect or {}) == {"audio"} and (ev.suspect or {})["audio"].startswith(said), ev
             logged = f"call {call_id}: audio of utterance u0 used all the same: {said}"
             deadline = time.monotonic() + 20  # logged once the batch is acked, after its events went out
             while logged not in worker.tail(10**7) and time.monotonic() < deadline:

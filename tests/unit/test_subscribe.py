@@ -40,6 +40,14 @@ def test_format_event_says_which_part_was_not_used() -> None:
     )
 
 
+def test_format_event_says_which_part_was_used_though_suspect() -> None:
+    e = make_event(suspect={"audio": "wrong sample rate? the voice sounds an octave high: p(misdeclared)=0.99"})
+    assert format_event(e) == (
+        "[call-7 #3 Alice] joy 0.81  sent +0.62  text .71  audio .29  "
+        "(t+a, ctx 4, audio used but suspect: wrong sample rate? the voice sounds an octave high, 120 ms)"
+    )
+
+
 def test_format_event_negative_sentiment_all_modalities_and_future_context() -> None:
     e = make_event(
         label="anger", confidence=1.0, sentiment=-0.5, sentiment_label="negative", future_context=2,

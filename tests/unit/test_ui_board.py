@@ -159,3 +159,15 @@ def test_change_marks_stay_bounded_and_a_client_too_far_behind_gets_the_whole_bo
     board.add("emotion", make_event(call_id="c50").to_bytes())
     recent = board.since(v)
     assert not recent["reset"] and recent["removed"] == ["c47"] and [c["call_id"] for c in recent["calls"]] == ["c50"]
+
+
+def test_an_utterance_keeps_what_was_not_used_and_what_is_suspect_through_its_revision() -> None:
+    board = Board()
+    why = "wrong G.711 law? the voice sounds distorted as by the other G.711 law: p=0.97"
+    e0 = make_event(call_id="c", utterance_id="u0", seq=0, ignored={"video": "no face"}, suspect={"audio": why})
+    board.add("emotion", e0.to_bytes())
+    board.add(
+        "emotion", make_event(call_id="c", utterance_id="u0", seq=0, revision=1, suspect={"audio": why}).to_bytes()
+    )
+    row = board.detail("c")["utterances"][0]  # type: ignore[index]
+    assert row["revision"] == 1 and row["ignored"] == {"video": "no face"} and row["suspect"] == {"audio": why}, row

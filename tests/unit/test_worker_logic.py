@@ -1822,7 +1822,8 @@ def test_a_format_suspicion_comes_with_features_encoded_ahead_and_a_stale_one_is
         assert utt.suspect == {}  # the queued utterance is not marked by the encoding ahead
         out = await p.run([utt])
         assert utt.suspect["audio"].startswith(WRONG_RATE) and len(out.events) == 1
-        assert out.events[0][0].ignored == {}  # warn: used, the event unmarked
+        assert out.events[0][0].ignored == {}  # warn: used, and the event says it is suspect
+        assert (out.events[0][0].suspect or {})["audio"].startswith(WRONG_RATE), out.events[0][0]
         again = Utterance("c", "u1", 1, "A", first_at=0.0, parts=dict(parts))
         again.suspect["audio"] = "wrong sample rate? stale"
         again.ignored["audio"] = "no speech: stale"
@@ -1831,3 +1832,45 @@ def test_a_format_suspicion_comes_with_features_encoded_ahead_and_a_stale_one_is
         assert again.suspect == {} and again.ignored == {}, (again.suspect, again.ignored)
 
     asyncio.run(scenario())
+
+
+class _StoredStore(FakeStore):
+    """FakeStore keeping each item as Redis does: its JSON form."""
+
+    async def append(self, items: dict[str, list[ContextItem]]) -> None:
+        await super().append({c: [ContextItem.from_json(i.to_json()) for i in new] for c, new in items.items()})
+
+
+def test_a_suspect_part_is_said_by_the_event_and_by_its_revision_read_back_from_the_store() -> None:
+    async def scenario() -> None:
+        from engines.features.format_check import WRONG_RATE
+        from streams.join import Utterance
+        from streams.validate import Payload
+
+        store = _StoredStore()
+        p = Processor(FakeEngine(), SuspectingFeaturizer(), store, min_speech_s=0.15, future=1)
+        parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(1600, np.float32))}
+        first = await p.run([Utterance("c", "u0", 0, "A", first_at=0.0, parts=dict(parts))])
+        assert [e.revision for e, _ in first.events] == [0]
+        assert (first.events[0][0].suspect or {})["audio"].startswith(WRONG_RATE)
+        await p.commit(first)
+        assert store.data["c"][0].suspect["audio"].startswith(WRONG_RATE)  # through its JSON form
+        p.featurizer.format_check = None  # type: ignore[attr-defined]
+        second = await p.run([Utterance("c", "u1", 1, "A", first_at=0.0, parts=dict(parts))])
+        by_id = {(e.utterance_id, e.revision): e for e, _ in second.events}
+        assert set(by_id) == {("u1", 0), ("u0", 1)}, set(by_id)
+        assert (by_id[("u0", 1)].suspect or {})["audio"].startswith(WRONG_RATE), by_id[("u0", 1)]
+        assert by_id[("u1", 0)].suspect is None and b"suspect" not in by_id[("u1", 0)].to_bytes()
+        await p.commit(second)
+        assert store.data["c"][1].suspect == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_context_item_without_suspicion_is_stored_as_before() -> None:
+    item = ContextItem("u0", 3, "A", {"text": np.ones(4, np.float32)})
+    assert '"x"' not in item.to_json()
+    marked = ContextItem("u0", 3, "A", {"text": np.ones(4, np.float32)}, {"audio": "wrong G.711 law? x"})
+    back = ContextItem.from_json(marked.to_json())
+    assert back.suspect == {"audio": "wrong G.711 law? x"} and np.array_equal(back.features["text"], np.ones(4))
+    assert ContextItem.from_json(item.to_json()).suspect == {}

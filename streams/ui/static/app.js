@@ -73,7 +73,8 @@ async function showDetail(callId) {
   if (selected !== callId) return;
   const rows = c.utterances.map((u) => {
     const weights = Object.entries(u.weights).map(([m, w]) => `${m} ${w.toFixed(2)}`).join(" · ");
-    const notUsed = Object.keys(u.ignored).length ? ` (${Object.keys(u.ignored).join(", ")} not used)` : "";
+    const notUsed = (Object.keys(u.ignored).length ? ` (${Object.keys(u.ignored).join(", ")} not used)` : "") +
+      Object.entries(u.suspect || {}).map(([m, why]) => ` (${m} suspect: ${why.split(":")[0]})`).join("");
     return `<tr><td class="num">${u.seq}</td><td>${esc(u.speaker)}</td>` +
       `<td><span class="chip" style="background:${color(u.label)}">${esc(u.label)}</span>${u.revision ? " ↻" : ""}</td>` +
       `<td class="num">${u.confidence.toFixed(2)}</td><td class="num">${signed(u.sentiment)}</td><td>${esc(weights)}${esc(notUsed)}</td></tr>`;
