@@ -456,7 +456,8 @@ def sweep(
     data = {}
     for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
         table = AudioTable([u.audio for d in ds for u in d.utterances if u.audio], ex.audio)
-        data[name] = prepare(ds, ex.spec, ex.text, table, int(cfg["max_window"]))
+        # a revision model reads its windows as it was trained: with its later utterances
+        data[name] = prepare(ds, ex.spec, ex.text, table, int(cfg["max_window"]), future=int(cfg.get("future", 0)))
     bad = swapped.mask
     rows: list[dict[str, Any]] = []
     text_alone = 0.0
