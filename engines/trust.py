@@ -3,7 +3,7 @@
 :class:`TrustedNet` wraps any engine's network (:mod:`engines.models`) in the exported graph. For
 each window it runs the network on ``2**M`` copies, one for each subset of the ``M`` modalities
 the network has, with the others marked absent *at the target utterance* (its context is
-untouched); a network with ``project`` (UniMSE) projects each position once for all copies, and
+untouched); a network whose forward takes ``projected`` (UniMSE) projects each position once for all copies, and
 a causal one with ``target_rows`` (the shipped default) computes only the target's row of each
 copy, from the full run's keys and values: no other row sees the target, so they are the full
 run's (about half the engine's time on windows with a voice, where every row ran 4 times). Only
@@ -184,6 +184,12 @@ def _positions(mask: Any, n: int) -> Any:
     return torch.where(mask, torch.cumsum(mask.long(), 0) - 1, torch.full_like(mask, n - 1, dtype=torch.long))
 
 
+def _takes_projected(net: Any) -> bool:
+    """Whether the network's forward takes its inputs already projected (``projected=``: UniMSE),
+    so the copies of a window share one projection."""
+    return bool(getattr(net, "takes_projected", False))
+
+
 def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: Any = None) -> Any:
     """``net`` inside a :class:`TrustedNet` (a torch module with the same forward signature).
 
@@ -210,7 +216,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             self.gated = AUDIO in self.active and "audio_mean" in tensors
             # the copies differ from the full run only at the target: a causal network whose other
             # rows never see it computes that row alone (UniMSE; the others run the copies whole)
-            self.rows_only = hasattr(net, "target_rows") and hasattr(net, "project") and bool(net.cfg.causal)
+            self.rows_only = hasattr(net, "target_rows") and _takes_projected(net) and bool(net.cfg.causal)
             self.words_constant = bool(getattr(text_net, "constant_without_target", False))
 
         def _run(
@@ -262,7 +268,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             # target's row alone keeps each block's keys and values for the copies (see `target_rows`)
             states: list[Any] | None = [] if self.rows_only else None
             if self.text_net is None:  # every window, by the network
-                projected = self.net.project(text, audio, video) if hasattr(self.net, "project") else None
+                projected = self.net.project(text, audio, video) if _takes_projected(self.net) else None
                 out = self._run(feats, projected, (present, speakers, valid, target), 1, states)
                 logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
                 sent_full = out["sentiment"]  # (B,)
@@ -284,7 +290,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                 # every row: the rows with a voice take `final` below instead (`back`)
                 logp_full = torch.log_softmax(words["logits"], dim=-1).index_select(0, pos_w)
                 sent_full = words["sentiment"].index_select(0, pos_w)
-                projected_g = self.net.project(*feats_g) if hasattr(self.net, "project") else None
+                projected_g = self.net.project(*feats_g) if _takes_projected(self.net) else None
                 out = self._run(feats_g, projected_g, (present_g, *others_g), 1, states)
                 logp_full_g, sent_full_g = torch.log_softmax(out["logits"], dim=-1), out["sentiment"]
             presents = []

@@ -19,6 +19,12 @@ Every model module (``engines/models/<module>.py``) provides the same two names:
 
 With ``causal`` a target never attends to later utterances of its window, whatever the window
 holds; otherwise it uses the future utterances the window gives it (revised events).
+
+Every ``Net`` opens the same way, with :class:`engines.models.common.WindowEmbedder` (a mixin):
+a normalising projection per modality (``project``, ``set_normaliser``) and each utterance's
+place in its window (``place``: speaker, same speaker as the target, distance to the target).
+What follows is the engine's own: UniMSE's text transformer with gated adapters, Foal-Net's
+per-modality context and alignment, Joyful's fusion and relational graph, the relevance scorer.
 """
 
 from __future__ import annotations

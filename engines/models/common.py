@@ -1,4 +1,5 @@
-"""Building blocks shared by the engines (normalising projector, masks, attention, contrastive losses).
+"""Building blocks shared by the engines (the window embedder every network opens with, normalising
+projector, masks, attention, contrastive losses).
 
 Everything here is dense (matmuls, masks, one-hot selection): no scatter, no data-dependent
 control flow, so graphs export to ONNX with dynamic batch (B) and window (W) axes.
@@ -22,6 +23,7 @@ __all__ = [
     "MaskedAttention",
     "Projector",
     "WindowContext",
+    "WindowEmbedder",
     "expand_weights",
     "info_nce",
     "masked_softmax",
@@ -91,6 +93,71 @@ class WindowContext:
 
 def window_context(valid: Tensor, speakers: Tensor, target: Tensor, causal: bool) -> WindowContext:
     return WindowContext(valid, speakers, target, causal)
+
+
+class WindowEmbedder:
+    """The opening every engine's network shares (UniMSE, Foal-Net, Joyful, relevance): each
+    modality's features normalised and projected to ``d_model`` (a :class:`Projector` per modality
+    the network has), and each utterance's place in its window as the sum of three embeddings: its
+    speaker (the index within the window), whether it is the target's speaker, and its distance to
+    the target (negative after it).
+
+    A mixin of the networks (``class UniMSENet(WindowEmbedder, nn.Module)``): its parameters are
+    the network's own, under the names the shipped weights use (``proj.<modality>``,
+    ``speaker_emb``, ``same_emb``, ``pos_emb``), and each network creates them where it always did
+    (:meth:`init_projectors`, :meth:`init_places`), so a seed draws the same initial weights.
+    Needs ``self.cfg`` (``d_model``, ``dropout``, ``max_speakers``, ``max_window``, ``dims()``,
+    ``input_noise``, ``input_mask``) and ``self.active``."""
+
+    cfg: Any
+    active: list[int]
+    proj: nn.ModuleDict
+    speaker_emb: nn.Embedding
+    same_emb: nn.Embedding
+    pos_emb: nn.Embedding
+
+    def init_projectors(self, dropout: float | None = None) -> None:
+        """``proj``: a :class:`Projector` per active modality (``dropout``: the config's if None)."""
+        cfg, dims = self.cfg, self.cfg.dims()
+        p = cfg.dropout if dropout is None else dropout
+        self.proj = nn.ModuleDict(
+            {
+                MODALITIES[m]: Projector(dims[m], cfg.d_model, p, cfg.input_noise[m], cfg.input_mask[m])
+                for m in self.active
+            }
+        )
+
+    def init_places(self) -> None:
+        """The speaker, same-speaker and distance embeddings of :meth:`place`."""
+        cfg = self.cfg
+        self.speaker_emb = nn.Embedding(cfg.max_speakers, cfg.d_model)
+        self.same_emb = nn.Embedding(2, cfg.d_model)
+        self.pos_emb = nn.Embedding(2 * cfg.max_window + 1, cfg.d_model)
+
+    def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
+        """Train-set statistics of a modality's features, kept as its projector's buffers."""
+        set_normaliser(self.proj, modality, mean, std)
+
+    def project(self, text: Tensor | None, audio: Tensor | None, video: Tensor | None) -> dict[int, Tensor]:
+        """Each active modality's features, normalised and projected: modality index -> (B, W, d).
+        Per position (presence is the caller's to apply), so windows or copies of them can share it."""
+        feats = (text, audio, video)
+        out: dict[int, Tensor] = {}
+        for m in self.active:
+            x = feats[m]
+            assert x is not None, MODALITIES[m]
+            out[m] = self.proj[MODALITIES[m]](x)
+        return out
+
+    def place(self, speakers: Tensor, same_t: Tensor, rel: Tensor) -> Tensor:
+        """(B, W, d): each utterance's place in its window. ``speakers`` (B, W) window-local speaker
+        indices, ``same_t`` (B, W) 1 where the target's speaker speaks, ``rel`` (B, W) the target's
+        position less the utterance's (:class:`WindowContext`'s ``same_t`` and ``rel``). Speakers
+        past ``max_speakers`` share the last embedding; distances are clipped to ``max_window``."""
+        cfg = self.cfg
+        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)
+        dist = rel.clamp(-cfg.max_window, cfg.max_window) + cfg.max_window
+        return self.speaker_emb(spk) + self.same_emb(same_t) + self.pos_emb(dist.long())  # type: ignore[no-any-return]
 
 
 def masked_softmax(scores: Tensor, keep: Tensor, dim: int = -1) -> Tensor:

@@ -68,11 +68,10 @@ from engines.interface import EMOTIONS, MODALITIES
 from engines.models.common import (
     NEG,
     Block,
-    Projector,
     WindowContext,
+    WindowEmbedder,
     expand_weights,
     masked_softmax,
-    set_normaliser,
     supcon,
 )
 from engines.models.config import ModelConfig
@@ -108,7 +107,7 @@ class FoalNetConfig(ModelConfig):
     label_smoothing: float = 0.05
 
 
-class FoalNet(nn.Module):
+class FoalNet(WindowEmbedder, nn.Module):
     """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
 
     Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights`` (B, 3); for the losses
@@ -127,16 +126,11 @@ class FoalNet(nn.Module):
         self.cfg = cfg
         self.active = cfg.active()
         assert self.active, "a model needs at least one modality"
-        d, dims = cfg.d_model, cfg.dims()
-        p_drop = cfg.dropout if cfg.proj_dropout is None else cfg.proj_dropout
+        d = cfg.d_model
         h_drop = cfg.dropout if cfg.head_dropout is None else cfg.head_dropout
-        self.proj = nn.ModuleDict(
-            {MODALITIES[m]: Projector(dims[m], d, p_drop, cfg.input_noise[m], cfg.input_mask[m]) for m in self.active}
-        )
+        self.init_projectors(cfg.proj_dropout)
         self.modality_emb = nn.Parameter(torch.randn(len(self.active), d) * 0.02)
-        self.speaker_emb = nn.Embedding(cfg.max_speakers, d)
-        self.same_emb = nn.Embedding(2, d)
-        self.pos_emb = nn.Embedding(2 * cfg.max_window + 1, d)
+        self.init_places()
         self.same_bias = nn.Parameter(torch.zeros(cfg.n_layers, cfg.n_heads))
         self.context = nn.ModuleList([Block(d, cfg.n_heads, cfg.dropout, cfg.ff_mult) for _ in range(cfg.n_layers)])
         self.ln_ctx = nn.LayerNorm(d)
@@ -149,9 +143,6 @@ class FoalNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(h_drop), nn.Linear(d, cfg.n_classes))
         self.sent_head = nn.Linear(d, 1)
         self.aux_heads = nn.ModuleList([nn.Linear(d, cfg.n_classes) for _ in self.active])
-
-    def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
-        set_normaliser(self.proj, modality, mean, std)
 
     def forward(
         self,
@@ -168,17 +159,14 @@ class FoalNet(nn.Module):
         n_m, d = len(self.active), cfg.d_model
         assert present.shape[-1] == len(MODALITIES), present.shape
         ctx = WindowContext(valid, speakers, target, cfg.causal)
-        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)  # (B, W)
-        rel = ctx.rel.clamp(-cfg.max_window, cfg.max_window) + cfg.max_window  # (B, W)
-        pos_e = self.speaker_emb(spk) + self.same_emb(ctx.same_t) + self.pos_emb(rel.long())  # (B, W, d)
+        pos_e = self.place(speakers, ctx.same_t, ctx.rel)  # (B, W, d)
 
-        feats = (text, audio, video)
+        z = self.project(text, audio, video)
         hs, pms = [], []
         for j, m in enumerate(self.active):
-            x = feats[m]
-            assert x is not None and x.shape[:2] == (b, w), (MODALITIES[m], None if x is None else x.shape)
+            assert z[m].shape[:2] == (b, w), (MODALITIES[m], z[m].shape)
             pm = present[:, :, m] * ctx.valid  # (B, W)
-            hs.append(self.proj[MODALITIES[m]](x) * pm[..., None] + pos_e + self.modality_emb[j])  # (B, W, d)
+            hs.append(z[m] * pm[..., None] + pos_e + self.modality_emb[j])  # (B, W, d)
             pms.append(pm)
         pres = torch.stack(pms, dim=1)  # (B, M, W)
 

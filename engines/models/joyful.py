@@ -67,11 +67,10 @@ from engines.interface import EMOTIONS, MODALITIES
 from engines.models.common import (
     NEG,
     Block,
-    Projector,
     WindowContext,
+    WindowEmbedder,
     expand_weights,
     masked_softmax,
-    set_normaliser,
 )
 from engines.models.config import ModelConfig
 
@@ -162,7 +161,7 @@ class RelationalGraph(nn.Module):
         return self.ln_out(self.gt(q, allowed, kv=g, bias=bias))[:, 0]  # (B, d)
 
 
-class JoyfulNet(nn.Module):
+class JoyfulNet(WindowEmbedder, nn.Module):
     """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
 
     Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights`` (B, 3); ``training_loss`` uses
@@ -175,18 +174,10 @@ class JoyfulNet(nn.Module):
         self.active = cfg.active()
         assert self.active, "a model needs at least one modality"
         d, n_m = cfg.d_model, len(self.active)
-        dims = cfg.dims()
-        self.proj = nn.ModuleDict(
-            {
-                MODALITIES[m]: Projector(dims[m], d, cfg.dropout, cfg.input_noise[m], cfg.input_mask[m])
-                for m in self.active
-            }
-        )
+        self.init_projectors()
         # global contextual fusion
         self.fuse_in = nn.Linear(n_m * d, d)
-        self.speaker_emb = nn.Embedding(cfg.max_speakers, d)
-        self.same_emb = nn.Embedding(2, d)
-        self.pos_emb = nn.Embedding(2 * cfg.max_window + 1, d)
+        self.init_places()
         self.blocks = nn.ModuleList([Block(d, cfg.n_heads, cfg.dropout, cfg.ff_mult) for _ in range(cfg.n_layers)])
         self.ln_g = nn.LayerNorm(d)
         self.decode = nn.Linear(d, n_m * d)
@@ -204,9 +195,6 @@ class JoyfulNet(nn.Module):
         self.sent_head = nn.Linear(2 * d, 1)
         self.contrast = nn.Sequential(nn.Linear(d, d), nn.ELU(), nn.Linear(d, cfg.proj_dim))
 
-    def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
-        set_normaliser(self.proj, modality, mean, std)
-
     def encode(
         self,
         text: Tensor | None,
@@ -222,21 +210,18 @@ class JoyfulNet(nn.Module):
         b, w = valid.shape
         assert present.shape == (b, w, len(MODALITIES)), present.shape
         ctx = WindowContext(valid, speakers, target, cfg.causal)
-        feats = (text, audio, video)
+        z = self.project(text, audio, video)
         zs, pms = [], []
         for m in self.active:
-            x = feats[m]
-            assert x is not None and x.shape[:2] == (b, w), (MODALITIES[m], None if x is None else x.shape)
+            assert z[m].shape[:2] == (b, w), (MODALITIES[m], z[m].shape)
             pm = present[:, :, m] * ctx.valid  # (B, W)
-            zs.append(self.proj[MODALITIES[m]](x) * pm[..., None])  # (B, W, d), absent -> 0
+            zs.append(z[m] * pm[..., None])  # (B, W, d), absent -> 0
             pms.append(pm)
         z_cat = torch.cat(zs, dim=-1)  # (B, W, M*d)
         pm_all = torch.stack(pms, dim=-1)  # (B, W, M)
 
         # global contextual fusion: concatenation -> transformer over the window
-        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)
-        rel = ctx.rel.clamp(-cfg.max_window, cfg.max_window) + cfg.max_window
-        emb = self.speaker_emb(spk) + self.same_emb(ctx.same_t) + self.pos_emb(rel.long())  # (B, W, d)
+        emb = self.place(speakers, ctx.same_t, ctx.rel)  # (B, W, d)
         g = self.fuse_in(z_cat) + emb  # (B, W, d)
         allowed = ctx.allowed  # (B, W, W)
         for blk in self.blocks:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from engines.interface import EMOTIONS, MODALITIES
-from engines.models.common import NEG, Projector, set_normaliser
+from engines.models.common import NEG, WindowEmbedder
 from engines.models.config import ModelConfig
 
 
@@ -104,7 +104,7 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
-class RelevanceNet(nn.Module):
+class RelevanceNet(WindowEmbedder, nn.Module):
     """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
 
     Inputs follow :class:`engines.interface.EngineBatch` (inputs of modalities with size 0 are
@@ -119,17 +119,9 @@ class RelevanceNet(nn.Module):
         self.active = cfg.active()
         assert self.active, "a model needs at least one modality"
         d = cfg.d_model
-        dims = cfg.dims()
-        self.proj = nn.ModuleDict(
-            {
-                MODALITIES[m]: Projector(dims[m], d, cfg.dropout, cfg.input_noise[m], cfg.input_mask[m])
-                for m in self.active
-            }
-        )
+        self.init_projectors()
         self.modality_emb = nn.Parameter(torch.zeros(len(self.active), d))
-        self.speaker_emb = nn.Embedding(cfg.max_speakers, d)
-        self.same_emb = nn.Embedding(2, d)
-        self.pos_emb = nn.Embedding(2 * cfg.max_window + 1, d)
+        self.init_places()
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(d)
         self.rel_key = nn.Linear(d, d)
@@ -159,9 +151,6 @@ class RelevanceNet(nn.Module):
             y_heads[:, self.active.index(1)] = audio_label
         return total_loss(self(**inputs), labels, sentiment, LossWeights(**self.cfg.loss), y_heads)
 
-    def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
-        set_normaliser(self.proj, modality, mean, std)
-
     def forward(
         self,
         text: Tensor | None,
@@ -174,17 +163,14 @@ class RelevanceNet(nn.Module):
     ) -> dict[str, Tensor]:
         cfg = self.cfg
         b, w = valid.shape
-        feats = (text, audio, video)
         assert present.shape[-1] == len(MODALITIES), present.shape
         valid = valid.float()
         pos = torch.cumsum(torch.ones_like(valid), dim=1) - 1.0  # (B, W) 0..W-1
         onehot = (pos == target[:, None].float()).float()  # (B, W) selects the target
 
-        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)  # (B, W)
         spk_t = (onehot * speakers.float()).sum(1, keepdim=True)  # (B, 1)
         same_t = (speakers.float() == spk_t).long()  # (B, W)
-        rel = (target[:, None].float() - pos).clamp(-cfg.max_window, cfg.max_window) + cfg.max_window
-        ctx = self.speaker_emb(spk) + self.same_emb(same_t) + self.pos_emb(rel.long())  # (B, W, d)
+        ctx = self.place(speakers, same_t, target[:, None].float() - pos)  # (B, W, d)
 
         same_pair = (speakers[:, :, None] == speakers[:, None, :]).float()  # (B, W, W)
         allowed_base = valid[:, None, :] * valid[:, :, None]  # (B, W, W)
@@ -192,12 +178,12 @@ class RelevanceNet(nn.Module):
             allowed_base = allowed_base * (pos[:, :, None] >= pos[:, None, :]).float()
         eye = (pos[:, :, None] == pos[:, None, :]).float()  # (B, W, W)
 
+        z = self.project(text, audio, video)
         hs, biases = [], []
         for j, m in enumerate(self.active):
-            x = feats[m]
-            assert x is not None and x.shape[:2] == (b, w), (MODALITIES[m], None if x is None else x.shape)
+            assert z[m].shape[:2] == (b, w), (MODALITIES[m], z[m].shape)
             pm = present[:, :, m] * valid  # (B, W)
-            h = self.proj[MODALITIES[m]](x) * pm[..., None]  # (B, W, d), absent -> 0
+            h = z[m] * pm[..., None]  # (B, W, d), absent -> 0
             hs.append(h + ctx + self.modality_emb[j])
             allowed = torch.clamp(allowed_base * pm[:, None, :] + eye, max=1.0)  # (B, W, W)
             biases.append((1.0 - allowed) * NEG)

@@ -69,11 +69,10 @@ from torch import Tensor, nn
 from engines.interface import EMOTIONS, MODALITIES
 from engines.models.common import (
     Block,
-    Projector,
     WindowContext,
+    WindowEmbedder,
     expand_weights,
     info_nce,
-    set_normaliser,
 )
 from engines.models.config import ModelConfig
 
@@ -140,7 +139,7 @@ class GatedAdapter(nn.Module):
         return z * g[..., None], g
 
 
-class UniMSENet(nn.Module):
+class UniMSENet(WindowEmbedder, nn.Module):
     """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
 
     Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights`` (B, 3), and for the losses
@@ -148,24 +147,19 @@ class UniMSENet(nn.Module):
     non-text modalities, in MODALITIES order).
     """
 
+    #: forward takes ``projected`` (:meth:`project`'s output): the voice gate's copies of a window share it
+    takes_projected = True
+
     def __init__(self, cfg: UniMSEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.active = cfg.active()
         assert self.active, "a model needs at least one modality"
         d = cfg.d_model
-        dims = cfg.dims()
-        self.proj = nn.ModuleDict(
-            {
-                MODALITIES[m]: Projector(dims[m], d, cfg.dropout, cfg.input_noise[m], cfg.input_mask[m])
-                for m in self.active
-            }
-        )
+        self.init_projectors()
         self.side = [m for m in self.active if m != TEXT]  # modalities fused through adapters
         self.no_text = nn.Parameter(torch.zeros(d))
-        self.speaker_emb = nn.Embedding(cfg.max_speakers, d)
-        self.same_emb = nn.Embedding(2, d)
-        self.pos_emb = nn.Embedding(2 * cfg.max_window + 1, d)
+        self.init_places()
         self.blocks = nn.ModuleList([Block(d, cfg.n_heads, cfg.dropout, cfg.ff_mult) for _ in range(cfg.n_layers)])
         self.same_bias = nn.Parameter(torch.zeros(cfg.n_layers, cfg.n_heads))
         self.n_adapt = min(cfg.adapter_layers, cfg.n_layers) if self.side else 0
@@ -181,20 +175,6 @@ class UniMSENet(nn.Module):
         self.contrast_text = nn.ModuleDict({MODALITIES[m]: nn.Linear(d, cfg.proj_dim) for m in self.side})
         self.contrast_side = nn.ModuleDict({MODALITIES[m]: nn.Linear(d, cfg.proj_dim) for m in self.side})
         nn.init.normal_(self.no_text, std=0.02)
-
-    def set_normaliser(self, modality: str, mean: Tensor, std: Tensor) -> None:
-        set_normaliser(self.proj, modality, mean, std)
-
-    def project(self, text: Tensor | None, audio: Tensor | None, video: Tensor | None) -> dict[int, Tensor]:
-        """Each active modality's features, normalised and projected: modality -> (B, W, d). Per
-        position, so windows (or copies of them) can share it; presence is applied in ``forward``."""
-        feats = (text, audio, video)
-        out: dict[int, Tensor] = {}
-        for m in self.active:
-            x = feats[m]
-            assert x is not None, MODALITIES[m]
-            out[m] = self.proj[MODALITIES[m]](x)
-        return out
 
     def forward(
         self,
@@ -218,9 +198,7 @@ class UniMSENet(nn.Module):
         ctx = WindowContext(valid, speakers, target, cfg.causal)
         pres = present.float() * ctx.valid[..., None]  # (B, W, 3)
 
-        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)  # (B, W)
-        rel = ctx.rel.clamp(-cfg.max_window, cfg.max_window) + cfg.max_window  # (B, W)
-        context = self.speaker_emb(spk) + self.same_emb(ctx.same_t) + self.pos_emb(rel.long())  # (B, W, d)
+        context = self.place(speakers, ctx.same_t, ctx.rel)  # (B, W, d)
 
         if TEXT in self.active:
             x = z[TEXT]
@@ -307,9 +285,7 @@ class UniMSENet(nn.Module):
 
         onehot = rep(ctx.onehot)  # (N, W)
         pres_t = (present.float() * rep(ctx.valid)[..., None] * onehot[..., None]).sum(1)  # (N, 3)
-        spk = speakers.clamp(min=0, max=cfg.max_speakers - 1)
-        rel = ctx.rel.clamp(-cfg.max_window, cfg.max_window) + cfg.max_window
-        context = ctx.at_target(self.speaker_emb(spk) + self.same_emb(ctx.same_t) + self.pos_emb(rel.long()))  # (G, d)
+        context = ctx.at_target(self.place(speakers, ctx.same_t, ctx.rel))  # (G, d)
         if TEXT in self.active:
             pt = pres_t[:, TEXT : TEXT + 1]  # (N, 1)
             tok = rep(ctx.at_target(projected[TEXT])) * pt + (1.0 - pt) * self.no_text  # (N, d)
