@@ -32,7 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-MODALITIES = ("text", "audio", "video")
+from engines.interface import MODALITIES  # the one list of modalities, in the engines' order
+
 _BITS = (1 << 30) - 1  # a part's digest
 RECHECK_S = 0.25  # how often a held utterance or call end is looked at again
 

@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 from streams.errors import InvalidMessage
 
 SCHEMA_VERSION: Literal[1] = 1
-Modality = Literal["text", "audio", "video"]
+Modality = Literal["text", "audio", "video"]  # engines.interface.MODALITIES (a test keeps them equal)
 MAX_SEQ = 2**63 - 1  # a Kafka-sized integer: anything larger is a forged or broken producer
 ID_CHARS = r"A-Za-z0-9._:@/-"  # what a call or utterance id may hold
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=rf"^[{ID_CHARS}]+$")]

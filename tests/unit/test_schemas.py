@@ -289,3 +289,12 @@ def test_seq_takes_numpy_integers_but_not_booleans_or_floats() -> None:
 def test_schema_version_1_0_is_the_integer_1_as_the_published_schema_says() -> None:
     raw = b'{"schema_version": 1.0, "call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi"}'
     assert parse_input("text", raw, 10**6).schema_version == 1
+
+
+def test_the_schemas_modalities_are_the_engines() -> None:
+    import typing
+
+    from engines.interface import MODALITIES
+    from streams.schemas import Modality
+
+    assert typing.get_args(Modality) == MODALITIES  # the same names in the same order
