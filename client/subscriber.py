@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from streams.errors import ServiceUnavailable
-from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
+from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent, read_published
 from streams.settings import Settings, TopicSettings
 
 Kind = Literal["events", "alerts", "reports", "deadletters"]
@@ -101,7 +101,7 @@ class Tracker:
         if kind is None:
             return None
         try:
-            record: Any = _MODELS[kind].model_validate_json(value or b"")
+            record: Any = read_published(_MODELS[kind], value or b"")
         except ValidationError as exc:
             self.invalid += 1
             if len(self.errors) < 5:

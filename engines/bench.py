@@ -304,7 +304,7 @@ def fusion_ceiling(model: str, data_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"{model}: fusion needs a model with text and audio")
     dev = load_dataset("meld-ravdess", data_dir, "dev")
     table = AudioTable([u.audio for d in dev for u in d.utterances if u.audio], ex.audio)
-    data = prepare(dev, ex.spec, ex.text, table, engine.info.max_window)
+    data = prepare(dev, ex.spec, ex.text, table, engine.info.max_window, future=engine.info.future)
     counts = np.bincount(
         [u.emotion for d in load_dataset("meld-ravdess", data_dir, "train") for u in d.utterances],
         minlength=len(data.label_names),

@@ -16,7 +16,7 @@ import json
 import math
 import operator
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -433,6 +433,23 @@ _BY_KIND: dict[str, type[_Message]] = {
     "video": VideoPart,
     "control": CallControl,
 }
+
+
+_Published = TypeVar("_Published", bound=BaseModel)
+
+
+def read_published(model: type[_Published], raw: bytes | str) -> _Published:
+    """A published message (event, alert, report, dead letter) as a consumer reads it: a top-level
+    field this version does not know, added by a newer worker (as ``suspect`` was to events), is
+    left out rather than refused, so consumers upgraded after the workers still read every record.
+    Anything else wrong still raises :class:`pydantic.ValidationError`."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if not all(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in exc.errors()):
+            raise
+        obj = json.loads(raw)
+        return model.model_validate({k: v for k, v in obj.items() if k in model.model_fields})
 
 
 def call_instance(call_id: str, generation: str = "") -> str:

@@ -166,7 +166,7 @@ class EventPrinter:
         if isinstance(record, CallReport) and not record.final:
             return False  # the running reports are for dashboards
         if self.fmt == "json":
-            self._write(record.model_dump_json())
+            self._write(record.to_bytes().decode())  # as published: fields without a value left out
         elif isinstance(record, EmotionEvent):
             self._write(format_event(record, got.previous))
         elif isinstance(record, AlertEvent):

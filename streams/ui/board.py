@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from streams.schemas import AlertEvent, CallReport, EmotionEvent
+from streams.schemas import AlertEvent, CallReport, EmotionEvent, read_published
 
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 TIMELINE = 40  # utterances per speaker timeline in the list
@@ -67,7 +67,7 @@ class Board:
         }  # fmt: skip
         model = models[kind]
         try:
-            msg: Any = model.model_validate_json(value or b"")
+            msg: Any = read_published(model, value or b"")
         except ValidationError:
             self.invalid += 1
             return False
@@ -86,7 +86,8 @@ class Board:
             if isinstance(msg, EmotionEvent):
                 old = call.utterances.get(msg.utterance_id)
                 if old is None or old.revision <= msg.revision:
-                    if old is not None and old.ignored and not msg.ignored:  # revisions do not repeat it
+                    if old is not None and msg.revision > old.revision and old.ignored and not msg.ignored:
+                        # a revision does not repeat what its provisional event did not use
                         msg = msg.model_copy(update={"ignored": old.ignored})
                     call.utterances[msg.utterance_id] = msg
                 while len(call.utterances) > self.max_utterances:

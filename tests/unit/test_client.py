@@ -181,3 +181,23 @@ def test_the_async_client_does_the_same() -> None:
     got, producer = asyncio.run(scenario())
     assert [t for t, _, _ in producer.sent] == [TOPICS.control, TOPICS.text, TOPICS.control]
     assert [g.record.utterance_id for g in got] == ["u3"]
+
+
+def test_a_consumer_reads_an_event_with_a_field_a_newer_worker_added_and_still_refuses_a_wrong_one() -> None:
+    import json
+
+    from streams.schemas import EmotionEvent, read_published
+
+    obj = json.loads(make_event().to_bytes())
+    newer = json.dumps({**obj, "later_field": {"audio": "x"}}).encode()
+    tracker = Tracker(TOPICS)
+    got = tracker.accept(TOPICS.emotions, newer)
+    assert got is not None and got.record == make_event() and tracker.invalid == 0
+    assert read_published(EmotionEvent, newer) == make_event()
+    for bad in (
+        {**obj, "later_field": 1, "confidence": "high"},  # an unknown field beside a wrong one
+        {**obj, "timings": {**obj["timings"], "later": 1.0}},  # unknown inside a known object: refused
+    ):
+        with pytest.raises(ValidationError):
+            read_published(EmotionEvent, json.dumps(bad).encode())
+        assert Tracker(TOPICS).accept(TOPICS.emotions, json.dumps(bad).encode()) is None

@@ -168,6 +168,7 @@ def test_printer_json_lines_round_trip() -> None:
     event = make_event()
     EventPrinter(out, fmt="json").handle(TOPICS.emotions, event.to_bytes())
     assert EmotionEvent.model_validate_json(out.getvalue().strip()) == event
+    assert "suspect" not in out.getvalue()  # as published: a field without a value is left out, not null
 
 
 def test_printer_survives_a_terminal_without_unicode() -> None:

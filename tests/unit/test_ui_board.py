@@ -171,3 +171,15 @@ def test_an_utterance_keeps_what_was_not_used_and_what_is_suspect_through_its_re
     )
     row = board.detail("c")["utterances"][0]  # type: ignore[index]
     assert row["revision"] == 1 and row["ignored"] == {"video": "no face"} and row["suspect"] == {"audio": why}, row
+
+
+def test_a_new_provisional_event_of_a_reused_utterance_id_does_not_inherit_what_was_not_used() -> None:
+    board = Board()
+    board.add(
+        "emotion", make_event(call_id="c", utterance_id="u0", seq=0, ignored={"audio": "no speech: 0.0 s"}).to_bytes()
+    )
+    again = make_event(call_id="c", utterance_id="u0", seq=0, event_id="c~g1:u0:0")  # the id's next call
+    board.add("emotion", again.to_bytes())
+    assert board.detail("c")["utterances"][0]["ignored"] == {}  # type: ignore[index]
+    newer = json.loads(make_event(call_id="c", utterance_id="u1", seq=1).to_bytes())
+    assert board.add("emotion", json.dumps({**newer, "later_field": 1}).encode()) and board.invalid == 0
