@@ -156,6 +156,24 @@ def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make setup installs it)")
+def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
+    """Each panel's PromQL, as a recording rule promtool checks (a typo shows as an empty panel)."""
+    import json
+
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "emostream.json").read_text())
+    rules = [
+        {"record": f"panel_{p['id']}_{t['refId']}", "expr": t["expr"]} for p in board["panels"] for t in p["targets"]
+    ]
+    assert len(rules) >= len(board["panels"])
+    (tmp_path / "panels.yml").write_text(json.dumps({"groups": [{"name": "panels", "rules": rules}]}))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(tmp_path / "panels.yml")], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])  # Grafana needs distinct ids
+
+
 def test_the_worker_image_holds_every_package_the_command_imports() -> None:
     """The image had no chaos/ while `emostream` registers `chaos` at start: every command, the
     worker's too, would have failed to import. Every package pyproject installs is copied in."""
