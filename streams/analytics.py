@@ -370,7 +370,10 @@ class CallAnalytics:
             recent = mine[-self.recent_turns :]
             half = min(self.recent_turns, len(mine) // 2)  # the trend: the latest `half` turns against those before
             latest, before = mine[len(mine) - half :], mine[len(mine) - 2 * half : len(mine) - half]
-            labels = sorted({k for t in recent for k in t.probabilities})
+            sums: dict[str, float] = {}  # each label's probabilities over the recent turns, in turn order
+            for t in recent:  # (a turn without a label adds nothing: the same float as adding 0.0)
+                for k, p in t.probabilities.items():
+                    sums[k] = sums.get(k, 0.0) + p
             sentiment = _mean([t.sentiment for t in recent])
             speakers.append(
                 SpeakerTrajectory(
@@ -378,7 +381,7 @@ class CallAnalytics:
                     role=mine[-1].role,
                     turns=len(mine),
                     talk_share=round(len(mine) / total, 4),
-                    recent={k: round(_mean([t.probabilities.get(k, 0.0) for t in recent]), 4) for k in labels},
+                    recent={k: round(sums[k] / len(recent), 4) for k in sorted(sums)},
                     negative_share=round(_mean([float(t.label in NEGATIVE_EMOTIONS) for t in recent]), 4),
                     sentiment=round(sentiment, 4),
                     sentiment_trend=round(
