@@ -387,6 +387,7 @@ class Summary:
                     else ""
                 ),
                 "  mean modality weights: " + ", ".join(f"{m} {w:.2f}" for m, w in mean.items()),
+                *_voices(evs, "provisional"),
                 f"  model: {evs[0].model.name} {evs[0].model.version} ({evs[0].model.runtime})",
             ]
         if self.revisions and self.revised:
@@ -410,6 +411,7 @@ class Summary:
             lines.append(
                 f"    revised events came p50 {lag[len(lag) // 2]:.1f} s, max {lag[-1]:.1f} s after the provisional"
             )
+        lines += _voices(revs, "revised", "    ")
         shown = sorted(changed, key=lambda pr: (pr[1].call_id, pr[1].seq))
         for p, r in shown[:_SHOW_CHANGES]:
             truth = self.labels.get((r.call_id, r.utterance_id))
@@ -429,6 +431,24 @@ def _shown(path: Path | None) -> str:
     if path is None:
         return "-"
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+#: an audio weight below this: the voice gate turned the voice away (it carried none of the label)
+WEIGHED = 0.05
+
+
+def _voices(events: list[Any], which: str, indent: str = "  ") -> list[str]:
+    """How many of the events with a voice used it: a newcomer seeing 'audio .00' on most lines
+    should know it is the voice gate's doing, not a broken audio path."""
+    voiced = [e for e in events if "audio" in e.modalities_present and "audio" not in e.ignored]
+    if not voiced:
+        return []
+    weighed = sum(e.weights.get("audio", 0.0) >= WEIGHED for e in voiced)
+    return [
+        f"{indent}voices ({which}): {weighed} of {len(voiced)} utterances with speech gave their voice a weight of "
+        f"{WEIGHED} or more; the voice gate turned the others away (a voice unlike its words, or unlike the "
+        "voices the model learned: README, Models, 'Trusting a voice')"
+    ]
 
 
 def _pct(sorted_values: list[float], q: float) -> float:

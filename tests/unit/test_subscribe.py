@@ -249,11 +249,23 @@ def test_demo_summary_waits_for_revisions_and_counts_changed_labels() -> None:
     assert "↻ [call-7 #0] neutral 0.81 -> joy 0.81  (script: joy)" in text
     assert "↻ [call-7 #2] anger 0.81 -> joy 0.81  (script: joy)" in text
     assert "agreement with the script's labels 100% of 3 revised" in text
+    # make_event's voice weighs .29: every utterance with speech used it, provisional and revised
+    assert "  voices (provisional): 3 of 3 utterances with speech gave their voice a weight of 0.05 or more" in text
+    assert "    voices (revised): 3 of 3 utterances with speech" in text
     assert "escalation alerts raised: 0 on 0 of 1 calls\n" in text
     summary.alerts = {"a1": ("call-7", "customer-anger-rising"), "a2": ("call-7", "customer-negative-streak")}
     assert "escalation alerts raised: 2 on 1 of 1 calls (customer-anger-rising 1, customer-negative-streak 1)" in (
         summary.render()
     )
+    turned = Summary([SimpleNamespace(utterances=utts)], SETTINGS)  # the gate turned two voices away
+    for i, (audio, ignored) in enumerate([(0.0, {}), (0.2, {}), (0.0, {"audio": "no speech: 0.00 s"})]):
+        weights = {"text": 1.0 - audio, "audio": audio, "video": 0.0}
+        turned.add(make_event(utterance_id=f"u{i}", seq=i, weights=weights, ignored=ignored))
+    assert "voices (provisional): 1 of 2 utterances with speech" in turned.render()  # no speech: not counted
+    text_only = Summary([SimpleNamespace(utterances=utts)], SETTINGS)
+    for i in range(3):
+        text_only.add(make_event(utterance_id=f"u{i}", seq=i, modalities_present=["text"]))
+    assert "voices" not in text_only.render()
     plain = Summary([SimpleNamespace(utterances=utts)], SETTINGS)  # --no-revisions: provisional events suffice
     for i in range(3):
         plain.add(make_event(utterance_id=f"u{i}", seq=i))
