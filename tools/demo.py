@@ -445,9 +445,8 @@ def _voices(events: list[Any], which: str, indent: str = "  ") -> list[str]:
         return []
     weighed = sum(e.weights.get("audio", 0.0) >= WEIGHED for e in voiced)
     return [
-        f"{indent}voices ({which}): {weighed} of {len(voiced)} utterances with speech gave their voice a weight of "
-        f"{WEIGHED} or more; the voice gate turned the others away (a voice unlike its words, or unlike the "
-        "voices the model learned: README, Models, 'Trusting a voice')"
+        f"{indent}voices ({which}): {weighed} of {len(voiced)} utterances with speech used their voice (audio weight "
+        f"{WEIGHED} or more); the voice gate turned the others away (README: 'Trusting a voice')"
     ]
 
 

@@ -250,7 +250,7 @@ def test_demo_summary_waits_for_revisions_and_counts_changed_labels() -> None:
     assert "↻ [call-7 #2] anger 0.81 -> joy 0.81  (script: joy)" in text
     assert "agreement with the script's labels 100% of 3 revised" in text
     # make_event's voice weighs .29: every utterance with speech used it, provisional and revised
-    assert "  voices (provisional): 3 of 3 utterances with speech gave their voice a weight of 0.05 or more" in text
+    assert "  voices (provisional): 3 of 3 utterances with speech used their voice (audio weight 0.05 or more)" in text
     assert "    voices (revised): 3 of 3 utterances with speech" in text
     assert "escalation alerts raised: 0 on 0 of 1 calls\n" in text
     summary.alerts = {"a1": ("call-7", "customer-anger-rising"), "a2": ("call-7", "customer-negative-streak")}
