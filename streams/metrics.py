@@ -29,9 +29,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from engines.features.format_check import MISTAKES
+from engines.interface import MODALITIES
 from streams import heap
 from streams.errors import REASONS
-from streams.join import MODALITIES
 
 #: the ``stage`` label values of ``emostream_service_errors_total`` (streams/worker.py)
 SERVICE_STAGES = ("redis", "publish", "analytics", "close", "deadletter")
