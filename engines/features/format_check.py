@@ -225,13 +225,25 @@ def _ravdess(data_dir: str, split: str, extractor: Any, channel: Any) -> tuple[n
     return np.concatenate(xs), np.array(ys), np.array(lines)
 
 
+def speak(text: str, voice: str, speed: int, pitch: int) -> np.ndarray:
+    """``text`` spoken by espeak-ng at ``speed`` words a minute, as 16 kHz float32 samples.
+
+    The text goes on stdin, never on the command line, where a transcript that starts with ``-``
+    would be read as an option.
+    """
+    import soundfile as sf
+
+    cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdin", "--stdout"]
+    wav = subprocess.run(cmd, input=text.encode(), capture_output=True, check=True).stdout
+    data, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    return np.asarray(resample(data, rate, SAMPLE_RATE), dtype=np.float32)
+
+
 def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> tuple[np.ndarray, ...]:
     """espeak-ng speech of MELD train transcripts, voice by voice, at random speeds and pitches;
     every voice's every second round through the telephone channel."""
     import csv
     import random
-
-    import soundfile as sf
 
     with open(Path(data_dir) / "meld" / "train_sent_emo.csv", encoding="utf-8", newline="") as f:
         rows = [r["Utterance"] for r in csv.DictReader(f) if len(r["Utterance"].split()) >= 2]
@@ -241,10 +253,7 @@ def _espeak(data_dir: str, n: int, extractor: Any, channel: Any, seed: int) -> t
     waves: list[np.ndarray] = []
     for i, text in enumerate(texts):
         v, speed, pitch = i % len(ESPEAK_VOICES), int(rng.integers(100, 400)), int(rng.integers(15, 85))
-        cmd = ["espeak-ng", "-v", ESPEAK_VOICES[v], "-s", str(speed), "-p", str(pitch), "--stdout", text]
-        wav = subprocess.run(cmd, capture_output=True, check=True).stdout
-        data, rate = sf.read(io.BytesIO(wav), dtype="float32")
-        clean = resample(data, rate, SAMPLE_RATE).astype(np.float32)
+        clean = speak(text, ESPEAK_VOICES[v], speed, pitch)
         line = (i // len(ESPEAK_VOICES)) % 2  # each voice both clean and on the line
         waves += _variants(channel(clean, f"espeak-{i}") if line else clean)
         ys += list(range(len(CLASSES)))

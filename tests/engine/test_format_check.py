@@ -4,9 +4,7 @@ fast); speech whose rate or G.711 law was declared wrongly is caught and the mis
 
 from __future__ import annotations
 
-import io
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -19,6 +17,7 @@ from engines.features.format_check import (
     Misdeclared,
     load_format_check,
     probe_path,
+    speak,
 )
 
 pytestmark = pytest.mark.engine
@@ -83,17 +82,21 @@ def test_stereo_samples_sent_as_mono_sound_an_octave_low_and_are_caught(audio, c
 def test_fast_and_slow_speech_at_the_right_rate_is_not_taken_for_a_wrong_rate(audio, check) -> None:  # type: ignore[no-untyped-def]
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
-    import soundfile as sf
-
-    from engines.features.codecs import resample
-
-    waves = []
-    for voice, speed, pitch in (("en-us", 90, 20), ("en-us+f3", 420, 80), ("en-gb+m2", 380, 30), ("en+f4", 120, 90)):
-        cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", "I have been waiting on "
-               "hold for forty minutes and nobody can tell me where my refund is."]  # fmt: skip
-        data, rate = sf.read(io.BytesIO(subprocess.run(cmd, capture_output=True, check=True).stdout), dtype="float32")
-        waves.append(resample(data, rate, 16000).astype(np.float32))
+    line = "I have been waiting on hold for forty minutes and nobody can tell me where my refund is."
+    voices = (("en-us", 90, 20), ("en-us+f3", 420, 80), ("en-gb+m2", 380, 30), ("en+f4", 120, 90))
+    waves = [speak(line, voice, speed, pitch) for voice, speed, pitch in voices]
     assert check.verdicts(audio.extract(waves)) == [None] * len(waves)
+
+
+def test_a_transcript_that_starts_with_a_dash_is_spoken_not_read_as_an_option() -> None:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it)")
+    # On the command line, "-x" is espeak-ng's "write phoneme mnemonics" option and the rest was
+    # spoken as something else; on stdin it is the transcript.
+    dashed = speak("-x yes, I would like to cancel my order today", "en-us", 175, 50)
+    plain = speak("x yes, I would like to cancel my order today", "en-us", 175, 50)
+    assert abs(len(dashed) - len(plain)) < 0.15 * len(plain), (len(dashed), len(plain))
+    assert len(plain) > 1.5 * 16000
 
 
 def test_a_vector_that_is_not_finite_is_not_judged(check) -> None:  # type: ignore[no-untyped-def]
