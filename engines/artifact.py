@@ -80,7 +80,10 @@ def feature_spec(model_dir: Path) -> FeatureSpec:
     spec = read_json(model_dir, FEATURES).get("spec")
     if not isinstance(spec, dict):
         raise ArtifactError(f"{model_dir / FEATURES} has no 'spec'")
-    return FeatureSpec(**spec)
+    try:
+        return FeatureSpec.from_dict(spec)
+    except ValueError as exc:
+        raise ArtifactError(f"{model_dir / FEATURES}: {exc}") from exc
 
 
 def engine_info(model_dir: Path, runtime: str) -> EngineInfo:
@@ -165,7 +168,7 @@ def take_text_network(
 
     src = verify(source)
     cfg, spec = read_json(src, CONFIG), read_json(src, FEATURES)
-    if (spec["spec"]["audio_dim"], spec["spec"]["video_dim"]) != (0, 0):
+    if feature_spec(src).used() != ("text",):
         raise ArtifactError(f"--text-network {source}: a words-only artifact is needed; it reads {spec['spec']}")
     if tuple(read_json(src, LABELS)) != tuple(labels):
         raise ArtifactError(f"--text-network {source}: its labels {read_json(src, LABELS)} are not {list(labels)}")

@@ -6,8 +6,8 @@ ends with, or contains, the *target* utterance whose emotion is wanted: ``target
 in window b. Utterances after the target in the same window are future context (revised events);
 causal windows end at the target.
 
-Modalities are always the three of :data:`MODALITIES`, in that order; a modality that never arrived
-has zeros in its feature slot and ``present[..., m] == 0``.
+Modalities are always those of :data:`MODALITIES` (:mod:`engines.modalities`), in that order; a
+modality that never arrived has zeros in its feature slot and ``present[..., m] == 0``.
 """
 
 from __future__ import annotations
@@ -17,22 +17,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
+from engines.modalities import MODALITIES, FeatureSpec
+
+__all__ = ["EMOTIONS", "MODALITIES", "Engine", "EngineBatch", "EngineInfo", "EngineOutput", "FeatureSpec"]
 
 #: MELD's seven emotions, the label set of the shipped models (index order is the logits order).
 EMOTIONS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Per-utterance feature sizes an engine was trained on."""
-
-    text_dim: int = 384
-    audio_dim: int = 0
-    video_dim: int = 0
-
-    def dims(self) -> dict[str, int]:
-        return {"text": self.text_dim, "audio": self.audio_dim, "video": self.video_dim}
 
 
 @dataclass(frozen=True)

@@ -152,20 +152,20 @@ def prepare(
     utts = [u for d in dialogues for u in d.utterances]
     feats: dict[str, np.ndarray] = _precomputed(dialogues, spec)
     has: dict[str, np.ndarray] = {m: np.ones((len(utts),), dtype=np.float32) for m in feats}
-    if spec.text_dim > 0 and "text" not in feats:
+    if spec.dim("text") > 0 and "text" not in feats:
         assert text_encoder is not None
         idx = [i for i, u in enumerate(utts) if u.text]
-        text = np.zeros((len(utts), spec.text_dim), dtype=np.float32)
+        text = np.zeros((len(utts), spec.dim("text")), dtype=np.float32)
         if idx:
             text[idx] = text_encoder.encode_cached([utts[i].text or "" for i in idx], cache_root, progress)
         feats["text"] = text
         has["text"] = np.array([1.0 if u.text else 0.0 for u in utts], dtype=np.float32)
-    if spec.audio_dim > 0 and "audio" not in feats:
+    if spec.dim("audio") > 0 and "audio" not in feats:
         if audio_table is None:
-            feats["audio"] = np.zeros((len(utts), spec.audio_dim), dtype=np.float32)
+            feats["audio"] = np.zeros((len(utts), spec.dim("audio")), dtype=np.float32)
             has["audio"] = np.zeros((len(utts),), dtype=np.float32)
         else:
-            feats["audio"], has["audio"] = audio_table.lookup([u.audio for u in utts], spec.audio_dim)
+            feats["audio"], has["audio"] = audio_table.lookup([u.audio for u in utts], spec.dim("audio"))
     return Prepared(
         dialogues=dialogues,
         labels=np.array([u.emotion for u in utts], dtype=np.int64),

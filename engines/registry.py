@@ -90,8 +90,8 @@ def load_extractors(
     meta = artifact.read_json(path, artifact.FEATURES)
     spec = artifact.feature_spec(path)
     text = None
-    if spec.text_dim > 0:
-        text = text_encoder_from_dict(meta.get("text", {}), dim=spec.text_dim, device=device, base_dir=path)
+    if spec.dim("text") > 0:
+        text = text_encoder_from_dict(meta.get("text", {}), dim=spec.dim("text"), device=device, base_dir=path)
         if text_runtime == "onnxruntime" and text.kind in ("minilm", "minilm-tuned"):
             from engines.features.text_onnx import OnnxTextEncoder
 
@@ -107,7 +107,7 @@ def load_extractors(
         else:
             text.autocast = autocast
     audio = None
-    if spec.audio_dim > 0:
+    if spec.dim("audio") > 0:
         a = meta.get("audio", {})
         audio = audio_extractor_from_dict(a, device=device, runtime=audio_runtime)
         if (
@@ -115,8 +115,9 @@ def load_extractors(
         ):  # onnxruntime: fp32; openvino: its own precision
             audio.autocast = autocast  # type: ignore[attr-defined]
         want_id = a.get("id")
-        if audio.dim != spec.audio_dim or (want_id is not None and audio.id != want_id):
+        want_dim = spec.dim("audio")
+        if audio.dim != want_dim or (want_id is not None and audio.id != want_id):
             raise ArtifactError(
-                f"{path}: audio extractor {audio.id} (dim {audio.dim}) does not match {want_id} (dim {spec.audio_dim})"
+                f"{path}: audio extractor {audio.id} (dim {audio.dim}) does not match {want_id} (dim {want_dim})"
             )
     return Extractors(spec, text, audio)

@@ -265,9 +265,7 @@ def model_config(ns: argparse.Namespace, spec: FeatureSpec, n_classes: int) -> d
 
     fields = config_fields(ns.engine)
     shared = {
-        "text_dim": spec.text_dim,
-        "audio_dim": spec.audio_dim,
-        "video_dim": spec.video_dim,
+        **spec.to_dict(),
         "d_model": ns.d_model,
         "n_heads": ns.heads,
         "n_layers": ns.layers,
@@ -513,7 +511,7 @@ def _check_words_artifact(model: str) -> None:
     from engines.errors import ArtifactError
 
     src = artifact.verify(model)
-    if artifact.feature_spec(src).audio_dim or artifact.feature_spec(src).video_dim:
+    if artifact.feature_spec(src).used() != ("text",):
         raise ArtifactError(f"--text-network {model}: a words-only artifact is needed")
 
 
@@ -610,7 +608,7 @@ def _train(ns: argparse.Namespace) -> int:
         text_enc, tuning = _tuned_text(ns, text_enc, train_d, dev_d, len(label_names), out_dir)
         _seed_all(ns.seed)  # the engine's training starts from the same seeds with or without tuning
     audio_ex = make_audio_extractor(ns.audio_extractor, ns.device, _audio_settings(ns)) if has_audio else None
-    spec = pre or FeatureSpec(text_dim=text_enc.dim if text_enc else 0, audio_dim=audio_ex.dim if audio_ex else 0)
+    spec = pre or FeatureSpec({"text": text_enc.dim if text_enc else 0, "audio": audio_ex.dim if audio_ex else 0})
 
     composite = ns.dataset == "meld-ravdess"
     train_clips = load_ravdess_clips(ns.data_dir, SPLIT_MAP[train_split][1]) if composite else []
@@ -688,7 +686,7 @@ def _train(ns: argparse.Namespace) -> int:
                 fresh, corrupted = swap.dialogues, swap.mask
                 clip_emotion = np.where(swap.donor_emotion >= 0, swap.donor_emotion, train.labels)
             clips = [u.audio for d in fresh for u in d.utterances]
-            train.feats["audio"], train.has["audio"] = table.lookup(clips, spec.audio_dim)
+            train.feats["audio"], train.has["audio"] = table.lookup(clips, spec.dim("audio"))
             if lines:  # a new draw of who is on the phone, and on which line, each epoch
                 phone = np.flatnonzero(
                     np.random.default_rng(ns.seed + 1000 * epoch + 2).random(len(clips)) < ns.telephone
@@ -696,7 +694,7 @@ def _train(ns: argparse.Namespace) -> int:
                 which = np.random.default_rng(ns.seed + 1000 * epoch + 3).integers(0, len(lines), len(phone))
                 for k, heard in enumerate(lines):
                     rows = phone[which == k]
-                    feats, has_line = heard.lookup([clips[i] for i in rows], spec.audio_dim)
+                    feats, has_line = heard.lookup([clips[i] for i in rows], spec.dim("audio"))
                     keep = train.has["audio"][rows] > 0
                     train.feats["audio"][rows[keep]] = feats[keep]
                     train.has["audio"][rows] *= has_line  # no speech left on the line: no audio, as in the stream
@@ -765,7 +763,7 @@ def _train(ns: argparse.Namespace) -> int:
     gated = not ns.no_trust and len(cfg.active()) > 1
     text_net, text_net_record = None, None
     if ns.text_network:  # a words network for wherever the voice is absent, checked before anything is written
-        if not (gated and table is not None and cfg.audio_dim > 0):
+        if not (gated and table is not None and cfg.features.dim("audio") > 0):
             raise ArtifactError("--text-network stands in for the voice: the model must read text and audio")
         text_net, text_net_record = artifact.take_text_network(
             ns.text_network, label_names, text_enc.to_dict() if text_enc is not None else None, ns.max_window, ns.future
@@ -783,7 +781,7 @@ def _train(ns: argparse.Namespace) -> int:
     served, trust_record = net, None
     if gated:
         voices: np.ndarray | None = None
-        if table is not None and cfg.audio_dim > 0:
+        if table is not None and cfg.features.dim("audio") > 0:
             voice_paths = sorted(
                 {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
             )
@@ -816,9 +814,7 @@ def _train(ns: argparse.Namespace) -> int:
         },
     )
     artifact.write_json(out_dir, artifact.LABELS, list(label_names))
-    features: dict[str, Any] = {
-        "spec": {"text_dim": spec.text_dim, "audio_dim": spec.audio_dim, "video_dim": spec.video_dim}
-    }
+    features: dict[str, Any] = {"spec": spec.to_dict()}
     if text_enc is not None:
         features["text"] = text_enc.to_dict()
     if audio_ex is not None:

@@ -137,4 +137,4 @@ def precomputed_spec(dialogues: Sequence[Dialogue]) -> FeatureSpec | None:
     if not with_feats:
         return None
     dims = {m: int(a.shape[1]) for m, a in (with_feats[0].features or {}).items()}
-    return FeatureSpec(text_dim=dims.get("text", 0), audio_dim=dims.get("audio", 0), video_dim=dims.get("video", 0))
+    return FeatureSpec(dims)

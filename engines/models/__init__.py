@@ -2,10 +2,12 @@
 
 Every model module (``engines/models/<module>.py``) provides the same two names:
 
-- ``Config``: a dataclass with at least the fields ``text_dim, audio_dim, video_dim, d_model,
-  n_heads, n_layers, dropout, max_window, causal, n_classes, input_noise, input_mask`` (the last
-  two: one float per modality), methods ``to_dict()`` and ``active()`` (indices into MODALITIES of
-  the modalities with inputs), and its own hyper-parameters with defaults.
+- ``Config``: a dataclass deriving from :class:`engines.models.config.ModelConfig` (which gives
+  it the feature sizes, ``text_dim`` and the like, read as ``cfg.features``, and the methods
+  ``to_dict()`` and ``active()``: indices into MODALITIES of the modalities with inputs), with at
+  least the fields ``d_model, n_heads, n_layers, dropout, max_window, causal, n_classes,
+  input_noise, input_mask`` (the last two: one float per modality) and its own hyper-parameters
+  with defaults.
 - ``Net(cfg)``: an ``nn.Module`` with attributes ``cfg`` and ``active``, and methods
 
   - ``forward(text, audio, video, present, speakers, valid, target) -> dict`` following

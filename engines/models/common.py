@@ -118,7 +118,7 @@ class WindowEmbedder:
 
     def init_projectors(self, dropout: float | None = None) -> None:
         """``proj``: a :class:`Projector` per active modality (``dropout``: the config's if None)."""
-        cfg, dims = self.cfg, self.cfg.dims()
+        cfg, dims = self.cfg, self.cfg.features.sizes
         p = cfg.dropout if dropout is None else dropout
         self.proj = nn.ModuleDict(
             {

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from engines.interface import MODALITIES
+from engines.modalities import MODALITIES, FeatureSpec, dim_key
 
 
-class ModelConfig:
-    """Methods of an engine Config; the dataclass declares ``text_dim, audio_dim, video_dim,
-    input_noise, input_mask`` and the rest. Subclasses extend ``__post_init__`` with super()."""
+@dataclass
+class FeatureSizes:
+    """The per-modality feature sizes every engine Config starts with, as its ``config.json``
+    keeps them (:func:`engines.modalities.dim_key`); read them through :attr:`ModelConfig.features`."""
 
-    text_dim: int
-    audio_dim: int
-    video_dim: int
+    text_dim: int = 384
+    audio_dim: int = 0
+    video_dim: int = 0
+
+
+class ModelConfig(FeatureSizes):
+    """Methods of an engine Config; the dataclass declares ``input_noise, input_mask`` (one value
+    per modality) and the rest. Subclasses extend ``__post_init__`` with super()."""
+
     input_noise: tuple[float, ...]
     input_mask: tuple[float, ...]
 
@@ -22,16 +29,19 @@ class ModelConfig:
         self.input_noise = tuple(float(v) for v in self.input_noise)  # JSON gives lists
         self.input_mask = tuple(float(v) for v in self.input_mask)
         assert len(self.input_noise) == len(self.input_mask) == len(MODALITIES)
+        assert all(hasattr(self, dim_key(m)) for m in MODALITIES), "FeatureSizes lacks a modality"
         d_model, n_heads = getattr(self, "d_model", None), getattr(self, "n_heads", None)
         if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
             raise ValueError(f"d_model {d_model} must be a multiple of n_heads {n_heads} (--d-model, --heads)")
 
-    def dims(self) -> tuple[int, int, int]:
-        return (self.text_dim, self.audio_dim, self.video_dim)
+    @property
+    def features(self) -> FeatureSpec:
+        """The feature sizes, keyed by modality."""
+        return FeatureSpec({m: getattr(self, dim_key(m)) for m in MODALITIES})
 
     def active(self) -> list[int]:
         """Indices (into MODALITIES) of the modalities this model has inputs for."""
-        return [i for i, d in enumerate(self.dims()) if d > 0]
+        return [i for i, d in enumerate(self.features.sizes) if d > 0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]

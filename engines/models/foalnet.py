@@ -80,9 +80,6 @@ from engines.models.losses import modality_ce
 
 @dataclass
 class FoalNetConfig(ModelConfig):
-    text_dim: int = 384
-    audio_dim: int = 0
-    video_dim: int = 0
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2  # context (window) layers per modality

@@ -79,9 +79,6 @@ N_RELATIONS = 4  # (same, other speaker) x (past, future)
 
 @dataclass
 class JoyfulConfig(ModelConfig):
-    text_dim: int = 384
-    audio_dim: int = 0
-    video_dim: int = 0
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2  # global transformer layers

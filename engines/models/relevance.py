@@ -44,9 +44,6 @@ from engines.models.config import ModelConfig
 
 @dataclass
 class RelevanceConfig(ModelConfig):
-    text_dim: int = 384
-    audio_dim: int = 0
-    video_dim: int = 0
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2

@@ -81,9 +81,6 @@ TEXT = 0
 
 @dataclass
 class UniMSEConfig(ModelConfig):
-    text_dim: int = 384
-    audio_dim: int = 0
-    video_dim: int = 0
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2

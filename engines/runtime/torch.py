@@ -77,14 +77,12 @@ class TorchEngine:
             net = artifact.load_torch_model(self.model_dir)
             self.info = artifact.engine_info(self.model_dir, runtime=runtime)
         else:
-            from engines.interface import FeatureSpec
-
             c = net.cfg
             self.info = EngineInfo(
                 type(net).__module__.rsplit(".", 1)[-1],
                 "dev",
                 labels=tuple(labels) if labels else tuple(f"class{i}" for i in range(c.n_classes)),
-                features=FeatureSpec(c.text_dim, c.audio_dim, c.video_dim),
+                features=c.features,
                 max_window=c.max_window,
                 runtime=runtime,
             )

@@ -25,7 +25,7 @@ from engines.runtime.torch import TorchEngine, torch_inputs  # noqa: E402
 from engines.spec import engine_spec  # noqa: E402
 
 pytestmark = pytest.mark.engine
-SPEC = FeatureSpec(text_dim=16, audio_dim=9, video_dim=5)
+SPEC = FeatureSpec({"text": 16, "audio": 9, "video": 5})
 LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 ENGINES = available_engines()
 CASES = [(e, causal) for e in ENGINES for causal in (True, False)]
@@ -34,9 +34,7 @@ CASES = [(e, causal) for e in ENGINES for causal in (True, False)]
 def small_net(engine: str, causal: bool, spec: FeatureSpec = SPEC, seed: int = 0) -> Any:
     fields = config_fields(engine)
     values = {
-        "text_dim": spec.text_dim,
-        "audio_dim": spec.audio_dim,
-        "video_dim": spec.video_dim,
+        **spec.to_dict(),
         "d_model": 32,
         "n_heads": 4,
         "n_layers": 1,
@@ -91,7 +89,7 @@ def test_outputs_and_weights(engine: str, causal: bool) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_text_only_model(engine: str) -> None:
-    spec = FeatureSpec(text_dim=16)
+    spec = FeatureSpec({"text": 16})
     net = small_net(engine, True, spec)
     out = TorchEngine(net=net, labels=LABELS).predict(random_batch(spec, 3, 4, seed=5))
     assert np.isfinite(out.logits).all()

@@ -52,8 +52,8 @@ def test_default_engine_info(engine: Engine) -> None:
     assert engine.info.runtime == "onnxruntime" and engine.info.max_window == 12
     ex = load_extractors("default")
     assert ex.text is not None and ex.audio is not None
-    assert engine.info.features.text_dim == ex.text.dim == 384
-    assert engine.info.features.audio_dim == ex.audio.dim
+    assert engine.info.features.dim("text") == ex.text.dim == 384
+    assert engine.info.features.dim("audio") == ex.audio.dim
 
 
 def test_default_onnx_matches_pytorch(engine: Engine) -> None:

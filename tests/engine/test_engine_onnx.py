@@ -19,7 +19,7 @@ from engines.runtime.torch import TorchEngine  # noqa: E402
 from engines.spec import engine_spec  # noqa: E402
 
 pytestmark = pytest.mark.engine
-SPEC = FeatureSpec(text_dim=16, audio_dim=9)
+SPEC = FeatureSpec({"text": 16, "audio": 9})
 SHAPES = [(1, 1), (2, 3), (5, 12), (17, 7), (3, 30)]
 
 
@@ -36,8 +36,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RelevanceN
     import onnx
 
     torch.manual_seed(0)
-    net = RelevanceNet(RelevanceConfig(text_dim=SPEC.text_dim, audio_dim=SPEC.audio_dim, d_model=32)).eval()
-    net.set_normaliser("audio", torch.randn(SPEC.audio_dim), torch.rand(SPEC.audio_dim) + 0.5)
+    net = RelevanceNet(RelevanceConfig(**SPEC.to_dict(), d_model=32)).eval()
+    net.set_normaliser("audio", torch.randn(SPEC.dim("audio")), torch.rand(SPEC.dim("audio")) + 0.5)
     out = tmp_path_factory.mktemp("artifact")
     export_onnx(net, SPEC, out / artifact.ONNX)
     artifact.write_json(

@@ -107,7 +107,7 @@ def test_feature_pickle_dataset(tmp_path: Path) -> None:
     assert (len(train), len(dev), len(test)) == (14, 2, 4)
     assert not {d.id for d in train} & {d.id for d in dev}
     spec = precomputed_spec(train)
-    assert spec is not None and (spec.text_dim, spec.audio_dim, spec.video_dim) == (10, 4, 3)
+    assert spec is not None and spec.dims() == {"text": 10, "audio": 4, "video": 3}
     d = train[0]
     assert d.features is not None and d.features["text"].shape == (2, 10)
     assert [u.emotion for u in d.utterances] == lab[d.id.removeprefix("iemocap-pickle-")]

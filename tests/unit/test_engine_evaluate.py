@@ -33,7 +33,7 @@ def make_artifact(out: Path, causal: bool, future: int) -> Path:
     from engines.models import build_model
 
     audio = AudioFeatureExtractor()
-    spec = FeatureSpec(text_dim=384, audio_dim=audio.dim)
+    spec = FeatureSpec({"text": 384, "audio": audio.dim})
     torch.manual_seed(1)
     cfg = {"text_dim": 384, "audio_dim": audio.dim, "d_model": 32, "n_heads": 2, "n_layers": 1}
     net = build_model("relevance", {**cfg, "max_window": MAX_WINDOW, "causal": causal, "dropout": 0.0}).eval()

@@ -85,7 +85,7 @@ def test_features_json_without_kind_rebuilds_minilm_and_functionals(tmp_path: Pa
     )
     ex = load_extractors(old)
     assert type(ex.text) is TextEncoder and ex.text.config.model_id == MODEL_ID and ex.text.dim == 384
-    assert type(ex.audio) is AudioFeatureExtractor and ex.audio.dim == ex.spec.audio_dim
+    assert type(ex.audio) is AudioFeatureExtractor and ex.audio.dim == ex.spec.dim("audio")
     # what the factories describe is what load_extractors rebuilds
     text, audio = make_text_encoder("minilm"), make_audio_extractor("functionals")
     spec = {"text_dim": text.dim, "audio_dim": audio.dim, "video_dim": 0}

@@ -270,7 +270,7 @@ def test_agreement_exports_to_onnx(causal: bool, sharpness: float, tmp_path: obj
     from engines.interface import FeatureSpec
     from engines.spec import engine_spec
 
-    spec = FeatureSpec(text_dim=DT, audio_dim=DA, video_dim=0)
+    spec = FeatureSpec({"text": DT, "audio": DA, "video": 0})
     net = make_agree_net(causal=causal, sharpness=sharpness)
     path = tmp_path / "model.onnx"  # type: ignore[operator]
     export_onnx(net, spec, path)

@@ -10,7 +10,7 @@ from engines.interface import FeatureSpec
 from engines.models import make_config
 from engines.train import add_train_args, model_config
 
-SPEC = FeatureSpec(text_dim=384, audio_dim=0)
+SPEC = FeatureSpec({"text": 384, "audio": 0})
 
 
 def _ns(*args: str) -> argparse.Namespace:

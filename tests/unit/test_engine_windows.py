@@ -15,7 +15,7 @@ from engines.windows import (
     pack_windows,
 )
 
-SPEC = FeatureSpec(text_dim=4, audio_dim=3)
+SPEC = FeatureSpec({"text": 4, "audio": 3})
 
 
 def test_local_speakers() -> None:

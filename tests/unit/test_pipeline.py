@@ -20,7 +20,7 @@ def test_windows_are_right_aligned_with_masks_and_window_local_speakers() -> Non
         [item(0, "bob", {"text": 1}), item(1, "ann", {"text": 2, "audio": 3}), item(2, "bob", {"audio": 4})],
         [item(0, "zed", {"text": 5})],
     ]
-    b = build_batch(windows, FeatureSpec(text_dim=2, audio_dim=3, video_dim=0))
+    b = build_batch(windows, FeatureSpec({"text": 2, "audio": 3, "video": 0}))
     assert b.text.shape == (2, 3, 2) and b.audio.shape == (2, 3, 3) and b.video.shape == (2, 3, 0)
     assert b.valid.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert b.target.tolist() == [2, 2]

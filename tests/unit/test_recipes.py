@@ -36,7 +36,7 @@ def test_a_recipe_sets_the_defaults_and_flags_given_win(tmp_path: Path) -> None:
 
 
 def test_the_model_table_is_under_set(tmp_path: Path) -> None:
-    spec = FeatureSpec(text_dim=384, audio_dim=768)
+    spec = FeatureSpec({"text": 384, "audio": 768})
     ns = parse_train_args(["--recipe", "relevance-agreement"])
     values = model_config(ns, spec, 7)
     assert values["agreement"] is True and values["sharpness"] == 2

@@ -244,7 +244,7 @@ def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path,
     from engines.interface import FeatureSpec
     from engines.spec import engine_spec
 
-    spec = FeatureSpec(text_dim=DT, audio_dim=DA, video_dim=0)
+    spec = FeatureSpec({"text": DT, "audio": DA, "video": 0})
     trusted = wrap(small(), *fitted(0.05), text_net=words() if with_words else None)
     export_onnx(trusted, spec, tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])

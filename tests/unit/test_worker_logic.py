@@ -24,7 +24,7 @@ from streams.worker import NOTHING_READ_GRACE_S, RECOVERED_GRACE_S, UNANSWERED_S
 
 
 class FakeEngine:
-    info = EngineInfo(name="fake", version="0", features=FeatureSpec(text_dim=4, audio_dim=3), max_window=4)
+    info = EngineInfo(name="fake", version="0", features=FeatureSpec({"text": 4, "audio": 3}), max_window=4)
 
     def __init__(self) -> None:
         self.batches: list[EngineBatch] = []
@@ -924,7 +924,7 @@ def test_a_revision_model_labels_the_revisions() -> None:
 
     class RevisionEngine(FakeEngine):
         info = EngineInfo(
-            name="fake-revised", version="1", features=FeatureSpec(text_dim=4, audio_dim=3), max_window=4, future=1
+            name="fake-revised", version="1", features=FeatureSpec({"text": 4, "audio": 3}), max_window=4, future=1
         )
 
     async def scenario() -> None:
@@ -993,7 +993,7 @@ def test_revision_model_ref_names_the_revision_model_even_when_artifacts_share_a
 
     class SameNameRevision(FakeEngine):
         info = EngineInfo(
-            name="fake", version="0", features=FeatureSpec(text_dim=4, audio_dim=3), max_window=4, future=2
+            name="fake", version="0", features=FeatureSpec({"text": 4, "audio": 3}), max_window=4, future=2
         )
 
     engine, store = FakeEngine(), FakeStore()
