@@ -45,13 +45,15 @@ def example_batch(spec: EngineSpec, batch: int = 2, window: int = 3, seed: int =
     x = example_inputs(spec, batch, window, seed)
     empty = np.zeros((batch, window, 0), np.float32)
     feats = {m: x.get(m, empty) for m in MODALITIES}
-    return EngineBatch(**feats, present=x["present"], speakers=x["speakers"], valid=x["valid"], target=x["target"])
+    return EngineBatch(feats, x["present"], x["speakers"], x["valid"], x["target"])
 
 
 def _wrapper(net: Any) -> Any:
     """The exported graph: the spec's named inputs in, (logits, probs, sentiment, weights) out."""
     import torch
     from torch import nn
+
+    from engines.models import forward_kwargs
 
     class ExportWrapper(nn.Module):
         def __init__(self, net: Any) -> None:
@@ -60,9 +62,7 @@ def _wrapper(net: Any) -> Any:
 
         def forward(self, *inputs: Any) -> tuple[Any, Any, Any, Any]:
             names = [MODALITIES[m] for m in self.net.active] + ["present", "speakers", "valid", "target"]
-            kw = dict(zip(names, inputs, strict=True))
-            feats = (kw.get("text"), kw.get("audio"), kw.get("video"))
-            out = self.net(*feats, kw["present"], kw["speakers"], kw["valid"], kw["target"])
+            out = self.net(**forward_kwargs(dict(zip(names, inputs, strict=True))))
             logits = out["logits"]
             return logits, torch.softmax(logits, dim=-1), out["sentiment"], out["weights"]
 

@@ -236,7 +236,7 @@ def windows_for(feats: dict[str, np.ndarray], spec: Any) -> Any:
     from engines.windows import UtteranceFeatures, pack_windows
 
     n = len(feats["text"])
-    items = [UtteranceFeatures(f"s{i % 2}", feats["text"][i], feats["audio"][i]) for i in range(n)]
+    items = [UtteranceFeatures(f"s{i % 2}", {m: feats[m][i] for m in ("text", "audio")}) for i in range(n)]
     wins = [[items[(i - k) % n] for k in range(WINDOW - 1, -1, -1)] for i in range(n)]
     return pack_windows(wins, spec)
 

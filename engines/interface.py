@@ -12,6 +12,7 @@ modality that never arrived has zeros in its feature slot and ``present[..., m] 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -19,7 +20,16 @@ import numpy as np
 
 from engines.modalities import MODALITIES, FeatureSpec
 
-__all__ = ["EMOTIONS", "MODALITIES", "Engine", "EngineBatch", "EngineInfo", "EngineOutput", "FeatureSpec"]
+__all__ = [
+    "EMOTIONS",
+    "MODALITIES",
+    "WINDOW_INPUTS",
+    "Engine",
+    "EngineBatch",
+    "EngineInfo",
+    "EngineOutput",
+    "FeatureSpec",
+]
 
 #: MELD's seven emotions, the label set of the shipped models (index order is the logits order).
 EMOTIONS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
@@ -29,19 +39,17 @@ EMOTIONS: tuple[str, ...] = ("neutral", "surprise", "fear", "sadness", "joy", "d
 class EngineBatch:
     """Input of :meth:`Engine.predict`. Shapes in comments; all arrays are numpy."""
 
-    text: np.ndarray  # (B, W, Dt) float32
-    audio: np.ndarray  # (B, W, Da) float32 (Da may be 0)
-    video: np.ndarray  # (B, W, Dv) float32 (Dv may be 0)
-    present: np.ndarray  # (B, W, 3) float32, 1 where that modality of that utterance arrived
+    features: Mapping[str, np.ndarray]  # modality -> (B, W, D) float32, every one of MODALITIES (D may be 0)
+    present: np.ndarray  # (B, W, M) float32, 1 where that modality of that utterance arrived
     speakers: np.ndarray  # (B, W) int64, speaker index within the window (0 = first speaker seen)
     valid: np.ndarray  # (B, W) float32, 1 for real utterances, 0 for padding
     target: np.ndarray  # (B,) int64, index of the utterance to label in each window
 
     def __post_init__(self) -> None:
         b, w = self.valid.shape
-        assert self.text.shape[:2] == (b, w), self.text.shape
-        assert self.audio.shape[:2] == (b, w), self.audio.shape
-        assert self.video.shape[:2] == (b, w), self.video.shape
+        assert tuple(self.features) == MODALITIES, tuple(self.features)
+        for m, a in self.features.items():
+            assert a.ndim == 3 and a.shape[:2] == (b, w), (m, a.shape)
         assert self.present.shape == (b, w, len(MODALITIES)), self.present.shape
         assert self.speakers.shape == (b, w), self.speakers.shape
         assert self.target.shape == (b,), self.target.shape
@@ -49,6 +57,19 @@ class EngineBatch:
     @property
     def size(self) -> int:
         return int(self.valid.shape[0])
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Every array by its graph-input name (:mod:`engines.spec`): the modalities', then
+        ``present``, ``speakers``, ``valid`` and ``target``."""
+        return {**self.features, **{k: getattr(self, k) for k in WINDOW_INPUTS}}
+
+    def map(self, f: Callable[[np.ndarray], np.ndarray]) -> EngineBatch:
+        """The batch with ``f`` applied to every array (each with the windows on its first axis)."""
+        return EngineBatch({m: f(a) for m, a in self.features.items()}, *(f(getattr(self, k)) for k in WINDOW_INPUTS))
+
+
+#: The batch's arrays after the modalities' features, in graph-input order.
+WINDOW_INPUTS: tuple[str, ...] = ("present", "speakers", "valid", "target")
 
 
 @dataclass(frozen=True)

@@ -370,7 +370,7 @@ def _noise_words_alone(kw: dict[str, Any], std: Any, sigma: float, gen: Any) -> 
     clean, so the fused prediction does not learn to discount them."""
     import torch
 
-    text, present = kw.get("text"), kw["present"]  # (B, W, D), (B, W, 3)
+    text, present = kw["features"].get("text"), kw["present"]  # (B, W, D), (B, W, 3)
     if text is None:
         return
     rows = torch.arange(present.shape[0])
@@ -378,7 +378,14 @@ def _noise_words_alone(kw: dict[str, Any], std: Any, sigma: float, gen: Any) -> 
     if not bool(alone.any()):
         return
     noise = torch.randn(text.shape, generator=gen) * std * sigma  # (B, W, D)
-    kw["text"] = torch.where(alone[:, None, None], text + noise, text)
+    kw["features"] = {**kw["features"], "text": torch.where(alone[:, None, None], text + noise, text)}
+
+
+def _to_device(x: Any, device: str) -> Any:
+    """A tensor, None or a mapping of them (the forward's ``features``) on ``device``."""
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return None if x is None else x.to(device)
 
 
 def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -711,7 +718,7 @@ def _train(ns: argparse.Namespace) -> int:
                 _noise_words_alone(kw, text_std, ns.text_noise_alone, gen)
             if audio_labels:
                 kw["audio_label"] = torch.from_numpy(np.asarray(clip_emotion[rows], dtype=np.int64))
-            kw = {k: (v.to(ns.device) if v is not None else None) for k, v in kw.items()}
+            kw = {k: _to_device(v, ns.device) for k, v in kw.items()}
             y = torch.from_numpy(train.labels[rows]).to(ns.device)
             s = torch.from_numpy(train.sentiment[rows]).to(ns.device)
             losses = net.training_loss(kw, y, s)

@@ -60,7 +60,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -227,22 +227,22 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             rest = (rows[0], *(torch.cat([x] * n, 0) for x in rows[1:]))
             if projected is not None:  # each position projected once, not once per copy
                 return self.net(
-                    None,
-                    None,
-                    None,
+                    {},
                     *rest,
                     projected={m: torch.cat([v] * n, 0) for m, v in projected.items()},
                     states=states,
                 )
-            return self.net(*[None if x is None else torch.cat([x] * n, dim=0) for x in feats], *rest)
+            copies = {m: None if x is None else torch.cat([x] * n, dim=0) for m, x in feats.items()}
+            return self.net(copies, *rest)
 
         def forward(
-            self, text: Any, audio: Any, video: Any, present: Any, speakers: Any, valid: Any, target: Any
+            self, features: Mapping[str, Any], present: Any, speakers: Any, valid: Any, target: Any
         ) -> dict[str, Any]:
             b, w = valid.shape
             at = (torch.arange(w, device=valid.device)[None, :] == target[:, None]).to(present.dtype)  # (B, W)
             present_t = (present * at[..., None]).sum(1).clamp(max=1.0)  # (B, 3)
-            feats = (text, audio, video)
+            feats = {m: features.get(m) for m in MODALITIES}
+            text: Any = feats["text"]  # there whenever a words network is (check_text_net)
             mine = torch.tensor(
                 [1.0 if m in self.active else 0.0 for m in range(len(MODALITIES))], device=present.device
             )
@@ -262,13 +262,13 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
             idx = _rows(need)  # (G,)
             g = idx.shape[0]
             at_g, present_g = at.index_select(0, idx), present.index_select(0, idx)
-            feats_g = tuple(None if x is None else x.index_select(0, idx) for x in feats)
+            feats_g = {m: None if x is None else x.index_select(0, idx) for m, x in feats.items()}
             others_g = tuple(x.index_select(0, idx) for x in (speakers, valid, target))
             # every window with all it has at the target; a causal network that can compute the
             # target's row alone keeps each block's keys and values for the copies (see `target_rows`)
             states: list[Any] | None = [] if self.rows_only else None
             if self.text_net is None:  # every window, by the network
-                projected = self.net.project(text, audio, video) if _takes_projected(self.net) else None
+                projected = self.net.project(feats) if _takes_projected(self.net) else None
                 out = self._run(feats, projected, (present, speakers, valid, target), 1, states)
                 logp_full = torch.log_softmax(out["logits"], dim=-1)  # (B, C)
                 sent_full = out["sentiment"]  # (B,)
@@ -281,16 +281,14 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                 # `idx`: row 0 where there are none); a target with one: the network's, on those only
                 idx_w = _rows(silent)
                 words = self.text_net(
-                    text.index_select(0, idx_w),
-                    None,
-                    None,
+                    {"text": text.index_select(0, idx_w)},
                     *(x.index_select(0, idx_w) for x in (present, speakers, valid, target)),
                 )
                 pos_w = _positions(silent, idx_w.shape[0])
                 # every row: the rows with a voice take `final` below instead (`back`)
                 logp_full = torch.log_softmax(words["logits"], dim=-1).index_select(0, pos_w)
                 sent_full = words["sentiment"].index_select(0, pos_w)
-                projected_g = self.net.project(*feats_g) if _takes_projected(self.net) else None
+                projected_g = self.net.project(feats_g) if _takes_projected(self.net) else None
                 out = self._run(feats_g, projected_g, (present_g, *others_g), 1, states)
                 logp_full_g, sent_full_g = torch.log_softmax(out["logits"], dim=-1), out["sentiment"]
             presents = []
@@ -324,9 +322,7 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                 n_rows = [1 if self.words_constant and not kept else g for kept in words_kept]
                 text_g = text.index_select(0, idx)
                 out_w = self.text_net(
-                    torch.cat([text_g[:n] for n in n_rows], 0),
-                    None,
-                    None,
+                    {"text": torch.cat([text_g[:n] for n in n_rows], 0)},
                     torch.cat([p[:n] for p, n in zip(words_p, n_rows, strict=True)], 0),
                     *(torch.cat([x[:n] for n in n_rows], 0) for x in others_g),
                 )
@@ -356,7 +352,9 @@ def wrap(net: Any, tensors: dict[str, np.ndarray], cfg: TrustConfig, text_net: A
                 )
                 agree = (q_t * r).sum(-1)
                 other = (q_t * (r.sum(-1, keepdim=True) - r) / (c - 1)).sum(-1)
-                x = (feats_g[AUDIO] * at_g[..., None]).sum(1) - self.audio_mean  # (G, Da) the target's raw audio
+                x = (cast(Any, feats_g["audio"]) * at_g[..., None]).sum(
+                    1
+                ) - self.audio_mean  # (G, Da) the target's raw audio
                 proj = x @ self.audio_components.T  # (G, k)
                 inside = ((proj * self.audio_scale) ** 2).mean(-1)
                 outside = (x.pow(2).sum(-1) - proj.pow(2).sum(-1)).clamp(min=0.0) / max(1, x.shape[-1] - self.trust.k)

@@ -9,7 +9,7 @@ in order of first appearance (0 = first seen).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,11 @@ class UtteranceFeatures:
     """One utterance as the stream has it: speaker plus whichever feature vectors arrived."""
 
     speaker: str
-    text: np.ndarray | None = None  # (Dt,)
-    audio: np.ndarray | None = None  # (Da,)
-    video: np.ndarray | None = None  # (Dv,)
+    vectors: Mapping[str, np.ndarray | None] = field(default_factory=dict)  # modality -> (D,); absent: missing or None
 
 
 def _attributes(u: UtteranceFeatures) -> Mapping[str, np.ndarray | None]:
-    return {"text": u.text, "audio": u.audio, "video": u.video}
+    return u.vectors
 
 
 def pack_windows(
@@ -47,7 +45,7 @@ def pack_windows(
     """Left-pad windows into an :class:`EngineBatch`; ``targets`` default to each window's last.
 
     An item has a ``speaker`` and ``vectors(item)`` maps a modality to its (D,) vector or None
-    (default: the attributes of :class:`UtteranceFeatures`; the stream passes its context items'
+    (default: the ``vectors`` of :class:`UtteranceFeatures`; the stream passes its context items'
     dicts). An item shared by several windows (consecutive windows of a call share all but one) is
     read and stacked once, then scattered to every slot it fills.
     """
@@ -94,7 +92,7 @@ def pack_windows(
             stacked[np.flatnonzero(has)] = np.concatenate(given).reshape(-1, d)
         arrays[m] = np.take(stacked, slot, axis=0)  # (B, W, D): one gather, padding and absent rows 0
         present[..., k] = has[slot]
-    return EngineBatch(arrays["text"], arrays["audio"], arrays["video"], present, speakers, valid, target)
+    return EngineBatch(arrays, present, speakers, valid, target)
 
 
 @dataclass(frozen=True)
@@ -164,9 +162,7 @@ def gather_batch(
         else:
             arrays[m] = np.zeros((b, w, dims[m]), dtype=np.float32)
     return EngineBatch(
-        arrays["text"].astype(np.float32, copy=False),
-        arrays["audio"].astype(np.float32, copy=False),
-        arrays["video"].astype(np.float32, copy=False),
+        {m: a.astype(np.float32, copy=False) for m, a in arrays.items()},
         present,
         win.speakers[rows][:, first:].copy(),
         valid,
@@ -181,11 +177,9 @@ def keep_modalities(batch: EngineBatch, keep: Sequence[str]) -> EngineBatch:
     present = batch.present.copy()
     arrays = {}
     for k, m in enumerate(MODALITIES):
-        arr = getattr(batch, m)
+        arr = batch.features[m]
         if m not in keep:
             present[..., k] = 0.0
             arr = np.zeros_like(arr)
         arrays[m] = arr
-    return EngineBatch(
-        arrays["text"], arrays["audio"], arrays["video"], present, batch.speakers, batch.valid, batch.target
-    )
+    return EngineBatch(arrays, present, batch.speakers, batch.valid, batch.target)

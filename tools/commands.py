@@ -69,11 +69,12 @@ def cmd_feed(ns: Any) -> int:
 def _feed_options_problem(ns: Any) -> str | None:
     """What is wrong with `emostream feed`'s options before anything is read or sent (None: nothing)."""
     from engines.features.codecs import G711_RATE, RATES
+    from engines.modalities import MODALITIES
     from streams.schemas import ID_CHARS
 
-    unknown = {m.strip() for m in ns.modalities.split(",")} - {"text", "audio", "video"}
+    unknown = {m.strip() for m in ns.modalities.split(",")} - set(MODALITIES)
     if unknown:
-        return f"--modalities {ns.modalities}: {', '.join(sorted(unknown))} is no modality (text, audio, video)"
+        return f"--modalities {ns.modalities}: {', '.join(sorted(unknown))} is no modality ({', '.join(MODALITIES)})"
     if ns.audio_rate is not None:
         if not ns.audio_encoding:
             return "--audio-rate sets the rate of --audio-encoding pcm_s16le, flac or wav: name the encoding too"

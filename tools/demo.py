@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from engines.modalities import MODALITIES
 from streams.settings import REPO_ROOT, TOPIC_KEYS, Settings, load_settings
 
 DEMO_CALLS = REPO_ROOT / "demo" / "calls.jsonl"
@@ -277,7 +278,7 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         if not utts:
             continue
         vectors = extractors.text.encode([str(u.text) for u in utts])
-        items = [UtteranceFeatures(u.speaker, text=v) for u, v in zip(utts, vectors, strict=True)]
+        items = [UtteranceFeatures(u.speaker, {"text": v}) for u, v in zip(utts, vectors, strict=True)]
         width = engine.info.max_window
         windows = [items[max(0, i + 1 - width) : i + 1] for i in range(len(items))]
         out = engine.predict(pack_windows(windows, engine.info.features))
@@ -376,7 +377,7 @@ class Summary:
         if evs:
             lat = sorted(e.timings.end_to_end_s for e in evs)
             acc, scored = self._agreement(evs)
-            mean = {m: sum(e.weights[m] for e in evs) / len(evs) for m in ("text", "audio", "video")}
+            mean = {m: sum(e.weights[m] for e in evs) / len(evs) for m in MODALITIES}
             lines += [
                 f"  end-to-end latency (provisional): p50 {lat[len(lat) // 2] * 1000:.0f} ms, p95 "
                 f"{_pct(lat, 0.95) * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms",

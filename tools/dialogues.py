@@ -38,20 +38,21 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engines.datasets.ravdess import EMOTION_MAP
 from engines.features.text import normalise_text
+from engines.modalities import MODALITIES
 from streams.errors import ConfigError
 from streams.schemas import Id, Modality
 
 AudioEncoding = Literal["flac", "pcm_s16le"]  # what audio files are converted to
 InlineEncoding = Literal["flac", "wav", "pcm_s16le", "pcm_mulaw", "pcm_alaw"]  # what audio_b64 may carry
 SAMPLE_RATE = 16000
-_MODALITIES: tuple[Modality, ...] = ("text", "audio", "video")
+_MODALITIES = cast(tuple[Modality, ...], MODALITIES)
 EMOTIONS = ("neutral", "joy", "anger", "fear", "sadness", "surprise", "disgust")
 #: RAVDESS emotion -> MELD/emostream emotion.
 RAVDESS_TO_EMOTION = EMOTION_MAP  # the engines' mapping of RAVDESS' acted emotions to ours: one for the project

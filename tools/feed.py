@@ -23,12 +23,12 @@ from typing import Any, Literal
 
 from client.publisher import Publisher, input_topic
 from engines.features.codecs import transcode
+from engines.modalities import MODALITIES
 from streams.schemas import AudioPart, Part, TextPart, VideoPart, encode_f32
 from streams.settings import Settings, TopicSettings
 from tools.dialogues import Dialogue, Utterance
 
 log = logging.getLogger(__name__)
-MODALITIES = ("text", "audio", "video")
 
 
 @dataclass

@@ -10,8 +10,10 @@ Every model module (``engines/models/<module>.py``) provides the same two names:
   with defaults.
 - ``Net(cfg)``: an ``nn.Module`` with attributes ``cfg`` and ``active``, and methods
 
-  - ``forward(text, audio, video, present, speakers, valid, target) -> dict`` following
-    :class:`engines.interface.EngineBatch` (a modality of size 0 comes as ``None``), with at
+  - ``forward(features, present, speakers, valid, target) -> dict`` following
+    :class:`engines.interface.EngineBatch` (``features``: modality name -> (B, W, D) tensor, a
+    modality of size 0 absent or ``None``; :func:`forward_kwargs` makes these keywords from tensors
+    named as the graph's inputs), with at
     least ``logits`` (B, C), ``sentiment`` (B,) in [-1, 1] and ``weights`` (B, 3) (per-modality
     weights, 0 for modalities absent at the target, summing to 1 over the present ones);
   - ``training_loss(inputs, labels, sentiment) -> dict`` of loss terms with their weighted sum
@@ -34,10 +36,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
 from engines.errors import ArtifactError
+from engines.modalities import MODALITIES
 
 #: engine name (command line, config.json) -> model module
 ENGINES: dict[str, str] = {
@@ -46,6 +50,14 @@ ENGINES: dict[str, str] = {
     "unimse": "engines.models.unimse",
     "foal-net": "engines.models.foalnet",
 }
+
+
+def forward_kwargs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``Net``'s forward keywords from tensors named as the exported graph's inputs (each
+    modality's features by its name, then ``present``, ``speakers``, ``valid``, ``target``; other
+    keys, a training view's labels say, pass through): the modalities gathered into ``features``."""
+    features = {m: inputs.get(m) for m in MODALITIES}
+    return {"features": features, **{k: v for k, v in inputs.items() if k not in MODALITIES}}
 
 
 def model_module(engine: str) -> ModuleType:

@@ -7,6 +7,7 @@ control flow, so graphs export to ONNX with dynamic batch (B) and window (W) axe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
@@ -138,13 +139,13 @@ class WindowEmbedder:
         """Train-set statistics of a modality's features, kept as its projector's buffers."""
         set_normaliser(self.proj, modality, mean, std)
 
-    def project(self, text: Tensor | None, audio: Tensor | None, video: Tensor | None) -> dict[int, Tensor]:
-        """Each active modality's features, normalised and projected: modality index -> (B, W, d).
-        Per position (presence is the caller's to apply), so windows or copies of them can share it."""
-        feats = (text, audio, video)
+    def project(self, features: Mapping[str, Tensor | None]) -> dict[int, Tensor]:
+        """Each active modality's features (modality name -> (B, W, D), None for one the network
+        does not read), normalised and projected: modality index -> (B, W, d). Per position
+        (presence is the caller's to apply), so windows or copies of them can share it."""
         out: dict[int, Tensor] = {}
         for m in self.active:
-            x = feats[m]
+            x = features.get(MODALITIES[m])
             assert x is not None, MODALITIES[m]
             out[m] = self.proj[MODALITIES[m]](x)
         return out

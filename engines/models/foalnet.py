@@ -57,6 +57,7 @@ mining lives in ``training_loss`` and is never exported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +106,7 @@ class FoalNetConfig(ModelConfig):
 
 
 class FoalNet(WindowEmbedder, nn.Module):
-    """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
+    """``forward(features, present, speakers, valid, target) -> dict of tensors``.
 
     Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights`` (B, 3); for the losses
     ``weights_active`` (B, M), ``aux_logits`` (B, M, C), ``aligned`` (B, M, P) and ``present_t``
@@ -143,9 +144,7 @@ class FoalNet(WindowEmbedder, nn.Module):
 
     def forward(
         self,
-        text: Tensor | None,
-        audio: Tensor | None,
-        video: Tensor | None,
+        features: Mapping[str, Tensor | None],
         present: Tensor,
         speakers: Tensor,
         valid: Tensor,
@@ -158,7 +157,7 @@ class FoalNet(WindowEmbedder, nn.Module):
         ctx = WindowContext(valid, speakers, target, cfg.causal)
         pos_e = self.place(speakers, ctx.same_t, ctx.rel)  # (B, W, d)
 
-        z = self.project(text, audio, video)
+        z = self.project(features)
         hs, pms = [], []
         for j, m in enumerate(self.active):
             assert z[m].shape[:2] == (b, w), (MODALITIES[m], z[m].shape)

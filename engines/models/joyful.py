@@ -56,6 +56,7 @@ Adapted from the paper, and why:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +160,7 @@ class RelationalGraph(nn.Module):
 
 
 class JoyfulNet(WindowEmbedder, nn.Module):
-    """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
+    """``forward(features, present, speakers, valid, target) -> dict of tensors``.
 
     Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights`` (B, 3); ``training_loss`` uses
     :meth:`encode` and :meth:`head` directly to run the graph on augmented views.
@@ -194,9 +195,7 @@ class JoyfulNet(WindowEmbedder, nn.Module):
 
     def encode(
         self,
-        text: Tensor | None,
-        audio: Tensor | None,
-        video: Tensor | None,
+        features: Mapping[str, Tensor | None],
         present: Tensor,
         speakers: Tensor,
         valid: Tensor,
@@ -207,7 +206,7 @@ class JoyfulNet(WindowEmbedder, nn.Module):
         b, w = valid.shape
         assert present.shape == (b, w, len(MODALITIES)), present.shape
         ctx = WindowContext(valid, speakers, target, cfg.causal)
-        z = self.project(text, audio, video)
+        z = self.project(features)
         zs, pms = [], []
         for m in self.active:
             assert z[m].shape[:2] == (b, w), (MODALITIES[m], z[m].shape)
@@ -259,15 +258,13 @@ class JoyfulNet(WindowEmbedder, nn.Module):
 
     def forward(
         self,
-        text: Tensor | None,
-        audio: Tensor | None,
-        video: Tensor | None,
+        features: Mapping[str, Tensor | None],
         present: Tensor,
         speakers: Tensor,
         valid: Tensor,
         target: Tensor,
     ) -> dict[str, Tensor]:
-        enc = self.encode(text, audio, video, present, speakers, valid, target)
+        enc = self.encode(features, present, speakers, valid, target)
         out = self.head(enc, enc["node"], enc["adj"])
         out["weights"] = expand_weights(enc["gate_t"], self.active)  # (B, 3)
         return out

@@ -31,6 +31,7 @@ Only dense ops (matmul, masks, one-hot selection): no scatter, dynamic batch and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,7 @@ class Block(nn.Module):
 
 
 class RelevanceNet(WindowEmbedder, nn.Module):
-    """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
+    """``forward(features, present, speakers, valid, target) -> dict of tensors``.
 
     Inputs follow :class:`engines.interface.EngineBatch` (inputs of modalities with size 0 are
     ignored and may be ``None``). Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights``
@@ -150,9 +151,7 @@ class RelevanceNet(WindowEmbedder, nn.Module):
 
     def forward(
         self,
-        text: Tensor | None,
-        audio: Tensor | None,
-        video: Tensor | None,
+        features: Mapping[str, Tensor | None],
         present: Tensor,
         speakers: Tensor,
         valid: Tensor,
@@ -175,7 +174,7 @@ class RelevanceNet(WindowEmbedder, nn.Module):
             allowed_base = allowed_base * (pos[:, :, None] >= pos[:, None, :]).float()
         eye = (pos[:, :, None] == pos[:, None, :]).float()  # (B, W, W)
 
-        z = self.project(text, audio, video)
+        z = self.project(features)
         hs, biases = [], []
         for j, m in enumerate(self.active):
             assert z[m].shape[:2] == (b, w), (MODALITIES[m], z[m].shape)

@@ -59,6 +59,7 @@ dynamic batch and window axes export to ONNX.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -137,7 +138,7 @@ class GatedAdapter(nn.Module):
 
 
 class UniMSENet(WindowEmbedder, nn.Module):
-    """``forward(text, audio, video, present, speakers, valid, target) -> dict of tensors``.
+    """``forward(features, present, speakers, valid, target) -> dict of tensors``.
 
     Outputs: ``logits`` (B, C), ``sentiment`` (B,), ``weights`` (B, 3), and for the losses
     ``text_repr`` (B, d), ``side_repr`` (B, S, d) and ``present_t`` (B, 3) (S: the model's
@@ -175,9 +176,7 @@ class UniMSENet(WindowEmbedder, nn.Module):
 
     def forward(
         self,
-        text: Tensor | None,
-        audio: Tensor | None,
-        video: Tensor | None,
+        features: Mapping[str, Tensor | None],
         present: Tensor,
         speakers: Tensor,
         valid: Tensor,
@@ -190,7 +189,7 @@ class UniMSENet(WindowEmbedder, nn.Module):
         not read). ``states``: a list that gets each block's keys and values (B, H, W, dh), for :meth:`target_rows`."""
         cfg = self.cfg
         b, w = valid.shape
-        z = self.project(text, audio, video) if projected is None else projected
+        z = self.project(features) if projected is None else projected
         assert present.shape == (b, w, len(MODALITIES)), present.shape
         ctx = WindowContext(valid, speakers, target, cfg.causal)
         pres = present.float() * ctx.valid[..., None]  # (B, W, 3)

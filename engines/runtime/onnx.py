@@ -47,8 +47,9 @@ class OnnxEngine:
         """The graph inputs for ``batch`` (dtypes and feature sizes checked against the spec)."""
         dims = self.info.features.dims()
         feeds: dict[str, np.ndarray] = {}
+        arrays = batch.inputs()
         for t in self.spec.inputs:
-            arr = np.ascontiguousarray(getattr(batch, t.name), dtype=t.dtype)
+            arr = np.ascontiguousarray(arrays[t.name], dtype=t.dtype)
             if t.name in MODALITIES and arr.shape[2] != dims[t.name]:
                 raise ValueError(f"{t.name} features have size {arr.shape[2]}, engine expects {dims[t.name]}")
             feeds[t.name] = arr

@@ -198,8 +198,9 @@ class TensorRTEngine:
             parts = [self.predict(_slice(batch, i, i + self.max_batch)) for i in range(0, batch.size, self.max_batch)]
             return EngineOutput(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(EngineOutput)))
         keep: list[Any] = []
+        arrays = batch.inputs()
         for name in self.spec.input_names:
-            t = torch.from_numpy(np.ascontiguousarray(getattr(batch, name))).to(self.device, self._dtypes[name])
+            t = torch.from_numpy(np.ascontiguousarray(arrays[name])).to(self.device, self._dtypes[name])
             keep.append(t)
             if not self.context.set_input_shape(name, tuple(t.shape)):
                 raise ValueError(
@@ -220,4 +221,4 @@ class TensorRTEngine:
 
 
 def _slice(batch: EngineBatch, a: int, b: int) -> EngineBatch:
-    return EngineBatch(*(getattr(batch, f.name)[a:b] for f in fields(EngineBatch)))
+    return batch.map(lambda x: x[a:b])

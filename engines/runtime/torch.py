@@ -4,7 +4,6 @@ power-of-two sizes so the GPU sees a few shapes: see :mod:`engines.runtime.selec
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,13 @@ def torch_inputs(batch: EngineBatch, dims: dict[str, int], device: str = "cpu") 
     def i64(a: np.ndarray) -> Any:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
 
-    kw: dict[str, Any] = {m: (f32(getattr(batch, m)) if dims[m] > 0 else None) for m in MODALITIES}
-    kw.update(
-        present=f32(batch.present), speakers=i64(batch.speakers), valid=f32(batch.valid), target=i64(batch.target)
-    )
-    return kw
+    return {
+        "features": {m: (f32(a) if dims[m] > 0 else None) for m, a in batch.features.items()},
+        "present": f32(batch.present),
+        "speakers": i64(batch.speakers),
+        "valid": f32(batch.valid),
+        "target": i64(batch.target),
+    }
 
 
 def bucket(n: int, largest: int = 1024) -> int:
@@ -50,7 +51,7 @@ def pad_batch(batch: EngineBatch, size: int) -> EngineBatch:
     def pad(a: np.ndarray) -> np.ndarray:
         return np.concatenate([a, np.repeat(a[-1:], extra, axis=0)], axis=0)
 
-    return EngineBatch(*(pad(getattr(batch, f.name)) for f in fields(EngineBatch)))
+    return batch.map(pad)
 
 
 class TorchEngine:

@@ -59,9 +59,7 @@ def random_batch(spec: FeatureSpec, b: int, w: int, seed: int) -> EngineBatch:
     present[np.arange(b), target, 0] = 1.0  # text at every target, other modalities random
     zeros = np.zeros((b, w, 0), np.float32)
     return EngineBatch(
-        text=x.get("text", zeros),
-        audio=x.get("audio", zeros),
-        video=x.get("video", zeros),
+        features={m: x.get(m, zeros) for m in MODALITIES},
         present=present * x["valid"][..., None],
         speakers=x["speakers"],
         valid=x["valid"],
@@ -103,18 +101,15 @@ def test_future_utterances(engine: str, causal: bool) -> None:
     b, w = 4, 6
     batch = random_batch(SPEC, b, w, seed=7)
     batch = EngineBatch(
-        batch.text, batch.audio, batch.video, batch.present, batch.speakers,
-        np.ones((b, w), np.float32), np.full((b,), 2, np.int64),
-    )  # fmt: skip
+        batch.features, batch.present, batch.speakers, np.ones((b, w), np.float32), np.full((b,), 2, np.int64)
+    )
     rng = np.random.default_rng(0)
-    changed = {m: getattr(batch, m).copy() for m in MODALITIES}
+    changed = {m: a.copy() for m, a in batch.features.items()}
     for m in MODALITIES:
         changed[m][:, 3:] = rng.standard_normal(changed[m][:, 3:].shape)
     speakers = batch.speakers.copy()
     speakers[:, 3:] = (speakers[:, 3:] + 1) % 3
-    other = EngineBatch(
-        changed["text"], changed["audio"], changed["video"], batch.present, speakers, batch.valid, batch.target
-    )
+    other = EngineBatch(changed, batch.present, speakers, batch.valid, batch.target)
     ref = TorchEngine(net=net, labels=LABELS)
     a, c = ref.predict(batch), ref.predict(other)
     if causal:

@@ -112,7 +112,7 @@ def test_raw_input_to_prediction(engine: Engine, shared_data: Path) -> None:
     texts = ["I can't believe you did that!", "What do you mean?"]
     t = ex.text.encode(texts)
     a = ex.audio.extract([wave])
-    window = [UtteranceFeatures("ross", text=t[0]), UtteranceFeatures("rachel", text=t[1], audio=a[0])]
+    window = [UtteranceFeatures("ross", {"text": t[0]}), UtteranceFeatures("rachel", {"text": t[1], "audio": a[0]})]
     out = engine.predict(pack_windows([window, window[:1]], engine.info.features))
     np.testing.assert_allclose(out.probs.sum(1), 1.0, atol=1e-5)
     assert out.weights[0, 0] > 0 and out.weights[0, 1] > 0 and out.weights[0, 2] == 0
@@ -304,7 +304,7 @@ def test_the_demo_voices_do_not_pull_the_labels_below_the_text(engine: Engine) -
         a = ex.audio.extract([decode_audio(u.audio, "flac", 16_000) for u in utts])
         for name in agree:
             items = [
-                UtteranceFeatures(u.speaker, text=t[i], audio=a[i] if name == "text+audio" else None)
+                UtteranceFeatures(u.speaker, {"text": t[i], "audio": a[i] if name == "text+audio" else None})
                 for i, u in enumerate(utts)
             ]
             w = engine.info.max_window

@@ -76,7 +76,8 @@ def test_graph_io_follows_spec(exported: tuple[Path, RelevanceNet]) -> None:
     assert shapes["text"] == ["batch", "window", 16] and shapes["target"] == ["batch"]
     with pytest.raises(ValueError, match="audio features have size 5"):
         b = random_batch(SPEC, 2, 3, 0)
-        engine.predict(EngineBatch(b.text, b.audio[..., :5], b.video, b.present, b.speakers, b.valid, b.target))
+        cut = {**b.features, "audio": b.features["audio"][..., :5]}
+        engine.predict(EngineBatch(cut, b.present, b.speakers, b.valid, b.target))
 
 
 def test_the_process_thread_setting_reaches_the_session(exported: tuple[Path, RelevanceNet]) -> None:

@@ -73,7 +73,7 @@ def real_windows(text: np.ndarray, audio: np.ndarray) -> EngineBatch:
     """Every prefix of one conversation of real utterances (text i with clip i) as a window."""
     from engines.windows import UtteranceFeatures, pack_windows
 
-    utts = [UtteranceFeatures(f"s{i % 2}", text[i], audio[i]) for i in range(len(audio))]
+    utts = [UtteranceFeatures(f"s{i % 2}", {"text": text[i], "audio": audio[i]}) for i in range(len(audio))]
     return pack_windows([utts[: i + 1] for i in range(len(utts))], load_engine("default").info.features)
 
 
@@ -116,7 +116,9 @@ def test_batches_pad_to_power_of_two_buckets(n: int, want: int) -> None:
 def test_padding_a_batch_to_its_bucket_changes_no_output() -> None:
     b = windows(5)
     padded = pad_batch(b, 8)
-    assert padded.size == 8 and np.array_equal(padded.text[5:], np.repeat(b.text[-1:], 3, axis=0))
+    assert padded.size == 8 and np.array_equal(
+        padded.features["text"][5:], np.repeat(b.features["text"][-1:], 3, axis=0)
+    )
     plain = TorchEngine("default").predict(b)
     bucketed = TorchEngine("default", buckets=True).predict(b)
     assert bucketed.probs.shape == (5, 7)

@@ -350,16 +350,16 @@ def test_words_alone_noise_touches_only_windows_whose_target_has_no_voice() -> N
     present[100:200, :, 1] = 0.0  # 100 windows without audio at all
     text = torch.randn(b, w, d)
     std = torch.linspace(0.5, 4.0, d)  # each dimension's training spread
-    kw = {"present": present, "target": torch.full((b,), w - 1), "text": text.clone()}
+    kw = {"present": present, "target": torch.full((b,), w - 1), "features": {"text": text.clone()}}
     _noise_words_alone(kw, std, 0.5, torch.Generator().manual_seed(0))
-    moved = kw["text"] - text
+    moved = kw["features"]["text"] - text
     assert torch.equal(moved[200:], torch.zeros_like(moved[200:]))  # the voice is there: words untouched
     assert (moved[:200].abs() > 0).all()  # every vector of a window whose target is words alone
     spread = moved[:200].reshape(-1, d).std(0) / std  # in units of each dimension's spread
     assert torch.allclose(spread, torch.full((d,), 0.5), atol=0.05), spread
-    kw0 = {"present": torch.ones(2, w, 3), "target": torch.zeros(2, dtype=torch.long), "text": None}
+    kw0 = {"present": torch.ones(2, w, 3), "target": torch.zeros(2, dtype=torch.long), "features": {"text": None}}
     _noise_words_alone(kw0, std, 0.5, torch.Generator().manual_seed(0))  # no text: nothing to do
-    assert kw0["text"] is None
+    assert kw0["features"]["text"] is None
 
 
 def test_independent_experts_is_bayes_combination() -> None:

@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from engines.models import forward_kwargs  # noqa: E402
 from engines.models.losses import LossWeights, total_loss  # noqa: E402
 from engines.models.relevance import RelevanceConfig, RelevanceNet  # noqa: E402
 from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
@@ -18,7 +19,7 @@ def make_net(seed: int = 0, causal: bool = True) -> RelevanceNet:
 
 
 def test_output_shapes_and_weights_sum_to_one() -> None:
-    out = make_net()(**make_inputs())
+    out = make_net()(**forward_kwargs(make_inputs()))
     assert out["logits"].shape == (4, 7)
     assert out["sentiment"].shape == (4,)
     assert out["weights"].shape == (4, 3)
@@ -31,7 +32,7 @@ def test_missing_modality_at_target_gets_zero_weight() -> None:
     x = make_inputs()
     x["present"][0, -1, 1] = 0.0  # window 0: no audio for the target
     x["present"][1, -1, 0] = 0.0  # window 1: no text for the target
-    w = make_net()(**x)["weights"].detach()
+    w = make_net()(**forward_kwargs(x))["weights"].detach()
     assert w[0, 1] == 0.0 and w[0, 0] == pytest.approx(1.0)
     assert w[1, 0] == 0.0 and w[1, 1] == pytest.approx(1.0)
     assert torch.all(w[2:, :2] > 0.0)
@@ -41,15 +42,15 @@ def test_absent_features_are_ignored() -> None:
     net = make_net()
     x = make_inputs()
     x["present"][:, :, 1] = 0.0
-    base = net(**x)
+    base = net(**forward_kwargs(x))
     x["audio"] = torch.randn_like(x["audio"]) * 100  # garbage in an absent slot changes nothing
-    torch.testing.assert_close(net(**x)["logits"], base["logits"])
+    torch.testing.assert_close(net(**forward_kwargs(x))["logits"], base["logits"])
 
 
 def test_no_modality_present_gives_finite_output() -> None:
     x = make_inputs()
     x["present"][0, -1, :] = 0.0
-    out = make_net()(**x)
+    out = make_net()(**forward_kwargs(x))
     assert torch.isfinite(out["logits"]).all()
     assert torch.all(out["weights"][0] == 0.0)
 
@@ -58,12 +59,12 @@ def test_causal_future_utterance_does_not_change_target() -> None:
     net = make_net()
     x = make_inputs(w=7)
     x["target"] = torch.tensor([3, 4, 6, 0])
-    base = net(**x)["logits"]
+    base = net(**forward_kwargs(x))["logits"]
     y = {k: (v.clone() if v is not None else None) for k, v in x.items()}
     y["text"][:, 5:] = torch.randn(4, 2, DT) * 3
     y["audio"][:, 5:] = torch.randn(4, 2, DA) * 3
     y["speakers"][:, 5:] = 2
-    after = net(**y)["logits"]
+    after = net(**forward_kwargs(y))["logits"]
     torch.testing.assert_close(after[[0, 1, 3]], base[[0, 1, 3]])  # targets before position 5
     assert not torch.allclose(after[2], base[2])  # target 6 sees positions 5 and 6
 
@@ -72,41 +73,41 @@ def test_non_causal_model_uses_future_context() -> None:
     net = make_net(causal=False)
     x = make_inputs(w=7)
     x["target"] = torch.tensor([3, 3, 3, 3])
-    base = net(**x)["logits"]
+    base = net(**forward_kwargs(x))["logits"]
     x["text"][:, 6] = torch.randn(4, DT) * 3
-    assert not torch.allclose(net(**x)["logits"], base)
+    assert not torch.allclose(net(**forward_kwargs(x))["logits"], base)
 
 
 def test_padding_is_ignored() -> None:
     net = make_net()
     x = make_inputs(w=6)
     x["valid"][:2, :3] = 0.0  # left padding in the first two windows
-    base = net(**x)["logits"]
+    base = net(**forward_kwargs(x))["logits"]
     x["text"][:2, :3] = 50.0
     x["audio"][:2, :3] = -50.0
     x["speakers"][:2, :3] = 7
-    torch.testing.assert_close(net(**x)["logits"], base)
+    torch.testing.assert_close(net(**forward_kwargs(x))["logits"], base)
 
 
 def test_shorter_window_equals_padded_window() -> None:
     net = make_net()
     x = make_inputs(b=1, w=4)
-    short = net(**x)["logits"]
+    short = net(**forward_kwargs(x))["logits"]
     pad = {k: v for k, v in x.items()}
     for k in ("text", "audio", "present", "speakers", "valid"):
         v = x[k]
         pad[k] = torch.cat([torch.zeros_like(v[:, :2]), v], dim=1)
     pad["target"] = x["target"] + 2
-    torch.testing.assert_close(net(**pad)["logits"], short, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(net(**forward_kwargs(pad))["logits"], short, atol=1e-5, rtol=1e-5)
 
 
 def test_speaker_identity_matters() -> None:
     net = make_net()
     x = make_inputs()
     x["speakers"][:] = torch.tensor([0, 1, 0, 1, 0, 1])
-    a = net(**x)["logits"]
+    a = net(**forward_kwargs(x))["logits"]
     x["speakers"][:] = torch.tensor([0, 1, 2, 3, 4, 5])
-    assert not torch.allclose(net(**x)["logits"], a)
+    assert not torch.allclose(net(**forward_kwargs(x))["logits"], a)
 
 
 def test_losses_are_finite_and_backpropagate() -> None:
@@ -115,7 +116,7 @@ def test_losses_are_finite_and_backpropagate() -> None:
     x["present"][0, -1, 1] = 0.0
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
     s = torch.tensor([0.0, 1.0, -1.0, -1.0, 1.0, -1.0, -1.0, 0.0])
-    losses = total_loss(net(**x), y, s, LossWeights())
+    losses = total_loss(net(**forward_kwargs(x)), y, s, LossWeights())
     for name, v in losses.items():
         assert torch.isfinite(v), name
     assert losses["contrastive"] > 0 and losses["relevance"] >= 0
@@ -129,7 +130,7 @@ def test_text_only_model() -> None:
     net = RelevanceNet(RelevanceConfig(text_dim=DT, audio_dim=0, d_model=32)).eval()
     x = make_inputs()
     x["audio"] = None
-    out = net(**x)
+    out = net(**forward_kwargs(x))
     assert torch.all(out["weights"][:, 0] == 1.0) and torch.all(out["weights"][:, 1:] == 0.0)
 
 
@@ -140,7 +141,7 @@ def test_three_modalities() -> None:
     x["video"] = torch.randn(4, 6, 5)
     x["present"][..., 2] = 1.0
     x["present"][0, -1, 0] = 0.0
-    w = net(**x)["weights"].detach()
+    w = net(**forward_kwargs(x))["weights"].detach()
     torch.testing.assert_close(w.sum(1), torch.ones(4))
     assert w[0, 0] == 0.0 and torch.all(w[1:] > 0.0)
 
@@ -200,7 +201,7 @@ def test_agreement_weights_keep_the_contract() -> None:
     x = make_inputs(w=7)
     x["target"] = torch.tensor([3, 4, 6, 6])
     x["present"][3, 6, 1] = 0.0  # window 3: no audio at the target
-    out = net(**x)
+    out = net(**forward_kwargs(x))
     w = out["weights"].detach()
     torch.testing.assert_close(w.sum(1), torch.ones(4))
     assert w[3, 1] == 0.0 and w[3, 0] == pytest.approx(1.0)
@@ -208,7 +209,7 @@ def test_agreement_weights_keep_the_contract() -> None:
     y = {k: (v.clone() if v is not None else None) for k, v in x.items()}
     y["text"][:, 5:] = torch.randn(4, 2, DT) * 3
     y["audio"][:, 5:] = torch.randn(4, 2, DA) * 3
-    after = net(**y)
+    after = net(**forward_kwargs(y))
     torch.testing.assert_close(after["weights"][:2], out["weights"][:2])  # causal: targets 3, 4 blind to 5, 6
     torch.testing.assert_close(after["logits"][:2], out["logits"][:2])
 
@@ -218,11 +219,11 @@ def test_audio_weight_depends_on_what_the_text_head_predicts() -> None:
     weights never read the heads' predictions."""
     x = make_inputs()
     for net, moves in ((make_agree_net(), True), (make_net(), False)):
-        before = net(**x)["weights"].detach()
+        before = net(**forward_kwargs(x))["weights"].detach()
         with torch.no_grad():
             net.aux_heads[0].weight.mul_(-3.0)  # the text head now predicts something else
             net.aux_heads[0].bias.add_(torch.linspace(-2.0, 2.0, 7))
-        after = net(**x)["weights"].detach()
+        after = net(**forward_kwargs(x))["weights"].detach()
         assert (not torch.allclose(after, before)) == moves
 
 
@@ -230,13 +231,13 @@ def test_agreement_trains_the_scorer_not_the_heads() -> None:
     net = make_agree_net().train()
     x = make_inputs(b=8)
     y = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
-    losses = total_loss(net(**x), y, torch.zeros(8), LossWeights())
+    losses = total_loss(net(**forward_kwargs(x)), y, torch.zeros(8), LossWeights())
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert net.agree is not None and net.agree[0].weight.grad is not None
     assert float(net.agree[0].weight.grad.abs().sum()) > 0
     net.zero_grad()
-    net(**x)["weights_active"][:, 1].sum().backward()  # the weights alone: no gradient into the heads
+    net(**forward_kwargs(x))["weights_active"][:, 1].sum().backward()  # the weights alone: no gradient into the heads
     grad = net.aux_heads[0].weight.grad
     assert grad is None or float(grad.abs().sum()) == 0.0
 
@@ -244,7 +245,7 @@ def test_agreement_trains_the_scorer_not_the_heads() -> None:
 def test_sharpness_commits_harder_and_the_loss_fits_the_estimate() -> None:
     x = make_inputs(b=8)
     x["present"][0, -1, 1] = 0.0  # window 0: no audio at the target
-    soft, sharp = make_agree_net()(**x), make_agree_net(sharpness=3.0)(**x)
+    soft, sharp = make_agree_net()(**forward_kwargs(x)), make_agree_net(sharpness=3.0)(**forward_kwargs(x))
     torch.testing.assert_close(sharp["relevance_active"], soft["weights_active"])  # same scorer, same estimate
     torch.testing.assert_close(sharp["weights"].sum(1), torch.ones(8))
     assert sharp["weights"][0, 1] == 0.0
@@ -282,7 +283,7 @@ def test_agreement_exports_to_onnx(causal: bool, sharpness: float, tmp_path: obj
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: feed[k] for k in names}), strict=True))
         kw = {k: torch.from_numpy(np.asarray(feed[k])) for k in names}
         with torch.no_grad():
-            ref = net(**{"text": None, "audio": None, "video": None, **kw})
+            ref = net(**forward_kwargs(kw))
         np.testing.assert_allclose(got["weights"], ref["weights"].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-4, rtol=0)
 
@@ -296,13 +297,13 @@ def test_audio_label_trains_the_audio_head_on_what_the_clip_shows() -> None:
     net.apply(lambda m: setattr(m, "p", 0.0) if isinstance(m, torch.nn.Dropout) else None)
     x = make_inputs()
     y = torch.tensor([0, 1, 2, 3])
-    plain = net.training_loss(x, y, torch.zeros(4))
-    same = net.training_loss({**x, "audio_label": y.clone()}, y, torch.zeros(4))
+    plain = net.training_loss(forward_kwargs(x), y, torch.zeros(4))
+    same = net.training_loss(forward_kwargs({**x, "audio_label": y.clone()}), y, torch.zeros(4))
     torch.testing.assert_close(same["loss"], plain["loss"])
     swapped = {**x, "audio_label": torch.tensor([6, 6, 6, 6])}
-    got = net.training_loss(swapped, y, torch.zeros(4))
+    got = net.training_loss(forward_kwargs(swapped), y, torch.zeros(4))
     assert "audio_label" in swapped
-    out = net(**x)
+    out = net(**forward_kwargs(x))
     want = modality_ce(out["aux_logits"], torch.tensor([[0, 6], [1, 6], [2, 6], [3, 6]]), out["present_t"], 0.05)
     torch.testing.assert_close(got["aux"], want)
     torch.testing.assert_close(got["relevance"], plain["relevance"])  # the relevance target still scores y

@@ -6,6 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from engines.models import forward_kwargs  # noqa: E402
 from engines.models.foalnet import (  # noqa: E402
     FoalNet,
     FoalNetConfig,
@@ -27,7 +28,7 @@ def test_text_only_model_has_no_fusion_and_full_text_weight() -> None:
     assert len(net.fusion) == 0
     x = make_inputs()
     x["audio"] = None
-    out = net(**x)
+    out = net(**forward_kwargs(x))
     assert out["logits"].shape == (4, 7)
     assert torch.all(out["weights"] == torch.tensor([1.0, 0.0, 0.0]))
 
@@ -36,9 +37,9 @@ def test_text_vector_hears_audio_through_cross_attention() -> None:
     """The fused text vector changes with the audio of an earlier utterance (fusion across the window)."""
     net = make_net()
     x = make_inputs()
-    base = net(**x)
+    base = net(**forward_kwargs(x))
     x["audio"][:, 2] = torch.randn(4, DA) * 3
-    after = net(**x)
+    after = net(**forward_kwargs(x))
     # score MLP input is the fused per-modality vector; compare the text column's aux head
     assert not torch.allclose(after["aux_logits"][:, 0], base["aux_logits"][:, 0])
 
@@ -48,11 +49,11 @@ def test_cross_attention_never_reads_absent_or_future_audio() -> None:
     x = make_inputs(w=7)
     x["target"] = torch.tensor([4, 4, 4, 4])
     x["present"][:, 1, 1] = 0.0  # utterance 1 has no audio
-    base = net(**x)
+    base = net(**forward_kwargs(x))
     y = {k: (v.clone() if v is not None else None) for k, v in x.items()}
     y["audio"][:, 1] = 100.0  # garbage in an absent slot
     y["audio"][:, 5:] = torch.randn(4, 2, DA) * 3  # later utterances
-    after = net(**y)
+    after = net(**forward_kwargs(y))
     torch.testing.assert_close(after["logits"], base["logits"])
     torch.testing.assert_close(after["aux_logits"][:, 0], base["aux_logits"][:, 0])
 
@@ -110,13 +111,13 @@ def test_auxiliary_losses_decrease_with_training() -> None:
     x["present"][0, -1, 1] = 0.0
     s = torch.zeros(16)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    first = {k: float(v.detach()) for k, v in net.training_loss(x, y, s).items()}
+    first = {k: float(v.detach()) for k, v in net.training_loss(forward_kwargs(x), y, s).items()}
     for _ in range(60):
-        losses = net.training_loss(x, y, s)
+        losses = net.training_loss(forward_kwargs(x), y, s)
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-    last = {k: float(v.detach()) for k, v in net.training_loss(x, y, s).items()}
+    last = {k: float(v.detach()) for k, v in net.training_loss(forward_kwargs(x), y, s).items()}
     for k in ("loss", "ce", "align", "match"):
         assert last[k] < first[k], (k, first[k], last[k])
     assert last["match"] < 0.5 * first["match"]
@@ -126,7 +127,7 @@ def test_match_loss_trains_the_match_head_and_the_encoder() -> None:
     net = make_net().train()
     x = make_inputs(b=8)
     y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
-    out = net(**x)
+    out = net(**forward_kwargs(x))
     loss = match_loss(net, out["aligned"], out["present_t"], y)
     assert torch.isfinite(loss) and float(loss.detach()) > 0
     loss.backward()
@@ -138,7 +139,7 @@ def test_losses_finite_when_one_label_per_batch_or_no_audio() -> None:
     net = make_net().train()
     x = make_inputs(b=4)
     x["present"][:, :, 1] = 0.0  # no audio anywhere
-    losses = net.training_loss(x, torch.zeros(4, dtype=torch.long), torch.zeros(4))
+    losses = net.training_loss(forward_kwargs(x), torch.zeros(4, dtype=torch.long), torch.zeros(4))
     for name, v in losses.items():
         assert torch.isfinite(v), name
     losses["loss"].backward()
@@ -146,5 +147,5 @@ def test_losses_finite_when_one_label_per_batch_or_no_audio() -> None:
 
 def test_zero_loss_weights_switch_terms_off() -> None:
     net = make_net(align_weight=0.0, match_weight=0.0).train()
-    losses = net.training_loss(make_inputs(), torch.tensor([0, 1, 0, 1]), torch.zeros(4))
+    losses = net.training_loss(forward_kwargs(make_inputs()), torch.tensor([0, 1, 0, 1]), torch.zeros(4))
     assert float(losses["align"].detach()) == 0.0 and float(losses["match"].detach()) == 0.0

@@ -8,6 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from engines.models import forward_kwargs  # noqa: E402
 from engines.models.common import WindowContext  # noqa: E402
 from engines.models.joyful import JoyfulConfig, JoyfulNet, grace_loss, relations  # noqa: E402
 from tests.unit.model_inputs import DA, DT  # noqa: E402
@@ -46,10 +47,10 @@ def test_gate_ignores_absent_modalities_per_utterance() -> None:
     net = make_net()
     x = make_inputs()
     x["present"][:, :, 1] = 0.0  # no audio anywhere
-    base = net(**x)
+    base = net(**forward_kwargs(x))
     torch.testing.assert_close(base["weights"][:, 0], torch.ones(8))
     x["audio"] = torch.randn_like(x["audio"]) * 100  # garbage in an absent slot changes nothing
-    torch.testing.assert_close(net(**x)["logits"], base["logits"])
+    torch.testing.assert_close(net(**forward_kwargs(x))["logits"], base["logits"])
 
 
 def test_gate_weights_follow_presence_at_target_not_context() -> None:
@@ -57,7 +58,7 @@ def test_gate_weights_follow_presence_at_target_not_context() -> None:
     x = make_inputs()
     x["present"][0, -1, 1] = 0.0  # target of window 0 without audio
     x["present"][1, :-1, 1] = 0.0  # window 1: audio only at the target
-    w = net(**x)["weights"].detach()
+    w = net(**forward_kwargs(x))["weights"].detach()
     assert w[0, 1] == 0.0 and w[0, 0] == pytest.approx(1.0)
     assert 0.0 < w[1, 1] < 1.0
 
@@ -65,8 +66,8 @@ def test_gate_weights_follow_presence_at_target_not_context() -> None:
 def test_eval_forward_is_deterministic_and_views_are_random() -> None:
     net = make_net()
     x = make_inputs()
-    torch.testing.assert_close(net(**x)["logits"], net(**x)["logits"])
-    enc = net.encode(**x)
+    torch.testing.assert_close(net(**forward_kwargs(x))["logits"], net(**forward_kwargs(x))["logits"])
+    enc = net.encode(**forward_kwargs(x))
     z1, z2 = net.views(enc)
     assert not torch.allclose(z1, z2)  # feature masking and edge drop differ between the views
 
@@ -86,13 +87,13 @@ def test_auxiliary_losses_decrease_with_training() -> None:
     y = torch.arange(12) % 7
     s = torch.zeros(12)
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)
-    first = {k: v.item() for k, v in net.training_loss(x, y, s).items()}
+    first = {k: v.item() for k, v in net.training_loss(forward_kwargs(x), y, s).items()}
     for _ in range(25):
-        losses = net.training_loss(x, y, s)
+        losses = net.training_loss(forward_kwargs(x), y, s)
         opt.zero_grad()
         losses["loss"].backward()
         opt.step()
-    last = {k: v.item() for k, v in net.training_loss(x, y, s).items()}
+    last = {k: v.item() for k, v in net.training_loss(forward_kwargs(x), y, s).items()}
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
     assert last["fusion"] < 0.5 * first["fusion"], (first, last)
     assert last["contrastive"] < first["contrastive"], (first, last)
@@ -101,7 +102,7 @@ def test_auxiliary_losses_decrease_with_training() -> None:
 
 def test_contrastive_weight_zero_skips_views() -> None:
     net = make_net(w_contrastive=0.0).train()
-    losses = net.training_loss(make_inputs(), torch.zeros(8, dtype=torch.long), torch.zeros(8))
+    losses = net.training_loss(forward_kwargs(make_inputs()), torch.zeros(8, dtype=torch.long), torch.zeros(8))
     assert losses["contrastive"].item() == 0.0
 
 
@@ -111,5 +112,5 @@ def test_non_causal_target_uses_future_through_graph_and_transformer() -> None:
     y: dict[str, Any] = {k: (v.clone() if v is not None else None) for k, v in x.items()}
     y["text"][:, 4:] = torch.randn(8, 3, DT) * 3
     causal, future = make_net(causal=True), make_net(causal=False)
-    torch.testing.assert_close(causal(**x)["logits"], causal(**y)["logits"])
-    assert (future(**x)["logits"] - future(**y)["logits"]).abs().max() > 1e-4
+    torch.testing.assert_close(causal(**forward_kwargs(x))["logits"], causal(**forward_kwargs(y))["logits"])
+    assert (future(**forward_kwargs(x))["logits"] - future(**forward_kwargs(y))["logits"]).abs().max() > 1e-4

@@ -26,16 +26,20 @@ def test_pack_windows_left_pads() -> None:
     t = np.ones(4, dtype=np.float32)
     a = np.full(3, 2.0, dtype=np.float32)
     batch = pack_windows(
-        [[UtteranceFeatures("x", text=t), UtteranceFeatures("y", audio=a)], [UtteranceFeatures("z", t, a)]], SPEC
+        [
+            [UtteranceFeatures("x", {"text": t}), UtteranceFeatures("y", {"audio": a})],
+            [UtteranceFeatures("z", {"text": t, "audio": a})],
+        ],
+        SPEC,
     )
     assert batch.valid.tolist() == [[1, 1], [0, 1]]
     assert batch.target.tolist() == [1, 1]
     assert batch.speakers.tolist() == [[0, 1], [0, 0]]
     assert batch.present[0].tolist() == [[1, 0, 0], [0, 1, 0]]
     assert batch.present[1, 1].tolist() == [1, 1, 0] and batch.present[1, 0].sum() == 0
-    assert batch.video.shape == (2, 2, 0)
+    assert batch.features["video"].shape == (2, 2, 0)
     text_only = keep_modalities(batch, ["text"])
-    assert text_only.present[..., 1].sum() == 0 and not text_only.audio.any()
+    assert text_only.present[..., 1].sum() == 0 and not text_only.features["audio"].any()
 
 
 def test_causal_windows_and_gather() -> None:
@@ -49,7 +53,7 @@ def test_causal_windows_and_gather() -> None:
     batch = gather_batch(win, np.array([0, 1]), feats, has, SPEC)
     assert batch.valid.shape == (2, 2)  # trimmed to the longest window of the batch
     assert batch.target.tolist() == [1, 1]
-    assert batch.text[1, :, 0].tolist() == [0.0, 1.0]
+    assert batch.features["text"][1, :, 0].tolist() == [0.0, 1.0]
 
 
 def test_future_windows_hold_later_utterances() -> None:
@@ -75,8 +79,10 @@ def test_pack_windows_scatters_shared_items_as_a_slot_by_slot_copy_would() -> No
     items = [
         UtteranceFeatures(
             "ab"[i % 2],
-            text=rng.standard_normal(4).astype(np.float32) if i % 3 else None,
-            audio=rng.standard_normal(3).astype(np.float32) if i % 2 else None,
+            {
+                "text": rng.standard_normal(4).astype(np.float32) if i % 3 else None,
+                "audio": rng.standard_normal(3).astype(np.float32) if i % 2 else None,
+            },
         )
         for i in range(9)
     ]
@@ -89,8 +95,8 @@ def test_pack_windows_scatters_shared_items_as_a_slot_by_slot_copy_would() -> No
         for j in range(width):
             u = win[j - off] if j >= off else None
             for k, (m, dim) in enumerate((("text", 4), ("audio", 3))):
-                vec = None if u is None else getattr(u, m)
-                got = getattr(batch, m)[i, j]
+                vec = None if u is None else u.vectors.get(m)
+                got = batch.features[m][i, j]
                 assert np.array_equal(got, vec if vec is not None else np.zeros(dim, np.float32)), (i, j, m)
                 assert batch.present[i, j, k] == (vec is not None)
     assert batch.target.tolist()[-1] == 1
@@ -99,18 +105,20 @@ def test_pack_windows_scatters_shared_items_as_a_slot_by_slot_copy_would() -> No
 
     ctx = []
     for i, u in enumerate(items):
-        feats = {m: v for m in ("text", "audio") if (v := getattr(u, m)) is not None}
+        feats = {m: v for m, v in u.vectors.items() if v is not None}
         ctx.append(ContextItem(str(i), i, u.speaker, feats))
     by_dict = pack_windows([ctx[max(0, i - 3) : i + 1] for i in range(9)], SPEC, vectors=lambda c: c.features)
-    assert np.array_equal(by_dict.text, batch.text[:9]) and np.array_equal(by_dict.present, batch.present[:9])
+    assert np.array_equal(by_dict.features["text"], batch.features["text"][:9]) and np.array_equal(
+        by_dict.present, batch.present[:9]
+    )
     # every item with both modalities (one concatenation into the padded array)
     vec = lambda d: rng.standard_normal(d).astype(np.float32)  # noqa: E731
-    full = [UtteranceFeatures("ab"[i % 2], vec(4), vec(3)) for i in range(5)]
+    full = [UtteranceFeatures("ab"[i % 2], {"text": vec(4), "audio": vec(3)}) for i in range(5)]
     both = pack_windows([full[: i + 1] for i in range(5)], SPEC)
     for i in range(5):
-        assert np.array_equal(both.text[i, 4 - i :], np.stack([u.text for u in full[: i + 1]]))
-        assert np.array_equal(both.audio[i, 4 - i :], np.stack([u.audio for u in full[: i + 1]]))
-        assert not both.text[i, : 4 - i].any() and both.present[i, : 4 - i].sum() == 0
+        assert np.array_equal(both.features["text"][i, 4 - i :], np.stack([u.vectors["text"] for u in full[: i + 1]]))
+        assert np.array_equal(both.features["audio"][i, 4 - i :], np.stack([u.vectors["audio"] for u in full[: i + 1]]))
+        assert not both.features["text"][i, : 4 - i].any() and both.present[i, : 4 - i].sum() == 0
         assert both.present[i, 4 - i :, :2].all()
     with pytest.raises(AssertionError):
-        pack_windows([[UtteranceFeatures("x", text=np.ones(5, np.float32))]], SPEC)
+        pack_windows([[UtteranceFeatures("x", {"text": np.ones(5, np.float32)})]], SPEC)

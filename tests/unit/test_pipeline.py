@@ -21,13 +21,17 @@ def test_windows_are_right_aligned_with_masks_and_window_local_speakers() -> Non
         [item(0, "zed", {"text": 5})],
     ]
     b = build_batch(windows, FeatureSpec({"text": 2, "audio": 3, "video": 0}))
-    assert b.text.shape == (2, 3, 2) and b.audio.shape == (2, 3, 3) and b.video.shape == (2, 3, 0)
+    assert (
+        b.features["text"].shape == (2, 3, 2)
+        and b.features["audio"].shape == (2, 3, 3)
+        and b.features["video"].shape == (2, 3, 0)
+    )
     assert b.valid.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert b.target.tolist() == [2, 2]
     assert b.speakers.tolist() == [[0, 1, 0], [0, 0, 0]]
     assert b.present[0].tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 0]]
     assert b.present[1].tolist() == [[0, 0, 0], [0, 0, 0], [1, 0, 0]]
-    assert b.text[1, 2].tolist() == [5, 5] and b.audio[0, 2].tolist() == [4, 4, 4]
+    assert b.features["text"][1, 2].tolist() == [5, 5] and b.features["audio"][0, 2].tolist() == [4, 4, 4]
 
 
 class CountingFeaturizer:

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.models import build_model  # noqa: E402
+from engines.models import build_model, forward_kwargs  # noqa: E402
 from engines.trust import TrustConfig, fit_trust, unfamiliarity, wrap  # noqa: E402
 from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
 
@@ -58,8 +58,8 @@ def test_weights_are_shapley_shares_summing_to_one_over_what_is_present(engine: 
     x["present"][0, -1, 1] = 0.0  # window 0: no audio at the target
     x["present"][1, -1, 0] = 0.0  # window 1: no text at the target
     with torch.no_grad():
-        out = trusted(**x)
-        raw = net(**x)
+        out = trusted(**forward_kwargs(x))
+        raw = net(**forward_kwargs(x))
     w = out["weights"]
     torch.testing.assert_close(w.sum(1), torch.ones(4))
     assert w[0].tolist() == [1.0, 0.0, 0.0] and w[1].tolist() == [0.0, 1.0, 0.0]
@@ -75,7 +75,7 @@ def test_weights_are_shapley_shares_summing_to_one_over_what_is_present(engine: 
             if m not in keep:
                 y["present"][:, -1, m] = 0.0
         with torch.no_grad():
-            return torch.log_softmax(net(**y)["logits"], -1)
+            return torch.log_softmax(net(**forward_kwargs(y))["logits"], -1)
 
     best = int(out["logits"][2].argmax())
     p = {k: logp(k)[2].exp() for k in [(), (0,), (1,), (0, 1)]}
@@ -100,7 +100,7 @@ def _fused_and_text(net: object, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
     without_audio = dict(x)
     without_audio["present"] = x["present"].clone()
     without_audio["present"][:, -1, 1] = 0.0
-    return _probs(net(**x)), _probs(net(**without_audio))  # type: ignore[operator]
+    return _probs(net(**forward_kwargs(x))), _probs(net(**forward_kwargs(without_audio)))  # type: ignore[operator]
 
 
 def test_the_gate_follows_its_prior_between_the_fused_output_and_the_text() -> None:
@@ -108,9 +108,9 @@ def test_the_gate_follows_its_prior_between_the_fused_output_and_the_text() -> N
     x = make_inputs()
     with torch.no_grad():
         fused, text = _fused_and_text(net, x)
-        never = _probs(wrap(net, *fitted(0.0, 0.0))(**x))  # no voice ever contradicts: the fused output
-        always = _probs(wrap(net, *fitted(1.0, 1.0))(**x))  # every voice contradicts: the text's
-        some = wrap(net, *fitted(0.3, 0.3))(**x)
+        never = _probs(wrap(net, *fitted(0.0, 0.0))(**forward_kwargs(x)))  # no voice ever contradicts: the fused output
+        always = _probs(wrap(net, *fitted(1.0, 1.0))(**forward_kwargs(x)))  # every voice contradicts: the text's
+        some = wrap(net, *fitted(0.3, 0.3))(**forward_kwargs(x))
     torch.testing.assert_close(never, fused, atol=1e-5, rtol=0)
     torch.testing.assert_close(always, text, atol=1e-5, rtol=0)
     p = _probs(some)
@@ -129,8 +129,8 @@ def test_a_text_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
     tensors, cfg = fitted(0.3, 0.3)
     with torch.no_grad():
         fused, text = _fused_and_text(net, x)
-        flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1e6))(**x))
-        sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=0.01))(**x))
+        flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=1e6))(**forward_kwargs(x)))
+        sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, text_temperature=0.01))(**forward_kwargs(x)))
     torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
     assert not torch.allclose(sharp, flat, atol=1e-3)  # a sure text moves the gate
     with pytest.raises(ValueError, match="text_temperature"):
@@ -148,8 +148,8 @@ def test_a_voice_read_at_a_high_temperature_tells_the_gate_nothing() -> None:
     tensors = {**tensors, "class_prior": np.full(7, 1 / 7, dtype=np.float32)}
     with torch.no_grad():
         fused, text = _fused_and_text(net, x)
-        flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=1e6))(**x))
-        sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=0.01))(**x))
+        flat = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=1e6))(**forward_kwargs(x)))
+        sharp = _probs(wrap(net, tensors, dataclasses.replace(cfg, audio_temperature=0.01))(**forward_kwargs(x)))
     torch.testing.assert_close(flat, 0.7 * fused + 0.3 * text, atol=1e-5, rtol=0)
     assert not torch.allclose(sharp, flat, atol=1e-3)  # a sure voice moves the gate
     with pytest.raises(ValueError, match="audio_temperature"):
@@ -167,7 +167,7 @@ def test_a_voice_the_gate_turns_away_carries_none_of_the_decision(engine: str) -
         x = make_inputs(b=16, seed=seed)
         x["audio"] = x["audio"] * (1 + seed)
         with torch.no_grad():
-            w = wrap(net, tensors, cfg)(**x)["weights"]
+            w = wrap(net, tensors, cfg)(**forward_kwargs(x))["weights"]
         assert torch.all(w[:, 1] == 0.0), (engine, seed, w)
         torch.testing.assert_close(w[:, 0], torch.ones(w.shape[0]))
 
@@ -185,9 +185,15 @@ def test_an_unfamiliar_voice_is_trusted_less_than_a_familiar_one() -> None:
     no_audio["present"] = x["present"].clone()
     no_audio["present"][:, -1, 1] = 0.0
     with torch.no_grad():
-        torch.testing.assert_close(_probs(trusted(**x)), _probs(net(**x)), atol=1e-4, rtol=0)
-        torch.testing.assert_close(_probs(trusted(**odd)), _probs(net(**no_audio)), atol=1e-4, rtol=0)
-        assert torch.all(trusted(**odd)["weights"][:, 1] < 0.05)  # it carried (next to) none of the decision
+        torch.testing.assert_close(
+            _probs(trusted(**forward_kwargs(x))), _probs(net(**forward_kwargs(x))), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(
+            _probs(trusted(**forward_kwargs(odd))), _probs(net(**forward_kwargs(no_audio))), atol=1e-4, rtol=0
+        )
+        assert torch.all(
+            trusted(**forward_kwargs(odd))["weights"][:, 1] < 0.05
+        )  # it carried (next to) none of the decision
 
 
 def words(seed: int = 5, **fields: object) -> object:
@@ -203,10 +209,10 @@ def test_a_words_network_stands_in_wherever_the_target_has_no_voice(engine: str)
     x["present"][0, -1, 1] = 0.0  # window 0: no audio at the target
     x["present"][1, -1, 0] = 0.0  # window 1: a voice without words
     with torch.no_grad():
-        alone = _probs(text_net(**x))  # it reads the text only: the target's voice changes nothing
+        alone = _probs(text_net(**forward_kwargs(x)))  # it reads the text only: the target's voice changes nothing
         for prior, want in ((1.0, "words"), (0.0, "fused")):
             trusted = wrap(net, *fitted(prior, prior), text_net=text_net)
-            out = trusted(**x)
+            out = trusted(**forward_kwargs(x))
             torch.testing.assert_close(out["weights"].sum(1), torch.ones(4))
             # no voice at the target: the words network's output, all the weight on the text
             torch.testing.assert_close(_probs(out)[0], alone[0], atol=1e-5, rtol=0)
@@ -215,9 +221,9 @@ def test_a_words_network_stands_in_wherever_the_target_has_no_voice(engine: str)
                 torch.testing.assert_close(_probs(out)[2:], alone[2:], atol=1e-5, rtol=0)
                 assert torch.all(out["weights"][2:, 1] < 1e-6)
             else:  # a voice always trusted: the network's fused output, as without a words network
-                torch.testing.assert_close(_probs(out)[1:], _probs(net(**x))[1:], atol=1e-5, rtol=0)
+                torch.testing.assert_close(_probs(out)[1:], _probs(net(**forward_kwargs(x)))[1:], atol=1e-5, rtol=0)
         # without a words network the gate's text prediction is the network's own: another output
-        shut = wrap(net, *fitted(1.0, 1.0))(**x)
+        shut = wrap(net, *fitted(1.0, 1.0))(**forward_kwargs(x))
         assert not torch.allclose(_probs(shut)[2:], alone[2:], atol=1e-3)
 
 
@@ -265,9 +271,7 @@ def test_the_trusted_graph_exports_to_onnx_with_the_same_outputs(tmp_path: Path,
             feed["present"][np.arange(b), feed["target"], 1] = 1.0
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {k: feed[k] for k in names}), strict=True))
         with torch.no_grad():
-            ref = trusted(
-                **{"text": None, "audio": None, "video": None, **{k: torch.from_numpy(feed[k]) for k in names}}
-            )
+            ref = trusted(**forward_kwargs({k: torch.from_numpy(feed[k]) for k in names}))
         np.testing.assert_allclose(got["logits"], ref["logits"].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["weights"], ref["weights"].numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(got["sentiment"], ref["sentiment"].numpy(), atol=1e-4, rtol=0)
@@ -286,7 +290,7 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
     forward, target_rows = net.forward, net.target_rows
 
     def counting(*args: object, **kw: object) -> object:
-        rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[3].shape[0]))  # type: ignore[index, attr-defined]
+        rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[1].shape[0]))  # type: ignore[index, attr-defined]
         return forward(*args, **kw)
 
     def counting_rows(*args: object) -> object:
@@ -295,13 +299,13 @@ def test_windows_without_a_voice_skip_the_subsets_and_each_window_is_computed_as
 
     net.forward, net.target_rows = counting, counting_rows  # type: ignore[method-assign]
     with torch.no_grad():
-        together = trusted(**x)
+        together = trusted(**forward_kwargs(x))
     net.forward, net.target_rows = forward, target_rows  # type: ignore[method-assign]
     assert rows == [4, 3 * 2], rows  # all four once; the three other subsets of windows 1 and 2, nothing more
     with torch.no_grad():
-        raw = net(**x)
+        raw = net(**forward_kwargs(x))
         for i in range(4):
-            alone = trusted(**{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()})
+            alone = trusted(**forward_kwargs({k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()}))
             for key in ("logits", "sentiment", "weights"):
                 torch.testing.assert_close(alone[key][0], together[key][i], atol=1e-5, rtol=0)
     for i in (0, 3):
@@ -321,12 +325,12 @@ def test_foal_net_with_nothing_at_the_target_gives_one_constant_whatever_the_win
     x = make_inputs()
     x["present"][torch.arange(4), x["target"], :] = 0.0
     with torch.no_grad():
-        out = net(**x)  # type: ignore[operator]
+        out = net(**forward_kwargs(x))  # type: ignore[operator]
     for key in ("logits", "sentiment"):
         torch.testing.assert_close(out[key], out[key][:1].expand_as(out[key]), atol=1e-6, rtol=0)
     x["present"][0, x["target"][0], 0] = 1.0  # the words back at one target: that row differs
     with torch.no_grad():
-        back = net(**x)  # type: ignore[operator]
+        back = net(**forward_kwargs(x))  # type: ignore[operator]
     assert not torch.allclose(back["logits"][0], out["logits"][0], atol=1e-4)
 
 
@@ -345,16 +349,16 @@ def test_with_a_words_network_each_window_runs_one_network_of_the_two(voiced: tu
     forward, target_rows, words_forward = net.forward, net.target_rows, text_net.forward
 
     def counting(*args: object, **kw: object) -> object:
-        fused_rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[3].shape[0]))  # type: ignore[index, attr-defined]
+        fused_rows.append(int(kw["projected"][0].shape[0]) if kw.get("projected") else int(args[1].shape[0]))  # type: ignore[index, attr-defined]
         return forward(*args, **kw)
 
     def counting_words(*args: object, **kw: object) -> object:
-        words_rows.append(int(args[3].shape[0]))  # type: ignore[attr-defined]
+        words_rows.append(int(args[1].shape[0]))  # type: ignore[attr-defined]
         return words_forward(*args, **kw)
 
     net.forward, text_net.forward = counting, counting_words  # type: ignore[method-assign]
     with torch.no_grad():
-        together = trusted(**x)
+        together = trusted(**forward_kwargs(x))
     net.forward, net.target_rows, text_net.forward = forward, target_rows, words_forward  # type: ignore[method-assign]
     n_voiced, n_silent = len(voiced), 4 - len(voiced)
     assert fused_rows == [max(1, n_voiced)], fused_rows  # the full run; the subsets take target_rows
@@ -363,7 +367,7 @@ def test_with_a_words_network_each_window_runs_one_network_of_the_two(voiced: tu
     assert words_rows == [max(1, n_silent), max(1, n_voiced) + 1], words_rows
     with torch.no_grad():
         for i in range(4):
-            alone = trusted(**{k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()})
+            alone = trusted(**forward_kwargs({k: v[i : i + 1] if torch.is_tensor(v) else v for k, v in x.items()}))
             for key in ("logits", "sentiment", "weights"):
                 torch.testing.assert_close(alone[key][0], together[key][i], atol=1e-5, rtol=0)
 
@@ -398,9 +402,9 @@ def test_a_causal_network_computes_the_subsets_target_rows_alone_with_the_same_r
     for i in range(b):
         x["valid"][i, : int(rng.integers(0, int(x["target"][i]) + 1))] = 0.0  # left padding, the target valid
     with torch.no_grad():
-        fast = trusted(**x)
+        fast = trusted(**forward_kwargs(x))
         trusted.rows_only = False
-        whole = trusted(**x)
+        whole = trusted(**forward_kwargs(x))
     for key in ("logits", "sentiment", "weights"):
         torch.testing.assert_close(fast[key], whole[key], atol=1e-5, rtol=0)
     assert float(fast["weights"][:, 1].max()) > 0  # some windows' voices carried a share: the subsets ran

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.models import ENGINES, model_module  # noqa: E402
+from engines.models import ENGINES, forward_kwargs, model_module  # noqa: E402
 from engines.models.common import WindowEmbedder  # noqa: E402
 from tests.unit.model_inputs import DA, DT, make_inputs  # noqa: E402
 
@@ -28,13 +28,13 @@ def test_every_engine_projects_and_places_utterances_through_the_shared_embedder
     assert {"proj.text.mean", "proj.audio.std"} <= names and not any(n.startswith("proj.video") for n in names)
     x = make_inputs()
     with torch.no_grad():
-        base = net(**x)["logits"]
+        base = net(**forward_kwargs(x))["logits"]
         calls = []
         net.project = lambda *a: calls.append(1) or WindowEmbedder.project(net, *a)
-        torch.testing.assert_close(net(**x)["logits"], base)
+        torch.testing.assert_close(net(**forward_kwargs(x))["logits"], base)
         assert calls == [1]  # the projections come from the embedder, once a forward pass
         net.place = lambda *a: WindowEmbedder.place(net, *a) * 0.0  # no speaker, same-speaker or distance
-        assert not torch.allclose(net(**x)["logits"], base)  # the places come from it too
+        assert not torch.allclose(net(**forward_kwargs(x))["logits"], base)  # the places come from it too
 
 
 def test_place_clips_speakers_and_distances_and_marks_the_targets_speaker() -> None:

@@ -1678,7 +1678,9 @@ def test_the_next_batch_is_encoded_while_this_one_computes_and_publishes_and_eac
         assert log.index("prefetch 8") < log.index("engine 8") < log.index("send emostream.emotion.events")
         assert log.index("prefetch 4") < [i for i, x in enumerate(log) if x == "engine 8"][1]
         # each utterance's own features reached the engine
-        assert sorted(float(b.text[j, -1, 0]) for b in engine.batches for j in range(b.size)) == list(range(1, 21))
+        assert sorted(float(b.features["text"][j, -1, 0]) for b in engine.batches for j in range(b.size)) == list(
+            range(1, 21)
+        )
 
     asyncio.run(scenario())
 
@@ -1697,7 +1699,7 @@ def test_prefetched_features_of_other_parts_are_not_used() -> None:
         utt.parts = {"text": Payload("text", "new words, longer")}  # e.g. a replay restored other parts
         out = await p.run([utt])
         assert counting.calls == [["old words"], ["new words, longer"]]
-        assert float(engine.batches[-1].text[0, -1, 0]) == len("new words, longer")
+        assert float(engine.batches[-1].features["text"][0, -1, 0]) == len("new words, longer")
         assert len(out.events) == 1
 
     asyncio.run(scenario())
@@ -1783,7 +1785,7 @@ def test_utterances_of_vectors_alone_are_not_encoded_ahead() -> None:
         await p._prefetched([])
         assert list(p._ready) == [("c", "u3")]  # the one with raw text alone
         out = await p.run(utts)
-        assert len(out.events) == 3 and engine.batches[-1].text.shape[0] == 3
+        assert len(out.events) == 3 and engine.batches[-1].features["text"].shape[0] == 3
 
     asyncio.run(scenario())
 
