@@ -79,7 +79,7 @@ class EngineOutput:
     logits: np.ndarray  # (B, C) float32
     probs: np.ndarray  # (B, C) float32, softmax of logits
     sentiment: np.ndarray  # (B,) float32 in [-1, 1]
-    weights: np.ndarray  # (B, 3) float32, per-modality relevance weights (sum 1 over present ones)
+    weights: np.ndarray  # (B, M) float32, each modality's share of the decision (sum 1 over present ones)
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,21 @@
 Everything that handles text, audio and video alike (the stream's join, the engine batch, the
 windows, the graph's inputs, the networks' projectors, the artifacts' feature spec) loops over
 :data:`MODALITIES` and keys its data by these names; code that treats one modality on its own (the
-text encoder, the audio extractor and its speech gate) names it. Adding a modality means adding a
-:class:`Modality` here and the code that makes its vector; the batch, the graph and the networks
-follow from the feature size an artifact records for it.
+text encoder, the audio extractor and its speech gate, each part's wire format) names it. Adding a
+modality means adding a :class:`Modality` here, the code that makes its vector, its part in
+``streams/schemas.py`` (the ``Modality`` literal, which a test keeps equal to :data:`MODALITIES`)
+and ``streams/validate.py``, its size in ``engines/models/config.FeatureSizes`` and a value in each
+engine config's ``input_noise``/``input_mask``; the batch, the graph and the networks follow from
+the feature size an artifact records for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -75,9 +81,12 @@ class FeatureSpec:
         dims = {"text": 384} if dims is None else dims
         for name, d in dims.items():
             index(name)
-            if int(d) < 0:
-                raise ValueError(f"the feature size of {name} is {d}; expected 0 or more")
+            if not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 0:
+                raise ValueError(f"the feature size of {name} is {d!r}; expected a whole number, 0 or more")
         object.__setattr__(self, "sizes", tuple(int(dims.get(m, 0)) for m in MODALITIES))
+
+    def __repr__(self) -> str:
+        return f"FeatureSpec({self.dims()})"
 
     def dim(self, name: str) -> int:
         return self.sizes[index(name)]
@@ -101,9 +110,4 @@ class FeatureSpec:
         unknown = sorted(k for k in d if k not in by_key)
         if unknown:
             raise ValueError(f"unknown feature sizes {unknown}; known: {sorted(by_key)}")
-        sizes: dict[str, int] = {}
-        for k, v in d.items():
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"feature size {k} is {v!r}; expected a whole number")
-            sizes[by_key[k]] = v
-        return cls(sizes)
+        return cls({by_key[k]: cast(int, v) for k, v in d.items()})  # checked there

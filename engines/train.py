@@ -14,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +383,7 @@ def _noise_words_alone(kw: dict[str, Any], std: Any, sigma: float, gen: Any) -> 
 
 def _to_device(x: Any, device: str) -> Any:
     """A tensor, None or a mapping of them (the forward's ``features``) on ``device``."""
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         return {k: _to_device(v, device) for k, v in x.items()}
     return None if x is None else x.to(device)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from engines.datasets.base import Dialogue
 from engines.interface import MODALITIES, EngineBatch, FeatureSpec
+from engines.modalities import index
 
 
 def local_speakers(names: Sequence[str]) -> list[int]:
@@ -31,8 +32,14 @@ class UtteranceFeatures:
     speaker: str
     vectors: Mapping[str, np.ndarray | None] = field(default_factory=dict)  # modality -> (D,); absent: missing or None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.vectors, Mapping):
+            raise TypeError(f"vectors must map a modality to its vector, not {type(self.vectors).__name__}")
+        for name in self.vectors:
+            index(name)  # a misspelt modality is an error, not a modality silently absent
 
-def _attributes(u: UtteranceFeatures) -> Mapping[str, np.ndarray | None]:
+
+def _vectors(u: UtteranceFeatures) -> Mapping[str, np.ndarray | None]:
     return u.vectors
 
 
@@ -40,7 +47,7 @@ def pack_windows(
     windows: Sequence[Sequence[Any]],
     features: FeatureSpec,
     targets: Sequence[int] | None = None,
-    vectors: Callable[[Any], Mapping[str, np.ndarray | None]] = _attributes,
+    vectors: Callable[[Any], Mapping[str, np.ndarray | None]] = _vectors,
 ) -> EngineBatch:
     """Left-pad windows into an :class:`EngineBatch`; ``targets`` default to each window's last.
 

@@ -198,7 +198,14 @@ def _feature_key(meta: dict[str, Any]) -> tuple[Any, ...]:
     text.setdefault("kind", "minilm")
     audio = meta.get("audio") or {}
     tuned = text.get("sha256")  # a fine-tuned MiniLM's layers (engines.features.tuning)
-    return (meta.get("spec"), text.get("kind"), text.get("model_id"), text.get("dim"), tuned, audio.get("id"))
+    from engines.modalities import FeatureSpec
+
+    spec = meta.get("spec")
+    try:  # the sizes, however written (an artifact may leave out a modality of size 0)
+        sizes: Any = FeatureSpec.from_dict(spec) if isinstance(spec, dict) else spec
+    except ValueError:
+        sizes = spec
+    return (sizes, text.get("kind"), text.get("model_id"), text.get("dim"), tuned, audio.get("id"))
 
 
 def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:

@@ -84,19 +84,19 @@ def build_workload(name: str, data_dir: Path, model_dir: Path, n: int = 256, see
         dialogues = attach_ravdess(dialogues, data_dir / "ravdess", seed=seed)
     utts = [u for d in dialogues for u in d.utterances if u.text and (name != "audio" or u.audio is not None)][:n]
     rng = np.random.default_rng(seed)
-    spec = artifact.read_json(model_dir, artifact.FEATURES)["spec"]
+    spec = artifact.feature_spec(model_dir)
     templates = []
     for i, u in enumerate(utts):  # two speakers a call, as on a phone line (MELD scenes have many)
         u = Utterance(call_id="CALLXXXX", utterance_id="UTTXXXX", seq=987654321, speaker="AB"[i % 2], text=u.text,
                       audio=u.audio, audio_encoding=u.audio_encoding, start_s=0.0, end_s=u.end_s)  # fmt: skip
         parts: list[tuple[str, bytes]] = []
         if name == "features":
-            emb = rng.normal(0, 1, spec["text_dim"]).astype(np.float32)
+            emb = rng.normal(0, 1, spec.dim("text")).astype(np.float32)
             text = part_of(u, "text")
             assert text is not None
             body = text.model_copy(update={"text": None, "embedding_f32": encode_f32(emb / np.linalg.norm(emb))})
             parts.append(("text", body.to_bytes()))
-            feats = tuple(float(x) for x in rng.normal(0, 0.5, spec["audio_dim"]))
+            feats = tuple(float(x) for x in rng.normal(0, 0.5, spec.dim("audio")))
             audio = part_of(replace(u, audio=None, audio_features=feats), "audio")
             assert audio is not None
             parts.append(("audio", audio.to_bytes()))

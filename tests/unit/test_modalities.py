@@ -29,6 +29,32 @@ def test_a_spec_is_keyed_by_modality_and_leaves_the_others_at_zero() -> None:
         FeatureSpec({"txt": 16})
     with pytest.raises(ValueError, match="0 or more"):
         FeatureSpec({"text": -1})
+    for odd in (384.7, True, "384"):  # not silently truncated or read as 1
+        with pytest.raises(ValueError, match="whole number"):
+            FeatureSpec({"text": odd})  # type: ignore[dict-item]
+    assert repr(spec) == "FeatureSpec({'text': 16, 'audio': 9, 'video': 0})"
+
+
+def test_an_utterance_names_only_known_modalities() -> None:
+    import numpy as np
+
+    from engines.windows import UtteranceFeatures
+
+    v = np.ones(4, np.float32)
+    assert UtteranceFeatures("a", {"text": v, "audio": None}).vectors["text"] is v
+    with pytest.raises(ValueError, match="unknown modality 'txt'"):
+        UtteranceFeatures("a", {"txt": v})  # would otherwise be packed as absent
+    with pytest.raises(TypeError, match="map a modality"):
+        UtteranceFeatures("a", v)  # type: ignore[arg-type]  # the old positional text vector
+
+
+def test_two_artifacts_that_write_their_sizes_differently_share_feature_vectors() -> None:
+    from streams.runtime import _feature_key
+
+    short = {"spec": {"text_dim": 384}, "text": {"kind": "minilm"}}
+    full = {"spec": {"text_dim": 384, "audio_dim": 0, "video_dim": 0}, "text": {"kind": "minilm"}}
+    assert _feature_key(short) == _feature_key(full)
+    assert _feature_key(full) != _feature_key({**full, "spec": {"text_dim": 384, "audio_dim": 768}})
 
 
 def test_the_stored_form_keeps_the_artifacts_keys_and_refuses_others() -> None:
