@@ -59,6 +59,26 @@ class Utterance:
     recheck_at: float | None = None  # while held: when the heap looks at it again
     ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
     suspect: dict[str, str] = field(default_factory=dict)  # parts used though they look mis-declared -> why
+    said: dict[str, tuple[int, str]] = field(default_factory=dict)  # modality -> the (seq, speaker) its part gave
+
+    def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
+        """Take ``modality``'s part's ``seq`` and ``speaker``; where the utterance's parts disagree,
+        the first of :data:`MODALITIES` to say decides (the transcript's, usually), whatever order
+        they arrive in. The fields on which this part disagrees with another, each once."""
+        clash: list[str] = []
+        for other, (s, who) in self.said.items():
+            if other == modality:
+                continue
+            if s != seq and "seq" not in clash:
+                clash.append("seq")
+            if "unknown" not in (who, speaker) and who != speaker and "speaker" not in clash:
+                clash.append("speaker")
+        self.said[modality] = (seq, speaker)
+        order = [m for m in MODALITIES if m in self.said]
+        self.seq = self.said[order[0]][0]
+        known = [self.said[m][1] for m in order if self.said[m][1] != "unknown"]
+        self.speaker = known[0] if known else "unknown"
+        return clash
 
     def has(self, modality: str) -> bool:
         """Whether its ``modality`` part arrived: usable, or dead-lettered (nothing more to wait for)."""
@@ -82,6 +102,10 @@ class JoinResult:
     #: (the caller acks it then); the call is not reopened
     after_end: str | None = None
     ended_calls: list[str] = field(default_factory=list)  # calls whose context can be released
+    #: the part just added disagrees with another part of its utterance on these fields ("seq",
+    #: "speaker"): joined all the same (see :meth:`Utterance.settle`), and why, for the log
+    inconsistent: list[str] = field(default_factory=list)
+    inconsistency: str | None = None
 
     def extend(self, other: JoinResult) -> None:
         self.ready += other.ready
@@ -91,6 +115,8 @@ class JoinResult:
         self.conflict = self.conflict or other.conflict
         self.after_end = self.after_end or other.after_end
         self.ended_calls += other.ended_calls
+        self.inconsistent += other.inconsistent
+        self.inconsistency = self.inconsistency or other.inconsistency
 
 
 @dataclass
@@ -245,9 +271,13 @@ class Joiner:
         utt.parts[modality] = payload
         utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
-        if speaker != "unknown":
-            utt.speaker = speaker
-        return self._release(call_id, now)
+        said = dict(utt.said)
+        clash = utt.settle(modality, seq, speaker)
+        result = self._release(call_id, now)
+        if clash:
+            result.inconsistent += clash
+            result.inconsistency = _inconsistency(utt, modality, seq, speaker, said, clash)
+        return result
 
     def reject(
         self,
@@ -277,6 +307,7 @@ class Joiner:
             utt.handles.append(handle)
         if modality not in utt.parts:
             utt.ignored[modality] = why
+            utt.settle(modality, seq, speaker)  # its ids parsed: they count, as a usable part's would
         return self._release(call_id, now)
 
     def _open_utterance(
@@ -557,6 +588,18 @@ def _digest(payload: Any) -> int:
         return hash(value) & _BITS
     except TypeError:
         return hash(repr(value)) & _BITS
+
+
+def _inconsistency(
+    utt: Utterance, modality: str, seq: int, speaker: str, said: dict[str, tuple[int, str]], fields: list[str]
+) -> str:
+    others = ", ".join(f"its {m} part seq {s} speaker {w!r}" for m, (s, w) in said.items() if m != modality)
+    return (
+        f"utterance {utt.utterance_id} of call {utt.call_id}: this {modality} part says seq {seq} speaker "
+        f"{speaker!r}, but {others} (they differ on {' and '.join(fields)}); joined all the same, as seq "
+        f"{utt.seq} speaker {utt.speaker!r} (the first of {', '.join(MODALITIES)} to say): every part of an "
+        "utterance should carry the same seq and speaker"
+    )
 
 
 def _conflict(call_id: str, utterance_id: str, modality: str, what: str) -> str:

@@ -66,6 +66,13 @@ class Metrics:
             "Parts that arrived after their utterance was labelled, or past its wait and sent after it (record time)",
             registry=r,
         )
+        self.inconsistent_parts = Counter(
+            "emostream_inconsistent_parts_total",
+            "Parts that disagree with another part of their utterance on its seq or speaker: joined all the "
+            "same, the first of text, audio, video to say decides (a producer's mistake: the log says which)",
+            ["field"],
+            registry=r,
+        )
         self.ignored_parts = Counter(
             "emostream_ignored_parts_total",
             "Parts that arrived but were not used (audio without speech: silence, line noise, hold music; "
@@ -186,6 +193,8 @@ class Metrics:
             self.ignored_parts.labels(modality)
         for mistake in MISTAKES:
             self.misdeclared_audio.labels(mistake)
+        for name in ("seq", "speaker"):
+            self.inconsistent_parts.labels(name)
         for size in range(len(MODALITIES) + 1):  # the parts an utterance was labelled with, as the worker names them
             for parts in itertools.combinations(MODALITIES, size):
                 self.utterances.labels("+".join(parts) or "none")

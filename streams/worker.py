@@ -453,6 +453,13 @@ class Worker:
                      "[%d so far, emostream_duplicate_parts_total]",
                      msg.call_id, msg.utterance_id, msg.kind, n)  # fmt: skip
 
+    def _note_inconsistent(self, why: str) -> None:
+        """Log parts of one utterance that disagree on its seq or speaker (the first ten, then every
+        1000th; emostream_inconsistent_parts_total counts them all)."""
+        n = self.noted["inconsistent"] = self.noted.get("inconsistent", 0) + 1
+        if n <= 10 or not n % 1000:
+            log.warning("%s [%d so far, emostream_inconsistent_parts_total]", why, n)
+
     async def _declaration(self, msg: Part) -> list[str] | None:
         """A part's call's declared modalities, read for a call this worker has not seen (its 'started'
         stored them); a Redis failure is retried with backoff (the agent waits: nothing is dropped)."""
@@ -774,6 +781,10 @@ class Worker:
             self.metrics.late_parts.inc(result.late_parts)
         if result.duplicate_parts:
             self.metrics.duplicate_parts.inc(result.duplicate_parts)
+        for name in result.inconsistent:
+            self.metrics.inconsistent_parts.labels(name).inc()
+        if result.inconsistency is not None:
+            self._note_inconsistent(result.inconsistency)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
             missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)

@@ -84,6 +84,32 @@ def test_a_different_part_under_the_same_ids_is_a_conflict_not_a_duplicate() -> 
     assert late.late_parts == 1 and late.ack_now == ["h6"] and late.conflict is None
 
 
+def test_parts_that_disagree_on_seq_or_speaker_are_joined_and_the_first_modality_decides_in_any_order() -> None:
+    for audio_first in (False, True):
+        j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+        parts = [("text", 3, "agent"), ("audio", 4, "customer")]
+        order = parts[::-1] if audio_first else parts
+        results = [j.add("c", "u3", seq, who, m, m, f"h-{m}", now=0.1 * i) for i, (m, seq, who) in enumerate(order)]
+        assert results[0].inconsistent == [] and results[0].inconsistency is None
+        last = results[1]
+        assert last.inconsistent == ["seq", "speaker"], last.inconsistent
+        assert last.inconsistency is not None and "differ on seq and speaker" in last.inconsistency
+        (utt,) = last.ready  # both parts joined: nothing lost
+        assert (utt.seq, utt.speaker, utt.modalities) == (3, "agent", ("text", "audio"))  # the transcript's
+    # a speaker one part does not know is no disagreement, and the part that knows it names the speaker
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "unknown", "text", "t", "h1", now=0.0)
+    r = j.add("c", "u0", 0, "customer", "audio", "a", "h2", now=0.1)
+    assert r.inconsistent == [] and r.ready[0].speaker == "customer"
+    # the release order follows the settled seq: u1's transcript says 0, so it no longer waits behind
+    # u0 (seq 1), as its audio part's seq 5 would have had it
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u1", 5, "A", "audio", "a1", "h1", now=0.0)
+    j.add("c", "u0", 1, "A", "text", "t0", "h2", now=0.0)
+    assert ids(j.add("c", "u1", 0, "A", "text", "t1", "h3", now=0.0)) == ["u1"]
+    assert ids(j.add("c", "u0", 1, "A", "audio", "a0", "h4", now=0.1)) == ["u0"]
+
+
 def test_waveforms_are_told_apart_by_content_not_identity() -> None:
     wave = np.sin(np.arange(16_000, dtype=np.float32) / 7.0)
     j = Joiner(wait_s=1.0, default_modalities=("audio",))

@@ -180,6 +180,28 @@ def test_joined_utterance_is_published_before_its_parts_are_acked() -> None:
     asyncio.run(scenario())
 
 
+def test_parts_that_disagree_on_seq_and_speaker_are_labelled_counted_and_logged(caplog: Any) -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make()
+        t = w.settings.kafka.topics
+        part = AudioPart(
+            call_id="c", utterance_id="u0", seq=7, speaker="customer", encoding="features", features=[0.1] * 3
+        )
+        await w.on_message(t.audio, 0, 0, b"c", part.to_bytes(), Handle(log, "a0"))
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, speaker="agent"), Handle(log, "t0"))
+        await w.pump()
+        (ev,) = events(sent)  # one event from both parts: nothing dead-lettered, nothing lost
+        assert (ev.seq, ev.speaker, ev.modalities_present) == (0, "agent", ["text", "audio"])
+        assert {"ack a0", "ack t0"} <= set(log) and not [v for tp, v in sent if tp == t.deadletter]
+        got = _metrics(w)
+        assert 'emostream_inconsistent_parts_total{field="seq"} 1.0' in got
+        assert 'emostream_inconsistent_parts_total{field="speaker"} 1.0' in got
+        assert "this text part says seq 0 speaker 'agent', but its audio part seq 7 speaker 'customer'" in caplog.text
+
+    caplog.set_level(logging.WARNING, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
 def test_joins_expire_while_batches_keep_coming() -> None:
     """Under a steady load the pump never runs out of batches: an utterance whose audio never
     comes must still go out after wait_s, not once the load stops (found in the bench: the gauges
