@@ -6,9 +6,8 @@ windows, the graph's inputs, the networks' projectors, the artifacts' feature sp
 text encoder, the audio extractor and its speech gate, each part's wire format) names it. Adding a
 modality means adding a :class:`Modality` here, the code that makes its vector, its part in
 ``streams/schemas.py`` (the ``Modality`` literal, which a test keeps equal to :data:`MODALITIES`)
-and ``streams/validate.py``, its size in ``engines/models/config.FeatureSizes`` and a value in each
-engine config's ``input_noise``/``input_mask``; the batch, the graph and the networks follow from
-the feature size an artifact records for it.
+and ``streams/validate.py``, and its size in ``engines/models/config.PerModality``; the batch,
+the graph and the networks follow from the feature size an artifact records for it.
 """
 
 from __future__ import annotations

@@ -273,8 +273,9 @@ def model_config(ns: argparse.Namespace, spec: FeatureSpec, n_classes: int) -> d
         "max_window": ns.max_window,
         "causal": ns.future == 0,
         "n_classes": n_classes,
-        "input_noise": (ns.text_noise, ns.audio_noise, 0.0),
-        "input_mask": (ns.text_mask, ns.audio_mask, 0.0),
+        # the options there are (video features come from upstream, never noised here)
+        "input_noise": tuple({"text": ns.text_noise, "audio": ns.audio_noise}.get(m, 0.0) for m in MODALITIES),
+        "input_mask": tuple({"text": ns.text_mask, "audio": ns.audio_mask}.get(m, 0.0) for m in MODALITIES),
     }
     values = {k: v for k, v in shared.items() if k in fields and v is not None}
     values.update(getattr(ns, "recipe_model", {}))

@@ -3,11 +3,11 @@
 Every model module (``engines/models/<module>.py``) provides the same two names:
 
 - ``Config``: a dataclass deriving from :class:`engines.models.config.ModelConfig` (which gives
-  it the feature sizes, ``text_dim`` and the like, read as ``cfg.features``, and the methods
+  it what it holds per modality: the feature sizes, ``text_dim`` and the like, read as
+  ``cfg.features``, and ``input_noise, input_mask``, one float per modality; and the methods
   ``to_dict()`` and ``active()``: indices into MODALITIES of the modalities with inputs), with at
-  least the fields ``d_model, n_heads, n_layers, dropout, max_window, causal, n_classes,
-  input_noise, input_mask`` (the last two: one float per modality) and its own hyper-parameters
-  with defaults.
+  least the fields ``d_model, n_heads, n_layers, dropout, max_window, causal, n_classes`` and its
+  own hyper-parameters with defaults.
 - ``Net(cfg)``: an ``nn.Module`` with attributes ``cfg`` and ``active``, and methods
 
   - ``forward(features, present, speakers, valid, target) -> dict`` following

@@ -94,8 +94,6 @@ class FoalNetConfig(ModelConfig):
     causal: bool = True
     n_classes: int = len(EMOTIONS)
     proj_dim: int = 64  # alignment projection size
-    input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
-    input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
     # loss weights (paper: CE + align + 0.1 match)
     align_weight: float = 1.0
     match_weight: float = 0.1

@@ -89,8 +89,6 @@ class JoyfulConfig(ModelConfig):
     max_window: int = 12  # relative positions are clamped to +-max_window
     causal: bool = True
     n_classes: int = len(EMOTIONS)
-    input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
-    input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)
     n_basis: int = 32  # size of the shared basis of the specific branch
     proj_dim: int = 64  # contrastive projection size
     feature_mask: float = 0.2  # view augmentation: share of node feature columns zeroed

@@ -55,8 +55,6 @@ class RelevanceConfig(ModelConfig):
     causal: bool = True
     n_classes: int = len(EMOTIONS)
     proj_dim: int = 64  # contrastive projection size
-    input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
-    input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
     loss: dict[str, float] = field(default_factory=dict)  # LossWeights overrides
     agreement: bool = False  # relevance scorer also sees cross-modal agreement of the heads' predictions
     sharpness: float = 1.0  # fusion weights = softmax(sharpness * relevance score); 1 = the estimate itself

@@ -94,8 +94,6 @@ class UniMSEConfig(ModelConfig):
     adapter_layers: int = 2  # the last blocks followed by audio/video adapters (clamped to n_layers)
     adapter_dim: int = 32  # adapter bottleneck width
     proj_dim: int = 64  # contrastive projection size
-    input_noise: tuple[float, ...] = (0.0, 0.0, 0.0)  # per modality, training only
-    input_mask: tuple[float, ...] = (0.0, 0.0, 0.0)  # feature masking per modality
     # losses
     w_sentiment: float = 0.5
     w_contrast_audio: float = 0.5
