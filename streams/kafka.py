@@ -227,22 +227,71 @@ def check_copartitioned(counts: dict[str, int], configured: int) -> None:
             log.warning("topic %s has %d partitions, settings say %d (kept)", name, count, configured)
 
 
+class UnreachableBroker(logging.Filter):
+    """Drops kafka-python's lines about a broker address where nothing listens (connection refused)
+    or whose host does not resolve (four lines a try, some twenty a second at first) and notes
+    which, so that the start-up's own line says it once a try; every other line (a TLS or SASL
+    failure, a timeout) passes."""
+
+    WHY = {"ECONNREFUSED": "refused", "DNS Resolution failure": "dns", "DNS lookup failed": "dns"}
+    NOISE = ("not ready; waiting", "Unable to bootstrap")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        why = [w for mark, w in self.WHY.items() if mark in message]
+        self.seen.update(why)
+        return not why and not any(mark in message for mark in self.NOISE)
+
+
+#: the kafka-python loggers that report each try to reach a broker
+_CONNECTION_LOGGERS = (
+    "kafka.net.manager",
+    "kafka.net.connection",
+    "kafka.net.inet",
+    "kafka.conn",
+    "kafka.client_async",
+)
+
+
 def wait_for_topics(settings: Settings, timeout_s: float | None = None) -> list[str]:
     """:func:`ensure_topics` at start-up, retried with backoff while the broker cannot be reached
-    (``kafka.startup_timeout_s``). A broker that refuses the credentials looks the same from here:
-    the client's log lines above the final error say which it was."""
+    (``kafka.startup_timeout_s``). Connections refused are said once a try, not line by line. A
+    broker that refuses the credentials looks the same from here: the client's log lines above the
+    final error say which it was."""
     timeout_s = settings.kafka.startup_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     delay = 0.5
-    while True:
-        try:
-            return ensure_topics(settings, create=settings.kafka.create_topics)
-        except ServiceUnavailable as exc:
-            if time.monotonic() + delay > deadline:
-                raise ServiceUnavailable(
-                    f"{exc} (gave up after {timeout_s:.0f} s; if the broker is up, check kafka.security_protocol, "
-                    "the TLS files and the SASL credentials)"
-                ) from exc
-            log.warning("Kafka not ready (%s); retrying in %.1f s", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    quiet = UnreachableBroker()
+    loggers = [logging.getLogger(name) for name in _CONNECTION_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    brokers = settings.kafka.brokers
+    try:
+        while True:
+            quiet.seen.clear()
+            try:
+                return ensure_topics(settings, create=settings.kafka.create_topics)
+            except ServiceUnavailable as exc:
+                why = str(exc)
+                if "dns" in quiet.seen:
+                    why = f"the host of kafka.brokers {brokers} does not resolve (DNS lookup failed)"
+                elif "refused" in quiet.seen:
+                    why = f"nothing listens at {brokers} (connection refused)"
+                if time.monotonic() + delay > deadline:
+                    hint = (
+                        "is the broker running, and kafka.brokers (EMOSTREAM_KAFKA__BROKERS) its address? "
+                        "`make demo` starts a local one"
+                        if quiet.seen
+                        else "if the broker is up, check kafka.security_protocol, the TLS files, the SASL credentials"
+                    )
+                    raise ServiceUnavailable(f"Kafka: {why} (gave up after {timeout_s:.0f} s; {hint})") from exc
+                log.warning("Kafka not ready: %s; retrying in %.1f s", why, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)

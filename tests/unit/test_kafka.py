@@ -177,3 +177,32 @@ def test_the_workers_consumer_fetches_with_the_configured_wait() -> None:
         return int(consumer._fetch_max_wait_ms)  # what AIOKafkaConsumer.start() gives its Fetcher
 
     assert asyncio.run(build()) == 200
+
+
+@pytest.mark.parametrize(
+    ("brokers", "said"),
+    [
+        ("127.0.0.1:9", "nothing listens at 127.0.0.1:9 (connection refused)"),
+        ("nosuchhost.invalid:9092", "does not resolve"),
+    ],
+)
+def test_an_unreachable_broker_is_said_once_a_try_not_line_by_line(
+    brokers: str, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newcomer who starts a worker before Kafka saw kafka-python's four lines a try, some twenty
+    a second at first; the start-up says what is wrong, once a try, and what to check."""
+    import logging
+
+    from streams.errors import ServiceUnavailable
+    from streams.kafka import wait_for_topics
+
+    settings = Settings.model_validate({"kafka": {"brokers": brokers, "request_timeout_s": 1.0}})
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ServiceUnavailable, match="is the broker running") as info:
+        wait_for_topics(settings, timeout_s=3.0)
+    assert said in str(info.value)
+    tries = [r for r in caplog.records if r.name == "emostream.kafka"]
+    assert tries and all(said in r.getMessage() for r in tries)
+    noise = [r.getMessage() for r in caplog.records if r.name.startswith("kafka.") and r.levelno >= logging.WARNING]
+    assert not [m for m in noise if "ECONNREFUSED" in m or "DNS" in m or "not ready" in m], noise
+    assert not logging.getLogger("kafka.net.manager").filters  # removed once started or given up
