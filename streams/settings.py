@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from engines.features.speech import MIN_SPEECH_S
@@ -98,10 +98,31 @@ class RedisSettings(_Section):
     window: int = Field(12, ge=1, description="utterances kept per call (context window)")
     ttl_s: float = Field(3600.0, gt=0, description="sliding TTL of an idle call's window")
 
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: SecretStr) -> SecretStr:
+        scheme = url.get_secret_value().partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):  # the password stays out of the message
+            raise ValueError(f"a Redis URL starts redis://, rediss:// (TLS) or unix://, not {scheme[:20]!r}")
+        return url
+
 
 class JoinSettings(_Section):
     wait_s: float = Field(2.0, ge=0, description="max wait for missing modalities after an utterance's first part")
-    default_modalities: tuple[str, ...] = ("text", "audio")
+    default_modalities: tuple[str, ...] = Field(
+        ("text", "audio"), description="what a call without a 'started' message is waited for"
+    )
+
+    @field_validator("default_modalities")
+    @classmethod
+    def _modalities(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        from engines.modalities import MODALITIES
+
+        unknown = [n for n in names if n not in MODALITIES]
+        if unknown:  # an utterance would wait join.wait_s for a part that never comes
+            raise ValueError(f"{', '.join(map(repr, unknown))} is no modality; choose from {', '.join(MODALITIES)}")
+        return tuple(dict.fromkeys(names))
+
     max_open_utterances: int = Field(
         100_000,
         ge=1,

@@ -92,3 +92,23 @@ def test_a_settings_file_section_that_is_no_table_is_refused_even_with_a_variabl
             load_settings(path)
     path.write_text("[kafka]\nbrokers = 'a:1'\n")
     assert load_settings(path).kafka.brokers == "x:1"  # a table: the variable still wins over the file
+
+
+def test_settings_that_would_fail_later_or_silently_are_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.errors import ConfigError
+
+    # a modality no part can have: every utterance of a call without 'started' waited join.wait_s for it
+    monkeypatch.setenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES", '["text", "smell"]')
+    with pytest.raises(ConfigError, match="'smell' is no modality; choose from text, audio, video"):
+        load_settings()
+    monkeypatch.setenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES", '["audio", "text", "audio"]')
+    assert load_settings().join.default_modalities == ("audio", "text")
+    monkeypatch.delenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES")
+    # a Redis URL of another scheme failed only at the first Redis call; its password is not echoed
+    monkeypatch.setenv("EMOSTREAM_REDIS__URL", "http://user:s3cret@host:6379/0")
+    with pytest.raises(ConfigError, match="starts redis://, rediss:// .TLS. or unix://") as info:
+        load_settings()
+    assert "s3cret" not in str(info.value)
+    for ok in ("redis://h:6379/0", "rediss://u:p@h:6380/1", "unix:///run/redis.sock"):
+        monkeypatch.setenv("EMOSTREAM_REDIS__URL", ok)
+        assert load_settings().redis.url.get_secret_value() == ok
