@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from engines.features.speech import MIN_SPEECH_S
@@ -28,6 +28,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+#: every topic emostream reads or writes (TopicSettings fields)
+TOPIC_KEYS = ("text", "audio", "video", "control", "emotions", "deadletter", "alerts", "calls")
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 class TopicSettings(_Section):
@@ -42,13 +47,22 @@ class TopicSettings(_Section):
     partitions: int = Field(4, ge=1, description="partitions of every input topic (co-partitioned)")
     replication: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _names(self) -> TopicSettings:
+        names = {key: getattr(self, key) for key in TOPIC_KEYS}
+        for key, name in names.items():  # Kafka's own rule; a bad name failed only at the broker
+            if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+                raise ValueError(f"topics.{key} {name!r} is no Kafka topic name: 1-249 of a-z A-Z 0-9 . _ -")
+        seen: dict[str, str] = {}
+        for key, name in names.items():  # one topic for two purposes: parts read as the wrong kind, or
+            if name in seen:  # the worker reading its own output
+                raise ValueError(f"topics.{key} and topics.{seen[name]} are both {name!r}: every topic is its own")
+            seen[name] = key
+        return self
+
     def inputs(self) -> dict[str, str]:
         """Input topic name -> what it carries (a modality or 'control')."""
         return {self.text: "text", self.audio: "audio", self.video: "video", self.control: "control"}
-
-
-#: every topic emostream reads or writes (TopicSettings fields)
-TOPIC_KEYS = ("text", "audio", "video", "control", "emotions", "deadletter", "alerts", "calls")
 
 
 class KafkaSettings(_Section):
@@ -244,7 +258,14 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     metrics: MetricsSettings = MetricsSettings()
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, level: str) -> str:
+        if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"{level[:20]!r} is no log level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level.upper()
 
     def model_dir(self) -> Path:
         return _model_path(self.engine.model)

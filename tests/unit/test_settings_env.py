@@ -112,3 +112,25 @@ def test_settings_that_would_fail_later_or_silently_are_refused_at_start(monkeyp
     for ok in ("redis://h:6379/0", "rediss://u:p@h:6380/1", "unix:///run/redis.sock"):
         monkeypatch.setenv("EMOSTREAM_REDIS__URL", ok)
         assert load_settings().redis.url.get_secret_value() == ok
+
+
+def test_topics_must_be_kafka_names_each_its_own_and_the_log_level_a_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.errors import ConfigError
+
+    # the worker reading its own events as transcripts, or audio parts read as text
+    for key, name in (("EMOTIONS", "emostream.utterance.text"), ("AUDIO", "emostream.utterance.text")):
+        monkeypatch.setenv(f"EMOSTREAM_KAFKA__TOPICS__{key}", name)
+        with pytest.raises(ConfigError, match=f"topics.{key.lower()} and topics.text are both"):
+            load_settings()
+        monkeypatch.delenv(f"EMOSTREAM_KAFKA__TOPICS__{key}")
+    for bad in ("calls today", "ü", "", "x" * 250, ".."):  # failed only at the broker, after the wait for it
+        monkeypatch.setenv("EMOSTREAM_KAFKA__TOPICS__CALLS", bad)
+        with pytest.raises(ConfigError, match="is no Kafka topic name"):
+            load_settings()
+    monkeypatch.setenv("EMOSTREAM_KAFKA__TOPICS__CALLS", "acme-eu_1.call.reports")
+    assert load_settings().kafka.topics.calls == "acme-eu_1.call.reports"
+    monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", "LOUD")  # was a traceback from logging at start
+    with pytest.raises(ConfigError, match="'LOUD' is no log level"):
+        load_settings()
+    monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
