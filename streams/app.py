@@ -213,6 +213,19 @@ def run_worker(settings: Settings) -> int:
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     quiet_kafka_python(settings.log_level)
+    from engines.artifact import resolve_model_dir
+    from engines.errors import ArtifactError
+
+    for key, name in (
+        ("engine.model", settings.engine.model),
+        ("engine.revision_model", settings.engine.revision_model),
+    ):
+        try:  # a path mistyped is said now, not after the wait for Kafka and Redis
+            if name is not None:
+                resolve_model_dir(Path(name).expanduser())
+        except ArtifactError as exc:
+            print(f"emostream worker: {key}: {exc}", file=sys.stderr)
+            return 2
     try:
         if settings.analytics.enabled:
             load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka

@@ -283,3 +283,18 @@ def test_a_call_suffix_may_start_with_a_dash() -> None:
     # a next option stays an option (argparse then says the value is missing); nothing after '--' changes
     assert joined_dashed_values(["feed", "f", "--call-suffix", "--fast"]) == ["feed", "f", "--call-suffix", "--fast"]
     assert joined_dashed_values(["cv", "--", "--call-suffix", "-x"]) == ["cv", "--", "--call-suffix", "-x"]
+
+
+def test_a_mistyped_model_path_stops_the_worker_before_it_waits_for_kafka(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("EMOSTREAM_KAFKA__BROKERS", "127.0.0.1:9")  # nothing there: the wait would take minutes
+    monkeypatch.setenv("EMOSTREAM_ENGINE__REVISION_MODEL", "revsed")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("emostream worker: engine.revision_model: not a model artifact")
+        and "did you mean revised" in err
+    )
