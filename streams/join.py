@@ -62,9 +62,10 @@ class Utterance:
     said: dict[str, tuple[int, str]] = field(default_factory=dict)  # modality -> the (seq, speaker) its part gave
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
-        """Take ``modality``'s part's ``seq`` and ``speaker``; where the utterance's parts disagree,
-        the first of :data:`MODALITIES` to say decides (the transcript's, usually), whatever order
-        they arrive in. The fields on which this part disagrees with another, each once."""
+        """Take ``modality``'s usable part's ``seq`` and ``speaker``; where the utterance's usable
+        parts disagree, the first of :data:`MODALITIES` to say decides (the transcript's, usually),
+        whatever order they arrive in (a dead-lettered part's count only until a usable part says).
+        The fields on which this part disagrees with another, each once."""
         clash: list[str] = []
         for other, (s, who) in self.said.items():
             if other == modality:
@@ -74,11 +75,17 @@ class Utterance:
             if "unknown" not in (who, speaker) and who != speaker and "speaker" not in clash:
                 clash.append("speaker")
         self.said[modality] = (seq, speaker)
-        order = [m for m in MODALITIES if m in self.said]
-        self.seq = self.said[order[0]][0]
-        known = [self.said[m][1] for m in order if self.said[m][1] != "unknown"]
-        self.speaker = known[0] if known else "unknown"
+        self.keep(tuple(self.said))
         return clash
+
+    def keep(self, modalities: tuple[str, ...]) -> None:
+        """Settle the seq and speaker from what ``modalities``' parts said (a replay keeps the parts
+        it was labelled from: their word decides, as it did the first time)."""
+        order = [m for m in MODALITIES if m in self.said and m in modalities]
+        if order:
+            self.seq = self.said[order[0]][0]
+            known = [self.said[m][1] for m in order if self.said[m][1] != "unknown"]
+            self.speaker = known[0] if known else "unknown"
 
     def has(self, modality: str) -> bool:
         """Whether its ``modality`` part arrived: usable, or dead-lettered (nothing more to wait for)."""
@@ -306,8 +313,7 @@ class Joiner:
         if handle is not None:
             utt.handles.append(handle)
         if modality not in utt.parts:
-            utt.ignored[modality] = why
-            utt.settle(modality, seq, speaker)  # its ids parsed: they count, as a usable part's would
+            utt.ignored[modality] = why  # its seq and speaker count only until a usable part says (settle)
         return self._release(call_id, now)
 
     def _open_utterance(

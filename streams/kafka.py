@@ -248,13 +248,7 @@ class UnreachableBroker(logging.Filter):
 
 
 #: the kafka-python loggers that report each try to reach a broker
-_CONNECTION_LOGGERS = (
-    "kafka.net.manager",
-    "kafka.net.connection",
-    "kafka.net.inet",
-    "kafka.conn",
-    "kafka.client_async",
-)
+_CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.inet")  # kafka-python 3
 
 
 def wait_for_topics(settings: Settings, timeout_s: float | None = None) -> list[str]:

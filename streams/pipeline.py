@@ -345,6 +345,7 @@ class Processor:
             parts = state[utt.call_id].joins.get(utt.utterance_id)
             if parts is not None and set(parts.split("+")) & set(utt.parts):
                 utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
+                utt.keep(tuple(utt.parts))
         ready = await self._prefetched(fresh)
         if ahead is not None:
             self.prefetch(ahead())

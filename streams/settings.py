@@ -33,6 +33,10 @@ class _Section(BaseModel):
 #: every topic emostream reads or writes (TopicSettings fields)
 TOPIC_KEYS = ("text", "audio", "video", "control", "emotions", "deadletter", "alerts", "calls")
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+#: the names logging takes (WARN and FATAL are its aliases)
+_LEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARNING", "WARN": "WARNING", "ERROR": "ERROR",
+           "CRITICAL": "CRITICAL", "FATAL": "CRITICAL", "NOTSET": "NOTSET"}  # fmt: skip
 
 
 class TopicSettings(_Section):
@@ -115,16 +119,20 @@ class RedisSettings(_Section):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, url: SecretStr) -> SecretStr:
-        scheme = url.get_secret_value().partition("://")[0]
-        if scheme not in ("redis", "rediss", "unix"):  # the password stays out of the message
-            raise ValueError(f"a Redis URL starts redis://, rediss:// (TLS) or unix://, not {scheme[:20]!r}")
+        found = _SCHEME.match(url.get_secret_value())
+        scheme = found.group(1).lower() if found else None
+        if scheme not in ("redis", "rediss", "unix"):  # the rest of the URL (a password) stays out of the message
+            raise ValueError(
+                "a Redis URL starts redis://, rediss:// (TLS) or unix://, "
+                + (f"not {scheme[:20]}://" if scheme else "and this one has no scheme")
+            )
         return url
 
 
 class JoinSettings(_Section):
     wait_s: float = Field(2.0, ge=0, description="max wait for missing modalities after an utterance's first part")
     default_modalities: tuple[str, ...] = Field(
-        ("text", "audio"), description="what a call without a 'started' message is waited for"
+        ("text", "audio"), min_length=1, description="what a call without a 'started' message is waited for"
     )
 
     @field_validator("default_modalities")
@@ -249,7 +257,13 @@ class MetricsSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EMOSTREAM_", env_nested_delimiter="__", frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="EMOSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+        hide_input_in_errors=True,  # a Redis URL or a SASL password in a value that does not validate
+    )
 
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
@@ -263,9 +277,9 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _level(cls, level: str) -> str:
-        if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        if level.upper() not in _LEVELS:
             raise ValueError(f"{level[:20]!r} is no log level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        return level.upper()
+        return _LEVELS[level.upper()]
 
     def model_dir(self) -> Path:
         return _model_path(self.engine.model)

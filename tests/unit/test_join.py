@@ -101,6 +101,25 @@ def test_parts_that_disagree_on_seq_or_speaker_are_joined_and_the_first_modality
     j.add("c", "u0", 0, "unknown", "text", "t", "h1", now=0.0)
     r = j.add("c", "u0", 0, "customer", "audio", "a", "h2", now=0.1)
     assert r.inconsistent == [] and r.ready[0].speaker == "customer"
+    # a dead-lettered part's seq and speaker count only until a usable part says, in either order
+    for rejected_first in (True, False):
+        j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+        steps = [
+            lambda j=j: j.reject("c", "u0", 3, "customer", "text", "dead-lettered: x", now=0.0),
+            lambda j=j: j.add("c", "u0", 7, "agent", "audio", "a", "h1", now=0.1),
+        ]
+        results = [step() for step in (steps if rejected_first else steps[::-1])]
+        (utt,) = [u for r in results for u in r.ready]
+        assert (utt.seq, utt.speaker, utt.modalities) == (7, "agent", ("audio",))
+        assert all(r.inconsistent == [] for r in results)
+    # a replay keeps the parts it was labelled from: their word decides, as it did the first time
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u1", 4, "customer", "audio", "a", "h1", now=0.0)
+    (utt,) = j.add("c", "u1", 2, "agent", "text", "t", "h2", now=0.1).ready
+    assert (utt.seq, utt.speaker) == (2, "agent")
+    utt.parts = {"audio": utt.parts["audio"]}  # labelled from its audio alone the first time
+    utt.keep(tuple(utt.parts))
+    assert (utt.seq, utt.speaker) == (4, "customer")
     # the release order follows the settled seq: u1's transcript says 0, so it no longer waits behind
     # u0 (seq 1), as its audio part's seq 5 would have had it
     j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))

@@ -109,7 +109,18 @@ def test_settings_that_would_fail_later_or_silently_are_refused_at_start(monkeyp
     with pytest.raises(ConfigError, match="starts redis://, rediss:// .TLS. or unix://") as info:
         load_settings()
     assert "s3cret" not in str(info.value)
-    for ok in ("redis://h:6379/0", "rediss://u:p@h:6380/1", "unix:///run/redis.sock"):
+    monkeypatch.setenv("EMOSTREAM_REDIS__URL", "emostream:s3cret@redis:6379/0")  # no scheme: none of it echoed
+    with pytest.raises(ConfigError, match="has no scheme") as info:
+        load_settings()
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(Exception, match="has no scheme") as raised:  # built in code, not from the environment
+        Settings(redis={"url": "emostream:s3cret@redis:6379/0"})
+    assert "s3cret" not in str(raised.value)
+    monkeypatch.setenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES", "[]")  # was the join's assertion at start
+    with pytest.raises(ConfigError, match="default_modalities"):
+        load_settings()
+    monkeypatch.delenv("EMOSTREAM_JOIN__DEFAULT_MODALITIES")
+    for ok in ("redis://h:6379/0", "rediss://u:p@h:6380/1", "unix:///run/redis.sock", "REDIS://h:6379/0"):
         monkeypatch.setenv("EMOSTREAM_REDIS__URL", ok)
         assert load_settings().redis.url.get_secret_value() == ok
 
@@ -132,5 +143,6 @@ def test_topics_must_be_kafka_names_each_its_own_and_the_log_level_a_level(monke
     monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", "LOUD")  # was a traceback from logging at start
     with pytest.raises(ConfigError, match="'LOUD' is no log level"):
         load_settings()
-    monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", "debug")
-    assert load_settings().log_level == "DEBUG"
+    for given, level in (("debug", "DEBUG"), ("WARN", "WARNING"), ("fatal", "CRITICAL"), ("Error", "ERROR")):
+        monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", given)  # logging's own aliases, as before
+        assert load_settings().log_level == level
