@@ -133,7 +133,8 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
 
 def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An utterance whose audio does not decode is dead-lettered for it and labelled from its text
-    at once, saying why (``ignored``), not after the join's whole wait (12 s here)."""
+    at once, saying why (``ignored``), not after the join's whole wait (12 s here). Two parts that
+    disagree on their utterance's seq and speaker are joined, and the worker says so."""
     settings = settings_for(services, unique, default_modalities=("text", "audio"), wait_s=12.0)
     t = settings.kafka.topics
     ensure_topics(settings)
@@ -160,10 +161,20 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         producer.send(
             t.text, key=b"blank", value=TextPart(call_id="blank", utterance_id="b0", seq=0, text=" \t").to_bytes()
         )
+        # and two parts of one utterance that disagree on its seq and speaker: joined, the transcript's word counts
+        audio = AudioPart(call_id="odd", utterance_id="d0", seq=5, speaker="customer", encoding="features",
+                          features=[0.1] * 768)  # fmt: skip
+        producer.send(t.audio, key=b"odd", value=audio.to_bytes())
         producer.flush()
-        assert collector.poll_until(lambda c: len(c.events) >= 4 and len(c.dead) >= 3, 60), worker.tail()
-        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "m0", "m1", "m2"]
+        text = TextPart(call_id="odd", utterance_id="d0", seq=0, speaker="agent", text="Let me check that for you.")
+        producer.send(t.text, key=b"odd", value=text.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.events) >= 5 and len(c.dead) >= 3, 60), worker.tail()
+        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "d0", "m0", "m1", "m2"]
         for _, e in collector.events:
+            if e.call_id == "odd":
+                assert (e.seq, e.speaker, e.modalities_present) == (0, "agent", ["text", "audio"]), e
+                continue
             if e.call_id == "blank":
                 assert e.modalities_present == ["text"] and e.ignored["text"].startswith("no words"), e
                 assert e.weights["text"] == 0.0, e.weights  # arrived, not used
@@ -172,10 +183,14 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
             assert e.ignored == {"audio": "dead-lettered: undecodable_audio"}, e.ignored
         assert {d.reason for d in collector.dead} == {"undecodable_audio"}
         waits = worker.metrics()
-        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 4
-        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 4.0' in waits, [
+        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 5
+        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 5.0' in waits, [
             line for line in waits.splitlines() if line.startswith("emostream_join_wait")
         ]
+        assert 'emostream_inconsistent_parts_total{field="seq"} 1.0' in waits
+        assert 'emostream_inconsistent_parts_total{field="speaker"} 1.0' in waits
+        said = "this text part says seq 0 speaker 'agent', but its audio part seq 5 speaker 'customer'"
+        assert said in worker.tail(10**6)
     finally:
         producer.close()
         collector.close()
