@@ -278,12 +278,11 @@ class Joiner:
         utt.parts[modality] = payload
         utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
-        said = dict(utt.said)
         clash = utt.settle(modality, seq, speaker)
         result = self._release(call_id, now)
         if clash:
             result.inconsistent += clash
-            result.inconsistency = _inconsistency(utt, modality, seq, speaker, said, clash)
+            result.inconsistency = _inconsistency(utt, modality, seq, speaker, clash)
         return result
 
     def reject(
@@ -596,10 +595,8 @@ def _digest(payload: Any) -> int:
         return hash(repr(value)) & _BITS
 
 
-def _inconsistency(
-    utt: Utterance, modality: str, seq: int, speaker: str, said: dict[str, tuple[int, str]], fields: list[str]
-) -> str:
-    others = ", ".join(f"its {m} part seq {s} speaker {w!r}" for m, (s, w) in said.items() if m != modality)
+def _inconsistency(utt: Utterance, modality: str, seq: int, speaker: str, fields: list[str]) -> str:
+    others = ", ".join(f"its {m} part seq {s} speaker {w!r}" for m, (s, w) in utt.said.items() if m != modality)
     return (
         f"utterance {utt.utterance_id} of call {utt.call_id}: this {modality} part says seq {seq} speaker "
         f"{speaker!r}, but {others} (they differ on {' and '.join(fields)}); joined all the same, as seq "
