@@ -207,12 +207,13 @@ def run_worker(settings: Settings) -> int:
 
     from streams.context import wait_for_redis
     from streams.errors import EmostreamError
-    from streams.kafka import wait_for_topics
+    from streams.kafka import quiet_coordinator_wait, wait_for_topics
     from streams.rules import load_rules
     from streams.runtime import build_worker, prepare_graphs
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     quiet_kafka_python(settings.log_level)
+    quiet_coordinator_wait()
     from engines.artifact import resolve_model_dir
     from engines.errors import ArtifactError
 

@@ -289,3 +289,87 @@ def wait_for_topics(settings: Settings, timeout_s: float | None = None) -> list[
     finally:
         for logger in loggers:
             logger.removeFilter(quiet)
+
+
+class CoordinatorWait(logging.Filter):
+    """aiokafka logs "Group Coordinator Request failed" as an ERROR at every try (ten a second)
+    while the broker names no coordinator for the worker's consumer group. A fresh broker does that
+    once, for a moment, at its first consumer group (it creates ``__consumer_offsets`` then): one
+    INFO line says so. A broker that cannot create or load that topic does it forever (its
+    ``offsets.topic.replication.factor``, Kafka's default 3, above the brokers alive; a leaderless
+    partition): a WARNING every ``patience_s`` says how long and what to check, and the tries in
+    between are not printed. Any other error (an authorization failure, a lost connection) passes
+    as the ERROR it is; the coordinator found again starts over, and says so after a warning."""
+
+    FAILED = "Group Coordinator Request failed"
+    FOUND = "Discovered coordinator"
+    #: Kafka's error codes of a coordinator that is not there yet: COORDINATOR_LOAD_IN_PROGRESS,
+    #: COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR (any other error passes as aiokafka logs it)
+    WAITING = (14, 15, 16)
+
+    def __init__(self, patience_s: float = 30.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.patience_s = patience_s
+        self.clock = clock
+        self.since: float | None = None  # the first failed try of this wait
+        self.said = 0.0  # when this wait was last printed
+        self.warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if text.startswith(self.FOUND):
+            if self.warned and self.since is not None:
+                _rewrite(record, logging.INFO, f"{record.getMessage()}, after {self.clock() - self.since:.0f} s")
+            self.since, self.warned = None, False
+            return True
+        if not text.startswith(self.FAILED):
+            return True
+        err = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if getattr(err, "errno", None) not in self.WAITING:
+            return True
+        now = self.clock()
+        if self.since is None:
+            self.since = self.said = now
+            _rewrite(
+                record,
+                logging.INFO,
+                f"Kafka names no coordinator for this worker's consumer group yet ({_error_name(err)}): waiting "
+                "(a fresh broker creates __consumer_offsets at its first group)",
+            )
+            return True
+        if now - self.said < self.patience_s:
+            return False
+        self.said, self.warned = now, True
+        _rewrite(
+            record,
+            logging.WARNING,
+            f"Kafka has named no coordinator for this worker's consumer group for {now - self.since:.0f} s "
+            f"({_error_name(err)}); nothing is consumed until it does. The broker cannot create or load "
+            "__consumer_offsets: its offsets.topic.replication.factor (Kafka's default 3) must not exceed the "
+            "brokers alive (1 on a single broker), and each of that topic's partitions needs a leader",
+        )
+        return True
+
+
+def _error_name(err: Any) -> str:
+    return type(err).__name__
+
+
+def _rewrite(record: logging.LogRecord, level: int, message: str) -> None:
+    record.levelno, record.levelname = level, logging.getLevelName(level)
+    record.msg, record.args = message, ()  # a tuple: Faust's formatter wraps anything else in one and formats again
+
+
+#: aiokafka's logger of the consumer group's coordinator lookups (the worker's client)
+COORDINATOR_LOGGER = "aiokafka.consumer.group_coordinator"
+
+
+def quiet_coordinator_wait(patience_s: float = 30.0) -> CoordinatorWait:
+    """Installs :class:`CoordinatorWait` on aiokafka's coordinator logger (once) and returns it."""
+    logger = logging.getLogger(COORDINATOR_LOGGER)
+    for f in logger.filters:
+        if isinstance(f, CoordinatorWait):
+            return f
+    f = CoordinatorWait(patience_s)
+    logger.addFilter(f)
+    return f

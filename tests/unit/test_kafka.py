@@ -206,3 +206,77 @@ def test_an_unreachable_broker_is_said_once_a_try_not_line_by_line(
     noise = [r.getMessage() for r in caplog.records if r.name.startswith("kafka.") and r.levelno >= logging.WARNING]
     assert not [m for m in noise if "ECONNREFUSED" in m or "DNS" in m or "not ready" in m], noise
     assert not logging.getLogger("kafka.net.manager").filters  # removed once started or given up
+
+
+def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiokafka logs an ERROR ten times a second while the broker names no coordinator for the
+    group: once at every fresh broker's first group (the demo's log had one), and forever where the
+    broker cannot create __consumer_offsets. The worker's filter says the first as INFO, then a
+    WARNING every patience_s with the cause to check, and lets other errors through."""
+    import inspect
+    import logging
+
+    import aiokafka.consumer.group_coordinator as gc
+    import aiokafka.errors as errors
+
+    from streams.kafka import COORDINATOR_LOGGER, CoordinatorWait
+
+    # the filter reads aiokafka's own lines: an upgrade that rewords them must fail here
+    source = inspect.getsource(gc)
+    assert (
+        '"Group Coordinator Request failed: %s", err' in source and '"Discovered coordinator %s for group %s"' in source
+    )
+    assert gc.log.name == COORDINATOR_LOGGER
+
+    now = [100.0]
+    wait = CoordinatorWait(patience_s=30.0, clock=lambda: now[0])
+    gc.log.addFilter(wait)
+    caplog.set_level(logging.INFO, logger=COORDINATOR_LOGGER)
+    try:
+        for _ in range(3):  # three tries within a moment: one INFO line
+            gc.log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
+            now[0] += 0.1
+        gc.log.info("Discovered coordinator %s for group %s", 1, "g")
+        first = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert [lvl for lvl, _ in first] == ["INFO", "INFO"], first
+        assert "no coordinator" in first[0][1] and "__consumer_offsets" in first[0][1]
+        assert first[1][1] == "Discovered coordinator 1 for group g"  # no "after" without a warning
+
+        caplog.clear()
+        for _ in range(700):  # 70 s of tries, ten a second
+            gc.log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
+            now[0] += 0.1
+        said = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert [lvl for lvl, _ in said] == ["INFO", "WARNING", "WARNING"], said
+        from mode.utils.logging import ExtensionFormatter  # the worker's (Faust's) formatter
+
+        assert all("for 30 s" in ExtensionFormatter().format(r) for r in caplog.records[1:2])
+        assert "for 30 s" in said[1][1] and "for 60 s" in said[2][1]
+        assert "offsets.topic.replication.factor" in said[1][1]
+        gc.log.info("Discovered coordinator %s for group %s", 2, "g")
+        assert caplog.records[-1].getMessage() == "Discovered coordinator 2 for group g, after 70 s"
+
+        caplog.clear()
+        gc.log.error("Group Coordinator Request failed: %s", errors.GroupAuthorizationFailedError())
+        gc.log.error("Group Coordinator Request failed: %s", errors.KafkaConnectionError("lost"))
+        assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR"]
+        assert "GroupAuthorizationFailedError" in caplog.records[0].getMessage()
+    finally:
+        gc.log.removeFilter(wait)
+
+
+def test_the_coordinator_filter_is_installed_once() -> None:
+    import logging
+
+    from streams.kafka import COORDINATOR_LOGGER, CoordinatorWait, quiet_coordinator_wait
+
+    logger = logging.getLogger(COORDINATOR_LOGGER)
+    try:
+        assert quiet_coordinator_wait() is quiet_coordinator_wait()
+        assert sum(isinstance(f, CoordinatorWait) for f in logger.filters) == 1
+    finally:
+        for f in list(logger.filters):
+            if isinstance(f, CoordinatorWait):
+                logger.removeFilter(f)
