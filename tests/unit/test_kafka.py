@@ -232,6 +232,9 @@ def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to
 
     now = [100.0]
     wait = CoordinatorWait(patience_s=30.0, clock=lambda: now[0])
+    installed = list(gc.log.filters)  # a worker started earlier in this process installed its own
+    for f in installed:
+        gc.log.removeFilter(f)
     gc.log.addFilter(wait)
     caplog.set_level(logging.INFO, logger=COORDINATOR_LOGGER)
     try:
@@ -265,6 +268,8 @@ def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to
         assert "GroupAuthorizationFailedError" in caplog.records[0].getMessage()
     finally:
         gc.log.removeFilter(wait)
+        for f in installed:
+            gc.log.addFilter(f)
 
 
 def test_the_coordinator_filter_is_installed_once() -> None:
