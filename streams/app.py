@@ -227,6 +227,14 @@ def run_worker(settings: Settings) -> int:
         except ArtifactError as exc:
             print(f"emostream worker: {key}: {exc}", file=sys.stderr)
             return 2
+    from engines.runtime.select import RuntimeUnavailable, resolve_runtime
+    from streams.processes import shared_by
+
+    try:  # a GPU runtime on a machine without one: said now, not after joining the group (a rebalance for the others)
+        resolve_runtime(settings.engine.runtime, processes=shared_by())
+    except RuntimeUnavailable as exc:
+        print(f"emostream worker: engine.runtime: {exc}", file=sys.stderr)
+        return 2
     try:
         if settings.analytics.enabled:
             load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka

@@ -196,6 +196,7 @@ class Worker:
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
         self.backoff = 0.5
+        self.failing_since: float | None = None  # the first of the failures of batches or closes until one goes through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
         metrics.limits.labels("open_calls").set(j.max_open_calls)
@@ -385,10 +386,12 @@ class Worker:
             if msg.event == "started":
                 modalities: list[str] = list(msg.modalities or [])
                 started = self.processor.started
-                again = await self._retry(lambda: started(msg.call_id, modalities, receipt.offset), "started")
+                again = await self._retry(
+                    lambda: started(msg.call_id, modalities, receipt.offset), "storing a call's start"
+                )
             else:
                 superseded = self.processor.superseded
-                if await self._retry(lambda: superseded(msg.call_id, receipt.offset), "ended"):
+                if await self._retry(lambda: superseded(msg.call_id, receipt.offset), "reading a call's end"):
                     # an earlier call's 'ended', read again after a crash once the id's next call had
                     # started: applied, it would end that call (its joins, window and summary)
                     log.warning("call %s: 'ended' at offset %d is an earlier call's, read again after a restart (the "
@@ -466,19 +469,27 @@ class Worker:
         store = self.processor.store
         if not self.joiner.needs_declaration(msg.call_id):
             return None
-        result: list[str] | None = await self._retry(lambda: store.declared(msg.call_id), "declared")
+        result: list[str] | None = await self._retry(
+            lambda: store.declared(msg.call_id), "reading the modalities a call declared"
+        )
         return result
 
     async def _retry(self, call: Callable[[], Any], what: str, max_backoff: float = 10.0) -> Any:
-        delay = 0.25
+        """``call()``, retried with backoff while Redis fails; the first success after a failure says so."""
+        delay, since = 0.25, None
         while True:
             try:
-                return await call()
+                result = await call()
             except Exception as exc:
-                log.warning("Redis %s failed (%s); retrying in %.2f s", what, _describe(exc), delay)
+                since = time.monotonic() if since is None else since
+                log.warning("Redis failed %s (%s); retrying in %.2f s", what, _describe(exc), delay)
                 self.metrics.stage_errors.labels("redis").inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_backoff)
+                continue
+            if since is not None:
+                log.info("Redis works again: %s succeeded after %.1f s of failures", what, time.monotonic() - since)
+            return result
 
     async def _backpressure(self) -> None:
         """Wait while the engine is behind or too many utterances wait for their parts."""
@@ -762,6 +773,7 @@ class Worker:
         except Exception:
             self._failed(f"closing call {call_id}", "close")
             return False
+        self._recovered("closing calls")
         for event, _ in final.events:
             self.metrics.events_out.labels(str(event.revision)).inc()
         async with self.lock:
@@ -798,7 +810,15 @@ class Worker:
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
 
+    def _recovered(self, what: str) -> None:
+        """Says once that work goes through again after failures (:meth:`_failed`): Redis or the
+        broker back."""
+        if self.failing_since is not None:
+            log.info("%s go through again after %.1f s of failures", what, self.clock() - self.failing_since)
+            self.failing_since = None
+
     def _failed(self, what: str, stage: str) -> None:
+        self.failing_since = self.clock() if self.failing_since is None else self.failing_since
         log.exception("%s failed; retrying in %.1f s", what, self.backoff)
         self.metrics.errors.inc()
         self.metrics.stage_errors.labels(stage).inc()
@@ -854,6 +874,7 @@ class Worker:
                 self._count_queue()
             return False
         self.backoff = 0.5
+        self._recovered("batches")
         for name, seconds in laps.items():
             self.metrics.batch_stage.labels(name).observe(seconds)
         self.metrics.replays.inc(outcome.replayed)

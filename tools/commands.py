@@ -49,6 +49,12 @@ def cmd_feed(ns: Any) -> int:
               "nothing to send", file=sys.stderr)  # fmt: skip
         return 2
     wait_for_topics(settings)  # a broker still starting is waited for (kafka.startup_timeout_s)
+    import signal
+
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the calls under way get their `ended`
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         report = feed(
             dialogues,
@@ -82,6 +88,8 @@ def _feed_options_problem(ns: Any) -> str | None:
             return f"--audio-encoding {ns.audio_encoding} is G.711 at {G711_RATE} Hz, not {ns.audio_rate}"
         if ns.audio_rate not in RATES:
             return f"--audio-rate {ns.audio_rate} Hz: the worker takes {', '.join(map(str, RATES))}"
+    if ns.limit is not None and ns.limit < 0:
+        return f"--limit {ns.limit}: the number of calls to send, 1 or more"
     if ns.audio_dir and not ns.file.endswith(".csv"):
         return "--audio-dir attaches RAVDESS speech to a MELD CSV; a JSONL file names its own audio (audio_path)"
     if ns.call_suffix and not re.fullmatch(rf"[{ID_CHARS}]{{1,32}}", ns.call_suffix):

@@ -138,6 +138,14 @@ def part_of(u: Utterance, modality: str, audio_as: tuple[str, int | None] | None
     return None
 
 
+def _send(publisher: Publisher, part: Part) -> None:
+    """One part; a message the broker would refuse names its utterance."""
+    try:
+        publisher.send(part)
+    except ValueError as exc:
+        raise ValueError(f"{part.call_id}/{part.utterance_id}: {exc}") from exc
+
+
 def part_message(
     u: Utterance, modality: str, topics: TopicSettings, audio_as: tuple[str, int | None] | None = None
 ) -> tuple[str, bytes] | None:
@@ -176,14 +184,22 @@ def feed(
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; choose from {MODALITIES}")
-    limit = settings.limits.max_text_chars
-    for d in dialogues:  # the worker would dead-letter them: say so before anything is sent
+    limit, max_bytes = settings.limits.max_text_chars, settings.limits.max_message_bytes
+    for d in dialogues:  # the worker would dead-letter them, the broker refuse them: say so before anything is sent
         for u in d.utterances:
             if "text" in wanted and u.text is not None and len(u.text) > limit:
                 raise ValueError(
                     f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: text of {len(u.text)} characters, "
                     f"over limits.max_text_chars ({limit})"
                 )
+            for m in wanted if audio_as is None else ():  # (transcoded audio is measured as it is sent)
+                part = part_of(u, m)
+                size = 0 if part is None else len(part.to_bytes())
+                if size > max_bytes:
+                    raise ValueError(
+                        f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: its {m} part is a {size}-byte "
+                        f"message, over limits.max_message_bytes ({max_bytes}): send long audio as several utterances"
+                    )
     publisher = Publisher(settings, producer)
     report = FeedReport(calls=len(dialogues))
     declared = {d.call_id: [m for m in d.modalities() if m in wanted] for d in dialogues}
@@ -220,7 +236,7 @@ def feed(
                 assert step.utterance is not None
                 part = part_of(step.utterance, modality, audio_as)
                 if part is not None:
-                    publisher.send(part)
+                    _send(publisher, part)
             else:
                 assert step.utterance is not None
                 messages = []  # all built before any is sent: parts of one utterance leave together
@@ -234,11 +250,19 @@ def feed(
                     messages.append(part_of(step.utterance, m, audio_as))
                 for message in messages:
                     if message is not None:
-                        publisher.send(message)
+                        _send(publisher, message)
                 report.utterances += 1
                 bar.set_postfix(calls=len(active), refresh=False)
                 bar.update(1)
         publisher.flush()
+    except BaseException:  # stopped (Ctrl-C, SIGTERM) or refused: the calls under way are ended, not left open
+        if send_control:
+            for call_id in sorted(active):
+                try:
+                    publisher.end_call(call_id)
+                except Exception:  # noqa: BLE001 - the broker itself may be what failed; the first error is raised
+                    break
+        raise
     finally:
         bar.close()
         publisher.close()  # flushes; closes the producer only if it made it

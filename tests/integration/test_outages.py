@@ -99,7 +99,9 @@ def test_redis_killed_mid_stream_and_back_loses_no_utterance(own, unique, shared
         assert worker.proc is not None and worker.proc.poll() is None, "the worker survived"
         metrics = worker.metrics()
         assert _metric(metrics, 'emostream_service_errors_total{stage="redis"}') > 0, "the outage was not reported"
-        assert "Redis" in worker.tail(200_000) or "redis" in worker.tail(200_000)
+        log = worker.tail(200_000)
+        assert "Redis" in log or "redis" in log
+        assert "go through again after" in log or "Redis works again" in log, "the recovery was not said"
         print(f"{len(want)} utterances, {during} events before Redis came back, all in {recovered:.0f} s")
     finally:
         collector.close()

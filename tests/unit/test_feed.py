@@ -146,6 +146,45 @@ def test_a_text_over_the_workers_limit_is_refused_before_anything_is_sent() -> N
     _run([long], realtime=False, modalities=("audio",))  # not sending the text: nothing to refuse
 
 
+def test_a_part_over_the_brokers_limit_is_refused_before_anything_is_sent() -> None:
+    """Found by a newcomer: 5 s of 44.1 kHz stereo WAV (1.17 MB as JSON) stopped feed mid-call with
+    "a 1171514-byte message ... is over limits.max_message_bytes", naming no utterance, after the
+    call's `started` and its first text had gone out; the call was never ended."""
+    import dataclasses
+
+    call = _call("call-1", 2, audio=True)
+    big = dataclasses.replace(call, utterances=(
+        call.utterances[0], dataclasses.replace(call.utterances[1], audio=b"RIFF" + bytes(800_000))))  # fmt: skip
+    clock = FakeClock()
+    producer = FakeProducer(clock)
+    with pytest.raises(ValueError, match=r"call-1/u1: its audio part is a 10\d{5}-byte message, over limits"):
+        feed([big], SETTINGS, realtime=False, progress=False, producer=producer, clock=clock, sleep=clock.sleep)
+    assert producer.sent == []
+    _run([big], realtime=False, modalities=("text",))  # not sending the audio: nothing to refuse
+
+
+def test_a_feed_stopped_or_refused_midway_ends_the_calls_it_started() -> None:
+    """Ctrl-C (and SIGTERM, which the command turns into it), or a part refused as it is sent,
+    left the calls under way open: no summary, alerts never cleared, no revision of the last
+    utterances. Each call started gets its `ended` before the error goes on."""
+    clock = FakeClock()
+
+    class Interrupted(FakeProducer):
+        def send(self, topic: str, key: bytes, value: bytes) -> None:
+            super().send(topic, key, value)
+            if topic == TOPICS.text and sum(t == TOPICS.text for _, t, _, _ in self.sent) == 3:  # Ctrl-C
+                raise KeyboardInterrupt
+
+    producer = Interrupted(clock)
+    with pytest.raises(KeyboardInterrupt):
+        feed([_call("a", 4), _call("b", 4), _call("c", 4)], SETTINGS, realtime=True, progress=False,
+             producer=producer, clock=clock, sleep=clock.sleep, concurrency=2)  # fmt: skip
+    control = [(m.call_id, m.event) for _, t, _, m in producer.sent if t == TOPICS.control]
+    started = [c for c, e in control if e == "started"]
+    assert started and sorted(c for c, e in control if e == "ended") == sorted(started), control
+    assert control[-len(started) :] == [(c, "ended") for c in sorted(started)], control
+
+
 def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A bad settings file, a missing one after the subcommand, a dialogue file with NaN: `error:
     <what>` and exit status 2, no traceback (a newcomer's first tries)."""
@@ -194,6 +233,7 @@ def test_feed_refuses_options_and_files_it_would_silently_get_wrong(
         ([str(text), "--call-suffix", "-p 2"], "--call-suffix '-p 2': up to 32 of"),  # a value that starts with '-'
         ([str(text), "--modalities", "text,vidoe"], "--modalities text,vidoe: vidoe is no modality"),
         ([str(text), "--limit", "0"], "--limit 0: no calls to send"),
+        ([str(text), "--limit", "-1"], "--limit -1: the number of calls to send, 1 or more"),  # sent all but the last
     ]
     for argv, said in cases:
         code = main(["feed", *argv, "--fast"])
@@ -298,3 +338,21 @@ def test_a_mistyped_model_path_stops_the_worker_before_it_waits_for_kafka(
         err.startswith("emostream worker: engine.revision_model: not a model artifact")
         and "did you mean revised" in err
     )
+
+
+def test_a_runtime_this_machine_lacks_stops_the_worker_before_it_joins_the_group(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker set to a GPU runtime on a CPU machine failed after it had joined the consumer
+    group, in two tracebacks, and the running workers rebalanced twice for it."""
+    from engines.runtime.select import cuda_available
+    from streams.cli import main
+
+    if cuda_available():
+        pytest.skip("this machine has a CUDA GPU")
+    monkeypatch.setenv("EMOSTREAM_KAFKA__BROKERS", "127.0.0.1:9")  # nothing there: the wait would take minutes
+    monkeypatch.setenv("EMOSTREAM_ENGINE__RUNTIME", "torch-cuda")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emostream worker: engine.runtime: ") and "CUDA" in err, err
+    assert len(err.strip().splitlines()) == 1, err
