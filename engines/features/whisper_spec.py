@@ -198,7 +198,7 @@ class WhisperConfig:
     layers: tuple[int, ...] = (1,)
     pooling: str = "concat"  # several layers: "concat" their mean+std, or "mean" of the states first
     chunk: int = 16  # segments per forward pass at most
-    max_frames: int = 16_000  # mel frames per forward pass at most (bounds attention memory)
+    max_frames: int = 8_000  # mel frames a pass at most: bounds attention memory (two 30 s segments; 16 clips of 5 s)
     version: int = 1
 
     def __post_init__(self) -> None:

@@ -293,3 +293,17 @@ def test_whisper_settings_for_data_without_raw_audio_are_refused(
     words = ["--dataset", "meld", "--data-dir", str(shared_data), "--out", str(tmp_path / "m"), "--whisper-layers", "2"]
     assert main(words) == 2
     assert "has none" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_the_default_passes_keep_long_clips_two_segments_a_pass_and_short_ones_sixteen() -> None:
+    """The encoder's attention is (segments x 6 heads x 1500 x 1500) floats a pass: five 30 s
+    segments a pass (the old 16,000 frames) took a worker fed bursts of 59 s telephone audio to
+    1.57 GB peak RSS, two (8,000) to 1.12 GB (docs/performance-history.md, 2026-12-06), at the same
+    audio seconds a second; sixteen RAVDESS-length clips (up to 5 s) still go in one pass."""
+    from engines.features.whisper_spec import SEGMENT_FRAMES, WhisperConfig, plan_passes
+
+    s = WhisperConfig()
+    long = plan_passes([5900] * 6, s.chunk, s.max_frames)  # six clips of 59 s: twelve segments
+    assert max(len(p) for p in long) == 2 and sum(len(p) for p in long) == 12
+    assert max(sum(b - a for _, a, b in p) for p in long) <= 2 * SEGMENT_FRAMES
+    assert [len(p) for p in plan_passes([500] * 16, s.chunk, s.max_frames)] == [16]
