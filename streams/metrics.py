@@ -155,13 +155,13 @@ class Metrics:
             "emostream_finished_ids", "Labelled utterance ids remembered to recognise late parts", registry=r
         )
         self.queued = Gauge("emostream_queued_utterances", "Joined utterances waiting for the engine", registry=r)
-        self.held_utterances = Gauge(
-            "emostream_held_utterances",
-            "Utterances (since start) that waited past join.wait_s for a part of a topic read behind (a backlog)",
+        self.held_utterances = Counter(
+            "emostream_held_utterances_total",
+            "Utterances that waited past join.wait_s for a part of a topic read behind (a backlog)",
             registry=r,
         )
-        self.evicted_calls = Gauge(
-            "emostream_evicted_calls", "Idle calls forgotten because join.max_open_calls was reached", registry=r
+        self.evicted_calls = Counter(
+            "emostream_evicted_calls_total", "Idle calls forgotten because join.max_open_calls was reached", registry=r
         )
         self.replays = Counter(
             "emostream_replays_skipped_total",

@@ -196,6 +196,7 @@ class Worker:
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
         self.backoff = 0.5
+        self.counted: dict[str, int] = {}  # the joiner's counts already added to their metrics
         self.failing_since: float | None = None  # the first of the failures of batches or closes until one goes through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
@@ -543,8 +544,11 @@ class Worker:
             self.metrics.open_utterances.set(self.joiner.open_utterances)
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))
-            self.metrics.evicted_calls.set(self.joiner.evicted_calls)
-            self.metrics.held_utterances.set(self.joiner.held_utterances)
+            for name in ("evicted_calls", "held_utterances"):  # the joiner's running counts, as counters
+                now, seen = getattr(self.joiner, name), self.counted.get(name, 0)
+                if now > seen:
+                    getattr(self.metrics, name).inc(now - seen)
+                    self.counted[name] = now
 
     async def pump(self) -> None:
         """Expire joins, then process every batch that is due and close ended calls, expiring joins
@@ -964,11 +968,12 @@ class Worker:
             payload_bytes=len(raw),
         )
         log.warning(
-            "dead letter %s from %s[%d]@%d: %s",
+            "dead letter %s from %s[%d]@%d%s: %s",
             exc.reason,
             receipt.topic,
             receipt.partition,
             receipt.offset,
+            "" if record.utterance_id is None else f" ({record.call_id}/{record.utterance_id})",
             exc.detail,
         )
         await self._send_dead_letter(record, key)

@@ -141,7 +141,15 @@ def read_meld_csv(
     rows: dict[int, list[dict[str, str]]] = {}
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            for line, row in enumerate(csv.DictReader(f), start=2):
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            lacking = [c for c in MELD_COLUMNS if c not in columns]
+            if lacking:
+                raise DialogueFormatError(
+                    path, 1, f"not a MELD CSV: no {', '.join(lacking)} column (its columns: "
+                    f"{', '.join(columns[:8]) or 'none'}); our own calls are JSONL, README 'Topics and messages'"
+                )  # fmt: skip
+            for line, row in enumerate(reader, start=2):
                 try:
                     did = int(row["Dialogue_ID"])
                     int(row["Utterance_ID"])
@@ -157,6 +165,10 @@ def read_meld_csv(
         raise DialogueFormatError(path, None, str(exc)) from exc
     ids = sorted(rows)[:limit_dialogues] if limit_dialogues is not None else sorted(rows)
     return [_meld_dialogue(f"meld-{split}-d{did}", rows[did], f"meld-{split}") for did in ids]
+
+
+#: the columns a MELD CSV must have (Speaker, StartTime, EndTime and Emotion are read when present)
+MELD_COLUMNS = ("Dialogue_ID", "Utterance_ID", "Utterance")
 
 
 def _meld_dialogue(call_id: str, rows: list[dict[str, str]], source: str) -> Dialogue:

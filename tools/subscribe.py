@@ -102,7 +102,10 @@ def format_report(report: CallReport) -> str:
 def format_deadletter(letter: DeadLetter) -> str:
     """One readable line for a dead letter (its key and detail quote what a producer sent: shortened)."""
     where = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
-    return f"✗ dead letter [{_short(letter.key or '-', 80)}] {letter.reason}: {_short(letter.detail, 500)}  ({where})"
+    who = _short(letter.key or "-", 80)
+    if letter.call_id is not None and letter.utterance_id is not None:  # it parsed: which utterance lost a part
+        who = f"{_short(letter.call_id, 80)} {_short(letter.utterance_id, 80)}"
+    return f"✗ dead letter [{who}] {letter.reason}: {_short(letter.detail, 500)}  ({where})"
 
 
 def _short(text: str, limit: int) -> str:

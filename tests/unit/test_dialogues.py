@@ -293,3 +293,17 @@ def test_jsonl_carries_telephone_audio_inline_and_feed_sends_it_as_it_is(tmp_pat
         assert flac is not None and parse_input("audio", flac[1], 1 << 22).encoding == "flac"
     write_jsonl([call], tmp_path / "back.jsonl")
     assert read_jsonl(tmp_path / "back.jsonl")[0].utterances[1].audio_rate == 8000
+
+
+def test_a_csv_that_is_not_meld_says_which_columns_it_lacks(tmp_path: Path) -> None:
+    """Found by a newcomer: `bad Dialogue_ID/Utterance_ID: 'Dialogue_ID'` (a KeyError as it was)."""
+    from tools.dialogues import DialogueFormatError
+
+    path = tmp_path / "calls.csv"
+    path.write_text("call,speaker,text\nc1,agent,hello\n")
+    with pytest.raises(
+        DialogueFormatError,
+        match=r"calls.csv:1: not a MELD CSV: no Dialogue_ID, Utterance_ID, Utterance column "
+        r"\(its columns: call, speaker, text\)",
+    ):
+        read_meld_csv(path)

@@ -93,6 +93,10 @@ def test_format_deadletter() -> None:
     letter = DeadLetter(reason="malformed_json", detail="Expecting value", source_topic="in.text", partition=2,
                         offset=41, key="call-7", payload="")  # fmt: skip
     assert format_deadletter(letter) == "✗ dead letter [call-7] malformed_json: Expecting value  (in.text[2]@41)"
+    parsed = DeadLetter(reason="undecodable_audio", detail="not FLAC", source_topic="in.audio", partition=3, offset=5,
+                        key="call-7", call_id="call-7", utterance_id="u4", payload="")  # fmt: skip
+    # found by a newcomer: which utterance lost its audio took decoding the payload by its offset
+    assert format_deadletter(parsed) == "✗ dead letter [call-7 u4] undecodable_audio: not FLAC  (in.audio[3]@5)"
 
 
 def test_what_a_producer_sent_cannot_drive_the_terminal_and_long_keys_are_cut() -> None:

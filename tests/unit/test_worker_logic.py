@@ -1348,6 +1348,8 @@ def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
         await w.tick()
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["older"]  # u0 held, not labelled on text alone
+        assert w.metrics.held_utterances._value.get() == 1  # a counter: once, however many ticks
+        await w.tick()
         assert w.metrics.held_utterances._value.get() == 1
         await w.on_message(t.audio, 0, 1, b"c", audio("c", "u0", 1), Handle(log, "a0"), timestamp=1000.1)
         await w.tick()
