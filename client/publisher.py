@@ -141,8 +141,15 @@ class Publisher:
         limit = self.settings.limits.max_message_bytes
         if len(value) > limit:
             raise ValueError(f"a {len(value)}-byte message to {topic} is over limits.max_message_bytes ({limit})")
+        from kafka.errors import MessageSizeTooLargeError
+
         try:
             future = self.producer.send(topic, key=call_id.encode(), value=value)
+        except MessageSizeTooLargeError as exc:  # under the limit, but not with its key and the record's overhead
+            raise ValueError(
+                f"a {len(value)}-byte message to {topic} is, with its key and Kafka's record overhead, over "
+                f"limits.max_message_bytes ({limit})"
+            ) from exc
         except RetriableError as exc:  # timeouts, connections: the broker may come back
             raise ServiceUnavailable(f"cannot send to {topic} at {self.settings.kafka.brokers}: {exc}") from exc
         if hasattr(future, "add_errback"):

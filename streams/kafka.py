@@ -313,6 +313,7 @@ class CoordinatorWait(logging.Filter):
         self.clock = clock
         self.since: float | None = None  # the first failed try of this wait
         self.said = 0.0  # when this wait was last printed
+        self.tried = 0.0  # the last failed try (aiokafka retries every 0.1 s: a long gap is a new wait)
         self.warned = False
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -328,15 +329,18 @@ class CoordinatorWait(logging.Filter):
         if getattr(err, "errno", None) not in self.WAITING:
             return True
         now = self.clock()
-        if self.since is None:
-            self.since = self.said = now
+        # a new wait: the first, or tries resumed after a gap (the INFO line of the coordinator found
+        # in between does not reach this filter when the worker logs warnings only)
+        new, self.tried = self.since is None or now - self.tried > self.patience_s, now
+        if new:
+            self.since, self.said, self.warned = now, now, False
             _rewrite(
                 record,
                 logging.INFO,
                 f"Kafka names no coordinator for this worker's consumer group yet ({_error_name(err)}): waiting "
                 "(a fresh broker creates __consumer_offsets at its first group)",
             )
-            return True
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)  # rewritten below the logger's level
         if now - self.said < self.patience_s:
             return False
         self.said, self.warned = now, True

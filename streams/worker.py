@@ -197,7 +197,7 @@ class Worker:
         self.retry_at = 0.0
         self.backoff = 0.5
         self.counted: dict[str, int] = {}  # the joiner's counts already added to their metrics
-        self.failing_since: float | None = None  # the first of the failures of batches or closes until one goes through
+        self.failing_since: dict[str, float] = {}  # "batches", "closing calls": first failure since one went through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
         metrics.limits.labels("open_calls").set(j.max_open_calls)
@@ -775,7 +775,7 @@ class Worker:
             if self.analytics is not None:
                 await self.analytics.forget(call_id)
         except Exception:
-            self._failed(f"closing call {call_id}", "close")
+            self._failed(f"closing call {call_id}", "close", "closing calls")
             return False
         self._recovered("closing calls")
         for event, _ in final.events:
@@ -814,15 +814,15 @@ class Worker:
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
 
-    def _recovered(self, what: str) -> None:
-        """Says once that work goes through again after failures (:meth:`_failed`): Redis or the
-        broker back."""
-        if self.failing_since is not None:
-            log.info("%s go through again after %.1f s of failures", what, self.clock() - self.failing_since)
-            self.failing_since = None
+    def _recovered(self, kind: str) -> None:
+        """Says once that work of ``kind`` goes through again after failures (:meth:`_failed`):
+        Redis or the broker back."""
+        since = self.failing_since.pop(kind, None)
+        if since is not None:
+            log.info("%s go through again after %.1f s of failures", kind, self.clock() - since)
 
-    def _failed(self, what: str, stage: str) -> None:
-        self.failing_since = self.clock() if self.failing_since is None else self.failing_since
+    def _failed(self, what: str, stage: str, kind: str = "batches") -> None:
+        self.failing_since.setdefault(kind, self.clock())
         log.exception("%s failed; retrying in %.1f s", what, self.backoff)
         self.metrics.errors.inc()
         self.metrics.stage_errors.labels(stage).inc()
@@ -973,7 +973,7 @@ class Worker:
             receipt.topic,
             receipt.partition,
             receipt.offset,
-            "" if record.utterance_id is None else f" ({record.call_id}/{record.utterance_id})",
+            "" if record.call_id is None else f" ({record.call_id}/{record.utterance_id or '-'})",
             exc.detail,
         )
         await self._send_dead_letter(record, key)

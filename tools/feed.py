@@ -138,6 +138,11 @@ def part_of(u: Utterance, modality: str, audio_as: tuple[str, int | None] | None
     return None
 
 
+#: bytes a Kafka record batch adds to one message beside its key (kafka-python counts them against
+#: max_request_size; about 70 for a batch of one, with room to spare)
+RECORD_OVERHEAD = 256
+
+
 def _send(publisher: Publisher, part: Part) -> None:
     """One part; a message the broker would refuse names its utterance."""
     try:
@@ -192,13 +197,16 @@ def feed(
                     f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: text of {len(u.text)} characters, "
                     f"over limits.max_text_chars ({limit})"
                 )
-            for m in wanted if audio_as is None else ():  # (transcoded audio is measured as it is sent)
+            for m in wanted:
+                if m == "audio" and audio_as is not None:
+                    continue  # transcoded audio is measured as it is sent
                 part = part_of(u, m)
                 size = 0 if part is None else len(part.to_bytes())
-                if size > max_bytes:
+                if size + len(u.call_id.encode()) + RECORD_OVERHEAD > max_bytes:
                     raise ValueError(
                         f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: its {m} part is a {size}-byte "
-                        f"message, over limits.max_message_bytes ({max_bytes}): send long audio as several utterances"
+                        f"message, over limits.max_message_bytes ({max_bytes}) with its key and Kafka's record "
+                        "overhead: send long audio as several utterances"
                     )
     publisher = Publisher(settings, producer)
     report = FeedReport(calls=len(dialogues))
@@ -225,13 +233,13 @@ def feed(
             if wait > 0:
                 sleep(wait)
             if step.kind == "started":
-                active.add(step.call_id)
                 if send_control:
                     publisher.start_call(step.call_id, declared[step.call_id])
+                active.add(step.call_id)  # (once its `started` is out)
             elif step.kind == "ended":
-                active.discard(step.call_id)
                 if send_control:
                     publisher.end_call(step.call_id)
+                active.discard(step.call_id)  # (once its `ended` is out)
             elif modality:  # a delayed audio part
                 assert step.utterance is not None
                 part = part_of(step.utterance, modality, audio_as)
@@ -255,8 +263,8 @@ def feed(
                 bar.set_postfix(calls=len(active), refresh=False)
                 bar.update(1)
         publisher.flush()
-    except BaseException:  # stopped (Ctrl-C, SIGTERM) or refused: the calls under way are ended, not left open
-        if send_control:
+    except (KeyboardInterrupt, ValueError):  # stopped (Ctrl-C, SIGTERM) or a part refused: the calls under way
+        if send_control:  # are ended, not left open (not after a broker failure: those would wait in vain)
             for call_id in sorted(active):
                 try:
                     publisher.end_call(call_id)

@@ -103,8 +103,8 @@ def format_deadletter(letter: DeadLetter) -> str:
     """One readable line for a dead letter (its key and detail quote what a producer sent: shortened)."""
     where = f"{letter.source_topic}[{letter.partition}]@{letter.offset}"
     who = _short(letter.key or "-", 80)
-    if letter.call_id is not None and letter.utterance_id is not None:  # it parsed: which utterance lost a part
-        who = f"{_short(letter.call_id, 80)} {_short(letter.utterance_id, 80)}"
+    if letter.call_id is not None:  # it parsed: whose part (or control message) it was
+        who = " ".join(_short(x, 80) for x in (letter.call_id, letter.utterance_id) if x is not None)
     return f"✗ dead letter [{who}] {letter.reason}: {_short(letter.detail, 500)}  ({where})"
 
 

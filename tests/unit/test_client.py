@@ -86,6 +86,21 @@ def test_the_publisher_refuses_an_invalid_part_before_it_leaves() -> None:
     assert producer.sent == []
 
 
+def test_a_message_just_under_the_limit_that_kafka_python_refuses_is_a_value_error() -> None:
+    """kafka-python counts the key and the record batch's overhead against max_request_size: a value
+    a few bytes under limits.max_message_bytes passed the publisher's check and then came out of
+    `emostream feed` as a traceback (found in review)."""
+    from kafka.errors import MessageSizeTooLargeError
+
+    class Refusing(FakeProducer):
+        def send(self, topic: str, key: bytes, value: bytes) -> Future:
+            raise MessageSizeTooLargeError("The message is 1048600 bytes when serialized")
+
+    pub = Publisher(SETTINGS, Refusing())
+    with pytest.raises(ValueError, match=r"with its key and Kafka's record overhead, over limits.max_message_bytes"):
+        pub.text("c1", "u0", 0, "customer", "hello")
+
+
 def test_the_tracker_drops_duplicates_and_relates_revisions() -> None:
     tracker = Tracker(TOPICS)
     r0, r1 = make_event(revision=0, label="neutral"), make_event(revision=1, label="anger")

@@ -272,6 +272,47 @@ def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to
             gc.log.addFilter(f)
 
 
+def test_the_coordinator_filter_at_warning_level_starts_a_new_wait_after_a_gap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At log level WARNING the "Discovered coordinator" INFO never reaches the filter: a wait an
+    hour later must not be said as one of 3600 s, and the rewritten INFO line is not printed."""
+    import logging
+
+    import aiokafka.consumer.group_coordinator as gc
+    import aiokafka.errors as errors
+
+    from streams.kafka import CoordinatorWait
+
+    now = [100.0]
+    wait = CoordinatorWait(patience_s=30.0, clock=lambda: now[0])
+    installed = list(gc.log.filters)
+    for f in installed:
+        gc.log.removeFilter(f)
+    gc.log.addFilter(wait)
+    level = gc.log.level
+    gc.log.setLevel(logging.WARNING)
+    caplog.set_level(logging.DEBUG)  # the handler takes everything: only the logger's level filters
+    try:
+
+        def tries(n: int) -> None:
+            for _ in range(n):
+                gc.log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
+                now[0] += 0.1
+
+        tries(5)  # a moment's wait, then found (unseen at this level)
+        assert [r for r in caplog.records if r.name == gc.log.name] == []
+        now[0] += 3600.0
+        tries(350)  # an hour later: 35 s without a coordinator
+        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == gc.log.name]
+        assert [lvl for lvl, _ in said] == ["WARNING"] and "for 30 s" in said[0][1], said
+    finally:
+        gc.log.setLevel(level)
+        gc.log.removeFilter(wait)
+        for f in installed:
+            gc.log.addFilter(f)
+
+
 def test_the_coordinator_filter_is_installed_once() -> None:
     import logging
 

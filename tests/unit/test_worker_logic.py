@@ -766,7 +766,9 @@ def test_a_passing_engine_fault_costs_no_utterance() -> None:
     asyncio.run(scenario())
 
 
-def test_a_redis_failure_is_retried_with_backoff_not_dropped() -> None:
+def test_a_redis_failure_is_retried_with_backoff_not_dropped(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="emostream.worker")
+
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         t = w.settings.kafka.topics
@@ -790,6 +792,11 @@ def test_a_redis_failure_is_retried_with_backoff_not_dropped() -> None:
         assert [e.utterance_id for e in events(sent)] == ["u0"] and "ack t0" in log
         assert not [v for tp, v in sent if tp == t.deadletter]
         assert 'emostream_service_errors_total{stage="redis"} 1.0' in _metrics(w)
+        said = [r.getMessage() for r in caplog.records if r.name == "emostream.worker"]
+        assert [m for m in said if "go through again" in m] == [
+            next(m for m in said if m.startswith("batches go through again after"))
+        ], said  # the recovery said once, for the batches
+        assert w.failing_since == {}
 
     asyncio.run(scenario())
 
