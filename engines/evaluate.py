@@ -36,10 +36,13 @@ from engines.windows import WindowIndex
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from engines.artifact import SHIPPED
     from engines.datasets import DATASETS
     from engines.registry import RUNTIMES
 
-    parser.add_argument("--model", default="default", help="artifact directory, or 'default'")
+    parser.add_argument(
+        "--model", default="default", help=f"artifact directory, or a shipped one: {', '.join(SHIPPED)}"
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
     parser.add_argument(

@@ -50,8 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_optional_commands(sub)
     for name, command in sub.choices.items():  # `emostream worker --config f.toml` reads as `emostream --config ...`
-        if name in USES_SETTINGS and "--config" not in command._option_string_actions:
-            command.add_argument("--config", default=argparse.SUPPRESS, help="as `emostream --config FILE`")
+        if "--config" not in command._option_string_actions:  # (the others: parsed, to be refused by name in main)
+            uses = name in USES_SETTINGS
+            command.add_argument(
+                "--config",
+                default=argparse.SUPPRESS,
+                help="as `emostream --config FILE`" if uses else argparse.SUPPRESS,
+            )
     return parser
 
 

@@ -297,6 +297,8 @@ REFUSED = [
     ["--config", "my.toml", "schemas"],
     ["evaluate", "--dataset", "meld", "--data-dir", "d", "--config", "my.toml"],
     ["--config", "my.toml", "train", "--recipe", "default"],
+    ["train", "--recipe", "default", "--config", "my.toml"],
+    ["schemas", "--config", "my.toml"],
 ]
 
 
@@ -311,7 +313,8 @@ def test_config_given_to_a_command_that_reads_no_settings_is_refused_not_ignored
     err = capsys.readouterr().err
     assert exit_.value.code == 2, err
     command = next(w for w in argv if w in ("schemas", "evaluate", "train"))
-    assert f"--config does not apply to `emostream {command}`" in err or "unrecognized arguments: --config" in err, err
+    # after the command too (found by a newcomer: argparse's "unrecognized arguments" there)
+    assert f"--config does not apply to `emostream {command}`: only " in err, err
 
 
 def test_a_call_suffix_may_start_with_a_dash() -> None:
