@@ -337,7 +337,7 @@ class CoordinatorWait(logging.Filter):
             _rewrite(
                 record,
                 logging.INFO,
-                f"Kafka names no coordinator for this worker's consumer group yet ({_error_name(err)}): waiting "
+                f"Kafka names no coordinator for this worker's consumer group yet ({type(err).__name__}): waiting "
                 "(a fresh broker creates __consumer_offsets at its first group)",
             )
             return logging.getLogger(record.name).isEnabledFor(logging.INFO)  # rewritten below the logger's level
@@ -348,15 +348,11 @@ class CoordinatorWait(logging.Filter):
             record,
             logging.WARNING,
             f"Kafka has named no coordinator for this worker's consumer group for {now - self.since:.0f} s "
-            f"({_error_name(err)}); nothing is consumed until it does. The broker cannot create or load "
+            f"({type(err).__name__}); nothing is consumed until it does. The broker cannot create or load "
             "__consumer_offsets: its offsets.topic.replication.factor (Kafka's default 3) must not exceed the "
             "brokers alive (1 on a single broker), and each of that topic's partitions needs a leader",
         )
         return True
-
-
-def _error_name(err: Any) -> str:
-    return type(err).__name__
 
 
 def _rewrite(record: logging.LogRecord, level: int, message: str) -> None:

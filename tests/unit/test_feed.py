@@ -130,19 +130,26 @@ def test_audio_delay_sends_audio_later_and_ended_after_it() -> None:
     assert timeline[-1][1] == TOPICS.control and timeline[-1][0] >= max(audio_at.values())
 
 
-def test_a_text_over_the_workers_limit_is_refused_before_anything_is_sent() -> None:
-    """The worker dead-letters a text over limits.max_text_chars (5000): feed says so first, naming it."""
+def _with_second_utterance(call: Dialogue, **changes: Any) -> Dialogue:
     import dataclasses
 
-    call = _call("call-1", 2)
-    long = dataclasses.replace(
-        call, utterances=(call.utterances[0], dataclasses.replace(call.utterances[1], text="x" * 5001))
-    )
+    first, second, *rest = call.utterances
+    return dataclasses.replace(call, utterances=(first, dataclasses.replace(second, **changes), *rest))
+
+
+def _refused_before_sending(dialogue: Dialogue, match: str) -> None:
+    """feed refuses ``dialogue`` with ``match`` and sends nothing at all."""
     clock = FakeClock()
     producer = FakeProducer(clock)
-    with pytest.raises(ValueError, match=r"call-1/u1: text of 5001 characters, over limits.max_text_chars \(5000\)"):
-        feed([long], SETTINGS, realtime=False, progress=False, producer=producer, clock=clock, sleep=clock.sleep)
+    with pytest.raises(ValueError, match=match):
+        feed([dialogue], SETTINGS, realtime=False, progress=False, producer=producer, clock=clock, sleep=clock.sleep)
     assert producer.sent == []
+
+
+def test_a_text_over_the_workers_limit_is_refused_before_anything_is_sent() -> None:
+    """The worker dead-letters a text over limits.max_text_chars (5000): feed says so first, naming it."""
+    long = _with_second_utterance(_call("call-1", 2), text="x" * 5001)
+    _refused_before_sending(long, r"call-1/u1: text of 5001 characters, over limits.max_text_chars \(5000\)")
     _run([long], realtime=False, modalities=("audio",))  # not sending the text: nothing to refuse
 
 
@@ -150,16 +157,8 @@ def test_a_part_over_the_brokers_limit_is_refused_before_anything_is_sent() -> N
     """Found by a newcomer: 5 s of 44.1 kHz stereo WAV (1.17 MB as JSON) stopped feed mid-call with
     "a 1171514-byte message ... is over limits.max_message_bytes", naming no utterance, after the
     call's `started` and its first text had gone out; the call was never ended."""
-    import dataclasses
-
-    call = _call("call-1", 2, audio=True)
-    big = dataclasses.replace(call, utterances=(
-        call.utterances[0], dataclasses.replace(call.utterances[1], audio=b"RIFF" + bytes(800_000))))  # fmt: skip
-    clock = FakeClock()
-    producer = FakeProducer(clock)
-    with pytest.raises(ValueError, match=r"call-1/u1: its audio part is a 10\d{5}-byte message, over limits"):
-        feed([big], SETTINGS, realtime=False, progress=False, producer=producer, clock=clock, sleep=clock.sleep)
-    assert producer.sent == []
+    big = _with_second_utterance(_call("call-1", 2, audio=True), audio=b"RIFF" + bytes(800_000))
+    _refused_before_sending(big, r"call-1/u1: its audio part is a 10\d{5}-byte message, over limits")
     _run([big], realtime=False, modalities=("text",))  # not sending the audio: nothing to refuse
 
 

@@ -208,8 +208,40 @@ def test_an_unreachable_broker_is_said_once_a_try_not_line_by_line(
     assert not logging.getLogger("kafka.net.manager").filters  # removed once started or given up
 
 
+@pytest.fixture
+def coordinator_log() -> Any:
+    """(aiokafka's coordinator logger with a :class:`CoordinatorWait` alone on it, its clock) for a
+    test; the filters a worker started earlier in this process installed, and the level, restored."""
+    import aiokafka.consumer.group_coordinator as gc
+
+    from streams.kafka import CoordinatorWait
+
+    now = [100.0]
+    wait = CoordinatorWait(patience_s=30.0, clock=lambda: now[0])
+    installed, level = list(gc.log.filters), gc.log.level
+    for f in installed:
+        gc.log.removeFilter(f)
+    gc.log.addFilter(wait)
+    try:
+        yield gc.log, now
+    finally:
+        gc.log.setLevel(level)
+        gc.log.removeFilter(wait)
+        for f in installed:
+            gc.log.addFilter(f)
+
+
+def _coordinator_tries(log: Any, now: list[float], n: int) -> None:
+    """``n`` failed coordinator lookups as aiokafka logs them, a retry backoff (0.1 s) apart."""
+    import aiokafka.errors as errors
+
+    for _ in range(n):
+        log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
+        now[0] += 0.1
+
+
 def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to_check(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, coordinator_log: Any
 ) -> None:
     """aiokafka logs an ERROR ten times a second while the broker names no coordinator for the
     group: once at every fresh broker's first group (the demo's log had one), and forever where the
@@ -221,7 +253,7 @@ def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to
     import aiokafka.consumer.group_coordinator as gc
     import aiokafka.errors as errors
 
-    from streams.kafka import COORDINATOR_LOGGER, CoordinatorWait
+    from streams.kafka import COORDINATOR_LOGGER
 
     # the filter reads aiokafka's own lines: an upgrade that rewords them must fail here
     source = inspect.getsource(gc)
@@ -230,87 +262,50 @@ def test_a_missing_group_coordinator_is_said_once_then_as_a_warning_with_what_to
     )
     assert gc.log.name == COORDINATOR_LOGGER
 
-    now = [100.0]
-    wait = CoordinatorWait(patience_s=30.0, clock=lambda: now[0])
-    installed = list(gc.log.filters)  # a worker started earlier in this process installed its own
-    for f in installed:
-        gc.log.removeFilter(f)
-    gc.log.addFilter(wait)
+    log, now = coordinator_log
     caplog.set_level(logging.INFO, logger=COORDINATOR_LOGGER)
-    try:
-        for _ in range(3):  # three tries within a moment: one INFO line
-            gc.log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
-            now[0] += 0.1
-        gc.log.info("Discovered coordinator %s for group %s", 1, "g")
-        first = [(r.levelname, r.getMessage()) for r in caplog.records]
-        assert [lvl for lvl, _ in first] == ["INFO", "INFO"], first
-        assert "no coordinator" in first[0][1] and "__consumer_offsets" in first[0][1]
-        assert first[1][1] == "Discovered coordinator 1 for group g"  # no "after" without a warning
+    _coordinator_tries(log, now, 3)  # three tries within a moment: one INFO line
+    log.info("Discovered coordinator %s for group %s", 1, "g")
+    first = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [lvl for lvl, _ in first] == ["INFO", "INFO"], first
+    assert "no coordinator" in first[0][1] and "__consumer_offsets" in first[0][1]
+    assert first[1][1] == "Discovered coordinator 1 for group g"  # no "after" without a warning
 
-        caplog.clear()
-        for _ in range(700):  # 70 s of tries, ten a second
-            gc.log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
-            now[0] += 0.1
-        said = [(r.levelname, r.getMessage()) for r in caplog.records]
-        assert [lvl for lvl, _ in said] == ["INFO", "WARNING", "WARNING"], said
-        from mode.utils.logging import ExtensionFormatter  # the worker's (Faust's) formatter
+    caplog.clear()
+    _coordinator_tries(log, now, 700)  # 70 s of tries, ten a second
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [lvl for lvl, _ in said] == ["INFO", "WARNING", "WARNING"], said
+    from mode.utils.logging import ExtensionFormatter  # the worker's (Faust's) formatter
 
-        assert all("for 30 s" in ExtensionFormatter().format(r) for r in caplog.records[1:2])
-        assert "for 30 s" in said[1][1] and "for 60 s" in said[2][1]
-        assert "offsets.topic.replication.factor" in said[1][1]
-        gc.log.info("Discovered coordinator %s for group %s", 2, "g")
-        assert caplog.records[-1].getMessage() == "Discovered coordinator 2 for group g, after 70 s"
+    assert all("for 30 s" in ExtensionFormatter().format(r) for r in caplog.records[1:2])
+    assert "for 30 s" in said[1][1] and "for 60 s" in said[2][1]
+    assert "offsets.topic.replication.factor" in said[1][1]
+    log.info("Discovered coordinator %s for group %s", 2, "g")
+    assert caplog.records[-1].getMessage() == "Discovered coordinator 2 for group g, after 70 s"
 
-        caplog.clear()
-        gc.log.error("Group Coordinator Request failed: %s", errors.GroupAuthorizationFailedError())
-        gc.log.error("Group Coordinator Request failed: %s", errors.KafkaConnectionError("lost"))
-        assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR"]
-        assert "GroupAuthorizationFailedError" in caplog.records[0].getMessage()
-    finally:
-        gc.log.removeFilter(wait)
-        for f in installed:
-            gc.log.addFilter(f)
+    caplog.clear()
+    log.error("Group Coordinator Request failed: %s", errors.GroupAuthorizationFailedError())
+    log.error("Group Coordinator Request failed: %s", errors.KafkaConnectionError("lost"))
+    assert [r.levelname for r in caplog.records] == ["ERROR", "ERROR"]
+    assert "GroupAuthorizationFailedError" in caplog.records[0].getMessage()
 
 
 def test_the_coordinator_filter_at_warning_level_starts_a_new_wait_after_a_gap(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, coordinator_log: Any
 ) -> None:
     """At log level WARNING the "Discovered coordinator" INFO never reaches the filter: a wait an
     hour later must not be said as one of 3600 s, and the rewritten INFO line is not printed."""
     import logging
 
-    import aiokafka.consumer.group_coordinator as gc
-    import aiokafka.errors as errors
-
-    from streams.kafka import CoordinatorWait
-
-    now = [100.0]
-    wait = CoordinatorWait(patience_s=30.0, clock=lambda: now[0])
-    installed = list(gc.log.filters)
-    for f in installed:
-        gc.log.removeFilter(f)
-    gc.log.addFilter(wait)
-    level = gc.log.level
-    gc.log.setLevel(logging.WARNING)
+    log, now = coordinator_log
+    log.setLevel(logging.WARNING)
     caplog.set_level(logging.DEBUG)  # the handler takes everything: only the logger's level filters
-    try:
-
-        def tries(n: int) -> None:
-            for _ in range(n):
-                gc.log.error("Group Coordinator Request failed: %s", errors.GroupCoordinatorNotAvailableError())
-                now[0] += 0.1
-
-        tries(5)  # a moment's wait, then found (unseen at this level)
-        assert [r for r in caplog.records if r.name == gc.log.name] == []
-        now[0] += 3600.0
-        tries(350)  # an hour later: 35 s without a coordinator
-        said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == gc.log.name]
-        assert [lvl for lvl, _ in said] == ["WARNING"] and "for 30 s" in said[0][1], said
-    finally:
-        gc.log.setLevel(level)
-        gc.log.removeFilter(wait)
-        for f in installed:
-            gc.log.addFilter(f)
+    _coordinator_tries(log, now, 5)  # a moment's wait, then found (unseen at this level)
+    assert [r for r in caplog.records if r.name == log.name] == []
+    now[0] += 3600.0
+    _coordinator_tries(log, now, 350)  # an hour later: 35 s without a coordinator
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == log.name]
+    assert [lvl for lvl, _ in said] == ["WARNING"] and "for 30 s" in said[0][1], said
 
 
 def test_the_coordinator_filter_is_installed_once() -> None:
