@@ -21,9 +21,11 @@ from typing import Annotated, Any, Literal, TypeVar
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -37,6 +39,24 @@ Modality = Literal["text", "audio", "video"]  # engines.interface.MODALITIES (a 
 MAX_SEQ = 2**63 - 1  # a Kafka-sized integer: anything larger is a forged or broken producer
 ID_CHARS = r"A-Za-z0-9._:@/-"  # what a call or utterance id may hold
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=rf"^[{ID_CHARS}]+$")]
+# A number in an input message is a JSON number: pydantic's lax mode would also take "1.5" and true
+Number = Annotated[float, Strict()]
+
+
+def _whole_number(value: Any) -> Any:
+    """An integer (numpy's too), not ``true`` (which pydantic reads as 1), ``2.0`` nor ``"2"``."""
+    if isinstance(value, (bool, float, str, bytes)):
+        kind = (
+            "a boolean" if isinstance(value, bool) else "a decimal number" if isinstance(value, float) else "a string"
+        )
+        raise PydanticCustomError("int_type", f"must be an integer, not {kind}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value  # pydantic says what it is not
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 class _Message(BaseModel):
@@ -122,23 +142,18 @@ def _vector_of(part: _Part, values: list[float] | None, packed: str | None, what
 class _Part(_Message):
     call_id: Id
     utterance_id: Id
-    seq: int = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
+    seq: WholeNumber = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
     speaker: Id = "unknown"
-    start_s: float | None = Field(None, ge=0, description="utterance start, seconds from call start")
-    end_s: float | None = Field(None, ge=0)
-    sent_at: float = Field(default_factory=time.time, description="unix time the producer sent it")
+    start_s: Number | None = Field(None, ge=0, description="utterance start, seconds from call start")
+    end_s: Number | None = Field(None, ge=0, description="utterance end, seconds from call start (not before start_s)")
+    sent_at: Number = Field(default_factory=time.time, description="unix time the producer sent it")
     _decoded: tuple[str, bytes] | None = PrivateAttr(None)  # the *_f32 vector's bytes, as validated
 
-    @field_validator("seq", mode="before")
-    @classmethod
-    def _whole_number(cls, value: Any) -> Any:
-        """An integer (numpy's too), not ``true`` (which pydantic reads as 1) nor ``2.0``."""
-        if isinstance(value, (bool, float)):
-            raise PydanticCustomError("int_type", "seq must be an integer, not a boolean or a decimal number")
-        try:
-            return operator.index(value)
-        except TypeError:
-            return value  # pydantic says what it is not
+    @model_validator(mode="after")
+    def _in_order(self) -> _Part:
+        if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
+            raise ValueError(f"end_s {self.end_s:g} is before start_s {self.start_s:g}")
+        return self
 
 
 class TextPart(_Part):
@@ -146,7 +161,7 @@ class TextPart(_Part):
 
     kind: Literal["text"] = "text"
     text: str | None = None
-    embedding: list[float] | None = None
+    embedding: list[Number] | None = None
     embedding_f32: str | None = Field(None, description=F32_DESCRIPTION.replace("vector", "vector as 'embedding'"))
 
     @model_validator(mode="after")
@@ -182,14 +197,13 @@ class AudioPart(_Part):
         "at 8 kHz (Amazon Connect, Twilio, SIPREC); flac/wav: a file, its header gives the rate; "
         "features: a vector in 'features' computed by the model's own audio extractor"
     )
-    sample_rate: int | None = Field(
+    sample_rate: Annotated[int, Field(gt=0), BeforeValidator(_whole_number)] | None = Field(
         None,
-        gt=0,
         description="Hz; pcm_s16le: 8000, 11025, 16000, 22050, 24000, 32000, 44100 or 48000 (16000 if "
         "absent); G.711 is 8000; flac/wav: if given, must match the header",
     )
     data: str | None = Field(None, description="base64 audio bytes (every encoding but 'features')")
-    features: list[float] | None = None
+    features: list[Number] | None = None
     features_f32: str | None = Field(None, description=F32_DESCRIPTION.replace("vector", "vector as 'features'"))
 
     @model_validator(mode="after")
@@ -221,7 +235,7 @@ class VideoPart(_Part):
     model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["features"]}, {"required": ["features_f32"]}]})
 
     kind: Literal["video"] = "video"
-    features: list[float] | None = None
+    features: list[Number] | None = None
     features_f32: str | None = Field(None, description=F32_DESCRIPTION.replace("vector", "vector as 'features'"))
 
     @model_validator(mode="after")
@@ -243,7 +257,7 @@ class CallControl(_Message):
     call_id: Id
     event: Literal["started", "ended"]
     modalities: list[Modality] | None = None
-    at: float = Field(default_factory=time.time)
+    at: Number = Field(default_factory=time.time)
 
 
 Part = TextPart | AudioPart | VideoPart
@@ -351,7 +365,7 @@ class DeadLetter(_Message):
     )
     payload_truncated: bool = False
     payload_bytes: int = Field(0, description="size of the original value")
-    at: float = Field(default_factory=time.time)
+    at: Number = Field(default_factory=time.time)
 
 
 class Evidence(BaseModel):
@@ -467,6 +481,19 @@ def event_id(call_id: str, utterance_id: str, revision: int, generation: str = "
     return f"{call}:{utterance_id}:r{revision}:{digest}"
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (the JSON RFC leaves which one counts to each reader)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise DuplicateKey(f"the key {twice[:64]!r} appears twice: which one counts is ambiguous")
+    return obj
+
+
 def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallControl:
     """Decode one input message of ``kind`` ('text', 'audio', 'video', 'control').
 
@@ -479,7 +506,9 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     if len(raw) > max_bytes:
         raise InvalidMessage("oversized", f"{len(raw)} bytes > limit {max_bytes}")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise InvalidMessage("malformed_json", str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidMessage("malformed_json", str(exc)[:200]) from exc
     except RecursionError:

@@ -143,6 +143,23 @@ def _text(**kw: object) -> bytes:
         ("text", _text(seq=-1), "invalid_value"),
         ("text", _text(seq=True), "wrong_type"),  # not taken as seq 1
         ("text", _text(seq=2.0), "wrong_type"),
+        # found by a newcomer: lax pydantic read these strings and booleans as numbers, against the JSON Schema
+        ("text", _text(seq="1"), "wrong_type"),
+        ("text", _text(start_s="0.5"), "wrong_type"),
+        ("text", _text(sent_at=True), "wrong_type"),
+        ("text", _text(text=None, embedding=[1.0, "2.0"]), "wrong_type"),
+        ("audio", _text(kind="audio", text=None, encoding="pcm_s16le", sample_rate="8000", data="AAAA"), "wrong_type"),
+        (
+            "control",
+            json.dumps({"schema_version": 1, "call_id": "c", "event": "ended", "at": "1"}).encode(),
+            "wrong_type",
+        ),
+        ("text", _text(start_s=3.0, end_s=2.5), "invalid_value"),  # ends before it starts
+        (
+            "text",
+            b'{"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi", "text": "bye"}',
+            "malformed_json",
+        ),  # which text counts would depend on the reader
         ("text", _text(text=None, embedding=[1.0, 1e38]), "invalid_value"),  # finite, but no feature
         ("text", _text(call_id="bad id with spaces"), "invalid_value"),
         ("text", _text(text=None, embedding=[1.0, float("nan")]), "non_finite"),
@@ -156,6 +173,19 @@ def test_bad_input_gets_a_reason(kind: str, raw: bytes, reason: str) -> None:
     with pytest.raises(InvalidMessage) as info:
         parse_input(kind, raw, 4096)
     assert info.value.reason == reason
+
+
+def test_numbers_are_json_numbers_and_times_in_order() -> None:
+    """What the strict number fields still take: integers for decimals, numpy integers from Python
+    producers, and an utterance that ends where it starts."""
+    part = parse_input("text", _text(seq=3, start_s=1, end_s=1, sent_at=1700000000), 4096)
+    assert (part.seq, part.start_s, part.end_s) == (3, 1.0, 1.0)
+    audio = AudioPart(call_id="c", utterance_id="u", seq=np.int64(2), encoding="pcm_s16le",
+                      sample_rate=np.int32(8000), data="AAAA")  # fmt: skip
+    assert (audio.seq, audio.sample_rate) == (2, 8000)
+    with pytest.raises(InvalidMessage, match="the key 'seq' appears twice"):
+        parse_input("text", b'{"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "seq": 1, '
+                    b'"text": "hi"}', 4096)  # fmt: skip
 
 
 HOSTILE = [
@@ -282,7 +312,7 @@ def test_a_dead_letter_detail_is_one_line_without_memory_addresses() -> None:
 
 def test_seq_takes_numpy_integers_but_not_booleans_or_floats() -> None:
     assert TextPart(call_id="c", utterance_id="u", seq=np.int64(3), text="x").seq == 3  # a producer's numpy ints
-    with pytest.raises(ValueError, match="seq must be an integer, not a boolean"):
+    with pytest.raises(ValueError, match=r"seq\n  must be an integer, not a boolean"):
         TextPart(call_id="c", utterance_id="u", seq=True, text="x")
 
 
