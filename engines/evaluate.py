@@ -43,7 +43,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument(
         "--model", default="default", help=f"artifact directory, or a shipped one: {', '.join(SHIPPED)}"
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="the data to score on")
     parser.add_argument("--data-dir", required=True, help="folder holding meld/, ravdess/, ...")
     parser.add_argument(
         "--split", default="dev", help="the dataset split to score (train, dev, test where the data has one)"
@@ -54,7 +54,9 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument(
         "--modalities", default=None, help="comma-separated subset to feed (e.g. 'text'); default: all the data has"
     )
-    parser.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
+    parser.add_argument(
+        "--runtime", default="onnxruntime", choices=RUNTIMES, help="what runs the encoders and the engine"
+    )
     parser.add_argument("--seed", type=int, default=0, help="composite clip assignment and --corrupt seed")
     parser.add_argument(
         "--future", type=int, default=0, help="K later utterances of context per window (0: causal windows)"
@@ -91,8 +93,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="clips with less speech (Silero VAD) count as no audio, as in the stream (0: every clip counts)",
     )
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="write the confusion matrix there")
-    parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="windows per engine call")
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads for the runtime")
     parser.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     return parser

@@ -42,13 +42,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "when given; '@NAME' values name another recipe's artifact, trained first if missing",
     )
     g = parser.add_argument_group("what to train")
-    g.add_argument("--engine", default="relevance", choices=tuple(ENGINES))
-    g.add_argument("--dataset", default="meld-ravdess", choices=DATASETS)
+    g.add_argument("--engine", default="relevance", choices=tuple(ENGINES), help="the network (README: Models)")
+    g.add_argument(
+        "--dataset", default="meld-ravdess", choices=DATASETS, help="meld-ravdess: MELD dialogues with RAVDESS clips"
+    )
     g.add_argument(
         "--data-dir", default=None, help="folder holding meld/, ravdess/, ... (required, here or in the recipe)"
     )
     g.add_argument("--out", default=None, help="artifact directory to write (required, here or in the recipe)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds initial weights, batches and augmentation draws")
     g.add_argument(
         "--fold",
         type=int,
@@ -71,7 +73,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "K > 0 trains a non-causal model for revised events)",
     )
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=positive_int, default=20)
+    g.add_argument("--epochs", type=positive_int, default=20, help="at most this many passes over the training split")
     g.add_argument("--patience", type=positive_int, default=6, help="epochs without dev improvement")
     g.add_argument(
         "--keep-epoch",
@@ -82,8 +84,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "nothing (N chosen elsewhere, e.g. the median best epoch of `emostream cv --nested -- --keep-epoch 0`); "
         "0: early stopping on the dev split (what a recipe's keep_epoch otherwise turns off)",
     )
-    g.add_argument("--batch-size", type=positive_int, default=64)
-    g.add_argument("--lr", type=positive, default=1e-3)
+    g.add_argument("--batch-size", type=positive_int, default=64, help="windows per optimiser step")
+    g.add_argument("--lr", type=positive, default=1e-3, help="peak learning rate (AdamW)")
     g.add_argument(
         "--ema",
         type=below_one,
@@ -91,9 +93,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="decay of an exponential moving average of the weights "
         "(evaluated and exported instead of the raw weights); 0 = off",
     )
-    g.add_argument("--weight-decay", type=non_negative, default=0.05)
+    g.add_argument("--weight-decay", type=non_negative, default=0.05, help="AdamW weight decay")
     g = parser.add_argument_group("model")
-    g.add_argument("--max-window", type=positive_int, default=12)
+    g.add_argument(
+        "--max-window", type=positive_int, default=12, help="utterances per window: the target and its context"
+    )
     g.add_argument(
         "--set",
         action="append",
@@ -102,10 +106,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="an engine hyper-parameter (a field of its model Config, value as JSON), repeatable",
     )
     # Shared model sizes: unset, each engine's own Config default applies (all four use 128 / 2 / 4 / 0.2).
-    g.add_argument("--d-model", type=positive_int, default=None)
-    g.add_argument("--layers", type=positive_int, default=None)
-    g.add_argument("--heads", type=positive_int, default=None)
-    g.add_argument("--dropout", type=below_one, default=None)
+    g.add_argument("--d-model", type=positive_int, default=None, help="hidden size (default: the engine's)")
+    g.add_argument("--layers", type=positive_int, default=None, help="layers (default: the engine's)")
+    g.add_argument("--heads", type=positive_int, default=None, help="attention heads (default: the engine's)")
+    g.add_argument("--dropout", type=below_one, default=None, help="dropout rate (default: the engine's)")
     g = parser.add_argument_group("augmentation")
     g.add_argument("--text-noise", type=non_negative, default=0.0, help="Gaussian input noise (normalised units)")
     g.add_argument("--audio-noise", type=non_negative, default=0.8, help="Gaussian input noise (normalised units)")
@@ -237,10 +241,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "calls or utterances without a voice ('@NAME': recipes/NAME.toml's artifact, trained first if missing)",
     )
     g = parser.add_argument_group("runtime")
-    g.add_argument("--threads", type=positive_int, default=2)
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
+    g.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     g.add_argument("--cache-dir", default=None, help="feature cache root (default ~/.cache/emostream)")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 

@@ -97,7 +97,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="bind address (the page shows what callers feel: keep it private)"
     )
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
     p.add_argument("--since", type=_not_negative, default=60.0, help="show calls from this many minutes ago on")
     p.set_defaults(func=cmd_ui)
     from chaos.cli import add_chaos_args, run_chaos

@@ -849,10 +849,14 @@ def add_bench_args(p: Any) -> None:
     p.add_argument("--references", default="passthrough,naive", help="'' for none")
     p.add_argument("--processes", default="1,2", help="worker processes to run flat out, e.g. 1,2,4")
     p.add_argument("--runtime", default="auto", help="the worker's engine.runtime (auto, onnxruntime, ...)")
-    p.add_argument("--data-dir", default=os.environ.get("EMOSTREAM_DATA_DIR", "../shared/data"))
-    p.add_argument("--run-dir", default="runs/bench")
-    p.add_argument("--kafka-port", type=int, default=29592)
-    p.add_argument("--redis-port", type=int, default=26790)
+    p.add_argument(
+        "--data-dir",
+        default=os.environ.get("EMOSTREAM_DATA_DIR", "../shared/data"),
+        help="folder holding meld/ and ravdess/ (read-only)",
+    )
+    p.add_argument("--run-dir", default="runs/bench", help="where the services' data, logs and results go")
+    p.add_argument("--kafka-port", type=int, default=29592, help="the bench's own broker (not the demo's 9092)")
+    p.add_argument("--redis-port", type=int, default=26790, help="the bench's own Redis (not the demo's 6379)")
     p.add_argument("--turns", default="10,100,400", help="(analytics) turns every call has, comma-separated")
     p.add_argument("--batch", type=int, default=20, help="(analytics) events per batch")
     p.add_argument(

@@ -160,7 +160,7 @@ def register(sub: Any) -> None:
         help="append S to every call id: the worker labels each call and utterance id once, so a file sent again "
         "needs new ids (e.g. --call-suffix -2)",
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.set_defaults(func=cmd_feed)
     p = sub.add_parser("subscribe", help="print emotion events as they arrive")
     p.add_argument("--call", action="append", help="only this call id (repeatable; exact, case included)")

@@ -48,3 +48,22 @@ def test_keep_epoch_zero_turns_a_recipes_epoch_off() -> None:
     ns = parse_train_args(["--recipe", "default", "--keep-epoch", "0"])
     assert ns.keep_epoch == 0
     _check_options(ns)  # accepted: off
+
+
+def _options_without_help(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                missing += _options_without_help(sub, f"{name} {sub_name}")
+        elif not action.help and not isinstance(action, argparse._HelpAction):
+            missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    """A newcomer reads ``--help`` before the README: an option listed bare (``--lr LR``) says nothing."""
+    from streams.cli import build_parser
+
+    parsers = [(build_parser(), "emostream"), (add_train_args(argparse.ArgumentParser()), "emostream train")]
+    assert [m for parser, name in parsers for m in _options_without_help(parser, name)] == []
