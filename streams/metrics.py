@@ -76,8 +76,17 @@ class Metrics:
         self.ignored_parts = Counter(
             "emostream_ignored_parts_total",
             "Parts that arrived but were not used (audio without speech: silence, line noise, hold music; "
-            "a transcript with no words; audio whose format sounds mis-declared, with engine.format_check = drop)",
+            "a transcript with no words; not counted here: audio whose format sounds mis-declared and transcripts in "
+            "another language, which have counters of their own)",
             ["modality"],
+            registry=r,
+        )
+        self.other_language_texts = Counter(
+            "emostream_other_language_texts_total",
+            "Transcripts that read as another language than the model's text encoder learnt "
+            "(engines/features/language.py), by whether their words were used (engine.language_check: drop = false, "
+            "warn = true); the language each read as is in the event's 'ignored' or 'suspect' and the worker's log",
+            ["used"],
             registry=r,
         )
         self.misdeclared_audio = Counter(
@@ -193,6 +202,8 @@ class Metrics:
             self.ignored_parts.labels(modality)
         for mistake in MISTAKES:
             self.misdeclared_audio.labels(mistake)
+        for used in ("true", "false"):
+            self.other_language_texts.labels(used)
         for name in ("seq", "speaker"):
             self.inconsistent_parts.labels(name)
         for size in range(len(MODALITIES) + 1):  # the parts an utterance was labelled with, as the worker names them

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from engines.features import format_check
+from engines.features import format_check, language
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
 from streams import heap
@@ -51,7 +51,9 @@ class Featurizer(Protocol):
     def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray: ...
 
     # optional attributes ``format_check``: an engines.features.format_check.FormatCheck of the
-    # audio vectors (None or absent: no check), and ``format_action``: "warn" (default) or "drop"
+    # audio vectors (None or absent: no check), and ``format_action``: "warn" (default) or "drop";
+    # ``language_check``: an engines.features.language.LanguageCheck of the transcripts (None or
+    # absent: no check), and ``language_action``: "drop" (default) or "warn"
 
 
 @dataclass
@@ -98,6 +100,7 @@ class BatchOutcome:
 
 
 MISDECLARED = format_check.PREFIXES  # how ignored["audio"] begins where the format check did not use audio
+OTHER_LANGUAGE = language.OTHER_LANGUAGE  # how ignored["text"] / suspect["text"] begin for words in another language
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
 
 
@@ -111,7 +114,10 @@ def utterance_features(
     voice the featurizer's ``format_check`` judges mis-declared (a wrong sample rate or G.711 law,
     :mod:`engines.features.format_check`) is used all the same and ``utt.suspect["audio"]`` says
     why (the voice gate weighs it: on the composite that beats the words alone), or, where the
-    featurizer's ``format_action`` is ``"drop"``, not used and ``utt.ignored["audio"]`` says why."""
+    featurizer's ``format_action`` is ``"drop"``, not used and ``utt.ignored["audio"]`` says why.
+    A transcript the featurizer's ``language_check`` reads as another language than the text
+    model's (:mod:`engines.features.language`) is not encoded and ``utt.ignored["text"]`` says why
+    (``language_action`` "drop"), or encoded and ``utt.suspect["text"]`` says why ("warn")."""
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
@@ -133,6 +139,18 @@ def utterance_features(
             else:
                 assert isinstance(payload.value, np.ndarray)
                 feats[i][modality] = payload.value
+    language = getattr(featurizer, "language_check", None)
+    if texts and language is not None:  # words the text model cannot read: not used, or used and said
+        drop = getattr(featurizer, "language_action", "drop") == "drop"
+        kept = []
+        for (i, text), other in zip(texts, language.verdicts([t for _, t in texts]), strict=True):
+            if other is not None and drop:
+                utts[i].ignored["text"] = other
+                continue
+            kept.append((i, text))
+            if other is not None:
+                utts[i].suspect["text"] = other
+        texts = kept
     gate = bool(waves) and min_speech_s > 0
     clips = [w for _, w in waves]
     detect: Future[np.ndarray] | None = None
@@ -174,7 +192,7 @@ _T = TypeVar("_T")
 
 #: how the notes :func:`utterance_features` itself writes in ``ignored`` begin (the join's, a part
 #: dead-lettered, are kept)
-FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, *MISDECLARED)
+FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, *MISDECLARED, OTHER_LANGUAGE)
 
 
 def forget_featurizer_notes(utt: Utterance) -> None:

@@ -26,8 +26,18 @@ T = TypeVar("T")
 class ModelFeaturizer:
     """The feature extractors that belong to a model artifact (see ``engines.registry``)."""
 
-    def __init__(self, extractors: Any, format_check: Any = None, format_action: str = "warn") -> None:
+    def __init__(
+        self,
+        extractors: Any,
+        format_check: Any = None,
+        format_action: str = "warn",
+        language_check: Any = None,
+        language_action: str = "drop",
+    ) -> None:
         self._x = extractors
+        #: the language check of the transcripts (engines/features/language.py), or None
+        self.language_check = language_check
+        self.language_action = language_action  # "drop": the words are not used; "warn": used all the same
         self._speech: Any = None
         #: the format check of the audio extractor's vectors (engines/features/format_check.py), or None
         self.format_check = format_check
@@ -119,7 +129,16 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         if format_check is None:
             log.info("no format check for the audio extractor %s: a mis-declared rate or G.711 law is not noticed",
                      extractors.audio.id)  # fmt: skip
-    return engine, ModelFeaturizer(extractors, format_check, settings.engine.format_check)
+    language_check = None
+    if extractors.text is not None and settings.engine.language_check != "off":
+        from engines.features.language import check_for
+
+        language_check = check_for(extractors.text)
+        if language_check is None:
+            log.info("the text encoder reads many languages: transcripts are not checked for their language")
+    return engine, ModelFeaturizer(
+        extractors, format_check, settings.engine.format_check, language_check, settings.engine.language_check
+    )
 
 
 EXPORT_TIMEOUT_S = 900.0  # an export takes one to two minutes on two cores

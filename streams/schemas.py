@@ -312,14 +312,17 @@ class EmotionEvent(_Message):
         "say) is 'dead-lettered: <reason>', and its utterance did not wait for it; a transcript with no words "
         "(empty, spaces, control characters) is 'no words: ...'; with engine.format_check = drop, audio whose "
         "voice sounds mis-declared by the producer is 'wrong sample rate? the voice sounds an octave high: ...' "
-        "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse)",
+        "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse); with engine.language_check = "
+        "drop (the default), a transcript that reads as another language than the model's is 'other language? the "
+        "words read as Spanish (es), ...'",
     )
     suspect: dict[Modality, str] | None = Field(
         None,
         description="parts that were used though they look wrong, with why (absent when none): with "
         "engine.format_check = warn (the default), audio whose voice sounds mis-declared by the producer is "
-        "'wrong sample rate? the voice sounds an octave high: ...' (or low), or 'wrong G.711 law? ...'; the label "
-        "leaned on it by its weight. Revisions of the utterance carry it too",
+        "'wrong sample rate? the voice sounds an octave high: ...' (or low), or 'wrong G.711 law? ...'; with "
+        "engine.language_check = warn, a transcript that reads as another language is 'other language? ...'; the "
+        "label leaned on it by its weight. Revisions of the utterance carry it too",
     )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")

@@ -53,7 +53,7 @@ from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import MISDECLARED, NOT_AN_INPUT, BatchOutcome, Processor
+from streams.pipeline import MISDECLARED, NOT_AN_INPUT, OTHER_LANGUAGE, BatchOutcome, Processor
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
@@ -192,6 +192,7 @@ class Worker:
         self.awaiting_start: dict[str, float] = {}  # -> when the first was held (clock)
         self.starting: set[str] = set()  # awaiting calls whose 'started' (or 'ended') is being applied
         self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
+        self._language_warned: set[str] = set()  # calls whose transcripts were said to be in another language
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -895,12 +896,17 @@ class Worker:
                 for modality, why in utt.ignored.items():
                     # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad
                     # audio; mis-declared audio is counted apart (not audio without speech)
-                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT, *MISDECLARED)):
+                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT, *MISDECLARED, OTHER_LANGUAGE)):
                         self.metrics.ignored_parts.labels(modality).inc()
                     if why.startswith(MISDECLARED):
                         self._misdeclared(utt, why, used=False)
+                    elif why.startswith(OTHER_LANGUAGE):
+                        self._other_language(utt, why, used=False)
                 for why in utt.suspect.values():
-                    self._misdeclared(utt, why, used=True)
+                    if why.startswith(OTHER_LANGUAGE):
+                        self._other_language(utt, why, used=True)
+                    else:
+                        self._misdeclared(utt, why, used=True)
                 for receipt in utt.handles:
                     receipt.ack()
         return True
@@ -916,6 +922,17 @@ class Worker:
         self._format_warned.add(utt.call_id)
         log.warning("call %s: audio of utterance %s %s: %s", utt.call_id, utt.utterance_id,
                     "used all the same" if used else "not used", why)  # fmt: skip
+
+    def _other_language(self, utt: Utterance, why: str, used: bool) -> None:
+        """Count a transcript in another language than the model reads, and say so once a call."""
+        self.metrics.other_language_texts.labels("true" if used else "false").inc()
+        if utt.call_id in self._language_warned:
+            return
+        if len(self._language_warned) >= 10_000:
+            self._language_warned.clear()
+        self._language_warned.add(utt.call_id)
+        log.warning("call %s: transcript of utterance %s %s: %s (engine.language_check)", utt.call_id,
+                    utt.utterance_id, "used all the same" if used else "not used", why)  # fmt: skip
 
     def _next_batch(self) -> list[Utterance]:
         """The utterances the next batch takes from the queue, as the sizer allows now."""

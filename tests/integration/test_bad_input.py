@@ -34,6 +34,9 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         (t.text, _text(schema_version=99), "unknown_schema_version"),
         (t.text, b'{"schema_version": 1, "call_id": "bad", "text": "no ids"}', "missing_field"),
         (t.text, _text(seq="seven"), "wrong_type"),
+        (t.text, _text(seq="7"), "wrong_type"),  # a number as a string: the schema says integer
+        (t.text, _text(start_s=2.0, end_s=1.0), "invalid_value"),  # ends before it starts
+        (t.text, _text()[:-1] + b', "text": "again"}', "malformed_json"),  # a key named twice
         (
             t.text,
             TextPart(call_id="bad", utterance_id="e", seq=0, embedding=[0.1] * 7).to_bytes(),
@@ -79,9 +82,11 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
     try:
         worker.wait_ready()
         sent_offsets: dict[str, tuple[str, int]] = {}
-        for i, (utt, modality) in enumerate(good):
-            topic, value = part_message(utt, modality, t)  # type: ignore[misc]
-            producer.send(topic, key=utt.call_id.encode(), value=value)
+        for i in range(max(len(good), len(bad))):  # interleaved
+            if i < len(good):
+                utt, modality = good[i]
+                topic, value = part_message(utt, modality, t)  # type: ignore[misc]
+                producer.send(topic, key=utt.call_id.encode(), value=value)
             if i < len(bad):
                 btopic, bvalue, reason = bad[i]
                 meta = producer.send(btopic, key=b"bad", value=bvalue).get(timeout=30)
@@ -91,14 +96,14 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         ok = collector.poll_until(
             lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want and len(c.dead) >= len(bad), 90
         )
-        assert ok, worker.tail()
+        assert ok, (sorted(d.reason for d in collector.dead), worker.tail())
         assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)
         for letter in collector.dead:
             assert letter.detail and letter.source_topic in (t.text, t.audio) and letter.offset >= 0
             assert letter.key == "bad"
         assert worker.proc is not None and worker.proc.poll() is None, "the worker survived"
         metrics = worker.metrics()
-        assert 'emostream_deadletters_total{reason="malformed_json"} 1.0' in metrics
+        assert 'emostream_deadletters_total{reason="malformed_json"} 2.0' in metrics  # one a key named twice
         # a call id used again, once its previous call closed, under the same utterance ids: a new
         # call (before, its parts were 'conflicting_part' or a replay of the old call's, no event)
         for n, words in enumerate(("Thanks, that is all.", "I am still waiting and I am furious!"), 1):
@@ -125,6 +130,32 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         assert len({e.event_id for e in again}) == 2 and len({r.event_id for r in finals}) == 2, (again, finals)
         assert again[1].event_id.startswith("line-7~g") and finals[1].event_id.startswith("line-7~g")
         assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)  # none for line-7
+        # words the English text model cannot read are not used (engine.language_check = drop), and the
+        # event, the metric and the log say so; a short line is not judged
+        lines = {
+            "es": "Estoy muy enfadado, me han cobrado dos veces este mes.",
+            "zh": "我非常生气，你们这个月扣了我两次钱，怎么回事？",
+            "short": "Sí, claro.",
+        }
+        for n, words in enumerate(lines.values()):
+            part = TextPart(call_id="foreign", utterance_id=f"f{n}", seq=n, speaker="C", text=words)
+            producer.send(t.text, key=b"foreign", value=part.to_bytes()).get(timeout=30)
+        got = collector.poll_until(lambda c: sum(e.call_id == "foreign" for _, e in c.events) >= len(lines), 60)
+        assert got, worker.tail()
+        foreign = {e.utterance_id: e for _, e in collector.events if e.call_id == "foreign"}
+        for n, code in enumerate(("es", "zh")):
+            why = foreign[f"f{n}"].ignored.get("text", "")
+            assert why.startswith("other language? ") and f"({code})" in why, foreign[f"f{n}"]
+            assert foreign[f"f{n}"].weights.get("text", 0.0) == 0.0
+        assert foreign["f2"].ignored == {} and foreign["f2"].weights["text"] > 0.99, foreign["f2"]
+        counted = 'emostream_other_language_texts_total{used="false"} 2.0'  # the Spanish and the Chinese line
+        deadline = time.monotonic() + 20  # counted once the batch is committed, after its events are out
+        while counted not in (metrics := worker.metrics()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert counted in metrics, metrics
+        log = worker.tail(1 << 20)  # once a call
+        assert "call foreign: transcript of utterance f0 not used: other language?" in log, log[-3000:]
+        assert log.count("call foreign: transcript") == 1, log[-3000:]
     finally:
         producer.close()
         collector.close()
