@@ -44,10 +44,17 @@ Number = Annotated[float, Strict()]
 
 
 def _whole_number(value: Any) -> Any:
-    """An integer (numpy's too), not ``true`` (which pydantic reads as 1), ``2.0`` nor ``"2"``."""
-    if isinstance(value, (bool, float, str, bytes)):
+    """An integer (numpy's too), or a number with no fraction (``2.0``: JSON Schema's integer, as
+    ``schema_version`` 1.0 is 1); not ``true`` (which pydantic reads as 1), ``2.5`` nor ``"2"``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (bool, np.bool_, float, str, bytes)):
         kind = (
-            "a boolean" if isinstance(value, bool) else "a decimal number" if isinstance(value, float) else "a string"
+            "a boolean"
+            if isinstance(value, (bool, np.bool_))
+            else "a decimal number"
+            if isinstance(value, float)
+            else "a string"
         )
         raise PydanticCustomError("int_type", f"must be an integer, not {kind}")
     try:

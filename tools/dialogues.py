@@ -47,7 +47,7 @@ from engines.datasets.ravdess import EMOTION_MAP
 from engines.features.text import normalise_text
 from engines.modalities import MODALITIES
 from streams.errors import ConfigError
-from streams.schemas import Id, Modality
+from streams.schemas import Id, Modality, Number, WholeNumber
 
 AudioEncoding = Literal["flac", "pcm_s16le"]  # what audio files are converted to
 InlineEncoding = Literal["flac", "wav", "pcm_s16le", "pcm_mulaw", "pcm_alaw"]  # what audio_b64 may carry
@@ -199,17 +199,17 @@ class _Line(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     call_id: Id
     utterance_id: Id
-    seq: int = Field(ge=0)
+    seq: WholeNumber = Field(ge=0)
     speaker: Id
     text: str | None = None
     audio_path: str | None = None
     audio_b64: str | None = None
     audio_encoding: InlineEncoding | None = None
-    audio_sample_rate: int | None = None
-    audio_features: list[float] | None = None
-    video_features: list[float] | None = None
-    start_s: float | None = Field(None, ge=0)
-    end_s: float | None = Field(None, ge=0)
+    audio_sample_rate: WholeNumber | None = None
+    audio_features: list[Number] | None = None
+    video_features: list[Number] | None = None
+    start_s: Number | None = Field(None, ge=0)
+    end_s: Number | None = Field(None, ge=0)
     label: str | None = None
 
     @model_validator(mode="after")
@@ -229,6 +229,8 @@ class _Line(BaseModel):
                 raise ValueError(f"{self.audio_encoding} is 8000 Hz (G.711), not {self.audio_sample_rate}")
             if self.audio_sample_rate not in RATES:
                 raise ValueError(f"audio_sample_rate {self.audio_sample_rate} Hz not supported; use one of {RATES}")
+        if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
+            raise ValueError(f"end_s {self.end_s:g} is before start_s {self.start_s:g}")
         if self.text is None and self.audio_path is None and self.audio_b64 is None:
             if self.audio_features is None and self.video_features is None:
                 raise ValueError("needs at least one of text, audio_path, audio_b64, audio/video_features")

@@ -152,6 +152,10 @@ def test_jsonl_groups_calls_sorts_by_seq_and_loads_wav(tmp_path: Path) -> None:
         ({"call_id": "c", "utterance_id": "u", "seq": 0, "speaker": "a", "text": "x",
           "audio_sample_rate": 8000}, "audio_sample_rate"),
         ({"call_id": "c", "utterance_id": "u9", "seq": 0, "speaker": "a", "text": "dup"}, "seq 0 appears twice"),
+        ({"call_id": "c", "utterance_id": "u2", "seq": 1, "speaker": "a", "text": "x", "start_s": 2, "end_s": 1},
+         "end_s 1 is before start_s 2"),  # the wire format refuses it: said here, with its line
+        ({"call_id": "c", "utterance_id": "u2", "seq": "1", "speaker": "a", "text": "x"}, "seq"),  # as on the wire
+        ({"call_id": "c", "utterance_id": "u2", "seq": 1, "speaker": "a", "text": "x", "start_s": "3"}, "start_s"),
         ({"call_id": "c", "utterance_id": "u", "seq": 5, "speaker": "a", "text": "dup"}, "utterance_id 'u' repeats"),
     ],
 )  # fmt: skip

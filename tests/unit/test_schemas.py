@@ -142,13 +142,27 @@ def _text(**kw: object) -> bytes:
         ("text", _text(seq="three"), "wrong_type"),
         ("text", _text(seq=-1), "invalid_value"),
         ("text", _text(seq=True), "wrong_type"),  # not taken as seq 1
-        ("text", _text(seq=2.0), "wrong_type"),
+        ("text", _text(seq=2.5), "wrong_type"),  # 2.0 is the integer 2, as JSON Schema reads it
         # found by a newcomer: lax pydantic read these strings and booleans as numbers, against the JSON Schema
         ("text", _text(seq="1"), "wrong_type"),
         ("text", _text(start_s="0.5"), "wrong_type"),
         ("text", _text(sent_at=True), "wrong_type"),
         ("text", _text(text=None, embedding=[1.0, "2.0"]), "wrong_type"),
-        ("audio", _text(kind="audio", text=None, encoding="pcm_s16le", sample_rate="8000", data="AAAA"), "wrong_type"),
+        (
+            "audio",
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "call_id": "c",
+                    "utterance_id": "u",
+                    "seq": 0,
+                    "encoding": "pcm_s16le",
+                    "sample_rate": "8000",
+                    "data": "AAAA",
+                }
+            ).encode(),
+            "wrong_type",
+        ),
         (
             "control",
             json.dumps({"schema_version": 1, "call_id": "c", "event": "ended", "at": "1"}).encode(),
@@ -183,6 +197,13 @@ def test_numbers_are_json_numbers_and_times_in_order() -> None:
     audio = AudioPart(call_id="c", utterance_id="u", seq=np.int64(2), encoding="pcm_s16le",
                       sample_rate=np.int32(8000), data="AAAA")  # fmt: skip
     assert (audio.seq, audio.sample_rate) == (2, 8000)
+    # JSON Schema's integer: a number without a fraction (what the published schemas accept), so 8000.0 is 8000
+    assert parse_input("text", _text(seq=2.0), 4096).seq == 2
+    raw = {"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "encoding": "pcm_s16le",
+           "sample_rate": 8000.0, "data": "AAAA"}  # fmt: skip
+    assert parse_input("audio", json.dumps(raw).encode(), 4096).sample_rate == 8000
+    with pytest.raises(ValueError, match="not a boolean"):
+        TextPart(call_id="c", utterance_id="u", seq=np.True_, text="x")
     with pytest.raises(InvalidMessage, match="the key 'seq' appears twice"):
         parse_input("text", b'{"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "seq": 1, '
                     b'"text": "hi"}', 4096)  # fmt: skip
