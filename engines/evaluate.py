@@ -30,6 +30,7 @@ import numpy as np
 from engines.argtypes import positive_int
 from engines.features.channel import CHANNELS
 from engines.features.speech import MIN_SPEECH_S
+from engines.features.text import TRANSCRIPTS
 from engines.interface import MODALITIES, Engine
 from engines.prepare import Prepared
 from engines.windows import WindowIndex
@@ -77,6 +78,13 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed; "
         "8k-as-16k / 16k-as-8k / alaw-as-mulaw / mulaw-as-alaw: every clip as the worker decodes it when a "
         "producer declared the wrong rate or G.711 law (engines/features/format_check.py)",
+    )
+    parser.add_argument(
+        "--transcripts",
+        default="as-written",
+        choices=list(TRANSCRIPTS),
+        help="asr: every transcript as a speech-to-text engine without punctuation or casing writes it (lower case, "
+        "no '?', '!', '...': engines/features/text.py asr_form); as-written (default): the dataset's own",
     )
     parser.add_argument(
         "--format-check",
@@ -171,6 +179,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
 
     from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
+    from engines.datasets.base import as_transcribed
     from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
     from engines.features.channel import make_channel
@@ -203,7 +212,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         if not ns.json:
             print(f"runtime {rt.name}: features computed afresh (the fp32 feature cache is not read)")
     ns.split = fold_split(ns.split, ns.fold, ns.dataset)
-    dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
+    dialogues = as_transcribed(load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed), ns.transcripts)
     corrupted: Corrupted | None = None
     if corrupt is not None:
         if getattr(ex, corrupt.modality) is None:
@@ -256,6 +265,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "future": ns.future,
         "seed": ns.seed,
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
+        "transcripts": ns.transcripts,
         # clips with speech the format check judged mis-declared (None: no check); not used with drop
         "misdeclared_clips": None if table is None or format_check is None else int(table.misdeclared.sum()),
         **report,

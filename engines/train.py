@@ -44,7 +44,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("what to train")
     g.add_argument("--engine", default="relevance", choices=tuple(ENGINES), help="the network (README: Models)")
     g.add_argument(
-        "--dataset", default="meld-ravdess", choices=DATASETS, help="meld-ravdess: MELD dialogues with RAVDESS clips"
+        "--dataset",
+        default="meld-ravdess",
+        choices=DATASETS,
+        help="meld, emorynlp, iemocap-text: transcripts; ravdess: speech; meld-ravdess: MELD dialogues with "
+        "RAVDESS clips of each line's emotion; *-pickle: the field's pre-extracted feature files",
     )
     g.add_argument(
         "--data-dir", default=None, help="folder holding meld/, ravdess/, ... (required, here or in the recipe)"
@@ -167,6 +171,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=positive_int,
         default=2,
         help="how many seeded lines each clip is heard through (variety)",
+    )
+    g.add_argument(
+        "--asr-text",
+        type=rate,
+        default=0.0,
+        metavar="RATE",
+        help="that fraction of training dialogues (a new draw each epoch) has its transcripts as a speech-to-text "
+        "engine without punctuation or casing writes them (engines/features/text.py asr_form: no '?', '!', '...'); "
+        "with --tune-text, that fraction of the tuning's utterances too",
     )
     g = parser.add_argument_group("features")
     g.add_argument(
@@ -312,8 +325,36 @@ def _tuned_text(
         utts = [u for d in ds for u in d.utterances if u.text]
         return [u.text for u in utts], np.array([u.emotion for u in utts], dtype=np.int64)
 
-    cfg = TuneConfig(layers=ns.tune_text, epochs=ns.tune_epochs, seed=ns.seed)
+    cfg = TuneConfig(layers=ns.tune_text, epochs=ns.tune_epochs, seed=ns.seed, asr_text=ns.asr_text)
     return tune_text_encoder(base, flat(train_d), flat(dev_d), n_classes, target, cfg)
+
+
+def _asr_texts(ns: argparse.Namespace, train: Any, text_enc: Any, quiet: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """With ``--asr-text``: the training split's text features as written and with every
+    transcript in its :func:`engines.features.text.asr_form` (the same rows; a transcript that
+    leaves nothing keeps its written form)."""
+    from engines.errors import DatasetError
+
+    if ns.asr_text <= 0:
+        return None
+    if text_enc is None or "text" not in train.feats:
+        raise DatasetError("--asr-text needs transcripts in the training data (and a text encoder)")
+    from engines.datasets.base import as_transcribed
+
+    utts = [u for d in as_transcribed(train.dialogues, "asr") for u in d.utterances]
+    idx = [i for i, u in enumerate(utts) if u.text]
+    heard = train.feats["text"].copy()
+    if idx:
+        heard[idx] = text_enc.encode_cached([utts[i].text or "" for i in idx], ns.cache_dir, not quiet)
+    return train.feats["text"].copy(), heard
+
+
+def asr_draw(asr: tuple[np.ndarray, np.ndarray], dialogues: Sequence[Any], rate: float, seed: int) -> np.ndarray:
+    """The text features of one epoch: the dialogues a ``seed``ed draw at ``rate`` picks (a call's
+    speech-to-text writes all its lines alike) in their asr_form, the others as written."""
+    heard = np.random.default_rng(seed).random(len(dialogues)) < rate
+    rows = np.repeat(heard, [len(d) for d in dialogues])
+    return np.where(rows[:, None], asr[1], asr[0])
 
 
 def _seed_all(seed: int) -> None:
@@ -591,6 +632,8 @@ def _train(ns: argparse.Namespace) -> int:
         raise DatasetError(
             f"--telephone must be in [0, 1] and --telephone-lines >= 1, got {ns.telephone}, {ns.telephone_lines}"
         )
+    if not 0.0 <= ns.asr_text <= 1.0:
+        raise DatasetError(f"--asr-text must be in [0, 1], got {ns.asr_text}")
     if ns.corrupt_train > 0 and ns.dataset != "meld-ravdess":
         raise DatasetError("--corrupt-train needs the meld-ravdess composite (text with RAVDESS audio)")
     t0 = time.time()
@@ -639,6 +682,7 @@ def _train(ns: argparse.Namespace) -> int:
     train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     print(f"data: {train.n} train / {dev.n} dev utterances, features {spec} ({time.time() - t0:.0f}s)", file=sys.stderr)
+    asr = _asr_texts(ns, train, text_enc, quiet)  # (written, asr-form) text features, or None
 
     net = build_model(ns.engine, model_config(ns, spec, len(label_names)))
     cfg = net.cfg
@@ -710,6 +754,8 @@ def _train(ns: argparse.Namespace) -> int:
                     keep = train.has["audio"][rows] > 0
                     train.feats["audio"][rows[keep]] = feats[keep]
                     train.has["audio"][rows] *= has_line  # no speech left on the line: no audio, as in the stream
+        if asr is not None:  # a new draw of whose speech-to-text writes no punctuation, each epoch, by dialogue
+            train.feats["text"] = asr_draw(asr, train.dialogues, ns.asr_text, ns.seed + 1000 * epoch + 5)
         net.train()
         order = rng.permutation(train.n)
         sums: dict[str, float] = {}

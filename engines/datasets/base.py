@@ -10,7 +10,7 @@ vectors (``Dialogue.features``: modality -> (len, D) float32), as the field's fe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -63,3 +63,22 @@ def label_set(dialogues: list[Dialogue]) -> tuple[str, ...]:
     sets = {d.labels for d in dialogues}
     assert len(sets) <= 1, f"dialogues mix label sets: {sets}"
     return next(iter(sets)) if sets else EMOTIONS
+
+
+def as_transcribed(dialogues: list[Dialogue], form: str) -> list[Dialogue]:
+    """The dialogues with each transcript in ``form`` ("as-written": unchanged; "asr": as a
+    speech-to-text engine without punctuation writes it, :func:`engines.features.text.asr_form`;
+    a transcript that leaves nothing keeps its written form, as a line of "..." still says something)."""
+    from engines.features.text import TRANSCRIPTS
+
+    if form not in TRANSCRIPTS:
+        raise ValueError(f"transcripts {form!r}: one of {', '.join(TRANSCRIPTS)}")
+    if form == "as-written":
+        return dialogues
+    return [replace(d, utterances=[replace(u, text=_asr_text(u.text)) for u in d.utterances]) for d in dialogues]
+
+
+def _asr_text(text: str | None) -> str | None:
+    from engines.features.text import asr_form
+
+    return (asr_form(text) or text) if text else text

@@ -76,6 +76,21 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
+# what a speech-to-text engine without punctuation does not write: anything but letters, digits,
+# spaces and apostrophes inside words ("don't")
+_UNSPOKEN = re.compile(r"[^\w\s']|_|(?<!\w)'|'(?!\w)")
+#: the transcript forms ``evaluate --transcripts`` and ``train --asr-text`` know
+TRANSCRIPTS = ("as-written", "asr")
+
+
+def asr_form(text: str) -> str:
+    """``text`` as a speech-to-text engine without punctuation or casing writes it (what some
+    contact-center ASR delivers): lower case, no punctuation ("?", "!", "...", quotes, hyphens),
+    apostrophes inside words kept, spaces collapsed. "Oh my God! He's lost it." -> "oh my god
+    he's lost it". Idempotent; a line of punctuation alone becomes ""."""
+    return " ".join(_UNSPOKEN.sub(" ", normalise_text(text).lower()).split())
+
+
 def default_model_dir() -> Path:
     """Directory of the bundled all-MiniLM-L6-v2 files."""
     try:

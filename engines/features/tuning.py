@@ -28,7 +28,7 @@ import numpy as np
 
 from engines.artifact import file_sha256
 from engines.errors import ArtifactError
-from engines.features.text import MODEL_ID, TextEncoder, TextEncoderConfig, normalise_text
+from engines.features.text import MODEL_ID, TextEncoder, TextEncoderConfig, asr_form, normalise_text
 
 TUNED_FILE = "text_encoder.safetensors"
 KIND = "minilm-tuned"
@@ -114,6 +114,7 @@ class TuneConfig:
     label_smoothing: float = 0.1
     scale: float = 10.0  # logits = head(scale * unit-norm embedding)
     seed: int = 0
+    asr_text: float = 0.0  # share of training utterances read in their asr_form each epoch (a new draw each epoch)
 
 
 def additive_mask(mask: Any) -> Any:
@@ -264,6 +265,11 @@ def tune_text_encoder(
     low = n_layers - cfg.layers
     max_len = base.config.max_seq_length
     tr_x = _lower_states(bert, tokenizer, [normalise_text(t) for t in train[0]], low, max_len)
+    tr_heard = (  # the same utterances as a speech-to-text engine without punctuation writes them
+        _lower_states(bert, tokenizer, [normalise_text(asr_form(t) or t) for t in train[0]], low, max_len)
+        if cfg.asr_text > 0
+        else tr_x
+    )
     dv_x = _lower_states(bert, tokenizer, [normalise_text(t) for t in dev[0]], low, max_len)
     tr_y, dv_y = np.asarray(train[1], dtype=np.int64), np.asarray(dev[1], dtype=np.int64)
     top = torch.nn.ModuleList([copy.deepcopy(layer) for layer in bert.encoder.layer[low:]])
@@ -275,7 +281,14 @@ def tune_text_encoder(
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"f1": -1.0, "epoch": 0, "state": None}
     for epoch in range(cfg.epochs):
-        loss = train_epoch(lambda idx: head(upper([tr_x[i] for i in idx]) * cfg.scale), tr_y, top, steps, cfg, rng)
+        # its own generator: without asr_text the epochs draw what they always drew
+        heard = np.random.default_rng(cfg.seed + 7919 * (epoch + 1)).random(len(tr_x)) < cfg.asr_text
+        ep_x = [tr_heard[i] if heard[i] else x for i, x in enumerate(tr_x)]
+
+        def logits_of(idx: Any, xs: list[Any] = ep_x) -> Any:
+            return head(upper([xs[i] for i in idx]) * cfg.scale)
+
+        loss = train_epoch(logits_of, tr_y, top, steps, cfg, rng)
         f1 = weighted_f1(dv_y, predict(lambda idx: head(upper([dv_x[i] for i in idx]) * cfg.scale), dv_len, top))
         history.append({"epoch": epoch + 1, "loss": round(loss, 4), "dev_wf1": round(f1, 4)})
         if log:

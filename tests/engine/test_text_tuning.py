@@ -66,3 +66,23 @@ def test_rebuilt_from_features_json_and_checked_by_sha(tuned: tuple) -> None:
         text_encoder_from_dict({**meta, "sha256": "0" * 64}, dim=384, base_dir=enc.weights.parent)
     with pytest.raises(ArtifactError):
         text_encoder_from_dict(meta, dim=384)  # no artifact directory to find the layers in
+
+
+def test_asr_text_tunes_on_the_unpunctuated_forms_and_zero_changes_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``asr_text`` reads that share of the training lines in their asr_form: at 0 the tuning is
+    reproducible (same seed, same weights; its draws come from a generator of their own, so the
+    recipes before it train as they did); at 1 it learns from other inputs."""
+    from safetensors.numpy import load_file
+
+    texts, labels = HAPPY + ANGRY + NEUTRAL, np.repeat(np.arange(3), 4)
+    base = TextEncoder()
+
+    def tune(rate: float, name: str) -> dict[str, np.ndarray]:
+        cfg = TuneConfig(layers=1, epochs=1, lr=1e-3, batch_size=4, asr_text=rate)
+        _, report = tune_text_encoder(base, (texts, labels), (texts, labels), 3, tmp_path / name, cfg, log=False)
+        assert report["config"]["asr_text"] == rate
+        return load_file(str(tmp_path / name))
+
+    plain, again, heard = tune(0.0, "a.safetensors"), tune(0.0, "b.safetensors"), tune(1.0, "c.safetensors")
+    assert all(np.array_equal(plain[k], again[k]) for k in plain)
+    assert any(not np.array_equal(plain[k], heard[k]) for k in plain)

@@ -67,3 +67,31 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
 
     parsers = [(build_parser(), "emostream"), (add_train_args(argparse.ArgumentParser()), "emostream train")]
     assert [m for parser, name in parsers for m in _options_without_help(parser, name)] == []
+
+
+def test_asr_text_swaps_whole_dialogues_to_their_unpunctuated_forms_each_epoch() -> None:
+    """``--asr-text``: the training split's text features as written and in asr_form, by row; each
+    epoch a seeded draw picks whole dialogues (a call's speech-to-text writes all its lines alike)."""
+    import numpy as np
+
+    from engines.datasets.base import Dialogue, Utterance
+    from engines.features.text import asr_form
+    from engines.prepare import prepare
+    from engines.train import _asr_texts, asr_draw
+
+    class Encoder:  # a vector per text: its length and its count of '!' (what asr_form takes away)
+        def encode_cached(self, texts: list[str], cache: object, progress: bool) -> np.ndarray:
+            return np.array([[len(t), t.count("!")] for t in texts], dtype=np.float32)
+
+    lines = ["Hi!", "What?!", "No way!!", "Okay."]
+    dialogues = [Dialogue(f"d{k}", [Utterance(t, "A", 0, 0) for t in lines]) for k in range(20)]
+    spec = FeatureSpec({"text": 2, "audio": 0})
+    train = prepare(dialogues, spec, Encoder(), None, 4)  # type: ignore[arg-type]
+    ns = _ns("--asr-text", "0.5")
+    written, heard = _asr_texts(ns, train, Encoder(), True)  # type: ignore[misc]
+    assert heard[:4].tolist() == [[len(asr_form(t)), 0] for t in lines] and written[:4, 1].tolist() == [1, 1, 2, 0]
+    one, again, other = (asr_draw((written, heard), dialogues, 0.5, seed) for seed in (5, 5, 6))
+    assert np.array_equal(one, again) and not np.array_equal(one, other)
+    per_dialogue = one[:, 1].reshape(20, 4).sum(1)  # 4 '!' as written, 0 heard
+    assert set(per_dialogue.tolist()) == {0.0, 4.0} and 4 <= (per_dialogue == 0).sum() <= 16
+    assert _asr_texts(_ns(), train, Encoder(), True) is None  # off by default
