@@ -180,6 +180,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
     from engines.datasets.base import as_transcribed
+    from engines.datasets.pickles import precomputed_spec
     from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
     from engines.features.channel import make_channel
@@ -212,7 +213,10 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         if not ns.json:
             print(f"runtime {rt.name}: features computed afresh (the fp32 feature cache is not read)")
     ns.split = fold_split(ns.split, ns.fold, ns.dataset)
-    dialogues = as_transcribed(load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed), ns.transcripts)
+    dialogues = load_dataset(ns.dataset, ns.data_dir, ns.split, seed=ns.seed)
+    if ns.transcripts != "as-written" and precomputed_spec(dialogues) is not None:
+        raise DatasetError(f"--transcripts {ns.transcripts}: {ns.dataset} brings its text features precomputed")
+    dialogues = as_transcribed(dialogues, ns.transcripts)
     corrupted: Corrupted | None = None
     if corrupt is not None:
         if getattr(ex, corrupt.modality) is None:

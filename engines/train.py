@@ -338,7 +338,7 @@ def _asr_texts(ns: argparse.Namespace, train: Any, text_enc: Any, quiet: bool) -
     if ns.asr_text <= 0:
         return None
     if text_enc is None or "text" not in train.feats:
-        raise DatasetError("--asr-text needs transcripts in the training data (and a text encoder)")
+        raise DatasetError("--asr-text needs transcripts the text encoder reads (not precomputed text features)")
     from engines.datasets.base import as_transcribed
 
     utts = [u for d in as_transcribed(train.dialogues, "asr") for u in d.utterances]

@@ -76,9 +76,8 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-# what a speech-to-text engine without punctuation does not write: anything but letters, digits,
-# spaces and apostrophes inside words ("don't")
-_UNSPOKEN = re.compile(r"[^\w\s']|_|(?<!\w)'|'(?!\w)")
+#: apostrophe look-alikes a transcript may hold for "'" (normalise_text folds the typographic ones)
+_APOSTROPHES = str.maketrans({c: "'" for c in "`\u00b4\u2032\uff07\u02bc"})
 #: the transcript forms ``evaluate --transcripts`` and ``train --asr-text`` know
 TRANSCRIPTS = ("as-written", "asr")
 
@@ -87,8 +86,12 @@ def asr_form(text: str) -> str:
     """``text`` as a speech-to-text engine without punctuation or casing writes it (what some
     contact-center ASR delivers): lower case, no punctuation ("?", "!", "...", quotes, hyphens),
     apostrophes inside words kept, spaces collapsed. "Oh my God! He's lost it." -> "oh my god
-    he's lost it". Idempotent; a line of punctuation alone becomes ""."""
-    return " ".join(_UNSPOKEN.sub(" ", normalise_text(text).lower()).split())
+    he's lost it". Letters, digits and combining marks (Unicode L, N, M) are kept, everything else
+    becomes a space ("3.5" -> "3 5", "$100" -> "100"). Idempotent; a line of punctuation alone becomes "".
+    (MiniLM's tokenizer lower-cases anyway: for the shipped models only the punctuation matters.)"""
+    lowered = normalise_text(text).translate(_APOSTROPHES).lower()
+    kept = "".join(c if c == "'" or unicodedata.category(c)[0] in "LNM" else " " for c in lowered)
+    return " ".join(w for w in (word.strip("'") for word in kept.split()) if w)
 
 
 def default_model_dir() -> Path:

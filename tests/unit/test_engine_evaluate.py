@@ -390,3 +390,27 @@ def test_voiceless_kinds_replace_the_chosen_clips_with_seeded_probes(tmp_path: P
     assert got.n_corrupted == len(swapped) == 5 and (got.donor_emotion == -1).all()
     assert [u.audio for u in again.dialogues[0].utterances] == [u.audio for u in got.dialogues[0].utterances]
     assert all(Path(p).is_file() for p in swapped)
+
+
+def test_transcripts_asr_is_refused_where_the_text_features_come_precomputed(
+    causal_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A feature pickle brings its text vectors: rewriting its transcripts would change nothing the
+    model reads, so the report would say 'asr' of figures that are not."""
+    import pickle
+
+    ids = [f"Ses0{i}" for i in range(20)]
+    rng = np.random.default_rng(0)
+    obj = (
+        {v: v for v in ids},
+        {v: ["M", "F"] for v in ids},
+        {v: [i % 6, (i + 1) % 6] for i, v in enumerate(ids)},
+        *({v: rng.standard_normal((2, n)).tolist() for v in ids} for n in (10, 4, 3)),
+        {v: ["Hello!", "Bye?"] for v in ids},
+        ids[:16],
+        ids[16:],
+    )
+    with (tmp_path / "IEMOCAP_features.pkl").open("wb") as f:
+        pickle.dump(obj, f)
+    err = evaluate_error(capsys, causal_model, tmp_path, "--dataset", "iemocap-pickle", "--transcripts", "asr")
+    assert "--transcripts asr: iemocap-pickle brings its text features precomputed" in err, err

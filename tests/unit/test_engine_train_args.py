@@ -84,14 +84,20 @@ def test_asr_text_swaps_whole_dialogues_to_their_unpunctuated_forms_each_epoch()
             return np.array([[len(t), t.count("!")] for t in texts], dtype=np.float32)
 
     lines = ["Hi!", "What?!", "No way!!", "Okay."]
-    dialogues = [Dialogue(f"d{k}", [Utterance(t, "A", 0, 0) for t in lines]) for k in range(20)]
+    dialogues = [Dialogue(f"d{k}", [Utterance(t, "A", 0, 0) for t in lines[k % 4 :]]) for k in range(20)]
     spec = FeatureSpec({"text": 2, "audio": 0})
     train = prepare(dialogues, spec, Encoder(), None, 4)  # type: ignore[arg-type]
     ns = _ns("--asr-text", "0.5")
     written, heard = _asr_texts(ns, train, Encoder(), True)  # type: ignore[misc]
     assert heard[:4].tolist() == [[len(asr_form(t)), 0] for t in lines] and written[:4, 1].tolist() == [1, 1, 2, 0]
+    assert not np.array_equal(heard[4:7], written[4:7])  # the next dialogue starts at "What?!"
     one, again, other = (asr_draw((written, heard), dialogues, 0.5, seed) for seed in (5, 5, 6))
     assert np.array_equal(one, again) and not np.array_equal(one, other)
-    per_dialogue = one[:, 1].reshape(20, 4).sum(1)  # 4 '!' as written, 0 heard
-    assert set(per_dialogue.tolist()) == {0.0, 4.0} and 4 <= (per_dialogue == 0).sum() <= 16
+    start, kinds = 0, []
+    for d in dialogues:  # every dialogue's rows all heard or all as written
+        rows = slice(start, start + len(d))
+        start += len(d)
+        kinds.append("heard" if np.array_equal(one[rows], heard[rows]) else "written")
+        assert np.array_equal(one[rows], heard[rows] if kinds[-1] == "heard" else written[rows])
+    assert start == len(one) and 4 <= kinds.count("heard") <= 16
     assert _asr_texts(_ns(), train, Encoder(), True) is None  # off by default
