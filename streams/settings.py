@@ -228,8 +228,9 @@ class EngineSettings(_Section):
     )
     language_check: Literal["drop", "warn", "off"] = Field(
         "drop",
-        description="a transcript of at least 15 letters that reads as another language than the one the model's "
-        "text encoder learnt (English for MiniLM; engines/features/language.py, py3langid): drop = its words are "
+        description="a transcript whose distinct words hold at least 15 letters and that reads as another language "
+        "than the one the model's text encoder learnt (English for MiniLM; engines/features/language.py, "
+        "py3langid): drop = its words are "
         "not used (the label comes from the voice, or the model's prior alone) and the event's 'ignored' says why; "
         "warn = used all the same and the event's 'suspect' says why; both count it in "
         "emostream_other_language_texts_total and log it once a call; off = not checked",
