@@ -426,10 +426,13 @@ def sweep(
     fold: int | None = None,
     temperatures: Sequence[float] | None = None,
     audio_temperatures: Sequence[float] | None = None,
+    transcripts: str = "as-written",
 ) -> list[dict[str, Any]]:
     """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
     set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
-    audio=0.5``) and the mean audio weight on the swapped and the genuine clips; and the text alone."""
+    audio=0.5``) and the mean audio weight on the swapped and the genuine clips; and the text alone.
+    ``transcripts``: "asr" reads every transcript as a speech-to-text engine without punctuation
+    writes it (``engines.datasets.base.as_transcribed``)."""
     import dataclasses
 
     import torch
@@ -437,6 +440,7 @@ def sweep(
     from engines import artifact
     from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
+    from engines.datasets.base import as_transcribed
     from engines.datasets.ravdess import fold_split
     from engines.evaluate import predict_prepared
     from engines.metrics import classification_report
@@ -455,7 +459,7 @@ def sweep(
     ex = load_extractors(path)
     assert ex.audio is not None, "a gated model has audio"
     split = fold_split("dev", fold, "meld-ravdess")  # a fold's held-out actors (a nested fold's test)
-    clean = load_dataset("meld-ravdess", data_dir, split, seed=seed)
+    clean = as_transcribed(load_dataset("meld-ravdess", data_dir, split, seed=seed), transcripts)
     swapped = corrupt_dialogues(clean, parse_corrupt("audio=0.5"), seed, audio_pool("meld-ravdess", data_dir, split))
     data = {}
     for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
@@ -475,6 +479,7 @@ def sweep(
             )
             engine = TorchEngine(net=wrap(net.eval(), tensors, trust, text_net=text_net), labels=labels)
             row: dict[str, Any] = {
+                "transcripts": transcripts,
                 "prior": prior,
                 "text_temperature": temperature,
                 "audio_temperature": audio_temperature,
@@ -503,10 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engines.trust", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sweep", help="dev figures of a gated model's network for several contradiction priors")
-    s.add_argument("--model", default="default")
-    s.add_argument("--data-dir", required=True)
-    s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model", default="default", help="a gated artifact (a name under models/ or a directory)")
+    s.add_argument("--data-dir", required=True, help="folder holding meld/ and ravdess/")
+    s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1", help="comma-separated contradiction priors")
+    s.add_argument("--seed", type=int, default=0, help="the composite's clip assignment and the swap")
+    s.add_argument(
+        "--transcripts",
+        default="as-written",
+        choices=["as-written", "asr"],
+        help="asr: every transcript as a speech-to-text engine without punctuation writes it",
+    )
     s.add_argument(
         "--temperatures",
         default=None,
@@ -528,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     temperatures = [float(t) for t in ns.temperatures.split(",")] if ns.temperatures else None
     audio_t = [float(t) for t in ns.audio_temperatures.split(",")] if ns.audio_temperatures else None
     priors = [float(p) for p in ns.priors.split(",")]
-    for row in sweep(ns.model, ns.data_dir, priors, ns.seed, ns.fold, temperatures, audio_t):
+    for row in sweep(ns.model, ns.data_dir, priors, ns.seed, ns.fold, temperatures, audio_t, ns.transcripts):
         print(json.dumps(row))
     return 0
 
