@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.datasets.base import Dialogue, label_set
+from engines.datasets.base import Dialogue, Utterance, label_set
 from engines.errors import DatasetError
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
@@ -137,6 +137,17 @@ def _precomputed(dialogues: list[Dialogue], spec: FeatureSpec) -> dict[str, np.n
     return out
 
 
+def text_features(
+    utts: Sequence[Utterance], text_encoder: TextEncoder, dim: int, cache_root: str | Path | None, progress: bool
+) -> np.ndarray:
+    """(N, dim) float32: each utterance's transcript encoded (cached), zeros where it has none."""
+    idx = [i for i, u in enumerate(utts) if u.text]
+    text = np.zeros((len(utts), dim), dtype=np.float32)
+    if idx:
+        text[idx] = text_encoder.encode_cached([utts[i].text or "" for i in idx], cache_root, progress)
+    return text
+
+
 def prepare(
     dialogues: list[Dialogue],
     spec: FeatureSpec,
@@ -154,11 +165,7 @@ def prepare(
     has: dict[str, np.ndarray] = {m: np.ones((len(utts),), dtype=np.float32) for m in feats}
     if spec.dim("text") > 0 and "text" not in feats:
         assert text_encoder is not None
-        idx = [i for i, u in enumerate(utts) if u.text]
-        text = np.zeros((len(utts), spec.dim("text")), dtype=np.float32)
-        if idx:
-            text[idx] = text_encoder.encode_cached([utts[i].text or "" for i in idx], cache_root, progress)
-        feats["text"] = text
+        feats["text"] = text_features(utts, text_encoder, spec.dim("text"), cache_root, progress)
         has["text"] = np.array([1.0 if u.text else 0.0 for u in utts], dtype=np.float32)
     if spec.dim("audio") > 0 and "audio" not in feats:
         if audio_table is None:

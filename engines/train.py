@@ -340,13 +340,11 @@ def _asr_texts(ns: argparse.Namespace, train: Any, text_enc: Any, quiet: bool) -
     if text_enc is None or "text" not in train.feats:
         raise DatasetError("--asr-text needs transcripts the text encoder reads (not precomputed text features)")
     from engines.datasets.base import as_transcribed
+    from engines.prepare import text_features
 
     utts = [u for d in as_transcribed(train.dialogues, "asr") for u in d.utterances]
-    idx = [i for i, u in enumerate(utts) if u.text]
-    heard = train.feats["text"].copy()
-    if idx:
-        heard[idx] = text_enc.encode_cached([utts[i].text or "" for i in idx], ns.cache_dir, not quiet)
-    return train.feats["text"].copy(), heard
+    written = train.feats["text"].copy()
+    return written, text_features(utts, text_enc, written.shape[1], ns.cache_dir, not quiet)
 
 
 def asr_draw(asr: tuple[np.ndarray, np.ndarray], dialogues: Sequence[Any], rate: float, seed: int) -> np.ndarray:

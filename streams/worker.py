@@ -915,24 +915,23 @@ class Worker:
         """Count audio whose format sounds mis-declared, and say so once a call (a producer's
         setting, not one utterance's fault)."""
         self.metrics.misdeclared_audio.labels(mistake_of(why)).inc()
-        if utt.call_id in self._format_warned:
-            return
-        if len(self._format_warned) >= 10_000:
-            self._format_warned.clear()
-        self._format_warned.add(utt.call_id)
-        log.warning("call %s: audio of utterance %s %s: %s", utt.call_id, utt.utterance_id,
-                    "used all the same" if used else "not used", why)  # fmt: skip
+        self._once_a_call(self._format_warned, utt, "audio", why, used)
 
     def _other_language(self, utt: Utterance, why: str, used: bool) -> None:
         """Count a transcript in another language than the model reads, and say so once a call."""
         self.metrics.other_language_texts.labels("true" if used else "false").inc()
-        if utt.call_id in self._language_warned:
+        self._once_a_call(self._language_warned, utt, "transcript", f"{why} (engine.language_check)", used)
+
+    @staticmethod
+    def _once_a_call(warned: set[str], utt: Utterance, part: str, why: str, used: bool) -> None:
+        """Log a call's suspect part the first time ``warned`` (at most 10,000 calls) meets the call."""
+        if utt.call_id in warned:
             return
-        if len(self._language_warned) >= 10_000:
-            self._language_warned.clear()
-        self._language_warned.add(utt.call_id)
-        log.warning("call %s: transcript of utterance %s %s: %s (engine.language_check)", utt.call_id,
-                    utt.utterance_id, "used all the same" if used else "not used", why)  # fmt: skip
+        if len(warned) >= 10_000:
+            warned.clear()
+        warned.add(utt.call_id)
+        log.warning("call %s: %s of utterance %s %s: %s", utt.call_id, part, utt.utterance_id,
+                    "used all the same" if used else "not used", why)  # fmt: skip
 
     def _next_batch(self) -> list[Utterance]:
         """The utterances the next batch takes from the queue, as the sizer allows now."""

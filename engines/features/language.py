@@ -109,7 +109,7 @@ class LanguageCheck:
             if self._ident.classify(text)[0] == self.reads:  # most lines: half the cost of ranking them all
                 return None
         best, _, own = self.probabilities(text)
-        if own >= MAX_PROBABILITY or best == self.reads or best in NO_LANGUAGE:
+        if own >= MAX_PROBABILITY or best in NO_LANGUAGE:  # (best is not self.reads: classify said so)
             return None
         return (
             f"{OTHER_LANGUAGE}the words read as {language_name(best)} ({best}), "
