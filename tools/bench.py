@@ -870,8 +870,8 @@ def add_bench_args(p: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     p = argparse.ArgumentParser(prog="python -m tools.bench")
-    p.add_argument("kind", choices=["passthrough", "naive"])
-    p.add_argument("--parts", type=int, required=True)
+    p.add_argument("kind", choices=["passthrough", "naive"], help="which reference worker to run")
+    p.add_argument("--parts", type=int, required=True, help="parts to consume before it exits")
     ns = p.parse_args(argv)
     return passthrough_main(ns.parts) if ns.kind == "passthrough" else naive_main(ns.parts)
 

@@ -101,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.rss_bursts", description=__doc__)
     parser.add_argument("--runs", default="drop,off", help="comma-separated runs, in order (alternate them)")
     parser.add_argument("--tree", default=str(REPO), help="the code that runs not named drop/warn/off run")
-    parser.add_argument("--data-dir", default=os.environ.get("EMOSTREAM_DATA_DIR", "../shared/data"))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("EMOSTREAM_DATA_DIR", "../shared/data"),
+        help="folder holding ravdess/ (the long clip is built from it)",
+    )
     ns = parser.parse_args(argv)
     clip = long_clip(Path(ns.data_dir))
     out = []

@@ -169,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     from engines.features.text import TextEncoder
 
     p = argparse.ArgumentParser(prog="python -m engines.features.context_study", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--dataset", default="meld")
+    p.add_argument("--data-dir", required=True, help="folder holding the dataset (read-only)")
+    p.add_argument("--dataset", default="meld", help="a text dataset with dialogues (meld, emorynlp, iemocap-text)")
     p.add_argument("--context", type=int, nargs="+", default=[0, 3], help="preceding turns per input, one run each")
     p.add_argument("--budget", type=int, default=96, help="tokens of preceding turns at most")
-    p.add_argument("--epochs", type=int, default=TuneConfig.epochs)
-    p.add_argument("--layers", type=int, default=TuneConfig.layers)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="tuning epochs per run")
+    p.add_argument("--layers", type=int, default=TuneConfig.layers, help="MiniLM's top layers tuned")
+    p.add_argument("--seed", type=int, default=0, help="the tuning's initialisation and batch order")
     ns = p.parse_args(argv)
     import torch
 

@@ -101,3 +101,39 @@ def test_asr_text_swaps_whole_dialogues_to_their_unpunctuated_forms_each_epoch()
         assert np.array_equal(one[rows], heard[rows] if kinds[-1] == "heard" else written[rows])
     assert start == len(one) and 4 <= kinds.count("heard") <= 16
     assert _asr_texts(_ns(), train, Encoder(), True) is None  # off by default
+
+
+class _Parsed(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "engines.bench",
+        "engines.trust",
+        "engines.evaluate",
+        "engines.gpucheck",
+        "engines.features.format_check",
+        "engines.features.context_study",
+        "engines.features.language",
+        "tools.bench",
+        "tools.rss_bursts",
+        "chaos.producer",
+    ],
+)
+def test_every_option_of_every_standalone_tool_says_what_it_does(module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``python -m`` tools the README quotes (benchmarks, sweeps, studies) are read through
+    ``--help`` too. Their parser is caught where ``main`` parses, before anything runs."""
+    import importlib
+
+    def caught(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise _Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", caught)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", caught)
+    with pytest.raises(_Parsed) as got:
+        importlib.import_module(module).main([])
+    assert _options_without_help(got.value.parser, module) == []
