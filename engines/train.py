@@ -601,6 +601,36 @@ def _audio_settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(ns: argparse.Namespace) -> int:
+    """Train into a hidden folder beside ``--out`` and put it in place only when every file is
+    written: an artifact already there (``models/default`` retrained) stays whole and loadable if
+    the run fails or is stopped, where writing into it would leave its checksums broken."""
+    import shutil
+
+    final = Path(ns.out)
+    staging = final.parent / f".{final.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # what a run stopped earlier left
+    try:
+        rc = _train_into(ns, staging)
+        if rc == 0:
+            _publish(staging, final)
+        return rc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """``staging`` becomes ``final`` (two renames in one folder; the old artifact is removed after)."""
+    import shutil
+
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -638,7 +668,6 @@ def _train(ns: argparse.Namespace) -> int:
     torch.set_num_threads(ns.threads)
     _seed_all(ns.seed)
     quiet = ns.no_progress
-    out_dir = Path(ns.out)
 
     train_split = fold_split("train", ns.fold, ns.dataset, ns.nested)
     dev_split = fold_split("dev", ns.fold, ns.dataset, ns.nested)
