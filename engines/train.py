@@ -604,8 +604,6 @@ def _train(ns: argparse.Namespace) -> int:
     """Train into a hidden folder beside ``--out`` and put it in place only when every file is
     written: an artifact already there (``models/default`` retrained) stays whole and loadable if
     the run fails or is stopped, where writing into it would leave its checksums broken."""
-    import shutil
-
     final = Path(ns.out)
     staging = final.parent / f".{final.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # what a run stopped earlier left
@@ -619,12 +617,19 @@ def _train(ns: argparse.Namespace) -> int:
 
 
 def _publish(staging: Path, final: Path) -> None:
-    """``staging`` becomes ``final`` (two renames in one folder; the old artifact is removed after)."""
-    import shutil
+    """``staging`` becomes ``final`` (two renames in one folder; the old artifact is removed after).
+    What the old folder holds besides its artifact (a model card, ``README.md``: files neither its
+    ``checksums.json`` nor the new run names) moves over."""
+    from engines import artifact
 
     old = final.parent / f".{final.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
+        sealed = final / artifact.CHECKSUMS
+        ours = set(json.loads(sealed.read_text())) if sealed.is_file() else set()
+        for path in final.iterdir():
+            if path.name not in ours | {artifact.CHECKSUMS, artifact.METRICS} and not (staging / path.name).exists():
+                shutil.move(str(path), staging / path.name)
         final.rename(old)
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)

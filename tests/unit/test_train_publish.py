@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,11 @@ import pytest
 from engines import train
 
 
-def _artifact(folder: Path, text: str) -> None:
+def _artifact(folder: Path, text: str, *extra: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "weights.safetensors").write_text(text)
-    (folder / "checksums.json").write_text(text)
+    for name in ("weights.safetensors", *extra):
+        (folder / name).write_text(text)
+    (folder / "checksums.json").write_text(json.dumps({n: text for n in ("weights.safetensors", *extra)}))
 
 
 def test_a_failed_run_leaves_the_artifact_there_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,8 +39,9 @@ def test_a_failed_run_leaves_the_artifact_there_whole(tmp_path: Path, monkeypatc
 
 def test_a_finished_run_replaces_the_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "default"
-    _artifact(out, "old")
-    (out / "text_network.safetensors").write_text("old")  # a file the new run does not write goes too
+    _artifact(out, "old", "text_network.safetensors")  # an artifact file the new run does not write goes
+    (out / "README.md").write_text("the model card")  # the folder's other files stay
+    (out / "metrics.json").write_text("old")  # the run writes its own
     (tmp_path / ".default.partial").mkdir()  # left by a run stopped earlier
     (tmp_path / ".default.partial" / "stale").write_text("stale")
 
@@ -49,13 +52,19 @@ def test_a_finished_run_replaces_the_artifact(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(train, "_train_into", trains)
     assert train._train(argparse.Namespace(out=str(out))) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "checksums.json", "weights.safetensors"]
     assert (out / "weights.safetensors").read_text() == "new"
+    assert (out / "README.md").read_text() == "the model card"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
 
 
 def test_a_first_run_makes_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "runs" / "new"
-    monkeypatch.setattr(train, "_train_into", lambda ns, out_dir: _artifact(out_dir, "new") or 0)
+
+    def trains(ns: argparse.Namespace, out_dir: Path) -> int:
+        _artifact(out_dir, "new")
+        return 0
+
+    monkeypatch.setattr(train, "_train_into", trains)
     assert train._train(argparse.Namespace(out=str(out))) == 0
     assert (out / "weights.safetensors").read_text() == "new"
