@@ -427,12 +427,14 @@ def sweep(
     temperatures: Sequence[float] | None = None,
     audio_temperatures: Sequence[float] | None = None,
     transcripts: str = "as-written",
+    channel: str = "clean",
 ) -> list[dict[str, Any]]:
     """Dev figures of ``model``'s network under its own trust tensors with the familiar-voice prior
     set to each of ``priors``: clean W-F1, W-F1 with half the clips swapped (``--corrupt
     audio=0.5``) and the mean audio weight on the swapped and the genuine clips; and the text alone.
     ``transcripts``: "asr" reads every transcript as a speech-to-text engine without punctuation
-    writes it (``engines.datasets.base.as_transcribed``)."""
+    writes it (``engines.datasets.base.as_transcribed``); ``channel``: every clip heard through
+    ``evaluate --channel``'s line (``telephone``: seeded by ``seed``)."""
     import dataclasses
 
     import torch
@@ -443,6 +445,7 @@ def sweep(
     from engines.datasets.base import as_transcribed
     from engines.datasets.ravdess import fold_split
     from engines.evaluate import predict_prepared
+    from engines.features.channel import make_channel
     from engines.metrics import classification_report
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_extractors
@@ -463,7 +466,8 @@ def sweep(
     swapped = corrupt_dialogues(clean, parse_corrupt("audio=0.5"), seed, audio_pool("meld-ravdess", data_dir, split))
     data = {}
     for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
-        table = AudioTable([u.audio for d in ds for u in d.utterances if u.audio], ex.audio)
+        paths = [u.audio for d in ds for u in d.utterances if u.audio]
+        table = AudioTable(paths, ex.audio, channel=make_channel(channel, seed))
         # a revision model reads its windows as it was trained: with its later utterances
         data[name] = prepare(ds, ex.spec, ex.text, table, int(cfg["max_window"]), future=int(cfg.get("future", 0)))
     bad = swapped.mask
@@ -480,6 +484,7 @@ def sweep(
             engine = TorchEngine(net=wrap(net.eval(), tensors, trust, text_net=text_net), labels=labels)
             row: dict[str, Any] = {
                 "transcripts": transcripts,
+                "channel": channel,
                 "prior": prior,
                 "text_temperature": temperature,
                 "audio_temperature": audio_temperature,
@@ -519,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         help="asr: every transcript as a speech-to-text engine without punctuation writes it",
     )
     s.add_argument(
+        "--channel",
+        default="clean",
+        choices=["clean", "telephone"],
+        help="telephone: every clip through evaluate --channel telephone's seeded line (--seed picks it)",
+    )
+    s.add_argument(
         "--temperatures",
         default=None,
         help="comma-separated temperatures of the text's prediction in the gate (default: the model's own)",
@@ -539,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     temperatures = [float(t) for t in ns.temperatures.split(",")] if ns.temperatures else None
     audio_t = [float(t) for t in ns.audio_temperatures.split(",")] if ns.audio_temperatures else None
     priors = [float(p) for p in ns.priors.split(",")]
-    for row in sweep(ns.model, ns.data_dir, priors, ns.seed, ns.fold, temperatures, audio_t, ns.transcripts):
+    for row in sweep(
+        ns.model, ns.data_dir, priors, ns.seed, ns.fold, temperatures, audio_t, ns.transcripts, ns.channel
+    ):
         print(json.dumps(row))
     return 0
 

@@ -19,12 +19,14 @@ pytestmark = pytest.mark.engine
 # values so a regression fails the test, or at the issue's target where that is the stricter bound.
 # The default is chosen on the composite (text + audio); its text alone sits just under the issue's
 # MELD target of 0.58, which the text-only foal-net run with the same tuned layers meets (0.587, README).
-MELD_DEV_TEXT_ONLY_WF1_FLOOR = 0.59  # measured 0.5996 (1.5.0: the words network; 1.4.0's fused network alone: 0.5729)
+MELD_DEV_TEXT_ONLY_WF1_FLOOR = (
+    0.59  # measured 0.5921 (1.6.0: the words network trained half unpunctuated; 1.5.0: 0.5996)
+)
 RAVDESS_DEV_AUDIO_ONLY_ACC_FLOOR = (
-    0.60  # measured 0.7625 (1.4.0; actors 17-20, never trained on nor chosen on); the issue's target
+    0.60  # measured 0.7583 (1.6.0; actors 17-20, never trained on; the seed was chosen on them); the issue's target
 )
 COMPOSITE_DEV_WF1_FLOOR = (
-    0.82  # measured 0.8438 (1.5.0: unimse, Whisper block 2, voice gate prior 0.1, epoch 11, words network)
+    0.82  # measured 0.8351 (1.6.0: unimse, Whisper block 2, voice gate prior 0.18, epoch 11, words network)
 )
 DEFAULT = artifact.DEFAULT_DIR
 
@@ -71,7 +73,7 @@ def test_default_onnx_matches_pytorch(engine: Engine) -> None:
 def test_the_default_reads_the_words_alone_with_its_text_network(engine: Engine) -> None:
     """Since 1.5.0, wherever the target has no voice (a call without audio, a voice without
     speech; inside the gate, its text prediction), the default's graph gives its words network's
-    output (config.json's ``text_network``, ``recipes/meld-words.toml``), not its fused network's;
+    output (config.json's ``text_network``, ``recipes/default-words.toml``), not its fused network's;
     with a voice, the fused one still speaks (models/default/README.md)."""
     import dataclasses
 
@@ -160,17 +162,18 @@ def test_composite_dev_uses_both_modalities(engine: Engine, shared_data: Path) -
     assert both["weighted_f1"] >= COMPOSITE_DEV_WF1_FLOOR, both
     audio = evaluate_engine(engine, data, ["audio"])  # type: ignore[arg-type]
     assert both["weighted_f1"] > text["weighted_f1"] + 0.05
-    # 1.4.0: clean studio clips alone are nearly as good as both (audio alone 0.839, fused 0.840; the
-    # gate's prior 0.1 gives up clean for contradicting voices); on the phone the words count more
-    assert both["weighted_f1"] > audio["weighted_f1"], (both, audio)
+    # clean studio clips, whose voices agree with their labels by construction, are as good alone
+    # as both: 1.6.0's gate (prior 0.18) gives up some of that agreement for contradicting voices
+    # (issue 13 point 4: audio alone 0.845, fused 0.835; 1.5.0 at prior 0.1: 0.838 and 0.844)
+    assert both["weighted_f1"] > audio["weighted_f1"] - 0.02, (both, audio)
     assert 0.1 < both["mean_weights"]["audio"] < 0.9
     phone = _dev("meld-ravdess", shared_data, engine, channel="telephone")
     both_phone = evaluate_engine(engine, phone, ["text", "audio"])  # type: ignore[arg-type]
     audio_phone = evaluate_engine(engine, phone, ["audio"])  # type: ignore[arg-type]
-    assert both_phone["weighted_f1"] > audio_phone["weighted_f1"] + 0.03, (
+    assert both_phone["weighted_f1"] > audio_phone["weighted_f1"] + 0.02, (
         both_phone,
         audio_phone,
-    )  # measured +0.045 (1.4.0)
+    )  # on the phone the words count more: measured +0.028 (1.6.0; 1.4.0 at prior 0.1: +0.045)
 
 
 REVISED_COMPOSITE_DEV_WF1_FLOOR = 0.82  # measured 0.8478 with --future 2 (1.3.0, models/revised/README.md)
@@ -244,15 +247,18 @@ def _untrusted(model: str) -> Engine:
     return TorchEngine(net=artifact.load_torch_model(model, trusted=False), labels=EMOTIONS)
 
 
+AUDIO_WEIGHT_RATIO_MAX = 2 / 3  # issue 13: the audio weight on contradicting voices against genuine ones
+
+
 def test_the_voice_gate_costs_little_clean_and_gains_on_contradicting_voices(engine: Engine, shared_data: Path) -> None:
     """Issue 13, point 4: on the composite's dev split with half the clips swapped for another
-    emotion's, the gated default stays at or above its text alone (1.5.0: 0.611 against 0.600) and
-    beats its own network without the gate; on clean dev it loses at most 0.01 against the
-    pre-gate default (0.844 against 0.8445). (The audio weight ratio of 2/3 is not met: 0.82,
-    models/default/README.md has the trade-off.)"""
+    emotion's, the gated default stays at or above its text alone (1.6.0: 0.622 against 0.592) and
+    beats its own network without the gate; its mean audio weight on the swapped clips is at most
+    2/3 of that on the genuine ones (1.6.0: 0.661); on clean dev it loses at most 0.01 against the
+    pre-gate default (1.6.0: 0.835 against 0.8445). models/default/README.md has the trade-off."""
     from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
-    from engines.evaluate import evaluate_engine
+    from engines.evaluate import evaluate_engine, predict_prepared
     from engines.prepare import AudioTable, prepare
     from engines.registry import load_extractors
 
@@ -271,9 +277,15 @@ def test_the_voice_gate_costs_little_clean_and_gains_on_contradicting_voices(eng
             "network": evaluate_engine(_untrusted("default"), data, ["text", "audio"])["weighted_f1"],
             "text": evaluate_engine(engine, data, ["text"])["weighted_f1"],
         }
+        if name == "swapped":
+            weights = predict_prepared(engine, data, ["text", "audio"])[2][:, 1]
+            bad = swapped.mask
+            figures["ratio"] = {"swapped": float(weights[bad].mean()), "genuine": float(weights[~bad].mean())}
     assert figures["clean"]["gated"] >= DEFAULT_BEFORE_GATE_WF1 - CLEAN_COST_MAX, figures
     assert figures["swapped"]["gated"] >= figures["swapped"]["network"] + 0.02, figures
     assert figures["swapped"]["gated"] >= figures["clean"]["text"], figures
+    ratio = figures["ratio"]["swapped"] / figures["ratio"]["genuine"]
+    assert ratio <= AUDIO_WEIGHT_RATIO_MAX, figures
 
 
 def test_the_demo_voices_do_not_pull_the_labels_below_the_text(engine: Engine) -> None:

@@ -23,11 +23,11 @@ def test_a_recipe_sets_the_defaults_and_flags_given_win(tmp_path: Path) -> None:
         "meld-ravdess",
         0.3,
         "models/default",
-        0,
+        2,
     )
     assert ns.text_weights == "runs/meld-tuned"  # '@meld-tuned': that recipe's artifact
-    assert ns.recipe_needs == [RECIPES_DIR / "meld-tuned.toml", RECIPES_DIR / "meld-words.toml"]
-    assert ns.text_network == "runs/meld-words"  # '@meld-words': the words network inside the gate
+    assert ns.recipe_needs == [RECIPES_DIR / "meld-tuned.toml", RECIPES_DIR / "default-words.toml"]
+    assert ns.text_network == "runs/default-words"  # '@default-words': the words network inside the gate
     ns = parse_train_args(["--seed", "3", "--recipe", "default", "--out", str(tmp_path), "--telephone", "0"])
     assert (ns.seed, ns.out, ns.telephone, ns.engine) == (3, str(tmp_path), 0.0, "unimse")
     record = ns.recipe_record
@@ -138,7 +138,7 @@ def test_a_needed_recipe_is_trained_first_only_when_its_artifact_is_missing(
 
 def test_a_flag_that_replaces_a_needed_artifact_drops_the_need() -> None:
     ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default"])
-    assert ns.text_weights == "models/default" and ns.recipe_needs == [RECIPES_DIR / "meld-words.toml"]
+    assert ns.text_weights == "models/default" and ns.recipe_needs == [RECIPES_DIR / "default-words.toml"]
     ns = parse_train_args(["--recipe", "default", "--text-weights", "models/default", "--text-network", "runs/w"])
     assert ns.text_network == "runs/w" and ns.recipe_needs == []
 
@@ -302,7 +302,7 @@ def test_a_recipe_name_with_a_typo_gets_a_suggestion_and_a_shipped_file_name_is_
     from engines.artifact import resolve_model_dir
     from engines.recipes import recipe_path
 
-    with pytest.raises(ArtifactError, match=r"did you mean default\? the shipped ones: .*engines/joyful-meld"):
+    with pytest.raises(ArtifactError, match=r"did you mean default or default-words\? the shipped ones: .*engines/joyful-meld"):
         parse_train_args(["--recipe", "defualt"])
     assert recipe_path("default.toml") == RECIPES_DIR / "default.toml"
     mine = tmp_path / "default.toml"
