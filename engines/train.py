@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
 import shutil
 import sys
@@ -604,9 +605,18 @@ def _train(ns: argparse.Namespace) -> int:
     """Train into a hidden folder beside ``--out`` and put it in place only when every file is
     written: an artifact already there (``models/default`` retrained) stays whole and loadable if
     the run fails or is stopped, where writing into it would leave its checksums broken."""
-    final = Path(ns.out)
-    staging = final.parent / f".{final.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # what a run stopped earlier left
+    import tempfile
+
+    from engines.errors import ArtifactError
+
+    final = Path(os.path.abspath(ns.out))  # '..' resolved, links kept
+    here = Path(os.path.abspath(Path.cwd()))
+    if final == here or here.is_relative_to(final):
+        raise ArtifactError(f"--out {ns.out} is this folder or one above it: name a folder of its own")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _restore_stranded(final)
+    # a name of its own: two runs with the same --out never write into one folder
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
     try:
         rc = _train_into(ns, staging)
         if rc == 0:
@@ -616,23 +626,71 @@ def _train(ns: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _restore_stranded(final: Path) -> None:
+    """A run stopped between :func:`_publish`'s two renames left the artifact under its hidden
+    ``.old`` name and ``final`` missing: put it back."""
+    if final.exists():
+        return
+    stranded = sorted(final.parent.glob(f".{final.name}.*.old"), key=lambda p: p.stat().st_mtime)
+    if stranded:
+        stranded[-1].rename(final)
+        print(
+            f"train: {final} restored from {stranded[-1].name}, left by a run stopped while replacing it",
+            file=sys.stderr,
+        )
+
+
 def _publish(staging: Path, final: Path) -> None:
-    """``staging`` becomes ``final`` (two renames in one folder; the old artifact is removed after).
-    What the old folder holds besides its artifact (a model card, ``README.md``: files neither its
-    ``checksums.json`` nor the new run names) moves over."""
+    """``staging`` becomes ``final``: two renames in one folder, so a worker loading ``final``
+    meanwhile reads one artifact whole; then the old folder's other files (a model card,
+    ``README.md``: files its ``checksums.json`` does not list and the new run did not write) move
+    over, and the old artifact is removed. Where ``final`` cannot be renamed (a mount point), the
+    new files replace the old ones in it, one by one."""
+    import tempfile
+
+    if not final.exists():
+        staging.rename(final)
+        return
+    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+    old.rmdir()  # a free name of its own
+    try:
+        final.rename(old)
+    except OSError:  # a mount point, or a folder this user may not rename
+        _publish_in_place(staging, final)
+        return
+    try:
+        staging.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
+    listed = _sealed_files(old)
+    for path in old.iterdir():
+        if path.name not in listed and not (final / path.name).exists():
+            shutil.move(str(path), final / path.name)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _sealed_files(folder: Path) -> set[str]:
+    """The files an artifact folder's ``checksums.json`` lists, with it and ``metrics.json``."""
     from engines import artifact
 
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        sealed = final / artifact.CHECKSUMS
-        ours = set(json.loads(sealed.read_text())) if sealed.is_file() else set()
-        for path in final.iterdir():
-            if path.name not in ours | {artifact.CHECKSUMS, artifact.METRICS} and not (staging / path.name).exists():
-                shutil.move(str(path), staging / path.name)
-        final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    names = {artifact.CHECKSUMS, artifact.METRICS}
+    try:
+        return names | set(json.loads((folder / artifact.CHECKSUMS).read_text())["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return names
+
+
+def _publish_in_place(staging: Path, final: Path) -> None:
+    """The new artifact's files over the old ones in ``final``, and the old artifact's files the new
+    one lacks removed (its checksums last: until then the folder fails its check, not loads)."""
+    from engines import artifact
+
+    stale = _sealed_files(final) - {p.name for p in staging.iterdir()}
+    for name in stale:
+        (final / name).unlink(missing_ok=True)
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == artifact.CHECKSUMS):
+        shutil.move(str(path), final / path.name)
 
 
 def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:

@@ -40,7 +40,9 @@ without the target's voice (``p_t`` and the empty one) and every window whose ta
 where the network would otherwise give them with its voice dropped; the network then runs only on
 the windows whose target has a voice (each window runs one of the two). A network trained for the
 words alone reads them better than one trained for words and voice together (MELD dev 0.600
-against 0.573), and the gate judges a voice against that reading and falls back to it.
+against 0.573 in 1.5.0), and the gate judges a voice against that reading and falls back to it.
+1.6.0's was trained with half its dialogues unpunctuated (0.592): less sure of itself, it is a
+better judge of a voice (``models/default/README.md``).
 
 **The weights.** Each modality's share of the fused decision: the Shapley value of the modality in
 the log-probability of the predicted label, over the subsets above, negative values counted as 0,
@@ -51,8 +53,8 @@ subset it is in (each such subset's prediction is mixed with the same subset wit
 ``w``), not only in the full one: a voice the gate turned away is a null player and gets 0, where
 counting its prediction alone ungated credited it with part of a decision it did not move.
 
-What it costs and buys, on the composite's dev split (``emostream evaluate``, the shipped default
-with ``prior`` 0.05): see ``models/default/README.md``.
+What it costs and buys, on the composite's dev split (``emostream evaluate``; ``prior`` 0.05 in
+1.2.0, 0.1 in 1.3.0-1.5.0, 0.18 since 1.6.0): see ``models/default/README.md``.
 """
 
 from __future__ import annotations
@@ -516,7 +518,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--model", default="default", help="a gated artifact (a name under models/ or a directory)")
     s.add_argument("--data-dir", required=True, help="folder holding meld/ and ravdess/")
     s.add_argument("--priors", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1", help="comma-separated contradiction priors")
-    s.add_argument("--seed", type=int, default=0, help="the composite's clip assignment and the swap")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the composite's clip assignment, the swap and (--channel telephone) the lines",
+    )
     s.add_argument(
         "--transcripts",
         default="as-written",

@@ -302,7 +302,9 @@ def test_a_recipe_name_with_a_typo_gets_a_suggestion_and_a_shipped_file_name_is_
     from engines.artifact import resolve_model_dir
     from engines.recipes import recipe_path
 
-    with pytest.raises(ArtifactError, match=r"did you mean default or default-words\? the shipped ones: .*engines/joyful-meld"):
+    with pytest.raises(
+        ArtifactError, match=r"did you mean default or default-words\? the shipped ones: .*engines/joyful-meld"
+    ):
         parse_train_args(["--recipe", "defualt"])
     assert recipe_path("default.toml") == RECIPES_DIR / "default.toml"
     mine = tmp_path / "default.toml"
