@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -605,8 +606,6 @@ def _train(ns: argparse.Namespace) -> int:
     """Train into a hidden folder beside ``--out`` and put it in place only when every file is
     written: an artifact already there (``models/default`` retrained) stays whole and loadable if
     the run fails or is stopped, where writing into it would leave its checksums broken."""
-    import tempfile
-
     from engines.errors import ArtifactError
 
     final = Path(os.path.abspath(ns.out))  # '..' resolved, links kept
@@ -646,8 +645,6 @@ def _publish(staging: Path, final: Path) -> None:
     ``README.md``: files its ``checksums.json`` does not list and the new run did not write) move
     over, and the old artifact is removed. Where ``final`` cannot be renamed (a mount point), the
     new files replace the old ones in it, one by one."""
-    import tempfile
-
     if not final.exists():
         staging.rename(final)
         return
@@ -663,21 +660,23 @@ def _publish(staging: Path, final: Path) -> None:
     except BaseException:
         old.rename(final)
         raise
-    listed = _sealed_files(old)
+    listed = _listed_files(old)
     for path in old.iterdir():
         if path.name not in listed and not (final / path.name).exists():
             shutil.move(str(path), final / path.name)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _sealed_files(folder: Path) -> set[str]:
-    """The files an artifact folder's ``checksums.json`` lists, with it and ``metrics.json``."""
+def _listed_files(folder: Path) -> set[str]:
+    """The files an artifact folder's ``checksums.json`` lists (as ``artifact.verify`` reads it),
+    with it and ``metrics.json``; those two alone where it has none or cannot be read."""
     from engines import artifact
+    from engines.errors import ArtifactError
 
     names = {artifact.CHECKSUMS, artifact.METRICS}
     try:
-        return names | set(json.loads((folder / artifact.CHECKSUMS).read_text())["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return names | set(artifact.read_json(folder, artifact.CHECKSUMS).get("sha256", {}))
+    except (ArtifactError, OSError, ValueError, AttributeError):
         return names
 
 
@@ -686,7 +685,7 @@ def _publish_in_place(staging: Path, final: Path) -> None:
     one lacks removed (its checksums last: until then the folder fails its check, not loads)."""
     from engines import artifact
 
-    stale = _sealed_files(final) - {p.name for p in staging.iterdir()}
+    stale = _listed_files(final) - {p.name for p in staging.iterdir()}
     for name in stale:
         (final / name).unlink(missing_ok=True)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == artifact.CHECKSUMS):

@@ -467,9 +467,10 @@ def sweep(
     clean = as_transcribed(load_dataset("meld-ravdess", data_dir, split, seed=seed), transcripts)
     swapped = corrupt_dialogues(clean, parse_corrupt("audio=0.5"), seed, audio_pool("meld-ravdess", data_dir, split))
     data = {}
+    line = make_channel(channel, seed)
     for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
         paths = [u.audio for d in ds for u in d.utterances if u.audio]
-        table = AudioTable(paths, ex.audio, channel=make_channel(channel, seed))
+        table = AudioTable(paths, ex.audio, channel=line)
         # a revision model reads its windows as it was trained: with its later utterances
         data[name] = prepare(ds, ex.spec, ex.text, table, int(cfg["max_window"]), future=int(cfg.get("future", 0)))
     bad = swapped.mask
