@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from engines.argtypes import positive_int
+from engines.features.acknowledge import ACKNOWLEDGEMENTS
 from engines.features.channel import CHANNELS
 from engines.features.speech import MIN_SPEECH_S
 from engines.features.text import TRANSCRIPTS
@@ -85,6 +86,14 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         choices=list(TRANSCRIPTS),
         help="asr: every transcript as a speech-to-text engine without punctuation or casing writes it (lower case, "
         "no '?', '!', '...': engines/features/text.py asr_form); as-written (default): the dataset's own",
+    )
+    parser.add_argument(
+        "--acknowledgements",
+        default="neutral",
+        choices=list(ACKNOWLEDGEMENTS),
+        help="as the stream's engine.acknowledgements: neutral (default) makes a feeling a transcript names as the "
+        "listener's neutral before it is encoded ('I understand your frustration'; engines/features/acknowledge.py); "
+        "off: the words as written",
     )
     parser.add_argument(
         "--format-check",
@@ -179,7 +188,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
 
     from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
-    from engines.datasets.base import as_transcribed
+    from engines.datasets.base import as_acknowledged, as_transcribed
     from engines.datasets.pickles import precomputed_spec
     from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
@@ -217,6 +226,9 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.transcripts != "as-written" and precomputed_spec(dialogues) is not None:
         raise DatasetError(f"--transcripts {ns.transcripts}: {ns.dataset} brings its text features precomputed")
     dialogues = as_transcribed(dialogues, ns.transcripts)
+    acknowledged_lines = None  # a dataset that brings its text features has no words to read
+    if precomputed_spec(dialogues) is None:
+        dialogues, acknowledged_lines = as_acknowledged(dialogues, ns.acknowledgements)
     corrupted: Corrupted | None = None
     if corrupt is not None:
         if getattr(ex, corrupt.modality) is None:
@@ -270,6 +282,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "seed": ns.seed,
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
         "transcripts": ns.transcripts,
+        "acknowledgements": ns.acknowledgements,
+        "acknowledged_lines": acknowledged_lines,  # transcripts it changed (None: the dataset has no words)
         # clips with speech the format check judged mis-declared (None: no check); not used with drop
         "misdeclared_clips": None if table is None or format_check is None else int(table.misdeclared.sum()),
         **report,

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from engines.features.acknowledge import acknowledged
 from streams import heap
 from streams.analytics import CallAnalytics
 from streams.context import ContextStore, connect
@@ -33,8 +34,12 @@ class ModelFeaturizer:
         format_action: str = "warn",
         language_check: Any = None,
         language_action: str = "drop",
+        acknowledgements: str = "neutral",
     ) -> None:
         self._x = extractors
+        #: "neutral": a feeling a transcript names as the listener's is made neutral before it is
+        #: encoded ("I understand your frustration": engines/features/acknowledge.py); "off": as written
+        self.acknowledgements = acknowledgements
         #: the language check of the transcripts (engines/features/language.py), or None
         self.language_check = language_check
         self.language_action = language_action  # "drop": the words are not used; "warn": used all the same
@@ -57,6 +62,7 @@ class ModelFeaturizer:
             return out
 
     def text(self, texts: list[str]) -> np.ndarray:
+        texts = acknowledged(texts, self.acknowledgements)
         return np.asarray(self._first("text", lambda: self._x.text.encode(texts)), dtype=np.float32)  # (N, Dt)
 
     def audio(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -137,7 +143,12 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         if language_check is None:
             log.info("the text encoder reads many languages: transcripts are not checked for their language")
     return engine, ModelFeaturizer(
-        extractors, format_check, settings.engine.format_check, language_check, settings.engine.language_check
+        extractors,
+        format_check,
+        settings.engine.format_check,
+        language_check,
+        settings.engine.language_check,
+        settings.engine.acknowledgements,
     )
 
 

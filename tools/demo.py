@@ -259,6 +259,7 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
     """How often the stream's model, given each utterance's text and its call's earlier text only
     (causal windows, as the stream builds them), agrees with the script's labels: the yardstick
     for the labels made with the audio."""
+    from engines.features.acknowledge import acknowledged
     from engines.registry import load_engine, load_extractors
     from engines.windows import UtteranceFeatures, pack_windows
 
@@ -277,7 +278,7 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         utts = [u for u in d.utterances if u.text]
         if not utts:
             continue
-        vectors = extractors.text.encode([str(u.text) for u in utts])
+        vectors = extractors.text.encode(acknowledged([str(u.text) for u in utts], settings.engine.acknowledgements))
         items = [UtteranceFeatures(u.speaker, {"text": v}) for u, v in zip(utts, vectors, strict=True)]
         width = engine.info.max_window
         windows = [items[max(0, i + 1 - width) : i + 1] for i in range(len(items))]

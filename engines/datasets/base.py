@@ -78,6 +78,21 @@ def as_transcribed(dialogues: list[Dialogue], form: str) -> list[Dialogue]:
     return [replace(d, utterances=[replace(u, text=_asr_text(u.text)) for u in d.utterances]) for d in dialogues]
 
 
+def as_acknowledged(dialogues: list[Dialogue], mode: str) -> tuple[list[Dialogue], int]:
+    """The dialogues as the stream reads them with ``engine.acknowledgements = mode``
+    (:mod:`engines.features.acknowledge`), and how many transcripts that changed."""
+    from engines.features.acknowledge import acknowledged
+
+    out, changed = [], 0
+    for d in dialogues:
+        texts = [u.text or "" for u in d.utterances]
+        new = acknowledged(texts, mode)
+        changed += sum(a != b for a, b in zip(texts, new, strict=True))
+        utts = [replace(u, text=t) if u.text else u for u, t in zip(d.utterances, new, strict=True)]
+        out.append(replace(d, utterances=utts))
+    return out, changed
+
+
 def _asr_text(text: str | None) -> str | None:
     from engines.features.text import asr_form
 

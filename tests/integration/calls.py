@@ -28,6 +28,20 @@ PLEASANT = [
     ("customer", "Have a lovely day!"),
 ]
 
+#: an upset customer, and an agent who answers with the empathy statements contact centers teach:
+#: the text model alone reads them as anger (0.73 and 0.85 in this call), which the stream's
+#: engine.acknowledgements = "neutral" turns into neutral and sadness (engines/features/acknowledge.py)
+EMPATHETIC = [
+    ("agent", "Thank you for calling, how can I help you today?"),
+    ("customer", "I was charged twice again and nobody fixed it last time."),
+    ("customer", "This is outrageous! I am furious, you people keep stealing my money!"),
+    ("agent", "I understand your frustration."),
+    ("customer", "I am sick and tired of this garbage! Cancel everything right now!"),
+    ("agent", "I completely understand why you're upset, and I'd be angry too."),
+]
+#: the same call with an agent who snaps back (anger 0.87 in context)
+SNAPPING = [*EMPATHETIC[:5], ("agent", "Stop shouting at me! I already told you that twice.")]
+
 
 def scripted(call_id: str, script: list[tuple[str, str]], spacing_s: float) -> Dialogue:
     """A text-only call of (speaker, text) lines, one every ``spacing_s`` seconds."""

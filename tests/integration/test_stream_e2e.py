@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from streams.kafka import ensure_topics
-from tests.integration.calls import ANGRY_PART, ESCALATING, PLEASANT, scripted
+from tests.integration.calls import ANGRY_PART, EMPATHETIC, ESCALATING, PLEASANT, SNAPPING, scripted
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 from tools.dialogues import Dialogue, attach_ravdess, read_meld_csv
 from tools.feed import feed
@@ -175,6 +175,34 @@ def test_an_escalating_call_raises_alerts_that_clear_when_it_ends(services, uniq
         customer = next(s for s in summary.speakers if s.speaker == "customer")
         assert customer.sentiment < 0 and customer.negative_share > 0.5
         assert 'emostream_alerts_total{rule="' in worker.metrics()
+    finally:
+        collector.close()
+        worker.stop()
+
+
+def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The shipped model and rules on the real broker: an agent who answers an angry customer with
+    "I understand your frustration." raises no agent-hostile-reply alert (the words are read with
+    engine.acknowledgements = "neutral", the default), one who snaps back does; the empathy lines'
+    events are not anger."""
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    run = unique[:6]
+    kind, snap = scripted(f"kind-{run}", EMPATHETIC, 2.0), scripted(f"snap-{run}", SNAPPING, 2.0)
+    collector = Collector(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        worker.wait_ready()
+        feed([kind, snap], settings, realtime=False, progress=False)
+        assert collector.poll_until(
+            lambda c: {r.call_id for r in c.reports if r.final} >= {kind.call_id, snap.call_id}, timeout=90
+        ), worker.tail()
+        labels = {(e.call_id, e.seq): (e.label, e.confidence) for _, e in collector.events}
+        raised = {(a.call_id, a.rule) for a in collector.alerts if a.state == "raised"}
+        assert (snap.call_id, "agent-hostile-reply") in raised, labels
+        assert (kind.call_id, "agent-hostile-reply") not in raised, labels
+        assert labels[(kind.call_id, 3)][0] != "anger" and labels[(kind.call_id, 5)][0] != "anger", labels
+        assert (kind.call_id, "customer-negative-streak") in raised or (kind.call_id, "customer-anger-rising") in raised
     finally:
         collector.close()
         worker.stop()

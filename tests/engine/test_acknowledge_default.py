@@ -1,0 +1,71 @@
+"""The shipped default on agents' empathy statements (engines/features/acknowledge.py): with the
+stream's default ``engine.acknowledgements = "neutral"`` far fewer of them reach the
+``agent-hostile-reply`` rule's bar (anger or disgust at 0.6 or more, after an angry customer),
+while the hostile agent lines reach it as often as before. The lines are the two hand-written
+fixtures of tests/fixtures (README: 'Agents' empathy statements')."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from engines.features.acknowledge import acknowledged  # noqa: E402
+
+pytestmark = pytest.mark.engine
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+#: the customer's turns before each agent line (the rule asks for an upset customer first)
+BEFORE = [
+    ("agent", "Thank you for calling, how can I help you today?"),
+    ("customer", "I was charged twice again this month and nobody fixed it last time."),
+    ("agent", "Let me check that for you."),
+    ("customer", "This is outrageous! I am furious, you people keep stealing my money!"),
+]
+REPLY_LABELS, REPLY_MIN = ("anger", "disgust"), 0.6  # streams/escalation.toml's agent-hostile-reply
+
+
+def reply_rule_hits(lines: list[str], mode: str) -> int:
+    """How many of the agent ``lines``, each said after :data:`BEFORE`, the default labels anger or
+    disgust with a probability of at least 0.6 (the shipped ``reply`` rule's bar)."""
+    from engines.registry import load_engine, load_extractors
+    from engines.windows import UtteranceFeatures, pack_windows
+
+    engine, ex = load_engine("default"), load_extractors("default")
+    assert ex.text is not None
+    context = ex.text.encode(acknowledged([t for _, t in BEFORE], mode))
+    said = ex.text.encode(acknowledged(lines, mode))
+    before = [UtteranceFeatures(s, {"text": v}) for (s, _), v in zip(BEFORE, context, strict=True)]
+    windows = [[*before, UtteranceFeatures("agent", {"text": v})] for v in said]
+    probs = engine.predict(pack_windows(windows, engine.info.features)).probs
+    best = probs.argmax(1)
+    labels = engine.info.labels
+    return int(sum(labels[b] in REPLY_LABELS and p[b] >= REPLY_MIN for b, p in zip(best, probs, strict=True)))
+
+
+def kind(path: Path, name: str) -> list[str]:
+    return [r["text"] for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == name]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "most"),
+    [
+        ("call-center-lines.jsonl", 0.25),  # 14 -> 3 of 60 (the dev set: the patterns were extended on it)
+        ("call-center-lines-heldout.jsonl", 0.5),  # 15 -> 6 of 60: lines written after the patterns were fixed
+    ],
+)
+def test_far_fewer_empathy_statements_reach_the_reply_rule(fixture: str, most: float) -> None:
+    empathy = kind(FIXTURES / fixture, "empathy")
+    before, after = reply_rule_hits(empathy, "off"), reply_rule_hits(empathy, "neutral")
+    assert before >= 5, before  # the rule's false alarm, without the rewrite
+    assert after <= most * before, (before, after)
+
+
+@pytest.mark.parametrize("fixture", ["call-center-lines.jsonl", "call-center-lines-heldout.jsonl"])
+def test_hostile_agents_reach_it_as_often_as_before(fixture: str) -> None:
+    hostile = kind(FIXTURES / fixture, "hostile")
+    before, after = reply_rule_hits(hostile, "off"), reply_rule_hits(hostile, "neutral")
+    assert before >= 5 and after >= 0.8 * before, (before, after)  # 11 -> 11 of 30 (dev), 14 -> 12 (held out)
