@@ -89,11 +89,11 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--acknowledgements",
-        default="neutral",
+        default="agents",
         choices=list(ACKNOWLEDGEMENTS),
-        help="as the stream's engine.acknowledgements: neutral (default) makes a feeling a transcript names as the "
-        "listener's neutral before it is encoded ('I understand your frustration'; engines/features/acknowledge.py); "
-        "off: the words as written",
+        help="as the stream's engine.acknowledgements: a feeling a transcript names as the listener's ('I understand "
+        "your frustration') is made neutral before it is encoded (engines/features/acknowledge.py) in the lines of "
+        "agents (default: speakers named agent*, rep* or operator*, which no dataset has), of all speakers, or off",
     )
     parser.add_argument(
         "--format-check",

@@ -53,7 +53,8 @@ class Featurizer(Protocol):
     # optional attributes ``format_check``: an engines.features.format_check.FormatCheck of the
     # audio vectors (None or absent: no check), and ``format_action``: "warn" (default) or "drop";
     # ``language_check``: an engines.features.language.LanguageCheck of the transcripts (None or
-    # absent: no check), and ``language_action``: "drop" (default) or "warn"
+    # absent: no check), and ``language_action``: "drop" (default) or "warn"; ``acknowledge(texts,
+    # speakers)``: the transcripts as the encoder is to read them (absent: as written)
 
 
 @dataclass
@@ -151,6 +152,10 @@ def utterance_features(
             if other is not None:
                 utts[i].suspect["text"] = other
         texts = kept
+    acknowledge = getattr(featurizer, "acknowledge", None)
+    if texts and acknowledge is not None:  # an agent's "I understand your frustration" is not the agent's anger
+        read = acknowledge([t for _, t in texts], [utts[i].speaker for i, _ in texts])
+        texts = [(i, r) for (i, _), r in zip(texts, read, strict=True)]
     gate = bool(waves) and min_speech_s > 0
     clips = [w for _, w in waves]
     detect: Future[np.ndarray] | None = None

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from engines.features.acknowledge import acknowledged
+from engines.features.acknowledge import acknowledged, is_agent
 from streams import heap
 from streams.analytics import CallAnalytics
 from streams.context import ContextStore, connect
@@ -34,12 +34,15 @@ class ModelFeaturizer:
         format_action: str = "warn",
         language_check: Any = None,
         language_action: str = "drop",
-        acknowledgements: str = "neutral",
+        acknowledgements: str = "agents",
+        agent: Callable[[str], bool] = is_agent,
     ) -> None:
         self._x = extractors
-        #: "neutral": a feeling a transcript names as the listener's is made neutral before it is
-        #: encoded ("I understand your frustration": engines/features/acknowledge.py); "off": as written
+        #: whose transcripts have a feeling they name as the listener's made neutral before they are
+        #: encoded ("I understand your frustration": engines/features/acknowledge.py): "agents" (the
+        #: speakers ``agent`` says are), "all" or "off"
         self.acknowledgements = acknowledgements
+        self._agent = agent
         #: the language check of the transcripts (engines/features/language.py), or None
         self.language_check = language_check
         self.language_action = language_action  # "drop": the words are not used; "warn": used all the same
@@ -61,8 +64,11 @@ class ModelFeaturizer:
             self._loaded.add(name)
             return out
 
+    def acknowledge(self, texts: list[str], speakers: list[str]) -> list[str]:
+        """The transcripts as the text encoder is to read them (``acknowledgements``)."""
+        return acknowledged(texts, self.acknowledgements, speakers, self._agent)
+
     def text(self, texts: list[str]) -> np.ndarray:
-        texts = acknowledged(texts, self.acknowledgements)
         return np.asarray(self._first("text", lambda: self._x.text.encode(texts)), dtype=np.float32)  # (N, Dt)
 
     def audio(self, waves: list[np.ndarray]) -> np.ndarray:
@@ -142,13 +148,15 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         language_check = check_for(extractors.text)
         if language_check is None:
             log.info("the text encoder reads many languages: transcripts are not checked for their language")
+    book = load_rules(settings.analytics.rules)  # its [roles] say who is an agent (a bad file: ConfigError)
     return engine, ModelFeaturizer(
         extractors,
         format_check,
         settings.engine.format_check,
         language_check,
         settings.engine.language_check,
-        settings.engine.acknowledgements,
+        acknowledgements=settings.engine.acknowledgements,
+        agent=lambda speaker: book.role_of(speaker) == "agent",
     )
 
 

@@ -235,12 +235,13 @@ class EngineSettings(_Section):
         "warn = used all the same and the event's 'suspect' says why; both count it in "
         "emostream_other_language_texts_total and log it once a call; off = not checked",
     )
-    acknowledgements: Literal["neutral", "off"] = Field(
-        "neutral",
-        description="a feeling a transcript names as the listener's ('I understand your frustration', 'I know you're "
-        "upset': an agent's empathy statement) is the speaker's to the text model, which learnt from sitcom dialogue; "
-        "neutral = such phrases are made neutral before the words are encoded ('your feelings', 'you're feeling this "
-        "way'; engines/features/acknowledge.py); off = the words as written",
+    acknowledgements: Literal["agents", "all", "off"] = Field(
+        "agents",
+        description="a feeling a transcript names as the listener's ('I understand your frustration', 'I'd be angry "
+        "too': an agent's empathy statement) is the speaker's own to the text model, which learnt from sitcom "
+        "dialogue; agents = in the transcripts of the speakers the escalation rules' [roles] call agents, such "
+        "phrases are made neutral before the words are encoded ('your feelings', 'you're feeling this way'; "
+        "engines/features/acknowledge.py); all = in every speaker's; off = the words as written",
     )
     revision_model: str | None = Field(
         None,

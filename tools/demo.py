@@ -262,6 +262,7 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
     from engines.features.acknowledge import acknowledged
     from engines.registry import load_engine, load_extractors
     from engines.windows import UtteranceFeatures, pack_windows
+    from streams.rules import load_rules
 
     try:  # the summary, not a progress bar of the text encoder's weights
         from transformers.utils import logging as hf_logging
@@ -271,6 +272,8 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         pass
     engine = load_engine(settings.model_dir(), runtime=settings.engine.runtime)
     extractors = load_extractors(settings.model_dir(), runtime=settings.engine.runtime)
+    book = load_rules(settings.analytics.rules)  # as the stream: its [roles] say who is an agent
+    agent = lambda speaker: book.role_of(speaker) == "agent"  # noqa: E731
     right = scored = 0
     if extractors.text is None:  # an audio-only model has no text-alone figure
         return float("nan"), 0
@@ -278,7 +281,10 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         utts = [u for u in d.utterances if u.text]
         if not utts:
             continue
-        vectors = extractors.text.encode(acknowledged([str(u.text) for u in utts], settings.engine.acknowledgements))
+        read = acknowledged(
+            [str(u.text) for u in utts], settings.engine.acknowledgements, [u.speaker for u in utts], agent
+        )
+        vectors = extractors.text.encode(read)
         items = [UtteranceFeatures(u.speaker, {"text": v}) for u, v in zip(utts, vectors, strict=True)]
         width = engine.info.max_window
         windows = [items[max(0, i + 1 - width) : i + 1] for i in range(len(items))]

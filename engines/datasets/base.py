@@ -80,13 +80,14 @@ def as_transcribed(dialogues: list[Dialogue], form: str) -> list[Dialogue]:
 
 def as_acknowledged(dialogues: list[Dialogue], mode: str) -> tuple[list[Dialogue], int]:
     """The dialogues as the stream reads them with ``engine.acknowledgements = mode``
-    (:mod:`engines.features.acknowledge`), and how many transcripts that changed."""
+    (:mod:`engines.features.acknowledge`; "agents": the speakers its ``AGENT_GLOBS`` match), and
+    how many transcripts that changed."""
     from engines.features.acknowledge import acknowledged
 
     out, changed = [], 0
     for d in dialogues:
         texts = [u.text or "" for u in d.utterances]
-        new = acknowledged(texts, mode)
+        new = acknowledged(texts, mode, [u.speaker for u in d.utterances])
         changed += sum(a != b for a, b in zip(texts, new, strict=True))
         utts = [replace(u, text=t) if u.text else u for u, t in zip(d.utterances, new, strict=True)]
         out.append(replace(d, utterances=utts))

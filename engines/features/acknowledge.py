@@ -9,40 +9,56 @@ you're angry, and you have every right to be." anger 0.85, and the escalation ru
 
 :func:`acknowledged_form` rewrites what names the listener's feeling into a neutral phrase before
 the words are encoded: "your frustration" -> "your feelings", "you're (really) upset" -> "you're
-feeling this way", "you must feel angry" -> "you must feel this way". Only second-person phrases
-are touched, and only words for negative feelings: "You're making me angry!", "This is
-frustrating!", "I'm so upset" and "You're annoying" (what the speaker feels, or says of the
-listener's conduct) are left as they are. The words are English; another language matches
-nothing.
+feeling this way", "I'd be angry too" -> "I'd feel the same too", "that must be so annoying" ->
+"that must be difficult". Only words for negative feelings are touched, and only where the feeling
+is the listener's or a hypothetical one of the speaker's ("I'd be angry too", "anyone would be
+frustrated", not "I would be very disappointed if ..." without an agreement such as "too"): "You're
+making me angry!", "This is frustrating!", "I'm so upset" and "You're annoying" (what the speaker
+feels, or says of the listener's conduct) are left as they are. Questions get no rule of their
+own: "Are you mad at me?" is left as it is by its word order, "You're upset?" is rewritten. The
+words are English; another language matches nothing.
 
-The stream applies it to every transcript (``engine.acknowledgements = "neutral"``, the default;
-``"off"`` leaves the words as written), and ``emostream evaluate --acknowledgements`` does the
-same to a dataset. ``python -m engines.features.acknowledge measure --data-dir ../shared/data``
-counts the lines of the datasets it changes (README: 'Agents' empathy statements').
+The stream applies it to the agents' transcripts (``engine.acknowledgements = "agents"``, the
+default: speakers the escalation rules' ``[roles]`` call agents; ``"all"``: every speaker's;
+``"off"``: none), since a customer who says "You don't understand how frustrating this is!" speaks
+of their own feeling. ``emostream evaluate --acknowledgements`` does the same to a dataset, whose
+speakers are agents by :data:`AGENT_GLOBS` (none of MELD's, EmoryNLP's or IEMOCAP's are; ``all``
+rewrites every line). A front end that sends its own text vectors (``embedding``) instead of the
+transcript is not rewritten: it can call :func:`acknowledged_form` itself. Training reads the
+datasets as written. ``python -m engines.features.acknowledge measure --data-dir ../shared/data``
+counts the datasets' lines it would change for every speaker (README: 'Agents' empathy
+statements').
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-#: what the stream and evaluate do with such phrases: "neutral" rewrites them, "off" leaves them
-ACKNOWLEDGEMENTS = ("neutral", "off")
+from engines.features.text import normalise_text
+
+#: whose transcripts the stream and evaluate rewrite: the agents' (default), every speaker's, nobody's
+ACKNOWLEDGEMENTS = ("agents", "all", "off")
+#: speakers evaluate counts as agents (streams/escalation.toml's [roles] agent, which the stream uses)
+AGENT_GLOBS = ("agent*", "rep*", "operator*")
 
 #: adjectives for a negative feeling a person has (not "annoying", "frustrating": those describe
 #: what causes it, as in "you're annoying", which is the speaker's complaint)
 _FEELING_ADJ = (
-    "angry|upset|frustrated|annoyed|irritated|furious|livid|mad|cross|outraged|disappointed|"
+    "angry|upset|frustrated|annoyed|irritated|furious|livid|cross|outraged|disappointed|"
     "unhappy|dissatisfied|fed up|worried|concerned|anxious|stressed|stressed out|scared|afraid|"
     "frightened|nervous|confused|sad|distressed|disgusted|hurt|offended"
 )
-#: nouns for the same feelings ("your frustration")
+#: nouns for the same feelings ("your frustration"; not "concern": "thank you for your concern")
 _FEELING_NOUN = (
     "frustrations?|anger|annoyance|irritation|disappointment|dissatisfaction|unhappiness|upset|"
-    "worry|worries|concerns?|anxiety|stress|fears?|confusion|distress|disgust|outrage"
+    "worry|worries|anxiety|stress|fears?|confusion|distress|disgust|outrage"
 )
+#: what may follow such a noun where it is no feeling ("your upset stomach", "your stress test")
+_NOT_A_FEELING = r"(?!\s+(?:stomach|tummy|test|tests|level|levels|ball|balls|fracture|management|incontinence))"
 #: adjectives for a situation that causes such a feeling ("that must be so frustrating")
 _SITUATION_ADJ = (
     "annoying|frustrating|irritating|upsetting|stressful|maddening|infuriating|aggravating|worrying|worrisome|"
@@ -57,13 +73,13 @@ _DEGREE = (
 
 #: "you're", "you are", "you must be", "you've been" ... + (degree) + a feeling: the be-forms
 _BE = re.compile(
-    r"\b(you(?:['’]?re|\s+are|\s+were|['’]ve\s+been|\s+have\s+been|\s+must\s+be|\s+might\s+be|\s+may\s+be|"
-    r"\s+would\s+be|['’]d\s+be|\s+seem(?:\s+to\s+be)?|\s+sound|\s+look))\s+" + _DEGREE + rf"(?:{_FEELING_ADJ})\b",
+    r"\b(you(?:'?re|\s+are|\s+were|'?ve\s+been|\s+have\s+been|\s+must\s+be|\s+might\s+be|\s+may\s+be|"
+    r"\s+would\s+be|'?d\s+be|\s+seem(?:\s+to\s+be)?|\s+sound|\s+look))\s+" + _DEGREE + rf"(?:{_FEELING_ADJ})\b",
     re.IGNORECASE,
 )
 #: "you feel", "you must feel", "you're feeling" + (degree) + a feeling
 _FEEL = re.compile(
-    r"\b(you(?:\s+must|\s+might|\s+may|\s+would|['’]d|['’]?re|\s+are)?\s+(?:feel|feeling|felt))\s+"
+    r"\b(you(?:\s+must|\s+might|\s+may|\s+would|'?d|'?re|\s+are)?\s+(?:feel|feeling|felt))\s+"
     + _DEGREE
     + rf"(?:{_FEELING_ADJ})\b",
     re.IGNORECASE,
@@ -71,16 +87,20 @@ _FEEL = re.compile(
 #: "your (understandable) frustration"
 _YOUR = re.compile(
     r"\b(your)\s+(?:(?:understandable|obvious|complete|total|growing|frustration\s+and|anger\s+and)\s+)*"
-    rf"(?:{_FEELING_NOUN})\b",
+    rf"(?:{_FEELING_NOUN})\b" + _NOT_A_FEELING,
     re.IGNORECASE,
 )
 
 
-#: a feeling the speaker would have, not has: "I'd be angry too", "anyone would be frustrated",
-#: "I would be just as irritated as you are", "that would make me angry too"
+#: a feeling one would have, said to agree: "I'd be angry too", "I would be just as irritated as you
+#: are", "anyone would be frustrated", "that would make me angry too" (not "I would be very
+#: disappointed if this isn't fixed", a warning, nor "he'd be worried": another's feeling)
 _WOULD = re.compile(
-    r"\b((?:would|['’]d)\s+(?:(?:be|feel|get)\s+(?:just\s+)?(?:as\s+)?|make\s+(?:me|anyone|anybody|everyone|"
-    r"someone|people|you)\s+(?:feel\s+)?))" + _DEGREE + rf"(?:{_FEELING_ADJ})(?:\s+as\s+you(?:['’]?re|\s+are)?)?\b",
+    r"\b((?:I\s+would|I'?d)(?=[^.!?;]{0,150}?\b(?:too|as\s+well|also|myself|your\s+(?:shoes|position|place)|were\s+you|"
+    r"as\s+you)\b)|(?:anyone|anybody|everyone|everybody|most\s+people|any\s+of\s+us)\s+would|(?:that|this|it)\s+would)"
+    r"\s+(?:(?:be|feel|get)\s+(?:just\s+)?(?:as\s+)?|(make\s+(?:me|anyone|anybody|everyone|someone|people))\s+(?:feel\s+)?)"
+    + _DEGREE
+    + rf"(?:{_FEELING_ADJ})(?:\s+as\s+you(?:'?re|\s+are|\s+were|\s+feel|\s+do)?)?\b",
     re.IGNORECASE,
 )
 #: the situation as the listener must find it: "that must be so frustrating", "it must have been scary"
@@ -90,21 +110,24 @@ _MUST = re.compile(
     + rf"(?:{_SITUATION_ADJ})\b",
     re.IGNORECASE,
 )
-#: "I understand how frustrating this is", "I can hear how worried you are"
+#: "I understand how frustrating this is", "I can hear how worried you are": said by "I" (not "you
+#: don't understand how frustrating this is!", a customer's own)
 _HOW = re.compile(
-    r"\b((?:understand|know|imagine|see|appreciate|get|realize|realise|hear)\s+how)\s+"
+    r"\b(I(?:\s+(?:can|could|do|only|really|completely|totally|fully|truly|just|definitely|absolutely))*\s+"
+    r"(?:understand|know|imagine|see|appreciate|get|realize|realise|hear)\s+how)\s+"
     + _DEGREE
     + rf"(?:(?:{_SITUATION_ADJ})|(?:{_FEELING_ADJ})\s+you(?:['’]?re|\s+are|\s+must\s+be|\s+feel|\s+were|"
     r"['’]ve\s+been|\s+have\s+been))\b",
     re.IGNORECASE,
 )
-#: "a very irritating experience for you"
-_FOR_YOU = re.compile(r"\b" + _DEGREE + rf"(?:{_SITUATION_ADJ})((?:\s+\w+){{0,2}}\s+for\s+you)\b", re.IGNORECASE)
+#: "a very irritating experience for you" (no degree words before it: a run of them would be
+#: scanned again from every word, quadratic in a 5000-character "so so so ...")
+_FOR_YOU = re.compile(rf"\b(?:{_SITUATION_ADJ})((?:\s+\w+){{0,2}}\s+for\s+you)\b", re.IGNORECASE)
 
 
 def _would(m: re.Match[str]) -> str:
-    verb = m.group(1).split()  # ["would", "be"] or ["would", "make", "me", ("feel")]
-    return " ".join(verb[:3] + ["feel the same"]) if verb[1].lower() == "make" else f"{verb[0]} feel the same"
+    subject, make = m.group(1), m.group(2)  # "I'd" / "anyone would" / "that would", and "make me" or None
+    return f"{subject} {make} feel the same" if make else f"{subject} feel the same"
 
 
 def _be(m: re.Match[str]) -> str:
@@ -114,17 +137,24 @@ def _be(m: re.Match[str]) -> str:
     return f"{verb} feeling this way"  # "you're upset", "you seem to be upset"
 
 
-_CUES = ("you", "would", "'d", "’d", "must", "how", "got to", "has to")  # one of them is in every pattern
+READ_CHARS = 2000  # what is rewritten of a longer text: past the encoder's reach, and 2-18 ms at most at 5000
+_CUES = ("you", "would", "'d", "id ", "must", "how", "got to", "has to")  # one of them is in every pattern
+#: apostrophe look-alikes beyond those normalise_text folds (as engines/features/text.py asr_form reads them)
+_APOSTROPHES = str.maketrans({c: "'" for c in "`\u00b4\u2032\uff07\u02bc"})
 _SITUATION_END = tuple(_SITUATION_ADJ.split("|"))
 
 
 def acknowledged_form(text: str) -> str:
     """``text`` with each phrase that names the listener's negative feeling made neutral (see
-    the module docstring); the text itself where it names none."""
+    the module docstring), in the form the text encoder reads (normalise_text: typographic and
+    mojibake apostrophes folded); the text itself where it names none."""
     low = text.lower()
     if not any(w in low for w in _CUES):  # most lines: no regex runs
         return text
-    out = _WOULD.sub(_would, text)
+    if len(text) > READ_CHARS:  # the encoder reads about the first 1000 characters (256 tokens)
+        return acknowledged_form(text[:READ_CHARS]) + text[READ_CHARS:]
+    read = normalise_text(text).translate(_APOSTROPHES)
+    out = _WOULD.sub(_would, read)
     out = _MUST.sub(lambda m: f"{m.group(1)} difficult", out)
     out = _HOW.sub(
         lambda m: (
@@ -135,14 +165,33 @@ def acknowledged_form(text: str) -> str:
     out = _FOR_YOU.sub(lambda m: f"difficult{m.group(1)}", out)
     out = _YOUR.sub(lambda m: f"{m.group(1)} feelings", out)
     out = _FEEL.sub(lambda m: f"{m.group(1)} this way", out)
-    return _BE.sub(_be, out)
+    out = _BE.sub(_be, out)
+    return out if out != read else text
 
 
-def acknowledged(texts: Sequence[str], mode: str = "neutral") -> list[str]:
-    """:func:`acknowledged_form` of each text for ``mode`` "neutral", the texts as they are for "off"."""
+def is_agent(speaker: str) -> bool:
+    """Whether ``speaker`` is an agent by :data:`AGENT_GLOBS` (case-insensitive)."""
+    return any(fnmatch.fnmatchcase(speaker.lower(), g) for g in AGENT_GLOBS)
+
+
+def acknowledged(
+    texts: Sequence[str],
+    mode: str = "all",
+    speakers: Sequence[str] | None = None,
+    agent: Callable[[str], bool] = is_agent,
+) -> list[str]:
+    """The texts as the text model reads them with ``engine.acknowledgements = mode``:
+    :func:`acknowledged_form` of every text ("all"), of the texts whose speaker ``agent`` calls an
+    agent ("agents": ``speakers`` required, one per text), or of none ("off")."""
     if mode not in ACKNOWLEDGEMENTS:
         raise ValueError(f"acknowledgements {mode!r}: one of {', '.join(ACKNOWLEDGEMENTS)}")
-    return list(texts) if mode == "off" else [acknowledged_form(t) for t in texts]
+    if mode == "off":
+        return list(texts)
+    if mode == "all":
+        return [acknowledged_form(t) for t in texts]
+    if speakers is None or len(speakers) != len(texts):
+        raise ValueError("acknowledgements 'agents' needs each text's speaker")
+    return [acknowledged_form(t) if agent(s) else t for t, s in zip(texts, speakers, strict=True)]
 
 
 def _measure(data_dir: str, show: int) -> int:
@@ -170,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--data-dir", required=True, help="the datasets' folder (../shared/data)")
     m.add_argument("--show", type=int, default=10, help="changed lines to print per dataset and split")
     f = sub.add_parser("form", help="print each line of standard input as the stream reads it")
-    f.add_argument("--mode", choices=ACKNOWLEDGEMENTS, default="neutral", help="what to do with acknowledged feelings")
+    f.add_argument("--mode", choices=("all", "off"), default="all", help="all: rewrite every line; off: as written")
     ns = p.parse_args(argv)
     if ns.command == "measure":
         return _measure(ns.data_dir, ns.show)

@@ -30,7 +30,7 @@ PLEASANT = [
 
 #: an upset customer, and an agent who answers with the empathy statements contact centers teach:
 #: the text model alone reads them as anger (0.73 and 0.85 in this call), which the stream's
-#: engine.acknowledgements = "neutral" turns into neutral and sadness (engines/features/acknowledge.py)
+#: engine.acknowledgements = "agents" turns into neutral and sadness (engines/features/acknowledge.py)
 EMPATHETIC = [
     ("agent", "Thank you for calling, how can I help you today?"),
     ("customer", "I was charged twice again and nobody fixed it last time."),

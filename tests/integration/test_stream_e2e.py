@@ -183,7 +183,7 @@ def test_an_escalating_call_raises_alerts_that_clear_when_it_ends(services, uniq
 def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The shipped model and rules on the real broker: an agent who answers an angry customer with
     "I understand your frustration." raises no agent-hostile-reply alert (the words are read with
-    engine.acknowledgements = "neutral", the default), one who snaps back does; the empathy lines'
+    engine.acknowledgements = "agents", the default), one who snaps back does; the empathy lines'
     events are not anger."""
     settings = settings_for(services, unique, default_modalities=("text",))
     ensure_topics(settings)

@@ -38,7 +38,11 @@ def lines(path: Path, kind: str) -> list[str]:
         ("That must be so annoying.", "That must be difficult."),
         ("I understand how frustrating this is.", "I understand how difficult this is."),
         ("I can hear how worried you are.", "I can hear how you feel."),
-        ("It has been a very irritating experience for you.", "It has been a difficult experience for you."),
+        ("It has been a very irritating experience for you.", "It has been a very difficult experience for you."),
+        ("If I were in your shoes I'd be furious too.", "If I were in your shoes I'd feel the same too."),
+        ("I understand you\u2018re upset.", "I understand you're feeling this way."),  # as the encoder reads it
+        ("I understand you\u00e2\u20ac\u2122re upset.", "I understand you're feeling this way."),  # mojibake
+        ("I understand you\u00b4re upset.", "I understand you're feeling this way."),
     ],
 )  # fmt: skip
 def test_a_feeling_named_as_the_listeners_is_made_neutral(text: str, read_as: str) -> None:
@@ -58,6 +62,16 @@ def test_a_feeling_named_as_the_listeners_is_made_neutral(text: str, read_as: st
         "Thank you for calling, how can I help you today?",
         "Estoy muy enfadado contigo.",  # another language matches nothing
         "",
+        "You don't understand how frustrating this is!",  # a customer's own: not said by "I"
+        "Do you know how frustrating it is to be on hold for an hour?",
+        "I would be very disappointed if this isn't fixed.",  # a warning, no agreement ("too")
+        "Anyone would be happy with that.",
+        "Well I'd be scared of them, but all right.",  # MELD: fear
+        "My husband would be furious if he knew.",  # another's feeling
+        "he'd be worried about me",
+        "Thank you for your concern.",  # no feeling
+        "Your upset stomach should settle by tomorrow.",
+        "You're mad if you think I'm refunding that.",  # an insult
     ],
 )
 def test_the_speakers_own_feeling_and_other_lines_are_left_as_written(text: str) -> None:
@@ -65,11 +79,33 @@ def test_the_speakers_own_feeling_and_other_lines_are_left_as_written(text: str)
 
 
 def test_modes() -> None:
-    texts = ["I understand your frustration.", "No."]
+    texts = ["I understand your frustration.", "I understand your frustration."]
     assert acknowledged(texts, "off") == texts
-    assert acknowledged(texts) == ["I understand your feelings.", "No."]
-    with pytest.raises(ValueError, match="acknowledgements 'loud': one of neutral, off"):
+    assert acknowledged(texts, "all") == ["I understand your feelings.", "I understand your feelings."]
+    # the agents' lines only: a customer who says it speaks of their own feeling (by the rules' roles in the stream)
+    assert acknowledged(texts, "agents", ["agent-7", "customer"]) == ["I understand your feelings.", texts[1]]
+    assert acknowledged(texts, "agents", ["Ross", "REP"]) == [texts[0], "I understand your feelings."]
+    assert acknowledged(texts, "agents", ["a", "b"], agent=lambda s: s == "b") == [
+        texts[0],
+        "I understand your feelings.",
+    ]
+    with pytest.raises(ValueError, match="needs each text's speaker"):
+        acknowledged(texts, "agents")
+    with pytest.raises(ValueError, match="acknowledgements 'loud': one of agents, all, off"):
         acknowledged(texts, "loud")
+
+
+def test_a_long_hostile_line_is_read_in_milliseconds() -> None:
+    """No pattern backtracks badly on the longest transcript the stream takes (5000 characters):
+    a run of degree words before a feeling once took 0.5 s (measured 2-18 ms since)."""
+    import time
+
+    for text in ("so " * 1700 + "x for you", "you're " + "so " * 1700, "I'd " * 1250, "I would be " * 460):
+        t0 = time.perf_counter()
+        acknowledged_form(text[:5000])
+        assert time.perf_counter() - t0 < 0.5, text[:20]
+    long = "I understand your frustration. " + "x" * 5000 + " I understand your frustration."
+    assert acknowledged_form(long) == "I understand your feelings. " + long[31:]  # past 2000 characters: as written
 
 
 @pytest.mark.parametrize("path", [DEV_LINES, HELD_OUT_LINES], ids=["dev", "held-out"])
@@ -82,34 +118,60 @@ def test_no_customers_own_feeling_and_no_plain_agent_line_is_rewritten(path: Pat
 def test_most_empathy_statements_of_the_dev_lines_are_found() -> None:
     empathy = lines(DEV_LINES, "empathy")
     found = sum(acknowledged_form(t) != t for t in empathy)
-    assert found >= 0.6 * len(empathy), found  # 39 of 60 when the patterns were fixed
+    assert found >= 0.55 * len(empathy), found  # 36 of 60 when the patterns were fixed
 
 
-def test_the_featurizer_encodes_what_the_setting_says() -> None:
+def test_the_stream_rewrites_the_agents_lines_before_they_are_encoded() -> None:
+    from streams.join import Utterance
+    from streams.pipeline import utterance_features
     from streams.runtime import ModelFeaturizer
+    from streams.validate import Payload
 
     class Text:
         seen: list[str] = []
 
         def encode(self, texts: list[str]) -> Any:
-            Text.seen = list(texts)
+            Text.seen += list(texts)
             return np.zeros((len(texts), 4), np.float32)
 
     class Extractors:
         text = Text()
 
-    ModelFeaturizer(Extractors()).text(["I understand your frustration."])
-    assert Text.seen == ["I understand your feelings."]
-    ModelFeaturizer(Extractors(), acknowledgements="off").text(["I understand your frustration."])
-    assert Text.seen == ["I understand your frustration."]
+    line = "I understand your frustration."
+    utts = [
+        Utterance("c", f"u{i}", i, speaker, 0.0, parts={"text": Payload("text", line)})
+        for i, speaker in enumerate(["agent", "customer", "operator-3"])
+    ]
+    dims = {"text": 4, "audio": 0, "video": 0}
+    agent = lambda s: s.startswith(("agent", "operator"))  # noqa: E731
+    utterance_features(utts, ModelFeaturizer(Extractors(), agent=agent), dims)
+    assert Text.seen == ["I understand your feelings.", line, "I understand your feelings."]
+    for mode, read in (("all", ["I understand your feelings."] * 3), ("off", [line] * 3)):
+        Text.seen = []
+        utterance_features(utts, ModelFeaturizer(Extractors(), acknowledgements=mode, agent=agent), dims)
+        assert Text.seen == read, mode
 
 
 def test_evaluate_reads_a_dataset_as_the_stream_does() -> None:
     from engines.datasets.base import Dialogue, Utterance, as_acknowledged
 
-    d = Dialogue(
-        "d", [Utterance("I know you're upset.", "A", 0, 0), Utterance(None, "B", 0, 0), Utterance("Hi.", "A", 0, 0)]
-    )
-    out, changed = as_acknowledged([d], "neutral")
-    assert changed == 1 and [u.text for u in out[0].utterances] == ["I know you're feeling this way.", None, "Hi."]
+    line = "I know you're upset."
+    d = Dialogue("d", [Utterance(line, "agent", 0, 0), Utterance(None, "B", 0, 0), Utterance(line, "Ross", 0, 0)])
+    out, changed = as_acknowledged([d], "agents")  # a dataset's speakers are agents by name (AGENT_GLOBS)
+    assert changed == 1 and [u.text for u in out[0].utterances] == ["I know you're feeling this way.", None, line]
+    out, changed = as_acknowledged([d], "all")
+    assert changed == 2 and out[0].utterances[2].text == "I know you're feeling this way."
     assert as_acknowledged([d], "off") == ([d], 0)
+
+
+def test_evaluate_takes_the_streams_default() -> None:
+    import argparse
+
+    from engines.evaluate import add_evaluate_args
+    from streams.settings import EngineSettings
+
+    parser = add_evaluate_args(argparse.ArgumentParser())
+    ns = parser.parse_args(["--model", "default", "--dataset", "meld", "--data-dir", "x"])
+    assert ns.acknowledgements == EngineSettings().acknowledgements == "agents"
+    ns = parser.parse_args(["--model", "m", "--dataset", "meld", "--data-dir", "x", "--acknowledgements", "all"])
+    assert ns.acknowledgements == "all"
