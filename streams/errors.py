@@ -15,6 +15,7 @@ message (undecodable audio) into :class:`InvalidMessage`.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 #: Dead-letter reason codes, also the label values of the dead-letter metric.
 REASONS: tuple[str, ...] = (
@@ -67,3 +68,6 @@ class InvalidMessage(EmostreamError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        #: a part whose content failed its schema while its ids did not: those ids (streams.schemas
+        #: parse_input), so that its utterance waits for it no longer and its dead letter names it
+        self.part: Any = None

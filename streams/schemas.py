@@ -16,7 +16,7 @@ import json
 import math
 import operator
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
 from pydantic import (
@@ -544,9 +544,35 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     try:
         return _BY_KIND[kind].model_validate(obj)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise InvalidMessage(_reason(exc), _summary(exc)) from exc
+        invalid = InvalidMessage(_reason(exc), _summary(exc))
+        invalid.part = _ids_of(kind, obj)
+        raise invalid from exc
     except RecursionError:
         raise InvalidMessage("invalid_value", "a field is nested too deeply") from None
+
+
+class _PartIds(BaseModel):
+    """The ids of a part, read on their own (the rest of the message may be anything)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    call_id: Id
+    utterance_id: Id
+    seq: WholeNumber = Field(ge=0, le=MAX_SEQ)
+    speaker: Id = "unknown"
+
+
+def _ids_of(kind: str, obj: dict[str, Any]) -> Part | None:
+    """A part of ``kind`` holding only the ids of ``obj``, a part whose content failed its schema
+    (an unknown audio encoding, a sample rate of 0, ...), when the ids themselves are valid; else
+    None. Not validated: nothing but its ids is to be read."""
+    if kind not in get_args(Modality):
+        return None
+    try:
+        ids = _PartIds.model_validate(obj)
+    except (ValidationError, RecursionError):
+        return None
+    return _BY_KIND[kind].model_construct(**ids.model_dump())  # type: ignore[return-value]
 
 
 def _reason(exc: ValidationError) -> str:

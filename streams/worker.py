@@ -233,6 +233,7 @@ class Worker:
                 else:
                     payload = to_payload(msg, self.processor.dims, self.settings.limits)
         except InvalidMessage as exc:
+            msg = msg if msg is not None else exc.part  # content against its schema, ids that parse: its ids
             joinable = isinstance(msg, Part) and key == msg.call_id.encode()  # its utterance waits for it no longer
             # a part's own ack waits for its utterance (Joiner.reject): a replay after a crash meets it again
             await self._reject(exc, receipt, key, value, msg, ack=not joinable)

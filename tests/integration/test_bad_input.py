@@ -185,6 +185,14 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
             ):
                 producer.send(topic, key=b"mixed", value=part.to_bytes())
             producer.flush()
+        # and audio against its schema (an encoding the worker does not know) whose ids parse: it is
+        # dead-lettered naming its utterance, which does not wait for it either
+        mp3 = {"schema_version": 1, "kind": "audio", "call_id": "mixed", "utterance_id": "m3", "seq": 3,
+               "encoding": "mp3", "data": "SUQzAwAAAAAA"}  # fmt: skip
+        producer.send(t.audio, key=b"mixed", value=json.dumps(mp3).encode())
+        producer.send(t.text, key=b"mixed", value=TextPart(call_id="mixed", utterance_id="m3", seq=3,
+                                                           text="I want my money back, now.").to_bytes())  # fmt: skip
+        producer.flush()
         # and a text-only call whose transcript is blank: an event that says so, not a confident label
         producer.send(
             t.control, key=b"blank", value=CallControl(call_id="blank", event="started", modalities=["text"]).to_bytes()
@@ -200,8 +208,8 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         text = TextPart(call_id="odd", utterance_id="d0", seq=0, speaker="agent", text="Let me check that for you.")
         producer.send(t.text, key=b"odd", value=text.to_bytes())
         producer.flush()
-        assert collector.poll_until(lambda c: len(c.events) >= 5 and len(c.dead) >= 3, 60), worker.tail()
-        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "d0", "m0", "m1", "m2"]
+        assert collector.poll_until(lambda c: len(c.events) >= 6 and len(c.dead) >= 4, 60), worker.tail()
+        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "d0", "m0", "m1", "m2", "m3"]
         for _, e in collector.events:
             if e.call_id == "odd":
                 assert (e.seq, e.speaker, e.modalities_present) == (0, "agent", ["text", "audio"]), e
@@ -211,11 +219,15 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
                 assert e.weights["text"] == 0.0, e.weights  # arrived, not used
                 continue
             assert e.modalities_present == ["text"]
-            assert e.ignored == {"audio": "dead-lettered: undecodable_audio"}, e.ignored
-        assert {d.reason for d in collector.dead} == {"undecodable_audio"}
+            reason = "invalid_value" if e.utterance_id == "m3" else "undecodable_audio"
+            assert e.ignored == {"audio": f"dead-lettered: {reason}"}, e.ignored
+        assert sorted((d.reason, d.utterance_id) for d in collector.dead) == [
+            ("invalid_value", "m3"),
+            *[("undecodable_audio", f"m{i}") for i in range(3)],
+        ]
         waits = worker.metrics()
-        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 5
-        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 5.0' in waits, [
+        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 6
+        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 6.0' in waits, [
             line for line in waits.splitlines() if line.startswith("emostream_join_wait")
         ]
         assert 'emostream_inconsistent_parts_total{field="seq"} 1.0' in waits

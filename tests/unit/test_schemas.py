@@ -349,3 +349,21 @@ def test_the_schemas_modalities_are_the_engines() -> None:
     from streams.schemas import Modality
 
     assert typing.get_args(Modality) == MODALITIES  # the same names in the same order
+
+
+def test_a_part_against_its_schema_whose_ids_parse_keeps_its_ids() -> None:
+    """An audio part in an encoding the worker does not know (or with a sample rate of 0) is
+    dead-lettered, but its ids are read: its utterance need not wait for it, its dead letter names it."""
+    bad = {"schema_version": 1, "kind": "audio", "call_id": "c", "utterance_id": "u3", "seq": 3, "speaker": "agent"}
+    for fields in ({"encoding": "mp3", "data": "AAAA"}, {"encoding": "pcm_s16le", "sample_rate": 0, "data": "AAAA"}):
+        with pytest.raises(InvalidMessage) as caught:
+            parse_input("audio", json.dumps({**bad, **fields}).encode(), 1 << 20)
+        part = caught.value.part
+        assert isinstance(part, AudioPart) and caught.value.reason == "invalid_value", caught.value
+        assert (part.call_id, part.utterance_id, part.seq, part.speaker, part.kind) == ("c", "u3", 3, "agent", "audio")
+    # ids that are themselves bad, or no part at all: nothing to join
+    for raw, kind in (({**bad, "seq": "3", "text": 1}, "text"), ({**bad, "call_id": "a b", "text": 1}, "text"),
+                      ({"schema_version": 1, "call_id": "c", "event": "paused"}, "control")):  # fmt: skip
+        with pytest.raises(InvalidMessage) as caught:
+            parse_input(kind, json.dumps(raw).encode(), 1 << 20)
+        assert caught.value.part is None, raw
