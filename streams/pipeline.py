@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from engines.features import format_check, language
+from engines.features.emoji import EMOJI_WORDS
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
 from streams import heap
@@ -133,7 +134,10 @@ def utterance_features(
                 if has_words(str(payload.value)):
                     texts.append((i, str(payload.value)))
                 else:  # an empty transcript says nothing: the label comes from what else there is
-                    utt.ignored["text"] = "no words: the transcript is empty or only spaces and control characters"
+                    utt.ignored["text"] = (
+                        "no words: the transcript is empty, or only spaces, control characters or symbols the text "
+                        "model does not read"
+                    )
             elif payload.kind == "wave":
                 assert isinstance(payload.value, np.ndarray)
                 waves.append((i, payload.value))
@@ -209,9 +213,11 @@ def forget_featurizer_notes(utt: Utterance) -> None:
 
 
 def has_words(text: str) -> bool:
-    """Whether a transcript holds anything but spaces, separators and control or format characters
-    ("", "  \n", "\x00\x00" do not: encoded, they got a confident 'neutral' that no one said)."""
-    return any(not unicodedata.category(ch).startswith(("C", "Z")) for ch in text)
+    """Whether a transcript holds a letter, a digit, a punctuation mark or an emoji the encoders
+    read as a word (engines/features/emoji.py). "", "  \n", "\x00\x00" do not: encoded, they got a
+    confident 'neutral' that no one said; nor do "🦄🦄" or "★★★", which the English text model read as
+    unknown tokens (an emoji-only line came out joy 0.60)."""
+    return any(unicodedata.category(ch)[0] in "LNP" or ch in EMOJI_WORDS for ch in text)
 
 
 def _to_encode(utt: Utterance) -> bool:

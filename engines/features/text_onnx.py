@@ -50,7 +50,7 @@ import numpy as np
 
 from engines.errors import FeatureError
 from engines.features.cache import DEFAULT_ROOT
-from engines.features.text import TextEncoder, normalise_text
+from engines.features.text import TextEncoder
 from engines.runtime.threads import encoder_session_options
 
 log = logging.getLogger(__name__)
@@ -513,7 +513,7 @@ class OnnxTextEncoder(TextEncoder):
         if not texts:
             return out
         self.session()  # loaded (or exported) before the texts are tokenized
-        clean = [normalise_text(t) for t in texts]
+        clean = [self.clean(t) for t in texts]
         ids, types = self._tokenize(clean)
         for idx in self._calls(clean, ids):
             feeds = self._pad([ids[i] for i in idx], None if types is None else [types[i] for i in idx])

@@ -140,7 +140,10 @@ def test_an_utterance_whose_every_part_was_ignored_is_no_turn() -> None:
         )  # fmt: skip
 
     state = _State()
-    blank = {"text": "no words: the transcript is empty or only spaces and control characters"}
+    blank = {
+        "text": "no words: the transcript is empty, or only spaces, control characters or symbols the text model "
+        "does not read"
+    }
     out = a._apply("c", state, [event("u0", 0, "anger", {}), event("u1", 1, "neutral", blank)])
     assert [k for _, k in state.order] == ["u0"] and set(state.turns) == {"u0", "u1"}  # stored, but no turn
     (report,) = [o.message for o in out if o.topic == "calls"]
