@@ -55,7 +55,8 @@ class Featurizer(Protocol):
     # audio vectors (None or absent: no check), and ``format_action``: "warn" (default) or "drop";
     # ``language_check``: an engines.features.language.LanguageCheck of the transcripts (None or
     # absent: no check), and ``language_action``: "drop" (default) or "warn"; ``acknowledge(texts,
-    # speakers)``: the transcripts as the encoder is to read them (absent: as written)
+    # speakers)``: the transcripts as the encoder is to read them (absent: as written); ``unread(texts)``:
+    # per transcript, a note where the encoder reads only its first tokens (absent: no note)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class BatchOutcome:
 
 MISDECLARED = format_check.PREFIXES  # how ignored["audio"] begins where the format check did not use audio
 OTHER_LANGUAGE = language.OTHER_LANGUAGE  # how ignored["text"] / suspect["text"] begin for words in another language
+LONG_TRANSCRIPT = "long transcript: "  # how suspect["text"] begins for words past what the text model reads
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
 
 
@@ -174,6 +176,11 @@ def utterance_features(
             raise
         for (i, _), vec in zip(texts, emb, strict=True):
             feats[i]["text"] = vec
+        unread = getattr(featurizer, "unread", None)
+        if unread is not None:  # the rest of a long transcript is not read: the event says so
+            for (i, _), note in zip(texts, unread([t for _, t in texts]), strict=True):
+                if note is not None:
+                    utts[i].suspect.setdefault("text", note)
     if gate:  # (n,), exact below min_speech_s
         seconds = detect.result() if detect is not None else featurizer.speech(clips, min_speech_s)
         for (i, _), s in zip(waves, seconds, strict=True):

@@ -15,7 +15,7 @@ from streams.analytics import CallAnalytics
 from streams.context import ContextStore, connect
 from streams.errors import ConfigError
 from streams.metrics import Metrics
-from streams.pipeline import Processor
+from streams.pipeline import LONG_TRANSCRIPT, Processor
 from streams.rules import DEFAULT_RULES, load_rules
 from streams.settings import Settings
 from streams.worker import Worker
@@ -43,6 +43,7 @@ class ModelFeaturizer:
         #: speakers ``agent`` says are), "all" or "off"
         self.acknowledgements = acknowledgements
         self._agent = agent
+        self._unread_failed = False
         #: the language check of the transcripts (engines/features/language.py), or None
         self.language_check = language_check
         self.language_action = language_action  # "drop": the words are not used; "warn": used all the same
@@ -67,6 +68,24 @@ class ModelFeaturizer:
     def acknowledge(self, texts: list[str], speakers: list[str]) -> list[str]:
         """The transcripts as the text encoder is to read them (``acknowledgements``)."""
         return acknowledged(texts, self.acknowledgements, speakers, self._agent)
+
+    def unread(self, texts: list[str]) -> list[str | None]:
+        """Per transcript, what says that the text encoder reads only its first tokens (None: it
+        reads all of it)."""
+        encoder = self._x.text
+        try:
+            cut = encoder.truncated(texts)
+        except Exception as exc:  # noqa: BLE001 - a note, never a reason to fail the batch
+            if not self._unread_failed:
+                log.warning("could not count the transcripts' tokens (%s): long ones are not noted", exc)
+                self._unread_failed = True
+            return [None] * len(texts)
+        limit = encoder.config.max_seq_length
+        note = (
+            f"{LONG_TRANSCRIPT}the text model reads its first {limit} tokens (about {limit * 3 // 4} words), "
+            "not the rest: send each utterance as a message of its own"
+        )
+        return [note if c else None for c in cut]
 
     def text(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self._first("text", lambda: self._x.text.encode(texts)), dtype=np.float32)  # (N, Dt)

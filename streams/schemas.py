@@ -316,8 +316,9 @@ class EmotionEvent(_Message):
         description="parts that arrived but were not used, with why: audio with less than engine.min_speech_s of "
         "speech (silence, line noise, hold music) is not used, so its weight is 0 and the label is the other "
         "modalities' (provisional events); a part dead-lettered once its ids were read (audio that does not decode, "
-        "say) is 'dead-lettered: <reason>', and its utterance did not wait for it; a transcript with no words "
-        "(empty, spaces, control characters) is 'no words: ...'; with engine.format_check = drop, audio whose "
+        "say, or a part against its schema whose ids parse) is 'dead-lettered: <reason>', and its utterance did not "
+        "wait for it; a transcript with no words (empty, spaces, control characters, symbols the text model does "
+        "not read) is 'no words: ...'; with engine.format_check = drop, audio whose "
         "voice sounds mis-declared by the producer is 'wrong sample rate? the voice sounds an octave high: ...' "
         "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse); with engine.language_check = "
         "drop (the default), a transcript that reads as another language than the model's is 'other language? the "
@@ -328,8 +329,10 @@ class EmotionEvent(_Message):
         description="parts that were used though they look wrong, with why (absent when none): with "
         "engine.format_check = warn (the default), audio whose voice sounds mis-declared by the producer is "
         "'wrong sample rate? the voice sounds an octave high: ...' (or low), or 'wrong G.711 law? ...'; with "
-        "engine.language_check = warn, a transcript that reads as another language is 'other language? ...'; the "
-        "label leaned on it by its weight. Revisions of the utterance carry it too",
+        "engine.language_check = warn, a transcript that reads as another language is 'other language? ...'; a "
+        "transcript longer than the text model reads (128 tokens for the shipped models) is 'long transcript: ...' "
+        "(its first tokens were read, not the rest); the label leaned on it by its weight. Revisions of the "
+        "utterance carry it too",
     )
     model: ModelRef
     context_size: int = Field(description="utterances in the window, the target included")

@@ -153,6 +153,24 @@ class TextEncoder:
         """The text as this encoder reads it (:func:`read_form`; the multilingual one keeps emoji)."""
         return read_form(text)
 
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Whether each text holds more tokens than the encoder reads (``config.max_seq_length``,
+        its first ones): the rest of a longer transcript does not count."""
+        limit = self.config.max_seq_length
+        out = [False] * len(texts)
+        long = [i for i, t in enumerate(texts) if len(t) > limit - 2]  # shorter ones fit: a token holds a character
+        if long:
+            counts = self._token_counts([self.clean(texts[i]) for i in long])
+            for i, n in zip(long, counts, strict=True):
+                out[i] = n > limit
+        return out
+
+    def _token_counts(self, clean: list[str]) -> list[int]:
+        """Tokens of each (cleaned) text, the two special ones included, not truncated."""
+        tokenizer = self._load().tokenizer
+        counted = tokenizer(clean, add_special_tokens=True, truncation=False, verbose=False)
+        return [len(ids) for ids in counted["input_ids"]]
+
     def _load(self) -> Any:
         if self._model is None:
             from sentence_transformers import SentenceTransformer

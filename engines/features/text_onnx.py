@@ -226,6 +226,9 @@ class LeanTokenizer:
         self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self.tok.no_padding()
         self.tok.enable_truncation(max_length=max_seq_length, strategy="longest_first")
+        self.whole = Tokenizer.from_file(str(model_dir / "tokenizer.json"))  # counts a text's tokens, uncut
+        self.whole.no_padding()
+        self.whole.no_truncation()
         settings = _read_json(model_dir / "tokenizer_config.json")
         st = _read_json(model_dir / "sentence_bert_config.json")
         # HF's BertTokenizerFast rebuilds the normaliser when its config disagrees with the file's:
@@ -249,6 +252,12 @@ class LeanTokenizer:
         out = self.tok.encode_batch(texts)
         return [e.ids for e in out], [e.type_ids for e in out]
 
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, special ones included, not truncated."""
+        if self.lower:
+            texts = [t.lower() for t in texts]
+        return [len(e.ids) for e in self.whole.encode_batch(texts)]
+
 
 class _ModelTokenizer:
     """A SentenceTransformer's own tokenizer, in :class:`LeanTokenizer`'s interface."""
@@ -264,6 +273,12 @@ class _ModelTokenizer:
             texts = [t.lower() for t in texts]
         tok = model.tokenizer(texts, padding=False, truncation="longest_first", max_length=model.max_seq_length)
         return list(tok["input_ids"]), (list(tok["token_type_ids"]) if "token_type_ids" in tok else None)
+
+    def count(self, texts: list[str]) -> list[int]:
+        """Tokens of each text, special ones included, not truncated."""
+        if getattr(self.model[0], "do_lower_case", False):
+            texts = [t.lower() for t in texts]
+        return [len(ids) for ids in self.model.tokenizer(texts, padding=False, truncation=False)["input_ids"]]
 
 
 def _int8(src: Path) -> Path:
@@ -477,6 +492,9 @@ class OnnxTextEncoder(TextEncoder):
     def _tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[list[int]] | None]:
         """Token ids and token type ids per text, unpadded (as the SentenceTransformer tokenizes)."""
         return self.tokenizer().encode(texts)
+
+    def _token_counts(self, clean: list[str]) -> list[int]:
+        return self.tokenizer().count(clean)
 
     def _pad(self, ids: list[list[int]], types: list[list[int]] | None) -> dict[str, np.ndarray]:
         """One bucket as graph inputs (n, T) int64, padded as the tokenizer pads."""

@@ -200,6 +200,10 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         producer.send(
             t.text, key=b"blank", value=TextPart(call_id="blank", utterance_id="b0", seq=0, text=" \t").to_bytes()
         )
+        # symbols the text model does not read are no words either; a rant longer than it reads is used, and said
+        for i, words in ((1, "\U0001f984\U0001f984 \u2605"), (2, "The bill is wrong again. " * 40 + "I am furious!")):
+            part = TextPart(call_id="blank", utterance_id=f"b{i}", seq=i, text=words)
+            producer.send(t.text, key=b"blank", value=part.to_bytes())
         # and two parts of one utterance that disagree on its seq and speaker: joined, the transcript's word counts
         audio = AudioPart(call_id="odd", utterance_id="d0", seq=5, speaker="customer", encoding="features",
                           features=[0.1] * 768)  # fmt: skip
@@ -208,11 +212,14 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         text = TextPart(call_id="odd", utterance_id="d0", seq=0, speaker="agent", text="Let me check that for you.")
         producer.send(t.text, key=b"odd", value=text.to_bytes())
         producer.flush()
-        assert collector.poll_until(lambda c: len(c.events) >= 6 and len(c.dead) >= 4, 60), worker.tail()
-        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "d0", "m0", "m1", "m2", "m3"]
+        assert collector.poll_until(lambda c: len(c.events) >= 8 and len(c.dead) >= 4, 60), worker.tail()
+        assert sorted(e.utterance_id for _, e in collector.events) == ["b0", "b1", "b2", "d0", "m0", "m1", "m2", "m3"]
         for _, e in collector.events:
             if e.call_id == "odd":
                 assert (e.seq, e.speaker, e.modalities_present) == (0, "agent", ["text", "audio"]), e
+                continue
+            if e.utterance_id == "b2":
+                assert e.ignored == {} and e.suspect["text"].startswith("long transcript: the text model reads"), e
                 continue
             if e.call_id == "blank":
                 assert e.modalities_present == ["text"] and e.ignored["text"].startswith("no words"), e
@@ -226,8 +233,8 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
             *[("undecodable_audio", f"m{i}") for i in range(3)],
         ]
         waits = worker.metrics()
-        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 6
-        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 6.0' in waits, [
+        # every utterance joined without waiting out the 12 s: the join wait histogram's 10 s bucket holds all 8
+        assert 'emostream_join_wait_seconds_bucket{le="10.0"} 8.0' in waits, [
             line for line in waits.splitlines() if line.startswith("emostream_join_wait")
         ]
         assert 'emostream_inconsistent_parts_total{field="seq"} 1.0' in waits
