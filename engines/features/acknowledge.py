@@ -151,7 +151,7 @@ def acknowledged_form(text: str) -> str:
     low = text.lower()
     if not any(w in low for w in _CUES):  # most lines: no regex runs
         return text
-    if len(text) > READ_CHARS:  # the encoder reads about the first 1000 characters (256 tokens)
+    if len(text) > READ_CHARS:  # the encoder reads its first 128 tokens, some 500-700 characters
         return acknowledged_form(text[:READ_CHARS]) + text[READ_CHARS:]
     read = normalise_text(text).translate(_APOSTROPHES)
     out = _WOULD.sub(_would, read)
