@@ -6,7 +6,8 @@ out neutral 0.90, a Chinese line joy 0.33). :class:`LanguageCheck` asks py3langi
 language identifier over byte n-grams, BSD-3-Clause, its model inside the PyPI wheel) how likely
 the transcript is in the model's language, and judges only transcripts whose distinct words hold
 at least :data:`MIN_LETTERS` letters (a short line, "Okay.", "Gracias", a name, "haha haha haha
-haha", says too little), by their first :data:`JUDGED_CHARS` characters (about what the encoder reads).
+haha", says too little), by their first :data:`JUDGED_CHARS` characters (a little more than the
+encoder reads: its first 128 tokens).
 
 A transcript whose probability of being in the model's language is below
 :data:`MAX_PROBABILITY` is judged another language. Measured (``python -m engines.features.language
@@ -102,7 +103,7 @@ class LanguageCheck:
         return ranked[0][0], float(ranked[0][1]), float(dict(ranked).get(self.reads, 0.0))
 
     def verdict(self, text: str) -> str | None:
-        text = text[:JUDGED_CHARS]  # what the encoder reads; a transcript's length costs nothing more
+        text = text[:JUDGED_CHARS]  # a little more than the encoder reads; a transcript's length costs nothing more
         if distinct_letters(text) < MIN_LETTERS:
             return None
         with self._lock:
