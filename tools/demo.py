@@ -310,19 +310,29 @@ class Summary:
         self.revised: dict[tuple[str, str], Any] = {}  # revision 1
         self.dead = 0
         self.alerts: dict[str, tuple[str, str]] = {}  # alert id -> (call, rule), of the alerts raised
+        self.calls = {c for c, _ in self.labels}
+        self.reports = settings.analytics.enabled  # whether each call's final report is waited for
+        self.ended: set[str] = set()  # calls whose final report arrived (its alerts cleared before it)
         self.text_alone: tuple[float, int] | None = None  # the same model's agreement on the text alone
 
     def complete(self) -> bool:
-        return set(self.events) >= set(self.labels) and (not self.revisions or set(self.revised) >= set(self.labels))
+        return (
+            set(self.events) >= set(self.labels)
+            and (not self.revisions or set(self.revised) >= set(self.labels))
+            and (not self.reports or self.ended >= self.calls)
+        )
 
     def waiting_for(self) -> str:
-        return "provisional and revised events" if self.revisions else "events"
+        events = "provisional and revised events" if self.revisions else "events"
+        return f"{events} and each call's final report" if self.reports else events
 
     def missing(self) -> str:
         no_event = len(set(self.labels) - set(self.events))
         text = f"{no_event} utterances without their provisional event"
         if self.revisions:
             text += f", {len(set(self.labels) - set(self.revised))} without their revised event"
+        if self.reports:
+            text += f", {len(self.calls - self.ended)} calls without their final report"
         return text
 
     def add(self, event: Any) -> None:
@@ -334,7 +344,7 @@ class Summary:
 
     def watch(self, stop: threading.Event, timeout: float) -> None:
         from client.subscriber import make_consumer
-        from streams.schemas import AlertEvent, EmotionEvent
+        from streams.schemas import AlertEvent, CallReport, EmotionEvent
         from tools.subscribe import EventPrinter
 
         t = self.settings.kafka.topics
@@ -354,6 +364,8 @@ class Summary:
                         record = None if printer.received is None else printer.received.record  # parsed once
                         if isinstance(record, AlertEvent) and record.state == "raised":
                             self.alerts[record.alert_id] = (record.call_id, record.rule)
+                        elif isinstance(record, CallReport) and record.final:
+                            self.ended.add(record.call_id)
                         elif isinstance(record, EmotionEvent):
                             self.add(record)
                 sys.stdout.flush()
