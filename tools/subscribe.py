@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, TextIO
 
 from client.subscriber import Kind, Received, Tracker, make_consumer
+from streams.analytics import says_something
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
 from streams.settings import Settings
 
@@ -71,6 +72,8 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
     for m, why in sorted((event.suspect or {}).items()):
         context += f", {m} used but suspect: {why.split(':')[0]}"
     latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"
+    if not says_something(event):  # every part ignored: the label is the model's prior, no reading of the speaker
+        label, sentiment = "- nothing read", ""
     parts = [f"{head} {label}", sentiment, weights, f"({modalities}, {context}, {latency})"]
     return "  ".join(p for p in parts if p)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from streams.analytics import says_something
 from streams.schemas import AlertEvent, CallReport, EmotionEvent, read_published
 
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
@@ -157,6 +158,7 @@ class Board:
             out["utterances"] = [
                 {
                     "utterance_id": e.utterance_id, "seq": e.seq, "speaker": e.speaker, "label": e.label,
+                    "read": says_something(e),  # False: every part ignored, the label is the model's prior
                     "confidence": round(e.confidence, 3), "sentiment": round(e.sentiment, 3), "revision": e.revision,
                     "weights": {m: round(w, 3) for m, w in e.weights.items() if m in e.modalities_present},
                     "ignored": dict(e.ignored),
@@ -172,7 +174,9 @@ class Board:
         speakers: dict[str, dict[str, Any]] = {}
         for e in utts:
             s = speakers.setdefault(e.speaker, {"speaker": e.speaker, "role": None, "timeline": []})
-            s["timeline"].append({"seq": e.seq, "label": e.label, "sentiment": round(e.sentiment, 2)})
+            s["timeline"].append(
+                {"seq": e.seq, "label": e.label, "sentiment": round(e.sentiment, 2), "read": says_something(e)}
+            )
         for t in call.report.speakers if call.report else []:
             s = speakers.setdefault(t.speaker, {"speaker": t.speaker, "timeline": []})
             s.update(role=t.role, sentiment=t.sentiment, trend=t.sentiment_trend, negative_share=t.negative_share,

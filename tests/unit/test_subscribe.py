@@ -40,6 +40,14 @@ def test_format_event_says_which_part_was_not_used() -> None:
     )
 
 
+def test_format_event_of_an_utterance_with_nothing_read_shows_no_label() -> None:
+    """Every part ignored (a blank transcript, a dropped foreign one): the label is the model's
+    prior, near uniform; printed, its 'surprise 0.15' read as a label to a newcomer."""
+    e = make_event(label="surprise", confidence=0.15, weights={"text": 0.0, "audio": 0.0, "video": 0.0},
+                   modalities_present=["text"], ignored={"text": "no words: the transcript is empty"})  # fmt: skip
+    assert format_event(e) == "[call-7 #3 Alice] - nothing read  text .00  (t, ctx 4, text not used: no words, 120 ms)"
+
+
 def test_format_event_says_which_part_was_used_though_suspect() -> None:
     e = make_event(suspect={"audio": "wrong sample rate? the voice sounds an octave high: p(misdeclared)=0.99"})
     assert format_event(e) == (

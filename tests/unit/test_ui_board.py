@@ -55,7 +55,7 @@ def test_calls_with_open_alerts_come_first_and_an_alert_clears() -> None:
     b = snap["calls"][0]
     assert [a["rule"] for a in b["alerts"]] == ["customer-anger-rising", "customer-negative-streak"]  # critical first
     assert b["turns"] == 2 and [s["speaker"] for s in b["speakers"]] == ["agent", "customer"]
-    assert b["speakers"][1]["timeline"] == [{"seq": 1, "label": "anger", "sentiment": 0.62}]
+    assert b["speakers"][1]["timeline"] == [{"seq": 1, "label": "anger", "sentiment": 0.62, "read": True}]
     board.add("alert", alert("b", "customer-anger-rising", state="cleared").to_bytes())
     assert [a["rule"] for a in board.snapshot()["calls"][0]["alerts"]] == ["customer-negative-streak"]
     assert [h["state"] for h in board.detail("b")["history"]] == ["raised", "raised", "cleared"]  # type: ignore[index]
@@ -183,3 +183,14 @@ def test_a_new_provisional_event_of_a_reused_utterance_id_does_not_inherit_what_
     assert board.detail("c")["utterances"][0]["ignored"] == {}  # type: ignore[index]
     newer = json.loads(make_event(call_id="c", utterance_id="u1", seq=1).to_bytes())
     assert board.add("emotion", json.dumps({**newer, "later_field": 1}).encode()) and board.invalid == 0
+
+
+def test_an_utterance_with_nothing_read_is_marked_so() -> None:
+    """Every part ignored: the page shows 'nothing read', not the prior's near-uniform label."""
+    board = Board()
+    blank = make_event(call_id="c", utterance_id="u0", seq=0, modalities_present=["text"], ignored={"text": "no words"})
+    board.add("emotion", blank.to_bytes())
+    board.add("emotion", make_event(call_id="c", utterance_id="u1", seq=1).to_bytes())
+    rows = board.detail("c")["utterances"]  # type: ignore[index]
+    assert [r["read"] for r in rows] == [False, True], rows
+    assert [u["read"] for u in board.snapshot()["calls"][0]["speakers"][0]["timeline"]] == [False, True]

@@ -28,7 +28,9 @@ function order(a, b) {
 
 function speakerRow(s) {
   const cells = s.timeline.map((u) =>
-    `<span class="cell" style="background:${color(u.label)}" title="#${u.seq} ${esc(u.label)} ${signed(u.sentiment)}"></span>`).join("");
+    u.read === false
+      ? `<span class="cell unread" title="#${u.seq} nothing read"></span>`
+      : `<span class="cell" style="background:${color(u.label)}" title="#${u.seq} ${esc(u.label)} ${signed(u.sentiment)}"></span>`).join("");
   let sent = "";
   if (s.sentiment !== undefined) {
     const arrow = s.trend > 0.05 ? "↑" : s.trend < -0.05 ? "↓" : "";
@@ -76,8 +78,11 @@ async function showDetail(callId) {
     const notUsed = (Object.keys(u.ignored).length ? ` (${Object.keys(u.ignored).join(", ")} not used)` : "") +
       Object.entries(u.suspect || {}).map(([m, why]) => ` (${m} suspect: ${why.split(":")[0]})`).join("");
     return `<tr><td class="num">${u.seq}</td><td>${esc(u.speaker)}</td>` +
-      `<td><span class="chip" style="background:${color(u.label)}">${esc(u.label)}</span>${u.revision ? " ↻" : ""}</td>` +
-      `<td class="num">${u.confidence.toFixed(2)}</td><td class="num">${signed(u.sentiment)}</td><td>${esc(weights)}${esc(notUsed)}</td></tr>`;
+      (u.read === false  // every part ignored: the label is the model's prior, not a reading of the speaker
+        ? `<td><span class="chip unread" title="nothing of this utterance was read">nothing read</span></td><td></td><td></td>`
+        : `<td><span class="chip" style="background:${color(u.label)}">${esc(u.label)}</span>${u.revision ? " ↻" : ""}</td>` +
+          `<td class="num">${u.confidence.toFixed(2)}</td><td class="num">${signed(u.sentiment)}</td>`) +
+      `<td>${esc(weights)}${esc(notUsed)}</td></tr>`;
   }).join("");
   const history = c.history.map((a) =>
     `<li>${a.state === "cleared" ? "✓ cleared" : "⚠ " + a.state} ${esc(a.rule)}${a.reason ? " (" + esc(a.reason) + ")" : ""}` +
