@@ -507,6 +507,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _undecodable(raw: bytes, exc: Exception) -> str:
+    """Why ``raw`` is no JSON: first of all, where it is not UTF-8 text (JSON's encoding), say so."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 text (byte {raw[bad.start]:#04x} at {bad.start}): JSON messages are UTF-8"
+    return str(exc)[:200]
+
+
 def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallControl:
     """Decode one input message of ``kind`` ('text', 'audio', 'video', 'control').
 
@@ -523,7 +532,7 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     except DuplicateKey as exc:
         raise InvalidMessage("malformed_json", str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessage("malformed_json", str(exc)[:200]) from exc
+        raise InvalidMessage("malformed_json", _undecodable(raw, exc)) from exc
     except RecursionError:
         raise InvalidMessage("malformed_json", "JSON nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more than sys.get_int_max_str_digits() digits

@@ -367,3 +367,12 @@ def test_a_part_against_its_schema_whose_ids_parse_keeps_its_ids() -> None:
         with pytest.raises(InvalidMessage) as caught:
             parse_input(kind, json.dumps(raw).encode(), 1 << 20)
         assert caught.value.part is None, raw
+
+
+def test_bytes_that_are_not_utf8_are_said_to_be_so() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_input("text", b"\xff\xfe\x00garbage", 1 << 20)
+    assert caught.value.reason == "malformed_json" and caught.value.detail.startswith("not UTF-8 text (byte 0xff at 0)")
+    with pytest.raises(InvalidMessage) as caught:
+        parse_input("text", b"{not json", 1 << 20)
+    assert "not UTF-8" not in caught.value.detail  # UTF-8 that is no JSON: the parser's own words
