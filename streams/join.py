@@ -254,7 +254,19 @@ class Joiner:
                 return JoinResult(ack_now=[handle], late_parts=1)
             if used != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "was labelled from"))
-            return JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
+            again = JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
+            was_seq, was_speaker = done[-2], done[-1]
+            clash = [name for name, differs in (("seq", seq != was_seq), ("speaker", speaker != "unknown" and
+                     was_speaker != _UNKNOWN and _digest(speaker) != was_speaker)) if differs]  # fmt: skip
+            if clash:  # the same content, but not the same utterance's seq or speaker: no redelivery
+                again.inconsistent += clash
+                again.inconsistency = (
+                    f"utterance {utterance_id} of call {call_id}: its {modality} part came again with the content it "
+                    f"was labelled from, but seq {seq} speaker {speaker!r}, where the utterance it was labelled in "
+                    f"had another {' and '.join(clash)}: acked without a second event; every part of an utterance "
+                    "should carry the same seq and speaker, and another utterance another utterance id"
+                )
+            return again
         late = self._after_end(call_id, partition, ts)
         if late is not None and ts is not None:
             return JoinResult(after_end=f"call {call_id!r} ended (record time {late:.3f}) and this {modality} part of "
@@ -559,7 +571,8 @@ class Joiner:
     def _mark_done(self, utt: Utterance, partition: int) -> None:
         """Remember a labelled utterance: its partition and a digest of each part it used."""
         digests = (_digest(utt.parts[m]) if m in utt.parts else None for m in MODALITIES)
-        self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests)
+        # and its seq and speaker: a part sent again later under its ids is checked against them
+        self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests, utt.seq, _digest(utt.speaker))
         # a closed call reopened by a part sent before its end (or without record times: as if so)
         closed = self._ended.get(utt.call_id)
         previous = closed is not None and (closed[1] is None or utt.first_ts is None or utt.first_ts <= closed[1])
@@ -593,6 +606,9 @@ def _digest(payload: Any) -> int:
         return hash(value) & _BITS
     except TypeError:
         return hash(repr(value)) & _BITS
+
+
+_UNKNOWN = _digest("unknown")  # a speaker no part named
 
 
 def _inconsistency(utt: Utterance, modality: str, seq: int, speaker: str, fields: list[str]) -> str:

@@ -454,10 +454,9 @@ class Worker:
                      "emostream_late_parts_total]", msg.call_id, msg.utterance_id, msg.kind,
                      self.settings.join.wait_s, n)  # fmt: skip
         else:
-            log.info("%s/%s: its %s part came again, under the ids of a part already joined (a redelivery, or the "
-                     "same ids sent twice: once its utterance is labelled, a part's content is not kept to compare): "
-                     "acked without a second event; to label a call again, send it under new call or utterance ids "
-                     "[%d so far, emostream_duplicate_parts_total]",
+            log.info("%s/%s: its %s part came again with the content it was joined with (a redelivery, or the "
+                     "same part sent twice): acked without a second event; to label a call again, send it under new "
+                     "call or utterance ids [%d so far, emostream_duplicate_parts_total]",
                      msg.call_id, msg.utterance_id, msg.kind, n)  # fmt: skip
 
     def _note_inconsistent(self, why: str) -> None:

@@ -77,6 +77,13 @@ def test_a_different_part_under_the_same_ids_is_a_conflict_not_a_duplicate() -> 
     # modality a late part
     again = j.add("c", "u0", 0, "A", "text", "first", "h4", now=0.3)
     assert again.duplicate_parts == 1 and again.ack_now == ["h4"] and again.conflict is None
+    assert again.inconsistent == [] and again.inconsistency is None
+    # the same content under another seq or speaker is no redelivery: counted and said, as for parts
+    # that disagree before their utterance is labelled (a newcomer's was logged as 'the same content')
+    odd = j.add("c", "u0", 3, "B", "text", "first", "h4b", now=0.3)
+    assert odd.duplicate_parts == 1 and odd.ack_now == ["h4b"] and odd.inconsistent == ["seq", "speaker"]
+    assert odd.inconsistency is not None and "seq 3 speaker 'B'" in odd.inconsistency
+    assert j.add("c", "u0", 0, "unknown", "text", "first", "h4c", now=0.3).inconsistent == []  # no speaker named
     other = j.add("c", "u0", 0, "A", "audio", "b", "h5", now=0.4)
     assert other.conflict is not None and "was labelled from a different audio part" in other.conflict
     assert other.ack_now == [] and other.late_parts == 0
