@@ -81,6 +81,8 @@ def test_the_series_the_alert_rules_rate_exist_at_zero_before_the_first_incremen
         assert f'emostream_utterances_processed_total{{modalities="{parts}"}} 0.0' in exposed, parts
     for stage in ("redis", "publish", "analytics", "close", "deadletter"):  # every stage the worker counts
         assert f'emostream_service_errors_total{{stage="{stage}"}} 0.0' in exposed, stage
+    # no <name>_created timestamp beside each series: a quarter of the endpoint's lines, saying nothing
+    assert "_created" not in exposed
 
 
 def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_before_joining_its_group() -> None:
