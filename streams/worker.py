@@ -665,9 +665,9 @@ class Worker:
         if offset < 0:
             said = f"nothing read from {where} yet"
         else:
-            upto = f"read to offset {offset}" + ("" if end is None else f" of end {end.offset}")
+            upto = f"read through offset {offset}" + ("" if end is None else f", whose next offset is {end.offset}")
             if end is not None and offset + 1 >= end.offset:
-                upto, caught_up = upto + " (all of it)", True
+                upto, caught_up = upto + " (read to its end)", True
             until = (utt.first_ts or 0.0) + self.settings.join.wait_s
             lag = until - ts  # > 0: the newest record read is older than the last moment the part counted
             when = f"{lag:.1f} s older" if lag >= 0 else f"{-lag:.1f} s newer"
