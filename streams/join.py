@@ -113,6 +113,8 @@ class JoinResult:
     #: "speaker"): joined all the same (see :meth:`Utterance.settle`), and why, for the log
     inconsistent: list[str] = field(default_factory=list)
     inconsistency: str | None = None
+    #: the part just added reopened a call that had closed (sent in time, or not shown late): why, for the log
+    reopened: str | None = None
 
     def extend(self, other: JoinResult) -> None:
         self.ready += other.ready
@@ -124,6 +126,7 @@ class JoinResult:
         self.ended_calls += other.ended_calls
         self.inconsistent += other.inconsistent
         self.inconsistency = self.inconsistency or other.inconsistency
+        self.reopened = self.reopened or other.reopened
 
 
 @dataclass
@@ -273,6 +276,7 @@ class Joiner:
                               f"utterance {utterance_id!r} (seq {seq}) was sent {ts - late:.1f} s after, past "
                               f"join.wait_s {self.wait_s:g} s and {CLOCK_SKEW_S:g} s of clock skew; a call's "
                               "parts come before its 'ended'; a call id used again starts with 'started'")  # fmt: skip
+        reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id)
         if utt is None:
@@ -292,6 +296,20 @@ class Joiner:
         utt.last_at = now
         clash = utt.settle(modality, seq, speaker)
         result = self._release(call_id, now)
+        if reopening:
+            closed = self._ended.get(call_id)
+            end_ts = None if closed is None else closed[1]
+            if ts is None or end_ts is None:
+                when = "read after the call had closed (no record times to tell when it was sent)"
+            elif ts <= end_ts:
+                when = "sent before the call's 'ended' and read after the call had closed (a backlog)"
+            else:
+                when = f"sent {ts - end_ts:.1f} s after the call's 'ended', after the call had closed"
+            result.reopened = (
+                f"call {call_id}: its {modality} part of utterance {utterance_id} (seq {seq}) was {when}: it reopens "
+                "the call and is labelled without the call's earlier context, which closed with it; a call's parts "
+                "come before its 'ended' (README: Calls that end)"
+            )
         if clash:
             result.inconsistent += clash
             result.inconsistency = _inconsistency(utt, modality, seq, speaker, clash)

@@ -803,6 +803,10 @@ class Worker:
             self.metrics.inconsistent_parts.labels(name).inc()
         if result.inconsistency is not None:
             self._note_inconsistent(result.inconsistency)
+        if result.reopened is not None:
+            n = self.noted["reopened"] = self.noted.get("reopened", 0) + 1
+            if n <= 10 or not n % 1000:  # the first ten, then every 1000th
+                log.warning("%s [%d so far]", result.reopened, n)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
             missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)

@@ -224,6 +224,14 @@ def test_a_closed_call_reopened_by_a_part_sent_in_time_expects_what_it_declared(
     assert j.expire(now=6.5).ended_calls == ["c"]
     r = j.add("c", "u0", 0, "A", "text", "t0", "h0", now=7.0, partition=0, ts=100.5)  # read after the close
     assert ids(r) == ["u0"]  # not held for the default audio it never declared
+    assert r.reopened is not None and "sent before the call's 'ended' and read after the call had closed" in r.reopened
+    assert j.add("c", "u1", 1, "A", "text", "t1", "h1", now=7.0, partition=0, ts=100.6).reopened is None  # open now
+    j.call_ended("c", now=8.0, partition=0, ts=102.0)
+    j.expire(now=13.5)
+    late = j.add("c", "u2", 2, "A", "text", "t2", "h2", now=14.0, partition=0, ts=108.0)  # within the minute
+    assert (
+        late.after_end is None and late.reopened is not None and "sent 6.0 s after the call's 'ended'" in late.reopened
+    )
 
 
 def test_labelled_ids_are_bounded_per_call_too() -> None:
