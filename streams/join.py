@@ -193,7 +193,8 @@ class Joiner:
         self.max_hold_s = max_hold_s
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
-        #: labelled ids -> (partition, digest of the text, audio and video used or None), oldest first
+        #: labelled ids -> (partition, digest of the text, audio and video used or None, the utterance's
+        #: seq, a digest of its speaker), oldest first
         self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
         #: calls closed after their 'ended' -> (partition, the end's record time, the modalities it
         #: expected), oldest first (at most ``max_calls``): a part sent after does not reopen them (no
@@ -285,7 +286,19 @@ class Joiner:
             if _digest(utt.parts[modality]) != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
             utt.handles.append(handle)
-            return JoinResult(duplicate_parts=1)
+            again = JoinResult(duplicate_parts=1)
+            clash = [name for name, differs in (("seq", seq != utt.seq), ("speaker", "unknown" not in (speaker,
+                     utt.speaker) and speaker != utt.speaker)) if differs]  # fmt: skip
+            if clash:  # the same content under another seq or speaker: no redelivery
+                again.inconsistent += clash
+                again.inconsistency = (
+                    f"utterance {utterance_id} of call {call_id}: its {modality} part came again with the same "
+                    f"content, but seq {seq} speaker {speaker!r}, where the utterance has seq {utt.seq} speaker "
+                    f"{utt.speaker!r} "
+                    f"(they differ on {' and '.join(clash)}): joined once; every part of an utterance should carry the "
+                    "same seq and speaker, and another utterance another utterance id"
+                )
+            return again
         elif self._sent_late(utt, now, ts):
             result = JoinResult(ack_now=[handle], late_parts=1)
             result.extend(self._release(call_id, now))
@@ -297,19 +310,7 @@ class Joiner:
         clash = utt.settle(modality, seq, speaker)
         result = self._release(call_id, now)
         if reopening:
-            closed = self._ended.get(call_id)
-            end_ts = None if closed is None else closed[1]
-            if ts is None or end_ts is None:
-                when = "read after the call had closed (no record times to tell when it was sent)"
-            elif ts <= end_ts:
-                when = "sent before the call's 'ended' and read after the call had closed (a backlog)"
-            else:
-                when = f"sent {ts - end_ts:.1f} s after the call's 'ended', after the call had closed"
-            result.reopened = (
-                f"call {call_id}: its {modality} part of utterance {utterance_id} (seq {seq}) was {when}: it reopens "
-                "the call and is labelled without the call's earlier context, which closed with it; a call's parts "
-                "come before its 'ended' (README: Calls that end)"
-            )
+            result.reopened = self._reopened(call_id, utterance_id, seq, modality, ts)
         if clash:
             result.inconsistent += clash
             result.inconsistency = _inconsistency(utt, modality, seq, speaker, clash)
@@ -337,13 +338,33 @@ class Joiner:
         assert modality in MODALITIES, modality
         if (call_id, utterance_id) in self._done or self._after_end(call_id, partition, ts) is not None:
             return JoinResult(ack_now=[handle] if handle is not None else [])
+        reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
         utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
         if handle is not None:
             utt.handles.append(handle)
         if modality not in utt.parts:
             utt.ignored[modality] = why  # its seq and speaker count only until a usable part says (settle)
-        return self._release(call_id, now)
+        result = self._release(call_id, now)
+        if reopening:
+            result.reopened = self._reopened(call_id, utterance_id, seq, modality, ts)
+        return result
+
+    def _reopened(self, call_id: str, utterance_id: str, seq: int, modality: str, ts: float | None) -> str:
+        """Why a part reopened a call that had closed, for the log."""
+        closed = self._ended.get(call_id)
+        end_ts = None if closed is None else closed[1]
+        if ts is None or end_ts is None:
+            when = "read after the call had closed (no record times to tell when it was sent)"
+        elif ts <= end_ts:
+            when = "sent before the call's 'ended' and read after the call had closed (a backlog)"
+        else:
+            when = f"sent {ts - end_ts:.1f} s after the call's 'ended', after the call had closed"
+        return (
+            f"call {call_id}: its {modality} part of utterance {utterance_id} (seq {seq}) was {when}: it reopens the "
+            "call and is labelled without the call's earlier context, which closed with it; a call's parts come "
+            "before its 'ended' (README: Calls that end)"
+        )
 
     def _open_utterance(
         self, call: _Call, call_id: str, utterance_id: str, seq: int, speaker: str, now: float, ts: float | None

@@ -133,7 +133,7 @@ def utterance_features(
                 utt.ignored[modality] = f"{NOT_AN_INPUT}{modality}"
                 continue
             if payload.kind == "text":
-                if has_words(str(payload.value)):
+                if has_words(str(payload.value), getattr(featurizer, "reads_emoji", False)):
                     texts.append((i, str(payload.value)))
                 else:  # an empty transcript says nothing: the label comes from what else there is
                     utt.ignored["text"] = (
@@ -179,8 +179,9 @@ def utterance_features(
         unread = getattr(featurizer, "unread", None)
         if unread is not None:  # the rest of a long transcript is not read: the event says so
             for (i, _), note in zip(texts, unread([t for _, t in texts]), strict=True):
-                if note is not None:
-                    utts[i].suspect.setdefault("text", note)
+                if note is not None:  # beside what the language check said, if anything
+                    said = utts[i].suspect.get("text")
+                    utts[i].suspect["text"] = note if said is None else f"{said}; {note}"
     if gate:  # (n,), exact below min_speech_s
         seconds = detect.result() if detect is not None else featurizer.speech(clips, min_speech_s)
         for (i, _), s in zip(waves, seconds, strict=True):
@@ -219,12 +220,14 @@ def forget_featurizer_notes(utt: Utterance) -> None:
             del utt.ignored[modality]
 
 
-def has_words(text: str) -> bool:
+def has_words(text: str, reads_emoji: bool = False) -> bool:
     """Whether a transcript holds a letter, a digit, a punctuation mark or an emoji the encoders
     read as a word (engines/features/emoji.py). "", "  \n", "\x00\x00" do not: encoded, they got a
     confident 'neutral' that no one said; nor do "🦄🦄" or "★★★", which the English text model read as
-    unknown tokens (an emoji-only line came out joy 0.60)."""
-    return any(unicodedata.category(ch)[0] in "LNP" or ch in EMOJI_WORDS for ch in text)
+    unknown tokens (an emoji-only line came out joy 0.60). With ``reads_emoji`` (a multilingual
+    encoder whose vocabulary holds them) every symbol counts."""
+    words = "LNPS" if reads_emoji else "LNP"
+    return any(unicodedata.category(ch)[0] in words or ch in EMOJI_WORDS for ch in text)
 
 
 def _to_encode(utt: Utterance) -> bool:

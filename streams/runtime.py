@@ -44,6 +44,8 @@ class ModelFeaturizer:
         self.acknowledgements = acknowledgements
         self._agent = agent
         self._unread_failed = False
+        #: whether the text encoder reads emoji and other symbols (streams.pipeline.has_words)
+        self.reads_emoji = bool(getattr(extractors.text, "reads_emoji", False))
         #: the language check of the transcripts (engines/features/language.py), or None
         self.language_check = language_check
         self.language_action = language_action  # "drop": the words are not used; "warn": used all the same

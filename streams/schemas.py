@@ -580,11 +580,13 @@ def _ids_of(kind: str, obj: dict[str, Any]) -> Part | None:
     None. Not validated: nothing but its ids is to be read."""
     if kind not in get_args(Modality):
         return None
-    try:
-        ids = _PartIds.model_validate(obj)
-    except (ValidationError, RecursionError):
-        return None
-    return _BY_KIND[kind].model_construct(**ids.model_dump())  # type: ignore[return-value]
+    for fields in (obj, {k: v for k, v in obj.items() if k != "speaker"}):  # a bad speaker: "unknown"
+        try:
+            ids = _PartIds.model_validate(fields)
+        except (ValidationError, RecursionError):
+            continue
+        return _BY_KIND[kind].model_construct(**ids.model_dump())  # type: ignore[return-value]
+    return None
 
 
 def _reason(exc: ValidationError) -> str:

@@ -435,7 +435,7 @@ class Worker:
                 timestamp,
             )  # fmt: skip
             self._absorb(result)
-        if result.late_parts or result.duplicate_parts:
+        if (result.late_parts or result.duplicate_parts) and not result.inconsistent:  # (that one is said below)
             self._note_unused(msg, "late" if result.late_parts else "again")
         if result.conflict is not None and receipt.lease.valid:  # a second, different part under the same ids
             await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)

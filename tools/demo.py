@@ -353,9 +353,14 @@ class Summary:
         )
         consumer = make_consumer(self.settings, [t.emotions, t.deadletter, t.alerts, t.calls], True, timeout)
         deadline = time.monotonic() + timeout
+        drained = False  # once complete, one more poll that finds nothing: an alert's clearing and its call's
+        # final report travel on different topics, in no order between them
         try:
-            while not stop.is_set() and not self.complete() and time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=300).values():
+            while not stop.is_set() and not drained and time.monotonic() < deadline:
+                done = self.complete()
+                polled = consumer.poll(timeout_ms=300)
+                drained = done and not any(polled.values())
+                for records in polled.values():
                     for r in records:
                         printer.handle(r.topic, r.value)
                         if r.topic == t.deadletter:

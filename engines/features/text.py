@@ -126,6 +126,7 @@ class TextEncoder:
     """``encode(texts) -> (N, 384) float32``; the model is loaded on first use."""
 
     kind = "minilm"  # its name for engines.features.make_text_encoder and features.json "text.kind"
+    reads_emoji = False  # whether its vocabulary holds emoji (MiniLM's does not: engines/features/emoji.py)
 
     def __init__(
         self,
@@ -157,11 +158,11 @@ class TextEncoder:
         """Whether each text holds more tokens than the encoder reads (``config.max_seq_length``,
         its first ones): the rest of a longer transcript does not count."""
         limit = self.config.max_seq_length
+        clean = [self.clean(t) for t in texts]  # as read: "😡" is "angry!", two tokens
         out = [False] * len(texts)
-        long = [i for i, t in enumerate(texts) if len(t) > limit - 2]  # shorter ones fit: a token holds a character
+        long = [i for i, t in enumerate(clean) if len(t) > limit - 2]  # shorter ones fit: a token holds a character
         if long:
-            counts = self._token_counts([self.clean(texts[i]) for i in long])
-            for i, n in zip(long, counts, strict=True):
+            for i, n in zip(long, self._token_counts([clean[i] for i in long]), strict=True):
                 out[i] = n > limit
         return out
 

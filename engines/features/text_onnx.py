@@ -278,7 +278,8 @@ class _ModelTokenizer:
         """Tokens of each text, special ones included, not truncated."""
         if getattr(self.model[0], "do_lower_case", False):
             texts = [t.lower() for t in texts]
-        return [len(ids) for ids in self.model.tokenizer(texts, padding=False, truncation=False)["input_ids"]]
+        counted = self.model.tokenizer(texts, padding=False, truncation=False, verbose=False)
+        return [len(ids) for ids in counted["input_ids"]]
 
 
 def _int8(src: Path) -> Path:

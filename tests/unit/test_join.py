@@ -60,9 +60,12 @@ def test_late_part_after_release_is_acked_without_new_event() -> None:
 def test_duplicate_part_keeps_first_and_acks_with_the_utterance() -> None:
     j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
     j.add("c", "u0", 0, "A", "text", "first", "h1", now=0.0)
-    assert j.add("c", "u0", 0, "A", "text", "first", "h2", now=0.1).duplicate_parts == 1
+    dup = j.add("c", "u0", 0, "A", "text", "first", "h2", now=0.1)
+    assert dup.duplicate_parts == 1 and dup.inconsistent == []
+    odd = j.add("c", "u0", 2, "A", "text", "first", "h2b", now=0.1)  # the same content under another seq
+    assert odd.duplicate_parts == 1 and odd.inconsistent == ["seq"] and "seq 2 speaker 'A'" in str(odd.inconsistency)
     r = j.add("c", "u0", 0, "A", "audio", "a", "h3", now=0.2)
-    assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h2", "h3"]
+    assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h2", "h2b", "h3"]
 
 
 def test_a_different_part_under_the_same_ids_is_a_conflict_not_a_duplicate() -> None:
@@ -228,7 +231,13 @@ def test_a_closed_call_reopened_by_a_part_sent_in_time_expects_what_it_declared(
     assert j.add("c", "u1", 1, "A", "text", "t1", "h1", now=7.0, partition=0, ts=100.6).reopened is None  # open now
     j.call_ended("c", now=8.0, partition=0, ts=102.0)
     j.expire(now=13.5)
-    late = j.add("c", "u2", 2, "A", "text", "t2", "h2", now=14.0, partition=0, ts=108.0)  # within the minute
+    j.call_ended("c", now=14.5, partition=0, ts=109.0)
+    j.expire(now=20.0)
+    bad = j.reject("c", "u9", 9, "A", "audio", "dead-lettered: invalid_value", now=20.5, partition=0, ts=110.0)
+    assert bad.reopened is not None and "its audio part of utterance u9" in bad.reopened  # a dead letter reopens too
+    j.call_ended("c", now=21.0, partition=0, ts=102.0)
+    j.expire(now=27.0)
+    late = j.add("c", "u2", 2, "A", "text", "t2", "h2", now=28.0, partition=0, ts=108.0)  # within the minute
     assert (
         late.after_end is None and late.reopened is not None and "sent 6.0 s after the call's 'ended'" in late.reopened
     )

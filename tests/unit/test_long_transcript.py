@@ -14,7 +14,8 @@ def test_a_transcript_longer_than_the_encoder_reads_is_noted() -> None:
     from streams.validate import Payload
 
     featurizer = ModelFeaturizer(load_extractors("default", runtime="onnxruntime"))
-    lines = ["I want my money back.", "The bill is wrong. " * 40, "\U0001f621 " * 200]
+    # 70 emoji are 70 characters, but 140 tokens as read ("angry!")
+    lines = ["I want my money back.", "The bill is wrong. " * 40, "\U0001f621 " * 200, "\U0001f621" * 70]
     utts = [
         Utterance("c", f"u{i}", i, "customer", 0.0, parts={"text": Payload("text", t)}) for i, t in enumerate(lines)
     ]

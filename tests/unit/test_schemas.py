@@ -361,6 +361,9 @@ def test_a_part_against_its_schema_whose_ids_parse_keeps_its_ids() -> None:
         part = caught.value.part
         assert isinstance(part, AudioPart) and caught.value.reason == "invalid_value", caught.value
         assert (part.call_id, part.utterance_id, part.seq, part.speaker, part.kind) == ("c", "u3", 3, "agent", "audio")
+    with pytest.raises(InvalidMessage) as caught:  # a bad speaker too: the utterance's other parts say who
+        parse_input("audio", json.dumps({**bad, "speaker": "a b", "encoding": "mp3"}).encode(), 1 << 20)
+    assert caught.value.part is not None and caught.value.part.speaker == "unknown"
     # ids that are themselves bad, or no part at all: nothing to join
     for raw, kind in (({**bad, "seq": "3", "text": 1}, "text"), ({**bad, "call_id": "a b", "text": 1}, "text"),
                       ({"schema_version": 1, "call_id": "c", "event": "paused"}, "control")):  # fmt: skip
