@@ -158,9 +158,13 @@ class TextEncoder:
         """Whether each text holds more tokens than the encoder reads (``config.max_seq_length``,
         its first ones): the rest of a longer transcript does not count."""
         limit = self.config.max_seq_length
-        clean = [self.clean(t) for t in texts]  # as read: "😡" is "angry!", two tokens
         out = [False] * len(texts)
-        long = [i for i, t in enumerate(clean) if len(t) > limit - 2]  # shorter ones fit: a token holds a character
+        # as read, a character is at most three tokens ("…" is "...", "😡" is "angry!"), and a token at
+        # least one character: only a text longer than a third of the limit can hold too many, and
+        # only one whose cleaned form is longer than the limit
+        maybe = [i for i, t in enumerate(texts) if len(t) > (limit - 2) // 3]
+        clean = {i: self.clean(texts[i]) for i in maybe}
+        long = [i for i in maybe if len(clean[i]) > limit - 2]
         if long:
             for i, n in zip(long, self._token_counts([clean[i] for i in long]), strict=True):
                 out[i] = n > limit
