@@ -93,6 +93,12 @@ class Metrics:
             ["modality"],
             registry=r,
         )
+        self.long_transcripts = Counter(
+            "emostream_long_transcripts_total",
+            "Transcripts longer than the text model reads (its first 128 tokens for the shipped models): used, the "
+            "rest not read; the event's 'suspect' says so (send each utterance as a message of its own)",
+            registry=r,
+        )
         self.other_language_texts = Counter(
             "emostream_other_language_texts_total",
             "Transcripts that read as another language than the model's text encoder learnt "

@@ -53,7 +53,7 @@ from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import MISDECLARED, NOT_AN_INPUT, OTHER_LANGUAGE, BatchOutcome, Processor
+from streams.pipeline import LONG_TRANSCRIPT, MISDECLARED, NOT_AN_INPUT, OTHER_LANGUAGE, BatchOutcome, Processor
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
@@ -193,6 +193,7 @@ class Worker:
         self.starting: set[str] = set()  # awaiting calls whose 'started' (or 'ended') is being applied
         self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
         self._language_warned: set[str] = set()  # calls whose transcripts were said to be in another language
+        self._long_warned: set[str] = set()  # calls whose transcripts were said to be longer than the model reads
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -907,11 +908,14 @@ class Worker:
                         self._misdeclared(utt, why, used=False)
                     elif why.startswith(OTHER_LANGUAGE):
                         self._other_language(utt, why, used=False)
-                for why in utt.suspect.values():
+                for why in utt.suspect.values():  # (a transcript's notes are joined by "; ")
                     if why.startswith(OTHER_LANGUAGE):
                         self._other_language(utt, why, used=True)
-                    else:
+                    elif why.startswith(MISDECLARED):
                         self._misdeclared(utt, why, used=True)
+                    if LONG_TRANSCRIPT in why:
+                        self.metrics.long_transcripts.inc()
+                        self._once_a_call(self._long_warned, utt, "transcript", why, True)
                 for receipt in utt.handles:
                     receipt.ack()
         return True

@@ -238,6 +238,16 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
             line for line in waits.splitlines() if line.startswith("emostream_join_wait")
         ]
         assert 'emostream_inconsistent_parts_total{field="seq"} 1.0' in waits
+        # the long transcript is counted as such, and not as mis-declared audio (it once was); counted once
+        # its batch is committed, after its events are out
+        deadline = time.monotonic() + 20
+        while "emostream_long_transcripts_total 1.0" not in waits and time.monotonic() < deadline:
+            time.sleep(0.2)
+            waits = worker.metrics()
+        assert "emostream_long_transcripts_total 1.0" in waits
+        assert not [line for line in waits.splitlines() if line.startswith("emostream_misdeclared_audio_total{")
+                    and not line.endswith(" 0.0")]  # fmt: skip
+        assert "call blank: transcript of utterance b2 used all the same: long transcript:" in worker.tail(10**6)
         assert 'emostream_inconsistent_parts_total{field="speaker"} 1.0' in waits
         said = "this text part says seq 0 speaker 'agent', but its audio part seq 5 speaker 'customer'"
         assert said in worker.tail(10**6)
