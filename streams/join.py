@@ -60,6 +60,9 @@ class Utterance:
     ignored: dict[str, str] = field(default_factory=dict)  # parts that arrived but were not used -> why
     suspect: dict[str, str] = field(default_factory=dict)  # parts used though they look mis-declared -> why
     said: dict[str, tuple[int, str]] = field(default_factory=dict)  # modality -> the (seq, speaker) its part gave
+    #: of a call that had closed (its summary out), reopened by a late part: labelled, but no turn of the
+    #: call's analytics, which ended with the summary
+    after_close: bool = False
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
         """Take ``modality``'s usable part's ``seq`` and ``speaker``; where the utterance's usable
@@ -371,6 +374,7 @@ class Joiner:
     ) -> Utterance:
         """A new pending utterance of ``call``, due ``wait_s`` from its first part (or dead letter)."""
         utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
+        utt.after_close = call_id in self._ended
         call.pending[utterance_id] = utt
         self._open += 1
         self._push(now + self.wait_s, call_id, utterance_id)

@@ -867,7 +867,8 @@ class Worker:
             lap("publish")
             if self.analytics is not None:  # published, then stored: a failure in between publishes it all again
                 stage = "analytics"
-                update = await self.analytics.observe([e for e, _ in outcome.events])
+                # not an utterance of a call reopened after its summary went out: that call's analytics ended
+                update = await self.analytics.observe([e for e, u in outcome.events if u is None or not u.after_close])
                 await self._send_all(update.out)
                 await self.analytics.commit(update)
                 lap("analytics")

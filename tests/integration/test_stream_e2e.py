@@ -206,3 +206,38 @@ def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, un
     finally:
         collector.close()
         worker.stop()
+
+
+def test_a_part_sent_after_the_call_ended_is_labelled_but_adds_nothing_after_its_summary(
+    services, unique, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A part sent a few seconds after its call's 'ended' (within join.wait_s and a minute) reopens
+    the call: it gets its event, the worker logs why, and the call's analytics, whose final summary
+    is out, add no report after it (a newcomer's supervisor page showed a 1-turn report after the
+    3-turn summary)."""
+    from kafka import KafkaProducer
+
+    from streams.schemas import TextPart
+
+    settings = settings_for(services, unique, default_modalities=("text",))
+    ensure_topics(settings)
+    call = scripted(f"late-{unique[:6]}", PLEASANT[:2], 1.0)
+    collector = Collector(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    try:
+        worker.wait_ready()
+        feed([call], settings, realtime=False, progress=False)
+        assert collector.poll_until(lambda c: any(r.final for r in c.reports if r.call_id == call.call_id), 60)
+        late = TextPart(call_id=call.call_id, utterance_id="u9", seq=9, speaker="customer", text="Oh, and thanks!")
+        producer.send(settings.kafka.topics.text, key=call.call_id.encode(), value=late.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: any(e.utterance_id == "u9" for _, e in c.events), 30), worker.tail()
+        collector.poll_until(lambda c: False, timeout=4.0)  # a report would follow its batch's events
+        reports = [r for r in collector.reports if r.call_id == call.call_id]
+        assert reports[-1].final and reports[-1].turns == 2, [(r.final, r.turns) for r in reports]
+        assert "reopens the call" in worker.tail(10**6)
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()

@@ -198,6 +198,7 @@ def test_a_call_id_used_again_after_its_close_starts_afresh_with_started() -> No
     assert not j.has_ended("c")
     r = j.add("c", "v0", 0, "A", "text", "x0", "g0", now=7.0, partition=3, ts=300.0)
     assert r.after_end is None and ids(r) == ["v0"]
+    assert not r.ready[0].after_close  # a new call under the id: its analytics start afresh
     r = j.add("c", "u0", 1, "A", "text", "x1", "g1", now=7.0, partition=3, ts=301.0)  # its ids may be used again
     assert r.conflict is None and ids(r) == ["u0"] and j.finished_ids == 2
     j.call_ended("c", now=8.0, partition=3, ts=310.0)
@@ -228,6 +229,7 @@ def test_a_closed_call_reopened_by_a_part_sent_in_time_expects_what_it_declared(
     r = j.add("c", "u0", 0, "A", "text", "t0", "h0", now=7.0, partition=0, ts=100.5)  # read after the close
     assert ids(r) == ["u0"]  # not held for the default audio it never declared
     assert r.reopened is not None and "sent before the call's 'ended' and read after the call had closed" in r.reopened
+    assert r.ready[0].after_close  # labelled, but no turn of the call's analytics: its summary is out
     assert j.add("c", "u1", 1, "A", "text", "t1", "h1", now=7.0, partition=0, ts=100.6).reopened is None  # open now
     j.call_ended("c", now=8.0, partition=0, ts=102.0)
     j.expire(now=13.5)
