@@ -188,7 +188,7 @@ class Board:
             "call_id": call.call_id,
             "ended": call.ended_at is not None,
             "updated_at": call.updated_at,
-            "turns": len(utts),
+            "turns": sum(says_something(e) for e in utts),  # as the call's report counts them: an utterance read
             "speakers": sorted(speakers.values(), key=lambda s: (s.get("role") != "customer", s["speaker"])),
             "alerts": [_alert(a) for a in alerts],
             "raised": list(call.report.alerts_raised) if call.report else [],
