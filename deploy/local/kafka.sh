@@ -167,11 +167,12 @@ down() {
 }
 
 down_node() {
-  [ -f "$run/pid" ] || return 0
+  [ -f "$run/pid" ] || { echo "kafka.sh: no broker of ours on $port"; return 0; }
   local pid; pid=$(cat "$run/pid")
   if kill -0 "$pid" 2>/dev/null; then
     kill "$pid"; for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
+    echo "kafka.sh: broker on $port stopped"
   fi
   rm -f "$run/pid"
   [ "${1:-}" = "--wipe" ] && rm -rf "$run"

@@ -67,11 +67,12 @@ CONF
 }
 
 down() {
-  [ -f "$run/redis.pid" ] || return 0
+  [ -f "$run/redis.pid" ] || { echo "redis.sh: no redis of ours on $port"; return 0; }
   local pid; pid=$(cat "$run/redis.pid")
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   rm -f "$run/redis.pid"
+  echo "redis.sh: stopped on $port"
   [ "${1:-}" = "--wipe" ] && rm -rf "$run"
   return 0
 }
