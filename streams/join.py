@@ -262,17 +262,9 @@ class Joiner:
             if used != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "was labelled from"))
             again = JoinResult(ack_now=[handle], duplicate_parts=1)  # the same part again (a redelivery)
-            was_seq, was_speaker = done[-2], done[-1]
-            clash = [name for name, differs in (("seq", seq != was_seq), ("speaker", speaker != "unknown" and
-                     was_speaker != _UNKNOWN and _digest(speaker) != was_speaker)) if differs]  # fmt: skip
-            if clash:  # the same content, but not the same utterance's seq or speaker: no redelivery
-                again.inconsistent += clash
-                again.inconsistency = (
-                    f"utterance {utterance_id} of call {call_id}: its {modality} part came again with the content it "
-                    f"was labelled from, but seq {seq} speaker {speaker!r}, where the utterance it was labelled in "
-                    f"had another {' and '.join(clash)}: acked without a second event; every part of an utterance "
-                    "should carry the same seq and speaker, and another utterance another utterance id"
-                )
+            speaker_differs = speaker != "unknown" and done[-1] != _UNKNOWN and _digest(speaker) != done[-1]
+            _repeated(again, utterance_id, call_id, modality, seq, speaker, seq != done[-2], speaker_differs,
+                      "the utterance it was labelled in had another", "acked without a second event")  # fmt: skip
             return again
         late = self._after_end(call_id, partition, ts)
         if late is not None and ts is not None:
@@ -290,17 +282,9 @@ class Joiner:
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
             utt.handles.append(handle)
             again = JoinResult(duplicate_parts=1)
-            clash = [name for name, differs in (("seq", seq != utt.seq), ("speaker", "unknown" not in (speaker,
-                     utt.speaker) and speaker != utt.speaker)) if differs]  # fmt: skip
-            if clash:  # the same content under another seq or speaker: no redelivery
-                again.inconsistent += clash
-                again.inconsistency = (
-                    f"utterance {utterance_id} of call {call_id}: its {modality} part came again with the same "
-                    f"content, but seq {seq} speaker {speaker!r}, where the utterance has seq {utt.seq} speaker "
-                    f"{utt.speaker!r} "
-                    f"(they differ on {' and '.join(clash)}): joined once; every part of an utterance should carry the "
-                    "same seq and speaker, and another utterance another utterance id"
-                )
+            speaker_differs = "unknown" not in (speaker, utt.speaker) and speaker != utt.speaker
+            _repeated(again, utterance_id, call_id, modality, seq, speaker, seq != utt.seq, speaker_differs,
+                      f"the utterance has seq {utt.seq} speaker {utt.speaker!r}, another", "joined once")  # fmt: skip
             return again
         elif self._sent_late(utt, now, ts):
             result = JoinResult(ack_now=[handle], late_parts=1)
@@ -652,6 +636,31 @@ def _digest(payload: Any) -> int:
 
 
 _UNKNOWN = _digest("unknown")  # a speaker no part named
+
+
+def _repeated(
+    result: JoinResult,
+    utterance_id: str,
+    call_id: str,
+    modality: str,
+    seq: int,
+    speaker: str,
+    seq_differs: bool,
+    speaker_differs: bool,
+    had: str,
+    done: str,
+) -> None:
+    """A part that came again with its content (a redelivery) but another seq or speaker than its
+    utterance's: counted and said in ``result`` as inconsistent (``had``: what the utterance had;
+    ``done``: what became of the part)."""
+    clash = [name for name, differs in (("seq", seq_differs), ("speaker", speaker_differs)) if differs]
+    if clash:
+        result.inconsistent += clash
+        result.inconsistency = (
+            f"utterance {utterance_id} of call {call_id}: its {modality} part came again with the same content, "
+            f"but seq {seq} speaker {speaker!r}, where {had} {' and '.join(clash)}: {done}; every part of an "
+            "utterance should carry the same seq and speaker, and another utterance another utterance id"
+        )
 
 
 def _inconsistency(utt: Utterance, modality: str, seq: int, speaker: str, fields: list[str]) -> str:

@@ -220,6 +220,10 @@ class RuleBook(BaseModel):
                 return role
         return "other"
 
+    def is_agent(self, speaker: str) -> bool:
+        """Whether ``speaker``'s role is ``agent``."""
+        return self.role_of(speaker) == "agent"
+
     def judge(self, turns: Sequence[Turn]) -> dict[str, list[Turn]]:
         """Rule name -> its evidence, for every rule that holds on ``turns`` (in seq order)."""
         found = {}

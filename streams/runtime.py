@@ -177,7 +177,7 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         language_check,
         settings.engine.language_check,
         acknowledgements=settings.engine.acknowledgements,
-        agent=lambda speaker: book.role_of(speaker) == "agent",
+        agent=book.is_agent,
     )
 
 

@@ -272,8 +272,7 @@ def text_alone_agreement(dialogues: list[Any], settings: Settings) -> tuple[floa
         pass
     engine = load_engine(settings.model_dir(), runtime=settings.engine.runtime)
     extractors = load_extractors(settings.model_dir(), runtime=settings.engine.runtime)
-    book = load_rules(settings.analytics.rules)  # as the stream: its [roles] say who is an agent
-    agent = lambda speaker: book.role_of(speaker) == "agent"  # noqa: E731
+    agent = load_rules(settings.analytics.rules).is_agent  # as the stream: its [roles] say who is an agent
     right = scored = 0
     if extractors.text is None:  # an audio-only model has no text-alone figure
         return float("nan"), 0

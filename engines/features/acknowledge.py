@@ -63,7 +63,7 @@ _NOT_A_FEELING = r"(?!\s+(?:stomach|tummy|test|tests|level|levels|ball|balls|fra
 _SITUATION_ADJ = (
     "annoying|frustrating|irritating|upsetting|stressful|maddening|infuriating|aggravating|worrying|worrisome|"
     "disappointing|scary|frightening|confusing|exasperating|nerve-racking|nerve-wracking|unsettling|distressing|"
-    "exhausting|infuriating"
+    "exhausting"
 )
 #: words that may stand between the verb and the feeling ("you're understandably very upset")
 _DEGREE = (
@@ -71,18 +71,22 @@ _DEGREE = (
     r"naturally|justifiably|completely|totally|a bit|a little|a little bit|getting|becoming)\s+)*"
 )
 
+
+def _then_feeling(lead: str, feeling: str, tail: str = "") -> re.Pattern[str]:
+    """``lead`` (group 1: what the rewrite keeps), the degree words, one of ``feeling``, ``tail``, as
+    whole words, on text as the encoder reads it (apostrophes folded to "'")."""
+    return re.compile(rf"\b{lead}\s+{_DEGREE}(?:{feeling}){tail}\b", re.IGNORECASE)
+
+
 #: "you're", "you are", "you must be", "you've been" ... + (degree) + a feeling: the be-forms
-_BE = re.compile(
-    r"\b(you(?:'?re|\s+are|\s+were|'?ve\s+been|\s+have\s+been|\s+must\s+be|\s+might\s+be|\s+may\s+be|"
-    r"\s+would\s+be|'?d\s+be|\s+seem(?:\s+to\s+be)?|\s+sound|\s+look))\s+" + _DEGREE + rf"(?:{_FEELING_ADJ})\b",
-    re.IGNORECASE,
+_BE = _then_feeling(
+    r"(you(?:'?re|\s+are|\s+were|'?ve\s+been|\s+have\s+been|\s+must\s+be|\s+might\s+be|\s+may\s+be|"
+    r"\s+would\s+be|'?d\s+be|\s+seem(?:\s+to\s+be)?|\s+sound|\s+look))",
+    _FEELING_ADJ,
 )
 #: "you feel", "you must feel", "you're feeling" + (degree) + a feeling
-_FEEL = re.compile(
-    r"\b(you(?:\s+must|\s+might|\s+may|\s+would|'?d|'?re|\s+are)?\s+(?:feel|feeling|felt))\s+"
-    + _DEGREE
-    + rf"(?:{_FEELING_ADJ})\b",
-    re.IGNORECASE,
+_FEEL = _then_feeling(
+    r"(you(?:\s+must|\s+might|\s+may|\s+would|'?d|'?re|\s+are)?\s+(?:feel|feeling|felt))", _FEELING_ADJ
 )
 #: "your (understandable) frustration"
 _YOUR = re.compile(
@@ -95,30 +99,21 @@ _YOUR = re.compile(
 #: a feeling one would have, said to agree: "I'd be angry too", "I would be just as irritated as you
 #: are", "anyone would be frustrated", "that would make me angry too" (not "I would be very
 #: disappointed if this isn't fixed", a warning, nor "he'd be worried": another's feeling)
-_WOULD = re.compile(
-    r"\b((?:I\s+would|I'?d)(?=[^.!?;]{0,150}?\b(?:too|as\s+well|also|myself|your\s+(?:shoes|position|place)|were\s+you|"
+_WOULD = _then_feeling(
+    r"((?:I\s+would|I'?d)(?=[^.!?;]{0,150}?\b(?:too|as\s+well|also|myself|your\s+(?:shoes|position|place)|were\s+you|"
     r"as\s+you)\b)|(?:anyone|anybody|everyone|everybody|most\s+people|any\s+of\s+us)\s+would|(?:that|this|it)\s+would)"
-    r"\s+(?:(?:be|feel|get)\s+(?:just\s+)?(?:as\s+)?|(make\s+(?:me|anyone|anybody|everyone|someone|people))\s+(?:feel\s+)?)"
-    + _DEGREE
-    + rf"(?:{_FEELING_ADJ})(?:\s+as\s+you(?:'?re|\s+are|\s+were|\s+feel|\s+do)?)?\b",
-    re.IGNORECASE,
+    r"\s+(?:(?:be|feel|get)(?:\s+just)?(?:\s+as)?|(make\s+(?:me|anyone|anybody|everyone|someone|people))(?:\s+feel)?)",
+    _FEELING_ADJ,
+    r"(?:\s+as\s+you(?:'?re|\s+are|\s+were|\s+feel|\s+do)?)?",
 )
 #: the situation as the listener must find it: "that must be so frustrating", "it must have been scary"
-_MUST = re.compile(
-    r"\b((?:that|this|it)(?:\s+must|\s+has\s+to|['’]s\s+got\s+to)\s+(?:be|have\s+been))\s+"
-    + _DEGREE
-    + rf"(?:{_SITUATION_ADJ})\b",
-    re.IGNORECASE,
-)
+_MUST = _then_feeling(r"((?:that|this|it)(?:\s+must|\s+has\s+to|'s\s+got\s+to)\s+(?:be|have\s+been))", _SITUATION_ADJ)
 #: "I understand how frustrating this is", "I can hear how worried you are": said by "I" (not "you
 #: don't understand how frustrating this is!", a customer's own)
-_HOW = re.compile(
-    r"\b(I(?:\s+(?:can|could|do|only|really|completely|totally|fully|truly|just|definitely|absolutely))*\s+"
-    r"(?:understand|know|imagine|see|appreciate|get|realize|realise|hear)\s+how)\s+"
-    + _DEGREE
-    + rf"(?:(?:{_SITUATION_ADJ})|(?:{_FEELING_ADJ})\s+you(?:['’]?re|\s+are|\s+must\s+be|\s+feel|\s+were|"
-    r"['’]ve\s+been|\s+have\s+been))\b",
-    re.IGNORECASE,
+_HOW = _then_feeling(
+    r"(I(?:\s+(?:can|could|do|only|really|completely|totally|fully|truly|just|definitely|absolutely))*\s+"
+    r"(?:understand|know|imagine|see|appreciate|get|realize|realise|hear)\s+how)",
+    rf"{_SITUATION_ADJ}|(?:{_FEELING_ADJ})\s+you(?:'?re|\s+are|\s+must\s+be|\s+feel|\s+were|'ve\s+been|\s+have\s+been)",
 )
 #: "a very irritating experience for you" (no degree words before it: a run of them would be
 #: scanned again from every word, quadratic in a 5000-character "so so so ...")
