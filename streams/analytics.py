@@ -56,6 +56,13 @@ from streams.schemas import AlertEvent, CallReport, EmotionEvent, Evidence, Spea
 NEGATIVE_EMOTIONS: frozenset[str] = frozenset(
     {"anger", "disgust", "fear", "sadness", "frustration", "angry", "sad", "frustrated", "mad", "scared"}
 )
+#: The labels a report's ``hostile_share`` counts: the negative emotions turned at someone (anger,
+#: disgust, frustration, as the ``reply`` rule reads an agent's turn), not sadness or fear. An agent's
+#: sympathy ("I'm so sorry, that sounds like an awful week") is read as sadness; on the hand-written
+#: call-center lines of tests/fixtures, 1.6.0 labelled 55 % and 73 % of agents' empathy statements
+#: with a negative emotion, as many as of agents' hostile replies (53 % and 67 %), but 10 % and 28 %
+#: of them anger or disgust against 47 % and 53 % of the hostile replies.
+HOSTILE_EMOTIONS: frozenset[str] = frozenset({"anger", "disgust", "frustration", "angry", "frustrated", "mad"})
 
 log = logging.getLogger("emostream.analytics")
 
@@ -383,6 +390,7 @@ class CallAnalytics:
                     talk_share=round(len(mine) / total, 4),
                     recent={k: round(sums[k] / len(recent), 4) for k in sorted(sums)},
                     negative_share=round(_mean([float(t.label in NEGATIVE_EMOTIONS) for t in recent]), 4),
+                    hostile_share=round(_mean([float(t.label in HOSTILE_EMOTIONS) for t in recent]), 4),
                     sentiment=round(sentiment, 4),
                     sentiment_trend=round(
                         _mean([t.sentiment for t in latest]) - _mean([t.sentiment for t in before]), 4

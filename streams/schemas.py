@@ -421,6 +421,11 @@ class SpeakerTrajectory(BaseModel):
         description="share of the recent turns labelled with a negative emotion (anger, disgust, fear, sadness, "
         "frustration, and IEMOCAP's and EmoryNLP's names for them)"
     )
+    hostile_share: float = Field(
+        0.0,
+        description="share of the recent turns labelled anger, disgust or frustration (an agent's sympathy "
+        "reads as sadness: negative, not hostile); 0 in reports from workers that did not count it",
+    )
     sentiment: float = Field(description="mean sentiment of the recent turns (-1..1)")
     sentiment_trend: float = Field(
         description="mean sentiment of the speaker's latest k turns minus that of the k before them, "

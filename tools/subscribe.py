@@ -18,7 +18,7 @@ call's final report are printed too::
 
     ⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.50, ...)
     ✓ cleared [call-7] customer-anger-rising (call ended)
-    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, sent +0.02 (trend +0.00), negative 0%; ...; alerts: ...
+    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, sent +0.02 (trend +0.00), negative 0% (hostile 0%); ...; alerts: ...
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def format_report(report: CallReport) -> str:
     """One readable line for a call's final report (its summary)."""
     who = "; ".join(
         f"{s.speaker} ({s.role}) {s.turns} turn{'' if s.turns == 1 else 's'}, sent {s.sentiment:+.2f} "
-        f"(trend {s.sentiment_trend:+.2f}), negative {s.negative_share:.0%}"
+        f"(trend {s.sentiment_trend:+.2f}), negative {s.negative_share:.0%} (hostile {s.hostile_share:.0%})"
         for s in report.speakers
     )
     alerts = ", ".join(report.alerts_raised) or "none"

@@ -180,7 +180,7 @@ class Board:
         for t in call.report.speakers if call.report else []:
             s = speakers.setdefault(t.speaker, {"speaker": t.speaker, "timeline": []})
             s.update(role=t.role, sentiment=t.sentiment, trend=t.sentiment_trend, negative_share=t.negative_share,
-                     talk_share=t.talk_share)  # fmt: skip
+                     hostile_share=t.hostile_share, talk_share=t.talk_share)  # fmt: skip
         for s in speakers.values():
             s["timeline"] = s["timeline"][-TIMELINE:]
         alerts = sorted(call.alerts.values(), key=lambda a: (SEVERITY[a.severity], a.produced_at))

@@ -28,9 +28,9 @@ BEFORE = [
 REPLY_LABELS, REPLY_MIN = ("anger", "disgust"), 0.6  # streams/escalation.toml's agent-hostile-reply
 
 
-def reply_rule_hits(lines: list[str], mode: str) -> int:
-    """How many of the agent ``lines``, each said after :data:`BEFORE`, the default labels anger or
-    disgust with a probability of at least 0.6 (the shipped ``reply`` rule's bar)."""
+def read_after_anger(lines: list[str], mode: str) -> tuple[list[str], list[float]]:
+    """The default's label and its probability for each of the agent ``lines``, each said after
+    :data:`BEFORE`."""
     from engines.registry import load_engine, load_extractors
     from engines.windows import UtteranceFeatures, pack_windows
 
@@ -42,8 +42,14 @@ def reply_rule_hits(lines: list[str], mode: str) -> int:
     windows = [[*before, UtteranceFeatures("agent", {"text": v})] for v in said]
     probs = engine.predict(pack_windows(windows, engine.info.features)).probs
     best = probs.argmax(1)
-    labels = engine.info.labels
-    return int(sum(labels[b] in REPLY_LABELS and p[b] >= REPLY_MIN for b, p in zip(best, probs, strict=True)))
+    return [engine.info.labels[b] for b in best], [float(p[b]) for b, p in zip(best, probs, strict=True)]
+
+
+def reply_rule_hits(lines: list[str], mode: str) -> int:
+    """How many of the agent ``lines``, each said after :data:`BEFORE`, the default labels anger or
+    disgust with a probability of at least 0.6 (the shipped ``reply`` rule's bar)."""
+    labels, confidence = read_after_anger(lines, mode)
+    return sum(label in REPLY_LABELS and p >= REPLY_MIN for label, p in zip(labels, confidence, strict=True))
 
 
 def kind(path: Path, name: str) -> list[str]:
@@ -69,3 +75,23 @@ def test_hostile_agents_reach_it_as_often_as_before(fixture: str) -> None:
     hostile = kind(FIXTURES / fixture, "hostile")
     before, after = reply_rule_hits(hostile, "off"), reply_rule_hits(hostile, "agents")
     assert before >= 5 and after >= 0.8 * before, (before, after)  # 11 -> 11 of 30 (dev), 14 -> 12 (held out)
+
+
+@pytest.mark.parametrize("fixture", ["call-center-lines.jsonl", "call-center-lines-heldout.jsonl"])
+def test_a_call_reports_hostile_share_tells_empathy_from_snapping_where_its_negative_share_does_not(
+    fixture: str,
+) -> None:
+    """An agent's sympathy reads as sadness: the call report's ``negative_share`` counts it and its
+    ``hostile_share`` does not (streams/analytics.py). Measured on 1.6.0: empathy 33 and 44 of 60
+    lines negative, hostile replies 16 and 20 of 30; hostile labels 6 and 17 of 60 against 14 and 16
+    of 30."""
+    from streams.analytics import HOSTILE_EMOTIONS, NEGATIVE_EMOTIONS
+
+    def shares(name: str) -> tuple[float, float]:
+        labels, _ = read_after_anger(kind(FIXTURES / fixture, name), "agents")
+        negative = sum(label in NEGATIVE_EMOTIONS for label in labels) / len(labels)
+        return negative, sum(label in HOSTILE_EMOTIONS for label in labels) / len(labels)
+
+    (empathy_negative, empathy_hostile), (snapping_negative, snapping_hostile) = shares("empathy"), shares("hostile")
+    assert empathy_negative >= snapping_negative - 0.1, (empathy_negative, snapping_negative)  # the problem
+    assert empathy_hostile <= 0.6 * snapping_hostile, (empathy_hostile, snapping_hostile)  # what hostile_share adds

@@ -184,7 +184,7 @@ def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, un
     """The shipped model and rules on the real broker: an agent who answers an angry customer with
     "I understand your frustration." raises no agent-hostile-reply alert (the words are read with
     engine.acknowledgements = "agents", the default), one who snaps back does; the empathy lines'
-    events are not anger."""
+    events are not anger, and the call summary's hostile share is the snapping agent's only."""
     settings = settings_for(services, unique, default_modalities=("text",))
     ensure_topics(settings)
     run = unique[:6]
@@ -203,6 +203,10 @@ def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, un
         assert (kind.call_id, "agent-hostile-reply") not in raised, labels
         assert labels[(kind.call_id, 3)][0] != "anger" and labels[(kind.call_id, 5)][0] != "anger", labels
         assert (kind.call_id, "customer-negative-streak") in raised or (kind.call_id, "customer-anger-rising") in raised
+        agents = {r.call_id: s for r in collector.reports if r.final for s in r.speakers if s.role == "agent"}
+        assert agents[kind.call_id].hostile_share < agents[snap.call_id].hostile_share, (
+            agents
+        )  # the summary's hostile %
     finally:
         collector.close()
         worker.stop()

@@ -112,6 +112,7 @@ def test_the_report_counts_negative_labels_and_shows_a_trend_from_the_second_tur
         state.put(dataclasses.replace(t, sentiment=sentiment, sentiment_label="negative" if sentiment < -0.2 else "x"))
     report = {s.speaker: s for s in a._report("c", state, {}, final=False).speakers}
     assert report["agent"].negative_share == 0.0 and report["cust"].negative_share == round(2 / 3, 4)
+    assert report["cust"].hostile_share == round(1 / 3, 4)  # anger is hostile, sadness only negative
     assert report["agent"].sentiment_trend == round(0.5 - -0.4, 4)  # 3 turns: the last against the one before
     assert report["cust"].sentiment_trend == round(0.3 - -0.2, 4)
     one = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)

@@ -305,7 +305,7 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
     cleared = raised.model_copy(update={"event_id": "a:cleared:u2", "state": "cleared", "reason": "call ended",
                                         "evidence": []})  # fmt: skip
     who = SpeakerTrajectory(speaker="customer", role="customer", turns=3, talk_share=0.5, recent={"anger": 0.7},
-                            negative_share=1.0, sentiment=-0.7, sentiment_trend=-0.4)  # fmt: skip
+                            negative_share=1.0, hostile_share=0.6667, sentiment=-0.7, sentiment_trend=-0.4)  # fmt: skip
     running = CallReport(event_id="r:1", call_id="call-7", turns=6, speakers=[who], open_alerts=["a"],
                          alerts_raised=["customer-anger-rising"], produced_at=1.0)  # fmt: skip
     final = running.model_copy(update={"event_id": "r:1:final", "final": True, "open_alerts": []})
@@ -318,8 +318,8 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
     assert lines == [
         "⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.70)",
         "✓ cleared [call-7] customer-anger-rising (call ended)",
-        "■ call ended [call-7] 6 turns: customer (customer) 3 turns, sent -0.70 (trend -0.40), negative 100%;"
-        " alerts: customer-anger-rising",
+        "■ call ended [call-7] 6 turns: customer (customer) 3 turns, sent -0.70 (trend -0.40),"
+        " negative 100% (hostile 67%); alerts: customer-anger-rising",
     ]
     assert EventPrinter(io.StringIO()).handle(TOPICS.alerts, raised.to_bytes()) is False  # not asked for: invalid event
 
