@@ -72,6 +72,17 @@ TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set 
 
 
 DEAD_LETTERED = "dead-lettered: "  # an utterance's ignored[modality] for a part that went to the dead letters
+DETAIL_IN_EVENT = 160  # characters of a dead letter's detail that the event's ``ignored`` repeats
+
+
+def dead_lettered(rejected: InvalidMessage) -> str:
+    """The event's ``ignored`` reason for a part that went to the dead letters: its reason and the
+    start of its detail ("dead-lettered: invalid_value (encoding: Input should be 'pcm_s16le', ...)"),
+    so that whoever reads the event learns why without the dead-letter topic."""
+    detail = (
+        rejected.detail if len(rejected.detail) <= DETAIL_IN_EVENT else rejected.detail[: DETAIL_IN_EVENT - 3] + "..."
+    )
+    return f"{DEAD_LETTERED}{rejected.reason} ({detail})" if detail else f"{DEAD_LETTERED}{rejected.reason}"
 
 
 def _silent(end: PartitionEnd, read_offset: int | None) -> bool:
@@ -417,7 +428,7 @@ class Worker:
                 if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
                     if declared and self.joiner.needs_declaration(msg.call_id):  # as for a usable part, below
                         self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
-                    why = f"{DEAD_LETTERED}{item.rejected.reason}"
+                    why = dead_lettered(item.rejected)
                     self._absorb(self.joiner.reject(
                         msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
                         partition, timestamp, dataclasses.replace(receipt, rejected=True),

@@ -18,7 +18,8 @@ call's final report are printed too::
 
     ⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.50, ...)
     ✓ cleared [call-7] customer-anger-rising (call ended)
-    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, sent +0.02 (trend +0.00), negative 0% (hostile 0%); ...; alerts: ...
+    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, sent +0.02 (trend +0.00), negative 0% (hostile 0%); ...;
+      alerts: ...
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
     context = f"ctx {past}+{event.future_context}" if revised else f"ctx {event.context_size}"
     if event.context_reset:
         context += " after a context reset"
-    for m, why in sorted(event.ignored.items()):
-        context += f", {m} not used: {why.split(':')[0]}"
+    for m, why in sorted(event.ignored.items()):  # the kind of reason; a dead-lettered part's reason too
+        short = why.split(" (")[0] if why.startswith("dead-lettered: ") else why.split(":")[0]
+        context += f", {m} not used: {short}"
     for m, why in sorted((event.suspect or {}).items()):
         context += f", {m} used but suspect: {why.split(':')[0]}"
     latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"

@@ -226,8 +226,10 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
                 assert e.weights["text"] == 0.0, e.weights  # arrived, not used
                 continue
             assert e.modalities_present == ["text"]
-            reason = "invalid_value" if e.utterance_id == "m3" else "undecodable_audio"
-            assert e.ignored == {"audio": f"dead-lettered: {reason}"}, e.ignored
+            reason = "invalid_value (encoding:" if e.utterance_id == "m3" else "undecodable_audio ("
+            assert list(e.ignored) == ["audio"] and e.ignored["audio"].startswith(f"dead-lettered: {reason}"), e.ignored
+            detail = next(d.detail for d in collector.dead if d.utterance_id == e.utterance_id)
+            assert detail[:100] in e.ignored["audio"], (detail, e.ignored)  # the event says why, as the dead letter
         assert sorted((d.reason, d.utterance_id) for d in collector.dead) == [
             ("invalid_value", "m3"),
             *[("undecodable_audio", f"m{i}") for i in range(3)],
@@ -286,7 +288,7 @@ def test_a_dead_lettered_part_is_read_again_after_a_crash(services, unique, tmp_
         assert collector.poll_until(lambda c: len(c.events) >= 1, 25), second.tail()  # under the 30 s wait
         ((_, event),) = collector.events
         assert event.modalities_present == ["text"]
-        assert event.ignored == {"audio": "dead-lettered: undecodable_audio"}, event.ignored
+        assert event.ignored["audio"].startswith("dead-lettered: undecodable_audio ("), event.ignored
         # dead letters are at least once: the replay dead-lettered the part again
         assert [(d.reason, d.utterance_id) for d in collector.dead] == [("undecodable_audio", "c0")] * 2
     finally:

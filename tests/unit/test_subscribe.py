@@ -40,6 +40,12 @@ def test_format_event_says_which_part_was_not_used() -> None:
     )
 
 
+def test_format_event_names_a_dead_lettered_parts_reason_not_its_detail() -> None:
+    why = "dead-lettered: invalid_value (encoding: Input should be 'pcm_s16le', 'flac' or 'wav')"
+    e = make_event(weights={"text": 1.0, "audio": 0.0, "video": 0.0}, ignored={"audio": why})
+    assert format_event(e).endswith("(t+a, ctx 4, audio not used: dead-lettered: invalid_value, 120 ms)")
+
+
 def test_format_event_of_an_utterance_with_nothing_read_shows_no_label() -> None:
     """Every part ignored (a blank transcript, a dropped foreign one): the label is the model's
     prior, near uniform; printed, its 'surprise 0.15' read as a label to a newcomer."""
