@@ -344,12 +344,13 @@ class Summary:
     def watch(self, stop: threading.Event, timeout: float) -> None:
         from client.subscriber import make_consumer
         from streams.schemas import AlertEvent, CallReport, EmotionEvent
-        from tools.subscribe import EventPrinter
+        from tools.subscribe import HOLD_S, EventPrinter
 
         t = self.settings.kafka.topics
         printer = EventPrinter(
-            sys.stdout, "pretty", {c for c, _ in self.labels}, t.deadletter, alerts_topic=t.alerts, calls_topic=t.calls
-        )
+            sys.stdout, "pretty", {c for c, _ in self.labels}, t.deadletter, alerts_topic=t.alerts, calls_topic=t.calls,
+            hold_s=HOLD_S,  # an alert read before the events it cites is printed after them
+        )  # fmt: skip
         consumer = make_consumer(self.settings, [t.emotions, t.deadletter, t.alerts, t.calls], True, timeout)
         deadline = time.monotonic() + timeout
         drained = False  # once complete, one more poll that finds nothing: an alert's clearing and its call's
@@ -372,7 +373,9 @@ class Summary:
                             self.ended.add(record.call_id)
                         elif isinstance(record, EmotionEvent):
                             self.add(record)
+                printer.tick()
                 sys.stdout.flush()
+            printer.flush()
         finally:
             consumer.close()
 

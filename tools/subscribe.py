@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from client.subscriber import Kind, Received, Tracker, make_consumer
@@ -127,10 +129,27 @@ def printable(line: str) -> str:
     return line.translate(_UNPRINTABLE)
 
 
+#: how long ``subscribe`` holds an alert back for the events it cites (seconds)
+HOLD_S = 2.0
+
+
+@dataclass
+class _Held:
+    since: float
+    line: str
+    waiting: set[str]  # the utterance ids of the call whose events it waits for
+
+
 class EventPrinter:
     """Prints what a :class:`client.Tracker` accepts (validated, filtered, deduplicated, each
     revision with the line it revises); no Kafka in here. Records of topics other than the
-    dead-letter, alerts and calls ones are read as emotion events."""
+    dead-letter, alerts and calls ones are read as emotion events.
+
+    ``hold_s``: alerts and call reports travel on topics of their own, so one can be read before
+    the events it cites. With ``hold_s`` > 0 an alert whose evidence names an utterance whose event
+    has not been printed waits until it has (or ``hold_s`` seconds, :meth:`tick`), and the alerts
+    and reports of its call after it wait behind it, in their order; :meth:`flush` prints what
+    still waits."""
 
     def __init__(
         self,
@@ -142,6 +161,9 @@ class EventPrinter:
         memory: int = 100_000,
         alerts_topic: str | None = None,
         calls_topic: str | None = None,
+        hold_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int | None = None,
     ) -> None:
         if fmt not in ("pretty", "json"):
             raise ValueError(f"fmt must be 'pretty' or 'json', not {fmt!r}")
@@ -153,6 +175,10 @@ class EventPrinter:
         self.tracker = Tracker(kinds, call_ids, memory, default="events")
         self.received: Received | None = None  # the record the last handle() accepted (parsed once, for callers)
         self.count = 0  # lines printed
+        self.hold_s, self.clock, self.memory = hold_s, clock, memory
+        self.limit = limit  # held lines are not printed past this many lines in all
+        self._printed: OrderedDict[tuple[str, str], None] = OrderedDict()  # (call, utterance) of events printed
+        self._held: dict[str, deque[_Held]] = {}  # per call, in arrival order
 
     @property
     def invalid(self) -> int:
@@ -174,16 +200,52 @@ class EventPrinter:
         if isinstance(record, CallReport) and not record.final:
             return False  # the running reports are for dashboards
         if self.fmt == "json":
-            self._write(record.to_bytes().decode())  # as published: fields without a value left out
+            line = record.to_bytes().decode()  # as published: fields without a value left out
         elif isinstance(record, EmotionEvent):
-            self._write(format_event(record, got.previous))
+            line = format_event(record, got.previous)
         elif isinstance(record, AlertEvent):
-            self._write(format_alert(record))
+            line = format_alert(record)
         elif isinstance(record, CallReport):
-            self._write(format_report(record))
+            line = format_report(record)
         else:
-            self._write(format_deadletter(record))
+            line = format_deadletter(record)
+        if isinstance(record, (AlertEvent, CallReport)) and self.hold_s > 0:
+            cited = {e.utterance_id for e in record.evidence} if isinstance(record, AlertEvent) else set()
+            waiting = {u for u in cited if (record.call_id, u) not in self._printed}
+            if waiting or record.call_id in self._held:
+                self._held.setdefault(record.call_id, deque()).append(_Held(self.clock(), line, waiting))
+                return False
+        self._write(line)
+        if isinstance(record, EmotionEvent):
+            self._printed[(record.call_id, record.utterance_id)] = None
+            if len(self._printed) > self.memory:
+                self._printed.popitem(last=False)
+            held = self._held.get(record.call_id)
+            for h in held or ():
+                h.waiting.discard(record.utterance_id)
+            if held:
+                self._release(record.call_id)
         return True
+
+    def tick(self) -> None:
+        """Print the held lines whose events have come or whose ``hold_s`` has passed."""
+        for call_id in list(self._held):
+            self._release(call_id)
+
+    def flush(self) -> None:
+        """Print every held line."""
+        for call_id in list(self._held):
+            self._release(call_id, everything=True)
+
+    def _release(self, call_id: str, everything: bool = False) -> None:
+        held = self._held[call_id]
+        now = self.clock()
+        while held and (everything or not held[0].waiting or now - held[0].since >= self.hold_s):
+            if self.limit is not None and self.count >= self.limit:
+                return
+            self._write(held.popleft().line)
+        if not held:
+            del self._held[call_id]
 
     def _write(self, line: str) -> None:
         # JSON escapes C0 itself, and \x.. is not JSON: DEL and C1 (inside its strings) as \u00..
@@ -223,6 +285,9 @@ def subscribe(
         topics.deadletter if deadletters else None,
         alerts_topic=topics.alerts if alerts else None,
         calls_topic=topics.calls if alerts else None,
+        hold_s=HOLD_S,
+        clock=clock,
+        limit=max_events,
     )
     deadline = None if timeout_s is None else clock() + timeout_s
     own = consumer is None
@@ -245,6 +310,8 @@ def subscribe(
                         break
                 if max_events is not None and printer.count >= max_events:
                     break
+            printer.tick()
+        printer.flush()  # alerts still waiting for events that did not come in time
     finally:
         if own:
             consumer.close()

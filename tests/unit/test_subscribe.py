@@ -330,6 +330,50 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
     assert EventPrinter(io.StringIO()).handle(TOPICS.alerts, raised.to_bytes()) is False  # not asked for: invalid event
 
 
+def test_an_alert_read_before_the_events_it_cites_is_printed_after_them() -> None:
+    """Alerts travel on a topic of their own: a newcomer saw an alert cite '#5 customer anger'
+    before the line of #5. It waits for its events (up to hold_s), and what of its call comes
+    after it waits behind it; a late event's alert prints once hold_s has passed."""
+    from streams.schemas import AlertEvent, Evidence
+
+    def alert(call: str, state: str, cites: list[str]) -> AlertEvent:
+        ev = [Evidence(utterance_id=u, seq=int(u[1:]), speaker="c", role="customer", label="anger", sentiment=-0.7)
+              for u in cites]  # fmt: skip
+        return AlertEvent(event_id=f"{call}:{state}", alert_id=f"{call}:a", call_id=call, rule="r", severity="warning",
+                          message="m", state=state, evidence=ev, produced_at=1.0,
+                          reason="call ended" if state == "cleared" else None)  # fmt: skip
+
+    now = [0.0]
+    out = io.StringIO()
+    printer = EventPrinter(out, alerts_topic=TOPICS.alerts, hold_s=2.0, clock=lambda: now[0])
+    feed = [
+        (TOPICS.emotions, make_event(call_id="k", utterance_id="u1", seq=1)),
+        (TOPICS.alerts, alert("k", "raised", ["u1", "u2"])),  # u2's event not read yet
+        (TOPICS.alerts, alert("k", "cleared", [])),  # cites nothing, but comes after the raise
+        (TOPICS.alerts, alert("other", "raised", ["u4"])),  # another call: not held behind k's
+        (TOPICS.emotions, make_event(call_id="other", utterance_id="u4", seq=4)),
+        (TOPICS.emotions, make_event(call_id="k", utterance_id="u2", seq=2)),
+        (TOPICS.alerts, alert("late", "raised", ["u9"])),  # its event never comes
+    ]
+    for topic, msg in feed:
+        printer.handle(topic, msg.to_bytes())
+    printer.tick()
+    order = [line.split("]")[0].split("[")[-1] + (" " + line.split()[1] if line[0] in "⚠✓" else "")
+             for line in out.getvalue().splitlines()]  # fmt: skip
+    assert order == ["k #1 Alice", "other #4 Alice", "other raised", "k #2 Alice", "k raised", "k cleared"], order
+    now[0] = 2.5
+    printer.tick()
+    assert out.getvalue().splitlines()[-1].startswith("⚠ raised warning [late] r"), out.getvalue()
+    assert printer.count == 7
+    assert printer.handle(TOPICS.alerts, alert("k", "updated", ["u1", "u2"]).to_bytes())  # its events are out: at once
+
+    limited = EventPrinter(io.StringIO(), alerts_topic=TOPICS.alerts, hold_s=2.0, limit=1)
+    limited.handle(TOPICS.alerts, alert("k", "raised", ["u1"]).to_bytes())
+    limited.handle(TOPICS.alerts, alert("k", "cleared", []).to_bytes())
+    limited.flush()
+    assert limited.count == 1  # no more lines than asked for
+
+
 def test_subscribe_and_the_publisher_give_up_on_a_dead_broker_within_the_startup_timeout() -> None:
     """kafka.startup_timeout_s bounds the clients' first connection (kafka-python waits 30 s by
     default); the error is one line that names the setting. Port 1 on localhost: refused at once."""
