@@ -7,7 +7,9 @@ language identifier over byte n-grams, BSD-3-Clause, its model inside the PyPI w
 the transcript is in the model's language, and judges only transcripts whose distinct words hold
 at least :data:`MIN_LETTERS` letters (a short line, "Okay.", "Gracias", a name, "haha haha haha
 haha", says too little), by their first :data:`JUDGED_CHARS` characters (a little more than the
-encoder reads: its first 128 tokens).
+encoder reads: its first 128 tokens). A shorter line is judged by its script alone: "我很生气",
+"Я злюсь" or "네." is written in a script the English model cannot read at all (a short line in
+another language written in Latin letters, "Je suis fâché", is still read as English).
 
 A transcript whose probability of being in the model's language is below
 :data:`MAX_PROBABILITY` is judged another language. Measured (``python -m engines.features.language
@@ -66,6 +68,21 @@ NAMES = {
 }  # fmt: skip
 
 
+#: the script each model language is written in (the first word of its letters' Unicode names)
+SCRIPTS = {"en": "LATIN"}
+SCRIPT_NAMES = {"CJK": "Han"}  # the Unicode names' first word where it is not the script's name
+#: a line too short to judge by its words is judged by its script from this many letters on ...
+MIN_SCRIPT_LETTERS = 1
+#: ... when at least this share of them are of scripts other than the model's
+SCRIPT_SHARE = 0.8
+
+
+def script_of(ch: str) -> str:
+    """The script of a letter, by the first word of its Unicode name: LATIN, CYRILLIC, ARABIC, CJK
+    (Han), HIRAGANA, HANGUL, DEVANAGARI, ... ('UNKNOWN' for a letter without a name)."""
+    return unicodedata.name(ch, "UNKNOWN").split(" ", 1)[0]
+
+
 def language_name(code: str) -> str:
     return NAMES.get(code, code)
 
@@ -94,6 +111,7 @@ class LanguageCheck:
         if reads not in self._ident.labels:
             raise ValueError(f"py3langid does not know the language {reads!r}")
         self.reads = reads
+        self.script = SCRIPTS.get(reads)  # the script its language is written in (None: short lines not judged)
         self._lock = threading.Lock()  # cheap (40-80 us a transcript); the identifier is not documented thread-safe
 
     def probabilities(self, text: str) -> tuple[str, float, float]:
@@ -105,7 +123,7 @@ class LanguageCheck:
     def verdict(self, text: str) -> str | None:
         text = text[:JUDGED_CHARS]  # a little more than the encoder reads; a transcript's length costs nothing more
         if distinct_letters(text) < MIN_LETTERS:
-            return None
+            return self._script_verdict(text)
         with self._lock:
             if self._ident.classify(text)[0] == self.reads:  # most lines: half the cost of ranking them all
                 return None
@@ -115,6 +133,29 @@ class LanguageCheck:
         return (
             f"{OTHER_LANGUAGE}the words read as {language_name(best)} ({best}), "
             f"{language_name(self.reads)} at p {own:.0e}: the model reads {language_name(self.reads)}"
+        )
+
+    def _script_verdict(self, text: str) -> str | None:
+        """A line too short to judge by its words ("我很生气", "Я злюсь"), judged by its script: one
+        whose letters are mostly of another script than the model's language is written in is
+        another language, however short (the model cannot read it at all)."""
+        if self.script is None:
+            return None
+        counts: dict[str, int] = {}
+        for ch in text:
+            if unicodedata.category(ch).startswith("L"):
+                name = script_of(ch)
+                counts[name] = counts.get(name, 0) + 1
+        total = sum(counts.values())
+        if total < MIN_SCRIPT_LETTERS:
+            return None
+        foreign = {k: n for k, n in counts.items() if k != self.script}
+        if sum(foreign.values()) < SCRIPT_SHARE * total:
+            return None
+        script = max(foreign.items(), key=lambda kv: kv[1])[0]  # the most common (Japanese: Han or Hiragana)
+        return (
+            f"{OTHER_LANGUAGE}the words are written in {SCRIPT_NAMES.get(script, script.title())} script: "
+            f"the model reads {language_name(self.reads)}"
         )
 
     def verdicts(self, texts: Sequence[str]) -> list[str | None]:
@@ -155,19 +196,26 @@ def measure(data_dir: Path, fixture: Path = FIXTURE) -> dict[str, Any]:
                 english += [row[column] for row in csv.DictReader(fh)]
     judged = [t for t in english if distinct_letters(t[:JUDGED_CHARS]) >= MIN_LETTERS]
     flagged = [t for t in judged if check.verdict(t) is not None]
+    short = [t for t in english if distinct_letters(t[:JUDGED_CHARS]) < MIN_LETTERS]
+    short_flagged = [t for t in short if check.verdict(t) is not None]  # by their script
     lines = [json.loads(line) for line in fixture.read_text(encoding="utf-8").splitlines() if line.strip()]
     other = [x for x in lines if distinct_letters(x["text"][:JUDGED_CHARS]) >= MIN_LETTERS]
     missed = [x for x in other if check.verdict(x["text"]) is None]
+    other_short = [x for x in lines if distinct_letters(x["text"][:JUDGED_CHARS]) < MIN_LETTERS]
     return {
         "english_lines": len(english),
         "english_judged": len(judged),
         "english_flagged": len(flagged),
-        "english_flagged_lines": flagged[:20],
+        "english_flagged_lines": (flagged + short_flagged)[:20],
+        "english_short": len(short),
+        "english_short_flagged": len(short_flagged),
         "other_lines": len(lines),
         "other_judged": len(other),
         "other_languages": len({x["language"] for x in lines}),
         "other_flagged": len(other) - len(missed),
         "other_missed": missed,
+        "other_short": len(other_short),
+        "other_short_flagged": sum(check.verdict(x["text"]) is not None for x in other_short),
     }
 
 
@@ -190,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"English lines judged another language: {out['english_flagged']} of {out['english_judged']} "
         f"(of {out['english_lines']}, those with at least {MIN_LETTERS} letters); other-language lines judged so: "
-        f"{out['other_flagged']} of {out['other_judged']} ({out['other_languages']} languages)",
+        f"{out['other_flagged']} of {out['other_judged']} ({out['other_languages']} languages); shorter lines, "
+        f"judged by their script: English {out['english_short_flagged']} of {out['english_short']}, other "
+        f"languages {out['other_short_flagged']} of {out['other_short']}",
         file=sys.stderr,
     )
     return 0

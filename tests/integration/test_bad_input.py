@@ -131,11 +131,13 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
         assert again[1].event_id.startswith("line-7~g") and finals[1].event_id.startswith("line-7~g")
         assert sorted(d.reason for d in collector.dead) == sorted(r for _, _, r in bad)  # none for line-7
         # words the English text model cannot read are not used (engine.language_check = drop), and the
-        # event, the metric and the log say so; a short line is not judged
+        # event, the metric and the log say so; a short line in Latin letters is not judged, one in
+        # another script is
         lines = {
             "es": "Estoy muy enfadado, me han cobrado dos veces este mes.",
             "zh": "我非常生气，你们这个月扣了我两次钱，怎么回事？",
             "short": "Sí, claro.",
+            "short-zh": "我很生气！",
         }
         for n, words in enumerate(lines.values()):
             part = TextPart(call_id="foreign", utterance_id=f"f{n}", seq=n, speaker="C", text=words)
@@ -148,7 +150,8 @@ def test_bad_input_goes_to_dead_letters_and_valid_input_is_not_lost(services, un
             assert why.startswith("other language? ") and f"({code})" in why, foreign[f"f{n}"]
             assert foreign[f"f{n}"].weights.get("text", 0.0) == 0.0
         assert foreign["f2"].ignored == {} and foreign["f2"].weights["text"] > 0.99, foreign["f2"]
-        counted = 'emostream_other_language_texts_total{used="false"} 2.0'  # the Spanish and the Chinese line
+        assert "written in Han script" in foreign["f3"].ignored.get("text", ""), foreign["f3"]
+        counted = 'emostream_other_language_texts_total{used="false"} 3.0'  # the Spanish and the Chinese lines
         deadline = time.monotonic() + 20  # counted once the batch is committed, after its events are out
         while counted not in (metrics := worker.metrics()) and time.monotonic() < deadline:
             time.sleep(0.2)
