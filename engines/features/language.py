@@ -139,7 +139,7 @@ class LanguageCheck:
         """A line too short to judge by its words ("我很生气", "Я злюсь"), judged by its script: one
         whose letters are mostly of another script than the model's language is written in is
         another language, however short (the model cannot read it at all)."""
-        if self.script is None:
+        if self.script is None or (self.script == "LATIN" and text.isascii()):  # most lines: nothing to count
             return None
         counts: dict[str, int] = {}
         for ch in text:
