@@ -131,6 +131,32 @@ def printable(line: str) -> str:
 
 #: how long ``subscribe`` holds an alert back for the events it cites (seconds)
 HOLD_S = 2.0
+#: with ``from_beginning``, at most this many records already on the topics are put in time order
+BACKLOG_MAX = 100_000
+#: ... and read for at most this long (a partition that does not answer does not hold the rest back)
+BACKLOG_WAIT_S = 15.0
+
+
+class _Backlog:
+    """The records that were on the topics when ``subscribe --from-beginning`` started, to be
+    printed in the order they were published: the consumer returns them partition by partition
+    (every event, then every dead letter), not in time order."""
+
+    def __init__(self, consumer: Any, now: float) -> None:
+        self.until = now + BACKLOG_WAIT_S
+        parts = list(consumer.assignment())
+        self.ends = {tp: end for tp, end in consumer.end_offsets(parts).items() if end > consumer.position(tp)}
+        self.records: list[Any] = []
+
+    def complete(self, consumer: Any, now: float) -> bool:
+        """Whether every partition was read to where it ended at the start (or the backlog is full,
+        or its time is up)."""
+        if len(self.records) >= BACKLOG_MAX or now >= self.until:
+            return True
+        return all(consumer.position(tp) >= end for tp, end in self.ends.items())
+
+    def in_order(self) -> list[Any]:
+        return sorted(self.records, key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
 
 
 @dataclass
@@ -297,6 +323,14 @@ def subscribe(
         wanted = sorted(printer.tracker.call_ids) if printer.tracker.call_ids is not None else None
         calls = "" if wanted is None else f", calls {', '.join(repr(c) for c in wanted)} only"
         print(f"subscribe: {', '.join(names)} from {start} at {settings.kafka.brokers}{calls}", file=sys.stderr)
+    backlog = _Backlog(consumer, clock()) if from_beginning else None
+
+    def show(records: Iterable[Any]) -> None:
+        for record in records:
+            if max_events is not None and printer.count >= max_events:
+                return
+            printer.handle(record.topic, record.value)
+
     try:
         while max_events is None or printer.count < max_events:
             left = None if deadline is None else deadline - clock()
@@ -304,13 +338,16 @@ def subscribe(
                 break
             poll_ms = 500 if left is None else max(1, min(500, int(left * 1000)))
             for records in consumer.poll(timeout_ms=poll_ms).values():
-                for record in records:
-                    printer.handle(record.topic, record.value)
-                    if max_events is not None and printer.count >= max_events:
-                        break
-                if max_events is not None and printer.count >= max_events:
-                    break
+                if backlog is not None:
+                    backlog.records += records
+                else:
+                    show(records)
+            if backlog is not None and backlog.complete(consumer, clock()):
+                show(backlog.in_order())
+                backlog = None
             printer.tick()
+        if backlog is not None:  # the time ran out before the backlog was read
+            show(backlog.in_order())
         printer.flush()  # alerts still waiting for events that did not come in time
     finally:
         if own:

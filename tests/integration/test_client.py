@@ -70,3 +70,34 @@ def test_a_call_published_with_the_client_comes_back_typed(services, unique, tmp
         assert again.tracker.duplicates == len(events)
         last = max(events, key=lambda g: g.record.revision).record
         assert again.latest("call-c", last.utterance_id) == last
+
+
+def test_subscribe_from_the_beginning_prints_what_was_on_the_topics_in_time_order(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """`emostream subscribe --deadletters --from-beginning` read a newcomer's backlog partition by
+    partition: every event, then every dead letter, whatever their times. It prints the records
+    that were on the topics when it started in the order they were published."""
+    import io
+
+    from kafka import KafkaProducer
+
+    from streams.schemas import DeadLetter
+    from tests.unit.test_subscribe import make_event
+    from tools.subscribe import subscribe
+
+    settings = settings_for(services, unique)
+    ensure_topics(settings)
+    t = settings.kafka.topics
+    letter = DeadLetter(reason="malformed_json", detail="x", source_topic=t.text, partition=0, offset=0, key="k",
+                        payload="")  # fmt: skip
+    at = int(time.time() * 1000) - 60_000
+    records = [(t.deadletter, letter.to_bytes(), at + 100)]
+    records += [(t.emotions, make_event(call_id="k", utterance_id=f"u{i}", seq=i).to_bytes(), at + 50 + 100 * i)
+                for i in range(3)]  # fmt: skip
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    for topic, value, ts in records:
+        producer.send(topic, key=b"k", value=value, timestamp_ms=ts).get(timeout=30)
+    producer.close()
+    out = io.StringIO()
+    assert subscribe(settings, from_beginning=True, deadletters=True, max_events=4, timeout_s=30, out=out) == 4
+    lines = [line.split("]")[0] for line in out.getvalue().splitlines()]
+    assert lines == ["[k #0 Alice", "✗ dead letter [k", "[k #1 Alice", "[k #2 Alice"], lines
