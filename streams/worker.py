@@ -72,6 +72,7 @@ TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set 
 
 
 DEAD_LETTERED = "dead-lettered: "  # an utterance's ignored[modality] for a part that went to the dead letters
+NOT_SENT = ": the part was not sent, or not within the wait"  # how Worker.reading ends for a partition read to its end
 DETAIL_IN_EVENT = 160  # characters of a dead letter's detail that the event's ``ignored`` repeats
 
 
@@ -691,7 +692,7 @@ class Worker:
             )
         if self.disturbed_at > float("-inf"):
             said += f"; last disturbance {now - self.disturbed_at:.1f} s ago"
-        return said + (": the part was not sent, or not within the wait" if caught_up else "")
+        return said + (NOT_SENT if caught_up else "")
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
@@ -825,8 +826,13 @@ class Worker:
             for m in missing:
                 self.metrics.missing.labels(m).inc()
             if missing and (self.missing_logged < 20 or self.missing_logged % 100 == 0):
+                said = self.reading(missing[0], utt)
+                if said.endswith(NOT_SENT) and self.missing_logged < 3:  # the first few: what to do about it
+                    said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "
+                             "its 'started' control message, modalities [...]; calls that send none get "
+                             "join.default_modalities)")  # fmt: skip
                 log.info("%s/%s goes without %s after %.1f s: %s", utt.call_id, utt.utterance_id, "+".join(missing),
-                         (utt.ready_at or utt.first_at) - utt.first_at, self.reading(missing[0], utt))  # fmt: skip
+                         (utt.ready_at or utt.first_at) - utt.first_at, said)  # fmt: skip
             self.missing_logged += bool(missing)
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)

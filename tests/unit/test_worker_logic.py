@@ -1615,6 +1615,7 @@ def test_a_partition_whose_broker_stops_answering_is_a_disturbance_and_the_log_s
         and gone[0].startswith("c/u0 ")
         and "last disturbance" in gone[0]
         and "through offset 0, whose next offset is 1 (read to its end)" in gone[0]
+        and "the call is expected to send text+audio: a call says what it sends in its 'started'" in gone[0]
     )
 
 
