@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -39,6 +40,33 @@ Modality = Literal["text", "audio", "video"]  # engines.interface.MODALITIES (a 
 MAX_SEQ = 2**63 - 1  # a Kafka-sized integer: anything larger is a forged or broken producer
 ID_CHARS = r"A-Za-z0-9._:@/-"  # what a call or utterance id may hold
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=rf"^[{ID_CHARS}]+$")]
+
+
+def _speaker_name(value: str) -> str:
+    """A speaker as telephony platforms name them ("Agent Smith", "+15551234567", "José", "sip:
+    ext-204@pbx"): any printable characters. Not control or format characters (a newline would
+    start a log line of its own, a right-to-left override reverse what a supervisor reads), and
+    not blank; spaces at either end are dropped (" agent-7" is "agent-7", for the roles' globs)."""
+    import unicodedata
+
+    for ch in value:
+        if unicodedata.category(ch).startswith("C") or ch in "\u2028\u2029":
+            raise PydanticCustomError(
+                "speaker_character", "a speaker may not hold control or format characters ({char})", {"char": repr(ch)}
+            )
+    name = value.strip()
+    if not name:
+        raise PydanticCustomError("speaker_blank", "a speaker must not be blank", {})
+    return name
+
+
+#: a part's speaker: printable characters, 1-128 of them (the JSON Schema's pattern leaves out the
+#: C0 and C1 controls and line separators; the worker refuses every Unicode control and format character)
+Speaker = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]+$"),
+    AfterValidator(_speaker_name),
+]
 # A number in an input message is a JSON number: pydantic's lax mode would also take "1.5" and true
 Number = Annotated[float, Strict()]
 
@@ -150,7 +178,9 @@ class _Part(_Message):
     call_id: Id
     utterance_id: Id
     seq: WholeNumber = Field(ge=0, le=MAX_SEQ, description="order of the utterance in its call (0, 1, 2, ...)")
-    speaker: Id = "unknown"
+    speaker: Speaker = Field(
+        "unknown", description="who said it, as the platform names them ('agent-42', 'Agent Smith', '+15551234567')"
+    )
     start_s: Number | None = Field(None, ge=0, description="utterance start, seconds from call start")
     end_s: Number | None = Field(None, ge=0, description="utterance end, seconds from call start (not before start_s)")
     sent_at: Number = Field(default_factory=time.time, description="unix time the producer sent it")
@@ -577,7 +607,7 @@ class _PartIds(BaseModel):
     call_id: Id
     utterance_id: Id
     seq: WholeNumber = Field(ge=0, le=MAX_SEQ)
-    speaker: Id = "unknown"
+    speaker: Speaker = "unknown"
 
 
 def _ids_of(kind: str, obj: dict[str, Any]) -> Part | None:

@@ -12,7 +12,8 @@ JSONL format (one utterance per line; blank lines and lines starting with ``#`` 
      "text": "My card was charged twice.", "label": "anger", "start_s": 0.0, "end_s": 2.1}
 
 Required: ``call_id``, ``utterance_id`` (ids: letters, digits and ``._:@/-``), ``seq`` (int >= 0,
-unique within its call) and ``speaker`` (same characters as ids). Optional: ``text``;
+unique within its call) and ``speaker`` (printable characters: "Agent Smith", "+15551234567").
+Optional: ``text``;
 ``audio_path`` (relative to the JSONL file's folder, ``.flac`` or ``.wav``; converted to 16 kHz
 mono, WAV to FLAC or PCM as asked) or ``audio_b64`` with ``audio_encoding`` (``flac``, ``wav``,
 ``pcm_s16le``, or G.711 ``pcm_mulaw``/``pcm_alaw``; sent as it is) and, for ``pcm_s16le`` other
@@ -47,7 +48,7 @@ from engines.datasets.ravdess import EMOTION_MAP
 from engines.features.text import normalise_text
 from engines.modalities import MODALITIES
 from streams.errors import ConfigError
-from streams.schemas import Id, Modality, Number, WholeNumber
+from streams.schemas import Id, Modality, Number, Speaker, WholeNumber
 
 AudioEncoding = Literal["flac", "pcm_s16le"]  # what audio files are converted to
 InlineEncoding = Literal["flac", "wav", "pcm_s16le", "pcm_mulaw", "pcm_alaw"]  # what audio_b64 may carry
@@ -200,7 +201,7 @@ class _Line(BaseModel):
     call_id: Id
     utterance_id: Id
     seq: WholeNumber = Field(ge=0)
-    speaker: Id
+    speaker: Speaker
     text: str | None = None
     audio_path: str | None = None
     audio_b64: str | None = None

@@ -188,7 +188,9 @@ def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, un
     settings = settings_for(services, unique, default_modalities=("text",))
     ensure_topics(settings)
     run = unique[:6]
-    kind, snap = scripted(f"kind-{run}", EMPATHETIC, 2.0), scripted(f"snap-{run}", SNAPPING, 2.0)
+    # speakers named as telephony platforms name them (they were dead-lettered once): their roles by the globs
+    named = [("Agent Smith" if who == "agent" else "+15551234567", line) for who, line in EMPATHETIC]
+    kind, snap = scripted(f"kind-{run}", named, 2.0), scripted(f"snap-{run}", SNAPPING, 2.0)
     collector = Collector(settings)
     worker = WorkerProcess(settings, tmp_path).start()
     try:
@@ -203,6 +205,11 @@ def test_an_agents_empathy_is_no_hostile_reply_and_snapping_back_is(services, un
         assert (kind.call_id, "agent-hostile-reply") not in raised, labels
         assert labels[(kind.call_id, 3)][0] != "anger" and labels[(kind.call_id, 5)][0] != "anger", labels
         assert (kind.call_id, "customer-negative-streak") in raised or (kind.call_id, "customer-anger-rising") in raised
+        (summary,) = [r for r in collector.reports if r.final and r.call_id == kind.call_id]
+        assert {(s.speaker, s.role) for s in summary.speakers} == {
+            ("Agent Smith", "agent"),
+            ("+15551234567", "customer"),
+        }
         agents = {r.call_id: s for r in collector.reports if r.final for s in r.speakers if s.role == "agent"}
         assert agents[kind.call_id].hostile_share < agents[snap.call_id].hostile_share, (
             agents

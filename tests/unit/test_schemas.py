@@ -362,7 +362,7 @@ def test_a_part_against_its_schema_whose_ids_parse_keeps_its_ids() -> None:
         assert isinstance(part, AudioPart) and caught.value.reason == "invalid_value", caught.value
         assert (part.call_id, part.utterance_id, part.seq, part.speaker, part.kind) == ("c", "u3", 3, "agent", "audio")
     with pytest.raises(InvalidMessage) as caught:  # a bad speaker too: the utterance's other parts say who
-        parse_input("audio", json.dumps({**bad, "speaker": "a b", "encoding": "mp3"}).encode(), 1 << 20)
+        parse_input("audio", json.dumps({**bad, "speaker": "a\nb", "encoding": "mp3"}).encode(), 1 << 20)
     assert caught.value.part is not None and caught.value.part.speaker == "unknown"
     # ids that are themselves bad, or no part at all: nothing to join
     for raw, kind in (({**bad, "seq": "3", "text": 1}, "text"), ({**bad, "call_id": "a b", "text": 1}, "text"),
@@ -379,3 +379,30 @@ def test_bytes_that_are_not_utf8_are_said_to_be_so() -> None:
     with pytest.raises(InvalidMessage) as caught:
         parse_input("text", b"{not json", 1 << 20)
     assert "not UTF-8" not in caught.value.detail  # UTF-8 that is no JSON: the parser's own words
+
+
+def test_speakers_are_named_as_telephony_platforms_name_them() -> None:
+    """A newcomer's 'Agent Smith' and '+15551234567' (E.164 caller ids) were dead-lettered whole
+    (the speaker took only the ids' characters), so their calls never showed up anywhere. A speaker
+    is any printable text now, in the worker and in the published JSON Schema alike; control and
+    format characters, blanks and over-long names are still refused."""
+    import jsonschema
+
+    from streams.schemas import json_schemas
+
+    schema = json_schemas()["text-part"]
+    base = {"schema_version": 1, "kind": "text", "call_id": "c", "utterance_id": "u0", "seq": 0, "text": "hi"}
+    for name, kept in [("Agent Smith", "Agent Smith"), ("+15551234567", "+15551234567"), ("José", "José"),
+                       ("张伟", "张伟"), ("sip:ext-204@pbx.example", "sip:ext-204@pbx.example"),
+                       (" agent-7 ", "agent-7")]:  # fmt: skip
+        msg = {**base, "speaker": name}
+        jsonschema.validate(msg, schema)
+        part = parse_input("text", json.dumps(msg).encode(), 1 << 20)
+        assert part.speaker == kept  # type: ignore[union-attr]
+    for name in ["a\nb", "a\x85b", "x\u202ey", "zero\u200bwidth", "   ", "", "a" * 129]:
+        with pytest.raises(InvalidMessage) as caught:
+            parse_input("text", json.dumps({**base, "speaker": name}).encode(), 1 << 20)
+        assert caught.value.reason == "invalid_value" and "speaker" in caught.value.detail, (name, caught.value)
+    for name in ["a\nb", "a\x85b", "", "a" * 129]:  # what the JSON Schema can say (not format characters)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**base, "speaker": name}, schema)
