@@ -291,7 +291,7 @@ class CallAnalytics:
                 state.drop_oldest(self.max_turns)
                 # a new utterance (not a revision: a blank one made good by its revision, or one read
                 # late with an earlier seq, counts as it arrives) of this role, for clear_after
-                fresh = turn.role if old is None and turn.used else None
+                fresh = turn if old is None and turn.used else None
                 now, state.alerts = self._alerts(call_id, state, final=False, fresh=fresh)
                 messages += now
         out = [self._outgoing("alerts", m) for m in messages]
@@ -300,10 +300,10 @@ class CallAnalytics:
         return out
 
     def _alerts(
-        self, call_id: str, state: _State, final: bool, fresh: str | None = None
+        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
-        """``fresh``: the role of the new turn just judged (None: a revision, or the call's end); an
-        open alert whose rule no longer holds clears after its ``clear_after`` such turns of its role."""
+        """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
+        whose rule no longer holds clears after its ``clear_after`` such turns that count for it."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []

@@ -36,12 +36,17 @@ Kinds, each judged on the call's turns so far (the latest revision of each utter
 A rule holds or not after every turn: an alert opens when it starts to hold, is updated while its
 evidence changes, and clears when it stops holding (the call recovered) or the call ends. With
 ``clear_after = N`` (any kind; 1 by default) it clears only once N new turns of its role (for
-``reply``: of ``role`` or ``after``) have come without it holding (a revision that breaks it counts
-no turn). If the rule holds again before that, the same alert goes on (updated if its evidence
+``reply``: of ``role`` or ``after``, but not a turn of ``role`` that is itself such a reply: an agent
+still angry after a customer who calmed down has not recovered) have come without it holding (a
+revision that breaks it counts no turn: with N of 2 or more a revision that moves a label's
+probability under a rule's bar does not clear the alert, where with 1 it did and the next turn raised
+it again). If the rule holds again before that, the same alert goes on (updated if its evidence
 moved). N must outlast the turns the rule needs to hold again: a ``rising`` rule over 3 turns whose
 rise pauses for one turn holds again two turns later, so the shipped one takes 3 and stays one
 alert through the pause (with 2 it cleared on the turn before it held again); a ``streak`` over T
-turns holds again T turns after a break at the earliest.
+turns holds again T turns after a break at the earliest. The shipped ``streak``, ``below`` and
+``reply`` rules take 2: one turn that breaks them (a customer's "okay." between angry turns, the
+agent's next line) does not clear them.
 """
 
 from __future__ import annotations
@@ -97,9 +102,9 @@ class _Rule(BaseModel):
         """The turns that make the rule hold now, or None if it does not."""
         raise NotImplementedError
 
-    def counts(self, role: str) -> bool:
-        """Whether a new turn of ``role`` counts toward ``clear_after`` (the turns the rule reads)."""
-        return role == self.role
+    def counts(self, turn: Turn) -> bool:
+        """Whether a new ``turn`` counts toward ``clear_after`` (a turn of the role the rule reads)."""
+        return turn.role == self.role
 
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
         """The role's last ``n`` turns, oldest first (None: fewer), read from the end: a rule is
@@ -173,8 +178,13 @@ class Reply(_Rule):
     within: int = Field(4, ge=2, le=50)
     min_confidence: float = Field(0.0, ge=0, le=1)
 
-    def counts(self, role: str) -> bool:
-        return role in (self.role, self.after)  # either side's turns move the pair out of ``within``
+    def counts(self, turn: Turn) -> bool:
+        """Either side's turns move the pair out of ``within`` (counting only the role's kept an
+        alert open while the customer went on talking), but not another reply of ``role`` that
+        counts itself (an agent still angry, after a customer who calmed down: not recovered)."""
+        if turn.role == self.role:
+            return not (_negative(turn, self.emotions) and turn.confidence >= self.min_confidence)
+        return turn.role == self.after
 
     def evidence(self, turns: Sequence[Turn]) -> list[Turn] | None:
         recent = list(turns[-self.within :])

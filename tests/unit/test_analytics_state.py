@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -266,6 +267,71 @@ def test_a_reply_rule_counts_both_sides_turns_toward_clear_after(tmp_path: Path)
         "clear_after = 2\n"
     )
     rule = load_rules(path).by_name("r")
-    assert isinstance(rule, Reply) and rule.counts("customer") and rule.counts("agent") and not rule.counts("other")
-    assert load_rules().by_name("customer-anger-rising").counts("customer")  # type: ignore[union-attr]
-    assert not load_rules().by_name("customer-anger-rising").counts("agent")  # type: ignore[union-attr]
+
+    def said(role: str, label: str = "neutral", sentiment: str = "neutral") -> Turn:
+        return Turn("u", 0, role, role, label, {label: 0.9}, 0.0, sentiment, confidence=0.9)
+
+    assert isinstance(rule, Reply) and rule.counts(said("customer")) and rule.counts(said("agent"))
+    assert not rule.counts(said("other"))
+    assert not rule.counts(said("agent", "anger", "negative"))  # an agent still angry: not recovered
+    rising = load_rules().by_name("customer-anger-rising")
+    assert rising is not None and rising.counts(said("customer")) and not rising.counts(said("agent"))
+
+
+def _said(seq: int, speaker: str, label: str, confidence: float, sentiment: float, revision: int = 0) -> Any:
+    from streams.schemas import EmotionEvent
+
+    probs = {label: confidence, "neutral" if label != "neutral" else "joy": round(1.0 - confidence, 4)}
+    return EmotionEvent(
+        event_id=f"c:u{seq}:{revision}", call_id="c", utterance_id=f"u{seq}", seq=seq, revision=revision,
+        speaker=speaker, label=label, confidence=confidence, probabilities=probs, sentiment=sentiment,
+        sentiment_label="negative" if sentiment < -0.2 else "neutral",
+        weights={"text": 1.0, "audio": 0.0, "video": 0.0}, modalities_present=["text"],
+        model={"name": "m", "version": "1", "runtime": "x"}, context_size=1,
+        timings={"join_s": 0.0, "queue_s": 0.0, "engine_s": 0.0, "end_to_end_s": 0.0}, produced_at=0.0,
+    )  # fmt: skip
+
+
+def _alerts_of(events: list[Any]) -> list[tuple[str, str, str]]:
+    """(rule, state, utterance) of each alert change the shipped rules make, event by event."""
+    a = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)
+    state, said = _State(), []
+    for e in events:
+        for o in a._apply("c", state, [e]):
+            if o.topic == "alerts":
+                said.append((o.message.rule, o.message.state, e.utterance_id))
+    return said
+
+
+def test_the_shipped_rules_do_not_flap_on_a_revision_or_one_calmer_turn() -> None:
+    """A newcomer's alerts cleared as 'recovered' while nothing had: a revision moved one turn's
+    confidence under the streak's 0.5 (the customer 100 % negative), one less negative turn cleared
+    the low-sentiment alert and the next raised it again in the same batch. With the shipped
+    clear_after of 2 they stay one alert, and clear once the customer has calmed down for two turns."""
+    angry = [_said(i, "caller", "anger", 0.8, -0.8) for i in range(3)]
+    revised = _said(1, "caller", "anger", 0.45, -0.8, revision=1)  # under the streak's min_confidence 0.5
+    calmer, okay = _said(3, "caller", "neutral", 0.6, -0.3), _said(4, "caller", "neutral", 0.7, 0.1)
+    said = _alerts_of([*angry, revised, calmer, okay])
+    streak = [(s, u) for r, s, u in said if r == "customer-negative-streak"]
+    assert streak == [("raised", "u2"), ("cleared", "u4")], said  # not at the revision (u1), nor at u3
+    # one turn that lifts the mean of the last three above -0.5, then a bad one again: one alert
+    wobble = [*angry, _said(3, "caller", "neutral", 0.6, 0.2), _said(4, "caller", "anger", 0.9, -0.95)]
+    low = [(s, u) for r, s, u in _alerts_of(wobble) if r == "customer-sentiment-low"]
+    assert low == [("raised", "u2"), ("updated", "u4")], low
+
+
+def test_the_shipped_reply_rule_does_not_call_an_agent_still_angry_recovered() -> None:
+    """A newcomer's agent-hostile-reply cleared as 'recovered' right after the agent's next angry
+    line, because the customer's turn before it was under the rule's 0.6. Another hostile line of
+    the agent counts no turn toward clearing; two calm turns do."""
+    said = _alerts_of([
+        _said(0, "caller", "anger", 0.8, -0.8),
+        _said(1, "agent-9", "anger", 0.8, -0.7),  # raised
+        _said(2, "caller", "anger", 0.45, -0.5),  # under 0.6: no pair with the next line
+        _said(3, "agent-9", "anger", 0.78, -0.7),  # still angry: not recovered
+        _said(4, "caller", "neutral", 0.7, 0.0),
+        _said(5, "agent-9", "neutral", 0.8, 0.1),
+        _said(6, "caller", "neutral", 0.7, 0.0),
+    ])  # fmt: skip
+    reply = [(s, u) for r, s, u in said if r == "agent-hostile-reply"]
+    assert reply == [("raised", "u1"), ("cleared", "u5")], said
