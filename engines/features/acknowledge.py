@@ -115,6 +115,14 @@ _HOW = _then_feeling(
     r"(?:understand|know|imagine|see|appreciate|get|realize|realise|hear)\s+how)",
     rf"{_SITUATION_ADJ}|(?:{_FEELING_ADJ})\s+you(?:'?re|\s+are|\s+must\s+be|\s+feel|\s+were|'ve\s+been|\s+have\s+been)",
 )
+#: "you have every right to be upset", "you're right to feel angry", "it's completely understandable
+#: to be frustrated": the listener's feeling, granted
+_RIGHT = _then_feeling(
+    r"((?:you(?:'?ve|\s+have)(?:\s+got)?\s+(?:every|a|all\s+the)\s+right|you(?:'?re|\s+are)\s+(?:(?:absolutely|completely|totally|quite|so|perfectly)\s+)?(?:right|entitled)|"
+    r"(?:it'?s|it\s+is|that'?s|that\s+is)\s+(?:(?:completely|totally|perfectly|only|very|so)\s+)?"
+    r"(?:understandable|natural|normal|fair|reasonable)(?:\s+for\s+you)?)\s+to)\s+(?:be|feel)",
+    _FEELING_ADJ,
+)
 #: "a very irritating experience for you" (no degree words before it: a run of them would be
 #: scanned again from every word, quadratic in a 5000-character "so so so ...")
 _FOR_YOU = re.compile(rf"\b(?:{_SITUATION_ADJ})((?:\s+\w+){{0,2}}\s+for\s+you)\b", re.IGNORECASE)
@@ -133,7 +141,7 @@ def _be(m: re.Match[str]) -> str:
 
 
 READ_CHARS = 2000  # what is rewritten of a longer text: past the encoder's reach, and 2-18 ms at most at 5000
-_CUES = ("you", "would", "'d", "id ", "must", "how", "got to", "has to")  # one of them is in every pattern
+_CUES = ("you", "would", "'d", "id ", "must", "how", "got to", "has to", "to be", "to feel")  # one is in every pattern
 #: apostrophe look-alikes beyond those normalise_text folds (as engines/features/text.py asr_form reads them)
 _APOSTROPHES = str.maketrans({c: "'" for c in "`\u00b4\u2032\uff07\u02bc"})
 _SITUATION_END = tuple(_SITUATION_ADJ.split("|"))
@@ -158,6 +166,7 @@ def acknowledged_form(text: str) -> str:
         out,
     )
     out = _FOR_YOU.sub(lambda m: f"difficult{m.group(1)}", out)
+    out = _RIGHT.sub(lambda m: f"{m.group(1)} feel this way", out)
     out = _YOUR.sub(lambda m: f"{m.group(1)} feelings", out)
     out = _FEEL.sub(lambda m: f"{m.group(1)} this way", out)
     out = _BE.sub(_be, out)

@@ -43,6 +43,11 @@ def lines(path: Path, kind: str) -> list[str]:
         ("I understand you\u2018re upset.", "I understand you're feeling this way."),  # as the encoder reads it
         ("I understand you\u00e2\u20ac\u2122re upset.", "I understand you're feeling this way."),  # mojibake
         ("I understand you\u00b4re upset.", "I understand you're feeling this way."),
+        # a newcomer's agent, as speech-to-text writes it (anger 0.81 after an angry customer; 0.58 now)
+        ("i completely understand you have every right to be upset i'm going to fix this",
+         "i completely understand you have every right to feel this way i'm going to fix this"),
+        ("You're right to be angry about this.", "You're right to feel this way about this."),
+        ("It's completely understandable to be frustrated.", "It's completely understandable to feel this way."),
     ],
 )  # fmt: skip
 def test_a_feeling_named_as_the_listeners_is_made_neutral(text: str, read_as: str) -> None:
@@ -72,6 +77,8 @@ def test_a_feeling_named_as_the_listeners_is_made_neutral(text: str, read_as: st
         "Thank you for your concern.",  # no feeling
         "Your upset stomach should settle by tomorrow.",
         "You're mad if you think I'm refunding that.",  # an insult
+        "I have every right to be angry!",  # the speaker's own
+        "You have no right to be angry with me.",
     ],
 )
 def test_the_speakers_own_feeling_and_other_lines_are_left_as_written(text: str) -> None:
