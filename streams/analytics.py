@@ -405,6 +405,7 @@ class CallAnalytics:
             call_id=call_id,
             final=final,
             turns=total,
+            unread=len(state.turns) - total,
             speakers=speakers,
             open_alerts=sorted(a["alert_id"] for a in alerts.values()),
             alerts_raised=sorted(state.raised),

@@ -49,6 +49,7 @@ disable_created_metrics()
 SERVICE_STAGES = ("redis", "publish", "analytics", "close", "deadletter")
 LIVE_S = 30.0  # /healthz: the event loop's heartbeat may be this old at most
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_RECORD_TO_EVENT = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)  # a backlog waits minutes
 
 
 class Metrics:
@@ -159,6 +160,13 @@ class Metrics:
             "emostream_end_to_end_latency_seconds",
             "Last part of an utterance in -> its event produced",
             buckets=_LATENCY,
+            registry=r,
+        )
+        self.record_to_event = Histogram(
+            "emostream_record_to_event_seconds",
+            "Record time of an utterance's first part (the producer's send) -> its event produced: with the time "
+            "it waited on the broker (a worker down, a backlog) and the join",
+            buckets=_RECORD_TO_EVENT,
             registry=r,
         )
         self.join_wait = Histogram(

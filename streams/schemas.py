@@ -473,6 +473,11 @@ class CallReport(_Message):
     call_id: str
     final: bool = False
     turns: int
+    unread: int = Field(
+        0,
+        description="the call's utterances whose event read nothing (every part ignored: words in another "
+        "language, no words, no speech): no turns of the analytics, not in turns or speakers",
+    )
     speakers: list[SpeakerTrajectory]
     open_alerts: list[str] = Field(description="alert ids open now (none once final)")
     alerts_raised: list[str] = Field(description="rules that raised an alert during the call so far")

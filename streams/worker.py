@@ -909,11 +909,15 @@ class Worker:
         self.metrics.replays.inc(outcome.replayed)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_latency.observe(outcome.engine_s)
+        sent = {(u.call_id, u.utterance_id): u.first_ts for u in batch}  # record times (the producer's clock)
         for event, _ in outcome.events:
             self.metrics.events_out.labels(str(event.revision)).inc()
             if event.revision == 0:
                 self.metrics.end_to_end.observe(event.timings.end_to_end_s)
                 self.metrics.emotions.labels(event.label).inc()
+                ts = sent.get((event.call_id, event.utterance_id))
+                if ts is not None:  # (a producer's clock ahead of the worker's: 0)
+                    self.metrics.record_to_event.observe(max(0.0, event.produced_at - ts))
         async with self.lock:
             for utt in batch:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()

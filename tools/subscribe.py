@@ -103,7 +103,10 @@ def format_report(report: CallReport) -> str:
         for s in report.speakers
     )
     alerts = ", ".join(report.alerts_raised) or "none"
-    return f"■ call ended [{report.call_id}] {report.turns} turns: {who}; alerts: {alerts}"
+    turns = f"{report.turns} turn{'' if report.turns == 1 else 's'}"
+    if report.unread:  # utterances with every part ignored: no turn, no speaker of the summary
+        turns += f" ({report.unread} more not read: every part ignored)"
+    return f"■ call ended [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
 
 
 def format_deadletter(letter: DeadLetter) -> str:

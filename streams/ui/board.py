@@ -189,6 +189,7 @@ class Board:
             "ended": call.ended_at is not None,
             "updated_at": call.updated_at,
             "turns": sum(says_something(e) for e in utts),  # as the call's report counts them: an utterance read
+            "unread": sum(not says_something(e) for e in utts),  # every part ignored (another language, ...)
             "speakers": sorted(speakers.values(), key=lambda s: (s.get("role") != "customer", s["speaker"])),
             "alerts": [_alert(a) for a in alerts],
             "raised": list(call.report.alerts_raised) if call.report else [],

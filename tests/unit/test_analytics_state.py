@@ -149,7 +149,7 @@ def test_an_utterance_whose_every_part_was_ignored_is_no_turn() -> None:
     out = a._apply("c", state, [event("u0", 0, "anger", {}), event("u1", 1, "neutral", blank)])
     assert [k for _, k in state.order] == ["u0"] and set(state.turns) == {"u0", "u1"}  # stored, but no turn
     (report,) = [o.message for o in out if o.topic == "calls"]
-    assert report.turns == 1
+    assert report.turns == 1 and report.unread == 1  # the summary says so (a newcomer's Spanish call read 1 of 7)
     version = state.version
     state.changed = {}  # stored, as the batch's commit does
     assert a._apply("c", state, [event("u2", 2, "neutral", blank)]) == []  # nothing new: no report either
@@ -157,7 +157,8 @@ def test_an_utterance_whose_every_part_was_ignored_is_no_turn() -> None:
     # a call whose every utterance said nothing still has turns stored, so its end gives a (final) summary
     silent = _State()
     a._apply("s", silent, [event("v0", 0, "neutral", blank)])
-    assert silent.turns and a._report("s", silent, {}, final=True).turns == 0
+    summary = a._report("s", silent, {}, final=True)
+    assert silent.turns and (summary.turns, summary.unread, summary.speakers) == (0, 1, [])
     # blank turns are bounded as the others are
     many = _State()
     for i in range(9):

@@ -195,3 +195,4 @@ def test_an_utterance_with_nothing_read_is_marked_so() -> None:
     assert [r["read"] for r in rows] == [False, True], rows
     assert [u["read"] for u in board.snapshot()["calls"][0]["speakers"][0]["timeline"]] == [False, True]
     assert board.snapshot()["calls"][0]["turns"] == 1  # as the call's report counts: the blank line is no turn
+    assert board.snapshot()["calls"][0]["unread"] == 1  # and the page says so

@@ -1914,3 +1914,24 @@ def test_a_context_item_without_suspicion_is_stored_as_before() -> None:
     back = ContextItem.from_json(marked.to_json())
     assert back.suspect == {"audio": "wrong G.711 law? x"} and np.array_equal(back.features["text"], np.ones(4))
     assert ContextItem.from_json(item.to_json()).suspect == {}
+
+
+def test_the_time_an_utterance_waited_on_the_broker_is_measured_from_its_record_time() -> None:
+    """A newcomer's utterances, sent while the worker was down, showed 134 ms end to end: that
+    figure starts at the worker. emostream_record_to_event_seconds starts at the first part's record
+    time (the producer's send), so a backlog shows; a producer's clock ahead of the worker's gives 0."""
+    import time
+
+    async def scenario() -> Worker:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=time.time() - 50.0)
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=time.time() + 9.0)
+        await w.pump()
+        assert len(events(sent)) == 2
+        return w
+
+    w = asyncio.run(scenario())
+    count = w.metrics.registry.get_sample_value("emostream_record_to_event_seconds_count")
+    total = w.metrics.registry.get_sample_value("emostream_record_to_event_seconds_sum")
+    assert count == 2 and 50.0 <= total < 60.0, (count, total)  # the 50 s on the broker; the other one 0
