@@ -252,17 +252,19 @@ class CallAnalytics:
         if update.states:
             await self._store(update.states)
 
-    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = ()) -> Update:
-        """The call ended (its final revisions are ``final_events``): its open alerts cleared and
-        its summary; publish them, then :meth:`forget` the call (nothing to commit). A call with no
-        state (already forgotten: an 'ended' replayed after its summary went out) gives nothing."""
+    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = (), idle: bool = False) -> Update:
+        """The call ended (its final revisions are ``final_events``; ``idle``: closed for sending
+        nothing for join.idle_close_s, without an 'ended'): its open alerts cleared and its summary;
+        publish them, then :meth:`forget` the call (nothing to commit). A call with no state (already
+        forgotten: an 'ended' replayed after its summary went out) gives nothing."""
         state = (await self._load([call_id]))[call_id]
         out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
         if not state.turns:
             return Update()
-        messages, _ = self._alerts(call_id, state, final=True)
+        messages, _ = self._alerts(call_id, state, final=True, idle=idle)
         out += [self._outgoing("alerts", m) for m in messages]
-        out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))
+        report = self._report(call_id, state, {}, final=True)
+        out.append(self._outgoing("calls", report.model_copy(update={"closed_by": "idle" if idle else "ended"})))
         return Update(out)
 
     def forget_cached(self) -> None:
@@ -300,7 +302,7 @@ class CallAnalytics:
         return out
 
     def _alerts(
-        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None
+        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, idle: bool = False
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
         """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
         whose rule no longer holds clears after its ``clear_after`` such turns that count for it."""
@@ -331,7 +333,7 @@ class CallAnalytics:
             if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue
-            why = "call ended" if final else "recovered"
+            why = ("call idle" if idle else "call ended") if final else "recovered"
             messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
         return messages, still
 

@@ -112,6 +112,8 @@ class JoinResult:
     #: (the caller acks it then); the call is not reopened
     after_end: str | None = None
     ended_calls: list[str] = field(default_factory=list)  # calls whose context can be released
+    #: of those, the ones closed for being idle past ``idle_close_s`` without an 'ended' (no receipt to ack)
+    idle_calls: list[str] = field(default_factory=list)
     #: the part just added disagrees with another part of its utterance on these fields ("seq",
     #: "speaker"): joined all the same (see :meth:`Utterance.settle`), and why, for the log
     inconsistent: list[str] = field(default_factory=list)
@@ -127,6 +129,7 @@ class JoinResult:
         self.conflict = self.conflict or other.conflict
         self.after_end = self.after_end or other.after_end
         self.ended_calls += other.ended_calls
+        self.idle_calls += other.idle_calls
         self.inconsistent += other.inconsistent
         self.inconsistency = self.inconsistency or other.inconsistency
         self.reopened = self.reopened or other.reopened
@@ -178,6 +181,7 @@ class Joiner:
         read_to: Callable[[str, int], float | None] | None = None,
         max_hold_s: float | None = None,
         inputs: tuple[str, ...] = MODALITIES,
+        idle_close_s: float | None = None,
     ) -> None:
         """``inputs``: the modalities the model takes; a part of another one is never waited for
         (declared by a call or by default), only joined if it comes while its utterance waits.
@@ -187,6 +191,7 @@ class Joiner:
         assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
         self.idle_s = idle_s
+        self.idle_close_s = idle_close_s  # a call idle this long without 'ended' is closed (None: forgotten at idle_s)
         self.inputs = inputs
         self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs)
         self.max_calls = max_calls
@@ -389,7 +394,13 @@ class Joiner:
                 result.extend(self._release(call_id, now))
         while self._calls:
             call_id, call = next(iter(self._calls.items()))
-            if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
+            if call.pending or call.ends_at is not None:
+                break
+            if self.idle_close_s is not None and now - call.last_seen > self.idle_close_s:
+                result.extend(self._close(call_id, now))  # as if it had ended: its summary, its alerts cleared
+                result.idle_calls.append(call_id)
+                continue
+            if now - call.last_seen <= self.idle_s:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
         return result
@@ -413,6 +424,11 @@ class Joiner:
 
     def knows(self, call_id: str) -> bool:
         return call_id in self._calls
+
+    def closed_partition(self, call_id: str) -> int | None:
+        """The partition of a call closed after its 'ended' or for being idle (None: not closed)."""
+        closed = self._ended.get(call_id)
+        return None if closed is None else closed[0]
 
     def has_ended(self, call_id: str) -> bool:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""

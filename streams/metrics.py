@@ -162,6 +162,11 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
+        self.idle_calls = Counter(
+            "emostream_idle_calls_total",
+            "Calls closed for sending nothing for join.idle_close_s without an 'ended' (their summary published)",
+            registry=r,
+        )
         self.record_to_event = Histogram(
             "emostream_record_to_event_seconds",
             "Record time of an utterance's first part (the producer's send) -> its event produced: with the time "

@@ -436,7 +436,11 @@ class AlertEvent(_Message):
     severity: Literal["info", "warning", "critical"]
     message: str
     state: Literal["raised", "updated", "cleared"]
-    reason: str | None = Field(None, description="why it cleared: 'recovered' or 'call ended'")
+    reason: str | None = Field(
+        None,
+        description="why it cleared: 'recovered', 'call ended', or 'call idle' (the call sent nothing for "
+        "join.idle_close_s and no 'ended')",
+    )
     evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
     produced_at: float
 
@@ -472,6 +476,11 @@ class CallReport(_Message):
     event_id: str = Field(description="deterministic key of (call, turns and revisions seen, final)")
     call_id: str
     final: bool = False
+    closed_by: Literal["ended", "idle"] | None = Field(
+        None,
+        description="a final report's cause: the call's 'ended', or 'idle' (it sent nothing for join.idle_close_s "
+        "and no 'ended'; a part after it reopens the call without analytics)",
+    )
     turns: int
     unread: int = Field(
         0,

@@ -180,6 +180,7 @@ class Worker:
             read_to=lambda kind, p: self.read.get((self.topic_of.get(kind, ""), p), (None,))[0],
             max_hold_s=j.wait_s + j.max_hold_s,
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
+            idle_close_s=j.idle_close_s,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
@@ -198,6 +199,7 @@ class Worker:
         metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
+        self.idle: set[str] = set()  # of those, calls closed for being idle (no 'ended' to ack)
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
@@ -712,9 +714,11 @@ class Worker:
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
+            gone |= {c for c in self.idle if self.joiner.closed_partition(c) in partitions}
             self.closing = [c for c in self.closing if c not in gone]
+            self.idle -= gone
             for call_id in gone:
-                del self.ending[call_id]
+                self.ending.pop(call_id, None)
             self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
             self.awaiting_start = {c: t for c, t in self.awaiting_start.items() if c in self.held}
             # the calls this worker held may be another's now and come back changed: read them afresh
@@ -774,19 +778,29 @@ class Worker:
         self._absorb(self.joiner.call_ended(msg.call_id, now, receipt.partition, timestamp))
 
     async def _close(self, call_id: str) -> bool:
-        """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'."""
+        """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'
+        (or, for a call closed for being idle, nothing to ack)."""
         receipts = list(self.ending.get(call_id, []))
-        if not receipts or not all(r.lease.valid for r in receipts):
+        idle = call_id in self.idle and not receipts
+        if idle:
+            partition = self.joiner.closed_partition(call_id)
+            lease = None if partition is None else self.leases.get(partition)
+            owned = lease is not None and lease.valid
+        else:
+            owned = bool(receipts) and all(r.lease.valid for r in receipts)
+        if not owned:
             async with self.lock:  # revoked: its next owner closes it
                 if call_id in self.closing:
                     self.closing.remove(call_id)
+                self.idle.discard(call_id)
             return True
         try:
             final = await self.processor.close(call_id)
             await self._publish(final)
             if self.analytics is not None:  # the summary, and the call's open alerts cleared
-                await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
-            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
+                update = await self.analytics.end(call_id, [e for e, _ in final.events], idle=idle)
+                await self._send_all(update.out)
+            await self.processor.release([call_id], {} if idle else {call_id: max(r.offset for r in receipts)})
             if self.analytics is not None:
                 await self.analytics.forget(call_id)
         except Exception:
@@ -800,6 +814,7 @@ class Worker:
                 receipt.ack()
             if call_id in self.closing:
                 self.closing.remove(call_id)
+            self.idle.discard(call_id)
         return True
 
     def _count_queue(self) -> None:
@@ -837,6 +852,12 @@ class Worker:
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
+        for call_id in result.idle_calls:
+            self.idle.add(call_id)
+            self.metrics.idle_calls.inc()
+            log.info("call %s sent nothing for %.0f s and no 'ended' (join.idle_close_s): closed as if it had "
+                     "ended, its summary published; a part after this reopens it without analytics", call_id,
+                     self.settings.join.idle_close_s)  # fmt: skip
 
     def _recovered(self, kind: str) -> None:
         """Says once that work of ``kind`` goes through again after failures (:meth:`_failed`):

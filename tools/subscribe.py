@@ -106,7 +106,8 @@ def format_report(report: CallReport) -> str:
     turns = f"{report.turns} turn{'' if report.turns == 1 else 's'}"
     if report.unread:  # utterances with every part ignored: no turn, no speaker of the summary
         turns += f" ({report.unread} more not read: every part ignored)"
-    return f"■ call ended [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
+    ended = "call idle, closed without 'ended'" if report.closed_by == "idle" else "call ended"
+    return f"■ {ended} [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
 
 
 def format_deadletter(letter: DeadLetter) -> str:

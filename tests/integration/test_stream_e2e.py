@@ -252,3 +252,35 @@ def test_a_part_sent_after_the_call_ended_is_labelled_but_adds_nothing_after_its
         producer.close()
         collector.close()
         worker.stop()
+
+
+def test_a_call_that_never_sends_ended_gets_its_summary_once_idle(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A newcomer's call without 'ended' stayed active on the supervisor page with an open critical
+    alert for ever, and had no summary. After join.idle_close_s without a part it is closed: its
+    alerts cleared ('call idle') and its summary published (closed_by 'idle')."""
+    from kafka import KafkaProducer
+
+    from streams.schemas import TextPart
+
+    settings = settings_for(services, unique, default_modalities=("text",), idle_close_s=4.0)
+    ensure_topics(settings)
+    call = f"quiet-{unique[:6]}"
+    collector = Collector(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    try:
+        worker.wait_ready()
+        for i, (who, line) in enumerate(ESCALATING[:7]):  # up to the angriest line, then nothing
+            part = TextPart(call_id=call, utterance_id=f"u{i}", seq=i, speaker=who, text=line)
+            producer.send(settings.kafka.topics.text, key=call.encode(), value=part.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: any(r.final for r in c.reports if r.call_id == call), 60), worker.tail()
+        (summary,) = [r for r in collector.reports if r.final and r.call_id == call]
+        assert summary.closed_by == "idle" and summary.turns == 7 and summary.alerts_raised, summary
+        cleared = {a.rule: a.reason for a in collector.alerts if a.call_id == call and a.state == "cleared"}
+        assert set(cleared) == set(summary.alerts_raised) and set(cleared.values()) == {"call idle"}, cleared
+        assert "emostream_idle_calls_total 1.0" in worker.metrics()
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()

@@ -299,6 +299,27 @@ def test_idle_calls_are_forgotten() -> None:
     assert j.open_calls == 0
 
 
+def test_a_call_idle_past_idle_close_s_is_closed_as_if_it_had_ended() -> None:
+    """A call that never sends 'ended' (a producer that crashed, a lost message) is closed after
+    idle_close_s: its context released and its summary due (a newcomer's stayed 'active' with an
+    open critical alert for ever); one with an utterance still joining is not."""
+    j = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=100.0, idle_close_s=10.0)
+    assert ids(j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0, partition=3)) == ["u0"]
+    j.add("d", "v0", 0, "A", "text", "t", "h", now=0.0)
+    j.add("d", "v1", 1, "A", "text", "t", "h", now=9.5)  # still talking
+    assert j.expire(now=5.0).idle_calls == []
+    r = j.expire(now=10.5)
+    assert (r.idle_calls, r.ended_calls) == (["c"], ["c"]) and j.has_ended("c") and j.closed_partition("c") == 3
+    assert j.knows("d") and not j.knows("c")
+    # a part after it reopens the call (it may have been on hold): labelled, the call open again
+    assert ids(j.add("c", "u1", 1, "A", "text", "t", "h", now=11.0, partition=3)) == ["u1"] and j.knows("c")
+    # without idle_close_s, idle calls are forgotten at idle_s without a close
+    k = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=10.0)
+    k.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
+    r = k.expire(now=11.0)
+    assert (r.idle_calls, r.ended_calls, k.open_calls, k.has_ended("c")) == ([], [], 0, False)
+
+
 def test_forget_drops_a_revoked_partitions_calls_and_labelled_ids() -> None:
     j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
     j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0, partition=1)

@@ -435,6 +435,34 @@ def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_l
     asyncio.run(scenario())
 
 
+def test_a_call_that_never_sends_ended_is_closed_once_idle(caplog: pytest.LogCaptureFixture) -> None:
+    """join.idle_close_s: a call that sent nothing for that long and no 'ended' is closed (its
+    window released, no 'ended' to ack), counted and logged; one on a partition this worker no
+    longer holds is left to its next owner."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",), idle_close_s=5.0)
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
+        await w.on_message(t.text, 1, 0, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=100.0)
+        await w.pump()
+        assert sorted(e.utterance_id for e in events(sent)) == ["u0", "v0"] and store.released == []
+        clock.now += 3.0
+        await w.pump()
+        assert store.released == []
+        await w.revoke({1})  # d's partition: its next owner's to close
+        clock.now += 3.0
+        await w.tick()
+        await w.pump()
+        assert store.released == ["c"] and w.idle == set() and w.closing == []
+        assert "emostream_idle_calls_total 1.0" in _metrics(w)  # d's call went with its partition
+
+    with caplog.at_level(logging.INFO, logger="emostream.worker"):
+        asyncio.run(scenario())
+    assert any("call c sent nothing for 5 s and no 'ended'" in r.getMessage() for r in caplog.records)
+
+
 def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_close(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
