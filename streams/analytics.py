@@ -65,6 +65,8 @@ NEGATIVE_EMOTIONS: frozenset[str] = frozenset(
 HOSTILE_EMOTIONS: frozenset[str] = frozenset({"anger", "disgust", "frustration", "angry", "frustrated", "mad"})
 
 log = logging.getLogger("emostream.analytics")
+#: a call with this many turns of two or more speakers and no agent among them is logged (once)
+NO_AGENT_TURNS = 4
 
 
 @dataclass
@@ -228,6 +230,8 @@ class CallAnalytics:
         # the call as its alerts' and reports' ids name it: the worker's Processor.instance, so a
         # call id used again after its previous call closed gets other ids (streams.schemas.call_instance)
         self.instance: Callable[[str], str] = lambda call_id: call_id
+        self._no_agent: OrderedDict[str, None] = OrderedDict()  # calls logged as having no agent (bounded)
+        self.no_agent_logged = 0
 
     def _keys(self, call_id: str) -> tuple[str, str]:
         """The call's turns (a hash) and its alerts, rule counts and token (a JSON string)."""
@@ -296,10 +300,32 @@ class CallAnalytics:
                 fresh = turn if old is None and turn.used else None
                 now, state.alerts = self._alerts(call_id, state, final=False, fresh=fresh)
                 messages += now
+        self._say_if_no_agent(call_id, state)
         out = [self._outgoing("alerts", m) for m in messages]
         if messages or any(t.used for t in state.changed.values()):  # a blank turn changes no report
             out.append(self._outgoing("calls", self._report(call_id, state, state.alerts, False)))
         return out
+
+    def _say_if_no_agent(self, call_id: str, state: _State) -> None:
+        """Log once a call (the first ten such calls, then every 1000th) where two or more speakers
+        spoke :data:`NO_AGENT_TURNS` turns and none is an agent by the rules' ``[roles]``: the agent
+        rules never hold there, and the customer rules read each speaker as a customer (a newcomer's
+        diarized spk_0 and spk_1)."""
+        if len(state.order) < NO_AGENT_TURNS or len(state.speakers) < 2 or call_id in self._no_agent:
+            return
+        roles = {t.speaker: t.role for t in state.turns.values() if t.used}
+        if "agent" in roles.values():
+            return
+        self._no_agent[call_id] = None
+        if len(self._no_agent) > 10_000:
+            self._no_agent.popitem(last=False)
+        self.no_agent_logged += 1
+        if self.no_agent_logged <= 10 or not self.no_agent_logged % 1000:
+            names = ", ".join(sorted(roles)[:5])
+            log.warning("call %s: none of its speakers (%s) is an agent by the rules' [roles] globs, so its agent "
+                        "rules never hold and each speaker is read as a %s; name agents to match them (agent*, "
+                        "rep*, operator* by default) or set your own [roles] (analytics.rules) [%d such calls]",
+                        call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
 
     def _alerts(
         self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, idle: bool = False

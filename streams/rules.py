@@ -23,7 +23,8 @@ clear_after = 3                  # optional (1): new turns of `role` without the
 Kinds, each judged on the call's turns so far (the latest revision of each utterance):
 
 - ``rising``: the probability of ``emotions`` rises at every step over the role's last ``turns``
-  turns and reaches ``min_share`` on the last one.
+  turns and reaches ``min_share`` on the last one. (``rising``, ``streak`` and ``below`` read the
+  turns of the role's latest speaker only: two customers are two people.)
 - ``streak``: each of the role's last ``turns`` turns is labelled with one of ``emotions`` (or, with
   ``sentiment = "negative"``, has a negative sentiment label), with a label probability of at
   least ``min_confidence`` (default 0).
@@ -107,11 +108,15 @@ class _Rule(BaseModel):
         return turn.role == self.role
 
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
-        """The role's last ``n`` turns, oldest first (None: fewer), read from the end: a rule is
-        judged after every batch of a call, and a long call has hundreds of turns."""
+        """The last ``n`` turns of the role's latest speaker, oldest first (None: fewer), read from
+        the end: a rule is judged after every batch of a call, and a long call has hundreds of turns.
+        One speaker's: two speakers of one role (a diarizer's spk_0 and spk_1, both customers by the
+        globs, or a conference call) are two people, whose turns a rising rule once mixed."""
         mine: list[Turn] = []
+        speaker = None
         for t in reversed(turns):
-            if t.role == self.role:
+            if t.role == self.role and (speaker is None or t.speaker == speaker):
+                speaker = t.speaker
                 mine.append(t)
                 if len(mine) == n:
                     return mine[::-1]

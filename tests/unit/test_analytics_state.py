@@ -336,3 +336,15 @@ def test_the_shipped_reply_rule_does_not_call_an_agent_still_angry_recovered() -
     ])  # fmt: skip
     reply = [(s, u) for r, s, u in said if r == "agent-hostile-reply"]
     assert reply == [("raised", "u1"), ("cleared", "u5")], said
+
+
+def test_a_call_without_an_agent_is_logged_once(caplog: Any) -> None:
+    """A newcomer's diarized call (spk_0, spk_1) had no agent by the globs: the agent rules could
+    never hold and nothing said so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="emostream.analytics"):
+        _alerts_of([_said(i, f"spk_{i % 2}", "neutral", 0.8, 0.0) for i in range(6)])
+        _alerts_of([_said(i, "agent-1" if i % 2 else "caller", "neutral", 0.8, 0.0) for i in range(6)])
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "none of its speakers (spk_0, spk_1) is an agent" in said[0], said

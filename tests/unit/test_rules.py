@@ -137,9 +137,24 @@ def test_min_confidence_keeps_unsure_labels_out_of_streaks_and_replies() -> None
     assert streak.judge(unsure) == {} and reply.judge(unsure) == {}
 
 
-@given(roles=st.lists(st.sampled_from(["agent", "customer"]), max_size=30), n=st.integers(1, 6))
-def test_a_rule_reads_the_roles_last_turns_as_a_filter_of_all_of_them_would(roles: list[str], n: int) -> None:
-    turns = [dataclasses.replace(turn(i, r, "anger"), role=r) for i, r in enumerate(roles)]
+@given(
+    who=st.lists(st.sampled_from(["agent", "cust-a", "cust-b"]), max_size=30),
+    n=st.integers(1, 6),
+)
+def test_a_rule_reads_the_last_turns_of_the_roles_latest_speaker_as_a_filter_would(who: list[str], n: int) -> None:
+    turns = [turn(i, w, "anger") for i, w in enumerate(who)]
     rule = book({"name": "s", "kind": "streak", "role": "customer", "emotions": ["anger"], "turns": n}).rule[0]
-    mine = [t for t in turns if t.role == "customer"]
+    customers = [t for t in turns if t.role == "customer"]
+    mine = [t for t in customers if t.speaker == customers[-1].speaker] if customers else []
     assert rule._last(turns, n) == (mine[-n:] if len(mine) >= n else None)
+
+
+def test_two_customers_are_two_people() -> None:
+    """A newcomer's diarized call (spk_0 and spk_1, both customers by the globs) raised 'the
+    customer's anger is rising' on '#0 spk_0 joy, #1 spk_1 joy, #2 spk_0 anger'."""
+    b = book({"name": "rise", "kind": "rising", "emotions": ["anger"], "turns": 3, "min_share": 0.5})
+    mixed = [turn(0, "spk_0", "joy"), turn(1, "spk_1", "anger", 0.3), turn(2, "spk_0", "anger", 0.4),
+             turn(3, "spk_1", "anger", 0.6)]  # fmt: skip
+    assert b.judge(mixed) == {}  # spk_1's own: 0.3 -> 0.6 is two turns; spk_0's not the latest
+    rising = [*mixed, turn(4, "spk_1", "anger", 0.8)]
+    assert [t.speaker for t in b.judge(rising)["rise"]] == ["spk_1"] * 3
