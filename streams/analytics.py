@@ -395,6 +395,7 @@ class CallAnalytics:
                 )
                 for t in evidence
             ],  # fmt: skip
+            measured=rule.measured(evidence) if rule is not None and evidence else None,
             produced_at=now,
         )
 

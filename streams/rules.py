@@ -103,6 +103,12 @@ class _Rule(BaseModel):
         """The turns that make the rule hold now, or None if it does not."""
         raise NotImplementedError
 
+    def measured(self, evidence: Sequence[Turn]) -> str:
+        """What the rule measured on its ``evidence``, in words, for the alert ('anger+disgust
+        0.21 -> 0.35 -> 0.62': a rising alert's evidence shows each turn's label, which need not be
+        one of its emotions)."""
+        raise NotImplementedError
+
     def counts(self, turn: Turn) -> bool:
         """Whether a new ``turn`` counts toward ``clear_after`` (a turn of the role the rule reads)."""
         return turn.role == self.role
@@ -137,6 +143,10 @@ class Rising(_Rule):
         rising = all(b > a for a, b in zip(shares, shares[1:], strict=False))
         return last if rising and shares[-1] >= self.min_share else None
 
+    def measured(self, evidence: Sequence[Turn]) -> str:
+        shares = " -> ".join(f"{t.share(self.emotions):.2f}" for t in evidence)
+        return f"{'+'.join(self.emotions)} {shares} (rising, at least {self.min_share:g} at the end)"
+
 
 class Streak(_Rule):
     kind: Literal["streak"]
@@ -161,6 +171,10 @@ class Streak(_Rule):
             ok = all(t.sentiment_label == self.sentiment for t in last)
         return last if ok and all(t.confidence >= self.min_confidence for t in last) else None
 
+    def measured(self, evidence: Sequence[Turn]) -> str:
+        what = ", ".join(f"{t.label} {t.confidence:.2f}" for t in evidence)
+        return f"{what} (each at least {self.min_confidence:g})" if self.min_confidence else what
+
 
 class Below(_Rule):
     kind: Literal["below"]
@@ -172,6 +186,10 @@ class Below(_Rule):
         if last is None:
             return None
         return last if sum(t.sentiment for t in last) / len(last) < self.threshold else None
+
+    def measured(self, evidence: Sequence[Turn]) -> str:
+        mean = sum(t.sentiment for t in evidence) / len(evidence)
+        return f"mean sentiment {mean:+.2f} (below {self.threshold:+.2f})"
 
 
 class Reply(_Rule):
@@ -199,6 +217,9 @@ class Reply(_Rule):
             if _negative(a, self.after_emotions) and _negative(b, self.emotions):
                 return [a, b]
         return None
+
+    def measured(self, evidence: Sequence[Turn]) -> str:
+        return ", then ".join(f"{t.role} {t.label} {t.confidence:.2f}" for t in evidence)
 
 
 def _negative(turn: Turn, emotions: list[str] | None) -> bool:

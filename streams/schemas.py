@@ -442,6 +442,12 @@ class AlertEvent(_Message):
         "join.idle_close_s and no 'ended')",
     )
     evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
+    measured: str | None = Field(
+        None,
+        description="what the rule measured on the evidence, in words: a rising rule's share of its emotions turn "
+        "by turn ('anger+disgust+frustration 0.21 -> 0.35 -> 0.62 ...'), a streak's labels and their "
+        "probabilities, a low-sentiment rule's mean, a reply rule's two turns (none once cleared)",
+    )
     produced_at: float
 
 

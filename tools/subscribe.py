@@ -92,7 +92,8 @@ def format_alert(alert: AlertEvent) -> str:
     if alert.state == "cleared":
         return f"✓ cleared {head} ({alert.reason})"
     turns = ", ".join(f"#{e.seq} {e.speaker} {e.label} {e.sentiment:+.2f}" for e in alert.evidence)
-    return f"⚠ {alert.state} {alert.severity} {head}: {alert.message}  ({turns})"
+    measured = f"; {alert.measured}" if alert.measured else ""  # what the rule read on them
+    return f"⚠ {alert.state} {alert.severity} {head}: {alert.message}  ({turns}{measured})"
 
 
 def format_report(report: CallReport) -> str:

@@ -202,6 +202,7 @@ def _alert(a: AlertEvent) -> dict[str, Any]:
         "alert_id": a.alert_id, "rule": a.rule, "severity": a.severity, "message": a.message, "state": a.state,
         "reason": a.reason, "at": a.produced_at,
         "evidence": [{"seq": e.seq, "speaker": e.speaker, "label": e.label} for e in a.evidence],
+        "measured": a.measured,
     }  # fmt: skip
 
 

@@ -158,3 +158,21 @@ def test_two_customers_are_two_people() -> None:
     assert b.judge(mixed) == {}  # spk_1's own: 0.3 -> 0.6 is two turns; spk_0's not the latest
     rising = [*mixed, turn(4, "spk_1", "anger", 0.8)]
     assert [t.speaker for t in b.judge(rising)["rise"]] == ["spk_1"] * 3
+
+
+def test_an_alert_says_what_its_rule_measured() -> None:
+    """A newcomer read 'The customer's anger is rising (#1 sadness -0.81, #3 sadness -0.74, #5
+    disgust -0.80)' as a contradiction: the labels are not what the rule reads. The alert says it."""
+    b = load_rules()
+    rising = b.by_name("customer-anger-rising")
+    assert rising is not None
+    turns = [turn(1, "c", "sadness", 0.5), turn(3, "c", "sadness", 0.45), turn(5, "c", "disgust", 0.6)]
+    assert rising.measured(turns) == "anger+disgust+frustration 0.17 -> 0.18 -> 0.67 (rising, at least 0.5 at the end)"
+    streak, low, reply = (b.by_name(n) for n in ("customer-negative-streak", "customer-sentiment-low",
+                                                  "agent-hostile-reply"))  # fmt: skip
+    assert streak is not None and low is not None and reply is not None
+    angry = [dataclasses.replace(turn(i, "c", "anger", 0.7), confidence=0.7) for i in range(3)]
+    assert streak.measured(angry) == "anger 0.70, anger 0.70, anger 0.70 (each at least 0.5)"
+    assert low.measured(angry) == "mean sentiment -0.70 (below -0.50)"
+    pair = [angry[0], dataclasses.replace(turn(3, "agent-1", "anger", 0.8), confidence=0.8)]
+    assert reply.measured(pair) == "customer anger 0.70, then agent anger 0.80"

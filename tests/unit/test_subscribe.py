@@ -8,7 +8,7 @@ import pytest
 
 from streams.schemas import DeadLetter, EmotionEvent, ModelRef, Timings, event_id
 from streams.settings import Settings
-from tools.subscribe import EventPrinter, format_deadletter, format_event, format_report, subscribe
+from tools.subscribe import EventPrinter, format_alert, format_deadletter, format_event, format_report, subscribe
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.kafka.topics
@@ -328,6 +328,8 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
         " negative 100% (hostile 67%); alerts: customer-anger-rising",
     ]
     assert EventPrinter(io.StringIO()).handle(TOPICS.alerts, raised.to_bytes()) is False  # not asked for: invalid event
+    measured = raised.model_copy(update={"measured": "anger+disgust 0.21 -> 0.35 -> 0.62"})
+    assert format_alert(measured).endswith("(#2 customer anger -0.70; anger+disgust 0.21 -> 0.35 -> 0.62)")
     spanish = final.model_copy(update={"turns": 1, "unread": 6})  # a newcomer's call: 6 of 7 lines in Spanish
     assert format_report(spanish).startswith("■ call ended [call-7] 1 turn (6 more not read: every part ignored): ")
     assert format_report(final.model_copy(update={"turns": 0, "unread": 2, "speakers": []})) == (

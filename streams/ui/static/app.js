@@ -86,7 +86,8 @@ async function showDetail(callId) {
   }).join("");
   const history = c.history.map((a) =>
     `<li>${a.state === "cleared" ? "✓ cleared" : "⚠ " + a.state} ${esc(a.rule)}${a.reason ? " (" + esc(a.reason) + ")" : ""}` +
-    `${a.evidence.length ? ": turns " + a.evidence.map((e) => "#" + e.seq).join(", ") : ""}</li>`).join("");
+    `${a.evidence.length ? ": turns " + a.evidence.map((e) => "#" + e.seq).join(", ") : ""}` +
+    `${a.measured ? " · " + esc(a.measured) : ""}</li>`).join("");
   $("detail-body").innerHTML = `<h2>${esc(c.call_id)}</h2>` +
     `<div class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${c.ended ? (c.idle ? "closed idle, no 'ended'" : "ended") : "live"}</div>` +
     c.alerts.map((a) => `<div class="alert ${a.severity}">⚠ ${esc(a.message)}</div>`).join("") +
