@@ -256,20 +256,32 @@ class CallAnalytics:
         if update.states:
             await self._store(update.states)
 
-    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = (), idle: bool = False) -> Update:
-        """The call ended (its final revisions are ``final_events``; ``idle``: closed for sending
-        nothing for join.idle_close_s, without an 'ended'): its open alerts cleared and its summary;
-        publish them, then :meth:`forget` the call (nothing to commit). A call with no state (already
-        forgotten: an 'ended' replayed after its summary went out) gives nothing."""
+    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = ()) -> Update:
+        """The call ended (its final revisions are ``final_events``): its open alerts cleared and
+        its summary; publish them, then :meth:`forget` the call (nothing to commit). A call with no
+        state (already forgotten: an 'ended' replayed after its summary went out) gives nothing."""
         state = (await self._load([call_id]))[call_id]
         out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
         if not state.turns:
             return Update()
-        messages, _ = self._alerts(call_id, state, final=True, idle=idle)
+        messages, _ = self._alerts(call_id, state, final=True)
         out += [self._outgoing("alerts", m) for m in messages]
-        report = self._report(call_id, state, {}, final=True)
-        out.append(self._outgoing("calls", report.model_copy(update={"closed_by": "idle" if idle else "ended"})))
+        out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))
         return Update(out)
+
+    async def idle(self, call_id: str) -> Update:
+        """The call sent nothing for join.idle_after_s and no 'ended': its open alerts cleared
+        ('call idle') and a report that says so (``idle``); publish, then :meth:`commit`. The call
+        stays: its turns and rule counts are kept, and it goes on if it speaks again."""
+        states = await self._load([call_id])
+        state = states[call_id]
+        if not state.turns:
+            return Update()
+        messages, state.alerts = self._alerts(call_id, state, final=True, idle=True)
+        report = self._report(call_id, state, state.alerts, final=False)
+        report = report.model_copy(update={"idle": True, "event_id": f"{report.event_id}:idle"})
+        out = [*(self._outgoing("alerts", m) for m in messages), self._outgoing("calls", report)]
+        return Update(out, states)
 
     def forget_cached(self) -> None:
         """Drop every state held in memory (the worker's partitions changed: a call may have been
@@ -313,7 +325,7 @@ class CallAnalytics:
         diarized spk_0 and spk_1)."""
         if len(state.order) < NO_AGENT_TURNS or len(state.speakers) < 2 or call_id in self._no_agent:
             return
-        roles = {t.speaker: t.role for t in state.turns.values() if t.used}
+        roles = {speaker: self.book.role_of(speaker) for speaker in state.speakers}  # a few, not every turn
         if "agent" in roles.values():
             return
         self._no_agent[call_id] = None
@@ -331,7 +343,9 @@ class CallAnalytics:
         self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, idle: bool = False
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
         """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
-        whose rule no longer holds clears after its ``clear_after`` such turns that count for it."""
+        whose rule no longer holds clears after its ``clear_after`` such turns that count for it.
+        ``final``: every open alert clears, for the call's end ('call ended'), or, ``idle``, for its
+        silence ('call idle')."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
@@ -349,13 +363,14 @@ class CallAnalytics:
                 alert_id = was["alert_id"]
                 if ids != was["evidence"]:
                     messages.append(self._alert(alert_id, call_id, name, "updated", evidence, ids, now))
-            still[name] = {"alert_id": alert_id, "evidence": ids}
+            still[name] = {"alert_id": alert_id, "evidence": ids, "speaker": evidence[-1].speaker}
         for name, was in state.alerts.items():
             if name in holding:
                 continue
             rule = self.book.by_name(name)
             wait = 1 if final or rule is None else rule.clear_after
-            misses = int(was.get("misses", 0)) + (1 if rule is not None and fresh and rule.counts(fresh) else 0)
+            counted = rule is not None and fresh is not None and rule.counts(fresh, was.get("speaker"))
+            misses = int(was.get("misses", 0)) + (1 if counted else 0)
             if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue

@@ -164,7 +164,7 @@ class Metrics:
         )
         self.idle_calls = Counter(
             "emostream_idle_calls_total",
-            "Calls closed for sending nothing for join.idle_close_s without an 'ended' (their summary published)",
+            "Calls that sent nothing for join.idle_after_s and no 'ended': their open alerts cleared ('call idle')",
             registry=r,
         )
         self.record_to_event = Histogram(

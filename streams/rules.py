@@ -45,9 +45,12 @@ it again). If the rule holds again before that, the same alert goes on (updated 
 moved). N must outlast the turns the rule needs to hold again: a ``rising`` rule over 3 turns whose
 rise pauses for one turn holds again two turns later, so the shipped one takes 3 and stays one
 alert through the pause (with 2 it cleared on the turn before it held again); a ``streak`` over T
-turns holds again T turns after a break at the earliest. The shipped ``streak``, ``below`` and
-``reply`` rules take 2: one turn that breaks them (a customer's "okay." between angry turns, the
-agent's next line) does not clear them.
+turns holds again T turns after a break at the earliest, and a ``below`` over T turns keeps a calm
+turn in its mean for T turns: the shipped ones over 3 turns take 4, so a customer's one "okay."
+between angry turns is one alert, not two raised and cleared (with 2 it cleared on the angry turn
+after the "okay." and was raised again two turns later); the ``reply`` rule takes 2. Only the turns of
+the speaker an alert is about count toward it (``rising``, ``streak``, ``below``: the role's latest
+speaker's turns), so another customer's calm turns do not clear it.
 """
 
 from __future__ import annotations
@@ -109,9 +112,11 @@ class _Rule(BaseModel):
         one of its emotions)."""
         raise NotImplementedError
 
-    def counts(self, turn: Turn) -> bool:
-        """Whether a new ``turn`` counts toward ``clear_after`` (a turn of the role the rule reads)."""
-        return turn.role == self.role
+    def counts(self, turn: Turn, speaker: str | None = None) -> bool:
+        """Whether a new ``turn`` counts toward ``clear_after`` of an alert about ``speaker``'s turns:
+        a turn of the role the rule reads, by that speaker (another customer's calm turns do not say
+        this one recovered)."""
+        return turn.role == self.role and (speaker is None or turn.speaker == speaker)
 
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
         """The last ``n`` turns of the role's latest speaker, oldest first (None: fewer), read from
@@ -201,7 +206,7 @@ class Reply(_Rule):
     within: int = Field(4, ge=2, le=50)
     min_confidence: float = Field(0.0, ge=0, le=1)
 
-    def counts(self, turn: Turn) -> bool:
+    def counts(self, turn: Turn, speaker: str | None = None) -> bool:
         """Either side's turns move the pair out of ``within`` (counting only the role's kept an
         alert open while the customer went on talking), but not another reply of ``role`` that
         counts itself (an agent still angry, after a customer who calmed down: not recovered)."""

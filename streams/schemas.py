@@ -42,26 +42,34 @@ ID_CHARS = r"A-Za-z0-9._:@/-"  # what a call or utterance id may hold
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=rf"^[{ID_CHARS}]+$")]
 
 
+#: characters a speaker may not hold: line breaks (a log line of its own) and the bidirectional
+#: embeddings, overrides and isolates (they reverse what a supervisor reads); other format characters
+#: stay (the zero-width joiners of Persian and Indic names, emoji sequences)
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
 def _speaker_name(value: str) -> str:
     """A speaker as telephony platforms name them ("Agent Smith", "+15551234567", "José", "sip:
-    ext-204@pbx"): any printable characters. Not control or format characters (a newline would
-    start a log line of its own, a right-to-left override reverse what a supervisor reads), and
-    not blank; spaces at either end are dropped (" agent-7" is "agent-7", for the roles' globs)."""
+    ext-204@pbx"): any printable characters, in Unicode NFC (one "Zoé" however a producer composes
+    it). Not control characters or bidirectional overrides, and not blank; spaces and a byte-order
+    mark at either end are dropped (" agent-7" is "agent-7", for the roles' globs)."""
     import unicodedata
 
     for ch in value:
-        if unicodedata.category(ch).startswith("C") or ch in "\u2028\u2029":
+        if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Cs"):
             raise PydanticCustomError(
-                "speaker_character", "a speaker may not hold control or format characters ({char})", {"char": repr(ch)}
+                "speaker_character",
+                "a speaker may not hold control characters, line breaks or bidirectional overrides ({char})",
+                {"char": repr(ch)},
             )
-    name = value.strip()
+    name = unicodedata.normalize("NFC", value.strip().strip("\ufeff").strip())
     if not name:
         raise PydanticCustomError("speaker_blank", "a speaker must not be blank", {})
     return name
 
 
 #: a part's speaker: printable characters, 1-128 of them (the JSON Schema's pattern leaves out the
-#: C0 and C1 controls and line separators; the worker refuses every Unicode control and format character)
+#: C0 and C1 controls and line separators; the worker also refuses bidirectional overrides)
 Speaker = Annotated[
     str,
     Field(min_length=1, max_length=128, pattern=r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]+$"),
@@ -439,7 +447,7 @@ class AlertEvent(_Message):
     reason: str | None = Field(
         None,
         description="why it cleared: 'recovered', 'call ended', or 'call idle' (the call sent nothing for "
-        "join.idle_close_s and no 'ended')",
+        "join.idle_after_s and no 'ended')",
     )
     evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
     measured: str | None = Field(
@@ -482,10 +490,10 @@ class CallReport(_Message):
     event_id: str = Field(description="deterministic key of (call, turns and revisions seen, final)")
     call_id: str
     final: bool = False
-    closed_by: Literal["ended", "idle"] | None = Field(
-        None,
-        description="a final report's cause: the call's 'ended', or 'idle' (it sent nothing for join.idle_close_s "
-        "and no 'ended'; a part after it reopens the call without analytics)",
+    idle: bool = Field(
+        False,
+        description="the call sent nothing for join.idle_after_s and no 'ended': its open alerts were cleared "
+        "('call idle'); it goes on if it speaks again (its next report is not idle)",
     )
     turns: int
     unread: int = Field(

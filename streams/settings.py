@@ -166,12 +166,12 @@ class JoinSettings(_Section):
     max_open_calls: int = Field(
         50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
     )
-    idle_close_s: float | None = Field(
+    idle_after_s: float | None = Field(
         900.0,
         gt=0,
-        description="a call that sent no part for this long and no 'ended' is closed as if it had ended: its final "
-        "revisions, its summary (closed_by 'idle') and its open alerts cleared ('call idle'); a part after it "
-        "reopens the call without analytics. Below redis.ttl_s; unset (null) for never",
+        description="a call that sent no part for this long and no 'ended' (its inputs read past that time) has "
+        "its open alerts cleared ('call idle') and a call report with idle true; it goes on if it speaks again. "
+        "At most 0.9 redis.ttl_s (the call's analytics must still be stored); null for never",
     )
     max_finished_ids: int = Field(
         200_000,
@@ -297,16 +297,6 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()
     metrics: MetricsSettings = MetricsSettings()
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)")
-
-    @model_validator(mode="after")
-    def _idle_within_ttl(self) -> Settings:
-        idle = self.join.idle_close_s
-        if idle is not None and idle >= self.redis.ttl_s:  # the call's window and analytics would be gone by then
-            raise ValueError(
-                f"join.idle_close_s ({idle:g} s) must be below redis.ttl_s ({self.redis.ttl_s:g} s), "
-                "which forgets an idle call's window and analytics"
-            )
-        return self
 
     @field_validator("log_level")
     @classmethod

@@ -180,7 +180,8 @@ class Worker:
             read_to=lambda kind, p: self.read.get((self.topic_of.get(kind, ""), p), (None,))[0],
             max_hold_s=j.wait_s + j.max_hold_s,
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
-            idle_close_s=j.idle_close_s,
+            # the call's window and analytics must still be there: below the TTL that forgets them
+            idle_after_s=None if j.idle_after_s is None else min(j.idle_after_s, 0.9 * settings.redis.ttl_s),
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
@@ -199,7 +200,7 @@ class Worker:
         metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
-        self.idle: set[str] = set()  # of those, calls closed for being idle (no 'ended' to ack)
+        self.idle: dict[str, None] = {}  # calls the joiner found idle: their open alerts to clear, in order
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
@@ -714,11 +715,9 @@ class Worker:
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
-            gone |= {c for c in self.idle if self.joiner.closed_partition(c) in partitions}
             self.closing = [c for c in self.closing if c not in gone]
-            self.idle -= gone
             for call_id in gone:
-                self.ending.pop(call_id, None)
+                del self.ending[call_id]
             self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
             self.awaiting_start = {c: t for c, t in self.awaiting_start.items() if c in self.held}
             # the calls this worker held may be another's now and come back changed: read them afresh
@@ -751,9 +750,12 @@ class Worker:
                     self.queue = self.queue[len(batch) :]
                     self._count_queue()
             call_id = None if batch or not self.closing else self.closing[0]
+            idle = None if batch or call_id is not None or not self.idle else next(iter(self.idle))
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
             if batch:
                 return await self._process(batch)
+            if idle is not None:
+                return await self._idle(idle)
             if call_id is None:
                 return False
             closed = await self._close(call_id)
@@ -778,29 +780,19 @@ class Worker:
         self._absorb(self.joiner.call_ended(msg.call_id, now, receipt.partition, timestamp))
 
     async def _close(self, call_id: str) -> bool:
-        """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'
-        (or, for a call closed for being idle, nothing to ack)."""
+        """All of a closed call's utterances are labelled: final revisions, free its window, ack 'ended'."""
         receipts = list(self.ending.get(call_id, []))
-        idle = call_id in self.idle and not receipts
-        if idle:
-            partition = self.joiner.closed_partition(call_id)
-            lease = None if partition is None else self.leases.get(partition)
-            owned = lease is not None and lease.valid
-        else:
-            owned = bool(receipts) and all(r.lease.valid for r in receipts)
-        if not owned:
+        if not receipts or not all(r.lease.valid for r in receipts):
             async with self.lock:  # revoked: its next owner closes it
                 if call_id in self.closing:
                     self.closing.remove(call_id)
-                self.idle.discard(call_id)
             return True
         try:
             final = await self.processor.close(call_id)
             await self._publish(final)
             if self.analytics is not None:  # the summary, and the call's open alerts cleared
-                update = await self.analytics.end(call_id, [e for e, _ in final.events], idle=idle)
-                await self._send_all(update.out)
-            await self.processor.release([call_id], {} if idle else {call_id: max(r.offset for r in receipts)})
+                await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
+            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
             if self.analytics is not None:
                 await self.analytics.forget(call_id)
         except Exception:
@@ -814,7 +806,37 @@ class Worker:
                 receipt.ack()
             if call_id in self.closing:
                 self.closing.remove(call_id)
-            self.idle.discard(call_id)
+        return True
+
+    async def _idle(self, call_id: str) -> bool:
+        """A call sent nothing for join.idle_after_s and no 'ended' (a producer that crashed, a lost
+        'ended', a long hold): its open alerts cleared ('call idle') and a report that says so
+        (``idle``). It stays open: if it speaks again it goes on, its rules judged as before."""
+        now = self.clock()
+        partition = self.joiner.partition_of(call_id)
+        lease = None if partition is None else self.leases.get(partition)
+        if self.analytics is None or lease is None or not lease.valid or not self.joiner.idle_now(call_id, now):
+            async with self.lock:  # nothing to clear, another's call now, or it spoke meanwhile
+                self.idle.pop(call_id, None)
+            return True
+        if any(kind != "idle calls" for kind in self.failing_since):  # an outage is no silence: look again later
+            async with self.lock:
+                self.idle.pop(call_id, None)
+                self.joiner.rearm_idle(call_id, now)
+            return True
+        try:
+            update = await self.analytics.idle(call_id)
+            await self._send_all(update.out)
+            await self.analytics.commit(update)
+        except Exception:
+            self._failed(f"an idle call's alerts ({call_id})", "analytics", "idle calls")
+            return False
+        self._recovered("idle calls")
+        self.metrics.idle_calls.inc()
+        log.info("call %s sent nothing for %.0f s and no 'ended': its open alerts cleared ('call idle'); it goes "
+                 "on if it speaks again (join.idle_after_s)", call_id, self.joiner.idle_after_s or 0.0)  # fmt: skip
+        async with self.lock:
+            self.idle.pop(call_id, None)
         return True
 
     def _count_queue(self) -> None:
@@ -853,11 +875,7 @@ class Worker:
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
         for call_id in result.idle_calls:
-            self.idle.add(call_id)
-            self.metrics.idle_calls.inc()
-            log.info("call %s sent nothing for %.0f s and no 'ended' (join.idle_close_s): closed as if it had "
-                     "ended, its summary published; a part after this reopens it without analytics", call_id,
-                     self.settings.join.idle_close_s)  # fmt: skip
+            self.idle[call_id] = None
 
     def _recovered(self, kind: str) -> None:
         """Says once that work of ``kind`` goes through again after failures (:meth:`_failed`):

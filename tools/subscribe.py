@@ -97,7 +97,7 @@ def format_alert(alert: AlertEvent) -> str:
 
 
 def format_report(report: CallReport) -> str:
-    """One readable line for a call's final report (its summary)."""
+    """One readable line for a call's final report (its summary), or for its idle one."""
     who = "; ".join(
         f"{s.speaker} ({s.role}) {s.turns} turn{'' if s.turns == 1 else 's'}, sent {s.sentiment:+.2f} "
         f"(trend {s.sentiment_trend:+.2f}), negative {s.negative_share:.0%} (hostile {s.hostile_share:.0%})"
@@ -107,8 +107,9 @@ def format_report(report: CallReport) -> str:
     turns = f"{report.turns} turn{'' if report.turns == 1 else 's'}"
     if report.unread:  # utterances with every part ignored: no turn, no speaker of the summary
         turns += f" ({report.unread} more not read: every part ignored)"
-    ended = "call idle, closed without 'ended'" if report.closed_by == "idle" else "call ended"
-    return f"■ {ended} [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
+    if report.idle and not report.final:  # silent past join.idle_after_s: its alerts cleared, the call goes on
+        return f"◌ call idle, no 'ended' [{report.call_id}] {turns} so far: {who or 'nobody read'}; alerts: {alerts}"
+    return f"■ call ended [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
 
 
 def format_deadletter(letter: DeadLetter) -> str:
@@ -161,7 +162,14 @@ class _Backlog:
         return all(consumer.position(tp) >= end for tp, end in self.ends.items())
 
     def in_order(self) -> list[Any]:
-        return sorted(self.records, key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+        """By record time across partitions, each partition's records in offset order (two workers'
+        clocks may disagree after a rebalance: a call's own records keep the order they were written)."""
+        import heapq
+
+        by_partition: dict[tuple[str, int], list[Any]] = {}
+        for r in self.records:
+            by_partition.setdefault((r.topic, r.partition), []).append(r)
+        return list(heapq.merge(*by_partition.values(), key=lambda r: r.timestamp))
 
 
 @dataclass
@@ -228,7 +236,7 @@ class EventPrinter:
         if got is None:
             return False
         record = got.record
-        if isinstance(record, CallReport) and not record.final:
+        if isinstance(record, CallReport) and not (record.final or record.idle):
             return False  # the running reports are for dashboards
         if self.fmt == "json":
             line = record.to_bytes().decode()  # as published: fields without a value left out

@@ -80,7 +80,10 @@ SCRIPT_SHARE = 0.8
 def script_of(ch: str) -> str:
     """The script of a letter, by the first word of its Unicode name: LATIN, CYRILLIC, ARABIC, CJK
     (Han), HIRAGANA, HANGUL, DEVANAGARI, ... ('UNKNOWN' for a letter without a name)."""
-    return unicodedata.name(ch, "UNKNOWN").split(" ", 1)[0]
+    words = unicodedata.name(ch, "UNKNOWN").split(" ")
+    if words[0] in ("FULLWIDTH", "HALFWIDTH") and len(words) > 1:  # "ＯＫ" from a CJK input method is Latin
+        return words[1]
+    return words[0]
 
 
 def language_name(code: str) -> str:

@@ -105,20 +105,19 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         assert [e.utterance_id for e in updated["customer-negative-streak"].evidence] == ["u4", "u5", "u6"]
         assert "customer-anger-rising" not in updated and rising.alert_id in reports(out)[0].open_alerts
 
-        # an unsure sad turn breaks the streak, which waits for a second turn without it (clear_after
-        # 2); no rise (two turns)
+        # an unsure sad turn breaks the streak, which waits for four turns without it (clear_after 4:
+        # one calmer turn between angry ones is one alert); no rise (two turns)
         out = await step(b, [event("c", 7, "customer", "sadness", 0.3)])
         assert [x for x in alerts(out) if x.state == "cleared"] == []
 
-        # another worker (the counts are in Redis): the second customer turn without the streak clears
-        # it, the third without a rise the rising alert
+        # another worker (the counts are in Redis): the third customer turn without a rise clears it
         b = make()
         out = await step(b, [event("c", 8, "customer", "fear", 0.6)])
         cleared = {x.rule: x for x in alerts(out) if x.state == "cleared"}
-        assert set(cleared) == {"customer-anger-rising", "customer-negative-streak"}, cleared
-        assert {x.reason for x in cleared.values()} == {"recovered"}
+        assert set(cleared) == {"customer-anger-rising"} and cleared["customer-anger-rising"].reason == "recovered"
         assert cleared["customer-anger-rising"].alert_id == rising.alert_id
-        assert reports(out)[0].open_alerts == [raised["customer-sentiment-low"].alert_id]  # still below -0.5
+        open_now = {raised[r].alert_id for r in ("customer-negative-streak", "customer-sentiment-low")}
+        assert set(reports(out)[0].open_alerts) == open_now  # the streak's two misses of four; still below -0.5
 
         # the call ends: what is open clears, the summary is final, the state is forgotten
         out = (await b.end("c")).out

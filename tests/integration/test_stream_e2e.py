@@ -254,32 +254,47 @@ def test_a_part_sent_after_the_call_ended_is_labelled_but_adds_nothing_after_its
         worker.stop()
 
 
-def test_a_call_that_never_sends_ended_gets_its_summary_once_idle(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_call_silent_without_ended_has_its_alerts_cleared_and_goes_on_if_it_speaks(
+    services, unique, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """A newcomer's call without 'ended' stayed active on the supervisor page with an open critical
-    alert for ever, and had no summary. After join.idle_close_s without a part it is closed: its
-    alerts cleared ('call idle') and its summary published (closed_by 'idle')."""
+    alert for ever. After join.idle_after_s without a part its alerts are cleared ('call idle') and a
+    report says it is idle; it is not closed: when it speaks again it goes on, and its 'ended' gives
+    the summary of all its turns."""
     from kafka import KafkaProducer
 
-    from streams.schemas import TextPart
+    from streams.schemas import CallControl, TextPart
 
-    settings = settings_for(services, unique, default_modalities=("text",), idle_close_s=4.0)
+    settings = settings_for(services, unique, default_modalities=("text",), idle_after_s=4.0)
     ensure_topics(settings)
     call = f"quiet-{unique[:6]}"
+    t = settings.kafka.topics
     collector = Collector(settings)
     worker = WorkerProcess(settings, tmp_path).start()
     producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+
+    def say(i: int, who: str, line: str) -> None:
+        part = TextPart(call_id=call, utterance_id=f"u{i}", seq=i, speaker=who, text=line)
+        producer.send(t.text, key=call.encode(), value=part.to_bytes())
+        producer.flush()
+
     try:
         worker.wait_ready()
         for i, (who, line) in enumerate(ESCALATING[:7]):  # up to the angriest line, then nothing
-            part = TextPart(call_id=call, utterance_id=f"u{i}", seq=i, speaker=who, text=line)
-            producer.send(settings.kafka.topics.text, key=call.encode(), value=part.to_bytes())
+            say(i, who, line)
+        idle = lambda c: any(r.idle for r in c.reports if r.call_id == call)  # noqa: E731
+        assert collector.poll_until(idle, 60), worker.tail()
+        raised = {a.rule for a in collector.alerts if a.call_id == call and a.state == "raised"}
+        cleared = {a.rule: a.reason for a in collector.alerts if a.call_id == call and a.state == "cleared"}
+        assert raised and set(cleared) == raised and set(cleared.values()) == {"call idle"}, (raised, cleared)
+        assert "emostream_idle_calls_total 1.0" in worker.metrics()
+        say(7, "customer", "I am still waiting and I am furious, this is a disgrace!")  # back from hold
+        producer.send(t.control, key=call.encode(), value=CallControl(call_id=call, event="ended").to_bytes())
         producer.flush()
         assert collector.poll_until(lambda c: any(r.final for r in c.reports if r.call_id == call), 60), worker.tail()
         (summary,) = [r for r in collector.reports if r.final and r.call_id == call]
-        assert summary.closed_by == "idle" and summary.turns == 7 and summary.alerts_raised, summary
-        cleared = {a.rule: a.reason for a in collector.alerts if a.call_id == call and a.state == "cleared"}
-        assert set(cleared) == set(summary.alerts_raised) and set(cleared.values()) == {"call idle"}, cleared
-        assert "emostream_idle_calls_total 1.0" in worker.metrics()
+        assert summary.turns == 8 and not summary.idle, summary
+        assert any(e.utterance_id == "u7" for _, e in collector.events if e.call_id == call)
     finally:
         producer.close()
         collector.close()

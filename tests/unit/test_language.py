@@ -71,6 +71,7 @@ def test_call_center_lines_in_other_languages_are_told_and_short_ones_by_their_s
 
 def test_english_call_center_lines_are_english(check: LanguageCheck) -> None:
     assert check.verdicts(CALL_CENTER_ENGLISH) == [None] * len(CALL_CENTER_ENGLISH)
+    assert check.verdict("\uff2f\uff2b") is None  # fullwidth "OK" from a CJK input method: Latin letters
     # as a speech-to-text engine without punctuation writes them, too
     assert check.verdicts([asr_form(t) for t in CALL_CENTER_ENGLISH]) == [None] * len(CALL_CENTER_ENGLISH)
 

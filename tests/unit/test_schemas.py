@@ -394,12 +394,15 @@ def test_speakers_are_named_as_telephony_platforms_name_them() -> None:
     base = {"schema_version": 1, "kind": "text", "call_id": "c", "utterance_id": "u0", "seq": 0, "text": "hi"}
     for name, kept in [("Agent Smith", "Agent Smith"), ("+15551234567", "+15551234567"), ("José", "José"),
                        ("张伟", "张伟"), ("sip:ext-204@pbx.example", "sip:ext-204@pbx.example"),
-                       (" agent-7 ", "agent-7")]:  # fmt: skip
+                       (" agent-7 ", "agent-7"), ("\ufeffagent-7", "agent-7"),  # a CSV export's BOM
+                       ("Zoe\u0301", "Zo\u00e9"),  # NFC: one Zoé however it is composed
+                       ("\u0645\u0647\u200c\u0633\u0627", "\u0645\u0647\u200c\u0633\u0627"),  # a ZWNJ (Persian)
+                       ]:  # fmt: skip
         msg = {**base, "speaker": name}
         jsonschema.validate(msg, schema)
         part = parse_input("text", json.dumps(msg).encode(), 1 << 20)
         assert part.speaker == kept  # type: ignore[union-attr]
-    for name in ["a\nb", "a\x85b", "x\u202ey", "zero\u200bwidth", "   ", "", "a" * 129]:
+    for name in ["a\nb", "a\x85b", "x\u202ey", "x\u2066y", "   ", "", "a" * 129]:
         with pytest.raises(InvalidMessage) as caught:
             parse_input("text", json.dumps({**base, "speaker": name}).encode(), 1 << 20)
         assert caught.value.reason == "invalid_value" and "speaker" in caught.value.detail, (name, caught.value)

@@ -435,34 +435,6 @@ def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_l
     asyncio.run(scenario())
 
 
-def test_a_call_that_never_sends_ended_is_closed_once_idle(caplog: pytest.LogCaptureFixture) -> None:
-    """join.idle_close_s: a call that sent nothing for that long and no 'ended' is closed (its
-    window released, no 'ended' to ack), counted and logged; one on a partition this worker no
-    longer holds is left to its next owner."""
-
-    async def scenario() -> None:
-        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",), idle_close_s=5.0)
-        clock: Any = w.clock
-        t = w.settings.kafka.topics
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
-        await w.on_message(t.text, 1, 0, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=100.0)
-        await w.pump()
-        assert sorted(e.utterance_id for e in events(sent)) == ["u0", "v0"] and store.released == []
-        clock.now += 3.0
-        await w.pump()
-        assert store.released == []
-        await w.revoke({1})  # d's partition: its next owner's to close
-        clock.now += 3.0
-        await w.tick()
-        await w.pump()
-        assert store.released == ["c"] and w.idle == set() and w.closing == []
-        assert "emostream_idle_calls_total 1.0" in _metrics(w)  # d's call went with its partition
-
-    with caplog.at_level(logging.INFO, logger="emostream.worker"):
-        asyncio.run(scenario())
-    assert any("call c sent nothing for 5 s and no 'ended'" in r.getMessage() for r in caplog.records)
-
-
 def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_close(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1963,3 +1935,52 @@ def test_the_time_an_utterance_waited_on_the_broker_is_measured_from_its_record_
     count = w.metrics.registry.get_sample_value("emostream_record_to_event_seconds_count")
     total = w.metrics.registry.get_sample_value("emostream_record_to_event_seconds_sum")
     assert count == 2 and 50.0 <= total < 60.0, (count, total)  # the 50 s on the broker; the other one 0
+
+
+def test_an_idle_call_has_its_alerts_cleared_but_not_during_an_outage() -> None:
+    """join.idle_after_s: a call silent that long (no 'ended') goes to the analytics' idle step once,
+    and stays open; while batches are failing (an outage is no silence) it is looked at again later.
+    A call on a partition this worker no longer holds is not its to report."""
+    from streams.analytics import Update
+
+    class Analytics:
+        def __init__(self) -> None:
+            self.idle_calls: list[str] = []
+
+        async def idle(self, call_id: str) -> Update:
+            self.idle_calls.append(call_id)
+            return Update()
+
+        async def commit(self, update: Update) -> None:
+            pass
+
+        def forget_cached(self) -> None:
+            pass
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",), idle_after_s=5.0)
+        analytics = Analytics()
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
+        await w.on_message(t.text, 1, 0, b"d", text("d", "v0", 0), Handle(log, "d0"), timestamp=100.0)
+        await w.pump()
+        w.analytics = analytics  # type: ignore[assignment]  # (its batches' analytics are not this test's)
+        await w.revoke({1})  # d's partition goes to another worker
+        w.failing_since["batches"] = clock.now  # an outage
+        clock.now += 6.0
+        await w.tick()
+        await w.pump()
+        assert analytics.idle_calls == [] and w.idle == {}
+        del w.failing_since["batches"]
+        clock.now += 11.0
+        await w.tick()
+        await w.pump()
+        assert analytics.idle_calls == ["c"] and w.joiner.knows("c") and store.released == []
+        clock.now += 30.0
+        await w.tick()
+        await w.pump()
+        assert analytics.idle_calls == ["c"]  # once, until it speaks again
+        assert "emostream_idle_calls_total 1.0" in _metrics(w)
+
+    asyncio.run(scenario())
