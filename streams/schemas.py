@@ -472,8 +472,9 @@ class SpeakerTrajectory(BaseModel):
     )
     hostile_share: float = Field(
         0.0,
-        description="share of the recent turns labelled anger, disgust or frustration (an agent's sympathy "
-        "reads as sadness: negative, not hostile); 0 in reports from workers that did not count it",
+        description="share of the recent turns labelled anger, disgust or frustration with a probability of 0.5 or "
+        "more (an agent's sympathy reads as sadness: negative, not hostile); 0 in reports from workers that did "
+        "not count it",
     )
     sentiment: float = Field(description="mean sentiment of the recent turns (-1..1)")
     sentiment_trend: float = Field(

@@ -82,16 +82,17 @@ def test_a_call_reports_hostile_share_tells_empathy_from_snapping_where_its_nega
     fixture: str,
 ) -> None:
     """An agent's sympathy reads as sadness: the call report's ``negative_share`` counts it and its
-    ``hostile_share`` does not (streams/analytics.py). Measured on 1.6.0: empathy 33 and 44 of 60
-    lines negative, hostile replies 16 and 20 of 30; hostile labels 6 and 17 of 60 against 14 and 16
-    of 30."""
-    from streams.analytics import HOSTILE_EMOTIONS, NEGATIVE_EMOTIONS
+    ``hostile_share`` does not (streams/analytics.py). Measured on 1.6.0: empathy 33 and 43 of 60
+    lines negative, hostile replies 16 and 20 of 30; hostile at 0.5 or more 5 and 7 of 60 against 13
+    and 14 of 30."""
+    from streams.analytics import HOSTILE_EMOTIONS, HOSTILE_MIN_CONFIDENCE, NEGATIVE_EMOTIONS
 
     def shares(name: str) -> tuple[float, float]:
-        labels, _ = read_after_anger(kind(FIXTURES / fixture, name), "agents")
+        labels, confidence = read_after_anger(kind(FIXTURES / fixture, name), "agents")
         negative = sum(label in NEGATIVE_EMOTIONS for label in labels) / len(labels)
-        return negative, sum(label in HOSTILE_EMOTIONS for label in labels) / len(labels)
+        said = zip(labels, confidence, strict=True)
+        return negative, sum(x in HOSTILE_EMOTIONS and p >= HOSTILE_MIN_CONFIDENCE for x, p in said) / len(labels)
 
     (empathy_negative, empathy_hostile), (snapping_negative, snapping_hostile) = shares("empathy"), shares("hostile")
     assert empathy_negative >= snapping_negative - 0.1, (empathy_negative, snapping_negative)  # the problem
-    assert empathy_hostile <= 0.6 * snapping_hostile, (empathy_hostile, snapping_hostile)  # what hostile_share adds
+    assert empathy_hostile <= 0.4 * snapping_hostile, (empathy_hostile, snapping_hostile)  # what hostile_share adds

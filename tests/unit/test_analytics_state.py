@@ -358,3 +358,15 @@ def test_a_call_without_an_agent_is_logged_once(caplog: Any) -> None:
         _alerts_of([_said(i, "agent-1" if i % 2 else "caller", "neutral", 0.8, 0.0) for i in range(6)])
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "none of its speakers (spk_0, spk_1) is an agent" in said[0], said
+
+
+def test_a_hostile_share_counts_only_confident_anger() -> None:
+    """After an angry customer the model read a newcomer's agent's plain "Let me fix that right now."
+    as anger 0.47: the summary said 'hostile 67 %' of an agent who said nothing hostile."""
+    a = CallAnalytics(None, "t:", 60, load_rules(), recent_turns=5, clock=lambda: 0.0)
+    state = _State()
+    for e in [_said(0, "agent-1", "anger", 0.47, -0.5), _said(1, "agent-1", "anger", 0.46, -0.5),
+              _said(2, "agent-1", "disgust", 0.7, -0.6), _said(3, "caller", "anger", 0.9, -0.9)]:  # fmt: skip
+        a._apply("c", state, [e])
+    shares = {s.speaker: (s.negative_share, s.hostile_share) for s in a._report("c", state, {}, False).speakers}
+    assert shares == {"agent-1": (1.0, round(1 / 3, 4)), "caller": (1.0, 1.0)}, shares
