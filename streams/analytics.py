@@ -280,20 +280,6 @@ class CallAnalytics:
         out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))
         return Update(out)
 
-    async def idle(self, call_id: str) -> Update:
-        """The call sent nothing for join.idle_after_s and no 'ended': its open alerts cleared
-        ('call idle') and a report that says so (``idle``); publish, then :meth:`commit`. The call
-        stays: its turns and rule counts are kept, and it goes on if it speaks again."""
-        states = await self._load([call_id])
-        state = states[call_id]
-        if not state.turns:
-            return Update()
-        messages, state.alerts = self._alerts(call_id, state, final=True, idle=True)
-        report = self._report(call_id, state, state.alerts, final=False)
-        report = report.model_copy(update={"idle": True, "event_id": f"{report.event_id}:idle"})
-        out = [*(self._outgoing("alerts", m) for m in messages), self._outgoing("calls", report)]
-        return Update(out, states)
-
     def forget_cached(self) -> None:
         """Drop every state held in memory (the worker's partitions changed: a call may have been
         stored meanwhile by a worker of an older version, which writes no token)."""
@@ -351,12 +337,11 @@ class CallAnalytics:
                         call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
 
     def _alerts(
-        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, idle: bool = False
+        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
         """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
-        whose rule no longer holds clears after its ``clear_after`` such turns that count for it.
-        ``final``: every open alert clears, for the call's end ('call ended'), or, ``idle``, for its
-        silence ('call idle')."""
+        whose rule no longer holds clears after its ``clear_after`` such turns that count for it
+        (``final``: every open alert clears, for the call's end)."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
@@ -385,7 +370,7 @@ class CallAnalytics:
             if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue
-            why = ("call idle" if idle else "call ended") if final else "recovered"
+            why = "call ended" if final else "recovered"
             messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
         return messages, still
 

@@ -36,7 +36,6 @@ from engines.interface import MODALITIES  # the one list of modalities, in the e
 
 _BITS = (1 << 30) - 1  # a part's digest
 RECHECK_S = 0.25  # how often a held utterance or call end is looked at again
-IDLE_CHECK = "\x00idle"  # the heap's utterance id of a call's idle check (no utterance id holds a NUL)
 
 
 @dataclass
@@ -113,9 +112,6 @@ class JoinResult:
     #: (the caller acks it then); the call is not reopened
     after_end: str | None = None
     ended_calls: list[str] = field(default_factory=list)  # calls whose context can be released
-    #: calls that sent nothing for ``idle_after_s`` (and no 'ended'), their inputs read past that time:
-    #: their open alerts are to be cleared; they stay open and go on if they speak again
-    idle_calls: list[str] = field(default_factory=list)
     #: the part just added disagrees with another part of its utterance on these fields ("seq",
     #: "speaker"): joined all the same (see :meth:`Utterance.settle`), and why, for the log
     inconsistent: list[str] = field(default_factory=list)
@@ -131,7 +127,6 @@ class JoinResult:
         self.conflict = self.conflict or other.conflict
         self.after_end = self.after_end or other.after_end
         self.ended_calls += other.ended_calls
-        self.idle_calls += other.idle_calls
         self.inconsistent += other.inconsistent
         self.inconsistency = self.inconsistency or other.inconsistency
         self.reopened = self.reopened or other.reopened
@@ -146,8 +141,6 @@ class _Call:
     ended_at: float = 0.0  # when 'ended' arrived (wall clock)
     ended_ts: float | None = None  # its record time
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
-    last_ts: float | None = None  # the latest record time of its parts (the producer's clock)
-    idle_said: bool = False  # reported idle since its last part (Joiner.idle_after_s)
 
 
 #: producers' clocks may disagree (the control topic's and the parts' come from different systems):
@@ -185,7 +178,6 @@ class Joiner:
         read_to: Callable[[str, int], float | None] | None = None,
         max_hold_s: float | None = None,
         inputs: tuple[str, ...] = MODALITIES,
-        idle_after_s: float | None = None,
     ) -> None:
         """``inputs``: the modalities the model takes; a part of another one is never waited for
         (declared by a call or by default), only joined if it comes while its utterance waits.
@@ -195,9 +187,6 @@ class Joiner:
         assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
         self.idle_s = idle_s
-        #: a call that sent nothing for this long is reported idle, once, in :attr:`JoinResult.idle_calls`
-        #: (None: never), when its inputs are read past that time (not behind: a backlog is no silence)
-        self.idle_after_s = idle_after_s
         self.inputs = inputs
         self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs)
         self.max_calls = max_calls
@@ -285,8 +274,6 @@ class Joiner:
                               "parts come before its 'ended'; a call id used again starts with 'started'")  # fmt: skip
         reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
-        if ts is not None:
-            call.last_ts = ts if call.last_ts is None else max(call.last_ts, ts)
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
@@ -392,9 +379,7 @@ class Joiner:
             call = self._calls.get(call_id)
             if call is None:
                 continue  # closed or forgotten since
-            if utterance_id == IDLE_CHECK:
-                self._check_idle(call_id, call, now, result)
-            elif not utterance_id:
+            if not utterance_id:
                 if call.ends_at == deadline and self._hold_end(call, now):
                     call.ends_at = now + RECHECK_S  # never 'now': the loop above would spin
                     self._push(call.ends_at, call_id, "")
@@ -408,48 +393,6 @@ class Joiner:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
         return result
-
-    def _check_idle(self, call_id: str, call: _Call, now: float, result: JoinResult) -> None:
-        """An idle check of ``call`` came due: report it idle, or look again when it could be."""
-        if self.idle_after_s is None or call.idle_said or call.ends_at is not None:
-            return  # said already (a part arms the next check), or ending
-        due = call.last_seen + self.idle_after_s
-        if call.pending or due > now:  # a part since: look again when it could be idle
-            self._push(max(due, now + RECHECK_S), call_id, IDLE_CHECK)
-            return
-        until = None if call.last_ts is None else call.last_ts + self.idle_after_s
-        if (
-            self.behind is not None
-            and until is not None
-            and any(self.behind(m, call.partition, until) for m in call.expected)
-        ):  # its inputs are read behind that time: its parts may be among the records not read yet
-            self._push(now + min(self.idle_after_s, 10.0), call_id, IDLE_CHECK)
-            return
-        call.idle_said = True
-        result.idle_calls.append(call_id)
-
-    def rearm_idle(self, call_id: str, now: float) -> None:
-        """Look at the call's idleness again later (the caller could not act on it now)."""
-        call = self._calls.get(call_id)
-        if call is not None and self.idle_after_s is not None:
-            call.idle_said = False
-            self._push(now + min(self.idle_after_s, 10.0), call_id, IDLE_CHECK)
-
-    def idle_now(self, call_id: str, now: float) -> bool:
-        """Whether the call is still open, with nothing pending, and has sent nothing for idle_after_s."""
-        call = self._calls.get(call_id)
-        return (
-            call is not None
-            and self.idle_after_s is not None
-            and not call.pending
-            and call.ends_at is None
-            and now - call.last_seen >= self.idle_after_s
-        )
-
-    def partition_of(self, call_id: str) -> int | None:
-        """The input partition of an open call (None: not open here)."""
-        call = self._calls.get(call_id)
-        return None if call is None else call.partition
 
     # -- queries --------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -568,14 +511,9 @@ class Joiner:
             call = self._calls[call_id] = _Call(
                 expected=self.default if closed is None else closed[2], partition=partition
             )
-            fresh = True
         else:
             self._calls.move_to_end(call_id)
-            fresh = call.idle_said  # said idle: the next silence is looked at again
         call.last_seen = now
-        call.idle_said = False
-        if fresh and self.idle_after_s is not None:  # one check in the heap a call, pushed on as it talks
-            self._push(now + self.idle_after_s, call_id, IDLE_CHECK)
         return call
 
     def _make_room(self, scan: int = 64) -> None:

@@ -162,11 +162,6 @@ class Metrics:
             buckets=_LATENCY,
             registry=r,
         )
-        self.idle_calls = Counter(
-            "emostream_idle_calls_total",
-            "Calls that sent nothing for join.idle_after_s and no 'ended': their open alerts cleared ('call idle')",
-            registry=r,
-        )
         self.record_to_event = Histogram(
             "emostream_record_to_event_seconds",
             "Record time of an utterance's first part (the producer's send) -> its event produced: with the time "

@@ -444,11 +444,7 @@ class AlertEvent(_Message):
     severity: Literal["info", "warning", "critical"]
     message: str
     state: Literal["raised", "updated", "cleared"]
-    reason: str | None = Field(
-        None,
-        description="why it cleared: 'recovered', 'call ended', or 'call idle' (the call sent nothing for "
-        "join.idle_after_s and no 'ended')",
-    )
+    reason: str | None = Field(None, description="why it cleared: 'recovered' or 'call ended'")
     evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
     measured: str | None = Field(
         None,
@@ -491,11 +487,6 @@ class CallReport(_Message):
     event_id: str = Field(description="deterministic key of (call, turns and revisions seen, final)")
     call_id: str
     final: bool = False
-    idle: bool = Field(
-        False,
-        description="the call sent nothing for join.idle_after_s and no 'ended': its open alerts were cleared "
-        "('call idle'); it goes on if it speaks again (its next report is not idle)",
-    )
     turns: int
     unread: int = Field(
         0,

@@ -166,13 +166,6 @@ class JoinSettings(_Section):
     max_open_calls: int = Field(
         50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
     )
-    idle_after_s: float | None = Field(
-        900.0,
-        gt=0,
-        description="a call that sent no part for this long and no 'ended' (its inputs read past that time) has "
-        "its open alerts cleared ('call idle') and a call report with idle true; it goes on if it speaks again. "
-        "At most 0.9 redis.ttl_s (the call's analytics must still be stored); null for never",
-    )
     max_finished_ids: int = Field(
         200_000,
         ge=1,

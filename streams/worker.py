@@ -180,8 +180,6 @@ class Worker:
             read_to=lambda kind, p: self.read.get((self.topic_of.get(kind, ""), p), (None,))[0],
             max_hold_s=j.wait_s + j.max_hold_s,
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
-            # the call's window and analytics must still be there: below the TTL that forgets them
-            idle_after_s=None if j.idle_after_s is None else min(j.idle_after_s, 0.9 * settings.redis.ttl_s),
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
@@ -200,7 +198,6 @@ class Worker:
         metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
-        self.idle: dict[str, None] = {}  # calls the joiner found idle: their open alerts to clear, in order
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
@@ -750,12 +747,9 @@ class Worker:
                     self.queue = self.queue[len(batch) :]
                     self._count_queue()
             call_id = None if batch or not self.closing else self.closing[0]
-            idle = None if batch or call_id is not None or not self.idle else next(iter(self.idle))
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
             if batch:
                 return await self._process(batch)
-            if idle is not None:
-                return await self._idle(idle)
             if call_id is None:
                 return False
             closed = await self._close(call_id)
@@ -808,37 +802,6 @@ class Worker:
                 self.closing.remove(call_id)
         return True
 
-    async def _idle(self, call_id: str) -> bool:
-        """A call sent nothing for join.idle_after_s and no 'ended' (a producer that crashed, a lost
-        'ended', a long hold): its open alerts cleared ('call idle') and a report that says so
-        (``idle``). It stays open: if it speaks again it goes on, its rules judged as before."""
-        now = self.clock()
-        partition = self.joiner.partition_of(call_id)
-        lease = None if partition is None else self.leases.get(partition)
-        if self.analytics is None or lease is None or not lease.valid or not self.joiner.idle_now(call_id, now):
-            async with self.lock:  # nothing to clear, another's call now, or it spoke meanwhile
-                self.idle.pop(call_id, None)
-            return True
-        if any(kind != "idle calls" for kind in self.failing_since):  # an outage is no silence: look again later
-            async with self.lock:
-                self.idle.pop(call_id, None)
-                self.joiner.rearm_idle(call_id, now)
-            return True
-        try:
-            update = await self.analytics.idle(call_id)
-            await self._send_all(update.out)
-            await self.analytics.commit(update)
-        except Exception:
-            self._failed(f"an idle call's alerts ({call_id})", "analytics", "idle calls")
-            return False
-        self._recovered("idle calls")
-        self.metrics.idle_calls.inc()
-        log.info("call %s sent nothing for %.0f s and no 'ended': its open alerts cleared ('call idle'); it goes "
-                 "on if it speaks again (join.idle_after_s)", call_id, self.joiner.idle_after_s or 0.0)  # fmt: skip
-        async with self.lock:
-            self.idle.pop(call_id, None)
-        return True
-
     def _count_queue(self) -> None:
         self.queued_units = sum(units(u) for u in self.queue)
 
@@ -874,8 +837,6 @@ class Worker:
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
-        for call_id in result.idle_calls:
-            self.idle[call_id] = None
 
     def _recovered(self, kind: str) -> None:
         """Says once that work of ``kind`` goes through again after failures (:meth:`_failed`):

@@ -97,7 +97,7 @@ def format_alert(alert: AlertEvent) -> str:
 
 
 def format_report(report: CallReport) -> str:
-    """One readable line for a call's final report (its summary), or for its idle one."""
+    """One readable line for a call's final report (its summary)."""
     who = "; ".join(
         f"{s.speaker} ({s.role}) {s.turns} turn{'' if s.turns == 1 else 's'}, sent {s.sentiment:+.2f} "
         f"(trend {s.sentiment_trend:+.2f}), negative {s.negative_share:.0%} (hostile {s.hostile_share:.0%})"
@@ -107,8 +107,6 @@ def format_report(report: CallReport) -> str:
     turns = f"{report.turns} turn{'' if report.turns == 1 else 's'}"
     if report.unread:  # utterances with every part ignored: no turn, no speaker of the summary
         turns += f" ({report.unread} more not read: every part ignored)"
-    if report.idle and not report.final:  # silent past join.idle_after_s: its alerts cleared, the call goes on
-        return f"◌ call idle, no 'ended' [{report.call_id}] {turns} so far: {who or 'nobody read'}; alerts: {alerts}"
     return f"■ call ended [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
 
 
@@ -236,7 +234,7 @@ class EventPrinter:
         if got is None:
             return False
         record = got.record
-        if isinstance(record, CallReport) and not (record.final or record.idle):
+        if isinstance(record, CallReport) and not record.final:
             return False  # the running reports are for dashboards
         if self.fmt == "json":
             line = record.to_bytes().decode()  # as published: fields without a value left out

@@ -187,7 +187,6 @@ class Board:
         return {
             "call_id": call.call_id,
             "ended": call.ended_at is not None,
-            "idle": call.ended_at is None and call.report is not None and call.report.idle,  # silent, no 'ended'
             "updated_at": call.updated_at,
             "turns": sum(says_something(e) for e in utts),  # as the call's report counts them: an utterance read
             "unread": sum(not says_something(e) for e in utts),  # every part ignored (another language, ...)

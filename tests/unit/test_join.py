@@ -299,36 +299,6 @@ def test_idle_calls_are_forgotten() -> None:
     assert j.open_calls == 0
 
 
-def test_a_call_silent_past_idle_after_s_is_reported_idle_once_and_stays_open() -> None:
-    """A call that sends nothing and no 'ended' (a producer that crashed, a lost 'ended', a long
-    hold) is reported idle once, for its alerts to be cleared; it stays open and goes on if it speaks
-    again, and is reported again after its next silence. Not while its inputs are read behind that
-    silence (a backlog, an outage: its parts may be among the records not read yet)."""
-    j = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=100.0, idle_after_s=10.0)
-    assert ids(j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0, partition=3, ts=100.0)) == ["u0"]
-    j.add("d", "v0", 0, "A", "text", "t", "h", now=0.0, ts=100.0)
-    j.add("d", "v1", 1, "A", "text", "t", "h", now=9.5, ts=109.5)  # still talking
-    assert j.expire(now=5.0).idle_calls == []
-    assert j.expire(now=10.5).idle_calls == ["c"]
-    assert j.knows("c") and j.partition_of("c") == 3 and j.idle_now("c", 10.5) and not j.idle_now("d", 10.5)
-    assert j.expire(now=19.0).idle_calls == []  # said once
-    assert j.expire(now=19.6).idle_calls == ["d"]
-    j.add("c", "u1", 1, "A", "text", "t", "h", now=20.0, ts=120.0)  # speaks again: goes on
-    assert not j.idle_now("c", 25.0) and j.expire(now=29.0).idle_calls == []
-    assert j.expire(now=30.5).idle_calls == ["c"]
-    # read behind the silence: not idle; once read on, it is
-    behind = [True]
-    k = Joiner(wait_s=1.0, default_modalities=("text",), idle_after_s=10.0, behind=lambda m, p, until: behind[0])
-    k.add("c", "u0", 0, "A", "text", "t", "h", now=0.0, ts=100.0)
-    assert k.expire(now=11.0).idle_calls == [] and k.expire(now=30.0).idle_calls == []
-    behind[0] = False
-    assert k.expire(now=40.0).idle_calls == ["c"]
-    # idle_after_s None: never
-    n = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=100.0)
-    n.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
-    assert n.expire(now=99.0).idle_calls == []
-
-
 def test_forget_drops_a_revoked_partitions_calls_and_labelled_ids() -> None:
     j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
     j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0, partition=1)

@@ -45,7 +45,7 @@ function card(c) {
   const sev = c.alerts.length ? c.alerts[0].severity : "";
   const alerts = c.alerts.map((a) =>
     `<div class="alert ${a.severity}" data-rule="${esc(a.rule)}">⚠ ${esc(a.message)}</div>`).join("");
-  const state = c.ended ? "ended" : c.idle ? "idle, no 'ended'" : "live";
+  const state = c.ended ? "ended" : "live";
   return `<article class="call ${sev} ${c.ended ? "ended" : ""}" data-call="${esc(c.call_id)}">` +
     `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${state}</span></div>` +
     alerts + c.speakers.map(speakerRow).join("") + `</article>`;
@@ -89,7 +89,7 @@ async function showDetail(callId) {
     `${a.evidence.length ? ": turns " + a.evidence.map((e) => "#" + e.seq).join(", ") : ""}` +
     `${a.measured ? " · " + esc(a.measured) : ""}</li>`).join("");
   $("detail-body").innerHTML = `<h2>${esc(c.call_id)}</h2>` +
-    `<div class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${c.ended ? "ended" : c.idle ? "idle, no 'ended'" : "live"}</div>` +
+    `<div class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${c.ended ? "ended" : "live"}</div>` +
     c.alerts.map((a) => `<div class="alert ${a.severity}">⚠ ${esc(a.message)}</div>`).join("") +
     (history ? `<ul class="history">${history}</ul>` : "") +
     `<table><thead><tr><th>#</th><th>speaker</th><th>label</th><th>conf.</th><th>sent.</th><th>weights</th></tr></thead>` +
