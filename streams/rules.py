@@ -194,7 +194,8 @@ class Below(_Rule):
 
     def measured(self, evidence: Sequence[Turn]) -> str:
         mean = sum(t.sentiment for t in evidence) / len(evidence)
-        return f"mean sentiment {mean:+.2f} (below {self.threshold:+.2f})"
+        shown = f"{mean:+.2f}" if abs(mean - self.threshold) >= 0.005 else f"{mean:+.3f}"  # not "-0.50 (below -0.50)"
+        return f"mean sentiment {shown} (below {self.threshold:+.2f})"
 
 
 class Reply(_Rule):

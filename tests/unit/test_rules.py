@@ -174,5 +174,7 @@ def test_an_alert_says_what_its_rule_measured() -> None:
     angry = [dataclasses.replace(turn(i, "c", "anger", 0.7), confidence=0.7) for i in range(3)]
     assert streak.measured(angry) == "anger 0.70, anger 0.70, anger 0.70 (each at least 0.5)"
     assert low.measured(angry) == "mean sentiment -0.70 (below -0.50)"
+    near = [dataclasses.replace(t, sentiment=s) for t, s in zip(angry, (-0.87, -0.94, 0.31), strict=True)]
+    assert low.measured(near) == "mean sentiment -0.500 (below -0.50)"  # the demo's -0.5000 (rounded -0.50)
     pair = [angry[0], dataclasses.replace(turn(3, "agent-1", "anger", 0.8), confidence=0.8)]
     assert reply.measured(pair) == "customer anger 0.70, then agent anger 0.80"
