@@ -72,7 +72,6 @@ TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set 
 
 
 DEAD_LETTERED = "dead-lettered: "  # an utterance's ignored[modality] for a part that went to the dead letters
-NOT_SENT = ": the part was not sent, or not within the wait"  # how Worker.reading ends for a partition read to its end
 DETAIL_IN_EVENT = 160  # characters of a dead letter's detail that the event's ``ignored`` repeats
 
 
@@ -455,11 +454,17 @@ class Worker:
         if result.after_end is not None and receipt.lease.valid:  # its call was closed: it is not reopened
             await self._reject(InvalidMessage("after_call_ended", result.after_end), receipt, key, value, msg)
 
+    def _sampled(self, kind: str) -> int | None:
+        """Count one more of ``kind`` (a log line about it): the count, for the first ten and then
+        every 1000th, which are logged; None for the others (the metrics count them all)."""
+        n = self.noted[kind] = self.noted.get(kind, 0) + 1
+        return n if n <= 10 or not n % 1000 else None
+
     def _note_unused(self, msg: Any, why: str) -> None:
         """Log a part acked without an event (the first ten of each kind, then every 1000th; the
         metrics count them all): a newcomer who feeds a file twice sees why nothing comes back."""
-        n = self.noted[why] = self.noted.get(why, 0) + 1
-        if n > 10 and n % 1000:
+        n = self._sampled(why)
+        if n is None:
             return
         if why == "late":
             log.info("%s/%s: its %s part came too late (after the utterance was labelled without it, or sent "
@@ -475,8 +480,8 @@ class Worker:
     def _note_inconsistent(self, why: str) -> None:
         """Log parts of one utterance that disagree on its seq or speaker (the first ten, then every
         1000th; emostream_inconsistent_parts_total counts them all)."""
-        n = self.noted["inconsistent"] = self.noted.get("inconsistent", 0) + 1
-        if n <= 10 or not n % 1000:
+        n = self._sampled("inconsistent")
+        if n is not None:
             log.warning("%s [%d so far, emostream_inconsistent_parts_total]", why, n)
 
     async def _declaration(self, msg: Part) -> list[str] | None:
@@ -664,12 +669,13 @@ class Worker:
             return True  # still flowing, not yet up to this utterance's time: its part is most likely in flight
         return end is not None and offset + 1 < end.offset
 
-    def reading(self, modality: str, utt: Utterance) -> str:
+    def reading(self, modality: str, utt: Utterance) -> tuple[str, bool]:
         """Why nothing held ``utt`` for its ``modality`` part, for a log line: how far that part's
-        partition is read, against the record time up to which the part would have counted."""
+        partition is read, against the record time up to which the part would have counted; and
+        whether it is read to its end (the part was not sent, or not in time)."""
         topic = self.topic_of.get(modality)
         if topic is None:
-            return f"no input topic for {modality}"
+            return f"no input topic for {modality}", False
         now = self.clock()
         ts, offset, advanced_at = self.read.get((topic, utt.partition), (float("-inf"), -1, float("-inf")))
         end = self.highwater(topic, utt.partition)
@@ -692,7 +698,7 @@ class Worker:
             )
         if self.disturbed_at > float("-inf"):
             said += f"; last disturbance {now - self.disturbed_at:.1f} s ago"
-        return said + (NOT_SENT if caught_up else "")
+        return said + (": the part was not sent, or not within the wait" if caught_up else ""), caught_up
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for
@@ -816,18 +822,16 @@ class Worker:
             self.metrics.inconsistent_parts.labels(name).inc()
         if result.inconsistency is not None:
             self._note_inconsistent(result.inconsistency)
-        if result.reopened is not None:
-            n = self.noted["reopened"] = self.noted.get("reopened", 0) + 1
-            if n <= 10 or not n % 1000:  # the first ten, then every 1000th
-                log.warning("%s [%d so far]", result.reopened, n)
+        if result.reopened is not None and (n := self._sampled("reopened")) is not None:
+            log.warning("%s [%d so far]", result.reopened, n)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
             missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)
             for m in missing:
                 self.metrics.missing.labels(m).inc()
             if missing and (self.missing_logged < 20 or self.missing_logged % 100 == 0):
-                said = self.reading(missing[0], utt)
-                if said.endswith(NOT_SENT) and self.missing_logged < 3:  # the first few: what to do about it
+                said, not_sent = self.reading(missing[0], utt)
+                if not_sent and self.missing_logged < 3:  # the first few: what to do about it
                     said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "
                              "its 'started' control message, modalities [...]; calls that send none get "
                              "join.default_modalities)")  # fmt: skip

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
@@ -212,9 +212,8 @@ class EventPrinter:
         self.tracker = Tracker(kinds, call_ids, memory, default="events")
         self.received: Received | None = None  # the record the last handle() accepted (parsed once, for callers)
         self.count = 0  # lines printed
-        self.hold_s, self.clock, self.memory = hold_s, clock, memory
+        self.hold_s, self.clock = hold_s, clock
         self.limit = limit  # held lines are not printed past this many lines in all
-        self._printed: OrderedDict[tuple[str, str], None] = OrderedDict()  # (call, utterance) of events printed
         self._held: dict[str, deque[_Held]] = {}  # per call, in arrival order
 
     @property
@@ -248,15 +247,13 @@ class EventPrinter:
             line = format_deadletter(record)
         if isinstance(record, (AlertEvent, CallReport)) and self.hold_s > 0:
             cited = {e.utterance_id for e in record.evidence} if isinstance(record, AlertEvent) else set()
-            waiting = {u for u in cited if (record.call_id, u) not in self._printed}
+            # an event accepted is printed at once: the tracker's memory of it says it was
+            waiting = {u for u in cited if self.tracker.latest(record.call_id, u) is None}
             if waiting or record.call_id in self._held:
                 self._held.setdefault(record.call_id, deque()).append(_Held(self.clock(), line, waiting))
                 return False
         self._write(line)
         if isinstance(record, EmotionEvent):
-            self._printed[(record.call_id, record.utterance_id)] = None
-            if len(self._printed) > self.memory:
-                self._printed.popitem(last=False)
             held = self._held.get(record.call_id)
             for h in held or ():
                 h.waiting.discard(record.utterance_id)
