@@ -63,6 +63,8 @@ class Utterance:
     #: of a call that had closed (its summary out), reopened by a late part: labelled, but no turn of the
     #: call's analytics, which ended with the summary
     after_close: bool = False
+    #: expected modalities it did not wait for: its call has never sent them (see Joiner.LEARN_AFTER)
+    not_waited: tuple[str, ...] = ()
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
         """Take ``modality``'s usable part's ``seq`` and ``speaker``; where the utterance's usable
@@ -118,6 +120,8 @@ class JoinResult:
     inconsistency: str | None = None
     #: the part just added reopened a call that had closed (sent in time, or not shown late): why, for the log
     reopened: str | None = None
+    #: calls that stopped (or started again) waiting for a modality they have not sent: what changed, for the log
+    learned: list[str] = field(default_factory=list)
 
     def extend(self, other: JoinResult) -> None:
         self.ready += other.ready
@@ -130,6 +134,7 @@ class JoinResult:
         self.inconsistent += other.inconsistent
         self.inconsistency = self.inconsistency or other.inconsistency
         self.reopened = self.reopened or other.reopened
+        self.learned += other.learned
 
 
 @dataclass
@@ -141,6 +146,13 @@ class _Call:
     ended_at: float = 0.0  # when 'ended' arrived (wall clock)
     ended_ts: float | None = None  # its record time
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
+    declared: bool = False  # its 'started' said what it sends: nothing is learnt
+    heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
+    unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner.LEARN_AFTER)
+    skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances do not wait for them
+
+    def waits_for(self) -> tuple[str, ...]:
+        return tuple(m for m in self.expected if m not in self.skip)
 
 
 #: producers' clocks may disagree (the control topic's and the parts' come from different systems):
@@ -165,7 +177,16 @@ class Joiner:
     Open utterances are bounded by the caller, which stops reading at its cap (see
     :attr:`open_utterances`): they leave within ``wait_s`` on their own. Deadlines live in a heap,
     so :meth:`expire` touches only what is due.
+
+    A call whose 'started' did not say what it sends (or that sent none) waits for the default
+    modalities; once :attr:`LEARN_AFTER` of its utterances went without a modality it has never sent a
+    part of (a call of words only, say), its utterances stop waiting for it, and its first part of that
+    modality makes them wait again (:attr:`JoinResult.learned` says which). The released utterances
+    still name it as expected, so the missing-modality count shows an outage of that input.
     """
+
+    #: utterances of a call that went without a modality it never sent before its next ones stop waiting for it
+    LEARN_AFTER = 2
 
     def __init__(
         self,
@@ -227,6 +248,7 @@ class Joiner:
         # and voice too: the caller says so in its log)
         if modalities:
             call.expected = tuple(m for m in MODALITIES if m in modalities and m in self.inputs) or self.default
+            call.declared, call.skip = True, ()
         return self._release(call_id, now)
 
     def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:
@@ -253,6 +275,25 @@ class Joiner:
     ) -> JoinResult:
         """One part; ``ts`` is its record time (for waits behind, see the module doc)."""
         assert modality in MODALITIES, modality
+        again = self._heard(call_id, modality)
+        result = self._add(call_id, utterance_id, seq, speaker, modality, payload, handle, now, partition, ts)
+        if again is not None:
+            result.learned.append(again)
+        return result
+
+    def _add(
+        self,
+        call_id: str,
+        utterance_id: str,
+        seq: int,
+        speaker: str,
+        modality: str,
+        payload: Any,
+        handle: Any,
+        now: float,
+        partition: int,
+        ts: float | None,
+    ) -> JoinResult:
         done = self._done.get((call_id, utterance_id))
         if done is not None:
             self._done.move_to_end((call_id, utterance_id))
@@ -274,6 +315,7 @@ class Joiner:
                               "parts come before its 'ended'; a call id used again starts with 'started'")  # fmt: skip
         reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
+        call.heard.add(modality)
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
@@ -323,10 +365,12 @@ class Joiner:
         before the utterance's event is out reads the part again after it, so the replay knows
         again not to wait for it and says why the event lacks it."""
         assert modality in MODALITIES, modality
+        again = self._heard(call_id, modality)  # it sends that modality (this part was bad)
         if (call_id, utterance_id) in self._done or self._after_end(call_id, partition, ts) is not None:
-            return JoinResult(ack_now=[handle] if handle is not None else [])
+            return JoinResult(ack_now=[handle] if handle is not None else [], learned=[again] if again else [])
         reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
+        call.heard.add(modality)
         utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
         if handle is not None:
             utt.handles.append(handle)
@@ -335,6 +379,8 @@ class Joiner:
         result = self._release(call_id, now)
         if reopening:
             result.reopened = self._reopened(call_id, utterance_id, seq, modality, ts)
+        if again is not None:
+            result.learned.append(again)
         return result
 
     def _reopened(self, call_id: str, utterance_id: str, seq: int, modality: str, ts: float | None) -> str:
@@ -532,12 +578,14 @@ class Joiner:
         call = self._calls[call_id]
         result = JoinResult()
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            complete = all(utt.has(m) for m in call.expected)
-            expired = now - utt.first_at >= self.wait_s and not self._hold(utt, call.expected, now)
+            complete = all(utt.has(m) for m in call.waits_for())
+            expired = now - utt.first_at >= self.wait_s and not self._hold(utt, call.waits_for(), now)
             if not (complete or expired):
                 break  # holds back later utterances of this call
-            utt.ready_at, utt.expected = now, call.expected
-            utt.timed_out = not complete
+            utt.ready_at, utt.expected, utt.not_waited = now, call.expected, call.skip
+            utt.timed_out = not all(utt.has(m) for m in call.expected)
+            if not complete:
+                self._learn(call_id, call, utt, result)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
             else:
@@ -546,6 +594,37 @@ class Joiner:
             self._open -= 1
             self._mark_done(utt, call.partition)
         return result
+
+    def _learn(self, call_id: str, call: _Call, utt: Utterance, result: JoinResult) -> None:
+        """After ``utt`` went without a part it waited for: once :attr:`LEARN_AFTER` utterances of a call
+        that did not say what it sends went without a modality it has never sent a part of, while it
+        sends another, its utterances stop waiting for that modality (until its first part comes)."""
+        never = [m for m in call.waits_for() if not utt.has(m) and m not in call.heard]
+        sent = [m for m in call.expected if m in call.heard]
+        if call.declared or not never or not sent:
+            return
+        call.unheard += 1
+        if call.unheard < self.LEARN_AFTER:
+            return
+        call.skip = tuple(m for m in call.expected if m in call.skip or m in never)
+        result.learned.append(
+            f"call {call_id} has sent no {'+'.join(never)} part in its first {call.unheard} utterances: its next "
+            f"ones go on its {'+'.join(sent)} at once, without waiting join.wait_s {self.wait_s:g} s for "
+            f"{'+'.join(never)} (a call that sends only {'+'.join(sent)} says so in its 'started', modalities "
+            f"{list(sent)}); its first {'+'.join(never)} part makes them wait again"
+        )
+
+    def _heard(self, call_id: str, modality: str) -> str | None:
+        """A part of ``modality`` came for ``call_id``: if its utterances had stopped waiting for that
+        modality (:meth:`_learn`), they wait again; what changed, for the log."""
+        call = self._calls.get(call_id)
+        if call is None:
+            return None
+        call.heard.add(modality)
+        if modality not in call.skip:
+            return None
+        call.skip, call.unheard = tuple(m for m in call.skip if m != modality), 0
+        return f"call {call_id}: its first {modality} part came: its utterances wait for {modality} again"
 
     def _past_backstop(self, since: float, now: float) -> bool:
         return self.max_hold_s is not None and now - since >= self.max_hold_s
@@ -570,10 +649,10 @@ class Joiner:
         if self.behind is None or call.ended_ts is None or self._past_backstop(call.ended_at, now):
             return False
         until = call.ended_ts + self.wait_s
-        if any(self.behind(m, call.partition, until) for m in call.expected):
+        if any(self.behind(m, call.partition, until) for m in call.waits_for()):
             return True
-        incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
-        return any(self._hold(u, call.expected, now) for u in incomplete)
+        incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.waits_for())]
+        return any(self._hold(u, call.waits_for(), now) for u in incomplete)
 
     def _end_ts(self, call_id: str) -> float | None:
         """The record time of the call's 'ended', if it came: closing, or closed (and maybe reopened

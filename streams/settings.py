@@ -132,7 +132,10 @@ class RedisSettings(_Section):
 class JoinSettings(_Section):
     wait_s: float = Field(2.0, ge=0, description="max wait for missing modalities after an utterance's first part")
     default_modalities: tuple[str, ...] = Field(
-        ("text", "audio"), min_length=1, description="what a call without a 'started' message is waited for"
+        ("text", "audio"),
+        min_length=1,
+        description="what a call without a 'started' message is waited for (not a modality of "
+        "which it has sent no part in its first two utterances, until it does)",
     )
 
     @field_validator("default_modalities")

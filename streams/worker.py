@@ -824,12 +824,17 @@ class Worker:
             self._note_inconsistent(result.inconsistency)
         if result.reopened is not None and (n := self._sampled("reopened")) is not None:
             log.warning("%s [%d so far]", result.reopened, n)
+        for learned in result.learned:
+            if (n := self._sampled("learned")) is not None:
+                log.info("%s [%d so far]", learned, n)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
             missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)
             for m in missing:
                 self.metrics.missing.labels(m).inc()
-            if missing and (self.missing_logged < 20 or self.missing_logged % 100 == 0):
+            if any(m not in utt.not_waited for m in missing) and (
+                self.missing_logged < 20 or self.missing_logged % 100 == 0
+            ):  # not those of a call that sends none (join.LEARN_AFTER's log said so once)
                 said, not_sent = self.reading(missing[0], utt)
                 if not_sent and self.missing_logged < 3:  # the first few: what to do about it
                     said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "
@@ -837,7 +842,7 @@ class Worker:
                              "join.default_modalities)")  # fmt: skip
                 log.info("%s/%s goes without %s after %.1f s: %s", utt.call_id, utt.utterance_id, "+".join(missing),
                          (utt.ready_at or utt.first_at) - utt.first_at, said)  # fmt: skip
-            self.missing_logged += bool(missing)
+            self.missing_logged += any(m not in utt.not_waited for m in missing)
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)

@@ -252,3 +252,50 @@ def test_a_part_sent_after_the_call_ended_is_labelled_but_adds_nothing_after_its
         producer.close()
         collector.close()
         worker.stop()
+
+
+def test_a_call_that_sends_no_audio_stops_waiting_for_it_after_two_utterances(  # type: ignore[no-untyped-def]
+    services, unique, shared_data, tmp_path
+) -> None:
+    """No 'started', the default text + audio expected, only words sent: the first two utterances wait
+    join.wait_s (1.5 s here) for audio, the next ones go at once; the call's first audio part makes them wait again."""
+    from kafka import KafkaProducer
+
+    from tools.feed import part_message
+
+    settings = settings_for(services, unique)
+    assert settings.join.default_modalities == ("text", "audio") and settings.join.wait_s == 1.5
+    ensure_topics(settings)
+    (dialogue,) = attach_ravdess(meld_dev(shared_data, [8]), shared_data / "ravdess", seed=7, actors=range(17, 21))
+    utts = [u for u in dialogue.utterances if u.audio][:5]
+    assert len(utts) == 5
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers, max_request_size=16 * 1024 * 1024)
+    try:
+        worker.wait_ready()
+        joined: list[Any] = []
+        for k, u in enumerate(utts):  # each sent once the one before has its event
+            for modality in ("audio", "text") if k == 3 else ("text",):
+                topic, value = part_message(u, modality, settings.kafka.topics)  # type: ignore[misc]
+                producer.send(topic, key=u.call_id.encode(), value=value).get(timeout=30)
+            assert collector.poll_until(lambda c, u=u: u.utterance_id in by_utterance_id(c), 60), worker.tail()
+            joined.append(by_utterance_id(collector)[u.utterance_id])
+        waits = [round(ev.timings.join_s, 2) for ev in joined]
+        assert [ev.modalities_present for ev in joined] == [["text"]] * 3 + [["text", "audio"]] + [["text"]], waits
+        assert waits[0] >= 1.4 and waits[1] >= 1.4, waits  # the default: wait for the voice
+        assert waits[2] < 0.7, waits  # a call that has sent none: not waited for
+        assert waits[4] >= 1.4, waits  # it sent a voice: waited for again
+        log = worker.tail(10**7)
+        assert f"call {dialogue.call_id} has sent no audio part in its first 2 utterances" in log, worker.tail()
+        assert f"call {dialogue.call_id}: its first audio part came" in log
+        missing = 'emostream_missing_modality_total{modality="audio"} 4.0'
+        assert missing in worker.metrics().splitlines(), worker.metrics()  # all four still counted
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()
+
+
+def by_utterance_id(collector: Collector) -> dict[str, Any]:
+    return {ev.utterance_id: ev for _, ev in collector.events}

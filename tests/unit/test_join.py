@@ -543,3 +543,65 @@ def test_a_call_that_declares_only_what_the_model_does_not_take_waits_for_the_de
 def test_a_model_that_takes_none_of_the_default_modalities_waits_for_none() -> None:
     j = Joiner(wait_s=2.0, default_modalities=("audio",), inputs=("text",))
     assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == ["u0"]  # not held for audio
+
+
+def test_a_call_that_sends_no_audio_stops_waiting_for_it_after_two_utterances_and_waits_again_once_it_does() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    assert Joiner.LEARN_AFTER == 2
+    for k, t in enumerate((0.0, 3.0)):  # the first two wait join.wait_s for audio
+        assert ids(j.add("c", f"u{k}", k, "A", "text", "t", "h", now=t)) == []
+        r = j.expire(now=t + 2.0)
+        assert ids(r) == [f"u{k}"] and r.ready[0].timed_out
+    assert len(r.learned) == 1 and "no audio part in its first 2 utterances" in r.learned[0]
+    r = j.add("c", "u2", 2, "A", "text", "t", "h", now=6.0)  # the third goes at once
+    assert ids(r) == ["u2"] and r.ready[0].expected == ("text", "audio") and r.ready[0].not_waited == ("audio",)
+    assert r.ready[0].timed_out  # still counted as missing its audio (an outage of that input shows)
+    # another call is not affected
+    assert ids(j.add("d", "v0", 0, "A", "text", "t", "h", now=6.0)) == []
+    # its first audio part: the utterance it belongs to waits for it again, and the ones after
+    r = j.add("c", "u3", 3, "A", "audio", "a", "h", now=7.0)
+    assert ids(r) == [] and r.learned == ["call c: its first audio part came: its utterances wait for audio again"]
+    assert ids(j.add("c", "u3", 3, "A", "text", "t", "h", now=7.1)) == ["u3"]
+    assert ids(j.add("c", "u4", 4, "A", "text", "t", "h", now=8.0)) == []
+    assert ids(j.expire(now=10.0)) == ["v0", "u4"]  # d's first, due at 8.0
+
+
+def test_a_late_or_dead_lettered_audio_part_also_ends_the_skip() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    for k in range(2):
+        j.add("c", f"u{k}", k, "A", "text", "t", "h", now=2.0 * k)
+        j.expire(now=2.0 * k + 1.0)
+    r = j.add("c", "u0", 0, "A", "audio", "a", "h", now=4.0)  # late: acked, no event, but audio is sent
+    assert r.late_parts == 1 and r.learned
+    assert ids(j.add("c", "u2", 2, "A", "text", "t", "h", now=4.5)) == []  # waits again
+    j.expire(now=5.5)
+    j.add("c", "u3", 3, "A", "text", "t", "h", now=6.0)
+    r = j.expire(now=7.0)  # it has sent audio: it waits for it from now on, however many go without
+    assert ids(r) == ["u3"] and not r.learned
+    assert ids(j.add("c", "u4", 4, "A", "text", "t", "h", now=8.0)) == []
+    for k in range(2):  # another call: two without audio, then a bad audio part
+        j.add("d", f"v{k}", k, "A", "text", "t", "h", now=10.0 + 2.0 * k)
+        j.expire(now=11.0 + 2.0 * k)
+    r = j.reject("d", "v2", 2, "A", "audio", "does not decode", now=14.0)
+    assert r.learned and ids(r) == []  # a bad audio part: the call sends audio, wait for the next ones
+    assert ids(j.add("d", "v2", 2, "A", "text", "t", "h", now=14.1)) == ["v2"]  # its own audio came, dead-lettered
+    assert ids(j.add("d", "v3", 3, "A", "text", "t", "h", now=14.2)) == []
+
+
+def test_a_call_that_declared_its_modalities_or_sent_audio_never_stops_waiting() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.call_started("c", ["text", "audio"], now=0.0)
+    j.add("d", "v0", 0, "A", "text", "t", "h", now=0.0)
+    j.add("d", "v0", 0, "A", "audio", "a", "h", now=0.1)  # d has sent audio once
+    for k in range(4):
+        t = 1.0 + 2.0 * k
+        j.add("c", f"u{k}", k, "A", "text", "t", "h", now=t)
+        j.add("d", f"v{k + 1}", k + 1, "A", "text", "t", "h", now=t)
+        r = j.expire(now=t + 1.0)
+        assert sorted(ids(r)) == [f"u{k}", f"v{k + 1}"] and not r.learned
+    # a call that started without modalities learns as one without 'started'
+    j.call_started("e", None, now=10.0)
+    for k in range(3):
+        j.add("e", f"w{k}", k, "A", "text", "t", "h", now=10.0 + 2 * k)
+        j.expire(now=11.0 + 2 * k)
+    assert ids(j.add("e", "w3", 3, "A", "text", "t", "h", now=20.0)) == ["w3"]
