@@ -63,7 +63,7 @@ class Utterance:
     #: of a call that had closed (its summary out), reopened by a late part: labelled, but no turn of the
     #: call's analytics, which ended with the summary
     after_close: bool = False
-    #: expected modalities it did not wait for: its call has never sent them (see Joiner.LEARN_AFTER)
+    #: expected modalities it did not wait for: its call has never sent them (see Joiner's learn_after)
     not_waited: tuple[str, ...] = ()
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
@@ -120,8 +120,10 @@ class JoinResult:
     inconsistency: str | None = None
     #: the part just added reopened a call that had closed (sent in time, or not shown late): why, for the log
     reopened: str | None = None
-    #: calls that stopped (or started again) waiting for a modality they have not sent: what changed, for the log
+    #: calls whose utterances stopped waiting join.wait_s for a modality they have not sent, and calls
+    #: whose utterances wait for it again (its first part came): why, for the log
     learned: list[str] = field(default_factory=list)
+    unlearned: list[str] = field(default_factory=list)
 
     def extend(self, other: JoinResult) -> None:
         self.ready += other.ready
@@ -135,6 +137,7 @@ class JoinResult:
         self.inconsistency = self.inconsistency or other.inconsistency
         self.reopened = self.reopened or other.reopened
         self.learned += other.learned
+        self.unlearned += other.unlearned
 
 
 @dataclass
@@ -148,12 +151,16 @@ class _Call:
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
     declared: bool = False  # its 'started' said what it sends: nothing is learnt
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
-    unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner.LEARN_AFTER)
-    skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances do not wait for them
+    unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner's learn_after)
+    skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances wait UNSENT_WAIT_S for them
 
     def waits_for(self) -> tuple[str, ...]:
         return tuple(m for m in self.expected if m not in self.skip)
 
+
+#: how long an utterance waits for a modality its call has not sent (see Joiner.learn_after), at most wait_s:
+#: a part sent just after its utterance's other parts (an audio clip after its transcript) is still joined
+UNSENT_WAIT_S = 0.5
 
 #: producers' clocks may disagree (the control topic's and the parts' come from different systems):
 #: a part is refused as sent after its call's end only past ``join.wait_s`` and this much more
@@ -179,14 +186,14 @@ class Joiner:
     so :meth:`expire` touches only what is due.
 
     A call whose 'started' did not say what it sends (or that sent none) waits for the default
-    modalities; once :attr:`LEARN_AFTER` of its utterances went without a modality it has never sent a
-    part of (a call of words only, say), its utterances stop waiting for it, and its first part of that
-    modality makes them wait again (:attr:`JoinResult.learned` says which). The released utterances
-    still name it as expected, so the missing-modality count shows an outage of that input.
+    modalities; once ``learn_after`` of its utterances went without a modality it has never sent a
+    part of (a call of words only, say), its utterances wait only :data:`UNSENT_WAIT_S` for it once
+    their other parts are in (longer while its topic is read behind, as any wait), and its first part
+    of that modality makes them wait ``wait_s`` again (:attr:`JoinResult.learned`, ``unlearned``).
+    The released utterances still name it as expected, so the missing-modality count shows an outage
+    of that input. What a call declared and sent is kept through its close (a part sent in time
+    reopens it as it was), not past this worker's memory of it (a restart, a rebalance, the cap).
     """
-
-    #: utterances of a call that went without a modality it never sent before its next ones stop waiting for it
-    LEARN_AFTER = 2
 
     def __init__(
         self,
@@ -199,6 +206,7 @@ class Joiner:
         read_to: Callable[[str, int], float | None] | None = None,
         max_hold_s: float | None = None,
         inputs: tuple[str, ...] = MODALITIES,
+        learn_after: int = 2,
     ) -> None:
         """``inputs``: the modalities the model takes; a part of another one is never waited for
         (declared by a call or by default), only joined if it comes while its utterance waits.
@@ -215,15 +223,18 @@ class Joiner:
         self.behind = behind
         self.read_to = read_to  # (topic kind, partition) -> the highest record time read there
         self.max_hold_s = max_hold_s
+        self.learn_after = learn_after  # 0: never learnt
+        self.unsent_wait_s = min(UNSENT_WAIT_S, wait_s)
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         #: labelled ids -> (partition, digest of the text, audio and video used or None, the utterance's
         #: seq, a digest of its speaker), oldest first
         self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
         #: calls closed after their 'ended' -> (partition, the end's record time, the modalities it
-        #: expected), oldest first (at most ``max_calls``): a part sent after does not reopen them (no
-        #: context, a report after the final one); one sent in time and read late reopens it as it was
-        self._ended: OrderedDict[str, tuple[int, float | None, tuple[str, ...]]] = OrderedDict()
+        #: expected, whether it declared them, those it sent), oldest first (at most ``max_calls``): a part
+        #: sent after does not reopen them (no context, a report after the final one); one sent in time
+        #: and read late reopens it as it was
+        self._ended: OrderedDict[str, tuple[int, float | None, tuple[str, ...], bool, frozenset[str]]] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
         self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
@@ -278,7 +289,7 @@ class Joiner:
         again = self._heard(call_id, modality)
         result = self._add(call_id, utterance_id, seq, speaker, modality, payload, handle, now, partition, ts)
         if again is not None:
-            result.learned.append(again)
+            result.unlearned.append(again)
         return result
 
     def _add(
@@ -367,7 +378,7 @@ class Joiner:
         assert modality in MODALITIES, modality
         again = self._heard(call_id, modality)  # it sends that modality (this part was bad)
         if (call_id, utterance_id) in self._done or self._after_end(call_id, partition, ts) is not None:
-            return JoinResult(ack_now=[handle] if handle is not None else [], learned=[again] if again else [])
+            return JoinResult(ack_now=[handle] if handle is not None else [], unlearned=[again] if again else [])
         reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
@@ -380,7 +391,7 @@ class Joiner:
         if reopening:
             result.reopened = self._reopened(call_id, utterance_id, seq, modality, ts)
         if again is not None:
-            result.learned.append(again)
+            result.unlearned.append(again)
         return result
 
     def _reopened(self, call_id: str, utterance_id: str, seq: int, modality: str, ts: float | None) -> str:
@@ -408,6 +419,8 @@ class Joiner:
         call.pending[utterance_id] = utt
         self._open += 1
         self._push(now + self.wait_s, call_id, utterance_id)
+        if call.skip:
+            self._push(now + self.unsent_wait_s, call_id, utterance_id)
         return utt
 
     def _sent_late(self, utt: Utterance, now: float, ts: float | None) -> bool:
@@ -531,13 +544,13 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
-        self._ended[call_id] = (call.partition, call.ended_ts, call.expected)
+        self._ended[call_id] = (call.partition, call.ended_ts, call.expected, call.declared, frozenset(call.heard))
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
             self._ended.popitem(last=False)  # its labelled ids stay indexed until _done lets them go (_undo)
         result = JoinResult(ended_calls=[call_id])
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            utt.ready_at, utt.expected = now, call.expected
+            utt.ready_at, utt.expected, utt.not_waited = now, call.expected, call.skip
             utt.timed_out = not all(utt.has(m) for m in call.expected)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
@@ -554,9 +567,9 @@ class Joiner:
         if call is None:
             self._make_room()
             closed = self._ended.get(call_id)  # reopened by a part sent in time: what it expected still holds
-            call = self._calls[call_id] = _Call(
-                expected=self.default if closed is None else closed[2], partition=partition
-            )
+            call = self._calls[call_id] = _Call(expected=self.default, partition=partition)
+            if closed is not None:
+                call.expected, call.declared, call.heard = closed[2], closed[3], set(closed[4])
         else:
             self._calls.move_to_end(call_id)
         call.last_seen = now
@@ -578,12 +591,14 @@ class Joiner:
         call = self._calls[call_id]
         result = JoinResult()
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            complete = all(utt.has(m) for m in call.waits_for())
-            expired = now - utt.first_at >= self.wait_s and not self._hold(utt, call.waits_for(), now)
+            complete = all(utt.has(m) for m in call.expected)
+            # a call that has not sent a modality: its other parts in, its utterances wait less for it
+            wait = self.unsent_wait_s if call.skip and all(utt.has(m) for m in call.waits_for()) else self.wait_s
+            expired = now - utt.first_at >= wait and not self._hold(utt, call.expected, now, wait)
             if not (complete or expired):
                 break  # holds back later utterances of this call
             utt.ready_at, utt.expected, utt.not_waited = now, call.expected, call.skip
-            utt.timed_out = not all(utt.has(m) for m in call.expected)
+            utt.timed_out = not complete
             if not complete:
                 self._learn(call_id, call, utt, result)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
@@ -596,22 +611,25 @@ class Joiner:
         return result
 
     def _learn(self, call_id: str, call: _Call, utt: Utterance, result: JoinResult) -> None:
-        """After ``utt`` went without a part it waited for: once :attr:`LEARN_AFTER` utterances of a call
+        """After ``utt`` went without a part it waited for: once ``learn_after`` utterances of a call
         that did not say what it sends went without a modality it has never sent a part of, while it
-        sends another, its utterances stop waiting for that modality (until its first part comes)."""
+        sends another, its utterances wait only :data:`UNSENT_WAIT_S` for that modality (until its
+        first part comes)."""
         never = [m for m in call.waits_for() if not utt.has(m) and m not in call.heard]
         sent = [m for m in call.expected if m in call.heard]
-        if call.declared or not never or not sent:
+        if not self.learn_after or call.declared or not never or not sent:
             return
         call.unheard += 1
-        if call.unheard < self.LEARN_AFTER:
+        if call.unheard < self.learn_after:
             return
         call.skip = tuple(m for m in call.expected if m in call.skip or m in never)
+        for pending in call.pending.values():  # due sooner now
+            self._push(pending.first_at + self.unsent_wait_s, call_id, pending.utterance_id)
         result.learned.append(
-            f"call {call_id} has sent no {'+'.join(never)} part in its first {call.unheard} utterances: its next "
-            f"ones go on its {'+'.join(sent)} at once, without waiting join.wait_s {self.wait_s:g} s for "
-            f"{'+'.join(never)} (a call that sends only {'+'.join(sent)} says so in its 'started', modalities "
-            f"{list(sent)}); its first {'+'.join(never)} part makes them wait again"
+            f"call {call_id} has sent no {'+'.join(never)} part in {call.unheard} utterances: its next ones wait "
+            f"{self.unsent_wait_s:g} s for {'+'.join(never)} once their {'+'.join(sent)} is in, not join.wait_s "
+            f"{self.wait_s:g} s (a call that sends only {'+'.join(sent)} says so in its 'started', modalities "
+            f"{list(sent)}); its first {'+'.join(never)} part makes them wait join.wait_s again"
         )
 
     def _heard(self, call_id: str, modality: str) -> str | None:
@@ -624,16 +642,20 @@ class Joiner:
         if modality not in call.skip:
             return None
         call.skip, call.unheard = tuple(m for m in call.skip if m != modality), 0
-        return f"call {call_id}: its first {modality} part came: its utterances wait for {modality} again"
+        return (
+            f"call {call_id}: its first {modality} part came: its utterances wait join.wait_s {self.wait_s:g} s for "
+            f"{modality} again"
+        )
 
     def _past_backstop(self, since: float, now: float) -> bool:
         return self.max_hold_s is not None and now - since >= self.max_hold_s
 
-    def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float) -> bool:
-        """Whether an utterance past ``wait_s`` should wait on for a part of a topic read behind."""
+    def _hold(self, utt: Utterance, expected: tuple[str, ...], now: float, wait: float | None = None) -> bool:
+        """Whether an utterance past its wait (``wait_s`` unless given) should wait on for a part of a
+        topic read behind."""
         if self.behind is None or utt.first_ts is None or self._past_backstop(utt.first_at, now):
             return False
-        until = utt.first_ts + self.wait_s
+        until = utt.first_ts + (self.wait_s if wait is None else wait)
         if any(self.behind(m, utt.partition, until) for m in expected if not utt.has(m)):
             if not utt.held:
                 utt.held = True
@@ -649,10 +671,10 @@ class Joiner:
         if self.behind is None or call.ended_ts is None or self._past_backstop(call.ended_at, now):
             return False
         until = call.ended_ts + self.wait_s
-        if any(self.behind(m, call.partition, until) for m in call.waits_for()):
+        if any(self.behind(m, call.partition, until) for m in call.expected):
             return True
-        incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.waits_for())]
-        return any(self._hold(u, call.waits_for(), now) for u in incomplete)
+        incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
+        return any(self._hold(u, call.expected, now) for u in incomplete)
 
     def _end_ts(self, call_id: str) -> float | None:
         """The record time of the call's 'ended', if it came: closing, or closed (and maybe reopened

@@ -134,8 +134,7 @@ class JoinSettings(_Section):
     default_modalities: tuple[str, ...] = Field(
         ("text", "audio"),
         min_length=1,
-        description="what a call without a 'started' message is waited for (not a modality of "
-        "which it has sent no part in its first two utterances, until it does)",
+        description="what a call without a 'started' message is waited for (see learn_after)",
     )
 
     @field_validator("default_modalities")
@@ -148,6 +147,13 @@ class JoinSettings(_Section):
             raise ValueError(f"{', '.join(map(repr, unknown))} is no modality; choose from {', '.join(MODALITIES)}")
         return tuple(dict.fromkeys(names))
 
+    learn_after: int = Field(
+        2,
+        ge=0,
+        description="a call that did not declare its modalities and has sent no part of an expected one in this "
+        "many utterances: its next utterances wait 0.5 s for that modality once their other parts are in, not "
+        "wait_s, until its first part comes (0: always wait_s)",
+    )
     max_open_utterances: int = Field(
         100_000,
         ge=1,

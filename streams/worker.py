@@ -179,6 +179,7 @@ class Worker:
             read_to=lambda kind, p: self.read.get((self.topic_of.get(kind, ""), p), (None,))[0],
             max_hold_s=j.wait_s + j.max_hold_s,
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
+            learn_after=j.learn_after,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
@@ -824,9 +825,10 @@ class Worker:
             self._note_inconsistent(result.inconsistency)
         if result.reopened is not None and (n := self._sampled("reopened")) is not None:
             log.warning("%s [%d so far]", result.reopened, n)
-        for learned in result.learned:
-            if (n := self._sampled("learned")) is not None:
-                log.info("%s [%d so far]", learned, n)
+        for kind, lines in (("learned", result.learned), ("unlearned", result.unlearned)):
+            for line in lines:
+                if (n := self._sampled(kind)) is not None:
+                    log.info("%s [%d so far]", line, n)
         for utt in result.ready:
             self.metrics.join_wait.observe((utt.ready_at or utt.first_at) - utt.first_at)
             missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)
@@ -834,7 +836,7 @@ class Worker:
                 self.metrics.missing.labels(m).inc()
             if any(m not in utt.not_waited for m in missing) and (
                 self.missing_logged < 20 or self.missing_logged % 100 == 0
-            ):  # not those of a call that sends none (join.LEARN_AFTER's log said so once)
+            ):  # not those of a call that sends none (join.learn_after: logged for the call)
                 said, not_sent = self.reading(missing[0], utt)
                 if not_sent and self.missing_logged < 3:  # the first few: what to do about it
                     said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.join import CLOCK_SKEW_S, Joiner
+from streams.join import CLOCK_SKEW_S, UNSENT_WAIT_S, Joiner
 
 
 def ids(result) -> list[str]:  # type: ignore[no-untyped-def]
@@ -545,50 +545,56 @@ def test_a_model_that_takes_none_of_the_default_modalities_waits_for_none() -> N
     assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.0)) == ["u0"]  # not held for audio
 
 
-def test_a_call_that_sends_no_audio_stops_waiting_for_it_after_two_utterances_and_waits_again_once_it_does() -> None:
+def test_a_call_that_sends_no_audio_waits_less_for_it_after_two_utterances_and_waits_again_once_it_does() -> None:
     j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
-    assert Joiner.LEARN_AFTER == 2
+    assert j.learn_after == 2 and j.unsent_wait_s == UNSENT_WAIT_S == 0.5
     for k, t in enumerate((0.0, 3.0)):  # the first two wait join.wait_s for audio
         assert ids(j.add("c", f"u{k}", k, "A", "text", "t", "h", now=t)) == []
+        assert ids(j.expire(now=t + 1.9)) == []
         r = j.expire(now=t + 2.0)
         assert ids(r) == [f"u{k}"] and r.ready[0].timed_out
-    assert len(r.learned) == 1 and "no audio part in its first 2 utterances" in r.learned[0]
-    r = j.add("c", "u2", 2, "A", "text", "t", "h", now=6.0)  # the third goes at once
+    assert len(r.learned) == 1 and "has sent no audio part in 2 utterances" in r.learned[0], r.learned
+    assert ids(j.add("c", "u2", 2, "A", "text", "t", "h", now=6.0)) == []  # the third waits 0.5 s
+    assert j.next_deadline() == 6.5
+    r = j.expire(now=6.5)
     assert ids(r) == ["u2"] and r.ready[0].expected == ("text", "audio") and r.ready[0].not_waited == ("audio",)
     assert r.ready[0].timed_out  # still counted as missing its audio (an outage of that input shows)
+    # audio sent just after its transcript is still joined
+    j.add("c", "u3", 3, "A", "text", "t", "h", now=7.0)
+    r = j.add("c", "u3", 3, "A", "audio", "a", "h", now=7.3)
+    assert ids(r) == ["u3"] and r.ready[0].modalities == ("text", "audio") and not r.ready[0].timed_out
+    assert r.unlearned == ["call c: its first audio part came: its utterances wait join.wait_s 2 s for audio again"]
     # another call is not affected
-    assert ids(j.add("d", "v0", 0, "A", "text", "t", "h", now=6.0)) == []
-    # its first audio part: the utterance it belongs to waits for it again, and the ones after
-    r = j.add("c", "u3", 3, "A", "audio", "a", "h", now=7.0)
-    assert ids(r) == [] and r.learned == ["call c: its first audio part came: its utterances wait for audio again"]
-    assert ids(j.add("c", "u3", 3, "A", "text", "t", "h", now=7.1)) == ["u3"]
+    assert ids(j.add("d", "v0", 0, "A", "text", "t", "h", now=8.0)) == []
+    assert ids(j.expire(now=9.0)) == []
     assert ids(j.add("c", "u4", 4, "A", "text", "t", "h", now=8.0)) == []
-    assert ids(j.expire(now=10.0)) == ["v0", "u4"]  # d's first, due at 8.0
+    assert ids(j.expire(now=10.0)) == ["v0", "u4"]  # d's first, due at 10.0 too
 
 
-def test_a_late_or_dead_lettered_audio_part_also_ends_the_skip() -> None:
+def test_a_late_or_dead_lettered_audio_part_also_ends_the_short_wait() -> None:
     j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
-    for k in range(2):
+    for k in range(3):
         j.add("c", f"u{k}", k, "A", "text", "t", "h", now=2.0 * k)
         j.expire(now=2.0 * k + 1.0)
-    r = j.add("c", "u0", 0, "A", "audio", "a", "h", now=4.0)  # late: acked, no event, but audio is sent
-    assert r.late_parts == 1 and r.learned
-    assert ids(j.add("c", "u2", 2, "A", "text", "t", "h", now=4.5)) == []  # waits again
-    j.expire(now=5.5)
-    j.add("c", "u3", 3, "A", "text", "t", "h", now=6.0)
-    r = j.expire(now=7.0)  # it has sent audio: it waits for it from now on, however many go without
-    assert ids(r) == ["u3"] and not r.learned
-    assert ids(j.add("c", "u4", 4, "A", "text", "t", "h", now=8.0)) == []
+    r = j.add("c", "u2", 2, "A", "audio", "a", "h", now=6.0)  # late: acked, no event, but audio is sent
+    assert r.late_parts == 1 and r.unlearned
+    assert ids(j.add("c", "u3", 3, "A", "text", "t", "h", now=6.5)) == []
+    assert ids(j.expire(now=7.0)) == []  # waits the whole join.wait_s again
+    j.expire(now=7.5)
+    j.add("c", "u4", 4, "A", "text", "t", "h", now=8.0)
+    r = j.expire(now=9.0)  # it has sent audio: it waits for it from now on, however many go without
+    assert ids(r) == ["u4"] and not r.learned
+    assert ids(j.add("c", "u5", 5, "A", "text", "t", "h", now=10.0)) == [] and ids(j.expire(now=10.6)) == []
     for k in range(2):  # another call: two without audio, then a bad audio part
-        j.add("d", f"v{k}", k, "A", "text", "t", "h", now=10.0 + 2.0 * k)
-        j.expire(now=11.0 + 2.0 * k)
-    r = j.reject("d", "v2", 2, "A", "audio", "does not decode", now=14.0)
-    assert r.learned and ids(r) == []  # a bad audio part: the call sends audio, wait for the next ones
-    assert ids(j.add("d", "v2", 2, "A", "text", "t", "h", now=14.1)) == ["v2"]  # its own audio came, dead-lettered
-    assert ids(j.add("d", "v3", 3, "A", "text", "t", "h", now=14.2)) == []
+        j.add("d", f"v{k}", k, "A", "text", "t", "h", now=20.0 + 2.0 * k)
+        j.expire(now=21.0 + 2.0 * k)
+    r = j.reject("d", "v2", 2, "A", "audio", "does not decode", now=24.0)
+    assert r.unlearned and ids(r) == []  # a bad audio part: the call sends audio, wait for the next ones
+    assert ids(j.add("d", "v2", 2, "A", "text", "t", "h", now=24.1)) == ["v2"]  # its own audio came, dead-lettered
+    assert ids(j.add("d", "v3", 3, "A", "text", "t", "h", now=24.2)) == [] and ids(j.expire(now=24.8)) == []
 
 
-def test_a_call_that_declared_its_modalities_or_sent_audio_never_stops_waiting() -> None:
+def test_a_call_that_declared_its_modalities_or_sent_audio_never_waits_less() -> None:
     j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
     j.call_started("c", ["text", "audio"], now=0.0)
     j.add("d", "v0", 0, "A", "text", "t", "h", now=0.0)
@@ -597,6 +603,7 @@ def test_a_call_that_declared_its_modalities_or_sent_audio_never_stops_waiting()
         t = 1.0 + 2.0 * k
         j.add("c", f"u{k}", k, "A", "text", "t", "h", now=t)
         j.add("d", f"v{k + 1}", k + 1, "A", "text", "t", "h", now=t)
+        assert ids(j.expire(now=t + 0.9)) == []
         r = j.expire(now=t + 1.0)
         assert sorted(ids(r)) == [f"u{k}", f"v{k + 1}"] and not r.learned
     # a call that started without modalities learns as one without 'started'
@@ -604,4 +611,36 @@ def test_a_call_that_declared_its_modalities_or_sent_audio_never_stops_waiting()
     for k in range(3):
         j.add("e", f"w{k}", k, "A", "text", "t", "h", now=10.0 + 2 * k)
         j.expire(now=11.0 + 2 * k)
-    assert ids(j.add("e", "w3", 3, "A", "text", "t", "h", now=20.0)) == ["w3"]
+    j.add("e", "w3", 3, "A", "text", "t", "h", now=20.0)
+    assert ids(j.expire(now=20.5)) == ["w3"]
+    # learn_after=0: never
+    k0 = Joiner(wait_s=1.0, default_modalities=("text", "audio"), learn_after=0)
+    for k in range(4):
+        k0.add("f", f"x{k}", k, "A", "text", "t", "h", now=2.0 * k)
+        assert ids(k0.expire(now=2.0 * k + 0.9)) == [] and ids(k0.expire(now=2.0 * k + 1.0)) == [f"x{k}"]
+
+
+def test_what_a_call_declared_and_sent_holds_through_a_close_and_a_reopen() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
+    j.add("c", "u0", 0, "A", "audio", "a", "h", now=0.1)  # it sends audio
+    j.call_ended("c", now=0.2, ts=0.2)
+    assert j.expire(now=1.2).ended_calls == ["c"]
+    for k in range(1, 4):  # reopened by parts sent in time (no record times: joined): still a call with audio
+        j.add("c", f"u{k}", k, "A", "text", "t", "h", now=2.0 * k)
+        r = j.expire(now=2.0 * k + 1.0)
+        assert ids(r) == [f"u{k}"] and not r.learned
+
+
+def test_a_short_wait_holds_while_the_audio_topic_is_read_behind() -> None:
+    behind = {"audio": True}
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"), behind=lambda m, p, t: behind.get(m, False))
+    for k in range(2):
+        behind["audio"] = False
+        j.add("c", f"u{k}", k, "A", "text", "t", "h", now=2.0 * k, ts=2.0 * k)
+        j.expire(now=2.0 * k + 1.0)
+    behind["audio"] = True  # a backlog on the audio topic: wait as any utterance would
+    j.add("c", "u2", 2, "A", "text", "t", "h", now=4.0, ts=4.0)
+    assert ids(j.expire(now=4.5)) == [] and ids(j.expire(now=6.0)) == []
+    r = j.add("c", "u2", 2, "A", "audio", "a", "h", now=6.1, ts=4.1)
+    assert ids(r) == ["u2"] and r.ready[0].modalities == ("text", "audio")
