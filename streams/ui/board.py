@@ -6,6 +6,11 @@ Records are validated (an invalid one is counted and skipped) and deduplicated b
 an utterance keeps its latest revision. The board is bounded: at most ``max_calls`` calls (the
 least recently updated ended call goes first, then the least recently updated one), at most
 ``max_utterances`` utterances per call, and an ended call is dropped ``keep_ended_s`` after its end.
+A call that never sent its end is dropped once none of its utterances was labelled for
+``keep_silent_s`` (by the events' own times, so a board that replays the topics at its start drops
+it too): the worker's context store has forgotten it by then (``redis.ttl_s``), so its open alerts
+can no longer clear. Each summary says when its call was last heard of (``heard_at``), and the page
+shows a call quiet for a while as such rather than as live.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class CallView:
     call_id: str
     updated_at: float
     ended_at: float | None = None
+    heard_at: float = 0.0  # the latest production time of its emotion events (the worker's clock)
     report: CallReport | None = None
     alerts: dict[str, AlertEvent] = field(default_factory=dict)  # open, by alert id
     history: list[AlertEvent] = field(default_factory=list)  # the latest alert changes
@@ -43,11 +49,13 @@ class Board:
         max_calls: int = 2000,
         max_utterances: int = 300,
         keep_ended_s: float = 600.0,
+        keep_silent_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_calls = max_calls
         self.max_utterances = max_utterances
         self.keep_ended_s = keep_ended_s
+        self.keep_silent_s = keep_silent_s
         self.clock = clock
         self.lock = threading.Lock()
         self.calls: OrderedDict[str, CallView] = OrderedDict()  # least recently updated first
@@ -81,10 +89,11 @@ class Board:
             now = self.clock()
             call = self.calls.get(msg.call_id)
             if call is None:
-                call = self.calls[msg.call_id] = CallView(msg.call_id, now)
+                call = self.calls[msg.call_id] = CallView(msg.call_id, now, heard_at=msg.produced_at)
             call.updated_at = now
             self.calls.move_to_end(msg.call_id)
             if isinstance(msg, EmotionEvent):
+                call.heard_at = max(call.heard_at, msg.produced_at)
                 old = call.utterances.get(msg.utterance_id)
                 if old is None or old.revision <= msg.revision:
                     if old is not None and msg.revision > old.revision and old.ignored and not msg.ignored:
@@ -114,7 +123,15 @@ class Board:
         self.removals.pop(call_id, None)
 
     def _trim(self, now: float) -> None:
-        gone = [c for c, v in self.calls.items() if v.ended_at is not None and now - v.ended_at > self.keep_ended_s]
+        gone = [
+            c
+            for c, v in self.calls.items()
+            if (
+                now - v.ended_at > self.keep_ended_s
+                if v.ended_at is not None
+                else now - v.heard_at > self.keep_silent_s
+            )
+        ]
         while len(self.calls) - len(gone) > self.max_calls:
             ended = next((c for c, v in self.calls.items() if v.ended_at is not None and c not in gone), None)
             gone.append(ended if ended is not None else next(c for c in self.calls if c not in gone))
@@ -129,7 +146,8 @@ class Board:
     # -- output --------------------------------------------------------------------------------
 
     def expire(self) -> None:
-        """Drop ended calls past ``keep_ended_s`` (the server calls it a few times a second)."""
+        """Drop ended calls past ``keep_ended_s`` and silent ones past ``keep_silent_s`` (the server
+        calls it a few times a second)."""
         with self.lock:
             self._trim(self.clock())
 
@@ -137,7 +155,10 @@ class Board:
         """Every call's summary, in the page's order, with the board's version."""
         with self.lock:
             calls = [self._summary(c) for c in self.calls.values()]
-            return {"version": self.version, "calls": sorted(calls, key=_order), "removed": [], "reset": True}
+            return {
+                "version": self.version, "now": self.clock(), "calls": sorted(calls, key=_order), "removed": [],
+                "reset": True,
+            }  # fmt: skip
 
     def since(self, version: int) -> dict[str, Any]:
         """The summaries of the calls changed after ``version``, and the ids of those removed; the
@@ -147,7 +168,7 @@ class Board:
         with self.lock:
             calls = [self._summary(self.calls[c]) for c, v in self.changed.items() if v > version]
             removed = [c for c, v in self.removals.items() if v > version]
-            return {"version": self.version, "calls": calls, "removed": removed, "reset": False}
+            return {"version": self.version, "now": self.clock(), "calls": calls, "removed": removed, "reset": False}
 
     def detail(self, call_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -188,6 +209,7 @@ class Board:
             "call_id": call.call_id,
             "ended": call.ended_at is not None,
             "updated_at": call.updated_at,
+            "heard_at": call.heard_at,
             "turns": sum(says_something(e) for e in utts),  # as the call's report counts them: an utterance read
             "unread": sum(not says_something(e) for e in utts),  # every part ignored (another language, ...)
             "speakers": sorted(speakers.values(), key=lambda s: (s.get("role") != "customer", s["speaker"])),

@@ -172,7 +172,7 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return _port_taken(host, port)
-    board = Board()
+    board = Board(keep_silent_s=settings.redis.ttl_s)  # the worker's store forgets a silent call then
     feed = Feed(settings, board, since_s).start()
     print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
     try:

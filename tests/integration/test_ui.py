@@ -68,9 +68,11 @@ def test_a_supervisor_sees_an_escalation_raised_and_cleared(services, unique, tm
             shutil.copy(tmp_path / name, folder / name)
 
     errors: list[str] = []
+    quiet = f"quiet-{unique[:6]}"  # a call whose last utterance was labelled ten minutes ago, and no 'ended'
     try:
         worker.wait_ready()
         _wait_healthy(f"http://127.0.0.1:{port}/healthz", ui, tmp_path / "ui.log")
+        _publish_old_event(settings, quiet, age_s=600)
         feeder = threading.Thread(
             target=feed, args=(calls, settings), daemon=True,
             kwargs={"realtime": True, "speed": 1.0, "progress": False, "concurrency": len(calls), "stagger_s": 0.2},
@@ -89,6 +91,11 @@ def test_a_supervisor_sees_an_escalation_raised_and_cleared(services, unique, tm
             assert page.locator("#list article").first.get_attribute("data-call") is not None
             first_sev = page.locator("#list article").first.get_attribute("class") or ""
             assert "critical" in first_sev or "warning" in first_sev  # alerts on top
+            quiet_card = page.locator(f'article[data-call="{quiet}"]')
+            assert "quiet 10 min" in quiet_card.inner_text() and "live" not in quiet_card.inner_text()
+            assert int(page.inner_text("#n-quiet")) == 1
+            cards = page.locator("#list article")
+            assert cards.nth(cards.count() - 1).get_attribute("data-call") == quiet  # after every live call
             screenshot(page, "supervisor-alert.png")
             card.click()
             page.locator("#detail table tbody tr").nth(4).wait_for(timeout=10_000)
@@ -106,6 +113,19 @@ def test_a_supervisor_sees_an_escalation_raised_and_cleared(services, unique, tm
         ui.wait(10)
         ui_log.close()
         worker.stop()
+
+
+def _publish_old_event(settings, call_id: str, age_s: float) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from kafka import KafkaProducer
+
+    from tests.unit.test_subscribe import make_event
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    event = make_event(call_id=call_id, produced_at=time.time() - age_s)
+    producer.send(settings.kafka.topics.emotions, key=call_id.encode(), value=event.to_bytes()).get(timeout=30)
+    producer.close()
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:  # type: ignore[type-arg]

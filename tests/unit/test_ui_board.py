@@ -196,3 +196,28 @@ def test_an_utterance_with_nothing_read_is_marked_so() -> None:
     assert [u["read"] for u in board.snapshot()["calls"][0]["speakers"][0]["timeline"]] == [False, True]
     assert board.snapshot()["calls"][0]["turns"] == 1  # as the call's report counts: the blank line is no turn
     assert board.snapshot()["calls"][0]["unread"] == 1  # and the page says so
+
+
+def test_a_call_that_never_ends_says_when_it_was_last_heard_and_goes_once_silent_for_keep_silent_s() -> None:
+    clock = Clock()
+    board = Board(keep_ended_s=60, keep_silent_s=3600, clock=clock)
+    board.add("emotion", make_event(call_id="hung-up", produced_at=990.0).to_bytes())
+    board.add("alert", alert("hung-up", "escalation").to_bytes())  # an alert is no word of the call's
+    board.add("emotion", make_event(call_id="talking", produced_at=1000.0).to_bytes())
+    snap = board.snapshot()
+    assert snap["now"] == 1000.0
+    assert {c["call_id"]: c["heard_at"] for c in snap["calls"]} == {"hung-up": 990.0, "talking": 1000.0}
+    clock.now = 990.0 + 3600  # an hour after hung-up's last utterance, 10 s before talking's: not yet
+    board.add("emotion", make_event(call_id="talking", utterance_id="u2", seq=2, produced_at=4500.0).to_bytes())
+    board.expire()
+    assert {c["call_id"] for c in board.snapshot()["calls"]} == {"hung-up", "talking"}
+    v = board.version
+    clock.now += 1
+    board.expire()  # silent past keep_silent_s, its alert still open: the worker's store has forgotten it
+    assert [c["call_id"] for c in board.snapshot()["calls"]] == ["talking"]
+    assert board.since(v)["removed"] == ["hung-up"] and board.since(v)["now"] == clock.now
+    # a board that starts later and replays the topics drops it too: the events' times count, not their reading
+    late = Board(keep_silent_s=3600, clock=clock)
+    late.add("emotion", make_event(call_id="hung-up", produced_at=990.0).to_bytes())
+    late.expire()
+    assert late.snapshot()["calls"] == []

@@ -7,7 +7,9 @@ const COLORS = {
   neutral: "#b8bec9", sadness: "#2f6db5", surprise: "#e2b100",
 };
 const SEVERITY = { critical: 0, warning: 1, info: 2 };
+const QUIET_S = 120;  // no utterance labelled for this long: the call shows as quiet, not live
 const calls = new Map();
+let clockOffset = 0;  // the board server's clock minus this browser's, in seconds
 let selected = null;
 let drawPending = false;
 
@@ -20,8 +22,14 @@ function worst(call) {
   return call.alerts.reduce((w, a) => Math.min(w, SEVERITY[a.severity]), 3);
 }
 
+// seconds since the call's latest utterance was labelled (0 for an ended call)
+const quietFor = (c) => (c.ended ? 0 : Math.max(0, Date.now() / 1000 + clockOffset - c.heard_at));
+const isQuiet = (c) => quietFor(c) >= QUIET_S;
+const state = (c) => (c.ended ? "ended" : isQuiet(c) ? `quiet ${Math.floor(quietFor(c) / 60)} min` : "live");
+
 function order(a, b) {
   if (a.ended !== b.ended) return a.ended ? 1 : -1;
+  if (isQuiet(a) !== isQuiet(b)) return isQuiet(a) ? 1 : -1;  // live calls first: a quiet one may have hung up
   const w = worst(a) - worst(b);
   return w !== 0 ? w : b.updated_at - a.updated_at;
 }
@@ -45,9 +53,9 @@ function card(c) {
   const sev = c.alerts.length ? c.alerts[0].severity : "";
   const alerts = c.alerts.map((a) =>
     `<div class="alert ${a.severity}" data-rule="${esc(a.rule)}">⚠ ${esc(a.message)}</div>`).join("");
-  const state = c.ended ? "ended" : "live";
-  return `<article class="call ${sev} ${c.ended ? "ended" : ""}" data-call="${esc(c.call_id)}">` +
-    `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${state}</span></div>` +
+  const quiet = isQuiet(c) ? "quiet" : "";
+  return `<article class="call ${sev} ${c.ended ? "ended" : quiet}" data-call="${esc(c.call_id)}">` +
+    `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${esc(state(c))}</span></div>` +
     alerts + c.speakers.map(speakerRow).join("") + `</article>`;
 }
 
@@ -55,7 +63,8 @@ function draw() {
   drawPending = false;
   const list = [...calls.values()].sort(order);
   $("list").innerHTML = list.length ? list.map(card).join("") : `<div class="empty">No calls yet: waiting for emotion events.</div>`;
-  $("n-active").textContent = list.filter((c) => !c.ended).length;
+  $("n-active").textContent = list.filter((c) => !c.ended && !isQuiet(c)).length;
+  $("n-quiet").textContent = list.filter((c) => !c.ended && isQuiet(c)).length;
   $("n-ended").textContent = list.filter((c) => c.ended).length;
   $("n-alerts").textContent = list.reduce((n, c) => n + c.alerts.length, 0);
 }
@@ -89,7 +98,7 @@ async function showDetail(callId) {
     `${a.evidence.length ? ": turns " + a.evidence.map((e) => "#" + e.seq).join(", ") : ""}` +
     `${a.measured ? " · " + esc(a.measured) : ""}</li>`).join("");
   $("detail-body").innerHTML = `<h2>${esc(c.call_id)}</h2>` +
-    `<div class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${c.ended ? "ended" : "live"}</div>` +
+    `<div class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${esc(state(c))}</div>` +
     c.alerts.map((a) => `<div class="alert ${a.severity}">⚠ ${esc(a.message)}</div>`).join("") +
     (history ? `<ul class="history">${history}</ul>` : "") +
     `<table><thead><tr><th>#</th><th>speaker</th><th>label</th><th>conf.</th><th>sent.</th><th>weights</th></tr></thead>` +
@@ -98,6 +107,7 @@ async function showDetail(callId) {
 }
 
 function apply(change, replace) {
+  if (change.now !== undefined) clockOffset = change.now - Date.now() / 1000;
   if (replace) calls.clear();
   for (const c of change.calls) calls.set(c.call_id, c);
   for (const id of change.removed) calls.delete(id);
@@ -120,3 +130,4 @@ $("close").addEventListener("click", () => { selected = null; $("detail").hidden
 $("legend").innerHTML = Object.entries(COLORS).map(([k, v]) => `<span class="cell" style="background:${v}"></span>${k}`).join("");
 draw();
 connect();
+setInterval(schedule, 15000);  // a call that says nothing more turns quiet without an update
