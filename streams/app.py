@@ -64,6 +64,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
     )
     state: dict[str, Any] = {}
     ready = asyncio.Event()
+    assigned_early: set[int] = set()  # input partitions assigned before the worker was made
 
     async def send(topic: str, key: bytes | None, value: bytes, event_key: str | None) -> Any:
         headers = [("event_id", event_key.encode())] if event_key else None
@@ -75,6 +76,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         worker.highwater = lambda topic, partition: _highwater(app, topic, partition)
         log.info("%d objects of the loaded worker frozen out of garbage collection", heap.settle())
         heap.watch()
+        worker.assigned(assigned_early)
         ready.set()
         log.info("worker ready")
         await worker.run()  # the pump: batches through the engine, one at a time
@@ -93,6 +95,14 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
                 log.exception("message %s[%d]@%d failed; acked to keep the stream going", msg.topic, msg.partition,
                               msg.offset)  # fmt: skip
                 event.ack()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic in topics.inputs()}
+        if ready.is_set():
+            state["worker"].assigned(mine)
+        else:
+            assigned_early.update(mine)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:

@@ -184,7 +184,8 @@ class Worker:
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
         self.read: dict[tuple[str, int], tuple[float, int, float]] = {}
-        self.assigned_at: dict[int, float] = {}  # partition -> when this worker first read from it
+        #: partition -> when this worker got it (assigned, or else when it first read from it)
+        self.assigned_at: dict[int, float] = {}
         self.disturbed_at = float("-inf")  # when an input partition was last seen without its leader (Worker.watch)
         self.watched_at = float("-inf")
         self.unreachable: set[tuple[str, int]] = set()  # input partitions the last watch found without their leader
@@ -700,6 +701,15 @@ class Worker:
         if self.disturbed_at > float("-inf"):
             said += f"; last disturbance {now - self.disturbed_at:.1f} s ago"
         return said + (": the part was not sent, or not within the wait" if caught_up else ""), caught_up
+
+    def assigned(self, partitions: set[int]) -> None:
+        """The consumer got ``partitions`` (input partitions): from now on, one that nothing is read
+        from counts as behind only for ``NOTHING_READ_GRACE_S`` (see :meth:`behind`). Before, that grace
+        started at the partition's first message: the first utterance of a call on a partition whose
+        audio topic nobody writes to (a text-only platform) waited the grace, 5 s, not ``join.wait_s``."""
+        now = self.clock()
+        for p in partitions:
+            self.assigned_at.setdefault(p, now)
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for

@@ -198,8 +198,8 @@ def train_epoch(
     cfg: TuneConfig,
     rng: np.random.Generator,
 ) -> float:
-    """One epoch over ``labels``' items in a random order (``logits_of(indexes)``: their logits);
-    ``steps``: :func:`optimiser`'s. Returns the mean loss."""
+    """One epoch over ``labels``' items in a random order (``logits_of(indexes)``: their logits, or
+    their logits and a loss to add); ``steps``: :func:`optimiser`'s. Returns the mean loss."""
     import torch
 
     opt, sched, per_epoch = steps
@@ -208,9 +208,13 @@ def train_epoch(
     loss_sum = 0.0
     for step in range(per_epoch):
         idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        out = logits_of(idx)
+        logits, extra = out if isinstance(out, tuple) else (out, None)
         loss = torch.nn.functional.cross_entropy(
-            logits_of(idx), torch.from_numpy(labels[idx]), label_smoothing=cfg.label_smoothing
+            logits, torch.from_numpy(labels[idx]), label_smoothing=cfg.label_smoothing
         )
+        if extra is not None:
+            loss = loss + extra
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)

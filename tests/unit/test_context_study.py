@@ -40,3 +40,8 @@ def test_a_long_target_is_cut_and_a_target_without_word_pieces_pools_its_separat
     assert long.stop - long.start == MAX_TARGET_TOKENS
     empty = context_inputs([[("ok", 0), ("?", 1)]], lambda t: [] if t == "?" else [7], CLS, SEP, context=1)[-1]
     assert empty.ids == [CLS, 7, SEP, SEP] and empty.ids[empty.start : empty.stop] == [SEP]
+
+
+def test_a_turns_sentiment_is_carried_as_a_class_and_a_turn_without_one_is_neutral() -> None:
+    items = context_inputs([[("a", 0, -1), ("b", 1, 1), ("c", 2, 0)], [("d", 3)]], tokenize, CLS, SEP, context=1)
+    assert [x.sentiment for x in items] == [0, 2, 1, 1]

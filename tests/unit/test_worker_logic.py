@@ -1935,3 +1935,20 @@ def test_the_time_an_utterance_waited_on_the_broker_is_measured_from_its_record_
     count = w.metrics.registry.get_sample_value("emostream_record_to_event_seconds_count")
     total = w.metrics.registry.get_sample_value("emostream_record_to_event_seconds_sum")
     assert count == 2 and 50.0 <= total < 60.0, (count, total)  # the 50 s on the broker; the other one 0
+
+
+def test_the_grace_of_a_partition_nothing_is_read_from_starts_when_it_is_assigned() -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text", "audio"))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        w.assigned({0, 1})
+        clock.now += NOTHING_READ_GRACE_S + 1  # a text-only platform: nothing ever on the audio topic
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=clock.now)
+        assert not w.behind("audio", 0, clock.now + 1.0)  # its first utterance waits join.wait_s, not the grace
+        w.assigned({2})  # a partition got just now: a backlog may still show
+        assert w.behind("audio", 2, clock.now + 1.0)
+        w.assigned({0})  # assigned again (a rebalance that kept it): its time stays
+        assert not w.behind("audio", 0, clock.now + 1.0)
+
+    asyncio.run(scenario())
