@@ -38,6 +38,9 @@ class CallView:
     ended_at: float | None = None
     heard_at: float = 0.0  # the latest production time of its emotion events (the worker's clock)
     report: CallReport | None = None
+    #: utterances first labelled after its final summary (a part sent after its 'ended' reopened it,
+    #: README: Calls that end): no turn of the summary, shown apart
+    after_end: set[str] = field(default_factory=set)
     alerts: dict[str, AlertEvent] = field(default_factory=dict)  # open, by alert id
     history: list[AlertEvent] = field(default_factory=list)  # the latest alert changes
     utterances: OrderedDict[str, EmotionEvent] = field(default_factory=OrderedDict)
@@ -95,13 +98,16 @@ class Board:
             if isinstance(msg, EmotionEvent):
                 call.heard_at = max(call.heard_at, msg.produced_at)
                 old = call.utterances.get(msg.utterance_id)
+                final = call.report if call.report is not None and call.report.final else None
+                if old is None and final is not None and msg.produced_at > final.produced_at:
+                    call.after_end.add(msg.utterance_id)
                 if old is None or old.revision <= msg.revision:
                     if old is not None and msg.revision > old.revision and old.ignored and not msg.ignored:
                         # a revision does not repeat what its provisional event did not use
                         msg = msg.model_copy(update={"ignored": old.ignored})
                     call.utterances[msg.utterance_id] = msg
                 while len(call.utterances) > self.max_utterances:
-                    call.utterances.popitem(last=False)
+                    call.after_end.discard(call.utterances.popitem(last=False)[0])
             elif isinstance(msg, AlertEvent):
                 if msg.state == "cleared":
                     call.alerts.pop(msg.alert_id, None)
@@ -109,6 +115,13 @@ class Board:
                     call.alerts[msg.alert_id] = msg
                 call.history = [*call.history, msg][-20:]
             else:
+                prev = call.report
+                if not msg.final and prev is not None and prev.final and msg.produced_at > prev.produced_at:
+                    # a report after the final one: the call id used again for a new call (a reopened
+                    # call has no analytics): its view starts afresh with what came after that end
+                    after = ((k, e) for k, e in call.utterances.items() if e.produced_at > prev.produced_at)
+                    call.utterances, call.ended_at = OrderedDict(after), None
+                    call.after_end.clear()
                 call.report = msg
                 if msg.final:
                     call.ended_at = now
@@ -192,6 +205,7 @@ class Board:
 
     def _summary(self, call: CallView) -> dict[str, Any]:
         utts = sorted(call.utterances.values(), key=lambda e: e.seq)
+        counted = [e for e in utts if e.utterance_id not in call.after_end]
         speakers: dict[str, dict[str, Any]] = {}
         for e in utts:
             s = speakers.setdefault(e.speaker, {"speaker": e.speaker, "role": None, "timeline": []})
@@ -210,8 +224,9 @@ class Board:
             "ended": call.ended_at is not None,
             "updated_at": call.updated_at,
             "heard_at": call.heard_at,
-            "turns": sum(says_something(e) for e in utts),  # as the call's report counts them: an utterance read
-            "unread": sum(not says_something(e) for e in utts),  # every part ignored (another language, ...)
+            "turns": sum(says_something(e) for e in counted),  # as the call's report counts them: an utterance read
+            "unread": sum(not says_something(e) for e in counted),  # every part ignored (another language, ...)
+            "after_end": len(call.after_end),
             "speakers": sorted(speakers.values(), key=lambda s: (s.get("role") != "customer", s["speaker"])),
             "alerts": [_alert(a) for a in alerts],
             "raised": list(call.report.alerts_raised) if call.report else [],

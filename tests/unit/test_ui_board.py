@@ -221,3 +221,22 @@ def test_a_call_that_never_ends_says_when_it_was_last_heard_and_goes_once_silent
     late.add("emotion", make_event(call_id="hung-up", produced_at=990.0).to_bytes())
     late.expire()
     assert late.snapshot()["calls"] == []
+
+
+def test_utterances_labelled_after_a_calls_summary_are_shown_apart_and_a_reused_call_id_starts_afresh() -> None:
+    board = Board()
+    for i in range(3):
+        board.add("emotion", make_event(call_id="c", utterance_id=f"u{i}", seq=i, produced_at=10.0 + i).to_bytes())
+    board.add("report", report("c", final=True, turns=3).model_copy(update={"produced_at": 13.0}).to_bytes())
+    # the call's last event read after its summary (another topic): produced before it, one of its turns
+    board.add("emotion", make_event(call_id="c", utterance_id="u3", seq=3, produced_at=12.5).to_bytes())
+    # a part sent after its 'ended' reopened it: labelled, no turn of the summary
+    board.add("emotion", make_event(call_id="c", utterance_id="u9", seq=9, produced_at=20.0).to_bytes())
+    (c,) = board.snapshot()["calls"]
+    assert (c["turns"], c["after_end"], c["ended"]) == (4, 1, True)
+    # a report after the final one: the id used again for a new call, shown afresh
+    board.add("emotion", make_event(call_id="c", utterance_id="u0", seq=0, event_id="new", produced_at=30.0).to_bytes())
+    new = report("c", final=False, turns=1).model_copy(update={"produced_at": 31.0, "event_id": "new-report"})
+    board.add("report", new.to_bytes())
+    (c,) = board.snapshot()["calls"]
+    assert (c["turns"], c["after_end"], c["ended"]) == (2, 0, False)  # what came after the end: u9 and the new u0

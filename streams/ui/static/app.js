@@ -25,7 +25,10 @@ function worst(call) {
 // seconds since the call's latest utterance was labelled (0 for an ended call)
 const quietFor = (c) => (c.ended ? 0 : Math.max(0, Date.now() / 1000 + clockOffset - c.heard_at));
 const isQuiet = (c) => quietFor(c) >= QUIET_S;
-const state = (c) => (c.ended ? "ended" : isQuiet(c) ? `quiet ${Math.floor(quietFor(c) / 60)} min` : "live");
+const state = (c) => (c.ended ? "ended" + (c.after_end ? ` · ${c.after_end} more after its end` : "")
+  : isQuiet(c) ? `quiet ${Math.floor(quietFor(c) / 60)} min` : "live");
+// "7 turns (1 not read)", as the call's summary counts them
+const turns = (c) => `${c.turns} turn${c.turns === 1 ? "" : "s"}${c.unread ? ` (${c.unread} not read)` : ""}`;
 
 function order(a, b) {
   if (a.ended !== b.ended) return a.ended ? 1 : -1;
@@ -55,7 +58,7 @@ function card(c) {
     `<div class="alert ${a.severity}" data-rule="${esc(a.rule)}">⚠ ${esc(a.message)}</div>`).join("");
   const quiet = isQuiet(c) ? "quiet" : "";
   return `<article class="call ${sev} ${c.ended ? "ended" : quiet}" data-call="${esc(c.call_id)}">` +
-    `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${esc(state(c))}</span></div>` +
+    `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${turns(c)} · ${esc(state(c))}</span></div>` +
     alerts + c.speakers.map(speakerRow).join("") + `</article>`;
 }
 
@@ -98,7 +101,7 @@ async function showDetail(callId) {
     `${a.evidence.length ? ": turns " + a.evidence.map((e) => "#" + e.seq).join(", ") : ""}` +
     `${a.measured ? " · " + esc(a.measured) : ""}</li>`).join("");
   $("detail-body").innerHTML = `<h2>${esc(c.call_id)}</h2>` +
-    `<div class="meta">${c.turns} turns${c.unread ? ` (${c.unread} not read)` : ""} · ${esc(state(c))}</div>` +
+    `<div class="meta">${turns(c)} · ${esc(state(c))}</div>` +
     c.alerts.map((a) => `<div class="alert ${a.severity}">⚠ ${esc(a.message)}</div>`).join("") +
     (history ? `<ul class="history">${history}</ul>` : "") +
     `<table><thead><tr><th>#</th><th>speaker</th><th>label</th><th>conf.</th><th>sent.</th><th>weights</th></tr></thead>` +
