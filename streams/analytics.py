@@ -243,6 +243,9 @@ class CallAnalytics:
         self.instance: Callable[[str], str] = lambda call_id: call_id
         self._no_agent: OrderedDict[str, None] = OrderedDict()  # calls logged as having no agent (bounded)
         self.no_agent_logged = 0
+        #: call -> (the severities of its open alerts, monotonic time stored), least recently stored
+        #: first: the calls this worker stored lately (within the TTL) that have open alerts
+        self._open: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
 
     def _keys(self, call_id: str) -> tuple[str, str]:
         """The call's turns (a hash) and its alerts, rule counts and token (a JSON string)."""
@@ -285,10 +288,25 @@ class CallAnalytics:
         stored meanwhile by a worker of an older version, which writes no token)."""
         self.cache.clear()
         self.cached_turns = 0
+        self._open.clear()  # a call's next batch, here or at its new owner, counts its alerts again
+
+    def open_alerts(self) -> dict[str, int]:
+        """Open alerts by severity, of the calls this worker stored within the TTL since its
+        partitions last changed (the gauge ``emostream_open_alerts``): a call that ended, whose
+        state expired, or that another worker took is not counted here."""
+        horizon = time.monotonic() - self.ttl_ms / 1000
+        while self._open and next(iter(self._open.values()))[1] < horizon:
+            self._open.popitem(last=False)  # its state has expired in Redis: its alerts can no longer clear
+        out = {severity: 0 for severity in ("info", "warning", "critical")}
+        for severities, _ in self._open.values():
+            for severity in severities:
+                out[severity] = out.get(severity, 0) + 1
+        return out
 
     async def forget(self, call_id: str) -> None:
         """Delete the call's state (after its summary is published)."""
         self._uncache(call_id)
+        self._open.pop(call_id, None)
         await self.client.delete(*self._keys(call_id))
 
     # -- judging ---------------------------------------------------------------------------------
@@ -374,6 +392,10 @@ class CallAnalytics:
             messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
         return messages, still
 
+    def _severity(self, name: str) -> str:
+        rule = self.book.by_name(name)
+        return rule.severity if rule else "warning"
+
     def _alert(
         self,
         alert_id: str,
@@ -391,7 +413,7 @@ class CallAnalytics:
             alert_id=alert_id,
             call_id=call_id,
             rule=name,
-            severity=rule.severity if rule else "warning",
+            severity=self._severity(name),
             message=rule.describe() if rule else name,
             state=state,  # type: ignore[arg-type]
             reason=reason,
@@ -534,6 +556,10 @@ class CallAnalytics:
             self._uncache(call_id)
             self.cache[call_id] = (tokens[call_id], state, time.monotonic())
             self.cached_turns += len(state.turns)
+            self._open.pop(call_id, None)
+            if state.alerts:
+                severities = tuple(self._severity(rule) for rule in state.alerts)
+                self._open[call_id] = (severities, time.monotonic())
         while self.cached_turns > self.max_cached_turns and self.cache:
             self._uncache(next(iter(self.cache)))
 

@@ -173,6 +173,12 @@ class Metrics:
             "emostream_join_wait_seconds", "First part -> utterance ready", buckets=_LATENCY, registry=r
         )
         self.open_calls = Gauge("emostream_open_calls", "Calls with join state in this worker", registry=r)
+        self.open_alerts = Gauge(
+            "emostream_open_alerts",
+            "Open escalation alerts of the calls this worker stored within redis.ttl_s, by severity (sum the workers)",
+            ["severity"],
+            registry=r,
+        )
         self.open_utterances = Gauge("emostream_open_utterances", "Utterances waiting for parts", registry=r)
         self.errors = Counter("emostream_batch_errors_total", "Batches that failed and were retried", registry=r)
         self.stage_errors = Counter(

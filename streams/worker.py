@@ -563,6 +563,9 @@ class Worker:
         async with self.lock:
             self._absorb(self.joiner.expire(self.clock()))
             self.metrics.open_calls.set(self.joiner.open_calls)
+            if self.analytics is not None:
+                for severity, n in self.analytics.open_alerts().items():
+                    self.metrics.open_alerts.labels(severity).set(n)
             self.metrics.open_utterances.set(self.joiner.open_utterances)
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))

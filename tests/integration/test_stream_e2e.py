@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import redis
+from kafka import KafkaProducer
 
 from streams.kafka import ensure_topics
+from streams.schemas import CallControl
 from streams.worker import NOTHING_READ_GRACE_S
 from tests.integration.calls import ANGRY_PART, EMPATHETIC, ESCALATING, PLEASANT, SNAPPING, scripted
 from tests.integration.harness import Collector, WorkerProcess, settings_for
@@ -157,7 +159,18 @@ def test_an_escalating_call_raises_alerts_that_clear_when_it_ends(services, uniq
         worker = WorkerProcess(settings, tmp_path).start()  # restarted mid-call
         worker.wait_ready()
         rest = Dialogue(angry.call_id, angry.utterances[4:])
-        feed([rest, happy], settings, realtime=False, progress=False)
+        feed([rest], settings, realtime=False, progress=False, send_control=False)
+        assert collector.poll_until(
+            lambda c: any(a.call_id == angry.call_id and a.state == "raised" for a in c.alerts), timeout=90
+        ), worker.tail()
+        # while the call goes on its alerts are open: the gauge counts them (not raised minus cleared,
+        # which lost the restarted worker's raises)
+        assert _poll(lambda: open_alerts(worker) >= 1), worker.metrics()
+        feed([happy], settings, realtime=False, progress=False)
+        KafkaProducer(bootstrap_servers=settings.kafka.brokers).send(
+            settings.kafka.topics.control, key=angry.call_id.encode(),
+            value=CallControl(call_id=angry.call_id, event="ended").to_bytes(),
+        ).get(timeout=30)  # fmt: skip
         assert collector.poll_until(
             lambda c: {r.call_id for r in c.reports if r.final} >= {angry.call_id, happy.call_id}, timeout=90
         ), worker.tail()
@@ -177,6 +190,7 @@ def test_an_escalating_call_raises_alerts_that_clear_when_it_ends(services, uniq
         customer = next(s for s in summary.speakers if s.speaker == "customer")
         assert customer.sentiment < 0 and customer.negative_share > 0.5
         assert 'emostream_alerts_total{rule="' in worker.metrics()
+        assert _poll(lambda: open_alerts(worker) == 0), worker.metrics()  # cleared by the end
     finally:
         collector.close()
         worker.stop()
@@ -228,8 +242,6 @@ def test_a_part_sent_after_the_call_ended_is_labelled_but_adds_nothing_after_its
     the call: it gets its event, the worker logs why, and the call's analytics, whose final summary
     is out, add no report after it (a newcomer's supervisor page showed a 1-turn report after the
     3-turn summary)."""
-    from kafka import KafkaProducer
-
     from streams.schemas import TextPart
 
     settings = settings_for(services, unique, default_modalities=("text",))
@@ -262,8 +274,6 @@ def test_a_call_that_sends_no_audio_waits_less_for_it_after_two_utterances(  # t
     """No 'started', the default text + audio expected, only words sent: the first two utterances wait
     join.wait_s (1.5 s here) for audio, the next ones 0.5 s; an audio clip sent right after its transcript
     is still joined, and the call's first audio part makes them wait join.wait_s again."""
-    from kafka import KafkaProducer
-
     from tools.feed import part_message
 
     settings = settings_for(services, unique)
@@ -301,6 +311,22 @@ def test_a_call_that_sends_no_audio_waits_less_for_it_after_two_utterances(  # t
         producer.close()
         collector.close()
         worker.stop()
+
+
+def open_alerts(worker: WorkerProcess) -> float:
+    """The worker's emostream_open_alerts, summed over severities."""
+    lines = [line for line in worker.metrics().splitlines() if line.startswith("emostream_open_alerts{")]
+    assert len(lines) == 3, lines  # info, warning, critical, from the start
+    return sum(float(line.split()[-1]) for line in lines)
+
+
+def _poll(check: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
 
 
 def by_utterance_id(collector: Collector) -> dict[str, Any]:
