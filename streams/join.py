@@ -124,6 +124,8 @@ class JoinResult:
     #: whose utterances wait for it again (its first part came): why, for the log
     learned: list[str] = field(default_factory=list)
     unlearned: list[str] = field(default_factory=list)
+    #: calls forgotten after ``idle_s`` without a part and without an 'ended'
+    idle_calls: list[str] = field(default_factory=list)
 
     def extend(self, other: JoinResult) -> None:
         self.ready += other.ready
@@ -138,6 +140,7 @@ class JoinResult:
         self.reopened = self.reopened or other.reopened
         self.learned += other.learned
         self.unlearned += other.unlearned
+        self.idle_calls += other.idle_calls
 
 
 @dataclass
@@ -451,6 +454,7 @@ class Joiner:
             if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
+            result.idle_calls.append(call_id)
         return result
 
     # -- queries --------------------------------------------------------------------------------

@@ -173,6 +173,11 @@ class Metrics:
             "emostream_join_wait_seconds", "First part -> utterance ready", buckets=_LATENCY, registry=r
         )
         self.open_calls = Gauge("emostream_open_calls", "Calls with join state in this worker", registry=r)
+        self.calls_without_end = Counter(
+            "emostream_calls_without_end_total",
+            "Calls forgotten after redis.ttl_s without a part and without an 'ended' (a producer that sends no end)",
+            registry=r,
+        )
         self.open_alerts = Gauge(
             "emostream_open_alerts",
             "Open escalation alerts of the calls this worker stored within redis.ttl_s, by severity (sum the workers)",

@@ -838,6 +838,13 @@ class Worker:
             self._note_inconsistent(result.inconsistency)
         if result.reopened is not None and (n := self._sampled("reopened")) is not None:
             log.warning("%s [%d so far]", result.reopened, n)
+        for call_id in result.idle_calls:
+            self.metrics.calls_without_end.inc()
+            if (n := self._sampled("idle")) is not None:
+                log.warning("call %s: no part for %.0f s (redis.ttl_s) and no 'ended': the worker forgets it; its "
+                            "window and analytics expire from Redis with it, and its open alerts stay open (a "
+                            "call's end comes as 'ended' on %s: README, Calls that end) [%d so far]", call_id,
+                            self.settings.redis.ttl_s, self.settings.kafka.topics.control, n)  # fmt: skip
         for kind, lines in (("learned", result.learned), ("unlearned", result.unlearned)):
             for line in lines:
                 if (n := self._sampled(kind)) is not None:

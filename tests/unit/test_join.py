@@ -293,9 +293,11 @@ def test_idle_calls_are_forgotten() -> None:
     j = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=10.0)
     j.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
     assert j.open_calls == 1
-    j.expire(now=5.0)
-    assert j.open_calls == 1
-    j.expire(now=11.0)
+    j.add("d", "v0", 0, "A", "text", "t", "h", now=0.0)
+    j.call_ended("d", now=0.5)
+    assert j.expire(now=5.0).idle_calls == []
+    assert j.open_calls == 1  # d closed after its end: not idle
+    assert j.expire(now=11.0).idle_calls == ["c"]  # no part, no 'ended' for idle_s: the worker says so
     assert j.open_calls == 0
 
 

@@ -1952,3 +1952,19 @@ def test_the_grace_of_a_partition_nothing_is_read_from_starts_when_it_is_assigne
         assert not w.behind("audio", 0, clock.now + 1.0)
 
     asyncio.run(scenario())
+
+
+def test_a_call_forgotten_without_an_end_is_counted_and_logged(caplog: Any) -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"quiet", text("quiet", "u0", 0), Handle(log, "t0"), timestamp=clock.now)
+        await w.pump()
+        clock.now += w.settings.redis.ttl_s + 1
+        await w.tick()
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+        assert "call quiet: no part for 3600 s (redis.ttl_s) and no 'ended'" in caplog.text
+
+    caplog.set_level(logging.WARNING, logger="emostream.worker")
+    asyncio.run(scenario())
