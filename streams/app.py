@@ -106,6 +106,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        assigned_early.difference_update(tp.partition for tp in revoked)
         if ready.is_set():
             await state["worker"].revoke({tp.partition for tp in revoked if tp.topic in topics.inputs()})
 

@@ -234,10 +234,12 @@ class Joiner:
         #: seq, a digest of its speaker), oldest first
         self._done: OrderedDict[tuple[str, str], tuple[int | None, ...]] = OrderedDict()
         #: calls closed after their 'ended' -> (partition, the end's record time, the modalities it
-        #: expected, whether it declared them, those it sent), oldest first (at most ``max_calls``): a part
-        #: sent after does not reopen them (no context, a report after the final one); one sent in time
-        #: and read late reopens it as it was
-        self._ended: OrderedDict[str, tuple[int, float | None, tuple[str, ...], bool, frozenset[str]]] = OrderedDict()
+        #: expected, whether it declared them, those it sent, those not waited for), oldest first (at
+        #: most ``max_calls``): a part sent after does not reopen them (no context, a report after the
+        #: final one); one sent in time and read late reopens it as it was
+        self._ended: OrderedDict[
+            str, tuple[int, float | None, tuple[str, ...], bool, frozenset[str], tuple[str, ...]]
+        ] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
         self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
@@ -548,7 +550,14 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
-        self._ended[call_id] = (call.partition, call.ended_ts, call.expected, call.declared, frozenset(call.heard))
+        self._ended[call_id] = (
+            call.partition,
+            call.ended_ts,
+            call.expected,
+            call.declared,
+            frozenset(call.heard),
+            call.skip,
+        )
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
             self._ended.popitem(last=False)  # its labelled ids stay indexed until _done lets them go (_undo)
@@ -573,7 +582,7 @@ class Joiner:
             closed = self._ended.get(call_id)  # reopened by a part sent in time: what it expected still holds
             call = self._calls[call_id] = _Call(expected=self.default, partition=partition)
             if closed is not None:
-                call.expected, call.declared, call.heard = closed[2], closed[3], set(closed[4])
+                call.expected, call.declared, call.heard, call.skip = closed[2], closed[3], set(closed[4]), closed[5]
         else:
             self._calls.move_to_end(call_id)
         call.last_seen = now

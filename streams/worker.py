@@ -711,8 +711,12 @@ class Worker:
         started at the partition's first message: the first utterance of a call on a partition whose
         audio topic nobody writes to (a text-only platform) waited the grace, 5 s, not ``join.wait_s``."""
         now = self.clock()
+        read = {p for _, p in self.read}
         for p in partitions:
-            self.assigned_at.setdefault(p, now)
+            if p in read:
+                self.assigned_at.setdefault(p, now)
+            else:  # nothing read from it yet: its grace starts now (a time left from before is not this assignment's)
+                self.assigned_at[p] = now
 
     async def revoke(self, partitions: set[int]) -> None:
         """Let go of ``partitions`` (see the module doc): drop their pending work unacked. Waits for

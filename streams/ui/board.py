@@ -38,9 +38,11 @@ class CallView:
     ended_at: float | None = None
     heard_at: float = 0.0  # the latest production time of its emotion events (the worker's clock)
     report: CallReport | None = None
-    #: utterances first labelled after its final summary (a part sent after its 'ended' reopened it,
-    #: README: Calls that end): no turn of the summary, shown apart
-    after_end: set[str] = field(default_factory=set)
+    #: utterance id -> when its first event was produced: one produced after the call's final summary
+    #: (a part sent after its 'ended' reopened it, README: Calls that end) is no turn of the summary
+    first_at: dict[str, float] = field(default_factory=dict)
+    #: records produced up to this time are a previous call's under the same id (see Board.add)
+    cutoff: float = float("-inf")
     alerts: dict[str, AlertEvent] = field(default_factory=dict)  # open, by alert id
     history: list[AlertEvent] = field(default_factory=list)  # the latest alert changes
     utterances: OrderedDict[str, EmotionEvent] = field(default_factory=OrderedDict)
@@ -93,21 +95,25 @@ class Board:
             call = self.calls.get(msg.call_id)
             if call is None:
                 call = self.calls[msg.call_id] = CallView(msg.call_id, now, heard_at=msg.produced_at)
+            if not isinstance(msg, CallReport) and msg.produced_at <= call.cutoff:
+                return False  # the previous call's under this id, read late (the topics interleave at a replay)
             call.updated_at = now
             self.calls.move_to_end(msg.call_id)
             if isinstance(msg, EmotionEvent):
                 call.heard_at = max(call.heard_at, msg.produced_at)
                 old = call.utterances.get(msg.utterance_id)
-                final = call.report if call.report is not None and call.report.final else None
-                if old is None and final is not None and msg.produced_at > final.produced_at:
-                    call.after_end.add(msg.utterance_id)
+                final = call.report.produced_at if call.report is not None and call.report.final else None
+                if old is not None and final is not None and old.produced_at <= final < msg.produced_at:
+                    old = None  # labelled after the summary under an id labelled before it: a new call's (id reused)
+                if old is None:
+                    call.first_at[msg.utterance_id] = msg.produced_at
                 if old is None or old.revision <= msg.revision:
                     if old is not None and msg.revision > old.revision and old.ignored and not msg.ignored:
                         # a revision does not repeat what its provisional event did not use
                         msg = msg.model_copy(update={"ignored": old.ignored})
                     call.utterances[msg.utterance_id] = msg
                 while len(call.utterances) > self.max_utterances:
-                    call.after_end.discard(call.utterances.popitem(last=False)[0])
+                    call.first_at.pop(call.utterances.popitem(last=False)[0], None)
             elif isinstance(msg, AlertEvent):
                 if msg.state == "cleared":
                     call.alerts.pop(msg.alert_id, None)
@@ -116,12 +122,18 @@ class Board:
                 call.history = [*call.history, msg][-20:]
             else:
                 prev = call.report
-                if not msg.final and prev is not None and prev.final and msg.produced_at > prev.produced_at:
+                if prev is not None and msg.produced_at < prev.produced_at:
+                    return False  # an older report, read late
+                if not msg.final and prev is not None and prev.final:
                     # a report after the final one: the call id used again for a new call (a reopened
-                    # call has no analytics): its view starts afresh with what came after that end
-                    after = ((k, e) for k, e in call.utterances.items() if e.produced_at > prev.produced_at)
+                    # call has no analytics): its view starts afresh with what came after that end,
+                    # and what the previous call produced, read later, is left out
+                    call.cutoff = prev.produced_at
+                    after = [(k, e) for k, e in call.utterances.items() if call.first_at[k] > call.cutoff]
                     call.utterances, call.ended_at = OrderedDict(after), None
-                    call.after_end.clear()
+                    call.first_at = {k: call.first_at[k] for k, _ in after}
+                    call.alerts = {k: a for k, a in call.alerts.items() if a.produced_at > call.cutoff}
+                    call.history = [a for a in call.history if a.produced_at > call.cutoff]
                 call.report = msg
                 if msg.final:
                     call.ended_at = now
@@ -205,7 +217,9 @@ class Board:
 
     def _summary(self, call: CallView) -> dict[str, Any]:
         utts = sorted(call.utterances.values(), key=lambda e: e.seq)
-        counted = [e for e in utts if e.utterance_id not in call.after_end]
+        final = call.report.produced_at if call.report is not None and call.report.final else None
+        after_end = [e for e in utts if final is not None and call.first_at[e.utterance_id] > final]
+        counted = [e for e in utts if final is None or call.first_at[e.utterance_id] <= final]
         speakers: dict[str, dict[str, Any]] = {}
         for e in utts:
             s = speakers.setdefault(e.speaker, {"speaker": e.speaker, "role": None, "timeline": []})
@@ -226,7 +240,7 @@ class Board:
             "heard_at": call.heard_at,
             "turns": sum(says_something(e) for e in counted),  # as the call's report counts them: an utterance read
             "unread": sum(not says_something(e) for e in counted),  # every part ignored (another language, ...)
-            "after_end": len(call.after_end),
+            "after_end": len(after_end),
             "speakers": sorted(speakers.values(), key=lambda s: (s.get("role") != "customer", s["speaker"])),
             "alerts": [_alert(a) for a in alerts],
             "raised": list(call.report.alerts_raised) if call.report else [],

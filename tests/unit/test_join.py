@@ -646,3 +646,14 @@ def test_a_short_wait_holds_while_the_audio_topic_is_read_behind() -> None:
     assert ids(j.expire(now=4.5)) == [] and ids(j.expire(now=6.0)) == []
     r = j.add("c", "u2", 2, "A", "audio", "a", "h", now=6.1, ts=4.1)
     assert ids(r) == ["u2"] and r.ready[0].modalities == ("text", "audio")
+
+
+def test_a_call_that_learnt_to_wait_less_still_does_when_a_late_part_reopens_it() -> None:
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    for k in range(2):
+        j.add("c", f"u{k}", k, "A", "text", "t", "h", now=2.0 * k)
+        j.expire(now=2.0 * k + 1.0)
+    j.call_ended("c", now=4.0)
+    assert j.expire(now=5.0).ended_calls == ["c"]
+    j.add("c", "u2", 2, "A", "text", "t", "h", now=6.0)  # no record times: joined, reopening the call
+    assert ids(j.expire(now=6.5)) == ["u2"]

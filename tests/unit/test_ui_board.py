@@ -240,3 +240,43 @@ def test_utterances_labelled_after_a_calls_summary_are_shown_apart_and_a_reused_
     board.add("report", new.to_bytes())
     (c,) = board.snapshot()["calls"]
     assert (c["turns"], c["after_end"], c["ended"]) == (2, 0, False)  # what came after the end: u9 and the new u0
+
+
+def _final(call: str, at: float, final: bool = True, name: str = "") -> bytes:
+    r = report(call, final=final, turns=3).model_copy(update={"produced_at": at, "event_id": f"{call}:{at}:{name}"})
+    return r.to_bytes()
+
+
+def test_what_came_after_a_calls_end_is_told_by_production_times_in_any_read_order() -> None:
+    events = [make_event(call_id="c", utterance_id=f"u{i}", seq=i, produced_at=10.0 + i) for i in range(3)]
+    late = make_event(call_id="c", utterance_id="u9", seq=9, produced_at=20.0)  # reopened the call after its end
+    for order in (["e0", "e1", "e2", "final", "late"], ["e0", "e1", "e2", "late", "final"], ["final", "late", "e2"]):
+        board = Board()
+        records = {"final": ("report", _final("c", 13.0)), "late": ("emotion", late.to_bytes())}
+        records.update({f"e{i}": ("emotion", e.to_bytes()) for i, e in enumerate(events)})
+        for name in order:
+            board.add(*records[name])
+        (c,) = board.snapshot()["calls"]
+        assert (c["after_end"], c["ended"]) == (1, True), order
+        assert c["turns"] == len([n for n in order if n.startswith("e")]), order
+
+
+def test_a_reused_call_id_shows_only_the_new_call_whatever_was_read_first() -> None:
+    old = [make_event(call_id="c", utterance_id=f"u{i}", seq=i, revision=1, produced_at=10.0 + i) for i in range(3)]
+    new_u0 = make_event(call_id="c", utterance_id="u0", seq=0, event_id="new-u0", produced_at=30.0)
+    records = {f"old{i}": ("emotion", e.to_bytes()) for i, e in enumerate(old)}
+    records.update({
+        "final": ("report", _final("c", 13.0)), "new": ("emotion", new_u0.to_bytes()),
+        "report": ("report", _final("c", 31.0, final=False, name="new")),
+    })  # fmt: skip
+    for order in (
+        ["old0", "old1", "old2", "final", "new", "report"],  # live order: the new u0 replaces the old revision 1
+        ["final", "report", "old0", "old1", "old2", "new"],  # the reports read first (a replay)
+        ["old0", "final", "report", "new", "old1", "old2"],
+    ):
+        board = Board()
+        for name in order:
+            board.add(*records[name])
+        (c,) = board.snapshot()["calls"]
+        assert (c["turns"], c["after_end"], c["ended"]) == (1, 0, False), order
+        assert [u["utterance_id"] for u in board.detail("c")["utterances"]] == ["u0"], order  # type: ignore[index]

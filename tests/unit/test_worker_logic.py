@@ -1948,8 +1948,10 @@ def test_the_grace_of_a_partition_nothing_is_read_from_starts_when_it_is_assigne
         assert not w.behind("audio", 0, clock.now + 1.0)  # its first utterance waits join.wait_s, not the grace
         w.assigned({2})  # a partition got just now: a backlog may still show
         assert w.behind("audio", 2, clock.now + 1.0)
-        w.assigned({0})  # assigned again (a rebalance that kept it): its time stays
+        w.assigned({0})  # assigned again while read from (a rebalance that kept it): its time stays
         assert not w.behind("audio", 0, clock.now + 1.0)
+        w.assigned({1})  # assigned again with nothing read from it: its grace starts again
+        assert w.behind("audio", 1, clock.now + 1.0)
 
     asyncio.run(scenario())
 

@@ -23,7 +23,8 @@ function worst(call) {
 }
 
 // seconds since the call's latest utterance was labelled (0 for an ended call)
-const quietFor = (c) => (c.ended ? 0 : Math.max(0, Date.now() / 1000 + clockOffset - c.heard_at));
+let nowS = Date.now() / 1000;  // the board server's time at this drawing (one value for a whole sort)
+const quietFor = (c) => (c.ended ? 0 : Math.max(0, nowS - c.heard_at));
 const isQuiet = (c) => quietFor(c) >= QUIET_S;
 const state = (c) => (c.ended ? "ended" + (c.after_end ? ` · ${c.after_end} more after its end` : "")
   : isQuiet(c) ? `quiet ${Math.floor(quietFor(c) / 60)} min` : "live");
@@ -64,6 +65,7 @@ function card(c) {
 
 function draw() {
   drawPending = false;
+  nowS = Date.now() / 1000 + clockOffset;
   const list = [...calls.values()].sort(order);
   $("list").innerHTML = list.length ? list.map(card).join("") : `<div class="empty">No calls yet: waiting for emotion events.</div>`;
   $("n-active").textContent = list.filter((c) => !c.ended && !isQuiet(c)).length;
