@@ -136,7 +136,7 @@ class Board:
                     call.history = [a for a in call.history if a.produced_at > call.cutoff]
                 call.report = msg
                 if msg.final:
-                    call.ended_at = now
+                    call.ended_at = msg.produced_at  # its end, not when this board read it (a replay)
             self._touch(msg.call_id)
             if len(self.calls) > self.max_calls:
                 self._trim(now)
