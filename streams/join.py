@@ -456,7 +456,8 @@ class Joiner:
             if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
-            result.idle_calls.append(call_id)
+            if call_id not in self._ended:  # (not one that did, reopened by a part read after its close)
+                result.idle_calls.append(call_id)
         return result
 
     # -- queries --------------------------------------------------------------------------------

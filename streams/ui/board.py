@@ -3,7 +3,14 @@ speakers' emotion timelines, its open alerts, and (for the drill-down) its utter
 here: :meth:`Board.add` takes one record; the server feeds it from a consumer thread.
 
 Records are validated (an invalid one is counted and skipped) and deduplicated by ``event_id``;
-an utterance keeps its latest revision. The board is bounded: at most ``max_calls`` calls (the
+an utterance keeps its latest revision. A call id used again for a new call (after a ``started``)
+shows the new call only: its records name a higher generation (:func:`generation_of`), and the
+previous call's, read late, are left out; an ended call the board let go does not come back when
+its records are read again (a board that replays the topics at its start). An utterance first
+labelled after the call's final summary (a part sent after its ``ended`` reopened it) is counted
+apart, by production times, in whatever order the topics are read.
+
+The board is bounded: at most ``max_calls`` calls (the
 least recently updated ended call goes first, then the least recently updated one), at most
 ``max_utterances`` utterances per call, and an ended call is dropped ``keep_ended_s`` after its end.
 A call that never sent its end is dropped once none of its utterances was labelled for
@@ -41,8 +48,7 @@ class CallView:
     #: utterance id -> when its first event was produced: one produced after the call's final summary
     #: (a part sent after its 'ended' reopened it, README: Calls that end) is no turn of the summary
     first_at: dict[str, float] = field(default_factory=dict)
-    #: records produced up to this time are a previous call's under the same id (see Board.add)
-    cutoff: float = float("-inf")
+    generation: int = -1  # the call instance's (see generation_of): a call id used again has a higher one
     alerts: dict[str, AlertEvent] = field(default_factory=dict)  # open, by alert id
     history: list[AlertEvent] = field(default_factory=list)  # the latest alert changes
     utterances: OrderedDict[str, EmotionEvent] = field(default_factory=OrderedDict)
@@ -70,6 +76,8 @@ class Board:
         self.floor = 0  # removals up to this version are forgotten: a client older than it reloads
         self.invalid = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
+        #: ended calls let go -> their generation: records of it read later do not bring it back (bounded)
+        self._gone: OrderedDict[str, int] = OrderedDict()
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -92,19 +100,25 @@ class Board:
             while len(self._seen) > 50 * self.max_calls:
                 self._seen.popitem(last=False)
             now = self.clock()
+            generation = generation_of(msg.call_id, msg.event_id)
             call = self.calls.get(msg.call_id)
-            if call is None:
+            gone = self._gone.get(msg.call_id)
+            if call is None and gone is not None and generation <= gone:
+                return False  # of a call this board let go after its end (read again at a replay, or after it)
+            if call is not None and generation < call.generation:
+                return False  # of the previous call under this id, read late (the topics interleave at a replay)
+            if isinstance(msg, CallReport) and call is not None and call.report is not None:
+                if generation == call.generation and msg.produced_at < call.report.produced_at:
+                    return False  # an older report of the call, read late
+            if call is None or generation > call.generation:  # new, or its id used again: a view afresh
                 call = self.calls[msg.call_id] = CallView(msg.call_id, now, heard_at=msg.produced_at)
-            if not isinstance(msg, CallReport) and msg.produced_at <= call.cutoff:
-                return False  # the previous call's under this id, read late (the topics interleave at a replay)
+                call.generation = generation
+                self._gone.pop(msg.call_id, None)
             call.updated_at = now
             self.calls.move_to_end(msg.call_id)
             if isinstance(msg, EmotionEvent):
                 call.heard_at = max(call.heard_at, msg.produced_at)
                 old = call.utterances.get(msg.utterance_id)
-                final = call.report.produced_at if call.report is not None and call.report.final else None
-                if old is not None and final is not None and old.produced_at <= final < msg.produced_at:
-                    old = None  # labelled after the summary under an id labelled before it: a new call's (id reused)
                 if old is None:
                     call.first_at[msg.utterance_id] = msg.produced_at
                 if old is None or old.revision <= msg.revision:
@@ -121,19 +135,6 @@ class Board:
                     call.alerts[msg.alert_id] = msg
                 call.history = [*call.history, msg][-20:]
             else:
-                prev = call.report
-                if prev is not None and msg.produced_at < prev.produced_at:
-                    return False  # an older report, read late
-                if not msg.final and prev is not None and prev.final:
-                    # a report after the final one: the call id used again for a new call (a reopened
-                    # call has no analytics): its view starts afresh with what came after that end,
-                    # and what the previous call produced, read later, is left out
-                    call.cutoff = prev.produced_at
-                    after = [(k, e) for k, e in call.utterances.items() if call.first_at[k] > call.cutoff]
-                    call.utterances, call.ended_at = OrderedDict(after), None
-                    call.first_at = {k: call.first_at[k] for k, _ in after}
-                    call.alerts = {k: a for k, a in call.alerts.items() if a.produced_at > call.cutoff}
-                    call.history = [a for a in call.history if a.produced_at > call.cutoff]
                 call.report = msg
                 if msg.final:
                     call.ended_at = msg.produced_at  # its end, not when this board read it (a replay)
@@ -161,7 +162,11 @@ class Board:
             ended = next((c for c, v in self.calls.items() if v.ended_at is not None and c not in gone), None)
             gone.append(ended if ended is not None else next(c for c in self.calls if c not in gone))
         for c in gone:
-            del self.calls[c]
+            view = self.calls.pop(c)
+            if view.ended_at is not None:  # what it publishes later (a late part reopened it) stays off the page
+                self._gone[c] = view.generation
+                while len(self._gone) > 4 * self.max_calls:
+                    self._gone.popitem(last=False)
             self.version += 1
             self.changed.pop(c, None)
             self.removals[c] = self.version
@@ -245,6 +250,17 @@ class Board:
             "alerts": [_alert(a) for a in alerts],
             "raised": list(call.report.alerts_raised) if call.report else [],
         }
+
+
+def generation_of(call_id: str, event_id: str) -> int:
+    """The generation of the call instance a record's ``event_id`` names (-1 for a call id's first
+    call): events, alerts and reports name theirs first, ``<call>`` or ``<call>~g<offset of its
+    'started'>`` (:func:`streams.schemas.call_instance`), and a call id used again has a higher one."""
+    rest = event_id[len(call_id) :] if event_id.startswith(call_id) else ""
+    if not rest.startswith("~g"):
+        return -1
+    digits = rest[2:].split(":", 1)[0]
+    return int(digits) if digits.isdigit() else -1
 
 
 def _alert(a: AlertEvent) -> dict[str, Any]:

@@ -320,7 +320,7 @@ def open_alerts(worker: WorkerProcess) -> float:
     return sum(float(line.split()[-1]) for line in lines)
 
 
-def _poll(check: Any, timeout: float = 10.0) -> bool:
+def _poll(check: Any, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -299,6 +299,8 @@ def test_idle_calls_are_forgotten() -> None:
     assert j.open_calls == 1  # d closed after its end: not idle
     assert j.expire(now=11.0).idle_calls == ["c"]  # no part, no 'ended' for idle_s: the worker says so
     assert j.open_calls == 0
+    j.add("d", "v1", 1, "A", "text", "t", "h", now=12.0)  # a part read after d's close reopens it
+    assert j.open_calls == 1 and j.expire(now=30.0).idle_calls == []  # d sent its 'ended': not counted
 
 
 def test_forget_drops_a_revoked_partitions_calls_and_labelled_ids() -> None:

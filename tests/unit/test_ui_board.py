@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from streams.schemas import AlertEvent, CallReport, Evidence, SpeakerTrajectory
+from streams.schemas import AlertEvent, CallReport, Evidence, SpeakerTrajectory, event_id
 from streams.ui.board import Board
 from tests.unit.test_subscribe import make_event
 
@@ -181,7 +181,7 @@ def test_a_new_provisional_event_of_a_reused_utterance_id_does_not_inherit_what_
     again = make_event(call_id="c", utterance_id="u0", seq=0, event_id="c~g1:u0:0")  # the id's next call
     board.add("emotion", again.to_bytes())
     assert board.detail("c")["utterances"][0]["ignored"] == {}  # type: ignore[index]
-    newer = json.loads(make_event(call_id="c", utterance_id="u1", seq=1).to_bytes())
+    newer = json.loads(make_event(call_id="c", utterance_id="u1", seq=1, event_id="c~g1:u1:0").to_bytes())
     assert board.add("emotion", json.dumps({**newer, "later_field": 1}).encode()) and board.invalid == 0
 
 
@@ -223,7 +223,7 @@ def test_a_call_that_never_ends_says_when_it_was_last_heard_and_goes_once_silent
     assert late.snapshot()["calls"] == []
 
 
-def test_utterances_labelled_after_a_calls_summary_are_shown_apart_and_a_reused_call_id_starts_afresh() -> None:
+def test_utterances_labelled_after_a_calls_summary_are_shown_apart() -> None:
     board = Board()
     for i in range(3):
         board.add("emotion", make_event(call_id="c", utterance_id=f"u{i}", seq=i, produced_at=10.0 + i).to_bytes())
@@ -234,12 +234,6 @@ def test_utterances_labelled_after_a_calls_summary_are_shown_apart_and_a_reused_
     board.add("emotion", make_event(call_id="c", utterance_id="u9", seq=9, produced_at=20.0).to_bytes())
     (c,) = board.snapshot()["calls"]
     assert (c["turns"], c["after_end"], c["ended"]) == (4, 1, True)
-    # a report after the final one: the id used again for a new call, shown afresh
-    board.add("emotion", make_event(call_id="c", utterance_id="u0", seq=0, event_id="new", produced_at=30.0).to_bytes())
-    new = report("c", final=False, turns=1).model_copy(update={"produced_at": 31.0, "event_id": "new-report"})
-    board.add("report", new.to_bytes())
-    (c,) = board.snapshot()["calls"]
-    assert (c["turns"], c["after_end"], c["ended"]) == (2, 0, False)  # what came after the end: u9 and the new u0
 
 
 def _final(call: str, at: float, final: bool = True, name: str = "") -> bytes:
@@ -263,20 +257,48 @@ def test_what_came_after_a_calls_end_is_told_by_production_times_in_any_read_ord
 
 def test_a_reused_call_id_shows_only_the_new_call_whatever_was_read_first() -> None:
     old = [make_event(call_id="c", utterance_id=f"u{i}", seq=i, revision=1, produced_at=10.0 + i) for i in range(3)]
-    new_u0 = make_event(call_id="c", utterance_id="u0", seq=0, event_id="new-u0", produced_at=30.0)
+    new_u0 = make_event(call_id="c", utterance_id="u0", seq=0, produced_at=30.0, event_id=event_id("c", "u0", 0, "57"))
+    assert new_u0.event_id.startswith("c~g57:")
     records = {f"old{i}": ("emotion", e.to_bytes()) for i, e in enumerate(old)}
+    new_report = report("c", final=False, turns=1).model_copy(
+        update={"produced_at": 31.0, "event_id": "c~g57:report:1:x"}
+    )
     records.update({
         "final": ("report", _final("c", 13.0)), "new": ("emotion", new_u0.to_bytes()),
-        "report": ("report", _final("c", 31.0, final=False, name="new")),
+        "report": ("report", new_report.to_bytes()), "old_alert": ("alert", alert("c", "streak").to_bytes()),
     })  # fmt: skip
     for order in (
-        ["old0", "old1", "old2", "final", "new", "report"],  # live order: the new u0 replaces the old revision 1
-        ["final", "report", "old0", "old1", "old2", "new"],  # the reports read first (a replay)
-        ["old0", "final", "report", "new", "old1", "old2"],
+        ["old0", "old1", "old2", "old_alert", "final", "new", "report"],  # live order
+        ["final", "report", "old0", "old1", "old2", "new", "old_alert"],  # the reports read first (a replay)
+        ["new", "old0", "old1", "report", "old2", "final", "old_alert"],  # the emotions read first
     ):
         board = Board()
         for name in order:
             board.add(*records[name])
         (c,) = board.snapshot()["calls"]
-        assert (c["turns"], c["after_end"], c["ended"]) == (1, 0, False), order
+        assert (c["turns"], c["after_end"], c["ended"], c["alerts"]) == (1, 0, False, []), order
         assert [u["utterance_id"] for u in board.detail("c")["utterances"]] == ["u0"], order  # type: ignore[index]
+
+
+def test_an_ended_call_let_go_does_not_come_back_when_its_records_are_read_later() -> None:
+    clock = Clock()
+    board = Board(keep_ended_s=600, clock=clock)
+    board.add("report", _final("c", clock.now - 1800))  # a board that starts and replays: the summary first
+    board.expire()
+    assert board.snapshot()["calls"] == []
+    for i in range(3):  # then the call's events, read from the other topic
+        board.add(
+            "emotion", make_event(call_id="c", utterance_id=f"u{i}", seq=i, produced_at=clock.now - 1810 + i).to_bytes()
+        )
+    board.add("emotion", make_event(call_id="c", utterance_id="u9", seq=9, produced_at=clock.now - 60).to_bytes())
+    assert board.snapshot()["calls"] == []  # no quiet ghost of it, nor of a late part after its end
+    new = make_event(call_id="c", utterance_id="u0", seq=0, produced_at=clock.now, event_id=event_id("c", "u0", 0, "9"))
+    board.add("emotion", new.to_bytes())  # its id used again: the new call is shown
+    assert [c["call_id"] for c in board.snapshot()["calls"]] == ["c"]
+
+
+def test_the_generation_of_a_record_comes_from_its_id() -> None:
+    from streams.ui.board import generation_of
+
+    assert generation_of("c", "c:u0:r0:ab") == -1 and generation_of("c", "c~g12:report:final") == 12
+    assert generation_of("a:b", "a:b~g3:rule:1:raised:u1") == 3 and generation_of("c", "other") == -1
