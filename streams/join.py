@@ -640,10 +640,11 @@ class Joiner:
         for pending in call.pending.values():  # due sooner now
             self._push(pending.first_at + self.unsent_wait_s, call_id, pending.utterance_id)
         result.learned.append(
-            f"call {call_id} has sent no {'+'.join(never)} part in {call.unheard} utterances: its next ones wait "
-            f"{self.unsent_wait_s:g} s for {'+'.join(never)} once their {'+'.join(sent)} is in, not join.wait_s "
-            f"{self.wait_s:g} s (a call that sends only {'+'.join(sent)} says so in its 'started', modalities "
-            f"{list(sent)}); its first {'+'.join(never)} part makes them wait join.wait_s again"
+            f"call {call_id} has sent no {'+'.join(never)} part in {call.unheard} utterances: once their "
+            f"{'+'.join(sent)} is in, its next ones wait for {'+'.join(never)} until {self.unsent_wait_s:g} s after "
+            f"their first part, not join.wait_s {self.wait_s:g} s (a call that sends only {'+'.join(sent)} says "
+            f"so in its 'started', modalities {list(sent)}); its first {'+'.join(never)} part makes them wait "
+            "join.wait_s again"
         )
 
     def _heard(self, call_id: str, modality: str) -> str | None:
