@@ -246,6 +246,7 @@ class CallAnalytics:
         #: call -> (the severities of its open alerts, monotonic time stored), least recently stored
         #: first: the calls this worker stored lately (within the TTL) that have open alerts
         self._open: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
+        self._open_counts = {severity: 0 for severity in ("info", "warning", "critical")}  # summed over _open
 
     def _keys(self, call_id: str) -> tuple[str, str]:
         """The call's turns (a hash) and its alerts, rule counts and token (a JSON string)."""
@@ -289,6 +290,7 @@ class CallAnalytics:
         self.cache.clear()
         self.cached_turns = 0
         self._open.clear()  # a call's next batch, here or at its new owner, counts its alerts again
+        self._open_counts = dict.fromkeys(self._open_counts, 0)
 
     def open_alerts(self) -> dict[str, int]:
         """Open alerts by severity, of the calls this worker stored within the TTL since its
@@ -296,17 +298,23 @@ class CallAnalytics:
         state expired, or that another worker took is not counted here."""
         horizon = time.monotonic() - self.ttl_ms / 1000
         while self._open and next(iter(self._open.values()))[1] < horizon:
-            self._open.popitem(last=False)  # its state has expired in Redis: its alerts can no longer clear
-        out = {severity: 0 for severity in ("info", "warning", "critical")}
-        for severities, _ in self._open.values():
+            self._set_open(next(iter(self._open)), ())  # its state has expired in Redis: its alerts can no longer clear
+        return dict(self._open_counts)
+
+    def _set_open(self, call_id: str, severities: tuple[str, ...]) -> None:
+        """The call's open alerts are now of ``severities`` (none: it leaves ``_open``), stored now."""
+        old = self._open.pop(call_id, None)
+        for severity in old[0] if old else ():
+            self._open_counts[severity] -= 1
+        if severities:
+            self._open[call_id] = (severities, time.monotonic())
             for severity in severities:
-                out[severity] = out.get(severity, 0) + 1
-        return out
+                self._open_counts[severity] = self._open_counts.get(severity, 0) + 1
 
     async def forget(self, call_id: str) -> None:
         """Delete the call's state (after its summary is published)."""
         self._uncache(call_id)
-        self._open.pop(call_id, None)
+        self._set_open(call_id, ())
         await self.client.delete(*self._keys(call_id))
 
     # -- judging ---------------------------------------------------------------------------------
@@ -556,10 +564,7 @@ class CallAnalytics:
             self._uncache(call_id)
             self.cache[call_id] = (tokens[call_id], state, time.monotonic())
             self.cached_turns += len(state.turns)
-            self._open.pop(call_id, None)
-            if state.alerts:
-                severities = tuple(self._severity(rule) for rule in state.alerts)
-                self._open[call_id] = (severities, time.monotonic())
+            self._set_open(call_id, tuple(self._severity(rule) for rule in state.alerts))
         while self.cached_turns > self.max_cached_turns and self.cache:
             self._uncache(next(iter(self.cache)))
 

@@ -30,7 +30,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from engines.interface import MODALITIES  # the one list of modalities, in the engines' order
 
@@ -161,6 +161,17 @@ class _Call:
         return tuple(m for m in self.expected if m not in self.skip)
 
 
+class _Closed(NamedTuple):
+    """What the join keeps of a call closed after its 'ended' (see ``Joiner._ended``)."""
+
+    partition: int
+    ended_ts: float | None  # the 'ended''s record time
+    expected: tuple[str, ...]
+    declared: bool
+    heard: frozenset[str]
+    skip: tuple[str, ...]
+
+
 #: how long an utterance waits for a modality its call has not sent (see Joiner.learn_after), at most wait_s:
 #: a part sent just after its utterance's other parts (an audio clip after its transcript) is still joined
 UNSENT_WAIT_S = 0.5
@@ -237,9 +248,7 @@ class Joiner:
         #: expected, whether it declared them, those it sent, those not waited for), oldest first (at
         #: most ``max_calls``): a part sent after does not reopen them (no context, a report after the
         #: final one); one sent in time and read late reopens it as it was
-        self._ended: OrderedDict[
-            str, tuple[int, float | None, tuple[str, ...], bool, frozenset[str], tuple[str, ...]]
-        ] = OrderedDict()
+        self._ended: OrderedDict[str, _Closed] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
         self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
@@ -402,7 +411,7 @@ class Joiner:
     def _reopened(self, call_id: str, utterance_id: str, seq: int, modality: str, ts: float | None) -> str:
         """Why a part reopened a call that had closed, for the log."""
         closed = self._ended.get(call_id)
-        end_ts = None if closed is None else closed[1]
+        end_ts = None if closed is None else closed.ended_ts
         if ts is None or end_ts is None:
             when = "read after the call had closed (no record times to tell when it was sent)"
         elif ts <= end_ts:
@@ -538,7 +547,7 @@ class Joiner:
             self._open -= len(call.pending)
         for key in [k for k, v in self._done.items() if v[0] in partitions]:
             self._undo(key)
-        for call_id in [c for c, (p, *_) in self._ended.items() if p in partitions]:
+        for call_id in [c for c, closed in self._ended.items() if closed.partition in partitions]:
             del self._ended[call_id]
             self._closed_ids.pop(call_id, None)
         for utt in labelled:
@@ -551,13 +560,8 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
-        self._ended[call_id] = (
-            call.partition,
-            call.ended_ts,
-            call.expected,
-            call.declared,
-            frozenset(call.heard),
-            call.skip,
+        self._ended[call_id] = _Closed(
+            call.partition, call.ended_ts, call.expected, call.declared, frozenset(call.heard), call.skip
         )
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
@@ -583,7 +587,8 @@ class Joiner:
             closed = self._ended.get(call_id)  # reopened by a part sent in time: what it expected still holds
             call = self._calls[call_id] = _Call(expected=self.default, partition=partition)
             if closed is not None:
-                call.expected, call.declared, call.heard, call.skip = closed[2], closed[3], set(closed[4]), closed[5]
+                call.expected, call.declared, call.skip = closed.expected, closed.declared, closed.skip
+                call.heard = set(closed.heard)
         else:
             self._calls.move_to_end(call_id)
         call.last_seen = now
@@ -697,7 +702,7 @@ class Joiner:
         call = self._calls.get(call_id)
         if call is not None and call.ends_at is not None:
             return call.ended_ts
-        return self._ended[call_id][1] if call_id in self._ended else None
+        return self._ended[call_id].ended_ts if call_id in self._ended else None
 
     def _after_end(self, call_id: str, partition: int, ts: float | None) -> float | None:
         """The record time of the call's 'ended' when a part sent at ``ts`` came past it by more than
@@ -718,7 +723,9 @@ class Joiner:
         self._done[(utt.call_id, utt.utterance_id)] = (partition, *digests, utt.seq, _digest(utt.speaker))
         # a closed call reopened by a part sent before its end (or without record times: as if so)
         closed = self._ended.get(utt.call_id)
-        previous = closed is not None and (closed[1] is None or utt.first_ts is None or utt.first_ts <= closed[1])
+        previous = closed is not None and (
+            closed.ended_ts is None or utt.first_ts is None or utt.first_ts <= closed.ended_ts
+        )
         (self._closed_ids if previous else self._done_of).setdefault(utt.call_id, set()).add(utt.utterance_id)
         while len(self._done) > self.max_finished:
             self._undo(next(iter(self._done)))

@@ -858,9 +858,8 @@ class Worker:
             missing = [m for m in utt.expected if not utt.has(m)]  # never came (a dead-lettered one did)
             for m in missing:
                 self.metrics.missing.labels(m).inc()
-            if any(m not in utt.not_waited for m in missing) and (
-                self.missing_logged < 20 or self.missing_logged % 100 == 0
-            ):  # not those of a call that sends none (join.learn_after: logged for the call)
+            waited = [m for m in missing if m not in utt.not_waited]  # not those of a call that sends none
+            if waited and (self.missing_logged < 20 or self.missing_logged % 100 == 0):
                 said, not_sent = self.reading(missing[0], utt)
                 if not_sent and self.missing_logged < 3:  # the first few: what to do about it
                     said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "
@@ -868,7 +867,7 @@ class Worker:
                              "join.default_modalities)")  # fmt: skip
                 log.info("%s/%s goes without %s after %.1f s: %s", utt.call_id, utt.utterance_id, "+".join(missing),
                          (utt.ready_at or utt.first_at) - utt.first_at, said)  # fmt: skip
-            self.missing_logged += any(m not in utt.not_waited for m in missing)
+            self.missing_logged += bool(waited)
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
