@@ -370,3 +370,42 @@ def test_a_hostile_share_counts_only_confident_anger() -> None:
         a._apply("c", state, [e])
     shares = {s.speaker: (s.negative_share, s.hostile_share) for s in a._report("c", state, {}, False).speakers}
     assert shares == {"agent-1": (1.0, round(1 / 3, 4)), "caller": (1.0, 1.0)}, shares
+
+
+def test_the_open_alerts_gauge_counts_the_stored_calls_alerts_until_they_end_or_expire(monkeypatch: Any) -> None:
+    import asyncio
+    import time as _time
+
+    import streams.analytics as analytics
+
+    async def no_script(*_: Any) -> int:
+        return 0
+
+    class Client:
+        async def delete(self, *_: Any) -> None:
+            pass
+
+    monkeypatch.setattr(analytics, "run_script", no_script)
+    book = load_rules()
+    rules = {r.severity: r.name for r in book.rule}
+    calls = CallAnalytics(Client(), "p:", 60, book, max_cached_turns=1)  # the cache evicts: the gauge does not
+
+    def state(*names: str) -> _State:
+        s = _State()
+        s.put(turn(0, 0, "cust", 0, "anger"))
+        s.alerts = {n: {"alert_id": f"x:{n}:1", "evidence": []} for n in names}
+        return s
+
+    async def scenario() -> None:
+        await calls._store({"a": state(rules["critical"], rules["warning"]), "b": state(rules["critical"])})
+        assert calls.open_alerts() == {"info": 0, "warning": 1, "critical": 2}
+        await calls._store({"b": state()})  # b's alert cleared
+        assert calls.open_alerts() == {"info": 0, "warning": 1, "critical": 1}
+        await calls.forget("a")  # a ended
+        assert calls.open_alerts() == {"info": 0, "warning": 0, "critical": 0}
+        await calls._store({"c": state(rules["warning"])})
+        real = _time.monotonic
+        monkeypatch.setattr(analytics.time, "monotonic", lambda: real() + 61)  # past the TTL: its state expired
+        assert calls.open_alerts() == {"info": 0, "warning": 0, "critical": 0}
+
+    asyncio.run(scenario())
