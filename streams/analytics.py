@@ -42,7 +42,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -209,6 +209,7 @@ class Update:
 
     out: list[Outgoing] = field(default_factory=list)
     states: dict[str, _State] = field(default_factory=dict)
+    partitions: dict[str, int] = field(default_factory=dict)  # call -> its input partition, where known
 
 
 class CallAnalytics:
@@ -243,22 +244,24 @@ class CallAnalytics:
         self.instance: Callable[[str], str] = lambda call_id: call_id
         self._no_agent: OrderedDict[str, None] = OrderedDict()  # calls logged as having no agent (bounded)
         self.no_agent_logged = 0
-        #: call -> (the severities of its open alerts, monotonic time stored), least recently stored
-        #: first: the calls this worker stored lately (within the TTL) that have open alerts
-        self._open: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
+        #: call -> (the severities of its open alerts, monotonic time stored, its input partition or
+        #: None), least recently stored first: the calls this worker stored lately (within the TTL)
+        #: that have open alerts
+        self._open: OrderedDict[str, tuple[tuple[str, ...], float, int | None]] = OrderedDict()
         self._open_counts = {severity: 0 for severity in ("info", "warning", "critical")}  # summed over _open
 
     def _keys(self, call_id: str) -> tuple[str, str]:
         """The call's turns (a hash) and its alerts, rule counts and token (a JSON string)."""
         return f"{self.prefix}turns#{call_id}", f"{self.prefix}acall#{call_id}"
 
-    async def observe(self, events: Sequence[EmotionEvent]) -> Update:
+    async def observe(self, events: Sequence[EmotionEvent], partitions: Mapping[str, int] | None = None) -> Update:
         """Take a batch's published events: the alerts and reports they cause (nothing is stored
-        until :meth:`commit`)."""
+        until :meth:`commit`). ``partitions``: each call's input partition, where known (the
+        open-alerts gauge keeps a call through a rebalance that leaves it here: :meth:`keep_open`)."""
         by_call: dict[str, list[EmotionEvent]] = defaultdict(list)
         for e in events:
             by_call[e.call_id].append(e)
-        update = Update()
+        update = Update(partitions={c: p for c, p in (partitions or {}).items() if c in by_call})
         if not by_call:
             return update
         update.states = await self._load(list(by_call))
@@ -269,7 +272,7 @@ class CallAnalytics:
     async def commit(self, update: Update) -> None:
         """Store the state an :class:`Update` led to (after its messages are published)."""
         if update.states:
-            await self._store(update.states)
+            await self._store(update.states, update.partitions)
 
     async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = ()) -> Update:
         """The call ended (its final revisions are ``final_events``): its open alerts cleared and
@@ -289,25 +292,36 @@ class CallAnalytics:
         stored meanwhile by a worker of an older version, which writes no token)."""
         self.cache.clear()
         self.cached_turns = 0
-        self._open.clear()  # a call's next batch, here or at its new owner, counts its alerts again
-        self._open_counts = dict.fromkeys(self._open_counts, 0)
+
+    def keep_open(self, partitions: set[int]) -> None:
+        """The worker's input partitions are now ``partitions`` (a rebalance revokes them all, then
+        assigns): the open alerts of calls on the others, or on no known partition, are no longer
+        counted here; their next batch counts them at their new owner. The calls that stay keep
+        theirs (before, every rebalance emptied the gauge until each call's next batch, so a call
+        on hold went uncounted)."""
+        for call_id, (_, _, partition) in list(self._open.items()):
+            if partition not in partitions:
+                self._set_open(call_id, ())
 
     def open_alerts(self) -> dict[str, int]:
-        """Open alerts by severity, of the calls this worker stored within the TTL since its
-        partitions last changed (the gauge ``emostream_open_alerts``): a call that ended, whose
-        state expired, or that another worker took is not counted here."""
+        """Open alerts by severity, of the calls on this worker's partitions that it stored within
+        the TTL (the gauge ``emostream_open_alerts``): a call that ended, whose state expired, or
+        that another worker took is not counted here."""
         horizon = time.monotonic() - self.ttl_ms / 1000
         while self._open and next(iter(self._open.values()))[1] < horizon:
             self._set_open(next(iter(self._open)), ())  # its state has expired in Redis: its alerts can no longer clear
         return dict(self._open_counts)
 
-    def _set_open(self, call_id: str, severities: tuple[str, ...]) -> None:
-        """The call's open alerts are now of ``severities`` (none: it leaves ``_open``), stored now."""
+    def _set_open(self, call_id: str, severities: tuple[str, ...], partition: int | None = None) -> None:
+        """The call's open alerts are now of ``severities`` (none: it leaves ``_open``), stored now;
+        ``partition``: its input partition (None: as known before, if at all)."""
         old = self._open.pop(call_id, None)
         for severity in old[0] if old else ():
             self._open_counts[severity] -= 1
         if severities:
-            self._open[call_id] = (severities, time.monotonic())
+            if partition is None and old is not None:
+                partition = old[2]
+            self._open[call_id] = (severities, time.monotonic(), partition)
             for severity in severities:
                 self._open_counts[severity] = self._open_counts.get(severity, 0) + 1
 
@@ -545,7 +559,7 @@ class CallAnalytics:
                 states[call_id] = _State(dropped=[_s(k) for k in turns])
         return states
 
-    async def _store(self, states: dict[str, _State]) -> None:
+    async def _store(self, states: dict[str, _State], partitions: Mapping[str, int] | None = None) -> None:
         tokens = {c: os.urandom(8).hex() for c in states}
         keys: list[str] = []
         args: list[Any] = [self.ttl_ms]
@@ -564,7 +578,9 @@ class CallAnalytics:
             self._uncache(call_id)
             self.cache[call_id] = (tokens[call_id], state, time.monotonic())
             self.cached_turns += len(state.turns)
-            self._set_open(call_id, tuple(self._severity(rule) for rule in state.alerts))
+            self._set_open(
+                call_id, tuple(self._severity(rule) for rule in state.alerts), (partitions or {}).get(call_id)
+            )
         while self.cached_turns > self.max_cached_turns and self.cache:
             self._uncache(next(iter(self.cache)))
 

@@ -711,6 +711,8 @@ class Worker:
         started at the partition's first message: the first utterance of a call on a partition whose
         audio topic nobody writes to (a text-only platform) waited the grace, 5 s, not ``join.wait_s``."""
         now = self.clock()
+        if self.analytics is not None:  # the open-alerts gauge keeps the calls that stay here
+            self.analytics.keep_open(partitions)
         read = {p for _, p in self.read}
         for p in partitions:
             if p in read:
@@ -919,7 +921,10 @@ class Worker:
             if self.analytics is not None:  # published, then stored: a failure in between publishes it all again
                 stage = "analytics"
                 # not an utterance of a call reopened after its summary went out: that call's analytics ended
-                update = await self.analytics.observe([e for e, u in outcome.events if u is None or not u.after_close])
+                update = await self.analytics.observe(
+                    [e for e, u in outcome.events if u is None or not u.after_close],
+                    {u.call_id: u.partition for _, u in outcome.events if u is not None},
+                )
                 await self._send_all(update.out)
                 await self.analytics.commit(update)
                 lap("analytics")

@@ -409,3 +409,38 @@ def test_the_open_alerts_gauge_counts_the_stored_calls_alerts_until_they_end_or_
         assert calls.open_alerts() == {"info": 0, "warning": 0, "critical": 0}
 
     asyncio.run(scenario())
+
+
+def test_the_open_alerts_gauge_keeps_the_calls_a_rebalance_leaves_on_this_worker(monkeypatch: Any) -> None:
+    """A rebalance revokes every partition and assigns the new set: the gauge used to empty until
+    each call's next batch (a call on hold went uncounted); now only the calls that left go."""
+    import asyncio
+
+    import streams.analytics as analytics
+
+    async def no_script(*_: Any) -> int:
+        return 0
+
+    monkeypatch.setattr(analytics, "run_script", no_script)
+    book = load_rules()
+    critical = next(r.name for r in book.rule if r.severity == "critical")
+    calls = CallAnalytics(None, "p:", 60, book)
+
+    def state() -> _State:
+        s = _State()
+        s.put(turn(0, 0, "cust", 0, "anger"))
+        s.alerts = {critical: {"alert_id": f"x:{critical}:1", "evidence": []}}
+        return s
+
+    async def scenario() -> None:
+        await calls._store({"on0": state(), "on1": state(), "unknown": state()}, {"on0": 0, "on1": 1})
+        await calls._store({"on1": state()})  # stored again without its partition: it is still known
+        assert calls.open_alerts()["critical"] == 3
+        calls.forget_cached()  # the revoke: the gauge is unchanged meanwhile
+        assert calls.open_alerts()["critical"] == 3
+        calls.keep_open({1, 2})  # the assignment: partition 0 went elsewhere, the unknown one too
+        assert calls.open_alerts()["critical"] == 1 and list(calls._open) == ["on1"]
+        calls.keep_open(set())
+        assert calls.open_alerts()["critical"] == 0
+
+    asyncio.run(scenario())
