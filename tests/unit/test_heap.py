@@ -33,7 +33,9 @@ def test_settle_freezes_the_objects_alive_and_a_full_collection_skips_them() -> 
     keep = [[i] for i in range(10_000)]  # objects alive "after the model is loaded"
     try:
         frozen = heap.settle()
-        assert frozen >= len(keep) and gc.get_freeze_count() == frozen
+        # a frozen object freed meanwhile leaves the count (threads of earlier tests in a full run
+        # freed 2 of 711,954 between the two reads: a CI run failed on an exact ==)
+        assert frozen >= len(keep) and frozen - 1000 <= gc.get_freeze_count() <= frozen
         assert len(gc.get_objects()) < frozen  # the generations hold far fewer objects than were frozen
     finally:
         gc.unfreeze()
