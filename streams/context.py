@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from redis.exceptions import NoScriptError
 
+from engines.interface import MODALITIES
 from streams.errors import ConfigError, ServiceUnavailable
 from streams.schemas import encode_f32
 from streams.settings import RedisSettings
@@ -134,24 +135,36 @@ return #KEYS
 """
 
 #: a call's 'started' (ARGV: its declaration as JSON or '', the TTL in ms, its offset on the control
-#: partition). A 'started' older than the mark its call's release left (the offset of its 'ended'),
-#: read again after a crash, changes nothing; else its declaration is stored and, past such a mark
-#: (the id's previous call closed), what that call left is forgotten and the call's generation is
-#: that offset (its ids then differ from the previous call's: :func:`streams.schemas.call_instance`).
-#: KEYS: the mark, the labelled set, the joins, the declaration, the window, its token, the
-#: generation. Returns 1 if a previous call had closed
+#: partition, the TTL of the started mark in ms). A 'started' at or before the mark its call's release
+#: left (the offset of its 'ended') or the mark the id's last 'started' left, read again after a
+#: crash, changes nothing; else its declaration is stored, its offset marked, and, past either mark
+#: (the id's previous call closed, or began and went quiet without an 'ended': the worker closed it
+#: first if it had spoken, :meth:`ContextStore.previous_start`), what that call left is forgotten and
+#: the call's generation is that offset (its ids then differ from the previous call's:
+#: :func:`streams.schemas.call_instance`). KEYS: the mark, the labelled set, the joins, the
+#: declaration, the window, its token, the generation, the started mark. Returns 1 if a previous call
+#: closed or started under the id
 _STARTED = """
-local closed = redis.call('GET', KEYS[1])
-local stale = closed and tonumber(ARGV[3]) <= tonumber(closed)
-if ARGV[1] ~= '' and not stale then
+local closed, previous, offset = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[8]), tonumber(ARGV[3])
+if (closed and offset <= tonumber(closed)) or (previous and offset <= tonumber(previous)) then
+  return 0
+end
+if ARGV[1] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
 end
-if not closed or stale then
+redis.call('SET', KEYS[8], ARGV[3], 'PX', ARGV[4])
+if not closed and not previous then
   return 0
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6])
 redis.call('SET', KEYS[7], ARGV[3], 'PX', ARGV[2])
 return 1
+"""
+
+#: what a 'started' finds of its call id's previous call (KEYS: the started mark, the close mark,
+#: the labelled set): {the last 'started' offset or nil, the close mark or nil, labelled utterances}
+_PREVIOUS = """
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('SCARD', KEYS[3])}
 """
 
 
@@ -181,12 +194,21 @@ class ContextItem:
     features: dict[str, np.ndarray]  # modality -> (D,) float32, only the modalities present
     #: modality -> why a part used here looks wrong (EmotionEvent.suspect), so the revisions say it too
     suspect: dict[str, str] = field(default_factory=dict)
+    #: modality -> why a part that came was not used (EmotionEvent.ignored), so the revisions say it too
+    ignored: dict[str, str] = field(default_factory=dict)
+    #: the modalities whose parts came (EmotionEvent.modalities_present) where not those of ``features``
+    #: (a part that came and was not used: a blank transcript, silence); None: those of ``features``
+    present: tuple[str, ...] | None = None
 
     def to_json(self) -> str:
         feats = {m: encode_f32(v) for m, v in self.features.items()}  # the parts' compact vector form
         obj: dict[str, Any] = {"u": self.utterance_id, "q": self.seq, "s": self.speaker, "f": feats}
         if self.suspect:  # rare: left out otherwise (items written before it read the same)
             obj["x"] = self.suspect
+        if self.ignored:  # as rare
+            obj["i"] = self.ignored
+        if self.present is not None and tuple(self.present) != tuple(self.features):
+            obj["p"] = list(self.present)
         return json.dumps(obj)
 
     @classmethod
@@ -194,7 +216,22 @@ class ContextItem:
         obj = json.loads(raw)
         feats = {m: np.frombuffer(base64.b64decode(b), dtype="<f4").copy() for m, b in obj["f"].items()}
         suspect = {str(m): str(why) for m, why in obj.get("x", {}).items()}
-        return cls(utterance_id=obj["u"], seq=int(obj["q"]), speaker=obj["s"], features=feats, suspect=suspect)
+        ignored = {str(m): str(why) for m, why in obj.get("i", {}).items()}
+        present = tuple(str(m) for m in obj["p"]) if "p" in obj else None
+        return cls(
+            utterance_id=obj["u"],
+            seq=int(obj["q"]),
+            speaker=obj["s"],
+            features=feats,
+            suspect=suspect,
+            ignored=ignored,
+            present=present,
+        )
+
+    def modalities_present(self) -> list[str]:
+        """The modalities whose parts came, as its provisional event said (items written before
+        2026-12-06: those it was labelled with)."""
+        return list(self.present) if self.present is not None else [m for m in MODALITIES if m in self.features]
 
 
 @dataclass
@@ -211,12 +248,21 @@ class CallState:
 class ContextStore:
     """Async access to the windows; ``client`` is a ``redis.asyncio.Redis``."""
 
-    def __init__(self, client: Any, prefix: str, window: int, ttl_s: float, max_decoded: int = 8192) -> None:
-        assert window >= 1 and ttl_s > 0
+    def __init__(
+        self,
+        client: Any,
+        prefix: str,
+        window: int,
+        ttl_s: float,
+        max_decoded: int = 8192,
+        started_ttl_s: float = 172800.0,
+    ) -> None:
+        assert window >= 1 and ttl_s > 0 and started_ttl_s > 0
         self.client = client
         self.prefix = prefix
         self.window = window
         self.ttl_ms = int(ttl_s * 1000)
+        self.started_ttl_ms = int(max(started_ttl_s, ttl_s) * 1000)  # kept at least as long as the call's state
         # call -> (token, window, monotonic time stored), least recently used first; bounded by the
         # items it holds (shared with the decoded items below), and an entry older than the TTL unused
         self._windows: OrderedDict[str, tuple[str, list[ContextItem], float]] = OrderedDict()
@@ -407,6 +453,28 @@ class ContextStore:
         got = await self.client.mget([self.generation_key(c) for c in call_ids])
         return {c: _text(g) if g is not None else "" for c, g in zip(call_ids, got, strict=True)}
 
+    def started_key(self, call_id: str) -> str:
+        return f"{self.prefix}started#{call_id}"
+
+    async def previous_start(self, call_id: str) -> tuple[int | None, int | None, int]:
+        """What a 'started' of ``call_id`` finds of the id's previous call: the offset of its last
+        'started' on the control partition (None: none within ``redis.started_ttl_s``), the offset of
+        its 'ended' if it closed (None: it did not, or its mark expired), and how many of its
+        utterances are labelled (0 once expired). A later 'started' of a call that began, spoke and
+        never closed ends it first (:meth:`streams.worker.Worker`, '_ends_unended')."""
+        got = await run_script(
+            self.client,
+            _PREVIOUS,
+            [self.started_key(call_id), self.closed_key(call_id), self.labelled_key(call_id)],
+            [],
+        )
+        previous, closed, labelled = got
+        return (
+            None if previous is None else int(previous),
+            None if closed is None else int(closed),
+            int(labelled),
+        )
+
     async def started(self, call_id: str, modalities: list[str] | None, offset: int) -> bool:
         """A call's 'started', read at ``offset`` of its control partition: what it said it will send
         stored (if anything), for whichever worker owns it next (:meth:`declared`), and True if the
@@ -418,9 +486,10 @@ class ContextStore:
         drop the new call's). One round trip, atomic."""
         keys = [self.closed_key(call_id), self.labelled_key(call_id), self.joined_key(call_id)]
         keys += [self.declaration_key(call_id), self.key(call_id), self.token_key(call_id)]
-        keys.append(self.generation_key(call_id))
+        keys += [self.generation_key(call_id), self.started_key(call_id)]
         declared = json.dumps(modalities) if modalities else ""
-        again = bool(await run_script(self.client, _STARTED, keys, [declared, self.ttl_ms, offset]))
+        args = [declared, self.ttl_ms, offset, self.started_ttl_ms]
+        again = bool(await run_script(self.client, _STARTED, keys, args))
         if again:
             self._uncache(call_id)
         return again

@@ -175,7 +175,8 @@ class Metrics:
         self.open_calls = Gauge("emostream_open_calls", "Calls with join state in this worker", registry=r)
         self.calls_without_end = Counter(
             "emostream_calls_without_end_total",
-            "Calls forgotten after redis.ttl_s without a part and without an 'ended' (a producer that sends no end)",
+            "Calls forgotten after redis.ttl_s without a part and without an 'ended', or ended at a new 'started' of "
+            "their id (a producer that sends no end)",
             registry=r,
         )
         self.open_alerts = Gauge(

@@ -580,7 +580,9 @@ class Processor:
         for utt, f in zip(utts, feats, strict=True):
             known = history.setdefault(utt.call_id, [])
             past = [i for i in known if i.seq < utt.seq and i.utterance_id != utt.utterance_id]
-            item = ContextItem(utt.utterance_id, utt.seq, utt.speaker, f, dict(utt.suspect))
+            item = ContextItem(
+                utt.utterance_id, utt.seq, utt.speaker, f, dict(utt.suspect), dict(utt.ignored), tuple(utt.modalities)
+            )
             window = [*past[max(0, len(past) - (self.max_window - 1)) :], item] if self.max_window > 1 else [item]
             rows.append(_Row(utt.call_id, window, len(window) - 1, 0, utt, utt.call_id in reset))
             appends.setdefault(utt.call_id, []).append(item)
@@ -655,8 +657,8 @@ class Processor:
             ready = utt.ready_at if utt.ready_at is not None else started
             present = list(utt.modalities)
             join_s, queue_s = ready - utt.first_at, max(0.0, started - ready)
-        else:
-            present = [m for m in MODALITIES if m in item.features]
+        else:  # a revision says what its provisional event said of the parts
+            present = item.modalities_present()
             join_s = queue_s = 0.0
         end_to_end = time.monotonic() - utt.last_at if utt is not None else done - started
         return EmotionEvent(
@@ -673,7 +675,7 @@ class Processor:
             sentiment_label=sentiment_label(sentiment),  # type: ignore[arg-type]
             weights={m: round(float(w), 6) for m, w in zip(MODALITIES, out.weights[i], strict=True)},
             modalities_present=present,  # type: ignore[arg-type]
-            ignored=dict(utt.ignored) if row.revision == 0 and utt is not None else {},  # type: ignore[arg-type]
+            ignored=dict(utt.ignored if row.revision == 0 and utt is not None else item.ignored),  # type: ignore[arg-type]
             suspect=dict(item.suspect) or None,  # type: ignore[arg-type]
             model=self.revision_model_ref if row.revision > 0 else self.model_ref,
             context_size=len(row.window),

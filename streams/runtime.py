@@ -304,7 +304,13 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     except EngineError as exc:
         raise ConfigError(f"cannot start the encoders on runtime {engine.info.runtime}: {exc}") from exc
     client = connect(settings.redis)
-    store = ContextStore(client, settings.redis.key_prefix, settings.redis.window, settings.redis.ttl_s)
+    store = ContextStore(
+        client,
+        settings.redis.key_prefix,
+        settings.redis.window,
+        settings.redis.ttl_s,
+        started_ttl_s=settings.redis.started_ttl_s,
+    )
     metrics = metrics or Metrics()
     port = metrics.port if metrics.port is not None else metrics.serve(settings.metrics.host, settings.metrics.port)
     metrics.model(engine.info.name, engine.info.version, engine.info.runtime)

@@ -353,7 +353,7 @@ class EmotionEvent(_Message):
         default_factory=dict,
         description="parts that arrived but were not used, with why: audio with less than engine.min_speech_s of "
         "speech (silence, line noise, hold music) is not used, so its weight is 0 and the label is the other "
-        "modalities' (provisional events); a part dead-lettered once its ids were read (audio that does not decode, "
+        "modalities' (revisions say what their provisional event said); a part dead-lettered once its ids were read (audio that does not decode, "
         "say, or a part against its schema whose ids parse) is 'dead-lettered: <reason> (<the start of its detail>)', "
         "and its utterance did not "
         "wait for it; a transcript with no words (empty, spaces, control characters, symbols the text model does "

@@ -115,6 +115,12 @@ class RedisSettings(_Section):
     key_prefix: str = "emostream:ctx:"
     window: int = Field(12, ge=1, description="utterances kept per call (context window)")
     ttl_s: float = Field(3600.0, gt=0, description="sliding TTL of an idle call's window")
+    started_ttl_s: float = Field(
+        172800.0,
+        gt=0,
+        description="how long a call id's last 'started' offset is kept (one small key a call): a later 'started' "
+        "under the id within it is a new call, with ids of its own, even after the first call's state expired",
+    )
 
     @field_validator("url")
     @classmethod

@@ -135,6 +135,13 @@ class Receipt:
         return SourceRef(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
+class _NoAck:
+    """The handle of an 'ended' the worker stands in for (:meth:`Worker._ends_unended`): nothing to ack."""
+
+    def ack(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Held:
     """A parsed input message on its way to the join (held while its call id's previous call closes)."""
@@ -263,6 +270,9 @@ class Worker:
             self._mark_read(topic, partition, offset, timestamp)
             return
         item = Held(msg, payload, receipt, key, value, timestamp)
+        if isinstance(msg, CallControl) and msg.event == "started" and await self._ends_unended(item):
+            self._mark_read(topic, partition, offset, timestamp)
+            return
         if self._held_back(item):
             self._mark_read(topic, partition, offset, timestamp)
             return
@@ -270,6 +280,41 @@ class Worker:
             await self._control_of_awaiting(item)
             return
         await self._join(item)
+
+    async def _ends_unended(self, item: Held) -> bool:
+        """A 'started' of a call id whose previous call began (a 'started' before this one), spoke
+        and never sent 'ended' (a platform that lost it): that call is ended here, as if its 'ended'
+        had come just before this 'started' (at the previous offset, at this one's record time: its
+        parts sent before it are still its own), its final revisions and summary published and its
+        alerts cleared; this 'started', and the new call's messages after it, wait for that close and
+        then begin a new call, with ids of its own (:meth:`_held_back`). Before, the new call joined
+        the old one, and its utterances under the old ids were dead-lettered as conflicting parts.
+        True when the 'started' was taken so (held, or left to the partition's next owner)."""
+        receipt, call_id = item.receipt, item.msg.call_id
+        if call_id in self.ending or call_id in self.held or call_id in self.awaiting_start:
+            return False  # closing already, or a call id used again: as before
+        previous_start = self.processor.store.previous_start
+        previous, closed, labelled = await self._retry(lambda: previous_start(call_id), "reading a call's start")
+        if previous is None or closed is not None or receipt.offset <= previous:
+            return False  # no 'started' before it, a call that closed (as before), or this one read again
+        async with self.lock:
+            if not receipt.lease.valid:
+                return True  # its partition was revoked meanwhile: the next owner reads it again
+            if not labelled and not self.joiner.spoke(call_id):
+                return False  # it never spoke: nothing to end (a 'started' sent twice, say)
+            unended = Receipt(receipt.topic, receipt.partition, receipt.offset - 1, _NoAck(), receipt.lease)
+            self.ending.setdefault(call_id, []).append(unended)
+            self._absorb(self.joiner.call_ended(call_id, self.clock(), receipt.partition, item.timestamp))
+            self.metrics.calls_without_end.inc()
+            if (n := self._sampled("unended")) is not None:
+                log.warning("call %s: a 'started' (offset %d) came while the call that started at offset %d had not "
+                            "ended: that call is ended now, as if its 'ended' had come just before (its summary "
+                            "goes out), and the new one starts after it with ids of its own; a call's end comes as "
+                            "'ended' on %s (README, Calls that end) [%d so far]", call_id, receipt.offset, previous,
+                            self.settings.kafka.topics.control, n)  # fmt: skip
+            held = self._held_back(item)
+        assert held, "a call ending here holds its next 'started'"
+        return True
 
     async def _control_of_awaiting(self, item: Held) -> None:
         """A 'started' or 'ended' of a call whose parts wait for a 'started' (:meth:`_held_back`).

@@ -299,3 +299,54 @@ def test_a_dead_lettered_part_is_read_again_after_a_crash(services, unique, tmp_
         collector.close()
         first.stop()
         second.stop()
+
+
+def test_a_call_started_again_without_its_ended_is_ended_first_and_the_new_one_has_ids_of_its_own(  # type: ignore[no-untyped-def]
+    services, unique, tmp_path
+) -> None:
+    """A platform that lost a call's 'ended' and starts the id again (a newcomer's run, 2026-12-06):
+    the new call's utterances under the old ids were dead-lettered as conflicting parts and the old
+    call never had a summary. Now the old call is ended at the new 'started' (final summary, its ids),
+    and the new one runs under ids of its own."""
+    settings = settings_for(services, unique, default_modalities=("text",))
+    t = settings.kafka.topics
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+
+    def send(topic: str, message: CallControl | TextPart) -> int:
+        return int(producer.send(topic, key=b"line-9", value=message.to_bytes()).get(timeout=30).offset)
+
+    def line(u: str, seq: int, words: str) -> TextPart:
+        return TextPart(call_id="line-9", utterance_id=u, seq=seq, speaker="C", text=words)
+
+    try:
+        worker.wait_ready()
+        send(t.control, CallControl(call_id="line-9", event="started", modalities=["text"]))
+        send(t.text, line("u0", 0, "Hello, I have a question about my bill."))
+        send(t.text, line("u1", 1, "Thanks, that answers it."))
+        first = collector.poll_until(lambda c: sum(e.call_id == "line-9" for _, e in c.events) >= 2, 60)
+        assert first, worker.tail()
+        # no 'ended': the same id starts again, under the same utterance ids
+        again = send(t.control, CallControl(call_id="line-9", event="started", modalities=["text"]))
+        send(t.text, line("u0", 0, "You charged me twice and nobody calls me back!"))
+        send(t.text, line("u1", 1, "This is the third time I am calling about it."))
+        send(t.control, CallControl(call_id="line-9", event="ended"))
+        both = collector.poll_until(lambda c: sum(r.call_id == "line-9" and r.final for r in c.reports) >= 2, 60)
+        assert both, worker.tail()
+        finals = [r for r in collector.reports if r.call_id == "line-9" and r.final]
+        assert [r.event_id for r in finals] == ["line-9:report:final", f"line-9~g{again}:report:final"], finals
+        assert [r.turns for r in finals] == [2, 2], finals
+        new = {e.utterance_id: e for _, e in collector.events if e.event_id.startswith(f"line-9~g{again}:")}
+        assert set(new) == {"u0", "u1"} and all(e.revision == 0 or e.context_size <= 2 for e in new.values()), new
+        assert not [d for d in collector.dead if d.call_id == "line-9"], collector.dead
+        log = worker.tail(1 << 20)
+        assert f"call line-9: a 'started' (offset {again}) came while the call that started at offset" in log, log[
+            -3000:
+        ]
+        assert "emostream_calls_without_end_total 1.0" in worker.metrics()
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()

@@ -73,6 +73,36 @@ def test_a_calls_declaration_is_shared_through_redis_and_released_with_it(servic
     run(scenario())
 
 
+def test_a_call_id_started_again_is_a_new_call_even_after_its_state_expired(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """Its last 'started' is kept for ``started_ttl_s``, past the call's state: a call id used again
+    the next day (its close mark expired with the TTL) used to get its previous call's ids."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=0.3, started_ttl_s=60)
+        assert await store.previous_start("c") == (None, None, 0)
+        assert not await store.started("c", ["text"], offset=10)  # the first call under the id
+        await store.append({"c": [item(0)]})
+        assert await store.previous_start("c") == (10, None, 1)  # started, spoke, not closed
+        assert not await store.started("c", ["text"], offset=10)  # read again after a crash: nothing
+        await store.release(["c"], {"c": 12})
+        await asyncio.sleep(0.5)  # the call's state, its close mark included, expired
+        assert await store.previous_start("c") == (10, None, 0)
+        assert await store.started("c", ["text"], offset=40)  # a new call: ids of its own
+        assert (await store.generations(["c"]))["c"] == "40"
+        assert not await store.started("c", ["text"], offset=40)  # read again: nothing
+        assert not await store.started("c", ["text"], offset=10)  # the first call's, read again: nothing
+        assert (await store.generations(["c"]))["c"] == "40"
+        assert 50_000 < await client.pttl(store.started_key("c")) <= 60_000
+        # a call that never sent 'ended', closed by the worker as if it came just before the next
+        # 'started' (Worker._ends_unended): the close mark is that offset
+        await store.release(["c"], {"c": 69})
+        assert await store.started("c", None, offset=70) and (await store.generations(["c"]))["c"] == "70"
+        await client.aclose()
+
+    run(scenario())
+
+
 def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, unique) -> None:  # type: ignore[no-untyped-def]
     async def scenario() -> None:
         client = aioredis.from_url(services.redis_url)

@@ -59,6 +59,7 @@ class FakeStore:
         self.closed: dict[str, int] = {}  # released -> its 'ended' offset, until a later 'started' uses the id
         self.forgot: list[str] = []  # ids used again: what their previous call labelled was forgotten
         self.generation: dict[str, str] = {}  # ids used again: the offset of the 'started' that did
+        self.starts: dict[str, int] = {}  # call -> the offset of its last 'started'
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -96,12 +97,20 @@ class FakeStore:
     async def generations(self, calls: list[str]) -> dict[str, str]:
         return {c: self.generation.get(c, "") for c in calls}
 
+    async def previous_start(self, call: str) -> tuple[int | None, int | None, int]:
+        labelled = {i.utterance_id for i in self.data.get(call, [])} | self.trimmed.get(call, set())
+        return self.starts.get(call), self.closed.get(call), len(labelled)
+
     async def started(self, call: str, modalities: list[str], offset: int) -> bool:
+        closed, previous = self.closed.get(call), self.starts.get(call)
+        if (closed is not None and offset <= closed) or (previous is not None and offset <= previous):
+            return False  # read again after a crash
         if modalities:
             self.declarations[call] = modalities
-        if offset <= self.closed.get(call, offset):
+        self.starts[call] = offset
+        if closed is None and previous is None:
             return False
-        del self.closed[call]
+        self.closed.pop(call, None)
         self.data.pop(call, None)
         self.joined.pop(call, None)
         self.trimmed.pop(call, None)
@@ -471,6 +480,45 @@ def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_clos
         await w.pump()
         assert store.released == ["c", "c"] and log[-1] == "ack end2" and not w.held
         assert "call c started again before its previous call's close was done" in caplog.text
+
+    caplog.set_level(logging.INFO, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
+def test_a_call_started_again_without_its_ended_is_ended_first_then_the_new_one_begins(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A platform lost a call's 'ended' and starts the id again, under the same utterance ids: the
+    old call is ended as if its 'ended' came just before the new 'started' (a part it sent before
+    that still joins it), then the new call runs under ids of its own; no part is a conflict."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        start = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "started1"), timestamp=100.0)
+        await w.on_message(t.control, 0, 1, b"c", start, Handle(log, "started1b"), timestamp=100.1)  # sent twice
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.5)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0"] and store.starts == {"c": 1}  # the twice: no end
+        await w.on_message(t.control, 0, 7, b"c", start, Handle(log, "started2"), timestamp=110.0)
+        assert "ack started2" not in log and w.ending["c"][0].offset == 6  # held: the old call ends first
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=111)
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "old1"), timestamp=109.0)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"] and store.released == []
+        clock.now += 1.5
+        await w.pump()  # the old call closes (its 'ended' stood in for at offset 6), then the new one starts
+        got = events(sent)
+        assert [(e.utterance_id, e.context_size) for e in got] == [("u0", 1), ("u1", 2), ("u0", 1)]
+        assert got[2].event_id.startswith("c~g7:u0:r0:") and store.closed == {} and store.generation == {"c": "7"}
+        assert store.released == ["c"] and {"ack started2", "ack new0", "ack old1"} <= set(log)
+        assert not [v for tp, v in sent if tp == t.deadletter]
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+        assert "call c: a 'started' (offset 7) came while the call that started at offset 1 had not ended" in (
+            caplog.text
+        )
 
     caplog.set_level(logging.INFO, logger="emostream.worker")
     asyncio.run(scenario())
@@ -1903,6 +1951,35 @@ def test_a_suspect_part_is_said_by_the_event_and_by_its_revision_read_back_from_
         assert by_id[("u1", 0)].suspect is None and b"suspect" not in by_id[("u1", 0)].to_bytes()
         await p.commit(second)
         assert store.data["c"][1].suspect == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_revision_says_which_parts_came_and_which_were_not_used_as_its_provisional_event_did() -> None:
+    """A newcomer's blank transcript: r0 said ``ignored={'text': 'no words ...'}`` and
+    ``modalities_present=['text']``, its revision ``ignored={}`` and ``[]``; a consumer that keeps the
+    highest revision (as the README says) lost the why."""
+
+    async def scenario() -> None:
+        from streams.join import Utterance
+        from streams.validate import Payload
+
+        store = _StoredStore()
+        p = Processor(FakeEngine(), FakeFeaturizer(), store, future=1)
+        blank = Utterance("c", "u0", 0, "A", first_at=0.0, parts={"text": Payload("text", "   ")})
+        blank.ignored["audio"] = "dead-lettered: undecodable_audio (x)"
+        first = await p.run([blank])
+        ((r0, _),) = first.events
+        assert set(r0.ignored) == {"text", "audio"} and r0.ignored["text"].startswith("no words"), r0.ignored
+        assert r0.modalities_present == ["text"]
+        await p.commit(first)
+        second = await p.run([Utterance("c", "u1", 1, "A", first_at=0.0, parts={"text": Payload("text", "hi")})])
+        r1 = next(e for e, _ in second.events if e.revision == 1)
+        assert (r1.utterance_id, r1.ignored, r1.modalities_present) == ("u0", r0.ignored, ["text"]), r1
+        u1 = next(e for e, _ in second.events if e.revision == 0)
+        assert u1.ignored == {} and u1.modalities_present == ["text"]
+        await p.commit(second)
+        assert '"i"' not in store.data["c"][1].to_json() and '"p"' not in store.data["c"][1].to_json()
 
     asyncio.run(scenario())
 
