@@ -71,3 +71,7 @@ class InvalidMessage(EmostreamError):
         #: a part whose content failed its schema while its ids did not: those ids (streams.schemas
         #: parse_input), so that its utterance waits for it no longer and its dead letter names it
         self.part: Any = None
+        #: the message's call and utterance ids where they are valid though the part's other ids are
+        #: not (a seq of "1"): for its dead letter's names only (streams.schemas.parse_input)
+        self.call_id: str | None = None
+        self.utterance_id: str | None = None

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import operator
+import re
 import time
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -25,6 +26,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     PrivateAttr,
     Strict,
     ValidationError,
@@ -72,7 +74,12 @@ def _speaker_name(value: str) -> str:
 #: C0 and C1 controls and line separators; the worker also refuses bidirectional overrides)
 Speaker = Annotated[
     str,
-    Field(min_length=1, max_length=128, pattern=r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]+$"),
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\u0000-\u001f\u007f-\u009f\u2028\u2029]+$",
+        json_schema_extra={"not": {"pattern": "^[\\s\\ufeff]*$"}},  # not blank (the worker refuses it)
+    ),
     AfterValidator(_speaker_name),
 ]
 # A number in an input message is a JSON number: pydantic's lax mode would also take "1.5" and true
@@ -201,8 +208,26 @@ class _Part(_Message):
         return self
 
 
+def _one_present(*branches: tuple[str, str]) -> list[JsonValue]:
+    """JSON Schema branches of which exactly one must hold (``oneOf``): each a field given, not null."""
+    return [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in branches]
+
+
+#: the sample rates the worker decodes (engines.features.codecs.RATES; not imported: this module is
+#: the client's too, without the audio stack)
+AUDIO_RATES = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
+#: base64 as the worker decodes it (padded, no line breaks: binascii's strict mode)
+_BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
 class TextPart(_Part):
     """The transcript of one utterance, as text or as a precomputed sentence embedding."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": _one_present(("text", "string"), ("embedding", "array"), ("embedding_f32", "string"))
+        }
+    )
 
     kind: Literal["text"] = "text"
     text: str | None = None
@@ -235,6 +260,27 @@ class TextPart(_Part):
 class AudioPart(_Part):
     """The speech of one utterance, as base64 bytes of one of the audio encodings (telephone G.711
     at 8 kHz, PCM at 8-48 kHz, FLAC, WAV: resampled to 16 kHz by the worker), or a feature vector."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"encoding": {"const": "features"}}},
+            "then": {
+                "oneOf": _one_present(("features", "array"), ("features_f32", "string")),
+                "properties": {"data": {"type": "null"}},
+            },
+            "else": {
+                "required": ["data"],
+                "properties": {
+                    "data": {"type": "string", "minLength": 4, "pattern": _BASE64},
+                    "features": {"type": "null"},
+                    "features_f32": {"type": "null"},
+                    "sample_rate": {"enum": [*AUDIO_RATES, None]},
+                },
+                "if": {"properties": {"encoding": {"enum": ["pcm_mulaw", "pcm_alaw"]}}},
+                "then": {"properties": {"sample_rate": {"enum": [8000, None]}}},  # G.711
+            },
+        }
+    )
 
     kind: Literal["audio"] = "audio"
     encoding: Literal["pcm_s16le", "pcm_mulaw", "pcm_alaw", "flac", "wav", "features"] = Field(
@@ -353,8 +399,9 @@ class EmotionEvent(_Message):
         default_factory=dict,
         description="parts that arrived but were not used, with why: audio with less than engine.min_speech_s of "
         "speech (silence, line noise, hold music) is not used, so its weight is 0 and the label is the other "
-        "modalities' (revisions say what their provisional event said); a part dead-lettered once its ids were read (audio that does not decode, "
-        "say, or a part against its schema whose ids parse) is 'dead-lettered: <reason> (<the start of its detail>)', "
+        "modalities' (revisions say what their provisional event said); a part dead-lettered once its ids were "
+        "read (audio that does not decode, say, or a part against its schema whose ids parse) is "
+        "'dead-lettered: <reason> (<the start of its detail>)', "
         "and its utterance did not "
         "wait for it; a transcript with no words (empty, spaces, control characters, symbols the text model does "
         "not read) is 'no words: ...'; with engine.format_check = drop, audio whose "
@@ -438,7 +485,10 @@ class AlertEvent(_Message):
 
     kind: Literal["alert"] = "alert"
     event_id: str = Field(description="deterministic key of (alert, state, latest evidence): deduplicate on it")
-    alert_id: str = Field(description="call id, rule and the first turn of the evidence when it was raised")
+    alert_id: str = Field(
+        description="'<call>:<rule>:<n>', the rule's n-th alert in the call (<call> is '<call_id>~g<offset>' for a "
+        "call id used again: README, Calls that end); its raise, updates and clear share it"
+    )
     call_id: str
     rule: str
     severity: Literal["info", "warning", "critical"]
@@ -614,6 +664,7 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     except ValidationError as exc:
         invalid = InvalidMessage(_reason(exc), _summary(exc))
         invalid.part = _ids_of(kind, obj)
+        invalid.call_id, invalid.utterance_id = _valid_id(obj.get("call_id")), _valid_id(obj.get("utterance_id"))
         raise invalid from exc
     except RecursionError:
         raise InvalidMessage("invalid_value", "a field is nested too deeply") from None
@@ -643,6 +694,14 @@ def _ids_of(kind: str, obj: dict[str, Any]) -> Part | None:
             continue
         return _BY_KIND[kind].model_construct(**ids.model_dump())  # type: ignore[return-value]
     return None
+
+
+_ID = re.compile(rf"[{ID_CHARS}]{{1,128}}")
+
+
+def _valid_id(value: Any) -> str | None:
+    """``value`` if it is a valid call or utterance id, else None."""
+    return value if isinstance(value, str) and _ID.fullmatch(value) else None
 
 
 def _reason(exc: ValidationError) -> str:
@@ -676,5 +735,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         schema = model.model_json_schema()
         if "schema_version" in schema.get("properties", {}):
             schema["required"] = ["schema_version", *[r for r in schema.get("required", []) if r != "schema_version"]]
-        out[name] = schema
+        out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}  # pydantic's dialect
     return out

@@ -1085,9 +1085,9 @@ class Worker:
         utterance if it parsed)."""
         raw = value or b""
         payload, truncated = payload_copy(raw, self.settings.limits)
-        record = DeadLetter(
-            call_id=getattr(msg, "call_id", None),
-            utterance_id=getattr(msg, "utterance_id", None),
+        record = DeadLetter(  # named by what parsed: the message, else its ids that are valid on their own
+            call_id=getattr(msg, "call_id", None) or exc.call_id,
+            utterance_id=getattr(msg, "utterance_id", None) or exc.utterance_id,
             reason=exc.reason,
             detail=exc.detail,
             source_topic=receipt.topic,

@@ -406,6 +406,74 @@ def test_speakers_are_named_as_telephony_platforms_name_them() -> None:
         with pytest.raises(InvalidMessage) as caught:
             parse_input("text", json.dumps({**base, "speaker": name}).encode(), 1 << 20)
         assert caught.value.reason == "invalid_value" and "speaker" in caught.value.detail, (name, caught.value)
-    for name in ["a\nb", "a\x85b", "", "a" * 129]:  # what the JSON Schema can say (not format characters)
+    for name in ["a\nb", "a\x85b", "", "   ", "\ufeff ", "a" * 129]:  # what the JSON Schema can say (not bidi)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**base, "speaker": name}, schema)
+
+
+def test_the_published_schemas_refuse_what_the_worker_refuses_and_take_what_it_takes() -> None:
+    """An integrator who validated against schemas/ before sending (a newcomer's run, 2026-12-06) had
+    schema-valid parts dead-lettered: a blank speaker, a transcript with neither text nor embedding
+    or with both, G.711 audio without data or at 16 kHz, a sample rate of 12345, empty or non-base64
+    data. Each message here is judged by the JSON Schema and by the worker (parsing, then decoding
+    the audio as the worker does), and both must agree."""
+    import base64
+
+    import jsonschema
+
+    from engines.features.codecs import G711_RATE, RATES
+    from streams.schemas import AUDIO_RATES, json_schemas
+    from streams.settings import LimitSettings
+    from streams.validate import to_payload
+
+    assert AUDIO_RATES == RATES and G711_RATE == 8000
+    ids = {"schema_version": 1, "call_id": "c", "utterance_id": "u0", "seq": 0, "speaker": "agent:1234"}
+    mulaw = base64.b64encode(bytes(range(256)) * 8).decode()
+    pcm = base64.b64encode(b"\x01\x00" * 1600).decode()
+    cases: list[tuple[str, dict[str, object], bool]] = [
+        ("text", {"text": "uh i um need help"}, True),
+        ("text", {"text": "hi", "speaker": " "}, False),
+        ("text", {}, False),
+        ("text", {"text": None, "embedding": [0.1] * 384}, True),
+        ("text", {"text": "hi", "embedding": [0.1] * 384}, False),
+        ("text", {"embedding": [0.1] * 384, "embedding_f32": encode_f32([0.1] * 384)}, False),
+        ("audio", {"encoding": "pcm_mulaw", "data": mulaw}, True),
+        ("audio", {"encoding": "pcm_mulaw", "data": mulaw, "sample_rate": 8000}, True),
+        ("audio", {"encoding": "pcm_mulaw", "data": mulaw, "sample_rate": 16000}, False),
+        ("audio", {"encoding": "pcm_alaw"}, False),
+        ("audio", {"encoding": "pcm_s16le", "data": pcm, "sample_rate": 8000}, True),
+        ("audio", {"encoding": "pcm_s16le", "data": pcm, "sample_rate": 12345}, False),
+        ("audio", {"encoding": "pcm_s16le", "data": ""}, False),
+        ("audio", {"encoding": "pcm_s16le", "data": "not base64!"}, False),
+        ("audio", {"encoding": "pcm_s16le", "data": pcm[:-2]}, False),  # its padding cut
+        ("audio", {"encoding": "pcm_s16le", "data": pcm, "features": [0.1] * 768}, False),
+        ("audio", {"encoding": "features", "features": [0.1] * 768}, True),
+        ("audio", {"encoding": "features", "features": [0.1] * 768, "data": pcm}, False),
+        ("audio", {"encoding": "features"}, False),
+    ]
+    schemas = {k: json_schemas()[f"{k}-part"] for k in ("text", "audio")}
+    for kind, fields, ok in cases:
+        msg = {**ids, "kind": kind, **fields}
+        try:
+            jsonschema.validate(msg, schemas[kind])
+            schema_ok = True
+        except jsonschema.ValidationError:
+            schema_ok = False
+        try:
+            part = parse_input(kind, json.dumps(msg).encode(), 1 << 22)
+            to_payload(part, {"text": 384, "audio": 768}, LimitSettings())  # type: ignore[arg-type]
+            worker_ok = True
+        except InvalidMessage:
+            worker_ok = False
+        assert (schema_ok, worker_ok) == (ok, ok), (fields, schema_ok, worker_ok)
+
+
+def test_a_dead_letter_names_the_call_and_utterance_of_a_part_whose_seq_is_wrong() -> None:
+    """A seq of "1" fails the part's ids, so it joins nothing; its dead letter still names whose it was."""
+    with pytest.raises(InvalidMessage) as caught:
+        parse_input("text", json.dumps({"schema_version": 1, "call_id": "c-9", "utterance_id": "u1", "seq": "1",
+                                        "text": "hi"}).encode(), 1 << 20)  # fmt: skip
+    assert caught.value.part is None and (caught.value.call_id, caught.value.utterance_id) == ("c-9", "u1")
+    with pytest.raises(InvalidMessage) as caught:
+        parse_input("text", json.dumps({"schema_version": 1, "call_id": "c 9", "seq": 1}).encode(), 1 << 20)
+    assert (caught.value.call_id, caught.value.utterance_id) == (None, None)
