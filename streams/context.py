@@ -145,14 +145,21 @@ return #KEYS
 #: declaration, the window, its token, the generation, the started mark. Returns 1 if a previous call
 #: closed or started under the id
 _STARTED = """
-local closed, previous, offset = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[8]), tonumber(ARGV[3])
-if (closed and offset <= tonumber(closed)) or (previous and offset <= tonumber(previous)) then
+local closed, mark, offset = redis.call('GET', KEYS[1]), redis.call('GET', KEYS[8]), tonumber(ARGV[3])
+local previous, sent, ended = nil, '', nil
+if mark then
+  local o, s, e = string.match(mark, '^([^|]*)|([^|]*)|([^|]*)$')
+  previous, sent, ended = tonumber(o), s or '', tonumber(e)
+end
+closed = tonumber(closed) or ended
+if (closed and offset <= closed) or (previous and offset <= previous)
+    or (previous and ARGV[5] ~= '' and sent == ARGV[5]) then
   return 0
 end
 if ARGV[1] ~= '' then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[2])
 end
-redis.call('SET', KEYS[8], ARGV[3], 'PX', ARGV[4])
+redis.call('SET', KEYS[8], ARGV[3] .. '|' .. ARGV[5] .. '|', 'PX', ARGV[4])
 if not closed and not previous then
   return 0
 end
@@ -161,11 +168,35 @@ redis.call('SET', KEYS[7], ARGV[3], 'PX', ARGV[2])
 return 1
 """
 
+#: a call's release writes the offset of its 'ended' into its started mark too, which outlives the
+#: close mark (KEYS: started marks; ARGV: the 'ended' offsets)
+_MARK_ENDED = """
+for i, key in ipairs(KEYS) do
+  local mark = redis.call('GET', key)
+  if mark then
+    local o, s = string.match(mark, '^([^|]*)|([^|]*)|')
+    if o then redis.call('SET', key, o .. '|' .. s .. '|' .. ARGV[i], 'KEEPTTL') end
+  end
+end
+return #KEYS
+"""
+
 #: what a 'started' finds of its call id's previous call (KEYS: the started mark, the close mark,
-#: the labelled set): {the last 'started' offset or nil, the close mark or nil, labelled utterances}
+#: the labelled set): {the started mark ('<offset>|<its time>|<its end's offset>') or nil, the close
+#: mark or nil, how many utterances are labelled}
 _PREVIOUS = """
 return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('SCARD', KEYS[3])}
 """
+
+
+@dataclass(frozen=True)
+class PreviousStart:
+    """What a 'started' finds of its call id's previous call (:meth:`ContextStore.previous_start`)."""
+
+    offset: int | None  # of the id's last 'started' on its control partition (None: none kept)
+    sent_at: str  # that 'started''s own time ('at'), as its producer gave it ('' if it gave none)
+    closed: int | None  # the offset of its 'ended' if it closed (None: it did not, or both marks expired)
+    labelled: int  # its utterances labelled (0 once expired)
 
 
 async def run_script(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -456,26 +487,19 @@ class ContextStore:
     def started_key(self, call_id: str) -> str:
         return f"{self.prefix}started#{call_id}"
 
-    async def previous_start(self, call_id: str) -> tuple[int | None, int | None, int]:
-        """What a 'started' of ``call_id`` finds of the id's previous call: the offset of its last
-        'started' on the control partition (None: none within ``redis.started_ttl_s``), the offset of
-        its 'ended' if it closed (None: it did not, or its mark expired), and how many of its
-        utterances are labelled (0 once expired). A later 'started' of a call that began, spoke and
-        never closed ends it first (:meth:`streams.worker.Worker`, '_ends_unended')."""
-        got = await run_script(
-            self.client,
-            _PREVIOUS,
-            [self.started_key(call_id), self.closed_key(call_id), self.labelled_key(call_id)],
-            [],
-        )
-        previous, closed, labelled = got
-        return (
-            None if previous is None else int(previous),
-            None if closed is None else int(closed),
-            int(labelled),
+    async def previous_start(self, call_id: str) -> PreviousStart:
+        """What a 'started' of ``call_id`` finds of the id's previous call. A later 'started' of a
+        call that began, spoke and never closed ends it first (``Worker._ends_unended``)."""
+        keys = [self.started_key(call_id), self.closed_key(call_id), self.labelled_key(call_id)]
+        mark, closed, labelled = await run_script(self.client, _PREVIOUS, keys, [])
+        offset, sent_at, ended = (_text(mark).split("|") + ["", ""])[:3] if mark is not None else ("", "", "")
+        if closed is None and ended:
+            closed = ended  # its close mark expired, its started mark keeps it
+        return PreviousStart(
+            int(offset) if offset else None, sent_at, None if closed is None else int(closed), int(labelled)
         )
 
-    async def started(self, call_id: str, modalities: list[str] | None, offset: int) -> bool:
+    async def started(self, call_id: str, modalities: list[str] | None, offset: int, sent_at: str = "") -> bool:
         """A call's 'started', read at ``offset`` of its control partition: what it said it will send
         stored (if anything), for whichever worker owns it next (:meth:`declared`), and True if the
         id's previous call closed (:meth:`release`) before it, whose labelled utterances, the parts
@@ -483,12 +507,14 @@ class ContextStore:
         call's, which may use the same utterance ids (a 'started' read again after a crash, from
         before that close, forgets nothing), and the call's generation is ``offset``: its events',
         alerts' and reports' ids are not its previous call's (a consumer deduplicating on them would
-        drop the new call's). One round trip, atomic."""
+        drop the new call's). So is a 'started' after the id's last one within ``started_ttl_s``,
+        unless it is the same message again (``sent_at``, the message's ``at`` as its producer gave
+        it: a producer's retry). One round trip, atomic."""
         keys = [self.closed_key(call_id), self.labelled_key(call_id), self.joined_key(call_id)]
         keys += [self.declaration_key(call_id), self.key(call_id), self.token_key(call_id)]
         keys += [self.generation_key(call_id), self.started_key(call_id)]
         declared = json.dumps(modalities) if modalities else ""
-        args = [declared, self.ttl_ms, offset, self.started_ttl_ms]
+        args = [declared, self.ttl_ms, offset, self.started_ttl_ms, sent_at]
         again = bool(await run_script(self.client, _STARTED, keys, args))
         if again:
             self._uncache(call_id)
@@ -511,6 +537,9 @@ class ContextStore:
                     pipe.pexpire(self.generation_key(c), self.ttl_ms)
                     pipe.set(self.closed_key(c), ended.get(c, -1), px=self.ttl_ms)  # until a 'started' uses the id
                 await pipe.execute()
+            # and in the call's started mark, kept longer: a later 'started' then finds the call ended
+            marks = [self.started_key(c) for c in call_ids]
+            await run_script(self.client, _MARK_ENDED, marks, [ended.get(c, -1) for c in call_ids])
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:

@@ -489,11 +489,6 @@ class Joiner:
     def knows(self, call_id: str) -> bool:
         return call_id in self._calls
 
-    def spoke(self, call_id: str) -> bool:
-        """Whether the call, open here, has an utterance pending or labelled since it began here."""
-        call = self._calls.get(call_id)
-        return call is not None and (bool(call.pending) or bool(self._done_of.get(call_id)))
-
     def has_ended(self, call_id: str) -> bool:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
         return call_id in self._ended

@@ -135,8 +135,21 @@ class Receipt:
         return SourceRef(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
+def _sent_at(msg: CallControl, timestamp: float | None) -> str:
+    """What tells a control message sent again (a producer's retry) from a new one: its ``at`` as
+    its producer gave it, else its record time (a retried batch keeps it), else ''."""
+    if "at" in msg.model_fields_set:
+        return repr(msg.at)
+    return f"t{timestamp!r}" if timestamp is not None else ""
+
+
+@dataclass(frozen=True)
 class _NoAck:
-    """The handle of an 'ended' the worker stands in for (:meth:`Worker._ends_unended`): nothing to ack."""
+    """The handle of an 'ended' the worker stands in for (:meth:`Worker._ends_unended`): nothing to
+    ack. ``known``: the call was open here or has labelled utterances in Redis (not one whose state
+    expired, which the join counted when it forgot it)."""
+
+    known: bool
 
     def ack(self) -> None:
         pass
@@ -282,36 +295,33 @@ class Worker:
         await self._join(item)
 
     async def _ends_unended(self, item: Held) -> bool:
-        """A 'started' of a call id whose previous call began (a 'started' before this one), spoke
-        and never sent 'ended' (a platform that lost it): that call is ended here, as if its 'ended'
-        had come just before this 'started' (at the previous offset, at this one's record time: its
-        parts sent before it are still its own), its final revisions and summary published and its
-        alerts cleared; this 'started', and the new call's messages after it, wait for that close and
-        then begin a new call, with ids of its own (:meth:`_held_back`). Before, the new call joined
-        the old one, and its utterances under the old ids were dead-lettered as conflicting parts.
-        True when the 'started' was taken so (held, or left to the partition's next owner)."""
+        """A 'started' of a call id whose previous call began (a 'started' before this one, kept
+        ``redis.started_ttl_s``) and never ended (a platform that lost its 'ended'): that call is
+        ended here, as if its 'ended' had come just before this 'started' (at the previous offset,
+        at this one's record time: its parts sent before it are still its own, and the close waits
+        for them while their topics are read behind), its final revisions and summary published and
+        its alerts cleared; this 'started', and the new call's messages after it, wait for that
+        close and then begin a new call, with ids of its own (:meth:`_held_back`). Before, the new
+        call joined the old one, and its utterances under the old ids were dead-lettered as
+        conflicting parts. The same 'started' sent again (its own ``at``, or else its record time)
+        is no new call. True when the 'started' was taken so (held, or left to the partition's next
+        owner)."""
         receipt, call_id = item.receipt, item.msg.call_id
         if call_id in self.ending or call_id in self.held or call_id in self.awaiting_start:
             return False  # closing already, or a call id used again: as before
         previous_start = self.processor.store.previous_start
-        previous, closed, labelled = await self._retry(lambda: previous_start(call_id), "reading a call's start")
-        if previous is None or closed is not None or receipt.offset <= previous:
+        before = await self._retry(lambda: previous_start(call_id), "reading a call's start")
+        if before.offset is None or before.closed is not None or receipt.offset <= before.offset:
             return False  # no 'started' before it, a call that closed (as before), or this one read again
+        if before.sent_at and before.sent_at == _sent_at(item.msg, item.timestamp):
+            return False  # the same message again: a producer's retry, not a new call
         async with self.lock:
             if not receipt.lease.valid:
                 return True  # its partition was revoked meanwhile: the next owner reads it again
-            if not labelled and not self.joiner.spoke(call_id):
-                return False  # it never spoke: nothing to end (a 'started' sent twice, say)
-            unended = Receipt(receipt.topic, receipt.partition, receipt.offset - 1, _NoAck(), receipt.lease)
+            stand_in = _NoAck(known=before.labelled > 0 or self.joiner.knows(call_id))
+            unended = Receipt(receipt.topic, receipt.partition, receipt.offset - 1, stand_in, receipt.lease)
             self.ending.setdefault(call_id, []).append(unended)
             self._absorb(self.joiner.call_ended(call_id, self.clock(), receipt.partition, item.timestamp))
-            self.metrics.calls_without_end.inc()
-            if (n := self._sampled("unended")) is not None:
-                log.warning("call %s: a 'started' (offset %d) came while the call that started at offset %d had not "
-                            "ended: that call is ended now, as if its 'ended' had come just before (its summary "
-                            "goes out), and the new one starts after it with ids of its own; a call's end comes as "
-                            "'ended' on %s (README, Calls that end) [%d so far]", call_id, receipt.offset, previous,
-                            self.settings.kafka.topics.control, n)  # fmt: skip
             held = self._held_back(item)
         assert held, "a call ending here holds its next 'started'"
         return True
@@ -449,7 +459,8 @@ class Worker:
                 modalities: list[str] = list(msg.modalities or [])
                 started = self.processor.started
                 again = await self._retry(
-                    lambda: started(msg.call_id, modalities, receipt.offset), "storing a call's start"
+                    lambda: started(msg.call_id, modalities, receipt.offset, _sent_at(msg, timestamp)),
+                    "storing a call's start",
                 )
             else:
                 superseded = self.processor.superseded
@@ -857,13 +868,22 @@ class Worker:
             await self._publish(final)
             if self.analytics is not None:  # the summary, and the call's open alerts cleared
                 await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
-            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
-            if self.analytics is not None:
+                # forgotten before the release: after a crash in between, the call is closed again
+                # (a stood-in 'ended' has no message to replay; its 'started' finds no close mark)
                 await self.analytics.forget(call_id)
+            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
         except Exception:
             self._failed(f"closing call {call_id}", "close", "closing calls")
             return False
         self._recovered("closing calls")
+        if any(isinstance(r.handle, _NoAck) and r.handle.known for r in receipts):  # ended at its id's next 'started'
+            self.metrics.calls_without_end.inc()
+            if (n := self._sampled("unended")) is not None:
+                log.warning("call %s: a 'started' (offset %d) came before its 'ended': the call was ended as if its "
+                            "'ended' had come just before (its summary is out), and the new call starts after it "
+                            "with ids of its own; a call's end comes as 'ended' on %s (README, Calls that end) "
+                            "[%d so far]", call_id, max(r.offset for r in receipts) + 1,
+                            self.settings.kafka.topics.control, n)  # fmt: skip
         for event, _ in final.events:
             self.metrics.events_out.labels(str(event.revision)).inc()
         async with self.lock:

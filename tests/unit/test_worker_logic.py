@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from engines.interface import EMOTIONS, EngineBatch, EngineInfo, EngineOutput, FeatureSpec
-from streams.context import CallState, ContextItem
+from streams.context import CallState, ContextItem, PreviousStart
 from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart, VideoPart
@@ -59,7 +59,7 @@ class FakeStore:
         self.closed: dict[str, int] = {}  # released -> its 'ended' offset, until a later 'started' uses the id
         self.forgot: list[str] = []  # ids used again: what their previous call labelled was forgotten
         self.generation: dict[str, str] = {}  # ids used again: the offset of the 'started' that did
-        self.starts: dict[str, int] = {}  # call -> the offset of its last 'started'
+        self.starts: dict[str, tuple[int, str]] = {}  # call -> the offset and 'at' of its last 'started'
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -97,17 +97,20 @@ class FakeStore:
     async def generations(self, calls: list[str]) -> dict[str, str]:
         return {c: self.generation.get(c, "") for c in calls}
 
-    async def previous_start(self, call: str) -> tuple[int | None, int | None, int]:
+    async def previous_start(self, call: str) -> PreviousStart:
         labelled = {i.utterance_id for i in self.data.get(call, [])} | self.trimmed.get(call, set())
-        return self.starts.get(call), self.closed.get(call), len(labelled)
+        previous, sent_at = self.starts.get(call, (None, ""))
+        return PreviousStart(previous, sent_at, self.closed.get(call), len(labelled))
 
-    async def started(self, call: str, modalities: list[str], offset: int) -> bool:
-        closed, previous = self.closed.get(call), self.starts.get(call)
+    async def started(self, call: str, modalities: list[str], offset: int, sent_at: str = "") -> bool:
+        closed, (previous, sent) = self.closed.get(call), self.starts.get(call, (None, ""))
         if (closed is not None and offset <= closed) or (previous is not None and offset <= previous):
             return False  # read again after a crash
+        if previous is not None and sent_at and sent == sent_at:
+            return False  # the same message again
         if modalities:
             self.declarations[call] = modalities
-        self.starts[call] = offset
+        self.starts[call] = (offset, sent_at)
         if closed is None and previous is None:
             return False
         self.closed.pop(call, None)
@@ -496,12 +499,16 @@ def test_a_call_started_again_without_its_ended_is_ended_first_then_the_new_one_
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        start = CallControl(call_id="c", event="started", modalities=["text"]).to_bytes()
+        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
         await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "started1"), timestamp=100.0)
-        await w.on_message(t.control, 0, 1, b"c", start, Handle(log, "started1b"), timestamp=100.1)  # sent twice
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.5)
         await w.pump()
-        assert [e.utterance_id for e in events(sent)] == ["u0"] and store.starts == {"c": 1}  # the twice: no end
+        # the same 'started' again (a producer's retry: its own 'at'), after the call spoke: it ends nothing
+        await w.on_message(t.control, 0, 1, b"c", start, Handle(log, "started1b"), timestamp=100.6)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0"] and "c" not in w.ending and "ack started1b" in log
+        assert store.starts == {"c": (0, "99.0")} and store.generation == {}
+        start = CallControl(call_id="c", event="started", modalities=["text"], at=109.0).to_bytes()
         await w.on_message(t.control, 0, 7, b"c", start, Handle(log, "started2"), timestamp=110.0)
         assert "ack started2" not in log and w.ending["c"][0].offset == 6  # held: the old call ends first
         await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=111)
@@ -516,11 +523,34 @@ def test_a_call_started_again_without_its_ended_is_ended_first_then_the_new_one_
         assert store.released == ["c"] and {"ack started2", "ack new0", "ack old1"} <= set(log)
         assert not [v for tp, v in sent if tp == t.deadletter]
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)
-        assert "call c: a 'started' (offset 7) came while the call that started at offset 1 had not ended" in (
-            caplog.text
-        )
+        assert "call c: a 'started' (offset 7) came before its 'ended': the call was ended" in caplog.text
 
     caplog.set_level(logging.INFO, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
+def test_a_new_started_read_before_the_previous_calls_parts_leaves_them_to_that_call() -> None:
+    """The control topic read ahead of the parts (a reviewer's case): the previous call had no part
+    read yet when the new 'started' came. Its parts sent before that 'started' are still its own; the
+    new call's, under the same utterance ids, are the new call's, not conflicts."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        for offset, at in ((0, 99.0), (4, 109.0)):
+            start = CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
+            await w.on_message(t.control, 0, offset, b"c", start, Handle(log, f"started{offset}"), timestamp=at + 1)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="old"), Handle(log, "old0"), timestamp=100.5)
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="new"), Handle(log, "new0"), timestamp=111.0)
+        await w.pump()
+        clock.now += 1.5
+        await w.pump()
+        got = events(sent)
+        assert [(e.utterance_id, e.event_id.split(":")[0]) for e in got] == [("u0", "c"), ("u0", "c~g4")], got
+        assert not [v for tp, v in sent if tp == t.deadletter] and {"ack old0", "ack new0", "ack started4"} <= set(log)
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)  # open here (nothing in Redis yet)
+
     asyncio.run(scenario())
 
 
