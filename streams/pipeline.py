@@ -194,6 +194,9 @@ def utterance_features(
         check = getattr(featurizer, "format_check", None) if min_speech_s > 0 else None
         drop = getattr(featurizer, "format_action", "warn") == "drop"
         verdicts = check.verdicts(aud) if check is not None else [None] * len(waves)
+        # a short clip (a filler's "uh") is not judged: at the right rate, some sound mis-declared
+        shortest = format_check.MIN_CLIP_S * format_check.SAMPLE_RATE
+        verdicts = [v if len(w) >= shortest else None for v, (_, w) in zip(verdicts, waves, strict=True)]
         for (i, _), vec, wrong in zip(waves, aud, verdicts, strict=True):
             if wrong is not None and drop:
                 utts[i].ignored["audio"] = wrong

@@ -126,24 +126,28 @@ def test_audio_the_format_check_flags_is_used_and_suspected_or_with_drop_not_use
     (``format_action`` "warn", the default), or not used and said in ``ignored`` ("drop")."""
     from engines.features.format_check import WRONG_RATE, FormatCheck
 
-    f = Featurizer({100: 1.2, 200: 1.2})
+    f = Featurizer({16_000: 1.2, 16_200: 1.2, 8_000: 0.5})
     # a probe that calls the first coordinate's sign: vectors of ones are '8k-as-16k'
     f.format_check = FormatCheck("fake", np.zeros(3), np.ones(3), np.array([[-9.0, 0, 0], [9.0, 0, 0], [0, 0, 0]]),
                                  np.zeros(3))  # fmt: skip
     said = WRONG_RATE + "the voice sounds an octave high: p(misdeclared)=1.000"
     dims = {"text": 2, "audio": 3, "video": 0}
-    utts = spoken(100, 200)
+    utts = spoken(16_000, 16_200)
     assert [set(x) for x in utterance_features(utts, f, dims, min_speech_s=0.15)] == [{"text", "audio"}] * 2
     assert all(u.suspect["audio"].startswith(said) and u.ignored == {} for u in utts), utts
     f.format_action = "drop"
-    utts = spoken(100, 200)
+    utts = spoken(16_000, 16_200)
     assert [set(x) for x in utterance_features(utts, f, dims, min_speech_s=0.15)] == [{"text"}] * 2
     assert all(u.ignored["audio"].startswith(said) and u.suspect == {} for u in utts), utts
+    # a clip under a second (a filler's "uh") is not judged: at the right rate some sounded mis-declared
+    utts = spoken(8_000)
+    assert [set(x) for x in utterance_features(utts, f, dims, min_speech_s=0.15)] == [{"text", "audio"}]
+    assert utts[0].ignored == {} and utts[0].suspect == {}, utts
     # the check hears speech only: with the speech gate off (min_speech_s 0) it is not asked
-    utts = spoken(100)
+    utts = spoken(16_000)
     assert [set(x) for x in utterance_features(utts, f, dims)] == [{"text", "audio"}] and utts[0].ignored == {}
     f.format_check = None
-    utts = spoken(100)
+    utts = spoken(16_000)
     assert [set(x) for x in utterance_features(utts, f, dims, 0.15)] == [{"text", "audio"}] and utts[0].suspect == {}
 
 

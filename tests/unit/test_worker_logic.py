@@ -1932,7 +1932,7 @@ def test_a_format_suspicion_comes_with_features_encoded_ahead_and_a_stale_one_is
         from streams.validate import Payload
 
         p = Processor(FakeEngine(), SuspectingFeaturizer(), FakeStore(), min_speech_s=0.15)
-        parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(1600, np.float32))}
+        parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(16_000, np.float32))}
         utt = Utterance("c", "u0", 0, "A", first_at=0.0, parts=dict(parts))
         p.prefetch([utt])
         assert await p._prefetched([]) == {}  # waits for the encoding ahead
@@ -1967,7 +1967,7 @@ def test_a_suspect_part_is_said_by_the_event_and_by_its_revision_read_back_from_
 
         store = _StoredStore()
         p = Processor(FakeEngine(), SuspectingFeaturizer(), store, min_speech_s=0.15, future=1)
-        parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(1600, np.float32))}
+        parts = {"text": Payload("text", "hi"), "audio": Payload("wave", np.zeros(16_000, np.float32))}
         first = await p.run([Utterance("c", "u0", 0, "A", first_at=0.0, parts=dict(parts))])
         assert [e.revision for e, _ in first.events] == [0]
         assert (first.events[0][0].suspect or {})["audio"].startswith(WRONG_RATE)
