@@ -52,7 +52,7 @@ THRESHOLD = 0.9
 #: clips shorter than this (as decoded, seconds) are not judged: a filler's "uh", "oh", "hmm" or
 #: "thanks" at the right rate was called mis-declared with p 0.96-0.997 (a newcomer's mu-law "uh";
 #: 5 of 144 espeak-ng words and short lines, sent right as 8 kHz mu-law, all shorter than 0.7 s; none
-#: of those of 0.75 s or more, and every mistake made on those caught: /tmp measurement, README). A
+#: of those of 0.75 s or more, and every mistake made on those caught: :func:`short_clips`). A
 #: producer's format mistake lasts the call: its longer utterances tell
 MIN_CLIP_S = 1.0
 #: the classes, in the probe's order: the format was right, or which mistake was made
@@ -356,6 +356,45 @@ def train(data_dir: str, out_root: str | Path = PROBE_DIR, espeak: int = 960, se
     return report
 
 
+#: words and short lines a caller says, for :func:`short_clips`
+SHORT_LINES = (
+    "uh", "um", "hmm", "yes", "no", "okay", "right", "sure", "thanks", "hello", "uh huh", "yeah", "I see",
+    "mm-hmm", "oh", "what", "sorry", "fine", "great", "alright", "Can you hear me", "I want a refund now",
+    "Thank you so much for your help today", "This is the third time I am calling about my bill",
+)  # fmt: skip
+
+
+def short_clips(seed: int = 3, limits: Sequence[float] = (0.0, 0.5, 0.75, MIN_CLIP_S, 1.5)) -> dict[str, Any]:
+    """False alarms and catches by clip length (why :data:`MIN_CLIP_S`): :data:`SHORT_LINES` spoken
+    by every second espeak-ng voice, sent right as 8 kHz mu-law (false alarms) and as each mistake
+    (catches), judged by the default extractor's probe."""
+    from engines.registry import load_extractors
+
+    audio = load_extractors("default", runtime="onnxruntime").audio
+    assert audio is not None, "the default model has no audio extractor"
+    check = load_format_check(audio.id)
+    assert check is not None, f"no format-check probe for {audio.id}"
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, float, float, list[float]]] = []  # words, seconds, p wrong when right, p when wrong
+    for words in SHORT_LINES:
+        for v in range(0, len(ESPEAK_VOICES), 2):
+            clean = speak(words, ESPEAK_VOICES[v], int(rng.integers(120, 300)), int(rng.integers(20, 80)))
+            right = decode_audio(encode_audio(clean, SAMPLE_RATE, "pcm_mulaw"), "pcm_mulaw")
+            p = 1.0 - check.probs(audio.extract([right, *_variants(clean)[1:]]))[:, 0]
+            rows.append((words, len(right) / SAMPLE_RATE, float(p[0]), [float(x) for x in p[1:]]))
+    report: dict[str, Any] = {"command": f"python -m engines.features.format_check short --seed {seed}"}
+    for limit in limits:
+        kept = [r for r in rows if r[1] >= limit]
+        caught = [x >= THRESHOLD for r in kept for x in r[3]]
+        report[f"clips of {limit:g} s or more"] = {
+            "right clips": len(kept),
+            "false alarms": sum(r[2] >= THRESHOLD for r in kept),
+            "mistakes caught": f"{sum(caught)} of {len(caught)}",
+        }
+    report["false alarms"] = [f"{w!r} {s:.2f} s p={p:.3f}" for w, s, p, _ in rows if p >= THRESHOLD]
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m engines.features.format_check", description=__doc__.splitlines()[0]
@@ -366,8 +405,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--out", default=str(PROBE_DIR), help="where the probe's files are written")
     t.add_argument("--espeak", type=int, default=960, help="espeak-ng utterances (a third of the voices held out)")
     t.add_argument("--seed", type=int, default=0, help="the voices held out and the clips drawn")
+    h = sub.add_parser("short", help="false alarms and catches by clip length (espeak-ng; why MIN_CLIP_S)")
+    h.add_argument("--seed", type=int, default=3, help="the voices' speeds and pitches")
     ns = parser.parse_args(argv)
-    report = train(ns.data_dir, ns.out, ns.espeak, ns.seed)
+    report = short_clips(ns.seed) if ns.cmd == "short" else train(ns.data_dir, ns.out, ns.espeak, ns.seed)
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0
