@@ -279,9 +279,9 @@ class CallAnalytics:
         its summary; publish them, then :meth:`forget` the call (nothing to commit). A call with no
         state (already forgotten: an 'ended' replayed after its summary went out) gives nothing."""
         state = (await self._load([call_id]))[call_id]
+        if not state.turns:  # (before the final revisions: a close done again after a crash would
+            return Update()  # make a summary of them alone)
         out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
-        if not state.turns:
-            return Update()
         messages, _ = self._alerts(call_id, state, final=True)
         out += [self._outgoing("alerts", m) for m in messages]
         out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))

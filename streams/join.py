@@ -156,6 +156,7 @@ class _Call:
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
     unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner's learn_after)
     skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances wait UNSENT_WAIT_S for them
+    started_ts: float | None = None  # its 'started''s record time, if one was read here
 
     def waits_for(self) -> tuple[str, ...]:
         return tuple(m for m in self.expected if m not in self.skip)
@@ -258,16 +259,24 @@ class Joiner:
 
     # -- inputs ---------------------------------------------------------------------------------
     def call_started(
-        self, call_id: str, modalities: list[str] | None, now: float, partition: int = -1, closed_before: bool = False
+        self,
+        call_id: str,
+        modalities: list[str] | None,
+        now: float,
+        partition: int = -1,
+        closed_before: bool = False,
+        ts: float | None = None,
     ) -> JoinResult:
-        """A call's 'started'; ``closed_before``: its id's previous call closed (the caller knows so
-        from the context store, which outlives this worker's memory)."""
+        """A call's 'started' (``ts``: its record time); ``closed_before``: its id's previous call
+        closed (the caller knows so from the context store, which outlives this worker's memory)."""
         if self._ended.pop(call_id, None) is not None or closed_before:  # the id used again for a new call
             # and maybe its utterance ids: the previous call's labelled ones are forgotten (not those
             # labelled since its close: the new call's, read before this 'started')
             for utterance_id in self._closed_ids.pop(call_id, set()):
                 self._done.pop((call_id, utterance_id), None)
         call = self._touch(call_id, now, partition)
+        if ts is not None:
+            call.started_ts = ts
         # what it will send and the model takes (an empty or absent list, or none the model takes: the
         # default, as a call that declares only video to a model without video may well send its words
         # and voice too: the caller says so in its log)
@@ -488,6 +497,21 @@ class Joiner:
 
     def knows(self, call_id: str) -> bool:
         return call_id in self._calls
+
+    def spoke(self, call_id: str) -> bool:
+        """Whether the call, open here, has an utterance pending or labelled since it began here."""
+        call = self._calls.get(call_id)
+        return call is not None and (bool(call.pending) or bool(self._done_of.get(call_id)))
+
+    def said_something(self, call_id: str) -> bool:
+        """Whether the call, closed here, had utterances labelled here."""
+        return bool(self._closed_ids.get(call_id))
+
+    def began_after(self, call_id: str, ts: float | None) -> bool:
+        """Whether the call open here began (its 'started''s record time) after ``ts``: an 'ended'
+        sent before it is an earlier call's under the same id."""
+        call = self._calls.get(call_id)
+        return call is not None and None not in (ts, call.started_ts) and ts < call.started_ts  # type: ignore[operator]
 
     def has_ended(self, call_id: str) -> bool:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""

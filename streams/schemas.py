@@ -50,6 +50,9 @@ Id = Annotated[str, Field(min_length=1, max_length=128, pattern=rf"^[{ID_CHARS}]
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
 
 
+_ENDS = re.compile(r"^[\s\ufeff]+|[\s\ufeff]+$")  # spaces and byte-order marks at either end
+
+
 def _speaker_name(value: str) -> str:
     """A speaker as telephony platforms name them ("Agent Smith", "+15551234567", "José", "sip:
     ext-204@pbx"): any printable characters, in Unicode NFC (one "Zoé" however a producer composes
@@ -64,7 +67,7 @@ def _speaker_name(value: str) -> str:
                 "a speaker may not hold control characters, line breaks or bidirectional overrides ({char})",
                 {"char": repr(ch)},
             )
-    name = unicodedata.normalize("NFC", value.strip().strip("\ufeff").strip())
+    name = unicodedata.normalize("NFC", _ENDS.sub("", value))
     if not name:
         raise PydanticCustomError("speaker_blank", "a speaker must not be blank", {})
     return name

@@ -146,10 +146,10 @@ def _sent_at(msg: CallControl, timestamp: float | None) -> str:
 @dataclass(frozen=True)
 class _NoAck:
     """The handle of an 'ended' the worker stands in for (:meth:`Worker._ends_unended`): nothing to
-    ack. ``known``: the call was open here or has labelled utterances in Redis (not one whose state
-    expired, which the join counted when it forgot it)."""
+    ack. ``spoke``: the call had utterances, here or in Redis (not one that said nothing, nor one
+    whose state expired, which the join counted when it forgot it)."""
 
-    known: bool
+    spoke: bool
 
     def ack(self) -> None:
         pass
@@ -318,13 +318,18 @@ class Worker:
         async with self.lock:
             if not receipt.lease.valid:
                 return True  # its partition was revoked meanwhile: the next owner reads it again
-            stand_in = _NoAck(known=before.labelled > 0 or self.joiner.knows(call_id))
-            unended = Receipt(receipt.topic, receipt.partition, receipt.offset - 1, stand_in, receipt.lease)
-            self.ending.setdefault(call_id, []).append(unended)
-            self._absorb(self.joiner.call_ended(call_id, self.clock(), receipt.partition, item.timestamp))
+            self._stand_in_end(item, spoke=before.labelled > 0 or self.joiner.spoke(call_id))
             held = self._held_back(item)
         assert held, "a call ending here holds its next 'started'"
         return True
+
+    def _stand_in_end(self, item: Held, spoke: bool) -> None:
+        """End ``item``'s call as if its 'ended' had come just before ``item`` (a 'started'): see
+        :meth:`_ends_unended`. Under ``self.lock``."""
+        receipt = item.receipt
+        unended = Receipt(receipt.topic, receipt.partition, receipt.offset - 1, _NoAck(spoke), receipt.lease)
+        self.ending.setdefault(item.msg.call_id, []).append(unended)
+        self._absorb(self.joiner.call_ended(item.msg.call_id, self.clock(), receipt.partition, item.timestamp))
 
     async def _control_of_awaiting(self, item: Held) -> None:
         """A 'started' or 'ended' of a call whose parts wait for a 'started' (:meth:`_held_back`).
@@ -435,9 +440,22 @@ class Worker:
         if starts:  # a new call's parts may have been read before its 'started': that goes first
             held.insert(0, held.pop(starts[0]))
         self.letting_go.add(call_id)
+        began: Held | None = None  # the 'started' joined here
+        stood_in = False
         try:
             while held:
                 item = held.pop(0)
+                if _starts(item) and began is not None and item.receipt.lease.valid:
+                    if _sent_at(item.msg, item.timestamp) != _sent_at(began.msg, began.timestamp):
+                        # another call under the id, before the one just begun ended: that one ends
+                        # first, as at its first 'started' (_ends_unended); this and the rest wait
+                        held.insert(0, item)
+                        async with self.lock:
+                            self._stand_in_end(item, spoke=self.joiner.spoke(call_id))
+                        stood_in = True
+                        break
+                if _starts(item):
+                    began = item
                 try:
                     await self._join(item)
                 except Exception:
@@ -445,7 +463,7 @@ class Worker:
                     item.receipt.ack()
         finally:
             self.letting_go.discard(call_id)
-            if self.held.get(call_id) is held:
+            if self.held.get(call_id) is held and not stood_in:
                 del self.held[call_id]
 
     async def _join(self, item: Held) -> None:
@@ -463,6 +481,15 @@ class Worker:
                     "storing a call's start",
                 )
             else:
+                if self.joiner.began_after(msg.call_id, timestamp):  # (the call open here, by record times)
+                    log.warning("call %s: 'ended' at offset %d was sent before the 'started' of the call now "
+                                "under the id: an earlier call's (a producer's late or repeated 'ended'), acked, "
+                                "nothing closed", msg.call_id, receipt.offset)  # fmt: skip
+                    async with self.lock:
+                        if receipt.lease.valid:
+                            self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
+                            receipt.ack()
+                    return
                 superseded = self.processor.superseded
                 if await self._retry(lambda: superseded(msg.call_id, receipt.offset), "reading a call's end"):
                     # an earlier call's 'ended', read again after a crash once the id's next call had
@@ -849,7 +876,11 @@ class Worker:
                 log.warning("call %s declared %s, none of which this model takes (it takes %s): its utterances "
                             "wait for the default, join.default_modalities %s", msg.call_id, "+".join(modalities),
                             "+".join(self.joiner.inputs), "+".join(self.joiner.default) or "none")  # fmt: skip
-            self._absorb(self.joiner.call_started(msg.call_id, modalities, now, receipt.partition, closed_before=again))
+            self._absorb(
+                self.joiner.call_started(
+                    msg.call_id, modalities, now, receipt.partition, closed_before=again, ts=timestamp
+                )
+            )
             receipt.ack()
             return
         self.ending.setdefault(msg.call_id, []).append(receipt)
@@ -876,7 +907,9 @@ class Worker:
             self._failed(f"closing call {call_id}", "close", "closing calls")
             return False
         self._recovered("closing calls")
-        if any(isinstance(r.handle, _NoAck) and r.handle.known for r in receipts):  # ended at its id's next 'started'
+        if any(
+            isinstance(r.handle, _NoAck) and (r.handle.spoke or self.joiner.said_something(call_id)) for r in receipts
+        ):  # ended at its id's next 'started'
             self.metrics.calls_without_end.inc()
             if (n := self._sampled("unended")) is not None:
                 log.warning("call %s: a 'started' (offset %d) came before its 'ended': the call was ended as if its "

@@ -402,11 +402,19 @@ def test_speakers_are_named_as_telephony_platforms_name_them() -> None:
         jsonschema.validate(msg, schema)
         part = parse_input("text", json.dumps(msg).encode(), 1 << 20)
         assert part.speaker == kept  # type: ignore[union-attr]
-    for name in ["a\nb", "a\x85b", "x\u202ey", "x\u2066y", "   ", "", "a" * 129]:
+    for name in ["a\nb", "a\x85b", "x\u202ey", "x\u2066y", "   ", "\ufeff \ufeff \ufeff", "", "a" * 129]:
         with pytest.raises(InvalidMessage) as caught:
             parse_input("text", json.dumps({**base, "speaker": name}).encode(), 1 << 20)
         assert caught.value.reason == "invalid_value" and "speaker" in caught.value.detail, (name, caught.value)
-    for name in ["a\nb", "a\x85b", "", "   ", "\ufeff ", "a" * 129]:  # what the JSON Schema can say (not bidi)
+    for name in [
+        "a\nb",
+        "a\x85b",
+        "",
+        "   ",
+        "\ufeff ",
+        "\ufeff \ufeff \ufeff",
+        "a" * 129,
+    ]:  # what the JSON Schema can say (not bidi)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**base, "speaker": name}, schema)
 

@@ -554,6 +554,65 @@ def test_a_new_started_read_before_the_previous_calls_parts_leaves_them_to_that_
     asyncio.run(scenario())
 
 
+def test_two_calls_started_while_an_unended_one_closes_are_each_ended_in_turn() -> None:
+    """A reviewer's case: call 1 spoke; call 2's 'started' stood in for call 1's end; call 2's part,
+    call 3's 'started' and call 3's part came while call 1 closed. Call 2 is ended at call 3's
+    'started' as call 1 was (before, call 2's part was labelled under call 3's ids, and call 3's
+    dead-lettered as a conflict)."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+
+        def start(at: float) -> bytes:
+            return CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
+
+        await w.on_message(t.control, 0, 0, b"c", start(99.0), Handle(log, "s0"), timestamp=100.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="one"), Handle(log, "c1"), timestamp=100.5)
+        await w.pump()
+        await w.on_message(t.control, 0, 7, b"c", start(109.0), Handle(log, "s7"), timestamp=110.0)
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="two"), Handle(log, "c2"), timestamp=111.0)
+        await w.on_message(t.control, 0, 8, b"c", start(119.0), Handle(log, "s8"), timestamp=120.0)
+        await w.on_message(t.text, 0, 2, b"c", text("c", "u0", 0, words="three"), Handle(log, "c3"), timestamp=121.0)
+        await w.pump()
+        for _ in range(3):  # call 1 closes, call 2 begins; call 2 closes, call 3 begins
+            clock.now += 1.5
+            await w.pump()
+        got = [(e.utterance_id, e.event_id.split(":")[0]) for e in events(sent)]
+        assert got == [("u0", "c"), ("u0", "c~g7"), ("u0", "c~g8")], got
+        assert not [v for tp, v in sent if tp == t.deadletter] and store.released == ["c", "c"]
+        assert {"ack c1", "ack c2", "ack c3", "ack s7", "ack s8"} <= set(log) and not w.held
+        assert "emostream_calls_without_end_total 2.0" in _metrics(w)
+
+    asyncio.run(scenario())
+
+
+def test_an_earlier_calls_ended_read_after_the_next_call_began_closes_nothing() -> None:
+    """A reviewer's case: the old call's 'ended', sent before the new call's 'started' (by record
+    times) but read after it (another producer), was applied as the new call's end."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        for offset, at in ((0, 99.0), (7, 109.0)):
+            start = CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
+            await w.on_message(t.control, 0, offset, b"c", start, Handle(log, f"s{offset}"), timestamp=at + 1)
+            await w.on_message(t.text, 0, offset, b"c", text("c", "u0", 0), Handle(log, f"t{offset}"), timestamp=at + 2)
+            await w.pump()
+            clock.now += 1.5
+            await w.pump()
+        assert [e.event_id.split(":")[0] for e in events(sent)] == ["c", "c~g7"] and store.released == ["c"]
+        end = CallControl(call_id="c", event="ended", at=108.0).to_bytes()
+        await w.on_message(t.control, 0, 8, b"c", end, Handle(log, "late-end"), timestamp=108.0)
+        clock.now += 1.5
+        await w.pump()
+        assert store.released == ["c"] and "ack late-end" in log  # the new call stays open
+
+    asyncio.run(scenario())
+
+
 def test_while_a_call_id_used_again_waits_record_times_tell_the_calls_apart() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text", "audio"))
