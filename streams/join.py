@@ -191,7 +191,7 @@ class Joiner:
     used, to recognise late parts, redeliveries and conflicting parts (in memory: after a restart or
     a rebalance a conflicting part is joined afresh, and the stored window decides, so the check is
     best effort), and the ids of the last ``max_calls`` calls closed after their 'ended', with its
-    record time: a part sent more than ``wait_s`` and :data:`CLOCK_SKEW_S` after its call's 'ended'
+    record time: a part sent more than ``end_wait_s`` and :data:`CLOCK_SKEW_S` after its call's 'ended'
     (by record times, once the control topic is read past the part's time by as much again: a
     'started' reusing the id would have come) is refused,
     :attr:`JoinResult.after_end`, rather than reopening the call. A part that cannot be shown late
@@ -222,6 +222,7 @@ class Joiner:
         max_hold_s: float | None = None,
         inputs: tuple[str, ...] = MODALITIES,
         learn_after: int = 2,
+        end_wait_s: float | None = None,
     ) -> None:
         """``inputs``: the modalities the model takes; a part of another one is never waited for
         (declared by a call or by default), only joined if it comes while its utterance waits.
@@ -230,6 +231,8 @@ class Joiner:
         assert wait_s >= 0 and default_modalities, (wait_s, default_modalities)
         assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
+        #: how long a call's close waits after its 'ended' for parts still coming (join.end_wait_s)
+        self.end_wait_s = wait_s if end_wait_s is None else end_wait_s
         self.idle_s = idle_s
         self.inputs = inputs
         self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs)
@@ -287,10 +290,10 @@ class Joiner:
 
     def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:
         """The call's end arrived. Its parts travel on other topics and may still be behind it,
-        so the call is closed ``wait_s`` later (by :meth:`expire`), not now; later still while
+        so the call is closed ``end_wait_s`` later (by :meth:`expire`), not now; later still while
         those topics are read behind the end's record time ``ts``."""
         call = self._touch(call_id, now, partition)
-        call.ends_at, call.ended_at, call.ended_ts = now + self.wait_s, now, ts
+        call.ends_at, call.ended_at, call.ended_ts = now + self.end_wait_s, now, ts
         self._push(call.ends_at, call_id, "")
         return self._release(call_id, now)
 
@@ -345,7 +348,7 @@ class Joiner:
         if late is not None and ts is not None:
             return JoinResult(after_end=f"call {call_id!r} ended (record time {late:.3f}) and this {modality} part of "
                               f"utterance {utterance_id!r} (seq {seq}) was sent {ts - late:.1f} s after, past "
-                              f"join.wait_s {self.wait_s:g} s and {CLOCK_SKEW_S:g} s of clock skew; a call's "
+                              f"join.end_wait_s {self.end_wait_s:g} s and {CLOCK_SKEW_S:g} s of clock skew; a call's "
                               "parts come before its 'ended'; a call id used again starts with 'started'")  # fmt: skip
         reopening = call_id not in self._calls and call_id in self._ended
         call = self._touch(call_id, now, partition)
@@ -521,13 +524,13 @@ class Joiner:
         """While a 'started' that uses ``call_id`` again waits for the previous call's close (the
         worker holds the new call's messages until then): whether a part is the previous call's:
         sent (by record times) before its 'ended', or one its pending utterance still lacks, sent
-        within ``wait_s`` and :data:`CLOCK_SKEW_S` after it (a transcript lags the hang-up; clocks
+        within ``end_wait_s`` and :data:`CLOCK_SKEW_S` after it (a transcript lags the hang-up; clocks
         differ) or without record times."""
         end_ts = self._end_ts(call_id)
         call = self._calls.get(call_id)
         utt = call.pending.get(utterance_id) if call is not None and call.ends_at is not None else None
         if utt is not None and modality not in utt.parts:
-            if ts is None or end_ts is None or ts <= end_ts + self.wait_s + CLOCK_SKEW_S:
+            if ts is None or end_ts is None or ts <= end_ts + self.end_wait_s + CLOCK_SKEW_S:
                 return True
         return ts is not None and end_ts is not None and ts <= end_ts
 
@@ -714,7 +717,7 @@ class Joiner:
         """Whether a call's close should wait for its parts on topics read behind its end."""
         if self.behind is None or call.ended_ts is None or self._past_backstop(call.ended_at, now):
             return False
-        until = call.ended_ts + self.wait_s
+        until = call.ended_ts + self.end_wait_s
         if any(self.behind(m, call.partition, until) for m in call.expected):
             return True
         incomplete = [u for u in call.pending.values() if not all(u.has(m) for m in call.expected)]
@@ -730,10 +733,10 @@ class Joiner:
 
     def _after_end(self, call_id: str, partition: int, ts: float | None) -> float | None:
         """The record time of the call's 'ended' when a part sent at ``ts`` came past it by more than
-        ``wait_s`` and :data:`CLOCK_SKEW_S`, and the control topic was read past ``ts`` and as much
+        ``end_wait_s`` and :data:`CLOCK_SKEW_S`, and the control topic was read past ``ts`` and as much
         again (positive evidence that no 'started' using the id again is on its way), else None."""
         end_ts = self._end_ts(call_id)
-        if ts is None or end_ts is None or ts <= end_ts + self.wait_s + CLOCK_SKEW_S:
+        if ts is None or end_ts is None or ts <= end_ts + self.end_wait_s + CLOCK_SKEW_S:
             return None
         control = self.read_to("control", partition) if self.read_to is not None else None
         if control is None or control < ts + CLOCK_SKEW_S:

@@ -200,6 +200,7 @@ class Worker:
             max_hold_s=j.wait_s + j.max_hold_s,
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
             learn_after=j.learn_after,
+            end_wait_s=j.end_wait_s,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)

@@ -161,6 +161,24 @@ def test_call_end_closes_the_call_after_the_join_wait_releasing_pending_in_order
     assert j.open_calls == 0 and j.open_utterances == 0
 
 
+def test_a_calls_close_waits_end_wait_s_for_a_last_transcript_that_lags_the_hang_up() -> None:
+    """A speech-to-text engine that finalises the last transcript seconds after the hang-up (a
+    newcomer's part 5 s after 'ended' reopened the call, labelled without its context): with
+    join.end_wait_s 8 the close waits for it; parts past it and the clock skew are refused as before."""
+    j = Joiner(wait_s=2.0, default_modalities=("text",), read_to=lambda kind, p: 1e9, end_wait_s=8.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0, partition=0, ts=100.0)
+    assert j.call_ended("c", now=1.0, partition=0, ts=101.0).ended_calls == []
+    assert j.expire(now=3.5).ended_calls == []  # past wait_s: still open
+    r = j.add("c", "u1", 1, "A", "text", "t1", "h1", now=6.0, partition=0, ts=106.0)  # 5 s after the end
+    assert ids(r) == ["u1"] and r.reopened is None and j.knows("c")
+    assert j.expire(now=9.5).ended_calls == ["c"]
+    r = j.add("c", "u2", 2, "A", "text", "t2", "h2", now=10.0, partition=0, ts=170.0)  # 69 s after: past 8 + 60
+    assert r.after_end is not None and "join.end_wait_s 8 s" in r.after_end
+    default = Joiner(wait_s=2.0, default_modalities=("text",))
+    default.call_ended("c", now=1.0)
+    assert default.end_wait_s == 2.0 and default.expire(now=3.5).ended_calls == ["c"]
+
+
 def test_a_part_sent_after_its_calls_end_is_refused_one_sent_in_time_is_joined_however_late_it_is_read() -> None:
     control = {"to": 300.0}  # the control topic read up to this record time
     j = Joiner(

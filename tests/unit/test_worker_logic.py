@@ -439,7 +439,7 @@ def test_a_part_sent_after_its_call_ended_is_dead_lettered_one_sent_in_time_is_l
         await w.pump()
         dead = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
         assert [(d.reason, d.offset, d.utterance_id) for d in dead] == [("after_call_ended", 3, "u2")]
-        assert "was sent 69.0 s after, past join.wait_s 1 s and 60 s of clock skew" in dead[0].detail
+        assert "was sent 69.0 s after, past join.end_wait_s 1 s and 60 s of clock skew" in dead[0].detail
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # no event for it
         assert "ack late" in log
         assert 'emostream_deadletters_total{reason="after_call_ended"} 1.0' in _metrics(w)
