@@ -171,6 +171,7 @@ class _Closed(NamedTuple):
     declared: bool
     heard: frozenset[str]
     skip: tuple[str, ...]
+    said: bool = False  # it had utterances labelled here, or pending with a part, when it closed
 
 
 #: how long an utterance waits for a modality its call has not sent (see Joiner.learn_after), at most wait_s:
@@ -477,6 +478,8 @@ class Joiner:
             if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
+            # its labelled ids, as a closed call's: a 'started' using the id again forgets them
+            self._closed_ids.setdefault(call_id, set()).update(self._done_of.pop(call_id, set()))
             if call_id not in self._ended:  # (not one that did, reopened by a part read after its close)
                 result.idle_calls.append(call_id)
         return result
@@ -507,8 +510,10 @@ class Joiner:
         return call is not None and (bool(call.pending) or bool(self._done_of.get(call_id)))
 
     def said_something(self, call_id: str) -> bool:
-        """Whether the call, closed here, had utterances labelled here."""
-        return bool(self._closed_ids.get(call_id))
+        """Whether the call, closed here, had utterances when it closed (labelled here since it last
+        opened, or pending with a part)."""
+        closed = self._ended.get(call_id)
+        return closed is not None and closed.said
 
     def began_after(self, call_id: str, ts: float | None) -> bool:
         """Whether the call open here began (its 'started''s record time) after ``ts``: an 'ended'
@@ -587,8 +592,9 @@ class Joiner:
 
     def _close(self, call_id: str, now: float) -> JoinResult:
         call = self._calls.pop(call_id)
+        said = bool(self._done_of.get(call_id)) or any(u.parts for u in call.pending.values())
         self._ended[call_id] = _Closed(
-            call.partition, call.ended_ts, call.expected, call.declared, frozenset(call.heard), call.skip
+            call.partition, call.ended_ts, call.expected, call.declared, frozenset(call.heard), call.skip, said
         )
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:

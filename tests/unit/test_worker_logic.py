@@ -588,6 +588,35 @@ def test_two_calls_started_while_an_unended_one_closes_are_each_ended_in_turn() 
     asyncio.run(scenario())
 
 
+def test_a_call_forgotten_idle_and_started_again_is_counted_once_and_its_ids_are_forgotten() -> None:
+    """Found on the real broker: a call without 'ended', forgotten after redis.ttl_s (counted then),
+    was counted again when its id started again; the new call's u0 is not a redelivery of the old."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "s0"), timestamp=100.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.5)
+        await w.pump()
+        clock.now += w.settings.redis.ttl_s + 5
+        await w.pump()  # forgotten idle: counted
+        store.data.clear()  # its state expired in Redis too
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+        start = CallControl(call_id="c", event="started", modalities=["text"], at=5000.0).to_bytes()
+        await w.on_message(t.control, 0, 5, b"c", start, Handle(log, "s5"), timestamp=5001.0)
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0), Handle(log, "t1"), timestamp=5002.0)
+        clock.now += 1.5
+        await w.pump()
+        clock.now += 1.5
+        await w.pump()
+        assert [e.event_id.split(":")[0] for e in events(sent)] == ["c", "c~g5"]
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)  # not again
+
+    asyncio.run(scenario())
+
+
 def test_an_earlier_calls_ended_read_after_the_next_call_began_closes_nothing() -> None:
     """A reviewer's case: the old call's 'ended', sent before the new call's 'started' (by record
     times) but read after it (another producer), was applied as the new call's end."""
