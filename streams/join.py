@@ -156,7 +156,9 @@ class _Call:
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
     unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner's learn_after)
     skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances wait UNSENT_WAIT_S for them
-    started_ts: float | None = None  # its 'started''s record time, if one was read here
+    #: for a call that replaced an earlier one under its id here: that call's end (its 'ended''s record
+    #: time, or this call's 'started''s where not known); an 'ended' sent by then was the earlier call's
+    replaced_ts: float | None = None
 
     def waits_for(self) -> tuple[str, ...]:
         return tuple(m for m in self.expected if m not in self.skip)
@@ -233,7 +235,7 @@ class Joiner:
         assert max_calls >= 1 and max_finished >= 1
         self.wait_s = wait_s
         #: how long a call's close waits after its 'ended' for parts still coming (join.end_wait_s)
-        self.end_wait_s = wait_s if end_wait_s is None else end_wait_s
+        self.end_wait_s = wait_s if end_wait_s is None else max(wait_s, end_wait_s)  # not cutting utterances short
         self.idle_s = idle_s
         self.inputs = inputs
         self.default = tuple(m for m in MODALITIES if m in default_modalities and m in inputs)
@@ -273,14 +275,15 @@ class Joiner:
     ) -> JoinResult:
         """A call's 'started' (``ts``: its record time); ``closed_before``: its id's previous call
         closed (the caller knows so from the context store, which outlives this worker's memory)."""
-        if self._ended.pop(call_id, None) is not None or closed_before:  # the id used again for a new call
+        closed = self._ended.pop(call_id, None)
+        if closed is not None or closed_before:  # the id used again for a new call
             # and maybe its utterance ids: the previous call's labelled ones are forgotten (not those
             # labelled since its close: the new call's, read before this 'started')
             for utterance_id in self._closed_ids.pop(call_id, set()):
                 self._done.pop((call_id, utterance_id), None)
         call = self._touch(call_id, now, partition)
-        if ts is not None:
-            call.started_ts = ts
+        if closed is not None or closed_before:
+            call.replaced_ts = closed.ended_ts if closed is not None and closed.ended_ts is not None else ts
         # what it will send and the model takes (an empty or absent list, or none the model takes: the
         # default, as a call that declares only video to a model without video may well send its words
         # and voice too: the caller says so in its log)
@@ -516,10 +519,10 @@ class Joiner:
         return closed is not None and closed.said
 
     def began_after(self, call_id: str, ts: float | None) -> bool:
-        """Whether the call open here began (its 'started''s record time) after ``ts``: an 'ended'
-        sent before it is an earlier call's under the same id."""
+        """Whether an 'ended' sent at ``ts`` is that of the call the one open here replaced under its
+        id (sent by that call's end, by record times): not this call's."""
         call = self._calls.get(call_id)
-        return call is not None and None not in (ts, call.started_ts) and ts < call.started_ts  # type: ignore[operator]
+        return call is not None and None not in (ts, call.replaced_ts) and ts <= call.replaced_ts  # type: ignore[operator]
 
     def has_ended(self, call_id: str) -> bool:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
@@ -721,7 +724,9 @@ class Joiner:
 
     def _hold_end(self, call: _Call, now: float) -> bool:
         """Whether a call's close should wait for its parts on topics read behind its end."""
-        if self.behind is None or call.ended_ts is None or self._past_backstop(call.ended_at, now):
+        if self.behind is None or call.ended_ts is None:
+            return False
+        if self._past_backstop(call.ended_at + self.end_wait_s - self.wait_s, now):  # (max_hold_s: from wait_s)
             return False
         until = call.ended_ts + self.end_wait_s
         if any(self.behind(m, call.partition, until) for m in call.expected):

@@ -158,7 +158,8 @@ class JoinSettings(_Section):
         ge=0,
         description="how long a call's close waits after its 'ended' for parts still coming (a speech-to-text "
         "engine that finalises the last transcript after the hang-up); parts sent within it and 60 s of clock "
-        "skew after the 'ended' are the call's, later ones are refused (after_call_ended); unset: wait_s",
+        "skew after the 'ended' are the call's, later ones are refused (after_call_ended); at least wait_s; "
+        "unset: wait_s",
     )
     learn_after: int = Field(
         2,

@@ -442,30 +442,49 @@ class Worker:
             held.insert(0, held.pop(starts[0]))
         self.letting_go.add(call_id)
         began: Held | None = None  # the 'started' joined here
-        stood_in = False
+        kept = False  # what is left stays held, for after the close of the call begun here
         try:
             while held:
                 item = held.pop(0)
-                if _starts(item) and began is not None and item.receipt.lease.valid:
-                    if _sent_at(item.msg, item.timestamp) != _sent_at(began.msg, began.timestamp):
-                        # another call under the id, before the one just begun ended: that one ends
-                        # first, as at its first 'started' (_ends_unended); this and the rest wait
+                if _starts(item) and began is not None:  # another call under the id, after the one just begun
+                    identity = _sent_at(item.msg, item.timestamp)
+                    if call_id in self.ending:  # that one ended already: this waits for its close, as it would
                         held.insert(0, item)
-                        async with self.lock:
-                            self._stand_in_end(item, spoke=self.joiner.spoke(call_id))
-                        stood_in = True
+                        kept = True
+                        break
+                    if not identity or identity != _sent_at(began.msg, began.timestamp):  # (not a resend)
+                        held.insert(0, item)
+                        kept = True
+                        await self._end_begun(call_id, item, held)
                         break
                 if _starts(item):
                     began = item
-                try:
-                    await self._join(item)
-                except Exception:
-                    log.exception("joining a held message of call %s failed; acked to keep the stream going", call_id)
-                    item.receipt.ack()
+                await self._join_held(call_id, item)
         finally:
             self.letting_go.discard(call_id)
-            if self.held.get(call_id) is held and not stood_in:
+            if self.held.get(call_id) is held and not kept:
                 del self.held[call_id]
+
+    async def _join_held(self, call_id: str, item: Held) -> None:
+        try:
+            await self._join(item)
+        except Exception:
+            log.exception("joining a held message of call %s failed; acked to keep the stream going", call_id)
+            item.receipt.ack()
+
+    async def _end_begun(self, call_id: str, item: Held, held: list[Held]) -> None:
+        """In :meth:`_let_go`: ``item``, a 'started', came before the call just begun ended: that call
+        ends first, as at its own first 'started' (:meth:`_ends_unended`); the held parts it sent by
+        ``item``'s record time are its own and join it now, the rest (``item`` first) stays held."""
+        async with self.lock:
+            if not item.receipt.lease.valid:
+                return  # revoked meanwhile: its next owner reads it all again
+            self._stand_in_end(item, spoke=self.joiner.spoke(call_id))
+        for h in list(held[1:]):
+            if isinstance(h.msg, Part) and self.joiner.of_previous_call(call_id, h.msg.utterance_id, h.msg.kind,
+                                                                        h.timestamp):  # fmt: skip
+                held.remove(h)
+                await self._join_held(call_id, h)
 
     async def _join(self, item: Held) -> None:
         """Join a parsed message (a part, or a part dead-lettered on its own), or apply a call control."""

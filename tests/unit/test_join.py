@@ -177,6 +177,8 @@ def test_a_calls_close_waits_end_wait_s_for_a_last_transcript_that_lags_the_hang
     default = Joiner(wait_s=2.0, default_modalities=("text",))
     default.call_ended("c", now=1.0)
     assert default.end_wait_s == 2.0 and default.expire(now=3.5).ended_calls == ["c"]
+    # shorter than wait_s: utterances still waiting for a part when the call ends are not cut short
+    assert Joiner(wait_s=2.0, default_modalities=("text",), end_wait_s=0.0).end_wait_s == 2.0
 
 
 def test_a_part_sent_after_its_calls_end_is_refused_one_sent_in_time_is_joined_however_late_it_is_read() -> None:

@@ -617,6 +617,63 @@ def test_a_call_forgotten_idle_and_started_again_is_counted_once_and_its_ids_are
     asyncio.run(scenario())
 
 
+def test_calls_started_in_turn_keep_their_parts_whatever_order_the_topics_are_read_in() -> None:
+    """A third reviewer's cases, while call 1 (spoke, no 'ended') closes: (a) the control topic read
+    ahead: call 2's and call 3's 'started's, then their parts; (b) call 2 sends its 'ended' before
+    call 3 starts. Each part joins its own call, no conflict; only call 1 went without an 'ended'."""
+
+    def start(at: float) -> bytes:
+        return CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
+
+    async def scenario(order: str) -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        await w.on_message(t.control, 0, 0, b"c", start(99.0), Handle(log, "s0"), timestamp=100.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="one"), Handle(log, "c1"), timestamp=100.5)
+        await w.pump()
+        s2 = (t.control, 7, start(109.0), "s7", 110.0)
+        s3 = (t.control, 9, start(119.0), "s9", 120.0)
+        c2 = (t.text, 1, text("c", "u0", 0, words="two"), "c2", 111.0)
+        e2 = (t.control, 8, CallControl(call_id="c", event="ended", at=112.0).to_bytes(), "e8", 112.0)
+        c3 = (t.text, 2, text("c", "u0", 0, words="three"), "c3", 121.0)
+        messages = [s2, s3, c2, c3] if order == "control first" else [s2, c2, e2, s3, c3]
+        for topic, offset, value, name, ts in messages:
+            await w.on_message(topic, 0, offset, b"c", value, Handle(log, name), timestamp=ts)
+        await w.pump()
+        for _ in range(4):
+            clock.now += 1.5
+            await w.pump()
+        got = [(e.utterance_id, e.event_id.split(":")[0]) for e in events(sent)]
+        assert got == [("u0", "c"), ("u0", "c~g7"), ("u0", "c~g9")], (order, got)
+        assert not [v for tp, v in sent if tp == t.deadletter] and not w.held, order
+        want = 2.0 if order == "control first" else 1.0  # call 2 ended by its own 'ended' in (b)
+        assert f"emostream_calls_without_end_total {want}" in _metrics(w), order
+
+    asyncio.run(scenario("control first"))
+    asyncio.run(scenario("an ended between"))
+
+
+def test_a_new_calls_own_ended_stamped_before_its_started_still_ends_it() -> None:
+    """Two producers' clocks: a call on a new id whose 'ended' is stamped 0.5 s before its 'started'
+    is closed by it (only an 'ended' from before a call id was used again is an earlier call's)."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "s0"), timestamp=100.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.2)
+        end = CallControl(call_id="c", event="ended", at=99.5).to_bytes()
+        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "e1"), timestamp=99.5)
+        clock.now += 1.5
+        await w.pump()
+        assert store.released == ["c"] and "ack e1" in log
+
+    asyncio.run(scenario())
+
+
 def test_an_earlier_calls_ended_read_after_the_next_call_began_closes_nothing() -> None:
     """A reviewer's case: the old call's 'ended', sent before the new call's 'started' (by record
     times) but read after it (another producer), was applied as the new call's end."""
