@@ -194,7 +194,7 @@ class PreviousStart:
     """What a 'started' finds of its call id's previous call (:meth:`ContextStore.previous_start`)."""
 
     offset: int | None  # of the id's last 'started' on its control partition (None: none kept)
-    sent_at: str  # that 'started''s own time ('at'), as its producer gave it ('' if it gave none)
+    identity: str  # what tells that 'started' sent again from a new one (Worker's _identity; '' if nothing)
     closed: int | None  # the offset of its 'ended' if it closed (None: it did not, or both marks expired)
     labelled: int  # its utterances labelled (0 once expired)
 
@@ -492,14 +492,14 @@ class ContextStore:
         call that began, spoke and never closed ends it first (``Worker._ends_unended``)."""
         keys = [self.started_key(call_id), self.closed_key(call_id), self.labelled_key(call_id)]
         mark, closed, labelled = await run_script(self.client, _PREVIOUS, keys, [])
-        offset, sent_at, ended = (_text(mark).split("|") + ["", ""])[:3] if mark is not None else ("", "", "")
+        offset, identity, ended = (_text(mark).split("|") + ["", ""])[:3] if mark is not None else ("", "", "")
         if closed is None and ended:
             closed = ended  # its close mark expired, its started mark keeps it
         return PreviousStart(
-            int(offset) if offset else None, sent_at, None if closed is None else int(closed), int(labelled)
+            int(offset) if offset else None, identity, None if closed is None else int(closed), int(labelled)
         )
 
-    async def started(self, call_id: str, modalities: list[str] | None, offset: int, sent_at: str = "") -> bool:
+    async def started(self, call_id: str, modalities: list[str] | None, offset: int, identity: str = "") -> bool:
         """A call's 'started', read at ``offset`` of its control partition: what it said it will send
         stored (if anything), for whichever worker owns it next (:meth:`declared`), and True if the
         id's previous call closed (:meth:`release`) before it, whose labelled utterances, the parts
@@ -508,13 +508,13 @@ class ContextStore:
         before that close, forgets nothing), and the call's generation is ``offset``: its events',
         alerts' and reports' ids are not its previous call's (a consumer deduplicating on them would
         drop the new call's). So is a 'started' after the id's last one within ``started_ttl_s``,
-        unless it is the same message again (``sent_at``, the message's ``at`` as its producer gave
-        it: a producer's retry). One round trip, atomic."""
+        unless it is the same message again (``identity``: the message's ``at`` as its producer gave
+        it, else its record time: a producer's retry). One round trip, atomic."""
         keys = [self.closed_key(call_id), self.labelled_key(call_id), self.joined_key(call_id)]
         keys += [self.declaration_key(call_id), self.key(call_id), self.token_key(call_id)]
         keys += [self.generation_key(call_id), self.started_key(call_id)]
         declared = json.dumps(modalities) if modalities else ""
-        args = [declared, self.ttl_ms, offset, self.started_ttl_ms, sent_at]
+        args = [declared, self.ttl_ms, offset, self.started_ttl_ms, identity]
         again = bool(await run_script(self.client, _STARTED, keys, args))
         if again:
             self._uncache(call_id)

@@ -532,10 +532,10 @@ class Processor:
         else:
             self._generations.pop(call_id, None)
 
-    async def started(self, call_id: str, modalities: list[str], offset: int, sent_at: str = "") -> bool:
+    async def started(self, call_id: str, modalities: list[str], offset: int, identity: str = "") -> bool:
         """A call's 'started' (see :meth:`ContextStore.started`): True if its id's previous call closed
         or started before it."""
-        again: bool = await self.store.started(call_id, modalities, offset, sent_at)
+        again: bool = await self.store.started(call_id, modalities, offset, identity)
         if again:
             self._written.pop(call_id, None)
         return again

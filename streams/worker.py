@@ -135,7 +135,7 @@ class Receipt:
         return SourceRef(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
-def _sent_at(msg: CallControl, timestamp: float | None) -> str:
+def _identity(msg: CallControl, timestamp: float | None) -> str:
     """What tells a control message sent again (a producer's retry) from a new one: its ``at`` as
     its producer gave it, else its record time (a retried batch keeps it), else ''."""
     if "at" in msg.model_fields_set:
@@ -314,7 +314,7 @@ class Worker:
         before = await self._retry(lambda: previous_start(call_id), "reading a call's start")
         if before.offset is None or before.closed is not None or receipt.offset <= before.offset:
             return False  # no 'started' before it, a call that closed (as before), or this one read again
-        if before.sent_at and before.sent_at == _sent_at(item.msg, item.timestamp):
+        if before.identity and before.identity == _identity(item.msg, item.timestamp):
             return False  # the same message again: a producer's retry, not a new call
         async with self.lock:
             if not receipt.lease.valid:
@@ -447,12 +447,12 @@ class Worker:
             while held:
                 item = held.pop(0)
                 if _starts(item) and began is not None:  # another call under the id, after the one just begun
-                    identity = _sent_at(item.msg, item.timestamp)
+                    identity = _identity(item.msg, item.timestamp)
                     if call_id in self.ending:  # that one ended already: this waits for its close, as it would
                         held.insert(0, item)
                         kept = True
                         break
-                    if not identity or identity != _sent_at(began.msg, began.timestamp):  # (not a resend)
+                    if not identity or identity != _identity(began.msg, began.timestamp):  # (not a resend)
                         held.insert(0, item)
                         kept = True
                         await self._end_begun(call_id, item, held)
@@ -497,13 +497,13 @@ class Worker:
                 modalities: list[str] = list(msg.modalities or [])
                 started = self.processor.started
                 again = await self._retry(
-                    lambda: started(msg.call_id, modalities, receipt.offset, _sent_at(msg, timestamp)),
+                    lambda: started(msg.call_id, modalities, receipt.offset, _identity(msg, timestamp)),
                     "storing a call's start",
                 )
             else:
-                if self.joiner.began_after(msg.call_id, timestamp):  # (the call open here, by record times)
-                    log.warning("call %s: 'ended' at offset %d was sent before the 'started' of the call now "
-                                "under the id: an earlier call's (a producer's late or repeated 'ended'), acked, "
+                if self.joiner.began_after(msg.call_id, timestamp):
+                    log.warning("call %s: 'ended' at offset %d was sent by the end of the call before the one now "
+                                "open under the id (record times): that call's, read late or sent again; acked, "
                                 "nothing closed", msg.call_id, receipt.offset)  # fmt: skip
                     async with self.lock:
                         if receipt.lease.valid:

@@ -94,8 +94,8 @@ def test_a_call_id_started_again_is_a_new_call_even_after_its_state_expired(serv
         assert not await store.started("c", ["text"], offset=40)  # read again: nothing
         assert not await store.started("c", ["text"], offset=10)  # the first call's, read again: nothing
         assert (await store.generations(["c"]))["c"] == "40"
-        assert await store.started("c", ["text"], offset=45, sent_at="45.5")  # a later one: a new call again
-        assert not await store.started("c", ["text"], offset=46, sent_at="45.5")  # the same message sent twice
+        assert await store.started("c", ["text"], offset=45, identity="45.5")  # a later one: a new call again
+        assert not await store.started("c", ["text"], offset=46, identity="45.5")  # the same message sent twice
         assert await store.previous_start("c") == PreviousStart(45, "45.5", None, 0)
         assert 50_000 < await client.pttl(store.started_key("c")) <= 60_000
         # a call that never sent 'ended', closed by the worker as if it came just before the next
@@ -115,7 +115,7 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         store = ContextStore(client, f"test:{unique}:", window=2, ttl_s=60)
         await store.append({"c": [item(0), item(1), item(2)]})  # u0 trimmed from the window, still labelled
         await store.record_joins({"c": {"u2": "text+audio", "u3": "text"}})
-        await store.started("c", ["text", "audio"], offset=0, sent_at="5.0")
+        await store.started("c", ["text", "audio"], offset=0, identity="5.0")
         await client.pexpire(store.declaration_key("c"), 5_000)
         got = await store.state(["c", "nobody"])
         assert [i.utterance_id for i in got["c"].window] == ["u1", "u2"]
@@ -130,7 +130,7 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         assert asked["nobody"].labelled == set() and asked["nobody"].joins == {}
         assert asked["quiet"] == got["nobody"]  # nothing asked: the window only
         # the same 'started' again (a producer's retry: its own time) forgets nothing
-        assert not await store.started("c", [], offset=1, sent_at="5.0")
+        assert not await store.started("c", [], offset=1, identity="5.0")
         assert (await store.state(["c"]))["c"].labelled == {"u0", "u1", "u2"}
         # the call closed ('ended' at offset 7 of its control partition)
         await store.release(["c"], {"c": 7})
@@ -142,12 +142,12 @@ def test_state_reads_window_labelled_ids_and_joins_in_one_round_trip(services, u
         await store.append({"c": [item(5)]})  # a part sent in time and read late reopened it
         # its id used again for a new call: what the old one left is forgotten
         assert got["c"].generation == "" and await store.generations(["c"]) == {"c": ""}  # its first call
-        assert await store.started("c", ["text"], offset=9, sent_at="9.5") and await store.declared("c") == ["text"]
+        assert await store.started("c", ["text"], offset=9, identity="9.5") and await store.declared("c") == ["text"]
         again = await store.state(["c"])
         assert again["c"].labelled == set() and again["c"].joins == {} and again["c"].window == []
         # the new call's generation, the offset of its 'started': its messages' ids are its own
         assert again["c"].generation == "9" and await store.generations(["c", "nobody"]) == {"c": "9", "nobody": ""}
-        assert not await store.started("c", ["text"], offset=12, sent_at="9.5")  # once (the same, sent again)
+        assert not await store.started("c", ["text"], offset=12, identity="9.5")  # once (the same, sent again)
         assert (await store.state(["c"]))["c"].generation == "9"  # a 'started' read again changes nothing
         await store.release(["c"], {"c": 14})
         assert 0 < await client.pttl(store.generation_key("c")) <= 60_000  # kept with the labelled ids

@@ -99,18 +99,18 @@ class FakeStore:
 
     async def previous_start(self, call: str) -> PreviousStart:
         labelled = {i.utterance_id for i in self.data.get(call, [])} | self.trimmed.get(call, set())
-        previous, sent_at = self.starts.get(call, (None, ""))
-        return PreviousStart(previous, sent_at, self.closed.get(call), len(labelled))
+        previous, identity = self.starts.get(call, (None, ""))
+        return PreviousStart(previous, identity, self.closed.get(call), len(labelled))
 
-    async def started(self, call: str, modalities: list[str], offset: int, sent_at: str = "") -> bool:
+    async def started(self, call: str, modalities: list[str], offset: int, identity: str = "") -> bool:
         closed, (previous, sent) = self.closed.get(call), self.starts.get(call, (None, ""))
         if (closed is not None and offset <= closed) or (previous is not None and offset <= previous):
             return False  # read again after a crash
-        if previous is not None and sent_at and sent == sent_at:
+        if previous is not None and identity and sent == identity:
             return False  # the same message again
         if modalities:
             self.declarations[call] = modalities
-        self.starts[call] = (offset, sent_at)
+        self.starts[call] = (offset, identity)
         if closed is None and previous is None:
             return False
         self.closed.pop(call, None)
