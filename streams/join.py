@@ -159,7 +159,6 @@ class _Call:
     #: for a call that replaced an earlier one under its id here: that call's end (its 'ended''s record
     #: time, or this call's 'started''s where not known); an 'ended' sent by then was the earlier call's
     replaced_ts: float | None = None
-    began: bool = False  # its 'started' was read here (it uses the control topic)
 
     def waits_for(self) -> tuple[str, ...]:
         return tuple(m for m in self.expected if m not in self.skip)
@@ -283,7 +282,6 @@ class Joiner:
             for utterance_id in self._closed_ids.pop(call_id, set()):
                 self._done.pop((call_id, utterance_id), None)
         call = self._touch(call_id, now, partition)
-        call.began = True
         if closed is not None or closed_before:
             call.replaced_ts = closed.ended_ts if closed is not None and closed.ended_ts is not None else ts
         # what it will send and the model takes (an empty or absent list, or none the model takes: the
@@ -560,18 +558,6 @@ class Joiner:
             return True
         call = self._calls.get(call_id)
         utt = call.pending.get(utterance_id) if call is not None else None
-        return utt is not None and modality in utt.parts
-
-    def meets(self, call_id: str, utterance_id: str, modality: str) -> bool:
-        """Whether a part meets one its utterance already has here (labelled, or pending with that
-        modality), in a call that began with a 'started' read here and has not ended: a redelivery,
-        a conflict, or a new call under the id whose 'started' is not read yet."""
-        call = self._calls.get(call_id)
-        if call is None or call.ends_at is not None or not call.began:
-            return False
-        if (call_id, utterance_id) in self._done:
-            return True
-        utt = call.pending.get(utterance_id)
         return utt is not None and modality in utt.parts
 
     def sent_after_its_end(self, call_id: str, ts: float | None) -> bool:

@@ -308,7 +308,7 @@ class Worker:
         is no new call. True when the 'started' was taken so (held, or left to the partition's next
         owner)."""
         receipt, call_id = item.receipt, item.msg.call_id
-        if call_id in self.ending or (call_id in self.held and call_id not in self.awaiting_start):
+        if call_id in self.ending or call_id in self.held or call_id in self.awaiting_start:
             return False  # closing already, or a call id used again: as before
         previous_start = self.processor.store.previous_start
         before = await self._retry(lambda: previous_start(call_id), "reading a call's start")
@@ -320,8 +320,6 @@ class Worker:
             if not receipt.lease.valid:
                 return True  # its partition was revoked meanwhile: the next owner reads it again
             self._stand_in_end(item, spoke=before.labelled > 0 or self.joiner.spoke(call_id))
-            # the parts held for a 'started' (a new call's, read first) now wait for the close, after it
-            self.awaiting_start.pop(call_id, None)
             held = self._held_back(item)
         assert held, "a call ending here holds its next 'started'"
         return True
@@ -396,23 +394,17 @@ class Worker:
         if call_id not in self.ending and (held is None or call_id in self.awaiting_start):
             if not isinstance(msg, Part):
                 return False  # a 'started' is joined at once, then what waited for it (on_message)
-            ts = item.timestamp
             if held is not None and call_id in self.awaiting_start:
-                since = held[0].timestamp  # an open call's: parts sent from the first one held on wait too
-                if not (self.joiner.sent_after_its_end(call_id, ts) or None not in (ts, since) and ts >= since):  # type: ignore[operator]
+                if not self.joiner.sent_after_its_end(call_id, item.timestamp):
                     return False  # the previous call's, as the join tells
             elif not (
-                (
-                    self.joiner.sent_after_its_end(call_id, ts)
-                    or self.joiner.meets(call_id, msg.utterance_id, msg.kind)  # a call not ended: a new one's?
-                )
-                and self.behind("control", item.receipt.partition, ts or 0.0)
+                self.joiner.sent_after_its_end(call_id, item.timestamp)
+                and self.behind("control", item.receipt.partition, item.timestamp or 0.0)
             ):
                 return False
             if held is None:
-                log.info("call %s: a part sent after the call ended, or meeting one the call has, read before the "
-                         "control topic reached its time: held until a 'started' or the control topic is read "
-                         "past it", call_id)  # fmt: skip
+                log.info("call %s: a part sent after the call ended, read before the control topic reached "
+                         "its time: held until a 'started' or the control topic is read past it", call_id)  # fmt: skip
             self.awaiting_start.setdefault(call_id, self.clock())
             self.held.setdefault(call_id, []).append(item)
             return True

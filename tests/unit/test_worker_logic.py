@@ -674,41 +674,6 @@ def test_a_new_calls_own_ended_stamped_before_its_started_still_ends_it() -> Non
     asyncio.run(scenario())
 
 
-def test_a_new_calls_parts_read_before_its_started_wait_for_it_while_the_old_call_never_ended() -> None:
-    """Left open by the first version: call 1 began, spoke and lost its 'ended'; call 2's u0 and u1,
-    under call 1's ids, are read before call 2's 'started' (the control partition behind). The first
-    meets call 1's u0 and waits, with u1 after it; the 'started' ends call 1 and they join call 2
-    (before: u0 was dead-lettered as a conflicting part, u1 joined call 1)."""
-
-    async def scenario() -> None:
-        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
-        clock: Any = w.clock
-        t = w.settings.kafka.topics
-        control_end = {"offset": 1}
-        w.highwater = lambda topic, partition: PartitionEnd(control_end["offset"], 0.1) if topic == t.control else None
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
-        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "s0"), timestamp=100.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="one"), Handle(log, "c1"), timestamp=100.5)
-        await w.pump()
-        control_end["offset"] = 2  # call 2's 'started' is on the control partition, not read yet
-        clock.now += 5.0
-        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="two"), Handle(log, "n0"), timestamp=111.0)
-        await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1, words="more"), Handle(log, "n1"), timestamp=112.0)
-        await w.pump()
-        assert set(w.awaiting_start) == {"c"} and len(w.held["c"]) == 2 and "ack n0" not in log
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=109.0).to_bytes()
-        await w.on_message(t.control, 0, 1, b"c", start, Handle(log, "s1"), timestamp=110.0)
-        for _ in range(3):
-            clock.now += 1.5
-            await w.pump()
-        got = [(e.utterance_id, e.event_id.split(":")[0], e.context_size) for e in events(sent)]
-        assert got == [("u0", "c", 1), ("u0", "c~g1", 1), ("u1", "c~g1", 2)], got
-        assert not [v for tp, v in sent if tp == t.deadletter] and not w.held and not w.awaiting_start
-        assert {"ack n0", "ack n1", "ack s1"} <= set(log) and store.released == ["c"]
-
-    asyncio.run(scenario())
-
-
 def test_an_earlier_calls_ended_read_after_the_next_call_began_closes_nothing() -> None:
     """A reviewer's case: the old call's 'ended', sent before the new call's 'started' (by record
     times) but read after it (another producer), was applied as the new call's end."""
