@@ -501,22 +501,21 @@ class Worker:
                     "storing a call's start",
                 )
             else:
-                if self.joiner.began_after(msg.call_id, timestamp):
+                # an earlier call's 'ended': applied, it would end the call now under the id (its
+                # joins, window and summary); acked, nothing closed
+                earlier = self.joiner.began_after(msg.call_id, timestamp)
+                if earlier:
                     log.warning("call %s: 'ended' at offset %d was sent by the end of the call before the one now "
                                 "open under the id (record times): that call's, read late or sent again; acked, "
                                 "nothing closed", msg.call_id, receipt.offset)  # fmt: skip
-                    async with self.lock:
-                        if receipt.lease.valid:
-                            self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
-                            receipt.ack()
-                    return
-                superseded = self.processor.superseded
-                if await self._retry(lambda: superseded(msg.call_id, receipt.offset), "reading a call's end"):
-                    # an earlier call's 'ended', read again after a crash once the id's next call had
-                    # started: applied, it would end that call (its joins, window and summary)
-                    log.warning("call %s: 'ended' at offset %d is an earlier call's, read again after a restart (the "
-                                "call now under the id started at offset %s): acked, nothing closed", msg.call_id,
-                                receipt.offset, self.processor.generation(msg.call_id))  # fmt: skip
+                else:
+                    superseded = self.processor.superseded
+                    earlier = await self._retry(lambda: superseded(msg.call_id, receipt.offset), "reading a call's end")
+                    if earlier:  # read again after a crash once the id's next call had started
+                        log.warning("call %s: 'ended' at offset %d is an earlier call's, read again after a restart "
+                                    "(the call now under the id started at offset %s): acked, nothing closed",
+                                    msg.call_id, receipt.offset, self.processor.generation(msg.call_id))  # fmt: skip
+                if earlier:
                     async with self.lock:
                         if receipt.lease.valid:
                             self._mark_read(receipt.topic, partition, receipt.offset, timestamp)

@@ -399,6 +399,20 @@ def test_call_end_waits_for_parts_still_in_flight_then_flushes_and_releases_cont
     asyncio.run(scenario())
 
 
+def started(at: float, call: str = "c") -> bytes:
+    """A text call's 'started', stamped ``at`` by its producer (its identity for a resend)."""
+    return CallControl(call_id=call, event="started", modalities=["text"], at=at).to_bytes()
+
+
+async def spoken_call(w: Worker, log: list[str], names: tuple[str, str] = ("s0", "c1"), words: str = "hello") -> None:
+    """Call c began ('started' at offset 0, stamped 99, record time 100) and said u0 (offset 0,
+    record time 100.5), labelled; no 'ended'. ``names``: the two messages' handles."""
+    t = w.settings.kafka.topics
+    await w.on_message(t.control, 0, 0, b"c", started(99.0), Handle(log, names[0]), timestamp=100.0)
+    await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words=words), Handle(log, names[1]), timestamp=100.5)
+    await w.pump()
+
+
 async def ended_call(w: Worker, log: list[str], first: str = "t0") -> bytes:
     """Call c's utterance u0 (text, sent at 100) and its 'ended' (sent at 101), at offsets 0 and 1 of
     partition 0; returns the 'ended' message."""
@@ -499,17 +513,14 @@ def test_a_call_started_again_without_its_ended_is_ended_first_then_the_new_one_
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
-        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "started1"), timestamp=100.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "old0"), timestamp=100.5)
-        await w.pump()
+        await spoken_call(w, log, ("started1", "old0"))
+        start = started(99.0)
         # the same 'started' again (a producer's retry: its own 'at'), after the call spoke: it ends nothing
         await w.on_message(t.control, 0, 1, b"c", start, Handle(log, "started1b"), timestamp=100.6)
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0"] and "c" not in w.ending and "ack started1b" in log
         assert store.starts == {"c": (0, "99.0")} and store.generation == {}
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=109.0).to_bytes()
-        await w.on_message(t.control, 0, 7, b"c", start, Handle(log, "started2"), timestamp=110.0)
+        await w.on_message(t.control, 0, 7, b"c", started(109.0), Handle(log, "started2"), timestamp=110.0)
         assert "ack started2" not in log and w.ending["c"][0].offset == 6  # held: the old call ends first
         await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="again"), Handle(log, "new0"), timestamp=111)
         await w.on_message(t.text, 0, 2, b"c", text("c", "u1", 1), Handle(log, "old1"), timestamp=109.0)
@@ -539,8 +550,9 @@ def test_a_new_started_read_before_the_previous_calls_parts_leaves_them_to_that_
         clock: Any = w.clock
         t = w.settings.kafka.topics
         for offset, at in ((0, 99.0), (4, 109.0)):
-            start = CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
-            await w.on_message(t.control, 0, offset, b"c", start, Handle(log, f"started{offset}"), timestamp=at + 1)
+            await w.on_message(
+                t.control, 0, offset, b"c", started(at), Handle(log, f"started{offset}"), timestamp=at + 1
+            )
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="old"), Handle(log, "old0"), timestamp=100.5)
         await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="new"), Handle(log, "new0"), timestamp=111.0)
         await w.pump()
@@ -564,16 +576,10 @@ def test_two_calls_started_while_an_unended_one_closes_are_each_ended_in_turn() 
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-
-        def start(at: float) -> bytes:
-            return CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
-
-        await w.on_message(t.control, 0, 0, b"c", start(99.0), Handle(log, "s0"), timestamp=100.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="one"), Handle(log, "c1"), timestamp=100.5)
-        await w.pump()
-        await w.on_message(t.control, 0, 7, b"c", start(109.0), Handle(log, "s7"), timestamp=110.0)
+        await spoken_call(w, log, words="one")
+        await w.on_message(t.control, 0, 7, b"c", started(109.0), Handle(log, "s7"), timestamp=110.0)
         await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="two"), Handle(log, "c2"), timestamp=111.0)
-        await w.on_message(t.control, 0, 8, b"c", start(119.0), Handle(log, "s8"), timestamp=120.0)
+        await w.on_message(t.control, 0, 8, b"c", started(119.0), Handle(log, "s8"), timestamp=120.0)
         await w.on_message(t.text, 0, 2, b"c", text("c", "u0", 0, words="three"), Handle(log, "c3"), timestamp=121.0)
         await w.pump()
         for _ in range(3):  # call 1 closes, call 2 begins; call 2 closes, call 3 begins
@@ -596,16 +602,12 @@ def test_a_call_forgotten_idle_and_started_again_is_counted_once_and_its_ids_are
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
-        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "s0"), timestamp=100.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.5)
-        await w.pump()
+        await spoken_call(w, log, ("s0", "t0"))
         clock.now += w.settings.redis.ttl_s + 5
         await w.pump()  # forgotten idle: counted
         store.data.clear()  # its state expired in Redis too
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=5000.0).to_bytes()
-        await w.on_message(t.control, 0, 5, b"c", start, Handle(log, "s5"), timestamp=5001.0)
+        await w.on_message(t.control, 0, 5, b"c", started(5000.0), Handle(log, "s5"), timestamp=5001.0)
         await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0), Handle(log, "t1"), timestamp=5002.0)
         clock.now += 1.5
         await w.pump()
@@ -622,18 +624,13 @@ def test_calls_started_in_turn_keep_their_parts_whatever_order_the_topics_are_re
     ahead: call 2's and call 3's 'started's, then their parts; (b) call 2 sends its 'ended' before
     call 3 starts. Each part joins its own call, no conflict; only call 1 went without an 'ended'."""
 
-    def start(at: float) -> bytes:
-        return CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
-
     async def scenario(order: str) -> None:
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        await w.on_message(t.control, 0, 0, b"c", start(99.0), Handle(log, "s0"), timestamp=100.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0, words="one"), Handle(log, "c1"), timestamp=100.5)
-        await w.pump()
-        s2 = (t.control, 7, start(109.0), "s7", 110.0)
-        s3 = (t.control, 9, start(119.0), "s9", 120.0)
+        await spoken_call(w, log, words="one")
+        s2 = (t.control, 7, started(109.0), "s7", 110.0)
+        s3 = (t.control, 9, started(119.0), "s9", 120.0)
         c2 = (t.text, 1, text("c", "u0", 0, words="two"), "c2", 111.0)
         e2 = (t.control, 8, CallControl(call_id="c", event="ended", at=112.0).to_bytes(), "e8", 112.0)
         c3 = (t.text, 2, text("c", "u0", 0, words="three"), "c3", 121.0)
@@ -662,8 +659,7 @@ def test_a_new_calls_own_ended_stamped_before_its_started_still_ends_it() -> Non
         w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
         clock: Any = w.clock
         t = w.settings.kafka.topics
-        start = CallControl(call_id="c", event="started", modalities=["text"], at=99.0).to_bytes()
-        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "s0"), timestamp=100.0)
+        await w.on_message(t.control, 0, 0, b"c", started(99.0), Handle(log, "s0"), timestamp=100.0)
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.2)
         end = CallControl(call_id="c", event="ended", at=99.5).to_bytes()
         await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "e1"), timestamp=99.5)
@@ -683,8 +679,7 @@ def test_an_earlier_calls_ended_read_after_the_next_call_began_closes_nothing() 
         clock: Any = w.clock
         t = w.settings.kafka.topics
         for offset, at in ((0, 99.0), (7, 109.0)):
-            start = CallControl(call_id="c", event="started", modalities=["text"], at=at).to_bytes()
-            await w.on_message(t.control, 0, offset, b"c", start, Handle(log, f"s{offset}"), timestamp=at + 1)
+            await w.on_message(t.control, 0, offset, b"c", started(at), Handle(log, f"s{offset}"), timestamp=at + 1)
             await w.on_message(t.text, 0, offset, b"c", text("c", "u0", 0), Handle(log, f"t{offset}"), timestamp=at + 2)
             await w.pump()
             clock.now += 1.5
