@@ -7,7 +7,8 @@ judges the escalation rules (:mod:`streams.rules`) on them, and returns what to 
 - :class:`~streams.schemas.AlertEvent` on ``kafka.topics.alerts``: an alert is *raised* when a
   rule starts to hold, *updated* while its evidence changes, *cleared* when it stops holding
   (``reason: recovered``; after the rule's ``clear_after`` new turns without holding) or when the
-  call ends (``reason: call ended``);
+  call ends (``reason: call ended``; ``call idle`` when the worker ended it for want of parts,
+  ``join.idle_end_s``);
 - :class:`~streams.schemas.CallReport` on ``kafka.topics.calls``: the call's running trajectory
   per speaker, and a final one, the call summary, when the call ends.
 
@@ -274,17 +275,19 @@ class CallAnalytics:
         if update.states:
             await self._store(update.states, update.partitions)
 
-    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = ()) -> Update:
-        """The call ended (its final revisions are ``final_events``): its open alerts cleared and
-        its summary; publish them, then :meth:`forget` the call (nothing to commit). A call with no
-        state (already forgotten: an 'ended' replayed after its summary went out) gives nothing."""
+    async def end(self, call_id: str, final_events: Sequence[EmotionEvent] = (), ended_by: str = "ended") -> Update:
+        """The call ended (its final revisions are ``final_events``; ``ended_by``: see
+        :attr:`CallReport.ended_by`): its open alerts cleared and its summary; publish them, then
+        :meth:`forget` the call (nothing to commit). A call with no state (already forgotten: an
+        'ended' replayed after its summary went out) gives nothing."""
         state = (await self._load([call_id]))[call_id]
         if not state.turns:  # (before the final revisions: a close done again after a crash would
             return Update()  # make a summary of them alone)
         out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
-        messages, _ = self._alerts(call_id, state, final=True)
+        messages, _ = self._alerts(call_id, state, final=True, idle=ended_by == "idle")
         out += [self._outgoing("alerts", m) for m in messages]
-        out.append(self._outgoing("calls", self._report(call_id, state, {}, final=True)))
+        report = self._report(call_id, state, {}, final=True).model_copy(update={"ended_by": ended_by})
+        out.append(self._outgoing("calls", report))
         return Update(out)
 
     def forget_cached(self) -> None:
@@ -377,11 +380,11 @@ class CallAnalytics:
                         call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
 
     def _alerts(
-        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None
+        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, idle: bool = False
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
         """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
         whose rule no longer holds clears after its ``clear_after`` such turns that count for it
-        (``final``: every open alert clears, for the call's end)."""
+        (``final``: every open alert clears, for the call's end; ``idle``: an end for want of parts)."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
@@ -410,7 +413,7 @@ class CallAnalytics:
             if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue
-            why = "call ended" if final else "recovered"
+            why = ("call idle" if idle else "call ended") if final else "recovered"
             messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
         return messages, still
 

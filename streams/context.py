@@ -520,11 +520,43 @@ class ContextStore:
             self._uncache(call_id)
         return again
 
-    async def release(self, call_ids: list[str], ended: dict[str, int] | None = None) -> None:
+    def active_key(self, partition: int) -> str:
+        """The calls of an input partition that labelled something, scored by when they last did
+        (wall-clock seconds): what the worker owning the partition ends when they go quiet
+        (``join.idle_end_s``), even after a restart or a rebalance."""
+        return f"{self.prefix}active#p{partition}"  # no clash: the calls' own keys are kind#call
+
+    async def touch(self, calls: dict[str, int], at: float) -> None:
+        """The calls (-> their input partition) labelled something at ``at`` (wall clock): one round trip."""
+        by_partition: dict[int, dict[str, float]] = {}
+        for call_id, partition in calls.items():
+            by_partition.setdefault(partition, {})[call_id] = at
+        if not by_partition:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for partition, scores in by_partition.items():
+                pipe.zadd(self.active_key(partition), scores)
+                pipe.pexpire(self.active_key(partition), self.ttl_ms)  # a partition quiet that long: all expired
+            await pipe.execute()
+
+    async def quiet(self, partition: int, since: float, limit: int = 100) -> list[str]:
+        """The partition's calls that labelled nothing after ``since`` (wall clock), the quietest first."""
+        got = await self.client.zrangebyscore(self.active_key(partition), "-inf", since, start=0, num=limit)
+        return [_text(c) for c in got]
+
+    async def untrack(self, partition: int, call_ids: list[str]) -> None:
+        """The calls are no longer watched for going quiet (closed, or left to their state's TTL)."""
+        if call_ids:
+            await self.client.zrem(self.active_key(partition), *call_ids)
+
+    async def release(
+        self, call_ids: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
+    ) -> None:
         """The calls ended: their windows and declarations deleted, their labelled ids kept for
         replays until the TTL, and a mark that they closed: ``ended``, the offset of each one's
         'ended' on its control partition (see :meth:`started`; -1 where not given). The generation
-        is kept as long as the labelled ids."""
+        is kept as long as the labelled ids. ``partitions``: each call's input partition, whose
+        calls watched for going quiet (:meth:`touch`) it leaves."""
         ended = ended or {}
         if call_ids:
             for c in call_ids:
@@ -536,6 +568,8 @@ class ContextStore:
                     pipe.pexpire(self.joined_key(c), self.ttl_ms)
                     pipe.pexpire(self.generation_key(c), self.ttl_ms)
                     pipe.set(self.closed_key(c), ended.get(c, -1), px=self.ttl_ms)  # until a 'started' uses the id
+                    if partitions is not None and c in partitions:
+                        pipe.zrem(self.active_key(partitions[c]), c)
                 await pipe.execute()
             # and in the call's started mark, kept longer: a later 'started' then finds the call ended
             marks = [self.started_key(c) for c in call_ids]

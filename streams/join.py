@@ -512,6 +512,12 @@ class Joiner:
         call = self._calls.get(call_id)
         return call is not None and (bool(call.pending) or bool(self._done_of.get(call_id)))
 
+    def active(self, call_id: str, now: float, within: float) -> bool:
+        """Whether the call, open here, has an utterance pending, its end scheduled, or a part or
+        control message read within the last ``within`` seconds."""
+        call = self._calls.get(call_id)
+        return call is not None and (bool(call.pending) or call.ends_at is not None or now - call.last_seen < within)
+
     def said_something(self, call_id: str) -> bool:
         """Whether the call, closed here, had utterances when it closed (labelled here since it last
         opened, or pending with a part)."""

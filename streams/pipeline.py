@@ -502,9 +502,12 @@ class Processor:
         self._ready.clear()
         self._generations.clear()  # read again with each call's next state
 
-    async def release(self, call_ids: list[str], ended: dict[str, int] | None = None) -> None:
-        """The calls ended: free their windows (and declarations); ``ended``: see :meth:`ContextStore.release`."""
-        await self.store.release(call_ids, ended)
+    async def release(
+        self, call_ids: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
+    ) -> None:
+        """The calls ended: free their windows (and declarations); ``ended``, ``partitions``: see
+        :meth:`ContextStore.release`."""
+        await self.store.release(call_ids, ended, partitions)
         for call_id in call_ids:
             self._written.pop(call_id, None)
             self._generations.pop(call_id, None)

@@ -497,7 +497,11 @@ class AlertEvent(_Message):
     severity: Literal["info", "warning", "critical"]
     message: str
     state: Literal["raised", "updated", "cleared"]
-    reason: str | None = Field(None, description="why it cleared: 'recovered' or 'call ended'")
+    reason: str | None = Field(
+        None,
+        description="why it cleared: 'recovered', 'call ended', or 'call idle' (the call sent no part for "
+        "join.idle_end_s and no 'ended', and was ended so)",
+    )
     evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
     measured: str | None = Field(
         None,
@@ -549,6 +553,12 @@ class CallReport(_Message):
     speakers: list[SpeakerTrajectory]
     open_alerts: list[str] = Field(description="alert ids open now (none once final)")
     alerts_raised: list[str] = Field(description="rules that raised an alert during the call so far")
+    ended_by: Literal["ended", "started", "idle"] | None = Field(
+        None,
+        description="what ended the call (final reports only): its 'ended' control message; 'started', a "
+        "'started' of its call id before any 'ended' (a new call under the id); 'idle', no part for "
+        "join.idle_end_s and no 'ended'",
+    )
     produced_at: float
 
 

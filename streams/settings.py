@@ -161,6 +161,14 @@ class JoinSettings(_Section):
         "skew after the 'ended' are the call's, later ones are refused (after_call_ended); at least wait_s; "
         "unset: wait_s",
     )
+    idle_end_s: float | None = Field(
+        None,
+        ge=0,
+        description="a call that has had no part for this long, and no 'ended', is ended as if its 'ended' had "
+        "come (its final revisions and summary go out, its open alerts clear; a part of it after that reopens it "
+        "without its earlier context); less than redis.ttl_s, whose expiry would take the call's state first; "
+        "unset: half of redis.ttl_s; 0: never",
+    )
     learn_after: int = Field(
         2,
         ge=0,
@@ -321,6 +329,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{level[:20]!r} is no log level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return _LEVELS[level.upper()]
 
+    @model_validator(mode="after")
+    def _idle_end(self) -> Settings:
+        idle = self.join.idle_end_s
+        if idle and idle >= self.redis.ttl_s:  # the call's window and analytics would expire before its end
+            raise ValueError(
+                f"join.idle_end_s {idle:g} must be less than redis.ttl_s {self.redis.ttl_s:g}: the call's state "
+                "expires from Redis after redis.ttl_s without a part, so its summary would be empty (0: never)"
+            )
+        return self
+
+    def idle_end_s(self) -> float:
+        """How long a call goes without a part before it is ended as if its 'ended' had come (0: never)."""
+        return self.redis.ttl_s / 2 if self.join.idle_end_s is None else self.join.idle_end_s
+
     def model_dir(self) -> Path:
         return _model_path(self.engine.model)
 
@@ -437,7 +459,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def _summary(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+    return "; ".join(  # (a check of several sections has no location: its message names them)
+        f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+        for e in exc.errors()[:5]
+    )
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -69,6 +69,7 @@ RECOVERED_GRACE_S = 15.0
 ENGINE_STUCK_S = 120.0  # a batch this long in the encoders and engine is wedged (they take well under a second)
 WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
 TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set while batches keep coming
+QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
 
 
 DEAD_LETTERED = "dead-lettered: "  # an utterance's ignored[modality] for a part that went to the dead letters
@@ -145,11 +146,13 @@ def _identity(msg: CallControl, timestamp: float | None) -> str:
 
 @dataclass(frozen=True)
 class _NoAck:
-    """The handle of an 'ended' the worker stands in for (:meth:`Worker._ends_unended`): nothing to
-    ack. ``spoke``: the call had utterances, here or in Redis (not one that said nothing, nor one
-    whose state expired, which the join counted when it forgot it)."""
+    """The handle of an 'ended' the worker stands in for: nothing to ack. ``spoke``: the call had
+    utterances, here or in Redis (not one that said nothing, nor one whose state expired, which the
+    join counted when it forgot it). ``why``: "started" (a 'started' of its id came first,
+    :meth:`Worker._ends_unended`) or "idle" (no part for ``join.idle_end_s``, :meth:`Worker._end_quiet`)."""
 
     spoke: bool
+    why: str = "started"
 
     def ack(self) -> None:
         pass
@@ -235,6 +238,9 @@ class Worker:
         self.counted: dict[str, int] = {}  # the joiner's counts already added to their metrics
         self.failing_since: dict[str, float] = {}  # "batches", "closing calls": first failure since one went through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
+        self.idle_end_s = settings.idle_end_s()  # a call quiet this long is ended (Worker._end_quiet); 0: never
+        self.wall: Callable[[], float] = time.time  # when calls last labelled something, in Redis (a shared clock)
+        self.swept_at = float("-inf")  # wall clock of the last look for calls gone quiet
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
         metrics.limits.labels("open_calls").set(j.max_open_calls)
         metrics.limits.labels("finished_ids").set(j.max_finished_ids)
@@ -680,8 +686,11 @@ class Worker:
     async def pump(self) -> None:
         """Expire joins, then process every batch that is due and close ended calls, expiring joins
         again every ``TICK_S`` meanwhile (under a steady load the queue never empties: before, an
-        utterance waiting for a part that never came waited for the load to stop)."""
+        utterance waiting for a part that never came waited for the load to stop); every
+        ``QUIET_SWEEP_S``, end the calls gone quiet (:meth:`_end_quiet`)."""
         await self.tick()
+        if self.idle_end_s and self.wall() - self.swept_at >= QUIET_SWEEP_S:
+            await self._end_quiet()
         if self.awaiting_start:
             await self._let_go_unstarted()
         ticked = self.clock()
@@ -691,6 +700,81 @@ class Worker:
                 if self.awaiting_start:  # a steady load keeps this loop going
                     await self._let_go_unstarted()
                 ticked = self.clock()
+
+    def caught_up(self, partition: int) -> bool:
+        """Whether every input topic of ``partition`` is read to its end as far as the consumer knows:
+        no backlog there, so a call of it that sent nothing for a while has sent nothing. Not within
+        ``NOTHING_READ_GRACE_S`` of getting the partition (the consumer fetches every partition it
+        has, so a backlog shows within that; a topic nothing was read from since then holds only
+        older, committed messages), nor while a leader is unreachable or within ``RECOVERED_GRACE_S``
+        after one was (see :meth:`behind`)."""
+        now = self.clock()
+        if partition not in self.assigned_at or now - self.assigned_at[partition] < NOTHING_READ_GRACE_S:
+            return False
+        if now - self.disturbed_at < RECOVERED_GRACE_S:
+            return False
+        for topic in self.topic_of.values():
+            end = self.highwater(topic, partition)
+            if end is None:
+                continue  # the end not known: no sign of a backlog
+            seen = self.read.get((topic, partition))
+            if not end.reachable or (seen is not None and seen[1] + 1 < end.offset):
+                return False
+        return True
+
+    async def _end_quiet(self) -> None:
+        """End the calls of this worker's partitions that labelled nothing for ``join.idle_end_s``
+        and got no 'ended' (a platform that lost it, a recorder that crashed) as if their 'ended' had
+        come: their final revisions and summary go out (``ended_by: idle``) and their open alerts
+        clear (before, nothing did: the supervisor saw the call's alert open until its state expired).
+        Each batch stores its calls' last activity in Redis by partition (:meth:`ContextStore.touch`),
+        so a worker that restarted or took the partition over ends them too. Only partitions read to
+        their end are looked at (:meth:`caught_up`): a backlog may hold the call's next parts. A part
+        of a call after this reopens it, labelled without its earlier context, as a part read after a
+        call closed does (README: Calls that end)."""
+        now = self.wall()
+        self.swept_at = now
+        found: dict[int, list[str]] = {}
+        try:
+            for partition in sorted(p for p in self.assigned_at if self.caught_up(p)):
+                quiet = await self.processor.store.quiet(partition, now - self.idle_end_s)
+                if quiet:
+                    found[partition] = quiet
+        except Exception as exc:  # Redis down: the batches say so and retry; this looks again later
+            log.warning("looking for calls gone quiet failed (%s); looking again in %.0f s", _describe(exc),
+                        QUIET_SWEEP_S)  # fmt: skip
+            self.metrics.stage_errors.labels("redis").inc()
+            return
+        closed_here: dict[int, list[str]] = {}
+        async with self.lock:
+            for partition, quiet in found.items():
+                if partition not in self.assigned_at:
+                    continue  # revoked meanwhile: its next owner looks
+                for call_id in quiet:
+                    if call_id in self.ending or call_id in self.held or call_id in self.awaiting_start:
+                        continue  # ending already, or its messages wait for an earlier close
+                    if self.joiner.has_ended(call_id):  # closed here and reopened by a part read late: as
+                        closed_here.setdefault(partition, []).append(call_id)  # before, left to its TTL
+                        continue
+                    if self.joiner.active(call_id, self.clock(), self.idle_end_s):
+                        continue  # a part read lately, not labelled yet (waiting, queued, or its batch not stored)
+                    self._stand_in_quiet_end(call_id, partition)
+        for partition, call_ids in closed_here.items():
+            with contextlib.suppress(Exception):  # looked at again at the next sweep
+                await self.processor.store.untrack(partition, call_ids)
+
+    def _stand_in_quiet_end(self, call_id: str, partition: int) -> None:
+        """End a call gone quiet (:meth:`_end_quiet`) as if its 'ended' had come now, at the control
+        partition's last offset (a 'started' using the id again comes after it). Under ``self.lock``."""
+        control = self.settings.kafka.topics.control
+        offset = self.read.get((control, partition), (0.0, -1, 0.0))[1]
+        end = self.highwater(control, partition)
+        if end is not None:
+            offset = max(offset, end.offset - 1)
+        lease = self.leases.setdefault(partition, Lease())
+        self.ending.setdefault(call_id, []).append(Receipt(control, partition, offset, _NoAck(True, "idle"), lease))
+        # no record time: a part of it sent later is joined (reopening the call), never refused as after its end
+        self._absorb(self.joiner.call_ended(call_id, self.clock(), partition, None))
 
     async def watching(self) -> None:
         """:meth:`watch` in a task of its own: the pump may wait for seconds on a publish to a
@@ -913,22 +997,35 @@ class Worker:
                 if call_id in self.closing:
                     self.closing.remove(call_id)
             return True
+        stood_in = [r.handle for r in receipts if isinstance(r.handle, _NoAck)]
+        # what ended it: its 'ended' (one came, maybe while a stand-in waited), its id's next 'started', or quiet
+        ended_by = "ended" if len(stood_in) < len(receipts) else stood_in[0].why
         try:
             final = await self.processor.close(call_id)
             await self._publish(final)
             if self.analytics is not None:  # the summary, and the call's open alerts cleared
-                await self._send_all((await self.analytics.end(call_id, [e for e, _ in final.events])).out)
+                end = await self.analytics.end(call_id, [e for e, _ in final.events], ended_by=ended_by)
+                await self._send_all(end.out)
                 # forgotten before the release: after a crash in between, the call is closed again
                 # (a stood-in 'ended' has no message to replay; its 'started' finds no close mark)
                 await self.analytics.forget(call_id)
-            await self.processor.release([call_id], {call_id: max(r.offset for r in receipts)})
+            await self.processor.release(
+                [call_id], {call_id: max(r.offset for r in receipts)}, {call_id: receipts[0].partition}
+            )
         except Exception:
             self._failed(f"closing call {call_id}", "close", "closing calls")
             return False
         self._recovered("closing calls")
-        if any(
-            isinstance(r.handle, _NoAck) and (r.handle.spoke or self.joiner.said_something(call_id)) for r in receipts
-        ):  # ended at its id's next 'started'
+        spoke = any(h.spoke for h in stood_in) or self.joiner.said_something(call_id)
+        if ended_by == "idle" and spoke:  # no part for join.idle_end_s, and no 'ended'
+            self.metrics.calls_without_end.inc()
+            if (n := self._sampled("quiet")) is not None:
+                log.warning("call %s: no part for %.0f s (join.idle_end_s) and no 'ended': ended as if its 'ended' "
+                            "had come (its summary is out, ended_by idle, and its alerts cleared); a part of it "
+                            "read later reopens it, labelled without its earlier context; a call's end comes as "
+                            "'ended' on %s (README, Calls that end) [%d so far]", call_id, self.idle_end_s,
+                            self.settings.kafka.topics.control, n)  # fmt: skip
+        elif stood_in and stood_in[0].why == "started" and spoke:  # ended at its id's next 'started'
             self.metrics.calls_without_end.inc()
             if (n := self._sampled("unended")) is not None:
                 log.warning("call %s: a 'started' (offset %d) came before its 'ended': the call was ended as if its "
@@ -1047,6 +1144,8 @@ class Worker:
                 lap("analytics")
             stage = "redis"
             await self.processor.commit(outcome)
+            if self.idle_end_s:  # the calls' last activity, by partition, for Worker._end_quiet
+                await self.processor.store.touch({u.call_id: u.partition for u in batch if self._owned(u)}, self.wall())
             lap("commit")
             stage = "deadletter"
             for utt, why in outcome.failed:

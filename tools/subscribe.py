@@ -107,7 +107,8 @@ def format_report(report: CallReport) -> str:
     turns = f"{report.turns} turn{'' if report.turns == 1 else 's'}"
     if report.unread:  # utterances with every part ignored: no turn, no speaker of the summary
         turns += f" ({report.unread} more not read: every part ignored)"
-    return f"■ call ended [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
+    how = {"idle": " (quiet, no 'ended')", "started": " (started again, no 'ended')"}.get(report.ended_by or "", "")
+    return f"■ call ended{how} [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
 
 
 def format_deadletter(letter: DeadLetter) -> str:

@@ -286,3 +286,26 @@ def test_a_window_held_in_memory_is_what_redis_holds_whoever_appends(services, u
         await client.aclose()
 
     run(scenario())
+
+
+def test_the_calls_watched_for_going_quiet_are_kept_by_partition_and_left_at_release(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """join.idle_end_s: each batch stores when its calls last labelled something, by input partition;
+    a worker asks a partition for the calls quiet since a time, the quietest first; a release (the
+    call closed) or an untrack leaves the set, and the set expires with the TTL."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
+        await store.touch({"a": 0, "b": 0, "c": 1}, 1000.0)
+        await store.touch({"b": 0}, 1010.0)  # b spoke again
+        await store.touch({"d": 0}, 995.5)
+        assert await store.quiet(0, 1005.0) == ["d", "a"] and await store.quiet(0, 1010.0) == ["d", "a", "b"]
+        assert await store.quiet(0, 1010.0, limit=1) == ["d"] and await store.quiet(1, 1000.0) == ["c"]
+        assert await store.quiet(2, 1e12) == []
+        await store.release(["a"], {"a": 4}, {"a": 0})
+        await store.untrack(0, ["d"])
+        assert await store.quiet(0, 1e12) == ["b"] and await store.quiet(1, 1e12) == ["c"]
+        assert 0 < await client.pttl(store.active_key(0)) <= 60_000
+        await client.aclose()
+
+    run(scenario())

@@ -268,6 +268,44 @@ def test_a_part_sent_after_the_call_ended_is_labelled_but_adds_nothing_after_its
         worker.stop()
 
 
+def test_a_call_that_goes_quiet_without_its_ended_is_summarised_and_its_alerts_clear(
+    services, unique, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A platform that lost a call's 'ended': before, its alert stayed open and no summary came. With
+    join.idle_end_s 6 s, the escalating call's alerts clear (reason 'call idle') and its final report
+    says ended_by 'idle', counting every turn; a call that keeps talking meanwhile is not ended."""
+    settings = settings_for(services, unique, default_modalities=("text",), idle_end_s=6.0)
+    ensure_topics(settings)
+    run = unique[:6]
+    angry = scripted(f"quiet-{run}", ESCALATING[:ANGRY_PART], 2.0)
+    chatty = scripted(f"chatty-{run}", PLEASANT * 10, 2.0)
+    collector = Collector(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        worker.wait_ready()
+        feed([angry], settings, realtime=False, progress=False, send_control=False)  # no 'started', no 'ended'
+        assert collector.poll_until(
+            lambda c: any(a.call_id == angry.call_id and a.state == "raised" for a in c.alerts), timeout=60
+        ), worker.tail()
+        for line in chatty.utterances:  # one line every 2 s, never quiet for 6 s, until the quiet call is ended
+            feed([Dialogue(chatty.call_id, (line,))], settings, realtime=False, progress=False, send_control=False)
+            if collector.poll_until(lambda c: any(r.final and r.call_id == angry.call_id for r in c.reports), 2.0):
+                break
+        assert any(r.final and r.call_id == angry.call_id for r in collector.reports), worker.tail()
+        summary = next(r for r in collector.reports if r.final and r.call_id == angry.call_id)
+        assert summary.ended_by == "idle" and summary.turns == ANGRY_PART and summary.open_alerts == []
+        mine = [a for a in collector.alerts if a.call_id == angry.call_id]
+        for a in (a for a in mine if a.state == "raised"):
+            assert any(x.alert_id == a.alert_id and x.state == "cleared" and x.reason == "call idle" for x in mine)
+        assert not any(r.final for r in collector.reports if r.call_id == chatty.call_id)  # talking all along
+        assert "no part for 6 s (join.idle_end_s) and no 'ended'" in worker.tail(10**6)
+        assert "emostream_calls_without_end_total 1.0" in worker.metrics()
+        assert _poll(lambda: open_alerts(worker) == 0), worker.metrics()
+    finally:
+        collector.close()
+        worker.stop()
+
+
 def test_a_call_that_sends_no_audio_waits_less_for_it_after_two_utterances(  # type: ignore[no-untyped-def]
     services, unique, shared_data, tmp_path
 ) -> None:

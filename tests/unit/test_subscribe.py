@@ -336,6 +336,9 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
         "■ call ended [call-7] 0 turns (2 more not read: every part ignored): nobody read;"
         " alerts: customer-anger-rising"
     )
+    quiet = final.model_copy(update={"ended_by": "idle"})  # join.idle_end_s: no part, no 'ended'
+    assert format_report(quiet).startswith("■ call ended (quiet, no 'ended') [call-7] 6 turns: ")
+    assert format_report(final.model_copy(update={"ended_by": "ended"})).startswith("■ call ended [call-7] 6 turns: ")
 
 
 def test_an_alert_read_before_the_events_it_cites_is_printed_after_them() -> None:

@@ -60,6 +60,7 @@ class FakeStore:
         self.forgot: list[str] = []  # ids used again: what their previous call labelled was forgotten
         self.generation: dict[str, str] = {}  # ids used again: the offset of the 'started' that did
         self.starts: dict[str, tuple[int, str]] = {}  # call -> the offset and 'at' of its last 'started'
+        self.active: dict[int, dict[str, float]] = {}  # partition -> call -> when it last labelled something
 
     async def fetch(self, calls: list[str]) -> dict[str, list[ContextItem]]:
         return {c: list(self.data.get(c, [])) for c in calls}
@@ -71,7 +72,23 @@ class FakeStore:
         for c, new in items.items():
             self.data.setdefault(c, []).extend(new)
 
-    async def release(self, calls: list[str], ended: dict[str, int] | None = None) -> None:
+    async def touch(self, calls: dict[str, int], at: float) -> None:
+        for c, p in calls.items():
+            self.active.setdefault(p, {})[c] = at
+
+    async def quiet(self, partition: int, since: float, limit: int = 100) -> list[str]:
+        scores = self.active.get(partition, {})
+        return sorted((c for c, at in scores.items() if at <= since), key=scores.__getitem__)[:limit]
+
+    async def untrack(self, partition: int, calls: list[str]) -> None:
+        for c in calls:
+            self.active.get(partition, {}).pop(c, None)
+
+    async def release(
+        self, calls: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
+    ) -> None:
+        for c, p in (partitions or {}).items():
+            self.active.get(p, {}).pop(c, None)
         self.released += calls
         self.closed.update({c: (ended or {}).get(c, -1) for c in calls})
         for c in calls:
@@ -617,6 +634,119 @@ def test_a_call_forgotten_idle_and_started_again_is_counted_once_and_its_ids_are
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)  # not again
 
     asyncio.run(scenario())
+
+
+def quiet_worker(idle_end_s: float = 60.0) -> tuple[Worker, list[tuple[str, bytes]], list[str], FakeStore, Any]:
+    """A worker that ends calls quiet for ``idle_end_s``, its wall clock the test's clock."""
+    w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",), idle_end_s=idle_end_s)
+    w.wall = w.clock
+    return w, sent, log, store, w.clock
+
+
+async def later(w: Worker, clock: Any, seconds: float, step: float = 5.0) -> None:
+    """``seconds`` pass, the pump running every ``step`` (as its loop does, more often)."""
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now = min(end, clock.now + step)
+        await w.pump()
+
+
+def test_a_call_gone_quiet_without_its_ended_is_ended_as_if_it_had_come(caplog: Any) -> None:
+    """A platform that lost a call's 'ended': before, nothing closed it (no summary, its alerts open
+    until its state expired). Quiet for join.idle_end_s, it is ended as if its 'ended' had come, at
+    the control partition's last offset; counted and logged once; a part of it read later reopens
+    it (labelled, not refused)."""
+
+    async def scenario() -> None:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        t = w.settings.kafka.topics
+        await spoken_call(w, log)
+        assert store.active == {0: {"c": 100.0}}
+        await later(w, clock, 55)
+        assert store.released == [] and w.joiner.knows("c")  # not yet
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            await later(w, clock, 10)
+        assert store.released == ["c"] and store.closed == {"c": 0}  # its 'started''s offset, the last read
+        assert store.active == {0: {}}
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+        assert "call c: no part for 60 s (join.idle_end_s) and no 'ended': ended as if" in caplog.text
+        await later(w, clock, 120)
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)  # once
+        n = len(events(sent))
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=300.0)
+        await later(w, clock, 2, step=0.5)
+        assert [e.utterance_id for e in events(sent)[n:]] == ["u1"] and "ack t1" in log
+        assert not [v for tp, v in sent if tp == t.deadletter]
+        await later(
+            w, clock, 120
+        )  # the reopened call quiet again: left to its TTL, as a call reopened after its 'ended'
+        assert store.released == ["c"] and store.active == {0: {}}
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+
+    asyncio.run(scenario())
+
+
+def test_a_quiet_call_is_not_ended_while_its_partition_is_read_behind_nor_while_it_has_a_part_waiting() -> None:
+    """A backlog on any input topic of the partition may hold the call's next parts: no end while it
+    is read behind (a worker back after an outage longer than join.idle_end_s); nor while a part of
+    it, read lately, waits for its join."""
+
+    async def scenario() -> None:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        t = w.settings.kafka.topics
+        both = CallControl(call_id="c", event="started", modalities=["text", "audio"], at=99.0).to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", both, Handle(log, "s0"), timestamp=100.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.5)
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "u0", 0), Handle(log, "a0"), timestamp=100.5)
+        await w.pump()
+        assert len(events(sent)) == 1
+        w.highwater = lambda topic, partition: PartitionEnd(9 if topic == t.text else 1, 0.1)  # text: 8 to read
+        await later(w, clock, 120)
+        assert store.released == [] and "c" not in w.ending
+        w.highwater = lambda topic, partition: PartitionEnd(2 if topic == t.text else 1, 0.1)  # read to the end
+        store.active[0]["c"] = clock.now - 100  # its last batch long ago, but a part read just now waits for audio
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=300.0)
+        await w._end_quiet()
+        assert "c" not in w.ending and w.joiner.open_utterances == 1
+        await later(w, clock, 70)
+        assert store.released == ["c"]  # u1 labelled without its audio, then quiet for 60 s
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+
+    asyncio.run(scenario())
+
+
+def test_a_quiet_call_is_ended_by_a_worker_that_never_saw_it() -> None:
+    """The calls' last activity lives in Redis by partition: after a restart (or a rebalance) the
+    partition's owner ends the quiet calls it never read a part of."""
+
+    async def scenario() -> None:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        await spoken_call(w, log)
+        w2 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=clock)
+        w2.wall = clock
+        w2.highwater = lambda topic, partition: PartitionEnd(4, 0.1)  # read to offset 3 before the restart
+        w2.assigned({0})
+        await later(w2, clock, 70)
+        assert store.released == ["c"] and store.closed == {"c": 3}  # its control partition's last offset
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w2)
+        w3 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=clock)
+        w3.wall = clock
+        w3.assigned({1})  # another partition: not its call
+        store.active[0] = {"d": clock.now - 100}
+        await later(w3, clock, 70)
+        assert store.released == ["c"]
+
+    asyncio.run(scenario())
+
+
+def test_join_idle_end_s_must_be_less_than_the_redis_ttl_and_defaults_to_half_of_it() -> None:
+    from streams.errors import ConfigError
+    from streams.settings import load_settings
+
+    assert load_settings().idle_end_s() == 1800.0 and load_settings(redis={"ttl_s": 20}).idle_end_s() == 10.0
+    assert load_settings(join={"idle_end_s": 0}).idle_end_s() == 0.0
+    with pytest.raises(ConfigError, match="join.idle_end_s 3600 must be less than redis.ttl_s 3600"):
+        load_settings(join={"idle_end_s": 3600})
 
 
 def test_calls_started_in_turn_keep_their_parts_whatever_order_the_topics_are_read_in() -> None:
