@@ -258,6 +258,7 @@ class Joiner:
         self._ended: OrderedDict[str, _Closed] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
         self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
+        self._reopened_calls: set[str] = set()  # calls in _ended opened again here by a part read after their close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
@@ -355,6 +356,8 @@ class Joiner:
                               f"join.end_wait_s {self.end_wait_s:g} s and {CLOCK_SKEW_S:g} s of clock skew; a call's "
                               "parts come before its 'ended'; a call id used again starts with 'started'")  # fmt: skip
         reopening = call_id not in self._calls and call_id in self._ended
+        if reopening:
+            self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
         utt = call.pending.get(utterance_id)
@@ -410,6 +413,8 @@ class Joiner:
         if (call_id, utterance_id) in self._done or self._after_end(call_id, partition, ts) is not None:
             return JoinResult(ack_now=[handle] if handle is not None else [], unlearned=[again] if again else [])
         reopening = call_id not in self._calls and call_id in self._ended
+        if reopening:
+            self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
         utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
@@ -476,6 +481,7 @@ class Joiner:
                     result.extend(self._close(call_id, now))
             elif utterance_id in call.pending:
                 result.extend(self._release(call_id, now))
+        self._let_reopened_go(now)
         while self._calls:
             call_id, call = next(iter(self._calls.items()))
             if call.pending or call.ends_at is not None or now - call.last_seen <= self.idle_s:
@@ -486,6 +492,19 @@ class Joiner:
             if call_id not in self._ended:  # (not one that did, reopened by a part read after its close)
                 result.idle_calls.append(call_id)
         return result
+
+    def _let_reopened_go(self, now: float) -> None:
+        """Forget the calls reopened by a part read after their close once they have nothing pending
+        and sent nothing for ``end_wait_s``: they stay closed (a later part reopens them again), and
+        no longer count as open calls (before, they did until ``idle_s``, an hour: a newcomer saw 2
+        open calls after every call had ended)."""
+        for call_id in list(self._reopened_calls):
+            call = self._calls.get(call_id)
+            if call is None or call_id not in self._ended:  # forgotten, closed again, or started again
+                self._reopened_calls.discard(call_id)
+            elif not call.pending and call.ends_at is None and now - call.last_seen > self.end_wait_s:
+                del self._calls[call_id]  # what it labelled since stays the new call's (_done_of), should a
+                self._reopened_calls.discard(call_id)  # 'started' of a call reusing the id come after it
 
     # -- queries --------------------------------------------------------------------------------
     def next_deadline(self) -> float | None:

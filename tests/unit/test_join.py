@@ -265,6 +265,29 @@ def test_a_closed_call_reopened_by_a_part_sent_in_time_expects_what_it_declared(
     )
 
 
+def test_a_call_reopened_by_a_late_part_is_no_open_call_once_that_part_is_labelled() -> None:
+    """A newcomer saw 2 open calls after every call had ended: a call reopened by a part read after
+    its close stayed open here until idle_s (an hour). Once it has nothing pending and has sent
+    nothing for end_wait_s it is let go, still closed: what it labelled stays known, a later part
+    reopens it again, and a 'started' of a new call under the id keeps the ids read before it."""
+    j = Joiner(wait_s=1.0, default_modalities=("text",), end_wait_s=3.0)
+    j.add("c", "u0", 0, "A", "text", "t0", "h0", now=0.0, partition=0, ts=100.0)
+    j.call_ended("c", now=1.0, partition=0, ts=101.0)
+    assert j.expire(now=4.5).ended_calls == ["c"] and j.open_calls == 0
+    r = j.add("c", "u1", 1, "A", "text", "t1", "h1", now=5.0, partition=0, ts=100.5)  # read after the close
+    assert ids(r) == ["u1"] and r.reopened is not None and j.open_calls == 1
+    j.expire(now=7.9)
+    assert j.open_calls == 1  # within end_wait_s of its part
+    j.expire(now=8.1)
+    assert j.open_calls == 0 and j.has_ended("c") and j.labelled("c", "u1")
+    assert j.add("c", "u1", 1, "A", "text", "t1", "h1", now=9.0, partition=0).duplicate_parts == 1  # a redelivery
+    again = j.add("c", "u2", 2, "A", "text", "t2", "h2", now=9.5, partition=0, ts=110.0)  # the next call's?
+    assert ids(again) == ["u2"] and again.reopened is not None and j.open_calls == 1  # reopened again
+    j.call_started("c", None, now=10.0, partition=0, closed_before=True)  # a new call under the id
+    j.expire(now=20.0)
+    assert j.open_calls == 1 and j.labelled("c", "u2") and not j.labelled("c", "u0")  # open: the new call
+
+
 def test_labelled_ids_are_bounded_per_call_too() -> None:
     j = Joiner(wait_s=0.0, default_modalities=("text",), max_finished=3)
     for i in range(5):
