@@ -9,6 +9,7 @@ command with a one-line message and exit code 2, not a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import tempfile
@@ -168,7 +169,10 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
         return None
     if end is None:
         return None
-    polled_ms, reachable = None, True
+    polled_ms, reachable, committed = None, True, None
+    with contextlib.suppress(Exception):  # faust's own record of the group's commits (private)
+        found = app.consumer._committed_offset.get(tp)
+        committed = int(found) if found is not None else None
     try:  # faust's consumer thread holds the aiokafka consumer; private paths, so they may fail
         consumer = app.consumer._thread._ensure_consumer()
         polled_ms = consumer.last_poll_timestamp(tp)
@@ -179,7 +183,7 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
     except Exception:
         pass
     age = 0.0 if polled_ms is None else max(0.0, time.time() - polled_ms / 1000.0)
-    return PartitionEnd(int(end), age, reachable)
+    return PartitionEnd(int(end), age, reachable, committed)
 
 
 def quiet_kafka_python(level: str) -> None:

@@ -105,6 +105,7 @@ class PartitionEnd:
     offset: int
     age_s: float
     reachable: bool = True  # its leader is known and this consumer is connected to it
+    committed: int | None = None  # the group's committed offset there (the next to read), where known
 
 
 @dataclass
@@ -240,7 +241,8 @@ class Worker:
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         self.idle_end_s = settings.idle_end_s()  # a call quiet this long is ended (Worker._end_quiet); 0: never
         self.wall: Callable[[], float] = time.time  # when calls last labelled something, in Redis (a shared clock)
-        self.swept_at = float("-inf")  # wall clock of the last look for calls gone quiet
+        self.swept_at = float("-inf")  # when calls gone quiet were last looked for (clock)
+        self.reading_key: bytes | None = None  # the key of the message on_message handles now (one at a time)
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
         metrics.limits.labels("open_calls").set(j.max_open_calls)
         metrics.limits.labels("finished_ids").set(j.max_finished_ids)
@@ -259,6 +261,22 @@ class Worker:
         effects are published. Never raises (but for cancellation): a message it cannot use is
         dead-lettered and acked."""
         self.metrics.messages_in.labels(topic).inc()
+        self.reading_key = key  # its call is not ended as quiet meanwhile (Worker._end_quiet)
+        try:
+            await self._on_message(topic, partition, offset, key, value, handle, timestamp)
+        finally:
+            self.reading_key = None
+
+    async def _on_message(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        handle: Any,
+        timestamp: float | None,
+    ) -> None:
         self.assigned_at.setdefault(partition, self.clock())
         receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
         await self._backpressure()
@@ -689,7 +707,7 @@ class Worker:
         utterance waiting for a part that never came waited for the load to stop); every
         ``QUIET_SWEEP_S``, end the calls gone quiet (:meth:`_end_quiet`)."""
         await self.tick()
-        if self.idle_end_s and self.wall() - self.swept_at >= QUIET_SWEEP_S:
+        if self.idle_end_s and self.clock() - self.swept_at >= QUIET_SWEEP_S:
             await self._end_quiet()
         if self.awaiting_start:
             await self._let_go_unstarted()
@@ -703,11 +721,13 @@ class Worker:
 
     def caught_up(self, partition: int) -> bool:
         """Whether every input topic of ``partition`` is read to its end as far as the consumer knows:
-        no backlog there, so a call of it that sent nothing for a while has sent nothing. Not within
-        ``NOTHING_READ_GRACE_S`` of getting the partition (the consumer fetches every partition it
-        has, so a backlog shows within that; a topic nothing was read from since then holds only
-        older, committed messages), nor while a leader is unreachable or within ``RECOVERED_GRACE_S``
-        after one was (see :meth:`behind`)."""
+        no backlog there, so a call of it that sent nothing for a while has sent nothing. Read to the
+        end: past what this worker has read and past the group's committed offset (a topic nothing
+        was read from since a restart may still hold a backlog that waits for the agent). Not within
+        ``NOTHING_READ_GRACE_S`` of getting the partition, nor while a leader is unreachable or within
+        ``RECOVERED_GRACE_S`` after one was (see :meth:`behind`). A topic whose position has not
+        grown for ``join.max_stall_s`` counts as read to its end (as in :meth:`behind`: an end offset
+        that counts records that never come, such as a transactional producer's commit markers)."""
         now = self.clock()
         if partition not in self.assigned_at or now - self.assigned_at[partition] < NOTHING_READ_GRACE_S:
             return False
@@ -717,8 +737,12 @@ class Worker:
             end = self.highwater(topic, partition)
             if end is None:
                 continue  # the end not known: no sign of a backlog
+            if not end.reachable:
+                return False
             seen = self.read.get((topic, partition))
-            if not end.reachable or (seen is not None and seen[1] + 1 < end.offset):
+            position = max(seen[1] + 1 if seen is not None else 0, end.committed or 0)
+            still = now - (seen[2] if seen is not None else self.assigned_at[partition])
+            if position < end.offset and still < self.settings.join.max_stall_s:
                 return False
         return True
 
@@ -733,10 +757,14 @@ class Worker:
         of a call after this reopens it, labelled without its earlier context, as a part read after a
         call closed does (README: Calls that end)."""
         now = self.wall()
-        self.swept_at = now
+        self.swept_at = self.clock()
         found: dict[int, list[str]] = {}
         try:
             for partition in sorted(p for p in self.assigned_at if self.caught_up(p)):
+                # (a call quiet for redis.ttl_s: its state expired, and the join forgot it then)
+                expired = await self.processor.store.quiet(partition, now - self.settings.redis.ttl_s)
+                if expired:
+                    await self.processor.store.untrack(partition, expired)
                 quiet = await self.processor.store.quiet(partition, now - self.idle_end_s)
                 if quiet:
                     found[partition] = quiet
@@ -748,11 +776,15 @@ class Worker:
         closed_here: dict[int, list[str]] = {}
         async with self.lock:
             for partition, quiet in found.items():
-                if partition not in self.assigned_at:
-                    continue  # revoked meanwhile: its next owner looks
+                if partition not in self.assigned_at or not self.caught_up(partition):
+                    continue  # revoked meanwhile (its next owner looks), or messages came
                 for call_id in quiet:
                     if call_id in self.ending or call_id in self.held or call_id in self.awaiting_start:
                         continue  # ending already, or its messages wait for an earlier close
+                    if call_id in self.letting_go or call_id in self.starting:
+                        continue  # its held messages are being joined
+                    if self.reading_key == call_id.encode():
+                        continue  # a message of it is being read (a 'started' waiting for Redis, say)
                     if self.joiner.has_ended(call_id):  # closed here and reopened by a part read late: as
                         closed_here.setdefault(partition, []).append(call_id)  # before, left to its TTL
                         continue
@@ -764,13 +796,15 @@ class Worker:
                 await self.processor.store.untrack(partition, call_ids)
 
     def _stand_in_quiet_end(self, call_id: str, partition: int) -> None:
-        """End a call gone quiet (:meth:`_end_quiet`) as if its 'ended' had come now, at the control
-        partition's last offset (a 'started' using the id again comes after it). Under ``self.lock``."""
+        """End a call gone quiet (:meth:`_end_quiet`) as if its 'ended' had come now, at the last
+        offset of its control partition that this worker has handled or the group committed (a
+        'started' using the id again comes after it: one fetched but not handled yet is no replay).
+        Under ``self.lock``."""
         control = self.settings.kafka.topics.control
         offset = self.read.get((control, partition), (0.0, -1, 0.0))[1]
         end = self.highwater(control, partition)
-        if end is not None:
-            offset = max(offset, end.offset - 1)
+        if end is not None and end.committed is not None:
+            offset = max(offset, end.committed - 1)
         lease = self.leases.setdefault(partition, Lease())
         self.ending.setdefault(call_id, []).append(Receipt(control, partition, offset, _NoAck(True, "idle"), lease))
         # no record time: a part of it sent later is joined (reopening the call), never refused as after its end
@@ -1021,9 +1055,9 @@ class Worker:
             self.metrics.calls_without_end.inc()
             if (n := self._sampled("quiet")) is not None:
                 log.warning("call %s: no part for %.0f s (join.idle_end_s) and no 'ended': ended as if its 'ended' "
-                            "had come (its summary is out, ended_by idle, and its alerts cleared); a part of it "
-                            "read later reopens it, labelled without its earlier context; a call's end comes as "
-                            "'ended' on %s (README, Calls that end) [%d so far]", call_id, self.idle_end_s,
+                            "had come (its final revisions, its summary with ended_by idle, its alerts cleared); a "
+                            "part of it read later reopens it, labelled without its earlier context; a call's end "
+                            "comes as 'ended' on %s (README, Calls that end) [%d so far]", call_id, self.idle_end_s,
                             self.settings.kafka.topics.control, n)  # fmt: skip
         elif stood_in and stood_in[0].why == "started" and spoke:  # ended at its id's next 'started'
             self.metrics.calls_without_end.inc()
@@ -1145,7 +1179,7 @@ class Worker:
             stage = "redis"
             await self.processor.commit(outcome)
             if self.idle_end_s:  # the calls' last activity, by partition, for Worker._end_quiet
-                await self.processor.store.touch({u.call_id: u.partition for u in batch if self._owned(u)}, self.wall())
+                await self._touch({u.call_id: u.partition for u in batch if self._owned(u)})
             lap("commit")
             stage = "deadletter"
             for utt, why in outcome.failed:
@@ -1196,6 +1230,16 @@ class Worker:
                 for receipt in utt.handles:
                     receipt.ack()
         return True
+
+    async def _touch(self, calls: dict[str, int]) -> None:
+        """Store the calls' last activity (:meth:`ContextStore.touch`); a failure loses no event (the
+        batch is out): those calls are watched again from their next batch."""
+        try:
+            await self.processor.store.touch(calls, self.wall())
+        except Exception as exc:
+            self.metrics.stage_errors.labels("redis").inc()
+            log.warning("storing when %d calls last spoke failed (%s): they are watched for going quiet (join."
+                        "idle_end_s) again from their next batch", len(calls), _describe(exc))  # fmt: skip
 
     def _misdeclared(self, utt: Utterance, why: str, used: bool) -> None:
         """Count audio whose format sounds mis-declared, and say so once a call (a producer's

@@ -701,7 +701,7 @@ def test_a_quiet_call_is_not_ended_while_its_partition_is_read_behind_nor_while_
         await w.pump()
         assert len(events(sent)) == 1
         w.highwater = lambda topic, partition: PartitionEnd(9 if topic == t.text else 1, 0.1)  # text: 8 to read
-        await later(w, clock, 120)
+        await later(w, clock, 100)
         assert store.released == [] and "c" not in w.ending
         w.highwater = lambda topic, partition: PartitionEnd(2 if topic == t.text else 1, 0.1)  # read to the end
         store.active[0]["c"] = clock.now - 100  # its last batch long ago, but a part read just now waits for audio
@@ -711,6 +711,23 @@ def test_a_quiet_call_is_not_ended_while_its_partition_is_read_behind_nor_while_
         await later(w, clock, 70)
         assert store.released == ["c"]  # u1 labelled without its audio, then quiet for 60 s
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)
+
+
+def test_a_quiet_call_is_ended_once_a_partitions_end_has_not_moved_for_max_stall_s() -> None:
+    """An end offset that counts records that never come (a transactional producer's commit
+    markers) must not stop the ends for good: a topic whose position has not grown for
+    join.max_stall_s counts as read to its end, as it does for the join's waits."""
+
+    async def scenario() -> None:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        await spoken_call(w, log)
+        w.highwater = lambda topic, partition: PartitionEnd(2, 0.1, committed=1)  # one past every last record
+        await later(w, clock, w.settings.join.max_stall_s - 10)
+        assert store.released == []
+        await later(w, clock, 20)
+        assert store.released == ["c"]
+
+    asyncio.run(scenario())
 
     asyncio.run(scenario())
 
@@ -724,17 +741,76 @@ def test_a_quiet_call_is_ended_by_a_worker_that_never_saw_it() -> None:
         await spoken_call(w, log)
         w2 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=clock)
         w2.wall = clock
-        w2.highwater = lambda topic, partition: PartitionEnd(4, 0.1)  # read to offset 3 before the restart
+        # restarted after an outage: the group committed offset 2 of 4 on every topic, and the agent has
+        # not handed the worker those two messages yet (busy): a backlog that may hold the call's parts
+        w2.highwater = lambda topic, partition: PartitionEnd(4, 0.1, committed=2)
         w2.assigned({0})
         await later(w2, clock, 70)
-        assert store.released == ["c"] and store.closed == {"c": 3}  # its control partition's last offset
+        assert store.released == []
+        w2.highwater = lambda topic, partition: PartitionEnd(4, 0.1, committed=4)  # read (by a worker before)
+        await later(w2, clock, 10)
+        assert store.released == ["c"] and store.closed == {"c": 3}  # its control partition's last offset committed
         assert "emostream_calls_without_end_total 1.0" in _metrics(w2)
         w3 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=clock)
         w3.wall = clock
         w3.assigned({1})  # another partition: not its call
         store.active[0] = {"d": clock.now - 100}
+        store.active[1] = {"e": clock.now - w.settings.redis.ttl_s - 1}  # its state expired: the join counted it
         await later(w3, clock, 70)
-        assert store.released == ["c"]
+        assert store.released == ["c"] and store.active[1] == {}
+        assert "emostream_calls_without_end_total 0.0" in _metrics(w3)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("order", ["sweep first", "started first"])
+def test_a_new_calls_started_read_while_a_quiet_call_is_ended_begins_a_new_call(order: str) -> None:
+    """A review's race: the consumer fetched a new call's 'started' while the sweep looked in Redis.
+    The close mark must not cover that 'started' (it would be taken for a replay: the new call under
+    the old call's ids), and a 'started' whose handling waits for Redis must not meet a second,
+    idle, stand-in for its call: whichever comes first, one end, and the new call runs as c~g1."""
+
+    async def scenario() -> None:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, p: PartitionEnd(1, 0.1, committed=1)
+        await spoken_call(w, log)
+        await later(w, clock, 55)
+        ends = {t.control: 1}
+        w.highwater = lambda topic, p: PartitionEnd(ends.get(topic, 1), 0.1, committed=1)
+        real_quiet, real_previous = store.quiet, store.previous_start
+        gate = asyncio.Event()
+
+        async def quiet(partition: int, since: float, limit: int = 100) -> list[str]:
+            if order == "sweep first":  # fetched meanwhile, not handled yet: the new call's 'started' at offset 1
+                ends[t.control] = 2  # (the other order: the end offset the consumer last heard is older)
+            return await real_quiet(partition, since, limit)
+
+        async def previous_start(call: str) -> PreviousStart:
+            got = await real_previous(call)
+            await gate.wait()
+            return got
+
+        store.quiet, store.previous_start = quiet, previous_start  # type: ignore[method-assign]
+        clock.now += 10
+        new = started(200.0)
+        if order == "sweep first":
+            gate.set()
+            await w._end_quiet()
+            await w.on_message(t.control, 0, 1, b"c", new, Handle(log, "s1"), timestamp=165.0)
+        else:  # on_message waits on Redis for the call's previous start while the sweep runs
+            task = asyncio.create_task(w.on_message(t.control, 0, 1, b"c", new, Handle(log, "s1"), timestamp=165.0))
+            await asyncio.sleep(0)
+            await w._end_quiet()
+            gate.set()
+            await task
+        assert len(w.ending["c"]) == 1
+        await later(w, clock, 3, step=0.5)
+        assert store.closed.get("c", 0) < 1 and store.generation == {"c": "1"}
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u0", 0, words="new call"), Handle(log, "n0"), timestamp=166.0)
+        await later(w, clock, 2, step=0.5)
+        assert [e.event_id.split(":")[0] for e in events(sent)] == ["c", "c~g1"]
+        assert "emostream_calls_without_end_total 1.0" in _metrics(w)
 
     asyncio.run(scenario())
 
