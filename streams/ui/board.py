@@ -241,6 +241,8 @@ class Board:
         return {
             "call_id": call.call_id,
             "ended": call.ended_at is not None,
+            # what ended it (its 'ended', a 'started' of its id, or no part for join.idle_end_s)
+            "ended_by": call.report.ended_by if call.report is not None and call.report.final else None,
             "updated_at": call.updated_at,
             "heard_at": call.heard_at,
             "turns": sum(says_something(e) for e in counted),  # as the call's report counts them: an utterance read

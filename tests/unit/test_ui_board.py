@@ -89,6 +89,10 @@ def test_ended_calls_go_after_keep_ended_s_and_the_board_is_bounded() -> None:
     v = board.version
     snap = board.snapshot()["calls"]
     assert [(c["call_id"], c["ended"]) for c in snap] == [("long", False), ("done", True)]  # ended calls last
+    assert [c["ended_by"] for c in snap] == [None, None]
+    other = Board(clock=clock)
+    other.add("report", report("quiet", final=True).model_copy(update={"ended_by": "idle"}).to_bytes())
+    assert other.snapshot()["calls"][0]["ended_by"] == "idle"  # the page says it went quiet
     for c in ("x", "y"):  # a fourth call: the ended one goes first
         clock.now += 1
         board.add("emotion", make_event(call_id=c).to_bytes())

@@ -26,7 +26,10 @@ function worst(call) {
 let nowS = Date.now() / 1000;  // the board server's time at this drawing (one value for a whole sort)
 const quietFor = (c) => (c.ended ? 0 : Math.max(0, nowS - c.heard_at));
 const isQuiet = (c) => quietFor(c) >= QUIET_S;
-const state = (c) => (c.ended ? "ended" + (c.after_end ? ` · ${c.after_end} more after its end` : "")
+// how it ended, where not by its 'ended' (a platform that lost it: README, Calls that end)
+const howEnded = (c) => (c.ended_by === "idle" ? " (went quiet, no 'ended')"
+  : c.ended_by === "started" ? " (started again, no 'ended')" : "");
+const state = (c) => (c.ended ? "ended" + howEnded(c) + (c.after_end ? ` · ${c.after_end} more after its end` : "")
   : isQuiet(c) ? `quiet ${Math.floor(quietFor(c) / 60)} min` : "live");
 // "7 turns (1 not read)", as the call's summary counts them
 const turns = (c) => `${c.turns} turn${c.turns === 1 ? "" : "s"}${c.unread ? ` (${c.unread} not read)` : ""}`;
