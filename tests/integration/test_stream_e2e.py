@@ -298,8 +298,9 @@ def test_a_call_that_goes_quiet_without_its_ended_is_summarised_and_its_alerts_c
         for a in (a for a in mine if a.state == "raised"):
             assert any(x.alert_id == a.alert_id and x.state == "cleared" and x.reason == "call idle" for x in mine)
         assert not any(r.final for r in collector.reports if r.call_id == chatty.call_id)  # talking all along
-        assert "no part for 6 s (join.idle_end_s) and no 'ended'" in worker.tail(10**6)
-        assert "emostream_calls_without_end_total 1.0" in worker.metrics()
+        # logged and counted once the close is done, just after its summary is out
+        assert _poll(lambda: "no part for 6 s (join.idle_end_s) and no 'ended'" in worker.tail(10**6)), worker.tail()
+        assert _poll(lambda: "emostream_calls_without_end_total 1.0" in worker.metrics()), worker.metrics()
         assert _poll(lambda: open_alerts(worker) == 0), worker.metrics()
     finally:
         collector.close()
