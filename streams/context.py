@@ -539,10 +539,13 @@ class ContextStore:
                 pipe.pexpire(self.active_key(partition), self.ttl_ms)  # a partition quiet that long: all expired
             await pipe.execute()
 
-    async def quiet(self, partition: int, since: float, limit: int = 100) -> list[str]:
-        """The partition's calls that labelled nothing after ``since`` (wall clock), the quietest first."""
-        got = await self.client.zrangebyscore(self.active_key(partition), "-inf", since, start=0, num=limit)
-        return [_text(c) for c in got]
+    async def quiet(self, partition: int, since: float, limit: int = 100) -> list[tuple[str, float]]:
+        """The partition's calls that labelled nothing after ``since`` (wall clock), the quietest
+        first, with when they last did."""
+        got = await self.client.zrangebyscore(
+            self.active_key(partition), "-inf", since, start=0, num=limit, withscores=True
+        )
+        return [(_text(c), float(at)) for c, at in got]
 
     async def untrack(self, partition: int, call_ids: list[str]) -> None:
         """The calls are no longer watched for going quiet (closed, or left to their state's TTL)."""

@@ -719,32 +719,39 @@ class Worker:
                     await self._let_go_unstarted()
                 ticked = self.clock()
 
-    def caught_up(self, partition: int) -> bool:
-        """Whether every input topic of ``partition`` is read to its end as far as the consumer knows:
-        no backlog there, so a call of it that sent nothing for a while has sent nothing. Read to the
-        end: past what this worker has read and past the group's committed offset (a topic nothing
-        was read from since a restart may still hold a backlog that waits for the agent). Not within
-        ``NOTHING_READ_GRACE_S`` of getting the partition, nor while a leader is unreachable or within
-        ``RECOVERED_GRACE_S`` after one was (see :meth:`behind`). A topic whose position has not
-        grown for ``join.max_stall_s`` counts as read to its end (as in :meth:`behind`: an end offset
-        that counts records that never come, such as a transactional producer's commit markers)."""
+    def read_through(self, partition: int) -> float:
+        """The time (wall clock, as the record times tell it) up to which every input topic of
+        ``partition`` is read, so that a call of it whose last part came before and whose next did not
+        come by then has sent nothing for that long: now for a topic read to its end (past what this
+        worker has read and past the group's committed offset: a topic nothing was read from since a
+        restart may still hold a backlog that waits for the agent), else the newest record time read
+        there (under a steady load the topics are never read to their end: before, no call was ended
+        then). -inf: not known (within ``NOTHING_READ_GRACE_S`` of getting the partition, while a
+        leader is unreachable or within ``RECOVERED_GRACE_S`` after one was, see :meth:`behind`; a
+        backlog not read from yet). A topic whose position has not grown for ``join.max_stall_s``
+        counts as read to its end (as in :meth:`behind`: an end offset that counts records that never
+        come, such as a transactional producer's commit markers)."""
         now = self.clock()
         if partition not in self.assigned_at or now - self.assigned_at[partition] < NOTHING_READ_GRACE_S:
-            return False
+            return float("-inf")
         if now - self.disturbed_at < RECOVERED_GRACE_S:
-            return False
+            return float("-inf")
+        through = self.wall()
         for topic in self.topic_of.values():
             end = self.highwater(topic, partition)
             if end is None:
                 continue  # the end not known: no sign of a backlog
             if not end.reachable:
-                return False
+                return float("-inf")
             seen = self.read.get((topic, partition))
             position = max(seen[1] + 1 if seen is not None else 0, end.committed or 0)
             still = now - (seen[2] if seen is not None else self.assigned_at[partition])
-            if position < end.offset and still < self.settings.join.max_stall_s:
-                return False
-        return True
+            if position >= end.offset or still >= self.settings.join.max_stall_s:
+                continue
+            if seen is None:
+                return float("-inf")
+            through = min(through, seen[0])
+        return through
 
     async def _end_quiet(self) -> None:
         """End the calls of this worker's partitions that labelled nothing for ``join.idle_end_s``
@@ -752,22 +759,25 @@ class Worker:
         come: their final revisions and summary go out (``ended_by: idle``) and their open alerts
         clear (before, nothing did: the supervisor saw the call's alert open until its state expired).
         Each batch stores its calls' last activity in Redis by partition (:meth:`ContextStore.touch`),
-        so a worker that restarted or took the partition over ends them too. Only partitions read to
-        their end are looked at (:meth:`caught_up`): a backlog may hold the call's next parts. A part
-        of a call after this reopens it, labelled without its earlier context, as a part read after a
-        call closed does (README: Calls that end)."""
+        so a worker that restarted or took the partition over ends them too. A call counts as quiet
+        for ``join.idle_end_s`` before the time its partition is read through (:meth:`read_through`),
+        not before now: a backlog may hold its next parts. A part of a call after this reopens it,
+        labelled without its earlier context, as a part read after a call closed does (README: Calls
+        that end)."""
         now = self.wall()
         self.swept_at = self.clock()
-        found: dict[int, list[str]] = {}
+        found: dict[int, list[tuple[str, float]]] = {}
         try:
-            for partition in sorted(p for p in self.assigned_at if self.caught_up(p)):
+            for partition in sorted(self.assigned_at):
                 # (a call quiet for redis.ttl_s: its state expired, and the join forgot it then)
                 expired = await self.processor.store.quiet(partition, now - self.settings.redis.ttl_s)
                 if expired:
-                    await self.processor.store.untrack(partition, expired)
-                quiet = await self.processor.store.quiet(partition, now - self.idle_end_s)
-                if quiet:
-                    found[partition] = quiet
+                    await self.processor.store.untrack(partition, [c for c, _ in expired])
+                through = self.read_through(partition)
+                if through > float("-inf"):
+                    quiet = await self.processor.store.quiet(partition, through - self.idle_end_s)
+                    if quiet:
+                        found[partition] = quiet
         except Exception as exc:  # Redis down: the batches say so and retry; this looks again later
             log.warning("looking for calls gone quiet failed (%s); looking again in %.0f s", _describe(exc),
                         QUIET_SWEEP_S)  # fmt: skip
@@ -776,9 +786,12 @@ class Worker:
         closed_here: dict[int, list[str]] = {}
         async with self.lock:
             for partition, quiet in found.items():
-                if partition not in self.assigned_at or not self.caught_up(partition):
-                    continue  # revoked meanwhile (its next owner looks), or messages came
-                for call_id in quiet:
+                if partition not in self.assigned_at:
+                    continue  # revoked meanwhile: its next owner looks
+                cutoff = self.read_through(partition) - self.idle_end_s  # (again: messages came meanwhile)
+                for call_id, last in quiet:
+                    if last > cutoff:
+                        continue
                     if call_id in self.ending or call_id in self.held or call_id in self.awaiting_start:
                         continue  # ending already, or its messages wait for an earlier close
                     if call_id in self.letting_go or call_id in self.starting:

@@ -299,12 +299,15 @@ def test_the_calls_watched_for_going_quiet_are_kept_by_partition_and_left_at_rel
         await store.touch({"a": 0, "b": 0, "c": 1}, 1000.0)
         await store.touch({"b": 0}, 1010.0)  # b spoke again
         await store.touch({"d": 0}, 995.5)
-        assert await store.quiet(0, 1005.0) == ["d", "a"] and await store.quiet(0, 1010.0) == ["d", "a", "b"]
-        assert await store.quiet(0, 1010.0, limit=1) == ["d"] and await store.quiet(1, 1000.0) == ["c"]
+        assert await store.quiet(0, 1005.0) == [("d", 995.5), ("a", 1000.0)]
+        assert [c for c, _ in await store.quiet(0, 1010.0)] == ["d", "a", "b"]
+        assert await store.quiet(0, 1010.0, limit=1) == [("d", 995.5)] and await store.quiet(1, 1000.0) == [
+            ("c", 1000.0)
+        ]
         assert await store.quiet(2, 1e12) == []
         await store.release(["a"], {"a": 4}, {"a": 0})
         await store.untrack(0, ["d"])
-        assert await store.quiet(0, 1e12) == ["b"] and await store.quiet(1, 1e12) == ["c"]
+        assert await store.quiet(0, 1e12) == [("b", 1010.0)] and await store.quiet(1, 1e12) == [("c", 1000.0)]
         assert 0 < await client.pttl(store.active_key(0)) <= 60_000
         await client.aclose()
 

@@ -20,7 +20,7 @@ from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart, VideoPart
 from streams.settings import Settings
-from streams.worker import NOTHING_READ_GRACE_S, RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
+from streams.worker import NOTHING_READ_GRACE_S, QUIET_SWEEP_S, RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
 
 
 class FakeEngine:
@@ -76,9 +76,9 @@ class FakeStore:
         for c, p in calls.items():
             self.active.setdefault(p, {})[c] = at
 
-    async def quiet(self, partition: int, since: float, limit: int = 100) -> list[str]:
+    async def quiet(self, partition: int, since: float, limit: int = 100) -> list[tuple[str, float]]:
         scores = self.active.get(partition, {})
-        return sorted((c for c, at in scores.items() if at <= since), key=scores.__getitem__)[:limit]
+        return sorted(((c, at) for c, at in scores.items() if at <= since), key=lambda x: x[1])[:limit]
 
     async def untrack(self, partition: int, calls: list[str]) -> None:
         for c in calls:
@@ -713,6 +713,39 @@ def test_a_quiet_call_is_not_ended_while_its_partition_is_read_behind_nor_while_
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)
 
 
+def test_under_a_steady_load_a_quiet_call_is_ended_on_time_and_a_backlog_still_holds_it() -> None:
+    """A newcomer's 150 calls talking once a second: the partitions were never read to their end,
+    so a call that lost its 'ended' was ended late, or never (its alerts open). A call is quiet for
+    join.idle_end_s before the record time its partition is read through: on time under a steady
+    load (a few messages in flight), not while a backlog of older records is read."""
+
+    async def scenario(lag_s: float) -> tuple[list[str], float]:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        t = w.settings.kafka.topics
+
+        def end(topic: str, partition: int) -> PartitionEnd:  # three records always in flight on the text topic
+            seen = w.read.get((topic, partition))
+            return PartitionEnd((seen[1] + 1 if seen else 0) + (3 if topic == t.text else 0), 0.1)
+
+        w.highwater = end
+        await spoken_call(w, log)
+        n = 1
+        while clock.now < 180:
+            clock.now += 2.0
+            part = text("d", f"u{n}", n, words="still here")  # the busy call, read lag_s after it was sent
+            await w.on_message(t.text, 0, n, b"d", part, Handle(log, f"d{n}"), timestamp=clock.now - lag_s)
+            await w.pump()
+            n += 1
+            if store.released:
+                return store.released, clock.now
+        return store.released, clock.now
+
+    released, at = asyncio.run(scenario(lag_s=1.0))
+    assert released == ["c"] and at <= 100.5 + 60 + 2 * QUIET_SWEEP_S, at  # its last part at 100.5
+    released, at = asyncio.run(scenario(lag_s=100.0))  # a backlog: what is read was sent 100 s ago
+    assert released == []
+
+
 def test_a_quiet_call_is_ended_once_a_partitions_end_has_not_moved_for_max_stall_s() -> None:
     """An end offset that counts records that never come (a transactional producer's commit
     markers) must not stop the ends for good: a topic whose position has not grown for
@@ -781,7 +814,7 @@ def test_a_new_calls_started_read_while_a_quiet_call_is_ended_begins_a_new_call(
         real_quiet, real_previous = store.quiet, store.previous_start
         gate = asyncio.Event()
 
-        async def quiet(partition: int, since: float, limit: int = 100) -> list[str]:
+        async def quiet(partition: int, since: float, limit: int = 100) -> list[tuple[str, float]]:
             if order == "sweep first":  # fetched meanwhile, not handled yet: the new call's 'started' at offset 1
                 ends[t.control] = 2  # (the other order: the end offset the consumer last heard is older)
             return await real_quiet(partition, since, limit)
