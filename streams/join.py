@@ -124,7 +124,7 @@ class JoinResult:
     #: whose utterances wait for it again (its first part came): why, for the log
     learned: list[str] = field(default_factory=list)
     unlearned: list[str] = field(default_factory=list)
-    #: calls forgotten after ``idle_s`` without a part and without an 'ended'
+    #: calls forgotten after ``idle_s`` without a part and without an 'ended', that labelled something here
     idle_calls: list[str] = field(default_factory=list)
 
     def extend(self, other: JoinResult) -> None:
@@ -488,10 +488,22 @@ class Joiner:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
             # its labelled ids, as a closed call's: a 'started' using the id again forgets them
-            self._closed_ids.setdefault(call_id, set()).update(self._done_of.pop(call_id, set()))
-            if call_id not in self._ended:  # (not one that did, reopened by a part read after its close)
+            labelled = self._done_of.pop(call_id, set())
+            self._closed_ids.setdefault(call_id, set()).update(labelled)
+            # (not one that sent 'ended', reopened by a part read after its close; nor one that labelled
+            # nothing here: a 'started' alone, or parts all dead-lettered, which a newcomer saw counted)
+            if call_id not in self._ended and self._used_a_part(call_id, labelled):
                 result.idle_calls.append(call_id)
         return result
+
+    def _used_a_part(self, call_id: str, utterance_ids: set[str]) -> bool:
+        """Whether one of the call's labelled ``utterance_ids`` (still remembered) was labelled from a
+        part, not released with every part dead-lettered."""
+        for utterance_id in utterance_ids:
+            done = self._done.get((call_id, utterance_id))
+            if done is not None and any(d is not None for d in done[1 : 1 + len(MODALITIES)]):
+                return True
+        return False
 
     def _let_reopened_go(self, now: float) -> None:
         """Forget the calls reopened by a part read after their close once they have nothing pending

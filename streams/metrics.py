@@ -175,8 +175,8 @@ class Metrics:
         self.open_calls = Gauge("emostream_open_calls", "Calls with join state in this worker", registry=r)
         self.calls_without_end = Counter(
             "emostream_calls_without_end_total",
-            "Calls without an 'ended' ended after join.idle_end_s without a part or at a new 'started' of their id, "
-            "or (join.idle_end_s 0) forgotten after redis.ttl_s (a producer that sends no end)",
+            "Calls that said something and had no 'ended': ended after join.idle_end_s without a part or at a new "
+            "'started' of their id, or forgotten after redis.ttl_s where none ended them (a producer that sends no end)",
             registry=r,
         )
         self.open_alerts = Gauge(

@@ -1109,7 +1109,7 @@ class Worker:
             self.metrics.calls_without_end.inc()
             if (n := self._sampled("idle")) is not None:
                 log.warning("call %s: no part for %.0f s (redis.ttl_s) and no 'ended': the worker forgets it; its "
-                            "window and analytics expire from Redis with it, and its open alerts stay open (a "
+                            "window and analytics expire from Redis with it, and its open alerts, if any, stay open (a "
                             "call's end comes as 'ended' on %s: README, Calls that end) [%d so far]", call_id,
                             self.settings.redis.ttl_s, self.settings.kafka.topics.control, n)  # fmt: skip
         for kind, lines in (("learned", result.learned), ("unlearned", result.unlearned)):

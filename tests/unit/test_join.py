@@ -344,6 +344,9 @@ def test_idle_calls_are_forgotten() -> None:
     assert j.open_calls == 0
     j.add("d", "v1", 1, "A", "text", "t", "h", now=12.0)  # a part read after d's close reopens it
     assert j.open_calls == 1 and j.expire(now=30.0).idle_calls == []  # d sent its 'ended': not counted
+    j.call_started("s", ["text"], now=31.0)  # a 'started' alone
+    j.reject("r", "w0", 0, "A", "text", "dead-lettered: invalid_value", now=31.0)  # every part dead-lettered
+    assert j.open_calls == 2 and j.expire(now=42.0).idle_calls == [] and j.open_calls == 0  # said nothing: not counted
 
 
 def test_forget_drops_a_revoked_partitions_calls_and_labelled_ids() -> None:
