@@ -176,7 +176,7 @@ class Metrics:
         self.calls_without_end = Counter(
             "emostream_calls_without_end_total",
             "Calls that said something and had no 'ended': ended after join.idle_end_s without a part or at a new "
-            "'started' of their id, or forgotten after redis.ttl_s where none ended them (a producer that sends no end)",
+            "'started' of their id, or forgotten after redis.ttl_s where none ended them (a producer sending no end)",
             registry=r,
         )
         self.open_alerts = Gauge(
