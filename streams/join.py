@@ -151,6 +151,7 @@ class _Call:
     ends_at: float | None = None  # 'ended' arrived: release everything at this time
     ended_at: float = 0.0  # when 'ended' arrived (wall clock)
     ended_ts: float | None = None  # its record time
+    quiet_end: bool = False  # its end stands in for an 'ended' that never came (join.idle_end_s)
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
     declared: bool = False  # its 'started' said what it sends: nothing is learnt
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
@@ -174,6 +175,7 @@ class _Closed(NamedTuple):
     heard: frozenset[str]
     skip: tuple[str, ...]
     said: bool = False  # it had utterances labelled here, or pending with a part, when it closed
+    quiet_end: bool = False  # closed for sending no part for join.idle_end_s, not after an 'ended'
 
 
 #: how long an utterance waits for a modality its call has not sent (see Joiner.learn_after), at most wait_s:
@@ -293,12 +295,16 @@ class Joiner:
             call.declared, call.skip = True, ()
         return self._release(call_id, now)
 
-    def call_ended(self, call_id: str, now: float, partition: int = -1, ts: float | None = None) -> JoinResult:
-        """The call's end arrived. Its parts travel on other topics and may still be behind it,
-        so the call is closed ``end_wait_s`` later (by :meth:`expire`), not now; later still while
-        those topics are read behind the end's record time ``ts``."""
+    def call_ended(
+        self, call_id: str, now: float, partition: int = -1, ts: float | None = None, quiet: bool = False
+    ) -> JoinResult:
+        """The call's end arrived (``quiet``: the worker stands in for an 'ended' that never came,
+        the call having sent no part for ``join.idle_end_s``). Its parts travel on other topics and
+        may still be behind it, so the call is closed ``end_wait_s`` later (by :meth:`expire`), not
+        now; later still while those topics are read behind the end's record time ``ts``."""
         call = self._touch(call_id, now, partition)
         call.ends_at, call.ended_at, call.ended_ts = now + self.end_wait_s, now, ts
+        call.quiet_end = quiet
         self._push(call.ends_at, call_id, "")
         return self._release(call_id, now)
 
@@ -433,7 +439,9 @@ class Joiner:
         """Why a part reopened a call that had closed, for the log."""
         closed = self._ended.get(call_id)
         end_ts = None if closed is None else closed.ended_ts
-        if ts is None or end_ts is None:
+        if closed is not None and closed.quiet_end:
+            when = "read after the call was ended for sending no part for join.idle_end_s (no 'ended' came)"
+        elif ts is None or end_ts is None:
             when = "read after the call had closed (no record times to tell when it was sent)"
         elif ts <= end_ts:
             when = "sent before the call's 'ended' and read after the call had closed (a backlog)"
@@ -634,7 +642,14 @@ class Joiner:
         call = self._calls.pop(call_id)
         said = bool(self._done_of.get(call_id)) or any(u.parts for u in call.pending.values())
         self._ended[call_id] = _Closed(
-            call.partition, call.ended_ts, call.expected, call.declared, frozenset(call.heard), call.skip, said
+            call.partition,
+            call.ended_ts,
+            call.expected,
+            call.declared,
+            frozenset(call.heard),
+            call.skip,
+            said,
+            call.quiet_end,
         )
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:

@@ -821,7 +821,7 @@ class Worker:
         lease = self.leases.setdefault(partition, Lease())
         self.ending.setdefault(call_id, []).append(Receipt(control, partition, offset, _NoAck(True, "idle"), lease))
         # no record time: a part of it sent later is joined (reopening the call), never refused as after its end
-        self._absorb(self.joiner.call_ended(call_id, self.clock(), partition, None))
+        self._absorb(self.joiner.call_ended(call_id, self.clock(), partition, None, quiet=True))
 
     async def watching(self) -> None:
         """:meth:`watch` in a task of its own: the pump may wait for seconds on a publish to a

@@ -673,9 +673,11 @@ def test_a_call_gone_quiet_without_its_ended_is_ended_as_if_it_had_come(caplog: 
         await later(w, clock, 120)
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)  # once
         n = len(events(sent))
-        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=300.0)
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=300.0)
         await later(w, clock, 2, step=0.5)
         assert [e.utterance_id for e in events(sent)[n:]] == ["u1"] and "ack t1" in log
+        assert "was read after the call was ended for sending no part for join.idle_end_s" in caplog.text
         assert not [v for tp, v in sent if tp == t.deadletter]
         await later(
             w, clock, 120
