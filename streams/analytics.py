@@ -8,7 +8,7 @@ judges the escalation rules (:mod:`streams.rules`) on them, and returns what to 
   rule starts to hold, *updated* while its evidence changes, *cleared* when it stops holding
   (``reason: recovered``; after the rule's ``clear_after`` new turns without holding) or when the
   call ends (``reason: call ended``; ``call idle`` when the worker ended it for want of parts,
-  ``join.idle_end_s``);
+  ``join.idle_end_s``; ``call started again`` when a 'started' of its id ended it);
 - :class:`~streams.schemas.CallReport` on ``kafka.topics.calls``: the call's running trajectory
   per speaker, and a final one, the call summary, when the call ends.
 
@@ -69,6 +69,8 @@ HOSTILE_EMOTIONS: frozenset[str] = frozenset({"anger", "disgust", "frustration",
 #: "Let me fix that right now." as anger 0.47 (the customer's anger carried over by the context); a
 #: newcomer's agent who said nothing hostile came out "hostile 67 %"
 HOSTILE_MIN_CONFIDENCE = 0.5
+#: an alert's ``reason`` when its call's end clears it, by what ended the call (CallReport.ended_by)
+CLEARED_AT_END = {"ended": "call ended", "idle": "call idle", "started": "call started again"}
 
 
 def hostile(t: Turn) -> bool:
@@ -283,8 +285,11 @@ class CallAnalytics:
         state = (await self._load([call_id]))[call_id]
         if not state.turns:  # (before the final revisions: a close done again after a crash would
             return Update()  # make a summary of them alone)
-        out = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
-        messages, _ = self._alerts(call_id, state, final=True, idle=ended_by == "idle")
+        # the final revisions' alerts, not their running report: the summary below comes at once (a newcomer
+        # read a report still listing the alerts just cleared before it)
+        revised = self._apply(call_id, state, [e for e in final_events if e.call_id == call_id])
+        out = [o for o in revised if not isinstance(o.message, CallReport)]
+        messages, _ = self._alerts(call_id, state, final=True, reason=CLEARED_AT_END.get(ended_by, "call ended"))
         out += [self._outgoing("alerts", m) for m in messages]
         report = self._report(call_id, state, {}, final=True).model_copy(update={"ended_by": ended_by})
         out.append(self._outgoing("calls", report))
@@ -380,11 +385,11 @@ class CallAnalytics:
                         call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
 
     def _alerts(
-        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, idle: bool = False
+        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, reason: str = "call ended"
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
         """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
         whose rule no longer holds clears after its ``clear_after`` such turns that count for it
-        (``final``: every open alert clears, for the call's end; ``idle``: an end for want of parts)."""
+        (``final``: every open alert clears, for the call's end, with ``reason``)."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
@@ -413,7 +418,7 @@ class CallAnalytics:
             if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue
-            why = ("call idle" if idle else "call ended") if final else "recovered"
+            why = reason if final else "recovered"
             messages.append(self._alert(was["alert_id"], call_id, name, "cleared", [], was["evidence"], now, why))
         return messages, still
 

@@ -499,8 +499,9 @@ class AlertEvent(_Message):
     state: Literal["raised", "updated", "cleared"]
     reason: str | None = Field(
         None,
-        description="why it cleared: 'recovered', 'call ended', or 'call idle' (the call sent no part for "
-        "join.idle_end_s and no 'ended', and was ended so)",
+        description="why it cleared: 'recovered'; 'call ended' (its 'ended'), 'call idle' (no part for "
+        "join.idle_end_s and no 'ended') or 'call started again' (a 'started' of its id before any 'ended'): the "
+        "call's end, as its final report's ended_by",
     )
     evidence: list[Evidence] = Field(description="the turns that made the rule hold (empty once cleared)")
     measured: str | None = Field(

@@ -119,17 +119,37 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         open_now = {raised[r].alert_id for r in ("customer-negative-streak", "customer-sentiment-low")}
         assert set(reports(out)[0].open_alerts) == open_now  # the streak's two misses of four; still below -0.5
 
-        # the call ends: what is open clears, the summary is final, the state is forgotten
-        out = (await b.end("c")).out
-        ends = alerts(out)
-        assert ends and all(x.state == "cleared" and x.reason == "call ended" for x in ends)
-        summary = reports(out)[-1]
-        assert summary.final and summary.turns == 9 and summary.open_alerts == []
+        # the call ends: what is open clears, the summary is final, the state is forgotten; its final
+        # revision moves the streak's evidence, but no running report comes before the summary
+        out = (await b.end("c", [event("c", 8, "customer", "anger", 0.8, revision=1)])).out
+        ends = [x for x in alerts(out) if x.state == "cleared"]
+        assert ends and all(x.reason == "call ended" for x in ends)
+        (summary,) = reports(out)
+        assert summary.final and summary.turns == 9 and summary.open_alerts == [] and summary.ended_by == "ended"
         assert set(summary.alerts_raised) == set(raised)
-        assert len({x.event_id for x in alerts(out)}) == len(ends)
+        assert len({x.event_id for x in alerts(out)}) == len(alerts(out))
         await b.forget("c")
         assert not await client.keys(f"{prefix}*")
         assert (await b.end("c")).out == []  # an 'ended' replayed after the summary went out: nothing again
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_ended_without_its_ended_says_how_in_its_summary_and_its_alerts_clear_reasons(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """join.idle_end_s and a 'started' before any 'ended' end a call too: the summary's ended_by and
+    the cleared alerts' reason say which (a newcomer could not tell a call started again from one
+    that sent its 'ended')."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        a = CallAnalytics(client, f"test:{unique}:", ttl_s=60, book=load_rules())
+        for call, ended_by, reason in [("i", "idle", "call idle"), ("s", "started", "call started again")]:
+            angry = [event(call, k, "customer", "anger", 0.5 + 0.2 * k) for k in range(3)]
+            assert any(x.state == "raised" for x in alerts(await step(a, angry)))
+            out = (await a.end(call, ended_by=ended_by)).out
+            assert alerts(out) and {x.reason for x in alerts(out)} == {reason}
+            assert [(r.final, r.ended_by) for r in reports(out)] == [(True, ended_by)]
         await client.aclose()
 
     asyncio.run(scenario())
