@@ -521,27 +521,29 @@ class ContextStore:
         return again
 
     def active_key(self, partition: int) -> str:
-        """The calls of an input partition that labelled something, scored by when they last did
-        (wall-clock seconds): what the worker owning the partition ends when they go quiet
+        """The calls of an input partition that labelled something, scored by when they last sent a
+        part (a record time, s): what the worker owning the partition ends when they go quiet
         (``join.idle_end_s``), even after a restart or a rebalance."""
         return f"{self.prefix}active#p{partition}"  # no clash: the calls' own keys are kind#call
 
-    async def touch(self, calls: dict[str, int], at: float) -> None:
-        """The calls (-> their input partition) labelled something at ``at`` (wall clock): one round trip."""
+    async def touch(self, calls: dict[str, tuple[int, float]]) -> None:
+        """The calls (-> their input partition, and when they last sent a part, s) labelled
+        something: one round trip. A call's score only grows (a batch of its older parts read late
+        does not make it look quieter)."""
         by_partition: dict[int, dict[str, float]] = {}
-        for call_id, partition in calls.items():
+        for call_id, (partition, at) in calls.items():
             by_partition.setdefault(partition, {})[call_id] = at
         if not by_partition:
             return
         async with self.client.pipeline(transaction=False) as pipe:
             for partition, scores in by_partition.items():
-                pipe.zadd(self.active_key(partition), scores)
+                pipe.zadd(self.active_key(partition), scores, gt=True)
                 pipe.pexpire(self.active_key(partition), self.ttl_ms)  # a partition quiet that long: all expired
             await pipe.execute()
 
     async def quiet(self, partition: int, since: float, limit: int = 100) -> list[tuple[str, float]]:
-        """The partition's calls that labelled nothing after ``since`` (wall clock), the quietest
-        first, with when they last did."""
+        """The partition's calls that sent no part labelled after ``since``, the quietest first,
+        with when they last did."""
         got = await self.client.zrangebyscore(
             self.active_key(partition), "-inf", since, start=0, num=limit, withscores=True
         )

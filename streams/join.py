@@ -152,6 +152,7 @@ class _Call:
     ended_at: float = 0.0  # when 'ended' arrived (wall clock)
     ended_ts: float | None = None  # its record time
     quiet_end: bool = False  # its end stands in for an 'ended' that never came (join.idle_end_s)
+    used: bool = False  # an utterance of it was released with a part (said something here)
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
     declared: bool = False  # its 'started' said what it sends: nothing is learnt
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
@@ -500,18 +501,9 @@ class Joiner:
             self._closed_ids.setdefault(call_id, set()).update(labelled)
             # (not one that sent 'ended', reopened by a part read after its close; nor one that labelled
             # nothing here: a 'started' alone, or parts all dead-lettered, which a newcomer saw counted)
-            if call_id not in self._ended and self._used_a_part(call_id, labelled):
+            if call_id not in self._ended and call.used:
                 result.idle_calls.append(call_id)
         return result
-
-    def _used_a_part(self, call_id: str, utterance_ids: set[str]) -> bool:
-        """Whether one of the call's labelled ``utterance_ids`` (still remembered) was labelled from a
-        part, not released with every part dead-lettered."""
-        for utterance_id in utterance_ids:
-            done = self._done.get((call_id, utterance_id))
-            if done is not None and any(d is not None for d in done[1 : 1 + len(MODALITIES)]):
-                return True
-        return False
 
     def _let_reopened_go(self, now: float) -> None:
         """Forget the calls reopened by a part read after their close once they have nothing pending
@@ -710,6 +702,7 @@ class Joiner:
                 self._learn(call_id, call, utt, result)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
+                call.used = True
             else:
                 result.ack_now.extend(utt.handles)
             del call.pending[utt.utterance_id]

@@ -209,6 +209,9 @@ class Worker:
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
         self.read: dict[tuple[str, int], tuple[float, int, float]] = {}
+        #: (topic, partition) -> the record time of the highest offset read (one record stamped far ahead
+        #: moves it until the next one, where it would move the maximum for good: Worker.read_through)
+        self.read_latest: dict[tuple[str, int], float] = {}
         #: partition -> when this worker got it (assigned, or else when it first read from it)
         self.assigned_at: dict[int, float] = {}
         self.disturbed_at = float("-inf")  # when an input partition was last seen without its leader (Worker.watch)
@@ -720,15 +723,17 @@ class Worker:
                 ticked = self.clock()
 
     def read_through(self, partition: int) -> float:
-        """The time (wall clock, as the record times tell it) up to which every input topic of
-        ``partition`` is read, so that a call of it whose last part came before and whose next did not
-        come by then has sent nothing for that long: now for a topic read to its end (past what this
-        worker has read and past the group's committed offset: a topic nothing was read from since a
-        restart may still hold a backlog that waits for the agent), else the newest record time read
-        there (under a steady load the topics are never read to their end: before, no call was ended
-        then). -inf: not known (within ``NOTHING_READ_GRACE_S`` of getting the partition, while a
-        leader is unreachable or within ``RECOVERED_GRACE_S`` after one was, see :meth:`behind`; a
-        backlog not read from yet). A topic whose position has not grown for ``join.max_stall_s``
+        """The time (as the record times tell it) up to which every input topic of ``partition`` is
+        read, so that a call of it whose last part was sent before and whose next was not sent by then
+        has sent nothing for that long: now (the wall clock) for a topic read to its end (past what
+        this worker has read and past the group's committed offset: a topic nothing was read from
+        since a restart may still hold a backlog that waits for the agent), else the record time of
+        the latest record read there (under a steady load the topics are never read to their end:
+        before, no call was ended then; the latest, not the largest: one record stamped far ahead
+        would lift the largest for good, and the calls whose next parts wait in a backlog be ended).
+        -inf: not known (within ``NOTHING_READ_GRACE_S`` of getting the partition, while a leader is
+        unreachable or within ``RECOVERED_GRACE_S`` after one was, see :meth:`behind`; a backlog not
+        read from yet). A topic whose position has not grown for ``join.max_stall_s``
         counts as read to its end (as in :meth:`behind`: an end offset that counts records that never
         come, such as a transactional producer's commit markers)."""
         now = self.clock()
@@ -750,20 +755,20 @@ class Worker:
                 continue
             if seen is None:
                 return float("-inf")
-            through = min(through, seen[0])
+            through = min(through, self.read_latest.get((topic, partition), seen[0]))
         return through
 
     async def _end_quiet(self) -> None:
-        """End the calls of this worker's partitions that labelled nothing for ``join.idle_end_s``
-        and got no 'ended' (a platform that lost it, a recorder that crashed) as if their 'ended' had
+        """End the calls of this worker's partitions that sent no part for ``join.idle_end_s`` and
+        got no 'ended' (a platform that lost it, a recorder that crashed) as if their 'ended' had
         come: their final revisions and summary go out (``ended_by: idle``) and their open alerts
         clear (before, nothing did: the supervisor saw the call's alert open until its state expired).
-        Each batch stores its calls' last activity in Redis by partition (:meth:`ContextStore.touch`),
-        so a worker that restarted or took the partition over ends them too. A call counts as quiet
-        for ``join.idle_end_s`` before the time its partition is read through (:meth:`read_through`),
-        not before now: a backlog may hold its next parts. A part of a call after this reopens it,
-        labelled without its earlier context, as a part read after a call closed does (README: Calls
-        that end)."""
+        Each batch stores when its calls last sent a part (a record time) in Redis by partition
+        (:meth:`ContextStore.touch`), so a worker that restarted or took the partition over ends them
+        too. A call counts as quiet once its partition is read through ``join.idle_end_s`` past that
+        (:meth:`read_through`), not once the clock is: a backlog may hold its next parts. A part of
+        a call after this reopens it, labelled without its earlier context, as a part read after a
+        call closed does (README: Calls that end)."""
         now = self.wall()
         self.swept_at = self.clock()
         found: dict[int, list[tuple[str, float]]] = {}
@@ -861,6 +866,7 @@ class Worker:
             ts, last, advanced_at = self.read.get((topic, partition), (float("-inf"), -1, float("-inf")))
             if offset > last:
                 last, advanced_at = offset, self.clock()
+                self.read_latest[(topic, partition)] = timestamp
             self.read[(topic, partition)] = (max(ts, timestamp), last, advanced_at)
 
     def behind(self, modality: str, partition: int, until: float) -> bool:
@@ -969,6 +975,7 @@ class Worker:
                 with contextlib.suppress(KeyError):  # no longer this worker's lag to report
                     self.metrics.lag.remove(topic, str(partition))
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
+            self.read_latest = {tp: v for tp, v in self.read_latest.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
@@ -1191,8 +1198,13 @@ class Worker:
                 lap("analytics")
             stage = "redis"
             await self.processor.commit(outcome)
-            if self.idle_end_s:  # the calls' last activity, by partition, for Worker._end_quiet
-                await self._touch({u.call_id: u.partition for u in batch if self._owned(u)})
+            if self.idle_end_s:  # when the calls last sent a part, by partition, for Worker._end_quiet
+                sent_at: dict[str, tuple[int, float]] = {}
+                for u in batch:
+                    if self._owned(u):  # the record time of its first part (else now)
+                        at = u.first_ts if u.first_ts is not None else self.wall()
+                        sent_at[u.call_id] = (u.partition, max(at, sent_at.get(u.call_id, (0, at))[1]))
+                await self._touch(sent_at)
             lap("commit")
             stage = "deadletter"
             for utt, why in outcome.failed:
@@ -1244,11 +1256,11 @@ class Worker:
                     receipt.ack()
         return True
 
-    async def _touch(self, calls: dict[str, int]) -> None:
-        """Store the calls' last activity (:meth:`ContextStore.touch`); a failure loses no event (the
-        batch is out): those calls are watched again from their next batch."""
+    async def _touch(self, calls: dict[str, tuple[int, float]]) -> None:
+        """Store when the calls last sent a part (:meth:`ContextStore.touch`); a failure loses no
+        event (the batch is out): those calls are watched again from their next batch."""
         try:
-            await self.processor.store.touch(calls, self.wall())
+            await self.processor.store.touch(calls)
         except Exception as exc:
             self.metrics.stage_errors.labels("redis").inc()
             log.warning("storing when %d calls last spoke failed (%s): they are watched for going quiet (join."

@@ -296,9 +296,9 @@ def test_the_calls_watched_for_going_quiet_are_kept_by_partition_and_left_at_rel
     async def scenario() -> None:
         client = aioredis.from_url(services.redis_url)
         store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
-        await store.touch({"a": 0, "b": 0, "c": 1}, 1000.0)
-        await store.touch({"b": 0}, 1010.0)  # b spoke again
-        await store.touch({"d": 0}, 995.5)
+        await store.touch({"a": (0, 1000.0), "b": (0, 1000.0), "c": (1, 1000.0)})
+        await store.touch({"b": (0, 1010.0), "a": (0, 990.0)})  # b spoke again; an older part of a's read late
+        await store.touch({"d": (0, 995.5)})
         assert await store.quiet(0, 1005.0) == [("d", 995.5), ("a", 1000.0)]
         assert [c for c, _ in await store.quiet(0, 1010.0)] == ["d", "a", "b"]
         assert await store.quiet(0, 1010.0, limit=1) == [("d", 995.5)] and await store.quiet(1, 1000.0) == [

@@ -344,6 +344,11 @@ def test_idle_calls_are_forgotten() -> None:
     assert j.open_calls == 0
     j.add("d", "v1", 1, "A", "text", "t", "h", now=12.0)  # a part read after d's close reopens it
     assert j.open_calls == 1 and j.expire(now=30.0).idle_calls == []  # d sent its 'ended': not counted
+    busy = Joiner(wait_s=1.0, default_modalities=("text",), idle_s=10.0, max_finished=3)
+    busy.add("c", "u0", 0, "A", "text", "t", "h", now=0.0)
+    for i in range(5):  # other calls' utterances since: c's labelled id is no longer remembered
+        busy.add(f"o{i}", "u0", 0, "A", "text", "t", "h", now=1.0)
+    assert busy.expire(now=10.5).idle_calls == ["c"]  # it said something all the same
     j.call_started("s", ["text"], now=31.0)  # a 'started' alone
     j.reject("r", "w0", 0, "A", "text", "dead-lettered: invalid_value", now=31.0)  # every part dead-lettered
     assert j.open_calls == 2 and j.expire(now=42.0).idle_calls == [] and j.open_calls == 0  # said nothing: not counted

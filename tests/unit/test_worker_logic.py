@@ -72,9 +72,10 @@ class FakeStore:
         for c, new in items.items():
             self.data.setdefault(c, []).extend(new)
 
-    async def touch(self, calls: dict[str, int], at: float) -> None:
-        for c, p in calls.items():
-            self.active.setdefault(p, {})[c] = at
+    async def touch(self, calls: dict[str, tuple[int, float]]) -> None:
+        for c, (p, at) in calls.items():
+            scores = self.active.setdefault(p, {})
+            scores[c] = max(at, scores.get(c, at))
 
     async def quiet(self, partition: int, since: float, limit: int = 100) -> list[tuple[str, float]]:
         scores = self.active.get(partition, {})
@@ -661,11 +662,11 @@ def test_a_call_gone_quiet_without_its_ended_is_ended_as_if_it_had_come(caplog: 
         w, sent, log, store, clock = quiet_worker(60.0)
         t = w.settings.kafka.topics
         await spoken_call(w, log)
-        assert store.active == {0: {"c": 100.0}}
+        assert store.active == {0: {"c": 100.5}}  # when its last part was sent
         await later(w, clock, 55)
         assert store.released == [] and w.joiner.knows("c")  # not yet
         with caplog.at_level(logging.WARNING, logger="emostream.worker"):
-            await later(w, clock, 10)
+            await later(w, clock, 15)
         assert store.released == ["c"] and store.closed == {"c": 0}  # its 'started''s offset, the last read
         assert store.active == {0: {}}
         assert "emostream_calls_without_end_total 1.0" in _metrics(w)
@@ -721,7 +722,7 @@ def test_under_a_steady_load_a_quiet_call_is_ended_on_time_and_a_backlog_still_h
     join.idle_end_s before the record time its partition is read through: on time under a steady
     load (a few messages in flight), not while a backlog of older records is read."""
 
-    async def scenario(lag_s: float) -> tuple[list[str], float]:
+    async def scenario(lag_s: float, ahead_s: float = 0.0) -> tuple[list[str], float]:
         w, sent, log, store, clock = quiet_worker(60.0)
         t = w.settings.kafka.topics
 
@@ -732,20 +733,24 @@ def test_under_a_steady_load_a_quiet_call_is_ended_on_time_and_a_backlog_still_h
         w.highwater = end
         await spoken_call(w, log)
         n = 1
-        while clock.now < 180:
+        while clock.now < 260:
             clock.now += 2.0
             part = text("d", f"u{n}", n, words="still here")  # the busy call, read lag_s after it was sent
-            await w.on_message(t.text, 0, n, b"d", part, Handle(log, f"d{n}"), timestamp=clock.now - lag_s)
+            ts = clock.now - lag_s + (ahead_s if n == 5 else 0.0)  # (one record from a clock ahead_s ahead)
+            await w.on_message(t.text, 0, n, b"d", part, Handle(log, f"d{n}"), timestamp=ts)
             await w.pump()
             n += 1
             if store.released:
                 return store.released, clock.now
         return store.released, clock.now
 
-    released, at = asyncio.run(scenario(lag_s=1.0))
-    assert released == ["c"] and at <= 100.5 + 60 + 2 * QUIET_SWEEP_S, at  # its last part at 100.5
-    released, at = asyncio.run(scenario(lag_s=100.0))  # a backlog: what is read was sent 100 s ago
+    for lag in (1.0, 30.0):  # the lag counted once: the call's last part's record time against the read's
+        released, at = asyncio.run(scenario(lag_s=lag))
+        assert released == ["c"] and 100.5 + 60 + lag <= at <= 100.5 + 60 + lag + 2 * QUIET_SWEEP_S, at
+    released, at = asyncio.run(scenario(lag_s=160.0))  # a backlog: what is read was sent 160 s ago
     assert released == []
+    released, at = asyncio.run(scenario(lag_s=160.0, ahead_s=300.0))  # one record stamped 5 minutes ahead
+    assert released == []  # (the largest record time read would hold it for good: the latest one's counts)
 
 
 def test_a_quiet_call_is_ended_once_a_partitions_end_has_not_moved_for_max_stall_s() -> None:
