@@ -243,7 +243,7 @@ class Worker:
         self.failing_since: dict[str, float] = {}  # "batches", "closing calls": first failure since one went through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         self.idle_end_s = settings.idle_end_s()  # a call quiet this long is ended (Worker._end_quiet); 0: never
-        self.wall: Callable[[], float] = time.time  # when calls last labelled something, in Redis (a shared clock)
+        self.wall: Callable[[], float] = time.time  # now, against record times (Worker.read_through)
         self.swept_at = float("-inf")  # when calls gone quiet were last looked for (clock)
         self.reading_key: bytes | None = None  # the key of the message on_message handles now (one at a time)
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
