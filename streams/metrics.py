@@ -94,6 +94,12 @@ class Metrics:
             ["modality"],
             registry=r,
         )
+        self.shed_audio = Counter(
+            "emostream_shed_audio_total",
+            "Audio parts not encoded because their utterance was sent more than engine.shed_audio_after_s before "
+            "the worker came to it (under overload, or reading a backlog): the other parts decided its label",
+            registry=r,
+        )
         self.long_transcripts = Counter(
             "emostream_long_transcripts_total",
             "Transcripts longer than the text model reads (its first 128 tokens for the shipped models): used, the "

@@ -106,12 +106,31 @@ MISDECLARED = format_check.PREFIXES  # how ignored["audio"] begins where the for
 OTHER_LANGUAGE = language.OTHER_LANGUAGE  # how ignored["text"] / suspect["text"] begin for words in another language
 LONG_TRANSCRIPT = "long transcript: "  # how suspect["text"] begins for words past what the text model reads
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
+BEHIND = "worker behind: "  # how ignored["audio"] begins for audio not encoded so the worker catches up
+
+
+def behind_note(age_s: float, after_s: float) -> str:
+    """Why a waveform was not encoded (``ignored["audio"]``): its utterance was sent ``age_s`` ago."""
+    return (
+        f"{BEHIND}encoded {age_s:.0f} s after its utterance was sent, past engine.shed_audio_after_s "
+        f"({after_s:g} s): the voice is not encoded while the worker catches up, the other parts decide"
+    )
 
 
 def utterance_features(
-    utts: list[Utterance], featurizer: Featurizer, dims: dict[str, int], min_speech_s: float = 0.0
+    utts: list[Utterance],
+    featurizer: Featurizer,
+    dims: dict[str, int],
+    min_speech_s: float = 0.0,
+    shed_after_s: float = 0.0,
+    now: float | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
+
+    ``shed_after_s`` > 0: a waveform whose utterance's first part was sent (its record time) more than
+    that long before ``now`` (wall seconds, default: the time now) is not encoded, and
+    ``utt.ignored["audio"]`` says why (:data:`BEHIND`): a worker behind, under overload or reading a
+    backlog, labels from the words, several times faster with audio on a CPU, and catches up.
 
     A waveform with less than ``min_speech_s`` of speech (silence, line noise, hold music) is not
     used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why. One whose
@@ -125,6 +144,7 @@ def utterance_features(
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
+    now = time.time() if now is None else now
     for i, utt in enumerate(utts):
         forget_featurizer_notes(utt)  # an earlier attempt's (a batch split and retried): judged afresh
         for modality, payload in utt.parts.items():
@@ -142,6 +162,10 @@ def utterance_features(
                     )
             elif payload.kind == "wave":
                 assert isinstance(payload.value, np.ndarray)
+                age = None if utt.first_ts is None else now - utt.first_ts
+                if shed_after_s > 0 and age is not None and age > shed_after_s:
+                    utt.ignored["audio"] = behind_note(age, shed_after_s)
+                    continue
                 waves.append((i, payload.value))
             else:
                 assert isinstance(payload.value, np.ndarray)
@@ -212,7 +236,7 @@ _T = TypeVar("_T")
 
 #: how the notes :func:`utterance_features` itself writes in ``ignored`` begin (the join's, a part
 #: dead-lettered, are kept)
-FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, *MISDECLARED, OTHER_LANGUAGE)
+FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, BEHIND, *MISDECLARED, OTHER_LANGUAGE)
 
 
 def forget_featurizer_notes(utt: Utterance) -> None:
@@ -331,8 +355,12 @@ class Processor:
         future: int = 0,
         revision_engine: Engine | None = None,
         min_speech_s: float = 0.0,
+        shed_audio_after_s: float = 0.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
+        self.shed_audio_after_s = shed_audio_after_s  # audio of utterances sent longer ago is not encoded (0: all is)
+        self.wall = wall  # the clock that ages utterances against their record times
         self.computing_since: float | None = None  # monotonic start of the batch in the engine (liveness)
         self.min_speech_s = min_speech_s  # audio with less speech is not used (0: all audio is)
         self.revision_engine = revision_engine or engine  # labels revisions (trained with future context)
@@ -424,6 +452,11 @@ class Processor:
         r = self._ready.get((utt.call_id, utt.utterance_id))
         return r is not None and r.fits(utt)
 
+    def _utterance_features(self, utts: list[Utterance]) -> list[dict[str, np.ndarray]]:
+        return utterance_features(
+            utts, self.featurizer, self.dims, self.min_speech_s, self.shed_audio_after_s, self.wall()
+        )
+
     def _harvest(self) -> None:
         """A finished prefetch's features into :attr:`_ready` (a failed one leaves them to their batch)."""
         task, self._prefetch = self._prefetch, None
@@ -434,7 +467,7 @@ class Processor:
             self._ready.popitem(last=False)
 
     def _encode(self, utts: list[Utterance]) -> dict[tuple[str, str], _Ready]:
-        feats = utterance_features(utts, self.featurizer, self.dims, self.min_speech_s)
+        feats = self._utterance_features(utts)
         return {
             (u.call_id, u.utterance_id): _Ready(u.parts, f, u.ignored, u.suspect)
             for u, f in zip(utts, feats, strict=True)
@@ -615,7 +648,7 @@ class Processor:
                 got.append(None)
         todo = [i for i, f in enumerate(got) if f is None]
         if todo:
-            fresh = utterance_features([utts[i] for i in todo], self.featurizer, self.dims, self.min_speech_s)
+            fresh = self._utterance_features([utts[i] for i in todo])
             for i, f in zip(todo, fresh, strict=True):
                 got[i] = f
         return [f if f is not None else {} for f in got]

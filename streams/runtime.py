@@ -325,7 +325,13 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
     if revision is not None:
         log.info("revised events after %d later utterances by %s %s", future, revision.info.name, revision.info.version)
     processor = Processor(
-        engine, featurizer, store, future=future, revision_engine=revision, min_speech_s=settings.engine.min_speech_s
+        engine,
+        featurizer,
+        store,
+        future=future,
+        revision_engine=revision,
+        min_speech_s=settings.engine.min_speech_s,
+        shed_audio_after_s=settings.engine.shed_audio_after_s,
     )
     analytics = None
     if settings.analytics.enabled:

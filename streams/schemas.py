@@ -409,7 +409,9 @@ class EmotionEvent(_Message):
         "wait for it; a transcript with no words (empty, spaces, control characters, symbols the text model does "
         "not read) is 'no words: ...'; with engine.format_check = drop, audio whose "
         "voice sounds mis-declared by the producer is 'wrong sample rate? the voice sounds an octave high: ...' "
-        "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse); with engine.language_check = "
+        "(or low), or 'wrong G.711 law? ...' (A-law sent as mu-law or the reverse); audio of an utterance sent more "
+        "than engine.shed_audio_after_s before the worker came to it (a worker behind, catching up) is 'worker behind: "
+        "...'; with engine.language_check = "
         "drop (the default), a transcript that reads as another language than the model's is 'other language? the "
         "words read as Spanish (es), ...'",
     )

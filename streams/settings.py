@@ -249,6 +249,16 @@ class EngineSettings(_Section):
         description="audio with less speech than this (seconds, by Silero VAD) is not used: silence, line noise and "
         "hold music get weight 0 and the event says so in 'ignored' (0: use all audio)",
     )
+    shed_audio_after_s: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="an utterance sent (its first part's record time, the producer's clock) more than this many "
+        "seconds before the worker encodes it has its audio not encoded: a worker behind, under more load than "
+        "its cores encode or reading a backlog after an outage, labels it from the words (several times faster "
+        "than with the voice on a CPU) and catches up, where it would fall further behind; the event's 'ignored' "
+        "says so and emostream_shed_audio_total counts it (0: always encode the audio, however late)",
+    )
     format_check: Literal["warn", "drop", "off"] = Field(
         "warn",
         description="audio with speech whose voice sounds mis-declared (a wrong sample rate: 8 kHz samples sent as "

@@ -53,7 +53,15 @@ from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
 from streams.metrics import Metrics
-from streams.pipeline import LONG_TRANSCRIPT, MISDECLARED, NOT_AN_INPUT, OTHER_LANGUAGE, BatchOutcome, Processor
+from streams.pipeline import (
+    BEHIND,
+    LONG_TRANSCRIPT,
+    MISDECLARED,
+    NOT_AN_INPUT,
+    OTHER_LANGUAGE,
+    BatchOutcome,
+    Processor,
+)
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
 from streams.validate import to_payload
@@ -235,6 +243,8 @@ class Worker:
         self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
         self._language_warned: set[str] = set()  # calls whose transcripts were said to be in another language
         self._long_warned: set[str] = set()  # calls whose transcripts were said to be longer than the model reads
+        self._shed = 0  # utterances whose audio was not encoded (the worker behind) since the last log line
+        self._shed_logged_at: float | None = None  # monotonic time of that line
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
         self.busy = asyncio.Lock()  # one batch or call close in flight
         self.retry_at = 0.0
@@ -1237,9 +1247,12 @@ class Worker:
                 self.metrics.utterances.labels("+".join(utt.modalities) or "none").inc()
                 for modality, why in utt.ignored.items():
                     # dead-lettered ones are counted as dead letters; a model's non-inputs are no sign of bad
-                    # audio; mis-declared audio is counted apart (not audio without speech)
-                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT, *MISDECLARED, OTHER_LANGUAGE)):
+                    # audio; mis-declared audio and audio the worker had no time for are counted apart
+                    if not why.startswith((DEAD_LETTERED, NOT_AN_INPUT, BEHIND, *MISDECLARED, OTHER_LANGUAGE)):
                         self.metrics.ignored_parts.labels(modality).inc()
+                    if why.startswith(BEHIND):
+                        self.metrics.shed_audio.inc()
+                        self._note_shed(why)
                     if why.startswith(MISDECLARED):
                         self._misdeclared(utt, why, used=False)
                     elif why.startswith(OTHER_LANGUAGE):
@@ -1276,6 +1289,22 @@ class Worker:
         """Count a transcript in another language than the model reads, and say so once a call."""
         self.metrics.other_language_texts.labels("true" if used else "false").inc()
         self._once_a_call(self._language_warned, utt, "transcript", f"{why} (engine.language_check)", used)
+
+    def _note_shed(self, why: str) -> None:
+        """Log, at most once a minute, that audio goes unencoded while the worker catches up."""
+        self._shed += 1
+        now = time.monotonic()
+        if self._shed_logged_at is not None and now - self._shed_logged_at < 60:
+            return
+        log.warning(
+            "the worker is behind: the audio of %d utterance%s not encoded%s (the last: %s); "
+            "emostream_shed_audio_total counts them",
+            self._shed,
+            "" if self._shed == 1 else "s",
+            "" if self._shed_logged_at is None else " in the last minute",
+            why.removeprefix(BEHIND),
+        )
+        self._shed, self._shed_logged_at = 0, now
 
     @staticmethod
     def _once_a_call(warned: set[str], utt: Utterance, part: str, why: str, used: bool) -> None:

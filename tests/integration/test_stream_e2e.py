@@ -18,7 +18,7 @@ from streams.worker import NOTHING_READ_GRACE_S
 from tests.integration.calls import ANGRY_PART, EMPATHETIC, ESCALATING, PLEASANT, SNAPPING, scripted
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 from tools.dialogues import Dialogue, attach_ravdess, read_meld_csv
-from tools.feed import feed
+from tools.feed import feed, part_message
 
 pytestmark = pytest.mark.integration
 
@@ -303,6 +303,50 @@ def test_a_call_that_goes_quiet_without_its_ended_is_summarised_and_its_alerts_c
         assert _poll(lambda: "emostream_calls_without_end_total 1.0" in worker.metrics()), worker.metrics()
         assert _poll(lambda: open_alerts(worker) == 0), worker.metrics()
     finally:
+        collector.close()
+        worker.stop()
+
+
+def test_audio_sent_long_before_the_worker_comes_to_it_is_not_encoded(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """engine.shed_audio_after_s: a worker behind (here: parts whose record times say they were sent
+    two minutes ago, as a backlog's are) labels them from the words, says so in the event and counts
+    them; the same call's utterances sent now use their voice."""
+    base = settings_for(services, unique)
+    settings = base.model_copy(update={"engine": base.engine.model_copy(update={"shed_audio_after_s": 60.0})})
+    ensure_topics(settings)
+    [dialogue] = attach_ravdess(meld_dev(shared_data, [1]), shared_data / "ravdess", seed=7, actors=range(17, 21))
+    voiced = [u for u in dialogue.utterances if u.audio is not None][:6]
+    assert len(voiced) == 6
+    late, on_time = voiced[:3], voiced[3:]
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers, max_request_size=4 * 1024 * 1024)
+    try:
+        worker.wait_ready()
+        now_ms = int(time.time() * 1000)
+        for u in voiced:
+            for modality in ("text", "audio"):
+                message = part_message(u, modality, settings.kafka.topics)
+                assert message is not None
+                ts = now_ms - 120_000 if u in late else now_ms
+                producer.send(message[0], key=u.call_id.encode(), value=message[1], timestamp_ms=ts)
+        producer.flush()
+        assert collector.poll_until(lambda c: len(by_utterance_id(c)) >= len(voiced), timeout=120), worker.tail()
+        events = by_utterance_id(collector)
+        for u in late:
+            ev = events[u.utterance_id]
+            assert ev.modalities_present == ["text", "audio"] and ev.weights["audio"] == 0.0, ev
+            why = ev.ignored["audio"]
+            assert why.startswith("worker behind: encoded 12") and "engine.shed_audio_after_s (60 s)" in why, why
+        for u in on_time:
+            ev = events[u.utterance_id]
+            assert ev.modalities_present == ["text", "audio"] and ev.ignored == {}, ev
+        # counted once the batch's events are out
+        assert _poll(lambda: "emostream_shed_audio_total 3.0" in worker.metrics()), worker.metrics()
+        assert 'emostream_ignored_parts_total{modality="audio"} 0.0' in worker.metrics()  # not audio without speech
+        assert "the worker is behind: the audio of 1 utterance not encoded" in worker.tail(10**6), worker.tail()
+    finally:
+        producer.close()
         collector.close()
         worker.stop()
 

@@ -5,7 +5,7 @@ import numpy as np
 from engines.interface import FeatureSpec
 from streams.context import ContextItem
 from streams.join import Utterance
-from streams.pipeline import build_batch, sentiment_label, utterance_features
+from streams.pipeline import BEHIND, build_batch, forget_featurizer_notes, sentiment_label, utterance_features
 from streams.validate import Payload
 
 DIMS = {"text": 2, "audio": 3, "video": 0}
@@ -63,6 +63,34 @@ def test_features_are_computed_in_one_call_per_modality_and_vectors_pass_through
     assert feats[0]["text"].tolist() == [5, 0] and feats[0]["audio"].tolist() == [160, 0, 0]
     assert feats[1]["text"].tolist() == [7, 7] and "audio" not in feats[1]
     assert set(feats[2]) == {"text"}  # the model takes no video
+
+
+def test_audio_of_an_utterance_sent_longer_ago_than_the_shed_age_is_not_encoded_and_says_why() -> None:
+    """engine.shed_audio_after_s: a worker behind labels from the words; audio sent within the age,
+    audio of an utterance without a record time, and vectors the caller sent are used."""
+    wave = Payload("wave", np.zeros(160, np.float32))
+    utts = [
+        utt(0, text=Payload("text", "late"), audio=wave),
+        utt(1, text=Payload("text", "on time"), audio=wave),
+        utt(2, audio=wave),  # no record time: never judged late
+        utt(3, text=Payload("text", "features"), audio=Payload("vector", np.ones(3, np.float32))),
+    ]
+    for u, ts in zip(utts, (900.0, 990.5, None, 900.0), strict=True):
+        u.first_ts = ts
+    f = CountingFeaturizer()
+    feats = utterance_features(utts, f, DIMS, shed_after_s=10.0, now=1000.0)
+    assert f.calls == [3, 2]  # every transcript; the waves of 1 and 2 only
+    assert set(feats[0]) == {"text"} and set(feats[1]) == {"text", "audio"} and set(feats[2]) == {"audio"}
+    assert feats[3]["audio"].tolist() == [1, 1, 1]
+    why = utts[0].ignored["audio"]
+    assert why.startswith(BEHIND) and "100 s after" in why and "(10 s)" in why, why
+    assert all(u.ignored == {} for u in utts[1:])
+    # off (0) encodes it however late; a retry judges afresh (the note is the featurizer's own)
+    forget_featurizer_notes(utts[0])
+    assert utts[0].ignored == {}
+    assert set(utterance_features(utts[:1], f, DIMS, shed_after_s=0.0, now=1e9)[0]) == {"text", "audio"}
+    # just at the age: still encoded
+    assert "audio" in utterance_features(utts[:1], f, DIMS, shed_after_s=100.0, now=1000.0)[0]
 
 
 def test_sentiment_label_thresholds() -> None:
