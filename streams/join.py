@@ -65,6 +65,9 @@ class Utterance:
     after_close: bool = False
     #: expected modalities it did not wait for: its call has never sent them (see Joiner's learn_after)
     not_waited: tuple[str, ...] = ()
+    #: a replay's: whether its first run left its audio unencoded, the worker behind (the replay does the
+    #: same, so its event repeats the first); None: judged by its age (engine.shed_audio_after_s)
+    shed: bool | None = None
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
         """Take ``modality``'s usable part's ``seq`` and ``speaker``; where the utterance's usable

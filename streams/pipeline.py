@@ -107,13 +107,15 @@ OTHER_LANGUAGE = language.OTHER_LANGUAGE  # how ignored["text"] / suspect["text"
 LONG_TRANSCRIPT = "long transcript: "  # how suspect["text"] begins for words past what the text model reads
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
 BEHIND = "worker behind: "  # how ignored["audio"] begins for audio not encoded so the worker catches up
+#: ends a recorded join (``Processor.run``) whose audio was not encoded, the worker behind: its replay does the same
+JOIN_BEHIND = "!behind"
 
 
-def behind_note(age_s: float, after_s: float) -> str:
-    """Why a waveform was not encoded (``ignored["audio"]``): its utterance was sent ``age_s`` ago."""
+def behind_note(after_s: float) -> str:
+    """Why a waveform was not encoded (``ignored["audio"]``; no age in it: a replay says the same)."""
     return (
-        f"{BEHIND}encoded {age_s:.0f} s after its utterance was sent, past engine.shed_audio_after_s "
-        f"({after_s:g} s): the voice is not encoded while the worker catches up, the other parts decide"
+        f"{BEHIND}the worker came to this utterance more than engine.shed_audio_after_s ({after_s:g} s) after it "
+        "was sent: its voice is not encoded while the worker catches up, the words decide"
     )
 
 
@@ -128,9 +130,10 @@ def utterance_features(
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
 
     ``shed_after_s`` > 0: a waveform whose utterance's first part was sent (its record time) more than
-    that long before ``now`` (wall seconds, default: the time now) is not encoded, and
-    ``utt.ignored["audio"]`` says why (:data:`BEHIND`): a worker behind, under overload or reading a
-    backlog, labels from the words, several times faster with audio on a CPU, and catches up.
+    that long before ``now`` (wall seconds, default: the time now), and whose utterance has words to
+    read, is not encoded, and ``utt.ignored["audio"]`` says why (:data:`BEHIND`): a worker behind,
+    under overload or reading a backlog, labels from the words, several times faster with audio on a
+    CPU, and catches up. A replay (``utt.shed`` set) does what its first run did, whatever its age.
 
     A waveform with less than ``min_speech_s`` of speech (silence, line noise, hold music) is not
     used: the utterance gets no audio vector and ``utt.ignored["audio"]`` says why. One whose
@@ -162,10 +165,6 @@ def utterance_features(
                     )
             elif payload.kind == "wave":
                 assert isinstance(payload.value, np.ndarray)
-                age = None if utt.first_ts is None else now - utt.first_ts
-                if shed_after_s > 0 and age is not None and age > shed_after_s:
-                    utt.ignored["audio"] = behind_note(age, shed_after_s)
-                    continue
                 waves.append((i, payload.value))
             else:
                 assert isinstance(payload.value, np.ndarray)
@@ -182,6 +181,12 @@ def utterance_features(
             if other is not None:
                 utts[i].suspect["text"] = other
         texts = kept
+    if waves:  # a worker behind: the words decide where there are words to read (not: the voice is all there is)
+        worded = {i for i, _ in texts} | {i for i, f in enumerate(feats) if "text" in f}
+        shed = {i for i, _ in waves if i in worded and _late(utts[i], shed_after_s, now)}
+        for i in shed:
+            utts[i].ignored["audio"] = behind_note(shed_after_s)
+        waves = [(i, w) for i, w in waves if i not in shed]
     acknowledge = getattr(featurizer, "acknowledge", None)
     if texts and acknowledge is not None:  # an agent's "I understand your frustration" is not the agent's anger
         read = acknowledge([t for _, t in texts], [utts[i].speaker for i, _ in texts])
@@ -229,6 +234,13 @@ def utterance_features(
             if wrong is not None:  # used: the voice gate weighs it (measured better than the words alone)
                 utts[i].suspect["audio"] = wrong
     return feats
+
+
+def _late(utt: Utterance, shed_after_s: float, now: float) -> bool:
+    """Whether ``utt``'s audio is not to be encoded, the worker behind (see :func:`utterance_features`)."""
+    if utt.shed is not None:  # a replay: as the first run did
+        return utt.shed
+    return shed_after_s > 0 and utt.first_ts is not None and now - utt.first_ts > shed_after_s
 
 
 _T = TypeVar("_T")
@@ -340,7 +352,9 @@ class _Ready:
     suspect: dict[str, str]
 
     def fits(self, utt: Utterance) -> bool:
-        return self.parts.keys() == utt.parts.keys() and all(self.parts[m] is utt.parts[m] for m in self.parts)
+        """Encoded from ``utt``'s parts (and, for a replay, as its first run did: its voice encoded or not)."""
+        same = self.parts.keys() == utt.parts.keys() and all(self.parts[m] is utt.parts[m] for m in self.parts)
+        return same and (utt.shed is None or utt.shed == self.ignored.get("audio", "").startswith(BEHIND))
 
 
 class Processor:
@@ -412,10 +426,12 @@ class Processor:
         if not fresh:
             return BatchOutcome(replayed=replayed, read_s=read_s)
         for utt in fresh:  # a replay of an utterance labelled before (its event maybe out): the same parts
-            parts = state[utt.call_id].joins.get(utt.utterance_id)
-            if parts is not None and set(parts.split("+")) & set(utt.parts):
-                utt.parts = {m: p for m, p in utt.parts.items() if m in parts.split("+")}
+            joined = state[utt.call_id].joins.get(utt.utterance_id)
+            parts = None if joined is None else joined.removesuffix(JOIN_BEHIND).split("+")
+            if joined is not None and parts is not None and set(parts) & set(utt.parts):
+                utt.parts = {m: p for m, p in utt.parts.items() if m in parts}
                 utt.keep(tuple(utt.parts))
+                utt.shed = joined.endswith(JOIN_BEHIND)
         ready = await self._prefetched(fresh)
         if ahead is not None:
             self.prefetch(ahead())
@@ -423,7 +439,10 @@ class Processor:
         outcome.replayed = replayed
         outcome.read_s = read_s
         for utt in fresh:
-            outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities)
+            behind = utt.ignored.get("audio", "").startswith(BEHIND)
+            outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities) + (
+                JOIN_BEHIND if behind else ""
+            )
         return outcome
 
     def prefetch(self, utts: list[Utterance]) -> None:

@@ -254,7 +254,8 @@ class EngineSettings(_Section):
         ge=0,
         allow_inf_nan=False,
         description="an utterance sent (its first part's record time, the producer's clock) more than this many "
-        "seconds before the worker encodes it has its audio not encoded: a worker behind, under more load than "
+        "seconds before the worker encodes it has its audio not encoded where it has words to read (a voice that "
+        "is all there is is kept): a worker behind, under more load than "
         "its cores encode or reading a backlog after an outage, labels it from the words (several times faster "
         "than with the voice on a CPU) and catches up, where it would fall further behind; the event's 'ignored' "
         "says so and emostream_shed_audio_total counts it (0: always encode the audio, however late)",

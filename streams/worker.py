@@ -1186,7 +1186,10 @@ class Worker:
             laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
             if len(batch) > outcome.replayed:  # replays are acked, not computed: their time says nothing
-                computed = sum(units(u) for u in batch) * (len(batch) - outcome.replayed) / len(batch)
+                # audio not encoded (the worker behind) was no work: counted, it would teach the sizer a
+                # tenth of the time a unit takes, and the first batches after would overrun the budget
+                done = [1.0 if u.ignored.get("audio", "").startswith(BEHIND) else units(u) for u in batch]
+                computed = sum(done) * (len(batch) - outcome.replayed) / len(batch)
                 self.sizer.observe(computed, laps["compute"])
                 self.metrics.batch_limit.set(self.sizer.allowance())
             # and, if that one has finished, what arrived since: encoded while this publishes
@@ -1252,7 +1255,7 @@ class Worker:
                         self.metrics.ignored_parts.labels(modality).inc()
                     if why.startswith(BEHIND):
                         self.metrics.shed_audio.inc()
-                        self._note_shed(why)
+                        self._note_shed(utt)
                     if why.startswith(MISDECLARED):
                         self._misdeclared(utt, why, used=False)
                     elif why.startswith(OTHER_LANGUAGE):
@@ -1290,19 +1293,24 @@ class Worker:
         self.metrics.other_language_texts.labels("true" if used else "false").inc()
         self._once_a_call(self._language_warned, utt, "transcript", f"{why} (engine.language_check)", used)
 
-    def _note_shed(self, why: str) -> None:
-        """Log, at most once a minute, that audio goes unencoded while the worker catches up."""
+    def _note_shed(self, utt: Utterance) -> None:
+        """Log, at most once a minute, that audio goes unencoded while the worker catches up (the
+        count since the line before; emostream_shed_audio_total has every one)."""
         self._shed += 1
         now = time.monotonic()
         if self._shed_logged_at is not None and now - self._shed_logged_at < 60:
             return
+        age = "" if utt.first_ts is None else f", sent {self.wall() - utt.first_ts:.0f} s ago by the producer's clock"
         log.warning(
-            "the worker is behind: the audio of %d utterance%s not encoded%s (the last: %s); "
-            "emostream_shed_audio_total counts them",
+            "the worker is behind: the audio of %d utterance%s not encoded%s, the words decide (the last: call %s "
+            "utterance %s%s; engine.shed_audio_after_s %g s); emostream_shed_audio_total counts them",
             self._shed,
             "" if self._shed == 1 else "s",
-            "" if self._shed_logged_at is None else " in the last minute",
-            why.removeprefix(BEHIND),
+            "" if self._shed_logged_at is None else " since the last such line",
+            utt.call_id,
+            utt.utterance_id,
+            age,
+            self.processor.shed_audio_after_s,
         )
         self._shed, self._shed_logged_at = 0, now
 

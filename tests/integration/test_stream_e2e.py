@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -337,14 +338,17 @@ def test_audio_sent_long_before_the_worker_comes_to_it_is_not_encoded(services, 
             ev = events[u.utterance_id]
             assert ev.modalities_present == ["text", "audio"] and ev.weights["audio"] == 0.0, ev
             why = ev.ignored["audio"]
-            assert why.startswith("worker behind: encoded 12") and "engine.shed_audio_after_s (60 s)" in why, why
+            assert why.startswith("worker behind: ") and "engine.shed_audio_after_s (60 s)" in why, why
         for u in on_time:
             ev = events[u.utterance_id]
             assert ev.modalities_present == ["text", "audio"] and ev.ignored == {}, ev
         # counted once the batch's events are out
         assert _poll(lambda: "emostream_shed_audio_total 3.0" in worker.metrics()), worker.metrics()
         assert 'emostream_ignored_parts_total{modality="audio"} 0.0' in worker.metrics()  # not audio without speech
-        assert "the worker is behind: the audio of 1 utterance not encoded" in worker.tail(10**6), worker.tail()
+        logged = re.search(
+            r"the worker is behind: the audio of 1 utterance not encoded.*sent (\d+) s ago", worker.tail(10**6)
+        )
+        assert logged and 120 <= int(logged.group(1)) < 240, worker.tail()  # the age, in the log only
     finally:
         producer.close()
         collector.close()

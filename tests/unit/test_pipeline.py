@@ -67,30 +67,67 @@ def test_features_are_computed_in_one_call_per_modality_and_vectors_pass_through
 
 def test_audio_of_an_utterance_sent_longer_ago_than_the_shed_age_is_not_encoded_and_says_why() -> None:
     """engine.shed_audio_after_s: a worker behind labels from the words; audio sent within the age,
-    audio of an utterance without a record time, and vectors the caller sent are used."""
+    audio of an utterance without a record time, audio with no words beside it (a blank transcript,
+    none at all) and vectors the caller sent are used."""
     wave = Payload("wave", np.zeros(160, np.float32))
     utts = [
         utt(0, text=Payload("text", "late"), audio=wave),
         utt(1, text=Payload("text", "on time"), audio=wave),
-        utt(2, audio=wave),  # no record time: never judged late
+        utt(2, text=Payload("text", "no record time"), audio=wave),
         utt(3, text=Payload("text", "features"), audio=Payload("vector", np.ones(3, np.float32))),
+        utt(4, audio=wave),  # the voice is all there is
+        utt(5, text=Payload("text", "  "), audio=wave),  # no words
+        utt(6, text=Payload("vector", np.array([7, 7], np.float32)), audio=wave),  # the caller's text vector
     ]
-    for u, ts in zip(utts, (900.0, 990.5, None, 900.0), strict=True):
+    for u, ts in zip(utts, (900.0, 990.5, None, 900.0, 900.0, 900.0, 900.0), strict=True):
         u.first_ts = ts
     f = CountingFeaturizer()
     feats = utterance_features(utts, f, DIMS, shed_after_s=10.0, now=1000.0)
-    assert f.calls == [3, 2]  # every transcript; the waves of 1 and 2 only
-    assert set(feats[0]) == {"text"} and set(feats[1]) == {"text", "audio"} and set(feats[2]) == {"audio"}
-    assert feats[3]["audio"].tolist() == [1, 1, 1]
-    why = utts[0].ignored["audio"]
-    assert why.startswith(BEHIND) and "100 s after" in why and "(10 s)" in why, why
-    assert all(u.ignored == {} for u in utts[1:])
+    assert f.calls == [4, 4]  # four transcripts; the waves of 1, 2, 4 and 5
+    assert [sorted(x) for x in feats] == [
+        ["text"],
+        ["audio", "text"],
+        ["audio", "text"],
+        ["audio", "text"],
+        ["audio"],
+        ["audio"],
+        ["text"],
+    ]
+    for late in (utts[0], utts[6]):
+        why = late.ignored["audio"]
+        assert why.startswith(BEHIND) and "engine.shed_audio_after_s (10 s)" in why, why
+    assert all("audio" not in u.ignored for u in utts[1:6])
     # off (0) encodes it however late; a retry judges afresh (the note is the featurizer's own)
     forget_featurizer_notes(utts[0])
     assert utts[0].ignored == {}
     assert set(utterance_features(utts[:1], f, DIMS, shed_after_s=0.0, now=1e9)[0]) == {"text", "audio"}
     # just at the age: still encoded
     assert "audio" in utterance_features(utts[:1], f, DIMS, shed_after_s=100.0, now=1000.0)[0]
+
+
+def test_a_replay_encodes_the_voice_or_not_as_its_first_run_did_whatever_its_age_now() -> None:
+    wave = Payload("wave", np.zeros(160, np.float32))
+    f = CountingFeaturizer()
+    for first_run_shed in (True, False):
+        u = utt(0, text=Payload("text", "again"), audio=wave)
+        u.first_ts, u.shed = 900.0, first_run_shed
+        for now in (905.0, 2000.0):  # within the age, and long past it
+            forget_featurizer_notes(u)
+            got = utterance_features([u], f, DIMS, shed_after_s=10.0, now=now)[0]
+            assert ("audio" in got) is (not first_run_shed) and ("audio" in u.ignored) is first_run_shed
+
+
+def test_features_encoded_ahead_fit_a_replay_only_if_its_voice_was_treated_alike() -> None:
+    from streams.pipeline import _Ready
+
+    u = utt(0, text=Payload("text", "x"), audio=Payload("wave", np.zeros(160, np.float32)))
+    shed = _Ready(u.parts, {"text": np.zeros(2)}, {"audio": f"{BEHIND}..."}, {})
+    used = _Ready(u.parts, {"text": np.zeros(2), "audio": np.zeros(3)}, {}, {})
+    assert shed.fits(u) and used.fits(u)  # not a replay: either
+    u.shed = True
+    assert shed.fits(u) and not used.fits(u)
+    u.shed = False
+    assert used.fits(u) and not shed.fits(u)
 
 
 def test_sentiment_label_thresholds() -> None:

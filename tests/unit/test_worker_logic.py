@@ -1802,6 +1802,59 @@ def test_a_replay_joins_the_same_parts_as_the_first_labelling() -> None:
     asyncio.run(scenario())
 
 
+def pcm(call: str, utt: str, seq: int) -> bytes:
+    """A tenth of a second of 16 kHz PCM: a waveform the worker decodes and would encode."""
+    data = base64.b64encode(np.full(1600, 300, np.int16).tobytes()).decode()
+    return AudioPart(
+        call_id=call, utterance_id=utt, seq=seq, encoding="pcm_s16le", sample_rate=16000, data=data
+    ).to_bytes()
+
+
+@pytest.mark.parametrize("first_behind", [True, False])
+def test_a_replay_encodes_the_voice_or_not_as_the_first_labelling_did(first_behind: bool) -> None:
+    """engine.shed_audio_after_s 30: u0 was labelled 100 s after it was sent (its voice not
+    encoded), or 1 s after (encoded), published, and the worker killed before the window append.
+    Its replay, 1 s or 100 s after, does what the first labelling did, as recorded before
+    publishing: the event_id keeps one content. The sizer learns from the work actually done."""
+
+    async def scenario() -> None:
+        t = make()[0].settings.kafka.topics
+        firsts: list[EmotionEvent] = []
+        store = FakeStore()
+        for run, late in enumerate((first_behind, not first_behind)):
+            w, sent, log, _, _ = make(default_modalities=("text", "audio"))
+            w.processor.store = store
+            w.processor.shed_audio_after_s = 30.0
+            w.processor.wall = lambda late=late: 1000.0 + (100.0 if late else 1.0)  # type: ignore[misc]
+            await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
+            await w.on_message(t.audio, 0, 0, b"c", pcm("c", "u0", 0), Handle(log, "a0"), timestamp=1000.0)
+            real_append = store.append
+            if run == 0:
+
+                async def killed(items: dict[str, list[ContextItem]]) -> None:
+                    raise ConnectionError("kill -9 before the append")
+
+                store.append = killed  # type: ignore[method-assign]
+            observed: list[float] = []
+            w.sizer.observe = lambda units, seconds, seen=observed: seen.append(units)  # type: ignore[method-assign,misc]
+            await w.pump()
+            store.append = real_append  # type: ignore[method-assign]
+            (event,) = events(sent)
+            firsts.append(event)
+            assert event.modalities_present == ["text", "audio"]
+            assert event.ignored.get("audio", "").startswith("worker behind: ") is first_behind, event.ignored
+            assert store.joined == {"c": {"u0": "text+audio!behind" if first_behind else "text+audio"}}
+            if run == 1:  # the first run's batch failed at its append: counted when it goes through
+                assert w.metrics.shed_audio._value.get() == (1 if first_behind else 0)
+                # the sizer learns the work done: the words (1 unit) alone, or with 0.1 s of voice
+                assert observed == [pytest.approx(1.0 if first_behind else 1.1)], observed
+        first, again = firsts
+        assert again.event_id == first.event_id and again.ignored == first.ignored
+        assert again.probabilities == first.probabilities and again.weights == first.weights
+
+    asyncio.run(scenario())
+
+
 def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
     """The worker reads u0's text (sent at t=1000) while its audio topic still has 50 unread
     messages: past wait_s it waits; once it reads the audio, u0 is labelled with both."""
