@@ -107,16 +107,15 @@ OTHER_LANGUAGE = language.OTHER_LANGUAGE  # how ignored["text"] / suspect["text"
 LONG_TRANSCRIPT = "long transcript: "  # how suspect["text"] begins for words past what the text model reads
 NOT_AN_INPUT = "this model uses no "  # ignored[m] of a part the model has no input for (not counted as ignored)
 BEHIND = "worker behind: "  # how ignored["audio"] begins for audio not encoded so the worker catches up
-#: ends a recorded join (``Processor.run``) whose audio was not encoded, the worker behind: its replay does the same
-JOIN_BEHIND = "!behind"
-
-
-def behind_note(after_s: float) -> str:
-    """Why a waveform was not encoded (``ignored["audio"]``; no age in it: a replay says the same)."""
-    return (
-        f"{BEHIND}the worker came to this utterance more than engine.shed_audio_after_s ({after_s:g} s) after it "
-        "was sent: its voice is not encoded while the worker catches up, the words decide"
-    )
+#: the last token of a recorded join (``Processor.run``, "text+audio+behind") whose audio was not encoded, the
+#: worker behind: its replay does the same (a worker before this token reads it as no modality and ignores it)
+JOIN_BEHIND = "behind"
+#: why a waveform was not encoded (``ignored["audio"]``): no age and no setting in it, so that a replay,
+#: later or after the setting changed, says the same
+BEHIND_NOTE = (
+    f"{BEHIND}the worker came to this utterance more than engine.shed_audio_after_s after it was sent: its voice "
+    "is not encoded while the worker catches up, the words decide"
+)
 
 
 def utterance_features(
@@ -185,7 +184,7 @@ def utterance_features(
         worded = {i for i, _ in texts} | {i for i, f in enumerate(feats) if "text" in f}
         shed = {i for i, _ in waves if i in worded and _late(utts[i], shed_after_s, now)}
         for i in shed:
-            utts[i].ignored["audio"] = behind_note(shed_after_s)
+            utts[i].ignored["audio"] = BEHIND_NOTE
         waves = [(i, w) for i, w in waves if i not in shed]
     acknowledge = getattr(featurizer, "acknowledge", None)
     if texts and acknowledge is not None:  # an agent's "I understand your frustration" is not the agent's anger
@@ -427,11 +426,11 @@ class Processor:
             return BatchOutcome(replayed=replayed, read_s=read_s)
         for utt in fresh:  # a replay of an utterance labelled before (its event maybe out): the same parts
             joined = state[utt.call_id].joins.get(utt.utterance_id)
-            parts = None if joined is None else joined.removesuffix(JOIN_BEHIND).split("+")
-            if joined is not None and parts is not None and set(parts) & set(utt.parts):
+            parts = [] if joined is None else joined.split("+")
+            if set(parts) & set(utt.parts):
                 utt.parts = {m: p for m, p in utt.parts.items() if m in parts}
                 utt.keep(tuple(utt.parts))
-                utt.shed = joined.endswith(JOIN_BEHIND)
+                utt.shed = JOIN_BEHIND in parts
         ready = await self._prefetched(fresh)
         if ahead is not None:
             self.prefetch(ahead())
@@ -440,9 +439,8 @@ class Processor:
         outcome.read_s = read_s
         for utt in fresh:
             behind = utt.ignored.get("audio", "").startswith(BEHIND)
-            outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(utt.modalities) + (
-                JOIN_BEHIND if behind else ""
-            )
+            tokens = [*utt.modalities, JOIN_BEHIND] if behind else list(utt.modalities)
+            outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(tokens)
         return outcome
 
     def prefetch(self, utts: list[Utterance]) -> None:

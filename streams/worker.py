@@ -1186,10 +1186,10 @@ class Worker:
             laps["compute"] = max(0.0, laps["compute"] - outcome.read_s)
             outcome = outcome.only(self._owned)  # a revoked partition's utterances: left to its next owner
             if len(batch) > outcome.replayed:  # replays are acked, not computed: their time says nothing
-                # audio not encoded (the worker behind) was no work: counted, it would teach the sizer a
-                # tenth of the time a unit takes, and the first batches after would overrun the budget
-                done = [1.0 if u.ignored.get("audio", "").startswith(BEHIND) else units(u) for u in batch]
-                computed = sum(done) * (len(batch) - outcome.replayed) / len(batch)
+                # audio not encoded (the worker behind) counts as the units it holds, as take() and the
+                # queue count it: while the worker sheds, the sizer learns what such a unit costs and its
+                # batches take the budget; when it stops, the first batches overrun until it learns again
+                computed = sum(units(u) for u in batch) * (len(batch) - outcome.replayed) / len(batch)
                 self.sizer.observe(computed, laps["compute"])
                 self.metrics.batch_limit.set(self.sizer.allowance())
             # and, if that one has finished, what arrived since: encoded while this publishes

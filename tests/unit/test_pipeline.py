@@ -95,7 +95,7 @@ def test_audio_of_an_utterance_sent_longer_ago_than_the_shed_age_is_not_encoded_
     ]
     for late in (utts[0], utts[6]):
         why = late.ignored["audio"]
-        assert why.startswith(BEHIND) and "engine.shed_audio_after_s (10 s)" in why, why
+        assert why.startswith(BEHIND) and "engine.shed_audio_after_s after it was sent" in why, why
     assert all("audio" not in u.ignored for u in utts[1:6])
     # off (0) encodes it however late; a retry judges afresh (the note is the featurizer's own)
     forget_featurizer_notes(utts[0])
@@ -103,6 +103,25 @@ def test_audio_of_an_utterance_sent_longer_ago_than_the_shed_age_is_not_encoded_
     assert set(utterance_features(utts[:1], f, DIMS, shed_after_s=0.0, now=1e9)[0]) == {"text", "audio"}
     # just at the age: still encoded
     assert "audio" in utterance_features(utts[:1], f, DIMS, shed_after_s=100.0, now=1000.0)[0]
+
+
+class OtherLanguage:
+    """A language check that reads every transcript starting 'hola' as Spanish."""
+
+    def verdicts(self, texts: list[str]) -> list[str | None]:
+        return ["other language? the words read as Spanish (es)" if t.startswith("hola") else None for t in texts]
+
+
+def test_a_voice_beside_words_the_language_check_drops_is_encoded_however_late() -> None:
+    f = CountingFeaturizer()
+    f.language_check, f.language_action = OtherLanguage(), "drop"  # type: ignore[attr-defined]
+    wave = Payload("wave", np.zeros(160, np.float32))
+    utts = [utt(0, text=Payload("text", "hola amigo"), audio=wave), utt(1, text=Payload("text", "hi"), audio=wave)]
+    for u in utts:
+        u.first_ts = 0.0
+    feats = utterance_features(utts, f, DIMS, shed_after_s=10.0, now=1000.0)
+    assert set(feats[0]) == {"audio"} and utts[0].ignored["text"].startswith("other language?")
+    assert set(feats[1]) == {"text"} and utts[1].ignored["audio"].startswith(BEHIND)
 
 
 def test_a_replay_encodes_the_voice_or_not_as_its_first_run_did_whatever_its_age_now() -> None:
