@@ -68,6 +68,12 @@ class Utterance:
     #: a replay's: whether its first run left its audio unencoded, the worker behind (the replay does the
     #: same, so its event repeats the first); None: judged by its age (engine.shed_audio_after_s)
     shed: bool | None = None
+    #: the wall time (the worker's clock) of the latest end offset the broker gave for its first part's
+    #: input partition that the worker had read up to before that part: the part was sent after it, so
+    #: the utterance is at most ``now - fresh_at`` old whatever its producer's clock says (a producer
+    #: clock running behind does not make a caught-up worker look behind: engine.shed_audio_after_s);
+    #: None: not known (the partition not read to its end since the worker got it)
+    fresh_at: float | None = None
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:
         """Take ``modality``'s usable part's ``seq`` and ``speaker``; where the utterance's usable
@@ -324,11 +330,15 @@ class Joiner:
         now: float,
         partition: int = -1,
         ts: float | None = None,
+        fresh_at: float | None = None,
     ) -> JoinResult:
-        """One part; ``ts`` is its record time (for waits behind, see the module doc)."""
+        """One part; ``ts`` is its record time (for waits behind, see the module doc); ``fresh_at``
+        becomes the utterance's :attr:`Utterance.fresh_at` where the part opens it."""
         assert modality in MODALITIES, modality
         again = self._heard(call_id, modality)
-        result = self._add(call_id, utterance_id, seq, speaker, modality, payload, handle, now, partition, ts)
+        result = self._add(
+            call_id, utterance_id, seq, speaker, modality, payload, handle, now, partition, ts, fresh_at
+        )  # fmt: skip
         if again is not None:
             result.unlearned.append(again)
         return result
@@ -345,6 +355,7 @@ class Joiner:
         now: float,
         partition: int,
         ts: float | None,
+        fresh_at: float | None = None,
     ) -> JoinResult:
         done = self._done.get((call_id, utterance_id))
         if done is not None:
@@ -372,7 +383,7 @@ class Joiner:
         call.heard.add(modality)
         utt = call.pending.get(utterance_id)
         if utt is None:
-            utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
+            utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts, fresh_at)
         elif modality in utt.parts:
             if _digest(utt.parts[modality]) != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
@@ -411,6 +422,7 @@ class Joiner:
         partition: int = -1,
         ts: float | None = None,
         handle: Any = None,
+        fresh_at: float | None = None,
     ) -> JoinResult:
         """A part that was dead-lettered (its ids parsed, its content did not: audio that does not
         decode, say): its utterance waits for it no longer, and goes with what else it has
@@ -427,7 +439,9 @@ class Joiner:
             self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
-        utt = call.pending.get(utterance_id) or self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts)
+        utt = call.pending.get(utterance_id) or self._open_utterance(
+            call, call_id, utterance_id, seq, speaker, now, ts, fresh_at
+        )  # fmt: skip
         if handle is not None:
             utt.handles.append(handle)
         if modality not in utt.parts:
@@ -458,10 +472,19 @@ class Joiner:
         )
 
     def _open_utterance(
-        self, call: _Call, call_id: str, utterance_id: str, seq: int, speaker: str, now: float, ts: float | None
+        self,
+        call: _Call,
+        call_id: str,
+        utterance_id: str,
+        seq: int,
+        speaker: str,
+        now: float,
+        ts: float | None,
+        fresh_at: float | None = None,
     ) -> Utterance:
         """A new pending utterance of ``call``, due ``wait_s`` from its first part (or dead letter)."""
         utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
+        utt.fresh_at = fresh_at
         utt.after_close = call_id in self._ended
         call.pending[utterance_id] = utt
         self._open += 1

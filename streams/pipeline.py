@@ -128,8 +128,9 @@ def utterance_features(
 ) -> list[dict[str, np.ndarray]]:
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
 
-    ``shed_after_s`` > 0: a waveform whose utterance's first part was sent (its record time) more than
-    that long before ``now`` (wall seconds, default: the time now), and whose utterance has words to
+    ``shed_after_s`` > 0: a waveform whose utterance was sent more than that long before ``now`` (wall
+    seconds, default: the time now; :func:`sent_ago`: its first part's record time, unless the worker
+    read that part's partition to its end since), and whose utterance has words to
     read, is not encoded, and ``utt.ignored["audio"]`` says why (:data:`BEHIND`): a worker behind,
     under overload or reading a backlog, labels from the words, several times faster with audio on a
     CPU, and catches up. A replay (``utt.shed`` set) does what its first run did, whatever its age.
@@ -235,11 +236,22 @@ def utterance_features(
     return feats
 
 
+def sent_ago(utt: Utterance, now: float) -> float | None:
+    """How long before ``now`` (wall seconds) ``utt`` was sent, as far as the worker can tell: since its
+    first part's record time (the producer's clock), and no longer than since the end offset its
+    partition was read to before that part (:attr:`Utterance.fresh_at`, the worker's own clock: a
+    producer whose clock runs behind does not make a worker that keeps up look behind, and one whose
+    clock runs ahead is believed, as before); None: neither is known."""
+    ages = [now - t for t in (utt.first_ts, utt.fresh_at) if t is not None]
+    return min(ages) if ages else None
+
+
 def _late(utt: Utterance, shed_after_s: float, now: float) -> bool:
     """Whether ``utt``'s audio is not to be encoded, the worker behind (see :func:`utterance_features`)."""
     if utt.shed is not None:  # a replay: as the first run did
         return utt.shed
-    return shed_after_s > 0 and utt.first_ts is not None and now - utt.first_ts > shed_after_s
+    age = sent_ago(utt, now)
+    return shed_after_s > 0 and age is not None and age > shed_after_s
 
 
 _T = TypeVar("_T")

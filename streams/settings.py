@@ -253,7 +253,8 @@ class EngineSettings(_Section):
         30.0,
         ge=0,
         allow_inf_nan=False,
-        description="an utterance sent (its first part's record time, the producer's clock) more than this many "
+        description="an utterance sent (its first part's record time, but no earlier than the worker last read "
+        "that part's partition to its end: a producer clock running behind does not count) more than this many "
         "seconds before the worker encodes it has its audio not encoded where it has words to read (a voice that "
         "is all there is is kept): a worker behind, under more load than "
         "its cores encode or reading a backlog after an outage, labels it from the words (several times faster "

@@ -61,6 +61,7 @@ from streams.pipeline import (
     OTHER_LANGUAGE,
     BatchOutcome,
     Processor,
+    sent_ago,
 )
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
@@ -178,6 +179,7 @@ class Held:
     value: bytes | None
     timestamp: float | None
     rejected: InvalidMessage | None = None  # a part dead-lettered on its own: its utterance waits for it no longer
+    fresh_at: float | None = None  # Worker.fresh of its partition before it was read (Utterance.fresh_at)
 
 
 class Worker:
@@ -220,6 +222,9 @@ class Worker:
         #: (topic, partition) -> the record time of the highest offset read (one record stamped far ahead
         #: moves it until the next one, where it would move the maximum for good: Worker.read_through)
         self.read_latest: dict[tuple[str, int], float] = {}
+        #: (topic, partition) -> the wall time of the latest end offset the broker gave that this worker
+        #: had read the partition up to (Worker.watch): what it reads next was sent after that
+        self.fresh: dict[tuple[str, int], float] = {}
         #: partition -> when this worker got it (assigned, or else when it first read from it)
         self.assigned_at: dict[int, float] = {}
         self.disturbed_at = float("-inf")  # when an input partition was last seen without its leader (Worker.watch)
@@ -293,6 +298,7 @@ class Worker:
         self.assigned_at.setdefault(partition, self.clock())
         receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
         await self._backpressure()
+        fresh_at = self.fresh.get((topic, partition))  # (before it is marked read: it was sent after this)
         msg: Any = None
         try:
             msg = parse_input(self.kinds.get(topic, "?"), value, self.settings.limits.max_message_bytes)
@@ -311,7 +317,7 @@ class Worker:
             await self._reject(exc, receipt, key, value, msg, ack=not joinable)
             self._mark_read(topic, partition, offset, timestamp)
             if joinable:
-                item = Held(msg, None, receipt, key, value, timestamp, exc)
+                item = Held(msg, None, receipt, key, value, timestamp, exc, fresh_at)
                 if not self._held_back(item):
                     await self._join(item)
             return
@@ -320,7 +326,7 @@ class Worker:
             await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value, msg)
             self._mark_read(topic, partition, offset, timestamp)
             return
-        item = Held(msg, payload, receipt, key, value, timestamp)
+        item = Held(msg, payload, receipt, key, value, timestamp, fresh_at=fresh_at)
         if isinstance(msg, CallControl) and msg.event == "started" and await self._ends_unended(item):
             self._mark_read(topic, partition, offset, timestamp)
             return
@@ -572,7 +578,7 @@ class Worker:
                     why = dead_lettered(item.rejected)
                     self._absorb(self.joiner.reject(
                         msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
-                        partition, timestamp, dataclasses.replace(receipt, rejected=True),
+                        partition, timestamp, dataclasses.replace(receipt, rejected=True), item.fresh_at,
                     ))  # fmt: skip
             return
         key, value = item.key, item.value
@@ -585,7 +591,7 @@ class Worker:
                 self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
             result = self.joiner.add(
                 msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, item.payload, receipt, now, partition,
-                timestamp,
+                timestamp, item.fresh_at,
             )  # fmt: skip
             self._absorb(result)
         if (result.late_parts or result.duplicate_parts) and not result.inconsistent:  # (that one is said below)
@@ -669,7 +675,14 @@ class Worker:
         broker killed, leadership moving). Looked at all the time, not only when a join asks
         (:meth:`behind`): while the cluster is down, often no utterance waits at all (no part gets
         through), and when the text comes back first, its audio's partition may already answer again,
-        caught up to an end offset that the producers' retried writes have not reached yet."""
+        caught up to an end offset that the producers' retried writes have not reached yet.
+
+        Also note, in :attr:`fresh`, when each input partition was last read to its end: the wall
+        time of the fetch response that gave that end offset. A message read after it was sent after
+        it, so an utterance whose first part it is was sent at most that long ago, by the worker's
+        own clock (:attr:`Utterance.fresh_at`, engine.shed_audio_after_s). A partition that is never
+        read quite to its end (a transactional producer's commit markers count in its end offset)
+        leaves the record times to say."""
         if now - self.watched_at < WATCH_S:
             return
         self.watched_at = now
@@ -683,6 +696,9 @@ class Worker:
                 if _silent(end, None if seen is None else seen[1]):
                     self.disturbed_at = now
                     unreachable.add((topic, partition))
+                elif max(seen[1] + 1 if seen is not None else 0, end.committed or 0) >= end.offset:
+                    answered = self.wall() - end.age_s  # when the broker gave this end
+                    self.fresh[(topic, partition)] = max(self.fresh.get((topic, partition), answered), answered)
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
                     self.metrics.lag.labels(topic, str(partition)).set(max(0, end.offset - seen[1] - 1))
         if unreachable != self.unreachable:
@@ -986,6 +1002,7 @@ class Worker:
                     self.metrics.lag.remove(topic, str(partition))
             self.read = {tp: v for tp, v in self.read.items() if tp[1] not in partitions}
             self.read_latest = {tp: v for tp, v in self.read_latest.items() if tp[1] not in partitions}
+            self.fresh = {tp: v for tp, v in self.fresh.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
@@ -1300,7 +1317,11 @@ class Worker:
         now = time.monotonic()
         if self._shed_logged_at is not None and now - self._shed_logged_at < 60:
             return
-        age = "" if utt.first_ts is None else f", sent {self.wall() - utt.first_ts:.0f} s ago by the producer's clock"
+        now_wall, age = self.wall(), ""
+        ago = sent_ago(utt, now_wall)
+        if ago is not None:  # the clock that said so (Utterance.fresh_at: the worker's reading)
+            producer = utt.first_ts is not None and now_wall - utt.first_ts <= ago
+            age = f", sent {ago:.0f} s ago by " + ("the producer's clock" if producer else "this worker's reading")
         log.warning(
             "the worker is behind: the audio of %d utterance%s not encoded%s, the words decide (the last: call %s "
             "utterance %s%s; engine.shed_audio_after_s %g s); emostream_shed_audio_total counts them",

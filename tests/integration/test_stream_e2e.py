@@ -309,46 +309,57 @@ def test_a_call_that_goes_quiet_without_its_ended_is_summarised_and_its_alerts_c
 
 
 def test_audio_sent_long_before_the_worker_comes_to_it_is_not_encoded(services, unique, shared_data, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """engine.shed_audio_after_s: a worker behind (here: parts whose record times say they were sent
-    two minutes ago, as a backlog's are) labels them from the words, says so in the event and counts
-    them; the same call's utterances sent now use their voice."""
+    """engine.shed_audio_after_s (5 s here): a backlog (a call's first utterances sent before the
+    worker started, more than 5 s before it came to them) is labelled from the words, said in the
+    event, counted and logged. Once the worker has read its partitions to their end, the same call's
+    utterances keep their voice: those sent now, and those whose record times say two minutes ago (a
+    producer clock running behind: the worker's own reading tells they were sent since)."""
     base = settings_for(services, unique)
-    settings = base.model_copy(update={"engine": base.engine.model_copy(update={"shed_audio_after_s": 60.0})})
+    settings = base.model_copy(update={"engine": base.engine.model_copy(update={"shed_audio_after_s": 5.0})})
     ensure_topics(settings)
     [dialogue] = attach_ravdess(meld_dev(shared_data, [1]), shared_data / "ravdess", seed=7, actors=range(17, 21))
     voiced = [u for u in dialogue.utterances if u.audio is not None][:6]
     assert len(voiced) == 6
-    late, on_time = voiced[:3], voiced[3:]
-    worker = WorkerProcess(settings, tmp_path).start()
+    backlog, skewed, on_time = voiced[:2], voiced[2:4], voiced[4:]
     collector = Collector(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers, max_request_size=4 * 1024 * 1024)
-    try:
-        worker.wait_ready()
-        now_ms = int(time.time() * 1000)
-        for u in voiced:
+    worker = WorkerProcess(settings, tmp_path)
+
+    def send(utts: list[Any], behind_s: float = 0.0) -> None:
+        for u in utts:
             for modality in ("text", "audio"):
                 message = part_message(u, modality, settings.kafka.topics)
                 assert message is not None
-                ts = now_ms - 120_000 if u in late else now_ms
+                ts = int((time.time() - behind_s) * 1000)
                 producer.send(message[0], key=u.call_id.encode(), value=message[1], timestamp_ms=ts)
         producer.flush()
+
+    try:
+        send(backlog)  # before the worker starts, and more than 5 s before it comes to them
+        time.sleep(6.0)
+        worker.start().wait_ready()
+        assert collector.poll_until(lambda c: len(by_utterance_id(c)) >= 2, timeout=120), worker.tail()
+        time.sleep(1.0)  # the backlog read: the worker sees its partitions read to their end (Worker.watch)
+        send(skewed, behind_s=120.0)
+        send(on_time)
         assert collector.poll_until(lambda c: len(by_utterance_id(c)) >= len(voiced), timeout=120), worker.tail()
         events = by_utterance_id(collector)
-        for u in late:
+        for u in backlog:
             ev = events[u.utterance_id]
             assert ev.modalities_present == ["text", "audio"] and ev.weights["audio"] == 0.0, ev
             why = ev.ignored["audio"]
             assert why.startswith("worker behind: ") and "more than engine.shed_audio_after_s after" in why, why
-        for u in on_time:
+        for u in skewed + on_time:
             ev = events[u.utterance_id]
             assert ev.modalities_present == ["text", "audio"] and ev.ignored == {}, ev
         # counted once the batch's events are out
-        assert _poll(lambda: "emostream_shed_audio_total 3.0" in worker.metrics()), worker.metrics()
+        assert _poll(lambda: "emostream_shed_audio_total 2.0" in worker.metrics()), worker.metrics()
         assert 'emostream_ignored_parts_total{modality="audio"} 0.0' in worker.metrics()  # not audio without speech
         logged = re.search(
-            r"the worker is behind: the audio of 1 utterance not encoded.*sent (\d+) s ago", worker.tail(10**6)
+            r"the worker is behind: the audio of 1 utterance not encoded.*sent (\d+) s ago by the producer's clock",
+            worker.tail(10**6),
         )
-        assert logged and 120 <= int(logged.group(1)) < 240, worker.tail()  # the age, in the log only
+        assert logged and 6 <= int(logged.group(1)) < 120, worker.tail()  # the age, in the log only
     finally:
         producer.close()
         collector.close()

@@ -5,7 +5,14 @@ import numpy as np
 from engines.interface import FeatureSpec
 from streams.context import ContextItem
 from streams.join import Utterance
-from streams.pipeline import BEHIND, build_batch, forget_featurizer_notes, sentiment_label, utterance_features
+from streams.pipeline import (
+    BEHIND,
+    build_batch,
+    forget_featurizer_notes,
+    sent_ago,
+    sentiment_label,
+    utterance_features,
+)
 from streams.validate import Payload
 
 DIMS = {"text": 2, "audio": 3, "video": 0}
@@ -103,6 +110,23 @@ def test_audio_of_an_utterance_sent_longer_ago_than_the_shed_age_is_not_encoded_
     assert set(utterance_features(utts[:1], f, DIMS, shed_after_s=0.0, now=1e9)[0]) == {"text", "audio"}
     # just at the age: still encoded
     assert "audio" in utterance_features(utts[:1], f, DIMS, shed_after_s=100.0, now=1000.0)[0]
+
+
+def test_the_worker_reading_its_partitions_to_their_end_overrules_a_producer_clock_running_behind() -> None:
+    """A part read after the worker had read its partition to the end the broker gave at wall time
+    F was sent after F: an utterance whose record time says 100 s ago (a producer clock 100 s behind)
+    but whose partition was read to its end 1 s ago keeps its voice; read to its end 50 s ago (a
+    backlog), it is shed; with no record time, that alone ages it."""
+    wave = Payload("wave", np.zeros(160, np.float32))
+    cases = [(900.0, 999.0, True), (900.0, 950.0, False), (None, 950.0, False), (990.5, 900.0, True)]
+    utts = [utt(i, text=Payload("text", "hello"), audio=wave) for i in range(len(cases))]
+    for u, (ts, fresh, _) in zip(utts, cases, strict=True):
+        u.first_ts, u.fresh_at = ts, fresh
+    assert [sent_ago(u, 1000.0) for u in utts] == [1.0, 50.0, 50.0, 9.5]  # the smaller of the two
+    assert sent_ago(utt(9), 1000.0) is None
+    feats = utterance_features(utts, CountingFeaturizer(), DIMS, shed_after_s=10.0, now=1000.0)
+    for u, f, (_, _, kept) in zip(utts, feats, cases, strict=True):
+        assert ("audio" in f) is kept and u.ignored.get("audio", "").startswith(BEHIND) is not kept, (u, f)
 
 
 class OtherLanguage:

@@ -1855,6 +1855,50 @@ def test_a_replay_encodes_the_voice_or_not_as_the_first_labelling_did(first_behi
     asyncio.run(scenario())
 
 
+def test_a_producer_clock_running_behind_does_not_shed_the_voice_while_the_worker_keeps_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """engine.shed_audio_after_s 30, every record time 100 s behind the worker's clock. u0 is read
+    right after the worker read its partitions to their end (0.2 s before, by the broker's answer):
+    it was sent since, so its voice is used. u1 is read from a backlog 60 s after the partitions
+    were last read to their end: its voice is not encoded, and the log gives the worker's age."""
+
+    async def scenario() -> None:
+        w, sent, log, _, _ = make(default_modalities=("text", "audio"))
+        t = w.settings.kafka.topics
+        w.processor.shed_audio_after_s = 30.0
+        wall = [10_000.0]
+        w.wall = w.processor.wall = lambda: wall[0]  # type: ignore[method-assign]
+        ends = {t.text: 0, t.audio: 0}
+        w.highwater = lambda topic, partition: PartitionEnd(ends.get(topic, 0), 0.2)
+
+        def watch() -> None:
+            w.watched_at = float("-inf")
+            w.watch(w.clock())
+
+        watch()  # empty, so read to their end: what comes next was sent after 9999.8
+        assert w.fresh[(t.text, 0)] == w.fresh[(t.audio, 0)] == pytest.approx(9999.8)
+        ends.update({t.text: 1, t.audio: 1})
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=9_900.0)
+        await w.on_message(t.audio, 0, 0, b"c", pcm("c", "u0", 0), Handle(log, "a0"), timestamp=9_900.0)
+        await w.pump()
+        (u0,) = events(sent)
+        assert u0.modalities_present == ["text", "audio"] and u0.ignored == {}, u0.ignored
+        wall[0] += 60.0
+        ends.update({t.text: 50, t.audio: 50})  # a backlog: 48 records more on each
+        watch()
+        assert w.fresh[(t.text, 0)] == pytest.approx(9999.8)  # not read to its end since
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=9_930.0)
+        await w.on_message(t.audio, 0, 1, b"c", pcm("c", "u1", 1), Handle(log, "a1"), timestamp=9_930.0)
+        with caplog.at_level(logging.WARNING, logger="streams.worker"):
+            await w.pump()
+        u1 = events(sent)[-1]
+        assert u1.utterance_id == "u1" and u1.ignored["audio"].startswith("worker behind: "), u1.ignored
+        assert "sent 60 s ago by this worker's reading" in caplog.text, caplog.text
+
+    asyncio.run(scenario())
+
+
 def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
     """The worker reads u0's text (sent at t=1000) while its audio topic still has 50 unread
     messages: past wait_s it waits; once it reads the audio, u0 is labelled with both."""
