@@ -183,7 +183,7 @@ def _highwater(app: Any, topic: str, partition: int) -> PartitionEnd | None:
     except Exception:
         pass
     age = 0.0 if polled_ms is None else max(0.0, time.time() - polled_ms / 1000.0)
-    return PartitionEnd(int(end), age, reachable, committed)
+    return PartitionEnd(int(end), age, reachable, committed, answered=polled_ms is not None)
 
 
 def quiet_kafka_python(level: str) -> None:

@@ -69,10 +69,11 @@ class Utterance:
     #: same, so its event repeats the first); None: judged by its age (engine.shed_audio_after_s)
     shed: bool | None = None
     #: the wall time (the worker's clock) of the latest end offset the broker gave for its first part's
-    #: input partition that the worker had read up to before that part: the part was sent after it, so
-    #: the utterance is at most ``now - fresh_at`` old whatever its producer's clock says (a producer
-    #: clock running behind does not make a caught-up worker look behind: engine.shed_audio_after_s);
-    #: None: not known (the partition not read to its end since the worker got it)
+    #: input partition that the worker had read up to before that part: the part became readable after
+    #: it, so the utterance has waited at most ``now - fresh_at`` for this worker whatever its producer's
+    #: clock says (a producer clock running behind does not make a caught-up worker look behind:
+    #: engine.shed_audio_after_s); None: not known (the partition not read to its end since the worker
+    #: got it)
     fresh_at: float | None = None
 
     def settle(self, modality: str, seq: int, speaker: str) -> list[str]:

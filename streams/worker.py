@@ -103,6 +103,15 @@ def _silent(end: PartitionEnd, read_offset: int | None) -> bool:
     return not end.reachable or (caught_up and end.age_s >= UNANSWERED_S)
 
 
+def _read_to(end: PartitionEnd, read_offset: int | None) -> bool:
+    """Whether a partition is read up to ``end`` (Worker.fresh): by this worker, or, where it has read
+    nothing yet, by the group before (its committed offset just there: one past the end is a log cut
+    back, which the consumer reads again from its start)."""
+    if read_offset is not None:
+        return read_offset + 1 >= end.offset
+    return (end.committed or 0) == end.offset
+
+
 def _partitions(tps: set[tuple[str, int]]) -> str:
     return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
 
@@ -115,6 +124,7 @@ class PartitionEnd:
     age_s: float
     reachable: bool = True  # its leader is known and this consumer is connected to it
     committed: int | None = None  # the group's committed offset there (the next to read), where known
+    answered: bool = True  # age_s is known (else 0.0: the consumer's private record of it was not there)
 
 
 @dataclass
@@ -678,11 +688,11 @@ class Worker:
         caught up to an end offset that the producers' retried writes have not reached yet.
 
         Also note, in :attr:`fresh`, when each input partition was last read to its end: the wall
-        time of the fetch response that gave that end offset. A message read after it was sent after
-        it, so an utterance whose first part it is was sent at most that long ago, by the worker's
-        own clock (:attr:`Utterance.fresh_at`, engine.shed_audio_after_s). A partition that is never
-        read quite to its end (a transactional producer's commit markers count in its end offset)
-        leaves the record times to say."""
+        time of the fetch response that gave that end offset. A message read after it became readable
+        after it, so an utterance whose first part it is has waited at most that long for this worker
+        (:attr:`Utterance.fresh_at`, engine.shed_audio_after_s). A partition that is never read quite
+        to its end (a transactional producer's commit markers count in its end offset) leaves the
+        record times to say."""
         if now - self.watched_at < WATCH_S:
             return
         self.watched_at = now
@@ -696,7 +706,7 @@ class Worker:
                 if _silent(end, None if seen is None else seen[1]):
                     self.disturbed_at = now
                     unreachable.add((topic, partition))
-                elif max(seen[1] + 1 if seen is not None else 0, end.committed or 0) >= end.offset:
+                elif end.answered and _read_to(end, None if seen is None else seen[1]):
                     answered = self.wall() - end.age_s  # when the broker gave this end
                     self.fresh[(topic, partition)] = max(self.fresh.get((topic, partition), answered), answered)
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads

@@ -1899,6 +1899,35 @@ def test_a_producer_clock_running_behind_does_not_shed_the_voice_while_the_worke
     asyncio.run(scenario())
 
 
+def test_a_partition_counts_as_read_to_its_end_by_this_workers_reads_or_else_the_groups_commit() -> None:
+    """Worker.fresh (engine.shed_audio_after_s): what this worker read decides once it has read
+    anything (a committed offset ahead of it, a log cut back after an unclean election, does not);
+    before, the group's committed offset just at the end; an end whose fetch time is not known, or a
+    silent one, is not noted."""
+    w = make()[0]
+    t = w.settings.kafka.topics
+    w.wall = lambda: 500.0  # type: ignore[method-assign]
+
+    def noted(end: PartitionEnd, read: int | None = None) -> float | None:
+        w.fresh.clear()
+        w.read = {} if read is None else {(t.text, 0): (0.0, read, w.clock())}
+        w.highwater = lambda topic, partition: end if (topic, partition) == (t.text, 0) else None
+        w.watched_at = float("-inf")
+        w.watch(w.clock())
+        return w.fresh.get((t.text, 0))
+
+    assert noted(PartitionEnd(5, 0.5), read=4) == 499.5  # read through offset 4 of 5
+    assert noted(PartitionEnd(6, 0.5), read=4) is None  # one more to read
+    assert noted(PartitionEnd(6, 0.5, committed=9), read=4) is None  # the group's commit ahead: the reads decide
+    assert noted(PartitionEnd(6, 0.5, committed=6)) == 499.5  # nothing read since a restart: all was before
+    assert noted(PartitionEnd(6, 0.5, committed=4)) is None  # a backlog
+    assert noted(PartitionEnd(6, 0.5, committed=9)) is None  # a log cut back: read again from its start
+    assert noted(PartitionEnd(0, 0.5)) == 499.5  # empty
+    assert noted(PartitionEnd(5, 0.0, answered=False), read=4) is None  # when the broker said so: not known
+    assert noted(PartitionEnd(5, 0.5, reachable=False), read=4) is None  # its leader gone
+    assert noted(PartitionEnd(5, UNANSWERED_S + 1), read=4) is None  # no answer for long
+
+
 def test_a_backlog_of_audio_holds_the_join_until_the_audio_is_read() -> None:
     """The worker reads u0's text (sent at t=1000) while its audio topic still has 50 unread
     messages: past wait_s it waits; once it reads the audio, u0 is labelled with both."""
@@ -2086,12 +2115,18 @@ def test_the_partition_end_reads_the_fetch_age_and_survives_its_private_path_fai
         return SimpleNamespace(consumer=SimpleNamespace(highwater=lambda tp: 10, _thread=thread))
 
     end = _highwater(app(_time.time() * 1000 - 7000), "t", 0)
-    assert end is not None and end.offset == 10 and 6.5 < end.age_s < 8
-    assert _highwater(app(AttributeError("no such consumer")), "t", 0) == PartitionEnd(10, 0.0)
-    assert _highwater(app(None), "t", 0) == PartitionEnd(10, 0.0)  # nothing fetched yet: the offsets rule alone
-    assert _highwater(app(None, connected=False), "t", 0) == PartitionEnd(10, 0.0, reachable=False)
-    assert _highwater(app(None, leader=-1), "t", 0) == PartitionEnd(10, 0.0, reachable=False)  # no leader now
-    assert _highwater(app(None, leader=2), "t", 0) == PartitionEnd(10, 0.0, reachable=False)  # not connected to it
+    assert end is not None and end.offset == 10 and 6.5 < end.age_s < 8 and end.answered
+    assert _highwater(app(AttributeError("no such consumer")), "t", 0) == PartitionEnd(10, 0.0, answered=False)
+    assert _highwater(app(None), "t", 0) == PartitionEnd(
+        10, 0.0, answered=False
+    )  # nothing fetched yet: the offsets rule alone
+    assert _highwater(app(None, connected=False), "t", 0) == PartitionEnd(10, 0.0, reachable=False, answered=False)
+    assert _highwater(app(None, leader=-1), "t", 0) == PartitionEnd(
+        10, 0.0, reachable=False, answered=False
+    )  # no leader now
+    assert _highwater(app(None, leader=2), "t", 0) == PartitionEnd(
+        10, 0.0, reachable=False, answered=False
+    )  # not connected to it
 
 
 def test_the_worker_reports_its_consumer_lag_and_the_emotions_it_labels() -> None:
