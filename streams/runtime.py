@@ -38,9 +38,10 @@ class ModelFeaturizer:
         agent: Callable[[str], bool] = is_agent,
     ) -> None:
         self._x = extractors
-        #: whose transcripts have a feeling they name as the listener's made neutral before they are
-        #: encoded ("I understand your frustration": engines/features/acknowledge.py): "agents" (the
-        #: speakers ``agent`` says are), "all" or "off"
+        #: whose transcripts have a feeling they name as the listener's made neutral, and their apologies
+        #: read as acknowledgements, before they are encoded ("I understand your frustration", "I'm so
+        #: sorry for the wait": engines/features/acknowledge.py): "agents" (the speakers ``agent`` says
+        #: are), "all" or "off"
         self.acknowledgements = acknowledgements
         self._agent = agent
         self._unread_failed = False

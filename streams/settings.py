@@ -284,7 +284,8 @@ class EngineSettings(_Section):
         "too': an agent's empathy statement) is the speaker's own to the text model, which learnt from sitcom "
         "dialogue; agents = in the transcripts of the speakers the escalation rules' [roles] call agents, such "
         "phrases are made neutral before the words are encoded ('your feelings', 'you're feeling this way'; "
-        "engines/features/acknowledge.py); all = in every speaker's; off = the words as written",
+        "engines/features/acknowledge.py), and an apology ('I'm so sorry for the wait', read as sadness) is read as "
+        "an acknowledgement ('I acknowledge the wait'); all = in every speaker's; off = the words as written",
     )
     revision_model: str | None = Field(
         None,

@@ -4,6 +4,7 @@ speaker's own is left as written."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DEV_LINES = FIXTURES / "call-center-lines.jsonl"
 #: written by another helper without sight of the code or of the dev set, after the patterns were fixed
 HELD_OUT_LINES = FIXTURES / "call-center-lines-heldout.jsonl"
+#: agents' apologies, hostile agent lines with "sorry", other agent lines with the words, customers'
+#: apologies: written by a helper without sight of the code; the apology patterns were extended on it
+APOLOGY_LINES = FIXTURES / "call-center-apologies.jsonl"
+#: the same kinds, written by another helper at the same time, read only after the patterns were fixed
+APOLOGY_HELD_OUT = FIXTURES / "call-center-apologies-heldout.jsonl"
+#: the same kinds, written by a third helper after that, nothing changed since
+APOLOGY_BLIND = FIXTURES / "call-center-apologies-blind.jsonl"
 
 
 def lines(path: Path, kind: str) -> list[str]:
@@ -107,7 +115,17 @@ def test_a_long_hostile_line_is_read_in_milliseconds() -> None:
     a run of degree words before a feeling once took 0.5 s (measured 2-18 ms since)."""
     import time
 
-    for text in ("so " * 1700 + "x for you", "you're " + "so " * 1700, "I'd " * 1250, "I would be " * 460):
+    for text in (
+        "so " * 1700 + "x for you",
+        "you're " + "so " * 1700,
+        "I'd " * 1250,
+        "I would be " * 460,
+        "so " * 1700 + "sorry?",
+        "I'm " + "so " * 1700 + "x sorry",
+        "sorry to " * 600,
+        "we'd like to " * 400 + "apologise",
+        "my " + "deep " * 900 + "x apology",
+    ):
         t0 = time.perf_counter()
         acknowledged_form(text[:5000])
         assert time.perf_counter() - t0 < 0.5, text[:20]
@@ -117,14 +135,75 @@ def test_a_long_hostile_line_is_read_in_milliseconds() -> None:
 
 @pytest.mark.parametrize("path", [DEV_LINES, HELD_OUT_LINES], ids=["dev", "held-out"])
 def test_no_customers_own_feeling_and_no_plain_agent_line_is_rewritten(path: Path) -> None:
+    """(but for their apologies: test_apologies_are_acknowledgements)"""
     for kind in ("customer-own", "polite"):
-        changed = [t for t in lines(path, kind) if acknowledged_form(t) != t]
+        changed = [t for t in lines(path, kind) if acknowledged_form(t, apologies=False) != t]
         assert changed == [], (kind, changed)
+        apologies = [t for t in lines(path, kind) if acknowledged_form(t) != t]
+        assert all(re.search(r"sorry|apolog", t, re.IGNORECASE) for t in apologies), apologies
+
+
+@pytest.mark.parametrize(
+    ("line", "read"),
+    [
+        ("I'm so sorry for the long wait.", "I acknowledge the long wait."),
+        ("We're truly sorry about the outage.", "we acknowledge the outage."),
+        ("im really sorry to hear that", "I acknowledge that"),
+        ("I'm sorry to hear about your mother's passing.", "I acknowledge your mother's passing."),
+        ("I'm sorry, I can't waive that fee.", "I acknowledge, I can't waive that fee."),
+        ("Sorry to keep you waiting.", "I acknowledge having to keep you waiting."),
+        ("I do apologise for the delay.", "I acknowledge the delay."),
+        ("We'd like to apologize again for the mix-up.", "we acknowledge the mix-up."),
+        ("Please accept our sincere apologies for the error.", "we acknowledge the error."),
+        ("My apologies, let me fix that.", "I acknowledge, let me fix that."),
+        ("Apologies for the hold.", "I acknowledge the hold."),
+        ("Sorry again for the trouble. Anything else?", "I acknowledge the trouble. Anything else?"),
+        ("Okay, sorry about that, the line cut out.", "Okay, I acknowledge that, the line cut out."),
+    ],
+)
+def test_apologies_are_acknowledgements(line: str, read: str) -> None:
+    """An apology is a courtesy, not the speaker's sadness (1.6.0 read 36 of the 60 dev apologies
+    as sadness): it is read as an acknowledgement of what it was for."""
+    assert acknowledged_form(line) == read
+    assert acknowledged_form(line, apologies=False) == line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Sorry? You cut out, what was that?",  # "pardon?"
+        "I'm not sorry.",
+        "I'm not going to apologize for your mistake.",
+        "There's no need to apologize.",
+        "You don't have to be sorry.",
+        "Don't be sorry, that's what I'm here for.",
+        "I feel sorry for whoever set this up.",
+        "You'll be sorry.",
+        "Better safe than sorry.",
+        "Sorry doesn't pay my bills.",
+        "The driver never said sorry.",
+        "You want an apology? You're not getting one.",
+    ],
+)
+def test_what_is_no_apology_of_the_speakers_is_left_as_written(line: str) -> None:
+    assert acknowledged_form(line) == line
+
+
+@pytest.mark.parametrize(
+    ("path", "most"), [(APOLOGY_LINES, 0), (APOLOGY_HELD_OUT, 4), (APOLOGY_BLIND, 2)], ids=["dev", "held-out", "blind"]
+)
+def test_few_agent_lines_that_make_no_apology_are_rewritten(path: Path, most: int) -> None:
+    """Of the 20 'other' lines of each set (no need to apologize, "Sorry?" for "pardon?", idioms,
+    quotes), as many as when the patterns were fixed: held out, "Sorry, what was that?"-like lines
+    (a "pardon?" with its question after a comma: read neutral after, as before) and a quoted
+    'we're sorry to see you go'."""
+    changed = [t for t in lines(path, "other") if acknowledged_form(t) != t]
+    assert len(changed) <= most, changed
 
 
 def test_most_empathy_statements_of_the_dev_lines_are_found() -> None:
     empathy = lines(DEV_LINES, "empathy")
-    found = sum(acknowledged_form(t) != t for t in empathy)
+    found = sum(acknowledged_form(t, apologies=False) != t for t in empathy)
     assert found >= 0.55 * len(empathy), found  # 36 of 60 when the patterns were fixed
 
 
