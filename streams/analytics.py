@@ -59,7 +59,8 @@ NEGATIVE_EMOTIONS: frozenset[str] = frozenset(
 )
 #: The labels a report's ``hostile_share`` counts: the negative emotions turned at someone (anger,
 #: disgust, frustration, as the ``reply`` rule reads an agent's turn), not sadness or fear. An agent's
-#: sympathy ("I'm so sorry, that sounds like an awful week") is read as sadness; on the hand-written
+#: sympathy ("that sounds like an awful week") is read as sadness (its apology, "I'm so sorry", no longer
+#: is with engine.acknowledgements: engines/features/acknowledge.py); on the hand-written
 #: call-center lines of tests/fixtures, 1.6.0 labelled 55 % and 72 % of agents' empathy statements
 #: with a negative emotion, as many as of agents' hostile replies (53 % and 67 %), but 8 % and 12 % of
 #: them anger or disgust at :data:`HOSTILE_MIN_CONFIDENCE` or more, against 43 % and 47 % of the

@@ -145,46 +145,67 @@ _SORRY_DEGREE = (
     r"(?:(?:so|very|really|truly|terribly|deeply|sincerely|extremely|awfully|genuinely|incredibly|profoundly|"
     r"most|again|also|just|still|honestly|completely|ever)\s+)*"
 )
-#: what an apology is for, dropped with it ("sorry for the wait" -> "I acknowledge the wait"); "sorry
-#: to keep you waiting" keeps its verb (group "to": "I acknowledge having to keep you waiting")
-_FOR = (
-    r"(?:\s+(?:again|once\s+again))?(?:\s+(?:for|about|to\s+hear(?:\s+about)?|to\s+learn(?:\s+about)?|regarding|over)\b"
-    r"|(?P<to>\s+to)(?=\s+(?!hear\b|learn\b)[a-z]))?"
+#: what may follow "sorry to" and keep its verb ("sorry to keep you waiting"): not "sorry to hear",
+#: "apologise to you", "sorry to everyone"
+_NOT_A_VERB = (
+    r"hear|learn|you|everyone|everybody|anyone|all|the|him|her|them|us|me|our|your|my|each|both|any|those|these"
 )
-#: "I'm so sorry (for)", "we are truly sorry (to hear)" (not "I'm not sorry", "I feel sorry for")
-_AM_SORRY = re.compile(rf"\b(I|we)(?:'?m|\s+am|'?re|\s+are)\s+{_SORRY_DEGREE}sorry\b{_FOR}", re.IGNORECASE)
+#: what an apology is for, dropped with it ("sorry for the wait" -> "I acknowledge the wait"); "sorry
+#: to keep you waiting" keeps its verb (group "to": "I acknowledge having to keep you waiting"; "sorry
+#: to have kept you", group "have": "I acknowledge having kept you")
+_FOR = (
+    r"(?:\s+to\s+(?:you|everyone|everybody|all\s+of\s+you|(?:all\s+)?our\s+customers))?"
+    r"(?:\s+(?:again|once\s+again))?(?:\s+(?:for|about|to\s+hear(?:\s+about)?|to\s+learn(?:\s+about)?|regarding|over)\b"
+    rf"|(?P<to>\s+to(?P<have>\s+have)?)(?=\s+(?!(?:{_NOT_A_VERB})\b)[a-z]))?"
+)
+#: "sorry" as the thing talked of, not said ("Sorry doesn't pay my bills", "my apology was sincere")
+_SAID_OF = (
+    r"(?!\s+(?:doesn'?t|does|don'?t|do|is|isn'?t|was|wasn'?t|were|are|aren'?t|won'?t|will|would|means?|seems|"
+    r"sounds|ain'?t|letters?|credits?|notes?|emails?|calls?)\b)"
+)
+#: "I'm so sorry (for)", "we are truly sorry (to hear)" (not "I'm not sorry", "I feel sorry for",
+#: "I'm sorry?": "pardon?"; "were" is no "we're")
+_AM_SORRY = re.compile(
+    rf"\b(?:(I)(?:'?m|\s+am)|(we)(?:'re|\s+are))\s+{_SORRY_DEGREE}sorry\b(?!\s*\?){_FOR}", re.IGNORECASE
+)
 #: "I (do sincerely) apologise (for)", "we'd like to apologize", "let me apologize" (not "I'm not
-#: going to apologize", "no need to apologize")
+#: going to apologize", "no need to apologize", "why should I apologize")
 _APOLOGISE = re.compile(
-    r"\b(I|we|let\s+me|allow\s+me\s+to)(?:'d\s+like\s+to)?(?:\s+(?:do|really|sincerely|truly|deeply|genuinely|must|can\s+only|"
-    r"want\s+to|wanted\s+to|would\s+like\s+to|'d\s+like\s+to|again|also|just|first|profusely))*\s+"
-    rf"apologi[sz]e(?:\s+(?:again|once\s+again|sincerely|profusely|unreservedly))*\b{_FOR}",
+    r"(?<!should )(?<!would )(?<!could )(?<!shall )(?<!must )(?<!why )(?<!why do )(?<!why did )"
+    r"\b(I|we|let\s+me|allow\s+me\s+to)(?:'d\s+like\s+to)?(?:\s+(?:do|really|sincerely|truly|deeply|genuinely|"
+    r"must|can\s+only|want\s+to|wanted\s+to|would\s+like\s+to|'d\s+like\s+to|again|also|just|first|profusely))*\s+"
+    rf"apologi[sz]e(?:\s+(?:again|once\s+again|sincerely|profusely|unreservedly))*\b(?!\s*\?){_FOR}",
     re.IGNORECASE,
 )
-#: "(please accept) my (sincere) apologies (for)", "our apologies", "apologies for the wait"
+#: "(please accept) my (sincere) apologies (for)", "our apologies", "apologies for the wait", "and
+#: apologies for the delay" (not "my apology was sincere", "apologies don't fix anything")
 _APOLOGIES = re.compile(
-    r"(?:\b(?:please\s+)?accept\s+)?(?:\b(my|our)\s+|^|(?<=[.!;,]\s))"
-    rf"(?:(?:sincere|sincerest|deepest|deep|humble|heartfelt|profound|genuine)\s+)*apolog(?:y|ies)\b{_FOR}",
+    r"(?:\b(?:please\s+)?accept\s+)?(?:\b(my|our)\s+|^|(?<=[.!?;,]\s)|(?<=\band\s))"
+    rf"(?:(?:sincere|sincerest|deepest|deep|humble|heartfelt|profound|genuine)\s+)*apolog(?:y|ies)\b{_SAID_OF}{_FOR}",
     re.IGNORECASE,
 )
 #: a sentence's own "sorry (for)" ("Sorry for the wait", "oh sorry about that", "Sorry, let me
-#: check"; not "Sorry?", which asks the customer to say it again, nor "Sorry doesn't pay my bills")
+#: check"; not "Sorry?", "sorry, what was that", "sorry come again", which ask for a repeat, nor "Sorry
+#: doesn't pay my bills", "you'll be so sorry", "don't be so sorry")
 _SORRY = re.compile(
-    r"(^|[.!;:,]\s*|\b(?:oh|okay|ok|well|and|so|again|yeah|yes|no|ah|um|uh)[,]?\s+)"
-    rf"{_SORRY_DEGREE}sorry\b(?!\s*\?|\s+(?:doesn'?t|does|don'?t|is|isn'?t|was|wasn'?t|won'?t|will|would|means|"
-    rf"seems|sounds|ain'?t)\b){_FOR}",
+    r"(^|[.!?;:,]\s*|\b(?:oh|okay|ok|well|and|yeah|yes|no|ah|um|uh)[,]?\s+)"
+    rf"{_SORRY_DEGREE}sorry\b(?!\s*\?|[,]?\s+(?:what\b|come\s+again|say\s+(?:that|it)\s+again)){_SAID_OF}{_FOR}",
     re.IGNORECASE,
 )
+#: what rewrites an apology (the patterns above look only where one of these is)
+_APOLOGY_CUES = ("sorry", "apolog")
 
 
 _ACKNOWLEDGE = "acknowledge"  # what an apology is read as: "I'm sorry for the wait" -> "I acknowledge the wait"
 
 
-def _apology(m: re.Match[str], subject: str | None = None) -> str:
-    """An apology (:data:`_AM_SORRY`, :data:`_APOLOGISE`, :data:`_APOLOGIES`) as an acknowledgement:
-    "I'm so sorry for" -> "I acknowledge", "our apologies" -> "we acknowledge"."""
-    who = (subject if subject is not None else m.group(1) or "I").lower()
-    said = f"we {_ACKNOWLEDGE}" if who in ("we", "our") else f"I {_ACKNOWLEDGE}"
+def _apology(m: re.Match[str], subject: str = "I") -> str:
+    """An apology (:data:`_AM_SORRY`, :data:`_APOLOGISE`, :data:`_APOLOGIES`, :data:`_SORRY`) as an
+    acknowledgement: "I'm so sorry for" -> "I acknowledge", "our apologies" -> "we acknowledge",
+    "sorry to keep" -> "I acknowledge having to keep", "sorry to have kept" -> "I acknowledge having kept"."""
+    said = f"{'we' if subject.lower() in ('we', 'our') else 'I'} {_ACKNOWLEDGE}"
+    if m.group("have"):
+        return f"{said} having"
     return f"{said} having to" if m.group("to") else said
 
 
@@ -232,12 +253,11 @@ def acknowledged_form(text: str, apologies: bool = True) -> str:
     out = _YOUR.sub(lambda m: f"{m.group(1)} feelings", out)
     out = _FEEL.sub(lambda m: f"{m.group(1)} this way", out)
     out = _BE.sub(_be, out)
-    if not apologies:
-        return out if out != read else text
-    out = _AM_SORRY.sub(_apology, out)
-    out = _APOLOGISE.sub(lambda m: _apology(m, "we" if m.group(1).lower() == "we" else "I"), out)
-    out = _APOLOGIES.sub(_apology, out)
-    out = _SORRY.sub(lambda m: f"{m.group(1)}I {_ACKNOWLEDGE}" + (" having to" if m.group("to") else ""), out)
+    if apologies and any(w in low for w in _APOLOGY_CUES):
+        out = _AM_SORRY.sub(lambda m: _apology(m, m.group(2) or "I"), out)
+        out = _APOLOGISE.sub(lambda m: _apology(m, m.group(1)), out)
+        out = _APOLOGIES.sub(lambda m: _apology(m, m.group(1) or "I"), out)
+        out = _SORRY.sub(lambda m: m.group(1) + _apology(m), out)
     return out if out != read else text
 
 
@@ -278,7 +298,9 @@ def _measure(data_dir: str, show: int) -> int:
                 continue
             lines = [(u.text, d.labels[u.emotion]) for d in dialogues for u in d.utterances if u.text]
             changed = [(t, lab) for t, lab in lines if acknowledged_form(t) != t]
-            print(f"{name} {split}: {len(changed)} of {len(lines)} lines changed")
+            feeling = sum(acknowledged_form(t, apologies=False) != t for t, _ in changed)
+            print(f"{name} {split}: {len(changed)} of {len(lines)} lines changed ({feeling} naming the listener's "
+                  f"feeling, {len(changed) - feeling} only apologising)")  # fmt: skip
             for t, lab in changed[:show]:
                 print(f"    [{lab}] {t!r} -> {acknowledged_form(t)!r}")
     return 0

@@ -4,7 +4,6 @@ speaker's own is left as written."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +111,8 @@ def test_modes() -> None:
 
 def test_a_long_hostile_line_is_read_in_milliseconds() -> None:
     """No pattern backtracks badly on the longest transcript the stream takes (5000 characters):
-    a run of degree words before a feeling once took 0.5 s (measured 2-18 ms since)."""
+    a run of degree words before a feeling once took 0.5 s (measured 2-18 ms since), a run of "so"
+    before an apology's "sorry" 95-143 ms (0.1-5 ms since)."""
     import time
 
     for text in (
@@ -120,15 +120,17 @@ def test_a_long_hostile_line_is_read_in_milliseconds() -> None:
         "you're " + "so " * 1700,
         "I'd " * 1250,
         "I would be " * 460,
-        "so " * 1700 + "sorry?",
-        "I'm " + "so " * 1700 + "x sorry",
-        "sorry to " * 600,
-        "we'd like to " * 400 + "apologise",
-        "my " + "deep " * 900 + "x apology",
+        "you " + "so " * 1700,
+        "sorry " + "so " * 1700,
+        "sorry " + "again " * 830,
+        "I'm " + "so " * 600 + "sorry",  # the apology within the 2000 characters rewritten
+        "and " * 400 + "apologies",
+        "why do " * 250 + "I apologize",
+        "sorry to " * 550,
     ):
         t0 = time.perf_counter()
         acknowledged_form(text[:5000])
-        assert time.perf_counter() - t0 < 0.5, text[:20]
+        assert time.perf_counter() - t0 < 0.1, text[:20]
     long = "I understand your frustration. " + "x" * 5000 + " I understand your frustration."
     assert acknowledged_form(long) == "I understand your feelings. " + long[31:]  # past 2000 characters: as written
 
@@ -139,8 +141,23 @@ def test_no_customers_own_feeling_and_no_plain_agent_line_is_rewritten(path: Pat
     for kind in ("customer-own", "polite"):
         changed = [t for t in lines(path, kind) if acknowledged_form(t, apologies=False) != t]
         assert changed == [], (kind, changed)
-        apologies = [t for t in lines(path, kind) if acknowledged_form(t) != t]
-        assert all(re.search(r"sorry|apolog", t, re.IGNORECASE) for t in apologies), apologies
+        apologies = {t: acknowledged_form(t) for t in lines(path, kind) if acknowledged_form(t) != t}
+        assert apologies == (POLITE_APOLOGIES if (path, kind) == (DEV_LINES, "polite") else {}), apologies
+
+
+#: the plain agent lines of the first empathy set that apologise, as the stream reads them
+POLITE_APOLOGIES = {
+    "I apologize for the wait, we're experiencing higher than normal call volumes.": (
+        "I acknowledge the wait, we're experiencing higher than normal call volumes."
+    ),
+    "Our policy only allows refunds within thirty days of purchase, I'm sorry.": (
+        "Our policy only allows refunds within thirty days of purchase, I acknowledge."
+    ),
+    "sorry about that the line cut out for a second could you repeat the date of birth": (
+        "I acknowledge that the line cut out for a second could you repeat the date of birth"
+    ),
+    "I apologize for any inconvenience this may have caused.": "I acknowledge any inconvenience this may have caused.",
+}
 
 
 @pytest.mark.parametrize(
@@ -159,6 +176,11 @@ def test_no_customers_own_feeling_and_no_plain_agent_line_is_rewritten(path: Pat
         ("Apologies for the hold.", "I acknowledge the hold."),
         ("Sorry again for the trouble. Anything else?", "I acknowledge the trouble. Anything else?"),
         ("Okay, sorry about that, the line cut out.", "Okay, I acknowledge that, the line cut out."),
+        ("I'm sorry to have kept you waiting.", "I acknowledge having kept you waiting."),
+        ("I want to apologise to you for the delay.", "I acknowledge the delay."),
+        ("Hello? Sorry for the wait.", "Hello? I acknowledge the wait."),
+        ("Thanks for holding, and apologies for the delay.", "Thanks for holding, and I acknowledge the delay."),
+        ("Yeah so sorry about that.", "Yeah I acknowledge that."),
     ],
 )
 def test_apologies_are_acknowledgements(line: str, read: str) -> None:
@@ -183,6 +205,18 @@ def test_apologies_are_acknowledgements(line: str, read: str) -> None:
         "Sorry doesn't pay my bills.",
         "The driver never said sorry.",
         "You want an apology? You're not getting one.",
+        "He was so sorry.",  # another's
+        "I feel so sorry for you.",
+        "Don't be so sorry.",
+        "They were sorry about it.",  # "were" is no "we're"
+        "I'm sorry?",  # "pardon?"
+        "Sorry, what was that?",
+        "sorry come again",
+        "sorry say that again",
+        "Why should I apologize for your mistake?",
+        "My apology was sincere.",
+        "Apologies don't fix anything.",
+        "Our apology letter went out today.",
     ],
 )
 def test_what_is_no_apology_of_the_speakers_is_left_as_written(line: str) -> None:
@@ -190,13 +224,14 @@ def test_what_is_no_apology_of_the_speakers_is_left_as_written(line: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("path", "most"), [(APOLOGY_LINES, 0), (APOLOGY_HELD_OUT, 4), (APOLOGY_BLIND, 2)], ids=["dev", "held-out", "blind"]
+    ("path", "most"), [(APOLOGY_LINES, 0), (APOLOGY_HELD_OUT, 2), (APOLOGY_BLIND, 1)], ids=["dev", "held-out", "blind"]
 )
 def test_few_agent_lines_that_make_no_apology_are_rewritten(path: Path, most: int) -> None:
     """Of the 20 'other' lines of each set (no need to apologize, "Sorry?" for "pardon?", idioms,
-    quotes), as many as when the patterns were fixed: held out, "Sorry, what was that?"-like lines
-    (a "pardon?" with its question after a comma: read neutral after, as before) and a quoted
-    'we're sorry to see you go'."""
+    quotes): held out, a quoted 'we're sorry to see you go' and "Sorry, did you say fifteen or
+    fifty?"; in the third set a quoted 'we're sorry, all our agents are busy' (4 and 2 when the
+    patterns were fixed: "sorry, what was that", "sorry come again" and "sorry say that again" are
+    left as written since a code review, which read these sets)."""
     changed = [t for t in lines(path, "other") if acknowledged_form(t) != t]
     assert len(changed) <= most, changed
 
