@@ -236,6 +236,11 @@ def utterance_features(
     return feats
 
 
+def voice_shed(ignored: dict[str, str]) -> bool:
+    """Whether an utterance's notes (its ``ignored``) say its voice was not encoded, the worker behind."""
+    return ignored.get("audio", "").startswith(BEHIND)
+
+
 def sent_ago(utt: Utterance, now: float) -> float | None:
     """How long before ``now`` (wall seconds) ``utt`` was sent, as far as the worker can tell: since its
     first part's record time (the producer's clock), and no longer than since the end offset its
@@ -365,7 +370,7 @@ class _Ready:
     def fits(self, utt: Utterance) -> bool:
         """Encoded from ``utt``'s parts (and, for a replay, as its first run did: its voice encoded or not)."""
         same = self.parts.keys() == utt.parts.keys() and all(self.parts[m] is utt.parts[m] for m in self.parts)
-        return same and (utt.shed is None or utt.shed == self.ignored.get("audio", "").startswith(BEHIND))
+        return same and (utt.shed is None or utt.shed == voice_shed(self.ignored))
 
 
 class Processor:
@@ -450,7 +455,7 @@ class Processor:
         outcome.replayed = replayed
         outcome.read_s = read_s
         for utt in fresh:
-            behind = utt.ignored.get("audio", "").startswith(BEHIND)
+            behind = voice_shed(utt.ignored)
             tokens = [*utt.modalities, JOIN_BEHIND] if behind else list(utt.modalities)
             outcome.joins.setdefault(utt.call_id, {})[utt.utterance_id] = "+".join(tokens)
         return outcome

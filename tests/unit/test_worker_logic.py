@@ -1899,6 +1899,29 @@ def test_a_producer_clock_running_behind_does_not_shed_the_voice_while_the_worke
     asyncio.run(scenario())
 
 
+def test_an_utterance_keeps_the_read_end_of_its_first_part_however_that_part_came_and_a_revoke_forgets_it() -> None:
+    """Utterance.fresh_at is the partition's read end before its first part was read: also where that
+    part is dead-lettered (the join's reject path), not moved by its later parts; a revoked
+    partition's ends are forgotten (its next owner's reading says)."""
+
+    async def scenario() -> None:
+        w, _, log, _, _ = make(default_modalities=("text", "audio"))
+        t = w.settings.kafka.topics
+        w.fresh[(t.audio, 0)], w.fresh[(t.text, 0)] = 900.0, 950.0
+        bad = AudioPart(call_id="c", utterance_id="u0", seq=0, encoding="pcm_s16le", sample_rate=16000, data="AAA")
+        await w.on_message(t.audio, 0, 0, b"c", bad.to_bytes(), Handle(log, "a0"), timestamp=1000.0)
+        w.fresh[(t.text, 0)] = 990.0
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.0)
+        utt = w.joiner._calls["c"].pending.get("u0")
+        if utt is None:  # (released already: its audio dead-lettered, its text in)
+            utt = w.queue[0]
+        assert utt.ignored["audio"].startswith("dead-lettered: ") and utt.fresh_at == 900.0
+        await w.revoke({0})
+        assert w.fresh == {}
+
+    asyncio.run(scenario())
+
+
 def test_a_partition_counts_as_read_to_its_end_by_this_workers_reads_or_else_the_groups_commit() -> None:
     """Worker.fresh (engine.shed_audio_after_s): what this worker read decides once it has read
     anything (a committed offset ahead of it, a log cut back after an unclean election, does not);
