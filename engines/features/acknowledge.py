@@ -23,12 +23,14 @@ Apologies (:data:`_AM_SORRY`, :data:`_APOLOGISE`, :data:`_APOLOGIES`, :data:`_SO
 acknowledgements of what they were for: "I'm so sorry for the long wait" -> "I acknowledge the long
 wait", "we apologise for the outage" -> "we acknowledge the outage", "sorry to keep you waiting" ->
 "I acknowledge having to keep you waiting", "My apologies, let me fix that" -> "I acknowledge, let
-me fix that". In MELD a line that says sorry is mostly a sad one (90 of the 193 train lines the
-patterns change), and 1.6.0 read 36 of 60 hand-written agents' apologies as sadness, 0 to 3 since
-(README: 'Agents' apologies'). Left as written: "I'm not sorry", "no need to apologize", "don't be
-sorry", "I feel sorry for ...", "better safe than sorry", "Sorry doesn't pay my bills", and a
-"Sorry?" that asks for a repeat. A customer's apology is often the speaker's own feeling ("I'm sorry,
-my husband passed away"): the stream's default leaves customers' lines as written.
+me fix that". In MELD a line that says sorry is mostly a sad one (88 of the 190 train lines the
+apology patterns change), and 1.6.0 read 36 of 60 hand-written agents' apologies as sadness, 0 to 3
+since (README: 'Agents' apologies'). Left as written: "I'm not sorry", "no need to apologize",
+"don't be (so) sorry", "I feel sorry for ...", "he was so sorry", "they were sorry", "better safe
+than sorry", "why should I apologize", "Sorry doesn't pay my bills", "my apology was sincere", and
+"Sorry?", "I'm sorry?", "sorry, what was that", "sorry come again", which ask for a repeat. A
+customer's apology is often the speaker's own feeling ("I'm sorry, my husband passed away"): the
+stream's default leaves customers' lines as written.
 
 The stream applies it to the agents' transcripts (``engine.acknowledgements = "agents"``, the
 default: speakers the escalation rules' ``[roles]`` call agents; ``"all"``: every speaker's;
