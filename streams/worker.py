@@ -696,6 +696,7 @@ class Worker:
         if now - self.watched_at < WATCH_S:
             return
         self.watched_at = now
+        wall = self.wall()
         unreachable = set()
         for topic in self.topic_of.values():
             for partition in range(self.settings.kafka.topics.partitions):
@@ -707,7 +708,7 @@ class Worker:
                     self.disturbed_at = now
                     unreachable.add((topic, partition))
                 elif end.answered and _read_to(end, None if seen is None else seen[1]):
-                    answered = self.wall() - end.age_s  # when the broker gave this end
+                    answered = wall - end.age_s  # when the broker gave this end
                     self.fresh[(topic, partition)] = max(self.fresh.get((topic, partition), answered), answered)
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
                     self.metrics.lag.labels(topic, str(partition)).set(max(0, end.offset - seen[1] - 1))

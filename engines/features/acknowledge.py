@@ -225,7 +225,7 @@ def _be(m: re.Match[str]) -> str:
 
 READ_CHARS = 2000  # what is rewritten of a longer text: past the encoder's reach, and 2-18 ms at most at 5000
 #: one is in every pattern
-_CUES = ("you", "would", "'d", "id ", "must", "how", "got to", "has to", "to be", "to feel", "sorry", "apolog")
+_CUES = ("you", "would", "'d", "id ", "must", "how", "got to", "has to", "to be", "to feel", *_APOLOGY_CUES)
 #: apostrophe look-alikes beyond those normalise_text folds (as engines/features/text.py asr_form reads them)
 _APOSTROPHES = str.maketrans({c: "'" for c in "`\u00b4\u2032\uff07\u02bc"})
 _SITUATION_END = tuple(_SITUATION_ADJ.split("|"))
