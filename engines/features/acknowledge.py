@@ -19,7 +19,8 @@ feels, or says of the listener's conduct) are left as they are. Questions get no
 own: "Are you mad at me?" is left as it is by its word order, "You're upset?" is rewritten. The
 words are English; another language matches nothing.
 
-Apologies (:data:`_AM_SORRY`, :data:`_APOLOGISE`, :data:`_APOLOGIES`, :data:`_SORRY`) are read as
+Apologies (:data:`_HOW_SORRY`, :data:`_SAY_SORRY`, :data:`_AM_SORRY`, :data:`_APOLOGISE`,
+:data:`_APOLOGIES`, :data:`_SORRY`) are read as
 acknowledgements of what they were for: "I'm so sorry for the long wait" -> "I acknowledge the long
 wait", "we apologise for the outage" -> "we acknowledge the outage", "sorry to keep you waiting" ->
 "I acknowledge having to keep you waiting", "My apologies, let me fix that" -> "I acknowledge, let
@@ -191,7 +192,20 @@ _APOLOGIES = re.compile(
 #: doesn't pay my bills", "you'll be so sorry", "don't be so sorry")
 _SORRY = re.compile(
     r"(^|[.!?;:,]\s*|\b(?:oh|okay|ok|well|and|yeah|yes|no|ah|um|uh)[,]?\s+)"
-    rf"{_SORRY_DEGREE}sorry\b(?!\s*\?|[,]?\s+(?:what\b|come\s+again|say\s+(?:that|it)\s+again)){_SAID_OF}{_FOR}",
+    rf"{_SORRY_DEGREE}sorry(?:[,!.]?\s+sorry)*\b(?!\s*\?|[,]?\s+(?:what\b|come\s+again|say\s+(?:that|it)\s+again))"
+    rf"{_SAID_OF}{_FOR}",
+    re.IGNORECASE,
+)
+#: "I can't tell you how sorry I am (for)", "you don't know how sorry we are": the whole phrase
+_HOW_SORRY = re.compile(
+    r"(?:\b(?:I\s+(?:can'?t|cannot)|you\s+(?:don'?t|can'?t|cannot|won'?t)(?:\s+even)?)\s+(?:tell\s+you|say|know|"
+    rf"imagine|believe)\s+)?\bhow\s+{_SORRY_DEGREE}sorry\s+(I|we)(?:'m|'re|\s+am|\s+are)\b{_FOR}",
+    re.IGNORECASE,
+)
+#: "I want to say sorry (for)", "we'd like to say sorry", "I just wanted to say sorry"
+_SAY_SORRY = re.compile(
+    r"\b(I|we)(?:'d\s+like\s+to|(?:\s+just)?\s+(?:want|wanted|would\s+like|need|have)\s+to)\s+say\s+"
+    rf"{_SORRY_DEGREE}sorry\b(?!\s*\?){_FOR}",
     re.IGNORECASE,
 )
 #: what rewrites an apology (the patterns above look only where one of these is)
@@ -256,6 +270,8 @@ def acknowledged_form(text: str, apologies: bool = True) -> str:
     out = _FEEL.sub(lambda m: f"{m.group(1)} this way", out)
     out = _BE.sub(_be, out)
     if apologies and any(w in low for w in _APOLOGY_CUES):
+        out = _HOW_SORRY.sub(lambda m: _apology(m, m.group(1)), out)
+        out = _SAY_SORRY.sub(lambda m: _apology(m, m.group(1)), out)
         out = _AM_SORRY.sub(lambda m: _apology(m, m.group(2) or "I"), out)
         out = _APOLOGISE.sub(lambda m: _apology(m, m.group(1)), out)
         out = _APOLOGIES.sub(lambda m: _apology(m, m.group(1) or "I"), out)

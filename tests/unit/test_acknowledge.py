@@ -181,6 +181,13 @@ POLITE_APOLOGIES = {
         ("Hello? Sorry for the wait.", "Hello? I acknowledge the wait."),
         ("Thanks for holding, and apologies for the delay.", "Thanks for holding, and I acknowledge the delay."),
         ("Yeah so sorry about that.", "Yeah I acknowledge that."),
+        ("I can't tell you how sorry I am for the trouble.", "I acknowledge the trouble."),
+        ("You don't know how sorry we are about this.", "we acknowledge this."),
+        ("I want to say sorry for the delay.", "I acknowledge the delay."),
+        ("we'd like to say sorry to you for the outage", "we acknowledge the outage"),
+        ("I just wanted to say sorry.", "I acknowledge."),
+        ("sorry sorry sorry, one second", "I acknowledge, one second"),
+        ("Sorry, sorry! Let me fix that.", "I acknowledge! Let me fix that."),
     ],
 )
 def test_apologies_are_acknowledgements(line: str, read: str) -> None:
@@ -217,6 +224,9 @@ def test_apologies_are_acknowledgements(line: str, read: str) -> None:
         "My apology was sincere.",
         "Apologies don't fix anything.",
         "Our apology letter went out today.",
+        "Why should I say sorry?",
+        "I want to say sorry?",
+        "You want me to say sorry for your mistake?",
     ],
 )
 def test_what_is_no_apology_of_the_speakers_is_left_as_written(line: str) -> None:
