@@ -27,7 +27,7 @@ service reads, built by :mod:`streams.kafka` (one place for every Kafka client).
 
 from __future__ import annotations
 
-from client.publisher import AsyncPublisher, Publisher, PublishStats
+from client.publisher import AsyncPublisher, DeliveryFailed, Publisher, PublishStats
 from client.subscriber import AsyncSubscriber, Kind, Received, Subscriber, Tracker
 from streams.schemas import (
     AlertEvent,
@@ -48,6 +48,7 @@ __all__ = [
     "CallControl",
     "CallReport",
     "DeadLetter",
+    "DeliveryFailed",
     "EmotionEvent",
     "Kind",
     "PublishStats",

@@ -2,25 +2,30 @@
 
 Every message is keyed by its call id (a call's parts stay on one partition, where one worker
 joins them) and validated by its schema before it leaves (:mod:`streams.schemas`: a wrong field
-raises ``pydantic.ValidationError`` here rather than becoming a dead letter there). The producer
-is idempotent with ``acks=all``: a retry after a lost acknowledgement never writes a part twice.
-Sends are asynchronous; :meth:`Publisher.flush` waits for the broker's acknowledgements, and
-:attr:`Publisher.stats` counts what was sent and what the broker refused (the first few errors).
+raises ``pydantic.ValidationError`` here rather than becoming a dead letter there; so do the
+schema's rules that pydantic does not check, the audio's sample rate and a transcript longer than
+``limits.max_text_chars``, as a ``ValueError``: :func:`refused`). The producer is idempotent with
+``acks=all``: a retry after a lost acknowledgement never writes a part twice. Sends are
+asynchronous; :meth:`Publisher.flush` waits for the broker's acknowledgements and raises
+:class:`DeliveryFailed` for the messages the broker did not take since the last flush (``close``
+and the ``with`` block's end flush too), and :attr:`Publisher.stats` counts what was sent and what
+failed (the first few errors, each with its topic and call).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.errors import ServiceUnavailable
+from streams.errors import EmostreamError, ServiceUnavailable
 from streams.kafka import kafka_python_options, unreachable
-from streams.schemas import AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
-from streams.settings import Settings, TopicSettings
+from streams.schemas import AUDIO_RATES, AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
+from streams.settings import LimitSettings, Settings, TopicSettings
 
 Message = Part | CallControl
 
@@ -30,12 +35,43 @@ def input_topic(topics: TopicSettings, message: Message) -> str:
     return topics.control if isinstance(message, CallControl) else getattr(topics, message.kind)  # type: ignore[no-any-return]
 
 
+G711 = ("pcm_mulaw", "pcm_alaw")
+
+
+def refused(message: Message, limits: LimitSettings) -> str | None:
+    """Why the workers would dead-letter ``message`` though pydantic took it (the JSON Schema's
+    rules on audio, ``limits.max_text_chars``), or None. The audio itself is not decoded here: a
+    header that lies about its rate, or bytes that are not the encoding named, still reach the
+    workers' dead letters (``undecodable_audio``)."""
+    if isinstance(message, TextPart) and message.text is not None and len(message.text) > limits.max_text_chars:
+        return f"a transcript of {len(message.text)} characters is over limits.max_text_chars ({limits.max_text_chars})"
+    if not isinstance(message, AudioPart) or message.encoding == "features":
+        return None
+    rate, encoding = message.sample_rate, message.encoding
+    if encoding in G711 and rate not in (None, 8000):
+        return f"{encoding} is G.711 at 8000 Hz, not {rate} Hz"
+    if rate is not None and rate not in AUDIO_RATES:
+        return f"sample_rate {rate} Hz is not one of {', '.join(map(str, AUDIO_RATES))}"
+    if len(message.data or "") < 4:  # base64 of fewer than 3 bytes: no audio
+        return "the audio 'data' is empty"
+    return None
+
+
+class DeliveryFailed(EmostreamError):
+    """Messages the broker did not take (after the producer's own retries): ``failed`` of them,
+    ``errors`` the first few (topic, call id and the error). Each is lost unless sent again."""
+
+    def __init__(self, failed: int, errors: list[str]) -> None:
+        self.failed, self.errors = failed, errors
+        super().__init__(f"{failed} message(s) not delivered: {'; '.join(errors)}")
+
+
 @dataclass
 class PublishStats:
     messages: dict[str, int] = field(default_factory=dict)  # topic -> messages sent
     bytes_sent: int = 0
     failed: int = 0  # messages the broker did not acknowledge
-    errors: list[str] = field(default_factory=list)  # the first few delivery errors
+    errors: list[str] = field(default_factory=list)  # the first few delivery errors ("topic call: error")
 
 
 def make_producer(settings: Settings) -> Any:
@@ -68,17 +104,24 @@ class Publisher:
         self.producer = make_producer(settings) if producer is None else producer
         self.stats = PublishStats()
         self._lock = threading.Lock()  # stats change on callers' threads and the producer's sender thread
+        self._reported = 0  # stats.failed already raised by flush (DeliveryFailed)
+        self._unreported: list[str] = []  # the first few errors not raised yet
 
     # -- the messages -------------------------------------------------------------------------
-    def start_call(self, call_id: str, modalities: Iterable[str] | None = None) -> Any:
+    def start_call(self, call_id: str, modalities: Iterable[str] | None = None, at: float | None = None) -> Any:
         """A call begins; ``modalities`` are the parts its utterances will carry (the worker waits
-        for those, and no others); None: the worker's ``join.default_modalities``."""
-        listed = None if modalities is None else list(modalities)
-        return self.send(CallControl(call_id=call_id, event="started", modalities=listed))  # type: ignore[arg-type]
+        for those, and no others); None: the worker's ``join.default_modalities``. ``at``: when
+        (epoch seconds; None: now). Sending a ``started`` again (a retry after
+        :class:`DeliveryFailed`) needs the same ``at``: a ``started`` with another one is a new
+        call under the same id, which ends this one."""
+        listed = None if modalities is None else [modalities] if isinstance(modalities, str) else list(modalities)
+        when = {} if at is None else {"at": at}
+        return self.send(CallControl(call_id=call_id, event="started", modalities=listed, **when))  # type: ignore[arg-type]
 
-    def end_call(self, call_id: str) -> Any:
+    def end_call(self, call_id: str, at: float | None = None) -> Any:
         """The call is over: its last utterances are labelled with what came, its context is freed."""
-        return self.send(CallControl(call_id=call_id, event="ended"))
+        when = {} if at is None else {"at": at}
+        return self.send(CallControl(call_id=call_id, event="ended", **when))  # type: ignore[arg-type]
 
     def text(self, call_id: str, utterance_id: str, seq: int, speaker: str, text: str, **times: float | None) -> Any:
         """An utterance's transcript (``start_s``/``end_s`` in seconds from the call's start, optional)."""
@@ -126,7 +169,12 @@ class Publisher:
                                    features_f32=encode_f32(features), **times))  # type: ignore[arg-type]  # fmt: skip
 
     def send(self, message: Message) -> Any:
-        """Any part or control message, to its topic; returns the producer's future."""
+        """Any part or control message, to its topic; returns the producer's future. A message the
+        workers would refuse though its schema's pydantic model took it (:func:`refused`) raises
+        ``ValueError`` and is not sent."""
+        why = refused(message, self.settings.limits)
+        if why is not None:
+            raise ValueError(f"{message.call_id}: not sent, the workers would dead-letter it: {why}")
         return self.send_raw(self.topic_of(message), message.call_id, message.to_bytes())
 
     def send_raw(self, topic: str, call_id: str, value: bytes) -> Any:
@@ -153,7 +201,7 @@ class Publisher:
         except RetriableError as exc:  # timeouts, connections: the broker may come back
             raise ServiceUnavailable(f"cannot send to {topic} at {self.settings.kafka.brokers}: {exc}") from exc
         if hasattr(future, "add_errback"):
-            future.add_errback(self._failed)
+            future.add_errback(functools.partial(self._failed, topic, call_id))
         with self._lock:
             self.stats.messages[topic] = self.stats.messages.get(topic, 0) + 1
             self.stats.bytes_sent += len(value)
@@ -163,30 +211,52 @@ class Publisher:
         return input_topic(self.topics, message)
 
     # -- delivery -----------------------------------------------------------------------------
-    def flush(self, timeout_s: float | None = None) -> None:
-        """Wait until the broker has acknowledged (or refused: :attr:`stats`) everything sent."""
-        if timeout_s is None:
-            self.producer.flush()
-        else:
-            self.producer.flush(timeout=timeout_s)
+    def flush(self, timeout_s: float | None = None, check: bool = True) -> None:
+        """Wait until the broker has acknowledged (or refused) everything sent. ``check``: raise
+        :class:`DeliveryFailed` if messages failed since the last flush that raised (each is lost
+        unless sent again); else they are only counted in :attr:`stats`. A flush that runs out of
+        ``timeout_s`` raises :class:`~streams.errors.ServiceUnavailable`."""
+        from kafka.errors import KafkaTimeoutError
 
-    def close(self) -> None:
-        """Flush, and close the producer if this publisher made it."""
-        self.flush()
-        if self._own:
-            self.producer.close()
+        try:
+            if timeout_s is None:
+                self.producer.flush()
+            else:
+                self.producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError as exc:
+            raise ServiceUnavailable(
+                f"the broker at {self.settings.kafka.brokers} did not acknowledge what was sent within {timeout_s} s"
+            ) from exc
+        if check:
+            with self._lock:
+                failed, errors = self.stats.failed - self._reported, self._unreported
+                self._reported, self._unreported = self.stats.failed, []
+            if failed:
+                raise DeliveryFailed(failed, errors)
 
-    def _failed(self, exc: BaseException) -> None:  # on kafka-python's sender thread
+    def close(self, check: bool = True) -> None:
+        """Flush (``check``: as :meth:`flush`), and close the producer if this publisher made it
+        (also when the flush raised)."""
+        try:
+            self.flush(check=check)
+        finally:
+            if self._own:
+                self.producer.close()
+
+    def _failed(self, topic: str, call_id: str, exc: BaseException) -> None:  # on kafka-python's sender thread
+        said = f"{topic} {call_id}: {exc}"
         with self._lock:
             self.stats.failed += 1
             if len(self.stats.errors) < 5:
-                self.stats.errors.append(str(exc))
+                self.stats.errors.append(said)
+            if len(self._unreported) < 5:
+                self._unreported.append(said)
 
     def __enter__(self) -> Publisher:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(check=exc_type is None)  # an exception under way is not replaced by DeliveryFailed
 
 
 class AsyncPublisher:
@@ -213,11 +283,11 @@ class AsyncPublisher:
     def stats(self) -> PublishStats:
         return self._sync.stats
 
-    async def start_call(self, call_id: str, modalities: Iterable[str] | None = None) -> Any:
-        return await asyncio.to_thread(self._sync.start_call, call_id, modalities)
+    async def start_call(self, call_id: str, modalities: Iterable[str] | None = None, at: float | None = None) -> Any:
+        return await asyncio.to_thread(self._sync.start_call, call_id, modalities, at)
 
-    async def end_call(self, call_id: str) -> Any:
-        return await asyncio.to_thread(self._sync.end_call, call_id)
+    async def end_call(self, call_id: str, at: float | None = None) -> Any:
+        return await asyncio.to_thread(self._sync.end_call, call_id, at)
 
     async def text(
         self, call_id: str, utterance_id: str, seq: int, speaker: str, text: str, **times: float | None
@@ -243,15 +313,15 @@ class AsyncPublisher:
     async def send(self, message: Message) -> Any:
         return await asyncio.to_thread(self._sync.send, message)
 
-    async def flush(self, timeout_s: float | None = None) -> None:
-        await asyncio.to_thread(self._sync.flush, timeout_s)
+    async def flush(self, timeout_s: float | None = None, check: bool = True) -> None:
+        await asyncio.to_thread(self._sync.flush, timeout_s, check)
 
-    async def close(self) -> None:
+    async def close(self, check: bool = True) -> None:
         if self._publisher is not None:
-            await asyncio.to_thread(self._publisher.close)
+            await asyncio.to_thread(self._publisher.close, check)
 
     async def __aenter__(self) -> AsyncPublisher:
         return await self.start()
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        await self.close(check=exc_type is None)

@@ -6,11 +6,14 @@ cleared), ``reports`` (:class:`CallReport`: a call's running and final summary),
 (:class:`DeadLetter`: an input the workers could not use, and why).
 
 Delivery is at least once: after a worker restart or a rebalance the same record can come again,
-under the same ``event_id``; :class:`Tracker` drops it. An utterance's provisional event
-(revision 0) is later replaced by its revision (``revision`` 1, labelled with the utterances after
-it too): each :class:`Received` event carries ``previous``, the revision it replaces if that was
-seen, and ``stale`` is set on a revision older than one already seen (the subscriber skips those
-unless ``keep_stale``). :meth:`Tracker.latest` gives an utterance's newest revision.
+under the same ``event_id`` (a dead letter: the same source topic, partition and offset);
+:class:`Tracker` drops it. An utterance's provisional event (revision 0) is later replaced by its
+revision (``revision`` 1, labelled with the utterances after it too): each :class:`Received` event
+carries ``previous``, the revision it replaces if that was seen, and ``stale`` is set on a revision
+older than one already seen (the subscriber skips those unless ``keep_stale``).
+:meth:`Tracker.latest` gives an utterance's newest revision. A call id used again after its call
+ended is another call (its events' ids name it ``<call>~g<generation>``): its events neither
+replace nor are replaced by the earlier call's.
 
 :class:`Subscriber` reads without a consumer group (it never commits and never joins the
 workers' group): every subscriber sees every record, from now or from the beginning.
@@ -19,6 +22,7 @@ workers' group): every subscriber sees every record, from now or from the beginn
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from collections import OrderedDict
@@ -69,9 +73,20 @@ def _names(values: Iterable[str], what: str) -> list[str]:
     return out
 
 
+def call_instance_of(event: EmotionEvent) -> str:
+    """The call an event belongs to as its ``event_id`` names it: its ``call_id``, or for a call id
+    used again ``<call>~g<generation>`` (:func:`streams.schemas.event_id`; ids may hold ':')."""
+    tail = re.compile(rf":{re.escape(event.utterance_id)}:r{event.revision}:[0-9a-f]{{16}}$")
+    found = tail.search(event.event_id)
+    return event.event_id[: found.start()] if found and found.start() > 0 else event.call_id
+
+
 class Tracker:
     """Parses, filters by call, deduplicates and relates revisions; no Kafka in here.
-    ``memory`` bounds the event ids and utterances remembered (oldest forgotten first)."""
+    ``memory`` bounds the event ids and the utterances' latest events remembered (oldest forgotten
+    first): each remembered event holds about 5 KB, so the default of 100,000 can reach some 500
+    MB; a dashboard that needs only recent calls does with less (a redelivery comes within the
+    workers' commit interval, a revision a few utterances after its event)."""
 
     def __init__(
         self,
@@ -91,8 +106,9 @@ class Tracker:
         self.invalid = 0  # records that failed their schema (skipped)
         self.duplicates = 0
         self.errors: list[str] = []  # the first few schema errors, with their topic
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self._latest: OrderedDict[tuple[str, str], EmotionEvent] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # event ids, and dead letters' sources
+        self._latest: OrderedDict[tuple[str, str], EmotionEvent] = OrderedDict()  # (call instance, utterance)
+        self._instance: OrderedDict[str, str] = OrderedDict()  # call id -> its newest instance seen
 
     def accept(self, topic: str, value: bytes | None) -> Received | None:
         """The record as a :class:`Received`, or None: not one of ours, another call's, invalid
@@ -110,24 +126,31 @@ class Tracker:
         got = Received(kind, record)
         if self.call_ids is not None and got.call_id not in self.call_ids:
             return None
-        if isinstance(record, DeadLetter):
-            return got  # no event id: a dead letter is a fact about one input message
-        if record.event_id in self._seen:
+        if isinstance(record, DeadLetter):  # no event id: a fact about one input message, named by its source
+            seen = f"\x1f{record.source_topic}\x1f{record.partition}\x1f{record.offset}"
+        else:
+            seen = record.event_id
+        if seen in self._seen:
             self.duplicates += 1
             return None
-        self._remember(self._seen, record.event_id, None)
+        self._remember(self._seen, seen, None)
         if not isinstance(record, EmotionEvent):
             return got
-        key = (record.call_id, record.utterance_id)
+        instance = call_instance_of(record)
+        key = (instance, record.utterance_id)
         previous = self._latest.get(key)
         if previous is not None and previous.revision > record.revision:
             return Received(kind, record, previous, stale=True)
         self._remember(self._latest, key, record)
+        if self._instance.get(record.call_id) != instance:
+            self._remember(self._instance, record.call_id, instance)
         return Received(kind, record, previous)
 
     def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
-        """The newest revision seen of an utterance's event."""
-        return self._latest.get((call_id, utterance_id))
+        """The newest revision seen of an utterance's event; of the newest call under ``call_id``
+        if the id was used again (``call_id`` may also name one: ``<call>~g<generation>``)."""
+        got = self._latest.get((self._instance.get(call_id, call_id), utterance_id))
+        return got if got is not None else self._latest.get((call_id, utterance_id))
 
     def _remember(self, store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         store[key] = value
@@ -251,6 +274,7 @@ class AsyncSubscriber:
         self._settings, self._args, self._kwargs = settings, args, kwargs
         self._sync: Subscriber | None = None
         self._polling: asyncio.Future[list[Received]] | None = None
+        self._closing = False  # close() began: no poll starts after it
 
     async def start(self) -> AsyncSubscriber:
         """Connect (and wait for the topics) off the event loop."""
@@ -259,24 +283,38 @@ class AsyncSubscriber:
         return self
 
     async def poll(self, timeout_s: float = 0.5) -> list[Received]:
+        """As :meth:`Subscriber.poll`; nothing once :meth:`close` has begun. A poll that raised
+        (the broker away) raises here once; the next call polls again."""
         await self.start()
         sync = self._sync
         assert sync is not None
         if self._polling is None:
+            if self._closing:
+                return []
             self._polling = asyncio.ensure_future(asyncio.to_thread(sync.poll, timeout_s))
-        got = await asyncio.shield(self._polling)  # cancelled here: the poll goes on, kept for next time
-        self._polling = None
+        polling = self._polling
+        try:
+            got = await asyncio.shield(polling)
+        except asyncio.CancelledError:
+            raise  # the poll goes on, its records kept for the next call
+        except BaseException:
+            if self._polling is polling:  # its error is raised once: the next call polls again
+                self._polling = None
+            raise
+        if self._polling is polling:
+            self._polling = None
         return got
 
     def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
         return None if self._sync is None else self._sync.latest(call_id, utterance_id)
 
     async def __aiter__(self) -> AsyncIterator[Received]:
-        while self._sync is None or not self._sync.closed:
+        while not self._closing and (self._sync is None or not self._sync.closed):
             for got in await self.poll():
                 yield got
 
     async def close(self) -> None:
+        self._closing = True  # (an `async for` under way starts no poll from here on)
         if self._polling is not None:  # the consumer is not thread-safe: let the poll end first
             await asyncio.gather(self._polling, return_exceptions=True)
             self._polling = None

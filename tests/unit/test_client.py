@@ -73,7 +73,111 @@ def test_the_publisher_sends_each_message_to_its_topic_keyed_by_call() -> None:
     assert producer.flushed >= 1 and not producer.closed  # not its producer: not closed
     assert pub.stats.messages[TOPICS.audio] == 2 and pub.stats.bytes_sent == sum(len(v) for v in values)
     producer.futures[1].errbacks[0](RuntimeError("NotEnoughReplicas"))  # the broker refused one
-    assert pub.stats.failed == 1 and pub.stats.errors == ["NotEnoughReplicas"]
+    assert pub.stats.failed == 1 and pub.stats.errors == [f"{TOPICS.text} c1: NotEnoughReplicas"]
+
+
+class FailingFlush(FakeProducer):
+    """The broker refuses every message, as kafka-python reports it: each future's errback, at the
+    flush that waited for it."""
+
+    def flush(self, timeout: float | None = None) -> None:
+        super().flush(timeout)
+        for future in self.futures:
+            for errback in future.errbacks:
+                errback(RuntimeError("KafkaTimeoutError: Expiring 1 record(s)"))
+            future.errbacks = []
+
+
+def test_a_message_the_broker_did_not_take_is_raised_not_only_counted() -> None:
+    """Found in review: with the broker away, the README's `with Publisher(...)` block waited out
+    kafka-python's delivery timeout and ended normally, every message lost and only counted."""
+    from client.publisher import DeliveryFailed
+
+    with pytest.raises(DeliveryFailed) as caught, Publisher(SETTINGS, FailingFlush()) as pub:
+        pub.start_call("c1", ["text"])
+        pub.text("c1", "u0", 0, "customer", "hello")
+    assert caught.value.failed == 2 and caught.value.errors == [
+        f"{TOPICS.control} c1: KafkaTimeoutError: Expiring 1 record(s)",
+        f"{TOPICS.text} c1: KafkaTimeoutError: Expiring 1 record(s)",
+    ]
+    pub = Publisher(SETTINGS, FailingFlush())
+    pub.text("c1", "u1", 1, "customer", "again")
+    with pytest.raises(DeliveryFailed, match=r"1 message\(s\) not delivered"):
+        pub.flush()
+    pub.flush()  # each failure is raised once
+    pub.text("c1", "u2", 2, "customer", "and again")
+    pub.flush(check=False)  # counted only, as `emostream feed` wants it (its report says so)
+    assert pub.stats.failed == 2
+    with pytest.raises(ZeroDivisionError), Publisher(SETTINGS, FailingFlush()) as pub:  # the caller's own error
+        pub.text("c1", "u0", 0, "customer", "hello")  # is not replaced by the failed delivery
+        1 / 0  # noqa: B018
+
+
+def test_a_flush_that_runs_out_of_time_and_a_failed_flush_in_close_still_close_the_producer() -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from client.publisher import DeliveryFailed
+    from streams.errors import ServiceUnavailable
+
+    class Slow(FakeProducer):
+        def flush(self, timeout: float | None = None) -> None:
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+    with pytest.raises(ServiceUnavailable, match="did not acknowledge what was sent within 0.5 s"):
+        Publisher(SETTINGS, Slow()).flush(0.5)
+    made = FailingFlush()
+    pub = Publisher(SETTINGS, made)
+    pub._own = True  # as if it had made its producer
+    pub.text("c1", "u0", 0, "customer", "hello")
+    with pytest.raises(DeliveryFailed):
+        pub.close()
+    assert made.closed
+
+
+@pytest.mark.parametrize(
+    ("send", "why"),
+    [
+        (lambda p: p.audio("c", "u0", 0, "A", b"\xff" * 800, "pcm_mulaw", 16000), "pcm_mulaw is G.711 at 8000 Hz"),
+        (lambda p: p.audio("c", "u0", 0, "A", b"\x01\x00" * 800, "pcm_s16le", 12345), "sample_rate 12345 Hz"),
+        (lambda p: p.audio("c", "u0", 0, "A", b"", "pcm_s16le", 16000), "the audio 'data' is empty"),
+        (lambda p: p.text("c", "u0", 0, "A", "x" * 5001), "over limits.max_text_chars"),
+    ],
+)
+def test_the_publisher_refuses_what_the_workers_would_dead_letter(send: Any, why: str) -> None:
+    """Found in review: pydantic took these, the JSON Schema (or the text limit) refuses them, and
+    the worker dead-lettered them; the publisher promised a ValueError instead. Each is checked to
+    be refused by the worker too, so the two cannot drift apart unseen."""
+    from streams.errors import InvalidMessage
+    from streams.schemas import parse_input
+    from streams.validate import to_payload
+
+    producer = FakeProducer()
+    with pytest.raises(ValueError, match=why):
+        send(Publisher(SETTINGS, producer))
+    assert producer.sent == []
+    sent = FakeProducer()  # the same message, sent as bytes, as another client would
+    unchecked = Publisher(SETTINGS, sent)
+    unchecked.send = lambda m: unchecked.send_raw(unchecked.topic_of(m), m.call_id, m.to_bytes())  # type: ignore[method-assign]
+    send(unchecked)
+    ((topic, _, value),) = sent.sent
+    with pytest.raises(InvalidMessage):
+        part = parse_input("audio" if topic == TOPICS.audio else "text", value, 1 << 22)
+        to_payload(part, {"text": 384, "audio": 768, "video": 0}, SETTINGS.limits)
+
+
+def test_a_started_sent_again_is_the_same_message_and_one_modality_is_one_name() -> None:
+    """Found in review: `at` is how the worker tells a `started` sent again from a new call under
+    the id, and start_call had no way to send the same one twice."""
+    producer = FakeProducer()
+    pub = Publisher(SETTINGS, producer)
+    pub.start_call("c1", ["text"], at=1_700_000_000.5)
+    pub.start_call("c1", ["text"], at=1_700_000_000.5)
+    pub.start_call("c2", "text")
+    pub.end_call("c1", at=1_700_000_060.0)
+    first, again, one, end = [v for _, _, v in producer.sent]
+    assert first == again and CallControl.model_validate_json(first).at == 1_700_000_000.5
+    assert CallControl.model_validate_json(one).modalities == ["text"]
+    assert CallControl.model_validate_json(end).at == 1_700_000_060.0
 
 
 def test_the_publisher_refuses_an_invalid_part_before_it_leaves() -> None:
@@ -114,6 +218,42 @@ def test_the_tracker_drops_duplicates_and_relates_revisions() -> None:
     got = tracker.accept(TOPICS.emotions, late.to_bytes())
     assert got is not None and got.stale and got.previous == r1
     assert tracker.latest("call-7", "u3") == r1  # the newest stays
+    assert tracker.duplicates == 1
+
+
+def test_a_call_id_used_again_is_another_call_for_the_tracker() -> None:
+    """Found in review: events were related on (call_id, utterance_id), so the new call's
+    provisional events were taken for stale revisions of the old call's and dropped, and its
+    revisions named the old call's events as the ones they replace."""
+    from streams.schemas import event_id
+
+    old_r1 = make_event(revision=1, label="joy")
+    new_r0 = make_event(revision=0, label="anger", event_id=event_id("call-7", "u3", 0, "42"))
+    new_r1 = make_event(revision=1, label="sadness", event_id=event_id("call-7", "u3", 1, "42"))
+    tracker = Tracker(TOPICS)
+    assert tracker.accept(TOPICS.emotions, old_r1.to_bytes()) is not None
+    got = tracker.accept(TOPICS.emotions, new_r0.to_bytes())
+    assert got is not None and not got.stale and got.previous is None
+    got = tracker.accept(TOPICS.emotions, new_r1.to_bytes())
+    assert got is not None and not got.stale and got.previous == new_r0
+    assert tracker.latest("call-7", "u3") == new_r1 and tracker.latest("call-7~g42", "u3") == new_r1
+    ids = make_event(call_id="a:b", utterance_id="c:d", revision=1)  # ids may hold ':'
+    from client.subscriber import call_instance_of
+
+    assert call_instance_of(ids) == "a:b"
+    assert call_instance_of(make_event(event_id=event_id("a:b", "c:d", 0, "7"), call_id="a:b", utterance_id="c:d")) == (
+        "a:b~g7"
+    )
+
+
+def test_a_dead_letter_delivered_twice_is_passed_on_once() -> None:
+    tracker = Tracker(TOPICS)
+    letter = DeadLetter(reason="bad_json", detail="x", source_topic=TOPICS.text, partition=0, offset=3, key="c",
+                        payload="")  # fmt: skip
+    other = letter.model_copy(update={"offset": 4})
+    assert tracker.accept(TOPICS.deadletter, letter.to_bytes()) is not None
+    assert tracker.accept(TOPICS.deadletter, letter.to_bytes()) is None
+    assert tracker.accept(TOPICS.deadletter, other.to_bytes()) is not None
     assert tracker.duplicates == 1
 
 
@@ -196,6 +336,48 @@ def test_the_async_client_does_the_same() -> None:
     got, producer = asyncio.run(scenario())
     assert [t for t, _, _ in producer.sent] == [TOPICS.control, TOPICS.text, TOPICS.control]
     assert [g.record.utterance_id for g in got] == ["u3"]
+
+
+@pytest.mark.timeout(60)  # a loop that polls on after close() spins without yielding
+def test_the_async_subscriber_polls_again_after_an_error_and_polls_no_more_once_closed() -> None:
+    """Found in review: one failed poll was kept and raised by every later poll, none of which polled
+    again; and close() let an `async for` under way start a poll while the consumer closed."""
+
+    class Flaky(FakeConsumer):
+        def __init__(self, batches: list[list[Record]]) -> None:
+            super().__init__(batches)
+            self.polls, self.after_close = 0, 0
+
+        def poll(self, timeout_ms: int) -> dict[str, list[Record]]:
+            self.polls += 1
+            self.after_close += self.closed
+            if self.polls == 1:
+                raise ConnectionError("transient")
+            return super().poll(timeout_ms)
+
+    async def scenario() -> tuple[list[str], Flaky]:
+        consumer = Flaky([[Record(TOPICS.emotions, make_event().to_bytes())]])
+        sub = await AsyncSubscriber(SETTINGS, consumer=consumer).start()
+        with pytest.raises(ConnectionError):
+            await sub.poll(0.01)
+        got = [g.record.utterance_id for g in await sub.poll(0.01)]
+        seen: list[int] = []
+
+        async def read() -> None:
+            async for _ in sub:
+                pass
+            seen.append(consumer.polls)
+
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        await sub.close()
+        consumer.closed = True  # (the sync subscriber does not close a consumer it was given)
+        await asyncio.wait_for(reading, 5)
+        assert seen == [consumer.polls]  # the loop ended without another poll
+        return got, consumer
+
+    got, consumer = asyncio.run(scenario())
+    assert got == ["u3"] and consumer.polls >= 3 and consumer.after_close == 0
 
 
 def test_a_consumer_reads_an_event_with_a_field_a_newer_worker_added_and_still_refuses_a_wrong_one() -> None:
