@@ -358,14 +358,14 @@ Part = TextPart | AudioPart | VideoPart
 
 
 class ModelRef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str
     version: str
     runtime: str
 
 
 class Timings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     join_s: float = Field(description="first part arrived -> utterance complete (or timed out)")
     queue_s: float = Field(description="complete -> engine batch started")
     engine_s: float = Field(description="encoders + engine for the batch")
@@ -440,7 +440,7 @@ class EmotionEvent(_Message):
 class SourceRef(BaseModel):
     """Where one input message was read."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     topic: str
     partition: int
     offset: int
@@ -475,7 +475,7 @@ class DeadLetter(_Message):
 class Evidence(BaseModel):
     """One utterance an alert rests on, as it was labelled (its latest revision)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     utterance_id: str
     seq: int
     speaker: str
@@ -516,7 +516,7 @@ class AlertEvent(_Message):
 
 
 class SpeakerTrajectory(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     speaker: str
     role: str
     turns: int

@@ -6,13 +6,17 @@ Records are validated (an invalid one is counted and skipped) and deduplicated b
 an utterance keeps its latest revision. A call id used again for a new call (after a ``started``)
 shows the new call only: its records name a higher generation (:func:`generation_of`), and the
 previous call's, read late, are left out; an ended call the board let go does not come back when
-its records are read again (a board that replays the topics at its start). An utterance first
+its records are read again (a board that replays the topics at its start), but a record of its id
+produced more than ``keep_silent_s`` after its end (the workers' ``redis.ttl_s``: they have forgotten
+the old call by then) is a new call (an id used again without a ``started``) and is shown; one
+produced within it is the old call's, reopened by a part read late. An utterance first
 labelled after the call's final summary (a part sent after its ``ended`` reopened it) is counted
 apart, by production times, in whatever order the topics are read.
 
-The board is bounded: at most ``max_calls`` calls (the
-least recently updated ended call goes first, then the least recently updated one), at most
-``max_utterances`` utterances per call, and an ended call is dropped ``keep_ended_s`` after its end.
+The board is bounded: at most ``max_calls`` calls and ``max_held`` utterances in all (the least
+recently updated ended call goes first, then the least recently updated one: a board's memory is
+about 5.5 KB an utterance, so the default 60,000 stays near 330 MB), at most ``max_utterances``
+utterances per call, and an ended call is dropped ``keep_ended_s`` after its end.
 A call that never sent its end is dropped once none of its utterances was labelled for
 ``keep_silent_s`` (by the events' own times, so a board that replays the topics at its start drops
 it too): the worker's context store has forgotten it by then (``redis.ttl_s``), so its open alerts
@@ -59,12 +63,15 @@ class Board:
         self,
         max_calls: int = 2000,
         max_utterances: int = 300,
+        max_held: int = 60_000,
         keep_ended_s: float = 600.0,
         keep_silent_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_calls = max_calls
         self.max_utterances = max_utterances
+        self.max_held = max_held
+        self.held = 0  # utterances on the board, all calls
         self.keep_ended_s = keep_ended_s
         self.keep_silent_s = keep_silent_s
         self.clock = clock
@@ -76,8 +83,9 @@ class Board:
         self.floor = 0  # removals up to this version are forgotten: a client older than it reloads
         self.invalid = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
-        #: ended calls let go -> their generation: records of it read later do not bring it back (bounded)
-        self._gone: OrderedDict[str, int] = OrderedDict()
+        #: ended calls let go -> their generation and end: records of it read later do not bring it back (bounded)
+        self._gone: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._since: tuple[int, int, dict[str, Any]] | None = None  # the last since(): clients in step share it
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -103,14 +111,22 @@ class Board:
             generation = generation_of(msg.call_id, msg.event_id)
             call = self.calls.get(msg.call_id)
             gone = self._gone.get(msg.call_id)
-            if call is None and gone is not None and generation <= gone:
-                return False  # of a call this board let go after its end (read again at a replay, or after it)
+            if (
+                call is None
+                and gone is not None
+                and (
+                    generation < gone[0] or (generation == gone[0] and msg.produced_at <= gone[1] + self.keep_silent_s)
+                )
+            ):
+                return False  # of a call this board let go after its end (read again at a replay, or just after it)
             if call is not None and generation < call.generation:
                 return False  # of the previous call under this id, read late (the topics interleave at a replay)
             if isinstance(msg, CallReport) and call is not None and call.report is not None:
                 if generation == call.generation and msg.produced_at < call.report.produced_at:
                     return False  # an older report of the call, read late
             if call is None or generation > call.generation:  # new, or its id used again: a view afresh
+                if call is not None:
+                    self.held -= len(call.utterances)
                 call = self.calls[msg.call_id] = CallView(msg.call_id, now, heard_at=msg.produced_at)
                 call.generation = generation
                 self._gone.pop(msg.call_id, None)
@@ -121,6 +137,7 @@ class Board:
                 old = call.utterances.get(msg.utterance_id)
                 if old is None:
                     call.first_at[msg.utterance_id] = msg.produced_at
+                    self.held += 1
                 if old is None or old.revision <= msg.revision:
                     if old is not None and msg.revision > old.revision and old.ignored and not msg.ignored:
                         # a revision does not repeat what its provisional event did not use
@@ -128,6 +145,7 @@ class Board:
                     call.utterances[msg.utterance_id] = msg
                 while len(call.utterances) > self.max_utterances:
                     call.first_at.pop(call.utterances.popitem(last=False)[0], None)
+                    self.held -= 1
             elif isinstance(msg, AlertEvent):
                 if msg.state == "cleared":
                     call.alerts.pop(msg.alert_id, None)
@@ -139,7 +157,7 @@ class Board:
                 if msg.final:
                     call.ended_at = msg.produced_at  # its end, not when this board read it (a replay)
             self._touch(msg.call_id)
-            if len(self.calls) > self.max_calls:
+            if len(self.calls) > self.max_calls or self.held > self.max_held:
                 self._trim(now)
             return True
 
@@ -158,13 +176,18 @@ class Board:
                 else now - v.heard_at > self.keep_silent_s
             )
         ]
-        while len(self.calls) - len(gone) > self.max_calls:
+        held = self.held - sum(len(self.calls[c].utterances) for c in gone)
+        while len(self.calls) - len(gone) > self.max_calls or (
+            held > self.max_held and len(gone) < len(self.calls) - 1
+        ):
             ended = next((c for c, v in self.calls.items() if v.ended_at is not None and c not in gone), None)
             gone.append(ended if ended is not None else next(c for c in self.calls if c not in gone))
+            held -= len(self.calls[gone[-1]].utterances)
         for c in gone:
             view = self.calls.pop(c)
+            self.held -= len(view.utterances)
             if view.ended_at is not None:  # what it publishes later (a late part reopened it) stays off the page
-                self._gone[c] = view.generation
+                self._gone[c] = (view.generation, view.ended_at)
                 while len(self._gone) > 4 * self.max_calls:
                     self._gone.popitem(last=False)
             self.version += 1
@@ -184,21 +207,28 @@ class Board:
     def snapshot(self) -> dict[str, Any]:
         """Every call's summary, in the page's order, with the board's version."""
         with self.lock:
-            calls = [self._summary(c) for c in self.calls.values()]
-            return {
-                "version": self.version, "now": self.clock(), "calls": sorted(calls, key=_order), "removed": [],
-                "reset": True,
-            }  # fmt: skip
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
+        calls = [self._summary(c) for c in self.calls.values()]
+        return {
+            "version": self.version, "now": self.clock(), "calls": sorted(calls, key=_order), "removed": [],
+            "reset": True,
+        }  # fmt: skip
 
     def since(self, version: int) -> dict[str, Any]:
         """The summaries of the calls changed after ``version``, and the ids of those removed; the
         whole board (``reset``) for a client so far behind that removals it missed are forgotten."""
-        if version < self.floor:
-            return self.snapshot()
         with self.lock:
+            if version < self.floor:
+                return self._snapshot()
+            if self._since is not None and self._since[:2] == (version, self.version):
+                return self._since[2]  # another page's client asked the same a moment ago
             calls = [self._summary(self.calls[c]) for c, v in self.changed.items() if v > version]
             removed = [c for c, v in self.removals.items() if v > version]
-            return {"version": self.version, "now": self.clock(), "calls": calls, "removed": removed, "reset": False}
+            change = {"version": self.version, "now": self.clock(), "calls": calls, "removed": removed, "reset": False}
+            self._since = (version, self.version, change)
+            return change
 
     def detail(self, call_id: str) -> dict[str, Any] | None:
         with self.lock:

@@ -12,7 +12,13 @@ reports from ``since_s`` ago on, into a :class:`~streams.ui.board.Board`; an aio
 - ``/healthz``: 200 once the consumer has its partitions.
 
 It binds to 127.0.0.1 by default: the page shows what callers feel; put it behind your own
-authentication before you open it to a network.
+authentication before you open it to a network. Bound to a loopback address it answers only
+requests that name a loopback host (``Host: localhost:8080``, ``127.0.0.1``, ``[::1]``): a web page
+the supervisor visits cannot read it by pointing its own domain name at 127.0.0.1 (DNS
+rebinding). Every response forbids scripts from anywhere but the page's own file (CSP), and at
+most :data:`MAX_CLIENTS` pages follow the stream at once. The consumer thread resumes where it
+was after a Kafka failure (a replay from ``since_s`` ago could bring back an alert already
+cleared), and the stream tells the page while it cannot read.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ from streams.ui.board import Board
 
 log = logging.getLogger("emostream.ui")
 STATIC = Path(__file__).with_name("static")
+MAX_CLIENTS = 50  # pages following /events at once: each costs the event loop its updates
+#: scripts only from the page's own file (app.js); its colour cells use inline style attributes
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 class Feed:
@@ -41,6 +53,7 @@ class Feed:
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.error: str | None = None
+        self.positions: dict[Any, int] = {}  # partition -> the next offset to read (kept across a failure)
         self.thread = threading.Thread(target=self._run, name="ui-feed", daemon=True)
 
     def start(self) -> Feed:
@@ -48,8 +61,9 @@ class Feed:
         return self
 
     def _run(self) -> None:
-        """Read until stopped; on any failure (Kafka away, topics missing) say so on /healthz and
-        in the log, and start again after a backoff (from ``since_s`` ago: the board deduplicates)."""
+        """Read until stopped; on any failure (Kafka away, topics missing) say so on /healthz, the
+        page and the log, and start again after a backoff where it was (a partition not read yet:
+        from ``since_s`` ago)."""
         backoff = 1.0
         while not self.stop.is_set():
             try:
@@ -73,16 +87,23 @@ class Feed:
             self.error = None
             self.ready.set()
             while not self.stop.is_set():
-                for records in consumer.poll(timeout_ms=300).values():
+                for tp, records in consumer.poll(timeout_ms=300).items():
                     for r in records:
                         self.board.add(kinds[r.topic], r.value)
+                        self.positions[tp] = r.offset + 1
                 self.board.expire()
         finally:
             consumer.close()
 
     def _seek(self, consumer: Any) -> None:
-        """Start ``since_s`` ago (calls that began earlier show from there on)."""
-        parts = list(consumer.assignment())
+        """Start ``since_s`` ago (calls that began earlier show from there on), or where this feed
+        was before a failure."""
+        parts = [tp for tp in consumer.assignment() if tp not in self.positions]
+        for tp in consumer.assignment():
+            if tp in self.positions:
+                consumer.seek(tp, self.positions[tp])
+        if not parts:
+            return
         at = int((time.time() - self.since_s) * 1000)
         for tp, found in consumer.offsets_for_times({tp: at for tp in parts}).items():
             if found is None:
@@ -91,10 +112,32 @@ class Feed:
                 consumer.seek(tp, found.offset)
 
 
-def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any:
+def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5, loopback_only: bool = False) -> Any:
+    """``loopback_only``: answer only requests whose Host is a loopback name (the server is bound to
+    one: see the module docstring)."""
     from aiohttp import web
 
     stopping = asyncio.Event()  # set on shutdown: the event streams end, the server stops at once
+    following = [0]  # pages on /events now
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if loopback_only and not _is_loopback(_host_name(request.host)):
+            log.warning("ui: refused a request for host %r (this page answers loopback names only)", request.host[:100])
+            raise web.HTTPMisdirectedRequest(text="this page answers requests for localhost only")
+        resp = await handler(request)
+        if not resp.prepared:  # (the event stream sets its own before it starts)
+            resp.headers["Content-Security-Policy"] = CSP
+            resp.headers["X-Content-Type-Options"] = "nosniff"
+            resp.headers["Referrer-Policy"] = "no-referrer"
+        return resp  # type: ignore[no-any-return]
+
+    def feed_error() -> str | None:
+        if feed is None:
+            return None
+        if feed.ready.is_set() and feed.thread.is_alive():
+            return None
+        return feed.error or ("starting" if feed.thread.is_alive() else "the reader stopped")
 
     async def index(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
@@ -114,14 +157,24 @@ def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any
         return web.json_response({"ok": True, "calls": len(board.calls), "invalid_records": board.invalid})
 
     async def events(request: web.Request) -> web.StreamResponse:
-        """Until the browser goes or the server stops (``on_shutdown`` sets ``stopping``)."""
+        """Until the browser goes or the server stops (``on_shutdown`` sets ``stopping``). A
+        ``feed`` event says whether the topics are being read (``{"error": ...}`` while not)."""
+        if following[0] >= MAX_CLIENTS:
+            raise web.HTTPServiceUnavailable(text=f"{MAX_CLIENTS} pages already follow this board")
+        following[0] += 1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+        resp.headers["Content-Security-Policy"] = CSP
         try:
+            await resp.prepare(request)
             snap = board.snapshot()
             version = snap["version"]
             await resp.write(f"event: snapshot\ndata: {json.dumps(snap)}\n\n".encode())
+            said = None
             while not stopping.is_set():
+                error = feed_error()
+                if error != said:
+                    said = error
+                    await resp.write(f"event: feed\ndata: {json.dumps({'error': error})}\n\n".encode())
                 try:
                     await asyncio.wait_for(stopping.wait(), push_s)
                     break
@@ -135,12 +188,28 @@ def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5) -> Any
                 await resp.write(f"event: update\ndata: {json.dumps(change)}\n\n".encode())
         except ConnectionResetError:  # the browser went away
             pass
+        finally:
+            following[0] -= 1
         return resp
+
+    async def expire() -> None:
+        """Ended and silent calls leave the board on time while the feed cannot read too."""
+        while not stopping.is_set():
+            try:
+                await asyncio.wait_for(stopping.wait(), 5.0)
+            except asyncio.TimeoutError:
+                board.expire()
+
+    tasks: list[asyncio.Future[None]] = []
+
+    async def start_expiring(app: web.Application) -> None:
+        tasks.append(asyncio.ensure_future(expire()))  # (ends once stopping is set)
 
     async def shutdown(app: web.Application) -> None:
         stopping.set()
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard])
+    app.on_startup.append(start_expiring)
     app.on_shutdown.append(shutdown)
     app.add_routes(
         [
@@ -176,7 +245,8 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     feed = Feed(settings, board, since_s).start()
     print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
     try:
-        web.run_app(make_app(board, feed), host=host, port=port, print=None, handle_signals=True, shutdown_timeout=3)
+        app = make_app(board, feed, loopback_only=_is_loopback(host))
+        web.run_app(app, host=host, port=port, print=None, handle_signals=True, shutdown_timeout=3)
     except OSError as exc:  # one line, not aiohttp's traceback
         if exc.errno == errno.EADDRINUSE:
             return _port_taken(host, port)
@@ -185,6 +255,26 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     finally:
         feed.stop.set()
     return 0
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8080" -> "::1", "localhost:8080" -> "localhost")."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether the bind address is a loopback one (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _port_taken(host: str, port: int) -> int:

@@ -306,3 +306,139 @@ def test_the_generation_of_a_record_comes_from_its_id() -> None:
 
     assert generation_of("c", "c:u0:r0:ab") == -1 and generation_of("c", "c~g12:report:final") == 12
     assert generation_of("a:b", "a:b~g3:rule:1:raised:u1") == 3 and generation_of("c", "other") == -1
+
+
+def test_a_call_id_used_again_without_a_new_generation_shows_once_its_old_call_is_long_over() -> None:
+    """Found in review: an id the board let go stayed off the page for good when its next call
+    named no new generation (used again without a `started`, or after the workers forgot the old
+    call): 8,000 ended calls are remembered, days of a small center."""
+    clock = Clock()
+    board = Board(keep_ended_s=600, keep_silent_s=3600, clock=clock)
+    board.add("report", _final("c", clock.now - 4000))
+    board.expire()
+    assert board.snapshot()["calls"] == []
+    late = make_event(call_id="c", utterance_id="u9", seq=9, produced_at=clock.now - 4000 + 3599)
+    board.add("emotion", late.to_bytes())  # within keep_silent_s of its end: the old call's, reopened by a backlog
+    assert board.snapshot()["calls"] == []
+    again = make_event(call_id="c", utterance_id="u0", seq=0, produced_at=clock.now - 4000 + 3601)
+    board.add("emotion", again.to_bytes())
+    assert [(c["call_id"], c["ended"], c["turns"]) for c in board.snapshot()["calls"]] == [("c", False, 1)]
+
+
+def test_the_board_holds_at_most_max_held_utterances_in_all() -> None:
+    """Found in review: 2,000 calls x 300 utterances at about 5.5 KB each is 3 GB, six times the
+    Kubernetes pod's 512 MiB: the least recently updated calls go once the board holds max_held."""
+    clock = Clock()
+    board = Board(max_calls=100, max_utterances=10, max_held=25, clock=clock)
+    for c in range(6):
+        clock.now += 1
+        for i in range(8):
+            board.add("emotion", make_event(call_id=f"c{c}", utterance_id=f"u{i}", seq=i).to_bytes())
+    assert board.held == sum(len(v.utterances) for v in board.calls.values()) <= 25
+    assert list(board.calls) == ["c3", "c4", "c5"]  # the oldest went whole
+    board.add("report", report("c3", final=True).to_bytes())  # an ended call goes before a live one
+    for i in range(8):
+        board.add("emotion", make_event(call_id="c6", utterance_id=f"u{i}", seq=i).to_bytes())
+    assert list(board.calls) == ["c4", "c5", "c6"] and board.held == 24
+    big = Board(max_held=5, clock=clock)  # one call larger than the whole budget stays (its newest utterances)
+    for i in range(8):
+        big.add("emotion", make_event(call_id="one", utterance_id=f"u{i}", seq=i).to_bytes())
+    assert list(big.calls) == ["one"]
+
+
+def test_pages_in_step_share_one_computed_change() -> None:
+    board = Board()
+    v = board.version
+    board.add("emotion", make_event(call_id="a").to_bytes())
+    first, second = board.since(v), board.since(v)
+    assert first is second and [c["call_id"] for c in first["calls"]] == ["a"]
+    board.add("emotion", make_event(call_id="b").to_bytes())
+    assert [c["call_id"] for c in board.since(v)["calls"]] == ["a", "b"]
+
+
+def test_a_report_with_a_nan_inside_is_refused_not_passed_to_the_page() -> None:
+    """Found in review: the nested models took NaN, json.dumps wrote a bare NaN, and every page's
+    JSON.parse failed on every snapshot while its status still said live."""
+    board = Board()
+    bad = json.loads(report("c").to_bytes())
+    bad["speakers"][0]["sentiment"] = float("nan")
+    board.add("report", json.dumps(bad).encode())
+    assert board.invalid == 1 and board.snapshot()["calls"] == []
+
+
+def test_the_server_answers_loopback_names_only_sets_a_csp_and_says_when_it_cannot_read() -> None:
+    """Found in review: bound to 127.0.0.1 it answered any Host (a page on another site could read
+    it by DNS rebinding), sent no CSP, took any number of event streams, and said "live" while its
+    consumer could not read."""
+    import threading
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streams.ui import server
+    from streams.ui.server import make_app
+
+    class Feed:
+        def __init__(self) -> None:
+            self.ready, self.error = threading.Event(), "KafkaConnectionError: broker away"
+            self.thread = threading.Thread(target=lambda: None)
+
+    async def scenario() -> None:
+        feed = Feed()
+        client = TestClient(TestServer(make_app(Board(), feed, push_s=0.05, loopback_only=True)))  # type: ignore[arg-type]
+        await client.start_server()
+        try:
+            assert (await client.get("/", headers={"Host": "evil.example:8080"})).status == 421
+            for host in ("localhost:8080", "127.0.0.1:8080", "[::1]:8080", "127.0.0.2"):
+                page = await client.get("/", headers={"Host": host})
+                assert page.status == 200, host
+                assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+            resp = await client.get("/events")
+            assert (await _sse(resp))[0] == "snapshot"
+            assert await _sse(resp) == ("feed", {"error": "KafkaConnectionError: broker away"})
+            feed.error = None
+            feed.ready.set()
+            feed.thread = threading.current_thread()  # alive
+            assert await _sse(resp) == ("feed", {"error": None})
+            old = server.MAX_CLIENTS
+            server.MAX_CLIENTS = 1
+            try:
+                assert (await client.get("/events")).status == 503  # one page follows already
+            finally:
+                server.MAX_CLIENTS = old
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert make_app(Board()) is not None
+
+
+def test_the_feed_resumes_where_it_was_after_a_failure() -> None:
+    """Found in review: after a Kafka error the feed read again from since_s ago, and a raise that
+    had left the board's dedup memory came back over its clear."""
+    from streams.settings import Settings
+    from streams.ui.server import Feed
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: dict[str, int] = {}
+
+        def assignment(self) -> set[str]:
+            return {"t-0", "t-1"}
+
+        def seek(self, tp: str, offset: int) -> None:
+            self.seeks[tp] = offset
+
+        def offsets_for_times(self, wanted: dict[str, int]) -> dict[str, Any]:
+            return {tp: type("Found", (), {"offset": 100})() for tp in wanted}
+
+        def seek_to_end(self, tp: str) -> None:
+            self.seeks[tp] = -1
+
+    feed = Feed(Settings(), Board(), since_s=3600)
+    first = Consumer()
+    feed._seek(first)
+    assert first.seeks == {"t-0": 100, "t-1": 100}
+    feed.positions["t-0"] = 517  # read up to there before the failure
+    again = Consumer()
+    feed._seek(again)
+    assert again.seeks == {"t-0": 517, "t-1": 100}

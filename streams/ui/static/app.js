@@ -84,12 +84,20 @@ function schedule() {
   }
 }
 
+let asked = 0;  // the latest detail request: an older answer that comes after it is dropped
 async function showDetail(callId) {
   selected = callId;
-  const resp = await fetch(`/api/calls/${encodeURIComponent(callId)}`);
-  if (!resp.ok) { $("detail").hidden = true; return; }
-  const c = await resp.json();
-  if (selected !== callId) return;
+  const mine = ++asked;
+  let c;
+  try {
+    const resp = await fetch(`/api/calls/${encodeURIComponent(callId)}`);
+    if (mine !== asked) return;
+    if (!resp.ok) { $("detail").hidden = true; return; }
+    c = await resp.json();
+  } catch (err) {
+    return;  // the server away: the stream's status says so; the next update asks again
+  }
+  if (mine !== asked || selected !== callId) return;
   const rows = c.utterances.map((u) => {
     const weights = Object.entries(u.weights).map(([m, w]) => `${m} ${w.toFixed(2)}`).join(" · ");
     const notUsed = (Object.keys(u.ignored).length ? ` (${Object.keys(u.ignored).join(", ")} not used)` : "") +
@@ -120,14 +128,25 @@ function apply(change, replace) {
   for (const c of change.calls) calls.set(c.call_id, c);
   for (const id of change.removed) calls.delete(id);
   schedule();
+  if (selected && !calls.has(selected)) { selected = null; $("detail").hidden = true; }  // it left the board
   if (selected && change.calls.some((c) => c.call_id === selected)) showDetail(selected);
 }
 
 function connect() {
   const source = new EventSource("/events");
-  source.addEventListener("snapshot", (e) => { $("status").className = "status live"; $("status").textContent = "live"; apply(JSON.parse(e.data), true); });
+  const status = (cls, text, title) => { $("status").className = `status ${cls}`; $("status").textContent = text; $("status").title = title || ""; };
+  let feedError = null;  // the server cannot read the topics (Kafka away): what the page shows may be old
+  source.addEventListener("snapshot", (e) => {
+    apply(JSON.parse(e.data), true);
+    if (!feedError) status("live", "live");
+  });
+  source.addEventListener("feed", (e) => {
+    feedError = JSON.parse(e.data).error;
+    if (feedError) status("lost", "not reading the topics", feedError);
+    else status("live", "live");
+  });
   source.addEventListener("update", (e) => { const change = JSON.parse(e.data); apply(change, change.reset); });
-  source.onerror = () => { $("status").className = "status lost"; $("status").textContent = "reconnecting…"; };
+  source.onerror = () => { status("lost", "reconnecting…"); };
 }
 
 $("list").addEventListener("click", (e) => {
