@@ -94,7 +94,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="as the stream's engine.acknowledgements: a feeling a transcript names as the listener's ('I understand "
         "your frustration') is made neutral, and an apology ('I'm so sorry for the wait') an acknowledgement, before "
         "it is encoded (engines/features/acknowledge.py) in the lines of "
-        "agents (default: speakers named agent*, rep* or operator*, which no dataset has), of all speakers, or off",
+        "agents (default: speakers named agent*, rep, rep-*, representative* or operator*, which no dataset has), "
+        "of all speakers, or off",
     )
     parser.add_argument(
         "--format-check",

@@ -382,7 +382,8 @@ class CallAnalytics:
             names = ", ".join(sorted(roles)[:5])
             log.warning("call %s: none of its speakers (%s) is an agent by the rules' [roles] globs, so its agent "
                         "rules never hold and each speaker is read as a %s; name agents to match them (agent*, "
-                        "rep*, operator* by default) or set your own [roles] (analytics.rules) [%d such calls]",
+                        "rep-*, representative*, operator* by default) or set your own [roles] (analytics.rules) "
+                        "[%d such calls]",
                         call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
 
     def _alerts(

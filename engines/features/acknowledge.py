@@ -58,7 +58,7 @@ from engines.features.text import normalise_text
 #: whose transcripts the stream and evaluate rewrite: the agents' (default), every speaker's, nobody's
 ACKNOWLEDGEMENTS = ("agents", "all", "off")
 #: speakers evaluate counts as agents (streams/escalation.toml's [roles] agent, which the stream uses)
-AGENT_GLOBS = ("agent*", "rep*", "operator*")
+AGENT_GLOBS = ("agent*", "rep", "rep[!a-z]*", "representative*", "operator*")
 
 #: adjectives for a negative feeling a person has (not "annoying", "frustrating": those describe
 #: what causes it, as in "you're annoying", which is the speaker's complaint)

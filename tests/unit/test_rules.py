@@ -85,6 +85,22 @@ def test_roles_come_from_the_first_matching_glob() -> None:
     assert RuleBook.model_validate({"roles": {"agent": ["agent"]}}).role_of("caller") == "other"
 
 
+def test_the_shipped_roles_take_a_rep_by_title_and_not_a_customer_whose_name_starts_with_rep() -> None:
+    """Found by a newcomer: `rep*` made "Repetto, Maria" the agent of her call, and the reply rule
+    then said the calm agent had answered her with anger. The stream's rewrite of agents' lines
+    (engines.features.acknowledge.AGENT_GLOBS) takes the same speakers."""
+    from engines.features.acknowledge import AGENT_GLOBS, is_agent
+
+    b = load_rules()
+    agents = ["agent-42", "Agent Smith", "rep", "rep-12", "Rep. Jones", "rep7", "REP_3", "Representative Lee",
+              "operator 2"]  # fmt: skip
+    customers = ["Repetto, Maria", "Reppert", "reptile", "customer", "+15551234567", "spk_0"]
+    assert [b.role_of(s) for s in agents] == ["agent"] * len(agents)
+    assert [b.role_of(s) for s in customers] == ["customer"] * len(customers)
+    assert b.roles["agent"] == list(AGENT_GLOBS)
+    assert [is_agent(s) for s in agents + customers] == [True] * len(agents) + [False] * len(customers)
+
+
 def test_the_shipped_rules_load_and_raise_on_an_escalating_customer() -> None:
     b = load_rules()
     assert load_rules(DEFAULT_RULES) == b and {r.kind for r in b.rule} == {"rising", "streak", "below", "reply"}
