@@ -124,7 +124,10 @@ class Metrics:
         )
         self.duplicate_parts = Counter("emostream_duplicate_parts_total", "Parts received twice", registry=r)
         self.emotions = Counter(
-            "emostream_emotions_total", "Provisional emotion events by label (the calls' emotion mix)", ["label"],
+            "emostream_emotions_total",
+            "Provisional emotion events by label (the calls' emotion mix); 'unread': every part of the utterance "
+            "ignored (no words, no speech, another language), its label only the model's prior",
+            ["label"],
             registry=r,
         )  # fmt: skip
         self.lag = Gauge(

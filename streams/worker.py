@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.features.format_check import mistake_of
-from streams.analytics import CallAnalytics, Outgoing
+from streams.analytics import CallAnalytics, Outgoing, says_something
 from streams.batching import BatchSizer, units
 from streams.errors import InvalidMessage, one_line
 from streams.join import Joiner, JoinResult, Utterance
@@ -78,6 +78,9 @@ RECOVERED_GRACE_S = 15.0
 ENGINE_STUCK_S = 120.0  # a batch this long in the encoders and engine is wedged (they take well under a second)
 WATCH_S = 0.5  # see Worker.watch: how often the input partitions' leaders are looked at
 TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set while batches keep coming
+UNREAD = (
+    "unread"  # emostream_emotions_total's label for an utterance with every part ignored (its label is the prior's)
+)
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
 
 
@@ -1269,7 +1272,7 @@ class Worker:
             self.metrics.events_out.labels(str(event.revision)).inc()
             if event.revision == 0:
                 self.metrics.end_to_end.observe(event.timings.end_to_end_s)
-                self.metrics.emotions.labels(event.label).inc()
+                self.metrics.emotions.labels(event.label if says_something(event) else UNREAD).inc()
                 ts = sent.get((event.call_id, event.utterance_id))
                 if ts is not None:  # (a producer's clock ahead of the worker's: 0)
                     self.metrics.record_to_event.observe(max(0.0, event.produced_at - ts))

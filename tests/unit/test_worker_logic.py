@@ -2166,6 +2166,12 @@ def test_the_worker_reports_its_consumer_lag_and_the_emotions_it_labels() -> Non
         assert sample("emostream_consumer_lag", {"topic": t.text, "partition": "0"}) == 6  # offsets 4..9 unread
         label = events(sent)[0].label
         assert sample("emostream_emotions_total", {"label": label}) == 1
+        await w.on_message(t.text, 0, 4, b"c", text("c", "u1", 1, words="   "), Handle(log, "t1"), timestamp=1001.0)
+        clock.now += 1.0
+        await w.pump()
+        (blank,) = [e for e in events(sent) if e.utterance_id == "u1"]
+        assert blank.ignored and sample("emostream_emotions_total", {"label": "unread"}) == 1  # not its prior's label
+        assert sample("emostream_emotions_total", {"label": blank.label}) == (blank.label == label)
         await w.revoke({0})
         assert sample("emostream_consumer_lag", {"topic": t.text, "partition": "0"}) is None  # not ours any more
 
