@@ -601,6 +601,17 @@ def read_published(model: type[_Published], raw: bytes | str) -> _Published:
         return model.model_validate({k: v for k, v in obj.items() if k in model.model_fields})
 
 
+def json_type(value: Any) -> str:
+    """A parsed JSON value's type as JSON names it (a dead letter's reader sent JSON, not Python)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
 def call_instance(call_id: str, generation: str = "") -> str:
     """The call as the ids of its messages name it: its id, or for a call id used again after its
     previous call closed, ``<call>~g<generation>`` (the offset of the new call's 'started' on its
@@ -660,13 +671,14 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     except ValueError as exc:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
         raise InvalidMessage("invalid_value", str(exc)[:200]) from None
     if not isinstance(obj, dict):
-        raise InvalidMessage("wrong_type", f"top level is {type(obj).__name__}, not an object")
+        raise InvalidMessage("wrong_type", f"top level is {json_type(obj)}, not an object")
     if "schema_version" not in obj:
         raise InvalidMessage("missing_field", f"schema_version: required (this worker reads {SCHEMA_VERSION})")
     version = obj["schema_version"]
     if isinstance(version, bool) or not isinstance(version, (int, float)):  # 1.0 is the integer 1 in JSON Schema
         raise InvalidMessage(
-            "wrong_type", f"schema_version: the integer {SCHEMA_VERSION}, not {version!r} ({type(version).__name__})"
+            "wrong_type",
+            f"schema_version: the integer {SCHEMA_VERSION}, not {json.dumps(version)} ({json_type(version)})",
         )
     if version != SCHEMA_VERSION:
         raise InvalidMessage(

@@ -485,3 +485,23 @@ def test_a_dead_letter_names_the_call_and_utterance_of_a_part_whose_seq_is_wrong
     with pytest.raises(InvalidMessage) as caught:
         parse_input("text", json.dumps({"schema_version": 1, "call_id": "c 9", "seq": 1}).encode(), 1 << 20)
     assert (caught.value.call_id, caught.value.utterance_id) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        (b"null", "top level is null, not an object"),
+        (b"[1, 2]", "top level is array, not an object"),
+        (b'"hi"', "top level is string, not an object"),
+        (b"3.5", "top level is number, not an object"),
+        (b'{"schema_version": "1"}', 'the integer 1, not "1" (string)'),
+        (b'{"schema_version": true}', "the integer 1, not true (boolean)"),
+        (b'{"schema_version": null}', "the integer 1, not null (null)"),
+    ],
+)
+def test_a_wrong_type_is_named_as_json_names_it(raw: bytes, said: str) -> None:
+    """Found by a newcomer: dead letters said "top level is NoneType" and "(str)", Python's names
+    for what a producer sent as JSON null and a JSON string."""
+    with pytest.raises(InvalidMessage) as info:
+        parse_input("text", raw, 4096)
+    assert info.value.reason == "wrong_type" and said in info.value.detail, info.value.detail
