@@ -24,14 +24,16 @@ call's final report are printed too::
 
 from __future__ import annotations
 
+import re
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from client.subscriber import Kind, Received, Tracker, make_consumer
+from engines.features.language import OTHER_LANGUAGE
 from streams.analytics import says_something
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
 from streams.settings import Settings
@@ -96,8 +98,24 @@ def format_alert(alert: AlertEvent) -> str:
     return f"⚠ {alert.state} {alert.severity} {head}: {alert.message}  ({turns}{measured})"
 
 
-def format_report(report: CallReport) -> str:
-    """One readable line for a call's final report (its summary)."""
+def unread_kind(event: EmotionEvent) -> str:
+    """Why nothing of an utterance was read, in a few words: "other language (Spanish)", "no words",
+    "no words, no speech", "dead-lettered"."""
+    kinds = set()
+    for why in event.ignored.values():
+        if why.startswith(OTHER_LANGUAGE):
+            found = re.search(r"read as ([^(,:]+?) \(|written in (.+?) script", why)
+            kinds.add(f"other language ({(found.group(1) or found.group(2) + ' script') if found else '?'})")
+        elif why.startswith("dead-lettered: "):
+            kinds.add("dead-lettered")
+        else:
+            kinds.add(why.split(":")[0])
+    return ", ".join(sorted(kinds)) or "every part ignored"
+
+
+def format_report(report: CallReport, unread: Mapping[str, int] | None = None) -> str:
+    """One readable line for a call's final report (its summary); ``unread``: why its utterances
+    with nothing read were not read (:func:`unread_kind` -> how many), where their events were seen."""
     who = "; ".join(
         f"{s.speaker} ({s.role}) {s.turns} turn{'' if s.turns == 1 else 's'}, sent {s.sentiment:+.2f} "
         f"(trend {s.sentiment_trend:+.2f}), negative {s.negative_share:.0%} (hostile {s.hostile_share:.0%})"
@@ -106,7 +124,8 @@ def format_report(report: CallReport) -> str:
     alerts = ", ".join(report.alerts_raised) or "none"
     turns = f"{report.turns} turn{'' if report.turns == 1 else 's'}"
     if report.unread:  # utterances with every part ignored: no turn, no speaker of the summary
-        turns += f" ({report.unread} more not read: every part ignored)"
+        why = ", ".join(f"{k} {n}" for k, n in sorted((unread or {}).items(), key=lambda kv: (-kv[1], kv[0])))
+        turns += f" ({report.unread} more not read: {why or 'every part ignored'})"
     how = {"idle": " (quiet, no 'ended')", "started": " (started again, no 'ended')"}.get(report.ended_by or "", "")
     return f"■ call ended{how} [{report.call_id}] {turns}: {who or 'nobody read'}; alerts: {alerts}"
 
@@ -216,6 +235,8 @@ class EventPrinter:
         self.hold_s, self.clock = hold_s, clock
         self.limit = limit  # held lines are not printed past this many lines in all
         self._held: dict[str, deque[_Held]] = {}  # per call, in arrival order
+        #: per call, why its utterances with nothing read were not read (for its summary; the last 10,000 calls)
+        self._unread: OrderedDict[str, Counter[str]] = OrderedDict()
 
     @property
     def invalid(self) -> int:
@@ -236,6 +257,11 @@ class EventPrinter:
         record = got.record
         if isinstance(record, CallReport) and not record.final:
             return False  # the running reports are for dashboards
+        if isinstance(record, EmotionEvent) and record.revision == 0 and not says_something(record):
+            self._unread.setdefault(record.call_id, Counter())[unread_kind(record)] += 1
+            self._unread.move_to_end(record.call_id)
+            if len(self._unread) > 10_000:
+                self._unread.popitem(last=False)
         if self.fmt == "json":
             line = record.to_bytes().decode()  # as published: fields without a value left out
         elif isinstance(record, EmotionEvent):
@@ -243,7 +269,7 @@ class EventPrinter:
         elif isinstance(record, AlertEvent):
             line = format_alert(record)
         elif isinstance(record, CallReport):
-            line = format_report(record)
+            line = format_report(record, self._unread.pop(record.call_id, None))
         else:
             line = format_deadletter(record)
         if isinstance(record, (AlertEvent, CallReport)) and self.hold_s > 0:

@@ -336,6 +336,10 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
         "■ call ended [call-7] 0 turns (2 more not read: every part ignored): nobody read;"
         " alerts: customer-anger-rising"
     )
+    unread = {"other language (Spanish)": 5, "no words": 1}  # what the events said (EventPrinter counts them)
+    assert format_report(spanish, unread).startswith(
+        "■ call ended [call-7] 1 turn (6 more not read: other language (Spanish) 5, no words 1): "
+    )
     quiet = final.model_copy(update={"ended_by": "idle"})  # join.idle_end_s: no part, no 'ended'
     assert format_report(quiet).startswith("■ call ended (quiet, no 'ended') [call-7] 6 turns: ")
     assert format_report(final.model_copy(update={"ended_by": "ended"})).startswith("■ call ended [call-7] 6 turns: ")
@@ -400,3 +404,37 @@ def test_subscribe_and_the_publisher_give_up_on_a_dead_broker_within_the_startup
         with pytest.raises(ServiceUnavailable, match=r"no Kafka broker answered at 127.0.0.1:1 within 1 s"):
             make()
         assert time.monotonic() - start < 10.0
+
+
+def test_a_calls_summary_says_why_its_unread_utterances_were_not_read() -> None:
+    """Found by a newcomer: a Spanish-speaking customer's call ended '3 more not read: every part
+    ignored', and only the event lines, long scrolled past, said it was another language."""
+    from streams.schemas import CallReport
+    from tools.subscribe import unread_kind
+
+    spanish = "other language? the words read as Spanish (es), English at p 1e-05: the model reads English"
+    chinese = "other language? the words are written in Han script: the model reads English"
+    blank = "no words: the transcript is empty, or only spaces"
+    silent = "no speech: 0.00 s of speech, less than 0.15 s"
+
+    def unread(i: int, **ignored: str) -> EmotionEvent:
+        return make_event(utterance_id=f"u{i}", seq=i, modalities_present=sorted(ignored), ignored=ignored,
+                          weights={"text": 0.0, "audio": 0.0, "video": 0.0})  # fmt: skip
+
+    assert unread_kind(unread(0, text=spanish)) == "other language (Spanish)"
+    assert unread_kind(unread(0, text=chinese)) == "other language (Han script)"
+    assert unread_kind(unread(0, text=blank, audio=silent)) == "no speech, no words"
+    assert unread_kind(unread(0, audio="dead-lettered: undecodable_audio (x)")) == "dead-lettered"
+    out = io.StringIO()
+    printer = EventPrinter(out, calls_topic=TOPICS.calls)
+    for i, why in enumerate([spanish, spanish, blank]):
+        printer.handle(TOPICS.emotions, unread(i, text=why).to_bytes())
+    printer.handle(TOPICS.emotions, unread(0, text=spanish).model_copy(
+        update={"revision": 1, "event_id": "c:u0:r1:x"}).to_bytes())  # a revision is the same utterance  # fmt: skip
+    report = CallReport(event_id="call-7:report:final", call_id="call-7", final=True, turns=0, unread=3,
+                        speakers=[], open_alerts=[], alerts_raised=[], produced_at=2.0)  # fmt: skip
+    printer.handle(TOPICS.calls, report.to_bytes())
+    assert out.getvalue().splitlines()[-1] == (
+        "■ call ended [call-7] 0 turns (3 more not read: other language (Spanish) 2, no words 1): nobody read;"
+        " alerts: none"
+    )
