@@ -168,12 +168,22 @@ class _Call:
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
     unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner's learn_after)
     skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances wait UNSENT_WAIT_S for them
+    #: per speaker, as ``heard``, ``unheard`` and ``skip`` per call: a speaker who never sends a modality
+    #: the call's others send (the customer's leg recorded, not the agent's) is learnt apart
+    heard_by: dict[str, set[str]] = field(default_factory=dict)
+    unheard_by: dict[str, int] = field(default_factory=dict)
+    skip_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: for a call that replaced an earlier one under its id here: that call's end (its 'ended''s record
     #: time, or this call's 'started''s where not known); an 'ended' sent by then was the earlier call's
     replaced_ts: float | None = None
 
     def waits_for(self) -> tuple[str, ...]:
         return tuple(m for m in self.expected if m not in self.skip)
+
+    def skips(self, speaker: str) -> tuple[str, ...]:
+        """The expected modalities an utterance of ``speaker`` waits only UNSENT_WAIT_S for."""
+        mine = self.skip_by.get(speaker, ())
+        return tuple(m for m in self.expected if m in self.skip or m in mine)
 
 
 class _Closed(NamedTuple):
@@ -187,6 +197,9 @@ class _Closed(NamedTuple):
     skip: tuple[str, ...]
     said: bool = False  # it had utterances labelled here, or pending with a part, when it closed
     quiet_end: bool = False  # closed for sending no part for join.idle_end_s, not after an 'ended'
+    #: per speaker: what they sent, and what their utterances stopped waiting for (_Call.heard_by, skip_by)
+    heard_by: tuple[tuple[str, frozenset[str]], ...] = ()
+    skip_by: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 #: how long an utterance waits for a modality its call has not sent (see Joiner.learn_after), at most wait_s:
@@ -224,6 +237,13 @@ class Joiner:
     The released utterances still name it as expected, so the missing-modality count shows an outage
     of that input. What a call declared and sent is kept through its close (a part sent in time
     reopens it as it was), not past this worker's memory of it (a restart, a rebalance, the cap).
+
+    The same is learnt per speaker, in calls that declared what they send too: once ``learn_after``
+    utterances of one speaker went without a modality that speaker never sent and another speaker of
+    the call did (a platform that records the customer's leg, not the agent's), that speaker's
+    utterances wait only :data:`UNSENT_WAIT_S` for it, and no longer while its topic is read behind
+    (the other speaker's parts flowing there are not theirs); their first part of it makes them wait
+    ``wait_s`` again.
     """
 
     def __init__(
@@ -336,7 +356,7 @@ class Joiner:
         """One part; ``ts`` is its record time (for waits behind, see the module doc); ``fresh_at``
         becomes the utterance's :attr:`Utterance.fresh_at` where the part opens it."""
         assert modality in MODALITIES, modality
-        again = self._heard(call_id, modality)
+        again = self._heard(call_id, modality, speaker)
         result = self._add(
             call_id, utterance_id, seq, speaker, modality, payload, handle, now, partition, ts, fresh_at
         )  # fmt: skip
@@ -382,6 +402,7 @@ class Joiner:
             self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
+        call.heard_by.setdefault(speaker, set()).add(modality)
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts, fresh_at)
@@ -432,7 +453,7 @@ class Joiner:
         before the utterance's event is out reads the part again after it, so the replay knows
         again not to wait for it and says why the event lacks it."""
         assert modality in MODALITIES, modality
-        again = self._heard(call_id, modality)  # it sends that modality (this part was bad)
+        again = self._heard(call_id, modality, speaker)  # it sends that modality (this part was bad)
         if (call_id, utterance_id) in self._done or self._after_end(call_id, partition, ts) is not None:
             return JoinResult(ack_now=[handle] if handle is not None else [], unlearned=[again] if again else [])
         reopening = call_id not in self._calls and call_id in self._ended
@@ -440,6 +461,7 @@ class Joiner:
             self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
+        call.heard_by.setdefault(speaker, set()).add(modality)
         utt = call.pending.get(utterance_id) or self._open_utterance(
             call, call_id, utterance_id, seq, speaker, now, ts, fresh_at
         )  # fmt: skip
@@ -490,7 +512,7 @@ class Joiner:
         call.pending[utterance_id] = utt
         self._open += 1
         self._push(now + self.wait_s, call_id, utterance_id)
-        if call.skip:
+        if call.skips(speaker):
             self._push(now + self.unsent_wait_s, call_id, utterance_id)
         return utt
 
@@ -669,6 +691,8 @@ class Joiner:
             call.skip,
             said,
             call.quiet_end,
+            tuple((k, frozenset(v)) for k, v in call.heard_by.items()),
+            tuple(call.skip_by.items()),
         )
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
@@ -696,6 +720,8 @@ class Joiner:
             if closed is not None:
                 call.expected, call.declared, call.skip = closed.expected, closed.declared, closed.skip
                 call.heard = set(closed.heard)
+                call.heard_by = {k: set(v) for k, v in closed.heard_by}
+                call.skip_by = dict(closed.skip_by)
         else:
             self._calls.move_to_end(call_id)
         call.last_seen = now
@@ -718,12 +744,16 @@ class Joiner:
         result = JoinResult()
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
             complete = all(utt.has(m) for m in call.expected)
-            # a call that has not sent a modality: its other parts in, its utterances wait less for it
-            wait = self.unsent_wait_s if call.skip and all(utt.has(m) for m in call.waits_for()) else self.wait_s
-            expired = now - utt.first_at >= wait and not self._hold(utt, call.expected, now, wait)
+            # a call (or speaker) that has not sent a modality: its other parts in, its utterances wait less for it
+            skips = call.skips(utt.speaker)
+            waits = tuple(m for m in call.expected if m not in skips)
+            wait = self.unsent_wait_s if skips and all(utt.has(m) for m in waits) else self.wait_s
+            mine = call.skip_by.get(utt.speaker, ())  # (what the call sends, another speaker's parts may be behind)
+            held_for = tuple(m for m in call.expected if m not in mine)
+            expired = now - utt.first_at >= wait and not self._hold(utt, held_for, now, wait)
             if not (complete or expired):
                 break  # holds back later utterances of this call
-            utt.ready_at, utt.expected, utt.not_waited = now, call.expected, call.skip
+            utt.ready_at, utt.expected, utt.not_waited = now, call.expected, skips
             utt.timed_out = not complete
             if not complete:
                 self._learn(call_id, call, utt, result)
@@ -742,6 +772,7 @@ class Joiner:
         that did not say what it sends went without a modality it has never sent a part of, while it
         sends another, its utterances wait only :data:`UNSENT_WAIT_S` for that modality (until its
         first part comes)."""
+        self._learn_speaker(call_id, call, utt, result)
         never = [m for m in call.waits_for() if not utt.has(m) and m not in call.heard]
         sent = [m for m in call.expected if m in call.heard]
         if not self.learn_after or call.declared or not never or not sent:
@@ -760,13 +791,47 @@ class Joiner:
             "join.wait_s again"
         )
 
-    def _heard(self, call_id: str, modality: str) -> str | None:
-        """A part of ``modality`` came for ``call_id``: if its utterances had stopped waiting for that
-        modality (:meth:`_learn`), they wait again; what changed, for the log."""
+    def _learn_speaker(self, call_id: str, call: _Call, utt: Utterance, result: JoinResult) -> None:
+        """After ``utt`` went without a part it waited for: once ``learn_after`` utterances of its
+        speaker went without a modality the speaker never sent and another speaker of the call did,
+        that speaker's utterances wait only :data:`UNSENT_WAIT_S` for it (until their first part of it)."""
+        speaker, mine = utt.speaker, call.heard_by.get(utt.speaker, set())
+        skips = call.skips(speaker)
+        never = [m for m in call.expected if m not in skips and not utt.has(m) and m not in mine and m in call.heard]
+        if not self.learn_after or not never or not utt.parts:
+            return
+        n = call.unheard_by[speaker] = call.unheard_by.get(speaker, 0) + 1
+        if n < self.learn_after:
+            return
+        call.skip_by[speaker] = tuple(m for m in call.expected if m in call.skip_by.get(speaker, ()) or m in never)
+        for pending in call.pending.values():  # due sooner now
+            if pending.speaker == speaker:
+                self._push(pending.first_at + self.unsent_wait_s, call_id, pending.utterance_id)
+        result.learned.append(
+            f"call {call_id}: speaker {speaker!r} has sent no {'+'.join(never)} part in {n} utterances while "
+            f"another speaker of the call did (one leg recorded, say): their next utterances wait for "
+            f"{'+'.join(never)} until {self.unsent_wait_s:g} s after their first part, not join.wait_s "
+            f"{self.wait_s:g} s; their first {'+'.join(never)} part makes them wait join.wait_s again"
+        )
+
+    def _heard(self, call_id: str, modality: str, speaker: str | None = None) -> str | None:
+        """A part of ``modality`` came for ``call_id`` (from ``speaker``): if its utterances (or the
+        speaker's) had stopped waiting for that modality (:meth:`_learn`, :meth:`_learn_speaker`),
+        they wait again; what changed, for the log."""
         call = self._calls.get(call_id)
         if call is None:
             return None
         call.heard.add(modality)
+        if speaker is not None:
+            call.heard_by.setdefault(speaker, set()).add(modality)
+            if modality in call.skip_by.get(speaker, ()):
+                call.skip_by[speaker] = tuple(m for m in call.skip_by[speaker] if m != modality)
+                call.unheard_by[speaker] = 0
+                if modality not in call.skip:
+                    return (
+                        f"call {call_id}: the first {modality} part of speaker {speaker!r} came: their utterances "
+                        f"wait join.wait_s {self.wait_s:g} s for {modality} again"
+                    )
         if modality not in call.skip:
             return None
         call.skip, call.unheard = tuple(m for m in call.skip if m != modality), 0

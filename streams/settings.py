@@ -174,7 +174,8 @@ class JoinSettings(_Section):
         ge=0,
         description="a call that did not declare its modalities and has sent no part of an expected one in this "
         "many utterances: its next utterances wait 0.5 s for that modality once their other parts are in, not "
-        "wait_s, until its first part comes (0: always wait_s)",
+        "wait_s, until its first part comes; so does a speaker whose utterances went without a modality they never "
+        "sent while another speaker of the call sent it (one leg recorded), in a declared call too (0: always wait_s)",
     )
     max_open_utterances: int = Field(
         100_000,

@@ -710,3 +710,51 @@ def test_a_call_that_learnt_to_wait_less_still_does_when_a_late_part_reopens_it(
     assert j.expire(now=5.0).ended_calls == ["c"]
     j.add("c", "u2", 2, "A", "text", "t", "h", now=6.0)  # no record times: joined, reopening the call
     assert ids(j.expire(now=6.5)) == ["u2"]
+
+
+def test_a_speaker_who_never_sends_audio_while_the_other_does_is_learnt_apart() -> None:
+    """Found by a newcomer: a call that declared text and audio, the customer's leg recorded and
+    not the agent's: every agent utterance waited join.wait_s (2 s) for audio, then as long again
+    while the customer's audio flowed on its topic (3.5-4 s), and held the customer's complete
+    utterances behind it. Now, after learn_after of them, the agent's wait UNSENT_WAIT_S."""
+    flowing = {"audio": False}
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"), behind=lambda m, p, t: flowing.get(m, False))
+    j.call_started("c", ("text", "audio"), now=0.0)
+    t = 0.0
+    for k in range(2):  # the customer with audio, the agent without: the agent's wait in full
+        j.add("c", f"c{k}", 2 * k, "customer", "text", "t", "h", now=t, ts=t)
+        assert ids(j.add("c", f"c{k}", 2 * k, "customer", "audio", "a", "h", now=t + 0.1, ts=t + 0.1)) == [f"c{k}"]
+        j.add("c", f"a{k}", 2 * k + 1, "agent", "text", "t", "h", now=t + 1, ts=t + 1)
+        assert ids(j.expire(now=t + 2.9)) == []
+        r = j.expire(now=t + 3.0)
+        assert ids(r) == [f"a{k}"] and r.ready[0].not_waited == ()
+        t += 4.0
+    assert len(r.learned) == 1 and "speaker 'agent' has sent no audio part in 2 utterances" in r.learned[0]
+    flowing["audio"] = True  # the customer's audio flows on the topic: not the agent's
+    j.add("c", "a2", 5, "agent", "text", "t", "h", now=t, ts=t)
+    assert ids(j.expire(now=t + 0.4)) == []
+    r = j.expire(now=t + 0.5)
+    assert ids(r) == ["a2"] and r.ready[0].not_waited == ("audio",) and r.ready[0].expected == ("text", "audio")
+    j.add("c", "c3", 6, "customer", "text", "t", "h", now=t + 1, ts=t + 1)  # the customer still waits in full
+    assert ids(j.expire(now=t + 2.6)) == [] and ids(j.expire(now=t + 5.0)) == []  # (and holds: its audio flows)
+    flowing["audio"] = False
+    assert ids(j.expire(now=t + 5.3)) == ["c3"]  # (looked at again RECHECK_S after)
+    t += 6.0
+    r = j.add("c", "a4", 7, "agent", "audio", "a", "h", now=t, ts=t)  # the agent's first audio: waits again
+    assert r.unlearned and "the first audio part of speaker 'agent' came" in r.unlearned[0]
+    j.add("c", "a5", 8, "agent", "text", "t", "h", now=t + 1, ts=t + 1)
+    assert ids(j.expire(now=t + 0.9)) == []
+    assert ids(j.add("c", "a4", 7, "agent", "text", "t", "h", now=t + 1.0, ts=t)) == ["a4"]
+    assert ids(j.expire(now=t + 2.9)) == [] and ids(j.expire(now=t + 3.0)) == ["a5"]
+
+
+def test_a_speaker_is_not_learnt_apart_where_nobody_in_the_call_sent_the_modality() -> None:
+    """A declared call whose audio never comes from anyone waits for it as declared (call-level
+    learning is for calls that did not say what they send)."""
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
+    j.call_started("c", ("text", "audio"), now=0.0)
+    for k in range(4):
+        j.add("c", f"u{k}", k, "agent", "text", "t", "h", now=2.0 * k)
+        assert ids(j.expire(now=2.0 * k + 0.9)) == []
+        r = j.expire(now=2.0 * k + 1.0)
+        assert ids(r) == [f"u{k}"] and not r.learned
