@@ -213,9 +213,11 @@ def utterance_features(
                     utts[i].suspect["text"] = note if said is None else f"{said}; {note}"
     if gate:  # (n,), exact below min_speech_s
         seconds = detect.result() if detect is not None else featurizer.speech(clips, min_speech_s)
-        for (i, _), s in zip(waves, seconds, strict=True):
+        for (i, w), s in zip(waves, seconds, strict=True):
             if s < min_speech_s:
-                utts[i].ignored["audio"] = f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s"
+                utts[i].ignored["audio"] = (
+                    f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s" + _loud(w)
+                )
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
     if waves:
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
@@ -234,6 +236,23 @@ def utterance_features(
             if wrong is not None:  # used: the voice gate weighs it (measured better than the words alone)
                 utts[i].suspect["audio"] = wrong
     return feats
+
+
+#: a clip without speech this loud or louder is said to be sound, not silence (a line muted or on hold is far below)
+LOUD_DBFS = -45.0
+
+
+def _loud(wave: np.ndarray) -> str:
+    """What a clip without speech sounds like, where that helps find why: a loud one may be speech
+    declared at another sample rate or encoding than it has (8 kHz samples sent as 16 kHz sound an
+    octave high, and the detector may hear no voice in them), or noise or music."""
+    level = 10 * np.log10(float(np.mean(np.square(wave, dtype=np.float64))) + 1e-12) if wave.size else -120.0
+    if level < LOUD_DBFS:
+        return ""
+    return (
+        f" (the clip is sound at {level:.0f} dBFS, not silence: noise or music, or speech at another sample_rate "
+        "or encoding than declared?)"
+    )
 
 
 def voice_shed(ignored: dict[str, str]) -> bool:

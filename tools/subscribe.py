@@ -74,6 +74,8 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
         context += " after a context reset"
     for m, why in sorted(event.ignored.items()):  # the kind of reason; a dead-lettered part's reason too
         short = why.split(" (")[0] if why.startswith("dead-lettered: ") else why.split(":")[0]
+        if "dBFS, not silence" in why:  # (streams.pipeline: no voice heard in a loud clip)
+            short += " in a loud clip (wrong sample_rate?)"
         context += f", {m} not used: {short}"
     for m, why in sorted((event.suspect or {}).items()):
         context += f", {m} used but suspect: {why.split(':')[0]}"

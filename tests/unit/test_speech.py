@@ -118,6 +118,21 @@ def test_audio_without_speech_gets_no_vector_and_says_why() -> None:
     assert utts[0].ignored == {} and utts[1].ignored["audio"].startswith("no speech: 0.05 s")
     again = [Utterance("c", "u", 0, "A", 0.0, parts={"audio": Payload("wave", np.zeros(200, np.float32))})]
     assert set(utterance_features(again, f, {"text": 2, "audio": 3, "video": 0})[0]) == {"audio"}  # 0: no gate
+    assert "dBFS" not in utts[1].ignored["audio"]  # silence: nothing more to say
+
+
+def test_a_loud_clip_without_speech_says_it_is_sound_not_silence() -> None:
+    """Found by a newcomer: 8 kHz samples sent as 16 kHz, an octave high, were 'no speech' for two
+    clips, which sends an operator looking for a muted line: a clip that is sound says so."""
+    f = Featurizer({300: 0.02, 200: 0.0})
+    loud = Utterance("c", "u0", 0, "A", 0.0, parts={"audio": Payload("wave", np.full(300, 0.1, np.float32))})
+    quiet = Utterance("c", "u1", 1, "A", 0.0, parts={"audio": Payload("wave", np.full(200, 1e-3, np.float32))})
+    utterance_features([loud, quiet], f, {"text": 2, "audio": 3, "video": 0}, min_speech_s=0.15)
+    assert loud.ignored["audio"] == (
+        "no speech: 0.02 s of speech, less than 0.15 s (the clip is sound at -20 dBFS, not silence: noise or music, "
+        "or speech at another sample_rate or encoding than declared?)"
+    )
+    assert quiet.ignored["audio"] == "no speech: 0.00 s of speech, less than 0.15 s"  # -60 dBFS: a muted line
 
 
 def test_audio_the_format_check_flags_is_used_and_suspected_or_with_drop_not_used() -> None:
