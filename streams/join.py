@@ -164,7 +164,7 @@ class _Call:
     quiet_end: bool = False  # its end stands in for an 'ended' that never came (join.idle_end_s)
     used: bool = False  # an utterance of it was released with a part (said something here)
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
-    declared: bool = False  # its 'started' said what it sends: nothing is learnt
+    declared: bool = False  # its 'started' said what it sends: nothing is learnt of the call (of a speaker, yes)
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
     unheard: int = 0  # its utterances that went without a modality it never sent (see Joiner's learn_after)
     skip: tuple[str, ...] = ()  # expected modalities it has never sent: its utterances wait UNSENT_WAIT_S for them
@@ -197,8 +197,8 @@ class _Closed(NamedTuple):
     skip: tuple[str, ...]
     said: bool = False  # it had utterances labelled here, or pending with a part, when it closed
     quiet_end: bool = False  # closed for sending no part for join.idle_end_s, not after an 'ended'
-    #: per speaker: what they sent, and what their utterances stopped waiting for (_Call.heard_by, skip_by)
-    heard_by: tuple[tuple[str, frozenset[str]], ...] = ()
+    #: per speaker, what their utterances stopped waiting for (_Call.skip_by; who sent what is not kept: a
+    #: call reopened learns no speaker apart until it has heard them again)
     skip_by: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
@@ -241,9 +241,12 @@ class Joiner:
     The same is learnt per speaker, in calls that declared what they send too: once ``learn_after``
     utterances of one speaker went without a modality that speaker never sent and another speaker of
     the call did (a platform that records the customer's leg, not the agent's), that speaker's
-    utterances wait only :data:`UNSENT_WAIT_S` for it, and no longer while its topic is read behind
-    (the other speaker's parts flowing there are not theirs); their first part of it makes them wait
-    ``wait_s`` again.
+    utterances wait only :data:`UNSENT_WAIT_S` for it once their other parts are in (longer while its
+    topic is read behind, as any wait); their first part of it makes them wait ``wait_s`` again. A
+    part is credited to its utterance's speaker (one that names none, "unknown", once another part of
+    its utterance names them).
+    The cost, as for a call: until that first part, one that comes more than ``UNSENT_WAIT_S`` after
+    its utterance's other parts (and not behind) is late. A call id used again starts afresh.
     """
 
     def __init__(
@@ -318,6 +321,7 @@ class Joiner:
         call = self._touch(call_id, now, partition)
         if closed is not None or closed_before:
             call.replaced_ts = closed.ended_ts if closed is not None and closed.ended_ts is not None else ts
+            call.heard_by, call.unheard_by, call.skip_by = {}, {}, {}  # another call's speakers
         # what it will send and the model takes (an empty or absent list, or none the model takes: the
         # default, as a call that declares only video to a model without video may well send its words
         # and voice too: the caller says so in its log)
@@ -402,7 +406,6 @@ class Joiner:
             self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
-        call.heard_by.setdefault(speaker, set()).add(modality)
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts, fresh_at)
@@ -424,7 +427,10 @@ class Joiner:
         utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
         clash = utt.settle(modality, seq, speaker)
+        # each of its parts is the speaker's its parts name (an audio part that names none, read first, too)
+        credited = [self._credit(call_id, call, utt.speaker, m) for m in (*utt.parts, *utt.ignored)]
         result = self._release(call_id, now)
+        result.unlearned += [c for c in credited if c is not None]
         if reopening:
             result.reopened = self._reopened(call_id, utterance_id, seq, modality, ts)
         if clash:
@@ -461,7 +467,6 @@ class Joiner:
             self._reopened_calls.add(call_id)
         call = self._touch(call_id, now, partition)
         call.heard.add(modality)
-        call.heard_by.setdefault(speaker, set()).add(modality)
         utt = call.pending.get(utterance_id) or self._open_utterance(
             call, call_id, utterance_id, seq, speaker, now, ts, fresh_at
         )  # fmt: skip
@@ -469,7 +474,10 @@ class Joiner:
             utt.handles.append(handle)
         if modality not in utt.parts:
             utt.ignored[modality] = why  # its seq and speaker count only until a usable part says (settle)
+        credited = self._credit(call_id, call, utt.speaker, modality)  # it sends that modality (this part was bad)
         result = self._release(call_id, now)
+        if credited is not None:
+            result.unlearned.append(credited)
         if reopening:
             result.reopened = self._reopened(call_id, utterance_id, seq, modality, ts)
         if again is not None:
@@ -691,15 +699,14 @@ class Joiner:
             call.skip,
             said,
             call.quiet_end,
-            tuple((k, frozenset(v)) for k, v in call.heard_by.items()),
-            tuple(call.skip_by.items()),
+            tuple((k, v) for k, v in call.skip_by.items() if v),
         )
         self._ended.move_to_end(call_id)
         while len(self._ended) > self.max_calls:
             self._ended.popitem(last=False)  # its labelled ids stay indexed until _done lets them go (_undo)
         result = JoinResult(ended_calls=[call_id])
         for utt in sorted(call.pending.values(), key=lambda u: u.seq):
-            utt.ready_at, utt.expected, utt.not_waited = now, call.expected, call.skip
+            utt.ready_at, utt.expected, utt.not_waited = now, call.expected, call.skips(utt.speaker)
             utt.timed_out = not all(utt.has(m) for m in call.expected)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
@@ -720,7 +727,6 @@ class Joiner:
             if closed is not None:
                 call.expected, call.declared, call.skip = closed.expected, closed.declared, closed.skip
                 call.heard = set(closed.heard)
-                call.heard_by = {k: set(v) for k, v in closed.heard_by}
                 call.skip_by = dict(closed.skip_by)
         else:
             self._calls.move_to_end(call_id)
@@ -748,9 +754,7 @@ class Joiner:
             skips = call.skips(utt.speaker)
             waits = tuple(m for m in call.expected if m not in skips)
             wait = self.unsent_wait_s if skips and all(utt.has(m) for m in waits) else self.wait_s
-            mine = call.skip_by.get(utt.speaker, ())  # (what the call sends, another speaker's parts may be behind)
-            held_for = tuple(m for m in call.expected if m not in mine)
-            expired = now - utt.first_at >= wait and not self._hold(utt, held_for, now, wait)
+            expired = now - utt.first_at >= wait and not self._hold(utt, call.expected, now, wait)
             if not (complete or expired):
                 break  # holds back later utterances of this call
             utt.ready_at, utt.expected, utt.not_waited = now, call.expected, skips
@@ -797,8 +801,9 @@ class Joiner:
         that speaker's utterances wait only :data:`UNSENT_WAIT_S` for it (until their first part of it)."""
         speaker, mine = utt.speaker, call.heard_by.get(utt.speaker, set())
         skips = call.skips(speaker)
-        never = [m for m in call.expected if m not in skips and not utt.has(m) and m not in mine and m in call.heard]
-        if not self.learn_after or not never or not utt.parts:
+        others = set().union(*(v for k, v in call.heard_by.items() if k not in (speaker, "unknown")))
+        never = [m for m in call.expected if m not in skips and not utt.has(m) and m not in mine and m in others]
+        if not self.learn_after or not never or not utt.parts or speaker == "unknown":
             return
         n = call.unheard_by[speaker] = call.unheard_by.get(speaker, 0) + 1
         if n < self.learn_after:
@@ -814,6 +819,22 @@ class Joiner:
             f"{self.wait_s:g} s; their first {'+'.join(never)} part makes them wait join.wait_s again"
         )
 
+    def _credit(self, call_id: str, call: _Call, speaker: str, modality: str) -> str | None:
+        """``speaker`` sent a part of ``modality`` (not credited while no part names the speaker,
+        "unknown"): if their utterances had stopped waiting for it, they wait again; what changed,
+        for the log."""
+        if speaker == "unknown":  # credited once a part of its utterance names the speaker (_add, reject)
+            return None
+        call.heard_by.setdefault(speaker, set()).add(modality)
+        if modality not in call.skip_by.get(speaker, ()):
+            return None
+        call.skip_by[speaker] = tuple(m for m in call.skip_by[speaker] if m != modality)
+        call.unheard_by[speaker] = 0
+        return (
+            f"call {call_id}: a {modality} part of speaker {speaker!r} came: their utterances wait join.wait_s "
+            f"{self.wait_s:g} s for {modality} again"
+        )
+
     def _heard(self, call_id: str, modality: str, speaker: str | None = None) -> str | None:
         """A part of ``modality`` came for ``call_id`` (from ``speaker``): if its utterances (or the
         speaker's) had stopped waiting for that modality (:meth:`_learn`, :meth:`_learn_speaker`),
@@ -823,15 +844,9 @@ class Joiner:
             return None
         call.heard.add(modality)
         if speaker is not None:
-            call.heard_by.setdefault(speaker, set()).add(modality)
-            if modality in call.skip_by.get(speaker, ()):
-                call.skip_by[speaker] = tuple(m for m in call.skip_by[speaker] if m != modality)
-                call.unheard_by[speaker] = 0
-                if modality not in call.skip:
-                    return (
-                        f"call {call_id}: the first {modality} part of speaker {speaker!r} came: their utterances "
-                        f"wait join.wait_s {self.wait_s:g} s for {modality} again"
-                    )
+            again = self._credit(call_id, call, speaker, modality)
+            if again is not None and modality not in call.skip:
+                return again
         if modality not in call.skip:
             return None
         call.skip, call.unheard = tuple(m for m in call.skip if m != modality), 0
