@@ -150,7 +150,9 @@ class Rising(_Rule):
 
     def measured(self, evidence: Sequence[Turn]) -> str:
         shares = " -> ".join(f"{t.share(self.emotions):.2f}" for t in evidence)
-        return f"{'+'.join(self.emotions)} {shares} (rising, at least {self.min_share:g} at the end)"
+        # the emotions the model has (the shipped rules name three label sets' words for them)
+        named = [e for e in self.emotions if any(e in t.probabilities for t in evidence)] or self.emotions
+        return f"{'+'.join(named)} {shares} (rising, at least {self.min_share:g} at the end)"
 
 
 class Streak(_Rule):

@@ -509,7 +509,7 @@ class AlertEvent(_Message):
     measured: str | None = Field(
         None,
         description="what the rule measured on the evidence, in words: a rising rule's share of its emotions turn "
-        "by turn ('anger+disgust+frustration 0.21 -> 0.35 -> 0.62 ...'), a streak's labels and their "
+        "by turn ('anger+disgust 0.21 -> 0.35 -> 0.62 ...': the emotions the model has), a streak's labels and their "
         "probabilities, a low-sentiment rule's mean, a reply rule's two turns (none once cleared)",
     )
     produced_at: float

@@ -183,7 +183,7 @@ def test_an_alert_says_what_its_rule_measured() -> None:
     rising = b.by_name("customer-anger-rising")
     assert rising is not None
     turns = [turn(1, "c", "sadness", 0.5), turn(3, "c", "sadness", 0.45), turn(5, "c", "disgust", 0.6)]
-    assert rising.measured(turns) == "anger+disgust+frustration 0.17 -> 0.18 -> 0.67 (rising, at least 0.5 at the end)"
+    assert rising.measured(turns) == "anger+disgust 0.17 -> 0.18 -> 0.67 (rising, at least 0.5 at the end)"  # MELD's
     streak, low, reply = (b.by_name(n) for n in ("customer-negative-streak", "customer-sentiment-low",
                                                   "agent-hostile-reply"))  # fmt: skip
     assert streak is not None and low is not None and reply is not None
@@ -194,3 +194,33 @@ def test_an_alert_says_what_its_rule_measured() -> None:
     assert low.measured(near) == "mean sentiment -0.500 (below -0.50)"  # the demo's -0.5000 (rounded -0.50)
     pair = [angry[0], dataclasses.replace(turn(3, "agent-1", "anger", 0.8), confidence=0.8)]
     assert reply.measured(pair) == "customer anger 0.70, then agent anger 0.80"
+
+
+def test_the_shipped_rules_read_the_label_names_of_every_dataset_the_engines_learn() -> None:
+    """Found in review: the shipped rules named MELD's labels and 'frustration', which no engine
+    has: a model trained on IEMOCAP (angry, frustrated, sad) or EmoryNLP (mad, sad, scared) raised
+    no rising, streak or reply alert, only the sentiment one."""
+    from engines.datasets.emorynlp import LABELS as EMORY
+    from engines.datasets.iemocap import LABELS as IEMOCAP
+    from streams.analytics import HOSTILE_EMOTIONS, NEGATIVE_EMOTIONS
+
+    b = load_rules()
+    rules = {r.name: r for r in b.rule}
+    for labels in (IEMOCAP, EMORY):
+        negative = [lab for lab in labels if lab in NEGATIVE_EMOTIONS]
+        hostile = [lab for lab in labels if lab in HOSTILE_EMOTIONS]
+        assert negative and hostile, labels
+        assert set(negative) <= set(rules["customer-negative-streak"].emotions)  # type: ignore[attr-defined]
+        assert set(negative) <= set(rules["agent-hostile-reply"].after_emotions)  # type: ignore[attr-defined]
+        assert set(hostile) <= set(rules["customer-anger-rising"].emotions)  # type: ignore[attr-defined]
+        assert set(hostile) - {"frustrated"} <= set(rules["agent-hostile-reply"].emotions)  # type: ignore[attr-defined]
+
+    def iemocap(seq: int, speaker: str, label: str, p: float) -> Turn:
+        probs = {k: (p if k == label else (1 - p) / (len(IEMOCAP) - 1)) for k in IEMOCAP}
+        role = "agent" if speaker.startswith("agent") else "customer"
+        return Turn(f"u{seq}", seq, speaker, role, label, probs, -p, "negative")
+
+    calls = [iemocap(i, "caller", "angry", 0.6 + 0.1 * i) for i in range(3)]
+    assert {"customer-anger-rising", "customer-negative-streak"} <= set(b.judge(calls))
+    assert "agent-hostile-reply" in b.judge([*calls, iemocap(3, "agent-1", "angry", 0.9)])
+    assert rules["customer-anger-rising"].measured(calls).startswith("angry+frustrated 0.68 -> 0.76 -> 0.84 ")
