@@ -369,7 +369,8 @@ class CallAnalytics:
         spoke :data:`NO_AGENT_TURNS` turns and none is an agent by the rules' ``[roles]``: the agent
         rules never hold there, and the customer rules read each speaker as a customer (a newcomer's
         diarized spk_0 and spk_1)."""
-        if len(state.order) < NO_AGENT_TURNS or len(state.speakers) < 2 or call_id in self._no_agent:
+        nameless = set(state.speakers) == {"unknown"}  # its parts name no speaker: one "customer" says it all
+        if len(state.order) < NO_AGENT_TURNS or (len(state.speakers) < 2 and not nameless) or call_id in self._no_agent:
             return
         roles = {speaker: self.book.role_of(speaker) for speaker in state.speakers}  # a few, not every turn
         if "agent" in roles.values():
@@ -378,7 +379,12 @@ class CallAnalytics:
         if len(self._no_agent) > 10_000:
             self._no_agent.popitem(last=False)
         self.no_agent_logged += 1
-        if self.no_agent_logged <= 10 or not self.no_agent_logged % 1000:
+        if nameless and (self.no_agent_logged <= 10 or not self.no_agent_logged % 1000):
+            log.warning("call %s: its parts name no speaker ('speaker' absent: 'unknown'), so every turn, the "
+                        "agent's too, is read as one %s's and its agent rules never hold: send each part's "
+                        "speaker as your platform names them [%d such calls]",
+                        call_id, roles["unknown"], self.no_agent_logged)  # fmt: skip
+        elif self.no_agent_logged <= 10 or not self.no_agent_logged % 1000:
             names = ", ".join(sorted(roles)[:5])
             log.warning("call %s: none of its speakers (%s) is an agent by the rules' [roles] globs, so its agent "
                         "rules never hold and each speaker is read as a %s; name agents to match them (agent*, "

@@ -360,6 +360,18 @@ def test_a_call_without_an_agent_is_logged_once(caplog: Any) -> None:
     assert len(said) == 1 and "none of its speakers (spk_0, spk_1) is an agent" in said[0], said
 
 
+def test_a_call_whose_parts_name_no_speaker_is_logged_once(caplog: Any) -> None:
+    """Found in review: parts without 'speaker' are all 'unknown', one customer whose turns (the
+    agent's too) the customer rules read, and nothing said so."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="emostream.analytics"):
+        _alerts_of([_said(i, "unknown", "neutral", 0.8, 0.0) for i in range(6)])
+        _alerts_of([_said(i, "caller", "neutral", 0.8, 0.0) for i in range(6)])  # one named caller: said nothing
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "its parts name no speaker" in said[0] and "customer's" in said[0], said
+
+
 def test_a_hostile_share_counts_only_confident_anger() -> None:
     """After an angry customer the model read a newcomer's agent's plain "Let me fix that right now."
     as anger 0.47: the summary said 'hostile 67 %' of an agent who said nothing hostile."""
