@@ -62,6 +62,10 @@ _APPEND = """
 local function id_of(item)
   return string.match(item, '^{"u": "([%w%._:@/%-]+)", ') or cjson.decode(item)['u']
 end
+-- its seq, written second
+local function seq_of(item)
+  return tonumber(string.match(item, '^{"u": "[%w%._:@/%-]+", "q": (%-?%d+)')) or tonumber(cjson.decode(item)['q'])
+end
 local size, ttl, at, out = tonumber(ARGV[1]), ARGV[2], 3, {}
 for c = 0, #KEYS / 3 - 1 do
   local key, labelled, token = KEYS[3 * c + 1], KEYS[3 * c + 2], KEYS[3 * c + 3]
@@ -81,7 +85,15 @@ for c = 0, #KEYS / 3 - 1 do
     redis.call('SADD', labelled, id)
   end
   at = at + n
-  redis.call('LTRIM', key, -size, -1)
+  local len = redis.call('LLEN', key)
+  if len > size then
+    -- the window keeps the call's latest utterances by seq, not by arrival: a late one (read behind
+    -- the later ones) goes first, not the newest context
+    local items, order = redis.call('LRANGE', key, 0, -1), {}
+    for i, item in ipairs(items) do order[i] = {seq_of(item), i} end
+    table.sort(order, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+    for k = 1, len - size do redis.call('LREM', key, 1, items[order[k][2]]) end
+  end
   redis.call('PEXPIRE', key, ttl)
   redis.call('PEXPIRE', labelled, ttl)
   redis.call('SET', token, fresh, 'PX', ttl)
@@ -197,6 +209,15 @@ class PreviousStart:
     identity: str  # what tells that 'started' sent again from a new one (Worker's _identity; '' if nothing)
     closed: int | None  # the offset of its 'ended' if it closed (None: it did not, or both marks expired)
     labelled: int  # its utterances labelled (0 once expired)
+
+
+def latest_by_seq(items: list[ContextItem], size: int) -> list[ContextItem]:
+    """What a window keeps of ``items`` (in arrival order): the ``size`` latest by seq, those of
+    equal seq by arrival, in their arrival order (as :data:`_APPEND` trims it in Redis)."""
+    if len(items) <= size:
+        return items
+    gone = set(sorted(range(len(items)), key=lambda i: (items[i].seq, i))[: len(items) - size])
+    return [it for i, it in enumerate(items) if i not in gone]
 
 
 async def run_script(client: Any, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -406,7 +427,7 @@ class ContextStore:
             expected, length, *pushed = (int(x) for x in reply)
             if held is None or not expected:
                 continue  # another writer since the read (or none held): read back next time
-            window = [*held[1], *(new[i - 1] for i in pushed)][-self.window :]
+            window = latest_by_seq([*held[1], *(new[i - 1] for i in pushed)], self.window)
             if len(window) == length:
                 self._cache(call_id, token, window)
 
@@ -615,6 +636,7 @@ def wait_for_redis(settings: RedisSettings, timeout_s: float) -> None:
         while True:
             try:
                 client.ping()
+                _say_if_evicting(client)
                 return
             except (redis.AuthenticationError, redis.exceptions.NoPermissionError, redis.ResponseError) as exc:
                 raise ConfigError(f"Redis refused the worker: {exc} (check redis.url's user and password)") from exc
@@ -626,6 +648,26 @@ def wait_for_redis(settings: RedisSettings, timeout_s: float) -> None:
                 delay = min(delay * 2, 10.0)
     finally:
         client.close()
+
+
+def _say_if_evicting(client: Any) -> None:
+    """Warn where Redis may evict the worker's keys: every one has a TTL, so a maxmemory with a
+    ``volatile-*`` or ``allkeys-*`` policy would drop them under memory pressure (a labelled set
+    evicted labels a replay again under the same event_id; a generation evicted gives a call id used
+    again its previous call's ids). A managed Redis that refuses CONFIG is not asked twice."""
+    import redis
+
+    try:
+        config = client.config_get("maxmemory*")
+    except (redis.exceptions.ResponseError, redis.exceptions.NoPermissionError):
+        log.info("Redis does not say its maxmemory-policy (CONFIG refused): it must be noeviction (README: Operations)")
+        return
+    policy, limit = _text(config.get("maxmemory-policy", "noeviction")), _text(config.get("maxmemory", "0"))
+    if policy != "noeviction" and limit not in ("", "0"):
+        log.warning("Redis evicts keys at its maxmemory (%s bytes, maxmemory-policy %s): the context windows, "
+                    "labelled sets and generations may go under memory pressure, and replays be labelled again "
+                    "under the same event_id; set maxmemory-policy noeviction (README: Operations)",
+                    limit, policy)  # fmt: skip
 
 
 def _text(value: bytes | str) -> str:

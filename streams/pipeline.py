@@ -587,6 +587,7 @@ class Processor:
         self.store.forget_cached()
         self._ready.clear()
         self._generations.clear()  # read again with each call's next state
+        self._written.clear()  # another worker may have written them meanwhile (a context reset it is not)
 
     async def release(
         self, call_ids: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None

@@ -229,6 +229,7 @@ def test_a_window_held_in_memory_is_what_redis_holds_whoever_appends(services, u
         b = ContextStore(aioredis.from_url(services.redis_url), prefix, window=4, ttl_s=60)
         rng = random.Random(7)
         seqs = {"c": 0, "d": 0}
+        late: dict[str, list[ContextItem]] = {"c": [], "d": []}  # utterances held back, appended later
         for _ in range(80):
             store = a if rng.random() < 0.8 else b
             calls = rng.sample(["c", "d"], rng.randint(1, 2))
@@ -239,6 +240,10 @@ def test_a_window_held_in_memory_is_what_redis_holds_whoever_appends(services, u
                 new[c] = [item(seqs[c] + k) for k in range(n)]
                 if seqs[c] and rng.random() < 0.3:  # a replay of the last one appended: skipped
                     new[c].insert(0, item(seqs[c] - 1))
+                if len(new[c]) > 1 and rng.random() < 0.2:  # one read late: it comes in a later batch
+                    late[c].append(new[c].pop(rng.randrange(len(new[c]) - 1)))
+                elif late[c] and rng.random() < 0.5:
+                    new[c].append(late[c].pop(0))
                 seqs[c] += n
             await store.append(new)
             truth = await a.fetch(["c", "d"])
@@ -309,6 +314,28 @@ def test_the_calls_watched_for_going_quiet_are_kept_by_partition_and_left_at_rel
         await store.untrack(0, ["d"])
         assert await store.quiet(0, 1e12) == [("b", 1010.0)] and await store.quiet(1, 1e12) == [("c", 1000.0)]
         assert 0 < await client.pttl(store.active_key(0)) <= 60_000
+        await client.aclose()
+
+    run(scenario())
+
+
+def test_a_late_utterance_does_not_push_the_newest_out_of_the_window(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """Found in review: the window was trimmed by arrival, so an utterance read late (its text
+    behind the later ones in a backlog) pushed the newest context out, and a run of them left only
+    old ones (and a false context_reset). It keeps the call's latest utterances by seq."""
+
+    async def scenario() -> None:
+        client = aioredis.from_url(services.redis_url)
+        store = ContextStore(client, f"test:{unique}:", window=3, ttl_s=60)
+        await store.append({"c": [item(39), item(40), item(50)]})
+        await store.append({"c": [item(10)]})  # late: older than the whole window, so not kept
+        assert sorted(i.seq for i in (await store.fetch(["c"]))["c"]) == [39, 40, 50]
+        await store.append({"c": [item(45)]})  # late, but newer than 39
+        assert sorted(i.seq for i in (await store.fetch(["c"]))["c"]) == [40, 45, 50]
+        held = (await store.state(["c"], {"c": []}))["c"].window  # the copy held in memory agrees
+        assert [i.seq for i in held] == [i.seq for i in (await store.fetch(["c"]))["c"]]
+        await store.append({"c": [item(60), item(61), item(5)]})
+        assert sorted(i.seq for i in (await store.fetch(["c"]))["c"]) == [50, 60, 61]
         await client.aclose()
 
     run(scenario())

@@ -1711,6 +1711,28 @@ def test_an_event_says_its_context_was_reset_when_redis_lost_the_window() -> Non
     asyncio.run(scenario())
 
 
+def test_a_call_that_moved_away_and_back_is_no_context_reset() -> None:
+    """Found in review: what this worker wrote of a call was kept through a rebalance, so when the
+    call came back after another worker had closed it and its id was used again (a window from seq
+    0), every event said context_reset until the new call's seq passed the old one's."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        for i in range(3):
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", 10 + i), Handle(log, f"t{i}"))
+            await w.pump()
+        await w.revoke({0})  # the call goes to another worker, which closes it; the id's next call starts
+        store.data["c"] = []
+        w.assigned({0})
+        await w.on_message(t.text, 0, 3, b"c", text("c", "n0", 0), Handle(log, "n0"))
+        await w.pump()
+        (new,) = [e for e in events(sent) if e.utterance_id == "n0"]
+        assert not new.context_reset
+
+    asyncio.run(scenario())
+
+
 def test_a_replayed_utterance_whose_event_is_out_is_acked_without_a_second_event() -> None:
     """After a crash, a worker replays from the committed offset: utterances whose events were
     published (and appended) before are acked, not relabelled against a window that moved on."""
