@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from engines.interface import FeatureSpec
 from streams.context import ContextItem
@@ -175,3 +176,45 @@ def test_features_encoded_ahead_fit_a_replay_only_if_its_voice_was_treated_alike
 
 def test_sentiment_label_thresholds() -> None:
     assert [sentiment_label(x) for x in (-0.9, -0.1, 0.0, 0.3)] == ["negative", "neutral", "neutral", "positive"]
+
+
+def test_a_window_keeps_the_latest_utterances_by_seq_as_redis_trims_it() -> None:
+    from streams.context import ContextItem, latest_by_seq
+
+    def item(seq: int) -> ContextItem:
+        return ContextItem(f"u{seq}", seq, "A", {"text": np.zeros(2, np.float32)})
+
+    arrived = [item(39), item(40), item(50), item(10), item(45)]  # 10 and 45 read late
+    assert [i.seq for i in latest_by_seq(arrived, 3)] == [40, 50, 45]  # arrival order kept
+    assert [i.seq for i in latest_by_seq(arrived[:2], 3)] == [39, 40]
+    same = [item(1), item(1), item(2)]  # equal seqs (a producer's mistake): the first to arrive goes first
+    assert latest_by_seq(same, 2) == [same[1], same[2]]
+
+
+def test_the_worker_warns_where_redis_may_evict_its_keys(caplog: pytest.LogCaptureFixture) -> None:
+    """Found in review: every key has a TTL, so a Redis with maxmemory and a volatile-* policy drops
+    them under pressure, and nothing said so."""
+    import logging
+
+    import redis
+
+    from streams.context import _say_if_evicting
+
+    class Client:
+        def __init__(self, config: dict[str, str] | None) -> None:
+            self.config = config
+
+        def config_get(self, pattern: str) -> dict[str, str]:
+            if self.config is None:
+                raise redis.exceptions.ResponseError("unknown command 'CONFIG'")
+            return self.config
+
+    with caplog.at_level(logging.INFO, logger="emostream.context"):
+        _say_if_evicting(Client({"maxmemory": "0", "maxmemory-policy": "noeviction"}))
+        _say_if_evicting(Client({"maxmemory": "0", "maxmemory-policy": "volatile-lru"}))  # no limit: never evicts
+        assert caplog.records == []
+        _say_if_evicting(Client({"maxmemory": "1073741824", "maxmemory-policy": "volatile-lru"}))
+        _say_if_evicting(Client(None))  # a managed Redis that refuses CONFIG
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said[0][0] == "WARNING" and "maxmemory-policy volatile-lru" in said[0][1]
+    assert said[1][0] == "INFO" and "CONFIG refused" in said[1][1]
