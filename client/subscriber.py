@@ -127,6 +127,8 @@ class Tracker:
         if self.call_ids is not None and got.call_id not in self.call_ids:
             return None
         if isinstance(record, DeadLetter):  # no event id: a fact about one input message, named by its source
+            if record.partition < 0 or record.offset < 0:  # no single source (a failed utterance's): each its own
+                return got
             seen = f"\x1f{record.source_topic}\x1f{record.partition}\x1f{record.offset}"
         else:
             seen = record.event_id
@@ -142,15 +144,13 @@ class Tracker:
         if previous is not None and previous.revision > record.revision:
             return Received(kind, record, previous, stale=True)
         self._remember(self._latest, key, record)
-        if self._instance.get(record.call_id) != instance:
-            self._remember(self._instance, record.call_id, instance)
+        self._remember(self._instance, record.call_id, instance)  # (the most recently heard stay)
         return Received(kind, record, previous)
 
     def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
         """The newest revision seen of an utterance's event; of the newest call under ``call_id``
         if the id was used again (``call_id`` may also name one: ``<call>~g<generation>``)."""
-        got = self._latest.get((self._instance.get(call_id, call_id), utterance_id))
-        return got if got is not None else self._latest.get((call_id, utterance_id))
+        return self._latest.get((self._instance.get(call_id, call_id), utterance_id))
 
     def _remember(self, store: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         store[key] = value
@@ -280,6 +280,8 @@ class AsyncSubscriber:
         """Connect (and wait for the topics) off the event loop."""
         if self._sync is None:
             self._sync = await asyncio.to_thread(Subscriber, self._settings, *self._args, **self._kwargs)
+            if self._closing:  # close() came while it connected: it found nothing to close
+                await asyncio.to_thread(self._sync.close)
         return self
 
     async def poll(self, timeout_s: float = 0.5) -> list[Received]:

@@ -57,7 +57,7 @@ def cmd_ui(ns: Any) -> int:
     from streams.settings import load_settings
     from streams.ui.server import run_ui
 
-    return run_ui(load_settings(ns.config), ns.host, ns.port, ns.since * 60)
+    return run_ui(load_settings(ns.config), ns.host, ns.port, ns.since * 60, ns.allowed_hosts)
 
 
 def _not_negative(text: str) -> float:
@@ -99,6 +99,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--port", type=int, default=8080, help="HTTP port of the page")
     p.add_argument("--since", type=_not_negative, default=60.0, help="show calls from this many minutes ago on")
+    p.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated host names the page answers for (its address as the browser names it: "
+        "'localhost,127.0.0.1' behind a port published on loopback, your proxy's name behind it; '*': any); "
+        "default: the loopback names where --host is a loopback address, else any. Another name gets 421: a web "
+        "page cannot read this one by pointing its own domain at it (DNS rebinding)",
+    )
     p.set_defaults(func=cmd_ui)
     from chaos.cli import add_chaos_args, run_chaos
 

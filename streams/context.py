@@ -62,9 +62,14 @@ _APPEND = """
 local function id_of(item)
   return string.match(item, '^{"u": "([%w%._:@/%-]+)", ') or cjson.decode(item)['u']
 end
--- its seq, written second
+-- its seq, written second, as its digits: seqs go to 2^63 - 1, past what a Lua number holds exactly
 local function seq_of(item)
-  return tonumber(string.match(item, '^{"u": "[%w%._:@/%-]+", "q": (%-?%d+)')) or tonumber(cjson.decode(item)['q'])
+  return string.match(item, '^{"u": "[%w%._:@/%-]+", "q": (%d+)') or string.format('%.0f', cjson.decode(item)['q'])
+end
+-- whether seq a (digits, no leading zeros) is below seq b
+local function below(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
 end
 local size, ttl, at, out = tonumber(ARGV[1]), ARGV[2], 3, {}
 for c = 0, #KEYS / 3 - 1 do
@@ -91,7 +96,7 @@ for c = 0, #KEYS / 3 - 1 do
     -- the later ones) goes first, not the newest context
     local items, order = redis.call('LRANGE', key, 0, -1), {}
     for i, item in ipairs(items) do order[i] = {seq_of(item), i} end
-    table.sort(order, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
+    table.sort(order, function(a, b) if a[1] ~= b[1] then return below(a[1], b[1]) end return a[2] < b[2] end)
     for k = 1, len - size do redis.call('LREM', key, 1, items[order[k][2]]) end
   end
   redis.call('PEXPIRE', key, ttl)

@@ -38,6 +38,7 @@ from streams.ui.board import Board
 log = logging.getLogger("emostream.ui")
 STATIC = Path(__file__).with_name("static")
 MAX_CLIENTS = 50  # pages following /events at once: each costs the event loop its updates
+LOST_AFTER_S = 10.0  # no broker connected this long: the page and /healthz say the topics are not read
 #: scripts only from the page's own file (app.js); its colour cells use inline style attributes
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -54,6 +55,7 @@ class Feed:
         self.stop = threading.Event()
         self.error: str | None = None
         self.positions: dict[Any, int] = {}  # partition -> the next offset to read (kept across a failure)
+        self.lost_since: float | None = None  # when the consumer last had no broker connected (monotonic)
         self.thread = threading.Thread(target=self._run, name="ui-feed", daemon=True)
 
     def start(self) -> Feed:
@@ -92,8 +94,28 @@ class Feed:
                         self.board.add(kinds[r.topic], r.value)
                         self.positions[tp] = r.offset + 1
                 self.board.expire()
+                self.watch(consumer, time.monotonic())
         finally:
             consumer.close()
+
+    def watch(self, consumer: Any, now: float) -> None:
+        """Say whether the consumer reaches a broker: kafka-python's poll returns nothing, and
+        raises nothing, while every broker is away, so a page would go on saying "live"."""
+        connected = _broker_connected(consumer)
+        if connected:
+            if self.lost_since is not None and self.error is not None:
+                log.warning("ui: the brokers answer again; reading the output topics")
+            self.lost_since = None
+            self.error = None
+            self.ready.set()
+            return
+        self.lost_since = now if self.lost_since is None else self.lost_since
+        if now - self.lost_since >= LOST_AFTER_S:
+            if self.error is None:
+                log.error("ui: no broker connected for %.0f s (%s): the page says it is not reading",
+                          now - self.lost_since, self.settings.kafka.brokers)  # fmt: skip
+            self.error = f"no broker of {self.settings.kafka.brokers} connected for {now - self.lost_since:.0f} s"
+            self.ready.clear()
 
     def _seek(self, consumer: Any) -> None:
         """Start ``since_s`` ago (calls that began earlier show from there on), or where this feed
@@ -112,24 +134,37 @@ class Feed:
                 consumer.seek(tp, found.offset)
 
 
-def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5, loopback_only: bool = False) -> Any:
-    """``loopback_only``: answer only requests whose Host is a loopback name (the server is bound to
-    one: see the module docstring)."""
+def make_app(
+    board: Board, feed: Feed | None = None, push_s: float = 0.5, allowed_hosts: tuple[str, ...] | None = None
+) -> Any:
+    """``allowed_hosts``: answer only requests whose Host names one of these (a loopback address
+    stands for every loopback name; None: any host). ``/healthz`` answers any (probes name the pod's
+    address)."""
     from aiohttp import web
 
     stopping = asyncio.Event()  # set on shutdown: the event streams end, the server stops at once
     following = [0]  # pages on /events now
 
+    def secure(resp: web.StreamResponse) -> None:
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        if loopback_only and not _is_loopback(_host_name(request.host)):
-            log.warning("ui: refused a request for host %r (this page answers loopback names only)", request.host[:100])
-            raise web.HTTPMisdirectedRequest(text="this page answers requests for localhost only")
-        resp = await handler(request)
+        try:
+            if allowed_hosts is not None and request.path != "/healthz" and not _allowed(request.host, allowed_hosts):
+                log.warning("ui: refused a request for host %r (--allowed-hosts %s)", request.host[:100],
+                            ",".join(allowed_hosts))  # fmt: skip
+                raise web.HTTPMisdirectedRequest(
+                    text=f"this page answers requests for {', '.join(allowed_hosts)} only (ui --allowed-hosts)"
+                )
+            resp = await handler(request)
+        except web.HTTPException as exc:  # (404, 421, 503: the headers too)
+            secure(exc)
+            raise
         if not resp.prepared:  # (the event stream sets its own before it starts)
-            resp.headers["Content-Security-Policy"] = CSP
-            resp.headers["X-Content-Type-Options"] = "nosniff"
-            resp.headers["Referrer-Policy"] = "no-referrer"
+            secure(resp)
         return resp  # type: ignore[no-any-return]
 
     def feed_error() -> str | None:
@@ -169,7 +204,7 @@ def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5, loopba
             snap = board.snapshot()
             version = snap["version"]
             await resp.write(f"event: snapshot\ndata: {json.dumps(snap)}\n\n".encode())
-            said = None
+            said: object = ...  # the first look is always said (a page reconnecting may hold an old error)
             while not stopping.is_set():
                 error = feed_error()
                 if error != said:
@@ -224,8 +259,9 @@ def make_app(board: Board, feed: Feed | None = None, push_s: float = 0.5, loopba
     return app
 
 
-def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
-    """``emostream ui``: serve the page until stopped."""
+def run_ui(settings: Settings, host: str, port: int, since_s: float, allowed_hosts: str | None = None) -> int:
+    """``emostream ui``: serve the page until stopped. ``allowed_hosts``: comma-separated names the
+    page answers for ("*": any; None: the loopback names where ``host`` is a loopback address, else any)."""
     import errno
     import socket
 
@@ -245,7 +281,7 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     feed = Feed(settings, board, since_s).start()
     print(f"emostream ui: http://{host}:{port}/  (calls from {since_s / 60:.0f} min ago on, {settings.kafka.brokers})")
     try:
-        app = make_app(board, feed, loopback_only=_is_loopback(host))
+        app = make_app(board, feed, allowed_hosts=_hosts(allowed_hosts, host))
         web.run_app(app, host=host, port=port, print=None, handle_signals=True, shutdown_timeout=3)
     except OSError as exc:  # one line, not aiohttp's traceback
         if exc.errno == errno.EADDRINUSE:
@@ -255,6 +291,34 @@ def run_ui(settings: Settings, host: str, port: int, since_s: float) -> int:
     finally:
         feed.stop.set()
     return 0
+
+
+def _broker_connected(consumer: Any) -> bool:
+    """Whether kafka-python's consumer has a connection to any broker of its cluster (private
+    paths: True where they fail, so a kafka-python change makes no false alarm)."""
+    try:
+        client = consumer._client
+        return any(client.connected(b.nodeId) for b in client.cluster.brokers())
+    except Exception:  # noqa: BLE001
+        return True
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _hosts(allowed: str | None, bind: str) -> tuple[str, ...] | None:
+    """The names the page answers for (None: any)."""
+    if allowed is None:
+        return LOOPBACK_NAMES if _is_loopback(bind) else None
+    names = tuple(h.strip().lower().strip("[]") for h in allowed.split(",") if h.strip())
+    return None if "*" in names or not names else names
+
+
+def _allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    name = _host_name(host)
+    if not name:
+        return True  # no Host header (HTTP/1.0): not a browser's request
+    return name in allowed or (_is_loopback(name) and any(_is_loopback(a) for a in allowed))
 
 
 def _host_name(host: str) -> str:

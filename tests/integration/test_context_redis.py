@@ -336,6 +336,13 @@ def test_a_late_utterance_does_not_push_the_newest_out_of_the_window(services, u
         assert [i.seq for i in held] == [i.seq for i in (await store.fetch(["c"]))["c"]]
         await store.append({"c": [item(60), item(61), item(5)]})
         assert sorted(i.seq for i in (await store.fetch(["c"]))["c"]) == [50, 60, 61]
+        await store.append({"c": [item(100), item(99)]})  # 100 after 99 by its digits, not its text
+        assert sorted(i.seq for i in (await store.fetch(["c"]))["c"]) == [61, 99, 100]
+        huge = 2**62  # seqs past 2^53, which a Lua number does not hold exactly (epoch nanoseconds, say)
+        one = ContextStore(client, f"test:{unique}:huge:", window=1, ttl_s=60)
+        await one.append({"c": [ContextItem("a", huge + 100, "A", {"text": np.zeros(4, np.float32)})]})
+        await one.append({"c": [ContextItem("b", huge + 1, "A", {"text": np.zeros(4, np.float32)})]})
+        assert [i.seq for i in (await one.fetch(["c"]))["c"]] == [huge + 100]
         await client.aclose()
 
     run(scenario())

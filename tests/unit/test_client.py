@@ -237,6 +237,11 @@ def test_a_call_id_used_again_is_another_call_for_the_tracker() -> None:
     got = tracker.accept(TOPICS.emotions, new_r1.to_bytes())
     assert got is not None and not got.stale and got.previous == new_r0
     assert tracker.latest("call-7", "u3") == new_r1 and tracker.latest("call-7~g42", "u3") == new_r1
+    old_u5 = make_event(utterance_id="u5", seq=5, revision=1)  # the old call's, read late
+    tracker.accept(TOPICS.emotions, old_u5.to_bytes())
+    new_u6 = make_event(utterance_id="u6", seq=6, event_id=event_id("call-7", "u6", 0, "42"))
+    tracker.accept(TOPICS.emotions, new_u6.to_bytes())
+    assert tracker.latest("call-7", "u5") is None  # the new call has no u5 (found in review: it gave the old one's)
     ids = make_event(call_id="a:b", utterance_id="c:d", revision=1)  # ids may hold ':'
     from client.subscriber import call_instance_of
 
@@ -255,6 +260,9 @@ def test_a_dead_letter_delivered_twice_is_passed_on_once() -> None:
     assert tracker.accept(TOPICS.deadletter, letter.to_bytes()) is None
     assert tracker.accept(TOPICS.deadletter, other.to_bytes()) is not None
     assert tracker.duplicates == 1
+    nowhere = letter.model_copy(update={"source_topic": "", "partition": -1, "offset": -1})  # a failed utterance's
+    assert tracker.accept(TOPICS.deadletter, nowhere.to_bytes()) is not None
+    assert tracker.accept(TOPICS.deadletter, nowhere.model_copy(update={"key": "d"}).to_bytes()) is not None
 
 
 def test_the_tracker_filters_calls_counts_invalid_records_and_ignores_other_topics() -> None:
@@ -398,3 +406,35 @@ def test_a_consumer_reads_an_event_with_a_field_a_newer_worker_added_and_still_r
         with pytest.raises(ValidationError):
             read_published(EmotionEvent, json.dumps(bad).encode())
         assert Tracker(TOPICS).accept(TOPICS.emotions, json.dumps(bad).encode()) is None
+
+
+def test_an_async_subscriber_closed_while_it_connects_closes_what_it_made() -> None:
+    """Found in review: close() during start() found nothing to close, and the consumer made then
+    was never closed."""
+    import threading
+
+    made: list[Any] = []
+    release = threading.Event()
+
+    class Slow(Subscriber):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            release.wait(5)
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    async def scenario() -> None:
+        import client.subscriber as module
+
+        sub = AsyncSubscriber(SETTINGS, consumer=FakeConsumer([]))
+        real, module.Subscriber = module.Subscriber, Slow  # type: ignore[misc]
+        try:
+            starting = asyncio.ensure_future(sub.start())
+            await asyncio.sleep(0.05)
+            await sub.close()
+            release.set()
+            await starting
+        finally:
+            module.Subscriber = real  # type: ignore[misc]
+
+    asyncio.run(scenario())
+    assert len(made) == 1 and made[0].closed

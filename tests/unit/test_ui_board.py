@@ -124,6 +124,7 @@ def test_the_server_sends_a_snapshot_then_only_what_changed() -> None:
             resp = await client.get("/events")
             first = await _sse(resp)
             assert first[0] == "snapshot" and [c["call_id"] for c in first[1]["calls"]] == ["a"]
+            assert await _sse(resp) == ("feed", {"error": None})  # always said first: a page may hold an old error
             board.add("alert", alert("b", "customer-anger-rising").to_bytes())
             kind, data = await _sse(resp)
             assert kind == "update" and [c["call_id"] for c in data["calls"]] == ["b"]
@@ -384,10 +385,13 @@ def test_the_server_answers_loopback_names_only_sets_a_csp_and_says_when_it_cann
 
     async def scenario() -> None:
         feed = Feed()
-        client = TestClient(TestServer(make_app(Board(), feed, push_s=0.05, loopback_only=True)))  # type: ignore[arg-type]
+        allowed = server._hosts(None, "127.0.0.1")  # bound to loopback: its names
+        client = TestClient(TestServer(make_app(Board(), feed, push_s=0.05, allowed_hosts=allowed)))  # type: ignore[arg-type]
         await client.start_server()
         try:
-            assert (await client.get("/", headers={"Host": "evil.example:8080"})).status == 421
+            refused = await client.get("/", headers={"Host": "evil.example:8080"})
+            assert refused.status == 421 and "script-src 'self'" in refused.headers["Content-Security-Policy"]
+            assert (await client.get("/healthz", headers={"Host": "10.0.0.7:8080"})).status == 503  # probes: any host
             for host in ("localhost:8080", "127.0.0.1:8080", "[::1]:8080", "127.0.0.2"):
                 page = await client.get("/", headers={"Host": host})
                 assert page.status == 200, host
@@ -442,3 +446,68 @@ def test_the_feed_resumes_where_it_was_after_a_failure() -> None:
     again = Consumer()
     feed._seek(again)
     assert again.seeks == {"t-0": 517, "t-1": 100}
+
+
+def test_allowed_hosts_behind_a_published_port_or_a_proxy() -> None:
+    """Found in review: the guard was on only when bound to loopback, so compose and Kubernetes (bound
+    to 0.0.0.0, reached on localhost) answered any Host; --allowed-hosts names them."""
+    from streams.ui.server import _allowed, _hosts
+
+    assert _hosts(None, "0.0.0.0") is None and _hosts("*", "127.0.0.1") is None
+    names = _hosts("localhost,127.0.0.1,::1", "0.0.0.0")
+    assert names == ("localhost", "127.0.0.1", "::1")
+    for host in ("localhost:8080", "LOCALHOST", "127.0.0.1:8080", "[::1]:8080", "127.0.0.2", ""):
+        assert _allowed(host, names), host
+    for host in ("evil.example", "evil.example:8080", "0.0.0.0:8080", "10.0.0.7"):
+        assert not _allowed(host, names), host
+    proxy = _hosts("emostream.example.com", "0.0.0.0")
+    assert proxy is not None and _allowed("emostream.example.com:443", proxy) and not _allowed("localhost", proxy)
+
+
+def test_the_feed_says_when_no_broker_is_connected() -> None:
+    """Found in review: kafka-python's poll returns nothing, and raises nothing, while the brokers
+    are away, so /healthz said ok and the page said live through a Kafka outage."""
+    from streams.settings import Settings
+    from streams.ui.server import LOST_AFTER_S, Feed
+
+    class Cluster:
+        def brokers(self) -> list[Any]:
+            return [type("B", (), {"nodeId": 1})()]
+
+    class Client:
+        def __init__(self) -> None:
+            self.cluster, self.up = Cluster(), True
+
+        def connected(self, node: int) -> bool:
+            return self.up
+
+    consumer = type("Consumer", (), {})()
+    consumer._client = Client()
+    feed = Feed(Settings(), Board(), since_s=60)
+    feed.watch(consumer, 0.0)
+    assert feed.ready.is_set() and feed.error is None
+    consumer._client.up = False
+    feed.watch(consumer, 1.0)
+    assert feed.ready.is_set() and feed.error is None  # a moment: not yet
+    feed.watch(consumer, 1.0 + LOST_AFTER_S)
+    assert not feed.ready.is_set() and feed.error is not None and "no broker" in feed.error
+    consumer._client.up = True
+    feed.watch(consumer, 30.0)
+    assert feed.ready.is_set() and feed.error is None
+    feed.watch(type("Other", (), {})(), 31.0)  # private paths gone (another kafka-python): no false alarm
+    assert feed.ready.is_set()
+
+
+def test_a_live_call_with_an_open_alert_is_the_last_the_board_lets_go() -> None:
+    """Found in review: at max_held the least recently updated live call went whole, its open alert
+    with it, and came back without it."""
+    clock = Clock()
+    board = Board(max_calls=100, max_utterances=10, max_held=10, clock=clock)
+    board.add("alert", alert("hot", "customer-anger-rising").to_bytes())
+    for i in range(4):
+        board.add("emotion", make_event(call_id="hot", utterance_id=f"u{i}", seq=i).to_bytes())
+    for c in ("a", "b"):
+        clock.now += 1
+        for i in range(4):
+            board.add("emotion", make_event(call_id=c, utterance_id=f"u{i}", seq=i).to_bytes())
+    assert "hot" in board.calls and board.calls["hot"].alerts and "a" not in board.calls

@@ -146,7 +146,11 @@ function connect() {
     else status("live", "live");
   });
   source.addEventListener("update", (e) => { const change = JSON.parse(e.data); apply(change, change.reset); });
-  source.onerror = () => { status("lost", "reconnecting…"); };
+  source.onerror = () => {
+    status("lost", "reconnecting…");
+    // a refusal (503: too many pages follow the board) or an error answer closes it for good: try again
+    if (source.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+  };
 }
 
 $("list").addEventListener("click", (e) => {
