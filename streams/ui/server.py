@@ -298,7 +298,8 @@ def _broker_connected(consumer: Any) -> bool:
     paths: True where they fail, so a kafka-python change makes no false alarm)."""
     try:
         client = consumer._client
-        return any(client.connected(b.nodeId) for b in client.cluster.brokers())
+        nodes = [getattr(b, "node_id", None) for b in client.cluster.brokers()]  # (kafka-python 3: node_id)
+        return any(client.connected(n) for n in nodes if n is not None) if nodes else True
     except Exception:  # noqa: BLE001
         return True
 

@@ -472,7 +472,7 @@ def test_the_feed_says_when_no_broker_is_connected() -> None:
 
     class Cluster:
         def brokers(self) -> list[Any]:
-            return [type("B", (), {"nodeId": 1})()]
+            return [type("B", (), {"node_id": 1})()]  # (kafka-python 3 names it node_id)
 
     class Client:
         def __init__(self) -> None:
