@@ -111,6 +111,9 @@ def cmd_subscribe(ns: Any) -> int:
     from streams.settings import load_settings
     from tools.subscribe import subscribe
 
+    if ns.no_events and not (ns.deadletters or ns.alerts):
+        print("subscribe: --no-events leaves nothing to print: add --deadletters and/or --alerts", file=sys.stderr)
+        return 2
     settings = load_settings(ns.config)
     subscribe(
         settings,
@@ -121,6 +124,7 @@ def cmd_subscribe(ns: Any) -> int:
         timeout_s=ns.timeout,
         deadletters=ns.deadletters,
         alerts=ns.alerts,
+        events=not ns.no_events,
     )
     return 0
 
@@ -168,6 +172,12 @@ def register(sub: Any) -> None:
     p.add_argument("--from-beginning", action="store_true", help="read the topic from its start, not from now")
     p.add_argument("--deadletters", action="store_true", help="also print dead letters")
     p.add_argument("--alerts", action="store_true", help="also print escalation alerts and call summaries")
+    p.add_argument(
+        "--no-events",
+        action="store_true",
+        help="print no emotion events: with --deadletters and/or --alerts, only those (bad input to triage, a "
+        "supervisor's feed)",
+    )
     p.add_argument(
         "--max-events", type=positive_int, default=None, help="stop after this many records (default: run until Ctrl-C)"
     )

@@ -223,7 +223,9 @@ class EventPrinter:
         hold_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         limit: int | None = None,
+        events: bool = True,
     ) -> None:
+        """``events``: print emotion events (False: only the dead letters, alerts and reports asked for)."""
         if fmt not in ("pretty", "json"):
             raise ValueError(f"fmt must be 'pretty' or 'json', not {fmt!r}")
         self.out, self.err, self.fmt = out, err, fmt
@@ -235,6 +237,7 @@ class EventPrinter:
         self.received: Received | None = None  # the record the last handle() accepted (parsed once, for callers)
         self.count = 0  # lines printed
         self.hold_s, self.clock = hold_s, clock
+        self.events = events
         self.limit = limit  # held lines are not printed past this many lines in all
         self._held: dict[str, deque[_Held]] = {}  # per call, in arrival order
         #: per call, why its utterances with nothing read were not read (for its summary; the last 10,000 calls)
@@ -259,6 +262,8 @@ class EventPrinter:
         record = got.record
         if isinstance(record, CallReport) and not record.final:
             return False  # the running reports are for dashboards
+        if isinstance(record, EmotionEvent) and not self.events:
+            return False
         if isinstance(record, EmotionEvent) and record.revision == 0 and not says_something(record):
             self._unread.setdefault(record.call_id, Counter())[unread_kind(record)] += 1
             self._unread.move_to_end(record.call_id)
@@ -333,13 +338,17 @@ def subscribe(
     deadletters: bool = False,
     *,
     alerts: bool = False,
+    events: bool = True,
     consumer: Any = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Print emotion events until ``max_events`` lines or ``timeout_s`` seconds in all (None: no
-    limit; Ctrl-C stops it); returns the number of lines printed."""
+    limit; Ctrl-C stops it); returns the number of lines printed. ``events`` False: only the dead
+    letters and alerts asked for (one of them must be)."""
     topics = settings.kafka.topics
-    names = [topics.emotions] + ([topics.deadletter] if deadletters else [])
+    if not (events or deadletters or alerts):
+        raise ValueError("nothing to print: events off, and neither dead letters nor alerts asked for")
+    names = ([topics.emotions] if events else []) + ([topics.deadletter] if deadletters else [])
     names += [topics.alerts, topics.calls] if alerts else []
     printer = EventPrinter(
         out,
@@ -348,9 +357,10 @@ def subscribe(
         topics.deadletter if deadletters else None,
         alerts_topic=topics.alerts if alerts else None,
         calls_topic=topics.calls if alerts else None,
-        hold_s=HOLD_S,
+        hold_s=HOLD_S if events else 0.0,  # (an alert waits for the events it cites only where they are printed)
         clock=clock,
         limit=max_events,
+        events=events,
     )
     deadline = None if timeout_s is None else clock() + timeout_s
     own = consumer is None

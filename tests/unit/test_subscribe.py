@@ -444,3 +444,22 @@ def test_a_calls_summary_says_why_its_unread_utterances_were_not_read() -> None:
         "■ call ended [call-7] 0 turns (3 more not read: other language (Spanish) 2, no words 1): nobody read;"
         " alerts: none"
     )
+
+
+def test_subscribe_can_print_dead_letters_alone() -> None:
+    """Found by a newcomer: 46 dead letters to triage came mixed with every event; --no-events
+    prints only what else was asked for."""
+    letter = DeadLetter(reason="oversized", detail="big", source_topic="t", partition=0, offset=1, key="call-7",
+                        payload="")  # fmt: skip
+    batches = [
+        [Record(TOPICS.emotions, make_event(utterance_id=f"u{i}", seq=i).to_bytes()) for i in range(2)],
+        [Record(TOPICS.deadletter, letter.to_bytes())],
+    ]
+    out = io.StringIO()
+    n = subscribe(SETTINGS, timeout_s=1.0, out=out, deadletters=True, events=False, consumer=FakeConsumer(batches))
+    assert n == 1 and out.getvalue().startswith("✗ dead letter [call-7]")
+    with pytest.raises(ValueError, match="nothing to print"):
+        subscribe(SETTINGS, events=False, consumer=FakeConsumer([]))
+    from streams.cli import main
+
+    assert main(["subscribe", "--no-events"]) == 2  # said, not a traceback
