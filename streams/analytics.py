@@ -379,12 +379,14 @@ class CallAnalytics:
         if len(self._no_agent) > 10_000:
             self._no_agent.popitem(last=False)
         self.no_agent_logged += 1
-        if nameless and (self.no_agent_logged <= 10 or not self.no_agent_logged % 1000):
+        if self.no_agent_logged > 10 and self.no_agent_logged % 1000:
+            return
+        if nameless:
             log.warning("call %s: its parts name no speaker ('speaker' absent: 'unknown'), so every turn, the "
                         "agent's too, is read as one %s's and its agent rules never hold: send each part's "
                         "speaker as your platform names them [%d such calls]",
                         call_id, roles["unknown"], self.no_agent_logged)  # fmt: skip
-        elif self.no_agent_logged <= 10 or not self.no_agent_logged % 1000:
+        else:
             names = ", ".join(sorted(roles)[:5])
             log.warning("call %s: none of its speakers (%s) is an agent by the rules' [roles] globs, so its agent "
                         "rules never hold and each speaker is read as a %s; name agents to match them (agent*, "

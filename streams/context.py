@@ -77,27 +77,34 @@ for c = 0, #KEYS / 3 - 1 do
   local fresh, wanted, n = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
   at = at + 3
   local expected = (redis.call('GET', token) or '') == wanted and 1 or 0
-  local seen = {}
-  for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do seen[id_of(item)] = true end
+  local seen, items = {}, redis.call('LRANGE', key, 0, -1)  -- (read once: the trim below uses it too)
+  for _, item in ipairs(items) do seen[id_of(item)] = true end
   local reply = {expected, 0}
   for i = at, at + n - 1 do
     local id = id_of(ARGV[i])
     if not seen[id] and redis.call('SISMEMBER', labelled, id) == 0 then
       redis.call('RPUSH', key, ARGV[i])
+      items[#items + 1] = ARGV[i]
       reply[#reply + 1] = i - at + 1
     end
     seen[id] = true
     redis.call('SADD', labelled, id)
   end
   at = at + n
-  local len = redis.call('LLEN', key)
+  local len = #items
   if len > size then
     -- the window keeps the call's latest utterances by seq, not by arrival: a late one (read behind
     -- the later ones) goes first, not the newest context
-    local items, order = redis.call('LRANGE', key, 0, -1), {}
+    local order = {}
     for i, item in ipairs(items) do order[i] = {seq_of(item), i} end
     table.sort(order, function(a, b) if a[1] ~= b[1] then return below(a[1], b[1]) end return a[2] < b[2] end)
-    for k = 1, len - size do redis.call('LREM', key, 1, items[order[k][2]]) end
+    local front = true  -- the ones to drop are the oldest arrivals (no late one): one LTRIM, as before
+    for k = 1, len - size do front = front and order[k][2] == k end
+    if front then
+      redis.call('LTRIM', key, -size, -1)
+    else
+      for k = 1, len - size do redis.call('LREM', key, 1, items[order[k][2]]) end
+    end
   end
   redis.call('PEXPIRE', key, ttl)
   redis.call('PEXPIRE', labelled, ttl)
