@@ -425,7 +425,9 @@ class CallAnalytics:
             wait = 1 if final or rule is None else rule.clear_after
             counted = rule is not None and fresh is not None and rule.counts(fresh, was.get("speaker"))
             misses = int(was.get("misses", 0)) + (1 if counted else 0)
-            if wait > 1 and misses < wait:  # not yet: the alert stays open, as it was
+            # not yet: the alert stays open, as it was (with clear_after 1, a revision that breaks the
+            # rule clears it, but a new turn that does not count for it, another customer's, does not)
+            if misses < wait and (wait > 1 or fresh is not None):
                 still[name] = {**was, "misses": misses}
                 continue
             why = reason if final else "recovered"

@@ -220,6 +220,13 @@ def test_clear_after_keeps_one_alert_open_through_a_pause_and_clears_after_that_
                   event(7, "cust", 0.4)]  # fmt: skip
     said, _, _ = run(1, calm_pause)  # as before: cleared at the pause, a second alert for the same rise
     assert said == [("1", "raised", 1), ("1", "cleared", 3), ("2", "raised", 4), ("2", "cleared", 5)]
+    # with clear_after 1 too, another customer's calm turn says nothing of this one's (a rule of one's
+    # own, clear_after left out, cleared at it); a revision that breaks the rule clears it
+    other = calm_pause[:2] + [event(2, "cust-2", 0.0), event(3, "cust-2", 0.1), event(4, "cust", 0.3)]
+    said, _, _ = run(1, other)
+    assert said == [("1", "raised", 1), ("1", "cleared", 4)], said
+    said, _, _ = run(1, calm_pause[:2] + [event(1, "cust", 0.45, revision=1)])
+    assert said == [("1", "raised", 1), ("1", "cleared", 1)], said
     said, state, a = run(2, calm_pause)
     assert said == [("1", "raised", 1), ("1", "updated", 4), ("1", "cleared", 7)]  # u5, then u7: two customer turns
     said, state, a = run(2, calm_pause[:5] + [event(4, "cust", 0.55, revision=1)])  # a revision breaks the rise
