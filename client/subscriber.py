@@ -22,6 +22,7 @@ workers' group): every subscriber sees every record, from now or from the beginn
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sys
 import time
@@ -36,6 +37,7 @@ from streams.errors import ServiceUnavailable
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent, read_published
 from streams.settings import Settings, TopicSettings
 
+log = logging.getLogger("emostream.client")
 Kind = Literal["events", "alerts", "reports", "deadletters"]
 Record = EmotionEvent | AlertEvent | CallReport | DeadLetter
 KINDS: tuple[Kind, ...] = ("events", "alerts", "reports", "deadletters")
@@ -159,6 +161,34 @@ class Tracker:
             store.popitem(last=False)
 
 
+def poll_through(consumer: Any, timeout_ms: int) -> tuple[dict[Any, list[Any]], list[str]]:
+    """``consumer.poll``, and for each partition whose position is no longer on the broker, the
+    position moved to its oldest record, with a note saying what was lost: records that expired under
+    the topic's retention while this reader was behind, or a topic recreated shorter than where it
+    read. (A consumer that reset by itself, kafka-python's ``auto_offset_reset``, jumped to the end
+    and said nothing: every record between was skipped unseen.) :func:`make_consumer`'s consumers
+    raise for this, so the caller gets the notes."""
+    from kafka.errors import OffsetOutOfRangeError
+
+    try:
+        return consumer.poll(timeout_ms=timeout_ms), []
+    except OffsetOutOfRangeError as exc:
+        lost = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    notes = []
+    parts = list(lost) or list(consumer.assignment())
+    begins, ends = consumer.beginning_offsets(parts), consumer.end_offsets(parts)
+    for tp in parts:
+        at, begin, end = lost.get(tp, -1), begins.get(tp, 0), ends.get(tp, 0)
+        if 0 <= at < begin:
+            notes.append(f"{tp.topic}[{tp.partition}]: {begin - at} records expired before they were read (the "
+                         f"topic's retention; this reader was behind): reading on from offset {begin}")  # fmt: skip
+        else:
+            notes.append(f"{tp.topic}[{tp.partition}]: offset {at} is past the end ({end}): the topic was "
+                         f"recreated? reading it from its oldest record, offset {begin}")  # fmt: skip
+        consumer.seek(tp, begin)
+    return {}, notes
+
+
 def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
     """A consumer assigned every partition of ``topics`` (no group), starting at the end or
     beginning; waits ``wait_s`` (None: for ever, saying so) for topics that do not exist yet."""
@@ -172,7 +202,7 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
             **kafka_python_options(settings),
             group_id=None,
             enable_auto_commit=False,
-            auto_offset_reset="earliest" if from_beginning else "latest",
+            auto_offset_reset="none",  # positions are set below; one the broker no longer has raises (poll_through)
         )
     except KafkaError as exc:
         raise unreachable(settings, exc) from exc
@@ -229,13 +259,18 @@ class Subscriber:
         self.tracker = Tracker(settings.kafka.topics, call_ids, memory)
         self.keep_stale = keep_stale
         self.closed = False
+        #: records lost unread, a note per partition and time (:func:`poll_through`; each also logged)
+        self.skipped: list[str] = []
         self._own = consumer is None
         self.consumer = make_consumer(settings, self.topics, from_beginning, wait_s) if consumer is None else consumer
 
     def poll(self, timeout_s: float = 0.5) -> list[Received]:
         """What arrived within ``timeout_s`` (maybe nothing), in partition order."""
         out: list[Received] = []
-        batches = self.consumer.poll(timeout_ms=max(1, int(timeout_s * 1000)))
+        batches, notes = poll_through(self.consumer, max(1, int(timeout_s * 1000)))
+        for note in notes:
+            self.skipped.append(note)
+            log.warning("subscriber: %s", note)
         for records in batches.values():
             for record in records:
                 got = self.tracker.accept(record.topic, record.value)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from client.subscriber import Kind, Received, Tracker, make_consumer
+from client.subscriber import Kind, Received, Tracker, make_consumer, poll_through
 from engines.features.language import OTHER_LANGUAGE
 from streams.analytics import says_something
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
@@ -384,7 +384,10 @@ def subscribe(
             if left is not None and left <= 0:
                 break
             poll_ms = 500 if left is None else max(1, min(500, int(left * 1000)))
-            for records in consumer.poll(timeout_ms=poll_ms).values():
+            batches, notes = poll_through(consumer, poll_ms)
+            for note in notes:
+                print(f"subscribe: {note}", file=sys.stderr)
+            for records in batches.values():
                 if backlog is not None:
                     backlog.records += records
                 else:

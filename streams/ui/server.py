@@ -79,7 +79,7 @@ class Feed:
                 backoff = min(backoff * 2, 30.0)
 
     def _read(self) -> None:
-        from client.subscriber import make_consumer
+        from client.subscriber import make_consumer, poll_through
 
         t = self.settings.kafka.topics
         kinds = {t.emotions: "emotion", t.alerts: "alert", t.calls: "report"}
@@ -89,7 +89,12 @@ class Feed:
             self.error = None
             self.ready.set()
             while not self.stop.is_set():
-                for tp, records in consumer.poll(timeout_ms=300).items():
+                batches, notes = poll_through(consumer, 300)
+                for note in notes:
+                    log.warning("ui: %s", note)
+                if notes:  # the positions moved: a failure from here resumes there
+                    self.positions.update({tp: consumer.position(tp) for tp in consumer.assignment()})
+                for tp, records in batches.items():
                     for r in records:
                         self.board.add(kinds[r.topic], r.value)
                         self.positions[tp] = r.offset + 1

@@ -101,3 +101,63 @@ def test_subscribe_from_the_beginning_prints_what_was_on_the_topics_in_time_orde
     assert subscribe(settings, from_beginning=True, deadletters=True, max_events=4, timeout_s=30, out=out) == 4
     lines = [line.split("]")[0] for line in out.getvalue().splitlines()]
     assert lines == ["[k #0 Alice", "✗ dead letter [k", "[k #1 Alice", "[k #2 Alice"], lines
+
+
+def test_a_subscriber_behind_the_retention_reads_on_from_the_oldest_record_and_says_what_it_lost(  # type: ignore[no-untyped-def]
+    services, unique
+) -> None:
+    """A subscriber whose position the broker no longer had (the records expired under the topic's
+    retention while it was behind) was reset by kafka-python to the end, and said nothing: every
+    record between was skipped unseen. It now reads on from the oldest record there and says how many
+    were lost; so does `emostream subscribe`."""
+    import io
+
+    from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+
+    from tests.unit.test_subscribe import make_event
+    from tools.subscribe import subscribe
+
+    settings = settings_for(services, unique)
+    ensure_topics(settings)
+    topic = settings.kafka.topics.emotions
+    tp = TopicPartition(topic, 0)
+
+    def publish(first: int, n: int) -> None:
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+        for i in range(first, first + n):
+            value = make_event(call_id="k", utterance_id=f"u{i}", seq=i).to_bytes()
+            producer.send(topic, key=b"k", value=value, partition=0).get(timeout=30)
+        producer.close()
+
+    def expire(before: int) -> None:  # as retention would: the log starts at `before` from now on
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.brokers)
+        try:
+            admin.delete_records({tp: before})
+        finally:
+            admin.close()
+
+    with Subscriber(settings, ("events",), wait_s=30) as sub:  # from now: the end, offset 0
+        publish(0, 10)
+        expire(6)  # u0..u5 gone before this reader got to them
+        got: list[Received] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 4 and time.monotonic() < deadline:
+            got += sub.poll(0.5)
+        assert [g.record.utterance_id for g in got] == ["u6", "u7", "u8", "u9"], got
+        assert len(sub.skipped) == 1 and "6 records expired before they were read" in sub.skipped[0], sub.skipped
+
+    out, err = io.StringIO(), io.StringIO()
+    from contextlib import redirect_stderr
+
+    from tools.subscribe import make_consumer  # the same consumer `subscribe` makes, behind in the same way
+
+    consumer = make_consumer(settings, [topic], False, 30)  # at the end, offset 10
+    try:
+        publish(10, 3)
+        expire(12)
+        with redirect_stderr(err):
+            assert subscribe(settings, max_events=1, timeout_s=30, out=out, consumer=consumer) == 1
+    finally:
+        consumer.close()
+    assert out.getvalue().startswith("[k #12 "), out.getvalue()
+    assert "2 records expired before they were read" in err.getvalue(), err.getvalue()

@@ -438,3 +438,42 @@ def test_an_async_subscriber_closed_while_it_connects_closes_what_it_made() -> N
 
     asyncio.run(scenario())
     assert len(made) == 1 and made[0].closed
+
+
+def test_poll_through_reads_a_recreated_topic_from_its_oldest_record_and_says_so() -> None:
+    """The supervisor page's feed resumes from the positions it had read: a topic recreated shorter
+    than them raised on every poll (the feed's consumer resets nothing by itself); now its position
+    moves to the oldest record there, with a note."""
+    from kafka import TopicPartition
+    from kafka.errors import OffsetOutOfRangeError
+
+    from client.subscriber import poll_through
+
+    tp = TopicPartition("emostream.emotions", 0)
+
+    class Consumer:
+        seeks: list[tuple[TopicPartition, int]] = []
+
+        def poll(self, timeout_ms: int) -> dict:  # type: ignore[type-arg]
+            if not self.seeks:
+                raise OffsetOutOfRangeError({tp: 50})
+            return {tp: ["r"]}
+
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        def beginning_offsets(self, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {p: 0 for p in parts}
+
+        def end_offsets(self, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {p: 10 for p in parts}
+
+        def seek(self, part: TopicPartition, offset: int) -> None:
+            self.seeks.append((part, offset))
+
+    c = Consumer()
+    batches, notes = poll_through(c, 100)
+    assert batches == {} and c.seeks == [(tp, 0)]
+    assert notes == ["emostream.emotions[0]: offset 50 is past the end (10): the topic was recreated? reading it "
+                     "from its oldest record, offset 0"], notes  # fmt: skip
+    assert poll_through(c, 100) == ({tp: ["r"]}, [])
