@@ -310,6 +310,7 @@ class AsyncSubscriber:
         self._sync: Subscriber | None = None
         self._polling: asyncio.Future[list[Received]] | None = None
         self._closing = False  # close() began: no poll starts after it
+        self._one = asyncio.Lock()  # one caller at a time takes a poll's records (two tasks got the same ones)
 
     async def start(self) -> AsyncSubscriber:
         """Connect (and wait for the topics) off the event loop."""
@@ -321,8 +322,13 @@ class AsyncSubscriber:
 
     async def poll(self, timeout_s: float = 0.5) -> list[Received]:
         """As :meth:`Subscriber.poll`; nothing once :meth:`close` has begun. A poll that raised
-        (the broker away) raises here once; the next call polls again."""
+        (the broker away) raises here once; the next call polls again. Tasks that poll at once take
+        turns: each record goes to one of them."""
         await self.start()
+        async with self._one:
+            return await self._poll(timeout_s)
+
+    async def _poll(self, timeout_s: float) -> list[Received]:
         sync = self._sync
         assert sync is not None
         if self._polling is None:

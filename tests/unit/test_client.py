@@ -477,3 +477,26 @@ def test_poll_through_reads_a_recreated_topic_from_its_oldest_record_and_says_so
     assert notes == ["emostream.emotions[0]: offset 50 is past the end (10): the topic was recreated? reading it "
                      "from its oldest record, offset 0"], notes  # fmt: skip
     assert poll_through(c, 100) == ({tp: ["r"]}, [])
+
+
+def test_two_tasks_polling_one_async_subscriber_each_get_their_own_records() -> None:
+    """Found in review: two tasks polling at once awaited the same poll, so both got its records (and
+    the next batch went to neither until they polled again)."""
+    import time
+
+    class Slow(FakeConsumer):
+        def poll(self, timeout_ms: int) -> dict[str, list[Record]]:
+            time.sleep(0.05)
+            return super().poll(timeout_ms)
+
+    events = [make_event(utterance_id=f"u{i}", seq=i, event_id=f"e{i}") for i in range(2)]
+
+    async def scenario() -> list[list[str]]:
+        sub = await AsyncSubscriber(
+            SETTINGS, consumer=Slow([[Record(TOPICS.emotions, e.to_bytes())] for e in events])
+        ).start()
+        got = await asyncio.gather(sub.poll(0.01), sub.poll(0.01))
+        await sub.close()
+        return [[g.record.utterance_id for g in one] for one in got]
+
+    assert sorted(asyncio.run(scenario())) == [["u0"], ["u1"]]
