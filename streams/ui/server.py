@@ -16,7 +16,8 @@ authentication before you open it to a network. Bound to a loopback address it a
 requests that name a loopback host (``Host: localhost:8080``, ``127.0.0.1``, ``[::1]``): a web page
 the supervisor visits cannot read it by pointing its own domain name at 127.0.0.1 (DNS
 rebinding). Every response forbids scripts from anywhere but the page's own file (CSP), and at
-most :data:`MAX_CLIENTS` pages follow the stream at once. The consumer thread resumes where it
+most :data:`MAX_CLIENTS` pages follow the stream at once (one whose machine vanished lets its place go
+after :data:`GONE_AFTER_S`). The consumer thread resumes where it
 was after a Kafka failure (a replay from ``since_s`` ago could bring back an alert already
 cleared), and the stream tells the page while it cannot read.
 """
@@ -38,6 +39,9 @@ from streams.ui.board import Board
 log = logging.getLogger("emostream.ui")
 STATIC = Path(__file__).with_name("static")
 MAX_CLIENTS = 50  # pages following /events at once: each costs the event loop its updates
+#: a page whose machine went without a word (a laptop asleep, a network gone) holds its /events slot
+#: until the kernel gives up on the unacknowledged keep-alives: about 15 minutes by default, this long here
+GONE_AFTER_S = 30.0
 LOST_AFTER_S = 10.0  # no broker connected this long: the page and /healthz say the topics are not read
 #: scripts only from the page's own file (app.js); its colour cells use inline style attributes
 CSP = (
@@ -139,6 +143,16 @@ class Feed:
                 consumer.seek(tp, found.offset)
 
 
+def _give_up_after(request: Any, seconds: float) -> None:
+    """Have the kernel drop the connection once what was written to it has gone unacknowledged for
+    ``seconds`` (TCP_USER_TIMEOUT, Linux): the next write then fails and the page's slot is free."""
+    import socket
+
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT") and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+
+
 def make_app(
     board: Board, feed: Feed | None = None, push_s: float = 0.5, allowed_hosts: tuple[str, ...] | None = None
 ) -> Any:
@@ -206,6 +220,7 @@ def make_app(
         resp.headers["Content-Security-Policy"] = CSP
         try:
             await resp.prepare(request)
+            _give_up_after(request, GONE_AFTER_S)
             snap = board.snapshot()
             version = snap["version"]
             await resp.write(f"event: snapshot\ndata: {json.dumps(snap)}\n\n".encode())

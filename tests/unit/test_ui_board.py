@@ -398,6 +398,12 @@ def test_the_server_answers_loopback_names_only_sets_a_csp_and_says_when_it_cann
                 assert "script-src 'self'" in page.headers["Content-Security-Policy"]
             resp = await client.get("/events")
             assert (await _sse(resp))[0] == "snapshot"
+            # a page whose machine vanishes lets its slot go after GONE_AFTER_S, not the kernel's 15 minutes
+            import socket
+
+            (conn,) = [h.transport for h in client.server.runner.server.connections]  # type: ignore[union-attr]
+            gone_ms = conn.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            assert gone_ms == server.GONE_AFTER_S * 1000
             assert await _sse(resp) == ("feed", {"error": "KafkaConnectionError: broker away"})
             feed.error = None
             feed.ready.set()
