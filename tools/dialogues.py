@@ -37,7 +37,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, cast
 
@@ -88,6 +88,7 @@ class Utterance:
     label: str | None = None
     audio_source: str | None = None  # where the audio came from, e.g. "ravdess:Actor_03/...flac"
     audio_rate: int | None = None  # pcm_s16le's sample rate when not 16 kHz (None: the encoding's default)
+    line: int | None = field(default=None, compare=False)  # its line in the JSONL file it came from
 
     def modalities(self) -> list[Modality]:
         present: dict[Modality, bool] = {"text": self.text is not None, "video": self.video_features is not None}
@@ -261,7 +262,7 @@ def read_jsonl(path: str | Path, wav_encoding: AudioEncoding = "flac") -> list[D
             continue
         try:
             line = _Line.model_validate_json(raw)
-            u = _utterance(line, path.parent, wav_encoding)
+            u = replace(_utterance(line, path.parent, wav_encoding), line=number)
         except ValidationError as exc:
             raise DialogueFormatError(path, number, _summary(exc)) from exc
         except (ValueError, OSError, RuntimeError) as exc:

@@ -194,7 +194,7 @@ def feed(
         for u in d.utterances:
             if "text" in wanted and u.text is not None and len(u.text) > limit:
                 raise ValueError(
-                    f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: text of {len(u.text)} characters, "
+                    f"{_where(d, u)}: {u.call_id}/{u.utterance_id}: text of {len(u.text)} characters, "
                     f"over limits.max_text_chars ({limit})"
                 )
             for m in wanted:
@@ -204,7 +204,7 @@ def feed(
                 size = 0 if part is None else len(part.to_bytes())
                 if size + len(u.call_id.encode()) + RECORD_OVERHEAD > max_bytes:
                     raise ValueError(
-                        f"{d.source or d.call_id}: {u.call_id}/{u.utterance_id}: its {m} part is a {size}-byte "
+                        f"{_where(d, u)}: {u.call_id}/{u.utterance_id}: its {m} part is a {size}-byte "
                         f"message, over limits.max_message_bytes ({max_bytes}) with its key and Kafka's record "
                         "overhead: send long audio as several utterances"
                     )
@@ -283,3 +283,8 @@ def feed(
     )
     report.duration_s = clock() - t0
     return report
+
+
+def _where(d: Dialogue, u: Utterance) -> str:
+    """The file and line an utterance came from ("calls.jsonl:14"), or its call's source."""
+    return f"{d.source}:{u.line}" if d.source and u.line is not None else (d.source or d.call_id)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,6 +152,20 @@ def test_a_text_over_the_workers_limit_is_refused_before_anything_is_sent() -> N
     long = _with_second_utterance(_call("call-1", 2), text="x" * 5001)
     _refused_before_sending(long, r"call-1/u1: text of 5001 characters, over limits.max_text_chars \(5000\)")
     _run([long], realtime=False, modalities=("audio",))  # not sending the text: nothing to refuse
+
+
+def test_what_feed_refuses_from_a_file_names_its_line(tmp_path: Path) -> None:
+    """A newcomer's 20,000-character line was refused naming its call and utterance, not where in
+    the file it was."""
+    import json
+
+    from tools.dialogues import read_jsonl
+
+    path = tmp_path / "calls.jsonl"
+    lines = [{"call_id": "c", "utterance_id": f"u{i}", "seq": i, "speaker": "cust", "text": "hi"} for i in range(3)]
+    lines[2]["text"] = "x" * 5001
+    path.write_text("# my calls\n" + "\n".join(json.dumps(x) for x in lines) + "\n")
+    _refused_before_sending(read_jsonl(path)[0], r"^calls.jsonl:4: c/u2: text of 5001 characters")
 
 
 def test_a_part_over_the_brokers_limit_is_refused_before_anything_is_sent() -> None:
