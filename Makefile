@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml deploy/local/system-packages.txt
 	deploy/local/system.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	# (setuptools warns at every editable install that a folder named as a package may shadow it:
+	# here the folders are the packages)
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[dev]"
 	deploy/local/kafka.sh fetch
 	deploy/kubernetes/kustomize.sh fetch
 	rm -f $(VENV)/.installed-* && touch $@
