@@ -77,8 +77,9 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
         if "dBFS, not silence" in why:  # (streams.pipeline: no voice heard in a loud clip)
             short += " in a loud clip (wrong sample_rate?)"
         context += f", {m} not used: {short}"
-    for m, why in sorted((event.suspect or {}).items()):
-        context += f", {m} used but suspect: {why.split(':')[0]}"
+    for m, why in sorted((event.suspect or {}).items()):  # (a part the label did not lean on was hardly used)
+        used = "used but suspect" if event.weights.get(m, 0.0) >= 0.005 else "suspect, weighed .00"
+        context += f", {m} {used}: {why.split(':')[0]}"
     latency = f"{event.timings.end_to_end_s * 1000:.0f} ms"
     if not says_something(event):  # every part ignored: the label is the model's prior, no reading of the speaker
         label, sentiment = "- nothing read", ""

@@ -66,6 +66,9 @@ def test_format_event_says_which_part_was_used_though_suspect() -> None:
         "[call-7 #3 Alice] joy 0.81  sent +0.62  text .71  audio .29  "
         "(t+a, ctx 4, audio used but suspect: wrong sample rate? the voice sounds an octave high, 120 ms)"
     )
+    # a newcomer read "used but suspect" beside "audio .00": the model had not leaned on it
+    e = make_event(suspect={"audio": "wrong sample rate? ..."}, weights={"text": 1.0, "audio": 0.001, "video": 0.0})
+    assert "text 1.00  audio .00  (t+a, ctx 4, audio suspect, weighed .00: wrong sample rate? ..., " in format_event(e)
 
 
 def test_format_event_negative_sentiment_all_modalities_and_future_context() -> None:
