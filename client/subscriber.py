@@ -189,6 +189,42 @@ def poll_through(consumer: Any, timeout_ms: int) -> tuple[dict[Any, list[Any]], 
     return {}, notes
 
 
+class TopicReader:
+    """Polls a :func:`make_consumer` consumer through :func:`poll_through`, and every ``every_s``
+    assigns the partitions added to its topics since (an operator adding partitions to scale a
+    topic out) from their first record: a consumer assigned partitions by hand reads those it was
+    given and no other, so a share of the calls went unread for good. kafka-python learns of new
+    partitions with its metadata, refreshed every 5 minutes (``metadata_max_age_ms``); nothing
+    in them is lost meanwhile."""
+
+    def __init__(
+        self, consumer: Any, topics: Iterable[str], every_s: float = 10.0, clock: Any = time.monotonic
+    ) -> None:
+        self.consumer, self.topics, self.every_s, self.clock = consumer, list(topics), every_s, clock
+        self._next = clock() + every_s
+
+    def poll(self, timeout_ms: int) -> tuple[dict[Any, list[Any]], list[str]]:
+        """(records by partition, notes on what was lost or added)."""
+        notes = self._added() if self.clock() >= self._next else []
+        batches, lost = poll_through(self.consumer, timeout_ms)
+        return batches, notes + lost
+
+    def _added(self) -> list[str]:
+        from kafka import TopicPartition
+
+        self._next = self.clock() + self.every_s
+        have = set(self.consumer.assignment())
+        new = [TopicPartition(topic, p) for topic in self.topics
+               for p in sorted(self.consumer.partitions_for_topic(topic) or ())
+               if TopicPartition(topic, p) not in have]  # fmt: skip
+        if not new:
+            return []
+        self.consumer.assign(sorted(have | set(new)))  # (the partitions had keep their positions)
+        self.consumer.seek_to_beginning(*new)
+        return [f"{tp.topic}[{tp.partition}]: a partition added since this reader started: reading it from its "
+                "first record" for tp in new]  # fmt: skip
+
+
 def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
     """A consumer assigned every partition of ``topics`` (no group), starting at the end or
     beginning; waits ``wait_s`` (None: for ever, saying so) for topics that do not exist yet."""
@@ -263,13 +299,15 @@ class Subscriber:
         self.skipped: list[str] = []
         self._own = consumer is None
         self.consumer = make_consumer(settings, self.topics, from_beginning, wait_s) if consumer is None else consumer
+        self.reader = TopicReader(self.consumer, self.topics)
 
     def poll(self, timeout_s: float = 0.5) -> list[Received]:
         """What arrived within ``timeout_s`` (maybe nothing), in partition order."""
         out: list[Received] = []
-        batches, notes = poll_through(self.consumer, max(1, int(timeout_s * 1000)))
+        batches, notes = self.reader.poll(max(1, int(timeout_s * 1000)))
         for note in notes:
-            self.skipped.append(note)
+            if "added since" not in note:
+                self.skipped.append(note)
             log.warning("subscriber: %s", note)
         for records in batches.values():
             for record in records:

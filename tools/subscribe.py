@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from client.subscriber import Kind, Received, Tracker, make_consumer, poll_through
+from client.subscriber import Kind, Received, TopicReader, Tracker, make_consumer
 from engines.features.language import OTHER_LANGUAGE
 from streams.analytics import says_something
 from streams.schemas import AlertEvent, CallReport, DeadLetter, EmotionEvent
@@ -372,6 +372,7 @@ def subscribe(
         calls = "" if wanted is None else f", calls {', '.join(repr(c) for c in wanted)} only"
         print(f"subscribe: {', '.join(names)} from {start} at {settings.kafka.brokers}{calls}", file=sys.stderr)
     backlog = _Backlog(consumer, clock()) if from_beginning else None
+    reader = TopicReader(consumer, names)
 
     def show(records: Iterable[Any]) -> None:
         for record in records:
@@ -385,7 +386,7 @@ def subscribe(
             if left is not None and left <= 0:
                 break
             poll_ms = 500 if left is None else max(1, min(500, int(left * 1000)))
-            batches, notes = poll_through(consumer, poll_ms)
+            batches, notes = reader.poll(poll_ms)
             for note in notes:
                 print(f"subscribe: {note}", file=sys.stderr)
             for records in batches.values():

@@ -83,17 +83,18 @@ class Feed:
                 backoff = min(backoff * 2, 30.0)
 
     def _read(self) -> None:
-        from client.subscriber import make_consumer, poll_through
+        from client.subscriber import TopicReader, make_consumer
 
         t = self.settings.kafka.topics
         kinds = {t.emotions: "emotion", t.alerts: "alert", t.calls: "report"}
         consumer = make_consumer(self.settings, list(kinds), True, self.settings.kafka.startup_timeout_s)
         try:
             self._seek(consumer)
+            reader = TopicReader(consumer, list(kinds))
             self.error = None
             self.ready.set()
             while not self.stop.is_set():
-                batches, notes = poll_through(consumer, 300)
+                batches, notes = reader.poll(300)
                 for note in notes:
                     log.warning("ui: %s", note)
                 if notes:  # the positions moved: a failure from here resumes there

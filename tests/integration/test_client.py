@@ -161,3 +161,35 @@ def test_a_subscriber_behind_the_retention_reads_on_from_the_oldest_record_and_s
         consumer.close()
     assert out.getvalue().startswith("[k #12 "), out.getvalue()
     assert "2 records expired before they were read" in err.getvalue(), err.getvalue()
+
+
+def test_a_subscriber_reads_the_partitions_added_to_its_topic_after_it_started(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """A subscriber (and `subscribe`, and the supervisor page) is assigned the partitions its topics
+    had when it started: after an operator added partitions to scale a topic out, the calls keyed
+    to the new ones were never read. They are now assigned from their first record."""
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewPartitions
+
+    from tests.unit.test_subscribe import make_event
+
+    settings = settings_for(services, unique)
+    ensure_topics(settings)
+    topic = settings.kafka.topics.emotions
+    before = settings.kafka.topics.partitions
+    with Subscriber(settings, ("events",), wait_s=30) as sub:
+        sub.reader.every_s = 0.5
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.brokers)
+        try:
+            admin.create_partitions({topic: NewPartitions(total_count=before + 1)})
+        finally:
+            admin.close()
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+        value = make_event(call_id="k", utterance_id="u9", seq=9).to_bytes()
+        producer.send(topic, key=b"k", value=value, partition=before).get(timeout=30)
+        producer.close()
+        got: list[Received] = []
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            sub.consumer._cluster.request_update()  # (kafka-python's own refresh comes within 5 minutes)
+            got += sub.poll(0.5)
+        assert [g.record.utterance_id for g in got] == ["u9"], sub.consumer.assignment()
