@@ -95,7 +95,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
             except Exception:  # on_message dead-letters what it cannot use; this is the last guard
                 log.exception("message %s[%d]@%d failed; acked to keep the stream going", msg.topic, msg.partition,
                               msg.offset)  # fmt: skip
-                event.ack()
+                worker.ack_failed(msg.topic, msg.partition, msg.offset, event)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -211,6 +211,11 @@ class Metrics:
             "emostream_finished_ids", "Labelled utterance ids remembered to recognise late parts", registry=r
         )
         self.queued = Gauge("emostream_queued_utterances", "Joined utterances waiting for the engine", registry=r)
+        self.oldest_unacked = Gauge(
+            "emostream_oldest_unacked_seconds",
+            "Age of the oldest input message this worker read and has not acked (the group's commits wait for it)",
+            registry=r,
+        )
         self.held_utterances = Counter(
             "emostream_held_utterances_total",
             "Utterances that waited past join.wait_s for a part of a topic read behind (a backlog)",

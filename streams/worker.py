@@ -132,9 +132,52 @@ class PartitionEnd:
 
 @dataclass
 class Lease:
-    """This worker's hold on one input partition; it ends when the partition is revoked."""
+    """This worker's hold on one input partition; it ends when the partition is revoked.
+
+    It passes the acks of the partition's messages on to the transport in offset order, each topic's
+    apart. The worker acks out of order all the time (a `started` at once while an `ended` before it
+    waits for its call's close; a part at once while an earlier utterance's waits for its audio),
+    and Faust's commit skips an unacked message at the head of the acked ones (faust-streaming
+    0.15.3, ``Consumer._new_offset``: a gap of one offset after the committed one, or any gap on a
+    partition never committed to, is committed over): a crash then lost the message, its call's end
+    or its utterance's text. Held back here, an ack goes out once every message read before it on
+    its topic-partition has been acked."""
 
     valid: bool = True
+    #: per topic, the offsets read and not yet passed on, in the order read: [handle, acked, read at]
+    pending: dict[str, dict[int, list[Any]]] = dataclasses.field(default_factory=dict)
+
+    def expect(self, topic: str, offset: int, handle: Any, now: float = 0.0) -> None:
+        """A message read (at ``now``): its ack, and every one after it, waits for it."""
+        self.pending.setdefault(topic, {})[offset] = [handle, False, now]
+
+    def oldest(self) -> tuple[str, int, float] | None:
+        """(topic, offset, read at) of the message read longest ago whose ack is not out yet: the
+        group's commits there stop before it."""
+        heads = [(waiting[first][2], topic, first) for topic, waiting in self.pending.items()
+                 if waiting and not waiting[(first := next(iter(waiting)))][1]]  # fmt: skip
+        if not heads:
+            return None
+        at, topic, offset = min(heads)
+        return topic, offset, at
+
+    def ack(self, topic: str, offset: int, handle: Any) -> None:
+        if not self.valid:
+            return
+        waiting = self.pending.get(topic)
+        entry = None if waiting is None else waiting.get(offset)
+        if entry is None or entry[0] is not handle:  # not one read in order here (nothing to hold it behind)
+            handle.ack()
+            return
+        entry[1] = True
+        assert waiting is not None
+        while waiting:
+            first = next(iter(waiting))
+            held, acked, _ = waiting[first]
+            if not acked:
+                break
+            del waiting[first]
+            held.ack()
 
 
 @dataclass(frozen=True)
@@ -151,8 +194,7 @@ class Receipt:
     rejected: bool = False  # dead-lettered on its own (held with its utterance, not one of its used parts)
 
     def ack(self) -> None:
-        if self.lease.valid:
-            self.handle.ack()
+        self.lease.ack(self.topic, self.offset, self.handle)  # in offset order (Lease); nothing once revoked
 
     @property
     def source(self) -> SourceRef:
@@ -270,6 +312,7 @@ class Worker:
         self.counted: dict[str, int] = {}  # the joiner's counts already added to their metrics
         self.failing_since: dict[str, float] = {}  # "batches", "closing calls": first failure since one went through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
+        self._said_unacked: dict[tuple[str, int], tuple[str, int, int]] = {}  # (Worker._say_if_unacked)
         self.idle_end_s = settings.idle_end_s()  # a call quiet this long is ended (Worker._end_quiet); 0: never
         self.wall: Callable[[], float] = time.time  # now, against record times (Worker.read_through)
         self.swept_at = float("-inf")  # when calls gone quiet were last looked for (clock)
@@ -298,6 +341,15 @@ class Worker:
         finally:
             self.reading_key = None
 
+    def ack_failed(self, topic: str, partition: int, offset: int, handle: Any) -> None:
+        """Ack a message whose :meth:`on_message` raised (the app's last guard), in its place in the
+        partition's order: the acks after it would wait for it for ever."""
+        lease = self.leases.get(partition)
+        if lease is not None:
+            lease.ack(topic, offset, handle)
+        else:
+            handle.ack()
+
     async def _on_message(
         self,
         topic: str,
@@ -309,7 +361,9 @@ class Worker:
         timestamp: float | None,
     ) -> None:
         self.assigned_at.setdefault(partition, self.clock())
-        receipt = Receipt(topic, partition, offset, handle, self.leases.setdefault(partition, Lease()))
+        lease = self.leases.setdefault(partition, Lease())
+        lease.expect(topic, offset, handle, self.clock())
+        receipt = Receipt(topic, partition, offset, handle, lease)
         await self._backpressure()
         fresh_at = self.fresh.get((topic, partition))  # (before it is marked read: it was sent after this)
         msg: Any = None
@@ -738,11 +792,33 @@ class Worker:
             self.metrics.open_utterances.set(self.joiner.open_utterances)
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))
+            self._say_if_unacked(self.clock())
             for name in ("evicted_calls", "held_utterances"):  # the joiner's running counts, as counters
                 now, seen = getattr(self.joiner, name), self.counted.get(name, 0)
                 if now > seen:
                     getattr(self.metrics, name).inc(now - seen)
                     self.counted[name] = now
+
+    def _say_if_unacked(self, now: float) -> None:
+        """The age of the oldest input message read and not acked (the gauge), and a warning once a
+        message has been held longer than any wait should hold it (``join.max_hold_s`` and a minute):
+        the group's commits on its partition stop before it, so a restart reads everything after it
+        again. None should be; the warning names it for a bug report."""
+        oldest = 0.0
+        for partition, lease in self.leases.items():
+            head = lease.oldest()
+            if head is None:
+                continue
+            topic, offset, at = head
+            oldest = max(oldest, now - at)
+            if now - at > self.settings.join.max_hold_s + 60 and (topic, partition, offset) != self._said_unacked.get(
+                (topic, partition)
+            ):
+                self._said_unacked[(topic, partition)] = (topic, partition, offset)
+                log.warning("%s[%d]@%d read %.0f s ago and not acked: the group's commits there wait for it "
+                            "(join.max_hold_s %.0f s), and a restart reads again from it",
+                            topic, partition, offset, now - at, self.settings.join.max_hold_s)  # fmt: skip
+        self.metrics.oldest_unacked.set(oldest)
 
     async def pump(self) -> None:
         """Expire joins, then process every batch that is due and close ended calls, expiring joins

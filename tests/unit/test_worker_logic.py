@@ -20,7 +20,15 @@ from streams.metrics import Metrics
 from streams.pipeline import Processor
 from streams.schemas import AudioPart, CallControl, DeadLetter, EmotionEvent, TextPart, VideoPart
 from streams.settings import Settings
-from streams.worker import NOTHING_READ_GRACE_S, QUIET_SWEEP_S, RECOVERED_GRACE_S, UNANSWERED_S, PartitionEnd, Worker
+from streams.worker import (
+    NOTHING_READ_GRACE_S,
+    QUIET_SWEEP_S,
+    RECOVERED_GRACE_S,
+    UNANSWERED_S,
+    Lease,
+    PartitionEnd,
+    Worker,
+)
 
 
 class FakeEngine:
@@ -957,11 +965,13 @@ def test_while_a_call_id_used_again_waits_record_times_tell_the_calls_apart() ->
         assert w.closing == ["c"]
         # a part the old call sent in time, of an utterance it never had: it would reopen it under the new call
         await w.on_message(t.text, 0, 4, b"c", text("c", "u9", 9), Handle(log, "old9"), timestamp=100.9)
-        assert "ack old9" in log and "emostream_late_parts_total 1.0" in _metrics(w)
+        # refused as late at once; its ack goes out after the new u0's, read before it on the text partition
+        assert "ack old9" not in log and "emostream_late_parts_total 1.0" in _metrics(w)
         await w.pump()
         got = [(e.utterance_id, e.modalities_present, e.context_size) for e in events(sent)]
         assert got == [("u0", ["text"], 1), ("u0", ["text"], 1)]  # the old u0 timed out; the new one, fresh
         assert store.released == ["c"] and not w.held and {"ack new0", "ack started2"} <= set(log)
+        assert log.index("ack new0") < log.index("ack old9"), log
 
     asyncio.run(scenario())
 
@@ -2645,4 +2655,77 @@ def test_a_call_forgotten_without_an_end_is_counted_and_logged(caplog: Any) -> N
         assert "call quiet: no part for 3600 s (redis.ttl_s) and no 'ended'" in caplog.text
 
     caplog.set_level(logging.WARNING, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
+def test_acks_reach_the_transport_in_offset_order_per_topic_partition() -> None:
+    """Found in review: Faust (0.15.3) commits over one unacked message at the head of the acked ones,
+    and over any on a partition never committed to; the worker acked a `started` at once while the
+    `ended` before it waited for its call's close, so a crash then lost the call's end. Acks now
+    reach the transport in offset order."""
+    from streams.worker import Lease
+
+    log: list[str] = []
+    lease = Lease()
+    handles = {(topic, n): Handle(log, f"{topic}{n}") for topic in ("c", "t") for n in range(3)}
+    for (topic, n), h in handles.items():
+        lease.expect(topic, n, h)
+    lease.ack("c", 1, handles["c", 1])
+    lease.ack("t", 0, handles["t", 0])  # another topic's order is its own
+    assert log == ["ack t0"]
+    lease.ack("c", 0, handles["c", 0])
+    assert log == ["ack t0", "ack c0", "ack c1"]
+    lease.ack("c", 1, handles["c", 1])  # twice: nothing more
+    lease.ack("c", 2, Handle(log, "stand-in"))  # a handle not read there (the worker's stand-ins) goes at once
+    assert log[-1] == "ack stand-in" and "ack c2" not in log
+    lease.valid = False  # revoked: nothing more reaches the transport
+    lease.ack("c", 2, handles["c", 2])
+    assert "ack c2" not in log
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text", "audio"))
+        t = w.settings.kafka.topics
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.0)
+        await w.on_message(t.text, 0, 1, b"c", b"{not json", Handle(log, "bad1"), timestamp=100.1)
+        assert [v for tp, v in sent if tp == t.deadletter]  # dead-lettered at once ...
+        assert "ack bad1" not in log  # ... its ack behind u0's text, which waits for its audio
+        w.clock.now += NOTHING_READ_GRACE_S + 1  # type: ignore[attr-defined]  # (its audio partition never read)
+        await w.tick()
+        await w.pump()
+        assert log.index("ack t0") < log.index("ack bad1"), log
+        # a message whose handling raised (the app's last guard) is acked in its place too
+        await w.on_message(t.text, 0, 5, b"c", text("c", "u1", 1), Handle(log, "u1"), timestamp=102)
+        assert "ack u1" not in log
+        w.ack_failed(t.text, 0, 6, Handle(log, "failed6"))
+        assert "ack failed6" in log  # (not one read in order: at once)
+        w.leases[0].expect(t.text, 7, h := Handle(log, "raised7"))
+        w.ack_failed(t.text, 0, 7, h)
+        assert "ack raised7" not in log  # behind u1, still waiting
+        w.clock.now += 1.5  # type: ignore[attr-defined]
+        await w.pump()
+        assert log.index("ack u1") < log.index("ack raised7"), log
+
+    asyncio.run(scenario())
+
+
+def test_a_message_held_unacked_past_any_wait_shows_in_the_gauge_and_the_log(caplog: Any) -> None:
+    """With acks in offset order, one message never acked would hold its partition's commits for
+    good: the gauge gives the oldest unacked message's age, and the log names one held past
+    ``join.max_hold_s`` and a minute."""
+    import logging
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        t = w.settings.kafka.topics
+        w.leases.setdefault(0, Lease()).expect(t.text, 3, Handle(log, "lost3"), w.clock())
+        w.clock.now += 100  # type: ignore[attr-defined]
+        await w.tick()
+        assert "emostream_oldest_unacked_seconds 100.0" in _metrics(w)
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            w.clock.now += w.settings.join.max_hold_s  # type: ignore[attr-defined]
+            await w.tick()
+            await w.tick()
+        said = [r.getMessage() for r in caplog.records if "not acked" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(f"{t.text}[0]@3 read 1000 s ago and not acked"), said
+
     asyncio.run(scenario())
