@@ -295,6 +295,7 @@ class Worker:
         metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         self.closing: list[str] = []  # calls whose utterances are all released: free their window
+        self.closing_since: dict[str, float] = {}  # when each of them joined ``closing`` (Worker._step)
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
@@ -1096,6 +1097,7 @@ class Worker:
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
             self.closing = [c for c in self.closing if c not in gone]
+            self.closing_since = {c: t for c, t in self.closing_since.items() if c in self.closing}
             for call_id in gone:
                 del self.ending[call_id]
             self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
@@ -1125,7 +1127,7 @@ class Worker:
                     or self.sizer.full(self.queue, self.queued_units)
                     or now - oldest >= self.settings.engine.max_wait_s
                     or any(u.call_id in closing for u in self.queue)
-                ):
+                ) and not self._close_first(oldest):
                     batch = self._next_batch()
                     self.queue = self.queue[len(batch) :]
                     self._count_queue()
@@ -1136,9 +1138,21 @@ class Worker:
             if call_id is None:
                 return False
             closed = await self._close(call_id)
+        if call_id not in self.closing:
+            self.closing_since.pop(call_id, None)
         if call_id in self.held and call_id not in self.ending:  # the id used again meanwhile: the new call
             await self._let_go(call_id)  # outside ``busy``: its Redis retries must not hold up a revoke
         return closed
+
+    def _close_first(self, oldest: float) -> bool:
+        """Whether the first call waiting to close goes before a batch: it has no utterance in the
+        queue and has waited longer than the queue's oldest. (Under a steady load a batch was always
+        due, and closes waited for the load to stop: the calls' summaries late, their 'ended's
+        unacked, the control partition's commits stopped before them.)"""
+        if not self.closing:
+            return False
+        first = self.closing[0]
+        return self.closing_since.get(first, oldest) < oldest and all(u.call_id != first for u in self.queue)
 
     def _control(
         self, msg: CallControl, receipt: Receipt, now: float, timestamp: float | None = None, again: bool = False
@@ -1258,6 +1272,8 @@ class Worker:
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)
         self.closing.extend(result.ended_calls)
+        for call_id in result.ended_calls:
+            self.closing_since.setdefault(call_id, self.clock())
 
     def _recovered(self, kind: str) -> None:
         """Says once that work of ``kind`` goes through again after failures (:meth:`_failed`):

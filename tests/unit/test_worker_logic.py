@@ -2729,3 +2729,26 @@ def test_a_message_held_unacked_past_any_wait_shows_in_the_gauge_and_the_log(cap
         assert len(said) == 1 and said[0].startswith(f"{t.text}[0]@3 read 1000 s ago and not acked"), said
 
     asyncio.run(scenario())
+
+
+def test_a_call_ended_under_a_steady_load_closes_in_its_turn_not_when_the_load_stops() -> None:
+    """Found in review: a close ran only when no batch was due, and under a steady load one always
+    is: an ended call's final revisions, summary and 'ended' ack waited for the load to stop. A call
+    waiting to close now goes before a batch whose utterances are younger."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",))
+        t = w.settings.kafka.topics
+        w.settings = w.settings.model_copy(update={"engine": w.settings.engine.model_copy(update={"max_wait_s": 0.05})})
+        await w.on_message(t.text, 0, 0, b"A", text("A", "u0", 0), Handle(log, "A.t0"), timestamp=100.0)
+        end = CallControl(call_id="A", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 0, b"A", end, Handle(log, "A.end"), timestamp=100.1)
+        for n in range(1, 21):  # an utterance of another call arrives while each batch computes: one is always due
+            await w.on_message(t.text, 0, n, b"B", text("B", f"u{n}", n), Handle(log, f"B.t{n}"), timestamp=100.0 + n)
+            w.clock.now += 0.06  # type: ignore[attr-defined]
+            await w.tick()
+            await w._step()
+        assert store.released == ["A"] and "ack A.end" in log and not w.closing
+        assert len([e for e in events(sent) if e.call_id == "B"]) >= 15  # the batches went on
+
+    asyncio.run(scenario())
