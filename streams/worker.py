@@ -81,6 +81,7 @@ TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set 
 UNREAD = (
     "unread"  # emostream_emotions_total's label for an utterance with every part ignored (its label is the prior's)
 )
+AHEAD_S = 60.0  # a record stamped further ahead of the worker's clock says nothing of how far a partition is read
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
 
 
@@ -978,13 +979,20 @@ class Worker:
             await asyncio.sleep(interval)
 
     def _mark_read(self, topic: str, partition: int, offset: int, timestamp: float | None) -> None:
-        """A message is done with (joined, controlling or dead-lettered): the partition is read past it."""
+        """A message is done with (joined, controlling or dead-lettered): the partition is read past
+        it. A record stamped more than :data:`AHEAD_S` ahead of this worker's clock does not move the
+        time the partition counts as read to (found in review: one such record, a producer's clock
+        far off, lifted it for good, so a backlog behind it was not waited for, its utterances going
+        without their audio, and parts after a call's 'ended' were refused while a 'started' of its
+        id was still unread)."""
         if timestamp is not None:
             ts, last, advanced_at = self.read.get((topic, partition), (float("-inf"), -1, float("-inf")))
             if offset > last:
                 last, advanced_at = offset, self.clock()
                 self.read_latest[(topic, partition)] = timestamp
-            self.read[(topic, partition)] = (max(ts, timestamp), last, advanced_at)
+            if timestamp <= self.wall() + AHEAD_S:
+                ts = max(ts, timestamp)
+            self.read[(topic, partition)] = (ts, last, advanced_at)
 
     def behind(self, modality: str, partition: int, until: float) -> bool:
         """Whether ``modality``'s input partition has been read only up to before record time

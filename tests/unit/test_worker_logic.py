@@ -2752,3 +2752,26 @@ def test_a_call_ended_under_a_steady_load_closes_in_its_turn_not_when_the_load_s
         assert len([e for e in events(sent) if e.call_id == "B"]) >= 15  # the batches went on
 
     asyncio.run(scenario())
+
+
+def test_one_record_stamped_far_ahead_does_not_say_a_backlog_was_read() -> None:
+    """Found in review: the time a partition counts as read to was the largest record time read
+    there, so one record of a producer whose clock was an hour ahead made a backlog behind it count
+    as read: its utterances went without their audio (and the control partition's refused parts
+    after a call's 'ended' while a 'started' of its id was still unread)."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
+        clock = Clock()
+        w.clock = clock
+        w.wall = lambda: 1010.0  # type: ignore[method-assign]
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(50 if topic == t.audio else 2, 0.5)
+        await w.on_message(t.audio, 0, 0, b"c", audio("c", "older", 0), Handle(log, "a-old"), timestamp=990.0)
+        await w.on_message(t.audio, 0, 1, b"x", audio("x", "ahead", 0), Handle(log, "a-x"), timestamp=1010.0 + 3600)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 1), Handle(log, "t0"), timestamp=1000.0)
+        assert w.behind("audio", 0, 1000.2)  # read to 990 only: its audio may be among the 48 unread
+        await w.on_message(t.audio, 0, 2, b"y", audio("y", "near", 0), Handle(log, "a-y"), timestamp=1010.0 + 30)
+        assert not w.behind("audio", 0, 1000.2)  # a clock a little ahead (within AHEAD_S) still counts
+
+    asyncio.run(scenario())
