@@ -354,3 +354,41 @@ def test_a_call_started_again_without_its_ended_is_ended_first_and_the_new_one_h
         producer.close()
         collector.close()
         worker.stop()
+
+
+def test_a_part_waiting_for_its_utterance_is_read_again_after_a_crash_though_messages_after_it_were_acked(  # type: ignore[no-untyped-def]
+    services, unique, tmp_path
+) -> None:
+    """Found in review: Faust (0.15.3) commits over one unacked message at the head of the acked
+    ones. An utterance's text waited for its audio; a malformed message after it on the partition
+    was dead-lettered and acked at once; the group's commit went past the text, and a worker killed
+    then lost it: the next worker labelled the utterance from its audio alone, after the join's whole
+    wait. Acks now go in offset order, so the text is read again and joined with its audio."""
+    settings = settings_for(services, unique, session_timeout_s=6.0, default_modalities=("text", "audio"), wait_s=30.0)
+    t = settings.kafka.topics
+    ensure_topics(settings)
+    first = WorkerProcess(settings, tmp_path, name="first").start()
+    second = WorkerProcess(settings, tmp_path, name="second")
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    try:
+        first.wait_ready()
+        text = TextPart(call_id="held", utterance_id="h0", seq=0, text="I want my money back, now.")
+        at = producer.send(t.text, key=b"held", value=text.to_bytes()).get(timeout=30)
+        bad = producer.send(t.text, key=b"held", value=b"{not json").get(timeout=30)
+        assert (bad.partition, bad.offset) == (at.partition, at.offset + 1)
+        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), first.tail()
+        time.sleep(3.0)  # past Faust's 1 s commit interval: the acked dead letter's offset would be committed
+        first.kill9()
+        second.start().wait_ready()
+        audio = AudioPart(call_id="held", utterance_id="h0", seq=0, encoding="features", features=[0.1] * 768)
+        producer.send(t.audio, key=b"held", value=audio.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.events) >= 1, 25), second.tail()  # under the 30 s wait
+        ((_, event),) = collector.events[:1]
+        assert event.modalities_present == ["text", "audio"], event
+    finally:
+        producer.close()
+        collector.close()
+        first.stop()
+        second.stop()
