@@ -582,6 +582,14 @@ class ContextStore:
         )
         return [(_text(c), float(at)) for c, at in got]
 
+    async def closed_before(self, call_ids: list[str]) -> set[str]:
+        """The calls that closed (:meth:`release`) since their id's last 'started': a call among the
+        quiet ones was reopened by a part after its 'ended', not a call that never sent one."""
+        if not call_ids:
+            return set()
+        got = await self.client.mget([self.closed_key(c) for c in call_ids])
+        return {c for c, mark in zip(call_ids, got, strict=True) if mark is not None}
+
     async def untrack(self, partition: int, call_ids: list[str]) -> None:
         """The calls are no longer watched for going quiet (closed, or left to their state's TTL)."""
         if call_ids:

@@ -498,8 +498,9 @@ class Joiner:
             when = f"sent {ts - end_ts:.1f} s after the call's 'ended', after the call had closed"
         return (
             f"call {call_id}: its {modality} part of utterance {utterance_id} (seq {seq}) was {when}: it reopens the "
-            "call and is labelled without the call's earlier context, which closed with it; a call's parts come "
-            "before its 'ended' (README: Calls that end)"
+            "call and is labelled without the call's earlier context, which closed with it (unless the utterance "
+            "was labelled before: a part sent again, skipped, emostream_replays_skipped_total); a call's parts "
+            "come before its 'ended' (README: Calls that end)"
         )
 
     def _open_utterance(

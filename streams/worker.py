@@ -901,6 +901,8 @@ class Worker:
                     quiet = await self.processor.store.quiet(partition, through - self.idle_end_s)
                     if quiet:
                         found[partition] = quiet
+            # (closed before and reopened by a part after their 'ended': this worker may not remember)
+            closed_before = await self.processor.store.closed_before([c for q in found.values() for c, _ in q])
         except Exception as exc:  # Redis down: the batches say so and retry; this looks again later
             log.warning("looking for calls gone quiet failed (%s); looking again in %.0f s", _describe(exc),
                         QUIET_SWEEP_S)  # fmt: skip
@@ -921,8 +923,10 @@ class Worker:
                         continue  # its held messages are being joined
                     if self.reading_key == call_id.encode():
                         continue  # a message of it is being read (a 'started' waiting for Redis, say)
-                    if self.joiner.has_ended(call_id):  # closed here and reopened by a part read late: as
-                        closed_here.setdefault(partition, []).append(call_id)  # before, left to its TTL
+                    if self.joiner.has_ended(call_id) or call_id in closed_before:  # closed (here, or by a
+                        # worker before a restart or a rebalance) and reopened by a part read late: as before,
+                        # left to its TTL (it had its 'ended': no stand-in end, no "no 'ended'" warning)
+                        closed_here.setdefault(partition, []).append(call_id)
                         continue
                     if self.joiner.active(call_id, self.clock(), self.idle_end_s):
                         continue  # a part read lately, not labelled yet (waiting, queued, or its batch not stored)

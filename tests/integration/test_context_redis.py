@@ -85,7 +85,9 @@ def test_a_call_id_started_again_is_a_new_call_even_after_its_state_expired(serv
         await store.append({"c": [item(0)]})
         assert await store.previous_start("c") == PreviousStart(10, "", None, 1)  # started, spoke, not closed
         assert not await store.started("c", ["text"], offset=10)  # read again after a crash: nothing
+        assert await store.closed_before(["c", "d"]) == set()
         await store.release(["c"], {"c": 12})
+        assert await store.closed_before(["c", "d"]) == {"c"}  # (a part after its 'ended' reopens it: no quiet end)
         await asyncio.sleep(0.5)  # the call's state, its close mark included, expired
         assert await store.previous_start("c") == PreviousStart(10, "", 12, 0)  # its started mark says it ended
         assert not await client.exists(store.closed_key("c"))

@@ -93,6 +93,9 @@ class FakeStore:
         for c in calls:
             self.active.get(partition, {}).pop(c, None)
 
+    async def closed_before(self, calls: list[str]) -> set[str]:
+        return {c for c in calls if c in self.closed}
+
     async def release(
         self, calls: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
     ) -> None:
@@ -2773,5 +2776,38 @@ def test_one_record_stamped_far_ahead_does_not_say_a_backlog_was_read() -> None:
         assert w.behind("audio", 0, 1000.2)  # read to 990 only: its audio may be among the 48 unread
         await w.on_message(t.audio, 0, 2, b"y", audio("y", "near", 0), Handle(log, "a-y"), timestamp=1010.0 + 30)
         assert not w.behind("audio", 0, 1000.2)  # a clock a little ahead (within AHEAD_S) still counts
+
+    asyncio.run(scenario())
+
+
+def test_a_call_reopened_after_its_ended_is_not_ended_as_quiet_by_a_worker_that_did_not_see_it_close(
+    caplog: Any,
+) -> None:
+    """Found by a newcomer: a call's last transcript came 5 s after its 'ended' and reopened it; the
+    worker that closed it knew it had ended, but after a restart the next one ended it as quiet,
+    logged "no 'ended'" and counted it in emostream_calls_without_end_total (7 in a session, 2 of
+    them true). The call's close mark in Redis tells any worker."""
+
+    async def scenario() -> None:
+        w, sent, log, store, clock = quiet_worker(60.0)
+        t = w.settings.kafka.topics
+        await spoken_call(w, log)
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 1, b"c", end, Handle(log, "end"), timestamp=101.0)
+        await later(w, clock, 2, step=0.5)
+        assert store.released == ["c"]
+        await w.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "late"), timestamp=106.0)
+        await later(w, clock, 2, step=0.5)
+        assert [e.utterance_id for e in events(sent)][-1] == "u1" and store.active[0] == {"c": 106.0}
+        # a restart: a worker without the first one's memory, on the same Redis
+        w2, sent2, log2, _, clock2 = quiet_worker(60.0)
+        w2.processor.store = store  # type: ignore[assignment]
+        clock2.now = clock.now
+        w2.assigned({0})
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            await later(w2, clock2, 200)
+        assert "no 'ended'" not in caplog.text and "emostream_calls_without_end_total 0.0" in _metrics(w2)
+        assert store.active[0] == {}  # left to its TTL, as the first worker would have
+        assert not [v for tp, v in sent2 if tp == t.calls]  # no second summary
 
     asyncio.run(scenario())
