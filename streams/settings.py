@@ -251,7 +251,7 @@ class EngineSettings(_Section):
         "hold music get weight 0 and the event says so in 'ignored' (0: use all audio)",
     )
     shed_audio_after_s: float = Field(
-        30.0,
+        90.0,
         ge=0,
         allow_inf_nan=False,
         description="an utterance sent (its first part's record time, but no earlier than the worker last read "
@@ -260,7 +260,9 @@ class EngineSettings(_Section):
         "is all there is is kept): a worker behind, under more load than "
         "its cores encode or reading a backlog after an outage, labels it from the words (several times faster "
         "than with the voice on a CPU) and catches up, where it would fall further behind; the event's 'ignored' "
-        "says so and emostream_shed_audio_total counts it (0: always encode the audio, however late)",
+        "says so and emostream_shed_audio_total counts it (0: always encode the audio, however late); keep it above "
+        "what a crash costs, kafka.session_timeout_s and a worker's start (30 s shed the voice of every utterance "
+        "in flight at a kill -9)",
     )
     format_check: Literal["warn", "drop", "off"] = Field(
         "warn",

@@ -81,6 +81,7 @@ TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set 
 UNREAD = (
     "unread"  # emostream_emotions_total's label for an utterance with every part ignored (its label is the prior's)
 )
+CRASH_START_S = 30.0  # a worker's start and the rebalance after a crash, past kafka.session_timeout_s
 AHEAD_S = 60.0  # a record stamped further ahead of the worker's clock says nothing of how far a partition is read
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
 
@@ -316,6 +317,12 @@ class Worker:
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         self._said_unacked: dict[tuple[str, int], tuple[str, int, int]] = {}  # (Worker._say_if_unacked)
         self.idle_end_s = settings.idle_end_s()  # a call quiet this long is ended (Worker._end_quiet); 0: never
+        shed, session = settings.engine.shed_audio_after_s, settings.kafka.session_timeout_s
+        if 0 < shed < session + CRASH_START_S:
+            log.warning("engine.shed_audio_after_s %g s is within what a crash costs (kafka.session_timeout_s %g s "
+                        "before its partitions move, and a worker's start): after a kill -9 every utterance in "
+                        "flight would be labelled without its voice; %g s or more keeps it", shed, session,
+                        session + CRASH_START_S)  # fmt: skip
         self.wall: Callable[[], float] = time.time  # now, against record times (Worker.read_through)
         self.swept_at = float("-inf")  # when calls gone quiet were last looked for (clock)
         self.reading_key: bytes | None = None  # the key of the message on_message handles now (one at a time)
@@ -1442,7 +1449,8 @@ class Worker:
             age = f", sent {ago:.0f} s ago by " + ("the producer's clock" if producer else "this worker's reading")
         log.warning(
             "the worker is behind: the audio of %d utterance%s not encoded%s, the words decide (the last: call %s "
-            "utterance %s%s; engine.shed_audio_after_s %g s); emostream_shed_audio_total counts them",
+            "utterance %s%s; engine.shed_audio_after_s %g s); emostream_shed_audio_total counts them, and the "
+            "next such line, a minute on at the earliest, those from here",
             self._shed,
             "" if self._shed == 1 else "s",
             "" if self._shed_logged_at is None else " since the last such line",
