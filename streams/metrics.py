@@ -211,6 +211,13 @@ class Metrics:
             "emostream_finished_ids", "Labelled utterance ids remembered to recognise late parts", registry=r
         )
         self.queued = Gauge("emostream_queued_utterances", "Joined utterances waiting for the engine", registry=r)
+        self.misrouted = Counter(
+            "emostream_misrouted_messages_total",
+            "Input messages on another partition than their call's messages before them (producers partitioning "
+            "by call id differently)",
+            ["topic"],
+            registry=r,
+        )
         self.oldest_unacked = Gauge(
             "emostream_oldest_unacked_seconds",
             "Age of the oldest input message this worker read and has not acked (the group's commits wait for it)",

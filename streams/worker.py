@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,7 @@ TICK_S = 0.1  # see Worker.pump: how often joins are expired and the gauges set 
 UNREAD = (
     "unread"  # emostream_emotions_total's label for an utterance with every part ignored (its label is the prior's)
 )
+ROUTES_KEPT = 100_000  # calls whose last message's partition is remembered (Worker._check_route)
 CRASH_START_S = 30.0  # a worker's start and the rebalance after a crash, past kafka.session_timeout_s
 AHEAD_S = 60.0  # a record stamped further ahead of the worker's clock says nothing of how far a partition is read
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
@@ -316,6 +318,7 @@ class Worker:
         self.failing_since: dict[str, float] = {}  # "batches", "closing calls": first failure since one went through
         self.leases: dict[int, Lease] = {}  # input partition -> this worker's current hold on it
         self._said_unacked: dict[tuple[str, int], tuple[str, int, int]] = {}  # (Worker._say_if_unacked)
+        self._routes: OrderedDict[str, tuple[str, int]] = OrderedDict()  # call -> its last message's topic, partition
         self.idle_end_s = settings.idle_end_s()  # a call quiet this long is ended (Worker._end_quiet); 0: never
         shed, session = settings.engine.shed_audio_after_s, settings.kafka.session_timeout_s
         if 0 < shed < session + CRASH_START_S:
@@ -402,6 +405,7 @@ class Worker:
             await self._reject(InvalidMessage("processing_failed", _describe(exc)), receipt, key, value, msg)
             self._mark_read(topic, partition, offset, timestamp)
             return
+        self._check_route(topic, partition, msg.call_id)
         item = Held(msg, payload, receipt, key, value, timestamp, fresh_at=fresh_at)
         if isinstance(msg, CallControl) and msg.event == "started" and await self._ends_unended(item):
             self._mark_read(topic, partition, offset, timestamp)
@@ -676,6 +680,38 @@ class Worker:
             await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)
         if result.after_end is not None and receipt.lease.valid:  # its call was closed: it is not reopened
             await self._reject(InvalidMessage("after_call_ended", result.after_end), receipt, key, value, msg)
+
+    def _check_route(self, topic: str, partition: int, call_id: str) -> None:
+        """Count and log a call's message that came on another partition than the call's messages
+        before it: the producers of the input topics partition by call id differently (found by a
+        newcomer: control sent with kafka-python, which hashes keys with murmur2 as Kafka's Java
+        client does, parts with a librdkafka client, which hashes with CRC32 by default). One
+        worker joins them all the same; with several, a call's parts reach different workers and
+        its join splits."""
+        seen = self._routes.get(call_id)
+        self._routes[call_id] = (topic, partition)
+        self._routes.move_to_end(call_id)
+        if len(self._routes) > ROUTES_KEPT:
+            self._routes.popitem(last=False)
+        if seen is None or seen[1] == partition:
+            return
+        self.metrics.misrouted.labels(topic).inc()
+        if (n := self._sampled("misrouted")) is None:
+            return
+        from kafka.partitioner.default import murmur2
+
+        kafkas = (murmur2(call_id.encode()) & 0x7FFFFFFF) % self.settings.kafka.topics.partitions
+
+        def which(t: str, p: int) -> str:
+            return f"{t}[{p}]" + (" (where Kafka's default partitioner puts it)" if p == kafkas else "")
+
+        log.warning("call %s: a message on %s after one on %s: the producers of the input topics partition by call "
+                    "id differently (or partitions were added to the topics, which moves the calls under way), so "
+                    "with several workers a call's messages reach different ones and its join splits; give every "
+                    "producer Kafka's default partitioner (murmur2 of the key: Kafka's Java client and kafka-python "
+                    "use it; librdkafka's clients, confluent-kafka, Go and .NET, need partitioner=murmur2_random) "
+                    "[%d so far, emostream_misrouted_messages_total]",
+                    call_id, which(topic, partition), which(*seen), n)  # fmt: skip
 
     def _sampled(self, kind: str) -> int | None:
         """Count one more of ``kind`` (a log line about it): the count, for the first ten and then

@@ -2827,3 +2827,32 @@ def test_the_worker_warns_when_shed_audio_after_s_is_within_what_a_crash_costs(c
         low = w.settings.model_copy(update={"engine": w.settings.engine.model_copy(update={"shed_audio_after_s": 30})})
         Worker(low, w.processor, Metrics(), w.send)
     assert "engine.shed_audio_after_s 30 s is within what a crash costs" in caplog.text
+
+
+def test_a_call_whose_messages_come_on_two_partitions_is_counted_and_named(caplog: Any) -> None:
+    """Found by a newcomer: control messages sent with kafka-python (murmur2 of the key, as Kafka's
+    Java client) and parts with a librdkafka client (CRC32 by default) put one call on two
+    partitions, and nothing said so: with several workers its join would split."""
+    import logging
+
+    from kafka.partitioner.default import murmur2
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",))
+        t = w.settings.kafka.topics
+        right = (murmur2(b"L-crc1") & 0x7FFFFFFF) % t.partitions
+        wrong = (right + 1) % t.partitions
+        start = CallControl(call_id="L-crc1", event="started").to_bytes()
+        await w.on_message(t.control, right, 0, b"L-crc1", start, Handle(log, "s"), timestamp=100.0)
+        await w.on_message(t.text, right, 0, b"L-crc1", text("L-crc1", "u0", 0), Handle(log, "t0"), timestamp=100.1)
+        assert "emostream_misrouted_messages_total{" not in _metrics(w)
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            await w.on_message(t.text, wrong, 0, b"L-crc1", text("L-crc1", "u1", 1), Handle(log, "t1"), timestamp=100.2)
+        assert f'emostream_misrouted_messages_total{{topic="{t.text}"}} 1.0' in _metrics(w)
+        assert (
+            f"call L-crc1: a message on {t.text}[{wrong}] after one on {t.text}[{right}] (where Kafka's" in caplog.text
+        )
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # one worker joins them all the same
+
+    asyncio.run(scenario())
