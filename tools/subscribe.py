@@ -75,7 +75,7 @@ def format_event(event: EmotionEvent, previous: EmotionEvent | None = None) -> s
     for m, why in sorted(event.ignored.items()):  # the kind of reason; a dead-lettered part's reason too
         short = why.split(" (")[0] if why.startswith("dead-lettered: ") else why.split(":")[0]
         if "dBFS, not silence" in why:  # (streams.pipeline: no voice heard in a loud clip)
-            short += " in a loud clip (wrong sample_rate?)"
+            short += " in a loud clip (music, noise, or a wrong sample_rate?)"
         context += f", {m} not used: {short}"
     for m, why in sorted((event.suspect or {}).items()):  # (a part the label did not lean on was hardly used)
         used = "used but suspect" if event.weights.get(m, 0.0) >= 0.005 else "suspect, weighed .00"
