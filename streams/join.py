@@ -619,6 +619,11 @@ class Joiner:
         call = self._calls.get(call_id)
         return call is not None and None not in (ts, call.replaced_ts) and ts <= call.replaced_ts  # type: ignore[operator]
 
+    def declared(self, call_id: str) -> bool:
+        """Whether the call, open here, said in its 'started' what it sends."""
+        call = self._calls.get(call_id)
+        return call is not None and call.declared
+
     def has_ended(self, call_id: str) -> bool:
         """Whether ``call_id`` was closed after its 'ended' (and not started again since)."""
         return call_id in self._ended

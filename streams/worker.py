@@ -1317,9 +1317,11 @@ class Worker:
             waited = [m for m in missing if m not in utt.not_waited]  # not those of a call that sends none
             if waited and (self.missing_logged < 20 or self.missing_logged % 100 == 0):
                 said, not_sent = self.reading(missing[0], utt)
-                if not_sent and self.missing_logged < 3:  # the first few: what to do about it
+                if not_sent and self.missing_logged < 3 and self.joiner.declared(utt.call_id):
+                    said += f" (the call's 'started' declared {'+'.join(utt.expected)}: a part of each is waited for)"
+                elif not_sent and self.missing_logged < 3:  # the first few: what to do about it
                     said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "
-                             "its 'started' control message, modalities [...]; calls that send none get "
+                             "its 'started' control message (\"modalities\": [\"text\"], say); calls that send none get "
                              "join.default_modalities)")  # fmt: skip
                 log.info("%s/%s goes without %s after %.1f s: %s", utt.call_id, utt.utterance_id, "+".join(missing),
                          (utt.ready_at or utt.first_at) - utt.first_at, said)  # fmt: skip

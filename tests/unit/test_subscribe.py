@@ -43,7 +43,9 @@ def test_format_event_says_which_part_was_not_used() -> None:
 def test_format_event_says_a_loud_clip_without_speech_may_be_at_another_rate() -> None:
     why = "no speech: 0.02 s of speech, less than 0.15 s (the clip is sound at -20 dBFS, not silence: ...)"
     e = make_event(weights={"text": 1.0, "audio": 0.0, "video": 0.0}, ignored={"audio": why})
-    assert "audio not used: no speech in a loud clip (music, noise, or a wrong sample_rate?), 120 ms)" in format_event(e)
+    assert "audio not used: no speech in a loud clip (music, noise, or a wrong sample_rate?), 120 ms)" in format_event(
+        e
+    )
 
 
 def test_format_event_names_a_dead_lettered_parts_reason_not_its_detail() -> None:

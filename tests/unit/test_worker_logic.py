@@ -2856,3 +2856,25 @@ def test_a_call_whose_messages_come_on_two_partitions_is_counted_and_named(caplo
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # one worker joins them all the same
 
     asyncio.run(scenario())
+
+
+def test_an_utterance_going_without_a_declared_modality_says_the_call_declared_it(caplog: Any) -> None:
+    """A newcomer's call declared text+audio in its 'started'; the log line for an utterance that went
+    without its audio told them to declare what the call sends, as if it had not."""
+    import logging
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",))
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(1, 0.1)  # each read to its end
+        await w.on_message(t.audio, 0, 0, b"x", audio("x", "a0", 0), Handle(log, "x"), timestamp=99.0)
+        start = CallControl(call_id="c", event="started", modalities=["text", "audio"]).to_bytes()
+        await w.on_message(t.control, 0, 0, b"c", start, Handle(log, "s"), timestamp=100.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=100.1)
+        with caplog.at_level(logging.INFO, logger="emostream.worker"):
+            w.clock.now += 1  # type: ignore[attr-defined]
+            await w.pump()
+        (line,) = [r.getMessage() for r in caplog.records if "goes without audio" in r.getMessage()]
+        assert "the call's 'started' declared text+audio" in line and "modalities [" not in line, line
+
+    asyncio.run(scenario())
