@@ -84,7 +84,6 @@ UNREAD = (
 )
 ROUTES_KEPT = 100_000  # calls whose last message's partition is remembered (Worker._check_route)
 CRASH_START_S = 30.0  # a worker's start and the rebalance after a crash, past kafka.session_timeout_s
-AHEAD_S = 60.0  # a record stamped further ahead of the worker's clock says nothing of how far a partition is read
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
 
 
@@ -1026,20 +1025,18 @@ class Worker:
             await asyncio.sleep(interval)
 
     def _mark_read(self, topic: str, partition: int, offset: int, timestamp: float | None) -> None:
-        """A message is done with (joined, controlling or dead-lettered): the partition is read past
-        it. A record stamped more than :data:`AHEAD_S` ahead of this worker's clock does not move the
-        time the partition counts as read to (found in review: one such record, a producer's clock
-        far off, lifted it for good, so a backlog behind it was not waited for, its utterances going
-        without their audio, and parts after a call's 'ended' were refused while a 'started' of its
-        id was still unread)."""
+        """A message is done with (joined, controlling or dead-lettered): the partition is read past it.
+        (Its time read to is the largest record time read there: one record of a producer whose
+        clock is far ahead lifts it for good, and a backlog behind that record is then not waited
+        for. Not moving it for records stamped ahead of this worker's clock was tried, 2026-12-07,
+        and undone: a producer whose clock ran ahead by more than the margin then held every
+        utterance missing a part for join.max_hold_s, and its call's close with it.)"""
         if timestamp is not None:
             ts, last, advanced_at = self.read.get((topic, partition), (float("-inf"), -1, float("-inf")))
             if offset > last:
                 last, advanced_at = offset, self.clock()
                 self.read_latest[(topic, partition)] = timestamp
-            if timestamp <= self.wall() + AHEAD_S:
-                ts = max(ts, timestamp)
-            self.read[(topic, partition)] = (ts, last, advanced_at)
+            self.read[(topic, partition)] = (max(ts, timestamp), last, advanced_at)
 
     def behind(self, modality: str, partition: int, until: float) -> bool:
         """Whether ``modality``'s input partition has been read only up to before record time
@@ -1204,8 +1201,8 @@ class Worker:
         queue and has waited longer than the queue's oldest. (Under a steady load a batch was always
         due, and closes waited for the load to stop: the calls' summaries late, their 'ended's
         unacked, the control partition's commits stopped before them.)"""
-        if not self.closing:
-            return False
+        if not self.closing or "closing calls" in self.failing_since:  # (one failing again and again: the
+            return False  # batches go on, as before; the closes are tried when none is due)
         first = self.closing[0]
         return self.closing_since.get(first, oldest) < oldest and all(u.call_id != first for u in self.queue)
 
@@ -1321,8 +1318,8 @@ class Worker:
                     said += f" (the call's 'started' declared {'+'.join(utt.expected)}: a part of each is waited for)"
                 elif not_sent and self.missing_logged < 3:  # the first few: what to do about it
                     said += (f" (the call is expected to send {'+'.join(utt.expected)}: a call says what it sends in "
-                             "its 'started' control message (\"modalities\": [\"text\"], say); calls that send none get "
-                             "join.default_modalities)")  # fmt: skip
+                             "its 'started' control message (\"modalities\": [\"text\"], say); calls that send "
+                             "none get join.default_modalities)")  # fmt: skip
                 log.info("%s/%s goes without %s after %.1f s: %s", utt.call_id, utt.utterance_id, "+".join(missing),
                          (utt.ready_at or utt.first_at) - utt.first_at, said)  # fmt: skip
             self.missing_logged += bool(waited)

@@ -2757,29 +2757,6 @@ def test_a_call_ended_under_a_steady_load_closes_in_its_turn_not_when_the_load_s
     asyncio.run(scenario())
 
 
-def test_one_record_stamped_far_ahead_does_not_say_a_backlog_was_read() -> None:
-    """Found in review: the time a partition counts as read to was the largest record time read
-    there, so one record of a producer whose clock was an hour ahead made a backlog behind it count
-    as read: its utterances went without their audio (and the control partition's refused parts
-    after a call's 'ended' while a 'started' of its id was still unread)."""
-
-    async def scenario() -> None:
-        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
-        clock = Clock()
-        w.clock = clock
-        w.wall = lambda: 1010.0  # type: ignore[method-assign]
-        t = w.settings.kafka.topics
-        w.highwater = lambda topic, partition: PartitionEnd(50 if topic == t.audio else 2, 0.5)
-        await w.on_message(t.audio, 0, 0, b"c", audio("c", "older", 0), Handle(log, "a-old"), timestamp=990.0)
-        await w.on_message(t.audio, 0, 1, b"x", audio("x", "ahead", 0), Handle(log, "a-x"), timestamp=1010.0 + 3600)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 1), Handle(log, "t0"), timestamp=1000.0)
-        assert w.behind("audio", 0, 1000.2)  # read to 990 only: its audio may be among the 48 unread
-        await w.on_message(t.audio, 0, 2, b"y", audio("y", "near", 0), Handle(log, "a-y"), timestamp=1010.0 + 30)
-        assert not w.behind("audio", 0, 1000.2)  # a clock a little ahead (within AHEAD_S) still counts
-
-    asyncio.run(scenario())
-
-
 def test_a_call_reopened_after_its_ended_is_not_ended_as_quiet_by_a_worker_that_did_not_see_it_close(
     caplog: Any,
 ) -> None:
@@ -2876,5 +2853,36 @@ def test_an_utterance_going_without_a_declared_modality_says_the_call_declared_i
             await w.pump()
         (line,) = [r.getMessage() for r in caplog.records if "goes without audio" in r.getMessage()]
         assert "the call's 'started' declared text+audio" in line and "modalities [" not in line, line
+
+    asyncio.run(scenario())
+
+
+def test_a_close_that_fails_every_time_does_not_stop_the_batches() -> None:
+    """Found in review of the close-in-its-turn change: a call whose close raised every time went
+    before every batch, so no batch ran again, the queue filled and backpressure stopped the
+    reading. While closes fail the batches go first, as before."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",))
+        t = w.settings.kafka.topics
+        w.settings = w.settings.model_copy(update={"engine": w.settings.engine.model_copy(update={"max_wait_s": 0.05})})
+        real = w.processor.close
+
+        async def close(call_id: str) -> Any:
+            if call_id == "A":
+                raise ValueError("a close that fails every time")
+            return await real(call_id)
+
+        w.processor.close = close  # type: ignore[method-assign]
+        await w.on_message(t.text, 0, 0, b"A", text("A", "u0", 0), Handle(log, "A.t0"), timestamp=100.0)
+        end = CallControl(call_id="A", event="ended").to_bytes()
+        await w.on_message(t.control, 0, 0, b"A", end, Handle(log, "A.end"), timestamp=100.1)
+        for n in range(1, 100):
+            assert len(w.queue) < 4 * w.settings.engine.max_batch, f"stalled at message {n}"
+            await w.on_message(t.text, 0, n, f"B{n}".encode(), text(f"B{n}", "u", n), Handle(log, f"B{n}"),
+                               timestamp=100.0 + n)  # fmt: skip
+            w.clock.now += 0.1  # type: ignore[attr-defined]
+            await w.pump()
+        assert len([e for e in events(sent) if e.call_id != "A"]) >= 95
 
     asyncio.run(scenario())
