@@ -356,7 +356,8 @@ class CallAnalytics:
                 # a new utterance (not a revision: a blank one made good by its revision, or one read
                 # late with an earlier seq, counts as it arrives) of this role, for clear_after
                 fresh = turn if old is None and turn.used else None
-                now, state.alerts = self._alerts(call_id, state, final=False, fresh=fresh)
+                revised = turn if old is not None else None
+                now, state.alerts = self._alerts(call_id, state, final=False, fresh=fresh, revised=revised)
                 messages += now
         self._say_if_no_agent(call_id, state)
         out = [self._outgoing("alerts", m) for m in messages]
@@ -395,11 +396,19 @@ class CallAnalytics:
                         call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
 
     def _alerts(
-        self, call_id: str, state: _State, final: bool, fresh: Turn | None = None, reason: str = "call ended"
+        self,
+        call_id: str,
+        state: _State,
+        final: bool,
+        fresh: Turn | None = None,
+        reason: str = "call ended",
+        revised: Turn | None = None,
     ) -> tuple[list[AlertEvent], dict[str, dict[str, Any]]]:
         """``fresh``: the new turn just judged (None: a revision, or the call's end); an open alert
         whose rule no longer holds clears after its ``clear_after`` such turns that count for it
-        (``final``: every open alert clears, for the call's end, with ``reason``)."""
+        (``final``: every open alert clears, for the call's end, with ``reason``); with a
+        ``clear_after`` of 1, a ``revised`` turn that counts for it clears it too (a revision of
+        another customer's turn says nothing of this one's)."""
         holding = {} if final else self.book.judge(state.ordered())
         now = self.clock()
         messages: list[AlertEvent] = []
@@ -422,12 +431,15 @@ class CallAnalytics:
             if name in holding:
                 continue
             rule = self.book.by_name(name)
-            wait = 1 if final or rule is None else rule.clear_after
             counted = rule is not None and fresh is not None and rule.counts(fresh, was.get("speaker"))
             misses = int(was.get("misses", 0)) + (1 if counted else 0)
-            # not yet: the alert stays open, as it was (with clear_after 1, a revision that breaks the
-            # rule clears it, but a new turn that does not count for it, another customer's, does not)
-            if misses < wait and (wait > 1 or fresh is not None):
+            if final or rule is None:  # the call's end; a rule no longer in the rules file: clears now
+                wait_more = False
+            elif rule.clear_after == 1:  # a turn, or a revision of one, that counts for it (not another customer's)
+                wait_more = not (counted or (revised is not None and rule.counts(revised, was.get("speaker"))))
+            else:
+                wait_more = misses < rule.clear_after
+            if wait_more:  # not yet: the alert stays open, as it was
                 still[name] = {**was, "misses": misses}
                 continue
             why = reason if final else "recovered"

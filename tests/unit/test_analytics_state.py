@@ -227,6 +227,8 @@ def test_clear_after_keeps_one_alert_open_through_a_pause_and_clears_after_that_
     assert said == [("1", "raised", 1), ("1", "cleared", 4)], said
     said, _, _ = run(1, calm_pause[:2] + [event(1, "cust", 0.45, revision=1)])
     assert said == [("1", "raised", 1), ("1", "cleared", 1)], said
+    said, _, _ = run(1, other[:3] + [event(2, "cust-2", 0.05, revision=1)])  # the other one's turn revised
+    assert said == [("1", "raised", 1)], said
     said, state, a = run(2, calm_pause)
     assert said == [("1", "raised", 1), ("1", "updated", 4), ("1", "cleared", 7)]  # u5, then u7: two customer turns
     said, state, a = run(2, calm_pause[:5] + [event(4, "cust", 0.55, revision=1)])  # a revision breaks the rise
