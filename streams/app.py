@@ -92,10 +92,10 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
                 await worker.on_message(
                     msg.topic, msg.partition, msg.offset, event.key, event.value, event, msg.timestamp
                 )
-            except Exception:  # on_message dead-letters what it cannot use; this is the last guard
+            except Exception:  # on_message dead-letters what it cannot use, and acks in place on a bug: the last guard
                 log.exception("message %s[%d]@%d failed; acked to keep the stream going", msg.topic, msg.partition,
                               msg.offset)  # fmt: skip
-                worker.ack_failed(msg.topic, msg.partition, msg.offset, event)
+                event.ack()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:

@@ -347,19 +347,14 @@ class Worker:
         dead-lettered and acked."""
         self.metrics.messages_in.labels(topic).inc()
         self.reading_key = key  # its call is not ended as quiet meanwhile (Worker._end_quiet)
+        lease = self.leases.setdefault(partition, Lease())  # (this message's: a revoke meanwhile ends it)
         try:
-            await self._on_message(topic, partition, offset, key, value, handle, timestamp)
+            await self._on_message(topic, partition, offset, key, value, handle, timestamp, lease)
+        except Exception:  # a bug: the message is acked in its place (the acks after it would wait for it for ever)
+            log.exception("message %s[%d]@%d failed; acked to keep the stream going", topic, partition, offset)
+            lease.ack(topic, offset, handle)
         finally:
             self.reading_key = None
-
-    def ack_failed(self, topic: str, partition: int, offset: int, handle: Any) -> None:
-        """Ack a message whose :meth:`on_message` raised (the app's last guard), in its place in the
-        partition's order: the acks after it would wait for it for ever."""
-        lease = self.leases.get(partition)
-        if lease is not None:
-            lease.ack(topic, offset, handle)
-        else:
-            handle.ack()
 
     async def _on_message(
         self,
@@ -370,9 +365,9 @@ class Worker:
         value: bytes | None,
         handle: Any,
         timestamp: float | None,
+        lease: Lease,
     ) -> None:
         self.assigned_at.setdefault(partition, self.clock())
-        lease = self.leases.setdefault(partition, Lease())
         lease.expect(topic, offset, handle, self.clock())
         receipt = Receipt(topic, partition, offset, handle, lease)
         await self._backpressure()

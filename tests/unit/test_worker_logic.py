@@ -2696,17 +2696,32 @@ def test_acks_reach_the_transport_in_offset_order_per_topic_partition() -> None:
         await w.tick()
         await w.pump()
         assert log.index("ack t0") < log.index("ack bad1"), log
-        # a message whose handling raised (the app's last guard) is acked in its place too
+        # a message whose handling raised (a bug) is acked in its place too, through its own lease
         await w.on_message(t.text, 0, 5, b"c", text("c", "u1", 1), Handle(log, "u1"), timestamp=102)
         assert "ack u1" not in log
-        w.ack_failed(t.text, 0, 6, Handle(log, "failed6"))
-        assert "ack failed6" in log  # (not one read in order: at once)
-        w.leases[0].expect(t.text, 7, h := Handle(log, "raised7"))
-        w.ack_failed(t.text, 0, 7, h)
-        assert "ack raised7" not in log  # behind u1, still waiting
+        real = w._on_message
+
+        async def failing(*args: Any) -> None:
+            await real(*args)
+            raise RuntimeError("a bug after the message was read")
+
+        w._on_message = failing  # type: ignore[method-assign]
+        await w.on_message(t.text, 0, 6, b"c", b"{not json", Handle(log, "raised6"), timestamp=102.1)
+        assert "ack raised6" not in log  # behind u1, still waiting
+        w._on_message = real  # type: ignore[method-assign]
         w.clock.now += 1.5  # type: ignore[attr-defined]
         await w.pump()
-        assert log.index("ack u1") < log.index("ack raised7"), log
+        assert log.index("ack u1") < log.index("ack raised6"), log
+        # one in flight across a revoke and a new assignment: nothing reaches the transport for it
+        async def revoked_meanwhile(*args: Any) -> None:
+            await real(*args)
+            await w.revoke({0})
+            w.assigned({0})
+            raise RuntimeError("a bug after the message was read")
+
+        w._on_message = revoked_meanwhile  # type: ignore[method-assign]
+        await w.on_message(t.text, 0, 7, b"c", text("c", "u2", 2), Handle(log, "old7"), timestamp=102.2)
+        assert "ack old7" not in log  # its next owner (this worker again) reads it again
 
     asyncio.run(scenario())
 
