@@ -168,12 +168,14 @@ def poll_through(consumer: Any, timeout_ms: int) -> tuple[dict[Any, list[Any]], 
     read. (A consumer that reset by itself, kafka-python's ``auto_offset_reset``, jumped to the end
     and said nothing: every record between was skipped unseen.) :func:`make_consumer`'s consumers
     raise for this, so the caller gets the notes."""
-    from kafka.errors import OffsetOutOfRangeError
+    from kafka.errors import LogTruncationError, OffsetOutOfRangeError
 
     try:
         return consumer.poll(timeout_ms=timeout_ms), []
     except OffsetOutOfRangeError as exc:
         lost = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    except LogTruncationError as exc:  # (KIP-320: kafka-python raises it where no reset policy is set)
+        return {}, _truncated(consumer, exc.divergent_offsets or {})
     notes = []
     parts = list(lost) or list(consumer.assignment())
     begins, ends = consumer.beginning_offsets(parts), consumer.end_offsets(parts)
@@ -187,6 +189,23 @@ def poll_through(consumer: Any, timeout_ms: int) -> tuple[dict[Any, list[Any]], 
                          f"recreated? reading it from its oldest record, offset {begin}")  # fmt: skip
         consumer.seek(tp, begin)
     return {}, notes
+
+
+def _truncated(consumer: Any, divergent: Mapping[Any, Any]) -> list[str]:
+    """A broker's log rolled back past this reader's position (an unclean leader election): read on
+    from where it diverged, as a consumer with a reset policy does, or from the oldest record where
+    the broker does not say."""
+    notes = []
+    for tp, at in divergent.items():
+        if at is not None:
+            consumer.seek(tp, at.offset)
+            notes.append(f"{tp.topic}[{tp.partition}]: the log was truncated (an unclean leader election): records "
+                         f"read past offset {at.offset} were rolled back; reading on from there")  # fmt: skip
+        else:
+            consumer.seek_to_beginning(tp)
+            notes.append(f"{tp.topic}[{tp.partition}]: the log was truncated (an unclean leader election) at an "
+                         "offset the broker does not give: reading it from its oldest record")  # fmt: skip
+    return notes
 
 
 class TopicReader:
@@ -211,6 +230,7 @@ class TopicReader:
 
     def _added(self) -> list[str]:
         from kafka import TopicPartition
+        from kafka.errors import IllegalStateError
 
         self._next = self.clock() + self.every_s
         have = set(self.consumer.assignment())
@@ -219,7 +239,11 @@ class TopicReader:
                if TopicPartition(topic, p) not in have]  # fmt: skip
         if not new:
             return []
-        self.consumer.assign(sorted(have | set(new)))  # (the partitions had keep their positions)
+        try:
+            self.consumer.assign(sorted(have | set(new)))  # (the partitions had keep their positions)
+        except IllegalStateError:  # a consumer of the caller's that subscribed to a group: its group assigns
+            self.every_s = float("inf")
+            return []
         self.consumer.seek_to_beginning(*new)
         return [f"{tp.topic}[{tp.partition}]: a partition added since this reader started: reading it from its "
                 "first record" for tp in new]  # fmt: skip

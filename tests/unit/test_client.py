@@ -500,3 +500,51 @@ def test_two_tasks_polling_one_async_subscriber_each_get_their_own_records() -> 
         return [[g.record.utterance_id for g in one] for one in got]
 
     assert sorted(asyncio.run(scenario())) == [["u0"], ["u1"]]
+
+
+def test_poll_through_reads_on_after_a_truncated_log_and_a_group_consumer_is_left_to_its_group() -> None:
+    """Found in review: without a reset policy kafka-python raises LogTruncationError (an unclean
+    leader election rolled the log back), which `subscribe` did not catch; and TopicReader assigned
+    new partitions to a caller's consumer that a group assigns, which raises every time."""
+    from kafka import TopicPartition
+    from kafka.errors import IllegalStateError, LogTruncationError
+    from kafka.structs import OffsetAndMetadata
+
+    from client.subscriber import TopicReader, poll_through
+
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[TopicPartition, int | str]] = []
+            self.polls = 0
+
+        def poll(self, timeout_ms: int) -> dict:  # type: ignore[type-arg]
+            self.polls += 1
+            if self.polls == 1:
+                raise LogTruncationError({a: OffsetAndMetadata(7, "", 3), b: None})
+            return {}
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+        def seek_to_beginning(self, *tps: TopicPartition) -> None:
+            self.seeks += [(tp, "beginning") for tp in tps]
+
+        def assignment(self) -> set[TopicPartition]:
+            return {a}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0, 1}
+
+        def assign(self, parts: list[TopicPartition]) -> None:
+            raise IllegalStateError("subscribed to a group")
+
+    c = Consumer()
+    batches, notes = poll_through(c, 10)
+    assert batches == {} and c.seeks == [(a, 7), (b, "beginning")], c.seeks
+    assert "t[0]: the log was truncated" in notes[0] and "reading on from there" in notes[0], notes
+    now = [0.0]
+    reader = TopicReader(c, ["t"], every_s=1.0, clock=lambda: now[0])
+    now[0] = 2.0
+    assert reader.poll(10) == ({}, []) and reader.every_s == float("inf")  # its group assigns: not watched

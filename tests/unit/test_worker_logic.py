@@ -2712,6 +2712,7 @@ def test_acks_reach_the_transport_in_offset_order_per_topic_partition() -> None:
         w.clock.now += 1.5  # type: ignore[attr-defined]
         await w.pump()
         assert log.index("ack u1") < log.index("ack raised6"), log
+
         # one in flight across a revoke and a new assignment: nothing reaches the transport for it
         async def revoked_meanwhile(*args: Any) -> None:
             await real(*args)
