@@ -10,12 +10,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/local/system-packa
 
 setup: $(STAMP)
 
+# (PYTHONWARNINGS: setuptools warns at every editable install that a folder named as a package may
+# shadow it, in a box of asterisks: here the folders are the packages)
 $(STAMP): pyproject.toml deploy/local/system-packages.txt
 	deploy/local/system.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# (setuptools warns at every editable install that a folder named as a package may shadow it:
-	# here the folders are the packages)
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[dev]"
 	deploy/local/kafka.sh fetch
 	deploy/kubernetes/kustomize.sh fetch
