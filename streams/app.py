@@ -90,7 +90,7 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
             msg = event.message
             try:
                 await worker.on_message(
-                    msg.topic, msg.partition, msg.offset, event.key, event.value, event, msg.timestamp
+                    msg.topic, msg.partition, msg.offset, event.key, event.value, _Handle(event), msg.timestamp
                 )
             except Exception:  # on_message dead-letters what it cannot use, and acks in place on a bug: the last guard
                 log.exception("message %s[%d]@%d failed; acked to keep the stream going", msg.topic, msg.partition,
@@ -112,6 +112,25 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
             await state["worker"].revoke({tp.partition for tp in revoked if tp.topic in topics.inputs()})
 
     return app
+
+
+class _Handle:
+    """What the worker acks a Faust event through. ``shed()``: the worker is done with the record and
+    its ack waits behind an earlier message's (``streams.worker.Lease``, acks in offset order), for
+    up to ``join.max_hold_s``: the record's bytes (audio, up to a megabyte) are let go meanwhile, not
+    kept with every message read behind that one."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+
+    def ack(self) -> None:
+        self.event.ack()
+
+    def shed(self) -> None:
+        self.event.value = None
+        self.event.message.value = None
 
 
 def _idempotent_producer(app: Any) -> None:

@@ -174,6 +174,8 @@ class Lease:
             return
         entry[1] = True
         assert waiting is not None
+        if next(iter(waiting)) != offset:  # it waits behind an earlier message: it needs only its ack from here
+            getattr(handle, "shed", lambda: None)()  # (the record's bytes: audio waiting up to join.max_hold_s)
         while waiting:
             first = next(iter(waiting))
             held, acked, _ = waiting[first]
