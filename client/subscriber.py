@@ -221,11 +221,14 @@ class TopicReader:
     ) -> None:
         self.consumer, self.topics, self.every_s, self.clock = consumer, list(topics), every_s, clock
         self._next = clock() + every_s
+        #: records lost unread, a note per partition and time (:func:`poll_through`)
+        self.lost: list[str] = []
 
     def poll(self, timeout_ms: int) -> tuple[dict[Any, list[Any]], list[str]]:
         """(records by partition, notes on what was lost or added)."""
         notes = self._added() if self.clock() >= self._next else []
         batches, lost = poll_through(self.consumer, timeout_ms)
+        self.lost += lost
         return batches, notes + lost
 
     def _added(self) -> list[str]:
@@ -319,8 +322,6 @@ class Subscriber:
         self.tracker = Tracker(settings.kafka.topics, call_ids, memory)
         self.keep_stale = keep_stale
         self.closed = False
-        #: records lost unread, a note per partition and time (:func:`poll_through`; each also logged)
-        self.skipped: list[str] = []
         self._own = consumer is None
         self.consumer = make_consumer(settings, self.topics, from_beginning, wait_s) if consumer is None else consumer
         self.reader = TopicReader(self.consumer, self.topics)
@@ -330,8 +331,6 @@ class Subscriber:
         out: list[Received] = []
         batches, notes = self.reader.poll(max(1, int(timeout_s * 1000)))
         for note in notes:
-            if "added since" not in note:
-                self.skipped.append(note)
             log.warning("subscriber: %s", note)
         for records in batches.values():
             for record in records:
@@ -347,6 +346,11 @@ class Subscriber:
 
     def latest(self, call_id: str, utterance_id: str) -> EmotionEvent | None:
         return self.tracker.latest(call_id, utterance_id)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Records lost unread, a note per partition and time (each also logged)."""
+        return self.reader.lost
 
     def close(self) -> None:
         if not self.closed and self._own:

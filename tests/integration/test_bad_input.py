@@ -6,12 +6,17 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from kafka import KafkaProducer
 
 from streams.kafka import ensure_topics
 from streams.schemas import AudioPart, CallControl, TextPart, encode_f32
+from streams.settings import Settings
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 from tools.dialogues import read_meld_csv
 from tools.feed import part_message
@@ -268,43 +273,64 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         worker.stop()
 
 
+@dataclass
+class _Crash:
+    """A first worker to kill -9 once the group has committed what it acked, a second to take over,
+    a collector of the output topics and a producer, on settings of their own (``join.wait_s`` 30 s,
+    text and audio expected)."""
+
+    settings: Settings
+    first: WorkerProcess
+    second: WorkerProcess
+    collector: Collector
+    producer: KafkaProducer
+
+    def crash(self) -> None:
+        time.sleep(3.0)  # past Faust's 1 s commit interval: an acked message's offset would be committed by now
+        self.first.kill9()
+        self.second.start().wait_ready()
+
+
+@contextmanager
+def _crash(services: Any, unique: str, tmp_path: Any) -> Iterator[_Crash]:
+    settings = settings_for(services, unique, session_timeout_s=6.0, default_modalities=("text", "audio"), wait_s=30.0)
+    ensure_topics(settings)
+    first = WorkerProcess(settings, tmp_path, name="first").start()
+    run = _Crash(settings, first, WorkerProcess(settings, tmp_path, name="second"), Collector(settings),
+                 KafkaProducer(bootstrap_servers=settings.kafka.brokers))  # fmt: skip
+    try:
+        first.wait_ready()
+        yield run
+    finally:
+        run.producer.close()
+        run.collector.close()
+        first.stop()
+        run.second.stop()
+
+
 def test_a_dead_lettered_part_is_read_again_after_a_crash(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A worker dead-letters an utterance's audio and is killed (kill -9) before the utterance's
     text arrives. The part is acked only with its utterance's event, so the next worker reads it
     again: it labels the utterance as soon as the text is in, saying why it has no audio, instead
     of waiting out the join's whole wait (30 s here) for audio that was never read again and
     labelling it without a word (which it did while the part was acked at once)."""
-    settings = settings_for(services, unique, session_timeout_s=6.0, default_modalities=("text", "audio"), wait_s=30.0)
-    t = settings.kafka.topics
-    ensure_topics(settings)
     garbage = base64.b64encode(b"RIFF....garbage" * 50).decode()
-    first = WorkerProcess(settings, tmp_path, name="first").start()
-    second = WorkerProcess(settings, tmp_path, name="second")
-    collector = Collector(settings)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
-    try:
-        first.wait_ready()
+    with _crash(services, unique, tmp_path) as run:
+        t, producer, collector = run.settings.kafka.topics, run.producer, run.collector
         audio = AudioPart(call_id="crash", utterance_id="c0", seq=0, encoding="flac", data=garbage)
         producer.send(t.audio, key=b"crash", value=audio.to_bytes())
         producer.flush()
-        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), first.tail()
-        time.sleep(3.0)  # past Faust's 1 s commit interval: an acked part's offset would be committed by now
-        first.kill9()
-        second.start().wait_ready()
+        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), run.first.tail()
+        run.crash()
         text = TextPart(call_id="crash", utterance_id="c0", seq=0, text="I want my money back, now.")
         producer.send(t.text, key=b"crash", value=text.to_bytes())
         producer.flush()
-        assert collector.poll_until(lambda c: len(c.events) >= 1, 25), second.tail()  # under the 30 s wait
+        assert collector.poll_until(lambda c: len(c.events) >= 1, 25), run.second.tail()  # under the 30 s wait
         ((_, event),) = collector.events
         assert event.modalities_present == ["text"]
         assert event.ignored["audio"].startswith("dead-lettered: undecodable_audio ("), event.ignored
         # dead letters are at least once: the replay dead-lettered the part again
         assert [(d.reason, d.utterance_id) for d in collector.dead] == [("undecodable_audio", "c0")] * 2
-    finally:
-        producer.close()
-        collector.close()
-        first.stop()
-        second.stop()
 
 
 def test_a_call_started_again_without_its_ended_is_ended_first_and_the_new_one_has_ids_of_its_own(  # type: ignore[no-untyped-def]
@@ -364,31 +390,17 @@ def test_a_part_waiting_for_its_utterance_is_read_again_after_a_crash_though_mes
     was dead-lettered and acked at once; the group's commit went past the text, and a worker killed
     then lost it: the next worker labelled the utterance from its audio alone, after the join's whole
     wait. Acks now go in offset order, so the text is read again and joined with its audio."""
-    settings = settings_for(services, unique, session_timeout_s=6.0, default_modalities=("text", "audio"), wait_s=30.0)
-    t = settings.kafka.topics
-    ensure_topics(settings)
-    first = WorkerProcess(settings, tmp_path, name="first").start()
-    second = WorkerProcess(settings, tmp_path, name="second")
-    collector = Collector(settings)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
-    try:
-        first.wait_ready()
+    with _crash(services, unique, tmp_path) as run:
+        t, producer, collector = run.settings.kafka.topics, run.producer, run.collector
         text = TextPart(call_id="held", utterance_id="h0", seq=0, text="I want my money back, now.")
         at = producer.send(t.text, key=b"held", value=text.to_bytes()).get(timeout=30)
         bad = producer.send(t.text, key=b"held", value=b"{not json").get(timeout=30)
         assert (bad.partition, bad.offset) == (at.partition, at.offset + 1)
-        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), first.tail()
-        time.sleep(3.0)  # past Faust's 1 s commit interval: the acked dead letter's offset would be committed
-        first.kill9()
-        second.start().wait_ready()
+        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), run.first.tail()
+        run.crash()  # (the acked dead letter's offset would be committed past the text)
         audio = AudioPart(call_id="held", utterance_id="h0", seq=0, encoding="features", features=[0.1] * 768)
         producer.send(t.audio, key=b"held", value=audio.to_bytes())
         producer.flush()
-        assert collector.poll_until(lambda c: len(c.events) >= 1, 25), second.tail()  # under the 30 s wait
+        assert collector.poll_until(lambda c: len(c.events) >= 1, 25), run.second.tail()  # under the 30 s wait
         ((_, event),) = collector.events[:1]
         assert event.modalities_present == ["text", "audio"], event
-    finally:
-        producer.close()
-        collector.close()
-        first.stop()
-        second.stop()
