@@ -100,7 +100,6 @@ class KafkaSettings(_Section):
         "how late a part may be read (Faust's own 1.5 s held parts up to that long under bursty load)",
     )
     group_id: str = "emostream-worker"
-    app_id: str = "emostream"
     topics: TopicSettings = TopicSettings()
 
 
@@ -316,7 +315,7 @@ class AnalyticsSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    port: int = Field(9108, ge=0, description="Prometheus /metrics port (0: pick a free one)")
+    port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")
     host: str = "127.0.0.1"
 
 
@@ -396,7 +395,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError(unknown)
     try:
         env = Settings()  # environment + defaults
-        merged = _deep_merge(data, env.model_dump(exclude_unset=True, exclude_defaults=True))
+        # what the environment set, even to a default, over the file (exclude_unset: a variable equal to the default
+        # still wins over a file that says otherwise)
+        merged = _deep_merge(data, env.model_dump(exclude_unset=True))
         merged = _deep_merge(merged, overrides)
         return Settings(**merged)
     except SettingsError as exc:  # an EMOSTREAM_* variable that does not parse (JSON for a list, say)
@@ -406,6 +407,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         ) from exc
     except ValidationError as exc:
         where = f"settings file {config_file} or EMOSTREAM_* variables" if config_file else "EMOSTREAM_* variables"
+        if overrides:
+            where += " or the command line"
         raise ConfigError(f"bad settings ({where}): {_summary(exc)}") from exc
 
 

@@ -146,3 +146,20 @@ def test_topics_must_be_kafka_names_each_its_own_and_the_log_level_a_level(monke
     for given, level in (("debug", "DEBUG"), ("WARN", "WARNING"), ("fatal", "CRITICAL"), ("Error", "ERROR")):
         monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", given)  # logging's own aliases, as before
         assert load_settings().log_level == level
+
+
+def test_a_variable_set_to_the_default_still_wins_over_the_settings_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose file and the Kubernetes manifest set EMOSTREAM_METRICS__PORT=9108 (the default): a
+    mounted settings file's other port used to win over it, moving the port the probes and Prometheus
+    look at."""
+    path = tmp_path / "emostream.toml"
+    path.write_text('log_level = "DEBUG"\n[metrics]\nport = 9200\n[kafka]\ncreate_topics = false\n')
+    monkeypatch.setenv("EMOSTREAM_LOG_LEVEL", "INFO")
+    monkeypatch.setenv("EMOSTREAM_METRICS__PORT", "9108")
+    monkeypatch.setenv("EMOSTREAM_KAFKA__CREATE_TOPICS", "true")
+    s = load_settings(path)
+    assert (s.log_level, s.metrics.port, s.kafka.create_topics) == ("INFO", 9108, True)
+    monkeypatch.delenv("EMOSTREAM_METRICS__PORT")
+    assert load_settings(path).metrics.port == 9200  # what no variable sets comes from the file
