@@ -235,6 +235,20 @@ def serve_metrics(settings: Settings) -> Any:
     return metrics
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM stops a starting worker (exit 143) as SIGINT does. Its default action is to end the
+    process, except for PID 1, the worker's place in a container without an init: the kernel drops
+    it there, so ``docker stop`` or a pod's deletion during the waits for Kafka and Redis (up to
+    ``kafka.startup_timeout_s`` each) or the model's load waited out the grace period for a SIGKILL.
+    Faust's worker installs its own handler once it runs."""
+    import signal
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_worker(settings: Settings) -> int:
     """``emostream worker``: load the model, connect Redis, serve /metrics, consume until stopped."""
     import faust
@@ -245,6 +259,7 @@ def run_worker(settings: Settings) -> int:
     from streams.rules import load_rules
     from streams.runtime import build_worker, prepare_graphs
 
+    stop_on_sigterm()  # until Faust's worker takes the signal over
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     quiet_kafka_python(settings.log_level)
     quiet_coordinator_wait()

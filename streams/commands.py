@@ -21,7 +21,15 @@ def cmd_worker(ns: Any) -> int:
     if ns.prepare:
         return prepare_model(settings)
     if ns.processes > 1:
+        from streams.errors import ConfigError
         from streams.processes import run_processes
+
+        last = settings.metrics.port + ns.processes - 1
+        if settings.metrics.port and last > 65535:
+            raise ConfigError(
+                f"metrics ports {settings.metrics.port}..{last} for --processes {ns.processes}: a port is at most "
+                "65535 (set metrics.port lower, or 0 for any free ports)"
+            )
         from streams.runtime import prepare_graphs
 
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")

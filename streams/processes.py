@@ -11,9 +11,11 @@ members of the group do (more processes than partitions idle). This parent only 
   its partitions back); a child still running :data:`STOP_GRACE_S` later is killed; the parent
   exits 0, or the code below;
 - a child that dies unexpectedly is started again after a backoff (1 s, doubling to 30 s, reset
-  once a child has run for 60 s). A child that exits with code 2 (a configuration error such as
-  its metrics port taken, or Kafka and Redis unreachable past ``kafka.startup_timeout_s``, as a
-  single worker exits) stops them all and the parent exits 2; :data:`MAX_QUICK_FAILURES` exits in
+  once a child has run for 60 s). A child that exits with code 2 at its first start (a
+  configuration error such as its metrics port taken, or Kafka and Redis unreachable past
+  ``kafka.startup_timeout_s``, as a single worker exits) stops them all and the parent exits 2; a
+  child started again after a crash that exits 2 (an outage the others ride out) is started again
+  like any crash; :data:`MAX_QUICK_FAILURES` exits in
   a row of children that ran less than 60 s (a model that does not load) stop them all with exit
   code 1;
 - a parent killed with SIGKILL cannot pass anything on, so each child has asked Linux for a
@@ -155,9 +157,11 @@ class Supervisor:
                 if self.stopping:
                     continue
                 ran = now - c.started
-                if code == CONFIG_ERROR:
+                if code == CONFIG_ERROR and c.restarts == 0:  # at its first start: the settings, for all
                     self._give_up(CONFIG_ERROR, f"process {c.index} exited with code 2 (configuration or services)")
                     continue
+                # restarted after a crash, code 2 is Kafka or Redis out past kafka.startup_timeout_s (or
+                # a GPU gone): the others ride the outage out, this one is started again like any crash
                 self.quick_failures = self.quick_failures + 1 if ran < STABLE_S else 0
                 if self.quick_failures >= MAX_QUICK_FAILURES:
                     self._give_up(GAVE_UP, f"{self.quick_failures} processes in a row failed within {STABLE_S:.0f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +91,27 @@ def test_a_crashed_child_is_started_again_and_a_config_error_stops_all() -> None
         sup.start(c)
     run_until(sup, None)
     assert sup.exit_code == 2 and all(c.restarts == 0 for c in sup.children)
+
+
+def test_a_code_2_after_a_restart_does_not_stop_the_others(tmp_path: Path) -> None:
+    """Restarted after a crash, a child that cannot reach Kafka or Redis past startup_timeout_s exits
+    2: that used to stop every sibling riding out the same outage."""
+    marker = tmp_path / "crashed"
+    crash_then_2 = (
+        f"import pathlib, sys; m = pathlib.Path({str(marker)!r}); sys.exit(2 if m.exists() else m.touch() or 1)"
+    )
+    sup = Supervisor(
+        2, lambda i: python(crash_then_2)(i) if i == 0 else python(SLEEPER)(i), dict(os.environ), io.BytesIO()
+    )
+    for c in sup.children:
+        sup.start(c)
+    first, other = sup.children
+    run_until(sup, lambda: first.restarts >= 1 and first.proc is None and marker.exists(), timeout=30)
+    assert not sup.stopping and other.proc is not None and other.proc.poll() is None
+    assert first.backoff == 2.0  # its second exit (code 2) backs off like a crash
+    sup.stop()
+    run_until(sup, None)
+    assert sup.exit_code == 0
 
 
 def test_children_that_keep_failing_at_once_make_the_parent_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,3 +205,70 @@ def test_under_a_cpu_quota_the_runtimes_get_its_cores_not_the_hosts(monkeypatch:
     assert threads.default_cpu_threads(limit=0.2) == 1
     assert threads.share_of_cores(2, limit=4.0) == 2
     assert threads.share_of_cores(4, limit=None) >= 1
+
+
+def test_metrics_ports_past_65535_are_refused_before_any_process_starts() -> None:
+    """port + N - 1 past 65535 made each child's bind raise OverflowError (no OSError): a traceback,
+    five restarts, exit 1."""
+    from types import SimpleNamespace
+
+    from streams.commands import cmd_worker
+    from streams.errors import ConfigError
+
+    ns = SimpleNamespace(config=None, metrics_port=65534, parent_pid=None, prepare=False, processes=3)
+    with pytest.raises(ConfigError, match="at most 65535"):
+        cmd_worker(ns)
+    with pytest.raises(ConfigError, match="less than or equal to 65535"):
+        cmd_worker(SimpleNamespace(**{**vars(ns), "metrics_port": 70000, "processes": 1}))
+
+
+def _caught(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+def test_a_starting_worker_as_pid_1_stops_on_sigterm(tmp_path: Path) -> None:
+    """In a container without an init the worker is PID 1, and the kernel drops a signal PID 1 has no
+    handler for: a SIGTERM while it waited for Kafka (here a port nothing listens on) was ignored,
+    so `docker stop` waited its grace period for a SIGKILL. As PID 1 of a PID namespace of its own."""
+    import signal
+    import subprocess
+
+    probe = subprocess.run(["unshare", "-rpf", "--kill-child", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no user and PID namespaces here: {probe.stderr.decode().strip()}")
+    env = {
+        **os.environ,
+        "EMOSTREAM_KAFKA__BROKERS": "127.0.0.1:1",
+        "EMOSTREAM_KAFKA__STARTUP_TIMEOUT_S": "120",
+        "EMOSTREAM_METRICS__PORT": "0",
+    }
+    outer = subprocess.Popen(
+        ["unshare", "-rpf", "--kill-child", sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        children = Path(f"/proc/{outer.pid}/task/{outer.pid}/children")
+        deadline = time.monotonic() + 60
+        worker = 0
+        while time.monotonic() < deadline and outer.poll() is None:
+            kids = children.read_text().split()
+            worker = int(kids[0]) if kids else 0
+            if worker and _caught(worker) & (1 << (signal.SIGTERM - 1)):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the worker never caught SIGTERM while it started")
+        time.sleep(1.0)  # into the wait for the broker
+        os.kill(worker, signal.SIGTERM)
+        assert outer.wait(20) == 128 + signal.SIGTERM
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait(10)
