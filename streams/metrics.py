@@ -7,10 +7,11 @@ start time, open files): the memory and cores a dashboard shows, and how ``emost
 that a worker process restarted.
 
 The same HTTP server answers the probes of an orchestrator (Kubernetes, compose healthchecks).
-It comes up once the model is loaded and Redis answers (connections are refused before: give the
-probes a startup probe or an initial delay). ``/healthz`` is 200 while the worker's event loop goes
-round (its partition watch beats every quarter second, and stops beating while a batch has been in
-the engine for ``ENGINE_STUCK_S``): 503 after ``LIVE_S`` without a beat, restart it.
+It comes up before the worker waits for Kafka and Redis and loads its model (``/readyz`` says
+"starting" meanwhile: give the probes a startup probe or an initial delay). ``/healthz`` is 200
+while the worker's event loop goes round (its partition watch beats every quarter second, and
+stops beating while a batch has been in the engine for ``ENGINE_STUCK_S``): 503 after ``LIVE_S``
+without a beat, restart it.
 ``/readyz`` is 200 once the worker consumes, and while it stays alive. A Kafka or Redis outage
 fails neither: the worker rides it out (issue 11), a restart would not help.
 """

@@ -157,6 +157,68 @@ def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make setup installs it)")
+def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tmp_path: Path) -> None:
+    """promtool's rule tests, on made-up series scraped every minute. Every alert used to read a
+    series the workers export, so with every worker dead none could fire; and the critical batch
+    alert fired on any Redis or Kafka call retried, a one-second restart included."""
+    worker = 'up{job="emostream-worker", instance="w1:9108"}'
+    other = 'up{job="emostream-worker", instance="w2:9108"}'
+
+    summaries = {
+        r["alert"]: r["annotations"]["summary"]
+        for g in yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+
+    def alerts(name: str, at: str, *labels: dict[str, str]) -> dict[str, object]:
+        def summary(lab: dict[str, str]) -> str:  # the rule's template filled in
+            return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: lab[m.group(1)], summaries[name])
+
+        expected = [{"exp_labels": dict(lab), "exp_annotations": {"summary": summary(lab)}} for lab in labels]
+        return {"alertname": name, "eval_time": at, "exp_alerts": expected}
+
+    down = {"job": "emostream-worker", "instance": "w1:9108", "severity": "warning"}
+    tests = [
+        {  # one of two workers gone, then both
+            "interval": "1m",
+            "input_series": [{"series": worker, "values": "1 1 0x20"}, {"series": other, "values": "1x6 0x20"}],
+            "alert_rule_test": [
+                alerts("EmostreamWorkerDown", "3m"),
+                alerts("EmostreamWorkerDown", "6m", down),
+                alerts("EmostreamWorkersDown", "6m"),
+                alerts("EmostreamWorkersDown", "11m", {"severity": "critical"}),
+            ],
+        },
+        {  # no worker was ever scraped: the targets themselves gone (a deployment scaled to 0)
+            "interval": "1m",
+            "input_series": [{"series": 'up{job="prometheus"}', "values": "1x10"}],
+            "alert_rule_test": [alerts("EmostreamWorkersDown", "5m", {"severity": "critical"})],
+        },
+        {  # Redis restarted once (three retried calls in a minute); later the broker gone for ten minutes
+            "interval": "1m",
+            "input_series": [
+                {"series": 'emostream_service_errors_total{stage="redis"}', "values": "0 0 3x20"},
+                {"series": 'emostream_service_errors_total{stage="publish"}', "values": "0x10 0+4x10"},
+                {"series": "emostream_processing_failed_total", "values": "0x10 1x10"},
+            ],
+            "alert_rule_test": [
+                *(alerts("EmostreamServiceErrors", f"{m}m") for m in range(2, 11)),
+                alerts("EmostreamServiceErrors", "17m", {"stage": "publish", "severity": "warning"}),
+                alerts("EmostreamProcessingFailed", "10m"),
+                alerts("EmostreamProcessingFailed", "11m", {"severity": "critical"}),
+            ],
+        },
+    ]
+    rules = tmp_path / "rules.yml"
+    rules.write_text((DEPLOY / "prometheus" / "rules.yml").read_text())
+    spec = tmp_path / "alerts_test.yml"
+    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    checked = subprocess.run(["promtool", "test", "rules", str(spec)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make setup installs it)")
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     """Each panel's PromQL, as a recording rule promtool checks (a typo shows as an empty panel)."""
     import json

@@ -168,6 +168,12 @@ def test_the_deployment_agrees_with_the_code(overlay: str, monkeypatch: pytest.M
     from streams.cli import build_parser
 
     ui = by_kind(docs, "Deployment", "emostream-ui")["spec"]["template"]["spec"]["containers"][0]
+    # the page reads Kafka, never Redis: no secret of the Secret but Kafka's reaches it
+    assert not any("secretRef" in r for r in ui["envFrom"])
+    from_secret = [
+        e["valueFrom"]["secretKeyRef"] for e in ui.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert from_secret and all(k["key"].startswith("EMOSTREAM_KAFKA__") and k["optional"] for k in from_secret)
     assert build_parser().parse_args(ui["args"][1:]).func is not None  # flags emostream ui accepts
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     variant = {"cpu": "", "gpu": "-gpu"}[overlay]  # an overlay this test does not know fails here
