@@ -229,6 +229,11 @@ def utterance_features(
         shortest = format_check.MIN_CLIP_S * format_check.SAMPLE_RATE
         verdicts = [v if len(w) >= shortest else None for v, (_, w) in zip(verdicts, waves, strict=True)]
         for (i, _), vec, wrong in zip(waves, aud, verdicts, strict=True):
+            if not np.isfinite(
+                vec
+            ).all():  # the engine would give NaN, and the utterance be dead-lettered, words and all
+                utts[i].ignored["audio"] = NOT_FINITE
+                continue
             if wrong is not None and drop:
                 utts[i].ignored["audio"] = wrong
                 continue
@@ -237,6 +242,10 @@ def utterance_features(
                 utts[i].suspect["audio"] = wrong
     return feats
 
+
+#: ``ignored["audio"]`` where the audio encoder gave a vector that is not finite (a guard: decoding
+#: refuses or clips what would overflow it)
+NOT_FINITE = "unusable audio: its features came out not finite (NaN or infinite)"
 
 #: a clip without speech this loud or louder is said to be sound, not silence (a line muted or on hold is far below)
 LOUD_DBFS = -45.0
@@ -283,7 +292,7 @@ _T = TypeVar("_T")
 
 #: how the notes :func:`utterance_features` itself writes in ``ignored`` begin (the join's, a part
 #: dead-lettered, are kept)
-FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, BEHIND, *MISDECLARED, OTHER_LANGUAGE)
+FEATURIZER_NOTES = ("no speech: ", "no words: ", NOT_AN_INPUT, BEHIND, *MISDECLARED, OTHER_LANGUAGE, NOT_FINITE)
 
 
 def forget_featurizer_notes(utt: Utterance) -> None:
@@ -639,23 +648,26 @@ class Processor:
         retried: bool = False,
         ready: dict[tuple[str, str], _Ready] | None = None,
     ) -> BatchOutcome:
-        """:meth:`_compute`, splitting the batch around the utterances it fails on (see the module doc)."""
+        """:meth:`_compute`, splitting the batch around the utterances it fails on (see the module doc).
+        What was encoded is kept in ``ready`` for the halves and the retry: a failure after the
+        encoders (the engine, an event) does not encode the batch again, the audio included."""
+        ready = {} if ready is None else ready
         try:
             return self._compute(utts, {c: list(items) for c, items in history.items()}, started, reset, ready)
         except Exception as exc:
             if len(utts) > 1:
                 mid = len(utts) // 2
                 log.warning("batch of %d failed (%s: %s); splitting it", len(utts), type(exc).__name__, exc)
-                first = self._isolated(utts[:mid], history, started, reset)
+                first = self._isolated(utts[:mid], history, started, reset, ready=ready)
                 after = {c: list(items) for c, items in history.items()}
                 for call_id, items in first.appends.items():
                     known = after.setdefault(call_id, [])
                     ids = {i.utterance_id for i in known}
                     known.extend(i for i in items if i.utterance_id not in ids)
                     known.sort(key=lambda i: i.seq)
-                return first.merge(self._isolated(utts[mid:], after, started, reset))
+                return first.merge(self._isolated(utts[mid:], after, started, reset, ready=ready))
             if not retried:  # alone, once more: a passing fault is not the utterance's
-                return self._isolated(utts, history, started, reset, retried=True)
+                return self._isolated(utts, history, started, reset, retried=True, ready=ready)
             utt = utts[0]
             log.exception("utterance %s of call %s cannot be processed", utt.utterance_id, utt.call_id)
             return BatchOutcome(failed=[(utt, f"{type(exc).__name__}: {exc}"[:500])])
@@ -668,7 +680,7 @@ class Processor:
         reset: frozenset[str] = frozenset(),
         ready: dict[tuple[str, str], _Ready] | None = None,
     ) -> BatchOutcome:
-        feats = self._features(utts, ready or {})
+        feats = self._features(utts, {} if ready is None else ready)
         rows: list[_Row] = []
         appends: dict[str, list[ContextItem]] = {}
         for utt, f in zip(utts, feats, strict=True):
@@ -705,6 +717,9 @@ class Processor:
             fresh = self._utterance_features([utts[i] for i in todo])
             for i, f in zip(todo, fresh, strict=True):
                 got[i] = f
+                u = utts[i]  # kept for a retry of the batch (see _isolated), with the notes of the encoding
+                notes = {m: why for m, why in u.ignored.items() if why.startswith(FEATURIZER_NOTES)}
+                ready[(u.call_id, u.utterance_id)] = _Ready(dict(u.parts), f, notes, dict(u.suspect))
         return [f if f is not None else {} for f in got]
 
     def _due(self, call_id: str, known: list[ContextItem], p: int, trigger: Utterance) -> list[_Row]:

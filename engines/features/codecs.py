@@ -77,9 +77,37 @@ def decode_audio(
             wave = np.multiply(table[np.frombuffer(data, dtype=np.uint8)], _PCM_SCALE, dtype=np.float32)
     if wave.shape[0] < int(MIN_SECONDS * rate):
         raise AudioDecodeError(f"audio too short: {wave.shape[0] / rate:.3f} s, need {MIN_SECONDS} s")
-    if encoding in CONTAINERS and not np.isfinite(wave).all():  # integer PCM is finite by construction
-        raise AudioDecodeError("audio contains non-finite samples")
+    if encoding in CONTAINERS:  # integer PCM is finite, within full scale and not subnormal by construction
+        wave = _float_samples(wave)
     return np.ascontiguousarray(resample(wave, rate, SAMPLE_RATE), dtype=np.float32)
+
+
+#: a container's float samples may overshoot full scale (1.0) by this much and are clipped to it;
+#: beyond, they are refused (int16 values stored as floats, or a gain gone wrong)
+MAX_FLOAT_PEAK = 2.0
+#: float samples smaller than this are zero: 2**-24, below a 24-bit sample's step. Subnormal floats
+#: (under 1.2e-38) cost the encoders some 40 times more a sample (a 23 s float WAV of them took the
+#: speech detector 2 s against 40 ms)
+TINY = np.float32(2.0**-24)
+
+
+def _float_samples(wave: np.ndarray) -> np.ndarray:
+    """A container's decoded samples (a float WAV's as they were written), made safe for the encoders."""
+    if not wave.size:
+        return wave
+    if not np.isfinite(wave).all():
+        raise AudioDecodeError("audio contains non-finite samples")
+    size = np.abs(wave)
+    peak = float(size.max())
+    if peak > MAX_FLOAT_PEAK:  # such a spectrum overflowed Whisper's float32 front end: a NaN vector
+        raise AudioDecodeError(
+            f"float samples reach {peak:.3g}, beyond full scale (1.0): float WAV holds samples in [-1, 1] "
+            "(int16 values written as floats?)"
+        )
+    if peak > 1.0:
+        np.clip(wave, -1.0, 1.0, out=wave)
+    wave[size < TINY] = 0.0
+    return wave
 
 
 #: ``pcm_s16le`` samples whose high bytes change this many times more than their low bytes (read
@@ -195,7 +223,7 @@ def _decode_container(
                     break
                 if not chunk.shape[0]:
                     break
-                blocks.append(chunk)
+                blocks.append(chunk.mean(axis=1, dtype=np.float32))  # mono block by block: 8 channels held as 1
                 n += chunk.shape[0]
                 if max_frames is not None and n > max_frames:  # a header that hid the length
                     raise AudioTooLong(f"audio longer than {max_seconds:g} s")
@@ -206,7 +234,7 @@ def _decode_container(
         raise AudioDecodeError(f"undecodable {encoding} payload: {why}") from exc
     if not blocks:
         return np.zeros(0, dtype=np.float32), rate
-    return np.concatenate(blocks).mean(axis=1, dtype=np.float32), rate  # (N,) mono
+    return np.concatenate(blocks), rate  # (N,) mono: the channels' mean
 
 
 def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -218,3 +218,25 @@ def test_the_worker_warns_where_redis_may_evict_its_keys(caplog: pytest.LogCaptu
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert said[0][0] == "WARNING" and "maxmemory-policy volatile-lru" in said[0][1]
     assert said[1][0] == "INFO" and "CONFIG refused" in said[1][1]
+
+
+def test_an_audio_vector_that_is_not_finite_is_ignored_and_the_words_still_count() -> None:
+    """A float WAV far beyond full scale once gave Whisper an overflowing spectrum: a NaN vector, NaN
+    probabilities, and the utterance dead-lettered, its valid transcript with it."""
+    from streams.pipeline import NOT_FINITE
+
+    class NaNForLong(CountingFeaturizer):
+        def audio(self, waves: list[np.ndarray]) -> np.ndarray:
+            out = super().audio(waves)
+            out[[w.size > 200 for w in waves]] = np.nan
+            return out
+
+    utts = [
+        utt(0, text=Payload("text", "hello"), audio=Payload("wave", np.zeros(400, np.float32))),
+        utt(1, text=Payload("text", "hi"), audio=Payload("wave", np.zeros(160, np.float32))),
+    ]
+    feats = utterance_features(utts, NaNForLong(), DIMS)
+    assert sorted(feats[0]) == ["text"] and utts[0].ignored == {"audio": NOT_FINITE}
+    assert sorted(feats[1]) == ["audio", "text"] and utts[1].ignored == {}
+    forget_featurizer_notes(utts[0])  # a retry judges afresh
+    assert utts[0].ignored == {}
