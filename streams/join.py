@@ -298,6 +298,7 @@ class Joiner:
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
         self._open = 0
+        self._held = 0  # samples of the decoded audio the open utterances hold (16 kHz)
         self.evicted_calls = 0  # calls forgotten at the cap (a metric)
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -424,6 +425,7 @@ class Joiner:
             return result
         utt.handles.append(handle)
         utt.parts[modality] = payload
+        self._held += _samples(payload)
         utt.ignored.pop(modality, None)  # sent again after a dead-lettered copy: this one counts
         utt.last_at = now
         clash = utt.settle(modality, seq, speaker)
@@ -590,6 +592,11 @@ class Joiner:
         return self._open
 
     @property
+    def held_audio_s(self) -> float:
+        """Seconds of decoded audio the utterances waiting for parts hold (64 KB a second)."""
+        return self._held / AUDIO_RATE
+
+    @property
     def finished_ids(self) -> int:
         return len(self._done)
 
@@ -680,6 +687,7 @@ class Joiner:
             call = self._calls.pop(call_id)
             dropped += len(call.pending)
             self._open -= len(call.pending)
+            self._held -= sum(_held_by(u) for u in call.pending.values())
         for key in [k for k, v in self._done.items() if v[0] in partitions]:
             self._undo(key)
         for call_id in [c for c, closed in self._ended.items() if closed.partition in partitions]:
@@ -720,6 +728,7 @@ class Joiner:
                 result.ack_now.extend(utt.handles)
             self._mark_done(utt, call.partition)
         self._open -= len(call.pending)
+        self._held -= sum(_held_by(u) for u in call.pending.values())
         self._closed_ids.setdefault(call_id, set()).update(self._done_of.pop(call_id, set()))  # closed again: both
         return result
 
@@ -774,6 +783,7 @@ class Joiner:
                 result.ack_now.extend(utt.handles)
             del call.pending[utt.utterance_id]
             self._open -= 1
+            self._held -= _held_by(utt)
             self._mark_done(utt, call.partition)
         return result
 
@@ -936,6 +946,21 @@ class Joiner:
                 ids.discard(key[1])
                 if not ids:
                     del index[key[0]]
+
+
+#: the rate of the waveforms the join holds (engines.features.codecs.SAMPLE_RATE: every part is decoded to it)
+AUDIO_RATE = 16_000
+
+
+def _samples(payload: Any) -> int:
+    """The samples of a decoded waveform part (streams.validate.Payload of kind 'wave'); 0 for the rest."""
+    if getattr(payload, "kind", None) != "wave":
+        return 0
+    return int(getattr(payload.value, "size", 0))
+
+
+def _held_by(utt: Utterance) -> int:
+    return sum(_samples(p) for p in utt.parts.values())
 
 
 def _digest(payload: Any) -> int:

@@ -196,6 +196,9 @@ class Metrics:
             registry=r,
         )
         self.open_utterances = Gauge("emostream_open_utterances", "Utterances waiting for parts", registry=r)
+        self.held_audio = Gauge(
+            "emostream_held_audio_seconds", "Seconds of decoded audio held by utterances waiting for parts", registry=r
+        )
         self.errors = Counter("emostream_batch_errors_total", "Batches that failed and were retried", registry=r)
         self.stage_errors = Counter(
             "emostream_service_errors_total",
@@ -250,7 +253,10 @@ class Metrics:
             registry=r,
         )
         self.limits = Gauge(
-            "emostream_limit", "Configured caps (open_utterances, open_calls, finished_ids)", ["what"], registry=r
+            "emostream_limit",
+            "Configured caps (open_utterances, held_audio_seconds, open_calls, finished_ids)",
+            ["what"],
+            registry=r,
         )
         # Every label value the alert rules take a rate of is exported at 0 from the start: a series
         # that first appears already at 1500 (a burst within one scrape) has no increase to rate()

@@ -181,6 +181,13 @@ class JoinSettings(_Section):
         ge=1,
         description="utterances waiting for parts; at the cap the worker stops reading until some are due",
     )
+    max_held_audio_s: float = Field(
+        3600.0,
+        ge=1,
+        description="seconds of decoded audio the utterances waiting for parts may hold (64 KB a second: 3600 is "
+        "about 230 MB); at the cap the worker stops reading until some are due, and from 0.8 of it no utterance "
+        "is held past wait_s for a part read behind (a text partition whose leader is gone while audio flows)",
+    )
     max_stall_s: float = Field(
         120.0,
         ge=0,

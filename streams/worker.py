@@ -13,8 +13,9 @@ loop), then joins and queues under it (quick). :meth:`Worker.pump`, run in a loo
 takes due batches off the queue and runs them through the engine *outside* the lock, one batch at a
 time, so parts keep being joined while the engine works and a call's batches stay in order. A
 queue of ``4 * max_batch`` utterances or four batches' worth of work units (audio counted by its
-seconds), or ``join.max_open_utterances`` utterances waiting for parts, makes the agent wait
-(backpressure to Kafka: lag grows, memory does not).
+seconds), or ``join.max_open_utterances`` utterances or ``join.max_held_audio_s`` seconds of
+decoded audio waiting for parts, makes the agent wait (backpressure to Kafka: lag grows, memory
+does not).
 
 Failures are of two kinds. A message or utterance that cannot be processed is dead-lettered and
 acked, never retried: parse and validation errors per message; an utterance on which the encoders,
@@ -331,6 +332,7 @@ class Worker:
         self.swept_at = float("-inf")  # when calls gone quiet were last looked for (clock)
         self.reading_key: bytes | None = None  # the key of the message on_message handles now (one at a time)
         metrics.limits.labels("open_utterances").set(j.max_open_utterances)
+        metrics.limits.labels("held_audio_seconds").set(j.max_held_audio_s)
         metrics.limits.labels("open_calls").set(j.max_open_calls)
         metrics.limits.labels("finished_ids").set(j.max_finished_ids)
 
@@ -771,10 +773,12 @@ class Worker:
         """Wait while the engine is behind or too many utterances wait for their parts."""
         max_queue = 4 * self.settings.engine.max_batch
         cap = self.settings.join.max_open_utterances
+        audio_cap = self.settings.join.max_held_audio_s
         while (
             len(self.queue) >= max_queue
             or self.queued_units >= 4 * self.sizer.allowance()
             or self.joiner.open_utterances >= cap
+            or self.joiner.held_audio_s >= audio_cap
         ):
             await asyncio.sleep(0.005)
 
@@ -831,6 +835,7 @@ class Worker:
                 for severity, n in self.analytics.open_alerts().items():
                     self.metrics.open_alerts.labels(severity).set(n)
             self.metrics.open_utterances.set(self.joiner.open_utterances)
+            self.metrics.held_audio.set(self.joiner.held_audio_s)
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))
             self._say_if_unacked(self.clock())
@@ -1059,7 +1064,10 @@ class Worker:
         part never comes up to S longer. Near the open-utterance cap nothing is behind: holding more
         would stop the reading (backpressure) that could bring the parts."""
         topic = self.topic_of.get(modality)
-        if topic is None or self.joiner.open_utterances >= 0.8 * self.settings.join.max_open_utterances:
+        j = self.settings.join
+        if topic is None or self.joiner.open_utterances >= 0.8 * j.max_open_utterances:
+            return False
+        if self.joiner.held_audio_s >= 0.8 * j.max_held_audio_s:  # the voices held would stop the reading too
             return False
         now = self.clock()
         disturbed = now - self.disturbed_at < RECOVERED_GRACE_S

@@ -813,3 +813,26 @@ def test_a_speaker_is_not_learnt_apart_where_nobody_in_the_call_sent_the_modalit
         assert ids(j.expire(now=2.0 * k + 0.9)) == []
         r = j.expire(now=2.0 * k + 1.0)
         assert ids(r) == [f"u{k}"] and not r.learned
+
+
+def test_the_decoded_audio_waiting_for_parts_is_counted_until_its_utterance_goes() -> None:
+    """join.max_held_audio_s: the backpressure counts the voices held, not only the utterances."""
+    from streams.validate import Payload
+
+    def wave(seconds: float) -> Payload:
+        return Payload("wave", np.zeros(int(seconds * 16000), np.float32))
+
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    j.add("c", "u0", 0, "A", "audio", wave(3.0), "h", now=0.0)
+    j.add("c", "u1", 1, "A", "audio", wave(2.0), "h", now=0.0)
+    j.add("d", "v0", 0, "A", "audio", wave(4.0), "h", now=0.0, partition=1)
+    j.add("e", "w0", 0, "A", "audio", wave(1.0), "h", now=0.0, partition=2)
+    j.add("e", "w1", 1, "A", "text", "hello", "h", now=0.0, partition=2)  # text holds nothing counted
+    assert j.held_audio_s == 10.0
+    assert ids(j.add("c", "u0", 0, "A", "text", "t0", "h", now=0.5)) == ["u0"]  # released
+    assert j.held_audio_s == 7.0
+    j.forget({1})  # a revoke drops what it held
+    assert j.held_audio_s == 3.0
+    j.call_ended("e", now=0.6)
+    j.expire(now=10.0)  # u1 times out; e closes
+    assert j.held_audio_s == 0.0 and j.open_utterances == 0

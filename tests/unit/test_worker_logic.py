@@ -2930,3 +2930,76 @@ def test_the_faust_handle_lets_a_records_bytes_go_while_its_ack_waits() -> None:
     event = Event(app=None, key=b"c", value=message.value, headers=None, message=message)  # type: ignore[arg-type]
     _Handle(event).shed()
     assert event.value is None and message.value is None and message.offset == 5
+
+
+class PoisonEngine(FakeEngine):
+    """Fails on any window whose utterance to label has the text vector the featurizer gives 'poison'."""
+
+    def predict(self, batch: EngineBatch) -> EngineOutput:
+        label = batch.features["text"][np.arange(batch.size), batch.target, 0]
+        if (label == 99).any():
+            raise ValueError("engine failed")
+        return super().predict(batch)
+
+
+class PoisonCountingFeaturizer(CountingFeaturizer):
+    def text(self, texts: list[str]) -> np.ndarray:
+        out = super().text(texts)
+        out[[t == "poison" for t in texts], 0] = 99
+        return out
+
+
+def test_a_batch_split_around_an_engine_failure_encodes_each_utterance_once() -> None:
+    """The halves of a failed batch and the lone retry used to encode their utterances again (a
+    poison utterance in a batch of 256 with audio: about twice the encoders' work); what the
+    failed attempt encoded is used."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        w.processor.engine = PoisonEngine()
+        counting = PoisonCountingFeaturizer()
+        w.processor.featurizer = counting
+        t = w.settings.kafka.topics
+        for i in range(8):
+            words = "poison" if i == 5 else f"line {i}"
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", i, words=words), Handle(log, f"t{i}"))
+        await w.pump()
+        assert sorted(e.utterance_id for e in events(sent)) == [f"u{i}" for i in range(8) if i != 5]
+        (dead,) = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
+        assert dead.reason == "processing_failed" and dead.utterance_id == "u5"
+        encoded = [x for call in counting.calls for x in call]
+        assert sorted(encoded) == sorted(["poison", *(f"line {i}" for i in range(8) if i != 5)]), encoded
+
+    asyncio.run(scenario())
+
+
+def test_voices_waiting_for_their_words_are_held_only_up_to_a_cap() -> None:
+    """A text partition whose leader is gone while the audio flows held every voice for up to
+    join.max_hold_s (a few GB a minute of calls); join.max_held_audio_s bounds the decoded audio
+    waiting: from 0.8 of it nothing is held past wait_s, at it the reading stops."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"), max_held_audio_s=1.0)
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(500, 0.5)
+        for i in range(7):  # 0.1 s each
+            await w.on_message(
+                t.audio, 0, i, f"c{i}".encode(), pcm(f"c{i}", "u0", 0), Handle(log, f"a{i}"), timestamp=1e3
+            )
+        assert abs(w.joiner.held_audio_s - 0.7) < 1e-9
+        assert w.behind("text", 0, 1002.0)  # nothing read there yet: a backlog may still show
+        await w.on_message(t.audio, 0, 7, b"c7", pcm("c7", "u0", 0), Handle(log, "a7"), timestamp=1000.0)
+        assert not w.behind("text", 0, 1002.0)  # 0.8 of the cap: no holding
+        for i in (8, 9):
+            await w.on_message(
+                t.audio, 0, i, f"c{i}".encode(), pcm(f"c{i}", "u0", 0), Handle(log, f"a{i}"), timestamp=1e3
+            )
+        with pytest.raises(asyncio.TimeoutError):  # at the cap the agent waits (Kafka's lag grows, memory does not)
+            await asyncio.wait_for(w._backpressure(), 0.2)
+        w.clock.now += 10.0  # past wait_s and the grace of a partition not read yet: the voices go without words
+        await w.tick()
+        await w.pump()
+        assert w.joiner.held_audio_s == 0.0 and len(events(sent)) == 10
+        await asyncio.wait_for(w._backpressure(), 0.2)
+
+    asyncio.run(scenario())
