@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -131,6 +132,13 @@ class RedisSettings(_Section):
                 "a Redis URL starts redis://, rediss:// (TLS) or unix://, "
                 + (f"not {scheme[:20]}://" if scheme else "and this one has no scheme")
             )
+        try:  # as redis-py reads it: a password with a bare / # or ? ends the host early, "port" its next part
+            _ = urlsplit(url.get_secret_value()).port
+        except ValueError:
+            raise ValueError(
+                "a Redis URL that does not parse: percent-encode / # ? @ and : in its user name and password "
+                "(urllib.parse.quote(password, safe=''))"
+            ) from None  # the exception's own message quotes a piece of the password
         return url
 
 

@@ -163,3 +163,19 @@ def test_a_variable_set_to_the_default_still_wins_over_the_settings_file(
     assert (s.log_level, s.metrics.port, s.kafka.create_topics) == ("INFO", 9108, True)
     monkeypatch.delenv("EMOSTREAM_METRICS__PORT")
     assert load_settings(path).metrics.port == 9200  # what no variable sets comes from the file
+
+
+def test_a_redis_url_that_does_not_parse_is_refused_without_quoting_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A password with a bare '/' (openssl rand -base64 gives them) made redis-py raise at start with
+    "Port could not be cast to integer value as 'Tr0ub4dor'": a traceback in the pod's log, with a
+    piece of the password in it, at every restart."""
+    from streams.errors import ConfigError
+
+    monkeypatch.setenv("EMOSTREAM_REDIS__URL", "rediss://emostream:Tr0ub4dor/3#xyz@redis.example:6380/0")
+    with pytest.raises(ConfigError, match="percent-encode") as caught:
+        load_settings(None)
+    assert "Tr0ub4dor" not in str(caught.value) and "xyz" not in str(caught.value)
+    monkeypatch.setenv("EMOSTREAM_REDIS__URL", "rediss://emostream:Tr0ub4dor%2F3%23xyz@redis.example:6380/0")
+    assert load_settings(None).redis.url.get_secret_value().endswith("@redis.example:6380/0")
