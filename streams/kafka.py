@@ -178,7 +178,11 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
         if missing and not create:
             raise TopologyError(f"topics missing at {settings.kafka.brokers}: {', '.join(missing)}")
         if missing:
-            spec = {n: {"num_partitions": t.partitions, "replication_factor": t.replication} for n in missing}
+            spec: dict[str, dict[str, Any]] = {
+                n: {"num_partitions": t.partitions, "replication_factor": t.replication} for n in missing
+            }
+            if t.deadletter in spec and t.deadletter_retention_s:  # copies of personal data: not forever
+                spec[t.deadletter]["configs"] = {"retention.ms": str(round(t.deadletter_retention_s * 1000))}
             result = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False)
             for topic in result.get("topics", []):
                 if topic.get("error_code", 0) not in (0, _TOPIC_EXISTS):

@@ -679,7 +679,7 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     if isinstance(version, bool) or not isinstance(version, (int, float)):  # 1.0 is the integer 1 in JSON Schema
         raise InvalidMessage(
             "wrong_type",
-            f"schema_version: the integer {SCHEMA_VERSION}, not {json.dumps(version)} ({json_type(version)})",
+            f"schema_version: the integer {SCHEMA_VERSION}, not {_shown(version)} ({json_type(version)})",
         )
     if version != SCHEMA_VERSION:
         raise InvalidMessage(
@@ -687,7 +687,7 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
         )
     expected_kind = "call" if kind == "control" else kind
     if obj.get("kind", expected_kind) != expected_kind:
-        raise InvalidMessage("wrong_type", f"kind {obj.get('kind')!r} on the {kind} topic")
+        raise InvalidMessage("wrong_type", f"kind {_shown(obj.get('kind'))} on the {kind} topic")
     try:
         return _BY_KIND[kind].model_validate(obj)  # type: ignore[return-value]
     except ValidationError as exc:
@@ -746,10 +746,29 @@ def _reason(exc: ValidationError) -> str:
     return "invalid_value"
 
 
+#: a value or key a dead letter's detail quotes is at most this long; a longer one is named by its
+#: type and length (a field of a transcript's words put where a number goes must not reach the log)
+SHOWN_CHARS = 24
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON when short, else its type and length."""
+    text = json.dumps(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    size = f" of {len(value)} characters" if isinstance(value, str) else ""
+    return f"<{json_type(value)}{size}>"
+
+
+def _loc(part: Any) -> str:
+    text = str(part)
+    return text if len(text) <= SHOWN_CHARS else f"<a key of {len(text)} characters>"
+
+
 def _summary(exc: ValidationError) -> str:
     parts = []
     for e in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in e["loc"])
+        loc = ".".join(_loc(x) for x in e["loc"])
         msg = str(e["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's own words
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)[:500]

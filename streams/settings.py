@@ -51,6 +51,12 @@ class TopicSettings(_Section):
     calls: str = "emostream.call.reports"
     partitions: int = Field(4, ge=1, description="partitions of every input topic (co-partitioned)")
     replication: int = Field(1, ge=1)
+    deadletter_retention_s: float = Field(
+        604_800.0,
+        ge=0,
+        description="how long the dead-letter topic keeps its records, set when the worker creates it (7 days; "
+        "0: the broker's default): they copy part of each bad message, transcripts and audio included",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> TopicSettings:

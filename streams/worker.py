@@ -1217,7 +1217,11 @@ class Worker:
         """A call's 'started' (``again``: its id's previous call closed) or 'ended'."""
         if msg.event == "started":
             modalities: list[str] = list(msg.modalities or [])
-            if modalities and not set(modalities) & set(self.joiner.inputs):
+            if (
+                modalities
+                and not set(modalities) & set(self.joiner.inputs)
+                and self._sampled("declared-none") is not None
+            ):
                 log.warning("call %s declared %s, none of which this model takes (it takes %s): its utterances "
                             "wait for the default, join.default_modalities %s", msg.call_id, "+".join(modalities),
                             "+".join(self.joiner.inputs), "+".join(self.joiner.default) or "none")  # fmt: skip
@@ -1562,15 +1566,19 @@ class Worker:
             payload_truncated=truncated,
             payload_bytes=len(raw),
         )
-        log.warning(
-            "dead letter %s from %s[%d]@%d%s: %s",
-            exc.reason,
-            receipt.topic,
-            receipt.partition,
-            receipt.offset,
-            "" if record.call_id is None else f" ({record.call_id}/{record.utterance_id or '-'})",
-            exc.detail,
-        )
+        n = self._sampled(f"deadletter:{exc.reason}")  # a producer sending garbage must not fill the disk
+        if n is not None:
+            log.warning(
+                "dead letter %s from %s[%d]@%d%s: %s [%d of this reason so far; the first ten and every 1000th "
+                "are logged, emostream_deadletters_total counts them all]",
+                exc.reason,
+                receipt.topic,
+                receipt.partition,
+                receipt.offset,
+                "" if record.call_id is None else f" ({record.call_id}/{record.utterance_id or '-'})",
+                exc.detail,
+                n,
+            )
         await self._send_dead_letter(record, key)
         if ack:
             receipt.ack()

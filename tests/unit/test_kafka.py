@@ -46,6 +46,9 @@ def test_ensure_topics_creates_only_missing_ones(caplog: pytest.LogCaptureFixtur
     created = ensure_topics(settings, admin=admin)
     assert created == [t.text, t.audio, t.video, t.control, t.deadletter, t.alerts, t.calls]
     assert admin.created[t.audio] == {"num_partitions": 6, "replication_factor": 1}
+    # the dead letters copy part of each bad message (transcripts, audio): kept a week, not the broker's default
+    assert admin.created[t.deadletter]["configs"] == {"retention.ms": "604800000"}
+    assert "configs" not in admin.created[t.calls]
     assert json.dumps(admin.created)  # plain dict spec, not deprecated NewTopic objects
 
 

@@ -505,3 +505,21 @@ def test_a_wrong_type_is_named_as_json_names_it(raw: bytes, said: str) -> None:
     with pytest.raises(InvalidMessage) as info:
         parse_input("text", raw, 4096)
     assert info.value.reason == "wrong_type" and said in info.value.detail, info.value.detail
+
+
+def test_a_dead_letters_detail_does_not_quote_a_long_value_or_key_of_the_message() -> None:
+    """Details reach the worker's log: a transcript put in schema_version, kind or a key's name was
+    quoted in it (a card number, a phone number)."""
+    words = "Hi this is Jane Doe, card 4111 1111 1111 1111"
+    cases = [
+        ({"schema_version": words}, "the integer 1, not <string of 45 characters> (string)"),
+        ({"schema_version": 1, "kind": words}, "kind <string of 45 characters> on the text topic"),
+        (
+            {"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "text": "x", words: 1},
+            "<a key of 45 characters>: Extra inputs are not permitted",
+        ),
+    ]
+    for obj, said in cases:
+        with pytest.raises(InvalidMessage) as info:
+            parse_input("text", json.dumps(obj).encode(), 4096)
+        assert said in info.value.detail and "4111" not in info.value.detail, info.value.detail

@@ -3003,3 +3003,25 @@ def test_voices_waiting_for_their_words_are_held_only_up_to_a_cap() -> None:
         await asyncio.wait_for(w._backpressure(), 0.2)
 
     asyncio.run(scenario())
+
+
+def test_a_flood_of_bad_messages_logs_the_first_ten_of_each_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """One line per dead letter: a hostile producer's 20,000 malformed messages a second wrote some
+    250 GB of log a day. Every one is still dead-lettered and counted."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            for i in range(1200):
+                await w.on_message(t.text, 0, i, b"c", b"not json", Handle(log, f"x{i}"))
+            for i in range(30):
+                await w.on_message(t.text, 0, 2000 + i, b"c", b"[1]", Handle(log, f"y{i}"))
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dead letter")]
+        assert len([m for m in lines if m.startswith("dead letter malformed_json")]) == 11  # ten, then the 1000th
+        assert len([m for m in lines if m.startswith("dead letter wrong_type")]) == 10
+        assert "[1000 of this reason so far" in lines[10]
+        assert len([v for tp, v in sent if tp == t.deadletter]) == 1230
+        assert 'emostream_deadletters_total{reason="malformed_json"} 1200.0' in _metrics(w)
+
+    asyncio.run(scenario())
