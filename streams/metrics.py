@@ -246,6 +246,10 @@ class Metrics:
             registry=r,
         )
         r.register(heap.PauseCollector())  # emostream_gc_pause_seconds{generation}, once heap.watch() runs
+        self.ready_gauge = Gauge(
+            "emostream_ready", "1 while the worker consumes (/readyz 200), 0 while it starts or stops", registry=r
+        )
+        self.ready_gauge.set_function(lambda: 1.0 if self.ready else 0.0)
         self.model_info = Gauge(
             "emostream_model_info",
             "1 for the model this worker runs: its name, version and runtime (engine.runtime resolved)",

@@ -649,8 +649,9 @@ class Processor:
         ready: dict[tuple[str, str], _Ready] | None = None,
     ) -> BatchOutcome:
         """:meth:`_compute`, splitting the batch around the utterances it fails on (see the module doc).
-        What was encoded is kept in ``ready`` for the halves and the retry: a failure after the
-        encoders (the engine, an event) does not encode the batch again, the audio included."""
+        What was encoded is kept in ``ready`` for the halves: a failure after the encoders (the engine,
+        an event) does not encode the batch again, the audio included; the lone utterance's last try
+        encodes it afresh."""
         ready = {} if ready is None else ready
         try:
             return self._compute(utts, {c: list(items) for c, items in history.items()}, started, reset, ready)
@@ -666,7 +667,9 @@ class Processor:
                     known.extend(i for i in items if i.utterance_id not in ids)
                     known.sort(key=lambda i: i.seq)
                 return first.merge(self._isolated(utts[mid:], after, started, reset, ready=ready))
-            if not retried:  # alone, once more: a passing fault is not the utterance's
+            if not retried:  # alone, once more: a passing fault is not the utterance's (the encoder's included)
+                for u in utts:
+                    ready.pop((u.call_id, u.utterance_id), None)
                 return self._isolated(utts, history, started, reset, retried=True, ready=ready)
             utt = utts[0]
             log.exception("utterance %s of call %s cannot be processed", utt.utterance_id, utt.call_id)

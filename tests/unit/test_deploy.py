@@ -158,12 +158,10 @@ def test_promtool_accepts_rules_and_config(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (make setup installs it)")
 def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tmp_path: Path) -> None:
-    """promtool's rule tests, on made-up series scraped every minute. Every alert used to read a
+    """promtool's rule tests, on made-up series. Every alert used to read a
     series the workers export, so with every worker dead none could fire; and the critical batch
     alert fired on any Redis or Kafka call retried, a one-second restart included."""
-    worker = 'up{job="emostream-worker", instance="w1:9108"}'
-    other = 'up{job="emostream-worker", instance="w2:9108"}'
-
+    w1, w2 = '{job="emostream-worker", instance="w1:9108"}', '{job="emostream-worker", instance="w2:9108"}'
     summaries = {
         r["alert"]: r["annotations"]["summary"]
         for g in yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())["groups"]
@@ -180,9 +178,14 @@ def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tm
 
     down = {"job": "emostream-worker", "instance": "w1:9108", "severity": "warning"}
     tests = [
-        {  # one of two workers gone, then both
+        {  # one of two workers gone (its scrapes fail: up 0, its series stale), then both
             "interval": "1m",
-            "input_series": [{"series": worker, "values": "1 1 0x20"}, {"series": other, "values": "1x6 0x20"}],
+            "input_series": [
+                {"series": f"up{w1}", "values": "1 1 0x20"},
+                {"series": f"emostream_ready{w1}", "values": "1 1 stale"},
+                {"series": f"up{w2}", "values": "1x6 0x20"},
+                {"series": f"emostream_ready{w2}", "values": "1x6 stale"},
+            ],
             "alert_rule_test": [
                 alerts("EmostreamWorkerDown", "3m"),
                 alerts("EmostreamWorkerDown", "6m", down),
@@ -190,22 +193,29 @@ def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tm
                 alerts("EmostreamWorkersDown", "11m", {"severity": "critical"}),
             ],
         },
-        {  # no worker was ever scraped: the targets themselves gone (a deployment scaled to 0)
-            "interval": "1m",
-            "input_series": [{"series": 'up{job="prometheus"}', "values": "1x10"}],
-            "alert_rule_test": [alerts("EmostreamWorkersDown", "5m", {"severity": "critical"})],
-        },
-        {  # Redis restarted once (three retried calls in a minute); later the broker gone for ten minutes
+        {  # no worker scraped at all (a deployment scaled to 0, a job renamed), and one stuck starting
             "interval": "1m",
             "input_series": [
-                {"series": 'emostream_service_errors_total{stage="redis"}', "values": "0 0 3x20"},
-                {"series": 'emostream_service_errors_total{stage="publish"}', "values": "0x10 0+4x10"},
-                {"series": "emostream_processing_failed_total", "values": "0x10 1x10"},
+                {"series": 'up{job="prometheus"}', "values": "1x10"},
+                {"series": f"up{w1}", "values": "1x10"},
+                {"series": f"emostream_ready{w1}", "values": "0x10"},
             ],
             "alert_rule_test": [
-                *(alerts("EmostreamServiceErrors", f"{m}m") for m in range(2, 11)),
-                alerts("EmostreamServiceErrors", "17m", {"stage": "publish", "severity": "warning"}),
-                alerts("EmostreamProcessingFailed", "10m"),
+                alerts("EmostreamWorkersDown", "5m", {"severity": "critical"}),
+                alerts("EmostreamWorkerDown", "5m", down),
+            ],
+        },
+        {  # Redis restarted (its retries seen by two scrapes 5 s apart); then the broker gone 10 minutes
+            "interval": "5s",
+            "input_series": [
+                {"series": 'emostream_service_errors_total{stage="redis"}', "values": "0 2 5x250"},
+                {"series": 'emostream_service_errors_total{stage="publish"}', "values": "0x120 0+1x130"},
+                {"series": "emostream_processing_failed_total", "values": "0x120 1x130"},
+            ],
+            "alert_rule_test": [
+                *(alerts("EmostreamServiceErrors", at) for at in (*(f"{m}m" for m in range(1, 11)), "5m5s", "2m5s")),
+                alerts("EmostreamServiceErrors", "18m", {"stage": "publish", "severity": "warning"}),
+                alerts("EmostreamProcessingFailed", "9m"),
                 alerts("EmostreamProcessingFailed", "11m", {"severity": "critical"}),
             ],
         },
@@ -213,7 +223,7 @@ def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tm
     rules = tmp_path / "rules.yml"
     rules.write_text((DEPLOY / "prometheus" / "rules.yml").read_text())
     spec = tmp_path / "alerts_test.yml"
-    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}))
+    spec.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "5s", "tests": tests}))
     checked = subprocess.run(["promtool", "test", "rules", str(spec)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

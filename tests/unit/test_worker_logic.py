@@ -2949,7 +2949,7 @@ class PoisonCountingFeaturizer(CountingFeaturizer):
         return out
 
 
-def test_a_batch_split_around_an_engine_failure_encodes_each_utterance_once() -> None:
+def test_a_batch_split_around_an_engine_failure_encodes_each_utterance_once_but_the_last_try() -> None:
     """The halves of a failed batch and the lone retry used to encode their utterances again (a
     poison utterance in a batch of 256 with audio: about twice the encoders' work); what the
     failed attempt encoded is used."""
@@ -2968,7 +2968,8 @@ def test_a_batch_split_around_an_engine_failure_encodes_each_utterance_once() ->
         (dead,) = [DeadLetter.model_validate_json(v) for tp, v in sent if tp == t.deadletter]
         assert dead.reason == "processing_failed" and dead.utterance_id == "u5"
         encoded = [x for call in counting.calls for x in call]
-        assert sorted(encoded) == sorted(["poison", *(f"line {i}" for i in range(8) if i != 5)]), encoded
+        # each once; the one that fails, alone, once more afresh (a passing fault may be the encoder's)
+        assert sorted(encoded) == sorted(["poison", "poison", *(f"line {i}" for i in range(8) if i != 5)]), encoded
 
     asyncio.run(scenario())
 
