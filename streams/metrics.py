@@ -206,6 +206,11 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.clipped_audio = Counter(
+            "emostream_clipped_audio_total",
+            "Audio parts used with their voice clipped at full scale (the event's suspect says so)",
+            registry=r,
+        )
         self.processing_failed = Counter(
             "emostream_processing_failed_total",
             "Utterances split out of their batch because the encoders, engine or event build failed on them",

@@ -147,6 +147,7 @@ def utterance_features(
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
+    wave_notes: dict[int, str] = {}  # what the decoding noticed of a waveform (clipping): suspect, if it is used
     now = time.time() if now is None else now
     for i, utt in enumerate(utts):
         forget_featurizer_notes(utt)  # an earlier attempt's (a batch split and retried): judged afresh
@@ -166,6 +167,8 @@ def utterance_features(
             elif payload.kind == "wave":
                 assert isinstance(payload.value, np.ndarray)
                 waves.append((i, payload.value))
+                if payload.note is not None:
+                    wave_notes[i] = payload.note
             else:
                 assert isinstance(payload.value, np.ndarray)
                 feats[i][modality] = payload.value
@@ -238,8 +241,9 @@ def utterance_features(
                 utts[i].ignored["audio"] = wrong
                 continue
             feats[i]["audio"] = vec
-            if wrong is not None:  # used: the voice gate weighs it (measured better than the words alone)
-                utts[i].suspect["audio"] = wrong
+            notes = [n for n in (wrong, wave_notes.get(i)) if n is not None]
+            if notes:  # used: the voice gate weighs it (measured better than the words alone)
+                utts[i].suspect["audio"] = "; ".join(notes)
     return feats
 
 

@@ -67,7 +67,7 @@ from streams.pipeline import (
 )
 from streams.schemas import AlertEvent, AudioPart, CallControl, DeadLetter, Part, SourceRef, parse_input
 from streams.settings import LimitSettings, Settings
-from streams.validate import to_payload
+from streams.validate import CLIPPED, to_payload
 
 log = logging.getLogger("emostream.worker")
 _MAX_KEY_CHARS = 256
@@ -1451,6 +1451,8 @@ class Worker:
                         self._other_language(utt, why, used=True)
                     elif why.startswith(MISDECLARED):
                         self._misdeclared(utt, why, used=True)
+                    if CLIPPED in why:
+                        self.metrics.clipped_audio.inc()
                     if LONG_TRANSCRIPT in why:
                         self.metrics.long_transcripts.inc()
                         self._once_a_call(self._long_warned, utt, "transcript", why, True)

@@ -240,3 +240,26 @@ def test_an_audio_vector_that_is_not_finite_is_ignored_and_the_words_still_count
     assert sorted(feats[1]) == ["audio", "text"] and utts[1].ignored == {}
     forget_featurizer_notes(utts[0])  # a retry judges afresh
     assert utts[0].ignored == {}
+
+
+def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_is_not() -> None:
+    """A newcomer's heavily clipped loud voice got an audio weight of 0 with nothing in the event to
+    say why; what decoding notices goes into suspect when the voice is used."""
+    from scipy.signal import lfilter
+
+    from engines.features.codecs import decode_audio, encode_audio
+    from streams.validate import CLIPPED, clipped
+
+    rng = np.random.default_rng(1)  # speech-like: Laplacian samples (a high crest factor), most energy low
+    voice = lfilter([1.0], [1.0, -0.95], rng.laplace(size=16000 * 2))
+    voice /= np.abs(voice).max()
+    for encoding, rate in (("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_mulaw", None), ("pcm_alaw", None)):
+        loud = decode_audio(encode_audio(voice * 0.99, 16000, encoding, rate), encoding, rate)
+        hot = decode_audio(encode_audio(np.clip(voice * 4, -1, 1), 16000, encoding, rate), encoding, rate)
+        assert clipped(loud, encoding) is None, encoding
+        note = clipped(hot, encoding)
+        assert note is not None and note.startswith(CLIPPED), (encoding, note)
+    hot = decode_audio(encode_audio(np.clip(voice * 4, -1, 1), 16000, "pcm_mulaw"), "pcm_mulaw")
+    utts = [utt(0, text=Payload("text", "hello"), audio=Payload("wave", hot, clipped(hot, "pcm_mulaw")))]
+    feats = utterance_features(utts, CountingFeaturizer(), DIMS)
+    assert "audio" in feats[0] and utts[0].suspect["audio"].startswith(CLIPPED)
