@@ -255,7 +255,7 @@ def run_worker(settings: Settings) -> int:
 
     from streams.context import wait_for_redis
     from streams.errors import EmostreamError
-    from streams.kafka import quiet_coordinator_wait, wait_for_topics
+    from streams.kafka import quiet_coordinator_wait, quiet_kafka_repeats, wait_for_topics
     from streams.rules import load_rules
     from streams.runtime import build_worker, prepare_graphs
 
@@ -263,6 +263,7 @@ def run_worker(settings: Settings) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     quiet_kafka_python(settings.log_level)
     quiet_coordinator_wait()
+    quiet_kafka_repeats()  # after it: a coordinator wait it turns to INFO is not counted
     from engines.artifact import resolve_model_dir
     from engines.errors import ArtifactError
 
@@ -288,14 +289,12 @@ def run_worker(settings: Settings) -> int:
         if settings.analytics.enabled:
             load_rules(settings.analytics.rules)  # a bad rules file stops the start with its error, before Kafka
         metrics = serve_metrics(settings)  # before joining the group: a port in use stops this worker alone
-        created = wait_for_topics(settings)
+        wait_for_topics(settings)  # (streams.kafka.ensure_topics logs the topics it created)
         wait_for_redis(settings.redis, settings.kafka.startup_timeout_s)
         prepare_graphs(settings)  # before Faust starts: a stop meanwhile ends the export child too
         app = create_app(settings, lambda send: build_worker(settings, send, metrics))
     except EmostreamError as exc:
         print(f"emostream worker: {exc}", file=sys.stderr)
         return 2
-    if created:
-        log.info("created missing topics: %s", ", ".join(created))
     faust.Worker(app, loglevel=settings.log_level.lower(), console_port=0).execute_from_commandline()
     return 0

@@ -251,6 +251,11 @@ class Metrics:
             registry=r,
         )
         r.register(heap.PauseCollector())  # emostream_gc_pause_seconds{generation}, once heap.watch() runs
+        self.unreachable = Gauge(
+            "emostream_unreachable_partitions",
+            "Input partitions whose leader this worker cannot reach or that answer no fetch (a broker away)",
+            registry=r,
+        )
         self.ready_gauge = Gauge(
             "emostream_ready", "1 while the worker consumes (/readyz 200), 0 while it starts or stops", registry=r
         )

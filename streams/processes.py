@@ -89,6 +89,7 @@ class Supervisor:
         self.env = {**env, "PYTHONUNBUFFERED": "1"}  # children's prints reach the pipe as they happen
         self.out = out if out is not None else sys.stdout.buffer
         self.stopping = False
+        self.said_stop = False
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.quick_failures = 0
@@ -138,6 +139,11 @@ class Supervisor:
     def step(self, now: float) -> bool:
         """One look at the children: reap, pass on a stop, restart what is due; False once all are done."""
         running = False
+        if self.stopping and not self.said_stop:  # said here, not in the signal handler (a lock held there)
+            self.said_stop = True
+            alive = sum(c.proc is not None and c.proc.poll() is None for c in self.children)
+            log.info("stopping: SIGTERM to %d running processes (each finishes its batch and gives its partitions "
+                     "back; killed after %.0f s)", alive, STOP_GRACE_S)  # fmt: skip
         for c in self.children:
             proc = c.proc
             if proc is not None:
@@ -184,6 +190,7 @@ class Supervisor:
                 self.start(c)
             while self.step(time.monotonic()):
                 time.sleep(poll_s)
+            log.info("every process stopped: exit code %d", self.exit_code)
         finally:
             for c in self.children:  # an exception above: no child outlives the parent
                 if c.proc is not None and c.proc.poll() is None:

@@ -43,6 +43,7 @@ import base64
 import contextlib
 import dataclasses
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -642,9 +643,15 @@ class Worker:
                             self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
                             receipt.ack()
                     return
+            # an 'ended' of a call this worker has not seen (its partition came from another worker,
+            # or a restart), read before the call's last parts: what the call declared still holds
+            # for them (they waited for the default's audio, 5 s after a kill -9, found by a newcomer)
+            declared = await self._declaration(msg) if msg.event == "ended" else None
             async with self.lock:
                 if receipt.lease.valid:
                     self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
+                    if declared and self.joiner.needs_declaration(msg.call_id):
+                        self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
                     self._control(msg, receipt, self.clock(), timestamp, again)
             return
         declared = await self._declaration(msg)
@@ -741,7 +748,7 @@ class Worker:
         if n is not None:
             log.warning("%s [%d so far, emostream_inconsistent_parts_total]", why, n)
 
-    async def _declaration(self, msg: Part) -> list[str] | None:
+    async def _declaration(self, msg: Part | CallControl) -> list[str] | None:
         """A part's call's declared modalities, read for a call this worker has not seen (its 'started'
         stored them); a Redis failure is retried with backoff (the agent waits: nothing is dropped)."""
         store = self.processor.store
@@ -752,7 +759,7 @@ class Worker:
         )
         return result
 
-    async def _retry(self, call: Callable[[], Any], what: str, max_backoff: float = 10.0) -> Any:
+    async def _retry(self, call: Callable[[], Any], what: str, max_backoff: float = 5.0) -> Any:
         """``call()``, retried with backoff while Redis fails; the first success after a failure says so."""
         delay, since = 0.25, None
         while True:
@@ -814,6 +821,7 @@ class Worker:
                     self.fresh[(topic, partition)] = max(self.fresh.get((topic, partition), answered), answered)
                 if seen is not None:  # the gauge: the consumer lag of the partitions this worker reads
                     self.metrics.lag.labels(topic, str(partition)).set(max(0, end.offset - seen[1] - 1))
+        self.metrics.unreachable.set(len(unreachable))
         if unreachable != self.unreachable:
             if unreachable:
                 log.warning(
@@ -822,7 +830,7 @@ class Worker:
                     _partitions(unreachable), RECOVERED_GRACE_S,
                 )  # fmt: skip
             else:
-                log.warning("every input partition's leader answers again")
+                log.info("every input partition's leader answers again")
             self.unreachable = unreachable
 
     async def tick(self) -> None:
@@ -1347,7 +1355,11 @@ class Worker:
 
     def _failed(self, what: str, stage: str, kind: str = "batches") -> None:
         self.failing_since.setdefault(kind, self.clock())
-        log.exception("%s failed; retrying in %.1f s", what, self.backoff)
+        exc = sys.exc_info()[1]
+        if exc is not None and _outage(exc):  # Redis or the broker away: one line a try, not a traceback
+            log.warning("%s failed (%s); retrying in %.1f s", what, _describe(exc), self.backoff)
+        else:
+            log.exception("%s failed; retrying in %.1f s", what, self.backoff)
         self.metrics.errors.inc()
         self.metrics.stage_errors.labels(stage).inc()
         self.retry_at = self.clock() + self.backoff
@@ -1644,6 +1656,18 @@ def _starts(item: Held) -> bool:
 
 def _key_text(key: bytes | None) -> str | None:
     return key.decode("utf-8", "replace")[:_MAX_KEY_CHARS] if key else None
+
+
+def _outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is a service away or slow (Redis, the broker), not a bug: said in one line."""
+    from aiokafka.errors import KafkaError as AioKafkaError
+    from faust.exceptions import NotReady  # the producer stopping under a batch, at a SIGTERM
+    from kafka.errors import KafkaError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    outages = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError, AioKafkaError, KafkaError, NotReady)
+    return isinstance(exc, outages)
 
 
 def _describe(exc: BaseException) -> str:

@@ -205,6 +205,15 @@ def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tm
                 alerts("EmostreamWorkerDown", "5m", down),
             ],
         },
+        {  # the broker away for a minute, then for five
+            "interval": "15s",
+            "input_series": [{"series": f"emostream_unreachable_partitions{w1}", "values": "0x4 4x4 0x8 4x20"}],
+            "alert_rule_test": [
+                alerts("EmostreamKafkaUnreachable", "2m"),
+                alerts("EmostreamKafkaUnreachable", "5m"),
+                alerts("EmostreamKafkaUnreachable", "7m", {"severity": "warning"}),
+            ],
+        },
         {  # Redis restarted (its retries seen by two scrapes 5 s apart); then the broker gone 10 minutes
             "interval": "5s",
             "input_series": [

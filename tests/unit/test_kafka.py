@@ -324,3 +324,43 @@ def test_the_coordinator_filter_is_installed_once() -> None:
         for f in list(logger.filters):
             if isinstance(f, CoordinatorWait):
                 logger.removeFilter(f)
+
+
+def test_aiokafka_errors_repeated_during_an_outage_are_printed_once_per_half_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 30 s broker outage wrote 5,286 ERROR lines (155 a second), burying the worker's own line."""
+    import logging
+
+    from streams.kafka import Repeats, quiet_kafka_repeats
+
+    now = [0.0]
+    shared = quiet_kafka_repeats()
+    assert quiet_kafka_repeats() is shared  # once
+    for name in ("aiokafka", "aiokafka.consumer.fetcher", "aiokafka.consumer.group_coordinator"):
+        assert shared in logging.getLogger(name).filters
+    f = Repeats(30.0, clock=lambda: now[0])
+    logger = logging.getLogger("aiokafka.test-repeats")
+    logger.addFilter(f)
+    try:
+        with caplog.at_level(logging.INFO, logger="aiokafka.test-repeats"):
+            for i in range(150):
+                now[0] = i * 0.2  # 30 s of tries
+                logger.error("Unable connect to node with id %s: %s", 1, "Connect call failed")
+                logger.error("Unable to update metadata from %s", [1])
+                logger.info("Connecting %s", i)  # information passes
+            now[0] = 31.0
+            logger.error("Unable connect to node with id %s: %s", 1, "Connect call failed")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == [
+            "Unable connect to node with id 1: Connect call failed",
+            "Unable to update metadata from [1]",
+            "Unable connect to node with id 1: Connect call failed [and 149 more like it in the 31 s before, not "
+            "printed]",
+        ]
+        assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 150
+    finally:
+        logger.removeFilter(f)
+        for name in list(logging.root.manager.loggerDict):  # the other tests see aiokafka's loggers as they were
+            if name.startswith("aiokafka"):
+                logging.getLogger(name).removeFilter(shared)

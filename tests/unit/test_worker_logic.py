@@ -1275,6 +1275,32 @@ def test_a_redis_failure_is_retried_with_backoff_not_dropped(caplog: pytest.LogC
             next(m for m in said if m.startswith("batches go through again after"))
         ], said  # the recovery said once, for the batches
         assert w.failing_since == {}
+        # Redis away is said in one line a try, not a 30-line traceback (a bug still gets its traceback)
+        (failed,) = [r for r in caplog.records if "failed (ConnectionError: redis down); retrying" in r.getMessage()]
+        assert failed.exc_info is None and failed.levelno == logging.WARNING
+
+    asyncio.run(scenario())
+
+
+def test_a_bug_in_a_batch_is_logged_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        real = store.fetch
+        calls = {"n": 0}
+
+        async def broken_once(calls_: list[str]) -> dict[str, list[ContextItem]]:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyError("window")
+            return await real(calls_)
+
+        store.fetch = broken_once  # type: ignore[method-assign]
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
+        with caplog.at_level(logging.WARNING, logger="emostream.worker"):
+            await w.pump()
+        (failed,) = [r for r in caplog.records if "failed; retrying" in r.getMessage()]
+        assert failed.exc_info is not None and failed.levelno == logging.ERROR
 
     asyncio.run(scenario())
 
@@ -2257,9 +2283,11 @@ def test_a_partition_whose_broker_stops_answering_is_a_disturbance_and_the_log_s
         clock.now += 1.0
         await w.tick()
         assert w.disturbed_at == clock.now
+        assert "emostream_unreachable_partitions 1.0" in _metrics(w)  # the metrics see it, not only the log
         ends[t.audio] = PartitionEnd(1, 0.2)
         clock.now += 1.0
         await w.tick()
+        assert "emostream_unreachable_partitions 0.0" in _metrics(w)
         clock.now += RECOVERED_GRACE_S + 3.0
         await w.tick()
         await w.pump()
@@ -3024,5 +3052,30 @@ def test_a_flood_of_bad_messages_logs_the_first_ten_of_each_reason(caplog: pytes
         assert "[1000 of this reason so far" in lines[10]
         assert len([v for tp, v in sent if tp == t.deadletter]) == 1230
         assert 'emostream_deadletters_total{reason="malformed_json"} 1200.0' in _metrics(w)
+
+    asyncio.run(scenario())
+
+
+def test_a_calls_ended_read_before_its_last_parts_by_its_next_owner_keeps_what_it_declared() -> None:
+    """After a kill -9, the partition's next owner read a text-only call's 'ended' (control topic)
+    before its last transcripts (text topic): the 'ended' made the call with the default modalities,
+    the stored declaration was never read, and each transcript waited 5 s for audio never sent."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
+        t = w.settings.kafka.topics
+        await w.on_message(t.control, 0, 0, b"c", started(1000.0), Handle(log, "s0"), timestamp=1000.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.5)
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0"]
+        # the partition's next owner (the same store): the call's end first, then its last transcript
+        w2 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=w.clock)
+        w2.highwater = lambda topic, partition: PartitionEnd(500, 0.5)  # nothing read from the audio topic yet
+        w2.assigned({0})
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        await w2.on_message(t.control, 0, 1, b"c", end, Handle(log, "e0"), timestamp=1002.0)
+        await w2.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=1001.0)
+        await w2.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # at once: the call sends no audio
 
     asyncio.run(scenario())
