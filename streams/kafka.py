@@ -383,23 +383,26 @@ class Repeats(logging.Filter):
     """aiokafka logs every failed try of every connection while a broker is away: a 30 s outage
     wrote 5,305 lines, 5,286 of them ERROR, some 155 a second ("Unable connect to node with id 1",
     "Unable to update metadata", "Failed fetch messages", "Group Coordinator Request failed"), and
-    the worker's own line about it was lost among them. A warning or error whose message (the
-    template, before its arguments) a logger said within ``every_s`` is not printed; the next one
+    the worker's own line about it was lost among them. A warning or error that a logger printed
+    the same (its message and exception type) within ``every_s`` is not printed again; the next one
     printed says how many were not."""
 
-    MAX_KEYS = 1000  # messages formatted before logging (no template) are each their own key: bounded
+    MAX_KEYS = 1000  # distinct messages remembered at most (then forgotten together)
 
     def __init__(self, every_s: float = 30.0, clock: Any = time.monotonic) -> None:
         super().__init__()
         self.every_s = every_s
         self.clock = clock
-        self.said: dict[tuple[str, str], float] = {}  # (logger, template) -> when last printed
+        self.said: dict[tuple[str, str], float] = {}  # (logger, message) -> when last printed
         self.unsaid: dict[tuple[str, str], int] = {}  # how many not printed since
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key, now = (record.name, str(record.msg)), self.clock()
+        # the message as printed (a second node, topic or partition failing is its own line) and the
+        # exception's type (one traceback does not stand for another's)
+        kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        key, now = (record.name, f"{record.getMessage()}|{kind}"), self.clock()
         last = self.said.get(key)
         if last is not None and now - last < self.every_s:
             self.unsaid[key] = self.unsaid.get(key, 0) + 1

@@ -438,9 +438,14 @@ class Worker:
             return False  # no 'started' before it, a call that closed (as before), or this one read again
         if before.identity and before.identity == _identity(item.msg, item.timestamp):
             return False  # the same message again: a producer's retry, not a new call
+        # a call this worker has not seen (its partition came from another): what it declared holds
+        # for its last parts, read after this (Redis keeps the old call's until its close)
+        declared = await self._declaration(item.msg)
         async with self.lock:
             if not receipt.lease.valid:
                 return True  # its partition was revoked meanwhile: the next owner reads it again
+            if declared and self.joiner.needs_declaration(call_id):
+                self._absorb(self.joiner.call_started(call_id, declared, self.clock(), receipt.partition))
             self._stand_in_end(item, spoke=before.labelled > 0 or self.joiner.spoke(call_id))
             held = self._held_back(item)
         assert held, "a call ending here holds its next 'started'"
@@ -1660,13 +1665,16 @@ def _key_text(key: bytes | None) -> str | None:
 
 def _outage(exc: BaseException) -> bool:
     """Whether ``exc`` is a service away or slow (Redis, the broker), not a bug: said in one line."""
+    import socket
+
     from aiokafka.errors import KafkaError as AioKafkaError
     from faust.exceptions import NotReady  # the producer stopping under a batch, at a SIGTERM
     from kafka.errors import KafkaError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    outages = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError, AioKafkaError, KafkaError, NotReady)
+    outages = (ConnectionError, TimeoutError, socket.gaierror, RedisConnectionError, RedisTimeoutError, AioKafkaError,
+               KafkaError, NotReady)  # fmt: skip
     return isinstance(exc, outages)
 
 

@@ -349,12 +349,14 @@ def test_aiokafka_errors_repeated_during_an_outage_are_printed_once_per_half_min
                 logger.error("Unable connect to node with id %s: %s", 1, "Connect call failed")
                 logger.error("Unable to update metadata from %s", [1])
                 logger.info("Connecting %s", i)  # information passes
+            logger.error("Unable connect to node with id %s: %s", 2, "Connect call failed")  # another broker: said
             now[0] = 31.0
             logger.error("Unable connect to node with id %s: %s", 1, "Connect call failed")
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert errors == [
             "Unable connect to node with id 1: Connect call failed",
             "Unable to update metadata from [1]",
+            "Unable connect to node with id 2: Connect call failed",
             "Unable connect to node with id 1: Connect call failed [and 149 more like it in the 31 s before, not "
             "printed]",
         ]

@@ -242,24 +242,42 @@ def test_an_audio_vector_that_is_not_finite_is_ignored_and_the_words_still_count
     assert utts[0].ignored == {}
 
 
-def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_is_not() -> None:
+def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_or_a_tone_is_not() -> None:
     """A newcomer's heavily clipped loud voice got an audio weight of 0 with nothing in the event to
-    say why; what decoding notices goes into suspect when the voice is used."""
+    say why; what decoding notices goes into suspect when the voice is used. Flat tops at full scale
+    as sent are clipping; samples merely near full scale are not (a beep or DTMF tone at 0 dBFS)."""
     from scipy.signal import lfilter
 
     from engines.features.codecs import decode_audio, encode_audio
-    from streams.validate import CLIPPED, clipped
+    from streams.validate import CLIPPED, clipped, sent_samples
 
     rng = np.random.default_rng(1)  # speech-like: Laplacian samples (a high crest factor), most energy low
     voice = lfilter([1.0], [1.0, -0.95], rng.laplace(size=16000 * 2))
     voice /= np.abs(voice).max()
-    for encoding, rate in (("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_mulaw", None), ("pcm_alaw", None)):
-        loud = decode_audio(encode_audio(voice * 0.99, 16000, encoding, rate), encoding, rate)
-        hot = decode_audio(encode_audio(np.clip(voice * 4, -1, 1), 16000, encoding, rate), encoding, rate)
-        assert clipped(loud, encoding) is None, encoding
-        note = clipped(hot, encoding)
-        assert note is not None and note.startswith(CLIPPED), (encoding, note)
-    hot = decode_audio(encode_audio(np.clip(voice * 4, -1, 1), 16000, "pcm_mulaw"), "pcm_mulaw")
-    utts = [utt(0, text=Payload("text", "hello"), audio=Payload("wave", hot, clipped(hot, "pcm_mulaw")))]
+    t = np.arange(16000 * 2) / 16000
+    beep = np.sin(2 * np.pi * 1000 * t)  # 0 dBFS
+    dtmf = 0.5 * np.sin(2 * np.pi * 697 * t) + 0.5 * np.sin(2 * np.pi * 1209 * t)
+
+    def note(wave: np.ndarray, encoding: str, rate: int | None) -> str | None:
+        raw = encode_audio(wave, 16000, encoding, rate)
+        sent = sent_samples(raw, encoding, decode_audio(raw, encoding, rate))
+        assert sent is not None
+        return clipped(sent, encoding)
+
+    cases = (("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_mulaw", None), ("pcm_alaw", None), ("flac", None))
+    for encoding, rate in cases:
+        assert note(voice * 0.99, encoding, rate) is None, encoding
+        assert note(beep, encoding, rate) is None and note(dtmf, encoding, rate) is None, encoding
+        said = note(np.clip(voice * 4, -1, 1), encoding, rate)
+        assert said is not None and said.startswith(CLIPPED), (encoding, said)
+    raw = encode_audio(np.clip(voice * 4, -1, 1), 16000, "pcm_mulaw")
+    hot = decode_audio(raw, "pcm_mulaw")
+    utts = [
+        utt(
+            0,
+            text=Payload("text", "hello"),
+            audio=Payload("wave", hot, clipped(sent_samples(raw, "pcm_mulaw", hot), "pcm_mulaw")),
+        )
+    ]  # noqa: E501
     feats = utterance_features(utts, CountingFeaturizer(), DIMS)
     assert "audio" in feats[0] and utts[0].suspect["audio"].startswith(CLIPPED)

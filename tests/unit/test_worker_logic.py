@@ -3079,3 +3079,25 @@ def test_a_calls_ended_read_before_its_last_parts_by_its_next_owner_keeps_what_i
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # at once: the call sends no audio
 
     asyncio.run(scenario())
+
+
+def test_a_call_started_again_without_its_end_keeps_what_it_declared_at_its_next_owner() -> None:
+    """The same as for an 'ended' read first, for a 'started' of the id's next call that ends the
+    open one (its 'ended' lost): the partition's next owner made the old call with the default
+    modalities, and the old call's last transcript waited 5 s for audio never sent."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
+        t = w.settings.kafka.topics
+        await w.on_message(t.control, 0, 0, b"c", started(1000.0), Handle(log, "s0"), timestamp=1000.0)
+        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.5)
+        await w.pump()
+        w2 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=w.clock)
+        w2.highwater = lambda topic, partition: PartitionEnd(500, 0.5)  # nothing read from the audio topic yet
+        w2.assigned({0})
+        await w2.on_message(t.control, 0, 1, b"c", started(2000.0), Handle(log, "s1"), timestamp=2000.0)
+        await w2.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=1001.0)
+        await w2.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # at once: the old call sent no audio
+
+    asyncio.run(scenario())
