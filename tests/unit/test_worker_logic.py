@@ -1244,22 +1244,26 @@ def test_a_passing_engine_fault_costs_no_utterance() -> None:
     asyncio.run(scenario())
 
 
+def _fetch_fails_once(store: FakeStore, exc: Exception) -> None:
+    """The store's first window read raises ``exc``; the rest work."""
+    real, calls = store.fetch, {"n": 0}
+
+    async def fails_once(calls_: list[str]) -> dict[str, list[ContextItem]]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise exc
+        return await real(calls_)
+
+    store.fetch = fails_once  # type: ignore[method-assign]
+
+
 def test_a_redis_failure_is_retried_with_backoff_not_dropped(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="emostream.worker")
 
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         t = w.settings.kafka.topics
-        real = store.fetch
-        calls = {"n": 0}
-
-        async def down_once(calls_: list[str]) -> dict[str, list[ContextItem]]:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise ConnectionError("redis down")
-            return await real(calls_)
-
-        store.fetch = down_once  # type: ignore[method-assign]
+        _fetch_fails_once(store, ConnectionError("redis down"))
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
         await w.pump()
         assert events(sent) == [] and "ack t0" not in log
@@ -1286,16 +1290,7 @@ def test_a_bug_in_a_batch_is_logged_with_its_traceback(caplog: pytest.LogCapture
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
         t = w.settings.kafka.topics
-        real = store.fetch
-        calls = {"n": 0}
-
-        async def broken_once(calls_: list[str]) -> dict[str, list[ContextItem]]:
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise KeyError("window")
-            return await real(calls_)
-
-        store.fetch = broken_once  # type: ignore[method-assign]
+        _fetch_fails_once(store, KeyError("window"))
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"))
         with caplog.at_level(logging.WARNING, logger="emostream.worker"):
             await w.pump()
@@ -3056,10 +3051,12 @@ def test_a_flood_of_bad_messages_logs_the_first_ten_of_each_reason(caplog: pytes
     asyncio.run(scenario())
 
 
-def test_a_calls_ended_read_before_its_last_parts_by_its_next_owner_keeps_what_it_declared() -> None:
+@pytest.mark.parametrize("control", ["ended", "started again"])
+def test_a_calls_end_read_before_its_last_parts_by_its_next_owner_keeps_what_it_declared(control: str) -> None:
     """After a kill -9, the partition's next owner read a text-only call's 'ended' (control topic)
-    before its last transcripts (text topic): the 'ended' made the call with the default modalities,
-    the stored declaration was never read, and each transcript waited 5 s for audio never sent."""
+    before its last transcripts (text topic), or a 'started' of the id's next call that ends it
+    (its 'ended' lost): that made the call with the default modalities, the stored declaration was
+    never read, and each transcript waited 5 s for audio never sent."""
 
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text", "audio"))
@@ -3068,36 +3065,14 @@ def test_a_calls_ended_read_before_its_last_parts_by_its_next_owner_keeps_what_i
         await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.5)
         await w.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0"]
-        # the partition's next owner (the same store): the call's end first, then its last transcript
+        # the partition's next owner (the same store): the control message first, then the last transcript
         w2 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=w.clock)
         w2.highwater = lambda topic, partition: PartitionEnd(500, 0.5)  # nothing read from the audio topic yet
         w2.assigned({0})
-        end = CallControl(call_id="c", event="ended").to_bytes()
-        await w2.on_message(t.control, 0, 1, b"c", end, Handle(log, "e0"), timestamp=1002.0)
+        first = CallControl(call_id="c", event="ended").to_bytes() if control == "ended" else started(2000.0)
+        await w2.on_message(t.control, 0, 1, b"c", first, Handle(log, "e0"), timestamp=1002.0)
         await w2.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=1001.0)
         await w2.pump()
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # at once: the call sends no audio
-
-    asyncio.run(scenario())
-
-
-def test_a_call_started_again_without_its_end_keeps_what_it_declared_at_its_next_owner() -> None:
-    """The same as for an 'ended' read first, for a 'started' of the id's next call that ends the
-    open one (its 'ended' lost): the partition's next owner made the old call with the default
-    modalities, and the old call's last transcript waited 5 s for audio never sent."""
-
-    async def scenario() -> None:
-        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
-        t = w.settings.kafka.topics
-        await w.on_message(t.control, 0, 0, b"c", started(1000.0), Handle(log, "s0"), timestamp=1000.0)
-        await w.on_message(t.text, 0, 0, b"c", text("c", "u0", 0), Handle(log, "t0"), timestamp=1000.5)
-        await w.pump()
-        w2 = Worker(w.settings, Processor(FakeEngine(), FakeFeaturizer(), store), Metrics(), w.send, clock=w.clock)
-        w2.highwater = lambda topic, partition: PartitionEnd(500, 0.5)  # nothing read from the audio topic yet
-        w2.assigned({0})
-        await w2.on_message(t.control, 0, 1, b"c", started(2000.0), Handle(log, "s1"), timestamp=2000.0)
-        await w2.on_message(t.text, 0, 1, b"c", text("c", "u1", 1), Handle(log, "t1"), timestamp=1001.0)
-        await w2.pump()
-        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # at once: the old call sent no audio
 
     asyncio.run(scenario())
