@@ -426,12 +426,8 @@ def quiet_kafka_repeats(every_s: float = 30.0) -> Repeats:
     import aiokafka.producer.sender  # noqa: F401
 
     names = sorted(n for n in logging.root.manager.loggerDict if n == "aiokafka" or n.startswith("aiokafka."))
-    shared: Repeats | None = None
-    for name in names:
-        logger = logging.getLogger(name)
-        found = next((f for f in logger.filters if isinstance(f, Repeats)), None)
-        shared = shared or found
-    shared = shared or Repeats(every_s)
+    installed = (f for name in names for f in logging.getLogger(name).filters if isinstance(f, Repeats))
+    shared = next(installed, None) or Repeats(every_s)
     for name in names:
         logger = logging.getLogger(name)
         if shared not in logger.filters:

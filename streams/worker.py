@@ -444,8 +444,7 @@ class Worker:
         async with self.lock:
             if not receipt.lease.valid:
                 return True  # its partition was revoked meanwhile: the next owner reads it again
-            if declared and self.joiner.needs_declaration(call_id):
-                self._absorb(self.joiner.call_started(call_id, declared, self.clock(), receipt.partition))
+            self._declare(call_id, declared, receipt.partition)
             self._stand_in_end(item, spoke=before.labelled > 0 or self.joiner.spoke(call_id))
             held = self._held_back(item)
         assert held, "a call ending here holds its next 'started'"
@@ -655,16 +654,14 @@ class Worker:
             async with self.lock:
                 if receipt.lease.valid:
                     self._mark_read(receipt.topic, partition, receipt.offset, timestamp)
-                    if declared and self.joiner.needs_declaration(msg.call_id):
-                        self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
+                    self._declare(msg.call_id, declared, partition)
                     self._control(msg, receipt, self.clock(), timestamp, again)
             return
         declared = await self._declaration(msg)
         if item.rejected is not None:
             async with self.lock:
                 if receipt.lease.valid:  # else left unacked: the partition's next owner reads it again
-                    if declared and self.joiner.needs_declaration(msg.call_id):  # as for a usable part, below
-                        self._absorb(self.joiner.call_started(msg.call_id, declared, self.clock(), partition))
+                    self._declare(msg.call_id, declared, partition)  # as for a usable part, below
                     why = dead_lettered(item.rejected)
                     self._absorb(self.joiner.reject(
                         msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, why, self.clock(),
@@ -677,8 +674,7 @@ class Worker:
                 return  # its partition was revoked meanwhile: the next owner reads it again
             now = self.clock()
             self._mark_read(receipt.topic, partition, receipt.offset, timestamp)  # joined from now on
-            if declared and self.joiner.needs_declaration(msg.call_id):  # declared to another worker, or forgotten
-                self._absorb(self.joiner.call_started(msg.call_id, declared, now, partition))
+            self._declare(msg.call_id, declared, partition)  # declared to another worker, or forgotten
             result = self.joiner.add(
                 msg.call_id, msg.utterance_id, msg.seq, msg.speaker, msg.kind, item.payload, receipt, now, partition,
                 timestamp, item.fresh_at,
@@ -752,6 +748,12 @@ class Worker:
         n = self._sampled("inconsistent")
         if n is not None:
             log.warning("%s [%d so far, emostream_inconsistent_parts_total]", why, n)
+
+    def _declare(self, call_id: str, declared: list[str] | None, partition: int) -> None:
+        """Apply a call's stored declaration (:meth:`_declaration`) to a call this worker has not
+        seen, before its message joins; not to one it knows meanwhile. Under ``self.lock``."""
+        if declared and self.joiner.needs_declaration(call_id):
+            self._absorb(self.joiner.call_started(call_id, declared, self.clock(), partition))
 
     async def _declaration(self, msg: Part | CallControl) -> list[str] | None:
         """A part's call's declared modalities, read for a call this worker has not seen (its 'started'
