@@ -22,10 +22,34 @@ from streams.settings import TOPIC_KEYS, Settings, settings_env
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(consecutive: int = 1) -> int:
+    """A free port, the first of ``consecutive`` free ones (``worker --processes N``'s metrics)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            for p in range(port + 1, port + consecutive):
+                socket.create_server(("127.0.0.1", p)).close()
+            return port
+        except OSError:
+            continue
+    raise AssertionError(f"no {consecutive} consecutive free ports")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a supervisor's workers)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
 
 
 class _ArgumentsOnly(Settings):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -24,7 +26,16 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from chaos.harness import REPO, Collector, LocalServices, WorkerProcess, free_port, metric_sum, settings_for
+from chaos.harness import (
+    REPO,
+    Collector,
+    LocalServices,
+    WorkerProcess,
+    children,
+    free_port,
+    metric_sum,
+    settings_for,
+)
 from chaos.verdict import Verdict, judge
 from client.publisher import make_producer
 from streams.kafka import wait_for_topics
@@ -97,11 +108,12 @@ class Run:
         self.details = ""  # what explains a failure (the workers' log lines)
         self.feeder: threading.Thread | None = None
 
-    def worker(self, name: str) -> WorkerProcess:
+    def worker(self, name: str, processes: int = 1) -> WorkerProcess:
         settings = self.settings.model_copy(
-            update={"metrics": self.settings.metrics.model_copy(update={"port": free_port()})}
+            update={"metrics": self.settings.metrics.model_copy(update={"port": free_port(processes)})}
         )
-        w = WorkerProcess(settings, self.workdir, name).start()
+        args = ("--processes", str(processes)) if processes > 1 else ()
+        w = WorkerProcess(settings, self.workdir, name, args=args).start()
         self.workers.append(w)
         return w
 
@@ -205,6 +217,42 @@ def kill9(services: LocalServices, size: Size, workdir: Path) -> Verdict:
         return f"{size.faults} kills"
 
     return _scenario(body, "worker kill -9", services, size, workdir)
+
+
+def kill9_child(services: LocalServices, size: Size, workdir: Path) -> Verdict:
+    """``worker --processes 2``: a child killed with -9 ``size.faults`` times at random moments. Its
+    supervisor starts it again under the same static member id: no rebalance, the other child reads
+    on, so the longest pause between events stays short (a dynamic member's restart stopped the whole
+    group until the dead one's session timed out)."""
+
+    def body(run: Run) -> str:
+        rnd = random.Random(2)
+        sup = run.worker("supervisor", processes=2)
+        ready = lambda: sup.log_path.read_bytes().count(b"worker ready")  # noqa: E731
+        sup.wait_ready()
+        run.collector.poll_until(lambda c: ready() >= 2, 120)
+        run.start_feed(slower=4.0)  # every kill falls while the calls are still talking
+        per = max(1, size.utterances // (size.faults + 1))
+        for k in range(size.faults):
+            run.events_at_least(int(per * (k + 0.5 + rnd.random() * 0.5)), 300)
+            assert sup.proc is not None
+            os.kill(rnd.choice(children(sup.proc.pid)), signal.SIGKILL)
+            run.fault()
+            started = k + 3  # "worker ready" lines: 2 at first, one more a restart
+
+            def back(c: Collector, started: int = started) -> bool:
+                return ready() >= started
+
+            if not run.collector.poll_until(back, 180):
+                run.failures.append(f"the child killed at fault {k + 1} did not start again")
+                break
+        after = sup.log_path.read_bytes().partition(b"was killed by signal 9")[2].decode(errors="replace")
+        if moved := [x for x in after.splitlines() if "revoked:" in x]:  # the worker's own line on a rebalance
+            run.failures.append(f"a child started again set off {len(moved)} revocations (a rebalance)")
+            run.details = "\n".join(moved[:6])
+        return f"{size.faults} kills of one of 2 children"
+
+    return _scenario(body, "child kill -9", services, size, workdir)
 
 
 def scale(services: LocalServices, size: Size, workdir: Path) -> Verdict:
@@ -443,6 +491,7 @@ MEMORY_SLACK = 0.15  # the overload scenario's bound on memory growth, relative 
 
 SCENARIOS: dict[str, Callable[[LocalServices, Size, Path], Verdict]] = {
     "kill9": kill9,
+    "child": kill9_child,
     "scale": scale,
     "broker": broker_stop,
     "cluster": cluster_leader,

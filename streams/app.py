@@ -52,7 +52,13 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
         broker_rebalance_timeout=settings.kafka.session_timeout_s,
         stream_wait_empty=False,  # revoked partitions are let go unacked (Worker.revoke), not waited for
         datadir=str(datadir),
+        consumer_group_instance_id=settings.kafka.instance_id,
     )
+    if settings.kafka.instance_id:
+        from streams.membership import leave_on_stop
+
+        leave_on_stop()
+        log.info("consumer group %s: static member %s", settings.kafka.group_id, settings.kafka.instance_id)
     _idempotent_producer(app)
     _prompt_fetches(app, fetch_max_wait_ms(settings))
     source = app.topic(

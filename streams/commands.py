@@ -12,7 +12,9 @@ def cmd_worker(ns: Any) -> int:
     from streams.app import run_worker
     from streams.settings import load_settings
 
-    overrides = {} if ns.metrics_port is None else {"metrics": {"port": ns.metrics_port}}
+    overrides: dict[str, Any] = {} if ns.metrics_port is None else {"metrics": {"port": ns.metrics_port}}
+    if ns.instance_id is not None:  # a supervised child's static membership
+        overrides["kafka"] = {"instance_id": ns.instance_id}
     settings = load_settings(ns.config, **overrides)
     if ns.parent_pid is not None:  # a supervised worker, or a worker's export child: ends with its parent
         from streams.processes import die_with_parent
@@ -34,7 +36,9 @@ def cmd_worker(ns: Any) -> int:
 
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         prepare_graphs(settings, ns.processes)  # once for all of them, before they start
-        return run_processes(ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads)
+        return run_processes(
+            ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads, settings.kafka.instance_id
+        )
     from engines.runtime.threads import limit_malloc_arenas
 
     limit_malloc_arenas()  # before the model's threads start
@@ -100,6 +104,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--metrics-port", type=int, default=None, help=argparse.SUPPRESS)  # a supervised child's
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # its supervisor's
+    p.add_argument("--instance-id", default=None, help=argparse.SUPPRESS)  # a supervised child's, kept on restarts
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("ui", help="serve the live supervisor page (calls, emotion timelines, alerts)")
     p.add_argument(

@@ -10,6 +10,9 @@ members of the group do (more processes than partitions idle). This parent only 
 - SIGTERM, SIGINT or SIGHUP is passed to every child as SIGTERM (each finishes its batch and gives
   its partitions back); a child still running :data:`STOP_GRACE_S` later is killed; the parent
   exits 0, or the code below;
+- each child is a static member of the group under an id it keeps across restarts (``HOST-PID-i``
+  of this supervisor, or ``kafka.instance_id``-i): one started again after a crash takes its
+  partitions back without a rebalance, so the others read on (:mod:`streams.membership`);
 - a child that dies unexpectedly is started again after a backoff (1 s, doubling to 30 s, reset
   once a child has run for 60 s). A child that exits with code 2 at its first start (a
   configuration error such as its metrics port taken, or Kafka and Redis unreachable past
@@ -38,6 +41,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+from streams.membership import child_instance_id, supervisor_base
 
 log = logging.getLogger("emostream.processes")
 
@@ -199,8 +204,10 @@ class Supervisor:
         return self.exit_code
 
 
-def worker_command(config: str | None, port: int) -> Callable[[int], list[str]]:
-    """Child ``i``'s command line: ``emostream [--config FILE] worker --metrics-port PORT+i --parent-pid PID``."""
+def worker_command(config: str | None, port: int, instance_base: str) -> Callable[[int], list[str]]:
+    """Child ``i``'s command line: ``emostream [--config FILE] worker --metrics-port PORT+i --parent-pid PID
+    --instance-id BASE-i``: a child started again is the same static member of the group
+    (:mod:`streams.membership`), so the other children go on reading meanwhile."""
 
     def command(index: int) -> list[str]:
         cfg = ["--config", config] if config else []
@@ -215,6 +222,8 @@ def worker_command(config: str | None, port: int) -> Callable[[int], list[str]]:
             port_i,
             "--parent-pid",
             str(os.getpid()),
+            "--instance-id",
+            child_instance_id(instance_base, index),
         ]
 
     return command
@@ -262,11 +271,17 @@ def shared_by() -> int:
         return 1
 
 
-def run_processes(n: int, config: str | None, port: int, cpu_threads: int | None = None) -> int:
+def run_processes(
+    n: int, config: str | None, port: int, cpu_threads: int | None = None, instance_id: str | None = None
+) -> int:
     """``emostream worker --processes n``: supervise ``n`` single-process workers."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ports = f"ports {port}-{port + n - 1}" if port else "any free ports"
     env = child_env(n, cpu_threads, dict(os.environ))
     threads = env.get("EMOSTREAM_ENGINE__CPU_THREADS", "as configured" if cpu_threads else "every core")
-    log.info("supervising %d worker processes (metrics on %s; model runtime threads each: %s)", n, ports, threads)
-    return Supervisor(n, worker_command(config, port), env).run()
+    base = supervisor_base(instance_id)
+    log.info(
+        "supervising %d worker processes (metrics on %s; model runtime threads each: %s; static members %s-0..%d)",
+        n, ports, threads, base, n - 1,
+    )  # fmt: skip
+    return Supervisor(n, worker_command(config, port, base), env).run()

@@ -107,6 +107,15 @@ class KafkaSettings(_Section):
         "how late a part may be read (Faust's own 1.5 s held parts up to that long under bursty load)",
     )
     group_id: str = "emostream-worker"
+    instance_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="static membership of the consumer group (Kafka's group.instance.id): a worker started "
+        "again under the same id within session_timeout_s takes its partitions back without a rebalance, so "
+        "the group's other members never stop reading; a SIGTERM still gives them back at once. Unique per "
+        "running worker (a second one under the same id fences the first); --processes N gives child i "
+        "'ID-i' (unset: 'HOST-PID-i' of the supervisor)",
+    )
     topics: TopicSettings = TopicSettings()
 
 

@@ -3,7 +3,8 @@ nothing and never give one event_id two contents. (``make chaos`` runs every sce
 size on services of its own; the broker and Redis outages have their own tests in
 test_outages.py, the rebalance in test_rebalance.py.) The cluster scenario starts a three-broker
 KRaft cluster of its own beside the suite's Redis; the overload scenario fails if the worker's
-memory grows by more than chaos.scenarios.MEMORY_SLACK under three times its capacity. Every
+memory grows by more than chaos.scenarios.MEMORY_SLACK under three times its capacity; the child
+scenario if a supervised child started again after a kill -9 sets off a rebalance. Every
 scenario fails when fewer than chaos.scenarios.MIN_WITH_AUDIO (95 %) of its utterances are
 labelled with their audio (a backlog read text-first must not cost the audio). Half the fuzzed
 messages are drawn by hypothesis."""
@@ -18,7 +19,7 @@ from chaos.verdict import table
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("name", ["kill9", "fuzz", "cluster", "overload"])
+@pytest.mark.parametrize("name", ["kill9", "child", "fuzz", "cluster", "overload"])
 def test_short_scenario_holds(services, tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
     verdict = SCENARIOS[name](services, SHORT, tmp_path)
     print("\n" + table([verdict]))

@@ -13,24 +13,12 @@ import urllib.request
 import pytest
 
 from streams.kafka import ensure_topics
-from tests.integration.harness import Collector, WorkerProcess, free_port, settings_for
+from streams.settings import Settings
+from tests.integration.harness import Collector, WorkerProcess, children, free_port, settings_for
 from tools.dialogues import read_meld_csv
 from tools.feed import feed
 
 pytestmark = pytest.mark.integration
-
-
-def _two_free_ports() -> int:
-    for _ in range(50):
-        port = free_port()
-        try:
-            import socket
-
-            socket.create_server(("127.0.0.1", port + 1)).close()
-            return port
-        except OSError:
-            continue
-    raise AssertionError("no two consecutive free ports")
 
 
 def _counter(port: int, name: str) -> float:
@@ -39,25 +27,11 @@ def _counter(port: int, name: str) -> float:
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
 def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm(  # type: ignore[no-untyped-def]
     services, unique, shared_data, tmp_path
 ) -> None:
     base = settings_for(services, unique, default_modalities=("text",))
-    settings = base.model_copy(update={"metrics": base.metrics.model_copy(update={"port": _two_free_ports()})})
+    settings = base.model_copy(update={"metrics": base.metrics.model_copy(update={"port": free_port(2)})})
     ensure_topics(settings)
     port = settings.metrics.port
     dialogues = [d for d in read_meld_csv(shared_data / "meld" / "dev_sent_emo.csv", dialogue_ids=range(0, 40))][:16]
@@ -71,7 +45,7 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm( 
         assert worker.proc is not None
         collector.poll_until(lambda c: ready() >= 2, 120)
         assert ready() >= 2, worker.tail()
-        kids = _children(worker.proc.pid)
+        kids = children(worker.proc.pid)
         assert len(kids) == 2, kids
         feeder = threading.Thread(
             target=feed, args=(dialogues, settings), daemon=True,
@@ -84,16 +58,30 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm( 
         shares = [_counter(port + i, "emostream_utterances_processed_total") for i in range(2)]
         assert all(s > 0 for s in shares), shares  # both members of the group labelled calls
 
+        killed = _instance_index(kids[0])
         os.kill(kids[0], signal.SIGKILL)  # a child dies: the supervisor starts another
         restarted = lambda c: b"was killed by signal 9: starting it again" in worker.log_path.read_bytes()  # noqa: E731
         assert collector.poll_until(restarted, 30), worker.tail()
         assert collector.poll_until(lambda c: ready() >= 3, 180), worker.tail()
-        kids = _children(worker.proc.pid)
+        kids = children(worker.proc.pid)
         assert len(kids) == 2
+        more = [d for d in read_meld_csv(shared_data / "meld" / "dev_sent_emo.csv", dialogue_ids=range(40, 80))][:8]
+        feed(more, settings, realtime=False, progress=False, modalities=("text",))
+        want |= {(u.call_id, u.utterance_id) for d in more for u in d.utterances}
+        assert collector.poll_until(lambda c: got(c) >= want, 120), f"{len(want - got(collector))} missing"
+        # the child started again was the same static member: the group did not rebalance, so the other
+        # child kept its partitions throughout (a dynamic member's start waited for the dead one's session
+        # to time out, and meanwhile the whole group read nothing)
+        log_after = worker.log_path.read_bytes().split(b"was killed by signal 9", 1)[1].decode(errors="replace")
+        survivor = f"[{1 - killed}] "
+        assert not [x for x in log_after.splitlines() if x.startswith(survivor) and "revoked" in x], worker.tail()
 
         worker.proc.send_signal(signal.SIGTERM)
         assert worker.proc.wait(120) == 0, worker.tail()
         assert not [pid for pid in kids if os.path.exists(f"/proc/{pid}")], "a child outlived the parent"
+        # a static member that stops leaves the group itself (LeaveGroup v3): without that, the broker
+        # would keep both members until their session timed out, and their partitions with them
+        assert _members(settings) == [], worker.tail()
     finally:
         collector.close()
         worker.stop()
@@ -104,13 +92,32 @@ def test_two_processes_share_the_partitions_survive_a_kill_and_stop_on_sigterm( 
                 pass
 
 
+def _instance_index(pid: int) -> int:
+    with open(f"/proc/{pid}/cmdline") as f:
+        argv = f.read().split("\0")
+    return int(argv[argv.index("--instance-id") + 1].rsplit("-", 1)[1])
+
+
+def _members(settings: Settings) -> list[str]:
+    from kafka import KafkaAdminClient
+
+    from streams.kafka import kafka_python_options
+
+    admin = KafkaAdminClient(**kafka_python_options(settings))
+    try:
+        group = admin.describe_groups([settings.kafka.group_id])[settings.kafka.group_id]
+    finally:
+        admin.close()
+    return [m.get("group_instance_id") or m["member_id"] for m in group["members"]]
+
+
 def test_the_children_stop_when_the_supervisor_is_killed(  # type: ignore[no-untyped-def]
     services, unique, tmp_path
 ) -> None:
     """SIGKILL gives the supervisor no chance to pass a stop on: each child asked Linux for a
     SIGTERM when its parent dies, so no orphaned worker keeps consuming."""
     base = settings_for(services, unique, default_modalities=("text",))
-    settings = base.model_copy(update={"metrics": base.metrics.model_copy(update={"port": _two_free_ports()})})
+    settings = base.model_copy(update={"metrics": base.metrics.model_copy(update={"port": free_port(2)})})
     ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path, "killed-supervisor", args=("--processes", "2")).start()
     ready = lambda: worker.log_path.read_bytes().count(b"worker ready")  # noqa: E731
@@ -121,7 +128,7 @@ def test_the_children_stop_when_the_supervisor_is_killed(  # type: ignore[no-unt
         deadline = time.monotonic() + 120
         while ready() < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
-        kids = _children(worker.proc.pid)
+        kids = children(worker.proc.pid)
         assert len(kids) == 2, (kids, worker.tail())
         worker.proc.kill()
         worker.proc.wait(10)

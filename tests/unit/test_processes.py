@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from streams.membership import supervisor_base
 from streams.processes import (
     BACKOFF_S,
     MAX_QUICK_FAILURES,
@@ -21,6 +23,7 @@ from streams.processes import (
     next_backoff,
     worker_command,
 )
+from streams.settings import Settings
 
 SLEEPER = (
     "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
@@ -44,9 +47,23 @@ def run_until(sup: Supervisor, done: Callable[[], bool] | None, timeout: float =
 def test_each_child_gets_its_own_metrics_port_on_its_command_line() -> None:
     assert [child_port(9108, i) for i in range(3)] == [9108, 9109, 9110]
     assert child_port(0, 2) == 0  # any free port stays any free port
-    cmd = worker_command("my.toml", 9105)(2)
-    # an override: no file undoes it; and the supervisor's pid, whose death stops the child
-    assert cmd[-7:] == ["--config", "my.toml", "worker", "--metrics-port", "9107", "--parent-pid", str(os.getpid())]
+    cmd = worker_command("my.toml", 9105, "host-7")(2)
+    # an override: no file undoes it; the supervisor's pid, whose death stops the child; and the child's
+    # static membership, the same each time it is started
+    assert cmd[-9:] == [
+        "--config", "my.toml", "worker", "--metrics-port", "9107", "--parent-pid", str(os.getpid()),
+        "--instance-id", "host-7-2",
+    ]  # fmt: skip
+    assert worker_command(None, 9105, "host-7")(2)[-1] == "host-7-2"
+
+
+def test_a_supervisors_children_are_static_members_under_its_own_ids() -> None:
+    assert supervisor_base("edge-a") == "edge-a"  # the configured kafka.instance_id
+    mine = supervisor_base(None)
+    assert mine.endswith(f"-{os.getpid()}")  # a second supervisor on this host has other ids
+    Settings(kafka={"instance_id": mine + "-0"})  # and the ids pass the setting's own check
+    with pytest.raises(ValidationError, match="instance_id"):
+        Settings(kafka={"instance_id": "has space"})
 
 
 def test_the_restart_backoff_doubles_up_to_its_cap() -> None:
@@ -215,7 +232,7 @@ def test_metrics_ports_past_65535_are_refused_before_any_process_starts() -> Non
     from streams.commands import cmd_worker
     from streams.errors import ConfigError
 
-    ns = SimpleNamespace(config=None, metrics_port=65534, parent_pid=None, prepare=False, processes=3)
+    ns = SimpleNamespace(config=None, metrics_port=65534, parent_pid=None, instance_id=None, prepare=False, processes=3)
     with pytest.raises(ConfigError, match="at most 65535"):
         cmd_worker(ns)
     with pytest.raises(ConfigError, match="less than or equal to 65535"):

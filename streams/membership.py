@@ -1,0 +1,119 @@
+"""Static membership of the workers' consumer group (Kafka's ``group.instance.id``, KIP-345).
+
+A dynamic member that dies (``kill -9``, an OOM kill) stays in the group until its session times
+out; the member started in its place joins at once, and the rebalance that starts waits for the
+dead one: every member of the group stops reading until then (measured with ``--processes 2``: the
+surviving child read nothing for about 24 s). A static member is known by its instance id: one
+started again under the same id within ``kafka.session_timeout_s`` is handed its partitions back
+with no rebalance, so only its own partitions wait, for as long as its start takes.
+
+A static member that stops does not leave the group (aiokafka sends no LeaveGroup for one), so its
+partitions would wait for the session timeout. :func:`leave_on_stop` makes a worker that stops
+cleanly (SIGTERM) leave with LeaveGroup v3, which names the member by its instance id: the others
+take its partitions at once, as a dynamic member's.
+
+    child_instance_id(base, i)  the id of a supervisor's child ``i``: ``base-i``
+    supervisor_base(id)         the configured ``kafka.instance_id``, or ``HOST-PID`` of the supervisor
+    leave_on_stop()             install the static leave in aiokafka's group coordinator (idempotent)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from typing import Any
+
+log = logging.getLogger("emostream.membership")
+
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def supervisor_base(configured: str | None) -> str:
+    """The prefix of a supervisor's children's instance ids: ``kafka.instance_id`` if set, else
+    this host's name and the supervisor's pid. A child restarted by the same supervisor keeps its
+    id; two supervisors on one host, or one started again, never share one (a shared id fences
+    the member that had it)."""
+    if configured:
+        return configured
+    host = _NOT_ALLOWED.sub("-", socket.gethostname()).strip("-")[:120] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def child_instance_id(base: str, index: int) -> str:
+    return f"{base}-{index}"
+
+
+_installed = False
+
+
+def leave_on_stop() -> None:
+    """Make aiokafka's group coordinator, closing as a static member, leave the group with
+    LeaveGroup v3 (broker 2.4 or later) instead of staying a member until its session times out.
+    A dynamic member leaves as before. Installed once per process; a failed leave is one WARNING
+    (the partitions then move after the session timeout, as they would have)."""
+    global _installed
+    if _installed:
+        return
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    dynamic_leave = GroupCoordinator._maybe_leave_group
+
+    async def _maybe_leave_group(self: Any) -> None:
+        instance = self._group_instance_id
+        if instance is None or self.generation <= 0:
+            await dynamic_leave(self)
+            return
+        try:
+            response = await self._send_req(_static_leave(self.group_id, self.member_id, instance))
+            errors = [response.error_code] + [m[2] for m in response.members]
+            if any(errors):
+                raise RuntimeError(f"error codes {errors}")
+        except Exception as exc:  # the broker gone, or too old for v3: the session timeout frees them
+            log.warning(
+                "leaving consumer group %s as %s failed (%s): its partitions move after the session timeout",
+                self.group_id, instance, exc,
+            )  # fmt: skip
+        else:
+            log.info("left consumer group %s as static member %s: its partitions move now", self.group_id, instance)
+        self.reset_generation()
+
+    GroupCoordinator._maybe_leave_group = _maybe_leave_group
+    _installed = True
+
+
+def _static_leave(group: str, member_id: str, instance_id: str) -> Any:
+    """A LeaveGroup v3 request for one member named by its member and instance ids (aiokafka 0.14
+    defines only v0 and v1, which have no instance id)."""
+    from aiokafka.protocol.api import Request, RequestStruct, Response
+    from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
+
+    class LeaveGroupResponse_v3(Response):  # noqa: N801 - Kafka's name
+        API_KEY = 13
+        API_VERSION = 3
+        SCHEMA = Schema(
+            ("throttle_time_ms", Int32),
+            ("error_code", Int16),
+            (
+                "members",
+                Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")), ("error_code", Int16)),
+            ),
+        )
+
+    class LeaveGroupRequest_v3(RequestStruct):  # noqa: N801
+        API_KEY = 13
+        API_VERSION = 3
+        RESPONSE_TYPE = LeaveGroupResponse_v3
+        SCHEMA = Schema(
+            ("group_id", String("utf-8")),
+            ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+        )
+
+    class StaticLeave(Request[LeaveGroupRequest_v3]):
+        API_KEY = 13
+
+        def build(self, request_struct_class: type[LeaveGroupRequest_v3]) -> LeaveGroupRequest_v3:
+            return request_struct_class(group, [(member_id, instance_id)])
+
+    return StaticLeave()
