@@ -57,6 +57,21 @@ def test_the_compose_gpu_worker_gets_a_gpu_and_the_cuda_image() -> None:
     assert job["dns_sd_configs"][0]["names"] == ["worker", "worker-gpu"]  # both variants are scraped
 
 
+def test_each_compose_worker_replica_is_a_static_member_under_its_container_name() -> None:
+    """Its container's host name: unique per replica, kept when a crashed one restarts (streams/membership.py).
+    The command is run as the container's shell would, with `env` in the worker's place."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    for service in ("worker", "worker-gpu"):
+        shell, flag, script = compose["services"][service]["command"]
+        assert script.endswith("exec emostream worker")
+        script = script.replace("$$", "$").replace("exec emostream worker", "exec env")  # compose's escape
+        out = subprocess.run([shell, flag, script], capture_output=True, text=True, check=True).stdout
+        (line,) = [x for x in out.splitlines() if x.startswith("EMOSTREAM_KAFKA__INSTANCE_ID=")]
+        name = line.split("=", 1)[1]
+        assert name == subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout.strip()
+        assert Settings(kafka={"instance_id": name}).kafka.instance_id == name
+
+
 def test_compose_file_follows_the_compose_specification_and_pins_every_image() -> None:
     import json
 

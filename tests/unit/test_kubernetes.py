@@ -129,6 +129,9 @@ def test_the_deployment_agrees_with_the_code(overlay: str, monkeypatch: pytest.M
     pod = worker["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["emostream", "worker"]
+    # a static member of the group under its pod's name: unique, and kept when the container restarts
+    (instance,) = [e for e in container["env"] if e["name"] == "EMOSTREAM_KAFKA__INSTANCE_ID"]
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["metrics"] == settings.metrics.port and settings.metrics.host == "0.0.0.0"
     assert "replicas" not in worker["spec"]  # KEDA's HPA owns it
