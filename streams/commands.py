@@ -37,7 +37,12 @@ def cmd_worker(ns: Any) -> int:
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         prepare_graphs(settings, ns.processes)  # once for all of them, before they start
         return run_processes(
-            ns.processes, ns.config, settings.metrics.port, settings.engine.cpu_threads, settings.kafka.instance_id
+            ns.processes,
+            ns.config,
+            settings.metrics.port,
+            settings.engine.cpu_threads,
+            settings.kafka.instance_id,
+            settings.kafka.session_timeout_s,
         )
     from engines.runtime.threads import limit_malloc_arenas
 

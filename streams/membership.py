@@ -10,7 +10,13 @@ with no rebalance, so only its own partitions wait, for as long as its start tak
 A static member that stops does not leave the group (aiokafka sends no LeaveGroup for one), so its
 partitions would wait for the session timeout. :func:`leave_on_stop` makes a worker that stops
 cleanly (SIGTERM) leave with LeaveGroup v3, which names the member by its instance id: the others
-take its partitions at once, as a dynamic member's.
+take its partitions at once, as a dynamic member's. aiokafka leaves the same way when its consumer
+is not polled for ``max.poll.interval`` (a stuck event loop): a static member then leaves too,
+where Java's would stay.
+
+The restart has to fit in the session: the supervisor caps its restart delay at a third of
+``kafka.session_timeout_s`` (:func:`streams.processes.backoff_cap`); a child back later than the
+timeout joins as any new member, with a rebalance.
 
     child_instance_id(base, i)  the id of a supervisor's child ``i``: ``base-i``
     supervisor_base(id)         the configured ``kafka.instance_id``, or ``HOST-PID`` of the supervisor
@@ -19,9 +25,11 @@ take its partitions at once, as a dynamic member's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import secrets
 import socket
 from typing import Any
 
@@ -32,13 +40,17 @@ _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._-]+")
 
 def supervisor_base(configured: str | None) -> str:
     """The prefix of a supervisor's children's instance ids: ``kafka.instance_id`` if set, else
-    this host's name and the supervisor's pid. A child restarted by the same supervisor keeps its
-    id; two supervisors on one host, or one started again, never share one (a shared id fences
-    the member that had it)."""
+    this host's name, the supervisor's pid and a random part (containers sharing the host's name
+    and network, each supervisor pid 1, would otherwise share ids). Drawn once: a child restarted
+    by the same supervisor keeps its id; another supervisor, or this one started again, has others.
+
+    Two running workers must never share an id: aiokafka's heartbeats and commits carry none, so
+    each in turn finds itself unknown, joins again and displaces the other, both read the same
+    partitions, and their commits fail."""
     if configured:
         return configured
-    host = _NOT_ALLOWED.sub("-", socket.gethostname()).strip("-")[:120] or "host"
-    return f"{host}-{os.getpid()}"
+    host = _NOT_ALLOWED.sub("-", socket.gethostname()).strip("-.")[:120] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def child_instance_id(base: str, index: int) -> str:
@@ -46,6 +58,7 @@ def child_instance_id(base: str, index: int) -> str:
 
 
 _installed = False
+LEAVE_TIMEOUT_S = 5.0
 
 
 def leave_on_stop() -> None:
@@ -65,12 +78,13 @@ def leave_on_stop() -> None:
         if instance is None or self.generation <= 0:
             await dynamic_leave(self)
             return
-        try:
-            response = await self._send_req(_static_leave(self.group_id, self.member_id, instance))
+        try:  # bounded: the client's request timeout (Faust's 90 s) would outlast the stop's grace
+            request = _static_leave(self.group_id, self.member_id, instance)
+            response = await asyncio.wait_for(self._send_req(request), LEAVE_TIMEOUT_S)
             errors = [response.error_code] + [m[2] for m in response.members]
             if any(errors):
                 raise RuntimeError(f"error codes {errors}")
-        except Exception as exc:  # the broker gone, or too old for v3: the session timeout frees them
+        except Exception as exc:  # the broker gone, too old for v3, or no answer: the session timeout frees them
             log.warning(
                 "leaving consumer group %s as %s failed (%s): its partitions move after the session timeout",
                 self.group_id, instance, exc,

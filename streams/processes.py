@@ -13,8 +13,9 @@ members of the group do (more processes than partitions idle). This parent only 
 - each child is a static member of the group under an id it keeps across restarts (``HOST-PID-i``
   of this supervisor, or ``kafka.instance_id``-i): one started again after a crash takes its
   partitions back without a rebalance, so the others read on (:mod:`streams.membership`);
-- a child that dies unexpectedly is started again after a backoff (1 s, doubling to 30 s, reset
-  once a child has run for 60 s). A child that exits with code 2 at its first start (a
+- a child that dies unexpectedly is started again after a backoff (1 s, doubling to a third of
+  ``kafka.session_timeout_s``, 10 s by default, so that it is back before its static member is
+  given up; reset once a child has run for 60 s). A child that exits with code 2 at its first start (a
   configuration error such as its metrics port taken, or Kafka and Redis unreachable past
   ``kafka.startup_timeout_s``, as a single worker exits) stops them all and the parent exits 2; a
   child started again after a crash that exits 2 (an outage the others ride out) is started again
@@ -59,8 +60,16 @@ def child_port(port: int, index: int) -> int:
     return port + index if port else 0
 
 
-def next_backoff(current: float) -> float:
-    return min(BACKOFF_S[1], max(BACKOFF_S[0], current * 2))
+def next_backoff(current: float, most: float | None = None) -> float:
+    """The next restart delay: doubled, from ``BACKOFF_S[0]`` up to ``most`` (``BACKOFF_S[1]`` unless given)."""
+    return min(BACKOFF_S[1] if most is None else most, max(BACKOFF_S[0], current * 2))
+
+
+def backoff_cap(session_timeout_s: float) -> float:
+    """The largest restart delay for a group whose sessions time out after ``session_timeout_s``: a
+    third of it (10 s by default), so that a child started again is back, its start included, before
+    the broker gives its static member up, and takes its partitions back without a rebalance."""
+    return max(BACKOFF_S[0], min(BACKOFF_S[1], session_timeout_s / 3))
 
 
 def _why(code: int) -> str:
@@ -86,6 +95,7 @@ class Supervisor:
         command: Callable[[int], Sequence[str]],
         env: dict[str, str],
         out: IO[bytes] | None = None,
+        max_backoff: float = BACKOFF_S[1],
     ) -> None:
         if n < 1:
             raise ValueError(f"--processes must be at least 1, got {n}")
@@ -98,6 +108,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.quick_failures = 0
+        self.max_backoff = max_backoff
         self._lock = threading.Lock()
 
     def _pump(self, child: Child, stream: IO[bytes]) -> None:
@@ -177,7 +188,7 @@ class Supervisor:
                 if self.quick_failures >= MAX_QUICK_FAILURES:
                     self._give_up(GAVE_UP, f"{self.quick_failures} processes in a row failed within {STABLE_S:.0f} s")
                     continue
-                c.backoff = BACKOFF_S[0] if ran >= STABLE_S else next_backoff(c.backoff)
+                c.backoff = BACKOFF_S[0] if ran >= STABLE_S else next_backoff(c.backoff, self.max_backoff)
                 c.due = now + c.backoff
                 log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code), c.backoff)
             if not self.stopping:
@@ -272,7 +283,12 @@ def shared_by() -> int:
 
 
 def run_processes(
-    n: int, config: str | None, port: int, cpu_threads: int | None = None, instance_id: str | None = None
+    n: int,
+    config: str | None,
+    port: int,
+    cpu_threads: int | None = None,
+    instance_id: str | None = None,
+    session_timeout_s: float = 30.0,
 ) -> int:
     """``emostream worker --processes n``: supervise ``n`` single-process workers."""
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -284,4 +300,4 @@ def run_processes(
         "supervising %d worker processes (metrics on %s; model runtime threads each: %s; static members %s-0..%d)",
         n, ports, threads, base, n - 1,
     )  # fmt: skip
-    return Supervisor(n, worker_command(config, port, base), env).run()
+    return Supervisor(n, worker_command(config, port, base), env, max_backoff=backoff_cap(session_timeout_s)).run()

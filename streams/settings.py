@@ -112,11 +112,18 @@ class KafkaSettings(_Section):
         pattern=r"^[A-Za-z0-9._-]{1,200}$",
         description="static membership of the consumer group (Kafka's group.instance.id): a worker started "
         "again under the same id within session_timeout_s takes its partitions back without a rebalance, so "
-        "the group's other members never stop reading; a SIGTERM still gives them back at once. Unique per "
-        "running worker (a second one under the same id fences the first); --processes N gives child i "
-        "'ID-i' (unset: 'HOST-PID-i' of the supervisor)",
+        "the group's other members never stop reading; a SIGTERM still gives them back at once. One per "
+        "running worker: two under one id displace each other in turn and read the same partitions twice; "
+        "--processes N gives child i 'ID-i' (unset: 'HOST-PID-RANDOM-i', drawn by the supervisor)",
     )
     topics: TopicSettings = TopicSettings()
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, v: str | None) -> str | None:
+        if v in (".", ".."):  # Kafka's rule for a group instance id, as for a topic name
+            raise ValueError(f"{v!r} is not a group instance id")
+        return v
 
 
 class RedisSettings(_Section):

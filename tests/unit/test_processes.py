@@ -18,6 +18,7 @@ from streams.processes import (
     BACKOFF_S,
     MAX_QUICK_FAILURES,
     Supervisor,
+    backoff_cap,
     child_env,
     child_port,
     next_backoff,
@@ -60,7 +61,8 @@ def test_each_child_gets_its_own_metrics_port_on_its_command_line() -> None:
 def test_a_supervisors_children_are_static_members_under_its_own_ids() -> None:
     assert supervisor_base("edge-a") == "edge-a"  # the configured kafka.instance_id
     mine = supervisor_base(None)
-    assert mine.endswith(f"-{os.getpid()}")  # a second supervisor on this host has other ids
+    assert f"-{os.getpid()}-" in mine  # a second supervisor on this host has other ids, and even one
+    assert supervisor_base(None) != mine  # in another container with this host name and pid
     Settings(kafka={"instance_id": mine + "-0"})  # and the ids pass the setting's own check
     with pytest.raises(ValidationError, match="instance_id"):
         Settings(kafka={"instance_id": "has space"})
@@ -71,6 +73,9 @@ def test_the_restart_backoff_doubles_up_to_its_cap() -> None:
     for _ in range(8):
         delays.append(next_backoff(delays[-1]))
     assert delays[:4] == [1.0, 2.0, 4.0, 8.0] and max(delays) == BACKOFF_S[1]
+    # under the group's session timeout: a child is back before its static member is given up
+    assert backoff_cap(30.0) == 10.0 and backoff_cap(6.0) == 2.0 and backoff_cap(90.0) == 30.0
+    assert max(next_backoff(d, backoff_cap(30.0)) for d in delays) == 10.0
 
 
 def test_a_stop_reaches_every_child_even_one_started_after_it() -> None:

@@ -1,0 +1,99 @@
+"""Static membership (streams/membership.py): the LeaveGroup v3 request on the wire, and the
+patched leave of aiokafka's group coordinator on each of its paths, against a fake coordinator
+(the real broker: tests/integration/test_processes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+from streams import membership
+from streams.membership import _static_leave, leave_on_stop
+
+
+def _string(s: str) -> bytes:
+    return struct.pack(">h", len(s)) + s.encode()
+
+
+def test_the_leave_is_kafkas_leavegroup_v3_naming_the_member_and_its_instance() -> None:
+    request = _static_leave("emostream-worker", "host-1-0-9fc4", "host-1-0")
+    wire = request.prepare({13: (0, 5)})  # a broker that knows v0-v5 (Kafka 3.9): v3, the only one defined
+    assert (wire.API_KEY, wire.API_VERSION) == (13, 3)
+    assert wire.encode() == (
+        _string("emostream-worker") + struct.pack(">i", 1) + _string("host-1-0-9fc4") + _string("host-1-0")
+    )
+    with pytest.raises(NotImplementedError):  # a broker before 2.4 (v0-v2 only): no request at all
+        request.prepare({13: (0, 2)})
+    response = wire.RESPONSE_TYPE.decode(
+        struct.pack(">ih", 0, 0) + struct.pack(">i", 1) + _string("host-1-0-9fc4") + struct.pack(">h", -1)
+        + struct.pack(">h", 82)
+    )  # fmt: skip
+    assert response.error_code == 0 and response.members == [("host-1-0-9fc4", None, 82)]
+
+
+class _Coordinator(SimpleNamespace):
+    """What the patched method reads of aiokafka's GroupCoordinator."""
+
+    def __init__(self, instance: str | None, reply: Any) -> None:
+        super().__init__(group_id="g", member_id="m-1", generation=3, _group_instance_id=instance)
+        self.reply, self.sent, self.reset = reply, [], 0
+
+    async def _send_req(self, request: Any) -> Any:
+        self.sent.append(request)
+        if isinstance(self.reply, BaseException):
+            raise self.reply
+        if self.reply == "hang":
+            await asyncio.sleep(3600)
+        return self.reply
+
+    def reset_generation(self) -> None:
+        self.reset += 1
+
+
+def _leave(coordinator: _Coordinator) -> None:
+    leave_on_stop()
+    asyncio.run(GroupCoordinator._maybe_leave_group(coordinator))
+
+
+def _reply(error: int = 0, member_error: int = 0) -> Any:
+    return SimpleNamespace(error_code=error, members=[("m-1", "i-0", member_error)])
+
+
+def test_a_static_member_leaves_by_its_instance_id_and_forgets_its_generation(caplog: pytest.LogCaptureFixture) -> None:
+    c = _Coordinator("i-0", _reply())
+    with caplog.at_level(logging.INFO, "emostream.membership"):
+        _leave(c)
+    (request,) = c.sent
+    assert request.prepare({13: (0, 5)}).members == [("m-1", "i-0")]
+    assert c.reset == 1 and "left consumer group g as static member i-0" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "reply", [_reply(error=25), _reply(member_error=82), ConnectionError("gone"), NotImplementedError("v0-v2"), "hang"]
+)
+def test_a_failed_or_stuck_leave_is_one_warning_and_the_stop_goes_on(
+    reply: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(membership, "LEAVE_TIMEOUT_S", 0.05)  # a coordinator that never answers
+    c = _Coordinator("i-0", reply)
+    with caplog.at_level(logging.WARNING, "emostream.membership"):
+        _leave(c)
+    assert c.reset == 1
+    assert "its partitions move after the session timeout" in caplog.text
+
+
+def test_a_dynamic_member_and_one_never_joined_leave_as_aiokafka_has_them() -> None:
+    dynamic = _Coordinator(None, SimpleNamespace(error_code=0))
+    _leave(dynamic)
+    (request,) = dynamic.sent
+    assert type(request).__name__ == "LeaveGroupRequest"  # aiokafka's own v0/v1, by member id
+    never = _Coordinator("i-0", _reply())
+    never.generation = -1  # it never joined: nothing to leave
+    _leave(never)
+    assert never.sent == [] and never.reset == 1
