@@ -19,9 +19,10 @@ members of the group do (more processes than partitions idle). This parent only 
   configuration error such as its metrics port taken, or Kafka and Redis unreachable past
   ``kafka.startup_timeout_s``, as a single worker exits) stops them all and the parent exits 2; a
   child started again after a crash that exits 2 (an outage the others ride out) is started again
-  like any crash; :data:`MAX_QUICK_FAILURES` exits in
-  a row of children that ran less than 60 s (a model that does not load) stop them all with exit
-  code 1;
+  like any crash; :data:`MAX_QUICK_FAILURES` exits in a row of one child, each within 60 s of its
+  start, stop them all with exit code 1 when no other child has run steadily for 60 s (a model that
+  does not load fails every one); while another has, the failing one is started again, with an
+  ERROR line a time (a child the OOM killer takes again and again does not take the others down);
 - a parent killed with SIGKILL cannot pass anything on, so each child has asked Linux for a
   SIGTERM when its parent dies (:func:`die_with_parent`) and stops as on the parent's SIGTERM
   (elsewhere the children run on until stopped).
@@ -73,6 +74,8 @@ def backoff_cap(session_timeout_s: float) -> float:
 
 
 def _why(code: int) -> str:
+    if code == -signal.SIGKILL:  # nobody sends it to a worker but an operator or the kernel
+        return "was killed by signal 9 (SIGKILL: the kernel's OOM killer if nobody sent it, see `dmesg`)"
     return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
 
@@ -84,6 +87,7 @@ class Child:
     backoff: float = 0.0  # the delay before the next restart
     due: float = 0.0  # when to start again after a crash
     restarts: int = 0
+    quick_failures: int = 0  # exits in a row, each within STABLE_S of its start
     term_sent: bool = False
     pump: threading.Thread | None = field(default=None, repr=False)
 
@@ -107,7 +111,6 @@ class Supervisor:
         self.said_stop = False
         self.stop_deadline = 0.0
         self.exit_code = 0
-        self.quick_failures = 0
         self.max_backoff = max_backoff
         self._lock = threading.Lock()
 
@@ -184,19 +187,33 @@ class Supervisor:
                     continue
                 # restarted after a crash, code 2 is Kafka or Redis out past kafka.startup_timeout_s (or
                 # a GPU gone): the others ride the outage out, this one is started again like any crash
-                self.quick_failures = self.quick_failures + 1 if ran < STABLE_S else 0
-                if self.quick_failures >= MAX_QUICK_FAILURES:
-                    self._give_up(GAVE_UP, f"{self.quick_failures} processes in a row failed within {STABLE_S:.0f} s")
-                    continue
+                c.quick_failures = c.quick_failures + 1 if ran < STABLE_S else 0
                 c.backoff = BACKOFF_S[0] if ran >= STABLE_S else next_backoff(c.backoff, self.max_backoff)
                 c.due = now + c.backoff
-                log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code), c.backoff)
+                if c.quick_failures >= MAX_QUICK_FAILURES:
+                    streak = f"process {c.index} {_why(code)}, its {c.quick_failures}th exit in a row within " \
+                             f"{STABLE_S:.0f} s of its start"  # fmt: skip
+                    steady = [o.index for o in self.children if o is not c and self._steady(o, now)]
+                    if not steady:  # none runs: the model, the settings or the machine (a model that does not load)
+                        self._give_up(GAVE_UP, f"{streak}, and no other process runs steadily")
+                        continue
+                    others = ", ".join(map(str, steady))
+                    verb = "runs" if len(steady) == 1 else "run"
+                    log.error("%s; process %s %s steadily, so it is started again in %.0f s", streak, others, verb,
+                              c.backoff)  # fmt: skip
+                else:
+                    log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code), c.backoff)
             if not self.stopping:
                 running = True
                 if now >= c.due:
                     c.restarts += 1
                     self.start(c)
         return running
+
+    @staticmethod
+    def _steady(child: Child, now: float) -> bool:
+        """Running, for ``STABLE_S`` or more since its start."""
+        return child.proc is not None and child.proc.poll() is None and now - child.started >= STABLE_S
 
     def run(self, poll_s: float = 0.5) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import sys
@@ -142,6 +143,28 @@ def test_children_that_keep_failing_at_once_make_the_parent_give_up(monkeypatch:
     sup.start(sup.children[0])
     run_until(sup, None, timeout=30)
     assert sup.exit_code == 1 and sup.children[0].restarts == MAX_QUICK_FAILURES - 1
+
+
+def test_one_child_failing_again_and_again_does_not_stop_the_others(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An OOM-killed child, say: the streak is its own, and a steady sibling keeps the supervisor going."""
+    monkeypatch.setattr("streams.processes.BACKOFF_S", (0.0, 0.0))
+    monkeypatch.setattr("streams.processes.STABLE_S", 1.0)  # the sleeper counts as steady after 1 s
+    sup = Supervisor(
+        2, lambda i: python("import sys; sys.exit(1)")(i) if i == 0 else python(SLEEPER)(i), dict(os.environ),
+        io.BytesIO(),
+    )  # fmt: skip
+    for c in sup.children:
+        sup.start(c)
+    failing, steady = sup.children
+    time.sleep(1.2)
+    with caplog.at_level(logging.ERROR, "emostream.processes"):
+        run_until(sup, lambda: failing.restarts >= 2 * MAX_QUICK_FAILURES, timeout=60)
+    assert not sup.stopping and sup.exit_code == 0 and steady.restarts == 0
+    assert "process 1 runs steadily, so it is started again" in caplog.text
+    sup.stop()
+    run_until(sup, None)
 
 
 def test_a_broken_stdout_does_not_stop_the_pipe_from_draining() -> None:
