@@ -25,6 +25,7 @@ def cmd_worker(ns: Any) -> int:
     if ns.processes > 1:
         from streams.errors import ConfigError
         from streams.processes import run_processes
+        from streams.settings import INSTANCE_ID_MAX
 
         last = settings.metrics.port + ns.processes - 1
         if settings.metrics.port and last > 65535:
@@ -32,18 +33,17 @@ def cmd_worker(ns: Any) -> int:
                 f"metrics ports {settings.metrics.port}..{last} for --processes {ns.processes}: a port is at most "
                 "65535 (set metrics.port lower, or 0 for any free ports)"
             )
+        base = settings.kafka.instance_id
+        if base and len(f"{base}-{ns.processes - 1}") > INSTANCE_ID_MAX:
+            raise ConfigError(
+                f"kafka.instance_id is {len(base)} characters: with --processes {ns.processes} each child's id adds "
+                f"'-{ns.processes - 1}' at most, and an id is at most {INSTANCE_ID_MAX} (set a shorter one)"
+            )
         from streams.runtime import prepare_graphs
 
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         prepare_graphs(settings, ns.processes)  # once for all of them, before they start
-        return run_processes(
-            ns.processes,
-            ns.config,
-            settings.metrics.port,
-            settings.engine.cpu_threads,
-            settings.kafka.instance_id,
-            settings.kafka.session_timeout_s,
-        )
+        return run_processes(ns.processes, ns.config, settings)
     from engines.runtime.threads import limit_malloc_arenas
 
     limit_malloc_arenas()  # before the model's threads start

@@ -21,6 +21,7 @@ timeout joins as any new member, with a rebalance.
     child_instance_id(base, i)  the id of a supervisor's child ``i``: ``base-i``
     supervisor_base(id)         the configured ``kafka.instance_id``, or ``HOST-PID`` of the supervisor
     leave_on_stop()             install the static leave in aiokafka's group coordinator (idempotent)
+    release(settings, ids)      remove members by instance id (the supervisor, once its children stopped)
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ import os
 import re
 import secrets
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 log = logging.getLogger("emostream.membership")
 
@@ -79,7 +83,7 @@ def leave_on_stop() -> None:
             await dynamic_leave(self)
             return
         try:  # bounded: the client's request timeout (Faust's 90 s) would outlast the stop's grace
-            request = _static_leave(self.group_id, self.member_id, instance)
+            request = _static_leave(self.group_id, [(self.member_id, instance)])
             response = await asyncio.wait_for(self._send_req(request), LEAVE_TIMEOUT_S)
             errors = [response.error_code] + [m[2] for m in response.members]
             if any(errors):
@@ -97,9 +101,46 @@ def leave_on_stop() -> None:
     _installed = True
 
 
-def _static_leave(group: str, member_id: str, instance_id: str) -> Any:
-    """A LeaveGroup v3 request for one member named by its member and instance ids (aiokafka 0.14
-    defines only v0 and v1, which have no instance id)."""
+def release(settings: Settings, instance_ids: list[str], timeout_s: float = 2 * LEAVE_TIMEOUT_S) -> None:
+    """Remove static members from the workers' group by instance id alone, as Kafka's admin
+    ``removeMembersFromConsumerGroup`` does (LeaveGroup v3, no member id): the supervisor's
+    children once every one has stopped, so that one that died just before the stop (or while the
+    supervisor gave up) holds no partition until its session times out, and a supervisor started
+    again, with new ids, does not wait for it. Members gone already are answered UNKNOWN_MEMBER_ID,
+    which is what a clean stop leaves. One INFO line, or one WARNING if the broker cannot be asked."""
+    from streams.kafka import aiokafka_options
+
+    group = settings.kafka.group_id
+
+    async def leave() -> list[str]:
+        from aiokafka.client import AIOKafkaClient, CoordinationType
+
+        client = AIOKafkaClient(**aiokafka_options(settings), request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await client.bootstrap()
+            node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+            response = await client.send(node, _static_leave(group, [("", i) for i in instance_ids]))
+        finally:
+            await client.close()
+        if response.error_code:
+            raise RuntimeError(f"error code {response.error_code}")
+        return [str(instance) for _, instance, error in response.members if not error]
+
+    try:
+        removed = asyncio.run(asyncio.wait_for(leave(), timeout_s))
+    except Exception as exc:  # the broker away: the session timeout frees them
+        log.warning("could not remove the stopped processes from consumer group %s (%s): a member that "
+                    "did not leave by itself keeps its partitions until its session times out", group, exc)  # fmt: skip
+        return
+    if removed:
+        log.info("removed from consumer group %s the members that had not left: %s", group, ", ".join(removed))
+    else:
+        log.info("every process had left consumer group %s", group)
+
+
+def _static_leave(group: str, members: list[tuple[str, str]]) -> Any:
+    """A LeaveGroup v3 request for members named by their member ids ('' for any) and instance ids
+    (aiokafka 0.14 defines only v0 and v1, which have no instance id)."""
     from aiokafka.protocol.api import Request, RequestStruct, Response
     from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
@@ -128,6 +169,6 @@ def _static_leave(group: str, member_id: str, instance_id: str) -> Any:
         API_KEY = 13
 
         def build(self, request_struct_class: type[LeaveGroupRequest_v3]) -> LeaveGroupRequest_v3:
-            return request_struct_class(group, [(member_id, instance_id)])
+            return request_struct_class(group, members)
 
     return StaticLeave()

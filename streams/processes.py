@@ -42,9 +42,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from streams.membership import child_instance_id, supervisor_base
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 log = logging.getLogger("emostream.processes")
 
@@ -299,22 +302,22 @@ def shared_by() -> int:
         return 1
 
 
-def run_processes(
-    n: int,
-    config: str | None,
-    port: int,
-    cpu_threads: int | None = None,
-    instance_id: str | None = None,
-    session_timeout_s: float = 30.0,
-) -> int:
-    """``emostream worker --processes n``: supervise ``n`` single-process workers."""
+def run_processes(n: int, config: str | None, settings: Settings) -> int:
+    """``emostream worker --processes n``: supervise ``n`` single-process workers; once they have
+    stopped, remove from the group any of their static members that did not leave by itself."""
+    from streams.membership import release
+
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    port, cpu_threads = settings.metrics.port, settings.engine.cpu_threads
     ports = f"ports {port}-{port + n - 1}" if port else "any free ports"
     env = child_env(n, cpu_threads, dict(os.environ))
     threads = env.get("EMOSTREAM_ENGINE__CPU_THREADS", "as configured" if cpu_threads else "every core")
-    base = supervisor_base(instance_id)
+    base = supervisor_base(settings.kafka.instance_id)
     log.info(
         "supervising %d worker processes (metrics on %s; model runtime threads each: %s; static members %s-0..%d)",
         n, ports, threads, base, n - 1,
     )  # fmt: skip
-    return Supervisor(n, worker_command(config, port, base), env, max_backoff=backoff_cap(session_timeout_s)).run()
+    cap = backoff_cap(settings.kafka.session_timeout_s)
+    code = Supervisor(n, worker_command(config, port, base), env, max_backoff=cap).run()
+    release(settings, [child_instance_id(base, i) for i in range(n)])
+    return code

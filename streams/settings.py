@@ -76,6 +76,10 @@ class TopicSettings(_Section):
         return {self.text: "text", self.audio: "audio", self.video: "video", self.control: "control"}
 
 
+INSTANCE_ID_MAX = 200  # characters of kafka.instance_id (Kafka allows 249; --processes N adds "-i")
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
 class KafkaSettings(_Section):
     """How every Kafka client of emostream connects (``streams.kafka`` turns this into each
     client library's options): PLAINTEXT, SSL (CA, optional client certificate) or SASL_SSL."""
@@ -109,7 +113,6 @@ class KafkaSettings(_Section):
     group_id: str = "emostream-worker"
     instance_id: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9._-]{1,200}$",
         description="static membership of the consumer group (Kafka's group.instance.id): a worker started "
         "again under the same id within session_timeout_s takes its partitions back without a rebalance, so "
         "the group's other members never stop reading; a SIGTERM still gives them back at once. One per "
@@ -118,11 +121,17 @@ class KafkaSettings(_Section):
     )
     topics: TopicSettings = TopicSettings()
 
-    @field_validator("instance_id")
+    @field_validator("instance_id", mode="before")
     @classmethod
-    def _instance_id(cls, v: str | None) -> str | None:
-        if v in (".", ".."):  # Kafka's rule for a group instance id, as for a topic name
-            raise ValueError(f"{v!r} is not a group instance id")
+    def _instance_id(cls, v: Any) -> Any:
+        if v == "":  # EMOSTREAM_KAFKA__INSTANCE_ID= in an env file: unset
+            return None
+        if isinstance(v, str) and (
+            not _INSTANCE_ID.fullmatch(v) or len(v) > INSTANCE_ID_MAX or v in (".", "..")
+        ):  # Kafka's rule for a group instance id, as for a topic name, with room for --processes N's "-i"
+            shown = v if len(v) <= 40 else v[:40] + "..."
+            raise ValueError(f"{shown!r} ({len(v)} characters) is no group instance id: 1-{INSTANCE_ID_MAX} of "
+                             "a-z A-Z 0-9 . _ -, not '.' or '..'")  # fmt: skip
         return v
 
 

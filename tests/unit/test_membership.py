@@ -22,7 +22,7 @@ def _string(s: str) -> bytes:
 
 
 def test_the_leave_is_kafkas_leavegroup_v3_naming_the_member_and_its_instance() -> None:
-    request = _static_leave("emostream-worker", "host-1-0-9fc4", "host-1-0")
+    request = _static_leave("emostream-worker", [("host-1-0-9fc4", "host-1-0")])
     wire = request.prepare({13: (0, 5)})  # a broker that knows v0-v5 (Kafka 3.9): v3, the only one defined
     assert (wire.API_KEY, wire.API_VERSION) == (13, 3)
     assert wire.encode() == (
