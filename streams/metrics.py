@@ -206,6 +206,12 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.member_lost = Counter(
+            "emostream_group_member_lost_total",
+            "Heartbeats the consumer group's coordinator answered 'unknown member' (this worker then joins again): "
+            "a session that timed out, or another worker under the same kafka.instance_id",
+            registry=r,
+        )
         self.clipped_audio = Counter(
             "emostream_clipped_audio_total",
             "Audio parts used with their voice clipped at full scale (the event's suspect says so)",

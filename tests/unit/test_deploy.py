@@ -229,6 +229,15 @@ def test_the_alerts_fire_when_the_workers_are_gone_and_not_on_a_blip_of_redis(tm
                 alerts("EmostreamKafkaUnreachable", "7m", {"severity": "warning"}),
             ],
         },
+        {  # one session timed out (a stall), later two workers under one instance id for 8 minutes
+            "interval": "15s",
+            "input_series": [{"series": f"emostream_group_member_lost_total{w1}", "values": "0x8 1x40 1+2x32"}],
+            "alert_rule_test": [
+                alerts("EmostreamMemberLost", "10m"),
+                alerts("EmostreamMemberLost", "13m"),
+                alerts("EmostreamMemberLost", "17m", down),
+            ],
+        },
         {  # Redis restarted (its retries seen by two scrapes 5 s apart); then the broker gone 10 minutes
             "interval": "5s",
             "input_series": [

@@ -14,7 +14,7 @@ import pytest
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 
 from streams import membership
-from streams.membership import _static_leave, leave_on_stop
+from streams.membership import MemberLost, _static_leave, leave_on_stop
 
 
 def _string(s: str) -> bytes:
@@ -74,8 +74,18 @@ def test_a_static_member_leaves_by_its_instance_id_and_forgets_its_generation(ca
     assert c.reset == 1 and "left consumer group g as static member i-0" in caplog.text
 
 
+def test_a_static_member_the_broker_no_longer_knows_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    for error in (25, 82):  # UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID: another worker took the id
+        c = _Coordinator("i-0", _reply(member_error=error))
+        with caplog.at_level(logging.WARNING, "emostream.membership"):
+            _leave(c)
+        assert c.reset == 1
+    assert caplog.text.count("another worker holds that instance id") == 2
+    assert "after the session timeout" not in caplog.text
+
+
 @pytest.mark.parametrize(
-    "reply", [_reply(error=25), _reply(member_error=82), ConnectionError("gone"), NotImplementedError("v0-v2"), "hang"]
+    "reply", [_reply(error=25), _reply(member_error=15), ConnectionError("gone"), NotImplementedError("v0-v2"), "hang"]
 )
 def test_a_failed_or_stuck_leave_is_one_warning_and_the_stop_goes_on(
     reply: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -97,3 +107,36 @@ def test_a_dynamic_member_and_one_never_joined_leave_as_aiokafka_has_them() -> N
     never.generation = -1  # it never joined: nothing to leave
     _leave(never)
     assert never.sent == [] and never.reset == 1
+
+
+def test_the_broker_not_knowing_a_static_member_again_and_again_is_named_as_a_shared_instance_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import inspect
+
+    # the warning watched for is aiokafka's own, on a heartbeat answered UNKNOWN_MEMBER_ID
+    assert MemberLost.MESSAGE in inspect.getsource(GroupCoordinator)
+    now = [0.0]
+    counted: list[int] = []
+    logger = logging.getLogger("test.coordinator")
+    watch = MemberLost("g", "edge-1", lambda: counted.append(1), clock=lambda: now[0])
+    logger.addFilter(watch)
+    try:
+        with caplog.at_level(logging.ERROR, "emostream.membership"):
+            for t in (0.0, 200.0, 400.0):  # a stalled session now and then: counted, not an id clash
+                now[0] = t
+                logger.warning("Heartbeat failed: local member_id was not recognized; resetting and re-joining group")
+            assert len(counted) == 3 and not caplog.records
+            for t in (500.0, 502.0, 505.0, 507.0):  # every few seconds: another worker under the same id
+                now[0] = t
+                logger.warning("Heartbeat failed: local member_id was not recognized; resetting and re-joining group")
+            logger.warning("Heartbeat failed for group g because it is rebalancing")  # not counted
+        assert len(counted) == 7
+        (said,) = caplog.records  # once per window, not once per heartbeat
+        assert "same kafka.instance_id 'edge-1'" in said.getMessage()
+    finally:
+        logger.removeFilter(watch)
+    dynamic = MemberLost("g", None, lambda: counted.append(1), clock=lambda: now[0])
+    for _ in range(5):  # a dynamic member has no id to share: counted only
+        dynamic.lost()
+    assert len(counted) == 12 and len(caplog.records) == 1
