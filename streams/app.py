@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -255,9 +257,42 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+STOP_DEADLINE_S = 45.0  # under compose's stop_grace_period and the pod's terminationGracePeriodSeconds (60 s)
+
+
+def arm_stop_deadline(deadline_s: float = STOP_DEADLINE_S) -> threading.Timer:
+    """After a stop signal: end the process ``deadline_s`` later if the stop has not ended it by then.
+    Faust ignores a second SIGTERM or SIGINT once its stop has begun, and a stop that hung (seen
+    once, two workers under one kafka.instance_id: the coordinator's join never ended) left the
+    worker running, its metrics port held, until someone sent SIGKILL. What its batch had not
+    committed is read again by the partitions' next owner."""
+
+    def give_up() -> None:
+        log.error("the stop did not finish in %.0f s: exiting now (what was not committed is read again)", deadline_s)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(deadline_s, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _worker_class() -> Any:
+    """Faust's worker, with :func:`arm_stop_deadline` armed at the first stop signal."""
+    import faust
+
+    class Worker(faust.Worker):  # type: ignore[misc]
+        def _schedule_shutdown(self, signal: Any) -> None:
+            if not self._signal_stop_time:
+                arm_stop_deadline()
+            super()._schedule_shutdown(signal)
+
+    return Worker
+
+
 def run_worker(settings: Settings) -> int:
     """``emostream worker``: load the model, connect Redis, serve /metrics, consume until stopped."""
-    import faust
 
     from streams.context import wait_for_redis
     from streams.errors import EmostreamError
@@ -305,5 +340,5 @@ def run_worker(settings: Settings) -> int:
     except EmostreamError as exc:
         print(f"emostream worker: {exc}", file=sys.stderr)
         return 2
-    faust.Worker(app, loglevel=settings.log_level.lower(), console_port=0).execute_from_commandline()
+    _worker_class()(app, loglevel=settings.log_level.lower(), console_port=0).execute_from_commandline()
     return 0
