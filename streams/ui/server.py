@@ -207,8 +207,9 @@ def make_app(
         return web.json_response(found)
 
     async def health(request: web.Request) -> web.Response:
-        if feed is not None and not (feed.ready.is_set() and feed.thread.is_alive()):
-            return web.json_response({"ok": False, "error": feed.error or "starting"}, status=503)
+        error = feed_error()
+        if error is not None:  # the page's own words: starting, the reader's error, or that it stopped
+            return web.json_response({"ok": False, "error": error}, status=503)
         return web.json_response({"ok": True, "calls": len(board.calls), "invalid_records": board.invalid})
 
     async def events(request: web.Request) -> web.StreamResponse:

@@ -517,3 +517,31 @@ def test_a_live_call_with_an_open_alert_is_the_last_the_board_lets_go() -> None:
         for i in range(4):
             board.add("emotion", make_event(call_id=c, utterance_id=f"u{i}", seq=i).to_bytes())
     assert "hot" in board.calls and board.calls["hot"].alerts and "a" not in board.calls
+
+
+def test_healthz_says_what_the_page_says_when_the_reader_stopped() -> None:
+    """Its reader thread gone after it had read (no error of its own): /healthz said 'starting'."""
+    import threading
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from streams.ui import server
+    from streams.ui.server import make_app
+
+    class Feed:
+        def __init__(self) -> None:
+            self.ready, self.error = threading.Event(), None
+            self.ready.set()
+            self.thread = threading.Thread(target=lambda: None)  # never started: not alive
+
+    async def scenario() -> None:
+        allowed = server._hosts(None, "127.0.0.1")
+        client = TestClient(TestServer(make_app(Board(), Feed(), push_s=0.05, allowed_hosts=allowed)))  # type: ignore[arg-type]
+        await client.start_server()
+        try:
+            health = await client.get("/healthz")
+            assert health.status == 503 and (await health.json())["error"] == "the reader stopped"
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
