@@ -332,7 +332,8 @@ def run_worker(settings: Settings) -> int:
         metrics = serve_metrics(settings)  # before joining the group: a port in use stops this worker alone
         from streams.membership import watch_membership
 
-        watch_membership(settings.kafka.group_id, settings.kafka.instance_id, metrics.member_lost.inc)
+        level = logging.getLevelName(settings.log_level)
+        watch_membership(settings.kafka.group_id, settings.kafka.instance_id, metrics.member_lost.inc, level)
         wait_for_topics(settings)  # (streams.kafka.ensure_topics logs the topics it created)
         wait_for_redis(settings.redis, settings.kafka.startup_timeout_s)
         prepare_graphs(settings)  # before Faust starts: a stop meanwhile ends the export child too

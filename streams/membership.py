@@ -85,9 +85,10 @@ class MemberLost(logging.Filter):
         times: int = 3,
         window_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        level: int = logging.NOTSET,
     ) -> None:
         super().__init__()
-        self.group, self.instance_id, self.on_lost = group, instance_id, on_lost
+        self.group, self.instance_id, self.on_lost, self.level = group, instance_id, on_lost, level
         self.times, self.window_s, self.clock = times, window_s, clock
         self.recent: deque[float] = deque()
         self.said = float("-inf")
@@ -95,7 +96,7 @@ class MemberLost(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.MESSAGE in record.getMessage():
             self.lost()
-        return True
+        return record.levelno >= self.level  # the worker's log level (see watch_membership)
 
     def lost(self) -> None:
         if self.on_lost is not None:
@@ -114,14 +115,22 @@ class MemberLost(logging.Filter):
             )  # fmt: skip
 
 
-def watch_membership(group: str, instance_id: str | None, on_lost: Callable[[], None]) -> MemberLost:
+def watch_membership(
+    group: str, instance_id: str | None, on_lost: Callable[[], None], level: int = logging.INFO
+) -> MemberLost:
     """Install a :class:`MemberLost` on aiokafka's group coordinator logger, ahead of its other
-    filters (one that drops repeats would hide them)."""
+    filters (one that drops repeats would hide them), in place of one installed before. Its warning
+    reaches the filter whatever the log level (at ERROR the logger would drop it first): the
+    logger lets WARNING through and the filter drops what is below ``level``, the worker's."""
     import aiokafka.consumer.group_coordinator  # noqa: F401 - its logger exists once imported
 
     logger = logging.getLogger("aiokafka.consumer.group_coordinator")
-    watch = MemberLost(group, instance_id, on_lost)
+    for old in [f for f in logger.filters if isinstance(f, MemberLost)]:
+        logger.removeFilter(old)
+    watch = MemberLost(group, instance_id, on_lost, level=level)
     logger.filters.insert(0, watch)
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
     return watch
 
 

@@ -20,8 +20,8 @@ members of the group do (more processes than partitions idle). This parent only 
   ``kafka.startup_timeout_s``, as a single worker exits) stops them all and the parent exits 2; a
   child started again after a crash that exits 2 (an outage the others ride out) is started again
   like any crash; :data:`MAX_QUICK_FAILURES` exits in a row of one child, each within 60 s of its
-  start, stop them all with exit code 1 when no other child has run steadily for 60 s (a model that
-  does not load fails every one); while another has, the failing one is started again, with an
+  start, stop them all with exit code 1 when every other child fails at its start too (a model that
+  does not load fails every one); while another does not, the failing one is started again, with an
   ERROR line a time (a child the OOM killer takes again and again does not take the others down);
 - a parent killed with SIGKILL cannot pass anything on, so each child has asked Linux for a
   SIGTERM when its parent dies (:func:`die_with_parent`) and stops as on the parent's SIGTERM
@@ -91,6 +91,7 @@ class Child:
     due: float = 0.0  # when to start again after a crash
     restarts: int = 0
     quick_failures: int = 0  # exits in a row, each within STABLE_S of its start
+    left: bool = False  # its last exit was a clean stop (code 0 after SIGTERM): it left the group itself
     term_sent: bool = False
     pump: threading.Thread | None = field(default=None, repr=False)
 
@@ -182,6 +183,7 @@ class Supervisor:
                 if c.pump is not None:
                     c.pump.join(1)
                 c.proc = None
+                c.left = c.term_sent and code == 0  # stopped cleanly: it left the group itself
                 if self.stopping:
                     continue
                 ran = now - c.started
@@ -194,16 +196,16 @@ class Supervisor:
                 c.backoff = BACKOFF_S[0] if ran >= STABLE_S else next_backoff(c.backoff, self.max_backoff)
                 c.due = now + c.backoff
                 if c.quick_failures >= MAX_QUICK_FAILURES:
-                    streak = f"process {c.index} {_why(code)}, its {c.quick_failures}th exit in a row within " \
+                    streak = f"process {c.index} {_why(code)}: exit {c.quick_failures} in a row within " \
                              f"{STABLE_S:.0f} s of its start"  # fmt: skip
-                    steady = [o.index for o in self.children if o is not c and self._steady(o, now)]
-                    if not steady:  # none runs: the model, the settings or the machine (a model that does not load)
-                        self._give_up(GAVE_UP, f"{streak}, and no other process runs steadily")
+                    # the others failing at their starts too: the model, the settings or the machine
+                    working = [o.index for o in self.children if o is not c and o.quick_failures == 0]
+                    if not working:
+                        self._give_up(GAVE_UP, f"{streak}, and every other process fails at its start too")
                         continue
-                    others = ", ".join(map(str, steady))
-                    verb = "runs" if len(steady) == 1 else "run"
-                    log.error("%s; process %s %s steadily, so it is started again in %.0f s", streak, others, verb,
-                              c.backoff)  # fmt: skip
+                    others = ", ".join(map(str, working))
+                    log.error("%s; process %s %s not failing, so it is started again in %.0f s", streak, others,
+                              "is" if len(working) == 1 else "are", c.backoff)  # fmt: skip
                 else:
                     log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code), c.backoff)
             if not self.stopping:
@@ -212,11 +214,6 @@ class Supervisor:
                     c.restarts += 1
                     self.start(c)
         return running
-
-    @staticmethod
-    def _steady(child: Child, now: float) -> bool:
-        """Running, for ``STABLE_S`` or more since its start."""
-        return child.proc is not None and child.proc.poll() is None and now - child.started >= STABLE_S
 
     def run(self, poll_s: float = 0.5) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -318,6 +315,9 @@ def run_processes(n: int, config: str | None, settings: Settings) -> int:
         n, ports, threads, base, n - 1,
     )  # fmt: skip
     cap = backoff_cap(settings.kafka.session_timeout_s)
-    code = Supervisor(n, worker_command(config, port, base), env, max_backoff=cap).run()
-    release(settings, [child_instance_id(base, i) for i in range(n)])
+    supervisor = Supervisor(n, worker_command(config, port, base), env, max_backoff=cap)
+    code = supervisor.run()
+    stayed = [child_instance_id(base, c.index) for c in supervisor.children if not c.left]
+    if stayed and code != CONFIG_ERROR:  # (a child that stopped at its settings never joined)
+        release(settings, stayed)
     return code

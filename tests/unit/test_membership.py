@@ -14,7 +14,7 @@ import pytest
 from aiokafka.consumer.group_coordinator import GroupCoordinator
 
 from streams import membership
-from streams.membership import MemberLost, _static_leave, leave_on_stop
+from streams.membership import MemberLost, _static_leave, leave_on_stop, watch_membership
 
 
 def _string(s: str) -> bytes:
@@ -140,3 +140,78 @@ def test_the_broker_not_knowing_a_static_member_again_and_again_is_named_as_a_sh
     for _ in range(5):  # a dynamic member has no id to share: counted only
         dynamic.lost()
     assert len(counted) == 12 and len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("level", ["INFO", "ERROR"])
+def test_aiokafkas_own_warning_is_counted_through_every_filter_at_any_log_level(level: str) -> None:
+    """On the coordinator's real logger, behind the worker's filter that drops repeats: at ERROR the
+    logger itself dropped the warning before any filter saw it."""
+    from aiokafka.consumer import group_coordinator
+
+    from streams.kafka import quiet_kafka_repeats
+
+    logger = logging.getLogger("aiokafka.consumer.group_coordinator")
+    kept = (logger.level, list(logger.filters), logging.getLogger().level)
+    counted: list[int] = []
+    try:
+        logging.getLogger().setLevel(level)
+        logger.setLevel(logging.NOTSET)
+        quiet_kafka_repeats()  # installed before it, as in run_worker
+        watch_membership("g", "edge-1", lambda: counted.append(1), logging.getLevelName(level))
+        watch_membership("g", "edge-1", lambda: counted.append(1), logging.getLevelName(level))  # replaces, not adds
+        for _ in range(4):  # within 30 s: the repeats filter prints one
+            group_coordinator.log.warning(
+                "Heartbeat failed: local member_id was not recognized; resetting and re-joining group"
+            )
+        assert len(counted) == 4
+    finally:
+        logger.setLevel(kept[0])
+        logger.filters[:] = kept[1]
+        logging.getLogger().setLevel(kept[2])
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (SimpleNamespace(error_code=0, members=[("", "h-0", 0), ("", "h-1", 25)]), "had not left: h-0"),
+        (SimpleNamespace(error_code=0, members=[("", "h-0", 25)]), "every process had left"),
+        (SimpleNamespace(error_code=15, members=[]), "could not remove the stopped processes"),
+        ("hang", "could not remove the stopped processes"),
+    ],
+)
+def test_the_supervisor_removes_by_instance_id_what_did_not_leave(
+    reply: Any, said: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiokafka.client
+
+    from streams.membership import release
+    from streams.settings import Settings
+
+    sent: list[Any] = []
+
+    class Client:
+        def __init__(self, **options: Any) -> None:
+            assert options["bootstrap_servers"] == ["127.0.0.1:9092"] and options["request_timeout_ms"] == 200
+            self.closed = False
+
+        async def bootstrap(self) -> None:
+            pass
+
+        async def coordinator_lookup(self, kind: Any, group: str) -> int:
+            assert group == "emostream-worker"
+            return 1
+
+        async def send(self, node: int, request: Any) -> Any:
+            sent.append(request.prepare({13: (0, 5)}))
+            if reply == "hang":
+                await asyncio.sleep(3600)
+            return reply
+
+        async def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(aiokafka.client, "AIOKafkaClient", Client)
+    with caplog.at_level(logging.INFO, "emostream.membership"):
+        release(Settings(), ["h-0", "h-1"], timeout_s=0.2)
+    assert said in caplog.text
+    assert sent[0].members == [("", "h-0"), ("", "h-1")]  # by instance id alone, as Kafka's admin does

@@ -150,7 +150,6 @@ def test_one_child_failing_again_and_again_does_not_stop_the_others(
 ) -> None:
     """An OOM-killed child, say: the streak is its own, and a steady sibling keeps the supervisor going."""
     monkeypatch.setattr("streams.processes.BACKOFF_S", (0.0, 0.0))
-    monkeypatch.setattr("streams.processes.STABLE_S", 1.0)  # the sleeper counts as steady after 1 s
     sup = Supervisor(
         2, lambda i: python("import sys; sys.exit(1)")(i) if i == 0 else python(SLEEPER)(i), dict(os.environ),
         io.BytesIO(),
@@ -158,13 +157,22 @@ def test_one_child_failing_again_and_again_does_not_stop_the_others(
     for c in sup.children:
         sup.start(c)
     failing, steady = sup.children
-    time.sleep(1.2)
     with caplog.at_level(logging.ERROR, "emostream.processes"):
         run_until(sup, lambda: failing.restarts >= 2 * MAX_QUICK_FAILURES, timeout=60)
     assert not sup.stopping and sup.exit_code == 0 and steady.restarts == 0
-    assert "process 1 runs steadily, so it is started again" in caplog.text
+    assert "process 1 is not failing, so it is started again" in caplog.text
     sup.stop()
     run_until(sup, None)
+    assert [c.left for c in sup.children] == [False, True]  # the sleeper stopped cleanly on SIGTERM
+
+
+def test_every_child_failing_at_its_start_makes_the_parent_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streams.processes.BACKOFF_S", (0.0, 0.0))
+    sup = Supervisor(2, python("import sys; sys.exit(1)"), dict(os.environ), io.BytesIO())
+    for c in sup.children:
+        sup.start(c)
+    run_until(sup, None, timeout=30)
+    assert sup.exit_code == 1 and max(c.quick_failures for c in sup.children) == MAX_QUICK_FAILURES
 
 
 def test_a_broken_stdout_does_not_stop_the_pipe_from_draining() -> None:
