@@ -10,9 +10,11 @@ members of the group do (more processes than partitions idle). This parent only 
 - SIGTERM, SIGINT or SIGHUP is passed to every child as SIGTERM (each finishes its batch and gives
   its partitions back); a child still running :data:`STOP_GRACE_S` later is killed; the parent
   exits 0, or the code below;
-- each child is a static member of the group under an id it keeps across restarts (``HOST-PID-i``
-  of this supervisor, or ``kafka.instance_id``-i): one started again after a crash takes its
-  partitions back without a rebalance, so the others read on (:mod:`streams.membership`);
+- each child is a static member of the group under an id it keeps across restarts
+  (``HOST-PID-RANDOM-i`` of this supervisor, or ``kafka.instance_id``-i): one started again after a
+  crash takes its partitions back without a rebalance, so the others read on
+  (:mod:`streams.membership`); once all have stopped, the members of those that did not stop
+  cleanly (killed just before the stop, or after the grace) are removed from the group;
 - a child that dies unexpectedly is started again after a backoff (1 s, doubling to a third of
   ``kafka.session_timeout_s``, 10 s by default, so that it is back before its static member is
   given up; reset once a child has run for 60 s). A child that exits with code 2 at its first start (a
