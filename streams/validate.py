@@ -69,7 +69,9 @@ def clipped(samples: np.ndarray, encoding: str) -> str | None:
 
 def sent_samples(raw: bytes, encoding: str, wave: np.ndarray) -> np.ndarray | None:
     """The samples as sent, in [-1, 1], for :func:`clipped`: raw PCM and G.711 read again (cheap), a
-    container's decoded wave where it was not resampled (16 kHz); None else (not checked)."""
+    container's decoded wave where it was not resampled (16 kHz), else the container read again at
+    its own rate (resampling smooths flat tops away), its channels averaged as decoding does; None
+    for anything else (not checked)."""
     from engines.features.codecs import SAMPLE_RATE, g711_decode
 
     if encoding == "pcm_s16le":
@@ -82,7 +84,12 @@ def sent_samples(raw: bytes, encoding: str, wave: np.ndarray) -> np.ndarray | No
         import soundfile as sf
 
         if sf.info(io.BytesIO(raw)).samplerate == SAMPLE_RATE:  # the header only
-            return wave  # (a container at another rate was resampled: its flat tops are smoothed away)
+            return wave
+        try:  # (decoded once already: what fails here failed there)
+            native, _ = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        except Exception:  # noqa: BLE001 - not checked, as before
+            return None
+        return np.asarray(native.mean(axis=1), dtype=np.float32)
     return None
 
 

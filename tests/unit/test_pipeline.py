@@ -264,7 +264,10 @@ def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_or_a_tone_is_not() 
         assert sent is not None
         return clipped(sent, encoding)
 
-    cases = (("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_mulaw", None), ("pcm_alaw", None), ("flac", None))
+    cases = (
+        ("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_mulaw", None), ("pcm_alaw", None), ("flac", None),
+        ("flac", 8000), ("wav", 44100),  # containers at another rate: read again at their own
+    )  # fmt: skip
     for encoding, rate in cases:
         assert note(voice * 0.99, encoding, rate) is None, encoding
         assert note(beep, encoding, rate) is None and note(dtmf, encoding, rate) is None, encoding
