@@ -201,7 +201,7 @@ class Supervisor:
                     streak = f"process {c.index} {_why(code)}: exit {c.quick_failures} in a row within " \
                              f"{STABLE_S:.0f} s of its start"  # fmt: skip
                     # the others failing at their starts too: the model, the settings or the machine
-                    working = [o.index for o in self.children if o is not c and o.quick_failures == 0]
+                    working = [o.index for o in self.children if o is not c and not self._failing(o, now)]
                     if not working:
                         self._give_up(GAVE_UP, f"{streak}, and every other process fails at its start too")
                         continue
@@ -216,6 +216,15 @@ class Supervisor:
                     c.restarts += 1
                     self.start(c)
         return running
+
+    @staticmethod
+    def _failing(child: Child, now: float) -> bool:
+        """In a streak of quick exits and not out of it: down now, or up for less than ``STABLE_S``
+        (a child killed once early that has run steadily since is not failing)."""
+        if child.quick_failures == 0:
+            return False
+        running = child.proc is not None and child.proc.poll() is None
+        return not (running and now - child.started >= STABLE_S)
 
     def run(self, poll_s: float = 0.5) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -166,6 +166,26 @@ def test_one_child_failing_again_and_again_does_not_stop_the_others(
     assert [c.left for c in sup.children] == [False, True]  # the sleeper stopped cleanly on SIGTERM
 
 
+def test_a_sibling_killed_once_early_that_runs_steadily_since_is_not_failing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's trial: the healthy child OOM-killed once 18 s after its start, then steady for
+    minutes, still counted as failing, and the other child's fifth quick exit stopped everything."""
+    monkeypatch.setattr("streams.processes.BACKOFF_S", (0.0, 0.0))
+    monkeypatch.setattr("streams.processes.STABLE_S", 1.0)
+    sup = Supervisor(
+        2, lambda i: python("import sys; sys.exit(1)")(i) if i == 0 else python(SLEEPER)(i), dict(os.environ),
+        io.BytesIO(),
+    )  # fmt: skip
+    failing, steady = sup.children
+    steady.quick_failures = 1  # its one early kill
+    sup.start(steady)
+    time.sleep(1.2)  # running since for longer than STABLE_S
+    sup.start(failing)
+    run_until(sup, lambda: failing.restarts >= 2 * MAX_QUICK_FAILURES, timeout=60)
+    assert not sup.stopping and sup.exit_code == 0
+    sup.stop()
+    run_until(sup, None)
+
+
 def test_every_child_failing_at_its_start_makes_the_parent_give_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("streams.processes.BACKOFF_S", (0.0, 0.0))
     sup = Supervisor(2, python("import sys; sys.exit(1)"), dict(os.environ), io.BytesIO())
