@@ -66,23 +66,28 @@ def child_instance_id(base: str, index: int) -> str:
 
 
 class MemberLost(logging.Filter):
-    """Counts the heartbeats the group's coordinator answered with UNKNOWN_MEMBER_ID (aiokafka's
-    warning "local member_id was not recognized", after which it joins again): a session that timed
-    out (a worker stalled past ``kafka.session_timeout_s``), or, for a static member, another running
-    worker under the same ``kafka.instance_id``: the two displace each other every few seconds, both
-    read the same partitions (duplicate events) and their commits fail, with nothing else to show
-    for it (an operator's trial: 45 revocations in 80 s, 6 of 42 events twice, the lag 0). So each
-    one calls ``on_lost`` (``emostream_group_member_lost_total``, alert EmostreamMemberLost) and, for
-    a static member, ``times`` of them within ``window_s`` are one ERROR naming the id."""
+    """Counts the times the group's coordinator answered this worker UNKNOWN_MEMBER_ID, on a
+    heartbeat (aiokafka's warning "local member_id was not recognized") or a commit (its error
+    "OffsetCommit failed ... UnknownMemberIdError", one a partition), after which it joins again:
+    a session that timed out (a worker stalled past ``kafka.session_timeout_s``), or, for a static
+    member, another running worker under the same ``kafka.instance_id``: the two displace each
+    other every few seconds, both read the same partitions (duplicate events: an operator's trial
+    had 181 of 423 utterances labelled twice) and their commits fail, with nothing else to show for
+    it (the lag 0). Answers within ``SAME_S`` of the one counted are one (a commit's partitions,
+    the heartbeat beside it); each counted calls ``on_lost`` (``emostream_group_member_lost_total``,
+    alert EmostreamMemberLost) and, for a static member, ``times`` of them within ``window_s`` are
+    one ERROR naming the id (a stall gives one or two)."""
 
     MESSAGE = "local member_id was not recognized"
+    COMMIT = ("OffsetCommit failed", "UnknownMemberIdError")
+    SAME_S = 1.0
 
     def __init__(
         self,
         group: str,
         instance_id: str | None,
         on_lost: Callable[[], None] | None = None,
-        times: int = 3,
+        times: int = 5,
         window_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         level: int = logging.NOTSET,
@@ -94,14 +99,17 @@ class MemberLost(logging.Filter):
         self.said = float("-inf")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.MESSAGE in record.getMessage():
+        message = record.getMessage()
+        if self.MESSAGE in message or all(m in message for m in self.COMMIT):
             self.lost()
         return record.levelno >= self.level  # the worker's log level (see watch_membership)
 
     def lost(self) -> None:
+        now = self.clock()
+        if self.recent and now - self.recent[-1] < self.SAME_S:
+            return
         if self.on_lost is not None:
             self.on_lost()
-        now = self.clock()
         self.recent.append(now)
         while self.recent and self.recent[0] < now - self.window_s:
             self.recent.popleft()

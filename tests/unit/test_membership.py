@@ -123,23 +123,34 @@ def test_the_broker_not_knowing_a_static_member_again_and_again_is_named_as_a_sh
     logger.addFilter(watch)
     try:
         with caplog.at_level(logging.ERROR, "emostream.membership"):
-            for t in (0.0, 200.0, 400.0):  # a stalled session now and then: counted, not an id clash
+            for t in (0.0, 150.0, 300.0):  # a stalled session now and then: counted, not an id clash
                 now[0] = t
                 logger.warning("Heartbeat failed: local member_id was not recognized; resetting and re-joining group")
             assert len(counted) == 3 and not caplog.records
             for t in (500.0, 502.0, 505.0, 507.0):  # every few seconds: another worker under the same id
                 now[0] = t
                 logger.warning("Heartbeat failed: local member_id was not recognized; resetting and re-joining group")
+                for p in range(4):  # its commit, a line a partition, beside the heartbeat: the same answer
+                    now[0] = t + 0.1 * p
+                    logger.error(
+                        "OffsetCommit failed for group g due to group error ([Error 25] UnknownMemberIdError: g), "
+                        "will rejoin"
+                    )
             logger.warning("Heartbeat failed for group g because it is rebalancing")  # not counted
-        assert len(counted) == 7
-        (said,) = caplog.records  # once per window, not once per heartbeat
-        assert "same kafka.instance_id 'edge-1'" in said.getMessage()
+            said = lambda: [r for r in caplog.records if r.name == "emostream.membership"]  # noqa: E731
+            assert len(counted) == 7 and not said()  # four in two minutes: not yet
+            now[0] = 511.5  # a commit alone, as at log level ERROR where only commits fail visibly
+            logger.error("OffsetCommit failed for group g due to group error ([Error 25] UnknownMemberIdError: g)")
+        assert len(counted) == 8
+        (error,) = said()  # once per window, not once per heartbeat
+        assert "same kafka.instance_id 'edge-1'" in error.getMessage()
     finally:
         logger.removeFilter(watch)
     dynamic = MemberLost("g", None, lambda: counted.append(1), clock=lambda: now[0])
-    for _ in range(5):  # a dynamic member has no id to share: counted only
+    for t in range(8):  # a dynamic member has no id to share: counted only
+        now[0] = 600.0 + 2 * t
         dynamic.lost()
-    assert len(counted) == 12 and len(caplog.records) == 1
+    assert len(counted) == 16 and len(said()) == 1
 
 
 @pytest.mark.parametrize("level", ["INFO", "ERROR"])
@@ -159,7 +170,10 @@ def test_aiokafkas_own_warning_is_counted_through_every_filter_at_any_log_level(
         quiet_kafka_repeats()  # installed before it, as in run_worker
         watch_membership("g", "edge-1", lambda: counted.append(1), logging.getLevelName(level))
         watch_membership("g", "edge-1", lambda: counted.append(1), logging.getLevelName(level))  # replaces, not adds
-        for _ in range(4):  # within 30 s: the repeats filter prints one
+        clock = [0.0]
+        logger.filters[0].clock = lambda: clock[0]  # type: ignore[attr-defined]
+        for t in range(4):  # within 30 s: the repeats filter prints one
+            clock[0] = 2.0 * t
             group_coordinator.log.warning(
                 "Heartbeat failed: local member_id was not recognized; resetting and re-joining group"
             )
