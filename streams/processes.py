@@ -187,6 +187,8 @@ class Supervisor:
                 c.proc = None
                 c.left = c.term_sent and code == 0  # stopped cleanly: it left the group itself
                 if self.stopping:
+                    if not c.left:
+                        log.warning("process %d %s during the stop", c.index, _why(code))
                     continue
                 ran = now - c.started
                 if code == CONFIG_ERROR and c.restarts == 0:  # at its first start: the settings, for all
