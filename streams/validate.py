@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.errors import AudioDecodeError, AudioTooLong
-from engines.features.codecs import decode_audio
+from engines.features.codecs import decode_as_sent, to_model_rate
 from streams.errors import InvalidMessage
 from streams.schemas import AudioPart, Part, TextPart, VideoPart
 from streams.settings import LimitSettings
@@ -33,8 +33,8 @@ class Payload:
 #: sent (before resampling). Measured (2026-12-07, whole RAVDESS clips with their leading silence,
 #: /tmp scripts): none of the 1,200 as recorded, nor of 40 normalised to a peak of 0.99, as 16 and
 #: 8 kHz PCM, mu-law and FLAC; of those 40 clipped by 12 dB (x4) on an 8 kHz line, all 40 as PCM,
-#: mu-law and A-law (9-11 of 40 by 6 dB); a beep or DTMF tone at 0 dBFS has no flat tops. A FLAC or
-#: WAV at another rate than 16 kHz is not checked (resampling smooths its flat tops away)
+#: mu-law and A-law (9-11 of 40 by 6 dB); a beep or DTMF tone at 0 dBFS has no flat tops. Every
+#: encoding is looked at as decoded at its own rate (engines.features.codecs.decode_as_sent)
 CLIPPED_SHARE = 0.005
 CLIPPED = "clipped: "  # how the note begins
 RUN = 3
@@ -67,32 +67,6 @@ def clipped(samples: np.ndarray, encoding: str) -> str | None:
     )
 
 
-def sent_samples(raw: bytes, encoding: str, wave: np.ndarray) -> np.ndarray | None:
-    """The samples as sent, in [-1, 1], for :func:`clipped`: raw PCM and G.711 read again (cheap), a
-    container's decoded wave where it was not resampled (16 kHz), else the container read again at
-    its own rate (resampling smooths flat tops away), its channels averaged as decoding does; None
-    for anything else (not checked)."""
-    from engines.features.codecs import SAMPLE_RATE, g711_decode
-
-    if encoding == "pcm_s16le":
-        return np.frombuffer(raw, dtype="<i2")[: len(raw) // 2].astype(np.float32) / 32768
-    if encoding in ("pcm_mulaw", "pcm_alaw"):
-        return g711_decode(np.frombuffer(raw, dtype=np.uint8), encoding).astype(np.float32) / 32768
-    if encoding in ("flac", "wav") and wave.size:
-        import io
-
-        import soundfile as sf
-
-        if sf.info(io.BytesIO(raw)).samplerate == SAMPLE_RATE:  # the header only
-            return wave
-        try:  # (decoded once already: what fails here failed there)
-            native, _ = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
-        except Exception:  # noqa: BLE001 - not checked, as before
-            return None
-        return np.asarray(native.mean(axis=1), dtype=np.float32)
-    return None
-
-
 def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Payload:
     if isinstance(part, TextPart):
         if part.text is not None:
@@ -105,13 +79,12 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
             return Payload("vector", _vector(part.vector(), dims["audio"], "audio features"))
         raw = part.audio_bytes()
         try:  # the length is checked from the header before anything is decoded
-            wave = decode_audio(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
+            sent, rate = decode_as_sent(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
         except AudioTooLong as exc:
             raise InvalidMessage("oversized", str(exc)) from exc
         except AudioDecodeError as exc:
             raise InvalidMessage("undecodable_audio", str(exc)) from exc
-        sent = sent_samples(raw, part.encoding, wave)
-        return Payload("wave", wave, None if sent is None else clipped(sent, part.encoding))
+        return Payload("wave", to_model_rate(sent, rate), clipped(sent, part.encoding))
     assert isinstance(part, VideoPart), type(part)
     if dims["video"] == 0:
         return Payload("vector", np.zeros(0, dtype=np.float32))  # the model ignores video

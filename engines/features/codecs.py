@@ -53,6 +53,19 @@ def decode_audio(
     and if given for the others it must agree with G.711's 8 kHz or the container's header.
     ``max_seconds`` bounds the audio's length (:class:`AudioTooLong`), checked before decoding.
     """
+    return to_model_rate(*decode_as_sent(data, encoding, sample_rate, max_seconds))
+
+
+def to_model_rate(wave: np.ndarray, rate: int) -> np.ndarray:
+    """:func:`decode_as_sent`'s samples at the models' 16 kHz, contiguous float32."""
+    return np.ascontiguousarray(resample(wave, rate, SAMPLE_RATE), dtype=np.float32)
+
+
+def decode_as_sent(
+    data: bytes, encoding: str, sample_rate: int | None = None, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """As :func:`decode_audio`, before resampling: float32 mono in [-1, 1] at the rate it was sent,
+    and that rate (what :func:`streams.validate.clipped` looks at: resampling smooths flat tops away)."""
     if encoding not in ENCODINGS:
         raise AudioDecodeError(f"unsupported audio encoding {encoding!r}; expected one of {ENCODINGS}")
     if not data:
@@ -79,7 +92,7 @@ def decode_audio(
         raise AudioDecodeError(f"audio too short: {wave.shape[0] / rate:.3f} s, need {MIN_SECONDS} s")
     if encoding in CONTAINERS:  # integer PCM is finite, within full scale and not subnormal by construction
         wave = _float_samples(wave)
-    return np.ascontiguousarray(resample(wave, rate, SAMPLE_RATE), dtype=np.float32)
+    return wave, rate
 
 
 #: a container's float samples may overshoot full scale (1.0) by this much and are clipped to it;

@@ -248,8 +248,8 @@ def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_or_a_tone_is_not() 
     as sent are clipping; samples merely near full scale are not (a beep or DTMF tone at 0 dBFS)."""
     from scipy.signal import lfilter
 
-    from engines.features.codecs import decode_audio, encode_audio
-    from streams.validate import CLIPPED, clipped, sent_samples
+    from engines.features.codecs import decode_as_sent, decode_audio, encode_audio
+    from streams.validate import CLIPPED, clipped
 
     rng = np.random.default_rng(1)  # speech-like: Laplacian samples (a high crest factor), most energy low
     voice = lfilter([1.0], [1.0, -0.95], rng.laplace(size=16000 * 2))
@@ -260,8 +260,7 @@ def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_or_a_tone_is_not() 
 
     def note(wave: np.ndarray, encoding: str, rate: int | None) -> str | None:
         raw = encode_audio(wave, 16000, encoding, rate)
-        sent = sent_samples(raw, encoding, decode_audio(raw, encoding, rate))
-        assert sent is not None
+        sent, _ = decode_as_sent(raw, encoding, rate)  # as the worker looks at it (streams.validate.to_payload)
         return clipped(sent, encoding)
 
     cases = (
@@ -279,7 +278,7 @@ def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_or_a_tone_is_not() 
         utt(
             0,
             text=Payload("text", "hello"),
-            audio=Payload("wave", hot, clipped(sent_samples(raw, "pcm_mulaw", hot), "pcm_mulaw")),
+            audio=Payload("wave", hot, clipped(decode_as_sent(raw, "pcm_mulaw")[0], "pcm_mulaw")),
         )
     ]  # noqa: E501
     feats = utterance_features(utts, CountingFeaturizer(), DIMS)
