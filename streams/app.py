@@ -279,10 +279,16 @@ def arm_stop_deadline(deadline_s: float = STOP_DEADLINE_S) -> threading.Timer:
 
 
 def _worker_class() -> Any:
-    """Faust's worker, with :func:`arm_stop_deadline` armed at the first stop signal."""
+    """Faust's worker, with :func:`arm_stop_deadline` armed at the first stop signal, and without
+    Faust's start-up spinner (at log level WARNING or above at a terminal it wrote a sprite and a
+    backspace for every log record, into the lines an operator reads)."""
     import faust
 
     class Worker(faust.Worker):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.spinner = None  # Faust then logs "Ready" at start instead
+
         def _schedule_shutdown(self, signal: Any) -> None:
             if not self._signal_stop_time:
                 arm_stop_deadline()

@@ -33,3 +33,27 @@ def test_the_first_stop_signal_arms_it_in_faust_s_worker() -> None:
     assert issubclass(worker, faust.Worker) and "_schedule_shutdown" in vars(worker)
     # what the override relies on: mode schedules the stop once, remembering when in _signal_stop_time
     assert "self._signal_stop_time" in inspect.getsource(Worker._schedule_shutdown)
+
+
+def test_faust_s_spinner_writes_nothing_into_the_log_at_a_terminal() -> None:
+    import io
+    import logging
+
+    import faust
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    app = faust.App("spinner-test", broker="kafka://127.0.0.1:1")
+    worker = _worker_class()(app, loglevel="warning", console_port=0, stdout=out, stderr=out)
+    root = logging.getLogger("spinner-test")
+    root.addHandler(logging.StreamHandler(out))
+    try:
+        worker.on_setup_root_logger(root, logging.WARNING)
+        root.warning("a line an operator reads")
+        worker._on_startup_end_spinner()
+    finally:
+        root.handlers.clear()
+    assert out.getvalue() == "a line an operator reads\n"  # no sprites, no backspaces, no " 😊"
