@@ -353,6 +353,12 @@ class CallControl(_Message):
     modalities: list[Modality] | None = None
     at: Number = Field(default_factory=time.time)
 
+    @field_validator("modalities")
+    @classmethod
+    def _once_each(cls, modalities: list[str] | None) -> list[str] | None:
+        """Each modality once (a list padded with repeats was stored whole in Redis, per call id)."""
+        return None if modalities is None else list(dict.fromkeys(modalities))
+
 
 Part = TextPart | AudioPart | VideoPart
 

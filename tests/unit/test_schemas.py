@@ -119,6 +119,13 @@ def test_control_round_trips(call: str, started: bool) -> None:
     assert parse_input("control", msg.to_bytes(), 1 << 20) == msg
 
 
+def test_a_call_s_modalities_are_kept_once_each() -> None:
+    """A 'started' whose list repeats a modality (to its 1 MiB limit) was stored whole in Redis per call id."""
+    raw = json.dumps({"schema_version": 1, "call_id": "c", "event": "started",
+                      "modalities": ["text", "audio"] * 50_000 + ["text"]}).encode()  # fmt: skip
+    assert parse_input("control", raw, 1 << 20).modalities == ["text", "audio"]  # type: ignore[union-attr]
+
+
 def _text(**kw: object) -> bytes:
     base = {"schema_version": 1, "call_id": "c", "utterance_id": "u", "seq": 0, "text": "hi"}
     base.update(kw)
