@@ -557,8 +557,7 @@ class Joiner:
                 break
             del self._calls[call_id]  # an idle call that never sent 'ended'
             # its labelled ids, as a closed call's: a 'started' using the id again forgets them
-            labelled = self._done_of.pop(call_id, set())
-            self._closed_ids.setdefault(call_id, set()).update(labelled)
+            self._file_closed(call_id)
             # (not one that sent 'ended', reopened by a part read after its close; nor one that labelled
             # nothing here: a 'started' alone, or parts all dead-lettered, which a newcomer saw counted)
             if call_id not in self._ended and call.used:
@@ -729,8 +728,15 @@ class Joiner:
             self._mark_done(utt, call.partition)
         self._open -= len(call.pending)
         self._held -= sum(_held_by(u) for u in call.pending.values())
-        self._closed_ids.setdefault(call_id, set()).update(self._done_of.pop(call_id, set()))  # closed again: both
+        self._file_closed(call_id)  # closed again: both
         return result
+
+    def _file_closed(self, call_id: str) -> None:
+        """A closed or forgotten call's labelled ids move from ``_done_of`` to ``_closed_ids`` (no
+        entry for a call that labelled nothing: every 'ended' of a call never started left one)."""
+        labelled = self._done_of.pop(call_id, None)
+        if labelled:
+            self._closed_ids.setdefault(call_id, set()).update(labelled)
 
     def _touch(self, call_id: str, now: float, partition: int = -1) -> _Call:
         """The call's state (created if new), marked as the most recently active."""

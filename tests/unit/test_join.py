@@ -836,3 +836,16 @@ def test_the_decoded_audio_waiting_for_parts_is_counted_until_its_utterance_goes
     j.call_ended("e", now=0.6)
     j.expire(now=10.0)  # u1 times out; e closes
     assert j.held_audio_s == 0.0 and j.open_utterances == 0
+
+
+def test_calls_that_labelled_nothing_leave_nothing_behind_once_closed_or_idle() -> None:
+    """Every 'ended' of a call never started, and every 'started' alone gone idle, left an empty
+    entry in the closed calls' labelled ids for the life of the process (a review)."""
+    j = Joiner(wait_s=2.0, default_modalities=("text",), idle_s=10.0)
+    for i in range(500):
+        j.call_ended(f"never-{i}", now=0.0)
+        j.call_started(f"quiet-{i}", ["text"], now=0.0)
+    j.add("c", "u1", 0, "a", "text", "hi", "h", now=0.0)
+    j.call_ended("c", now=0.0)
+    assert len(j.expire(now=100.0).ended_calls) == 501
+    assert list(j._closed_ids) == ["c"]  # the one call that labelled something
