@@ -337,8 +337,14 @@ class Joiner:
         """The call's end arrived (``quiet``: the worker stands in for an 'ended' that never came,
         the call having sent no part for ``join.idle_end_s``). Its parts travel on other topics and
         may still be behind it, so the call is closed ``end_wait_s`` later (by :meth:`expire`), not
-        now; later still while those topics are read behind the end's record time ``ts``."""
+        now; later still while those topics are read behind the end's record time ``ts``. An end
+        read again while the close waits (a producer's retries) keeps the first one's schedule: each
+        one moved the close on by ``end_wait_s``, so retries within it kept the call from closing."""
         call = self._touch(call_id, now, partition)
+        if call.ends_at is not None:
+            call.ended_ts = call.ended_ts if call.ended_ts is not None else ts  # the stand-in for one had none
+            call.quiet_end = call.quiet_end and quiet
+            return JoinResult()
         call.ends_at, call.ended_at, call.ended_ts = now + self.end_wait_s, now, ts
         call.quiet_end = quiet
         self._push(call.ends_at, call_id, "")

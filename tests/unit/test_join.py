@@ -849,3 +849,25 @@ def test_calls_that_labelled_nothing_leave_nothing_behind_once_closed_or_idle() 
     j.call_ended("c", now=0.0)
     assert len(j.expire(now=100.0).ended_calls) == 501
     assert list(j._closed_ids) == ["c"]  # the one call that labelled something
+
+
+def test_an_ended_sent_again_while_the_close_waits_does_not_put_the_close_off() -> None:
+    """A producer retrying 'ended' every second kept its call from ever closing (a review)."""
+    j = Joiner(wait_s=2.0, default_modalities=("text",))
+    j.add("c", "u1", 0, "a", "text", "hi", "h", now=0.0)
+    closed_at = None
+    for i in range(10):  # every half second, from 0 to 4.5 s
+        t = i / 2
+        j.call_ended("c", now=t, ts=100.0 + t)
+        if j.expire(now=t + 0.25).ended_calls and closed_at is None:
+            closed_at, ended_ts = t + 0.25, j._ended["c"].ended_ts
+    assert closed_at == 2.25 and ended_ts == 100.0  # end_wait_s after the first, with its record time
+
+
+def test_an_ended_after_the_quiet_stand_in_gives_the_call_its_end_time() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text",))
+    j.add("c", "u1", 0, "a", "text", "hi", "h", now=0.0)
+    j.call_ended("c", now=0.0, quiet=True)
+    j.call_ended("c", now=1.0, ts=50.0)
+    assert j.expire(now=2.5).ended_calls == ["c"]
+    assert j._ended["c"].ended_ts == 50.0 and not j._ended["c"].quiet_end
