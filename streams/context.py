@@ -590,6 +590,12 @@ class ContextStore:
         got = await self.client.mget([self.closed_key(c) for c in call_ids])
         return {c for c, mark in zip(call_ids, got, strict=True) if mark is not None}
 
+    async def forget_quiet(self, partition: int, since: float) -> int:
+        """Stop watching the partition's calls that sent no part labelled after ``since`` (their
+        state has expired), however many: one command, where paging them through :meth:`quiet`
+        forgot at most a page per sweep, and the set grew while more calls went quiet than that."""
+        return int(await self.client.zremrangebyscore(self.active_key(partition), "-inf", since))
+
     async def untrack(self, partition: int, call_ids: list[str]) -> None:
         """The calls are no longer watched for going quiet (closed, or left to their state's TTL)."""
         if call_ids:

@@ -87,6 +87,8 @@ UNREAD = (
 ROUTES_KEPT = 100_000  # calls whose last message's partition is remembered (Worker._check_route)
 CRASH_START_S = 30.0  # a worker's start and the rebalance after a crash, past kafka.session_timeout_s
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
+QUIET_PAGE = 1000  # the quietest calls looked at per partition and sweep (100: more than 20 a second went quiet
+# on a partition of the largest call centers, without 'ended', and the rest waited beyond their state's TTL)
 
 
 DEAD_LETTERED = "dead-lettered: "  # an utterance's ignored[modality] for a part that went to the dead letters
@@ -952,12 +954,10 @@ class Worker:
         try:
             for partition in sorted(self.assigned_at):
                 # (a call quiet for redis.ttl_s: its state expired, and the join forgot it then)
-                expired = await self.processor.store.quiet(partition, now - self.settings.redis.ttl_s)
-                if expired:
-                    await self.processor.store.untrack(partition, [c for c, _ in expired])
+                await self.processor.store.forget_quiet(partition, now - self.settings.redis.ttl_s)
                 through = self.read_through(partition)
                 if through > float("-inf"):
-                    quiet = await self.processor.store.quiet(partition, through - self.idle_end_s)
+                    quiet = await self.processor.store.quiet(partition, through - self.idle_end_s, QUIET_PAGE)
                     if quiet:
                         found[partition] = quiet
             # (closed before and reopened by a part after their 'ended': this worker may not remember)

@@ -314,6 +314,9 @@ def test_the_calls_watched_for_going_quiet_are_kept_by_partition_and_left_at_rel
         assert await store.quiet(2, 1e12) == []
         await store.release(["a"], {"a": 4}, {"a": 0})
         await store.untrack(0, ["d"])
+        await store.touch({f"gone-{i}": (3, 900.0 + i) for i in range(250)} | {"kept": (3, 2000.0)})
+        assert await store.forget_quiet(3, 1500.0) == 250  # however many, at once
+        assert await store.quiet(3, 1e12) == [("kept", 2000.0)]
         assert await store.quiet(0, 1e12) == [("b", 1010.0)] and await store.quiet(1, 1e12) == [("c", 1000.0)]
         assert 0 < await client.pttl(store.active_key(0)) <= 60_000
         await client.aclose()

@@ -89,6 +89,13 @@ class FakeStore:
         scores = self.active.get(partition, {})
         return sorted(((c, at) for c, at in scores.items() if at <= since), key=lambda x: x[1])[:limit]
 
+    async def forget_quiet(self, partition: int, since: float) -> int:
+        scores = self.active.get(partition, {})
+        gone = [c for c, at in scores.items() if at <= since]
+        for c in gone:
+            del scores[c]
+        return len(gone)
+
     async def untrack(self, partition: int, calls: list[str]) -> None:
         for c in calls:
             self.active.get(partition, {}).pop(c, None)
