@@ -206,6 +206,11 @@ class _Closed(NamedTuple):
 #: a part sent just after its utterance's other parts (an audio clip after its transcript) is still joined
 UNSENT_WAIT_S = 0.5
 
+#: a call with more utterances waiting than this no longer holds its later utterances back behind an
+#: earlier one still waiting for a part: a producer numbering a call's utterances backwards, each missing a
+#: part, kept all of them waiting (a review), until the open-utterance cap stopped the reading of every call
+MAX_PENDING_PER_CALL = 1000
+
 #: producers' clocks may disagree (the control topic's and the parts' come from different systems):
 #: a part is refused as sent after its call's end only past ``join.wait_s`` and this much more
 CLOCK_SKEW_S = 60.0
@@ -226,7 +231,8 @@ class Joiner:
     :attr:`JoinResult.after_end`, rather than reopening the call. A part that cannot be shown late
     so (no record times, or sent in time and read late) is joined as before, reopening the call.
     Open utterances are bounded by the caller, which stops reading at its cap (see
-    :attr:`open_utterances`): they leave within ``wait_s`` on their own. Deadlines live in a heap,
+    :attr:`open_utterances`): they leave within ``wait_s`` on their own (past
+    :data:`MAX_PENDING_PER_CALL` in one call, out of seq order). Deadlines live in a heap,
     so :meth:`expire` touches only what is due.
 
     A call whose 'started' did not say what it sends (or that sent none) waits for the default
@@ -783,7 +789,9 @@ class Joiner:
             wait = self.unsent_wait_s if skips and all(utt.has(m) for m in waits) else self.wait_s
             expired = now - utt.first_at >= wait and not self._hold(utt, call.expected, now, wait)
             if not (complete or expired):
-                break  # holds back later utterances of this call
+                if len(call.pending) <= MAX_PENDING_PER_CALL:
+                    break  # holds back later utterances of this call
+                continue
             utt.ready_at, utt.expected, utt.not_waited = now, call.expected, skips
             utt.timed_out = not complete
             if not complete:

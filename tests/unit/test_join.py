@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from streams import join
 from streams.join import CLOCK_SKEW_S, UNSENT_WAIT_S, Joiner
 
 
@@ -871,3 +872,16 @@ def test_an_ended_after_the_quiet_stand_in_gives_the_call_its_end_time() -> None
     j.call_ended("c", now=1.0, ts=50.0)
     assert j.expire(now=2.5).ended_calls == ["c"]
     assert j._ended["c"].ended_ts == 50.0 and not j._ended["c"].quiet_end
+
+
+def test_a_call_numbered_backwards_does_not_keep_its_utterances_waiting_without_end(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Each utterance of a producer that numbers a call backwards, missing its audio, held back every
+    later-numbered one: none was released while new ones came (a review); past the per-call cap, the
+    due ones go out of seq order."""
+    monkeypatch.setattr(join, "MAX_PENDING_PER_CALL", 20)
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    released = 0
+    for i in range(200):  # one every 0.5 s, seq 1000, 999, ...
+        released += len(j.add("c", f"u{i}", 1000 - i, "a", "text", f"t{i}", "h", now=i / 2).ready)
+        released += len(j.expire(now=i / 2).ready)
+    assert j.open_utterances <= 21 and released >= 170
