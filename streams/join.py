@@ -425,8 +425,9 @@ class Joiner:
         elif modality in utt.parts:
             if _digest(utt.parts[modality]) != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
-            utt.handles.append(handle)
-            again = JoinResult(duplicate_parts=1)
+            # acked now (its first copy, read before it, holds the commit back until the event): held with
+            # the utterance, each copy kept its record (a producer's retries, up to join.max_hold_s: a review)
+            again = JoinResult(ack_now=[handle], duplicate_parts=1)
             speaker_differs = "unknown" not in (speaker, utt.speaker) and speaker != utt.speaker
             _repeated(again, utterance_id, call_id, modality, seq, speaker, seq != utt.seq, speaker_differs,
                       f"the utterance has seq {utt.seq} speaker {utt.speaker!r}, another", "joined once")  # fmt: skip

@@ -58,15 +58,17 @@ def test_late_part_after_release_is_acked_without_new_event() -> None:
     assert r.ready == [] and r.ack_now == ["h2"] and r.late_parts == 1
 
 
-def test_duplicate_part_keeps_first_and_acks_with_the_utterance() -> None:
+def test_duplicate_part_keeps_first_and_is_acked_at_once() -> None:
+    """The first copy acks with the utterance (it holds the commit back); a copy is acked at once,
+    not held with the utterance with its record (a producer retrying while the utterance waits)."""
     j = Joiner(wait_s=1.0, default_modalities=("text", "audio"))
     j.add("c", "u0", 0, "A", "text", "first", "h1", now=0.0)
     dup = j.add("c", "u0", 0, "A", "text", "first", "h2", now=0.1)
-    assert dup.duplicate_parts == 1 and dup.inconsistent == []
+    assert dup.duplicate_parts == 1 and dup.inconsistent == [] and dup.ack_now == ["h2"]
     odd = j.add("c", "u0", 2, "A", "text", "first", "h2b", now=0.1)  # the same content under another seq
     assert odd.duplicate_parts == 1 and odd.inconsistent == ["seq"] and "seq 2 speaker 'A'" in str(odd.inconsistency)
     r = j.add("c", "u0", 0, "A", "audio", "a", "h3", now=0.2)
-    assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h2", "h2b", "h3"]
+    assert r.ready[0].parts["text"] == "first" and r.ready[0].handles == ["h1", "h3"]
 
 
 def test_a_different_part_under_the_same_ids_is_a_conflict_not_a_duplicate() -> None:
