@@ -211,6 +211,10 @@ UNSENT_WAIT_S = 0.5
 #: part, kept all of them waiting (a review), until the open-utterance cap stopped the reading of every call
 MAX_PENDING_PER_CALL = 1000
 
+#: speakers of a call whose missing parts are learnt apart (Joiner, per speaker): a conference has a few;
+#: a producer naming each utterance's speaker afresh made every released utterance cost a pass over them all
+MAX_SPEAKERS_PER_CALL = 64
+
 #: producers' clocks may disagree (the control topic's and the parts' come from different systems):
 #: a part is refused as sent after its call's end only past ``join.wait_s`` and this much more
 CLOCK_SKEW_S = 60.0
@@ -837,6 +841,8 @@ class Joiner:
         speaker went without a modality the speaker never sent and another speaker of the call did,
         that speaker's utterances wait only :data:`UNSENT_WAIT_S` for it (until their first part of it)."""
         speaker, mine = utt.speaker, call.heard_by.get(utt.speaker, set())
+        if speaker not in call.heard_by:
+            return  # past MAX_SPEAKERS_PER_CALL: not learnt apart (waits as the call's utterances do)
         skips = call.skips(speaker)
         others = set().union(*(v for k, v in call.heard_by.items() if k not in (speaker, "unknown")))
         never = [m for m in call.expected if m not in skips and not utt.has(m) and m not in mine and m in others]
@@ -861,6 +867,8 @@ class Joiner:
         "unknown"): if their utterances had stopped waiting for it, they wait again; what changed,
         for the log."""
         if speaker == "unknown":  # credited once a part of its utterance names the speaker (_add, reject)
+            return None
+        if speaker not in call.heard_by and speaker not in call.skip_by and len(call.heard_by) >= MAX_SPEAKERS_PER_CALL:
             return None
         call.heard_by.setdefault(speaker, set()).add(modality)
         if modality not in call.skip_by.get(speaker, ()):

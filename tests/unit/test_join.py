@@ -887,3 +887,17 @@ def test_a_call_numbered_backwards_does_not_keep_its_utterances_waiting_without_
         released += len(j.add("c", f"u{i}", 1000 - i, "a", "text", f"t{i}", "h", now=i / 2).ready)
         released += len(j.expire(now=i / 2).ready)
     assert j.open_utterances <= 21 and released >= 170
+
+
+def test_a_call_naming_a_new_speaker_in_every_utterance_keeps_a_bounded_few() -> None:
+    """Speakers are learnt apart (one leg recorded) up to MAX_SPEAKERS_PER_CALL; a producer naming
+    each utterance's speaker afresh made each released utterance cost a pass over all of them."""
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"), learn_after=1)
+    j.add("c", "a0", 0, "agent", "text", "hi", "h", now=0.0)
+    j.add("c", "a0", 0, "agent", "audio", "a", "h", now=0.0)
+    for i in range(1, 2001):
+        j.add("c", f"u{i}", i, f"speaker-{i}", "text", f"t{i}", "h", now=float(i))
+        j.expire(now=float(i) + 1.5)
+    call = j._calls["c"]
+    assert len(call.heard_by) == join.MAX_SPEAKERS_PER_CALL and len(call.skip_by) < join.MAX_SPEAKERS_PER_CALL
+    assert call.skips("speaker-5") == ("audio",) and call.skips("speaker-1999") == ()  # learnt; past the cap: not
