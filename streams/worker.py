@@ -303,8 +303,8 @@ class Worker:
         self.queued_units = 0.0  # the queue's work units (streams/batching.py), kept as it changes
         metrics.batch_limit.set(self.sizer.allowance())
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
-        self.closing: list[str] = []  # calls whose utterances are all released: free their window
-        self.closing_since: dict[str, float] = {}  # when each of them joined ``closing`` (Worker._step)
+        #: calls whose utterances are all released, to free their windows, in turn -> when each joined (Worker._step)
+        self.closing: dict[str, float] = {}
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
@@ -786,7 +786,9 @@ class Worker:
             return result
 
     async def _backpressure(self) -> None:
-        """Wait while the engine is behind or too many utterances wait for their parts."""
+        """Wait while the engine is behind, too many utterances wait for their parts, or too many
+        calls wait for their close (``join.max_open_calls``: a flood of 'ended', each close a few
+        Redis round trips, read faster than they close, grew them without bound: a review)."""
         max_queue = 4 * self.settings.engine.max_batch
         cap = self.settings.join.max_open_utterances
         audio_cap = self.settings.join.max_held_audio_s
@@ -795,6 +797,7 @@ class Worker:
             or self.queued_units >= 4 * self.sizer.allowance()
             or self.joiner.open_utterances >= cap
             or self.joiner.held_audio_s >= audio_cap
+            or len(self.ending) >= self.settings.join.max_open_calls
         ):
             await asyncio.sleep(0.005)
 
@@ -1076,11 +1079,15 @@ class Worker:
         scenario before any fault: a replica set slow to acknowledge kept one audio partition 1.5-2 s
         behind the text, and its utterances went without their audio). A partition that stops
         flowing ends this within ``wait_s``; producers' clocks skewed by S hold an utterance whose
-        part never comes up to S longer. Near the open-utterance cap nothing is behind: holding more
-        would stop the reading (backpressure) that could bring the parts."""
+        part never comes up to S longer. Near the open-utterance cap, or that of calls ending, nothing is
+        behind: holding more would stop the reading (backpressure) that could bring the parts."""
         topic = self.topic_of.get(modality)
         j = self.settings.join
-        if topic is None or self.joiner.open_utterances >= 0.8 * j.max_open_utterances:
+        if (
+            topic is None
+            or self.joiner.open_utterances >= 0.8 * j.max_open_utterances
+            or len(self.ending) >= 0.8 * j.max_open_calls
+        ):
             return False
         if self.joiner.held_audio_s >= 0.8 * j.max_held_audio_s:  # the voices held would stop the reading too
             return False
@@ -1168,8 +1175,7 @@ class Worker:
             self.fresh = {tp: v for tp, v in self.fresh.items() if tp[1] not in partitions}
             self.assigned_at = {p: t for p, t in self.assigned_at.items() if p not in partitions}
             gone = {c for c, receipts in self.ending.items() if any(r.partition in partitions for r in receipts)}
-            self.closing = [c for c in self.closing if c not in gone]
-            self.closing_since = {c: t for c, t in self.closing_since.items() if c in self.closing}
+            self.closing = {c: t for c, t in self.closing.items() if c not in gone}
             for call_id in gone:
                 del self.ending[call_id]
             self.held = {c: h for c, h in self.held.items() if not h or h[0].receipt.partition not in partitions}
@@ -1193,7 +1199,7 @@ class Worker:
             batch: list[Utterance] = []
             if self.queue:
                 oldest = min(u.ready_at or now for u in self.queue)
-                closing = set(self.closing)
+                closing = self.closing
                 if (
                     force
                     or self.sizer.full(self.queue, self.queued_units)
@@ -1203,15 +1209,13 @@ class Worker:
                     batch = self._next_batch()
                     self.queue = self.queue[len(batch) :]
                     self._count_queue()
-            call_id = None if batch or not self.closing else self.closing[0]
+            call_id = None if batch or not self.closing else next(iter(self.closing))
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
             if batch:
                 return await self._process(batch)
             if call_id is None:
                 return False
             closed = await self._close(call_id)
-        if call_id not in self.closing:
-            self.closing_since.pop(call_id, None)
         if call_id in self.held and call_id not in self.ending:  # the id used again meanwhile: the new call
             await self._let_go(call_id)  # outside ``busy``: its Redis retries must not hold up a revoke
         return closed
@@ -1223,8 +1227,8 @@ class Worker:
         unacked, the control partition's commits stopped before them.)"""
         if not self.closing or "closing calls" in self.failing_since:  # (one failing again and again: the
             return False  # batches go on, as before; the closes are tried when none is due)
-        first = self.closing[0]
-        return self.closing_since.get(first, oldest) < oldest and all(u.call_id != first for u in self.queue)
+        first, since = next(iter(self.closing.items()))
+        return since < oldest and all(u.call_id != first for u in self.queue)
 
     def _control(
         self, msg: CallControl, receipt: Receipt, now: float, timestamp: float | None = None, again: bool = False
@@ -1255,8 +1259,7 @@ class Worker:
         receipts = list(self.ending.get(call_id, []))
         if not receipts or not all(r.lease.valid for r in receipts):
             async with self.lock:  # revoked: its next owner closes it
-                if call_id in self.closing:
-                    self.closing.remove(call_id)
+                self.closing.pop(call_id, None)
             return True
         stood_in = [r.handle for r in receipts if isinstance(r.handle, _NoAck)]
         # what ended it: its 'ended' (one came, maybe while a stand-in waited), its id's next 'started', or quiet
@@ -1299,8 +1302,7 @@ class Worker:
         async with self.lock:
             for receipt in self.ending.pop(call_id, []):
                 receipt.ack()
-            if call_id in self.closing:
-                self.closing.remove(call_id)
+            self.closing.pop(call_id, None)
         return True
 
     def _count_queue(self) -> None:
@@ -1349,9 +1351,8 @@ class Worker:
             self.missing_logged += bool(waited)
         self.queue.extend(result.ready)
         self.queued_units += sum(units(u) for u in result.ready)
-        self.closing.extend(result.ended_calls)
         for call_id in result.ended_calls:
-            self.closing_since.setdefault(call_id, self.clock())
+            self.closing.setdefault(call_id, self.clock())
 
     def _recovered(self, kind: str) -> None:
         """Says once that work of ``kind`` goes through again after failures (:meth:`_failed`):

@@ -972,7 +972,7 @@ def test_while_a_call_id_used_again_waits_record_times_tell_the_calls_apart() ->
         assert events(sent) == [] and not [v for tp, v in sent if tp == t.deadletter]
         clock.now += NOTHING_READ_GRACE_S + 1  # its audio partition never read: behind only briefly
         await w.tick()  # the old call is closed in the join; its close (window, summary) not yet done
-        assert w.closing == ["c"]
+        assert list(w.closing) == ["c"]
         # a part the old call sent in time, of an utterance it never had: it would reopen it under the new call
         await w.on_message(t.text, 0, 4, b"c", text("c", "u9", 9), Handle(log, "old9"), timestamp=100.9)
         # refused as late at once; its ack goes out after the new u0's, read before it on the text partition
@@ -3031,6 +3031,30 @@ def test_voices_waiting_for_their_words_are_held_only_up_to_a_cap() -> None:
         await w.tick()
         await w.pump()
         assert w.joiner.held_audio_s == 0.0 and len(events(sent)) == 10
+        await asyncio.wait_for(w._backpressure(), 0.2)
+
+    asyncio.run(scenario())
+
+
+def test_a_flood_of_ended_waits_for_the_closes_at_the_cap_of_open_calls() -> None:
+    """Each close costs a few Redis round trips and an 'ended' is read faster: a flood of them (calls
+    never started) grew the calls waiting for their close without bound. At join.max_open_calls the
+    reading waits, and near it no close waits for topics read behind."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(max_open_calls=10)
+        t = w.settings.kafka.topics
+        w.highwater = lambda topic, partition: PartitionEnd(500, 0.5)  # a backlog everywhere
+        for i in range(10):
+            end = CallControl(call_id=f"x{i}", event="ended").to_bytes()
+            await w.on_message(t.control, 0, i, f"x{i}".encode(), end, Handle(log, f"e{i}"), timestamp=1e3)
+        assert len(w.ending) == 10 and not w.behind("text", 0, 1e3 + 5)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(w._backpressure(), 0.2)
+        w.clock.now += 5.0
+        for _ in range(12):
+            await w.pump()
+        assert not w.ending and sorted(store.released) == sorted(f"x{i}" for i in range(10))
         await asyncio.wait_for(w._backpressure(), 0.2)
 
     asyncio.run(scenario())
