@@ -304,6 +304,8 @@ class Joiner:
         self._ended: OrderedDict[str, _Closed] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
         self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
+        #: calls -> their utterances released with every part dead-lettered -> why each (Joiner._set_aside)
+        self._aside: OrderedDict[str, dict[str, dict[str, str]]] = OrderedDict()
         self._reopened_calls: set[str] = set()  # calls in _ended opened again here by a part read after their close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
@@ -325,6 +327,7 @@ class Joiner:
         closed (the caller knows so from the context store, which outlives this worker's memory)."""
         closed = self._ended.pop(call_id, None)
         if closed is not None or closed_before:  # the id used again for a new call
+            self._aside.pop(call_id, None)
             # and maybe its utterance ids: the previous call's labelled ones are forgotten (not those
             # labelled since its close: the new call's, read before this 'started')
             for utterance_id in self._closed_ids.pop(call_id, set()):
@@ -537,12 +540,27 @@ class Joiner:
         utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
         utt.fresh_at = fresh_at
         utt.after_close = call_id in self._ended
+        aside = self._aside.get(call_id)
+        if aside is not None and utterance_id in aside:
+            utt.ignored.update(aside.pop(utterance_id))  # its parts dead-lettered before: not waited for again
         call.pending[utterance_id] = utt
         self._open += 1
         self._push(now + self.wait_s, call_id, utterance_id)
         if call.skips(speaker):
             self._push(now + self.unsent_wait_s, call_id, utterance_id)
         return utt
+
+    def _set_aside(self, utt: Utterance) -> None:
+        """An utterance released with every part dead-lettered: nothing labelled, so not marked done.
+        A usable part of it read later (a transcript slower than ``wait_s`` after its bad audio)
+        opens it again, knowing why those parts are missing; marked done, the transcript was counted
+        late, and the utterance gave no event at all (an operator's trial)."""
+        aside = self._aside.setdefault(utt.call_id, {})
+        self._aside.move_to_end(utt.call_id)
+        if len(aside) < MAX_PENDING_PER_CALL:
+            aside[utt.utterance_id] = dict(utt.ignored)
+        while len(self._aside) > self.max_calls:
+            self._aside.popitem(last=False)
 
     def _sent_late(self, utt: Utterance, now: float, ts: float | None) -> bool:
         """Whether a part reaching ``utt`` past its wait (held, or queued behind a held one) was
@@ -740,9 +758,10 @@ class Joiner:
             utt.timed_out = not all(utt.has(m) for m in call.expected)
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
+                self._mark_done(utt, call.partition)
             else:
                 result.ack_now.extend(utt.handles)
-            self._mark_done(utt, call.partition)
+                self._set_aside(utt)
         self._open -= len(call.pending)
         self._held -= sum(_held_by(u) for u in call.pending.values())
         self._file_closed(call_id)  # closed again: both
@@ -804,12 +823,13 @@ class Joiner:
             if utt.parts:  # not one whose every part was dead-lettered: nothing to label
                 result.ready.append(utt)
                 call.used = True
+                self._mark_done(utt, call.partition)
             else:
                 result.ack_now.extend(utt.handles)
+                self._set_aside(utt)
             del call.pending[utt.utterance_id]
             self._open -= 1
             self._held -= _held_by(utt)
-            self._mark_done(utt, call.partition)
         return result
 
     def _learn(self, call_id: str, call: _Call, utt: Utterance, result: JoinResult) -> None:

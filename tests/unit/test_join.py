@@ -556,8 +556,9 @@ def test_an_utterance_whose_only_part_was_dead_lettered_gives_no_event_and_does_
     assert ids(j.reject("c", "u0", 0, "A", "audio", "dead-lettered: x", now=0.0)) == []
     assert ids(j.add("c", "u1", 1, "A", "audio", "a1", "h", now=0.1)) == ["u1"]  # u0 gave nothing, held nothing
     assert j.open_utterances == 0
-    late = j.add("c", "u0", 0, "A", "audio", "a0", "h0", now=0.2)  # the utterance is done: a late part
-    assert late.ready == [] and late.ack_now == ["h0"]
+    # nothing was labelled: a usable copy sent after opens it again (it was acked as late, and lost)
+    again = j.add("c", "u0", 0, "A", "audio", "a0", "h0", now=0.2)
+    assert ids(again) == ["u0"] and again.ready[0].ignored == {} and again.late_parts == 0
 
 
 def test_a_call_that_ends_gives_no_event_for_an_utterance_whose_only_part_was_dead_lettered() -> None:
@@ -901,3 +902,21 @@ def test_a_call_naming_a_new_speaker_in_every_utterance_keeps_a_bounded_few() ->
     call = j._calls["c"]
     assert len(call.heard_by) == join.MAX_SPEAKERS_PER_CALL and len(call.skip_by) < join.MAX_SPEAKERS_PER_CALL
     assert call.skips("speaker-5") == ("audio",) and call.skips("speaker-1999") == ()  # learnt; past the cap: not
+
+
+def test_a_transcript_slower_than_the_wait_after_its_dead_lettered_audio_is_labelled() -> None:
+    """An operator's trial: audio dead-lettered, its transcript 3 s later. The utterance, released with
+    nothing usable, was marked labelled: the transcript was acked as late and no event ever came."""
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    r = j.reject("c", "u0", 0, "A", "audio", "dead-lettered: undecodable_audio", now=0.0, handle="bad")
+    r.extend(j.expire(now=2.5))
+    assert r.ready == [] and r.ack_now == ["bad"]
+    late = j.add("c", "u0", 0, "A", "text", "hello", "t", now=3.0)
+    assert late.late_parts == 0 and [u.utterance_id for u in late.ready] == ["u0"]  # not waiting for audio again
+    assert late.ready[0].ignored == {"audio": "dead-lettered: undecodable_audio"}
+    # an id used again for a new call starts afresh
+    j.reject("c", "u1", 1, "A", "audio", "dead-lettered: undecodable_audio", now=4.0, handle="bad2")
+    j.call_ended("c", now=4.0)
+    j.expire(now=10.0)
+    j.call_started("c", ["text", "audio"], now=11.0)
+    assert j.add("c", "u1", 0, "A", "text", "again", "t2", now=11.0).ready == []  # waits for its audio
