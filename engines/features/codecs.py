@@ -37,7 +37,10 @@ SAMPLE_RATE = 16_000  # what every extractor hears
 G711_RATE = 8_000
 RATES: tuple[int, ...] = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 ENCODINGS: tuple[str, ...] = ("pcm_s16le", "pcm_mulaw", "pcm_alaw", "flac", "wav")
-CONTAINERS = {"flac": "FLAC", "wav": "WAV"}
+CONTAINERS = {"flac": "FLAC", "wav": "WAV"}  # the format each is written in
+#: the formats libsndfile reads each as: a WAV with the extensible header (what ffmpeg writes for more than
+#: 16 bits or 2 channels) and an RF64 file (a WAV past 4 GB's header, that recorders write) are WAV files
+READ_AS = {"flac": ("FLAC",), "wav": ("WAV", "WAVEX", "RF64")}
 MIN_SECONDS = 0.1
 
 
@@ -74,6 +77,8 @@ def decode_as_sent(
         wave, rate = _decode_container(data, encoding, sample_rate, max_seconds)
     else:
         rate = _declared_rate(encoding, sample_rate)
+        if (container := _container_of(data)) is not None:  # its header would be heard as a click
+            raise AudioDecodeError(f"payload is a {container} file, message says {encoding}: send it as {container}")
         width = 2 if encoding == "pcm_s16le" else 1
         if len(data) % width:
             raise AudioDecodeError(f"{encoding} payload of odd length {len(data)} bytes")
@@ -175,6 +180,16 @@ def _declared_rate(encoding: str, sample_rate: int | None) -> int:
     return rate
 
 
+def _container_of(data: bytes) -> str | None:
+    """The encoding of a file whose header ``data`` starts with ('wav', 'flac'), if any: 12 or 8
+    bytes of signature, which raw samples match by chance once in 2**64."""
+    if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
+        return "wav"
+    if data[:4] == b"fLaC" and data[4] & 0x7F == 0 and data[5:8] == b"\x00\x00\x22":  # its STREAMINFO block
+        return "flac"
+    return None
+
+
 _WAV_PLACEHOLDER = 0x7FFF0000
 
 
@@ -211,7 +226,7 @@ def _decode_container(
     blocks: list[np.ndarray] = []
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.format != CONTAINERS[encoding]:
+            if f.format not in READ_AS[encoding]:
                 raise AudioDecodeError(f"payload is {f.format}, message says {encoding}")
             rate = int(f.samplerate)
             if sample_rate is not None and rate != sample_rate:

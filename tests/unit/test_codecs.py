@@ -248,3 +248,26 @@ def test_many_channels_are_averaged_block_by_block() -> None:
     tracemalloc.stop()
     assert out.shape == (16000 * 60,) and abs(float(out[1000:-1000].mean()) - (7 * 0.25 - 0.25) / 8) < 1e-3
     assert peak < 60e6, f"{peak / 1e6:.0f} MB"  # the mono 48 kHz array (11.5 MB) and its 16 kHz copy, not 8 channels
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype"), [("WAVEX", "FLOAT"), ("WAVEX", "PCM_24"), ("WAVEX", "PCM_16"), ("RF64", "PCM_16")]
+)
+def test_extensible_and_rf64_wav_files_are_wav(fmt: str, subtype: str) -> None:
+    """An operator's trial: ffmpeg writes WAVE_FORMAT_EXTENSIBLE for more than 16 bits or 2 channels,
+    recorders RF64; both were refused as 'payload is WAVEX, message says wav', with no encoding to send."""
+    buf = io.BytesIO()
+    sf.write(buf, tone(300.0, 16000), 16000, format=fmt, subtype=subtype)
+    out = decode_audio(buf.getvalue(), "wav")
+    assert out.shape == (16000,) and abs(peak_hz(out, 16000) - 300.0) < 2.0
+
+
+@pytest.mark.parametrize(("container", "raw"), [("wav", "pcm_s16le"), ("flac", "pcm_s16le"), ("wav", "pcm_mulaw")])
+def test_a_file_sent_as_raw_samples_is_refused(container: str, raw: str) -> None:
+    """An operator's trial: a whole WAV file sent as pcm_s16le decoded, its 44-byte header heard as a
+    click that changed the label."""
+    data = encode_audio(tone(300.0, 8000), 8000, container, 8000)
+    with pytest.raises(AudioDecodeError, match=f"payload is a {container} file, message says {raw}: send it as"):
+        decode_audio(data, raw, 8000)
+    noise = np.random.default_rng(0).integers(-3000, 3000, 16000, dtype=np.int16).tobytes()
+    assert decode_audio(noise, "pcm_s16le", 16000).shape == (16000,)  # raw samples pass
