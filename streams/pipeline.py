@@ -263,8 +263,8 @@ def _loud(wave: np.ndarray) -> str:
     if level < LOUD_DBFS:
         return ""
     return (
-        f" (the clip is sound at {level:.0f} dBFS, not silence: noise or music, or speech at another sample_rate "
-        "or encoding than declared?)"
+        f" (the clip is sound at {round(min(level, 0.0))} dBFS, not silence: noise or music, or speech at another "
+        "sample_rate or encoding than declared?)"
     )
 
 

@@ -94,7 +94,7 @@ def decode_as_sent(
             table = _mulaw_table() if encoding == "pcm_mulaw" else _alaw_table()
             wave = np.multiply(table[np.frombuffer(data, dtype=np.uint8)], _PCM_SCALE, dtype=np.float32)
     if wave.shape[0] < int(MIN_SECONDS * rate):
-        raise AudioDecodeError(f"audio too short: {wave.shape[0] / rate:.3f} s, need {MIN_SECONDS} s")
+        raise AudioDecodeError(f"audio too short: {wave.shape[0] / rate:.4f} s, need {MIN_SECONDS} s")
     if encoding in CONTAINERS:  # integer PCM is finite, within full scale and not subnormal by construction
         wave = _float_samples(wave)
     return wave, rate
@@ -193,13 +193,14 @@ def _container_of(data: bytes) -> str | None:
 _WAV_PLACEHOLDER = 0x7FFF0000
 
 
-def _check_wav_length(data: bytes) -> None:
+def _checked_wav(data: bytes) -> bytes:
     """Refuse a RIFF/WAVE file cut short: its ``data`` chunk declares more bytes than the payload
-    holds (libsndfile would quietly decode the part that arrived). A size of 0 or from 0x7FFF0000 up
-    (what live writers put there when they do not know the length yet: 0xFFFFFFFF, SoX's 0x7FFFF000;
-    no message is that large) and RF64 files are left to libsndfile."""
+    holds (libsndfile would quietly decode the part that arrived). A size from 0x7FFF0000 up (what
+    live writers put there when they do not know the length yet: 0xFFFFFFFF, SoX's 0x7FFFF000; no
+    message is that large) and RF64 files are left to libsndfile; a size of 0 (another writer's
+    placeholder), which libsndfile reads as no samples, is taken as the bytes that follow."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return
+        return data
     at = 12
     while at + 8 <= len(data):
         chunk, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
@@ -209,8 +210,11 @@ def _check_wav_length(data: bytes) -> None:
                 raise AudioDecodeError(
                     f"truncated wav payload: its header declares {size} bytes of samples, {held} arrived"
                 )
-            return
+            if size == 0 and held > 0:
+                return data[: at + 4] + held.to_bytes(4, "little") + data[at + 8 :]
+            return data
         at += 8 + size + (size & 1)
+    return data
 
 
 _UNKNOWN_LENGTH = 2**62  # libsndfile reports a header without a sample count as about 2**63
@@ -222,7 +226,7 @@ def _decode_container(
     import soundfile as sf
 
     if encoding == "wav":
-        _check_wav_length(data)
+        data = _checked_wav(data)
     blocks: list[np.ndarray] = []
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:

@@ -283,3 +283,10 @@ def test_a_clipped_voice_is_used_and_said_suspect_a_loud_one_or_a_tone_is_not() 
     ]  # noqa: E501
     feats = utterance_features(utts, CountingFeaturizer(), DIMS)
     assert "audio" in feats[0] and utts[0].suspect["audio"].startswith(CLIPPED)
+
+
+def test_a_full_scale_clip_is_said_to_be_at_0_dbfs_not_minus_0() -> None:
+    from streams.pipeline import _loud
+
+    assert "sound at 0 dBFS" in _loud(np.full(800, 0.9999, np.float32))
+    assert "sound at -20 dBFS" in _loud(np.full(800, 0.1, np.float32))
