@@ -304,8 +304,8 @@ class Joiner:
         self._ended: OrderedDict[str, _Closed] = OrderedDict()
         self._done_of: dict[str, set[str]] = {}  # call id -> its utterance ids in _done (open calls)
         self._closed_ids: dict[str, set[str]] = {}  # the same of the calls in _ended, moved there at the close
-        #: calls -> their utterances released with every part dead-lettered -> why each (Joiner._set_aside)
-        self._aside: OrderedDict[str, dict[str, dict[str, str]]] = OrderedDict()
+        #: of the ids in _done, those released with every part dead-lettered -> why each (Joiner._set_aside)
+        self._aside: dict[tuple[str, str], dict[str, str]] = {}
         self._reopened_calls: set[str] = set()  # calls in _ended opened again here by a part read after their close
         self._heap: list[tuple[float, int, str, str]] = []  # (deadline, tie, call id, utterance id or '' = end)
         self._tie = itertools.count()
@@ -327,11 +327,11 @@ class Joiner:
         closed (the caller knows so from the context store, which outlives this worker's memory)."""
         closed = self._ended.pop(call_id, None)
         if closed is not None or closed_before:  # the id used again for a new call
-            self._aside.pop(call_id, None)
             # and maybe its utterance ids: the previous call's labelled ones are forgotten (not those
             # labelled since its close: the new call's, read before this 'started')
             for utterance_id in self._closed_ids.pop(call_id, set()):
                 self._done.pop((call_id, utterance_id), None)
+                self._aside.pop((call_id, utterance_id), None)
         call = self._touch(call_id, now, partition)
         if closed is not None or closed_before:
             call.replaced_ts = closed.ended_ts if closed is not None and closed.ended_ts is not None else ts
@@ -401,8 +401,16 @@ class Joiner:
         partition: int,
         ts: float | None,
         fresh_at: float | None = None,
+        refused: dict[str, str] | None = None,
     ) -> JoinResult:
+        """:meth:`add`; ``refused``: why the parts of the utterance, set aside, were (:meth:`_set_aside`)."""
         done = self._done.get((call_id, utterance_id))
+        why = self._aside.get((call_id, utterance_id)) if done is not None else None
+        if why is not None and self._after_end(call_id, partition, ts) is None:
+            # every part it had was dead-lettered, nothing labelled: it opens again, knowing why
+            self._undo((call_id, utterance_id))
+            return self._add(call_id, utterance_id, seq, speaker, modality, payload, handle, now, partition, ts,
+                             fresh_at, why)  # fmt: skip
         if done is not None:
             self._done.move_to_end((call_id, utterance_id))
             used = done[1 + MODALITIES.index(modality)]
@@ -429,6 +437,7 @@ class Joiner:
         utt = call.pending.get(utterance_id)
         if utt is None:
             utt = self._open_utterance(call, call_id, utterance_id, seq, speaker, now, ts, fresh_at)
+            utt.ignored.update(refused or {})  # not waited for again
         elif modality in utt.parts:
             if _digest(utt.parts[modality]) != _digest(payload):
                 return JoinResult(conflict=_conflict(call_id, utterance_id, modality, "already has"))
@@ -540,9 +549,6 @@ class Joiner:
         utt = Utterance(call_id, utterance_id, seq, speaker, first_at=now, partition=call.partition, first_ts=ts)
         utt.fresh_at = fresh_at
         utt.after_close = call_id in self._ended
-        aside = self._aside.get(call_id)
-        if aside is not None and utterance_id in aside:
-            utt.ignored.update(aside.pop(utterance_id))  # its parts dead-lettered before: not waited for again
         call.pending[utterance_id] = utt
         self._open += 1
         self._push(now + self.wait_s, call_id, utterance_id)
@@ -550,17 +556,14 @@ class Joiner:
             self._push(now + self.unsent_wait_s, call_id, utterance_id)
         return utt
 
-    def _set_aside(self, utt: Utterance) -> None:
-        """An utterance released with every part dead-lettered: nothing labelled, so not marked done.
-        A usable part of it read later (a transcript slower than ``wait_s`` after its bad audio)
-        opens it again, knowing why those parts are missing; marked done, the transcript was counted
-        late, and the utterance gave no event at all (an operator's trial)."""
-        aside = self._aside.setdefault(utt.call_id, {})
-        self._aside.move_to_end(utt.call_id)
-        if len(aside) < MAX_PENDING_PER_CALL:
-            aside[utt.utterance_id] = dict(utt.ignored)
-        while len(self._aside) > self.max_calls:
-            self._aside.popitem(last=False)
+    def _set_aside(self, utt: Utterance, partition: int) -> None:
+        """An utterance released with every part dead-lettered: marked done as any (a part of it is
+        known, for late and reused-id parts, and forgotten with its partition), with why its parts
+        were refused: nothing was labelled, so a usable part of it read later (a transcript slower
+        than ``wait_s`` after its bad audio) opens it again, knowing why (:meth:`_add`). It was
+        counted late, and the utterance gave no event at all (an operator's trial)."""
+        self._aside[(utt.call_id, utt.utterance_id)] = dict(utt.ignored)
+        self._mark_done(utt, partition)
 
     def _sent_late(self, utt: Utterance, now: float, ts: float | None) -> bool:
         """Whether a part reaching ``utt`` past its wait (held, or queued behind a held one) was
@@ -761,7 +764,7 @@ class Joiner:
                 self._mark_done(utt, call.partition)
             else:
                 result.ack_now.extend(utt.handles)
-                self._set_aside(utt)
+                self._set_aside(utt, call.partition)
         self._open -= len(call.pending)
         self._held -= sum(_held_by(u) for u in call.pending.values())
         self._file_closed(call_id)  # closed again: both
@@ -826,7 +829,7 @@ class Joiner:
                 self._mark_done(utt, call.partition)
             else:
                 result.ack_now.extend(utt.handles)
-                self._set_aside(utt)
+                self._set_aside(utt, call.partition)
             del call.pending[utt.utterance_id]
             self._open -= 1
             self._held -= _held_by(utt)
@@ -989,6 +992,7 @@ class Joiner:
         """Forget a labelled id (if remembered)."""
         if self._done.pop(key, None) is None:
             return
+        self._aside.pop(key, None)
         for index in (self._done_of, self._closed_ids):
             ids = index.get(key[0])
             if ids is not None and key[1] in ids:

@@ -241,7 +241,10 @@ class JoinSettings(_Section):
         "no utterance waits longer than this past wait_s",
     )
     max_open_calls: int = Field(
-        50_000, ge=1, description="calls with join state; at the cap the least recently active idle call is forgotten"
+        50_000,
+        ge=1,
+        description="calls with join state; at the cap the least recently active idle call is forgotten; also calls "
+        "waiting for their close after their 'ended': at that many the worker stops reading until some have closed",
     )
     max_finished_ids: int = Field(
         200_000,

@@ -1216,6 +1216,8 @@ class Worker:
             if call_id is None:
                 return False
             closed = await self._close(call_id)
+            if not closed and call_id in self.closing:  # tried again after the others (one that always fails
+                self.closing[call_id] = self.closing.pop(call_id)  # held them all up)
         if call_id in self.held and call_id not in self.ending:  # the id used again meanwhile: the new call
             await self._let_go(call_id)  # outside ``busy``: its Redis retries must not hold up a revoke
         return closed

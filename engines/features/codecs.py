@@ -185,7 +185,9 @@ def _container_of(data: bytes) -> str | None:
     bytes of signature, which raw samples match by chance once in 2**64."""
     if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
         return "wav"
-    if data[:4] == b"fLaC" and data[4] & 0x7F == 0 and data[5:8] == b"\x00\x00\x22":  # its STREAMINFO block
+    if (
+        data[:4] == b"fLaC" and len(data) >= 8 and data[4] & 0x7F == 0 and data[5:8] == b"\x00\x00\x22"
+    ):  # its STREAMINFO block
         return "flac"
     return None
 
@@ -210,11 +212,19 @@ def _checked_wav(data: bytes) -> bytes:
                 raise AudioDecodeError(
                     f"truncated wav payload: its header declares {size} bytes of samples, {held} arrived"
                 )
-            if size == 0 and held > 0:
+            if size == 0 and held > 0 and not _a_chunk(data[at + 8 :]):  # (an empty data chunk before another)
                 return data[: at + 4] + held.to_bytes(4, "little") + data[at + 8 :]
             return data
         at += 8 + size + (size & 1)
     return data
+
+
+def _a_chunk(data: bytes) -> bool:
+    """Whether ``data`` starts with a RIFF chunk's header: four printable ASCII characters, and a size
+    that fits in what follows."""
+    return (
+        len(data) >= 8 and all(32 <= b < 127 for b in data[:4]) and int.from_bytes(data[4:8], "little") <= len(data) - 8
+    )
 
 
 _UNKNOWN_LENGTH = 2**62  # libsndfile reports a header without a sample count as about 2**63

@@ -273,6 +273,38 @@ def test_a_dead_lettered_audio_part_does_not_hold_up_its_text(services, unique, 
         worker.stop()
 
 
+def test_a_transcript_slower_than_the_wait_after_its_bad_audio_is_labelled(services, unique, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An operator's trial: an utterance's audio dead-lettered, its transcript 3 s later (a speech-to-text
+    slower than join.wait_s). The utterance, released with nothing usable, was taken as labelled: the
+    transcript was acked as a late part, and the utterance gave no event at all."""
+    settings = settings_for(services, unique, default_modalities=("text", "audio"), wait_s=1.0)
+    t = settings.kafka.topics
+    ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path).start()
+    collector = Collector(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    try:
+        worker.wait_ready()
+        odd = base64.b64encode(b"\x00\x01\x02").decode()  # three bytes of pcm_s16le
+        audio = AudioPart(call_id="slow", utterance_id="s0", seq=0, encoding="pcm_s16le", data=odd)
+        producer.send(t.audio, key=b"slow", value=audio.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.dead) >= 1, 60), worker.tail()
+        time.sleep(3.0)  # past the wait: the utterance went, with nothing to label
+        text = TextPart(call_id="slow", utterance_id="s0", seq=0, text="Why is my bill so high?")
+        producer.send(t.text, key=b"slow", value=text.to_bytes())
+        producer.flush()
+        assert collector.poll_until(lambda c: len(c.events) >= 1, 30), worker.tail()
+        ((_, event),) = collector.events
+        assert event.modalities_present == ["text"], event
+        assert event.ignored["audio"].startswith("dead-lettered: undecodable_audio ("), event.ignored
+        assert "came too late" not in worker.tail(10**6)
+    finally:
+        producer.close()
+        collector.close()
+        worker.stop()
+
+
 @dataclass
 class _Crash:
     """A first worker to kill -9 once the group has committed what it acked, a second to take over,

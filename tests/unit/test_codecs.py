@@ -150,6 +150,16 @@ def test_a_wav_whose_writer_did_not_know_its_length_still_decodes(placeholder: i
     assert decode_audio(bytes(data), "wav").shape[0] == 16000  # every sample (0: none were read)
 
 
+def test_an_empty_data_chunk_before_another_chunk_is_empty() -> None:
+    """A data chunk of size 0 followed by samples is a writer's placeholder; followed by another chunk
+    (a LIST of tags), it is empty: the tags are not heard as samples."""
+    fmt_chunk = struct.pack("<HHIIHHH", 7, 1, 8000, 8000, 1, 8, 0)
+    tags = b"LIST" + struct.pack("<I", 4000) + b"INFO" + b"x" * 3996
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + b"data" + struct.pack("<I", 0) + tags
+    with pytest.raises(AudioDecodeError, match="too short"):
+        decode_audio(b"RIFF" + struct.pack("<I", len(body)) + body, "wav")
+
+
 def _voice_like(rate: int, seconds: float = 2.0, seed: int = 0) -> np.ndarray:
     """A quiet start, then a buzz with a moving pitch and formant-like partials, and breath noise:
     what the high-byte test must pass in the right byte order at 8 and 16 kHz."""
@@ -269,5 +279,7 @@ def test_a_file_sent_as_raw_samples_is_refused(container: str, raw: str) -> None
     data = encode_audio(tone(300.0, 8000), 8000, container, 8000)
     with pytest.raises(AudioDecodeError, match=f"payload is a {container} file, message says {raw}: send it as"):
         decode_audio(data, raw, 8000)
+    with pytest.raises(AudioDecodeError, match="odd length|too short"):
+        decode_audio(b"fLaC", raw, 8000)  # a signature's start alone (it raised IndexError)
     noise = np.random.default_rng(0).integers(-3000, 3000, 16000, dtype=np.int16).tobytes()
     assert decode_audio(noise, "pcm_s16le", 16000).shape == (16000,)  # raw samples pass

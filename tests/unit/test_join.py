@@ -914,9 +914,23 @@ def test_a_transcript_slower_than_the_wait_after_its_dead_lettered_audio_is_labe
     late = j.add("c", "u0", 0, "A", "text", "hello", "t", now=3.0)
     assert late.late_parts == 0 and [u.utterance_id for u in late.ready] == ["u0"]  # not waiting for audio again
     assert late.ready[0].ignored == {"audio": "dead-lettered: undecodable_audio"}
-    # an id used again for a new call starts afresh
-    j.reject("c", "u1", 1, "A", "audio", "dead-lettered: undecodable_audio", now=4.0, handle="bad2")
-    j.call_ended("c", now=4.0)
-    j.expire(now=10.0)
-    j.call_started("c", ["text", "audio"], now=11.0)
-    assert j.add("c", "u1", 0, "A", "text", "again", "t2", now=11.0).ready == []  # waits for its audio
+    # the bad part sent again is acked at once, as for any utterance done with
+    j.reject("c", "u1", 1, "A", "audio", "dead-lettered: undecodable_audio", now=4.0, handle="bad2", ts=4.0)
+    assert j.expire(now=6.5).ack_now == ["bad2"]
+    assert j.reject("c", "u1", 1, "A", "audio", "dead-lettered: x", now=7.0, handle="bad3").ack_now == ["bad3"]
+    # a part of the id's next call, sent after the 'ended' and read before its 'started', waits for it,
+    # as for a labelled utterance (it is not taken into the call that is closing)
+    j.call_ended("c", now=8.0, ts=8.0)
+    assert j.sent_after_end("c", "u1", "text", 9.0)
+    j.expire(now=20.0)
+    j.call_started("c", ["text", "audio"], now=21.0)  # the id used again: the next call's u1 starts afresh
+    assert j.add("c", "u1", 0, "A", "text", "again", "t2", now=21.0).ready == []  # waits for its audio
+
+
+def test_an_utterance_set_aside_is_forgotten_with_its_partition() -> None:
+    j = Joiner(wait_s=2.0, default_modalities=("text", "audio"))
+    j.reject("c", "u0", 0, "A", "audio", "dead-lettered: undecodable_audio", now=0.0, partition=3, handle="bad")
+    j.expire(now=2.5)
+    j.forget({3})
+    assert not j._aside and ("c", "u0") not in j._done
+    assert j.add("c", "u0", 0, "A", "text", "hello", "t", now=3.0, partition=3).ready == []  # waits for its audio

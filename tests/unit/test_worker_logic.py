@@ -2943,6 +2943,15 @@ def test_a_close_that_fails_every_time_does_not_stop_the_batches() -> None:
             w.clock.now += 0.1  # type: ignore[attr-defined]
             await w.pump()
         assert len([e for e in events(sent) if e.call_id != "A"]) >= 95
+        # nor the other calls' closes: it is tried again after them
+        for n in range(1, 4):
+            end = CallControl(call_id=f"B{n}", event="ended").to_bytes()
+            await w.on_message(t.control, 0, n, f"B{n}".encode(), end, Handle(log, f"B{n}.end"), timestamp=200.0)
+        for _ in range(20):
+            w.clock.now += 1.0  # type: ignore[attr-defined]
+            w.retry_at = 0.0
+            await w.pump()
+        assert {"B1", "B2", "B3"} <= set(store.released) and list(w.closing) == ["A"]
 
     asyncio.run(scenario())
 
