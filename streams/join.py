@@ -448,7 +448,7 @@ class Joiner:
             _repeated(again, utterance_id, call_id, modality, seq, speaker, seq != utt.seq, speaker_differs,
                       f"the utterance has seq {utt.seq} speaker {utt.speaker!r}, another", "joined once")  # fmt: skip
             return again
-        elif self._sent_late(utt, now, ts):
+        elif utt.parts and self._sent_late(utt, now, ts):  # (nothing usable yet: nothing it was late for)
             result = JoinResult(ack_now=[handle], late_parts=1)
             result.extend(self._release(call_id, now))
             return result

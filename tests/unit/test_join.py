@@ -934,3 +934,14 @@ def test_an_utterance_set_aside_is_forgotten_with_its_partition() -> None:
     j.forget({3})
     assert not j._aside and ("c", "u0") not in j._done
     assert j.add("c", "u0", 0, "A", "text", "hello", "t", now=3.0, partition=3).ready == []  # waits for its audio
+
+
+def test_a_part_reaching_an_utterance_held_with_nothing_usable_is_not_late() -> None:
+    """The worker holds an utterance past its wait while a topic is read behind: a transcript sent 3 s
+    after its dead-lettered audio was 'sent late' and acked, though nothing had been labelled."""
+    j = Joiner(wait_s=1.0, default_modalities=("text", "audio"), behind=lambda m, p, t: m == "text")
+    j.reject("c", "u0", 0, "A", "audio", "dead-lettered: undecodable_audio", now=0.0, ts=100.0, handle="bad")
+    assert j.expire(now=3.0).ready == []  # held: the text topic is read behind
+    r = j.add("c", "u0", 0, "A", "text", "hello", "t", now=3.0, ts=103.0)
+    assert r.late_parts == 0 and [u.utterance_id for u in r.ready] == ["u0"]
+    assert r.ready[0].ignored == {"audio": "dead-lettered: undecodable_audio"}
