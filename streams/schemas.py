@@ -666,7 +666,11 @@ def parse_input(kind: str, raw: bytes | None, max_bytes: int) -> Part | CallCont
     if raw is None or len(raw) == 0:
         raise InvalidMessage("malformed_json", "empty message")
     if len(raw) > max_bytes:
-        raise InvalidMessage("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+        invalid = InvalidMessage("oversized", f"message of {len(raw)} bytes > limits.max_message_bytes {max_bytes}")
+        invalid.part = _ids_scanned(kind, raw)  # its utterance waits for it no longer, and says why
+        if invalid.part is not None:
+            invalid.call_id, invalid.utterance_id = invalid.part.call_id, invalid.part.utterance_id
+        raise invalid
     try:
         obj = json.loads(raw, object_pairs_hook=_unique_keys)
     except DuplicateKey as exc:
@@ -732,6 +736,33 @@ def _ids_of(kind: str, obj: dict[str, Any]) -> Part | None:
 
 
 _ID = re.compile(rf"[{ID_CHARS}]{{1,128}}")
+
+#: the ids of a part too large to parse, found as a JSON object's top-level members are written (their
+#: values hold no quote or backslash; a quote inside a string value is escaped, so it never matches)
+_SCANNED = {
+    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*' + value)
+    for name, value in (
+        ("call_id", rb'"([^"\\]{1,128})"'),
+        ("utterance_id", rb'"([^"\\]{1,128})"'),
+        ("seq", rb"(\d{1,19})\b"),
+        ("speaker", rb'"([^"\\]{1,128})"'),
+    )
+}
+SCANNED_BYTES = 4096  # at either end of a message too large to parse
+
+
+def _ids_scanned(kind: str, raw: bytes) -> Part | None:
+    """The ids of a part too large to parse (a long clip as raw PCM passes the message limit), read
+    from its first and last :data:`SCANNED_BYTES` (the ids come before or after the audio's data), as
+    :func:`_ids_of` reads them; None where they are not all found there, or not valid."""
+    ends = raw[:SCANNED_BYTES] + b"\n" + raw[-SCANNED_BYTES:]
+    found: dict[str, Any] = {}
+    for name, pattern in _SCANNED.items():
+        match = pattern.search(ends)
+        if match is not None:
+            text = match.group(1).decode("utf-8", "replace")
+            found[name] = int(text) if name == "seq" else text
+    return _ids_of(kind, found)
 
 
 def _valid_id(value: Any) -> str | None:

@@ -494,6 +494,32 @@ def test_a_dead_letter_names_the_call_and_utterance_of_a_part_whose_seq_is_wrong
     assert (caught.value.call_id, caught.value.utterance_id) == (None, None)
 
 
+def test_a_part_too_large_to_parse_is_dead_lettered_under_its_ids_where_they_can_be_read() -> None:
+    """A long clip as raw PCM passes the message limit: its utterance waited join.wait_s for it, and its
+    event said nothing of why it had no audio (an operator's trial). Its ids are read from its ends."""
+    big = base64.b64encode(bytes(800_000)).decode()
+    first = {"schema_version": 1, "call_id": "c-1", "utterance_id": "u_7", "seq": 3, "speaker": "agent 42",
+             "encoding": "pcm_s16le", "data": big}  # fmt: skip
+    last = {"data": big, **{k: v for k, v in first.items() if k != "data"}}
+    for obj in (first, last):
+        with pytest.raises(InvalidMessage) as caught:
+            parse_input("audio", json.dumps(obj).encode(), 1 << 20)
+        part = caught.value.part
+        assert caught.value.reason == "oversized" and part is not None
+        assert (part.call_id, part.utterance_id, part.seq, part.speaker) == ("c-1", "u_7", 3, "agent 42")
+    # ids quoted inside a transcript are not the message's; a message whose ids are out of reach has none
+    quoted = 'say \\"call_id\\": \\"evil\\" ' * 60_000
+    words = {"schema_version": 1, "text": quoted, "call_id": "c", "utterance_id": "u", "seq": 1}
+    with pytest.raises(InvalidMessage) as caught:
+        parse_input("text", json.dumps(words).encode(), 1 << 20)
+    assert caught.value.part is not None and caught.value.part.call_id == "c"
+    hidden = {"schema_version": 1, "call_id": "c", "pad": "x" * 600_000, "utterance_id": "u", "more": "x" * 600_000,
+              "seq": 1, "encoding": "pcm_s16le", "data": ""}  # fmt: skip
+    with pytest.raises(InvalidMessage) as caught:
+        parse_input("audio", json.dumps(hidden).encode(), 1 << 20)
+    assert caught.value.part is None and caught.value.call_id is None
+
+
 @pytest.mark.parametrize(
     ("raw", "said"),
     [
