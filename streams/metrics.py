@@ -87,6 +87,12 @@ class Metrics:
             ["field"],
             registry=r,
         )
+        self.seq_behind = Counter(
+            "emostream_seq_behind_total",
+            "Utterances whose seq is redis.window or more below their call's highest: a seq that started again (a "
+            "transfer) or jumped ahead; labelled without the call's context (a producer's mistake: the log says which)",
+            registry=r,
+        )
         self.ignored_parts = Counter(
             "emostream_ignored_parts_total",
             "Parts that arrived but were not used (audio without speech: silence, line noise, hold music; "

@@ -3120,3 +3120,18 @@ def test_a_calls_end_read_before_its_last_parts_by_its_next_owner_keeps_what_it_
         assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]  # at once: the call sends no audio
 
     asyncio.run(scenario())
+
+
+def test_a_call_whose_seq_starts_again_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text",))
+        t = w.settings.kafka.topics
+        for i, seq in enumerate([*range(14), 0]):  # a transfer that numbers from 0 again
+            await w.on_message(t.text, 0, i, b"c", text("c", f"u{i}", seq), Handle(log, f"t{i}"), timestamp=100.0 + i)
+            await w.pump()
+        assert len(events(sent)) == 15
+        assert "emostream_seq_behind_total 1.0" in _metrics(w)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    assert "call c: utterance u14 has seq 0, 12 or more below the call's seq 13 (redis.window)" in caplog.text
