@@ -1240,12 +1240,13 @@ class Worker:
         if msg.event == "started":
             modalities: list[str] = list(msg.modalities or [])
             if (
-                modalities
+                msg.modalities is not None  # (an empty list too: it declares nothing)
                 and not set(modalities) & set(self.joiner.inputs)
                 and self._sampled("declared-none") is not None
             ):
+                declared = "+".join(modalities) if modalities else "no modality ([])"
                 log.warning("call %s declared %s, none of which this model takes (it takes %s): its utterances "
-                            "wait for the default, join.default_modalities %s", msg.call_id, "+".join(modalities),
+                            "wait for the default, join.default_modalities %s", msg.call_id, declared,
                             "+".join(self.joiner.inputs), "+".join(self.joiner.default) or "none")  # fmt: skip
             self._absorb(
                 self.joiner.call_started(

@@ -3135,3 +3135,19 @@ def test_a_call_whose_seq_starts_again_is_logged_and_counted(caplog: pytest.LogC
     with caplog.at_level(logging.WARNING):
         asyncio.run(scenario())
     assert "call c: utterance u14 has seq 0, 12 or more below the call's seq 13 (redis.window)" in caplog.text
+
+
+def test_a_call_that_declares_an_empty_list_of_modalities_is_told_it_waits_for_the_default(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator's trial: "modalities": [] waited 2 s for audio, with nothing said."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(default_modalities=("text", "audio"))
+        none = CallControl(call_id="c", event="started", modalities=[]).to_bytes()
+        await w.on_message(w.settings.kafka.topics.control, 0, 0, b"c", none, Handle(log, "s"), timestamp=100.0)
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(scenario())
+    assert "call c declared no modality ([]), none of which this model takes" in caplog.text
+    assert "wait for the default, join.default_modalities text+audio" in caplog.text
