@@ -37,7 +37,6 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -603,19 +602,13 @@ class ContextStore:
             await self.client.zrem(self.active_key(partition), *call_ids)
 
     async def release(
-        self,
-        call_ids: list[str],
-        ended: dict[str, int] | None = None,
-        partitions: dict[str, int] | None = None,
-        silent: Collection[str] = (),
+        self, call_ids: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
     ) -> None:
         """The calls ended: their windows and declarations deleted, their labelled ids kept for
         replays until the TTL, and a mark that they closed: ``ended``, the offset of each one's
         'ended' on its control partition (see :meth:`started`; -1 where not given). The generation
         is kept as long as the labelled ids. ``partitions``: each call's input partition, whose
-        calls watched for going quiet (:meth:`touch`) it leaves. ``silent``: calls that said nothing
-        (an 'ended' for an id that sent nothing): no close mark, so a part under the id later is a
-        call of its own, not one that closed and is reopened (no report, never ended as quiet)."""
+        calls watched for going quiet (:meth:`touch`) it leaves."""
         ended = ended or {}
         if call_ids:
             for c in call_ids:
@@ -626,8 +619,7 @@ class ContextStore:
                     pipe.pexpire(self.labelled_key(c), self.ttl_ms)
                     pipe.pexpire(self.joined_key(c), self.ttl_ms)
                     pipe.pexpire(self.generation_key(c), self.ttl_ms)
-                    if c not in silent:
-                        pipe.set(self.closed_key(c), ended.get(c, -1), px=self.ttl_ms)  # until a 'started' uses the id
+                    pipe.set(self.closed_key(c), ended.get(c, -1), px=self.ttl_ms)  # until a 'started' uses the id
                     if partitions is not None and c in partitions:
                         pipe.zrem(self.active_key(partitions[c]), c)
                 await pipe.execute()

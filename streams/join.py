@@ -695,14 +695,6 @@ class Joiner:
                 return True
         return ts is not None and end_ts is not None and ts <= end_ts
 
-    def forget_closed(self, call_id: str) -> None:
-        """Forget that a call closed here, one that said nothing: a part under its id later starts a
-        call, rather than reopening this one (labelled after its close, outside its analytics)."""
-        closed = self._ended.get(call_id)
-        if closed is not None and not closed.said and call_id not in self._calls:
-            del self._ended[call_id]
-            self._closed_ids.pop(call_id, None)
-
     def labelled(self, call_id: str, utterance_id: str) -> bool:
         """Whether the utterance is remembered as labelled (see the class doc)."""
         return (call_id, utterance_id) in self._done

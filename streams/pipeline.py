@@ -21,7 +21,7 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -603,15 +603,11 @@ class Processor:
         self._written.clear()  # another worker may have written them meanwhile (a context reset it is not)
 
     async def release(
-        self,
-        call_ids: list[str],
-        ended: dict[str, int] | None = None,
-        partitions: dict[str, int] | None = None,
-        silent: Collection[str] = (),
+        self, call_ids: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
     ) -> None:
-        """The calls ended: free their windows (and declarations); ``ended``, ``partitions``,
-        ``silent``: see :meth:`ContextStore.release`."""
-        await self.store.release(call_ids, ended, partitions, silent)
+        """The calls ended: free their windows (and declarations); ``ended``, ``partitions``: see
+        :meth:`ContextStore.release`."""
+        await self.store.release(call_ids, ended, partitions)
         for call_id in call_ids:
             self._written.pop(call_id, None)
             self._generations.pop(call_id, None)

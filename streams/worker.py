@@ -1268,8 +1268,6 @@ class Worker:
         stood_in = [r.handle for r in receipts if isinstance(r.handle, _NoAck)]
         # what ended it: its 'ended' (one came, maybe while a stand-in waited), its id's next 'started', or quiet
         ended_by = "ended" if len(stood_in) < len(receipts) else stood_in[0].why
-        spoke = any(h.spoke for h in stood_in) or self.joiner.said_something(call_id)
-        silent = False  # an 'ended' of an id that said nothing, here or (its analytics) anywhere
         try:
             final = await self.processor.close(call_id)
             await self._publish(final)
@@ -1279,18 +1277,14 @@ class Worker:
                 # forgotten before the release: after a crash in between, the call is closed again
                 # (a stood-in 'ended' has no message to replay; its 'started' finds no close mark)
                 await self.analytics.forget(call_id)
-                silent = ended_by == "ended" and not spoke and not end.out and not final.events
             await self.processor.release(
-                [call_id], {call_id: max(r.offset for r in receipts)}, {call_id: receipts[0].partition},
-                silent=(call_id,) if silent else (),
-            )  # fmt: skip
+                [call_id], {call_id: max(r.offset for r in receipts)}, {call_id: receipts[0].partition}
+            )
         except Exception:
             self._failed(f"closing call {call_id}", "close", "closing calls")
             return False
         self._recovered("closing calls")
-        if silent:  # a part under its id later is a call of its own (an operator's trial: an 'ended' for an id
-            async with self.lock:  # that sent nothing made its next call's parts reopen it: no report, no alerts)
-                self.joiner.forget_closed(call_id)
+        spoke = any(h.spoke for h in stood_in) or self.joiner.said_something(call_id)
         if ended_by == "idle" and spoke:  # no part for join.idle_end_s, and no 'ended'
             self.metrics.calls_without_end.inc()
             if (n := self._sampled("quiet")) is not None:

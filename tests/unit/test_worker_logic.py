@@ -104,16 +104,12 @@ class FakeStore:
         return {c for c in calls if c in self.closed}
 
     async def release(
-        self,
-        calls: list[str],
-        ended: dict[str, int] | None = None,
-        partitions: dict[str, int] | None = None,
-        silent: Any = (),
+        self, calls: list[str], ended: dict[str, int] | None = None, partitions: dict[str, int] | None = None
     ) -> None:
         for c, p in (partitions or {}).items():
             self.active.get(p, {}).pop(c, None)
         self.released += calls
-        self.closed.update({c: (ended or {}).get(c, -1) for c in calls if c not in silent})
+        self.closed.update({c: (ended or {}).get(c, -1) for c in calls})
         for c in calls:
             self.data.pop(c, None)
             self.declarations.pop(c, None)
