@@ -136,9 +136,6 @@ class JoinResult:
     unlearned: list[str] = field(default_factory=list)
     #: calls forgotten after ``idle_s`` without a part and without an 'ended', that labelled something here
     idle_calls: list[str] = field(default_factory=list)
-    #: utterances released with a seq ``seq_gap`` or more below their call's highest: (call, utterance, its
-    #: seq, the call's highest): a call whose seq started again (a transfer) or jumped ahead
-    seq_behind: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     def extend(self, other: JoinResult) -> None:
         self.ready += other.ready
@@ -154,7 +151,6 @@ class JoinResult:
         self.learned += other.learned
         self.unlearned += other.unlearned
         self.idle_calls += other.idle_calls
-        self.seq_behind += other.seq_behind
 
 
 @dataclass
@@ -167,7 +163,6 @@ class _Call:
     ended_ts: float | None = None  # its record time
     quiet_end: bool = False  # its end stands in for an 'ended' that never came (join.idle_end_s)
     used: bool = False  # an utterance of it was released with a part (said something here)
-    top_seq: int = -1  # the highest seq of its utterances released here (Joiner.seq_gap)
     pending: dict[str, Utterance] = field(default_factory=dict)  # utterance id -> utterance
     declared: bool = False  # its 'started' said what it sends: nothing is learnt of the call (of a speaker, yes)
     heard: set[str] = field(default_factory=set)  # modalities it sent a part of (usable or dead-lettered)
@@ -277,7 +272,6 @@ class Joiner:
         inputs: tuple[str, ...] = MODALITIES,
         learn_after: int = 2,
         end_wait_s: float | None = None,
-        seq_gap: int | None = None,
     ) -> None:
         """``inputs``: the modalities the model takes; a part of another one is never waited for
         (declared by a call or by default), only joined if it comes while its utterance waits.
@@ -297,9 +291,6 @@ class Joiner:
         self.read_to = read_to  # (topic kind, partition) -> the highest record time read there
         self.max_hold_s = max_hold_s
         self.learn_after = learn_after  # 0: never learnt
-        #: an utterance released this far or more below its call's highest seq is said (JoinResult.seq_behind):
-        #: the context window keeps the highest seqs (the worker's: redis.window); None: not looked at
-        self.seq_gap = seq_gap
         self.unsent_wait_s = min(UNSENT_WAIT_S, wait_s)
         self.held_utterances = 0  # utterances that waited for a part read behind (a metric)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
@@ -836,9 +827,6 @@ class Joiner:
                 result.ready.append(utt)
                 call.used = True
                 self._mark_done(utt, call.partition)
-                if self.seq_gap is not None and call.top_seq - utt.seq >= self.seq_gap:
-                    result.seq_behind.append((call_id, utt.utterance_id, utt.seq, call.top_seq))
-                call.top_seq = max(call.top_seq, utt.seq)
             else:
                 result.ack_now.extend(utt.handles)
                 self._set_aside(utt, call.partition)

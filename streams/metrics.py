@@ -89,7 +89,7 @@ class Metrics:
         )
         self.seq_behind = Counter(
             "emostream_seq_behind_total",
-            "Utterances whose seq is redis.window or more below their call's highest: a seq that started again (a "
+            "Utterances whose seq is below every one of their call's context window: a seq that started again (a "
             "transfer) or jumped ahead; labelled without the call's context (a producer's mistake: the log says which)",
             registry=r,
         )

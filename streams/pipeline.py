@@ -68,6 +68,9 @@ class BatchOutcome:
     replayed: int = 0  # utterances whose events were already out (a replay): acked, not labelled again
     joins: dict[str, dict[str, str]] = field(default_factory=dict)  # call -> utterance -> parts labelled
     read_s: float = 0.0  # of the batch's time, reading its calls' windows from Redis
+    #: utterances whose seq is below every one of their call's window: (call, utterance, its seq, the window's
+    #: highest): labelled without context, a seq that started again (a transfer) or jumped ahead
+    seq_behind: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     def only(self, keep: Callable[[Utterance], bool]) -> BatchOutcome:
         """The part of the outcome caused by utterances ``keep`` accepts (events of a call's end stay)."""
@@ -82,6 +85,7 @@ class BatchOutcome:
             self.replayed,
             {c: {u: m for u, m in js.items() if (c, u) not in dropped} for c, js in self.joins.items()},
             self.read_s,
+            [b for b in self.seq_behind if (b[0], b[1]) not in dropped],
         )
 
     def _utterances(self) -> list[Utterance]:
@@ -99,6 +103,7 @@ class BatchOutcome:
             self.replayed + later.replayed,
             {c: {**self.joins.get(c, {}), **later.joins.get(c, {})} for c in {*self.joins, *later.joins}},
             self.read_s + later.read_s,
+            self.seq_behind + later.seq_behind,
         )
 
 
@@ -688,6 +693,7 @@ class Processor:
         ready: dict[tuple[str, str], _Ready] | None = None,
     ) -> BatchOutcome:
         feats = self._features(utts, {} if ready is None else ready)
+        behind: list[tuple[str, str, int, int]] = []
         rows: list[_Row] = []
         appends: dict[str, list[ContextItem]] = {}
         for utt, f in zip(utts, feats, strict=True):
@@ -701,11 +707,15 @@ class Processor:
             appends.setdefault(utt.call_id, []).append(item)
             if any(i.utterance_id == utt.utterance_id for i in known):
                 continue  # a replay: its revision was published with the first run
+            if not past and known and known[-1].seq > utt.seq:
+                behind.append((utt.call_id, utt.utterance_id, utt.seq, known[-1].seq))
             known.append(item)
             known.sort(key=lambda i: i.seq)
             if self.future:
                 rows += self._due(utt.call_id, known, known.index(item), utt)
-        return self._predict(rows, started, appends)
+        outcome = self._predict(rows, started, appends)
+        outcome.seq_behind = behind
+        return outcome
 
     def _features(self, utts: list[Utterance], ready: dict[tuple[str, str], _Ready]) -> list[dict[str, np.ndarray]]:
         """Each utterance's features: prefetched where they were for the same parts, else encoded now."""

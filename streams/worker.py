@@ -279,7 +279,6 @@ class Worker:
             inputs=tuple(m for m, dim in processor.dims.items() if dim > 0),
             learn_after=j.learn_after,
             end_wait_s=j.end_wait_s,
-            seq_gap=settings.redis.window,
         )
         self.topic_of = {m: t for t, m in self.kinds.items()}  # modality -> its input topic
         #: (topic, partition) -> (max record time read, max offset read, when that offset last grew)
@@ -1323,15 +1322,6 @@ class Worker:
             self.metrics.inconsistent_parts.labels(name).inc()
         if result.inconsistency is not None:
             self._note_inconsistent(result.inconsistency)
-        for call_id, utterance_id, seq, top in result.seq_behind:
-            self.metrics.seq_behind.inc()
-            if (n := self._sampled("seq-behind")) is not None:
-                log.warning("call %s: utterance %s has seq %d, %d or more below the call's seq %d (redis.window): a "
-                            "call's seq numbers its utterances in order, from its start (a transfer keeps counting, "
-                            "a jump ahead stays ahead); the context window keeps the highest seqs, so it is labelled "
-                            "without the call's context, and the call's analytics order its turns by seq "
-                            "[%d so far, emostream_seq_behind_total]", call_id, utterance_id, seq,
-                            self.settings.redis.window, top, n)  # fmt: skip
         if result.reopened is not None and (n := self._sampled("reopened")) is not None:
             log.warning("%s [%d so far]", result.reopened, n)
         for call_id in result.idle_calls:
@@ -1453,6 +1443,14 @@ class Worker:
         for name, seconds in laps.items():
             self.metrics.batch_stage.labels(name).observe(seconds)
         self.metrics.replays.inc(outcome.replayed)
+        for call_id, utterance_id, seq, top in outcome.seq_behind:
+            self.metrics.seq_behind.inc()
+            if (n := self._sampled("seq-behind")) is not None:
+                log.warning("call %s: utterance %s has seq %d, below every utterance of the call's context window "
+                            "(its highest: seq %d), so it is labelled without the call's context: a call's seq "
+                            "numbers its utterances in order from its start (a transfer keeps counting; the window "
+                            "keeps the highest seqs, and the call's analytics order its turns by seq) [%d so far, "
+                            "emostream_seq_behind_total]", call_id, utterance_id, seq, top, n)  # fmt: skip
         self.metrics.batch_size.observe(len(batch))
         self.metrics.engine_latency.observe(outcome.engine_s)
         sent = {(u.call_id, u.utterance_id): u.first_ts for u in batch}  # record times (the producer's clock)
