@@ -744,8 +744,10 @@ _SCANNED = {
     for name, value in (
         ("call_id", rb'"([^"\\]{1,128})"'),
         ("utterance_id", rb'"([^"\\]{1,128})"'),
-        ("seq", rb"(\d{1,19})\b"),
+        ("seq", rb"(\d{1,19})(?![\d.eE])"),  # an integer (3.5 is no seq)
         ("speaker", rb'"([^"\\]{1,128})"'),
+        ("kind", rb'"([a-z_]{1,16})"'),
+        ("schema_version", rb"(\d{1,3})(?![\d.eE])"),
     )
 }
 SCANNED_BYTES = 4096  # at either end of a message too large to parse
@@ -761,7 +763,9 @@ def _ids_scanned(kind: str, raw: bytes) -> Part | None:
         match = pattern.search(ends)
         if match is not None:
             text = match.group(1).decode("utf-8", "replace")
-            found[name] = int(text) if name == "seq" else text
+            found[name] = int(text) if name in ("seq", "schema_version") else text
+    if found.pop("schema_version", None) != SCHEMA_VERSION or found.pop("kind", kind) != kind:
+        return None  # another version's, or a part of another kind sent to this topic
     return _ids_of(kind, found)
 
 

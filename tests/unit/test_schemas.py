@@ -518,6 +518,10 @@ def test_a_part_too_large_to_parse_is_dead_lettered_under_its_ids_where_they_can
     with pytest.raises(InvalidMessage) as caught:
         parse_input("audio", json.dumps(hidden).encode(), 1 << 20)
     assert caught.value.part is None and caught.value.call_id is None
+    for odd in ({"seq": 3.5}, {"kind": "text"}, {"schema_version": 2}):  # as the parser would refuse them
+        with pytest.raises(InvalidMessage) as caught:
+            parse_input("audio", json.dumps({**first, **odd}).encode(), 1 << 20)
+        assert caught.value.part is None, odd
 
 
 @pytest.mark.parametrize(
