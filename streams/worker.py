@@ -87,6 +87,7 @@ UNREAD = (
 ROUTES_KEPT = 100_000  # calls whose last message's partition is remembered (Worker._check_route)
 CRASH_START_S = 30.0  # a worker's start and the rebalance after a crash, past kafka.session_timeout_s
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
+CLOSES_BEFORE_A_BATCH = 8  # closes that may go before a batch that is due (Worker._close_first)
 QUIET_PAGE = 1000  # the quietest calls looked at per partition and sweep (100: more than 20 a second went quiet
 # on a partition of the largest call centers, without 'ended', and the rest waited beyond their state's TTL)
 
@@ -305,6 +306,7 @@ class Worker:
         self.ending: dict[str, list[Any]] = {}  # call id -> its 'ended' messages, acked once it is closed
         #: calls whose utterances are all released, to free their windows, in turn -> when each joined (Worker._step)
         self.closing: dict[str, float] = {}
+        self.closes_in_turn = 0  # closes since the last batch (Worker._close_first)
         self.held: dict[str, list[Held]] = {}  # call id used again -> its messages, until its previous close
         self.letting_go: set[str] = set()  # call ids whose held messages are being joined (Worker._let_go)
         # call ids closed here whose held parts wait for a 'started' not read yet (Worker._held_back)
@@ -1212,9 +1214,11 @@ class Worker:
             call_id = None if batch or not self.closing else next(iter(self.closing))
         async with self.busy:  # a revoke waits for this unit of work, so it never publishes after one
             if batch:
+                self.closes_in_turn = 0
                 return await self._process(batch)
             if call_id is None:
                 return False
+            self.closes_in_turn += 1
             closed = await self._close(call_id)
             if not closed and call_id in self.closing:  # tried again after the others (one that always fails
                 self.closing[call_id] = self.closing.pop(call_id)  # held them all up)
@@ -1226,9 +1230,13 @@ class Worker:
         """Whether the first call waiting to close goes before a batch: it has no utterance in the
         queue and has waited longer than the queue's oldest. (Under a steady load a batch was always
         due, and closes waited for the load to stop: the calls' summaries late, their 'ended's
-        unacked, the control partition's commits stopped before them.)"""
+        unacked, the control partition's commits stopped before them.) At most
+        :data:`CLOSES_BEFORE_A_BATCH` in a row: an operator's trial sent 2000 'ended's of calls never
+        started, and a talking call's utterances waited for all their closes (2.7 s)."""
         if not self.closing or "closing calls" in self.failing_since:  # (one failing again and again: the
             return False  # batches go on, as before; the closes are tried when none is due)
+        if self.closes_in_turn >= CLOSES_BEFORE_A_BATCH:
+            return False
         first, since = next(iter(self.closing.items()))
         return since < oldest and all(u.call_id != first for u in self.queue)
 

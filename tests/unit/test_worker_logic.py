@@ -2816,6 +2816,32 @@ def test_a_call_ended_under_a_steady_load_closes_in_its_turn_not_when_the_load_s
     asyncio.run(scenario())
 
 
+def test_a_flood_of_closes_does_not_hold_up_a_talking_call_s_batch() -> None:
+    """An operator's trial: 2000 'ended's of calls never started, then a talking call's utterance
+    waited for every one of their closes (2.7 s). At most CLOSES_BEFORE_A_BATCH go before it."""
+    from streams.worker import CLOSES_BEFORE_A_BATCH
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=0.2, default_modalities=("text",))
+        t = w.settings.kafka.topics
+        w.settings = w.settings.model_copy(update={"engine": w.settings.engine.model_copy(update={"max_wait_s": 0.05})})
+        for i in range(50):
+            end = CallControl(call_id=f"x{i}", event="ended").to_bytes()
+            await w.on_message(t.control, 0, i, f"x{i}".encode(), end, Handle(log, f"e{i}"), timestamp=100.0)
+        for _ in range(40):  # past the grace of partitions not read yet
+            w.clock.now += 0.5  # type: ignore[attr-defined]
+            await w.tick()
+        assert len(w.closing) == 50
+        await w.on_message(t.text, 0, 0, b"B", text("B", "u0", 0), Handle(log, "B.t0"), timestamp=101.0)
+        w.clock.now += 0.3  # type: ignore[attr-defined]
+        await w.tick()
+        while not events(sent):
+            assert await w._step()
+        assert len(store.released) <= CLOSES_BEFORE_A_BATCH
+
+    asyncio.run(scenario())
+
+
 def test_a_call_reopened_after_its_ended_is_not_ended_as_quiet_by_a_worker_that_did_not_see_it_close(
     caplog: Any,
 ) -> None:
