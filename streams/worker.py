@@ -1201,12 +1201,11 @@ class Worker:
             batch: list[Utterance] = []
             if self.queue:
                 oldest = min(u.ready_at or now for u in self.queue)
-                closing = self.closing
                 if (
                     force
                     or self.sizer.full(self.queue, self.queued_units)
                     or now - oldest >= self.settings.engine.max_wait_s
-                    or any(u.call_id in closing for u in self.queue)
+                    or any(u.call_id in self.closing for u in self.queue)
                 ) and not self._close_first(oldest):
                     batch = self._next_batch()
                     self.queue = self.queue[len(batch) :]
