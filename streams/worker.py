@@ -180,7 +180,7 @@ class Lease:
         entry[1] = True
         assert waiting is not None
         if next(iter(waiting)) != offset:  # it waits behind an earlier message: it needs only its ack from here
-            getattr(handle, "shed", lambda: None)()  # (the record's bytes: audio waiting up to join.max_hold_s)
+            _shed(handle)  # (the record's bytes: audio waiting up to join.max_hold_s)
         while waiting:
             first = next(iter(waiting))
             held, acked, _ = waiting[first]
@@ -209,6 +209,14 @@ class Receipt:
     @property
     def source(self) -> SourceRef:
         return SourceRef(topic=self.topic, partition=self.partition, offset=self.offset)
+
+
+def _shed(handle: Any) -> None:
+    """Let go of a record's bytes whose message is parsed and used (joined, or dead-lettered), where
+    only its ack is left: a part's ack waits for its utterance's event (up to ``join.max_hold_s``),
+    and its raw record (audio up to ``limits.max_message_bytes``; an oversized one past it) is not
+    counted in ``join.max_held_audio_s``, which counts the decoded voices held."""
+    getattr(handle, "shed", lambda: None)()
 
 
 def _identity(msg: CallControl, timestamp: float | None) -> str:
@@ -399,7 +407,8 @@ class Worker:
             await self._reject(exc, receipt, key, value, msg, ack=not joinable)
             self._mark_read(topic, partition, offset, timestamp)
             if joinable:
-                item = Held(msg, None, receipt, key, value, timestamp, exc, fresh_at)
+                _shed(handle)  # dead-lettered: only its ack is left, held with its utterance
+                item = Held(msg, None, receipt, key, None, timestamp, exc, fresh_at)
                 if not self._held_back(item):
                     await self._join(item)
             return
@@ -690,6 +699,7 @@ class Worker:
             await self._reject(InvalidMessage("conflicting_part", result.conflict), receipt, key, value, msg)
         if result.after_end is not None and receipt.lease.valid:  # its call was closed: it is not reopened
             await self._reject(InvalidMessage("after_call_ended", result.after_end), receipt, key, value, msg)
+        _shed(receipt.handle)  # joined (its payload is what the utterance keeps), or dead-lettered: its ack is left
 
     def _check_route(self, topic: str, partition: int, call_id: str) -> None:
         """Count and log a call's message that came on another partition than the call's messages

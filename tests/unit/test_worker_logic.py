@@ -295,6 +295,41 @@ def test_context_window_grows_within_a_batch_and_across_batches() -> None:
     asyncio.run(scenario())
 
 
+class Shedding(Handle):
+    """A handle that says when the worker lets go of its record's bytes (streams.app._Handle.shed)."""
+
+    def shed(self) -> None:
+        self.log.append(f"shed {self.name}")
+
+
+def test_a_part_waiting_for_its_utterance_holds_only_its_ack_not_its_record() -> None:
+    """A part's ack waits for its utterance's event (up to join.max_hold_s): its record's bytes (audio
+    up to limits.max_message_bytes, an oversized one past it) are let go once it is joined or
+    dead-lettered, not held with the ack; join.max_held_audio_s counts only the decoded voices. Before,
+    a dead-lettered part's record (the case of an oversized one) was held, uncounted, until its
+    utterance went."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=30.0)
+        t = w.settings.kafka.topics
+        big = b'{"schema_version": 1, "kind": "audio", "call_id": "c", "utterance_id": "u0", "seq": 0, "x": "'
+        big += b"a" * w.settings.limits.max_message_bytes + b'"}'
+        await w.on_message(t.audio, 1, 7, b"c", big, Shedding(log, "big"))
+        assert [DeadLetter.model_validate_json(v).reason for tp, v in sent if tp == t.deadletter] == ["oversized"]
+        assert "shed big" in log and "ack big" not in log  # its utterance waits for it no longer, its ack with it
+        await w.on_message(t.audio, 1, 8, b"c", audio("c", "u1", 1), Shedding(log, "a1"))
+        assert "shed a1" in log and "ack a1" not in log  # joined: its payload waits for the text
+        await w.on_message(t.text, 1, 9, b"c", text("c", "u0", 0), Shedding(log, "t0"))
+        await w.on_message(t.text, 1, 10, b"c", text("c", "u1", 1), Shedding(log, "t1"))
+        await w.pump()
+        assert [e.utterance_id for e in events(sent)] == ["u0", "u1"]
+        assert list(events(sent)[0].ignored) == ["audio"] and events(sent)[1].modalities_present == ["text", "audio"]
+        assert {"ack big", "ack a1", "ack t0", "ack t1"} <= set(log)
+        assert log.index("shed big") < log.index("ack big") and log.index("shed a1") < log.index("ack a1")
+
+    asyncio.run(scenario())
+
+
 def test_bad_messages_go_to_dead_letters_and_valid_ones_still_get_events() -> None:
     async def scenario() -> None:
         w, sent, log, store, engine = make(default_modalities=("text",))
