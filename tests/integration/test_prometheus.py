@@ -1,11 +1,13 @@
-"""A real Prometheus (the Debian package `make setup` installs) scrapes a real worker, and the
-shipped alert rules (deploy/prometheus/rules.yml) fire on a provoked condition: a burst of
-malformed messages raises EmostreamDeadLetters. The rules' `for:` durations are set to 0 so the
+"""A real Prometheus (the Debian package `make setup` installs), started by deploy/local/prometheus.sh
+as `make services-up` starts it, scrapes a real worker, and the shipped alert rules
+(deploy/prometheus/rules.yml) fire on a provoked condition: a burst of malformed messages raises
+EmostreamDeadLetters. The rules' `for:` durations are set to 0 so the
 test does not wait minutes; their expressions are the shipped ones."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from client.publisher import make_producer
 from streams.kafka import ensure_topics
@@ -52,29 +53,25 @@ def test_prometheus_scrapes_a_worker_and_the_dead_letter_alert_fires(services, u
     ensure_topics(settings)
     rules = re.sub(r"\bfor: \d+[smh]\b", "for: 0s", (REPO / "deploy" / "prometheus" / "rules.yml").read_text())
     (tmp_path / "rules.yml").write_text(rules)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(tmp_path / "rules.yml")],
-        "scrape_configs": [
-            {"job_name": "emostream", "static_configs": [{"targets": [f"127.0.0.1:{settings.metrics.port}"]}]}
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    api = f"http://127.0.0.1:{free_port()}"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    env = {  # the local stack's Prometheus (make services-up), on this test's worker and ports
+        **os.environ, "EMOSTREAM_RUN_DIR": str(tmp_path), "PROMETHEUS_PORT": str(port),
+        "PROMETHEUS_RULES": str(tmp_path / "rules.yml"), "PROMETHEUS_INTERVAL": "1s",
+        "METRICS_PORT": str(settings.metrics.port), "WORKERS": "1",
+    }  # fmt: skip
+    script = str(REPO / "deploy" / "local" / "prometheus.sh")
     worker = WorkerProcess(settings, tmp_path).start()
-    log = (tmp_path / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address={api.removeprefix('http://')}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     try:
+        up = subprocess.run([script, "up"], env=env, capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stderr
+        assert f"scraping 127.0.0.1:{settings.metrics.port}" in up.stderr, up.stderr
         worker.wait_ready()
 
         def query(q: str) -> list[Any]:
             return list(_get(f"{api}/api/v1/query?query={urllib.parse.quote(q)}")["data"]["result"])
 
-        _until(lambda: query('up{job="emostream"} == 1'), 60, "Prometheus scraping the worker")
+        _until(lambda: query('up{job="emostream-worker"} == 1'), 60, "Prometheus scraping the worker")
         # with every `for:` at 0 s, the first evaluation (no worker scraped yet) fires the workers-down alerts
         _until(
             lambda: not [a for a in _get(f"{api}/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"],
@@ -112,7 +109,7 @@ def test_prometheus_scrapes_a_worker_and_the_dead_letter_alert_fires(services, u
             'emostream_gc_pause_seconds_count - ignoring(le) emostream_gc_pause_seconds_bucket{le="0.1"} > 0'
         )
     finally:
-        prometheus.terminate()
-        prometheus.wait(10)
-        log.close()
+        down = subprocess.run([script, "down"], env=env, capture_output=True, text=True, timeout=60)
         worker.stop()
+    assert down.returncode == 0 and f"stopped on {port}" in down.stdout, down
+    assert subprocess.run([script, "status"], env=env, capture_output=True).returncode == 1  # (gone)
