@@ -273,6 +273,10 @@ def _decode_container(
         raise
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
         why = re.sub(r"^Error opening <[^>]*>: ", "", str(exc))  # soundfile names its BytesIO, not the problem
+        if "SF_INFO struct incomplete" in why:  # libsndfile's words for a header's rate of 0 Hz or out of range
+            why = (
+                f"the header's sample rate (0 Hz, or out of range), channel count or sample format is not valid ({why})"
+            )
         raise AudioDecodeError(f"undecodable {encoding} payload: {why}") from exc
     if not blocks:
         return np.zeros(0, dtype=np.float32), rate

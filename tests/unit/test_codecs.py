@@ -283,3 +283,15 @@ def test_a_file_sent_as_raw_samples_is_refused(container: str, raw: str) -> None
         decode_audio(b"fLaC", raw, 8000)  # a signature's start alone (it raised IndexError)
     noise = np.random.default_rng(0).integers(-3000, 3000, 16000, dtype=np.int16).tobytes()
     assert decode_audio(noise, "pcm_s16le", 16000).shape == (16000,)  # raw samples pass
+
+
+@pytest.mark.parametrize(("encoding", "at", "size"), [("wav", 24, 4), ("flac", 18, 3)])
+def test_a_header_with_a_sample_rate_of_0_hz_is_said_so(encoding: str, at: int, size: int) -> None:
+    """libsndfile says only "Internal error : SF_INFO struct incomplete." (an operator's trial: that
+    reached the dead letter as the whole reason)."""
+    out = io.BytesIO()
+    sf.write(out, np.zeros(16000), 16000, format=encoding.upper(), subtype="PCM_16")
+    data = bytearray(out.getvalue())
+    data[at : at + size] = bytes(size)  # the sample rate (FLAC: its 20 bits and the channels' first)
+    with pytest.raises(AudioDecodeError, match=r"header's sample rate \(0 Hz, or out of range\), channel count"):
+        codecs.decode_as_sent(bytes(data), encoding, None, max_seconds=60)
