@@ -202,6 +202,12 @@ class Metrics:
             registry=r,
         )
         self.open_utterances = Gauge("emostream_open_utterances", "Utterances waiting for parts", registry=r)
+        self.closing_calls = Gauge(
+            "emostream_closing_calls",
+            "Calls whose 'ended' came, waiting for their close (join.end_wait_s, parts read behind, the close's Redis "
+            "calls); at join.max_open_calls the worker stops reading",
+            registry=r,
+        )
         self.held_audio = Gauge(
             "emostream_held_audio_seconds", "Seconds of decoded audio held by utterances waiting for parts", registry=r
         )

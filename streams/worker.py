@@ -867,6 +867,7 @@ class Worker:
                 for severity, n in self.analytics.open_alerts().items():
                     self.metrics.open_alerts.labels(severity).set(n)
             self.metrics.open_utterances.set(self.joiner.open_utterances)
+            self.metrics.closing_calls.set(len(self.ending))
             self.metrics.held_audio.set(self.joiner.held_audio_s)
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))

@@ -3121,11 +3121,15 @@ def test_a_flood_of_ended_waits_for_the_closes_at_the_cap_of_open_calls() -> Non
         assert len(w.ending) == 10 and not w.behind("text", 0, 1e3 + 5)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(w._backpressure(), 0.2)
+        await w.tick()
+        assert "emostream_closing_calls 10.0" in _metrics(w)  # what an operator sees of the flood
         w.clock.now += 5.0
         for _ in range(12):
             await w.pump()
         assert not w.ending and sorted(store.released) == sorted(f"x{i}" for i in range(10))
         await asyncio.wait_for(w._backpressure(), 0.2)
+        await w.tick()
+        assert "emostream_closing_calls 0.0" in _metrics(w)
 
     asyncio.run(scenario())
 
