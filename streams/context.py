@@ -635,6 +635,11 @@ def _options(settings: RedisSettings) -> dict[str, Any]:
         "socket_connect_timeout": settings.socket_timeout_s,
     }
     if url.startswith("rediss://"):
+        for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):  # named at start, not at every retry
+            path = getattr(settings, name)
+            if path and not os.access(path, os.R_OK):
+                why = "does not exist" if not os.path.exists(path) else "cannot be read by this user"
+                raise ConfigError(f"redis.{name} {path} {why}")
         options.update(
             ssl_ca_certs=settings.tls_ca_file, ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file
         )

@@ -17,6 +17,7 @@ work (SASL without a mechanism or password, a client key without its certificate
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import time
 from typing import Any
@@ -42,6 +43,11 @@ def _check(k: KafkaSettings) -> None:
     uses_tls = k.security_protocol in ("SSL", "SASL_SSL")
     if not uses_tls and (k.ssl_cafile or k.ssl_certfile):
         raise ConfigError(f"kafka.ssl_* files are set but kafka.security_protocol is {k.security_protocol}")
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):  # else "[Errno 2] No such file" for every try, unnamed
+        path = getattr(k, name)
+        if path and not os.access(path, os.R_OK):
+            why = "does not exist" if not os.path.exists(path) else "cannot be read by this user"
+            raise ConfigError(f"kafka.{name} {path} {why}")
 
 
 def brokers(settings: Settings) -> list[str]:

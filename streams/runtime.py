@@ -300,6 +300,10 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
 
     engine, featurizer = load_model(settings)
     revision, future = load_revision_model(settings, engine)
+    window = min(engine.info.max_window, (revision or engine).info.max_window, settings.redis.window + 1)
+    if future >= window:  # (the Processor's assertion, once everything else had started)
+        raise ConfigError(f"engine.future {future} must be less than the context the model reads ({window} "
+                          "utterances: its own window, and redis.window + 1)")  # fmt: skip
     try:
         featurizer.warm_up()  # compiles the graphs: the openvino runtime checks them on the probes here
     except EngineError as exc:

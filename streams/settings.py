@@ -28,7 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # (no float setting means anything at infinity: an infinite join.wait_s held every utterance for ever,
+    # an infinite TTL or timeout failed as an OverflowError once the worker ran)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 #: every topic emostream reads or writes (TopicSettings fields)
@@ -121,6 +123,32 @@ class KafkaSettings(_Section):
     )
     topics: TopicSettings = TopicSettings()
 
+    @field_validator("brokers")
+    @classmethod
+    def _brokers(cls, v: str) -> str:
+        listed = [b.strip() for b in v.split(",") if b.strip()]
+        if not listed:
+            raise ValueError("no broker: host:port, or several separated by commas")
+        for (
+            b
+        ) in listed:  # what every client takes; a bad one was retried for startup_timeout_s, then "does not resolve"
+            host, colon, port = b.rpartition(":")
+            shown = b if len(b) <= 60 else b[:60] + "..."
+            if _SCHEME.match(b) or not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                raise ValueError(f"{shown!r} is no broker address: host:port (a port 1-65535, no scheme), several "
+                                 "separated by commas")  # fmt: skip
+        return v
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_id(cls, v: str) -> str:
+        # Faust names topics of its own after it ('GROUP-__assignor-__leader'): Kafka's rule for topic names
+        if not _INSTANCE_ID.fullmatch(v) or len(v) > INSTANCE_ID_MAX or v in (".", ".."):
+            shown = v if len(v) <= 40 else v[:40] + "..."
+            raise ValueError(f"{shown!r} is no consumer group id here: 1-{INSTANCE_ID_MAX} of a-z A-Z 0-9 . _ - "
+                             "(the worker's group names topics of its own)")  # fmt: skip
+        return v
+
     @field_validator("instance_id", mode="before")
     @classmethod
     def _instance_id(cls, v: Any) -> Any:
@@ -164,12 +192,17 @@ class RedisSettings(_Section):
                 + (f"not {scheme[:20]}://" if scheme else "and this one has no scheme")
             )
         try:  # as redis-py reads it: a password with a bare / # or ? ends the host early, "port" its next part
-            _ = urlsplit(url.get_secret_value()).port
+            parts = urlsplit(url.get_secret_value())
+            _ = parts.port
         except ValueError:
             raise ValueError(
                 "a Redis URL that does not parse: percent-encode / # ? @ and : in its user name and password "
                 "(urllib.parse.quote(password, safe=''))"
             ) from None  # the exception's own message quotes a piece of the password
+        db = parts.path.strip("/")
+        if scheme != "unix" and db and not db.isdigit():  # redis-py drops a database it cannot read: 0, silently
+            shown = db if len(db) <= 20 else db[:20] + "..."
+            raise ValueError(f"a Redis URL's database is a number (redis://host:port/0), not {shown!r}")
         return url
 
 
@@ -344,6 +377,11 @@ class EngineSettings(_Section):
         "unset: the main model labels them too",
     )
 
+    @field_validator("revision_model", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, v: Any) -> Any:
+        return None if v == "" else v  # EMOSTREAM_ENGINE__REVISION_MODEL= in an env file: unset, not the folder '.'
+
 
 class LimitSettings(_Section):
     max_message_bytes: int = Field(1024 * 1024, ge=1024, description="Kafka's default message.max.bytes")
@@ -394,6 +432,16 @@ class Settings(BaseSettings):
         return _LEVELS[level.upper()]
 
     @model_validator(mode="after")
+    def _future(self) -> Settings:
+        k, window = self.engine.future, self.redis.window
+        if k > window:  # (a model's own window may be smaller still: said when it is loaded)
+            raise ValueError(
+                f"engine.future {k} must be at most redis.window {window}: a revised event reads its utterance "
+                "with the k after it, within the call's window"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _idle_end(self) -> Settings:
         idle = self.join.idle_end_s
         if idle and idle >= self.redis.ttl_s:  # the call's window and analytics would expire before its end
@@ -428,7 +476,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         path = Path(config_file)
         try:
             text = path.read_text()
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+            as_json = path.suffix.lower() == ".json" or (path.suffix.lower() != ".toml" and text.lstrip()[:1] == "{")
+            data = json.loads(text) if as_json else tomllib.loads(text)  # (.toml, .TOML, .conf: TOML)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"settings file {path}: {exc}") from exc
         if not isinstance(data, dict):

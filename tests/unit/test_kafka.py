@@ -135,12 +135,31 @@ def test_ssl_with_client_certificate(tmp_path: Path) -> None:
         ({"sasl_mechanism": "PLAIN", "sasl_username": "u", "sasl_password": "p"}, "security_protocol is PLAINTEXT"),
         ({"security_protocol": "SSL", "ssl_certfile": "c.pem"}, "go together"),
         ({"ssl_cafile": "ca.pem"}, "ssl_\\* files are set"),
-        ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "Kafka TLS files"),
+        ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"}, "ssl_cafile /nonexistent/ca.pem does not"),
     ],
 )
 def test_settings_that_cannot_work_fail_before_connecting(kafka: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         faust_options(_settings(**kafka))
+    with pytest.raises(ConfigError, match=message):  # the clients (feed, subscribe, the library), the same
+        kafka_python_options(_settings(**kafka))
+
+
+def test_a_tls_file_missing_is_named_at_start_not_retried_unnamed(tmp_path: Path) -> None:
+    """An integrator's trial: the worker logged "Connection failed: [Errno 2] No such file or
+    directory" for the whole startup_timeout_s, then "Unable to bootstrap"; the client "no Kafka
+    broker answered"."""
+    ca = _self_signed(tmp_path)
+    for name in ("ssl_certfile", "ssl_keyfile"):
+        files = {"ssl_certfile": str(ca), "ssl_keyfile": str(tmp_path / "key.pem"), name: str(tmp_path / "gone.pem")}
+        with pytest.raises(ConfigError, match=f"kafka.{name} {tmp_path / 'gone.pem'} does not exist"):
+            kafka_python_options(_settings(security_protocol="SSL", ssl_cafile=str(ca), **files))
+    from streams.context import wait_for_redis
+    from streams.settings import RedisSettings
+
+    redis = RedisSettings(url="rediss://127.0.0.1:1/0", tls_ca_file=str(tmp_path / "gone.pem"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"redis.tls_ca_file {tmp_path / 'gone.pem'} does not exist"):
+        wait_for_redis(redis, timeout_s=1.0)
 
 
 def _self_signed(tmp_path: Path) -> Path:

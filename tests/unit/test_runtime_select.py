@@ -198,12 +198,31 @@ def test_encoders_that_fail_their_start_check_stop_the_worker_with_a_configurati
         def warm_up(self) -> None:
             raise FeatureError("OpenVINO's compiled text graph differs from the same graph in ONNX Runtime fp32")
 
-    engine = SimpleNamespace(info=SimpleNamespace(runtime="openvino"))
+    engine = SimpleNamespace(info=SimpleNamespace(runtime="openvino", max_window=12))
     monkeypatch.setattr(runtime, "load_model", lambda settings: (engine, Featurizer()))
     monkeypatch.setattr(runtime, "load_revision_model", lambda settings, engine: (None, 0))
     monkeypatch.setattr(runtime, "connect", lambda settings: pytest.fail("connected to Redis after the failure"))
     with pytest.raises(ConfigError, match="cannot start the encoders on runtime openvino: OpenVINO's compiled text"):
         runtime.build_worker(load_settings(), send=None)
+
+
+def test_a_future_the_models_window_cannot_hold_stops_the_worker_with_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """engine.future 12 passes the settings (redis.window 12) but the model reads 12 utterances: the
+    Processor's assertion failed once the worker had joined the group and loaded the model."""
+    from types import SimpleNamespace
+
+    import streams.runtime as runtime
+    from streams.errors import ConfigError
+    from streams.settings import load_settings
+
+    engine = SimpleNamespace(info=SimpleNamespace(runtime="onnxruntime", max_window=12))
+    monkeypatch.setattr(runtime, "load_model", lambda settings: (engine, None))
+    monkeypatch.setattr(runtime, "load_revision_model", lambda settings, engine: (None, settings.engine.future))
+    monkeypatch.setattr(runtime, "connect", lambda settings: pytest.fail("connected to Redis after the failure"))
+    with pytest.raises(ConfigError, match="engine.future 12 must be less than the context the model reads .12 "):
+        runtime.build_worker(load_settings(engine={"future": 12}), send=None)
 
 
 def test_the_settings_take_only_known_runtimes() -> None:

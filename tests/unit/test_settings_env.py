@@ -125,6 +125,55 @@ def test_settings_that_would_fail_later_or_silently_are_refused_at_start(monkeyp
         assert load_settings().redis.url.get_secret_value() == ok
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        # each passed, then failed once the worker ran: a traceback, or a hang (an integrator's trial)
+        ("EMOSTREAM_KAFKA__BROKERS", "", "kafka.brokers: .*no broker"),  # IndexError: Cannot choose from an empty...
+        ("EMOSTREAM_KAFKA__BROKERS", " , ", "kafka.brokers: .*no broker"),
+        ("EMOSTREAM_KAFKA__BROKERS", "http://kafka:9092", "'http://kafka:9092' is no broker address"),  # "does not
+        ("EMOSTREAM_KAFKA__BROKERS", '["kafka:9092"]', "is no broker address"),  # resolve" after startup_timeout_s
+        ("EMOSTREAM_KAFKA__BROKERS", "kafka", "'kafka' is no broker address: host:port"),  # was 9092, silently
+        ("EMOSTREAM_KAFKA__BROKERS", "a:1,kafka:99999", "'kafka:99999' is no broker address"),
+        ("EMOSTREAM_KAFKA__GROUP_ID", "", "kafka.group_id: .*'' is no consumer group id"),  # App requires an id!
+        ("EMOSTREAM_KAFKA__GROUP_ID", "my group", "'my group' is no consumer group id"),  # InvalidTopicError
+        ("EMOSTREAM_ENGINE__FUTURE", "13", "engine.future 13 must be at most redis.window 12"),  # AssertionError
+        ("EMOSTREAM_REDIS__TTL_S", "inf", "redis.ttl_s: Input should be a finite number"),  # OverflowError
+        ("EMOSTREAM_KAFKA__STARTUP_TIMEOUT_S", "inf", "finite number"),  # OverflowError, in the client too
+        ("EMOSTREAM_REDIS__SOCKET_TIMEOUT_S", "inf", "finite number"),  # OverflowError in redis-py
+        ("EMOSTREAM_JOIN__WAIT_S", "inf", "join.wait_s: Input should be a finite number"),  # never labelled: a hang
+        ("EMOSTREAM_JOIN__WAIT_S", "nan", "join.wait_s: Input should be a finite number"),  # was "greater than 0"
+        ("EMOSTREAM_REDIS__URL", "redis://127.0.0.1:6379/abc", "database is a number .*not 'abc'"),  # db 0, silently
+    ],
+)
+def test_a_setting_that_would_crash_or_hang_the_running_worker_is_refused_at_start(
+    name: str, value: str, said: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.errors import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=said):
+        load_settings()
+
+
+def test_settings_that_look_unusual_but_work_are_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for brokers in ("a:1, b:2", "[::1]:9092", "kafka.kafka.svc:9092"):
+        monkeypatch.setenv("EMOSTREAM_KAFKA__BROKERS", brokers)
+        assert load_settings().kafka.brokers == brokers
+    monkeypatch.setenv("EMOSTREAM_ENGINE__FUTURE", "12")
+    assert load_settings().engine.future == 12  # (at most the window; a model's own is checked at load)
+    monkeypatch.setenv("EMOSTREAM_ENGINE__REVISION_MODEL", "")  # an env file's empty line: unset, not the folder '.'
+    assert load_settings().revision_model_dir() is None
+    for url in ("redis://h:6379", "redis://h:6379/", "redis://h:6379/15", "unix:///run/r.sock?db=2"):
+        monkeypatch.setenv("EMOSTREAM_REDIS__URL", url)
+        assert load_settings().redis.url.get_secret_value() == url
+    for suffix, text in ((".TOML", "[join]\nwait_s = 1.5\n"), (".conf", "[join]\nwait_s = 1.5\n"),
+                         (".conf", '{"join": {"wait_s": 1.5}}'), (".json", '{"join": {"wait_s": 1.5}}')):  # fmt: skip
+        path = tmp_path / f"settings{suffix}"
+        path.write_text(text)
+        assert load_settings(path).join.wait_s == 1.5, (suffix, text)  # .TOML and .conf were read as JSON
+
+
 def test_topics_must_be_kafka_names_each_its_own_and_the_log_level_a_level(monkeypatch: pytest.MonkeyPatch) -> None:
     from streams.errors import ConfigError
 
