@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engines.features.codecs import MIN_SECONDS
 from streams.errors import EmostreamError, ServiceUnavailable
 from streams.kafka import kafka_python_options, unreachable
 from streams.schemas import AUDIO_RATES, AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
@@ -52,8 +53,21 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
         return f"{encoding} is G.711 at 8000 Hz, not {rate} Hz"
     if rate is not None and rate not in AUDIO_RATES:
         return f"sample_rate {rate} Hz is not one of {', '.join(map(str, AUDIO_RATES))}"
-    if len(message.data or "") < 4:  # base64 of fewer than 3 bytes: no audio
+    data = message.data or ""
+    size = len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))  # the bytes it decodes to (padded base64)
+    if size <= 0:
         return "the audio 'data' is empty"
+    if encoding not in ("pcm_s16le", *G711):  # a file: its header says how long it is, read by the workers
+        return None
+    width = 2 if encoding == "pcm_s16le" else 1
+    if size % width:
+        return f"{encoding} audio of an odd {size} bytes (2 bytes a sample)"
+    hz = rate or (8000 if encoding in G711 else 16000)
+    seconds = size / width / hz
+    if size // width < int(MIN_SECONDS * hz):  # (as the workers count it)
+        return f"audio of {seconds:.4f} s is too short: at least {MIN_SECONDS} s"
+    if seconds > limits.max_audio_s:
+        return f"audio of {seconds:.1f} s is over limits.max_audio_s ({limits.max_audio_s:g} s)"
     return None
 
 
@@ -149,6 +163,8 @@ class Publisher:
     ) -> Any:
         """An utterance's speech: ``data`` in ``encoding`` (``pcm_mulaw``/``pcm_alaw`` at 8 kHz for a
         telephone line, ``pcm_s16le`` at ``sample_rate``, ``flac``, ``wav``)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # base64 of a str raised a bare TypeError
+            raise TypeError(f"data must be the audio's bytes, not {type(data).__name__}")
         part = AudioPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
                          encoding=encoding, sample_rate=sample_rate, data=base64.b64encode(data).decode(),
                          **times)  # type: ignore[arg-type]  # fmt: skip

@@ -271,6 +271,7 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
         raise unreachable(settings, exc) from exc
     deadline = None if wait_s is None else time.monotonic() + wait_s
     partitions: list[Any] = []
+    new: list[Any] = []  # of topics created while this waited: everything in them came after it started
     for topic in topics:
         noted = False
         while not (found := consumer.partitions_for_topic(topic)):
@@ -278,15 +279,20 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
                 consumer.close()
                 raise ServiceUnavailable(f"topic {topic} does not exist at {settings.kafka.brokers}")
             if not noted:
-                print(f"subscribe: waiting for topic {topic} to exist ...", file=sys.stderr)
+                print(f"subscribe: waiting for topic {topic} to exist (its name as the workers' "
+                      "kafka.topics say?) ...", file=sys.stderr)  # fmt: skip
                 noted = True
             time.sleep(1.0)
-        partitions += [TopicPartition(topic, p) for p in sorted(found)]
+        got = [TopicPartition(topic, p) for p in sorted(found)]
+        partitions += got
+        new += got if noted else []
     consumer.assign(partitions)
     if from_beginning:  # resolved now, not at the first poll: what is published from here on is read
         consumer.seek_to_beginning(*partitions)
-    else:
-        consumer.seek_to_end(*partitions)
+    else:  # (a topic waited for from its first record: what the worker published once it made it, before this
+        consumer.seek_to_end(*[tp for tp in partitions if tp not in new])  # looked, was lost; an integrator's trial)
+        if new:
+            consumer.seek_to_beginning(*new)
     for tp in partitions:
         consumer.position(tp)
     return consumer
@@ -334,7 +340,14 @@ class Subscriber:
             log.warning("subscriber: %s", note)
         for records in batches.values():
             for record in records:
+                invalid = self.tracker.invalid
                 got = self.tracker.accept(record.topic, record.value)
+                if self.tracker.invalid > invalid and (self.tracker.invalid <= 5 or self.tracker.invalid % 1000 == 0):
+                    log.warning("subscriber: skipped a record that is no %s of this version on %s[%d]@%d: %s [%d so "
+                                "far; the first five and every 1000th are logged; Subscriber.tracker.invalid counts "
+                                "them]", self.tracker.kinds.get(record.topic, "record"), record.topic,
+                                record.partition, record.offset, self.tracker.errors[-1] if self.tracker.errors
+                                else "?", self.tracker.invalid)  # fmt: skip
                 if got is not None and (self.keep_stale or not got.stale):
                     out.append(got)
         return out

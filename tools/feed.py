@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from client.publisher import Publisher, input_topic
+from client.publisher import Publisher, input_topic, refused
 from engines.features.codecs import transcode
 from engines.modalities import MODALITIES
 from streams.schemas import AudioPart, Part, TextPart, VideoPart, encode_f32
@@ -201,6 +201,9 @@ def feed(
                 if m == "audio" and audio_as is not None:
                     continue  # transcoded audio is measured as it is sent
                 part = part_of(u, m)
+                why = None if part is None else refused(part, settings.limits)  # (the publisher would raise it)
+                if why is not None:
+                    raise ValueError(f"{_where(d, u)}: {u.call_id}/{u.utterance_id}: its {m} part: {why}")
                 size = 0 if part is None else len(part.to_bytes())
                 if size + len(u.call_id.encode()) + RECORD_OVERHEAD > max_bytes:
                     raise ValueError(

@@ -193,3 +193,38 @@ def test_a_subscriber_reads_the_partitions_added_to_its_topic_after_it_started(s
             sub.consumer._cluster.request_update()  # (kafka-python's own refresh comes within 5 minutes)
             got += sub.poll(0.5)
         assert [g.record.utterance_id for g in got] == ["u9"], sub.consumer.assignment()
+
+
+def test_a_subscriber_waiting_for_its_topic_reads_it_from_its_first_record(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """A subscriber started before the worker made its topics (`subscribe` before the first
+    `worker`): once the topic appeared it began at its end, and what was published between its
+    creation and that look was never seen (an integrator's trial: 15 of 20 records read). A topic
+    that did not exist when the subscriber started holds only what came after: all of it is read."""
+    import threading
+
+    from kafka import KafkaProducer
+
+    from streams.kafka import ensure_topics as make_topics
+    from tests.unit.test_subscribe import make_event
+
+    settings = settings_for(services, unique)
+    made: list[Subscriber] = []
+    waiting = threading.Thread(target=lambda: made.append(Subscriber(settings, ("events",), wait_s=60)))
+    waiting.start()
+    time.sleep(2.0)  # it waits for the topic
+    assert not made
+    make_topics(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    for i in range(20):  # at once: the subscriber looks again within a second
+        value = make_event(call_id=f"k{i}", utterance_id=f"u{i}", seq=i).to_bytes()
+        producer.send(settings.kafka.topics.emotions, key=f"k{i}".encode(), value=value)
+    producer.flush()
+    producer.close()
+    waiting.join(60)
+    (sub,) = made
+    with sub:
+        got: list[Received] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 20 and time.monotonic() < deadline:
+            got += sub.poll(0.5)
+    assert sorted(int(g.record.utterance_id[1:]) for g in got) == list(range(20))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections import namedtuple
 from typing import Any
 
@@ -18,7 +19,7 @@ from tests.unit.test_subscribe import make_event
 
 SETTINGS = Settings()
 TOPICS = SETTINGS.kafka.topics
-Record = namedtuple("Record", "topic value")
+Record = namedtuple("Record", "topic value partition offset", defaults=(0, 0))
 
 
 class Future:
@@ -53,7 +54,7 @@ def test_the_publisher_sends_each_message_to_its_topic_keyed_by_call() -> None:
     with Publisher(SETTINGS, producer) as pub:
         pub.start_call("c1", ["text", "audio", "video"])
         pub.text("c1", "u0", 0, "customer", "hello", start_s=0.0, end_s=1.2)
-        pub.audio("c1", "u0", 0, "customer", b"\xff\x7f" * 80, "pcm_mulaw", 8000)
+        pub.audio("c1", "u0", 0, "customer", b"\xff\x7f" * 800, "pcm_mulaw", 8000)
         pub.audio_features("c1", "u1", 1, "agent", [0.1, 0.2])
         pub.video("c1", "u1", 1, "agent", [0.3])
         pub.end_call("c1")
@@ -66,7 +67,7 @@ def test_the_publisher_sends_each_message_to_its_topic_keyed_by_call() -> None:
     text = TextPart.model_validate_json(values[1])
     assert (text.text, text.speaker, text.end_s) == ("hello", "customer", 1.2)
     audio = AudioPart.model_validate_json(values[2])
-    assert audio.encoding == "pcm_mulaw" and base64.b64decode(audio.data or "") == b"\xff\x7f" * 80
+    assert audio.encoding == "pcm_mulaw" and base64.b64decode(audio.data or "") == b"\xff\x7f" * 800
     assert AudioPart.model_validate_json(values[3]).vector().tolist() == pytest.approx([0.1, 0.2])  # float32
     assert VideoPart.model_validate_json(values[4]).vector().tolist() == pytest.approx([0.3])
     assert CallControl.model_validate_json(values[5]).event == "ended"
@@ -140,6 +141,11 @@ def test_a_flush_that_runs_out_of_time_and_a_failed_flush_in_close_still_close_t
         (lambda p: p.audio("c", "u0", 0, "A", b"\xff" * 800, "pcm_mulaw", 16000), "pcm_mulaw is G.711 at 8000 Hz"),
         (lambda p: p.audio("c", "u0", 0, "A", b"\x01\x00" * 800, "pcm_s16le", 12345), "sample_rate 12345 Hz"),
         (lambda p: p.audio("c", "u0", 0, "A", b"", "pcm_s16le", 16000), "the audio 'data' is empty"),
+        # an integrator's trial: 'data' of 1 or 2 bytes (4 base64 characters) passed as not empty
+        (lambda p: p.audio("c", "u0", 0, "A", b"\x00\x01", "pcm_mulaw", 8000), "audio of 0.0003 s is too short"),
+        (lambda p: p.audio("c", "u0", 0, "A", b"\xff" * 799, "pcm_alaw"), "audio of 0.0999 s is too short"),
+        (lambda p: p.audio("c", "u0", 0, "A", b"\x01" * 3201, "pcm_s16le"), "odd 3201 bytes"),
+        (lambda p: p.audio("c", "u0", 0, "A", b"\xff" * 8000 * 61, "pcm_mulaw"), "over limits.max_audio_s .60 s."),
         (lambda p: p.text("c", "u0", 0, "A", "x" * 5001), "over limits.max_text_chars"),
     ],
 )
@@ -163,6 +169,17 @@ def test_the_publisher_refuses_what_the_workers_would_dead_letter(send: Any, why
     with pytest.raises(InvalidMessage):
         part = parse_input("audio" if topic == TOPICS.audio else "text", value, 1 << 22)
         to_payload(part, {"text": 384, "audio": 768, "video": 0}, SETTINGS.limits)
+
+
+def test_the_publisher_takes_raw_audio_of_the_workers_bounds_and_refuses_audio_that_is_no_bytes() -> None:
+    producer = FakeProducer()
+    pub = Publisher(SETTINGS, producer)
+    pub.audio("c", "u0", 0, "A", b"\xff" * 800, "pcm_mulaw")  # 0.1 s
+    pub.audio("c", "u1", 1, "A", b"\x01\x00" * 1102, "pcm_s16le", 11025)  # int(0.1 * 11025) samples
+    pub.audio("c", "u2", 2, "A", b"\xff" * 8000 * 60, "pcm_alaw")  # 60 s
+    assert len(producer.sent) == 3
+    with pytest.raises(TypeError, match="data must be the audio's bytes, not str"):  # base64's bare TypeError
+        pub.audio("c", "u3", 3, "A", "RIFF....", "wav")  # type: ignore[arg-type]
 
 
 def test_a_started_sent_again_is_the_same_message_and_one_modality_is_one_name() -> None:
@@ -323,6 +340,25 @@ def test_the_subscriber_yields_typed_records_and_skips_stale_ones_unless_asked()
     assert [(g.record.revision, g.stale) for g in got] == [(0, False), (1, False), (0, True)]
     with pytest.raises(ValueError, match="kinds must be"):
         Subscriber(SETTINGS, kinds=("emotions",), consumer=FakeConsumer([]))  # type: ignore[arg-type]
+
+
+def test_the_subscriber_says_when_it_skips_records_that_are_not_what_its_topic_carries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A subscriber pointed at the wrong topic (its settings' topics not the workers') counted every
+    record as invalid and said nothing: a `for got in sub` loop saw nothing, for ever (an
+    integrator's trial). The first five and every 1000th are logged."""
+    report = b'{"schema_version": 1, "kind": "report", "call_id": "c"}'
+    batches = [[Record(TOPICS.emotions, report, 2, i) for i in range(1000)], [Record(TOPICS.emotions, report, 2, 1000)]]
+    sub = Subscriber(SETTINGS, consumer=FakeConsumer(batches))
+    with caplog.at_level(logging.WARNING, logger="emostream.client"):
+        assert sub.poll() == [] and sub.poll() == []
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 6 and sub.tracker.invalid == 1001
+    assert said[0].startswith(
+        f"subscriber: skipped a record that is no events of this version on {TOPICS.emotions}[2]@0: "
+    )
+    assert "[1000 so far" in said[5]
 
 
 def test_the_async_client_does_the_same() -> None:

@@ -47,7 +47,7 @@ class FakeProducer:
 def _call(call_id: str, n: int, times: bool = False, audio: bool = False) -> Dialogue:
     return Dialogue(call_id, tuple(
         Utterance(call_id, f"u{i}", i, "agent" if i % 2 else "customer", text=f"line {i}",
-                  audio=b"RIFFfake" if audio else None, audio_encoding="pcm_s16le" if audio else None,
+                  audio=b"\x01\x00" * 1600 if audio else None, audio_encoding="pcm_s16le" if audio else None,
                   start_s=2.0 * i if times else None, end_s=2.0 * i + 1.0 if times else None)
         for i in range(n)
     ))  # fmt: skip
@@ -98,7 +98,7 @@ def test_feed_sends_control_parts_and_control_in_order() -> None:
     assert by_call["call-2"][0][1].modalities == ["text"]
     audio = [m for t, m in by_call["call-1"] if t == TOPICS.audio]
     assert [m.seq for m in audio] == [0, 1, 2]
-    assert audio[0].encoding == "pcm_s16le" and base64.b64decode(audio[0].data) == b"RIFFfake"
+    assert audio[0].encoding == "pcm_s16le" and base64.b64decode(audio[0].data) == b"\x01\x00" * 1600
     assert [m.text for t, m in by_call["call-2"] if t == TOPICS.text] == ["line 0", "line 1"]
     assert report.utterances == 5 and report.calls == 2 and report.failed == 0
     assert report.messages == {TOPICS.control: 4, TOPICS.text: 5, TOPICS.audio: 3}
@@ -152,6 +152,15 @@ def test_a_text_over_the_workers_limit_is_refused_before_anything_is_sent() -> N
     long = _with_second_utterance(_call("call-1", 2), text="x" * 5001)
     _refused_before_sending(long, r"call-1/u1: text of 5001 characters, over limits.max_text_chars \(5000\)")
     _run([long], realtime=False, modalities=("audio",))  # not sending the text: nothing to refuse
+
+
+def test_raw_audio_the_workers_would_dead_letter_is_refused_before_anything_is_sent() -> None:
+    """A clip of raw G.711 under 0.1 s, or over limits.max_audio_s: the publisher refuses it (a
+    ValueError), which stopped feed mid-file after the call's first messages had gone out."""
+    short = _with_second_utterance(_call("call-1", 2), audio=b"\xff" * 400, audio_encoding="pcm_mulaw", audio_rate=8000)
+    _refused_before_sending(short, r"call-1/u1: its audio part: audio of 0.0500 s is too short: at least 0.1 s")
+    long = _with_second_utterance(_call("call-1", 2), audio=b"\xff" * 8000 * 61, audio_encoding="pcm_alaw")
+    _refused_before_sending(long, r"call-1/u1: its audio part: audio of 61.0 s is over limits.max_audio_s")
 
 
 def test_what_feed_refuses_from_a_file_names_its_line(tmp_path: Path) -> None:
