@@ -192,7 +192,7 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
             result = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False)
             for topic in result.get("topics", []):
                 if topic.get("error_code", 0) not in (0, _TOPIC_EXISTS):
-                    raise ServiceUnavailable(f"cannot create topic {topic.get('name')}: {topic}")
+                    raise ServiceUnavailable(_not_created(topic, t.partitions, t.replication))
             log.info("created topics %s (%d partitions, replication %d)", missing, t.partitions, t.replication)
         counts = partition_counts(admin, inputs)
     except KafkaError as exc:
@@ -259,6 +259,23 @@ class UnreachableBroker(logging.Filter):
 
 #: the kafka-python loggers that report each try to reach a broker
 _CONNECTION_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.inet")  # kafka-python 3
+
+
+def _not_created(topic: dict[str, Any], partitions: int, replication: int) -> str:
+    """Why the broker did not create ``topic`` (a CreateTopics response entry), in words: the entry
+    itself was printed, a dict of codes."""
+    from kafka.errors import for_code
+
+    code = int(topic.get("error_code", -1))
+    said = topic.get("error_message") or for_code(code).description
+    why = f"cannot create topic {topic.get('name')}: {for_code(code).message} ({said})"
+    if code == 38:  # INVALID_REPLICATION_FACTOR: more replicas than brokers (or brokers still joining)
+        why += f"; kafka.topics.replication is {replication}: at most the brokers in the cluster"
+    elif code == 37:  # INVALID_PARTITIONS
+        why += f"; kafka.topics.partitions is {partitions}"
+    elif code in (29, 31):  # TOPIC_/CLUSTER_AUTHORIZATION_FAILED
+        why += "; give the worker's user the right to create topics, or create them (README: Security)"
+    return why
 
 
 def wait_for_topics(settings: Settings, timeout_s: float | None = None) -> list[str]:

@@ -385,3 +385,21 @@ def test_aiokafka_errors_repeated_during_an_outage_are_printed_once_per_half_min
         for name in list(logging.root.manager.loggerDict):  # the other tests see aiokafka's loggers as they were
             if name.startswith("aiokafka"):
                 logging.getLogger(name).removeFilter(shared)
+
+
+def test_a_topic_the_broker_will_not_create_is_said_in_words_naming_the_setting() -> None:
+    """An integrator's trial: kafka.topics.replication 3 on one broker was retried for the whole
+    start-up timeout, then printed as the CreateTopics response's dict of codes."""
+    from streams.errors import ServiceUnavailable
+
+    class OneBroker(FakeAdmin):
+        def create_topics(self, spec: dict[str, Any], timeout_ms: int, raise_errors: bool) -> dict[str, Any]:
+            return {"topics": [{"name": n, "error_code": 38, "error_message": "Replication factor: 3 larger than "
+                                "available brokers: 1."} for n in spec]}  # fmt: skip
+
+    settings = _settings(topics={"replication": 3})
+    with pytest.raises(ServiceUnavailable) as raised:
+        ensure_topics(settings, admin=OneBroker({}))
+    said = str(raised.value)
+    assert said.startswith(f"cannot create topic {settings.kafka.topics.text}: INVALID_REPLICATION_FACTOR (Replication")
+    assert said.endswith("; kafka.topics.replication is 3: at most the brokers in the cluster") and "{" not in said
