@@ -577,9 +577,26 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 def _summary(exc: ValidationError) -> str:
     return "; ".join(  # (a check of several sections has no location: its message names them)
-        f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"].removeprefix("Value error, ")
+        f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}{_known(e['loc']) if e['type'] == 'extra_forbidden' else ''}"
+        if e["loc"]
+        else e["msg"].removeprefix("Value error, ")
         for e in exc.errors()[:5]
     )
+
+
+def _known(loc: tuple[Any, ...]) -> str:
+    """For a key no section has (``kafka.topics.emotion``): the one meant, or the section's keys."""
+    import difflib
+
+    model: Any = Settings
+    for name in loc[:-1]:
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        model = field.annotation
+    keys = sorted(model.model_fields)
+    meant = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    return f" (did you mean {meant[0]}?)" if meant else f" (its section's keys: {', '.join(keys)})"
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

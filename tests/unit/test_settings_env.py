@@ -156,6 +156,24 @@ def test_a_setting_that_would_crash_or_hang_the_running_worker_is_refused_at_sta
         load_settings()
 
 
+def test_a_key_no_section_has_is_said_with_the_one_meant_or_the_sections_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.errors import ConfigError
+
+    for name, said in (
+        (
+            "EMOSTREAM_KAFKA__TOPICS__EMOTION",
+            "kafka.topics.emotion: Extra inputs are not permitted (did you mean emotions?)",
+        ),
+        ("EMOSTREAM_JOIN__WAIT", "join.wait: Extra inputs are not permitted (did you mean wait_s?)"),
+        ("EMOSTREAM_JOIN__ZZZ", "join.zzz: Extra inputs are not permitted (its section's keys: default_modalities, "),
+    ):
+        monkeypatch.setenv(name, "1")
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert said in str(raised.value)
+        monkeypatch.delenv(name)
+
+
 def test_settings_that_look_unusual_but_work_are_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for brokers in ("a:1, b:2", "[::1]:9092", "kafka.kafka.svc:9092"):
         monkeypatch.setenv("EMOSTREAM_KAFKA__BROKERS", brokers)
