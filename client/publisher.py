@@ -9,7 +9,7 @@ schema's rules that pydantic does not check, the audio's sample rate and a trans
 asynchronous; :meth:`Publisher.flush` waits for the broker's acknowledgements and raises
 :class:`DeliveryFailed` for the messages the broker did not take since the last flush (``close``
 and the ``with`` block's end flush too), and :attr:`Publisher.stats` counts what was sent and what
-failed (the first few errors, each with its topic and call).
+failed (the first few errors, each with its topic and message: call/utterance and kind, or call and event).
 """
 
 from __future__ import annotations
@@ -191,15 +191,19 @@ class Publisher:
         why = refused(message, self.settings.limits)
         if why is not None:
             raise ValueError(f"{message.call_id}: not sent, the workers would dead-letter it: {why}")
-        return self.send_raw(self.topic_of(message), message.call_id, message.to_bytes())
+        what = f"{message.call_id} {message.event}" if isinstance(message, CallControl) else (
+            f"{message.call_id}/{message.utterance_id} {message.kind}"
+        )  # fmt: skip
+        return self.send_raw(self.topic_of(message), message.call_id, message.to_bytes(), what)
 
-    def send_raw(self, topic: str, call_id: str, value: bytes) -> Any:
+    def send_raw(self, topic: str, call_id: str, value: bytes, what: str | None = None) -> Any:
         """Bytes already encoded (a replay, or a test's malformed message), keyed by ``call_id``.
 
         Raises ``ValueError`` for a message over ``limits.max_message_bytes`` (the broker and the
         workers refuse it: retrying cannot help; send long audio as several utterances or as
         features), :class:`~streams.errors.ServiceUnavailable` when the broker cannot be reached in
-        time (retry later), and kafka-python's other errors as they are."""
+        time (retry later), and kafka-python's other errors as they are. ``what``: the message as
+        :class:`DeliveryFailed` names it if the broker does not take it (default: its call id)."""
         from kafka.errors import RetriableError
 
         limit = self.settings.limits.max_message_bytes
@@ -217,7 +221,7 @@ class Publisher:
         except RetriableError as exc:  # timeouts, connections: the broker may come back
             raise ServiceUnavailable(f"cannot send to {topic} at {self.settings.kafka.brokers}: {exc}") from exc
         if hasattr(future, "add_errback"):
-            future.add_errback(functools.partial(self._failed, topic, call_id))
+            future.add_errback(functools.partial(self._failed, topic, what or call_id))
         with self._lock:
             self.stats.messages[topic] = self.stats.messages.get(topic, 0) + 1
             self.stats.bytes_sent += len(value)
@@ -259,8 +263,8 @@ class Publisher:
             if self._own:
                 self.producer.close()
 
-    def _failed(self, topic: str, call_id: str, exc: BaseException) -> None:  # on kafka-python's sender thread
-        said = f"{topic} {call_id}: {exc}"
+    def _failed(self, topic: str, what: str, exc: BaseException) -> None:  # on kafka-python's sender thread
+        said = f"{topic} {what}: {exc}"
         with self._lock:
             self.stats.failed += 1
             if len(self.stats.errors) < 5:

@@ -74,7 +74,7 @@ def test_the_publisher_sends_each_message_to_its_topic_keyed_by_call() -> None:
     assert producer.flushed >= 1 and not producer.closed  # not its producer: not closed
     assert pub.stats.messages[TOPICS.audio] == 2 and pub.stats.bytes_sent == sum(len(v) for v in values)
     producer.futures[1].errbacks[0](RuntimeError("NotEnoughReplicas"))  # the broker refused one
-    assert pub.stats.failed == 1 and pub.stats.errors == [f"{TOPICS.text} c1: NotEnoughReplicas"]
+    assert pub.stats.failed == 1 and pub.stats.errors == [f"{TOPICS.text} c1/u0 text: NotEnoughReplicas"]
 
 
 class FailingFlush(FakeProducer):
@@ -98,8 +98,8 @@ def test_a_message_the_broker_did_not_take_is_raised_not_only_counted() -> None:
         pub.start_call("c1", ["text"])
         pub.text("c1", "u0", 0, "customer", "hello")
     assert caught.value.failed == 2 and caught.value.errors == [
-        f"{TOPICS.control} c1: KafkaTimeoutError: Expiring 1 record(s)",
-        f"{TOPICS.text} c1: KafkaTimeoutError: Expiring 1 record(s)",
+        f"{TOPICS.control} c1 started: KafkaTimeoutError: Expiring 1 record(s)",  # which to send again
+        f"{TOPICS.text} c1/u0 text: KafkaTimeoutError: Expiring 1 record(s)",
     ]
     pub = Publisher(SETTINGS, FailingFlush())
     pub.text("c1", "u1", 1, "customer", "again")
