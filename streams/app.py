@@ -322,7 +322,7 @@ def run_worker(settings: Settings) -> int:
             if name is not None:
                 resolve_model_dir(Path(name).expanduser())
         except ArtifactError as exc:
-            print(f"emostream worker: {key}: {exc}", file=sys.stderr)
+            print(f"error: {key}: {exc}", file=sys.stderr)
             return 2
     from engines.runtime.select import RuntimeUnavailable, resolve_runtime
     from streams.processes import shared_by
@@ -330,7 +330,7 @@ def run_worker(settings: Settings) -> int:
     try:  # a GPU runtime on a machine without one: said now, not after joining the group (a rebalance for the others)
         resolve_runtime(settings.engine.runtime, processes=shared_by())
     except RuntimeUnavailable as exc:
-        print(f"emostream worker: engine.runtime: {exc}", file=sys.stderr)
+        print(f"error: engine.runtime: {exc}", file=sys.stderr)
         return 2
     try:
         if settings.analytics.enabled:
@@ -345,7 +345,7 @@ def run_worker(settings: Settings) -> int:
         prepare_graphs(settings)  # before Faust starts: a stop meanwhile ends the export child too
         app = create_app(settings, lambda send: build_worker(settings, send, metrics))
     except EmostreamError as exc:
-        print(f"emostream worker: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)  # (as the other commands say it: streams/cli.py)
         return 2
     _worker_class()(app, loglevel=settings.log_level.lower(), console_port=0).execute_from_commandline()
     return 0

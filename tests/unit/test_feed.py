@@ -360,10 +360,7 @@ def test_a_mistyped_model_path_stops_the_worker_before_it_waits_for_kafka(
     monkeypatch.setenv("EMOSTREAM_ENGINE__REVISION_MODEL", "revsed")
     assert main(["worker"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err.startswith("emostream worker: engine.revision_model: not a model artifact")
-        and "did you mean revised" in err
-    )
+    assert err.startswith("error: engine.revision_model: not a model artifact") and "did you mean revised" in err
 
 
 def test_a_runtime_this_machine_lacks_stops_the_worker_before_it_joins_the_group(
@@ -380,5 +377,5 @@ def test_a_runtime_this_machine_lacks_stops_the_worker_before_it_joins_the_group
     monkeypatch.setenv("EMOSTREAM_ENGINE__RUNTIME", "torch-cuda")
     assert main(["worker"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("emostream worker: engine.runtime: ") and "CUDA" in err, err
+    assert err.startswith("error: engine.runtime: ") and "CUDA" in err, err
     assert len(err.strip().splitlines()) == 1, err
