@@ -67,7 +67,7 @@ schemas: setup
 	$(BIN)/emostream schemas --out schemas
 
 # Kafka and Redis, and a Prometheus with the shipped alert rules scraping the worker(s) on 9108
-# (WORKERS=N for `emostream worker --processes N`): http://127.0.0.1:9090/alerts
+# (WORKERS=N for `emostream worker --processes N`): http://127.0.0.1:9190/alerts
 services-up: setup
 	deploy/local/kafka.sh up && deploy/local/redis.sh up
 	deploy/local/prometheus.sh up || echo "services-up: Kafka and Redis are up, Prometheus is not (said above)" >&2

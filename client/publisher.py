@@ -163,8 +163,10 @@ class Publisher:
     ) -> Any:
         """An utterance's speech: ``data`` in ``encoding`` (``pcm_mulaw``/``pcm_alaw`` at 8 kHz for a
         telephone line, ``pcm_s16le`` at ``sample_rate``, ``flac``, ``wav``)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):  # base64 of a str raised a bare TypeError
-            raise TypeError(f"data must be the audio's bytes, not {type(data).__name__}")
+        try:  # bytes, or any buffer (a numpy array of int16 samples); base64 of a str raised a bare TypeError
+            memoryview(data)
+        except TypeError:
+            raise TypeError(f"data must be the audio's bytes (or a buffer), not {type(data).__name__}") from None
         part = AudioPart(call_id=call_id, utterance_id=utterance_id, seq=seq, speaker=speaker,
                          encoding=encoding, sample_rate=sample_rate, data=base64.b64encode(data).decode(),
                          **times)  # type: ignore[arg-type]  # fmt: skip

@@ -252,6 +252,11 @@ class TopicReader:
                 "first record" for tp in new]  # fmt: skip
 
 
+#: how far before its start a subscriber reads a topic that came while it waited (the producers'
+#: clocks may be behind its own)
+LATE_TOPIC_SKEW_MS = 60_000
+
+
 def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
     """A consumer assigned every partition of ``topics`` (no group), starting at the end or
     beginning; waits ``wait_s`` (None: for ever, saying so) for topics that do not exist yet."""
@@ -270,8 +275,10 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
     except KafkaError as exc:
         raise unreachable(settings, exc) from exc
     deadline = None if wait_s is None else time.monotonic() + wait_s
+    since_ms = int(time.time() * 1000) - LATE_TOPIC_SKEW_MS  # for topics waited for (see below)
     partitions: list[Any] = []
-    new: list[Any] = []  # of topics created while this waited: everything in them came after it started
+    ends: dict[Any, int] = {}  # where the topics there at the first look ended then
+    late: list[Any] = []  # of topics that came while this waited
     for topic in topics:
         noted = False
         while not (found := consumer.partitions_for_topic(topic)):
@@ -285,14 +292,27 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
             time.sleep(1.0)
         got = [TopicPartition(topic, p) for p in sorted(found)]
         partitions += got
-        new += got if noted else []
+        if noted:
+            late += got
+        elif not from_beginning:  # now, not after waiting for another topic: what came meanwhile is read
+            ends.update(consumer.end_offsets(got))
     consumer.assign(partitions)
     if from_beginning:  # resolved now, not at the first poll: what is published from here on is read
         consumer.seek_to_beginning(*partitions)
-    else:  # (a topic waited for from its first record: what the worker published once it made it, before this
-        consumer.seek_to_end(*[tp for tp in partitions if tp not in new])  # looked, was lost; an integrator's trial)
-        if new:
-            consumer.seek_to_beginning(*new)
+    else:
+        for tp, offset in ends.items():
+            consumer.seek(tp, offset)
+        # a topic that came while this waited (the worker makes its topics at its start): from its first
+        # record sent since this started, not its end (what was published between its creation and the
+        # look was lost: an integrator's trial). By record time, less a margin for clocks apart, not
+        # offset 0: a topic whose metadata a failed fetch left out for a while is not replayed whole.
+        times = consumer.offsets_for_times({tp: since_ms for tp in late}) if late else {}
+        for tp in late:
+            at = times.get(tp)
+            if at is None:
+                consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, at.offset)
     for tp in partitions:
         consumer.position(tp)
     return consumer

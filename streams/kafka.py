@@ -28,6 +28,9 @@ from streams.settings import KafkaSettings, Settings
 log = logging.getLogger("emostream.kafka")
 
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS (another client created it first)
+#: CreateTopics errors no retry mends: TOPIC_/CLUSTER_AUTHORIZATION_FAILED, INVALID_PARTITIONS,
+#: INVALID_CONFIG, POLICY_VIOLATION
+_NEVER_CREATED = frozenset({29, 31, 37, 40, 44})
 
 
 def _check(k: KafkaSettings) -> None:
@@ -191,7 +194,10 @@ def ensure_topics(settings: Settings, admin: Any = None, create: bool = True) ->
                 spec[t.deadletter]["configs"] = {"retention.ms": str(round(t.deadletter_retention_s * 1000))}
             result = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False)
             for topic in result.get("topics", []):
-                if topic.get("error_code", 0) not in (0, _TOPIC_EXISTS):
+                code = topic.get("error_code", 0)
+                if code in _NEVER_CREATED:  # retrying cannot help: said at once, a setting or the broker's rights
+                    raise ConfigError(_not_created(topic, t.partitions, t.replication))
+                if code not in (0, _TOPIC_EXISTS):  # (38, replication: brokers of a cluster still joining)
                     raise ServiceUnavailable(_not_created(topic, t.partitions, t.replication))
             log.info("created topics %s (%d partitions, replication %d)", missing, t.partitions, t.replication)
         counts = partition_counts(admin, inputs)
@@ -307,6 +313,8 @@ def wait_for_topics(settings: Settings, timeout_s: float | None = None) -> list[
                         "is the broker running, and kafka.brokers (EMOSTREAM_KAFKA__BROKERS) its address? "
                         "`make demo` starts a local one"
                         if quiet.seen
+                        else "the broker answered; kafka.topics.replication must not exceed its brokers"
+                        if "cannot create topic" in why
                         else "if the broker is up, check kafka.security_protocol, the TLS files, the SASL credentials"
                     )
                     raise ServiceUnavailable(f"Kafka: {why} (gave up after {timeout_s:.0f} s; {hint})") from exc

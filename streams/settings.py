@@ -78,6 +78,10 @@ class TopicSettings(_Section):
         return {self.text: "text", self.audio: "audio", self.video: "video", self.control: "control"}
 
 
+#: a broker as the clients take it: host[:port], [IPv6][:port], or a bare IPv6 address (port 9092)
+_BROKER = re.compile(
+    r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
+)
 INSTANCE_ID_MAX = 200  # characters of kafka.instance_id (Kafka allows 249; --processes N adds "-i")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -129,14 +133,15 @@ class KafkaSettings(_Section):
         listed = [b.strip() for b in v.split(",") if b.strip()]
         if not listed:
             raise ValueError("no broker: host:port, or several separated by commas")
-        for (
-            b
-        ) in listed:  # what every client takes; a bad one was retried for startup_timeout_s, then "does not resolve"
-            host, colon, port = b.rpartition(":")
-            shown = b if len(b) <= 60 else b[:60] + "..."
-            if _SCHEME.match(b) or not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
-                raise ValueError(f"{shown!r} is no broker address: host:port (a port 1-65535, no scheme), several "
-                                 "separated by commas")  # fmt: skip
+        # what every client takes (a host alone: port 9092); a bad one was retried for startup_timeout_s,
+        # then said as "does not resolve"
+        for b in listed:
+            found = _BROKER.fullmatch(b)
+            port = found.group("port") if found else None
+            if found is None or (port is not None and not 0 < int(port) <= 65535):
+                shown = b if len(b) <= 60 else b[:60] + "..."
+                raise ValueError(f"{shown!r} is no broker address: host:port (a port 1-65535; a host alone is port "
+                                 "9092; no scheme), several separated by commas")  # fmt: skip
         return v
 
     @field_validator("group_id")

@@ -228,3 +228,51 @@ def test_a_subscriber_waiting_for_its_topic_reads_it_from_its_first_record(servi
         while len(got) < 20 and time.monotonic() < deadline:
             got += sub.poll(0.5)
     assert sorted(int(g.record.utterance_id[1:]) for g in got) == list(range(20))
+
+
+def test_a_subscriber_waiting_for_one_topic_reads_what_came_meanwhile_on_another(services, unique) -> None:  # type: ignore[no-untyped-def]
+    """`subscribe --alerts` with the events topic there and the alerts topic not yet: the events
+    published while it waited were lost (the topics there were sought to their end after the wait:
+    a review)."""
+    import threading
+
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewTopic
+
+    from streams.kafka import ensure_topics as make_topics
+    from tests.unit.test_subscribe import make_event
+
+    settings = settings_for(services, unique)
+    topics = settings.kafka.topics
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.brokers)
+    try:
+        admin.create_topics([NewTopic(topics.emotions, topics.partitions, 1)])
+    finally:
+        admin.close()
+    from kafka import KafkaConsumer
+
+    look = KafkaConsumer(bootstrap_servers=settings.kafka.brokers)
+    deadline = time.monotonic() + 30
+    while not look.partitions_for_topic(topics.emotions) and time.monotonic() < deadline:  # there, to any client
+        time.sleep(0.2)
+    look.close()
+    made: list[Subscriber] = []
+    waiting = threading.Thread(target=lambda: made.append(Subscriber(settings, ("events", "alerts"), wait_s=60)))
+    waiting.start()
+    time.sleep(3.0)  # it has looked at the events topic and waits for the alerts one
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.brokers)
+    for i in range(5):
+        value = make_event(call_id=f"k{i}", utterance_id=f"u{i}", seq=i).to_bytes()
+        producer.send(topics.emotions, key=f"k{i}".encode(), value=value)
+    producer.flush()
+    producer.close()
+    assert not made
+    make_topics(settings)
+    waiting.join(60)
+    (sub,) = made
+    with sub:
+        got: list[Received] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += sub.poll(0.5)
+    assert sorted(g.record.utterance_id for g in got) == [f"u{i}" for i in range(5)]

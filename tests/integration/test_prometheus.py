@@ -55,8 +55,9 @@ def test_prometheus_scrapes_a_worker_and_the_dead_letter_alert_fires(services, u
     (tmp_path / "rules.yml").write_text(rules)
     port = free_port()
     api = f"http://127.0.0.1:{port}"
+    own = {k: v for k, v in os.environ.items() if k != "METRICS_TARGETS"}  # (a shell's own would be scraped)
     env = {  # the local stack's Prometheus (make services-up), on this test's worker and ports
-        **os.environ, "EMOSTREAM_RUN_DIR": str(tmp_path), "PROMETHEUS_PORT": str(port),
+        **own, "EMOSTREAM_RUN_DIR": str(tmp_path), "PROMETHEUS_PORT": str(port),
         "PROMETHEUS_RULES": str(tmp_path / "rules.yml"), "PROMETHEUS_INTERVAL": "1s",
         "METRICS_PORT": str(settings.metrics.port), "WORKERS": "1",
     }  # fmt: skip

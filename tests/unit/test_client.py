@@ -9,6 +9,7 @@ import logging
 from collections import namedtuple
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -177,8 +178,10 @@ def test_the_publisher_takes_raw_audio_of_the_workers_bounds_and_refuses_audio_t
     pub.audio("c", "u0", 0, "A", b"\xff" * 800, "pcm_mulaw")  # 0.1 s
     pub.audio("c", "u1", 1, "A", b"\x01\x00" * 1102, "pcm_s16le", 11025)  # int(0.1 * 11025) samples
     pub.audio("c", "u2", 2, "A", b"\xff" * 8000 * 60, "pcm_alaw")  # 60 s
-    assert len(producer.sent) == 3
-    with pytest.raises(TypeError, match="data must be the audio's bytes, not str"):  # base64's bare TypeError
+    pub.audio("c", "u3", 3, "A", np.ones(800, dtype="<i2"), "pcm_s16le", 8000)  # a buffer, as base64 takes it
+    assert len(producer.sent) == 4
+    assert base64.b64decode(AudioPart.model_validate_json(producer.sent[3][2]).data or "") == b"\x01\x00" * 800
+    with pytest.raises(TypeError, match="data must be the audio's bytes .or a buffer., not str"):  # (base64's bare one)
         pub.audio("c", "u3", 3, "A", "RIFF....", "wav")  # type: ignore[arg-type]
 
 

@@ -398,8 +398,15 @@ def test_a_topic_the_broker_will_not_create_is_said_in_words_naming_the_setting(
                                 "available brokers: 1."} for n in spec]}  # fmt: skip
 
     settings = _settings(topics={"replication": 3})
-    with pytest.raises(ServiceUnavailable) as raised:
+    with pytest.raises(ServiceUnavailable) as raised:  # (retried: a cluster's brokers may still be joining)
         ensure_topics(settings, admin=OneBroker({}))
     said = str(raised.value)
     assert said.startswith(f"cannot create topic {settings.kafka.topics.text}: INVALID_REPLICATION_FACTOR (Replication")
     assert said.endswith("; kafka.topics.replication is 3: at most the brokers in the cluster") and "{" not in said
+
+    class NotAllowed(FakeAdmin):
+        def create_topics(self, spec: dict[str, Any], timeout_ms: int, raise_errors: bool) -> dict[str, Any]:
+            return {"topics": [{"name": n, "error_code": 29, "error_message": None} for n in spec]}
+
+    with pytest.raises(ConfigError, match="TOPIC_AUTHORIZATION_FAILED .*give the worker's user the right to create"):
+        ensure_topics(settings, admin=NotAllowed({}))  # not retried for the start-up timeout: said at once

@@ -133,7 +133,7 @@ def test_settings_that_would_fail_later_or_silently_are_refused_at_start(monkeyp
         ("EMOSTREAM_KAFKA__BROKERS", " , ", "kafka.brokers: .*no broker"),
         ("EMOSTREAM_KAFKA__BROKERS", "http://kafka:9092", "'http://kafka:9092' is no broker address"),  # "does not
         ("EMOSTREAM_KAFKA__BROKERS", '["kafka:9092"]', "is no broker address"),  # resolve" after startup_timeout_s
-        ("EMOSTREAM_KAFKA__BROKERS", "kafka", "'kafka' is no broker address: host:port"),  # was 9092, silently
+        ("EMOSTREAM_KAFKA__BROKERS", "kafka:", "'kafka:' is no broker address: host:port"),
         ("EMOSTREAM_KAFKA__BROKERS", "a:1,kafka:99999", "'kafka:99999' is no broker address"),
         ("EMOSTREAM_KAFKA__GROUP_ID", "", "kafka.group_id: .*'' is no consumer group id"),  # App requires an id!
         ("EMOSTREAM_KAFKA__GROUP_ID", "my group", "'my group' is no consumer group id"),  # InvalidTopicError
@@ -174,8 +174,10 @@ def test_a_key_no_section_has_is_said_with_the_one_meant_or_the_sections_keys(mo
         monkeypatch.delenv(name)
 
 
-def test_settings_that_look_unusual_but_work_are_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for brokers in ("a:1, b:2", "[::1]:9092", "kafka.kafka.svc:9092"):
+def test_settings_that_look_unusual_but_are_valid_pass_the_settings_check(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for brokers in ("a:1, b:2", "[::1]:9092", "kafka.kafka.svc:9092", "kafka", "kafka-0.kafka,kafka-1.kafka", "::1"):
         monkeypatch.setenv("EMOSTREAM_KAFKA__BROKERS", brokers)
         assert load_settings().kafka.brokers == brokers
     monkeypatch.setenv("EMOSTREAM_ENGINE__FUTURE", "12")
