@@ -73,7 +73,8 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
 
 class DeliveryFailed(EmostreamError):
     """Messages the broker did not take (after the producer's own retries): ``failed`` of them,
-    ``errors`` the first few (topic, call id and the error). Each is lost unless sent again."""
+    ``errors`` the first few (topic, the message, ``c1/u0 text`` or ``c1 started``, and the error).
+    Each is lost unless sent again."""
 
     def __init__(self, failed: int, errors: list[str]) -> None:
         self.failed, self.errors = failed, errors
@@ -85,7 +86,7 @@ class PublishStats:
     messages: dict[str, int] = field(default_factory=dict)  # topic -> messages sent
     bytes_sent: int = 0
     failed: int = 0  # messages the broker did not acknowledge
-    errors: list[str] = field(default_factory=list)  # the first few delivery errors ("topic call: error")
+    errors: list[str] = field(default_factory=list)  # the first few delivery errors ("topic c1/u0 text: error")
 
 
 def make_producer(settings: Settings) -> Any:

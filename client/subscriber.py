@@ -108,6 +108,7 @@ class Tracker:
         self.invalid = 0  # records that failed their schema (skipped)
         self.duplicates = 0
         self.errors: list[str] = []  # the first few schema errors, with their topic
+        self.last_error = ""  # the latest one's (without its topic)
         self._seen: OrderedDict[str, None] = OrderedDict()  # event ids, and dead letters' sources
         self._latest: OrderedDict[tuple[str, str], EmotionEvent] = OrderedDict()  # (call instance, utterance)
         self._instance: OrderedDict[str, str] = OrderedDict()  # call id -> its newest instance seen
@@ -122,8 +123,9 @@ class Tracker:
             record: Any = read_published(_MODELS[kind], value or b"")
         except ValidationError as exc:
             self.invalid += 1
+            self.last_error = exc.errors()[0]["msg"]
             if len(self.errors) < 5:
-                self.errors.append(f"{topic}: {exc.errors()[0]['msg']}")
+                self.errors.append(f"{topic}: {self.last_error}")
             return None
         got = Received(kind, record)
         if self.call_ids is not None and got.call_id not in self.call_ids:
@@ -366,8 +368,8 @@ class Subscriber:
                     log.warning("subscriber: skipped a record that is no %s of this version on %s[%d]@%d: %s [%d so "
                                 "far; the first five and every 1000th are logged; Subscriber.tracker.invalid counts "
                                 "them]", self.tracker.kinds.get(record.topic, "record"), record.topic,
-                                record.partition, record.offset, self.tracker.errors[-1] if self.tracker.errors
-                                else "?", self.tracker.invalid)  # fmt: skip
+                                record.partition, record.offset, self.tracker.last_error,
+                                self.tracker.invalid)  # fmt: skip
                 if got is not None and (self.keep_stale or not got.stale):
                     out.append(got)
         return out

@@ -123,10 +123,11 @@ def create_app(settings: Settings, worker_factory: Any) -> Any:
 
 
 class _Handle:
-    """What the worker acks a Faust event through. ``shed()``: the worker is done with the record and
-    its ack waits behind an earlier message's (``streams.worker.Lease``, acks in offset order), for
-    up to ``join.max_hold_s``: the record's bytes (audio, up to a megabyte) are let go meanwhile, not
-    kept with every message read behind that one."""
+    """What the worker acks a Faust event through. ``shed()``: the worker is done with the record's
+    bytes and only its ack is left: a part joined or dead-lettered, whose ack waits for its
+    utterance's event, or one acked behind an earlier message's (``streams.worker.Lease``, acks in
+    offset order), for up to ``join.max_hold_s``: the bytes (audio, up to a megabyte) are let go
+    meanwhile, not kept with every message waiting."""
 
     __slots__ = ("event",)
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -204,8 +204,10 @@ class RedisSettings(_Section):
                 "a Redis URL that does not parse: percent-encode / # ? @ and : in its user name and password "
                 "(urllib.parse.quote(password, safe=''))"
             ) from None  # the exception's own message quotes a piece of the password
-        db = parts.path.strip("/")
-        if scheme != "unix" and db and not db.isdigit():  # redis-py drops a database it cannot read: 0, silently
+        db = unquote(parts.path.strip("/"))  # (as redis-py reads it: /%31 is database 1)
+        if (
+            scheme != "unix" and db and not (db.isascii() and db.isdigit())
+        ):  # redis-py drops a database it cannot read: 0, silently
             shown = db if len(db) <= 20 else db[:20] + "..."
             raise ValueError(f"a Redis URL's database is a number (redis://host:port/0), not {shown!r}")
         return url
@@ -480,7 +482,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if config_file is not None:
         path = Path(config_file)
         try:
-            text = path.read_text()
+            text = path.read_text().removeprefix("\ufeff")  # (a BOM an editor wrote)
             as_json = path.suffix.lower() == ".json" or (path.suffix.lower() != ".toml" and text.lstrip()[:1] == "{")
             data = json.loads(text) if as_json else tomllib.loads(text)  # (.toml, .TOML, .conf: TOML)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:

@@ -352,16 +352,16 @@ def test_the_subscriber_says_when_it_skips_records_that_are_not_what_its_topic_c
     record as invalid and said nothing: a `for got in sub` loop saw nothing, for ever (an
     integrator's trial). The first five and every 1000th are logged."""
     report = b'{"schema_version": 1, "kind": "report", "call_id": "c"}'
-    batches = [[Record(TOPICS.emotions, report, 2, i) for i in range(1000)], [Record(TOPICS.emotions, report, 2, 1000)]]
+    batches = [[Record(TOPICS.emotions, report, 2, i) for i in range(999)], [Record(TOPICS.emotions, b"{", 2, 999)]]
     sub = Subscriber(SETTINGS, consumer=FakeConsumer(batches))
     with caplog.at_level(logging.WARNING, logger="emostream.client"):
         assert sub.poll() == [] and sub.poll() == []
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 6 and sub.tracker.invalid == 1001
+    assert len(said) == 6 and sub.tracker.invalid == 1000
     assert said[0].startswith(
         f"subscriber: skipped a record that is no events of this version on {TOPICS.emotions}[2]@0: "
     )
-    assert "[1000 so far" in said[5]
+    assert "@999: Invalid JSON" in said[5] and "[1000 so far" in said[5]  # its own error, not the fifth's
 
 
 def test_the_async_client_does_the_same() -> None:
