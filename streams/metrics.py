@@ -275,9 +275,14 @@ class Metrics:
             registry=r,
         )
         self.ready_gauge = Gauge(
-            "emostream_ready", "1 while the worker consumes (/readyz 200), 0 while it starts or stops", registry=r
+            "emostream_ready",
+            "1 while the worker consumes (/readyz 200), 0 while it starts or stops, or its event loop is stuck",
+            registry=r,
         )
-        self.ready_gauge.set_function(lambda: 1.0 if self.ready else 0.0)
+        # read at each scrape, on the HTTP thread: a loop stuck for LIVE_S says 0, as /readyz does (an operator's
+        # trial: a stalled worker's half of the partitions went unread while every gauge it sets stood still,
+        # emostream_ready at 1, and no alert fired)
+        self.ready_gauge.set_function(lambda: 1.0 if self.probe("/readyz")[0] == 200 else 0.0)
         self.model_info = Gauge(
             "emostream_model_info",
             "1 for the model this worker runs: its name, version and runtime (engine.runtime resolved)",

@@ -35,14 +35,17 @@ def test_probes_follow_the_start_the_event_loop_and_a_stuck_loop() -> None:
     m.ready = True
     assert _get(port, "/healthz") == (200, "ok\n")
     assert _get(port, "/readyz") == (200, "ready\n")
+    assert "\nemostream_ready 1.0\n" in _get(port, "/metrics")[1]
     clock.now += LIVE_S + 1  # the loop has not gone round since: restart it
     assert _get(port, "/healthz")[0] == 503
     status, body = _get(port, "/readyz")
     assert status == 503 and "stuck" in body
+    # and Prometheus sees it (EmostreamWorkerDown): the gauge stood at 1 while every other stood still
+    assert "\nemostream_ready 0.0\n" in _get(port, "/metrics")[1]
     m.beat()
     assert _get(port, "/healthz")[0] == 200
     status, body = _get(port, "/metrics")
-    assert status == 200 and "emostream_messages_in_total" in body
+    assert status == 200 and "emostream_messages_in_total" in body and "\nemostream_ready 1.0\n" in body
 
 
 def test_the_model_and_its_runtime_are_a_metric_with_one_series() -> None:
