@@ -108,6 +108,16 @@ def make_producer(settings: Settings) -> Any:
         raise unreachable(settings, exc) from exc
 
 
+#: the longest a flush with no timeout of its own waits: kafka-python's delivery timeout (120 s), then
+#: a margin. Past it, a batch not acknowledged and not failed is stuck: a batch that expired in flight
+#: leaves kafka-python 3.0's idempotent producer without a producer id, and the batches behind it then
+#: neither go nor expire (an operator's trial: feed waited in flush for ever after a 4-minute broker
+#: outage, and Ctrl-C and SIGTERM could not stop it)
+FLUSH_BOUND_S = 150.0
+#: the longest close waits for the producer's own close after that flush
+CLOSE_S = 10.0
+
+
 class Publisher:
     """Sends parts and call control; ``producer`` replaces the one made from ``settings`` (it is
     then not closed by :meth:`close`)."""
@@ -238,17 +248,21 @@ class Publisher:
         """Wait until the broker has acknowledged (or refused) everything sent. ``check``: raise
         :class:`DeliveryFailed` if messages failed since the last flush that raised (each is lost
         unless sent again); else they are only counted in :attr:`stats`. A flush that runs out of
-        ``timeout_s`` raises :class:`~streams.errors.ServiceUnavailable`."""
+        ``timeout_s`` (None: :data:`FLUSH_BOUND_S`) raises :class:`~streams.errors.ServiceUnavailable`:
+        what the broker has not acknowledged by then may be lost."""
         from kafka.errors import KafkaTimeoutError
 
+        bound = FLUSH_BOUND_S if timeout_s is None else timeout_s
         try:
-            if timeout_s is None:
-                self.producer.flush()
-            else:
-                self.producer.flush(timeout=timeout_s)
+            self.producer.flush(timeout=bound)
         except KafkaTimeoutError as exc:
             raise ServiceUnavailable(
-                f"the broker at {self.settings.kafka.brokers} did not acknowledge what was sent within {timeout_s} s"
+                f"the broker at {self.settings.kafka.brokers} did not acknowledge what was sent within {bound:g} s"
+                + (
+                    ""
+                    if timeout_s is not None
+                    else " (past the producer's own delivery timeout: what it holds is lost unless sent again)"
+                )
             ) from exc
         if check:
             with self._lock:
@@ -264,7 +278,7 @@ class Publisher:
             self.flush(check=check)
         finally:
             if self._own:
-                self.producer.close()
+                self.producer.close(timeout=CLOSE_S)  # (it would wait for a stuck batch for ever, as flush did)
 
     def _failed(self, topic: str, what: str, exc: BaseException) -> None:  # on kafka-python's sender thread
         said = f"{topic} {what}: {exc}"

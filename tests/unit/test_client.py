@@ -46,7 +46,7 @@ class FakeProducer:
     def flush(self, timeout: float | None = None) -> None:
         self.flushed += 1
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         self.closed = True
 
 
@@ -113,6 +113,39 @@ def test_a_message_the_broker_did_not_take_is_raised_not_only_counted() -> None:
     with pytest.raises(ZeroDivisionError), Publisher(SETTINGS, FailingFlush()) as pub:  # the caller's own error
         pub.text("c1", "u0", 0, "customer", "hello")  # is not replaced by the failed delivery
         1 / 0  # noqa: B018
+
+
+def test_a_flush_and_a_close_never_wait_for_ever_on_a_stuck_producer() -> None:
+    """An operator's trial: after a 4-minute broker outage kafka-python's idempotent producer lost its
+    producer id, and the batches it held neither went nor expired: feed waited in flush() (no
+    timeout) for ever, its Ctrl-C handler's close() flushed again, and only kill -9 stopped it."""
+    from kafka.errors import KafkaTimeoutError
+
+    from client.publisher import CLOSE_S, FLUSH_BOUND_S
+    from streams.errors import ServiceUnavailable
+
+    class Stuck(FakeProducer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float | None] = []
+
+        def flush(self, timeout: float | None = None) -> None:
+            self.waits.append(timeout)
+            raise KafkaTimeoutError("Timeout waiting for future")  # (kafka-python's, at the timeout)
+
+        def close(self, timeout: float | None = None) -> None:
+            self.waits.append(timeout)
+            super().close()
+
+    stuck = Stuck()
+    pub = Publisher(SETTINGS, stuck)
+    pub._own = True  # as if it had made its producer
+    pub.text("c1", "u0", 0, "customer", "hello")
+    with pytest.raises(ServiceUnavailable, match="within 150 s .past the producer's own delivery timeout"):
+        pub.flush()
+    with pytest.raises(ServiceUnavailable):
+        pub.close(check=False)
+    assert stuck.waits == [FLUSH_BOUND_S, FLUSH_BOUND_S, CLOSE_S] and stuck.closed
 
 
 def test_a_flush_that_runs_out_of_time_and_a_failed_flush_in_close_still_close_the_producer() -> None:

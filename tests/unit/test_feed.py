@@ -40,7 +40,7 @@ class FakeProducer:
         assert not self.flushed
         self.sent.append((self.clock.now, topic, key, parse_input(KIND[topic], value, 1 << 22)))
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         self.flushed = True
 
 
