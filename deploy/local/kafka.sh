@@ -139,7 +139,11 @@ PROPS
 wait_node() {
   for _ in $(seq 1 120); do
     listening "$port" && { echo "kafka.sh: broker up on 127.0.0.1:$port (logs: $run)" >&2; return 0; }
-    kill -0 "$(cat "$run/pid")" 2>/dev/null || { echo "kafka.sh: broker died, see $run/stdout.log" >&2; tail -20 "$run/stdout.log" >&2; exit 1; }
+    kill -0 "$(cat "$run/pid")" 2>/dev/null || {
+      # (its own log says why, "Address already in use" say; stdout.log is often empty)
+      echo "kafka.sh: broker died, see $run/server.log and $run/stdout.log" >&2
+      { grep -hE "ERROR|FATAL|Exception" "$run/server.log" 2>/dev/null || true; } | tail -5 >&2
+      tail -10 "$run/stdout.log" >&2 || true; exit 1; }
     sleep 0.5
   done
   echo "kafka.sh: broker did not open port $port in 60 s" >&2; exit 1
