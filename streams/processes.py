@@ -59,6 +59,8 @@ BACKOFF_S = (1.0, 30.0)  # first and largest restart delay
 STABLE_S = 60.0  # a child that ran this long resets the backoff and the quick-failure count
 MAX_QUICK_FAILURES = 5
 STOP_GRACE_S = 90.0  # the workers' own SIGTERM grace is 60 s (batch, flush, partitions back)
+HEALTH_EVERY_S = 10.0  # how often each child's /healthz is asked
+STUCK_KILL_S = 30.0  # a child whose /healthz says its event loop is stuck this long more is killed (and restarted)
 
 
 def child_port(port: int, index: int) -> int:
@@ -96,6 +98,7 @@ class Child:
     left: bool = False  # its last exit was a clean stop (code 0 after SIGTERM): it left the group itself
     term_sent: bool = False
     pump: threading.Thread | None = field(default=None, repr=False)
+    stuck_since: float | None = None  # when its /healthz first said its event loop is stuck (of the looks in a row)
 
 
 class Supervisor:
@@ -106,7 +109,10 @@ class Supervisor:
         env: dict[str, str],
         out: IO[bytes] | None = None,
         max_backoff: float = BACKOFF_S[1],
+        health: Callable[[int], str | None] | None = None,
     ) -> None:
+        """``health``: what child i's /healthz says when its event loop is stuck, else None (it answers
+        200, or nothing can be asked: :func:`healthz`); None: no child is asked."""
         if n < 1:
             raise ValueError(f"--processes must be at least 1, got {n}")
         self.children = [Child(i) for i in range(n)]
@@ -118,6 +124,8 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.max_backoff = max_backoff
+        self.health = health
+        self.health_at = 0.0  # the next look at the children's /healthz
         self._lock = threading.Lock()
 
     def _pump(self, child: Child, stream: IO[bytes]) -> None:
@@ -161,8 +169,37 @@ class Supervisor:
         self.exit_code = code
         self.stop()
 
+    def _watch(self, now: float) -> None:
+        """Every ``HEALTH_EVERY_S``, ask each running child's /healthz; kill one whose event loop has
+        been stuck for ``STUCK_KILL_S`` of looks in a row (it is then started again as after a crash).
+        A stuck worker reads nothing while its process runs: nothing else restarted it, where an
+        orchestrator's liveness probe would (an operator's trial: a child stalled 90 s, its
+        partitions unread, and the supervisor saw a running process)."""
+        if self.health is None or self.stopping or now < self.health_at:
+            return
+        self.health_at = now + HEALTH_EVERY_S
+        for c in self.children:
+            proc = c.proc
+            if proc is None or proc.poll() is not None:
+                c.stuck_since = None
+                continue
+            try:
+                why = self.health(c.index)
+            except Exception:  # noqa: BLE001 - a look that fails says nothing
+                why = None
+            if why is None:
+                c.stuck_since = None
+                continue
+            c.stuck_since = now if c.stuck_since is None else c.stuck_since
+            if now - c.stuck_since >= STUCK_KILL_S:
+                log.error("process %d: its /healthz has said '%s' for %.0f s: killing it, to start it again",
+                          c.index, why, now - c.stuck_since)  # fmt: skip
+                proc.kill()
+                c.stuck_since = None
+
     def step(self, now: float) -> bool:
         """One look at the children: reap, pass on a stop, restart what is due; False once all are done."""
+        self._watch(now)
         running = False
         if self.stopping and not self.said_stop:  # said here, not in the signal handler (a lock held there)
             self.said_stop = True
@@ -243,6 +280,32 @@ class Supervisor:
                     c.proc.kill()
                     c.proc.wait(10)
         return self.exit_code
+
+
+def healthz(host: str, port: int, timeout_s: float = 1.0) -> Callable[[int], str | None]:
+    """A :class:`Supervisor`'s ``health``: what child i's /healthz (``host``, ``port + i``) says when
+    it answers 503 for an event loop stuck, else None (200, starting, not answering: a child loading
+    its model may be slow to answer, and is not killed for that; metrics port 0: not known)."""
+    import urllib.error
+    import urllib.request
+
+    where = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host  # noqa: S104
+    where = f"[{where}]" if ":" in where and not where.startswith("[") else where
+
+    def look(index: int) -> str | None:
+        at = child_port(port, index)
+        if not at:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://{where}:{at}/healthz", timeout=timeout_s):  # noqa: S310
+                return None
+        except urllib.error.HTTPError as exc:
+            said = exc.read(200).decode("utf-8", "replace").strip()
+            return said if exc.code == 503 and "stuck" in said else None
+        except OSError:
+            return None
+
+    return look
 
 
 def worker_command(config: str | None, port: int, instance_base: str) -> Callable[[int], list[str]]:
@@ -328,7 +391,8 @@ def run_processes(n: int, config: str | None, settings: Settings) -> int:
         n, ports, threads, base, n - 1,
     )  # fmt: skip
     cap = backoff_cap(settings.kafka.session_timeout_s)
-    supervisor = Supervisor(n, worker_command(config, port, base), env, max_backoff=cap)
+    health = healthz(settings.metrics.host, port)
+    supervisor = Supervisor(n, worker_command(config, port, base), env, max_backoff=cap, health=health)
     code = supervisor.run()
     stayed = [child_instance_id(base, c.index) for c in supervisor.children if not c.left]
     if stayed and code != CONFIG_ERROR:  # (a child that stopped at its settings never joined)

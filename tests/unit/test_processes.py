@@ -18,10 +18,12 @@ from streams.membership import supervisor_base
 from streams.processes import (
     BACKOFF_S,
     MAX_QUICK_FAILURES,
+    STUCK_KILL_S,
     Supervisor,
     backoff_cap,
     child_env,
     child_port,
+    healthz,
     next_backoff,
     worker_command,
 )
@@ -345,3 +347,58 @@ def test_a_starting_worker_as_pid_1_stops_on_sigterm(tmp_path: Path) -> None:
         if outer.poll() is None:
             outer.kill()
             outer.wait(10)
+
+
+def test_a_child_whose_event_loop_is_stuck_is_killed_and_started_again(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator's trial: a child's event loop stalled 90 s (/healthz 503 "event loop stuck"), its
+    partitions unread; the supervisor saw a running process and left it. Now it asks each child's
+    /healthz and kills one stuck for STUCK_KILL_S of looks in a row; a look that says nothing (200,
+    starting, no answer) resets it."""
+    said: dict[int, str | None] = {0: None, 1: None}
+    sup = Supervisor(2, python(SLEEPER), dict(os.environ), io.BytesIO(), health=said.get)
+    for c in sup.children:
+        sup.start(c)
+    first, other = sup.children
+    pid = first.proc.pid if first.proc else None
+    t0 = time.monotonic()
+    said[0] = "event loop stuck for 31 s"
+    sup.step(t0)
+    sup.step(t0 + 10)
+    said[0] = None  # it went round again: the count starts over
+    sup.step(t0 + 20)
+    said[0] = "event loop stuck for 31 s"
+    with caplog.at_level(logging.ERROR, logger="emostream.processes"):
+        for k in range(3, 6):
+            sup.step(t0 + 10 * k)
+            time.sleep(0.2)
+            assert first.proc is not None and first.proc.poll() is None and first.proc.pid == pid  # not yet
+        sup.step(t0 + 30 + STUCK_KILL_S)  # 30 s of stuck looks in a row
+    assert "process 0: its /healthz has said 'event loop stuck for 31 s' for 30 s: killing it" in caplog.text
+    assert first.proc is not None and first.proc.wait(10) == -9 and other.proc is not None and other.proc.poll() is None
+    said[0] = None
+    run_until(sup, lambda: first.restarts == 1)  # started again, as after a crash
+    assert first.proc is not None and first.proc.pid != pid
+    sup.stop()
+    run_until(sup, None)
+
+
+def test_the_supervisor_reads_a_childs_healthz() -> None:
+    from streams.metrics import LIVE_S, Metrics
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    m = Metrics(clock)
+    port = m.serve("127.0.0.1", 0)
+    look = healthz("0.0.0.0", port)  # (a worker listening on every address is asked on loopback)
+    assert look(0) is None  # starting
+    m.beat()
+    assert look(0) is None  # ok
+    clock.now += LIVE_S + 1
+    assert look(0) == "event loop stuck for 31 s"
+    assert healthz("127.0.0.1", 0)(3) is None  # metrics port 0: any free port, not known here
+    assert healthz("127.0.0.1", port + 1, timeout_s=0.5)(0) is None  # nothing there (port+0 is child 0's)
