@@ -44,6 +44,9 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
     rules on audio, ``limits.max_text_chars``), or None. The audio itself is not decoded here: a
     header that lies about its rate, or bytes that are not the encoding named, still reach the
     workers' dead letters (``undecodable_audio``)."""
+    if isinstance(message, CallControl) and message.event == "started" and message.modalities == []:
+        return ("a 'started' with modalities [] (the workers then expect join.default_modalities): name what the "
+                "call sends, or leave modalities out")  # fmt: skip
     if isinstance(message, TextPart) and message.text is not None and len(message.text) > limits.max_text_chars:
         return f"a transcript of {len(message.text)} characters is over limits.max_text_chars ({limits.max_text_chars})"
     if not isinstance(message, AudioPart) or message.encoding == "features":

@@ -237,7 +237,7 @@ def feed(
                 sleep(wait)
             if step.kind == "started":
                 if send_control:
-                    publisher.start_call(step.call_id, declared[step.call_id])
+                    publisher.start_call(step.call_id, declared[step.call_id] or None)  # (none of those sent: no part)
                 active.add(step.call_id)  # (once its `started` is out)
             elif step.kind == "ended":
                 if send_control:

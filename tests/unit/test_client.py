@@ -218,6 +218,17 @@ def test_the_publisher_takes_raw_audio_of_the_workers_bounds_and_refuses_audio_t
         pub.audio("c", "u3", 3, "A", "RIFF....", "wav")  # type: ignore[arg-type]
 
 
+def test_a_started_that_names_no_modality_is_refused() -> None:
+    """The worker takes it, warns, and waits join.wait_s for the default's audio (an operator's
+    trial): a client's start_call("c", []) is a mistake said where it is made."""
+    producer = FakeProducer()
+    with pytest.raises(ValueError, match=r"a 'started' with modalities \[\] .the workers then expect"):
+        Publisher(SETTINGS, producer).start_call("c", [])
+    assert producer.sent == []
+    Publisher(SETTINGS, producer).start_call("c")  # none given: join.default_modalities, as documented
+    assert CallControl.model_validate_json(producer.sent[0][2]).modalities is None
+
+
 def test_a_started_sent_again_is_the_same_message_and_one_modality_is_one_name() -> None:
     """Found in review: `at` is how the worker tells a `started` sent again from a new call under
     the id, and start_call had no way to send the same one twice."""
