@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from streams.errors import EmostreamError, ServiceUnavailable
 from streams.kafka import kafka_python_options, unreachable
 from streams.schemas import AUDIO_RATES, AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
 from streams.settings import LimitSettings, Settings, TopicSettings
+
+log = logging.getLogger("emostream.client")
 
 Message = Part | CallControl
 
@@ -127,6 +130,7 @@ class Publisher:
 
     def __init__(self, settings: Settings, producer: Any = None) -> None:
         self.settings = settings
+        self._stuck = False  # a flush ran past the producer's own delivery timeout (flush)
         self.topics = settings.kafka.topics
         self._own = producer is None
         self.producer = make_producer(settings) if producer is None else producer
@@ -259,6 +263,7 @@ class Publisher:
         try:
             self.producer.flush(timeout=bound)
         except KafkaTimeoutError as exc:
+            self._stuck = self._stuck or timeout_s is None  # past the delivery timeout: close() waits no more
             raise ServiceUnavailable(
                 f"the broker at {self.settings.kafka.brokers} did not acknowledge what was sent within {bound:g} s"
                 + (
@@ -278,10 +283,32 @@ class Publisher:
         """Flush (``check``: as :meth:`flush`), and close the producer if this publisher made it
         (also when the flush raised)."""
         try:
-            self.flush(check=check)
+            if not self._stuck:  # (a flush already waited past the delivery timeout: not again)
+                self.flush(check=check)
         finally:
             if self._own:
-                self.producer.close(timeout=CLOSE_S)  # (it would wait for a stuck batch for ever, as flush did)
+                self._close_producer()
+
+    def _close_producer(self) -> None:
+        """Close the producer within ``CLOSE_S``: kafka-python's close() flushes first, and raises at its
+        timeout without closing anything when a batch is stuck; its sender is then told to stop without
+        sending (the batches it holds fail, counted in :attr:`stats`), so nothing is left running and
+        no error of the close replaces one under way."""
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self.producer.close(timeout=0.0 if self._stuck else CLOSE_S)
+            return
+        except KafkaTimeoutError:
+            pass
+        sender = getattr(self.producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(CLOSE_S)
+        try:
+            self.producer.close(timeout=0.0)
+        except KafkaTimeoutError:
+            log.warning("the Kafka producer did not close: its batches are left unsent")
 
     def _failed(self, topic: str, what: str, exc: BaseException) -> None:  # on kafka-python's sender thread
         said = f"{topic} {what}: {exc}"
@@ -296,7 +323,13 @@ class Publisher:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close(check=exc_type is None)  # an exception under way is not replaced by DeliveryFailed
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an exception under way (the caller's, a Ctrl-C) is not replaced by the close's own
+            self.close(check=False)
+        except Exception as closing:  # noqa: BLE001
+            log.warning("closing the publisher after %s: %s", getattr(exc_type, "__name__", exc_type), closing)
 
 
 class AsyncPublisher:

@@ -276,7 +276,12 @@ def feed(
         raise
     finally:
         bar.close()
-        publisher.close(check=False)  # flushes; closes the producer only if it made it
+        under_way = sys.exc_info()[1]  # (in a finally: the error propagating, a Ctrl-C say, if any)
+        try:
+            publisher.close(check=False)  # flushes; closes the producer only if it made it
+        except Exception:
+            if under_way is None:  # else that error goes on, not replaced by the close's
+                raise
     stats = publisher.stats
     report.messages, report.bytes_sent, report.failed, report.errors = (
         stats.messages,

@@ -131,6 +131,7 @@ PROPS
     java "${java_opts[@]}" -cp "$lib/*" kafka.tools.StorageTool format -t "$cid" \
          -c "$run/server.properties" --ignore-formatted "${scram[@]}" >"$run/format.log" 2>&1
   fi
+  wc -l 2>/dev/null <"$run/server.log" >"$run/server.log.start" || echo 0 >"$run/server.log.start"
   setsid nohup java "${java_opts[@]}" -cp "$lib/*" kafka.Kafka "$run/server.properties" \
         >"$run/stdout.log" 2>&1 < /dev/null &
   echo $! > "$run/pid"
@@ -140,9 +141,10 @@ wait_node() {
   for _ in $(seq 1 120); do
     listening "$port" && { echo "kafka.sh: broker up on 127.0.0.1:$port (logs: $run)" >&2; return 0; }
     kill -0 "$(cat "$run/pid")" 2>/dev/null || {
-      # (its own log says why, "Address already in use" say; stdout.log is often empty)
+      # (its own log says why, "Address already in use" for one; stdout.log is often empty): this start's lines
       echo "kafka.sh: broker died, see $run/server.log and $run/stdout.log" >&2
-      { grep -hE "ERROR|FATAL|Exception" "$run/server.log" 2>/dev/null || true; } | tail -5 >&2
+      { tail -n "+$(( $(cat "$run/server.log.start" 2>/dev/null || echo 0) + 1 ))" "$run/server.log" 2>/dev/null \
+          | grep -hE "ERROR|FATAL|Exception" || true; } | tail -5 >&2
       tail -10 "$run/stdout.log" >&2 || true; exit 1; }
     sleep 0.5
   done
