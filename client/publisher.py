@@ -263,31 +263,40 @@ class Publisher:
         try:
             self.producer.flush(timeout=bound)
         except KafkaTimeoutError as exc:
-            self._stuck = self._stuck or timeout_s is None  # past the delivery timeout: close() waits no more
+            past = bound >= FLUSH_BOUND_S
+            self._stuck = self._stuck or past  # past the delivery timeout: close() waits only CLOSE_S more
             raise ServiceUnavailable(
                 f"the broker at {self.settings.kafka.brokers} did not acknowledge what was sent within {bound:g} s"
                 + (
-                    ""
-                    if timeout_s is not None
-                    else " (past the producer's own delivery timeout: what it holds is lost unless sent again)"
+                    " (past the producer's own delivery timeout: what it holds is lost unless sent again)"
+                    if past
+                    else ""
                 )
             ) from exc
+        self._stuck = False  # everything went (the broker back): the producer is not stuck
         if check:
-            with self._lock:
-                failed, errors = self.stats.failed - self._reported, self._unreported
-                self._reported, self._unreported = self.stats.failed, []
-            if failed:
-                raise DeliveryFailed(failed, errors)
+            self._check()
+
+    def _check(self) -> None:
+        """Raise :class:`DeliveryFailed` for the messages that failed since the last time it was raised."""
+        with self._lock:
+            failed, errors = self.stats.failed - self._reported, self._unreported
+            self._reported, self._unreported = self.stats.failed, []
+        if failed:
+            raise DeliveryFailed(failed, errors)
 
     def close(self, check: bool = True) -> None:
-        """Flush (``check``: as :meth:`flush`), and close the producer if this publisher made it
-        (also when the flush raised)."""
+        """Flush, and close the producer if this publisher made it (also when the flush raised);
+        ``check``: then raise :class:`DeliveryFailed` for what failed, the batches a stuck producer's
+        close gave up on included. After a flush that waited past the delivery timeout, the flush
+        here waits only ``CLOSE_S``."""
         try:
-            if not self._stuck:  # (a flush already waited past the delivery timeout: not again)
-                self.flush(check=check)
+            self.flush(timeout_s=CLOSE_S if self._stuck else None, check=False)
         finally:
             if self._own:
                 self._close_producer()
+        if check:
+            self._check()
 
     def _close_producer(self) -> None:
         """Close the producer within ``CLOSE_S``: kafka-python's close() flushes first, and raises at its

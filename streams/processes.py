@@ -25,6 +25,11 @@ members of the group do (more processes than partitions idle). This parent only 
   start, stop them all with exit code 1 when every other child fails at its start too (a model that
   does not load fails every one); while another does not, the failing one is started again, with an
   ERROR line a time (a child the OOM killer takes again and again does not take the others down);
+- every :data:`HEALTH_EVERY_S` each running child's ``/healthz`` is asked (all at once); a child
+  whose event loop it says is stuck, or that stops answering after it once answered "ok", for
+  :data:`STUCK_KILL_S` of looks in a row is killed and started again as after a crash, as an
+  orchestrator's liveness probe would (a child still loading its model, or whose port is not known,
+  is left alone);
 - a parent killed with SIGKILL cannot pass anything on, so each child has asked Linux for a
   SIGTERM when its parent dies (:func:`die_with_parent`) and stops as on the parent's SIGTERM
   (elsewhere the children run on until stopped).
@@ -80,7 +85,9 @@ def backoff_cap(session_timeout_s: float) -> float:
     return max(BACKOFF_S[0], min(BACKOFF_S[1], session_timeout_s / 3))
 
 
-def _why(code: int) -> str:
+def _why(code: int, stuck: bool = False) -> str:
+    if code == -signal.SIGKILL and stuck:
+        return "was killed for its stuck event loop (its /healthz)"
     if code == -signal.SIGKILL:  # nobody sends it to a worker but an operator or the kernel
         return "was killed by signal 9 (SIGKILL: the kernel's OOM killer if nobody sent it, see `dmesg`)"
     return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
@@ -99,6 +106,8 @@ class Child:
     term_sent: bool = False
     pump: threading.Thread | None = field(default=None, repr=False)
     stuck_since: float | None = None  # when its /healthz first said its event loop is stuck (of the looks in a row)
+    answered: bool = False  # its /healthz has said "ok" since it started: a look it no longer answers counts
+    killed_stuck: bool = False  # the supervisor killed it for that (said at its restart)
 
 
 class Supervisor:
@@ -109,10 +118,10 @@ class Supervisor:
         env: dict[str, str],
         out: IO[bytes] | None = None,
         max_backoff: float = BACKOFF_S[1],
-        health: Callable[[int], str | None] | None = None,
+        health: Callable[[int], tuple[str, str]] | None = None,
     ) -> None:
-        """``health``: what child i's /healthz says when its event loop is stuck, else None (it answers
-        200, or nothing can be asked: :func:`healthz`); None: no child is asked."""
+        """``health``: (state, what it said) of child i's /healthz, state one of "ok", "starting",
+        "stuck", "silent" (no answer in time) or "unknown" (:func:`healthz`); None: no child is asked."""
         if n < 1:
             raise ValueError(f"--processes must be at least 1, got {n}")
         self.children = [Child(i) for i in range(n)]
@@ -126,6 +135,7 @@ class Supervisor:
         self.max_backoff = max_backoff
         self.health = health
         self.health_at = 0.0  # the next look at the children's /healthz
+        self._looks: Any = None  # the thread pool that asks them all at once
         self._lock = threading.Lock()
 
     def _pump(self, child: Child, stream: IO[bytes]) -> None:
@@ -152,7 +162,8 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        child.started, child.term_sent = time.monotonic(), False
+        child.started, child.term_sent, child.killed_stuck = time.monotonic(), False, False
+        child.stuck_since, child.answered = None, False
         assert child.proc.stdout is not None
         child.pump = threading.Thread(target=self._pump, args=(child, child.proc.stdout), daemon=True)
         child.pump.start()
@@ -170,32 +181,50 @@ class Supervisor:
         self.stop()
 
     def _watch(self, now: float) -> None:
-        """Every ``HEALTH_EVERY_S``, ask each running child's /healthz; kill one whose event loop has
-        been stuck for ``STUCK_KILL_S`` of looks in a row (it is then started again as after a crash).
-        A stuck worker reads nothing while its process runs: nothing else restarted it, where an
-        orchestrator's liveness probe would (an operator's trial: a child stalled 90 s, its
+        """Every ``HEALTH_EVERY_S``, ask each running child's /healthz (all at once, each bounded by
+        its timeout); kill one whose event loop has been stuck, or that has not answered since it once
+        answered "ok", for ``STUCK_KILL_S`` of looks in a row (it is then started again as after a
+        crash). A stuck worker reads nothing while its process runs: nothing else restarted it, where
+        an orchestrator's liveness probe would (an operator's trial: a child stalled 90 s, its
         partitions unread, and the supervisor saw a running process)."""
         if self.health is None or self.stopping or now < self.health_at:
             return
-        self.health_at = now + HEALTH_EVERY_S
+        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
         for c in self.children:
-            proc = c.proc
-            if proc is None or proc.poll() is not None:
-                c.stuck_since = None
-                continue
+            if c not in running:
+                c.stuck_since, c.answered = None, False
+        if not running:
+            self.health_at = now + HEALTH_EVERY_S
+            return
+        if self._looks is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._looks = ThreadPoolExecutor(max_workers=min(16, len(self.children)), thread_name_prefix="healthz")
+        health = self.health
+
+        def ask(index: int) -> tuple[str, str]:
             try:
-                why = self.health(c.index)
-            except Exception:  # noqa: BLE001 - a look that fails says nothing
-                why = None
-            if why is None:
+                return health(index)
+            except Exception as exc:  # noqa: BLE001 - a look that fails says nothing
+                return "unknown", str(exc)
+
+        began = time.monotonic()
+        said = list(self._looks.map(ask, [c.index for c in running]))
+        now += time.monotonic() - began  # (the next round counts from this one's end)
+        self.health_at = now + HEALTH_EVERY_S
+        for c, (state, why) in zip(running, said, strict=True):
+            if self.stopping or c.proc is None or c.proc.poll() is not None:
+                continue  # a stop asked meanwhile, or it exited
+            c.answered = c.answered or state == "ok"
+            if not (state == "stuck" or (state == "silent" and c.answered)):
                 c.stuck_since = None
                 continue
             c.stuck_since = now if c.stuck_since is None else c.stuck_since
             if now - c.stuck_since >= STUCK_KILL_S:
-                log.error("process %d: its /healthz has said '%s' for %.0f s: killing it, to start it again",
-                          c.index, why, now - c.stuck_since)  # fmt: skip
-                proc.kill()
-                c.stuck_since = None
+                log.error("process %d: its /healthz has %s for %.0f s: killing it, to start it again", c.index,
+                          f"said '{why}'" if state == "stuck" else "not answered", now - c.stuck_since)  # fmt: skip
+                c.proc.kill()
+                c.stuck_since, c.killed_stuck = None, True
 
     def step(self, now: float) -> bool:
         """One look at the children: reap, pass on a stop, restart what is due; False once all are done."""
@@ -248,7 +277,8 @@ class Supervisor:
                     log.error("%s; process %s %s not failing, so it is started again in %.0f s", streak, others,
                               "is" if len(working) == 1 else "are", c.backoff)  # fmt: skip
                 else:
-                    log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code), c.backoff)
+                    log.warning("process %d %s: starting it again in %.0f s", c.index, _why(code, c.killed_stuck),
+                                c.backoff)  # fmt: skip
             if not self.stopping:
                 running = True
                 if now >= c.due:
@@ -275,6 +305,8 @@ class Supervisor:
                 time.sleep(poll_s)
             log.info("every process stopped: exit code %d", self.exit_code)
         finally:
+            if self._looks is not None:
+                self._looks.shutdown(wait=False)
             for c in self.children:  # an exception above: no child outlives the parent
                 if c.proc is not None and c.proc.poll() is None:
                     c.proc.kill()
@@ -282,28 +314,37 @@ class Supervisor:
         return self.exit_code
 
 
-def healthz(host: str, port: int, timeout_s: float = 1.0) -> Callable[[int], str | None]:
-    """A :class:`Supervisor`'s ``health``: what child i's /healthz (``host``, ``port + i``) says when
-    it answers 503 for an event loop stuck, else None (200, starting, not answering: a child loading
-    its model may be slow to answer, and is not killed for that; metrics port 0: not known)."""
+def healthz(host: str, port: int, timeout_s: float = 1.0) -> Callable[[int], tuple[str, str]]:
+    """A :class:`Supervisor`'s ``health``: child i's /healthz (``host``, ``port + i``) as (state, what it
+    said): "ok"; "starting" (loading its model: not killed for being slow); "stuck" (503, its event
+    loop); "silent" (no answer within ``timeout_s``: a child wedged in native code holding the
+    interpreter can answer nothing); "unknown" (refused, another answer, or metrics port 0). Asked
+    without any proxy the environment names (``http_proxy`` sent the looks to the proxy)."""
     import urllib.error
     import urllib.request
 
     where = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host  # noqa: S104
     where = f"[{where}]" if ":" in where and not where.startswith("[") else where
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def look(index: int) -> str | None:
+    def look(index: int) -> tuple[str, str]:
         at = child_port(port, index)
         if not at:
-            return None
+            return "unknown", "metrics port not known"
         try:
-            with urllib.request.urlopen(f"http://{where}:{at}/healthz", timeout=timeout_s):  # noqa: S310
-                return None
+            with opener.open(f"http://{where}:{at}/healthz", timeout=timeout_s) as answer:
+                said = answer.read(200).decode("utf-8", "replace").strip()
+                return ("starting" if said == "starting" else "ok"), said
         except urllib.error.HTTPError as exc:
             said = exc.read(200).decode("utf-8", "replace").strip()
-            return said if exc.code == 503 and "stuck" in said else None
-        except OSError:
-            return None
+            return ("stuck" if exc.code == 503 and "stuck" in said else "unknown"), said
+        except TimeoutError as exc:
+            return "silent", str(exc)
+        except urllib.error.URLError as exc:
+            timed_out = isinstance(exc.reason, TimeoutError)
+            return ("silent" if timed_out else "unknown"), str(exc.reason)
+        except OSError as exc:
+            return "unknown", str(exc)
 
     return look
 

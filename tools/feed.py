@@ -225,6 +225,7 @@ def feed(
     pending: dict[str, float] = {}  # call id -> when its last delayed audio part goes out
     active: set[str] = set()
     t0 = clock()
+    under_way = True  # an error leaves the loop (until its end says otherwise)
     try:
         while queue:
             at, _, step, modality = heapq.heappop(queue)
@@ -266,6 +267,7 @@ def feed(
                 bar.set_postfix(calls=len(active), refresh=False)
                 bar.update(1)
         publisher.flush(check=False)  # what failed is in the report (stats), and the exit status
+        under_way = False
     except (KeyboardInterrupt, ValueError):  # stopped (Ctrl-C, SIGTERM) or a part refused: the calls under way
         if send_control:  # are ended, not left open (not after a broker failure: those would wait in vain)
             for call_id in sorted(active):
@@ -276,11 +278,10 @@ def feed(
         raise
     finally:
         bar.close()
-        under_way = sys.exc_info()[1]  # (in a finally: the error propagating, a Ctrl-C say, if any)
         try:
             publisher.close(check=False)  # flushes; closes the producer only if it made it
         except Exception:
-            if under_way is None:  # else that error goes on, not replaced by the close's
+            if not under_way:  # else the error under way (a Ctrl-C, say) goes on, not replaced by the close's
                 raise
     stats = publisher.stats
     report.messages, report.bytes_sent, report.failed, report.errors = (

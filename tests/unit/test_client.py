@@ -121,7 +121,7 @@ def test_a_flush_and_a_close_never_wait_for_ever_on_a_stuck_producer() -> None:
     timeout) for ever, its Ctrl-C handler's close() flushed again, and only kill -9 stopped it."""
     from kafka.errors import KafkaTimeoutError
 
-    from client.publisher import FLUSH_BOUND_S
+    from client.publisher import CLOSE_S, FLUSH_BOUND_S
     from streams.errors import ServiceUnavailable
 
     class Sender:
@@ -157,8 +157,9 @@ def test_a_flush_and_a_close_never_wait_for_ever_on_a_stuck_producer() -> None:
     pub.text("c1", "u0", 0, "customer", "hello")
     with pytest.raises(ServiceUnavailable, match="within 150 s .past the producer's own delivery timeout"):
         pub.flush()
-    pub.close(check=False)  # no second wait for the stuck batch; no raw KafkaTimeoutError from the close
-    assert stuck.waits == [FLUSH_BOUND_S, 0.0, 0.0] and stuck._sender.forced and stuck.closed
+    with pytest.raises(ServiceUnavailable, match="within 10 s"):  # no second long wait; no raw KafkaTimeoutError
+        pub.close(check=False)
+    assert stuck.waits == [FLUSH_BOUND_S, CLOSE_S, 0.0, 0.0] and stuck._sender.forced and stuck.closed
     # an error under way (feed's Ctrl-C) is not replaced by the close's
     stuck = Stuck()
     pub = Publisher(SETTINGS, stuck)
@@ -167,6 +168,44 @@ def test_a_flush_and_a_close_never_wait_for_ever_on_a_stuck_producer() -> None:
         pub.text("c1", "u0", 0, "customer", "hello")
         raise KeyboardInterrupt
     assert stuck.waits == [FLUSH_BOUND_S, 0.0, 0.0] and stuck.closed
+
+
+def test_a_producer_that_came_back_after_a_flush_ran_out_is_closed_as_any_other() -> None:
+    """A review: once a flush had timed out, close() skipped its flush and forced the producer shut for
+    good, a later healthy close aborting what it held and raising nothing."""
+    from kafka.errors import KafkaTimeoutError
+
+    from client.publisher import CLOSE_S, FLUSH_BOUND_S, DeliveryFailed
+    from streams.errors import ServiceUnavailable
+
+    class Back(FakeProducer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float | None] = []
+            self.down = True
+
+        def flush(self, timeout: float | None = None) -> None:
+            self.waits.append(timeout)
+            if self.down:
+                raise KafkaTimeoutError("Timeout waiting for future")
+
+        def close(self, timeout: float | None = None) -> None:
+            self.waits.append(timeout)
+            super().close()
+
+    back = Back()
+    pub = Publisher(SETTINGS, back)
+    pub._own = True
+    pub.text("c1", "u0", 0, "customer", "hello")
+    with pytest.raises(ServiceUnavailable):
+        pub.flush()
+    back.down = False
+    pub.flush()  # the broker is back: everything went
+    pub.text("c1", "u1", 1, "customer", "again")
+    back.futures[-1].errbacks[0](RuntimeError("NotEnoughReplicas"))  # one the broker refused meanwhile
+    with pytest.raises(DeliveryFailed, match="c1/u1 text: NotEnoughReplicas"):  # said by close(), as before
+        pub.close()
+    assert back.waits == [FLUSH_BOUND_S, FLUSH_BOUND_S, FLUSH_BOUND_S, CLOSE_S] and back.closed
 
 
 def test_a_flush_that_runs_out_of_time_and_a_failed_flush_in_close_still_close_the_producer() -> None:

@@ -353,42 +353,48 @@ def test_a_child_whose_event_loop_is_stuck_is_killed_and_started_again(
 ) -> None:
     """An operator's trial: a child's event loop stalled 90 s (/healthz 503 "event loop stuck"), its
     partitions unread; the supervisor saw a running process and left it. Now it asks each child's
-    /healthz and kills one stuck for STUCK_KILL_S of looks in a row; a look that says nothing (200,
-    starting, no answer) resets it. (Here every step looks, and 1 s of stuck looks kills.)"""
+    /healthz and kills one stuck for STUCK_KILL_S of looks in a row, or silent after it once said
+    "ok"; a look that says "ok" (or "starting", or nothing of a child that never said "ok") resets
+    it. (Here every step looks, and 1 s of stuck looks kills.)"""
     import streams.processes as processes
 
     monkeypatch.setattr(processes, "HEALTH_EVERY_S", 0.0)
     monkeypatch.setattr(processes, "STUCK_KILL_S", 1.0)
-    said: dict[int, str | None] = {0: None, 1: None}
-    sup = Supervisor(2, python(SLEEPER), dict(os.environ), io.BytesIO(), health=said.get)
+    said: dict[int, tuple[str, str]] = {0: ("starting", "starting"), 1: ("starting", "starting")}
+    sup = Supervisor(2, python(SLEEPER), dict(os.environ), io.BytesIO(), health=said.__getitem__)
     for c in sup.children:
         sup.start(c)
     first, other = sup.children
     pid = first.proc.pid if first.proc else None
-    stuck = "event loop stuck for 31 s"
-    said[0] = stuck
-    sup.step(time.monotonic())
-    time.sleep(0.7)
-    said[0] = None  # it went round again: the count starts over
-    sup.step(time.monotonic())
-    said[0] = stuck
-    sup.step(time.monotonic())
-    time.sleep(0.7)
-    sup.step(time.monotonic())
-    assert first.proc is not None and first.proc.pid == pid and first.proc.poll() is None  # 0.7 s: not yet
-    time.sleep(0.4)
-    with caplog.at_level(logging.ERROR, logger="emostream.processes"):
-        sup.step(time.monotonic())  # 1.1 s of stuck looks in a row
-    assert f"process 0: its /healthz has said '{stuck}' for 1 s: killing it, to start it again" in caplog.text
-    said[0] = None
-    run_until(sup, lambda: first.restarts == 1 and first.proc is not None)  # started again, as after a crash
+
+    def steps(state: tuple[str, str], n: int, pause: float = 0.7) -> None:
+        said[0] = state
+        for _ in range(n):
+            sup.step(time.monotonic())
+            time.sleep(pause)
+        assert first.proc is not None and first.proc.pid == pid and first.proc.poll() is None  # not killed
+
+    steps(("silent", "timed out"), 3)  # loading its model, never said "ok": left alone
+    stuck = ("stuck", "event loop stuck for 31 s")
+    steps(stuck, 2)
+    steps(("ok", "ok"), 1)  # it went round again: the count starts over
+    steps(stuck, 1)
+    steps(("silent", "timed out"), 1)  # and now it does not answer at all, after its "ok": still counting
+    with caplog.at_level(logging.WARNING, logger="emostream.processes"):
+        sup.step(time.monotonic())  # 1.4 s of stuck or silent looks in a row
+        said[0] = ("starting", "starting")
+        run_until(sup, lambda: first.restarts == 1 and first.proc is not None)  # started again, as after a crash
+    assert "process 0: its /healthz has not answered for 1 s: killing it, to start it again" in caplog.text
+    assert "process 0 was killed for its stuck event loop (its /healthz): starting it again" in caplog.text
     assert first.proc is not None and first.proc.pid != pid
     assert other.proc is not None and other.proc.poll() is None and other.restarts == 0
     sup.stop()
     run_until(sup, None)
 
 
-def test_the_supervisor_reads_a_childs_healthz() -> None:
+def test_the_supervisor_reads_a_childs_healthz(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
     from streams.metrics import LIVE_S, Metrics
 
     class Clock:
@@ -400,11 +406,17 @@ def test_the_supervisor_reads_a_childs_healthz() -> None:
     clock = Clock()
     m = Metrics(clock)
     port = m.serve("127.0.0.1", 0)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # (a proxy the environment names is not asked)
     look = healthz("0.0.0.0", port)  # (a worker listening on every address is asked on loopback)
-    assert look(0) is None  # starting
+    assert look(0) == ("starting", "starting")
     m.beat()
-    assert look(0) is None  # ok
+    assert look(0) == ("ok", "ok")
     clock.now += LIVE_S + 1
-    assert look(0) == "event loop stuck for 31 s"
-    assert healthz("127.0.0.1", 0)(3) is None  # metrics port 0: any free port, not known here
-    assert healthz("127.0.0.1", port + 1, timeout_s=0.5)(0) is None  # nothing there (port+0 is child 0's)
+    assert look(0) == ("stuck", "event loop stuck for 31 s")
+    assert healthz("127.0.0.1", 0)(3)[0] == "unknown"  # metrics port 0: any free port, not known here
+    mute = socket.socket()  # a child that takes the connection and says nothing
+    mute.bind(("127.0.0.1", 0))
+    mute.listen()
+    assert healthz("127.0.0.1", mute.getsockname()[1], timeout_s=0.5)(0)[0] == "silent"
+    mute.close()
+    assert healthz("127.0.0.1", port + 1, timeout_s=0.5)(0)[0] == "unknown"  # refused (port+0 is child 0's)
