@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.features.codecs import MIN_SECONDS
+from engines.features.codecs import MIN_SECONDS, declared_rate, sample_width
 from streams.errors import EmostreamError, ServiceUnavailable
 from streams.kafka import kafka_python_options, unreachable
 from streams.schemas import AUDIO_RATES, AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
@@ -65,10 +65,10 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
         return "the audio 'data' is empty"
     if encoding not in ("pcm_s16le", *G711):  # a file: its header says how long it is, read by the workers
         return None
-    width = 2 if encoding == "pcm_s16le" else 1
+    width = sample_width(encoding)
     if size % width:
         return f"{encoding} audio of an odd {size} bytes (2 bytes a sample)"
-    hz = rate or (8000 if encoding in G711 else 16000)
+    hz = declared_rate(encoding, rate)  # (its rate checked above: the workers' rule, not raised here)
     seconds = size / width / hz
     if size // width < int(MIN_SECONDS * hz):  # (as the workers count it)
         return f"audio of {seconds:.4f} s is too short: at least {MIN_SECONDS} s"

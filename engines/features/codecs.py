@@ -76,10 +76,10 @@ def decode_as_sent(
     if encoding in CONTAINERS:
         wave, rate = _decode_container(data, encoding, sample_rate, max_seconds)
     else:
-        rate = _declared_rate(encoding, sample_rate)
+        rate = declared_rate(encoding, sample_rate)
         if (container := _container_of(data)) is not None:  # its header would be heard as a click
             raise AudioDecodeError(f"payload is a {container} file, message says {encoding}: send it as {container}")
-        width = 2 if encoding == "pcm_s16le" else 1
+        width = sample_width(encoding)
         if len(data) % width:
             raise AudioDecodeError(f"{encoding} payload of odd length {len(data)} bytes")
         seconds = len(data) / width / rate
@@ -169,7 +169,14 @@ def _refuse_big_endian(samples: np.ndarray) -> None:
         )
 
 
-def _declared_rate(encoding: str, sample_rate: int | None) -> int:
+def sample_width(encoding: str) -> int:
+    """Bytes a sample of a raw encoding: 2 for pcm_s16le, 1 for G.711."""
+    return 2 if encoding == "pcm_s16le" else 1
+
+
+def declared_rate(encoding: str, sample_rate: int | None) -> int:
+    """The rate raw audio is read at: G.711's 8000 Hz, else ``sample_rate`` (16000 if None); raises
+    :class:`AudioDecodeError` for a rate that is not one of :data:`RATES` (or G.711 at another)."""
     if encoding in ("pcm_mulaw", "pcm_alaw"):
         if sample_rate not in (None, G711_RATE):
             raise AudioDecodeError(f"{encoding} is {G711_RATE} Hz (G.711), message says {sample_rate} Hz")
@@ -306,7 +313,7 @@ def encode_audio(wave: np.ndarray, rate_in: int, encoding: str, rate_out: int | 
     x = np.asarray(wave, dtype=np.float64)
     if x.ndim == 2:
         x = x.mean(axis=1)
-    rate = _declared_rate(encoding, rate_out) if encoding not in CONTAINERS else (rate_out or SAMPLE_RATE)
+    rate = declared_rate(encoding, rate_out) if encoding not in CONTAINERS else (rate_out or SAMPLE_RATE)
     x = np.clip(resample(x, rate_in, rate), -1.0, 1.0)
     pcm = np.round(x * 32767).astype("<i2")
     if encoding == "pcm_s16le":
@@ -330,7 +337,7 @@ def transcode(
     out = encode_audio(decode_audio(data, encoding, rate), SAMPLE_RATE, to_encoding, to_rate)
     if to_encoding in CONTAINERS:
         return out, None
-    return out, _declared_rate(to_encoding, to_rate)
+    return out, declared_rate(to_encoding, to_rate)
 
 
 # --- G.711 (ITU-T G.711, 1988): 8-bit companded codes <-> 16-bit linear -------------------------

@@ -222,11 +222,7 @@ def test_a_subscriber_waiting_for_its_topic_reads_it_from_its_first_record(servi
     producer.close()
     waiting.join(60)
     (sub,) = made
-    with sub:
-        got: list[Received] = []
-        deadline = time.monotonic() + 30
-        while len(got) < 20 and time.monotonic() < deadline:
-            got += sub.poll(0.5)
+    got = _read(sub, 20)
     assert sorted(int(g.record.utterance_id[1:]) for g in got) == list(range(20))
 
 
@@ -270,9 +266,15 @@ def test_a_subscriber_waiting_for_one_topic_reads_what_came_meanwhile_on_another
     make_topics(settings)
     waiting.join(60)
     (sub,) = made
+    got = _read(sub, 5)
+    assert sorted(g.record.utterance_id for g in got) == [f"u{i}" for i in range(5)]
+
+
+def _read(sub: Subscriber, n: int, within_s: float = 30.0) -> list[Received]:
+    """What ``sub`` reads until it has ``n`` records or ``within_s`` has passed; then closes it."""
     with sub:
         got: list[Received] = []
-        deadline = time.monotonic() + 30
-        while len(got) < 5 and time.monotonic() < deadline:
+        deadline = time.monotonic() + within_s
+        while len(got) < n and time.monotonic() < deadline:
             got += sub.poll(0.5)
-    assert sorted(g.record.utterance_id for g in got) == [f"u{i}" for i in range(5)]
+    return got
