@@ -208,6 +208,12 @@ class Metrics:
             "calls); at join.max_open_calls the worker stops reading",
             registry=r,
         )
+        self.held_for_close = Gauge(
+            "emostream_held_for_close_messages",
+            "Messages of a call id started again, waiting for its earlier call's close (join.end_wait_s); growing: a "
+            "producer sends 'started' around every utterance",
+            registry=r,
+        )
         self.held_audio = Gauge(
             "emostream_held_audio_seconds", "Seconds of decoded audio held by utterances waiting for parts", registry=r
         )

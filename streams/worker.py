@@ -87,6 +87,9 @@ UNREAD = (
 ROUTES_KEPT = 100_000  # calls whose last message's partition is remembered (Worker._check_route)
 CRASH_START_S = 30.0  # a worker's start and the rebalance after a crash, past kafka.session_timeout_s
 QUIET_SWEEP_S = 5.0  # see Worker._end_quiet: how often calls gone quiet are looked for (join.idle_end_s)
+RESTARTS_SAID = (
+    3  # 'started's of one call id waiting for its earlier uses' closes that are warned of (Worker._say_restarts)
+)
 CLOSES_BEFORE_A_BATCH = 8  # closes that may go before a batch that is due (Worker._close_first)
 QUIET_PAGE = 1000  # the quietest calls looked at per partition and sweep (100: more than 20 a second went quiet
 # on a partition of the largest call centers, without 'ended', and the rest waited beyond their state's TTL)
@@ -323,6 +326,7 @@ class Worker:
         self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
         self._language_warned: set[str] = set()  # calls whose transcripts were said to be in another language
         self._long_warned: set[str] = set()  # calls whose transcripts were said to be longer than the model reads
+        self._restarts_said: dict[str, float] = {}  # call ids said to be started again and again -> when (clock)
         self._shed = 0  # utterances whose audio was not encoded (the worker behind) since the last log line
         self._shed_logged_at: float | None = None  # monotonic time of that line
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
@@ -566,8 +570,29 @@ class Worker:
         if starts and not restarted:
             log.info("call %s started again before its previous call's close was done: its messages wait for "
                      "that close", call_id)  # fmt: skip
-        self.held.setdefault(call_id, []).append(item)
+        queued = self.held.setdefault(call_id, [])
+        queued.append(item)
+        if starts:
+            self._say_restarts(call_id, sum(map(_starts, queued)), len(queued))
         return True
+
+    def _say_restarts(self, call_id: str, starts: int, held: int) -> None:
+        """Warn (once a minute a call id) when a call id is started again while more than one of its
+        earlier calls still wait for their close: a producer that sends 'started' (and 'ended')
+        around every utterance makes each utterance a call of its own, without context, each
+        waiting for the close of the one before (``join.end_wait_s``); sent faster than that, its
+        messages pile up here without bound (``emostream_held_for_close_messages``)."""
+        now = self.clock()
+        if starts < RESTARTS_SAID or now - self._restarts_said.get(call_id, float("-inf")) < 60:
+            return
+        if len(self._restarts_said) > 1000:
+            self._restarts_said = {c: at for c, at in self._restarts_said.items() if now - at < 60}
+        self._restarts_said[call_id] = now
+        log.warning("call %s: started again %d times before its earlier calls' closes were done (each waits "
+                    "join.end_wait_s, %.1f s, after its 'ended'); %d of its messages wait. Each 'started' begins a "
+                    "new call, without the context before it: send 'started' once when the call begins and "
+                    "'ended' once when it ends, not around every utterance", call_id, starts,
+                    self.joiner.end_wait_s, held)  # fmt: skip
 
     async def _let_go(self, call_id: str) -> None:
         """Join the messages held for ``call_id`` (:meth:`_held_back`), its previous call now closed,
@@ -868,6 +893,7 @@ class Worker:
                     self.metrics.open_alerts.labels(severity).set(n)
             self.metrics.open_utterances.set(self.joiner.open_utterances)
             self.metrics.closing_calls.set(len(self.ending))
+            self.metrics.held_for_close.set(sum(map(len, self.held.values())))
             self.metrics.held_audio.set(self.joiner.held_audio_s)
             self.metrics.finished_ids.set(self.joiner.finished_ids)
             self.metrics.queued.set(len(self.queue))

@@ -568,6 +568,44 @@ def test_a_call_id_used_again_while_its_previous_call_closes_waits_for_that_clos
         await w.pump()
         assert store.released == ["c", "c"] and log[-1] == "ack end2" and not w.held
         assert "call c started again before its previous call's close was done" in caplog.text
+        assert "'started' once when the call begins" not in caplog.text  # used again once: no warning
+
+    caplog.set_level(logging.INFO, logger="emostream.worker")
+    asyncio.run(scenario())
+
+
+def test_a_producer_that_starts_and_ends_the_call_around_every_utterance_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each 'started' of the id begins a new call that waits for the close of the one before: the
+    messages waiting are a gauge, the producer's mistake a warning (once a minute), and every
+    utterance is still labelled once the closes are done."""
+
+    async def scenario() -> None:
+        w, sent, log, store, engine = make(wait_s=1.0, default_modalities=("text",))
+        clock: Any = w.clock
+        t = w.settings.kafka.topics
+        end = CallControl(call_id="c", event="ended").to_bytes()
+        waiting = []
+        for i in range(30):  # two utterances a second, each closed after join.end_wait_s (1 s)
+            at = 100.0 + i / 2
+            await w.on_message(t.control, 0, 2 * i, b"c", started(at), Handle(log, f"s{i}"), timestamp=at)
+            await w.on_message(t.text, 0, i, b"c", text("c", "u0", 0, words=f"w{i}"), Handle(log, f"t{i}"), at + 0.1)
+            await w.on_message(t.control, 0, 2 * i + 1, b"c", end, Handle(log, f"e{i}"), timestamp=at + 0.2)
+            clock.now += 0.5
+            await w.pump()
+            await w.tick()
+            waiting.append(w.metrics.held_for_close._value.get())
+        assert max(waiting) >= 20 and len(events(sent)) < 20  # behind: each utterance waits for the closes before
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(said) == 1 and said[0].startswith("call c: started again 3 times before its earlier calls'")
+        assert "'started' once when the call begins and 'ended' once when it ends" in said[0]
+        for _ in range(100):
+            clock.now += 0.5
+            await w.pump()
+            await w.tick()
+        assert [e.context_size for e in events(sent)] == [1] * 30 and not w.held
+        assert "emostream_held_for_close_messages 0.0" in _metrics(w)
 
     caplog.set_level(logging.INFO, logger="emostream.worker")
     asyncio.run(scenario())
