@@ -24,10 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -259,9 +258,17 @@ class TopicReader:
 LATE_TOPIC_SKEW_MS = 60_000
 
 
-def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, wait_s: float | None) -> Any:
+def make_consumer(
+    settings: Settings,
+    topics: list[str],
+    from_beginning: bool,
+    wait_s: float | None,
+    say: Callable[[str], None] | None = None,
+) -> Any:
     """A consumer assigned every partition of ``topics`` (no group), starting at the end or
-    beginning; waits ``wait_s`` (None: for ever, saying so) for topics that do not exist yet."""
+    beginning; waits ``wait_s`` (None: for ever) for topics that do not exist yet, saying so with
+    ``say`` (a warning logged unless given), once and every minute more."""
+    say = say if say is not None else log.warning
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -282,15 +289,19 @@ def make_consumer(settings: Settings, topics: list[str], from_beginning: bool, w
     ends: dict[Any, int] = {}  # where the topics there at the first look ended then
     late: list[Any] = []  # of topics that came while this waited
     for topic in topics:
-        noted = False
+        noted, said_at, since = False, 0.0, time.monotonic()
         while not (found := consumer.partitions_for_topic(topic)):
-            if deadline is not None and time.monotonic() > deadline:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
                 consumer.close()
-                raise ServiceUnavailable(f"topic {topic} does not exist at {settings.kafka.brokers}")
-            if not noted:
-                print(f"subscribe: waiting for topic {topic} to exist (its name as the workers' "
-                      "kafka.topics say?) ...", file=sys.stderr)  # fmt: skip
-                noted = True
+                raise ServiceUnavailable(
+                    f"topic {topic} does not exist at {settings.kafka.brokers} after {wait_s:g} s (the workers "
+                    "make their topics at their start: is one running, under these kafka.topics?)"
+                )
+            if not noted or now - said_at >= 60:
+                waited = f" (for {now - since:.0f} s now)" if noted else ""
+                say(f"waiting for topic {topic} to exist (its name as the workers' kafka.topics say?) ...{waited}")
+                noted, said_at = True, now
             time.sleep(1.0)
         got = [TopicPartition(topic, p) for p in sorted(found)]
         partitions += got
@@ -330,7 +341,9 @@ class Subscriber:
 
     Iterate it (for ever, or until :meth:`close`), or :meth:`poll` for what came within a time.
     ``consumer`` replaces the Kafka consumer made from ``settings`` (then not closed here);
-    ``wait_s`` bounds the wait for topics that do not exist yet (None: wait)."""
+    ``wait_s`` bounds the wait for topics that do not exist yet (the workers make them at their
+    start; by default ``kafka.startup_timeout_s``, then :class:`ServiceUnavailable`; None: for ever),
+    logged as a warning."""
 
     def __init__(
         self,
@@ -340,7 +353,7 @@ class Subscriber:
         from_beginning: bool = False,
         *,
         keep_stale: bool = False,
-        wait_s: float | None = None,
+        wait_s: float | None | Literal["startup_timeout"] = "startup_timeout",
         consumer: Any = None,
         memory: int = 100_000,
     ) -> None:
@@ -356,6 +369,8 @@ class Subscriber:
         self.keep_stale = keep_stale
         self.closed = False
         self._own = consumer is None
+        if wait_s == "startup_timeout":
+            wait_s = settings.kafka.startup_timeout_s
         self.consumer = make_consumer(settings, self.topics, from_beginning, wait_s) if consumer is None else consumer
         self.reader = TopicReader(self.consumer, self.topics)
 

@@ -366,7 +366,9 @@ def subscribe(
     deadline = None if timeout_s is None else clock() + timeout_s
     own = consumer is None
     if own:
-        consumer = make_consumer(settings, names, from_beginning, timeout_s)
+        consumer = make_consumer(
+            settings, names, from_beginning, timeout_s, say=lambda line: print(f"subscribe: {line}", file=sys.stderr)
+        )
         start = "the beginning" if from_beginning else "now"
         wanted = sorted(printer.tracker.call_ids) if printer.tracker.call_ids is not None else None
         calls = "" if wanted is None else f", calls {', '.join(repr(c) for c in wanted)} only"

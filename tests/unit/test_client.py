@@ -691,3 +691,49 @@ def test_poll_through_reads_on_after_a_truncated_log_and_a_group_consumer_is_lef
     reader = TopicReader(c, ["t"], every_s=1.0, clock=lambda: now[0])
     now[0] = 2.0
     assert reader.poll(10) == ({}, []) and reader.every_s == float("inf")  # its group assigns: not watched
+
+
+class _NoTopics:
+    """A KafkaConsumer whose broker has none of the topics asked for."""
+
+    closed = False
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def partitions_for_topic(self, topic: str) -> None:
+        return None
+
+    def close(self) -> None:
+        _NoTopics.closed = True
+
+
+def test_a_subscriber_waits_for_missing_topics_as_long_as_a_worker_start_takes_logged_not_printed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A library does not print, and does not wait for ever unless asked: by default the wait is
+    kafka.startup_timeout_s, then an error that says what to look at."""
+    import kafka
+
+    from streams.errors import ServiceUnavailable
+
+    clock = [0.0]
+    monkeypatch.setattr(kafka, "KafkaConsumer", _NoTopics)
+    monkeypatch.setattr("client.subscriber.time.monotonic", lambda: clock[0])
+
+    def sleep(s: float) -> None:
+        assert clock[0] < 1000, "still waiting after 1000 s"
+        clock[0] += s
+
+    monkeypatch.setattr("client.subscriber.time.sleep", sleep)
+    settings = Settings(kafka={"startup_timeout_s": 150})
+    with caplog.at_level(logging.WARNING, logger="emostream.client"), pytest.raises(ServiceUnavailable) as err:
+        Subscriber(settings, ("events",))
+    assert 150 <= clock[0] <= 152 and _NoTopics.closed
+    assert "topic emostream.emotion.events does not exist at 127.0.0.1:9092 after 150 s" in str(err.value)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == (
+        "waiting for topic emostream.emotion.events to exist (its name as the workers' kafka.topics say?) ..."
+    )
+    assert said[1:] == [f"{said[0]} (for {s} s now)" for s in (60, 120)]  # and every minute after
+    assert capsys.readouterr().err == ""
