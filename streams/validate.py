@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.errors import AudioDecodeError, AudioTooLong
-from engines.features.codecs import decode_as_sent, to_model_rate
+from engines.features.codecs import decode_as_sent, mixed_channels, to_model_rate
 from streams.errors import InvalidMessage
 from streams.schemas import AudioPart, Part, TextPart, VideoPart
 from streams.settings import LimitSettings
@@ -84,7 +84,8 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
             raise InvalidMessage("oversized", str(exc)) from exc
         except AudioDecodeError as exc:
             raise InvalidMessage("undecodable_audio", str(exc)) from exc
-        return Payload("wave", to_model_rate(sent, rate), clipped(sent, part.encoding))
+        notes = [n for n in (clipped(sent, part.encoding), mixed_channels(raw, part.encoding)) if n is not None]
+        return Payload("wave", to_model_rate(sent, rate), "; ".join(notes) or None)
     assert isinstance(part, VideoPart), type(part)
     if dims["video"] == 0:
         return Payload("vector", np.zeros(0, dtype=np.float32))  # the model ignores video

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 
@@ -295,3 +296,44 @@ def test_a_header_with_a_sample_rate_of_0_hz_is_said_so(encoding: str, at: int, 
     data[at : at + size] = bytes(size)  # the sample rate (FLAC: its 20 bits and the channels' first)
     with pytest.raises(AudioDecodeError, match=r"header's sample rate \(0 Hz, or out of range\), channel count"):
         codecs.decode_as_sent(bytes(data), encoding, None, max_seconds=60)
+
+
+def _two_channels(left: np.ndarray, right: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([left, right], axis=1), 8000, format=fmt, subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["wav", "flac"])
+def test_channels_that_carry_different_voices_are_said_to_be_mixed_copies_or_one_silent_are_not(
+    encoding: str,
+) -> None:
+    """A call recorded agent left, customer right, sent as one part, was labelled as the customer's
+    from both voices, and nothing said so (a telephone trial); the worker's payload notes it."""
+    from streams.schemas import AudioPart
+    from streams.settings import LimitSettings
+    from streams.validate import to_payload
+
+    rng = np.random.default_rng(5)
+    t = np.arange(16000) / 8000
+    agent = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.3 * rng.standard_normal(t.size))
+    customer = 0.3 * np.sin(2 * np.pi * 260 * t + 1.0) * (1 + 0.3 * rng.standard_normal(t.size))
+    fmt = encoding.upper()
+    two_voices = _two_channels(agent, customer, fmt)
+    said = codecs.mixed_channels(two_voices, encoding)
+    assert said is not None and said.startswith("channels mixed: 2 channels that carry different sound")
+    assert "send each speaker's channel as a part of its own" in said
+    assert codecs.mixed_channels(_two_channels(agent, agent, fmt), encoding) is None  # a copy
+    assert codecs.mixed_channels(_two_channels(agent, agent * 0.01, fmt), encoding) is None  # one sounds (-40 dB)
+    assert codecs.mixed_channels(_two_channels(agent, np.zeros_like(agent), fmt), encoding) is None
+    opposite = codecs.mixed_channels(_two_channels(agent, -agent, fmt), encoding)
+    assert opposite is not None and opposite.startswith("channels in opposite phase")
+    mono = io.BytesIO()
+    sf.write(mono, agent, 8000, format=fmt, subtype="PCM_16")
+    assert codecs.mixed_channels(mono.getvalue(), encoding) is None
+    assert codecs.mixed_channels(b"\x00\x01" * 800, "pcm_s16le") is None  # raw PCM has one channel
+    part = AudioPart(
+        call_id="c", utterance_id="u", seq=0, encoding=encoding, data=base64.b64encode(two_voices).decode()
+    )
+    payload = to_payload(part, {"text": 1, "audio": 1, "video": 0}, LimitSettings())
+    assert payload.kind == "wave" and payload.note == said
