@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.features.codecs import MIN_SECONDS, declared_rate, sample_width
-from streams.errors import EmostreamError, ServiceUnavailable
+from engines.features.codecs import MIN_SECONDS, declared_rate, header_problem, sample_width
+from streams.errors import EmostreamError, InvalidMessage, ServiceUnavailable
 from streams.kafka import kafka_python_options, unreachable
 from streams.schemas import AUDIO_RATES, AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
 from streams.settings import LimitSettings, Settings, TopicSettings
@@ -46,7 +46,8 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
     """Why the workers would dead-letter ``message`` though pydantic took it (the JSON Schema's
     rules on audio, ``limits.max_text_chars``), or None. The audio itself is not decoded here: a
     header that lies about its rate, or bytes that are not the encoding named, still reach the
-    workers' dead letters (``undecodable_audio``)."""
+    workers' dead letters (``undecodable_audio``); a WAV or FLAC file's header is read
+    (:func:`engines.features.codecs.header_problem`: not a WAV file, one cut short, too short)."""
     if isinstance(message, CallControl) and message.event == "started" and message.modalities == []:
         return ("a 'started' with modalities [] (the workers then expect join.default_modalities): name what the "
                 "call sends, or leave modalities out")  # fmt: skip
@@ -63,8 +64,11 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
     size = len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))  # the bytes it decodes to (padded base64)
     if size <= 0:
         return "the audio 'data' is empty"
-    if encoding not in ("pcm_s16le", *G711):  # a file: its header says how long it is, read by the workers
-        return None
+    if encoding not in ("pcm_s16le", *G711):  # a file: what its header shows (the rest, the workers find)
+        try:
+            return header_problem(message.audio_bytes(), encoding)
+        except InvalidMessage as exc:  # (not base64)
+            return exc.detail
     width = sample_width(encoding)
     if size % width:
         return f"{encoding} audio of an odd {size} bytes (2 bytes a sample)"

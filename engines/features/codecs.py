@@ -200,6 +200,41 @@ def _container_of(data: bytes) -> str | None:
 
 
 _WAV_PLACEHOLDER = 0x7FFF0000
+#: the dead letter of bytes that are not a WAV file, sent as one
+NOT_A_WAV = (
+    "no RIFF/WAVE header: raw samples? send G.711 as pcm_mulaw or pcm_alaw, 16-bit PCM as pcm_s16le with its "
+    "sample_rate"
+)
+
+
+def header_problem(data: bytes, encoding: str) -> str | None:
+    """What a WAV or FLAC payload's header already shows that the workers refuse, for a producer to
+    refuse before sending (:func:`client.publisher.refused`): a 'wav' that is no RIFF/WAVE file, one
+    cut short (:func:`_checked_wav`), or a file whose header declares less than :data:`MIN_SECONDS`
+    of audio. None where the header shows nothing wrong (or says no length): what else is wrong,
+    the workers find by decoding."""
+    seconds = None
+    if encoding == "wav":
+        if data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
+            return f"wav payload with {NOT_A_WAV}"
+        try:
+            _checked_wav(data)
+        except AudioDecodeError as exc:
+            return str(exc)
+        fmt, chunk = data.find(b"fmt ", 12, 4096), data.find(b"data", 12, 1 << 16)
+        if data[:4] == b"RIFF" and 0 <= fmt and 0 <= chunk and len(data) >= max(fmt + 20, chunk + 8):
+            byte_rate = int.from_bytes(data[fmt + 16 : fmt + 20], "little")
+            size = int.from_bytes(data[chunk + 4 : chunk + 8], "little")
+            if byte_rate and 0 < size < _WAV_PLACEHOLDER:
+                seconds = size / byte_rate
+    elif encoding == "flac" and _container_of(data) == "flac" and len(data) >= 26:
+        rate = (data[18] << 12) | (data[19] << 4) | (data[20] >> 4)
+        total = ((data[21] & 0x0F) << 32) | int.from_bytes(data[22:26], "big")  # 0: not known
+        if rate and total:
+            seconds = total / rate
+    if seconds is not None and seconds < MIN_SECONDS:
+        return f"audio too short: {seconds:.4f} s, need {MIN_SECONDS} s"
+    return None
 
 
 def _checked_wav(data: bytes) -> bytes:
@@ -280,6 +315,10 @@ def _decode_container(
         raise
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
         why = re.sub(r"^Error opening <[^>]*>: ", "", str(exc))  # soundfile names its BytesIO, not the problem
+        if encoding == "wav" and "Format not recognised" in why and _container_of(data) is None:
+            why = NOT_A_WAV  # (raw mu-law sent as 'wav': "Format not recognised" said nothing to act on)
+        elif "lost sync" in why:  # libsndfile's FLAC decoder, on a stream cut short or damaged
+            why = f"the stream is cut short or damaged ({why.strip()}): send the whole file"
         if "SF_INFO struct incomplete" in why:  # libsndfile's words for a header's rate of 0 Hz or out of range
             why = (
                 f"the header's sample rate (0 Hz, or out of range), channel count or sample format is not valid ({why})"

@@ -229,10 +229,27 @@ def test_a_flush_that_runs_out_of_time_and_a_failed_flush_in_close_still_close_t
     assert made.closed
 
 
+def _file(seconds: float, fmt: str, rate: int = 8000) -> bytes:
+    """A WAV or FLAC file of a 300 Hz tone."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    tone = 0.3 * np.sin(2 * np.pi * 300 * np.arange(round(seconds * rate)) / rate)
+    sf.write(buf, tone, rate, format=fmt, subtype="PCM_16")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     ("send", "why"),
     [
         (lambda p: p.audio("c", "u0", 0, "A", b"\xff" * 800, "pcm_mulaw", 16000), "pcm_mulaw is G.711 at 8000 Hz"),
+        # a telephone trial: files the client passed and the workers dead-lettered
+        (lambda p: p.audio("c", "u0", 0, "A", _file(2.0, "WAV")[:16000], "wav"), "truncated wav payload"),
+        (lambda p: p.audio("c", "u0", 0, "A", b"\xff\x7f" * 8000, "wav"), "no RIFF/WAVE header: raw samples"),
+        (lambda p: p.audio("c", "u0", 0, "A", _file(0.05, "WAV"), "wav"), "audio too short: 0.0500 s"),
+        (lambda p: p.audio("c", "u0", 0, "A", _file(0.05, "FLAC"), "flac"), "audio too short: 0.0500 s"),
         (lambda p: p.audio("c", "u0", 0, "A", b"\x01\x00" * 800, "pcm_s16le", 12345), "sample_rate 12345 Hz"),
         (lambda p: p.audio("c", "u0", 0, "A", b"", "pcm_s16le", 16000), "the audio 'data' is empty"),
         # an integrator's trial: 'data' of 1 or 2 bytes (4 base64 characters) passed as not empty
@@ -272,7 +289,9 @@ def test_the_publisher_takes_raw_audio_of_the_workers_bounds_and_refuses_audio_t
     pub.audio("c", "u1", 1, "A", b"\x01\x00" * 1102, "pcm_s16le", 11025)  # int(0.1 * 11025) samples
     pub.audio("c", "u2", 2, "A", b"\xff" * 8000 * 60, "pcm_alaw")  # 60 s
     pub.audio("c", "u3", 3, "A", np.ones(800, dtype="<i2"), "pcm_s16le", 8000)  # a buffer, as base64 takes it
-    assert len(producer.sent) == 4
+    pub.audio("c", "u4", 4, "A", _file(0.1, "WAV"), "wav")
+    pub.audio("c", "u5", 5, "A", _file(0.1, "FLAC", 16000), "flac")
+    assert len(producer.sent) == 6
     assert base64.b64decode(AudioPart.model_validate_json(producer.sent[3][2]).data or "") == b"\x01\x00" * 800
     with pytest.raises(TypeError, match="data must be the audio's bytes .or a buffer., not str"):  # (base64's bare one)
         pub.audio("c", "u3", 3, "A", "RIFF....", "wav")  # type: ignore[arg-type]

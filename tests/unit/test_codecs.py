@@ -337,3 +337,16 @@ def test_channels_that_carry_different_voices_are_said_to_be_mixed_copies_or_one
     )
     payload = to_payload(part, {"text": 1, "audio": 1, "video": 0}, LimitSettings())
     assert payload.kind == "wave" and payload.note == said
+
+
+def test_raw_samples_sent_as_wav_and_a_flac_cut_short_are_refused_with_what_to_do() -> None:
+    """A telephone trial: 'Format not recognised' and 'flac decoder lost sync' said nothing to act on."""
+    with pytest.raises(AudioDecodeError, match="no RIFF/WAVE header: raw samples. send G.711 as pcm_mulaw"):
+        decode_audio(b"\xff\x7f" * 8000, "wav")
+    whole = encode_audio(0.3 * np.sin(np.arange(32000) / 5.0), 16000, "flac")
+    with pytest.raises(AudioDecodeError, match="the stream is cut short or damaged .*send the whole file"):
+        decode_audio(whole[: len(whole) // 2], "flac")
+    mp3 = io.BytesIO()
+    sf.write(mp3, 0.3 * np.sin(np.arange(16000) / 5.0), 16000, format="MP3")
+    with pytest.raises(AudioDecodeError, match="payload is MP3, message says wav"):  # still told apart
+        decode_audio(mp3.getvalue(), "wav")
