@@ -157,10 +157,14 @@ def load_model(settings: Settings) -> tuple[Any, ModelFeaturizer]:
         from engines.features.format_check import load_format_check
 
         try:
-            format_check = load_format_check(extractors.audio.id)
+            format_check = load_format_check(extractors.audio.id, settings.models_root() / "format-check")
         except ValueError as exc:
             raise ConfigError(f"engine.format_check: {exc} (engine.format_check = 'off' runs without it)") from exc
-        if format_check is None:
+        probes = settings.models_root() / "format-check"
+        if format_check is None and not probes.is_dir():
+            log.warning("no format checks at %s (an install without the shipped models/format-check): a "
+                        "mis-declared rate or G.711 law is not noticed", probes)  # fmt: skip
+        elif format_check is None:
             log.info("no format check for the audio extractor %s: a mis-declared rate or G.711 law is not noticed",
                      extractors.audio.id)  # fmt: skip
     language_check = None

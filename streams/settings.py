@@ -466,13 +466,24 @@ class Settings(BaseSettings):
         return _model_path(self.engine.model)
 
     def revision_model_dir(self) -> Path | None:
-        return None if self.engine.revision_model is None else _model_path(self.engine.revision_model)
+        if self.engine.revision_model is None:
+            return None
+        return _model_path(self.engine.revision_model, beside=self.model_dir().parent)
+
+    def models_root(self) -> Path:
+        """Where the shipped artifacts are (``default``, ``revised``, ``format-check``): beside the
+        checkout's packages, or else beside ``engine.model`` (an image installs the packages into
+        site-packages and its models under /app/models, and points ``engine.model`` there)."""
+        shipped = REPO_ROOT / "models"
+        return shipped if shipped.is_dir() else self.model_dir().parent
 
 
-def _model_path(name: str) -> Path:
-    """'default' / 'revised': the shipped artifacts under models/; anything else is a path."""
+def _model_path(name: str, beside: Path | None = None) -> Path:
+    """'default' / 'revised': the shipped artifacts under models/ (or, where the packages are installed
+    without them, ``beside``: the main model's folder); anything else is a path."""
     if name in ("default", "revised"):
-        return REPO_ROOT / "models" / name
+        shipped = REPO_ROOT / "models" / name
+        return beside / name if beside is not None and not shipped.is_dir() else shipped
     return Path(name).expanduser().resolve()
 
 

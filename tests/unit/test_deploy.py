@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -330,3 +331,41 @@ def test_the_image_exports_the_encoders_graphs_as_its_user() -> None:
     assert command, prepare
     ns = build_parser().parse_args(shlex.split(command.group(1)))
     assert ns.command == "worker" and ns.prepare
+
+
+def test_an_install_without_the_checkout_finds_the_shipped_artifacts_beside_its_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The image installs the packages into site-packages and the models under /app/models: the
+    format check (models/format-check) and revision_model "revised" were looked for beside the
+    packages, so the check was off without a word and "revised" stopped the worker (a review)."""
+    import streams.settings as settings_module
+    from streams.settings import Settings
+
+    monkeypatch.setattr(settings_module, "REPO_ROOT", tmp_path / "site-packages")
+    app = tmp_path / "app" / "models"
+    s = Settings(engine={"model": str(app / "default"), "revision_model": "revised"})
+    assert s.models_root() == app and s.revision_model_dir() == app / "revised"
+    shipped = Settings()  # a checkout: the models beside the packages
+    monkeypatch.setattr(settings_module, "REPO_ROOT", REPO)
+    assert shipped.models_root() == REPO / "models" and (shipped.models_root() / "format-check").is_dir()
+    assert Settings(engine={"revision_model": "revised"}).revision_model_dir() == REPO / "models" / "revised"
+    # the image's layout: its models where EMOSTREAM_ENGINE__MODEL points, format-check beside it
+    assert image_env()["EMOSTREAM_ENGINE__MODEL"] == "/app/models/default"
+    assert "COPY models models" in (DEPLOY / "docker" / "Dockerfile").read_text()
+
+
+def test_the_build_context_leaves_out_the_local_state_but_not_what_the_image_copies() -> None:
+    """Without a .dockerignore, `docker build .` sent the 7 GB virtualenv, the local broker's data
+    and git to the engine (a review)."""
+    ignored = [
+        line.strip().rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {".venv", ".run", ".git"} <= set(ignored)
+    copied = re.findall(r"^COPY (\S+)", (DEPLOY / "docker" / "Dockerfile").read_text(), flags=re.M)
+    assert "models" in copied and "streams" in copied
+    for source in copied:
+        for pattern in ignored:
+            assert not fnmatch.fnmatch(source, pattern.removeprefix("**/")), (source, pattern)
