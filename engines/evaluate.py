@@ -78,7 +78,16 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help="telephone: every clip through a seeded simulated phone line (8 kHz, 300-3400 Hz, G.711, noise at "
         "10-30 dB SNR, +-6 dB gain, 2%% lost packets; engines/features/channel.py), seeded by --seed; "
         "8k-as-16k / 16k-as-8k / alaw-as-mulaw / mulaw-as-alaw: every clip as the worker decodes it when a "
-        "producer declared the wrong rate or G.711 law (engines/features/format_check.py)",
+        "producer declared the wrong rate or G.711 law (engines/features/format_check.py); pauses: every clip padded "
+        "as a recorder or diarizer pads its segments (2-8 s of line before and after the speech, a 2-4 s pause "
+        "inside it, idle noise at 40-55 dB under its loudest)",
+    )
+    parser.add_argument(
+        "--silences",
+        default="shorten",
+        choices=["shorten", "keep"],
+        help="shorten (default, as the stream does): long silences cut short before a clip is encoded "
+        "(engines/features/pauses.py); keep: every clip encoded whole, for the comparison",
     )
     parser.add_argument(
         "--transcripts",
@@ -248,7 +257,17 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         load_format_check(ex.audio.id) if (ex.audio is not None and ns.format_check != "off" and gate) else None
     )
     table = (
-        AudioTable(paths, ex.audio, ns.cache_dir, not ns.json, channel, gate, format_check, ns.format_check == "drop")
+        AudioTable(
+            paths,
+            ex.audio,
+            ns.cache_dir,
+            not ns.json,
+            channel,
+            gate,
+            format_check,
+            ns.format_check == "drop",
+            shorten=ns.silences == "shorten",
+        )
         if (ex.audio and paths)
         else None
     )
@@ -283,6 +302,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "future": ns.future,
         "seed": ns.seed,
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
+        "silences": ns.silences,
         "transcripts": ns.transcripts,
         "acknowledgements": ns.acknowledgements,
         "acknowledged_lines": acknowledged_lines,  # transcripts it changed (None: the dataset has no words)

@@ -15,9 +15,10 @@ import numpy as np
 
 from engines.datasets.base import Dialogue, Utterance, label_set
 from engines.errors import DatasetError
+from engines.features import pauses
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
-from engines.features.channel import TelephoneChannel
+from engines.features.channel import Pauses, TelephoneChannel
 from engines.features.format_check import FormatCheck, Misdeclared
 from engines.features.speech import MIN_SPEECH_S, SpeechDetector
 from engines.features.text import TextEncoder
@@ -34,7 +35,8 @@ class AudioTable:
     :meth:`lookup` counts a file with less than ``min_speech_s`` as no audio, as the stream does
     (None: every file counts). With a ``format_check`` (:mod:`engines.features.format_check`),
     ``misdeclared`` marks the files with speech it judges mis-declared, which ``drop_misdeclared``
-    counts as no audio too."""
+    counts as no audio too. Clips are encoded as the stream encodes them, their long silences cut
+    short (:mod:`engines.features.pauses`; ``shorten`` False: whole, for the comparison)."""
 
     def __init__(
         self,
@@ -42,10 +44,11 @@ class AudioTable:
         extractor: AudioFeatureExtractor,
         cache_root: str | Path | None = None,
         progress: bool = False,
-        channel: TelephoneChannel | Misdeclared | None = None,
+        channel: TelephoneChannel | Misdeclared | Pauses | None = None,
         min_speech_s: float | None = MIN_SPEECH_S,
         format_check: FormatCheck | None = None,
         drop_misdeclared: bool = False,
+        shorten: bool = True,
     ) -> None:
         self.paths = sorted(set(paths))
         self.drop_misdeclared = drop_misdeclared
@@ -54,11 +57,14 @@ class AudioTable:
         blobs = [Path(p).read_bytes() for p in self.paths]
         keys = [item_key(b) for b in blobs]
         namespace = f"audio/{extractor.id}" + (f"/{channel.id}" if channel is not None else "")
-        cache = FeatureCache(namespace, root=cache_root)
+        cache = FeatureCache(namespace + (f"/silences-v{pauses.VERSION}" if shorten else ""), root=cache_root)
 
-        def wave(i: int) -> np.ndarray:
+        def heard(i: int) -> np.ndarray:
             clean = read_audio_file(self.paths[i])
             return clean if channel is None else channel(clean, keys[i])
+
+        def wave(i: int) -> np.ndarray:  # as the stream encodes it: its long silences cut short
+            return pauses.shorten_silences(heard(i)) if shorten else heard(i)
 
         def compute(idx: list[int]) -> np.ndarray:
             chunks = [idx[i : i + 64] for i in range(0, len(idx), 64)]
@@ -78,7 +84,7 @@ class AudioTable:
 
             def speech(idx: list[int]) -> np.ndarray:  # in chunks: decoded clips are not all held at once
                 return np.concatenate(
-                    [detector.seconds([wave(i) for i in idx[j : j + 64]]) for j in range(0, len(idx), 64)]
+                    [detector.seconds([heard(i) for i in idx[j : j + 64]]) for j in range(0, len(idx), 64)]
                 )
 
             seconds = speech_cache.get_or_compute(keys, lambda idx: speech(idx)[:, None])

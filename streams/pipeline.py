@@ -30,6 +30,7 @@ import numpy as np
 
 from engines.features import format_check, language
 from engines.features.emoji import EMOJI_WORDS
+from engines.features.pauses import shorten_silences
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
 from streams import heap
@@ -227,7 +228,8 @@ def utterance_features(
                     f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s" + _loud(w)
                 )
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
-    if waves:
+    if waves:  # as the model learnt voices: at most 1.5 s of silence at an end, 1.2 s of a pause inside
+        waves = [(i, shorten_silences(w)) for i, w in waves]
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
         # the check was taught speech only: where the speech gate is off, noise would reach it
         check = getattr(featurizer, "format_check", None) if min_speech_s > 0 else None

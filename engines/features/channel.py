@@ -27,6 +27,12 @@ from engines.features.codecs import G711_RATE, SAMPLE_RATE, g711_decode, g711_en
 PACKET_S = 0.02  # RTP carries 20 ms of G.711 per packet
 
 
+def seeded(seed: int, key: str) -> np.random.Generator:
+    """The random draws of a channel of ``seed`` for the clip ``key``: the same line every time."""
+    digest = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 @dataclass(frozen=True)
 class TelephoneChannel:
     seed: int = 0
@@ -44,8 +50,7 @@ class TelephoneChannel:
         return f"telephone-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
     def rng(self, key: str) -> np.random.Generator:
-        digest = hashlib.sha256(f"{self.seed}\x1f{key}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return seeded(self.seed, key)
 
     def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
         """``wave``: float mono at 16 kHz -> the same speech after the line, float32 at 16 kHz."""
@@ -70,9 +75,47 @@ class TelephoneChannel:
         return resample(x, G711_RATE, SAMPLE_RATE).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Pauses:
+    """A recorder's or diarizer's padded segment: ``lead_s`` of line before the speech, ``trail_s``
+    after it and a pause of ``gap_s`` at the quietest 20 ms of its middle third (each drawn per
+    clip), the whole clip over a line's idle noise ``floor_db`` under its loudest 20 ms (white,
+    drawn per clip; RAVDESS clips peak anywhere from -54 to -6 dBFS, so not a fixed level).
+    Seeded like :class:`TelephoneChannel` (``emostream evaluate --channel pauses``)."""
+
+    seed: int = 0
+    lead_s: tuple[float, float] = (2.0, 8.0)
+    trail_s: tuple[float, float] = (2.0, 8.0)
+    gap_s: tuple[float, float] = (2.0, 4.0)
+    floor_db: tuple[float, float] = (40.0, 55.0)
+    version: int = 1
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return f"pauses-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
+        rng = seeded(self.seed, key)
+        x = np.asarray(wave, dtype=np.float64)
+        frame = SAMPLE_RATE // 50
+        n = x.size // frame
+        at, loudest = x.size // 2, float(np.max(np.abs(x), initial=0.0)) ** 2
+        if n >= 3:  # the quietest frame of the middle third: a pause between words, not inside one
+            level = np.mean(np.square(x[: n * frame].reshape(n, frame)), axis=1)
+            loudest = float(level.max())
+            third = level[n // 3 : 2 * n // 3]
+            at = (n // 3 + int(np.argmin(third))) * frame + frame // 2
+        lead, trail, gap = (round(rng.uniform(*span) * SAMPLE_RATE) for span in (self.lead_s, self.trail_s, self.gap_s))
+        out = np.concatenate([np.zeros(lead), x[:at], np.zeros(gap), x[at:], np.zeros(trail)])
+        floor = np.sqrt(loudest) * 10 ** (-rng.uniform(*self.floor_db) / 20)
+        return (out + rng.normal(0.0, floor, out.shape)).astype(np.float32)
+
+
 #: clean, the telephone line, and the four ways a producer can declare an audio part's format
-#: wrongly: its rate either way, its G.711 law either way (:class:`engines.features.format_check.Misdeclared`)
-CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw")
+#: wrongly: its rate either way, its G.711 law either way (:class:`engines.features.format_check.Misdeclared`);
+#: and segments padded with silence (:class:`Pauses`)
+CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw", "pauses")
 
 
 def make_channel(name: str, seed: int = 0) -> Any:
@@ -82,7 +125,9 @@ def make_channel(name: str, seed: int = 0) -> Any:
         return None
     if name == "telephone":
         return TelephoneChannel(seed=seed)
-    if name in CHANNELS[2:]:
+    if name == "pauses":
+        return Pauses(seed=seed)
+    if name in CHANNELS[2:6]:
         from engines.features.format_check import Misdeclared
 
         return Misdeclared(name)

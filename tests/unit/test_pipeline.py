@@ -290,3 +290,17 @@ def test_a_full_scale_clip_is_said_to_be_at_0_dbfs_not_minus_0() -> None:
 
     assert "sound at 0 dBFS" in _loud(np.full(800, 0.9999, np.float32))
     assert "sound at -20 dBFS" in _loud(np.full(800, 0.1, np.float32))
+
+
+def test_a_clip_padded_with_silence_is_encoded_with_its_silences_cut_short() -> None:
+    """A recorder's padding read as part of the voice pulled it towards disgust (a telephone
+    trial): the encoder gets at most engines.features.pauses' silence at each end and inside."""
+    from engines.features.pauses import EDGE_KEEP_S, GAP_KEEP_S
+
+    t = np.arange(16000) / 16000
+    tone = (0.1 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    silence = np.zeros(5 * 16000, np.float32)
+    padded = np.concatenate([silence, tone, silence[:32000], tone, silence])
+    f = CountingFeaturizer()
+    feats = utterance_features([utt(0, audio=Payload("wave", padded))], f, DIMS)
+    assert feats[0]["audio"][0] == round((2 * EDGE_KEEP_S + GAP_KEEP_S + 2.0) * 16000)
