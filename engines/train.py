@@ -759,7 +759,9 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     table = None
     if audio_ex is not None:
         paths = [c.path for c in train_clips] + [u.audio for d in (*train_d, *dev_d) for u in d.utterances if u.audio]
-        table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet)
+        # clips whole, as the shipped models learnt them (their recipes reproduce them); evaluate and the
+        # stream cut long silences short (engines/features/pauses.py), which leaves those clips' voices be
+        table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet, shorten=False)
     lines: list[AudioTable] = []  # the training clips heard through telephone lines (--telephone)
     if ns.telephone > 0:
         if table is None or audio_ex is None:
@@ -767,7 +769,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
         clip_paths = sorted({c.path for c in train_clips} | {u.audio for d in train_d for u in d.utterances if u.audio})
         for k in range(ns.telephone_lines):
             line = TelephoneChannel(seed=ns.seed * 1000 + 100 + k)
-            lines.append(AudioTable(clip_paths, audio_ex, ns.cache_dir, not quiet, channel=line))
+            lines.append(AudioTable(clip_paths, audio_ex, ns.cache_dir, not quiet, channel=line, shorten=False))
     train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     print(f"data: {train.n} train / {dev.n} dev utterances, features {spec} ({time.time() - t0:.0f}s)", file=sys.stderr)

@@ -37,8 +37,8 @@ Silence is told by level, not by the speech detector: a 20 ms frame more than :d
 below the clip's loudest 100 ms. Digital silence and a line's idle noise are cut; a line whose
 noise is within 30 dB of the voice is left whole (noise that loud is not silence to cut). Cheap
 (about 0.15 ms for a 4 s clip), so the stream runs it on every clip it encodes, after the speech
-gate; ``emostream evaluate`` and training read their clips through it too
-(:class:`engines.prepare.AudioTable`).
+gate; ``emostream evaluate`` reads its clips through it too (:class:`engines.prepare.AudioTable`),
+training does not (the shipped models learnt whole clips, and their recipes reproduce them).
 """
 
 from __future__ import annotations
