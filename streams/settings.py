@@ -407,6 +407,14 @@ class AnalyticsSettings(_Section):
     recent_turns: int = Field(5, ge=1, le=100, description="a speaker's turns the trajectory's 'recent' covers")
     max_turns: int = Field(500, ge=10, description="turns kept per call (older ones drop out of the summary)")
 
+    @model_validator(mode="after")
+    def _recent_within_kept(self) -> AnalyticsSettings:
+        if self.recent_turns > self.max_turns:  # 'recent' would cover turns no longer kept
+            raise ValueError(
+                f"recent_turns {self.recent_turns} is more than max_turns {self.max_turns}, the turns kept"
+            )
+        return self
+
 
 class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="Prometheus /metrics port (0: pick a free one)")

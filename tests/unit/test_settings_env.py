@@ -248,3 +248,14 @@ def test_a_redis_url_that_does_not_parse_is_refused_without_quoting_its_password
     assert "Tr0ub4dor" not in str(caught.value) and "xyz" not in str(caught.value)
     monkeypatch.setenv("EMOSTREAM_REDIS__URL", "rediss://emostream:Tr0ub4dor%2F3%23xyz@redis.example:6380/0")
     assert load_settings(None).redis.url.get_secret_value().endswith("@redis.example:6380/0")
+
+
+def test_a_trajectorys_recent_turns_are_within_the_turns_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.errors import ConfigError
+
+    monkeypatch.setenv("EMOSTREAM_ANALYTICS__MAX_TURNS", "10")
+    monkeypatch.setenv("EMOSTREAM_ANALYTICS__RECENT_TURNS", "11")
+    with pytest.raises(ConfigError, match="recent_turns 11 is more than max_turns 10, the turns kept"):
+        load_settings()
+    monkeypatch.setenv("EMOSTREAM_ANALYTICS__RECENT_TURNS", "10")
+    assert load_settings().analytics.recent_turns == 10
