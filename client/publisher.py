@@ -45,9 +45,10 @@ G711 = ("pcm_mulaw", "pcm_alaw")
 def refused(message: Message, limits: LimitSettings) -> str | None:
     """Why the workers would dead-letter ``message`` though pydantic took it (the JSON Schema's
     rules on audio, ``limits.max_text_chars``), or None. The audio itself is not decoded here: a
-    header that lies about its rate, or bytes that are not the encoding named, still reach the
-    workers' dead letters (``undecodable_audio``); a WAV or FLAC file's header is read
-    (:func:`engines.features.codecs.header_problem`: not a WAV file, one cut short, too short)."""
+    header that lies about its rate, raw samples of another encoding than named, or a FLAC cut
+    short, still reach the workers' dead letters (``undecodable_audio``); a WAV or FLAC file's
+    header is read (:func:`engines.features.codecs.header_problem`: another format than named, a
+    WAV cut short, fewer frames than 0.1 s)."""
     if isinstance(message, CallControl) and message.event == "started" and message.modalities == []:
         return ("a 'started' with modalities [] (the workers then expect join.default_modalities): name what the "
                 "call sends, or leave modalities out")  # fmt: skip

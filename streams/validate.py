@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.errors import AudioDecodeError, AudioTooLong
-from engines.features.codecs import decode_as_sent, mixed_channels, to_model_rate
+from engines.features.codecs import decode_noted, to_model_rate
 from streams.errors import InvalidMessage
 from streams.schemas import AudioPart, Part, TextPart, VideoPart
 from streams.settings import LimitSettings
@@ -79,12 +79,12 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
             return Payload("vector", _vector(part.vector(), dims["audio"], "audio features"))
         raw = part.audio_bytes()
         try:  # the length is checked from the header before anything is decoded
-            sent, rate = decode_as_sent(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
+            sent, rate, mixed = decode_noted(raw, part.encoding, part.sample_rate, max_seconds=limits.max_audio_s)
         except AudioTooLong as exc:
             raise InvalidMessage("oversized", str(exc)) from exc
         except AudioDecodeError as exc:
             raise InvalidMessage("undecodable_audio", str(exc)) from exc
-        notes = [n for n in (clipped(sent, part.encoding), mixed_channels(raw, part.encoding)) if n is not None]
+        notes = [n for n in (clipped(sent, part.encoding), mixed) if n is not None]
         return Payload("wave", to_model_rate(sent, rate), "; ".join(notes) or None)
     assert isinstance(part, VideoPart), type(part)
     if dims["video"] == 0:

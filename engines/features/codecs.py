@@ -69,12 +69,22 @@ def decode_as_sent(
 ) -> tuple[np.ndarray, int]:
     """As :func:`decode_audio`, before resampling: float32 mono in [-1, 1] at the rate it was sent,
     and that rate (what :func:`streams.validate.clipped` looks at: resampling smooths flat tops away)."""
+    wave, rate, _ = decode_noted(data, encoding, sample_rate, max_seconds)
+    return wave, rate
+
+
+def decode_noted(
+    data: bytes, encoding: str, sample_rate: int | None = None, max_seconds: float | None = None
+) -> tuple[np.ndarray, int, str | None]:
+    """:func:`decode_as_sent`, and what the decoding noticed of the channels of a FLAC or WAV file
+    that has several (:func:`channels_note`; None else)."""
+    note = None
     if encoding not in ENCODINGS:
         raise AudioDecodeError(f"unsupported audio encoding {encoding!r}; expected one of {ENCODINGS}")
     if not data:
         raise AudioDecodeError("empty audio payload")
     if encoding in CONTAINERS:
-        wave, rate = _decode_container(data, encoding, sample_rate, max_seconds)
+        wave, rate, note = _decode_container(data, encoding, sample_rate, max_seconds)
     else:
         rate = declared_rate(encoding, sample_rate)
         if (container := _container_of(data)) is not None:  # its header would be heard as a click
@@ -97,7 +107,7 @@ def decode_as_sent(
         raise AudioDecodeError(f"audio too short: {wave.shape[0] / rate:.4f} s, need {MIN_SECONDS} s")
     if encoding in CONTAINERS:  # integer PCM is finite, within full scale and not subnormal by construction
         wave = _float_samples(wave)
-    return wave, rate
+    return wave, rate, note
 
 
 #: a container's float samples may overshoot full scale (1.0) by this much and are clipped to it;
@@ -209,32 +219,66 @@ NOT_A_WAV = (
 
 def header_problem(data: bytes, encoding: str) -> str | None:
     """What a WAV or FLAC payload's header already shows that the workers refuse, for a producer to
-    refuse before sending (:func:`client.publisher.refused`): a 'wav' that is no RIFF/WAVE file, one
-    cut short (:func:`_checked_wav`), or a file whose header declares less than :data:`MIN_SECONDS`
-    of audio. None where the header shows nothing wrong (or says no length): what else is wrong,
-    the workers find by decoding."""
-    seconds = None
+    refuse before sending (:func:`client.publisher.refused`): a file of another format than named
+    (raw samples sent as 'wav' among them), a WAV cut short (:func:`_checked_wav`), or a file whose
+    header declares fewer frames than :data:`MIN_SECONDS` at its rate, counted as the workers count
+    them. None where the header shows nothing wrong or does not say (RF64 and big-endian RIFX
+    lengths, compressed WAV formats, a live encoder's FLAC): the workers find the rest by decoding."""
+    other = _container_of(data)
+    if other is not None and other != encoding:
+        return f"payload is a {other} file, message says {encoding}: send it as {other}"
+    frames = rate = 0
     if encoding == "wav":
-        if data[:4] not in (b"RIFF", b"RF64") or data[8:12] != b"WAVE":
-            return f"wav payload with {NOT_A_WAV}"
+        if data[:4] not in (b"RIFF", b"RF64", b"RIFX") or data[8:12] != b"WAVE":
+            return f"wav payload: {_not_a_wav(data)}"
+        if data[:4] != b"RIFF":
+            return None
         try:
             _checked_wav(data)
         except AudioDecodeError as exc:
             return str(exc)
-        fmt, chunk = data.find(b"fmt ", 12, 4096), data.find(b"data", 12, 1 << 16)
-        if data[:4] == b"RIFF" and 0 <= fmt and 0 <= chunk and len(data) >= max(fmt + 20, chunk + 8):
-            byte_rate = int.from_bytes(data[fmt + 16 : fmt + 20], "little")
-            size = int.from_bytes(data[chunk + 4 : chunk + 8], "little")
-            if byte_rate and 0 < size < _WAV_PLACEHOLDER:
-                seconds = size / byte_rate
-    elif encoding == "flac" and _container_of(data) == "flac" and len(data) >= 26:
+        fmt, size = _wav_fmt_and_size(data)
+        if fmt is not None and len(fmt) >= 16 and size is not None:
+            tag, rate, align = (int.from_bytes(fmt[i : i + w], "little") for i, w in ((0, 2), (4, 4), (12, 2)))
+            if tag in _FRAMED_WAV_TAGS and align and 0 < size < _WAV_PLACEHOLDER:
+                frames = size // align
+    elif encoding == "flac" and other == "flac" and len(data) >= 26:
         rate = (data[18] << 12) | (data[19] << 4) | (data[20] >> 4)
-        total = ((data[21] & 0x0F) << 32) | int.from_bytes(data[22:26], "big")  # 0: not known
-        if rate and total:
-            seconds = total / rate
-    if seconds is not None and seconds < MIN_SECONDS:
-        return f"audio too short: {seconds:.4f} s, need {MIN_SECONDS} s"
+        frames = ((data[21] & 0x0F) << 32) | int.from_bytes(data[22:26], "big")  # 0: not known
+    if frames and rate and frames < int(MIN_SECONDS * rate):
+        return f"audio too short: {frames / rate:.4f} s, need {MIN_SECONDS} s"
     return None
+
+
+#: WAV format tags whose block_align is one frame (PCM, float, A-law, mu-law, extensible): their
+#: frames are the data's bytes over it; a compressed format's blocks hold many
+_FRAMED_WAV_TAGS = (1, 3, 6, 7, 0xFFFE)
+
+
+def _wav_fmt_and_size(data: bytes) -> tuple[bytes | None, int | None]:
+    """A RIFF/WAVE file's ``fmt `` chunk and its ``data`` chunk's declared size, walking the chunks
+    (a LIST chunk's text may hold the bytes "data")."""
+    fmt, at = None, 12
+    while at + 8 <= len(data):
+        chunk, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        if chunk == b"fmt " and fmt is None:
+            fmt = data[at + 8 : at + 8 + size]
+        elif chunk == b"data":
+            return fmt, size
+        at += 8 + size + (size & 1)
+    return fmt, None
+
+
+def _not_a_wav(data: bytes) -> str:
+    """What bytes sent as 'wav' without a RIFF/WAVE header are: another format libsndfile knows
+    (as the workers say it), or else raw samples."""
+    import soundfile as sf
+
+    try:
+        kind = sf.info(io.BytesIO(data)).format
+    except Exception:  # noqa: BLE001 - not a format libsndfile knows: raw samples, most likely
+        return NOT_A_WAV
+    return f"the payload is {kind}, not WAV: convert it to WAV or FLAC, or send its samples as raw PCM or G.711"
 
 
 def _checked_wav(data: bytes) -> bytes:
@@ -274,7 +318,7 @@ _UNKNOWN_LENGTH = 2**62  # libsndfile reports a header without a sample count as
 
 def _decode_container(
     data: bytes, encoding: str, sample_rate: int | None, max_seconds: float | None, block: int = 1 << 16
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, int, str | None]:
     import soundfile as sf
 
     if encoding == "wav":
@@ -298,6 +342,8 @@ def _decode_container(
             if not known:  # libsndfile fails on the read that crosses such a stream's end, losing that block
                 block = min(block, 1024)
             n = 0
+            sums = np.zeros(f.channels)  # of several channels: each one's sum and their products (channels_note)
+            products = np.zeros((f.channels, f.channels))
             while True:
                 try:
                     chunk = f.read(frames=block, dtype="float32", always_2d=True)  # (n, C)
@@ -307,6 +353,10 @@ def _decode_container(
                     break
                 if not chunk.shape[0]:
                     break
+                if f.channels > 1:
+                    wide = chunk.astype(np.float64)
+                    sums += wide.sum(axis=0)
+                    products += wide.T @ wide
                 blocks.append(chunk.mean(axis=1, dtype=np.float32))  # mono block by block: 8 channels held as 1
                 n += chunk.shape[0]
                 if max_frames is not None and n > max_frames:  # a header that hid the length
@@ -325,62 +375,44 @@ def _decode_container(
             )
         raise AudioDecodeError(f"undecodable {encoding} payload: {why}") from exc
     if not blocks:
-        return np.zeros(0, dtype=np.float32), rate
-    return np.concatenate(blocks), rate  # (N,) mono: the channels' mean
+        return np.zeros(0, dtype=np.float32), rate, None
+    note = channels_note(sums, products, n) if sums.size > 1 else None
+    return np.concatenate(blocks), rate, note  # (N,) mono: the channels' mean
 
 
-#: a channel this far under the loudest is silent: its sound does not change the voice the mean gives
+#: a channel this far under the loudest is silent: its sound does not change the voice the mean gives (channels_note)
 QUIET_CHANNEL_DB = 20.0
 #: channels whose samples correlate less than this carry different sound (the same voice on both: about 1)
 SAME_SOUND = 0.5
 
 
-def _header_channels(data: bytes) -> int | None:
-    """The channel count a FLAC's STREAMINFO or a WAV's fmt chunk declares (None: not found there):
-    a look at a few bytes, where opening the payload costs a third of decoding it."""
-    if data[:4] == b"fLaC" and len(data) >= 21:  # STREAMINFO first: 20 bits of rate, then 3 of channels - 1
-        return ((data[20] >> 1) & 0x07) + 1
-    at = data.find(b"fmt ", 12, 4096) if data[:4] in (b"RIFF", b"RF64") else -1
-    if at >= 0 and len(data) >= at + 12:
-        return int.from_bytes(data[at + 10 : at + 12], "little")
-    return None
-
-
-def mixed_channels(data: bytes, encoding: str) -> str | None:
-    """A note for a FLAC or WAV payload whose channels carry different sound, which decoding
-    hears as one voice (their mean): a call recorded with the agent on one channel and the customer
-    on the other labels both voices as the part's speaker, and channels in opposite phase cancel.
-    None for one channel, for channels that copy each other, and where only one channel sounds
-    (the other speaker silent during this utterance: the mean is the one voice). Reads the payload
-    again: only a payload of two or more channels, rare, costs more than its header."""
-    if encoding not in CONTAINERS or _header_channels(data) == 1:
+def channels_note(sums: np.ndarray, products: np.ndarray, n: int) -> str | None:
+    """A note for a file whose channels (their samples' ``sums`` and ``products``, the (C, C) sums of
+    their products, over ``n`` frames) carry different sound, which decoding hears as one voice
+    (their mean): a call recorded with the agent on one channel and the customer on the other
+    labels both voices as the part's speaker, and channels in opposite phase cancel. None for
+    channels that copy each other, and where only one sounds (the other speaker silent during this
+    utterance: the mean is the one voice). Each channel's mean (a DC offset) is left out."""
+    if n < 2:
         return None
-    import soundfile as sf
-
-    try:
-        raw = _checked_wav(data) if encoding == "wav" else data
-        with sf.SoundFile(io.BytesIO(raw)) as f:
-            if f.channels < 2:
-                return None
-            x = f.read(dtype="float32", always_2d=True).astype(np.float64)  # (n, C)
-    except Exception:  # noqa: BLE001 - decoding says what is wrong with the payload
-        return None
-    power = np.mean(np.square(x), axis=0)
+    mean = sums / n
+    covariance = products / n - np.outer(mean, mean)
+    power = np.clip(np.diag(covariance), 0.0, None)
     sounding = np.flatnonzero((power > 0) & (power >= power.max() * 10 ** (-QUIET_CHANNEL_DB / 10)))
     if sounding.size < 2:
         return None
-    c = x[:, sounding]
-    corr = (c.T @ c / c.shape[0]) / np.sqrt(np.outer(power[sounding], power[sounding]))
+    corr = covariance[np.ix_(sounding, sounding)] / np.sqrt(np.outer(power[sounding], power[sounding]))
     lowest = float(corr[np.triu_indices(sounding.size, 1)].min())
     if lowest >= SAME_SOUND:
         return None
+    channels = sums.size
     if lowest <= -SAME_SOUND:
         return (
-            f"channels in opposite phase: {x.shape[1]} channels heard as one voice (their mean), which cancels "
-            "it; send one channel"
+            f"channels in opposite phase: {channels} channels heard as one voice (their mean), which cancels it; "
+            "send one channel"
         )
     return (
-        f"channels mixed: {x.shape[1]} channels that carry different sound heard as one voice (their mean); a "
+        f"channels mixed: {channels} channels that carry different sound heard as one voice (their mean); a "
         "call recorded with one speaker a channel labels both as this part's speaker: send each speaker's "
         "channel as a part of its own"
     )

@@ -319,19 +319,30 @@ def test_channels_that_carry_different_voices_are_said_to_be_mixed_copies_or_one
     agent = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.3 * rng.standard_normal(t.size))
     customer = 0.3 * np.sin(2 * np.pi * 260 * t + 1.0) * (1 + 0.3 * rng.standard_normal(t.size))
     fmt = encoding.upper()
+
+    def note(data: bytes, block: int = 1 << 16) -> str | None:
+        return codecs._decode_container(data, encoding, None, None, block)[2]
+
     two_voices = _two_channels(agent, customer, fmt)
-    said = codecs.mixed_channels(two_voices, encoding)
+    said = note(two_voices)
     assert said is not None and said.startswith("channels mixed: 2 channels that carry different sound")
     assert "send each speaker's channel as a part of its own" in said
-    assert codecs.mixed_channels(_two_channels(agent, agent, fmt), encoding) is None  # a copy
-    assert codecs.mixed_channels(_two_channels(agent, agent * 0.01, fmt), encoding) is None  # one sounds (-40 dB)
-    assert codecs.mixed_channels(_two_channels(agent, np.zeros_like(agent), fmt), encoding) is None
-    opposite = codecs.mixed_channels(_two_channels(agent, -agent, fmt), encoding)
+    assert note(two_voices, block=1000) == said  # read block by block, as a long file is
+    if encoding == "flac":  # a live encoder's stream: no length in its STREAMINFO (read whole, it was not said)
+        live = bytearray(two_voices)
+        live[21] &= 0xF0
+        live[22:26] = bytes(4)
+        assert codecs.decode_noted(bytes(live), "flac")[2] == said
+    assert note(_two_channels(agent, agent, fmt)) is None  # a copy
+    assert note(_two_channels(agent, agent * 0.01, fmt)) is None  # one sounds (-40 dB)
+    assert note(_two_channels(agent, np.zeros_like(agent), fmt)) is None
+    assert note(_two_channels(agent, np.full_like(agent, 0.5), fmt)) is None  # a DC offset is no sound
+    opposite = note(_two_channels(agent, -agent, fmt))
     assert opposite is not None and opposite.startswith("channels in opposite phase")
     mono = io.BytesIO()
     sf.write(mono, agent, 8000, format=fmt, subtype="PCM_16")
-    assert codecs.mixed_channels(mono.getvalue(), encoding) is None
-    assert codecs.mixed_channels(b"\x00\x01" * 800, "pcm_s16le") is None  # raw PCM has one channel
+    assert codecs.decode_noted(mono.getvalue(), encoding)[2] is None
+    assert codecs.decode_noted(b"\x00\x01" * 800, "pcm_s16le", 8000)[2] is None  # raw PCM has one channel
     part = AudioPart(
         call_id="c", utterance_id="u", seq=0, encoding=encoding, data=base64.b64encode(two_voices).decode()
     )
@@ -350,3 +361,50 @@ def test_raw_samples_sent_as_wav_and_a_flac_cut_short_are_refused_with_what_to_d
     sf.write(mp3, 0.3 * np.sin(np.arange(16000) / 5.0), 16000, format="MP3")
     with pytest.raises(AudioDecodeError, match="payload is MP3, message says wav"):  # still told apart
         decode_audio(mp3.getvalue(), "wav")
+
+
+def test_a_files_header_is_judged_as_the_workers_judge_the_file() -> None:
+    """What a producer refuses before sending (client.publisher.refused) from a WAV or FLAC header:
+    only what the workers refuse too (a review found RIFX, a wrong byte_rate and 1102 frames at
+    11025 Hz refused though the workers take them, and a LIST chunk holding "data" let a 0.05 s
+    file through)."""
+
+    def made(seconds: float, rate: int = 8000, subtype: str = "PCM_16", fmt: str = "WAV") -> bytes:
+        buf = io.BytesIO()
+        sf.write(buf, 0.3 * np.sin(np.arange(round(seconds * rate)) / 3.0), rate, format=fmt, subtype=subtype)
+        return buf.getvalue()
+
+    def judged(data: bytes, encoding: str = "wav") -> str | None:
+        said = codecs.header_problem(data, encoding)
+        try:
+            codecs.decode_audio(data, encoding)
+            worker = None
+        except AudioDecodeError as exc:
+            worker = str(exc)
+        assert (said is None) == (worker is None), (said, worker)  # the two agree
+        return said
+
+    assert judged(made(0.05)) == "audio too short: 0.0500 s, need 0.1 s"
+    assert judged(made(0.05, fmt="FLAC"), "flac") == "audio too short: 0.0500 s, need 0.1 s"
+    assert judged(made(1102 / 11025, 11025)) is None  # int(0.1 * 11025) frames, as the workers count
+    assert judged(made(0.5, subtype="IMA_ADPCM")) is None  # compressed: its blocks are not frames
+    riff = made(0.5)
+    big = io.BytesIO()
+    sf.write(big, 0.3 * np.sin(np.arange(4000) / 3.0), 8000, format="WAV", subtype="PCM_16", endian="BIG")
+    assert big.getvalue()[:4] == b"RIFX" and judged(big.getvalue()) is None
+    wrong_rate = bytearray(riff)
+    at = wrong_rate.find(b"fmt ")
+    wrong_rate[at + 16 : at + 20] = (160000).to_bytes(4, "little")  # byte_rate: the length is not read from it
+    assert codecs.header_problem(bytes(wrong_rate), "wav") is None  # (libsndfile says what is wrong with it)
+    short = made(0.05)
+    listed = short[:12] + b"LIST" + (12).to_bytes(4, "little") + b"INFOmetadata" + short[12:]
+    listed = listed[:4] + (len(listed) - 8).to_bytes(4, "little") + listed[8:]
+    assert judged(listed) == "audio too short: 0.0500 s, need 0.1 s"
+    assert judged(made(0.5, fmt="FLAC")) == "payload is a flac file, message says wav: send it as flac"
+    assert judged(riff, "flac") == "payload is a wav file, message says flac: send it as wav"
+    assert judged(b"\xff\x7f" * 4000) == f"wav payload: {codecs.NOT_A_WAV}"
+    mp3 = io.BytesIO()
+    sf.write(mp3, 0.3 * np.sin(np.arange(16000) / 5.0), 16000, format="MP3")
+    assert codecs.header_problem(mp3.getvalue(), "wav") == (
+        "wav payload: the payload is MP3, not WAV: convert it to WAV or FLAC, or send its samples as raw PCM or G.711"
+    )
