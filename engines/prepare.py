@@ -57,7 +57,7 @@ class AudioTable:
         blobs = [Path(p).read_bytes() for p in self.paths]
         keys = [item_key(b) for b in blobs]
         namespace = f"audio/{extractor.id}" + (f"/{channel.id}" if channel is not None else "")
-        cache = FeatureCache(namespace + (f"/silences-v{pauses.VERSION}" if shorten else ""), root=cache_root)
+        cache = FeatureCache(namespace + (f"/{pauses.RULE}" if shorten else ""), root=cache_root)
 
         def heard(i: int) -> np.ndarray:
             clean = read_audio_file(self.paths[i])

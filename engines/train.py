@@ -760,7 +760,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     if audio_ex is not None:
         paths = [c.path for c in train_clips] + [u.audio for d in (*train_d, *dev_d) for u in d.utterances if u.audio]
         # clips whole, as the shipped models learnt them (their recipes reproduce them); evaluate and the
-        # stream cut long silences short (engines/features/pauses.py), which leaves those clips' voices be
+        # stream cut long silences short (engines/features/pauses.py)
         table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet, shorten=False)
     lines: list[AudioTable] = []  # the training clips heard through telephone lines (--telephone)
     if ns.telephone > 0:

@@ -228,7 +228,7 @@ def utterance_features(
                     f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s" + _loud(w)
                 )
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
-    if waves:  # as the model learnt voices: at most 1.5 s of silence at an end, 1.2 s of a pause inside
+    if waves:  # as the model learnt voices: about a second of silence at an end, none long inside (pauses.py)
         waves = [(i, shorten_silences(w)) for i, w in waves]
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
         # the check was taught speech only: where the speech gate is off, noise would reach it

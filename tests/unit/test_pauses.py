@@ -59,3 +59,14 @@ def test_the_padded_channel_is_seeded_by_the_clip_and_pads_within_its_ranges() -
     # the padding is the line's idle noise, 40-55 dB under the voice, which the cut removes again
     assert 0 < np.abs(one[:RATE]).max() < 0.1 * 10 ** (-30 / 20)
     assert shorten_silences(one).size / RATE <= 2.0 + 2 * EDGE_KEEP_S + GAP_KEEP_S + 0.08  # (20 ms frames)
+
+
+def test_a_beep_or_a_click_does_not_make_a_quiet_voice_silence() -> None:
+    """A recording notice's 200 ms beep at -3 dBFS before a voice at -40 dBFS: with the loudest
+    100 ms as the reference, the voice was 'silence' and cut to a second (a review)."""
+    rng = np.random.default_rng(0)
+    quiet = (0.01 * rng.standard_normal(4 * RATE)).astype(np.float32)
+    t = np.arange(RATE // 5) / RATE
+    beep = (0.7 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    for clip in (np.concatenate([beep, quiet]), np.concatenate([quiet[:RATE], np.full(64, 0.9, np.float32), quiet])):
+        assert shorten_silences(clip) is clip
