@@ -210,8 +210,9 @@ class Metrics:
         )
         self.held_for_close = Gauge(
             "emostream_held_for_close_messages",
-            "Messages of a call id started again, waiting for its earlier call's close (join.end_wait_s); growing: a "
-            "producer sends 'started' around every utterance",
+            "Messages held back by their call id: of a call started again, waiting for its earlier call's close "
+            "(join.end_wait_s; growing: a producer sends 'started' around every utterance), or sent after a call "
+            "ended, waiting for the control topic to be read as far",
             registry=r,
         )
         self.held_audio = Gauge(

@@ -326,7 +326,7 @@ class Worker:
         self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
         self._language_warned: set[str] = set()  # calls whose transcripts were said to be in another language
         self._long_warned: set[str] = set()  # calls whose transcripts were said to be longer than the model reads
-        self._restarts_said: dict[str, float] = {}  # call ids said to be started again and again -> when (clock)
+        self._restarts_said: OrderedDict[str, float] = OrderedDict()  # call ids said to be started again -> when
         self._shed = 0  # utterances whose audio was not encoded (the worker behind) since the last log line
         self._shed_logged_at: float | None = None  # monotonic time of that line
         self.lock = asyncio.Lock()  # joiner and queue state (held briefly)
@@ -572,7 +572,7 @@ class Worker:
                      "that close", call_id)  # fmt: skip
         queued = self.held.setdefault(call_id, [])
         queued.append(item)
-        if starts:
+        if starts and self.clock() - self._restarts_said.get(call_id, float("-inf")) >= 60:  # (not counted in a flood)
             self._say_restarts(call_id, sum(map(_starts, queued)), len(queued))
         return True
 
@@ -585,9 +585,11 @@ class Worker:
         now = self.clock()
         if starts < RESTARTS_SAID or now - self._restarts_said.get(call_id, float("-inf")) < 60:
             return
-        if len(self._restarts_said) > 1000:
-            self._restarts_said = {c: at for c, at in self._restarts_said.items() if now - at < 60}
-        self._restarts_said[call_id] = now
+        said = self._restarts_said
+        while said and now - next(iter(said.values())) >= 60:  # (oldest first: each warning is kept a minute)
+            said.popitem(last=False)
+        said.pop(call_id, None)
+        said[call_id] = now
         log.warning("call %s: started again %d times before its earlier calls' closes were done (each waits "
                     "join.end_wait_s, %.1f s, after its 'ended'); %d of its messages wait. Each 'started' begins a "
                     "new call, without the context before it: send 'started' once when the call begins and "
