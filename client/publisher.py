@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.features.codecs import MIN_SECONDS, declared_rate, header_problem, sample_width
+from engines.features.codecs import G711, MIN_SECONDS, declared_rate, header_problem, sample_width
 from streams.errors import EmostreamError, InvalidMessage, ServiceUnavailable
 from streams.kafka import kafka_python_options, unreachable
 from streams.schemas import AUDIO_RATES, AudioPart, CallControl, Part, TextPart, VideoPart, encode_f32
@@ -37,9 +37,6 @@ Message = Part | CallControl
 def input_topic(topics: TopicSettings, message: Message) -> str:
     """The input topic a part or control message goes to."""
     return topics.control if isinstance(message, CallControl) else getattr(topics, message.kind)  # type: ignore[no-any-return]
-
-
-G711 = ("pcm_mulaw", "pcm_alaw")
 
 
 def refused(message: Message, limits: LimitSettings) -> str | None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from engines.features import format_check, language
+from engines.features.codecs import G711
 from engines.features.emoji import EMOJI_WORDS
 from engines.features.pauses import shorten_silences
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
@@ -154,6 +155,7 @@ def utterance_features(
     texts: list[tuple[int, str]] = []
     waves: list[tuple[int, np.ndarray]] = []
     wave_notes: dict[int, str] = {}  # what the decoding noticed of a waveform (clipping): suspect, if it is used
+    raw_g711: set[int] = set()  # waveforms sent as raw G.711, the one encoding whose law can be declared wrongly
     now = time.time() if now is None else now
     for i, utt in enumerate(utts):
         forget_featurizer_notes(utt)  # an earlier attempt's (a batch split and retried): judged afresh
@@ -175,6 +177,8 @@ def utterance_features(
                 waves.append((i, payload.value))
                 if payload.note is not None:
                     wave_notes[i] = payload.note
+                if payload.encoding in (None, *G711):
+                    raw_g711.add(i)
             else:
                 assert isinstance(payload.value, np.ndarray)
                 feats[i][modality] = payload.value
@@ -238,6 +242,12 @@ def utterance_features(
         # a short clip (a filler's "uh") is not judged: at the right rate, some sound mis-declared
         shortest = format_check.MIN_CLIP_S * format_check.SAMPLE_RATE
         verdicts = [v if len(w) >= shortest else None for v, (_, w) in zip(verdicts, waves, strict=True)]
+        # a G.711 law is declared wrongly only in raw G.711 (a file's header names its own; PCM has none):
+        # elsewhere "the other law" said nothing a producer could act on (a telephone trial, pcm_s16le)
+        verdicts = [
+            None if v is not None and v.startswith(format_check.WRONG_LAW) and i not in raw_g711 else v
+            for v, (i, _) in zip(verdicts, waves, strict=True)
+        ]
         for (i, _), vec, wrong in zip(waves, aud, verdicts, strict=True):
             if not np.isfinite(
                 vec

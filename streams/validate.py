@@ -26,6 +26,7 @@ class Payload:
     kind: str  # 'text' (str), 'wave' (float32 16 kHz), 'vector' (float32 features)
     value: str | np.ndarray
     note: str | None = None
+    encoding: str | None = None  # a wave's, as its part declared it (None: not known)
 
 
 #: a voice is clipped when at least this share of its samples lie on flat tops at full scale: runs
@@ -85,7 +86,7 @@ def to_payload(part: Part, dims: dict[str, int], limits: LimitSettings) -> Paylo
         except AudioDecodeError as exc:
             raise InvalidMessage("undecodable_audio", str(exc)) from exc
         notes = [n for n in (clipped(sent, part.encoding), mixed) if n is not None]
-        return Payload("wave", to_model_rate(sent, rate), "; ".join(notes) or None)
+        return Payload("wave", to_model_rate(sent, rate), "; ".join(notes) or None, part.encoding)
     assert isinstance(part, VideoPart), type(part)
     if dims["video"] == 0:
         return Payload("vector", np.zeros(0, dtype=np.float32))  # the model ignores video

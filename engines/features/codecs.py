@@ -37,6 +37,7 @@ SAMPLE_RATE = 16_000  # what every extractor hears
 G711_RATE = 8_000
 RATES: tuple[int, ...] = (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)
 ENCODINGS: tuple[str, ...] = ("pcm_s16le", "pcm_mulaw", "pcm_alaw", "flac", "wav")
+G711: tuple[str, ...] = ("pcm_mulaw", "pcm_alaw")  # raw G.711, at 8 kHz
 CONTAINERS = {"flac": "FLAC", "wav": "WAV"}  # the format each is written in
 #: the formats libsndfile reads each as: a WAV with the extensible header (what ffmpeg writes for more than
 #: 16 bits or 2 channels) and an RF64 file (a WAV past 4 GB's header, that recorders write) are WAV files

@@ -337,3 +337,23 @@ def test_the_worker_runs_the_detector_on_openvino_beside_openvinos_whisper(monke
         featurizer = ModelFeaturizer(type("X", (), {"text": None, "audio": audio})())
         assert featurizer._detector() == want
     assert made == ["openvino", "onnxruntime", "onnxruntime"]
+
+
+def test_a_wrong_g711_law_is_said_only_of_raw_g711() -> None:
+    """A file names its own format and PCM has no law: 'wrong G.711 law?' of a pcm_s16le or WAV
+    part (a telephone trial: noisy padded clips sent as pcm_s16le) told a producer nothing to do."""
+    from engines.features.format_check import WRONG_LAW, FormatCheck
+
+    f = Featurizer({16_000: 1.2})
+    coef = np.zeros((5, 3))
+    coef[3, 0] = 9.0  # vectors of ones sound like A-law read as mu-law
+    f.format_check = FormatCheck("fake", np.zeros(3), np.ones(3), coef, np.zeros(5))
+    dims = {"text": 2, "audio": 3, "video": 0}
+    said = {}
+    for encoding in ("pcm_mulaw", "pcm_alaw", "pcm_s16le", "wav", "flac", None):
+        (utt,) = spoken(16_000)
+        utt.parts["audio"] = Payload("wave", np.zeros(16_000, np.float32), encoding=encoding)
+        utterance_features([utt], f, dims, min_speech_s=0.15)
+        said[encoding] = utt.suspect.get("audio", "")
+    assert all(said[e].startswith(WRONG_LAW) for e in ("pcm_mulaw", "pcm_alaw", None)), said
+    assert said["pcm_s16le"] == said["wav"] == said["flac"] == "", said
