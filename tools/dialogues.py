@@ -32,6 +32,7 @@ import binascii
 import csv
 import io
 import json
+import logging
 import random
 import re
 import subprocess
@@ -49,6 +50,8 @@ from engines.features.text import normalise_text
 from engines.modalities import MODALITIES
 from streams.errors import ConfigError
 from streams.schemas import Id, Modality, Number, Speaker, WholeNumber
+
+log = logging.getLogger("emostream.feed")
 
 AudioEncoding = Literal["flac", "pcm_s16le"]  # what audio files are converted to
 InlineEncoding = Literal["flac", "wav", "pcm_s16le", "pcm_mulaw", "pcm_alaw"]  # what audio_b64 may carry
@@ -354,23 +357,36 @@ def encode_audio(x: np.ndarray, sr: int, encoding: AudioEncoding) -> bytes:
 
 
 def load_audio_file(path: Path, wav_encoding: AudioEncoding = "flac") -> tuple[bytes, AudioEncoding]:
-    """A .flac or .wav file as 16 kHz mono bytes; a 16 kHz mono FLAC is passed through unchanged."""
+    """A .flac or .wav file as 16 kHz mono bytes; a 16 kHz mono FLAC is passed through unchanged.
+    Read as the workers read a part of its format: a file they would refuse (cut short, too short,
+    another format) is refused here, saying what is wrong, where converting it first sent what
+    could be read of it (a telephone trial: half a truncated WAV was labelled); channels that carry
+    different sound are said (logged) before they are mixed into the one voice sent."""
     import soundfile as sf
+
+    from engines.errors import AudioDecodeError
+    from engines.features.codecs import decode_noted, header_problem
 
     suffix = path.suffix.lower()
     if suffix not in (".flac", ".wav"):
         raise ValueError(f"{path.name}: audio must be .flac or .wav")
     if not path.is_file():
         raise ValueError(f"audio file not found: {path}")
+    raw, kind = path.read_bytes(), suffix[1:]
+    problem = header_problem(raw, kind)
+    if problem is not None:
+        raise ValueError(f"{path.name}: {problem}")
     try:
-        info = sf.info(str(path))
-        if suffix == ".flac" and info.samplerate == SAMPLE_RATE and info.channels == 1:
-            return path.read_bytes(), "flac"
-        data, sr = sf.read(str(path), dtype="float64")
-    except sf.LibsndfileError as exc:
+        wave, rate, mixed = decode_noted(raw, kind)
+        mono = sf.info(io.BytesIO(raw)).channels == 1
+    except (AudioDecodeError, sf.LibsndfileError) as exc:
         raise ValueError(f"{path.name}: unreadable audio: {exc}") from exc
-    encoding: AudioEncoding = "flac" if suffix == ".flac" else wav_encoding
-    return encode_audio(data, sr, encoding), encoding
+    if mixed is not None:
+        log.warning("%s: %s (sent as their mean, the one voice the workers would hear)", path.name, mixed)
+    if kind == "flac" and rate == SAMPLE_RATE and mono:
+        return raw, "flac"
+    encoding: AudioEncoding = "flac" if kind == "flac" else wav_encoding
+    return encode_audio(wave, rate, encoding), encoding
 
 
 # --- RAVDESS composites ------------------------------------------------------------------------

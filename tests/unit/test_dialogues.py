@@ -311,3 +311,34 @@ def test_a_csv_that_is_not_meld_says_which_columns_it_lacks(tmp_path: Path) -> N
         r"\(its columns: call, speaker, text\)",
     ):
         read_meld_csv(path)
+
+
+def test_an_audio_file_is_read_as_the_workers_read_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A telephone trial: feed converted files before any check, so half a truncated WAV was sent
+    and labelled, raw mu-law named .wav got libsndfile's 'Format not recognised', and a two-channel
+    call was mixed without a word."""
+    import logging
+
+    from tools.dialogues import load_audio_file
+
+    t = np.arange(16000) / 8000
+    agent, customer = 0.3 * np.sin(2 * np.pi * 180 * t), 0.3 * np.sin(2 * np.pi * 260 * t + 1.0)
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, agent, 8000, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="cut.wav: truncated wav payload: its header declares 32000 bytes"):
+        load_audio_file(cut)
+    raw = tmp_path / "raw.wav"
+    raw.write_bytes(b"\xff\x7f" * 8000)
+    with pytest.raises(ValueError, match="raw.wav: wav payload: no RIFF/WAVE header: raw samples"):
+        load_audio_file(raw)
+    stereo = tmp_path / "call.wav"
+    sf.write(stereo, np.stack([agent, customer], axis=1), 8000, subtype="PCM_16")
+    with caplog.at_level(logging.WARNING, logger="emostream.feed"):
+        data, encoding = load_audio_file(stereo)
+    assert encoding == "flac" and sf.info(io.BytesIO(data)).channels == 1
+    assert "call.wav: channels mixed: 2 channels that carry different sound" in caplog.text
+    mono16k = tmp_path / "mono.flac"
+    sf.write(mono16k, np.zeros(16000), 16000, format="FLAC", subtype="PCM_16")
+    assert load_audio_file(mono16k) == (mono16k.read_bytes(), "flac")  # passed through as it is
