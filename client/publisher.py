@@ -64,7 +64,7 @@ def refused(message: Message, limits: LimitSettings) -> str | None:
         return "the audio 'data' is empty"
     if encoding not in ("pcm_s16le", *G711):  # a file: what its header shows (the rest, the workers find)
         try:
-            return header_problem(message.audio_bytes(), encoding)
+            return header_problem(message.audio_bytes(), encoding, limits.max_audio_s)
         except InvalidMessage as exc:  # (not base64)
             return exc.detail
     width = sample_width(encoding)

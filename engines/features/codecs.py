@@ -218,13 +218,14 @@ NOT_A_WAV = (
 )
 
 
-def header_problem(data: bytes, encoding: str) -> str | None:
+def header_problem(data: bytes, encoding: str, max_seconds: float | None = None) -> str | None:
     """What a WAV or FLAC payload's header already shows that the workers refuse, for a producer to
     refuse before sending (:func:`client.publisher.refused`): a file of another format than named
     (raw samples sent as 'wav' among them), a WAV cut short (:func:`_checked_wav`), or a file whose
     header declares fewer frames than :data:`MIN_SECONDS` at its rate, counted as the workers count
-    them. None where the header shows nothing wrong or does not say (RF64 and big-endian RIFX
-    lengths, compressed WAV formats, a live encoder's FLAC): the workers find the rest by decoding."""
+    them, or more than ``max_seconds`` (``limits.max_audio_s``). None where the header shows nothing
+    wrong or does not say (RF64 and big-endian RIFX lengths, compressed WAV formats, a live
+    encoder's FLAC): the workers find the rest by decoding."""
     other = _container_of(data)
     if other is not None and other != encoding:
         return f"payload is a {other} file, message says {encoding}: send it as {other}"
@@ -248,6 +249,8 @@ def header_problem(data: bytes, encoding: str) -> str | None:
         frames = ((data[21] & 0x0F) << 32) | int.from_bytes(data[22:26], "big")  # 0: not known
     if frames and rate and frames < int(MIN_SECONDS * rate):
         return f"audio too short: {frames / rate:.4f} s, need {MIN_SECONDS} s"
+    if frames and rate and max_seconds is not None and frames > int(max_seconds * rate):  # (the workers' count)
+        return f"audio of {frames / rate:.1f} s is over limits.max_audio_s ({max_seconds:g} s): split it"
     return None
 
 

@@ -250,6 +250,7 @@ def _file(seconds: float, fmt: str, rate: int = 8000) -> bytes:
         (lambda p: p.audio("c", "u0", 0, "A", b"\xff\x7f" * 8000, "wav"), "no RIFF/WAVE header: raw samples"),
         (lambda p: p.audio("c", "u0", 0, "A", _file(0.05, "WAV"), "wav"), "audio too short: 0.0500 s"),
         (lambda p: p.audio("c", "u0", 0, "A", _file(0.05, "FLAC"), "flac"), "audio too short: 0.0500 s"),
+        (lambda p: p.audio("c", "u0", 0, "A", _file(61.0, "FLAC"), "flac"), "audio of 61.0 s is over limits.max"),
         (lambda p: p.audio("c", "u0", 0, "A", b"\x01\x00" * 800, "pcm_s16le", 12345), "sample_rate 12345 Hz"),
         (lambda p: p.audio("c", "u0", 0, "A", b"", "pcm_s16le", 16000), "the audio 'data' is empty"),
         # an integrator's trial: 'data' of 1 or 2 bytes (4 base64 characters) passed as not empty

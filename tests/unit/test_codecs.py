@@ -385,6 +385,14 @@ def test_a_files_header_is_judged_as_the_workers_judge_the_file() -> None:
         return said
 
     assert judged(made(0.05)) == "audio too short: 0.0500 s, need 0.1 s"
+    long = made(61.0)
+    assert (
+        codecs.header_problem(long, "wav", max_seconds=60)
+        == "audio of 61.0 s is over limits.max_audio_s (60 s): split it"
+    )
+    assert codecs.header_problem(long, "wav", max_seconds=61) is None and codecs.header_problem(long, "wav") is None
+    with pytest.raises(AudioTooLong):
+        codecs.decode_audio(long, "wav", max_seconds=60)
     assert judged(made(0.05, fmt="FLAC"), "flac") == "audio too short: 0.0500 s, need 0.1 s"
     assert judged(made(1102 / 11025, 11025)) is None  # int(0.1 * 11025) frames, as the workers count
     assert judged(made(0.5, subtype="IMA_ADPCM")) is None  # compressed: its blocks are not frames
