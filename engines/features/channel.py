@@ -87,7 +87,7 @@ class Pauses:
     lead_s: tuple[float, float] = (2.0, 8.0)
     trail_s: tuple[float, float] = (2.0, 8.0)
     gap_s: tuple[float, float] = (2.0, 4.0)
-    floor_db: tuple[float, float] = (40.0, 55.0)
+    floor_db: tuple[float, float] = (20.0, 50.0)
     version: int = 1
 
     @property

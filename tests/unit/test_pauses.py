@@ -70,3 +70,15 @@ def test_a_beep_or_a_click_does_not_make_a_quiet_voice_silence() -> None:
     beep = (0.7 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
     for clip in (np.concatenate([beep, quiet]), np.concatenate([quiet[:RATE], np.full(64, 0.9, np.float32), quiet])):
         assert shorten_silences(clip) is clip
+
+
+def test_a_lines_noise_20_to_30_db_under_the_voice_is_silence_too() -> None:
+    """A telephone trial: speech at -26 dBFS over line noise at -50 (24 dB) padded with 10 s at each
+    end was not cut, and drifted to disgust with a false format warning."""
+    rng = np.random.default_rng(4)
+    speech = voice(3.0, level=0.07, seed=5)
+    rms = float(np.sqrt(np.mean(np.square(speech, dtype=np.float64))))
+    for snr in (20.0, 24.0, 30.0):
+        padded = np.concatenate([np.zeros(10 * RATE), speech, np.zeros(10 * RATE)])
+        noisy = (padded + rng.normal(0.0, rms * 10 ** (-snr / 20), padded.size)).astype(np.float32)
+        assert shorten_silences(noisy).size / RATE <= 3.0 + 2 * EDGE_KEEP_S + 0.04, snr
