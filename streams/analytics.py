@@ -409,7 +409,8 @@ class CallAnalytics:
         (``final``: every open alert clears, for the call's end, with ``reason``); with a
         ``clear_after`` of 1, a ``revised`` turn that counts for it clears it too (a revision of
         another customer's turn says nothing of this one's)."""
-        holding = {} if final else self.book.judge(state.ordered())
+        ordered = state.ordered()
+        holding = {} if final else self.book.judge(ordered)
         now = self.clock()
         messages: list[AlertEvent] = []
         still: dict[str, dict[str, Any]] = {}
@@ -432,6 +433,8 @@ class CallAnalytics:
                 continue
             rule = self.book.by_name(name)
             counted = rule is not None and fresh is not None and rule.counts(fresh, was.get("speaker"))
+            if counted and rule is not None and rule.sustains(ordered, was.get("speaker")):
+                counted = False  # (a rising rule's speaker still at its height: no step toward clearing)
             misses = int(was.get("misses", 0)) + (1 if counted else 0)
             if final or rule is None:  # the call's end; a rule no longer in the rules file: clears now
                 wait_more = False

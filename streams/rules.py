@@ -23,8 +23,10 @@ clear_after = 3                  # optional (1): new turns of `role` without the
 Kinds, each judged on the call's turns so far (the latest revision of each utterance):
 
 - ``rising``: the probability of ``emotions`` rises at every step over the role's last ``turns``
-  turns and reaches ``min_share`` on the last one. (``rising``, ``streak`` and ``below`` read the
-  turns of the role's latest speaker only: two customers are two people.)
+  turns and reaches ``min_share`` on the last one; once raised, a turn of that speaker still at
+  ``min_share`` (anger at its height, no longer rising) is no step toward clearing it. (``rising``,
+  ``streak`` and ``below`` read the turns of the role's latest speaker only: two customers are two
+  people.)
 - ``streak``: each of the role's last ``turns`` turns is labelled with one of ``emotions`` (or, with
   ``sentiment = "negative"``, has a negative sentiment label), with a label probability of at
   least ``min_confidence`` (default 0).
@@ -118,6 +120,12 @@ class _Rule(BaseModel):
         this one recovered)."""
         return turn.role == self.role and (speaker is None or turn.speaker == speaker)
 
+    def sustains(self, turns: Sequence[Turn], speaker: str | None) -> bool:
+        """Whether an open alert of this rule, no longer holding, is still borne out by ``speaker``'s
+        latest turn (then that turn is no step toward ``clear_after``): only a rising rule's, whose
+        speaker is still at its ``min_share``."""
+        return False
+
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
         """The last ``n`` turns of the role's latest speaker, oldest first (None: fewer), read from
         the end: a rule is judged after every batch of a call, and a long call has hundreds of turns.
@@ -147,6 +155,15 @@ class Rising(_Rule):
         shares = [t.share(self.emotions) for t in last]
         rising = all(b > a for a, b in zip(shares, shares[1:], strict=False))
         return last if rising and shares[-1] >= self.min_share else None
+
+    def sustains(self, turns: Sequence[Turn], speaker: str | None) -> bool:
+        """Anger that stopped rising at its height (0.89 -> 0.89 -> 0.76, "cancel my account") has not
+        recovered: a supervisor's trial saw the critical alert clear as 'recovered' on the angriest
+        turn of the call. Only a turn under ``min_share`` counts toward clearing."""
+        for t in reversed(turns):
+            if t.role == self.role and (speaker is None or t.speaker == speaker):
+                return t.share(self.emotions) >= self.min_share
+        return False
 
     def measured(self, evidence: Sequence[Turn]) -> str:
         shares = " -> ".join(f"{t.share(self.emotions):.2f}" for t in evidence)

@@ -218,8 +218,11 @@ def test_clear_after_keeps_one_alert_open_through_a_pause_and_clears_after_that_
     calm_pause = [event(0, "cust", 0.4), event(1, "cust", 0.6), event(2, "agent", 0.0), event(3, "cust", 0.6),
                   event(4, "cust", 0.7), event(5, "cust", 0.5), event(6, "agent", 0.0),
                   event(7, "cust", 0.4)]  # fmt: skip
-    said, _, _ = run(1, calm_pause)  # as before: cleared at the pause, a second alert for the same rise
-    assert said == [("1", "raised", 1), ("1", "cleared", 3), ("2", "raised", 4), ("2", "cleared", 5)]
+    said, _, _ = run(1, calm_pause)  # a pause at 0.6 and 0.5, still at min_share, is no recovery (one alert)
+    assert said == [("1", "raised", 1), ("1", "updated", 4), ("1", "cleared", 7)], said
+    dip = [*calm_pause[:3], event(3, "cust", 0.45), *calm_pause[4:6]]  # under min_share: a step toward clearing
+    said, _, _ = run(1, dip)
+    assert said == [("1", "raised", 1), ("1", "cleared", 3), ("2", "raised", 4)], said
     # with clear_after 1 too, another customer's calm turn says nothing of this one's (a rule of one's
     # own, clear_after left out, cleared at it); a revision that breaks the rule clears it
     other = calm_pause[:2] + [event(2, "cust-2", 0.0), event(3, "cust-2", 0.1), event(4, "cust", 0.3)]
@@ -229,8 +232,10 @@ def test_clear_after_keeps_one_alert_open_through_a_pause_and_clears_after_that_
     assert said == [("1", "raised", 1), ("1", "cleared", 1)], said
     said, _, _ = run(1, other[:3] + [event(2, "cust-2", 0.05, revision=1)])  # the other one's turn revised
     assert said == [("1", "raised", 1)], said
-    said, state, a = run(2, calm_pause)
-    assert said == [("1", "raised", 1), ("1", "updated", 4), ("1", "cleared", 7)]  # u5, then u7: two customer turns
+    said, state, a = run(2, dip + calm_pause[6:] + [event(8, "cust", 0.3)])
+    assert said == [("1", "raised", 1), ("1", "updated", 4), ("1", "cleared", 8)], said  # u7, then u8: two turns
+    said, state, a = run(2, calm_pause)  # u5 (0.5) still at min_share: u7 alone is one step of two
+    assert said == [("1", "raised", 1), ("1", "updated", 4)], said
     said, state, a = run(2, calm_pause[:5] + [event(4, "cust", 0.55, revision=1)])  # a revision breaks the rise
     assert said == [("1", "raised", 1), ("1", "updated", 4)] and state.alerts["up"]["misses"] == 0
     report = a._report("c", state, state.alerts, final=False)
@@ -465,3 +470,23 @@ def test_the_open_alerts_gauge_keeps_the_calls_a_rebalance_leaves_on_this_worker
         assert calls.open_alerts()["critical"] == 0
 
     asyncio.run(scenario())
+
+
+def test_a_rising_alert_stays_open_while_the_anger_stays_at_its_height() -> None:
+    """A supervisor's trial: anger 0.89 -> 0.89 -> 0.76 ('cancel my account') stopped rising, and the
+    critical alert cleared as 'recovered' on the angriest turn of the call. Turns still at the
+    rule's min_share are no step toward clearing; calm ones are."""
+    said = _alerts_of([
+        _said(0, "caller", "anger", 0.55, -0.5),
+        _said(1, "caller", "anger", 0.7, -0.7),
+        _said(2, "caller", "anger", 0.89, -0.9),  # raised
+        _said(3, "caller", "anger", 0.89, -0.9),
+        _said(4, "caller", "anger", 0.76, -0.8),
+        _said(5, "caller", "anger", 0.8, -0.8),
+        _said(6, "caller", "anger", 0.6, -0.6),  # still at its height: open
+        _said(7, "caller", "neutral", 0.8, 0.0),
+        _said(8, "caller", "neutral", 0.8, 0.0),
+        _said(9, "caller", "neutral", 0.8, 0.0),  # three calm turns: recovered
+    ])  # fmt: skip
+    rising = [(s, u) for r, s, u in said if r == "customer-anger-rising"]
+    assert rising == [("raised", "u2"), ("cleared", "u9")], said
