@@ -275,6 +275,31 @@ class RuleBook(BaseModel):
                     raise ValueError(f"rule {r.name}: role {role!r} is not in [roles] ({', '.join(sorted(known))})")
         return self
 
+    def unread(self, labels: Sequence[str]) -> list[str]:
+        """What a model of ``labels`` cannot read in these rules, in words: a rule's emotion that is a
+        label but for its case or spaces ('Anger ', which counts as 0), and a rule none of whose
+        emotions is a label (it can never hold). Other names are fine: the shipped rules list three
+        label sets' (a supervisor's typo turned the critical rule off without a word)."""
+        said = []
+        known = {label.strip().lower(): label for label in labels}
+        for r in self.rule:
+            for field in ("emotions", "after_emotions"):
+                names = getattr(r, field, None)
+                if not names:
+                    continue
+                for name in names:
+                    meant = known.get(name.strip().lower())
+                    if meant is not None and meant != name:
+                        said.append(
+                            f"rule {r.name}: {field} {name!r} is no label of the model: did you mean {meant!r}?"
+                        )
+                if not any(name in labels for name in names):
+                    said.append(
+                        f"rule {r.name}: none of its {field} ({', '.join(map(repr, names))}) is a label of the model "
+                        f"({', '.join(labels)}): it can never hold"
+                    )
+        return said
+
     def role_of(self, speaker: str) -> str:
         for role, globs in self.roles.items():
             if any(fnmatch.fnmatchcase(speaker.lower(), g.lower()) for g in globs):

@@ -348,6 +348,8 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
         log.info(
             "call analytics: %d escalation rules from %s", len(book.rule), settings.analytics.rules or DEFAULT_RULES
         )
+        for line in book.unread(engine.info.labels):
+            log.warning("escalation rules %s: %s", settings.analytics.rules or DEFAULT_RULES, line)
         analytics = CallAnalytics(
             client,
             settings.redis.key_prefix,

@@ -224,3 +224,22 @@ def test_the_shipped_rules_read_the_label_names_of_every_dataset_the_engines_lea
     assert {"customer-anger-rising", "customer-negative-streak"} <= set(b.judge(calls))
     assert "agent-hostile-reply" in b.judge([*calls, iemocap(3, "agent-1", "angry", 0.9)])
     assert rules["customer-anger-rising"].measured(calls).startswith("angry+frustrated 0.68 -> 0.76 -> 0.84 ")
+
+
+def test_emotions_a_model_cannot_read_are_said(tmp_path: Path) -> None:
+    """A supervisor's typo (emotions = ["angry ", "Anger", "disgusted"]) turned the critical rule off
+    without a word; the shipped rules, which list three label sets' names, say nothing."""
+    from engines.interface import EMOTIONS
+
+    assert load_rules().unread(EMOTIONS) == []
+    path = tmp_path / "typo.toml"
+    path.write_text(
+        "[[rule]]\nname = 'up'\nkind = 'rising'\nrole = 'customer'\nemotions = ['angry ', 'Anger', 'disgusted']\n"
+        "[[rule]]\nname = 'reply'\nkind = 'reply'\nrole = 'agent'\nafter = 'customer'\nemotions = ['anger']\n"
+    )
+    said = load_rules(path).unread(EMOTIONS)
+    assert said == [
+        "rule up: emotions 'Anger' is no label of the model: did you mean 'anger'?",
+        "rule up: none of its emotions ('angry ', 'Anger', 'disgusted') is a label of the model "
+        f"({', '.join(EMOTIONS)}): it can never hold",
+    ], said
