@@ -390,10 +390,10 @@ class CallAnalytics:
         else:
             names = ", ".join(sorted(roles)[:5])
             log.warning("call %s: none of its speakers (%s) is an agent by the rules' [roles] globs, so its agent "
-                        "rules never hold and each speaker is read as a %s; name agents to match them (agent*, "
-                        "rep-*, representative*, operator* by default) or set your own [roles] (analytics.rules) "
-                        "[%d such calls]",
-                        call_id, names, "/".join(sorted(set(roles.values()))), self.no_agent_logged)  # fmt: skip
+                        "rules never hold and each speaker is read as a %s; name agents to match them (%s) or set "
+                        "your own [roles] (analytics.rules) [%d such calls]",
+                        call_id, names, "/".join(sorted(set(roles.values()))),
+                        ", ".join(self.book.roles.get("agent", [])) or "none", self.no_agent_logged)  # fmt: skip
 
     def _alerts(
         self,

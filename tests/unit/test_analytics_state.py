@@ -372,6 +372,8 @@ def test_a_call_without_an_agent_is_logged_once(caplog: Any) -> None:
         _alerts_of([_said(i, "agent-1" if i % 2 else "caller", "neutral", 0.8, 0.0) for i in range(6)])
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "none of its speakers (spk_0, spk_1) is an agent" in said[0], said
+    # the rules' own agent globs, not a list written beside them that had drifted from them
+    assert "name agents to match them (agent*, rep, rep[!a-z]*, representative*, operator*)" in said[0], said
 
 
 def test_a_call_whose_parts_name_no_speaker_is_logged_once(caplog: Any) -> None:
