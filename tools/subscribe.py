@@ -18,7 +18,7 @@ call's final report are printed too::
 
     ⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.50, ...)
     ✓ cleared [call-7] customer-anger-rising (call ended)
-    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, sent +0.02 (trend +0.00), negative 0% (hostile 0%); ...;
+    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, recent: sent +0.02 (trend +0.00), negative 0% (hostile 0%); ...;
       alerts: ...
 """
 
@@ -118,9 +118,11 @@ def unread_kind(event: EmotionEvent) -> str:
 
 def format_report(report: CallReport, unread: Mapping[str, int] | None = None) -> str:
     """One readable line for a call's final report (its summary); ``unread``: why its utterances
-    with nothing read were not read (:func:`unread_kind` -> how many), where their events were seen."""
+    with nothing read were not read (:func:`unread_kind` -> how many), where their events were seen.
+    A speaker's figures are of their recent turns (``analytics.recent_turns``), and say so: beside
+    the whole call's turn count a supervisor read them as the call's (a supervisor's trial)."""
     who = "; ".join(
-        f"{s.speaker} ({s.role}) {s.turns} turn{'' if s.turns == 1 else 's'}, sent {s.sentiment:+.2f} "
+        f"{s.speaker} ({s.role}) {s.turns} turn{'' if s.turns == 1 else 's'}, recent: sent {s.sentiment:+.2f} "
         f"(trend {s.sentiment_trend:+.2f}), negative {s.negative_share:.0%} (hostile {s.hostile_share:.0%})"
         for s in report.speakers
     )

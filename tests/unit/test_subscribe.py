@@ -335,7 +335,7 @@ def test_printer_shows_alert_changes_and_final_call_reports_once() -> None:
     assert lines == [
         "⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.70)",
         "✓ cleared [call-7] customer-anger-rising (call ended)",
-        "■ call ended [call-7] 6 turns: customer (customer) 3 turns, sent -0.70 (trend -0.40),"
+        "■ call ended [call-7] 6 turns: customer (customer) 3 turns, recent: sent -0.70 (trend -0.40),"
         " negative 100% (hostile 67%); alerts: customer-anger-rising",
     ]
     assert EventPrinter(io.StringIO()).handle(TOPICS.alerts, raised.to_bytes()) is False  # not asked for: invalid event
