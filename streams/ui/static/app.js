@@ -36,9 +36,12 @@ const turns = (c) => `${c.turns} turn${c.turns === 1 ? "" : "s"}${c.unread ? ` (
 
 function order(a, b) {
   if (a.ended !== b.ended) return a.ended ? 1 : -1;
-  if (isQuiet(a) !== isQuiet(b)) return isQuiet(a) ? 1 : -1;  // live calls first: a quiet one may have hung up
+  // the most severe open alert first, quiet or not: a furious customer put on hold went quiet and
+  // sank below every calm live call (a supervisor's trial)
   const w = worst(a) - worst(b);
-  return w !== 0 ? w : b.updated_at - a.updated_at;
+  if (w !== 0) return w;
+  if (isQuiet(a) !== isQuiet(b)) return isQuiet(a) ? 1 : -1;  // then live calls first: a quiet one may have hung up
+  return b.updated_at - a.updated_at;
 }
 
 function speakerRow(s) {
