@@ -61,7 +61,7 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -252,6 +252,7 @@ def _negative(turn: Turn, emotions: list[str] | None) -> bool:
 
 
 Rule = Annotated[Rising | Streak | Below | Reply, Field(discriminator="kind")]
+KINDS = ("rising", "streak", "below", "reply")
 
 
 class RuleBook(BaseModel):
@@ -335,5 +336,25 @@ def load_rules(path: str | Path | None = None) -> RuleBook:
     try:
         return RuleBook.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()[:5])
+        given = raw.get("rule")
+        rules: list[Any] = given if isinstance(given, list) else []
+
+        def where(loc: tuple[Any, ...]) -> str:
+            # rule.2.below.threshold -> rule 'customer-sentiment-low' (the 3rd) threshold: by its name, as
+            # a supervisor knows it, and without the kind pydantic's union tried
+            if len(loc) >= 2 and loc[0] == "rule" and isinstance(loc[1], int):
+                named = rules[loc[1]].get("name") if loc[1] < len(rules) and isinstance(rules[loc[1]], dict) else None
+                rest = [str(x) for x in loc[2:] if x not in KINDS]
+                head = f"rule {named!r} (the {_ordinal(loc[1] + 1)})" if named else f"the {_ordinal(loc[1] + 1)} rule"
+                return " ".join([head, ".".join(rest)]).strip()
+            return ".".join(str(x) for x in loc)
+
+        problems = "; ".join(
+            ": ".join(p for p in (where(tuple(e["loc"])), e["msg"].removeprefix("Value error, ")) if p)
+            for e in exc.errors()[:5]
+        )
         raise ConfigError(f"rules file {path}: {problems}") from exc
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"

@@ -117,14 +117,15 @@ def test_the_shipped_rules_load_and_raise_on_an_escalating_customer() -> None:
     ("text", "says"),
     [
         ("[[rule]\nname = 'x'", "not valid TOML"),
-        ("[[rule]]\nname = 'x'\nkind = 'spike'", "rule.0"),
-        ("[[rule]]\nname = 'x'\nkind = 'below'", "threshold"),
+        ("[[rule]]\nname = 'x'\nkind = 'spike'", "rule 'x' .the 1st.: Input tag 'spike'"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'", "rule 'x' .the 1st. threshold: Field required"),  # (not rule.0.below)
+        ("[[rule]]\nkind = 'below'\nthreshold = 0", "the 1st rule name: Field required"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = -0.2\nturnz = 3", "turnz"),
         ("[[rule]]\nname = 'a'\nkind = 'below'\nthreshold = 0\n[[rule]]\nname = 'a'\nkind = 'below'\nthreshold = 0",
          "unique: a"),
         ("[[rule]]\nname = 'Bad Name'\nkind = 'below'\nthreshold = 0", "name"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = -3", "threshold"),
-        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nrole = 'custmer'", "role 'custmer' is not in"),
+        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nrole = 'custmer'", ": rule x: role 'custmer' is not in"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nclear_after = 0", "clear_after"),
     ],
 )  # fmt: skip
