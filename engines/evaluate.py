@@ -80,7 +80,8 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "8k-as-16k / 16k-as-8k / alaw-as-mulaw / mulaw-as-alaw: every clip as the worker decodes it when a "
         "producer declared the wrong rate or G.711 law (engines/features/format_check.py); pauses: every clip padded "
         "as a recorder or diarizer pads its segments (2-8 s of line before and after the speech, a 2-4 s pause "
-        "inside it, idle noise at 40-55 dB under its loudest)",
+        "inside it, the line's idle noise 20-50 dB under the voice); long: every clip said again and again into "
+        "15-45 s, one long utterance",
     )
     parser.add_argument(
         "--silences",

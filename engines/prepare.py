@@ -57,7 +57,11 @@ class AudioTable:
         blobs = [Path(p).read_bytes() for p in self.paths]
         keys = [item_key(b) for b in blobs]
         namespace = f"audio/{extractor.id}" + (f"/{channel.id}" if channel is not None else "")
-        cache = FeatureCache(namespace + (f"/{pauses.RULE}" if shorten else ""), root=cache_root)
+        # how the clips are read, beside the extractor's id: their silences cut short (or not), and for
+        # Whisper its segments (a long clip's features differ with them)
+        reading = getattr(extractor, "reading", None)
+        namespace += (f"/{pauses.RULE}" if shorten else "") + (f"/{reading}" if reading else "")
+        cache = FeatureCache(namespace, root=cache_root)
 
         def heard(i: int) -> np.ndarray:
             clean = read_audio_file(self.paths[i])

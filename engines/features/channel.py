@@ -112,10 +112,31 @@ class Pauses:
         return (out + rng.normal(0.0, floor, out.shape)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Monologue:
+    """A long utterance: the clip said again and again, ``seconds`` in all (drawn per clip, seeded
+    like :class:`TelephoneChannel`): a customer's long explanation in one voice and one feeling
+    (``emostream evaluate --channel long``)."""
+
+    seed: int = 0
+    seconds: tuple[float, float] = (15.0, 45.0)
+    version: int = 1
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return f"long-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
+        x = np.asarray(wave, dtype=np.float32)
+        want = round(seeded(self.seed, key).uniform(*self.seconds) * SAMPLE_RATE)
+        return np.tile(x, max(1, -(-want // max(1, x.size))))[:want] if x.size else x
+
+
 #: clean, the telephone line, and the four ways a producer can declare an audio part's format
 #: wrongly: its rate either way, its G.711 law either way (:class:`engines.features.format_check.Misdeclared`);
-#: and segments padded with silence (:class:`Pauses`)
-CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw", "pauses")
+#: segments padded with silence (:class:`Pauses`); and long utterances (:class:`Monologue`)
+CHANNELS = ("clean", "telephone", "8k-as-16k", "16k-as-8k", "alaw-as-mulaw", "mulaw-as-alaw", "pauses", "long")
 
 
 def make_channel(name: str, seed: int = 0) -> Any:
@@ -127,6 +148,8 @@ def make_channel(name: str, seed: int = 0) -> Any:
         return TelephoneChannel(seed=seed)
     if name == "pauses":
         return Pauses(seed=seed)
+    if name == "long":
+        return Monologue(seed=seed)
     if name in CHANNELS[2:6]:
         from engines.features.format_check import Misdeclared
 

@@ -20,7 +20,8 @@ to 6e-4 (values up to 13).
 :class:`WhisperExtractor` computes Whisper's log-mel front end (16 kHz, n_fft 400, hop 160, Hann,
 80 Slaney mel bands, log10, dynamic range 8, (x + 4) / 4) over each clip's own frames only:
 no padding to 30 s (faster-whisper pads every clip to 30 s, which made it 5x real time on 2 cores
-here). Clips over 30 s are encoded in 30 s segments. The encoder states of the chosen layers
+here). Clips over 5 s are encoded in 5 s segments (``whisper_spec.SEGMENT_FRAMES``). The encoder
+states of the chosen layers
 (``emostream train``'s default: the output of block 1; the shipped default model pools block 2,
 see :class:`WhisperConfig`; blocks after the last chosen layer are not run) are mean- and
 std-pooled over the clip's valid frames. Batch padding is masked out (zeroed between the
@@ -215,7 +216,7 @@ class WhisperEncoder(nn.Module):
 # --- extractor -----------------------------------------------------------------------------------
 
 GPU_CHUNK = 256  # clips per pass on a GPU (the settings' chunk is sized for CPU caches)
-GPU_MAX_FRAMES = 64 * SEGMENT_FRAMES  # 64 whole 30 s segments a pass: about 3.5 GB of attention scores
+GPU_MAX_FRAMES = 64 * 3000  # 64 whole 30 s clips a pass: about 3.5 GB of attention scores
 
 
 class WhisperExtractor(WhisperFeatures):

@@ -299,11 +299,12 @@ def test_the_default_passes_keep_long_clips_two_segments_a_pass_and_short_ones_s
     """The encoder's attention is (segments x 6 heads x 1500 x 1500) floats a pass: five 30 s
     segments a pass (the old 16,000 frames) took a worker fed bursts of 59 s telephone audio to
     1.57 GB peak RSS, two (8,000) to 1.12 GB (docs/performance-history.md, 2026-12-06), at the same
-    audio seconds a second; sixteen RAVDESS-length clips (up to 5 s) still go in one pass."""
+    audio seconds a second; since long clips are read in 5 s segments (2026-12-07), a pass of
+    8,000 frames is sixteen of them; sixteen RAVDESS-length clips (up to 5 s) still go in one pass."""
     from engines.features.whisper_spec import SEGMENT_FRAMES, WhisperConfig, plan_passes
 
     s = WhisperConfig()
-    long = plan_passes([5900] * 6, s.chunk, s.max_frames)  # six clips of 59 s: twelve segments
-    assert max(len(p) for p in long) == 2 and sum(len(p) for p in long) == 12
-    assert max(sum(b - a for _, a, b in p) for p in long) <= 2 * SEGMENT_FRAMES
+    long = plan_passes([5900] * 6, s.chunk, s.max_frames)  # six clips of 59 s: 5 s segments, 12 each
+    assert sum(len(p) for p in long) == 72 and max(b - a for p in long for _, a, b in p) == SEGMENT_FRAMES == 500
+    assert max(sum(b - a for _, a, b in p) for p in long) <= s.max_frames  # (attention per segment: 250 x 250)
     assert [len(p) for p in plan_passes([500] * 16, s.chunk, s.max_frames)] == [16]

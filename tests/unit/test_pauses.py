@@ -82,3 +82,11 @@ def test_a_lines_noise_20_to_30_db_under_the_voice_is_silence_too() -> None:
         padded = np.concatenate([np.zeros(10 * RATE), speech, np.zeros(10 * RATE)])
         noisy = (padded + rng.normal(0.0, rms * 10 ** (-snr / 20), padded.size)).astype(np.float32)
         assert shorten_silences(noisy).size / RATE <= 3.0 + 2 * EDGE_KEEP_S + 0.04, snr
+
+
+def test_the_long_channel_says_a_clip_again_into_one_long_utterance() -> None:
+    channel = make_channel("long", seed=1)
+    clip = voice(3.2)
+    one = channel(clip, "k")
+    assert 15.0 <= one.size / RATE <= 45.0 and np.array_equal(one[: clip.size], clip)
+    assert np.array_equal(one, channel(clip, "k")) and one.size != channel(clip, "other").size
