@@ -18,8 +18,8 @@ call's final report are printed too::
 
     ⚠ raised critical [call-7] customer-anger-rising: The customer's anger is rising  (#2 customer anger -0.50, ...)
     ✓ cleared [call-7] customer-anger-rising (call ended)
-    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, recent: sent +0.02 (trend +0.00), negative 0% (hostile 0%); ...;
-      alerts: ...
+    ■ call ended [call-7] 9 turns: agent (agent) 4 turns, recent: sent +0.02 (trend +0.00), negative 0%
+      (hostile 0%); ...; alerts: ...
 """
 
 from __future__ import annotations
