@@ -93,7 +93,7 @@ class Turn:
 
 
 class _Rule(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)  # turns = "3" is a typo, not 3
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
     role: str = "customer"

@@ -127,6 +127,8 @@ def test_the_shipped_rules_load_and_raise_on_an_escalating_customer() -> None:
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = -3", "threshold"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nrole = 'custmer'", ": rule x: role 'custmer' is not in"),
         ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nclear_after = 0", "clear_after"),
+        # a supervisor's trial: a number in quotes was taken as the number
+        ("[[rule]]\nname = 'x'\nkind = 'below'\nthreshold = 0\nturns = '3'", "turns: Input should be a valid integer"),
     ],
 )  # fmt: skip
 def test_a_bad_rules_file_says_what_is_wrong(tmp_path: Path, text: str, says: str) -> None:
