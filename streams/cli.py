@@ -35,6 +35,23 @@ def cmd_schemas(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(ns: argparse.Namespace) -> int:
+    """Check an escalation rules file as the worker will read it, without starting one."""
+    from engines.interface import EMOTIONS
+    from streams.rules import load_rules
+
+    book = load_rules(ns.file)  # a bad file: ConfigError, one error line (main)
+    labels = [x.strip() for x in ns.labels.split(",") if x.strip()] if ns.labels else list(EMOTIONS)
+    print(f"{ns.file or 'the shipped rules'}: {len(book.rule)} rules; roles: "
+          + "; ".join(f"{role} = {', '.join(globs)}" for role, globs in book.roles.items()))  # fmt: skip
+    for r in book.rule:
+        print(f"  {r.name}: {r.kind}, role {r.role}, {r.severity}, clear_after {r.clear_after}")
+    said = book.unread(labels)
+    for line in said:
+        print(f"warning: {line}")
+    return 1 if said else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emostream",
@@ -47,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schemas", help="write the JSON Schema files of every message")
     p.add_argument("--out", default="schemas", help="the folder to write them to (default: schemas)")
     p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("rules", help="check an escalation rules file as the worker reads it, without starting one")
+    p.add_argument("file", nargs="?", default=None, help="the rules file (TOML; default: the shipped rules)")
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="the model's labels, comma-separated (default: the shipped model's seven, MELD's)",
+    )
+    p.set_defaults(func=cmd_rules)
 
     _add_optional_commands(sub)
     for name, command in sub.choices.items():  # `emostream worker --config f.toml` reads as `emostream --config ...`

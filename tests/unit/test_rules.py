@@ -246,3 +246,23 @@ def test_emotions_a_model_cannot_read_are_said(tmp_path: Path) -> None:
         "rule up: none of its emotions ('angry ', 'Anger', 'disgusted') is a label of the model "
         f"({', '.join(EMOTIONS)}): it can never hold",
     ], said
+
+
+def test_emostream_rules_checks_a_file_without_a_worker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A supervisor could check a rules file only by starting a worker (a trial)."""
+    from streams.cli import main
+
+    assert main(["rules"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the shipped rules: 4 rules; roles: agent = agent*, rep") and "warning:" not in out
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[[rule]]\nname = 'up'\nkind = 'rising'\nemotions = ['Anger']\n")
+    assert main(["rules", str(typo)]) == 1
+    assert (
+        "warning: rule up: emotions 'Anger' is no label of the model: did you mean 'anger'?" in capsys.readouterr().out
+    )
+    assert main(["rules", str(typo), "--labels", "Anger,calm"]) == 0  # another model's labels
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[rule]]\nname = 'up'\nkind = 'rising'\n")
+    assert main(["rules", str(broken)]) == 2
+    assert "error: rules file" in capsys.readouterr().err
