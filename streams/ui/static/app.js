@@ -61,8 +61,11 @@ function speakerRow(s) {
 
 function card(c) {
   const sev = c.alerts.length ? c.alerts[0].severity : "";
-  const alerts = c.alerts.map((a) =>
+  let alerts = c.alerts.map((a) =>
     `<div class="alert ${a.severity}" data-rule="${esc(a.rule)}">⚠ ${esc(a.message)}</div>`).join("");
+  if (c.ended && !c.alerts.length && (c.raised || []).length) {  // its alerts cleared: say it escalated all the same
+    alerts = `<div class="alert cleared">✓ had: ${(c.raised || []).map(esc).join(", ")}</div>`;
+  }
   const quiet = isQuiet(c) ? "quiet" : "";
   return `<article class="call ${sev} ${c.ended ? "ended" : quiet}" data-call="${esc(c.call_id)}">` +
     `<div class="top"><span class="id">${esc(c.call_id)}</span><span class="meta">${turns(c)} · ${esc(state(c))}</span></div>` +
