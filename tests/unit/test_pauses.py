@@ -82,6 +82,21 @@ def test_a_lines_noise_20_to_30_db_under_the_voice_is_silence_too() -> None:
         padded = np.concatenate([np.zeros(10 * RATE), speech, np.zeros(10 * RATE)])
         noisy = (padded + rng.normal(0.0, rms * 10 ** (-snr / 20), padded.size)).astype(np.float32)
         assert shorten_silences(noisy).size / RATE <= 3.0 + 2 * EDGE_KEEP_S + 0.04, snr
+        zeros = np.concatenate([noisy, np.zeros(3 * RATE, np.float32)])  # exact zeros are no line's noise floor
+        assert shorten_silences(zeros).size / RATE <= 3.0 + 2 * EDGE_KEEP_S + 0.04, snr
+
+
+def test_speech_without_a_pause_is_not_cut_by_the_noise_floors_rule() -> None:
+    """A review: the quietest syllables of speech without a pause made a 'floor', and 0.4-0.8 s of a
+    10 s sentence was cut. A floor is a line's steady noise, not speech spread over 20-30 dB."""
+    rng = np.random.default_rng(2)
+    for spread in (20.0, 30.0):
+        syllables = [
+            voice(0.1, level=0.1 * 10 ** (-rng.uniform(0, spread) / 20), seed=int(rng.integers(1 << 30)))
+            for _ in range(100)
+        ]
+        speech = np.concatenate(syllables)
+        assert shorten_silences(speech) is speech, spread
 
 
 def test_the_long_channel_says_a_clip_again_into_one_long_utterance() -> None:
