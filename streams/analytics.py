@@ -432,14 +432,20 @@ class CallAnalytics:
             if name in holding:
                 continue
             rule = self.book.by_name(name)
-            counted = rule is not None and fresh is not None and rule.counts(fresh, was.get("speaker"))
-            if counted and rule is not None and rule.sustains(ordered, was.get("speaker")):
-                counted = False  # (a rising rule's speaker still at its height: no step toward clearing)
+            speaker = was.get("speaker")
+            # (the turn that came, not the speaker's latest by seq: a late one with an earlier seq counts as it comes;
+            # a rising rule's turn still at its height is no step toward clearing)
+            counted = rule is not None and fresh is not None and rule.counts(fresh, speaker)
+            counted = counted and rule is not None and fresh is not None and not rule.sustained_by(fresh)
             misses = int(was.get("misses", 0)) + (1 if counted else 0)
             if final or rule is None:  # the call's end; a rule no longer in the rules file: clears now
                 wait_more = False
             elif rule.clear_after == 1:  # a turn, or a revision of one, that counts for it (not another customer's)
-                wait_more = not (counted or (revised is not None and rule.counts(revised, was.get("speaker"))))
+                # (a revision does not clear a rising rule's alert while its speaker's latest turn is at its height)
+                by_revision = (
+                    revised is not None and rule.counts(revised, speaker) and not rule.sustains(ordered, speaker)
+                )
+                wait_more = not (counted or by_revision)
             else:
                 wait_more = misses < rule.clear_after
             if wait_more:  # not yet: the alert stays open, as it was

@@ -122,8 +122,13 @@ class _Rule(BaseModel):
 
     def sustains(self, turns: Sequence[Turn], speaker: str | None) -> bool:
         """Whether an open alert of this rule, no longer holding, is still borne out by ``speaker``'s
-        latest turn (then that turn is no step toward ``clear_after``): only a rising rule's, whose
-        speaker is still at its ``min_share``."""
+        latest turn (a revision then does not clear it): only a rising rule's, whose speaker is still
+        at its ``min_share``."""
+        return False
+
+    def sustained_by(self, turn: Turn) -> bool:
+        """Whether ``turn``, arriving, still bears out an open alert of this rule that no longer holds
+        (then it is no step toward ``clear_after``): only a rising rule's at its ``min_share``."""
         return False
 
     def _last(self, turns: Sequence[Turn], n: int) -> list[Turn] | None:
@@ -162,8 +167,11 @@ class Rising(_Rule):
         turn of the call. Only a turn under ``min_share`` counts toward clearing."""
         for t in reversed(turns):
             if t.role == self.role and (speaker is None or t.speaker == speaker):
-                return t.share(self.emotions) >= self.min_share
+                return self.sustained_by(t)
         return False
+
+    def sustained_by(self, turn: Turn) -> bool:
+        return turn.share(self.emotions) >= self.min_share
 
     def measured(self, evidence: Sequence[Turn]) -> str:
         shares = " -> ".join(f"{t.share(self.emotions):.2f}" for t in evidence)

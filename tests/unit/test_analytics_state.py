@@ -492,3 +492,38 @@ def test_a_rising_alert_stays_open_while_the_anger_stays_at_its_height() -> None
     ])  # fmt: skip
     rising = [(s, u) for r, s, u in said if r == "customer-anger-rising"]
     assert rising == [("raised", "u2"), ("cleared", "u9")], said
+
+
+def test_a_rising_alert_at_its_height_is_not_cleared_by_a_revision_or_a_late_turn(tmp_path: Path) -> None:
+    """A review: with clear_after 1 a revision of an earlier turn cleared the alert while the
+    speaker's latest turn was still at min_share; and a turn that came late (an earlier seq, at
+    0.95) counted as a step toward clearing, judged by the speaker's latest turn, not by itself."""
+    from streams.schemas import EmotionEvent
+
+    def run(clear_after: int, events: list[EmotionEvent]) -> list[tuple[str, int, int]]:
+        path = tmp_path / f"r{clear_after}.toml"
+        path.write_text(
+            "[roles]\nagent = ['agent*']\ncustomer = ['*']\n[[rule]]\nname = 'up'\nkind = 'rising'\n"
+            f"emotions = ['anger']\nturns = 2\nmin_share = 0.5\nclear_after = {clear_after}\n"
+        )
+        a = CallAnalytics(None, "t:", 60, load_rules(path), recent_turns=5, clock=lambda: 0.0)
+        state, said = _State(), []
+        for e in events:
+            for o in a._apply("c", state, [e]):
+                if o.topic == "alerts":
+                    said.append((o.message.state, e.seq, e.revision))
+        return said
+
+    def event(seq: int, anger: float, revision: int = 0) -> EmotionEvent:
+        return _said(seq, "cust", "anger" if anger >= 0.5 else "neutral", anger, -anger, revision).model_copy(
+            update={"probabilities": {"anger": anger, "neutral": round(1 - anger, 4)}}
+        )
+
+    said = run(1, [event(0, 0.4), event(1, 0.6), event(0, 0.7, revision=1)])  # u1 still at 0.6
+    assert said == [("raised", 1, 0)], said
+    said = run(1, [event(0, 0.4), event(1, 0.6), event(2, 0.7), event(1, 0.3, revision=1)])
+    assert said == [("raised", 1, 0), ("updated", 2, 0), ("updated", 1, 1)], said  # never cleared
+    said = run(2, [event(0, 0.4), event(1, 0.6), event(3, 0.3), event(2, 0.95)])  # u2 late, at its height
+    assert said == [("raised", 1, 0)], said
+    said = run(2, [event(0, 0.4), event(1, 0.6), event(3, 0.3), event(2, 0.2)])  # two calm turns: cleared
+    assert said == [("raised", 1, 0), ("cleared", 2, 0)], said
