@@ -358,14 +358,14 @@ def encode_audio(x: np.ndarray, sr: int, encoding: AudioEncoding) -> bytes:
 
 def load_audio_file(path: Path, wav_encoding: AudioEncoding = "flac") -> tuple[bytes, AudioEncoding]:
     """A .flac or .wav file as 16 kHz mono bytes; a 16 kHz mono FLAC is passed through unchanged.
-    Read as the workers read a part of its format: a file they would refuse (cut short, too short,
-    another format) is refused here, saying what is wrong, where converting it first sent what
-    could be read of it (a telephone trial: half a truncated WAV was labelled); channels that carry
-    different sound are said (logged) before they are mixed into the one voice sent."""
+    Its header is judged as the workers judge a part of its format: a file they would refuse (cut
+    short, too short, another format) is refused here, saying what is wrong, where converting it
+    first sent what could be read of it (a telephone trial: half a truncated WAV was labelled); any
+    rate and up to any channels are converted; channels that carry different sound are said
+    (logged) before they are mixed into the one voice sent."""
     import soundfile as sf
 
-    from engines.errors import AudioDecodeError
-    from engines.features.codecs import decode_noted, header_problem
+    from engines.features.codecs import channels_note, header_problem
 
     suffix = path.suffix.lower()
     if suffix not in (".flac", ".wav"):
@@ -377,16 +377,18 @@ def load_audio_file(path: Path, wav_encoding: AudioEncoding = "flac") -> tuple[b
     if problem is not None:
         raise ValueError(f"{path.name}: {problem}")
     try:
-        wave, rate, mixed = decode_noted(raw, kind)
-        mono = sf.info(io.BytesIO(raw)).channels == 1
-    except (AudioDecodeError, sf.LibsndfileError) as exc:
+        info = sf.info(io.BytesIO(raw))
+        if kind == "flac" and info.samplerate == SAMPLE_RATE and info.channels == 1:
+            return raw, "flac"
+        data, rate = sf.read(io.BytesIO(raw), dtype="float64", always_2d=True)  # (any rate and channels: converted)
+    except sf.LibsndfileError as exc:
         raise ValueError(f"{path.name}: unreadable audio: {exc}") from exc
-    if mixed is not None:
-        log.warning("%s: %s (sent as their mean, the one voice the workers would hear)", path.name, mixed)
-    if kind == "flac" and rate == SAMPLE_RATE and mono:
-        return raw, "flac"
+    if data.shape[1] > 1:  # as the workers would say it of the file, before its channels are mixed here
+        mixed = channels_note(data.sum(axis=0), data.T @ data, data.shape[0])
+        if mixed is not None:
+            log.warning("%s: %s (sent as their mean, the one voice the workers would hear)", path.name, mixed)
     encoding: AudioEncoding = "flac" if kind == "flac" else wav_encoding
-    return encode_audio(wave, rate, encoding), encoding
+    return encode_audio(data, rate, encoding), encoding
 
 
 # --- RAVDESS composites ------------------------------------------------------------------------

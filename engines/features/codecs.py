@@ -227,7 +227,7 @@ def header_problem(data: bytes, encoding: str, max_seconds: float | None = None)
     wrong or does not say (RF64 and big-endian RIFX lengths, compressed WAV formats, a live
     encoder's FLAC): the workers find the rest by decoding."""
     other = _container_of(data)
-    if other is not None and other != encoding:
+    if other is not None and other != encoding:  # (what a file named .wav or .flac is, the same words)
         return f"payload is a {other} file, message says {encoding}: send it as {other}"
     frames = rate = 0
     if encoding == "wav":

@@ -342,3 +342,16 @@ def test_an_audio_file_is_read_as_the_workers_read_it(tmp_path: Path, caplog: py
     mono16k = tmp_path / "mono.flac"
     sf.write(mono16k, np.zeros(16000), 16000, format="FLAC", subtype="PCM_16")
     assert load_audio_file(mono16k) == (mono16k.read_bytes(), "flac")  # passed through as it is
+
+
+def test_an_audio_file_of_any_rate_or_channels_is_still_converted(tmp_path: Path) -> None:
+    """A review: reading files as the workers read parts refused a 96 kHz or 10-channel WAV, which
+    feed converts to 16 kHz mono FLAC before sending (demo/README.md)."""
+    from tools.dialogues import load_audio_file
+
+    for name, rate, channels in (("hi.wav", 96000, 1), ("many.wav", 16000, 10)):
+        path = tmp_path / name
+        sf.write(path, np.zeros((rate // 2, channels)) + 0.01, rate, subtype="PCM_16")
+        data, encoding = load_audio_file(path)
+        info = sf.info(io.BytesIO(data))
+        assert (encoding, info.samplerate, info.channels) == ("flac", 16000, 1)
