@@ -216,7 +216,7 @@ class WhisperEncoder(nn.Module):
 # --- extractor -----------------------------------------------------------------------------------
 
 GPU_CHUNK = 256  # clips per pass on a GPU (the settings' chunk is sized for CPU caches)
-GPU_MAX_FRAMES = 64 * 3000  # 64 whole 30 s clips a pass: about 3.5 GB of attention scores
+GPU_MAX_FRAMES = 64 * 3000  # mel frames a GPU pass: 384 segments of 5 s (attention scores about 0.4 GB)
 
 
 class WhisperExtractor(WhisperFeatures):
@@ -275,9 +275,15 @@ class WhisperExtractor(WhisperFeatures):
             chunk = GPU_CHUNK if chunk == default.chunk else chunk
             max_frames = GPU_MAX_FRAMES if max_frames == default.max_frames else max_frames
         order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # little padding per pass
+        starts = list(range(0, len(order), chunk))
+        if self.vectorised:  # clips of one segment (a prefix of order) never share a pass with longer ones, which
+            # would send the whole pass clip by clip: with 5 s segments, one long utterance in a GPU batch did
+            one = sum(1 for i in order if len(waves[i]) < SEGMENT_FRAMES * HOP)
+            starts = sorted({*range(0, one, chunk), *range(one, len(order), chunk)})
+        ends = [*starts[1:], len(order)]
         with torch.inference_mode():
-            for start in range(0, len(order), chunk):
-                idx = order[start : start + chunk]
+            for start, end in zip(starts, ends, strict=True):
+                idx = order[start:end]
                 mel, n_frames = log_mel([waves[i] for i in idx], self._filters, self.device)  # (B, 80, T)
                 if self.vectorised and max(n_frames) <= SEGMENT_FRAMES:
                     for group in plan_passes(n_frames, chunk, max_frames):

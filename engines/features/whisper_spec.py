@@ -208,7 +208,7 @@ class WhisperConfig:
     layers: tuple[int, ...] = (1,)
     pooling: str = "concat"  # several layers: "concat" their mean+std, or "mean" of the states first
     chunk: int = 16  # segments per forward pass at most
-    max_frames: int = 8_000  # mel frames a pass at most: bounds attention memory (two 30 s segments; 16 clips of 5 s)
+    max_frames: int = 8_000  # mel frames a pass at most: bounds attention memory (sixteen 5 s segments or clips)
     version: int = 1
 
     def __post_init__(self) -> None:
