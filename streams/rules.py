@@ -294,7 +294,7 @@ class RuleBook(BaseModel):
         for r in self.rule:
             for field in ("emotions", "after_emotions"):
                 names = getattr(r, field, None)
-                if not names:
+                if names is None:  # (no list: a negative sentiment label; an empty one never holds)
                     continue
                 for name in names:
                     meant = known.get(name.strip().lower())
