@@ -97,8 +97,9 @@ def test_an_escalating_call_raises_updates_clears_and_summarises(services, uniqu
         assert reports(out)[0].turns == 6  # replaced, not counted twice
         assert alerts(await step(b, [event("c", 5, "customer", "anger", 0.9, revision=0)])) == []  # an older revision
 
-        # the streak goes on: its evidence moves, the same alert is updated; no rise (one turn)
-        out = await step(b, [event("c", 6, "customer", "disgust", 0.8)])
+        # the streak goes on: its evidence moves, the same alert is updated; no rise (one turn), and a sad
+        # turn is a step toward clearing the rising alert (a disgusted one, still at its height, is not)
+        out = await step(b, [event("c", 6, "customer", "sadness", 0.8)])
         updated = {x.rule: x for x in alerts(out)}
         assert updated["customer-negative-streak"].state == "updated"
         assert updated["customer-negative-streak"].alert_id == raised["customer-negative-streak"].alert_id
