@@ -27,6 +27,13 @@ from engines.features.codecs import G711_RATE, SAMPLE_RATE, g711_decode, g711_en
 PACKET_S = 0.02  # RTP carries 20 ms of G.711 per packet
 
 
+def channel_id(name: str, channel: Any) -> str:
+    """A channel's id: its name, version and a digest of its parameters (feature caches keep each
+    channel's features apart)."""
+    blob = json.dumps(asdict(channel), sort_keys=True).encode()
+    return f"{name}-v{channel.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
 def seeded(seed: int, key: str) -> np.random.Generator:
     """The random draws of a channel of ``seed`` for the clip ``key``: the same line every time."""
     digest = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
@@ -46,8 +53,7 @@ class TelephoneChannel:
 
     @property
     def id(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return f"telephone-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return channel_id("telephone", self)
 
     def rng(self, key: str) -> np.random.Generator:
         return seeded(self.seed, key)
@@ -92,8 +98,7 @@ class Pauses:
 
     @property
     def id(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return f"pauses-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return channel_id("pauses", self)
 
     def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
         rng = seeded(self.seed, key)
@@ -124,8 +129,7 @@ class Monologue:
 
     @property
     def id(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return f"long-v{self.version}-{hashlib.sha256(blob).hexdigest()[:12]}"
+        return channel_id("long", self)
 
     def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
         x = np.asarray(wave, dtype=np.float32)
