@@ -101,9 +101,12 @@ def test_a_supervisor_sees_an_escalation_raised_and_cleared(services, unique, tm
             page.locator("#detail table tbody tr").nth(4).wait_for(timeout=10_000)
             detail = page.inner_text("#detail")
             assert angry in detail and "anger" in detail and "text 1.00" in detail
-            card.locator(".alert").first.wait_for(state="detached", timeout=90_000)  # cleared: recovered or ended
+            # cleared: recovered or ended (an ended call's card then says which alerts it had)
+            card.locator(".alert:not(.cleared)").first.wait_for(state="detached", timeout=90_000)
             page.wait_for_timeout(1000)
             assert "cleared" in page.inner_text("#detail .history")
+            if "ended" in (card.get_attribute("class") or ""):
+                assert "✓ had: customer-anger-rising" in card.inner_text(), card.inner_text()
             screenshot(page, "supervisor-cleared.png")
             browser.close()
         feeder.join(120)
