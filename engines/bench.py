@@ -270,7 +270,7 @@ def audio_probe(data_dir: Path) -> dict[str, float]:
         rows = list(csv.DictReader(f))
     paths = [str(data_dir / "ravdess" / r["path"]) for r in rows]
     table = AudioTable(paths, AudioFeatureExtractor())
-    x = table.matrix[[table.row[p] for p in paths]]
+    x = table.matrix[[table.row[(p, 0)] for p in paths]]
     y = np.array([r["emotion"] for r in rows])
     actor = np.array([int(r["actor"]) for r in rows])
     tr, dv = actor <= 16, (actor >= 17) & (actor <= 20)

@@ -84,6 +84,22 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         "15-45 s, one long utterance",
     )
     parser.add_argument(
+        "--line-gain",
+        type=float,
+        default=0.0,
+        metavar="DB",
+        help="every clip DB louder (quieter where negative, held under clipping) before --channel: a line whose "
+        "level is not the studio's (the telephone's nominal level is about +12 dB of RAVDESS's median clip; "
+        "engines/features/channel.py LineGain)",
+    )
+    parser.add_argument(
+        "--levels",
+        default="as-sent",
+        choices=["as-sent", "speaker"],
+        help="as the stream's engine.audio_level: as-sent (default) hears every clip at its level; speaker at its "
+        "level relative to its speaker's own so far in its dialogue (engines/features/level.py)",
+    )
+    parser.add_argument(
         "--silences",
         default="shorten",
         choices=["shorten", "keep"],
@@ -204,7 +220,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     from engines.datasets.pickles import precomputed_spec
     from engines.datasets.ravdess import fold_split
     from engines.errors import DatasetError
-    from engines.features.channel import make_channel
+    from engines.features.channel import LineGain, make_channel
     from engines.features.format_check import load_format_check
     from engines.metrics import subset_report
     from engines.prepare import AudioTable, prepare
@@ -252,6 +268,8 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         dialogues = corrupted.dialogues
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     channel = make_channel(ns.channel, ns.seed)
+    if ns.line_gain:
+        channel = LineGain(ns.line_gain, channel)
     gate = ns.min_speech_s if ns.min_speech_s > 0 else None
     # as in the stream: on clips with speech, so not where the speech gate is off
     format_check = (
@@ -268,6 +286,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
             format_check,
             ns.format_check == "drop",
             shorten=ns.silences == "shorten",
+            dialogues=dialogues if ns.levels == "speaker" else None,
         )
         if (ex.audio and paths)
         else None
@@ -303,7 +322,9 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "future": ns.future,
         "seed": ns.seed,
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
+        "line_gain_db": ns.line_gain,
         "silences": ns.silences,
+        "levels": ns.levels,
         "transcripts": ns.transcripts,
         "acknowledgements": ns.acknowledgements,
         "acknowledged_lines": acknowledged_lines,  # transcripts it changed (None: the dataset has no words)

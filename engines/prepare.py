@@ -15,7 +15,7 @@ import numpy as np
 
 from engines.datasets.base import Dialogue, Utterance, label_set
 from engines.errors import DatasetError
-from engines.features import pauses
+from engines.features import level, pauses
 from engines.features.audio import AudioFeatureExtractor, read_audio_file
 from engines.features.cache import FeatureCache, item_key
 from engines.features.channel import Pauses, TelephoneChannel
@@ -36,7 +36,12 @@ class AudioTable:
     (None: every file counts). With a ``format_check`` (:mod:`engines.features.format_check`),
     ``misdeclared`` marks the files with speech it judges mis-declared, which ``drop_misdeclared``
     counts as no audio too. Clips are encoded as the stream encodes them, their long silences cut
-    short (:mod:`engines.features.pauses`; ``shorten`` False: whole, for the comparison)."""
+    short (:mod:`engines.features.pauses`; ``shorten`` False: whole, for the comparison).
+
+    With ``dialogues`` (``engine.audio_level = "speaker"``), each of their utterances is heard at
+    its level relative to its speaker's own so far in its dialogue, as the stream hears it
+    (:mod:`engines.features.level`): a clip has features per gain, and :meth:`lookup` takes the
+    dialogues' utterances in order."""
 
     def __init__(
         self,
@@ -49,26 +54,67 @@ class AudioTable:
         format_check: FormatCheck | None = None,
         drop_misdeclared: bool = False,
         shorten: bool = True,
+        dialogues: Sequence[Dialogue] | None = None,
     ) -> None:
         self.paths = sorted(set(paths))
         self.drop_misdeclared = drop_misdeclared
         self.min_speech_s = min_speech_s
-        self.row = {p: i for i, p in enumerate(self.paths)}
         blobs = [Path(p).read_bytes() for p in self.paths]
-        keys = [item_key(b) for b in blobs]
-        namespace = f"audio/{extractor.id}" + (f"/{channel.id}" if channel is not None else "")
+        base = {p: item_key(b) for p, b in zip(self.paths, blobs, strict=True)}
+        del blobs
+        chan = f"/{channel.id}" if channel is not None else ""
+
+        def heard(path: str) -> np.ndarray:
+            clean = read_audio_file(path)
+            return clean if channel is None else channel(clean, base[path])
+
+        seconds = {p: np.inf for p in self.paths}
+        if min_speech_s is not None:
+            detector = SpeechDetector()
+            speech_cache = FeatureCache(f"speech/{detector.id}{chan}", root=cache_root)
+
+            def speech(idx: list[int]) -> np.ndarray:  # in chunks: decoded clips are not all held at once
+                return np.concatenate(
+                    [detector.seconds([heard(self.paths[i]) for i in idx[j : j + 64]]) for j in range(0, len(idx), 64)]
+                )
+
+            got = speech_cache.get_or_compute([base[p] for p in self.paths], lambda idx: speech(idx)[:, None])
+            seconds = dict(zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True))
+        #: per utterance of ``dialogues``, in order, its gain in dB (None: every clip as it is)
+        self.utterance_gains: list[int] | None = None
+        if dialogues is not None:
+            levels_cache = FeatureCache(f"level/v{level.VERSION}{chan}", root=cache_root)
+            got = levels_cache.get_or_compute(
+                [base[p] for p in self.paths],
+                lambda idx: np.array([[_or_nan(level.speech_level(heard(self.paths[i])))] for i in idx]),
+            )
+            clip_level = dict(zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True))
+            enough = min_speech_s or 0.0
+            self.utterance_gains = []
+            for d in dialogues:
+                self.utterance_gains += level.causal_gains(
+                    [
+                        (u.speaker, None if not u.audio or seconds[u.audio] < enough else _or_none(clip_level[u.audio]))
+                        for u in d.utterances
+                    ]
+                )
+            flat = [u.audio for d in dialogues for u in d.utterances]
+            items = sorted({(p, g) for p, g in zip(flat, self.utterance_gains, strict=True) if p is not None})
+        else:
+            items = [(p, 0) for p in self.paths]
+        self.row = {item: i for i, item in enumerate(items)}
+        keys = [base[p] if g == 0 else item_key(f"{base[p]}|gain{g:+d}") for p, g in items]
+        namespace = f"audio/{extractor.id}{chan}"
         # how the clips are read, beside the extractor's id: their silences cut short (or not), and for
         # Whisper its segments (a long clip's features differ with them)
         reading = getattr(extractor, "reading", None)
         namespace += (f"/{pauses.RULE}" if shorten else "") + (f"/{reading}" if reading else "")
         cache = FeatureCache(namespace, root=cache_root)
 
-        def heard(i: int) -> np.ndarray:
-            clean = read_audio_file(self.paths[i])
-            return clean if channel is None else channel(clean, keys[i])
-
-        def wave(i: int) -> np.ndarray:  # as the stream encodes it: its long silences cut short
-            return pauses.shorten_silences(heard(i)) if shorten else heard(i)
+        def wave(i: int) -> np.ndarray:  # as the stream encodes it: at its gain, its long silences cut short
+            path, gain = items[i]
+            x = level.apply_gain(heard(path), gain)
+            return pauses.shorten_silences(x) if shorten else x
 
         def compute(idx: list[int]) -> np.ndarray:
             chunks = [idx[i : i + 64] for i in range(0, len(idx), 64)]
@@ -78,39 +124,43 @@ class AudioTable:
                 chunks = tqdm(chunks, desc="audio features", unit="x64")
             return np.concatenate([extractor.extract([wave(i) for i in c]) for c in chunks])
 
-        self.matrix = cache.get_or_compute(keys, compute).reshape(len(self.paths), extractor.dim)
-        self.speech = np.ones((len(self.paths),), dtype=np.float32) * np.inf
-        if min_speech_s is not None:
-            detector = SpeechDetector()
-            speech_cache = FeatureCache(
-                f"speech/{detector.id}" + (f"/{channel.id}" if channel is not None else ""), root=cache_root
-            )
-
-            def speech(idx: list[int]) -> np.ndarray:  # in chunks: decoded clips are not all held at once
-                return np.concatenate(
-                    [detector.seconds([heard(i) for i in idx[j : j + 64]]) for j in range(0, len(idx), 64)]
-                )
-
-            seconds = speech_cache.get_or_compute(keys, lambda idx: speech(idx)[:, None])
-            self.speech = seconds.reshape(len(self.paths))
+        self.matrix = cache.get_or_compute(keys, compute).reshape(len(items), extractor.dim)
+        self.speech = np.array([seconds[p] for p, _ in items], dtype=np.float32)
         # files with speech the check judges mis-declared, as in the stream (which checks only
         # what the speech gate let through)
-        self.misdeclared = np.zeros((len(self.paths),), dtype=bool)
-        if format_check is not None and min_speech_s is not None and len(self.paths):
+        self.misdeclared = np.zeros((len(items),), dtype=bool)
+        if format_check is not None and min_speech_s is not None and len(items):
             judged = np.array([v is not None for v in format_check.verdicts(self.matrix)], dtype=bool)
             self.misdeclared = judged & (self.speech >= min_speech_s)
 
     def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence."""
+        """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence; with
+        ``dialogues``, ``paths`` are their utterances' in order."""
+        gains = self.utterance_gains
+        if gains is not None and len(gains) != len(paths):
+            raise ValueError(
+                f"{len(paths)} paths for a table of {len(gains)} utterances heard at their speakers' level"
+            )
         out = np.zeros((len(paths), dim), dtype=np.float32)
         has = np.zeros((len(paths),), dtype=np.float32)
         for i, p in enumerate(paths):
-            if p is None or (self.drop_misdeclared and self.misdeclared[self.row[p]]):
+            if p is None:
                 continue
-            if self.min_speech_s is None or self.speech[self.row[p]] >= self.min_speech_s:
-                out[i] = self.matrix[self.row[p]]
+            row = self.row[(p, gains[i] if gains is not None else 0)]
+            if self.drop_misdeclared and self.misdeclared[row]:
+                continue
+            if self.min_speech_s is None or self.speech[row] >= self.min_speech_s:
+                out[i] = self.matrix[row]
                 has[i] = 1.0
         return out, has
+
+
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else x
+
+
+def _or_none(x: float) -> float | None:
+    return None if x != x else x
 
 
 @dataclass

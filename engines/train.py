@@ -783,7 +783,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
             continue
         if m == "audio" and table is not None:
             clip_rows = [
-                table.row[p]
+                table.row[(p, 0)]
                 for p in sorted(
                     {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
                 )
@@ -934,7 +934,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
             voice_paths = sorted(
                 {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
             )
-            voices = np.concatenate([tab.matrix[[tab.row[p] for p in voice_paths]] for tab in [table, *lines]])
+            voices = np.concatenate([tab.matrix[[tab.row[(p, 0)] for p in voice_paths]] for tab in [table, *lines]])
         tensors, trust_cfg = fit_trust(
             train.labels, len(label_names), voices, TrustConfig(ns.trust_prior, ns.trust_prior_unfamiliar)
         )

@@ -31,6 +31,7 @@ import numpy as np
 from engines.features import format_check, language
 from engines.features.codecs import G711
 from engines.features.emoji import EMOJI_WORDS
+from engines.features.level import SpeakerLevels, apply_gain, speech_level
 from engines.features.pauses import shorten_silences
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
@@ -132,6 +133,7 @@ def utterance_features(
     min_speech_s: float = 0.0,
     shed_after_s: float = 0.0,
     now: float | None = None,
+    levels: SpeakerLevels | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Per utterance, modality -> feature vector, for the modalities that arrived and the model uses.
 
@@ -148,7 +150,9 @@ def utterance_features(
     :mod:`engines.features.format_check`) is used all the same and ``utt.suspect["audio"]`` says
     why (the voice gate weighs it: on the composite that beats the words alone), or, where the
     featurizer's ``format_action`` is ``"drop"``, not used and ``utt.ignored["audio"]`` says why.
-    A transcript the featurizer's ``language_check`` reads as another language than the text
+    With ``levels`` (``engine.audio_level = "speaker"``) a waveform with speech is heard at its
+    level relative to its speaker's own so far in the call (:mod:`engines.features.level`), not at
+    the level the line brought. A transcript the featurizer's ``language_check`` reads as another language than the text
     model's (:mod:`engines.features.language`) is not encoded and ``utt.ignored["text"]`` says why
     (``language_action`` "drop"), or encoded and ``utt.suspect["text"]`` says why ("warn")."""
     feats: list[dict[str, np.ndarray]] = [{} for _ in utts]
@@ -232,6 +236,11 @@ def utterance_features(
                     f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s" + _loud(w)
                 )
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
+    if waves and levels is not None:  # the speaker's level put where the model's clips had theirs (level.py)
+        waves = [
+            (i, apply_gain(w, levels.gain(utts[i].call_id, utts[i].speaker, utts[i].utterance_id, speech_level(w))))
+            for i, w in waves
+        ]
     if waves:  # as the model learnt voices: about a second of silence at an end, none long inside (pauses.py)
         waves = [(i, shorten_silences(w)) for i, w in waves]
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
@@ -436,8 +445,11 @@ class Processor:
         min_speech_s: float = 0.0,
         shed_audio_after_s: float = 0.0,
         wall: Callable[[], float] = time.time,
+        audio_level: str = "as-sent",
     ) -> None:
         self.engine = engine
+        # engine.audio_level "speaker": each call's speakers' levels so far (engines/features/level.py)
+        self.levels = SpeakerLevels() if audio_level == "speaker" else None
         self.shed_audio_after_s = shed_audio_after_s  # audio of utterances sent longer ago is not encoded (0: all is)
         self.wall = wall  # the clock that ages utterances against their record times
         self.computing_since: float | None = None  # monotonic start of the batch in the engine (liveness)
@@ -537,7 +549,7 @@ class Processor:
 
     def _utterance_features(self, utts: list[Utterance]) -> list[dict[str, np.ndarray]]:
         return utterance_features(
-            utts, self.featurizer, self.dims, self.min_speech_s, self.shed_audio_after_s, self.wall()
+            utts, self.featurizer, self.dims, self.min_speech_s, self.shed_audio_after_s, self.wall(), self.levels
         )
 
     def _harvest(self) -> None:
@@ -628,6 +640,8 @@ class Processor:
         for call_id in call_ids:
             self._written.pop(call_id, None)
             self._generations.pop(call_id, None)
+            if self.levels is not None:
+                self.levels.forget(call_id)
 
     async def superseded(self, call_id: str, ended_offset: int) -> bool:
         """Whether a call's 'ended', at ``ended_offset`` of its control partition, came before the

@@ -341,6 +341,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
         revision_engine=revision,
         min_speech_s=settings.engine.min_speech_s,
         shed_audio_after_s=settings.engine.shed_audio_after_s,
+        audio_level=settings.engine.audio_level,
     )
     analytics = None
     if settings.analytics.enabled:

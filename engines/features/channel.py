@@ -137,6 +137,28 @@ class Monologue:
         return np.tile(x, max(1, -(-want // max(1, x.size))))[:want] if x.size else x
 
 
+@dataclass(frozen=True)
+class LineGain:
+    """Every clip ``db`` louder (quieter where negative) before the ``line`` (None: as it is), held
+    under clipping as a limiter holds it: a line whose level is not the studio's
+    (``emostream evaluate --line-gain DB``; the telephone's nominal level, ITU-T P.56 -26 dBov of
+    active speech, is about 12 dB above RAVDESS's median clip)."""
+
+    db: float
+    line: Any = None
+    version: int = 1
+
+    @property
+    def id(self) -> str:
+        return channel_id("gain", self)
+
+    def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
+        from engines.features.level import apply_gain
+
+        x = apply_gain(wave, self.db)
+        return x if self.line is None else self.line(x, key)
+
+
 #: clean, the telephone line, and the four ways a producer can declare an audio part's format
 #: wrongly: its rate either way, its G.711 law either way (:class:`engines.features.format_check.Misdeclared`);
 #: segments padded with silence (:class:`Pauses`); and long utterances (:class:`Monologue`)

@@ -1,0 +1,159 @@
+"""A voice heard at its level relative to its speaker's own (engine.audio_level = "speaker"):
+whatever gain the line has, the encoder hears the same waveform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engines.datasets.base import Dialogue, Utterance
+from engines.features import level
+from engines.features.level import REF_DB, SpeakerLevels, apply_gain, causal_gains, speech_level
+from engines.prepare import AudioTable
+from streams import join
+from streams.pipeline import utterance_features
+from streams.validate import Payload
+
+RATE = 16000
+
+
+def tone(amplitude: float, seconds: float = 1.0, hz: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_the_level_is_the_loud_part_of_the_speech_not_the_silence_around_it() -> None:
+    voice = tone(0.1)
+    expected = 20 * np.log10(0.1 / np.sqrt(2))
+    assert speech_level(voice) == pytest.approx(expected, abs=0.1)
+    padded = np.concatenate([np.zeros(2 * RATE, np.float32), voice, np.zeros(RATE, np.float32)])
+    assert speech_level(padded) == pytest.approx(expected, abs=0.1)  # 3 s of silence around 1 s of voice
+    assert speech_level(np.zeros(RATE, np.float32)) is None  # digital silence has no level
+    assert speech_level(voice[:100]) is None  # shorter than a frame
+
+
+def test_a_gain_is_held_under_clipping() -> None:
+    loud = tone(0.5)
+    out = apply_gain(loud, 20)
+    assert np.max(np.abs(out)) == pytest.approx(level.PEAK, rel=1e-4)
+    np.testing.assert_allclose(out / np.max(np.abs(out)), loud / np.max(np.abs(loud)), atol=1e-5)  # not clipped
+    assert apply_gain(loud, -6) == pytest.approx(loud * 10 ** (-6 / 20), abs=1e-6)
+
+
+def test_each_speakers_median_so_far_is_put_at_the_reference() -> None:
+    gains = causal_gains([("A", -40.0), ("B", -20.0), ("A", -30.0), (("A"), None), ("A", -20.0), ("B", -26.0)])
+    # A: -40 alone -> +8; B: -20 -> -12; A: median(-40, -30) = -35 -> +3; no speech -> 0; A: median -30 -> -2;
+    # B: median(-20, -26) = -23 -> -9
+    assert gains == [8, -12, 3, 0, -2, -9]
+    assert causal_gains([("A", REF_DB - 100)]) == [level.MAX_GAIN_DB]  # a near-silent line is not lifted unbounded
+
+
+def test_the_stream_gives_the_gains_evaluation_gives_and_a_replay_its_first_gain() -> None:
+    said = [("A", -40.0), ("B", -20.0), ("A", -30.0), ("A", -20.0), ("B", -26.0)]
+    levels = SpeakerLevels()
+    got = [levels.gain("call", s, f"u{i}", lv) for i, (s, lv) in enumerate(said)]
+    assert got == causal_gains(said)
+    assert levels.gain("call", "A", "u0", -40.0) == got[0]  # a replay of the first: as the first time
+    assert levels.gain("call", "A", "u2", -30.0) == got[2]
+    assert levels.gain("other", "A", "u0", -10.0) == gain_alone(-10.0)  # calls apart
+    levels.forget("call")
+    assert levels.gain("call", "A", "u3", -20.0) == gain_alone(-20.0)  # the call forgotten: afresh
+    assert levels.gain("call", "A", "u9", None) == 0 and len(levels) == 2
+    small = SpeakerLevels(max_calls=2)
+    for c in ("c1", "c2", "c3"):
+        small.gain(c, "A", "u", -30.0)
+    assert len(small) == 2
+
+
+def gain_alone(lv: float) -> int:
+    return causal_gains([("A", lv)])[0]
+
+
+class Featurizer:
+    def __init__(self) -> None:
+        self.heard: list[np.ndarray] = []
+        self.format_check = None
+
+    def text(self, texts: list[str]) -> np.ndarray:
+        return np.zeros((len(texts), 2), np.float32)
+
+    def audio(self, waves: list[np.ndarray]) -> np.ndarray:
+        self.heard += waves
+        return np.ones((len(waves), 3), np.float32)
+
+    def speech(self, waves: list[np.ndarray], enough: float | None = None) -> np.ndarray:
+        return np.array([0.0 if not np.any(w) else 1.0 for w in waves], np.float32)
+
+
+def call(gain_db: float, call_id: str) -> list[join.Utterance]:
+    """A call of two speakers, the customer louder as it goes on, heard ``gain_db`` louder."""
+    amps = [("cust", 0.02), ("agent", 0.01), ("cust", 0.04), ("agent", 0.0), ("cust", 0.08)]
+    return [
+        join.Utterance(
+            call_id,
+            f"u{i}",
+            i,
+            who,
+            0.0,
+            parts={"audio": Payload("wave", tone(a) * np.float32(10 ** (gain_db / 20)))},
+        )  # fmt: skip
+        for i, (who, a) in enumerate(amps)
+    ]
+
+
+@pytest.mark.parametrize("line_db", [-20.0, 12.0])
+def test_with_speaker_levels_a_line_s_gain_changes_nothing_the_encoder_hears(line_db: float) -> None:
+    dims = {"text": 2, "audio": 3, "video": 0}
+    studio, line = Featurizer(), Featurizer()
+    levels = SpeakerLevels()
+    a, b = call(0.0, "studio"), call(line_db, "line")
+    for utt_a, utt_b in zip(a, b, strict=True):  # one at a time, as they arrive
+        utterance_features([utt_a], studio, dims, min_speech_s=0.1, levels=levels)
+        utterance_features([utt_b], line, dims, min_speech_s=0.1, levels=levels)
+    assert len(studio.heard) == len(line.heard) == 4  # the agent's silent turn has no speech
+    for x, y in zip(studio.heard, line.heard, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    lv = [speech_level(x) for x in studio.heard]
+    # the customer's first at the reference; then 6 dB louder: 3 dB over the median of the two so far;
+    # then 6 dB louder again: 6 dB over the median of the three (louder as it goes on: still louder)
+    assert [round(x - REF_DB) for x in (lv[0], lv[2], lv[3])] == [0, 3, 6]
+    as_sent = Featurizer()
+    utterance_features(call(line_db, "x"), as_sent, dims, min_speech_s=0.1)
+    assert speech_level(as_sent.heard[0]) == pytest.approx(speech_level(tone(0.02)) + line_db, abs=0.1)
+
+
+class LevelExtractor:
+    """A fake audio extractor whose one feature is the level the clip is heard at."""
+
+    id, dim = "level-fake", 1
+
+    def extract(self, waves: list[np.ndarray]) -> np.ndarray:
+        return np.array([[speech_level(w) or -200.0] for w in waves], np.float32)
+
+
+def test_evaluation_hears_each_utterance_at_its_speakers_level(tmp_path: Path) -> None:
+    def dialogue(gain_db: float, name: str) -> Dialogue:
+        utts = []
+        for i, (who, a) in enumerate([("A", 0.02), ("B", 0.05), ("A", 0.04), ("A", 0.01)]):
+            path = tmp_path / f"{name}-{i}.wav"
+            sf.write(path, tone(a) * 10 ** (gain_db / 20), RATE)
+            utts.append(Utterance(f"t{i}", who, 0, 0, str(path)))
+        return Dialogue(name, utts)
+
+    dialogues = [dialogue(0.0, "studio"), dialogue(-20.0, "quiet")]
+    paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
+    flat = [u.audio for d in dialogues for u in d.utterances]
+    table = AudioTable(paths, LevelExtractor(), tmp_path / "cache", min_speech_s=None, dialogues=dialogues)
+    feats, has = table.lookup(flat, 1)
+    assert has.all()
+    np.testing.assert_allclose(feats[:4], feats[4:], atol=0.5)  # 20 dB quieter: heard the same
+    assert feats[0, 0] == pytest.approx(REF_DB, abs=0.5) and feats[1, 0] == pytest.approx(REF_DB, abs=0.5)
+    assert feats[2, 0] > feats[0, 0] + 2  # A louder than A's median so far: above the reference
+    as_sent = AudioTable(paths, LevelExtractor(), tmp_path / "cache", min_speech_s=None)
+    plain, _ = as_sent.lookup(flat, 1)
+    np.testing.assert_allclose(plain[4:] - plain[:4], -20.0, atol=0.1)
+    with pytest.raises(ValueError, match="4 paths for a table of 8"):
+        table.lookup(flat[:4], 1)
