@@ -76,6 +76,19 @@ def write_json(model_dir: Path, name: str, obj: Any) -> None:
         f.write("\n")
 
 
+#: the levels a model can have learnt its voices at (engines/features/level.py; engine.audio_level)
+AUDIO_LEVELS = ("as-sent", "speaker")
+
+
+def audio_level(model_dir: str | Path) -> str:
+    """The level the model learnt its voices at (``train --audio-level``): "as-sent" (every model
+    trained before the option) or "speaker"."""
+    level = (read_json(resolve_model_dir(model_dir), CONFIG).get("train") or {}).get("audio_level", "as-sent")
+    if level not in AUDIO_LEVELS:
+        raise ArtifactError(f"artifact {model_dir}: train.audio_level {level!r} is none of {AUDIO_LEVELS}")
+    return str(level)
+
+
 def feature_spec(model_dir: Path) -> FeatureSpec:
     spec = read_json(model_dir, FEATURES).get("spec")
     if not isinstance(spec, dict):

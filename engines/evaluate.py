@@ -94,10 +94,11 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--levels",
-        default="as-sent",
-        choices=["as-sent", "speaker"],
-        help="as the stream's engine.audio_level: as-sent (default) hears every clip at its level; speaker at its "
-        "level relative to its speaker's own so far in its dialogue (engines/features/level.py)",
+        default="model",
+        choices=["model", "as-sent", "speaker"],
+        help="as the stream's engine.audio_level: model (default), the level the model learnt its voices at; "
+        "as-sent hears every clip at its level; speaker at its level relative to its speaker's own so far in its "
+        "dialogue (engines/features/level.py)",
     )
     parser.add_argument(
         "--silences",
@@ -214,6 +215,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
     """The JSON report of ``emostream evaluate``; data and artifact problems raise ``EngineError``."""
     import torch
 
+    from engines import artifact
     from engines.corrupt import Corrupted, audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
     from engines.datasets.base import as_acknowledged, as_transcribed
@@ -268,6 +270,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         dialogues = corrupted.dialogues
     paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     channel = make_channel(ns.channel, ns.seed)
+    levels = artifact.audio_level(ns.model) if ns.levels == "model" else ns.levels
     if ns.line_gain:
         channel = LineGain(ns.line_gain, channel)
     gate = ns.min_speech_s if ns.min_speech_s > 0 else None
@@ -286,7 +289,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
             format_check,
             ns.format_check == "drop",
             shorten=ns.silences == "shorten",
-            dialogues=dialogues if ns.levels == "speaker" else None,
+            dialogues=dialogues if levels == "speaker" else None,
         )
         if (ex.audio and paths)
         else None
@@ -324,7 +327,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "channel": ns.channel if channel is None else f"{ns.channel} ({channel.id})",
         "line_gain_db": ns.line_gain,
         "silences": ns.silences,
-        "levels": ns.levels,
+        "levels": levels,
         "transcripts": ns.transcripts,
         "acknowledgements": ns.acknowledgements,
         "acknowledged_lines": acknowledged_lines,  # transcripts it changed (None: the dataset has no words)

@@ -55,7 +55,10 @@ class AudioTable:
         drop_misdeclared: bool = False,
         shorten: bool = True,
         dialogues: Sequence[Dialogue] | None = None,
+        gains: Sequence[int] | None = None,
     ) -> None:
+        if gains is not None and len(gains) != len(paths):
+            raise ValueError(f"{len(gains)} gains for {len(paths)} paths")
         self.paths = sorted(set(paths))
         self.drop_misdeclared = drop_misdeclared
         self.min_speech_s = min_speech_s
@@ -68,7 +71,8 @@ class AudioTable:
             clean = read_audio_file(path)
             return clean if channel is None else channel(clean, base[path])
 
-        seconds = {p: np.inf for p in self.paths}
+        self._heard, self._base, self._chan, self._cache_root = heard, base, chan, cache_root
+        self.seconds = {p: np.inf for p in self.paths}  # path -> its seconds of speech
         if min_speech_s is not None:
             detector = SpeechDetector()
             speech_cache = FeatureCache(f"speech/{detector.id}{chan}", root=cache_root)
@@ -79,27 +83,15 @@ class AudioTable:
                 )
 
             got = speech_cache.get_or_compute([base[p] for p in self.paths], lambda idx: speech(idx)[:, None])
-            seconds = dict(zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True))
+            self.seconds = dict(zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True))
         #: per utterance of ``dialogues``, in order, its gain in dB (None: every clip as it is)
         self.utterance_gains: list[int] | None = None
         if dialogues is not None:
-            levels_cache = FeatureCache(f"level/v{level.VERSION}{chan}", root=cache_root)
-            got = levels_cache.get_or_compute(
-                [base[p] for p in self.paths],
-                lambda idx: np.array([[_or_nan(level.speech_level(heard(self.paths[i])))] for i in idx]),
-            )
-            clip_level = dict(zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True))
-            enough = min_speech_s or 0.0
-            self.utterance_gains = []
-            for d in dialogues:
-                self.utterance_gains += level.causal_gains(
-                    [
-                        (u.speaker, None if not u.audio or seconds[u.audio] < enough else _or_none(clip_level[u.audio]))
-                        for u in d.utterances
-                    ]
-                )
+            self.utterance_gains = speaker_gains(dialogues, self.levels())
             flat = [u.audio for d in dialogues for u in d.utterances]
             items = sorted({(p, g) for p, g in zip(flat, self.utterance_gains, strict=True) if p is not None})
+        elif gains is not None:
+            items = sorted(set(zip(paths, (int(g) for g in gains), strict=True)))
         else:
             items = [(p, 0) for p in self.paths]
         self.row = {item: i for i, item in enumerate(items)}
@@ -125,7 +117,7 @@ class AudioTable:
             return np.concatenate([extractor.extract([wave(i) for i in c]) for c in chunks])
 
         self.matrix = cache.get_or_compute(keys, compute).reshape(len(items), extractor.dim)
-        self.speech = np.array([seconds[p] for p, _ in items], dtype=np.float32)
+        self.speech = np.array([self.seconds[p] for p, _ in items], dtype=np.float32)
         # files with speech the check judges mis-declared, as in the stream (which checks only
         # what the speech gate let through)
         self.misdeclared = np.zeros((len(items),), dtype=bool)
@@ -133,10 +125,27 @@ class AudioTable:
             judged = np.array([v is not None for v in format_check.verdicts(self.matrix)], dtype=bool)
             self.misdeclared = judged & (self.speech >= min_speech_s)
 
-    def lookup(self, paths: Sequence[str | None], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence; with
-        ``dialogues``, ``paths`` are their utterances' in order."""
-        gains = self.utterance_gains
+    def levels(self) -> dict[str, float | None]:
+        """Each clip's level as heard through the table's channel (:func:`engines.features.level.speech_level`,
+        cached); None where it has less than ``min_speech_s`` of speech, or no level."""
+        cache = FeatureCache(f"level/v{level.VERSION}{self._chan}", root=self._cache_root)
+        got = cache.get_or_compute(
+            [self._base[p] for p in self.paths],
+            lambda idx: np.array([[_or_nan(level.speech_level(self._heard(self.paths[i])))] for i in idx]),
+        )
+        enough = self.min_speech_s or 0.0
+        return {
+            p: None if self.seconds[p] < enough else _or_none(v)
+            for p, v in zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True)
+        }
+
+    def lookup(
+        self, paths: Sequence[str | None], dim: int, gains: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, dim) features (zeros where no audio, or no speech in it) and (N,) presence; each path
+        heard at its gain in ``gains``, or with ``dialogues``, ``paths`` are their utterances' in
+        order, or else at 0 dB."""
+        gains = self.utterance_gains if gains is None else gains
         if gains is not None and len(gains) != len(paths):
             raise ValueError(
                 f"{len(paths)} paths for a table of {len(gains)} utterances heard at their speakers' level"
@@ -153,6 +162,15 @@ class AudioTable:
                 out[i] = self.matrix[row]
                 has[i] = 1.0
         return out, has
+
+
+def speaker_gains(dialogues: Sequence[Dialogue], levels: dict[str, float | None]) -> list[int]:
+    """Per utterance of ``dialogues``, in order, the gain that hears it at its speaker's level so far in
+    its dialogue (:func:`engines.features.level.causal_gains`; ``levels``: each clip's, None for no speech)."""
+    gains: list[int] = []
+    for d in dialogues:
+        gains += level.causal_gains([(u.speaker, levels.get(u.audio) if u.audio else None) for u in d.utterances])
+    return gains
 
 
 def _or_nan(x: float | None) -> float:

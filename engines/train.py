@@ -169,6 +169,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "telephone line (engines/features/channel.py: 8 kHz, 300-3400 Hz, G.711, noise, gain, lost packets)",
     )
     g.add_argument(
+        "--audio-level",
+        default="as-sent",
+        choices=["as-sent", "speaker"],
+        help="the level the training voices are heard at, as the stream's engine.audio_level (recorded in the "
+        "artifact, which the stream and evaluate then follow): as-sent, each clip at its studio level; speaker, "
+        "each utterance relative to its speaker's own level so far in its dialogue (engines/features/level.py; "
+        "a clip on a telephone line at the gain its clean clip gets)",
+    )
+    g.add_argument(
         "--telephone-lines",
         type=positive_int,
         default=2,
@@ -355,6 +364,35 @@ def asr_draw(asr: tuple[np.ndarray, np.ndarray], dialogues: Sequence[Any], rate:
     heard = np.random.default_rng(seed).random(len(dialogues)) < rate
     rows = np.repeat(heard, [len(d) for d in dialogues])
     return np.where(rows[:, None], asr[1], asr[0])
+
+
+def _heard_at(
+    table: Any,
+    clips: list[str | None],
+    gains: list[int],
+    dim: int,
+    extractor: Any,
+    cache_dir: str | None,
+    quiet: bool,
+    channel: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``clips`` (one per utterance, None where none) as ``table`` heard them at 0 dB, or where a gain is
+    not 0 (--audio-level speaker), at their gains (encoded once, cached)."""
+    from engines.prepare import AudioTable
+
+    if not any(gains):
+        return table.lookup(clips, dim)  # type: ignore[no-any-return]
+    present = [(c, g) for c, g in zip(clips, gains, strict=True) if c is not None]
+    at = AudioTable(
+        [c for c, _ in present],
+        extractor,
+        cache_dir,
+        not quiet,
+        channel=channel,
+        shorten=False,
+        gains=[g for _, g in present],
+    )
+    return at.lookup(clips, dim, gains)
 
 
 def _seed_all(seed: int) -> None:
@@ -709,7 +747,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     from engines.features import make_audio_extractor, make_text_encoder
     from engines.features.channel import TelephoneChannel
     from engines.models import build_model
-    from engines.prepare import AudioTable, prepare
+    from engines.prepare import AudioTable, prepare, speaker_gains
     from engines.runtime.onnx import OnnxEngine
     from engines.runtime.torch import TorchEngine, torch_inputs
     from engines.trust import TrustConfig, check_text_net, fit_trust, save_trust
@@ -763,15 +801,35 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
         # stream cut long silences short (engines/features/pauses.py)
         table = AudioTable(paths, audio_ex, ns.cache_dir, progress=not quiet, shorten=False)
     lines: list[AudioTable] = []  # the training clips heard through telephone lines (--telephone)
+    line_channels: list[TelephoneChannel] = []
     if ns.telephone > 0:
         if table is None or audio_ex is None:
             raise DatasetError("--telephone needs audio in the training data")
         clip_paths = sorted({c.path for c in train_clips} | {u.audio for d in train_d for u in d.utterances if u.audio})
         for k in range(ns.telephone_lines):
             line = TelephoneChannel(seed=ns.seed * 1000 + 100 + k)
+            line_channels.append(line)
             lines.append(AudioTable(clip_paths, audio_ex, ns.cache_dir, not quiet, channel=line, shorten=False))
-    train = prepare(train_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
-    dev = prepare(dev_d, spec, text_enc, table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
+    # --audio-level speaker: each utterance heard at its speaker's level so far (the clean clips' levels)
+    by_speaker = ns.audio_level == "speaker"
+    if by_speaker and table is None:
+        raise DatasetError("--audio-level speaker needs audio in the training data")
+    clip_level = table.levels() if by_speaker and table is not None else {}
+    train_table = dev_table = table
+    if by_speaker and audio_ex is not None:
+        train_table, dev_table = (
+            AudioTable(
+                [u.audio for d in ds for u in d.utterances if u.audio],
+                audio_ex,
+                ns.cache_dir,
+                not quiet,
+                shorten=False,
+                dialogues=ds,
+            )
+            for ds in (train_d, dev_d)
+        )
+    train = prepare(train_d, spec, text_enc, train_table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
+    dev = prepare(dev_d, spec, text_enc, dev_table, ns.max_window, ns.cache_dir, not quiet, future=ns.future)
     print(f"data: {train.n} train / {dev.n} dev utterances, features {spec} ({time.time() - t0:.0f}s)", file=sys.stderr)
     asr = _asr_texts(ns, train, text_enc, quiet)  # (written, asr-form) text features, or None
 
@@ -781,7 +839,9 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     for m in MODALITIES:
         if m not in train.feats or spec.dims()[m] == 0:
             continue
-        if m == "audio" and table is not None:
+        if m == "audio" and by_speaker and train_table is not None:
+            x = train_table.matrix  # each training clip at the gains the first epoch hears it at
+        elif m == "audio" and table is not None:
             clip_rows = [
                 table.row[(p, 0)]
                 for p in sorted(
@@ -821,9 +881,10 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     clip_emotion = train.labels  # (N,) the emotion each utterance's clip shows (another one where corrupted)
     # An engine that says so gets the clips' emotions (training only) so its audio head learns what it hears.
     audio_labels = ns.corrupt_train > 0 and getattr(net, "accepts_audio_label", False)
+    line_voices: dict[int, np.ndarray] = {}  # --audio-level speaker: the voices the lines gave, last epoch
     for epoch in range(ns.epochs):
         resample = composite and table is not None and not ns.no_resample_audio and epoch > 0
-        if resample or ns.corrupt_train > 0 or lines:
+        if resample or ns.corrupt_train > 0 or lines or by_speaker:
             assert table is not None
             fresh = assign_clips(train_d, train_clips, ns.seed + 1000 * epoch) if resample else train_d
             if ns.corrupt_train > 0:
@@ -833,7 +894,10 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
                 fresh, corrupted = swap.dialogues, swap.mask
                 clip_emotion = np.where(swap.donor_emotion >= 0, swap.donor_emotion, train.labels)
             clips = [u.audio for d in fresh for u in d.utterances]
-            train.feats["audio"], train.has["audio"] = table.lookup(clips, spec.dim("audio"))
+            gains = speaker_gains(fresh, clip_level) if by_speaker else [0] * len(clips)
+            train.feats["audio"], train.has["audio"] = _heard_at(
+                table, clips, gains, spec.dim("audio"), audio_ex, ns.cache_dir, quiet
+            )
             if lines:  # a new draw of who is on the phone, and on which line, each epoch
                 phone = np.flatnonzero(
                     np.random.default_rng(ns.seed + 1000 * epoch + 2).random(len(clips)) < ns.telephone
@@ -841,7 +905,18 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
                 which = np.random.default_rng(ns.seed + 1000 * epoch + 3).integers(0, len(lines), len(phone))
                 for k, heard in enumerate(lines):
                     rows = phone[which == k]
-                    feats, has_line = heard.lookup([clips[i] for i in rows], spec.dim("audio"))
+                    feats, has_line = _heard_at(
+                        heard,
+                        [clips[i] for i in rows],
+                        [gains[i] for i in rows],
+                        spec.dim("audio"),
+                        audio_ex,
+                        ns.cache_dir,
+                        quiet,
+                        line_channels[k],
+                    )
+                    if by_speaker:
+                        line_voices[k] = feats[has_line > 0]
                     keep = train.has["audio"][rows] > 0
                     train.feats["audio"][rows[keep]] = feats[keep]
                     train.has["audio"][rows] *= has_line  # no speech left on the line: no audio, as in the stream
@@ -934,7 +1009,10 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
             voice_paths = sorted(
                 {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
             )
-            voices = np.concatenate([tab.matrix[[tab.row[(p, 0)] for p in voice_paths]] for tab in [table, *lines]])
+            if by_speaker and train_table is not None:  # the voices as training heard them, on the lines too
+                voices = np.concatenate([train_table.matrix, *line_voices.values()])
+            else:
+                voices = np.concatenate([tab.matrix[[tab.row[(p, 0)] for p in voice_paths]] for tab in [table, *lines]])
         tensors, trust_cfg = fit_trust(
             train.labels, len(label_names), voices, TrustConfig(ns.trust_prior, ns.trust_prior_unfamiliar)
         )

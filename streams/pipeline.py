@@ -672,6 +672,8 @@ class Processor:
         again: bool = await self.store.started(call_id, modalities, offset, identity)
         if again:
             self._written.pop(call_id, None)
+            if self.levels is not None:  # another call under the same id: its speakers start afresh
+                self.levels.forget(call_id)
         return again
 
     def _isolated(

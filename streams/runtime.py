@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -272,6 +273,31 @@ def _feature_key(meta: dict[str, Any]) -> tuple[Any, ...]:
     return (sizes, text.get("kind"), text.get("model_id"), text.get("dim"), tuned, audio.get("id"))
 
 
+def heard_level(settings: Settings, model_dir: Path, revision: Any) -> str:
+    """The level voices are heard at (engine.audio_level; "model": the one the model learnt them at,
+    which a revision model, reading the same features, must share)."""
+    from engines import artifact
+
+    named: str = settings.engine.audio_level
+    if named != "model":
+        log.info("voices heard %s (engine.audio_level)", _LEVEL_WORDS[named])
+        return named
+    level = artifact.audio_level(model_dir)
+    revision_dir = settings.revision_model_dir() if revision is not None else None
+    if revision_dir is not None and artifact.audio_level(revision_dir) != level:
+        raise ConfigError(
+            f"the model {model_dir} learnt its voices {_LEVEL_WORDS[level]} and the revision model {revision_dir} "
+            f"{_LEVEL_WORDS[artifact.audio_level(revision_dir)]}: they read the same features; name one level with "
+            "engine.audio_level, or a revision model trained like the model"
+        )
+    if level != "as-sent":
+        log.info("voices heard %s (as the model learnt them)", _LEVEL_WORDS[level])
+    return level
+
+
+_LEVEL_WORDS = {"as-sent": "at the level the line brings", "speaker": "at their speakers' level in the call"}
+
+
 def load_revision_model(settings: Settings, engine: Any) -> tuple[Any, int]:
     """(engine for revised events, k future utterances) from settings; (None, k) without a revision model."""
     from engines import artifact
@@ -341,7 +367,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
         revision_engine=revision,
         min_speech_s=settings.engine.min_speech_s,
         shed_audio_after_s=settings.engine.shed_audio_after_s,
-        audio_level=settings.engine.audio_level,
+        audio_level=heard_level(settings, settings.model_dir(), revision),
     )
     analytics = None
     if settings.analytics.enabled:

@@ -352,14 +352,15 @@ class EngineSettings(_Section):
         "what a crash costs, kafka.session_timeout_s and a worker's start (30 s shed the voice of every utterance "
         "in flight at a kill -9)",
     )
-    audio_level: Literal["as-sent", "speaker"] = Field(
-        "as-sent",
-        description="the level a voice is heard at (engines/features/level.py): as-sent = as the line brought it "
-        "(the shipped models learnt from studio clips where loudness goes with the feeling, so a line's gain moves "
-        "labels: README 'Line levels'); speaker = relative to its speaker's own level so far in the call (the "
-        "median of the speaker's utterances with speech, this one included, set at the training clips' median), "
-        "whatever the line's gain: the first utterance of a speaker is heard at that median, and a worker that "
-        "restarts or takes a call over starts its speakers afresh",
+    audio_level: Literal["model", "as-sent", "speaker"] = Field(
+        "model",
+        description="the level a voice is heard at (engines/features/level.py): model = the level the model learnt "
+        "its voices at (train --audio-level; as-sent for the shipped models); as-sent = as the line brought it (a "
+        "model that learnt studio clips, where loudness goes with the feeling, moves its labels with a line's gain: "
+        "README 'Line levels'); speaker = relative to its speaker's own level so far in the call (the median of the "
+        "speaker's utterances with speech, this one included, set at the training clips' median), whatever the "
+        "line's gain: the first utterance of a speaker is heard at that median, and a worker that restarts or takes "
+        "a call over starts its speakers afresh",
     )
     format_check: Literal["warn", "drop", "off"] = Field(
         "warn",

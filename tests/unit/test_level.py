@@ -3,13 +3,16 @@ whatever gain the line has, the encoder hears the same waveform."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from engines import artifact
 from engines.datasets.base import Dialogue, Utterance
+from engines.errors import ArtifactError
 from engines.features import level
 from engines.features.level import REF_DB, SpeakerLevels, apply_gain, causal_gains, speech_level
 from engines.prepare import AudioTable
@@ -157,3 +160,61 @@ def test_evaluation_hears_each_utterance_at_its_speakers_level(tmp_path: Path) -
     np.testing.assert_allclose(plain[4:] - plain[:4], -20.0, atol=0.1)
     with pytest.raises(ValueError, match="4 paths for a table of 8"):
         table.lookup(flat[:4], 1)
+
+
+def _model(folder: Path, level_: str | None) -> Path:
+    folder.mkdir()
+    train = {} if level_ is None else {"audio_level": level_}
+    (folder / "config.json").write_text(json.dumps({"engine": "unimse", "train": train}))
+    return folder
+
+
+def test_the_stream_hears_voices_at_the_level_the_model_learnt_them_at(tmp_path: Path) -> None:
+    from streams.errors import ConfigError
+    from streams.runtime import heard_level
+    from streams.settings import Settings
+
+    old, new = _model(tmp_path / "old", None), _model(tmp_path / "new", "speaker")
+    assert artifact.audio_level(old) == "as-sent" and artifact.audio_level(new) == "speaker"
+    revision = object()  # a revision engine is loaded: its artifact's level must be the model's
+
+    def settings(model: Path, revised: Path | None, level_: str = "model") -> Settings:
+        engine = {"model": str(model), "revision_model": None if revised is None else str(revised)}
+        return Settings(engine={**engine, "audio_level": level_})
+
+    assert heard_level(settings(old, None), old, None) == "as-sent"
+    assert heard_level(settings(new, None), new, None) == "speaker"
+    assert heard_level(settings(new, new), new, revision) == "speaker"
+    with pytest.raises(ConfigError, match="revision model .* at the level the line brings: they read the same"):
+        heard_level(settings(new, old), new, revision)
+    assert heard_level(settings(new, old, "as-sent"), new, revision) == "as-sent"  # named: both hear it so
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"train": {"audio_level": "loud"}}))
+    with pytest.raises(ArtifactError, match="'loud' is none of"):
+        artifact.audio_level(tmp_path / "bad")
+
+
+def test_a_call_s_speakers_are_forgotten_when_it_ends_or_its_id_is_used_again() -> None:
+    import asyncio
+
+    from streams.pipeline import Processor
+    from tests.unit.test_worker_logic import FakeEngine, FakeFeaturizer, FakeStore
+
+    assert Processor(FakeEngine(), FakeFeaturizer(), FakeStore()).levels is None  # as-sent: nothing held
+    p = Processor(FakeEngine(), FakeFeaturizer(), FakeStore(), audio_level="speaker")
+    assert p.levels is not None
+
+    async def run() -> None:
+        assert p.levels is not None
+        p.levels.gain("ended", "A", "u0", -30.0)
+        p.levels.gain("again", "A", "u0", -30.0)
+        await p.started("again", ["audio"], 1)
+        await p.release(["ended"])
+        assert len(p.levels) == 1  # 'again' was started before any 'ended': not used again yet
+        await p.release(["again"], {"again": 2})
+        await p.started("again", ["audio"], 3)  # a new call under the id
+        assert len(p.levels) == 0
+        p.levels.gain("again", "A", "u0", -10.0)
+        assert await p.started("again", ["audio"], 5) and len(p.levels) == 0
+
+    asyncio.run(run())
