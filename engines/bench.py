@@ -296,14 +296,14 @@ def fusion_ceiling(model: str, data_dir: Path) -> dict[str, Any]:
     from engines.datasets import load_dataset
     from engines.evaluate import predict_prepared
     from engines.metrics import classification_report
-    from engines.prepare import AudioTable, prepare
+    from engines.prepare import heard_as, prepare
     from engines.registry import load_engine, load_extractors
 
     engine, ex = load_engine(model), load_extractors(model)
     if ex.text is None or ex.audio is None:
         raise SystemExit(f"{model}: fusion needs a model with text and audio")
     dev = load_dataset("meld-ravdess", data_dir, "dev")
-    table = AudioTable([u.audio for d in dev for u in d.utterances if u.audio], ex.audio)
+    table = heard_as(model, dev, ex.audio)
     data = prepare(dev, ex.spec, ex.text, table, engine.info.max_window, future=engine.info.future)
     counts = np.bincount(
         [u.emotion for d in load_dataset("meld-ravdess", data_dir, "train") for u in d.utterances],

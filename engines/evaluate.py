@@ -332,7 +332,7 @@ def evaluate_model(ns: argparse.Namespace) -> dict[str, Any]:
         "acknowledgements": ns.acknowledgements,
         "acknowledged_lines": acknowledged_lines,  # transcripts it changed (None: the dataset has no words)
         # clips with speech the format check judged mis-declared (None: no check); not used with drop
-        "misdeclared_clips": None if table is None or format_check is None else int(table.misdeclared.sum()),
+        "misdeclared_clips": None if table is None or format_check is None else table.misdeclared_clips(),
         **report,
         "corrupt": None,
     }

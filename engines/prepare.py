@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,9 @@ class AudioTable:
         else:
             items = [(p, 0) for p in self.paths]
         self.row = {item: i for i, item in enumerate(items)}
-        keys = [base[p] if g == 0 else item_key(f"{base[p]}|gain{g:+d}") for p, g in items]
+        # a clip at a gain: its key names the gain, and the way gains are applied past its first version
+        gained = "" if level.VERSION == 1 else f"|v{level.VERSION}"
+        keys = [base[p] if g == 0 else item_key(f"{base[p]}|gain{g:+d}{gained}") for p, g in items]
         namespace = f"audio/{extractor.id}{chan}"
         # how the clips are read, beside the extractor's id: their silences cut short (or not), and for
         # Whisper its segments (a long clip's features differ with them)
@@ -125,6 +128,10 @@ class AudioTable:
             judged = np.array([v is not None for v in format_check.verdicts(self.matrix)], dtype=bool)
             self.misdeclared = judged & (self.speech >= min_speech_s)
 
+    def misdeclared_clips(self) -> int:
+        """How many clips the format check judged mis-declared (a clip heard at several gains once)."""
+        return len({p for (p, _), row in self.row.items() if self.misdeclared[row]})
+
     def levels(self) -> dict[str, float | None]:
         """Each clip's level as heard through the table's channel (:func:`engines.features.level.speech_level`,
         cached); None where it has less than ``min_speech_s`` of speech, or no level."""
@@ -134,8 +141,8 @@ class AudioTable:
             lambda idx: np.array([[_or_nan(level.speech_level(self._heard(self.paths[i])))] for i in idx]),
         )
         enough = self.min_speech_s or 0.0
-        return {
-            p: None if self.seconds[p] < enough else _or_none(v)
+        return {  # to 0.01 dB as level.speech_level gives it (the cache holds float32)
+            p: None if self.seconds[p] < enough else _or_none(round(v, 2))
             for p, v in zip(self.paths, got.reshape(len(self.paths)).tolist(), strict=True)
         }
 
@@ -162,6 +169,19 @@ class AudioTable:
                 out[i] = self.matrix[row]
                 has[i] = 1.0
         return out, has
+
+
+def heard_as(
+    model: str | Path, dialogues: Sequence[Dialogue], extractor: AudioFeatureExtractor, **kw: Any
+) -> AudioTable:
+    """The table of ``dialogues``' clips as ``model`` hears them in the stream: at the level it learnt
+    its voices at (:func:`engines.artifact.audio_level`: each utterance at its speaker's level so far
+    in its dialogue, or every clip as it is); ``kw``: the rest of :class:`AudioTable`'s options."""
+    from engines import artifact
+
+    by_speaker = artifact.audio_level(model) == "speaker"
+    paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
+    return AudioTable(paths, extractor, dialogues=dialogues if by_speaker else None, **kw)
 
 
 def speaker_gains(dialogues: Sequence[Dialogue], levels: dict[str, float | None]) -> list[int]:

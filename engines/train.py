@@ -815,6 +815,17 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     if by_speaker and table is None:
         raise DatasetError("--audio-level speaker needs audio in the training data")
     clip_level = table.levels() if by_speaker and table is not None else {}
+    # a clip on a line is heard at its clean clip's gain less what the line did to its level: a call's
+    # line keeps one gain, which its speakers' levels so far cancel in the stream
+    line_offset: list[dict[str, float]] = []
+    if by_speaker:
+        for heard in lines:
+            offset = {}
+            for p, lv in heard.levels().items():
+                clean = clip_level.get(p)
+                if lv is not None and clean is not None:
+                    offset[p] = clean - lv
+            line_offset.append(offset)
     train_table = dev_table = table
     if by_speaker and audio_ex is not None:
         train_table, dev_table = (
@@ -881,7 +892,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
     clip_emotion = train.labels  # (N,) the emotion each utterance's clip shows (another one where corrupted)
     # An engine that says so gets the clips' emotions (training only) so its audio head learns what it hears.
     audio_labels = ns.corrupt_train > 0 and getattr(net, "accepts_audio_label", False)
-    line_voices: dict[int, np.ndarray] = {}  # --audio-level speaker: the voices the lines gave, last epoch
+    line_voices: list[np.ndarray] = []  # --audio-level speaker: the voices the lines gave, every epoch
     for epoch in range(ns.epochs):
         resample = composite and table is not None and not ns.no_resample_audio and epoch > 0
         if resample or ns.corrupt_train > 0 or lines or by_speaker:
@@ -905,10 +916,13 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
                 which = np.random.default_rng(ns.seed + 1000 * epoch + 3).integers(0, len(lines), len(phone))
                 for k, heard in enumerate(lines):
                     rows = phone[which == k]
+                    at = [gains[i] for i in rows]
+                    if by_speaker:
+                        at = [g + round(line_offset[k].get(clips[i] or "", 0.0)) for g, i in zip(at, rows, strict=True)]
                     feats, has_line = _heard_at(
                         heard,
                         [clips[i] for i in rows],
-                        [gains[i] for i in rows],
+                        at,
                         spec.dim("audio"),
                         audio_ex,
                         ns.cache_dir,
@@ -916,7 +930,7 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
                         line_channels[k],
                     )
                     if by_speaker:
-                        line_voices[k] = feats[has_line > 0]
+                        line_voices.append(feats[has_line > 0])
                     keep = train.has["audio"][rows] > 0
                     train.feats["audio"][rows[keep]] = feats[keep]
                     train.has["audio"][rows] *= has_line  # no speech left on the line: no audio, as in the stream
@@ -1010,7 +1024,11 @@ def _train_into(ns: argparse.Namespace, out_dir: Path) -> int:
                 {u.audio for d in train_d for u in d.utterances if u.audio} | {c.path for c in train_clips}
             )
             if by_speaker and train_table is not None:  # the voices as training heard them, on the lines too
-                voices = np.concatenate([train_table.matrix, *line_voices.values()])
+                # as many line voices beside the clean ones as the as-sent fit has (two lines a clip), drawn
+                # from every epoch's
+                on_lines = np.concatenate(line_voices) if line_voices else train_table.matrix[:0]
+                pick = np.random.default_rng(ns.seed).permutation(len(on_lines))[: len(lines) * len(train_table.matrix)]
+                voices = np.concatenate([train_table.matrix, on_lines[np.sort(pick)]])
             else:
                 voices = np.concatenate([tab.matrix[[tab.row[(p, 0)] for p in voice_paths]] for tab in [table, *lines]])
         tensors, trust_cfg = fit_trust(

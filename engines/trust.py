@@ -449,7 +449,7 @@ def sweep(
     from engines.evaluate import predict_prepared
     from engines.features.channel import make_channel
     from engines.metrics import classification_report
-    from engines.prepare import AudioTable, prepare
+    from engines.prepare import heard_as, prepare
     from engines.registry import load_extractors
     from engines.runtime.torch import TorchEngine
 
@@ -469,8 +469,7 @@ def sweep(
     data = {}
     line = make_channel(channel, seed)
     for name, ds in (("clean", clean), ("swapped", swapped.dialogues)):
-        paths = [u.audio for d in ds for u in d.utterances if u.audio]
-        table = AudioTable(paths, ex.audio, channel=line)
+        table = heard_as(path, ds, ex.audio, channel=line)
         # a revision model reads its windows as it was trained: with its later utterances
         data[name] = prepare(ds, ex.spec, ex.text, table, int(cfg["max_window"]), future=int(cfg.get("future", 0)))
     bad = swapped.mask

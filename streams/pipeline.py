@@ -238,7 +238,7 @@ def utterance_features(
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
     if waves and levels is not None:  # the speaker's level put where the model's clips had theirs (level.py)
         waves = [
-            (i, apply_gain(w, levels.gain(utts[i].call_id, utts[i].speaker, utts[i].utterance_id, speech_level(w))))
+            (i, apply_gain(w, levels.gain(utts[i].call_id, utts[i].speaker, utts[i].seq, speech_level(w))))
             for i, w in waves
         ]
     if waves:  # as the model learnt voices: about a second of silence at an end, none long inside (pauses.py)

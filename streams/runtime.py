@@ -335,6 +335,10 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
         raise ConfigError(f"engine.future {future} must be less than the context the model reads ({window} "
                           "utterances: its own window, and redis.window + 1)")  # fmt: skip
     try:
+        audio_level = heard_level(settings, settings.model_dir(), revision)
+    except EngineError as exc:  # a config.json whose train.audio_level is none of the levels
+        raise ConfigError(str(exc)) from exc
+    try:
         featurizer.warm_up()  # compiles the graphs: the openvino runtime checks them on the probes here
     except EngineError as exc:
         raise ConfigError(f"cannot start the encoders on runtime {engine.info.runtime}: {exc}") from exc
@@ -367,7 +371,7 @@ def build_worker(settings: Settings, send: Any, metrics: Metrics | None = None) 
         revision_engine=revision,
         min_speech_s=settings.engine.min_speech_s,
         shed_audio_after_s=settings.engine.shed_audio_after_s,
-        audio_level=heard_level(settings, settings.model_dir(), revision),
+        audio_level=audio_level,
     )
     analytics = None
     if settings.analytics.enabled:

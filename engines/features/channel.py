@@ -149,8 +149,8 @@ class LineGain:
     version: int = 1
 
     @property
-    def id(self) -> str:
-        return channel_id("gain", self)
+    def id(self) -> str:  # the line by its own id (its class and parameters), not by its fields alone
+        return f"gain-v{self.version}{self.db:+g}dB" + (f"-{self.line.id}" if self.line is not None else "")
 
     def __call__(self, wave: np.ndarray, key: str) -> np.ndarray:
         from engines.features.level import apply_gain

@@ -51,7 +51,7 @@ def speech_level(wave: np.ndarray) -> float | None:
     p95 = float(np.percentile(rms, 95))
     if p95 <= 0:
         return None
-    level = 20 * np.log10(p95)
+    level = round(20 * np.log10(p95), 2)  # to 0.01 dB: evaluation caches it in float32, the stream does not
     return level if level > SILENT_DB else None
 
 
@@ -89,27 +89,31 @@ def causal_gains(levels: list[tuple[str, float | None]]) -> list[int]:
 
 
 class SpeakerLevels:
-    """Each call's speakers' levels, in the order their utterances were encoded, for
-    ``engine.audio_level = "speaker"``. :meth:`gain` of an utterance encoded again (a replay, a
-    retried batch) is what it was the first time, so long as the call is remembered; a call is
-    forgotten at its end (:meth:`forget`), or the oldest one when more than ``max_calls`` are held
-    (a worker that restarts or takes a call over from another starts its speakers afresh)."""
+    """Each call's speakers' levels by their utterances' ``seq``, for ``engine.audio_level = "speaker"``:
+    the baseline of an utterance is the median of its speaker's levels at or before its ``seq`` (the
+    last :data:`KEEP` of them), so it does not depend on the order the worker encodes them in (ahead
+    on a thread, or in its batch), and an utterance encoded again (a replay, a retried batch) gets
+    what it got the first time unless an earlier one of its speaker came in between (as
+    :func:`causal_gains` over the dialogue in order would then say). A call is forgotten at its end
+    (:meth:`forget`), or the oldest one when more than ``max_calls`` are held (a worker that
+    restarts or takes a call over from another starts its speakers afresh; a call that moved away
+    ages out). A call holds at most :data:`KEEP` levels a speaker (a few KB)."""
 
-    def __init__(self, max_calls: int = 100_000) -> None:
+    def __init__(self, max_calls: int = 20_000) -> None:
         self.max_calls = max_calls
         self._lock = threading.Lock()  # the worker encodes ahead on a thread while a batch encodes its own
-        # call -> speaker -> utterance id -> level, in the order they came
-        self._calls: OrderedDict[str, dict[str, OrderedDict[str, float]]] = OrderedDict()
+        # call -> speaker -> seq -> level
+        self._calls: OrderedDict[str, dict[str, dict[int, float]]] = OrderedDict()
 
-    def gain(self, call_id: str, speaker: str, utterance_id: str, level: float | None) -> int:
-        """The gain for ``utterance_id`` of ``speaker`` in ``call_id`` whose level is ``level``
+    def gain(self, call_id: str, speaker: str, seq: int, level: float | None) -> int:
+        """The gain for the utterance ``seq`` of ``speaker`` in ``call_id`` whose level is ``level``
         (None, no level: 0 dB, and not counted)."""
         if level is None:
             return 0
         with self._lock:
-            return gain_for(self._baseline(call_id, speaker, utterance_id, level))
+            return gain_for(self._baseline(call_id, speaker, seq, level))
 
-    def _baseline(self, call_id: str, speaker: str, utterance_id: str, level: float) -> float:
+    def _baseline(self, call_id: str, speaker: str, seq: int, level: float) -> float:
         speakers = self._calls.get(call_id)
         if speakers is None:
             speakers = self._calls[call_id] = {}
@@ -117,13 +121,12 @@ class SpeakerLevels:
                 self._calls.popitem(last=False)
         else:
             self._calls.move_to_end(call_id)
-        mine = speakers.setdefault(speaker, OrderedDict())
-        if utterance_id not in mine:
-            mine[utterance_id] = level
-            while len(mine) > KEEP:
-                mine.popitem(last=False)
-        ids = list(mine)
-        return float(np.median([mine[u] for u in ids[: ids.index(utterance_id) + 1]]))
+        mine = speakers.setdefault(speaker, {})
+        mine.setdefault(seq, level)
+        if len(mine) > KEEP:
+            del mine[min(mine)]
+        upto = sorted(s for s in mine if s <= seq)[-KEEP:]
+        return float(np.median([mine[s] for s in upto]))
 
     def forget(self, call_id: str) -> None:
         with self._lock:

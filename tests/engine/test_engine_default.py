@@ -125,14 +125,14 @@ def test_raw_input_to_prediction(engine: Engine, shared_data: Path) -> None:
 def _dev(name: str, shared_data: Path, engine: Engine, channel: str = "clean") -> object:
     from engines.datasets import load_dataset
     from engines.features.channel import make_channel
-    from engines.prepare import AudioTable, prepare
+    from engines.prepare import heard_as, prepare
     from engines.registry import load_extractors
 
     ex = load_extractors("default")
     dialogues = load_dataset(name, shared_data, "dev")
-    paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
     line = make_channel(channel, 0)  # evaluate --channel telephone --seed 0
-    table = AudioTable(paths, ex.audio, channel=line) if paths and ex.audio else None
+    has_audio = any(u.audio for d in dialogues for u in d.utterances)
+    table = heard_as("default", dialogues, ex.audio, channel=line) if has_audio and ex.audio else None
     return prepare(dialogues, ex.spec, ex.text, table, engine.info.max_window)
 
 
@@ -187,7 +187,7 @@ def test_revised_artifact_serves_revisions_with_the_default(engine: Engine, shar
     from engines.datasets import load_dataset
     from engines.evaluate import evaluate_engine
     from engines.features.channel import make_channel
-    from engines.prepare import AudioTable, prepare
+    from engines.prepare import heard_as, prepare
     from engines.registry import load_engine, load_extractors
     from streams.runtime import load_revision_model
     from streams.settings import Settings
@@ -198,8 +198,7 @@ def test_revised_artifact_serves_revisions_with_the_default(engine: Engine, shar
     assert k == 2 and loaded.info.labels == engine.info.labels
     ex = load_extractors("revised")
     dialogues = load_dataset("meld-ravdess", shared_data, "dev")
-    paths = [u.audio for d in dialogues for u in d.utterances if u.audio]
-    table = AudioTable(paths, ex.audio)
+    table = heard_as("revised", dialogues, ex.audio)
     data = prepare(dialogues, ex.spec, ex.text, table, revised.info.max_window, future=2)
     report = evaluate_engine(revised, data, ["text", "audio"])
     assert report["weighted_f1"] >= REVISED_COMPOSITE_DEV_WF1_FLOOR, report
@@ -208,7 +207,12 @@ def test_revised_artifact_serves_revisions_with_the_default(engine: Engine, shar
     # audio only, fell to 0.672 there against the default's 0.812)
     line = make_channel("telephone", 0)  # evaluate --channel telephone --seed 0
     phone = prepare(
-        dialogues, ex.spec, ex.text, AudioTable(paths, ex.audio, channel=line), revised.info.max_window, future=2
+        dialogues,
+        ex.spec,
+        ex.text,
+        heard_as("revised", dialogues, ex.audio, channel=line),
+        revised.info.max_window,
+        future=2,
     )
     revised_phone = evaluate_engine(revised, phone, ["text", "audio"])
     default_phone = evaluate_engine(
@@ -260,7 +264,7 @@ def test_the_voice_gate_costs_little_clean_and_gains_on_contradicting_voices(eng
     from engines.corrupt import audio_pool, corrupt_dialogues, parse_corrupt
     from engines.datasets import load_dataset
     from engines.evaluate import evaluate_engine, predict_prepared
-    from engines.prepare import AudioTable, prepare
+    from engines.prepare import heard_as, prepare
     from engines.registry import load_extractors
 
     assert artifact.read_json(DEFAULT, artifact.CONFIG).get("trust"), "the default ships with its voice gate"
@@ -271,7 +275,7 @@ def test_the_voice_gate_costs_little_clean_and_gains_on_contradicting_voices(eng
     )
     figures = {}
     for name, ds in (("clean", dialogues), ("swapped", swapped.dialogues)):
-        table = AudioTable([u.audio for d in ds for u in d.utterances if u.audio], ex.audio)
+        table = heard_as("default", ds, ex.audio)
         data = prepare(ds, ex.spec, ex.text, table, engine.info.max_window)
         figures[name] = {
             "gated": evaluate_engine(engine, data, ["text", "audio"])["weighted_f1"],
@@ -304,6 +308,7 @@ def test_the_demo_voices_do_not_pull_the_labels_below_the_text(engine: Engine) -
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it)")
     from engines.features.codecs import decode_audio
+    from engines.features.level import apply_gain, causal_gains, speech_level
 
     ex = load_extractors("default")
     assert ex.text is not None and ex.audio is not None
@@ -314,7 +319,11 @@ def test_the_demo_voices_do_not_pull_the_labels_below_the_text(engine: Engine) -
     for call in calls:
         utts = [u for u in call.utterances if u.text and u.label]
         t = ex.text.encode([str(u.text) for u in utts])
-        a = ex.audio.extract([decode_audio(u.audio, "flac", 16_000) for u in utts])
+        waves = [decode_audio(u.audio, "flac", 16_000) for u in utts]
+        if artifact.audio_level("default") == "speaker":  # as the stream hears them (engine.audio_level model)
+            gains = causal_gains([(u.speaker, speech_level(w)) for u, w in zip(utts, waves, strict=True)])
+            waves = [apply_gain(w, g) for w, g in zip(waves, gains, strict=True)]
+        a = ex.audio.extract(waves)
         for name in agree:
             items = [
                 UtteranceFeatures(u.speaker, {"text": t[i], "audio": a[i] if name == "text+audio" else None})

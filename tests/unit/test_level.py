@@ -54,21 +54,33 @@ def test_each_speakers_median_so_far_is_put_at_the_reference() -> None:
     assert causal_gains([("A", REF_DB - 100)]) == [level.MAX_GAIN_DB]  # a near-silent line is not lifted unbounded
 
 
-def test_the_stream_gives_the_gains_evaluation_gives_and_a_replay_its_first_gain() -> None:
+def test_the_stream_gives_the_gains_evaluation_gives_in_whatever_order_it_encodes() -> None:
     said = [("A", -40.0), ("B", -20.0), ("A", -30.0), ("A", -20.0), ("B", -26.0)]
     levels = SpeakerLevels()
-    got = [levels.gain("call", s, f"u{i}", lv) for i, (s, lv) in enumerate(said)]
+    got = [levels.gain("call", s, i, lv) for i, (s, lv) in enumerate(said)]
     assert got == causal_gains(said)
-    assert levels.gain("call", "A", "u0", -40.0) == got[0]  # a replay of the first: as the first time
-    assert levels.gain("call", "A", "u2", -30.0) == got[2]
-    assert levels.gain("other", "A", "u0", -10.0) == gain_alone(-10.0)  # calls apart
+    assert levels.gain("call", "A", 0, -40.0) == got[0]  # a replay of the first: as the first time
+    assert levels.gain("call", "A", 2, -30.0) == got[2]
+    # encoded out of order (ahead on a thread, the rest in the batch): each by its own seq all the same
+    shuffled = SpeakerLevels()
+    order = [3, 1, 4, 0, 2]
+    by_seq = {i: shuffled.gain("call", said[i][0], i, said[i][1]) for i in order}
+    # each as evaluation says but seq 3, encoded first: before A's seq 0 and 2 were heard
+    assert [by_seq[i] for i in range(len(said))] == [*got[:3], causal_gains([said[3]])[0], got[4]]
+    again = {i: shuffled.gain("call", said[i][0], i, said[i][1]) for i in range(len(said))}  # a replay of all
+    assert list(again.values()) == got
+    assert levels.gain("other", "A", 0, -10.0) == gain_alone(-10.0)  # calls apart
     levels.forget("call")
-    assert levels.gain("call", "A", "u3", -20.0) == gain_alone(-20.0)  # the call forgotten: afresh
-    assert levels.gain("call", "A", "u9", None) == 0 and len(levels) == 2
+    assert levels.gain("call", "A", 3, -20.0) == gain_alone(-20.0)  # the call forgotten: afresh
+    assert levels.gain("call", "A", 9, None) == 0 and len(levels) == 2
     small = SpeakerLevels(max_calls=2)
     for c in ("c1", "c2", "c3"):
-        small.gain(c, "A", "u", -30.0)
+        small.gain(c, "A", 0, -30.0)
     assert len(small) == 2
+    long = SpeakerLevels()
+    for i in range(3 * level.KEEP):
+        long.gain("c", "A", i, -60.0 if i < level.KEEP else -20.0)
+    assert long.gain("c", "A", 3 * level.KEEP, -20.0) == gain_alone(-20.0)  # the last KEEP only
 
 
 def gain_alone(lv: float) -> int:
@@ -206,15 +218,25 @@ def test_a_call_s_speakers_are_forgotten_when_it_ends_or_its_id_is_used_again() 
 
     async def run() -> None:
         assert p.levels is not None
-        p.levels.gain("ended", "A", "u0", -30.0)
-        p.levels.gain("again", "A", "u0", -30.0)
+        p.levels.gain("ended", "A", 0, -30.0)
+        p.levels.gain("again", "A", 0, -30.0)
         await p.started("again", ["audio"], 1)
         await p.release(["ended"])
         assert len(p.levels) == 1  # 'again' was started before any 'ended': not used again yet
         await p.release(["again"], {"again": 2})
         await p.started("again", ["audio"], 3)  # a new call under the id
         assert len(p.levels) == 0
-        p.levels.gain("again", "A", "u0", -10.0)
+        p.levels.gain("again", "A", 0, -10.0)
         assert await p.started("again", ["audio"], 5) and len(p.levels) == 0
 
     asyncio.run(run())
+
+
+def test_a_line_gain_names_its_line_and_plays_louder_before_it() -> None:
+    from engines.features.channel import LineGain, make_channel
+
+    phone = make_channel("telephone", 0)
+    assert LineGain(12.0).id == "gain-v1+12dB" and LineGain(-20.0, phone).id == f"gain-v1-20dB-{phone.id}"
+    voice = tone(0.01)
+    assert speech_level(LineGain(-20.0)(voice, "k")) == pytest.approx(speech_level(voice) - 20, abs=0.05)
+    np.testing.assert_allclose(LineGain(6.0, phone)(voice, "k"), phone(apply_gain(voice, 6.0), "k"))
