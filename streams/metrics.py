@@ -236,6 +236,13 @@ class Metrics:
             "Audio parts used with their voice clipped at full scale (the event's suspect says so)",
             registry=r,
         )
+        self.quiet_audio = Counter(
+            "emostream_quiet_audio_total",
+            "Audio parts used whose speaker's voice, heard as sent (engine.audio_level as-sent), sits under -50 dBFS "
+            "over 3 or more utterances: a line quieter than the model's training speakers, which moves the voice's "
+            "labels (the event's suspect says so; README 'Line levels')",
+            registry=r,
+        )
         self.processing_failed = Counter(
             "emostream_processing_failed_total",
             "Utterances split out of their batch because the encoders, engine or event build failed on them",

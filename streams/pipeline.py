@@ -31,7 +31,7 @@ import numpy as np
 from engines.features import format_check, language
 from engines.features.codecs import G711
 from engines.features.emoji import EMOJI_WORDS
-from engines.features.level import SpeakerLevels, apply_gain, speech_level
+from engines.features.level import SpeakerLevels, apply_gain, gain_for, speech_level
 from engines.features.pauses import shorten_silences
 from engines.interface import MODALITIES, Engine, EngineBatch, EngineOutput, FeatureSpec
 from engines.windows import pack_windows
@@ -236,11 +236,18 @@ def utterance_features(
                     f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s" + _loud(w)
                 )
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
-    if waves and levels is not None:  # the speaker's level put where the model's clips had theirs (level.py)
-        waves = [
-            (i, apply_gain(w, levels.gain(utts[i].call_id, utts[i].speaker, utts[i].seq, speech_level(w))))
-            for i, w in waves
-        ]
+    if waves and levels is not None:  # the speakers' levels so far (level.py)
+        heard = []
+        for i, w in waves:
+            utt = utts[i]
+            median, n = levels.baseline(utt.call_id, utt.speaker, utt.seq, speech_level(w))
+            if median is not None and levels.apply:  # the speaker's level put where the model's clips had theirs
+                w = apply_gain(w, gain_for(median))
+            elif median is not None and n >= QUIET_AFTER and median < QUIET_DBFS:  # heard as sent: said
+                note = quiet_note(median, n)
+                wave_notes[i] = note if i not in wave_notes else f"{wave_notes[i]}; {note}"
+            heard.append((i, w))
+        waves = heard
     if waves:  # as the model learnt voices: about a second of silence at an end, none long inside (pauses.py)
         waves = [(i, shorten_silences(w)) for i, w in waves]
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
@@ -276,6 +283,23 @@ def utterance_features(
 #: ``ignored["audio"]`` where the audio encoder gave a vector that is not finite (a guard: decoding
 #: refuses or clips what would overflow it)
 NOT_FINITE = "unusable audio: its features came out not finite (NaN or infinite)"
+
+#: a speaker heard as sent (engine.audio_level as-sent) whose median speech level over its utterances so
+#: far (QUIET_AFTER of them at least) is under this is on a quiet line: the models' training speakers sit
+#: at -47.5 dBFS or over 95 % of them (RAVDESS actors on the composite, engines/features/level.py), a
+#: line 20 dB down cost 0.11 W-F1 (README 'Line levels'); a single calm or sad clip may be quieter
+QUIET_DBFS = -50.0
+QUIET_AFTER = 3
+QUIET = "quiet line: "  # how the note begins
+
+
+def quiet_note(median_db: float, n: int) -> str:
+    return (
+        f"{QUIET}the speaker's voice at {median_db:.0f} dBFS over {n} utterances, quieter than the model's training "
+        f"speakers (under {QUIET_DBFS:g} dBFS): a line this quiet moves the voice's labels (README 'Line levels'; "
+        "engine.audio_level = speaker hears each voice at its speaker's level)"
+    )
+
 
 #: a clip without speech this loud or louder is said to be sound, not silence (a line muted or on hold is far below)
 LOUD_DBFS = -45.0
@@ -448,8 +472,9 @@ class Processor:
         audio_level: str = "as-sent",
     ) -> None:
         self.engine = engine
-        # engine.audio_level "speaker": each call's speakers' levels so far (engines/features/level.py)
-        self.levels = SpeakerLevels() if audio_level == "speaker" else None
+        # each call's speakers' levels so far (engines/features/level.py): applied with engine.audio_level
+        # "speaker", watched for a quiet line otherwise
+        self.levels = SpeakerLevels(apply=audio_level == "speaker")
         self.shed_audio_after_s = shed_audio_after_s  # audio of utterances sent longer ago is not encoded (0: all is)
         self.wall = wall  # the clock that ages utterances against their record times
         self.computing_since: float | None = None  # monotonic start of the batch in the engine (liveness)
@@ -640,8 +665,7 @@ class Processor:
         for call_id in call_ids:
             self._written.pop(call_id, None)
             self._generations.pop(call_id, None)
-            if self.levels is not None:
-                self.levels.forget(call_id)
+            self.levels.forget(call_id)
 
     async def superseded(self, call_id: str, ended_offset: int) -> bool:
         """Whether a call's 'ended', at ``ended_offset`` of its control partition, came before the
@@ -672,8 +696,7 @@ class Processor:
         again: bool = await self.store.started(call_id, modalities, offset, identity)
         if again:
             self._written.pop(call_id, None)
-            if self.levels is not None:  # another call under the same id: its speakers start afresh
-                self.levels.forget(call_id)
+            self.levels.forget(call_id)  # another call under the same id: its speakers start afresh
         return again
 
     def _isolated(

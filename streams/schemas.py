@@ -428,7 +428,9 @@ class EmotionEvent(_Message):
         "'wrong sample rate? the voice sounds an octave high: ...' (or low), or 'wrong G.711 law? ...'; with "
         "engine.language_check = warn, a transcript that reads as another language is 'other language? ...'; a "
         "transcript longer than the text model reads (128 tokens for the shipped models) is 'long transcript: ...' "
-        "(its first tokens were read, not the rest); the label leaned on it by its weight. Revisions of the "
+        "(its first tokens were read, not the rest); audio clipped at full scale is 'clipped: ...'; audio of a speaker "
+        "whose voice, heard as sent, sits under -50 dBFS over 3 or more of its utterances is 'quiet line: ...' (a line "
+        "that quiet moves the voice's labels); the label leaned on it by its weight. Revisions of the "
         "utterance carry it too",
     )
     model: ModelRef

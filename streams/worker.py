@@ -62,6 +62,7 @@ from streams.pipeline import (
     MISDECLARED,
     NOT_AN_INPUT,
     OTHER_LANGUAGE,
+    QUIET,
     BatchOutcome,
     Processor,
     sent_ago,
@@ -326,6 +327,7 @@ class Worker:
         self._format_warned: set[str] = set()  # calls whose audio format was said to be wrong (logged once a call)
         self._language_warned: set[str] = set()  # calls whose transcripts were said to be in another language
         self._long_warned: set[str] = set()  # calls whose transcripts were said to be longer than the model reads
+        self._quiet_warned: set[str] = set()  # calls whose voices were said to be quieter than the model learnt
         self._restarts_said: OrderedDict[str, float] = OrderedDict()  # call ids said to be started again -> when
         self._shed = 0  # utterances whose audio was not encoded (the worker behind) since the last log line
         self._shed_logged_at: float | None = None  # monotonic time of that line
@@ -1530,6 +1532,9 @@ class Worker:
                         self._misdeclared(utt, why, used=True)
                     if CLIPPED in why:
                         self.metrics.clipped_audio.inc()
+                    if QUIET in why:
+                        self.metrics.quiet_audio.inc()
+                        self._once_a_call(self._quiet_warned, utt, "audio", why[why.index(QUIET) :], True)
                     if LONG_TRANSCRIPT in why:
                         self.metrics.long_transcripts.inc()
                         self._once_a_call(self._long_warned, utt, "transcript", why, True)

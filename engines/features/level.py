@@ -99,8 +99,9 @@ class SpeakerLevels:
     restarts or takes a call over from another starts its speakers afresh; a call that moved away
     ages out). A call holds at most :data:`KEEP` levels a speaker (a few KB)."""
 
-    def __init__(self, max_calls: int = 20_000) -> None:
+    def __init__(self, max_calls: int = 20_000, apply: bool = True) -> None:
         self.max_calls = max_calls
+        self.apply = apply  # False: the levels are only watched (a line far quieter than the model's clips)
         self._lock = threading.Lock()  # the worker encodes ahead on a thread while a batch encodes its own
         # call -> speaker -> seq -> level
         self._calls: OrderedDict[str, dict[str, dict[int, float]]] = OrderedDict()
@@ -108,12 +109,18 @@ class SpeakerLevels:
     def gain(self, call_id: str, speaker: str, seq: int, level: float | None) -> int:
         """The gain for the utterance ``seq`` of ``speaker`` in ``call_id`` whose level is ``level``
         (None, no level: 0 dB, and not counted)."""
-        if level is None:
-            return 0
-        with self._lock:
-            return gain_for(self._baseline(call_id, speaker, seq, level))
+        median, _ = self.baseline(call_id, speaker, seq, level)
+        return 0 if median is None else gain_for(median)
 
-    def _baseline(self, call_id: str, speaker: str, seq: int, level: float) -> float:
+    def baseline(self, call_id: str, speaker: str, seq: int, level: float | None) -> tuple[float | None, int]:
+        """(the speaker's median level at or before ``seq``, this one included, and how many levels it
+        is of); (None, 0) for no level, not counted."""
+        if level is None:
+            return None, 0
+        with self._lock:
+            return self._baseline(call_id, speaker, seq, level)
+
+    def _baseline(self, call_id: str, speaker: str, seq: int, level: float) -> tuple[float, int]:
         speakers = self._calls.get(call_id)
         if speakers is None:
             speakers = self._calls[call_id] = {}
@@ -126,7 +133,7 @@ class SpeakerLevels:
         if len(mine) > KEEP:
             del mine[min(mine)]
         upto = sorted(s for s in mine if s <= seq)[-KEEP:]
-        return float(np.median([mine[s] for s in upto]))
+        return float(np.median([mine[s] for s in upto])), len(upto)
 
     def forget(self, call_id: str) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from client.publisher import make_producer
 from engines.features.codecs import decode_audio, encode_audio
 from engines.features.format_check import WRONG_LAW, WRONG_RATE
 from streams.kafka import ensure_topics
+from streams.pipeline import QUIET
 from streams.schemas import AudioPart, TextPart
 from tests.integration.harness import Collector, WorkerProcess, settings_for
 from tools.dialogues import attach_ravdess, read_meld_csv
@@ -78,12 +79,25 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
         producer.send(
             t.text, key=b"rtp", value=TextPart(call_id="rtp", utterance_id="u0", seq=0, text="Hello?").to_bytes()
         )
+        # a caller on a quiet line: three utterances 25 dB under the studio's level (speech all the same)
+        voiced = [u for d in calls for u in d.utterances if u.audio][:3]
+        assert len(voiced) == 3
+        for seq, u in enumerate(voiced):
+            quiet = decode_audio(u.audio, u.audio_encoding or "flac") * 10 ** (-25 / 20)
+            pcm = base64.b64encode(encode_audio(quiet, 16000, "pcm_s16le")).decode()
+            part = AudioPart(call_id="quiet", utterance_id=f"u{seq}", seq=seq, speaker="caller", encoding="pcm_s16le",
+                             sample_rate=16000, data=pcm)  # fmt: skip
+            producer.send(t.audio, key=b"quiet", value=part.to_bytes())
+            text = TextPart(call_id="quiet", utterance_id=f"u{seq}", seq=seq, speaker="caller", text="Okay.")
+            producer.send(t.text, key=b"quiet", value=text.to_bytes())
         producer.flush()
         producer.close()
         want = {(u.call_id, u.utterance_id) for d in calls for u in d.utterances}
+        want |= {("quiet", f"u{i}") for i in range(3)}
         want |= {("liar", "u0"), ("held", "u0"), ("fast", "u0"), ("slow", "u0"), ("law", "u0"), ("rtp", "u0")}
         assert collector.poll_until(lambda c: {(e.call_id, e.utterance_id) for _, e in c.events} >= want, 120), (
-            worker.tail()
+            want - {(e.call_id, e.utterance_id) for _, e in collector.events},
+            worker.tail(),
         )
         assert collector.poll_until(lambda c: len(c.dead) >= 2, 10)
         dead = {d.call_id: d for d in collector.dead}
@@ -121,7 +135,19 @@ def test_g711_and_8_khz_calls_are_labelled_with_their_audio(services, unique, sh
             while logged not in worker.tail(10**7) and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert logged in worker.tail(10**7), worker.tail()
+        # said from the third utterance on (a calm clip alone may be as quiet), counted and logged once a call
+        quiet_said = [(events[("quiet", f"u{i}")].suspect or {}).get("audio", "") for i in range(3)]
+        assert [x.startswith(QUIET) for x in quiet_said] == [False, False, True], quiet_said
+        for i in range(3):  # used all the same
+            ev = events[("quiet", f"u{i}")]
+            assert ev.modalities_present == ["text", "audio"] and ev.ignored == {}, ev
+        logged = "call quiet: audio of utterance u2 used all the same: " + QUIET
+        deadline = time.monotonic() + 20
+        while logged not in worker.tail(10**7) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert logged in worker.tail(10**7), worker.tail()
         page = worker.metrics()
+        assert "emostream_quiet_audio_total 1.0" in page, page
         assert 'emostream_misdeclared_audio_total{mistake="sample_rate"} 2.0' in page, page
         assert 'emostream_misdeclared_audio_total{mistake="g711_law"} 1.0' in page, page
     finally:

@@ -212,12 +212,11 @@ def test_a_call_s_speakers_are_forgotten_when_it_ends_or_its_id_is_used_again() 
     from streams.pipeline import Processor
     from tests.unit.test_worker_logic import FakeEngine, FakeFeaturizer, FakeStore
 
-    assert Processor(FakeEngine(), FakeFeaturizer(), FakeStore()).levels is None  # as-sent: nothing held
+    assert not Processor(FakeEngine(), FakeFeaturizer(), FakeStore()).levels.apply  # as-sent: only watched
     p = Processor(FakeEngine(), FakeFeaturizer(), FakeStore(), audio_level="speaker")
-    assert p.levels is not None
+    assert p.levels.apply
 
     async def run() -> None:
-        assert p.levels is not None
         p.levels.gain("ended", "A", 0, -30.0)
         p.levels.gain("again", "A", 0, -30.0)
         await p.started("again", ["audio"], 1)
@@ -240,3 +239,20 @@ def test_a_line_gain_names_its_line_and_plays_louder_before_it() -> None:
     voice = tone(0.01)
     assert speech_level(LineGain(-20.0)(voice, "k")) == pytest.approx(speech_level(voice) - 20, abs=0.05)
     np.testing.assert_allclose(LineGain(6.0, phone)(voice, "k"), phone(apply_gain(voice, 6.0), "k"))
+
+
+def test_a_speaker_on_a_quiet_line_heard_as_sent_is_said_to_be_from_the_third_utterance() -> None:
+    from streams.pipeline import QUIET, QUIET_AFTER
+
+    dims = {"text": 2, "audio": 3, "video": 0}
+    said = {}
+    for line_db, apply in ((-25.0, False), (0.0, False), (-25.0, True)):
+        levels, f = SpeakerLevels(apply=apply), Featurizer()
+        utts = call(line_db, "c")
+        for u in utts:
+            utterance_features([u], f, dims, min_speech_s=0.1, levels=levels)
+        said[(line_db, apply)] = [u.suspect.get("audio", "") for u in utts]
+    quiet = said[(-25.0, False)]  # the customer at 0.02, 0.04, 0.08 (-37, -31, -25 dBFS) 25 dB down
+    assert [x.startswith(QUIET) for x in quiet] == [False, False, False, False, True], quiet
+    assert "over 3 utterances" in quiet[4] and QUIET_AFTER == 3
+    assert not any(said[(0.0, False)]) and not any(said[(-25.0, True)])  # a studio's level; levels applied
