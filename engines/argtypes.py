@@ -70,3 +70,11 @@ def below_one(text: str) -> float:
 for _kind, _types in ((int, (positive_int, count)), (float, (positive, non_negative, rate, below_one))):
     for _type in _types:
         _type.number = _kind  # type: ignore[union-attr]  # what a recipe's value must be (engines/recipes.py)
+
+
+def decibels(text: str) -> float:
+    """A gain in dB within +-60 (60 dB down is a line's idle noise, not its speech)."""
+    x = _number(float, text)
+    if abs(x) > 60:
+        raise argparse.ArgumentTypeError(f"must be within -60 and 60 dB, not {x:g}")
+    return x

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.argtypes import positive_int
+from engines.argtypes import decibels, positive_int
 from engines.features.acknowledge import ACKNOWLEDGEMENTS
 from engines.features.channel import CHANNELS
 from engines.features.speech import MIN_SPEECH_S
@@ -85,11 +85,12 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--line-gain",
-        type=float,
+        type=decibels,
         default=0.0,
         metavar="DB",
         help="every clip DB louder (quieter where negative, held under clipping) before --channel: a line whose "
-        "level is not the studio's (the telephone's nominal level is about +12 dB of RAVDESS's median clip; "
+        "level is not the studio's (within -60 to 60; the telephone's nominal level is roughly 10-12 dB over RAVDESS's "
+        "median clip; "
         "engines/features/channel.py LineGain)",
     )
     parser.add_argument(

@@ -256,3 +256,17 @@ def test_a_speaker_on_a_quiet_line_heard_as_sent_is_said_to_be_from_the_third_ut
     assert [x.startswith(QUIET) for x in quiet] == [False, False, False, False, True], quiet
     assert "over 3 utterances" in quiet[4] and QUIET_AFTER == 3
     assert not any(said[(0.0, False)]) and not any(said[(-25.0, True)])  # a studio's level; levels applied
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-1000", "61", "loud"])
+def test_evaluate_refuses_a_line_gain_that_is_no_line_s(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from engines.evaluate import add_evaluate_args
+
+    parser = add_evaluate_args(argparse.ArgumentParser(prog="emostream evaluate"))
+    need = ["--dataset", "ravdess", "--data-dir", "data"]
+    assert parser.parse_args([*need, "--line-gain", "-20", "--levels", "speaker"]).line_gain == -20.0
+    with pytest.raises(SystemExit):
+        parser.parse_args([*need, "--line-gain", bad])
+    assert "argument --line-gain:" in capsys.readouterr().err
