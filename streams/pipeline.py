@@ -236,9 +236,9 @@ def utterance_features(
                     f"no speech: {float(s):.2f} s of speech, less than {min_speech_s:g} s" + _loud(w)
                 )
         waves = [(i, w) for (i, w), s in zip(waves, seconds, strict=True) if s >= min_speech_s]
-    if waves and levels is not None:  # the speakers' levels so far (level.py)
+    if waves and levels is not None:  # the speakers' levels so far (level.py), each call's in seq order
         heard = []
-        for i, w in waves:
+        for i, w in sorted(waves, key=lambda iw: (utts[iw[0]].call_id, utts[iw[0]].seq)):
             utt = utts[i]
             median, n = levels.baseline(utt.call_id, utt.speaker, utt.seq, speech_level(w))
             if median is not None and levels.apply:  # the speaker's level put where the model's clips had theirs
@@ -247,7 +247,8 @@ def utterance_features(
                 note = quiet_note(median, n)
                 wave_notes[i] = note if i not in wave_notes else f"{wave_notes[i]}; {note}"
             heard.append((i, w))
-        waves = heard
+        order = {i: k for k, (i, _) in enumerate(waves)}
+        waves = sorted(heard, key=lambda iw: order[iw[0]])  # back in the batch's order
     if waves:  # as the model learnt voices: about a second of silence at an end, none long inside (pauses.py)
         waves = [(i, shorten_silences(w)) for i, w in waves]
         aud = featurizer.audio([w for _, w in waves])  # (n, Da)
@@ -552,7 +553,12 @@ class Processor:
         features do not depend on any context, so the encoders overlap the batch's engine and its
         Kafka and Redis work instead of waiting for them. One encoding runs at a time; utterances
         already encoded ahead (for the same parts) are not encoded again. A batch uses what is
-        ready for its utterances and encodes the rest itself."""
+        ready for its utterances and encodes the rest itself. With ``engine.audio_level = "speaker"``
+        a voice's features depend on its speaker's earlier levels, so nothing is encoded ahead: an
+        utterance encoded before an earlier one of its speaker would miss that one's level (heard as
+        sent, the quiet-line note can miss it likewise: README 'Line levels')."""
+        if self.levels.apply:
+            return
         if self._prefetch is not None:
             if not self._prefetch.done():
                 return

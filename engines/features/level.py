@@ -91,10 +91,11 @@ def causal_gains(levels: list[tuple[str, float | None]]) -> list[int]:
 class SpeakerLevels:
     """Each call's speakers' levels by their utterances' ``seq``, for ``engine.audio_level = "speaker"``:
     the baseline of an utterance is the median of its speaker's levels at or before its ``seq`` (the
-    last :data:`KEEP` of them), so it does not depend on the order the worker encodes them in (ahead
-    on a thread, or in its batch), and an utterance encoded again (a replay, a retried batch) gets
-    what it got the first time unless an earlier one of its speaker came in between (as
-    :func:`causal_gains` over the dialogue in order would then say). A call is forgotten at its end
+    last :data:`KEEP` of them) recorded so far, so an utterance encoded again (a replay, a retried
+    batch) gets what it got the first time unless an earlier one of its speaker came in between (as
+    :func:`causal_gains` over the dialogue in order would then say). One encoded before an earlier
+    one of its speaker was recorded misses that one's level: the worker does not encode ahead when
+    the levels are applied (``Processor.prefetch``). A call is forgotten at its end
     (:meth:`forget`), or the oldest one when more than ``max_calls`` are held (a worker that
     restarts or takes a call over from another starts its speakers afresh; a call that moved away
     ages out). A call holds at most :data:`KEEP` levels a speaker (a few KB)."""

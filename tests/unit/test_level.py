@@ -270,3 +270,23 @@ def test_evaluate_refuses_a_line_gain_that_is_no_line_s(bad: str, capsys: pytest
     with pytest.raises(SystemExit):
         parser.parse_args([*need, "--line-gain", bad])
     assert "argument --line-gain:" in capsys.readouterr().err
+
+
+def test_a_batch_s_levels_are_recorded_in_seq_order_and_nothing_is_encoded_ahead_at_speakers_levels() -> None:
+    from streams.pipeline import Processor
+    from tests.unit.test_worker_logic import FakeEngine, FakeFeaturizer, FakeStore
+
+    dims = {"text": 2, "audio": 3, "video": 0}
+    in_order, shuffled = Featurizer(), Featurizer()
+    utts = call(-25.0, "c")
+    utterance_features(utts, in_order, dims, min_speech_s=0.1, levels=SpeakerLevels())
+    mixed = call(-25.0, "c")
+    order = [4, 2, 0, 3, 1]
+    utterance_features([mixed[i] for i in order], shuffled, dims, min_speech_s=0.1, levels=SpeakerLevels())
+    voiced = [i for i in order if i != 3]  # the agent's silent turn: no speech
+    by_utt = dict(zip(voiced, shuffled.heard, strict=True))
+    for k, i in enumerate([0, 1, 2, 4]):  # heard in the batch's order, at the gains of seq order
+        np.testing.assert_allclose(by_utt[i], in_order.heard[k], atol=1e-6)
+    p = Processor(FakeEngine(), FakeFeaturizer(), FakeStore(), audio_level="speaker")
+    p.prefetch(call(0.0, "d"))  # no event loop needed: nothing is started
+    assert p._prefetch is None
